@@ -1,0 +1,491 @@
+"""Broker wiring: streams, durable consumers with bounded redelivery and dead letters, commands, queries.
+
+Every JetStream consumer made here is durable, named ``<service>-<purpose>``, delivers from the start of its
+subject (``DeliverPolicy.ALL``), acks explicitly, bounds redelivery at ``max_deliver`` with a growing delay, and
+sends what it gives up on to ``stella.dlq.<consumer>`` with the error, then acks it so it blocks nothing.
+A message that cannot even be parsed is dead-lettered at once: retrying cannot fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+import nats.errors
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsMessage, NatsRouter, PullSub
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+
+from stella.contracts.envelope import Command, ErrorDetail, Event, Message, Query, Reply
+from stella.contracts.streams import (
+    ALL_STREAMS,
+    COMMANDS,
+    EVENTS,
+    HEADER_CONSUMER,
+    HEADER_DELIVERIES,
+    HEADER_ERROR,
+    HEADER_MSG_ID,
+    HEADER_ORIGINAL_SUBJECT,
+    HEADER_REPLY_TO,
+    StreamSpec,
+    dead_letter_subject,
+)
+from stella.kit import logs, metrics
+from stella.kit.errors import error_detail, is_reportable
+from stella.kit.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+CommandHandler = Callable[[Any], Awaitable[Reply]]
+QueryHandler = Callable[[Any], Awaitable[Reply]]
+EventHandler = Callable[[Any, asyncpg.Connection], Awaitable[None]]
+
+
+class PoisonMessage(Exception):
+    """A message no retry can handle (unparseable, unknown subject): dead-lettered at once."""
+
+
+async def declare_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
+    """Create the streams, or update them to the declared configuration; safe from many processes at once."""
+    for spec in specs:
+        config = StreamConfig(
+            name=spec.name,
+            description=spec.description,
+            subjects=list(spec.subjects),
+            storage=StorageType.FILE,
+            max_age=spec.max_age_s,
+            duplicate_window=spec.duplicate_window_s,
+        )
+        try:
+            await js.stream_info(spec.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                continue
+            except nats.js.errors.BadRequestError:
+                pass  # another process created it first
+        await js.update_stream(config)
+
+
+def consumer_config(name: str, subject: str, settings: ServiceSettings) -> ConsumerConfig:
+    """The JetStream configuration of a durable consumer named ``name`` filtered on one ``subject``.
+
+    The server's ``max_deliver`` is two more than the kit's so the last delivery, which dead-letters, still
+    has a redelivery behind it if the process dies while dead-lettering.
+    """
+    return ConsumerConfig(
+        durable_name=name,
+        deliver_policy=DeliverPolicy.ALL,
+        max_deliver=settings.max_deliver + 2,
+        ack_wait=settings.ack_wait_s,
+        filter_subject=subject,
+        max_ack_pending=settings.max_in_flight * 4,
+    )
+
+
+@dataclass
+class DeliveryOutcome:
+    """What happened to one delivery (for tests and metrics)."""
+
+    outcome: str
+    error: str | None = None
+
+
+async def settle(
+    msg: Msg,
+    consumer: str,
+    settings: ServiceSettings,
+    js: JetStreamContext,
+    work: Callable[[], Awaitable[None]],
+) -> DeliveryOutcome:
+    """Run ``work`` for a JetStream delivery and ack, retry (nak with delay) or dead-letter it.
+
+    Errors are never swallowed: each is logged with its traceback, counted, and the message is either
+    redelivered or kept in the dead-letter stream with the error.
+    """
+    delivered = msg.metadata.num_delivered if msg.metadata else 1
+    started = time.perf_counter()
+    try:
+        await work()
+    except PoisonMessage as exc:
+        log.error("dead-lettering unprocessable message", extra={"consumer": consumer, "error": str(exc)})
+        await dead_letter(js, msg, consumer, f"unprocessable: {exc}", delivered)
+        await msg.ack()
+        metrics.messages_handled.labels(consumer, "dead_lettered").inc()
+        return DeliveryOutcome("dead_lettered", str(exc))
+    except Exception as exc:
+        metrics.error_total.labels(type(exc).__name__).inc()
+        if delivered >= settings.max_deliver:
+            log.exception("giving up after %d deliveries; dead-lettering", delivered, extra={"consumer": consumer})
+            await dead_letter(js, msg, consumer, f"{type(exc).__name__}: {exc}", delivered)
+            await msg.ack()
+            metrics.messages_handled.labels(consumer, "dead_lettered").inc()
+            return DeliveryOutcome("dead_lettered", str(exc))
+        log.exception("handler failed; will retry", extra={"consumer": consumer, "delivery": delivered})
+        await msg.nak(delay=settings.redelivery_backoff_s * delivered)
+        metrics.messages_handled.labels(consumer, "retried").inc()
+        return DeliveryOutcome("retried", str(exc))
+    else:
+        await msg.ack()
+        metrics.messages_handled.labels(consumer, "ok").inc()
+        return DeliveryOutcome("ok")
+    finally:
+        metrics.handle_seconds.labels(consumer).observe(time.perf_counter() - started)
+
+
+async def dead_letter(js: JetStreamContext, msg: Msg, consumer: str, error: str, delivered: int) -> None:
+    """Store ``msg`` on ``stella.dlq.<consumer>`` with why and how often it failed."""
+    headers = dict(msg.headers or {})
+    stream_seq = msg.metadata.sequence.stream if msg.metadata else 0
+    headers.update(
+        {
+            HEADER_ERROR: error[:2000].replace("\r", " ").replace("\n", " "),
+            HEADER_CONSUMER: consumer,
+            HEADER_DELIVERIES: str(delivered),
+            HEADER_ORIGINAL_SUBJECT: msg.subject,
+            # One dead letter per (consumer, original message) even if dead-lettering is retried.
+            HEADER_MSG_ID: f"{consumer}:{stream_seq}",
+        }
+    )
+    await js.publish(dead_letter_subject(consumer), msg.data, headers=headers, timeout=5)
+
+
+def parse(model: type[M], data: bytes) -> M:
+    """Validate a wire payload as ``model`` (upcasting old versions); bad payloads are poison."""
+    try:
+        return model.parse(data)
+    except (ValidationError, ValueError) as exc:
+        raise PoisonMessage(f"payload is not a valid {model.__name__}: {exc}") from exc
+
+
+def _bind_context(message: Message) -> None:
+    logs.correlation_id.set(str(message.correlation_id))
+    logs.tenant_id.set(str(message.tenant_id))
+
+
+class CommandRoutes:
+    """The commands of one context, served by one durable consumer ``<service>-commands``.
+
+    Handlers return a :class:`Reply`; business errors are replies, not exceptions. When a command carries
+    a ``Stella-Reply-To`` header, the reply is published there once the handler's transaction committed.
+    """
+
+    def __init__(self, context: str, service: str) -> None:
+        self.context = context
+        self.consumer = f"{service}-commands"
+        self.routes: dict[str, tuple[type[Command], CommandHandler]] = {}
+
+    def on(self, subject: str, model: type[Command], handler: CommandHandler) -> None:
+        """Route ``subject`` to ``handler`` with payloads validated as ``model``."""
+        if not subject.startswith(f"stella.cmd.{self.context}."):
+            raise ValueError(f"{subject} is not a command of context {self.context}")
+        self.routes[subject] = (model, handler)
+
+    def attach(self, router: NatsRouter, settings: ServiceSettings, js_ref: Callable[[], JetStreamContext]) -> None:
+        """Register the durable consumer on ``router``."""
+        subject = f"stella.cmd.{self.context}.>"
+
+        @router.subscriber(
+            subject,
+            stream=JStream(COMMANDS.name, declare=False),
+            durable=self.consumer,
+            config=consumer_config(self.consumer, subject, settings),
+            deliver_policy=DeliverPolicy.ALL,
+            pull_sub=PullSub(batch_size=min(settings.max_in_flight, 32), timeout=1.0),
+            ack_policy=AckPolicy.MANUAL,
+            max_workers=settings.max_in_flight,
+            title=self.consumer,
+        )
+        async def on_command(msg: NatsMessage) -> None:
+            raw: Msg = msg.raw_message
+            js = js_ref()
+            reply_to = (raw.headers or {}).get(HEADER_REPLY_TO)
+            final: list[Reply] = []
+
+            async def work() -> None:
+                route = self.routes.get(raw.subject)
+                if route is None:
+                    raise PoisonMessage(f"no handler for {raw.subject}")
+                model, handler = route
+                command = parse(model, raw.data)
+                _bind_context(command)
+                final.append(await handler(command))
+
+            outcome = await settle(raw, self.consumer, settings, js, work)
+            if reply_to:
+                if final:
+                    await _reply(js, reply_to, final[0])
+                elif outcome.outcome == "dead_lettered":
+                    await _reply(
+                        js,
+                        reply_to,
+                        Reply.failure(
+                            ErrorDetail(
+                                code="SYS_COMMAND_FAILED",
+                                status=500,
+                                title="The command could not be handled",
+                                detail=outcome.error or "",
+                            )
+                        ),
+                    )
+
+
+async def _reply(js: JetStreamContext, subject: str, reply: Reply) -> None:
+    # Core publish on the caller's inbox: the caller may be gone, which is fine.
+    await js._nc.publish(subject, reply.model_dump_json().encode())
+
+
+class QueryRoutes:
+    """The request/reply reads of one context on core NATS, load-balanced over the service's replicas."""
+
+    def __init__(self, context: str, service: str) -> None:
+        self.context = context
+        self.service = service
+        self.routes: dict[str, tuple[type[Query], QueryHandler]] = {}
+
+    def on(self, subject: str, model: type[Query], handler: QueryHandler) -> None:
+        """Route ``subject`` to ``handler`` with payloads validated as ``model``."""
+        if not subject.startswith(f"stella.rpc.{self.context}."):
+            raise ValueError(f"{subject} is not a query of context {self.context}")
+        self.routes[subject] = (model, handler)
+
+    def attach(self, router: NatsRouter) -> None:
+        """Register the queue-group subscription on ``router``."""
+
+        @router.subscriber(f"stella.rpc.{self.context}.>", queue=self.service, title=f"{self.service}-queries")
+        async def on_query(msg: NatsMessage) -> dict[str, Any]:
+            raw: Msg = msg.raw_message
+            route = self.routes.get(raw.subject)
+            if route is None:
+                return _failure("SYS_UNKNOWN_QUERY", 404, f"no query {raw.subject}")
+            model, handler = route
+            try:
+                query = model.parse(raw.data)
+            except (ValidationError, ValueError) as exc:
+                return _failure("VAL_INVALID_QUERY", 400, str(exc))
+            _bind_context(query)
+            try:
+                reply = await handler(query)
+            except Exception as exc:
+                if is_reportable(exc):
+                    return Reply.failure(error_detail(exc)).model_dump(mode="json")
+                log.exception("query failed", extra={"subject": raw.subject})
+                metrics.error_total.labels(type(exc).__name__).inc()
+                return _failure("SYS_INTERNAL", 500, "the query failed; see the service log")
+            return reply.model_dump(mode="json")
+
+
+def _failure(code: str, status: int, detail: str) -> dict[str, Any]:
+    return Reply.failure(ErrorDetail(code=code, status=status, title=detail[:80], detail=detail)).model_dump(
+        mode="json"
+    )
+
+
+class EventRoutes:
+    """One durable consumer ``<service>-<purpose>`` on one event subject (NATS 2.9: one filter per consumer).
+
+    The handler runs inside a transaction that also records ``(consumer, message_id)`` in the inbox, so a
+    redelivered event has one effect.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        purpose: str,
+        subject: str,
+        model: type[Event],
+        handler: EventHandler,
+        pool: Callable[[], asyncpg.Pool],
+    ) -> None:
+        self.consumer = f"{service}-{purpose}"
+        self.subject = subject
+        self.model = model
+        self.handler = handler
+        self.pool = pool
+
+    def attach(self, router: NatsRouter, settings: ServiceSettings, js_ref: Callable[[], JetStreamContext]) -> None:
+        """Register the durable consumer on ``router``."""
+
+        @router.subscriber(
+            self.subject,
+            stream=JStream(EVENTS.name, declare=False),
+            durable=self.consumer,
+            config=consumer_config(self.consumer, self.subject, settings),
+            deliver_policy=DeliverPolicy.ALL,
+            pull_sub=PullSub(batch_size=min(settings.max_in_flight, 32), timeout=1.0),
+            ack_policy=AckPolicy.MANUAL,
+            max_workers=settings.max_in_flight,
+            title=self.consumer,
+        )
+        async def on_event(msg: NatsMessage) -> None:
+            raw: Msg = msg.raw_message
+
+            async def work() -> None:
+                event = parse(self.model, raw.data)
+                _bind_context(event)
+                async with self.pool().acquire() as conn, conn.transaction():
+                    if await claim_inbox(conn, self.consumer, event.message_id):
+                        await self.handler(event, conn)
+                    else:
+                        metrics.messages_handled.labels(self.consumer, "duplicate").inc()
+
+            await settle(raw, self.consumer, settings, js_ref(), work)
+
+
+_CLAIM = """
+    INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)
+    ON CONFLICT (consumer, message_id) DO NOTHING
+    RETURNING true
+"""
+_STORED_REPLY = "SELECT reply FROM inbox WHERE consumer = $1 AND message_id = $2"
+_STORE_REPLY = "UPDATE inbox SET reply = $3 WHERE consumer = $1 AND message_id = $2"
+
+
+async def claim_inbox(conn: asyncpg.Connection, consumer: str, message_id: uuid.UUID) -> bool:
+    """Record that ``consumer`` handles ``message_id`` in the open transaction; False when already handled.
+
+    A concurrent delivery of the same message waits on the row until the first transaction ends.
+    """
+    return bool(await conn.fetchval(_CLAIM, consumer, message_id))
+
+
+class CommandProcessor:
+    """Runs a command's state change exactly once and remembers its reply.
+
+    ``run`` opens a transaction, claims the inbox row, runs ``execute`` in a savepoint and stores the reply
+    (success or business error) with the inbox row. A repeated command returns the stored reply without
+    running again. Faults (anything not reportable) roll everything back and propagate, so the message is
+    retried.
+    """
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool], consumer: str) -> None:
+        self._pool = pool
+        self.consumer = consumer
+
+    async def seen(self, command: Command) -> Reply | None:
+        """The stored reply of an already handled command, or None."""
+        async with self._pool().acquire() as conn:
+            stored = await conn.fetchval(_STORED_REPLY, self.consumer, command.message_id)
+        return Reply.model_validate(stored) if stored is not None else None
+
+    async def run(self, command: Command, execute: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Reply:
+        """Handle ``command`` with ``execute(conn)`` (whose return value is the reply data)."""
+        async with self._pool().acquire() as conn, conn.transaction():
+            if not await claim_inbox(conn, self.consumer, command.message_id):
+                stored = await conn.fetchval(_STORED_REPLY, self.consumer, command.message_id)
+                return Reply.model_validate(stored) if stored is not None else Reply.success()
+            try:
+                async with conn.transaction():  # savepoint: a business error undoes only the change
+                    reply = Reply.success(await execute(conn))
+            except Exception as exc:
+                if not is_reportable(exc):
+                    raise
+                reply = Reply.failure(error_detail(exc))
+            await conn.execute(_STORE_REPLY, self.consumer, command.message_id, reply.model_dump(mode="json"))
+            return reply
+
+
+class ServiceClient:
+    """How a caller (the gateway, another service) talks to services: queries, commands, events.
+
+    One connection and one reply subscription serve every call; pending commands are bounded.
+    """
+
+    def __init__(self, nc: NatsClient, js: JetStreamContext, *, max_pending: int = 10_000) -> None:
+        self.nc = nc
+        self.js = js
+        self._prefix = f"_INBOX.stella.{uuid.uuid4().hex}"
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._max_pending = max_pending
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        """Subscribe to this client's reply inbox."""
+        self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        """Unsubscribe and fail pending calls."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        self._pending.clear()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        key = msg.subject.rsplit(".", 1)[-1]
+        fut = self._pending.get(key)
+        if fut is not None and not fut.done():
+            try:
+                fut.set_result(Reply.model_validate_json(msg.data))
+            except ValidationError as exc:
+                fut.set_exception(exc)
+
+    async def query(self, subject: str, query: Query, *, timeout: float = 5.0) -> Reply:
+        """Ask a read over request/reply; a missing or silent service gives a 503 reply."""
+        try:
+            msg = await self.nc.request(subject, query.model_dump_json().encode(), timeout=timeout)
+        except nats.errors.NoRespondersError:
+            return _unavailable(subject, "no service answers")
+        except TimeoutError:
+            return _unavailable(subject, f"no answer within {timeout:g}s")
+        return Reply.model_validate_json(msg.data)
+
+    async def command(self, subject: str, command: Command, *, timeout: float = 10.0) -> Reply:
+        """Send a durable command and wait for its reply.
+
+        The command is stored in JetStream (de-duplicated on ``message_id``), so a service that is down
+        handles it when it is back. When no reply comes in ``timeout`` the result is a 503 reply saying the
+        command is queued; sending the same command again (same ``message_id``) returns its result.
+        """
+        if len(self._pending) >= self._max_pending:
+            return _unavailable(subject, "too many commands in flight")
+        key = command.message_id.hex
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        try:
+            await self.js.publish(
+                subject,
+                command.model_dump_json().encode(),
+                headers={HEADER_MSG_ID: str(command.message_id), HEADER_REPLY_TO: f"{self._prefix}.{key}"},
+                timeout=timeout,
+            )
+            return await asyncio.wait_for(fut, timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return Reply.failure(
+                ErrorDetail(
+                    code="SYS_PENDING",
+                    status=503,
+                    title="The command is queued but not handled yet",
+                    detail=f"{subject} was accepted but no result came within {timeout:g}s; "
+                    "repeat the request with the same Idempotency-Key to get its result",
+                )
+            )
+        finally:
+            self._pending.pop(key, None)
+
+    async def send(self, subject: str, command: Command) -> None:
+        """Send a command without waiting for its reply (service to service)."""
+        await self.js.publish(
+            subject, command.model_dump_json().encode(), headers={HEADER_MSG_ID: str(command.message_id)}
+        )
+
+
+def _unavailable(subject: str, why: str) -> Reply:
+    return Reply.failure(
+        ErrorDetail(code="SYS_UNAVAILABLE", status=503, title="Service unavailable", detail=f"{subject}: {why}")
+    )

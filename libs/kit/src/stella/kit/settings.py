@@ -1,0 +1,58 @@
+"""Settings shared by every service; each service subclasses with its own ``STELLA_<SERVICE>_`` prefix."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+class ServiceSettings(BaseSettings):
+    """Connection and runtime settings every service has.
+
+    The shared connection settings read ``STELLA_DATABASE_URL`` and ``STELLA_NATS_URL`` unless the service's
+    own prefixed variable (e.g. ``STELLA_RELEASE_DATABASE_URL``) is set.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STELLA_", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("database_url", "STELLA_DATABASE_URL"),
+    )
+    """PostgreSQL DSN; the service only touches its own schema in that database."""
+
+    nats_url: str = Field(
+        default=DEFAULT_NATS_URL,
+        validation_alias=AliasChoices("nats_url", "STELLA_NATS_URL"),
+    )
+    """NATS server URL(s), comma separated; JetStream must be enabled."""
+
+    db_pool_size: int = Field(default=20, ge=1, le=200)
+    """Maximum connections in the service's asyncpg pool."""
+
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("log_level", "STELLA_LOG_LEVEL"))
+    """Root log level (DEBUG, INFO, WARNING...)."""
+
+    max_deliver: int = Field(default=5, ge=1, le=100)
+    """Deliveries of a message before it goes to the dead-letter subject."""
+
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    """Seconds JetStream waits for an ack before redelivering."""
+
+    redelivery_backoff_s: float = Field(default=1.0, ge=0)
+    """Base delay of a negative ack; grows with the delivery count."""
+
+    max_in_flight: int = Field(default=64, ge=1, le=10_000)
+    """Messages one consumer handles at once (bounds memory and pool pressure)."""
+
+    outbox_batch_size: int = Field(default=200, ge=1, le=10_000)
+    """Events the outbox relay publishes per round."""
+
+    outbox_poll_s: float = Field(default=1.0, gt=0)
+    """Fallback poll interval of the relay; LISTEN/NOTIFY wakes it sooner."""
+
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the Prometheus ``/metrics`` endpoint; none when unset."""
