@@ -111,8 +111,28 @@ class Query(Message):
     """Base of request/reply reads (``stella.rpc.<context>.<query>``)."""
 
 
+class Page(Model):
+    """One page of a list: items in a deterministic order and the cursor of the next page."""
+
+    items: list[Any]
+    next_page_token: str | None = None
+
+
+class PageRequest(Model):
+    """Cursor pagination of a list query (reference §8: default 50, max 500)."""
+
+    page_size: int = Field(default=50, ge=1, le=500)
+    page_token: str | None = Field(default=None, max_length=512)
+
+
 class Command(Message):
-    """Base of commands (``stella.cmd.<context>.<command>``): imperative, handled by exactly one service."""
+    """Base of commands (``stella.cmd.<context>.<command>``): imperative, handled by exactly one service.
+
+    Attributes:
+        actor_id: The principal on whose behalf the command is sent (None for the system itself).
+    """
+
+    actor_id: UUID | None = None
 
 
 class Event(Message):

@@ -1,0 +1,52 @@
+# Stella Release Orchestrator. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: uv
+uv:
+	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+.PHONY: setup
+setup: uv ## Install the workspace and its development tools into .venv
+	@$(UV) sync --all-packages --frozen 2>/dev/null || $(UV) sync --all-packages
+
+.PHONY: run
+run: setup ## Start the whole system (embedded NATS and Postgres unless STELLA_DATABASE_URL / STELLA_NATS_URL are set)
+	@$(UV) run --no-sync python deploy/local/stack.py
+
+.PHONY: test-deps
+test-deps:
+	@if ! command -v docker-registry >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing docker-registry (a local OCI registry for the end-to-end tests)"; \
+		(apt-get install -y -qq docker-registry >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq docker-registry >/dev/null)); \
+	fi
+
+.PHONY: test
+test: setup test-deps ## Run every test against real Postgres and NATS (the configured ones, else containers, else embedded)
+	@$(UV) run --no-sync pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
+
+.PHONY: lint
+lint: setup ## Lint, check formatting and type-check
+	@$(UV) run --no-sync ruff check .
+	@$(UV) run --no-sync ruff format --check .
+	@$(UV) run --no-sync mypy libs/contracts/src libs/kit/src services/*/src
+
+.PHONY: fmt
+fmt: setup ## Format and fix what can be fixed automatically
+	@$(UV) run --no-sync ruff format .
+	@$(UV) run --no-sync ruff check --fix .
+
+.PHONY: bench
+bench: setup ## Run the benchmarks (ratios against a baseline measured in the same run)
+	@for b in tests/bench/*.py services/*/bench/*.py; do [ -f "$$b" ] && $(UV) run --no-sync python "$$b" || true; done
+
+.PHONY: clean
+clean: ## Remove local state (.stella: embedded databases, keys, admin token)
+	rm -rf .stella

@@ -1,0 +1,160 @@
+"""The runtime every headless service shares: connect, migrate, declare streams, relay, serve, stop.
+
+A service's ``app.py`` builds a :class:`ServiceRuntime` with its name, settings, migrations folder and a
+function that registers its subscribers; ``__main__`` runs it. Tests use the same object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from faststream.nats import NatsBroker, NatsMessage, NatsRouter
+from nats.js import JetStreamContext
+
+from stella.contracts.streams import health_subject
+from stella.kit.broker import ServiceClient, declare_streams
+from stella.kit.db import create_pool
+from stella.kit.metrics import serve_metrics
+from stella.kit.migrations import apply_migrations
+from stella.kit.outbox import OutboxRelay
+from stella.kit.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+class ServiceRuntime:
+    """Owns a service's pool, broker, client and outbox relay for the life of the process."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: ServiceSettings,
+        migrations: Path,
+        register: Callable[[ServiceRuntime, NatsRouter], None],
+        *,
+        schema: str | None = None,
+        on_start: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
+        on_stop: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self.schema = schema or name
+        self.settings = settings
+        self.migrations = migrations
+        self._register = register
+        self._on_start = on_start
+        self._on_stop = on_stop
+        self.broker = NatsBroker(settings.nats_url, logger=logging.getLogger(f"stella.{name}.broker"))
+        self._pool: asyncpg.Pool | None = None
+        self._js: JetStreamContext | None = None
+        self._client: ServiceClient | None = None
+        self.relay: OutboxRelay | None = None
+        self.started_at = time.time()
+        self._stopped = asyncio.Event()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The service's pool (after :meth:`start`)."""
+        if self._pool is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._pool
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context (after :meth:`start`)."""
+        if self._js is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._js
+
+    @property
+    def client(self) -> ServiceClient:
+        """The client for talking to other services (after :meth:`start`)."""
+        if self._client is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._client
+
+    async def start(self) -> None:
+        """Connect to Postgres and NATS, migrate, declare streams, start the relay and the subscribers."""
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            applied = await apply_migrations(conn, self.schema, self.migrations)
+        finally:
+            await conn.close()
+        if applied:
+            log.info("applied migrations", extra={"migrations": applied})
+        self._pool = await create_pool(self.settings.database_url, self.schema, max_size=self.settings.db_pool_size)
+        await self.broker.connect()
+        nc = self.broker.connection
+        self._js = nc.jetstream()
+        await declare_streams(self._js)
+        self._client = ServiceClient(nc, self._js)
+        await self._client.start()
+        router = NatsRouter()
+        self._register(self, router)
+
+        @router.subscriber(health_subject(self.name), queue=f"{self.name}-health", title=f"{self.name}-health")
+        async def on_health(msg: NatsMessage) -> dict[str, Any]:
+            return await self.health()
+
+        self.broker.include_router(router)
+        self.relay = OutboxRelay(
+            self.settings.database_url,
+            self.schema,
+            self._js,
+            batch_size=self.settings.outbox_batch_size,
+            poll_s=self.settings.outbox_poll_s,
+        )
+        self.relay.start()
+        if self._on_start is not None:
+            await self._on_start(self)
+        await self.broker.start()
+        if self.settings.metrics_port:
+            serve_metrics(self.settings.metrics_port)
+        log.info("service started", extra={"service": self.name})
+
+    async def health(self) -> dict[str, Any]:
+        """Readiness: the database answers and NATS is connected."""
+        checks: dict[str, str] = {}
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"failing: {type(exc).__name__}"
+        checks["nats"] = "ok" if self.broker.connection.is_connected else "failing"
+        ok = all(v == "ok" for v in checks.values())
+        return {"service": self.name, "status": "ok" if ok else "failing", "checks": checks}
+
+    async def stop(self) -> None:
+        """Stop subscribers, the relay and the connections."""
+        if self._on_stop is not None:
+            with contextlib.suppress(Exception):
+                await self._on_stop(self)
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        if self._client is not None:
+            await self._client.stop()
+        if self._pool is not None:
+            await self._pool.close()
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Start, serve until SIGINT/SIGTERM, then stop cleanly."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping", extra={"service": self.name})
+        await self.stop()

@@ -1,0 +1,201 @@
+"""Pytest plugin: real Postgres, real NATS and a real OCI registry for tests.
+
+Loaded for the whole workspace with ``-p stella.testing.plugin``. Fixtures:
+
+Session scope
+    ``postgres_admin_dsn``  superuser DSN of the session's Postgres (see :mod:`stella.testing.servers`)
+    ``nats_url``            URL of the session's NATS with JetStream
+    ``database_factory``    the :class:`~stella.testing.databases.DatabaseFactory` behind ``make_database``
+
+Function scope
+    ``unique_id``           a short random token for names in this test
+    ``make_database``       ``await make_database([(schema, dir), ...]) -> dsn``: fresh databases, dropped after
+    ``fresh_database``      DSN of a fresh database holding every service's migrations
+    ``nats``                a connected nats-py client, closed after the test
+    ``jetstream``           that client's JetStream context
+    ``nats_namespace``      a :class:`~stella.testing.messaging.NatsNamespace`; its streams are deleted after
+    ``oci_registry``        an anonymous :class:`~stella.testing.registry.LocalRegistry` shared by the session
+    ``oci_registry_with_auth``  the same behind basic authentication (see ``.credentials``)
+    ``make_oci_registry``   ``make_oci_registry(auth=False)``: a registry of the test's own, to stop and restart
+
+Registry fixtures skip the test when the ``docker-registry`` executable is not installed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+
+import nats as nats_py
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from stella.testing.databases import DatabaseFactory, discover_migration_sets
+from stella.testing.messaging import NatsNamespace, unique_token
+from stella.testing.registry import LocalRegistry, find_registry_binary
+from stella.testing.servers import ProvidedServer, ServerUnavailableError, provide_nats, provide_postgres
+
+MakeDatabase = Callable[[Sequence[tuple[str, Path]]], Awaitable[str]]
+"""``await make_database(migration_sets)`` returns the DSN of a fresh database."""
+
+MakeRegistry = Callable[..., LocalRegistry]
+"""``make_oci_registry(auth=False)`` returns a started registry owned by the test."""
+
+_REGISTRY_USER = "stella"
+
+
+def _provide(provider: Callable[[], ProvidedServer]) -> Iterator[str]:
+    try:
+        server = provider()
+    except ServerUnavailableError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server.url
+    finally:
+        server.release()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_dsn() -> Iterator[str]:
+    """Superuser DSN of the session's Postgres: configured, container or embedded, in that order."""
+    yield from _provide(provide_postgres)
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """URL of the session's NATS with JetStream: configured, container or embedded, in that order."""
+    yield from _provide(provide_nats)
+
+
+@pytest.fixture
+def unique_id() -> str:
+    """A short random token to make names (tenants, subjects, repositories) unique to this test."""
+    return unique_token()
+
+
+@pytest.fixture(scope="session")
+def database_factory(postgres_admin_dsn: str) -> DatabaseFactory:
+    """The session's database factory; templates built through it are reused by every test."""
+    return DatabaseFactory(postgres_admin_dsn)
+
+
+@pytest_asyncio.fixture
+async def make_database(database_factory: DatabaseFactory) -> AsyncIterator[MakeDatabase]:
+    """Create fresh databases from migration templates; all are dropped when the test ends.
+
+    ``await make_database([("release", path_to_migrations)])`` returns the DSN of a new database in which
+    those migrations have been applied; ``await make_database([])`` gives an empty database.
+    """
+    created = DatabaseFactory(database_factory.admin_dsn)
+
+    async def make(migration_sets: Sequence[tuple[str, Path]] = ()) -> str:
+        # Templates are looked up through the session factory so each is built once per session.
+        template = await database_factory.template(migration_sets)
+        return await created.clone(template)
+
+    try:
+        yield make
+    finally:
+        await created.drop_created()
+
+
+@pytest_asyncio.fixture
+async def fresh_database(make_database: MakeDatabase) -> str:
+    """DSN of a fresh database holding the schemas of every service in the workspace."""
+    return await make_database(discover_migration_sets())
+
+
+@pytest_asyncio.fixture(name="nats")
+async def nats_client(nats_url: str, unique_id: str) -> AsyncIterator[Client]:
+    """A nats-py client connected to the session's NATS, closed after the test."""
+    client = await nats_py.connect(nats_url, name=f"test-{unique_id}", connect_timeout=5, allow_reconnect=False)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def jetstream(nats: Client) -> JetStreamContext:
+    """The JetStream context of the test's client."""
+    return nats.jetstream()
+
+
+@pytest_asyncio.fixture
+async def nats_namespace(nats: Client, unique_id: str) -> AsyncIterator[NatsNamespace]:
+    """Subjects and stream names unique to this test; streams it creates are deleted afterwards."""
+    namespace = NatsNamespace(nats, unique_id)
+    try:
+        yield namespace
+    finally:
+        await namespace.cleanup()
+
+
+def _require_registry_binary() -> Path:
+    binary = find_registry_binary()
+    if binary is None:
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def _oci_registry_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    registry = LocalRegistry(tmp_path_factory.mktemp("oci-registry"), binary=_require_registry_binary())
+    try:
+        yield registry.start()
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(scope="session")
+def _oci_registry_with_auth_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    registry = LocalRegistry(
+        tmp_path_factory.mktemp("oci-registry-auth"),
+        users={_REGISTRY_USER: secrets.token_urlsafe(16)},
+        binary=_require_registry_binary(),
+    )
+    try:
+        yield registry.start()
+    finally:
+        registry.stop()
+
+
+@pytest.fixture
+def oci_registry(_oci_registry_session: LocalRegistry) -> LocalRegistry:
+    """An anonymous OCI registry shared by the session; use unique repository names per test.
+
+    Do not stop it: use ``make_oci_registry`` for a registry the test may stop. Should a test stop it
+    anyway, the next test gets it running again.
+    """
+    return _oci_registry_session.start()
+
+
+@pytest.fixture
+def oci_registry_with_auth(_oci_registry_with_auth_session: LocalRegistry) -> LocalRegistry:
+    """An OCI registry requiring basic authentication with ``.credentials``; shared by the session."""
+    return _oci_registry_with_auth_session.start()
+
+
+@pytest.fixture
+def make_oci_registry(tmp_path: Path) -> Iterator[MakeRegistry]:
+    """Start registries owned by this test (``make_oci_registry(auth=True)`` for basic authentication).
+
+    The test may stop and restart them; all are stopped when it ends.
+    """
+    binary = _require_registry_binary()
+    started: list[LocalRegistry] = []
+
+    def make(*, auth: bool = False) -> LocalRegistry:
+        users = {_REGISTRY_USER: secrets.token_urlsafe(16)} if auth else None
+        registry = LocalRegistry(tmp_path / f"registry-{len(started)}", users=users, binary=binary)
+        started.append(registry)
+        return registry.start()
+
+    try:
+        yield make
+    finally:
+        for registry in started:
+            registry.stop()

@@ -1,0 +1,158 @@
+"""RFC 8785 JSON Canonicalization Scheme (JCS) and the ``sha256:`` content hash built on it.
+
+Every hash in evidence is taken over canonical bytes, so two parties holding the same JSON value compute the
+same digest whatever key order, whitespace or number spelling their JSON library produced.
+
+This module, like the rest of the evidence core, needs only the standard library, ``rfc8785`` and (elsewhere)
+``cryptography``: the offline verifier imports it on a machine without the service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+import rfc8785
+
+HASH_PREFIX: Final[str] = "sha256:"
+"""Prefix of every content hash: the algorithm name, as in OCI digests."""
+
+_HASH_RE: Final[re.Pattern[str]] = re.compile(r"sha256:[0-9a-f]{64}")
+
+_MAX_SAFE_INTEGER: Final[int] = 2**53 - 1
+"""Largest integer an IEEE 754 double holds exactly; RFC 8785 numbers are doubles."""
+
+
+class CanonicalizationError(ValueError):
+    """The value cannot be put in canonical JSON form.
+
+    Attributes:
+        path: JSON-path-like location of the offending value (``$`` is the root).
+        reason: What is wrong with it.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot canonicalize {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class _Invalid(Exception):
+    """Raised deep in the walk; each level on the way out records its key, so a valid value pays nothing."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.keys: list[str | int] = []
+
+
+def _format_path(keys: list[str | int]) -> str:
+    path = "$"
+    for key in reversed(keys):
+        if isinstance(key, int):
+            path += f"[{key}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            path += f".{key}"
+        else:
+            path += f"[{key!r}]"
+    return path
+
+
+def _check(value: Any) -> bool:
+    """Walk ``value`` and raise on anything RFC 8785 cannot represent faithfully.
+
+    ``rfc8785`` already refuses most of these, but without saying where; evidence content is built by several
+    services, so the error names the exact path. ``bool`` is tested before ``int`` because it is a subclass.
+
+    Returns:
+        Whether ``value`` holds a mapping that is not a ``dict`` (and so must be converted before dumping).
+    """
+    if value is None or isinstance(value, bool | str):
+        return False
+    if isinstance(value, int):
+        if not -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+            raise _Invalid(f"integer {value} is outside the exact range of a JSON number")
+        return False
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Invalid(f"{value!r} is not a finite number")
+        return False
+    if isinstance(value, Mapping):
+        foreign = not isinstance(value, dict)
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Invalid(f"object key {key!r} is a {type(key).__name__}, not a string")
+            try:
+                foreign = _check(item) or foreign
+            except _Invalid as exc:
+                exc.keys.append(key)
+                raise
+        return foreign
+    if isinstance(value, list | tuple):
+        foreign = False
+        for index, item in enumerate(value):
+            try:
+                foreign = _check(item) or foreign
+            except _Invalid as exc:
+                exc.keys.append(index)
+                raise
+        return foreign
+    raise _Invalid(f"{type(value).__name__} is not a JSON type")
+
+
+def canonicalize(value: Any) -> bytes:
+    """Return the RFC 8785 canonical UTF-8 bytes of a JSON value.
+
+    Args:
+        value: ``None``, ``bool``, ``int``, ``float``, ``str``, or lists/tuples and string-keyed mappings of
+            those. Anything else (datetimes, UUIDs, bytes, sets, enums that are not ``str``) must be
+            converted by the caller: the canonical form must not depend on an implicit conversion.
+
+    Returns:
+        The canonical serialization.
+
+    Raises:
+        CanonicalizationError: For non-finite floats, integers beyond +-(2**53-1), non-string keys, lone
+            surrogates or non-JSON types; the error names the path of the offending value.
+    """
+    try:
+        foreign = _check(value)
+    except _Invalid as exc:
+        raise CanonicalizationError(_format_path(exc.keys), exc.reason) from None
+    if foreign:
+        value = _plain(value)
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError as exc:
+        raise CanonicalizationError("$", str(exc)) from exc
+
+
+def _plain(value: Any) -> Any:
+    """Turn non-dict mappings into dicts; ``rfc8785`` only knows ``dict``, ``list`` and ``tuple``."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def sha256_digest(data: bytes) -> str:
+    """Return ``"sha256:<hex>"`` for raw bytes."""
+    return HASH_PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def content_hash(value: Any) -> str:
+    """Return ``"sha256:<hex>"`` of the SHA-256 over the RFC 8785 canonical bytes of ``value``.
+
+    Raises:
+        CanonicalizationError: When ``value`` is not canonicalizable (see :func:`canonicalize`).
+    """
+    return sha256_digest(canonicalize(value))
+
+
+def is_content_hash(value: object) -> bool:
+    """Tell whether ``value`` is a well-formed ``sha256:`` followed by 64 lowercase hex digits."""
+    return isinstance(value, str) and _HASH_RE.fullmatch(value) is not None

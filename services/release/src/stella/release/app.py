@@ -1,0 +1,76 @@
+"""Composition root of the release service: the only place that builds its dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faststream.nats import NatsRouter
+
+from stella.kit.broker import CommandProcessor
+from stella.kit.service import ServiceRuntime
+from stella.release import subscribers
+from stella.release.handlers import Handlers
+from stella.release.registry import RegistryClient
+from stella.release.settings import Settings
+
+NAME = "release"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass
+class ReleaseApp:
+    """The running release service: its runtime and the objects tests may want to reach."""
+
+    runtime: ServiceRuntime
+    registry: RegistryClient
+    handlers: Handlers | None = field(default=None)
+
+    async def start(self) -> None:
+        """Start the service (migrations, relay, subscribers)."""
+        await self.runtime.start()
+
+    async def stop(self) -> None:
+        """Stop the service."""
+        await self.runtime.stop()
+
+    async def run(self) -> None:
+        """Serve until a signal arrives."""
+        await self.runtime.run()
+
+
+def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> ReleaseApp:
+    """Build the release service.
+
+    Args:
+        settings: The service settings, built once by ``__main__`` (or a test).
+        overrides: Replacements for dependencies by name: ``registry``, ``clock``.
+    """
+    overrides = overrides or {}
+    registry = overrides.get("registry") or RegistryClient(
+        timeout_s=settings.registry_timeout_s,
+        concurrency=settings.registry_concurrency,
+        insecure_hosts=settings.insecure_registries,
+    )
+    app = ReleaseApp(runtime=None, registry=registry)  # type: ignore[arg-type]
+
+    def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
+        handlers = Handlers(
+            lambda: runtime.pool,
+            CommandProcessor(lambda: runtime.pool, f"{NAME}-commands"),
+            registry,
+            max_tags_per_sync=settings.max_tags_per_sync,
+            **({"clock": overrides["clock"]} if "clock" in overrides else {}),
+        )
+        app.handlers = handlers
+        subscribers.register(runtime, router, handlers)
+
+    async def on_start(_: ServiceRuntime) -> None:
+        await registry.start()
+
+    async def on_stop(_: ServiceRuntime) -> None:
+        await registry.close()
+
+    app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start, on_stop=on_stop)
+    return app

@@ -1,0 +1,271 @@
+"""A small OCI distribution API client: list a repository's tags and resolve a tag to its manifest digest.
+
+Anonymous, HTTP basic and bearer-token (``WWW-Authenticate: Bearer realm=...``) registries are supported.
+Credentials come from a credential reference (``env:NAME`` or ``file:/path`` holding ``user:password``) and
+are never logged or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin
+
+import aiohttp
+
+from stella.kit.errors import Unavailable, Unprocessable
+
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+class RegistryUnavailable(Unavailable):
+    """The registry did not answer or answered with a server error; nothing was changed."""
+
+    code = "REL_REGISTRY_UNAVAILABLE"
+    title = "Registry unavailable"
+
+
+class RegistryAuthFailed(Unprocessable):
+    """The registry refused the configured credentials (or needs some and none are configured)."""
+
+    code = "REL_REGISTRY_AUTH_FAILED"
+    title = "Registry refused access"
+
+
+class RepositoryNotFound(Unprocessable):
+    """The registry has no such repository."""
+
+    code = "REL_REPOSITORY_NOT_FOUND"
+    title = "Repository not found in registry"
+
+
+class TagNotFound(Unprocessable):
+    """The registry has no such tag in the repository."""
+
+    code = "REL_UNKNOWN_TAG"
+    title = "Unknown tag"
+
+
+class CredentialUnresolved(Unprocessable):
+    """A credential reference points at nothing usable."""
+
+    code = "REL_CREDENTIAL_UNRESOLVED"
+    title = "Credential reference cannot be resolved"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Basic credentials for a registry; ``repr`` never shows the password."""
+
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=***)"
+
+
+def resolve_credential_ref(ref: str | None) -> Credentials | None:
+    """Read ``user:password`` from ``env:NAME`` or ``file:/path``; None when ``ref`` is None."""
+    if ref is None:
+        return None
+    scheme, _, target = ref.partition(":")
+    if scheme == "env":
+        value = os.environ.get(target)
+        if value is None:
+            raise CredentialUnresolved(f"environment variable {target} named by {ref} is not set")
+    elif scheme == "file":
+        try:
+            value = Path(target).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CredentialUnresolved(f"cannot read the file named by {ref}: {exc.strerror}") from exc
+    else:
+        raise CredentialUnresolved(f"unknown credential reference scheme in {ref}")
+    username, sep, password = value.partition(":")
+    if not sep or not username:
+        raise CredentialUnresolved(f"the secret named by {ref} is not in user:password form")
+    return Credentials(username, password)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A repository split into its registry base URL and repository path."""
+
+    base_url: str
+    path: str
+    host: str
+
+
+def split_repository(repository: str, insecure_hosts: list[str]) -> ImageRef:
+    """Split ``host[:port]/path`` (Docker Hub when there is no host part) into a base URL and a path."""
+    first, _, rest = repository.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        host, path = first, rest
+    else:
+        host, path = "registry-1.docker.io", repository if "/" in repository else f"library/{repository}"
+    bare = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    scheme = "http" if bare in insecure_hosts else "https"
+    return ImageRef(base_url=f"{scheme}://{host}", path=path, host=host)
+
+
+class RegistryClient:
+    """One aiohttp session for every registry call of the process; bounded concurrency per sync."""
+
+    def __init__(self, *, timeout_s: float = 10.0, concurrency: int = 8, insecure_hosts: list[str] | None = None):
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._concurrency = concurrency
+        self._insecure = insecure_hosts or []
+        self._session: aiohttp.ClientSession | None = None
+        self._tokens: dict[tuple[str, str], str] = {}
+
+    async def start(self) -> None:
+        """Open the shared session."""
+        self._session = aiohttp.ClientSession(timeout=self._timeout, raise_for_status=False)
+
+    async def close(self) -> None:
+        """Close the shared session."""
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("registry client is not started")
+        return self._session
+
+    async def list_tags(self, repository: str, creds: Credentials | None, *, limit: int = 5000) -> list[str]:
+        """Every tag of ``repository`` (following pagination), up to ``limit``."""
+        ref = split_repository(repository, self._insecure)
+        url: str | None = f"{ref.base_url}/v2/{ref.path}/tags/list?n=1000"
+        tags: list[str] = []
+        while url and len(tags) < limit:
+            status, headers, body = await self._get(ref, url, creds, accept="application/json")
+            if status == 404:
+                raise RepositoryNotFound(f"registry {ref.host} has no repository {ref.path}")
+            _raise_for(status, ref, f"listing tags of {ref.path}")
+            try:
+                tags.extend(json.loads(body).get("tags") or [])
+            except ValueError as exc:
+                raise RegistryUnavailable(f"registry {ref.host} sent an unreadable tag list") from exc
+            url = _next_link(ref.base_url, headers.get("Link"))
+        return sorted(set(tags[:limit]))
+
+    async def resolve(self, repository: str, tag: str, creds: Credentials | None) -> str:
+        """The manifest digest ``tag`` points at now."""
+        ref = split_repository(repository, self._insecure)
+        url = f"{ref.base_url}/v2/{ref.path}/manifests/{tag}"
+        status, headers, body = await self._get(ref, url, creds, accept=MANIFEST_TYPES, method="HEAD")
+        if status == 404:
+            raise TagNotFound(f"tag {tag!r} does not exist in {repository}")
+        _raise_for(status, ref, f"resolving {repository}:{tag}")
+        digest = headers.get("Docker-Content-Digest")
+        if not digest or not _DIGEST.match(digest):
+            # Registries may omit the header on HEAD: the digest is the hash of the manifest bytes.
+            status, headers, body = await self._get(ref, url, creds, accept=MANIFEST_TYPES)
+            _raise_for(status, ref, f"resolving {repository}:{tag}")
+            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        return digest
+
+    async def resolve_many(self, repository: str, tags: list[str], creds: Credentials | None) -> dict[str, str]:
+        """Resolve several tags with bounded concurrency; all or nothing."""
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(tag: str) -> tuple[str, str]:
+            async with gate:
+                return tag, await self.resolve(repository, tag, creds)
+
+        return dict(await asyncio.gather(*(one(t) for t in tags)))
+
+    async def _get(
+        self, ref: ImageRef, url: str, creds: Credentials | None, *, accept: str, method: str = "GET"
+    ) -> tuple[int, dict[str, str], bytes]:
+        headers = {"Accept": accept}
+        token = self._tokens.get((ref.host, ref.path))
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        elif creds is not None:
+            headers["Authorization"] = _basic(creds)
+        status, resp_headers, body = await self._send(method, url, headers, ref)
+        if status == 401:
+            challenge = resp_headers.get("WWW-Authenticate", "")
+            if challenge.lower().startswith("bearer"):
+                token = await self._fetch_token(ref, challenge, creds)
+                headers["Authorization"] = f"Bearer {token}"
+            elif creds is not None and "Authorization" not in headers:
+                headers["Authorization"] = _basic(creds)
+            else:
+                raise RegistryAuthFailed(
+                    f"registry {ref.host} refused access to {ref.path}"
+                    + ("" if creds else "; the component has no registry_credential_ref")
+                )
+            status, resp_headers, body = await self._send(method, url, headers, ref)
+            if status in (401, 403):
+                raise RegistryAuthFailed(f"registry {ref.host} refused the credentials for {ref.path}")
+        return status, resp_headers, body
+
+    async def _send(
+        self, method: str, url: str, headers: dict[str, str], ref: ImageRef
+    ) -> tuple[int, dict[str, str], bytes]:
+        try:
+            async with self.session.request(method, url, headers=headers, allow_redirects=True) as resp:
+                body = await resp.read() if method != "HEAD" else b""
+                return resp.status, dict(resp.headers), body
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise RegistryUnavailable(f"registry {ref.host} is unreachable: {type(exc).__name__}") from exc
+
+    async def _fetch_token(self, ref: ImageRef, challenge: str, creds: Credentials | None) -> str:
+        params = dict(_CHALLENGE_PARAM.findall(challenge))
+        realm = params.pop("realm", None)
+        if not realm:
+            raise RegistryAuthFailed(f"registry {ref.host} sent a bearer challenge without a realm")
+        params.setdefault("scope", f"repository:{ref.path}:pull")
+        headers = {"Authorization": _basic(creds)} if creds else {}
+        try:
+            async with self.session.get(realm, params=params, headers=headers) as resp:
+                if resp.status in (401, 403):
+                    raise RegistryAuthFailed(f"registry {ref.host} refused the credentials for {ref.path}")
+                if resp.status >= 400:
+                    raise RegistryUnavailable(f"token service of {ref.host} answered {resp.status}")
+                data = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            raise RegistryUnavailable(f"token service of {ref.host} is unreachable: {type(exc).__name__}") from exc
+        token = data.get("token") or data.get("access_token")
+        if not token:
+            raise RegistryAuthFailed(f"token service of {ref.host} returned no token")
+        self._tokens[(ref.host, ref.path)] = token
+        return str(token)
+
+
+def _basic(creds: Credentials) -> str:
+    return "Basic " + base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+
+
+def _raise_for(status: int, ref: ImageRef, doing: str) -> None:
+    if status in (401, 403):
+        raise RegistryAuthFailed(f"registry {ref.host} refused access while {doing}")
+    if status >= 500 or status == 429:
+        raise RegistryUnavailable(f"registry {ref.host} answered {status} while {doing}")
+    if status >= 400:
+        raise RegistryUnavailable(f"registry {ref.host} answered {status} while {doing}")
+
+
+def _next_link(base_url: str, link: str | None) -> str | None:
+    # RFC 5988 Link header: </v2/x/tags/list?n=1000&last=foo>; rel="next"
+    if not link:
+        return None
+    match = re.search(r"<([^>]+)>\s*;\s*rel=\"?next\"?", link)
+    return urljoin(base_url, match.group(1)) if match else None
