@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import nats.errors
@@ -44,6 +44,7 @@ from stella.contracts.streams import (
 )
 from stella.kit import logs, metrics
 from stella.kit.errors import error_detail, is_reportable
+from stella.kit.naming import Names
 from stella.kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -54,23 +55,36 @@ QueryHandler = Callable[[Any], Awaitable[Reply]]
 EventHandler = Callable[[Any, asyncpg.Connection], Awaitable[None]]
 
 
+class Host(Protocol):
+    """What routes need from the process that runs them (a :class:`~stella.kit.service.ServiceRuntime`)."""
+
+    settings: ServiceSettings
+    names: Names
+
+    @property
+    def js(self) -> JetStreamContext: ...
+
+
 class PoisonMessage(Exception):
     """A message no retry can handle (unparseable, unknown subject): dead-lettered at once."""
 
 
-async def declare_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
+async def declare_streams(
+    js: JetStreamContext, names: Names | None = None, specs: tuple[StreamSpec, ...] = ALL_STREAMS
+) -> None:
     """Create the streams, or update them to the declared configuration; safe from many processes at once."""
+    names = names or Names()
     for spec in specs:
         config = StreamConfig(
-            name=spec.name,
+            name=names.stream(spec),
             description=spec.description,
-            subjects=list(spec.subjects),
+            subjects=names.stream_subjects(spec),
             storage=StorageType.FILE,
             max_age=spec.max_age_s,
             duplicate_window=spec.duplicate_window_s,
         )
         try:
-            await js.stream_info(spec.name)
+            await js.stream_info(config.name)
         except NotFoundError:
             try:
                 await js.add_stream(config)
@@ -107,8 +121,7 @@ class DeliveryOutcome:
 async def settle(
     msg: Msg,
     consumer: str,
-    settings: ServiceSettings,
-    js: JetStreamContext,
+    host: Host,
     work: Callable[[], Awaitable[None]],
 ) -> DeliveryOutcome:
     """Run ``work`` for a JetStream delivery and ack, retry (nak with delay) or dead-letter it.
@@ -116,13 +129,14 @@ async def settle(
     Errors are never swallowed: each is logged with its traceback, counted, and the message is either
     redelivered or kept in the dead-letter stream with the error.
     """
+    settings = host.settings
     delivered = msg.metadata.num_delivered if msg.metadata else 1
     started = time.perf_counter()
     try:
         await work()
     except PoisonMessage as exc:
         log.error("dead-lettering unprocessable message", extra={"consumer": consumer, "error": str(exc)})
-        await dead_letter(js, msg, consumer, f"unprocessable: {exc}", delivered)
+        await dead_letter(host, msg, consumer, f"unprocessable: {exc}", delivered)
         await msg.ack()
         metrics.messages_handled.labels(consumer, "dead_lettered").inc()
         return DeliveryOutcome("dead_lettered", str(exc))
@@ -130,7 +144,7 @@ async def settle(
         metrics.error_total.labels(type(exc).__name__).inc()
         if delivered >= settings.max_deliver:
             log.exception("giving up after %d deliveries; dead-lettering", delivered, extra={"consumer": consumer})
-            await dead_letter(js, msg, consumer, f"{type(exc).__name__}: {exc}", delivered)
+            await dead_letter(host, msg, consumer, f"{type(exc).__name__}: {exc}", delivered)
             await msg.ack()
             metrics.messages_handled.labels(consumer, "dead_lettered").inc()
             return DeliveryOutcome("dead_lettered", str(exc))
@@ -146,7 +160,7 @@ async def settle(
         metrics.handle_seconds.labels(consumer).observe(time.perf_counter() - started)
 
 
-async def dead_letter(js: JetStreamContext, msg: Msg, consumer: str, error: str, delivered: int) -> None:
+async def dead_letter(host: Host, msg: Msg, consumer: str, error: str, delivered: int) -> None:
     """Store ``msg`` on ``stella.dlq.<consumer>`` with why and how often it failed."""
     headers = dict(msg.headers or {})
     stream_seq = msg.metadata.sequence.stream if msg.metadata else 0
@@ -155,12 +169,12 @@ async def dead_letter(js: JetStreamContext, msg: Msg, consumer: str, error: str,
             HEADER_ERROR: error[:2000].replace("\r", " ").replace("\n", " "),
             HEADER_CONSUMER: consumer,
             HEADER_DELIVERIES: str(delivered),
-            HEADER_ORIGINAL_SUBJECT: msg.subject,
+            HEADER_ORIGINAL_SUBJECT: host.names.local(msg.subject),
             # One dead letter per (consumer, original message) even if dead-lettering is retried.
             HEADER_MSG_ID: f"{consumer}:{stream_seq}",
         }
     )
-    await js.publish(dead_letter_subject(consumer), msg.data, headers=headers, timeout=5)
+    await host.js.publish(host.names.subject(dead_letter_subject(consumer)), msg.data, headers=headers, timeout=5)
 
 
 def parse(model: type[M], data: bytes) -> M:
@@ -194,13 +208,14 @@ class CommandRoutes:
             raise ValueError(f"{subject} is not a command of context {self.context}")
         self.routes[subject] = (model, handler)
 
-    def attach(self, router: NatsRouter, settings: ServiceSettings, js_ref: Callable[[], JetStreamContext]) -> None:
+    def attach(self, router: NatsRouter, host: Host) -> None:
         """Register the durable consumer on ``router``."""
-        subject = f"stella.cmd.{self.context}.>"
+        settings, names = host.settings, host.names
+        subject = names.subject(f"stella.cmd.{self.context}.>")
 
         @router.subscriber(
             subject,
-            stream=JStream(COMMANDS.name, declare=False),
+            stream=JStream(names.stream(COMMANDS), declare=False),
             durable=self.consumer,
             config=consumer_config(self.consumer, subject, settings),
             deliver_policy=DeliverPolicy.ALL,
@@ -211,12 +226,11 @@ class CommandRoutes:
         )
         async def on_command(msg: NatsMessage) -> None:
             raw: Msg = msg.raw_message
-            js = js_ref()
             reply_to = (raw.headers or {}).get(HEADER_REPLY_TO)
             final: list[Reply] = []
 
             async def work() -> None:
-                route = self.routes.get(raw.subject)
+                route = self.routes.get(names.local(raw.subject))
                 if route is None:
                     raise PoisonMessage(f"no handler for {raw.subject}")
                 model, handler = route
@@ -224,13 +238,13 @@ class CommandRoutes:
                 _bind_context(command)
                 final.append(await handler(command))
 
-            outcome = await settle(raw, self.consumer, settings, js, work)
+            outcome = await settle(raw, self.consumer, host, work)
             if reply_to:
                 if final:
-                    await _reply(js, reply_to, final[0])
+                    await _reply(host.js, reply_to, final[0])
                 elif outcome.outcome == "dead_lettered":
                     await _reply(
-                        js,
+                        host.js,
                         reply_to,
                         Reply.failure(
                             ErrorDetail(
@@ -262,13 +276,16 @@ class QueryRoutes:
             raise ValueError(f"{subject} is not a query of context {self.context}")
         self.routes[subject] = (model, handler)
 
-    def attach(self, router: NatsRouter) -> None:
+    def attach(self, router: NatsRouter, host: Host) -> None:
         """Register the queue-group subscription on ``router``."""
+        names = host.names
 
-        @router.subscriber(f"stella.rpc.{self.context}.>", queue=self.service, title=f"{self.service}-queries")
+        @router.subscriber(
+            names.subject(f"stella.rpc.{self.context}.>"), queue=self.service, title=f"{self.service}-queries"
+        )
         async def on_query(msg: NatsMessage) -> dict[str, Any]:
             raw: Msg = msg.raw_message
-            route = self.routes.get(raw.subject)
+            route = self.routes.get(names.local(raw.subject))
             if route is None:
                 return _failure("SYS_UNKNOWN_QUERY", 404, f"no query {raw.subject}")
             model, handler = route
@@ -316,14 +333,16 @@ class EventRoutes:
         self.handler = handler
         self.pool = pool
 
-    def attach(self, router: NatsRouter, settings: ServiceSettings, js_ref: Callable[[], JetStreamContext]) -> None:
+    def attach(self, router: NatsRouter, host: Host) -> None:
         """Register the durable consumer on ``router``."""
+        settings, names = host.settings, host.names
+        subject = names.subject(self.subject)
 
         @router.subscriber(
-            self.subject,
-            stream=JStream(EVENTS.name, declare=False),
+            subject,
+            stream=JStream(names.stream(EVENTS), declare=False),
             durable=self.consumer,
-            config=consumer_config(self.consumer, self.subject, settings),
+            config=consumer_config(self.consumer, subject, settings),
             deliver_policy=DeliverPolicy.ALL,
             pull_sub=PullSub(batch_size=min(settings.max_in_flight, 32), timeout=1.0),
             ack_policy=AckPolicy.MANUAL,
@@ -342,7 +361,7 @@ class EventRoutes:
                     else:
                         metrics.messages_handled.labels(self.consumer, "duplicate").inc()
 
-            await settle(raw, self.consumer, settings, js_ref(), work)
+            await settle(raw, self.consumer, host, work)
 
 
 _CLAIM = """
@@ -404,9 +423,12 @@ class ServiceClient:
     One connection and one reply subscription serve every call; pending commands are bounded.
     """
 
-    def __init__(self, nc: NatsClient, js: JetStreamContext, *, max_pending: int = 10_000) -> None:
+    def __init__(
+        self, nc: NatsClient, js: JetStreamContext, *, names: Names | None = None, max_pending: int = 10_000
+    ) -> None:
         self.nc = nc
         self.js = js
+        self.names = names or Names()
         self._prefix = f"_INBOX.stella.{uuid.uuid4().hex}"
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._max_pending = max_pending
@@ -438,7 +460,7 @@ class ServiceClient:
     async def query(self, subject: str, query: Query, *, timeout: float = 5.0) -> Reply:
         """Ask a read over request/reply; a missing or silent service gives a 503 reply."""
         try:
-            msg = await self.nc.request(subject, query.model_dump_json().encode(), timeout=timeout)
+            msg = await self.nc.request(self.names.subject(subject), query.model_dump_json().encode(), timeout=timeout)
         except nats.errors.NoRespondersError:
             return _unavailable(subject, "no service answers")
         except TimeoutError:
@@ -459,7 +481,7 @@ class ServiceClient:
         self._pending[key] = fut
         try:
             await self.js.publish(
-                subject,
+                self.names.subject(subject),
                 command.model_dump_json().encode(),
                 headers={HEADER_MSG_ID: str(command.message_id), HEADER_REPLY_TO: f"{self._prefix}.{key}"},
                 timeout=timeout,
@@ -481,7 +503,9 @@ class ServiceClient:
     async def send(self, subject: str, command: Command) -> None:
         """Send a command without waiting for its reply (service to service)."""
         await self.js.publish(
-            subject, command.model_dump_json().encode(), headers={HEADER_MSG_ID: str(command.message_id)}
+            self.names.subject(subject),
+            command.model_dump_json().encode(),
+            headers={HEADER_MSG_ID: str(command.message_id)},
         )
 
 

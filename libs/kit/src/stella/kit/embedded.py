@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import importlib.metadata
 import json
 import os
@@ -114,6 +115,10 @@ def _tail(path: Path, limit: int = 4000) -> str:
 def _port_taken_in(log_text: str) -> bool:
     lowered = log_text.lower()
     return "address already in use" in lowered or "could not bind" in lowered
+
+
+def _has_exited(process: subprocess.Popen[bytes]) -> bool:
+    return process.poll() is not None
 
 
 def _wait_until(ready: Callable[[], bool], exited: Callable[[], bool], timeout: float) -> bool:
@@ -251,8 +256,8 @@ class EmbeddedNats:
             )
             process = self._process
             ready = _wait_until(
-                lambda port=port: probe_nats(self.host, port, timeout=0.5),
-                lambda process=process: process.poll() is not None,
+                functools.partial(probe_nats, self.host, port, timeout=0.5),
+                functools.partial(_has_exited, process),
                 self.startup_timeout,
             )
             if ready:

@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from stella.contracts.envelope import Event
 from stella.contracts.streams import HEADER_MSG_ID
 from stella.kit import metrics
+from stella.kit.naming import Names
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class OutboxRelay:
         schema: str,
         js: JetStreamContext,
         *,
+        names: Names | None = None,
         batch_size: int = 200,
         poll_s: float = 1.0,
         retention_s: float = 24 * 3600,
@@ -82,6 +84,7 @@ class OutboxRelay:
         self.dsn = dsn
         self.schema = schema
         self.js = js
+        self.names = names or Names()
         self.batch_size = batch_size
         self.poll_s = poll_s
         self.retention_s = retention_s
@@ -150,7 +153,7 @@ class OutboxRelay:
         try:
             for row in rows:
                 await self.js.publish(
-                    row["subject"],
+                    self.names.subject(row["subject"]),
                     row["payload"].encode(),
                     headers={HEADER_MSG_ID: str(row["message_id"])},
                     timeout=5,

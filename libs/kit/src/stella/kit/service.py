@@ -24,6 +24,7 @@ from stella.kit.broker import ServiceClient, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.metrics import serve_metrics
 from stella.kit.migrations import apply_migrations
+from stella.kit.naming import Names
 from stella.kit.outbox import OutboxRelay
 from stella.kit.settings import ServiceSettings
 
@@ -51,6 +52,7 @@ class ServiceRuntime:
         self._register = register
         self._on_start = on_start
         self._on_stop = on_stop
+        self.names = Names(settings.nats_namespace)
         self.broker = NatsBroker(settings.nats_url, logger=logging.getLogger(f"stella.{name}.broker"))
         self._pool: asyncpg.Pool | None = None
         self._js: JetStreamContext | None = None
@@ -93,13 +95,15 @@ class ServiceRuntime:
         await self.broker.connect()
         nc = self.broker.connection
         self._js = nc.jetstream()
-        await declare_streams(self._js)
-        self._client = ServiceClient(nc, self._js)
+        await declare_streams(self._js, self.names)
+        self._client = ServiceClient(nc, self._js, names=self.names)
         await self._client.start()
         router = NatsRouter()
         self._register(self, router)
 
-        @router.subscriber(health_subject(self.name), queue=f"{self.name}-health", title=f"{self.name}-health")
+        @router.subscriber(
+            self.names.subject(health_subject(self.name)), queue=f"{self.name}-health", title=f"{self.name}-health"
+        )
         async def on_health(msg: NatsMessage) -> dict[str, Any]:
             return await self.health()
 
@@ -108,6 +112,7 @@ class ServiceRuntime:
             self.settings.database_url,
             self.schema,
             self._js,
+            names=self.names,
             batch_size=self.settings.outbox_batch_size,
             poll_s=self.settings.outbox_poll_s,
         )

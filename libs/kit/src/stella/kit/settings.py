@@ -30,6 +30,13 @@ class ServiceSettings(BaseSettings):
     )
     """NATS server URL(s), comma separated; JetStream must be enabled."""
 
+    nats_namespace: str = Field(
+        default="",
+        pattern=r"^([a-z0-9][a-z0-9-]{0,31})?$",
+        validation_alias=AliasChoices("nats_namespace", "STELLA_NATS_NAMESPACE"),
+    )
+    """Puts the installation's subjects under ``stella.<namespace>.`` (empty: the plain contract subjects)."""
+
     db_pool_size: int = Field(default=20, ge=1, le=200)
     """Maximum connections in the service's asyncpg pool."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -188,7 +189,7 @@ def provide_postgres() -> ProvidedServer:
             )
             url = f"postgresql://postgres@{host}:{port}/postgres"
             try:
-                _wait_for(lambda url=url: postgres_answers(url, timeout=1.0), f"Postgres container {POSTGRES_IMAGE}")
+                _wait_for(functools.partial(postgres_answers, url, timeout=1.0), f"Postgres container {POSTGRES_IMAGE}")
             except BaseException:
                 container.stop()
                 raise
@@ -225,7 +226,7 @@ def provide_nats() -> ProvidedServer:
             container, host, port = _start_container(NATS_IMAGE, 4222, lambda c: c.with_command("-js"))
             container_url = f"nats://{host}:{port}"
             try:
-                _wait_for(lambda url=container_url: nats_answers(url, timeout=1.0), f"NATS container {NATS_IMAGE}")
+                _wait_for(functools.partial(nats_answers, container_url, timeout=1.0), f"NATS container {NATS_IMAGE}")
             except BaseException:
                 container.stop()
                 raise

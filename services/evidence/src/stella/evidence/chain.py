@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import pairwise
 from typing import Any
 from uuid import UUID
 
@@ -211,7 +212,7 @@ def verify_chain(
         findings.append(
             _finding(FindingKind.GAP, first, f"{_range(first_sequence, sequences[0] - 1)} missing before it")
         )
-    for before, after in zip(sequences, sequences[1:], strict=False):
+    for before, after in pairwise(sequences):
         if after > before + 1:
             findings.append(
                 _finding(

@@ -25,8 +25,8 @@ from typing import Any, Final
 from stella.evidence.keys import (
     BadSignatureError,
     PublicKeyRing,
-    Signer,
     SignatureVerificationError,
+    Signer,
     UnknownKeyError,
 )
 
@@ -194,9 +194,7 @@ def verify_parsed_envelope(
 ) -> VerifiedEnvelope:
     """Verify a decoded envelope against trusted keys (see :func:`verify_envelope`)."""
     if payload_type is not None and envelope.payload_type != payload_type:
-        raise MalformedEnvelopeError(
-            f"payloadType is {envelope.payload_type!r}, expected {payload_type!r}"
-        )
+        raise MalformedEnvelopeError(f"payloadType is {envelope.payload_type!r}, expected {payload_type!r}")
     message = envelope.pae
     verified: set[str] = set()
     failed: list[str] = []

@@ -41,7 +41,7 @@ from uuid import UUID
 
 from stella.evidence.canonical import canonicalize, content_hash, is_content_hash
 from stella.evidence.dsse import parse_envelope, sign_envelope, verify_parsed_envelope
-from stella.evidence.keys import PublicKeyRing, Signer, SignatureVerificationError
+from stella.evidence.keys import PublicKeyRing, SignatureVerificationError, Signer
 from stella.evidence.statement import (
     PAYLOAD_TYPE,
     build_statement,

@@ -176,7 +176,9 @@ class Handlers:
                 raise domain.ComponentNotFound(f"component {cmd.component_id} does not exist")
             semver = cmd.semver or _semver_of(cmd.tag)
             channel = cmd.channel or _channel_for(semver, component.default_channel)
-            views = await self._record_versions(conn, cmd, component, {cmd.tag: cmd.digest}, {cmd.tag: (semver, channel)})
+            views = await self._record_versions(
+                conn, cmd, component, {cmd.tag: cmd.digest}, {cmd.tag: (semver, channel)}
+            )
             return views[cmd.tag].model_dump(mode="json")
 
         return await self.commands.run(cmd, execute)

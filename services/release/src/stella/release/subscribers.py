@@ -22,7 +22,7 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     commands.on(c.UPDATE_RELEASE, c.UpdateRelease, handlers.update_release)
     commands.on(c.MARK_RELEASE_READY, c.MarkReleaseReady, handlers.mark_release_ready)
     commands.on(c.DEPRECATE_RELEASE, c.DeprecateRelease, handlers.deprecate_release)
-    commands.attach(router, runtime.settings, lambda: runtime.js)
+    commands.attach(router, runtime)
 
     queries = QueryRoutes(c.CONTEXT, runtime.name)
     queries.on(c.GET_COMPONENT, c.GetComponent, handlers.get_component)
@@ -30,4 +30,4 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     queries.on(c.LIST_VERSIONS, c.ListVersions, handlers.list_versions)
     queries.on(c.GET_RELEASE, c.GetRelease, handlers.get_release)
     queries.on(c.LIST_RELEASES, c.ListReleases, handlers.list_releases)
-    queries.attach(router)
+    queries.attach(router, runtime)

@@ -1,0 +1,255 @@
+"""Delivery guarantees against real NATS and Postgres: one effect per message, bounded retries, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import ClassVar
+
+import asyncpg
+from faststream.nats import NatsRouter
+from nats.aio.client import Client
+
+from stella.contracts.envelope import Command, ErrorDetail, Event, Reply
+from stella.contracts.streams import (
+    HEADER_CONSUMER,
+    HEADER_DELIVERIES,
+    HEADER_ERROR,
+    HEADER_MSG_ID,
+    dead_letter_subject,
+)
+from stella.kit.broker import CommandProcessor, CommandRoutes, EventRoutes, ServiceClient
+from stella.kit.errors import Conflict
+from stella.kit.naming import Names
+from stella.kit.outbox import OutboxRelay, add_event
+from stella.kit.service import ServiceRuntime
+from stella.testing.messaging import collect_messages
+
+ADD = "stella.cmd.kittest.add_item"
+BREAK = "stella.cmd.kittest.always_fail"
+ADDED = "stella.evt.kittest.item_added"
+
+
+class AddItem(Command):
+    name: str
+
+
+class AlwaysFail(Command):
+    reason: str = "boom"
+
+
+class ItemAdded(Event):
+    name: str
+
+
+def _register_items(calls: list[str]):
+    def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
+        processor = CommandProcessor(lambda: runtime.pool, "kittest-commands")
+
+        async def add_item(cmd: AddItem) -> Reply:
+            calls.append(cmd.name)
+
+            async def execute(conn: asyncpg.Connection) -> object:
+                if cmd.name == "taken":
+                    raise Conflict("name taken", code="RES_DUPLICATE_NAME")
+                row_id = await conn.fetchval(
+                    "INSERT INTO items (tenant_id, name) VALUES ($1, $2) RETURNING id", cmd.tenant_id, cmd.name
+                )
+                await add_event(conn, ADDED, cmd.caused(ItemAdded, name=cmd.name))
+                return {"id": row_id}
+
+            return await processor.run(cmd, execute)
+
+        async def always_fail(cmd: AlwaysFail) -> Reply:
+            calls.append("fail")
+            raise RuntimeError(cmd.reason)
+
+        routes = CommandRoutes("kittest", "kittest")
+        routes.on(ADD, AddItem, add_item)
+        routes.on(BREAK, AlwaysFail, always_fail)
+        routes.attach(router, runtime)
+
+    return register
+
+
+def _ids() -> dict[str, uuid.UUID]:
+    return {"tenant_id": uuid.uuid4(), "correlation_id": uuid.uuid4()}
+
+
+async def _client(nats: Client, runtime: ServiceRuntime) -> ServiceClient:
+    client = ServiceClient(nats, nats.jetstream(), names=runtime.names)
+    await client.start()
+    return client
+
+
+async def _count(runtime: ServiceRuntime, name: str) -> int:
+    async with runtime.pool.acquire() as conn:
+        return await conn.fetchval("SELECT count(*) FROM items WHERE name = $1", name)
+
+
+async def test_command_delivered_twice_has_one_effect_and_the_same_reply(start_runtime, nats: Client) -> None:
+    calls: list[str] = []
+    runtime = await start_runtime(_register_items(calls))
+    client = await _client(nats, runtime)
+    cmd = AddItem(name="one", **_ids())
+    first = await client.command(ADD, cmd)
+    assert first.ok
+    # The same command again, past JetStream's duplicate window (another Nats-Msg-Id): the inbox answers.
+    reply_to = f"_INBOX.again.{uuid.uuid4().hex}"
+    sub = await nats.subscribe(reply_to, max_msgs=1)
+    await nats.jetstream().publish(
+        runtime.names.subject(ADD),
+        cmd.model_dump_json().encode(),
+        headers={HEADER_MSG_ID: "other-id", "Stella-Reply-To": reply_to},
+    )
+    second = Reply.model_validate_json((await sub.next_msg(timeout=10)).data)
+    assert second == first
+    assert await _count(runtime, "one") == 1
+    await client.stop()
+
+
+async def test_business_error_is_a_reply_that_changes_nothing(start_runtime, nats: Client) -> None:
+    runtime = await start_runtime(_register_items([]))
+    client = await _client(nats, runtime)
+    reply = await client.command(ADD, AddItem(name="taken", **_ids()))
+    assert not reply.ok
+    assert reply.error is not None
+    assert (reply.error.code, reply.error.status) == ("RES_DUPLICATE_NAME", 409)
+    async with runtime.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM items") == 0
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+    await client.stop()
+
+
+async def test_always_failing_message_is_dead_lettered_and_blocks_nothing(start_runtime, nats: Client) -> None:
+    calls: list[str] = []
+    runtime = await start_runtime(_register_items(calls))
+    client = await _client(nats, runtime)
+    dlq = runtime.names.subject(dead_letter_subject("kittest-commands"))
+    async with collect_messages(nats.jetstream(), dlq) as dead:
+        failing = asyncio.create_task(client.command(BREAK, AlwaysFail(reason="disk on fire", **_ids()), timeout=20))
+        # Others keep flowing while the poison one is retried.
+        for i in range(5):
+            assert (await client.command(ADD, AddItem(name=f"ok-{i}", **_ids()))).ok
+        [letter] = await dead.wait(1, timeout=20)
+        reply = await failing
+    assert calls.count("fail") == runtime.settings.max_deliver
+    assert letter.headers is not None
+    assert letter.headers[HEADER_CONSUMER] == "kittest-commands"
+    assert letter.headers[HEADER_DELIVERIES] == str(runtime.settings.max_deliver)
+    assert "disk on fire" in letter.headers[HEADER_ERROR]
+    assert AlwaysFail.model_validate_json(letter.data).reason == "disk on fire"
+    assert not reply.ok
+    assert reply.error == ErrorDetail(
+        code="SYS_COMMAND_FAILED",
+        status=500,
+        title="The command could not be handled",
+        detail=reply.error.detail,
+    )
+    await client.stop()
+
+
+async def test_unparseable_message_is_dead_lettered_at_once(start_runtime, nats: Client) -> None:
+    calls: list[str] = []
+    runtime = await start_runtime(_register_items(calls))
+    dlq = runtime.names.subject(dead_letter_subject("kittest-commands"))
+    async with collect_messages(nats.jetstream(), dlq) as dead:
+        await nats.jetstream().publish(runtime.names.subject(ADD), b'{"name": 42}')
+        [letter] = await dead.wait(1, timeout=10)
+    assert letter.headers is not None
+    assert letter.headers[HEADER_DELIVERIES] == "1"
+    assert letter.headers[HEADER_ERROR].startswith("unprocessable")
+    assert calls == []
+
+
+async def test_event_consumer_handles_a_redelivered_event_once(start_runtime, nats: Client) -> None:
+    seen: list[str] = []
+
+    class Collector(EventRoutes):
+        pass
+
+    def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
+        async def on_added(event: ItemAdded, conn: asyncpg.Connection) -> None:
+            seen.append(event.name)
+            await conn.execute(
+                "INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, "copy-" + event.name
+            )
+
+        Collector("kittest", "copies", ADDED, ItemAdded, on_added, lambda: runtime.pool).attach(router, runtime)
+
+    runtime = await start_runtime(register)
+    event = ItemAdded(name="x", **_ids())
+    js = nats.jetstream()
+    for msg_id in ("a", "b"):  # two publications of the same event, different Nats-Msg-Id
+        await js.publish(
+            runtime.names.subject(ADDED), event.model_dump_json().encode(), headers={HEADER_MSG_ID: msg_id}
+        )
+    marker = ItemAdded(name="marker", **_ids())
+    await js.publish(runtime.names.subject(ADDED), marker.model_dump_json().encode())
+    for _ in range(200):
+        if await _count(runtime, "copy-marker") == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await _count(runtime, "copy-x") == 1
+    assert seen.count("x") <= 2
+
+
+async def test_relay_publishes_each_event_once_with_its_message_id(start_runtime, nats: Client) -> None:
+    runtime = await start_runtime(_register_items([]))
+    client = await _client(nats, runtime)
+    async with collect_messages(nats.jetstream(), runtime.names.subject(ADDED)) as published:
+        cmds = [AddItem(name=f"e{i}", **_ids()) for i in range(20)]
+        for cmd in cmds:
+            assert (await client.command(ADD, cmd)).ok
+        msgs = await published.wait(20, timeout=15)
+    assert [ItemAdded.model_validate_json(m.data).name for m in msgs] == [c.name for c in cmds]
+    assert all(
+        m.headers and m.headers[HEADER_MSG_ID] == str(ItemAdded.model_validate_json(m.data).message_id) for m in msgs
+    )
+    await client.stop()
+
+
+class _Ordered(Event):
+    n: int
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+
+async def test_a_tenants_events_are_published_in_commit_order(start_runtime, nats: Client) -> None:
+    """A transaction that wrote first but commits last must not have its event published first."""
+    runtime = await start_runtime(lambda runtime, router: None)
+    # Hold publication until both transactions are done, the case where reading in id order could reorder.
+    assert runtime.relay is not None
+    await runtime.relay.stop()
+    tenant = uuid.uuid4()
+    committed: list[int] = []
+    first_inserted = asyncio.Event()
+
+    async def slow() -> None:
+        async with runtime.pool.acquire() as conn:
+            async with conn.transaction():
+                await add_event(conn, ADDED, _Ordered(n=1, tenant_id=tenant, correlation_id=uuid.uuid4()))
+                first_inserted.set()
+                await asyncio.sleep(0.5)
+            committed.append(1)
+
+    async def fast() -> None:
+        await first_inserted.wait()
+        async with runtime.pool.acquire() as conn:
+            async with conn.transaction():
+                await add_event(conn, ADDED, _Ordered(n=2, tenant_id=tenant, correlation_id=uuid.uuid4()))
+            committed.append(2)
+
+    async with collect_messages(nats.jetstream(), runtime.names.subject(ADDED)) as published:
+        await asyncio.gather(slow(), fast())
+        relay = OutboxRelay(runtime.settings.database_url, runtime.schema, runtime.js, names=runtime.names, poll_s=0.1)
+        relay.start()
+        msgs = await published.wait(2, timeout=10)
+        await relay.stop()
+    assert [_Ordered.model_validate_json(m.data).n for m in msgs] == committed
+
+
+def test_names_map_subjects_into_a_namespace_and_back() -> None:
+    names = Names("blue")
+    assert names.subject(ADD) == "stella.blue.cmd.kittest.add_item"
+    assert names.local("stella.blue.cmd.kittest.add_item") == ADD
+    assert Names().subject(ADD) == ADD

@@ -1,0 +1,128 @@
+"""The embedded NATS and Postgres servers start for real, serve on TCP and keep data when asked to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+
+from stella.kit.embedded import (
+    BinaryNotFoundError,
+    EmbeddedNats,
+    EmbeddedPostgres,
+    EmbeddedServerError,
+    free_port,
+    probe_nats,
+)
+
+
+@pytest.fixture(scope="module")
+def embedded_nats() -> Iterator[EmbeddedNats]:
+    with EmbeddedNats() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def embedded_postgres() -> Iterator[EmbeddedPostgres]:
+    with EmbeddedPostgres() as server:
+        yield server
+
+
+async def test_embedded_nats_serves_jetstream(embedded_nats: EmbeddedNats) -> None:
+    assert embedded_nats.url.startswith("nats://127.0.0.1:")
+    client = await nats.connect(embedded_nats.url)
+    try:
+        js = client.jetstream()
+        await js.add_stream(name="EMBEDDED", subjects=["embedded.>"])
+        ack = await js.publish("embedded.hello", b"payload")
+        stored = await js.get_msg("EMBEDDED", ack.seq)
+    finally:
+        await client.close()
+    assert ack.stream == "EMBEDDED"
+    assert stored.data == b"payload"
+
+
+async def test_embedded_nats_keeps_streams_across_restarts(tmp_path: Path) -> None:
+    server = EmbeddedNats(data_dir=tmp_path / "nats", port=free_port())
+    with server:
+        client = await nats.connect(server.url)
+        await client.jetstream().add_stream(name="KEPT", subjects=["kept.>"])
+        await client.jetstream().publish("kept.one", b"1")
+        await client.close()
+    assert not probe_nats("127.0.0.1", server.port or 0, timeout=0.2)
+    with server:
+        client = await nats.connect(server.url)
+        info = await client.jetstream().stream_info("KEPT")
+        await client.close()
+    assert info.state.messages == 1
+
+
+def test_embedded_nats_deletes_its_temporary_directory() -> None:
+    server = EmbeddedNats().start()
+    store = server.log_path.parent
+    assert store.is_dir()
+    server.stop()
+    assert not store.exists()
+    assert not server.running
+
+
+def test_embedded_nats_reports_a_missing_binary(tmp_path: Path) -> None:
+    with pytest.raises(BinaryNotFoundError, match="nats-server"):
+        EmbeddedNats(binary=tmp_path / "nats-server").start()
+
+
+async def test_embedded_postgres_accepts_queries_on_tcp(embedded_postgres: EmbeddedPostgres) -> None:
+    conn = await asyncpg.connect(embedded_postgres.url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT inet_server_addr()::text AS addr, inet_server_port() AS port,"
+            " current_setting('server_version_num')::int AS version,"
+            " current_setting('unix_socket_directories') AS sockets"
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    # inet_server_addr() is NULL over a Unix socket: a value proves the session came over TCP.
+    assert row["addr"] == "127.0.0.1/32"
+    assert row["port"] == embedded_postgres.port
+    assert row["version"] // 10000 == 18
+    assert row["sockets"] == ""
+
+
+async def test_embedded_postgres_keeps_data_across_restarts(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(data_dir=tmp_path / "pgdata", port=free_port())
+    assert server.durable
+    with server:
+        conn = await asyncpg.connect(server.url)
+        await conn.execute("CREATE TABLE kept (value text); INSERT INTO kept VALUES ('still here')")
+        await conn.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncpg.connect(server.url, timeout=2)
+    with server:
+        conn = await asyncpg.connect(server.url)
+        value = await conn.fetchval("SELECT value FROM kept")
+        fsync = await conn.fetchval("SHOW fsync")
+        await conn.close()
+    assert value == "still here"
+    assert fsync == "on"
+
+
+def test_embedded_postgres_refuses_a_directory_holding_other_files(tmp_path: Path) -> None:
+    data_dir = tmp_path / "not-a-cluster"
+    data_dir.mkdir()
+    (data_dir / "notes.txt").write_text("unrelated")
+    with pytest.raises(EmbeddedServerError, match="not empty"):
+        EmbeddedPostgres(data_dir=data_dir).start()
+    assert (data_dir / "notes.txt").read_text() == "unrelated"
+
+
+def test_embedded_postgres_deletes_its_temporary_directory() -> None:
+    server = EmbeddedPostgres().start()
+    pgdata = server.pgdata
+    assert (pgdata / "PG_VERSION").read_text().strip() == "18"
+    server.stop()
+    assert not pgdata.exists()
+    assert not server.running

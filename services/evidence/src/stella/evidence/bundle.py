@@ -1,0 +1,579 @@
+"""Export bundles: a deterministic ``tar.gz`` of signed packets, public keys, a manifest and instructions.
+
+Layout::
+
+    VERIFY.md                                      how to verify with standard tools
+    envelopes/<sequence>-<packet id>.dsse.json     one DSSE envelope per packet (sequence zero-padded)
+    keys/<key_ref>.pem                             public keys, current and rotated
+    manifest.json                                  SHA-256 and size of every other file, and bundle metadata
+
+The same packets, keys, tenant and ``created_at`` always give the same bytes: entries are sorted, owners and
+permissions fixed, every mtime is ``created_at``, JSON is written with sorted keys and the gzip header carries
+no timestamp or file name.
+
+Reading never extracts to disk; members are read into memory with size limits, and anything that is not a
+plain file is reported instead of followed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import re
+import tarfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Final
+from uuid import UUID
+
+from stella.evidence.canonical import sha256_digest
+from stella.evidence.keys import PublicKey
+from stella.evidence.packet import SignedPacket, format_timestamp, parse_timestamp
+from stella.evidence.statement import PAYLOAD_TYPE, PREDICATE_TYPE
+
+BUNDLE_FORMAT: Final[str] = "stella-evidence-bundle/v1"
+"""``format`` of the manifest; bumped if the layout ever changes."""
+
+MANIFEST_PATH: Final[str] = "manifest.json"
+"""Path of the manifest inside the bundle."""
+
+VERIFY_PATH: Final[str] = "VERIFY.md"
+"""Path of the verification instructions inside the bundle."""
+
+ENVELOPES_DIR: Final[str] = "envelopes/"
+"""Directory of the packet envelopes."""
+
+KEYS_DIR: Final[str] = "keys/"
+"""Directory of the public keys."""
+
+SEQUENCE_DIGITS: Final[int] = 10
+"""Sequences in envelope file names are zero-padded to this width, so names sort in sequence order."""
+
+MAX_FILE_SIZE: Final[int] = 64 * 1024 * 1024
+"""Default largest member a reader accepts (bytes)."""
+
+MAX_TOTAL_SIZE: Final[int] = 4 * 1024 * 1024 * 1024
+"""Default largest total of member sizes a reader accepts (bytes)."""
+
+_ENVELOPE_NAME_RE: Final[re.Pattern[str]] = re.compile(
+    r"envelopes/(\d+)-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.dsse\.json"
+)
+_SHA256_HEX_RE: Final[re.Pattern[str]] = re.compile(r"[0-9a-f]{64}")
+
+
+class BundleFormatError(ValueError):
+    """The input is not a readable bundle (not gzip, not tar, too large); nothing in it can be checked."""
+
+
+class ManifestError(ValueError):
+    """``manifest.json`` is missing or not a manifest this reader understands."""
+
+
+def envelope_path(sequence: int, packet_id: UUID) -> str:
+    """Return the bundle path of a packet's envelope."""
+    return f"{ENVELOPES_DIR}{sequence:0{SEQUENCE_DIGITS}d}-{packet_id}.dsse.json"
+
+
+def parse_envelope_path(path: str) -> tuple[int, UUID] | None:
+    """Return ``(sequence, packet id)`` named by an envelope path, or ``None`` if the name has another shape."""
+    match = _ENVELOPE_NAME_RE.fullmatch(path)
+    if match is None:
+        return None
+    return int(match.group(1)), UUID(match.group(2))
+
+
+def key_path(key_ref: str) -> str:
+    """Return the bundle path of a public key."""
+    return f"{KEYS_DIR}{key_ref}.pem"
+
+
+def _json_bytes(value: Any) -> bytes:
+    # Readable and deterministic; these files are hashed as bytes by the manifest, never re-serialized.
+    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """A file listed in the manifest.
+
+    Attributes:
+        path: Path inside the bundle.
+        sha256: Lowercase hex SHA-256 of its bytes.
+        size: Its size in bytes.
+    """
+
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The bundle manifest.
+
+    Attributes:
+        tenant_id: Tenant whose packets the bundle holds.
+        created_at: When the bundle was made.
+        first_sequence: Lowest packet sequence exported (``None`` for an empty bundle).
+        last_sequence: Highest packet sequence exported (``None`` for an empty bundle).
+        packet_count: Number of envelopes.
+        key_refs: References of the public keys included.
+        files: Every other file of the bundle, sorted by path.
+    """
+
+    tenant_id: UUID
+    created_at: datetime
+    first_sequence: int | None
+    last_sequence: int | None
+    packet_count: int
+    key_refs: tuple[str, ...]
+    files: tuple[ManifestFile, ...] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the manifest as JSON."""
+        return {
+            "format": BUNDLE_FORMAT,
+            "tenant_id": str(self.tenant_id),
+            "created_at": format_timestamp(self.created_at),
+            "range": (
+                None
+                if self.first_sequence is None
+                else {"first_sequence": self.first_sequence, "last_sequence": self.last_sequence}
+            ),
+            "packet_count": self.packet_count,
+            "payload_type": PAYLOAD_TYPE,
+            "predicate_type": PREDICATE_TYPE,
+            "key_refs": list(self.key_refs),
+            "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files],
+        }
+
+
+def _optional_int(value: object, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ManifestError(f"{name} is not a non-negative integer")
+    return value
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse ``manifest.json``.
+
+    Raises:
+        ManifestError: When it is not JSON, not of format ``stella-evidence-bundle/v1``, or lacks a field.
+    """
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"manifest.json is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError("manifest.json is not a JSON object")
+    if raw.get("format") != BUNDLE_FORMAT:
+        raise ManifestError(f"manifest format is {raw.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    try:
+        tenant_id = UUID(raw["tenant_id"])
+        created_at = parse_timestamp(raw["created_at"])
+        sequence_range = raw["range"]
+        if sequence_range is not None and not isinstance(sequence_range, dict):
+            raise ManifestError("range is neither null nor an object")
+        first = _optional_int(None if sequence_range is None else sequence_range["first_sequence"], "first_sequence")
+        last = _optional_int(None if sequence_range is None else sequence_range["last_sequence"], "last_sequence")
+        packet_count = _optional_int(raw["packet_count"], "packet_count")
+        key_refs = raw["key_refs"]
+        if not isinstance(key_refs, list) or not all(isinstance(ref, str) for ref in key_refs):
+            raise ManifestError("key_refs is not a list of strings")
+        files = []
+        for index, entry in enumerate(raw["files"]):
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("path"), str)
+                and isinstance(entry.get("sha256"), str)
+                and _SHA256_HEX_RE.fullmatch(entry["sha256"])
+                and isinstance(entry.get("size"), int)
+            ):
+                raise ManifestError(f"files[{index}] is not {{path, sha256: <64 hex>, size}}")
+            files.append(ManifestFile(path=entry["path"], sha256=entry["sha256"], size=entry["size"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ManifestError):
+            raise
+        raise ManifestError(f"manifest.json is incomplete or has a field of the wrong type: {exc!r}") from exc
+    return Manifest(
+        tenant_id=tenant_id,
+        created_at=created_at,
+        first_sequence=first,
+        last_sequence=last,
+        packet_count=packet_count or 0,
+        key_refs=tuple(key_refs),
+        files=tuple(files),
+    )
+
+
+def render_verify_md(manifest: Manifest) -> str:
+    """Return the ``VERIFY.md`` of a bundle with this manifest (its ``files`` are not used)."""
+    sequence_range = (
+        "none (the bundle is empty)"
+        if manifest.first_sequence is None
+        else f"{manifest.first_sequence} to {manifest.last_sequence}"
+    )
+    keys = ", ".join(f"`{ref}`" for ref in manifest.key_refs) or "none"
+    return (
+        _VERIFY_TEMPLATE.replace("@@TENANT@@", str(manifest.tenant_id))
+        .replace("@@RANGE@@", sequence_range)
+        .replace("@@COUNT@@", str(manifest.packet_count))
+        .replace("@@CREATED_AT@@", format_timestamp(manifest.created_at))
+        .replace("@@KEYS@@", keys)
+        .replace("@@PREDICATE_TYPE@@", PREDICATE_TYPE)
+        .replace("@@PAYLOAD_TYPE@@", PAYLOAD_TYPE)
+    )
+
+
+def build_bundle(
+    signed_packets: Iterable[SignedPacket],
+    public_keys: Iterable[PublicKey],
+    *,
+    tenant_id: UUID,
+    created_at: datetime,
+) -> bytes:
+    """Build an export bundle.
+
+    The packets are exported as given, in sequence order: a gap or a packet whose signer key is missing from
+    ``public_keys`` is not repaired or hidden here, it is what the verifier will report.
+
+    Args:
+        signed_packets: The packets and their envelopes, all of ``tenant_id``.
+        public_keys: Every public key that may have signed them: the current key and the rotated ones.
+        tenant_id: The tenant whose evidence this is.
+        created_at: Export time; written to the manifest and used as every entry's mtime.
+
+    Returns:
+        The ``tar.gz`` bytes.
+
+    Raises:
+        ValueError: When a packet belongs to another tenant or two packets share a sequence.
+    """
+    packets = sorted(signed_packets, key=lambda item: item.packet.sequence)
+    seen: set[int] = set()
+    for item in packets:
+        if item.packet.tenant_id != tenant_id:
+            raise ValueError(f"packet {item.packet.id} belongs to tenant {item.packet.tenant_id}, not {tenant_id}")
+        if item.packet.sequence in seen:
+            raise ValueError(f"two packets have sequence {item.packet.sequence}")
+        seen.add(item.packet.sequence)
+    keys = {key.key_ref: key for key in public_keys}
+
+    files: dict[str, bytes] = {}
+    for item in packets:
+        files[envelope_path(item.packet.sequence, item.packet.id)] = _json_bytes(item.envelope)
+    for ref in sorted(keys):
+        files[key_path(ref)] = keys[ref].to_pem()
+    header = Manifest(
+        tenant_id=tenant_id,
+        created_at=created_at,
+        first_sequence=packets[0].packet.sequence if packets else None,
+        last_sequence=packets[-1].packet.sequence if packets else None,
+        packet_count=len(packets),
+        key_refs=tuple(sorted(keys)),
+        files=(),
+    )
+    files[VERIFY_PATH] = render_verify_md(header).encode("utf-8")
+    listed = tuple(
+        ManifestFile(path=path, sha256=sha256_digest(data).removeprefix("sha256:"), size=len(data))
+        for path, data in sorted(files.items())
+    )
+    manifest = Manifest(
+        tenant_id=header.tenant_id,
+        created_at=header.created_at,
+        first_sequence=header.first_sequence,
+        last_sequence=header.last_sequence,
+        packet_count=header.packet_count,
+        key_refs=header.key_refs,
+        files=listed,
+    )
+    files[MANIFEST_PATH] = _json_bytes(manifest.to_dict())
+    return _tar_gz(files, mtime=int(created_at.timestamp()))
+
+
+def write_bundle(
+    path: str | os.PathLike[str],
+    signed_packets: Iterable[SignedPacket],
+    public_keys: Iterable[PublicKey],
+    *,
+    tenant_id: UUID,
+    created_at: datetime,
+) -> None:
+    """Build a bundle (see :func:`build_bundle`) and write it to ``path``."""
+    Path(path).write_bytes(build_bundle(signed_packets, public_keys, tenant_id=tenant_id, created_at=created_at))
+
+
+def _tar_gz(files: dict[str, bytes], *, mtime: int) -> bytes:
+    directories = sorted({path.rsplit("/", 1)[0] + "/" for path in files if "/" in path})
+    tar_buffer = io.BytesIO()
+    with tarfile.open(fileobj=tar_buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in sorted([*directories, *files]):
+            info = tarfile.TarInfo(name.rstrip("/"))
+            info.mtime = mtime
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+            else:
+                data = files[name]
+                info.mode = 0o644
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    gz_buffer = io.BytesIO()
+    # mtime=0 and no file name: the gzip header would otherwise differ between two exports of the same data.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=gz_buffer, compresslevel=9, mtime=0) as gz:
+        gz.write(tar_buffer.getvalue())
+    return gz_buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class BundleContents:
+    """The members of a bundle, read into memory.
+
+    Attributes:
+        files: Regular files by path (a path present twice keeps its first copy).
+        irregular: Members that are not regular files or directories (links, devices, FIFOs), by path.
+        duplicates: Paths that appear more than once.
+    """
+
+    files: dict[str, bytes]
+    irregular: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()
+
+
+def read_bundle(
+    source: bytes | str | os.PathLike[str] | IO[bytes],
+    *,
+    max_file_size: int = MAX_FILE_SIZE,
+    max_total_size: int = MAX_TOTAL_SIZE,
+) -> BundleContents:
+    """Read every member of a bundle without extracting anything to disk.
+
+    Args:
+        source: The ``tar.gz`` bytes, a path to it, or a binary file object.
+        max_file_size: Largest member accepted, in bytes.
+        max_total_size: Largest total of member sizes accepted, in bytes.
+
+    Raises:
+        BundleFormatError: When the input is not a gzip-compressed tar, is truncated, or exceeds the limits.
+        OSError: When a path is given and cannot be read.
+    """
+    if isinstance(source, bytes):
+        handle: IO[bytes] = io.BytesIO(source)
+    elif isinstance(source, str | os.PathLike):
+        handle = open(source, "rb")  # noqa: SIM115 - closed in the finally below
+    else:
+        handle = source
+    files: dict[str, bytes] = {}
+    irregular: list[str] = []
+    duplicates: list[str] = []
+    total = 0
+    try:
+        with tarfile.open(fileobj=handle, mode="r:gz") as tar:
+            for member in tar:
+                # "./x" and "x" are the same file once extracted; re-packed archives often use the former.
+                name = member.name.removeprefix("./")
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    irregular.append(name)
+                    continue
+                if member.size > max_file_size:
+                    raise BundleFormatError(f"{name} is {member.size} bytes, more than the {max_file_size} allowed")
+                total += member.size
+                if total > max_total_size:
+                    raise BundleFormatError(f"bundle members exceed {max_total_size} bytes in total")
+                extracted = tar.extractfile(member)
+                data = extracted.read() if extracted is not None else b""
+                if name in files:
+                    duplicates.append(name)
+                    continue
+                files[name] = data
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise BundleFormatError(f"not a readable tar.gz bundle: {exc}") from exc
+    finally:
+        if handle is not source:
+            handle.close()
+    if not files:
+        raise BundleFormatError("the archive holds no files")
+    return BundleContents(files=files, irregular=tuple(irregular), duplicates=tuple(sorted(set(duplicates))))
+
+
+_VERIFY_TEMPLATE: Final[str] = r"""# Verifying this evidence bundle
+
+This bundle holds the signed evidence packets of tenant `@@TENANT@@`: sequences @@RANGE@@
+(@@COUNT@@ packets), exported at @@CREATED_AT@@, signed with the keys @@KEYS@@.
+Everything below works offline.
+
+## What is inside
+
+| path | content |
+|---|---|
+| `envelopes/<sequence>-<packet id>.dsse.json` | one DSSE envelope per packet; the sequence is zero-padded to 10 digits so names sort in chain order |
+| `keys/<key_ref>.pem` | the public keys that signed the packets, current and rotated (PEM SubjectPublicKeyInfo) |
+| `manifest.json` | the SHA-256 and size of every other file, and the bundle metadata: tenant, sequence range, packet count, creation time |
+| `VERIFY.md` | this file |
+
+An envelope is JSON:
+`{"payload": <base64 statement>, "payloadType": "@@PAYLOAD_TYPE@@", "signatures": [{"keyid": <key_ref>, "sig": <base64 signature>}]}`.
+The payload is an in-toto Statement v1 in RFC 8785 canonical JSON. Its `subject` lists the images the
+packet is about (repository and sha256 digest); its `predicate` (type `@@PREDICATE_TYPE@@`)
+is the evidence packet: `id`, `tenant_id`, `packet_type`, `promotion_id`, `sequence`, `previous_hash`,
+`content`, `content_hash`, `created_at`, `signer_key_ref`.
+
+Four things must hold: the files are the ones listed in the manifest (1), every signature verifies (2),
+every `content_hash` recomputes (3), and the packets form an unbroken chain (4). The commands below check
+each with standard tools (bash, GNU coreutils, jq, OpenSSL 3.0 or later; step 3 needs python3 with the
+`rfc8785` package). Section 6 checks everything at once.
+
+## 1. Every file matches the manifest
+
+Extract the bundle and enter it:
+
+```sh
+mkdir bundle && tar -xzf <bundle>.tar.gz -C bundle && cd bundle
+```
+
+Check every file the manifest lists; each line must end in `OK`:
+
+```sh
+jq -r '.files[] | "\(.sha256)  \(.path)"' manifest.json | sha256sum -c -
+```
+
+Without jq, the same list comes from
+`python3 -c 'import json; [print(f["sha256"] + "  " + f["path"]) for f in json.load(open("manifest.json"))["files"]]'`.
+
+No file may be there that the manifest does not list; this prints nothing when all is well:
+
+```sh
+comm -13 <(jq -r '.files[].path' manifest.json | sort) <(find . -type f ! -path ./manifest.json | sed 's|^\./||' | sort)
+```
+
+The manifest itself is not signed. It detects damaged or edited files and lets you check them with common
+tools; that the packets are authentic rests on the signatures (2) and the chain (4).
+
+## 2. Every signature verifies
+
+A DSSE signature is not over the payload alone but over its pre-authentication encoding (PAE):
+
+    PAE = "DSSEv1" SP LEN(payloadType) SP payloadType SP LEN(payload) SP payload
+
+where SP is one space (0x20), LEN is a byte length in ASCII decimal without leading zeros, and payload is the
+base64-decoded bytes. For example, payload type `http://example.com/HelloWorld` and payload `hello world`
+give the PAE `DSSEv1 29 http://example.com/HelloWorld 11 hello world`.
+
+An Ed25519 signature is the raw 64-byte signature (RFC 8032) of the PAE. An ECDSA P-256 signature is the
+DER-encoded signature of the SHA-256 of the PAE. A signature's `keyid` is the `key_ref` of its key, which
+names the file `keys/<key_ref>.pem`, and the packet's `signer_key_ref` must be that same key.
+
+This loop rebuilds the PAE of every envelope and verifies it with OpenSSL; it prints one line per envelope
+(OpenSSL prints `Signature Verified Successfully` for Ed25519 and `Verified OK` for ECDSA) and `FAILED` for
+any that does not verify:
+
+```sh
+work=$(mktemp -d)
+for env in envelopes/*.dsse.json; do
+  keyid=$(jq -r '.signatures[0].keyid' "$env")
+  type=$(jq -r '.payloadType' "$env")
+  jq -r '.payload' "$env" | base64 -d > "$work/payload"
+  jq -r '.signatures[0].sig' "$env" | base64 -d > "$work/sig"
+  printf 'DSSEv1 %d %s %d ' "${#type}" "$type" "$(wc -c < "$work/payload" | tr -d ' ')" > "$work/pae"
+  cat "$work/payload" >> "$work/pae"
+  case "$keyid" in
+    ed25519:*)    openssl pkeyutl -verify -pubin -inkey "keys/$keyid.pem" -rawin -in "$work/pae" -sigfile "$work/sig" ;;
+    ecdsa-p256:*) openssl dgst -sha256 -verify "keys/$keyid.pem" -signature "$work/sig" "$work/pae" ;;
+    *)            false ;;
+  esac && [ "$(jq -r '.predicate.signer_key_ref' "$work/payload")" = "$keyid" ] \
+    && echo "signature ok: $env ($keyid)" || echo "FAILED: $env ($keyid)"
+done
+rm -r "$work"
+```
+
+(`${#type}` counts characters; the payload type is ASCII, so that is its byte length.)
+
+## 3. Every content_hash recomputes
+
+`content_hash` is `"sha256:"` followed by the hex SHA-256 of the RFC 8785 (JSON Canonicalization Scheme)
+form of this object, built from the packet's own fields:
+
+    {"content", "created_at", "id", "packet_type", "previous_hash", "promotion_id", "sequence", "tenant_id"}
+
+It covers the content and the packet's place in the chain; `signer_key_ref` is not part of it. There is no
+common command-line tool for RFC 8785, so this uses Python with the `rfc8785` package
+(`pip install rfc8785`); any conforming implementation gives the same bytes. Save it as `check_hashes.py`
+and run `python3 check_hashes.py envelopes/*.dsse.json`; every line must say `OK`:
+
+```python
+import base64, hashlib, json, sys
+
+import rfc8785
+
+FIELDS = ("content", "created_at", "id", "packet_type", "previous_hash", "promotion_id", "sequence", "tenant_id")
+for path in sys.argv[1:]:
+    with open(path) as handle:
+        packet = json.loads(base64.b64decode(json.load(handle)["payload"]))["predicate"]
+    computed = "sha256:" + hashlib.sha256(rfc8785.dumps({k: packet[k] for k in FIELDS})).hexdigest()
+    print(packet["sequence"], "OK" if computed == packet["content_hash"] else "MISMATCH", path)
+```
+
+## 4. The packets form an unbroken chain
+
+Each packet carries the `content_hash` of the packet before it in `previous_hash`; the first packet of the
+tenant (sequence 1) has `previous_hash` null. This lists sequence, previous_hash and content_hash of every
+packet in order, and prints `BROKEN` where a sequence is skipped (a deleted packet), out of order (a
+reordered packet), or where a link does not match:
+
+```sh
+for env in envelopes/*.dsse.json; do
+  jq -r '.payload' "$env" | base64 -d | jq -r '.predicate | "\(.sequence) \(.previous_hash) \(.content_hash)"'
+done | awk '
+  NR == 1 && $1 == 1 && $2 != "null" { print "BROKEN at " $1 ": the first packet must have previous_hash null" }
+  NR > 1 && $1 != seq + 1            { print "BROKEN at " $1 ": follows sequence " seq }
+  NR > 1 && $2 != prev               { print "BROKEN at " $1 ": previous_hash does not match the packet before" }
+  { seq = $1; prev = $3; print }'
+```
+
+When the bundle's range does not start at 1, the first packet's `previous_hash` points at a packet outside
+the bundle.
+
+## 5. Trust the keys you know, not the keys in the bundle
+
+The keys in `keys/` only show that the packets were signed by those keys: anyone who rebuilds a bundle can
+put a key of their own there. Compare every `key_ref` with the public keys your organization publishes for
+its evidence service. A `key_ref` is the algorithm, a colon, and the first 16 hex digits of the SHA-256 of
+the key's DER SubjectPublicKeyInfo; recompute them with:
+
+```sh
+for pem in keys/*.pem; do
+  echo "$pem $(openssl pkey -pubin -in "$pem" -outform DER | sha256sum | cut -c1-16)"
+done
+```
+
+## 6. All at once
+
+The evidence service ships an offline verifier that needs only Python 3.11+ with the `cryptography` and
+`rfc8785` packages. It reads the archive without extracting it and checks everything above, plus that each
+envelope's file name matches its packet and that the manifest's tenant, range and count match the packets:
+
+    python -m stella.evidence.verify <bundle>.tar.gz [--keys DIR] [--json]
+
+(also installed as `stella-evidence-verify`). It prints one line per finding and exits 0 when everything
+holds, 1 when any check fails, 2 when the input cannot be read. With `--keys DIR` it trusts only the PEM
+public keys in `DIR`, obtained separately, instead of the keys inside the bundle.
+
+## Limits
+
+The chain proves that no packet inside the range was removed, changed or reordered. It cannot show, from
+the bundle alone, that packets after the last one (or before the first one) were left out and the manifest
+edited to match: compare the last sequence and `content_hash` with the tenant's current chain head in the
+evidence service, or with an earlier export.
+"""

@@ -1,0 +1,475 @@
+"""Offline verification of an evidence export bundle, as a library and as a command.
+
+    python -m stella.evidence.verify BUNDLE [--keys DIR] [--json]
+
+Checks every file against the manifest, every signature, every ``content_hash``, every chain link, that each
+envelope's file name matches its packet and that the manifest's metadata matches the packets. Prints one
+line per finding and exits ``0`` when everything holds, ``1`` when any check fails, ``2`` when the input
+cannot be used (not a bundle, unreadable key directory).
+
+This module and everything it imports need only the standard library, ``cryptography`` and ``rfc8785``, so
+an auditor can run it on a machine with nothing of the service installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+from uuid import UUID
+
+from stella.evidence.bundle import (
+    ENVELOPES_DIR,
+    KEYS_DIR,
+    MANIFEST_PATH,
+    BundleContents,
+    BundleFormatError,
+    Manifest,
+    ManifestError,
+    envelope_path,
+    parse_envelope_path,
+    parse_manifest,
+    read_bundle,
+)
+from stella.evidence.canonical import sha256_digest
+from stella.evidence.chain import Finding, FindingKind, sort_findings, verify_chain
+from stella.evidence.dsse import MalformedEnvelopeError, parse_envelope, verify_parsed_envelope
+from stella.evidence.keys import (
+    BadSignatureError,
+    KeyFormatError,
+    PublicKey,
+    PublicKeyRing,
+    UnknownKeyError,
+)
+from stella.evidence.packet import EvidencePacket, MalformedPacketError, packet_from_dict
+from stella.evidence.statement import (
+    PAYLOAD_TYPE,
+    MalformedStatementError,
+    parse_statement,
+    sort_subjects,
+    subjects_from_content,
+)
+
+EXIT_OK = 0
+"""Everything verified."""
+EXIT_FAILED = 1
+"""At least one check failed."""
+EXIT_UNUSABLE = 2
+"""The input could not be used at all."""
+
+
+@dataclass
+class VerificationReport:
+    """The outcome of verifying a bundle.
+
+    Attributes:
+        findings: Every failed check, sorted (bundle and file findings first, then by packet sequence).
+        notes: Information that is not a failure (which keys were trusted, from where).
+        tenant_id: Tenant of the bundle (from the manifest, else from the first packet).
+        first_sequence: Lowest packet sequence found.
+        last_sequence: Highest packet sequence found.
+        envelope_count: Envelope files examined.
+        packet_count: Packets that could be read out of their envelopes.
+        key_source: ``"bundle"`` when the bundle's own keys were trusted, ``"external"`` for ``--keys``.
+        trusted_key_refs: References of the keys signatures were checked against.
+    """
+
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tenant_id: UUID | None = None
+    first_sequence: int | None = None
+    last_sequence: int | None = None
+    envelope_count: int = 0
+    packet_count: int = 0
+    key_source: str = "bundle"
+    trusted_key_refs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every check held."""
+        return not self.findings
+
+    @property
+    def exit_code(self) -> int:
+        """``0`` when every check held, ``1`` otherwise."""
+        return EXIT_OK if self.ok else EXIT_FAILED
+
+    def kinds_for(self, sequence: int) -> set[FindingKind]:
+        """The kinds of finding reported about the packet with this sequence."""
+        return {f.kind for f in self.findings if f.sequence == sequence}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as JSON."""
+        return {
+            "ok": self.ok,
+            "tenant_id": None if self.tenant_id is None else str(self.tenant_id),
+            "range": (
+                None
+                if self.first_sequence is None
+                else {"first_sequence": self.first_sequence, "last_sequence": self.last_sequence}
+            ),
+            "envelope_count": self.envelope_count,
+            "packet_count": self.packet_count,
+            "key_source": self.key_source,
+            "trusted_key_refs": self.trusted_key_refs,
+            "findings": [finding.to_dict() for finding in self.findings],
+            "notes": self.notes,
+        }
+
+    def format_text(self) -> str:
+        """Return the human report: notes, one line per finding, and a summary line."""
+        lines = [f"note: {note}" for note in self.notes]
+        lines.extend(str(finding) for finding in self.findings)
+        span = (
+            "no packets"
+            if self.first_sequence is None
+            else f"{self.packet_count} packets, sequences {self.first_sequence}..{self.last_sequence}"
+        )
+        tenant = f" of tenant {self.tenant_id}" if self.tenant_id else ""
+        if self.ok:
+            lines.append(f"OK: {span}{tenant}; every file, signature, content_hash and chain link verified")
+        else:
+            count = len(self.findings)
+            lines.append(f"FAILED: {count} finding{'s' if count != 1 else ''} in {span}{tenant}")
+        return "\n".join(lines)
+
+
+def _check_files(contents: BundleContents, manifest: Manifest, findings: list[Finding]) -> None:
+    listed = {entry.path: entry for entry in manifest.files}
+    for path, entry in listed.items():
+        named = parse_envelope_path(path)
+        sequence, packet_id = named if named else (None, None)
+        data = contents.files.get(path)
+        if data is None:
+            findings.append(
+                Finding(
+                    FindingKind.FILE_MISSING,
+                    f"{path} is listed in the manifest but not in the bundle",
+                    sequence=sequence,
+                    packet_id=packet_id,
+                    path=path,
+                )
+            )
+            continue
+        actual = sha256_digest(data).removeprefix("sha256:")
+        if actual != entry.sha256 or len(data) != entry.size:
+            findings.append(
+                Finding(
+                    FindingKind.FILE_DIGEST_MISMATCH,
+                    f"{path} has sha256 {actual} ({len(data)} bytes), the manifest lists {entry.sha256} "
+                    f"({entry.size} bytes)",
+                    sequence=sequence,
+                    packet_id=packet_id,
+                    path=path,
+                )
+            )
+    for path in sorted(contents.files):
+        if path != MANIFEST_PATH and path not in listed:
+            named = parse_envelope_path(path)
+            findings.append(
+                Finding(
+                    FindingKind.FILE_UNLISTED,
+                    f"{path} is in the bundle but not listed in the manifest",
+                    sequence=named[0] if named else None,
+                    packet_id=named[1] if named else None,
+                    path=path,
+                )
+            )
+
+
+def _load_bundle_keys(contents: BundleContents, findings: list[Finding]) -> PublicKeyRing:
+    ring = PublicKeyRing()
+    for path in sorted(contents.files):
+        if not (path.startswith(KEYS_DIR) and path.endswith(".pem")):
+            continue
+        named_ref = path.removeprefix(KEYS_DIR).removesuffix(".pem")
+        try:
+            key = PublicKey.from_pem(contents.files[path])
+        except KeyFormatError as exc:
+            findings.append(Finding(FindingKind.KEY_INVALID, str(exc), path=path, key_ref=named_ref))
+            continue
+        if key.key_ref != named_ref:
+            findings.append(
+                Finding(
+                    FindingKind.KEY_REF_MISMATCH,
+                    f"holds key {key.key_ref}, but is named {named_ref}",
+                    path=path,
+                    key_ref=key.key_ref,
+                )
+            )
+        try:
+            ring.add(key)
+        except ValueError as exc:
+            findings.append(Finding(FindingKind.KEY_INVALID, str(exc), path=path, key_ref=key.key_ref))
+    return ring
+
+
+def _check_envelope(path: str, data: bytes, keyring: PublicKeyRing, findings: list[Finding]) -> EvidencePacket | None:
+    """Check one envelope file; return its packet when one could be read out of it."""
+    named = parse_envelope_path(path)
+    name_sequence, name_id = named if named else (None, None)
+
+    def report(
+        kind: FindingKind, message: str, packet: EvidencePacket | None = None, key_ref: str | None = None
+    ) -> None:
+        findings.append(
+            Finding(
+                kind,
+                message,
+                sequence=packet.sequence if packet else name_sequence,
+                packet_id=packet.id if packet else name_id,
+                path=path,
+                key_ref=key_ref,
+            )
+        )
+
+    try:
+        envelope = parse_envelope(json.loads(data.decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        report(FindingKind.MALFORMED_ENVELOPE, f"{path} is not UTF-8 JSON: {exc}")
+        return None
+    except MalformedEnvelopeError as exc:
+        report(FindingKind.MALFORMED_ENVELOPE, f"{path}: {exc}")
+        return None
+    if envelope.payload_type != PAYLOAD_TYPE:
+        report(FindingKind.MALFORMED_ENVELOPE, f"payloadType is {envelope.payload_type!r}, expected {PAYLOAD_TYPE!r}")
+        return None
+
+    # Read the packet before judging the signature, so every finding can name the packet it is about.
+    packet: EvidencePacket | None = None
+    statement: dict[str, Any] | None = None
+    try:
+        statement = parse_statement(envelope.payload)
+        packet = packet_from_dict(statement["predicate"])
+    except MalformedStatementError as exc:
+        report(FindingKind.MALFORMED_STATEMENT, str(exc))
+    except MalformedPacketError as exc:
+        report(FindingKind.MALFORMED_PACKET, str(exc))
+
+    verified_refs: tuple[str, ...] = ()
+    try:
+        verified_refs = verify_parsed_envelope(envelope, keyring).key_refs
+    except UnknownKeyError as exc:
+        claimed = ", ".join(s.keyid or "(no keyid)" for s in envelope.signatures)
+        report(
+            FindingKind.UNKNOWN_KEY,
+            f"signed by {claimed}, which is not among the trusted keys",
+            packet,
+            key_ref=exc.key_ref,
+        )
+    except BadSignatureError as exc:
+        report(FindingKind.BAD_SIGNATURE, str(exc), packet, key_ref=exc.key_ref)
+
+    if packet is None or statement is None:
+        return None
+    if verified_refs and packet.signer_key_ref not in verified_refs:
+        report(
+            FindingKind.SIGNER_MISMATCH,
+            f"names signer {packet.signer_key_ref}, but was signed by {', '.join(verified_refs)}",
+            packet,
+            key_ref=packet.signer_key_ref,
+        )
+    try:
+        expected_subjects = subjects_from_content(packet.content)
+    except ValueError as exc:
+        report(FindingKind.SUBJECT_MISMATCH, f"content names no valid image: {exc}", packet)
+    else:
+        if sort_subjects(statement["subject"]) != expected_subjects or len(statement["subject"]) != len(
+            expected_subjects
+        ):
+            report(
+                FindingKind.SUBJECT_MISMATCH,
+                "statement subjects are not the images of content.release.components",
+                packet,
+            )
+    if named is None:
+        report(
+            FindingKind.MISPLACED_PACKET,
+            f"file name {path} does not have the form {envelope_path(packet.sequence, packet.id)}",
+            packet,
+        )
+    elif named != (packet.sequence, packet.id):
+        report(
+            FindingKind.MISPLACED_PACKET,
+            f"is stored as {path}, which names packet {name_sequence} (id {name_id})",
+            packet,
+        )
+    return packet
+
+
+def _envelope_order(path: str) -> tuple[int, int, str]:
+    named = parse_envelope_path(path)
+    return (0, named[0], path) if named else (1, 0, path)
+
+
+def verify_bundle(
+    source: bytes | str | os.PathLike[str] | IO[bytes], *, trusted_keys: PublicKeyRing | None = None
+) -> VerificationReport:
+    """Verify an export bundle.
+
+    Args:
+        source: The bundle bytes, a path to it, or a binary file object.
+        trusted_keys: The keys to trust, obtained separately from the bundle. When ``None``, the public keys
+            inside the bundle are trusted: that proves the bundle is internally consistent, not who made it.
+
+    Returns:
+        The report; ``report.ok`` is true only when every check held.
+
+    Raises:
+        BundleFormatError: When the input is not a readable bundle.
+        OSError: When ``source`` is a path that cannot be read.
+    """
+    contents = read_bundle(source)
+    findings: list[Finding] = []
+    report = VerificationReport()
+
+    for path in contents.irregular:
+        findings.append(Finding(FindingKind.UNEXPECTED_MEMBER, f"{path} is not a regular file", path=path))
+    for path in contents.duplicates:
+        findings.append(Finding(FindingKind.UNEXPECTED_MEMBER, f"{path} is in the archive more than once", path=path))
+
+    manifest: Manifest | None = None
+    if MANIFEST_PATH not in contents.files:
+        findings.append(Finding(FindingKind.MANIFEST_INVALID, "manifest.json is missing", path=MANIFEST_PATH))
+    else:
+        try:
+            manifest = parse_manifest(contents.files[MANIFEST_PATH])
+        except ManifestError as exc:
+            findings.append(Finding(FindingKind.MANIFEST_INVALID, str(exc), path=MANIFEST_PATH))
+    if manifest is not None:
+        _check_files(contents, manifest, findings)
+
+    bundle_keys = _load_bundle_keys(contents, findings)
+    if trusted_keys is None:
+        keyring = bundle_keys
+        report.key_source = "bundle"
+        report.notes.append(
+            f"trusting the {len(bundle_keys)} public key(s) shipped in the bundle "
+            f"({', '.join(bundle_keys.key_refs) or 'none'}); compare them with the keys your organization "
+            "publishes, or pass --keys"
+        )
+    else:
+        keyring = trusted_keys
+        report.key_source = "external"
+        report.notes.append(f"trusting {len(trusted_keys)} external key(s): {', '.join(trusted_keys.key_refs)}")
+        for ref in bundle_keys.key_refs:
+            if ref not in trusted_keys:
+                report.notes.append(f"bundle key {ref} is not among the trusted keys")
+    report.trusted_key_refs = keyring.key_refs
+
+    envelope_paths = sorted(
+        (p for p in contents.files if p.startswith(ENVELOPES_DIR) and p.endswith(".dsse.json")), key=_envelope_order
+    )
+    packets: list[EvidencePacket] = []
+    for path in envelope_paths:
+        packet = _check_envelope(path, contents.files[path], keyring, findings)
+        if packet is not None:
+            packets.append(packet)
+    report.envelope_count = len(envelope_paths)
+    report.packet_count = len(packets)
+
+    report.tenant_id = manifest.tenant_id if manifest else (packets[0].tenant_id if packets else None)
+    if packets:
+        report.first_sequence = min(p.sequence for p in packets)
+        report.last_sequence = max(p.sequence for p in packets)
+    findings.extend(
+        verify_chain(
+            packets,
+            tenant_id=report.tenant_id,
+            first_sequence=manifest.first_sequence if manifest else None,
+        )
+    )
+    if manifest is not None:
+        _check_manifest_metadata(manifest, report, findings)
+
+    report.findings = sort_findings(findings)
+    return report
+
+
+def _check_manifest_metadata(manifest: Manifest, report: VerificationReport, findings: list[Finding]) -> None:
+    if manifest.packet_count != report.envelope_count:
+        findings.append(
+            Finding(
+                FindingKind.MANIFEST_MISMATCH,
+                f"manifest says {manifest.packet_count} packets, the bundle holds {report.envelope_count} envelopes",
+                path=MANIFEST_PATH,
+            )
+        )
+    if (manifest.first_sequence, manifest.last_sequence) != (report.first_sequence, report.last_sequence):
+        findings.append(
+            Finding(
+                FindingKind.MANIFEST_MISMATCH,
+                f"manifest says sequences {manifest.first_sequence}..{manifest.last_sequence}, "
+                f"the packets span {report.first_sequence}..{report.last_sequence}",
+                path=MANIFEST_PATH,
+            )
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stella-evidence-verify",
+        description="Verify a Stella evidence export bundle offline: file digests, signatures, content hashes "
+        "and the packet chain. Exit status: 0 all checks hold, 1 a check failed, 2 unusable input.",
+    )
+    parser.add_argument("bundle", help="path of the .tar.gz bundle")
+    parser.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="directory of trusted PEM public keys (*.pem) obtained separately; "
+        "without it, the keys inside the bundle are trusted",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+    """Run the verifier command.
+
+    Args:
+        argv: Arguments without the program name (defaults to ``sys.argv[1:]``).
+        stdout: Where the report goes (defaults to ``sys.stdout``).
+        stderr: Where usage errors go (defaults to ``sys.stderr``).
+
+    Returns:
+        ``0`` when everything verified, ``1`` when a check failed, ``2`` for unusable input.
+    """
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, which is our "unusable input" too
+        return int(exc.code or 0)
+
+    trusted: PublicKeyRing | None = None
+    if args.keys is not None:
+        try:
+            if not os.path.isdir(args.keys):
+                raise OSError(f"{args.keys} is not a directory")
+            trusted = PublicKeyRing.from_directory(args.keys)
+        except (OSError, KeyFormatError, ValueError) as exc:
+            print(f"error: cannot load trusted keys: {exc}", file=err)
+            return EXIT_UNUSABLE
+        if len(trusted) == 0:
+            print(f"error: no *.pem public keys in {args.keys}", file=err)
+            return EXIT_UNUSABLE
+    try:
+        report = verify_bundle(args.bundle, trusted_keys=trusted)
+    except (OSError, BundleFormatError) as exc:
+        print(f"error: cannot read bundle {args.bundle}: {exc}", file=err)
+        return EXIT_UNUSABLE
+
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True), file=out)
+    else:
+        print(report.format_text(), file=out)
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

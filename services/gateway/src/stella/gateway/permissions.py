@@ -1,0 +1,156 @@
+"""Roles and the permissions they grant: one table, read once at import.
+
+A permission is ``{resource}:{action}``. Components and their versions are part of the release resource, so
+their routes check ``release:*`` permissions. Approving, promoting (``promotion:deploy``) and overriding a
+gate such as a freeze window (``promotion:override``) are separate permissions, so no role gets one by
+accident with another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Final
+
+
+class Resource(StrEnum):
+    """What a permission is about (reference §8). Components and versions belong to ``release``."""
+
+    ENVIRONMENT = "environment"
+    RELEASE = "release"
+    PROMOTION = "promotion"
+    TARGET = "target"
+    AGENT = "agent"
+    WORKFLOW = "workflow"
+    PLUGIN = "plugin"
+    INTEGRATION = "integration"
+    EVIDENCE = "evidence"
+    PRINCIPAL = "principal"
+    TOKEN = "token"
+
+
+class Action(StrEnum):
+    """What may be done to a resource."""
+
+    READ = "read"
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    APPROVE = "approve"
+    DEPLOY = "deploy"
+    OVERRIDE = "override"
+
+
+class Role(StrEnum):
+    """The roles a principal can be bound to in its tenant."""
+
+    VIEWER = "viewer"
+    DEVELOPER = "developer"
+    APPROVER = "approver"
+    OPERATOR = "operator"
+    TENANT_ADMIN = "tenant-admin"
+
+
+ACTION_LETTERS: Final[Mapping[str, Action]] = {
+    "r": Action.READ,
+    "c": Action.CREATE,
+    "u": Action.UPDATE,
+    "d": Action.DELETE,
+    "a": Action.APPROVE,
+    "p": Action.DEPLOY,
+    "o": Action.OVERRIDE,
+}
+"""Letters of :data:`MATRIX`: r read, c create, u update, d delete, a approve, p deploy (promote), o override."""
+
+MATRIX: Final[str] = """
+resource     | viewer | developer | approver | operator | tenant-admin
+environment  | r      | r         | r        | rcud     | rcudapo
+release      | r      | rcud      | r        | rcud     | rcudapo
+promotion    | r      | rc        | ra       | rcup     | rcudapo
+target       | r      | r         | r        | rcud     | rcudapo
+agent        | r      | r         | r        | rcud     | rcudapo
+workflow     | r      | rcu       | r        | rcud     | rcudapo
+plugin       | r      | r         | r        | rcud     | rcudapo
+integration  | r      | r         | r        | rcud     | rcudapo
+evidence     | r      | r         | r        | r        | rcudapo
+principal    | -      | -         | -        | -        | rcud
+token        | -      | -         | -        | -        | rcud
+"""
+"""The permission matrix: which actions (letters of :data:`ACTION_LETTERS`) each role has on each resource.
+
+Roles add up: a principal bound to developer and approver has the union of both columns. ``-`` is nothing.
+Only a tenant admin manages principals and tokens and may override a gate.
+"""
+
+
+class MatrixError(ValueError):
+    """The permission table is malformed (caught by the unit tests, never at run time)."""
+
+
+def parse_matrix(table: str) -> dict[Role, frozenset[str]]:
+    """Turn a table shaped like :data:`MATRIX` into the permissions of each role.
+
+    Args:
+        table: Header row ``resource | <role> | ...`` then one row per resource.
+
+    Returns:
+        For each role, its permissions as ``{resource}:{action}`` strings.
+
+    Raises:
+        MatrixError: on an unknown role, resource or letter, a repeated row, or a missing resource.
+    """
+    lines = [line for line in table.strip().splitlines() if line.strip()]
+    header = [cell.strip() for cell in lines[0].split("|")]
+    try:
+        roles = [Role(cell) for cell in header[1:]]
+    except ValueError as exc:
+        raise MatrixError(f"unknown role in header: {exc}") from exc
+    granted: dict[Role, set[str]] = {role: set() for role in roles}
+    seen: set[Resource] = set()
+    for line in lines[1:]:
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) != len(header):
+            raise MatrixError(f"row {line!r} has {len(cells)} cells, the header {len(header)}")
+        try:
+            resource = Resource(cells[0])
+        except ValueError as exc:
+            raise MatrixError(f"unknown resource {cells[0]!r}") from exc
+        if resource in seen:
+            raise MatrixError(f"resource {resource} appears twice")
+        seen.add(resource)
+        for role, letters in zip(roles, cells[1:], strict=True):
+            if letters == "-":
+                continue
+            for letter in letters:
+                action = ACTION_LETTERS.get(letter)
+                if action is None:
+                    raise MatrixError(f"unknown action letter {letter!r} for {resource}/{role}")
+                granted[role].add(permission(resource, action))
+    missing = set(Resource) - seen
+    if missing:
+        raise MatrixError(f"resources without a row: {sorted(missing)}")
+    return {role: frozenset(perms) for role, perms in granted.items()}
+
+
+def permission(resource: Resource, action: Action) -> str:
+    """Return the permission string ``{resource}:{action}``."""
+    return f"{resource.value}:{action.value}"
+
+
+ROLE_PERMISSIONS: Final[Mapping[Role, frozenset[str]]] = parse_matrix(MATRIX)
+"""Permissions of each role, from :data:`MATRIX`."""
+
+
+def permissions_for(roles: Iterable[str]) -> frozenset[str]:
+    """Return the union of the permissions of ``roles``; names that are not roles grant nothing.
+
+    Args:
+        roles: Role names as stored in role bindings.
+    """
+    granted: set[str] = set()
+    for name in roles:
+        try:
+            granted |= ROLE_PERMISSIONS[Role(name)]
+        except ValueError:
+            continue
+    return frozenset(granted)

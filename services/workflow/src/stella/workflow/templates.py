@@ -1,0 +1,136 @@
+"""The step types and workflow templates that ship with the product (``tenant_id = None``).
+
+Built-in templates are plain data: the I/O layer stores them (with :func:`builtin_template_id` as their row
+id, the same on every installation) and validates them like any other template.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+from uuid import UUID, uuid5
+
+from stella.workflow.domain import (
+    Edge,
+    InputSpec,
+    Node,
+    RetryPolicy,
+    RunOn,
+    TemplateNotFound,
+    WorkflowTemplate,
+)
+
+
+class BuiltinStepType(StrEnum):
+    """Step types the core provides; plugins register more under their own names."""
+
+    GATE = "gate"
+    APPROVAL = "approval"
+    DEPLOY = "deploy"
+    HEALTH_CHECK = "health-check"
+    VERIFY_DRIFT = "verify-drift"
+    EVIDENCE = "evidence"
+    NOTIFY = "notify"
+    WAIT = "wait"
+    SCRIPT = "script"
+    HTTP = "http"
+
+
+BUILTIN_STEP_TYPES: Final[frozenset[str]] = frozenset(member.value for member in BuiltinStepType)
+"""The names of every built-in step type (pass them, plus plugin types, to ``validate_template``)."""
+
+APPROVAL_STEP_TIMEOUT_S: Final = 7 * 86_400.0 + 3_600.0
+"""The approval step's timeout: the 7-day approval timeout plus an hour.
+
+The approval service expires a request after 7 days and reports it as denied; the step's own timeout is a
+backstop one hour later, so the approval service's answer (with its votes) normally arrives first.
+"""
+
+STANDARD_PROMOTION: Final = WorkflowTemplate(
+    name="standard-promotion",
+    version=1,
+    tenant_id=None,
+    description=(
+        "Evaluate the promotion's gates, collect its approvals, then record the decision as evidence. "
+        "The evidence step runs whatever the outcome (run_on: always), so a rejected promotion is recorded "
+        "too. Later versions append deploy and health-check between approval and evidence."
+    ),
+    nodes=(
+        Node(
+            id="gates",
+            type=BuiltinStepType.GATE.value,
+            config={},
+            # A gate that errors denies (fail closed); re-evaluating could flip a recorded decision, so
+            # the gate step is not retried.
+            retry=RetryPolicy(max_attempts=1),
+            timeout_s=300.0,
+        ),
+        Node(
+            id="approval",
+            type=BuiltinStepType.APPROVAL.value,
+            config={},
+            # A denied approval is a decision, not a transient fault: never re-ask.
+            retry=RetryPolicy(max_attempts=1),
+            timeout_s=APPROVAL_STEP_TIMEOUT_S,
+            # An environment that needs no approvals skips the step; evidence still runs.
+            when="inputs.approval_required",
+        ),
+        Node(
+            id="evidence",
+            type=BuiltinStepType.EVIDENCE.value,
+            config={"packet_type": "release_decision"},
+            # Signing and storing a packet can hit a transient fault; the evidence service is idempotent
+            # per attempt key, and a retry uses a new key only after the previous attempt failed.
+            retry=RetryPolicy(max_attempts=3, backoff_s=10.0),
+            timeout_s=300.0,
+            run_on=RunOn.ALWAYS,
+        ),
+    ),
+    edges=(Edge("gates", "approval"), Edge("approval", "evidence")),
+    inputs=(
+        InputSpec(name="promotion_id", description="The promotion this run decides."),
+        InputSpec(name="release_id", description="The release being promoted."),
+        InputSpec(name="environment_id", description="The target environment."),
+        InputSpec(name="requested_by", description="The principal who requested the promotion."),
+        InputSpec(
+            name="approval_required",
+            required=False,
+            default=True,
+            description="Whether the environment needs approvals (false skips the approval step).",
+        ),
+    ),
+    outputs={
+        "approved": 'steps.gates.status == "succeeded" and steps.approval.status != "failed"',
+        "gates": "steps.gates.outputs",
+        "approval": "steps.approval.outputs",
+        "evidence": "steps.evidence.outputs",
+    },
+)
+"""``gates -> approval -> evidence``: a gates or approval failure skips what follows on the success path,
+but evidence (``run_on: always``) records the decision either way; the run then fails, which tells the
+promotion service the promotion was rejected."""
+
+BUILTIN_TEMPLATES: Final[tuple[WorkflowTemplate, ...]] = (STANDARD_PROMOTION,)
+"""Every built-in template version, oldest first."""
+
+_BUILTIN_NAMESPACE: Final = UUID("b75717c4-43f2-492d-aebf-ffc4694fc642")
+
+
+def builtin_template_id(name: str, version: int) -> UUID:
+    """The row id of a built-in template version: a name-based UUID, identical on every installation."""
+    return uuid5(_BUILTIN_NAMESPACE, f"{name}@{version}")
+
+
+def builtin_template(name: str, version: int | None = None) -> WorkflowTemplate:
+    """Return a built-in template: the given version, or the latest one.
+
+    Raises:
+        TemplateNotFound: when no built-in template has this name (and version).
+    """
+    versions = [t for t in BUILTIN_TEMPLATES if t.name == name]
+    if version is not None:
+        versions = [t for t in versions if t.version == version]
+    if not versions:
+        wanted = name if version is None else f"{name} version {version}"
+        raise TemplateNotFound(f"no built-in workflow template {wanted}")
+    return max(versions, key=lambda t: t.version)
