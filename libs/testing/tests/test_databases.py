@@ -115,6 +115,8 @@ async def test_a_changed_migration_builds_a_new_template(
         after = await factory.template([migration_set])
         try:
             assert after != before
+            # The superseded template of the same migration folders is dropped, not left to pile up.
+            assert not await database_exists(factory.admin_dsn, before)
             dsn = await factory.create([migration_set])
             assert await fetch_column(dsn, "SELECT name FROM catalog.schema_migrations ORDER BY version") == [
                 "001_init.sql",

@@ -11,6 +11,7 @@ gets its final name once complete, so several test sessions can share one server
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
@@ -133,6 +134,11 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _lineage(migration_sets: Sequence[tuple[str, Path]]) -> str:
+    places = (f"{schema}={Path(directory).resolve()}" for schema, directory in migration_sets)
+    return hashlib.sha256("\0".join(places).encode()).hexdigest()
+
+
 def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"stella.testing.{name}".encode()).digest()[:8], "big", signed=True)
 
@@ -216,6 +222,31 @@ async def _build_template(
         raise
     # Nobody may connect to a template: one open session would make every clone fail.
     await conn.execute(f"ALTER DATABASE {_quote(name)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false")
+    await _replace_lineage(conn, admin_dsn, name, migration_sets)
+
+
+async def _replace_lineage(
+    conn: asyncpg.Connection, admin_dsn: str, name: str, migration_sets: Sequence[tuple[str, Path]]
+) -> None:
+    """Tag a new template with its lineage and drop the older templates of the same lineage.
+
+    The lineage is the list of schemas and migration folders; every edit of a migration builds a new
+    template of the same lineage, and without this a developer's server would collect one per edit.
+    """
+    comment = f"stella-template lineage={_lineage(migration_sets)}"
+    # COMMENT takes no parameters; the text is built from a fixed prefix and hex digits only.
+    await conn.execute(f"COMMENT ON DATABASE {_quote(name)} IS '{comment}'")
+    older = await conn.fetch(
+        "SELECT datname FROM pg_database WHERE datistemplate AND datname <> $1 AND datname LIKE $2"
+        " AND shobj_description(oid, 'pg_database') = $3",
+        name,
+        TEMPLATE_PREFIX + "%",
+        comment,
+    )
+    for row in older:
+        # A session cloning that template right now makes the drop fail; it is dropped next time.
+        with contextlib.suppress(asyncpg.PostgresError):
+            await drop_template(admin_dsn, row["datname"])
 
 
 class DatabaseFactory:

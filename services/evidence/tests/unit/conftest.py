@@ -1,0 +1,134 @@
+"""Fixtures for the evidence core: keys, realistic packet content, a signed chain and its export bundle."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from stella.evidence.bundle import build_bundle
+from stella.evidence.keys import KeyAlgorithm, SigningKey, generate_key
+from stella.evidence.packet import ChainHead, PacketType, SignedPacket, build_packet, sign_packet
+
+EPOCH = datetime(2025, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
+
+
+def make_content(index: int = 0, *, components: int = 2, gates: int = 3) -> dict[str, Any]:
+    """Return §5 packet content with ``components`` images and ``gates`` gate results."""
+    return {
+        "release": {
+            "id": f"rel-{index}",
+            "name": f"shop-2025.{index}",
+            "components": [
+                {
+                    "name": f"svc-{c}",
+                    "digest": "sha256:" + f"{index:04x}{c:04x}".ljust(64, "a"),
+                    "semver": f"1.{index}.{c}",
+                    "tag": f"1.{index}.{c}",
+                    "image_repository": f"registry.example.com/shop/svc-{c}",
+                }
+                for c in range(components)
+            ],
+        },
+        "environment": {"id": "env-prod", "name": "prod", "targets": ["host-a", "host-b"]},
+        "actors": {"requester": "alice", "approvers": ["bob", "carol"]},
+        "decision": {
+            "result": "allow",
+            "gates": [
+                {
+                    "type": "policy",
+                    "name": f"rule-{g:02d}",
+                    "status": "pass",
+                    "message": "ok",
+                    "details": {"score": g / 10},
+                    "reason_codes": [],
+                }
+                for g in range(gates)
+            ],
+            "reasons": [],
+            "approvals": [{"approver": "bob", "action": "approve", "at": "2025-03-14T09:00:00Z", "comment": "lgtm"}],
+            "policy_digest": "sha256:" + "b" * 64,
+            "inputs_hash": "sha256:" + "c" * 64,
+            "evaluated_at": "2025-03-14T09:26:53Z",
+        },
+        "execution": {
+            "workflow_run_id": "wf-1",
+            "deployment_job_id": f"job-{index}",
+            "artifacts": [{"type": "compose-lock", "name": "compose.stella.lock.yml", "content_hash": "sha256:" + "d" * 64}],
+            "logs_hash": "sha256:" + "e" * 64,
+        },
+        "previous": {"release_id": f"rel-{index - 1}" if index else None},
+    }
+
+
+@dataclass
+class Chain:
+    """A tenant's signed chain: packets 1..3 signed by a rotated Ed25519 key, the rest by a current ECDSA key."""
+
+    tenant_id: uuid.UUID
+    old_key: SigningKey
+    new_key: SigningKey
+    signed: list[SignedPacket]
+    created_at: datetime
+
+    @property
+    def public_keys(self) -> list:
+        return [self.old_key.public_key, self.new_key.public_key]
+
+    def bundle(self) -> bytes:
+        return build_bundle(self.signed, self.public_keys, tenant_id=self.tenant_id, created_at=self.created_at)
+
+
+def make_chain(count: int = 6, *, rotate_after: int = 3) -> Chain:
+    """Build and sign ``count`` packets of one tenant, rotating keys after ``rotate_after`` packets."""
+    tenant_id = uuid.uuid4()
+    old_key = generate_key(KeyAlgorithm.ED25519)
+    new_key = generate_key(KeyAlgorithm.ECDSA_P256)
+    head = ChainHead.empty()
+    signed = []
+    types = list(PacketType)
+    for index in range(count):
+        key = old_key if index < rotate_after else new_key
+        packet = build_packet(
+            packet_id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            packet_type=types[index % len(types)],
+            content=make_content(index),
+            head=head,
+            created_at=EPOCH + timedelta(minutes=index),
+            signer_key_ref=key.key_ref,
+            promotion_id=uuid.uuid4(),
+        )
+        signed.append(SignedPacket(packet=packet, envelope=sign_packet(packet, key)))
+        head = packet.head
+    return Chain(
+        tenant_id=tenant_id,
+        old_key=old_key,
+        new_key=new_key,
+        signed=signed,
+        created_at=EPOCH + timedelta(days=1),
+    )
+
+
+@pytest.fixture
+def content() -> dict[str, Any]:
+    return make_content()
+
+
+@pytest.fixture
+def content_factory() -> Callable[..., dict[str, Any]]:
+    return make_content
+
+
+@pytest.fixture
+def chain() -> Chain:
+    return make_chain()
+
+
+@pytest.fixture
+def chain_factory() -> Callable[..., Chain]:
+    return make_chain

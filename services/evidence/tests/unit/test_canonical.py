@@ -1,0 +1,142 @@
+"""RFC 8785 canonicalization and content hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import OrderedDict
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import MappingProxyType
+
+import pytest
+
+from stella.evidence.canonical import (
+    CanonicalizationError,
+    canonicalize,
+    content_hash,
+    is_content_hash,
+    sha256_digest,
+)
+
+
+def test_object_keys_are_sorted_by_utf16_code_units_at_every_depth() -> None:
+    value = {
+        "\u20ac": "euro",
+        "\r": "cr",
+        "\ufb33": "dalet",
+        "1": "one",
+        "\U0001f600": "emoji",
+        "\u0080": "control",
+        "\u00f6": "o-umlaut",
+        "nested": {"b": 1, "a": 2, "B": 3},
+    }
+    # U+1F600 is the surrogate pair D83D DE00 in UTF-16, so it sorts before U+FB33 although its code point is larger.
+    expected = (
+        '{"\\r":"cr","1":"one","nested":{"B":3,"a":2,"b":1},"\u0080":"control","\u00f6":"o-umlaut",'
+        '"\u20ac":"euro","\U0001f600":"emoji","\ufb33":"dalet"}'
+    )
+    assert canonicalize(value) == expected.encode("utf-8")
+
+
+def test_whitespace_and_insertion_order_do_not_matter() -> None:
+    assert canonicalize({"b": [1, 2], "a": {"y": None, "x": True}}) == b'{"a":{"x":true,"y":null},"b":[1,2]}'
+    assert canonicalize(OrderedDict([("z", 1), ("a", 2)])) == canonicalize({"a": 2, "z": 1})
+    assert canonicalize(MappingProxyType({"k": (1, 2)})) == b'{"k":[1,2]}'
+
+
+@pytest.mark.parametrize(
+    ("number", "spelling"),
+    [
+        (0, "0"),
+        (-0.0, "0"),
+        (1.0, "1"),
+        (-1.5, "-1.5"),
+        (100, "100"),
+        (4.50, "4.5"),
+        (0.002, "0.002"),
+        (1e-6, "0.000001"),
+        (1e-7, "1e-7"),
+        (1e20, "100000000000000000000"),
+        (1e21, "1e+21"),
+        (1e30, "1e+30"),
+        (123456789.125, "123456789.125"),
+        (333333333.33333329, "333333333.3333333"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (2**53 - 1, "9007199254740991"),
+        (-(2**53 - 1), "-9007199254740991"),
+    ],
+)
+def test_numbers_use_the_ecmascript_shortest_form(number: float, spelling: str) -> None:
+    assert canonicalize([number]) == f"[{spelling}]".encode()
+
+
+@pytest.mark.parametrize(
+    ("text", "encoded"),
+    [
+        ("plain", b'"plain"'),
+        ('quote " and backslash \\', b'"quote \\" and backslash \\\\"'),
+        ("\b\f\n\r\t", b'"\\b\\f\\n\\r\\t"'),
+        ("\x00\x01\x1f", b'"\\u0000\\u0001\\u001f"'),
+        ("\x7f", b'"\x7f"'),
+        ("/", b'"/"'),
+        ("caf\u00e9 \u20ac \U0001f680", '"caf\u00e9 \u20ac \U0001f680"'.encode()),
+        ("\u2028", '"\u2028"'.encode()),
+    ],
+)
+def test_strings_escape_only_what_json_requires_and_stay_utf8(text: str, encoded: bytes) -> None:
+    assert canonicalize(text) == encoded
+
+
+def test_literals() -> None:
+    assert canonicalize([True, False, None, "", [], {}]) == b'[true,false,null,"",[],{}]'
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "reason"),
+    [
+        ({"a": [1, {"b": float("nan")}]}, "$.a[1].b", "not a finite number"),
+        ({"x": float("inf")}, "$.x", "not a finite number"),
+        ([float("-inf")], "$[0]", "not a finite number"),
+        ({"big": 2**53}, "$.big", "outside the exact range"),
+        ({"small": -(2**53)}, "$.small", "outside the exact range"),
+        ({"when": datetime(2025, 1, 1, tzinfo=UTC)}, "$.when", "datetime is not a JSON type"),
+        ({"id": uuid.UUID(int=1)}, "$.id", "UUID is not a JSON type"),
+        ({"raw": b"bytes"}, "$.raw", "bytes is not a JSON type"),
+        ({"set": {1, 2}}, "$.set", "set is not a JSON type"),
+        ({"money": Decimal("1.10")}, "$.money", "Decimal is not a JSON type"),
+        ({"odd key": {1: "x"}}, "$['odd key']", "object key 1 is a int"),
+    ],
+)
+def test_values_json_cannot_carry_exactly_are_rejected_with_their_path(value: object, path: str, reason: str) -> None:
+    with pytest.raises(CanonicalizationError) as caught:
+        canonicalize(value)
+    assert caught.value.path == path
+    assert reason in caught.value.reason
+
+
+def test_lone_surrogates_are_rejected() -> None:
+    with pytest.raises(CanonicalizationError, match="non-UTF-8"):
+        canonicalize({"s": "\ud800"})
+
+
+def test_content_hash_is_sha256_over_the_canonical_bytes() -> None:
+    value = {"b": 1, "a": "\u00e9"}
+    assert content_hash(value) == "sha256:" + hashlib.sha256('{"a":"\u00e9","b":1}'.encode()).hexdigest()
+    assert content_hash({"a": "\u00e9", "b": 1.0}) == content_hash(value)
+    assert content_hash(value) != content_hash({"a": "e", "b": 1})
+
+
+def test_known_answer_for_the_empty_object() -> None:
+    assert content_hash({}) == "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+
+
+def test_hash_shape_helpers() -> None:
+    digest = sha256_digest(b"")
+    assert digest == "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert is_content_hash(digest)
+    assert not is_content_hash(digest.upper())
+    assert not is_content_hash(digest[:-1])
+    assert not is_content_hash("md5:" + "0" * 64)
+    assert not is_content_hash(None)
