@@ -192,3 +192,18 @@ def test_discover_migration_sets_finds_services_with_migrations(tmp_path: Path) 
 def test_dsn_with_database_keeps_credentials_and_options() -> None:
     dsn = "postgresql://user:secret@db.example:6543/postgres?sslmode=disable"
     assert dsn_with_database(dsn, "test_1") == "postgresql://user:secret@db.example:6543/test_1?sslmode=disable"
+
+
+async def test_a_template_dropped_by_another_session_is_rebuilt(
+    factory: DatabaseFactory, tmp_path: Path, unique_id: str
+) -> None:
+    directory = write_migrations(tmp_path / "audit", {"001_init.sql": f"CREATE TABLE a_{unique_id} (a int);\n"})
+    sets = [MigrationSet("audit", directory)]
+    template = await factory.template(sets)
+    try:
+        await drop_template(factory.admin_dsn, template)
+        dsn = await factory.create(sets)
+        assert await fetch_column(dsn, f"SELECT count(*) FROM audit.a_{unique_id}") == [0]
+    finally:
+        await factory.drop_created()
+        await drop_template(factory.admin_dsn, template)

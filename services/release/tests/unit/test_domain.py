@@ -108,5 +108,5 @@ def test_a_release_names_each_component_once_by_tag_or_digest() -> None:
         ReleaseComponentSpec(component="web", tag="1", digest="sha256:" + "a" * 64)
     with pytest.raises(ValueError, match="appears twice"):
         CreateRelease(name="r", components=[{"component": "web", "tag": "1"}, {"component": "web", "tag": "2"}], **ids)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"should match pattern"):
         ReleaseComponentSpec(component="web", digest="sha256:XYZ")

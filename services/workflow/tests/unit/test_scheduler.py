@@ -129,9 +129,7 @@ def started(result: Advance) -> list[str]:
 def test_a_new_run_has_one_pending_step_per_node() -> None:
     template = build([{"id": "a"}, {"id": "b"}], [("a", "b")])
 
-    created = new_run(
-        run_id=RUN_ID, tenant_id=TENANT, template=template, template_id=TEMPLATE_ID, inputs={}, now=T0
-    )
+    created = new_run(run_id=RUN_ID, tenant_id=TENANT, template=template, template_id=TEMPLATE_ID, inputs={}, now=T0)
 
     assert created.run.status is RunStatus.PENDING
     assert (created.run.template_name, created.run.template_version) == ("flow", 1)
@@ -157,7 +155,9 @@ def test_start_run_moves_pending_to_running_once() -> None:
 
 
 def test_independent_branches_start_together_and_a_join_waits_for_both() -> None:
-    engine = Engine(build([{"id": "a"}, {"id": "b"}, {"id": "c"}, {"id": "d"}], [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")]))
+    engine = Engine(
+        build([{"id": "a"}, {"id": "b"}, {"id": "c"}, {"id": "d"}], [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+    )
 
     assert started(engine.advance(T0)) == ["a"]
     assert started(engine.complete("a", at(1))) == ["b", "c"]
@@ -278,7 +278,11 @@ def test_a_retry_that_succeeds_completes_the_run() -> None:
     result = engine.complete("a", at(7), outputs={"ok": True})
 
     assert started(result) == ["b"]
-    assert result.schedule.start[0].inputs["steps"]["a"] == {"status": "succeeded", "attempt": 2, "outputs": {"ok": True}}
+    assert result.schedule.start[0].inputs["steps"]["a"] == {
+        "status": "succeeded",
+        "attempt": 2,
+        "outputs": {"ok": True},
+    }
     engine.complete("b", at(8))
     assert engine.run.status is RunStatus.SUCCEEDED
 
@@ -417,7 +421,13 @@ def test_a_join_runs_when_at_least_one_incoming_path_was_taken() -> None:
 
 def test_a_failure_skips_the_success_path_and_fails_the_run() -> None:
     template = build(
-        [{"id": "a"}, {"id": "b"}, {"id": "c"}, {"id": "audit", "run_on": "always"}, {"id": "alert", "run_on": "failure"}],
+        [
+            {"id": "a"},
+            {"id": "b"},
+            {"id": "c"},
+            {"id": "audit", "run_on": "always"},
+            {"id": "alert", "run_on": "failure"},
+        ],
         [("a", "b"), ("b", "c"), ("b", "audit"), ("a", "alert")],
     )
     engine = Engine(template)
@@ -587,7 +597,9 @@ def test_the_earliest_deadline_retry_or_timer_is_the_next_wakeup() -> None:
 def test_a_duplicate_result_is_a_no_op() -> None:
     engine = Engine(build([{"id": "a"}, {"id": "b"}], [("a", "b")]))
     engine.advance(T0)
-    first = complete_step(engine.template, engine.steps["a"], attempt=1, outcome="succeeded", outputs={"v": 1}, now=at(1))
+    first = complete_step(
+        engine.template, engine.steps["a"], attempt=1, outcome="succeeded", outputs={"v": 1}, now=at(1)
+    )
 
     second = complete_step(engine.template, first.step, attempt=1, outcome="succeeded", outputs={"v": 1}, now=at(2))
     contradicting = complete_step(engine.template, first.step, attempt=1, outcome="failed", now=at(3))
@@ -711,7 +723,7 @@ def test_now_must_be_timezone_aware() -> None:
             template=template,
             template_id=TEMPLATE_ID,
             inputs={},
-            now=datetime(2025, 1, 1),  # noqa: DTZ001  # the naive value under test
+            now=datetime(2025, 1, 1),  # the naive value under test
         )
 
 

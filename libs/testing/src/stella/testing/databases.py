@@ -289,7 +289,23 @@ class DatabaseFactory:
         Returns:
             A DSN of the new database, with the admin DSN's credentials.
         """
-        return await self.clone(await self.template(migration_sets))
+        template = await self.template(migration_sets)
+        try:
+            return await self.clone(template)
+        except asyncpg.InvalidCatalogNameError:
+            # Another session replaced the template after it was looked up (its migrations were edited).
+            self._templates.discard(template)
+            return await self.clone(await self.template(migration_sets))
+
+    def scoped(self) -> DatabaseFactory:
+        """Return a factory sharing this one's known templates but dropping only what it creates itself.
+
+        Returns:
+            A new factory on the same server.
+        """
+        child = DatabaseFactory(self.admin_dsn)
+        child._templates = self._templates
+        return child
 
     async def clone(self, template: str) -> str:
         """Create a database as a copy of ``template``; it is dropped by :meth:`drop_created`.

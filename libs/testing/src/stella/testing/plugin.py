@@ -89,12 +89,11 @@ async def make_database(database_factory: DatabaseFactory) -> AsyncIterator[Make
     ``await make_database([("release", path_to_migrations)])`` returns the DSN of a new database in which
     those migrations have been applied; ``await make_database([])`` gives an empty database.
     """
-    created = DatabaseFactory(database_factory.admin_dsn)
+    # Templates are shared with the session factory so each is built once per session.
+    created = database_factory.scoped()
 
     async def make(migration_sets: Sequence[tuple[str, Path]] = ()) -> str:
-        # Templates are looked up through the session factory so each is built once per session.
-        template = await database_factory.template(migration_sets)
-        return await created.clone(template)
+        return await created.create(migration_sets)
 
     try:
         yield make

@@ -1,0 +1,199 @@
+"""Start the whole Stella system on this machine: ``make run``.
+
+With ``STELLA_DATABASE_URL`` / ``STELLA_NATS_URL`` unset, an embedded NATS (JetStream) and an embedded
+Postgres are started from Python packages with their data under ``.stella/`` (kept across restarts) on
+ports of their own. Every service then runs as its own process with its log lines prefixed by its name; a
+service that crashes is restarted with a growing delay. On first start a tenant and an admin token are
+created and the token is written to ``.stella/admin-token``. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from stella.kit.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE = Path(os.environ.get("STELLA_STATE_DIR", ROOT / ".stella"))
+SERVICES = ("release", "promotion", "approval", "workflow", "evidence")
+"""Headless services, started in this order before the gateway (those not installed are skipped)."""
+COLORS = ("36", "33", "35", "32", "34", "31", "96", "93")
+
+
+@dataclass
+class Child:
+    """A supervised service process."""
+
+    name: str
+    argv: list[str]
+    color: str
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _pick_port(env: str, preferred: int) -> int:
+    if env in os.environ:
+        return int(os.environ[env])
+    return preferred if _port_free(preferred) else free_port()
+
+
+def _say(text: str) -> None:
+    print(f"\033[1m[stack]\033[0m {text}", flush=True)
+
+
+def _installed(service: str) -> bool:
+    try:
+        __import__(f"stella.{service}.app")
+    except ImportError:
+        return False
+    return True
+
+
+async def _ensure_database(admin_dsn: str, name: str) -> str:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def _pump(child: Child, stream: asyncio.StreamReader) -> None:
+    prefix = f"\033[{child.color}m{child.name:>10} |\033[0m "
+    while line := await stream.readline():
+        sys.stdout.write(prefix + line.decode(errors="replace"))
+        sys.stdout.flush()
+
+
+async def _supervise(child: Child, env: dict[str, str], stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        started = time.monotonic()
+        child.process = await asyncio.create_subprocess_exec(
+            *child.argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT
+        )
+        assert child.process.stdout is not None
+        pump = asyncio.create_task(_pump(child, child.process.stdout))
+        code = await child.process.wait()
+        await pump
+        if stopping.is_set():
+            return
+        child.restarts = 0 if time.monotonic() - started > 60 else child.restarts + 1
+        delay = min(30.0, 0.5 * 2**child.restarts)
+        _say(f"{child.name} exited with code {code}; restarting in {delay:.1f}s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+
+
+def _wait_ready(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (loopback URL we built)
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+async def main() -> int:
+    STATE.mkdir(parents=True, exist_ok=True)
+    embedded: list[EmbeddedNats | EmbeddedPostgres] = []
+    env = dict(os.environ)
+    try:
+        if "STELLA_NATS_URL" not in env:
+            nats = EmbeddedNats(data_dir=STATE / "nats", port=_pick_port("STELLA_EMBEDDED_NATS_PORT", 14222))
+            await asyncio.to_thread(nats.start)
+            embedded.append(nats)
+            env["STELLA_NATS_URL"] = nats.url
+            _say(f"embedded NATS with JetStream on {nats.url} (data in {STATE / 'nats'})")
+        if "STELLA_DATABASE_URL" not in env:
+            pg = EmbeddedPostgres(data_dir=STATE / "postgres", port=_pick_port("STELLA_EMBEDDED_PG_PORT", 15432))
+            await asyncio.to_thread(pg.start)
+            embedded.append(pg)
+            env["STELLA_DATABASE_URL"] = await _ensure_database(pg.url, "stella")
+            _say(f"embedded Postgres on 127.0.0.1:{pg.port} (data in {STATE / 'postgres'})")
+        port = int(env.setdefault("STELLA_GATEWAY_PORT", "8080"))
+        host = env.setdefault("STELLA_GATEWAY_HOST", "127.0.0.1")
+        python = sys.executable
+        children = [
+            Child(name, [python, "-m", f"stella.{name}"], COLORS[i % len(COLORS)])
+            for i, name in enumerate(s for s in SERVICES if _installed(s))
+        ]
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        tasks = [asyncio.create_task(_supervise(c, env, stopping)) for c in children]
+
+        token_file = STATE / "admin-token"
+        bootstrap = await asyncio.create_subprocess_exec(
+            python,
+            "-m",
+            "stella.gateway",
+            "bootstrap",
+            "--tenant",
+            "default",
+            "--admin",
+            "admin",
+            "--token-file",
+            str(token_file),
+            env=env,
+            cwd=ROOT,
+        )
+        if await bootstrap.wait() != 0:
+            _say("bootstrapping the first tenant failed; see the message above")
+            stopping.set()
+        gateway = Child("gateway", [python, "-m", "stella.gateway", "serve"], "97")
+        children.append(gateway)
+        tasks.append(asyncio.create_task(_supervise(gateway, env, stopping)))
+
+        base = f"http://{host}:{port}"
+        if not stopping.is_set() and await asyncio.to_thread(_wait_ready, f"{base}/readyz", 60):
+            token = token_file.read_text().strip() if token_file.exists() else "(see .stella/admin-token)"
+            _say("Stella is up.")
+            _say(f"  API:    {base}/api/v1")
+            _say(f"  Docs:   {base}/api/docs   (OpenAPI: {base}/api/openapi.json)")
+            _say(f"  Token:  {token}   (also in {token_file})")
+            _say(f'  Try:    curl -H "Authorization: Bearer $(cat {token_file})" {base}/api/v1/components')
+            _say("Press Ctrl-C to stop.")
+        elif not stopping.is_set():
+            _say(f"the gateway did not become ready at {base}/readyz; still trying, see the logs above")
+
+        await stopping.wait()
+        _say("stopping")
+        for child in children:
+            if child.process and child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+        await asyncio.wait(tasks, timeout=15)
+        for child in children:
+            if child.process and child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+        return 0
+    finally:
+        for server in reversed(embedded):
+            await asyncio.to_thread(server.stop)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
