@@ -481,7 +481,7 @@ class _Compare(_Expr):
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         equal = _json_equal(self.left.evaluate(context), self.right.evaluate(context))
-        return equal
+        return equal if self.operator == "==" else not equal
 
     def paths(self) -> Iterable[tuple[str, ...]]:
         return (*self.left.paths(), *self.right.paths())

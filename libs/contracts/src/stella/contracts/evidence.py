@@ -1,0 +1,125 @@
+"""The evidence context: signed, chained, append-only evidence packets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+from uuid import UUID
+
+from pydantic import AwareDatetime, Field
+
+from stella.contracts.envelope import Command, Event, Model, PageRequest, Query
+
+CONTEXT: Final[str] = "evidence"
+"""Context name in subjects."""
+
+COLLECT_EVIDENCE: Final[str] = "stella.cmd.evidence.collect_evidence"
+"""Workflow step command (``ExecuteStep`` of type ``evidence``): build, sign and store a packet."""
+
+GET_PACKET: Final[str] = "stella.rpc.evidence.get_packet"
+"""Query :class:`GetPacket` -> :class:`PacketView`."""
+LIST_PACKETS: Final[str] = "stella.rpc.evidence.list_packets"
+"""Query :class:`ListPackets` -> page of :class:`PacketView`."""
+VERIFY_PACKET: Final[str] = "stella.rpc.evidence.verify_packet"
+"""Query :class:`VerifyPacket` -> :class:`VerificationView`."""
+LIST_KEYS: Final[str] = "stella.rpc.evidence.list_keys"
+"""Query :class:`ListKeys` -> list of :class:`KeyView`."""
+EXPORT_BUNDLE: Final[str] = "stella.rpc.evidence.export_bundle"
+"""Query :class:`ExportBundle` -> ``{"bundle_b64": ..., "packets": n}``."""
+
+PACKET_CREATED: Final[str] = "stella.evt.evidence.packet_created"
+"""Event :class:`PacketCreated`."""
+
+
+class PacketType(StrEnum):
+    """Kinds of evidence (reference §5)."""
+
+    RELEASE_DECISION = "release_decision"
+    DEPLOYMENT = "deployment"
+    ROLLBACK = "rollback"
+    DRIFT = "drift"
+
+
+class PacketView(Model):
+    """A stored packet: its envelope and decoded content."""
+
+    id: UUID
+    packet_type: PacketType
+    promotion_id: UUID | None
+    sequence: int
+    previous_hash: str | None
+    content_hash: str
+    signer_key_ref: str
+    created_at: datetime
+    content: dict[str, Any]
+    envelope: dict[str, Any]
+
+
+class VerificationView(Model):
+    """The outcome of verifying one packet."""
+
+    packet_id: UUID
+    valid: bool
+    checks: dict[str, bool]
+    findings: list[str]
+
+
+class KeyView(Model):
+    """A published public key."""
+
+    key_ref: str
+    algorithm: str
+    public_key_pem: str
+    active: bool
+    created_at: datetime
+    retired_at: datetime | None
+
+
+class GetPacket(Query):
+    """Read a packet."""
+
+    packet_id: UUID
+
+
+class ListPackets(Query):
+    """List packets in chain order."""
+
+    promotion_id: UUID | None = None
+    packet_type: PacketType | None = None
+    page: PageRequest = Field(default_factory=PageRequest)
+
+
+class VerifyPacket(Query):
+    """Verify a packet's signature, hash and chain link."""
+
+    packet_id: UUID
+
+
+class ListKeys(Query):
+    """List the public keys (current and rotated)."""
+
+
+class ExportBundle(Query):
+    """Export the tenant's packets created in [from, to) as a verifiable bundle."""
+
+    created_from: AwareDatetime | None = None
+    created_to: AwareDatetime | None = None
+
+
+class PacketCreated(Event):
+    """A packet was signed and stored."""
+
+    packet_id: UUID
+    packet_type: PacketType
+    promotion_id: UUID | None
+    sequence: int
+    content_hash: str
+
+
+class CollectEvidence(Command):
+    """Build a packet outside a workflow (deployment, rollback and drift packets arrive through this)."""
+
+    packet_type: PacketType
+    promotion_id: UUID | None = None
+    content: dict[str, Any]

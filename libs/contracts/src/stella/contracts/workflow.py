@@ -1,0 +1,280 @@
+"""The workflow context: templates (DAGs of steps), runs and step runs, executed by the workflow service.
+
+A step whose type belongs to another context is executed by that context: the workflow service sends it
+an :class:`ExecuteStep` command on the step type's subject (see :data:`STEP_SUBJECTS`), and that service
+answers, now or much later, with :class:`CompleteStep`. Each attempt carries an idempotency key
+``<run>:<node>:<attempt>`` so executing it twice has the effect of once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+from uuid import UUID
+
+from pydantic import Field
+
+from stella.contracts.envelope import Command, Event, Model, PageRequest, Query
+from stella.contracts.validation import Name
+
+CONTEXT: Final[str] = "workflow"
+"""Context name in subjects."""
+
+SAVE_TEMPLATE: Final[str] = "stella.cmd.workflow.save_template"
+"""Command :class:`SaveTemplate`: validates and stores the next version of a tenant template."""
+START_RUN: Final[str] = "stella.cmd.workflow.start_run"
+"""Command :class:`StartRun`: starts a run of a template (idempotent per ``subject_id`` + template)."""
+COMPLETE_STEP: Final[str] = "stella.cmd.workflow.complete_step"
+"""Command :class:`CompleteStep`: the result of a step executed by another context."""
+CANCEL_RUN: Final[str] = "stella.cmd.workflow.cancel_run"
+"""Command :class:`CancelRun`."""
+
+GET_TEMPLATE: Final[str] = "stella.rpc.workflow.get_template"
+"""Query :class:`GetTemplate` -> :class:`TemplateView`."""
+LIST_TEMPLATES: Final[str] = "stella.rpc.workflow.list_templates"
+"""Query :class:`ListTemplates` -> page of :class:`TemplateView` (built-in and the tenant's)."""
+GET_RUN: Final[str] = "stella.rpc.workflow.get_run"
+"""Query :class:`GetRun` -> :class:`RunView` with its step runs."""
+
+RUN_STARTED: Final[str] = "stella.evt.workflow.run_started"
+"""Event :class:`RunStarted`."""
+STEP_STARTED: Final[str] = "stella.evt.workflow.step_started"
+"""Event :class:`StepStarted`."""
+STEP_COMPLETED: Final[str] = "stella.evt.workflow.step_completed"
+"""Event :class:`StepCompleted`."""
+STEP_FAILED: Final[str] = "stella.evt.workflow.step_failed"
+"""Event :class:`StepFailed`."""
+RUN_COMPLETED: Final[str] = "stella.evt.workflow.run_completed"
+"""Event :class:`RunCompleted`."""
+RUN_FAILED: Final[str] = "stella.evt.workflow.run_failed"
+"""Event :class:`RunFailed`."""
+
+STEP_SUBJECTS: Final[dict[str, str]] = {
+    "gate": "stella.cmd.promotion.evaluate_gates",
+    "approval": "stella.cmd.approval.request_approvals",
+    "evidence": "stella.cmd.evidence.collect_evidence",
+}
+"""Step types executed by another context, and the subject their :class:`ExecuteStep` goes to."""
+
+
+class RunStatus(StrEnum):
+    """Run states."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepStatus(StrEnum):
+    """Step run states."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class RetrySpec(Model):
+    """How often and how patiently a step is retried."""
+
+    max_attempts: int = Field(default=1, ge=1, le=20)
+    backoff_s: float = Field(default=0, ge=0, le=3600)
+
+
+class NodeSpec(Model):
+    """One step of a template."""
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    type: str = Field(min_length=1, max_length=64)
+    config: dict[str, Any] = Field(default_factory=dict)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+    when: str | None = Field(default=None, max_length=1000)
+    run_on: str = Field(default="success", pattern=r"^(success|always)$")
+
+
+class EdgeSpec(Model):
+    """``from`` must finish before ``to`` starts."""
+
+    model_config = Model.model_config | {"populate_by_name": True}
+
+    source: str = Field(alias="from")
+    target: str = Field(alias="to")
+
+
+class TemplateView(Model):
+    """A template version."""
+
+    id: UUID
+    tenant_id: UUID | None
+    name: str
+    version: int
+    nodes: list[NodeSpec]
+    edges: list[EdgeSpec]
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    is_builtin: bool
+    created_at: datetime
+
+
+class StepRunView(Model):
+    """One attempt of one step."""
+
+    id: UUID
+    node_id: str
+    status: StepStatus
+    attempt_number: int
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    error: str | None
+    logs: str
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class RunView(Model):
+    """A run with its step runs."""
+
+    id: UUID
+    template_id: UUID
+    template_name: str
+    template_version: int
+    subject_id: UUID | None
+    status: RunStatus
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    started_at: datetime | None
+    completed_at: datetime | None
+    steps: list[StepRunView]
+
+
+class SaveTemplate(Command):
+    """Store the next version of a tenant template (validated: known step types, no cycle, no dangling edge)."""
+
+    name: Name
+    nodes: list[NodeSpec] = Field(min_length=1, max_length=100)
+    edges: list[EdgeSpec] = Field(default_factory=list, max_length=500)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class StartRun(Command):
+    """Start a run; the run pins the template version it starts with."""
+
+    template_name: str
+    template_version: int | None = None
+    subject_id: UUID | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExecuteStep(Command):
+    """Execute one attempt of a step owned by another context; answer with :class:`CompleteStep`."""
+
+    run_id: UUID
+    node_id: str
+    attempt: int
+    step_type: str
+    config: dict[str, Any]
+    inputs: dict[str, Any]
+    subject_id: UUID | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """``<run>:<node>:<attempt>``: executing the same attempt twice has one effect."""
+        return f"{self.run_id}:{self.node_id}:{self.attempt}"
+
+
+class CompleteStep(Command):
+    """The outcome of an executed step attempt."""
+
+    run_id: UUID
+    node_id: str
+    attempt: int
+    status: StepStatus
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    logs: str = ""
+
+
+class CancelRun(Command):
+    """Cancel a run and its unfinished steps."""
+
+    run_id: UUID
+    reason: str | None = None
+
+
+class GetTemplate(Query):
+    """Read a template (latest version unless given)."""
+
+    name: str
+    version: int | None = None
+
+
+class ListTemplates(Query):
+    """List the latest version of every template visible to the tenant."""
+
+    page: PageRequest = Field(default_factory=PageRequest)
+
+
+class GetRun(Query):
+    """Read a run and its steps."""
+
+    run_id: UUID
+
+
+class RunStarted(Event):
+    """A run started."""
+
+    run: RunView
+
+
+class StepStarted(Event):
+    """A step attempt started."""
+
+    run_id: UUID
+    node_id: str
+    attempt: int
+    step_type: str
+
+
+class StepCompleted(Event):
+    """A step attempt succeeded (or was skipped)."""
+
+    run_id: UUID
+    node_id: str
+    attempt: int
+    status: StepStatus
+    outputs: dict[str, Any]
+
+
+class StepFailed(Event):
+    """A step attempt failed (it may be retried)."""
+
+    run_id: UUID
+    node_id: str
+    attempt: int
+    error: str
+    will_retry: bool
+
+
+class RunCompleted(Event):
+    """A run succeeded."""
+
+    run_id: UUID
+    subject_id: UUID | None
+    outputs: dict[str, Any]
+
+
+class RunFailed(Event):
+    """A run failed or was cancelled."""
+
+    run_id: UUID
+    subject_id: UUID | None
+    status: RunStatus
+    error: str | None

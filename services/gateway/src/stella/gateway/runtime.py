@@ -1,0 +1,74 @@
+"""The running gateway's dependencies, in one object built by :func:`stella.gateway.app.create_app`.
+
+Middleware and route handlers read them from here (handlers through Litestar's dependency injection); the
+object is filled in when the application starts and emptied when it stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from nats.aio.client import Client as NatsClient
+
+from stella.gateway.auth import Authenticator
+from stella.gateway.idempotency import IdempotencyPolicy
+from stella.gateway.relay import Relay
+from stella.gateway.settings import Settings
+from stella.gateway.store import GatewayStore
+
+
+class NotStartedError(RuntimeError):
+    """A dependency was used before the application started (or after it stopped)."""
+
+
+@dataclass
+class Runtime:
+    """What a running gateway uses; ``None`` until the application's start-up filled it in.
+
+    Attributes:
+        settings: The gateway's settings.
+        clock: Current UTC time; tests pass their own through ``create_app(overrides=...)``.
+        pool: The asyncpg pool on the ``gateway`` schema.
+        nats: The NATS connection.
+        store: SQL of the gateway's schema.
+        authenticator: Bearer-token authentication.
+        relay: Commands and queries to services.
+        idempotency: What the idempotency middleware needs.
+        extras: Anything else a test handed over in ``overrides``.
+    """
+
+    settings: Settings
+    clock: Callable[[], datetime]
+    pool: asyncpg.Pool | None = None
+    nats: NatsClient | None = None
+    store: GatewayStore | None = None
+    authenticator: Authenticator | None = None
+    relay: Relay | None = None
+    idempotency: IdempotencyPolicy | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def get_store(self) -> GatewayStore:
+        """The store; raises :class:`NotStartedError` before start-up."""
+        return _started(self.store, "store")
+
+    def get_authenticator(self) -> Authenticator:
+        """The authenticator; raises :class:`NotStartedError` before start-up."""
+        return _started(self.authenticator, "authenticator")
+
+    def get_relay(self) -> Relay:
+        """The relay; raises :class:`NotStartedError` before start-up."""
+        return _started(self.relay, "relay")
+
+    def get_idempotency(self) -> IdempotencyPolicy:
+        """The idempotency policy; raises :class:`NotStartedError` before start-up."""
+        return _started(self.idempotency, "idempotency policy")
+
+
+def _started[T](value: T | None, what: str) -> T:
+    if value is None:
+        raise NotStartedError(f"the gateway's {what} is not available: the application is not running")
+    return value
