@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import asyncpg
 from nats.js import JetStreamContext
 
-from stella.contracts.envelope import Event
+from stella.contracts.envelope import Message
 from stella.contracts.streams import HEADER_MSG_ID
 from stella.kit import metrics
 from stella.kit.naming import Names
@@ -41,15 +41,16 @@ _PURGE = "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => 
 _PURGE_INBOX = "DELETE FROM inbox WHERE handled_at < now() - make_interval(secs => $1)"
 
 FAULT_ENV = "STELLA_FAULT"
-"""Fault-injection switch for crash tests: ``relay.after_publish`` kills the process after a publish."""
+"""Fault-injection switch for crash tests: ``relay.before_publish`` kills the process after an event was
+committed but before it is published; ``relay.after_publish`` after it was published but before it is marked."""
 
 
-async def add_event(conn: asyncpg.Connection, subject: str, event: Event) -> None:
-    """Record ``event`` for publication on ``subject`` in the caller's open transaction."""
+async def add_event(conn: asyncpg.Connection, subject: str, event: Message) -> None:
+    """Record ``event`` (or a command for another service) for publication on ``subject`` in the open transaction."""
     await add_events(conn, [(subject, event)])
 
 
-async def add_events(conn: asyncpg.Connection, events: Sequence[tuple[str, Event]]) -> None:
+async def add_events(conn: asyncpg.Connection, events: Sequence[tuple[str, Message]]) -> None:
     """Record several events (in order) in the caller's open transaction."""
     if not events:
         return
@@ -151,7 +152,10 @@ class OutboxRelay:
         rows = await conn.fetch(_PENDING, self.batch_size)
         done: list[int] = []
         try:
+            fault = os.environ.get(FAULT_ENV)
             for row in rows:
+                if fault == "relay.before_publish":
+                    os._exit(137)  # crash test: committed, not yet published
                 await self.js.publish(
                     self.names.subject(row["subject"]),
                     row["payload"].encode(),
@@ -159,7 +163,7 @@ class OutboxRelay:
                     timeout=5,
                 )
                 done.append(row["id"])
-                if os.environ.get(FAULT_ENV) == "relay.after_publish":
+                if fault == "relay.after_publish":
                     os._exit(137)  # crash test: published, not yet marked
         finally:
             # Mark what went out even when a later publish failed; the rest is retried in order.

@@ -213,7 +213,7 @@ class Principal:
     @classmethod
     def of(
         cls,
-        id: UUID,  # noqa: A002  # the field's name
+        principal_id: UUID,
         tenant_id: UUID,
         permissions: Iterable[str] = (),
         *,
@@ -222,7 +222,7 @@ class Principal:
     ) -> Principal:
         """Build a principal holding ``permissions`` on ``environment_id`` (``None``: tenant-wide)."""
         return cls(
-            id=id,
+            id=principal_id,
             tenant_id=tenant_id,
             grants=frozenset(Grant(p, environment_id) for p in permissions),
             groups=frozenset(groups),
@@ -622,9 +622,7 @@ def vote(
     if request.status is ApprovalStatus.EXPIRED:
         raise ApprovalExpired(f"the approval request of promotion {request.promotion_id} expired")
     if request.status is not ApprovalStatus.PENDING:
-        raise ApprovalNotPending(
-            f"the approval request of promotion {request.promotion_id} is {request.status.value}"
-        )
+        raise ApprovalNotPending(f"the approval request of promotion {request.promotion_id} is {request.status.value}")
     if now >= request.expires_at:
         raise ApprovalExpired(
             f"the approval request of promotion {request.promotion_id} expired at {request.expires_at.isoformat()}"
@@ -705,7 +703,7 @@ def check_deployer(request: ApprovalRequest, principal: Principal) -> None:
         DeployerIsApprover: when ``require_sod`` is set and the principal's approval counted.
     """
     _check_tenant(request, principal)
-    if request.require_sod and any(v.approver_id == principal.id for v in request.approvals):
+    if any(v.approver_id == principal.id for v in request.approvals):
         raise DeployerIsApprover(
             f"principal {principal.id} approved promotion {request.promotion_id} and cannot also deploy it "
             "(separation of duties)"

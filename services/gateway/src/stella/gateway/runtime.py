@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from nats.aio.client import Client as NatsClient
@@ -19,6 +19,8 @@ from stella.gateway.idempotency import IdempotencyPolicy
 from stella.gateway.relay import Relay
 from stella.gateway.settings import Settings
 from stella.gateway.store import GatewayStore
+
+T = TypeVar("T")
 
 
 class NotStartedError(RuntimeError):
@@ -68,7 +70,7 @@ class Runtime:
         return _started(self.idempotency, "idempotency policy")
 
 
-def _started[T](value: T | None, what: str) -> T:
+def _started(value: T | None, what: str) -> T:
     if value is None:
         raise NotStartedError(f"the gateway's {what} is not available: the application is not running")
     return value

@@ -1,0 +1,143 @@
+"""``/api/v1/principals``: the people and machines of a tenant, and their roles (tenant admins only)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from litestar import Controller, Response, delete, get, post
+from litestar.datastructures import ResponseHeader
+from litestar.params import Parameter
+
+from stella.gateway.auth import Identity, require
+from stella.gateway.dependencies import ID_SCHEMA, location, parse_id, problems
+from stella.gateway.pagination import PageParams, decode_cursor, encode_cursor, invalid_page_token
+from stella.gateway.permissions import Action, Resource
+from stella.gateway.problems import ProblemError
+from stella.gateway.runtime import Runtime
+from stella.gateway.schemas import PrincipalCreate, PrincipalOut, PrincipalPage
+from stella.gateway.store import DeletePrincipalOutcome, GatewayStore, PrincipalRow
+
+BASE = "/api/v1/principals"
+
+
+def principal_out(row: PrincipalRow) -> PrincipalOut:
+    """The response body of a stored principal."""
+    return PrincipalOut(
+        id=row.id,
+        name=row.name,
+        kind=row.kind,  # type: ignore[arg-type]
+        display_name=row.display_name,
+        roles=list(row.roles),
+        created_at=row.created_at,
+        created_by=row.created_by,
+    )
+
+
+def _not_found(principal_id: UUID) -> ProblemError:
+    return ProblemError(404, "RES_NOT_FOUND", f"Principal {principal_id} does not exist.")
+
+
+class PrincipalController(Controller):
+    """Principals of the caller's tenant."""
+
+    path = BASE
+    tags = ["principals"]
+
+    @post(
+        "/",
+        operation_id="createPrincipal",
+        summary="Create a principal",
+        guards=[require(Resource.PRINCIPAL, Action.CREATE)],
+        status_code=201,
+        responses=problems(400, 403, 409, 422),
+        response_headers=[ResponseHeader(name="Location", description="URL of the new principal", documentation_only=True)],
+    )
+    async def create_principal(
+        self, data: PrincipalCreate, identity: Identity, store: GatewayStore, runtime: Runtime, now: datetime
+    ) -> Response[PrincipalOut]:
+        """Create a user or service principal bound to the given roles."""
+        row = await store.create_principal(
+            identity.tenant_id,
+            name=data.name,
+            kind=data.kind.value,
+            display_name=data.display_name,
+            roles=[role.value for role in data.roles],
+            now=now,
+            created_by=identity.principal_id,
+        )
+        if row is None:
+            raise ProblemError(409, "RES_ALREADY_EXISTS", f"A principal named {data.name!r} already exists.")
+        return Response(
+            principal_out(row), status_code=201, headers={"Location": location(runtime, f"{BASE}/{row.id}")}
+        )
+
+    @get(
+        "/",
+        operation_id="listPrincipals",
+        summary="List principals",
+        guards=[require(Resource.PRINCIPAL, Action.READ)],
+        responses=problems(400, 403),
+    )
+    async def list_principals(self, identity: Identity, store: GatewayStore, page: PageParams) -> PrincipalPage:
+        """List the tenant's principals by name."""
+        after: tuple[str, UUID] | None = None
+        if page.token is not None:
+            name, raw_id = decode_cursor(page.token, 2)
+            try:
+                after = (str(name), UUID(str(raw_id)))
+            except ValueError:
+                raise invalid_page_token() from None
+        rows = await store.list_principals(identity.tenant_id, after=after, limit=page.size + 1)
+        more = len(rows) > page.size
+        rows = rows[: page.size]
+        token = encode_cursor([rows[-1].name, str(rows[-1].id)]) if more else None
+        return PrincipalPage(items=[principal_out(row) for row in rows], next_page_token=token)
+
+    @get(
+        "/{principal_id:str}",
+        operation_id="getPrincipal",
+        summary="Read a principal",
+        guards=[require(Resource.PRINCIPAL, Action.READ)],
+        responses=problems(400, 403, 404),
+    )
+    async def get_principal(
+        self,
+        identity: Identity,
+        store: GatewayStore,
+        principal_id: str = Parameter(description="Principal id", schema_extra=ID_SCHEMA),
+    ) -> PrincipalOut:
+        """Read one principal with its roles."""
+        pid = parse_id(principal_id, "principal_id")
+        row = await store.get_principal(identity.tenant_id, pid)
+        if row is None:
+            raise _not_found(pid)
+        return principal_out(row)
+
+    @delete(
+        "/{principal_id:str}",
+        operation_id="deletePrincipal",
+        summary="Delete a principal",
+        guards=[require(Resource.PRINCIPAL, Action.DELETE)],
+        responses=problems(400, 403, 404, 409),
+    )
+    async def delete_principal(
+        self,
+        identity: Identity,
+        store: GatewayStore,
+        runtime: Runtime,
+        now: datetime,
+        principal_id: str = Parameter(description="Principal id", schema_extra=ID_SCHEMA),
+    ) -> None:
+        """Delete a principal and revoke all its tokens; the tenant's last tenant admin cannot be deleted."""
+        pid = parse_id(principal_id, "principal_id")
+        outcome = await store.delete_principal(identity.tenant_id, pid, now)
+        if outcome == DeletePrincipalOutcome.NOT_FOUND:
+            raise _not_found(pid)
+        if outcome == DeletePrincipalOutcome.LAST_ADMIN:
+            raise ProblemError(
+                409,
+                "RES_LAST_TENANT_ADMIN",
+                "This is the tenant's last tenant admin; bind another principal to tenant-admin first.",
+            )
+        runtime.get_authenticator().forget_principal(pid)
