@@ -703,7 +703,7 @@ def check_deployer(request: ApprovalRequest, principal: Principal) -> None:
         DeployerIsApprover: when ``require_sod`` is set and the principal's approval counted.
     """
     _check_tenant(request, principal)
-    if any(v.approver_id == principal.id for v in request.approvals):
+    if request.require_sod and any(v.approver_id == principal.id for v in request.approvals):
         raise DeployerIsApprover(
             f"principal {principal.id} approved promotion {request.promotion_id} and cannot also deploy it "
             "(separation of duties)"
