@@ -165,21 +165,20 @@ async def test_unparseable_message_is_dead_lettered_at_once(start_runtime, nats:
 async def test_event_consumer_handles_a_redelivered_event_once(start_runtime, nats: Client) -> None:
     seen: list[str] = []
 
-    class Collector(EventRoutes):
-        pass
-
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
         async def on_added(event: ItemAdded, conn: asyncpg.Connection) -> None:
             seen.append(event.name)
-            await conn.execute(
-                "INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, "copy-" + event.name
-            )
+            await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, "copy-" + event.name)
 
-        Collector("kittest", "copies", ADDED, ItemAdded, on_added, lambda: runtime.pool).attach(router, runtime)
+        routes = EventRoutes("kittest", "copies", "stella.evt.kittest.>", lambda: runtime.pool)
+        routes.on(ADDED, ItemAdded, on_added)
+        routes.attach(router, runtime)
 
     runtime = await start_runtime(register)
     event = ItemAdded(name="x", **_ids())
     js = nats.jetstream()
+    # An event this consumer does not handle is acknowledged and skipped, not dead-lettered.
+    await js.publish(runtime.names.subject("stella.evt.kittest.something_else"), b"{}")
     for msg_id in ("a", "b"):  # two publications of the same event, different Nats-Msg-Id
         await js.publish(
             runtime.names.subject(ADDED), event.model_dump_json().encode(), headers={HEADER_MSG_ID: msg_id}

@@ -58,7 +58,9 @@ def make_content(index: int = 0, *, components: int = 2, gates: int = 3) -> dict
         "execution": {
             "workflow_run_id": "wf-1",
             "deployment_job_id": f"job-{index}",
-            "artifacts": [{"type": "compose-lock", "name": "compose.stella.lock.yml", "content_hash": "sha256:" + "d" * 64}],
+            "artifacts": [
+                {"type": "compose-lock", "name": "compose.stella.lock.yml", "content_hash": "sha256:" + "d" * 64}
+            ],
             "logs_hash": "sha256:" + "e" * 64,
         },
         "previous": {"release_id": f"rel-{index - 1}" if index else None},

@@ -103,7 +103,9 @@ def test_empty_export(chain: Any) -> None:
 def test_export_refuses_foreign_and_duplicate_packets(chain: Any, chain_factory: Callable[..., Any]) -> None:
     other = chain_factory(1)
     with pytest.raises(ValueError, match="belongs to tenant"):
-        build_bundle(chain.signed + other.signed, chain.public_keys, tenant_id=chain.tenant_id, created_at=chain.created_at)
+        build_bundle(
+            chain.signed + other.signed, chain.public_keys, tenant_id=chain.tenant_id, created_at=chain.created_at
+        )
     with pytest.raises(ValueError, match="sequence 2"):
         build_bundle(
             [*chain.signed, chain.signed[1]], chain.public_keys, tenant_id=chain.tenant_id, created_at=chain.created_at

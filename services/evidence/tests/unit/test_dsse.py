@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from stella.evidence.dsse import (
     MalformedEnvelopeError,
-    parse_envelope,
     pae,
+    parse_envelope,
     sign_envelope,
     verify_envelope,
     verify_parsed_envelope,

@@ -30,9 +30,7 @@ from stella.evidence.keys import (
 @pytest.mark.parametrize("algorithm", list(KeyAlgorithm))
 def test_key_ref_is_algorithm_and_16_hex_of_the_spki_sha256(algorithm: KeyAlgorithm) -> None:
     key = generate_key(algorithm)
-    der = key.public_key.key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = key.public_key.key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert key.key_ref == f"{algorithm.value}:{hashlib.sha256(der).hexdigest()[:16]}"
     assert is_key_ref(key.key_ref)
     assert key.algorithm is algorithm

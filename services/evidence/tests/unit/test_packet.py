@@ -121,7 +121,9 @@ def test_every_hashed_field_changes_the_hash(content: dict[str, Any], field: str
 
 def test_signer_key_ref_is_not_hashed(content: dict[str, Any]) -> None:
     packet = _build(content)
-    assert dataclasses.replace(packet, signer_key_ref="ecdsa-p256:1111111111111111").compute_hash() == packet.content_hash
+    assert (
+        dataclasses.replace(packet, signer_key_ref="ecdsa-p256:1111111111111111").compute_hash() == packet.content_hash
+    )
 
 
 def test_created_at_is_stored_in_utc_and_naive_times_are_refused(content: dict[str, Any]) -> None:
@@ -131,7 +133,7 @@ def test_created_at_is_stored_in_utc_and_naive_times_are_refused(content: dict[s
     assert packet.created_at.tzinfo is UTC
     assert packet.to_dict()["created_at"] == "2025-06-01T12:00:00.000000Z"
     with pytest.raises(ValueError, match="timezone-aware"):
-        _build(content, created_at=datetime(2025, 6, 1, 12, 0))  # noqa: DTZ001 - the naive time under test
+        _build(content, created_at=datetime(2025, 6, 1, 12, 0))
 
 
 def test_timestamp_round_trip_and_strict_parsing() -> None:
@@ -221,7 +223,9 @@ def test_reject_secrets_accepts_ordinary_content(content: dict[str, Any]) -> Non
         (lambda c: c["decision"].update(at=NOW), "datetime is not a JSON type"),
     ],
 )
-def test_invalid_content_is_refused(content: dict[str, Any], mutate: Callable[[dict[str, Any]], Any], message: str) -> None:
+def test_invalid_content_is_refused(
+    content: dict[str, Any], mutate: Callable[[dict[str, Any]], Any], message: str
+) -> None:
     mutate(content)
     with pytest.raises(EvidenceContentError, match=message):
         _build(content)

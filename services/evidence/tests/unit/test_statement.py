@@ -56,7 +56,13 @@ def test_statement_shape_and_deterministic_bytes() -> None:
 
 @pytest.mark.parametrize(
     ("repository", "digest"),
-    [("", A), ("reg.io/a", "sha256:" + A.upper()), ("reg.io/a", "sha512:" + A), ("reg.io/a", A[:-1]), ("reg.io/a", None)],
+    [
+        ("", A),
+        ("reg.io/a", "sha256:" + A.upper()),
+        ("reg.io/a", "sha512:" + A),
+        ("reg.io/a", A[:-1]),
+        ("reg.io/a", None),
+    ],
 )
 def test_bad_image_references_are_refused(repository: str, digest: Any) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
@@ -100,4 +106,3 @@ def _statement(**changes: Any) -> dict[str, Any]:
 def test_parse_statement_rejects(payload: bytes, message: str) -> None:
     with pytest.raises(MalformedStatementError, match=message):
         parse_statement(payload)
-

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from stella.evidence.bundle import envelope_path, read_bundle
+from stella.evidence.canonical import canonicalize
 from stella.evidence.chain import FindingKind
 from stella.evidence.dsse import sign_envelope
 from stella.evidence.keys import PublicKeyRing, generate_key
@@ -232,8 +233,6 @@ def _forge_with_stranger(chain: Any, files: dict[str, bytes], sequence: int, *, 
     statement = json.loads(base64.b64decode(json.loads(files[path])["payload"]))
     if claim:
         statement["predicate"]["signer_key_ref"] = stranger.key_ref
-    from stella.evidence.canonical import canonicalize
-
     files[path] = (json.dumps(sign_envelope(canonicalize(statement), PAYLOAD_TYPE, stranger), indent=2) + "\n").encode()
     return stranger
 
@@ -285,20 +284,18 @@ def test_replaced_key_file(chain: Any) -> None:
 def test_added_file_and_link_are_reported(chain: Any) -> None:
     files = _files(chain.bundle())
     files["notes.txt"] = b"hello"
-    buffer = io.BytesIO(_pack(files))
-    data = bytearray()
-    with tarfile.open(fileobj=io.BytesIO(buffer.getvalue()), mode="r:gz") as source:
-        out = io.BytesIO()
-        with tarfile.open(fileobj=out, mode="w:gz") as target:
-            for member in source:
-                extracted = source.extractfile(member)
-                target.addfile(member, extracted)
-            link = tarfile.TarInfo("keys/link.pem")
-            link.type = tarfile.SYMTYPE
-            link.linkname = "/etc/hostname"
-            target.addfile(link)
-        data.extend(out.getvalue())
-    report = verify_bundle(bytes(data))
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(_pack(files)), mode="r:gz") as source,
+        tarfile.open(fileobj=out, mode="w:gz") as target,
+    ):
+        for member in source:
+            target.addfile(member, source.extractfile(member))
+        link = tarfile.TarInfo("keys/link.pem")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/hostname"
+        target.addfile(link)
+    report = verify_bundle(out.getvalue())
     kinds = {(f.kind, f.path) for f in report.findings}
     assert kinds == {(FindingKind.FILE_UNLISTED, "notes.txt"), (FindingKind.UNEXPECTED_MEMBER, "keys/link.pem")}
 
@@ -306,7 +303,9 @@ def test_added_file_and_link_are_reported(chain: Any) -> None:
 def test_missing_manifest_still_checks_every_packet(chain: Any) -> None:
     files = _files(chain.bundle())
     del files["manifest.json"]
-    _edit_envelope(files, _path(chain, 2), lambda e: e["signatures"][0].update(sig=base64.b64encode(b"x" * 64).decode()))
+    _edit_envelope(
+        files, _path(chain, 2), lambda e: e["signatures"][0].update(sig=base64.b64encode(b"x" * 64).decode())
+    )
     report = verify_bundle(_pack(files))
     _only(report, {None: {FindingKind.MANIFEST_INVALID}, 2: {FindingKind.BAD_SIGNATURE}})
 
@@ -325,7 +324,7 @@ def test_malformed_envelope_file(chain: Any) -> None:
     files = _files(chain.bundle())
     files[_path(chain, 5)] = b'{"payload": 1}'
     report = verify_bundle(_pack(files, refresh_manifest=True))
-    _only(report, {5: {FindingKind.MALFORMED_ENVELOPE}, 6: {FindingKind.GAP}})
+    _only(report, {5: {FindingKind.MALFORMED_ENVELOPE}})
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -350,7 +349,7 @@ def test_cli_untouched_bundle_exits_0(tmp_path: Path, chain: Any) -> None:
     keys = tmp_path / "trusted"
     keys.mkdir()
     for key in chain.public_keys:
-        (keys / f"{key.key_ref}.pem").write_bytes(key.public_key.to_pem())
+        (keys / f"{key.key_ref}.pem").write_bytes(key.to_pem())
     assert _run(str(bundle), "--keys", str(keys)).returncode == 0
 
 

@@ -10,6 +10,7 @@ from uuid import UUID
 from pydantic import Field
 
 from stella.contracts.envelope import Command, Event, Model, Query
+from stella.contracts.workflow import StepRef
 
 CONTEXT: Final[str] = "approval"
 """Context name in subjects."""
@@ -74,6 +75,8 @@ class ApprovalRequestView(Model):
     expires_at: datetime
     decided_at: datetime | None
     votes: list[VoteView]
+    step: StepRef | None = None
+    """The workflow step waiting on this request; whoever acts on the decision completes it."""
 
 
 class CastVote(Command):

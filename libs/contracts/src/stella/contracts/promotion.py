@@ -149,8 +149,10 @@ class PromotionView(Model):
     id: UUID
     release_id: UUID
     release_name: str
+    release_components: list[dict[str, Any]]
     source_environment_id: UUID | None
     target_environment_id: UUID
+    target_environment_name: str
     status: PromotionStatus
     reason: str
     requested_by: UUID | None

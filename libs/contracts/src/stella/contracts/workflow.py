@@ -165,10 +165,15 @@ class SaveTemplate(Command):
 
 
 class StartRun(Command):
-    """Start a run; the run pins the template version it starts with."""
+    """Start a run; the run pins the template version it starts with.
+
+    ``run_id`` lets the sender know the run's id up front (a promotion stores it); starting the same
+    ``run_id`` twice starts one run.
+    """
 
     template_name: str
     template_version: int | None = None
+    run_id: UUID | None = None
     subject_id: UUID | None = None
     inputs: dict[str, Any] = Field(default_factory=dict)
 
@@ -188,6 +193,14 @@ class ExecuteStep(Command):
     def idempotency_key(self) -> str:
         """``<run>:<node>:<attempt>``: executing the same attempt twice has one effect."""
         return f"{self.run_id}:{self.node_id}:{self.attempt}"
+
+
+class StepRef(Model):
+    """Which step attempt a result belongs to; carried by work that finishes long after it started."""
+
+    run_id: UUID
+    node_id: str
+    attempt: int
 
 
 class CompleteStep(Command):

@@ -312,26 +312,23 @@ def _failure(code: str, status: int, detail: str) -> dict[str, Any]:
 
 
 class EventRoutes:
-    """One durable consumer ``<service>-<purpose>`` on one event subject (NATS 2.9: one filter per consumer).
+    """One durable consumer ``<service>-<purpose>`` on one subject filter (NATS 2.9 allows one per consumer).
 
-    The handler runs inside a transaction that also records ``(consumer, message_id)`` in the inbox, so a
+    The filter may be a wildcard (``stella.evt.approval.>``); each event subject under it is routed to its
+    handler, and events nobody here handles are acknowledged and ignored (a producer may add events later).
+    A handler runs inside a transaction that also records ``(consumer, message_id)`` in the inbox, so a
     redelivered event has one effect.
     """
 
-    def __init__(
-        self,
-        service: str,
-        purpose: str,
-        subject: str,
-        model: type[Event],
-        handler: EventHandler,
-        pool: Callable[[], asyncpg.Pool],
-    ) -> None:
+    def __init__(self, service: str, purpose: str, subject: str, pool: Callable[[], asyncpg.Pool]) -> None:
         self.consumer = f"{service}-{purpose}"
         self.subject = subject
-        self.model = model
-        self.handler = handler
         self.pool = pool
+        self.routes: dict[str, tuple[type[Event], EventHandler]] = {}
+
+    def on(self, subject: str, model: type[Event], handler: EventHandler) -> None:
+        """Route ``subject`` (under this consumer's filter) to ``handler(event, conn)``."""
+        self.routes[subject] = (model, handler)
 
     def attach(self, router: NatsRouter, host: Host) -> None:
         """Register the durable consumer on ``router``."""
@@ -353,11 +350,15 @@ class EventRoutes:
             raw: Msg = msg.raw_message
 
             async def work() -> None:
-                event = parse(self.model, raw.data)
+                route = self.routes.get(names.local(raw.subject))
+                if route is None:
+                    return  # an event this consumer does not handle
+                model, handler = route
+                event = parse(model, raw.data)
                 _bind_context(event)
                 async with self.pool().acquire() as conn, conn.transaction():
                     if await claim_inbox(conn, self.consumer, event.message_id):
-                        await self.handler(event, conn)
+                        await handler(event, conn)
                     else:
                         metrics.messages_handled.labels(self.consumer, "duplicate").inc()
 

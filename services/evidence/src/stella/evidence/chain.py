@@ -132,6 +132,7 @@ def verify_chain(
     tenant_id: UUID | None = None,
     first_sequence: int | None = 1,
     anchor_hash: str | None = None,
+    unreadable: Iterable[int] = (),
 ) -> list[Finding]:
     """Check a tenant's packets and return every way they fail to form an intact chain.
 
@@ -143,6 +144,8 @@ def verify_chain(
             sequence of an exported range, or ``None`` to accept any start.
         anchor_hash: ``content_hash`` of the packet just before the first one, when the packets are a range
             that does not start at 1 and that hash is known from elsewhere; checks the first link too.
+        unreadable: Sequences of packets known to exist (their file is there) but that could not be read,
+            already reported by the caller: they are not gaps, and links to and from them cannot be checked.
 
     Returns:
         The findings, sorted by sequence; empty when the chain holds.
@@ -207,20 +210,20 @@ def verify_chain(
             )
 
     sequences = sorted(by_sequence)
-    if first_sequence is not None and sequences[0] > first_sequence:
-        first = by_sequence[sequences[0]][0]
-        findings.append(
-            _finding(FindingKind.GAP, first, f"{_range(first_sequence, sequences[0] - 1)} missing before it")
-        )
-    for before, after in pairwise(sequences):
+    unreadable_set = set(unreadable) - set(sequences)
+    present = sorted(set(sequences) | unreadable_set)
+
+    def gap(sequence: int, message: str) -> Finding:
+        group = by_sequence.get(sequence)
+        if group:
+            return _finding(FindingKind.GAP, group[0], message)
+        return Finding(kind=FindingKind.GAP, message=message, sequence=sequence)
+
+    if first_sequence is not None and present[0] > first_sequence:
+        findings.append(gap(present[0], f"{_range(first_sequence, present[0] - 1)} missing before it"))
+    for before, after in pairwise(present):
         if after > before + 1:
-            findings.append(
-                _finding(
-                    FindingKind.GAP,
-                    by_sequence[after][0],
-                    f"{_range(before + 1, after - 1)} missing between packet {before} and it",
-                )
-            )
+            findings.append(gap(after, f"{_range(before + 1, after - 1)} missing between packet {before} and it"))
 
     # A link is good when it names the predecessor's recorded hash or its true (recomputed) one: if the two
     # differ, the predecessor already has a hash_mismatch finding, and one tampered packet gives one finding.
@@ -247,6 +250,8 @@ def verify_chain(
                 _finding(FindingKind.BROKEN_LINK, packet, f"previous_hash is null, but sequence {sequence} > 1")
             )
             continue
+        if sequence - 1 in unreadable_set:
+            continue  # nothing to compare with; the unreadable packet is already reported
         predecessor_group = by_sequence.get(sequence - 1)
         if predecessor_group is None:
             if sequence == sequences[0] and anchor_hash is not None and packet.previous_hash != anchor_hash:

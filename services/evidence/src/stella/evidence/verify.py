@@ -365,10 +365,15 @@ def verify_bundle(
         (p for p in contents.files if p.startswith(ENVELOPES_DIR) and p.endswith(".dsse.json")), key=_envelope_order
     )
     packets: list[EvidencePacket] = []
+    unreadable: list[int] = []
     for path in envelope_paths:
         packet = _check_envelope(path, contents.files[path], keyring, findings)
         if packet is not None:
             packets.append(packet)
+        else:
+            named = parse_envelope_path(path)
+            if named is not None:
+                unreadable.append(named[0])
     report.envelope_count = len(envelope_paths)
     report.packet_count = len(packets)
 
@@ -381,6 +386,7 @@ def verify_bundle(
             packets,
             tenant_id=report.tenant_id,
             first_sequence=manifest.first_sequence if manifest else None,
+            unreadable=unreadable,
         )
     )
     if manifest is not None:

@@ -112,9 +112,9 @@ def location(runtime: Runtime, path: str) -> str:
     return f"{base}{path}" if base else path
 
 
-def problems(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI descriptions of the problem responses a route can answer (401 and 503 always)."""
-    wanted = sorted({401, 503, *statuses})
+def problems(*statuses: int, authenticated: bool = True) -> dict[int, ResponseSpec]:
+    """OpenAPI descriptions of the problem responses a route can answer (503 always, 401 when authenticated)."""
+    wanted = sorted({503, *statuses} | ({401} if authenticated else set()))
     return {
         status: ResponseSpec(
             data_container=Problem,

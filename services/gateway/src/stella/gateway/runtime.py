@@ -7,9 +7,9 @@ object is filled in when the application starts and emptied when it stops.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 from nats.aio.client import Client as NatsClient
@@ -40,7 +40,6 @@ class Runtime:
         authenticator: Bearer-token authentication.
         relay: Commands and queries to services.
         idempotency: What the idempotency middleware needs.
-        extras: Anything else a test handed over in ``overrides``.
     """
 
     settings: Settings
@@ -51,7 +50,6 @@ class Runtime:
     authenticator: Authenticator | None = None
     relay: Relay | None = None
     idempotency: IdempotencyPolicy | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def get_store(self) -> GatewayStore:
         """The store; raises :class:`NotStartedError` before start-up."""

@@ -328,13 +328,11 @@ def _check_density(rule: rrule, dtstart: datetime, window_id: str) -> None:
     shift_years = max(0, (9599 - dtstart.year + 399) // 400) * 400
     probe = rule.replace(dtstart=dtstart.replace(year=dtstart.year + shift_years), count=None, until=None)
     first: datetime | None = None
-    count = 0
-    for occurrence in probe:
+    for count, occurrence in enumerate(probe, start=1):
         if first is None:
             first = occurrence
         if occurrence >= first + timedelta(days=366):
             break
-        count += 1
         if count > MAX_OCCURRENCES_PER_YEAR:
             raise InvalidRRule(
                 f"window {window_id!r}: rrule fires more than {MAX_OCCURRENCES_PER_YEAR} times a year"
@@ -420,11 +418,7 @@ class FreezeWindow:
             raise InvalidWindowDuration(f"window {window_id!r}: a recurring window needs a duration")
         duration = parse_duration(self.duration, window_id=window_id)
         if duration <= timedelta(0):
-            raise InvalidWindowDuration(
-                f"window {window_id!r}: duration must be positive, got {format_duration(duration)}"
-                if duration == timedelta(0)
-                else f"window {window_id!r}: duration must be positive"
-            )
+            raise InvalidWindowDuration(f"window {window_id!r}: duration must be positive, got {self.duration!r}")
         if duration > MAX_DURATION:
             raise InvalidWindowDuration(f"window {window_id!r}: duration must be at most 366 days")
         if duration.microseconds:

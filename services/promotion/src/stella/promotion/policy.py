@@ -1106,16 +1106,6 @@ class _Parser:
         return _Lambda(param.column, str(param.value), body)
 
 
-def _tree_depth(root: _Node) -> int:
-    deepest = 0
-    stack = [(root, 1)]
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in node.children())
-    return deepest
-
-
 # --------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------
@@ -1162,11 +1152,9 @@ def parse_expression(source: str) -> Expression:
         )
     if not source.strip():
         raise PolicySyntaxError("empty expression", column=1, expression=source)
-    root = _Parser(source).parse()
-    if _tree_depth(root) > MAX_DEPTH * 2:
-        # The parser bounds each construct; this bounds their combination (and the evaluator's recursion).
-        raise PolicyLimitExceeded(f"expression nests deeper than {MAX_DEPTH} levels", column=1, expression=source)
-    return Expression(source, root)
+    # The parser counts every nesting construct against MAX_DEPTH, which also bounds the evaluator's
+    # recursion: a tree can only be a small constant factor deeper than the counted nesting.
+    return Expression(source, _Parser(source).parse())
 
 
 def evaluate_expression(

@@ -1,0 +1,72 @@
+"""Sleep until the next due time instead of polling: the shape of every service's timer loop.
+
+A :class:`DueLoop` asks ``next_due()`` (usually ``SELECT min(due_at) ...`` on an index) and sleeps until
+then, or until :meth:`DueLoop.wake` is called (after a local write that may move the next due time
+earlier, or on a Postgres NOTIFY from another replica). When the time comes it calls ``run_due(now)``,
+which handles everything due in transactions of its own (and must be safe to run on two replicas at once:
+``FOR UPDATE SKIP LOCKED``). A ceiling on the sleep bounds the effect of a missed wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+log = logging.getLogger(__name__)
+
+
+class DueLoop:
+    """Runs ``run_due`` whenever the earliest due time from ``next_due`` has come."""
+
+    def __init__(
+        self,
+        name: str,
+        next_due: Callable[[], Awaitable[datetime | None]],
+        run_due: Callable[[datetime], Awaitable[None]],
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_sleep_s: float = 60.0,
+    ) -> None:
+        self.name = name
+        self._next_due = next_due
+        self._run_due = run_due
+        self._clock = clock
+        self._max_sleep_s = max_sleep_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run the loop in the background."""
+        self._task = asyncio.create_task(self._run(), name=f"due-loop-{self.name}")
+
+    def wake(self) -> None:
+        """Re-read the next due time now."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the loop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                now = self._clock()
+                due = await self._next_due()
+                if due is not None and due <= now:
+                    await self._run_due(now)
+                    continue
+                sleep = self._max_sleep_s if due is None else min(self._max_sleep_s, (due - now).total_seconds())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("timer loop %s failed; retrying", self.name)
+                sleep = min(5.0, self._max_sleep_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, sleep))

@@ -1,0 +1,132 @@
+"""Command line of the gateway: ``serve`` (the default), ``bootstrap`` and ``create-token``.
+
+Examples:
+    python -m stella.gateway                      # serve on STELLA_GATEWAY_HOST:STELLA_GATEWAY_PORT
+    python -m stella.gateway bootstrap --tenant acme --admin alice --token-file .stella/admin.token
+    python -m stella.gateway create-token --tenant acme --principal ci-bot --expires-in-days 90
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import uvicorn
+
+from stella.gateway.admin import AdminError, IssuedCredential, bootstrap, create_token, write_secret
+from stella.gateway.app import MIGRATIONS, SCHEMA, create_app
+from stella.gateway.settings import Settings
+from stella.kit.logs import configure_logging
+from stella.kit.metrics import serve_metrics
+from stella.kit.migrations import apply_migrations, quote_ident
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stella-gateway", description="The Stella public HTTP API.")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve the HTTP API (the default)")
+
+    boot = commands.add_parser(
+        "bootstrap", help="create a tenant, its tenant admin and an API token, unless the tenant exists"
+    )
+    boot.add_argument("--tenant", required=True, help="tenant name")
+    boot.add_argument("--admin", required=True, help="name of the tenant admin principal")
+    boot.add_argument("--token-file", type=Path, help="also write the token to this file (mode 0600)")
+
+    token = commands.add_parser("create-token", help="issue an API token for an existing principal")
+    token.add_argument("--tenant", required=True, help="tenant name")
+    token.add_argument("--principal", required=True, help="principal name")
+    token.add_argument("--name", default="", help="what the token is for")
+    token.add_argument("--expires-in-days", type=float, help="lifetime in days (default: no expiry)")
+    token.add_argument("--token-file", type=Path, help="also write the token to this file (mode 0600)")
+    return parser
+
+
+def serve(settings: Settings) -> None:
+    """Serve the API with uvicorn (one process) on the settings' host and port."""
+    configure_logging("gateway", settings.log_level)
+    if settings.metrics_port is not None:
+        serve_metrics(settings.metrics_port)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        lifespan="on",
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": f"{quote_ident(SCHEMA)},public"})
+    await apply_migrations(conn, SCHEMA, MIGRATIONS)
+    return conn
+
+
+async def _bootstrap(settings: Settings, args: argparse.Namespace) -> IssuedCredential | None:
+    conn = await _connect(settings)
+    try:
+        return await bootstrap(conn, args.tenant, args.admin, datetime.now(UTC))
+    finally:
+        await conn.close()
+
+
+async def _create_token(settings: Settings, args: argparse.Namespace) -> IssuedCredential:
+    now = datetime.now(UTC)
+    expires_at = now + timedelta(days=args.expires_in_days) if args.expires_in_days else None
+    conn = await _connect(settings)
+    try:
+        return await create_token(conn, args.tenant, args.principal, now, name=args.name, expires_at=expires_at)
+    finally:
+        await conn.close()
+
+
+def _hand_out(credential: IssuedCredential, token_file: Path | None) -> None:
+    if token_file is not None:
+        write_secret(token_file, credential.token)
+        print(f"token written to {token_file}", file=sys.stderr)
+    # The token alone on standard output, so scripts can capture it.
+    print(credential.token)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the gateway's command line; returns the process exit code.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when None.
+    """
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    command = args.command or "serve"
+    if command == "serve":
+        serve(settings)
+        return 0
+    try:
+        if command == "bootstrap":
+            credential = asyncio.run(_bootstrap(settings, args))
+            if credential is None:
+                print(f"tenant {args.tenant!r} already exists; nothing changed", file=sys.stderr)
+                return 0
+            print(
+                f"created tenant {args.tenant!r} ({credential.tenant_id}) and tenant admin {args.admin!r} "
+                f"({credential.principal_id})",
+                file=sys.stderr,
+            )
+        else:
+            credential = asyncio.run(_create_token(settings, args))
+            print(f"created token {credential.token_id} for {args.principal!r}", file=sys.stderr)
+    except AdminError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _hand_out(credential, args.token_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Composition root of the gateway: the only place that builds its dependencies.
+
+:func:`create_app` returns a Litestar application. When it starts, it opens the asyncpg pool on the
+``gateway`` schema and applies the migrations, connects to NATS, declares the streams and starts the
+service client; when it stops, it writes pending token uses and closes everything it opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final, TypedDict
+
+import asyncpg
+import nats
+import swagger_ui_bundle
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme, Server
+from litestar.static_files import create_static_files_router
+from nats.aio.client import Client as NatsClient
+
+from stella.gateway.auth import Authenticator, TokenAuthMiddleware
+from stella.gateway.controllers import (
+    ComponentController,
+    HealthController,
+    PrincipalController,
+    ReleaseController,
+    TokenController,
+)
+from stella.gateway.dependencies import DEPENDENCIES, RUNTIME_STATE_KEY
+from stella.gateway.idempotency import IdempotencyMiddleware, IdempotencyPolicy
+from stella.gateway.problems import problem_response
+from stella.gateway.relay import Relay, RelayClient
+from stella.gateway.runtime import Runtime
+from stella.gateway.settings import Settings
+from stella.gateway.store import GatewayStore
+from stella.gateway.tracing import TraceMiddleware, add_trace_header
+from stella.kit.broker import declare_streams
+from stella.kit.db import create_pool
+from stella.kit.migrations import apply_migrations
+
+log = logging.getLogger(__name__)
+
+SCHEMA: Final[str] = "gateway"
+"""The gateway's Postgres schema."""
+
+MIGRATIONS: Final[Path] = Path(__file__).parent / "migrations"
+"""The gateway's migration files."""
+
+API_PREFIX: Final[str] = "/api/v1"
+"""Prefix of the public API; the OpenAPI document is ``/api/v1/openapi.json``, the docs ``/api/v1/docs``."""
+
+DOCS_ASSETS: Final[str] = f"{API_PREFIX}/docs/assets"
+"""Where the docs page's scripts and styles are served from (bundled: the page works offline)."""
+
+PURGE_INTERVAL_S: Final[float] = 600.0
+"""Seconds between deletions of expired idempotency keys."""
+
+# Paths that need no token: the API description and its docs page (health routes opt out themselves).
+_PUBLIC_PATHS: Final[list[str]] = [
+    rf"^{API_PREFIX}/?$",
+    rf"^{API_PREFIX}/openapi\.(json|yaml|yml)$",
+    rf"^{API_PREFIX}/docs",
+]
+
+
+class Overrides(TypedDict, total=False):
+    """Dependencies a caller (a test, an embedding launcher) provides instead of having them built.
+
+    Attributes:
+        clock: Returns the current UTC time (token expiry, idempotency expiry, timestamps).
+        pool: An asyncpg pool whose ``search_path`` is the gateway schema; used as is and not closed.
+        nats: A connected NATS client; used as is and not closed.
+    """
+
+    clock: Callable[[], datetime]
+    pool: asyncpg.Pool
+    nats: NatsClient
+
+
+def utcnow() -> datetime:
+    """The current time in UTC."""
+    return datetime.now(UTC)
+
+
+def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Litestar:
+    """Build the gateway's Litestar application.
+
+    Args:
+        settings: The gateway's settings.
+        overrides: Dependencies to use instead of building them (see :class:`Overrides`).
+
+    Returns:
+        The application; its start-up connects to Postgres and NATS.
+    """
+    given: Overrides = overrides or {}
+    runtime = Runtime(settings=settings, clock=given.get("clock", utcnow))
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            await _start(runtime, given, stack)
+            try:
+                yield
+            finally:
+                await _stop(runtime)
+
+    return Litestar(
+        route_handlers=[
+            HealthController,
+            PrincipalController,
+            TokenController,
+            ComponentController,
+            ReleaseController,
+            create_static_files_router(
+                path=DOCS_ASSETS,
+                directories=[Path(swagger_ui_bundle.swagger_ui_path)],
+                opt={"exclude_from_auth": True},
+                include_in_schema=False,
+            ),
+        ],
+        dependencies=DEPENDENCIES,
+        middleware=[
+            TraceMiddleware,
+            DefineMiddleware(TokenAuthMiddleware, authenticator=runtime.get_authenticator, exclude=_PUBLIC_PATHS),
+            DefineMiddleware(IdempotencyMiddleware, policy=runtime.get_idempotency),
+        ],
+        exception_handlers={Exception: problem_response},
+        before_send=[add_trace_header],
+        lifespan=[lifespan],
+        state=State({RUNTIME_STATE_KEY: runtime}),
+        openapi_config=_openapi(settings),
+        request_max_body_size=settings.max_body_bytes,
+        logging_config=None,
+        debug=False,
+    )
+
+
+def _openapi(settings: Settings) -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Stella Release Orchestrator API",
+        version="1.0.0",
+        description=(
+            "Releases pinned by digest, promoted through environments. Every request needs "
+            "'Authorization: Bearer <token>'; errors are RFC 9457 problem details (application/problem+json) "
+            "with a stable code and a trace_id; lists are paged with page_size and page_token; every POST "
+            "accepts an Idempotency-Key."
+        ),
+        path=API_PREFIX,
+        render_plugins=[
+            SwaggerRenderPlugin(
+                path="/docs",
+                js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
+                favicon=f'<link rel="icon" type="image/png" href="{DOCS_ASSETS}/favicon-32x32.png">',
+            )
+        ],
+        servers=[Server(url=settings.public_url)] if settings.public_url else [Server(url="/")],
+        components=Components(
+            security_schemes={
+                "bearerToken": SecurityScheme(
+                    type="http", scheme="bearer", description="An API token (stl_...) from POST /api/v1/tokens."
+                )
+            }
+        ),
+        security=[{"bearerToken": []}],
+        use_handler_docstrings=True,
+        create_examples=False,
+    )
+
+
+async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> None:
+    settings = runtime.settings
+    pool = given.get("pool")
+    if pool is None:
+        pool = await create_pool(settings.database_url, SCHEMA, max_size=settings.db_pool_size)
+        stack.push_async_callback(pool.close)
+    async with pool.acquire() as conn:
+        applied = await apply_migrations(conn, SCHEMA, MIGRATIONS)
+    if applied:
+        log.info("applied migrations", extra={"migrations": applied})
+
+    nc = given.get("nats")
+    if nc is None:
+        nc = await nats.connect(
+            servers=[url.strip() for url in settings.nats_url.split(",") if url.strip()],
+            name="stella-gateway",
+            # Keep reconnecting for as long as the process lives; readiness reports the outage meanwhile.
+            max_reconnect_attempts=-1,
+        )
+        stack.push_async_callback(_close_nats, nc)
+    js = nc.jetstream()
+    await declare_streams(js)
+
+    store = GatewayStore(pool)
+    client = RelayClient(nc, js, on_late_reply=store.store_late_reply)
+    await client.start()
+    stack.push_async_callback(client.stop)
+
+    runtime.pool = pool
+    runtime.nats = nc
+    runtime.store = store
+    runtime.authenticator = Authenticator(
+        store, runtime.clock, ttl_s=settings.token_cache_ttl_s, max_entries=settings.token_cache_size
+    )
+    runtime.relay = Relay(client, command_timeout_s=settings.command_timeout_s, query_timeout_s=settings.query_timeout_s)
+    runtime.idempotency = IdempotencyPolicy(
+        store=store,
+        clock=runtime.clock,
+        ttl=timedelta(seconds=settings.idempotency_ttl_s),
+        lock=timedelta(seconds=settings.idempotency_lock_s),
+    )
+    task = asyncio.create_task(_maintain(runtime), name="gateway-maintenance")
+    stack.push_async_callback(_cancel, task)
+
+
+async def _stop(runtime: Runtime) -> None:
+    # Token uses collected since the last batch are written before the pool closes.
+    if runtime.authenticator is not None:
+        try:
+            await runtime.authenticator.flush_usage()
+        except Exception:
+            log.exception("could not write the last token uses")
+    runtime.pool = runtime.nats = None
+    runtime.store = runtime.authenticator = runtime.relay = runtime.idempotency = None
+
+
+async def _maintain(runtime: Runtime) -> None:
+    """Write token uses every ``token_touch_interval_s`` and purge expired idempotency keys now and then."""
+    settings = runtime.settings
+    last_purge = float("-inf")
+    while True:
+        await asyncio.sleep(settings.token_touch_interval_s)
+        authenticator, store = runtime.authenticator, runtime.store
+        if authenticator is None or store is None:
+            return
+        try:
+            await authenticator.flush_usage()
+            if time.monotonic() - last_purge >= PURGE_INTERVAL_S:
+                while await store.purge_expired_keys(runtime.clock()) > 0:
+                    pass
+                last_purge = time.monotonic()
+        except Exception:
+            # The database may be briefly away; the next round tries again (uses are kept meanwhile).
+            log.warning("gateway maintenance round failed", exc_info=True)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _close_nats(nc: NatsClient) -> None:
+    with contextlib.suppress(Exception):
+        await nc.drain()
