@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType
+from typing import Any
 
 import pytest
+import rfc8785
 
 from stella.evidence.canonical import (
     CanonicalizationError,
@@ -117,8 +120,43 @@ def test_values_json_cannot_carry_exactly_are_rejected_with_their_path(value: ob
 
 
 def test_lone_surrogates_are_rejected() -> None:
-    with pytest.raises(CanonicalizationError, match="non-UTF-8"):
-        canonicalize({"s": "\ud800"})
+    with pytest.raises(CanonicalizationError, match="lone surrogate") as caught:
+        canonicalize({"list": ["ok", "\ud800"]})
+    assert caught.value.path == "$.list[1]"
+    with pytest.raises(CanonicalizationError, match="lone surrogate"):
+        canonicalize({"\udfff": 1})
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> Any:
+    """A random JSON value mixing the cases where a naive serializer differs from RFC 8785."""
+    alphabet = ["a", "Z", "0", " ", '"', "\\", "\n", "\x00", "\x1f", "\x7f", "\u00e9", "\u2028", "\ufb33", "\U0001f600"]
+    floats = [0.1, 1.0, -0.0, 1e-7, 1e-6, 1e16, 1e21, 1e22, 123.456, 5e-324, 2.5e-8, 1 / 3, 1e300, -1.5]
+
+    def text() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4)))
+
+    kind = rng.randint(0, 9 if depth < 4 else 5)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.randint(-(2**53) + 1, 2**53 - 1)
+    if kind == 3:
+        return rng.choice(floats) * rng.choice([1, -1, 10, 0.001])
+    if kind in (4, 5):
+        return text()
+    if kind in (6, 7):
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {text(): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_output_is_byte_identical_to_the_reference_implementation(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(100):
+        value = _random_value(rng)
+        assert canonicalize(value) == rfc8785.dumps(value), value
 
 
 def test_content_hash_is_sha256_over_the_canonical_bytes() -> None:

@@ -149,3 +149,14 @@ def test_finding_text_names_the_packet() -> None:
     )
     assert Finding(FindingKind.FILE_UNLISTED, "x", path="extra.txt").subject == "file extra.txt"
     assert finding.to_dict()["kind"] == "bad_signature"
+
+
+def test_unreadable_packets_are_not_gaps_and_their_links_are_not_checked(packets: list[EvidencePacket]) -> None:
+    readable = packets[:2] + packets[3:]
+    assert verify_chain(readable, unreadable=[3]) == []
+    findings = verify_chain(packets[3:], unreadable=[1, 2])
+    assert _kinds(findings) == [(FindingKind.GAP, 4)]
+    assert findings[0].message == "packet 3 is missing between packet 2 and it"
+    start_missing = verify_chain(packets[2:], unreadable=[2])
+    assert _kinds(start_missing) == [(FindingKind.GAP, 2)]
+    assert start_missing[0].packet_id is None

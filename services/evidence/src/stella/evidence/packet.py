@@ -30,6 +30,7 @@ The signed form of a packet is a DSSE envelope of an in-toto Statement v1 whose 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -178,15 +179,50 @@ def parse_timestamp(value: str) -> datetime:
     return datetime.strptime(value, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
 
 
-def _child_path(path: str, key: str | int) -> str:
-    return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
-
-
+@functools.lru_cache(maxsize=4096)
 def _is_secret_key(key: str) -> bool:
+    # Cached: content repeats the same few dozen keys thousands of times.
     normalized = _NON_ALNUM_RE.sub("", key.lower())
     if normalized.endswith(("ref", "refs")):
         return False
     return any(marker in normalized for marker in SECRET_KEY_MARKERS)
+
+
+class _SecretFound(Exception):
+    """Raised deep in the scan; each level on the way out records its key, so clean content pays nothing."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.keys: list[str | int] = []
+
+
+def _scan(value: Any) -> None:
+    kind = type(value)
+    if kind is dict or (kind is not list and kind is not str and isinstance(value, Mapping)):
+        for key, item in value.items():
+            if isinstance(key, str) and _is_secret_key(key):
+                exc = _SecretFound(f"key {key!r} looks like a secret")
+                exc.keys.append(key)
+                raise exc
+            try:
+                _scan(item)
+            except _SecretFound as exc:
+                exc.keys.append(key)
+                raise
+    elif kind is list or kind is tuple or (kind is not str and isinstance(value, list | tuple)):
+        for index, item in enumerate(value):
+            try:
+                _scan(item)
+            except _SecretFound as exc:
+                exc.keys.append(index)
+                raise
+    elif isinstance(value, str):
+        # Substring tests first: they are cheap and almost always false.
+        if "-----BEGIN" in value and _PEM_PRIVATE_KEY_RE.search(value):
+            raise _SecretFound("value holds a PEM private key")
+        if "@" in value and _URL_USERINFO_RE.search(value):
+            raise _SecretFound("value holds a URL with a password in it")
 
 
 def reject_secrets(value: Any, path: str = "$") -> None:
@@ -196,23 +232,20 @@ def reject_secrets(value: Any, path: str = "$") -> None:
     :data:`SECRET_KEY_MARKERS` marker, string values holding a PEM private key block, and URLs with a
     password in them (``https://user:pass@host``).
 
+    Args:
+        value: The value to scan.
+        path: Path of ``value`` itself, the prefix of the path reported.
+
     Raises:
         SecretInEvidenceError: On the first match, naming its path.
     """
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            child = _child_path(path, key)
-            if isinstance(key, str) and _is_secret_key(key):
-                raise SecretInEvidenceError(child, f"key {key!r} looks like a secret")
-            reject_secrets(item, child)
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            reject_secrets(item, _child_path(path, index))
-    elif isinstance(value, str):
-        if _PEM_PRIVATE_KEY_RE.search(value):
-            raise SecretInEvidenceError(path, "value holds a PEM private key")
-        if _URL_USERINFO_RE.search(value):
-            raise SecretInEvidenceError(path, "value holds a URL with a password in it")
+    try:
+        _scan(value)
+    except _SecretFound as exc:
+        where = path
+        for key in reversed(exc.keys):
+            where += f"[{key}]" if isinstance(key, int) else f".{key}"
+        raise SecretInEvidenceError(where, exc.reason) from None
 
 
 def validate_content(content: Mapping[str, Any]) -> dict[str, Any]:

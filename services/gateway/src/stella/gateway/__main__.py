@@ -64,7 +64,9 @@ def serve(settings: Settings) -> None:
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection:
-    conn = await asyncpg.connect(settings.database_url, server_settings={"search_path": f"{quote_ident(SCHEMA)},public"})
+    conn = await asyncpg.connect(
+        settings.database_url, server_settings={"search_path": f"{quote_ident(SCHEMA)},public"}
+    )
     await apply_migrations(conn, SCHEMA, MIGRATIONS)
     return conn
 

@@ -48,6 +48,7 @@ from stella.gateway.tracing import TraceMiddleware, add_trace_header
 from stella.kit.broker import declare_streams
 from stella.kit.db import create_pool
 from stella.kit.migrations import apply_migrations
+from stella.kit.naming import Names
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +202,11 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
         )
         stack.push_async_callback(_close_nats, nc)
     js = nc.jetstream()
-    await declare_streams(js)
+    names = Names(settings.nats_namespace)
+    await declare_streams(js, names)
 
     store = GatewayStore(pool)
-    client = RelayClient(nc, js, on_late_reply=store.store_late_reply)
+    client = RelayClient(nc, js, names=names, on_late_reply=store.store_late_reply)
     await client.start()
     stack.push_async_callback(client.stop)
 
@@ -214,7 +216,9 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
     runtime.authenticator = Authenticator(
         store, runtime.clock, ttl_s=settings.token_cache_ttl_s, max_entries=settings.token_cache_size
     )
-    runtime.relay = Relay(client, command_timeout_s=settings.command_timeout_s, query_timeout_s=settings.query_timeout_s)
+    runtime.relay = Relay(
+        client, command_timeout_s=settings.command_timeout_s, query_timeout_s=settings.query_timeout_s
+    )
     runtime.idempotency = IdempotencyPolicy(
         store=store,
         clock=runtime.clock,

@@ -217,7 +217,9 @@ class TokenAuthMiddleware(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=identity, auth=identity.token_id)
 
 
-def require(resource: Resource, action: Action) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+def require(
+    resource: Resource, action: Action
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
     """A route guard that lets through only principals with ``{resource}:{action}``.
 
     Args:

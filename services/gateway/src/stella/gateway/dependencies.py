@@ -8,7 +8,7 @@ from uuid import UUID
 
 from litestar import Request
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 
 from stella.gateway.auth import Identity
@@ -50,7 +50,7 @@ def provide_identity(request: Request[Any, Any, Any]) -> Identity:
     return identity
 
 
-def provide_call(request: Request[Any, Any, Any], identity: Identity) -> CallContext:
+def provide_call(request: Request[Any, Any, Any], identity: NamedDependency[Identity]) -> CallContext:
     """The envelope fields of the messages sent for this request."""
     claim = request.scope.get("state", {}).get(STATE_KEY)
     return CallContext(
@@ -60,17 +60,17 @@ def provide_call(request: Request[Any, Any, Any], identity: Identity) -> CallCon
     )
 
 
-def provide_store(runtime: Runtime) -> GatewayStore:
+def provide_store(runtime: NamedDependency[Runtime]) -> GatewayStore:
     """The gateway's store."""
     return runtime.get_store()
 
 
-def provide_relay(runtime: Runtime) -> Relay:
+def provide_relay(runtime: NamedDependency[Runtime]) -> Relay:
     """The relay to services."""
     return runtime.get_relay()
 
 
-def provide_now(runtime: Runtime) -> datetime:
+def provide_now(runtime: NamedDependency[Runtime]) -> datetime:
     """The current UTC time from the gateway's clock."""
     return runtime.clock()
 

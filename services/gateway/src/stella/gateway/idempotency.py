@@ -156,14 +156,24 @@ class IdempotencyMiddleware:
             message_id = message_id_for(tenant_id, method, path, key, now)
             if row is None:
                 inserted = await store.insert_key(
-                    conn, *scope_key, request_hash=request_hash, message_id=message_id, now=now, expires_at=now + policy.ttl
+                    conn,
+                    *scope_key,
+                    request_hash=request_hash,
+                    message_id=message_id,
+                    now=now,
+                    expires_at=now + policy.ttl,
                 )
                 if not inserted:
                     raise _in_flight()
                 return Claim(message_id)
             if row.expires_at <= now:
                 await store.restart_key(
-                    conn, *scope_key, request_hash=request_hash, message_id=message_id, now=now, expires_at=now + policy.ttl
+                    conn,
+                    *scope_key,
+                    request_hash=request_hash,
+                    message_id=message_id,
+                    now=now,
+                    expires_at=now + policy.ttl,
                 )
                 return Claim(message_id)
             if row.request_hash != request_hash:

@@ -1,22 +1,18 @@
 """Cursor pagination: ``page_size`` (default 50, at most 500) and an opaque ``page_token``.
 
 Lists served by services pass both through in the query's ``PageRequest``; the service owns its cursor.
-The gateway's own lists (principals, tokens) use cursors made here: URL-safe base64 of a small JSON array
-holding the sort key of the last item returned.
+The gateway's own lists (principals, tokens) use the kit's keyset cursors
+(:func:`stella.kit.pagination.encode_cursor`), like the services do.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from stella.contracts.envelope import PageRequest
-from stella.gateway.problems import ProblemError
 
 DEFAULT_PAGE_SIZE: Final[int] = 50
 """Items per page when ``page_size`` is not given."""
@@ -41,15 +37,13 @@ class PageParams:
 
 
 def page_params(
-    page_size: int = Parameter(
-        query="page_size",
+    page_size: int = QueryParameter(
         default=DEFAULT_PAGE_SIZE,
         ge=1,
         le=MAX_PAGE_SIZE,
         description=f"Items per page, 1 to {MAX_PAGE_SIZE}.",
     ),
-    page_token: str | None = Parameter(
-        query="page_token",
+    page_token: str | None = QueryParameter(
         default=None,
         min_length=1,
         max_length=MAX_PAGE_TOKEN_LENGTH,
@@ -58,35 +52,3 @@ def page_params(
 ) -> PageParams:
     """Litestar dependency reading ``page_size`` and ``page_token``; bad values are a 400."""
     return PageParams(size=page_size, token=page_token)
-
-
-def encode_cursor(values: list[Any]) -> str:
-    """Make an opaque page token from the sort key of the last item of a page."""
-    raw = json.dumps(values, separators=(",", ":"), default=str).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(token: str, length: int) -> list[Any]:
-    """Read a page token made by :func:`encode_cursor` holding ``length`` values.
-
-    Raises:
-        ProblemError: 400 ``VAL_INVALID_PAGE_TOKEN`` when the token was not made here.
-    """
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        values = json.loads(raw)
-    except (binascii.Error, ValueError) as exc:
-        raise invalid_page_token() from exc
-    if not isinstance(values, list) or len(values) != length:
-        raise invalid_page_token()
-    return values
-
-
-def invalid_page_token() -> ProblemError:
-    """The 400 of a page token that is not one this list handed out."""
-    return ProblemError(
-        400,
-        "VAL_INVALID_PAGE_TOKEN",
-        "page_token is not a token this list returned.",
-        errors=[{"loc": ["query", "page_token"], "msg": "unknown page token"}],
-    )

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from stella.contracts.envelope import ErrorDetail
 from stella.gateway.tracing import trace_id
+from stella.kit.errors import error_detail, is_reportable
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ def to_problem(exc: Exception) -> ProblemError:
     """
     if isinstance(exc, ProblemError):
         return exc
+    if is_reportable(exc):
+        return ProblemError.from_error_detail(error_detail(exc))
     if isinstance(exc, ValidationException):
         return ProblemError(
             400,

@@ -23,6 +23,7 @@ from stella.contracts.envelope import Command, Query, Reply
 from stella.gateway.auth import Identity
 from stella.gateway.problems import ProblemError, pydantic_errors
 from stella.kit.broker import ServiceClient
+from stella.kit.naming import Names
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,12 @@ class RelayClient(ServiceClient):
     Args:
         nc: Connected NATS client.
         js: Its JetStream context.
+        names: The installation's NATS namespace.
         on_late_reply: Called with ``(tenant_id, message_id, reply)`` for an awaited late reply.
     """
 
-    def __init__(self, nc: NatsClient, js: JetStreamContext, *, on_late_reply: LateReplyHandler) -> None:
-        super().__init__(nc, js)
+    def __init__(self, nc: NatsClient, js: JetStreamContext, *, names: Names, on_late_reply: LateReplyHandler) -> None:
+        super().__init__(nc, js, names=names)
         self._on_late_reply = on_late_reply
         self._awaited_late: OrderedDict[str, UUID] = OrderedDict()
 
@@ -123,7 +125,9 @@ def _build(model: type[M], **fields: Any) -> M:
     try:
         return model(**fields)
     except ValidationError as exc:
-        raise ProblemError(400, "VAL_INVALID_REQUEST", "The request is not valid.", errors=pydantic_errors(exc)) from exc
+        raise ProblemError(
+            400, "VAL_INVALID_REQUEST", "The request is not valid.", errors=pydantic_errors(exc)
+        ) from exc
 
 
 def unwrap(reply: Reply) -> Any:

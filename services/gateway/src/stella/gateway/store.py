@@ -329,9 +329,7 @@ class GatewayStore:
         if not uses:
             return
         async with self.pool.acquire() as conn:
-            await conn.execute(
-                _TOUCH_TOKENS, [u[0] for u in uses], [u[1] for u in uses], [u[2] for u in uses]
-            )
+            await conn.execute(_TOUCH_TOKENS, [u[0] for u in uses], [u[1] for u in uses], [u[2] for u in uses])
 
     async def create_token(
         self,
@@ -559,9 +557,7 @@ async def insert_principal(
     Returns:
         The principal, or None when a live principal of the tenant already has the name.
     """
-    principal_id = await conn.fetchval(
-        _INSERT_PRINCIPAL, uuid4(), tenant_id, name, kind, display_name, now, created_by
-    )
+    principal_id = await conn.fetchval(_INSERT_PRINCIPAL, uuid4(), tenant_id, name, kind, display_name, now, created_by)
     if principal_id is None:
         return None
     await conn.execute(_INSERT_ROLES, tenant_id, principal_id, list(roles), now)
@@ -592,4 +588,3 @@ async def insert_token(
         _INSERT_TOKEN, uuid4(), tenant_id, principal_id, name, token_hash, prefix, now, created_by, expires_at
     )
     return _token(row) if row is not None else None
-

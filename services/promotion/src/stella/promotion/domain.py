@@ -724,7 +724,7 @@ class Environment:
             raise InvalidEnvironment(
                 f"{', '.join(frozen)} cannot change", errors=[{"loc": [k], "msg": "cannot change"} for k in frozen]
             )
-        current = {
+        current: dict[str, Any] = {
             "name": self.name,
             "display_name": self.display_name,
             "order_index": self.order_index,
@@ -921,9 +921,7 @@ _CANCELLABLE: Final = frozenset(
     {PromotionStatus.PENDING_GATE, PromotionStatus.PENDING_APPROVAL, PromotionStatus.APPROVED}
 )
 
-PROGRESSION_STATUSES: Final = frozenset(
-    {PromotionStatus.APPROVED, PromotionStatus.DEPLOYING, PromotionStatus.DEPLOYED}
-)
+PROGRESSION_STATUSES: Final = frozenset({PromotionStatus.APPROVED, PromotionStatus.DEPLOYING, PromotionStatus.DEPLOYED})
 """A release has reached an environment (and may move to the next one) once a promotion there is in one of
 these states: it passed every gate and approval there and has not failed."""
 
@@ -1402,8 +1400,7 @@ class Promotion:
     def _check_job(self, deployment_job_id: UUID) -> None:
         if self.deployment_job_id != deployment_job_id:
             raise DeploymentJobMismatch(
-                f"job {deployment_job_id} is not the deployment job of promotion {self.id} "
-                f"({self.deployment_job_id})"
+                f"job {deployment_job_id} is not the deployment job of promotion {self.id} ({self.deployment_job_id})"
             )
 
     def _touch(self, now: datetime) -> None:
@@ -1544,9 +1541,7 @@ def request_promotion(
         blocked_env = by_id.get(block.environment_id)
         if blocked_env is not None and blocked_env.order_index <= target.order_index:
             scope = "" if blocked_env.id == target.id else f" (blocked from {blocked_env.name!r} onward)"
-            raise ReleaseBlocked(
-                f"release {release.name!r} is blocked for {target.name!r}{scope}: {block.reason}"
-            )
+            raise ReleaseBlocked(f"release {release.name!r} is blocked for {target.name!r}{scope}: {block.reason}")
 
     previous_index = max((e.order_index for e in by_id.values() if e.order_index < target.order_index), default=None)
     history = [p for p in release_promotions if p.release_id == release.id and p.tenant_id == tenant_id]
@@ -1565,8 +1560,7 @@ def request_promotion(
                 raise EnvironmentNotFound(f"source environment {source_environment_id} not found")
             if source.order_index != previous_index:
                 raise SourceEnvironmentMismatch(
-                    f"{source.name!r} is not the environment before {target.name!r}; "
-                    f"promote from {previous_names}"
+                    f"{source.name!r} is not the environment before {target.name!r}; promote from {previous_names}"
                 )
             if source.id not in reached:
                 raise PromotionOrderViolation(

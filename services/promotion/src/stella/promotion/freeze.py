@@ -15,8 +15,9 @@ Time semantics:
   even though the elapsed time is 63 h or 65 h on a weekend with a daylight-saving change.
 * Local times are resolved as RFC 5545 prescribes: a time that occurs twice (autumn) means the first
   occurrence, a time that does not exist (spring gap) is read with the offset before the gap (02:30 on
-  the spring-forward day is 03:30 summer time). An occurrence whose whole wall-clock span falls into a
-  gap is empty and ignored.
+  the spring-forward day is 03:30 summer time). Start and end are resolved separately, so an occurrence
+  lying wholly inside the gap moves forward by the gap's length, and one that would end before it starts
+  (02:30 to 03:00 on the spring-forward day: a wall-clock span that does not exist) is empty and ignored.
 * One-off ``start``/``end`` given without an offset are local wall times of the window's zone too.
 * Searches for the next opening or closing look at most :data:`SEARCH_HORIZON` (400 days) ahead; past it
   the answer is ``None``.
@@ -32,7 +33,8 @@ from enum import StrEnum
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dateutil.rrule import rrule, rrulestr
+from dateutil.rrule import rrule as RecurrenceRule
+from dateutil.rrule import rrulestr
 
 from stella.promotion.domain import InvalidInput, RuleViolation, format_utc, require_aware
 
@@ -247,9 +249,7 @@ def _parse_local(value: Any, zone: ZoneInfo, window_id: str) -> datetime:
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise InvalidFreezeWindow(
-                f"window {window_id!r}: dtstart {value!r} is not an ISO 8601 date-time"
-            ) from None
+            raise InvalidFreezeWindow(f"window {window_id!r}: dtstart {value!r} is not an ISO 8601 date-time") from None
     if not isinstance(value, datetime):
         raise InvalidFreezeWindow(f"window {window_id!r}: a recurring window needs dtstart (ISO 8601 date-time)")
     if value.tzinfo is not None and value.utcoffset() is not None:
@@ -306,18 +306,18 @@ def _normalise_rrule(text: Any, zone: ZoneInfo, window_id: str) -> tuple[str, st
     return stored, engine
 
 
-def _compile_rule(engine_text: str, dtstart: datetime, window_id: str) -> rrule:
+def _compile_rule(engine_text: str, dtstart: datetime, window_id: str) -> RecurrenceRule:
     try:
         rule = rrulestr(engine_text, dtstart=dtstart)
     except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
         raise InvalidRRule(f"window {window_id!r}: rrule {engine_text!r} is invalid: {exc}") from None
-    if not isinstance(rule, rrule):
+    if not isinstance(rule, RecurrenceRule):
         raise InvalidRRule(f"window {window_id!r}: rrule {engine_text!r} must be a single RRULE")
     _check_density(rule, dtstart, window_id)
     return rule
 
 
-def _check_density(rule: rrule, dtstart: datetime, window_id: str) -> None:
+def _check_density(rule: RecurrenceRule, dtstart: datetime, window_id: str) -> None:
     """Refuse rules that never fire or fire too often.
 
     A rule that never produces an occurrence (``BYMONTH=2;BYMONTHDAY=30``) makes the underlying iterator
@@ -334,9 +334,7 @@ def _check_density(rule: rrule, dtstart: datetime, window_id: str) -> None:
         if occurrence >= first + timedelta(days=366):
             break
         if count > MAX_OCCURRENCES_PER_YEAR:
-            raise InvalidRRule(
-                f"window {window_id!r}: rrule fires more than {MAX_OCCURRENCES_PER_YEAR} times a year"
-            )
+            raise InvalidRRule(f"window {window_id!r}: rrule fires more than {MAX_OCCURRENCES_PER_YEAR} times a year")
     if first is None:
         raise InvalidRRule(f"window {window_id!r}: rrule never produces an occurrence")
 
@@ -362,7 +360,7 @@ class FreezeWindow:
     dtstart: datetime | None = None
     duration: timedelta | None = None
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
-    _rule: rrule | None = field(init=False, repr=False, compare=False)
+    _rule: RecurrenceRule | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         window_id = self.id
@@ -371,7 +369,9 @@ class FreezeWindow:
         try:
             kind = WindowKind(self.kind)
         except ValueError:
-            raise InvalidFreezeWindow(f"window {window_id!r}: kind must be 'deny' or 'allow', got {self.kind!r}") from None
+            raise InvalidFreezeWindow(
+                f"window {window_id!r}: kind must be 'deny' or 'allow', got {self.kind!r}"
+            ) from None
         zone = _zone(self.timezone, window_id)
         if not isinstance(self.reason, str) or not isinstance(self.created_by, str):
             raise InvalidFreezeWindow(f"window {window_id!r}: reason and created_by must be strings")
@@ -459,7 +459,8 @@ class FreezeWindow:
             start = _to_utc(local_start, zone)
             end = _to_utc(local_start + self.duration, zone)
             if end <= start:
-                # The whole wall-clock span lies in a spring-forward gap: it does not exist that day.
+                # A start in a spring-forward gap moves forward past an end just after the gap: the
+                # wall-clock span does not exist that day.
                 continue
             if start < hi and end > lo:
                 result.append((start, end))

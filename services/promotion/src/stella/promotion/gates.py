@@ -584,9 +584,7 @@ class SecurityGate(Gate):
             if not _count(merged[key]):
                 raise InvalidGateConfig(f"security gate: {key} must be an integer >= 0")
         epss = merged["max_epss"]
-        if epss is not None and (
-            isinstance(epss, bool) or not isinstance(epss, int | float) or not 0 <= epss <= 1
-        ):
+        if epss is not None and (isinstance(epss, bool) or not isinstance(epss, int | float) or not 0 <= epss <= 1):
             raise InvalidGateConfig("security gate: max_epss must be a probability from 0 to 1, or null")
         _check_bool(self.type, merged, "kev_blocker")
         return merged
@@ -626,7 +624,11 @@ class SecurityGate(Gate):
                 continue
             problem = self._invalid_scan(scan)
             if problem:
-                verdicts[digest] = {"verdict": "invalid", "violations": [REASON_SECURITY_SCAN_INVALID], "error": problem}
+                verdicts[digest] = {
+                    "verdict": "invalid",
+                    "violations": [REASON_SECURITY_SCAN_INVALID],
+                    "error": problem,
+                }
                 invalid.add(digest)
                 continue
             violations = self._violations(scan, thresholds)
@@ -664,12 +666,7 @@ class SecurityGate(Gate):
             if not _count(scan.get(key, 0)):
                 return f"{key} must be an integer >= 0"
         epss = scan.get("epss_max", 0)
-        if (
-            isinstance(epss, bool)
-            or not isinstance(epss, int | float)
-            or not math.isfinite(epss)
-            or not 0 <= epss <= 1
-        ):
+        if isinstance(epss, bool) or not isinstance(epss, int | float) or not math.isfinite(epss) or not 0 <= epss <= 1:
             return "epss_max must be a probability from 0 to 1"
         return None
 
@@ -936,4 +933,3 @@ def evaluate_gates(
         if result.status in DENYING_STATUSES:
             denied_by = f"{result.type}/{result.name}"
     return results
-

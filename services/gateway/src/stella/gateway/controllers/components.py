@@ -10,7 +10,8 @@ from typing import Any
 
 from litestar import Controller, Response, delete, get, post, put
 from litestar.datastructures import ResponseHeader
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, Parameter, QueryParameter
 
 from stella.contracts import release as contract
 from stella.gateway.auth import require
@@ -47,17 +48,21 @@ class ComponentController(Controller):
         guards=[require(Resource.RELEASE, Action.CREATE)],
         status_code=201,
         responses=problems(400, 403, 409, 422),
-        response_headers=[ResponseHeader(name="Location", description="URL of the new component", documentation_only=True)],
+        response_headers=[
+            ResponseHeader(name="Location", description="URL of the new component", documentation_only=True)
+        ],
     )
     async def create_component(
-        self, data: ComponentCreate, call: CallContext, relay: Relay, runtime: Runtime
+        self,
+        data: JSONBody[ComponentCreate],
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        runtime: NamedDependency[Runtime],
     ) -> Response[ComponentOut]:
         """Create a component: a named image repository whose tags can be pinned in releases."""
         command = call.command(contract.CreateComponent, **data.model_dump(exclude_none=True))
         component = parse_data(ComponentOut, await relay.command(call, contract.CREATE_COMPONENT, command))
-        return Response(
-            component, status_code=201, headers={"Location": location(runtime, f"{BASE}/{component.id}")}
-        )
+        return Response(component, status_code=201, headers={"Location": location(runtime, f"{BASE}/{component.id}")})
 
     @get(
         "/",
@@ -68,11 +73,11 @@ class ComponentController(Controller):
     )
     async def list_components(
         self,
-        call: CallContext,
-        relay: Relay,
-        page: PageParams,
-        name_prefix: str | None = Parameter(
-            query="name_prefix", default=None, min_length=1, max_length=63, description="Only names starting so."
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        page: NamedDependency[PageParams],
+        name_prefix: str | None = QueryParameter(
+            default=None, min_length=1, max_length=63, description="Only names starting so."
         ),
     ) -> ComponentPage:
         """List the tenant's components by name."""
@@ -86,7 +91,9 @@ class ComponentController(Controller):
         guards=[require(Resource.RELEASE, Action.READ)],
         responses=problems(400, 403, 404),
     )
-    async def get_component(self, call: CallContext, relay: Relay, component_id: str = _ID) -> ComponentOut:
+    async def get_component(
+        self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], component_id: str = _ID
+    ) -> ComponentOut:
         """Read one component."""
         query = call.query(contract.GetComponent, component_id=parse_id(component_id, "component_id"))
         return parse_data(ComponentOut, await relay.query(contract.GET_COMPONENT, query))
@@ -99,15 +106,17 @@ class ComponentController(Controller):
         responses=problems(400, 403, 404, 409, 422),
     )
     async def update_component(
-        self, data: ComponentUpdate, call: CallContext, relay: Relay, component_id: str = _ID
+        self,
+        data: JSONBody[ComponentUpdate],
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        component_id: str = _ID,
     ) -> ComponentOut:
         """Change a component's mutable fields; omitted fields keep their value."""
         fields: dict[str, Any] = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None}
         if "registry_credential_ref" in data.model_fields_set and data.registry_credential_ref is None:
             fields["clear_registry_credential_ref"] = True
-        command = call.command(
-            contract.UpdateComponent, component_id=parse_id(component_id, "component_id"), **fields
-        )
+        command = call.command(contract.UpdateComponent, component_id=parse_id(component_id, "component_id"), **fields)
         return parse_data(ComponentOut, await relay.command(call, contract.UPDATE_COMPONENT, command))
 
     @delete(
@@ -117,7 +126,9 @@ class ComponentController(Controller):
         guards=[require(Resource.RELEASE, Action.DELETE)],
         responses=problems(400, 403, 404, 409, 422),
     )
-    async def delete_component(self, call: CallContext, relay: Relay, component_id: str = _ID) -> None:
+    async def delete_component(
+        self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], component_id: str = _ID
+    ) -> None:
         """Delete a component that no release uses."""
         command = call.command(contract.DeleteComponent, component_id=parse_id(component_id, "component_id"))
         await relay.command(call, contract.DELETE_COMPONENT, command)
@@ -134,7 +145,12 @@ class ComponentController(Controller):
         ],
     )
     async def register_version(
-        self, data: VersionCreate, call: CallContext, relay: Relay, runtime: Runtime, component_id: str = _ID
+        self,
+        data: JSONBody[VersionCreate],
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        runtime: NamedDependency[Runtime],
+        component_id: str = _ID,
     ) -> Response[VersionOut]:
         """Record a tag -> digest entry (or move an existing tag) in the component's version map."""
         cid = parse_id(component_id, "component_id")
@@ -151,12 +167,12 @@ class ComponentController(Controller):
     )
     async def list_versions(
         self,
-        call: CallContext,
-        relay: Relay,
-        page: PageParams,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        page: NamedDependency[PageParams],
         component_id: str = _ID,
-        channel: str | None = Parameter(
-            query="channel", default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", description="Only this channel."
+        channel: str | None = QueryParameter(
+            default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", description="Only this channel."
         ),
     ) -> VersionPage:
         """List a component's version map, newest first."""
@@ -176,7 +192,9 @@ class ComponentController(Controller):
         status_code=200,
         responses=problems(400, 403, 404, 409, 422, 502),
     )
-    async def sync_versions(self, call: CallContext, relay: Relay, component_id: str = _ID) -> SyncResultOut:
+    async def sync_versions(
+        self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], component_id: str = _ID
+    ) -> SyncResultOut:
         """Read every tag of the component's repository and its digest from the OCI registry."""
         command = call.command(contract.SyncVersions, component_id=parse_id(component_id, "component_id"))
         return parse_data(SyncResultOut, await relay.command(call, contract.SYNC_VERSIONS, command))

@@ -6,6 +6,7 @@ import asyncio
 from typing import Final
 
 from litestar import Controller, get
+from litestar.di import NamedDependency
 
 from stella.gateway.dependencies import problems
 from stella.gateway.problems import ProblemError
@@ -54,7 +55,7 @@ class HealthController(Controller):
         return Health(status="ok")
 
     @get("/readyz", operation_id="readyz", summary="Readiness", responses=problems(503, authenticated=False))
-    async def readyz(self, runtime: Runtime) -> Health:
+    async def readyz(self, runtime: NamedDependency[Runtime]) -> Health:
         """Answers 200 when the database and NATS answer, else 503 ``SYS_NOT_READY`` naming what failed."""
         database, nats = await asyncio.gather(_check_database(runtime), _check_nats(runtime))
         checks = {"database": database, "nats": nats}

@@ -7,16 +7,18 @@ from uuid import UUID
 
 from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import ResponseHeader
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, Parameter
 
 from stella.gateway.auth import Identity, require
 from stella.gateway.dependencies import ID_SCHEMA, location, parse_id, problems
-from stella.gateway.pagination import PageParams, decode_cursor, encode_cursor, invalid_page_token
+from stella.gateway.pagination import PageParams
 from stella.gateway.permissions import Action, Resource
 from stella.gateway.problems import ProblemError
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import PrincipalCreate, PrincipalOut, PrincipalPage
 from stella.gateway.store import DeletePrincipalOutcome, GatewayStore, PrincipalRow
+from stella.kit.pagination import decode_cursor, encode_cursor
 
 BASE = "/api/v1/principals"
 
@@ -51,10 +53,17 @@ class PrincipalController(Controller):
         guards=[require(Resource.PRINCIPAL, Action.CREATE)],
         status_code=201,
         responses=problems(400, 403, 409, 422),
-        response_headers=[ResponseHeader(name="Location", description="URL of the new principal", documentation_only=True)],
+        response_headers=[
+            ResponseHeader(name="Location", description="URL of the new principal", documentation_only=True)
+        ],
     )
     async def create_principal(
-        self, data: PrincipalCreate, identity: Identity, store: GatewayStore, runtime: Runtime, now: datetime
+        self,
+        data: JSONBody[PrincipalCreate],
+        identity: NamedDependency[Identity],
+        store: NamedDependency[GatewayStore],
+        runtime: NamedDependency[Runtime],
+        now: NamedDependency[datetime],
     ) -> Response[PrincipalOut]:
         """Create a user or service principal bound to the given roles."""
         row = await store.create_principal(
@@ -79,19 +88,20 @@ class PrincipalController(Controller):
         guards=[require(Resource.PRINCIPAL, Action.READ)],
         responses=problems(400, 403),
     )
-    async def list_principals(self, identity: Identity, store: GatewayStore, page: PageParams) -> PrincipalPage:
+    async def list_principals(
+        self,
+        identity: NamedDependency[Identity],
+        store: NamedDependency[GatewayStore],
+        page: NamedDependency[PageParams],
+    ) -> PrincipalPage:
         """List the tenant's principals by name."""
-        after: tuple[str, UUID] | None = None
-        if page.token is not None:
-            name, raw_id = decode_cursor(page.token, 2)
-            try:
-                after = (str(name), UUID(str(raw_id)))
-            except ValueError:
-                raise invalid_page_token() from None
-        rows = await store.list_principals(identity.tenant_id, after=after, limit=page.size + 1)
+        after = decode_cursor(page.token, str, UUID)
+        rows = await store.list_principals(
+            identity.tenant_id, after=(after[0], after[1]) if after else None, limit=page.size + 1
+        )
         more = len(rows) > page.size
         rows = rows[: page.size]
-        token = encode_cursor([rows[-1].name, str(rows[-1].id)]) if more else None
+        token = encode_cursor(rows[-1].name, rows[-1].id) if more else None
         return PrincipalPage(items=[principal_out(row) for row in rows], next_page_token=token)
 
     @get(
@@ -103,8 +113,8 @@ class PrincipalController(Controller):
     )
     async def get_principal(
         self,
-        identity: Identity,
-        store: GatewayStore,
+        identity: NamedDependency[Identity],
+        store: NamedDependency[GatewayStore],
         principal_id: str = Parameter(description="Principal id", schema_extra=ID_SCHEMA),
     ) -> PrincipalOut:
         """Read one principal with its roles."""
@@ -123,10 +133,10 @@ class PrincipalController(Controller):
     )
     async def delete_principal(
         self,
-        identity: Identity,
-        store: GatewayStore,
-        runtime: Runtime,
-        now: datetime,
+        identity: NamedDependency[Identity],
+        store: NamedDependency[GatewayStore],
+        runtime: NamedDependency[Runtime],
+        now: NamedDependency[datetime],
         principal_id: str = Parameter(description="Principal id", schema_extra=ID_SCHEMA),
     ) -> None:
         """Delete a principal and revoke all its tokens; the tenant's last tenant admin cannot be deleted."""

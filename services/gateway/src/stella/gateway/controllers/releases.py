@@ -7,7 +7,8 @@ from uuid import UUID
 
 from litestar import Controller, Response, get, post, put
 from litestar.datastructures import ResponseHeader
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, Parameter, QueryParameter
 
 from stella.contracts import release as contract
 from stella.gateway.auth import require
@@ -16,7 +17,14 @@ from stella.gateway.pagination import PageParams
 from stella.gateway.permissions import Action, Resource
 from stella.gateway.relay import CallContext, Relay, parse_data
 from stella.gateway.runtime import Runtime
-from stella.gateway.schemas import ReleaseCreate, ReleaseDeprecate, ReleaseOut, ReleasePage, ReleaseStatus, ReleaseUpdate
+from stella.gateway.schemas import (
+    ReleaseCreate,
+    ReleaseDeprecate,
+    ReleaseOut,
+    ReleasePage,
+    ReleaseStatus,
+    ReleaseUpdate,
+)
 
 BASE = "/api/v1/releases"
 _ID = Parameter(description="Release id", schema_extra=ID_SCHEMA)
@@ -35,10 +43,16 @@ class ReleaseController(Controller):
         guards=[require(Resource.RELEASE, Action.CREATE)],
         status_code=201,
         responses=problems(400, 403, 409, 422, 502),
-        response_headers=[ResponseHeader(name="Location", description="URL of the new release", documentation_only=True)],
+        response_headers=[
+            ResponseHeader(name="Location", description="URL of the new release", documentation_only=True)
+        ],
     )
     async def create_release(
-        self, data: ReleaseCreate, call: CallContext, relay: Relay, runtime: Runtime
+        self,
+        data: JSONBody[ReleaseCreate],
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        runtime: NamedDependency[Runtime],
     ) -> Response[ReleaseOut]:
         """Create a draft release; tags are resolved to digests now and only digests are kept."""
         command = call.command(contract.CreateRelease, **data.model_dump(exclude_none=True))
@@ -54,16 +68,14 @@ class ReleaseController(Controller):
     )
     async def list_releases(
         self,
-        call: CallContext,
-        relay: Relay,
-        page: PageParams,
-        status: ReleaseStatus | None = Parameter(query="status", default=None, description="Only this status."),
-        name_prefix: str | None = Parameter(
-            query="name_prefix", default=None, min_length=1, max_length=63, description="Only names starting so."
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        page: NamedDependency[PageParams],
+        status: ReleaseStatus | None = QueryParameter(default=None, description="Only this status."),
+        name_prefix: str | None = QueryParameter(
+            default=None, min_length=1, max_length=63, description="Only names starting so."
         ),
-        component_id: UUID | None = Parameter(
-            query="component_id", default=None, description="Only releases holding this component."
-        ),
+        component_id: UUID | None = QueryParameter(default=None, description="Only releases holding this component."),
     ) -> ReleasePage:
         """List the tenant's releases, newest first."""
         query = call.query(
@@ -82,7 +94,9 @@ class ReleaseController(Controller):
         guards=[require(Resource.RELEASE, Action.READ)],
         responses=problems(400, 403, 404),
     )
-    async def get_release(self, call: CallContext, relay: Relay, release_id: str = _ID) -> ReleaseOut:
+    async def get_release(
+        self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], release_id: str = _ID
+    ) -> ReleaseOut:
         """Read one release."""
         query = call.query(contract.GetRelease, release_id=parse_id(release_id, "release_id"))
         return parse_data(ReleaseOut, await relay.query(contract.GET_RELEASE, query))
@@ -95,7 +109,11 @@ class ReleaseController(Controller):
         responses=problems(400, 403, 404, 409, 422, 502),
     )
     async def update_release(
-        self, data: ReleaseUpdate, call: CallContext, relay: Relay, release_id: str = _ID
+        self,
+        data: JSONBody[ReleaseUpdate],
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        release_id: str = _ID,
     ) -> ReleaseOut:
         """Change a draft release; omitted fields keep their value. A ready release is immutable (409)."""
         fields: dict[str, Any] = data.model_dump(exclude_none=True)
@@ -110,7 +128,9 @@ class ReleaseController(Controller):
         status_code=200,
         responses=problems(400, 403, 404, 409, 422),
     )
-    async def mark_ready(self, call: CallContext, relay: Relay, release_id: str = _ID) -> ReleaseOut:
+    async def mark_ready(
+        self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], release_id: str = _ID
+    ) -> ReleaseOut:
         """Freeze a draft release so it can be promoted."""
         command = call.command(contract.MarkReleaseReady, release_id=parse_id(release_id, "release_id"))
         return parse_data(ReleaseOut, await relay.command(call, contract.MARK_RELEASE_READY, command))
@@ -124,7 +144,11 @@ class ReleaseController(Controller):
         responses=problems(400, 403, 404, 409, 422),
     )
     async def deprecate(
-        self, call: CallContext, relay: Relay, data: ReleaseDeprecate | None = None, release_id: str = _ID
+        self,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        data: JSONBody[ReleaseDeprecate | None] = None,
+        release_id: str = _ID,
     ) -> ReleaseOut:
         """Deprecate a release: it can no longer be promoted. The body (a reason) is optional."""
         command = call.command(

@@ -7,17 +7,19 @@ from uuid import UUID
 
 from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import ResponseHeader
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, Parameter, QueryParameter
 
 from stella.gateway.auth import Identity, new_token, require
 from stella.gateway.dependencies import ID_SCHEMA, location, parse_id, problems
 from stella.gateway.idempotency import REDACT_OPT
-from stella.gateway.pagination import PageParams, decode_cursor, encode_cursor, invalid_page_token
+from stella.gateway.pagination import PageParams
 from stella.gateway.permissions import Action, Resource
 from stella.gateway.problems import ProblemError
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import TokenCreate, TokenCreated, TokenOut, TokenPage
 from stella.gateway.store import GatewayStore, TokenRow
+from stella.kit.pagination import decode_cursor, encode_cursor
 
 BASE = "/api/v1/tokens"
 
@@ -35,6 +37,13 @@ def token_out(row: TokenRow) -> TokenOut:
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
     )
+
+
+def _aware_datetime(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("a cursor time carries its offset")
+    return parsed
 
 
 def _not_found(token_id: UUID) -> ProblemError:
@@ -58,7 +67,12 @@ class TokenController(Controller):
         opt={REDACT_OPT: ("token",)},
     )
     async def create_token(
-        self, data: TokenCreate, identity: Identity, store: GatewayStore, runtime: Runtime, now: datetime
+        self,
+        data: JSONBody[TokenCreate],
+        identity: NamedDependency[Identity],
+        store: NamedDependency[GatewayStore],
+        runtime: NamedDependency[Runtime],
+        now: NamedDependency[datetime],
     ) -> Response[TokenCreated]:
         """Create a token for a principal. The token is in this response only; it is never shown again."""
         expires_at = data.expires_at.astimezone(UTC) if data.expires_at is not None else None
@@ -94,25 +108,22 @@ class TokenController(Controller):
     )
     async def list_tokens(
         self,
-        identity: Identity,
-        store: GatewayStore,
-        page: PageParams,
-        principal_id: UUID | None = Parameter(
-            query="principal_id", default=None, description="Only this principal's tokens."
-        ),
+        identity: NamedDependency[Identity],
+        store: NamedDependency[GatewayStore],
+        page: NamedDependency[PageParams],
+        principal_id: UUID | None = QueryParameter(default=None, description="Only this principal's tokens."),
     ) -> TokenPage:
         """List the tenant's tokens, oldest first, revoked and expired ones included."""
-        after: tuple[datetime, UUID] | None = None
-        if page.token is not None:
-            created_at, raw_id = decode_cursor(page.token, 2)
-            try:
-                after = (datetime.fromisoformat(str(created_at)), UUID(str(raw_id)))
-            except ValueError:
-                raise invalid_page_token() from None
-        rows = await store.list_tokens(identity.tenant_id, principal_id=principal_id, after=after, limit=page.size + 1)
+        after = decode_cursor(page.token, _aware_datetime, UUID)
+        rows = await store.list_tokens(
+            identity.tenant_id,
+            principal_id=principal_id,
+            after=(after[0], after[1]) if after else None,
+            limit=page.size + 1,
+        )
         more = len(rows) > page.size
         rows = rows[: page.size]
-        token = encode_cursor([rows[-1].created_at.isoformat(), str(rows[-1].id)]) if more else None
+        token = encode_cursor(rows[-1].created_at.isoformat(), rows[-1].id) if more else None
         return TokenPage(items=[token_out(row) for row in rows], next_page_token=token)
 
     @get(
@@ -124,8 +135,8 @@ class TokenController(Controller):
     )
     async def get_token(
         self,
-        identity: Identity,
-        store: GatewayStore,
+        identity: NamedDependency[Identity],
+        store: NamedDependency[GatewayStore],
         token_id: str = Parameter(description="Token id", schema_extra=ID_SCHEMA),
     ) -> TokenOut:
         """Read one token's metadata (never its value)."""
@@ -144,10 +155,10 @@ class TokenController(Controller):
     )
     async def revoke_token(
         self,
-        identity: Identity,
-        store: GatewayStore,
-        runtime: Runtime,
-        now: datetime,
+        identity: NamedDependency[Identity],
+        store: NamedDependency[GatewayStore],
+        runtime: NamedDependency[Runtime],
+        now: NamedDependency[datetime],
         token_id: str = Parameter(description="Token id", schema_extra=ID_SCHEMA),
     ) -> None:
         """Revoke a token: refused at once by this gateway, within seconds by every other replica."""
