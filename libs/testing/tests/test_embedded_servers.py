@@ -126,3 +126,21 @@ def test_embedded_postgres_deletes_its_temporary_directory() -> None:
     server.stop()
     assert not pgdata.exists()
     assert not server.running
+
+
+async def test_embedded_postgres_takes_over_a_server_left_running(tmp_path: Path) -> None:
+    left_running = EmbeddedPostgres(data_dir=tmp_path / "pgdata").start()
+    try:
+        # A second run (e.g. after the first process was killed) finds the server and uses it.
+        again = EmbeddedPostgres(data_dir=tmp_path / "pgdata").start()
+        assert again.port == left_running.port
+        conn = await asyncpg.connect(again.url)
+        assert await conn.fetchval("SELECT 1") == 1
+        await conn.close()
+        with pytest.raises(EmbeddedServerError, match="already runs"):
+            EmbeddedPostgres(data_dir=tmp_path / "pgdata", port=free_port()).start()
+        again.stop()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncpg.connect(left_running.url, timeout=2)
+    finally:
+        left_running.stop()

@@ -100,16 +100,25 @@ class Gateway:
             sent["Authorization"] = f"Bearer {token}"
         return await self.client.request(method, path, json=json, headers=sent, **kwargs)
 
-    async def principal_token(self, tenant: Tenant, name: str, roles: list[str]) -> str:
-        """Create a principal with ``roles`` in ``tenant`` and return a token of it."""
+    async def principal_token(self, tenant: Tenant, name: str, roles: list[str]) -> Issued:
+        """Create a principal with ``roles`` in ``tenant`` and a token of it."""
         created = await self.call(
             "POST", "/api/v1/principals", tenant.token, json={"name": name, "kind": "user", "roles": roles}
         )
         assert created.status_code == 201, created.text
-        token = await self.call("POST", "/api/v1/tokens", tenant.token, json={"principal_id": created.json()["id"]})
+        principal_id = uuid.UUID(created.json()["id"])
+        token = await self.call("POST", "/api/v1/tokens", tenant.token, json={"principal_id": str(principal_id)})
         assert token.status_code == 201, token.text
-        value: str = token.json()["token"]
-        return value
+        return Issued(token.json()["token"], uuid.UUID(token.json()["id"]), principal_id)
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A token made through the API for a new principal."""
+
+    token: str
+    token_id: uuid.UUID
+    principal_id: uuid.UUID
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -291,7 +291,7 @@ class TestSyntaxErrors:
             ('release.name = "x"', 14, "unexpected '='; use '==' to compare"),
             ("len(release.components) > 0 and", 32, "unexpected end of expression"),
             ("foo(1)", 1, "unknown function 'foo'"),
-            ("(a == 1", 8, "expected ')'"),
+            ("(a == 1", 8, "expected '\\)'"),
             ("a < b < c", 7, "comparisons cannot be chained"),
             ("x => x", 3, "only allowed as the second argument of all\\(\\) or any\\(\\)"),
             ('"abc', 1, "unterminated string"),
@@ -389,10 +389,10 @@ class TestPolicies:
         assert policy.evaluate(DOCUMENT)[0].message == "rule prod-only is false"
 
     def test_syntax_error_names_the_rule_and_column(self) -> None:
-        with pytest.raises(PolicySyntaxError, match="rule 'broken': unexpected end of expression at column 9") as info:
-            compile_policy([{"name": "ok", "expr": "true"}, {"name": "broken", "expr": "a == b ("}])
+        with pytest.raises(PolicySyntaxError, match="rule 'broken': unexpected end of expression at column 10") as info:
+            compile_policy([{"name": "ok", "expr": "true"}, {"name": "broken", "expr": "a == b or"}])
         assert info.value.rule == "broken"
-        assert info.value.column == 9
+        assert info.value.column == 10
 
     @pytest.mark.parametrize(
         ("rules", "message"),

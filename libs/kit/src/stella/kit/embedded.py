@@ -189,7 +189,8 @@ class EmbeddedNats:
         binary: Path | None = None,
         startup_timeout: float = 20.0,
     ) -> None:
-        self.data_dir = data_dir
+        # Absolute, so a restart from another working directory finds the same store.
+        self.data_dir = data_dir.absolute() if data_dir is not None else None
         self.port = port
         self.host = host
         self.binary = binary
@@ -373,7 +374,8 @@ class EmbeddedPostgres:
         durable: bool | None = None,
         startup_timeout: float = 60.0,
     ) -> None:
-        self.data_dir = data_dir
+        # Absolute, so permission fixes and pg_ctl see the same place whatever the working directory.
+        self.data_dir = data_dir.absolute() if data_dir is not None else None
         self.port = port
         self.host = host
         self.durable = data_dir is not None if durable is None else durable

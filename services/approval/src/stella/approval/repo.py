@@ -51,6 +51,8 @@ INSERT_CANCELLATION = """
     ON CONFLICT (tenant_id, promotion_id) DO NOTHING
 """
 GET_CANCELLATION = "SELECT reason FROM approval_cancellations WHERE tenant_id = $1 AND promotion_id = $2"
+# Serialises opening and cancelling one promotion's request, which may both find no row yet.
+LOCK_PROMOTION = "SELECT pg_advisory_xact_lock(hashtextextended('stella.approval:' || $1::text || ':' || $2::text, 0))"
 # The timer's reads: the earliest expiry (answered from the partial index alone) and the due requests,
 # oldest first, skipping rows another replica or a vote holds right now.
 NEXT_EXPIRY = "SELECT min(expires_at) FROM approval_requests WHERE status = 'pending'"
@@ -107,7 +109,10 @@ def request_view(stored: StoredRequest) -> ApprovalRequestView:
 
 def _vote(row: asyncpg.Record) -> domain.Vote:
     return domain.Vote(
-        approver_id=row["approver_id"], action=domain.VoteAction(row["action"]), comment=row["comment"], at=row["cast_at"]
+        approver_id=row["approver_id"],
+        action=domain.VoteAction(row["action"]),
+        comment=row["comment"],
+        at=row["cast_at"],
     )
 
 
@@ -168,6 +173,11 @@ async def insert_request(conn: asyncpg.Connection, stored: StoredRequest, now: d
         now,
     )
     return bool(inserted)
+
+
+async def lock_promotion(conn: asyncpg.Connection, tenant: UUID, promotion_id: UUID) -> None:
+    """Hold the promotion's approval lock until the transaction ends (opening and cancelling take it)."""
+    await conn.execute(LOCK_PROMOTION, tenant, promotion_id)
 
 
 async def get_request(

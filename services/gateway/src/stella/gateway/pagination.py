@@ -7,12 +7,16 @@ The gateway's own lists (principals, tokens) use the kit's keyset cursors
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from litestar.params import QueryParameter
 
 from stella.contracts.envelope import PageRequest
+from stella.gateway.problems import ProblemError
+from stella.kit.errors import BadRequest
+from stella.kit.pagination import decode_cursor
 
 DEFAULT_PAGE_SIZE: Final[int] = 50
 """Items per page when ``page_size`` is not given."""
@@ -52,3 +56,20 @@ def page_params(
 ) -> PageParams:
     """Litestar dependency reading ``page_size`` and ``page_token``; bad values are a 400."""
     return PageParams(size=page_size, token=page_token)
+
+
+def decode_page_token(token: str | None, *types: Callable[[str], Any]) -> list[Any] | None:
+    """Decode a page token of one of the gateway's own lists (None for the first page).
+
+    Raises:
+        ProblemError: 400 ``VAL_PAGE_TOKEN`` with a field error when the token was not made by that list.
+    """
+    try:
+        return decode_cursor(token, *types)
+    except BadRequest as exc:
+        raise ProblemError(
+            400,
+            exc.code,
+            exc.detail,
+            errors=[{"loc": ["query", "page_token"], "msg": "not a token this list returned"}],
+        ) from exc

@@ -20,7 +20,7 @@ Inputs read by the built-in gates::
     }
 
 Evaluation order: cheap stateless gates first (freeze-window, schedule, manual), stateful ones after
-(policy, security, approval), plugin gates last; ties by type and name. Evaluation is fail closed: a gate
+(policy, security, approval), plugin gates last; gates of one type run by name. Evaluation is fail closed: a gate
 that raises, returns something that is not a valid :class:`GateResult`, or has an unknown type yields
 status ``error``, which denies. After the first ``fail``/``error`` the remaining gates are ``skipped``.
 """
@@ -444,6 +444,7 @@ class ScheduleGate(_WindowGate):
     """
 
     type = "schedule"
+    rank = STATELESS_RANK + 10
     kind = freeze.WindowKind.ALLOW
     closed_code = REASON_SCHEDULE_CLOSED
     overridden_code = REASON_SCHEDULE_OVERRIDDEN
@@ -468,7 +469,7 @@ class ManualGate(Gate):
     """
 
     type = "manual"
-    rank = STATELESS_RANK
+    rank = STATELESS_RANK + 20
 
     def validate_config(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
         merged = _check_keys(self.type, config, {"prompt": "", "allowed_principals": []})
@@ -569,7 +570,7 @@ class SecurityGate(Gate):
     """
 
     type = "security"
-    rank = STATEFUL_RANK
+    rank = STATEFUL_RANK + 10
     defaults: ClassVar[Mapping[str, Any]] = {
         "max_critical": 0,
         "max_high": 3,

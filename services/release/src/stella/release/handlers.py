@@ -6,6 +6,7 @@ registry answers; the transaction then re-reads what it changes.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -267,60 +268,62 @@ class Handlers:
 
     async def _resolve_from_registries(
         self, cmd: CreateRelease | UpdateRelease, specs: list[ReleaseComponentSpec]
-    ) -> dict[str, str]:
-        """Resolve tags of registry-backed components now; keyed by ``component-ref\\0tag``."""
+    ) -> dict[tuple[str, str], str]:
+        """Resolve tags of registry-backed components now, concurrently; keyed by (component ref, tag)."""
         async with self._pool().acquire() as conn:
             components = await repo.components_by_ref(conn, cmd.tenant_id, [s.component for s in specs])
         missing = sorted({s.component for s in specs if s.component not in components})
         if missing:
             raise domain.UnknownComponent(f"unknown component(s): {', '.join(missing)}")
-        resolved: dict[str, str] = {}
-        for spec in specs:
-            component = components[spec.component]
-            if spec.tag is None or not domain.resolves_from_registry(component.versioning_strategy):
-                continue
+        wanted = [
+            (spec.component, spec.tag)
+            for spec in specs
+            if spec.tag is not None and domain.resolves_from_registry(components[spec.component].versioning_strategy)
+        ]
+
+        async def resolve(ref: str, tag: str) -> tuple[tuple[str, str], str]:
+            component = components[ref]
             creds = resolve_credential_ref(component.registry_credential_ref)
-            resolved[f"{spec.component}\0{spec.tag}"] = await self.registry.resolve(
-                component.image_repository, spec.tag, creds
-            )
-        return resolved
+            return (ref, tag), await self.registry.resolve(component.image_repository, tag, creds)
+
+        return dict(await asyncio.gather(*(resolve(ref, tag) for ref, tag in wanted)))
 
     async def _pin(
         self,
         conn: asyncpg.Connection,
         cmd: CreateRelease | UpdateRelease,
         specs: list[ReleaseComponentSpec],
-        from_registry: dict[str, str],
+        from_registry: dict[tuple[str, str], str],
     ) -> list[ReleaseComponent]:
         """Turn component specs into digest-pinned release components, recording registry resolutions."""
         components = await repo.components_by_ref(conn, cmd.tenant_id, [s.component for s in specs])
+        missing = sorted({s.component for s in specs if s.component not in components})
+        if missing:
+            raise domain.UnknownComponent(f"unknown component(s): {', '.join(missing)}")
+        if len({components[s.component].id for s in specs}) != len(specs):
+            raise domain.UnknownComponent("a component appears twice in the release (by name and by id)")
+        known = await repo.versions_by_pairs(
+            conn, cmd.tenant_id, [(components[s.component].id, s.tag) for s in specs if s.tag is not None]
+        )
         pinned: list[ReleaseComponent] = []
-        seen_ids: set[UUID] = set()
         for spec in specs:
-            component = components.get(spec.component)
-            if component is None:
-                raise domain.UnknownComponent(f"unknown component: {spec.component}")
-            if component.id in seen_ids:
-                raise domain.UnknownComponent(f"component {component.name!r} appears twice (by name and by id)")
-            seen_ids.add(component.id)
+            component = components[spec.component]
             semver: str | None = None
-            if spec.digest is not None:
+            if spec.tag is None:
+                assert spec.digest is not None
                 digest = spec.digest
+            elif (registry_digest := from_registry.get((spec.component, spec.tag))) is not None:
+                semver = _semver_of(spec.tag)
+                labels = {spec.tag: (semver, _channel_for(semver, component.default_channel))}
+                prior = known.get((component.id, spec.tag))
+                await self._record_versions(
+                    conn, cmd, component, {spec.tag: registry_digest}, labels, known={spec.tag: prior} if prior else {}
+                )
+                digest = registry_digest
+            elif (entry := known.get((component.id, spec.tag))) is not None:
+                digest, semver = entry.digest, entry.semver
             else:
-                assert spec.tag is not None
-                known = await repo.versions_by_tag(conn, cmd.tenant_id, component.id, [spec.tag])
-                registry_digest = from_registry.get(f"{spec.component}\0{spec.tag}")
-                if registry_digest is not None:
-                    semver = _semver_of(spec.tag)
-                    labels = {spec.tag: (semver, _channel_for(semver, component.default_channel))}
-                    await self._record_versions(conn, cmd, component, {spec.tag: registry_digest}, labels, known=known)
-                    digest = registry_digest
-                elif spec.tag in known:
-                    digest, semver = known[spec.tag].digest, known[spec.tag].semver
-                else:
-                    raise domain.UnknownTag(
-                        f"tag {spec.tag!r} of component {component.name!r} is not in its version map"
-                    )
+                raise domain.UnknownTag(f"tag {spec.tag!r} of component {component.name!r} is not in its version map")
             pinned.append(
                 ReleaseComponent(
                     component_id=component.id,

@@ -59,6 +59,11 @@ LIST_COMPONENTS = f"""
 VERSIONS_BY_TAG = (
     f"SELECT {_VERSION_COLUMNS} FROM versions WHERE tenant_id = $1 AND component_id = $2 AND tag = ANY($3::text[])"
 )
+VERSIONS_BY_PAIRS = f"""
+    SELECT {_VERSION_COLUMNS} FROM versions v
+     WHERE tenant_id = $1
+       AND (component_id, tag) IN (SELECT * FROM unnest($2::uuid[], $3::text[]))
+"""
 UPSERT_VERSIONS = f"""
     INSERT INTO versions (id, tenant_id, component_id, tag, digest, semver, channel, created_at, updated_at)
     SELECT v.id, $2, $3, v.tag, v.digest, v.semver, v.channel, $8, $8
@@ -229,6 +234,16 @@ async def versions_by_tag(conn: asyncpg.Connection, tenant: UUID, cid: UUID, tag
     """The version map entries of ``tags``, keyed by tag, in one query."""
     rows = await conn.fetch(VERSIONS_BY_TAG, tenant, cid, tags)
     return {r["tag"]: version_view(r) for r in rows}
+
+
+async def versions_by_pairs(
+    conn: asyncpg.Connection, tenant: UUID, pairs: list[tuple[UUID, str]]
+) -> dict[tuple[UUID, str], VersionView]:
+    """The version map entries of several (component, tag) pairs, in one query."""
+    if not pairs:
+        return {}
+    rows = await conn.fetch(VERSIONS_BY_PAIRS, tenant, [p[0] for p in pairs], [p[1] for p in pairs])
+    return {(r["component_id"], r["tag"]): version_view(r) for r in rows}
 
 
 async def upsert_versions(

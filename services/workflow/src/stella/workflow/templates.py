@@ -98,6 +98,26 @@ STANDARD_PROMOTION: Final = WorkflowTemplate(
             default=True,
             description="Whether the environment needs approvals (false skips the approval step).",
         ),
+        # The approval step's executor opens the request from these; the promotion service sends them
+        # with every run, so the template must declare them or the run would be refused.
+        InputSpec(
+            name="required_approvals",
+            required=False,
+            default=None,
+            description="How many distinct eligible approvals the environment needs.",
+        ),
+        InputSpec(
+            name="require_sod",
+            required=False,
+            default=False,
+            description="Whether the requester is barred from approving (separation of duties).",
+        ),
+        InputSpec(
+            name="approver_groups",
+            required=False,
+            default=[],
+            description="Groups whose members may approve; empty means any principal with the permission.",
+        ),
     ),
     outputs={
         "approved": 'steps.gates.status == "succeeded" and steps.approval.status != "failed"',

@@ -12,13 +12,13 @@ from litestar.params import JSONBody, Parameter
 
 from stella.gateway.auth import Identity, require
 from stella.gateway.dependencies import ID_SCHEMA, location, parse_id, problems
-from stella.gateway.pagination import PageParams
+from stella.gateway.pagination import PageParams, decode_page_token
 from stella.gateway.permissions import Action, Resource
 from stella.gateway.problems import ProblemError
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import PrincipalCreate, PrincipalOut, PrincipalPage
 from stella.gateway.store import DeletePrincipalOutcome, GatewayStore, PrincipalRow
-from stella.kit.pagination import decode_cursor, encode_cursor
+from stella.kit.pagination import encode_cursor
 
 BASE = "/api/v1/principals"
 
@@ -95,7 +95,7 @@ class PrincipalController(Controller):
         page: NamedDependency[PageParams],
     ) -> PrincipalPage:
         """List the tenant's principals by name."""
-        after = decode_cursor(page.token, str, UUID)
+        after = decode_page_token(page.token, str, UUID)
         rows = await store.list_principals(
             identity.tenant_id, after=(after[0], after[1]) if after else None, limit=page.size + 1
         )

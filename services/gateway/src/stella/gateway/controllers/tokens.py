@@ -13,13 +13,13 @@ from litestar.params import JSONBody, Parameter, QueryParameter
 from stella.gateway.auth import Identity, new_token, require
 from stella.gateway.dependencies import ID_SCHEMA, location, parse_id, problems
 from stella.gateway.idempotency import REDACT_OPT
-from stella.gateway.pagination import PageParams
+from stella.gateway.pagination import PageParams, decode_page_token
 from stella.gateway.permissions import Action, Resource
 from stella.gateway.problems import ProblemError
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import TokenCreate, TokenCreated, TokenOut, TokenPage
 from stella.gateway.store import GatewayStore, TokenRow
-from stella.kit.pagination import decode_cursor, encode_cursor
+from stella.kit.pagination import encode_cursor
 
 BASE = "/api/v1/tokens"
 
@@ -114,7 +114,7 @@ class TokenController(Controller):
         principal_id: UUID | None = QueryParameter(default=None, description="Only this principal's tokens."),
     ) -> TokenPage:
         """List the tenant's tokens, oldest first, revoked and expired ones included."""
-        after = decode_cursor(page.token, _aware_datetime, UUID)
+        after = decode_page_token(page.token, _aware_datetime, UUID)
         rows = await store.list_tokens(
             identity.tenant_id,
             principal_id=principal_id,
