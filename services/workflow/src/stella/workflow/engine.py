@@ -39,6 +39,7 @@ from stella.workflow.domain import (
     WorkflowTemplate,
     advance,
     begin_waiting,
+    cancel_run,
     complete_step,
     start_run,
 )
@@ -305,3 +306,21 @@ def record_result(
 def wake(template: WorkflowTemplate, run: WorkflowRun, steps: Iterable[StepRun], *, now: datetime) -> Progress:
     """Advance a run whose wake-up time came (timeouts, retries, timers)."""
     return drive(template, Progress(run=run, steps={step.node_id: step for step in steps}), now=now)
+
+
+def cancel(
+    template: WorkflowTemplate, run: WorkflowRun, steps: Iterable[StepRun], *, now: datetime, reason: str
+) -> Progress:
+    """Cancel a run and every unsettled step (a cancelled run again is a no-op).
+
+    Raises:
+        RunNotActive: when the run has already succeeded or failed.
+    """
+    update = cancel_run(template, run, steps, now=now, reason=reason)
+    return Progress(
+        run=update.run,
+        steps={step.node_id: step for step in update.steps},
+        changed={step.node_id for step in update.changed},
+        events=list(update.events),
+        run_changed=update.run != run,
+    )
