@@ -175,4 +175,3 @@ async def caller(approval_app: ApprovalApp, nats: Client) -> AsyncIterator[Calle
     await client.start()
     yield Caller(client, uuid.uuid4())
     await client.stop()
-

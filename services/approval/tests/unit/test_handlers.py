@@ -181,9 +181,7 @@ def test_the_voter_holds_the_gateway_permissions_on_every_environment() -> None:
 
 
 def test_a_vote_without_an_actor_is_refused() -> None:
-    cmd = CastVote(
-        tenant_id=TENANT, correlation_id=uuid.uuid4(), promotion_id=PROMOTION, action=VoteAction.APPROVED
-    )
+    cmd = CastVote(tenant_id=TENANT, correlation_id=uuid.uuid4(), promotion_id=PROMOTION, action=VoteAction.APPROVED)
 
     with pytest.raises(domain.InvalidVote, match="actor_id"):
         voter(cmd)

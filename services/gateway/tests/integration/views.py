@@ -10,7 +10,8 @@ DIGEST = "sha256:" + "a" * 64
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat()
+    # Pydantic writes UTC as "Z", as the services do.
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def component(name: str = "web", **changes: Any) -> dict[str, Any]:

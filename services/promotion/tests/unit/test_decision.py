@@ -38,7 +38,12 @@ def decision_inputs(**overrides: Any) -> dict[str, Any]:
             "name": "shop-2025.03",
             "components": [{"name": "api", "digest": DIGEST_A, "tag": "1.4.2"}],
         },
-        "environment": {"id": "env-prod", "name": "prod", "required_approvals": 2, "config": {"freeze_behavior": "hold"}},
+        "environment": {
+            "id": "env-prod",
+            "name": "prod",
+            "required_approvals": 2,
+            "config": {"freeze_behavior": "hold"},
+        },
         "freeze_windows": [
             {
                 "id": "weekend",
@@ -162,18 +167,24 @@ class TestDecide:
             ({"release": {}}, "need a 'gates' list"),
             ({"gates": {"type": "manual"}}, "need a 'gates' list"),
             ({"gates": [], "approvals": []}, "approvals must be an object"),
-            ({"gates": [], "approvals": {"entries": [{"approver": "a", "action": "maybe", "at": "2025-01-01T00:00Z"}]}}, "approval action"),
+            (
+                {
+                    "gates": [],
+                    "approvals": {"entries": [{"approver": "a", "action": "maybe", "at": "2025-01-01T00:00Z"}]},
+                },
+                "approval action",
+            ),
             ({"gates": [], "approvals": {"entries": [{"approver": "a", "action": "approved"}]}}, "needs its time"),
         ],
     )
     def test_invalid_inputs(self, inputs: dict[str, Any], message: str) -> None:
         with pytest.raises(InvalidDecisionInputs, match=message) as info:
             decide(inputs, TUESDAY)
-        assert info.value.code == "GATE_INPUTS_INVALID"
+        assert info.value.code == "GATE_DECISION_INPUTS_INVALID"
 
     def test_inputs_without_canonical_form_are_refused(self) -> None:
         with pytest.raises(CanonicalizationFailed, match="naive datetime"):
-            decide({"gates": [], "clock": datetime(2025, 1, 1)}, TUESDAY)  # noqa: DTZ001
+            decide({"gates": [], "clock": datetime(2025, 1, 1)}, TUESDAY)
         with pytest.raises(CanonicalizationFailed, match="not a JSON number"):
             decide({"gates": [], "score": float("nan")}, TUESDAY)
         with pytest.raises(CanonicalizationFailed, match="has no canonical JSON form"):
@@ -181,7 +192,7 @@ class TestDecide:
 
     def test_naive_clock_is_refused(self) -> None:
         with pytest.raises(Exception, match="no time zone"):
-            decide(decision_inputs(), datetime(2025, 4, 1))  # noqa: DTZ001
+            decide(decision_inputs(), datetime(2025, 4, 1))
 
 
 class TestDeterminism:
@@ -216,7 +227,9 @@ class TestDeterminism:
 
         berlin = timezone(timedelta(hours=2))
         as_object = decision_inputs(requested_at=datetime(2025, 4, 1, 12, 0, tzinfo=berlin), release_id=UUID(int=1))
-        as_text = decision_inputs(requested_at="2025-04-01T10:00:00Z", release_id="00000000-0000-0000-0000-000000000001")
+        as_text = decision_inputs(
+            requested_at="2025-04-01T10:00:00Z", release_id="00000000-0000-0000-0000-000000000001"
+        )
         assert decide(as_object, TUESDAY).inputs_hash == decide(as_text, TUESDAY).inputs_hash
         assert decide(as_object, TUESDAY.astimezone(berlin)).to_json() == decide(as_text, TUESDAY).to_json()
 
@@ -330,7 +343,7 @@ def test_recheck_inputs_keep_only_time_sensitive_gates() -> None:
     recheck = recheck_inputs(inputs)
     assert [g["type"] for g in recheck["gates"]] == ["freeze-window", "schedule"]
     assert recheck["release"] == inputs["release"]
-    assert [g["type"] for g in inputs["gates"]][0] == "security"  # the original is untouched
+    assert inputs["gates"][0]["type"] == "security"  # the original is untouched
     assert decide(recheck, SATURDAY).result is DecisionResult.DENY
     assert decide(recheck, TUESDAY).result is DecisionResult.ALLOW
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from dateutil.rrule import rrulestr
 
 from stella.promotion.freeze import (
     SEARCH_HORIZON,
@@ -32,8 +34,8 @@ from stella.promotion.freeze import (
 )
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def weekend(**overrides: Any) -> FreezeWindow:
@@ -249,7 +251,7 @@ class TestCombinedWindows:
 
     def test_naive_now_is_refused(self) -> None:
         with pytest.raises(Exception, match="no time zone"):
-            environment_state([weekend()], datetime(2025, 3, 29))  # noqa: DTZ001
+            environment_state([weekend()], datetime(2025, 3, 29))
 
 
 class TestLocalTimeResolution:
@@ -330,6 +332,47 @@ class TestLocalTimeResolution:
         assert window.rrule == "FREQ=WEEKLY;BYDAY=FR;COUNT=2"
         assert environment_state([window], utc(2025, 1, 11)).closed is True
         assert environment_state([window], utc(2025, 1, 18)).closed is False
+
+
+class TestOldRecurrences:
+    @pytest.mark.parametrize(
+        "rule",
+        [
+            "FREQ=HOURLY;INTERVAL=5;BYMINUTE=15",
+            "FREQ=HOURLY;BYHOUR=1,2,3;BYSETPOS=-1",
+            "FREQ=DAILY;INTERVAL=3",
+            "FREQ=DAILY;BYDAY=MO,WE;UNTIL=20250401T000000",
+            "FREQ=WEEKLY;INTERVAL=2;BYDAY=TU,FR;WKST=SU",
+            "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR;BYSETPOS=1,-1",
+            "FREQ=DAILY;COUNT=2500",
+        ],
+    )
+    def test_occurrences_of_a_rule_started_years_ago_match_the_full_recurrence(self, rule: str) -> None:
+        dtstart = datetime(2019, 2, 27, 22, 40)
+        window = parse_window(
+            {
+                "id": "old",
+                "kind": "deny",
+                "rrule": rule,
+                "dtstart": dtstart.isoformat(),
+                "duration": "PT20M",
+                "timezone": "Europe/Berlin",
+            }
+        )
+        zone = ZoneInfo("Europe/Berlin")
+        for lo in (utc(2025, 3, 27), utc(2025, 10, 24, 13), utc(2026, 1, 1)):
+            hi = lo + timedelta(days=9)
+            expected = []
+            for local in rrulestr(rule, dtstart=dtstart).between(
+                (lo - timedelta(days=2)).astimezone(zone).replace(tzinfo=None),
+                (hi + timedelta(days=2)).astimezone(zone).replace(tzinfo=None),
+                inc=True,
+            ):
+                start = local.replace(tzinfo=zone).astimezone(UTC)
+                end = (local + timedelta(minutes=20)).replace(tzinfo=zone).astimezone(UTC)
+                if start < hi and end > lo and end > start:
+                    expected.append((start, end))
+            assert window.occurrences(lo, hi) == expected
 
 
 class TestTransitions:
@@ -486,7 +529,10 @@ class TestValidation:
             parse_windows([weekend().to_dict(), weekend().to_dict()])
 
     def test_round_trip_through_json(self) -> None:
-        for window in (weekend(exceptions=["bob", "alice", "bob"]), one_off("x", "2025-03-01T01:00:00+01:00", "2025-03-02T00:00:00Z")):
+        for window in (
+            weekend(exceptions=["bob", "alice", "bob"]),
+            one_off("x", "2025-03-01T01:00:00+01:00", "2025-03-02T00:00:00Z"),
+        ):
             assert parse_window(window.to_dict()) == window
         assert weekend(exceptions=["bob", "alice", "bob"]).exceptions == ("alice", "bob")
 
@@ -515,7 +561,10 @@ class TestOverride:
         check_override(FreezeOverride("carol", "hotfix for INC-1", has_override_permission=True), [weekend()])
 
     def test_exception_principal_of_every_window_may_override(self) -> None:
-        windows = [weekend(exceptions=["alice"]), one_off("x", "2025-03-01T00:00Z", "2025-03-02T00:00Z", exceptions=["alice"])]
+        windows = [
+            weekend(exceptions=["alice"]),
+            one_off("x", "2025-03-01T00:00Z", "2025-03-02T00:00Z", exceptions=["alice"]),
+        ]
         check_override(FreezeOverride("alice", "hotfix"), windows)
 
     def test_principal_missing_from_one_window_is_refused(self) -> None:

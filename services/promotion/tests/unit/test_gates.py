@@ -248,7 +248,11 @@ class TestFailClosed:
         [
             ("exploding", "GATE_PROVIDER_ERROR", "gate raised RuntimeError: provider unreachable"),
             ("garbage", "GATE_INVALID_RESULT", "gate returned a dict, not a GateResult"),
-            ("impostor", "GATE_INVALID_RESULT", "answered for freeze-window/freeze-window instead of impostor/impostor"),
+            (
+                "impostor",
+                "GATE_INVALID_RESULT",
+                "answered for freeze-window/freeze-window instead of impostor/impostor",
+            ),
             ("bad-status", "GATE_INVALID_RESULT", "unknown status 'maybe'"),
             ("unheard-of", "GATE_UNKNOWN_TYPE", "unknown gate type 'unheard-of'"),
         ],
@@ -289,7 +293,7 @@ class TestFailClosed:
         with pytest.raises(InvalidGateResult):
             GateResult(type="", name="x", status=GateStatus.PASS)
         with pytest.raises(InvalidGateResult, match="details are not JSON"):
-            GateResult(type="x", name="x", status=GateStatus.PASS, details={"at": datetime(2025, 1, 1)})  # noqa: DTZ001
+            GateResult(type="x", name="x", status=GateStatus.PASS, details={"at": datetime(2025, 1, 1)})
 
     def test_gate_result_round_trips_and_normalises_details(self) -> None:
         result = GateResult(
@@ -322,7 +326,12 @@ class TestFreezeWindowGate:
         assert run({"type": "freeze-window"}, inputs(freeze_windows=[OFFICE_HOURS])).status is GateStatus.PASS
 
     def test_override_by_an_exception_principal(self) -> None:
-        override = {"gate": "freeze-window", "principal": "alice", "reason": "INC-42 hotfix", "at": "2025-03-29T11:55:00Z"}
+        override = {
+            "gate": "freeze-window",
+            "principal": "alice",
+            "reason": "INC-42 hotfix",
+            "at": "2025-03-29T11:55:00Z",
+        }
         result = run({"type": "freeze-window"}, inputs(overrides=[override]))
         assert result.status is GateStatus.OVERRIDDEN
         assert result.reason_codes == ("GATE_FREEZE_OVERRIDDEN",)
@@ -547,7 +556,13 @@ class TestApprovalGate:
             ({"required": 2, "granted": 5, "rejected": 1}, 0, {}, GateStatus.FAIL, ("GATE_APPROVAL_REJECTED",)),
             ({"required": 0, "granted": 0, "rejected": 0}, 0, {}, GateStatus.SKIPPED, ()),
             ({"required": 1, "granted": 1, "rejected": 0}, 2, {}, GateStatus.PENDING, ("GATE_APPROVAL_PENDING",)),
-            ({"required": 1, "granted": 2, "rejected": 0}, 1, {"required": 3}, GateStatus.PENDING, ("GATE_APPROVAL_PENDING",)),
+            (
+                {"required": 1, "granted": 2, "rejected": 0},
+                1,
+                {"required": 3},
+                GateStatus.PENDING,
+                ("GATE_APPROVAL_PENDING",),
+            ),
         ],
     )
     def test_counts(

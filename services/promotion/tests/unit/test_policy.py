@@ -124,7 +124,7 @@ class TestOperators:
             ("true < false", "cannot compare a boolean with a boolean"),
             ('"a" in release.missing', "'in' needs a list, string or object on the right, not a null"),
             ('1 in "abc"', "'in' on a string needs a string on the left"),
-            ('1 in release.labels', "'in' on an object needs a string key"),
+            ("1 in release.labels", "'in' on an object needs a string key"),
         ],
     )
     def test_type_errors(self, expression: str, message: str) -> None:
@@ -140,8 +140,8 @@ class TestOperators:
             ("not (true or true)", False),
             ("not not true", True),
             ('not environment.name == "dev"', True),  # not applies to the comparison
-            ("false and (1 < \"a\")", False),  # short-circuit: the type error is never evaluated
-            ("true or (1 < \"a\")", True),
+            ('false and (1 < "a")', False),  # short-circuit: the type error is never evaluated
+            ('true or (1 < "a")', True),
         ],
     )
     def test_logic_precedence_and_short_circuit(self, expression: str, expected: bool) -> None:
@@ -167,7 +167,7 @@ class TestFunctions:
             ("len(release.components)", 2),
             ("len(release.name)", 12),
             ("len(release.labels)", 2),
-            ("all(release.components, c => startswith(c.digest, \"sha256:\"))", True),
+            ('all(release.components, c => startswith(c.digest, "sha256:"))', True),
             ('all(release.components, c => c.tag != "latest")', False),
             ('any(release.components, c => c.tag == "latest")', True),
             ("any([], x => true)", False),
@@ -190,7 +190,7 @@ class TestFunctions:
             ("all(release.missing, c => true)", "all\\(\\) needs a list, not a null"),
             ("any(release.components, c => c.name)", "must be a boolean, got a string"),
             ("startswith(release.name, 1)", "startswith\\(\\) needs two strings"),
-            ("matches(1, \"a\")", "matches\\(\\) needs two strings"),
+            ('matches(1, "a")', "matches\\(\\) needs two strings"),
         ],
     )
     def test_function_type_errors(self, expression: str, message: str) -> None:
@@ -368,7 +368,7 @@ class TestPolicies:
     RULES = (
         {"name": "no-latest-tag", "expr": 'all(release.components, c => c.tag != "latest")', "message": "no latest"},
         {"name": "prod-needs-approvals", "expr": "environment.required_approvals >= 2", "message": ""},
-        {"name": "semver-everywhere", "expr": "all(release.components, c => matches(c.semver, \"^\\\\d\"))"},
+        {"name": "semver-everywhere", "expr": 'all(release.components, c => matches(c.semver, "^\\\\d"))'},
         {"name": "not-boolean", "expr": "release.name"},
     )
 

@@ -197,6 +197,11 @@ def subject_of(event: domain.ApprovalEvent) -> str:
     return _SUBJECTS[type(event)]
 
 
+def _not_newer(step: StepRef, current: StepRef) -> bool:
+    """Whether ``step`` is ``current`` or an earlier attempt of the same run's node."""
+    return (step.run_id, step.node_id) == (current.run_id, current.node_id) and step.attempt <= current.attempt
+
+
 def _decision_subject(status: domain.ApprovalStatus) -> str:
     return APPROVAL_GRANTED if status is domain.ApprovalStatus.GRANTED else APPROVAL_DENIED
 
@@ -271,7 +276,8 @@ class Handlers:
     async def _reopen(
         self, conn: asyncpg.Connection, cmd: ExecuteStep, existing: StoredRequest, step: StepRef, now: datetime
     ) -> object:
-        if existing.step == step:
+        if existing.step is not None and _not_newer(step, existing.step):
+            # The same attempt again, or an older one delivered late: the request stays with its attempt.
             return repo.request_view(existing).model_dump(mode="json")
         moved = replace(existing, step=step)
         await repo.set_outcomes(conn, [moved], now)

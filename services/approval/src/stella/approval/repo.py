@@ -52,7 +52,9 @@ INSERT_CANCELLATION = """
 """
 GET_CANCELLATION = "SELECT reason FROM approval_cancellations WHERE tenant_id = $1 AND promotion_id = $2"
 # Serialises opening and cancelling one promotion's request, which may both find no row yet.
-LOCK_PROMOTION = "SELECT pg_advisory_xact_lock(hashtextextended('stella.approval:' || $1::uuid::text || ':' || $2::uuid::text, 0))"
+LOCK_PROMOTION = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('stella.approval:' || $1::uuid::text || ':' || $2::uuid::text, 0))"
+)
 # The timer's reads: the earliest expiry (answered from the partial index alone) and the due requests,
 # oldest first, skipping rows another replica or a vote holds right now.
 NEXT_EXPIRY = "SELECT min(expires_at) FROM approval_requests WHERE status = 'pending'"

@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, TypedDict
+from uuid import UUID
 
 import asyncpg
 import nats
@@ -29,6 +30,7 @@ from litestar.openapi.spec import Components, SecurityScheme, Server
 from litestar.static_files import create_static_files_router
 from nats.aio.client import Client as NatsClient
 
+from stella.contracts.envelope import Reply
 from stella.gateway.auth import Authenticator, TokenAuthMiddleware
 from stella.gateway.controllers import (
     ComponentController,
@@ -206,7 +208,11 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
     await declare_streams(js, names)
 
     store = GatewayStore(pool)
-    client = RelayClient(nc, js, names=names, on_late_reply=store.store_late_reply)
+
+    async def keep_late_reply(tenant_id: UUID, message_id: UUID, reply: Reply) -> None:
+        await store.store_late_reply(tenant_id, message_id, reply.model_dump(mode="json"))
+
+    client = RelayClient(nc, js, names=names, on_late_reply=keep_late_reply)
     await client.start()
     stack.push_async_callback(client.stop)
 

@@ -44,7 +44,7 @@ from stella.promotion.policy import policy_digest
 class InvalidDecisionInputs(InvalidInput):
     """The decision inputs are not an object, lack ``gates``, or hold malformed approvals."""
 
-    code = "GATE_INPUTS_INVALID"
+    code = "GATE_DECISION_INPUTS_INVALID"
     title = "Invalid decision inputs"
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum, StrEnum
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 from uuid import UUID
 
 import rfc8785
@@ -980,9 +980,7 @@ class PromotionEvent:
     def payload(self) -> dict[str, Any]:
         """Return every field as plain JSON data (UTC timestamps, string ids)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        result = to_json_value(data)
-        assert isinstance(result, dict)
-        return result
+        return cast(dict[str, Any], to_json_value(data))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1121,9 +1119,7 @@ class Promotion:
     def to_dict(self) -> dict[str, Any]:
         """Return the aggregate as plain JSON data (for storage and read models)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        result = to_json_value(data)
-        assert isinstance(result, dict)
-        return result
+        return cast(dict[str, Any], to_json_value(data))
 
     # -- transitions -----------------------------------------------------------------------------
 

@@ -339,6 +339,21 @@ def _check_density(rule: RecurrenceRule, dtstart: datetime, window_id: str) -> N
         raise InvalidRRule(f"window {window_id!r}: rrule never produces an occurrence")
 
 
+def _anchor_period(stored_rule: str) -> timedelta | None:
+    """Length of one recurrence period when dtstart may move by whole periods without changing anything.
+
+    True for hourly, daily and weekly rules without COUNT (COUNT numbers occurrences from dtstart). Their
+    defaults taken from dtstart (minute, hour, weekday) survive a shift by whole periods, and BYSETPOS
+    works within one period. Monthly and yearly rules have few occurrences and are left alone.
+    """
+    parts = dict(part.split("=", 1) for part in stored_rule.split(";"))
+    if "COUNT" in parts:
+        return None
+    interval = int(parts.get("INTERVAL", "1"))
+    unit = {"HOURLY": timedelta(hours=1), "DAILY": timedelta(days=1), "WEEKLY": timedelta(weeks=1)}.get(parts["FREQ"])
+    return unit * interval if unit is not None else None
+
+
 @dataclass(frozen=True, slots=True)
 class FreezeWindow:
     """A validated freeze window (deny) or deployment window (allow).
@@ -361,6 +376,7 @@ class FreezeWindow:
     duration: timedelta | None = None
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
     _rule: RecurrenceRule | None = field(init=False, repr=False, compare=False)
+    _period: timedelta | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         window_id = self.id
@@ -409,6 +425,7 @@ class FreezeWindow:
             object.__setattr__(self, "start", start)
             object.__setattr__(self, "end", end)
             object.__setattr__(self, "_rule", None)
+            object.__setattr__(self, "_period", None)
             return
         if self.start is not None:
             raise InvalidWindowSchedule(
@@ -432,6 +449,7 @@ class FreezeWindow:
         object.__setattr__(self, "dtstart", dtstart)
         object.__setattr__(self, "rrule", stored)
         object.__setattr__(self, "_rule", rule)
+        object.__setattr__(self, "_period", _anchor_period(stored))
 
     @property
     def is_recurring(self) -> bool:
@@ -454,8 +472,15 @@ class FreezeWindow:
         zone = self._zone
         local_lo = _to_local(lo - self.duration - _SLACK, zone)
         local_hi = _to_local(hi + _SLACK, zone)
+        rule = self._rule
+        if self._period is not None and self.dtstart is not None and local_lo - self.dtstart > self._period:
+            # The recurrence engine walks from dtstart on every query. Moving dtstart forward by whole
+            # periods (in local wall time) leaves every later occurrence unchanged, so an hourly rule that
+            # started years ago costs the same as a new one.
+            periods = (local_lo - self.dtstart) // self._period
+            rule = rule.replace(dtstart=self.dtstart + periods * self._period)
         result = []
-        for local_start in self._rule.between(local_lo, local_hi, inc=True):
+        for local_start in rule.between(local_lo, local_hi, inc=True):
             start = _to_utc(local_start, zone)
             end = _to_utc(local_start + self.duration, zone)
             if end <= start:

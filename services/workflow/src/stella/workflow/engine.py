@@ -5,7 +5,8 @@ every started attempt by who executes it:
 
 * step types in :data:`~stella.contracts.workflow.STEP_SUBJECTS` belong to another context: the attempt is
   returned as a :class:`Dispatch` (the caller writes its ``ExecuteStep`` to the outbox in the same
-  transaction as the step's ``running`` state). An ``approval`` attempt is also parked as ``waiting``: it
+  transaction as the step's ``running`` state; its ``inputs`` are the attempt's resolved inputs
+  ``{"inputs": run inputs, "steps": {upstream node: {status, attempt, outputs}}}``). An ``approval`` attempt is also parked as ``waiting``: it
   ends on a person's decision, reported later by whoever receives it;
 * ``wait`` is a timer executed here: the attempt waits until ``config.seconds`` after its start and the
   scheduler completes it then;
@@ -19,7 +20,6 @@ timer.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,9 +51,6 @@ WAITS_FOR_SIGNAL: Final[frozenset[str]] = frozenset({BuiltinStepType.APPROVAL.va
 TIMER_STEP: Final[str] = BuiltinStepType.WAIT.value
 """The step type this service executes itself: a timer (``config: {seconds}``)."""
 
-RESERVED_INPUTS: Final[frozenset[str]] = frozenset({"steps"})
-"""Run input names a template may not declare: ``steps`` carries upstream results in ``ExecuteStep.inputs``."""
-
 MAX_LOG_CHARS: Final = 65_536
 """Most characters of step logs kept per step (the newest are kept)."""
 
@@ -82,14 +79,6 @@ class TemplateNameReserved(DomainError):
     code = "WF_TEMPLATE_NAME_RESERVED"
     status = 409
     title = "Template name is reserved"
-
-
-class ReservedInputName(DomainError):
-    """A template declares an input whose name the service reserves."""
-
-    code = "WF_RESERVED_INPUT"
-    status = 400
-    title = "Reserved input name"
 
 
 class InvalidStepConfig(DomainError):
@@ -161,29 +150,14 @@ def check_step_configs(template: WorkflowTemplate) -> None:
     """Check what this service itself needs of a template beyond the domain's validation.
 
     Raises:
-        ReservedInputName: for an input named like a reserved key of ``ExecuteStep.inputs``.
         InvalidStepConfig: for a ``wait`` step without a valid ``seconds``.
     """
-    for spec in template.inputs:
-        if spec.name in RESERVED_INPUTS:
-            raise ReservedInputName(f"input name {spec.name!r} is reserved; choose another name")
     for node in template.nodes:
         if node.type == TIMER_STEP:
             try:
                 wait_seconds(node.config)
             except InvalidStepConfig as exc:
                 raise InvalidStepConfig(f"step {node.id!r}: {exc.detail}") from None
-
-
-def execute_inputs(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``inputs`` of an ``ExecuteStep``: the run inputs at the top level, upstream steps under ``steps``.
-
-    ``resolved`` is the domain's form ``{"inputs": run inputs, "steps": {node: {status, attempt, outputs}}}``;
-    the executor reads ``inputs["promotion_id"]`` and ``inputs["steps"]["gates"]["outputs"]``.
-    """
-    flat = copy.deepcopy(dict(resolved.get("inputs") or {}))
-    flat["steps"] = copy.deepcopy(dict(resolved.get("steps") or {}))
-    return flat
 
 
 def append_logs(existing: str, attempt: int, logs: str) -> str:

@@ -12,15 +12,7 @@ from uuid import UUID
 
 import asyncpg
 
-from stella.contracts.workflow import (
-    EdgeSpec,
-    NodeSpec,
-    RunStatus as RunStatusView,
-    RunView,
-    StepRunView,
-    StepStatus as StepStatusView,
-    TemplateView,
-)
+from stella.contracts import workflow as c
 from stella.kit.pagination import decode_cursor, encode_cursor
 from stella.workflow.domain import RunStatus, SkipReason, StepRun, StepStatus, WorkflowRun
 from stella.workflow.engine import step_run_id
@@ -38,7 +30,9 @@ INSERT_BUILTIN_TEMPLATES = """
     ON CONFLICT DO NOTHING
 """
 # Versions of one tenant's template name are numbered under this lock, so two saves at once get 1 and 2.
-LOCK_TEMPLATE_NAME = "SELECT pg_advisory_xact_lock(hashtextextended('stella.workflow.template:' || $1::text || ':' || $2, 0))"
+LOCK_TEMPLATE_NAME = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('stella.workflow.template:' || $1::text || ':' || $2, 0))"
+)
 NEXT_TEMPLATE_VERSION = "SELECT COALESCE(max(version), 0) + 1 FROM templates WHERE tenant_id = $1 AND name = $2"
 INSERT_TEMPLATE = f"""
     INSERT INTO templates (id, tenant_id, name, version, description, definition, created_at)
@@ -52,7 +46,9 @@ GET_TEMPLATE = f"""
      ORDER BY version DESC
      LIMIT 1
 """
-GET_TEMPLATE_BY_ID = f"SELECT {_TEMPLATE_COLUMNS} FROM templates WHERE (tenant_id = $1 OR tenant_id IS NULL) AND id = $2"
+GET_TEMPLATE_BY_ID = (
+    f"SELECT {_TEMPLATE_COLUMNS} FROM templates WHERE (tenant_id = $1 OR tenant_id IS NULL) AND id = $2"
+)
 LIST_TEMPLATES = f"""
     SELECT DISTINCT ON (name) {_TEMPLATE_COLUMNS} FROM templates
      WHERE (tenant_id = $1 OR tenant_id IS NULL)
@@ -148,20 +144,20 @@ def template_record(row: asyncpg.Record) -> TemplateRecord:
     return TemplateRecord(**dict(row))
 
 
-def template_view(record: TemplateRecord) -> TemplateView:
+def template_view(record: TemplateRecord) -> c.TemplateView:
     """The wire view of a template version (inputs keyed by name)."""
     definition = record.definition
     inputs = {
         spec["name"]: {k: copy.deepcopy(v) for k, v in spec.items() if k != "name"}
         for spec in definition.get("inputs") or []
     }
-    return TemplateView(
+    return c.TemplateView(
         id=record.id,
         tenant_id=record.tenant_id,
         name=record.name,
         version=record.version,
-        nodes=[NodeSpec.model_validate(node) for node in definition.get("nodes") or []],
-        edges=[EdgeSpec.model_validate(edge) for edge in definition.get("edges") or []],
+        nodes=[c.NodeSpec.model_validate(node) for node in definition.get("nodes") or []],
+        edges=[c.EdgeSpec.model_validate(edge) for edge in definition.get("edges") or []],
         inputs=inputs,
         outputs=dict(definition.get("outputs") or {}),
         is_builtin=record.is_builtin,
@@ -207,25 +203,25 @@ def step_from_row(row: asyncpg.Record) -> StepRun:
     )
 
 
-def run_view(record: RunRecord, steps: Iterable[StepRun], logs: Mapping[str, str]) -> RunView:
+def run_view(record: RunRecord, steps: Iterable[StepRun], logs: Mapping[str, str]) -> c.RunView:
     """The wire view of a run and its steps (each step's latest attempt)."""
     run = record.run
-    return RunView(
+    return c.RunView(
         id=run.id,
         template_id=run.template_id,
         template_name=run.template_name,
         template_version=run.template_version,
         subject_id=record.subject_id,
-        status=RunStatusView(run.status.value),
+        status=c.RunStatus(run.status.value),
         inputs=copy.deepcopy(dict(run.inputs)),
         outputs=copy.deepcopy(dict(run.outputs)),
         started_at=run.started_at,
         completed_at=run.completed_at,
         steps=[
-            StepRunView(
+            c.StepRunView(
                 id=step_run_id(run.id, step.node_id),
                 node_id=step.node_id,
-                status=StepStatusView(step.status.value),
+                status=c.StepStatus(step.status.value),
                 attempt_number=step.attempt_number,
                 inputs=copy.deepcopy(dict(step.inputs)),
                 outputs=copy.deepcopy(dict(step.outputs)),
@@ -246,7 +242,9 @@ def _iso(value: datetime | None) -> str | None:
 # --- templates ----------------------------------------------------------------------------------------------
 
 
-async def insert_builtin_templates(conn: asyncpg.Connection, templates: Sequence[dict[str, Any]], now: datetime) -> None:
+async def insert_builtin_templates(
+    conn: asyncpg.Connection, templates: Sequence[dict[str, Any]], now: datetime
+) -> None:
     """Store built-in template versions not stored yet (``{id, name, version, description, definition}``)."""
     await conn.execute(INSERT_BUILTIN_TEMPLATES, list(templates), now)
 

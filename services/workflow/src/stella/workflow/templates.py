@@ -103,7 +103,7 @@ STANDARD_PROMOTION: Final = WorkflowTemplate(
         InputSpec(
             name="required_approvals",
             required=False,
-            default=None,
+            default=1,
             description="How many distinct eligible approvals the environment needs.",
         ),
         InputSpec(

@@ -1,0 +1,201 @@
+"""SQL of the evidence schema.
+
+Every packet statement filters by tenant. The ``keys`` table is the exception: signing keys belong to the
+installation (one key signs every tenant's packets) and public keys are public.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from stella.contracts.evidence import KeyView
+from stella.evidence.domain import StoredPacket
+from stella.evidence.keys import PublicKey, PublicKeyRing, SigningKey
+from stella.evidence.packet import ChainHead, EvidencePacket, PacketType
+
+_PACKET_COLUMNS = """id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content,
+    envelope, signer_key_ref, created_at"""
+_KEY_COLUMNS = "key_ref, algorithm, public_key_pem, active, created_at, retired_at"
+
+LOCK_CHAIN = "SELECT pg_advisory_xact_lock(hashtextextended('stella.evidence.chain:' || $1::text, 0))"
+"""Serializes the writers of one tenant's chain until their transaction ends, so sequences stay contiguous."""
+LOCK_KEYS = "SELECT pg_advisory_xact_lock(hashtextextended('stella.evidence.keys', 0))"
+"""Serializes key registration and rotation."""
+
+CHAIN_HEAD = """
+    SELECT sequence, content_hash, created_at FROM packets
+     WHERE tenant_id = $1
+     ORDER BY sequence DESC
+     LIMIT 1
+"""
+PACKET_BY_SOURCE = f"SELECT {_PACKET_COLUMNS} FROM packets WHERE tenant_id = $1 AND source_key = $2"
+INSERT_PACKET = """
+    INSERT INTO packets (id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content,
+                         envelope, signer_key_ref, created_at, source_key)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+"""
+GET_PACKET = f"SELECT {_PACKET_COLUMNS} FROM packets WHERE tenant_id = $1 AND id = $2"
+GET_PACKET_AT = f"SELECT {_PACKET_COLUMNS} FROM packets WHERE tenant_id = $1 AND sequence = $2"
+LIST_PACKETS = f"""
+    SELECT {_PACKET_COLUMNS} FROM packets
+     WHERE tenant_id = $1
+       AND ($2::uuid IS NULL OR promotion_id = $2)
+       AND ($3::text IS NULL OR packet_type = $3)
+       AND ($4::bigint IS NULL OR sequence > $4)
+     ORDER BY sequence
+     LIMIT $5
+"""
+EXPORT_PACKETS = f"""
+    SELECT {_PACKET_COLUMNS} FROM packets
+     WHERE tenant_id = $1
+       AND ($2::timestamptz IS NULL OR created_at >= $2)
+       AND ($3::timestamptz IS NULL OR created_at < $3)
+     ORDER BY sequence
+     LIMIT $4
+"""
+
+ALL_KEYS = f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at, key_ref"
+GET_KEY = f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_ref = $1"
+ACTIVE_KEY_REF = "SELECT key_ref FROM keys WHERE active"
+RETIRE_ACTIVE_KEY = "UPDATE keys SET active = false, retired_at = $1 WHERE active RETURNING key_ref"
+INSERT_KEY = """
+    INSERT INTO keys (key_ref, algorithm, public_key_pem, active, created_at)
+    VALUES ($1, $2, $3, true, $4)
+"""
+
+
+def _stored(row: asyncpg.Record) -> StoredPacket:
+    packet = EvidencePacket(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        packet_type=PacketType(row["packet_type"]),
+        promotion_id=row["promotion_id"],
+        sequence=row["sequence"],
+        previous_hash=row["previous_hash"],
+        content=row["content"],
+        content_hash=row["content_hash"],
+        created_at=row["created_at"],
+        signer_key_ref=row["signer_key_ref"],
+    )
+    return StoredPacket(packet=packet, envelope=row["envelope"])
+
+
+async def lock_chain(conn: asyncpg.Connection, tenant_id: UUID) -> None:
+    """Take the tenant's chain lock for the rest of the open transaction."""
+    await conn.execute(LOCK_CHAIN, str(tenant_id))
+
+
+async def chain_head(conn: asyncpg.Connection, tenant_id: UUID) -> tuple[ChainHead, datetime | None]:
+    """The tenant's chain head and the creation time of its last packet (``None`` without packets)."""
+    row = await conn.fetchrow(CHAIN_HEAD, tenant_id)
+    if row is None:
+        return ChainHead.empty(), None
+    return ChainHead(sequence=row["sequence"], content_hash=row["content_hash"]), row["created_at"]
+
+
+async def packet_by_source(conn: asyncpg.Connection, tenant_id: UUID, source_key: str) -> StoredPacket | None:
+    """The packet a step attempt or command already made, if any."""
+    row = await conn.fetchrow(PACKET_BY_SOURCE, tenant_id, source_key)
+    return None if row is None else _stored(row)
+
+
+async def insert_packet(
+    conn: asyncpg.Connection, packet: EvidencePacket, envelope: dict[str, Any], source_key: str
+) -> StoredPacket:
+    """Append a signed packet to its tenant's chain."""
+    await conn.execute(
+        INSERT_PACKET,
+        packet.id,
+        packet.tenant_id,
+        packet.sequence,
+        str(packet.packet_type),
+        packet.promotion_id,
+        packet.previous_hash,
+        packet.content_hash,
+        packet.content,
+        envelope,
+        packet.signer_key_ref,
+        packet.created_at,
+        source_key,
+    )
+    return StoredPacket(packet=packet, envelope=envelope)
+
+
+async def get_packet(conn: asyncpg.Connection, tenant_id: UUID, packet_id: UUID) -> StoredPacket | None:
+    """One packet of the tenant."""
+    row = await conn.fetchrow(GET_PACKET, tenant_id, packet_id)
+    return None if row is None else _stored(row)
+
+
+async def get_packet_at(conn: asyncpg.Connection, tenant_id: UUID, sequence: int) -> StoredPacket | None:
+    """The tenant's packet at a chain position."""
+    row = await conn.fetchrow(GET_PACKET_AT, tenant_id, sequence)
+    return None if row is None else _stored(row)
+
+
+async def list_packets(
+    conn: asyncpg.Connection,
+    tenant_id: UUID,
+    promotion_id: UUID | None,
+    packet_type: str | None,
+    after_sequence: int | None,
+    limit: int,
+) -> list[StoredPacket]:
+    """Up to ``limit`` packets in chain order after ``after_sequence``."""
+    rows = await conn.fetch(LIST_PACKETS, tenant_id, promotion_id, packet_type, after_sequence, limit)
+    return [_stored(r) for r in rows]
+
+
+async def export_packets(
+    conn: asyncpg.Connection,
+    tenant_id: UUID,
+    created_from: datetime | None,
+    created_to: datetime | None,
+    limit: int,
+) -> list[StoredPacket]:
+    """Up to ``limit`` packets created in ``[created_from, created_to)``, in chain order."""
+    rows = await conn.fetch(EXPORT_PACKETS, tenant_id, created_from, created_to, limit)
+    return [_stored(r) for r in rows]
+
+
+def _key_view(row: asyncpg.Record) -> KeyView:
+    return KeyView(
+        key_ref=row["key_ref"],
+        algorithm=row["algorithm"],
+        public_key_pem=row["public_key_pem"],
+        active=row["active"],
+        created_at=row["created_at"],
+        retired_at=row["retired_at"],
+    )
+
+
+async def list_keys(conn: asyncpg.Connection) -> list[KeyView]:
+    """Every key that ever signed evidence, oldest first."""
+    return [_key_view(r) for r in await conn.fetch(ALL_KEYS)]
+
+
+async def keyring(conn: asyncpg.Connection) -> PublicKeyRing:
+    """The public keys of every key that ever signed evidence."""
+    return PublicKeyRing(PublicKey.from_pem(view.public_key_pem.encode()) for view in await list_keys(conn))
+
+
+async def get_key(conn: asyncpg.Connection, key_ref: str) -> KeyView | None:
+    """One key by reference."""
+    row = await conn.fetchrow(GET_KEY, key_ref)
+    return None if row is None else _key_view(row)
+
+
+async def active_key_ref(conn: asyncpg.Connection) -> str | None:
+    """The reference of the key that signs new packets."""
+    return await conn.fetchval(ACTIVE_KEY_REF)
+
+
+async def activate_key(conn: asyncpg.Connection, key: SigningKey, now: datetime) -> str | None:
+    """Retire the active key (if any) and make ``key`` the active one; returns the retired key's reference."""
+    retired = await conn.fetchval(RETIRE_ACTIVE_KEY, now)
+    await conn.execute(INSERT_KEY, key.key_ref, key.algorithm.value, key.public_key.to_pem().decode("ascii"), now)
+    return retired

@@ -1,0 +1,54 @@
+"""Settings of the evidence service (environment prefix ``STELLA_EVIDENCE_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from stella.evidence.keys import KeyAlgorithm
+from stella.kit.settings import ServiceSettings
+
+KEY_FILE_NAME = "evidence-signing-key.pem"
+"""Name of the private signing key inside :attr:`Settings.key_dir`."""
+
+
+class Settings(ServiceSettings):
+    """Evidence service settings."""
+
+    model_config = SettingsConfigDict(env_prefix="STELLA_EVIDENCE_", extra="ignore", frozen=True)
+
+    key_dir: Path = Path(".stella/keys")
+    """Directory holding the private signing key (``evidence-signing-key.pem``), relative to the working
+    directory unless absolute. The key is generated there (mode 0600) on first start and kept."""
+
+    key_file: Path | None = None
+    """An explicit private key file (PEM, Ed25519 or ECDSA P-256) used instead of the one in ``key_dir``;
+    generated there on first start when it does not exist."""
+
+    key_algorithm: KeyAlgorithm = KeyAlgorithm.ED25519
+    """Algorithm of keys this service generates (first start, ``rotate-key``): ``ed25519`` or ``ecdsa-p256``.
+    An existing key file is used whatever its algorithm."""
+
+    max_deliver: int = Field(default=20, ge=1, le=100)
+    """Deliveries of a command before it is dead-lettered. Higher than the kit's default: collecting evidence
+    waits for the promotion and approval services, and each delivery is delayed a little longer than the one
+    before, so with the default back-off an outage of about three minutes is absorbed without losing a step."""
+
+    dependency_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """Seconds a query to the promotion or approval service may take before it counts as unavailable."""
+
+    export_max_age_s: float = Field(default=3600.0, ge=60, le=7 * 24 * 3600)
+    """How long an exported bundle stays in the NATS object store for the gateway to fetch."""
+
+    export_max_packets: int = Field(default=100_000, ge=1, le=10_000_000)
+    """Most packets one export may hold (the bundle is built in memory)."""
+
+    max_reply_bytes: int = Field(default=768 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
+    """Budget of one list reply in JSON bytes; a page stops early rather than exceed NATS's message limit."""
+
+    @property
+    def signing_key_path(self) -> Path:
+        """Where the private signing key lives: ``key_file`` when set, else ``key_dir/evidence-signing-key.pem``."""
+        return self.key_file if self.key_file is not None else self.key_dir / KEY_FILE_NAME

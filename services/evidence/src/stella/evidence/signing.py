@@ -1,0 +1,183 @@
+"""The service's private signing key: kept in a file, registered in the database, rotated.
+
+The key file is the only copy of the private key. It is created (mode 0600) on first start when missing and
+kept; rotation writes a new key over it atomically, so the retired private key is gone and can never sign
+again, while its public key stays in the ``keys`` table and keeps verifying what it signed.
+
+The database says which key is active. Each packet is signed in a transaction that first reads the active
+key's reference: when another process rotated the key, this process reloads the key file, so every replica
+switches to the new key with the rotation's commit and never signs with a retired one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+
+from stella.evidence import repo
+from stella.evidence.domain import SignerOutOfDate
+from stella.evidence.keys import KeyAlgorithm, SigningKey, generate_key, load_private_key, save_private_key
+
+log = logging.getLogger(__name__)
+
+
+class KeyRetired(RuntimeError):
+    """The key file holds a key that was retired; a retired key must never sign again."""
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """Where the private signing key lives, and the algorithm of keys generated there.
+
+    Attributes:
+        path: The PEM file.
+        algorithm: Algorithm of newly generated keys; an existing file is used whatever its algorithm.
+    """
+
+    path: Path
+    algorithm: KeyAlgorithm = KeyAlgorithm.ED25519
+
+    def load_or_create(self) -> SigningKey:
+        """Load the key, generating and saving one (mode 0600) when the file does not exist.
+
+        Two processes starting at once end up with the same key: the file is created without replacing one
+        another process may have written in the meantime.
+
+        Raises:
+            stella.evidence.keys.KeyFormatError: When the file holds no usable private key.
+        """
+        if self.path.exists():
+            return self._load()
+        self._prepare_directory()
+        key = generate_key(self.algorithm)
+        staged = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.new")
+        save_private_key(key, staged)
+        try:
+            os.link(staged, self.path)  # atomic, and fails rather than replace an existing file
+        except FileExistsError:
+            return self._load()
+        finally:
+            staged.unlink(missing_ok=True)
+        log.info("generated a new evidence signing key", extra={"key_ref": key.key_ref, "path": str(self.path)})
+        return key
+
+    def replace(self) -> SigningKey:
+        """Generate a new key and write it over the file atomically; the old private key is destroyed."""
+        self._prepare_directory()
+        key = generate_key(self.algorithm)
+        save_private_key(key, self.path, overwrite=True)
+        return key
+
+    def _prepare_directory(self) -> None:
+        parent = self.path.parent
+        if not parent.exists():
+            parent.mkdir(parents=True, mode=0o700)
+
+    def _load(self) -> SigningKey:
+        mode = self.path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning(
+                "the evidence signing key file is readable by other users; restrict it to mode 0600",
+                extra={"path": str(self.path), "mode": oct(stat.S_IMODE(mode))},
+            )
+        return load_private_key(self.path)
+
+
+async def register_key(conn: asyncpg.Connection, key: SigningKey, now: datetime) -> str | None:
+    """Make ``key`` the database's active key unless it already is, in the open transaction.
+
+    A key file holding a key the database does not know yet (first start, a rotation whose database step
+    did not happen, a key an operator installed) becomes active and the previous key is retired.
+
+    Returns:
+        The reference of the key this retired, or ``None``.
+
+    Raises:
+        KeyRetired: When the key was retired before: it must not sign again.
+    """
+    await conn.execute(repo.LOCK_KEYS)
+    known = await repo.get_key(conn, key.key_ref)
+    if known is not None:
+        if known.active:
+            return None
+        raise KeyRetired(
+            f"the signing key {key.key_ref} in the key file was retired at {known.retired_at}; "
+            "it must not sign again: run `python -m stella.evidence rotate-key` or install a new key file"
+        )
+    retired = await repo.activate_key(conn, key, now)
+    if retired is not None:
+        log.warning("evidence signing key changed", extra={"key_ref": key.key_ref, "retired_key_ref": retired})
+    return retired
+
+
+async def rotate_key(conn: asyncpg.Connection, key_file: KeyFile, now: datetime) -> tuple[str | None, SigningKey]:
+    """Replace the signing key with a new one and retire the old one.
+
+    The new key is written first and registered second, so a crash in between leaves a key file the next
+    start registers (retiring the old key then); the old key never signs after the rotation commits.
+
+    Args:
+        conn: A connection to the evidence schema, outside any transaction.
+        key_file: The key file to replace.
+        now: The rotation time.
+
+    Returns:
+        The retired key's reference (``None`` when there was no key) and the new key.
+    """
+    async with conn.transaction():
+        # Hold the key lock while the file changes, so two rotations cannot interleave.
+        await conn.execute(repo.LOCK_KEYS)
+        key = key_file.replace()
+        retired = await repo.activate_key(conn, key, now)
+    return retired, key
+
+
+class ActiveSigner:
+    """The key this process signs with, kept in step with the key the database marks active."""
+
+    def __init__(self, key_file: KeyFile) -> None:
+        self.key_file = key_file
+        self._key: SigningKey | None = None
+
+    @property
+    def key(self) -> SigningKey:
+        """The key loaded at start (or since reloaded)."""
+        if self._key is None:
+            raise RuntimeError("the signing key is not loaded yet")
+        return self._key
+
+    async def start(self, pool: asyncpg.Pool, now: datetime) -> None:
+        """Load (or create) the key file and register the key as the active one."""
+        self._key = self.key_file.load_or_create()
+        async with pool.acquire() as conn, conn.transaction():
+            await register_key(conn, self._key, now)
+
+    async def current(self, conn: asyncpg.Connection) -> SigningKey:
+        """The key to sign with now, in the caller's transaction.
+
+        Raises:
+            SignerOutOfDate: When the active key is neither the loaded key nor the one in the key file
+                (a fault: the message is retried).
+        """
+        active = await repo.active_key_ref(conn)
+        key = self.key
+        if active == key.key_ref:
+            return key
+        with contextlib.suppress(OSError, ValueError):
+            key = self.key_file.load_or_create()
+        if active is None or key.key_ref != active:
+            raise SignerOutOfDate(
+                f"the active evidence key is {active}, but this process holds {self.key.key_ref} "
+                f"and {self.key_file.path} holds {key.key_ref}"
+            )
+        log.info("reloaded the rotated evidence signing key", extra={"key_ref": key.key_ref})
+        self._key = key
+        return key

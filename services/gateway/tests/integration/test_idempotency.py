@@ -1,0 +1,239 @@
+"""``Idempotency-Key``: one effect per key, the first answer replayed, retries after 503 reach the same command."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+
+from stella.contracts import release as rel
+from stella.contracts.envelope import Reply
+from stella.contracts.streams import COMMANDS
+from stella.gateway.settings import Settings
+
+from . import views
+from .conftest import Gateway, StandIn, assert_problem
+
+COMPONENT = {"name": "web", "image_repository": "registry.test/team/web"}
+
+
+def _key() -> dict[str, str]:
+    return {"Idempotency-Key": f"key-{uuid.uuid4()}"}
+
+
+async def test_a_repeat_replays_the_first_answer_and_has_no_second_effect(gateway: Gateway) -> None:
+    tenant = await gateway.tenant()
+    key = _key()
+    first = await gateway.call("POST", "/api/v1/principals", tenant.token, json={"name": "bob"}, headers=key)
+    assert first.status_code == 201
+    assert "idempotent-replayed" not in first.headers
+    again = await gateway.call("POST", "/api/v1/principals", tenant.token, json={"name": "bob"}, headers=key)
+    assert again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    assert again.headers["location"] == first.headers["location"]
+    assert again.headers["content-type"] == first.headers["content-type"]
+    assert again.headers["x-trace-id"] != first.headers["x-trace-id"]
+    names = [p["name"] for p in (await gateway.call("GET", "/api/v1/principals", tenant.token)).json()["items"]]
+    assert names.count("bob") == 1
+
+
+async def test_key_order_and_spacing_of_the_body_do_not_matter(gateway: Gateway) -> None:
+    tenant = await gateway.tenant()
+    key = _key()
+    first = await gateway.call(
+        "POST",
+        "/api/v1/principals",
+        tenant.token,
+        content=b'{"name": "eve", "kind": "user"}',
+        headers={**key, "Content-Type": "application/json"},
+    )
+    again = await gateway.call(
+        "POST",
+        "/api/v1/principals",
+        tenant.token,
+        content=b'{"kind":"user","name":"eve"}',
+        headers={**key, "Content-Type": "application/json"},
+    )
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_the_same_key_with_another_body_is_422(gateway: Gateway) -> None:
+    tenant = await gateway.tenant()
+    key = _key()
+    assert (
+        await gateway.call("POST", "/api/v1/principals", tenant.token, json={"name": "a1"}, headers=key)
+    ).status_code == 201
+    reused = await gateway.call("POST", "/api/v1/principals", tenant.token, json={"name": "a2"}, headers=key)
+    assert_problem(reused, 422, "VAL_IDEMPOTENCY_KEY_REUSED")
+    names = [p["name"] for p in (await gateway.call("GET", "/api/v1/principals", tenant.token)).json()["items"]]
+    assert "a2" not in names
+
+
+async def test_keys_are_scoped_to_tenant_and_path(gateway: Gateway) -> None:
+    first, second = await gateway.tenant("a"), await gateway.tenant("b")
+    key = _key()
+    one = await gateway.call("POST", "/api/v1/principals", first.token, json={"name": "same"}, headers=key)
+    two = await gateway.call("POST", "/api/v1/principals", second.token, json={"name": "same"}, headers=key)
+    assert (one.status_code, two.status_code) == (201, 201)
+    assert "idempotent-replayed" not in two.headers
+    assert one.json()["id"] != two.json()["id"]
+    token = await gateway.call(
+        "POST", "/api/v1/tokens", first.token, json={"principal_id": one.json()["id"]}, headers=key
+    )
+    assert token.status_code == 201
+    assert "idempotent-replayed" not in token.headers
+
+
+async def test_client_errors_are_final_and_replayed(gateway: Gateway) -> None:
+    tenant = await gateway.tenant()
+    key = _key()
+    bad = await gateway.call("POST", "/api/v1/principals", tenant.token, json={"name": "Bad Name"}, headers=key)
+    assert_problem(bad, 400, "VAL_INVALID_REQUEST")
+    again = await gateway.call("POST", "/api/v1/principals", tenant.token, json={"name": "Bad Name"}, headers=key)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["errors"] == bad.json()["errors"]
+    assert again.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_forbidden_attempt_does_not_use_up_the_key(gateway: Gateway) -> None:
+    tenant = await gateway.tenant()
+    viewer = await gateway.principal_token(tenant, "vic", ["viewer"])
+    key = _key()
+    denied = await gateway.call("POST", "/api/v1/principals", viewer.token, json={"name": "x1"}, headers=key)
+    assert_problem(denied, 403, "PERM_DENIED")
+    allowed = await gateway.call("POST", "/api/v1/principals", tenant.token, json={"name": "x1"}, headers=key)
+    assert allowed.status_code == 201
+    assert "idempotent-replayed" not in allowed.headers
+
+
+async def test_a_replayed_token_creation_never_shows_the_token_again(
+    gateway: Gateway, gateway_settings: Settings
+) -> None:
+    tenant = await gateway.tenant()
+    key = _key()
+    body = {"principal_id": str(tenant.admin_id), "name": "ci"}
+    first = await gateway.call("POST", "/api/v1/tokens", tenant.token, json=body, headers=key)
+    assert first.status_code == 201
+    secret = first.json()["token"]
+    again = await gateway.call("POST", "/api/v1/tokens", tenant.token, json=body, headers=key)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "token" not in again.json()
+    assert again.json()["id"] == first.json()["id"]
+    conn = await asyncpg.connect(gateway_settings.database_url)
+    try:
+        stored = await conn.fetch("SELECT response_body FROM gateway.idempotency_keys")
+    finally:
+        await conn.close()
+    assert stored
+    assert all(secret.encode() not in bytes(row["response_body"]) for row in stored)
+
+
+async def test_an_invalid_key_is_400(gateway: Gateway) -> None:
+    tenant = await gateway.tenant()
+    for key in ("x" * 256, "tab\tkey"):
+        response = await gateway.call(
+            "POST", "/api/v1/principals", tenant.token, json={"name": "k"}, headers={"Idempotency-Key": key}
+        )
+        body = assert_problem(response, 400, "VAL_IDEMPOTENCY_KEY_INVALID")
+        assert body["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+    longest = await gateway.call(
+        "POST", "/api/v1/principals", tenant.token, json={"name": "k"}, headers={"Idempotency-Key": "x" * 255}
+    )
+    assert longest.status_code == 201
+
+
+async def test_keys_expire_after_a_day(gateway: Gateway) -> None:
+    tenant = await gateway.tenant()
+    key = _key()
+    assert (
+        await gateway.call("POST", "/api/v1/principals", tenant.token, json={"name": "d1"}, headers=key)
+    ).status_code == 201
+    gateway.clock.advance(hours=24, seconds=1)
+    fresh = await gateway.call("POST", "/api/v1/principals", tenant.token, json={"name": "d2"}, headers=key)
+    assert fresh.status_code == 201
+    assert "idempotent-replayed" not in fresh.headers
+
+
+async def test_a_duplicate_while_the_first_is_in_flight_is_409(gateway: Gateway, release_service: StandIn) -> None:
+    tenant = await gateway.tenant()
+    gate = asyncio.Event()
+    view = views.component()
+
+    async def slow(_: dict[str, Any]) -> Reply:
+        await gate.wait()
+        return Reply.success(view)
+
+    release_service.on(rel.CREATE_COMPONENT, slow)
+    key = _key()
+    first = asyncio.create_task(gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key))
+    await release_service.wait_for(1)
+    duplicate = await gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key)
+    assert_problem(duplicate, 409, "RES_IDEMPOTENCY_IN_FLIGHT")
+    assert duplicate.headers["retry-after"] == "1"
+    gate.set()
+    assert (await first).status_code == 201
+    replay = await gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key)
+    assert (replay.status_code, replay.headers["idempotent-replayed"]) == (201, "true")
+    assert len(release_service.received) == 1
+
+
+async def test_the_command_id_is_derived_from_the_key(gateway: Gateway, release_service: StandIn) -> None:
+    tenant = await gateway.tenant()
+    release_service.answer(rel.CREATE_COMPONENT, views.component())
+    key = _key()
+    assert (
+        await gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key)
+    ).status_code == 201
+    assert uuid.UUID(release_service.last(rel.CREATE_COMPONENT).payload["message_id"]).version == 5
+
+
+async def test_a_retry_after_a_pending_command_gets_its_late_result(
+    gateway: Gateway, release_service: StandIn, gateway_settings: Settings
+) -> None:
+    tenant = await gateway.tenant()
+    assert gateway.runtime.relay is not None
+    gateway.runtime.relay.command_timeout_s = 0.5
+    gate = asyncio.Event()
+    view = views.component()
+
+    async def slow(_: dict[str, Any]) -> Reply:
+        await gate.wait()
+        return Reply.success(view)
+
+    release_service.on(rel.CREATE_COMPONENT, slow)
+    key = _key()
+    pending = await gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key)
+    assert_problem(pending, 503, "SYS_PENDING")
+    assert pending.headers["retry-after"] == "1"
+
+    # A retry while the service still works re-sends the same command, which JetStream drops as a duplicate.
+    still = await gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key)
+    assert_problem(still, 503, "SYS_PENDING")
+    stream = await release_service.nats.jetstream().stream_info(gateway.names.stream(COMMANDS))
+    assert stream.state.messages == 1
+
+    gate.set()
+    conn = await asyncpg.connect(gateway_settings.database_url)
+    try:
+        async with asyncio.timeout(10):
+            while (
+                await conn.fetchval(
+                    "SELECT late_reply FROM gateway.idempotency_keys WHERE key = $1", key["Idempotency-Key"]
+                )
+                is None
+            ):
+                await asyncio.sleep(0.02)  # the reply is stored by the gateway's NATS callback; nothing to await
+    finally:
+        await conn.close()
+
+    done = await gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key)
+    assert done.status_code == 201, done.text
+    assert done.json() == view
+    assert "idempotent-replayed" not in done.headers
+    replay = await gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key)
+    assert (replay.status_code, replay.headers["idempotent-replayed"]) == (201, "true")
+    assert len(release_service.received) == 1

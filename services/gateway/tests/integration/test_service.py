@@ -1,0 +1,92 @@
+"""Health, readiness and the API description: public, and served without network access."""
+
+from __future__ import annotations
+
+from litestar.testing import AsyncTestClient
+
+from stella.gateway.app import create_app
+from stella.gateway.settings import Settings
+
+from .conftest import Gateway, assert_problem
+
+OPERATIONS = {
+    "healthz",
+    "readyz",
+    "createPrincipal",
+    "listPrincipals",
+    "getPrincipal",
+    "deletePrincipal",
+    "createToken",
+    "listTokens",
+    "getToken",
+    "revokeToken",
+    "createComponent",
+    "listComponents",
+    "getComponent",
+    "updateComponent",
+    "deleteComponent",
+    "registerVersion",
+    "listVersions",
+    "syncVersions",
+    "createRelease",
+    "listReleases",
+    "getRelease",
+    "updateRelease",
+    "markReleaseReady",
+    "deprecateRelease",
+}
+
+
+async def test_health_readiness_and_docs_need_no_token(gateway_settings: Settings) -> None:
+    # Litestar's own test client runs the whole application, start-up included.
+    async with AsyncTestClient(create_app(gateway_settings)) as client:
+        health = await client.get("/healthz")
+        assert (health.status_code, health.json()["status"]) == (200, "ok")
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"status": "ready", "checks": {"database": "ok", "nats": "ok"}}
+
+        document = await client.get("/api/v1/openapi.json")
+        assert document.status_code == 200
+        spec = document.json()
+        assert spec["openapi"].startswith("3.1")
+        operations = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
+        assert operations == OPERATIONS
+        assert spec["components"]["securitySchemes"]["bearerToken"]["scheme"] == "bearer"
+        create = spec["paths"]["/api/v1/components"]["post"]
+        assert "application/problem+json" in create["responses"]["400"]["content"]
+        assert spec["paths"]["/healthz"]["get"]["security"] == [{}]
+
+        docs = await client.get("/api/v1/docs")
+        assert docs.status_code == 200
+        assert "/api/v1/docs/assets/swagger-ui-bundle.js" in docs.text
+        assert "https://" not in docs.text.split("spec:")[0]
+        script = await client.get("/api/v1/docs/assets/swagger-ui-bundle.js")
+        assert script.status_code == 200
+        assert "SwaggerUIBundle" in script.text
+
+
+async def test_readiness_reports_what_is_down(gateway: Gateway) -> None:
+    nats_client = gateway.runtime.nats
+    assert nats_client is not None
+    await nats_client.close()
+    response = await gateway.call("GET", "/readyz", None)
+    body = assert_problem(response, 503, "SYS_NOT_READY")
+    assert body["checks"] == {"database": "ok", "nats": "disconnected"}
+    # Liveness does not depend on the dependencies.
+    assert (await gateway.call("GET", "/healthz", None)).status_code == 200
+
+
+async def test_unknown_paths_and_methods_are_problems(gateway: Gateway) -> None:
+    tenant = await gateway.tenant()
+    assert_problem(await gateway.call("GET", "/api/v1/nothing-here", tenant.token), 404, "RES_NOT_FOUND")
+    not_allowed = await gateway.call("PATCH", "/api/v1/principals", tenant.token)
+    assert_problem(not_allowed, 405, "VAL_METHOD_NOT_ALLOWED")
+    too_big = await gateway.call(
+        "POST",
+        "/api/v1/principals",
+        tenant.token,
+        content=b'{"name": "' + b"x" * (2 * 1024 * 1024) + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert_problem(too_big, 413, "VAL_BODY_TOO_LARGE")

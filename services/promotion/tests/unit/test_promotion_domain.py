@@ -1,0 +1,825 @@
+"""The Promotion state machine, promotion requests, environments and the error catalogue."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+import pytest
+
+from stella.promotion import decision
+from stella.promotion.domain import (
+    ALLOWED_TRANSITIONS,
+    ApprovalSummary,
+    ApprovalTimeoutNotReached,
+    CancelNotAllowed,
+    DecisionInconclusive,
+    DecisionResult,
+    DeploymentJobMismatch,
+    DomainError,
+    Environment,
+    EnvironmentBusy,
+    EnvironmentConfig,
+    EnvironmentNotFound,
+    FreezeBehavior,
+    GateOutcome,
+    HealthCheckType,
+    InvalidApprovalSummary,
+    InvalidEnvironment,
+    InvalidPromotionRequest,
+    InvalidTimestamp,
+    InvalidTransition,
+    NotNextInQueue,
+    Promotion,
+    PromotionAlreadyActive,
+    PromotionAlreadyTerminal,
+    PromotionApprovalRequired,
+    PromotionApproved,
+    PromotionCancelled,
+    PromotionCompleted,
+    PromotionFailed,
+    PromotionNotApproved,
+    PromotionNotPending,
+    PromotionOrderViolation,
+    PromotionRejected,
+    PromotionRequested,
+    PromotionRolledBack,
+    PromotionStarted,
+    PromotionStatus,
+    ReleaseBlock,
+    ReleaseBlocked,
+    ReleaseNotReady,
+    ReleaseSnapshot,
+    ReleaseStatus,
+    SourceEnvironmentMismatch,
+    next_to_deploy,
+    request_promotion,
+)
+
+T0 = datetime(2025, 4, 1, 9, 0, tzinfo=UTC)
+TENANT = UUID(int=0xA)
+OTHER_TENANT = UUID(int=0xB)
+RELEASE = ReleaseSnapshot(id=UUID(int=0x100), tenant_id=TENANT, name="shop-2025.03", status=ReleaseStatus.READY)
+JOB = UUID(int=0x500)
+ROLLBACK_JOB = UUID(int=0x501)
+
+
+def env(name: str, order: int, *, approvals: int = 0, **kwargs: Any) -> Environment:
+    return Environment.create(
+        id=uuid5(NAMESPACE_URL, f"env:{name}"),
+        tenant_id=kwargs.pop("tenant_id", TENANT),
+        name=name,
+        order_index=order,
+        required_approvals=approvals,
+        created_at=T0,
+        **kwargs,
+    )
+
+
+DEV = env("dev", 0)
+STAGING = env("staging", 1)
+PROD = env("prod", 2, approvals=2, require_sod=True)
+ENVIRONMENTS = [PROD, DEV, STAGING]
+
+
+def ids() -> Iterator[UUID]:
+    counter = 0x1000
+    while True:
+        counter += 1
+        yield UUID(int=counter)
+
+
+_IDS = ids()
+
+
+def request(
+    target: Environment = DEV,
+    *,
+    history: list[Promotion] | None = None,
+    release: ReleaseSnapshot = RELEASE,
+    now: datetime = T0,
+    environments: list[Environment] | None = None,
+    **kwargs: Any,
+) -> Promotion:
+    promotion, events = request_promotion(
+        promotion_id=next(_IDS),
+        release=release,
+        target_environment=target,
+        environments=ENVIRONMENTS if environments is None else environments,
+        release_promotions=history or [],
+        requested_by="alice",
+        now=now,
+        **kwargs,
+    )
+    assert [type(e) for e in events] == [PromotionRequested]
+    return promotion
+
+
+def outcome(result: DecisionResult, *reasons: str, **kwargs: Any) -> GateOutcome:
+    return GateOutcome(result=result, reasons=tuple(reasons), record={"result": result.value}, **kwargs)
+
+
+ALLOW = outcome(DecisionResult.ALLOW)
+FROZEN = outcome(
+    DecisionResult.DENY,
+    "GATE_FREEZE_ACTIVE",
+    time_window_only=True,
+    next_open=datetime(2025, 4, 7, 6, 0, tzinfo=UTC),
+)
+
+
+def approved(target: Environment = DEV, now: datetime = T0, **kwargs: Any) -> Promotion:
+    promotion = request(target, now=now, **kwargs)
+    if promotion.required_approvals:
+        promotion.apply_gate_decision(ALLOW, now=now)
+        promotion.record_approvals(ApprovalSummary(required=2, granted=2, rejected=0), now=now)
+    else:
+        promotion.apply_gate_decision(ALLOW, now=now)
+    assert promotion.status is PromotionStatus.APPROVED
+    return promotion
+
+
+def through(last: Environment) -> list[Promotion]:
+    """Approve the release in every environment up to ``last``, in order; return those promotions."""
+    history: list[Promotion] = []
+    for environment in sorted(ENVIRONMENTS, key=lambda e: e.order_index):
+        history.append(approved(environment, history=list(history)))
+        if environment is last:
+            return history
+    raise AssertionError(last)
+
+
+def deploying(target: Environment = DEV) -> Promotion:
+    promotion = approved(target)
+    promotion.start_deployment(ALLOW, deployment_job_id=JOB, environment_promotions=[], now=T0)
+    return promotion
+
+
+class TestStatuses:
+    @pytest.mark.parametrize(
+        ("status", "terminal"),
+        [
+            (PromotionStatus.PENDING_GATE, False),
+            (PromotionStatus.PENDING_APPROVAL, False),
+            (PromotionStatus.APPROVED, False),
+            (PromotionStatus.DEPLOYING, False),
+            (PromotionStatus.DEPLOYED, True),
+            (PromotionStatus.REJECTED, True),
+            (PromotionStatus.CANCELLED, True),
+            (PromotionStatus.FAILED, False),
+            (PromotionStatus.ROLLED_BACK, True),
+        ],
+    )
+    def test_is_terminal(self, status: PromotionStatus, terminal: bool) -> None:
+        assert status.is_terminal is terminal
+
+    def test_terminal_states_have_no_way_out(self) -> None:
+        for status, targets in ALLOWED_TRANSITIONS.items():
+            assert (not targets) == status.is_terminal, status
+        assert set(ALLOWED_TRANSITIONS) == set(PromotionStatus)
+
+
+class TestRequest:
+    def test_first_environment_needs_no_predecessor(self) -> None:
+        promotion, events = request_promotion(
+            promotion_id=UUID(int=1),
+            release=RELEASE,
+            target_environment=DEV,
+            environments=ENVIRONMENTS,
+            release_promotions=[],
+            requested_by="alice",
+            now=T0,
+        )
+        assert promotion.status is PromotionStatus.PENDING_GATE
+        assert (promotion.requested_at, promotion.updated_at, promotion.version) == (T0, T0, 1)
+        assert promotion.source_environment_id is None
+        assert events[0].payload() == {
+            "promotion_id": "00000000-0000-0000-0000-000000000001",
+            "tenant_id": str(TENANT),
+            "release_id": str(RELEASE.id),
+            "environment_id": str(DEV.id),
+            "occurred_at": "2025-04-01T09:00:00Z",
+            "source_environment_id": None,
+            "requested_by": "alice",
+        }
+        assert events[0].name == "promotion.requested"
+
+    def test_environment_settings_are_copied_at_request_time(self) -> None:
+        promotion = request(PROD, history=through(STAGING))
+        assert (promotion.required_approvals, promotion.require_sod) == (2, True)
+        assert (promotion.freeze_behavior, promotion.approval_timeout_s) == (FreezeBehavior.HOLD, 604_800)
+
+    def test_skipping_an_environment_is_an_order_violation_naming_the_missing_env(self) -> None:
+        with pytest.raises(PromotionOrderViolation, match="must be approved or deployed in 'dev' before") as info:
+            request(STAGING)
+        assert (info.value.code, info.value.status) == ("PROM_ORDER_VIOLATION", 422)
+        with pytest.raises(PromotionOrderViolation, match="in 'staging' before it can be promoted to 'prod'"):
+            request(PROD, history=[approved(DEV)])
+
+    @pytest.mark.parametrize("status", [PromotionStatus.APPROVED, PromotionStatus.DEPLOYING, PromotionStatus.DEPLOYED])
+    def test_next_environment_after_reaching_the_previous_one(self, status: PromotionStatus) -> None:
+        previous = approved(DEV)
+        previous.status = status
+        assert request(STAGING, history=[previous]).status is PromotionStatus.PENDING_GATE
+
+    @pytest.mark.parametrize(
+        "status",
+        [
+            PromotionStatus.PENDING_GATE,
+            PromotionStatus.PENDING_APPROVAL,
+            PromotionStatus.REJECTED,
+            PromotionStatus.CANCELLED,
+            PromotionStatus.FAILED,
+            PromotionStatus.ROLLED_BACK,
+        ],
+    )
+    def test_previous_environment_not_reached(self, status: PromotionStatus) -> None:
+        previous = request(DEV)
+        previous.status = status
+        with pytest.raises(PromotionOrderViolation):
+            request(STAGING, history=[previous])
+
+    def test_progress_of_another_release_does_not_count(self) -> None:
+        other = ReleaseSnapshot(id=UUID(int=0x200), tenant_id=TENANT, name="other", status=ReleaseStatus.READY)
+        with pytest.raises(PromotionOrderViolation):
+            request(STAGING, history=[approved(DEV, release=other)])
+
+    def test_named_source_must_be_the_previous_environment(self) -> None:
+        history = through(STAGING)
+        assert request(PROD, history=history, source_environment_id=STAGING.id).source_environment_id == STAGING.id
+        with pytest.raises(
+            SourceEnvironmentMismatch, match="'dev' is not the environment before 'prod'; promote from 'staging'"
+        ):
+            request(PROD, history=history, source_environment_id=DEV.id)
+
+    def test_named_source_not_reached(self) -> None:
+        with pytest.raises(
+            PromotionOrderViolation,
+            match="has not been approved or deployed in 'dev'; promote it to 'dev' before 'staging'",
+        ):
+            request(STAGING, source_environment_id=DEV.id)
+
+    def test_source_for_the_first_environment_is_refused(self) -> None:
+        with pytest.raises(SourceEnvironmentMismatch, match="'dev' is the first environment"):
+            request(DEV, source_environment_id=STAGING.id)
+
+    def test_unknown_source_environment(self) -> None:
+        with pytest.raises(EnvironmentNotFound):
+            request(STAGING, history=[approved(DEV)], source_environment_id=UUID(int=0xDEAD))
+
+    def test_parallel_environments_share_a_stage(self) -> None:
+        qa_eu, qa_us = env("qa-eu", 1), env("qa-us", 1)
+        stages = [DEV, qa_eu, qa_us, PROD]
+        dev_done = approved(DEV, environments=stages)
+        assert request(qa_us, history=[dev_done], environments=stages).status is PromotionStatus.PENDING_GATE
+        with pytest.raises(PromotionOrderViolation, match="'qa-eu' or 'qa-us'"):
+            request(PROD, history=[dev_done], environments=stages)
+        eu_done = approved(qa_eu, history=[dev_done], environments=stages)
+        assert request(PROD, history=[eu_done], environments=stages).status is PromotionStatus.PENDING_GATE
+
+    @pytest.mark.parametrize("status", [ReleaseStatus.DRAFT, ReleaseStatus.DEPRECATED])
+    def test_release_must_be_ready(self, status: ReleaseStatus) -> None:
+        release = ReleaseSnapshot(id=RELEASE.id, tenant_id=TENANT, name="shop", status=status)
+        with pytest.raises(ReleaseNotReady, match=f"release 'shop' is {status.value}") as info:
+            request(DEV, release=release)
+        assert info.value.code == "PROM_RELEASE_NOT_READY"
+
+    def test_already_deployed_release_is_still_promotable(self) -> None:
+        release = ReleaseSnapshot(id=RELEASE.id, tenant_id=TENANT, name="shop", status=ReleaseStatus.DEPLOYED)
+        assert request(DEV, release=release).status is PromotionStatus.PENDING_GATE
+
+    def test_block_covers_its_environment_and_every_later_one(self) -> None:
+        block = ReleaseBlock(
+            release_id=RELEASE.id, environment_id=STAGING.id, reason="CVE-2025-1", blocked_by="sec", blocked_at=T0
+        )
+        history = through(STAGING)
+        with pytest.raises(ReleaseBlocked, match="blocked for 'staging': CVE-2025-1"):
+            request(STAGING, history=[history[0]], blocks=[block])
+        with pytest.raises(ReleaseBlocked, match=r"blocked for 'prod' \(blocked from 'staging' onward\): CVE-2025-1"):
+            request(PROD, history=history, blocks=[block])
+        assert request(DEV, blocks=[block]).status is PromotionStatus.PENDING_GATE
+        other_release = ReleaseBlock(UUID(int=0x999), STAGING.id, "other", "sec", T0)
+        assert request(PROD, history=history, blocks=[other_release]).status is PromotionStatus.PENDING_GATE
+
+    def test_one_unfinished_promotion_per_release_and_environment(self) -> None:
+        first = request(DEV)
+        with pytest.raises(PromotionAlreadyActive) as info:
+            request(DEV, history=[first])
+        assert (info.value.code, info.value.status) == ("PROM_ALREADY_ACTIVE", 409)
+        first.cancel(cancelled_by="alice", reason="typo", now=T0)
+        assert request(DEV, history=[first]).status is PromotionStatus.PENDING_GATE
+
+    def test_target_must_be_one_of_the_tenants_environments(self) -> None:
+        with pytest.raises(EnvironmentNotFound) as info:
+            request(env("ghost", 5))
+        assert (info.value.code, info.value.status) == ("ENV_NOT_FOUND", 404)
+        foreign = ReleaseSnapshot(id=RELEASE.id, tenant_id=OTHER_TENANT, name="x", status=ReleaseStatus.READY)
+        with pytest.raises(InvalidPromotionRequest, match="does not belong"):
+            request(DEV, release=foreign)
+
+    def test_requester_and_clock_are_checked(self) -> None:
+        with pytest.raises(InvalidPromotionRequest):
+            request_promotion(
+                promotion_id=UUID(int=1),
+                release=RELEASE,
+                target_environment=DEV,
+                environments=ENVIRONMENTS,
+                release_promotions=[],
+                requested_by=" ",
+                now=T0,
+            )
+        with pytest.raises(InvalidTimestamp):
+            request(DEV, now=datetime(2025, 4, 1))
+
+
+class TestGateDecision:
+    def test_allow_without_approvals_approves(self) -> None:
+        promotion = request(DEV)
+        later = T0 + timedelta(minutes=1)
+        events = promotion.apply_gate_decision(ALLOW, now=later)
+        assert [type(e) for e in events] == [PromotionApproved]
+        assert events[0].occurred_at == later
+        assert (promotion.status, promotion.approved_at, promotion.updated_at, promotion.version) == (
+            PromotionStatus.APPROVED,
+            later,
+            later,
+            2,
+        )
+        assert promotion.decision == {"result": "allow"}
+
+    def test_allow_with_approvals_needed_waits_for_approvals(self) -> None:
+        promotion = request(PROD, history=through(STAGING))
+        (event,) = promotion.apply_gate_decision(ALLOW, now=T0)
+        assert isinstance(event, PromotionApprovalRequired)
+        assert promotion.status is PromotionStatus.PENDING_APPROVAL
+        assert (event.required_approvals, event.require_sod, event.requested_by) == (2, True, "alice")
+        assert event.deadline == promotion.approval_deadline == T0 + timedelta(days=7)
+
+    def test_allow_with_the_approval_gate_passed_approves_directly(self) -> None:
+        promotion = request(PROD, history=through(STAGING))
+        events = promotion.apply_gate_decision(outcome(DecisionResult.ALLOW, approval_satisfied=True), now=T0)
+        assert [type(e) for e in events] == [PromotionApproved]
+
+    def test_pending_on_approvals_only_moves_to_pending_approval(self) -> None:
+        promotion = request(DEV)
+        pending = outcome(DecisionResult.PENDING, "GATE_APPROVAL_PENDING", approvals_required=3)
+        (event,) = promotion.apply_gate_decision(pending, now=T0)
+        assert isinstance(event, PromotionApprovalRequired)
+        assert event.required_approvals == promotion.required_approvals == 3
+
+    def test_pending_on_a_manual_gate_keeps_waiting(self) -> None:
+        promotion = request(DEV)
+        waiting = outcome(DecisionResult.PENDING, "GATE_MANUAL_PENDING", waiting_on=("manual",))
+        assert promotion.apply_gate_decision(waiting, now=T0) == []
+        assert promotion.status is PromotionStatus.PENDING_GATE
+        assert promotion.reason_codes == ("GATE_MANUAL_PENDING",)
+        assert promotion.status_message == "waiting on gates: manual"
+        assert [type(e) for e in promotion.apply_gate_decision(ALLOW, now=T0)] == [PromotionApproved]
+
+    @pytest.mark.parametrize("reasons", [("GATE_SECURITY_CRITICAL",), ("GATE_PROVIDER_ERROR",)])
+    def test_deny_rejects(self, reasons: tuple[str, ...]) -> None:
+        promotion = request(DEV)
+        (event,) = promotion.apply_gate_decision(outcome(DecisionResult.DENY, *reasons), now=T0)
+        assert isinstance(event, PromotionRejected)
+        assert event.reason_codes == reasons
+        assert (promotion.status, promotion.reason_codes, promotion.finished_at) == (
+            PromotionStatus.REJECTED,
+            reasons,
+            T0,
+        )
+        assert promotion.is_terminal
+
+    def test_freeze_on_a_hold_environment_keeps_the_promotion_waiting_until_next_open(self) -> None:
+        promotion = request(DEV)
+        assert promotion.apply_gate_decision(FROZEN, now=T0) == []
+        assert promotion.status is PromotionStatus.PENDING_GATE
+        assert promotion.next_open == datetime(2025, 4, 7, 6, 0, tzinfo=UTC)
+        assert promotion.reason_codes == ("GATE_FREEZE_ACTIVE",)
+        assert promotion.version == 2
+        promotion.apply_gate_decision(ALLOW, now=T0 + timedelta(days=6))
+        assert (promotion.status, promotion.next_open) == (PromotionStatus.APPROVED, None)
+
+    def test_freeze_on_a_reject_environment_rejects(self) -> None:
+        strict = env("dev", 0, config={"freeze_behavior": "reject"})
+        promotion, _ = request_promotion(
+            promotion_id=UUID(int=9),
+            release=RELEASE,
+            target_environment=strict,
+            environments=[strict],
+            release_promotions=[],
+            requested_by="alice",
+            now=T0,
+        )
+        (event,) = promotion.apply_gate_decision(FROZEN, now=T0)
+        assert isinstance(event, PromotionRejected)
+
+    def test_freeze_that_never_opens_rejects(self) -> None:
+        promotion = request(DEV)
+        forever = outcome(DecisionResult.DENY, "GATE_FREEZE_ACTIVE", time_window_only=True, next_open=None)
+        (event,) = promotion.apply_gate_decision(forever, now=T0)
+        assert isinstance(event, PromotionRejected)
+        assert event.reason_codes == ("GATE_FREEZE_ACTIVE", "PROM_WINDOW_NEVER_OPENS")
+
+    def test_real_decision_records_drive_the_machine(self) -> None:
+        saturday = datetime(2025, 3, 29, 12, tzinfo=UTC)
+        inputs = {
+            "freeze_windows": [
+                {
+                    "id": "weekend",
+                    "kind": "deny",
+                    "rrule": "FREQ=WEEKLY;BYDAY=FR",
+                    "dtstart": "2025-01-03T16:00:00",
+                    "duration": "PT64H",
+                    "timezone": "Europe/Berlin",
+                }
+            ],
+            "gates": [{"type": "freeze-window"}],
+        }
+        promotion = request(DEV, now=saturday)
+        record = decision.decide(inputs, saturday)
+        assert promotion.apply_gate_decision(record.outcome(), now=saturday) == []
+        assert promotion.next_open == datetime(2025, 3, 31, 6, 0, tzinfo=UTC)
+        assert promotion.decision == record.to_dict()
+        reopened = decision.decide(inputs, promotion.next_open)
+        assert [type(e) for e in promotion.apply_gate_decision(reopened.outcome(), now=promotion.next_open)] == [
+            PromotionApproved
+        ]
+
+    def test_only_in_pending_gate(self) -> None:
+        promotion = approved(DEV)
+        with pytest.raises(PromotionNotPending, match="is approved, expected pending_gate") as info:
+            promotion.apply_gate_decision(ALLOW, now=T0)
+        assert (info.value.code, info.value.status) == ("PROM_NOT_PENDING", 409)
+        promotion.cancel(cancelled_by="alice", reason="x", now=T0)
+        with pytest.raises(PromotionAlreadyTerminal):
+            promotion.apply_gate_decision(ALLOW, now=T0)
+
+
+class TestApprovals:
+    def waiting(self) -> Promotion:
+        promotion = request(PROD, history=through(STAGING))
+        promotion.apply_gate_decision(ALLOW, now=T0)
+        return promotion
+
+    def test_enough_grants_approve(self) -> None:
+        promotion = self.waiting()
+        assert promotion.record_approvals(ApprovalSummary(required=2, granted=1, rejected=0), now=T0) == []
+        assert promotion.status is PromotionStatus.PENDING_APPROVAL
+        (event,) = promotion.record_approvals(ApprovalSummary(required=2, granted=2, rejected=0), now=T0)
+        assert isinstance(event, PromotionApproved)
+        assert promotion.approvals_granted_at == T0
+
+    def test_summary_cannot_lower_the_requirement(self) -> None:
+        promotion = self.waiting()
+        assert promotion.record_approvals(ApprovalSummary(required=1, granted=1, rejected=0), now=T0) == []
+
+    def test_any_rejection_rejects(self) -> None:
+        promotion = self.waiting()
+        (event,) = promotion.record_approvals(ApprovalSummary(required=2, granted=5, rejected=1), now=T0)
+        assert isinstance(event, PromotionRejected)
+        assert event.reason_codes == ("PROM_APPROVAL_REJECTED",)
+
+    def test_timeout_rejects_only_after_the_deadline(self) -> None:
+        promotion = self.waiting()
+        with pytest.raises(ApprovalTimeoutNotReached, match="due by 2025-04-08T09:00:00Z"):
+            promotion.expire_approvals(now=T0 + timedelta(days=7) - timedelta(seconds=1))
+        (event,) = promotion.expire_approvals(now=T0 + timedelta(days=7))
+        assert isinstance(event, PromotionRejected)
+        assert event.reason_codes == ("PROM_APPROVAL_TIMEOUT",)
+        assert promotion.status is PromotionStatus.REJECTED
+
+    def test_only_while_waiting_for_approvals(self) -> None:
+        promotion = request(DEV)
+        with pytest.raises(PromotionNotPending):
+            promotion.record_approvals(ApprovalSummary(required=1, granted=1, rejected=0), now=T0)
+        with pytest.raises(PromotionNotPending):
+            promotion.expire_approvals(now=T0)
+
+    @pytest.mark.parametrize("raw", [{"required": -1}, {"granted": 1.5}, {"rejected": True}, {"granted": "2"}])
+    def test_summary_validation(self, raw: dict[str, Any]) -> None:
+        with pytest.raises(InvalidApprovalSummary):
+            ApprovalSummary.from_dict({"required": 1, "granted": 0, "rejected": 0, **raw})
+
+
+class TestDeployment:
+    def test_start_moves_to_deploying(self) -> None:
+        promotion = approved(DEV)
+        (event,) = promotion.start_deployment(ALLOW, deployment_job_id=JOB, environment_promotions=[promotion], now=T0)
+        assert isinstance(event, PromotionStarted)
+        assert event.deployment_job_id == JOB
+        assert (promotion.status, promotion.deployment_job_id) == (PromotionStatus.DEPLOYING, JOB)
+
+    def test_only_one_deploying_per_environment(self) -> None:
+        busy = deploying(DEV)
+        other_release = ReleaseSnapshot(id=UUID(int=0x300), tenant_id=TENANT, name="r2", status=ReleaseStatus.READY)
+        waiting = approved(DEV, release=other_release)
+        with pytest.raises(EnvironmentBusy, match=f"promotion {busy.id} is deploying"):
+            waiting.start_deployment(ALLOW, deployment_job_id=JOB, environment_promotions=[busy, waiting], now=T0)
+        assert waiting.status is PromotionStatus.APPROVED
+
+    def test_fifo_by_approval_time(self) -> None:
+        other_release = ReleaseSnapshot(id=UUID(int=0x301), tenant_id=TENANT, name="r3", status=ReleaseStatus.READY)
+        first = approved(DEV, now=T0)
+        second = approved(DEV, now=T0 + timedelta(minutes=5), release=other_release)
+        with pytest.raises(NotNextInQueue, match=f"promotion {first.id} was approved first"):
+            second.start_deployment(ALLOW, deployment_job_id=JOB, environment_promotions=[first, second], now=T0)
+        first.start_deployment(ALLOW, deployment_job_id=JOB, environment_promotions=[first, second], now=T0)
+
+    def test_recheck_denied_by_a_window_holds_until_it_opens(self) -> None:
+        promotion = approved(DEV)
+        assert promotion.start_deployment(FROZEN, deployment_job_id=JOB, environment_promotions=[], now=T0) == []
+        assert promotion.status is PromotionStatus.PENDING_GATE
+        assert promotion.next_open == FROZEN.next_open
+        assert promotion.deployment_job_id is None
+        # When the window opens the gates run again; the promotion is approved and queues again.
+        promotion.apply_gate_decision(ALLOW, now=FROZEN.next_open)
+        assert (promotion.status, promotion.approved_at) == (PromotionStatus.APPROVED, FROZEN.next_open)
+
+    def test_held_promotion_keeps_its_approvals(self) -> None:
+        promotion = approved(PROD, history=through(STAGING))
+        promotion.start_deployment(FROZEN, deployment_job_id=JOB, environment_promotions=[], now=T0)
+        events = promotion.apply_gate_decision(ALLOW, now=T0 + timedelta(days=6))
+        assert [type(e) for e in events] == [PromotionApproved]
+
+    def test_recheck_denied_on_a_reject_environment_or_for_another_reason_rejects(self) -> None:
+        promotion = approved(DEV)
+        denied = outcome(DecisionResult.DENY, "GATE_PROVIDER_ERROR")
+        (event,) = promotion.start_deployment(denied, deployment_job_id=JOB, environment_promotions=[], now=T0)
+        assert isinstance(event, PromotionRejected)
+
+    def test_recheck_must_be_conclusive(self) -> None:
+        promotion = approved(DEV)
+        with pytest.raises(DecisionInconclusive):
+            promotion.start_deployment(
+                outcome(DecisionResult.PENDING), deployment_job_id=JOB, environment_promotions=[], now=T0
+            )
+
+    def test_start_needs_approved(self) -> None:
+        with pytest.raises(PromotionNotApproved, match="is pending_gate, expected approved"):
+            request(DEV).start_deployment(ALLOW, deployment_job_id=JOB, environment_promotions=[], now=T0)
+
+    def test_success_completes(self) -> None:
+        promotion = deploying(DEV)
+        with pytest.raises(DeploymentJobMismatch):
+            promotion.complete_deployment(deployment_job_id=ROLLBACK_JOB, now=T0)
+        (event,) = promotion.complete_deployment(deployment_job_id=JOB, now=T0)
+        assert isinstance(event, PromotionCompleted)
+        assert (promotion.status, promotion.finished_at, promotion.is_terminal) == (PromotionStatus.DEPLOYED, T0, True)
+        with pytest.raises(PromotionAlreadyTerminal):
+            promotion.complete_deployment(deployment_job_id=JOB, now=T0)
+
+    def test_failure_without_rollback_is_final(self) -> None:
+        promotion = deploying(DEV)
+        (event,) = promotion.fail_deployment(deployment_job_id=JOB, reason="health check failed", now=T0)
+        assert isinstance(event, PromotionFailed)
+        assert (event.reason, event.rollback_job_id) == ("health check failed", None)
+        assert promotion.status is PromotionStatus.FAILED
+        assert promotion.is_terminal
+        with pytest.raises(PromotionAlreadyTerminal):
+            promotion.complete_rollback(rollback_job_id=ROLLBACK_JOB, now=T0)
+
+    def test_failure_with_rollback_then_rolled_back(self) -> None:
+        promotion = deploying(DEV)
+        (failed,) = promotion.fail_deployment(
+            deployment_job_id=JOB, reason="canary breach", rollback_job_id=ROLLBACK_JOB, now=T0
+        )
+        assert isinstance(failed, PromotionFailed)
+        assert failed.rollback_job_id == ROLLBACK_JOB
+        assert not promotion.is_terminal
+        with pytest.raises(DeploymentJobMismatch):
+            promotion.complete_rollback(rollback_job_id=JOB, now=T0)
+        later = T0 + timedelta(minutes=3)
+        (event,) = promotion.complete_rollback(rollback_job_id=ROLLBACK_JOB, now=later)
+        assert isinstance(event, PromotionRolledBack)
+        assert (event.deployment_job_id, event.rollback_job_id) == (JOB, ROLLBACK_JOB)
+        assert (promotion.status, promotion.finished_at, promotion.is_terminal) == (
+            PromotionStatus.ROLLED_BACK,
+            later,
+            True,
+        )
+
+    def test_failed_rollback_leaves_the_promotion_failed_and_final(self) -> None:
+        promotion = deploying(DEV)
+        promotion.fail_deployment(deployment_job_id=JOB, reason="boom", rollback_job_id=ROLLBACK_JOB, now=T0)
+        assert promotion.fail_rollback(rollback_job_id=ROLLBACK_JOB, reason="agent offline", now=T0) == []
+        assert promotion.status is PromotionStatus.FAILED
+        assert promotion.status_message == "rollback failed: agent offline"
+        assert promotion.is_terminal
+
+    def test_job_outcomes_need_deploying(self) -> None:
+        promotion = approved(DEV)
+        with pytest.raises(InvalidTransition):
+            promotion.complete_deployment(deployment_job_id=JOB, now=T0)
+        with pytest.raises(InvalidTransition):
+            promotion.fail_deployment(deployment_job_id=JOB, reason="x", now=T0)
+
+
+class TestCancel:
+    @pytest.mark.parametrize("stage", ["pending_gate", "pending_approval", "approved"])
+    def test_cancel_before_deploying(self, stage: str) -> None:
+        promotion = request(PROD, history=through(STAGING))
+        if stage != "pending_gate":
+            promotion.apply_gate_decision(ALLOW, now=T0)
+        if stage == "approved":
+            promotion.record_approvals(ApprovalSummary(required=2, granted=2, rejected=0), now=T0)
+        assert promotion.status.value == stage
+        (event,) = promotion.cancel(cancelled_by="bob", reason="wrong release", now=T0)
+        assert isinstance(event, PromotionCancelled)
+        assert (event.cancelled_by, event.reason) == ("bob", "wrong release")
+        assert (promotion.status, promotion.cancelled_by) == (PromotionStatus.CANCELLED, "bob")
+
+    def test_cancel_clears_a_hold(self) -> None:
+        promotion = request(DEV)
+        promotion.apply_gate_decision(FROZEN, now=T0)
+        promotion.cancel(cancelled_by="bob", reason="not needed", now=T0)
+        assert promotion.next_open is None
+
+    def test_cannot_cancel_once_deploying(self) -> None:
+        with pytest.raises(CancelNotAllowed, match="only promotions that have not started deploying") as info:
+            deploying(DEV).cancel(cancelled_by="bob", reason="stop", now=T0)
+        assert info.value.status == 409
+
+    def test_cannot_cancel_a_finished_promotion(self) -> None:
+        promotion = request(DEV)
+        promotion.cancel(cancelled_by="bob", reason="x", now=T0)
+        with pytest.raises(PromotionAlreadyTerminal):
+            promotion.cancel(cancelled_by="bob", reason="x", now=T0)
+
+    def test_cancel_needs_a_principal(self) -> None:
+        with pytest.raises(InvalidPromotionRequest):
+            request(DEV).cancel(cancelled_by="", reason="x", now=T0)
+
+
+class TestQueue:
+    def test_first_approved_goes_first(self) -> None:
+        releases = [
+            ReleaseSnapshot(id=UUID(int=0x400 + i), tenant_id=TENANT, name=f"r{i}", status=ReleaseStatus.READY)
+            for i in range(3)
+        ]
+        late = approved(DEV, now=T0 + timedelta(minutes=9), release=releases[0])
+        early = approved(DEV, now=T0 + timedelta(minutes=1), release=releases[1])
+        pending = request(DEV, release=releases[2])
+        elsewhere = approved(STAGING, history=[late], release=releases[0])
+        assert next_to_deploy([late, pending, early, elsewhere], DEV.id) is early
+        assert next_to_deploy([elsewhere], DEV.id) is None
+
+    def test_nothing_starts_while_one_is_deploying(self) -> None:
+        other = ReleaseSnapshot(id=UUID(int=0x450), tenant_id=TENANT, name="x", status=ReleaseStatus.READY)
+        assert next_to_deploy([deploying(DEV), approved(DEV, release=other)], DEV.id) is None
+
+    def test_ties_are_broken_deterministically(self) -> None:
+        a = approved(DEV, release=ReleaseSnapshot(UUID(int=0x460), TENANT, "a", ReleaseStatus.READY))
+        b = approved(DEV, release=ReleaseSnapshot(UUID(int=0x461), TENANT, "b", ReleaseStatus.READY))
+        assert next_to_deploy([b, a], DEV.id) is next_to_deploy([a, b], DEV.id) is a
+
+
+class TestEnvironment:
+    def test_defaults(self) -> None:
+        environment = env("prod", 3)
+        assert environment.display_name == "prod"
+        assert (environment.required_approvals, environment.require_sod) == (0, False)
+        config = environment.config
+        assert (config.deployment_timeout_s, config.approval_timeout_s) == (600, 7 * 24 * 3600)
+        assert config.freeze_behavior is FreezeBehavior.HOLD
+        check = config.health_check
+        assert (check.type, check.timeout_s, check.retries, check.interval_s) == (HealthCheckType.CONTAINER, 30, 3, 10)
+        assert EnvironmentConfig.from_dict(config.to_dict()) == config
+
+    @pytest.mark.parametrize("name", ["prod", "eu-west-1", "a", "x" * 63, "0dev"])
+    def test_valid_names(self, name: str) -> None:
+        assert env(name, 0).name == name
+
+    @pytest.mark.parametrize("name", ["Prod", "-prod", "prod-", "pro_d", "", "x" * 64, "pröd", "prod env"])
+    def test_invalid_names(self, name: str) -> None:
+        with pytest.raises(InvalidEnvironment, match="name: must be 1-63 lower-case") as info:
+            env(name, 0)
+        assert (info.value.code, info.value.status) == ("ENV_VALIDATION_FAILED", 400)
+        assert info.value.errors[0]["loc"] == ["name"]
+
+    @pytest.mark.parametrize(
+        ("kwargs", "loc"),
+        [
+            ({"order": -1}, ["order_index"]),
+            ({"approvals": 51}, ["required_approvals"]),
+            ({"approvals": -1}, ["required_approvals"]),
+            ({"require_sod": "yes"}, ["require_sod"]),
+            ({"display_name": ""}, ["display_name"]),
+            ({"config": {"deployment_timeout_s": 0}}, ["config", "deployment_timeout_s"]),
+            ({"config": {"approval_timeout_s": "1d"}}, ["config", "approval_timeout_s"]),
+            ({"config": {"freeze_behavior": "ignore"}}, ["config", "freeze_behavior"]),
+            ({"config": {"retries": 3}}, ["config", "retries"]),
+            ({"config": {"health_check": {"type": "http"}}}, ["config", "health_check", "port"]),
+            ({"config": {"health_check": {"type": "tcp", "port": 70000}}}, ["config", "health_check", "port"]),
+            ({"config": {"health_check": {"type": "command"}}}, ["config", "health_check", "command"]),
+            ({"config": {"health_check": {"type": "grpc"}}}, ["config", "health_check", "type"]),
+            ({"config": {"health_check": {"retries": -1}}}, ["config", "health_check", "retries"]),
+            ({"config": {"gates": [{"name": "x"}]}}, ["config", "gates", 0, "type"]),
+            ({"config": {"gates": [{"type": "manual"}, {"type": "manual"}]}}, ["config", "gates", 1, "name"]),
+            ({"config": {"gates": "freeze-window"}}, ["config", "gates"]),
+        ],
+    )
+    def test_invalid_fields_are_located(self, kwargs: dict[str, Any], loc: list[Any]) -> None:
+        order = kwargs.pop("order", 0)
+        approvals = kwargs.pop("approvals", 0)
+        with pytest.raises(InvalidEnvironment) as info:
+            env("prod", order, approvals=approvals, **kwargs)
+        assert [e["loc"] for e in info.value.errors] == [loc]
+
+    def test_every_problem_is_reported_at_once(self) -> None:
+        with pytest.raises(InvalidEnvironment) as info:
+            env("Bad Name", -3, approvals=99)
+        assert [e["loc"] for e in info.value.errors] == [["name"], ["order_index"], ["required_approvals"]]
+        assert info.value.detail.startswith("name: must be")
+
+    def test_http_health_check_defaults(self) -> None:
+        config = EnvironmentConfig.from_dict({"health_check": {"type": "http", "port": 8080}})
+        assert (config.health_check.path, config.health_check.port, config.health_check.timeout_s) == ("/", 8080, 30)
+
+    def test_gates_are_normalised(self) -> None:
+        config = EnvironmentConfig.from_dict({"gates": [{"type": "freeze-window"}, {"type": "manual", "name": "qa"}]})
+        assert config.gates == (
+            {"type": "freeze-window", "name": "freeze-window", "config": {}},
+            {"type": "manual", "name": "qa", "config": {}},
+        )
+
+    def test_update_revalidates_and_keeps_identity(self) -> None:
+        environment = env("prod", 2)
+        updated = environment.updated(required_approvals=3, config={"freeze_behavior": "reject"})
+        assert (updated.id, updated.created_at, updated.required_approvals) == (environment.id, T0, 3)
+        assert updated.config.freeze_behavior is FreezeBehavior.REJECT
+        with pytest.raises(InvalidEnvironment):
+            environment.updated(required_approvals=100)
+        with pytest.raises(InvalidEnvironment, match="id cannot change"):
+            environment.updated(id=UUID(int=5))
+        with pytest.raises(InvalidEnvironment, match="unknown fields: colour"):
+            environment.updated(colour="blue")
+
+    def test_to_dict(self) -> None:
+        data = env("prod", 2).to_dict()
+        assert data["created_at"] == "2025-04-01T09:00:00Z"
+        assert data["config"]["deployment_timeout_s"] == 600
+
+
+def _all_errors() -> list[type[DomainError]]:
+    for module in ("freeze", "gates", "policy", "decision"):
+        importlib.import_module(f"stella.promotion.{module}")
+    found: list[type[DomainError]] = []
+    pending: list[type[DomainError]] = [DomainError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+@pytest.mark.parametrize("error", _all_errors(), ids=lambda cls: cls.__name__)
+def test_every_error_has_a_stable_code_and_status(error: type[DomainError]) -> None:
+    assert error.code.split("_")[0] in ("PROM", "ENV", "GATE")
+    assert error.status in (400, 404, 409, 422)
+    assert error.title
+    # Some errors take extra constructor arguments; the base initialiser gives every one a detail.
+    instance = BaseException.__new__(error)
+    DomainError.__init__(instance, "detail")
+    assert instance.to_dict() == {
+        "code": error.code,
+        "status": error.status,
+        "title": error.title,
+        "detail": "detail",
+        "errors": [],
+    }
+
+
+def test_error_codes_are_unique() -> None:
+    codes = [error.code for error in _all_errors()]
+    assert len(codes) == len(set(codes))
+
+
+def test_events_name_the_published_event_types() -> None:
+    names = {
+        cls.name
+        for cls in (
+            PromotionRequested,
+            PromotionApproved,
+            PromotionRejected,
+            PromotionStarted,
+            PromotionCompleted,
+            PromotionFailed,
+            PromotionCancelled,
+            PromotionRolledBack,
+        )
+    }
+    assert names == {
+        f"promotion.{n}"
+        for n in ("requested", "approved", "rejected", "started", "completed", "failed", "cancelled", "rolled_back")
+    }
+
+
+def test_promotion_to_dict_is_plain_json() -> None:
+    promotion = approved(DEV)
+    data = promotion.to_dict()
+    assert data["status"] == "approved"
+    assert data["approved_at"] == "2025-04-01T09:00:00Z"
+    assert data["id"] == str(promotion.id)
