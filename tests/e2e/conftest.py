@@ -19,7 +19,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from stella.contracts.streams import ALL_STREAMS
+from stella.contracts.streams import ALL_STREAMS, health_subject
 from stella.kit.embedded import free_port
 from stella.kit.naming import Names
 
@@ -68,7 +68,7 @@ class Stack:
 
     async def wait_service(self, service: str, nats: Client, timeout: float = 60) -> None:
         """Wait until a headless service answers its health subject."""
-        subject = self.names.subject(f"stella.rpc.{service}.health")
+        subject = self.names.subject(health_subject(service))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with suppress(Exception):

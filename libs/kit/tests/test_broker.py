@@ -168,7 +168,9 @@ async def test_event_consumer_handles_a_redelivered_event_once(start_runtime, na
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
         async def on_added(event: ItemAdded, conn: asyncpg.Connection) -> None:
             seen.append(event.name)
-            await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, "copy-" + event.name)
+            await conn.execute(
+                "INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, "copy-" + event.name
+            )
 
         routes = EventRoutes("kittest", "copies", "stella.evt.kittest.>", lambda: runtime.pool)
         routes.on(ADDED, ItemAdded, on_added)

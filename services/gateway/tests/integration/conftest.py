@@ -198,7 +198,8 @@ async def gateway(gateway_settings: Settings, nats: Client, unique_id: str) -> A
                 await nats.jetstream().delete_stream(names.stream(spec))
 
 
-Handler = Callable[[dict[str, Any]], Awaitable[Reply] | Reply]
+Handler = Callable[[dict[str, Any]], Awaitable[Reply | None] | Reply | None]
+"""Answers a message's payload; None sends no reply (a service that died before replying)."""
 
 
 @dataclass

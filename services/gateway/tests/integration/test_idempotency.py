@@ -10,7 +10,7 @@ import asyncpg
 
 from stella.contracts import release as rel
 from stella.contracts.envelope import Reply
-from stella.contracts.streams import COMMANDS
+from stella.contracts.streams import HEADER_MSG_ID
 from stella.gateway.settings import Settings
 
 from . import views
@@ -210,11 +210,19 @@ async def test_a_retry_after_a_pending_command_gets_its_late_result(
     assert_problem(pending, 503, "SYS_PENDING")
     assert pending.headers["retry-after"] == "1"
 
-    # A retry while the service still works re-sends the same command, which JetStream drops as a duplicate.
+    # A retry while the service still works sends the command again under a new stream id (the same one
+    # would be dropped as a duplicate); it is the same command, which the service answers once.
     still = await gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key)
     assert_problem(still, 503, "SYS_PENDING")
-    stream = await release_service.nats.jetstream().stream_info(gateway.names.stream(COMMANDS))
-    assert stream.state.messages == 1
+    await release_service.wait_for(2)
+    first, second = release_service.received
+    # The same command: only the envelope of the request that sent it differs (its trace id and time).
+    envelope = {"correlation_id", "occurred_at"}
+    assert {k: v for k, v in first.payload.items() if k not in envelope} == {
+        k: v for k, v in second.payload.items() if k not in envelope
+    }
+    assert first.headers[HEADER_MSG_ID] == first.payload["message_id"]
+    assert second.headers[HEADER_MSG_ID].startswith(first.payload["message_id"] + ":")
 
     gate.set()
     conn = await asyncpg.connect(gateway_settings.database_url)
@@ -236,4 +244,32 @@ async def test_a_retry_after_a_pending_command_gets_its_late_result(
     assert "idempotent-replayed" not in done.headers
     replay = await gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key)
     assert (replay.status_code, replay.headers["idempotent-replayed"]) == (201, "true")
-    assert len(release_service.received) == 1
+    assert len(release_service.received) == 2
+
+
+async def test_a_retry_reaches_the_service_when_its_first_reply_was_lost(
+    gateway: Gateway, release_service: StandIn
+) -> None:
+    tenant = await gateway.tenant()
+    assert gateway.runtime.relay is not None
+    gateway.runtime.relay.command_timeout_s = 0.5
+    view = views.component()
+    handled: dict[str, Reply] = {}
+
+    def crash_before_replying_once(payload: dict[str, Any]) -> Reply | None:
+        # Plays a service that committed the command and died before replying, then answers repeats of
+        # the same message_id from its inbox.
+        if payload["message_id"] not in handled:
+            handled[payload["message_id"]] = Reply.success(view)
+            return None
+        return handled[payload["message_id"]]
+
+    release_service.on(rel.CREATE_COMPONENT, crash_before_replying_once)
+    key = _key()
+    lost = await gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key)
+    assert_problem(lost, 503, "SYS_PENDING")
+    retried = await gateway.call("POST", "/api/v1/components", tenant.token, json=COMPONENT, headers=key)
+    assert retried.status_code == 201, retried.text
+    assert retried.json() == view
+    assert len(handled) == 1
+    assert [r.payload["message_id"] for r in release_service.received] == list(handled) * 2

@@ -57,11 +57,14 @@ async def test_health_readiness_and_docs_need_no_token(gateway_settings: Setting
         assert "application/problem+json" in create["responses"]["400"]["content"]
         assert spec["paths"]["/healthz"]["get"]["security"] == [{}]
 
-        docs = await client.get("/api/v1/docs")
+        assert (await client.get("/api/docs/openapi.json")).json() == spec
+
+        docs = await client.get("/api/docs")
         assert docs.status_code == 200
-        assert "/api/v1/docs/assets/swagger-ui-bundle.js" in docs.text
+        assert "/api/docs/assets/swagger-ui-bundle.js" in docs.text
+        # Every script and style is served by the gateway itself: the page works offline.
         assert "https://" not in docs.text.split("spec:")[0]
-        script = await client.get("/api/v1/docs/assets/swagger-ui-bundle.js")
+        script = await client.get("/api/docs/assets/swagger-ui-bundle.js")
         assert script.status_code == 200
         assert "SwaggerUIBundle" in script.text
 
@@ -80,6 +83,7 @@ async def test_readiness_reports_what_is_down(gateway: Gateway) -> None:
 async def test_unknown_paths_and_methods_are_problems(gateway: Gateway) -> None:
     tenant = await gateway.tenant()
     assert_problem(await gateway.call("GET", "/api/v1/nothing-here", tenant.token), 404, "RES_NOT_FOUND")
+    assert_problem(await gateway.call("POST", "/api/v1/nothing-here", tenant.token), 404, "RES_NOT_FOUND")
     not_allowed = await gateway.call("PATCH", "/api/v1/principals", tenant.token)
     assert_problem(not_allowed, 405, "VAL_METHOD_NOT_ALLOWED")
     too_big = await gateway.call(

@@ -17,6 +17,9 @@ CONTEXT: Final[str] = "evidence"
 COLLECT_EVIDENCE: Final[str] = "stella.cmd.evidence.collect_evidence"
 """Workflow step command (``ExecuteStep`` of type ``evidence``): build, sign and store a packet."""
 
+COLLECT_PACKET: Final[str] = "stella.cmd.evidence.collect_packet"
+"""Command :class:`CollectEvidence`: build, sign and store a packet given directly -> :class:`PacketView`."""
+
 GET_PACKET: Final[str] = "stella.rpc.evidence.get_packet"
 """Query :class:`GetPacket` -> :class:`PacketView`."""
 LIST_PACKETS: Final[str] = "stella.rpc.evidence.list_packets"
@@ -26,7 +29,9 @@ VERIFY_PACKET: Final[str] = "stella.rpc.evidence.verify_packet"
 LIST_KEYS: Final[str] = "stella.rpc.evidence.list_keys"
 """Query :class:`ListKeys` -> list of :class:`KeyView`."""
 EXPORT_BUNDLE: Final[str] = "stella.rpc.evidence.export_bundle"
-"""Query :class:`ExportBundle` -> ``{"bundle_b64": ..., "packets": n}``."""
+"""Query :class:`ExportBundle` -> ``{bucket, object, filename, packets, first_sequence, last_sequence, sha256,
+size, created_at, expires_at}``: the bundle itself is stored in a JetStream object store bucket (bundles can
+exceed a NATS message), from which the caller streams it."""
 
 PACKET_CREATED: Final[str] = "stella.evt.evidence.packet_created"
 """Event :class:`PacketCreated`."""

@@ -48,6 +48,8 @@ GET_PROMOTION: Final[str] = "stella.rpc.promotion.get_promotion"
 """Query :class:`GetPromotion` -> :class:`PromotionView`."""
 LIST_PROMOTIONS: Final[str] = "stella.rpc.promotion.list_promotions"
 """Query :class:`ListPromotions` -> page of :class:`PromotionView`."""
+GET_DECISION: Final[str] = "stella.rpc.promotion.get_decision"
+"""Query :class:`GetDecision` -> :class:`DecisionView`: the promotion's latest decision with its inputs."""
 
 ENVIRONMENT_CREATED: Final[str] = "stella.evt.promotion.environment_created"
 """Event :class:`EnvironmentChanged`."""
@@ -115,7 +117,11 @@ class EnvironmentView(Model):
 
 
 class FreezeWindowView(Model):
-    """A freeze window (deny) or deployment window (allow) of an environment."""
+    """A freeze window (deny) or deployment window (allow) of an environment.
+
+    One-off windows have ``start`` and ``end``; recurring ones ``rrule``, ``dtstart`` (the first occurrence
+    as a wall time of ``timezone``, without offset) and ``duration_s``.
+    """
 
     id: UUID
     environment_id: UUID
@@ -124,6 +130,7 @@ class FreezeWindowView(Model):
     end: datetime | None
     rrule: str | None
     duration_s: float | None
+    dtstart: datetime | None = None
     timezone: str
     reason: str
     created_by: UUID | None
@@ -144,7 +151,11 @@ class EnvironmentStateView(Model):
 
 
 class PromotionView(Model):
-    """A promotion with its latest decision record."""
+    """A promotion with its latest decision record.
+
+    ``status_message`` says in words why the promotion is where it is (held until a window opens, waiting
+    for approvals, rejected by...); ``reason_codes`` are the stable codes behind it.
+    """
 
     id: UUID
     release_id: UUID
@@ -162,6 +173,42 @@ class PromotionView(Model):
     workflow_run_id: UUID | None
     next_evaluation_at: datetime | None
     freeze_override: dict[str, Any] | None
+    status_message: str | None = None
+    reason_codes: list[str] = Field(default_factory=list)
+
+
+class ScanResultView(Model):
+    """The latest vulnerability scan verdict recorded for an image digest (the security gate's input)."""
+
+    digest: str
+    critical: int
+    high: int
+    medium: int
+    low: int
+    max_epss: float
+    kev: bool
+    scanner: str
+    scanned_at: datetime
+    recorded_at: datetime
+
+
+class DecisionView(Model):
+    """A promotion's latest decision record with every input it was computed from.
+
+    Running the decision again on ``inputs`` at ``evaluated_at`` gives ``record`` again, byte for byte in
+    canonical JSON; ``record["inputs_hash"]`` is the hash of those inputs and that clock reading.
+
+    Attributes:
+        trigger: What caused the evaluation: ``gates`` (the workflow's gate step), ``hold`` (a held
+            promotion's window opened), ``override`` (a freeze override), ``approvals`` (the approval
+            service decided).
+    """
+
+    promotion_id: UUID
+    trigger: str
+    evaluated_at: datetime
+    inputs: dict[str, Any]
+    record: dict[str, Any]
 
 
 class CreateEnvironment(Command):
@@ -195,13 +242,19 @@ class DeleteEnvironment(Command):
 
 
 class FreezeWindowSpec(Model):
-    """A window as the client gives it: one-off (start, end) or recurring (rrule + duration)."""
+    """A window as the client gives it: one-off (start, end) or recurring (rrule + duration).
+
+    A recurring window starts its first occurrence at ``dtstart``, a wall time of ``timezone`` (an offset, if
+    given, is converted to that zone); ``start`` may stand in for it. Occurrences keep their local wall time
+    across daylight-saving changes.
+    """
 
     kind: str = Field(default="deny", pattern=r"^(deny|allow)$")
     start: AwareDatetime | None = None
     end: AwareDatetime | None = None
     rrule: str | None = Field(default=None, max_length=500)
     duration_s: float | None = Field(default=None, gt=0, le=366 * 24 * 3600)
+    dtstart: datetime | None = None
     timezone: str = Field(default="UTC", max_length=64)
     reason: str = Field(min_length=1, max_length=1000)
     exceptions: list[UUID] = Field(default_factory=list, max_length=100)
@@ -297,6 +350,12 @@ class ListPromotions(Query):
     release_id: UUID | None = None
     environment_id: UUID | None = None
     page: PageRequest = Field(default_factory=PageRequest)
+
+
+class GetDecision(Query):
+    """Read a promotion's latest decision with its inputs."""
+
+    promotion_id: UUID
 
 
 class EnvironmentChanged(Event):

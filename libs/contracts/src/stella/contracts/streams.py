@@ -75,8 +75,11 @@ def rpc_subject(context: str, query: str) -> str:
 
 
 def health_subject(service: str) -> str:
-    """The request/reply subject a headless service answers health checks on."""
-    return f"{RPC_PREFIX}.{service}.health"
+    """The request/reply subject a headless service answers health checks on.
+
+    Health lives under its own ``stella.rpc.health.`` prefix so it never overlaps a context's queries.
+    """
+    return f"{RPC_PREFIX}.health.{service}"
 
 
 HEADER_REPLY_TO: Final[str] = "Stella-Reply-To"

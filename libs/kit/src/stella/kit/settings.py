@@ -12,8 +12,8 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 class ServiceSettings(BaseSettings):
     """Connection and runtime settings every service has.
 
-    The shared connection settings read ``STELLA_DATABASE_URL`` and ``STELLA_NATS_URL`` unless the service's
-    own prefixed variable (e.g. ``STELLA_RELEASE_DATABASE_URL``) is set.
+    The shared connection settings (``STELLA_DATABASE_URL``, ``STELLA_NATS_URL``, ``STELLA_NATS_NAMESPACE``,
+    ``STELLA_LOG_LEVEL``) are the same variables for every service; the other fields take the service's prefix.
     """
 
     model_config = SettingsConfigDict(env_prefix="STELLA_", extra="ignore", frozen=True)

@@ -28,7 +28,9 @@ from stella.evidence.packet import (
 from stella.evidence.statement import PAYLOAD_TYPE, MalformedStatementError, parse_statement
 from stella.kit.errors import BadRequest, NotFound, Unprocessable
 
-UNDECIDED: Final[frozenset[PromotionStatus]] = frozenset({PromotionStatus.PENDING_GATE, PromotionStatus.PENDING_APPROVAL})
+UNDECIDED: Final[frozenset[PromotionStatus]] = frozenset(
+    {PromotionStatus.PENDING_GATE, PromotionStatus.PENDING_APPROVAL}
+)
 """Promotion states whose decision is not made yet: evidence of them would be stale."""
 
 CHECKS: Final[tuple[str, ...]] = ("signature", "statement", "signer", "content_hash", "matches_envelope", "chain_link")
@@ -325,8 +327,7 @@ def verify_stored_packet(
                 _line(
                     packet,
                     "hash_mismatch",
-                    f"signed content_hash {signed.content_hash} does not match the recomputed "
-                    f"{signed_digest or why}",
+                    f"signed content_hash {signed.content_hash} does not match the recomputed {signed_digest or why}",
                 )
             )
     checks["content_hash"] = hash_ok
@@ -346,7 +347,9 @@ def verify_stored_packet(
             checks["chain_link"] = True
         else:
             findings.append(
-                _line(packet, "broken_link", f"the first packet must have previous_hash null, has {packet.previous_hash}")
+                _line(
+                    packet, "broken_link", f"the first packet must have previous_hash null, has {packet.previous_hash}"
+                )
             )
     elif previous is None:
         findings.append(

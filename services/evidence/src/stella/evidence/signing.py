@@ -55,7 +55,7 @@ class KeyFile:
             stella.evidence.keys.KeyFormatError: When the file holds no usable private key.
         """
         if self.path.exists():
-            return self._load()
+            return self.load()
         self._prepare_directory()
         key = generate_key(self.algorithm)
         staged = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.new")
@@ -63,7 +63,7 @@ class KeyFile:
         try:
             os.link(staged, self.path)  # atomic, and fails rather than replace an existing file
         except FileExistsError:
-            return self._load()
+            return self.load()
         finally:
             staged.unlink(missing_ok=True)
         log.info("generated a new evidence signing key", extra={"key_ref": key.key_ref, "path": str(self.path)})
@@ -81,7 +81,13 @@ class KeyFile:
         if not parent.exists():
             parent.mkdir(parents=True, mode=0o700)
 
-    def _load(self) -> SigningKey:
+    def load(self) -> SigningKey:
+        """Load the key from the file (warning when other users may read it).
+
+        Raises:
+            OSError: When the file cannot be read.
+            stella.evidence.keys.KeyFormatError: When it holds no usable private key.
+        """
         mode = self.path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning(
@@ -172,7 +178,7 @@ class ActiveSigner:
         if active == key.key_ref:
             return key
         with contextlib.suppress(OSError, ValueError):
-            key = self.key_file.load_or_create()
+            key = self.key_file.load()
         if active is None or key.key_ref != active:
             raise SignerOutOfDate(
                 f"the active evidence key is {active}, but this process holds {self.key.key_ref} "

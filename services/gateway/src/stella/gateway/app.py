@@ -35,6 +35,7 @@ from stella.gateway.auth import Authenticator, TokenAuthMiddleware
 from stella.gateway.controllers import (
     ComponentController,
     HealthController,
+    OpenAPIController,
     PrincipalController,
     ReleaseController,
     TokenController,
@@ -61,20 +62,19 @@ MIGRATIONS: Final[Path] = Path(__file__).parent / "migrations"
 """The gateway's migration files."""
 
 API_PREFIX: Final[str] = "/api/v1"
-"""Prefix of the public API; the OpenAPI document is ``/api/v1/openapi.json``, the docs ``/api/v1/docs``."""
+"""Prefix of the public API."""
 
-DOCS_ASSETS: Final[str] = f"{API_PREFIX}/docs/assets"
+DOCS_PATH: Final[str] = "/api/docs"
+"""The interactive API docs (Swagger UI); the OpenAPI document is also at ``/api/docs/openapi.json``."""
+
+DOCS_ASSETS: Final[str] = f"{DOCS_PATH}/assets"
 """Where the docs page's scripts and styles are served from (bundled: the page works offline)."""
 
 PURGE_INTERVAL_S: Final[float] = 600.0
 """Seconds between deletions of expired idempotency keys."""
 
 # Paths that need no token: the API description and its docs page (health routes opt out themselves).
-_PUBLIC_PATHS: Final[list[str]] = [
-    rf"^{API_PREFIX}/?$",
-    rf"^{API_PREFIX}/openapi\.(json|yaml|yml)$",
-    rf"^{API_PREFIX}/docs",
-]
+_PUBLIC_PATHS: Final[list[str]] = [rf"^{DOCS_PATH}(/|$)", rf"^{API_PREFIX}/openapi\.json$"]
 
 
 class Overrides(TypedDict, total=False):
@@ -121,6 +121,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
     return Litestar(
         route_handlers=[
             HealthController,
+            OpenAPIController,
             PrincipalController,
             TokenController,
             ComponentController,
@@ -159,10 +160,10 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
             "with a stable code and a trace_id; lists are paged with page_size and page_token; every POST "
             "accepts an Idempotency-Key."
         ),
-        path=API_PREFIX,
+        path=DOCS_PATH,
         render_plugins=[
             SwaggerRenderPlugin(
-                path="/docs",
+                path="/",
                 js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
                 css_url=f"{DOCS_ASSETS}/swagger-ui.css",
                 standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",

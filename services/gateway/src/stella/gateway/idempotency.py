@@ -9,8 +9,12 @@ body answers 422 ``VAL_IDEMPOTENCY_KEY_REUSED``; a repeat while the first reques
 Answers that are not final are not stored: a 5xx (notably 503 ``SYS_PENDING``, a command still queued),
 401, 403, 408 and 429. The next retry runs the request again with the same command ``message_id``, a UUID
 derived from (tenant, method, path, key and the time the key was first used), so the service handles the
-command once and answers a re-sent one from its inbox. A reply that arrives after a request answered
-``SYS_PENDING`` is kept with the key and answers the retry.
+command once and answers a re-sent one from its inbox (see :class:`~stella.gateway.relay.RelayClient` for
+how a retry gets past the stream's duplicate window). A reply that arrives after a request answered
+``SYS_PENDING`` is kept with the key and answers the retry without sending anything.
+
+A request that holds a key for longer than ``idempotency_lock_s`` is taken to have died; a retry may then
+take the key over.
 
 Fields a route names in ``opt["idempotency_redact"]`` are removed from the stored body (a new token's
 value is shown once, never stored).
@@ -187,7 +191,7 @@ class IdempotencyMiddleware:
             if row.state == "in_flight" and row.updated_at > now - policy.lock:
                 raise _in_flight()
             await store.reclaim_key(conn, *scope_key, now)
-            return Claim(row.message_id, row.late_reply)
+            return Claim(row.message_id, retry=True, late_reply=row.late_reply)
 
     async def _run(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 from litestar.params import QueryParameter
 
@@ -41,18 +41,17 @@ class PageParams:
 
 
 def page_params(
-    page_size: int = QueryParameter(
-        default=DEFAULT_PAGE_SIZE,
-        ge=1,
-        le=MAX_PAGE_SIZE,
-        description=f"Items per page, 1 to {MAX_PAGE_SIZE}.",
-    ),
-    page_token: str | None = QueryParameter(
-        default=None,
-        min_length=1,
-        max_length=MAX_PAGE_TOKEN_LENGTH,
-        description="The next_page_token of the previous page; omit for the first page.",
-    ),
+    page_size: Annotated[
+        int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description=f"Items per page, 1 to {MAX_PAGE_SIZE}.")
+    ] = DEFAULT_PAGE_SIZE,
+    page_token: Annotated[
+        str | None,
+        QueryParameter(
+            min_length=1,
+            max_length=MAX_PAGE_TOKEN_LENGTH,
+            description="The next_page_token of the previous page; omit for the first page.",
+        ),
+    ] = None,
 ) -> PageParams:
     """Litestar dependency reading ``page_size`` and ``page_token``; bad values are a 400."""
     return PageParams(size=page_size, token=page_token)

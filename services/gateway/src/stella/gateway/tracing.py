@@ -10,7 +10,9 @@ correlate.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
 from typing import Any, Final
 
@@ -18,6 +20,8 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from stella.kit import logs
+
+log = logging.getLogger(__name__)
 
 TRACE_HEADER: Final[str] = "X-Trace-Id"
 """Response header carrying the request's trace id."""
@@ -71,7 +75,10 @@ def trace_id(scope: Scope) -> uuid.UUID:
 
 
 class TraceMiddleware:
-    """Bind the request's trace id to the log context before anything else runs.
+    """Bind the request's trace id to the log context before anything else runs, and log the request.
+
+    One record per request (``request handled``: method, path, status, milliseconds) carries the trace id
+    and, once authenticated, the tenant, like every other record written while handling it.
 
     Args:
         app: The next ASGI application.
@@ -81,11 +88,37 @@ class TraceMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Set the logging context of this request, then run the rest of the stack."""
-        if scope["type"] == "http":
-            logs.correlation_id.set(str(trace_id(scope)))
-            logs.tenant_id.set(None)
-        await self.app(scope, receive, send)
+        """Set the logging context of this request, run the rest of the stack, log the outcome."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        logs.correlation_id.set(str(trace_id(scope)))
+        logs.tenant_id.set(None)
+        started = time.perf_counter()
+        status = 500
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        except Exception as exc:
+            # Rendered by the application's exception handler further out; its status is the error's own.
+            status = getattr(exc, "status", None) or getattr(exc, "status_code", None) or 500
+            raise
+        finally:
+            log.info(
+                "request handled",
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
 
 
 async def add_trace_header(message: Message, scope: Scope) -> None:

@@ -405,8 +405,13 @@ class HealthCheckType(StrEnum):
 
 _HEALTH_CHECK_KEYS: Final = frozenset({"type", "path", "port", "command", "timeout_s", "retries", "interval_s"})
 _CONFIG_KEYS: Final = frozenset(
-    {"deployment_timeout_s", "approval_timeout_s", "freeze_behavior", "health_check", "gates"}
+    {"deployment_timeout_s", "approval_timeout_s", "freeze_behavior", "health_check", "gates", "variables"}
 )
+_VARIABLE_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+MAX_VARIABLES: Final = 500
+"""Most variables one environment's config may define."""
+MAX_VARIABLE_VALUE_LENGTH: Final = 8192
+"""Longest variable value, in characters."""
 
 
 def _is_int(value: Any) -> bool:
@@ -512,6 +517,8 @@ class EnvironmentConfig:
         health_check: Default health check of the environment's deployments.
         gates: Gate configurations ``{type, name, config}``. Only their shape is checked here; the gate
             registry (``stella.promotion.gates``) validates each type's own settings.
+        variables: Name -> value strings handed to the environment's deployments (plain configuration,
+            never secrets: those are credential references of integrations).
     """
 
     deployment_timeout_s: int = DEFAULT_DEPLOYMENT_TIMEOUT_S
@@ -519,6 +526,7 @@ class EnvironmentConfig:
     freeze_behavior: FreezeBehavior = FreezeBehavior.HOLD
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     gates: tuple[Mapping[str, Any], ...] = ()
+    variables: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> EnvironmentConfig:
@@ -558,6 +566,7 @@ class EnvironmentConfig:
             except InvalidEnvironment as exc:
                 problems.extend(exc.errors)
         gates = _validate_gate_shapes(raw.get("gates", ()), problems)
+        variables = _validate_variables(raw.get("variables", {}), problems)
         if problems:
             raise InvalidEnvironment(_summarise(problems), errors=problems)
         return cls(
@@ -566,6 +575,7 @@ class EnvironmentConfig:
             freeze_behavior=behavior,
             health_check=health_check,
             gates=gates,
+            variables=variables,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -576,6 +586,7 @@ class EnvironmentConfig:
             "freeze_behavior": self.freeze_behavior.value,
             "health_check": self.health_check.to_dict(),
             "gates": [to_json_value(gate) for gate in self.gates],
+            "variables": dict(self.variables),
         }
 
 
@@ -611,6 +622,29 @@ def _validate_gate_shapes(raw: Any, problems: list[dict[str, Any]]) -> tuple[Map
         seen.add((gate_type, name))
         gates.append({"type": gate_type, "name": name, "config": dict(config)})
     return tuple(gates)
+
+
+def _validate_variables(raw: Any, problems: list[dict[str, Any]]) -> dict[str, str]:
+    if not isinstance(raw, Mapping):
+        problems.append({"loc": ["config", "variables"], "msg": "must be an object of name -> string value"})
+        return {}
+    if len(raw) > MAX_VARIABLES:
+        problems.append({"loc": ["config", "variables"], "msg": f"must hold at most {MAX_VARIABLES} variables"})
+        return {}
+    variables: dict[str, str] = {}
+    for name in sorted(raw, key=str):
+        value = raw[name]
+        if not isinstance(name, str) or not _VARIABLE_NAME.match(name):
+            problems.append(
+                {"loc": ["config", "variables", str(name)], "msg": "name must be a letter or '_' then letters, digits, '_', '.', '-'"}
+            )
+        elif not isinstance(value, str) or len(value) > MAX_VARIABLE_VALUE_LENGTH:
+            problems.append(
+                {"loc": ["config", "variables", name], "msg": f"must be a string of at most {MAX_VARIABLE_VALUE_LENGTH} characters"}
+            )
+        else:
+            variables[name] = value
+    return variables
 
 
 def _summarise(problems: Sequence[Mapping[str, Any]]) -> str:

@@ -4,10 +4,11 @@
 every started attempt by who executes it:
 
 * step types in :data:`~stella.contracts.workflow.STEP_SUBJECTS` belong to another context: the attempt is
-  returned as a :class:`Dispatch` (the caller writes its ``ExecuteStep`` to the outbox in the same
-  transaction as the step's ``running`` state; its ``inputs`` are the attempt's resolved inputs
-  ``{"inputs": run inputs, "steps": {upstream node: {status, attempt, outputs}}}``). An ``approval`` attempt is also parked as ``waiting``: it
-  ends on a person's decision, reported later by whoever receives it;
+  returned as a :class:`Dispatch`; the caller writes its ``ExecuteStep`` to the outbox in the same
+  transaction as the step's ``running`` state, with the attempt's resolved inputs
+  ``{"inputs": run inputs, "steps": {upstream node: {status, attempt, outputs}}}``. An ``approval``
+  attempt is also parked as ``waiting``: it ends on a person's decision, reported later by whoever
+  receives it;
 * ``wait`` is a timer executed here: the attempt waits until ``config.seconds`` after its start and the
   scheduler completes it then;
 * every other type (``notify``, ``script``, ``http``, ``deploy``...) has no executor in this installation

@@ -31,7 +31,7 @@ INSERT_BUILTIN_TEMPLATES = """
 """
 # Versions of one tenant's template name are numbered under this lock, so two saves at once get 1 and 2.
 LOCK_TEMPLATE_NAME = (
-    "SELECT pg_advisory_xact_lock(hashtextextended('stella.workflow.template:' || $1::text || ':' || $2, 0))"
+    "SELECT pg_advisory_xact_lock(hashtextextended('stella.workflow.template:' || $1::uuid::text || ':' || $2, 0))"
 )
 NEXT_TEMPLATE_VERSION = "SELECT COALESCE(max(version), 0) + 1 FROM templates WHERE tenant_id = $1 AND name = $2"
 INSERT_TEMPLATE = f"""

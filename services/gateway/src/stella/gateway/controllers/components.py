@@ -6,7 +6,7 @@ changing a component or its versions ``release:update``, deleting ``release:dele
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, post, put
 from litestar.datastructures import ResponseHeader
@@ -76,9 +76,9 @@ class ComponentController(Controller):
         call: NamedDependency[CallContext],
         relay: NamedDependency[Relay],
         page: NamedDependency[PageParams],
-        name_prefix: str | None = QueryParameter(
-            default=None, min_length=1, max_length=63, description="Only names starting so."
-        ),
+        name_prefix: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=63, description="Only names starting so.")
+        ] = None,
     ) -> ComponentPage:
         """List the tenant's components by name."""
         query = call.query(contract.ListComponents, page=page.to_contract(), name_prefix=name_prefix)
@@ -171,9 +171,9 @@ class ComponentController(Controller):
         relay: NamedDependency[Relay],
         page: NamedDependency[PageParams],
         component_id: str = _ID,
-        channel: str | None = QueryParameter(
-            default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", description="Only this channel."
-        ),
+        channel: Annotated[
+            str | None, QueryParameter(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", description="Only this channel.")
+        ] = None,
     ) -> VersionPage:
         """List a component's version map, newest first."""
         query = call.query(

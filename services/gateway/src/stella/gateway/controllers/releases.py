@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from litestar import Controller, Response, get, post, put
@@ -71,11 +71,13 @@ class ReleaseController(Controller):
         call: NamedDependency[CallContext],
         relay: NamedDependency[Relay],
         page: NamedDependency[PageParams],
-        status: ReleaseStatus | None = QueryParameter(default=None, description="Only this status."),
-        name_prefix: str | None = QueryParameter(
-            default=None, min_length=1, max_length=63, description="Only names starting so."
-        ),
-        component_id: UUID | None = QueryParameter(default=None, description="Only releases holding this component."),
+        status: Annotated[ReleaseStatus | None, QueryParameter(description="Only this status.")] = None,
+        name_prefix: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=63, description="Only names starting so.")
+        ] = None,
+        component_id: Annotated[
+            UUID | None, QueryParameter(description="Only releases holding this component.")
+        ] = None,
     ) -> ReleasePage:
         """List the tenant's releases, newest first."""
         query = call.query(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 from uuid import UUID
 
 from litestar import Controller, Response, delete, get, post
@@ -111,7 +112,7 @@ class TokenController(Controller):
         identity: NamedDependency[Identity],
         store: NamedDependency[GatewayStore],
         page: NamedDependency[PageParams],
-        principal_id: UUID | None = QueryParameter(default=None, description="Only this principal's tokens."),
+        principal_id: Annotated[UUID | None, QueryParameter(description="Only this principal's tokens.")] = None,
     ) -> TokenPage:
         """List the tenant's tokens, oldest first, revoked and expired ones included."""
         after = decode_page_token(page.token, _aware_datetime, UUID)

@@ -1,0 +1,340 @@
+"""Use cases of the evidence service: gather -> build, sign, chain, store + outbox, in one transaction.
+
+Reads from other services (the promotion, its approvals) happen before the transaction opens, so no
+connection is held while another service answers. Inside the transaction the tenant's chain is locked, its
+head read, the packet built on it, signed with the active key and appended; the packet, ``packet_created``
+and the workflow's ``CompleteStep`` commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from uuid import UUID, uuid4, uuid5
+
+import asyncpg
+
+from stella.contracts.approval import GET_APPROVALS, ApprovalRequestView, GetApprovals
+from stella.contracts.envelope import Command, Page, Reply
+from stella.contracts.evidence import (
+    PACKET_CREATED,
+    CollectEvidence,
+    ExportBundle,
+    GetPacket,
+    ListKeys,
+    ListPackets,
+    PacketCreated,
+    VerifyPacket,
+)
+from stella.contracts.evidence import PacketType as ContractPacketType
+from stella.contracts.promotion import GET_PROMOTION, GetPromotion, PromotionView
+from stella.contracts.workflow import COMPLETE_STEP, CompleteStep, ExecuteStep, StepStatus
+from stella.evidence import domain, repo
+from stella.evidence.bundle import build_bundle
+from stella.evidence.domain import StoredPacket
+from stella.evidence.exports import ExportStore
+from stella.evidence.keys import PublicKey
+from stella.evidence.packet import (
+    EvidenceContentError,
+    PacketType,
+    SecretInEvidenceError,
+    SignedPacket,
+    build_packet,
+    format_timestamp,
+    sign_packet,
+    validate_content,
+)
+from stella.evidence.signing import ActiveSigner
+from stella.kit.broker import CommandProcessor, PoisonMessage, ServiceClient
+from stella.kit.errors import error_detail
+from stella.kit.outbox import add_events
+from stella.kit.pagination import decode_cursor, encode_cursor
+
+MESSAGE_IDS: Final[UUID] = UUID("0b5f3c52-4a4e-4a8e-9d1e-6a8f2c7e51d3")
+"""Namespace of the deterministic ids of messages this service writes (uuid5 of what caused them)."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Handlers:
+    """The evidence service's command and query handlers."""
+
+    def __init__(
+        self,
+        pool: Callable[[], asyncpg.Pool],
+        commands: CommandProcessor,
+        client: Callable[[], ServiceClient],
+        signer: ActiveSigner,
+        exports: ExportStore,
+        *,
+        dependency_timeout_s: float = 5.0,
+        export_max_packets: int = 100_000,
+        export_max_age_s: float = 3600.0,
+        max_reply_bytes: int = 768 * 1024,
+        clock: Callable[[], datetime] = _utcnow,
+        new_id: Callable[[], UUID] = uuid4,
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self.commands = commands
+        self.signer = signer
+        self.exports = exports
+        self.dependency_timeout_s = dependency_timeout_s
+        self.export_max_packets = export_max_packets
+        self.export_max_age_s = export_max_age_s
+        self.max_reply_bytes = max_reply_bytes
+        self.clock = clock
+        self.new_id = new_id
+
+    # --- commands ---------------------------------------------------------------------------------------
+
+    async def collect_evidence(self, cmd: ExecuteStep) -> Reply:
+        """Execute a workflow ``evidence`` step: the promotion's ``release_decision`` packet.
+
+        A promotion not decided yet, or a promotion or approval service that does not answer, is a fault:
+        the step is redelivered later, and no packet with partial data is ever stored. Content that can never
+        become evidence (it holds a secret, it names no image) is dead-lettered at once.
+        """
+        if (stored := await self.commands.seen(cmd)) is not None:
+            return stored
+        # The workflow nests the run's inputs under "inputs" (beside "steps"); a flat mapping is read as is.
+        raw_inputs = cmd.inputs.get("inputs", cmd.inputs)
+        run_inputs: Mapping[str, Any] = raw_inputs if isinstance(raw_inputs, Mapping) else {}
+        promotion_id = domain.promotion_id_of(run_inputs, cmd.subject_id)
+        if promotion_id is None:
+            raise PoisonMessage(f"evidence step {cmd.idempotency_key} names no promotion_id")
+        promotion = await self._promotion(cmd, promotion_id)
+        if not domain.is_decided(promotion):
+            raise domain.PromotionNotDecided(
+                f"promotion {promotion_id} is {promotion.status}; its evidence waits for the decision"
+            )
+        approvals = await self._approvals(cmd, promotion_id) if domain.needs_approvals(run_inputs, promotion) else None
+        content = domain.release_decision_content(
+            promotion, approvals, workflow_run_id=cmd.run_id, node_id=cmd.node_id, attempt=cmd.attempt
+        )
+        try:
+            validate_content(content)
+        except EvidenceContentError as exc:
+            # Built from stored facts: the same message would fail the same way on every delivery.
+            raise PoisonMessage(f"evidence of promotion {promotion_id}: {exc}") from None
+
+        async def execute(conn: asyncpg.Connection) -> object:
+            stored, created = await self._append(
+                conn, cmd, PacketType.RELEASE_DECISION, promotion_id, content, f"step:{cmd.idempotency_key}"
+            )
+            outputs = {"packet_id": str(stored.packet.id), "content_hash": stored.packet.content_hash}
+            if created:
+                complete = cmd.caused(
+                    CompleteStep,
+                    message_id=uuid5(MESSAGE_IDS, f"complete_step:{cmd.tenant_id}:{cmd.idempotency_key}"),
+                    run_id=cmd.run_id,
+                    node_id=cmd.node_id,
+                    attempt=cmd.attempt,
+                    status=StepStatus.SUCCEEDED,
+                    outputs=outputs,
+                    logs=f"release_decision packet {stored.packet.sequence} signed by {stored.packet.signer_key_ref}",
+                )
+                await add_events(conn, [(PACKET_CREATED, self._created(cmd, stored)), (COMPLETE_STEP, complete)])
+            return {**outputs, "sequence": stored.packet.sequence}
+
+        return await self.commands.run(cmd, execute)
+
+    async def collect(self, cmd: CollectEvidence) -> Reply:
+        """Sign and store a packet whose content the caller gives (deployment, rollback, drift evidence)."""
+        if (stored := await self.commands.seen(cmd)) is not None:
+            return stored
+        try:
+            validate_content(cmd.content)
+        except SecretInEvidenceError as exc:
+            raise PoisonMessage(str(exc)) from None
+        except EvidenceContentError as exc:
+            return Reply.failure(error_detail(domain.InvalidEvidenceContent(str(exc))))
+
+        async def execute(conn: asyncpg.Connection) -> object:
+            stored, created = await self._append(
+                conn,
+                cmd,
+                PacketType(str(cmd.packet_type)),
+                cmd.promotion_id,
+                cmd.content,
+                f"command:{cmd.message_id}",
+            )
+            if created:
+                await add_events(conn, [(PACKET_CREATED, self._created(cmd, stored))])
+            return stored.view().model_dump(mode="json")
+
+        return await self.commands.run(cmd, execute)
+
+    async def _append(
+        self,
+        conn: asyncpg.Connection,
+        cmd: Command,
+        packet_type: PacketType,
+        promotion_id: UUID | None,
+        content: Mapping[str, Any],
+        source_key: str,
+    ) -> tuple[StoredPacket, bool]:
+        """Append a packet to the tenant's chain unless ``source_key`` already made one.
+
+        Returns:
+            The packet, and whether this call created it.
+        """
+        await repo.lock_chain(conn, cmd.tenant_id)
+        existing = await repo.packet_by_source(conn, cmd.tenant_id, source_key)
+        if existing is not None:
+            return existing, False
+        signer = await self.signer.current(conn)
+        head, last_created_at = await repo.chain_head(conn, cmd.tenant_id)
+        now = self.clock()
+        # Creation times never go backwards along a chain (even across replicas whose clocks differ), so a
+        # time range always selects a contiguous run of sequences and an export has no holes.
+        created_at = max(now, last_created_at) if last_created_at is not None else now
+        packet = build_packet(
+            packet_id=self.new_id(),
+            tenant_id=cmd.tenant_id,
+            packet_type=packet_type,
+            content=content,
+            head=head,
+            created_at=created_at,
+            signer_key_ref=signer.key_ref,
+            promotion_id=promotion_id,
+        )
+        stored = await repo.insert_packet(conn, packet, sign_packet(packet, signer), source_key)
+        return stored, True
+
+    @staticmethod
+    def _created(cmd: Command, stored: StoredPacket) -> PacketCreated:
+        packet = stored.packet
+        return cmd.caused(
+            PacketCreated,
+            message_id=uuid5(MESSAGE_IDS, f"packet_created:{packet.id}"),
+            packet_id=packet.id,
+            packet_type=ContractPacketType(str(packet.packet_type)),
+            promotion_id=packet.promotion_id,
+            sequence=packet.sequence,
+            content_hash=packet.content_hash,
+        )
+
+    async def _promotion(self, cmd: ExecuteStep, promotion_id: UUID) -> PromotionView:
+        reply = await self._client().query(
+            GET_PROMOTION, cmd.caused(GetPromotion, promotion_id=promotion_id), timeout=self.dependency_timeout_s
+        )
+        if reply.ok:
+            return PromotionView.model_validate(reply.data)
+        assert reply.error is not None
+        if reply.error.status >= 500:
+            raise domain.DependencyUnavailable(f"promotion service: {reply.error.code}: {reply.error.detail}")
+        raise PoisonMessage(f"promotion {promotion_id}: {reply.error.code}: {reply.error.detail}")
+
+    async def _approvals(self, cmd: ExecuteStep, promotion_id: UUID) -> ApprovalRequestView | None:
+        reply = await self._client().query(
+            GET_APPROVALS, cmd.caused(GetApprovals, promotion_id=promotion_id), timeout=self.dependency_timeout_s
+        )
+        if reply.ok:
+            return ApprovalRequestView.model_validate(reply.data)
+        assert reply.error is not None
+        if reply.error.status == 404:
+            return None  # no approval request was ever opened (the gates denied first)
+        if reply.error.status >= 500:
+            raise domain.DependencyUnavailable(f"approval service: {reply.error.code}: {reply.error.detail}")
+        raise PoisonMessage(f"approvals of promotion {promotion_id}: {reply.error.code}: {reply.error.detail}")
+
+    # --- queries ----------------------------------------------------------------------------------------
+
+    async def get_packet(self, q: GetPacket) -> Reply:
+        """One packet: its fields, decoded content and envelope."""
+        async with self._pool().acquire() as conn:
+            stored = await repo.get_packet(conn, q.tenant_id, q.packet_id)
+        if stored is None:
+            raise domain.PacketNotFound(f"evidence packet {q.packet_id} does not exist")
+        return Reply.success(stored.view().model_dump(mode="json"))
+
+    async def list_packets(self, q: ListPackets) -> Reply:
+        """A page of packets in chain order; a page also ends before its JSON outgrows one NATS message."""
+        cursor = decode_cursor(q.page.page_token, int)
+        size = q.page.page_size
+        async with self._pool().acquire() as conn:
+            rows = await repo.list_packets(
+                conn,
+                q.tenant_id,
+                q.promotion_id,
+                q.packet_type.value if q.packet_type else None,
+                cursor[0] if cursor else None,
+                size + 1,
+            )
+        items: list[dict[str, Any]] = []
+        used = 0
+        for stored in rows[:size]:
+            item = stored.view().model_dump(mode="json")
+            cost = len(json.dumps(item, separators=(",", ":")))
+            if items and used + cost > self.max_reply_bytes:
+                break
+            items.append(item)
+            used += cost
+        token = encode_cursor(items[-1]["sequence"]) if items and len(items) < len(rows) else None
+        return Reply.success(Page(items=items, next_page_token=token).model_dump())
+
+    async def verify_packet(self, q: VerifyPacket) -> Reply:
+        """Verify a stored packet: signature with the stored keys, recomputed hash, link to its predecessor."""
+        async with self._pool().acquire() as conn:
+            stored = await repo.get_packet(conn, q.tenant_id, q.packet_id)
+            if stored is None:
+                raise domain.PacketNotFound(f"evidence packet {q.packet_id} does not exist")
+            sequence = stored.packet.sequence
+            previous = await repo.get_packet_at(conn, q.tenant_id, sequence - 1) if sequence > 1 else None
+            keyring = await repo.keyring(conn)
+        return Reply.success(domain.verify_stored_packet(stored, previous, keyring).model_dump(mode="json"))
+
+    async def list_keys(self, q: ListKeys) -> Reply:
+        """Every public key that ever signed evidence, the active one and the retired ones."""
+        async with self._pool().acquire() as conn:
+            keys = await repo.list_keys(conn)
+        return Reply.success([k.model_dump(mode="json") for k in keys])
+
+    async def export_bundle(self, q: ExportBundle) -> Reply:
+        """Build the bundle of the tenant's packets created in ``[created_from, created_to)``.
+
+        The bundle goes to the export object store; the reply names it (see :meth:`ExportStore.put`):
+        ``{bucket, object, filename, packets, first_sequence, last_sequence, sha256, size, created_at,
+        expires_at}``.
+        """
+        if q.created_from is not None and q.created_to is not None and q.created_to <= q.created_from:
+            raise domain.InvalidExportRange("created_to must be after created_from")
+        async with self._pool().acquire() as conn:
+            rows = await repo.export_packets(
+                conn, q.tenant_id, q.created_from, q.created_to, self.export_max_packets + 1
+            )
+            # Keys after packets: a key is never removed, so every signer of these packets is among them.
+            keys = await repo.list_keys(conn)
+        if len(rows) > self.export_max_packets:
+            raise domain.ExportTooLarge(
+                f"the range holds more than {self.export_max_packets} packets; export a shorter range"
+            )
+        now = self.clock()
+        signed = [SignedPacket(packet=s.packet, envelope=s.envelope) for s in rows]
+        public_keys = [PublicKey.from_pem(k.public_key_pem.encode()) for k in keys]
+        # Building compresses everything: off the event loop, so other messages keep flowing meanwhile.
+        data = await asyncio.to_thread(build_bundle, signed, public_keys, tenant_id=q.tenant_id, created_at=now)
+        stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        name = f"{q.tenant_id}/{self.new_id()}.tar.gz"
+        await self.exports.put(name, data)
+        return Reply.success(
+            {
+                "bucket": self.exports.bucket,
+                "object": name,
+                "filename": f"evidence-{q.tenant_id}-{stamp}.tar.gz",
+                "packets": len(rows),
+                "first_sequence": rows[0].packet.sequence if rows else None,
+                "last_sequence": rows[-1].packet.sequence if rows else None,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "created_at": format_timestamp(now),
+                "expires_at": format_timestamp(now + timedelta(seconds=self.export_max_age_s)),
+            }
+        )

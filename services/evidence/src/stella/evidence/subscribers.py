@@ -1,0 +1,29 @@
+"""Evidence service routes: message -> handler call. No logic here."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsRouter
+
+from stella.contracts import evidence as c
+from stella.contracts.workflow import ExecuteStep
+from stella.evidence.handlers import Handlers
+from stella.kit.broker import CommandRoutes, QueryRoutes
+from stella.kit.service import ServiceRuntime
+
+"""Command :class:`~stella.contracts.evidence.CollectEvidence`: sign and store a packet given directly."""
+
+
+def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) -> None:
+    """Attach the evidence commands and queries to ``router``."""
+    commands = CommandRoutes(c.CONTEXT, runtime.name)
+    commands.on(c.COLLECT_EVIDENCE, ExecuteStep, handlers.collect_evidence)
+    commands.on(c.COLLECT_PACKET, c.CollectEvidence, handlers.collect)
+    commands.attach(router, runtime)
+
+    queries = QueryRoutes(c.CONTEXT, runtime.name)
+    queries.on(c.GET_PACKET, c.GetPacket, handlers.get_packet)
+    queries.on(c.LIST_PACKETS, c.ListPackets, handlers.list_packets)
+    queries.on(c.VERIFY_PACKET, c.VerifyPacket, handlers.verify_packet)
+    queries.on(c.LIST_KEYS, c.ListKeys, handlers.list_keys)
+    queries.on(c.EXPORT_BUNDLE, c.ExportBundle, handlers.export_bundle)
+    queries.attach(router, runtime)

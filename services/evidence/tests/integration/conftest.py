@@ -1,0 +1,356 @@
+"""An evidence service running in-process on real Postgres and NATS, with stand-ins for its upstream services.
+
+The promotion and approval services answer ``get_promotion`` / ``get_approvals``; here an :class:`Upstream`
+answers those subjects on real NATS with valid contract payloads, and can be switched silent or off to play
+a service that hangs or is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest_asyncio
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError
+
+from stella.contracts.approval import GET_APPROVALS, ApprovalRequestView, ApprovalStatus, VoteAction, VoteView
+from stella.contracts.envelope import Command, ErrorDetail, Query, Reply
+from stella.contracts.promotion import GET_PROMOTION, PromotionStatus, PromotionView
+from stella.contracts.streams import ALL_STREAMS, HEADER_MSG_ID, HEADER_REPLY_TO
+from stella.contracts.workflow import ExecuteStep
+from stella.evidence.app import MIGRATIONS, EvidenceApp, create_app
+from stella.evidence.exports import bucket_name
+from stella.evidence.settings import Settings
+from stella.kit.broker import ServiceClient
+from stella.kit.naming import Names
+
+T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+
+
+def digest(seed: str) -> str:
+    """A well-formed sha256 digest derived from ``seed``."""
+    return "sha256:" + hashlib.sha256(seed.encode()).hexdigest()
+
+
+def promotion_view(
+    promotion_id: uuid.UUID,
+    *,
+    status: PromotionStatus = PromotionStatus.APPROVED,
+    approvers: list[uuid.UUID] | None = None,
+    result: str = "allow",
+    gate_details: dict[str, Any] | None = None,
+    run_id: uuid.UUID | None = None,
+) -> PromotionView:
+    """A promotion as the promotion service reports it, with a release of two images and a decision record."""
+    approvers = approvers or []
+    decided = status not in (PromotionStatus.PENDING_GATE, PromotionStatus.PENDING_APPROVAL)
+    record = {
+        "result": result,
+        "gates": [
+            {
+                "type": "freeze-window",
+                "name": "freeze",
+                "status": "pass" if result == "allow" else "fail",
+                "message": "no freeze window is active",
+                "details": gate_details or {"windows_checked": 2},
+                "reason_codes": [] if result == "allow" else ["GATE_FREEZE_ACTIVE"],
+            }
+        ],
+        "reasons": [] if result == "allow" else ["GATE_FREEZE_ACTIVE"],
+        "approvals": [
+            {"approver": str(a), "action": "approved", "at": "2026-03-02T10:00:00Z", "comment": f"ok from {i}"}
+            for i, a in enumerate(approvers)
+        ],
+        "policy_digest": None,
+        "inputs_hash": digest(f"inputs-{promotion_id}"),
+        "evaluated_at": "2026-03-02T10:00:01Z",
+    }
+    return PromotionView(
+        id=promotion_id,
+        release_id=uuid.uuid5(promotion_id, "release"),
+        release_name="shop-2026.3",
+        release_components=[
+            {
+                "component_id": str(uuid.uuid5(promotion_id, name)),
+                "name": name,
+                "image_repository": f"registry.example.com/shop/{name}",
+                "digest": digest(f"{promotion_id}-{name}"),
+                "tag": "1.4.0",
+                "semver": "1.4.0",
+            }
+            for name in ("web", "api")
+        ],
+        source_environment_id=None,
+        target_environment_id=uuid.uuid5(promotion_id, "prod"),
+        target_environment_name="prod",
+        status=status,
+        reason="quarterly release",
+        requested_by=uuid.uuid5(promotion_id, "requester"),
+        requested_at=T0,
+        updated_at=T0 + timedelta(hours=1),
+        decision_record=record if decided else None,
+        workflow_run_id=run_id,
+        next_evaluation_at=None,
+        freeze_override=None,
+    )
+
+
+def approval_view(promotion_id: uuid.UUID, approvers: list[uuid.UUID]) -> ApprovalRequestView:
+    """A granted approval request with one vote per approver."""
+    return ApprovalRequestView(
+        promotion_id=promotion_id,
+        environment_id=uuid.uuid5(promotion_id, "prod"),
+        requester_id=uuid.uuid5(promotion_id, "requester"),
+        required=len(approvers),
+        require_sod=True,
+        approver_groups=["release-managers"],
+        status=ApprovalStatus.GRANTED,
+        requested_at=T0 + timedelta(minutes=5),
+        expires_at=T0 + timedelta(days=7),
+        decided_at=T0 + timedelta(minutes=30),
+        votes=[
+            VoteView(
+                approver_id=a,
+                action=VoteAction.APPROVED,
+                comment=f"reviewed the diff ({i})",
+                at=T0 + timedelta(minutes=10 + i),
+            )
+            for i, a in enumerate(approvers)
+        ],
+    )
+
+
+def execute_step(
+    tenant_id: uuid.UUID,
+    promotion_id: uuid.UUID,
+    *,
+    run_id: uuid.UUID | None = None,
+    attempt: int = 1,
+    required_approvals: int = 2,
+    message_id: uuid.UUID | None = None,
+) -> ExecuteStep:
+    """The ``ExecuteStep`` the workflow sends for the evidence step of a promotion's run."""
+    run_id = run_id or uuid.uuid4()
+    return ExecuteStep(
+        message_id=message_id or uuid.uuid5(run_id, f"evidence:{attempt}"),
+        tenant_id=tenant_id,
+        correlation_id=uuid.uuid4(),
+        run_id=run_id,
+        node_id="evidence",
+        attempt=attempt,
+        step_type="evidence",
+        config={},
+        inputs={
+            "inputs": {
+                "promotion_id": str(promotion_id),
+                "release_id": str(uuid.uuid5(promotion_id, "release")),
+                "environment_id": str(uuid.uuid5(promotion_id, "prod")),
+                "requested_by": str(uuid.uuid5(promotion_id, "requester")),
+                "approval_required": required_approvals > 0,
+                "required_approvals": required_approvals,
+                "require_sod": True,
+                "approver_groups": ["release-managers"],
+            },
+            "steps": {"gates": {"result": "allow"}},
+        },
+        subject_id=promotion_id,
+    )
+
+
+def packet_content(index: int, *, padding: int = 0) -> dict[str, Any]:
+    """Content of a ``deployment`` packet; ``padding`` adds that many hard-to-compress gate results."""
+    return {
+        "release": {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_OID, f"release-{index}")),
+            "name": f"shop-{index}",
+            "components": [
+                {
+                    "name": "api",
+                    "digest": digest(f"api-{index}"),
+                    "semver": "2.0.0",
+                    "tag": "2.0.0",
+                    "image_repository": "registry.example.com/shop/api",
+                }
+            ],
+        },
+        "environment": {"id": "prod", "name": "prod", "targets": ["host-a"]},
+        "execution": {
+            "deployment_job_id": f"job-{index}",
+            "artifacts": [
+                {"type": "log", "name": f"check-{i}", "content_hash": digest(f"{index}-{i}")} for i in range(padding)
+            ],
+        },
+    }
+
+
+@dataclass
+class Upstream:
+    """Stand-ins for the promotion and approval services' queries on real NATS.
+
+    ``promotions[id]`` lists successive answers (the last one repeats); a promotion or approval request that
+    is not known answers 404. A subject in ``silent`` receives requests but never answers (a hung service);
+    :meth:`stop` removes the subscriptions (a service that is down).
+    """
+
+    nc: Client
+    names: Names
+    promotions: dict[uuid.UUID, list[PromotionView]] = field(default_factory=dict)
+    approvals: dict[uuid.UUID, ApprovalRequestView] = field(default_factory=dict)
+    calls: dict[str, list[uuid.UUID]] = field(default_factory=lambda: {GET_PROMOTION: [], GET_APPROVALS: []})
+    silent: set[str] = field(default_factory=set)
+    _subs: list[Subscription] = field(default_factory=list)
+
+    async def start(self, *subjects: str) -> None:
+        """Answer ``subjects`` (both queries when none are named)."""
+        for subject in subjects or (GET_PROMOTION, GET_APPROVALS):
+            self._subs.append(await self.nc.subscribe(self.names.subject(subject), cb=self._answer))
+        await self.nc.flush()
+
+    async def stop(self) -> None:
+        """Stop answering anything."""
+        while self._subs:
+            await self._subs.pop().unsubscribe()
+        await self.nc.flush()
+
+    async def _answer(self, msg: Msg) -> None:
+        subject = self.names.local(msg.subject)
+        promotion_id = uuid.UUID(json.loads(msg.data)["promotion_id"])
+        self.calls[subject].append(promotion_id)
+        if subject in self.silent:
+            return
+        answer: Any = None
+        if subject == GET_PROMOTION and promotion_id in self.promotions:
+            answers = self.promotions[promotion_id]
+            answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        elif subject == GET_APPROVALS:
+            answer = self.approvals.get(promotion_id)
+        if answer is None:
+            reply = Reply.failure(ErrorDetail(code="RES_NOT_FOUND", status=404, title="not found", detail="no such"))
+        else:
+            reply = Reply.success(answer.model_dump(mode="json"))
+        await msg.respond(reply.model_dump_json().encode())
+
+    def count(self, subject: str) -> int:
+        """How many requests arrived on ``subject``."""
+        return len(self.calls[subject])
+
+
+@dataclass
+class Caller:
+    """Talks to the evidence service as one tenant, as other services and the gateway do."""
+
+    client: ServiceClient
+    nc: Client
+    tenant_id: uuid.UUID
+
+    async def command(self, subject: str, model: type[Command], **fields: Any) -> Reply:
+        return await self.client.command(
+            subject, model(tenant_id=self.tenant_id, correlation_id=uuid.uuid4(), **fields)
+        )
+
+    async def query(self, subject: str, model: type[Query], **fields: Any) -> Reply:
+        return await self.client.query(
+            subject, model(tenant_id=self.tenant_id, correlation_id=uuid.uuid4(), **fields), timeout=30
+        )
+
+    async def redeliver(self, subject: str, command: Command, timeout: float = 15.0) -> Reply:
+        """Deliver ``command`` again past the stream's duplicate window, as JetStream does after a lost ack."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, max_msgs=1)
+        try:
+            await self.nc.jetstream().publish(
+                self.client.names.subject(subject),
+                command.model_dump_json().encode(),
+                headers={HEADER_MSG_ID: f"redelivery-{uuid.uuid4()}", HEADER_REPLY_TO: inbox},
+            )
+            msg = await sub.next_msg(timeout=timeout)
+        finally:
+            with suppress(Exception):
+                await sub.unsubscribe()
+        return Reply.model_validate_json(msg.data)
+
+    def other_tenant(self) -> Caller:
+        return Caller(self.client, self.nc, uuid.uuid4())
+
+
+@pytest_asyncio.fixture
+async def evidence_settings(make_database, nats_url: str, unique_id: str, tmp_path: Path) -> Settings:
+    dsn = await make_database([("evidence", MIGRATIONS)])
+    return Settings(
+        database_url=dsn,
+        nats_url=nats_url,
+        nats_namespace=f"t{unique_id}",
+        key_dir=tmp_path / "keys",
+        max_deliver=20,
+        redelivery_backoff_s=0.05,
+        ack_wait_s=10,
+        outbox_poll_s=0.2,
+        dependency_timeout_s=0.5,
+        db_pool_size=10,
+    )
+
+
+@pytest_asyncio.fixture
+async def evidence_app(evidence_settings: Settings, nats: Client) -> AsyncIterator[EvidenceApp]:
+    app = create_app(evidence_settings)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+        names = Names(evidence_settings.nats_namespace)
+        js = nats.jetstream()
+        for spec in ALL_STREAMS:
+            with suppress(NotFoundError):
+                await js.delete_stream(names.stream(spec))
+        with suppress(NotFoundError):
+            await js.delete_object_store(bucket_name(names))
+
+
+@pytest_asyncio.fixture
+async def upstream(evidence_app: EvidenceApp, nats: Client) -> AsyncIterator[Upstream]:
+    stand_in = Upstream(nats, evidence_app.runtime.names)
+    yield stand_in
+    await stand_in.stop()
+
+
+@pytest_asyncio.fixture
+async def caller(evidence_app: EvidenceApp, nats: Client) -> AsyncIterator[Caller]:
+    client = ServiceClient(nats, nats.jetstream(), names=evidence_app.runtime.names)
+    await client.start()
+    yield Caller(client, nats, uuid.uuid4())
+    await client.stop()
+
+
+@pytest_asyncio.fixture
+async def superuser(evidence_settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A separate superuser connection to the evidence schema, for tampering the way an attacker would."""
+    conn = await asyncpg.connect(evidence_settings.database_url, server_settings={"search_path": "evidence"})
+    yield conn
+    await conn.close()
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 15.0) -> None:
+    """Wait until ``predicate()`` (plain or awaitable) holds: for effects no message announces, such as a
+    retry counted in a metric or an outbox row marked published."""
+    async with asyncio.timeout(timeout):
+        while True:
+            outcome = predicate()
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if outcome:
+                return
+            await asyncio.sleep(0.05)

@@ -1,0 +1,102 @@
+"""The signing key file and the process's active signer (no database: its one query is answered in-test)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from stella.evidence import signing
+from stella.evidence.domain import SignerOutOfDate
+from stella.evidence.keys import KeyAlgorithm, generate_key, save_private_key
+from stella.evidence.settings import KEY_FILE_NAME, Settings
+from stella.evidence.signing import ActiveSigner, KeyFile
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_key_is_generated_once_private_to_its_owner_and_kept(tmp_path: Path) -> None:
+    key_file = KeyFile(tmp_path / "keys" / "signing.pem", KeyAlgorithm.ECDSA_P256)
+    first = key_file.load_or_create()
+    assert first.algorithm is KeyAlgorithm.ECDSA_P256
+    assert _mode(key_file.path) == 0o600 and _mode(key_file.path.parent) == 0o700
+    assert key_file.load_or_create().key_ref == first.key_ref
+    assert [p.name for p in key_file.path.parent.iterdir()] == ["signing.pem"]
+
+
+def test_an_existing_key_is_used_whatever_algorithm_new_keys_get(tmp_path: Path) -> None:
+    existing = generate_key(KeyAlgorithm.ECDSA_P256)
+    save_private_key(existing, tmp_path / "k.pem")
+    assert KeyFile(tmp_path / "k.pem", KeyAlgorithm.ED25519).load_or_create().key_ref == existing.key_ref
+
+
+def test_two_processes_creating_the_key_at_once_end_up_with_one_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "k.pem"
+    winner = generate_key()
+    real_generate = signing.generate_key
+
+    def generate_while_another_process_wins(algorithm):  # the other process saves its key meanwhile
+        save_private_key(winner, path)
+        return real_generate(algorithm)
+
+    monkeypatch.setattr(signing, "generate_key", generate_while_another_process_wins)
+    assert KeyFile(path).load_or_create().key_ref == winner.key_ref
+    assert [p.name for p in tmp_path.iterdir()] == ["k.pem"]
+
+
+def test_replacing_destroys_the_old_private_key(tmp_path: Path) -> None:
+    key_file = KeyFile(tmp_path / "k.pem", KeyAlgorithm.ED25519)
+    old = key_file.load_or_create()
+    new = key_file.replace()
+    assert new.key_ref != old.key_ref
+    assert key_file.load().key_ref == new.key_ref and _mode(key_file.path) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["k.pem"]
+
+
+class _Database:
+    """Answers the one query :meth:`ActiveSigner.current` makes: the active key's reference."""
+
+    def __init__(self, active: str | None) -> None:
+        self.active = active
+
+    async def fetchval(self, sql: str, *args: object) -> str | None:
+        assert "WHERE active" in sql
+        return self.active
+
+
+async def test_the_signer_follows_a_rotation_made_by_another_process(tmp_path: Path) -> None:
+    key_file = KeyFile(tmp_path / "k.pem")
+    signer = ActiveSigner(key_file)
+    signer._key = key_file.load_or_create()
+    old = signer.key
+    db = _Database(old.key_ref)
+    assert (await signer.current(db)).key_ref == old.key_ref  # type: ignore[arg-type]
+
+    new = key_file.replace()
+    # The file changed but the rotation has not committed: keep signing with the still-active key.
+    assert (await signer.current(db)).key_ref == old.key_ref  # type: ignore[arg-type]
+    db.active = new.key_ref
+    assert (await signer.current(db)).key_ref == new.key_ref  # type: ignore[arg-type]
+    assert signer.key.key_ref == new.key_ref
+
+    db.active = generate_key().key_ref  # a key neither this process nor the file holds
+    with pytest.raises(SignerOutOfDate, match=db.active):
+        await signer.current(db)  # type: ignore[arg-type]
+
+
+def test_the_key_lives_in_the_key_directory_unless_a_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KEY_DIR", "KEY_FILE", "KEY_ALGORITHM"):
+        monkeypatch.delenv(f"STELLA_EVIDENCE_{name}", raising=False)
+    assert Settings().signing_key_path == Path(".stella/keys") / KEY_FILE_NAME
+    monkeypatch.setenv("STELLA_EVIDENCE_KEY_DIR", "/srv/keys")
+    monkeypatch.setenv("STELLA_EVIDENCE_KEY_ALGORITHM", "ecdsa-p256")
+    settings = Settings()
+    assert settings.signing_key_path == Path("/srv/keys") / KEY_FILE_NAME
+    assert settings.key_algorithm is KeyAlgorithm.ECDSA_P256
+    monkeypatch.setenv("STELLA_EVIDENCE_KEY_FILE", "/run/secrets/evidence.pem")
+    assert Settings().signing_key_path == Path("/run/secrets/evidence.pem")

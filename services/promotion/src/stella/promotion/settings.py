@@ -1,0 +1,29 @@
+"""Settings of the promotion service (environment prefix ``STELLA_PROMOTION_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from stella.kit.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    """Promotion service settings."""
+
+    model_config = SettingsConfigDict(env_prefix="STELLA_PROMOTION_", extra="ignore", frozen=True)
+
+    release_query_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    """Seconds a promotion request waits for the release service before it fails with 503."""
+
+    default_workflow_template: str = Field(default="standard-promotion", min_length=1, max_length=100)
+    """Workflow template of promotions whose environment's ``promotion_policy`` names none."""
+
+    timer_batch_size: int = Field(default=100, ge=1, le=10_000)
+    """Held promotions (or freeze windows) one timer round handles before it looks again."""
+
+    timer_retry_s: float = Field(default=30.0, gt=0, le=3600)
+    """Delay before a held promotion whose re-evaluation failed is tried again."""
+
+    timer_max_sleep_s: float = Field(default=60.0, gt=0, le=3600)
+    """Longest a timer sleeps without looking again (bounds the effect of a missed wake-up)."""
