@@ -46,7 +46,7 @@ from stella.evidence.keys import PublicKey, PublicKeyRing
 from stella.evidence.packet import verify_packet_envelope
 from stella.evidence.settings import Settings
 from stella.evidence.signing import KeyRetired
-from stella.evidence.subscribers import COLLECT_PACKET
+from stella.contracts.evidence import COLLECT_PACKET
 from stella.testing.messaging import MessageCollector, collect_messages
 
 from .conftest import Caller, Upstream, approval_view, eventually, execute_step, packet_content, promotion_view

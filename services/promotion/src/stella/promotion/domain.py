@@ -636,11 +636,17 @@ def _validate_variables(raw: Any, problems: list[dict[str, Any]]) -> dict[str, s
         value = raw[name]
         if not isinstance(name, str) or not _VARIABLE_NAME.match(name):
             problems.append(
-                {"loc": ["config", "variables", str(name)], "msg": "name must be a letter or '_' then letters, digits, '_', '.', '-'"}
+                {
+                    "loc": ["config", "variables", str(name)],
+                    "msg": "name must be a letter or '_' then letters, digits, '_', '.', '-'",
+                }
             )
         elif not isinstance(value, str) or len(value) > MAX_VARIABLE_VALUE_LENGTH:
             problems.append(
-                {"loc": ["config", "variables", name], "msg": f"must be a string of at most {MAX_VARIABLE_VALUE_LENGTH} characters"}
+                {
+                    "loc": ["config", "variables", name],
+                    "msg": f"must be a string of at most {MAX_VARIABLE_VALUE_LENGTH} characters",
+                }
             )
         else:
             variables[name] = value

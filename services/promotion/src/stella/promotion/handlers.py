@@ -156,9 +156,7 @@ def validate_promotion_policy(raw: Mapping[str, Any]) -> dict[str, Any]:
     return policy
 
 
-def validate_environment(
-    registry: GateRegistry, environment: domain.Environment
-) -> domain.Environment:
+def validate_environment(registry: GateRegistry, environment: domain.Environment) -> domain.Environment:
     """Validate the environment's gates through the gate registry and return it with their defaults filled in.
 
     Raises:
@@ -273,8 +271,7 @@ def approvals_document(required: int, votes: Sequence[a.VoteView] = ()) -> dict[
         "granted": len(granted),
         "rejected": len(rejected),
         "entries": [
-            {"approver": str(v.approver_id), "action": v.action.value, "at": v.at, "comment": v.comment}
-            for v in votes
+            {"approver": str(v.approver_id), "action": v.action.value, "at": v.at, "comment": v.comment} for v in votes
         ],
     }
 
@@ -580,9 +577,7 @@ class Handlers:
                 raise domain.EnvironmentNotFound(f"environment {cmd.environment_id} does not exist")
             stored = await repo.get_window(conn, cmd.tenant_id, environment.id, cmd.window_id)
             if stored is None:
-                raise FreezeWindowNotFound(
-                    f"environment {environment.name!r} has no freeze window {cmd.window_id}"
-                )
+                raise FreezeWindowNotFound(f"environment {environment.name!r} has no freeze window {cmd.window_id}")
             now = self.clock()
             await repo.delete_window(conn, cmd.tenant_id, environment.id, cmd.window_id)
             ended = self._freeze_ended_now(cmd, environment.id, stored.window, now)
@@ -828,7 +823,9 @@ class Handlers:
                 await repo.update_promotion(conn, stored)
             return repo.promotion_view(stored).model_dump(mode="json")
 
-        return await self.commands.run(cmd, execute)
+        reply = await self.commands.run(cmd, execute)
+        self.holds.wake()
+        return reply
 
     async def evaluate_gates(self, cmd: w.ExecuteStep) -> Reply:
         """The workflow's gate step: decide the promotion's gates and complete the step when they decided.
@@ -862,7 +859,10 @@ class Handlers:
                 await add_events(conn, [self._completion(origin, step, *result)])
             return {"promotion_id": str(stored.promotion.id), "status": stored.promotion.status.value}
 
-        return await self.commands.run(cmd, execute)
+        reply = await self.commands.run(cmd, execute)
+        # A held promotion's next evaluation may be the earliest now; the timer reads it after the commit.
+        self.holds.wake()
+        return reply
 
     async def _locked(self, conn: asyncpg.Connection, tenant: UUID, promotion_id: UUID) -> repo.StoredPromotion:
         stored = await repo.get_promotion(conn, tenant, promotion_id, lock=True)
@@ -913,8 +913,6 @@ class Handlers:
         if result is not None and stored.gate_step is not None:
             messages.append(self._completion(origin, stored.gate_step, *result))
         await add_events(conn, messages)
-        if p.next_open is not None:
-            self.holds.wake()
 
     def _changed(
         self, origin: Origin, view: c.PromotionView, events: Iterable[domain.PromotionEvent]
@@ -961,17 +959,19 @@ class Handlers:
             await self._apply_approvals(conn, stored, request, origin)
         if request.step is None:
             return
+        outputs = {
+            "result": request.status.value,
+            "approvals": approvals_document(request.required, request.votes)["granted"],
+        }
         if stored is not None and stored.promotion.status in domain.PROGRESSION_STATUSES:
-            completion = self._completion(
-                origin, request.step, w.StepStatus.SUCCEEDED, {"result": "approved", "approvals": len(request.votes)}, None
-            )
+            completion = self._completion(origin, request.step, w.StepStatus.SUCCEEDED, outputs, None)
         else:
             state = stored.promotion.status.value if stored is not None else "unknown"
             completion = self._completion(
                 origin,
                 request.step,
                 w.StepStatus.FAILED,
-                {"result": request.status.value},
+                outputs,
                 f"approval {request.status.value}; promotion {request.promotion_id} is {state}",
             )
         await add_events(conn, [completion])
@@ -1162,7 +1162,9 @@ class Handlers:
             await add_events(conn, messages)
 
 
-def closing_windows(windows: Sequence[freeze.FreezeWindow], state: freeze.EnvironmentState) -> list[freeze.FreezeWindow]:
+def closing_windows(
+    windows: Sequence[freeze.FreezeWindow], state: freeze.EnvironmentState
+) -> list[freeze.FreezeWindow]:
     """The windows that keep an environment closed: active deny windows, or every allow window outside them."""
     active = set(state.active_window_ids)
     deny = [x for x in windows if x.kind is freeze.WindowKind.DENY and x.id in active]

@@ -124,7 +124,9 @@ SCANS_BY_DIGEST = f"SELECT {_SCAN_COLUMNS} FROM scan_results WHERE tenant_id = $
 
 # Serialises requests for one release, so the order and "one unfinished promotion" rules see every
 # promotion committed before them.
-LOCK_RELEASE = "SELECT pg_advisory_xact_lock(hashtextextended('stella.promotion.release:' || $1::text || ':' || $2::text, 0))"
+LOCK_RELEASE = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('stella.promotion.release:' || $1::text || ':' || $2::text, 0))"
+)
 INSERT_PROMOTION = f"""
     INSERT INTO promotions ({_PROMOTION_COLUMNS})
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
@@ -537,9 +539,7 @@ async def advance_window(
 # --- scan results ----------------------------------------------------------------------------------------
 
 
-async def upsert_scan(
-    conn: asyncpg.Connection, tenant: UUID, scan: ScanResultView
-) -> ScanResultView | None:
+async def upsert_scan(conn: asyncpg.Connection, tenant: UUID, scan: ScanResultView) -> ScanResultView | None:
     """Store a scan verdict unless a newer one is stored; None when the stored one is newer."""
     row = await conn.fetchrow(
         UPSERT_SCAN,

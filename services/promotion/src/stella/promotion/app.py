@@ -1,0 +1,82 @@
+"""Composition root of the promotion service: the only place that builds its dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faststream.nats import NatsRouter
+
+from stella.kit.broker import CommandProcessor
+from stella.kit.service import ServiceRuntime
+from stella.promotion import subscribers
+from stella.promotion.gates import default_registry
+from stella.promotion.handlers import Handlers
+from stella.promotion.settings import Settings
+
+NAME = "promotion"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@dataclass
+class PromotionApp:
+    """The running promotion service: its runtime and the objects tests may want to reach."""
+
+    runtime: ServiceRuntime
+    handlers: Handlers | None = field(default=None)
+
+    async def start(self) -> None:
+        """Start the service (migrations, relay, subscribers, hold and freeze timers)."""
+        await self.runtime.start()
+
+    async def stop(self) -> None:
+        """Stop the service."""
+        await self.runtime.stop()
+
+    async def run(self) -> None:
+        """Serve until a signal arrives."""
+        await self.runtime.run()
+
+
+def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> PromotionApp:
+    """Build the promotion service.
+
+    Args:
+        settings: The service settings, built once by ``__main__`` (or a test).
+        overrides: Replacements for dependencies by name: ``registry`` (a gate registry with plugin gates),
+            ``clock``, ``new_id``.
+    """
+    overrides = overrides or {}
+    registry = overrides.get("registry") or default_registry()
+    app = PromotionApp(runtime=None)  # type: ignore[arg-type]
+
+    def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
+        handlers = Handlers(
+            lambda: runtime.pool,
+            CommandProcessor(lambda: runtime.pool, f"{NAME}-commands"),
+            lambda: runtime.client,
+            registry=registry,
+            release_query_timeout_s=settings.release_query_timeout_s,
+            default_workflow_template=settings.default_workflow_template,
+            timer_batch_size=settings.timer_batch_size,
+            timer_retry_s=settings.timer_retry_s,
+            timer_max_sleep_s=settings.timer_max_sleep_s,
+            **{key: overrides[key] for key in ("clock", "new_id") if key in overrides},
+        )
+        app.handlers = handlers
+        subscribers.register(runtime, router, handlers)
+
+    async def on_start(_: ServiceRuntime) -> None:
+        assert app.handlers is not None
+        # Holds and window transitions that fell due while no replica ran are handled as soon as these start.
+        app.handlers.holds.start()
+        app.handlers.freezes.start()
+
+    async def on_stop(_: ServiceRuntime) -> None:
+        if app.handlers is not None:
+            await app.handlers.holds.stop()
+            await app.handlers.freezes.stop()
+
+    app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start, on_stop=on_stop)
+    return app

@@ -1,0 +1,43 @@
+"""Promotion service routes: message -> handler call. No logic here."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsRouter
+
+from stella.contracts import approval as a
+from stella.contracts import promotion as c
+from stella.contracts.workflow import ExecuteStep
+from stella.kit.broker import CommandRoutes, EventRoutes, QueryRoutes
+from stella.kit.service import ServiceRuntime
+from stella.promotion.handlers import Handlers
+
+
+def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) -> None:
+    """Attach the promotion commands, queries and the approval decisions it consumes to ``router``."""
+    commands = CommandRoutes(c.CONTEXT, runtime.name)
+    commands.on(c.CREATE_ENVIRONMENT, c.CreateEnvironment, handlers.create_environment)
+    commands.on(c.UPDATE_ENVIRONMENT, c.UpdateEnvironment, handlers.update_environment)
+    commands.on(c.DELETE_ENVIRONMENT, c.DeleteEnvironment, handlers.delete_environment)
+    commands.on(c.ADD_FREEZE_WINDOW, c.AddFreezeWindow, handlers.add_freeze_window)
+    commands.on(c.REMOVE_FREEZE_WINDOW, c.RemoveFreezeWindow, handlers.remove_freeze_window)
+    commands.on(c.RECORD_SCAN_RESULT, c.RecordScanResult, handlers.record_scan_result)
+    commands.on(c.REQUEST_PROMOTION, c.RequestPromotion, handlers.request_promotion)
+    commands.on(c.CANCEL_PROMOTION, c.CancelPromotion, handlers.cancel_promotion)
+    commands.on(c.OVERRIDE_FREEZE, c.OverrideFreeze, handlers.override_freeze)
+    commands.on(c.EVALUATE_GATES, ExecuteStep, handlers.evaluate_gates)
+    commands.attach(router, runtime)
+
+    queries = QueryRoutes(c.CONTEXT, runtime.name)
+    queries.on(c.GET_ENVIRONMENT, c.GetEnvironment, handlers.get_environment)
+    queries.on(c.LIST_ENVIRONMENTS, c.ListEnvironments, handlers.list_environments)
+    queries.on(c.LIST_FREEZE_WINDOWS, c.ListFreezeWindows, handlers.list_freeze_windows)
+    queries.on(c.GET_ENVIRONMENT_STATE, c.GetEnvironmentState, handlers.get_environment_state)
+    queries.on(c.GET_PROMOTION, c.GetPromotion, handlers.get_promotion)
+    queries.on(c.LIST_PROMOTIONS, c.ListPromotions, handlers.list_promotions)
+    queries.on(c.GET_DECISION, c.GetDecision, handlers.get_decision)
+    queries.attach(router, runtime)
+
+    approvals = EventRoutes(runtime.name, "approvals", f"stella.evt.{a.CONTEXT}.>", lambda: runtime.pool)
+    approvals.on(a.APPROVAL_GRANTED, a.ApprovalChanged, handlers.on_approval_decided)
+    approvals.on(a.APPROVAL_DENIED, a.ApprovalChanged, handlers.on_approval_decided)
+    approvals.attach(router, runtime)
