@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY
 from stella.contracts.approval import GET_APPROVALS
 from stella.contracts.evidence import (
     COLLECT_EVIDENCE,
+    COLLECT_PACKET,
     EXPORT_BUNDLE,
     GET_PACKET,
     LIST_KEYS,
@@ -46,7 +47,6 @@ from stella.evidence.keys import PublicKey, PublicKeyRing
 from stella.evidence.packet import verify_packet_envelope
 from stella.evidence.settings import Settings
 from stella.evidence.signing import KeyRetired
-from stella.contracts.evidence import COLLECT_PACKET
 from stella.testing.messaging import MessageCollector, collect_messages
 
 from .conftest import Caller, Upstream, approval_view, eventually, execute_step, packet_content, promotion_view
