@@ -247,16 +247,23 @@ def required_approvals_for(environment: domain.Environment) -> int:
 
 
 def effective_gates(
-    registry: GateRegistry, configured: Iterable[Mapping[str, Any]], required_approvals: int
+    registry: GateRegistry,
+    configured: Iterable[Mapping[str, Any]],
+    required_approvals: int,
+    *,
+    has_allow_windows: bool,
 ) -> list[dict[str, Any]]:
     """The gates a promotion is decided by: the environment's, plus the built-in ones it does not configure.
 
-    The freeze-window and schedule gates always apply (an environment may configure them to change their
-    settings); the approval gate applies when approvals are required, so the record shows them.
+    The freeze-window gate always applies, the schedule gate when the environment has deployment (allow)
+    windows, the approval gate when approvals are required (so the record shows them). An environment may
+    configure any of them itself to change its settings.
     """
     gates = [dict(g) for g in configured]
     present = {g["type"] for g in gates}
-    builtin = [t for t in _BUILTIN_WINDOW_GATES if t not in present]
+    builtin = [t for t in ("freeze-window", "schedule") if t not in present]
+    if not has_allow_windows:
+        builtin = [t for t in builtin if t != "schedule"]
     if required_approvals > 0 and domain.APPROVAL_GATE_TYPE not in present:
         builtin.append(domain.APPROVAL_GATE_TYPE)
     return [g.to_dict() for g in registry.validate({"type": t, "name": t} for t in builtin)] + gates
@@ -881,7 +888,12 @@ class Handlers:
         windows = [s.window for s in await repo.windows_of_environment(conn, p.tenant_id, view.id)]
         digests = sorted({component["digest"] for component in stored.release_components})
         scans = await repo.scans_by_digest(conn, p.tenant_id, digests)
-        gates = effective_gates(self.registry, environment.config.gates, p.required_approvals)
+        gates = effective_gates(
+            self.registry,
+            environment.config.gates,
+            p.required_approvals,
+            has_allow_windows=any(x.kind is freeze.WindowKind.ALLOW for x in windows),
+        )
         return decision_inputs(stored, environment, windows, scans, approvals, gates)
 
     async def _store_decision(
