@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -418,14 +419,27 @@ class CommandProcessor:
             return reply
 
 
+LateReplyHandler = Callable[[uuid.UUID, uuid.UUID, Reply], Awaitable[None]]
+"""``handler(tenant_id, message_id, reply)`` for a command reply that came after its caller gave up."""
+
+
 class ServiceClient:
     """How a caller (the gateway, another service) talks to services: queries, commands, events.
 
-    One connection and one reply subscription serve every call; pending commands are bounded.
+    One connection and one reply subscription serve every call; pending commands are bounded. A caller
+    that retries commands (the gateway, under an ``Idempotency-Key``) may ask for replies that arrive after
+    it stopped waiting to be handed to ``on_late_reply``, so the retry can answer with them.
     """
 
     def __init__(
-        self, nc: NatsClient, js: JetStreamContext, *, names: Names | None = None, max_pending: int = 10_000
+        self,
+        nc: NatsClient,
+        js: JetStreamContext,
+        *,
+        names: Names | None = None,
+        max_pending: int = 10_000,
+        on_late_reply: LateReplyHandler | None = None,
+        max_awaited_late: int = 10_000,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -433,6 +447,9 @@ class ServiceClient:
         self._prefix = f"_INBOX.stella.{uuid.uuid4().hex}"
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._max_pending = max_pending
+        self._on_late_reply = on_late_reply
+        self._awaited_late: OrderedDict[str, uuid.UUID] = OrderedDict()
+        self._max_awaited_late = max_awaited_late
         self._sub: Any = None
 
     async def start(self) -> None:
@@ -449,14 +466,37 @@ class ServiceClient:
                 fut.cancel()
         self._pending.clear()
 
+    def await_late_reply(self, message_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
+        """Hand a reply to ``message_id`` arriving after its caller gave up to ``on_late_reply`` (bounded)."""
+        self._awaited_late[message_id.hex] = tenant_id
+        self._awaited_late.move_to_end(message_id.hex)
+        while len(self._awaited_late) > self._max_awaited_late:
+            self._awaited_late.popitem(last=False)
+
+    def forget_late_reply(self, message_id: uuid.UUID) -> None:
+        """Stop waiting for a late reply to ``message_id`` (its caller got an answer)."""
+        self._awaited_late.pop(message_id.hex, None)
+
     async def _on_reply(self, msg: Msg) -> None:
         key = msg.subject.rsplit(".", 1)[-1]
+        try:
+            reply = Reply.model_validate_json(msg.data)
+        except ValidationError:
+            log.error("a command reply is not a Reply", extra={"subject": msg.subject})
+            return
         fut = self._pending.get(key)
-        if fut is not None and not fut.done():
-            try:
-                fut.set_result(Reply.model_validate_json(msg.data))
-            except ValidationError as exc:
-                fut.set_exception(exc)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(reply)
+            return
+        tenant_id = self._awaited_late.pop(key, None)
+        if tenant_id is None or self._on_late_reply is None:
+            return  # nobody waits for it: a duplicate answer
+        try:
+            await self._on_late_reply(tenant_id, uuid.UUID(hex=key), reply)
+        except Exception:
+            # A reply callback has no caller to report to; the caller's retry sends the command again.
+            log.exception("could not keep a late command reply", extra={"message_id": key})
 
     async def query(self, subject: str, query: Query, *, timeout: float = 5.0) -> Reply:
         """Ask a read over request/reply; a missing or silent service gives a 503 reply."""
@@ -464,27 +504,37 @@ class ServiceClient:
             msg = await self.nc.request(self.names.subject(subject), query.model_dump_json().encode(), timeout=timeout)
         except nats.errors.NoRespondersError:
             return _unavailable(subject, "no service answers")
-        except TimeoutError:
+        except (TimeoutError, nats.errors.TimeoutError):
             return _unavailable(subject, f"no answer within {timeout:g}s")
         return Reply.model_validate_json(msg.data)
 
-    async def command(self, subject: str, command: Command, *, timeout: float = 10.0) -> Reply:
+    async def command(self, subject: str, command: Command, *, timeout: float = 10.0, resend: bool = False) -> Reply:
         """Send a durable command and wait for its reply.
 
-        The command is stored in JetStream (de-duplicated on ``message_id``), so a service that is down
-        handles it when it is back. When no reply comes in ``timeout`` the result is a 503 reply saying the
-        command is queued; sending the same command again (same ``message_id``) returns its result.
+        The command is stored in JetStream with ``Nats-Msg-Id = message_id``, so a service that is down
+        handles it when it is back. When no reply comes in ``timeout`` the result is a 503 ``SYS_PENDING``
+        reply saying the command is queued.
+
+        Args:
+            subject: The command's contract subject.
+            command: The command.
+            timeout: Seconds to wait for the reply.
+            resend: This repeats a command sent before (same ``message_id``). It then goes out with a new
+                ``Nats-Msg-Id``: the old one would be dropped by the stream's duplicate window and never
+                answered, while the service answers a repeat from its inbox (or handles it once if the
+                first copy was lost).
         """
         if len(self._pending) >= self._max_pending:
             return _unavailable(subject, "too many commands in flight")
         key = command.message_id.hex
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
+        stream_id = f"{command.message_id}:{uuid.uuid4().hex}" if resend else str(command.message_id)
         try:
             await self.js.publish(
                 self.names.subject(subject),
                 command.model_dump_json().encode(),
-                headers={HEADER_MSG_ID: str(command.message_id), HEADER_REPLY_TO: f"{self._prefix}.{key}"},
+                headers={HEADER_MSG_ID: stream_id, HEADER_REPLY_TO: f"{self._prefix}.{key}"},
                 timeout=timeout,
             )
             return await asyncio.wait_for(fut, timeout)
@@ -494,12 +544,13 @@ class ServiceClient:
                     code="SYS_PENDING",
                     status=503,
                     title="The command is queued but not handled yet",
-                    detail=f"{subject} was accepted but no result came within {timeout:g}s; "
-                    "repeat the request with the same Idempotency-Key to get its result",
+                    detail=f"No result came within {timeout:g}s; the command stays queued. Repeat the request "
+                    "with the same Idempotency-Key to get its result.",
                 )
             )
         finally:
-            self._pending.pop(key, None)
+            if self._pending.get(key) is fut:
+                del self._pending[key]
 
     async def send(self, subject: str, command: Command) -> None:
         """Send a command without waiting for its reply (service to service)."""

@@ -43,12 +43,12 @@ from stella.gateway.controllers import (
 from stella.gateway.dependencies import DEPENDENCIES, RUNTIME_STATE_KEY
 from stella.gateway.idempotency import IdempotencyMiddleware, IdempotencyPolicy
 from stella.gateway.problems import problem_response
-from stella.gateway.relay import Relay, RelayClient
+from stella.gateway.relay import Relay
 from stella.gateway.runtime import Runtime
 from stella.gateway.settings import Settings
 from stella.gateway.store import GatewayStore
 from stella.gateway.tracing import TraceMiddleware, add_trace_header
-from stella.kit.broker import declare_streams
+from stella.kit.broker import ServiceClient, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.migrations import apply_migrations
 from stella.kit.naming import Names
@@ -213,7 +213,7 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
     async def keep_late_reply(tenant_id: UUID, message_id: UUID, reply: Reply) -> None:
         await store.store_late_reply(tenant_id, message_id, reply.model_dump(mode="json"))
 
-    client = RelayClient(nc, js, names=names, on_late_reply=keep_late_reply)
+    client = ServiceClient(nc, js, names=names, on_late_reply=keep_late_reply)
     await client.start()
     stack.push_async_callback(client.stop)
 

@@ -9,7 +9,7 @@ body answers 422 ``VAL_IDEMPOTENCY_KEY_REUSED``; a repeat while the first reques
 Answers that are not final are not stored: a 5xx (notably 503 ``SYS_PENDING``, a command still queued),
 401, 403, 408 and 429. The next retry runs the request again with the same command ``message_id``, a UUID
 derived from (tenant, method, path, key and the time the key was first used), so the service handles the
-command once and answers a re-sent one from its inbox (see :class:`~stella.gateway.relay.RelayClient` for
+command once and answers a re-sent one from its inbox (see :class:`~stella.kit.broker.ServiceClient` for
 how a retry gets past the stream's duplicate window). A reply that arrives after a request answered
 ``SYS_PENDING`` is kept with the key and answers the retry without sending anything.
 

@@ -68,7 +68,7 @@ def subject_run_id(subject_id: UUID, template_name: str) -> UUID:
 
 
 def template_definition(cmd: c.SaveTemplate) -> dict[str, Any]:
-    """The domain's JSON form of a template from a :class:`~stella.contracts.workflow.SaveTemplate` (version assigned on save).
+    """The domain's JSON form of the template a ``SaveTemplate`` carries (its version is assigned on save).
 
     ``inputs`` arrive keyed by name (``{name: {required, default, description}}``); the domain lists them.
 
@@ -430,7 +430,8 @@ class Handlers:
         handled = 0
         for tenant, run_id in due:
             try:
-                handled += await self._wake_run(tenant, run_id)
+                if await self._wake_run(tenant, run_id):
+                    handled += 1
             except Exception:
                 log.exception("advancing a due run failed; retrying later", extra={"run_id": str(run_id)})
                 async with self._pool().acquire() as conn:
