@@ -78,7 +78,11 @@ async def test_invalid_environments_are_refused_with_precise_codes(caller: Calle
             ("GATE_CONFIG_INVALID", 400),
         ),
         (
-            {"name": "qa", "order_index": 1, "config": {"gates": [{"type": "policy", "config": {"rules": [{"name": "x", "expr": "1 +"}]}}]}},
+            {
+                "name": "qa",
+                "order_index": 1,
+                "config": {"gates": [{"type": "policy", "config": {"rules": [{"name": "x", "expr": "1 +"}]}}]},
+            },
             ("GATE_POLICY_SYNTAX", 400),
         ),
         ({"name": "qa", "order_index": 1, "config": {"variables": {"1BAD": "x"}}}, ("ENV_VALIDATION_FAILED", 400)),
@@ -91,7 +95,9 @@ async def test_invalid_environments_are_refused_with_precise_codes(caller: Calle
     invalid = await caller.command(
         c.CREATE_ENVIRONMENT, c.CreateEnvironment, name="qa", order_index=1, config={"deployment_timeout_s": 0}
     )
-    assert invalid.error.errors == [{"loc": ["config", "deployment_timeout_s"], "msg": "must be a positive integer (seconds)"}]
+    assert invalid.error.errors == [
+        {"loc": ["config", "deployment_timeout_s"], "msg": "must be a positive integer (seconds)"}
+    ]
     assert await stack.table_count("environments") == 1
 
 

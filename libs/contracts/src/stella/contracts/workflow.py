@@ -83,8 +83,8 @@ class StepStatus(StrEnum):
 class RetrySpec(Model):
     """How often and how patiently a step is retried."""
 
-    max_attempts: int = Field(default=1, ge=1, le=20)
-    backoff_s: float = Field(default=0, ge=0, le=3600)
+    max_attempts: int = Field(default=1, ge=1, le=100)
+    backoff_s: float = Field(default=0, ge=0, le=86400)
 
 
 class NodeSpec(Model):
@@ -96,7 +96,7 @@ class NodeSpec(Model):
     retry: RetrySpec = Field(default_factory=RetrySpec)
     timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
     when: str | None = Field(default=None, max_length=1000)
-    run_on: str = Field(default="success", pattern=r"^(success|always)$")
+    run_on: str = Field(default="success", pattern=r"^(success|always|failure)$")
 
 
 class EdgeSpec(Model):
