@@ -213,14 +213,15 @@ class Received:
 
 @dataclass
 class StandIn:
-    """Plays the release service on NATS: answers the subjects it has handlers for.
+    """Plays services on NATS (the release service unless told others): answers the subjects it has handlers for.
 
     Queries are answered on core NATS request/reply, commands from the namespace's command stream with a
-    publish to the command's ``Stella-Reply-To`` subject, as the real service does.
+    publish to the command's ``Stella-Reply-To`` subject, as the real services do.
     """
 
     nats: Client
     names: Names
+    contexts: tuple[str, ...] = ("release",)
     handlers: dict[str, Handler] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     _subscriptions: list[Any] = field(default_factory=list)
@@ -251,19 +252,21 @@ class StandIn:
                 await self._arrived.wait()
 
     async def start(self) -> None:
-        self._subscriptions.append(
-            await self.nats.subscribe(self.names.subject("stella.rpc.release.>"), cb=self._on_query)
-        )
         js = self.nats.jetstream()
-        self._subscriptions.append(
-            await js.subscribe(
-                self.names.subject("stella.cmd.release.>"),
-                stream=self.names.stream(COMMANDS),
-                cb=self._on_command,
-                deliver_policy=DeliverPolicy.NEW,
-                manual_ack=True,
+        for context in self.contexts:
+            self._subscriptions.append(
+                await self.nats.subscribe(self.names.subject(f"stella.rpc.{context}.>"), cb=self._on_query)
             )
-        )
+            # One consumer per context: NATS 2.9 has no consumers with several filter subjects.
+            self._subscriptions.append(
+                await js.subscribe(
+                    self.names.subject(f"stella.cmd.{context}.>"),
+                    stream=self.names.stream(COMMANDS),
+                    cb=self._on_command,
+                    deliver_policy=DeliverPolicy.NEW,
+                    manual_ack=True,
+                )
+            )
         await self.nats.flush()
 
     async def stop(self) -> None:
@@ -312,6 +315,17 @@ class StandIn:
 async def release_service(gateway: Gateway, nats: Client) -> AsyncIterator[StandIn]:
     """A stand-in for the release service in the gateway's namespace."""
     stand_in = StandIn(nats, gateway.names)
+    await stand_in.start()
+    try:
+        yield stand_in
+    finally:
+        await stand_in.stop()
+
+
+@pytest_asyncio.fixture
+async def services(gateway: Gateway, nats: Client) -> AsyncIterator[StandIn]:
+    """A stand-in for the promotion, approval, workflow and evidence services in the gateway's namespace."""
+    stand_in = StandIn(nats, gateway.names, contexts=("promotion", "approval", "workflow", "evidence"))
     await stand_in.start()
     try:
         yield stand_in

@@ -54,6 +54,16 @@ async def test_environment_crud_in_promotion_order(caller: Caller, stack: Stack,
     ]
     assert c.EnvironmentChanged.model_validate_json(msgs[3].data).environment.required_approvals == 1
 
+    same = await caller.command(
+        c.UPDATE_ENVIRONMENT, c.UpdateEnvironment, environment_id=staging["id"], required_approvals=1
+    )
+    assert same.data == updated.data  # nothing changed: no new version, no event
+    bad = await caller.command(
+        c.UPDATE_ENVIRONMENT, c.UpdateEnvironment, environment_id=staging["id"], config={"freeze_behavior": "pray"}
+    )
+    assert (bad.error.code, bad.error.errors[0]["loc"]) == ("ENV_VALIDATION_FAILED", ["config", "freeze_behavior"])
+    assert (await caller.query(c.GET_ENVIRONMENT, c.GetEnvironment, environment_id=staging["id"])).data == updated.data
+
     listed = await caller.query(c.LIST_ENVIRONMENTS, c.ListEnvironments, page={"page_size": 2})
     assert [e["name"] for e in listed.data["items"]] == ["dev", "staging"]
     rest = await caller.query(

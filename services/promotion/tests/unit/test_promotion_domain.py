@@ -719,6 +719,9 @@ class TestEnvironment:
             ({"config": {"gates": [{"name": "x"}]}}, ["config", "gates", 0, "type"]),
             ({"config": {"gates": [{"type": "manual"}, {"type": "manual"}]}}, ["config", "gates", 1, "name"]),
             ({"config": {"gates": "freeze-window"}}, ["config", "gates"]),
+            ({"config": {"variables": ["A=1"]}}, ["config", "variables"]),
+            ({"config": {"variables": {"9LIVES": "x"}}}, ["config", "variables", "9LIVES"]),
+            ({"config": {"variables": {"PORT": 8080}}}, ["config", "variables", "PORT"]),
         ],
     )
     def test_invalid_fields_are_located(self, kwargs: dict[str, Any], loc: list[Any]) -> None:
@@ -737,6 +740,13 @@ class TestEnvironment:
     def test_http_health_check_defaults(self) -> None:
         config = EnvironmentConfig.from_dict({"health_check": {"type": "http", "port": 8080}})
         assert (config.health_check.path, config.health_check.port, config.health_check.timeout_s) == ("/", 8080, 30)
+
+    def test_variables_are_kept_as_strings(self) -> None:
+        config = EnvironmentConfig.from_dict({"variables": {"REGION": "eu-west-1", "log.level": "debug"}})
+        assert config.variables == {"REGION": "eu-west-1", "log.level": "debug"}
+        assert config.to_dict()["variables"] == {"REGION": "eu-west-1", "log.level": "debug"}
+        assert EnvironmentConfig.from_dict(config.to_dict()) == config
+        assert EnvironmentConfig().variables == {}
 
     def test_gates_are_normalised(self) -> None:
         config = EnvironmentConfig.from_dict({"gates": [{"type": "freeze-window"}, {"type": "manual", "name": "qa"}]})

@@ -26,7 +26,8 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme, Server
+from litestar.openapi.spec import Components, SecurityScheme, Server, Tag
+from litestar.plugins.pydantic import PydanticPlugin
 from litestar.static_files import create_static_files_router
 from nats.aio.client import Client as NatsClient
 
@@ -34,13 +35,20 @@ from stella.contracts.envelope import Reply
 from stella.gateway.auth import Authenticator, TokenAuthMiddleware
 from stella.gateway.controllers import (
     ComponentController,
+    EnvironmentController,
+    EvidenceController,
     HealthController,
     OpenAPIController,
     PrincipalController,
+    PromotionController,
     ReleaseController,
+    ScanResultController,
     TokenController,
+    WorkflowRunController,
+    WorkflowTemplateController,
 )
 from stella.gateway.dependencies import DEPENDENCIES, RUNTIME_STATE_KEY
+from stella.gateway.exports import BundleReader
 from stella.gateway.idempotency import IdempotencyMiddleware, IdempotencyPolicy
 from stella.gateway.problems import problem_response
 from stella.gateway.relay import Relay
@@ -72,6 +80,23 @@ DOCS_ASSETS: Final[str] = f"{DOCS_PATH}/assets"
 
 PURGE_INTERVAL_S: Final[float] = 600.0
 """Seconds between deletions of expired idempotency keys."""
+
+TAGS: Final[tuple[Tag, ...]] = (
+    Tag(name="health", description="Liveness and readiness; no token needed."),
+    Tag(name="principals", description="People and machines of the tenant and their roles (tenant admins)."),
+    Tag(name="tokens", description="API tokens of the tenant's principals (tenant admins)."),
+    Tag(name="components", description="Image repositories and their tag -> digest version maps."),
+    Tag(name="releases", description="Immutable bundles of image digests."),
+    Tag(name="environments", description="The promotion order, approval rules, freeze and deployment windows."),
+    Tag(name="scan-results", description="Vulnerability scan verdicts of image digests (the security gate)."),
+    Tag(
+        name="promotions",
+        description="Releases promoted into environments: gates, decision records, approvals, freeze overrides.",
+    ),
+    Tag(name="workflows", description="Workflow templates (DAGs of steps) and the runs that execute promotions."),
+    Tag(name="evidence", description="Signed, chained evidence packets, their verification, keys and export."),
+)
+"""Tags of the API description, in the order the docs page shows them."""
 
 # Paths that need no token: the API description and its docs page (health routes opt out themselves).
 _PUBLIC_PATHS: Final[list[str]] = [rf"^{DOCS_PATH}(/|$)", rf"^{API_PREFIX}/openapi\.json$"]
@@ -126,6 +151,12 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             TokenController,
             ComponentController,
             ReleaseController,
+            EnvironmentController,
+            ScanResultController,
+            PromotionController,
+            WorkflowTemplateController,
+            WorkflowRunController,
+            EvidenceController,
             create_static_files_router(
                 path=DOCS_ASSETS,
                 directories=[Path(swagger_ui_bundle.swagger_ui_path)],
@@ -134,6 +165,8 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             ),
         ],
         dependencies=DEPENDENCIES,
+        # Response bodies are written with their field aliases: a workflow edge is {"from", "to"}.
+        plugins=[PydanticPlugin(prefer_alias=True)],
         middleware=[
             TraceMiddleware,
             DefineMiddleware(TokenAuthMiddleware, authenticator=runtime.get_authenticator, exclude=_PUBLIC_PATHS),
@@ -179,6 +212,7 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
             }
         ),
         security=[{"bearerToken": []}],
+        tags=list(TAGS),
         use_handler_docstrings=True,
         create_examples=False,
     )
@@ -226,6 +260,7 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
     runtime.relay = Relay(
         client, command_timeout_s=settings.command_timeout_s, query_timeout_s=settings.query_timeout_s
     )
+    runtime.exports = BundleReader(js)
     runtime.idempotency = IdempotencyPolicy(
         store=store,
         clock=runtime.clock,
@@ -244,7 +279,7 @@ async def _stop(runtime: Runtime) -> None:
         except Exception:
             log.exception("could not write the last token uses")
     runtime.pool = runtime.nats = None
-    runtime.store = runtime.authenticator = runtime.relay = runtime.idempotency = None
+    runtime.store = runtime.authenticator = runtime.relay = runtime.idempotency = runtime.exports = None
 
 
 async def _maintain(runtime: Runtime) -> None:

@@ -1,9 +1,9 @@
 """Roles and the permissions they grant: one table, read once at import.
 
 A permission is ``{resource}:{action}``. Components and their versions are part of the release resource, so
-their routes check ``release:*`` permissions. Approving, promoting (``promotion:deploy``) and overriding a
-gate such as a freeze window (``promotion:override``) are separate permissions, so no role gets one by
-accident with another.
+their routes check ``release:*`` permissions. Approving (``promotion:approve``), promoting
+(``promotion:deploy``) and overriding a freeze (``environment:override``: freeze windows belong to the
+environment) are separate permissions, so no role gets one by accident with another.
 """
 
 from __future__ import annotations

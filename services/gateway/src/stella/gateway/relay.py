@@ -120,13 +120,20 @@ class Relay:
         self.command_timeout_s = command_timeout_s
         self.query_timeout_s = query_timeout_s
 
-    async def query(self, subject: str, query: Query) -> Any:
+    async def query(self, subject: str, query: Query, *, timeout_s: float | None = None) -> Any:
         """Ask ``subject`` and return the reply's data.
+
+        Args:
+            subject: The query's subject.
+            query: The query.
+            timeout_s: Seconds to wait for the reply, for queries that take longer than most
+                (``query_timeout_s`` when None).
 
         Raises:
             ProblemError: the service's error, or 503 when no service answers in time.
         """
-        return unwrap(await self.client.query(subject, query, timeout=self.query_timeout_s))
+        timeout = self.query_timeout_s if timeout_s is None else timeout_s
+        return unwrap(await self.client.query(subject, query, timeout=timeout))
 
     async def command(self, ctx: CallContext, subject: str, command: Command) -> Any:
         """Send ``command`` on ``subject`` and return the reply's data.

@@ -15,6 +15,7 @@ import asyncpg
 from nats.aio.client import Client as NatsClient
 
 from stella.gateway.auth import Authenticator
+from stella.gateway.exports import BundleReader
 from stella.gateway.idempotency import IdempotencyPolicy
 from stella.gateway.relay import Relay
 from stella.gateway.settings import Settings
@@ -40,6 +41,7 @@ class Runtime:
         authenticator: Bearer-token authentication.
         relay: Commands and queries to services.
         idempotency: What the idempotency middleware needs.
+        exports: Reads evidence export bundles from the object store.
     """
 
     settings: Settings
@@ -50,6 +52,7 @@ class Runtime:
     authenticator: Authenticator | None = None
     relay: Relay | None = None
     idempotency: IdempotencyPolicy | None = None
+    exports: BundleReader | None = None
 
     def get_store(self) -> GatewayStore:
         """The store; raises :class:`NotStartedError` before start-up."""
@@ -66,6 +69,10 @@ class Runtime:
     def get_idempotency(self) -> IdempotencyPolicy:
         """The idempotency policy; raises :class:`NotStartedError` before start-up."""
         return _started(self.idempotency, "idempotency policy")
+
+    def get_exports(self) -> BundleReader:
+        """The export bundle reader; raises :class:`NotStartedError` before start-up."""
+        return _started(self.exports, "export bundle reader")
 
 
 def _started(value: T | None, what: str) -> T:

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from stella.contracts.validation import Channel, CredentialRef, Digest, DisplayName, Name, Repository, Semver, Tag
 from stella.gateway.permissions import Role
@@ -321,3 +330,498 @@ class ReleasePage(ResponseBody):
 
     items: list[ReleaseOut]
     next_page_token: str | None
+
+
+# --- environments and freeze windows --------------------------------------------------------------------
+
+
+class EnvironmentCreate(RequestBody):
+    """A new environment in the tenant's promotion order."""
+
+    name: Name
+    display_name: DisplayName | None = None
+    order_index: int = Field(ge=0, le=10_000, description="Position in the promotion order; lower comes first.")
+    required_approvals: int = Field(default=0, ge=0, le=50, description="Distinct approvals a promotion needs.")
+    require_sod: bool = Field(default=False, description="Whether the requester of a promotion may not approve it.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Deployment timeout, health-check defaults, variables, gates."
+    )
+    promotion_policy: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How promotions into it run: workflow_template (default standard-promotion), approver_groups.",
+    )
+
+
+class EnvironmentUpdate(RequestBody):
+    """New values for an environment; omitted fields keep their value."""
+
+    display_name: DisplayName | None = None
+    order_index: int | None = Field(default=None, ge=0, le=10_000)
+    required_approvals: int | None = Field(default=None, ge=0, le=50)
+    require_sod: bool | None = None
+    config: dict[str, Any] | None = None
+    promotion_policy: dict[str, Any] | None = None
+
+
+class EnvironmentOut(ResponseBody):
+    """An environment."""
+
+    id: UUID
+    name: str
+    display_name: str
+    order_index: int
+    required_approvals: int
+    require_sod: bool
+    config: dict[str, Any]
+    promotion_policy: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class EnvironmentPage(ResponseBody):
+    """A page of environments, in promotion order."""
+
+    items: list[EnvironmentOut]
+    next_page_token: str | None
+
+
+class WindowKind(StrEnum):
+    """A freeze window closes the environment; a deployment window is the only time it is open."""
+
+    DENY = "deny"
+    ALLOW = "allow"
+
+
+class FreezeWindowCreate(RequestBody):
+    """A window: one-off (``start``, ``end``) or recurring (``rrule`` and ``duration_s`` from ``dtstart``)."""
+
+    kind: WindowKind = WindowKind.DENY
+    start: AwareDatetime | None = Field(default=None, description="Start of a one-off window.")
+    end: AwareDatetime | None = Field(default=None, description="End of a one-off window.")
+    rrule: str | None = Field(
+        default=None, min_length=1, max_length=500, description="RFC 5545 recurrence rule, e.g. FREQ=WEEKLY;BYDAY=FR."
+    )
+    duration_s: float | None = Field(
+        default=None, gt=0, le=366 * 24 * 3600, description="Length of each occurrence of a recurring window."
+    )
+    dtstart: datetime | None = Field(
+        default=None, description="First occurrence of a recurring window, as a wall time of its time zone."
+    )
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, description="IANA time zone, e.g. Europe/Berlin.")
+    reason: str = Field(min_length=1, max_length=1000)
+    exceptions: list[UUID] = Field(
+        default_factory=list, max_length=100, description="Principals who may override the window."
+    )
+
+
+class FreezeWindowOut(ResponseBody):
+    """A freeze (deny) or deployment (allow) window of an environment."""
+
+    id: UUID
+    environment_id: UUID
+    kind: WindowKind
+    start: datetime | None
+    end: datetime | None
+    rrule: str | None
+    duration_s: float | None
+    dtstart: datetime | None = None
+    timezone: str
+    reason: str
+    created_by: UUID | None
+    exceptions: list[UUID]
+    created_at: datetime
+
+
+class FreezeWindowPage(ResponseBody):
+    """A page of an environment's windows."""
+
+    items: list[FreezeWindowOut]
+    next_page_token: str | None
+
+
+class EnvironmentStateOut(ResponseBody):
+    """Whether promotions into an environment are open now, and when that changes."""
+
+    environment_id: UUID
+    closed: bool
+    reason: str | None
+    next_open: datetime | None
+    next_close: datetime | None
+    active_window_ids: list[UUID]
+    evaluated_at: datetime
+
+
+# --- scan results ---------------------------------------------------------------------------------------
+
+
+class ScanResultCreate(RequestBody):
+    """A vulnerability scan verdict for one image digest (the security gate's input)."""
+
+    digest: Digest
+    critical: int = Field(ge=0, le=1_000_000)
+    high: int = Field(ge=0, le=1_000_000)
+    medium: int = Field(ge=0, le=1_000_000)
+    low: int = Field(default=0, ge=0, le=1_000_000)
+    max_epss: float = Field(default=0.0, ge=0, le=1, description="Highest EPSS score among the findings.")
+    kev: bool = Field(default=False, description="Whether a finding is in CISA's Known Exploited Vulnerabilities.")
+    scanner: str = Field(default="unknown", min_length=1, max_length=100)
+    scanned_at: AwareDatetime | None = Field(default=None, description="When the scan ran; now when omitted.")
+
+
+class ScanResultOut(ResponseBody):
+    """The latest scan verdict recorded for a digest."""
+
+    digest: str
+    critical: int
+    high: int
+    medium: int
+    low: int
+    max_epss: float
+    kev: bool
+    scanner: str
+    scanned_at: datetime
+    recorded_at: datetime
+
+
+# --- promotions and approvals ---------------------------------------------------------------------------
+
+
+class PromotionStatus(StrEnum):
+    """Promotion states (reference §3)."""
+
+    PENDING_GATE = "pending_gate"
+    PENDING_APPROVAL = "pending_approval"
+    APPROVED = "approved"
+    DEPLOYING = "deploying"
+    DEPLOYED = "deployed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+
+class PromotionCreate(RequestBody):
+    """A request to promote a ready release into an environment."""
+
+    release_id: UUID
+    target_environment_id: UUID
+    source_environment_id: UUID | None = Field(
+        default=None, description="The environment the release comes from, when it matters."
+    )
+    reason: str = Field(default="", max_length=2000)
+
+
+class PromotionCancel(RequestBody):
+    """Why a promotion is cancelled."""
+
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class FreezeOverride(RequestBody):
+    """Why a promotion may pass the freeze windows that close its environment now."""
+
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+
+
+class VoteBody(RequestBody):
+    """A comment on an approval or a rejection."""
+
+    comment: str = Field(default="", max_length=2000)
+
+
+class PromotionOut(ResponseBody):
+    """A promotion with its latest decision record."""
+
+    id: UUID
+    release_id: UUID
+    release_name: str
+    release_components: list[dict[str, Any]]
+    source_environment_id: UUID | None
+    target_environment_id: UUID
+    target_environment_name: str
+    status: PromotionStatus
+    reason: str
+    requested_by: UUID | None
+    requested_at: datetime
+    updated_at: datetime
+    decision_record: dict[str, Any] | None
+    workflow_run_id: UUID | None
+    next_evaluation_at: datetime | None = Field(description="When a held promotion is looked at again.")
+    freeze_override: dict[str, Any] | None
+    status_message: str | None = Field(default=None, description="Why the promotion is where it is, in words.")
+    reason_codes: list[str] = Field(default_factory=list, description="Stable codes behind status_message.")
+
+
+class PromotionPage(ResponseBody):
+    """A page of promotions, newest first."""
+
+    items: list[PromotionOut]
+    next_page_token: str | None
+
+
+class DecisionOut(ResponseBody):
+    """A promotion's latest decision record and every input it was computed from.
+
+    Deciding again on ``inputs`` at ``evaluated_at`` gives ``record`` again; ``record.inputs_hash`` is the
+    SHA-256 of those inputs.
+    """
+
+    promotion_id: UUID
+    trigger: str = Field(description="What caused the evaluation: gates, hold, override or approvals.")
+    evaluated_at: datetime
+    inputs: dict[str, Any]
+    record: dict[str, Any]
+
+
+class VoteAction(StrEnum):
+    """A vote."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class ApprovalStatus(StrEnum):
+    """Approval request states."""
+
+    PENDING = "pending"
+    GRANTED = "granted"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class VoteOut(ResponseBody):
+    """One approver's vote."""
+
+    approver_id: UUID
+    action: VoteAction
+    comment: str
+    at: datetime
+
+
+class ApprovalRequestOut(ResponseBody):
+    """A promotion's approval request and its votes."""
+
+    promotion_id: UUID
+    environment_id: UUID
+    requester_id: UUID | None
+    required: int = Field(description="Distinct approvals needed.")
+    require_sod: bool
+    approver_groups: list[str]
+    status: ApprovalStatus
+    requested_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    votes: list[VoteOut]
+
+
+# --- workflows ------------------------------------------------------------------------------------------
+
+
+class RunOn(StrEnum):
+    """When a step runs, given how the steps before it ended."""
+
+    SUCCESS = "success"
+    ALWAYS = "always"
+    FAILURE = "failure"
+
+
+class RetryIn(RequestBody):
+    """How often and how patiently a step is retried."""
+
+    max_attempts: int = Field(default=1, ge=1, le=100)
+    backoff_s: float = Field(default=0, ge=0, le=86400)
+
+
+class NodeIn(RequestBody):
+    """One step of a template."""
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    type: str = Field(min_length=1, max_length=64, description="Step type: gate, approval, evidence, wait...")
+    config: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryIn = Field(default_factory=RetryIn)
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+    when: str | None = Field(default=None, max_length=1000, description="Run only when this condition holds.")
+    run_on: RunOn = RunOn.SUCCESS
+
+
+class EdgeIn(RequestBody):
+    """``from`` finishes before ``to`` starts."""
+
+    source: str = Field(alias="from", min_length=1, max_length=63)
+    target: str = Field(alias="to", min_length=1, max_length=63)
+
+
+class TemplateCreate(RequestBody):
+    """The next version of a tenant workflow template (a DAG of steps)."""
+
+    name: Name
+    nodes: list[NodeIn] = Field(min_length=1, max_length=100)
+    edges: list[EdgeIn] = Field(default_factory=list, max_length=500)
+    inputs: dict[str, Any] = Field(
+        default_factory=dict, description="Declared inputs by name: {name: {required, default, description}}."
+    )
+    outputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RetryOut(ResponseBody):
+    """A step's retry policy."""
+
+    max_attempts: int
+    backoff_s: float
+
+
+class NodeOut(ResponseBody):
+    """One step of a template."""
+
+    id: str
+    type: str
+    config: dict[str, Any]
+    retry: RetryOut
+    timeout_s: float | None
+    when: str | None
+    run_on: RunOn
+
+
+class EdgeOut(ResponseBody):
+    """``from`` finishes before ``to`` starts."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    source: str = Field(alias="from", validation_alias=AliasChoices("from", "source"))
+    target: str = Field(alias="to", validation_alias=AliasChoices("to", "target"))
+
+
+class TemplateOut(ResponseBody):
+    """A version of a workflow template; built-in templates have no tenant."""
+
+    id: UUID
+    tenant_id: UUID | None
+    name: str
+    version: int
+    nodes: list[NodeOut]
+    edges: list[EdgeOut]
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    is_builtin: bool
+    created_at: datetime
+
+
+class TemplatePage(ResponseBody):
+    """A page of templates: the latest version of each, built-in ones and the tenant's."""
+
+    items: list[TemplateOut]
+    next_page_token: str | None
+
+
+class RunStatus(StrEnum):
+    """Workflow run states."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepStatus(StrEnum):
+    """Step run states."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class StepRunOut(ResponseBody):
+    """One attempt of one step."""
+
+    id: UUID
+    node_id: str
+    status: StepStatus
+    attempt_number: int
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    error: str | None
+    logs: str
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class RunOut(ResponseBody):
+    """A workflow run with its step runs."""
+
+    id: UUID
+    template_id: UUID
+    template_name: str
+    template_version: int = Field(description="The template version the run pinned when it started.")
+    subject_id: UUID | None = Field(description="What the run is about (a promotion id).")
+    status: RunStatus
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    started_at: datetime | None
+    completed_at: datetime | None
+    steps: list[StepRunOut]
+
+
+# --- evidence -------------------------------------------------------------------------------------------
+
+
+class PacketType(StrEnum):
+    """Kinds of evidence (reference §5)."""
+
+    RELEASE_DECISION = "release_decision"
+    DEPLOYMENT = "deployment"
+    ROLLBACK = "rollback"
+    DRIFT = "drift"
+
+
+class PacketOut(ResponseBody):
+    """A signed evidence packet: its DSSE envelope and decoded content."""
+
+    id: UUID
+    packet_type: PacketType
+    promotion_id: UUID | None
+    sequence: int = Field(description="Position in the tenant's hash chain.")
+    previous_hash: str | None = Field(description="content_hash of the packet before it in the chain.")
+    content_hash: str = Field(description="sha256:<hex> of the content's canonical JSON (RFC 8785).")
+    signer_key_ref: str
+    created_at: datetime
+    content: dict[str, Any]
+    envelope: dict[str, Any] = Field(description="DSSE envelope of the in-toto Statement.")
+
+
+class PacketPage(ResponseBody):
+    """A page of packets, in chain order."""
+
+    items: list[PacketOut]
+    next_page_token: str | None
+
+
+class VerificationOut(ResponseBody):
+    """The outcome of verifying one packet: signature, content hash and chain link."""
+
+    packet_id: UUID
+    valid: bool
+    checks: dict[str, bool]
+    findings: list[str]
+
+
+class KeyOut(ResponseBody):
+    """A public key that signs (``active``) or signed evidence."""
+
+    key_ref: str
+    algorithm: str
+    public_key_pem: str
+    active: bool
+    created_at: datetime
+    retired_at: datetime | None
+
+
+class KeyList(ResponseBody):
+    """Every key that ever signed the evidence, the active one and the retired ones."""
+
+    items: list[KeyOut]

@@ -26,6 +26,10 @@ class Settings(ServiceSettings):
     query_timeout_s: float = Field(default=5.0, gt=0, le=120)
     """Seconds a read is awaited before the request answers 503 ``SYS_UNAVAILABLE``."""
 
+    export_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    """Seconds an evidence export is awaited: the evidence service builds and stores the whole bundle before
+    it answers, which takes longer than a read (then 503 ``SYS_UNAVAILABLE``)."""
+
     public_url: str | None = None
     """The URL clients reach the gateway at (e.g. ``https://stella.example.com``): the OpenAPI ``servers``
     entry and the base of ``Location`` headers. Relative ``Location`` headers when unset."""

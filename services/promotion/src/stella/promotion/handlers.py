@@ -500,7 +500,7 @@ class Handlers:
                 else current.promotion_policy
             )
             now = self.clock()
-            unchanged = current.model_copy(
+            proposed = current.model_copy(
                 update={
                     "display_name": environment.display_name,
                     "order_index": environment.order_index,
@@ -510,7 +510,7 @@ class Handlers:
                     "promotion_policy": policy,
                 }
             )
-            if unchanged == current:
+            if proposed == current:
                 return current.model_dump(mode="json")
             view = await repo.update_environment(conn, cmd.tenant_id, environment, policy, now)
             # Changed gates may open the environment for a held promotion before its recorded next opening.

@@ -1,17 +1,28 @@
 """One Litestar controller per resource of the public API."""
 
 from stella.gateway.controllers.components import ComponentController
+from stella.gateway.controllers.environments import EnvironmentController
+from stella.gateway.controllers.evidence import EvidenceController
 from stella.gateway.controllers.health import HealthController
 from stella.gateway.controllers.openapi import OpenAPIController
 from stella.gateway.controllers.principals import PrincipalController
+from stella.gateway.controllers.promotions import PromotionController
 from stella.gateway.controllers.releases import ReleaseController
+from stella.gateway.controllers.scans import ScanResultController
 from stella.gateway.controllers.tokens import TokenController
+from stella.gateway.controllers.workflows import WorkflowRunController, WorkflowTemplateController
 
 __all__ = [
     "ComponentController",
+    "EnvironmentController",
+    "EvidenceController",
     "HealthController",
     "OpenAPIController",
     "PrincipalController",
+    "PromotionController",
     "ReleaseController",
+    "ScanResultController",
     "TokenController",
+    "WorkflowRunController",
+    "WorkflowTemplateController",
 ]

@@ -1,0 +1,178 @@
+"""``/api/v1/evidence``: signed, chained evidence packets, their verification, public keys and export bundles.
+
+Served by the evidence service; every route needs ``evidence:read`` (verifying and exporting change nothing).
+A promotion's packets are also at ``/api/v1/promotions/{id}/evidence``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from litestar import Controller, get, post
+from litestar.datastructures import ResponseHeader
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter, QueryParameter
+from litestar.response import Stream
+
+from stella.contracts import evidence as contract
+from stella.gateway.auth import require
+from stella.gateway.dependencies import ID_SCHEMA, parse_id, problems
+from stella.gateway.exports import MEDIA_TYPE, ExportedBundle, digest_headers
+from stella.gateway.pagination import PageParams
+from stella.gateway.permissions import Action, Resource
+from stella.gateway.problems import ProblemError
+from stella.gateway.relay import CallContext, Relay, parse_data
+from stella.gateway.runtime import Runtime
+from stella.gateway.schemas import KeyList, KeyOut, PacketOut, PacketPage, PacketType, VerificationOut
+
+BASE = "/api/v1/evidence"
+_ID = Parameter(description="Evidence packet id", schema_extra=ID_SCHEMA)
+
+PACKETS_HEADER = "X-Evidence-Packets"
+"""Response header of an export: how many packets the bundle holds."""
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ProblemError(
+            400,
+            "VAL_INVALID_REQUEST",
+            f"{name} must carry a UTC offset, e.g. 2026-01-31T00:00:00Z.",
+            errors=[{"loc": ["query", name], "msg": "a time with a UTC offset"}],
+        )
+    return value
+
+
+class EvidenceController(Controller):
+    """Evidence packets of the caller's tenant."""
+
+    path = BASE
+    tags = ["evidence"]
+
+    @get(
+        "/",
+        operation_id="listEvidence",
+        summary="List evidence packets",
+        guards=[require(Resource.EVIDENCE, Action.READ)],
+        responses=problems(400, 403),
+    )
+    async def list_packets(
+        self,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        page: NamedDependency[PageParams],
+        packet_type: Annotated[PacketType | None, QueryParameter(description="Only this kind of packet.")] = None,
+        promotion_id: Annotated[UUID | None, QueryParameter(description="Only this promotion's packets.")] = None,
+    ) -> PacketPage:
+        """List the tenant's packets in chain order, oldest first."""
+        query = call.query(
+            contract.ListPackets,
+            packet_type=packet_type.value if packet_type is not None else None,
+            promotion_id=promotion_id,
+            page=page.to_contract(),
+        )
+        return parse_data(PacketPage, await relay.query(contract.LIST_PACKETS, query))
+
+    @get(
+        "/keys",
+        operation_id="listEvidenceKeys",
+        summary="List the public keys of evidence signatures",
+        guards=[require(Resource.EVIDENCE, Action.READ)],
+        responses=problems(403),
+    )
+    async def list_keys(self, call: NamedDependency[CallContext], relay: NamedDependency[Relay]) -> KeyList:
+        """Every public key that signs or signed evidence (PEM): a retired key still verifies what it signed."""
+        data = await relay.query(contract.LIST_KEYS, call.query(contract.ListKeys))
+        if not isinstance(data, list):
+            raise ProblemError(502, "SYS_BAD_GATEWAY", "A service answered in an unexpected shape.")
+        return KeyList(items=[parse_data(KeyOut, item) for item in data])
+
+    @get(
+        "/export",
+        operation_id="exportEvidence",
+        summary="Export evidence as a verifiable bundle",
+        guards=[require(Resource.EVIDENCE, Action.READ)],
+        media_type=MEDIA_TYPE,
+        responses={
+            200: ResponseSpec(
+                data_container=bytes,
+                generate_examples=False,
+                media_type=MEDIA_TYPE,
+                description="The bundle: a tar.gz of envelopes, public keys, a SHA-256 manifest and VERIFY.md",
+            ),
+            **problems(400, 403, 422, 502),
+        },
+        response_headers=[
+            ResponseHeader(
+                name="Content-Disposition", description="attachment; filename=...", documentation_only=True
+            ),
+            ResponseHeader(name="ETag", description='"sha256:<hex>" of the bundle', documentation_only=True),
+            ResponseHeader(name="Digest", description="sha-256=<base64> of the bundle", documentation_only=True),
+            ResponseHeader(name=PACKETS_HEADER, description="Packets in the bundle", documentation_only=True),
+        ],
+    )
+    async def export_bundle(
+        self,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        runtime: NamedDependency[Runtime],
+        created_from: Annotated[
+            datetime | None, QueryParameter(name="from", description="Packets created at or after this time.")
+        ] = None,
+        created_to: Annotated[
+            datetime | None, QueryParameter(name="to", description="Packets created before this time.")
+        ] = None,
+    ) -> Stream:
+        """Export the packets created in ``[from, to)`` as a bundle that verifies offline.
+
+        The evidence service builds the bundle and stores it; it is streamed from there. ``ETag`` and
+        ``Digest`` carry its SHA-256, so a client can check the download.
+        """
+        query = call.query(
+            contract.ExportBundle,
+            created_from=_aware(created_from, "from"),
+            created_to=_aware(created_to, "to"),
+        )
+        data = await relay.query(contract.EXPORT_BUNDLE, query, timeout_s=runtime.settings.export_timeout_s)
+        bundle = parse_data(ExportedBundle, data)
+        chunks = await runtime.get_exports().open(bundle)
+        headers = {
+            "Content-Disposition": f'attachment; filename="{bundle.filename}"',
+            "Content-Length": str(bundle.size),
+            PACKETS_HEADER: str(bundle.packets),
+            **digest_headers(bundle),
+        }
+        return Stream(chunks, media_type=MEDIA_TYPE, headers=headers)
+
+    @get(
+        "/{packet_id:str}",
+        operation_id="getEvidence",
+        summary="Read an evidence packet",
+        guards=[require(Resource.EVIDENCE, Action.READ)],
+        responses=problems(400, 403, 404),
+    )
+    async def get_packet(
+        self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], packet_id: str = _ID
+    ) -> PacketOut:
+        """Read a packet: its DSSE envelope, decoded content, hash and place in the chain."""
+        query = call.query(contract.GetPacket, packet_id=parse_id(packet_id, "packet_id"))
+        return parse_data(PacketOut, await relay.query(contract.GET_PACKET, query))
+
+    @post(
+        "/{packet_id:str}/verify",
+        operation_id="verifyEvidence",
+        summary="Verify an evidence packet",
+        guards=[require(Resource.EVIDENCE, Action.READ)],
+        status_code=200,
+        responses=problems(400, 403, 404),
+    )
+    async def verify_packet(
+        self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], packet_id: str = _ID
+    ) -> VerificationOut:
+        """Check a packet's signature, content hash and link to the packet before it; ``valid`` when all hold."""
+        query = call.query(contract.VerifyPacket, packet_id=parse_id(packet_id, "packet_id"))
+        return parse_data(VerificationOut, await relay.query(contract.VERIFY_PACKET, query))
+

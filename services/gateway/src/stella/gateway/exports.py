@@ -1,0 +1,151 @@
+"""Evidence export bundles: read from the JetStream object store the evidence service wrote them to.
+
+A bundle can be far larger than a NATS message, so the evidence service's export query does not carry it:
+the service stores the bundle as an object of a bucket of the installation's namespace and answers where it
+is and what it holds (:class:`ExportedBundle`). The gateway checks that the object is there with the size and
+SHA-256 the reply announced, then passes it to the client chunk by chunk as the chunks arrive, so the
+download starts at once and the headers (``Content-Length``, digest) are known before the first byte.
+
+The object store client verifies the object's digest after its last chunk. When that check fails the
+stream ends with an error and the client gets fewer bytes than ``Content-Length`` said: a download that
+cannot be mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Final
+
+from nats.js import JetStreamContext
+from nats.js import errors as js_errors
+from nats.js.object_store import ObjectStore
+from pydantic import BaseModel, ConfigDict, Field
+
+from stella.gateway.problems import ProblemError
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPE: Final[str] = "application/gzip"
+"""Media type of an export bundle (a gzip-compressed tar archive)."""
+
+_DIGEST_PREFIX: Final[str] = "sha-256="
+
+
+class ExportedBundle(BaseModel):
+    """Where the evidence service stored an export bundle and what it holds (its export query's reply)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    bucket: str = Field(pattern=r"^[A-Za-z0-9_-]{1,255}$", description="Object store bucket (namespaced).")
+    object: str = Field(min_length=1, max_length=1024, description="Object name in the bucket.")
+    filename: str = Field(pattern=r"^[A-Za-z0-9._-]{1,200}$", description="File name offered to the client.")
+    packets: int = Field(ge=0)
+    first_sequence: int | None
+    last_sequence: int | None
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the bundle.")
+    size: int = Field(ge=0)
+    created_at: datetime
+    expires_at: datetime
+
+
+class _QueueWriter(io.BufferedIOBase):
+    """A file-like sink the object store client writes chunks into (from an executor thread).
+
+    Each chunk is handed to the event loop's queue; ``call_soon_threadsafe`` keeps them in write order and
+    ahead of the object store client's next step, which waits for the write to return.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | None]) -> None:
+        super().__init__()
+        self._loop = loop
+        self._queue = queue
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        chunk = bytes(data)
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
+        return len(chunk)
+
+
+class BundleReader:
+    """Opens export bundles in the object store.
+
+    Args:
+        js: The gateway's JetStream context.
+    """
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def open(self, bundle: ExportedBundle) -> AsyncIterator[bytes]:
+        """Check that ``bundle`` is stored as announced and return an iterator over its bytes.
+
+        Raises:
+            ProblemError: 502 ``SYS_BAD_GATEWAY`` when the bucket or object is missing or differs from the
+                reply (size or digest).
+        """
+        try:
+            store = await self.js.object_store(bundle.bucket)
+            info = await store.get_info(bundle.object)
+        except (js_errors.BucketNotFoundError, js_errors.ObjectNotFoundError, js_errors.InvalidBucketNameError) as exc:
+            log.error("an export bundle named by the evidence service is missing", extra={"bucket": bundle.bucket})
+            raise ProblemError(
+                502, "SYS_BAD_GATEWAY", "The evidence service named an export bundle that is not stored."
+            ) from exc
+        if info.size != bundle.size or _hex_digest(info.digest) != bundle.sha256:
+            log.error(
+                "an export bundle differs from the evidence service's description",
+                extra={"bucket": bundle.bucket, "size": info.size, "expected_size": bundle.size},
+            )
+            raise ProblemError(502, "SYS_BAD_GATEWAY", "The stored export bundle differs from its description.")
+        return _chunks(store, bundle.object)
+
+
+def _hex_digest(digest: str | None) -> str | None:
+    """The hex form of an object store digest (``SHA-256=<url-safe base64>``)."""
+    if not digest or not digest.lower().startswith(_DIGEST_PREFIX):
+        return None
+    try:
+        return base64.urlsafe_b64decode(digest[len(_DIGEST_PREFIX) :]).hex()
+    except ValueError:
+        return None
+
+
+async def _chunks(store: ObjectStore, name: str) -> AsyncIterator[bytes]:
+    """Yield the object's chunks as the object store client receives them."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    reading = asyncio.create_task(store.get(name, writeinto=_QueueWriter(loop, queue)), name="export-bundle-read")
+    reading.add_done_callback(lambda _: queue.put_nowait(None))
+    try:
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+        # Raises when the object store client found the bytes do not match the object's digest.
+        await reading
+    finally:
+        if not reading.done():
+            # The client went away mid-download.
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+
+
+def digest_headers(bundle: ExportedBundle) -> dict[str, str]:
+    """Headers naming the bundle's SHA-256: ``ETag``, ``Digest`` (RFC 3230) and ``Repr-Digest`` (RFC 9530)."""
+    encoded = base64.b64encode(bytes.fromhex(bundle.sha256)).decode()
+    return {
+        "ETag": f'"sha256:{bundle.sha256}"',
+        "Digest": f"sha-256={encoded}",
+        "Repr-Digest": f"sha-256=:{encoded}:",
+    }
+
+
+__all__ = ["MEDIA_TYPE", "BundleReader", "ExportedBundle", "digest_headers"]
