@@ -131,6 +131,7 @@ async def main() -> int:
             embedded.append(pg)
             env["STELLA_DATABASE_URL"] = await _ensure_database(pg.url, "stella")
             _say(f"embedded Postgres on 127.0.0.1:{pg.port} (data in {STATE / 'postgres'})")
+        env.setdefault("STELLA_EVIDENCE_KEY_DIR", str(STATE / "keys"))
         port = int(env.setdefault("STELLA_GATEWAY_PORT", "8080"))
         host = env.setdefault("STELLA_GATEWAY_HOST", "127.0.0.1")
         python = sys.executable
@@ -171,7 +172,7 @@ async def main() -> int:
             token = token_file.read_text().strip() if token_file.exists() else "(see .stella/admin-token)"
             _say("Stella is up.")
             _say(f"  API:    {base}/api/v1")
-            _say(f"  Docs:   {base}/api/docs   (OpenAPI: {base}/api/openapi.json)")
+            _say(f"  Docs:   {base}/api/docs   (OpenAPI: {base}/api/v1/openapi.json)")
             _say(f"  Token:  {token}   (also in {token_file})")
             _say(f'  Try:    curl -H "Authorization: Bearer $(cat {token_file})" {base}/api/v1/components')
             _say("Press Ctrl-C to stop.")

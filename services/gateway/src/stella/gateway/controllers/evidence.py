@@ -35,15 +35,25 @@ PACKETS_HEADER = "X-Evidence-Packets"
 """Response header of an export: how many packets the bundle holds."""
 
 
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+def _instant(value: str | None, name: str) -> datetime | None:
+    """Parse a time of a query parameter; it must carry its UTC offset.
+
+    Parsed here rather than by the framework so a field error names the parameter as the client wrote it.
+    """
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
         raise ProblemError(
             400,
             "VAL_INVALID_REQUEST",
-            f"{name} must carry a UTC offset, e.g. 2026-01-31T00:00:00Z.",
-            errors=[{"loc": ["query", name], "msg": "a time with a UTC offset"}],
+            f"{name} must be an ISO 8601 time with a UTC offset, e.g. 2026-01-31T00:00:00Z.",
+            errors=[{"loc": ["query", name], "msg": "an ISO 8601 time with a UTC offset"}],
         )
-    return value
+    return parsed
 
 
 class EvidenceController(Controller):
@@ -120,10 +130,22 @@ class EvidenceController(Controller):
         relay: NamedDependency[Relay],
         runtime: NamedDependency[Runtime],
         created_from: Annotated[
-            datetime | None, QueryParameter(name="from", description="Packets created at or after this time.")
+            str | None,
+            QueryParameter(
+                name="from",
+                max_length=64,
+                description="Packets created at or after this time (ISO 8601 with offset).",
+                schema_extra={"format": "date-time"},
+            ),
         ] = None,
         created_to: Annotated[
-            datetime | None, QueryParameter(name="to", description="Packets created before this time.")
+            str | None,
+            QueryParameter(
+                name="to",
+                max_length=64,
+                description="Packets created before this time (ISO 8601 with offset).",
+                schema_extra={"format": "date-time"},
+            ),
         ] = None,
     ) -> Stream:
         """Export the packets created in ``[from, to)`` as a bundle that verifies offline.
@@ -133,8 +155,8 @@ class EvidenceController(Controller):
         """
         query = call.query(
             contract.ExportBundle,
-            created_from=_aware(created_from, "from"),
-            created_to=_aware(created_to, "to"),
+            created_from=_instant(created_from, "from"),
+            created_to=_instant(created_to, "to"),
         )
         data = await relay.query(contract.EXPORT_BUNDLE, query, timeout_s=runtime.settings.export_timeout_s)
         bundle = parse_data(ExportedBundle, data)
