@@ -34,6 +34,35 @@ OPERATIONS = {
     "updateRelease",
     "markReleaseReady",
     "deprecateRelease",
+    "createEnvironment",
+    "listEnvironments",
+    "getEnvironment",
+    "updateEnvironment",
+    "deleteEnvironment",
+    "addFreezeWindow",
+    "listFreezeWindows",
+    "removeFreezeWindow",
+    "getEnvironmentState",
+    "recordScanResult",
+    "requestPromotion",
+    "listPromotions",
+    "getPromotion",
+    "getPromotionDecision",
+    "approvePromotion",
+    "rejectPromotion",
+    "getPromotionApprovals",
+    "cancelPromotion",
+    "overridePromotionFreeze",
+    "listPromotionEvidence",
+    "listWorkflowTemplates",
+    "saveWorkflowTemplate",
+    "getWorkflowTemplate",
+    "getWorkflowRun",
+    "listEvidence",
+    "listEvidenceKeys",
+    "exportEvidence",
+    "getEvidence",
+    "verifyEvidence",
 }
 
 
@@ -56,6 +85,26 @@ async def test_health_readiness_and_docs_need_no_token(gateway_settings: Setting
         create = spec["paths"]["/api/v1/components"]["post"]
         assert "application/problem+json" in create["responses"]["400"]["content"]
         assert spec["paths"]["/healthz"]["get"]["security"] == [{}]
+        assert [tag["name"] for tag in spec["tags"]] == [
+            "health",
+            "principals",
+            "tokens",
+            "components",
+            "releases",
+            "environments",
+            "scan-results",
+            "promotions",
+            "workflows",
+            "evidence",
+        ]
+        used = {tag for path in spec["paths"].values() for op in path.values() for tag in op.get("tags", [])}
+        assert used <= {tag["name"] for tag in spec["tags"]}
+        # Workflow edges are {from, to} in requests and responses alike.
+        assert set(spec["components"]["schemas"]["EdgeIn"]["properties"]) == {"from", "to"}
+        assert set(spec["components"]["schemas"]["EdgeOut"]["properties"]) == {"from", "to"}
+        export = spec["paths"]["/api/v1/evidence/export"]["get"]
+        assert "application/gzip" in export["responses"]["200"]["content"]
+        assert [p["name"] for p in export["parameters"]] == ["from", "to"]
 
         assert (await client.get("/api/docs/openapi.json")).json() == spec
 

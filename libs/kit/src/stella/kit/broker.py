@@ -76,8 +76,9 @@ async def declare_streams(
     """Create the streams, or update them to the declared configuration; safe from many processes at once."""
     names = names or Names()
     for spec in specs:
+        name = names.stream(spec)
         config = StreamConfig(
-            name=names.stream(spec),
+            name=name,
             description=spec.description,
             subjects=names.stream_subjects(spec),
             storage=StorageType.FILE,
@@ -85,7 +86,7 @@ async def declare_streams(
             duplicate_window=spec.duplicate_window_s,
         )
         try:
-            await js.stream_info(config.name)
+            await js.stream_info(name)
         except NotFoundError:
             try:
                 await js.add_stream(config)

@@ -133,7 +133,6 @@ class EvidenceController(Controller):
             str | None,
             QueryParameter(
                 name="from",
-                max_length=64,
                 description="Packets created at or after this time (ISO 8601 with offset).",
                 schema_extra={"format": "date-time"},
             ),
@@ -142,7 +141,6 @@ class EvidenceController(Controller):
             str | None,
             QueryParameter(
                 name="to",
-                max_length=64,
                 description="Packets created before this time (ISO 8601 with offset).",
                 schema_extra={"format": "date-time"},
             ),
