@@ -112,6 +112,26 @@ def consumer_config(name: str, subject: str, settings: ServiceSettings) -> Consu
     )
 
 
+def durable_subscriber(router: NatsRouter, host: Host, stream: StreamSpec, subject: str, consumer: str) -> Any:
+    """The decorator registering a durable pull consumer ``consumer`` on ``subject`` of ``stream``.
+
+    Acks are manual (see :func:`settle`); at most ``max_in_flight`` messages are handled at once.
+    """
+    settings, names = host.settings, host.names
+    wire_subject = names.subject(subject)
+    return router.subscriber(
+        wire_subject,
+        stream=JStream(names.stream(stream), declare=False),
+        durable=consumer,
+        config=consumer_config(consumer, wire_subject, settings),
+        deliver_policy=DeliverPolicy.ALL,
+        pull_sub=PullSub(batch_size=min(settings.max_in_flight, 32), timeout=1.0),
+        ack_policy=AckPolicy.MANUAL,
+        max_workers=settings.max_in_flight,
+        title=consumer,
+    )
+
+
 @dataclass
 class DeliveryOutcome:
     """What happened to one delivery (for tests and metrics)."""
@@ -212,20 +232,9 @@ class CommandRoutes:
 
     def attach(self, router: NatsRouter, host: Host) -> None:
         """Register the durable consumer on ``router``."""
-        settings, names = host.settings, host.names
-        subject = names.subject(f"stella.cmd.{self.context}.>")
+        names = host.names
 
-        @router.subscriber(
-            subject,
-            stream=JStream(names.stream(COMMANDS), declare=False),
-            durable=self.consumer,
-            config=consumer_config(self.consumer, subject, settings),
-            deliver_policy=DeliverPolicy.ALL,
-            pull_sub=PullSub(batch_size=min(settings.max_in_flight, 32), timeout=1.0),
-            ack_policy=AckPolicy.MANUAL,
-            max_workers=settings.max_in_flight,
-            title=self.consumer,
-        )
+        @durable_subscriber(router, host, COMMANDS, f"stella.cmd.{self.context}.>", self.consumer)
         async def on_command(msg: NatsMessage) -> None:
             raw: Msg = msg.raw_message
             reply_to = (raw.headers or {}).get(HEADER_REPLY_TO)
@@ -334,20 +343,9 @@ class EventRoutes:
 
     def attach(self, router: NatsRouter, host: Host) -> None:
         """Register the durable consumer on ``router``."""
-        settings, names = host.settings, host.names
-        subject = names.subject(self.subject)
+        names = host.names
 
-        @router.subscriber(
-            subject,
-            stream=JStream(names.stream(EVENTS), declare=False),
-            durable=self.consumer,
-            config=consumer_config(self.consumer, subject, settings),
-            deliver_policy=DeliverPolicy.ALL,
-            pull_sub=PullSub(batch_size=min(settings.max_in_flight, 32), timeout=1.0),
-            ack_policy=AckPolicy.MANUAL,
-            max_workers=settings.max_in_flight,
-            title=self.consumer,
-        )
+        @durable_subscriber(router, host, EVENTS, self.subject, self.consumer)
         async def on_event(msg: NatsMessage) -> None:
             raw: Msg = msg.raw_message
 
