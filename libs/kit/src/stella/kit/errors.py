@@ -37,6 +37,16 @@ class ServiceError(Exception):
             self.title = title
         self.errors = errors or []
 
+    def as_problem(self) -> dict[str, Any]:
+        """The error as problem-details fields (code, status, title, detail, errors)."""
+        return {
+            "code": self.code,
+            "status": self.status,
+            "title": self.title,
+            "detail": self.detail,
+            "errors": list(self.errors),
+        }
+
 
 class NotFound(ServiceError):
     """The resource does not exist for this tenant (another tenant's resource looks the same)."""

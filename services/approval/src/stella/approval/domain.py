@@ -26,6 +26,8 @@ from enum import StrEnum
 from typing import Any, ClassVar, Final
 from uuid import UUID
 
+from stella.kit.errors import ServiceError
+
 APPROVE_PERMISSION: Final = "promotion:approve"
 """The permission that makes a principal eligible to vote on a promotion in an environment."""
 
@@ -43,27 +45,12 @@ MAX_COMMENT_LENGTH: Final = 4000
 # ---------------------------------------------------------------------------------------------------------
 
 
-class DomainError(Exception):
+class DomainError(ServiceError):
     """Base of every approval domain error: a stable ``code``, an HTTP ``status``, a ``title``, a ``detail``."""
 
     code: ClassVar[str] = "PROM_APPROVAL_ERROR"
     status: ClassVar[int] = 400
     title: ClassVar[str] = "Approval error"
-
-    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.errors: list[dict[str, Any]] = errors or []
-
-    def as_problem(self) -> dict[str, Any]:
-        """Return the error as a problem-details mapping (code, status, title, detail, errors)."""
-        return {
-            "code": self.code,
-            "status": self.status,
-            "title": self.title,
-            "detail": self.detail,
-            "errors": list(self.errors),
-        }
 
 
 class InvalidApprovalRequest(DomainError):

@@ -61,12 +61,14 @@ from functools import cached_property
 from typing import Any, ClassVar, Final, NamedTuple
 from uuid import UUID, uuid5
 
+from stella.kit.errors import ServiceError
+
 # ---------------------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------------------
 
 
-class DomainError(Exception):
+class DomainError(ServiceError):
     """Base of every workflow domain error: a stable ``code``, an HTTP ``status``, a ``title`` and a ``detail``.
 
     The shape matches the problem details the gateway returns (``errors`` carries field-level problems).
@@ -75,21 +77,6 @@ class DomainError(Exception):
     code: ClassVar[str] = "WF_ERROR"
     status: ClassVar[int] = 400
     title: ClassVar[str] = "Workflow error"
-
-    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.errors: list[dict[str, Any]] = errors or []
-
-    def as_problem(self) -> dict[str, Any]:
-        """Return the error as a problem-details mapping (code, status, title, detail, errors)."""
-        return {
-            "code": self.code,
-            "status": self.status,
-            "title": self.title,
-            "detail": self.detail,
-            "errors": list(self.errors),
-        }
 
 
 class InvalidTemplate(DomainError):
