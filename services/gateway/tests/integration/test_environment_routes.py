@@ -165,9 +165,7 @@ async def test_freeze_windows_add_list_and_remove(gateway: Gateway, services: St
     one_off = {"start": "2026-12-24T00:00:00+01:00", "end": "2026-12-27T00:00:00+01:00", "reason": "holidays"}
     services.answer(prom.ADD_FREEZE_WINDOW, views.freeze_window(environment_id, rrule=None))
     assert (
-        await gateway.call(
-            "POST", f"/api/v1/environments/{environment_id}/freeze-windows", tenant.token, json=one_off
-        )
+        await gateway.call("POST", f"/api/v1/environments/{environment_id}/freeze-windows", tenant.token, json=one_off)
     ).status_code == 201
     sent_window = services.last(prom.ADD_FREEZE_WINDOW).payload["window"]
     assert (sent_window["kind"], sent_window["timezone"], sent_window["rrule"]) == ("deny", "UTC", None)
@@ -235,7 +233,9 @@ async def test_malformed_windows_are_400_before_anything_is_sent(
     gateway: Gateway, services: StandIn, body: dict[str, Any], loc: list[Any]
 ) -> None:
     tenant = await gateway.tenant()
-    response = await gateway.call("POST", f"/api/v1/environments/{uuid.uuid4()}/freeze-windows", tenant.token, json=body)
+    response = await gateway.call(
+        "POST", f"/api/v1/environments/{uuid.uuid4()}/freeze-windows", tenant.token, json=body
+    )
     problem = assert_problem(response, 400, "VAL_INVALID_REQUEST")
     assert loc in [error["loc"] for error in problem["errors"]], problem
     assert services.received == []

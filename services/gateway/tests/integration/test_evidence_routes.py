@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import os
 import tarfile
 import uuid
@@ -18,13 +19,15 @@ from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from nats.aio.client import Client
-from nats.js.errors import NotFoundError
+from nats.js.errors import DigestMismatchError, NotFoundError
 
 from stella.contracts import evidence as evid
 from stella.contracts.envelope import ErrorDetail, Reply
 from stella.contracts.streams import StreamSpec
+from stella.gateway.exports import BundleReader, ExportedBundle
 from stella.gateway.settings import Settings
 
 from . import views
@@ -147,9 +150,7 @@ async def test_keys_and_export_are_not_taken_for_packet_ids(gateway: Gateway, se
     assert_problem(await gateway.call("GET", "/api/v1/evidence/keys", tenant.token), 502, "SYS_BAD_GATEWAY")
 
 
-async def test_export_streams_the_stored_bundle(
-    gateway: Gateway, services: StandIn, nats: Client, bucket: str
-) -> None:
+async def test_export_streams_the_stored_bundle(gateway: Gateway, services: StandIn, nats: Client, bucket: str) -> None:
     tenant = await gateway.tenant()
     viewer = await gateway.principal_token(tenant, "vic", ["viewer"])
     data = _bundle(packets=4)
@@ -222,6 +223,40 @@ async def test_an_export_that_is_not_stored_as_described_is_502(
         services.answer(evid.EXPORT_BUNDLE, reply)
         response = await gateway.call("GET", "/api/v1/evidence/export", tenant.token)
         assert_problem(response, 502, "SYS_BAD_GATEWAY")
+
+
+async def test_a_corrupt_bundle_never_reaches_its_announced_length(gateway: Gateway, nats: Client, bucket: str) -> None:
+    js = nats.jetstream()
+    data = _bundle(packets=4)
+    name = f"{uuid.uuid4()}.tar.gz"
+    await (await js.object_store(bucket)).put(name, data)
+    # The stored description of the object now claims other bytes than its chunks hold, as a damaged
+    # store would; the evidence service's reply agrees with the description.
+    forged = bytearray(data)
+    forged[-1] ^= 0xFF
+    meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+    stored = (await js.get_last_msg(f"OBJ_{bucket}", meta_subject)).data
+    assert stored is not None
+    meta = json.loads(stored)
+    meta["digest"] = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(forged).digest()).decode()
+    await js.publish(meta_subject, json.dumps(meta).encode(), headers={"Nats-Rollup": "sub"})
+    bundle = ExportedBundle.model_validate(_described(bucket, name, bytes(forged), packets=4))
+
+    received = bytearray()
+
+    async def download() -> None:
+        async for chunk in await BundleReader(js).open(bundle):
+            received.extend(chunk)
+
+    with pytest.raises(DigestMismatchError):
+        await download()
+    assert 0 < len(received) < len(data)
+    assert data.startswith(received)
+
+    # An intact object streams whole.
+    intact = ExportedBundle.model_validate(_described(bucket, f"{name}.2", data, packets=4))
+    await (await js.object_store(bucket)).put(intact.object, data)
+    assert b"".join([chunk async for chunk in await BundleReader(js).open(intact)]) == data
 
 
 async def test_export_ranges_are_checked(gateway: Gateway, services: StandIn) -> None:

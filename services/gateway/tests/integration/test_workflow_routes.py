@@ -159,7 +159,9 @@ async def test_read_a_run_with_its_steps(gateway: Gateway, services: StandIn) ->
     assert services.last(wf.GET_RUN).payload["run_id"] == run["id"]
 
     services.answer(wf.GET_RUN, error=ErrorDetail(code="WF_RUN_NOT_FOUND", status=404, title="Not found"))
-    assert_problem(await gateway.call("GET", f"/api/v1/workflow-runs/{uuid.uuid4()}", viewer.token), 404, "WF_RUN_NOT_FOUND")
+    assert_problem(
+        await gateway.call("GET", f"/api/v1/workflow-runs/{uuid.uuid4()}", viewer.token), 404, "WF_RUN_NOT_FOUND"
+    )
     received = len(services.received)
     assert_problem(await gateway.call("GET", "/api/v1/workflow-runs/x1", viewer.token), 400, "VAL_INVALID_ID")
     assert len(services.received) == received

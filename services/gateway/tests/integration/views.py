@@ -217,7 +217,10 @@ def approval_request(promotion_id: str, votes: int = 0, **changes: Any) -> dict[
         decided_at=None,
         votes=[
             approval_contract.VoteView(
-                approver_id=uuid.uuid4(), action=approval_contract.VoteAction.APPROVED, comment="ok", at=datetime.now(UTC)
+                approver_id=uuid.uuid4(),
+                action=approval_contract.VoteAction.APPROVED,
+                comment="ok",
+                at=datetime.now(UTC),
             )
             for _ in range(votes)
         ],
@@ -251,7 +254,7 @@ def template(name: str = "canary", version: int = 1, **changes: Any) -> dict[str
 def run(**changes: Any) -> dict[str, Any]:
     """A ``RunView`` with two step runs as JSON."""
     now = datetime.now(UTC)
-    step = {
+    step: dict[str, Any] = {
         "inputs": {},
         "outputs": {},
         "error": None,
@@ -279,7 +282,11 @@ def run(**changes: Any) -> dict[str, Any]:
                 **{**step, "outputs": {"result": "allow"}, "completed_at": now},
             ),
             workflow_contract.StepRunView(
-                id=uuid.uuid4(), node_id="approval", status=workflow_contract.StepStatus.WAITING, attempt_number=1, **step
+                id=uuid.uuid4(),
+                node_id="approval",
+                status=workflow_contract.StepStatus.WAITING,
+                attempt_number=1,
+                **step,
             ),
         ],
     ).model_dump(mode="json")

@@ -6,9 +6,9 @@ is and what it holds (:class:`ExportedBundle`). The gateway checks that the obje
 SHA-256 the reply announced, then passes it to the client chunk by chunk as the chunks arrive, so the
 download starts at once and the headers (``Content-Length``, digest) are known before the first byte.
 
-The object store client verifies the object's digest after its last chunk. When that check fails the
-stream ends with an error and the client gets fewer bytes than ``Content-Length`` said: a download that
-cannot be mistaken for a complete one.
+The object store client verifies the object's digest after its last chunk, and that chunk is passed on only
+once the check passed. When it fails the stream ends with an error and the client gets fewer bytes than
+``Content-Length`` said: a download that cannot be mistaken for a complete one.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ class ExportedBundle(BaseModel):
     size: int = Field(ge=0)
     created_at: datetime
     expires_at: datetime
+
+
+class BundleSizeError(RuntimeError):
+    """An export bundle turned out larger or smaller than announced while it was streamed."""
 
 
 class _QueueWriter(io.BufferedIOBase):
@@ -106,7 +110,7 @@ class BundleReader:
                 extra={"bucket": bundle.bucket, "size": info.size, "expected_size": bundle.size},
             )
             raise ProblemError(502, "SYS_BAD_GATEWAY", "The stored export bundle differs from its description.")
-        return _chunks(store, bundle.object)
+        return _chunks(store, bundle.object, bundle.size)
 
 
 def _hex_digest(digest: str | None) -> str | None:
@@ -119,20 +123,38 @@ def _hex_digest(digest: str | None) -> str | None:
         return None
 
 
-async def _chunks(store: ObjectStore, name: str) -> AsyncIterator[bytes]:
-    """Yield the object's chunks as the object store client receives them."""
+async def _chunks(store: ObjectStore, name: str, size: int) -> AsyncIterator[bytes]:
+    """Yield the object's chunks as the object store client receives them, ``size`` bytes in all.
+
+    Raises:
+        DigestMismatchError: the object's bytes do not match its digest (before its last chunk is yielded).
+        BundleSizeError: the object holds more or fewer than ``size`` bytes (before the excess, or the last
+            chunk, is yielded).
+    """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
     reading = asyncio.create_task(store.get(name, writeinto=_QueueWriter(loop, queue)), name="export-bundle-read")
     reading.add_done_callback(lambda _: queue.put_nowait(None))
+    held: bytes | None = None
     try:
+        # Each chunk is held back until the next one arrives, and the last one until the object store client
+        # checked the whole object's digest: a corrupt object never reaches Content-Length bytes.
+        received = 0
         while (chunk := await queue.get()) is not None:
-            yield chunk
-        # Raises when the object store client found the bytes do not match the object's digest.
+            received += len(chunk)
+            if received > size:
+                raise BundleSizeError(f"object {name!r} holds more than the {size} bytes announced")
+            if held is not None:
+                yield held
+            held = chunk
         await reading
+        if received != size:
+            raise BundleSizeError(f"object {name!r} holds {received} bytes, not the {size} announced")
+        if held is not None:
+            yield held
     finally:
         if not reading.done():
-            # The client went away mid-download.
+            # The client went away mid-download, or the object was refused part way.
             reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reading
@@ -148,4 +170,4 @@ def digest_headers(bundle: ExportedBundle) -> dict[str, str]:
     }
 
 
-__all__ = ["MEDIA_TYPE", "BundleReader", "ExportedBundle", "digest_headers"]
+__all__ = ["MEDIA_TYPE", "BundleReader", "BundleSizeError", "ExportedBundle", "digest_headers"]

@@ -116,9 +116,7 @@ class EvidenceController(Controller):
             **problems(400, 403, 422, 502),
         },
         response_headers=[
-            ResponseHeader(
-                name="Content-Disposition", description="attachment; filename=...", documentation_only=True
-            ),
+            ResponseHeader(name="Content-Disposition", description="attachment; filename=...", documentation_only=True),
             ResponseHeader(name="ETag", description='"sha256:<hex>" of the bundle', documentation_only=True),
             ResponseHeader(name="Digest", description="sha-256=<base64> of the bundle", documentation_only=True),
             ResponseHeader(name=PACKETS_HEADER, description="Packets in the bundle", documentation_only=True),
@@ -195,4 +193,3 @@ class EvidenceController(Controller):
         """Check a packet's signature, content hash and link to the packet before it; ``valid`` when all hold."""
         query = call.query(contract.VerifyPacket, packet_id=parse_id(packet_id, "packet_id"))
         return parse_data(VerificationOut, await relay.query(contract.VERIFY_PACKET, query))
-
