@@ -12,7 +12,7 @@ import stat
 import sys
 import tarfile
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -32,6 +32,7 @@ from stella.contracts.evidence import (
     VERIFY_PACKET,
     CollectEvidence,
     ExportBundle,
+    ExportBundleView,
     GetPacket,
     ListKeys,
     ListPackets,
@@ -73,7 +74,9 @@ async def _completion(collector: MessageCollector, run_id: uuid.UUID, timeout: f
 async def _keyring(caller: Caller) -> PublicKeyRing:
     keys = await caller.query(LIST_KEYS, ListKeys)
     assert keys.ok, keys.error
-    return PublicKeyRing(PublicKey.from_pem(k["public_key_pem"].encode()) for k in keys.data)
+    # Keys are answered as every list is, in a single page.
+    assert keys.data["next_page_token"] is None
+    return PublicKeyRing(PublicKey.from_pem(k["public_key_pem"].encode()) for k in keys.data["items"])
 
 
 async def _collect(caller: Caller, index: int, **fields: object) -> dict:
@@ -403,7 +406,7 @@ async def test_rotated_keys_keep_verifying_and_new_packets_use_the_new_key(
     assert second["signer_key_ref"].startswith("ecdsa-p256:")
     assert second["signer_key_ref"] != first["signer_key_ref"]
     assert second["previous_hash"] == first["content_hash"]
-    keys = {k["key_ref"]: k for k in (await caller.query(LIST_KEYS, ListKeys)).data}
+    keys = {k["key_ref"]: k for k in (await caller.query(LIST_KEYS, ListKeys)).data["items"]}
     assert set(keys) == {first["signer_key_ref"], second["signer_key_ref"]}
     assert keys[first["signer_key_ref"]]["active"] is False and keys[first["signer_key_ref"]]["retired_at"]
     assert keys[second["signer_key_ref"]]["active"] is True
@@ -450,7 +453,7 @@ async def _verify_offline(path: Path) -> tuple[int, str]:
 
 
 async def test_an_export_larger_than_a_nats_message_goes_through_the_object_store_and_verifies_offline(
-    caller: Caller, nats: Client, tmp_path: Path
+    caller: Caller, nats: Client, tmp_path: Path, evidence_settings: Settings
 ) -> None:
     count = 56
     for batch in range(0, count, 14):
@@ -475,6 +478,9 @@ async def test_an_export_larger_than_a_nats_message_goes_through_the_object_stor
     reply = await caller.query(EXPORT_BUNDLE, ExportBundle)
     assert reply.ok, reply.error
     export = reply.data
+    view = ExportBundleView.model_validate(export)
+    assert view.created_at.utcoffset() == timedelta(0)
+    assert view.expires_at - view.created_at == timedelta(seconds=evidence_settings.export_max_age_s)
     assert (export["packets"], export["first_sequence"], export["last_sequence"]) == (count, 1, count)
     assert export["size"] > nats.max_payload
     assert export["object"].startswith(f"{caller.tenant_id}/") and export["filename"].endswith(".tar.gz")

@@ -100,11 +100,14 @@ class Gateway:
             sent["Authorization"] = f"Bearer {token}"
         return await self.client.request(method, path, json=json, headers=sent, **kwargs)
 
-    async def principal_token(self, tenant: Tenant, name: str, roles: list[str]) -> Issued:
-        """Create a principal with ``roles`` in ``tenant`` and a token of it."""
-        created = await self.call(
-            "POST", "/api/v1/principals", tenant.token, json={"name": name, "kind": "user", "roles": roles}
-        )
+    async def principal_token(
+        self, tenant: Tenant, name: str, roles: list[str], groups: list[str] | None = None
+    ) -> Issued:
+        """Create a principal with ``roles`` (and ``groups``) in ``tenant`` and a token of it."""
+        body: dict[str, Any] = {"name": name, "kind": "user", "roles": roles}
+        if groups is not None:
+            body["groups"] = groups
+        created = await self.call("POST", "/api/v1/principals", tenant.token, json=body)
         assert created.status_code == 201, created.text
         principal_id = uuid.UUID(created.json()["id"])
         token = await self.call("POST", "/api/v1/tokens", tenant.token, json={"principal_id": str(principal_id)})

@@ -27,7 +27,7 @@ from nats.js.errors import DigestMismatchError, NotFoundError
 from stella.contracts import evidence as evid
 from stella.contracts.envelope import ErrorDetail, Reply
 from stella.contracts.streams import StreamSpec
-from stella.gateway.exports import BundleReader, ExportedBundle
+from stella.gateway.exports import BundleReader
 from stella.gateway.settings import Settings
 
 from . import views
@@ -140,14 +140,16 @@ async def test_list_read_and_verify_packets(gateway: Gateway, services: StandIn)
 async def test_keys_and_export_are_not_taken_for_packet_ids(gateway: Gateway, services: StandIn) -> None:
     tenant = await gateway.tenant()
     keys = [views.key("ed25519:k2"), views.key("ed25519:k1", active=False)]
-    services.answer(evid.LIST_KEYS, keys)
+    # The evidence service answers a list as every list: {items, next_page_token}.
+    services.answer(evid.LIST_KEYS, views.page(keys))
     response = await gateway.call("GET", "/api/v1/evidence/keys", tenant.token)
     assert response.status_code == 200, response.text
     assert response.json() == {"items": keys}
     assert [r.subject for r in services.received] == [evid.LIST_KEYS]
 
-    services.answer(evid.LIST_KEYS, {"not": "a list"})
-    assert_problem(await gateway.call("GET", "/api/v1/evidence/keys", tenant.token), 502, "SYS_BAD_GATEWAY")
+    for unexpected in ({"not": "a list"}, keys, {"items": [{"key_ref": "ed25519:k3"}]}):
+        services.answer(evid.LIST_KEYS, unexpected)
+        assert_problem(await gateway.call("GET", "/api/v1/evidence/keys", tenant.token), 502, "SYS_BAD_GATEWAY")
 
 
 async def test_export_streams_the_stored_bundle(gateway: Gateway, services: StandIn, nats: Client, bucket: str) -> None:
@@ -240,7 +242,7 @@ async def test_a_corrupt_bundle_never_reaches_its_announced_length(gateway: Gate
     meta = json.loads(stored)
     meta["digest"] = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(forged).digest()).decode()
     await js.publish(meta_subject, json.dumps(meta).encode(), headers={"Nats-Rollup": "sub"})
-    bundle = ExportedBundle.model_validate(_described(bucket, name, bytes(forged), packets=4))
+    bundle = evid.ExportBundleView.model_validate(_described(bucket, name, bytes(forged), packets=4))
 
     received = bytearray()
 
@@ -254,7 +256,7 @@ async def test_a_corrupt_bundle_never_reaches_its_announced_length(gateway: Gate
     assert data.startswith(received)
 
     # An intact object streams whole.
-    intact = ExportedBundle.model_validate(_described(bucket, f"{name}.2", data, packets=4))
+    intact = evid.ExportBundleView.model_validate(_described(bucket, f"{name}.2", data, packets=4))
     await (await js.object_store(bucket)).put(intact.object, data)
     assert b"".join([chunk async for chunk in await BundleReader(js).open(intact)]) == data
 
@@ -286,7 +288,7 @@ async def test_reads_time_out_sooner_than_exports(gateway: Gateway, services: St
 
     async def slow(_: dict[str, Any]) -> Reply:
         await asyncio.sleep(1.0)
-        return Reply.success([views.key()])
+        return Reply.success(views.page([views.key()]))
 
     services.on(evid.LIST_KEYS, slow)
     response = await gateway.call("GET", "/api/v1/evidence/keys", tenant.token)

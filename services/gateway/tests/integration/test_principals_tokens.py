@@ -15,13 +15,20 @@ async def test_principal_lifecycle(gateway: Gateway) -> None:
         "POST",
         "/api/v1/principals",
         tenant.token,
-        json={"name": "deploy-bot", "kind": "service", "display_name": "Deploy bot", "roles": ["operator", "viewer"]},
+        json={
+            "name": "deploy-bot",
+            "kind": "service",
+            "display_name": "Deploy bot",
+            "roles": ["operator", "viewer"],
+            "groups": ["platform", "oncall"],
+        },
     )
     assert created.status_code == 201, created.text
     principal = created.json()
     assert created.headers["location"] == f"/api/v1/principals/{principal['id']}"
     assert principal["kind"] == "service"
     assert principal["roles"] == ["operator", "viewer"]
+    assert principal["groups"] == ["oncall", "platform"]
     assert principal["created_by"] == str(tenant.admin_id)
 
     read = await gateway.call("GET", created.headers["location"], tenant.token)
@@ -33,9 +40,10 @@ async def test_principal_lifecycle(gateway: Gateway) -> None:
     assert (await gateway.call("DELETE", created.headers["location"], tenant.token)).status_code == 204
     assert_problem(await gateway.call("GET", created.headers["location"], tenant.token), 404, "RES_NOT_FOUND")
     assert_problem(await gateway.call("DELETE", created.headers["location"], tenant.token), 404, "RES_NOT_FOUND")
-    # The name is free again once its principal is gone.
+    # The name is free again once its principal is gone; the new principal has none of the old one's groups.
     again = await gateway.call("POST", "/api/v1/principals", tenant.token, json={"name": "deploy-bot"})
     assert again.status_code == 201
+    assert (again.json()["roles"], again.json()["groups"]) == ([], [])
 
 
 @pytest.mark.parametrize(
@@ -47,6 +55,10 @@ async def test_principal_lifecycle(gateway: Gateway) -> None:
         ({"name": "ok", "roles": ["viewer", "viewer"]}, ["body", "roles"]),
         ({"name": "ok", "tenant_id": str(uuid.uuid4())}, ["body", "tenant_id"]),
         ({}, ["body", "name"]),
+        ({"name": "ok", "groups": ["Release Managers"]}, ["body", "groups", 0]),
+        ({"name": "ok", "groups": ["ops", "ops"]}, ["body", "groups"]),
+        ({"name": "ok", "groups": [f"g{n}" for n in range(51)]}, ["body", "groups"]),
+        ({"name": "ok", "groups": "ops"}, ["body", "groups"]),
     ],
 )
 async def test_invalid_principals_are_400_with_field_errors(gateway: Gateway, body: dict, loc: list) -> None:
@@ -55,6 +67,90 @@ async def test_invalid_principals_are_400_with_field_errors(gateway: Gateway, bo
         await gateway.call("POST", "/api/v1/principals", tenant.token, json=body), 400, "VAL_INVALID_REQUEST"
     )
     assert loc in [error["loc"] for error in problem["errors"]], problem
+
+
+async def test_update_replaces_roles_and_groups_and_applies_to_existing_tokens(gateway: Gateway) -> None:
+    tenant = await gateway.tenant()
+    dev = await gateway.principal_token(tenant, "dev", ["developer"], groups=["web"])
+    path = f"/api/v1/principals/{dev.principal_id}"
+    assert (await gateway.call("GET", "/api/v1/releases", dev.token)).status_code != 403
+
+    only_groups = await gateway.call("PUT", path, tenant.token, json={"groups": ["web", "release-managers"]})
+    assert only_groups.status_code == 200, only_groups.text
+    assert (only_groups.json()["roles"], only_groups.json()["groups"]) == (["developer"], ["release-managers", "web"])
+
+    only_roles = await gateway.call("PUT", path, tenant.token, json={"roles": ["approver", "viewer"]})
+    assert only_roles.status_code == 200, only_roles.text
+    assert (only_roles.json()["roles"], only_roles.json()["groups"]) == (
+        ["approver", "viewer"],
+        ["release-managers", "web"],
+    )
+    # The principal's token lost release:create at once on this gateway (its cached lookup was dropped).
+    refused = await gateway.call("POST", "/api/v1/releases", dev.token, json={"name": "r1", "components": []})
+    assert assert_problem(refused, 403, "PERM_DENIED")["required_permission"] == "release:create"
+
+    both = await gateway.call("PUT", path, tenant.token, json={"roles": [], "groups": []})
+    assert (both.json()["roles"], both.json()["groups"]) == ([], [])
+    read = await gateway.call("GET", path, tenant.token)
+    assert read.json() == both.json()
+    assert read.json()["name"] == "dev" and read.json()["created_by"] == str(tenant.admin_id)
+    listed = (await gateway.call("GET", "/api/v1/principals", tenant.token)).json()["items"]
+    assert [p["groups"] for p in listed if p["name"] == "dev"] == [[]]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({}, ["body"]),
+        ({"roles": None, "groups": None}, ["body"]),
+        ({"roles": ["root"]}, ["body", "roles", 0]),
+        ({"groups": ["-ops"]}, ["body", "groups", 0]),
+        ({"groups": ["ops", "ops"]}, ["body", "groups"]),
+        ({"groups": [f"g{n}" for n in range(51)]}, ["body", "groups"]),
+        ({"groups": ["ops"], "name": "renamed"}, ["body", "name"]),
+    ],
+)
+async def test_invalid_updates_are_400_and_change_nothing(gateway: Gateway, body: dict, loc: list) -> None:
+    tenant = await gateway.tenant()
+    dev = await gateway.principal_token(tenant, "dev", ["developer"], groups=["web"])
+    path = f"/api/v1/principals/{dev.principal_id}"
+    problem = assert_problem(await gateway.call("PUT", path, tenant.token, json=body), 400, "VAL_INVALID_REQUEST")
+    assert any(error["loc"][: len(loc)] == loc for error in problem["errors"]), problem
+    read = (await gateway.call("GET", path, tenant.token)).json()
+    assert (read["roles"], read["groups"]) == (["developer"], ["web"])
+
+
+async def test_only_tenant_admins_update_principals_and_only_their_own_tenants(gateway: Gateway) -> None:
+    mine, theirs = await gateway.tenant("mine"), await gateway.tenant("theirs")
+    operator = await gateway.principal_token(mine, "ops", ["operator"])
+    other = await gateway.principal_token(theirs, "bob", ["viewer"])
+    denied = await gateway.call(
+        "PUT", f"/api/v1/principals/{operator.principal_id}", operator.token, json={"roles": ["tenant-admin"]}
+    )
+    assert assert_problem(denied, 403, "PERM_DENIED")["required_permission"] == "principal:update"
+    for target in (other.principal_id, uuid.uuid4()):
+        missing = await gateway.call("PUT", f"/api/v1/principals/{target}", mine.token, json={"groups": ["x"]})
+        assert_problem(missing, 404, "RES_NOT_FOUND")
+    assert (await gateway.call("GET", f"/api/v1/principals/{other.principal_id}", theirs.token)).json()["groups"] == []
+    assert_problem(
+        await gateway.call("PUT", "/api/v1/principals/x1", mine.token, json={"groups": []}), 400, "VAL_INVALID_ID"
+    )
+
+
+async def test_the_last_tenant_admin_keeps_the_role(gateway: Gateway) -> None:
+    tenant = await gateway.tenant()
+    path = f"/api/v1/principals/{tenant.admin_id}"
+    refused = await gateway.call("PUT", path, tenant.token, json={"roles": ["operator"]})
+    assert_problem(refused, 409, "RES_LAST_TENANT_ADMIN")
+    # Groups, and roles that keep tenant-admin, may still change.
+    kept = await gateway.call("PUT", path, tenant.token, json={"roles": ["tenant-admin", "approver"], "groups": ["a"]})
+    assert kept.status_code == 200, kept.text
+    assert (kept.json()["roles"], kept.json()["groups"]) == (["approver", "tenant-admin"], ["a"])
+    second = await gateway.principal_token(tenant, "second-admin", ["tenant-admin"])
+    handed_over = await gateway.call("PUT", path, second.token, json={"roles": ["viewer"]})
+    assert (handed_over.status_code, handed_over.json()["roles"]) == (200, ["viewer"])
+    # The former admin's token lost its permissions at once.
+    assert_problem(await gateway.call("GET", "/api/v1/principals", tenant.token), 403, "PERM_DENIED")
 
 
 async def test_the_last_tenant_admin_cannot_be_deleted(gateway: Gateway) -> None:

@@ -7,6 +7,7 @@ covered end to end.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -160,9 +161,11 @@ async def test_a_decision_is_404_until_the_gates_were_evaluated(gateway: Gateway
     assert assert_problem(response, 404, "PROM_NOT_FOUND")["detail"] == "promotion p1 has no decision yet"
 
 
-async def test_approve_casts_a_vote_with_the_callers_permissions(gateway: Gateway, services: StandIn) -> None:
+async def test_approve_casts_a_vote_with_the_callers_permissions_and_groups(
+    gateway: Gateway, services: StandIn
+) -> None:
     tenant = await gateway.tenant()
-    approver = await gateway.principal_token(tenant, "amy", ["approver"])
+    approver = await gateway.principal_token(tenant, "amy", ["approver"], groups=["release-managers", "oncall"])
     promotion_id = str(uuid.uuid4())
     request = views.approval_request(promotion_id, votes=1)
     services.answer(appr.CAST_VOTE, request)
@@ -183,8 +186,21 @@ async def test_approve_casts_a_vote_with_the_callers_permissions(gateway: Gatewa
     )
     assert sent["permissions"] == sorted(permissions_for(["approver"]))
     assert "promotion:approve" in sent["permissions"]
-    # Principals belong to no groups yet.
-    assert sent["groups"] == []
+    assert sent["groups"] == ["oncall", "release-managers"]
+
+    # A change of the voter's groups reaches its next vote (this gateway forgets the cached token at once).
+    changed = await gateway.call(
+        "PUT", f"/api/v1/principals/{approver.principal_id}", tenant.token, json={"groups": ["sre"]}
+    )
+    assert changed.status_code == 200, changed.text
+    await gateway.call("POST", f"/api/v1/promotions/{promotion_id}/approve", approver.token)
+    assert services.last(appr.CAST_VOTE).payload["groups"] == ["sre"]
+    cleared = await gateway.call(
+        "PUT", f"/api/v1/principals/{approver.principal_id}", tenant.token, json={"groups": []}
+    )
+    assert cleared.status_code == 200, cleared.text
+    await gateway.call("POST", f"/api/v1/promotions/{promotion_id}/reject", approver.token)
+    assert services.last(appr.CAST_VOTE).payload["groups"] == []
 
 
 async def test_reject_casts_a_rejection_and_the_comment_is_optional(gateway: Gateway, services: StandIn) -> None:
@@ -299,52 +315,89 @@ async def test_cancel_needs_promotion_update(gateway: Gateway, services: StandIn
     assert_problem(await gateway.call("POST", path, operator.token), 409, "PROM_CANCEL_NOT_ALLOWED")
 
 
-async def test_override_freeze_tells_the_service_whether_the_caller_may_override(
-    gateway: Gateway, services: StandIn
-) -> None:
-    tenant = await gateway.tenant()
-    operator = await gateway.principal_token(tenant, "ops", ["operator"])
-    view = views.promotion("pending_approval", freeze_override={"principal": str(tenant.admin_id), "reason": "fix"})
-    path = f"/api/v1/promotions/{view['id']}/override-freeze"
-    services.answer(prom.OVERRIDE_FREEZE, view)
-    response = await gateway.call("POST", path, tenant.token, json={"reason": "  hotfix for incident 42 "})
-    assert response.status_code == 200, response.text
-    assert response.json()["freeze_override"] == view["freeze_override"]
-    sent = services.last(prom.OVERRIDE_FREEZE).payload
-    assert (sent["promotion_id"], sent["reason"], sent["may_override"], sent["actor_id"]) == (
-        view["id"],
-        "hotfix for incident 42",
-        True,
-        str(tenant.admin_id),
-    )
+def _freeze_exceptions(*allowed: uuid.UUID) -> Callable[[dict[str, Any]], Reply]:
+    """Plays the promotion service's override rule: window exceptions, or callers holding freeze:override."""
 
-    # An operator may change promotions but holds no environment:override: only a window exception lets
-    # it through, which the promotion service decides.
-    def exceptions_only(payload: dict[str, Any]) -> Reply:
-        assert payload["may_override"] is False
+    def decide(payload: dict[str, Any]) -> Reply:
+        if payload["may_override"] or uuid.UUID(payload["actor_id"]) in allowed:
+            return Reply.success(
+                views.promotion(
+                    "pending_approval",
+                    id=payload["promotion_id"],
+                    freeze_override={"principal": payload["actor_id"], "reason": payload["reason"]},
+                )
+            )
         return Reply.failure(
             ErrorDetail(
                 code="GATE_FREEZE_OVERRIDE_FORBIDDEN",
                 status=422,
                 title="Freeze override forbidden",
-                detail="ops is not an exception of the window",
+                detail="the caller is not an exception of the window",
             )
         )
 
-    services.on(prom.OVERRIDE_FREEZE, exceptions_only)
-    refused = await gateway.call("POST", path, operator.token, json={"reason": "hotfix"})
-    assert_problem(refused, 422, "GATE_FREEZE_OVERRIDE_FORBIDDEN")
-    assert services.last(prom.OVERRIDE_FREEZE).payload["may_override"] is False
+    return decide
 
 
-async def test_developers_cannot_override_a_freeze(gateway: Gateway, services: StandIn) -> None:
+async def test_override_freeze_tells_the_service_whether_the_caller_may_override(
+    gateway: Gateway, services: StandIn
+) -> None:
     tenant = await gateway.tenant()
-    developer = await gateway.principal_token(tenant, "dev", ["developer"])
+    operator = await gateway.principal_token(tenant, "ops", ["operator"])
+    promotion_id = str(uuid.uuid4())
+    path = f"/api/v1/promotions/{promotion_id}/override-freeze"
+    services.on(prom.OVERRIDE_FREEZE, _freeze_exceptions())
+    response = await gateway.call("POST", path, tenant.token, json={"reason": "  hotfix for incident 42 "})
+    assert response.status_code == 200, response.text
+    assert response.json()["freeze_override"] == {"principal": str(tenant.admin_id), "reason": "hotfix for incident 42"}
+    sent = services.last(prom.OVERRIDE_FREEZE).payload
+    assert (sent["promotion_id"], sent["reason"], sent["may_override"], sent["actor_id"]) == (
+        promotion_id,
+        "hotfix for incident 42",
+        True,
+        str(tenant.admin_id),
+    )
+
+    # Operators hold freeze:override too.
+    by_operator = await gateway.call("POST", path, operator.token, json={"reason": "hotfix"})
+    assert by_operator.status_code == 200, by_operator.text
+    sent = services.last(prom.OVERRIDE_FREEZE).payload
+    assert (sent["may_override"], sent["actor_id"]) == (True, str(operator.principal_id))
+
+
+async def test_a_window_exception_without_freeze_override_is_left_to_the_promotion_service(
+    gateway: Gateway, services: StandIn
+) -> None:
+    tenant = await gateway.tenant()
+    listed = await gateway.principal_token(tenant, "dev", ["developer"])
+    unlisted = await gateway.principal_token(tenant, "eve", ["developer"])
     approver = await gateway.principal_token(tenant, "amy", ["approver"])
     path = f"/api/v1/promotions/{uuid.uuid4()}/override-freeze"
-    for token in (developer.token, approver.token):
-        denied = assert_problem(await gateway.call("POST", path, token, json={"reason": "please"}), 403, "PERM_DENIED")
-        assert denied["required_permission"] == "promotion:update"
+    services.on(prom.OVERRIDE_FREEZE, _freeze_exceptions(listed.principal_id))
+
+    # A developer named in the window's exceptions gets through, though it may not change promotions.
+    let_through = await gateway.call("POST", path, listed.token, json={"reason": "hotfix"})
+    assert let_through.status_code == 200, let_through.text
+    assert let_through.json()["freeze_override"]["principal"] == str(listed.principal_id)
+    assert services.last(prom.OVERRIDE_FREEZE).payload["may_override"] is False
+
+    # Anyone else without freeze:override gets the promotion service's refusal as it gave it.
+    for principal in (unlisted, approver):
+        refused = await gateway.call("POST", path, principal.token, json={"reason": "hotfix"})
+        body = assert_problem(refused, 422, "GATE_FREEZE_OVERRIDE_FORBIDDEN")
+        assert body["detail"] == "the caller is not an exception of the window"
+        sent = services.last(prom.OVERRIDE_FREEZE).payload
+        assert (sent["may_override"], sent["actor_id"]) == (False, str(principal.principal_id))
+
+
+async def test_overriding_a_freeze_needs_at_least_promotion_read(gateway: Gateway, services: StandIn) -> None:
+    tenant = await gateway.tenant()
+    nobody = await gateway.principal_token(tenant, "nobody", [])
+    path = f"/api/v1/promotions/{uuid.uuid4()}/override-freeze"
+    denied = assert_problem(
+        await gateway.call("POST", path, nobody.token, json={"reason": "please"}), 403, "PERM_DENIED"
+    )
+    assert denied["required_permission"] == "promotion:read"
     assert services.received == []
 
 

@@ -15,6 +15,7 @@ OPERATIONS = {
     "createPrincipal",
     "listPrincipals",
     "getPrincipal",
+    "updatePrincipal",
     "deletePrincipal",
     "createToken",
     "listTokens",

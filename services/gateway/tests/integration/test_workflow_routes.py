@@ -27,11 +27,6 @@ TEMPLATE: dict[str, Any] = {
 }
 
 
-def _api_template(view: dict[str, Any]) -> dict[str, Any]:
-    """The template as the API shows it: edges as {from, to}."""
-    return {**view, "edges": [{"from": e["source"], "to": e["target"]} for e in view["edges"]]}
-
-
 async def test_list_templates_with_paging(gateway: Gateway, services: StandIn) -> None:
     tenant = await gateway.tenant()
     viewer = await gateway.principal_token(tenant, "vic", ["viewer"])
@@ -39,7 +34,9 @@ async def test_list_templates_with_paging(gateway: Gateway, services: StandIn) -
     services.answer(wf.LIST_TEMPLATES, views.page([builtin], "more"))
     response = await gateway.call("GET", "/api/v1/workflow-templates?page_size=1", viewer.token)
     assert response.status_code == 200, response.text
-    assert response.json() == {"items": [_api_template(builtin)], "next_page_token": "more"}
+    # The workflow service writes edges as {from, to}, as the API shows them.
+    assert builtin["edges"] == [{"from": "gates", "to": "soak"}]
+    assert response.json() == {"items": [builtin], "next_page_token": "more"}
     assert services.last(wf.LIST_TEMPLATES).payload["page"] == {"page_size": 1, "page_token": None}
 
 
@@ -50,7 +47,7 @@ async def test_save_a_template_answers_201_with_the_new_version(gateway: Gateway
     services.answer(wf.SAVE_TEMPLATE, view)
     response = await gateway.call("POST", "/api/v1/workflow-templates", developer.token, json=TEMPLATE)
     assert response.status_code == 201, response.text
-    assert response.json() == _api_template(view)
+    assert response.json() == view
     assert response.json()["edges"] == [{"from": "gates", "to": "soak"}]
     assert response.headers["location"] == "/api/v1/workflow-templates/canary?version=3"
     sent = services.last(wf.SAVE_TEMPLATE).payload
@@ -125,7 +122,7 @@ async def test_read_a_template_latest_or_by_version(gateway: Gateway, services: 
     view = views.template("canary", version=2)
     services.answer(wf.GET_TEMPLATE, view)
     latest = await gateway.call("GET", "/api/v1/workflow-templates/canary", tenant.token)
-    assert (latest.status_code, latest.json()) == (200, _api_template(view))
+    assert (latest.status_code, latest.json()) == (200, view)
     sent = services.last(wf.GET_TEMPLATE).payload
     assert (sent["name"], sent["version"]) == ("canary", None)
 
@@ -137,6 +134,10 @@ async def test_read_a_template_latest_or_by_version(gateway: Gateway, services: 
     assert_problem(
         await gateway.call("GET", "/api/v1/workflow-templates/nope", tenant.token), 404, "WF_TEMPLATE_NOT_FOUND"
     )
+
+    # Edges in any other shape than the workflow service's {from, to} are not a template the API can show.
+    services.answer(wf.GET_TEMPLATE, {**view, "edges": [{"source": "gates", "target": "soak"}]})
+    assert_problem(await gateway.call("GET", "/api/v1/workflow-templates/canary", tenant.token), 502, "SYS_BAD_GATEWAY")
 
     received = len(services.received)
     for path in ("/api/v1/workflow-templates/Bad_Name", "/api/v1/workflow-templates/canary?version=0"):

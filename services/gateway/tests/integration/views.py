@@ -231,7 +231,7 @@ def approval_request(promotion_id: str, votes: int = 0, **changes: Any) -> dict[
 
 
 def template(name: str = "canary", version: int = 1, **changes: Any) -> dict[str, Any]:
-    """A ``TemplateView`` as JSON, written as the workflow service writes it (edges as source/target)."""
+    """A ``TemplateView`` as JSON, written as the workflow service writes it (by alias: edges as from/to)."""
     view = workflow_contract.TemplateView(
         id=uuid.uuid4(),
         tenant_id=uuid.uuid4(),
@@ -246,7 +246,7 @@ def template(name: str = "canary", version: int = 1, **changes: Any) -> dict[str
         outputs={},
         is_builtin=False,
         created_at=datetime.now(UTC),
-    ).model_dump(mode="json")
+    ).model_dump(mode="json", by_alias=True)
     view.update(changes)
     return view
 

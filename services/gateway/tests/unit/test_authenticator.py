@@ -33,6 +33,7 @@ class RecordingStore:
             "principal_name": "alice",
             "principal_kind": "user",
             "roles": ("developer",),
+            "groups": (),
             "expires_at": None,
             "revoked_at": None,
             "principal_deleted_at": None,
@@ -96,13 +97,15 @@ async def test_headers_that_are_not_a_bearer_token_are_refused_without_a_lookup(
 async def test_a_valid_token_gives_the_principal_tenant_and_permissions() -> None:
     store, clock = RecordingStore(), Clock()
     issued = new_token()
-    record = store.add(issued.secret, roles=("approver", "developer"))
+    record = store.add(issued.secret, roles=("approver", "developer"), groups=("oncall", "web"))
     identity = await _authenticator(store, clock).authenticate(f"bearer {issued.secret}")
     assert (identity.tenant_id, identity.principal_id, identity.token_id) == (
         record.tenant_id,
         record.principal_id,
         record.token_id,
     )
+    assert identity.groups == ("oncall", "web")
+    assert store.lookups == 1
     assert "promotion:approve" in identity.permissions
     assert "release:create" in identity.permissions
     assert "principal:read" not in identity.permissions
@@ -145,6 +148,36 @@ async def test_lookups_are_cached_and_forgetting_makes_a_revocation_visible_at_o
     authenticator.forget_token(record.token_id)
     assert await _code(authenticator, f"Bearer {issued.secret}") == "AUTH_TOKEN_REVOKED"
     assert store.lookups == 2
+
+
+async def test_a_change_of_roles_or_groups_shows_within_the_ttl_or_at_once_when_forgotten() -> None:
+    store, clock = RecordingStore(), Clock()
+    moment = [1000.0]
+    authenticator = Authenticator(
+        store,  # type: ignore[arg-type]
+        clock,
+        ttl_s=5.0,
+        max_entries=100,
+        monotonic=lambda: moment[0],
+    )
+    issued = new_token()
+    record = store.add(issued.secret, groups=("web",))
+    assert (await authenticator.authenticate(f"Bearer {issued.secret}")).groups == ("web",)
+
+    # Another replica changed the groups: this one answers from its cache until the entry is ttl_s old.
+    store.add(issued.secret, token_id=record.token_id, principal_id=record.principal_id, groups=("sre",))
+    moment[0] += 4.9
+    assert (await authenticator.authenticate(f"Bearer {issued.secret}")).groups == ("web",)
+    moment[0] += 0.2
+    assert (await authenticator.authenticate(f"Bearer {issued.secret}")).groups == ("sre",)
+
+    # This replica made the change: it forgets the principal's tokens at once.
+    store.add(issued.secret, token_id=record.token_id, principal_id=record.principal_id, roles=("viewer",))
+    authenticator.forget_principal(record.principal_id)
+    identity = await authenticator.authenticate(f"Bearer {issued.secret}")
+    assert (identity.roles, identity.groups) == (("viewer",), ())
+    assert "release:create" not in identity.permissions
+    assert store.lookups == 3
 
 
 async def test_forgetting_a_principal_drops_all_its_tokens() -> None:

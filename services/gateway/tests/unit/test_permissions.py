@@ -15,7 +15,7 @@ from stella.gateway.permissions import (
     permissions_for,
 )
 
-_DOMAIN = [r for r in Resource if r not in (Resource.PRINCIPAL, Resource.TOKEN)]
+_DOMAIN = [r for r in Resource if r not in (Resource.PRINCIPAL, Resource.TOKEN, Resource.FREEZE)]
 
 
 def test_every_role_has_a_column() -> None:
@@ -46,6 +46,14 @@ def test_approve_promote_and_override_are_separate() -> None:
     assert "promotion:approve" not in operator
     assert "promotion:override" not in approver | operator
     assert "promotion:override" in permissions_for(["tenant-admin"])
+
+
+def test_only_operators_and_tenant_admins_override_a_freeze_and_freeze_has_no_other_action() -> None:
+    for role in Role:
+        freeze = {p for p in ROLE_PERMISSIONS[role] if p.startswith("freeze:")}
+        expected = {"freeze:override"} if role in (Role.OPERATOR, Role.TENANT_ADMIN) else set()
+        assert freeze == expected, role
+    assert permission(Resource.FREEZE, Action.OVERRIDE) == "freeze:override"
 
 
 def test_only_tenant_admins_manage_principals_and_tokens() -> None:

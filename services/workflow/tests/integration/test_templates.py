@@ -73,6 +73,21 @@ async def test_versions_increase_per_tenant_and_name(harness: Harness) -> None:
     assert [n["id"] for n in pinned.data["nodes"]] == ["check"]
 
 
+async def test_edges_are_answered_as_from_and_to_as_the_api_writes_them(harness: Harness) -> None:
+    saved = await harness.save_template(
+        "fan-out", [GATE, {"id": "proof", "type": "evidence"}, {"id": "tell", "type": "gate"}], [("check", "proof")]
+    )
+    read = await harness.query(c.GET_TEMPLATE, c.GetTemplate, name="fan-out")
+    listed = await harness.query(c.LIST_TEMPLATES, c.ListTemplates)
+
+    assert saved.ok, saved.error
+    [in_list] = [t for t in listed.data["items"] if t["name"] == "fan-out"]
+    for template in (saved.data, read.data, in_list):
+        assert template["edges"] == [{"from": "check", "to": "proof"}]
+    # The answer reads back as the contract's view.
+    assert c.TemplateView.model_validate(read.data).edges == [c.EdgeSpec(source="check", target="proof")]
+
+
 async def test_listing_shows_builtins_and_each_tenant_template_once_at_its_latest_version(harness: Harness) -> None:
     for name in ("zeta", "alpha", "alpha", "mid"):
         assert (await harness.save_template(name, [GATE])).ok
@@ -91,6 +106,7 @@ async def test_the_builtin_template_is_readable_and_its_name_reserved(harness: H
     assert reply.data["is_builtin"] is True
     assert reply.data["tenant_id"] is None
     assert [n["id"] for n in reply.data["nodes"]] == ["gates", "approval", "evidence"]
+    assert reply.data["edges"] == [{"from": "gates", "to": "approval"}, {"from": "approval", "to": "evidence"}]
     assert reply.data["nodes"][1]["when"] == "inputs.approval_required"
     assert reply.data["nodes"][2]["run_on"] == "always"
     assert {"promotion_id", "required_approvals", "approver_groups"} <= set(reply.data["inputs"])

@@ -27,11 +27,10 @@ LIST_PACKETS: Final[str] = "stella.rpc.evidence.list_packets"
 VERIFY_PACKET: Final[str] = "stella.rpc.evidence.verify_packet"
 """Query :class:`VerifyPacket` -> :class:`VerificationView`."""
 LIST_KEYS: Final[str] = "stella.rpc.evidence.list_keys"
-"""Query :class:`ListKeys` -> list of :class:`KeyView`."""
+"""Query :class:`ListKeys` -> page of :class:`KeyView`: every key in one page (``next_page_token`` is null)."""
 EXPORT_BUNDLE: Final[str] = "stella.rpc.evidence.export_bundle"
-"""Query :class:`ExportBundle` -> ``{bucket, object, filename, packets, first_sequence, last_sequence, sha256,
-size, created_at, expires_at}``: the bundle itself is stored in a JetStream object store bucket (bundles can
-exceed a NATS message), from which the caller streams it."""
+"""Query :class:`ExportBundle` -> :class:`ExportBundleView`: the bundle itself is stored in a JetStream object
+store bucket (bundles can exceed a NATS message), from which the caller streams it."""
 
 PACKET_CREATED: Final[str] = "stella.evt.evidence.packet_created"
 """Event :class:`PacketCreated`."""
@@ -79,6 +78,34 @@ class KeyView(Model):
     active: bool
     created_at: datetime
     retired_at: datetime | None
+
+
+class ExportBundleView(Model):
+    """Where an export bundle is stored and what it holds.
+
+    Attributes:
+        bucket: The JetStream object store bucket (named in the installation's namespace).
+        object: The object's name in the bucket.
+        filename: The file name to offer a person downloading the bundle.
+        packets: How many packets the bundle holds.
+        first_sequence: Chain sequence of its first packet; None when it holds none.
+        last_sequence: Chain sequence of its last packet; None when it holds none.
+        sha256: Hex SHA-256 of the bundle's bytes.
+        size: The bundle's size in bytes.
+        created_at: When the bundle was built.
+        expires_at: When the object store drops it.
+    """
+
+    bucket: str = Field(pattern=r"^[A-Za-z0-9_-]{1,255}$")
+    object: str = Field(min_length=1, max_length=1024)
+    filename: str = Field(pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    packets: int = Field(ge=0)
+    first_sequence: int | None = Field(ge=1)
+    last_sequence: int | None = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    created_at: AwareDatetime
+    expires_at: AwareDatetime
 
 
 class GetPacket(Query):

@@ -24,6 +24,7 @@ from stella.contracts.evidence import (
     PACKET_CREATED,
     CollectEvidence,
     ExportBundle,
+    ExportBundleView,
     GetPacket,
     ListKeys,
     ListPackets,
@@ -44,7 +45,6 @@ from stella.evidence.packet import (
     SecretInEvidenceError,
     SignedPacket,
     build_packet,
-    format_timestamp,
     sign_packet,
     validate_content,
 )
@@ -292,17 +292,19 @@ class Handlers:
         return Reply.success(domain.verify_stored_packet(stored, previous, keyring).model_dump(mode="json"))
 
     async def list_keys(self, q: ListKeys) -> Reply:
-        """Every public key that ever signed evidence, the active one and the retired ones."""
+        """Every public key that ever signed evidence, the active one and the retired ones, in one page.
+
+        Keys are few (one per rotation), so the list is never cut into pages; it has a list's usual shape.
+        """
         async with self._pool().acquire() as conn:
             keys = await repo.list_keys(conn)
-        return Reply.success([k.model_dump(mode="json") for k in keys])
+        return Reply.success(Page(items=[k.model_dump(mode="json") for k in keys]).model_dump())
 
     async def export_bundle(self, q: ExportBundle) -> Reply:
         """Build the bundle of the tenant's packets created in ``[created_from, created_to)``.
 
-        The bundle goes to the export object store; the reply names it (see :meth:`ExportStore.put`):
-        ``{bucket, object, filename, packets, first_sequence, last_sequence, sha256, size, created_at,
-        expires_at}``.
+        The bundle goes to the export object store; the reply (an
+        :class:`~stella.contracts.evidence.ExportBundleView`) names it and describes what it holds.
         """
         if q.created_from is not None and q.created_to is not None and q.created_to <= q.created_from:
             raise domain.InvalidExportRange("created_to must be after created_from")
@@ -321,20 +323,20 @@ class Handlers:
         public_keys = [PublicKey.from_pem(k.public_key_pem.encode()) for k in keys]
         # Building compresses everything: off the event loop, so other messages keep flowing meanwhile.
         data = await asyncio.to_thread(build_bundle, signed, public_keys, tenant_id=q.tenant_id, created_at=now)
-        stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        created_at = now.astimezone(UTC)
+        stamp = created_at.strftime("%Y%m%dT%H%M%SZ")
         name = f"{q.tenant_id}/{self.new_id()}.tar.gz"
         await self.exports.put(name, data)
-        return Reply.success(
-            {
-                "bucket": self.exports.bucket,
-                "object": name,
-                "filename": f"evidence-{q.tenant_id}-{stamp}.tar.gz",
-                "packets": len(rows),
-                "first_sequence": rows[0].packet.sequence if rows else None,
-                "last_sequence": rows[-1].packet.sequence if rows else None,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "size": len(data),
-                "created_at": format_timestamp(now),
-                "expires_at": format_timestamp(now + timedelta(seconds=self.export_max_age_s)),
-            }
+        view = ExportBundleView(
+            bucket=self.exports.bucket,
+            object=name,
+            filename=f"evidence-{q.tenant_id}-{stamp}.tar.gz",
+            packets=len(rows),
+            first_sequence=rows[0].packet.sequence if rows else None,
+            last_sequence=rows[-1].packet.sequence if rows else None,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            created_at=created_at,
+            expires_at=created_at + timedelta(seconds=self.export_max_age_s),
         )
+        return Reply.success(view.model_dump(mode="json"))

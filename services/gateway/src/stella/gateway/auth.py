@@ -1,11 +1,12 @@
 """Bearer-token authentication and per-route permission guards.
 
 Tokens are ``stl_`` followed by 32 random bytes (URL-safe base64). Only their SHA-256 is stored. A request's
-token is looked up with one indexed query (token, principal and roles together); the result is cached in
-memory for ``token_cache_ttl_s`` seconds (5 by default), bounded in size. Consequences:
+token is looked up with one indexed query (token, principal, roles and groups together); the result is cached
+in memory for ``token_cache_ttl_s`` seconds (5 by default), bounded in size. Consequences:
 
-* revoking a token, or deleting its principal, takes effect at once on the gateway that handled the
-  revocation (it drops its cached entry) and within ``token_cache_ttl_s`` on every other replica;
+* revoking a token, deleting its principal, or changing the principal's roles or groups takes effect at once
+  on the gateway that handled the change (it drops its cached entries) and within ``token_cache_ttl_s`` on
+  every other replica;
 * expiry is checked against the clock on every request, so an expired token is refused at once;
 * a token that does not exist is cached as unknown too, so guessing costs no database round trip per try.
 
@@ -72,7 +73,7 @@ def new_token() -> IssuedToken:
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is calling: the token's principal, its tenant and its permissions.
+    """Who is calling: the token's principal, its tenant, its permissions and the groups it belongs to.
 
     The tenant of every request comes from here, never from the request itself.
     """
@@ -82,6 +83,7 @@ class Identity:
     principal_name: str
     kind: str
     roles: tuple[str, ...]
+    groups: tuple[str, ...]
     permissions: frozenset[str]
     token_id: UUID
     expires_at: datetime | None
@@ -103,13 +105,23 @@ class Authenticator:
         clock: Current UTC time (expiry checks, usage times).
         ttl_s: Seconds a looked-up token stays cached; 0 disables the cache.
         max_entries: Upper bound on cached tokens (least recently used go first).
+        monotonic: Seconds of a clock that never goes back, to age cache entries.
     """
 
-    def __init__(self, store: GatewayStore, clock: Clock, *, ttl_s: float, max_entries: int) -> None:
+    def __init__(
+        self,
+        store: GatewayStore,
+        clock: Clock,
+        *,
+        ttl_s: float,
+        max_entries: int,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.ttl_s = ttl_s
         self.max_entries = max_entries
+        self.monotonic = monotonic
         self._cache: OrderedDict[bytes, tuple[float, TokenAuth | None]] = OrderedDict()
         self._uses: dict[UUID, tuple[UUID, datetime]] = {}
 
@@ -143,6 +155,7 @@ class Authenticator:
             principal_name=record.principal_name,
             kind=record.principal_kind,
             roles=record.roles,
+            groups=record.groups,
             permissions=permissions_for(record.roles),
             token_id=record.token_id,
             expires_at=record.expires_at,
@@ -151,12 +164,12 @@ class Authenticator:
     async def _lookup(self, token_hash: bytes) -> TokenAuth | None:
         if self.ttl_s > 0:
             cached = self._cache.get(token_hash)
-            if cached is not None and time.monotonic() - cached[0] < self.ttl_s:
+            if cached is not None and self.monotonic() - cached[0] < self.ttl_s:
                 self._cache.move_to_end(token_hash)
                 return cached[1]
         record = await self.store.find_token(token_hash)
         if self.ttl_s > 0:
-            self._cache[token_hash] = (time.monotonic(), record)
+            self._cache[token_hash] = (self.monotonic(), record)
             self._cache.move_to_end(token_hash)
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
@@ -167,7 +180,7 @@ class Authenticator:
         self._forget(lambda record: record.token_id == token_id)
 
     def forget_principal(self, principal_id: UUID) -> None:
-        """Drop every token of a principal from the cache (after deleting it here)."""
+        """Drop every token of a principal from the cache (after deleting it, or changing its roles or groups, here)."""
         self._forget(lambda record: record.principal_id == principal_id)
 
     def _forget(self, matches: Callable[[TokenAuth], bool]) -> None:

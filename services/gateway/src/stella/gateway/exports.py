@@ -2,7 +2,7 @@
 
 A bundle can be far larger than a NATS message, so the evidence service's export query does not carry it:
 the service stores the bundle as an object of a bucket of the installation's namespace and answers where it
-is and what it holds (:class:`ExportedBundle`). The gateway checks that the object is there with the size and
+is and what it holds (:class:`~stella.contracts.evidence.ExportBundleView`). The gateway checks that the object is there with the size and
 SHA-256 the reply announced, then passes it to the client chunk by chunk as the chunks arrive, so the
 download starts at once and the headers (``Content-Length``, digest) are known before the first byte.
 
@@ -19,14 +19,13 @@ import contextlib
 import io
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Final
 
 from nats.js import JetStreamContext
 from nats.js import errors as js_errors
 from nats.js.object_store import ObjectStore
-from pydantic import BaseModel, ConfigDict, Field
 
+from stella.contracts.evidence import ExportBundleView
 from stella.gateway.problems import ProblemError
 
 log = logging.getLogger(__name__)
@@ -35,23 +34,6 @@ MEDIA_TYPE: Final[str] = "application/gzip"
 """Media type of an export bundle (a gzip-compressed tar archive)."""
 
 _DIGEST_PREFIX: Final[str] = "sha-256="
-
-
-class ExportedBundle(BaseModel):
-    """Where the evidence service stored an export bundle and what it holds (its export query's reply)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    bucket: str = Field(pattern=r"^[A-Za-z0-9_-]{1,255}$", description="Object store bucket (namespaced).")
-    object: str = Field(min_length=1, max_length=1024, description="Object name in the bucket.")
-    filename: str = Field(pattern=r"^[A-Za-z0-9._-]{1,200}$", description="File name offered to the client.")
-    packets: int = Field(ge=0)
-    first_sequence: int | None
-    last_sequence: int | None
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the bundle.")
-    size: int = Field(ge=0)
-    created_at: datetime
-    expires_at: datetime
 
 
 class BundleSizeError(RuntimeError):
@@ -89,7 +71,7 @@ class BundleReader:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
 
-    async def open(self, bundle: ExportedBundle) -> AsyncIterator[bytes]:
+    async def open(self, bundle: ExportBundleView) -> AsyncIterator[bytes]:
         """Check that ``bundle`` is stored as announced and return an iterator over its bytes.
 
         Raises:
@@ -160,7 +142,7 @@ async def _chunks(store: ObjectStore, name: str, size: int) -> AsyncIterator[byt
                 await reading
 
 
-def digest_headers(bundle: ExportedBundle) -> dict[str, str]:
+def digest_headers(bundle: ExportBundleView) -> dict[str, str]:
     """Headers naming the bundle's SHA-256: ``ETag``, ``Digest`` (RFC 3230) and ``Repr-Digest`` (RFC 9530)."""
     encoded = base64.b64encode(bytes.fromhex(bundle.sha256)).decode()
     return {
@@ -170,4 +152,4 @@ def digest_headers(bundle: ExportedBundle) -> dict[str, str]:
     }
 
 
-__all__ = ["MEDIA_TYPE", "BundleReader", "BundleSizeError", "ExportedBundle", "digest_headers"]
+__all__ = ["MEDIA_TYPE", "BundleReader", "BundleSizeError", "digest_headers"]

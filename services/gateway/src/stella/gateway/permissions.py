@@ -2,8 +2,9 @@
 
 A permission is ``{resource}:{action}``. Components and their versions are part of the release resource, so
 their routes check ``release:*`` permissions. Approving (``promotion:approve``), promoting
-(``promotion:deploy``) and overriding a freeze (``environment:override``: freeze windows belong to the
-environment) are separate permissions, so no role gets one by accident with another.
+(``promotion:deploy``) and overriding a freeze window (``freeze:override``) are separate permissions, so no
+role gets one by accident with another. ``freeze`` is a resource of its own for that one action: the windows
+themselves are managed through the environment (``environment:update``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from typing import Final
 
 
 class Resource(StrEnum):
-    """What a permission is about (reference §8). Components and versions belong to ``release``."""
+    """What a permission is about (reference §8). Components and versions belong to ``release``.
+
+    ``freeze`` has only the ``override`` action: letting a promotion through a freeze window.
+    """
 
     ENVIRONMENT = "environment"
     RELEASE = "release"
@@ -27,6 +31,7 @@ class Resource(StrEnum):
     EVIDENCE = "evidence"
     PRINCIPAL = "principal"
     TOKEN = "token"
+    FREEZE = "freeze"
 
 
 class Action(StrEnum):
@@ -75,11 +80,13 @@ integration  | r      | r         | r        | rcud     | rcudapo
 evidence     | r      | r         | r        | r        | rcudapo
 principal    | -      | -         | -        | -        | rcud
 token        | -      | -         | -        | -        | rcud
+freeze       | -      | -         | -        | o        | o
 """
 """The permission matrix: which actions (letters of :data:`ACTION_LETTERS`) each role has on each resource.
 
 Roles add up: a principal bound to developer and approver has the union of both columns. ``-`` is nothing.
-Only a tenant admin manages principals and tokens and may override a gate.
+Only a tenant admin manages principals and tokens. Operators and tenant admins hold ``freeze:override``;
+anyone else passes a freeze window only when the window lists them as an exception.
 """
 
 

@@ -94,7 +94,7 @@ def unwrap(reply: Reply) -> Any:
 
 
 def parse_data(model: type[M], data: Any) -> M:
-    """Validate a service's reply data as the gateway's response schema ``model``.
+    """Validate a service's reply data as ``model``: a response schema, or a contract's view the gateway reads.
 
     Raises:
         ProblemError: 502 ``SYS_BAD_GATEWAY`` when the service answered something else.

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
 from pydantic import (
-    AliasChoices,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -75,6 +74,22 @@ class PrincipalKind(StrEnum):
     SERVICE = "service"
 
 
+MAX_GROUPS: Final[int] = 50
+"""Most groups a principal may belong to."""
+
+
+def _distinct_roles(roles: list[Role] | None) -> list[Role] | None:
+    if roles is not None and len(set(roles)) != len(roles):
+        raise ValueError("a role is listed twice")
+    return roles
+
+
+def _distinct_groups(groups: list[str] | None) -> list[str] | None:
+    if groups is not None and len(set(groups)) != len(groups):
+        raise ValueError("a group is listed twice")
+    return groups
+
+
 class PrincipalCreate(RequestBody):
     """A new principal of the caller's tenant."""
 
@@ -82,13 +97,30 @@ class PrincipalCreate(RequestBody):
     kind: PrincipalKind = PrincipalKind.USER
     display_name: DisplayName | None = None
     roles: list[Role] = Field(default_factory=list, max_length=len(Role))
+    groups: list[Name] = Field(
+        default_factory=list,
+        max_length=MAX_GROUPS,
+        description="Groups the principal belongs to (an approval policy may name them), named like principals.",
+    )
 
-    @field_validator("roles")
-    @classmethod
-    def _distinct(cls, roles: list[Role]) -> list[Role]:
-        if len(set(roles)) != len(roles):
-            raise ValueError("a role is listed twice")
-        return roles
+    _roles_distinct = field_validator("roles")(_distinct_roles)
+    _groups_distinct = field_validator("groups")(_distinct_groups)
+
+
+class PrincipalUpdate(RequestBody):
+    """New roles and/or groups of a principal; each list given replaces the current one, an omitted one stays."""
+
+    roles: list[Role] | None = Field(default=None, max_length=len(Role))
+    groups: list[Name] | None = Field(default=None, max_length=MAX_GROUPS)
+
+    _roles_distinct = field_validator("roles")(_distinct_roles)
+    _groups_distinct = field_validator("groups")(_distinct_groups)
+
+    @model_validator(mode="after")
+    def _something(self) -> PrincipalUpdate:
+        if self.roles is None and self.groups is None:
+            raise ValueError("give roles, groups or both")
+        return self
 
 
 class PrincipalOut(ResponseBody):
@@ -99,6 +131,7 @@ class PrincipalOut(ResponseBody):
     kind: PrincipalKind
     display_name: str | None
     roles: list[str]
+    groups: list[str]
     created_at: datetime
     created_by: UUID | None
 
@@ -684,12 +717,10 @@ class NodeOut(ResponseBody):
 
 
 class EdgeOut(ResponseBody):
-    """``from`` finishes before ``to`` starts."""
+    """``from`` finishes before ``to`` starts (the workflow service answers edges in this shape too)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
-
-    source: str = Field(alias="from", validation_alias=AliasChoices("from", "source"))
-    target: str = Field(alias="to", validation_alias=AliasChoices("to", "target"))
+    source: str = Field(alias="from")
+    target: str = Field(alias="to")
 
 
 class TemplateOut(ResponseBody):

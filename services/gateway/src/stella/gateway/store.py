@@ -1,4 +1,4 @@
-"""SQL of the gateway's own schema: tenants, principals, role bindings, tokens, idempotency keys.
+"""SQL of the gateway's own schema: tenants, principals, role bindings, group memberships, tokens, idempotency keys.
 
 Every statement that reads or writes tenant data filters on ``tenant_id``; the only lookup that does not know
 the tenant yet is the token lookup, which finds it from the token's hash.
@@ -19,7 +19,7 @@ import asyncpg
 
 @dataclass(frozen=True)
 class TokenAuth:
-    """What authenticating a token needs: the token's state, its principal and the principal's roles."""
+    """What authenticating a token needs: the token's state, its principal and the principal's roles and groups."""
 
     token_id: UUID
     tenant_id: UUID
@@ -27,6 +27,7 @@ class TokenAuth:
     principal_name: str
     principal_kind: str
     roles: tuple[str, ...]
+    groups: tuple[str, ...]
     expires_at: datetime | None
     revoked_at: datetime | None
     principal_deleted_at: datetime | None
@@ -34,13 +35,14 @@ class TokenAuth:
 
 @dataclass(frozen=True)
 class PrincipalRow:
-    """A principal and its roles."""
+    """A principal, its roles and the groups it belongs to."""
 
     id: UUID
     name: str
     kind: str
     display_name: str | None
     roles: tuple[str, ...]
+    groups: tuple[str, ...]
     created_at: datetime
     created_by: UUID | None
 
@@ -83,7 +85,10 @@ _FIND_TOKEN: Final = """
            p.name, p.kind, p.deleted_at,
            ARRAY(SELECT b.role FROM role_bindings b
                  WHERE b.tenant_id = t.tenant_id AND b.principal_id = t.principal_id
-                 ORDER BY b.role) AS roles
+                 ORDER BY b.role) AS roles,
+           ARRAY(SELECT g.group_name FROM group_memberships g
+                 WHERE g.tenant_id = t.tenant_id AND g.principal_id = t.principal_id
+                 ORDER BY g.group_name) AS groups
     FROM tokens t
     JOIN principals p ON p.tenant_id = t.tenant_id AND p.id = t.principal_id
     WHERE t.token_hash = $1
@@ -148,10 +153,29 @@ _INSERT_ROLES: Final = """
     ON CONFLICT DO NOTHING
 """
 
+_INSERT_GROUPS: Final = """
+    INSERT INTO group_memberships (tenant_id, principal_id, group_name, created_at)
+    SELECT $1, $2, group_name, $4 FROM unnest($3::text[]) AS group_name
+    ON CONFLICT DO NOTHING
+"""
+
+# Replacing a principal's roles or groups keeps the bindings it already had (and when they were made).
+_DROP_OTHER_ROLES: Final = """
+    DELETE FROM role_bindings
+    WHERE tenant_id = $1 AND principal_id = $2 AND role <> ALL($3::text[])
+"""
+
+_DROP_OTHER_GROUPS: Final = """
+    DELETE FROM group_memberships
+    WHERE tenant_id = $1 AND principal_id = $2 AND group_name <> ALL($3::text[])
+"""
+
 _PRINCIPAL_COLUMNS: Final = """
     p.id, p.name, p.kind, p.display_name, p.created_at, p.created_by,
     ARRAY(SELECT b.role FROM role_bindings b
-          WHERE b.tenant_id = p.tenant_id AND b.principal_id = p.id ORDER BY b.role) AS roles
+          WHERE b.tenant_id = p.tenant_id AND b.principal_id = p.id ORDER BY b.role) AS roles,
+    ARRAY(SELECT g.group_name FROM group_memberships g
+          WHERE g.tenant_id = p.tenant_id AND g.principal_id = p.id ORDER BY g.group_name) AS groups
 """
 
 _GET_PRINCIPAL: Final = f"""
@@ -252,6 +276,7 @@ def _principal(row: asyncpg.Record) -> PrincipalRow:
         kind=row["kind"],
         display_name=row["display_name"],
         roles=tuple(row["roles"]),
+        groups=tuple(row["groups"]),
         created_at=row["created_at"],
         created_by=row["created_by"],
     )
@@ -294,6 +319,13 @@ class DeletePrincipalOutcome:
     LAST_ADMIN: Final = "last_admin"
 
 
+class UpdatePrincipalOutcome:
+    """Outcomes of :meth:`GatewayStore.update_principal` besides the updated principal."""
+
+    NOT_FOUND: Final = "not_found"
+    LAST_ADMIN: Final = "last_admin"
+
+
 class GatewayStore:
     """The gateway's persistence, over a pool whose ``search_path`` is the ``gateway`` schema.
 
@@ -307,7 +339,7 @@ class GatewayStore:
     # --- tokens -------------------------------------------------------------------------------------
 
     async def find_token(self, token_hash: bytes) -> TokenAuth | None:
-        """Look a token up by its hash (one indexed query), with its principal and roles."""
+        """Look a token up by its hash (one indexed query), with its principal, roles and groups."""
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(_FIND_TOKEN, token_hash)
         if row is None:
@@ -319,6 +351,7 @@ class GatewayStore:
             principal_name=row["name"],
             principal_kind=row["kind"],
             roles=tuple(row["roles"]),
+            groups=tuple(row["groups"]),
             expires_at=row["expires_at"],
             revoked_at=row["revoked_at"],
             principal_deleted_at=row["deleted_at"],
@@ -392,10 +425,11 @@ class GatewayStore:
         kind: str,
         display_name: str | None,
         roles: Sequence[str],
+        groups: Sequence[str],
         now: datetime,
         created_by: UUID | None,
     ) -> PrincipalRow | None:
-        """Create a principal with its role bindings; None when a live principal already has the name."""
+        """Create a principal with its role bindings and groups; None when a live principal already has the name."""
         async with self.pool.acquire() as conn, conn.transaction():
             return await insert_principal(
                 conn,
@@ -404,6 +438,7 @@ class GatewayStore:
                 kind=kind,
                 display_name=display_name,
                 roles=roles,
+                groups=groups,
                 now=now,
                 created_by=created_by,
             )
@@ -422,6 +457,45 @@ class GatewayStore:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(_LIST_PRINCIPALS, tenant_id, after_name, after_id, limit)
         return [_principal(row) for row in rows]
+
+    async def update_principal(
+        self,
+        tenant_id: UUID,
+        principal_id: UUID,
+        *,
+        roles: Sequence[str] | None,
+        groups: Sequence[str] | None,
+        now: datetime,
+    ) -> PrincipalRow | str:
+        """Replace a live principal's roles and/or groups (None keeps them as they are).
+
+        Changes in one tenant are serialised on the tenant's row, like deletions, so two admins taking
+        tenant-admin away from each other at once cannot leave the tenant without one.
+
+        Returns:
+            The updated principal, or one of :class:`UpdatePrincipalOutcome`'s values: ``NOT_FOUND``, or
+            ``LAST_ADMIN`` when the roles would take tenant-admin from the tenant's last tenant admin.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_LOCK_TENANT, tenant_id)
+            current = await conn.fetchrow(_GET_PRINCIPAL, tenant_id, principal_id)
+            if current is None:
+                return UpdatePrincipalOutcome.NOT_FOUND
+            if (
+                roles is not None
+                and "tenant-admin" in current["roles"]
+                and "tenant-admin" not in roles
+                and await conn.fetchval(_OTHER_ADMINS, tenant_id, principal_id) == 0
+            ):
+                return UpdatePrincipalOutcome.LAST_ADMIN
+            if roles is not None:
+                await conn.execute(_DROP_OTHER_ROLES, tenant_id, principal_id, list(roles))
+                await conn.execute(_INSERT_ROLES, tenant_id, principal_id, list(roles), now)
+            if groups is not None:
+                await conn.execute(_DROP_OTHER_GROUPS, tenant_id, principal_id, list(groups))
+                await conn.execute(_INSERT_GROUPS, tenant_id, principal_id, list(groups), now)
+            row = await conn.fetchrow(_GET_PRINCIPAL, tenant_id, principal_id)
+            return _principal(row)
 
     async def delete_principal(self, tenant_id: UUID, principal_id: UUID, now: datetime) -> str:
         """Retire a principal and revoke its tokens, unless it is the tenant's last tenant admin.
@@ -549,10 +623,11 @@ async def insert_principal(
     kind: str,
     display_name: str | None,
     roles: Sequence[str],
+    groups: Sequence[str] = (),
     now: datetime,
     created_by: UUID | None,
 ) -> PrincipalRow | None:
-    """Create a principal and its role bindings inside the caller's transaction.
+    """Create a principal, its role bindings and its group memberships inside the caller's transaction.
 
     Returns:
         The principal, or None when a live principal of the tenant already has the name.
@@ -561,6 +636,8 @@ async def insert_principal(
     if principal_id is None:
         return None
     await conn.execute(_INSERT_ROLES, tenant_id, principal_id, list(roles), now)
+    if groups:
+        await conn.execute(_INSERT_GROUPS, tenant_id, principal_id, list(groups), now)
     row = await conn.fetchrow(_GET_PRINCIPAL, tenant_id, principal_id)
     return _principal(row)
 

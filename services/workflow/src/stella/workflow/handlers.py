@@ -154,7 +154,7 @@ class Handlers:
                 template.to_dict(),
                 self.clock(),
             )
-            return repo.template_view(record).model_dump(mode="json")
+            return repo.template_view(record).model_dump(mode="json", by_alias=True)
 
         return await self.commands.run(cmd, execute)
 
@@ -461,13 +461,13 @@ class Handlers:
             record = await repo.get_template(conn, q.tenant_id, q.name, q.version)
         if record is None:
             raise TemplateNotFound(f"no workflow template {_describe(q.name, q.version)}")
-        return Reply.success(repo.template_view(record).model_dump(mode="json"))
+        return Reply.success(repo.template_view(record).model_dump(mode="json", by_alias=True))
 
     async def list_templates(self, q: c.ListTemplates) -> Reply:
         """A page of templates: the built-in ones and the latest version of each of the tenant's."""
         async with self._pool().acquire() as conn:
             records, token = await repo.list_templates(conn, q.tenant_id, q.page.page_size, q.page.page_token)
-        items = [repo.template_view(r).model_dump(mode="json") for r in records]
+        items = [repo.template_view(r).model_dump(mode="json", by_alias=True) for r in records]
         return Reply.success(Page(items=items, next_page_token=token).model_dump())
 
     async def get_run(self, q: c.GetRun) -> Reply:

@@ -20,13 +20,13 @@ from litestar.response import Stream
 from stella.contracts import evidence as contract
 from stella.gateway.auth import require
 from stella.gateway.dependencies import ID_SCHEMA, parse_id, problems
-from stella.gateway.exports import MEDIA_TYPE, ExportedBundle, digest_headers
+from stella.gateway.exports import MEDIA_TYPE, digest_headers
 from stella.gateway.pagination import PageParams
 from stella.gateway.permissions import Action, Resource
 from stella.gateway.problems import ProblemError
 from stella.gateway.relay import CallContext, Relay, parse_data
 from stella.gateway.runtime import Runtime
-from stella.gateway.schemas import KeyList, KeyOut, PacketOut, PacketPage, PacketType, VerificationOut
+from stella.gateway.schemas import KeyList, PacketOut, PacketPage, PacketType, VerificationOut
 
 BASE = "/api/v1/evidence"
 _ID = Parameter(description="Evidence packet id", schema_extra=ID_SCHEMA)
@@ -95,10 +95,7 @@ class EvidenceController(Controller):
     )
     async def list_keys(self, call: NamedDependency[CallContext], relay: NamedDependency[Relay]) -> KeyList:
         """Every public key that signs or signed evidence (PEM): a retired key still verifies what it signed."""
-        data = await relay.query(contract.LIST_KEYS, call.query(contract.ListKeys))
-        if not isinstance(data, list):
-            raise ProblemError(502, "SYS_BAD_GATEWAY", "A service answered in an unexpected shape.")
-        return KeyList(items=[parse_data(KeyOut, item) for item in data])
+        return parse_data(KeyList, await relay.query(contract.LIST_KEYS, call.query(contract.ListKeys)))
 
     @get(
         "/export",
@@ -155,7 +152,7 @@ class EvidenceController(Controller):
             created_to=_instant(created_to, "to"),
         )
         data = await relay.query(contract.EXPORT_BUNDLE, query, timeout_s=runtime.settings.export_timeout_s)
-        bundle = parse_data(ExportedBundle, data)
+        bundle = parse_data(contract.ExportBundleView, data)
         chunks = await runtime.get_exports().open(bundle)
         headers = {
             "Content-Disposition": f'attachment; filename="{bundle.filename}"',

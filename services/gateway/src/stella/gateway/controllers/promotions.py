@@ -8,10 +8,11 @@ evidence by the evidence service. Permissions:
 * approving or rejecting: ``promotion:approve``. Whether the voter is eligible for this promotion (the
   permission, the policy's approver groups, separation of duties) is the approval service's decision: the
   vote carries the caller's permissions and groups;
-* cancelling and overriding a freeze change an existing promotion: ``promotion:update``. An override
-  passes only when the caller is one of the closing windows' exceptions or holds ``environment:override``
-  (the freeze-override permission: the windows belong to the environment); the promotion service decides,
-  told by the command's ``may_override`` whether the caller holds it.
+* cancelling: ``promotion:update``;
+* overriding a freeze: ``promotion:read`` at the gateway, because a window's exceptions may name any
+  principal (a developer, say), and only the promotion service knows the windows. It lets the override
+  through when the caller is one of the closing windows' exceptions or holds ``freeze:override``, told by
+  the command's ``may_override`` whether the caller holds it.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ from stella.gateway.schemas import (
 BASE = "/api/v1/promotions"
 _ID = Parameter(description="Promotion id", schema_extra=ID_SCHEMA)
 
-FREEZE_OVERRIDE_PERMISSION = permission(Resource.ENVIRONMENT, Action.OVERRIDE)
-"""The permission that lets a promotion through any freeze window (reference §8: freeze-override)."""
+FREEZE_OVERRIDE_PERMISSION = permission(Resource.FREEZE, Action.OVERRIDE)
+"""The permission that lets a promotion through any freeze window (reference §3 and §8: freeze-override)."""
 
 
 def voter_permissions(identity: Identity) -> list[str]:
@@ -61,9 +62,8 @@ def voter_permissions(identity: Identity) -> list[str]:
 
 
 def voter_groups(identity: Identity) -> list[str]:
-    """The groups a vote carries. Principals belong to no groups yet, so a vote names none."""
-    del identity
-    return []
+    """The groups a vote carries: the caller's, as read with its token, sorted."""
+    return sorted(identity.groups)
 
 
 class PromotionController(Controller):
@@ -236,7 +236,7 @@ class PromotionController(Controller):
         "/{promotion_id:str}/override-freeze",
         operation_id="overridePromotionFreeze",
         summary="Let a promotion through a freeze",
-        guards=[require(Resource.PROMOTION, Action.UPDATE)],
+        guards=[require(Resource.PROMOTION, Action.READ)],
         status_code=200,
         responses=problems(400, 403, 404, 409, 422),
     )
@@ -250,9 +250,10 @@ class PromotionController(Controller):
     ) -> PromotionOut:
         """Let a promotion waiting on its gates through the windows that close its environment now.
 
-        Only a principal named in those windows' exceptions, or one holding ``environment:override``, may
-        (422 ``GATE_FREEZE_OVERRIDE_FORBIDDEN`` otherwise). The reason is mandatory; the override and its
-        reason go into the decision record and the evidence.
+        Only a principal named in those windows' exceptions, or one holding ``freeze:override``, may (422
+        ``GATE_FREEZE_OVERRIDE_FORBIDDEN`` otherwise): the promotion service decides, as only it knows the
+        windows. The reason is mandatory; the override and its reason go into the decision record and the
+        evidence.
         """
         command = call.command(
             contract.OverrideFreeze,
