@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import suppress
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,27 @@ class Stack:
             body = await resp.json(content_type=None) if (await resp.read()) else None
             return resp.status, body, dict(resp.headers)
 
+    async def until(self, path: str, check: Any, *, timeout: float = 30, token: str | None = None) -> Any:
+        """GET ``path`` until ``check(body)`` holds; returns that body (the HTTP API offers nothing to await)."""
+        deadline = time.monotonic() + timeout
+        body: Any = None
+        while time.monotonic() < deadline:
+            status, body, _ = await self.call("GET", path, token=token)
+            if status == 200 and check(body):
+                return body
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"GET {path} never satisfied the check; last answer: {body}")
+
+    async def principal(self, name: str, roles: list[str], groups: list[str] | None = None) -> tuple[str, str]:
+        """Create a principal with a token; returns (principal id, token)."""
+        status, created, _ = await self.call(
+            "POST", "/api/v1/principals", json={"name": name, "roles": roles, "groups": groups or []}
+        )
+        assert status == 201, created
+        status, token, _ = await self.call("POST", "/api/v1/tokens", json={"principal_id": created["id"]})
+        assert status == 201, token
+        return created["id"], token["token"]
+
     def stop_all(self) -> None:
         for proc in self.procs.values():
             with suppress(ProcessLookupError):
@@ -135,11 +156,15 @@ class Stack:
         self.procs.clear()
 
 
-@pytest_asyncio.fixture
-async def stack(
-    fresh_database: str, nats_url: str, nats: Client, unique_id: str, tmp_path: Path
+HEADLESS = ("release", "promotion", "approval", "workflow", "evidence")
+"""Every headless service, in start order."""
+
+
+@asynccontextmanager
+async def _running(
+    services: tuple[str, ...], fresh_database: str, nats_url: str, nats: Client, unique_id: str, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    """Release service and gateway as processes; more services can be started with ``stack.start``."""
+    """Start ``services`` and the gateway on a fresh database and namespace, with a bootstrapped tenant."""
     namespace = f"e{unique_id}"
     env = {
         **os.environ,
@@ -148,14 +173,17 @@ async def stack(
         "STELLA_NATS_NAMESPACE": namespace,
         "STELLA_GATEWAY_PORT": str(free_port()),
         "STELLA_LOG_LEVEL": "INFO",
+        "STELLA_EVIDENCE_KEY_DIR": str(tmp_path / "keys"),
     }
     system = Stack(env, tmp_path)
-    system.start("release")
+    for service in services:
+        system.start(service)
     system.start("gateway")
     system.http = aiohttp.ClientSession()
     try:
         await system.ready()
-        await system.wait_service("release", nats)
+        for service in services:
+            await system.wait_service(service, nats)
         system.token = system.bootstrap(f"tenant-{unique_id}")
         yield system
     finally:
@@ -164,6 +192,24 @@ async def stack(
         for spec in ALL_STREAMS:
             with suppress(NotFoundError):
                 await nats.jetstream().delete_stream(system.names.stream(spec))
+
+
+@pytest_asyncio.fixture
+async def stack(
+    fresh_database: str, nats_url: str, nats: Client, unique_id: str, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """The release service and the gateway as processes; more can be started with ``stack.start``."""
+    async with _running(("release",), fresh_database, nats_url, nats, unique_id, tmp_path) as system:
+        yield system
+
+
+@pytest_asyncio.fixture
+async def full_stack(
+    fresh_database: str, nats_url: str, nats: Client, unique_id: str, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """Every service and the gateway as processes."""
+    async with _running(HEADLESS, fresh_database, nats_url, nats, unique_id, tmp_path) as system:
+        yield system
 
 
 @pytest.fixture
