@@ -16,7 +16,7 @@ from .conftest import Stack
 pytestmark = pytest.mark.e2e
 
 DIGESTS = {"api": "sha256:" + "a" * 64, "web": "sha256:" + "b" * 64}
-TERMINAL_OR_WAITING = {"approved", "rejected", "cancelled", "pending_approval"}
+DECIDED = {"approved", "rejected", "cancelled"}
 
 
 async def _release(stack: Stack, name: str) -> str:
@@ -64,7 +64,7 @@ async def _promote(stack: Stack, release: str, env: str, *, token: str | None = 
 
 async def _settled(stack: Stack, promotion_id: str, *, expect: str, timeout: float = 30) -> dict[str, Any]:
     body = await stack.until(
-        f"/api/v1/promotions/{promotion_id}", lambda p: p["status"] in TERMINAL_OR_WAITING, timeout=timeout
+        f"/api/v1/promotions/{promotion_id}", lambda p: p["status"] == expect or p["status"] in DECIDED, timeout=timeout
     )
     assert body["status"] == expect, body
     return body
@@ -104,11 +104,12 @@ async def test_promotion_through_environments_with_approvals_and_evidence(full_s
     approved = await _settled(stack, to_dev["id"], expect="approved")
     status, decision, _ = await stack.call("GET", f"/api/v1/promotions/{to_dev['id']}/decision")
     assert status == 200, decision
-    assert decision["result"] == "allow"
-    assert decision["gates"]
-    assert all(g["status"] == "pass" for g in decision["gates"]), decision["gates"]
-    assert decision["inputs_hash"].startswith("sha256:")
-    assert approved["decision_record"]["inputs_hash"] == decision["inputs_hash"]
+    record = decision["record"]
+    assert record["result"] == "allow"
+    assert record["gates"]
+    assert all(g["status"] == "pass" for g in record["gates"]), record["gates"]
+    assert record["inputs_hash"].startswith("sha256:")
+    assert approved["decision_record"] == record
     dev_packet = await _verified_packet(stack, to_dev["id"])
     assert dev_packet["content"]["decision"]["result"] == "allow"
     digests = {c["digest"] for c in dev_packet["content"]["release"]["components"]}
@@ -149,7 +150,7 @@ async def test_promotion_through_environments_with_approvals_and_evidence(full_s
 
     prod_packet = await _verified_packet(stack, to_prod["id"])
     actors = prod_packet["content"]["actors"]
-    assert {a["approver"] for a in actors["approvers"]} == approvers
+    assert {a["id"] for a in actors["approvers"]} == approvers
     assert all(a["comment"] for a in actors["approvers"])
 
 
@@ -242,6 +243,9 @@ async def test_a_killed_service_mid_run_still_ends_in_the_right_state(
     _, alice_token = await stack.principal("alice", ["approver"])
     promotion = await _promote(stack, release, prod)
     await _settled(stack, promotion["id"], expect="pending_approval")
+    # The approval service opens the request when the workflow reaches the approval step, just after the
+    # promotion shows pending_approval.
+    await stack.until(f"/api/v1/promotions/{promotion['id']}/approvals", lambda a: a["status"] == "pending")
 
     stack.kill(victim)
     status, body, _ = await stack.call(

@@ -142,7 +142,8 @@ class OutboxRelay:
                 if sent >= self.batch_size:
                     continue  # more may be waiting
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    async with asyncio.timeout(self.poll_s):
+                        await self._wake.wait()
         finally:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)

@@ -37,6 +37,7 @@ class DueLoop:
         self._max_sleep_s = max_sleep_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         """Run the loop in the background."""
@@ -48,13 +49,16 @@ class DueLoop:
 
     async def stop(self) -> None:
         """Stop the loop."""
+        # The flag ends the loop even where a cancellation is swallowed by a timeout helper (Python 3.11).
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 now = self._clock()
@@ -69,4 +73,5 @@ class DueLoop:
                 log.exception("timer loop %s failed; retrying", self.name)
                 sleep = min(5.0, self._max_sleep_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, sleep))
+                async with asyncio.timeout(max(0.0, sleep)):
+                    await self._wake.wait()

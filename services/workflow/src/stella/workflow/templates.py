@@ -61,9 +61,10 @@ STANDARD_PROMOTION: Final = WorkflowTemplate(
             type=BuiltinStepType.GATE.value,
             config={},
             # A gate that errors denies (fail closed); re-evaluating could flip a recorded decision, so
-            # the gate step is not retried.
+            # the gate step is not retried. No timeout: a promotion held by a freeze window waits for the
+            # window to open (or an override), which may be days away; the promotion service completes it.
             retry=RetryPolicy(max_attempts=1),
-            timeout_s=300.0,
+            timeout_s=None,
         ),
         Node(
             id="approval",
