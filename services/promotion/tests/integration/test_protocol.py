@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 from typing import Any
@@ -31,9 +32,15 @@ async def _promote(caller: Caller, stack: Stack, release: dict, env: dict, until
         )
         assert reply.ok, reply.error
         if until == "pending_approval":
-            # No promotion event marks it: the approval service's request shows the gates let it through.
+            # No promotion event marks it: the promotion moves once it has seen the approval service open the
+            # request, which the test waits for, then reads the promotion until that event was handled.
             async with collect_messages(nats.jetstream(), stack.wire(a.APPROVAL_REQUESTED)) as requested:
                 await first_match(requested, lambda b: b["request"]["promotion_id"] == reply.data["id"], timeout=20)
+            for _ in range(200):
+                current = await caller.query(c.GET_PROMOTION, c.GetPromotion, promotion_id=reply.data["id"])
+                if current.data["status"] == until:
+                    break
+                await asyncio.sleep(0.05)
         else:
             await first_match(
                 events,

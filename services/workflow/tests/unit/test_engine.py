@@ -22,7 +22,7 @@ from stella.workflow.domain import (
     validate_template,
 )
 from stella.workflow.handlers import subject_run_id, template_definition
-from stella.workflow.templates import BUILTIN_STEP_TYPES, STANDARD_PROMOTION
+from stella.workflow.templates import APPROVAL_STEP_TIMEOUT_S, BUILTIN_STEP_TYPES, STANDARD_PROMOTION
 
 T0 = datetime(2025, 5, 1, 8, 0, tzinfo=UTC)
 RUN_ID = UUID("00000000-0000-0000-0000-00000000e001")
@@ -101,7 +101,7 @@ def test_standard_promotion_defaults_ask_for_one_approval_without_separation_of_
     }
 
 
-def test_starting_a_run_dispatches_its_first_step_with_its_resolved_inputs_and_a_deadline() -> None:
+def test_starting_a_run_dispatches_its_first_step_with_its_resolved_inputs() -> None:
     template = validate_template(STANDARD_PROMOTION, BUILTIN_STEP_TYPES)
 
     progress = started(template, PROMOTION_INPUTS)
@@ -111,7 +111,8 @@ def test_starting_a_run_dispatches_its_first_step_with_its_resolved_inputs_and_a
     assert dispatch.start.attempt == 1
     assert dispatch.start.inputs == {"inputs": PROMOTION_INPUTS, "steps": {}}
     assert progress.steps["gates"].status is StepStatus.RUNNING
-    assert progress.run.next_wakeup_at == at(300)
+    # The gate step has no deadline: a freeze window may hold the promotion for days.
+    assert progress.run.next_wakeup_at is None
     assert progress.run_changed
     assert progress.changed == {"gates"}
 
@@ -127,6 +128,7 @@ def test_an_approval_attempt_is_dispatched_and_parked_until_the_decision_arrives
     assert (dispatch.start.node_id, dispatch.subject) == ("approval", STEP_SUBJECTS["approval"])
     assert dispatch.start.inputs["steps"]["gates"]["outputs"] == {"result": "allow"}
     assert after_gates.steps["approval"].status is StepStatus.WAITING
+    assert after_gates.run.next_wakeup_at == at(5 + APPROVAL_STEP_TIMEOUT_S)
     assert any(isinstance(e, StepWaiting) for e in after_gates.events)
     assert after_gates.changed == {"gates", "approval"}
 

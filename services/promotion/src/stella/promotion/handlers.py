@@ -18,6 +18,7 @@ window occurrence that opens or closes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -367,6 +368,13 @@ def gate_step_result(promotion: domain.Promotion) -> tuple[w.StepStatus, dict[st
     if promotion.decision is not None:
         outputs["decision_hash"] = decision_hash(promotion.decision)
     return w.StepStatus.SUCCEEDED, outputs, None
+
+
+def _awaits_approvals(promotion: domain.Promotion, outcome: domain.GateOutcome, now: datetime) -> bool:
+    """Whether applying ``outcome`` to the pending promotion would leave it waiting for approvals."""
+    probe = copy.deepcopy(promotion)
+    probe.apply_gate_decision(outcome, now=now)
+    return probe.status is domain.PromotionStatus.PENDING_APPROVAL
 
 
 def promotion_id_of(cmd: w.ExecuteStep) -> UUID | None:
@@ -918,13 +926,46 @@ class Handlers:
         p = stored.promotion
         inputs = await self._gate_inputs(conn, stored, approvals_document(p.required_approvals))
         record = await self._store_decision(conn, stored, trigger, inputs, now)
-        events = p.apply_gate_decision(record.outcome(), now=now)
+        outcome = record.outcome()
+        if _awaits_approvals(p, outcome, now):
+            # The gates allow, but votes can only be cast once the approval service has opened the request
+            # (the workflow's next step). The promotion shows pending_approval from that moment on, so a
+            # client never sees pending_approval while a vote would still be refused.
+            p.decision = record.to_dict()
+            p.status_message = "gates passed; opening the approval request"
+            await repo.update_promotion(conn, stored)
+            if stored.gate_step is not None:
+                outputs = {"result": "allow", "decision_hash": decision_hash(p.decision)}
+                await add_events(
+                    conn, [self._completion(origin, stored.gate_step, w.StepStatus.SUCCEEDED, outputs, None)]
+                )
+            return
+        events = p.apply_gate_decision(outcome, now=now)
         await repo.update_promotion(conn, stored)
         messages = self._changed(origin, repo.promotion_view(stored), events)
         result = gate_step_result(p)
         if result is not None and stored.gate_step is not None:
             messages.append(self._completion(origin, stored.gate_step, *result))
         await add_events(conn, messages)
+
+    async def _open_approvals(self, conn: asyncpg.Connection, stored: repo.StoredPromotion, origin: Origin) -> None:
+        """The approval request is open: apply the stored gate decision, moving the promotion to pending_approval."""
+        p = stored.promotion
+        latest = await repo.get_decision(conn, p.tenant_id, stored.decision_id) if stored.decision_id else None
+        if p.status is not domain.PromotionStatus.PENDING_GATE or latest is None:
+            return
+        outcome = DecisionRecord.from_dict(latest.record).outcome()
+        if not _awaits_approvals(p, outcome, latest.clock):
+            return  # held by a window, or waiting on another gate: not the approvals' turn yet
+        events = p.apply_gate_decision(outcome, now=self.clock())
+        await repo.update_promotion(conn, stored)
+        await add_events(conn, self._changed(origin, repo.promotion_view(stored), events))
+
+    async def on_approval_requested(self, event: a.ApprovalChanged, conn: asyncpg.Connection) -> None:
+        """The approval service opened the promotion's request: votes can be cast from now on."""
+        stored = await repo.get_promotion(conn, event.tenant_id, event.request.promotion_id, lock=True)
+        if stored is not None:
+            await self._open_approvals(conn, stored, Origin.of(event))
 
     def _changed(
         self, origin: Origin, view: c.PromotionView, events: Iterable[domain.PromotionEvent]
@@ -965,6 +1006,9 @@ class Handlers:
         request = event.request
         origin = Origin.of(event)
         stored = await repo.get_promotion(conn, event.tenant_id, request.promotion_id, lock=True)
+        if stored is not None:
+            # The decision may be handled before the request's opening (events are handled concurrently).
+            await self._open_approvals(conn, stored, origin)
         if stored is None:
             log.warning("approval decision for an unknown promotion", extra={"promotion_id": str(request.promotion_id)})
         elif stored.promotion.status is domain.PromotionStatus.PENDING_APPROVAL:

@@ -38,6 +38,7 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     queries.attach(router, runtime)
 
     approvals = EventRoutes(runtime.name, "approvals", f"stella.evt.{a.CONTEXT}.>", lambda: runtime.pool)
+    approvals.on(a.APPROVAL_REQUESTED, a.ApprovalChanged, handlers.on_approval_requested)
     approvals.on(a.APPROVAL_GRANTED, a.ApprovalChanged, handlers.on_approval_decided)
     approvals.on(a.APPROVAL_DENIED, a.ApprovalChanged, handlers.on_approval_decided)
     approvals.attach(router, runtime)
