@@ -34,12 +34,14 @@ from uuid import UUID
 
 import rfc8785
 
+from stella.kit.errors import ServiceError
+
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
 
 
-class DomainError(Exception):
+class DomainError(ServiceError):
     """Base of every error the promotion domain raises.
 
     The I/O layer maps an instance to an RFC 9457 problem document without knowing the concrete class:
@@ -60,19 +62,11 @@ class DomainError(Exception):
     title: ClassVar[str] = "Promotion rule violated"
 
     def __init__(self, detail: str, *, errors: Sequence[Mapping[str, Any]] = ()) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.errors: tuple[dict[str, Any], ...] = tuple(dict(error) for error in errors)
+        super().__init__(detail, errors=[dict(error) for error in errors])
 
     def to_dict(self) -> dict[str, Any]:
         """Return the error as the fields of ``stella.contracts.ErrorDetail``."""
-        return {
-            "code": self.code,
-            "status": self.status,
-            "title": self.title,
-            "detail": self.detail,
-            "errors": [dict(error) for error in self.errors],
-        }
+        return self.as_problem()
 
 
 class InvalidInput(DomainError):
