@@ -113,6 +113,23 @@ class TestWindowFromSpec:
         assert window.exceptions == (str(ALICE),)
         assert window.created_by == str(ALICE)
 
+    def test_a_recurring_window_without_a_start_begins_at_local_midnight_of_its_creation_day(self) -> None:
+        spec = c.FreezeWindowSpec(
+            rrule="FREQ=WEEKLY;BYDAY=FR;BYHOUR=16;BYMINUTE=0",
+            duration_s=64 * 3600,
+            timezone="Europe/Berlin",
+            reason="weekend",
+        )
+        created = datetime(2025, 3, 27, 23, 30, 17, tzinfo=UTC)  # already the 28th in Berlin
+        window = handlers.window_from_spec(spec, UUID(int=7), None, created)
+        assert window.dtstart == datetime(2025, 3, 28, 0, 0)
+        # Friday 28 March 16:00 CET until Monday 31 March 08:00 CEST, across the DST change.
+        closed = freeze.environment_state([window], datetime(2025, 3, 30, 12, 0, tzinfo=UTC))
+        assert closed.closed
+        assert closed.next_open == datetime(2025, 3, 31, 6, 0, tzinfo=UTC)
+        with pytest.raises(freeze.InvalidFreezeWindow, match="dtstart"):
+            handlers.window_from_spec(spec, UUID(int=7), None)
+
     def test_fractional_durations_are_refused_by_the_freeze_rules(self) -> None:
         spec = c.FreezeWindowSpec(rrule="FREQ=DAILY", dtstart=datetime(2025, 1, 1), duration_s=1.5, reason="x")
         with pytest.raises(freeze.InvalidWindowDuration, match="whole seconds"):

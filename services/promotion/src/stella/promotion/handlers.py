@@ -19,6 +19,7 @@ window occurrence that opens or closes.
 from __future__ import annotations
 
 import copy
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -175,11 +176,15 @@ def validate_environment(registry: GateRegistry, environment: domain.Environment
     return environment.updated(config=config)
 
 
-def window_from_spec(spec: c.FreezeWindowSpec, window_id: UUID, created_by: UUID | None) -> freeze.FreezeWindow:
+def window_from_spec(
+    spec: c.FreezeWindowSpec, window_id: UUID, created_by: UUID | None, now: datetime | None = None
+) -> freeze.FreezeWindow:
     """Validate a client's window with the freeze module.
 
     A recurring window anchors its occurrences at ``dtstart``; ``start`` stands in for it when only
     ``start`` is given, since the reference describes windows as ``start`` with ``end`` or with ``rrule``.
+    With neither, a recurring window starts at midnight (local time) of the day it is created: the rule's
+    BYHOUR/BYMINUTE then place the occurrences, with no stray seconds from the creation time.
 
     Raises:
         freeze.InvalidFreezeWindow: or a subclass (bad RRULE, unknown time zone, bounds, duration, schedule).
@@ -196,6 +201,12 @@ def window_from_spec(spec: c.FreezeWindowSpec, window_id: UUID, created_by: UUID
     dtstart: Any = spec.dtstart
     if spec.rrule is not None and dtstart is None and start is not None:
         start, dtstart = None, start
+    if spec.rrule is not None and dtstart is None and now is not None:
+        try:
+            local = now.astimezone(ZoneInfo(spec.timezone))
+        except (ZoneInfoNotFoundError, ValueError):
+            local = now  # the freeze module names the bad time zone
+        dtstart = local.replace(hour=0, minute=0, second=0, microsecond=0).replace(tzinfo=None).isoformat()
     optional = {
         "start": start,
         "end": spec.end,
@@ -565,7 +576,7 @@ class Handlers:
             environment = await repo.get_environment(conn, cmd.tenant_id, cmd.environment_id, lock=True)
             if environment is None:
                 raise domain.EnvironmentNotFound(f"environment {cmd.environment_id} does not exist")
-            window = window_from_spec(cmd.window, self.new_id(), cmd.actor_id)
+            window = window_from_spec(cmd.window, self.new_id(), cmd.actor_id, self.clock())
             now = self.clock()
             stored = await repo.insert_window(
                 conn, cmd.tenant_id, environment.id, window, cmd.actor_id, now, next_transition_after(window, now)
