@@ -19,7 +19,6 @@ window occurrence that opens or closes.
 from __future__ import annotations
 
 import copy
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 from uuid import UUID, uuid4, uuid5
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
