@@ -40,7 +40,7 @@ from stella.contracts.evidence import (
     VerifyPacket,
 )
 from stella.contracts.promotion import GET_PROMOTION, PromotionStatus
-from stella.contracts.streams import COMMANDS, HEADER_DELIVERIES, HEADER_ERROR, dead_letter_subject
+from stella.contracts.streams import COMMANDS
 from stella.contracts.workflow import COMPLETE_STEP, CompleteStep, StepStatus
 from stella.evidence.app import EvidenceApp, create_app
 from stella.evidence.chain import verify_chain
@@ -236,22 +236,23 @@ async def test_a_promotion_rejected_at_the_gates_yields_its_packet_without_appro
     assert content["execution"]["promotion_status"] == "rejected"
 
 
-async def test_a_secret_in_the_evidence_is_dead_lettered_at_once_and_never_stored(
+async def test_a_secret_in_the_evidence_fails_the_step_at_once_and_is_never_stored(
     caller: Caller, upstream: Upstream, evidence_app: EvidenceApp, nats: Client
 ) -> None:
-    names = evidence_app.runtime.names
     promotion_id = uuid.uuid4()
-    leaky = promotion_view(promotion_id, gate_details={"webhook": "https://bot:hunter2@hooks.example.com/x"})
+    run_id = uuid.uuid4()
+    leaky = promotion_view(
+        promotion_id, gate_details={"webhook": "https://bot:hunter2@hooks.example.com/x"}, run_id=run_id
+    )
     upstream.promotions[promotion_id] = [leaky]
     await upstream.start()
-    async with collect_messages(nats.jetstream(), names.subject(dead_letter_subject("evidence-commands"))) as dead:
-        await caller.client.send(COLLECT_EVIDENCE, execute_step(caller.tenant_id, promotion_id))
-        [letter] = await dead.wait(1, timeout=20)
-    assert letter.headers is not None
-    error = letter.headers[HEADER_ERROR]
-    assert "URL with a password" in error and "$.decision.gates[0].details.webhook" in error
-    assert "hunter2" not in error
-    assert letter.headers[HEADER_DELIVERIES] == "1"
+    async with collect_messages(nats.jetstream(), evidence_app.runtime.names.subject(COMPLETE_STEP)) as done:
+        await caller.client.send(COLLECT_EVIDENCE, execute_step(caller.tenant_id, promotion_id, run_id=run_id))
+        complete = await _completion(done, run_id)
+    assert complete.status is StepStatus.FAILED
+    assert complete.error is not None
+    assert "URL with a password" in complete.error and "$.decision.gates[0].details.webhook" in complete.error
+    assert "hunter2" not in complete.error
     assert upstream.count(GET_PROMOTION) == 1
     assert await _fetchval(evidence_app, "SELECT count(*) FROM packets") == 0
 

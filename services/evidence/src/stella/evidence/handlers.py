@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -56,6 +57,8 @@ from stella.kit.pagination import decode_cursor, encode_cursor
 
 MESSAGE_IDS: Final[UUID] = UUID("0b5f3c52-4a4e-4a8e-9d1e-6a8f2c7e51d3")
 """Namespace of the deterministic ids of messages this service writes (uuid5 of what caused them)."""
+
+log = logging.getLogger(__name__)
 
 
 def _utcnow() -> datetime:
@@ -121,8 +124,9 @@ class Handlers:
         try:
             validate_content(content)
         except EvidenceContentError as exc:
-            # Built from stored facts: the same message would fail the same way on every delivery.
-            raise PoisonMessage(f"evidence of promotion {promotion_id}: {exc}") from None
+            # Built from stored facts: every delivery would fail the same way. Fail the step now, so the run
+            # reports it at once instead of waiting for the step's timeout; nothing is stored.
+            return await self._fail_step(cmd, f"evidence of promotion {promotion_id} cannot be recorded: {exc}")
 
         async def execute(conn: asyncpg.Connection) -> object:
             stored, created = await self._append(
@@ -142,6 +146,25 @@ class Handlers:
                 )
                 await add_events(conn, [(PACKET_CREATED, self._created(cmd, stored)), (COMPLETE_STEP, complete)])
             return {**outputs, "sequence": stored.packet.sequence}
+
+        return await self.commands.run(cmd, execute)
+
+    async def _fail_step(self, cmd: ExecuteStep, error: str) -> Reply:
+        """Report an evidence step that can never succeed as failed (through the outbox, exactly once)."""
+        log.error("evidence step failed", extra={"step": cmd.idempotency_key, "error": error})
+
+        async def execute(conn: asyncpg.Connection) -> object:
+            complete = cmd.caused(
+                CompleteStep,
+                message_id=uuid5(MESSAGE_IDS, f"complete_step:{cmd.tenant_id}:{cmd.idempotency_key}"),
+                run_id=cmd.run_id,
+                node_id=cmd.node_id,
+                attempt=cmd.attempt,
+                status=StepStatus.FAILED,
+                error=error,
+            )
+            await add_events(conn, [(COMPLETE_STEP, complete)])
+            return {"status": StepStatus.FAILED.value, "error": error}
 
         return await self.commands.run(cmd, execute)
 
