@@ -203,3 +203,31 @@ async def test_event_published_exactly_once_when_killed_around_publish(stack: St
     )
     assert status == 201, again
     assert again["name"] == "crash-me"
+
+
+async def test_connections_are_pooled_not_opened_per_request(stack: Stack) -> None:
+    """Hundreds of requests reuse the services' pools: almost no new database session is established."""
+    dsn = stack.env["STELLA_DATABASE_URL"]
+    database = dsn.rsplit("/", 1)[1]
+    # pg_stat_database.sessions counts every session ever established to the database (PostgreSQL 14+).
+    sessions = "SELECT pg_stat_clear_snapshot(), (SELECT sessions FROM pg_stat_database WHERE datname = $1)"
+    conn = await asyncpg.connect(dsn)
+    try:
+        status, _, _ = await stack.call(
+            "POST", "/api/v1/components", json={"name": "pool", "image_repository": "127.0.0.1:1/pool"}
+        )
+        assert status == 201
+        before = (await conn.fetchrow(sessions, database))[1]
+        calls = [stack.call("GET", "/api/v1/components?page_size=5") for _ in range(200)]
+        calls += [
+            stack.call("POST", "/api/v1/components", json={"name": f"c{i}", "image_repository": "127.0.0.1:1/c"})
+            for i in range(50)
+        ]
+        results = await asyncio.gather(*calls)
+        assert {status for status, _, _ in results} <= {200, 201}
+        after = (await conn.fetchrow(sessions, database))[1]
+    finally:
+        await conn.close()
+    # The pools may grow towards their size (20 each for the gateway and the release service) under this
+    # concurrent load; a session per request would add at least 250.
+    assert after - before <= 40, (before, after)
