@@ -44,8 +44,8 @@ fmt: setup ## Format and fix what can be fixed automatically
 	@$(UV) run --no-sync ruff check --fix .
 
 .PHONY: bench
-bench: setup ## Run the benchmarks (ratios against a baseline measured in the same run)
-	@for b in tests/bench/*.py services/*/bench/*.py; do [ -f "$$b" ] && $(UV) run --no-sync python "$$b" || true; done
+bench: setup ## Run the benchmarks (each prints ratios against a baseline measured in the same run)
+	@set -e; for b in $(wildcard tests/bench/*.py services/*/bench/*.py); do echo "== $$b"; $(UV) run --no-sync python "$$b"; done
 
 .PHONY: clean
 clean: ## Remove local state (.stella: embedded databases, keys, admin token)
