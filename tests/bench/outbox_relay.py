@@ -11,6 +11,7 @@ the local defaults); uses a throwaway database and NATS namespace and removes bo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import asyncpg
 import nats
+from nats.js.errors import NotFoundError
 
 from stella.contracts.envelope import Event
 from stella.contracts.streams import ALL_STREAMS, EVENTS
@@ -86,10 +88,8 @@ async def main(n: int) -> None:
         )
     finally:
         for spec in ALL_STREAMS:
-            try:
+            with contextlib.suppress(NotFoundError):
                 await js.delete_stream(names.stream(spec))
-            except Exception:  # noqa: S110 (best-effort clean-up of a throwaway namespace)
-                pass
         await nc.close()
         await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await admin.close()

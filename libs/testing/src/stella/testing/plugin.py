@@ -14,6 +14,8 @@ Function scope
     ``nats``                a connected nats-py client, closed after the test
     ``jetstream``           that client's JetStream context
     ``nats_namespace``      a :class:`~stella.testing.messaging.NatsNamespace`; its streams are deleted after
+    ``stella_namespace``    a namespace for services' ``nats_namespace`` setting; its streams and buckets are
+                            deleted after (see :func:`~stella.testing.services.delete_namespace_streams`)
     ``oci_registry``        an anonymous :class:`~stella.testing.registry.LocalRegistry` shared by the session
     ``oci_registry_with_auth``  the same behind basic authentication (see ``.credentials``)
     ``make_oci_registry``   ``make_oci_registry(auth=False)``: a registry of the test's own, to stop and restart
@@ -33,10 +35,12 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from stella.kit.naming import Names
 from stella.testing.databases import DatabaseFactory, discover_migration_sets
 from stella.testing.messaging import NatsNamespace, unique_token
 from stella.testing.registry import LocalRegistry, find_registry_binary
 from stella.testing.servers import ProvidedServer, ServerUnavailableError, provide_nats, provide_postgres
+from stella.testing.services import delete_namespace_streams
 
 MakeDatabase = Callable[[Sequence[tuple[str, Path]]], Awaitable[str]]
 """``await make_database(migration_sets)`` returns the DSN of a fresh database."""
@@ -131,6 +135,20 @@ async def nats_namespace(nats: Client, unique_id: str) -> AsyncIterator[NatsName
         yield namespace
     finally:
         await namespace.cleanup()
+
+
+@pytest_asyncio.fixture
+async def stella_namespace(nats: Client, unique_id: str) -> AsyncIterator[str]:
+    """A Stella NATS namespace of this test's own, for the ``nats_namespace`` setting of the services it runs.
+
+    Once the test is over (and the fixtures using the namespace have stopped their services), the
+    namespace's streams, with their consumers, and its object stores and key-value buckets are deleted.
+    """
+    names = Names(f"t{unique_id}")
+    try:
+        yield names.namespace
+    finally:
+        await delete_namespace_streams(nats.jetstream(), names)
 
 
 def _require_registry_binary() -> Path:
