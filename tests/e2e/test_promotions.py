@@ -4,6 +4,9 @@ decision leaves behind."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -297,3 +300,39 @@ async def test_bad_input_gets_a_specific_error(full_stack: Stack) -> None:
         assert headers["Content-Type"].startswith("application/problem+json")
     status, windows, _ = await stack.call("GET", f"/api/v1/environments/{env}/freeze-windows")
     assert windows["items"] == []
+
+
+async def test_evidence_follows_a_decision_made_while_the_evidence_service_is_down(
+    full_stack: Stack, nats: Client, tmp_path
+) -> None:
+    """The decision is reported at once; its packet is guaranteed to follow (stored when the service is back)
+    and the exported bundle verifies offline with nothing but the bundle."""
+    stack = full_stack
+    dev = await _environment(stack, "dev", 0)
+    release = await _release(stack, "shop-evidence")
+    stack.kill("evidence")
+    promotion = await _promote(stack, release, dev)
+    await _settled(stack, promotion["id"], expect="approved")
+    status, listing, _ = await stack.call("GET", f"/api/v1/promotions/{promotion['id']}/evidence")
+    assert status == 503 or listing["items"] == [], listing
+
+    stack.start("evidence")
+    await stack.wait_service("evidence", nats)
+    packet = await _verified_packet(stack, promotion["id"])
+    assert packet["promotion_id"] == promotion["id"]
+
+    assert stack.http is not None
+    async with stack.http.get(
+        f"{stack.base}/api/v1/evidence/export", headers={"Authorization": f"Bearer {stack.token}"}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        bundle = tmp_path / "evidence.tar.gz"
+        bundle.write_bytes(await resp.read())
+    verified = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "stella.evidence.verify", str(bundle)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
