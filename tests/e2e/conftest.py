@@ -17,9 +17,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client
-from nats.js.errors import NotFoundError
 
-from stella.contracts.streams import ALL_STREAMS, health_subject
+from stella.contracts.streams import health_subject
 from stella.kit.embedded import free_port
 from stella.kit.naming import Names
 
@@ -162,10 +161,15 @@ HEADLESS = ("release", "promotion", "approval", "workflow", "evidence")
 
 @asynccontextmanager
 async def _running(
-    services: tuple[str, ...], fresh_database: str, nats_url: str, nats: Client, unique_id: str, tmp_path: Path
+    services: tuple[str, ...],
+    fresh_database: str,
+    nats_url: str,
+    nats: Client,
+    namespace: str,
+    unique_id: str,
+    tmp_path: Path,
 ) -> AsyncIterator[Stack]:
     """Start ``services`` and the gateway on a fresh database and namespace, with a bootstrapped tenant."""
-    namespace = f"e{unique_id}"
     env = {
         **os.environ,
         "STELLA_DATABASE_URL": fresh_database,
@@ -189,26 +193,24 @@ async def _running(
     finally:
         await system.http.close()
         system.stop_all()
-        for spec in ALL_STREAMS:
-            with suppress(NotFoundError):
-                await nats.jetstream().delete_stream(system.names.stream(spec))
 
 
 @pytest_asyncio.fixture
 async def stack(
-    fresh_database: str, nats_url: str, nats: Client, unique_id: str, tmp_path: Path
+    fresh_database: str, nats_url: str, nats: Client, stella_namespace: str, unique_id: str, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     """The release service and the gateway as processes; more can be started with ``stack.start``."""
-    async with _running(("release",), fresh_database, nats_url, nats, unique_id, tmp_path) as system:
+    services = ("release",)
+    async with _running(services, fresh_database, nats_url, nats, stella_namespace, unique_id, tmp_path) as system:
         yield system
 
 
 @pytest_asyncio.fixture
 async def full_stack(
-    fresh_database: str, nats_url: str, nats: Client, unique_id: str, tmp_path: Path
+    fresh_database: str, nats_url: str, nats: Client, stella_namespace: str, unique_id: str, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     """Every service and the gateway as processes."""
-    async with _running(HEADLESS, fresh_database, nats_url, nats, unique_id, tmp_path) as system:
+    async with _running(HEADLESS, fresh_database, nats_url, nats, stella_namespace, unique_id, tmp_path) as system:
         yield system
 
 

@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from faststream.nats import NatsRouter
-from nats.aio.client import Client
-from nats.js.errors import NotFoundError
 
-from stella.contracts.streams import ALL_STREAMS
-from stella.kit.naming import Names
 from stella.kit.service import ServiceRuntime
 from stella.kit.settings import ServiceSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-@pytest_asyncio.fixture
-async def namespace(nats: Client, unique_id: str) -> AsyncIterator[str]:
-    """A NATS namespace of this test's own; its streams (and consumers) are deleted afterwards."""
-    ns = f"t{unique_id}"
-    yield ns
-    js = nats.jetstream()
-    for spec in ALL_STREAMS:
-        with suppress(NotFoundError):
-            await js.delete_stream(Names(ns).stream(spec))
 
 
 @pytest_asyncio.fixture
@@ -38,12 +22,12 @@ async def kit_database(make_database: Callable[..., Awaitable[str]]) -> str:
 
 
 @pytest.fixture
-def settings(kit_database: str, nats_url: str, namespace: str) -> ServiceSettings:
+def settings(kit_database: str, nats_url: str, stella_namespace: str) -> ServiceSettings:
     """Settings with fast redelivery so retry tests stay quick."""
     return ServiceSettings(
         database_url=kit_database,
         nats_url=nats_url,
-        nats_namespace=namespace,
+        nats_namespace=stella_namespace,
         max_deliver=3,
         redelivery_backoff_s=0.05,
         ack_wait_s=5,

@@ -6,22 +6,19 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest_asyncio
 from nats.aio.client import Client
-from nats.js.errors import NotFoundError
 
 from stella.approval.app import MIGRATIONS, ApprovalApp, create_app
 from stella.approval.settings import Settings
-from stella.contracts.envelope import Command, Query, Reply
-from stella.contracts.streams import ALL_STREAMS, EVENTS
+from stella.contracts.streams import EVENTS
 from stella.contracts.workflow import ExecuteStep
-from stella.kit.broker import ServiceClient
 from stella.kit.naming import Names
+from stella.testing.services import TenantCaller, service_client
 
 
 @dataclass
@@ -37,20 +34,8 @@ class Clock:
         self.now += delta
 
 
-@dataclass
-class Caller:
+class Caller(TenantCaller):
     """Talks to the service as one tenant, exactly as the gateway and the workflow do."""
-
-    client: ServiceClient
-    tenant_id: uuid.UUID
-
-    async def command(self, subject: str, model: type[Command], **fields: Any) -> Reply:
-        return await self.client.command(
-            subject, model(tenant_id=self.tenant_id, correlation_id=uuid.uuid4(), **fields)
-        )
-
-    async def query(self, subject: str, model: type[Query], **fields: Any) -> Reply:
-        return await self.client.query(subject, model(tenant_id=self.tenant_id, correlation_id=uuid.uuid4(), **fields))
 
     def approval_step(
         self,
@@ -91,9 +76,6 @@ class Caller:
             inputs={"inputs": inputs, "steps": {"gates": gates}},
             subject_id=promotion_id,
         )
-
-    def other_tenant(self) -> Caller:
-        return Caller(self.client, uuid.uuid4())
 
 
 @dataclass
@@ -145,13 +127,10 @@ async def clock() -> Clock:
 
 
 @pytest_asyncio.fixture
-async def approval_app(
-    make_database, nats_url: str, nats: Client, unique_id: str, clock: Clock
-) -> AsyncIterator[ApprovalApp]:
+async def approval_app(make_database, nats_url: str, stella_namespace: str, clock: Clock) -> AsyncIterator[ApprovalApp]:
     dsn = await make_database([("approval", MIGRATIONS)])
-    namespace = f"t{unique_id}"
     app = create_app(
-        Settings(database_url=dsn, nats_url=nats_url, nats_namespace=namespace, outbox_poll_s=0.2),
+        Settings(database_url=dsn, nats_url=nats_url, nats_namespace=stella_namespace, outbox_poll_s=0.2),
         overrides={"clock": clock},
     )
     await app.start()
@@ -159,9 +138,6 @@ async def approval_app(
         yield app
     finally:
         await app.stop()
-        for spec in ALL_STREAMS:
-            with suppress(NotFoundError):
-                await nats.jetstream().delete_stream(Names(namespace).stream(spec))
 
 
 @pytest_asyncio.fixture
@@ -171,7 +147,5 @@ async def harness(approval_app: ApprovalApp, clock: Clock, nats: Client) -> Harn
 
 @pytest_asyncio.fixture
 async def caller(approval_app: ApprovalApp, nats: Client) -> AsyncIterator[Caller]:
-    client = ServiceClient(nats, nats.jetstream(), names=approval_app.runtime.names)
-    await client.start()
-    yield Caller(client, uuid.uuid4())
-    await client.stop()
+    async with service_client(nats, approval_app.runtime.names) as client:
+        yield Caller(client)

@@ -24,18 +24,16 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import NotFoundError
 
 from stella.contracts.approval import GET_APPROVALS, ApprovalRequestView, ApprovalStatus, VoteAction, VoteView
-from stella.contracts.envelope import Command, ErrorDetail, Query, Reply
+from stella.contracts.envelope import Command, ErrorDetail, Reply
 from stella.contracts.promotion import GET_PROMOTION, PromotionStatus, PromotionView
-from stella.contracts.streams import ALL_STREAMS, HEADER_MSG_ID, HEADER_REPLY_TO
+from stella.contracts.streams import HEADER_MSG_ID, HEADER_REPLY_TO
 from stella.contracts.workflow import ExecuteStep
 from stella.evidence.app import MIGRATIONS, EvidenceApp, create_app
-from stella.evidence.exports import bucket_name
 from stella.evidence.settings import Settings
-from stella.kit.broker import ServiceClient
 from stella.kit.naming import Names
+from stella.testing.services import TenantCaller, service_client
 
 T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 
@@ -248,30 +246,16 @@ class Upstream:
         return len(self.calls[subject])
 
 
-@dataclass
-class Caller:
+class Caller(TenantCaller):
     """Talks to the evidence service as one tenant, as other services and the gateway do."""
-
-    client: ServiceClient
-    nc: Client
-    tenant_id: uuid.UUID
-
-    async def command(self, subject: str, model: type[Command], **fields: Any) -> Reply:
-        return await self.client.command(
-            subject, model(tenant_id=self.tenant_id, correlation_id=uuid.uuid4(), **fields)
-        )
-
-    async def query(self, subject: str, model: type[Query], **fields: Any) -> Reply:
-        return await self.client.query(
-            subject, model(tenant_id=self.tenant_id, correlation_id=uuid.uuid4(), **fields), timeout=30
-        )
 
     async def redeliver(self, subject: str, command: Command, timeout: float = 15.0) -> Reply:
         """Deliver ``command`` again past the stream's duplicate window, as JetStream does after a lost ack."""
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, max_msgs=1)
+        nc = self.client.nc
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, max_msgs=1)
         try:
-            await self.nc.jetstream().publish(
+            await nc.jetstream().publish(
                 self.client.names.subject(subject),
                 command.model_dump_json().encode(),
                 headers={HEADER_MSG_ID: f"redelivery-{uuid.uuid4()}", HEADER_REPLY_TO: inbox},
@@ -282,17 +266,14 @@ class Caller:
                 await sub.unsubscribe()
         return Reply.model_validate_json(msg.data)
 
-    def other_tenant(self) -> Caller:
-        return Caller(self.client, self.nc, uuid.uuid4())
-
 
 @pytest_asyncio.fixture
-async def evidence_settings(make_database, nats_url: str, unique_id: str, tmp_path: Path) -> Settings:
+async def evidence_settings(make_database, nats_url: str, stella_namespace: str, tmp_path: Path) -> Settings:
     dsn = await make_database([("evidence", MIGRATIONS)])
     return Settings(
         database_url=dsn,
         nats_url=nats_url,
-        nats_namespace=f"t{unique_id}",
+        nats_namespace=stella_namespace,
         key_dir=tmp_path / "keys",
         max_deliver=20,
         redelivery_backoff_s=0.05,
@@ -304,20 +285,13 @@ async def evidence_settings(make_database, nats_url: str, unique_id: str, tmp_pa
 
 
 @pytest_asyncio.fixture
-async def evidence_app(evidence_settings: Settings, nats: Client) -> AsyncIterator[EvidenceApp]:
+async def evidence_app(evidence_settings: Settings) -> AsyncIterator[EvidenceApp]:
     app = create_app(evidence_settings)
     await app.start()
     try:
         yield app
     finally:
         await app.stop()
-        names = Names(evidence_settings.nats_namespace)
-        js = nats.jetstream()
-        for spec in ALL_STREAMS:
-            with suppress(NotFoundError):
-                await js.delete_stream(names.stream(spec))
-        with suppress(NotFoundError):
-            await js.delete_object_store(bucket_name(names))
 
 
 @pytest_asyncio.fixture
@@ -329,10 +303,9 @@ async def upstream(evidence_app: EvidenceApp, nats: Client) -> AsyncIterator[Ups
 
 @pytest_asyncio.fixture
 async def caller(evidence_app: EvidenceApp, nats: Client) -> AsyncIterator[Caller]:
-    client = ServiceClient(nats, nats.jetstream(), names=evidence_app.runtime.names)
-    await client.start()
-    yield Caller(client, nats, uuid.uuid4())
-    await client.stop()
+    async with service_client(nats, evidence_app.runtime.names) as client:
+        # Exports and reads over long chains take longer than the client's default wait.
+        yield Caller(client, query_timeout=30)
 
 
 @pytest_asyncio.fixture

@@ -22,10 +22,9 @@ from litestar import Litestar
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from stella.contracts.envelope import ErrorDetail, Reply
-from stella.contracts.streams import ALL_STREAMS, COMMANDS, HEADER_REPLY_TO
+from stella.contracts.streams import COMMANDS, HEADER_REPLY_TO
 from stella.gateway.admin import bootstrap
 from stella.gateway.app import MIGRATIONS, create_app
 from stella.gateway.dependencies import RUNTIME_STATE_KEY
@@ -166,13 +165,13 @@ async def _running(app: Litestar) -> AsyncIterator[None]:
 
 
 @pytest_asyncio.fixture
-async def gateway_settings(make_database: Any, nats_url: str, unique_id: str) -> Settings:
+async def gateway_settings(make_database: Any, nats_url: str, stella_namespace: str) -> Settings:
     """Settings of a gateway on a fresh database and a NATS namespace of the test's own."""
     dsn = await make_database([("gateway", MIGRATIONS)])
     return Settings(
         database_url=dsn,
         nats_url=nats_url,
-        nats_namespace=f"g{unique_id}",
+        nats_namespace=stella_namespace,
         command_timeout_s=3.0,
         query_timeout_s=3.0,
         # Tests write token uses explicitly (flush_usage) instead of waiting for the batch.
@@ -182,8 +181,8 @@ async def gateway_settings(make_database: Any, nats_url: str, unique_id: str) ->
 
 
 @pytest_asyncio.fixture
-async def gateway(gateway_settings: Settings, nats: Client, unique_id: str) -> AsyncIterator[Gateway]:
-    """A started gateway; its streams are deleted afterwards."""
+async def gateway(gateway_settings: Settings, unique_id: str) -> AsyncIterator[Gateway]:
+    """A started gateway in the namespace of ``gateway_settings``."""
     clock = Clock()
     app = create_app(gateway_settings, overrides={"clock": clock})
     names = Names(gateway_settings.nats_namespace)
@@ -192,13 +191,8 @@ async def gateway(gateway_settings: Settings, nats: Client, unique_id: str) -> A
     # NATS work need the application on the test's loop, as uvicorn would run it. So the application's
     # lifespan is entered here and requests go through httpx's ASGI transport.
     transport = httpx.ASGITransport(app=app)
-    try:
-        async with _running(app), httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
-            yield Gateway(app, client, clock, names, unique_id)
-    finally:
-        for spec in ALL_STREAMS:
-            with suppress(NotFoundError):
-                await nats.jetstream().delete_stream(names.stream(spec))
+    async with _running(app), httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+        yield Gateway(app, client, clock, names, unique_id)
 
 
 Handler = Callable[[dict[str, Any]], Awaitable[Reply | None] | Reply | None]

@@ -11,23 +11,19 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest_asyncio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
 
 from stella.approval.app import MIGRATIONS as APPROVAL_MIGRATIONS
 from stella.approval.app import create_app as create_approval
 from stella.approval.settings import Settings as ApprovalSettings
 from stella.contracts import release as r
-from stella.contracts.envelope import Command, Query, Reply
-from stella.contracts.streams import ALL_STREAMS
 from stella.contracts.workflow import ExecuteStep
-from stella.kit.broker import ServiceClient
 from stella.kit.naming import Names
 from stella.promotion.app import MIGRATIONS, PromotionApp, create_app
 from stella.promotion.settings import Settings
@@ -36,6 +32,7 @@ from stella.release.app import ReleaseApp
 from stella.release.app import create_app as create_release
 from stella.release.settings import Settings as ReleaseSettings
 from stella.testing.messaging import MessageCollector
+from stella.testing.services import TenantCaller, service_client
 from stella.workflow.app import MIGRATIONS as WORKFLOW_MIGRATIONS
 from stella.workflow.app import create_app as create_workflow
 from stella.workflow.settings import Settings as WorkflowSettings
@@ -72,27 +69,10 @@ async def first_match(
 
 
 @dataclass
-class Caller:
+class Caller(TenantCaller):
     """Sends commands and queries as one principal of one tenant, as the gateway would."""
 
-    client: ServiceClient
-    tenant_id: uuid.UUID
-    actor_id: uuid.UUID = field(default_factory=uuid.uuid4)
-
-    async def command(self, subject: str, model: type[Command], **fields: Any) -> Reply:
-        fields.setdefault("actor_id", self.actor_id)
-        return await self.client.command(
-            subject, model(tenant_id=self.tenant_id, correlation_id=uuid.uuid4(), **fields)
-        )
-
-    async def query(self, subject: str, model: type[Query], **fields: Any) -> Reply:
-        return await self.client.query(subject, model(tenant_id=self.tenant_id, correlation_id=uuid.uuid4(), **fields))
-
-    def acting_as(self, actor_id: uuid.UUID) -> Caller:
-        return Caller(self.client, self.tenant_id, actor_id)
-
-    def other_tenant(self) -> Caller:
-        return Caller(self.client, uuid.uuid4())
+    actor_id: uuid.UUID = field(default_factory=uuid.uuid4, kw_only=True)
 
     def gate_step(self, promotion: dict[str, Any], *, attempt: int = 1) -> ExecuteStep:
         """The ``ExecuteStep`` the workflow sends for standard-promotion's gates node of the promotion's run."""
@@ -165,10 +145,9 @@ class Stack:
 
 
 async def _stack(
-    make_database: Any, nats_url: str, nats: Client, unique_id: str, *, full: bool
+    make_database: Any, nats_url: str, nats: Client, namespace: str, *, full: bool
 ) -> AsyncIterator[Stack]:
     dsn = await make_database(SCHEMAS)
-    namespace = f"t{unique_id}"
     common = {"database_url": dsn, "nats_url": nats_url, "nats_namespace": namespace, "outbox_poll_s": 0.2}
     release = create_release(ReleaseSettings(**common))
     promotion = create_app(Settings(**common, timer_max_sleep_s=5))
@@ -176,13 +155,6 @@ async def _stack(
     if full:
         stack.extra = [create_workflow(WorkflowSettings(**common)), create_approval(ApprovalSettings(**common))]
     async with AsyncExitStack() as cleanup:
-
-        @cleanup.push_async_callback
-        async def _delete_streams() -> None:
-            for spec in ALL_STREAMS:
-                with suppress(NotFoundError):
-                    await nats.jetstream().delete_stream(Names(namespace).stream(spec))
-
         for app in (release, promotion, *stack.extra):
             await app.start()
             cleanup.push_async_callback(stack.stop, app)
@@ -190,24 +162,22 @@ async def _stack(
 
 
 @pytest_asyncio.fixture
-async def stack(make_database, nats_url: str, nats: Client, unique_id: str) -> AsyncIterator[Stack]:
+async def stack(make_database, nats_url: str, nats: Client, stella_namespace: str) -> AsyncIterator[Stack]:
     """Promotion and release services; the test plays the workflow."""
-    async for value in _stack(make_database, nats_url, nats, unique_id, full=False):
+    async for value in _stack(make_database, nats_url, nats, stella_namespace, full=False):
         yield value
 
 
 @pytest_asyncio.fixture
-async def full_stack(make_database, nats_url: str, nats: Client, unique_id: str) -> AsyncIterator[Stack]:
+async def full_stack(make_database, nats_url: str, nats: Client, stella_namespace: str) -> AsyncIterator[Stack]:
     """Promotion, release, workflow and approval services."""
-    async for value in _stack(make_database, nats_url, nats, unique_id, full=True):
+    async for value in _stack(make_database, nats_url, nats, stella_namespace, full=True):
         yield value
 
 
 async def _caller(stack: Stack, nats: Client) -> AsyncIterator[Caller]:
-    client = ServiceClient(nats, nats.jetstream(), names=stack.names)
-    await client.start()
-    yield Caller(client, uuid.uuid4())
-    await client.stop()
+    async with service_client(nats, stack.names) as client:
+        yield Caller(client)
 
 
 @pytest_asyncio.fixture

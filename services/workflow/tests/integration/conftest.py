@@ -16,13 +16,12 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import NotFoundError
 
 from stella.contracts import workflow as c
-from stella.contracts.envelope import Command, Query, Reply
-from stella.contracts.streams import ALL_STREAMS, COMMANDS, StreamSpec
-from stella.kit.broker import ServiceClient
+from stella.contracts.envelope import Reply
+from stella.contracts.streams import COMMANDS, StreamSpec
 from stella.kit.naming import Names
+from stella.testing.services import TenantCaller, service_client
 from stella.workflow.app import MIGRATIONS, WorkflowApp, create_app
 from stella.workflow.settings import Settings
 
@@ -122,12 +121,10 @@ class Deployment:
 
 
 @dataclass
-class Harness:
+class Harness(TenantCaller):
     """Talks to the workflow as one tenant and plays the services that execute its steps."""
 
     deployment: Deployment
-    client: ServiceClient
-    tenant_id: uuid.UUID
     commands: StreamWatch
     events: StreamWatch
     nats: Client
@@ -135,14 +132,6 @@ class Harness:
     @property
     def names(self) -> Names:
         return self.deployment.names
-
-    async def command(self, subject: str, model: type[Command], **fields: Any) -> Reply:
-        return await self.client.command(
-            subject, model(tenant_id=self.tenant_id, correlation_id=uuid.uuid4(), **fields)
-        )
-
-    async def query(self, subject: str, model: type[Query], **fields: Any) -> Reply:
-        return await self.client.query(subject, model(tenant_id=self.tenant_id, correlation_id=uuid.uuid4(), **fields))
 
     async def save_template(
         self, name: str, nodes: list[dict[str, Any]], edges: Sequence[tuple[str, str]] = (), **kw: Any
@@ -242,41 +231,33 @@ class Harness:
             found.extend(c.ExecuteStep.model_validate(p) for _, p in records)
         return found
 
-    def other_tenant(self) -> Harness:
-        return Harness(self.deployment, self.client, uuid.uuid4(), self.commands, self.events, self.nats)
-
 
 def at(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
 @pytest_asyncio.fixture
-async def deployment(make_database, nats_url: str, nats: Client, unique_id: str) -> AsyncIterator[Deployment]:
+async def deployment(make_database, nats_url: str, stella_namespace: str) -> AsyncIterator[Deployment]:
     dsn = await make_database([("workflow", MIGRATIONS)])
-    deployment = Deployment(dsn=dsn, nats_url=nats_url, namespace=f"t{unique_id}")
+    deployment = Deployment(dsn=dsn, nats_url=nats_url, namespace=stella_namespace)
     try:
         yield deployment
     finally:
         for app in reversed(deployment.apps):
             with suppress(Exception):
                 await app.stop()
-        for spec in ALL_STREAMS:
-            with suppress(NotFoundError):
-                await nats.jetstream().delete_stream(deployment.names.stream(spec))
 
 
 @pytest_asyncio.fixture
 async def harness(deployment: Deployment, nats: Client) -> AsyncIterator[Harness]:
     app = await deployment.start()
-    client = ServiceClient(nats, nats.jetstream(), names=app.runtime.names)
-    await client.start()
-    commands = StreamWatch(deployment.names, "stella.cmd.>")
-    events = StreamWatch(deployment.names, "stella.evt.workflow.>")
-    await commands.start(nats)
-    await events.start(nats)
-    try:
-        yield Harness(deployment, client, uuid.uuid4(), commands, events, nats)
-    finally:
-        await commands.stop()
-        await events.stop()
-        await client.stop()
+    async with service_client(nats, app.runtime.names) as client:
+        commands = StreamWatch(deployment.names, "stella.cmd.>")
+        events = StreamWatch(deployment.names, "stella.evt.workflow.>")
+        await commands.start(nats)
+        await events.start(nats)
+        try:
+            yield Harness(client, deployment, commands, events, nats)
+        finally:
+            await commands.stop()
+            await events.stop()
