@@ -195,3 +195,20 @@ def test_every_domain_event_has_a_subject() -> None:
 
     assert [subject_of(e) for e in voted.events] == [VOTE_CAST, APPROVAL_GRANTED]
     assert [subject_of(e) for e in expired.events] == [APPROVAL_DENIED]
+
+
+def test_the_environments_approval_timeout_sets_the_requests_lifetime() -> None:
+    from datetime import timedelta
+
+    from stella.approval.handlers import StepInputs, _timeout_of
+
+    base = {
+        "promotion_id": "00000000-0000-0000-0000-000000000001",
+        "environment_id": "00000000-0000-0000-0000-000000000002",
+        "requested_by": "00000000-0000-0000-0000-000000000003",
+        "required_approvals": 1,
+        "require_sod": False,
+    }
+    default = timedelta(days=7)
+    assert _timeout_of(StepInputs.model_validate(base), default) == default
+    assert _timeout_of(StepInputs.model_validate({**base, "approval_timeout_s": 3600}), default) == timedelta(hours=1)

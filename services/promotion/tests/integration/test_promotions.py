@@ -124,6 +124,7 @@ async def test_a_request_checks_readiness_and_order_and_starts_the_run(caller: C
         "required_approvals": 0,
         "require_sod": False,
         "approver_groups": [],
+        "approval_timeout_s": 7 * 24 * 3600,
     }
     duplicate = await caller.command(
         c.REQUEST_PROMOTION, c.RequestPromotion, release_id=release["id"], target_environment_id=dev["id"]

@@ -26,6 +26,7 @@ def _promotion_inputs(**overrides: Any) -> dict[str, Any]:
         "required_approvals": 2,
         "require_sod": True,
         "approver_groups": ["release-managers"],
+        "approval_timeout_s": 604800,
         **overrides,
     }
 

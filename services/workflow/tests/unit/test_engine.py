@@ -36,6 +36,7 @@ PROMOTION_INPUTS = {
     "required_approvals": 2,
     "require_sod": True,
     "approver_groups": ["release-managers"],
+    "approval_timeout_s": 604800,
 }
 
 
@@ -98,6 +99,7 @@ def test_standard_promotion_defaults_ask_for_one_approval_without_separation_of_
         "required_approvals": 1,
         "require_sod": False,
         "approver_groups": [],
+        "approval_timeout_s": None,
     }
 
 

@@ -82,11 +82,18 @@ class StepInputs(BaseModel):
     required_approvals: StrictInt = Field(ge=0, le=domain.MAX_REQUIRED_APPROVALS)
     require_sod: StrictBool
     approver_groups: list[str] = Field(default_factory=list, max_length=100)
+    approval_timeout_s: StrictInt | None = Field(default=None, ge=1, le=365 * 24 * 3600)
+    """The environment's approval timeout; the service's default when absent."""
 
     @field_validator("approver_groups", mode="before")
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         return [] if value is None else value
+
+
+def _timeout_of(inputs: StepInputs, default: timedelta) -> timedelta:
+    """The request's lifetime: the environment's approval timeout when the run carries one."""
+    return timedelta(seconds=inputs.approval_timeout_s) if inputs.approval_timeout_s is not None else default
 
 
 def parse_step_inputs(cmd: ExecuteStep) -> StepInputs:
@@ -254,7 +261,7 @@ class Handlers:
             now = self.clock()
             try:
                 inputs = parse_step_inputs(cmd)
-                opened = open_request(inputs, cmd.tenant_id, now, self.approval_timeout)
+                opened = open_request(inputs, cmd.tenant_id, now, _timeout_of(inputs, self.approval_timeout))
             except domain.InvalidApprovalRequest as exc:
                 return await self._fail_step(conn, cmd, exc)
             await repo.lock_promotion(conn, cmd.tenant_id, inputs.promotion_id)
@@ -263,7 +270,9 @@ class Handlers:
                 return await self._reopen(conn, cmd, existing, step, now)
             reason = await repo.cancellation_of(conn, cmd.tenant_id, inputs.promotion_id)
             if reason is not None:
-                opened = open_request(inputs, cmd.tenant_id, now, self.approval_timeout, cancelled=reason)
+                opened = open_request(
+                    inputs, cmd.tenant_id, now, _timeout_of(inputs, self.approval_timeout), cancelled=reason
+                )
             stored = StoredRequest(request=opened.request, step=step, correlation_id=cmd.correlation_id)
             await repo.insert_request(conn, stored, now)
             await self._emit(conn, cmd, stored, [subject_of(e) for e in opened.events])

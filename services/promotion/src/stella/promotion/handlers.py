@@ -763,6 +763,7 @@ class Handlers:
                     "required_approvals": promotion.required_approvals,
                     "require_sod": promotion.require_sod,
                     "approver_groups": stored.approver_groups,
+                    "approval_timeout_s": promotion.approval_timeout_s,
                 },
             )
             await add_events(conn, [*self._changed(origin, view, events), (w.START_RUN, start)])

@@ -119,6 +119,12 @@ STANDARD_PROMOTION: Final = WorkflowTemplate(
             default=[],
             description="Groups whose members may approve; empty means any principal with the permission.",
         ),
+        InputSpec(
+            name="approval_timeout_s",
+            required=False,
+            default=None,
+            description="Seconds the approval request stays open (the environment's setting; none: the approval service's default).",
+        ),
     ),
     outputs={
         "approved": 'steps.gates.status == "succeeded" and steps.approval.status != "failed"',
