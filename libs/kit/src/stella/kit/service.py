@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +164,26 @@ class ServiceRuntime:
         await stop.wait()
         log.info("stopping", extra={"service": self.name})
         await self.stop()
+
+
+@dataclass
+class ServiceApp:
+    """A built service: its runtime, plus (in subclasses) the objects tests may want to reach.
+
+    ``create_app`` builds the subclass first and the runtime after, because the runtime's route
+    registration closes over the app.
+    """
+
+    runtime: ServiceRuntime = field(init=False)
+
+    async def start(self) -> None:
+        """Start the service (migrations, relay, subscribers, timers)."""
+        await self.runtime.start()
+
+    async def stop(self) -> None:
+        """Stop the service."""
+        await self.runtime.stop()
+
+    async def run(self) -> None:
+        """Serve until a signal arrives."""
+        await self.runtime.run()

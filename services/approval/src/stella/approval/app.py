@@ -12,7 +12,7 @@ from stella.approval import subscribers
 from stella.approval.handlers import Handlers
 from stella.approval.settings import Settings
 from stella.kit.broker import CommandProcessor
-from stella.kit.service import ServiceRuntime
+from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.kit.timers import DueLoop
 
 NAME = "approval"
@@ -20,24 +20,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 @dataclass
-class ApprovalApp:
+class ApprovalApp(ServiceApp):
     """The running approval service: its runtime and the objects tests may want to reach."""
 
-    runtime: ServiceRuntime
     handlers: Handlers | None = field(default=None)
     expiry: DueLoop | None = field(default=None)
-
-    async def start(self) -> None:
-        """Start the service (migrations, relay, subscribers, expiry timer)."""
-        await self.runtime.start()
-
-    async def stop(self) -> None:
-        """Stop the service."""
-        await self.runtime.stop()
-
-    async def run(self) -> None:
-        """Serve until a signal arrives."""
-        await self.runtime.run()
 
 
 def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> ApprovalApp:
@@ -48,7 +35,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
         overrides: Replacements for dependencies by name: ``clock`` (used by the handlers and the expiry timer).
     """
     overrides = overrides or {}
-    app = ApprovalApp(runtime=None)  # type: ignore[arg-type]
+    app = ApprovalApp()
     clock_override = {"clock": overrides["clock"]} if "clock" in overrides else {}
 
     def wake_expiry() -> None:

@@ -16,32 +16,19 @@ from stella.evidence.handlers import Handlers
 from stella.evidence.settings import Settings
 from stella.evidence.signing import ActiveSigner, KeyFile
 from stella.kit.broker import CommandProcessor
-from stella.kit.service import ServiceRuntime
+from stella.kit.service import ServiceApp, ServiceRuntime
 
 NAME = "evidence"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 @dataclass
-class EvidenceApp:
+class EvidenceApp(ServiceApp):
     """The running evidence service: its runtime and the objects tests may want to reach."""
 
-    runtime: ServiceRuntime
     signer: ActiveSigner
     exports: ExportStore
     handlers: Handlers | None = field(default=None)
-
-    async def start(self) -> None:
-        """Start the service (migrations, signing key, export bucket, relay, subscribers)."""
-        await self.runtime.start()
-
-    async def stop(self) -> None:
-        """Stop the service."""
-        await self.runtime.stop()
-
-    async def run(self) -> None:
-        """Serve until a signal arrives."""
-        await self.runtime.run()
 
 
 def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> EvidenceApp:
@@ -54,7 +41,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
     overrides = overrides or {}
     clock: Callable[[], datetime] = overrides.get("clock") or (lambda: datetime.now(UTC))
     signer = ActiveSigner(KeyFile(settings.signing_key_path, settings.key_algorithm))
-    app = EvidenceApp(runtime=None, signer=signer, exports=None)  # type: ignore[arg-type]
+    app = EvidenceApp(signer=signer, exports=None)
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
         app.exports = ExportStore(runtime.names, max_age_s=settings.export_max_age_s)

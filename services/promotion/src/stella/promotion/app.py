@@ -9,7 +9,7 @@ from typing import Any
 from faststream.nats import NatsRouter
 
 from stella.kit.broker import CommandProcessor
-from stella.kit.service import ServiceRuntime
+from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.promotion import subscribers
 from stella.promotion.gates import default_registry
 from stella.promotion.handlers import Handlers
@@ -20,23 +20,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 @dataclass
-class PromotionApp:
+class PromotionApp(ServiceApp):
     """The running promotion service: its runtime and the objects tests may want to reach."""
 
-    runtime: ServiceRuntime
     handlers: Handlers | None = field(default=None)
-
-    async def start(self) -> None:
-        """Start the service (migrations, relay, subscribers, hold and freeze timers)."""
-        await self.runtime.start()
-
-    async def stop(self) -> None:
-        """Stop the service."""
-        await self.runtime.stop()
-
-    async def run(self) -> None:
-        """Serve until a signal arrives."""
-        await self.runtime.run()
 
 
 def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> PromotionApp:
@@ -49,7 +36,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
     """
     overrides = overrides or {}
     registry = overrides.get("registry") or default_registry()
-    app = PromotionApp(runtime=None)  # type: ignore[arg-type]
+    app = PromotionApp()
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
         handlers = Handlers(

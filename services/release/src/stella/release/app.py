@@ -9,7 +9,7 @@ from typing import Any
 from faststream.nats import NatsRouter
 
 from stella.kit.broker import CommandProcessor
-from stella.kit.service import ServiceRuntime
+from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.release import subscribers
 from stella.release.handlers import Handlers
 from stella.release.registry import RegistryClient
@@ -20,24 +20,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 @dataclass
-class ReleaseApp:
+class ReleaseApp(ServiceApp):
     """The running release service: its runtime and the objects tests may want to reach."""
 
-    runtime: ServiceRuntime
     registry: RegistryClient
     handlers: Handlers | None = field(default=None)
-
-    async def start(self) -> None:
-        """Start the service (migrations, relay, subscribers)."""
-        await self.runtime.start()
-
-    async def stop(self) -> None:
-        """Stop the service."""
-        await self.runtime.stop()
-
-    async def run(self) -> None:
-        """Serve until a signal arrives."""
-        await self.runtime.run()
 
 
 def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> ReleaseApp:
@@ -53,7 +40,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
         concurrency=settings.registry_concurrency,
         insecure_hosts=settings.insecure_registries,
     )
-    app = ReleaseApp(runtime=None, registry=registry)  # type: ignore[arg-type]
+    app = ReleaseApp(registry=registry)
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
         handlers = Handlers(

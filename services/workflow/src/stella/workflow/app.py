@@ -9,7 +9,7 @@ from typing import Any
 from faststream.nats import NatsRouter
 
 from stella.kit.broker import CommandProcessor
-from stella.kit.service import ServiceRuntime
+from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.workflow import subscribers
 from stella.workflow.handlers import Handlers
 from stella.workflow.settings import Settings
@@ -19,23 +19,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 @dataclass
-class WorkflowApp:
+class WorkflowApp(ServiceApp):
     """The running workflow service: its runtime and the objects tests may want to reach."""
 
-    runtime: ServiceRuntime
     handlers: Handlers | None = field(default=None)
-
-    async def start(self) -> None:
-        """Start the service (migrations, built-in templates, relay, run timer, subscribers)."""
-        await self.runtime.start()
-
-    async def stop(self) -> None:
-        """Stop the service."""
-        await self.runtime.stop()
-
-    async def run(self) -> None:
-        """Serve until a signal arrives."""
-        await self.runtime.run()
 
 
 def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> WorkflowApp:
@@ -46,7 +33,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
         overrides: Replacements for dependencies by name: ``clock``, ``new_id``.
     """
     overrides = overrides or {}
-    app = WorkflowApp(runtime=None)  # type: ignore[arg-type]
+    app = WorkflowApp()
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
         handlers = Handlers(
