@@ -1,7 +1,8 @@
 # Stella Release Orchestrator. `make help` lists the targets.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+# uv from PATH, else the one pip installs for this Python (`make uv` installs it when missing).
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -10,7 +11,7 @@ help: ## Show this help
 
 .PHONY: uv
 uv:
-	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv || python3 -m pip install --quiet --break-system-packages uv
 
 .PHONY: setup
 setup: uv ## Install the workspace and its development tools into .venv
