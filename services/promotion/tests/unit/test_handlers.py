@@ -311,3 +311,26 @@ def test_completion_and_freeze_ids_are_stable() -> None:
         w.StepRef(run_id=UUID(int=3), node_id="gates", attempt=3)
     )
     assert handlers.freeze_event_id(TENANT, "w@x/started") != handlers.freeze_event_id(TENANT, "w@x/ended")
+
+
+def test_promotion_metrics_count_each_published_state_change() -> None:
+    import json
+
+    from prometheus_client import REGISTRY
+
+    from stella.promotion import metrics
+
+    labels = {"env": "prod-metrics", "status": "approved"}
+    before = REGISTRY.get_sample_value("stella_promotions_total", labels) or 0.0
+    observed = REGISTRY.get_sample_value("stella_promotion_duration_seconds_count") or 0.0
+    payload = {
+        "promotion": {
+            "target_environment_name": "prod-metrics",
+            "status": "approved",
+            "requested_at": "2026-11-26T10:00:00Z",
+            "updated_at": "2026-11-26T10:05:00Z",
+        }
+    }
+    metrics._count(json.dumps(payload))
+    assert REGISTRY.get_sample_value("stella_promotions_total", labels) == before + 1
+    assert REGISTRY.get_sample_value("stella_promotion_duration_seconds_count") == observed + 1

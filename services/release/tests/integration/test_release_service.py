@@ -303,3 +303,31 @@ async def test_events_are_published_for_each_change(caller: Caller, release_app:
     ready = c.ReleaseReady.model_validate_json(msgs[4].data)
     assert ready.tenant_id == caller.tenant_id and ready.release.components[0].digest == _digest("b")
     await asyncio.sleep(0)
+
+
+async def test_releases_are_counted_once_each_after_their_event_is_published(
+    caller: Caller, release_app: ReleaseApp, nats
+) -> None:
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("stella_releases_total") or 0.0
+    await _component(caller, "api", "127.0.0.1:1/api", versioning_strategy={"resolve": "version-map"})
+    names = release_app.runtime.names
+    async with collect_messages(nats.jetstream(), names.subject(c.RELEASE_CREATED)) as created:
+        for name in ("m1", "m2"):
+            reply = await caller.command(
+                c.CREATE_RELEASE, c.CreateRelease, name=name, components=[{"component": "api", "digest": _digest("a")}]
+            )
+            assert reply.ok, reply.error
+        await created.wait(2, timeout=10)
+    # The counter moves right after the relay's publish is acknowledged, a moment after the events arrive.
+    for _ in range(100):
+        if REGISTRY.get_sample_value("stella_releases_total") == before + 2:
+            break
+        await asyncio.sleep(0.02)
+    assert REGISTRY.get_sample_value("stella_releases_total") == before + 2
+    duplicate = await caller.command(
+        c.CREATE_RELEASE, c.CreateRelease, name="m1", components=[{"component": "api", "digest": _digest("a")}]
+    )
+    assert not duplicate.ok
+    assert REGISTRY.get_sample_value("stella_releases_total") == before + 2

@@ -282,6 +282,7 @@ class RunCompleted(Event):
     run_id: UUID
     subject_id: UUID | None
     outputs: dict[str, Any]
+    template_name: str | None = None
 
 
 class RunFailed(Event):
@@ -291,3 +292,4 @@ class RunFailed(Event):
     subject_id: UUID | None
     status: RunStatus
     error: str | None
+    template_name: str | None = None

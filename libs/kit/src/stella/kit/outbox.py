@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import asyncpg
 from nats.js import JetStreamContext
@@ -78,6 +78,7 @@ class OutboxRelay:
         js: JetStreamContext,
         *,
         names: Names | None = None,
+        observers: Mapping[str, Callable[[str], None]] | None = None,
         batch_size: int = 200,
         poll_s: float = 1.0,
         retention_s: float = 24 * 3600,
@@ -86,6 +87,7 @@ class OutboxRelay:
         self.schema = schema
         self.js = js
         self.names = names or Names()
+        self.observers = observers or {}
         self.batch_size = batch_size
         self.poll_s = poll_s
         self.retention_s = retention_s
@@ -148,6 +150,17 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
 
+    def _observe(self, subject: str, payload: str) -> None:
+        """Tell the service an event went out (business metrics count published events, once each)."""
+        observer = self.observers.get(subject)
+        if observer is None:
+            return
+        try:
+            observer(payload)
+        except Exception:
+            # A metric must never stop publication; the failure is logged with its traceback.
+            log.exception("event observer failed", extra={"subject": subject})
+
     async def publish_pending(self, conn: asyncpg.Connection) -> int:
         """Publish one batch in id order; returns how many were published and marked."""
         rows = await conn.fetch(_PENDING, self.batch_size)
@@ -164,6 +177,7 @@ class OutboxRelay:
                     timeout=5,
                 )
                 done.append(row["id"])
+                self._observe(row["subject"], row["payload"])
                 if fault == "relay.after_publish":
                     os._exit(137)  # crash test: published, not yet marked
         finally:

@@ -59,6 +59,7 @@ class ServiceRuntime:
         self._js: JetStreamContext | None = None
         self._client: ServiceClient | None = None
         self.relay: OutboxRelay | None = None
+        self._observers: dict[str, Callable[[str], None]] = {}
         self.started_at = time.time()
         self._stopped = asyncio.Event()
 
@@ -82,6 +83,14 @@ class ServiceRuntime:
         if self._client is None:
             raise RuntimeError(f"{self.name} is not started")
         return self._client
+
+    def observe(self, subject: str, observer: Callable[[str], None]) -> None:
+        """Call ``observer(payload_json)`` each time the relay has published an event on ``subject``.
+
+        Business metrics hang here: every event is counted once, after it really went out, whatever
+        transaction or replica wrote it.
+        """
+        self._observers[subject] = observer
 
     async def start(self) -> None:
         """Connect to Postgres and NATS, migrate, declare streams, start the relay and the subscribers."""
@@ -114,6 +123,7 @@ class ServiceRuntime:
             self.schema,
             self._js,
             names=self.names,
+            observers=self._observers,
             batch_size=self.settings.outbox_batch_size,
             poll_s=self.settings.outbox_poll_s,
         )

@@ -10,7 +10,7 @@ from faststream.nats import NatsRouter
 
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
-from stella.promotion import subscribers
+from stella.promotion import metrics, subscribers
 from stella.promotion.gates import default_registry
 from stella.promotion.handlers import Handlers
 from stella.promotion.settings import Settings
@@ -66,4 +66,5 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
             await app.handlers.freezes.stop()
 
     app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start, on_stop=on_stop)
+    metrics.observe(app.runtime)
     return app

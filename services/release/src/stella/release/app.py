@@ -10,7 +10,7 @@ from faststream.nats import NatsRouter
 
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
-from stella.release import subscribers
+from stella.release import metrics, subscribers
 from stella.release.handlers import Handlers
 from stella.release.registry import RegistryClient
 from stella.release.settings import Settings
@@ -60,4 +60,5 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
         await registry.close()
 
     app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start, on_stop=on_stop)
+    metrics.observe(app.runtime)
     return app

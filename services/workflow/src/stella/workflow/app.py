@@ -10,7 +10,7 @@ from faststream.nats import NatsRouter
 
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
-from stella.workflow import subscribers
+from stella.workflow import metrics, subscribers
 from stella.workflow.handlers import Handlers
 from stella.workflow.settings import Settings
 
@@ -59,4 +59,5 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
             await app.handlers.due.stop()
 
     app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start, on_stop=on_stop)
+    metrics.observe(app.runtime)
     return app

@@ -381,11 +381,20 @@ class Handlers:
             )
         if isinstance(event, RunCompleted):
             return c.RUN_COMPLETED, c.RunCompleted(
-                run_id=run_id, subject_id=record.subject_id, outputs=dict(event.outputs), **envelope
+                run_id=run_id,
+                subject_id=record.subject_id,
+                outputs=dict(event.outputs),
+                template_name=view.template_name,
+                **envelope,
             )
         if isinstance(event, RunFailed):
             return c.RUN_FAILED, c.RunFailed(
-                run_id=run_id, subject_id=record.subject_id, status=c.RunStatus.FAILED, error=event.error, **envelope
+                run_id=run_id,
+                subject_id=record.subject_id,
+                status=c.RunStatus.FAILED,
+                error=event.error,
+                template_name=view.template_name,
+                **envelope,
             )
         if isinstance(event, RunCancelled):
             return c.RUN_FAILED, c.RunFailed(
@@ -393,6 +402,7 @@ class Handlers:
                 subject_id=record.subject_id,
                 status=c.RunStatus.CANCELLED,
                 error=event.reason,
+                template_name=view.template_name,
                 **envelope,
             )
         return None
