@@ -47,10 +47,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class QuietFetchTimeouts(logging.Filter):
+    """Drop FastStream's report of an idle JetStream pull that timed out (logged only at DEBUG).
+
+    nats-py ends an idle batch fetch with the built-in ``TimeoutError`` on some paths, where FastStream
+    only expects its own subclass; FastStream then logs the timeout as an error and restarts the fetch
+    loop, which is exactly what should happen on an idle consumer. Real errors are untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, TimeoutError) and "raised an exception, retrying" in record.getMessage():
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Send every log record to stderr as JSON; called once by a service's ``__main__``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
+    handler.addFilter(QuietFetchTimeouts())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
