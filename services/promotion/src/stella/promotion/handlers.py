@@ -1209,6 +1209,7 @@ class Handlers:
         async with self._pool().acquire() as conn, conn.transaction():
             due = await repo.due_windows(conn, now, self.timer_batch_size)
             messages: list[tuple[str, Message]] = []
+            advanced: list[tuple[UUID, UUID, datetime | None]] = []
             for stored in due:
                 since = max(stored.transitions_seen_until, now - freeze.SEARCH_HORIZON)
                 if since < now:
@@ -1224,9 +1225,8 @@ class Handlers:
                                 transition.at,
                             )
                         )
-                await repo.advance_window(
-                    conn, stored.tenant_id, stored.view.id, now, next_transition_after(stored.window, now)
-                )
+                advanced.append((stored.tenant_id, stored.view.id, next_transition_after(stored.window, now)))
+            await repo.advance_windows(conn, now, advanced)
             await add_events(conn, messages)
 
 

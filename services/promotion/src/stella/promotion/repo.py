@@ -6,6 +6,7 @@ scheduler must; everything they then read or change is again addressed by tenant
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -99,8 +100,11 @@ DUE_WINDOWS = f"""
      LIMIT $2
      FOR UPDATE SKIP LOCKED
 """
-ADVANCE_WINDOW = """
-    UPDATE freeze_windows SET transitions_seen_until = $3, next_transition_at = $4 WHERE tenant_id = $1 AND id = $2
+ADVANCE_WINDOWS = """
+    UPDATE freeze_windows w
+       SET transitions_seen_until = $3, next_transition_at = v.next_at
+      FROM unnest($1::uuid[], $2::uuid[], $4::timestamptz[]) AS v(tenant_id, id, next_at)
+     WHERE w.tenant_id = v.tenant_id AND w.id = v.id
 """
 
 # --- scan results ----------------------------------------------------------------------------------------
@@ -529,11 +533,19 @@ async def due_windows(conn: asyncpg.Connection, now: datetime, limit: int) -> li
     return [stored_window(r) for r in await conn.fetch(DUE_WINDOWS, now, limit)]
 
 
-async def advance_window(
-    conn: asyncpg.Connection, tenant: UUID, wid: UUID, seen_until: datetime, next_at: datetime | None
+async def advance_windows(
+    conn: asyncpg.Connection, seen_until: datetime, windows: Sequence[tuple[UUID, UUID, datetime | None]]
 ) -> None:
-    """Move a window's watermark and next transition forward."""
-    await conn.execute(ADVANCE_WINDOW, tenant, wid, seen_until, next_at)
+    """Move the watermark of several windows to ``seen_until`` and set each one's next transition, in one
+    statement: ``windows`` holds (tenant, window id, next transition)."""
+    if windows:
+        await conn.execute(
+            ADVANCE_WINDOWS,
+            [w[0] for w in windows],
+            [w[1] for w in windows],
+            seen_until,
+            [w[2] for w in windows],
+        )
 
 
 # --- scan results ----------------------------------------------------------------------------------------
