@@ -303,13 +303,14 @@ def test_the_promotion_of_a_gate_step_comes_from_the_subject_or_the_run_inputs()
 
 
 def test_completion_and_freeze_ids_are_stable() -> None:
-    step = w.StepRef(run_id=UUID(int=3), node_id="gates", attempt=2)
-    assert handlers.completion_id(step) == handlers.completion_id(
-        w.StepRef(run_id=UUID(int=3), node_id="gates", attempt=2)
-    )
-    assert handlers.completion_id(step) != handlers.completion_id(
-        w.StepRef(run_id=UUID(int=3), node_id="gates", attempt=3)
-    )
+    def completion_id(attempt: int) -> UUID:
+        step = w.StepRef(run_id=UUID(int=3), node_id="gates", attempt=attempt)
+        return step.completion(
+            tenant_id=TENANT, correlation_id=UUID(int=5), causation_id=None, status=w.StepStatus.SUCCEEDED
+        ).message_id
+
+    assert completion_id(2) == completion_id(2)
+    assert completion_id(2) != completion_id(3)
     assert handlers.freeze_event_id(TENANT, "w@x/started") != handlers.freeze_event_id(TENANT, "w@x/ended")
 
 

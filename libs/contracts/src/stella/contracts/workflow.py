@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from pydantic import Field
 
@@ -56,6 +56,10 @@ STEP_SUBJECTS: Final[dict[str, str]] = {
     "evidence": "stella.cmd.evidence.collect_evidence",
 }
 """Step types executed by another context, and the subject their :class:`ExecuteStep` goes to."""
+
+
+COMPLETION_IDS: Final[UUID] = UUID("3c1b8a5e-2f4d-4e6a-9b7c-5d8e1f2a3b4c")
+"""Namespace of completion message ids: one id per step attempt, however often its result is written."""
 
 
 class RunStatus(StrEnum):
@@ -194,6 +198,25 @@ class ExecuteStep(Command):
         """``<run>:<node>:<attempt>``: executing the same attempt twice has one effect."""
         return f"{self.run_id}:{self.node_id}:{self.attempt}"
 
+    @property
+    def step(self) -> StepRef:
+        """The attempt this command executes."""
+        return StepRef(run_id=self.run_id, node_id=self.node_id, attempt=self.attempt)
+
+    def complete(
+        self, status: StepStatus, *, outputs: dict[str, Any] | None = None, error: str | None = None, logs: str = ""
+    ) -> CompleteStep:
+        """The result of this attempt, caused by this command (see :meth:`StepRef.completion`)."""
+        return self.step.completion(
+            tenant_id=self.tenant_id,
+            correlation_id=self.correlation_id,
+            causation_id=self.message_id,
+            status=status,
+            outputs=outputs,
+            error=error,
+            logs=logs,
+        )
+
 
 class StepRef(Model):
     """Which step attempt a result belongs to; carried by work that finishes long after it started."""
@@ -201,6 +224,36 @@ class StepRef(Model):
     run_id: UUID
     node_id: str
     attempt: int
+
+    def completion(
+        self,
+        *,
+        tenant_id: UUID,
+        correlation_id: UUID,
+        causation_id: UUID | None,
+        status: StepStatus,
+        outputs: dict[str, Any] | None = None,
+        error: str | None = None,
+        logs: str = "",
+    ) -> CompleteStep:
+        """The result of this attempt, with a message id derived from the attempt.
+
+        An attempt has one result: written again (a retried transaction, a redelivered cause) it is the same
+        message, which the stream's duplicate window and the workflow's inbox drop.
+        """
+        return CompleteStep(
+            message_id=uuid5(COMPLETION_IDS, f"{tenant_id}:{self.run_id}:{self.node_id}:{self.attempt}"),
+            tenant_id=tenant_id,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            run_id=self.run_id,
+            node_id=self.node_id,
+            attempt=self.attempt,
+            status=status,
+            outputs=outputs or {},
+            error=error,
+            logs=logs,
+        )
 
 
 class CompleteStep(Command):

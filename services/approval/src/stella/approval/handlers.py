@@ -31,7 +31,7 @@ from stella.contracts.approval import (
     GetApprovals,
 )
 from stella.contracts.envelope import Message, Reply
-from stella.contracts.workflow import COMPLETE_STEP, CompleteStep, ExecuteStep, StepRef, StepStatus
+from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepRef, StepStatus
 from stella.kit.broker import CommandProcessor
 from stella.kit.errors import Conflict
 from stella.kit.outbox import add_events
@@ -299,19 +299,9 @@ class Handlers:
         self, conn: asyncpg.Connection, cmd: ExecuteStep, exc: domain.InvalidApprovalRequest
     ) -> dict[str, Any]:
         """Fail the step attempt whose inputs cannot open a request, so the run does not wait for nothing."""
-        complete = cmd.caused(
-            CompleteStep,
-            message_id=uuid5(_MESSAGE_IDS, f"{cmd.tenant_id}:{cmd.idempotency_key}:invalid"),
-            run_id=cmd.run_id,
-            node_id=cmd.node_id,
-            attempt=cmd.attempt,
-            status=StepStatus.FAILED,
-            outputs={"result": "error", "code": exc.code},
-            error=exc.detail,
-        )
+        complete = cmd.complete(StepStatus.FAILED, outputs={"result": "error", "code": exc.code}, error=exc.detail)
         await add_events(conn, [(COMPLETE_STEP, complete)])
-        step = StepRef(run_id=cmd.run_id, node_id=cmd.node_id, attempt=cmd.attempt)
-        return {"step": step.model_dump(mode="json"), "status": StepStatus.FAILED.value, "error": exc.as_problem()}
+        return {"step": cmd.step.model_dump(mode="json"), "status": StepStatus.FAILED.value, "error": exc.as_problem()}
 
     # --- voting --------------------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from stella.contracts.evidence import (
 )
 from stella.contracts.evidence import PacketType as ContractPacketType
 from stella.contracts.promotion import GET_PROMOTION, GetPromotion, PromotionView
-from stella.contracts.workflow import COMPLETE_STEP, CompleteStep, ExecuteStep, StepStatus
+from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepStatus
 from stella.evidence import domain, repo
 from stella.evidence.bundle import build_bundle
 from stella.evidence.domain import StoredPacket
@@ -134,13 +134,8 @@ class Handlers:
             )
             outputs = {"packet_id": str(stored.packet.id), "content_hash": stored.packet.content_hash}
             if created:
-                complete = cmd.caused(
-                    CompleteStep,
-                    message_id=uuid5(MESSAGE_IDS, f"complete_step:{cmd.tenant_id}:{cmd.idempotency_key}"),
-                    run_id=cmd.run_id,
-                    node_id=cmd.node_id,
-                    attempt=cmd.attempt,
-                    status=StepStatus.SUCCEEDED,
+                complete = cmd.complete(
+                    StepStatus.SUCCEEDED,
                     outputs=outputs,
                     logs=f"release_decision packet {stored.packet.sequence} signed by {stored.packet.signer_key_ref}",
                 )
@@ -154,16 +149,7 @@ class Handlers:
         log.error("evidence step failed", extra={"step": cmd.idempotency_key, "error": error})
 
         async def execute(conn: asyncpg.Connection) -> object:
-            complete = cmd.caused(
-                CompleteStep,
-                message_id=uuid5(MESSAGE_IDS, f"complete_step:{cmd.tenant_id}:{cmd.idempotency_key}"),
-                run_id=cmd.run_id,
-                node_id=cmd.node_id,
-                attempt=cmd.attempt,
-                status=StepStatus.FAILED,
-                error=error,
-            )
-            await add_events(conn, [(COMPLETE_STEP, complete)])
+            await add_events(conn, [(COMPLETE_STEP, cmd.complete(StepStatus.FAILED, error=error))])
             return {"status": StepStatus.FAILED.value, "error": error}
 
         return await self.commands.run(cmd, execute)

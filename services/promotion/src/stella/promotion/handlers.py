@@ -400,11 +400,6 @@ def promotion_id_of(cmd: w.ExecuteStep) -> UUID | None:
         return None
 
 
-def completion_id(step: w.StepRef) -> UUID:
-    """The message id of a step attempt's completion: the same however often it is written."""
-    return uuid5(_NAMESPACE, f"complete-step:{step.run_id}:{step.node_id}:{step.attempt}")
-
-
 def freeze_event_id(tenant: UUID, key: str) -> UUID:
     """The message id of a freeze transition: a replayed or repeated transition is the same message."""
     return uuid5(_NAMESPACE, f"freeze:{tenant}:{key}")
@@ -993,14 +988,10 @@ class Handlers:
     def _completion(
         origin: Origin, step: w.StepRef, status: w.StepStatus, outputs: dict[str, Any], error: str | None
     ) -> tuple[str, Message]:
-        return w.COMPLETE_STEP, w.CompleteStep(
-            message_id=completion_id(step),
+        return w.COMPLETE_STEP, step.completion(
             tenant_id=origin.tenant_id,
             correlation_id=origin.correlation_id,
             causation_id=origin.causation_id,
-            run_id=step.run_id,
-            node_id=step.node_id,
-            attempt=step.attempt,
             status=status,
             outputs=outputs,
             error=error,

@@ -1,0 +1,44 @@
+"""Step completions: one message id per attempt, whoever writes the result."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from stella.contracts.workflow import ExecuteStep, StepRef, StepStatus
+
+
+def _execute(attempt: int, message_id: int) -> ExecuteStep:
+    return ExecuteStep(
+        message_id=UUID(int=message_id),
+        tenant_id=UUID(int=1),
+        correlation_id=UUID(int=2),
+        run_id=UUID(int=3),
+        node_id="evidence",
+        attempt=attempt,
+        step_type="evidence",
+        config={},
+        inputs={},
+    )
+
+
+def test_a_completion_names_its_attempt_and_is_caused_by_the_command() -> None:
+    command = _execute(2, 10)
+    done = command.complete(StepStatus.SUCCEEDED, outputs={"packet_id": "p"}, logs="signed")
+    assert (done.run_id, done.node_id, done.attempt) == (UUID(int=3), "evidence", 2)
+    assert (done.tenant_id, done.correlation_id, done.causation_id) == (UUID(int=1), UUID(int=2), UUID(int=10))
+    assert (done.status, done.outputs, done.logs, done.error) == (
+        StepStatus.SUCCEEDED,
+        {"packet_id": "p"},
+        "signed",
+        None,
+    )
+
+
+def test_the_same_attempt_always_gets_the_same_message_id() -> None:
+    first = _execute(2, 10).complete(StepStatus.SUCCEEDED)
+    redelivered = _execute(2, 11).complete(StepStatus.FAILED, error="boom")
+    from_ref = StepRef(run_id=UUID(int=3), node_id="evidence", attempt=2).completion(
+        tenant_id=UUID(int=1), correlation_id=UUID(int=9), causation_id=None, status=StepStatus.SUCCEEDED
+    )
+    assert first.message_id == redelivered.message_id == from_ref.message_id
+    assert _execute(3, 10).complete(StepStatus.SUCCEEDED).message_id != first.message_id
