@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID, uuid5
 
@@ -30,7 +30,7 @@ from stella.contracts.approval import (
     CastVote,
     GetApprovals,
 )
-from stella.contracts.envelope import Message, Reply
+from stella.contracts.envelope import Message, Reply, utcnow
 from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepRef, StepStatus
 from stella.kit.broker import CommandProcessor
 from stella.kit.errors import Conflict
@@ -57,10 +57,6 @@ class AlreadyVoted(Conflict):
 
     code = "PROM_ALREADY_VOTED"
     title = "Vote already recorded"
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,7 +224,7 @@ class Handlers:
         *,
         approval_timeout: timedelta = domain.DEFAULT_APPROVAL_TIMEOUT,
         expiry_batch_size: int = 100,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         on_scheduled: Callable[[], None] = lambda: None,
     ) -> None:
         self._pool = pool

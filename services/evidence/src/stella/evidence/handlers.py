@@ -20,7 +20,7 @@ from uuid import UUID, uuid4, uuid5
 import asyncpg
 
 from stella.contracts.approval import GET_APPROVALS, ApprovalRequestView, GetApprovals
-from stella.contracts.envelope import Command, Page, Reply
+from stella.contracts.envelope import Command, Page, Reply, utcnow
 from stella.contracts.evidence import (
     PACKET_CREATED,
     CollectEvidence,
@@ -61,10 +61,6 @@ MESSAGE_IDS: Final[UUID] = UUID("0b5f3c52-4a4e-4a8e-9d1e-6a8f2c7e51d3")
 log = logging.getLogger(__name__)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Handlers:
     """The evidence service's command and query handlers."""
 
@@ -80,7 +76,7 @@ class Handlers:
         export_max_packets: int = 100_000,
         export_max_age_s: float = 3600.0,
         max_reply_bytes: int = 768 * 1024,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], UUID] = uuid4,
     ) -> None:
         self._pool = pool

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final, TypedDict
 from uuid import UUID
@@ -31,7 +31,7 @@ from litestar.plugins.pydantic import PydanticPlugin
 from litestar.static_files import create_static_files_router
 from nats.aio.client import Client as NatsClient
 
-from stella.contracts.envelope import Reply
+from stella.contracts.envelope import Reply, utcnow
 from stella.gateway.auth import Authenticator, TokenAuthMiddleware
 from stella.gateway.controllers import (
     ComponentController,
@@ -114,11 +114,6 @@ class Overrides(TypedDict, total=False):
     clock: Callable[[], datetime]
     pool: asyncpg.Pool
     nats: NatsClient
-
-
-def utcnow() -> datetime:
-    """The current time in UTC."""
-    return datetime.now(UTC)
 
 
 def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Litestar:

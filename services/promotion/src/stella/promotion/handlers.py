@@ -23,7 +23,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 from uuid import UUID, uuid4, uuid5
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -33,7 +33,7 @@ import asyncpg
 from stella.contracts import approval as a
 from stella.contracts import promotion as c
 from stella.contracts import workflow as w
-from stella.contracts.envelope import Message, Page, Reply
+from stella.contracts.envelope import Message, Page, Reply, utcnow
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.kit.broker import CommandProcessor, ServiceClient
 from stella.kit.errors import Conflict, ServiceError, Unavailable, error_detail
@@ -69,10 +69,6 @@ _EVENT_SUBJECTS: Final[Mapping[type[domain.PromotionEvent], str]] = {
 }
 """The published event of each domain event; the others (approval required) are not published: the
 workflow's approval step is what asks for approvals."""
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -440,7 +436,7 @@ class Handlers:
         timer_batch_size: int = 100,
         timer_retry_s: float = 30.0,
         timer_max_sleep_s: float = 60.0,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], UUID] = uuid4,
     ) -> None:
         self._pool = pool

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID, uuid4
 
 import asyncpg
 
-from stella.contracts.envelope import Page, Reply
+from stella.contracts.envelope import Page, Reply, utcnow
 from stella.contracts.release import (
     COMPONENT_CREATED,
     COMPONENT_DELETED,
@@ -63,10 +63,6 @@ from stella.release.registry import RegistryClient, resolve_credential_ref
 _SEMVER = re.compile(SEMVER_PATTERN)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def _semver_of(tag: str) -> str | None:
     return tag if _SEMVER.match(tag) else None
 
@@ -86,7 +82,7 @@ class Handlers:
         registry: RegistryClient,
         *,
         max_tags_per_sync: int = 5000,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], UUID] = uuid4,
     ) -> None:
         self._pool = pool

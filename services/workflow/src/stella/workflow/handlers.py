@@ -18,14 +18,14 @@ import copy
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID, uuid4, uuid5
 
 import asyncpg
 
 from stella.contracts import workflow as c
-from stella.contracts.envelope import Message, Page, Reply
+from stella.contracts.envelope import Message, Page, Reply, utcnow
 from stella.kit.broker import CommandProcessor
 from stella.kit.outbox import add_events
 from stella.kit.timers import DueLoop
@@ -56,10 +56,6 @@ log = logging.getLogger(__name__)
 _SUBJECT_RUN_NAMESPACE: Final = UUID("5d7f3a8e-0c41-4f7e-8f4b-3b2f5e9a7c61")
 _BUILTIN_NAMES: Final = frozenset(template.name for template in BUILTIN_TEMPLATES)
 _LOCKED_PAUSE_S: Final = 0.05
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def subject_run_id(subject_id: UUID, template_name: str) -> UUID:
@@ -102,7 +98,7 @@ class Handlers:
         timer_retry_s: float = 30.0,
         timer_max_sleep_s: float = 60.0,
         template_cache_size: int = 1024,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], UUID] = uuid4,
     ) -> None:
         self._pool = pool
