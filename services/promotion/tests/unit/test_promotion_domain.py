@@ -358,6 +358,15 @@ class TestGateDecision:
         assert (event.required_approvals, event.require_sod, event.requested_by) == (2, True, "alice")
         assert event.deadline == promotion.approval_deadline == T0 + timedelta(days=7)
 
+    def test_awaits_approvals_answers_without_changing_the_promotion(self) -> None:
+        prod = request(PROD, history=through(STAGING))
+        dev = request(DEV)
+        waiting = outcome(DecisionResult.PENDING, "GATE_MANUAL_PENDING", waiting_on=("manual",))
+        assert prod.awaits_approvals(ALLOW, now=T0)
+        assert not dev.awaits_approvals(ALLOW, now=T0)
+        assert not prod.awaits_approvals(waiting, now=T0)
+        assert (prod.status, prod.version, prod.decision) == (PromotionStatus.PENDING_GATE, 1, None)
+
     def test_allow_with_the_approval_gate_passed_approves_directly(self) -> None:
         promotion = request(PROD, history=through(STAGING))
         events = promotion.apply_gate_decision(outcome(DecisionResult.ALLOW, approval_satisfied=True), now=T0)

@@ -21,6 +21,7 @@ The module also holds the JSON canonicalisation every hash in this context uses 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import math
@@ -1199,6 +1200,16 @@ class Promotion:
         ):
             return self._await_approvals(now)
         return self._approve(now)
+
+    def awaits_approvals(self, outcome: GateOutcome, *, now: datetime) -> bool:
+        """Whether :meth:`apply_gate_decision` with ``outcome`` would leave the promotion in ``pending_approval``.
+
+        Nothing changes: the decision is tried on a copy. The service uses it to hold the move until the
+        approval request is open, so ``pending_approval`` always means votes are accepted.
+        """
+        probe = copy.deepcopy(self)
+        probe.apply_gate_decision(outcome, now=now)
+        return probe.status is PromotionStatus.PENDING_APPROVAL
 
     def record_approvals(self, summary: ApprovalSummary, *, now: datetime) -> list[PromotionEvent]:
         """Apply the approval service's counts while the promotion is in ``pending_approval``.

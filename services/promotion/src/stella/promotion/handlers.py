@@ -18,7 +18,6 @@ window occurrence that opens or closes.
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -375,13 +374,6 @@ def gate_step_result(promotion: domain.Promotion) -> tuple[w.StepStatus, dict[st
     if promotion.decision is not None:
         outputs["decision_hash"] = decision_hash(promotion.decision)
     return w.StepStatus.SUCCEEDED, outputs, None
-
-
-def _awaits_approvals(promotion: domain.Promotion, outcome: domain.GateOutcome, now: datetime) -> bool:
-    """Whether applying ``outcome`` to the pending promotion would leave it waiting for approvals."""
-    probe = copy.deepcopy(promotion)
-    probe.apply_gate_decision(outcome, now=now)
-    return probe.status is domain.PromotionStatus.PENDING_APPROVAL
 
 
 def promotion_id_of(cmd: w.ExecuteStep) -> UUID | None:
@@ -930,7 +922,7 @@ class Handlers:
         inputs = await self._gate_inputs(conn, stored, approvals_document(p.required_approvals))
         record = await self._store_decision(conn, stored, trigger, inputs, now)
         outcome = record.outcome()
-        if _awaits_approvals(p, outcome, now):
+        if p.awaits_approvals(outcome, now=now):
             # The gates allow, but votes can only be cast once the approval service has opened the request
             # (the workflow's next step). The promotion shows pending_approval from that moment on, so a
             # client never sees pending_approval while a vote would still be refused.
@@ -958,7 +950,7 @@ class Handlers:
         if p.status is not domain.PromotionStatus.PENDING_GATE or latest is None:
             return
         outcome = DecisionRecord.from_dict(latest.record).outcome()
-        if not _awaits_approvals(p, outcome, latest.clock):
+        if not p.awaits_approvals(outcome, now=latest.clock):
             return  # held by a window, or waiting on another gate: not the approvals' turn yet
         events = p.apply_gate_decision(outcome, now=self.clock())
         await repo.update_promotion(conn, stored)
