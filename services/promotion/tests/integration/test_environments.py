@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from stella.contracts import promotion as c
 from stella.testing.messaging import collect_messages
@@ -135,7 +136,7 @@ async def test_delete_is_refused_while_promotions_reference_the_environment(call
 async def test_freeze_window_validation_errors(caller: Caller, stack: Stack) -> None:
     env = await _environment(caller, "prod", 0)
     now = datetime.now(UTC)
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"rrule": "FREQ=FORTNIGHTLY", "dtstart": now, "duration_s": 3600}, "ENV_FREEZE_RRULE_INVALID"),
         ({"rrule": "FREQ=WEEKLY;BYDAY=XX", "dtstart": now, "duration_s": 3600}, "ENV_FREEZE_RRULE_INVALID"),
         ({"start": now, "end": now + timedelta(hours=1), "timezone": "Mars/Olympus"}, "ENV_FREEZE_TIMEZONE_UNKNOWN"),

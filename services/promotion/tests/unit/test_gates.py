@@ -168,7 +168,7 @@ class TestRegistryAndOrder:
             default_registry().get("nope")
 
     def test_cheap_gates_run_first_then_stateful_then_plugins(self) -> None:
-        configs = [
+        configs: list[dict[str, Any]] = [
             {"type": "ticket", "name": "change"},
             {"type": "approval"},
             {"type": "security"},

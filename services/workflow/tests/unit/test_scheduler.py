@@ -326,7 +326,8 @@ def test_a_timed_out_step_with_zero_backoff_restarts_in_the_same_schedule() -> N
 
     assert [type(a) for a in result.schedule.actions] == [TimeOutStep, StartStep]
     assert [type(e) for e in result.events] == [StepFailed, StepStarted]
-    assert result.events[0].will_retry is True
+    failed = result.events[0]
+    assert isinstance(failed, StepFailed) and failed.will_retry is True
     assert engine.steps["a"].attempt_number == 2
     assert engine.steps["a"].started_at == at(10)
     assert result.run.next_wakeup_at == at(20)

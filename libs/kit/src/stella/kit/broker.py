@@ -112,7 +112,9 @@ def consumer_config(name: str, subject: str, settings: ServiceSettings) -> Consu
     )
 
 
-def durable_subscriber(router: NatsRouter, host: Host, stream: StreamSpec, subject: str, consumer: str) -> Any:
+def durable_subscriber(
+    router: NatsRouter, host: Host, stream: StreamSpec, subject: str, consumer: str
+) -> Callable[[Callable[[NatsMessage], Awaitable[None]]], object]:
     """The decorator registering a durable pull consumer ``consumer`` on ``subject`` of ``stream``.
 
     Acks are manual (see :func:`settle`); at most ``max_in_flight`` messages are handled at once.

@@ -27,7 +27,7 @@ class EvidenceApp(ServiceApp):
     """The running evidence service: its runtime and the objects tests may want to reach."""
 
     signer: ActiveSigner
-    exports: ExportStore
+    exports: ExportStore | None = field(default=None)
     handlers: Handlers | None = field(default=None)
 
 
@@ -41,16 +41,17 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
     overrides = overrides or {}
     clock: Callable[[], datetime] = overrides.get("clock") or (lambda: datetime.now(UTC))
     signer = ActiveSigner(KeyFile(settings.signing_key_path, settings.key_algorithm))
-    app = EvidenceApp(signer=signer, exports=None)
+    app = EvidenceApp(signer=signer)
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
-        app.exports = ExportStore(runtime.names, max_age_s=settings.export_max_age_s)
+        exports = ExportStore(runtime.names, max_age_s=settings.export_max_age_s)
+        app.exports = exports
         handlers = Handlers(
             lambda: runtime.pool,
             CommandProcessor(lambda: runtime.pool, f"{NAME}-commands"),
             lambda: runtime.client,
             signer,
-            app.exports,
+            exports,
             dependency_timeout_s=settings.dependency_timeout_s,
             export_max_packets=settings.export_max_packets,
             export_max_age_s=settings.export_max_age_s,
@@ -64,6 +65,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
     async def on_start(runtime: ServiceRuntime) -> None:
         # Before the broker starts: no packet is signed until the key is loaded and registered.
         await signer.start(runtime.pool, clock())
+        assert app.exports is not None  # built by register, which runs before on_start
         await app.exports.start(runtime.js)
 
     app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start)

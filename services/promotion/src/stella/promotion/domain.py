@@ -58,9 +58,9 @@ class DomainError(ServiceError):
         errors: Field-level problems, each ``{"loc": [...], "msg": "..."}``.
     """
 
-    code: ClassVar[str] = "PROM_ERROR"
-    status: ClassVar[int] = 422
-    title: ClassVar[str] = "Promotion rule violated"
+    code: str = "PROM_ERROR"
+    status: int = 422
+    title: str = "Promotion rule violated"
 
     def __init__(self, detail: str, *, errors: Sequence[Mapping[str, Any]] = ()) -> None:
         super().__init__(detail, errors=[dict(error) for error in errors])

@@ -74,9 +74,9 @@ class DomainError(ServiceError):
     The shape matches the problem details the gateway returns (``errors`` carries field-level problems).
     """
 
-    code: ClassVar[str] = "WF_ERROR"
-    status: ClassVar[int] = 400
-    title: ClassVar[str] = "Workflow error"
+    code: str = "WF_ERROR"
+    status: int = 400
+    title: str = "Workflow error"
 
 
 class InvalidTemplate(DomainError):
