@@ -89,6 +89,7 @@ def test_a_wrong_call_into_our_own_code_fails_mypy(tmp_path: Path) -> None:
         ("services/promotion/src/stella/promotion/gates.py", "from stella.promotion import repo", "Pure modules"),
         ("libs/kit/src/stella/kit/errors.py", "import stella.testing", "The kit imports only"),
         ("libs/contracts/src/stella/contracts/envelope.py", "import stella.kit.errors", "Contracts import nothing"),
+        ("libs/cel/src/stella/cel/__init__.py", "import stella.contracts", "The expression library"),
     ],
 )
 def test_a_broken_layer_fails_lint_imports(tmp_path: Path, module: str, planted: str, broken: str) -> None:

@@ -367,7 +367,7 @@ async def test_cancel_closes_the_run_and_the_approval_request(caller: Caller, st
 
 
 async def test_every_stored_decision_replays_to_the_same_bytes(caller: Caller, stack: Stack) -> None:
-    rules = [{"name": "small", "expr": "len(release.components) <= 3", "message": "too many images"}]
+    rules = [{"name": "small", "expr": "size(release.components) <= 3", "message": "too many images"}]
     gates = [
         {"type": "security", "name": "scan"},
         {"type": "policy", "name": "rules", "config": {"rules": rules}},
