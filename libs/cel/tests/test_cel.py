@@ -61,7 +61,7 @@ def test_errors_are_absorbed_by_logic_in_either_order() -> None:
 def test_references_are_the_longest_paths_read_and_skip_macro_variables() -> None:
     program = cel.compile(
         'steps.gates.outputs.result == "allow" && inputs["env"] != "prod" '
-        '&& steps.deploy.outputs.targets.all(t, t.ok) && has(steps.gates.status) && size(inputs.list[0]) > 0'
+        "&& steps.deploy.outputs.targets.all(t, t.ok) && has(steps.gates.status) && size(inputs.list[0]) > 0"
     )
     assert program.references == (
         ("steps", "gates", "outputs", "result"),
@@ -122,3 +122,11 @@ def test_deep_nesting_is_refused(source: str) -> None:
 def test_length_limit() -> None:
     with pytest.raises(cel.ExpressionSyntaxError, match="longer than"):
         cel.compile("1 + " * 2000 + "1")
+
+
+@pytest.mark.parametrize(
+    "source", ["m.missing == 1", "m.missing != 1", "m.missing < 1", "m.missing in [1]", "!m.missing"]
+)
+def test_an_error_operand_is_an_error_not_false(source: str) -> None:
+    with pytest.raises(cel.ExpressionEvaluationError, match="no such member"):
+        evaluate(source, m={})

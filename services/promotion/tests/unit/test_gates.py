@@ -431,7 +431,11 @@ class TestManualGate:
 
 class TestPolicyGate:
     RULES = [
-        {"name": "no-latest", "expr": 'release.components.all(c, c.tag != "latest")', "message": "pin tags"},
+        {
+            "name": "no-latest",
+            "expr": 'release.components.all(c, !has(c.tag) || c.tag != "latest")',
+            "message": "pin tags",
+        },
         {"name": "prod-name", "expr": 'environment.name == "prod"'},
     ]
 

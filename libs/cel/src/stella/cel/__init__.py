@@ -213,17 +213,29 @@ def _boolean_operator(name: str) -> Callable[..., Any]:
     return operate
 
 
+def _errors_propagate(function: Callable[..., Any]) -> Callable[..., Any]:
+    """An operand that is an error makes the result that error (only && and || may absorb one)."""
+
+    def apply(*operands: Any) -> Any:
+        for operand in operands:
+            if isinstance(operand, CELEvalError):
+                return operand
+        return function(*operands)
+
+    return apply
+
+
 _FUNCTIONS: Final[dict[str, Any]] = {
     "_&&_": _boolean_operator("_&&_"),
     "_||_": _boolean_operator("_||_"),
-    "!_": _boolean_operator("!_"),
-    "_==_": lambda left, right: celtypes.BoolType(_equal(left, right)),
-    "_!=_": lambda left, right: celtypes.BoolType(not _equal(left, right)),
-    "_<_": _ordering("_<_"),
-    "_<=_": _ordering("_<=_"),
-    "_>_": _ordering("_>_"),
-    "_>=_": _ordering("_>=_"),
-    "_in_": _contains,
+    "!_": _errors_propagate(_boolean_operator("!_")),
+    "_==_": _errors_propagate(lambda left, right: celtypes.BoolType(_equal(left, right))),
+    "_!=_": _errors_propagate(lambda left, right: celtypes.BoolType(not _equal(left, right))),
+    "_<_": _errors_propagate(_ordering("_<_")),
+    "_<=_": _errors_propagate(_ordering("_<=_")),
+    "_>_": _errors_propagate(_ordering("_>_")),
+    "_>=_": _errors_propagate(_ordering("_>=_")),
+    "_in_": _errors_propagate(_contains),
 }
 
 
@@ -370,6 +382,9 @@ class _Analysis:
             if node.data == "member_dot_arg":
                 stack.extend((*item, level + 1) for item in self._method(node, bound, depth))
                 continue
+            if node.data == "ident_arg" and str(node.children[0]) not in _GLOBAL_FUNCTIONS:
+                known = ", ".join(sorted(_GLOBAL_FUNCTIONS))
+                raise self.fail(f"unknown function {str(node.children[0])!r} (known: {known})", node)
             if node.data == "ident" and str(node.children[0]) not in bound:
                 self._reference((str(node.children[0]),), node)
             stack.extend((child, bound, depth, level + 1) for child in _subtrees(node))
@@ -382,6 +397,8 @@ class _Analysis:
         pending: list[tuple[_Tree, frozenset[str], int]] = []
         if isinstance(target, lark.Tree):
             pending.append((target, bound, depth))
+        if name not in _MACROS and name not in _METHODS:
+            raise self.fail(f"unknown function {name!r}", node)
         if name in _MACROS:
             variable = _bound_name(args[0]) if args else None
             if variable is None or len(args) != 2:
@@ -414,6 +431,10 @@ class _Analysis:
 # --------------------------------------------------------------------------------------------------
 
 _ENVIRONMENT: Final = celpy.Environment()
+_METHODS: Final = frozenset(name for name in base_functions if name[0].isalpha())
+"""Functions callable as methods (``s.startsWith(p)``, ``l.size()``...)."""
+_GLOBAL_FUNCTIONS: Final = _METHODS | {"has", "dyn"}
+"""Functions callable by name (``size(l)``, ``int(s)``, ``has(a.b)``...)."""
 
 
 @dataclass(frozen=True, slots=True)
