@@ -46,6 +46,7 @@ from celpy.evaluation import Activation, CELEvalError, Evaluator, base_functions
 
 __all__ = [
     "DEFAULT_MAX_COST",
+    "Bindings",
     "DEFAULT_TIMEOUT_S",
     "ENGINE",
     "LANGUAGE",
@@ -57,6 +58,7 @@ __all__ = [
     "ExpressionEvaluationError",
     "ExpressionSyntaxError",
     "Program",
+    "bind",
     "compile",
 ]
 
@@ -183,7 +185,8 @@ def _ordering(name: str) -> Callable[[Any, Any], Any]:
 
     def compare(left: Any, right: Any) -> Any:
         if _is_number(left) and _is_number(right):
-            a, b = (float(left), float(right)) if isinstance(left, float) or isinstance(right, float) else (left, right)
+            floats = isinstance(left, float) or isinstance(right, float)
+            a, b = (float(left), float(right)) if floats else (int(left), int(right))
             outcome = {"_<_": a < b, "_<=_": a <= b, "_>_": a > b, "_>=_": a >= b}[name]
             return celtypes.BoolType(outcome)
         return engine(left, right)
@@ -438,6 +441,18 @@ _GLOBAL_FUNCTIONS: Final = _METHODS | {"has", "dyn"}
 
 
 @dataclass(frozen=True, slots=True)
+class Bindings:
+    """Variables converted once for several evaluations (the rules of one policy): see :func:`bind`."""
+
+    values: Mapping[str, Any]
+
+
+def bind(variables: Mapping[str, Any]) -> Bindings:
+    """Convert plain JSON variables for evaluation; pass the result to :meth:`Program.run` many times."""
+    return Bindings({name: to_cel(value) for name, value in variables.items()})
+
+
+@dataclass(frozen=True, slots=True)
 class Evaluation:
     """A result and the evaluation steps it took."""
 
@@ -463,7 +478,7 @@ class Program:
 
     def evaluate(
         self,
-        variables: Mapping[str, Any],
+        variables: Mapping[str, Any] | Bindings,
         *,
         max_cost: int = DEFAULT_MAX_COST,
         timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -478,7 +493,7 @@ class Program:
 
     def run(
         self,
-        variables: Mapping[str, Any],
+        variables: Mapping[str, Any] | Bindings,
         *,
         max_cost: int = DEFAULT_MAX_COST,
         timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -490,7 +505,7 @@ class Program:
             ExpressionEvaluationError: evaluation failed (wrong types, a missing key or variable, a
                 division by zero, a result with no JSON form...).
         """
-        activation = {name: to_cel(value) for name, value in variables.items()}
+        activation = dict((variables if isinstance(variables, Bindings) else bind(variables)).values)
         meter = _Meter(max_cost, timeout_s)
         evaluator = _MeteredEvaluator(self._ast, self._runner.new_activation(), meter)
         try:

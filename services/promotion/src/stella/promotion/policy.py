@@ -163,7 +163,7 @@ class Expression:
             raise PolicyEvaluationError("the policy input must be a JSON object")
         return self._run(plain, max_steps).value
 
-    def _run(self, variables: Mapping[str, Any], max_steps: int) -> cel.Evaluation:
+    def _run(self, variables: Mapping[str, Any] | cel.Bindings, max_steps: int) -> cel.Evaluation:
         try:
             return self.program.run(variables, max_cost=max_steps)
         except cel.ExpressionCostExceeded as exc:
@@ -279,7 +279,7 @@ class Policy:
         plain = to_json_value(document)
         if not isinstance(plain, dict):
             raise PolicyEvaluationError("the policy input must be a JSON object")
-        variables = {name: plain.get(name) for name in POLICY_VARIABLES}
+        variables = cel.bind({name: plain.get(name) for name in POLICY_VARIABLES})
         left = max_total_steps
         outcomes = []
         for rule, expression in zip(self.rules, self._expressions, strict=True):
