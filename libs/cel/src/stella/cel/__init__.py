@@ -46,12 +46,12 @@ from celpy.evaluation import Activation, CELEvalError, Evaluator, base_functions
 
 __all__ = [
     "DEFAULT_MAX_COST",
-    "Bindings",
     "DEFAULT_TIMEOUT_S",
     "ENGINE",
     "LANGUAGE",
     "MAX_EXPRESSION_LENGTH",
     "MAX_NESTING",
+    "Bindings",
     "Evaluation",
     "ExpressionCostExceeded",
     "ExpressionError",
