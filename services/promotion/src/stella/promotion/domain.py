@@ -33,8 +33,7 @@ from enum import Enum, StrEnum
 from typing import Any, ClassVar, Final, cast
 from uuid import UUID
 
-import rfc8785
-
+from stella.contracts.canonical import CanonicalizationError, canonicalize
 from stella.kit.errors import ServiceError
 
 # --------------------------------------------------------------------------------------------------
@@ -353,8 +352,8 @@ def canonical_json(value: Any) -> bytes:
     """
     plain = to_json_value(value)
     try:
-        return rfc8785.dumps(plain)
-    except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
+        return canonicalize(plain)
+    except CanonicalizationError as exc:
         raise CanonicalizationFailed(f"cannot canonicalise value: {exc}") from None
 
 

@@ -34,6 +34,7 @@ from stella.contracts import promotion as c
 from stella.contracts import workflow as w
 from stella.contracts.envelope import Message, Page, Reply, utcnow
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
+from stella.kit.asking import ask
 from stella.kit.broker import CommandProcessor, ServiceClient
 from stella.kit.errors import Conflict, ServiceError, Unavailable, error_detail
 from stella.kit.outbox import add_events
@@ -664,19 +665,17 @@ class Handlers:
 
     async def _fetch_release(self, cmd: c.RequestPromotion) -> ReleaseView:
         """Ask the release service for the release (before any transaction opens)."""
-        reply = await self._client().query(
-            GET_RELEASE, cmd.caused(GetRelease, release_id=cmd.release_id), timeout=self.release_query_timeout_s
-        )
-        if reply.ok:
-            return ReleaseView.model_validate(reply.data)
-        error = reply.error
-        assert error is not None
-        if error.status >= 500:
-            raise ReleaseServiceUnavailable(
+        return await ask(
+            self._client(),
+            GET_RELEASE,
+            cmd.caused(GetRelease, release_id=cmd.release_id),
+            ReleaseView,
+            timeout=self.release_query_timeout_s,
+            unavailable=lambda error: ReleaseServiceUnavailable(
                 f"the release service could not be asked for release {cmd.release_id} ({error.detail}); "
                 "nothing was stored, try again"
-            )
-        raise ServiceError(error.detail, code=error.code, status=error.status, title=error.title, errors=error.errors)
+            ),
+        )
 
     async def request_promotion(self, cmd: c.RequestPromotion) -> Reply:
         """Request a promotion of a ready release into an environment and start its workflow run."""
