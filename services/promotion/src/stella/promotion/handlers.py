@@ -754,17 +754,16 @@ class Handlers:
         return await self.commands.run(cmd, execute)
 
     async def cancel_promotion(self, cmd: c.CancelPromotion) -> Reply:
-        """Cancel a promotion still waiting on gates or approvals; its run and approval request close with it."""
+        """Cancel a promotion that has not started deploying; its run and approval request close with it.
+
+        The rule is the domain's (:meth:`domain.Promotion.cancel`): any non-terminal status before
+        ``deploying`` (pending_gate, pending_approval, approved) may be cancelled. A recorded approval stays
+        recorded (decision and evidence); the cancel is a later decision of its own.
+        """
 
         async def execute(conn: asyncpg.Connection) -> object:
             stored = await self._locked(conn, cmd.tenant_id, cmd.promotion_id)
             promotion = stored.promotion
-            if promotion.status is domain.PromotionStatus.APPROVED:
-                # The approval is recorded as a decision (and as evidence); it is not taken back by a cancel.
-                raise domain.CancelNotAllowed(
-                    f"promotion {promotion.id} is already approved; only a promotion waiting on its gates or "
-                    "approvals can be cancelled"
-                )
             now = self.clock()
             events = promotion.cancel(
                 cancelled_by=str(cmd.actor_id) if cmd.actor_id is not None else "system",
