@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
+from uuid import UUID, uuid4
 
 from faststream.nats import NatsRouter
 
+from stella.contracts.envelope import utcnow
 from stella.evidence import subscribers
 from stella.evidence.exports import ExportStore
 from stella.evidence.handlers import Handlers
@@ -31,15 +33,27 @@ class EvidenceApp(ServiceApp):
     handlers: Handlers | None = field(default=None)
 
 
-def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> EvidenceApp:
+class Overrides(TypedDict, total=False):
+    """Dependencies a caller (a test) provides instead of having them built; each key is optional.
+
+    Attributes:
+        clock: Returns the current UTC time (defaults to :func:`stella.contracts.envelope.utcnow`).
+        new_id: Returns a new id (defaults to :func:`uuid.uuid4`).
+    """
+
+    clock: Callable[[], datetime]
+    new_id: Callable[[], UUID]
+
+
+def create_app(settings: Settings, *, overrides: Overrides | None = None) -> EvidenceApp:
     """Build the evidence service.
 
     Args:
         settings: The service settings, built once by ``__main__`` (or a test).
-        overrides: Replacements for dependencies by name: ``clock``, ``new_id``.
+        overrides: Dependencies to use instead of building them (see :class:`Overrides`).
     """
-    overrides = overrides or {}
-    clock: Callable[[], datetime] = overrides.get("clock") or (lambda: datetime.now(UTC))
+    overrides = overrides or Overrides()
+    clock = overrides.get("clock", utcnow)
     signer = ActiveSigner(KeyFile(settings.signing_key_path, settings.key_algorithm))
     app = EvidenceApp(signer=signer)
 
@@ -57,7 +71,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
             export_max_age_s=settings.export_max_age_s,
             max_reply_bytes=settings.max_reply_bytes,
             clock=clock,
-            **({"new_id": overrides["new_id"]} if "new_id" in overrides else {}),
+            new_id=overrides.get("new_id", uuid4),
         )
         app.handlers = handlers
         subscribers.register(runtime, router, handlers)
