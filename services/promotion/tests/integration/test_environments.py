@@ -109,6 +109,19 @@ async def test_invalid_environments_are_refused_with_precise_codes(caller: Calle
     assert invalid.error.errors == [
         {"loc": ["config", "deployment_timeout_s"], "msg": "must be a positive integer (seconds)"}
     ]
+    # A policy rule that is not valid CEL is refused with where it fails, and nothing is stored.
+    rules = [{"name": "ok", "expr": "true"}, {"name": "typo", "expr": 'release.name == "a" &&\n  relase.x'}]
+    bad_policy = await caller.command(
+        c.CREATE_ENVIRONMENT,
+        c.CreateEnvironment,
+        name="qa",
+        order_index=1,
+        config={"gates": [{"type": "policy", "config": {"rules": rules}}]},
+    )
+    assert (bad_policy.error.code, bad_policy.error.status) == ("GATE_POLICY_SYNTAX", 400)
+    [where] = bad_policy.error.errors
+    assert (where["rule"], where["line"], where["column"]) == ("typo", 2, 3)
+    assert "unknown name 'relase'" in where["msg"]
     assert await stack.table_count("environments") == 1
 
 
