@@ -126,6 +126,11 @@ class TestTarget:
             timeout_s=timeout_s,
         )
 
+    @staticmethod
+    def anew(task: AgentTask) -> AgentTask:
+        """The same work as a new task (a new idempotency key), as a remediation or a new job would send it."""
+        return task.model_copy(update={"task_id": uuid.uuid4(), "idempotency_key": f"anew:{uuid.uuid4()}"})
+
     def component_spec(self, component: Component, previous: str | None = None) -> ComponentSpec:
         component_id = self.component_ids.setdefault(component.name, component.component_id)
         return ComponentSpec(

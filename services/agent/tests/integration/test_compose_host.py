@@ -123,7 +123,7 @@ async def test_upgrade_repeat_and_rollback(
 
     lock = target_dir(driver_config, compose_target) / COMPOSE_LOCK_FILE
     lock_before = lock.stat().st_mtime_ns
-    again = await compose_driver.run(upgrade, task_log)
+    again = await compose_driver.run(compose_target.anew(upgrade), task_log)
     assert again.status == "succeeded", task_log.text
     assert project_containers(docker_engine, compose_target)["api"]["Id"] == upgraded["Id"]
     assert (
@@ -212,7 +212,7 @@ async def test_drift_on_a_compose_target(
     [difference] = drifted.drift.differences
     assert (difference["kind"], difference["component"]) == ("stopped_container", "web")
 
-    assert (await compose_driver.run(task, task_log)).status == "succeeded"
+    assert (await compose_driver.run(compose_target.anew(task), task_log)).status == "succeeded"
     healed = await compose_driver.run(inspect, task_log)
     assert healed.drift is not None and healed.drift.drifted is False
 

@@ -139,23 +139,55 @@ async def test_the_same_task_again_changes_nothing(
     task_log: TaskLog,
 ) -> None:
     task = docker_target.task([Component("api", app_images.v1)])
-    assert (await docker_driver.run(task, task_log)).status == "succeeded"
+    first = await docker_driver.run(task, task_log)
+    assert first.status == "succeeded"
     name = container_name(docker_target.target_id, "api")
     before = container(docker_engine, name)
     sticker_before = sticker_path(driver_config, docker_target).stat()
 
-    again = await docker_driver.run(task, task_log)
+    # Delivered again (a lost result, a re-lease): the result is reported again, nothing is done.
+    again = await docker_driver.run(task.model_copy(update={"attempt": 2}), task_log)
     assert again.status == "succeeded", again.message
+    assert again.attempt == 2
+    assert (again.components, again.artifacts, again.started_at) == (
+        first.components,
+        first.artifacts,
+        first.started_at,
+    )
+    assert "already succeeded here" in task_log.lines[-1]
+
+    # The same work under a new key finds it in place and changes nothing, not even the sticker file.
+    result = await docker_driver.run(docker_target.anew(task), task_log)
+    assert result.status == "succeeded", result.message
     after = container(docker_engine, name)
     assert (after["Id"], after["State"]["StartedAt"]) == (before["Id"], before["State"]["StartedAt"])
+    assert "already runs" in task_log.text
     assert sticker_path(driver_config, docker_target).stat().st_mtime_ns == sticker_before.st_mtime_ns
-    assert again.artifacts == (await docker_driver.run(task, task_log)).artifacts
 
-    # Another deployment of what already runs (a new job, the same digest and configuration) keeps it too.
+    # Another job deploying what already runs keeps the container and leaves its own sticker.
     redundant = docker_target.task([Component("api", app_images.v1)])
     assert (await docker_driver.run(redundant, task_log)).status == "succeeded"
-    assert container(docker_engine, name)["Id"] == before["Id"]
+    after = container(docker_engine, name)
+    assert (after["Id"], after["State"]["StartedAt"]) == (before["Id"], before["State"]["StartedAt"])
     assert json.loads(sticker_path(driver_config, docker_target).read_bytes()) == redundant.sticker
+
+
+async def test_a_stale_duplicate_of_an_old_deploy_does_not_undo_a_later_one(
+    docker_driver: DockerHostDriver,
+    docker_engine: DockerEngine,
+    docker_target: TestTarget,
+    app_images: AppImages,
+    task_log: TaskLog,
+) -> None:
+    old = docker_target.task([Component("api", app_images.v1)])
+    assert (await docker_driver.run(old, task_log)).status == "succeeded"
+    newer = docker_target.task([Component("api", app_images.v2)], previous={"api": app_images.v1.digest})
+    assert (await docker_driver.run(newer, task_log)).status == "succeeded"
+    replayed = await docker_driver.run(old, task_log)
+    assert replayed.status == "succeeded"
+    assert replayed.components[0].running_digest == app_images.v1.digest  # what that task reported then
+    name = container_name(docker_target.target_id, "api")
+    assert app_images.v2.ref in running_repo_digests(docker_engine, name)
 
 
 async def test_rollback_deploys_the_previous_digest(

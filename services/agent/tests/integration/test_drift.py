@@ -94,7 +94,7 @@ async def test_a_container_changed_by_hand_is_drift_with_expected_and_actual_dig
     assert (state.expected_digest, state.running_digest) == (app_images.v1.digest, app_images.v2.digest)
 
     # Remediation redeploys the sticker's release: the hand-made container goes even though it kept the labels.
-    assert (await docker_driver.run(task, task_log)).status == "succeeded"
+    assert (await docker_driver.run(docker_target.anew(task), task_log)).status == "succeeded"
     assert (
         app_images.v1.ref
         in docker_engine.client.api.inspect_image(docker_engine.client.api.inspect_container(name)["Image"])[
@@ -219,7 +219,7 @@ async def test_stopped_and_missing_containers_are_drift(
     assert kinds["web"]["expected"] == app_images.v2.digest
 
     # The same deployment again starts what is stopped and recreates what is missing.
-    assert (await docker_driver.run(task, task_log)).status == "succeeded"
+    assert (await docker_driver.run(docker_target.anew(task), task_log)).status == "succeeded"
     assert (await inspect(docker_driver, docker_target, task_log)).drift.drifted is False
 
 

@@ -116,3 +116,30 @@ def test_stickers_stella_would_not_write_are_refused(sticker: dict[str, object])
     with pytest.raises(TaskFailure) as refused:
         validate_sticker(sticker, target())
     assert refused.value.code == "AGT_INVALID_TASK"
+
+
+def test_successful_results_are_remembered_per_key_and_the_oldest_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    from stella.agent.drivers import files
+    from stella.contracts.agent import TaskResult
+
+    def result(key: str) -> TaskResult:
+        now = datetime.now(UTC)
+        return TaskResult(
+            task_id=uuid.uuid4(), idempotency_key=key, status="succeeded", started_at=now, finished_at=now
+        )
+
+    assert files.recall_result(tmp_path, "k0") is None
+    monkeypatch.setattr(files, "MAX_JOURNAL_ENTRIES", 3)
+    kept = [result(f"k{i}") for i in range(5)]
+    for index, entry in enumerate(kept):
+        files.remember_result(tmp_path, entry)
+        path = files._journal_entry(tmp_path, entry.idempotency_key)
+        os.utime(path, ns=(index * 10**9, index * 10**9))  # distinct ages, whatever the clock's resolution
+    assert files.recall_result(tmp_path, "k4") == kept[4]
+    assert [files.recall_result(tmp_path, f"k{i}") is not None for i in range(5)] == [False, False, True, True, True]
+    files._journal_entry(tmp_path, "k4").write_text("{")  # a torn or edited entry is no result
+    assert files.recall_result(tmp_path, "k4") is None

@@ -37,7 +37,7 @@ from stella.agent.drivers.base import LogSink
 from stella.agent.drivers.engine import RunningContainer, describe, list_containers
 from stella.agent.drivers.engine_driver import EngineDriver, Target
 from stella.agent.drivers.errors import COMPOSE_ERROR, INVALID_TASK, TaskFailure
-from stella.agent.drivers.files import sha256_digest, write_atomic
+from stella.agent.drivers.files import make_artifact, sha256_digest, write_atomic
 from stella.contracts.agent import (
     COMPOSE_LOCK_FILE,
     AgentTask,
@@ -200,6 +200,7 @@ class ComposeHostDriver(EngineDriver):
                 cwd=cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
+                limit=1 << 20,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )
@@ -254,9 +255,7 @@ class ComposeHostDriver(EngineDriver):
         data = render_lock_file(target.task, project)
         path = target.directory / COMPOSE_LOCK_FILE
         changed = write_atomic(path, data, mode=0o640)
-        artifact = Artifact(
-            type="compose-lock", name=COMPOSE_LOCK_FILE, content_hash=sha256_digest(data), content=data.decode()
-        )
+        artifact = make_artifact("compose-lock", COMPOSE_LOCK_FILE, data)
         log(f"{COMPOSE_LOCK_FILE} {'written' if changed else 'unchanged'}: {artifact.content_hash}")
         command = await self._compose_command()
         env = {**os.environ, "DOCKER_HOST": target.url}

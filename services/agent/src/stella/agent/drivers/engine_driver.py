@@ -42,6 +42,8 @@ from stella.agent.drivers.errors import (
 from stella.agent.drivers.files import (
     StickerUnreadable,
     read_sticker,
+    recall_result,
+    remember_result,
     sticker_components,
     target_directory,
     validate_sticker,
@@ -64,6 +66,15 @@ from stella.contracts.agent import (
 from stella.contracts.envelope import utcnow
 
 MAX_MESSAGE = 4000
+MAX_COMPONENTS = 200
+
+REMEMBERED = frozenset({TaskType.DEPLOY, TaskType.ROLLBACK, TaskType.WRITE_STICKER})
+"""Task types whose success is remembered per idempotency key: delivered again, they report it and do nothing.
+
+A stale duplicate of an old deploy must not undo a later rollback. Failures are not remembered: a task
+re-leased after a failure or a lost agent is tried again, and converges from wherever the last attempt
+stopped. Inspections and health checks always look afresh.
+"""
 
 
 @dataclass
@@ -156,15 +167,34 @@ class EngineDriver:
             async with timer:
                 target = self._target(task)
                 async with self._lock(target):
+                    remembered = task.type in REMEMBERED and recall_result(target.directory, task.idempotency_key)
+                    if remembered:
+                        log("a task with this idempotency key already succeeded here; reporting its result again")
+                        return remembered.model_copy(update={"task_id": task.task_id, "attempt": task.attempt})
                     outcome = await self._dispatch(target, log)
+                    result = self._result(
+                        task,
+                        started,
+                        "succeeded",
+                        outcome.message,
+                        components=outcome.components,
+                        sticker=outcome.sticker,
+                        artifacts=outcome.artifacts,
+                        drift=outcome.drift,
+                    )
+                    if task.type in REMEMBERED:
+                        remember_result(target.directory, result)
+                    return result
         except TaskFailure as failure:
             log(f"failed: {failure.code}: {failure.message}")
             return self._result(
                 task, started, "failed", failure.message, code=failure.code, components=failure.components
             )
         except TimeoutError:
-            if not timer.expired():
-                raise
+            if not timer.expired():  # a request to the engine that got no answer in time
+                message = "the Docker engine did not answer in time"
+                log(f"failed: {DOCKER_ERROR}: {message}")
+                return self._result(task, started, "failed", message, code=DOCKER_ERROR)
             message = f"the task did not finish within {task.timeout_s:g}s"
             log(f"failed: {TIMEOUT}: {message}")
             return self._result(task, started, "failed", message, code=TIMEOUT)
@@ -172,16 +202,6 @@ class EngineDriver:
             engine_failure = docker_failure("Docker engine", exc)
             log(f"failed: {engine_failure.code}: {engine_failure.message}")
             return self._result(task, started, "failed", engine_failure.message, code=DOCKER_ERROR)
-        return self._result(
-            task,
-            started,
-            "succeeded",
-            outcome.message,
-            components=outcome.components,
-            sticker=outcome.sticker,
-            artifacts=outcome.artifacts,
-            drift=outcome.drift,
-        )
 
     async def close(self) -> None:
         """Close the engine clients."""
@@ -222,6 +242,8 @@ class EngineDriver:
         artifacts: Sequence[Artifact] = (),
         drift: DriftReport | None = None,
     ) -> TaskResult:
+        if len(components) > MAX_COMPONENTS:
+            components = components[:MAX_COMPONENTS]  # the rest is in the log and the drift report
         return TaskResult(
             task_id=task.task_id,
             idempotency_key=task.idempotency_key,

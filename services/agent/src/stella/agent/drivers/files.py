@@ -14,15 +14,18 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from stella.agent.drivers.config import DriverConfig
 from stella.agent.drivers.errors import INVALID_TASK, STICKER_ERROR, TaskFailure
-from stella.contracts.agent import STICKER_FILE, Artifact, TargetSpec
+from stella.contracts.agent import STICKER_FILE, Artifact, TargetSpec, TaskResult
 from stella.contracts.validation import DIGEST_PATTERN
 
 MAX_STICKER_BYTES: Final[int] = 1_000_000
 """A sticker larger than this is not read (it cannot be one Stella wrote)."""
+
+MAX_ARTIFACT_CONTENT: Final[int] = 1_000_000
+"""Longest artifact content sent back with a result; a longer file is reported by its hash alone."""
 
 _DIGEST_RE = re.compile(DIGEST_PATTERN)
 
@@ -157,6 +160,17 @@ def validate_sticker(sticker: dict[str, Any], target: TargetSpec) -> None:
         raise TaskFailure(INVALID_TASK, "the sticker names another target")
 
 
+def make_artifact(kind: Literal["compose-lock", "sticker"], name: str, data: bytes) -> Artifact:
+    """An artifact for a file's bytes: always its sha256, and its text when it is UTF-8 and not too long."""
+    try:
+        text: str | None = data.decode()
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and len(text) > MAX_ARTIFACT_CONTENT:
+        text = None
+    return Artifact(type=kind, name=name, content_hash=sha256_digest(data), content=text)
+
+
 def write_sticker(directory: Path, sticker: dict[str, Any]) -> tuple[Artifact, bool]:
     """Write ``stella.version.json`` in ``directory`` atomically.
 
@@ -165,7 +179,7 @@ def write_sticker(directory: Path, sticker: dict[str, Any]) -> tuple[Artifact, b
     """
     data = render_sticker(sticker)
     changed = write_atomic(directory / STICKER_FILE, data)
-    return Artifact(type="sticker", name=STICKER_FILE, content_hash=sha256_digest(data), content=data.decode()), changed
+    return make_artifact("sticker", STICKER_FILE, data), changed
 
 
 class StickerUnreadable(Exception):
@@ -197,5 +211,37 @@ def read_sticker(directory: Path) -> tuple[dict[str, Any], Artifact] | None:
         raise StickerUnreadable(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(sticker, dict):
         raise StickerUnreadable(f"{path} does not hold a JSON object")
-    artifact = Artifact(type="sticker", name=STICKER_FILE, content_hash=sha256_digest(data), content=data.decode())
-    return sticker, artifact
+    return sticker, make_artifact("sticker", STICKER_FILE, data)
+
+
+JOURNAL_DIR: Final[str] = ".stella-tasks"
+"""Directory, in a target's directory, of the results of tasks that succeeded there, by idempotency key."""
+
+MAX_JOURNAL_ENTRIES: Final[int] = 500
+"""Results kept per target; the oldest go first."""
+
+
+def _journal_entry(directory: Path, idempotency_key: str) -> Path:
+    return directory / JOURNAL_DIR / (hashlib.sha256(idempotency_key.encode()).hexdigest() + ".json")
+
+
+def recall_result(directory: Path, idempotency_key: str) -> TaskResult | None:
+    """The result of a task with this idempotency key that succeeded on this target, if one did."""
+    try:
+        return TaskResult.model_validate_json(_journal_entry(directory, idempotency_key).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def remember_result(directory: Path, result: TaskResult) -> None:
+    """Record a successful result under its idempotency key, keeping the newest :data:`MAX_JOURNAL_ENTRIES`."""
+    entry = _journal_entry(directory, result.idempotency_key)
+    try:
+        entry.parent.mkdir(mode=0o750, exist_ok=True)
+    except OSError as exc:
+        raise TaskFailure(STICKER_ERROR, f"cannot create {entry.parent}: {exc.strerror}") from exc
+    write_atomic(entry, result.model_dump_json().encode(), mode=0o640)
+    entries = sorted(entry.parent.glob("*.json"), key=lambda path: path.stat().st_mtime_ns)
+    for old in entries[: max(0, len(entries) - MAX_JOURNAL_ENTRIES)]:
+        with contextlib.suppress(OSError):
+            old.unlink()
