@@ -9,8 +9,11 @@ A deploy (or rollback, the same towards older digests) goes:
 4. health-check them (the task's check, else a ``container`` check with the reference's defaults);
 5. only then write the sticker, and report each component's running digest with the artifacts.
 
-Every step converges: a task run again, or run after an attempt that died half way, finishes the job
-without redoing what is already in place. Tasks for one target never run at the same time in one agent.
+Every step converges: a task run after an attempt that died half way finishes the job without redoing
+what is already in place, and the same work sent as a new task changes nothing. A deploy, rollback or
+write-sticker that succeeded is remembered by its idempotency key in the target's directory
+(:data:`REMEMBERED`): delivered again, it reports that result and does nothing. Tasks for one target never
+run at the same time in one agent.
 """
 
 from __future__ import annotations
