@@ -269,6 +269,7 @@ async def _hold(msg: Msg, consumer: str, exc: Exception, retries: int, settings:
     cap = min(settings.fault_retry_max_s, settings.ack_wait_s / 2)
     delay = retry_delay(retries, settings.fault_retry_base_s, cap) * random.uniform(0.5, 1.0)
     metrics.messages_handled.labels(consumer, "held").inc()
+    metrics.error_total.labels(type(exc).__name__).inc()
     if retries == 1 or retries % 20 == 0:
         log.warning(
             "transient fault; holding the message and trying again (not counted against its poison budget)",

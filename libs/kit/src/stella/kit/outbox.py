@@ -28,7 +28,12 @@ from stella.kit.naming import Names
 log = logging.getLogger(__name__)
 
 _LOCK_TENANT = "SELECT pg_advisory_xact_lock(hashtextextended('stella.outbox:' || $1::text, 0))"
-_INSERT = "INSERT INTO outbox (message_id, tenant_id, subject, payload) VALUES ($1, $2, $3, $4)"
+# A message id names one message: writing it again (a deterministic id derived from what caused it, written
+# by a retried or repeated handler) records nothing more.
+_INSERT = """
+    INSERT INTO outbox (message_id, tenant_id, subject, payload) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (message_id) DO NOTHING
+"""
 _PENDING = """
     SELECT id, message_id, subject, payload
       FROM outbox
@@ -51,7 +56,7 @@ async def add_event(conn: asyncpg.Connection, subject: str, event: Message) -> N
 
 
 async def add_events(conn: asyncpg.Connection, events: Sequence[tuple[str, Message]]) -> None:
-    """Record several events (in order) in the caller's open transaction."""
+    """Record several events (in order) in the caller's open transaction; one already recorded is skipped."""
     if not events:
         return
     if not conn.is_in_transaction():
