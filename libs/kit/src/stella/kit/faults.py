@@ -6,8 +6,9 @@ in :class:`stella.kit.broker.QueryRoutes` (reads) and in :class:`stella.kit.brok
 using those; it only has to raise the right kind of error:
 
 ``transient``
-    The infrastructure failed, not the message: Postgres refused or lost the connection, is starting up or
-    shutting down, has too many connections; a serialization failure or a deadlock; NATS timed out, has no
+    The infrastructure failed, not the message: Postgres refused or lost the connection (whatever asyncpg
+    reports it as), is starting up or shutting down, has too many connections; a serialization failure or a
+    deadlock; NATS timed out, has no
     responders or lost its connection; or the handler raised :class:`TransientFault` (another service did
     not answer, say). The same work would succeed once the fault passes, so a consumer keeps the message and
     tries again in the same process with capped exponential back-off, telling JetStream it is still working
@@ -117,6 +118,10 @@ def _is_transient_itself(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError):
         text = str(exc).lower()
         return any(message in text for message in _DEAD_CONNECTION_MESSAGES)
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # The protocol lost track of a connection the server closed under it; the pool discards that
+        # connection, so the next try gets a new one.
+        return True
     if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         return True
     if isinstance(exc, OSError):

@@ -206,7 +206,8 @@ def to_problem(exc: Exception) -> ProblemError:
 
 def _unavailable(exc: BaseException) -> ProblemError:
     """The 503 of a dependency that is away (the kit's transient faults)."""
-    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError) and not isinstance(exc, TimeoutError):
+    database = asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError | OSError
+    if isinstance(exc, database) and not isinstance(exc, TimeoutError):
         return ProblemError(503, "SYS_DATABASE_UNAVAILABLE", "The gateway's database does not answer; retry later.")
     return ProblemError(503, "SYS_UNAVAILABLE", "A dependency of the gateway does not answer; retry later.")
 
