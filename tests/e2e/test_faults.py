@@ -17,12 +17,13 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import nats as nats_py
 import pytest
 import pytest_asyncio
@@ -41,10 +42,10 @@ OUTAGE_S = 30.0
 MIN_PROMOTIONS = 200
 """Promotions the flow requests at least."""
 
-WORKERS = 4
+WORKERS = 6
 """Clients requesting promotions at the same time."""
 
-RATE_PER_S = 5.0
+RATE_PER_S = 8.0
 """Promotions requested per second at most (the flow is steady, not a stress test)."""
 
 DECIDED = {"approved", "rejected", "cancelled"}
@@ -60,32 +61,23 @@ class Servers:
     database_url: str
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    postgres = EmbeddedPostgres(data_dir=tmp_path / "pg", port=free_port(), durable=False).start()
-    nats_server = EmbeddedNats(data_dir=tmp_path / "nats", port=free_port()).start()
+@pytest_asyncio.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
+    """A Postgres and a NATS of the test's own, on free ports, with data that survives a restart."""
+    postgres = EmbeddedPostgres(data_dir=tmp_path / "pg", port=free_port(), durable=False)
+    nats_server = EmbeddedNats(data_dir=tmp_path / "nats", port=free_port())
     try:
-        admin = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import asyncio, asyncpg, sys\n"
-                "async def main():\n"
-                "    conn = await asyncpg.connect(sys.argv[1])\n"
-                "    await conn.execute('CREATE DATABASE stella')\n"
-                "    await conn.close()\n"
-                "asyncio.run(main())\n",
-                postgres.url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert admin.returncode == 0, admin.stderr
+        await asyncio.to_thread(postgres.start)
+        await asyncio.to_thread(nats_server.start)
+        conn = await asyncpg.connect(postgres.url)
+        try:
+            await conn.execute("CREATE DATABASE stella")
+        finally:
+            await conn.close()
         yield Servers(postgres, nats_server, postgres.dsn("stella"))
     finally:
-        nats_server.stop()
-        postgres.stop()
+        await asyncio.to_thread(nats_server.stop)
+        await asyncio.to_thread(postgres.stop)
 
 
 @pytest_asyncio.fixture
@@ -195,7 +187,7 @@ async def _get_all(stack: Stack, path: str) -> list[dict[str, Any]]:
             return items
 
 
-async def _outage(name: str, stop: Any, start: Any) -> tuple[float, float]:
+async def _outage(stop: Any, start: Any) -> tuple[float, float]:
     """Stop a server for ``OUTAGE_S`` seconds; returns when it was down (monotonic times)."""
     await asyncio.to_thread(stop)
     down = time.monotonic()
@@ -224,9 +216,9 @@ async def test_a_flow_of_promotions_survives_postgres_and_nats_outages(
     try:
         await asyncio.sleep(8)
         in_flight_at_pg_stop = len(flow.promotions)
-        pg_down, pg_up = await _outage("postgres", servers.postgres.stop, servers.postgres.start)
-        await asyncio.sleep(12)
-        nats_down, nats_up = await _outage("nats", servers.nats.stop, servers.nats.start)
+        pg_down, pg_up = await _outage(servers.postgres.stop, servers.postgres.start)
+        await asyncio.sleep(10)
+        nats_down, nats_up = await _outage(servers.nats.stop, servers.nats.start)
         deadline = time.monotonic() + 300
         while len(flow.promotions) < MIN_PROMOTIONS or time.monotonic() < nats_up + 10:
             assert not load.done(), load.exception()
