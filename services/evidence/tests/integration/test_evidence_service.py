@@ -193,6 +193,22 @@ async def test_an_evidence_step_executed_again_after_the_first_attempt_committed
     assert [p["id"] for p in listed.data["items"]] == [first.outputs["packet_id"]]
 
 
+async def test_a_packet_given_with_a_source_key_is_stored_once_per_key(
+    caller: Caller, evidence_app: EvidenceApp
+) -> None:
+    """A deployment task retried (a new command, the same fact) gets the packet its first attempt made."""
+    job = uuid.uuid4()
+    first = await _collect(caller, 1, source_key=f"{job}:succeeded")
+    again = await _collect(caller, 1, source_key=f"{job}:succeeded")
+    other = await _collect(caller, 1, source_key=f"{job}:rolled-back")
+    assert again["id"] == first["id"] and other["id"] != first["id"]
+    assert await _fetchval(evidence_app, "SELECT count(*) FROM packets") == 2
+    with pytest.raises(ValueError, match="source_key"):
+        await caller.command(
+            COLLECT_PACKET, CollectEvidence, packet_type="deployment", content=packet_content(2), source_key="a b"
+        )
+
+
 async def test_an_undecided_promotion_is_retried_until_its_decision_is_made(
     caller: Caller, upstream: Upstream, evidence_app: EvidenceApp, nats: Client
 ) -> None:

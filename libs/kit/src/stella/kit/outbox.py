@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from stella.contracts.envelope import Message
 from stella.contracts.streams import HEADER_MSG_ID
 from stella.kit import metrics
+from stella.kit.faults import is_transient
 from stella.kit.naming import Names
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,14 @@ class OutboxRelay:
                 await self._lead()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("outbox relay failed; retrying", extra={"schema": self.schema})
+            except Exception as exc:
+                if is_transient(exc):
+                    # Events stay in the outbox until the database and NATS answer again.
+                    log.warning(
+                        "outbox relay waits for a dependency", extra={"schema": self.schema, "error": repr(exc)}
+                    )
+                else:
+                    log.exception("outbox relay failed; retrying", extra={"schema": self.schema})
                 await asyncio.sleep(min(5.0, self.poll_s * 2))
 
     async def _lead(self) -> None:

@@ -1191,7 +1191,9 @@ class Handlers:
                     await self._evaluate(
                         conn, stored, now, "hold", Origin(stored.promotion.tenant_id, stored.correlation_id)
                     )
-            except Exception:
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # the database is away: the timer looks again shortly, at every due promotion
                 # One promotion that cannot be evaluated must not stop the others; it is tried again later.
                 log.exception("re-evaluating a held promotion failed", extra={"promotion_id": str(promotion_id)})
                 async with self._pool().acquire() as conn:
