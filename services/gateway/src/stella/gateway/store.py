@@ -66,6 +66,7 @@ class TokenRow:
 class IdempotencyRow:
     """The stored state of one idempotency key."""
 
+    principal_id: UUID | None
     request_hash: bytes
     message_id: UUID
     state: str
@@ -216,7 +217,7 @@ _REVOKE_PRINCIPAL_TOKENS: Final = """
 # --- idempotency keys -----------------------------------------------------------------------------------
 
 _IDEMPOTENCY_COLUMNS: Final = """
-    request_hash, message_id, state, response_status, response_headers, response_body, late_reply,
+    principal_id, request_hash, message_id, state, response_status, response_headers, response_body, late_reply,
     created_at, updated_at, expires_at
 """
 
@@ -228,8 +229,9 @@ _LOCK_KEY: Final = f"""
 
 _INSERT_KEY: Final = """
     INSERT INTO idempotency_keys
-        (tenant_id, method, path, key, request_hash, message_id, state, created_at, updated_at, expires_at)
-    VALUES ($1, $2, $3, $4, $5, $6, 'in_flight', $7, $7, $8)
+        (tenant_id, method, path, key, request_hash, message_id, state, created_at, updated_at, expires_at,
+         principal_id)
+    VALUES ($1, $2, $3, $4, $5, $6, 'in_flight', $7, $7, $8, $9)
     ON CONFLICT (tenant_id, method, path, key) DO NOTHING
     RETURNING message_id
 """
@@ -238,7 +240,7 @@ _RESTART_KEY: Final = """
     UPDATE idempotency_keys
     SET request_hash = $5, message_id = $6, state = 'in_flight', response_status = NULL,
         response_headers = NULL, response_body = NULL, late_reply = NULL,
-        created_at = $7, updated_at = $7, expires_at = $8
+        created_at = $7, updated_at = $7, expires_at = $8, principal_id = $9
     WHERE tenant_id = $1 AND method = $2 AND path = $3 AND key = $4
 """
 
@@ -298,6 +300,7 @@ def _token(row: asyncpg.Record) -> TokenRow:
 
 def _idempotency(row: asyncpg.Record) -> IdempotencyRow:
     return IdempotencyRow(
+        principal_id=row["principal_id"],
         request_hash=bytes(row["request_hash"]),
         message_id=row["message_id"],
         state=row["state"],
@@ -534,14 +537,15 @@ class GatewayStore:
         path: str,
         key: str,
         *,
+        principal_id: UUID,
         request_hash: bytes,
         message_id: UUID,
         now: datetime,
         expires_at: datetime,
     ) -> bool:
-        """Claim a new key; False when a concurrent request inserted it first."""
+        """Claim a new key for ``principal_id``; False when a concurrent request inserted it first."""
         inserted = await conn.fetchval(
-            _INSERT_KEY, tenant_id, method, path, key, request_hash, message_id, now, expires_at
+            _INSERT_KEY, tenant_id, method, path, key, request_hash, message_id, now, expires_at, principal_id
         )
         return inserted is not None
 
@@ -553,13 +557,16 @@ class GatewayStore:
         path: str,
         key: str,
         *,
+        principal_id: UUID,
         request_hash: bytes,
         message_id: UUID,
         now: datetime,
         expires_at: datetime,
     ) -> None:
-        """Start an expired key over as a new claim."""
-        await conn.execute(_RESTART_KEY, tenant_id, method, path, key, request_hash, message_id, now, expires_at)
+        """Start an expired key over as a new claim of ``principal_id``."""
+        await conn.execute(
+            _RESTART_KEY, tenant_id, method, path, key, request_hash, message_id, now, expires_at, principal_id
+        )
 
     async def reclaim_key(
         self, conn: asyncpg.Connection, tenant_id: UUID, method: str, path: str, key: str, now: datetime
