@@ -295,7 +295,9 @@ async def test_another_principal_reusing_a_key_gets_422_and_nothing_runs(gateway
     first = await gateway.principal_token(tenant, "ann", ["approver"])
     second = await gateway.principal_token(tenant, "ben", ["approver"])
     promotion_id = uuid.uuid4()
-    services.on("stella.cmd.approval.cast_vote", lambda payload: Reply.success(views.approval_request(str(promotion_id))))
+    services.on(
+        "stella.cmd.approval.cast_vote", lambda payload: Reply.success(views.approval_request(str(promotion_id)))
+    )
     key = _key()
     path = f"/api/v1/promotions/{promotion_id}/approve"
     assert (await gateway.call("POST", path, first.token, json={}, headers=key)).status_code == 200
@@ -315,7 +317,9 @@ async def test_a_developer_replaying_an_approvers_key_gets_403(gateway: Gateway,
     approver = await gateway.principal_token(tenant, "amy", ["approver"])
     developer = await gateway.principal_token(tenant, "dan", ["developer"])
     promotion_id = uuid.uuid4()
-    services.on("stella.cmd.approval.cast_vote", lambda payload: Reply.success(views.approval_request(str(promotion_id))))
+    services.on(
+        "stella.cmd.approval.cast_vote", lambda payload: Reply.success(views.approval_request(str(promotion_id)))
+    )
     key = _key()
     path = f"/api/v1/promotions/{promotion_id}/approve"
     assert (await gateway.call("POST", path, approver.token, json={}, headers=key)).status_code == 200

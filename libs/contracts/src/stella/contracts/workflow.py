@@ -176,7 +176,7 @@ class StartRun(Command):
     """
 
     template_name: str
-    template_version: int | None = None
+    template_version: int | None = Field(default=None, ge=1, le=2**31 - 1)
     run_id: UUID | None = None
     subject_id: UUID | None = None
     inputs: dict[str, Any] = Field(default_factory=dict)
@@ -279,7 +279,7 @@ class GetTemplate(Query):
     """Read a template (latest version unless given)."""
 
     name: str
-    version: int | None = None
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class ListTemplates(Query):

@@ -56,6 +56,7 @@ from stella.gateway.runtime import Runtime
 from stella.gateway.settings import Settings
 from stella.gateway.store import GatewayStore
 from stella.gateway.tracing import TraceMiddleware, add_trace_header
+from stella.gateway.validation import RequestValidationMiddleware, StrictBodyPlugin
 from stella.kit.broker import ServiceClient, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.migrations import apply_migrations
@@ -161,10 +162,12 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
         ],
         dependencies=DEPENDENCIES,
         # Response bodies are written with their field aliases: a workflow edge is {"from", "to"}.
-        plugins=[PydanticPlugin(prefer_alias=True)],
+        # Request bodies are validated strictly, every one the same way (stella.gateway.validation).
+        plugins=[PydanticPlugin(prefer_alias=True), StrictBodyPlugin()],
         middleware=[
             TraceMiddleware,
             DefineMiddleware(TokenAuthMiddleware, authenticator=runtime.get_authenticator, exclude=_PUBLIC_PATHS),
+            RequestValidationMiddleware,
             DefineMiddleware(IdempotencyMiddleware, policy=runtime.get_idempotency),
         ],
         exception_handlers={Exception: problem_response},

@@ -28,9 +28,12 @@ from stella.gateway.permissions import Role
 
 
 class RequestBody(BaseModel):
-    """Base of request bodies: unknown fields are an error."""
+    """Base of request bodies: unknown fields are an error, and no value is coerced into another type.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Bodies are validated in pydantic's strict JSON mode (see :mod:`stella.gateway.validation`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ResponseBody(BaseModel):

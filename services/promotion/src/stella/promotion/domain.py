@@ -379,6 +379,9 @@ DEFAULT_DEPLOYMENT_TIMEOUT_S: Final = 600
 DEFAULT_APPROVAL_TIMEOUT_S: Final = 7 * 24 * 3600
 """Approvals time out after 7 days unless the environment says otherwise (reference section 10)."""
 
+MAX_TIMEOUT_S: Final = 366 * 86_400
+"""Longest deployment or approval timeout an environment may set (a year and a day), in seconds."""
+
 
 class FreezeBehavior(StrEnum):
     """What happens to a promotion that meets a closed freeze window or schedule."""
@@ -545,8 +548,10 @@ class EnvironmentConfig:
             ("approval_timeout_s", DEFAULT_APPROVAL_TIMEOUT_S),
         ):
             value = raw.get(key, default)
-            if not _is_int(value) or value <= 0:
-                problems.append({"loc": ["config", key], "msg": "must be a positive integer (seconds)"})
+            if not _is_int(value) or not 0 < value <= MAX_TIMEOUT_S:
+                problems.append(
+                    {"loc": ["config", key], "msg": f"must be a positive integer of seconds, at most {MAX_TIMEOUT_S}"}
+                )
                 value = default
             timeouts[key] = value
         try:

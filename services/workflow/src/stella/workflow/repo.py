@@ -288,11 +288,11 @@ async def list_templates(
     conn: asyncpg.Connection, tenant: UUID, page_size: int, page_token: str | None
 ) -> tuple[list[TemplateRecord], str | None]:
     """A page of the latest version of every template the tenant sees, by name."""
-    cursor = decode_cursor(page_token, str)
+    cursor = decode_cursor(page_token, str, kind="templates")
     after = cursor[0] if cursor else None
     rows = await conn.fetch(LIST_TEMPLATES, tenant, after, page_size + 1)
     records = [template_record(r) for r in rows[:page_size]]
-    token = encode_cursor(records[-1].name) if len(rows) > page_size else None
+    token = encode_cursor(records[-1].name, kind="templates") if len(rows) > page_size else None
     return records, token
 
 

@@ -109,13 +109,13 @@ class PrincipalController(Controller):
         page: NamedDependency[PageParams],
     ) -> PrincipalPage:
         """List the tenant's principals by name."""
-        after = decode_page_token(page.token, str, UUID)
+        after = decode_page_token(page.token, str, UUID, kind="principals")
         rows = await store.list_principals(
             identity.tenant_id, after=(after[0], after[1]) if after else None, limit=page.size + 1
         )
         more = len(rows) > page.size
         rows = rows[: page.size]
-        token = encode_cursor(rows[-1].name, rows[-1].id) if more else None
+        token = encode_cursor(rows[-1].name, rows[-1].id, kind="principals") if more else None
         return PrincipalPage(items=[principal_out(row) for row in rows], next_page_token=token)
 
     @get(
