@@ -15,7 +15,12 @@ from stella.gateway.permissions import (
     permissions_for,
 )
 
-_DOMAIN = [r for r in Resource if r not in (Resource.PRINCIPAL, Resource.TOKEN, Resource.FREEZE)]
+_DOMAIN = [r for r in Resource if r not in (Resource.PRINCIPAL, Resource.TOKEN, Resource.FREEZE, Resource.CREDENTIAL)]
+
+
+def test_only_tenant_admins_may_name_a_registry_credential() -> None:
+    needed = permission(Resource.CREDENTIAL, Action.UPDATE)
+    assert [role for role, granted in ROLE_PERMISSIONS.items() if needed in granted] == [Role.TENANT_ADMIN]
 
 
 def test_every_role_has_a_column() -> None:

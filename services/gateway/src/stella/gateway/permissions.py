@@ -17,7 +17,8 @@ from typing import Final
 class Resource(StrEnum):
     """What a permission is about (reference §8). Components and versions belong to ``release``.
 
-    ``freeze`` has only the ``override`` action: letting a promotion through a freeze window.
+    ``freeze`` has only the ``override`` action: letting a promotion through a freeze window. ``credential``
+    has only ``update``: naming (or removing) a component's registry credential reference.
     """
 
     ENVIRONMENT = "environment"
@@ -32,6 +33,7 @@ class Resource(StrEnum):
     PRINCIPAL = "principal"
     TOKEN = "token"
     FREEZE = "freeze"
+    CREDENTIAL = "credential"
 
 
 class Action(StrEnum):
@@ -81,11 +83,14 @@ evidence     | r      | r         | r        | r        | rcudapo
 principal    | -      | -         | -        | -        | rcud
 token        | -      | -         | -        | -        | rcud
 freeze       | -      | -         | -        | o        | o
+credential   | -      | -         | -        | -        | u
 """
 """The permission matrix: which actions (letters of :data:`ACTION_LETTERS`) each role has on each resource.
 
 Roles add up: a principal bound to developer and approver has the union of both columns. ``-`` is nothing.
-Only a tenant admin manages principals and tokens. Operators and tenant admins hold ``freeze:override``;
+Only a tenant admin manages principals and tokens, and only a tenant admin names the credential reference a
+component's registry is read with (``credential:update``): the reference names a secret on the release
+service's host, so it is not part of editing a component (``release:update``). Operators and tenant admins hold ``freeze:override``;
 anyone else passes a freeze window only when the window lists them as an exception.
 """
 

@@ -195,7 +195,11 @@ class ComponentCreate(RequestBody):
     versioning_strategy: dict[str, Any] | None = None
     default_channel: Channel | None = None
     registry_credential_ref: CredentialRef | None = Field(
-        default=None, description="Where the registry credential lives (env:NAME or file:PATH), never the secret."
+        default=None,
+        description=(
+            "Where the registry credential lives (env:NAME or file:PATH on the release service's host), never "
+            "the secret; only references the operator allows the tenant are accepted. Needs credential:update."
+        ),
     )
 
 

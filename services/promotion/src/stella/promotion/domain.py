@@ -550,7 +550,7 @@ class EnvironmentConfig:
             value = raw.get(key, default)
             if not _is_int(value) or not 0 < value <= MAX_TIMEOUT_S:
                 problems.append(
-                    {"loc": ["config", key], "msg": f"must be a positive integer of seconds, at most {MAX_TIMEOUT_S}"}
+                    {"loc": ["config", key], "msg": f"must be a positive integer (seconds), at most {MAX_TIMEOUT_S}"}
                 )
                 value = default
             timeouts[key] = value

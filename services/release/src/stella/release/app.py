@@ -11,6 +11,7 @@ from faststream.nats import NatsRouter
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.release import metrics, subscribers
+from stella.release.credentials import CredentialPolicy
 from stella.release.handlers import Handlers
 from stella.release.registry import RegistryClient
 from stella.release.settings import Settings
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
             lambda: runtime.pool,
             CommandProcessor(lambda: runtime.pool, f"{NAME}-commands"),
             registry,
+            credentials=CredentialPolicy(settings.credential_refs),
             max_tags_per_sync=settings.max_tags_per_sync,
             **({"clock": overrides["clock"]} if "clock" in overrides else {}),
         )
