@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 from uuid import UUID, uuid4, uuid5
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
@@ -178,11 +177,14 @@ def window_from_spec(
 
     A recurring window anchors its occurrences at ``dtstart``; ``start`` stands in for it when only
     ``start`` is given, since the reference describes windows as ``start`` with ``end`` or with ``rrule``.
-    With neither, a recurring window starts at midnight (local time) of the day it is created: the rule's
-    BYHOUR/BYMINUTE then place the occurrences, with no stray seconds from the creation time.
+    With neither, ``dtstart`` is :func:`freeze.default_dtstart`: local midnight of the creation day, moved
+    back by whole periods so that an occurrence already running when the window is created belongs to it
+    (a rule with ``COUNT`` needs an explicit ``dtstart``). Given ``now``, a window with no occurrence ending
+    after it (``UNTIL`` or ``end`` in the past) is refused: it would never apply.
 
     Raises:
-        freeze.InvalidFreezeWindow: or a subclass (bad RRULE, unknown time zone, bounds, duration, schedule).
+        freeze.InvalidFreezeWindow: or a subclass (bad RRULE, unknown time zone, bounds, duration, schedule,
+            a window that never applies).
     """
     raw: dict[str, Any] = {
         "id": str(window_id),
@@ -196,12 +198,9 @@ def window_from_spec(
     dtstart: Any = spec.dtstart
     if spec.rrule is not None and dtstart is None and start is not None:
         start, dtstart = None, start
-    if spec.rrule is not None and dtstart is None and now is not None:
-        try:
-            local = now.astimezone(ZoneInfo(spec.timezone))
-        except (ZoneInfoNotFoundError, ValueError):
-            local = now  # the freeze module names the bad time zone
-        dtstart = local.replace(hour=0, minute=0, second=0, microsecond=0).replace(tzinfo=None).isoformat()
+    if spec.rrule is not None and dtstart is None and now is not None and spec.duration_s is not None:
+        duration = timedelta(seconds=min(spec.duration_s, freeze.MAX_DURATION.total_seconds()))
+        dtstart = freeze.default_dtstart(spec.rrule, spec.timezone, duration, now).isoformat()
     optional = {
         "start": start,
         "end": spec.end,
@@ -210,7 +209,13 @@ def window_from_spec(
         "duration": _duration(spec.duration_s),
     }
     raw.update({k: v for k, v in optional.items() if v is not None})
-    return freeze.parse_window(raw)
+    window = freeze.parse_window(raw)
+    if now is not None and not window.applies_after(now):
+        raise freeze.WindowNeverApplies(
+            f"window {window.id!r} has no occurrence that ends after now ({domain.format_utc(now)}): "
+            "its end or UNTIL is in the past, or its COUNT is used up"
+        )
+    return window
 
 
 def _duration(seconds: float | None) -> int | timedelta | None:
