@@ -27,6 +27,10 @@ test-deps:
 		echo "installing docker-registry (a local OCI registry for the end-to-end tests)"; \
 		(apt-get install -y -qq docker-registry >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq docker-registry >/dev/null)); \
 	fi
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (the browser the API docs page is tested in)"; \
+		(apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)); \
+	fi
 
 .PHONY: test
 test: setup test-deps ## Run every test against real Postgres and NATS (the configured ones, else containers, else embedded)
