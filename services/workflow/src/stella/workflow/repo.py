@@ -409,3 +409,11 @@ async def lock_due_run(conn: asyncpg.Connection, tenant: UUID, run_id: UUID, now
 async def postpone_run(conn: asyncpg.Connection, tenant: UUID, run_id: UUID, until: datetime) -> None:
     """Move a run's wake-up to ``until``."""
     await conn.execute(POSTPONE_RUN, tenant, run_id, until)
+
+
+OUTBOX_HOLDS = "SELECT true FROM outbox WHERE message_id = $1"
+
+
+async def outbox_holds(conn: asyncpg.Connection, message_id: UUID) -> bool:
+    """Whether the outbox already holds the message ``message_id`` (written by an earlier delivery)."""
+    return bool(await conn.fetchval(OUTBOX_HOLDS, message_id))
