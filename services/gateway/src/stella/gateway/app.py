@@ -46,9 +46,11 @@ from stella.gateway.controllers import (
     WorkflowRunController,
     WorkflowTemplateController,
 )
+from stella.gateway.controllers.openapi import openapi_document
 from stella.gateway.dependencies import DEPENDENCIES, RUNTIME_STATE_KEY
 from stella.gateway.exports import BundleReader
 from stella.gateway.idempotency import IdempotencyMiddleware, IdempotencyPolicy
+from stella.gateway.methods import set_allow_header
 from stella.gateway.problems import problem_response
 from stella.gateway.relay import Relay
 from stella.gateway.runtime import Runtime
@@ -133,7 +135,9 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
     runtime = Runtime(settings=settings, clock=given.get("clock", utcnow))
 
     @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # The document the docs page and /api/v1/openapi.json serve publishes every enforced constraint.
+        openapi_document(app)
         async with AsyncExitStack() as stack:
             await _start(runtime, given, stack)
             try:
@@ -173,7 +177,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             DefineMiddleware(IdempotencyMiddleware, policy=runtime.get_idempotency),
         ],
         exception_handlers={Exception: problem_response},
-        before_send=[add_trace_header],
+        before_send=[add_trace_header, set_allow_header],
         lifespan=[lifespan],
         state=State({RUNTIME_STATE_KEY: runtime}),
         openapi_config=_openapi(settings),
