@@ -42,6 +42,7 @@ from stella.gateway.controllers import (
     PromotionController,
     ReleaseController,
     ScanResultController,
+    TenantController,
     TokenController,
     WorkflowRunController,
     WorkflowTemplateController,
@@ -88,6 +89,7 @@ PURGE_INTERVAL_S: Final[float] = 600.0
 
 TAGS: Final[tuple[Tag, ...]] = (
     Tag(name="health", description="Liveness and readiness; no token needed."),
+    Tag(name="tenants", description="Tenants of the installation (platform admins of the operator tenant only)."),
     Tag(name="principals", description="People and machines of the tenant and their roles (tenant admins)."),
     Tag(name="tokens", description="API tokens of the tenant's principals (tenant admins)."),
     Tag(name="components", description="Image repositories and their tag -> digest version maps."),
@@ -149,6 +151,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
         route_handlers=[
             HealthController,
             OpenAPIController,
+            TenantController,
             PrincipalController,
             TokenController,
             ComponentController,

@@ -67,6 +67,41 @@ class Health(ResponseBody):
     checks: dict[str, str] = Field(default_factory=dict)
 
 
+# --- tenants (the platform API) -------------------------------------------------------------------------
+
+
+class TenantCreate(RequestBody):
+    """A new tenant and the name of its first tenant admin."""
+
+    name: Name = Field(description="The tenant's name, unique on the installation.")
+    admin: Name = Field(default="admin", description="The name of the tenant's first tenant admin (a user).")
+
+
+class TenantOut(ResponseBody):
+    """A tenant."""
+
+    id: UUID
+    name: str
+    is_platform: bool = Field(description="Whether this is the platform (operator) tenant.")
+    created_at: datetime
+
+
+class TenantCreated(TenantOut):
+    """A new tenant with its first tenant admin and that admin's token: store the token now, it is not shown again."""
+
+    admin_principal_id: UUID
+    admin_token: str | None = Field(
+        description="The tenant admin's bearer token. Shown once: a replay of the request (Idempotency-Key) omits it."
+    )
+
+
+class TenantPage(ResponseBody):
+    """A page of tenants, by name."""
+
+    items: list[TenantOut]
+    next_page_token: str | None
+
+
 # --- principals and tokens ------------------------------------------------------------------------------
 
 
