@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from dateutil.rrule import rrulestr
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -117,3 +118,33 @@ def test_bysetpos_from_a_tuesday_gives_mondays_everywhere_after_the_first_week()
     assert window.active_at(monday)
     week = freeze.window_transitions([window], datetime(2025, 6, 13, tzinfo=UTC), datetime(2025, 6, 20, tzinfo=UTC))
     assert [t.at.weekday() for t in week] == [0, 0]
+
+
+def test_rules_that_never_fire_or_overflow_are_refused_not_crashed_on() -> None:
+    for rule, words in (
+        ("FREQ=DAILY;INTERVAL=99999999999", "INTERVAL"),
+        ("FREQ=HOURLY;INTERVAL=1001", "INTERVAL"),
+        ("FREQ=DAILY;INTERVAL=0", "INTERVAL"),
+        ("FREQ=DAILY;COUNT=0", "COUNT"),
+        ("FREQ=DAILY;COUNT=-1", "COUNT"),
+        ("FREQ=DAILY;COUNT=\u0661", "COUNT"),  # an Arabic-Indic digit: int() reads it, RFC 5545 does not
+    ):
+        with pytest.raises(freeze.InvalidRRule, match=words):
+            freeze.FreezeWindow(
+                id="w",
+                kind=freeze.WindowKind.DENY,
+                timezone="UTC",
+                rrule=rule,
+                dtstart=datetime(2025, 1, 1),
+                duration=timedelta(hours=1),
+            )
+    # The largest interval allowed is answered, far ahead or not at all, without an error.
+    window = freeze.FreezeWindow(
+        id="w",
+        kind=freeze.WindowKind.DENY,
+        timezone="UTC",
+        rrule="FREQ=HOURLY;INTERVAL=1000",
+        dtstart=datetime(2020, 1, 1),
+        duration=timedelta(hours=1),
+    )
+    assert freeze.environment_state([window], datetime(2025, 6, 1, tzinfo=UTC)) is not None
