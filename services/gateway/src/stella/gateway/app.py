@@ -24,7 +24,6 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Server, Tag
 from litestar.plugins.pydantic import PydanticPlugin
 from litestar.static_files import create_static_files_router
@@ -47,7 +46,7 @@ from stella.gateway.controllers import (
     WorkflowRunController,
     WorkflowTemplateController,
 )
-from stella.gateway.controllers.openapi import openapi_document
+from stella.gateway.controllers.openapi import EnforcedJsonRenderPlugin, EnforcedSwaggerRenderPlugin
 from stella.gateway.dependencies import DEPENDENCIES, RUNTIME_STATE_KEY
 from stella.gateway.exports import BundleReader
 from stella.gateway.idempotency import IdempotencyMiddleware, IdempotencyPolicy
@@ -137,9 +136,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
     runtime = Runtime(settings=settings, clock=given.get("clock", utcnow))
 
     @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        # The document the docs page and /api/v1/openapi.json serve publishes every enforced constraint.
-        openapi_document(app)
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await _start(runtime, given, stack)
             try:
@@ -202,13 +199,14 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
         ),
         path=DOCS_PATH,
         render_plugins=[
-            SwaggerRenderPlugin(
+            EnforcedSwaggerRenderPlugin(
                 path="/",
                 js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
                 css_url=f"{DOCS_ASSETS}/swagger-ui.css",
                 standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
                 favicon=f'<link rel="icon" type="image/png" href="{DOCS_ASSETS}/favicon-32x32.png">',
-            )
+            ),
+            EnforcedJsonRenderPlugin(),
         ],
         servers=[Server(url=settings.public_url)] if settings.public_url else [Server(url="/")],
         components=Components(

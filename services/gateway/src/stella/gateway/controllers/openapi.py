@@ -13,6 +13,7 @@ from typing import Any, Literal
 from litestar import Controller, Litestar, Request, get
 from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.enums import OpenAPIMediaType
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from pydantic import BaseModel
 
 from stella.gateway.schemas import RequestBody, ResponseBody
@@ -56,6 +57,22 @@ def openapi_document(app: Litestar) -> dict[str, Any]:
         publish_enforced_schemas(document)
         _published[id(plugin)] = document
     return document
+
+
+class EnforcedSwaggerRenderPlugin(SwaggerRenderPlugin):
+    """The docs page, showing the document :func:`openapi_document` serves (built on first use, not at start)."""
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        """Render the page around the served document."""
+        return super().render(request, openapi_document(request.app))
+
+
+class EnforcedJsonRenderPlugin(JsonRenderPlugin):
+    """``/api/docs/openapi.json``: the document :func:`openapi_document` serves."""
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        """The served document as JSON."""
+        return super().render(request, openapi_document(request.app))
 
 
 class OpenAPIController(Controller):
