@@ -4,7 +4,10 @@ With ``STELLA_DATABASE_URL`` / ``STELLA_NATS_URL`` unset, an embedded NATS (JetS
 Postgres are started from Python packages with their data under ``.stella/`` (kept across restarts) on
 ports of their own. Every service then runs as its own process with its log lines prefixed by its name; a
 service that crashes is restarted with a growing delay. On first start a tenant and an admin token are
-created and the token is written to ``.stella/admin-token``. Ctrl-C stops everything.
+created and the token is written to ``.stella/admin-token``, and the platform (operator) tenant with a
+platform admin who creates tenants, whose token is written to ``.stella/platform-token``. ``.stella/env``
+holds the connection settings of what runs, for the command-line tools (``set -a; . .stella/env``).
+Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -73,6 +77,25 @@ async def _ensure_database(admin_dsn: str, name: str) -> str:
     finally:
         await conn.close()
     return admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+ENV_KEYS = (
+    "STELLA_DATABASE_URL",
+    "STELLA_NATS_URL",
+    "STELLA_NATS_NAMESPACE",
+    "STELLA_EVIDENCE_KEY_DIR",
+    "STELLA_GATEWAY_HOST",
+    "STELLA_GATEWAY_PORT",
+)
+"""Settings the command-line tools need to reach what `make run` started (written to .stella/env)."""
+
+
+def _write_env(env: dict[str, str]) -> None:
+    """Write the running system's connection settings, sourceable by a shell: `set -a; . .stella/env; set +a`."""
+    lines = [f"{key}={shlex.quote(env[key])}" for key in ENV_KEYS if key in env]
+    path = STATE / "env"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
 
 
 async def _pump(child: Child, stream: asyncio.StreamReader) -> None:
@@ -163,6 +186,24 @@ async def main() -> int:
         if await bootstrap.wait() != 0:
             _say("bootstrapping the first tenant failed; see the message above")
             stopping.set()
+        platform_file = STATE / "platform-token"
+        platform = await asyncio.create_subprocess_exec(
+            python,
+            "-m",
+            "stella.gateway",
+            "bootstrap-platform",
+            "--admin",
+            "operator",
+            "--token-file",
+            str(platform_file),
+            env=env,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        if await platform.wait() != 0:
+            _say("bootstrapping the platform tenant failed; see the message above")
+            stopping.set()
+        _write_env(env)
         gateway = Child("gateway", [python, "-m", "stella.gateway", "serve"], "97")
         children.append(gateway)
         tasks.append(asyncio.create_task(_supervise(gateway, env, stopping)))
@@ -174,6 +215,8 @@ async def main() -> int:
             _say(f"  API:    {base}/api/v1")
             _say(f"  Docs:   {base}/api/docs   (OpenAPI: {base}/api/v1/openapi.json)")
             _say(f"  Token:  {token}   (also in {token_file})")
+            _say(f"  Tenants: the platform admin's token (POST {base}/api/v1/tenants) is in {platform_file}")
+            _say(f"  Env:    {STATE / 'env'} holds the connection settings for the command-line tools")
             _say(f'  Try:    curl -H "Authorization: Bearer $(cat {token_file})" {base}/api/v1/components')
             _say("Press Ctrl-C to stop.")
         elif not stopping.is_set():

@@ -5,6 +5,7 @@ decision leaves behind."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import uuid
@@ -339,3 +340,72 @@ async def test_evidence_follows_a_decision_made_while_the_evidence_service_is_do
         timeout=60,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+PROMOTION_INPUTS = {
+    name: {"required": False}
+    for name in (
+        "promotion_id",
+        "release_id",
+        "environment_id",
+        "requested_by",
+        "approval_required",
+        "required_approvals",
+        "require_sod",
+        "approver_groups",
+        "approval_timeout_s",
+    )
+}
+
+
+async def _template(stack: Stack, name: str, steps: list[str], **fields: Any) -> dict[str, Any]:
+    types = {"gates": "gate", "approval": "approval", "evidence": "evidence", "pause": "wait"}
+    body = {
+        "name": name,
+        "nodes": [
+            {"id": step, "type": types[step], **({"config": {"seconds": 1}} if step == "pause" else {})}
+            for step in steps
+        ],
+        "edges": [{"from": a, "to": b} for a, b in itertools.pairwise(steps)],
+        **fields,
+    }
+    status, template, _ = await stack.call("POST", "/api/v1/workflow-templates", json=body)
+    assert status == 201, template
+    return template
+
+
+async def test_no_promotion_waits_on_a_workflow_that_cannot_decide_it(full_stack: Stack) -> None:
+    """An environment cannot name a template its promotions cannot run; a run that ends without deciding a
+    promotion (its template lost the approval step since) fails the promotion with the reason."""
+    stack = full_stack
+    await _template(stack, "bare", ["pause"])
+    status, refused, _ = await stack.call(
+        "POST",
+        "/api/v1/environments",
+        json={"name": "dev", "order_index": 0, "promotion_policy": {"workflow_template": "bare"}},
+    )
+    assert (status, refused["code"]) == (422, "ENV_WORKFLOW_TEMPLATE_UNSUITABLE"), refused
+    status, refused, _ = await stack.call(
+        "POST",
+        "/api/v1/environments",
+        json={"name": "dev", "order_index": 0, "promotion_policy": {"workflow_template": "nope"}},
+    )
+    assert (status, refused["code"]) == (422, "ENV_WORKFLOW_TEMPLATE_UNKNOWN"), refused
+    status, refused, _ = await stack.call(
+        "POST", "/api/v1/workflow-templates", json={"name": "careless", "nodes": [{"id": "gates", "type": "gate"}]}
+    )
+    assert (status, refused["code"]) == (400, "WF_PROMOTION_TEMPLATE_INCOMPLETE"), refused
+
+    await _template(stack, "custom", ["gates", "approval", "evidence"], inputs=PROMOTION_INPUTS)
+    dev = await _environment(stack, "dev", 0, required_approvals=1, promotion_policy={"workflow_template": "custom"})
+    # A later version drops the approval step; the environment still requires one approval.
+    await _template(stack, "custom", ["gates", "pause"], inputs=PROMOTION_INPUTS)
+    release = await _release(stack, "shop-no-approval-step")
+    promotion = await _promote(stack, release, dev)
+    assert "waiting for workflow run" in promotion["status_message"]
+    failed = await stack.until(
+        f"/api/v1/promotions/{promotion['id']}", lambda p: p["status"] not in ("pending_gate", "pending_approval")
+    )
+    assert failed["status"] == "failed", failed
+    assert "finished without deciding the promotion" in failed["status_message"]
+    assert failed["reason_codes"] == ["PROM_WORKFLOW_RUN_ENDED"]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from stella.contracts.workflow import ExecuteStep, StepRef, StepStatus
+from stella.contracts.workflow import (
+    PROMOTION_RUN_INPUTS,
+    EdgeSpec,
+    ExecuteStep,
+    NodeSpec,
+    StepRef,
+    StepStatus,
+    promotion_template_problems,
+)
 
 
 def _execute(attempt: int, message_id: int) -> ExecuteStep:
@@ -42,3 +50,36 @@ def test_the_same_attempt_always_gets_the_same_message_id() -> None:
     )
     assert first.message_id == redelivered.message_id == from_ref.message_id
     assert _execute(3, 10).complete(StepStatus.SUCCEEDED).message_id != first.message_id
+
+
+def _node(node_id: str, kind: str) -> NodeSpec:
+    return NodeSpec(id=node_id, type=kind)
+
+
+def test_a_complete_promotion_template_has_no_problems() -> None:
+    inputs = {name: {"required": True} for name in PROMOTION_RUN_INPUTS} | {"extra": {"required": False}}
+    nodes = [_node("gates", "gate"), _node("approval", "approval"), _node("proof", "evidence")]
+    edges = [EdgeSpec(source="gates", target="approval"), EdgeSpec(source="approval", target="proof")]
+    assert promotion_template_problems(inputs, nodes, edges, needs_approval=True) == []
+
+
+def test_every_reason_a_template_cannot_run_a_promotion_is_named() -> None:
+    inputs = {"promotion_id": {}, "ticket": {"required": True}}
+    nodes = [_node("approval", "approval")]
+    problems = promotion_template_problems(inputs, nodes, [], needs_approval=True)
+    assert any("release_id" in p and "does not declare" in p for p in problems)
+    assert any("ticket" in p for p in problems)
+    assert any("no 'gate' step" in p for p in problems)
+    no_approval = promotion_template_problems(
+        {key: {"required": False} for key in PROMOTION_RUN_INPUTS}, [_node("gates", "gate")], [], needs_approval=True
+    )
+    assert no_approval == ["the environment requires approvals but the template has no 'approval' step"]
+    assert (
+        promotion_template_problems(
+            {key: {"required": False} for key in PROMOTION_RUN_INPUTS},
+            [_node("gates", "gate")],
+            [],
+            needs_approval=False,
+        )
+        == []
+    )

@@ -273,3 +273,54 @@ async def test_a_retry_reaches_the_service_when_its_first_reply_was_lost(
     assert retried.json() == view
     assert len(handled) == 1
     assert [r.payload["message_id"] for r in release_service.received] == list(handled) * 2
+
+
+async def test_a_caller_without_the_permission_gets_403_even_with_a_used_key(gateway: Gateway) -> None:
+    """Authorization runs before the key is looked up: a viewer replaying an admin's key is refused."""
+    tenant = await gateway.tenant()
+    viewer = await gateway.principal_token(tenant, "vera", ["viewer"])
+    key = _key()
+    body = {"name": "made-by-admin"}
+    assert (await gateway.call("POST", "/api/v1/principals", tenant.token, json=body, headers=key)).status_code == 201
+    replay = await gateway.call("POST", "/api/v1/principals", viewer.token, json=body, headers=key)
+    problem = assert_problem(replay, 403, "PERM_DENIED")
+    assert "made-by-admin" not in replay.text
+    assert "idempotent-replayed" not in replay.headers
+    assert problem["required_permission"] == "principal:create"
+
+
+async def test_another_principal_reusing_a_key_gets_422_and_nothing_runs(gateway: Gateway, services: StandIn) -> None:
+    """Approver B reusing approver A's key on /approve neither sees A's answer nor passes for a vote."""
+    tenant = await gateway.tenant()
+    first = await gateway.principal_token(tenant, "ann", ["approver"])
+    second = await gateway.principal_token(tenant, "ben", ["approver"])
+    promotion_id = uuid.uuid4()
+    services.on(
+        "stella.cmd.approval.cast_vote", lambda payload: Reply.success(views.approval_request(str(promotion_id)))
+    )
+    key = _key()
+    path = f"/api/v1/promotions/{promotion_id}/approve"
+    assert (await gateway.call("POST", path, first.token, json={}, headers=key)).status_code == 200
+    votes = len([r for r in services.received if r.subject == "stella.cmd.approval.cast_vote"])
+    replay = await gateway.call("POST", path, second.token, json={}, headers=key)
+    assert_problem(replay, 422, "VAL_IDEMPOTENCY_KEY_OTHER_PRINCIPAL")
+    assert "idempotent-replayed" not in replay.headers
+    assert len([r for r in services.received if r.subject == "stella.cmd.approval.cast_vote"]) == votes
+    # The owner still gets its replay.
+    again = await gateway.call("POST", path, first.token, json={}, headers=key)
+    assert again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_a_developer_replaying_an_approvers_key_gets_403(gateway: Gateway, services: StandIn) -> None:
+    tenant = await gateway.tenant()
+    approver = await gateway.principal_token(tenant, "amy", ["approver"])
+    developer = await gateway.principal_token(tenant, "dan", ["developer"])
+    promotion_id = uuid.uuid4()
+    services.on(
+        "stella.cmd.approval.cast_vote", lambda payload: Reply.success(views.approval_request(str(promotion_id)))
+    )
+    key = _key()
+    path = f"/api/v1/promotions/{promotion_id}/approve"
+    assert (await gateway.call("POST", path, approver.token, json={}, headers=key)).status_code == 200
+    assert_problem(await gateway.call("POST", path, developer.token, json={}, headers=key), 403, "PERM_DENIED")

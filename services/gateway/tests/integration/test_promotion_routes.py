@@ -414,6 +414,7 @@ async def test_a_promotions_evidence(gateway: Gateway, services: StandIn) -> Non
     viewer = await gateway.principal_token(tenant, "vic", ["viewer"])
     promotion_id = str(uuid.uuid4())
     packets = [views.packet(promotion_id, 7), views.packet(promotion_id, 9)]
+    services.answer(prom.GET_PROMOTION, views.promotion(id=promotion_id))
     services.answer(evid.LIST_PACKETS, views.page(packets, "after-9"))
     response = await gateway.call(
         "GET", f"/api/v1/promotions/{promotion_id}/evidence?packet_type=release_decision&page_size=2", viewer.token
@@ -428,6 +429,18 @@ async def test_a_promotions_evidence(gateway: Gateway, services: StandIn) -> Non
     )
     bad = await gateway.call("GET", f"/api/v1/promotions/{promotion_id}/evidence?packet_type=selfie", viewer.token)
     assert_problem(bad, 400, "VAL_INVALID_REQUEST")
+
+
+async def test_the_evidence_of_another_tenants_promotion_is_404(gateway: Gateway, services: StandIn) -> None:
+    tenant = await gateway.tenant()
+    services.answer(
+        prom.GET_PROMOTION,
+        error=ErrorDetail(code="RES_NOT_FOUND", status=404, title="Not found", detail="no such promotion"),
+    )
+    services.answer(evid.LIST_PACKETS, views.page([]))
+    response = await gateway.call("GET", f"/api/v1/promotions/{uuid.uuid4()}/evidence", tenant.token)
+    assert_problem(response, 404, "RES_NOT_FOUND")
+    assert [r.subject for r in services.received] == [prom.GET_PROMOTION]
 
 
 async def test_a_principal_without_roles_reads_no_promotion(gateway: Gateway, services: StandIn) -> None:

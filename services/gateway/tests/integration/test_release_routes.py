@@ -391,3 +391,23 @@ async def test_roles_decide_who_may_change_components(gateway: Gateway, release_
     for token in (viewer.token, approver.token):
         assert_problem(await gateway.call("POST", "/api/v1/components", token, json=COMPONENT), 403, "PERM_DENIED")
         assert_problem(await gateway.call("POST", f"/api/v1/releases/{uuid.uuid4()}/ready", token), 403, "PERM_DENIED")
+
+
+@pytest.mark.parametrize("ref", ["env:STELLA_DATABASE_URL", "file:/etc/passwd", None])
+async def test_naming_a_credential_reference_needs_credential_update(
+    gateway: Gateway, release_service: StandIn, ref: str | None
+) -> None:
+    tenant = await gateway.tenant()
+    developer = await gateway.principal_token(tenant, "dev", ["developer", "operator"])
+    body = {**COMPONENT, "registry_credential_ref": ref}
+    refused = await gateway.call("POST", "/api/v1/components", developer.token, json=body)
+    assert assert_problem(refused, 403, "PERM_DENIED")["required_permission"] == "credential:update"
+    update = await gateway.call(
+        "PUT", f"/api/v1/components/{uuid.uuid4()}", developer.token, json={"registry_credential_ref": ref}
+    )
+    assert_problem(update, 403, "PERM_DENIED")
+    assert release_service.received == []
+    # Without the field the developer creates components as before; a tenant admin may name a reference.
+    release_service.answer(rel.CREATE_COMPONENT, views.component("web"))
+    assert (await gateway.call("POST", "/api/v1/components", developer.token, json=COMPONENT)).status_code == 201
+    assert (await gateway.call("POST", "/api/v1/components", tenant.token, json=body)).status_code == 201

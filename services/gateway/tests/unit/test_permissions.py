@@ -15,7 +15,32 @@ from stella.gateway.permissions import (
     permissions_for,
 )
 
-_DOMAIN = [r for r in Resource if r not in (Resource.PRINCIPAL, Resource.TOKEN, Resource.FREEZE, Resource.DEAD_LETTER)]
+_DOMAIN = [
+    r
+    for r in Resource
+    if r
+    not in (
+        Resource.PRINCIPAL,
+        Resource.TOKEN,
+        Resource.FREEZE,
+        Resource.CREDENTIAL,
+        Resource.TENANT,
+        Resource.DEAD_LETTER,
+    )
+]
+
+
+def test_only_platform_admins_of_the_platform_tenant_manage_tenants() -> None:
+    holders = [role for role, granted in ROLE_PERMISSIONS.items() if any(p.startswith("tenant:") for p in granted)]
+    assert holders == [Role.PLATFORM_ADMIN]
+    assert ROLE_PERMISSIONS[Role.PLATFORM_ADMIN] == {"tenant:read", "tenant:create"}
+    assert permissions_for(["platform-admin"]) == frozenset()
+    assert permissions_for(["platform-admin"], platform=True) == {"tenant:read", "tenant:create"}
+
+
+def test_only_tenant_admins_may_name_a_registry_credential() -> None:
+    needed = permission(Resource.CREDENTIAL, Action.UPDATE)
+    assert [role for role, granted in ROLE_PERMISSIONS.items() if needed in granted] == [Role.TENANT_ADMIN]
 
 
 def test_every_role_has_a_column() -> None:

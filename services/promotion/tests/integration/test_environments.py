@@ -103,12 +103,18 @@ async def test_invalid_environments_are_refused_with_precise_codes(caller: Calle
         reply = await caller.command(c.CREATE_ENVIRONMENT, c.CreateEnvironment, **fields)
         assert not reply.ok, fields
         assert (reply.error.code, reply.error.status) == expected, (fields, reply.error)
-    invalid = await caller.command(
-        c.CREATE_ENVIRONMENT, c.CreateEnvironment, name="qa", order_index=1, config={"deployment_timeout_s": 0}
-    )
-    assert invalid.error.errors == [
-        {"loc": ["config", "deployment_timeout_s"], "msg": "must be a positive integer (seconds)"}
-    ]
+    for timeout in (0, 10**18):
+        invalid = await caller.command(
+            c.CREATE_ENVIRONMENT,
+            c.CreateEnvironment,
+            name="qa",
+            order_index=1,
+            config={"deployment_timeout_s": timeout, "approval_timeout_s": timeout},
+        )
+        assert invalid.error.errors == [
+            {"loc": ["config", key], "msg": "must be a positive integer (seconds), at most 31622400"}
+            for key in ("deployment_timeout_s", "approval_timeout_s")
+        ]
     # A policy rule that is not valid CEL is refused with where it fails, and nothing is stored.
     rules = [{"name": "ok", "expr": "true"}, {"name": "typo", "expr": 'release.name == "a" &&\n  relase.x'}]
     bad_policy = await caller.command(

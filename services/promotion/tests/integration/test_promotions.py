@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,6 +11,7 @@ from stella.contracts import approval as a
 from stella.contracts import promotion as c
 from stella.contracts import release as r
 from stella.contracts import workflow as w
+from stella.contracts.envelope import ErrorDetail, Reply
 from stella.promotion.decision import decide
 from stella.promotion.domain import sha256_digest
 from stella.testing.messaging import collect_messages
@@ -59,7 +61,39 @@ def _completion_of(promotion: dict[str, Any]):
     return lambda body: body.get("run_id") == promotion["workflow_run_id"] and body.get("node_id") == "gates"
 
 
+def template_view(name: str, *, approval: bool = True, inputs: Any = None) -> dict[str, Any]:
+    """A workflow template as the workflow service answers GET_TEMPLATE."""
+    nodes = [{"id": "gates", "type": "gate"}] + ([{"id": "approval", "type": "approval"}] if approval else [])
+    return w.TemplateView(
+        id=uuid.uuid4(),
+        tenant_id=uuid.uuid4(),
+        name=name,
+        version=1,
+        nodes=nodes,
+        edges=[{"from": "gates", "to": "approval"}] if approval else [],
+        inputs=inputs if inputs is not None else {n: {"required": False} for n in w.PROMOTION_RUN_INPUTS},
+        outputs={},
+        is_builtin=False,
+        created_at=datetime.now(UTC),
+    ).model_dump(mode="json", by_alias=True)
+
+
+async def answer_templates(stack: Stack, nats: Any, templates: dict[str, dict[str, Any]]) -> Any:
+    """Play the workflow service's GET_TEMPLATE for ``templates`` (404 for any other name)."""
+
+    async def respond(msg: Any) -> None:
+        name = json.loads(msg.data)["name"]
+        if name in templates:
+            reply = Reply.success(templates[name])
+        else:
+            reply = Reply.failure(ErrorDetail(code="WF_TEMPLATE_NOT_FOUND", status=404, title="not found"))
+        await msg.respond(reply.model_dump_json().encode())
+
+    return await nats.subscribe(stack.wire(w.GET_TEMPLATE), cb=respond)
+
+
 async def test_a_request_checks_readiness_and_order_and_starts_the_run(caller: Caller, stack: Stack, nats) -> None:
+    await answer_templates(stack, nats, {"careful-promotion": template_view("careful-promotion")})
     dev = await _environment(caller, "dev", 0)
     staging = await _environment(caller, "staging", 1, required_approvals=2, require_sod=True)
     prod = await _environment(caller, "prod", 2, promotion_policy={"workflow_template": "careful-promotion"})
@@ -444,3 +478,78 @@ async def test_lists_filter_and_paginate_newest_first(caller: Caller, stack: Sta
     assert (hidden.error.code, hidden.error.status) == ("PROM_NOT_FOUND", 404)
     bad = await caller.query(c.LIST_PROMOTIONS, c.ListPromotions, page={"page_token": "garbage"})
     assert (bad.error.code, bad.error.status) == ("VAL_PAGE_TOKEN", 400)
+
+
+async def test_an_environment_cannot_name_a_template_that_cannot_run_its_promotions(
+    caller: Caller, stack: Stack, nats
+) -> None:
+    await answer_templates(
+        stack,
+        nats,
+        {
+            "no-inputs": template_view("no-inputs", inputs={}),
+            "no-approval": template_view("no-approval", approval=False),
+            "fine": template_view("fine"),
+        },
+    )
+    cases = [
+        ({"workflow_template": "missing"}, 0, "ENV_WORKFLOW_TEMPLATE_UNKNOWN"),
+        ({"workflow_template": "no-inputs"}, 0, "ENV_WORKFLOW_TEMPLATE_UNSUITABLE"),
+        ({"workflow_template": "no-approval"}, 1, "ENV_WORKFLOW_TEMPLATE_UNSUITABLE"),
+    ]
+    for policy, approvals, code in cases:
+        reply = await caller.command(
+            c.CREATE_ENVIRONMENT,
+            c.CreateEnvironment,
+            name="prod",
+            order_index=0,
+            required_approvals=approvals,
+            promotion_policy=policy,
+        )
+        assert (reply.error.code, reply.error.status) == (code, 422), (policy, reply.error)
+    assert await stack.table_count("environments") == 0
+    # Without approvals a template without an approval step is fine; asking for approvals later is not.
+    env = await _environment(caller, "prod", 0, promotion_policy={"workflow_template": "no-approval"})
+    more = await caller.command(
+        c.UPDATE_ENVIRONMENT, c.UpdateEnvironment, environment_id=env["id"], required_approvals=2
+    )
+    assert more.error.code == "ENV_WORKFLOW_TEMPLATE_UNSUITABLE"
+    assert "approval" in more.error.detail
+    switched = await caller.command(
+        c.UPDATE_ENVIRONMENT,
+        c.UpdateEnvironment,
+        environment_id=env["id"],
+        required_approvals=2,
+        promotion_policy={"workflow_template": "fine"},
+    )
+    assert switched.ok, switched.error
+
+
+async def test_a_run_that_ends_before_deciding_fails_its_promotion_with_the_reason(
+    caller: Caller, stack: Stack, nats
+) -> None:
+    dev = await _environment(caller, "dev", 0)
+    release = await caller.ready_release("r-ended")
+    requested = await caller.command(
+        c.REQUEST_PROMOTION, c.RequestPromotion, release_id=release["id"], target_environment_id=dev["id"]
+    )
+    assert requested.ok, requested.error
+    promotion = requested.data
+    assert promotion["status"] == "pending_gate"
+    assert "waiting for workflow run" in promotion["status_message"]
+    async with collect_messages(nats.jetstream(), stack.wire(c.PROMOTION_FAILED)) as failed:
+        refused = w.RunFailed(
+            tenant_id=caller.tenant_id,
+            correlation_id=uuid.uuid4(),
+            run_id=promotion["workflow_run_id"],
+            subject_id=promotion["id"],
+            status=w.RunStatus.FAILED,
+            error="the run could not start: inputs not declared by the template: promotion_id",
+            template_name="standard-promotion",
+        )
+        await caller.client.js.publish(stack.wire(w.RUN_FAILED), refused.model_dump_json().encode())
+        await failed.wait(1)
+    read = await caller.query(c.GET_PROMOTION, c.GetPromotion, promotion_id=promotion["id"])
+    assert read.data["status"] == "failed"
+    assert "could not start" in read.data["status_message"]
+    assert read.data["reason_codes"] == ["PROM_WORKFLOW_RUN_ENDED"]

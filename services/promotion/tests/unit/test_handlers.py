@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -113,7 +114,7 @@ class TestWindowFromSpec:
         assert window.exceptions == (str(ALICE),)
         assert window.created_by == str(ALICE)
 
-    def test_a_recurring_window_without_a_start_begins_at_local_midnight_of_its_creation_day(self) -> None:
+    def test_a_recurring_window_without_a_start_is_anchored_at_a_local_midnight_whole_weeks_back(self) -> None:
         spec = c.FreezeWindowSpec(
             rrule="FREQ=WEEKLY;BYDAY=FR;BYHOUR=16;BYMINUTE=0",
             duration_s=64 * 3600,
@@ -122,13 +123,77 @@ class TestWindowFromSpec:
         )
         created = datetime(2025, 3, 27, 23, 30, 17, tzinfo=UTC)  # already the 28th in Berlin
         window = handlers.window_from_spec(spec, UUID(int=7), None, created)
-        assert window.dtstart == datetime(2025, 3, 28, 0, 0)
+        # Midnight of the creation day (Friday 28th) moved back a whole week, so it lies 64 h before now.
+        assert window.dtstart == datetime(2025, 3, 21, 0, 0)
         # Friday 28 March 16:00 CET until Monday 31 March 08:00 CEST, across the DST change.
         closed = freeze.environment_state([window], datetime(2025, 3, 30, 12, 0, tzinfo=UTC))
         assert closed.closed
         assert closed.next_open == datetime(2025, 3, 31, 6, 0, tzinfo=UTC)
         with pytest.raises(freeze.InvalidFreezeWindow, match="dtstart"):
             handlers.window_from_spec(spec, UUID(int=7), None)
+
+    def test_an_occurrence_running_when_the_window_is_created_belongs_to_it(self) -> None:
+        spec = c.FreezeWindowSpec(
+            rrule="FREQ=DAILY;BYHOUR=22;BYMINUTE=0", duration_s=8 * 3600, timezone="Europe/Berlin", reason="night"
+        )
+        created = datetime(2025, 6, 11, 1, 46, tzinfo=UTC)  # 03:46 in Berlin: the 22:00 occurrence still runs
+        window = handlers.window_from_spec(spec, UUID(int=7), None, created)
+        assert window.active_at(created)
+        state = freeze.environment_state([window], created)
+        assert state.closed
+        assert state.next_open == datetime(2025, 6, 11, 4, 0, tzinfo=UTC)  # 06:00 Berlin
+
+    @pytest.mark.parametrize(
+        ("rrule", "freq_check"),
+        [
+            ("FREQ=MONTHLY;BYMONTHDAY=31;BYHOUR=20", datetime(2025, 5, 31, 18, 0, tzinfo=UTC)),
+            ("FREQ=YEARLY;BYMONTH=5;BYMONTHDAY=31;BYHOUR=20", datetime(2025, 5, 31, 18, 0, tzinfo=UTC)),
+            ("FREQ=WEEKLY;INTERVAL=2;BYDAY=SA;BYHOUR=20", None),
+            ("FREQ=HOURLY;INTERVAL=5", None),
+        ],
+    )
+    def test_the_default_anchor_keeps_an_occurrence_in_progress_for_every_frequency(
+        self, rrule: str, freq_check: datetime | None
+    ) -> None:
+        created = datetime(2025, 6, 1, 2, 0, tzinfo=UTC)
+        spec = c.FreezeWindowSpec(rrule=rrule, duration_s=40 * 3600, timezone="Europe/Berlin", reason="x")
+        window = handlers.window_from_spec(spec, UUID(int=7), None, created)
+        assert window.dtstart is not None
+        local_created = created.astimezone(ZoneInfo("Europe/Berlin")).replace(tzinfo=None)
+        assert window.dtstart <= local_created - timedelta(hours=40)
+        # Whole periods back from midnight: no stray minutes or seconds from the creation time.
+        assert (window.dtstart.minute, window.dtstart.second) == (0, 0)
+        if "HOURLY" not in rrule:
+            assert window.dtstart.time() == time(0, 0)
+        if freq_check is not None:
+            assert window.active_at(created)
+            assert (freq_check, freq_check + timedelta(hours=40)) in window.occurrences(freq_check, created)
+
+    def test_a_rule_with_count_needs_dtstart(self) -> None:
+        spec = c.FreezeWindowSpec(rrule="FREQ=DAILY;COUNT=3", duration_s=60, reason="x")
+        with pytest.raises(freeze.InvalidRRule, match="COUNT"):
+            handlers.window_from_spec(spec, UUID(int=7), None, T0)
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"rrule": "FREQ=DAILY;UNTIL=20200101T000000Z", "dtstart": datetime(2019, 1, 1), "duration_s": 60},
+            {"rrule": "FREQ=DAILY;UNTIL=20200101T000000Z", "duration_s": 60},
+            {"rrule": "FREQ=DAILY;COUNT=2", "dtstart": datetime(2019, 1, 1), "duration_s": 60},
+            {"start": datetime(2020, 1, 1, tzinfo=UTC), "end": datetime(2020, 1, 2, tzinfo=UTC)},
+        ],
+    )
+    def test_a_window_that_never_applies_again_is_refused(self, fields: dict) -> None:
+        spec = c.FreezeWindowSpec(reason="x", **fields)
+        with pytest.raises(freeze.WindowNeverApplies):
+            handlers.window_from_spec(spec, UUID(int=7), None, T0)
+
+    def test_a_sparse_rule_far_ahead_still_applies(self) -> None:
+        spec = c.FreezeWindowSpec(
+            rrule="FREQ=YEARLY;INTERVAL=3", dtstart=datetime(2024, 1, 1), duration_s=3600, reason="x"
+        )
+        window = handlers.window_from_spec(spec, UUID(int=7), None, datetime(2025, 1, 2, tzinfo=UTC))
+        assert window.applies_after(datetime(2025, 1, 2, tzinfo=UTC))
 
     def test_fractional_durations_are_refused_by_the_freeze_rules(self) -> None:
         spec = c.FreezeWindowSpec(rrule="FREQ=DAILY", dtstart=datetime(2025, 1, 1), duration_s=1.5, reason="x")

@@ -865,3 +865,30 @@ class TestUnstartedRun:
         cancelled.cancel(cancelled_by="someone", reason="no", now=T0)
         with pytest.raises(PromotionAlreadyTerminal):
             cancelled.abandon_unstarted_run(waited=timedelta(minutes=1), now=T0)
+
+
+class TestWorkflowEnded:
+    def test_a_promotion_waiting_on_its_gates_fails_with_the_runs_reason(self) -> None:
+        promotion = request(DEV)
+        (event,) = promotion.fail_workflow(reason="the run could not start: unknown input", now=T0 + timedelta(1))
+        assert isinstance(event, PromotionFailed)
+        assert (event.reason, event.deployment_job_id, event.rollback_job_id) == (
+            "the run could not start: unknown input",
+            None,
+            None,
+        )
+        assert promotion.status is PromotionStatus.FAILED
+        assert promotion.is_terminal
+        assert promotion.status_message == "the run could not start: unknown input"
+        assert promotion.reason_codes == ("PROM_WORKFLOW_RUN_ENDED",)
+
+    def test_a_promotion_waiting_on_approvals_fails_too(self) -> None:
+        promotion = request(PROD, history=through(STAGING))
+        promotion.apply_gate_decision(ALLOW, now=T0)
+        assert promotion.fail_workflow(reason="run finished", now=T0)
+        assert promotion.status is PromotionStatus.FAILED
+
+    def test_a_decided_promotion_ignores_the_end_of_its_run(self) -> None:
+        promotion = approved(DEV)
+        assert promotion.fail_workflow(reason="run finished", now=T0) == []
+        assert promotion.status is PromotionStatus.APPROVED

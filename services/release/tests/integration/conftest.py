@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import TypeAlias
 
+import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 
@@ -16,11 +18,31 @@ Caller: TypeAlias = TenantCaller
 """Sends commands and queries to the service as one tenant."""
 
 
+@pytest.fixture
+def tenant_id() -> uuid.UUID:
+    """The tenant the caller sends as."""
+    return uuid.uuid4()
+
+
+@pytest.fixture
+def credential_refs(request: pytest.FixtureRequest) -> list[str]:
+    """The credential references the operator allows the caller's tenant (parametrize indirectly to set some)."""
+    return list(getattr(request, "param", []))
+
+
 @pytest_asyncio.fixture
-async def release_app(make_database, nats_url: str, stella_namespace: str) -> AsyncIterator[ReleaseApp]:
+async def release_app(
+    make_database, nats_url: str, stella_namespace: str, tenant_id: uuid.UUID, credential_refs: list[str]
+) -> AsyncIterator[ReleaseApp]:
     dsn = await make_database([("release", MIGRATIONS)])
     app = create_app(
-        Settings(database_url=dsn, nats_url=nats_url, nats_namespace=stella_namespace, registry_timeout_s=3)
+        Settings(
+            database_url=dsn,
+            nats_url=nats_url,
+            nats_namespace=stella_namespace,
+            registry_timeout_s=3,
+            credential_refs={str(tenant_id): credential_refs},
+        )
     )
     await app.start()
     try:
@@ -30,6 +52,6 @@ async def release_app(make_database, nats_url: str, stella_namespace: str) -> As
 
 
 @pytest_asyncio.fixture
-async def caller(release_app: ReleaseApp, nats: Client) -> AsyncIterator[Caller]:
+async def caller(release_app: ReleaseApp, nats: Client, tenant_id: uuid.UUID) -> AsyncIterator[Caller]:
     async with service_client(nats, release_app.runtime.names) as client:
-        yield Caller(client)
+        yield Caller(client, tenant_id=tenant_id)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from stella.contracts import release as c
 from stella.release.app import ReleaseApp
@@ -138,8 +140,12 @@ async def test_registry_down_is_a_clear_error_and_no_partial_release(
     assert retry.ok, retry.error
 
 
+REGISTRY_AUTH_REF = "env:STELLA_TEST_PRIVATE_REGISTRY_AUTH"
+
+
+@pytest.mark.parametrize("credential_refs", [[REGISTRY_AUTH_REF]], indirect=True)
 async def test_basic_auth_registry_through_a_credential_reference(
-    caller: Caller, oci_registry_with_auth: LocalRegistry, unique_id: str, tmp_path, monkeypatch
+    caller: Caller, oci_registry_with_auth: LocalRegistry, unique_id: str, monkeypatch
 ) -> None:
     registry = oci_registry_with_auth
     assert registry.credentials is not None
@@ -150,19 +156,18 @@ async def test_basic_auth_registry_through_a_credential_reference(
     refused = await caller.command(c.SYNC_VERSIONS, c.SyncVersions, component_id=anonymous["id"])
     assert (refused.error.code, refused.error.status) == ("REL_REGISTRY_AUTH_FAILED", 422)
 
-    secret = tmp_path / "registry-secret"
-    secret.write_text(f"{user}:{password}")
+    monkeypatch.setenv(REGISTRY_AUTH_REF.removeprefix("env:"), f"{user}:{password}")
     component = await _component(
-        caller, "private", f"{registry.address}/{repo}", registry_credential_ref=f"file:{secret}"
+        caller, "private", f"{registry.address}/{repo}", registry_credential_ref=REGISTRY_AUTH_REF
     )
-    assert component["registry_credential_ref"] == f"file:{secret}"
+    assert component["registry_credential_ref"] == REGISTRY_AUTH_REF
     assert password not in str(component)
     sync = await caller.command(c.SYNC_VERSIONS, c.SyncVersions, component_id=component["id"])
     assert sync.ok, sync.error
     versions = await caller.query(c.LIST_VERSIONS, c.ListVersions, component_id=component["id"])
     assert versions.data["items"][0]["digest"] == digest
 
-    secret.write_text(f"{user}:wrong")
+    monkeypatch.setenv(REGISTRY_AUTH_REF.removeprefix("env:"), f"{user}:wrong")
     wrong = await caller.command(c.SYNC_VERSIONS, c.SyncVersions, component_id=component["id"])
     assert wrong.error.code == "REL_REGISTRY_AUTH_FAILED"
 
@@ -331,3 +336,97 @@ async def test_releases_are_counted_once_each_after_their_event_is_published(
     )
     assert not duplicate.ok
     assert REGISTRY.get_sample_value("stella_releases_total") == before + 2
+
+
+class CapturingRegistry:
+    """An HTTP server that plays a registry an attacker controls: it asks for Basic auth and keeps what it gets."""
+
+    def __init__(self) -> None:
+        self.authorizations: list[str] = []
+        self.requests = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        async def everything(request: web.Request) -> web.Response:
+            self.requests += 1
+            if "Authorization" in request.headers:
+                self.authorizations.append(request.headers["Authorization"])
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="loot"'})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", everything)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def loot() -> AsyncIterator[CapturingRegistry]:
+    registry = CapturingRegistry()
+    await registry.start()
+    try:
+        yield registry
+    finally:
+        await registry.stop()
+
+
+HOST_SECRETS = ["env:STELLA_DATABASE_URL", "env:PATH", "env:HOME", "file:/etc/passwd", "file:/proc/self/environ"]
+
+
+@pytest.mark.parametrize("credential_refs", [["env:STELLA_TEST_ALLOWED_ONLY"]], indirect=True)
+async def test_no_reference_makes_the_service_read_the_hosts_environment_or_files(
+    caller: Caller, release_app: ReleaseApp, loot: CapturingRegistry, monkeypatch
+) -> None:
+    monkeypatch.setenv("STELLA_DATABASE_URL", "postgresql://user:db-password@db/stella")
+    repository = f"127.0.0.1:{loot.port}/team/app"
+    for index, ref in enumerate(HOST_SECRETS):
+        refused = await caller.command(
+            c.CREATE_COMPONENT,
+            c.CreateComponent,
+            name=f"c{index}",
+            image_repository=repository,
+            registry_credential_ref=ref,
+        )
+        assert (refused.error.code, refused.error.status) == ("REL_CREDENTIAL_REF_NOT_ALLOWED", 422), ref
+        assert "No such file" not in refused.error.detail
+    component = await _component(caller, "plain", repository)
+    for ref in HOST_SECRETS:
+        refused = await caller.command(
+            c.UPDATE_COMPONENT, c.UpdateComponent, component_id=component["id"], registry_credential_ref=ref
+        )
+        assert refused.error.code == "REL_CREDENTIAL_REF_NOT_ALLOWED", ref
+    # Another tenant's allowed reference is not this tenant's either.
+    other = caller.other_tenant()
+    refused = await other.command(
+        c.CREATE_COMPONENT,
+        c.CreateComponent,
+        name="x",
+        image_repository=repository,
+        registry_credential_ref="env:STELLA_TEST_ALLOWED_ONLY",
+    )
+    assert refused.error.code == "REL_CREDENTIAL_REF_NOT_ALLOWED"
+
+    # A reference stored before the allow-list existed is refused when it would be read, and nothing is sent.
+    async with release_app.runtime.pool.acquire() as conn:
+        for ref in HOST_SECRETS:
+            await conn.execute(
+                "UPDATE components SET registry_credential_ref = $1 WHERE id = $2", ref, uuid.UUID(component["id"])
+            )
+            sync = await caller.command(c.SYNC_VERSIONS, c.SyncVersions, component_id=component["id"])
+            assert sync.error.code == "REL_CREDENTIAL_REF_NOT_ALLOWED", ref
+            release = await caller.command(
+                c.CREATE_RELEASE,
+                c.CreateRelease,
+                name=f"r-{uuid.uuid4().hex[:8]}",
+                components=[{"component": "plain", "tag": "1.0.0"}],
+            )
+            assert release.error.code == "REL_CREDENTIAL_REF_NOT_ALLOWED", ref
+    assert loot.authorizations == []
+    assert loot.requests == 0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from stella.contracts.release import CreateRelease, ReleaseComponentSpec, ReleaseStatus
 from stella.release import domain
+from stella.release.credentials import CredentialPolicy, CredentialRefNotAllowed, CredentialUnresolved
 from stella.release.handlers import _channel_for, _semver_of
-from stella.release.registry import CredentialUnresolved, resolve_credential_ref, split_repository
+from stella.release.registry import split_repository
 
 
 @pytest.mark.parametrize("status", [ReleaseStatus.READY, ReleaseStatus.DEPLOYED, ReleaseStatus.DEPRECATED])
@@ -76,25 +79,52 @@ def test_repositories_split_into_registry_and_path(repository: str, base: str, p
     assert (ref.base_url, ref.path) == (base, path)
 
 
-def test_credential_references(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_allowed_credential_references_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    tenant = uuid.uuid4()
+    secret = tmp_path / "reg"
+    secret.write_text("bob:pw\n")
+    policy = CredentialPolicy({str(tenant): ["env:STELLA_TEST_REG"], "*": [f"file:{secret}"]})
     monkeypatch.setenv("STELLA_TEST_REG", "alice:s3cret:with:colons")
-    creds = resolve_credential_ref("env:STELLA_TEST_REG")
+    creds = policy.resolve(tenant, "env:STELLA_TEST_REG")
     assert creds is not None
     assert (creds.username, creds.password) == ("alice", "s3cret:with:colons")
     assert "s3cret" not in repr(creds)
-    secret = tmp_path / "reg"
-    secret.write_text("bob:pw\n")
-    creds = resolve_credential_ref(f"file:{secret}")
+    creds = policy.resolve(uuid.uuid4(), f"file:{secret}")
     assert creds is not None
     assert (creds.username, creds.password) == ("bob", "pw")
-    assert resolve_credential_ref(None) is None
-    with pytest.raises(CredentialUnresolved, match="is not set"):
-        resolve_credential_ref("env:STELLA_TEST_MISSING")
-    with pytest.raises(CredentialUnresolved, match="cannot read"):
-        resolve_credential_ref(f"file:{tmp_path / 'nope'}")
+    assert policy.resolve(tenant, None) is None
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["env:STELLA_DATABASE_URL", "env:PATH", "env:HOME", "file:/etc/passwd", "file:/proc/self/environ", "file:/nope"],
+)
+def test_references_the_operator_did_not_allow_are_never_read(ref: str) -> None:
+    tenant = uuid.uuid4()
+    # Another tenant's reference is not this tenant's.
+    policy = CredentialPolicy({str(uuid.uuid4()): [ref]})
+    with pytest.raises(CredentialRefNotAllowed) as caught:
+        policy.resolve(tenant, ref)
+    with pytest.raises(CredentialRefNotAllowed):
+        policy.check(tenant, ref)
+    assert "No such file" not in caught.value.detail
+    assert caught.value.status == 422
+
+
+def test_unreadable_allowed_references_say_nothing_about_the_host(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    tenant = uuid.uuid4()
+    refs = ["env:STELLA_TEST_MISSING", f"file:{tmp_path / 'nope'}", f"file:{tmp_path}", "env:STELLA_TEST_REG"]
+    monkeypatch.delenv("STELLA_TEST_MISSING", raising=False)
     monkeypatch.setenv("STELLA_TEST_REG", "no-colon")
-    with pytest.raises(CredentialUnresolved, match="user:password"):
-        resolve_credential_ref("env:STELLA_TEST_REG")
+    policy = CredentialPolicy({str(tenant): refs})
+    details = set()
+    for ref in refs:
+        with pytest.raises(CredentialUnresolved) as caught:
+            policy.resolve(tenant, ref)
+        details.add(caught.value.detail.replace(ref, "<ref>"))
+    # Missing, unreadable, a directory or malformed: the same answer, so nothing about the host is learnt.
+    assert len(details) == 1
+    assert not any(word in next(iter(details)) for word in ("No such", "directory", "not set", "permission"))
 
 
 def test_a_release_names_each_component_once_by_tag_or_digest() -> None:

@@ -136,6 +136,9 @@ class Harness(TenantCaller):
     async def save_template(
         self, name: str, nodes: list[dict[str, Any]], edges: Sequence[tuple[str, str]] = (), **kw: Any
     ) -> Reply:
+        """Save a template; one with promotion steps declares the promotion inputs unless ``inputs`` is given."""
+        if "inputs" not in kw and any(node["type"] in c.PROMOTION_STEP_TYPES for node in nodes):
+            kw["inputs"] = {name: {"required": False} for name in c.PROMOTION_RUN_INPUTS}
         return await self.command(
             c.SAVE_TEMPLATE,
             c.SaveTemplate,

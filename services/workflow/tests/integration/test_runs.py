@@ -375,3 +375,45 @@ async def test_two_replicas_advance_a_run_once_when_parallel_results_arrive_toge
         **{f"b{i}": 1 for i in range(6)},
         "join": 1,
     }
+
+
+async def test_a_run_that_cannot_start_is_announced_as_failed(harness: Harness) -> None:
+    """The promotion service starts runs through its outbox and never sees the reply: the refusal is an event."""
+    saved = await harness.save_template("plain", [{"id": "wait", "type": "wait", "config": {"seconds": 1}}])
+    assert saved.ok, saved.error
+    subject_id = uuid.uuid4()
+    run_id = uuid.uuid4()
+    reply = await harness.command(
+        c.START_RUN,
+        c.StartRun,
+        template_name="plain",
+        run_id=run_id,
+        subject_id=subject_id,
+        inputs={"promotion_id": str(subject_id)},
+    )
+    assert (reply.error.code, reply.error.status) == ("WF_UNKNOWN_INPUT", 400)
+    failed = await harness.event(c.RUN_FAILED, run_id)
+    assert failed["subject_id"] == str(subject_id)
+    assert failed["status"] == "failed"
+    assert "could not start" in failed["error"] and "promotion_id" in failed["error"]
+    other_run = uuid.uuid4()
+    missing = await harness.command(
+        c.START_RUN, c.StartRun, template_name="nope", run_id=other_run, subject_id=subject_id
+    )
+    assert missing.error.code == "WF_TEMPLATE_NOT_FOUND"
+    assert "could not start" in (await harness.event(c.RUN_FAILED, other_run))["error"]
+
+
+async def test_a_promotion_template_must_declare_what_a_promotion_run_starts_with(harness: Harness) -> None:
+    nodes = [{"id": "gates", "type": "gate"}, {"id": "approval", "type": "approval"}]
+    refused = await harness.save_template("custom-promotion", nodes, [("gates", "approval")], inputs={})
+    assert (refused.error.code, refused.error.status) == ("WF_PROMOTION_TEMPLATE_INCOMPLETE", 400)
+    assert "promotion_id" in refused.error.detail
+    inputs = {name: {"required": False} for name in c.PROMOTION_RUN_INPUTS}
+    backwards = await harness.save_template("custom-promotion", nodes, [("approval", "gates")], inputs=inputs)
+    assert backwards.error.code == "WF_PROMOTION_TEMPLATE_INCOMPLETE"
+    assert "does not run after a gate step" in backwards.error.detail
+    accepted = await harness.save_template("custom-promotion", nodes, [("gates", "approval")], inputs=inputs)
+    assert accepted.ok, accepted.error
+    # A template without promotion steps is no promotion template and declares what it likes.
+    assert (await harness.save_template("chores", [{"id": "wait", "type": "wait", "config": {"seconds": 1}}])).ok

@@ -55,7 +55,10 @@ async def test_an_invalid_template_is_a_400_and_stores_nothing(
 
 
 async def test_versions_increase_per_tenant_and_name(harness: Harness) -> None:
-    first = await harness.save_template("deploy-flow", [GATE], inputs={"env": {"required": False, "default": "dev"}})
+    promotion_inputs = {name: {"required": False} for name in c.PROMOTION_RUN_INPUTS}
+    first = await harness.save_template(
+        "deploy-flow", [GATE], inputs={**promotion_inputs, "env": {"required": False, "default": "dev"}}
+    )
     second = await harness.save_template(
         "deploy-flow", [GATE, {"id": "proof", "type": "evidence"}], [("check", "proof")]
     )
@@ -63,7 +66,7 @@ async def test_versions_increase_per_tenant_and_name(harness: Harness) -> None:
     other_tenant = await harness.other_tenant().save_template("deploy-flow", [GATE])
 
     assert [r.data["version"] for r in (first, second, other_name, other_tenant)] == [1, 2, 1, 1]
-    assert first.data["inputs"] == {"env": {"required": False, "default": "dev", "description": ""}}
+    assert first.data["inputs"]["env"] == {"required": False, "default": "dev", "description": ""}
     assert first.data["is_builtin"] is False
     assert first.data["tenant_id"] == str(harness.tenant_id)
     latest = await harness.query(c.GET_TEMPLATE, c.GetTemplate, name="deploy-flow")

@@ -58,6 +58,74 @@ STEP_SUBJECTS: Final[dict[str, str]] = {
 """Step types executed by another context, and the subject their :class:`ExecuteStep` goes to."""
 
 
+PROMOTION_RUN_INPUTS: Final[frozenset[str]] = frozenset(
+    {
+        "promotion_id",
+        "release_id",
+        "environment_id",
+        "requested_by",
+        "approval_required",
+        "required_approvals",
+        "require_sod",
+        "approver_groups",
+        "approval_timeout_s",
+    }
+)
+"""The inputs the promotion service starts every promotion's run with; a promotion template declares them all."""
+
+PROMOTION_STEP_TYPES: Final[frozenset[str]] = frozenset({"gate", "approval"})
+"""Step types only a promotion's run can execute: a template holding one is a promotion template."""
+
+
+def promotion_template_problems(
+    inputs: dict[str, Any], nodes: list[NodeSpec], edges: list[EdgeSpec], *, needs_approval: bool
+) -> list[str]:
+    """Why a template cannot run a promotion (empty when it can).
+
+    A promotion's run is started with :data:`PROMOTION_RUN_INPUTS`, so the template must declare each of
+    them and require no other input; its ``gate`` step decides the gates, so it needs one; an environment
+    that needs approvals needs an ``approval`` step, which must run after the gate step.
+
+    Args:
+        inputs: The template's declared inputs by name (``{name: {required, default, description}}``).
+        nodes: Its steps.
+        edges: Its edges.
+        needs_approval: Whether the environment that names the template requires approvals.
+    """
+    problems: list[str] = []
+    missing = sorted(PROMOTION_RUN_INPUTS - set(inputs))
+    if missing:
+        problems.append(f"it does not declare the inputs every promotion's run is started with: {', '.join(missing)}")
+    extra = sorted(
+        name
+        for name, spec in inputs.items()
+        if name not in PROMOTION_RUN_INPUTS
+        and (not isinstance(spec, dict) or (spec.get("required", True) and spec.get("default") is None))
+    )
+    if extra:
+        problems.append(f"it requires inputs a promotion does not send: {', '.join(extra)}")
+    gates = {node.id for node in nodes if node.type == "gate"}
+    if not gates:
+        problems.append("it has no 'gate' step, so the promotion's gates are never decided")
+    approvals = [node.id for node in nodes if node.type == "approval"]
+    if needs_approval and not approvals:
+        problems.append("the environment requires approvals but the template has no 'approval' step")
+    successors: dict[str, set[str]] = {}
+    for edge in edges:
+        successors.setdefault(edge.source, set()).add(edge.target)
+    after_gates: set[str] = set()
+    frontier = list(gates)
+    while frontier:
+        for following in successors.get(frontier.pop(), ()):
+            if following not in after_gates:
+                after_gates.add(following)
+                frontier.append(following)
+    for node_id in approvals:
+        if gates and node_id not in after_gates:
+            problems.append(f"its approval step {node_id!r} does not run after a gate step")
+    return problems
+
+
 COMPLETION_IDS: Final[UUID] = UUID("3c1b8a5e-2f4d-4e6a-9b7c-5d8e1f2a3b4c")
 """Namespace of completion message ids: one id per step attempt, however often its result is written."""
 
@@ -176,7 +244,7 @@ class StartRun(Command):
     """
 
     template_name: str
-    template_version: int | None = None
+    template_version: int | None = Field(default=None, ge=1, le=2**31 - 1)
     run_id: UUID | None = None
     subject_id: UUID | None = None
     inputs: dict[str, Any] = Field(default_factory=dict)
@@ -279,7 +347,7 @@ class GetTemplate(Query):
     """Read a template (latest version unless given)."""
 
     name: str
-    version: int | None = None
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class ListTemplates(Query):

@@ -54,7 +54,7 @@ from stella.kit.asking import Refused, ask
 from stella.kit.broker import CommandProcessor, PoisonMessage, ServiceClient
 from stella.kit.errors import error_detail
 from stella.kit.outbox import add_events
-from stella.kit.pagination import decode_cursor, encode_cursor
+from stella.kit.pagination import decode_cursor, encode_cursor, int64
 
 MESSAGE_IDS: Final[UUID] = UUID("0b5f3c52-4a4e-4a8e-9d1e-6a8f2c7e51d3")
 """Namespace of the deterministic ids of messages this service writes (uuid5 of what caused them)."""
@@ -283,7 +283,7 @@ class Handlers:
 
     async def list_packets(self, q: ListPackets) -> Reply:
         """A page of packets in chain order; a page also ends before its JSON outgrows one NATS message."""
-        cursor = decode_cursor(q.page.page_token, int)
+        cursor = decode_cursor(q.page.page_token, int64, kind="packets")
         size = q.page.page_size
         async with self._pool().acquire() as conn:
             rows = await repo.list_packets(
@@ -303,7 +303,7 @@ class Handlers:
                 break
             items.append(item)
             used += cost
-        token = encode_cursor(items[-1]["sequence"]) if items and len(items) < len(rows) else None
+        token = encode_cursor(items[-1]["sequence"], kind="packets") if items and len(items) < len(rows) else None
         return Reply.success(Page(items=items, next_page_token=token).model_dump())
 
     async def verify_packet(self, q: VerifyPacket) -> Reply:

@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--admin", required=True, help="name of the tenant admin principal")
     boot.add_argument("--token-file", type=Path, help="also write the token to this file (mode 0600)")
 
+    platform = commands.add_parser(
+        "bootstrap-platform",
+        help="create the platform (operator) tenant and a platform admin who manages tenants, unless it exists",
+    )
+    platform.add_argument("--tenant", default="platform", help="the platform tenant's name (default: platform)")
+    platform.add_argument("--admin", required=True, help="name of the platform admin principal")
+    platform.add_argument("--token-file", type=Path, help="also write the token to this file (mode 0600)")
+
     token = commands.add_parser("create-token", help="issue an API token for an existing principal")
     token.add_argument("--tenant", required=True, help="tenant name")
     token.add_argument("--principal", required=True, help="principal name")
@@ -74,7 +82,8 @@ async def _connect(settings: Settings) -> asyncpg.Connection:
 async def _bootstrap(settings: Settings, args: argparse.Namespace) -> IssuedCredential | None:
     conn = await _connect(settings)
     try:
-        return await bootstrap(conn, args.tenant, args.admin, datetime.now(UTC))
+        platform = args.command == "bootstrap-platform"
+        return await bootstrap(conn, args.tenant, args.admin, datetime.now(UTC), platform=platform)
     finally:
         await conn.close()
 
@@ -110,10 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(settings)
         return 0
     try:
-        if command == "bootstrap":
+        if command in ("bootstrap", "bootstrap-platform"):
             credential = asyncio.run(_bootstrap(settings, args))
             if credential is None:
-                print(f"tenant {args.tenant!r} already exists; nothing changed", file=sys.stderr)
+                what = f"tenant {args.tenant!r}" + (" or a platform tenant" if command == "bootstrap-platform" else "")
+                print(f"{what} already exists; nothing changed", file=sys.stderr)
                 return 0
             print(
                 f"created tenant {args.tenant!r} ({credential.tenant_id}) and tenant admin {args.admin!r} "

@@ -47,7 +47,15 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
-async def bootstrap(conn: asyncpg.Connection, tenant: str, admin: str, now: datetime) -> IssuedCredential | None:
+async def bootstrap(
+    conn: asyncpg.Connection,
+    tenant: str,
+    admin: str,
+    now: datetime,
+    *,
+    platform: bool = False,
+    created_by: UUID | None = None,
+) -> IssuedCredential | None:
     """Create a tenant, its first tenant admin (a user) and an API token for it, in one transaction.
 
     Args:
@@ -55,14 +63,17 @@ async def bootstrap(conn: asyncpg.Connection, tenant: str, admin: str, now: date
         tenant: The tenant's name.
         admin: The admin principal's name.
         now: The current UTC time.
+        platform: Create the platform (operator) tenant: its admin is a tenant admin and a platform admin.
+        created_by: The platform admin creating the tenant through the API (None from the command line).
 
     Returns:
-        The new credential, or None when the tenant already exists (nothing is changed then).
+        The new credential, or None when the tenant already exists, or a platform tenant does when
+        ``platform`` is set (nothing is changed then).
     """
     check_name("tenant", tenant)
     check_name("principal", admin)
     async with conn.transaction():
-        tenant_id = await insert_tenant(conn, tenant, now)
+        tenant_id = await insert_tenant(conn, tenant, now, is_platform=platform)
         if tenant_id is None:
             return None
         principal = await insert_principal(
@@ -71,9 +82,9 @@ async def bootstrap(conn: asyncpg.Connection, tenant: str, admin: str, now: date
             name=admin,
             kind="user",
             display_name=None,
-            roles=[Role.TENANT_ADMIN.value],
+            roles=[Role.TENANT_ADMIN.value, *([Role.PLATFORM_ADMIN.value] if platform else [])],
             now=now,
-            created_by=None,
+            created_by=created_by,
         )
         assert principal is not None  # a new tenant has no principals
         issued = new_token()
@@ -85,7 +96,7 @@ async def bootstrap(conn: asyncpg.Connection, tenant: str, admin: str, now: date
             token_hash=issued.token_hash,
             prefix=issued.prefix,
             now=now,
-            created_by=None,
+            created_by=created_by,
             expires_at=None,
         )
         assert row is not None

@@ -20,12 +20,10 @@ from uuid import UUID
 
 import asyncpg
 import nats
-import swagger_ui_bundle
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Server, Tag
 from litestar.plugins.pydantic import PydanticPlugin
 from litestar.static_files import create_static_files_router
@@ -44,19 +42,23 @@ from stella.gateway.controllers import (
     PromotionController,
     ReleaseController,
     ScanResultController,
+    TenantController,
     TokenController,
     WorkflowRunController,
     WorkflowTemplateController,
 )
+from stella.gateway.controllers.openapi import EnforcedJsonRenderPlugin, EnforcedSwaggerRenderPlugin
 from stella.gateway.dependencies import DEPENDENCIES, RUNTIME_STATE_KEY
 from stella.gateway.exports import BundleReader
 from stella.gateway.idempotency import IdempotencyMiddleware, IdempotencyPolicy
+from stella.gateway.methods import set_allow_header
 from stella.gateway.problems import problem_response
 from stella.gateway.relay import Relay
 from stella.gateway.runtime import Runtime
 from stella.gateway.settings import Settings
 from stella.gateway.store import GatewayStore
 from stella.gateway.tracing import TraceMiddleware, add_trace_header
+from stella.gateway.validation import RequestValidationMiddleware, StrictBodyPlugin
 from stella.kit.broker import ServiceClient, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.deadletters import DeadLetterStore
@@ -80,11 +82,15 @@ DOCS_PATH: Final[str] = "/api/docs"
 DOCS_ASSETS: Final[str] = f"{DOCS_PATH}/assets"
 """Where the docs page's scripts and styles are served from (bundled: the page works offline)."""
 
+SWAGGER_UI: Final[Path] = Path(__file__).parent / "static" / "swagger-ui"
+"""The vendored swagger-ui-dist (see its VERSION file): a Swagger UI that renders OpenAPI 3.1, no network needed."""
+
 PURGE_INTERVAL_S: Final[float] = 600.0
 """Seconds between deletions of expired idempotency keys."""
 
 TAGS: Final[tuple[Tag, ...]] = (
     Tag(name="health", description="Liveness and readiness; no token needed."),
+    Tag(name="tenants", description="Tenants of the installation (platform admins of the operator tenant only)."),
     Tag(name="principals", description="People and machines of the tenant and their roles (tenant admins)."),
     Tag(name="tokens", description="API tokens of the tenant's principals (tenant admins)."),
     Tag(name="components", description="Image repositories and their tag -> digest version maps."),
@@ -148,6 +154,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
         route_handlers=[
             HealthController,
             OpenAPIController,
+            TenantController,
             PrincipalController,
             TokenController,
             ComponentController,
@@ -161,21 +168,23 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             DeadLetterController,
             create_static_files_router(
                 path=DOCS_ASSETS,
-                directories=[Path(swagger_ui_bundle.swagger_ui_path)],
+                directories=[SWAGGER_UI],
                 opt={"exclude_from_auth": True},
                 include_in_schema=False,
             ),
         ],
         dependencies=DEPENDENCIES,
         # Response bodies are written with their field aliases: a workflow edge is {"from", "to"}.
-        plugins=[PydanticPlugin(prefer_alias=True)],
+        # Request bodies are validated strictly, every one the same way (stella.gateway.validation).
+        plugins=[PydanticPlugin(prefer_alias=True), StrictBodyPlugin()],
         middleware=[
             TraceMiddleware,
             DefineMiddleware(TokenAuthMiddleware, authenticator=runtime.get_authenticator, exclude=_PUBLIC_PATHS),
+            RequestValidationMiddleware,
             DefineMiddleware(IdempotencyMiddleware, policy=runtime.get_idempotency),
         ],
         exception_handlers={Exception: problem_response},
-        before_send=[add_trace_header],
+        before_send=[add_trace_header, set_allow_header],
         lifespan=[lifespan],
         state=State({RUNTIME_STATE_KEY: runtime}),
         openapi_config=_openapi(settings),
@@ -197,13 +206,14 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
         ),
         path=DOCS_PATH,
         render_plugins=[
-            SwaggerRenderPlugin(
+            EnforcedSwaggerRenderPlugin(
                 path="/",
                 js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
                 css_url=f"{DOCS_ASSETS}/swagger-ui.css",
                 standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
                 favicon=f'<link rel="icon" type="image/png" href="{DOCS_ASSETS}/favicon-32x32.png">',
-            )
+            ),
+            EnforcedJsonRenderPlugin(),
         ],
         servers=[Server(url=settings.public_url)] if settings.public_url else [Server(url="/")],
         components=Components(

@@ -87,6 +87,8 @@ class Identity:
     permissions: frozenset[str]
     token_id: UUID
     expires_at: datetime | None
+    platform: bool = False
+    """Whether the principal belongs to the platform (operator) tenant."""
 
     def can(self, resource: Resource, action: Action) -> bool:
         """Whether the principal has ``{resource}:{action}``."""
@@ -156,9 +158,10 @@ class Authenticator:
             kind=record.principal_kind,
             roles=record.roles,
             groups=record.groups,
-            permissions=permissions_for(record.roles),
+            permissions=permissions_for(record.roles, platform=record.tenant_is_platform),
             token_id=record.token_id,
             expires_at=record.expires_at,
+            platform=record.tenant_is_platform,
         )
 
     async def _lookup(self, token_hash: bytes) -> TokenAuth | None:

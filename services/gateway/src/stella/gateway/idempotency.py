@@ -1,6 +1,10 @@
 """``Idempotency-Key`` on every POST: one effect per key, the first answer replayed for repeats.
 
-A key is scoped to the tenant, method and path. The first request with a key claims it and runs; its final
+Authorization comes first: the route's guards run before the key is looked up, so a caller who may not
+make the request gets its 403 whether or not the key was used before. A key is scoped to the tenant, the
+calling principal, the method and the path (as Stripe scopes keys to the account): the principal that first
+used it owns it, and another principal of the tenant presenting the same key on the same route gets 422
+``VAL_IDEMPOTENCY_KEY_OTHER_PRINCIPAL`` and nothing runs. The first request with a key claims it and runs; its final
 response (status, ``Content-Type``, ``Location`` and body) is stored and replayed, with
 ``Idempotent-Replayed: true``, for every repeat within ``idempotency_ttl_s`` (24 h). A repeat with another
 body answers 422 ``VAL_IDEMPOTENCY_KEY_REUSED``; a repeat while the first request still runs answers 409
@@ -34,7 +38,9 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
+from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from stella.gateway.auth import Identity
@@ -144,10 +150,14 @@ class IdempotencyMiddleware:
                 "Idempotency-Key must be 1 to 255 printable ASCII characters.",
                 errors=[{"loc": ["header", IDEMPOTENCY_HEADER], "msg": "1 to 255 printable ASCII characters"}],
             )
+        handler = scope.get("route_handler")
+        if isinstance(handler, BaseRouteHandler):
+            # Authorization before the lookup: a stored answer is never served to someone the route refuses.
+            await handler.authorize_connection(ASGIConnection(scope, receive))
         policy = self._policy()
         request_hash = fingerprint(await request.body())
         scope_key = (identity.tenant_id, "POST", scope["path"], key)
-        outcome = await self._claim(policy, scope_key, request_hash)
+        outcome = await self._claim(policy, scope_key, identity.principal_id, request_hash)
         if isinstance(outcome, _Replay):
             await _replay(outcome, send)
             return
@@ -155,7 +165,11 @@ class IdempotencyMiddleware:
         await self._run(policy, scope_key, scope, receive, send)
 
     async def _claim(
-        self, policy: IdempotencyPolicy, scope_key: tuple[uuid.UUID, str, str, str], request_hash: bytes
+        self,
+        policy: IdempotencyPolicy,
+        scope_key: tuple[uuid.UUID, str, str, str],
+        principal_id: uuid.UUID,
+        request_hash: bytes,
     ) -> Claim | _Replay:
         tenant_id, method, path, key = scope_key
         now = policy.clock()
@@ -167,6 +181,7 @@ class IdempotencyMiddleware:
                 inserted = await store.insert_key(
                     conn,
                     *scope_key,
+                    principal_id=principal_id,
                     request_hash=request_hash,
                     message_id=message_id,
                     now=now,
@@ -179,12 +194,20 @@ class IdempotencyMiddleware:
                 await store.restart_key(
                     conn,
                     *scope_key,
+                    principal_id=principal_id,
                     request_hash=request_hash,
                     message_id=message_id,
                     now=now,
                     expires_at=now + policy.ttl,
                 )
                 return Claim(message_id)
+            if row.principal_id != principal_id:
+                raise ProblemError(
+                    422,
+                    "VAL_IDEMPOTENCY_KEY_OTHER_PRINCIPAL",
+                    "This Idempotency-Key was used by another principal for this request; "
+                    "a key is only replayed to the principal that first used it. Use a new key.",
+                )
             if row.request_hash != request_hash:
                 raise ProblemError(
                     422,

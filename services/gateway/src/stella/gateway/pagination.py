@@ -7,6 +7,7 @@ The gateway's own lists (principals, tokens) use the kit's keyset cursors
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
@@ -26,6 +27,11 @@ MAX_PAGE_SIZE: Final[int] = 500
 
 MAX_PAGE_TOKEN_LENGTH: Final[int] = 512
 """Longest ``page_token`` accepted."""
+
+PAGE_TOKEN_PATTERN: Final[str] = r"^[A-Za-z0-9_-]+$"
+"""Page tokens are URL-safe base64 without padding; anything else was not made by a list."""
+
+_PAGE_TOKEN: Final = re.compile(PAGE_TOKEN_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -49,22 +55,31 @@ def page_params(
         QueryParameter(
             min_length=1,
             max_length=MAX_PAGE_TOKEN_LENGTH,
+            # Published in the API description; checked below so a bad token keeps its own code.
+            schema_extra={"pattern": PAGE_TOKEN_PATTERN},
             description="The next_page_token of the previous page; omit for the first page.",
         ),
     ] = None,
 ) -> PageParams:
     """Litestar dependency reading ``page_size`` and ``page_token``; bad values are a 400."""
+    if page_token is not None and not _PAGE_TOKEN.match(page_token):
+        raise ProblemError(
+            400,
+            "VAL_PAGE_TOKEN",
+            "page_token is not a token a list returned.",
+            errors=[{"loc": ["query", "page_token"], "msg": "not a token this list returned"}],
+        )
     return PageParams(size=page_size, token=page_token)
 
 
-def decode_page_token(token: str | None, *types: Callable[[str], Any]) -> list[Any] | None:
+def decode_page_token(token: str | None, *types: Callable[[str], Any], kind: str) -> list[Any] | None:
     """Decode a page token of one of the gateway's own lists (None for the first page).
 
     Raises:
         ProblemError: 400 ``VAL_PAGE_TOKEN`` with a field error when the token was not made by that list.
     """
     try:
-        return decode_cursor(token, *types)
+        return decode_cursor(token, *types, kind=kind)
     except BadRequest as exc:
         raise ProblemError(
             400,

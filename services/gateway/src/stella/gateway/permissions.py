@@ -17,7 +17,8 @@ from typing import Final
 class Resource(StrEnum):
     """What a permission is about (reference §8). Components and versions belong to ``release``.
 
-    ``freeze`` has only the ``override`` action: letting a promotion through a freeze window.
+    ``freeze`` has only the ``override`` action: letting a promotion through a freeze window. ``credential``
+    has only ``update``: naming (or removing) a component's registry credential reference.
     ``dead-letter`` is the messages the services gave up on: read them, and replay them (``update``).
     """
 
@@ -34,6 +35,8 @@ class Resource(StrEnum):
     TOKEN = "token"
     FREEZE = "freeze"
     DEAD_LETTER = "dead-letter"
+    CREDENTIAL = "credential"
+    TENANT = "tenant"
 
 
 class Action(StrEnum):
@@ -56,6 +59,7 @@ class Role(StrEnum):
     APPROVER = "approver"
     OPERATOR = "operator"
     TENANT_ADMIN = "tenant-admin"
+    PLATFORM_ADMIN = "platform-admin"
 
 
 ACTION_LETTERS: Final[Mapping[str, Action]] = {
@@ -70,27 +74,33 @@ ACTION_LETTERS: Final[Mapping[str, Action]] = {
 """Letters of :data:`MATRIX`: r read, c create, u update, d delete, a approve, p deploy (promote), o override."""
 
 MATRIX: Final[str] = """
-resource     | viewer | developer | approver | operator | tenant-admin
-environment  | r      | r         | r        | rcud     | rcudapo
-release      | r      | rcud      | r        | rcud     | rcudapo
-promotion    | r      | rc        | ra       | rcup     | rcudapo
-target       | r      | r         | r        | rcud     | rcudapo
-agent        | r      | r         | r        | rcud     | rcudapo
-workflow     | r      | rcu       | r        | rcud     | rcudapo
-plugin       | r      | r         | r        | rcud     | rcudapo
-integration  | r      | r         | r        | rcud     | rcudapo
-evidence     | r      | r         | r        | r        | rcudapo
-principal    | -      | -         | -        | -        | rcud
-token        | -      | -         | -        | -        | rcud
-freeze       | -      | -         | -        | o        | o
-dead-letter  | -      | -         | -        | ru       | ru
+resource     | viewer | developer | approver | operator | tenant-admin | platform-admin
+environment  | r      | r         | r        | rcud     | rcudapo      | -
+release      | r      | rcud      | r        | rcud     | rcudapo      | -
+promotion    | r      | rc        | ra       | rcup     | rcudapo      | -
+target       | r      | r         | r        | rcud     | rcudapo      | -
+agent        | r      | r         | r        | rcud     | rcudapo      | -
+workflow     | r      | rcu       | r        | rcud     | rcudapo      | -
+plugin       | r      | r         | r        | rcud     | rcudapo      | -
+integration  | r      | r         | r        | rcud     | rcudapo      | -
+evidence     | r      | r         | r        | r        | rcudapo      | -
+principal    | -      | -         | -        | -        | rcud         | -
+token        | -      | -         | -        | -        | rcud         | -
+freeze       | -      | -         | -        | o        | o            | -
+dead-letter  | -      | -         | -        | ru       | ru           | -
+credential   | -      | -         | -        | -        | u            | -
+tenant       | -      | -         | -        | -        | -            | rc
 """
 """The permission matrix: which actions (letters of :data:`ACTION_LETTERS`) each role has on each resource.
 
 Roles add up: a principal bound to developer and approver has the union of both columns. ``-`` is nothing.
-Only a tenant admin manages principals and tokens. Operators and tenant admins hold ``freeze:override``;
-anyone else passes a freeze window only when the window lists them as an exception. Operators and tenant
-admins read and replay their tenant's dead letters.
+Only a tenant admin manages principals and tokens, and only a tenant admin names the credential reference a
+component's registry is read with (``credential:update``): the reference names a secret on the release
+service's host, so it is not part of editing a component (``release:update``). Operators and tenant admins
+hold ``freeze:override``; anyone else passes a freeze window only when the window lists them as an exception.
+Operators and tenant admins read and replay their tenant's dead letters. ``platform-admin`` is the operator's
+role: it creates and reads tenants (``/api/v1/tenants``) and nothing inside them, and only principals of the
+platform tenant hold it.
 """
 
 
@@ -152,16 +162,25 @@ ROLE_PERMISSIONS: Final[Mapping[Role, frozenset[str]]] = parse_matrix(MATRIX)
 """Permissions of each role, from :data:`MATRIX`."""
 
 
-def permissions_for(roles: Iterable[str]) -> frozenset[str]:
+TENANT_ROLES: Final[frozenset[Role]] = frozenset(set(Role) - {Role.PLATFORM_ADMIN})
+"""The roles a principal of an ordinary tenant may hold; platform-admin belongs to the platform tenant only."""
+
+
+def permissions_for(roles: Iterable[str], *, platform: bool = False) -> frozenset[str]:
     """Return the union of the permissions of ``roles``; names that are not roles grant nothing.
 
     Args:
         roles: Role names as stored in role bindings.
+        platform: Whether the principal belongs to the platform tenant; platform-admin grants nothing
+            anywhere else, whatever a role binding says.
     """
     granted: set[str] = set()
     for name in roles:
         try:
-            granted |= ROLE_PERMISSIONS[Role(name)]
+            role = Role(name)
         except ValueError:
             continue
+        if role is Role.PLATFORM_ADMIN and not platform:
+            continue
+        granted |= ROLE_PERMISSIONS[role]
     return frozenset(granted)

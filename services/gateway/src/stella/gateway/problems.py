@@ -152,7 +152,8 @@ def field_errors(extra: Any) -> list[dict[str, Any]]:
         key = str(item.get("key") or "")
         loc: list[Any] = [source]
         for part in key.split(".") if key else []:
-            loc.append(int(part) if part.isdigit() else part)
+            # Only ASCII digits are list indexes: "³".isdigit() holds, but int("³") fails.
+            loc.append(int(part) if part.isascii() and part.isdigit() else part)
         errors.append({"loc": loc, "msg": str(item.get("message", "invalid value"))})
     return errors
 

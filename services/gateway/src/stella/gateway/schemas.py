@@ -28,9 +28,12 @@ from stella.gateway.permissions import Role
 
 
 class RequestBody(BaseModel):
-    """Base of request bodies: unknown fields are an error."""
+    """Base of request bodies: unknown fields are an error, and no value is coerced into another type.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Bodies are validated in pydantic's strict JSON mode (see :mod:`stella.gateway.validation`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ResponseBody(BaseModel):
@@ -62,6 +65,41 @@ class Health(ResponseBody):
 
     status: Literal["ok", "ready"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# --- tenants (the platform API) -------------------------------------------------------------------------
+
+
+class TenantCreate(RequestBody):
+    """A new tenant and the name of its first tenant admin."""
+
+    name: Name = Field(description="The tenant's name, unique on the installation.")
+    admin: Name = Field(default="admin", description="The name of the tenant's first tenant admin (a user).")
+
+
+class TenantOut(ResponseBody):
+    """A tenant."""
+
+    id: UUID
+    name: str
+    is_platform: bool = Field(description="Whether this is the platform (operator) tenant.")
+    created_at: datetime
+
+
+class TenantCreated(TenantOut):
+    """A new tenant with its first tenant admin and that admin's token: store the token now, it is not shown again."""
+
+    admin_principal_id: UUID
+    admin_token: str | None = Field(
+        description="The tenant admin's bearer token. Shown once: a replay of the request (Idempotency-Key) omits it."
+    )
+
+
+class TenantPage(ResponseBody):
+    """A page of tenants, by name."""
+
+    items: list[TenantOut]
+    next_page_token: str | None
 
 
 # --- principals and tokens ------------------------------------------------------------------------------
@@ -192,7 +230,11 @@ class ComponentCreate(RequestBody):
     versioning_strategy: dict[str, Any] | None = None
     default_channel: Channel | None = None
     registry_credential_ref: CredentialRef | None = Field(
-        default=None, description="Where the registry credential lives (env:NAME or file:PATH), never the secret."
+        default=None,
+        description=(
+            "Where the registry credential lives (env:NAME or file:PATH on the release service's host), never "
+            "the secret; only references the operator allows the tenant are accepted. Needs credential:update."
+        ),
     )
 
 

@@ -31,6 +31,17 @@ class TokenAuth:
     expires_at: datetime | None
     revoked_at: datetime | None
     principal_deleted_at: datetime | None
+    tenant_is_platform: bool = False
+
+
+@dataclass(frozen=True)
+class TenantRow:
+    """A tenant, as the platform API shows it."""
+
+    id: UUID
+    name: str
+    is_platform: bool
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class TokenRow:
 class IdempotencyRow:
     """The stored state of one idempotency key."""
 
+    principal_id: UUID | None
     request_hash: bytes
     message_id: UUID
     state: str
@@ -83,6 +95,7 @@ class IdempotencyRow:
 _FIND_TOKEN: Final = """
     SELECT t.id, t.tenant_id, t.principal_id, t.expires_at, t.revoked_at,
            p.name, p.kind, p.deleted_at,
+           (SELECT n.is_platform FROM tenants n WHERE n.id = t.tenant_id) AS tenant_is_platform,
            ARRAY(SELECT b.role FROM role_bindings b
                  WHERE b.tenant_id = t.tenant_id AND b.principal_id = t.principal_id
                  ORDER BY b.role) AS roles,
@@ -131,10 +144,23 @@ _REVOKE_TOKEN: Final = """
 # --- tenants and principals -----------------------------------------------------------------------------
 
 _INSERT_TENANT: Final = """
-    INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)
-    ON CONFLICT (name) DO NOTHING
+    INSERT INTO tenants (id, name, created_at, is_platform) VALUES ($1, $2, $3, $4)
+    ON CONFLICT DO NOTHING
     RETURNING id
 """
+
+_TENANT_COLUMNS: Final = "id, name, is_platform, created_at"
+
+_GET_TENANT: Final = f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE id = $1"
+
+_LIST_TENANTS: Final = f"""
+    SELECT {_TENANT_COLUMNS} FROM tenants
+    WHERE $1::text IS NULL OR name > $1
+    ORDER BY name
+    LIMIT $2
+"""
+
+_PLATFORM_TENANT: Final = "SELECT id FROM tenants WHERE is_platform"
 
 _TENANT_BY_NAME: Final = "SELECT id FROM tenants WHERE name = $1"
 
@@ -216,7 +242,7 @@ _REVOKE_PRINCIPAL_TOKENS: Final = """
 # --- idempotency keys -----------------------------------------------------------------------------------
 
 _IDEMPOTENCY_COLUMNS: Final = """
-    request_hash, message_id, state, response_status, response_headers, response_body, late_reply,
+    principal_id, request_hash, message_id, state, response_status, response_headers, response_body, late_reply,
     created_at, updated_at, expires_at
 """
 
@@ -228,8 +254,9 @@ _LOCK_KEY: Final = f"""
 
 _INSERT_KEY: Final = """
     INSERT INTO idempotency_keys
-        (tenant_id, method, path, key, request_hash, message_id, state, created_at, updated_at, expires_at)
-    VALUES ($1, $2, $3, $4, $5, $6, 'in_flight', $7, $7, $8)
+        (tenant_id, method, path, key, request_hash, message_id, state, created_at, updated_at, expires_at,
+         principal_id)
+    VALUES ($1, $2, $3, $4, $5, $6, 'in_flight', $7, $7, $8, $9)
     ON CONFLICT (tenant_id, method, path, key) DO NOTHING
     RETURNING message_id
 """
@@ -238,7 +265,7 @@ _RESTART_KEY: Final = """
     UPDATE idempotency_keys
     SET request_hash = $5, message_id = $6, state = 'in_flight', response_status = NULL,
         response_headers = NULL, response_body = NULL, late_reply = NULL,
-        created_at = $7, updated_at = $7, expires_at = $8
+        created_at = $7, updated_at = $7, expires_at = $8, principal_id = $9
     WHERE tenant_id = $1 AND method = $2 AND path = $3 AND key = $4
 """
 
@@ -298,6 +325,7 @@ def _token(row: asyncpg.Record) -> TokenRow:
 
 def _idempotency(row: asyncpg.Record) -> IdempotencyRow:
     return IdempotencyRow(
+        principal_id=row["principal_id"],
         request_hash=bytes(row["request_hash"]),
         message_id=row["message_id"],
         state=row["state"],
@@ -349,6 +377,7 @@ class GatewayStore:
             tenant_id=row["tenant_id"],
             principal_id=row["principal_id"],
             principal_name=row["name"],
+            tenant_is_platform=bool(row["tenant_is_platform"]),
             principal_kind=row["kind"],
             roles=tuple(row["roles"]),
             groups=tuple(row["groups"]),
@@ -534,14 +563,15 @@ class GatewayStore:
         path: str,
         key: str,
         *,
+        principal_id: UUID,
         request_hash: bytes,
         message_id: UUID,
         now: datetime,
         expires_at: datetime,
     ) -> bool:
-        """Claim a new key; False when a concurrent request inserted it first."""
+        """Claim a new key for ``principal_id``; False when a concurrent request inserted it first."""
         inserted = await conn.fetchval(
-            _INSERT_KEY, tenant_id, method, path, key, request_hash, message_id, now, expires_at
+            _INSERT_KEY, tenant_id, method, path, key, request_hash, message_id, now, expires_at, principal_id
         )
         return inserted is not None
 
@@ -553,13 +583,16 @@ class GatewayStore:
         path: str,
         key: str,
         *,
+        principal_id: UUID,
         request_hash: bytes,
         message_id: UUID,
         now: datetime,
         expires_at: datetime,
     ) -> None:
-        """Start an expired key over as a new claim."""
-        await conn.execute(_RESTART_KEY, tenant_id, method, path, key, request_hash, message_id, now, expires_at)
+        """Start an expired key over as a new claim of ``principal_id``."""
+        await conn.execute(
+            _RESTART_KEY, tenant_id, method, path, key, request_hash, message_id, now, expires_at, principal_id
+        )
 
     async def reclaim_key(
         self, conn: asyncpg.Connection, tenant_id: UUID, method: str, path: str, key: str, now: datetime
@@ -603,9 +636,32 @@ class GatewayStore:
 # --- statements shared with the command line (a plain connection, no pool) ------------------------------
 
 
-async def insert_tenant(conn: asyncpg.Connection, name: str, now: datetime) -> UUID | None:
-    """Create a tenant; None when a tenant of that name exists."""
-    result: UUID | None = await conn.fetchval(_INSERT_TENANT, uuid4(), name, now)
+async def insert_tenant(
+    conn: asyncpg.Connection, name: str, now: datetime, *, is_platform: bool = False
+) -> UUID | None:
+    """Create a tenant; None when a tenant of that name (or, for the platform tenant, any platform tenant) exists."""
+    result: UUID | None = await conn.fetchval(_INSERT_TENANT, uuid4(), name, now, is_platform)
+    return result
+
+
+def _tenant(row: asyncpg.Record) -> TenantRow:
+    return TenantRow(id=row["id"], name=row["name"], is_platform=row["is_platform"], created_at=row["created_at"])
+
+
+async def get_tenant(conn: asyncpg.Connection, tenant_id: UUID) -> TenantRow | None:
+    """One tenant by id."""
+    row = await conn.fetchrow(_GET_TENANT, tenant_id)
+    return _tenant(row) if row is not None else None
+
+
+async def list_tenants(conn: asyncpg.Connection, *, after: str | None, limit: int) -> list[TenantRow]:
+    """Tenants by name, after the name ``after``."""
+    return [_tenant(row) for row in await conn.fetch(_LIST_TENANTS, after, limit)]
+
+
+async def platform_tenant(conn: asyncpg.Connection) -> UUID | None:
+    """The id of the platform tenant, if one was bootstrapped."""
+    result: UUID | None = await conn.fetchval(_PLATFORM_TENANT)
     return result
 
 

@@ -378,6 +378,9 @@ DEFAULT_DEPLOYMENT_TIMEOUT_S: Final = 600
 DEFAULT_APPROVAL_TIMEOUT_S: Final = 7 * 24 * 3600
 """Approvals time out after 7 days unless the environment says otherwise (reference section 10)."""
 
+MAX_TIMEOUT_S: Final = 366 * 86_400
+"""Longest deployment or approval timeout an environment may set (a year and a day), in seconds."""
+
 
 class FreezeBehavior(StrEnum):
     """What happens to a promotion that meets a closed freeze window or schedule."""
@@ -544,8 +547,10 @@ class EnvironmentConfig:
             ("approval_timeout_s", DEFAULT_APPROVAL_TIMEOUT_S),
         ):
             value = raw.get(key, default)
-            if not _is_int(value) or value <= 0:
-                problems.append({"loc": ["config", key], "msg": "must be a positive integer (seconds)"})
+            if not _is_int(value) or not 0 < value <= MAX_TIMEOUT_S:
+                problems.append(
+                    {"loc": ["config", key], "msg": f"must be a positive integer (seconds), at most {MAX_TIMEOUT_S}"}
+                )
                 value = default
             timeouts[key] = value
         try:
@@ -966,10 +971,11 @@ ALLOWED_TRANSITIONS: Final[Mapping[PromotionStatus, frozenset[PromotionStatus]]]
             PromotionStatus.APPROVED,
             PromotionStatus.REJECTED,
             PromotionStatus.CANCELLED,
+            PromotionStatus.FAILED,
         }
     ),
     PromotionStatus.PENDING_APPROVAL: frozenset(
-        {PromotionStatus.APPROVED, PromotionStatus.REJECTED, PromotionStatus.CANCELLED}
+        {PromotionStatus.APPROVED, PromotionStatus.REJECTED, PromotionStatus.CANCELLED, PromotionStatus.FAILED}
     ),
     PromotionStatus.APPROVED: frozenset(
         {
@@ -992,6 +998,8 @@ REASON_APPROVAL_REJECTED: Final = "PROM_APPROVAL_REJECTED"
 """Reason code of a promotion rejected by an eligible approver."""
 REASON_APPROVAL_TIMEOUT: Final = "PROM_APPROVAL_TIMEOUT"
 """Reason code of a promotion whose approvals did not arrive before the deadline."""
+REASON_WORKFLOW_ENDED: Final = "PROM_WORKFLOW_RUN_ENDED"
+"""Reason code of a promotion failed because its workflow run ended (or never started) before deciding it."""
 REASON_WINDOW_NEVER_OPENS: Final = "PROM_WINDOW_NEVER_OPENS"
 """Reason code added when a promotion would be held but the window does not open within the search horizon."""
 REASON_RUN_NOT_STARTED: Final = "PROM_RUN_NOT_STARTED"
@@ -1078,10 +1086,11 @@ class PromotionCompleted(PromotionEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class PromotionFailed(PromotionEvent):
-    """The deployment job failed; ``rollback_job_id`` is set when a rollback runs."""
+    """The deployment job failed (``rollback_job_id`` is set when a rollback runs), or the promotion's workflow
+    run ended or could not start before the promotion was decided (no deployment job then)."""
 
     name: ClassVar[str] = "promotion.failed"
-    deployment_job_id: UUID
+    deployment_job_id: UUID | None
     reason: str
     rollback_job_id: UUID | None
 
@@ -1413,6 +1422,23 @@ class Promotion:
         self.finished_at = now
         self._touch(now)
         return []
+
+    def fail_workflow(self, *, reason: str, now: datetime) -> list[PromotionEvent]:
+        """The promotion's workflow run ended, or could not start, while the promotion still waited on it.
+
+        Nothing will decide such a promotion any more, so it fails, final, with the run's reason: no
+        promotion waits for a run that is gone. Allowed in ``pending_gate`` and ``pending_approval``; in any
+        other state the run's end says nothing new and nothing changes.
+        """
+        now = require_aware(now, "now")
+        if self.status not in (PromotionStatus.PENDING_GATE, PromotionStatus.PENDING_APPROVAL):
+            return []
+        self.status_message = reason
+        self.reason_codes = (REASON_WORKFLOW_ENDED,)
+        self.next_open = None
+        self._move(PromotionStatus.FAILED, now)
+        self.finished_at = now
+        return [PromotionFailed(**self._event_base(now), deployment_job_id=None, reason=reason, rollback_job_id=None)]
 
     def cancel(self, *, cancelled_by: str, reason: str, now: datetime) -> list[PromotionEvent]:
         """Cancel the promotion; allowed in ``pending_gate``, ``pending_approval`` and ``approved``.

@@ -47,6 +47,12 @@ MAX_DURATION: Final = timedelta(days=366)
 MAX_OCCURRENCES_PER_YEAR: Final = 10_000
 """Densest allowed recurrence (an hourly rule has 8,784 occurrences in a leap year)."""
 
+MAX_INTERVAL: Final = 1000
+"""Largest ``INTERVAL`` of a window's RRULE (every 1000 hours, days, weeks, months or years)."""
+
+MAX_COUNT: Final = 100_000
+"""Largest ``COUNT`` of a window's RRULE; ``COUNT=0`` (a rule that never fires) is refused too."""
+
 ALLOWED_FREQUENCIES: Final = frozenset({"YEARLY", "MONTHLY", "WEEKLY", "DAILY", "HOURLY"})
 """``FREQ`` values accepted in a window's RRULE; minutely and secondly rules make no sense for a freeze."""
 
@@ -136,6 +142,13 @@ class InvalidWindowSchedule(InvalidFreezeWindow):
 
     code = "ENV_FREEZE_SCHEDULE_INVALID"
     title = "Window must be one-off or recurring"
+
+
+class WindowNeverApplies(InvalidFreezeWindow):
+    """The window has no occurrence that ends after now: an UNTIL or end in the past, a COUNT used up."""
+
+    code = "ENV_FREEZE_WINDOW_NEVER_APPLIES"
+    title = "Window never applies"
 
 
 class TransitionRangeTooLarge(InvalidInput):
@@ -294,6 +307,9 @@ def _normalise_rrule(text: Any, zone: ZoneInfo, window_id: str) -> tuple[str, st
         raise InvalidRRule(f"window {window_id!r}: FREQ={freq} is not allowed; use one of {allowed}")
     if "COUNT" in parts and "UNTIL" in parts:
         raise InvalidRRule(f"window {window_id!r}: rrule must not give both COUNT and UNTIL (RFC 5545)")
+    for name, upper in (("COUNT", MAX_COUNT), ("INTERVAL", MAX_INTERVAL)):
+        if name in parts and not (parts[name].isascii() and parts[name].isdigit() and 1 <= int(parts[name]) <= upper):
+            raise InvalidRRule(f"window {window_id!r}: {name} must be a whole number from 1 to {upper}")
     engine_parts = dict(parts)
     until = parts.get("UNTIL")
     if until is not None and until.endswith("Z"):
@@ -305,6 +321,62 @@ def _normalise_rrule(text: Any, zone: ZoneInfo, window_id: str) -> tuple[str, st
     stored = ";".join(f"{k}={v}" for k, v in parts.items())
     engine = ";".join(f"{k}={v}" for k, v in engine_parts.items())
     return stored, engine
+
+
+def default_dtstart(rrule_text: str, timezone: str, duration: timedelta, now: datetime) -> datetime:
+    """The ``dtstart`` of a recurring window created at ``now`` without one (a naive local wall time).
+
+    It is local midnight of the creation day, moved back by whole recurrence periods (``INTERVAL`` times the
+    rule's frequency, in local wall time) until it lies at least ``duration`` before ``now``: an occurrence
+    that started before the window was created and still runs (daily 22:00 for 8 h, created at 03:46) is
+    then part of the window. Whole periods keep everything the rule takes from dtstart (weekday, day of
+    month, the phase of ``INTERVAL``); a month or year back that lacks the day (the 31st, 29 February) is
+    skipped for the next one.
+
+    Raises:
+        InvalidRRule: the rule gives ``COUNT``, which counts occurrences from dtstart: such a rule needs an
+            explicit ``dtstart``. Other problems are left to :func:`parse_window`.
+    """
+    now = require_aware(now, "now")
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        zone = ZoneInfo("UTC")  # parse_window names the bad time zone
+    local_now = _to_local(now, zone)
+    midnight = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
+    parts = {}
+    for part in rrule_text.strip().upper().removeprefix("RRULE:").split(";"):
+        name, _, value = part.partition("=")
+        parts[name] = value
+    if "COUNT" in parts:
+        raise InvalidRRule("a rule with COUNT counts its occurrences from dtstart: give dtstart")
+    try:
+        interval = max(1, min(MAX_INTERVAL, int(parts.get("INTERVAL", "1"))))
+    except ValueError:
+        return midnight
+    latest = local_now - duration
+    freq = parts.get("FREQ")
+    if freq in ("HOURLY", "DAILY", "WEEKLY"):
+        unit = {"HOURLY": timedelta(hours=1), "DAILY": timedelta(days=1), "WEEKLY": timedelta(weeks=1)}[freq]
+        period = unit * interval
+        if midnight <= latest:
+            return midnight
+        return midnight - -((midnight - latest) // -period) * period
+    months = {"MONTHLY": 1, "YEARLY": 12}.get(freq or "")
+    if months is None:
+        return midnight
+    candidate, steps = midnight, 0
+    while candidate > latest and steps < 1000:
+        steps += 1
+        total = midnight.year * 12 + (midnight.month - 1) - steps * months * interval
+        year, month = divmod(total, 12)
+        if year < 1:
+            break
+        try:
+            candidate = midnight.replace(year=year, month=month + 1)
+        except ValueError:
+            continue  # that month has no such day: the rule would not take its default from it either
+    return candidate
 
 
 def _compile_rule(engine_text: str, dtstart: datetime, window_id: str) -> RecurrenceRule:
@@ -345,7 +417,8 @@ def _anchor_period(stored_rule: str) -> timedelta | None:
 
     True for hourly, daily and weekly rules without COUNT (COUNT numbers occurrences from dtstart). Their
     defaults taken from dtstart (minute, hour, weekday) survive a shift by whole periods, and BYSETPOS
-    works within one period. Monthly and yearly rules have few occurrences and are left alone.
+    works within one period, except in the first one (see :meth:`FreezeWindow.occurrences`). Monthly and
+    yearly rules have few occurrences and are left alone.
     """
     parts = dict(part.split("=", 1) for part in stored_rule.split(";"))
     if "COUNT" in parts:
@@ -474,11 +547,15 @@ class FreezeWindow:
         local_lo = _to_local(lo - self.duration - _SLACK, zone)
         local_hi = _to_local(hi + _SLACK, zone)
         rule = self._rule
-        if self._period is not None and self.dtstart is not None and local_lo - self.dtstart > self._period:
+        if self._period is not None and self.dtstart is not None and local_lo - self.dtstart > 2 * self._period:
             # The recurrence engine walks from dtstart on every query. Moving dtstart forward by whole
-            # periods (in local wall time) leaves every later occurrence unchanged, so an hourly rule that
-            # started years ago costs the same as a new one.
-            periods = (local_lo - self.dtstart) // self._period
+            # periods (in local wall time) leaves the occurrences of every later *whole* period unchanged,
+            # so an hourly rule that started years ago costs the same as a new one. The period holding the
+            # moved dtstart is not whole: the engine starts a weekly rule's first week at dtstart, so BYSETPOS
+            # would pick among fewer days there (BYDAY=SA,MO;BYSETPOS=1 from a Tuesday gives that week's
+            # Saturday). The move therefore stops a whole period short of the range asked about, and the
+            # partial period lies before it.
+            periods = (local_lo - self.dtstart) // self._period - 1
             rule = rule.replace(dtstart=self.dtstart + periods * self._period)
         result = []
         for local_start in rule.between(local_lo, local_hi, inc=True):
@@ -492,6 +569,28 @@ class FreezeWindow:
                 result.append((start, end))
         result.sort()
         return result
+
+    def applies_after(self, instant: datetime) -> bool:
+        """Whether an occurrence of the window ends after ``instant`` (a window that never applies again does not).
+
+        Unlike the searches for the next opening, this has no horizon: a yearly rule whose next occurrence
+        is years away still applies.
+        """
+        instant = require_aware(instant, "instant")
+        if self._rule is None:
+            assert self.end is not None
+            return self.end > instant
+        assert self.duration is not None
+        cursor = _to_local(instant - self.duration - _SLACK, self._zone)
+        inclusive = True
+        for _ in range(MAX_OCCURRENCES_PER_YEAR * 2):
+            local_start = self._rule.after(cursor, inc=inclusive)
+            if local_start is None:
+                return False
+            if _to_utc(local_start + self.duration, self._zone) > instant:
+                return True
+            cursor, inclusive = local_start, False
+        return True
 
     def active_at(self, instant: datetime) -> bool:
         """Whether an occurrence of the window covers ``instant``."""

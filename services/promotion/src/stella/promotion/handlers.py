@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 from uuid import UUID, uuid4, uuid5
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
 from stella.contracts import approval as a
 from stella.contracts import promotion as c
 from stella.contracts import workflow as w
-from stella.contracts.envelope import Message, Page, Reply, utcnow
+from stella.contracts.envelope import Command, Message, Page, Reply, utcnow
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.kit.asking import ask
 from stella.kit.broker import CommandProcessor, ServiceClient
@@ -104,6 +103,29 @@ class NotFrozen(Conflict):
 
     code = "GATE_NOT_FROZEN"
     title = "Nothing to override"
+
+
+class UnknownWorkflowTemplate(ServiceError):
+    """The environment's promotion policy names a workflow template the tenant does not have."""
+
+    code = "ENV_WORKFLOW_TEMPLATE_UNKNOWN"
+    status = 422
+    title = "Unknown workflow template"
+
+
+class UnsuitableWorkflowTemplate(ServiceError):
+    """The environment's promotion policy names a template that cannot run its promotions."""
+
+    code = "ENV_WORKFLOW_TEMPLATE_UNSUITABLE"
+    status = 422
+    title = "Workflow template cannot run promotions"
+
+
+class WorkflowServiceUnavailable(Unavailable):
+    """The workflow service did not answer whether an environment's template can run promotions."""
+
+    code = "PROM_WORKFLOW_SERVICE_UNAVAILABLE"
+    title = "Workflow service unavailable"
 
 
 class ReleaseServiceUnavailable(Unavailable):
@@ -180,11 +202,14 @@ def window_from_spec(
 
     A recurring window anchors its occurrences at ``dtstart``; ``start`` stands in for it when only
     ``start`` is given, since the reference describes windows as ``start`` with ``end`` or with ``rrule``.
-    With neither, a recurring window starts at midnight (local time) of the day it is created: the rule's
-    BYHOUR/BYMINUTE then place the occurrences, with no stray seconds from the creation time.
+    With neither, ``dtstart`` is :func:`freeze.default_dtstart`: local midnight of the creation day, moved
+    back by whole periods so that an occurrence already running when the window is created belongs to it
+    (a rule with ``COUNT`` needs an explicit ``dtstart``). Given ``now``, a window with no occurrence ending
+    after it (``UNTIL`` or ``end`` in the past) is refused: it would never apply.
 
     Raises:
-        freeze.InvalidFreezeWindow: or a subclass (bad RRULE, unknown time zone, bounds, duration, schedule).
+        freeze.InvalidFreezeWindow: or a subclass (bad RRULE, unknown time zone, bounds, duration, schedule,
+            a window that never applies).
     """
     raw: dict[str, Any] = {
         "id": str(window_id),
@@ -198,12 +223,9 @@ def window_from_spec(
     dtstart: Any = spec.dtstart
     if spec.rrule is not None and dtstart is None and start is not None:
         start, dtstart = None, start
-    if spec.rrule is not None and dtstart is None and now is not None:
-        try:
-            local = now.astimezone(ZoneInfo(spec.timezone))
-        except (ZoneInfoNotFoundError, ValueError):
-            local = now  # the freeze module names the bad time zone
-        dtstart = local.replace(hour=0, minute=0, second=0, microsecond=0).replace(tzinfo=None).isoformat()
+    if spec.rrule is not None and dtstart is None and now is not None and spec.duration_s is not None:
+        duration = timedelta(seconds=min(spec.duration_s, freeze.MAX_DURATION.total_seconds()))
+        dtstart = freeze.default_dtstart(spec.rrule, spec.timezone, duration, now).isoformat()
     optional = {
         "start": start,
         "end": spec.end,
@@ -212,7 +234,13 @@ def window_from_spec(
         "duration": _duration(spec.duration_s),
     }
     raw.update({k: v for k, v in optional.items() if v is not None})
-    return freeze.parse_window(raw)
+    window = freeze.parse_window(raw)
+    if now is not None and not window.applies_after(now):
+        raise freeze.WindowNeverApplies(
+            f"window {window.id!r} has no occurrence that ends after now ({domain.format_utc(now)}): "
+            "its end or UNTIL is in the past, or its COUNT is used up"
+        )
+    return window
 
 
 def _duration(seconds: float | None) -> int | timedelta | None:
@@ -492,8 +520,64 @@ class Handlers:
 
     # --- environments -----------------------------------------------------------------------------------
 
+    async def _check_workflow_template(self, cmd: Command, policy: Mapping[str, Any], needs_approval: bool) -> None:
+        """Refuse an environment whose promotions could not run the workflow template its policy names.
+
+        The built-in default runs every promotion. Any other template is read from the workflow service
+        (before a transaction opens) and must declare the inputs a promotion's run starts with, have a gate
+        step, and an approval step after it when the environment needs approvals.
+
+        Raises:
+            UnknownWorkflowTemplate: the tenant has no template of that name (422).
+            UnsuitableWorkflowTemplate: listing why the template cannot run the promotions (422).
+            WorkflowServiceUnavailable: the workflow service did not answer (503, nothing stored).
+        """
+        name = policy.get("workflow_template") or self.default_workflow_template
+        if name == DEFAULT_WORKFLOW_TEMPLATE:
+            return
+        reply = await self._client().query(
+            w.GET_TEMPLATE, cmd.caused(w.GetTemplate, name=name), timeout=self.release_query_timeout_s
+        )
+        if not reply.ok:
+            error = reply.error
+            if error is not None and error.status == 404:
+                raise UnknownWorkflowTemplate(
+                    f"there is no workflow template {name!r} to run this environment's promotions"
+                )
+            raise WorkflowServiceUnavailable(
+                f"the workflow service could not be asked about template {name!r}; nothing was stored, try again"
+            )
+        template = w.TemplateView.model_validate(reply.data)
+        problems = w.promotion_template_problems(
+            template.inputs, template.nodes, template.edges, needs_approval=needs_approval
+        )
+        if problems:
+            raise UnsuitableWorkflowTemplate(
+                f"workflow template {name!r} (version {template.version}) cannot run this environment's "
+                "promotions: " + "; ".join(problems),
+                errors=[{"loc": ["promotion_policy", "workflow_template"], "msg": problem} for problem in problems],
+            )
+
     async def create_environment(self, cmd: c.CreateEnvironment) -> Reply:
-        """Create an environment in the promotion order."""
+        """Create an environment in the promotion order (its workflow template must be able to run promotions)."""
+        if (seen := await self.commands.seen(cmd)) is not None:
+            return seen
+        try:
+            proposed = domain.Environment.create(
+                id=cmd.message_id,
+                tenant_id=cmd.tenant_id,
+                name=cmd.name,
+                order_index=cmd.order_index,
+                created_at=self.clock(),
+                display_name=cmd.display_name,
+                required_approvals=cmd.required_approvals,
+                require_sod=cmd.require_sod,
+                config=cmd.config,
+            )
+            policy = validate_promotion_policy(cmd.promotion_policy)
+            await self._check_workflow_template(cmd, policy, required_approvals_for(proposed) > 0)
+        except ServiceError as exc:
+            return Reply.failure(error_detail(exc))
 
         async def execute(conn: asyncpg.Connection) -> object:
             now = self.clock()
@@ -521,7 +605,29 @@ class Handlers:
         return await self.commands.run(cmd, execute)
 
     async def update_environment(self, cmd: c.UpdateEnvironment) -> Reply:
-        """Change an environment; promotions in flight keep the approval settings they were requested with."""
+        """Change an environment; promotions in flight keep the approval settings they were requested with.
+
+        The workflow template the environment ends up with must be able to run its promotions.
+        """
+        if (seen := await self.commands.seen(cmd)) is not None:
+            return seen
+        try:
+            async with self._pool().acquire() as conn:
+                before = await repo.get_environment(conn, cmd.tenant_id, cmd.environment_id)
+            if before is not None:
+                changes = cmd.model_dump(
+                    include={"display_name", "order_index", "required_approvals", "require_sod", "config"},
+                    exclude_none=True,
+                )
+                proposed = repo.environment_of(before, cmd.tenant_id).updated(**changes)
+                policy = (
+                    validate_promotion_policy(cmd.promotion_policy)
+                    if cmd.promotion_policy is not None
+                    else before.promotion_policy
+                )
+                await self._check_workflow_template(cmd, policy, required_approvals_for(proposed) > 0)
+        except ServiceError as exc:
+            return Reply.failure(error_detail(exc))
 
         async def execute(conn: asyncpg.Connection) -> object:
             current = await repo.get_environment(conn, cmd.tenant_id, cmd.environment_id, lock=True)
@@ -765,6 +871,11 @@ class Handlers:
                 correlation_id=cmd.correlation_id,
             )
             stored.run_check_at = now + self.run_start_timeout
+            if promotion.status_message is None:
+                promotion.status_message = (
+                    f"waiting for workflow run {stored.workflow_run_id} ({stored.workflow_template}) "
+                    "to evaluate the gates"
+                )
             await repo.insert_promotion(conn, stored)
             view = repo.promotion_view(stored)
             origin = Origin.of(cmd)
@@ -1079,6 +1190,46 @@ class Handlers:
             events = []
         await repo.update_promotion(conn, stored)
         await add_events(conn, self._changed(origin, repo.promotion_view(stored), events))
+
+    # --- workflow runs (events) -------------------------------------------------------------------------
+
+    async def on_run_ended(self, event: w.RunCompleted | w.RunFailed, conn: asyncpg.Connection) -> None:
+        """A promotion's workflow run ended, or could not start: a promotion still waiting on it fails.
+
+        Every step that decides a promotion (the gate step, the approval step) moves it in the transaction
+        that completes the step, so a run that ends while its promotion still waits will never decide it: a
+        template without an approval step, a run refused at its start (an input it does not declare), a step
+        that timed out. The promotion fails with the run's reason instead of waiting for ever.
+        """
+        if event.subject_id is None:
+            return
+        stored = await repo.get_promotion(conn, event.tenant_id, event.subject_id, lock=True)
+        if stored is None or stored.workflow_run_id != event.run_id:
+            return
+        template = event.template_name or stored.workflow_template
+        if isinstance(event, w.RunFailed):
+            outcome = "was cancelled" if event.status is w.RunStatus.CANCELLED else "failed"
+            reason = f"workflow run {event.run_id} ({template}) {outcome} before deciding the promotion"
+            if event.error:
+                reason += f": {event.error}"
+        else:
+            reason = (
+                f"workflow run {event.run_id} ({template}) finished without deciding the promotion; "
+                "its template lacks a step the promotion waits on"
+            )
+        promotion = stored.promotion
+        waited_on_approvals = promotion.status is domain.PromotionStatus.PENDING_APPROVAL
+        events = promotion.fail_workflow(reason=reason[:2000], now=self.clock())
+        if not events:
+            return
+        await repo.update_promotion(conn, stored)
+        origin = Origin.of(event)
+        messages = self._changed(origin, repo.promotion_view(stored), events)
+        if waited_on_approvals:
+            messages.append(
+                (a.CANCEL_APPROVALS, origin.make(a.CancelApprovals, actor_id=None, promotion_id=promotion.id))
+            )
+        await add_events(conn, messages)
 
     # --- queries ----------------------------------------------------------------------------------------
 

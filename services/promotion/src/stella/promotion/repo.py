@@ -22,7 +22,7 @@ from stella.contracts.promotion import (
     ScanResultView,
 )
 from stella.contracts.workflow import StepRef
-from stella.kit.pagination import decode_cursor, encode_cursor
+from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor, int32
 from stella.promotion import domain, freeze
 from stella.promotion.decision import DecisionRecord
 
@@ -474,12 +474,12 @@ async def list_environments(
     conn: asyncpg.Connection, tenant: UUID, page_size: int, page_token: str | None
 ) -> tuple[list[EnvironmentView], str | None]:
     """A page of environments in promotion order."""
-    cursor = decode_cursor(page_token, int, str)
+    cursor = decode_cursor(page_token, int32, str, kind="environments")
     rows = await conn.fetch(
         LIST_ENVIRONMENTS, tenant, cursor[0] if cursor else None, cursor[1] if cursor else None, page_size + 1
     )
     items = [environment_view(r) for r in rows[:page_size]]
-    token = encode_cursor(items[-1].order_index, items[-1].name) if len(rows) > page_size else None
+    token = encode_cursor(items[-1].order_index, items[-1].name, kind="environments") if len(rows) > page_size else None
     return items, token
 
 
@@ -535,12 +535,16 @@ async def list_windows(
     conn: asyncpg.Connection, tenant: UUID, eid: UUID, page_size: int, page_token: str | None
 ) -> tuple[list[FreezeWindowView], str | None]:
     """A page of an environment's windows, oldest first."""
-    cursor = decode_cursor(page_token, datetime.fromisoformat, UUID)
+    cursor = decode_cursor(page_token, aware_datetime, UUID, kind="freeze-windows")
     rows = await conn.fetch(
         LIST_WINDOWS, tenant, eid, cursor[0] if cursor else None, cursor[1] if cursor else None, page_size + 1
     )
     items = [stored_window(r).view for r in rows[:page_size]]
-    token = encode_cursor(items[-1].created_at.isoformat(), items[-1].id) if len(rows) > page_size else None
+    token = (
+        encode_cursor(items[-1].created_at.isoformat(), items[-1].id, kind="freeze-windows")
+        if len(rows) > page_size
+        else None
+    )
     return items, token
 
 
@@ -722,7 +726,7 @@ async def list_promotions(
     page_token: str | None,
 ) -> tuple[list[PromotionView], str | None]:
     """A page of promotions, newest first."""
-    cursor = decode_cursor(page_token, datetime.fromisoformat, UUID)
+    cursor = decode_cursor(page_token, aware_datetime, UUID, kind="promotions")
     rows = await conn.fetch(
         LIST_PROMOTIONS,
         tenant,
@@ -734,7 +738,11 @@ async def list_promotions(
         page_size + 1,
     )
     items = [promotion_view(stored_promotion(r)) for r in rows[:page_size]]
-    token = encode_cursor(items[-1].requested_at.isoformat(), items[-1].id) if len(rows) > page_size else None
+    token = (
+        encode_cursor(items[-1].requested_at.isoformat(), items[-1].id, kind="promotions")
+        if len(rows) > page_size
+        else None
+    )
     return items, token
 
 

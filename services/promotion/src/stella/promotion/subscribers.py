@@ -6,6 +6,7 @@ from faststream.nats import NatsRouter
 
 from stella.contracts import approval as a
 from stella.contracts import promotion as c
+from stella.contracts import workflow as w
 from stella.contracts.workflow import ExecuteStep
 from stella.kit.broker import CommandRoutes, EventRoutes, QueryRoutes
 from stella.kit.service import ServiceRuntime
@@ -13,7 +14,7 @@ from stella.promotion.handlers import Handlers
 
 
 def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) -> None:
-    """Attach the promotion commands, queries and the approval decisions it consumes to ``router``."""
+    """Attach the promotion commands, queries, and the approval decisions and run ends it consumes to ``router``."""
     commands = CommandRoutes(c.CONTEXT, runtime.name)
     commands.on(c.CREATE_ENVIRONMENT, c.CreateEnvironment, handlers.create_environment)
     commands.on(c.UPDATE_ENVIRONMENT, c.UpdateEnvironment, handlers.update_environment)
@@ -42,3 +43,8 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     approvals.on(a.APPROVAL_GRANTED, a.ApprovalChanged, handlers.on_approval_decided)
     approvals.on(a.APPROVAL_DENIED, a.ApprovalChanged, handlers.on_approval_decided)
     approvals.attach(router, runtime)
+
+    runs = EventRoutes(runtime.name, "workflow-runs", f"stella.evt.{w.CONTEXT}.>", lambda: runtime.pool)
+    runs.on(w.RUN_COMPLETED, w.RunCompleted, handlers.on_run_ended)
+    runs.on(w.RUN_FAILED, w.RunFailed, handlers.on_run_ended)
+    runs.attach(router, runtime)

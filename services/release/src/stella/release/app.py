@@ -14,6 +14,7 @@ from stella.contracts.envelope import utcnow
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.release import metrics, subscribers
+from stella.release.credentials import CredentialPolicy
 from stella.release.handlers import Handlers
 from stella.release.registry import RegistryClient
 from stella.release.settings import Settings
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Rel
             lambda: runtime.pool,
             CommandProcessor(lambda: runtime.pool, f"{NAME}-commands"),
             registry,
+            credentials=CredentialPolicy(settings.credential_refs),
             max_tags_per_sync=settings.max_tags_per_sync,
             clock=clock,
         )

@@ -58,7 +58,8 @@ from stella.kit.broker import CommandProcessor
 from stella.kit.errors import ServiceError, error_detail
 from stella.kit.outbox import add_events
 from stella.release import domain, repo
-from stella.release.registry import RegistryClient, resolve_credential_ref
+from stella.release.credentials import CredentialPolicy
+from stella.release.registry import RegistryClient
 
 _SEMVER = re.compile(SEMVER_PATTERN)
 
@@ -81,6 +82,7 @@ class Handlers:
         commands: CommandProcessor,
         registry: RegistryClient,
         *,
+        credentials: CredentialPolicy | None = None,
         max_tags_per_sync: int = 5000,
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], UUID] = uuid4,
@@ -88,6 +90,7 @@ class Handlers:
         self._pool = pool
         self.commands = commands
         self.registry = registry
+        self.credentials = credentials or CredentialPolicy()
         self.max_tags_per_sync = max_tags_per_sync
         self.clock = clock
         self.new_id = new_id
@@ -98,6 +101,7 @@ class Handlers:
         """Create a component under a unique name."""
 
         async def execute(conn: asyncpg.Connection) -> object:
+            self.credentials.check(cmd.tenant_id, cmd.registry_credential_ref)
             fields = cmd.model_dump(
                 include={
                     "name",
@@ -123,6 +127,7 @@ class Handlers:
             current = await repo.get_component(conn, cmd.tenant_id, cmd.component_id, lock=True)
             if current is None:
                 raise domain.ComponentNotFound(f"component {cmd.component_id} does not exist")
+            self.credentials.check(cmd.tenant_id, cmd.registry_credential_ref)
             changes = cmd.model_dump(
                 include={
                     "display_name",
@@ -192,7 +197,7 @@ class Handlers:
         if component is None:
             return Reply.failure(error_detail(domain.ComponentNotFound(f"component {cmd.component_id} does not exist")))
         try:
-            creds = resolve_credential_ref(component.registry_credential_ref)
+            creds = self.credentials.resolve(cmd.tenant_id, component.registry_credential_ref)
             tags = await self.registry.list_tags(component.image_repository, creds, limit=self.max_tags_per_sync)
             digests = await self.registry.resolve_many(component.image_repository, tags, creds)
         except ServiceError as exc:
@@ -279,7 +284,7 @@ class Handlers:
 
         async def resolve(ref: str, tag: str) -> tuple[tuple[str, str], str]:
             component = components[ref]
-            creds = resolve_credential_ref(component.registry_credential_ref)
+            creds = self.credentials.resolve(cmd.tenant_id, component.registry_credential_ref)
             return (ref, tag), await self.registry.resolve(component.image_repository, tag, creds)
 
         return dict(await asyncio.gather(*(resolve(ref, tag) for ref, tag in wanted)))

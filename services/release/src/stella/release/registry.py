@@ -1,8 +1,8 @@
 """A small OCI distribution API client: list a repository's tags and resolve a tag to its manifest digest.
 
 Anonymous, HTTP basic and bearer-token (``WWW-Authenticate: Bearer realm=...``) registries are supported.
-Credentials come from a credential reference (``env:NAME`` or ``file:/path`` holding ``user:password``) and
-are never logged or stored.
+Credentials come from an allowed credential reference (see :mod:`stella.release.credentials`) and are never
+logged or stored.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urljoin
 
 import aiohttp
@@ -61,13 +59,6 @@ class TagNotFound(Unprocessable):
     title = "Unknown tag"
 
 
-class CredentialUnresolved(Unprocessable):
-    """A credential reference points at nothing usable."""
-
-    code = "REL_CREDENTIAL_UNRESOLVED"
-    title = "Credential reference cannot be resolved"
-
-
 @dataclass(frozen=True)
 class Credentials:
     """Basic credentials for a registry; ``repr`` never shows the password."""
@@ -77,28 +68,6 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, password=***)"
-
-
-def resolve_credential_ref(ref: str | None) -> Credentials | None:
-    """Read ``user:password`` from ``env:NAME`` or ``file:/path``; None when ``ref`` is None."""
-    if ref is None:
-        return None
-    scheme, _, target = ref.partition(":")
-    if scheme == "env":
-        value = os.environ.get(target)
-        if value is None:
-            raise CredentialUnresolved(f"environment variable {target} named by {ref} is not set")
-    elif scheme == "file":
-        try:
-            value = Path(target).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise CredentialUnresolved(f"cannot read the file named by {ref}: {exc.strerror}") from exc
-    else:
-        raise CredentialUnresolved(f"unknown credential reference scheme in {ref}")
-    username, sep, password = value.partition(":")
-    if not sep or not username:
-        raise CredentialUnresolved(f"the secret named by {ref} is not in user:password form")
-    return Credentials(username, password)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from stella.contracts.release import (
     ReleaseView,
     VersionView,
 )
-from stella.kit.pagination import decode_cursor, encode_cursor
+from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor
 
 _COMPONENT_COLUMNS = """id, name, display_name, image_repository, versioning_strategy, default_channel,
     registry_credential_ref, created_at, updated_at"""
@@ -216,7 +216,7 @@ async def list_components(
     conn: asyncpg.Connection, tenant: UUID, name_prefix: str | None, page_size: int, page_token: str | None
 ) -> tuple[list[ComponentView], str | None]:
     """A page of components by name."""
-    cursor = decode_cursor(page_token, str, UUID)
+    cursor = decode_cursor(page_token, str, UUID, kind="components")
     rows = await conn.fetch(
         LIST_COMPONENTS,
         tenant,
@@ -226,7 +226,7 @@ async def list_components(
         page_size + 1,
     )
     items = [component_view(r) for r in rows[:page_size]]
-    token = encode_cursor(items[-1].name, items[-1].id) if len(rows) > page_size else None
+    token = encode_cursor(items[-1].name, items[-1].id, kind="components") if len(rows) > page_size else None
     return items, token
 
 
@@ -265,7 +265,7 @@ async def list_versions(
     conn: asyncpg.Connection, tenant: UUID, cid: UUID, channel: str | None, page_size: int, page_token: str | None
 ) -> tuple[list[VersionView], str | None]:
     """A page of a component's versions, most recently changed first."""
-    cursor = decode_cursor(page_token, datetime.fromisoformat, UUID)
+    cursor = decode_cursor(page_token, aware_datetime, UUID, kind="versions")
     rows = await conn.fetch(
         LIST_VERSIONS,
         tenant,
@@ -276,7 +276,11 @@ async def list_versions(
         page_size + 1,
     )
     items = [version_view(r) for r in rows[:page_size]]
-    token = encode_cursor(items[-1].updated_at.isoformat(), items[-1].id) if len(rows) > page_size else None
+    token = (
+        encode_cursor(items[-1].updated_at.isoformat(), items[-1].id, kind="versions")
+        if len(rows) > page_size
+        else None
+    )
     return items, token
 
 
@@ -354,7 +358,7 @@ async def list_releases(
     page_token: str | None,
 ) -> tuple[list[ReleaseView], str | None]:
     """A page of releases, newest first."""
-    cursor = decode_cursor(page_token, datetime.fromisoformat, UUID)
+    cursor = decode_cursor(page_token, aware_datetime, UUID, kind="releases")
     rows = await conn.fetch(
         LIST_RELEASES,
         tenant,
@@ -366,5 +370,9 @@ async def list_releases(
         page_size + 1,
     )
     items = [release_view(r) for r in rows[:page_size]]
-    token = encode_cursor(items[-1].created_at.isoformat(), items[-1].id) if len(rows) > page_size else None
+    token = (
+        encode_cursor(items[-1].created_at.isoformat(), items[-1].id, kind="releases")
+        if len(rows) > page_size
+        else None
+    )
     return items, token

@@ -24,3 +24,8 @@ class Settings(ServiceSettings):
 
     insecure_registries: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"])
     """Registry hosts reached over plain HTTP (matched without the port); every other host uses HTTPS."""
+
+    credential_refs: dict[str, list[str]] = Field(default_factory=dict)
+    """The credential references each tenant may name in ``registry_credential_ref``, as JSON: tenant id ->
+    ``["env:NAME", "file:/path"]`` (``"*"``: every tenant). Nothing else is accepted or ever read, so a client
+    cannot make the service read the host's environment or files. Empty: no tenant may use a credential."""

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID, uuid5
 
+from stella.contracts import workflow as c
 from stella.contracts.workflow import STEP_SUBJECTS
 from stella.workflow.domain import (
     DomainError,
@@ -80,6 +81,30 @@ class TemplateNameReserved(DomainError):
     code = "WF_TEMPLATE_NAME_RESERVED"
     status = 409
     title = "Template name is reserved"
+
+
+class IncompletePromotionTemplate(DomainError):
+    """A template with a gate or approval step (a promotion template) that a promotion's run cannot start."""
+
+    code = "WF_PROMOTION_TEMPLATE_INCOMPLETE"
+    status = 400
+    title = "Promotion template cannot run a promotion"
+
+
+def check_promotion_template(cmd: c.SaveTemplate) -> None:
+    """Refuse a promotion template (one with a ``gate`` or ``approval`` step) a promotion could not run.
+
+    Such a template only makes sense as an environment's promotion workflow; saved without the inputs every
+    promotion's run is started with, or without a gate step, its runs would never start or never decide.
+
+    Raises:
+        IncompletePromotionTemplate: naming every problem.
+    """
+    if not any(node.type in c.PROMOTION_STEP_TYPES for node in cmd.nodes):
+        return
+    problems = c.promotion_template_problems(cmd.inputs, cmd.nodes, cmd.edges, needs_approval=False)
+    if problems:
+        raise IncompletePromotionTemplate(f"template {cmd.name!r} has promotion steps but " + "; ".join(problems))
 
 
 class InvalidStepConfig(DomainError):

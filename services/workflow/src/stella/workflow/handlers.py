@@ -136,6 +136,7 @@ class Handlers:
         async def execute(conn: asyncpg.Connection) -> object:
             if cmd.name in _BUILTIN_NAMES:
                 raise engine.TemplateNameReserved(f"{cmd.name!r} is a built-in template; save under another name")
+            engine.check_promotion_template(cmd)
             parsed = parse_template(template_definition(cmd), tenant_id=cmd.tenant_id)
             template = validate_template(parsed, BUILTIN_STEP_TYPES)
             engine.check_step_configs(template)
@@ -216,8 +217,32 @@ class Handlers:
             return view.model_dump(mode="json")
 
         reply = await self.commands.run(cmd, execute)
+        if not reply.ok and reply.error is not None and reply.error.status < 500:
+            await self._announce_refused_start(cmd, run_id, reply.error.detail or reply.error.title)
         self.due.wake()
         return reply
+
+    async def _announce_refused_start(self, cmd: c.StartRun, run_id: UUID, error: str) -> None:
+        """Publish ``run_failed`` for a run that could not start, so whoever started it is not left waiting.
+
+        The start is usually sent without waiting for its reply (a promotion starts its run through its
+        outbox), so the refusal must travel as an event. Its id is derived from the run id: a redelivered
+        command announces the same event, which the stream and the consumers' inboxes drop.
+        """
+        event = c.RunFailed(
+            message_id=uuid5(_SUBJECT_RUN_NAMESPACE, f"{run_id}/start-refused"),
+            tenant_id=cmd.tenant_id,
+            correlation_id=cmd.correlation_id,
+            causation_id=cmd.message_id,
+            run_id=run_id,
+            subject_id=cmd.subject_id,
+            status=c.RunStatus.FAILED,
+            error=f"the run could not start: {error}",
+            template_name=cmd.template_name,
+        )
+        async with self._pool().acquire() as conn, conn.transaction():
+            if not await repo.outbox_holds(conn, event.message_id):
+                await add_events(conn, [(c.RUN_FAILED, event)])
 
     async def _existing_run(self, conn: asyncpg.Connection, cmd: c.StartRun, run_id: UUID) -> c.RunView | None:
         record = await repo.get_run(conn, cmd.tenant_id, run_id)

@@ -288,11 +288,11 @@ async def list_templates(
     conn: asyncpg.Connection, tenant: UUID, page_size: int, page_token: str | None
 ) -> tuple[list[TemplateRecord], str | None]:
     """A page of the latest version of every template the tenant sees, by name."""
-    cursor = decode_cursor(page_token, str)
+    cursor = decode_cursor(page_token, str, kind="templates")
     after = cursor[0] if cursor else None
     rows = await conn.fetch(LIST_TEMPLATES, tenant, after, page_size + 1)
     records = [template_record(r) for r in rows[:page_size]]
-    token = encode_cursor(records[-1].name) if len(rows) > page_size else None
+    token = encode_cursor(records[-1].name, kind="templates") if len(rows) > page_size else None
     return records, token
 
 
@@ -409,3 +409,11 @@ async def lock_due_run(conn: asyncpg.Connection, tenant: UUID, run_id: UUID, now
 async def postpone_run(conn: asyncpg.Connection, tenant: UUID, run_id: UUID, until: datetime) -> None:
     """Move a run's wake-up to ``until``."""
     await conn.execute(POSTPONE_RUN, tenant, run_id, until)
+
+
+OUTBOX_HOLDS = "SELECT true FROM outbox WHERE message_id = $1"
+
+
+async def outbox_holds(conn: asyncpg.Connection, message_id: UUID) -> bool:
+    """Whether the outbox already holds the message ``message_id`` (written by an earlier delivery)."""
+    return bool(await conn.fetchval(OUTBOX_HOLDS, message_id))

@@ -10,6 +10,7 @@ from stella.gateway.controllers.principals import PrincipalController
 from stella.gateway.controllers.promotions import PromotionController
 from stella.gateway.controllers.releases import ReleaseController
 from stella.gateway.controllers.scans import ScanResultController
+from stella.gateway.controllers.tenants import TenantController
 from stella.gateway.controllers.tokens import TokenController
 from stella.gateway.controllers.workflows import WorkflowRunController, WorkflowTemplateController
 
@@ -24,6 +25,7 @@ __all__ = [
     "PromotionController",
     "ReleaseController",
     "ScanResultController",
+    "TenantController",
     "TokenController",
     "WorkflowRunController",
     "WorkflowTemplateController",

@@ -1,7 +1,10 @@
 """``/api/v1/components``: components (image repositories) and their version maps, served by the release service.
 
 Components are part of the release resource: reading needs ``release:read``, creating ``release:create``,
-changing a component or its versions ``release:update``, deleting ``release:delete``.
+changing a component or its versions ``release:update``, deleting ``release:delete``. Setting or removing a
+component's ``registry_credential_ref`` also needs ``credential:update`` (tenant admins): the reference names
+a secret on the release service's host, and the release service accepts only the references its operator
+allows the tenant (``STELLA_RELEASE_CREDENTIAL_REFS``; 422 ``REL_CREDENTIAL_REF_NOT_ALLOWED`` otherwise).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter, QueryParameter
 
 from stella.contracts import release as contract
-from stella.gateway.auth import require
+from stella.gateway.auth import Identity, require
 from stella.gateway.dependencies import ID_SCHEMA, location, parse_id, problems
 from stella.gateway.pagination import PageParams
-from stella.gateway.permissions import Action, Resource
+from stella.gateway.permissions import Action, Resource, permission
+from stella.gateway.problems import ProblemError
 from stella.gateway.relay import CallContext, Relay, parse_data
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import (
@@ -33,6 +37,26 @@ from stella.gateway.schemas import (
 
 BASE = "/api/v1/components"
 _ID = Parameter(description="Component id", schema_extra=ID_SCHEMA)
+
+CREDENTIAL_PERMISSION = permission(Resource.CREDENTIAL, Action.UPDATE)
+"""Needed to set or remove a component's registry credential reference."""
+
+
+def require_credential_permission(identity: Identity, fields_set: set[str]) -> None:
+    """Refuse a body naming ``registry_credential_ref`` from a caller without ``credential:update``.
+
+    Raises:
+        ProblemError: 403 ``PERM_DENIED``.
+    """
+    if "registry_credential_ref" in fields_set and CREDENTIAL_PERMISSION not in identity.permissions:
+        raise ProblemError(
+            403,
+            "PERM_DENIED",
+            f"Setting registry_credential_ref needs the permission {CREDENTIAL_PERMISSION!r}, which the roles "
+            f"{list(identity.roles)} do not grant.",
+            title="Forbidden",
+            extensions={"required_permission": CREDENTIAL_PERMISSION},
+        )
 
 
 class ComponentController(Controller):
@@ -60,6 +84,7 @@ class ComponentController(Controller):
         runtime: NamedDependency[Runtime],
     ) -> Response[ComponentOut]:
         """Create a component: a named image repository whose tags can be pinned in releases."""
+        require_credential_permission(call.identity, data.model_fields_set)
         command = call.command(contract.CreateComponent, **data.model_dump(exclude_none=True))
         component = parse_data(ComponentOut, await relay.command(call, contract.CREATE_COMPONENT, command))
         return Response(component, status_code=201, headers={"Location": location(runtime, f"{BASE}/{component.id}")})
@@ -113,6 +138,7 @@ class ComponentController(Controller):
         component_id: str = _ID,
     ) -> ComponentOut:
         """Change a component's mutable fields; omitted fields keep their value."""
+        require_credential_permission(call.identity, data.model_fields_set)
         fields: dict[str, Any] = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None}
         if "registry_credential_ref" in data.model_fields_set and data.registry_credential_ref is None:
             fields["clear_registry_credential_ref"] = True

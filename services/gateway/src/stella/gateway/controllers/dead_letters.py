@@ -21,7 +21,7 @@ from stella.gateway.problems import ProblemError
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import DeadLetterOut, DeadLetterPage, ReplayOut
 from stella.kit.deadletters import DeadLetter
-from stella.kit.pagination import encode_cursor
+from stella.kit.pagination import encode_cursor, int64
 
 BASE = "/api/v1/admin/dead-letters"
 _ID = Parameter(description="Dead letter id", ge=1, le=2**63 - 1)
@@ -70,13 +70,13 @@ class DeadLetterController(Controller):
         ),
     ) -> DeadLetterPage:
         """List the tenant's dead letters, oldest first."""
-        cursor = decode_page_token(page.token, int)
+        cursor = decode_page_token(page.token, int64, kind="dead-letters")
         after = cursor[0] if cursor else 0
         letters = await runtime.get_dead_letters().list(
             identity.tenant_id, after=after, limit=page.size + 1, consumer=consumer
         )
         items = letters[: page.size]
-        token = encode_cursor(items[-1].id) if len(letters) > page.size else None
+        token = encode_cursor(items[-1].id, kind="dead-letters") if len(letters) > page.size else None
         return DeadLetterPage(items=[_out(letter) for letter in items], next_page_token=token)
 
     @get(

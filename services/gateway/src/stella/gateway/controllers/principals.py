@@ -1,7 +1,8 @@
 """``/api/v1/principals``: the people and machines of a tenant, their roles and groups (tenant admins only).
 
 Roles and groups are read with the token on each request and cached with it: a change made here applies at
-once on this gateway and within ``token_cache_ttl_s`` on every other replica, as a revocation does.
+once on this gateway and within ``token_cache_ttl_s`` on every other replica, as a revocation does. Only the
+platform tenant may bind ``platform-admin`` (422 ``VAL_ROLE_NOT_ALLOWED`` in any other tenant).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from litestar.params import JSONBody, Parameter
 from stella.gateway.auth import Identity, require
 from stella.gateway.dependencies import ID_SCHEMA, location, parse_id, problems
 from stella.gateway.pagination import PageParams, decode_page_token
-from stella.gateway.permissions import Action, Resource
+from stella.gateway.permissions import Action, Resource, Role
 from stella.gateway.problems import ProblemError
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import PrincipalCreate, PrincipalOut, PrincipalPage, PrincipalUpdate
@@ -39,6 +40,21 @@ def principal_out(row: PrincipalRow) -> PrincipalOut:
         created_at=row.created_at,
         created_by=row.created_by,
     )
+
+
+def check_roles(identity: Identity, roles: list[Role] | None) -> None:
+    """Refuse ``platform-admin`` outside the platform tenant.
+
+    Raises:
+        ProblemError: 422 ``VAL_ROLE_NOT_ALLOWED``.
+    """
+    if roles and Role.PLATFORM_ADMIN in roles and not identity.platform:
+        raise ProblemError(
+            422,
+            "VAL_ROLE_NOT_ALLOWED",
+            "platform-admin is the operator's role; only principals of the platform tenant may hold it.",
+            errors=[{"loc": ["body", "roles"], "msg": "platform-admin is not a role of this tenant"}],
+        )
 
 
 def _not_found(principal_id: UUID) -> ProblemError:
@@ -79,6 +95,7 @@ class PrincipalController(Controller):
         now: NamedDependency[datetime],
     ) -> Response[PrincipalOut]:
         """Create a user or service principal bound to the given roles and member of the given groups."""
+        check_roles(identity, data.roles)
         row = await store.create_principal(
             identity.tenant_id,
             name=data.name,
@@ -109,13 +126,13 @@ class PrincipalController(Controller):
         page: NamedDependency[PageParams],
     ) -> PrincipalPage:
         """List the tenant's principals by name."""
-        after = decode_page_token(page.token, str, UUID)
+        after = decode_page_token(page.token, str, UUID, kind="principals")
         rows = await store.list_principals(
             identity.tenant_id, after=(after[0], after[1]) if after else None, limit=page.size + 1
         )
         more = len(rows) > page.size
         rows = rows[: page.size]
-        token = encode_cursor(rows[-1].name, rows[-1].id) if more else None
+        token = encode_cursor(rows[-1].name, rows[-1].id, kind="principals") if more else None
         return PrincipalPage(items=[principal_out(row) for row in rows], next_page_token=token)
 
     @get(
@@ -160,6 +177,7 @@ class PrincipalController(Controller):
         cache's lifetime on the others. Taking tenant-admin from the tenant's last tenant admin is refused (409).
         """
         pid = parse_id(principal_id, "principal_id")
+        check_roles(identity, data.roles)
         outcome = await store.update_principal(
             identity.tenant_id,
             pid,

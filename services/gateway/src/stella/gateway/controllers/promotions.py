@@ -268,7 +268,7 @@ class PromotionController(Controller):
         operation_id="listPromotionEvidence",
         summary="List a promotion's evidence",
         guards=[require(Resource.EVIDENCE, Action.READ)],
-        responses=problems(400, 403),
+        responses=problems(400, 403, 404),
         tags=["evidence"],
     )
     async def list_evidence(
@@ -279,10 +279,16 @@ class PromotionController(Controller):
         promotion_id: str = _ID,
         packet_type: Annotated[PacketType | None, QueryParameter(description="Only this kind of packet.")] = None,
     ) -> PacketPage:
-        """The signed evidence packets of a promotion (its release decision, later its deployment), in chain order."""
+        """The signed evidence packets of a promotion (its release decision, later its deployment), in chain order.
+
+        404 when the tenant has no such promotion, like every route under ``/promotions/{id}``.
+        """
+        pid = parse_id(promotion_id, "promotion_id")
+        # The promotion must be the caller's: an empty list would not tell another tenant's id from a new one.
+        await relay.query(contract.GET_PROMOTION, call.query(contract.GetPromotion, promotion_id=pid))
         query = call.query(
             evidence.ListPackets,
-            promotion_id=parse_id(promotion_id, "promotion_id"),
+            promotion_id=pid,
             packet_type=packet_type.value if packet_type is not None else None,
             page=page.to_contract(),
         )

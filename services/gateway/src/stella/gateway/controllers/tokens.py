@@ -20,7 +20,7 @@ from stella.gateway.problems import ProblemError
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import TokenCreate, TokenCreated, TokenOut, TokenPage
 from stella.gateway.store import GatewayStore, TokenRow
-from stella.kit.pagination import encode_cursor
+from stella.kit.pagination import aware_datetime, encode_cursor
 
 BASE = "/api/v1/tokens"
 
@@ -38,13 +38,6 @@ def token_out(row: TokenRow) -> TokenOut:
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
     )
-
-
-def _aware_datetime(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError("a cursor time carries its offset")
-    return parsed
 
 
 def _not_found(token_id: UUID) -> ProblemError:
@@ -115,7 +108,7 @@ class TokenController(Controller):
         principal_id: Annotated[UUID | None, QueryParameter(description="Only this principal's tokens.")] = None,
     ) -> TokenPage:
         """List the tenant's tokens, oldest first, revoked and expired ones included."""
-        after = decode_page_token(page.token, _aware_datetime, UUID)
+        after = decode_page_token(page.token, aware_datetime, UUID, kind="tokens")
         rows = await store.list_tokens(
             identity.tenant_id,
             principal_id=principal_id,
@@ -124,7 +117,7 @@ class TokenController(Controller):
         )
         more = len(rows) > page.size
         rows = rows[: page.size]
-        token = encode_cursor(rows[-1].created_at.isoformat(), rows[-1].id) if more else None
+        token = encode_cursor(rows[-1].created_at.isoformat(), rows[-1].id, kind="tokens") if more else None
         return TokenPage(items=[token_out(row) for row in rows], next_page_token=token)
 
     @get(

@@ -21,6 +21,7 @@ from stella.gateway.permissions import Action, Resource
 from stella.gateway.relay import CallContext, Relay, parse_data
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import RunOut, TemplateCreate, TemplateOut, TemplatePage
+from stella.gateway.validation import INT32_MAX
 
 TEMPLATES = "/api/v1/workflow-templates"
 RUNS = "/api/v1/workflow-runs"
@@ -90,7 +91,8 @@ class WorkflowTemplateController(Controller):
         relay: NamedDependency[Relay],
         name: str = Parameter(description="Template name", pattern=NAME_PATTERN),
         version: Annotated[
-            int | None, QueryParameter(ge=1, description="This version; the latest when omitted.")
+            int | None,
+            QueryParameter(ge=1, le=INT32_MAX, description="This version; the latest when omitted."),
         ] = None,
     ) -> TemplateOut:
         """Read a template: its latest version, or the one named by ``version``."""
