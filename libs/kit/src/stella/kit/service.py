@@ -21,6 +21,7 @@ from faststream.nats import NatsBroker, NatsMessage, NatsRouter
 from nats.js import JetStreamContext
 
 from stella.contracts.streams import health_subject
+from stella.kit import tracing
 from stella.kit.broker import ServiceClient, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.metrics import serve_metrics
@@ -62,6 +63,7 @@ class ServiceRuntime:
         self._observers: dict[str, Callable[[str], None]] = {}
         self.started_at = time.time()
         self._stopped = asyncio.Event()
+        self._owns_tracing = False
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -94,6 +96,8 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         """Connect to Postgres and NATS, migrate, declare streams, start the relay and the subscribers."""
+        if not tracing.enabled():
+            self._owns_tracing = tracing.configure_from_env(self.name)
         conn = await asyncpg.connect(self.settings.database_url)
         try:
             applied = await apply_migrations(conn, self.schema, self.migrations)
@@ -161,6 +165,8 @@ class ServiceRuntime:
             await self._client.stop()
         if self._pool is not None:
             await self._pool.close()
+        if self._owns_tracing:
+            tracing.uninstall()  # flushes the spans still buffered
         self._stopped.set()
 
     async def run(self) -> None:
