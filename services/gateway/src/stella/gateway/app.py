@@ -34,8 +34,10 @@ from nats.aio.client import Client as NatsClient
 from stella.contracts.envelope import Reply, utcnow
 from stella.gateway.auth import Authenticator, TokenAuthMiddleware
 from stella.gateway.controllers import (
+    AsyncAPIController,
     ComponentController,
     EnvironmentController,
+    EventController,
     EvidenceController,
     HealthController,
     OpenAPIController,
@@ -44,6 +46,7 @@ from stella.gateway.controllers import (
     ReleaseController,
     ScanResultController,
     TokenController,
+    WebhookController,
     WorkflowRunController,
     WorkflowTemplateController,
 )
@@ -55,7 +58,9 @@ from stella.gateway.relay import Relay
 from stella.gateway.runtime import Runtime
 from stella.gateway.settings import Settings
 from stella.gateway.store import GatewayStore
-from stella.gateway.tracing import TraceMiddleware, add_trace_header
+from stella.gateway.streams import EventStreams
+from stella.gateway.tracing import SpanMiddleware, TraceMiddleware, add_trace_header
+from stella.kit import tracing
 from stella.kit.broker import ServiceClient, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.migrations import apply_migrations
@@ -95,11 +100,21 @@ TAGS: Final[tuple[Tag, ...]] = (
     ),
     Tag(name="workflows", description="Workflow templates (DAGs of steps) and the runs that execute promotions."),
     Tag(name="evidence", description="Signed, chained evidence packets, their verification, keys and export."),
+    Tag(
+        name="events",
+        description="Public events (CloudEvents): live as Server-Sent Events, as a list, and their catalogue "
+        "(the AsyncAPI document is at /api/v1/asyncapi.json).",
+    ),
+    Tag(name="webhooks", description="Outside systems subscribed to public events, signed per Standard Webhooks."),
 )
 """Tags of the API description, in the order the docs page shows them."""
 
 # Paths that need no token: the API description and its docs page (health routes opt out themselves).
-_PUBLIC_PATHS: Final[list[str]] = [rf"^{DOCS_PATH}(/|$)", rf"^{API_PREFIX}/openapi\.json$"]
+_PUBLIC_PATHS: Final[list[str]] = [
+    rf"^{DOCS_PATH}(/|$)",
+    rf"^{API_PREFIX}/openapi\.json$",
+    rf"^{API_PREFIX}/asyncapi\.json$",
+]
 
 
 class Overrides(TypedDict, total=False):
@@ -142,6 +157,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
         route_handlers=[
             HealthController,
             OpenAPIController,
+            AsyncAPIController,
             PrincipalController,
             TokenController,
             ComponentController,
@@ -152,6 +168,8 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             WorkflowTemplateController,
             WorkflowRunController,
             EvidenceController,
+            EventController,
+            WebhookController,
             create_static_files_router(
                 path=DOCS_ASSETS,
                 directories=[Path(swagger_ui_bundle.swagger_ui_path)],
@@ -164,6 +182,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
         plugins=[PydanticPlugin(prefer_alias=True)],
         middleware=[
             TraceMiddleware,
+            SpanMiddleware,
             DefineMiddleware(TokenAuthMiddleware, authenticator=runtime.get_authenticator, exclude=_PUBLIC_PATHS),
             DefineMiddleware(IdempotencyMiddleware, policy=runtime.get_idempotency),
         ],
@@ -215,6 +234,8 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
 
 async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> None:
     settings = runtime.settings
+    if not tracing.enabled() and tracing.configure_from_env("gateway"):
+        stack.callback(tracing.uninstall)
     pool = given.get("pool")
     if pool is None:
         pool = await create_pool(settings.database_url, SCHEMA, max_size=settings.db_pool_size)
@@ -256,6 +277,9 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
         client, command_timeout_s=settings.command_timeout_s, query_timeout_s=settings.query_timeout_s
     )
     runtime.exports = BundleReader(js)
+    runtime.event_streams = EventStreams(
+        js, names, heartbeat_s=settings.stream_heartbeat_s, max_clients=settings.stream_max_clients
+    )
     runtime.idempotency = IdempotencyPolicy(
         store=store,
         clock=runtime.clock,
@@ -275,6 +299,7 @@ async def _stop(runtime: Runtime) -> None:
             log.exception("could not write the last token uses")
     runtime.pool = runtime.nats = None
     runtime.store = runtime.authenticator = runtime.relay = runtime.idempotency = runtime.exports = None
+    runtime.event_streams = None
 
 
 async def _maintain(runtime: Runtime) -> None:

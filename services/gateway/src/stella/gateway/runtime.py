@@ -20,6 +20,7 @@ from stella.gateway.idempotency import IdempotencyPolicy
 from stella.gateway.relay import Relay
 from stella.gateway.settings import Settings
 from stella.gateway.store import GatewayStore
+from stella.gateway.streams import EventStreams
 
 T = TypeVar("T")
 
@@ -42,6 +43,7 @@ class Runtime:
         relay: Commands and queries to services.
         idempotency: What the idempotency middleware needs.
         exports: Reads evidence export bundles from the object store.
+        event_streams: Opens live streams of public events.
     """
 
     settings: Settings
@@ -53,6 +55,7 @@ class Runtime:
     relay: Relay | None = None
     idempotency: IdempotencyPolicy | None = None
     exports: BundleReader | None = None
+    event_streams: EventStreams | None = None
 
     def get_store(self) -> GatewayStore:
         """The store; raises :class:`NotStartedError` before start-up."""
@@ -69,6 +72,10 @@ class Runtime:
     def get_idempotency(self) -> IdempotencyPolicy:
         """The idempotency policy; raises :class:`NotStartedError` before start-up."""
         return _started(self.idempotency, "idempotency policy")
+
+    def get_event_streams(self) -> EventStreams:
+        """The live event streams; raises :class:`NotStartedError` before start-up."""
+        return _started(self.event_streams, "event streams")
 
     def get_exports(self) -> BundleReader:
         """The export bundle reader; raises :class:`NotStartedError` before start-up."""

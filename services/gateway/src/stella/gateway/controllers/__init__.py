@@ -1,7 +1,9 @@
 """One Litestar controller per resource of the public API."""
 
+from stella.gateway.controllers.asyncapi import AsyncAPIController
 from stella.gateway.controllers.components import ComponentController
 from stella.gateway.controllers.environments import EnvironmentController
+from stella.gateway.controllers.events import EventController
 from stella.gateway.controllers.evidence import EvidenceController
 from stella.gateway.controllers.health import HealthController
 from stella.gateway.controllers.openapi import OpenAPIController
@@ -10,11 +12,14 @@ from stella.gateway.controllers.promotions import PromotionController
 from stella.gateway.controllers.releases import ReleaseController
 from stella.gateway.controllers.scans import ScanResultController
 from stella.gateway.controllers.tokens import TokenController
+from stella.gateway.controllers.webhooks import WebhookController
 from stella.gateway.controllers.workflows import WorkflowRunController, WorkflowTemplateController
 
 __all__ = [
+    "AsyncAPIController",
     "ComponentController",
     "EnvironmentController",
+    "EventController",
     "EvidenceController",
     "HealthController",
     "OpenAPIController",
@@ -23,6 +28,7 @@ __all__ = [
     "ReleaseController",
     "ScanResultController",
     "TokenController",
+    "WebhookController",
     "WorkflowRunController",
     "WorkflowTemplateController",
 ]
