@@ -155,7 +155,7 @@ class Stack:
         self.procs.clear()
 
 
-HEADLESS = ("release", "promotion", "approval", "workflow", "evidence")
+HEADLESS = ("release", "promotion", "approval", "workflow", "evidence", "events")
 """Every headless service, in start order."""
 
 
@@ -178,6 +178,12 @@ async def _running(
         "STELLA_GATEWAY_PORT": str(free_port()),
         "STELLA_LOG_LEVEL": "INFO",
         "STELLA_EVIDENCE_KEY_DIR": str(tmp_path / "keys"),
+        "STELLA_EVENTS_KEY_DIR": str(tmp_path / "keys"),
+        # Webhook receivers of the tests listen on loopback over plain HTTP, and retries are quick.
+        "STELLA_EVENTS_WEBHOOK_REQUIRE_HTTPS": "false",
+        "STELLA_EVENTS_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "STELLA_EVENTS_RETRY_BASE_S": "0.2",
+        "STELLA_EVENTS_RETRY_MAX_INTERVAL_S": "1",
     }
     system = Stack(env, tmp_path)
     for service in services:
