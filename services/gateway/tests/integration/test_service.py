@@ -64,6 +64,17 @@ OPERATIONS = {
     "exportEvidence",
     "getEvidence",
     "verifyEvidence",
+    "listPromotionEvents",
+    "listEventTypes",
+    "listEvents",
+    "streamEvents",
+    "createWebhook",
+    "listWebhooks",
+    "getWebhook",
+    "updateWebhook",
+    "deleteWebhook",
+    "listWebhookDeliveries",
+    "redeliverWebhookDelivery",
 }
 
 
@@ -97,6 +108,8 @@ async def test_health_readiness_and_docs_need_no_token(gateway_settings: Setting
             "promotions",
             "workflows",
             "evidence",
+            "events",
+            "webhooks",
         ]
         used = {tag for path in spec["paths"].values() for op in path.values() for tag in op.get("tags", [])}
         assert used <= {tag["name"] for tag in spec["tags"]}
