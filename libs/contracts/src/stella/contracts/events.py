@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Final
+from typing import Annotated, Final
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from stella.contracts.envelope import Command, Model, PageRequest, Query
 
@@ -42,6 +42,12 @@ SECRET_PREFIX: Final[str] = "whsec_"
 
 MAX_URL_LENGTH: Final[int] = 2048
 """Longest webhook URL accepted."""
+
+TEXT_PATTERN: Final[str] = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+"""Free text a person wrote: no control characters but tab and line breaks (Postgres refuses NUL)."""
+
+Description = Annotated[str, StringConstraints(max_length=500, pattern=TEXT_PATTERN)]
+"""A webhook's description."""
 
 
 class DeliveryStatus(StrEnum):
@@ -116,7 +122,7 @@ class CreateWebhook(Command):
     """Subscribe a URL to the tenant's public events; the service makes the secret and checks the URL."""
 
     url: str = Field(min_length=1, max_length=MAX_URL_LENGTH)
-    description: str = Field(default="", max_length=500)
+    description: Description = ""
     event_types: list[str] = Field(default_factory=list, max_length=100)
     enabled: bool = True
 
@@ -126,7 +132,7 @@ class UpdateWebhook(Command):
 
     webhook_id: UUID
     url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
-    description: str | None = Field(default=None, max_length=500)
+    description: Description | None = None
     event_types: list[str] | None = Field(default=None, max_length=100)
     enabled: bool | None = None
 

@@ -41,7 +41,7 @@ from stella.contracts.public import (
 )
 from stella.contracts.public.catalogue import WebhookDisabledData
 from stella.contracts.public.cloudevents import TYPE_PREFIX
-from stella.events import domain, repo
+from stella.events import domain, metrics, repo
 from stella.events.delivery import Outcome, Sender, signed_headers
 from stella.events.domain import (
     AddressPolicy,
@@ -470,6 +470,15 @@ class Handlers:
             return await self._sender.send(delivery.url, delivery.payload, headers)
 
     async def _settle(self, delivery: repo.ClaimedDelivery, outcome: Outcome, started: datetime) -> None:
+        result, disabled = await self._record_outcome(delivery, outcome, started)
+        metrics.webhook_attempts.labels(result).inc()
+        if disabled:
+            metrics.webhooks_disabled.inc()
+
+    async def _record_outcome(
+        self, delivery: repo.ClaimedDelivery, outcome: Outcome, started: datetime
+    ) -> tuple[str, bool]:
+        """Record an attempt and what follows from it; returns (succeeded|retried|failed, webhook disabled)."""
         now = self._clock()
         async with self._pool().acquire() as conn, conn.transaction():
             await repo.record_attempt(
@@ -492,7 +501,7 @@ class Handlers:
                     error=None,
                 )
                 await repo.webhook_succeeded(conn, delivery.tenant_id, delivery.webhook_id)
-                return
+                return "succeeded", False
             next_at = self._retry.next_attempt(delivery.attempt, delivery.deadline, now, self._jitter())
             await repo.finish_attempt(
                 conn,
@@ -503,9 +512,10 @@ class Handlers:
                 status_code=outcome.status_code,
                 error=outcome.error,
             )
+            result = "retried" if next_at is not None else "failed"
             state = await repo.webhook_failed(conn, delivery.tenant_id, delivery.webhook_id, now, outcome.error or "")
             if state is None:
-                return
+                return result, False
             failures, failing_since, enabled = state
             health = Health(failures, failing_since)
             if enabled and self._disable.should_disable(health, now):
@@ -529,6 +539,8 @@ class Handlers:
                         time=now,
                         except_webhook=delivery.webhook_id,
                     )
+                    return result, True
+            return result, False
 
     async def purge(self, before: datetime) -> int:
         """Delete public events recorded before ``before`` and their deliveries."""

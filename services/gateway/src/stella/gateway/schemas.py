@@ -866,6 +866,9 @@ WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 EventTypeFilter = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 """An event type of ``GET /events/types`` or ``org.stellaops.<context>.*``."""
 
+WebhookDescription = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
+"""A webhook's description: text without control characters (tab and line breaks allowed)."""
+
 
 class WebhookCreate(RequestBody):
     """A new webhook: where to send the tenant's public events, and which ones."""
@@ -874,7 +877,7 @@ class WebhookCreate(RequestBody):
         description="https:// URL receiving a POST per event; it must resolve to public addresses only "
         "(unless the operator allows a private network)."
     )
-    description: str = Field(default="", max_length=500)
+    description: WebhookDescription = Field(default="", description="What the webhook is for (no control characters).")
     event_types: list[EventTypeFilter] = Field(
         default_factory=list,
         max_length=100,
@@ -887,7 +890,7 @@ class WebhookUpdate(RequestBody):
     """Changes to a webhook; fields left out keep their value. ``enabled: true`` resumes a disabled webhook."""
 
     url: WebhookUrl | None = None
-    description: str | None = Field(default=None, max_length=500)
+    description: WebhookDescription | None = None
     event_types: list[EventTypeFilter] | None = Field(default=None, max_length=100)
     enabled: bool | None = None
 
