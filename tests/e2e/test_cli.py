@@ -127,7 +127,7 @@ async def test_the_cli_walks_the_readme_flow(full_stack: Stack, tmp_path: Path) 
     # A rejected promotion ends --wait with a failure exit code.
     me("releases", "create", "shop-1-4-3", "-c", f"shop-api@{DIGEST}", "--ready")
     me("promote", "shop-1-4-3", "dev", "--wait", "--timeout", "120")
-    waiting = me.spawn("-o", "json", "promote", "shop-1-4-3", "prod", "--wait", "--timeout", "120")
+    waiting = me.spawn("-o", "json", "promote", "shop-1-4-3", "prod", "--wait", "--timeout", "120", stdout_only=True)
     try:
         pending = await _waiting_for_approval(stack)
         approver("reject", pending["id"], "--comment", "CVE open")
@@ -136,7 +136,7 @@ async def test_the_cli_walks_the_readme_flow(full_stack: Stack, tmp_path: Path) 
         if waiting.poll() is None:
             waiting.kill()
     assert code == 1, output
-    assert '"status": "rejected"' in output
+    assert json.loads(output)["status"] == "rejected"  # standard output is JSON only; the view went to stderr
 
     # Evidence: exported through the API, verified offline with nothing but the bundle.
     bundle = tmp_path / "evidence.tar.gz"

@@ -22,27 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_ON,
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-)
-from opentelemetry.trace import Link, SpanKind
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import Attributes
+if TYPE_CHECKING:  # OpenTelemetry is imported only once tracing is turned on: off, it costs no start-up time
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 log = logging.getLogger(__name__)
 
@@ -55,48 +45,71 @@ SERVICE_ATTRIBUTE: Final[str] = "stella.service"
 TRACEPARENT: Final[str] = "traceparent"
 """The W3C trace context header."""
 
-_PROPAGATOR: Final = TraceContextTextMapPropagator()
 _wanted_trace_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("stella_trace_id", default=None)
-_tracer: trace.Tracer | None = None
+_tracer: Tracer | None = None
 _provider: TracerProvider | None = None
+_propagator: TraceContextTextMapPropagator | None = None
 
 
-class _IdGenerator(RandomIdGenerator):
-    """Random ids, except the trace id of a root span started under :func:`root_trace_id`."""
+@functools.cache
+def _sdk() -> Any:
+    """The OpenTelemetry parts tracing needs, imported on first use, with Stella's id generator and sampler."""
+    from types import SimpleNamespace
 
-    def generate_trace_id(self) -> int:
-        wanted = _wanted_trace_id.get()
-        return wanted if wanted else super().generate_trace_id()
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, Sampler, SamplingResult
+    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+    class IdGenerator(RandomIdGenerator):
+        """Random ids, except the trace id of a root span started under :func:`server`."""
 
-class _NoOrphanQueries(Sampler):
-    """Root spans are sampled, except database calls made outside any trace (poll loops, timers)."""
+        def generate_trace_id(self) -> int:
+            wanted = _wanted_trace_id.get()
+            return wanted if wanted else super().generate_trace_id()
 
-    def should_sample(
-        self,
-        parent_context: otel_context.Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: Any = None,
-    ) -> SamplingResult:
-        attrs = attributes or {}
-        if kind == SpanKind.CLIENT and ("db.system" in attrs or "db.system.name" in attrs):
-            return SamplingResult(Decision.DROP)
-        return ALWAYS_ON.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+    class NoOrphanQueries(Sampler):
+        """Root spans are sampled, except database calls made outside any trace (poll loops, timers)."""
 
-    def get_description(self) -> str:
-        return "StellaNoOrphanQueries"
+        def should_sample(
+            self,
+            parent_context: Any,
+            trace_id: int,
+            name: str,
+            kind: Any = None,
+            attributes: Any = None,
+            links: Any = None,
+            trace_state: Any = None,
+        ) -> SamplingResult:
+            attrs = attributes or {}
+            if kind == SpanKind.CLIENT and ("db.system" in attrs or "db.system.name" in attrs):
+                return SamplingResult(Decision.DROP)
+            return ALWAYS_ON.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+        def get_description(self) -> str:
+            return "StellaNoOrphanQueries"
+
+    return SimpleNamespace(
+        trace=trace,
+        SpanKind=SpanKind,
+        Propagator=TraceContextTextMapPropagator,
+        IdGenerator=IdGenerator,
+        NoOrphanQueries=NoOrphanQueries,
+    )
 
 
 def new_provider(service: str, processor: SpanProcessor) -> TracerProvider:
     """A tracer provider for ``service`` sending spans to ``processor`` (Stella's id generator and sampler)."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBased
+
+    sdk = _sdk()
     provider = TracerProvider(
         resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or f"stella-{service}"}),
-        id_generator=_IdGenerator(),
-        sampler=ParentBased(root=_NoOrphanQueries()),
+        id_generator=sdk.IdGenerator(),
+        sampler=ParentBased(root=sdk.NoOrphanQueries()),
     )
     provider.add_span_processor(processor)
     return provider
@@ -104,7 +117,7 @@ def new_provider(service: str, processor: SpanProcessor) -> TracerProvider:
 
 def install(provider: TracerProvider) -> None:
     """Turn tracing on in this process with ``provider`` (Postgres calls included)."""
-    global _tracer, _provider
+    global _tracer, _provider, _propagator
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
     instrumentor = AsyncPGInstrumentor()
@@ -112,6 +125,7 @@ def install(provider: TracerProvider) -> None:
         instrumentor.uninstrument()
     instrumentor.instrument(tracer_provider=provider)
     _provider = provider
+    _propagator = _sdk().Propagator()
     _tracer = provider.get_tracer("stella")
 
 
@@ -123,7 +137,7 @@ def uninstall() -> None:
     instrumentor = AsyncPGInstrumentor()
     if instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.uninstrument()
-    provider, _provider, _tracer = _provider, None, None
+    provider, _provider, _tracer, _propagator = _provider, None, None, None
     if provider is not None:
         provider.shutdown()
 
@@ -151,40 +165,40 @@ def enabled() -> bool:
 
 def inject(headers: dict[str, str]) -> None:
     """Add the current trace context to ``headers`` of a message about to be published (nothing when off)."""
-    if _tracer is None:
+    if _propagator is None:
         return
-    _PROPAGATOR.inject(headers)
+    _propagator.inject(headers)
 
 
 def stored_context() -> dict[str, str] | None:
     """The current trace context as headers to keep with an outbox row; None when off or outside a trace."""
-    if _tracer is None:
+    if _propagator is None:
         return None
     carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier)
+    _propagator.inject(carrier)
     return carrier or None
 
 
 def current_traceparent() -> str | None:
     """The ``traceparent`` of the current span; None when off or outside a trace."""
-    if _tracer is None:
+    if _propagator is None:
         return None
     carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier)
+    _propagator.inject(carrier)
     return carrier.get(TRACEPARENT)
 
 
 @contextlib.contextmanager
 def consume(headers: Mapping[str, str] | None, name: str, service: str, **attributes: Any) -> Iterator[None]:
     """Handle a received message in a consumer span continuing the trace its ``headers`` carry."""
-    if _tracer is None:
+    if _tracer is None or _propagator is None:
         yield
         return
-    parent = _PROPAGATOR.extract(dict(headers or {}))
+    parent = _propagator.extract(dict(headers or {}))
     with _tracer.start_as_current_span(
         name,
         context=parent,
-        kind=SpanKind.CONSUMER,
+        kind=_sdk().SpanKind.CONSUMER,
         attributes={SERVICE_ATTRIBUTE: service, "messaging.system": "nats", **attributes},
     ):
         yield
@@ -196,47 +210,37 @@ def publish(subject: str, service: str, stored: Mapping[str, str] | None, header
 
     The span's context is added to ``headers``. A message stored without a context is published untraced.
     """
-    if _tracer is None or not stored:
+    if _tracer is None or _propagator is None or not stored:
         yield
         return
-    parent = _PROPAGATOR.extract(dict(stored))
+    parent = _propagator.extract(dict(stored))
     with _tracer.start_as_current_span(
         f"publish {subject}",
         context=parent,
-        kind=SpanKind.PRODUCER,
+        kind=_sdk().SpanKind.PRODUCER,
         attributes={SERVICE_ATTRIBUTE: service, "messaging.system": "nats", "messaging.destination.name": subject},
     ):
-        _PROPAGATOR.inject(headers)
-        yield
-
-
-@contextlib.contextmanager
-def span(name: str, service: str, *, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> Iterator[None]:
-    """A span of ``service`` under the current context (nothing when off)."""
-    if _tracer is None:
-        yield
-        return
-    with _tracer.start_as_current_span(name, kind=kind, attributes={SERVICE_ATTRIBUTE: service, **attributes}):
+        _propagator.inject(headers)
         yield
 
 
 @contextlib.contextmanager
 def server(
     name: str, service: str, headers: Mapping[str, str], trace_id: uuid.UUID, **attributes: Any
-) -> Iterator[trace.Span | None]:
+) -> Iterator[Span | None]:
     """A server span for an incoming request: under its ``traceparent``, else the root of trace ``trace_id``."""
-    if _tracer is None:
+    if _tracer is None or _propagator is None:
         yield None
         return
-    parent = _PROPAGATOR.extract(dict(headers))
+    parent = _propagator.extract(dict(headers))
     token = _wanted_trace_id.set(trace_id.int)  # read by the id generator when the span is a root
     try:
         current = _tracer.start_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes={SERVICE_ATTRIBUTE: service, **attributes}
+            name, context=parent, kind=_sdk().SpanKind.SERVER, attributes={SERVICE_ATTRIBUTE: service, **attributes}
         )
     finally:
         _wanted_trace_id.reset(token)
-    with trace.use_span(current, end_on_exit=True):
+    with _sdk().trace.use_span(current, end_on_exit=True):
         yield current
 
 
@@ -244,5 +248,5 @@ def root_trace_id() -> uuid.UUID | None:
     """The trace id of the current span as a UUID; None when off or outside a trace."""
     if _tracer is None:
         return None
-    context = trace.get_current_span().get_span_context()
+    context = _sdk().trace.get_current_span().get_span_context()
     return uuid.UUID(int=context.trace_id) if context.is_valid else None

@@ -430,8 +430,6 @@ def promote(
             raise typer.Exit(EXIT_TIMEOUT)
         if STATE.output == Output.JSON:
             emit_json(final.promotion)
-        elif not out.is_terminal:
-            out.print(follow.render(final))
         if not final.succeeded():
             err.print(f"[bold red]Promotion {final.status}[/bold red]: {final.promotion.get('status_message') or ''}")
             raise typer.Exit(EXIT_FAILED)

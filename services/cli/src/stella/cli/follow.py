@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
@@ -23,7 +23,6 @@ from rich.text import Text
 
 from stella.cli.api import Api, ApiError, Unreachable
 from stella.cli.config import Profile
-from stella.cli.render import out
 
 FINAL: Final[frozenset[str]] = frozenset({"deployed", "rejected", "cancelled", "failed", "rolled_back"})
 """Promotion states nothing moves on from."""
@@ -188,8 +187,10 @@ def snapshot(api: Api, promotion_id: str, templates: dict[tuple[str, int], list[
     return shot
 
 
-def follow(api: Api, promotion_id: str, *, timeout_s: float, live: bool, poll_s: float = 1.0) -> Snapshot | None:
+def follow(api: Api, promotion_id: str, *, timeout_s: float, console: Console, poll_s: float = 1.0) -> Snapshot | None:
     """Follow a promotion until it ends (its last snapshot) or ``timeout_s`` passes (None).
+
+    The view is drawn on ``console``: redrawn in place on a terminal, printed once at the end otherwise.
 
     Raises:
         ApiError: the API refused a read.
@@ -201,7 +202,9 @@ def follow(api: Api, promotion_id: str, *, timeout_s: float, live: bool, poll_s:
     deadline = time.monotonic() + timeout_s
     current = snapshot(api, promotion_id, templates)
     try:
-        with Live(render(current), console=out, refresh_per_second=4, transient=False, auto_refresh=live) as view:
+        with Live(
+            render(current), console=console, refresh_per_second=4, transient=False, auto_refresh=console.is_terminal
+        ) as view:
             while not current.ended():
                 if time.monotonic() >= deadline:
                     return None
