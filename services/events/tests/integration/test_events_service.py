@@ -122,7 +122,7 @@ async def test_bad_webhooks_are_refused_and_nothing_is_stored(events_settings: S
     strict = events_settings.model_copy(update={"webhook_require_https": True, "webhook_allowed_networks": ()})
     async with running(strict, nats) as events:
         cases = {
-            "http://169.254.169.254/latest/meta-data/": (422, "VAL_WEBHOOK_URL_NOT_HTTPS"),
+            "http://169.254.169.254/latest/meta-data/": (422, "VAL_WEBHOOK_URL_FORBIDDEN"),
             "https://169.254.169.254/latest/meta-data/": (422, "VAL_WEBHOOK_URL_FORBIDDEN"),
             "https://[::ffff:127.0.0.1]/": (422, "VAL_WEBHOOK_URL_FORBIDDEN"),
             "https://localhost/hooks": (422, "VAL_WEBHOOK_URL_FORBIDDEN"),

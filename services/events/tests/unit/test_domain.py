@@ -73,9 +73,10 @@ def test_the_allow_list_lets_named_networks_through_and_nothing_else() -> None:
     assert not policy.allows(ipaddress.ip_address("::1"))
 
 
-def test_metadata_address_url_is_refused_without_resolving() -> None:
+@pytest.mark.parametrize("url", ["https://169.254.169.254/latest/meta-data/", "http://169.254.169.254/"])
+def test_metadata_address_url_is_refused_without_resolving(url: str) -> None:
     with pytest.raises(WebhookUrlForbidden) as caught:
-        parse_webhook_url("https://169.254.169.254/latest/meta-data/", STRICT)
+        parse_webhook_url(url, STRICT)
     assert caught.value.status == 422
     assert caught.value.code == "VAL_WEBHOOK_URL_FORBIDDEN"
 

@@ -175,7 +175,7 @@ async def test_webhook_crud_shows_the_secret_once(gateway: Gateway, events_servi
 async def test_bad_webhooks_are_refused_and_nothing_is_stored(gateway: Gateway, events_service: EventsApp) -> None:
     tenant = await gateway.tenant()
     cases = [
-        ({"url": "http://169.254.169.254/"}, 422, "VAL_WEBHOOK_URL_NOT_HTTPS"),
+        ({"url": "http://169.254.169.254/"}, 422, "VAL_WEBHOOK_URL_FORBIDDEN"),
         ({"url": "https://169.254.169.254/latest/meta-data/"}, 422, "VAL_WEBHOOK_URL_FORBIDDEN"),
         ({"url": "https://127.0.0.1:8080/"}, 422, "VAL_WEBHOOK_URL_FORBIDDEN"),
         ({"url": "http://hooks.example.com/"}, 422, "VAL_WEBHOOK_URL_NOT_HTTPS"),

@@ -169,8 +169,6 @@ def parse_webhook_url(url: str, policy: AddressPolicy) -> WebhookTarget:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
         raise InvalidWebhookUrl("the URL must be absolute, http:// or https://, with a host")
-    if scheme == "http" and policy.require_https:
-        raise WebhookUrlNotHttps("webhook URLs must use https:// on this installation")
     host = parts.hostname.rstrip(".")
     address: IPAddress | None
     try:
@@ -180,8 +178,10 @@ def parse_webhook_url(url: str, policy: AddressPolicy) -> WebhookTarget:
     target = WebhookTarget(
         url=url, scheme=scheme, host=host, port=port or (443 if scheme == "https" else 80), address=address
     )
-    if address is not None:
+    if address is not None:  # a forbidden address is the more important thing to say about a URL
         check_addresses(target, [address], policy)
+    if scheme == "http" and policy.require_https:
+        raise WebhookUrlNotHttps("webhook URLs must use https:// on this installation")
     return target
 
 
