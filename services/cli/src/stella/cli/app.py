@@ -420,9 +420,9 @@ def promote(
         if not wait:
             show(promotion, STATE.output, PROMOTION_COLUMNS)
             return
-        final = follow.follow(
-            api, promotion["id"], timeout_s=timeout, live=STATE.output == Output.TABLE and out.is_terminal
-        )
+        # The live view goes to standard error when standard output is for JSON.
+        view = out if STATE.output == Output.TABLE else err
+        final = follow.follow(api, promotion["id"], timeout_s=timeout, console=view)
         if final is None:
             err.print(
                 f"[bold red]Timed out[/bold red] after {timeout:g}s; the promotion goes on: stella promotions get {promotion['id']}"
