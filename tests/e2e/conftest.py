@@ -53,7 +53,7 @@ class Stack:
         proc = self.procs.pop(service)
         return proc.wait(timeout)
 
-    async def ready(self, timeout: float = 60) -> None:
+    async def ready(self, timeout: float = 180) -> None:
         """Wait until the gateway answers /readyz."""
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
@@ -65,7 +65,7 @@ class Stack:
                 await asyncio.sleep(0.2)
         raise TimeoutError(f"gateway not ready; logs in {self.logs}:\n{self.log_tail('gateway')}")
 
-    async def wait_service(self, service: str, nats: Client, timeout: float = 60) -> None:
+    async def wait_service(self, service: str, nats: Client, timeout: float = 180) -> None:
         """Wait until a headless service answers its health subject."""
         subject = self.names.subject(health_subject(service))
         deadline = time.monotonic() + timeout

@@ -42,14 +42,14 @@ class Terminal:
         assert result.exit_code == code, (args, result.exit_code, result.output, result.exception)
         return result
 
-    def spawn(self, *args: str) -> subprocess.Popen[str]:
+    def spawn(self, *args: str, stdout_only: bool = False) -> subprocess.Popen[str]:
         """Run a command as its own process (the console script's module), e.g. to wait in another terminal."""
         env = {**os.environ, **{k: v for k, v in self.env.items() if v}}
         return subprocess.Popen(
             [sys.executable, "-m", "stella.cli", *args],
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.DEVNULL if stdout_only else subprocess.STDOUT,
             text=True,
         )
 
