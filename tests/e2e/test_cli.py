@@ -56,7 +56,7 @@ class Terminal:
 
 async def _waiting_for_approval(stack: Stack) -> dict[str, Any]:
     body = await stack.until("/api/v1/promotions?status=pending_approval", lambda b: len(b["items"]) == 1, timeout=60)
-    return body["items"][0]  # type: ignore[no-any-return]
+    return body["items"][0]
 
 
 async def _finished(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str]:

@@ -69,9 +69,7 @@ class Receiver:
 async def _tenant_id(dsn: str, token_prefix: str) -> uuid.UUID:
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetchval(  # type: ignore[no-any-return]
-            "SELECT tenant_id FROM gateway.tokens WHERE prefix = $1", token_prefix
-        )
+        return await conn.fetchval("SELECT tenant_id FROM gateway.tokens WHERE prefix = $1", token_prefix)
     finally:
         await conn.close()
 

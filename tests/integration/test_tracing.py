@@ -90,7 +90,7 @@ async def test_one_trace_spans_gateway_promotion_workflow_and_evidence(
             assert credential is not None
             token = credential.token
             auth = {"Authorization": f"Bearer {token}"}
-            transport = httpx.ASGITransport(app=gateway)
+            transport = httpx.ASGITransport(app=gateway)  # type: ignore[arg-type]
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
                 created = await client.post(
                     "/api/v1/components",

@@ -94,6 +94,7 @@ async def test_the_relay_publishes_stored_headers_under_the_writers_trace(
         runtime.relay.wake()
         [msg] = await published.wait(1)
     assert msg.data == b'{"x": 1}'
+    assert msg.headers is not None
     assert msg.headers["Content-Type"] == "application/cloudevents+json"
     assert msg.headers["Nats-Msg-Id"] == str(message.message_id)
     for _ in range(100):  # the producer span ends once the stream acknowledged, maybe after delivery

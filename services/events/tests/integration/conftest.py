@@ -20,7 +20,7 @@ from stella.contracts import approval, promotion
 from stella.contracts import events as c
 from stella.contracts.envelope import Event
 from stella.contracts.streams import HEADER_MSG_ID
-from stella.events.app import MIGRATIONS, EventsApp, create_app
+from stella.events.app import MIGRATIONS, EventsApp, Overrides, create_app
 from stella.events.settings import Settings
 from stella.kit.embedded import free_port
 from stella.kit.naming import Names
@@ -175,7 +175,7 @@ def approval_changed(tenant_id: uuid.UUID, promotion_id: uuid.UUID) -> approval.
 
 def body(msg: Any) -> dict[str, Any]:
     """The JSON body of a NATS message."""
-    return json.loads(msg.data)  # type: ignore[no-any-return]
+    return json.loads(msg.data)
 
 
 @pytest_asyncio.fixture
@@ -198,9 +198,9 @@ async def events_settings(make_database: Any, nats_url: str, stella_namespace: s
 
 
 @asynccontextmanager
-async def running(settings: Settings, nats: Client, **overrides: Any) -> AsyncIterator[Harness]:
+async def running(settings: Settings, nats: Client, overrides: Overrides | None = None) -> AsyncIterator[Harness]:
     """Run an events service with ``settings`` until the block ends."""
-    app = create_app(settings, overrides=overrides or None)
+    app = create_app(settings, overrides=overrides)
     await app.start()
     try:
         async with service_client(nats, app.runtime.names) as client:

@@ -25,7 +25,7 @@ from .conftest import Harness, Receiver, approval_changed, body, promotion_chang
 async def _webhook(events: Harness, url: str, **fields: Any) -> dict[str, Any]:
     reply = await events.caller.command(c.CREATE_WEBHOOK, c.CreateWebhook, url=url, **fields)
     assert reply.ok, reply.error
-    return reply.data  # type: ignore[no-any-return]
+    return reply.data
 
 
 async def test_internal_events_become_cloud_events_once_on_the_tenants_subject(events: Harness, nats: Client) -> None:
@@ -49,6 +49,7 @@ async def test_internal_events_become_cloud_events_once_on_the_tenants_subject(e
         await asyncio.sleep(0.5)
     assert len(received.messages) == 2
     assert leaked.messages == []
+    assert msg.headers is not None
     assert events.names.local(msg.subject) == public_subject(tenant, "org.stellaops.promotion.approved")
     assert msg.headers["Content-Type"] == "application/cloudevents+json"
     cloud = CloudEvent.model_validate(body(msg))
@@ -157,7 +158,7 @@ async def test_a_name_that_resolves_elsewhere_at_delivery_time_reaches_nothing(
     async def public_at_first(host: str, port: int) -> list[Any]:
         return [ipaddress.ip_address("93.184.216.34")]
 
-    async with running(strict, nats, resolve=public_at_first) as events:
+    async with running(strict, nats, {"resolve": public_at_first}) as events:
         created = await _webhook(events, f"http://localhost:{receiver.port}/hooks")
         await events.publish_internal(promotion.PROMOTION_APPROVED, promotion_changed(events.caller.tenant_id))
         webhook_id = uuid.UUID(created["id"])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import asyncpg
 from faststream.nats import NatsRouter
@@ -15,7 +17,7 @@ from stella.contracts.envelope import utcnow
 from stella.events import subscribers
 from stella.events.delivery import Sender
 from stella.events.domain import AddressPolicy, DisablePolicy, RetryPolicy
-from stella.events.handlers import Handlers
+from stella.events.handlers import Handlers, Resolve, system_resolve
 from stella.events.sealing import Sealer, load_or_create_key
 from stella.events.settings import Settings
 from stella.kit.broker import CommandProcessor
@@ -38,15 +40,28 @@ class EventsApp(ServiceApp):
     _listener: asyncpg.Connection | None = field(default=None)
 
 
-def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> EventsApp:
+class Overrides(TypedDict, total=False):
+    """Dependencies a caller (a test) provides instead of having them built; each key is optional.
+
+    Attributes:
+        clock: Returns the current UTC time (defaults to :func:`stella.contracts.envelope.utcnow`).
+        jitter: Returns the jitter of a retry's delay, in [0, 1) (defaults to :func:`random.random`).
+        resolve: Resolves a webhook URL's host name when the webhook is saved (defaults to the system's).
+    """
+
+    clock: Callable[[], datetime]
+    jitter: Callable[[], float]
+    resolve: Resolve
+
+
+def create_app(settings: Settings, *, overrides: Overrides | None = None) -> EventsApp:
     """Build the events service.
 
     Args:
         settings: The service settings, built once by ``__main__`` (or a test).
-        overrides: Replacements for dependencies by name: ``clock``, ``jitter`` (retry jitter in [0, 1)),
-            ``resolve`` (host name resolution when a webhook is saved).
+        overrides: Dependencies to use instead of building them (see :class:`Overrides`).
     """
-    overrides = overrides or {}
+    overrides = overrides or Overrides()
     clock = overrides.get("clock", utcnow)
     app = EventsApp()
     policy = AddressPolicy(
@@ -60,7 +75,6 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
             app.deliveries.wake()
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
-        optional = {key: overrides[key] for key in ("jitter", "resolve") if key in overrides}
         handlers = Handlers(
             lambda: runtime.pool,
             CommandProcessor(lambda: runtime.pool, f"{NAME}-commands"),
@@ -78,8 +92,9 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
             concurrency=settings.webhook_concurrency,
             resolve_timeout_s=settings.resolve_timeout_s,
             clock=clock,
+            jitter=overrides.get("jitter", random.random),
+            resolve=overrides.get("resolve", system_resolve),
             on_queued=wake_deliveries,
-            **optional,
         )
         app.handlers = handlers
         app.deliveries = DueLoop(

@@ -22,7 +22,8 @@ from typing import Any, Final
 from pydantic.json_schema import models_json_schema
 
 from stella.contracts.public.catalogue import CATALOGUE, PublicEventSpec
-from stella.contracts.public.cloudevents import DATA_CONTENT_TYPE, MEDIA_TYPE, PUBLIC_PREFIX
+from stella.contracts.public.cloudevents import DATA_CONTENT_TYPE, MEDIA_TYPE
+from stella.contracts.streams import PUBLIC_PREFIX
 
 ASYNCAPI_VERSION: Final[str] = "3.0.0"
 """Version of the AsyncAPI specification the document follows."""

@@ -449,7 +449,8 @@ def related_resources(event_type: str, data: Mapping[str, Any]) -> tuple[str, ..
         KeyError: for a type outside the catalogue.
         pydantic.ValidationError: when ``data`` does not fit the type's model.
     """
-    return BY_TYPE[event_type].data.model_validate(data).related()
+    model: type[PublicData] = BY_TYPE[event_type].data
+    return model.model_validate(data).related()
 
 
 def to_cloudevent(
