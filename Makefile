@@ -38,6 +38,11 @@ lint: setup ## Lint, check formatting, type-check (mypy) and check the import la
 	@$(UV) run --no-sync ruff format --check .
 	@$(UV) run --no-sync mypy
 	@$(UV) run --no-sync lint-imports
+	@$(UV) run --no-sync python -m stella.contracts.public.asyncapi --check docs/asyncapi.json
+
+.PHONY: asyncapi
+asyncapi: setup ## Regenerate docs/asyncapi.json (the public events' AsyncAPI document) from the contracts
+	@$(UV) run --no-sync python -m stella.contracts.public.asyncapi --write docs/asyncapi.json
 
 .PHONY: fmt
 fmt: setup ## Format and fix what can be fixed automatically

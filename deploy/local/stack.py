@@ -30,7 +30,7 @@ from stella.kit.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("STELLA_STATE_DIR", ROOT / ".stella"))
-SERVICES = ("release", "promotion", "approval", "workflow", "evidence")
+SERVICES = ("release", "promotion", "approval", "workflow", "evidence", "events")
 """Headless services, started in this order before the gateway (those not installed are skipped)."""
 COLORS = ("36", "33", "35", "32", "34", "31", "96", "93")
 
@@ -155,6 +155,7 @@ async def main() -> int:
             env["STELLA_DATABASE_URL"] = await _ensure_database(pg.url, "stella")
             _say(f"embedded Postgres on 127.0.0.1:{pg.port} (data in {STATE / 'postgres'})")
         env.setdefault("STELLA_EVIDENCE_KEY_DIR", str(STATE / "keys"))
+        env.setdefault("STELLA_EVENTS_KEY_DIR", str(STATE / "keys"))
         port = int(env.setdefault("STELLA_GATEWAY_PORT", "8080"))
         host = env.setdefault("STELLA_GATEWAY_HOST", "127.0.0.1")
         python = sys.executable

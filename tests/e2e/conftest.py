@@ -53,7 +53,7 @@ class Stack:
         proc = self.procs.pop(service)
         return proc.wait(timeout)
 
-    async def ready(self, timeout: float = 60) -> None:
+    async def ready(self, timeout: float = 180) -> None:
         """Wait until the gateway answers /readyz."""
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
@@ -65,7 +65,7 @@ class Stack:
                 await asyncio.sleep(0.2)
         raise TimeoutError(f"gateway not ready; logs in {self.logs}:\n{self.log_tail('gateway')}")
 
-    async def wait_service(self, service: str, nats: Client, timeout: float = 60) -> None:
+    async def wait_service(self, service: str, nats: Client, timeout: float = 180) -> None:
         """Wait until a headless service answers its health subject."""
         subject = self.names.subject(health_subject(service))
         deadline = time.monotonic() + timeout
@@ -155,7 +155,7 @@ class Stack:
         self.procs.clear()
 
 
-HEADLESS = ("release", "promotion", "approval", "workflow", "evidence")
+HEADLESS = ("release", "promotion", "approval", "workflow", "evidence", "events")
 """Every headless service, in start order."""
 
 
@@ -178,6 +178,12 @@ async def _running(
         "STELLA_GATEWAY_PORT": str(free_port()),
         "STELLA_LOG_LEVEL": "INFO",
         "STELLA_EVIDENCE_KEY_DIR": str(tmp_path / "keys"),
+        "STELLA_EVENTS_KEY_DIR": str(tmp_path / "keys"),
+        # Webhook receivers of the tests listen on loopback over plain HTTP, and retries are quick.
+        "STELLA_EVENTS_WEBHOOK_REQUIRE_HTTPS": "false",
+        "STELLA_EVENTS_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "STELLA_EVENTS_RETRY_BASE_S": "0.2",
+        "STELLA_EVENTS_RETRY_MAX_INTERVAL_S": "1",
     }
     system = Stack(env, tmp_path)
     for service in services:

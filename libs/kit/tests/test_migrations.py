@@ -31,6 +31,7 @@ async def test_applies_in_order_once_and_records(make_database, tmp_path: Path) 
     try:
         assert await apply_migrations(conn, "svc", folder) == [
             "001_outbox_inbox.sql",
+            "002_outbox_headers.sql",
             "001_init.sql",
             "002_more.sql",
         ]
@@ -53,7 +54,7 @@ async def test_two_replicas_starting_at_once_apply_each_file_once(make_database,
     conns = [await asyncpg.connect(dsn) for _ in range(3)]
     try:
         results = await asyncio.gather(*(apply_migrations(c, "race", folder) for c in conns))
-        assert sorted(len(r) for r in results) == [0, 0, 2]
+        assert sorted(len(r) for r in results) == [0, 0, 3]
     finally:
         for c in conns:
             await c.close()

@@ -70,6 +70,17 @@ OPERATIONS = {
     "listDeadLetters",
     "getDeadLetter",
     "replayDeadLetter",
+    "listPromotionEvents",
+    "listEventTypes",
+    "listEvents",
+    "streamEvents",
+    "createWebhook",
+    "listWebhooks",
+    "getWebhook",
+    "updateWebhook",
+    "deleteWebhook",
+    "listWebhookDeliveries",
+    "redeliverWebhookDelivery",
 }
 
 
@@ -105,6 +116,8 @@ async def test_health_readiness_and_docs_need_no_token(gateway_settings: Setting
             "workflows",
             "evidence",
             "dead-letters",
+            "events",
+            "webhooks",
         ]
         used = {tag for path in spec["paths"].values() for op in path.values() for tag in op.get("tags", [])}
         assert used <= {tag["name"] for tag in spec["tags"]}

@@ -1,7 +1,7 @@
 """JetStream stream definitions shared by every service.
 
-Three streams split traffic by kind: events (any number of consumers), commands (one owning service), and
-dead letters. Core request/reply reads (``stella.rpc.>``) are not stored in any stream.
+Four streams split traffic by kind: events (any number of consumers), commands (one owning service), dead
+letters, and public events for outside subscribers. Core request/reply reads (``stella.rpc.>``) are not stored in any stream.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ COMMAND_PREFIX: Final[str] = "stella.cmd"
 
 RPC_PREFIX: Final[str] = "stella.rpc"
 """Prefix of every request/reply read: ``stella.rpc.<context>.<query>``."""
+
+PUBLIC_PREFIX: Final[str] = "stella.public"
+"""Prefix of public events for outside subscribers: ``stella.public.<tenant id>.<context>.<event>``."""
 
 DLQ_PREFIX: Final[str] = "stella.dlq"
 """Prefix of dead letters: ``stella.dlq.<consumer>.<tenant>`` holds what that consumer could not process of
@@ -64,7 +67,16 @@ DEAD_LETTERS: Final[StreamSpec] = StreamSpec(
 )
 """Dead letters, kept 30 days for inspection and replay."""
 
-ALL_STREAMS: Final[tuple[StreamSpec, ...]] = (EVENTS, COMMANDS, DEAD_LETTERS)
+PUBLIC: Final[StreamSpec] = StreamSpec(
+    name="STELLA_PUBLIC",
+    subjects=(f"{PUBLIC_PREFIX}.>",),
+    max_age_s=7 * 24 * 3600,
+    duplicate_window_s=600,
+    description="Public events (CloudEvents) for outside subscribers, one subject tree per tenant.",
+)
+"""Public events (see :mod:`stella.contracts.public`), kept 7 days: how far back a live stream resumes."""
+
+ALL_STREAMS: Final[tuple[StreamSpec, ...]] = (EVENTS, COMMANDS, DEAD_LETTERS, PUBLIC)
 """Every stream the system uses."""
 
 

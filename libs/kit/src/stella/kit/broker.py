@@ -56,7 +56,7 @@ from stella.contracts.streams import (
     StreamSpec,
     dead_letter_subject,
 )
-from stella.kit import logs, metrics
+from stella.kit import logs, metrics, tracing
 from stella.kit.errors import error_detail, is_reportable
 from stella.kit.faults import Failure, classify, is_permanent, is_transient, refused, retry_delay
 from stella.kit.naming import Names
@@ -385,6 +385,7 @@ class CommandRoutes:
 
     def __init__(self, context: str, service: str) -> None:
         self.context = context
+        self.service = service
         self.consumer = f"{service}-commands"
         self.routes: dict[str, tuple[type[Command], CommandHandler]] = {}
 
@@ -413,7 +414,8 @@ class CommandRoutes:
                 _bind_context(command)
                 final.append(await handler(command))
 
-            outcome = await settle(raw, self.consumer, host, work, refusable=True)
+            with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.service):
+                outcome = await settle(raw, self.consumer, host, work, refusable=True)
             if reply_to:
                 if final:
                     await _reply(host.nats, reply_to, final[0])
@@ -478,7 +480,8 @@ class QueryRoutes:
                 return _failure("VAL_INVALID_QUERY", 400, str(exc))
             _bind_context(query)
             try:
-                reply = await handler(query)
+                with tracing.consume(raw.headers, f"answer {names.local(raw.subject)}", self.service):
+                    reply = await handler(query)
             except Exception as exc:
                 if is_reportable(exc):
                     return Reply.failure(error_detail(exc)).model_dump(mode="json")
@@ -510,6 +513,7 @@ class EventRoutes:
     """
 
     def __init__(self, service: str, purpose: str, subject: str, pool: Callable[[], asyncpg.Pool]) -> None:
+        self.service = service
         self.consumer = f"{service}-{purpose}"
         self.subject = subject
         self.pool = pool
@@ -540,7 +544,8 @@ class EventRoutes:
                     else:
                         metrics.messages_handled.labels(self.consumer, "duplicate").inc()
 
-            await settle(raw, self.consumer, host, work)
+            with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.service):
+                await settle(raw, self.consumer, host, work)
 
 
 _CLAIM = """
@@ -581,8 +586,18 @@ class CommandProcessor:
             stored = await conn.fetchval(_STORED_REPLY, self.consumer, command.message_id)
         return Reply.model_validate(stored) if stored is not None else None
 
-    async def run(self, command: Command, execute: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Reply:
-        """Handle ``command`` with ``execute(conn)`` (whose return value is the reply data)."""
+    async def run(
+        self,
+        command: Command,
+        execute: Callable[[asyncpg.Connection], Awaitable[Any]],
+        *,
+        keep: Callable[[Any], Any] | None = None,
+    ) -> Reply:
+        """Handle ``command`` with ``execute(conn)`` (whose return value is the reply data).
+
+        ``keep`` turns successful reply data into what is stored for repeats, when the first answer holds
+        something that must not be stored (a secret shown once).
+        """
         try:
             async with self._pool().acquire() as conn, conn.transaction():
                 if not await claim_inbox(conn, self.consumer, command.message_id):
@@ -600,7 +615,8 @@ class CommandProcessor:
                         raise
                     if reply.error is not None and reply.error.status >= 500:
                         raise _NotFinal(reply) from exc
-                await conn.execute(_STORE_REPLY, self.consumer, command.message_id, reply.model_dump(mode="json"))
+                kept = Reply.success(keep(reply.data)) if keep is not None and reply.ok else reply
+                await conn.execute(_STORE_REPLY, self.consumer, command.message_id, kept.model_dump(mode="json"))
                 return reply
         except _NotFinal as not_final:
             return not_final.reply
@@ -695,8 +711,14 @@ class ServiceClient:
 
     async def query(self, subject: str, query: Query, *, timeout: float = 5.0) -> Reply:
         """Ask a read over request/reply; a missing or silent service gives a 503 reply."""
+        headers: dict[str, str] | None = None
+        if tracing.enabled():
+            headers = {}
+            tracing.inject(headers)
         try:
-            msg = await self.nc.request(self.names.subject(subject), query.model_dump_json().encode(), timeout=timeout)
+            msg = await self.nc.request(
+                self.names.subject(subject), query.model_dump_json().encode(), timeout=timeout, headers=headers
+            )
         except nats.errors.NoRespondersError:
             return _unavailable(subject, "no service answers")
         except (TimeoutError, nats.errors.TimeoutError):
@@ -729,12 +751,11 @@ class ServiceClient:
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         stream_id = f"{command.message_id}:{uuid.uuid4().hex}" if resend else str(command.message_id)
+        headers = {HEADER_MSG_ID: stream_id, HEADER_REPLY_TO: f"{self._prefix}.{key}"}
+        tracing.inject(headers)
         try:
             await self.js.publish(
-                self.names.subject(subject),
-                command.model_dump_json().encode(),
-                headers={HEADER_MSG_ID: stream_id, HEADER_REPLY_TO: f"{self._prefix}.{key}"},
-                timeout=timeout,
+                self.names.subject(subject), command.model_dump_json().encode(), headers=headers, timeout=timeout
             )
             return await asyncio.wait_for(fut, timeout)
         except (TimeoutError, nats.errors.TimeoutError):
@@ -758,11 +779,9 @@ class ServiceClient:
 
     async def send(self, subject: str, command: Command) -> None:
         """Send a command without waiting for its reply (service to service)."""
-        await self.js.publish(
-            self.names.subject(subject),
-            command.model_dump_json().encode(),
-            headers={HEADER_MSG_ID: str(command.message_id)},
-        )
+        headers = {HEADER_MSG_ID: str(command.message_id)}
+        tracing.inject(headers)
+        await self.js.publish(self.names.subject(subject), command.model_dump_json().encode(), headers=headers)
 
 
 def _unavailable(subject: str, why: str) -> Reply:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from stella.contracts.streams import StreamSpec
 
 _NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+# The second token of contract subjects (stella.evt..., stella.public...): a namespace named like one of
+# them would put an installation's subjects inside another's.
+_RESERVED = frozenset({"evt", "cmd", "rpc", "dlq", "public"})
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class Names:
     def __post_init__(self) -> None:
         if self.namespace and not _NAMESPACE.match(self.namespace):
             raise ValueError(f"NATS namespace {self.namespace!r} must match {_NAMESPACE.pattern}")
+        if self.namespace in _RESERVED:
+            raise ValueError(f"NATS namespace {self.namespace!r} is reserved (one of {sorted(_RESERVED)})")
 
     def subject(self, subject: str) -> str:
         """The wire subject of a contract subject (``stella.x.y`` -> ``stella.<ns>.x.y``)."""

@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from uuid import UUID
 
 import asyncpg
 from nats.js import JetStreamContext
 
 from stella.contracts.envelope import Message
 from stella.contracts.streams import HEADER_MSG_ID
-from stella.kit import metrics
+from stella.kit import metrics, tracing
 from stella.kit.faults import is_transient
 from stella.kit.naming import Names
 
@@ -32,11 +35,11 @@ _LOCK_TENANT = "SELECT pg_advisory_xact_lock(hashtextextended('stella.outbox:' |
 # A message id names one message: writing it again (a deterministic id derived from what caused it, written
 # by a retried or repeated handler) records nothing more.
 _INSERT = """
-    INSERT INTO outbox (message_id, tenant_id, subject, payload) VALUES ($1, $2, $3, $4)
+    INSERT INTO outbox (message_id, tenant_id, subject, payload, headers) VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (message_id) DO NOTHING
 """
 _PENDING = """
-    SELECT id, message_id, subject, payload
+    SELECT id, message_id, subject, payload, headers
       FROM outbox
      WHERE published_at IS NULL
      ORDER BY id
@@ -51,6 +54,25 @@ FAULT_ENV = "STELLA_FAULT"
 committed but before it is published; ``relay.after_publish`` after it was published but before it is marked."""
 
 
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A message to publish that is not a contract message (a public event): its id, tenant, subject, bytes.
+
+    Attributes:
+        message_id: Its ``Nats-Msg-Id``.
+        tenant_id: The tenant whose messages it is ordered with.
+        subject: The contract subject it is published on.
+        payload: Its body.
+        headers: Headers of its own to publish with it.
+    """
+
+    message_id: UUID
+    tenant_id: UUID
+    subject: str
+    payload: str
+    headers: Mapping[str, str] | None = None
+
+
 async def add_event(conn: asyncpg.Connection, subject: str, event: Message) -> None:
     """Record ``event`` (or a command for another service) for publication on ``subject`` in the open transaction."""
     await add_events(conn, [(subject, event)])
@@ -58,16 +80,31 @@ async def add_event(conn: asyncpg.Connection, subject: str, event: Message) -> N
 
 async def add_events(conn: asyncpg.Connection, events: Sequence[tuple[str, Message]]) -> None:
     """Record several events (in order) in the caller's open transaction; one already recorded is skipped."""
-    if not events:
+    await add_messages(
+        conn, [OutboxMessage(e.message_id, e.tenant_id, subject, e.model_dump_json()) for subject, e in events]
+    )
+
+
+async def add_messages(conn: asyncpg.Connection, messages: Sequence[OutboxMessage]) -> None:
+    """Record messages (in order) in the caller's open transaction, with the trace context of the work in progress;
+    one already recorded is skipped."""
+    if not messages:
         return
     if not conn.is_in_transaction():
         raise RuntimeError("outbox writes must happen inside the state change's transaction")
-    for tenant in sorted({str(e.tenant_id) for _, e in events}):
+    for tenant in sorted({str(m.tenant_id) for m in messages}):
         await conn.execute(_LOCK_TENANT, tenant)
+    trace = tracing.stored_context()
     await conn.executemany(
         _INSERT,
-        [(e.message_id, e.tenant_id, subject, e.model_dump_json()) for subject, e in events],
+        [(m.message_id, m.tenant_id, m.subject, m.payload, _headers(m.headers, trace)) for m in messages],
     )
+
+
+def _headers(own: Mapping[str, str] | None, trace: Mapping[str, str] | None) -> str | None:
+    if not own and not trace:
+        return None
+    return json.dumps({**(own or {}), **(trace or {})}, separators=(",", ":"))
 
 
 def _relay_lock_key(schema: str) -> int:
@@ -173,6 +210,17 @@ class OutboxRelay:
             # A metric must never stop publication; the failure is logged with its traceback.
             log.exception("event observer failed", extra={"subject": subject})
 
+    async def _publish(self, row: asyncpg.Record) -> None:
+        subject = self.names.subject(row["subject"])
+        headers = {HEADER_MSG_ID: str(row["message_id"])}
+        if row["headers"] is None:
+            await self.js.publish(subject, row["payload"].encode(), headers=headers, timeout=5)
+            return
+        stored: dict[str, str] = json.loads(row["headers"])
+        headers.update(stored)
+        with tracing.publish(row["subject"], self.schema, stored, headers):
+            await self.js.publish(subject, row["payload"].encode(), headers=headers, timeout=5)
+
     async def publish_pending(self, conn: asyncpg.Connection) -> int:
         """Publish one batch in id order; returns how many were published and marked."""
         rows = await conn.fetch(_PENDING, self.batch_size)
@@ -182,12 +230,7 @@ class OutboxRelay:
             for row in rows:
                 if fault == "relay.before_publish":
                     os._exit(137)  # crash test: committed, not yet published
-                await self.js.publish(
-                    self.names.subject(row["subject"]),
-                    row["payload"].encode(),
-                    headers={HEADER_MSG_ID: str(row["message_id"])},
-                    timeout=5,
-                )
+                await self._publish(row)
                 done.append(row["id"])
                 self._observe(row["subject"], row["payload"])
                 if fault == "relay.after_publish":

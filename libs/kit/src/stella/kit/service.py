@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 
 from stella.contracts.streams import health_subject
+from stella.kit import tracing
 from stella.kit.broker import FailureLedger, ServiceClient, declare_consumers, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.metrics import serve_metrics
@@ -72,6 +73,7 @@ class ServiceRuntime:
         self._observers: dict[str, Callable[[str], None]] = {}
         self.started_at = time.time()
         self._stopped = asyncio.Event()
+        self._owns_tracing = False
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -111,6 +113,8 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         """Connect to Postgres and NATS, migrate, declare streams, start the relay and the subscribers."""
+        if not tracing.enabled():
+            self._owns_tracing = tracing.configure_from_env(self.name)
         conn = await asyncpg.connect(self.settings.database_url)
         try:
             applied = await apply_migrations(conn, self.schema, self.migrations)
@@ -180,6 +184,8 @@ class ServiceRuntime:
             await self._client.stop()
         if self._pool is not None:
             await self._pool.close()
+        if self._owns_tracing:
+            tracing.uninstall()  # flushes the spans still buffered
         self._stopped.set()
 
     async def run(self) -> None:

@@ -93,8 +93,12 @@ def migration_digest(migration_sets: Iterable[tuple[str, Path]]) -> str:
         A hex SHA-256 digest.
     """
     digest = hashlib.sha256(_TEMPLATE_FORMAT)
-    # The runner decides what the bookkeeping table looks like; a changed runner needs new templates.
+    # The runner decides what the bookkeeping table looks like, and every schema gets the kit's own tables:
+    # a changed runner or kit migration needs new templates.
     digest.update(Path(kit_migrations.__file__).read_bytes())
+    for path in sorted(kit_migrations.KIT_MIGRATIONS.glob("*.sql")):
+        digest.update(b"\0kit\0" + path.name.encode() + b"\0")
+        digest.update(path.read_bytes())
     for schema, directory in migration_sets:
         digest.update(b"\0schema\0" + schema.encode())
         for path in sorted(Path(directory).glob("*.sql")):

@@ -32,9 +32,11 @@ from nats.aio.client import Client as NatsClient
 from stella.contracts.envelope import Reply, utcnow
 from stella.gateway.auth import Authenticator, TokenAuthMiddleware
 from stella.gateway.controllers import (
+    AsyncAPIController,
     ComponentController,
     DeadLetterController,
     EnvironmentController,
+    EventController,
     EvidenceController,
     HealthController,
     OpenAPIController,
@@ -44,6 +46,7 @@ from stella.gateway.controllers import (
     ScanResultController,
     TenantController,
     TokenController,
+    WebhookController,
     WorkflowRunController,
     WorkflowTemplateController,
 )
@@ -57,8 +60,10 @@ from stella.gateway.relay import Relay
 from stella.gateway.runtime import Runtime
 from stella.gateway.settings import Settings
 from stella.gateway.store import GatewayStore
-from stella.gateway.tracing import TraceMiddleware, add_trace_header
+from stella.gateway.streams import EventStreams
+from stella.gateway.tracing import SpanMiddleware, TraceMiddleware, add_trace_header
 from stella.gateway.validation import RequestValidationMiddleware, StrictBodyPlugin
+from stella.kit import tracing
 from stella.kit.broker import ServiceClient, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.deadletters import DeadLetterStore
@@ -107,11 +112,21 @@ TAGS: Final[tuple[Tag, ...]] = (
         name="dead-letters",
         description="Messages the services gave up on, with the error that stopped each; replayed once fixed.",
     ),
+    Tag(
+        name="events",
+        description="Public events (CloudEvents): live as Server-Sent Events, as a list, and their catalogue "
+        "(the AsyncAPI document is at /api/v1/asyncapi.json).",
+    ),
+    Tag(name="webhooks", description="Outside systems subscribed to public events, signed per Standard Webhooks."),
 )
 """Tags of the API description, in the order the docs page shows them."""
 
 # Paths that need no token: the API description and its docs page (health routes opt out themselves).
-_PUBLIC_PATHS: Final[list[str]] = [rf"^{DOCS_PATH}(/|$)", rf"^{API_PREFIX}/openapi\.json$"]
+_PUBLIC_PATHS: Final[list[str]] = [
+    rf"^{DOCS_PATH}(/|$)",
+    rf"^{API_PREFIX}/openapi\.json$",
+    rf"^{API_PREFIX}/asyncapi\.json$",
+]
 
 
 class Overrides(TypedDict, total=False):
@@ -155,6 +170,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             HealthController,
             OpenAPIController,
             TenantController,
+            AsyncAPIController,
             PrincipalController,
             TokenController,
             ComponentController,
@@ -166,6 +182,8 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             WorkflowRunController,
             EvidenceController,
             DeadLetterController,
+            EventController,
+            WebhookController,
             create_static_files_router(
                 path=DOCS_ASSETS,
                 directories=[SWAGGER_UI],
@@ -179,6 +197,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
         plugins=[PydanticPlugin(prefer_alias=True), StrictBodyPlugin()],
         middleware=[
             TraceMiddleware,
+            SpanMiddleware,
             DefineMiddleware(TokenAuthMiddleware, authenticator=runtime.get_authenticator, exclude=_PUBLIC_PATHS),
             RequestValidationMiddleware,
             DefineMiddleware(IdempotencyMiddleware, policy=runtime.get_idempotency),
@@ -232,6 +251,8 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
 
 async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> None:
     settings = runtime.settings
+    if not tracing.enabled() and tracing.configure_from_env("gateway"):
+        stack.callback(tracing.uninstall)
     pool = given.get("pool")
     if pool is None:
         pool = await create_pool(settings.database_url, SCHEMA, max_size=settings.db_pool_size)
@@ -274,6 +295,9 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
     )
     runtime.exports = BundleReader(js)
     runtime.dead_letters = DeadLetterStore(js, names)
+    runtime.event_streams = EventStreams(
+        js, names, heartbeat_s=settings.stream_heartbeat_s, max_clients=settings.stream_max_clients
+    )
     runtime.idempotency = IdempotencyPolicy(
         store=store,
         clock=runtime.clock,
@@ -294,6 +318,7 @@ async def _stop(runtime: Runtime) -> None:
     runtime.pool = runtime.nats = None
     runtime.store = runtime.authenticator = runtime.relay = runtime.idempotency = runtime.exports = None
     runtime.dead_letters = None
+    runtime.event_streams = None
 
 
 async def _maintain(runtime: Runtime) -> None:

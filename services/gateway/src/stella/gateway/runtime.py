@@ -20,6 +20,7 @@ from stella.gateway.idempotency import IdempotencyPolicy
 from stella.gateway.relay import Relay
 from stella.gateway.settings import Settings
 from stella.gateway.store import GatewayStore
+from stella.gateway.streams import EventStreams
 from stella.kit.deadletters import DeadLetterStore
 from stella.kit.errors import TransientFault
 
@@ -45,6 +46,7 @@ class Runtime:
         idempotency: What the idempotency middleware needs.
         exports: Reads evidence export bundles from the object store.
         dead_letters: Reads and replays the dead letters of the installation.
+        event_streams: Opens live streams of public events.
     """
 
     settings: Settings
@@ -57,6 +59,7 @@ class Runtime:
     idempotency: IdempotencyPolicy | None = None
     exports: BundleReader | None = None
     dead_letters: DeadLetterStore | None = None
+    event_streams: EventStreams | None = None
 
     def get_store(self) -> GatewayStore:
         """The store; raises :class:`NotStartedError` before start-up."""
@@ -73,6 +76,10 @@ class Runtime:
     def get_idempotency(self) -> IdempotencyPolicy:
         """The idempotency policy; raises :class:`NotStartedError` before start-up."""
         return _started(self.idempotency, "idempotency policy")
+
+    def get_event_streams(self) -> EventStreams:
+        """The live event streams; raises :class:`NotStartedError` before start-up."""
+        return _started(self.event_streams, "event streams")
 
     def get_exports(self) -> BundleReader:
         """The export bundle reader; raises :class:`NotStartedError` before start-up."""

@@ -928,3 +928,163 @@ class ReplayOut(ResponseBody):
     message_id: UUID | None = Field(
         description="Its original id: a service that handled it already answers from its inbox."
     )
+
+
+# --- webhooks and public events -------------------------------------------------------------------------
+
+WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+"""A webhook URL (checked by the events service: scheme, host, and the addresses the host resolves to)."""
+
+EventTypeFilter = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+"""An event type of ``GET /events/types`` or ``org.stellaops.<context>.*``."""
+
+WebhookDescription = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
+"""A webhook's description: text without control characters (tab and line breaks allowed)."""
+
+
+class WebhookCreate(RequestBody):
+    """A new webhook: where to send the tenant's public events, and which ones."""
+
+    url: WebhookUrl = Field(
+        description="https:// URL receiving a POST per event; it must resolve to public addresses only "
+        "(unless the operator allows a private network)."
+    )
+    description: WebhookDescription = Field(default="", description="What the webhook is for (no control characters).")
+    event_types: list[EventTypeFilter] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Event types (or org.stellaops.<context>.*) to receive; empty: every type.",
+    )
+    enabled: bool = True
+
+
+class WebhookUpdate(RequestBody):
+    """Changes to a webhook; fields left out keep their value. ``enabled: true`` resumes a disabled webhook."""
+
+    url: WebhookUrl | None = None
+    description: WebhookDescription | None = None
+    event_types: list[EventTypeFilter] | None = Field(default=None, max_length=100)
+    enabled: bool | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> WebhookUpdate:
+        if self.url is None and self.description is None and self.event_types is None and self.enabled is None:
+            raise ValueError("give at least one of url, description, event_types, enabled")
+        return self
+
+
+class WebhookOut(ResponseBody):
+    """A webhook; its secret is shown only when it is created."""
+
+    id: UUID
+    url: str
+    description: str
+    event_types: list[str] = Field(description="Types received; empty: every type.")
+    enabled: bool
+    disabled_reason: str | None = Field(description="Why the service disabled it (null when a person did).")
+    disabled_at: datetime | None
+    failing_since: datetime | None = Field(description="Start of the current run of failed attempts.")
+    consecutive_failures: int
+    created_by: UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookCreated(WebhookOut):
+    """A new webhook with its signing secret: store it now, it is not shown again."""
+
+    secret: str | None = Field(
+        description="whsec_... secret verifying the webhook-signature header (Standard Webhooks). Shown once: "
+        "a replay of the creating request (Idempotency-Key) omits it."
+    )
+
+
+class WebhookPage(ResponseBody):
+    """A page of webhooks, oldest first."""
+
+    items: list[WebhookOut]
+    next_page_token: str | None
+
+
+class DeliveryStatus(StrEnum):
+    """Where a delivery stands."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class AttemptOut(ResponseBody):
+    """One attempt of a delivery."""
+
+    attempt: int
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None = Field(description="The receiver's HTTP status; null when none came.")
+    error: str | None
+    response_excerpt: str | None = Field(description="The first bytes of the receiver's answer.")
+
+
+class DeliveryOut(ResponseBody):
+    """One event sent (or to be sent) to a webhook, with its attempts."""
+
+    id: UUID
+    webhook_id: UUID
+    event_id: str = Field(description="The CloudEvent's id, also the webhook-id header.")
+    event_type: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+    completed_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    redelivery_of: UUID | None
+    attempt_log: list[AttemptOut]
+
+
+class DeliveryPage(ResponseBody):
+    """A page of a webhook's deliveries, newest first."""
+
+    items: list[DeliveryOut]
+    next_page_token: str | None
+
+
+class CloudEventOut(ResponseBody):
+    """A public event: a CloudEvent 1.0 in the JSON event format (data per the AsyncAPI document)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    specversion: str
+    id: str
+    source: str
+    type: str
+    subject: str | None = None
+    time: datetime
+    datacontenttype: str
+    dataschema: str
+    tenantid: str
+    traceparent: str | None = None
+    data: dict[str, Any]
+
+
+class CloudEventPage(ResponseBody):
+    """A page of public events, oldest first."""
+
+    items: list[CloudEventOut]
+    next_page_token: str | None
+
+
+class EventTypeOut(ResponseBody):
+    """A public event type."""
+
+    type: str
+    summary: str
+    dataschema: str
+    nats_subject: str = Field(description="Its NATS subject; <tenant> is the tenant's id.")
+
+
+class EventTypeList(ResponseBody):
+    """Every public event type."""
+
+    items: list[EventTypeOut]

@@ -53,6 +53,12 @@ class Settings(ServiceSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Largest request body accepted; larger bodies answer 413."""
 
+    stream_heartbeat_s: float = Field(default=15.0, ge=1, le=300)
+    """Seconds of silence on a live event stream (``/api/v1/events/stream``) before a keep-alive comment."""
+
+    stream_max_clients: int = Field(default=1000, ge=1, le=100_000)
+    """Live event streams one gateway keeps open at once; more answer 503 ``SYS_STREAM_LIMIT``."""
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:

@@ -20,7 +20,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from stella.kit import logs
+from stella.kit import logs, tracing
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,44 @@ class TraceMiddleware:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                 },
             )
+
+
+class SpanMiddleware:
+    """Open the request's server span when tracing is on (see :mod:`stella.kit.tracing`); nothing when off.
+
+    The span continues the request's ``traceparent``, or is the root of a trace whose id is the request's
+    trace id, so the ``trace_id`` of a problem response finds the trace. Every command and query the request
+    sends carries the span's context on.
+
+    Args:
+        app: The next ASGI application.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the rest of the stack inside the server span."""
+        if scope["type"] != ScopeType.HTTP or not tracing.enabled():
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        route = scope.get("path_template") or scope.get("path")
+        method = scope.get("method", "")
+        with tracing.server(
+            f"{method} {route}",
+            "gateway",
+            headers,
+            trace_id(scope),
+            **{"http.request.method": method, "http.route": route},
+        ) as span:
+
+            async def observe(message: Message) -> None:
+                if span is not None and message["type"] == "http.response.start":
+                    span.set_attribute("http.response.status_code", message["status"])
+                await send(message)
+
+            await self.app(scope, receive, observe)
 
 
 async def add_trace_header(message: Message, scope: Scope) -> None:

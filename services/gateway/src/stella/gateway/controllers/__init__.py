@@ -1,8 +1,10 @@
 """One Litestar controller per resource of the public API."""
 
+from stella.gateway.controllers.asyncapi import AsyncAPIController
 from stella.gateway.controllers.components import ComponentController
 from stella.gateway.controllers.dead_letters import DeadLetterController
 from stella.gateway.controllers.environments import EnvironmentController
+from stella.gateway.controllers.events import EventController
 from stella.gateway.controllers.evidence import EvidenceController
 from stella.gateway.controllers.health import HealthController
 from stella.gateway.controllers.openapi import OpenAPIController
@@ -12,12 +14,15 @@ from stella.gateway.controllers.releases import ReleaseController
 from stella.gateway.controllers.scans import ScanResultController
 from stella.gateway.controllers.tenants import TenantController
 from stella.gateway.controllers.tokens import TokenController
+from stella.gateway.controllers.webhooks import WebhookController
 from stella.gateway.controllers.workflows import WorkflowRunController, WorkflowTemplateController
 
 __all__ = [
+    "AsyncAPIController",
     "ComponentController",
     "DeadLetterController",
     "EnvironmentController",
+    "EventController",
     "EvidenceController",
     "HealthController",
     "OpenAPIController",
@@ -27,6 +32,7 @@ __all__ = [
     "ScanResultController",
     "TenantController",
     "TokenController",
+    "WebhookController",
     "WorkflowRunController",
     "WorkflowTemplateController",
 ]

@@ -26,7 +26,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter, QueryParameter
 
 from stella.contracts import approval as approvals
-from stella.contracts import evidence
+from stella.contracts import events, evidence
 from stella.contracts import promotion as contract
 from stella.gateway.auth import Identity, require
 from stella.gateway.dependencies import ID_SCHEMA, location, parse_id, problems
@@ -36,6 +36,7 @@ from stella.gateway.relay import CallContext, Relay, parse_data
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import (
     ApprovalRequestOut,
+    CloudEventPage,
     DecisionOut,
     FreezeOverride,
     PacketPage,
@@ -293,6 +294,29 @@ class PromotionController(Controller):
             page=page.to_contract(),
         )
         return parse_data(PacketPage, await relay.query(evidence.LIST_PACKETS, query))
+
+    @get(
+        "/{promotion_id:str}/events",
+        operation_id="listPromotionEvents",
+        summary="A promotion's timeline of public events",
+        guards=[require(Resource.PROMOTION, Action.READ)],
+        responses=problems(400, 403, 404),
+        tags=["promotions", "events"],
+    )
+    async def list_events(
+        self,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        page: NamedDependency[PageParams],
+        promotion_id: str = _ID,
+    ) -> CloudEventPage:
+        """Every public event about the promotion, oldest first: its state changes, its approval request and
+        votes, its evidence (CloudEvents, as webhooks and the live stream carry them). 404 for a promotion
+        that does not exist in the caller's tenant."""
+        pid = parse_id(promotion_id, "promotion_id")
+        await relay.query(contract.GET_PROMOTION, call.query(contract.GetPromotion, promotion_id=pid))
+        query = call.query(events.ListEvents, resource=f"promotions/{pid}", page=page.to_contract())
+        return parse_data(CloudEventPage, await relay.query(events.LIST_EVENTS, query))
 
 
 async def _vote(

@@ -1,0 +1,1 @@
+"""The ``stella`` command line: Stella from a terminal, through the public HTTP API only."""

@@ -1,0 +1,1 @@
+"""Stella public events: the projection of internal events onto the public stream, and webhooks."""
