@@ -24,9 +24,10 @@ from stella.contracts.streams import health_subject
 from stella.kit.broker import ServiceClient, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.metrics import serve_metrics
-from stella.kit.migrations import apply_migrations
+from stella.kit.migrations import prepare_schema
 from stella.kit.naming import Names
 from stella.kit.outbox import OutboxRelay
+from stella.kit.probes import ProbeServer
 from stella.kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class ServiceRuntime:
         self._js: JetStreamContext | None = None
         self._client: ServiceClient | None = None
         self.relay: OutboxRelay | None = None
+        self.probes: ProbeServer | None = None
         self._observers: dict[str, Callable[[str], None]] = {}
         self.started_at = time.time()
         self._stopped = asyncio.Event()
@@ -94,14 +96,19 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         """Connect to Postgres and NATS, migrate, declare streams, start the relay and the subscribers."""
-        conn = await asyncpg.connect(self.settings.database_url)
-        try:
-            applied = await apply_migrations(conn, self.schema, self.migrations)
-        finally:
-            await conn.close()
+        settings = self.settings
+        applied = await prepare_schema(
+            settings.direct_database_url,
+            self.schema,
+            self.migrations,
+            migrate=settings.migrate_on_start,
+            timeout_s=settings.startup_timeout_s,
+        )
         if applied:
             log.info("applied migrations", extra={"migrations": applied})
-        self._pool = await create_pool(self.settings.database_url, self.schema, max_size=self.settings.db_pool_size)
+        self._pool = await create_pool(
+            settings.database_url, self.schema, max_size=settings.db_pool_size, pool_mode=settings.database_pool_mode
+        )
         await self.broker.connect()
         nc = self.broker.connection
         self._js = nc.jetstream()
@@ -118,8 +125,9 @@ class ServiceRuntime:
             return await self.health()
 
         self.broker.include_router(router)
+        # The relay holds a session lock and LISTENs: it needs a connection that bypasses a transaction pooler.
         self.relay = OutboxRelay(
-            self.settings.database_url,
+            self.settings.direct_database_url,
             self.schema,
             self._js,
             names=self.names,
@@ -133,6 +141,9 @@ class ServiceRuntime:
         await self.broker.start()
         if self.settings.metrics_port:
             serve_metrics(self.settings.metrics_port)
+        if self.settings.health_port is not None:
+            self.probes = ProbeServer(self.health, port=self.settings.health_port)
+            await self.probes.start()
         log.info("service started", extra={"service": self.name})
 
     async def health(self) -> dict[str, Any]:
@@ -150,6 +161,8 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         """Stop subscribers, the relay and the connections."""
+        if self.probes is not None:
+            await self.probes.stop()
         if self._on_stop is not None:
             with contextlib.suppress(Exception):
                 await self._on_stop(self)

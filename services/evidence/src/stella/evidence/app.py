@@ -40,7 +40,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
     """
     overrides = overrides or {}
     clock: Callable[[], datetime] = overrides.get("clock") or (lambda: datetime.now(UTC))
-    signer = ActiveSigner(KeyFile(settings.signing_key_path, settings.key_algorithm))
+    signer = ActiveSigner(KeyFile(settings.signing_key_path, settings.key_algorithm), create=settings.key_create)
     app = EvidenceApp(signer=signer, exports=None)
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
