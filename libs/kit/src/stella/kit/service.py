@@ -95,7 +95,18 @@ class ServiceRuntime:
         self._observers[subject] = observer
 
     async def start(self) -> None:
-        """Connect to Postgres and NATS, migrate, declare streams, start the relay and the subscribers."""
+        """Connect to Postgres and NATS, migrate, declare streams, start the relay and the subscribers.
+
+        A start that fails stops what it had started before the error propagates.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
+
+    async def _start(self) -> None:
         settings = self.settings
         applied = await prepare_schema(
             settings.direct_database_url,
@@ -112,7 +123,7 @@ class ServiceRuntime:
         await self.broker.connect()
         nc = self.broker.connection
         self._js = nc.jetstream()
-        await declare_streams(self._js, self.names)
+        await declare_streams(self._js, self.names, replicas=settings.nats_stream_replicas)
         self._client = ServiceClient(nc, self._js, names=self.names)
         await self._client.start()
         router = NatsRouter()

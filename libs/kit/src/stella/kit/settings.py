@@ -64,6 +64,11 @@ class ServiceSettings(BaseSettings):
     )
     """Puts the installation's subjects under ``stella.<namespace>.`` (empty: the plain contract subjects)."""
 
+    nats_stream_replicas: int = Field(
+        default=1, ge=1, le=5, validation_alias=AliasChoices("nats_stream_replicas", "STELLA_NATS_STREAM_REPLICAS")
+    )
+    """Copies JetStream keeps of each stream: 1 on a single server, 3 in a three-node NATS cluster."""
+
     db_pool_size: int = Field(default=20, ge=1, le=200)
     """Maximum connections in the service's asyncpg pool."""
 

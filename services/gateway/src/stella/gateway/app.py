@@ -243,7 +243,7 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
         stack.push_async_callback(_close_nats, nc)
     js = nc.jetstream()
     names = Names(settings.nats_namespace)
-    await declare_streams(js, names)
+    await declare_streams(js, names, replicas=settings.nats_stream_replicas)
 
     store = GatewayStore(pool)
 
