@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import nats
@@ -143,23 +143,60 @@ async def wait_for_postgres(url: str, variable: str, *, configured: bool, timeou
         return
 
 
+async def _nats_answers(url: str, timeout_s: float) -> None:
+    """Check that a NATS server answers at ``url``: it greets every client with an ``INFO`` line.
+
+    Raises:
+        OSError, TimeoutError: when nothing answers.
+        ConfigurationError: when something else than NATS answers.
+    """
+    parts = urlsplit(url)
+    if parts.scheme in ("ws", "wss"):
+        return  # a WebSocket endpoint greets after the HTTP upgrade; the client's connect checks it
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port or 4222), timeout_s)
+    try:
+        greeting = await asyncio.wait_for(reader.readline(), timeout_s)
+    finally:
+        writer.close()
+    if not greeting.startswith(b"INFO "):
+        raise ConfigurationError(f"{_redact(url)} (STELLA_NATS_URL) answers, but it is not a NATS server")
+
+
 async def wait_for_nats(servers: list[str], *, configured: bool, timeout_s: float) -> None:
     """Wait until one of ``servers`` accepts a connection, and check that it has JetStream.
 
     Raises:
-        ConfigurationError: on refused credentials, a server without JetStream, or an unset URL not answering.
+        ConfigurationError: on refused credentials, a server without JetStream or that is not NATS, or an
+            unset URL not answering.
         DependencyUnavailable: when configured servers do not answer within ``timeout_s``.
     """
     shown = ", ".join(_redact(url) for url in servers)
+    attempt_s = min(5.0, timeout_s)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            nc = await nats.connect(
-                servers=servers, connect_timeout=min(5.0, timeout_s), allow_reconnect=False, max_reconnect_attempts=0
+            # A plain TCP greeting first: the client library retries a refused server on its own instead of failing.
+            failures: list[BaseException] = []
+            for url in servers:
+                try:
+                    await _nats_answers(url, attempt_s)
+                    break
+                except (OSError, TimeoutError) as exc:
+                    failures.append(exc)
+            else:
+                raise failures[0]
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=servers,
+                    connect_timeout=attempt_s,
+                    allow_reconnect=False,
+                    error_cb=_ignore_error,  # the client logs each failed attempt with a traceback otherwise
+                ),
+                timeout=2 * attempt_s,
             )
         except nats.errors.AuthorizationError as exc:
             raise ConfigurationError(f"NATS at {shown} (STELLA_NATS_URL) refused the credentials") from exc
-        except (OSError, TimeoutError, nats.errors.Error, socket.gaierror) as exc:
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
             if not configured:
                 raise ConfigurationError(
                     f"STELLA_NATS_URL is not set and no NATS answers at the default {shown} ({_reason(exc)}): "
@@ -188,6 +225,11 @@ async def wait_for_nats(servers: list[str], *, configured: bool, timeout_s: floa
             if not nc.is_closed:
                 await nc.close()
         return
+
+
+async def _ignore_error(exc: Exception) -> None:
+    """Errors of the probing connection are raised by ``connect`` itself and reported by the caller."""
+    del exc
 
 
 async def wait_for_dependencies(settings: Any) -> None:
