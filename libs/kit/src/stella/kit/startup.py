@@ -156,6 +156,8 @@ async def _nats_answers(url: str, timeout_s: float) -> None:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port or 4222), timeout_s)
     try:
         greeting = await asyncio.wait_for(reader.readline(), timeout_s)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{_redact(url)} accepts connections but sends no NATS greeting") from exc
     finally:
         writer.close()
     if not greeting.startswith(b"INFO "):
