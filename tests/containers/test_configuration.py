@@ -8,6 +8,7 @@ loop: 78 for a configuration error, 69 for a dependency that did not answer.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -41,12 +42,15 @@ def test_the_compose_file_validates(tool: str, tmp_path: Path) -> None:
     assert set(SERVICES) <= set(services.stdout.split()), services.stdout
 
     # Without a password the file refuses to start anything and says what to set.
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
     unset = subprocess.run(
-        [*argv, "-f", str(COMPOSE_FILE), "--env-file", "/dev/null", "config", "--quiet"],
+        [*argv, "-f", str(COMPOSE_FILE), "--env-file", str(empty), "config", "--quiet"],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"},
     )
     assert unset.returncode != 0
     assert "POSTGRES_PASSWORD" in unset.stdout + unset.stderr
