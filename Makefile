@@ -25,15 +25,14 @@ run: setup ## Start the whole system (embedded NATS and Postgres unless STELLA_D
 	@$(UV) run --no-sync python deploy/local/stack.py
 
 .PHONY: test-deps
-test-deps:
-	@if ! command -v docker-registry >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing docker-registry (a local OCI registry for the end-to-end tests)"; \
-		(apt-get install -y -qq docker-registry >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq docker-registry >/dev/null)); \
-	fi
+test-deps: ## Install and start what the tests need besides Python (registry, busybox, Docker engine, Compose)
+	@bash .ci/test-deps
 
 .PHONY: test
-test: setup test-deps ## Run every test against real Postgres and NATS (the configured ones, else containers, else embedded)
-	@$(UV) run --no-sync pytest $(PYTEST_ARGS); rc=$$?; \
+test: setup test-deps ## Run every test against real Postgres, NATS and Docker (the configured ones, else containers, else embedded)
+	@export TESTCONTAINERS_RYUK_DISABLED="$${TESTCONTAINERS_RYUK_DISABLED:-true}" \
+		TESTCONTAINERS_CONNECTION_MODE="$${TESTCONTAINERS_CONNECTION_MODE:-docker_host}"; \
+	$(UV) run --no-sync pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 
 .PHONY: lint

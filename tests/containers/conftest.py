@@ -20,17 +20,11 @@ from pathlib import Path
 import pytest
 
 from stella.kit.embedded import free_port
+from stella.testing.docker import DockerEngine
 from stella.testing.messaging import unique_token
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-
-
-def docker_answers() -> bool:
-    """Whether a Docker engine answers the CLI."""
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
 
 
 def compose_command() -> list[str] | None:
@@ -53,14 +47,7 @@ def run(
 
 
 @pytest.fixture(scope="session")
-def engine() -> None:
-    """Skip when no Docker engine answers (``.ci/run`` installs and starts one)."""
-    if not docker_answers():
-        pytest.skip("no Docker engine answers (install docker.io and start dockerd)")
-
-
-@pytest.fixture(scope="session")
-def local_images(engine: None) -> dict[str, str]:
+def local_images(docker_engine: DockerEngine) -> dict[str, str]:
     """The stand-in images' variables (BASE_IMAGE, POSTGRES_IMAGE, NATS_IMAGE, PGBOUNCER_IMAGE, PROXY_IMAGE)."""
     done = run([str(ROOT / "deploy/images/local-base.sh")], timeout=1800)
     return dict(line.split("=", 1) for line in done.stdout.split() if "=" in line)

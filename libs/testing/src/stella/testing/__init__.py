@@ -1,4 +1,4 @@
-"""Test support: a real Postgres, a real NATS and a real OCI registry, isolated per test, and service callers.
+"""Test support: a real Postgres, NATS, OCI registry and Docker engine, isolated per test, and service callers.
 
 The fixtures live in :mod:`stella.testing.plugin`; the helpers they use are importable from here.
 """
@@ -10,6 +10,8 @@ from stella.testing.databases import (
     dsn_with_database,
     find_workspace_root,
 )
+from stella.testing.docker import DockerEngine, DockerJanitor, DockerUnavailableError, find_docker_engine
+from stella.testing.images import AppImage, AppImages, push_app_image, push_app_images
 from stella.testing.messaging import (
     MessageCollector,
     NatsNamespace,
@@ -25,14 +27,21 @@ from stella.testing.registry import (
     push_image,
 )
 from stella.testing.services import TenantCaller, delete_namespace_streams, service_client
+from stella.testing.tampering import TamperingRegistry
 
 __all__ = [
+    "AppImage",
+    "AppImages",
     "DatabaseFactory",
+    "DockerEngine",
+    "DockerJanitor",
+    "DockerUnavailableError",
     "LocalRegistry",
     "MessageCollector",
     "MigrationSet",
     "NatsNamespace",
     "RegistryError",
+    "TamperingRegistry",
     "TenantCaller",
     "busybox_files",
     "collect_messages",
@@ -40,7 +49,10 @@ __all__ = [
     "discover_migration_sets",
     "dsn_with_database",
     "fetch_manifest",
+    "find_docker_engine",
     "find_workspace_root",
+    "push_app_image",
+    "push_app_images",
     "push_image",
     "service_client",
     "unique_token",

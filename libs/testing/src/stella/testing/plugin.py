@@ -19,8 +19,17 @@ Function scope
     ``oci_registry``        an anonymous :class:`~stella.testing.registry.LocalRegistry` shared by the session
     ``oci_registry_with_auth``  the same behind basic authentication (see ``.credentials``)
     ``make_oci_registry``   ``make_oci_registry(auth=False)``: a registry of the test's own, to stop and restart
+    ``docker_janitor``      a :class:`~stella.testing.docker.DockerJanitor`: what the test registers is removed after
+    ``tampering_registry``  a :class:`~stella.testing.tampering.TamperingRegistry` in front of ``oci_registry``
 
-Registry fixtures skip the test when the ``docker-registry`` executable is not installed.
+Session scope, Docker
+    ``docker_engine``       the :class:`~stella.testing.docker.DockerEngine` of ``DOCKER_HOST`` or the default socket
+    ``app_images``         :class:`~stella.testing.images.AppImages` (v1, v2, broken) pushed to ``oci_registry``;
+                            every image the session pulled from that registry is removed from the engine after
+
+Registry fixtures skip the test when the ``docker-registry`` executable is not installed; Docker fixtures
+skip it when no engine answers (or busybox-static is missing), and fail it instead when
+``STELLA_TEST_REQUIRE_DOCKER=1``.
 """
 
 from __future__ import annotations
@@ -37,10 +46,19 @@ from nats.js import JetStreamContext
 
 from stella.kit.naming import Names
 from stella.testing.databases import DatabaseFactory, discover_migration_sets
+from stella.testing.docker import (
+    DockerEngine,
+    DockerJanitor,
+    DockerUnavailableError,
+    docker_required,
+    find_docker_engine,
+)
+from stella.testing.images import AppImages, push_app_images
 from stella.testing.messaging import NatsNamespace, unique_token
-from stella.testing.registry import LocalRegistry, find_registry_binary
+from stella.testing.registry import LocalRegistry, busybox_files, find_registry_binary
 from stella.testing.servers import ProvidedServer, ServerUnavailableError, provide_nats, provide_postgres
 from stella.testing.services import delete_namespace_streams
+from stella.testing.tampering import TamperingRegistry
 
 MakeDatabase = Callable[[Sequence[tuple[str, Path]]], Awaitable[str]]
 """``await make_database(migration_sets)`` returns the DSN of a fresh database."""
@@ -216,3 +234,59 @@ def make_oci_registry(tmp_path: Path) -> Iterator[MakeRegistry]:
     finally:
         for registry in started:
             registry.stop()
+
+
+def _unavailable(reason: str) -> None:
+    if docker_required():
+        pytest.fail(f"{reason} (and STELLA_TEST_REQUIRE_DOCKER is set)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """The Docker engine of ``DOCKER_HOST`` or the default socket; skips the test when none answers."""
+    try:
+        engine = find_docker_engine()
+    except DockerUnavailableError as exc:
+        _unavailable(str(exc))
+        raise  # unreachable: skip and fail raise
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+@pytest.fixture
+def docker_janitor(docker_engine: DockerEngine) -> Iterator[DockerJanitor]:
+    """Register containers, labels, compose projects, networks and images; they are removed after the test."""
+    janitor = DockerJanitor(docker_engine.client)
+    try:
+        yield janitor
+    finally:
+        problems = janitor.clean()
+        if problems:
+            pytest.fail("Docker clean-up failed: " + "; ".join(problems), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def app_images(docker_engine: DockerEngine, _oci_registry_session: LocalRegistry) -> Iterator[AppImages]:
+    """Runnable v1, v2 and broken-health images with real, distinct digests, unique to this session."""
+    if busybox_files() is None:
+        _unavailable("busybox-static is not installed (apt-get install busybox-static)")
+    registry = _oci_registry_session.start()
+    marker = unique_token()
+    images = push_app_images(registry, f"stella-test/app-{marker}", marker)
+    janitor = DockerJanitor(docker_engine.client)
+    janitor.add_registry(registry.address)
+    try:
+        yield images
+    finally:
+        janitor.clean()
+
+
+@pytest.fixture
+def tampering_registry(oci_registry: LocalRegistry, docker_janitor: DockerJanitor) -> Iterator[TamperingRegistry]:
+    """A proxy in front of ``oci_registry`` that serves swapped manifests; images pulled through it are removed."""
+    with TamperingRegistry(oci_registry) as proxy:
+        docker_janitor.add_registry(proxy.address)
+        yield proxy

@@ -395,6 +395,7 @@ def push_image(
     tag: str,
     *,
     files: Mapping[str, bytes] | None = None,
+    config: Mapping[str, object] | None = None,
     auth: Auth | None = None,
 ) -> str:
     """Push a single-layer OCI image and tag it.
@@ -408,6 +409,8 @@ def push_image(
         repository: Repository name, e.g. ``stella/api``.
         tag: Tag to put the manifest under.
         files: ``{path inside the image: content}``.
+        config: The image's run configuration (OCI ``config``: ``Cmd``, ``Entrypoint``, ``ExposedPorts``,
+            ``Healthcheck``, ``Labels``...), merged over ``{"Env": ["PATH=/bin"]}``.
         auth: Basic authentication credentials.
 
     Returns:
@@ -419,21 +422,21 @@ def push_image(
     contents = dict(files) if files is not None else {"etc/stella-image": f"{repository}:{tag}\n".encode()}
     layer_tar = _layer(contents)
     layer = gzip.compress(layer_tar, mtime=0)
-    config = _canonical_json(
+    config_blob = _canonical_json(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Env": ["PATH=/bin"]},
+            "config": {"Env": ["PATH=/bin"], **(config or {})},
             "rootfs": {"type": "layers", "diff_ids": [_sha256(layer_tar)]},
         }
     )
     layer_digest = upload_blob(registry_url, repository, layer, auth=auth)
-    config_digest = upload_blob(registry_url, repository, config, auth=auth)
+    config_digest = upload_blob(registry_url, repository, config_blob, auth=auth)
     manifest = _canonical_json(
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_blob)},
             "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": len(layer)}],
         }
     )
