@@ -332,6 +332,7 @@ async def _exercise(project: ComposeProject, api: Api) -> None:
     assert Counter(plan.expected.values()) == {"approved": 150 + 80, "rejected": 50 + 20}
 
     await _replicas_back(project)
+    await _report_footprint(project)
     await _one_packet_each(api, plan)
     await _chain_verifies_offline(api, project)
     await _effects_once(project, plan)
@@ -341,6 +342,24 @@ async def _exercise(project: ComposeProject, api: Api) -> None:
 async def _replicas_back(project: ComposeProject) -> None:
     """Every replica, the killed ones included, is healthy again."""
     await _wait_healthy(project, replicas=2, timeout=180)
+
+
+async def _report_footprint(project: ComposeProject) -> None:
+    """Print each container's memory and the Postgres server connections by origin (for docs/operations.md)."""
+    stats = await asyncio.to_thread(
+        run, ["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *project.containers()]
+    )
+    print("memory:", "; ".join(line.split(" / ")[0] for line in stats.stdout.splitlines() if line.strip()))
+    dsn = f"postgresql://stella:{project.variables['POSTGRES_PASSWORD']}@{project.address('postgres')}:5432/stella"
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT coalesce(nullif(application_name, ''), backend_type) AS who, count(*) AS n"
+            " FROM pg_stat_activity WHERE datname = current_database() GROUP BY 1 ORDER BY 1"
+        )
+    finally:
+        await conn.close()
+    print("postgres connections:", {row["who"]: row["n"] for row in rows})
 
 
 async def _one_packet_each(api: Api, plan: Plan) -> None:
