@@ -85,7 +85,11 @@ class Api:
                 async with self.session.request(
                     method, f"{self.base}{path}", json=json, headers=headers, timeout=aiohttp.ClientTimeout(total=60)
                 ) as resp:
-                    body = await resp.json(content_type=None) if await resp.read() else None
+                    raw = await resp.read()
+                    try:
+                        body = json.loads(raw) if raw else None
+                    except ValueError:
+                        body = raw.decode(errors="replace")
                     self.statuses[resp.status] += 1
                     in_flight = resp.status == 409 and isinstance(body, dict) and body.get("code") == IN_FLIGHT
                     if resp.status not in RETRIED and not in_flight:
