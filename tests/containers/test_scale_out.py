@@ -55,6 +55,14 @@ IN_FLIGHT = "RES_IDEMPOTENCY_IN_FLIGHT"
 TERMINAL = {"approved", "rejected", "cancelled", "failed", "deployed", "rolled_back"}
 
 
+def _decode(raw: bytes) -> Any:
+    """A JSON answer, or its text when something else answered (a proxy's error page)."""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
 class Api:
     """The public API through the proxy, retried the way the API asks clients to retry."""
 
@@ -85,11 +93,7 @@ class Api:
                 async with self.session.request(
                     method, f"{self.base}{path}", json=json, headers=headers, timeout=aiohttp.ClientTimeout(total=60)
                 ) as resp:
-                    raw = await resp.read()
-                    try:
-                        body = json.loads(raw) if raw else None
-                    except ValueError:
-                        body = raw.decode(errors="replace")
+                    body = _decode(await resp.read())
                     self.statuses[resp.status] += 1
                     in_flight = resp.status == 409 and isinstance(body, dict) and body.get("code") == IN_FLIGHT
                     if resp.status not in RETRIED and not in_flight:
