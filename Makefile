@@ -36,10 +36,11 @@ test: setup test-deps ## Run every test against real Postgres, NATS and Docker (
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 
 .PHONY: lint
-lint: setup ## Lint, check formatting and type-check
+lint: setup ## Lint, check formatting, type-check (mypy) and check the import layers (import-linter)
 	@$(UV) run --no-sync ruff check .
 	@$(UV) run --no-sync ruff format --check .
-	@$(UV) run --no-sync mypy libs/contracts/src libs/kit/src services/*/src
+	@$(UV) run --no-sync mypy
+	@$(UV) run --no-sync lint-imports
 
 .PHONY: fmt
 fmt: setup ## Format and fix what can be fixed automatically

@@ -148,13 +148,16 @@ async def test_promotion_through_environments_with_approvals_and_evidence(full_s
     approvers = {a["approver"] for a in final["decision_record"]["approvals"]}
     assert alice in approvers
     assert len(approvers) == 2
-    status, body, _ = await stack.call("POST", f"/api/v1/promotions/{to_prod['id']}/cancel", json={})
-    assert status == 409, body
 
     prod_packet = await _verified_packet(stack, to_prod["id"])
     actors = prod_packet["content"]["actors"]
     assert {a["id"] for a in actors["approvers"]} == approvers
     assert all(a["comment"] for a in actors["approvers"])
+
+    # An approved promotion has not started deploying, so it may still be cancelled (reference §3).
+    status, body, _ = await stack.call("POST", f"/api/v1/promotions/{to_prod['id']}/cancel", json={})
+    assert status == 200, body
+    assert body["status"] == "cancelled"
 
 
 async def test_an_eligible_rejection_rejects_and_leaves_evidence(full_stack: Stack) -> None:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.docker
 def run(engine: DockerEngine, janitor: DockerJanitor, image: AppImage) -> tuple[str, int]:
     name = janitor.add_container(f"stella-test-{unique_token()}")
     engine.pull(image.ref)
-    container = engine.client.containers.run(
+    container = engine.client.containers.run(  # type: ignore[call-overload]  # (host, None) binds a random port; the stubs omit it
         image.ref, name=name, detach=True, ports={f"{HTTP_PORT}/tcp": ("127.0.0.1", None)}
     )
     container.reload()

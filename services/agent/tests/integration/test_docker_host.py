@@ -324,7 +324,7 @@ async def test_a_container_that_cannot_start_gives_the_previous_one_back(
     before = container(docker_engine, name)
     # Another container holds the host port the new version asks for.
     blocker = docker_janitor.add_container(f"stella-test-blocker-{unique_token()}")
-    docker_engine.client.containers.run(
+    docker_engine.client.containers.run(  # type: ignore[call-overload]  # (host, None) binds a random port; the stubs omit it
         app_images.v1.ref, name=blocker, detach=True, ports={f"{HTTP_PORT}/tcp": ("127.0.0.1", None)}
     )
     taken = published_port(docker_engine, blocker)

@@ -29,7 +29,7 @@ def replace_by_hand(engine: DockerEngine, name: str, ref: str) -> None:
     labels = engine.client.api.inspect_container(name)["Config"]["Labels"]
     engine.client.api.remove_container(name, force=True)
     engine.pull(ref)
-    engine.client.containers.run(
+    engine.client.containers.run(  # type: ignore[call-overload]  # (host, None) binds a random port; the stubs omit it
         ref, name=name, labels=labels, detach=True, ports={f"{HTTP_PORT}/tcp": ("127.0.0.1", None)}
     )
 

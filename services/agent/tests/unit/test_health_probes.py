@@ -43,7 +43,7 @@ def test_port_selection() -> None:
     assert _endpoint(spec, component("worker"), container({}), [api]) is None
 
 
-async def serve(handler) -> tuple[asyncio.Server, int]:  # type: ignore[no-untyped-def]
+async def serve(handler) -> tuple[asyncio.Server, int]:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 

@@ -97,7 +97,7 @@ class Harness:
         """Wait until the relay published every event the service committed."""
         async with asyncio.timeout(timeout), self.app.runtime.pool.acquire() as conn:
             while await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
-                self.app.runtime.relay.wake()  # type: ignore[union-attr]
+                self.app.runtime.relay.wake()
                 await asyncio.sleep(0.02)
 
     async def published_counts(self) -> dict[str, int]:

@@ -417,7 +417,7 @@ async def test_no_required_approval_is_granted_at_once(caller: Caller, harness: 
     assert reply.data["status"] == "granted"
     assert payload(event)["request"]["step"] == step_of(step)
     assert await harness.published_counts() == {c.APPROVAL_REQUESTED: 1, c.APPROVAL_GRANTED: 1}
-    assert await harness.app.handlers.next_expiry() is None  # type: ignore[union-attr]
+    assert await harness.app.handlers.next_expiry() is None
 
 
 async def test_invalid_step_inputs_fail_the_step_and_open_nothing(caller: Caller, harness: Harness) -> None:

@@ -487,6 +487,7 @@ async def test_an_export_larger_than_a_nats_message_goes_through_the_object_stor
     assert export["object"].startswith(f"{caller.tenant_id}/") and export["filename"].endswith(".tar.gz")
     store = await nats.jetstream().object_store(export["bucket"])
     bundle = (await store.get(export["object"])).data
+    assert bundle is not None
     assert len(bundle) == export["size"] and hashlib.sha256(bundle).hexdigest() == export["sha256"]
 
     path = tmp_path / export["filename"]
@@ -510,7 +511,7 @@ async def test_an_export_larger_than_a_nats_message_goes_through_the_object_stor
     assert ranged.ok, ranged.error
     assert (ranged.data["first_sequence"], ranged.data["last_sequence"]) == (expected[0], expected[-1])
     part = tmp_path / "range.tar.gz"
-    part.write_bytes((await store.get(ranged.data["object"])).data)
+    part.write_bytes((await store.get(ranged.data["object"])).data or b"")
     code, out = await _verify_offline(part)
     assert code == 0, out
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from stella.evidence.canonical import content_hash
+from stella.contracts.canonical import content_hash
 from stella.evidence.dsse import MalformedEnvelopeError, sign_envelope
 from stella.evidence.keys import BadSignatureError, KeyAlgorithm, PublicKeyRing, UnknownKeyError, generate_key
 from stella.evidence.packet import (

@@ -75,18 +75,18 @@ async def test_the_signer_follows_a_rotation_made_by_another_process(tmp_path: P
     signer._key = key_file.load_or_create()
     old = signer.key
     db = _Database(old.key_ref)
-    assert (await signer.current(db)).key_ref == old.key_ref  # type: ignore[arg-type]
+    assert (await signer.current(db)).key_ref == old.key_ref
 
     new = key_file.replace()
     # The file changed but the rotation has not committed: keep signing with the still-active key.
-    assert (await signer.current(db)).key_ref == old.key_ref  # type: ignore[arg-type]
+    assert (await signer.current(db)).key_ref == old.key_ref
     db.active = new.key_ref
-    assert (await signer.current(db)).key_ref == new.key_ref  # type: ignore[arg-type]
+    assert (await signer.current(db)).key_ref == new.key_ref
     assert signer.key.key_ref == new.key_ref
 
     db.active = generate_key().key_ref  # a key neither this process nor the file holds
     with pytest.raises(SignerOutOfDate, match=db.active):
-        await signer.current(db)  # type: ignore[arg-type]
+        await signer.current(db)
 
 
 def test_the_key_lives_in_the_key_directory_unless_a_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

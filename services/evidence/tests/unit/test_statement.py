@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from stella.evidence.canonical import canonicalize
+from stella.contracts.canonical import canonicalize
 from stella.evidence.statement import (
     MalformedStatementError,
     build_statement,

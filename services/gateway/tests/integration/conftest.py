@@ -190,7 +190,8 @@ async def gateway(gateway_settings: Settings, unique_id: str) -> AsyncIterator[G
     # blocks the test's loop during each request; the stand-in service and the test's own database and
     # NATS work need the application on the test's loop, as uvicorn would run it. So the application's
     # lifespan is entered here and requests go through httpx's ASGI transport.
-    transport = httpx.ASGITransport(app=app)
+    # Litestar is an ASGI application; httpx types its parameter with plain MutableMapping scopes.
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with _running(app), httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
         yield Gateway(app, client, clock, names, unique_id)
 

@@ -310,8 +310,8 @@ async def test_cancel_needs_promotion_update(gateway: Gateway, services: StandIn
     assert (await gateway.call("POST", path, operator.token)).status_code == 200
     assert services.last(prom.CANCEL_PROMOTION).payload["reason"] is None
 
-    approved = ErrorDetail(code="PROM_CANCEL_NOT_ALLOWED", status=409, title="Cannot cancel", detail="approved")
-    services.answer(prom.CANCEL_PROMOTION, error=approved)
+    deploying = ErrorDetail(code="PROM_CANCEL_NOT_ALLOWED", status=409, title="Cannot cancel", detail="deploying")
+    services.answer(prom.CANCEL_PROMOTION, error=deploying)
     assert_problem(await gateway.call("POST", path, operator.token), 409, "PROM_CANCEL_NOT_ALLOWED")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from stella.contracts import promotion as c
 from stella.testing.messaging import collect_messages
@@ -108,6 +109,19 @@ async def test_invalid_environments_are_refused_with_precise_codes(caller: Calle
     assert invalid.error.errors == [
         {"loc": ["config", "deployment_timeout_s"], "msg": "must be a positive integer (seconds)"}
     ]
+    # A policy rule that is not valid CEL is refused with where it fails, and nothing is stored.
+    rules = [{"name": "ok", "expr": "true"}, {"name": "typo", "expr": 'release.name == "a" &&\n  relase.x'}]
+    bad_policy = await caller.command(
+        c.CREATE_ENVIRONMENT,
+        c.CreateEnvironment,
+        name="qa",
+        order_index=1,
+        config={"gates": [{"type": "policy", "config": {"rules": rules}}]},
+    )
+    assert (bad_policy.error.code, bad_policy.error.status) == ("GATE_POLICY_SYNTAX", 400)
+    [where] = bad_policy.error.errors
+    assert (where["rule"], where["line"], where["column"]) == ("typo", 2, 3)
+    assert "unknown name 'relase'" in where["msg"]
     assert await stack.table_count("environments") == 1
 
 
@@ -135,7 +149,7 @@ async def test_delete_is_refused_while_promotions_reference_the_environment(call
 async def test_freeze_window_validation_errors(caller: Caller, stack: Stack) -> None:
     env = await _environment(caller, "prod", 0)
     now = datetime.now(UTC)
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"rrule": "FREQ=FORTNIGHTLY", "dtstart": now, "duration_s": 3600}, "ENV_FREEZE_RRULE_INVALID"),
         ({"rrule": "FREQ=WEEKLY;BYDAY=XX", "dtstart": now, "duration_s": 3600}, "ENV_FREEZE_RRULE_INVALID"),
         ({"start": now, "end": now + timedelta(hours=1), "timezone": "Mars/Olympus"}, "ENV_FREEZE_TIMEZONE_UNKNOWN"),

@@ -28,7 +28,7 @@ from stella.promotion.policy import policy_digest
 SATURDAY = datetime(2025, 3, 29, 12, 0, tzinfo=UTC)
 TUESDAY = datetime(2025, 4, 1, 10, 0, tzinfo=UTC)
 DIGEST_A = "sha256:" + "a" * 64
-RULES = [{"name": "pinned", "expr": 'all(release.components, c => c.tag != "latest")', "message": "pin tags"}]
+RULES = [{"name": "pinned", "expr": 'release.components.all(c, c.tag != "latest")', "message": "pin tags"}]
 
 
 def decision_inputs(**overrides: Any) -> dict[str, Any]:

@@ -168,7 +168,7 @@ class TestRegistryAndOrder:
             default_registry().get("nope")
 
     def test_cheap_gates_run_first_then_stateful_then_plugins(self) -> None:
-        configs = [
+        configs: list[dict[str, Any]] = [
             {"type": "ticket", "name": "change"},
             {"type": "approval"},
             {"type": "security"},
@@ -431,7 +431,11 @@ class TestManualGate:
 
 class TestPolicyGate:
     RULES = [
-        {"name": "no-latest", "expr": 'all(release.components, c => c.tag != "latest")', "message": "pin tags"},
+        {
+            "name": "no-latest",
+            "expr": 'release.components.all(c, !has(c.tag) || c.tag != "latest")',
+            "message": "pin tags",
+        },
         {"name": "prod-name", "expr": 'environment.name == "prod"'},
     ]
 
@@ -451,7 +455,7 @@ class TestPolicyGate:
         assert "no-latest: pin tags" in result.message
 
     def test_rule_that_errors_makes_the_gate_error(self) -> None:
-        rules = [*self.RULES, {"name": "typo", "expr": "len(release.componets) > 0"}]
+        rules = [*self.RULES, {"name": "typo", "expr": "size(release.componets) > 0"}]
         result = run({"type": "policy", "config": {"rules": rules}})
         assert result.status is GateStatus.ERROR
         assert result.reason_codes == ("GATE_POLICY_ERROR", "typo")

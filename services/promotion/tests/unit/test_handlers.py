@@ -29,7 +29,7 @@ def _env(**fields: Any) -> domain.Environment:
 
 
 def _stored(**promotion_fields: Any) -> repo.StoredPromotion:
-    fields = {
+    fields: dict[str, Any] = {
         "id": UUID(int=20),
         "tenant_id": TENANT,
         "release_id": UUID(int=30),

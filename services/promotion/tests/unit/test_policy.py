@@ -1,18 +1,17 @@
-"""The policy expression language: semantics, parse errors with columns, limits and digests."""
+"""The policy language (CEL through stella.cel): semantics, errors with positions, limits and digests."""
 
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Any
 
 import pytest
 
 from stella.promotion.policy import (
+    ENGINE,
+    LANGUAGE,
     MAX_DEPTH,
     MAX_EXPRESSION_LENGTH,
-    MAX_MATCH_SUBJECT_LENGTH,
-    MAX_PATTERN_LENGTH,
     InvalidPolicy,
     PolicyEvaluationError,
     PolicyLimitExceeded,
@@ -48,45 +47,45 @@ class TestValues:
         ("expression", "expected"),
         [
             ("release.components[0].name", "api"),
-            ("release.components[-1].tag", "latest"),
-            ("release.components[5]", None),
-            ("release.missing", None),
-            ("release.missing.deeper[3].x", None),
+            ("release.components[size(release.components) - 1].tag", "latest"),
             ('release.labels["tier-1"]', True),
             ("environment.order_index", 2),
             ("-environment.order_index", -2),
             ("[1, 'two', null, [true]]", [1, "two", None, [True]]),
             ('"tab\\there \\u00e9"', "tab\there \u00e9"),
             ("1.5e2", 150.0),
-            ("unknown_root", None),
+            ("has(release.labels.team)", True),
+            ("has(release.missing)", False),
+            ('"owner" in release.labels', False),
+            ("release.components.map(c, c.name)", ["api", "web"]),
+            ('release.components.filter(c, c.tag == "latest").size()', 1),
         ],
     )
-    def test_paths_and_literals(self, expression: str, expected: Any) -> None:
+    def test_paths_literals_and_macros(self, expression: str, expected: Any) -> None:
         assert ev(expression) == expected
-
-    def test_field_of_a_scalar_is_an_error(self) -> None:
-        with pytest.raises(PolicyEvaluationError, match=r"cannot read field 'x' of a string \(column 13\)"):
-            ev("release.name.x")
-
-    def test_python_attributes_are_not_reachable(self) -> None:
-        # Names only ever read keys of JSON objects: dunder names are just missing keys.
-        assert ev("release.__class__") is None
-        assert ev("release.components.__len__", {"release": {"components": {}}}) is None
-        with pytest.raises(PolicySyntaxError, match="unknown function '__import__'"):
-            parse_expression('__import__("os")')
 
     @pytest.mark.parametrize(
         ("expression", "message"),
         [
-            ('release.components["0"]', "a list index must be an integer"),
-            ("release.labels[0]", "an object key must be a string"),
-            ("release.name[0]", "cannot index a string"),
-            ("-release.name", "'-' needs a number"),
+            ("release.missing", "no such member"),
+            ("release.components[5]", "index"),
+            ("release.name.x", "does not support field selection"),
+            ("unknown_root", "undeclared reference"),
+            ("1 / 0", "divide by zero"),
+            ("9223372036854775807 + 1", "overflow"),
         ],
     )
-    def test_index_and_negation_type_errors(self, expression: str, message: str) -> None:
+    def test_reading_what_is_not_there_is_an_error(self, expression: str, message: str) -> None:
         with pytest.raises(PolicyEvaluationError, match=message):
             ev(expression)
+
+    def test_python_attributes_are_not_reachable(self) -> None:
+        with pytest.raises(PolicyEvaluationError):
+            ev("release.__class__")
+        with pytest.raises(PolicySyntaxError, match="unknown function '__import__'"):
+            parse_expression('__import__("os")')
+        with pytest.raises(PolicySyntaxError, match="unknown function '__len__'"):
+            parse_expression("release.components.__len__()")
 
 
 class TestOperators:
@@ -96,9 +95,10 @@ class TestOperators:
             ('environment.name == "prod"', True),
             ('environment.name != "prod"', False),
             ("1 == 1.0", True),
+            ("1 < 1.5", True),
             ("true == 1", False),
             ("null == null", True),
-            ("release.missing == null", True),
+            ("release.components[1].semver == null", True),
             ("[1, [2, 3]] == [1, [2, 3]]", True),
             ("[1, 2] == [2, 1]", False),
             ("release.labels == release.labels", True),
@@ -106,57 +106,46 @@ class TestOperators:
             ("security.max_cvss < 7", False),
             ('"abc" < "abd"', True),
             ('"api" in ["api", "web"]', True),
-            ('"db" not in ["api", "web"]', True),
-            ('"shop" in release.name', True),
+            ('!("db" in ["api", "web"])', True),
+            ("2 in [1, 2.0]", True),
+            ('release.name.contains("shop")', True),
             ('"team" in release.labels', True),
-            ('"owner" not in release.labels', True),
             ("[1, 2] in [[1, 2], [3]]", True),
+            ('release.name.startsWith("shop") && release.name.endsWith(".03")', True),
         ],
     )
     def test_comparisons_and_membership(self, expression: str, expected: bool) -> None:
         assert ev(expression) is expected
 
     @pytest.mark.parametrize(
-        ("expression", "message"),
-        [
-            ('environment.order_index < "3"', "cannot compare a number with a string using '<'"),
-            ("null > 1", "cannot compare a null with a number"),
-            ("true < false", "cannot compare a boolean with a boolean"),
-            ('"a" in release.missing', "'in' needs a list, string or object on the right, not a null"),
-            ('1 in "abc"', "'in' on a string needs a string on the left"),
-            ("1 in release.labels", "'in' on an object needs a string key"),
-        ],
+        "expression",
+        ['environment.order_index < "3"', "null > 1", '1 in "abc"', "release.missing.deeper"],
     )
-    def test_type_errors(self, expression: str, message: str) -> None:
-        with pytest.raises(PolicyEvaluationError, match=message):
+    def test_type_errors(self, expression: str) -> None:
+        with pytest.raises(PolicyEvaluationError):
             ev(expression)
 
     @pytest.mark.parametrize(
         ("expression", "expected"),
         [
-            ("true and false or true", True),  # and binds tighter than or
-            ("true or true and false", True),
-            ("not true or true", True),  # not binds tighter than or
-            ("not (true or true)", False),
-            ("not not true", True),
-            ('not environment.name == "dev"', True),  # not applies to the comparison
-            ('false and (1 < "a")', False),  # short-circuit: the type error is never evaluated
-            ('true or (1 < "a")', True),
+            ("true && false || true", True),  # && binds tighter than ||
+            ("true || true && false", True),
+            ("!true || true", True),
+            ("!(true || true)", False),
+            ("!!true", True),
+            ('!(environment.name == "dev")', True),
+            ('false && (1 < "a")', False),  # the error is absorbed: the result does not depend on it
+            ('(1 < "a") && false', False),  # in either order (CEL's commutative logic)
+            ('true || (1 < "a")', True),
+            ('environment.name == "prod" ? 2 : 0', 2),
         ],
     )
-    def test_logic_precedence_and_short_circuit(self, expression: str, expected: bool) -> None:
-        assert ev(expression) is expected
+    def test_logic_precedence_and_error_absorption(self, expression: str, expected: Any) -> None:
+        assert ev(expression) == expected
 
-    @pytest.mark.parametrize(
-        ("expression", "message"),
-        [
-            ("1 and true", "'and' needs booleans, got a number"),
-            ("false or release.name", "'or' needs booleans, got a string"),
-            ("not null", "'not' needs a boolean, not a null"),
-        ],
-    )
-    def test_logic_needs_booleans(self, expression: str, message: str) -> None:
-        with pytest.raises(PolicyEvaluationError, match=message):
+    @pytest.mark.parametrize("expression", ["1 && true", "false || release.name", "!null"])
+    def test_logic_needs_booleans(self, expression: str) -> None:
+        with pytest.raises(PolicyEvaluationError):
             ev(expression)
 
 
@@ -164,37 +153,35 @@ class TestFunctions:
     @pytest.mark.parametrize(
         ("expression", "expected"),
         [
-            ("len(release.components)", 2),
-            ("len(release.name)", 12),
-            ("len(release.labels)", 2),
-            ('all(release.components, c => startswith(c.digest, "sha256:"))', True),
-            ('all(release.components, c => c.tag != "latest")', False),
-            ('any(release.components, c => c.tag == "latest")', True),
-            ("any([], x => true)", False),
-            ("all([], x => false)", True),
-            ('all(release.components, c => any(["api", "web"], n => n == c.name))', True),
-            ('endswith(release.name, ".03")', True),
-            ('startswith(release.name, "web")', False),
+            ("size(release.components)", 2),
+            ("size(release.name)", 12),
+            ('size("h\u00e9llo")', 5),  # code points, not bytes
+            ("size(release.labels)", 2),
+            ('release.components.all(c, c.digest.startsWith("sha256:"))', True),
+            ('release.components.all(c, c.tag != "latest")', False),
+            ('release.components.exists(c, c.tag == "latest")', True),
+            ('release.components.exists_one(c, c.tag == "latest")', True),
+            ("[].exists(x, true)", False),
+            ("[].all(x, false)", True),
+            ('release.components.all(c, ["api", "web"].exists(n, n == c.name))', True),
+            ('release.components.exists(release, release.name == "web")', True),  # the variable shadows
         ],
     )
     def test_functions(self, expression: str, expected: Any) -> None:
         assert ev(expression) == expected
 
-    def test_lambda_parameter_shadows_document_roots(self) -> None:
-        assert ev('any(release.components, release => release.name == "web")') is True
-
     @pytest.mark.parametrize(
-        ("expression", "message"),
+        "expression",
         [
-            ("len(release.missing)", "len\\(\\) needs a list, string or object, not a null"),
-            ("all(release.missing, c => true)", "all\\(\\) needs a list, not a null"),
-            ("any(release.components, c => c.name)", "must be a boolean, got a string"),
-            ("startswith(release.name, 1)", "startswith\\(\\) needs two strings"),
-            ('matches(1, "a")', "matches\\(\\) needs two strings"),
+            "size(release.missing)",
+            "release.missing.all(c, true)",
+            "release.components.exists(c, c.name)",
+            "release.name.startsWith(1)",
+            'environment.order_index.matches("a")',
         ],
     )
-    def test_function_type_errors(self, expression: str, message: str) -> None:
-        with pytest.raises(PolicyEvaluationError, match=message):
+    def test_function_type_errors(self, expression: str) -> None:
+        with pytest.raises(PolicyEvaluationError):
             ev(expression)
 
 
@@ -208,167 +195,110 @@ class TestMatches:
             ("v1.4.2", r"^\d", False),
             ("release-candidate", "^(alpha|beta|release)-", True),
             ("gamma-1", "^(alpha|beta|release)-", False),
-            ("abc", "^a.c$", True),
             ("ABC_9", r"^\w+$", True),
             ("a b", r"^\S+$", False),
-            ("a b", r"\s", True),
-            ("x9", "^[a-z][0-9]$", True),
-            ("X9", "^[^a-z][0-9]$", True),
-            ("-", "^[a-]$", True),
-            ("]", "^[]]$", True),
-            ("a5", r"^[\d\w]{2}$", True),
-            ("aa", r"^[\D]+$", True),
             ("aaa", "^a{2,3}$", True),
             ("aaaa", "^a{2,3}$", False),
-            ("aaaa", "^a{2,}$", True),
-            ("a", "^a{2}$", False),
-            ("ab", "^ab?c?$", True),
-            ("", "^$", True),
-            ("", "a*", True),
             ("colour", "colou?r", True),
             ("a.b", r"a\.b", True),
             ("axb", r"a\.b", False),
-            ("{x}", r"^\{x\}$", True),
-            ("line\nnext", r"line\nnext", True),
             ("xyzxyz", "^(?:xyz)+$", True),
-            ("xyzxy", "^(?:xyz)+$", False),
-            ("aaa", "^a+?$", True),
+            ("caf\u00e9", "^caf.$", True),  # . matches one code point
         ],
     )
     def test_patterns(self, subject: str, pattern: str, expected: bool) -> None:
-        assert evaluate_expression("matches(s, p)", {"s": subject, "p": pattern}) is expected
+        assert evaluate_expression("s.matches(p)", {"s": subject, "p": pattern}) is expected
 
-    def test_pathological_pattern_runs_in_linear_time(self) -> None:
-        # (a+)+$ backtracks exponentially in a backtracking engine; here it is a plain NFA simulation.
-        started = time.perf_counter()
-        assert evaluate_expression('matches(s, "^(a+)+$")', {"s": "a" * 40 + "b"}) is False
-        assert evaluate_expression('matches(s, "^(a|a)*$")', {"s": "a" * 40 + "b"}) is False
-        assert time.perf_counter() - started < 1.0
+    def test_pathological_patterns_are_linear(self) -> None:
+        # (a+)+$ backtracks exponentially in a backtracking engine; RE2 answers without backtracking.
+        assert evaluate_expression('s.matches("^(a+)+$")', {"s": "a" * 5000 + "b"}) is False
+        assert evaluate_expression('s.matches("^(a|a)*$")', {"s": "a" * 5000 + "b"}) is False
 
-    @pytest.mark.parametrize(
-        ("pattern", "message"),
-        [
-            ("(", "missing '\\)'"),
-            (")", "unbalanced '\\)'"),
-            ("*a", "nothing to repeat"),
-            ("a**", "multiple repeat"),
-            ("a{3,2}", "m <= n"),
-            ("a{101}", "m <= n <= 100"),
-            ("a{x}", "malformed repeat"),
-            ("[a-", "missing '\\]'"),
-            ("[z-a]", "bad character range"),
-            (r"\b", "unsupported escape"),
-            ("(?=a)", "unsupported group"),
-            ("^*", "nothing to repeat"),
-            ("x" * (MAX_PATTERN_LENGTH + 1), "longer than"),
-            ("(a{100}){100}", "too complex"),
-        ],
-    )
-    def test_invalid_literal_pattern_fails_at_parse_with_its_column(self, pattern: str, message: str) -> None:
-        expression = f"matches(release.name, {pattern!r})"
-        with pytest.raises(PolicySyntaxError, match=message) as info:
-            parse_expression(expression)
-        assert info.value.column == len("matches(release.name, ") + 1
+    @pytest.mark.parametrize("pattern", ["(", "*a", "[z-a]", "(a)\\1", "(?=a)"])
+    def test_invalid_literal_pattern_is_refused_when_saved(self, pattern: str) -> None:
+        with pytest.raises(PolicySyntaxError, match="invalid RE2 pattern") as info:
+            parse_expression(f"release.name.matches({pattern!r})")
+        assert info.value.line == 1 and info.value.column >= 1
 
     def test_invalid_dynamic_pattern_fails_at_evaluation(self) -> None:
-        with pytest.raises(PolicyEvaluationError, match="invalid pattern '\\(': missing"):
-            evaluate_expression("matches(s, p)", {"s": "x", "p": "("})
-
-    def test_subject_length_limit(self) -> None:
-        with pytest.raises(PolicyEvaluationError, match="subject is longer"):
-            evaluate_expression('matches(s, "a")', {"s": "a" * (MAX_MATCH_SUBJECT_LENGTH + 1)})
-
-    def test_regex_work_counts_against_the_step_budget(self) -> None:
-        with pytest.raises(PolicyStepLimitExceeded):
-            evaluate_expression('matches(s, "(a|b|c|d)*e")', {"s": "abcd" * 2000}, max_steps=5_000)
+        with pytest.raises(PolicyEvaluationError, match="match error"):
+            evaluate_expression("s.matches(p)", {"s": "x", "p": "("})
 
 
 class TestSyntaxErrors:
     @pytest.mark.parametrize(
-        ("expression", "column", "message"),
+        ("expression", "column"),
         [
-            ("release.name ==", 16, "unexpected end of expression"),
-            ('release.name = "x"', 14, "unexpected '='; use '==' to compare"),
-            ("len(release.components) > 0 and", 32, "unexpected end of expression"),
-            ("foo(1)", 1, "unknown function 'foo'"),
-            ("(a == 1", 8, "expected '\\)'"),
-            ("a < b < c", 7, "comparisons cannot be chained"),
-            ("x => x", 3, "only allowed as the second argument of all\\(\\) or any\\(\\)"),
-            ('"abc', 1, "unterminated string"),
-            ("release.components[0", 21, "expected ']'"),
-            ("all(xs, 1)", 9, "must be a lambda"),
-            ("len(1, 2)", 1, "takes 1 argument\\(s\\), got 2"),
-            ("a && b", 3, "use 'and'"),
-            ("a || b", 3, "use 'or'"),
-            ("!a", 1, "use 'not'"),
-            ("a.1", 3, "expected a field name"),
-            ("1abc", 1, "malformed number"),
-            ("$x", 1, "unexpected character '\\$'"),
-            ("a == 1 b", 8, "unexpected 'b'"),
-            ('"\\q"', 2, "unknown escape"),
-            ('"\\u12"', 2, "4 hex digits"),
-            ("   ", 1, "empty expression"),
+            ("release.name == ", 14),
+            ('release.name = "x"', 14),
+            ("(a == 1", 7),
+            ('"abc', 1),
+            ("release.components[0", 20),
+            ("a and b", 3),
         ],
     )
-    def test_parse_errors_point_at_the_column(self, expression: str, column: int, message: str) -> None:
-        with pytest.raises(PolicySyntaxError, match=message) as info:
+    def test_parse_errors_point_at_a_column(self, expression: str, column: int) -> None:
+        with pytest.raises(PolicySyntaxError) as info:
             parse_expression(expression)
-        assert info.value.column == column
         assert info.value.code == "GATE_POLICY_SYNTAX"
         assert info.value.status == 400
+        assert (info.value.line, info.value.column) == (1, column)
         assert info.value.errors[0]["column"] == column
-        assert info.value.detail.endswith(f"at column {column}")
+        assert info.value.detail.endswith(f"at line 1, column {column}")
 
-    def test_keywords_can_be_field_names(self) -> None:
-        assert evaluate_expression("x.in == x.not", {"x": {"in": 1, "not": 1}}) is True
+    def test_an_empty_expression_is_refused(self) -> None:
+        with pytest.raises(PolicySyntaxError, match="empty expression"):
+            parse_expression("   ")
+
+    def test_a_macro_needs_a_variable(self) -> None:
+        with pytest.raises(PolicySyntaxError, match="takes a variable name"):
+            parse_expression("release.components.all(1, true)")
 
 
 class TestLimits:
     def test_expression_length_limit(self) -> None:
-        expression = "true or " * (MAX_EXPRESSION_LENGTH // 8) + "true"
+        expression = "true || " * (MAX_EXPRESSION_LENGTH // 8) + "true"
         with pytest.raises(PolicyLimitExceeded, match="longer than 4096") as info:
             parse_expression(expression)
         assert info.value.code == "GATE_POLICY_LIMIT"
 
-    def test_parenthesis_depth_limit_points_at_the_first_excess_parenthesis(self) -> None:
-        parse_expression("(" * MAX_DEPTH + "true" + ")" * MAX_DEPTH)
-        with pytest.raises(PolicyLimitExceeded, match="deeper than 32") as info:
+    def test_nesting_limit(self) -> None:
+        parse_expression("(" * (MAX_DEPTH - 1) + "true" + ")" * (MAX_DEPTH - 1))
+        with pytest.raises(PolicyLimitExceeded, match="deeper than 32"):
             parse_expression("(" * (MAX_DEPTH + 1) + "true" + ")" * (MAX_DEPTH + 1))
-        assert info.value.column == MAX_DEPTH + 1
 
     @pytest.mark.parametrize(
         "expression",
-        [
-            "not " * 1000 + "true",
-            "-" * 1000 + "1",
-            "x" + ".a" * 1000,
-            "x" + "[0]" * 1000,
-            "[" * 1000 + "]" * 1000,
-            "len(" * 1000 + "x" + ")" * 1000,
-        ],
+        ["!" * 1000 + "true", "-" * 1000 + "1", "[" * 1000 + "]" * 1000, "size(" * 600 + "x" + ")" * 600],
     )
     def test_deep_nesting_is_refused_without_exhausting_the_stack(self, expression: str) -> None:
-        with pytest.raises(PolicyLimitExceeded):
+        with pytest.raises(PolicySyntaxError):
             parse_expression(expression)
 
     def test_step_limit_stops_quadratic_work(self) -> None:
         document = {"xs": list(range(1000))}
-        with pytest.raises(PolicyStepLimitExceeded) as info:
-            evaluate_expression("all(xs, x => all(xs, y => x != y or x == y))", document)
+        with pytest.raises(PolicyStepLimitExceeded, match="cost limit") as info:
+            evaluate_expression("xs.all(x, xs.all(y, x != y || x == y))", document)
         assert info.value.code == "GATE_POLICY_STEP_LIMIT"
 
-    def test_step_limit_counts_deep_equality(self) -> None:
-        document = {"a": list(range(10_000)), "b": list(range(10_000))}
-        assert evaluate_expression("a == b", document) is True
+    def test_step_limit_is_deterministic(self) -> None:
+        document = {"xs": list(range(100))}
+        expression = parse_expression("xs.all(x, x >= 0)")
+        assert expression.evaluate(document, max_steps=5_000) is True
         with pytest.raises(PolicyStepLimitExceeded):
-            evaluate_expression("a == b", document, max_steps=1_000)
+            expression.evaluate(document, max_steps=500)
+
+
+def test_gate_results_record_the_language_and_engine_version() -> None:
+    assert LANGUAGE == "cel"
+    assert ENGINE.startswith("cel-python/")
 
 
 class TestPolicies:
     RULES = (
-        {"name": "no-latest-tag", "expr": 'all(release.components, c => c.tag != "latest")', "message": "no latest"},
+        {"name": "no-latest-tag", "expr": 'release.components.all(c, c.tag != "latest")', "message": "no latest"},
         {"name": "prod-needs-approvals", "expr": "environment.required_approvals >= 2", "message": ""},
-        {"name": "semver-everywhere", "expr": 'all(release.components, c => matches(c.semver, "^\\\\d"))'},
+        {"name": "semver-everywhere", "expr": 'release.components.all(c, c.semver.matches("^\\\\d"))'},
         {"name": "not-boolean", "expr": "release.name"},
     )
 
@@ -377,7 +307,7 @@ class TestPolicies:
         assert [(o.name, o.status) for o in outcomes] == [
             ("no-latest-tag", "fail"),
             ("prod-needs-approvals", "pass"),
-            ("semver-everywhere", "error"),  # the web component has no semver: matches(null, ...)
+            ("semver-everywhere", "error"),  # the web component has no semver: null.matches(...)
             ("not-boolean", "error"),
         ]
         assert outcomes[0].message == "no latest"
@@ -388,11 +318,40 @@ class TestPolicies:
         policy = compile_policy([{"name": "prod-only", "expr": 'environment.name == "dev"'}])
         assert policy.evaluate(DOCUMENT)[0].message == "rule prod-only is false"
 
-    def test_syntax_error_names_the_rule_and_column(self) -> None:
-        with pytest.raises(PolicySyntaxError, match="rule 'broken': unexpected end of expression at column 10") as info:
-            compile_policy([{"name": "ok", "expr": "true"}, {"name": "broken", "expr": "a == b or"}])
+    def test_syntax_error_names_the_rule_line_and_column(self) -> None:
+        with pytest.raises(PolicySyntaxError, match=r"rule 'broken': .* at line 1, column \d+") as info:
+            compile_policy([{"name": "ok", "expr": "true"}, {"name": "broken", "expr": "release.name == ||"}])
         assert info.value.rule == "broken"
-        assert info.value.column == 10
+        assert (info.value.line, info.value.column) == (1, 17)
+        assert info.value.status == 400
+        assert info.value.errors == [
+            {"loc": ["expr"], "msg": info.value.message, "line": 1, "column": 17, "rule": "broken"}
+        ]
+
+    def test_an_unknown_variable_is_refused_when_saved(self) -> None:
+        with pytest.raises(PolicySyntaxError, match="unknown name 'relase'") as info:
+            compile_policy([{"name": "typo", "expr": 'relase.name == "x"'}])
+        assert info.value.column == 1
+
+    def test_the_previous_language_is_refused_when_saved(self) -> None:
+        with pytest.raises(PolicySyntaxError):
+            compile_policy([{"name": "old", "expr": 'all(release.components, c => c.tag != "latest")'}])
+
+    def test_variables_the_document_lacks_read_null(self) -> None:
+        policy = compile_policy([{"name": "no-scans", "expr": "security == null && approvals == null"}])
+        assert policy.evaluate({"release": {}})[0].status == "pass"
+
+    def test_each_rule_has_its_own_budget_and_the_policy_a_total(self) -> None:
+        document = {"release": {"components": list(range(300))}}
+        heavy = {"name": "heavy", "expr": "release.components.all(c, c >= 0)"}
+        light = [{"name": f"r{i}", "expr": "release.components.all(c, c >= 0)"} for i in range(5)]
+        policy = compile_policy([heavy])
+        assert policy.evaluate(document)[0].status == "pass"
+        assert policy.evaluate(document, max_steps=500)[0].error_code == "GATE_POLICY_STEP_LIMIT"
+        cost_of_one = 5_000
+        outcomes = compile_policy(light).evaluate(document, max_total_steps=3 * cost_of_one)
+        assert [o.status for o in outcomes][:2] == ["pass", "pass"]
+        assert outcomes[-1].status == "error" and outcomes[-1].error_code == "GATE_POLICY_STEP_LIMIT"
 
     @pytest.mark.parametrize(
         ("rules", "message"),

@@ -409,7 +409,8 @@ class TestGateDecision:
         assert promotion.reason_codes == ("GATE_FREEZE_ACTIVE",)
         assert promotion.version == 2
         promotion.apply_gate_decision(ALLOW, now=T0 + timedelta(days=6))
-        assert (promotion.status, promotion.next_open) == (PromotionStatus.APPROVED, None)
+        after: tuple[PromotionStatus, datetime | None] = (promotion.status, promotion.next_open)
+        assert after == (PromotionStatus.APPROVED, None)
 
     def test_freeze_on_a_reject_environment_rejects(self) -> None:
         strict = env("dev", 0, config={"freeze_behavior": "reject"})
@@ -544,6 +545,7 @@ class TestDeployment:
         assert promotion.next_open == FROZEN.next_open
         assert promotion.deployment_job_id is None
         # When the window opens the gates run again; the promotion is approved and queues again.
+        assert FROZEN.next_open is not None
         promotion.apply_gate_decision(ALLOW, now=FROZEN.next_open)
         assert (promotion.status, promotion.approved_at) == (PromotionStatus.APPROVED, FROZEN.next_open)
 

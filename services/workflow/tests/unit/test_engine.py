@@ -222,7 +222,7 @@ def test_a_step_type_without_executor_fails_with_a_clear_error_after_its_retries
 
     failures = [e for e in progress.events if isinstance(e, StepFailed)]
     assert [(f.attempt, f.will_retry) for f in failures] == [(1, True), (2, True), (3, False)]
-    assert "no executor" in progress.steps["ping"].error
+    assert "no executor" in (progress.steps["ping"].error or "")
     assert progress.run.status is RunStatus.FAILED
     assert progress.dispatches == []
 
@@ -233,7 +233,7 @@ def test_a_wait_step_with_a_bad_config_fails_instead_of_hanging() -> None:
     progress = started(template)
 
     assert progress.run.status is RunStatus.FAILED
-    assert "config.seconds" in progress.steps["pause"].error
+    assert "config.seconds" in (progress.steps["pause"].error or "")
 
 
 def test_a_timed_out_dispatched_attempt_is_redispatched_as_a_new_attempt() -> None:

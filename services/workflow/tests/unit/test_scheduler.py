@@ -12,8 +12,10 @@ import pytest
 
 from stella.workflow.domain import (
     Advance,
+    Edge,
     InvalidStepResult,
     MissingRunInput,
+    Node,
     PendingRetry,
     ResumeStep,
     RunCancelled,
@@ -326,7 +328,8 @@ def test_a_timed_out_step_with_zero_backoff_restarts_in_the_same_schedule() -> N
 
     assert [type(a) for a in result.schedule.actions] == [TimeOutStep, StartStep]
     assert [type(e) for e in result.events] == [StepFailed, StepStarted]
-    assert result.events[0].will_retry is True
+    failed = result.events[0]
+    assert isinstance(failed, StepFailed) and failed.will_retry is True
     assert engine.steps["a"].attempt_number == 2
     assert engine.steps["a"].started_at == at(10)
     assert result.run.next_wakeup_at == at(20)
@@ -385,7 +388,7 @@ def test_a_false_condition_skips_the_step_and_the_path_after_it() -> None:
 
 def test_a_true_condition_runs_the_step() -> None:
     template = build(
-        [{"id": "a"}, {"id": "deploy", "when": 'inputs.env == "prod" and steps.a.outputs.verdict == "allow"'}],
+        [{"id": "a"}, {"id": "deploy", "when": 'inputs.env == "prod" && steps.a.outputs.verdict == "allow"'}],
         [("a", "deploy")],
         inputs=[{"name": "env"}],
     )
@@ -395,8 +398,9 @@ def test_a_true_condition_runs_the_step() -> None:
     assert started(engine.complete("a", at(1), outputs={"verdict": "allow"})) == ["deploy"]
 
 
-def test_a_condition_over_a_missing_output_is_false_not_an_error() -> None:
-    engine = Engine(build([{"id": "a"}, {"id": "b", "when": 'steps.a.outputs.verdict == "allow"'}], [("a", "b")]))
+def test_a_condition_guarded_by_has_is_false_over_a_missing_output() -> None:
+    when = 'has(steps.a.outputs.verdict) && steps.a.outputs.verdict == "allow"'
+    engine = Engine(build([{"id": "a"}, {"id": "b", "when": when}], [("a", "b")]))
     engine.advance(T0)
 
     result = engine.complete("a", at(1))
@@ -501,6 +505,8 @@ def test_completion_evaluates_the_template_outputs() -> None:
     expected = {"digest": "sha256:ab", "scanned": False, "env": "dev", "missing": None}
     assert result.run.status is RunStatus.SUCCEEDED
     assert result.run.outputs == expected
+    # An output that cannot be read is null, and the run says why.
+    assert result.run.error is not None and "output 'missing': no such member" in result.run.error
     assert result.run.completed_at == at(5)
     assert result.run.next_wakeup_at is None
     assert result.events[-1] == RunCompleted(run_id=RUN_ID, at=at(5), outputs=expected)
@@ -852,3 +858,51 @@ def test_a_stored_step_of_another_run_is_refused() -> None:
 
     with pytest.raises(StepStateConflict):
         schedule(engine.template, engine.run, [foreign], now=T0)
+
+
+def test_a_condition_that_fails_fails_its_step_and_is_not_retried() -> None:
+    template = build(
+        [{"id": "a"}, {"id": "deploy", "when": "steps.a.outputs.verdict == 'allow'", "retry": {"max_attempts": 3}}],
+        [("a", "deploy")],
+    )
+    engine = Engine(template)
+    engine.advance(T0)
+
+    result = engine.complete("a", at(1), outputs={})  # no verdict: reading it is an error
+
+    deploy = engine.steps["deploy"]
+    assert deploy.status is StepStatus.FAILED and deploy.attempt_number == 0
+    assert deploy.error is not None and "condition" in deploy.error and "no such member" in deploy.error
+    assert "cel-python/" in deploy.error  # the engine that decided is named
+    failed = [e for e in result.events if isinstance(e, StepFailed)]
+    assert [(e.node_id, e.will_retry) for e in failed] == [("deploy", False)]
+    assert result.run.status is RunStatus.FAILED
+    assert engine.advance(at(100)).schedule.start == ()
+
+
+def test_a_condition_that_is_not_a_boolean_fails_closed() -> None:
+    template = build([{"id": "a"}, {"id": "b", "when": "steps.a.outputs.count"}], [("a", "b")])
+    engine = Engine(template)
+    engine.advance(T0)
+
+    engine.complete("a", at(1), outputs={"count": 3})
+
+    assert engine.steps["b"].status is StepStatus.FAILED
+    assert "must be true or false" in (engine.steps["b"].error or "")
+
+
+def test_a_stored_condition_that_no_longer_compiles_fails_its_step() -> None:
+    # A template stored in the former language is not validated again; reaching its condition fails closed.
+    template = WorkflowTemplate(
+        name="legacy",
+        version=1,
+        nodes=(Node(id="a", type="gate"), Node(id="b", type="gate", when="true and true")),
+        edges=(Edge("a", "b"),),
+    )
+    engine = Engine(template)
+    engine.advance(T0)
+
+    engine.complete("a", at(1), outputs={})
+
+    assert engine.steps["b"].status is StepStatus.FAILED
+    assert "does not compile" in (engine.steps["b"].error or "")

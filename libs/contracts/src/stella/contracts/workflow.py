@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any, Final
 from uuid import UUID, uuid5
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from stella.contracts.envelope import Command, Event, Model, PageRequest, Query
 from stella.contracts.validation import Name
@@ -106,7 +106,7 @@ class NodeSpec(Model):
 class EdgeSpec(Model):
     """``from`` must finish before ``to`` starts."""
 
-    model_config = Model.model_config | {"populate_by_name": True}
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     source: str = Field(alias="from")
     target: str = Field(alias="to")

@@ -65,6 +65,9 @@ class Host(Protocol):
     @property
     def js(self) -> JetStreamContext: ...
 
+    @property
+    def nats(self) -> NatsClient: ...
+
 
 class PoisonMessage(Exception):
     """A message no retry can handle (unparseable, unknown subject): dead-lettered at once."""
@@ -124,7 +127,9 @@ def consumer_config(name: str, subject: str, settings: ServiceSettings) -> Consu
     )
 
 
-def durable_subscriber(router: NatsRouter, host: Host, stream: StreamSpec, subject: str, consumer: str) -> Any:
+def durable_subscriber(
+    router: NatsRouter, host: Host, stream: StreamSpec, subject: str, consumer: str
+) -> Callable[[Callable[[NatsMessage], Awaitable[None]]], object]:
     """The decorator registering a durable pull consumer ``consumer`` on ``subject`` of ``stream``.
 
     Acks are manual (see :func:`settle`); at most ``max_in_flight`` messages are handled at once.
@@ -264,10 +269,10 @@ class CommandRoutes:
             outcome = await settle(raw, self.consumer, host, work)
             if reply_to:
                 if final:
-                    await _reply(host.js, reply_to, final[0])
+                    await _reply(host.nats, reply_to, final[0])
                 elif outcome.outcome == "dead_lettered":
                     await _reply(
-                        host.js,
+                        host.nats,
                         reply_to,
                         Reply.failure(
                             ErrorDetail(
@@ -280,9 +285,9 @@ class CommandRoutes:
                     )
 
 
-async def _reply(js: JetStreamContext, subject: str, reply: Reply) -> None:
+async def _reply(nc: NatsClient, subject: str, reply: Reply) -> None:
     # Core publish on the caller's inbox: the caller may be gone, which is fine.
-    await js._nc.publish(subject, reply.model_dump_json().encode())
+    await nc.publish(subject, reply.model_dump_json().encode())
 
 
 class QueryRoutes:

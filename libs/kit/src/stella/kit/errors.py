@@ -12,6 +12,10 @@ class ServiceError(Exception):
 
     Domain modules may define their own error classes; any exception with ``code`` (str) and ``status`` (int)
     attributes is reported the same way (see :func:`error_detail`).
+
+    ``code``, ``status`` and ``title`` are instance attributes: a subclass sets its defaults as class
+    attributes (plain annotations, not ``ClassVar``) and one instance may carry its own through the
+    constructor.
     """
 
     code: str = "SYS_ERROR"

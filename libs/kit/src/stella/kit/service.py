@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 from faststream.nats import NatsBroker, NatsMessage, NatsRouter
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from stella.contracts.streams import health_subject
@@ -58,6 +59,7 @@ class ServiceRuntime:
         self.broker = NatsBroker(settings.nats_url, logger=logging.getLogger(f"stella.{name}.broker"))
         self._pool: asyncpg.Pool | None = None
         self._js: JetStreamContext | None = None
+        self._nats: NatsClient | None = None
         self._client: ServiceClient | None = None
         self.relay: OutboxRelay | None = None
         self.probes: ProbeServer | None = None
@@ -78,6 +80,13 @@ class ServiceRuntime:
         if self._js is None:
             raise RuntimeError(f"{self.name} is not started")
         return self._js
+
+    @property
+    def nats(self) -> NatsClient:
+        """The NATS connection (after :meth:`start`)."""
+        if self._nats is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._nats
 
     @property
     def client(self) -> ServiceClient:
@@ -122,6 +131,7 @@ class ServiceRuntime:
         )
         await self.broker.connect()
         nc = self.broker.connection
+        self._nats = nc
         self._js = nc.jetstream()
         await declare_streams(self._js, self.names, replicas=settings.nats_stream_replicas)
         self._client = ServiceClient(nc, self._js, names=self.names)

@@ -25,7 +25,7 @@ class DueLoop:
         self,
         name: str,
         next_due: Callable[[], Awaitable[datetime | None]],
-        run_due: Callable[[datetime], Awaitable[None]],
+        run_due: Callable[[datetime], Awaitable[object]],
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_sleep_s: float = 60.0,

@@ -147,7 +147,8 @@ class DockerJanitor:
         found: dict[str, Any] = {}
         for label in self.labels:
             for container in self.client.containers.list(all=True, filters={"label": label}):
-                found[container.id] = container
+                if container.id is not None:
+                    found[container.id] = container
         return list(found.values())
 
     def _images_from_registries(self) -> Iterable[str]:

@@ -33,7 +33,7 @@ from typing import IO, Final, Self
 
 import bcrypt
 
-from stella.kit.embedded import free_port
+from stella.kit.embedded import free_port, terminate_process
 
 OCI_MANIFEST: Final[str] = "application/vnd.oci.image.manifest.v1+json"
 """Media type of an OCI image manifest."""
@@ -237,13 +237,7 @@ class LocalRegistry:
 
     def _terminate(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate_process(process, _STOP_TIMEOUT)
         if self._log is not None:
             self._log.close()
             self._log = None

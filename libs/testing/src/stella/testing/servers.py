@@ -137,7 +137,7 @@ def _sources() -> tuple[Source, ...]:
         raise ServerUnavailableError(
             f"STELLA_TEST_SERVERS={wanted!r} is not one of auto, configured, container, embedded"
         )
-    return (wanted,)  # type: ignore[return-value]
+    return (wanted,)
 
 
 def _start_container(image: str, port: int, configure: Callable[[Any], Any]) -> tuple[Any, str, int]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from faststream.nats import NatsRouter
 
 from stella.approval import subscribers
 from stella.approval.handlers import Handlers
 from stella.approval.settings import Settings
+from stella.contracts.envelope import utcnow
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.kit.timers import DueLoop
@@ -27,16 +30,26 @@ class ApprovalApp(ServiceApp):
     expiry: DueLoop | None = field(default=None)
 
 
-def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> ApprovalApp:
+class Overrides(TypedDict, total=False):
+    """Dependencies a caller (a test) provides instead of having them built; each key is optional.
+
+    Attributes:
+        clock: Returns the current UTC time, for the handlers and the expiry timer (defaults to :func:`stella.contracts.envelope.utcnow`).
+    """
+
+    clock: Callable[[], datetime]
+
+
+def create_app(settings: Settings, *, overrides: Overrides | None = None) -> ApprovalApp:
     """Build the approval service.
 
     Args:
         settings: The service settings, built once by ``__main__`` (or a test).
-        overrides: Replacements for dependencies by name: ``clock`` (used by the handlers and the expiry timer).
+        overrides: Dependencies to use instead of building them (see :class:`Overrides`).
     """
-    overrides = overrides or {}
+    overrides = overrides or Overrides()
     app = ApprovalApp()
-    clock_override = {"clock": overrides["clock"]} if "clock" in overrides else {}
+    clock = overrides.get("clock", utcnow)
 
     def wake_expiry() -> None:
         if app.expiry is not None:
@@ -49,7 +62,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
             approval_timeout=settings.approval_timeout,
             expiry_batch_size=settings.expiry_batch_size,
             on_scheduled=wake_expiry,
-            **clock_override,
+            clock=clock,
         )
         app.handlers = handlers
         app.expiry = DueLoop(
@@ -57,7 +70,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
             handlers.next_expiry,
             handlers.expire_due,
             max_sleep_s=settings.timer_max_sleep_s,
-            **clock_override,
+            clock=clock,
         )
         subscribers.register(runtime, router, handlers)
 

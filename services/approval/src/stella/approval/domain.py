@@ -48,9 +48,9 @@ MAX_COMMENT_LENGTH: Final = 4000
 class DomainError(ServiceError):
     """Base of every approval domain error: a stable ``code``, an HTTP ``status``, a ``title``, a ``detail``."""
 
-    code: ClassVar[str] = "PROM_APPROVAL_ERROR"
-    status: ClassVar[int] = 400
-    title: ClassVar[str] = "Approval error"
+    code: str = "PROM_APPROVAL_ERROR"
+    status: int = 400
+    title: str = "Approval error"
 
 
 class InvalidApprovalRequest(DomainError):

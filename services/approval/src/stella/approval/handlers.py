@@ -144,24 +144,27 @@ def open_request(
             status=domain.ApprovalStatus.GRANTED,
             decided_at=now,
         )
-        envelope = {
-            "promotion_id": granted.promotion_id,
-            "tenant_id": tenant_id,
-            "environment_id": granted.environment_id,
-            "at": now,
-        }
         result = domain.ApprovalResult(
             request=granted,
             events=(
                 domain.ApprovalRequested(
-                    **envelope,
+                    promotion_id=granted.promotion_id,
+                    tenant_id=tenant_id,
+                    environment_id=granted.environment_id,
+                    at=now,
                     requester_id=granted.requester_id,
                     required=0,
                     require_sod=granted.require_sod,
                     eligible_groups=tuple(sorted(granted.eligible_groups)),
                     expires_at=granted.expires_at,
                 ),
-                domain.ApprovalGranted(**envelope, summary=domain.summarize(granted)),
+                domain.ApprovalGranted(
+                    promotion_id=granted.promotion_id,
+                    tenant_id=tenant_id,
+                    environment_id=granted.environment_id,
+                    at=now,
+                    summary=domain.summarize(granted),
+                ),
             ),
         )
     else:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
+from uuid import UUID, uuid4
 
 from faststream.nats import NatsRouter
 
+from stella.contracts.envelope import utcnow
 from stella.evidence import subscribers
 from stella.evidence.exports import ExportStore
 from stella.evidence.handlers import Handlers
@@ -27,36 +29,49 @@ class EvidenceApp(ServiceApp):
     """The running evidence service: its runtime and the objects tests may want to reach."""
 
     signer: ActiveSigner
-    exports: ExportStore
+    exports: ExportStore | None = field(default=None)
     handlers: Handlers | None = field(default=None)
 
 
-def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> EvidenceApp:
+class Overrides(TypedDict, total=False):
+    """Dependencies a caller (a test) provides instead of having them built; each key is optional.
+
+    Attributes:
+        clock: Returns the current UTC time (defaults to :func:`stella.contracts.envelope.utcnow`).
+        new_id: Returns a new id (defaults to :func:`uuid.uuid4`).
+    """
+
+    clock: Callable[[], datetime]
+    new_id: Callable[[], UUID]
+
+
+def create_app(settings: Settings, *, overrides: Overrides | None = None) -> EvidenceApp:
     """Build the evidence service.
 
     Args:
         settings: The service settings, built once by ``__main__`` (or a test).
-        overrides: Replacements for dependencies by name: ``clock``, ``new_id``.
+        overrides: Dependencies to use instead of building them (see :class:`Overrides`).
     """
-    overrides = overrides or {}
-    clock: Callable[[], datetime] = overrides.get("clock") or (lambda: datetime.now(UTC))
+    overrides = overrides or Overrides()
+    clock = overrides.get("clock", utcnow)
     signer = ActiveSigner(KeyFile(settings.signing_key_path, settings.key_algorithm), create=settings.key_create)
-    app = EvidenceApp(signer=signer, exports=None)
+    app = EvidenceApp(signer=signer)
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
-        app.exports = ExportStore(runtime.names, max_age_s=settings.export_max_age_s)
+        exports = ExportStore(runtime.names, max_age_s=settings.export_max_age_s)
+        app.exports = exports
         handlers = Handlers(
             lambda: runtime.pool,
             CommandProcessor(lambda: runtime.pool, f"{NAME}-commands"),
             lambda: runtime.client,
             signer,
-            app.exports,
+            exports,
             dependency_timeout_s=settings.dependency_timeout_s,
             export_max_packets=settings.export_max_packets,
             export_max_age_s=settings.export_max_age_s,
             max_reply_bytes=settings.max_reply_bytes,
             clock=clock,
-            **({"new_id": overrides["new_id"]} if "new_id" in overrides else {}),
+            new_id=overrides.get("new_id", uuid4),
         )
         app.handlers = handlers
         subscribers.register(runtime, router, handlers)
@@ -64,6 +79,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
     async def on_start(runtime: ServiceRuntime) -> None:
         # Before the broker starts: no packet is signed until the key is loaded and registered.
         await signer.start(runtime.pool, clock())
+        assert app.exports is not None  # built by register, which runs before on_start
         await app.exports.start(runtime.js)
 
     app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 from uuid import UUID
 
-from stella.evidence.canonical import sha256_digest
+from stella.contracts.canonical import sha256_digest
 from stella.evidence.keys import PublicKey
 from stella.evidence.packet import SignedPacket, format_timestamp, parse_timestamp
 from stella.evidence.statement import PAYLOAD_TYPE, PREDICATE_TYPE

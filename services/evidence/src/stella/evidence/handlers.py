@@ -50,6 +50,7 @@ from stella.evidence.packet import (
     validate_content,
 )
 from stella.evidence.signing import ActiveSigner
+from stella.kit.asking import Refused, ask
 from stella.kit.broker import CommandProcessor, PoisonMessage, ServiceClient
 from stella.kit.errors import error_detail
 from stella.kit.outbox import add_events
@@ -227,28 +228,36 @@ class Handlers:
         )
 
     async def _promotion(self, cmd: ExecuteStep, promotion_id: UUID) -> PromotionView:
-        reply = await self._client().query(
-            GET_PROMOTION, cmd.caused(GetPromotion, promotion_id=promotion_id), timeout=self.dependency_timeout_s
-        )
-        if reply.ok:
-            return PromotionView.model_validate(reply.data)
-        assert reply.error is not None
-        if reply.error.status >= 500:
-            raise domain.DependencyUnavailable(f"promotion service: {reply.error.code}: {reply.error.detail}")
-        raise PoisonMessage(f"promotion {promotion_id}: {reply.error.code}: {reply.error.detail}")
+        try:
+            return await ask(
+                self._client(),
+                GET_PROMOTION,
+                cmd.caused(GetPromotion, promotion_id=promotion_id),
+                PromotionView,
+                timeout=self.dependency_timeout_s,
+                unavailable=lambda error: domain.DependencyUnavailable(
+                    f"promotion service: {error.code}: {error.detail}"
+                ),
+            )
+        except Refused as exc:
+            raise PoisonMessage(f"promotion {promotion_id}: {exc.code}: {exc.detail}") from None
 
     async def _approvals(self, cmd: ExecuteStep, promotion_id: UUID) -> ApprovalRequestView | None:
-        reply = await self._client().query(
-            GET_APPROVALS, cmd.caused(GetApprovals, promotion_id=promotion_id), timeout=self.dependency_timeout_s
-        )
-        if reply.ok:
-            return ApprovalRequestView.model_validate(reply.data)
-        assert reply.error is not None
-        if reply.error.status == 404:
-            return None  # no approval request was ever opened (the gates denied first)
-        if reply.error.status >= 500:
-            raise domain.DependencyUnavailable(f"approval service: {reply.error.code}: {reply.error.detail}")
-        raise PoisonMessage(f"approvals of promotion {promotion_id}: {reply.error.code}: {reply.error.detail}")
+        try:
+            return await ask(
+                self._client(),
+                GET_APPROVALS,
+                cmd.caused(GetApprovals, promotion_id=promotion_id),
+                ApprovalRequestView,
+                timeout=self.dependency_timeout_s,
+                unavailable=lambda error: domain.DependencyUnavailable(
+                    f"approval service: {error.code}: {error.detail}"
+                ),
+            )
+        except Refused as exc:
+            if exc.status == 404:
+                return None  # no approval request was ever opened (the gates denied first)
+            raise PoisonMessage(f"approvals of promotion {promotion_id}: {exc.code}: {exc.detail}") from None
 
     # --- queries ----------------------------------------------------------------------------------------
 

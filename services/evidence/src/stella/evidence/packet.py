@@ -40,7 +40,7 @@ from enum import StrEnum
 from typing import Any, Final
 from uuid import UUID
 
-from stella.evidence.canonical import canonicalize, content_hash, is_content_hash
+from stella.contracts.canonical import canonicalize, content_hash, is_content_hash
 from stella.evidence.dsse import parse_envelope, sign_envelope, verify_parsed_envelope
 from stella.evidence.keys import PublicKeyRing, SignatureVerificationError, Signer
 from stella.evidence.statement import (

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from stella.evidence.canonical import canonicalize
+from stella.contracts.canonical import canonicalize
 
 STATEMENT_TYPE: Final[str] = "https://in-toto.io/Statement/v1"
 """``_type`` of every in-toto Statement v1."""

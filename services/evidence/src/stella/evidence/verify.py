@@ -7,8 +7,9 @@ envelope's file name matches its packet and that the manifest's metadata matches
 line per finding and exits ``0`` when everything holds, ``1`` when any check fails, ``2`` when the input
 cannot be used (not a bundle, unreadable key directory).
 
-This module and everything it imports need only the standard library, ``cryptography`` and ``rfc8785``, so
-an auditor can run it on a machine with nothing of the service installed.
+This module and everything it imports (the project's canonical JSON, ``stella.contracts.canonical``, included)
+need only the standard library, ``cryptography`` and ``rfc8785``, so an auditor can run it on a machine with
+nothing of the service installed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from uuid import UUID
 
+from stella.contracts.canonical import sha256_digest
 from stella.evidence.bundle import (
     ENVELOPES_DIR,
     KEYS_DIR,
@@ -35,7 +37,6 @@ from stella.evidence.bundle import (
     parse_manifest,
     read_bundle,
 )
-from stella.evidence.canonical import sha256_digest
 from stella.evidence.chain import Finding, FindingKind, sort_findings, verify_chain
 from stella.evidence.dsse import MalformedEnvelopeError, parse_envelope, verify_parsed_envelope
 from stella.evidence.keys import (

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from litestar import Request
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from stella.gateway.auth import Identity
@@ -123,7 +124,7 @@ class IdempotencyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Claim, replay or refuse the request's key, then store the outcome."""
-        if scope["type"] != "http" or scope.get("method") != "POST":
+        if scope["type"] != ScopeType.HTTP or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
         identity = scope.get("user")
@@ -146,7 +147,7 @@ class IdempotencyMiddleware:
         if isinstance(outcome, _Replay):
             await _replay(outcome, send)
             return
-        scope.setdefault("state", {})[STATE_KEY] = outcome  # type: ignore[typeddict-item]
+        scope.setdefault("state", {})[STATE_KEY] = outcome
         await self._run(policy, scope_key, scope, receive, send)
 
     async def _claim(

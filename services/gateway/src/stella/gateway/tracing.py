@@ -17,6 +17,7 @@ import uuid
 from typing import Any, Final
 
 from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from stella.kit import logs
@@ -66,12 +67,12 @@ def derive_trace_id(traceparent: str | None, request_id: str | None) -> uuid.UUI
 
 def trace_id(scope: Scope) -> uuid.UUID:
     """Return the trace id of the request in ``scope``, deriving and remembering it on first use."""
-    state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    state: dict[str, Any] = scope.setdefault("state", {})
     known = state.get(_STATE_KEY)
     if known is None:
         known = derive_trace_id(_header(scope, b"traceparent"), _header(scope, b"x-request-id"))
         state[_STATE_KEY] = known
-    return known  # type: ignore[no-any-return]
+    return known
 
 
 class TraceMiddleware:
@@ -89,7 +90,7 @@ class TraceMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Set the logging context of this request, run the rest of the stack, log the outcome."""
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         logs.correlation_id.set(str(trace_id(scope)))

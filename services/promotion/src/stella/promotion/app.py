@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
+from uuid import UUID, uuid4
 
 from faststream.nats import NatsRouter
 
+from stella.contracts.envelope import utcnow
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.promotion import metrics, subscribers
-from stella.promotion.gates import default_registry
+from stella.promotion.gates import GateRegistry, default_registry
 from stella.promotion.handlers import Handlers
 from stella.promotion.settings import Settings
 
@@ -26,15 +30,28 @@ class PromotionApp(ServiceApp):
     handlers: Handlers | None = field(default=None)
 
 
-def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> PromotionApp:
+class Overrides(TypedDict, total=False):
+    """Dependencies a caller (a test) provides instead of having them built; each key is optional.
+
+    Attributes:
+        registry: The gate registry (built-in gates plus a test's plugin gates).
+        clock: Returns the current UTC time (defaults to :func:`stella.contracts.envelope.utcnow`).
+        new_id: Returns a new id (defaults to :func:`uuid.uuid4`).
+    """
+
+    registry: GateRegistry
+    clock: Callable[[], datetime]
+    new_id: Callable[[], UUID]
+
+
+def create_app(settings: Settings, *, overrides: Overrides | None = None) -> PromotionApp:
     """Build the promotion service.
 
     Args:
         settings: The service settings, built once by ``__main__`` (or a test).
-        overrides: Replacements for dependencies by name: ``registry`` (a gate registry with plugin gates),
-            ``clock``, ``new_id``.
+        overrides: Dependencies to use instead of building them (see :class:`Overrides`).
     """
-    overrides = overrides or {}
+    overrides = overrides or Overrides()
     registry = overrides.get("registry") or default_registry()
     app = PromotionApp()
 
@@ -49,7 +66,8 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
             timer_batch_size=settings.timer_batch_size,
             timer_retry_s=settings.timer_retry_s,
             timer_max_sleep_s=settings.timer_max_sleep_s,
-            **{key: overrides[key] for key in ("clock", "new_id") if key in overrides},
+            clock=overrides.get("clock", utcnow),
+            new_id=overrides.get("new_id", uuid4),
         )
         app.handlers = handlers
         subscribers.register(runtime, router, handlers)

@@ -33,8 +33,7 @@ from enum import Enum, StrEnum
 from typing import Any, ClassVar, Final, cast
 from uuid import UUID
 
-import rfc8785
-
+from stella.contracts.canonical import CanonicalizationError, canonicalize
 from stella.kit.errors import ServiceError
 
 # --------------------------------------------------------------------------------------------------
@@ -58,9 +57,9 @@ class DomainError(ServiceError):
         errors: Field-level problems, each ``{"loc": [...], "msg": "..."}``.
     """
 
-    code: ClassVar[str] = "PROM_ERROR"
-    status: ClassVar[int] = 422
-    title: ClassVar[str] = "Promotion rule violated"
+    code: str = "PROM_ERROR"
+    status: int = 422
+    title: str = "Promotion rule violated"
 
     def __init__(self, detail: str, *, errors: Sequence[Mapping[str, Any]] = ()) -> None:
         super().__init__(detail, errors=[dict(error) for error in errors])
@@ -353,8 +352,8 @@ def canonical_json(value: Any) -> bytes:
     """
     plain = to_json_value(value)
     try:
-        return rfc8785.dumps(plain)
-    except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
+        return canonicalize(plain)
+    except CanonicalizationError as exc:
         raise CanonicalizationFailed(f"cannot canonicalise value: {exc}") from None
 
 

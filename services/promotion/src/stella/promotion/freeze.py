@@ -252,9 +252,10 @@ def _parse_local(value: Any, zone: ZoneInfo, window_id: str) -> datetime:
             raise InvalidFreezeWindow(f"window {window_id!r}: dtstart {value!r} is not an ISO 8601 date-time") from None
     if not isinstance(value, datetime):
         raise InvalidFreezeWindow(f"window {window_id!r}: a recurring window needs dtstart (ISO 8601 date-time)")
-    if value.tzinfo is not None and value.utcoffset() is not None:
-        value = _to_local(value, zone)
-    return value.replace(tzinfo=None, microsecond=0)
+    local: datetime = value
+    if local.tzinfo is not None and local.utcoffset() is not None:
+        local = _to_local(local, zone)
+    return local.replace(tzinfo=None, microsecond=0)
 
 
 def _normalise_rrule(text: Any, zone: ZoneInfo, window_id: str) -> tuple[str, str]:

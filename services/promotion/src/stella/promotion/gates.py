@@ -515,10 +515,11 @@ class ManualGate(Gate):
 
 
 class PolicyGate(Gate):
-    """Evaluates a policy (``stella.promotion.policy``) over the whole inputs document.
+    """Evaluates a policy (``stella.promotion.policy``, CEL rules) over the whole inputs document.
 
     Fails with each failing rule's name as a reason code; a rule that errors makes the gate ``error``.
-    Config: ``rules`` (list of ``{name, expr, message}``, at least one).
+    Config: ``rules`` (list of ``{name, expr, message}``, at least one). The result's details record the
+    expression language and the exact engine version that evaluated it.
     """
 
     type = "policy"
@@ -535,7 +536,12 @@ class PolicyGate(Gate):
     def evaluate(self, gate: GateConfig, inputs: Mapping[str, Any], now: datetime) -> GateResult:
         compiled = policy.compile_policy(gate.config["rules"])
         outcomes = compiled.evaluate(inputs)
-        details = {"policy_digest": compiled.digest, "rules": [o.to_dict() for o in outcomes]}
+        details = {
+            "policy_digest": compiled.digest,
+            "language": policy.LANGUAGE,
+            "engine": policy.ENGINE,
+            "rules": [o.to_dict() for o in outcomes],
+        }
         errored = [o for o in outcomes if o.status == "error"]
         failed = [o for o in outcomes if o.status == "fail"]
         if errored:

@@ -34,6 +34,7 @@ from stella.contracts import promotion as c
 from stella.contracts import workflow as w
 from stella.contracts.envelope import Message, Page, Reply, utcnow
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
+from stella.kit.asking import ask
 from stella.kit.broker import CommandProcessor, ServiceClient
 from stella.kit.errors import Conflict, ServiceError, Unavailable, error_detail
 from stella.kit.outbox import add_events
@@ -664,19 +665,17 @@ class Handlers:
 
     async def _fetch_release(self, cmd: c.RequestPromotion) -> ReleaseView:
         """Ask the release service for the release (before any transaction opens)."""
-        reply = await self._client().query(
-            GET_RELEASE, cmd.caused(GetRelease, release_id=cmd.release_id), timeout=self.release_query_timeout_s
-        )
-        if reply.ok:
-            return ReleaseView.model_validate(reply.data)
-        error = reply.error
-        assert error is not None
-        if error.status >= 500:
-            raise ReleaseServiceUnavailable(
+        return await ask(
+            self._client(),
+            GET_RELEASE,
+            cmd.caused(GetRelease, release_id=cmd.release_id),
+            ReleaseView,
+            timeout=self.release_query_timeout_s,
+            unavailable=lambda error: ReleaseServiceUnavailable(
                 f"the release service could not be asked for release {cmd.release_id} ({error.detail}); "
                 "nothing was stored, try again"
-            )
-        raise ServiceError(error.detail, code=error.code, status=error.status, title=error.title, errors=error.errors)
+            ),
+        )
 
     async def request_promotion(self, cmd: c.RequestPromotion) -> Reply:
         """Request a promotion of a ready release into an environment and start its workflow run."""
@@ -755,17 +754,16 @@ class Handlers:
         return await self.commands.run(cmd, execute)
 
     async def cancel_promotion(self, cmd: c.CancelPromotion) -> Reply:
-        """Cancel a promotion still waiting on gates or approvals; its run and approval request close with it."""
+        """Cancel a promotion that has not started deploying; its run and approval request close with it.
+
+        The rule is the domain's (:meth:`domain.Promotion.cancel`): any non-terminal status before
+        ``deploying`` (pending_gate, pending_approval, approved) may be cancelled. A recorded approval stays
+        recorded (decision and evidence); the cancel is a later decision of its own.
+        """
 
         async def execute(conn: asyncpg.Connection) -> object:
             stored = await self._locked(conn, cmd.tenant_id, cmd.promotion_id)
             promotion = stored.promotion
-            if promotion.status is domain.PromotionStatus.APPROVED:
-                # The approval is recorded as a decision (and as evidence); it is not taken back by a cancel.
-                raise domain.CancelNotAllowed(
-                    f"promotion {promotion.id} is already approved; only a promotion waiting on its gates or "
-                    "approvals can be cancelled"
-                )
             now = self.clock()
             events = promotion.cancel(
                 cancelled_by=str(cmd.actor_id) if cmd.actor_id is not None else "system",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from faststream.nats import NatsRouter
 
+from stella.contracts.envelope import utcnow
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.release import metrics, subscribers
@@ -27,14 +30,27 @@ class ReleaseApp(ServiceApp):
     handlers: Handlers | None = field(default=None)
 
 
-def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> ReleaseApp:
+class Overrides(TypedDict, total=False):
+    """Dependencies a caller (a test) provides instead of having them built; each key is optional.
+
+    Attributes:
+        registry: The registry client (a test's stand-in registry).
+        clock: Returns the current UTC time (defaults to :func:`stella.contracts.envelope.utcnow`).
+    """
+
+    registry: RegistryClient
+    clock: Callable[[], datetime]
+
+
+def create_app(settings: Settings, *, overrides: Overrides | None = None) -> ReleaseApp:
     """Build the release service.
 
     Args:
         settings: The service settings, built once by ``__main__`` (or a test).
-        overrides: Replacements for dependencies by name: ``registry``, ``clock``.
+        overrides: Dependencies to use instead of building them (see :class:`Overrides`).
     """
-    overrides = overrides or {}
+    overrides = overrides or Overrides()
+    clock = overrides.get("clock", utcnow)
     registry = overrides.get("registry") or RegistryClient(
         timeout_s=settings.registry_timeout_s,
         concurrency=settings.registry_concurrency,
@@ -48,7 +64,7 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
             CommandProcessor(lambda: runtime.pool, f"{NAME}-commands"),
             registry,
             max_tags_per_sync=settings.max_tags_per_sync,
-            **({"clock": overrides["clock"]} if "clock" in overrides else {}),
+            clock=clock,
         )
         app.handlers = handlers
         subscribers.register(runtime, router, handlers)

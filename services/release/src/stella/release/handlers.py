@@ -224,7 +224,7 @@ class Handlers:
     async def _record_versions(
         self,
         conn: asyncpg.Connection,
-        cmd: RegisterVersion | SyncVersions | CreateRelease,
+        cmd: RegisterVersion | SyncVersions | CreateRelease | UpdateRelease,
         component: ComponentView,
         digests: dict[str, str],
         labels: dict[str, tuple[str | None, str]],
@@ -249,7 +249,7 @@ class Handlers:
             if change is not domain.VersionChange.UNCHANGED:
                 entries.append((self.new_id(), tag, digest, semver, channel))
         written = await repo.upsert_versions(conn, cmd.tenant_id, component.id, entries, self.clock())
-        events = []
+        events: list[tuple[str, VersionResolved | VersionUpdated]] = []
         for view in written:
             if change_of[view.tag] is domain.VersionChange.RESOLVED:
                 events.append((VERSION_RESOLVED, cmd.caused(VersionResolved, version=view)))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
+from uuid import UUID, uuid4
 
 from faststream.nats import NatsRouter
 
+from stella.contracts.envelope import utcnow
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.workflow import metrics, subscribers
@@ -25,14 +29,26 @@ class WorkflowApp(ServiceApp):
     handlers: Handlers | None = field(default=None)
 
 
-def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -> WorkflowApp:
+class Overrides(TypedDict, total=False):
+    """Dependencies a caller (a test) provides instead of having them built; each key is optional.
+
+    Attributes:
+        clock: Returns the current UTC time (defaults to :func:`stella.contracts.envelope.utcnow`).
+        new_id: Returns a new id (defaults to :func:`uuid.uuid4`).
+    """
+
+    clock: Callable[[], datetime]
+    new_id: Callable[[], UUID]
+
+
+def create_app(settings: Settings, *, overrides: Overrides | None = None) -> WorkflowApp:
     """Build the workflow service.
 
     Args:
         settings: The service settings, built once by ``__main__`` (or a test).
-        overrides: Replacements for dependencies by name: ``clock``, ``new_id``.
+        overrides: Dependencies to use instead of building them (see :class:`Overrides`).
     """
-    overrides = overrides or {}
+    overrides = overrides or Overrides()
     app = WorkflowApp()
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
@@ -43,7 +59,8 @@ def create_app(settings: Settings, *, overrides: dict[str, Any] | None = None) -
             timer_retry_s=settings.timer_retry_s,
             timer_max_sleep_s=settings.timer_max_sleep_s,
             template_cache_size=settings.template_cache_size,
-            **{key: overrides[key] for key in ("clock", "new_id") if key in overrides},
+            clock=overrides.get("clock", utcnow),
+            new_id=overrides.get("new_id", uuid4),
         )
         app.handlers = handlers
         subscribers.register(runtime, router, handlers)

@@ -51,6 +51,7 @@ Step inputs
 from __future__ import annotations
 
 import copy
+import graphlib
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -58,9 +59,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, ClassVar, Final, NamedTuple
+from typing import Any, ClassVar, Final
 from uuid import UUID, uuid5
 
+from stella import cel
 from stella.kit.errors import ServiceError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -74,9 +76,9 @@ class DomainError(ServiceError):
     The shape matches the problem details the gateway returns (``errors`` carries field-level problems).
     """
 
-    code: ClassVar[str] = "WF_ERROR"
-    status: ClassVar[int] = 400
-    title: ClassVar[str] = "Workflow error"
+    code: str = "WF_ERROR"
+    status: int = 400
+    title: str = "Workflow error"
 
 
 class InvalidTemplate(DomainError):
@@ -177,17 +179,24 @@ class InvalidTimeout(InvalidTemplate):
 
 
 class ExpressionError(DomainError):
-    """An expression does not parse; ``position`` is the 0-based character offset of the problem."""
+    """An expression does not compile; ``position`` is the 0-based character offset of the problem,
+    ``line`` and ``column`` (1-based) the same place."""
 
     code = "WF_INVALID_EXPRESSION"
     status = 400
     title = "Invalid expression"
 
-    def __init__(self, reason: str, source: str, position: int) -> None:
-        super().__init__(f"{reason} at position {position} in {source!r}")
+    def __init__(self, reason: str, source: str, position: int, *, line: int = 1, column: int | None = None) -> None:
+        column = position + 1 if column is None else column
+        super().__init__(
+            f"{reason} at line {line}, column {column} (position {position}) in {source!r}",
+            errors=[{"loc": ["when"], "msg": reason, "line": line, "column": column, "position": position}],
+        )
         self.reason = reason
         self.source = source
         self.position = position
+        self.line = line
+        self.column = column
 
 
 class InvalidCondition(InvalidTemplate):
@@ -196,8 +205,10 @@ class InvalidCondition(InvalidTemplate):
     code = "WF_INVALID_CONDITION"
     title = "Invalid step condition"
 
-    def __init__(self, node_id: str, expression: object, reason: str) -> None:
-        super().__init__(f"step {node_id!r}: condition {expression!r}: {reason}")
+    def __init__(
+        self, node_id: str, expression: object, reason: str, *, errors: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(f"step {node_id!r}: condition {expression!r}: {reason}", errors=errors)
         self.node_id = node_id
         self.expression = expression
 
@@ -208,8 +219,8 @@ class InvalidTemplateOutput(InvalidTemplate):
     code = "WF_INVALID_OUTPUT"
     title = "Invalid template output"
 
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"output {name!r}: {reason}")
+    def __init__(self, name: str, reason: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(f"output {name!r}: {reason}", errors=errors)
         self.name = name
 
 
@@ -365,7 +376,7 @@ class StepOutcome(StrEnum):
 # ---------------------------------------------------------------------------------------------------------
 
 EXPRESSION_ROOTS: Final[frozenset[str]] = frozenset({"inputs", "steps"})
-"""The names an expression path may start with: run inputs and upstream steps."""
+"""The variables an expression reads: run inputs and upstream steps."""
 
 STEP_FIELDS: Final[frozenset[str]] = frozenset({"status", "attempt", "outputs"})
 """What an expression may read of a step: ``steps.<id>.status``, ``.attempt``, ``.outputs...``."""
@@ -373,329 +384,84 @@ STEP_FIELDS: Final[frozenset[str]] = frozenset({"status", "attempt", "outputs"})
 MAX_EXPRESSION_LENGTH: Final = 2000
 """Longest expression accepted, in characters."""
 
-_MAX_NESTING: Final = 32
-_KEYWORDS: Final = frozenset({"and", "or", "not", "true", "false", "null"})
-_TOKEN_RE: Final = re.compile(
-    r"""
-    (?P<ws>\s+)
-    |(?P<op>==|!=|\(|\))
-    |(?P<number>-?\d+(?:\.\d+)?)
-    |(?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-    |(?P<word>[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_][A-Za-z0-9_-]*)*)
-    """,
-    re.VERBOSE,
-)
-_ESCAPES: Final = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t"}
+EXPRESSION_ENGINE: Final = cel.ENGINE
+"""The exact CEL engine version, recorded with every condition or output that fails to evaluate."""
 
 
-class _Token(NamedTuple):
-    kind: str
-    value: Any
-    position: int
-
-
-class _Expr:
-    """A node of a parsed expression."""
-
-    def evaluate(self, context: Mapping[str, Any]) -> Any:
-        raise NotImplementedError
-
-    def paths(self) -> Iterable[tuple[str, ...]]:
-        return ()
-
-
-@dataclass(frozen=True)
-class _Literal(_Expr):
-    value: Any
-
-    def evaluate(self, context: Mapping[str, Any]) -> Any:
-        return self.value
-
-
-@dataclass(frozen=True)
-class _Path(_Expr):
-    segments: tuple[str, ...]
-
-    def evaluate(self, context: Mapping[str, Any]) -> Any:
-        # A missing key reads as null rather than raising: a condition over an output a step did not
-        # produce is simply false, never a run-time crash of the engine.
-        value: Any = context
-        for segment in self.segments:
-            if isinstance(value, Mapping):
-                value = value.get(segment)
-            elif isinstance(value, list) and segment.isdigit() and int(segment) < len(value):
-                value = value[int(segment)]
-            else:
-                return None
-        return value
-
-    def paths(self) -> Iterable[tuple[str, ...]]:
-        return (self.segments,)
-
-
-@dataclass(frozen=True)
-class _Not(_Expr):
-    operand: _Expr
-
-    def evaluate(self, context: Mapping[str, Any]) -> Any:
-        return not _truthy(self.operand.evaluate(context))
-
-    def paths(self) -> Iterable[tuple[str, ...]]:
-        return self.operand.paths()
-
-
-@dataclass(frozen=True)
-class _Logical(_Expr):
-    operator: str
-    left: _Expr
-    right: _Expr
-
-    def evaluate(self, context: Mapping[str, Any]) -> Any:
-        left = _truthy(self.left.evaluate(context))
-        if self.operator == "and":
-            return left and _truthy(self.right.evaluate(context))
-        return left or _truthy(self.right.evaluate(context))
-
-    def paths(self) -> Iterable[tuple[str, ...]]:
-        return (*self.left.paths(), *self.right.paths())
-
-
-@dataclass(frozen=True)
-class _Compare(_Expr):
-    operator: str
-    left: _Expr
-    right: _Expr
-
-    def evaluate(self, context: Mapping[str, Any]) -> Any:
-        equal = _json_equal(self.left.evaluate(context), self.right.evaluate(context))
-        return equal if self.operator == "==" else not equal
-
-    def paths(self) -> Iterable[tuple[str, ...]]:
-        return (*self.left.paths(), *self.right.paths())
-
-
-def _truthy(value: Any) -> bool:
-    """JSON truthiness: null, false, 0, "" and empty containers are false."""
-    return bool(value)
-
-
-def _json_equal(left: Any, right: Any) -> bool:
-    """Equality over JSON values without Python's ``True == 1`` coercion; ints and floats compare by value."""
-    if isinstance(left, bool) or isinstance(right, bool):
-        return isinstance(left, bool) and isinstance(right, bool) and left is right
-    if isinstance(left, int | float) and isinstance(right, int | float):
-        return left == right
-    if isinstance(left, Mapping) and isinstance(right, Mapping):
-        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
-    if isinstance(left, list | tuple) and isinstance(right, list | tuple):
-        return len(left) == len(right) and all(_json_equal(a, b) for a, b in zip(left, right, strict=True))
-    if type(left) is not type(right):
-        return False
-    return bool(left == right)
-
-
-def _tokenize(source: str) -> list[_Token]:
-    tokens: list[_Token] = []
-    position = 0
-    while position < len(source):
-        match = _TOKEN_RE.match(source, position)
-        if match is None:
-            char = source[position]
-            if char in "\"'":
-                raise ExpressionError("unterminated string", source, position)
-            if char == "=":
-                raise ExpressionError("unexpected '='; compare with '=='", source, position)
-            if char == "!":
-                raise ExpressionError("unexpected '!'; negate with 'not' or compare with '!='", source, position)
-            raise ExpressionError(f"unexpected character {char!r}", source, position)
-        kind = match.lastgroup
-        raw = match.group()
-        if kind == "ws":
-            pass
-        elif kind == "number":
-            tokens.append(_Token("literal", float(raw) if "." in raw else int(raw), position))
-        elif kind == "string":
-            tokens.append(_Token("literal", _unescape(raw, source, position), position))
-        elif kind == "word" and raw in _KEYWORDS:
-            if raw in ("true", "false", "null"):
-                tokens.append(_Token("literal", {"true": True, "false": False, "null": None}[raw], position))
-            else:
-                tokens.append(_Token(raw, raw, position))
-        elif kind == "word":
-            tokens.append(_Token("path", tuple(raw.split(".")), position))
-        else:
-            tokens.append(_Token(raw, raw, position))
-        position = match.end()
-    tokens.append(_Token("end", None, len(source)))
-    return tokens
-
-
-def _unescape(raw: str, source: str, position: int) -> str:
-    body = raw[1:-1]
-    out: list[str] = []
-    index = 0
-    while index < len(body):
-        char = body[index]
-        if char == "\\":
-            escaped = body[index + 1]
-            if escaped not in _ESCAPES:
-                raise ExpressionError(f"unknown escape '\\{escaped}'", source, position + 1 + index)
-            out.append(_ESCAPES[escaped])
-            index += 2
-        else:
-            out.append(char)
-            index += 1
-    return "".join(out)
-
-
-class _Parser:
-    """Recursive descent over: or := and ('or' and)*; and := not ('and' not)*; not := 'not' not | cmp;
-    cmp := operand (('==' | '!=') operand)?; operand := literal | path | '(' or ')'."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.tokens = _tokenize(source)
-        self.index = 0
-        self.depth = 0
-
-    def parse(self) -> _Expr:
-        if self.tokens[0].kind == "end":
-            raise ExpressionError("empty expression", self.source, 0)
-        expr = self._or()
-        token = self._peek()
-        if token.kind != "end":
-            raise ExpressionError(f"unexpected {self._describe(token)}", self.source, token.position)
-        return expr
-
-    def _peek(self) -> _Token:
-        return self.tokens[self.index]
-
-    def _take(self) -> _Token:
-        token = self.tokens[self.index]
-        self.index += 1
-        return token
-
-    def _describe(self, token: _Token) -> str:
-        if token.kind == "end":
-            return "end of expression"
-        if token.kind == "path":
-            return f"path {'.'.join(token.value)!r}"
-        if token.kind == "literal":
-            return f"value {token.value!r}"
-        return f"{token.value!r}"
-
-    def _nest(self, position: int) -> None:
-        self.depth += 1
-        if self.depth > _MAX_NESTING:
-            raise ExpressionError(f"expression nested deeper than {_MAX_NESTING} levels", self.source, position)
-
-    def _or(self) -> _Expr:
-        left = self._and()
-        while self._peek().kind == "or":
-            self._take()
-            left = _Logical("or", left, self._and())
-        return left
-
-    def _and(self) -> _Expr:
-        left = self._not()
-        while self._peek().kind == "and":
-            self._take()
-            left = _Logical("and", left, self._not())
-        return left
-
-    def _not(self) -> _Expr:
-        token = self._peek()
-        if token.kind == "not":
-            self._take()
-            self._nest(token.position)
-            operand = self._not()
-            self.depth -= 1
-            return _Not(operand)
-        return self._comparison()
-
-    def _comparison(self) -> _Expr:
-        left = self._operand()
-        token = self._peek()
-        if token.kind not in ("==", "!="):
-            return left
-        self._take()
-        right = self._operand()
-        after = self._peek()
-        if after.kind in ("==", "!="):
-            raise ExpressionError("comparisons cannot be chained; join them with 'and'", self.source, after.position)
-        return _Compare(token.kind, left, right)
-
-    def _operand(self) -> _Expr:
-        token = self._take()
-        if token.kind == "literal":
-            return _Literal(token.value)
-        if token.kind == "path":
-            root = token.value[0]
-            if root not in EXPRESSION_ROOTS:
-                raise ExpressionError(
-                    f"unknown name {root!r}; a path starts with 'inputs.' or 'steps.'", self.source, token.position
-                )
-            return _Path(token.value)
-        if token.kind == "(":
-            self._nest(token.position)
-            inner = self._or()
-            closing = self._take()
-            if closing.kind != ")":
-                raise ExpressionError(
-                    f"expected ')' but found {self._describe(closing)}", self.source, closing.position
-                )
-            self.depth -= 1
-            return inner
-        raise ExpressionError(f"expected a value but found {self._describe(token)}", self.source, token.position)
+class ExpressionEvaluationError(Exception):
+    """A condition or output failed while evaluating (or a condition was not a boolean)."""
 
 
 @dataclass(frozen=True, eq=False)
 class Expression:
-    """A parsed expression: literals, dotted paths, ``==``, ``!=``, ``and``, ``or``, ``not``, parentheses.
+    """A compiled CEL expression over ``inputs`` (the run inputs) and ``steps`` (upstream steps).
 
-    Literals are double- or single-quoted strings, numbers, ``true``, ``false`` and ``null``. A path starts
-    with ``inputs`` or ``steps`` (``inputs.env``, ``steps.gates.outputs.result``); a missing key reads as
-    ``null``. ``==`` compares JSON values (``1 == true`` is false); ``and``, ``or`` and ``not`` use JSON
-    truthiness and yield booleans. There is no ``eval``: the text is tokenised and parsed here.
+    CEL (https://github.com/google/cel-spec) through :mod:`stella.cel`: ``steps.gates.outputs.result ==
+    "allow" && inputs.env != "prod"``, ``!inputs.dry_run``, ``steps["health-check"].status == "failed"``
+    (a step id with ``-`` is read with an index), ``has(steps.gates.outputs.verdict)``,
+    ``steps.deploy.outputs.targets.all(t, t.healthy)``, ``s.matches("^v[0-9]+")`` (RE2). Reading a key
+    that is absent is an error, not ``null``: test with ``has()`` first. A ``when`` condition must be a
+    boolean. Evaluation has a cost budget; a condition that fails fails its step (fail closed).
 
     Attributes:
         source: The expression text.
     """
 
     source: str
-    _root: _Expr = field(repr=False)
+    _program: cel.Program = field(repr=False)
 
     @property
     def paths(self) -> tuple[tuple[str, ...], ...]:
-        """Every path the expression reads, as segment tuples, in source order."""
-        return tuple(self._root.paths())
+        """Every variable path the expression reads, as segment tuples, in source order."""
+        return self._program.references
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
-        """Evaluate over ``context`` (``{"inputs": ..., "steps": ...}``) and return the value."""
-        return self._root.evaluate(context)
+        """Evaluate over ``context`` (``{"inputs": ..., "steps": ...}``) and return the JSON value.
+
+        Raises:
+            ExpressionEvaluationError: evaluation failed or exceeded its budget.
+        """
+        variables = {root: context.get(root, {}) for root in EXPRESSION_ROOTS}
+        try:
+            return self._program.evaluate(variables)
+        except cel.ExpressionError as exc:
+            raise ExpressionEvaluationError(f"{exc} ({EXPRESSION_ENGINE})") from None
 
     def test(self, context: Mapping[str, Any]) -> bool:
-        """Evaluate over ``context`` and return the truthiness of the value."""
-        return _truthy(self.evaluate(context))
+        """Evaluate a condition over ``context``.
+
+        Raises:
+            ExpressionEvaluationError: evaluation failed, or the value is not a boolean.
+        """
+        value = self.evaluate(context)
+        if not isinstance(value, bool):
+            raise ExpressionEvaluationError(
+                f"a condition must be true or false, got {type(value).__name__} ({EXPRESSION_ENGINE})"
+            )
+        return value
 
 
 def parse_expression(source: str) -> Expression:
-    """Parse an expression.
+    """Compile an expression.
 
     Args:
-        source: The expression text, e.g. ``steps.gates.outputs.result == "allow" and inputs.env != "prod"``.
-
-    Returns:
-        The parsed expression.
+        source: The expression text, e.g. ``steps.gates.outputs.result == "allow" && inputs.env != "prod"``.
 
     Raises:
-        ExpressionError: when the text does not parse (the error carries the character position).
+        ExpressionError: when the text is not valid CEL, reads a name other than ``inputs``/``steps``, or
+            is too long or deep (the error carries the line, column and character position).
     """
     if not isinstance(source, str):
         raise ExpressionError("an expression must be a string", repr(source), 0)
     if len(source) > MAX_EXPRESSION_LENGTH:
         raise ExpressionError(f"longer than {MAX_EXPRESSION_LENGTH} characters", source[:40] + "...", 0)
-    return Expression(source, _Parser(source).parse())
+    try:
+        return Expression(source, cel.compile(source, variables=EXPRESSION_ROOTS))
+    except cel.ExpressionError as exc:
+        line, column = exc.line or 1, exc.column or 1
+        lines = source.split("\n")
+        position = sum(len(text) + 1 for text in lines[: line - 1]) + column - 1
+        raise ExpressionError(exc.message, source, position, line=line, column=column) from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -838,7 +604,7 @@ class WorkflowTemplate:
         position = {node_id: index for index, node_id in enumerate(nodes)}
         frozen_preds = {k: tuple(sorted(v, key=position.__getitem__)) for k, v in predecessors.items()}
         frozen_succs = {k: tuple(sorted(v, key=position.__getitem__)) for k, v in successors.items()}
-        order = _kahn(tuple(nodes), frozen_preds, frozen_succs, position)
+        order = _kahn(tuple(nodes), frozen_preds, position)
         rank = {node_id: index for index, node_id in enumerate(order)}
         ancestors: dict[str, tuple[str, ...]] = {}
         for node_id in order:
@@ -850,24 +616,26 @@ class WorkflowTemplate:
         return _Graph(nodes, order, frozen_preds, frozen_succs, ancestors)
 
     @cached_property
-    def _conditions(self) -> dict[str, Expression]:
-        compiled: dict[str, Expression] = {}
+    def _conditions(self) -> dict[str, Expression | ExpressionError]:
+        # A stored template is not validated again; an expression that no longer compiles (one saved in a
+        # former language) is kept as its error, and reaching it fails the step or the run: fail closed.
+        compiled: dict[str, Expression | ExpressionError] = {}
         for node in self.nodes:
             if node.when is not None:
                 try:
                     compiled[node.id] = parse_expression(node.when)
                 except ExpressionError as exc:
-                    raise InvalidCondition(node.id, node.when, exc.detail) from exc
+                    compiled[node.id] = exc
         return compiled
 
     @cached_property
-    def _output_expressions(self) -> dict[str, Expression]:
-        compiled: dict[str, Expression] = {}
+    def _output_expressions(self) -> dict[str, Expression | ExpressionError]:
+        compiled: dict[str, Expression | ExpressionError] = {}
         for name, source in self.outputs.items():
             try:
                 compiled[name] = parse_expression(source)
             except ExpressionError as exc:
-                raise InvalidTemplateOutput(name, exc.detail) from exc
+                compiled[name] = exc
         return compiled
 
     @property
@@ -958,46 +726,27 @@ def _check_edges(edges: tuple[Edge, ...], nodes: Mapping[str, Node]) -> None:
 def _kahn(
     declared: tuple[str, ...],
     predecessors: Mapping[str, tuple[str, ...]],
-    successors: Mapping[str, tuple[str, ...]],
     position: Mapping[str, int],
 ) -> tuple[str, ...]:
-    remaining = {node_id: len(predecessors[node_id]) for node_id in declared}
-    ready = sorted((n for n in declared if remaining[n] == 0), key=position.__getitem__)
+    sorter = graphlib.TopologicalSorter({node_id: predecessors[node_id] for node_id in declared})
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        # args[1] lists the cycle with its first node repeated at the end, each node a predecessor of the
+        # next; report it from its earliest declared node so the message is the same on every run.
+        cycle = list(exc.args[1][:-1])
+        first = min(range(len(cycle)), key=lambda i: position[cycle[i]])
+        raise CycleDetected(tuple(cycle[first:] + cycle[:first])) from None
+    ready: list[str] = []
     order: list[str] = []
-    while ready:
+    while sorter.is_active():
+        ready.extend(sorter.get_ready())
         # Deterministic: always take the earliest declared ready node.
+        ready.sort(key=position.__getitem__)
         current = ready.pop(0)
         order.append(current)
-        for succ in successors[current]:
-            remaining[succ] -= 1
-            if remaining[succ] == 0:
-                ready.append(succ)
-                ready.sort(key=position.__getitem__)
-    if len(order) < len(declared):
-        raise CycleDetected(_find_cycle(declared, predecessors, set(declared) - set(order), position))
+        sorter.done(current)
     return tuple(order)
-
-
-def _find_cycle(
-    declared: tuple[str, ...],
-    predecessors: Mapping[str, tuple[str, ...]],
-    unresolved: set[str],
-    position: Mapping[str, int],
-) -> tuple[str, ...]:
-    # Every node Kahn's algorithm could not order has a predecessor that it could not order either, so
-    # walking predecessors inside that set must revisit a node: the revisited stretch is a cycle.
-    start = next(node_id for node_id in declared if node_id in unresolved)
-    walk: list[str] = []
-    seen: dict[str, int] = {}
-    current = start
-    while current not in seen:
-        seen[current] = len(walk)
-        walk.append(current)
-        current = next(p for p in predecessors[current] if p in unresolved)
-    backwards = walk[seen[current] :]
-    cycle = list(reversed(backwards))
-    first = min(range(len(cycle)), key=lambda i: position[cycle[i]])
-    return tuple(cycle[first:] + cycle[:first])
 
 
 def topological_order(template: WorkflowTemplate) -> tuple[str, ...]:
@@ -1205,7 +954,7 @@ def validate_template(
         try:
             expression = parse_expression(node.when)
         except ExpressionError as exc:
-            raise InvalidCondition(node.id, node.when, exc.detail) from exc
+            raise InvalidCondition(node.id, node.when, exc.detail, errors=exc.errors) from exc
         for path in expression.paths:
             problem = _check_reference(path, visible=graph.ancestors[node.id], all_nodes=nodes, inputs=input_names)
             if problem:
@@ -1218,7 +967,7 @@ def validate_template(
         try:
             expression = parse_expression(source)
         except ExpressionError as exc:
-            raise InvalidTemplateOutput(name, exc.detail) from exc
+            raise InvalidTemplateOutput(name, exc.detail, errors=exc.errors) from exc
         for path in expression.paths:
             problem = _check_reference(path, visible=None, all_nodes=nodes, inputs=input_names)
             if problem:
@@ -1545,7 +1294,15 @@ class ResumeStep:
     resume_at: datetime
 
 
-StepAction = StartStep | SkipStep | TimeOutStep | ResumeStep
+@dataclass(frozen=True, kw_only=True)
+class FailStep:
+    """Fail a pending step whose ``when`` condition could not be evaluated: fail closed, never retried."""
+
+    node_id: str
+    error: str
+
+
+StepAction = StartStep | SkipStep | TimeOutStep | ResumeStep | FailStep
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1559,11 +1316,12 @@ class PendingRetry:
 
 @dataclass(frozen=True, kw_only=True)
 class RunCompletion:
-    """The run is complete: every step is settled."""
+    """The run is complete: every step is settled. ``error`` lists the outputs that failed (they read null)."""
 
     status: RunStatus
     outputs: Mapping[str, Any]
     failed_nodes: tuple[str, ...]
+    error: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1597,6 +1355,11 @@ class Schedule:
     def time_out(self) -> tuple[TimeOutStep, ...]:
         """Attempts that passed their deadline."""
         return tuple(a for a in self.actions if isinstance(a, TimeOutStep))
+
+    @property
+    def fail(self) -> tuple[FailStep, ...]:
+        """Pending steps failed because their condition could not be evaluated."""
+        return tuple(a for a in self.actions if isinstance(a, FailStep))
 
     @property
     def resume(self) -> tuple[ResumeStep, ...]:
@@ -1843,7 +1606,8 @@ def _failed_event(node: Node, step: StepRun, now: datetime) -> StepFailed:
 
 
 def _can_retry(node: Node, step: StepRun) -> bool:
-    return step.status is StepStatus.FAILED and step.attempt_number < node.retry.max_attempts
+    # A failed step that never started (attempt 0) failed on its condition: retrying cannot change that.
+    return step.status is StepStatus.FAILED and 0 < step.attempt_number < node.retry.max_attempts
 
 
 def _retry_due(node: Node, step: StepRun) -> datetime:
@@ -1962,6 +1726,10 @@ def _timed_out(node: Node, step: StepRun, now: datetime) -> StepRun:
     )
 
 
+def _condition_failed(step: StepRun, action: FailStep, now: datetime) -> StepRun:
+    return replace(step, status=StepStatus.FAILED, finished_at=now, error=action.error)
+
+
 def _resumed(step: StepRun, now: datetime) -> StepRun:
     return replace(step, status=StepStatus.SUCCEEDED, finished_at=now, resume_at=None, error=None)
 
@@ -1970,9 +1738,22 @@ def _skipped(step: StepRun, reason: SkipReason, now: datetime) -> StepRun:
     return replace(step, status=StepStatus.SKIPPED, finished_at=now, skip_reason=reason)
 
 
-def _run_outputs(template: WorkflowTemplate, run: WorkflowRun, steps: Mapping[str, StepRun]) -> dict[str, Any]:
+def _run_outputs(
+    template: WorkflowTemplate, run: WorkflowRun, steps: Mapping[str, StepRun]
+) -> tuple[dict[str, Any], list[str]]:
+    """The run's outputs (``null`` for one that failed) and the errors of those that failed."""
     context = _context(run.inputs, steps, template.topological_order)
-    return {name: copy.deepcopy(expr.evaluate(context)) for name, expr in template._output_expressions.items()}
+    outputs: dict[str, Any] = {}
+    errors: list[str] = []
+    for name, expr in template._output_expressions.items():
+        try:
+            if isinstance(expr, ExpressionError):
+                raise ExpressionEvaluationError(f"does not compile: {expr.detail}")
+            outputs[name] = copy.deepcopy(expr.evaluate(context))
+        except ExpressionEvaluationError as exc:
+            outputs[name] = None
+            errors.append(f"output {name!r}: {exc}")
+    return outputs, errors
 
 
 def schedule(template: WorkflowTemplate, run: WorkflowRun, steps: Iterable[StepRun], *, now: datetime) -> Schedule:
@@ -2024,8 +1805,17 @@ def schedule(template: WorkflowTemplate, run: WorkflowRun, steps: Iterable[StepR
             reason = _trigger_skip_reason(node, [view[p] for p in predecessors])
             if reason is None:
                 inputs = _context(run.inputs, view, graph.ancestors[node_id])
-                if node_id in conditions and not conditions[node_id].test(inputs):
-                    reason = SkipReason.CONDITION_FALSE
+                try:
+                    condition = conditions.get(node_id)
+                    if isinstance(condition, ExpressionError):
+                        raise ExpressionEvaluationError(f"does not compile: {condition.detail}")
+                    if condition is not None and not condition.test(inputs):
+                        reason = SkipReason.CONDITION_FALSE
+                except ExpressionEvaluationError as exc:
+                    failure = FailStep(node_id=node_id, error=f"condition {node.when!r} failed: {exc}")
+                    actions.append(failure)
+                    view[node_id] = _condition_failed(step, failure, now)
+                    continue
             if reason is not None:
                 actions.append(SkipStep(node_id=node_id, reason=reason))
                 view[node_id] = _skipped(step, reason, now)
@@ -2037,10 +1827,12 @@ def schedule(template: WorkflowTemplate, run: WorkflowRun, steps: Iterable[StepR
     wakeups: list[datetime] = [retry.due_at for retry in retries]
     if all(_settled(graph.nodes[n], view[n]) for n in graph.order):
         failed = tuple(n for n in graph.order if view[n].status in (StepStatus.FAILED, StepStatus.CANCELLED))
+        outputs, output_errors = _run_outputs(template, run, view)
         completion = RunCompletion(
             status=RunStatus.FAILED if failed else RunStatus.SUCCEEDED,
-            outputs=_run_outputs(template, run, view),
+            outputs=outputs,
             failed_nodes=failed,
+            error="; ".join(output_errors) or None,
         )
     else:
         for node_id in graph.order:
@@ -2101,6 +1893,11 @@ def apply_schedule(
                 raise _stale(step, "skip")
             view[node.id] = _skipped(step, action.reason, now)
             events.append(StepSkipped(run_id=run.id, at=now, node_id=node.id, reason=action.reason))
+        elif isinstance(action, FailStep):
+            if step.status is not StepStatus.PENDING:
+                raise _stale(step, "fail")
+            failed = view[node.id] = _condition_failed(step, action, now)
+            events.append(_failed_event(node, failed, now))
         elif isinstance(action, TimeOutStep):
             if not step.status.is_active or step.attempt_number != action.attempt:
                 raise _stale(step, f"time out attempt {action.attempt}")
@@ -2117,12 +1914,18 @@ def apply_schedule(
     completion = plan.completion
     if completion is not None:
         updated = replace(
-            updated, status=completion.status, completed_at=now, outputs=completion.outputs, next_wakeup_at=None
+            updated,
+            status=completion.status,
+            completed_at=now,
+            outputs=completion.outputs,
+            next_wakeup_at=None,
+            error=completion.error,
         )
         if completion.status is RunStatus.SUCCEEDED:
             events.append(RunCompleted(run_id=run.id, at=now, outputs=copy.deepcopy(dict(completion.outputs))))
         else:
-            error = f"steps failed: {', '.join(completion.failed_nodes)}"
+            failed_steps = f"steps failed: {', '.join(completion.failed_nodes)}" if completion.failed_nodes else ""
+            error = "; ".join(part for part in (failed_steps, completion.error or "") if part)
             updated = replace(updated, error=error)
             events.append(
                 RunFailed(

@@ -127,7 +127,7 @@ STANDARD_PROMOTION: Final = WorkflowTemplate(
         ),
     ),
     outputs={
-        "approved": 'steps.gates.status == "succeeded" and steps.approval.status != "failed"',
+        "approved": 'steps.gates.status == "succeeded" && steps.approval.status != "failed"',
         "gates": "steps.gates.outputs",
         "approval": "steps.approval.outputs",
         "evidence": "steps.evidence.outputs",

@@ -24,11 +24,16 @@ class LogSink(Protocol):
 class Driver(Protocol):
     """Runs tasks against one kind of target."""
 
-    capability: Capability
-    """The capability an agent declares when it has this driver."""
+    # Read-only properties: a driver may hold these as class or instance attributes.
+    @property
+    def capability(self) -> Capability:
+        """The capability an agent declares when it has this driver."""
+        ...
 
-    target_types: frozenset[TargetType]
-    """The target types this driver serves."""
+    @property
+    def target_types(self) -> frozenset[TargetType]:
+        """The target types this driver serves."""
+        ...
 
     async def check(self) -> tuple[bool, str]:
         """A self-check for heartbeats: whether the driver can work now (the engine answers...), and why not."""

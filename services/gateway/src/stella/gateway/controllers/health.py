@@ -13,7 +13,7 @@ from stella.gateway.problems import ProblemError
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import Health
 
-CHECK_TIMEOUT_S: Final[float] = 2.0
+CHECK_TIMEOUT_S: Final[int] = 2
 """Seconds each readiness check may take."""
 
 

@@ -32,7 +32,7 @@ def principal_out(row: PrincipalRow) -> PrincipalOut:
     return PrincipalOut(
         id=row.id,
         name=row.name,
-        kind=row.kind,  # type: ignore[arg-type]
+        kind=row.kind,
         display_name=row.display_name,
         roles=list(row.roles),
         groups=list(row.groups),

@@ -224,7 +224,7 @@ class PromotionController(Controller):
         data: JSONBody[PromotionCancel | None] = None,
         promotion_id: str = _ID,
     ) -> PromotionOut:
-        """Cancel a promotion still waiting on its gates or approvals; its run and approval request close too."""
+        """Cancel a promotion that has not started deploying; its run and approval request close too."""
         command = call.command(
             contract.CancelPromotion,
             promotion_id=parse_id(promotion_id, "promotion_id"),

@@ -3,8 +3,9 @@
 Every hash in evidence is taken over canonical bytes, so two parties holding the same JSON value compute the
 same digest whatever key order, whitespace or number spelling their JSON library produced.
 
-This module, like the rest of the evidence core, needs only the standard library, ``rfc8785`` and (elsewhere)
-``cryptography``: the offline verifier imports it on a machine without the service.
+The one canonical JSON of the project: evidence content hashes, promotion decision ``inputs_hash`` and
+policy digests all go through :func:`canonicalize`. It needs only the standard library and ``rfc8785``, so
+the offline evidence verifier can import it on a machine without the services.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import rfc8785
 
-from stella.evidence.canonical import (
+from stella.contracts.canonical import (
     CanonicalizationError,
     canonicalize,
     content_hash,
