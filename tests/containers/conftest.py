@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,13 +38,15 @@ def compose_command() -> list[str] | None:
 
 
 def run(
-    argv: list[str], *, timeout: float = 600, check: bool = True, **kwargs: object
+    argv: list[str], *, timeout: float = 600, check: bool = True, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
     """Run a command, failing with its output when it fails."""
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)  # type: ignore[call-overload]
+    done: subprocess.CompletedProcess[str] = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
     if check and done.returncode != 0:
         pytest.fail(f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
-    return done  # type: ignore[no-any-return]
+    return done
 
 
 @pytest.fixture(scope="session")
@@ -91,15 +94,16 @@ class ComposeProject:
         done = run(["docker", "ps", "-a", "--format", "{{.Names}}", *filters])
         return sorted(done.stdout.split())
 
-    def inspect(self, container: str) -> dict[str, object]:
+    def inspect(self, container: str) -> dict[str, Any]:
         """``docker inspect`` of one container."""
-        return json.loads(run(["docker", "inspect", container]).stdout)[0]  # type: ignore[no-any-return]
+        info: dict[str, Any] = json.loads(run(["docker", "inspect", container]).stdout)[0]
+        return info
 
     def address(self, service: str) -> str:
         """The IP address of a service's first container on the project network (reachable from this host)."""
         info = self.inspect(self.containers(service)[0])
-        networks = info["NetworkSettings"]["Networks"]  # type: ignore[index]
-        return next(iter(networks.values()))["IPAddress"]  # type: ignore[no-any-return]
+        networks = info["NetworkSettings"]["Networks"]
+        return str(next(iter(networks.values()))["IPAddress"])
 
     def save_logs(self) -> None:
         """Write every container's log to ``logs`` (kept with the test's temporary directory)."""

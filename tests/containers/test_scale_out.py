@@ -167,7 +167,7 @@ async def _wait_healthy(project: ComposeProject, replicas: int, timeout: float =
             assert len(containers) == replicas, (service, containers)
             for container in containers:
                 state = project.inspect(container)["State"]
-                if state.get("Health", {}).get("Status") != "healthy":  # type: ignore[union-attr]
+                if state.get("Health", {}).get("Status") != "healthy":
                     pending.append(container)
         if not pending:
             return
@@ -378,7 +378,8 @@ async def _one_packet_each(api: Api, plan: Plan) -> None:
         async with gate:
             status, listing = await api.call("GET", f"/api/v1/promotions/{promotion}/evidence")
             assert status == 200, listing
-            return listing["items"]  # type: ignore[no-any-return]
+            items: list[dict[str, Any]] = listing["items"]
+            return items
 
     listings = await asyncio.gather(*(packets(p) for p in plan.expected))
     counts = {p: [x["packet_type"] for x in items] for p, items in zip(plan.expected, listings, strict=True)}

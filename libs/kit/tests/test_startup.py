@@ -141,7 +141,7 @@ async def test_a_pooled_connection_outside_the_schema_is_refused(make_database) 
 
 
 async def test_probes_answer_liveness_readiness_and_metrics() -> None:
-    state = {"status": "ok", "checks": {"database": "ok"}}
+    state: dict[str, object] = {"status": "ok", "checks": {"database": "ok"}}
 
     async def health() -> dict[str, object]:
         return state
