@@ -30,6 +30,8 @@ def settings(kit_database: str, nats_url: str, stella_namespace: str) -> Service
         nats_namespace=stella_namespace,
         max_deliver=3,
         redelivery_backoff_s=0.05,
+        fault_retry_base_s=0.01,
+        fault_retry_max_s=0.1,
         ack_wait_s=5,
         outbox_poll_s=0.2,
         db_pool_size=5,

@@ -16,7 +16,7 @@ from stella.contracts.streams import (
     HEADER_DELIVERIES,
     HEADER_ERROR,
     HEADER_MSG_ID,
-    dead_letter_subject,
+    dead_letters_filter,
 )
 from stella.kit.broker import CommandProcessor, CommandRoutes, EventRoutes, ServiceClient
 from stella.kit.errors import Conflict
@@ -125,7 +125,7 @@ async def test_always_failing_message_is_dead_lettered_and_blocks_nothing(start_
     calls: list[str] = []
     runtime = await start_runtime(_register_items(calls))
     client = await _client(nats, runtime)
-    dlq = runtime.names.subject(dead_letter_subject("kittest-commands"))
+    dlq = runtime.names.subject(dead_letters_filter("kittest-commands"))
     async with collect_messages(nats.jetstream(), dlq) as dead:
         failing = asyncio.create_task(client.command(BREAK, AlwaysFail(reason="disk on fire", **_ids()), timeout=20))
         # Others keep flowing while the poison one is retried.
@@ -152,7 +152,7 @@ async def test_always_failing_message_is_dead_lettered_and_blocks_nothing(start_
 async def test_unparseable_message_is_dead_lettered_at_once(start_runtime, nats: Client) -> None:
     calls: list[str] = []
     runtime = await start_runtime(_register_items(calls))
-    dlq = runtime.names.subject(dead_letter_subject("kittest-commands"))
+    dlq = runtime.names.subject(dead_letters_filter("kittest-commands"))
     async with collect_messages(nats.jetstream(), dlq) as dead:
         await nats.jetstream().publish(runtime.names.subject(ADD), b'{"name": 42}')
         [letter] = await dead.wait(1, timeout=10)

@@ -166,6 +166,49 @@ async def test_an_evidence_step_stores_one_signed_packet_and_completes_the_step(
     assert upstream.count(GET_APPROVALS) >= 1
 
 
+async def test_an_evidence_step_executed_again_after_the_first_attempt_committed_yields_one_packet(
+    caller: Caller, upstream: Upstream, evidence_app: EvidenceApp, nats: Client
+) -> None:
+    """Attempt 1 stored the packet but its completion never reached the workflow, which timed the attempt out
+    and started attempt 2: the decision's packet is found, not signed a second time, and attempt 2 completes."""
+    names = evidence_app.runtime.names
+    promotion_id, run_id = uuid.uuid4(), uuid.uuid4()
+    approvers = [uuid.uuid4()]
+    upstream.promotions[promotion_id] = [promotion_view(promotion_id, approvers=approvers, run_id=run_id)]
+    upstream.approvals[promotion_id] = approval_view(promotion_id, approvers)
+    await upstream.start()
+    async with collect_messages(nats.jetstream(), names.subject(COMPLETE_STEP)) as done:
+        for attempt in (1, 2):
+            step = execute_step(caller.tenant_id, promotion_id, run_id=run_id, attempt=attempt)
+            reply = await caller.redeliver(COLLECT_EVIDENCE, step)  # answered once its transaction committed
+            assert reply.ok, reply.error
+        completions = [CompleteStep.model_validate_json(m.data) for m in await done.wait(2)]
+    first, second = sorted((c for c in completions if c.run_id == run_id), key=lambda c: c.attempt)
+    assert [(c.attempt, c.status) for c in completions] == [(1, StepStatus.SUCCEEDED), (2, StepStatus.SUCCEEDED)]
+    assert second.outputs == first.outputs
+    assert "already records this decision" in second.logs
+    assert await _fetchval(evidence_app, "SELECT count(*) FROM packets") == 1
+    assert await _fetchval(evidence_app, "SELECT count(*) FROM outbox WHERE subject = $1", PACKET_CREATED) == 1
+    listed = await caller.query(LIST_PACKETS, ListPackets, promotion_id=promotion_id)
+    assert [p["id"] for p in listed.data["items"]] == [first.outputs["packet_id"]]
+
+
+async def test_a_packet_given_with_a_source_key_is_stored_once_per_key(
+    caller: Caller, evidence_app: EvidenceApp
+) -> None:
+    """A deployment task retried (a new command, the same fact) gets the packet its first attempt made."""
+    job = uuid.uuid4()
+    first = await _collect(caller, 1, source_key=f"{job}:succeeded")
+    again = await _collect(caller, 1, source_key=f"{job}:succeeded")
+    other = await _collect(caller, 1, source_key=f"{job}:rolled-back")
+    assert again["id"] == first["id"] and other["id"] != first["id"]
+    assert await _fetchval(evidence_app, "SELECT count(*) FROM packets") == 2
+    with pytest.raises(ValueError, match="source_key"):
+        await caller.command(
+            COLLECT_PACKET, CollectEvidence, packet_type="deployment", content=packet_content(2), source_key="a b"
+        )
+
+
 async def test_an_undecided_promotion_is_retried_until_its_decision_is_made(
     caller: Caller, upstream: Upstream, evidence_app: EvidenceApp, nats: Client
 ) -> None:

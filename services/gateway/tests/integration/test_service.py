@@ -64,6 +64,9 @@ OPERATIONS = {
     "exportEvidence",
     "getEvidence",
     "verifyEvidence",
+    "listDeadLetters",
+    "getDeadLetter",
+    "replayDeadLetter",
 }
 
 
@@ -97,6 +100,7 @@ async def test_health_readiness_and_docs_need_no_token(gateway_settings: Setting
             "promotions",
             "workflows",
             "evidence",
+            "dead-letters",
         ]
         used = {tag for path in spec["paths"].values() for op in path.values() for tag in op.get("tags", [])}
         assert used <= {tag["name"] for tag in spec["tags"]}

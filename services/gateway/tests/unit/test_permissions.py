@@ -15,7 +15,7 @@ from stella.gateway.permissions import (
     permissions_for,
 )
 
-_DOMAIN = [r for r in Resource if r not in (Resource.PRINCIPAL, Resource.TOKEN, Resource.FREEZE)]
+_DOMAIN = [r for r in Resource if r not in (Resource.PRINCIPAL, Resource.TOKEN, Resource.FREEZE, Resource.DEAD_LETTER)]
 
 
 def test_every_role_has_a_column() -> None:
@@ -54,6 +54,13 @@ def test_only_operators_and_tenant_admins_override_a_freeze_and_freeze_has_no_ot
         expected = {"freeze:override"} if role in (Role.OPERATOR, Role.TENANT_ADMIN) else set()
         assert freeze == expected, role
     assert permission(Resource.FREEZE, Action.OVERRIDE) == "freeze:override"
+
+
+def test_only_operators_and_tenant_admins_read_and_replay_dead_letters() -> None:
+    for role in Role:
+        dead_letters = {p for p in ROLE_PERMISSIONS[role] if p.startswith("dead-letter:")}
+        expected = {"dead-letter:read", "dead-letter:update"} if role in (Role.OPERATOR, Role.TENANT_ADMIN) else set()
+        assert dead_letters == expected, role
 
 
 def test_only_tenant_admins_manage_principals_and_tokens() -> None:

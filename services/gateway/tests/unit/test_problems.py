@@ -25,6 +25,7 @@ from stella.gateway.problems import (
     problem_response,
     to_problem,
 )
+from stella.gateway.runtime import NotStartedError
 from stella.gateway.tracing import TRACE_HEADER, TraceMiddleware, add_trace_header
 from stella.kit.errors import Conflict
 from stella.kit.logs import correlation_id
@@ -138,6 +139,51 @@ def test_an_unreachable_database_is_a_503(client: TestClient[Litestar]) -> None:
     response = client.get("/db-down")
     _problem(response, 503, "SYS_DATABASE_UNAVAILABLE")
     assert "hunter2" not in response.text
+    assert response.headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (asyncpg.InterfaceError("cannot call Connection.fetch(): connection is closed"), "SYS_DATABASE_UNAVAILABLE"),
+        (
+            asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
+            "SYS_DATABASE_UNAVAILABLE",
+        ),
+        (asyncpg.exceptions.AdminShutdownError("terminating connection"), "SYS_DATABASE_UNAVAILABLE"),
+        (asyncpg.TooManyConnectionsError("too many clients"), "SYS_DATABASE_UNAVAILABLE"),
+        (
+            OSError("Multiple exceptions: [Errno 111] Connect call failed ('127.0.0.1', 5432)"),
+            "SYS_DATABASE_UNAVAILABLE",
+        ),
+        (nats.errors.TimeoutError(), "SYS_UNAVAILABLE"),
+        (nats.errors.NoRespondersError(), "SYS_UNAVAILABLE"),
+        (NotStartedError("the gateway's store is not available"), "SYS_UNAVAILABLE"),
+    ],
+)
+def test_every_unavailable_dependency_is_a_503_with_retry_after(error: Exception, code: str) -> None:
+    @get("/down")
+    async def down() -> None:
+        raise error
+
+    app = Litestar(
+        [down],
+        middleware=[TraceMiddleware],
+        exception_handlers={Exception: problem_response},
+        before_send=[add_trace_header],
+        logging_config=None,
+    )
+    with TestClient(app) as client:
+        response = client.get("/down")
+    _problem(response, 503, code)
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_a_value_the_database_refuses_is_a_400() -> None:
+    problem = to_problem(
+        asyncpg.exceptions.CharacterNotInRepertoireError('invalid byte sequence for encoding "UTF8": 0x00')
+    )
+    assert (problem.status, problem.code) == (400, "VAL_VALUE_REFUSED")
 
 
 def test_framework_errors_get_stable_codes(client: TestClient[Litestar]) -> None:

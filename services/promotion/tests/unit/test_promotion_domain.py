@@ -844,3 +844,24 @@ def test_promotion_to_dict_is_plain_json() -> None:
     assert data["status"] == "approved"
     assert data["approved_at"] == "2025-04-01T09:00:00Z"
     assert data["id"] == str(promotion.id)
+
+
+class TestUnstartedRun:
+    def test_a_run_that_never_started_rejects_with_a_reason(self) -> None:
+        promotion = request(DEV)
+        (event,) = promotion.abandon_unstarted_run(waited=timedelta(minutes=31), now=T0)
+        assert isinstance(event, PromotionRejected)
+        assert event.reason_codes == ("PROM_RUN_NOT_STARTED",)
+        assert promotion.status is PromotionStatus.REJECTED
+        assert promotion.finished_at == T0
+        assert promotion.status_message is not None
+        assert "did not start within 31 min" in promotion.status_message
+
+    def test_only_while_waiting_on_the_gates(self) -> None:
+        promotion = approved()
+        with pytest.raises(PromotionNotPending):
+            promotion.abandon_unstarted_run(waited=timedelta(minutes=1), now=T0)
+        cancelled = request(DEV)
+        cancelled.cancel(cancelled_by="someone", reason="no", now=T0)
+        with pytest.raises(PromotionAlreadyTerminal):
+            cancelled.abandon_unstarted_run(waited=timedelta(minutes=1), now=T0)

@@ -150,8 +150,15 @@ class PacketCreated(Event):
 
 
 class CollectEvidence(Command):
-    """Build a packet outside a workflow (deployment, rollback and drift packets arrive through this)."""
+    """Build a packet outside a workflow (deployment, rollback and drift packets arrive through this).
+
+    Attributes:
+        source_key: What the packet records, e.g. ``<deployment job id>:<outcome>``: one packet per key and
+            packet type, so a command repeated with the same key (a retried task, a new attempt) returns the
+            packet made first. Name the fact, never the attempt. Without a key, one packet per command.
+    """
 
     packet_type: PacketType
     promotion_id: UUID | None = None
     content: dict[str, Any]
+    source_key: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")

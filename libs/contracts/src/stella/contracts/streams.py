@@ -31,7 +31,11 @@ RPC_PREFIX: Final[str] = "stella.rpc"
 """Prefix of every request/reply read: ``stella.rpc.<context>.<query>``."""
 
 DLQ_PREFIX: Final[str] = "stella.dlq"
-"""Prefix of dead letters: ``stella.dlq.<consumer>`` holds what that consumer could not process."""
+"""Prefix of dead letters: ``stella.dlq.<consumer>.<tenant>`` holds what that consumer could not process of
+one tenant's messages (see :func:`dead_letter_subject`)."""
+
+NO_TENANT: Final[str] = "none"
+"""The tenant token of a dead letter whose payload names no tenant (it could not even be parsed)."""
 
 EVENTS: Final[StreamSpec] = StreamSpec(
     name="STELLA_EVENTS",
@@ -64,9 +68,17 @@ ALL_STREAMS: Final[tuple[StreamSpec, ...]] = (EVENTS, COMMANDS, DEAD_LETTERS)
 """Every stream the system uses."""
 
 
-def dead_letter_subject(consumer: str) -> str:
-    """The dead-letter subject of a durable consumer named ``<service>-<purpose>``."""
-    return f"{DLQ_PREFIX}.{consumer}"
+def dead_letter_subject(consumer: str, tenant_id: object | None) -> str:
+    """Where a durable consumer named ``<service>-<purpose>`` keeps a message of ``tenant_id`` it gave up on.
+
+    The tenant is part of the subject so one tenant's dead letters are read without scanning the others'.
+    """
+    return f"{DLQ_PREFIX}.{consumer}.{NO_TENANT if tenant_id is None else tenant_id}"
+
+
+def dead_letters_filter(consumer: str | None = None, tenant_id: object | None = None) -> str:
+    """The subject filter of the dead letters of ``consumer`` and/or ``tenant_id`` (every one when None)."""
+    return f"{DLQ_PREFIX}.{consumer or '*'}.{'*' if tenant_id is None else tenant_id}"
 
 
 def rpc_subject(context: str, query: str) -> str:
@@ -99,3 +111,9 @@ HEADER_DELIVERIES: Final[str] = "Stella-Deliveries"
 
 HEADER_ORIGINAL_SUBJECT: Final[str] = "Stella-Original-Subject"
 """Header of a dead letter: the subject the message was first published on."""
+
+HEADER_ORIGINAL_MSG_ID: Final[str] = "Stella-Original-Msg-Id"
+"""Header of a dead letter: the ``Nats-Msg-Id`` the message was first published with."""
+
+HEADER_REPLAY_OF: Final[str] = "Stella-Replay-Of"
+"""Header of a replayed message: the dead letter (``<stream>:<sequence>``) it was replayed from."""

@@ -1,16 +1,28 @@
 """Broker wiring: streams, durable consumers with bounded redelivery and dead letters, commands, queries.
 
 Every JetStream consumer made here is durable, named ``<service>-<purpose>``, delivers from the start of its
-subject (``DeliverPolicy.ALL``), acks explicitly, bounds redelivery at ``max_deliver`` with a growing delay, and
-sends what it gives up on to ``stella.dlq.<consumer>`` with the error, then acks it so it blocks nothing.
-A message that cannot even be parsed is dead-lettered at once: retrying cannot fix it.
+subject (``DeliverPolicy.ALL``) and acks explicitly. What happens to a message whose handler fails depends on
+the kind of failure (the rule every service follows is in :mod:`stella.kit.faults`):
+
+* a transient fault (the database or NATS is away, another service does not answer) keeps the message in the
+  process and tries it again with capped exponential back-off for as long as the outage lasts, telling
+  JetStream it is still in progress; it spends nothing of the message's poison budget;
+* a permanent failure (Postgres refused one of its values) answers a command at once with a 400 reply, and
+  dead-letters an event at once;
+* any other failure redelivers the message with a growing delay; after ``max_deliver`` failures it goes to
+  ``stella.dlq.<consumer>.<tenant>`` with the error and is acknowledged, so it blocks nothing. A message that
+  cannot even be parsed is dead-lettered at once: retrying cannot fix it.
+
+Dead letters are listed and replayed through :mod:`stella.kit.deadletters`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -38,6 +50,7 @@ from stella.contracts.streams import (
     HEADER_DELIVERIES,
     HEADER_ERROR,
     HEADER_MSG_ID,
+    HEADER_ORIGINAL_MSG_ID,
     HEADER_ORIGINAL_SUBJECT,
     HEADER_REPLY_TO,
     StreamSpec,
@@ -45,6 +58,7 @@ from stella.contracts.streams import (
 )
 from stella.kit import logs, metrics
 from stella.kit.errors import error_detail, is_reportable
+from stella.kit.faults import Failure, classify, is_permanent, is_transient, refused, retry_delay
 from stella.kit.naming import Names
 from stella.kit.settings import ServiceSettings
 
@@ -56,21 +70,49 @@ QueryHandler = Callable[[Any], Awaitable[Reply]]
 EventHandler = Callable[[Any, asyncpg.Connection], Awaitable[None]]
 
 
+class PoisonMessage(Exception):
+    """A message no retry can handle (unparseable, unknown subject): dead-lettered at once."""
+
+
+class FailureLedger:
+    """How often each message failed in this process: the poison budget's counter, bounded in size.
+
+    Transient faults are not recorded. Kept in memory: a restart gives a failing message a fresh budget,
+    and :attr:`~stella.kit.settings.ServiceSettings.delivery_limit` bounds the deliveries of a message across
+    restarts.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._counts: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._max_entries = max_entries
+
+    def record(self, consumer: str, sequence: int) -> int:
+        """Count one more failure of the message at stream ``sequence``; returns its failures so far."""
+        key = (consumer, sequence)
+        count = self._counts.pop(key, 0) + 1
+        self._counts[key] = count
+        while len(self._counts) > self._max_entries:
+            self._counts.popitem(last=False)
+        return count
+
+    def forget(self, consumer: str, sequence: int) -> None:
+        """The message is settled (acknowledged or dead-lettered)."""
+        self._counts.pop((consumer, sequence), None)
+
+
 class Host(Protocol):
     """What routes need from the process that runs them (a :class:`~stella.kit.service.ServiceRuntime`)."""
 
     settings: ServiceSettings
     names: Names
+    failures: FailureLedger
+    consumers: list[tuple[str, ConsumerConfig]]
 
     @property
     def js(self) -> JetStreamContext: ...
 
     @property
     def nats(self) -> NatsClient: ...
-
-
-class PoisonMessage(Exception):
-    """A message no retry can handle (unparseable, unknown subject): dead-lettered at once."""
 
 
 async def declare_streams(
@@ -114,17 +156,36 @@ async def declare_streams(
 def consumer_config(name: str, subject: str, settings: ServiceSettings) -> ConsumerConfig:
     """The JetStream configuration of a durable consumer named ``name`` filtered on one ``subject``.
 
-    The server's ``max_deliver`` is two more than the kit's so the last delivery, which dead-letters, still
-    has a redelivery behind it if the process dies while dead-lettering.
+    The server's ``max_deliver`` is the kit's ``delivery_limit``, far above the poison budget: failures are
+    counted by the kit (:class:`FailureLedger`) and a transient fault holds the message instead of
+    redelivering it, so only crashes and stalls spend server deliveries. The kit dead-letters a message one
+    delivery before that limit, so the server never drops one without a trace.
     """
     return ConsumerConfig(
         durable_name=name,
         deliver_policy=DeliverPolicy.ALL,
-        max_deliver=settings.max_deliver + 2,
+        max_deliver=settings.delivery_limit,
         ack_wait=settings.ack_wait_s,
         filter_subject=subject,
         max_ack_pending=settings.max_in_flight * 4,
     )
+
+
+async def declare_consumers(js: JetStreamContext, consumers: list[tuple[str, ConsumerConfig]]) -> None:
+    """Create each durable consumer, or bring an existing one to its declared configuration.
+
+    A subscriber alone would keep the configuration an older version of the service created the consumer
+    with (its redelivery limits above all).
+    """
+    for stream, config in consumers:
+        try:
+            await js.add_consumer(stream, config)
+        except nats.js.errors.BadRequestError as exc:
+            # A server that cannot change this field of an existing consumer keeps its configuration.
+            log.warning(
+                "could not update a consumer's configuration",
+                extra={"consumer": config.durable_name, "error": str(exc)},
+            )
 
 
 def durable_subscriber(
@@ -136,11 +197,13 @@ def durable_subscriber(
     """
     settings, names = host.settings, host.names
     wire_subject = names.subject(subject)
+    config = consumer_config(consumer, wire_subject, settings)
+    host.consumers.append((names.stream(stream), config))
     return router.subscriber(
         wire_subject,
         stream=JStream(names.stream(stream), declare=False),
         durable=consumer,
-        config=consumer_config(consumer, wire_subject, settings),
+        config=config,
         deliver_policy=DeliverPolicy.ALL,
         pull_sub=PullSub(batch_size=min(settings.max_in_flight, 32), timeout=1.0),
         ack_policy=AckPolicy.MANUAL,
@@ -151,10 +214,15 @@ def durable_subscriber(
 
 @dataclass
 class DeliveryOutcome:
-    """What happened to one delivery (for tests and metrics)."""
+    """What happened to one delivery (for tests and metrics).
+
+    ``outcome`` is ``ok``, ``retried`` (redelivered after a failure), ``dead_lettered`` or ``refused``
+    (a command Postgres refused a value of: ``reply`` is its 400 answer).
+    """
 
     outcome: str
     error: str | None = None
+    reply: Reply | None = None
 
 
 async def settle(
@@ -162,47 +230,134 @@ async def settle(
     consumer: str,
     host: Host,
     work: Callable[[], Awaitable[None]],
+    *,
+    refusable: bool = False,
 ) -> DeliveryOutcome:
-    """Run ``work`` for a JetStream delivery and ack, retry (nak with delay) or dead-letter it.
+    """Run ``work`` for a JetStream delivery and ack it, hold it through an outage, retry or dead-letter it.
 
-    Errors are never swallowed: each is logged with its traceback, counted, and the message is either
-    redelivered or kept in the dead-letter stream with the error.
+    Args:
+        msg: The delivery.
+        consumer: The durable consumer's name.
+        host: The running service.
+        work: Handles the message; raises on failure.
+        refusable: The message is a command whose sender takes a 400 reply when Postgres refuses one of its
+            values (the outcome is then ``refused``, acknowledged); otherwise such a message is dead-lettered.
+
+    Errors are never swallowed: each is logged, counted, and the message is either handled later or kept in
+    the dead-letter stream with the error.
     """
     settings = host.settings
     delivered = msg.metadata.num_delivered if msg.metadata else 1
+    sequence = msg.metadata.sequence.stream if msg.metadata else 0
     started = time.perf_counter()
     try:
-        await work()
-    except PoisonMessage as exc:
-        log.error("dead-lettering unprocessable message", extra={"consumer": consumer, "error": str(exc)})
-        await dead_letter(host, msg, consumer, f"unprocessable: {exc}", delivered)
-        await msg.ack()
-        metrics.messages_handled.labels(consumer, "dead_lettered").inc()
-        return DeliveryOutcome("dead_lettered", str(exc))
-    except Exception as exc:
-        metrics.error_total.labels(type(exc).__name__).inc()
-        if delivered >= settings.max_deliver:
-            log.exception("giving up after %d deliveries; dead-lettering", delivered, extra={"consumer": consumer})
-            await dead_letter(host, msg, consumer, f"{type(exc).__name__}: {exc}", delivered)
-            await msg.ack()
-            metrics.messages_handled.labels(consumer, "dead_lettered").inc()
-            return DeliveryOutcome("dead_lettered", str(exc))
-        log.exception("handler failed; will retry", extra={"consumer": consumer, "delivery": delivered})
-        await msg.nak(delay=settings.redelivery_backoff_s * delivered)
-        metrics.messages_handled.labels(consumer, "retried").inc()
-        return DeliveryOutcome("retried", str(exc))
-    else:
-        await msg.ack()
-        metrics.messages_handled.labels(consumer, "ok").inc()
-        return DeliveryOutcome("ok")
+        if delivered >= settings.delivery_limit - 1:
+            error = f"delivered {delivered} times without an outcome: its handler crashes or stalls"
+            log.error("dead-lettering a message that never finished", extra={"consumer": consumer, "error": error})
+            return await _give_up(host, msg, consumer, error, delivered, sequence)
+        retries = 0
+        while True:
+            try:
+                await work()
+            except PoisonMessage as exc:
+                log.error("dead-lettering unprocessable message", extra={"consumer": consumer, "error": str(exc)})
+                return await _give_up(host, msg, consumer, f"unprocessable: {exc}", delivered, sequence)
+            except Exception as exc:
+                kind = classify(exc)
+                if kind is Failure.TRANSIENT:
+                    retries += 1
+                    await _hold(msg, consumer, exc, retries, settings)
+                    continue
+                metrics.error_total.labels(type(exc).__name__).inc()
+                if kind is Failure.PERMANENT:
+                    return await _refuse(host, msg, consumer, exc, delivered, sequence, refusable=refusable)
+                return await _fail(host, msg, consumer, exc, delivered, sequence)
+            else:
+                await _ack(msg, consumer)
+                host.failures.forget(consumer, sequence)
+                metrics.messages_handled.labels(consumer, "ok").inc()
+                return DeliveryOutcome("ok")
     finally:
         metrics.handle_seconds.labels(consumer).observe(time.perf_counter() - started)
 
 
+async def _hold(msg: Msg, consumer: str, exc: Exception, retries: int, settings: ServiceSettings) -> None:
+    """Wait before trying a message that hit a transient fault again, keeping JetStream from redelivering it."""
+    cap = min(settings.fault_retry_max_s, settings.ack_wait_s / 2)
+    delay = retry_delay(retries, settings.fault_retry_base_s, cap) * random.uniform(0.5, 1.0)
+    metrics.messages_handled.labels(consumer, "held").inc()
+    metrics.error_total.labels(type(exc).__name__).inc()
+    if retries == 1 or retries % 20 == 0:
+        log.warning(
+            "transient fault; holding the message and trying again (not counted against its poison budget)",
+            extra={"consumer": consumer, "retries": retries, "error": f"{type(exc).__name__}: {exc}"},
+        )
+    with contextlib.suppress(Exception):
+        # NATS itself may be away; the message is then redelivered after ack_wait and the inbox absorbs it.
+        await msg.in_progress()
+    await asyncio.sleep(delay)
+
+
+async def _ack(msg: Msg, consumer: str) -> None:
+    try:
+        await msg.ack()
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        # Handled and committed: a redelivery is answered from the inbox.
+        log.warning("could not acknowledge a handled message", extra={"consumer": consumer, "error": repr(exc)})
+
+
+async def _fail(host: Host, msg: Msg, consumer: str, exc: Exception, delivered: int, sequence: int) -> DeliveryOutcome:
+    """Spend one unit of the message's poison budget: redeliver it later, or dead-letter it when spent."""
+    failures = host.failures.record(consumer, sequence)
+    if failures >= host.settings.max_deliver:
+        log.exception("giving up after %d failures; dead-lettering", failures, extra={"consumer": consumer})
+        return await _give_up(host, msg, consumer, f"{type(exc).__name__}: {exc}", delivered, sequence)
+    log.exception("handler failed; will retry", extra={"consumer": consumer, "failures": failures})
+    await msg.nak(delay=host.settings.redelivery_backoff_s * failures)
+    metrics.messages_handled.labels(consumer, "retried").inc()
+    return DeliveryOutcome("retried", str(exc))
+
+
+async def _refuse(
+    host: Host, msg: Msg, consumer: str, exc: Exception, delivered: int, sequence: int, *, refusable: bool
+) -> DeliveryOutcome:
+    """A permanent failure: answer the command with a 400 at once, or dead-letter what has nobody to answer."""
+    problem = refused(exc)
+    if not refusable:
+        log.error("a value was refused; dead-lettering", extra={"consumer": consumer, "error": str(exc)})
+        return await _give_up(host, msg, consumer, f"{type(exc).__name__}: {exc}", delivered, sequence)
+    log.warning("a value was refused; answering 400", extra={"consumer": consumer, "error": str(exc)})
+    await _ack(msg, consumer)
+    host.failures.forget(consumer, sequence)
+    metrics.messages_handled.labels(consumer, "refused").inc()
+    return DeliveryOutcome("refused", str(exc), Reply.failure(error_detail(problem)))
+
+
+async def _give_up(host: Host, msg: Msg, consumer: str, error: str, delivered: int, sequence: int) -> DeliveryOutcome:
+    await dead_letter(host, msg, consumer, error, delivered)
+    await msg.ack()
+    host.failures.forget(consumer, sequence)
+    metrics.messages_handled.labels(consumer, "dead_lettered").inc()
+    return DeliveryOutcome("dead_lettered", error)
+
+
+def payload_tenant(data: bytes) -> uuid.UUID | None:
+    """The ``tenant_id`` a message payload names, if it is a JSON object naming a valid one."""
+    try:
+        payload = json.loads(data)
+        return uuid.UUID(str(payload["tenant_id"])) if isinstance(payload, dict) else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 async def dead_letter(host: Host, msg: Msg, consumer: str, error: str, delivered: int) -> None:
-    """Store ``msg`` on ``stella.dlq.<consumer>`` with why and how often it failed."""
+    """Store ``msg`` on ``stella.dlq.<consumer>.<tenant>`` with why and how often it failed."""
     headers = dict(msg.headers or {})
     stream_seq = msg.metadata.sequence.stream if msg.metadata else 0
+    original_id = headers.get(HEADER_MSG_ID)
+    headers.pop(HEADER_REPLY_TO, None)  # whoever waited for a reply has been answered already
     headers.update(
         {
             HEADER_ERROR: error[:2000].replace("\r", " ").replace("\n", " "),
@@ -213,7 +368,11 @@ async def dead_letter(host: Host, msg: Msg, consumer: str, error: str, delivered
             HEADER_MSG_ID: f"{consumer}:{stream_seq}",
         }
     )
-    await host.js.publish(host.names.subject(dead_letter_subject(consumer)), msg.data, headers=headers, timeout=5)
+    if original_id:
+        headers[HEADER_ORIGINAL_MSG_ID] = original_id
+    subject = host.names.subject(dead_letter_subject(consumer, payload_tenant(msg.data)))
+    await host.js.publish(subject, msg.data, headers=headers, timeout=5)
+    metrics.dead_letters.labels(consumer).inc()
 
 
 def parse(model: type[M], data: bytes) -> M:
@@ -266,10 +425,12 @@ class CommandRoutes:
                 _bind_context(command)
                 final.append(await handler(command))
 
-            outcome = await settle(raw, self.consumer, host, work)
+            outcome = await settle(raw, self.consumer, host, work, refusable=True)
             if reply_to:
                 if final:
                     await _reply(host.nats, reply_to, final[0])
+                elif outcome.reply is not None:
+                    await _reply(host.nats, reply_to, outcome.reply)
                 elif outcome.outcome == "dead_lettered":
                     await _reply(
                         host.nats,
@@ -286,8 +447,14 @@ class CommandRoutes:
 
 
 async def _reply(nc: NatsClient, subject: str, reply: Reply) -> None:
-    # Core publish on the caller's inbox: the caller may be gone, which is fine.
-    await nc.publish(subject, reply.model_dump_json().encode())
+    # Core publish on the caller's inbox: the caller may be gone, which is fine, and so may NATS (the caller
+    # then repeats the command and is answered from the inbox).
+    try:
+        await nc.publish(subject, reply.model_dump_json().encode())
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("could not send a command reply", extra={"subject": subject, "error": repr(exc)})
 
 
 class QueryRoutes:
@@ -327,6 +494,12 @@ class QueryRoutes:
             except Exception as exc:
                 if is_reportable(exc):
                     return Reply.failure(error_detail(exc)).model_dump(mode="json")
+                kind = classify(exc)
+                if kind is Failure.TRANSIENT:
+                    log.warning("query hit a transient fault", extra={"subject": raw.subject, "error": repr(exc)})
+                    return _failure("SYS_UNAVAILABLE", 503, f"{self.service}: a dependency is unavailable; retry later")
+                if kind is Failure.PERMANENT:
+                    return Reply.failure(error_detail(refused(exc))).model_dump(mode="json")
                 log.exception("query failed", extra={"subject": raw.subject})
                 metrics.error_total.labels(type(exc).__name__).inc()
                 return _failure("SYS_INTERNAL", 500, "the query failed; see the service log")
@@ -404,8 +577,10 @@ class CommandProcessor:
 
     ``run`` opens a transaction, claims the inbox row, runs ``execute`` in a savepoint and stores the reply
     (success or business error) with the inbox row. A repeated command returns the stored reply without
-    running again. Faults (anything not reportable) roll everything back and propagate, so the message is
-    retried.
+    running again. A value Postgres refuses is a business error too (400 ``VAL_VALUE_REFUSED``, stored like
+    one). Faults (anything not reportable) roll everything back and propagate, so the message is retried;
+    so does a reportable 5xx (a dependency that did not answer): it answers this delivery but is not stored,
+    so the command runs again when repeated.
     """
 
     def __init__(self, pool: Callable[[], asyncpg.Pool], consumer: str) -> None:
@@ -420,19 +595,35 @@ class CommandProcessor:
 
     async def run(self, command: Command, execute: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Reply:
         """Handle ``command`` with ``execute(conn)`` (whose return value is the reply data)."""
-        async with self._pool().acquire() as conn, conn.transaction():
-            if not await claim_inbox(conn, self.consumer, command.message_id):
-                stored = await conn.fetchval(_STORED_REPLY, self.consumer, command.message_id)
-                return Reply.model_validate(stored) if stored is not None else Reply.success()
-            try:
-                async with conn.transaction():  # savepoint: a business error undoes only the change
-                    reply = Reply.success(await execute(conn))
-            except Exception as exc:
-                if not is_reportable(exc):
-                    raise
-                reply = Reply.failure(error_detail(exc))
-            await conn.execute(_STORE_REPLY, self.consumer, command.message_id, reply.model_dump(mode="json"))
-            return reply
+        try:
+            async with self._pool().acquire() as conn, conn.transaction():
+                if not await claim_inbox(conn, self.consumer, command.message_id):
+                    stored = await conn.fetchval(_STORED_REPLY, self.consumer, command.message_id)
+                    return Reply.model_validate(stored) if stored is not None else Reply.success()
+                try:
+                    async with conn.transaction():  # savepoint: a business error undoes only the change
+                        reply = Reply.success(await execute(conn))
+                except Exception as exc:
+                    if is_reportable(exc):
+                        reply = Reply.failure(error_detail(exc))
+                    elif is_permanent(exc):
+                        reply = Reply.failure(error_detail(refused(exc)))
+                    else:
+                        raise
+                    if reply.error is not None and reply.error.status >= 500:
+                        raise _NotFinal(reply) from exc
+                await conn.execute(_STORE_REPLY, self.consumer, command.message_id, reply.model_dump(mode="json"))
+                return reply
+        except _NotFinal as not_final:
+            return not_final.reply
+
+
+class _NotFinal(Exception):
+    """Rolls back a command whose answer is a 5xx reply (the inbox row goes too) and carries that reply."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.error.code if reply.error else "")
+        self.reply = reply
 
 
 LateReplyHandler = Callable[[uuid.UUID, uuid.UUID, Reply], Awaitable[None]]
@@ -522,6 +713,10 @@ class ServiceClient:
             return _unavailable(subject, "no service answers")
         except (TimeoutError, nats.errors.TimeoutError):
             return _unavailable(subject, f"no answer within {timeout:g}s")
+        except nats.errors.Error as exc:
+            if not is_transient(exc):
+                raise
+            return _unavailable(subject, f"the message bus is unavailable ({type(exc).__name__})")
         return Reply.model_validate_json(msg.data)
 
     async def command(self, subject: str, command: Command, *, timeout: float = 10.0, resend: bool = False) -> Reply:
@@ -564,6 +759,11 @@ class ServiceClient:
                     "with the same Idempotency-Key to get its result.",
                 )
             )
+        except nats.errors.Error as exc:
+            if not is_transient(exc):
+                raise
+            # Nothing was stored: the caller repeats the command.
+            return _unavailable(subject, f"the message bus is unavailable ({type(exc).__name__})")
         finally:
             if self._pending.get(key) is fut:
                 del self._pending[key]

@@ -109,3 +109,9 @@ def error_detail(exc: BaseException) -> ErrorDetail:
         detail=str(detail),
         errors=list(getattr(exc, "errors", None) or []),
     )
+
+
+class TransientFault(Exception):
+    """Raise (or subclass) when work cannot be done now for a reason that will pass: a service that did not
+    answer, a dependency that is down. The message is retried without spending its poison budget
+    (see :mod:`stella.kit.faults`). Kept here, free of I/O imports, so pure domain modules may raise it."""

@@ -6,8 +6,15 @@ from prometheus_client import Counter, Histogram, start_http_server
 
 messages_handled = Counter(
     "stella_messages_handled_total",
-    "Messages handled by a consumer, by outcome (ok, duplicate, retried, dead_lettered).",
+    "Deliveries handled by a consumer, by outcome: ok, duplicate, held (a transient fault; tried again in "
+    "place), retried (a failure; redelivered later), refused (a value Postgres refused; answered 400), "
+    "dead_lettered.",
     ["consumer", "outcome"],
+)
+dead_letters = Counter(
+    "stella_dead_letters_total",
+    "Messages a consumer gave up on and moved to its dead-letter subject.",
+    ["consumer"],
 )
 handle_seconds = Histogram(
     "stella_message_handle_seconds",

@@ -23,12 +23,18 @@ from nats.js import JetStreamContext
 from stella.contracts.envelope import Message
 from stella.contracts.streams import HEADER_MSG_ID
 from stella.kit import metrics
+from stella.kit.faults import is_transient
 from stella.kit.naming import Names
 
 log = logging.getLogger(__name__)
 
 _LOCK_TENANT = "SELECT pg_advisory_xact_lock(hashtextextended('stella.outbox:' || $1::text, 0))"
-_INSERT = "INSERT INTO outbox (message_id, tenant_id, subject, payload) VALUES ($1, $2, $3, $4)"
+# A message id names one message: writing it again (a deterministic id derived from what caused it, written
+# by a retried or repeated handler) records nothing more.
+_INSERT = """
+    INSERT INTO outbox (message_id, tenant_id, subject, payload) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (message_id) DO NOTHING
+"""
 _PENDING = """
     SELECT id, message_id, subject, payload
       FROM outbox
@@ -51,7 +57,7 @@ async def add_event(conn: asyncpg.Connection, subject: str, event: Message) -> N
 
 
 async def add_events(conn: asyncpg.Connection, events: Sequence[tuple[str, Message]]) -> None:
-    """Record several events (in order) in the caller's open transaction."""
+    """Record several events (in order) in the caller's open transaction; one already recorded is skipped."""
     if not events:
         return
     if not conn.is_in_transaction():
@@ -119,8 +125,14 @@ class OutboxRelay:
                 await self._lead()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("outbox relay failed; retrying", extra={"schema": self.schema})
+            except Exception as exc:
+                if is_transient(exc):
+                    # Events stay in the outbox until the database and NATS answer again.
+                    log.warning(
+                        "outbox relay waits for a dependency", extra={"schema": self.schema, "error": repr(exc)}
+                    )
+                else:
+                    log.exception("outbox relay failed; retrying", extra={"schema": self.schema})
                 await asyncio.sleep(min(5.0, self.poll_s * 2))
 
     async def _lead(self) -> None:

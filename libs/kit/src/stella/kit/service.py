@@ -20,9 +20,10 @@ import asyncpg
 from faststream.nats import NatsBroker, NatsMessage, NatsRouter
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
 
 from stella.contracts.streams import health_subject
-from stella.kit.broker import ServiceClient, declare_streams
+from stella.kit.broker import FailureLedger, ServiceClient, declare_consumers, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.metrics import serve_metrics
 from stella.kit.migrations import prepare_schema
@@ -56,7 +57,14 @@ class ServiceRuntime:
         self._on_start = on_start
         self._on_stop = on_stop
         self.names = Names(settings.nats_namespace)
-        self.broker = NatsBroker(settings.nats_url, logger=logging.getLogger(f"stella.{name}.broker"))
+        # Reconnect for as long as the process lives: NATS may be away for longer than a minute or two.
+        self.broker = NatsBroker(
+            settings.nats_url, logger=logging.getLogger(f"stella.{name}.broker"), max_reconnect_attempts=-1
+        )
+        self.failures = FailureLedger()
+        """Failures of the messages this process handles (the poison budget's counter)."""
+        self.consumers: list[tuple[str, ConsumerConfig]] = []
+        """The durable consumers the routes registered: ``(stream, configuration)``."""
         self._pool: asyncpg.Pool | None = None
         self._js: JetStreamContext | None = None
         self._nats: NatsClient | None = None
@@ -146,6 +154,7 @@ class ServiceRuntime:
             return await self.health()
 
         self.broker.include_router(router)
+        await declare_consumers(self._js, self.consumers)
         # The relay holds a session lock and LISTENs: it needs a connection that bypasses a transaction pooler.
         self.relay = OutboxRelay(
             self.settings.direct_database_url,

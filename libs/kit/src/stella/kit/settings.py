@@ -93,13 +93,27 @@ class ServiceSettings(BaseSettings):
     ``/readyz`` (its database and NATS answer) and ``/metrics``. None: no probe server (``make run``)."""
 
     max_deliver: int = Field(default=5, ge=1, le=100)
-    """Deliveries of a message before it goes to the dead-letter subject."""
+    """Failures of a message (its poison budget) before it goes to the dead-letter subject. Transient faults
+    (a database or NATS outage, see :mod:`stella.kit.faults`) do not count."""
+
+    delivery_limit: int = Field(default=100, ge=10, le=10_000)
+    """Deliveries JetStream makes of one message at most (the consumer's ``max_deliver``). Only a crash or a
+    stall redelivers a message that is not failing, so this is a last resort against a message that kills its
+    handler: the kit dead-letters a message delivered this often (less one) before JetStream would give up
+    on it without a trace."""
 
     ack_wait_s: float = Field(default=30.0, gt=0)
     """Seconds JetStream waits for an ack before redelivering."""
 
     redelivery_backoff_s: float = Field(default=1.0, ge=0)
-    """Base delay of a negative ack; grows with the delivery count."""
+    """Base delay of a negative ack; grows with the number of failures."""
+
+    fault_retry_base_s: float = Field(default=0.2, gt=0)
+    """First delay before a message that hit a transient fault is tried again; it doubles on every retry."""
+
+    fault_retry_max_s: float = Field(default=5.0, gt=0)
+    """Longest delay between two tries of a message during an outage. The consumer tells JetStream it is still
+    working on the message before each wait, so the delay never exceeds half of ``ack_wait_s`` either."""
 
     max_in_flight: int = Field(default=64, ge=1, le=10_000)
     """Messages one consumer handles at once (bounds memory and pool pressure)."""

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from stella.kit.faults import is_transient
+
 log = logging.getLogger(__name__)
 
 
@@ -69,8 +71,12 @@ class DueLoop:
                 sleep = self._max_sleep_s if due is None else min(self._max_sleep_s, (due - now).total_seconds())
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("timer loop %s failed; retrying", self.name)
+            except Exception as exc:
+                if is_transient(exc):
+                    # The database or NATS is away: nothing to fix here, look again shortly.
+                    log.warning("timer loop %s waits for a dependency: %r", self.name, exc)
+                else:
+                    log.exception("timer loop %s failed; retrying", self.name)
                 sleep = min(5.0, self._max_sleep_s)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, sleep)):

@@ -13,6 +13,7 @@ from typing import Any, Final
 from uuid import UUID
 
 from stella.contracts.approval import ApprovalRequestView
+from stella.contracts.canonical import content_hash
 from stella.contracts.evidence import PacketType, PacketView, VerificationView
 from stella.contracts.promotion import PromotionStatus, PromotionView
 from stella.evidence.dsse import MalformedEnvelopeError, parse_envelope, verify_parsed_envelope
@@ -26,7 +27,7 @@ from stella.evidence.packet import (
     packet_from_statement,
 )
 from stella.evidence.statement import PAYLOAD_TYPE, MalformedStatementError, parse_statement
-from stella.kit.errors import BadRequest, NotFound, Unprocessable
+from stella.kit.errors import BadRequest, NotFound, TransientFault, Unprocessable
 
 UNDECIDED: Final[frozenset[PromotionStatus]] = frozenset(
     {PromotionStatus.PENDING_GATE, PromotionStatus.PENDING_APPROVAL}
@@ -69,13 +70,14 @@ class ExportTooLarge(Unprocessable):
 
 # --- faults: the message is redelivered ----------------------------------------------------------------------
 # These carry no ``code``/``status``: the kit treats them as faults, so the command is retried, not answered.
+# A service that does not answer is a transient fault (see stella.kit.faults): retried for as long as it lasts.
 
 
 class PromotionNotDecided(RuntimeError):
     """The promotion is still waiting on gates or approvals; a packet now would record a stale state."""
 
 
-class DependencyUnavailable(RuntimeError):
+class DependencyUnavailable(TransientFault):
     """The promotion or approval service did not answer; nothing is stored until it does."""
 
 
@@ -95,6 +97,18 @@ def promotion_id_of(run_inputs: Mapping[str, Any], subject_id: UUID | None) -> U
         except ValueError:
             return None
     return subject_id
+
+
+def release_decision_key(promotion: PromotionView) -> str:
+    """The source key of a promotion's ``release_decision`` packet: the promotion and its decision.
+
+    Not the workflow step attempt that asks for it: an evidence step executed again (a retry after a
+    completion that never reached the workflow) finds the packet the first attempt made instead of signing
+    a second one, whatever the promotion's status has become meanwhile. A promotion decided anew (a new
+    decision record) gets a packet of its own.
+    """
+    decision = "none" if promotion.decision_record is None else content_hash(promotion.decision_record)
+    return f"release_decision:{promotion.id}:{decision}"
 
 
 def is_decided(promotion: PromotionView) -> bool:

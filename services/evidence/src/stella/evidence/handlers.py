@@ -99,7 +99,9 @@ class Handlers:
 
         A promotion not decided yet, or a promotion or approval service that does not answer, is a fault:
         the step is redelivered later, and no packet with partial data is ever stored. Content that can never
-        become evidence (it holds a secret, it names no image) is dead-lettered at once.
+        become evidence (it holds a secret, it names no image) is dead-lettered at once. The packet's source
+        key is the promotion's decision, not the attempt: an attempt after one that already stored the packet
+        completes with that packet.
         """
         if (stored := await self.commands.seen(cmd)) is not None:
             return stored
@@ -125,19 +127,25 @@ class Handlers:
             # reports it at once instead of waiting for the step's timeout; nothing is stored.
             return await self._fail_step(cmd, f"evidence of promotion {promotion_id} cannot be recorded: {exc}")
 
+        source_key = domain.release_decision_key(promotion)
+
         async def execute(conn: asyncpg.Connection) -> object:
             stored, created = await self._append(
-                conn, cmd, PacketType.RELEASE_DECISION, promotion_id, content, f"step:{cmd.idempotency_key}"
+                conn, cmd, PacketType.RELEASE_DECISION, promotion_id, content, source_key
             )
-            outputs = {"packet_id": str(stored.packet.id), "content_hash": stored.packet.content_hash}
+            packet = stored.packet
+            outputs = {"packet_id": str(packet.id), "content_hash": packet.content_hash}
             if created:
-                complete = cmd.complete(
-                    StepStatus.SUCCEEDED,
-                    outputs=outputs,
-                    logs=f"release_decision packet {stored.packet.sequence} signed by {stored.packet.signer_key_ref}",
-                )
-                await add_events(conn, [(PACKET_CREATED, self._created(cmd, stored)), (COMPLETE_STEP, complete)])
-            return {**outputs, "sequence": stored.packet.sequence}
+                logs = f"release_decision packet {packet.sequence} signed by {packet.signer_key_ref}"
+                messages = [(PACKET_CREATED, self._created(cmd, stored))]
+            else:
+                # An earlier attempt recorded this decision (its completion was lost, or came too late).
+                logs = f"release_decision packet {packet.sequence} already records this decision"
+                messages = []
+            # Every attempt completes, with the one packet of the decision.
+            complete = cmd.complete(StepStatus.SUCCEEDED, outputs=outputs, logs=logs)
+            await add_events(conn, [*messages, (COMPLETE_STEP, complete)])
+            return {**outputs, "sequence": packet.sequence}
 
         return await self.commands.run(cmd, execute)
 
@@ -152,7 +160,11 @@ class Handlers:
         return await self.commands.run(cmd, execute)
 
     async def collect(self, cmd: CollectEvidence) -> Reply:
-        """Sign and store a packet whose content the caller gives (deployment, rollback, drift evidence)."""
+        """Sign and store a packet whose content the caller gives (deployment, rollback, drift evidence).
+
+        One packet per ``source_key`` (what the packet records): a command repeated with the same key, by a
+        retried task say, returns the packet made first. Without a key, one packet per command.
+        """
         if (stored := await self.commands.seen(cmd)) is not None:
             return stored
         try:
@@ -169,7 +181,7 @@ class Handlers:
                 PacketType(str(cmd.packet_type)),
                 cmd.promotion_id,
                 cmd.content,
-                f"command:{cmd.message_id}",
+                f"{cmd.packet_type}:{cmd.source_key}" if cmd.source_key else f"command:{cmd.message_id}",
             )
             if created:
                 await add_events(conn, [(PACKET_CREATED, self._created(cmd, stored))])

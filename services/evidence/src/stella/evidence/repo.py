@@ -98,7 +98,7 @@ async def chain_head(conn: asyncpg.Connection, tenant_id: UUID) -> tuple[ChainHe
 
 
 async def packet_by_source(conn: asyncpg.Connection, tenant_id: UUID, source_key: str) -> StoredPacket | None:
-    """The packet a step attempt or command already made, if any."""
+    """The packet already made for ``source_key`` (a promotion's decision, a command), if any."""
     row = await conn.fetchrow(PACKET_BY_SOURCE, tenant_id, source_key)
     return None if row is None else _stored(row)
 

@@ -37,9 +37,10 @@ class Settings(ServiceSettings):
     An existing key file is used whatever its algorithm."""
 
     max_deliver: int = Field(default=20, ge=1, le=100)
-    """Deliveries of a command before it is dead-lettered. Higher than the kit's default: collecting evidence
-    waits for the promotion and approval services, and each delivery is delayed a little longer than the one
-    before, so with the default back-off an outage of about three minutes is absorbed without losing a step."""
+    """Failures of a command before it is dead-lettered. Higher than the kit's default: a step may arrive
+    before the promotion it records is decided, and each redelivery waits a little longer than the one
+    before. Services that do not answer are transient faults and spend nothing of it (see
+    :mod:`stella.kit.faults`)."""
 
     dependency_timeout_s: float = Field(default=5.0, gt=0, le=60)
     """Seconds a query to the promotion or approval service may take before it counts as unavailable."""

@@ -35,6 +35,7 @@ from stella.contracts.envelope import Reply, utcnow
 from stella.gateway.auth import Authenticator, TokenAuthMiddleware
 from stella.gateway.controllers import (
     ComponentController,
+    DeadLetterController,
     EnvironmentController,
     EvidenceController,
     HealthController,
@@ -58,6 +59,7 @@ from stella.gateway.store import GatewayStore
 from stella.gateway.tracing import TraceMiddleware, add_trace_header
 from stella.kit.broker import ServiceClient, declare_streams
 from stella.kit.db import create_pool
+from stella.kit.deadletters import DeadLetterStore
 from stella.kit.migrations import prepare_schema
 from stella.kit.naming import Names
 
@@ -95,6 +97,10 @@ TAGS: Final[tuple[Tag, ...]] = (
     ),
     Tag(name="workflows", description="Workflow templates (DAGs of steps) and the runs that execute promotions."),
     Tag(name="evidence", description="Signed, chained evidence packets, their verification, keys and export."),
+    Tag(
+        name="dead-letters",
+        description="Messages the services gave up on, with the error that stopped each; replayed once fixed.",
+    ),
 )
 """Tags of the API description, in the order the docs page shows them."""
 
@@ -152,6 +158,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             WorkflowTemplateController,
             WorkflowRunController,
             EvidenceController,
+            DeadLetterController,
             create_static_files_router(
                 path=DOCS_ASSETS,
                 directories=[Path(swagger_ui_bundle.swagger_ui_path)],
@@ -264,6 +271,7 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
         client, command_timeout_s=settings.command_timeout_s, query_timeout_s=settings.query_timeout_s
     )
     runtime.exports = BundleReader(js)
+    runtime.dead_letters = DeadLetterStore(js, names)
     runtime.idempotency = IdempotencyPolicy(
         store=store,
         clock=runtime.clock,
@@ -283,6 +291,7 @@ async def _stop(runtime: Runtime) -> None:
             log.exception("could not write the last token uses")
     runtime.pool = runtime.nats = None
     runtime.store = runtime.authenticator = runtime.relay = runtime.idempotency = runtime.exports = None
+    runtime.dead_letters = None
 
 
 async def _maintain(runtime: Runtime) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -40,6 +41,9 @@ from stella.gateway.auth import Identity
 from stella.gateway.problems import ProblemError
 from stella.gateway.relay import Claim
 from stella.gateway.store import GatewayStore
+from stella.kit.faults import is_transient
+
+log = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER: Final[str] = "Idempotency-Key"
 """Request header naming a POST's idempotency key."""
@@ -224,14 +228,25 @@ class IdempotencyMiddleware:
             with contextlib.suppress(Exception):
                 await policy.store.release_key(*scope_key, policy.clock())
             raise
-        if is_final(status):
-            handler = scope.get("route_handler")
-            fields = tuple(handler.opt.get(REDACT_OPT, ())) if handler is not None else ()
-            await policy.store.finish_key(
-                *scope_key, status=status, headers=headers, body=redact(b"".join(chunks), fields), now=policy.clock()
-            )
-        else:
-            await policy.store.release_key(*scope_key, policy.clock())
+        try:
+            if is_final(status):
+                handler = scope.get("route_handler")
+                fields = tuple(handler.opt.get(REDACT_OPT, ())) if handler is not None else ()
+                await policy.store.finish_key(
+                    *scope_key,
+                    status=status,
+                    headers=headers,
+                    body=redact(b"".join(chunks), fields),
+                    now=policy.clock(),
+                )
+            else:
+                await policy.store.release_key(*scope_key, policy.clock())
+        except Exception as exc:
+            # The answer is sent; the database went away meanwhile. The key stays in flight until
+            # idempotency_lock_s has passed, then a retry takes it over and the service answers from its inbox.
+            if not is_transient(exc):
+                raise
+            log.warning("could not record the outcome of an idempotency key", extra={"error": repr(exc)})
 
 
 @dataclass(frozen=True)

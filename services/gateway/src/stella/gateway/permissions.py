@@ -18,6 +18,7 @@ class Resource(StrEnum):
     """What a permission is about (reference §8). Components and versions belong to ``release``.
 
     ``freeze`` has only the ``override`` action: letting a promotion through a freeze window.
+    ``dead-letter`` is the messages the services gave up on: read them, and replay them (``update``).
     """
 
     ENVIRONMENT = "environment"
@@ -32,6 +33,7 @@ class Resource(StrEnum):
     PRINCIPAL = "principal"
     TOKEN = "token"
     FREEZE = "freeze"
+    DEAD_LETTER = "dead-letter"
 
 
 class Action(StrEnum):
@@ -81,12 +83,14 @@ evidence     | r      | r         | r        | r        | rcudapo
 principal    | -      | -         | -        | -        | rcud
 token        | -      | -         | -        | -        | rcud
 freeze       | -      | -         | -        | o        | o
+dead-letter  | -      | -         | -        | ru       | ru
 """
 """The permission matrix: which actions (letters of :data:`ACTION_LETTERS`) each role has on each resource.
 
 Roles add up: a principal bound to developer and approver has the union of both columns. ``-`` is nothing.
 Only a tenant admin manages principals and tokens. Operators and tenant admins hold ``freeze:override``;
-anyone else passes a freeze window only when the window lists them as an exception.
+anyone else passes a freeze window only when the window lists them as an exception. Operators and tenant
+admins read and replay their tenant's dead letters.
 """
 
 

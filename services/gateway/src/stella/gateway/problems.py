@@ -4,6 +4,11 @@ Every problem has ``type``, ``title``, ``status``, ``detail``, ``instance`` (the
 ``code`` (prefixes ``AUTH_``, ``PERM_``, ``VAL_``, ``RES_``, ``SYS_`` and the services' own) and the request's
 ``trace_id``; field errors add ``errors: [{"loc": [...], "msg": "..."}]``. A fault inside the gateway is a
 500 ``SYS_INTERNAL`` whose body says nothing about the fault; the log has it, under the same trace id.
+
+A dependency that is unavailable is never a 500: the gateway's own database (token lookups, idempotency
+keys), NATS, or a service that does not answer make a 503 with ``Retry-After`` and a stable code
+(``SYS_DATABASE_UNAVAILABLE``, ``SYS_UNAVAILABLE``, or the service's own such as ``SYS_PENDING``), so a client
+knows to retry. Which errors count as unavailable is the kit's rule (:mod:`stella.kit.faults`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from http import HTTPStatus
 from typing import Any, Final
 
 import asyncpg
-import nats.errors
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -28,6 +32,7 @@ from pydantic import ValidationError
 from stella.contracts.envelope import ErrorDetail
 from stella.gateway.tracing import trace_id
 from stella.kit.errors import error_detail, is_reportable
+from stella.kit.faults import is_permanent, is_transient, refused
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,9 @@ PROBLEM_TYPE_PREFIX: Final[str] = "urn:stella:problem:"
 
 INTERNAL_DETAIL: Final[str] = "The request could not be handled; report the trace_id to the operators."
 """The only detail a client gets for a fault."""
+
+RETRY_AFTER_S: Final[int] = 1
+"""``Retry-After`` (seconds) of a 503 that names none: dependencies come back on their own, so retry soon."""
 
 # Codes for statuses that have no more specific cause.
 _CODE_BY_STATUS: Final[dict[int, str]] = {
@@ -58,15 +66,6 @@ _CODE_BY_STATUS: Final[dict[int, str]] = {
     503: "SYS_UNAVAILABLE",
     504: "SYS_TIMEOUT",
 }
-
-
-_DATABASE_DOWN: Final = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 class ProblemError(Exception):
@@ -198,11 +197,19 @@ def to_problem(exc: Exception) -> ProblemError:
         code = _CODE_BY_STATUS.get(status, "VAL_INVALID_REQUEST" if status < 500 else "SYS_INTERNAL")
         detail = _client_detail(exc) if status < 500 else INTERNAL_DETAIL
         return ProblemError(status, code, detail, headers=exc.headers)
-    if isinstance(exc, _DATABASE_DOWN):
-        return ProblemError(503, "SYS_DATABASE_UNAVAILABLE", "The gateway's database does not answer; retry later.")
-    if isinstance(exc, nats.errors.Error):
-        return ProblemError(503, "SYS_UNAVAILABLE", "The message bus does not answer; retry later.")
+    if is_transient(exc):
+        return _unavailable(exc)
+    if is_permanent(exc):
+        return ProblemError.from_error_detail(error_detail(refused(exc)))
     return ProblemError(500, "SYS_INTERNAL", INTERNAL_DETAIL)
+
+
+def _unavailable(exc: BaseException) -> ProblemError:
+    """The 503 of a dependency that is away (the kit's transient faults)."""
+    database = asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError | OSError
+    if isinstance(exc, database) and not isinstance(exc, TimeoutError):
+        return ProblemError(503, "SYS_DATABASE_UNAVAILABLE", "The gateway's database does not answer; retry later.")
+    return ProblemError(503, "SYS_UNAVAILABLE", "A dependency of the gateway does not answer; retry later.")
 
 
 def _client_detail(exc: HTTPException) -> str:
@@ -222,17 +229,19 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
         The problem response, with the exception's headers.
     """
     problem = to_problem(exc)
-    if problem.status >= 500 and problem.code in ("SYS_INTERNAL", "SYS_DATABASE_UNAVAILABLE"):
-        log.error(
-            "request failed",
-            exc_info=exc,
-            extra={"method": request.method, "path": request.url.path, "code": problem.code},
-        )
+    extra = {"method": request.method, "path": request.url.path, "code": problem.code}
+    if problem.code == "SYS_INTERNAL":
+        log.error("request failed", exc_info=exc, extra=extra)
+    elif problem.status == 503 and not isinstance(exc, ProblemError):
+        log.warning("a dependency is unavailable: %s: %s", type(exc).__name__, exc, extra=extra)
+    headers = dict(problem.headers)
+    if problem.status == 503:
+        headers.setdefault("Retry-After", str(RETRY_AFTER_S))
     return Response(
         content=problem_body(request, problem),
         status_code=problem.status,
         media_type=PROBLEM_MEDIA_TYPE,
-        headers=problem.headers,
+        headers=headers,
     )
 
 

@@ -20,12 +20,14 @@ from stella.gateway.idempotency import IdempotencyPolicy
 from stella.gateway.relay import Relay
 from stella.gateway.settings import Settings
 from stella.gateway.store import GatewayStore
+from stella.kit.deadletters import DeadLetterStore
+from stella.kit.errors import TransientFault
 
 T = TypeVar("T")
 
 
-class NotStartedError(RuntimeError):
-    """A dependency was used before the application started (or after it stopped)."""
+class NotStartedError(TransientFault, RuntimeError):
+    """A dependency was used before the application started (or after it stopped): a 503, retry later."""
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Runtime:
         relay: Commands and queries to services.
         idempotency: What the idempotency middleware needs.
         exports: Reads evidence export bundles from the object store.
+        dead_letters: Reads and replays the dead letters of the installation.
     """
 
     settings: Settings
@@ -53,6 +56,7 @@ class Runtime:
     relay: Relay | None = None
     idempotency: IdempotencyPolicy | None = None
     exports: BundleReader | None = None
+    dead_letters: DeadLetterStore | None = None
 
     def get_store(self) -> GatewayStore:
         """The store; raises :class:`NotStartedError` before start-up."""
@@ -73,6 +77,10 @@ class Runtime:
     def get_exports(self) -> BundleReader:
         """The export bundle reader; raises :class:`NotStartedError` before start-up."""
         return _started(self.exports, "export bundle reader")
+
+    def get_dead_letters(self) -> DeadLetterStore:
+        """The dead-letter store; raises :class:`NotStartedError` before start-up."""
+        return _started(self.dead_letters, "dead-letter store")
 
 
 def _started(value: T | None, what: str) -> T:

@@ -856,3 +856,33 @@ class KeyList(ResponseBody):
     """Every key that ever signed the evidence, the active one and the retired ones."""
 
     items: list[KeyOut]
+
+
+class DeadLetterOut(ResponseBody):
+    """A message a service gave up on, with why; replaying it publishes it again with its original id."""
+
+    id: int = Field(description="The dead letter's id (its sequence in the dead-letter stream).")
+    consumer: str = Field(description="The durable consumer that gave up, <service>-<purpose>.")
+    subject: str = Field(description="The subject the message was published on.")
+    message_id: UUID | None = Field(description="The message's own id, which the services de-duplicate on.")
+    error: str = Field(description="Why the consumer gave up.")
+    deliveries: int = Field(description="How often the message had been delivered.")
+    dead_lettered_at: datetime | None
+    payload: Any = Field(description="The message as it was published (JSON, or its text).")
+
+
+class DeadLetterPage(ResponseBody):
+    """A page of dead letters, oldest first."""
+
+    items: list[DeadLetterOut]
+    next_page_token: str | None
+
+
+class ReplayOut(ResponseBody):
+    """What a replay published."""
+
+    id: int = Field(description="The dead letter replayed; it is removed and cannot be replayed again.")
+    subject: str = Field(description="The subject the message was published on again.")
+    message_id: UUID | None = Field(
+        description="Its original id: a service that handled it already answers from its inbox."
+    )

@@ -107,8 +107,11 @@ class TraceMiddleware:
         try:
             await self.app(scope, receive, observe)
         except Exception as exc:
-            # Rendered by the application's exception handler further out; its status is the error's own.
-            status = getattr(exc, "status", None) or getattr(exc, "status_code", None) or 500
+            # Rendered by the application's exception handler further out, as the problem it classifies it as
+            # (imported here: the problems module reads this one's trace ids).
+            from stella.gateway.problems import to_problem
+
+            status = to_problem(exc).status
             raise
         finally:
             log.info(

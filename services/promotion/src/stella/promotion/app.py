@@ -66,6 +66,8 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Pro
             timer_batch_size=settings.timer_batch_size,
             timer_retry_s=settings.timer_retry_s,
             timer_max_sleep_s=settings.timer_max_sleep_s,
+            run_start_timeout_s=settings.run_start_timeout_s,
+            run_start_attempts=settings.run_start_attempts,
             clock=overrides.get("clock", utcnow),
             new_id=overrides.get("new_id", uuid4),
         )
@@ -77,11 +79,13 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Pro
         # Holds and window transitions that fell due while no replica ran are handled as soon as these start.
         app.handlers.holds.start()
         app.handlers.freezes.start()
+        app.handlers.runs.start()
 
     async def on_stop(_: ServiceRuntime) -> None:
         if app.handlers is not None:
             await app.handlers.holds.stop()
             await app.handlers.freezes.stop()
+            await app.handlers.runs.stop()
 
     app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start, on_stop=on_stop)
     metrics.observe(app.runtime)

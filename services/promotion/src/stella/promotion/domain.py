@@ -994,6 +994,9 @@ REASON_APPROVAL_TIMEOUT: Final = "PROM_APPROVAL_TIMEOUT"
 """Reason code of a promotion whose approvals did not arrive before the deadline."""
 REASON_WINDOW_NEVER_OPENS: Final = "PROM_WINDOW_NEVER_OPENS"
 """Reason code added when a promotion would be held but the window does not open within the search horizon."""
+REASON_RUN_NOT_STARTED: Final = "PROM_RUN_NOT_STARTED"
+"""Reason code of a promotion whose workflow run never brought it its gate step: its gates could not be
+evaluated, so it is rejected (fail closed) instead of waiting silently."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1255,6 +1258,22 @@ class Promotion:
             f"approvals not granted before {format_utc(self.approval_deadline)}",
         )
 
+    def abandon_unstarted_run(self, *, waited: timedelta, now: datetime) -> list[PromotionEvent]:
+        """Reject a promotion whose workflow run never evaluated its gates within ``waited``.
+
+        Raises:
+            PromotionAlreadyTerminal: the promotion is finished.
+            PromotionNotPending: the promotion is not waiting on its gates.
+        """
+        now = require_aware(now, "now")
+        self._require(PromotionStatus.PENDING_GATE, PromotionNotPending)
+        return self._reject(
+            now,
+            (REASON_RUN_NOT_STARTED,),
+            f"its workflow run did not start within {_duration_text(waited)}, so its gates could not be "
+            "evaluated; request the promotion again",
+        )
+
     def start_deployment(
         self,
         outcome: GateOutcome,
@@ -1510,6 +1529,15 @@ class Promotion:
         self._move(PromotionStatus.REJECTED, now)
         self.finished_at = now
         return [PromotionRejected(**self._event_base(now), reason_codes=tuple(reasons), message=message)]
+
+
+def _duration_text(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
 
 
 def _same_env(a: Promotion, b: Promotion) -> bool:

@@ -37,6 +37,7 @@ from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.kit.asking import ask
 from stella.kit.broker import CommandProcessor, ServiceClient
 from stella.kit.errors import Conflict, ServiceError, Unavailable, error_detail
+from stella.kit.faults import is_transient
 from stella.kit.outbox import add_events
 from stella.kit.timers import DueLoop
 from stella.promotion import domain, freeze, repo
@@ -389,6 +390,34 @@ def promotion_id_of(cmd: w.ExecuteStep) -> UUID | None:
         return None
 
 
+def start_run(origin: Origin, stored: repo.StoredPromotion, *, actor_id: UUID | None = None) -> w.StartRun:
+    """The command that starts the promotion's workflow run; its run id makes sending it again harmless."""
+    promotion = stored.promotion
+    return origin.make(
+        w.StartRun,
+        actor_id=actor_id,
+        template_name=stored.workflow_template,
+        run_id=stored.workflow_run_id,
+        subject_id=promotion.id,
+        inputs={
+            "promotion_id": str(promotion.id),
+            "release_id": str(promotion.release_id),
+            "environment_id": str(promotion.target_environment_id),
+            "requested_by": promotion.requested_by,
+            "approval_required": promotion.required_approvals > 0,
+            "required_approvals": promotion.required_approvals,
+            "require_sod": promotion.require_sod,
+            "approver_groups": stored.approver_groups,
+            "approval_timeout_s": promotion.approval_timeout_s,
+        },
+    )
+
+
+def run_check_delay(timeout: timedelta, checks: int) -> timedelta:
+    """How long the run watch waits after the ``checks``-th time it sent a run's start again (doubling)."""
+    return timeout * 2 ** min(checks, 20)
+
+
 def freeze_event_id(tenant: UUID, key: str) -> UUID:
     """The message id of a freeze transition: a replayed or repeated transition is the same message."""
     return uuid5(_NAMESPACE, f"freeze:{tenant}:{key}")
@@ -429,12 +458,16 @@ class Handlers:
         timer_batch_size: int = 100,
         timer_retry_s: float = 30.0,
         timer_max_sleep_s: float = 60.0,
+        run_start_timeout_s: float = 60.0,
+        run_start_attempts: int = 5,
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], UUID] = uuid4,
     ) -> None:
         self._pool = pool
         self.commands = commands
         self._client = client
+        self.run_start_timeout = timedelta(seconds=run_start_timeout_s)
+        self.run_start_attempts = run_start_attempts
         self.registry = registry or default_registry()
         self.release_query_timeout_s = release_query_timeout_s
         self.default_workflow_template = default_workflow_template
@@ -452,6 +485,10 @@ class Handlers:
             clock=clock,
             max_sleep_s=timer_max_sleep_s,
         )
+        self.runs = DueLoop(
+            "promotion-runs", self.next_run_check, self.run_run_checks, clock=clock, max_sleep_s=timer_max_sleep_s
+        )
+        """The run watch: a promotion whose run never brought its gate step does not wait silently."""
 
     # --- environments -----------------------------------------------------------------------------------
 
@@ -727,27 +764,11 @@ class Handlers:
                 freeze_override=None,
                 correlation_id=cmd.correlation_id,
             )
+            stored.run_check_at = now + self.run_start_timeout
             await repo.insert_promotion(conn, stored)
             view = repo.promotion_view(stored)
             origin = Origin.of(cmd)
-            start = origin.make(
-                w.StartRun,
-                actor_id=cmd.actor_id,
-                template_name=stored.workflow_template,
-                run_id=stored.workflow_run_id,
-                subject_id=promotion.id,
-                inputs={
-                    "promotion_id": str(promotion.id),
-                    "release_id": str(promotion.release_id),
-                    "environment_id": str(promotion.target_environment_id),
-                    "requested_by": promotion.requested_by,
-                    "approval_required": promotion.required_approvals > 0,
-                    "required_approvals": promotion.required_approvals,
-                    "require_sod": promotion.require_sod,
-                    "approver_groups": stored.approver_groups,
-                    "approval_timeout_s": promotion.approval_timeout_s,
-                },
-            )
+            start = start_run(origin, stored, actor_id=cmd.actor_id)
             await add_events(conn, [*self._changed(origin, view, events), (w.START_RUN, start)])
             return view.model_dump(mode="json")
 
@@ -1168,11 +1189,73 @@ class Handlers:
                     await self._evaluate(
                         conn, stored, now, "hold", Origin(stored.promotion.tenant_id, stored.correlation_id)
                     )
-            except Exception:
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # the database is away: the timer looks again shortly, at every due promotion
                 # One promotion that cannot be evaluated must not stop the others; it is tried again later.
                 log.exception("re-evaluating a held promotion failed", extra={"promotion_id": str(promotion_id)})
                 async with self._pool().acquire() as conn:
                     await repo.postpone_hold(conn, tenant, promotion_id, self.timer_retry, now)
+
+    # --- run watch --------------------------------------------------------------------------------------
+
+    async def next_run_check(self) -> datetime | None:
+        """When the run watch must next look at a promotion."""
+        async with self._pool().acquire() as conn:
+            return await repo.next_run_check(conn)
+
+    async def run_run_checks(self, now: datetime) -> None:
+        """Look at each promotion whose run has not brought its gate step in time, in its own transaction.
+
+        The run's start is sent again (a lost or dead-lettered ``StartRun``); the workflow starts the run
+        once whatever the number of copies. After ``run_start_attempts`` resends, each after twice the wait
+        of the one before, the promotion is rejected with ``PROM_RUN_NOT_STARTED``.
+        """
+        async with self._pool().acquire() as conn:
+            due = await repo.due_run_checks(conn, now, self.timer_batch_size)
+        for tenant, promotion_id in due:
+            try:
+                async with self._pool().acquire() as conn, conn.transaction():
+                    stored = await repo.lock_due_run_check(conn, tenant, promotion_id, now)
+                    if stored is not None:
+                        await self._check_run(conn, stored, now)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # the database is away: the timer tries again shortly, for every promotion
+                log.exception("checking a promotion's run failed", extra={"promotion_id": str(promotion_id)})
+                async with self._pool().acquire() as conn:
+                    await repo.postpone_run_check(conn, tenant, promotion_id, now + self.timer_retry)
+
+    async def _check_run(self, conn: asyncpg.Connection, stored: repo.StoredPromotion, now: datetime) -> None:
+        p = stored.promotion
+        origin = Origin(p.tenant_id, stored.correlation_id)
+        if not stored.awaits_run:
+            await repo.update_promotion(conn, stored)  # clears the watch
+            return
+        if stored.run_checks < self.run_start_attempts:
+            stored.run_checks += 1
+            stored.run_check_at = now + run_check_delay(self.run_start_timeout, stored.run_checks)
+            p.status_message = (
+                f"waiting for workflow run {stored.workflow_run_id} to start; its start was sent again "
+                f"({stored.run_checks} of {self.run_start_attempts})"
+            )
+            await repo.update_promotion(conn, stored)
+            log.warning(
+                "a promotion's workflow run has not started; sending its start again",
+                extra={"promotion_id": str(p.id), "run_id": str(stored.workflow_run_id), "checks": stored.run_checks},
+            )
+            await add_events(conn, [(w.START_RUN, start_run(origin, stored))])
+            return
+        waited = now - p.requested_at
+        events = p.abandon_unstarted_run(waited=timedelta(seconds=int(waited.total_seconds())), now=now)
+        stored.run_check_at = None
+        await repo.update_promotion(conn, stored)
+        log.error(
+            "a promotion's workflow run never started; rejecting it",
+            extra={"promotion_id": str(p.id), "run_id": str(stored.workflow_run_id)},
+        )
+        cancel = origin.make(w.CancelRun, run_id=stored.workflow_run_id, reason=p.status_message)
+        await add_events(conn, [*self._changed(origin, repo.promotion_view(stored), events), (w.CANCEL_RUN, cancel)])
 
     # --- freeze timer -----------------------------------------------------------------------------------
 

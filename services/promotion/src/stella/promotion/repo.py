@@ -36,7 +36,7 @@ _PROMOTION_COLUMNS = """id, tenant_id, release_id, release_name, release_compone
     required_approvals, require_sod, approver_groups, freeze_behavior, approval_timeout_s, decision_id,
     decision_record, reason_codes, status_message, next_evaluation_at, approval_deadline, approvals_granted_at,
     approved_at, deployment_job_id, rollback_job_id, rollback_succeeded, finished_at, cancelled_by,
-    workflow_template, workflow_run_id, gate_step, freeze_override, correlation_id"""
+    workflow_template, workflow_run_id, gate_step, freeze_override, correlation_id, run_check_at, run_checks"""
 
 # --- environments ----------------------------------------------------------------------------------------
 
@@ -134,7 +134,7 @@ LOCK_RELEASE = (
 INSERT_PROMOTION = f"""
     INSERT INTO promotions ({_PROMOTION_COLUMNS})
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-            $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37)
+            $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39)
 """
 GET_PROMOTION = f"SELECT {_PROMOTION_COLUMNS} FROM promotions WHERE tenant_id = $1 AND id = $2"
 GET_PROMOTION_FOR_UPDATE = GET_PROMOTION + " FOR UPDATE"
@@ -145,7 +145,7 @@ UPDATE_PROMOTION = """
            decision_record = $8, reason_codes = $9, status_message = $10, next_evaluation_at = $11,
            approval_deadline = $12, approvals_granted_at = $13, approved_at = $14, deployment_job_id = $15,
            rollback_job_id = $16, rollback_succeeded = $17, finished_at = $18, cancelled_by = $19, gate_step = $20,
-           freeze_override = $21
+           freeze_override = $21, run_check_at = $22, run_checks = $23
      WHERE tenant_id = $1 AND id = $2
 """
 LIST_PROMOTIONS = f"""
@@ -175,6 +175,16 @@ DUE_HOLDS = """
 """
 LOCK_DUE_HOLD = GET_PROMOTION + " AND next_evaluation_at <= $3 FOR UPDATE SKIP LOCKED"
 POSTPONE_HOLD = "UPDATE promotions SET next_evaluation_at = $3 WHERE tenant_id = $1 AND id = $2"
+# The run watch: promotions whose workflow run has not brought them their gate step yet, by when to look.
+NEXT_RUN_CHECK = "SELECT min(run_check_at) FROM promotions WHERE run_check_at IS NOT NULL"
+DUE_RUN_CHECKS = """
+    SELECT tenant_id, id FROM promotions
+     WHERE run_check_at <= $1
+     ORDER BY run_check_at
+     LIMIT $2
+"""
+LOCK_DUE_RUN_CHECK = GET_PROMOTION + " AND run_check_at <= $3 FOR UPDATE SKIP LOCKED"
+POSTPONE_RUN_CHECK = "UPDATE promotions SET run_check_at = $3 WHERE tenant_id = $1 AND id = $2"
 
 # --- decisions -------------------------------------------------------------------------------------------
 
@@ -277,6 +287,8 @@ class StoredPromotion:
         freeze_override: The freeze override given for this promotion, if any.
         correlation_id: Correlation id of the request; messages the timers cause carry it.
         decision_id: Id of the latest stored decision (its record is ``promotion.decision``).
+        run_check_at: When to look whether the workflow run started, while it has not brought the gate step.
+        run_checks: How often the run's start was sent again.
     """
 
     promotion: domain.Promotion
@@ -291,6 +303,13 @@ class StoredPromotion:
     freeze_override: dict[str, Any] | None
     correlation_id: UUID
     decision_id: UUID | None = None
+    run_check_at: datetime | None = None
+    run_checks: int = 0
+
+    @property
+    def awaits_run(self) -> bool:
+        """Whether the promotion waits for its workflow run to bring the gate step (the run watch applies)."""
+        return self.promotion.status is domain.PromotionStatus.PENDING_GATE and self.gate_step is None
 
 
 def stored_promotion(row: asyncpg.Record) -> StoredPromotion:
@@ -336,6 +355,8 @@ def stored_promotion(row: asyncpg.Record) -> StoredPromotion:
         freeze_override=row["freeze_override"],
         correlation_id=row["correlation_id"],
         decision_id=row["decision_id"],
+        run_check_at=row["run_check_at"],
+        run_checks=row["run_checks"],
     )
 
 
@@ -637,6 +658,8 @@ async def insert_promotion(conn: asyncpg.Connection, stored: StoredPromotion) ->
         _step_json(stored.gate_step),
         stored.freeze_override,
         stored.correlation_id,
+        _run_check_at(stored),
+        stored.run_checks,
     )
 
 
@@ -679,7 +702,14 @@ async def update_promotion(conn: asyncpg.Connection, stored: StoredPromotion) ->
         p.cancelled_by,
         _step_json(stored.gate_step),
         stored.freeze_override,
+        _run_check_at(stored),
+        stored.run_checks,
     )
+
+
+def _run_check_at(stored: StoredPromotion) -> datetime | None:
+    # Watched only while the run has not brought the gate step: its arrival or any decision ends the watch.
+    return stored.run_check_at if stored.awaits_run else None
 
 
 async def list_promotions(
@@ -727,6 +757,29 @@ async def lock_due_hold(conn: asyncpg.Connection, tenant: UUID, pid: UUID, now: 
 async def postpone_hold(conn: asyncpg.Connection, tenant: UUID, pid: UUID, delay: timedelta, now: datetime) -> None:
     """Try a held promotion whose re-evaluation failed again later."""
     await conn.execute(POSTPONE_HOLD, tenant, pid, now + delay)
+
+
+async def next_run_check(conn: asyncpg.Connection) -> datetime | None:
+    """When the run watch must next look at a promotion of any tenant."""
+    return await conn.fetchval(NEXT_RUN_CHECK)
+
+
+async def due_run_checks(conn: asyncpg.Connection, now: datetime, limit: int) -> list[tuple[UUID, UUID]]:
+    """(tenant, promotion) of the promotions whose run check is due at ``now``, earliest first."""
+    return [(r["tenant_id"], r["id"]) for r in await conn.fetch(DUE_RUN_CHECKS, now, limit)]
+
+
+async def lock_due_run_check(
+    conn: asyncpg.Connection, tenant: UUID, pid: UUID, now: datetime
+) -> StoredPromotion | None:
+    """Lock a promotion whose run check is still due; None when it is not, or another replica holds it."""
+    row = await conn.fetchrow(LOCK_DUE_RUN_CHECK, tenant, pid, now)
+    return stored_promotion(row) if row else None
+
+
+async def postpone_run_check(conn: asyncpg.Connection, tenant: UUID, pid: UUID, at: datetime) -> None:
+    """Look at a promotion whose run check failed again at ``at``."""
+    await conn.execute(POSTPONE_RUN_CHECK, tenant, pid, at)
 
 
 # --- decisions -------------------------------------------------------------------------------------------

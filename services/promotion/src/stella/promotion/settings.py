@@ -27,3 +27,11 @@ class Settings(ServiceSettings):
 
     timer_max_sleep_s: float = Field(default=60.0, gt=0, le=3600)
     """Longest a timer sleeps without looking again (bounds the effect of a missed wake-up)."""
+
+    run_start_timeout_s: float = Field(default=60.0, gt=0, le=86_400)
+    """Seconds a promotion waits for its workflow run to bring the gate step before the run's start is sent
+    again; each further wait is twice as long."""
+
+    run_start_attempts: int = Field(default=5, ge=0, le=50)
+    """How often a run's start is sent again before the promotion is rejected with ``PROM_RUN_NOT_STARTED``
+    (with the default timeout: about an hour after the request)."""

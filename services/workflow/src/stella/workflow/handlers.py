@@ -27,6 +27,7 @@ import asyncpg
 from stella.contracts import workflow as c
 from stella.contracts.envelope import Message, Page, Reply, utcnow
 from stella.kit.broker import CommandProcessor
+from stella.kit.faults import is_transient
 from stella.kit.outbox import add_events
 from stella.kit.timers import DueLoop
 from stella.workflow import engine, repo
@@ -438,7 +439,9 @@ class Handlers:
             try:
                 if await self._wake_run(tenant, run_id):
                     handled += 1
-            except Exception:
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # the database is away: the timer looks again shortly, at every due run
                 log.exception("advancing a due run failed; retrying later", extra={"run_id": str(run_id)})
                 async with self._pool().acquire() as conn:
                     await repo.postpone_run(conn, tenant, run_id, self.clock() + timedelta(seconds=self.timer_retry_s))

@@ -1,6 +1,7 @@
 """One Litestar controller per resource of the public API."""
 
 from stella.gateway.controllers.components import ComponentController
+from stella.gateway.controllers.dead_letters import DeadLetterController
 from stella.gateway.controllers.environments import EnvironmentController
 from stella.gateway.controllers.evidence import EvidenceController
 from stella.gateway.controllers.health import HealthController
@@ -14,6 +15,7 @@ from stella.gateway.controllers.workflows import WorkflowRunController, Workflow
 
 __all__ = [
     "ComponentController",
+    "DeadLetterController",
     "EnvironmentController",
     "EvidenceController",
     "HealthController",
