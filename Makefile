@@ -4,6 +4,9 @@ SHELL := /bin/bash
 # uv from PATH, else the one pip installs for this Python (`make uv` installs it when missing).
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
+# The image `make image` builds, and the base it builds on (local stand-ins: `make local-images`).
+IMAGE ?= stella:latest
+BASE_IMAGE ?= python:3.11-slim-bookworm
 
 .PHONY: help
 help: ## Show this help
@@ -52,6 +55,20 @@ fmt: setup ## Format and fix what can be fixed automatically
 .PHONY: bench
 bench: setup ## Run the benchmarks (each prints ratios against a baseline measured in the same run)
 	@set -e; for b in $(wildcard tests/bench/*.py services/*/bench/*.py); do echo "== $$b"; $(UV) run --no-sync python "$$b"; done
+
+.PHONY: wheelhouse
+wheelhouse: setup ## Prepare deploy/.wheels from uv.lock (third-party wheels are fetched again only when the lock changes)
+	@UV="$(UV)" ./deploy/wheelhouse.sh
+
+.PHONY: image
+image: wheelhouse ## Build the image of every service (IMAGE=stella:latest, BASE_IMAGE=python:3.11-slim-bookworm)
+	@docker build --file deploy/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) --tag $(IMAGE) .
+	@echo "built $(IMAGE)"
+
+.PHONY: local-images
+local-images: ## Build stand-ins for the public base, Postgres, NATS, PgBouncer and HAProxy images from Debian packages (needs root)
+	@./deploy/images/local-base.sh > deploy/images/local.env
+	@echo "written deploy/images/local.env (use: docker compose --env-file .env ... or append it to .env)"
 
 .PHONY: clean
 clean: ## Remove local state (.stella: embedded databases, keys, admin token)

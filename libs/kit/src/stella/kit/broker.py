@@ -116,9 +116,20 @@ class Host(Protocol):
 
 
 async def declare_streams(
-    js: JetStreamContext, names: Names | None = None, specs: tuple[StreamSpec, ...] = ALL_STREAMS
+    js: JetStreamContext,
+    names: Names | None = None,
+    specs: tuple[StreamSpec, ...] = ALL_STREAMS,
+    *,
+    replicas: int = 1,
 ) -> None:
-    """Create the streams, or update them to the declared configuration; safe from many processes at once."""
+    """Create the streams, or update them to the declared configuration; safe from many processes at once.
+
+    Args:
+        js: The JetStream context.
+        names: The installation's namespace.
+        specs: The streams.
+        replicas: Copies of each stream in a NATS cluster (``STELLA_NATS_STREAM_REPLICAS``; 1 on one server).
+    """
     names = names or Names()
     for spec in specs:
         name = names.stream(spec)
@@ -129,6 +140,7 @@ async def declare_streams(
             storage=StorageType.FILE,
             max_age=spec.max_age_s,
             duplicate_window=spec.duplicate_window_s,
+            num_replicas=replicas,
         )
         try:
             await js.stream_info(name)

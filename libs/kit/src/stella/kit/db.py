@@ -1,4 +1,18 @@
-"""The asyncpg pool of a service, pinned to the service's schema."""
+"""The asyncpg pool of a service, pinned to the service's schema.
+
+Two ways to reach Postgres (``STELLA_DATABASE_POOL_MODE``):
+
+``session``
+    Directly (or through a pooler in session mode). ``search_path`` is sent when a connection opens, and
+    asyncpg keeps its prepared statements.
+``transaction``
+    Through PgBouncer in transaction pooling mode, where consecutive statements of one client may run on
+    different server connections. Nothing may outlive a transaction: asyncpg keeps no prepared statements
+    (``statement_cache_size=0``; its unnamed statements are parsed again with each execution), sends no
+    ``search_path`` (PgBouncer refuses unknown start-up parameters) and sends no reset query when a
+    connection goes back to the pool (``RESET ALL`` would run on whichever server connection is at hand).
+    The pooler sets ``search_path`` instead, and :func:`create_pool` checks that it does.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +22,8 @@ from typing import Any
 import asyncpg
 
 from stella.kit.migrations import quote_ident
+from stella.kit.settings import PoolMode
+from stella.kit.startup import ConfigurationError
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -20,7 +36,13 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-async def create_pool(dsn: str, schema: str, *, max_size: int = 20, min_size: int = 1) -> asyncpg.Pool:
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset in transaction pooling mode: there is no session state of ours to clear."""
+
+
+async def create_pool(
+    dsn: str, schema: str, *, max_size: int = 20, min_size: int = 1, pool_mode: PoolMode = "session"
+) -> asyncpg.Pool:
     """Create the service's pool with ``search_path`` set to its own schema.
 
     Args:
@@ -28,8 +50,30 @@ async def create_pool(dsn: str, schema: str, *, max_size: int = 20, min_size: in
         schema: The service's schema; every connection resolves unqualified names there.
         max_size: Upper bound on connections (reference default 20 per service).
         min_size: Connections opened at start.
+        pool_mode: ``transaction`` when ``dsn`` goes through PgBouncer in transaction pooling mode.
+
+    Raises:
+        ConfigurationError: in ``transaction`` mode, when the pooler's connections do not use ``schema``.
     """
     quote_ident(schema)  # validates the name
+    if pool_mode == "transaction":
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            reset=_keep_session,
+            statement_cache_size=0,
+            server_settings={"application_name": f"stella-{schema}"},
+            command_timeout=60,
+        )
+        assert pool is not None
+        try:
+            await check_search_path(pool, schema)
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -40,3 +84,20 @@ async def create_pool(dsn: str, schema: str, *, max_size: int = 20, min_size: in
     )
     assert pool is not None
     return pool
+
+
+async def check_search_path(pool: asyncpg.Pool, schema: str) -> None:
+    """Check that connections of a transaction-pooled ``pool`` resolve names in ``schema`` first.
+
+    Raises:
+        ConfigurationError: naming the ``search_path`` the pooler gave and how to fix it.
+    """
+    async with pool.acquire() as conn:
+        search_path = await conn.fetchval("SELECT current_setting('search_path')")
+    first = str(search_path).split(",", 1)[0].strip().strip('"')
+    if first != schema:
+        raise ConfigurationError(
+            f"connections through STELLA_DATABASE_URL use search_path {search_path!r}, not the {schema!r} schema: "
+            f"with STELLA_DATABASE_POOL_MODE=transaction the pooler must set it (a PgBouncer database for this "
+            f"service with connect_query 'SET search_path TO {schema}, public', or a role whose search_path is set)"
+        )

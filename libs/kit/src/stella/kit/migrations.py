@@ -3,23 +3,36 @@
 Each file ``NNN_name.sql`` in a service's ``migrations`` directory is applied once, in order, inside a
 transaction, and recorded in ``<schema>.schema_migrations``. A session-level advisory lock keyed on the
 schema makes two replicas that start at once apply each file exactly once: the second waits, then finds
-nothing left to do.
+nothing left to do. The lock is held by the session, so the runner needs a connection of its own to Postgres
+(``STELLA_DATABASE_DIRECT_URL`` when the services go through a transaction pooler).
+
+Where a migration job runs first (containers, Kubernetes), services start with ``STELLA_MIGRATE_ON_START=false``
+and only check that what they need is applied (:func:`prepare_schema`). ``python -m stella.kit.migrate``
+applies the migrations of every installed service (:func:`installed_migration_sets`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import importlib
+import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
+from stella.kit.startup import ConfigurationError, DependencyUnavailable
+
+log = logging.getLogger(__name__)
+
 _FILE = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-class MigrationError(RuntimeError):
+class MigrationError(ConfigurationError):
     """A migration set is malformed or a recorded migration no longer matches its file."""
 
 
@@ -139,3 +152,67 @@ async def _apply(conn: asyncpg.Connection, schema: str, directory: Path, table: 
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+
+async def pending_migrations(conn: asyncpg.Connection, schema: str, directory: Path) -> list[str]:
+    """The names of the kit's and the service's migration files not yet applied to ``schema``."""
+    missing: list[str] = []
+    for folder, table in ((KIT_MIGRATIONS, "kit_migrations"), (directory, "schema_migrations")):
+        wanted = load_migrations(folder)
+        applied: set[int] = set()
+        if await conn.fetchval("SELECT to_regclass($1)", f"{quote_ident(schema)}.{table}") is not None:
+            rows = await conn.fetch(f"SELECT version FROM {quote_ident(schema)}.{table}")
+            applied = {row["version"] for row in rows}
+        missing += [m.name for m in wanted if m.version not in applied]
+    return missing
+
+
+async def prepare_schema(
+    dsn: str, schema: str, directory: Path, *, migrate: bool, timeout_s: float = 60.0
+) -> list[str]:
+    """Bring ``schema`` up to date, or wait until a migration job has done it.
+
+    Args:
+        dsn: A direct DSN (the migration lock is held by the session).
+        schema: The service's schema.
+        directory: The service's migrations.
+        migrate: Apply what is missing; when False, wait for it to be applied by someone else.
+        timeout_s: How long to wait when ``migrate`` is False.
+
+    Returns:
+        The migrations this call applied.
+
+    Raises:
+        DependencyUnavailable: when ``migrate`` is False and migrations are still missing after ``timeout_s``.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        if migrate:
+            return await apply_migrations(conn, schema, directory)
+        deadline = time.monotonic() + timeout_s
+        while missing := await pending_migrations(conn, schema, directory):
+            if time.monotonic() >= deadline:
+                raise DependencyUnavailable(
+                    f"schema {schema!r} lacks the migrations {', '.join(missing)} and STELLA_MIGRATE_ON_START is false: "
+                    "run the migration job (python -m stella.kit.migrate) first"
+                )
+            log.info("waiting for migrations", extra={"schema": schema, "missing": missing})
+            await asyncio.sleep(2.0)
+        return []
+    finally:
+        await conn.close()
+
+
+def installed_migration_sets() -> list[tuple[str, Path]]:
+    """``(schema, folder)`` of every installed Stella package with a ``migrations`` folder of SQL files.
+
+    A service package ``stella.<name>`` keeps its migrations in ``stella/<name>/migrations`` and owns the
+    schema ``<name>``; a service added later is found without being listed anywhere.
+    """
+    stella = importlib.import_module("stella")
+    found: dict[str, Path] = {}
+    for root in stella.__path__:
+        for folder in sorted(Path(root).glob("*/migrations")):
+            if folder.is_dir() and any(folder.glob("*.sql")) and _SCHEMA.match(folder.parent.name):
+                found.setdefault(folder.parent.name, folder)
+    return sorted(found.items())

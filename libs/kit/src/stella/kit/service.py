@@ -27,9 +27,10 @@ from stella.kit import tracing
 from stella.kit.broker import FailureLedger, ServiceClient, declare_consumers, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.metrics import serve_metrics
-from stella.kit.migrations import apply_migrations
+from stella.kit.migrations import prepare_schema
 from stella.kit.naming import Names
 from stella.kit.outbox import OutboxRelay
+from stella.kit.probes import ProbeServer
 from stella.kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class ServiceRuntime:
         self._nats: NatsClient | None = None
         self._client: ServiceClient | None = None
         self.relay: OutboxRelay | None = None
+        self.probes: ProbeServer | None = None
         self._observers: dict[str, Callable[[str], None]] = {}
         self.started_at = time.time()
         self._stopped = asyncio.Event()
@@ -112,22 +114,38 @@ class ServiceRuntime:
         self._observers[subject] = observer
 
     async def start(self) -> None:
-        """Connect to Postgres and NATS, migrate, declare streams, start the relay and the subscribers."""
+        """Connect to Postgres and NATS, migrate, declare streams, start the relay and the subscribers.
+
+        A start that fails stops what it had started before the error propagates.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
         if not tracing.enabled():
             self._owns_tracing = tracing.configure_from_env(self.name)
-        conn = await asyncpg.connect(self.settings.database_url)
-        try:
-            applied = await apply_migrations(conn, self.schema, self.migrations)
-        finally:
-            await conn.close()
+        applied = await prepare_schema(
+            settings.direct_database_url,
+            self.schema,
+            self.migrations,
+            migrate=settings.migrate_on_start,
+            timeout_s=settings.startup_timeout_s,
+        )
         if applied:
             log.info("applied migrations", extra={"migrations": applied})
-        self._pool = await create_pool(self.settings.database_url, self.schema, max_size=self.settings.db_pool_size)
+        self._pool = await create_pool(
+            settings.database_url, self.schema, max_size=settings.db_pool_size, pool_mode=settings.database_pool_mode
+        )
         await self.broker.connect()
         nc = self.broker.connection
         self._nats = nc
         self._js = nc.jetstream()
-        await declare_streams(self._js, self.names)
+        await declare_streams(self._js, self.names, replicas=settings.nats_stream_replicas)
         self._client = ServiceClient(nc, self._js, names=self.names)
         await self._client.start()
         router = NatsRouter()
@@ -141,8 +159,9 @@ class ServiceRuntime:
 
         self.broker.include_router(router)
         await declare_consumers(self._js, self.consumers)
+        # The relay holds a session lock and LISTENs: it needs a connection that bypasses a transaction pooler.
         self.relay = OutboxRelay(
-            self.settings.database_url,
+            self.settings.direct_database_url,
             self.schema,
             self._js,
             names=self.names,
@@ -156,6 +175,9 @@ class ServiceRuntime:
         await self.broker.start()
         if self.settings.metrics_port:
             serve_metrics(self.settings.metrics_port)
+        if self.settings.health_port is not None:
+            self.probes = ProbeServer(self.health, port=self.settings.health_port)
+            await self.probes.start()
         log.info("service started", extra={"service": self.name})
 
     async def health(self) -> dict[str, Any]:
@@ -173,6 +195,8 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         """Stop subscribers, the relay and the connections."""
+        if self.probes is not None:
+            await self.probes.stop()
         if self._on_stop is not None:
             with contextlib.suppress(Exception):
                 await self._on_stop(self)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+_DATABASE_SCHEMES = ("postgresql", "postgres")
+_NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+PoolMode = Literal["session", "transaction"]
+"""How ``STELLA_DATABASE_URL`` reaches Postgres: ``session`` (directly, or a pooler in session mode) or
+``transaction`` (PgBouncer in transaction pooling mode)."""
 
 
 class ServiceSettings(BaseSettings):
@@ -24,6 +34,23 @@ class ServiceSettings(BaseSettings):
     )
     """PostgreSQL DSN; the service only touches its own schema in that database."""
 
+    database_direct_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("database_direct_url", "STELLA_DATABASE_DIRECT_URL"),
+    )
+    """A DSN that reaches Postgres without a transaction pooler, for the work that needs a session of its own:
+    migrations at start (a session advisory lock) and the outbox relay (its leader lock and ``LISTEN``).
+    Unset: ``database_url`` is used for that too."""
+
+    database_pool_mode: PoolMode = Field(
+        default="session",
+        validation_alias=AliasChoices("database_pool_mode", "STELLA_DATABASE_POOL_MODE"),
+    )
+    """``session`` when ``database_url`` reaches Postgres directly; ``transaction`` when it goes through PgBouncer
+    in transaction pooling mode. Then the pool keeps no prepared statements and sends no ``search_path``: the
+    pooler must set it (one pooler database per service whose ``connect_query`` sets it, or a per-service role
+    with its own ``search_path``), and ``database_direct_url`` is required."""
+
     nats_url: str = Field(
         default=DEFAULT_NATS_URL,
         validation_alias=AliasChoices("nats_url", "STELLA_NATS_URL"),
@@ -37,11 +64,33 @@ class ServiceSettings(BaseSettings):
     )
     """Puts the installation's subjects under ``stella.<namespace>.`` (empty: the plain contract subjects)."""
 
+    nats_stream_replicas: int = Field(
+        default=1, ge=1, le=5, validation_alias=AliasChoices("nats_stream_replicas", "STELLA_NATS_STREAM_REPLICAS")
+    )
+    """Copies JetStream keeps of each stream: 1 on a single server, 3 in a three-node NATS cluster."""
+
     db_pool_size: int = Field(default=20, ge=1, le=200)
     """Maximum connections in the service's asyncpg pool."""
 
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("log_level", "STELLA_LOG_LEVEL"))
     """Root log level (DEBUG, INFO, WARNING...)."""
+
+    startup_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, validation_alias=AliasChoices("startup_timeout_s", "STELLA_STARTUP_TIMEOUT_S")
+    )
+    """Seconds a starting process waits for a configured Postgres and NATS to answer before it exits (code 69)."""
+
+    migrate_on_start: bool = Field(
+        default=True, validation_alias=AliasChoices("migrate_on_start", "STELLA_MIGRATE_ON_START")
+    )
+    """Apply the schema's migrations at start. False where a migration job does it first (containers): the
+    process then only checks that every migration it needs is applied, waiting up to ``startup_timeout_s``."""
+
+    health_port: int | None = Field(
+        default=None, ge=0, le=65535, validation_alias=AliasChoices("health_port", "STELLA_HEALTH_PORT")
+    )
+    """Port of the HTTP probes of a headless service on every interface: ``/healthz`` (the process answers),
+    ``/readyz`` (its database and NATS answer) and ``/metrics``. None: no probe server (``make run``)."""
 
     max_deliver: int = Field(default=5, ge=1, le=100)
     """Failures of a message (its poison budget) before it goes to the dead-letter subject. Transient faults
@@ -77,3 +126,43 @@ class ServiceSettings(BaseSettings):
 
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Port of the Prometheus ``/metrics`` endpoint; none when unset."""
+
+    @field_validator("database_url", "database_direct_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if urlsplit(value).scheme not in _DATABASE_SCHEMES or not urlsplit(value).hostname:
+            raise ValueError("must be a postgresql://user:password@host:port/database URL")
+        return value
+
+    @field_validator("nats_url")
+    @classmethod
+    def _check_nats_url(cls, value: str) -> str:
+        servers = [url.strip() for url in value.split(",") if url.strip()]
+        if not servers:
+            raise ValueError("must name at least one server, e.g. nats://nats:4222")
+        for url in servers:
+            parts = urlsplit(url)
+            if parts.scheme not in _NATS_SCHEMES or not parts.hostname:
+                raise ValueError(f"{url!r} is not a nats://host:port URL")
+        return value
+
+    @model_validator(mode="after")
+    def _direct_url_when_pooled(self) -> ServiceSettings:
+        if self.database_pool_mode == "transaction" and not self.database_direct_url:
+            raise ValueError(
+                "STELLA_DATABASE_POOL_MODE=transaction needs STELLA_DATABASE_DIRECT_URL (a connection that bypasses "
+                "the pooler, for migrations and the outbox relay)"
+            )
+        return self
+
+    @property
+    def direct_database_url(self) -> str:
+        """The DSN for session-level work: ``database_direct_url``, else ``database_url``."""
+        return self.database_direct_url or self.database_url
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The NATS server URLs of ``nats_url``."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]

@@ -1,6 +1,7 @@
 """Run the evidence service, or rotate its signing key.
 
     python -m stella.evidence               serve until interrupted
+    python -m stella.evidence init-key      create the signing key file when it does not exist (needs no database)
     python -m stella.evidence rotate-key    generate a new active signing key and retire the current one
 
 A retired key's public key stays published (``GET /api/v1/evidence/keys``) and keeps verifying the packets
@@ -18,15 +19,17 @@ from datetime import UTC, datetime
 import asyncpg
 
 from stella.evidence.app import MIGRATIONS, NAME, create_app
+from stella.evidence.keys import KeyFormatError
 from stella.evidence.settings import Settings
 from stella.evidence.signing import KeyFile, rotate_key
 from stella.kit.logs import configure_logging
 from stella.kit.migrations import apply_migrations, quote_ident
+from stella.kit.startup import EX_CONFIG, load_settings, run_process
 
 
 async def rotate(settings: Settings) -> str:
     """Rotate the signing key in the key file and the database; returns a one-line summary."""
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.direct_database_url)
     try:
         await apply_migrations(conn, NAME, MIGRATIONS)
         await conn.execute(f"SET search_path TO {quote_ident(NAME)}, public")
@@ -46,21 +49,46 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="serve until interrupted (the default)")
     commands.add_parser(
+        "init-key",
+        help="create the signing key file when it does not exist (the first start registers it); print its key id",
+    )
+    commands.add_parser(
         "rotate-key",
         help="generate a new active signing key and retire the current one (which stays verifiable)",
     )
     return parser
 
 
+def init_key(settings: Settings) -> int:
+    """Create the key file unless it exists; print its key reference. Returns the exit code."""
+    key_file = KeyFile(settings.signing_key_path, settings.key_algorithm)
+    existed = key_file.path.exists()
+    try:
+        key = key_file.load_or_create()
+    except (OSError, KeyFormatError) as exc:
+        print(f"error: cannot create or read the evidence signing key at {key_file.path}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    state = "exists" if existed else "created"
+    print(f"evidence signing key {key.key_ref} {state} at {key_file.path}")
+    return 0
+
+
+async def serve(settings: Settings) -> None:
+    """Create the app and serve until interrupted."""
+    await create_app(settings).run()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Build the settings once, then serve or rotate the signing key."""
+    """Build the settings once, then serve, create or rotate the signing key."""
     args = _parser().parse_args(argv)
-    settings = Settings()
+    settings = load_settings(NAME, Settings)
     configure_logging(NAME, settings.log_level)
+    if args.command == "init-key":
+        sys.exit(init_key(settings))
     if args.command == "rotate-key":
         print(asyncio.run(rotate(settings)))
         return
-    asyncio.run(create_app(settings).run())
+    sys.exit(run_process(NAME, settings, serve))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
     """
     overrides = overrides or Overrides()
     clock = overrides.get("clock", utcnow)
-    signer = ActiveSigner(KeyFile(settings.signing_key_path, settings.key_algorithm))
+    signer = ActiveSigner(KeyFile(settings.signing_key_path, settings.key_algorithm), create=settings.key_create)
     app = EvidenceApp(signer=signer)
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:

@@ -27,6 +27,11 @@ class Settings(ServiceSettings):
     """An explicit private key file (PEM, Ed25519 or ECDSA P-256) used instead of the one in ``key_dir``;
     generated there on first start when it does not exist."""
 
+    key_create: bool = True
+    """Generate the key when the key file does not exist. False in containers: the key comes from a volume the
+    bootstrap step wrote (``python -m stella.evidence init-key``) or from a mounted secret, and a missing key
+    file stops the service with one line instead of signing with a key that vanishes with the container."""
+
     key_algorithm: KeyAlgorithm = KeyAlgorithm.ED25519
     """Algorithm of keys this service generates (first start, ``rotate-key``): ``ed25519`` or ``ecdsa-p256``.
     An existing key file is used whatever its algorithm."""

@@ -24,12 +24,20 @@ import asyncpg
 
 from stella.evidence import repo
 from stella.evidence.domain import SignerOutOfDate
-from stella.evidence.keys import KeyAlgorithm, SigningKey, generate_key, load_private_key, save_private_key
+from stella.evidence.keys import (
+    KeyAlgorithm,
+    KeyFormatError,
+    SigningKey,
+    generate_key,
+    load_private_key,
+    save_private_key,
+)
+from stella.kit.startup import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 
-class KeyRetired(RuntimeError):
+class KeyRetired(ConfigurationError):
     """The key file holds a key that was retired; a retired key must never sign again."""
 
 
@@ -147,10 +155,16 @@ async def rotate_key(conn: asyncpg.Connection, key_file: KeyFile, now: datetime)
 
 
 class ActiveSigner:
-    """The key this process signs with, kept in step with the key the database marks active."""
+    """The key this process signs with, kept in step with the key the database marks active.
 
-    def __init__(self, key_file: KeyFile) -> None:
+    Args:
+        key_file: Where the private key lives.
+        create: Generate the key when the file does not exist; when False a missing file stops the start.
+    """
+
+    def __init__(self, key_file: KeyFile, *, create: bool = True) -> None:
         self.key_file = key_file
+        self.create = create
         self._key: SigningKey | None = None
 
     @property
@@ -161,8 +175,25 @@ class ActiveSigner:
         return self._key
 
     async def start(self, pool: asyncpg.Pool, now: datetime) -> None:
-        """Load (or create) the key file and register the key as the active one."""
-        self._key = self.key_file.load_or_create()
+        """Load (or create) the key file and register the key as the active one.
+
+        Raises:
+            ConfigurationError: when the key file is missing (and may not be created), unreadable, not a key,
+                or holds a retired key.
+        """
+        path = self.key_file.path
+        try:
+            self._key = self.key_file.load_or_create() if self.create else self.key_file.load()
+        except FileNotFoundError as exc:
+            raise ConfigurationError(
+                f"no evidence signing key at {path}: mount the key volume (written by "
+                "`python -m stella.evidence init-key`) or a secret holding the key there "
+                "(STELLA_EVIDENCE_KEY_DIR / STELLA_EVIDENCE_KEY_FILE)"
+            ) from exc
+        except PermissionError as exc:
+            raise ConfigurationError(f"the evidence signing key at {path} cannot be read or written: {exc}") from exc
+        except KeyFormatError as exc:
+            raise ConfigurationError(f"{path} holds no usable evidence signing key: {exc}") from exc
         async with pool.acquire() as conn, conn.transaction():
             await register_key(conn, self._key, now)
 

@@ -21,9 +21,11 @@ import uvicorn
 from stella.gateway.admin import AdminError, IssuedCredential, bootstrap, create_token, write_secret
 from stella.gateway.app import MIGRATIONS, SCHEMA, create_app
 from stella.gateway.settings import Settings
+from stella.kit.db import create_pool
 from stella.kit.logs import configure_logging
 from stella.kit.metrics import serve_metrics
-from stella.kit.migrations import apply_migrations, quote_ident
+from stella.kit.migrations import apply_migrations, prepare_schema, quote_ident
+from stella.kit.startup import StartupError, load_settings, run_process
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,25 +57,51 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serve(settings: Settings) -> None:
-    """Serve the API with uvicorn (one process) on the settings' host and port."""
-    configure_logging("gateway", settings.log_level)
+async def _serve(settings: Settings) -> None:
+    """Serve the API with uvicorn (one process) on the settings' host and port until a signal arrives.
+
+    The schema and the pool are prepared before uvicorn starts, so a configuration error ends the process
+    with the one line of :func:`~stella.kit.startup.run_process` rather than a failed ASGI lifespan.
+    """
     if settings.metrics_port is not None:
         serve_metrics(settings.metrics_port)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        lifespan="on",
-        proxy_headers=True,
-        server_header=False,
+    await prepare_schema(
+        settings.direct_database_url,
+        SCHEMA,
+        MIGRATIONS,
+        migrate=settings.migrate_on_start,
+        timeout_s=settings.startup_timeout_s,
     )
+    pool = await create_pool(
+        settings.database_url, SCHEMA, max_size=settings.db_pool_size, pool_mode=settings.database_pool_mode
+    )
+    try:
+        config = uvicorn.Config(
+            create_app(settings, overrides={"pool": pool}),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            lifespan="on",
+            proxy_headers=True,
+            server_header=False,
+        )
+        server = uvicorn.Server(config)
+        await server.serve()
+        if not server.started:
+            raise StartupError(f"the gateway did not start serving on {settings.host}:{settings.port}")
+    finally:
+        await pool.close()
+
+
+def serve(settings: Settings) -> int:
+    """Wait for Postgres and NATS, then serve; returns the exit code (one log line when it cannot start)."""
+    configure_logging("gateway", settings.log_level)
+    return run_process("gateway", settings, _serve)
 
 
 async def _connect(settings: Settings) -> asyncpg.Connection:
     conn = await asyncpg.connect(
-        settings.database_url, server_settings={"search_path": f"{quote_ident(SCHEMA)},public"}
+        settings.direct_database_url, server_settings={"search_path": f"{quote_ident(SCHEMA)},public"}
     )
     await apply_migrations(conn, SCHEMA, MIGRATIONS)
     return conn
@@ -113,11 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; ``sys.argv[1:]`` when None.
     """
     args = _parser().parse_args(argv)
-    settings = Settings()
+    settings = load_settings("gateway", Settings)
     command = args.command or "serve"
     if command == "serve":
-        serve(settings)
-        return 0
+        return serve(settings)
     try:
         if command in ("bootstrap", "bootstrap-platform"):
             credential = asyncio.run(_bootstrap(settings, args))

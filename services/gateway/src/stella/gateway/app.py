@@ -67,7 +67,7 @@ from stella.kit import tracing
 from stella.kit.broker import ServiceClient, declare_streams
 from stella.kit.db import create_pool
 from stella.kit.deadletters import DeadLetterStore
-from stella.kit.migrations import apply_migrations
+from stella.kit.migrations import prepare_schema
 from stella.kit.naming import Names
 
 log = logging.getLogger(__name__)
@@ -253,19 +253,27 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
     settings = runtime.settings
     if not tracing.enabled() and tracing.configure_from_env("gateway"):
         stack.callback(tracing.uninstall)
-    pool = given.get("pool")
-    if pool is None:
-        pool = await create_pool(settings.database_url, SCHEMA, max_size=settings.db_pool_size)
-        stack.push_async_callback(pool.close)
-    async with pool.acquire() as conn:
-        applied = await apply_migrations(conn, SCHEMA, MIGRATIONS)
+    # The migration lock is held by a session: a connection of its own, bypassing a transaction pooler.
+    applied = await prepare_schema(
+        settings.direct_database_url,
+        SCHEMA,
+        MIGRATIONS,
+        migrate=settings.migrate_on_start,
+        timeout_s=settings.startup_timeout_s,
+    )
     if applied:
         log.info("applied migrations", extra={"migrations": applied})
+    pool = given.get("pool")
+    if pool is None:
+        pool = await create_pool(
+            settings.database_url, SCHEMA, max_size=settings.db_pool_size, pool_mode=settings.database_pool_mode
+        )
+        stack.push_async_callback(pool.close)
 
     nc = given.get("nats")
     if nc is None:
         nc = await nats.connect(
-            servers=[url.strip() for url in settings.nats_url.split(",") if url.strip()],
+            servers=settings.nats_servers,
             name="stella-gateway",
             # Keep reconnecting for as long as the process lives; readiness reports the outage meanwhile.
             max_reconnect_attempts=-1,
@@ -273,7 +281,7 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
         stack.push_async_callback(_close_nats, nc)
     js = nc.jetstream()
     names = Names(settings.nats_namespace)
-    await declare_streams(js, names)
+    await declare_streams(js, names, replicas=settings.nats_stream_replicas)
 
     store = GatewayStore(pool)
 
