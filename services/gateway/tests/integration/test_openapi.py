@@ -40,11 +40,21 @@ async def test_the_document_publishes_the_patterns_the_gateway_enforces(gateway:
     assert schemas["EnvironmentCreate"]["properties"]["order_index"]["maximum"] == 10_000
 
 
+def _example(item: dict[str, Any], name: str) -> str:
+    """A value the path parameter ``name`` accepts: ``1`` for an integer, else a UUID."""
+    for operation in item.values():
+        for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+            if parameter.get("in") == "path" and parameter.get("name") == name:
+                if parameter.get("schema", {}).get("type") == "integer":
+                    return "1"
+    return "00000000-0000-0000-0000-000000000001"
+
+
 async def test_options_allows_every_method_of_the_path(gateway: Gateway) -> None:
     document = await _document(gateway)
     tenant = await gateway.tenant()
     for template, item in document["paths"].items():
-        path = re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000001", template)
+        path = re.sub(r"\{([^}]+)\}", lambda m: _example(item, m.group(1)), template)
         response = await gateway.call("OPTIONS", path, tenant.token)
         assert response.status_code == 204, (path, response.text)
         allowed = {m.strip().lower() for m in response.headers["allow"].split(",")}
