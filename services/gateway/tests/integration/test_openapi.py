@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -40,13 +41,17 @@ async def test_the_document_publishes_the_patterns_the_gateway_enforces(gateway:
     assert schemas["EnvironmentCreate"]["properties"]["order_index"]["maximum"] == 10_000
 
 
+def _parameter_example(item: dict[str, Any], match: re.Match[str]) -> str:
+    return _example(item, match.group(1))
+
+
 def _example(item: dict[str, Any], name: str) -> str:
     """A value the path parameter ``name`` accepts: ``1`` for an integer, else a UUID."""
     for operation in item.values():
         for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
-            if parameter.get("in") == "path" and parameter.get("name") == name:
-                if parameter.get("schema", {}).get("type") == "integer":
-                    return "1"
+            is_this = parameter.get("in") == "path" and parameter.get("name") == name
+            if is_this and parameter.get("schema", {}).get("type") == "integer":
+                return "1"
     return "00000000-0000-0000-0000-000000000001"
 
 
@@ -54,7 +59,7 @@ async def test_options_allows_every_method_of_the_path(gateway: Gateway) -> None
     document = await _document(gateway)
     tenant = await gateway.tenant()
     for template, item in document["paths"].items():
-        path = re.sub(r"\{([^}]+)\}", lambda m: _example(item, m.group(1)), template)
+        path = re.sub(r"\{([^}]+)\}", functools.partial(_parameter_example, item), template)
         response = await gateway.call("OPTIONS", path, tenant.token)
         assert response.status_code == 204, (path, response.text)
         allowed = {m.strip().lower() for m in response.headers["allow"].split(",")}
