@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from stella.evidence.bundle import build_bundle
+from stella.evidence import merkle
+from stella.evidence.bundle import TreeProof, build_bundle
+from stella.evidence.checkpoint import Checkpoint, origin_for, sign_checkpoint
 from stella.evidence.keys import KeyAlgorithm, SigningKey, generate_key
 from stella.evidence.packet import ChainHead, PacketType, SignedPacket, build_packet, sign_packet
 
@@ -76,13 +79,38 @@ class Chain:
     new_key: SigningKey
     signed: list[SignedPacket]
     created_at: datetime
+    _tree: TreeProof | None = None
 
     @property
     def public_keys(self) -> list:
         return [self.old_key.public_key, self.new_key.public_key]
 
+    def tree(self, size: int | None = None) -> TreeProof:
+        """The checkpoint of the first ``size`` packets (all by default), signed by the current key (ECDSA
+        signatures differ each time: the one of the whole chain is made once and kept)."""
+        if size is None:
+            if self._tree is None:
+                self._tree = self.tree(len(self.signed))
+            return self._tree
+        root = merkle.root_from_leaves([leaf_of(item) for item in self.signed[:size]])
+        note = sign_checkpoint(
+            Checkpoint(origin_for("stella.test/evidence", self.tenant_id), size, root),
+            self.new_key,
+            self.new_key.public_key,
+        )
+        return TreeProof(
+            checkpoint=note, tree_size=size, first_sequence=1 if size else None, last_sequence=size or None
+        )
+
     def bundle(self) -> bytes:
-        return build_bundle(self.signed, self.public_keys, tenant_id=self.tenant_id, created_at=self.created_at)
+        return build_bundle(
+            self.signed, self.public_keys, tenant_id=self.tenant_id, created_at=self.created_at, tree=self.tree()
+        )
+
+
+def leaf_of(item: SignedPacket) -> bytes:
+    """The Merkle leaf hash of a signed packet: over its DSSE payload bytes."""
+    return merkle.leaf_hash(base64.b64decode(item.envelope["payload"]))
 
 
 def make_chain(count: int = 6, *, rotate_after: int = 3) -> Chain:

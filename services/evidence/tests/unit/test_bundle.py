@@ -37,12 +37,16 @@ def _members(data: bytes) -> list[tarfile.TarInfo]:
 
 
 def test_same_packets_give_the_same_bytes(chain: Any) -> None:
-    first = chain.bundle()
+    tree = chain.tree()
+    first = build_bundle(
+        chain.signed, chain.public_keys, tenant_id=chain.tenant_id, created_at=chain.created_at, tree=tree
+    )
     again = build_bundle(
         list(reversed(chain.signed)),
         list(reversed(chain.public_keys)),
         tenant_id=chain.tenant_id,
         created_at=chain.created_at,
+        tree=tree,
     )
     assert first == again
     assert first[4:8] == b"\x00\x00\x00\x00", "gzip header carries no timestamp"
@@ -56,9 +60,11 @@ def test_layout_names_modes_and_times(chain: Any) -> None:
     assert expected_envelopes[0] == f"envelopes/0000000001-{chain.signed[0].packet.id}.dsse.json"
     assert set(names) == {
         "VERIFY.md",
+        "checkpoint.txt",
         "envelopes",
         "keys",
         "manifest.json",
+        "tree.json",
         *expected_envelopes,
         *(f"keys/{key.key_ref}.pem" for key in chain.public_keys),
     }
@@ -114,7 +120,14 @@ def test_export_refuses_foreign_and_duplicate_packets(chain: Any, chain_factory:
 
 def test_write_bundle_to_a_file(tmp_path: Path, chain: Any) -> None:
     path = tmp_path / "export.tar.gz"
-    write_bundle(path, chain.signed, chain.public_keys, tenant_id=chain.tenant_id, created_at=chain.created_at)
+    write_bundle(
+        path,
+        chain.signed,
+        chain.public_keys,
+        tenant_id=chain.tenant_id,
+        created_at=chain.created_at,
+        tree=chain.tree(),
+    )
     assert path.read_bytes() == chain.bundle()
     assert read_bundle(path).files.keys() == read_bundle(chain.bundle()).files.keys()
     with path.open("rb") as handle:

@@ -33,6 +33,7 @@ from uuid import UUID
 
 from stella.contracts.canonical import sha256_digest
 from stella.evidence.keys import PublicKey
+from stella.evidence.merkle import HASH_SIZE, Range
 from stella.evidence.packet import SignedPacket, format_timestamp, parse_timestamp
 from stella.evidence.statement import PAYLOAD_TYPE, PREDICATE_TYPE
 
@@ -50,6 +51,12 @@ ENVELOPES_DIR: Final[str] = "envelopes/"
 
 KEYS_DIR: Final[str] = "keys/"
 """Directory of the public keys."""
+
+CHECKPOINT_PATH: Final[str] = "checkpoint.txt"
+"""Path of the signed checkpoint (C2SP signed note) of the tenant's tree the packets belong to."""
+
+TREE_PATH: Final[str] = "tree.json"
+"""Path of what recomputes the checkpoint's root from the packets: the range and the subtrees around it."""
 
 SEQUENCE_DIGITS: Final[int] = 10
 """Sequences in envelope file names are zero-padded to this width, so names sort in sequence order."""
@@ -153,6 +160,71 @@ class Manifest:
         }
 
 
+@dataclass(frozen=True)
+class TreeProof:
+    """The checkpoint a bundle carries, and what recomputes its root from the bundle's packets.
+
+    Attributes:
+        checkpoint: The signed note of the tenant's tree at ``tree_size`` packets.
+        tree_size: Packets the checkpoint covers.
+        first_sequence: First sequence the bundle claims to hold (1 for an export from the start), or ``None``.
+        last_sequence: Last sequence the bundle claims to hold (``tree_size`` for an export to the end).
+        outside: Roots of the subtrees of the RFC 6962 recursion that hold none of the bundle's packets,
+            by leaf range ``[start, end)``.
+    """
+
+    checkpoint: str
+    tree_size: int
+    first_sequence: int | None
+    last_sequence: int | None
+    outside: dict[Range, bytes] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``tree.json`` form (the checkpoint itself is ``checkpoint.txt``)."""
+        return {
+            "tree_size": self.tree_size,
+            "range": (
+                None
+                if self.first_sequence is None
+                else {"first_sequence": self.first_sequence, "last_sequence": self.last_sequence}
+            ),
+            "outside": [
+                {"start": start, "end": end, "hash": digest.hex()}
+                for (start, end), digest in sorted(self.outside.items())
+            ],
+        }
+
+
+def parse_tree_proof(checkpoint: bytes, data: bytes) -> TreeProof:
+    """Read ``checkpoint.txt`` and ``tree.json``.
+
+    Raises:
+        ManifestError: When either is unreadable or a field has the wrong shape.
+    """
+    try:
+        note = checkpoint.decode("utf-8")
+        raw = json.loads(data.decode("utf-8"))
+        size = raw["tree_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ManifestError("tree.json: tree_size is not a non-negative integer")
+        span = raw["range"]
+        first = _optional_int(None if span is None else span["first_sequence"], "first_sequence")
+        last = _optional_int(None if span is None else span["last_sequence"], "last_sequence")
+        outside: dict[Range, bytes] = {}
+        for entry in raw["outside"]:
+            start, end, digest = entry["start"], entry["end"], bytes.fromhex(entry["hash"])
+            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= size):
+                raise ManifestError(f"tree.json: outside range {start}..{end} is not within the tree")
+            if len(digest) != HASH_SIZE:
+                raise ManifestError("tree.json: an outside hash is not 32 bytes")
+            outside[(start, end)] = digest
+    except ManifestError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"checkpoint.txt or tree.json is unreadable: {exc!r}") from exc
+    return TreeProof(checkpoint=note, tree_size=size, first_sequence=first, last_sequence=last, outside=outside)
+
+
 def _optional_int(value: object, name: str) -> int | None:
     if value is None:
         return None
@@ -238,6 +310,7 @@ def build_bundle(
     *,
     tenant_id: UUID,
     created_at: datetime,
+    tree: TreeProof | None = None,
 ) -> bytes:
     """Build an export bundle.
 
@@ -249,6 +322,8 @@ def build_bundle(
         public_keys: Every public key that may have signed them: the current key and the rotated ones.
         tenant_id: The tenant whose evidence this is.
         created_at: Export time; written to the manifest and used as every entry's mtime.
+        tree: The tenant's checkpoint and the proof that ties the packets to it; its range is the one the
+            manifest claims (the packets given may fall short of it: that is what the verifier reports).
 
     Returns:
         The ``tar.gz`` bytes.
@@ -271,11 +346,17 @@ def build_bundle(
         files[envelope_path(item.packet.sequence, item.packet.id)] = _json_bytes(item.envelope)
     for ref in sorted(keys):
         files[key_path(ref)] = keys[ref].to_pem()
+    first_sequence = packets[0].packet.sequence if packets else None
+    last_sequence = packets[-1].packet.sequence if packets else None
+    if tree is not None:
+        files[CHECKPOINT_PATH] = tree.checkpoint.encode("utf-8")
+        files[TREE_PATH] = _json_bytes(tree.to_dict())
+        first_sequence, last_sequence = tree.first_sequence, tree.last_sequence
     header = Manifest(
         tenant_id=tenant_id,
         created_at=created_at,
-        first_sequence=packets[0].packet.sequence if packets else None,
-        last_sequence=packets[-1].packet.sequence if packets else None,
+        first_sequence=first_sequence,
+        last_sequence=last_sequence,
         packet_count=len(packets),
         key_refs=tuple(sorted(keys)),
         files=(),
@@ -305,9 +386,12 @@ def write_bundle(
     *,
     tenant_id: UUID,
     created_at: datetime,
+    tree: TreeProof | None = None,
 ) -> None:
     """Build a bundle (see :func:`build_bundle`) and write it to ``path``."""
-    Path(path).write_bytes(build_bundle(signed_packets, public_keys, tenant_id=tenant_id, created_at=created_at))
+    Path(path).write_bytes(
+        build_bundle(signed_packets, public_keys, tenant_id=tenant_id, created_at=created_at, tree=tree)
+    )
 
 
 def _tar_gz(files: dict[str, bytes], *, mtime: int) -> bytes:

@@ -68,6 +68,12 @@ class FindingKind(StrEnum):
     """A key file is not a supported PEM public key."""
     KEY_REF_MISMATCH = "key_ref_mismatch"
     """A key file's name is not the reference of the key inside."""
+    CHECKPOINT_MISSING = "checkpoint_missing"
+    """The bundle carries no signed checkpoint: packets missing at its head or tail could not be noticed."""
+    CHECKPOINT_INVALID = "checkpoint_invalid"
+    """The checkpoint is malformed, of another tenant, or not signed by a trusted key."""
+    TREE_MISMATCH = "tree_mismatch"
+    """The packets do not recompute the checkpoint's root: one was deleted, added or changed."""
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,15 @@ class Settings(ServiceSettings):
     max_reply_bytes: int = Field(default=768 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
     """Budget of one list reply in JSON bytes; a page stops early rather than exceed NATS's message limit."""
 
+    checkpoint_origin: str = Field(default="stella.local/evidence", pattern=r"^[\x21-\x7e]{1,200}$")
+    """The installation's name in signed checkpoints: each tenant's tree is the log ``<origin>/<tenant id>`` and
+    checkpoints are signed under the key name ``<origin>``. A schema-less URL, as C2SP signed notes recommend;
+    it need not be reachable."""
+
+    checkpoint_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """Seconds between two rounds of checkpoint signing: every tree that grew since its newest checkpoint gets
+    a new one, so a checkpoint covers every packet within this time (an export signs one at once)."""
+
     @property
     def signing_key_path(self) -> Path:
         """Where the private signing key lives: ``key_file`` when set, else ``key_dir/evidence-signing-key.pem``."""

@@ -24,10 +24,13 @@ from typing import IO, Any
 from uuid import UUID
 
 from stella.contracts.canonical import sha256_digest
+from stella.evidence import merkle
 from stella.evidence.bundle import (
+    CHECKPOINT_PATH,
     ENVELOPES_DIR,
     KEYS_DIR,
     MANIFEST_PATH,
+    TREE_PATH,
     BundleContents,
     BundleFormatError,
     Manifest,
@@ -35,9 +38,11 @@ from stella.evidence.bundle import (
     envelope_path,
     parse_envelope_path,
     parse_manifest,
+    parse_tree_proof,
     read_bundle,
 )
 from stella.evidence.chain import Finding, FindingKind, sort_findings, verify_chain
+from stella.evidence.checkpoint import CheckpointError, verify_checkpoint
 from stella.evidence.dsse import MalformedEnvelopeError, parse_envelope, verify_parsed_envelope
 from stella.evidence.keys import (
     BadSignatureError,
@@ -88,6 +93,8 @@ class VerificationReport:
     packet_count: int = 0
     key_source: str = "bundle"
     trusted_key_refs: list[str] = field(default_factory=list)
+    checkpoint_size: int | None = None
+    checkpoint_key_ref: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -117,6 +124,11 @@ class VerificationReport:
             "packet_count": self.packet_count,
             "key_source": self.key_source,
             "trusted_key_refs": self.trusted_key_refs,
+            "checkpoint": (
+                None
+                if self.checkpoint_size is None
+                else {"tree_size": self.checkpoint_size, "key_ref": self.checkpoint_key_ref}
+            ),
             "findings": [finding.to_dict() for finding in self.findings],
             "notes": self.notes,
         }
@@ -132,7 +144,12 @@ class VerificationReport:
         )
         tenant = f" of tenant {self.tenant_id}" if self.tenant_id else ""
         if self.ok:
-            lines.append(f"OK: {span}{tenant}; every file, signature, content_hash and chain link verified")
+            covered = (
+                f"; the signed checkpoint of {self.checkpoint_size} packets recomputes"
+                if self.checkpoint_size is not None
+                else ""
+            )
+            lines.append(f"OK: {span}{tenant}; every file, signature, content_hash and chain link verified{covered}")
         else:
             count = len(self.findings)
             lines.append(f"FAILED: {count} finding{'s' if count != 1 else ''} in {span}{tenant}")
@@ -209,8 +226,11 @@ def _load_bundle_keys(contents: BundleContents, findings: list[Finding]) -> Publ
     return ring
 
 
-def _check_envelope(path: str, data: bytes, keyring: PublicKeyRing, findings: list[Finding]) -> EvidencePacket | None:
-    """Check one envelope file; return its packet when one could be read out of it."""
+def _check_envelope(
+    path: str, data: bytes, keyring: PublicKeyRing, findings: list[Finding], leaves: dict[int, bytes]
+) -> EvidencePacket | None:
+    """Check one envelope file; return its packet when one could be read out of it (and record its leaf hash
+    in ``leaves`` under its sequence)."""
     named = parse_envelope_path(path)
     name_sequence, name_id = named if named else (None, None)
 
@@ -267,6 +287,7 @@ def _check_envelope(path: str, data: bytes, keyring: PublicKeyRing, findings: li
 
     if packet is None or statement is None:
         return None
+    leaves.setdefault(packet.sequence, merkle.leaf_hash(envelope.payload))
     if verified_refs and packet.signer_key_ref not in verified_refs:
         report(
             FindingKind.SIGNER_MISMATCH,
@@ -308,14 +329,22 @@ def _envelope_order(path: str) -> tuple[int, int, str]:
 
 
 def verify_bundle(
-    source: bytes | str | os.PathLike[str] | IO[bytes], *, trusted_keys: PublicKeyRing | None = None
+    source: bytes | str | os.PathLike[str] | IO[bytes],
+    *,
+    trusted_keys: PublicKeyRing | None = None,
+    trust_bundle_keys: bool = False,
+    require_checkpoint: bool = True,
 ) -> VerificationReport:
     """Verify an export bundle.
 
     Args:
         source: The bundle bytes, a path to it, or a binary file object.
-        trusted_keys: The keys to trust, obtained separately from the bundle. When ``None``, the public keys
-            inside the bundle are trusted: that proves the bundle is internally consistent, not who made it.
+        trusted_keys: The keys to trust, obtained separately from the bundle.
+        trust_bundle_keys: Without ``trusted_keys``, trust the public keys inside the bundle: that proves the
+            bundle is internally consistent, not who made it (anyone can re-sign a bundle with a key of their
+            own). Without either, no key is trusted and every signature fails.
+        require_checkpoint: Report a bundle without a signed checkpoint (bundles exported before checkpoints
+            existed have none; pass False to check such a bundle for everything else).
 
     Returns:
         The report; ``report.ok`` is true only when every check held.
@@ -345,13 +374,17 @@ def verify_bundle(
         _check_files(contents, manifest, findings)
 
     bundle_keys = _load_bundle_keys(contents, findings)
-    if trusted_keys is None:
+    if trusted_keys is None and not trust_bundle_keys:
+        keyring = PublicKeyRing()
+        report.key_source = "none"
+        report.notes.append("no key is trusted: pass --keys or --trust-fingerprint (or --trust-bundle-keys)")
+    elif trusted_keys is None:
         keyring = bundle_keys
         report.key_source = "bundle"
         report.notes.append(
-            f"trusting the {len(bundle_keys)} public key(s) shipped in the bundle "
-            f"({', '.join(bundle_keys.key_refs) or 'none'}); compare them with the keys your organization "
-            "publishes, or pass --keys"
+            f"WARNING: trusting the {len(bundle_keys)} public key(s) shipped in the bundle "
+            f"({', '.join(bundle_keys.key_refs) or 'none'}): this shows the bundle is consistent, not who signed "
+            "it; compare them with the keys your organization publishes, or pass --keys"
         )
     else:
         keyring = trusted_keys
@@ -366,9 +399,10 @@ def verify_bundle(
         (p for p in contents.files if p.startswith(ENVELOPES_DIR) and p.endswith(".dsse.json")), key=_envelope_order
     )
     packets: list[EvidencePacket] = []
+    leaves: dict[int, bytes] = {}
     unreadable: list[int] = []
     for path in envelope_paths:
-        packet = _check_envelope(path, contents.files[path], keyring, findings)
+        packet = _check_envelope(path, contents.files[path], keyring, findings, leaves)
         if packet is not None:
             packets.append(packet)
         else:
@@ -392,9 +426,141 @@ def verify_bundle(
     )
     if manifest is not None:
         _check_manifest_metadata(manifest, report, findings)
+    _check_tree(contents, manifest, report, keyring, leaves, findings, require=require_checkpoint)
 
     report.findings = sort_findings(findings)
     return report
+
+
+def _check_tree(
+    contents: BundleContents,
+    manifest: Manifest | None,
+    report: VerificationReport,
+    keyring: PublicKeyRing,
+    leaves: dict[int, bytes],
+    findings: list[Finding],
+    *,
+    require: bool,
+) -> None:
+    """Check the checkpoint's signature and that the packets recompute its root."""
+    if CHECKPOINT_PATH not in contents.files:
+        if require:
+            findings.append(
+                Finding(
+                    FindingKind.CHECKPOINT_MISSING,
+                    "the bundle carries no signed checkpoint, so packets missing at its start or end would go unseen",
+                    path=CHECKPOINT_PATH,
+                )
+            )
+        else:
+            report.notes.append("no checkpoint in the bundle: deleted first or last packets cannot be detected")
+        return
+    try:
+        proof = parse_tree_proof(contents.files[CHECKPOINT_PATH], contents.files.get(TREE_PATH, b""))
+    except ManifestError as exc:
+        findings.append(Finding(FindingKind.CHECKPOINT_INVALID, str(exc), path=TREE_PATH))
+        return
+    try:
+        verified = verify_checkpoint(proof.checkpoint, keyring)
+    except CheckpointError as exc:
+        findings.append(Finding(FindingKind.CHECKPOINT_INVALID, str(exc), path=CHECKPOINT_PATH))
+        return
+    checkpoint = verified.checkpoint
+    tenant = report.tenant_id
+    if tenant is None or checkpoint.origin.rsplit("/", 1)[-1] != str(tenant):
+        findings.append(
+            Finding(
+                FindingKind.CHECKPOINT_INVALID,
+                f"the checkpoint is of the log {checkpoint.origin}, not of tenant {tenant}",
+                path=CHECKPOINT_PATH,
+            )
+        )
+        return
+    if checkpoint.size != proof.tree_size:
+        findings.append(
+            Finding(
+                FindingKind.CHECKPOINT_INVALID,
+                f"tree.json says {proof.tree_size} packets, the signed checkpoint {checkpoint.size}",
+                path=TREE_PATH,
+            )
+        )
+        return
+    report.checkpoint_size = checkpoint.size
+    report.checkpoint_key_ref = verified.key_ref
+    if manifest is not None and (manifest.first_sequence, manifest.last_sequence) != (
+        proof.first_sequence,
+        proof.last_sequence,
+    ):
+        findings.append(
+            Finding(
+                FindingKind.MANIFEST_MISMATCH,
+                f"manifest range {manifest.first_sequence}..{manifest.last_sequence} differs from the range "
+                f"{proof.first_sequence}..{proof.last_sequence} tree.json proves",
+                path=MANIFEST_PATH,
+            )
+        )
+    if proof.first_sequence is None or proof.last_sequence is None:
+        if leaves:
+            findings.append(
+                Finding(FindingKind.TREE_MISMATCH, "packets are present but tree.json claims none", path=TREE_PATH)
+            )
+        return
+    first, last = proof.first_sequence, proof.last_sequence
+    if not 1 <= first <= last <= checkpoint.size:
+        findings.append(
+            Finding(
+                FindingKind.TREE_MISMATCH,
+                f"range {first}..{last} is not within the checkpoint's {checkpoint.size} packets",
+                path=TREE_PATH,
+            )
+        )
+        return
+    # A packet already reported (a gap, a bad signature, an unreadable file) is not reported again here: one
+    # tampered packet gives findings about that packet, and the tree speaks for what nothing else noticed.
+    # Missing packets between two present ones are gaps the chain check reports; those before the first or
+    # after the last (a deleted head or tail) only the checkpoint reveals.
+    reported = {f.sequence for f in findings if f.sequence is not None}
+    present = sorted(set(leaves) | reported)
+    missing = [sequence for sequence in range(first, last + 1) if sequence not in leaves]
+    unseen = [s for s in missing if s not in reported and not (present and present[0] < s < present[-1])]
+    for sequence in unseen[:50]:
+        findings.append(
+            Finding(
+                FindingKind.TREE_MISMATCH,
+                f"the checkpoint of {checkpoint.size} packets includes packet {sequence}, which is not in the "
+                "bundle (deleted, or unreadable)",
+                sequence=sequence,
+            )
+        )
+    if len(unseen) > 50:
+        findings.append(
+            Finding(FindingKind.TREE_MISMATCH, f"{len(unseen) - 50} more packets of the checkpoint are missing")
+        )
+    extra = sorted(s for s in leaves if not first <= s <= last)
+    if extra:
+        findings.append(
+            Finding(
+                FindingKind.TREE_MISMATCH,
+                f"packets {extra[:10]} lie outside the range {first}..{last} the checkpoint proves",
+                sequence=extra[0],
+            )
+        )
+    if missing:
+        return
+    try:
+        root = merkle.range_root(checkpoint.size, first - 1, [leaves[s] for s in range(first, last + 1)], proof.outside)
+    except merkle.ProofError as exc:
+        findings.append(Finding(FindingKind.TREE_MISMATCH, str(exc), path=TREE_PATH))
+        return
+    if root != checkpoint.root and not reported.intersection(range(first, last + 1)):
+        findings.append(
+            Finding(
+                FindingKind.TREE_MISMATCH,
+                f"packets {first}..{last} do not recompute the root of the signed checkpoint of {checkpoint.size} "
+                "packets: a packet was changed, added or removed",
+                path=CHECKPOINT_PATH,
+            )
+        )
 
 
 def _check_manifest_metadata(manifest: Manifest, report: VerificationReport, findings: list[Finding]) -> None:
@@ -427,8 +593,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keys",
         metavar="DIR",
-        help="directory of trusted PEM public keys (*.pem) obtained separately; "
-        "without it, the keys inside the bundle are trusted",
+        help="directory of trusted PEM public keys (*.pem) obtained separately (GET /api/v1/evidence/keys)",
+    )
+    parser.add_argument(
+        "--trust-bundle-keys",
+        action="store_true",
+        help="trust the public keys inside the bundle (shows the bundle is consistent, not who signed it)",
+    )
+    parser.add_argument(
+        "--allow-no-checkpoint",
+        action="store_true",
+        help="accept a bundle without a signed checkpoint (exported before checkpoints existed)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -465,8 +640,28 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
         if len(trusted) == 0:
             print(f"error: no *.pem public keys in {args.keys}", file=err)
             return EXIT_UNUSABLE
+    if trusted is None and not args.trust_bundle_keys:
+        print(
+            "error: no trusted keys: pass --keys DIR (the keys your organization publishes), or "
+            "--trust-bundle-keys to trust the keys inside the bundle",
+            file=err,
+        )
+        return EXIT_UNUSABLE
+    if trusted is not None and args.trust_bundle_keys:
+        print("error: --keys and --trust-bundle-keys exclude each other", file=err)
+        return EXIT_UNUSABLE
+    if args.trust_bundle_keys:
+        print(
+            "warning: trusting the keys inside the bundle; anyone can re-sign a bundle with a key of their own",
+            file=err,
+        )
     try:
-        report = verify_bundle(args.bundle, trusted_keys=trusted)
+        report = verify_bundle(
+            args.bundle,
+            trusted_keys=trusted,
+            trust_bundle_keys=args.trust_bundle_keys,
+            require_checkpoint=not args.allow_no_checkpoint,
+        )
     except (OSError, BundleFormatError) as exc:
         print(f"error: cannot read bundle {args.bundle}: {exc}", file=err)
         return EXIT_UNUSABLE
