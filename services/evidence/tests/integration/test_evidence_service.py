@@ -499,7 +499,12 @@ async def _published_keys(caller: Caller, directory: Path) -> Path:
 
 async def _verify_offline(path: Path, keys: Path) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stella.evidence.verify", str(path), "--keys", str(keys),
+        sys.executable,
+        "-m",
+        "stella.evidence.verify",
+        str(path),
+        "--keys",
+        str(keys),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
