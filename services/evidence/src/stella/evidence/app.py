@@ -15,6 +15,7 @@ from stella.contracts.envelope import utcnow
 from stella.evidence import subscribers
 from stella.evidence.exports import ExportStore
 from stella.evidence.handlers import Handlers
+from stella.evidence.proofs import ProofQueries
 from stella.evidence.settings import Settings
 from stella.evidence.signing import ActiveSigner, KeyFile
 from stella.evidence.tree import Checkpointer
@@ -84,7 +85,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
             new_id=overrides.get("new_id", uuid4),
         )
         app.handlers = handlers
-        subscribers.register(runtime, router, handlers)
+        subscribers.register(runtime, router, handlers, ProofQueries(lambda: runtime.pool, checkpointer))
 
     async def on_start(runtime: ServiceRuntime) -> None:
         # Before the broker starts: no packet is signed until the key is loaded and registered.
