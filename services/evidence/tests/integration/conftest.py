@@ -362,6 +362,7 @@ class Auditor:
         keys.mkdir(exist_ok=True)
         for key in reply.data["items"]:
             (keys / f"{key['key_ref'].replace(':', '_')}.pem").write_text(key["public_key_pem"])
+        (keys / "key-log.json").write_text(json.dumps([key["log_entry"] for key in reply.data["items"]]))
         return keys
 
     async def export(self, name: str = "evidence.tar.gz", **query: Any) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -28,10 +30,13 @@ from stella.contracts.evidence import (
     GetInclusionProof,
     ListKeys,
 )
-from stella.evidence import merkle
+from stella.evidence import keylog, merkle
 from stella.evidence.app import EvidenceApp
+from stella.evidence.keys import SigningKey
+from stella.evidence.packet import ChainHead, PacketType, build_packet, sign_packet
+from stella.evidence.signing import rotate_key
 
-from .conftest import Auditor, Caller
+from .conftest import Auditor, Caller, packet_content
 
 
 def _sha(data: bytes) -> bytes:
@@ -226,3 +231,55 @@ async def test_an_export_is_refused_when_a_stored_row_differs_from_its_signed_en
     assert not reply.ok
     assert (reply.error.status, reply.error.code) == (409, "SYS_EVIDENCE_TAMPERED")
     assert "2 (content)" in reply.error.detail
+
+
+async def test_a_packet_a_stolen_retired_key_signs_after_the_rotation_is_refused_offline(
+    caller: Caller, auditor: Auditor, evidence_app: EvidenceApp, superuser: asyncpg.Connection
+) -> None:
+    first = await auditor.collect(0)
+    key_file = evidence_app.signer.key_file
+    stolen = SigningKey.from_pem(key_file.path.read_bytes())  # the attacker's copy of the key
+    async with evidence_app.runtime.pool.acquire() as conn:
+        retired, new = await rotate_key(conn, key_file, datetime.now(UTC))
+    assert retired == first["signer_key_ref"] == stolen.key_ref
+    second = await auditor.collect(1)
+    assert second["signer_key_ref"] == new.key_ref
+
+    # The published keys carry full fingerprints and the signed key log; the new key's entry is handed over.
+    reply = await caller.query(LIST_KEYS, ListKeys)
+    published = {k["key_ref"]: k for k in reply.data["items"]}
+    assert published[new.key_ref]["key_id"] == keylog.key_id(new.public_key)
+    handover = published[new.key_ref]["log_entry"]
+    assert {s["keyid"] for s in handover["signatures"]} == {new.key_ref, stolen.key_ref}
+
+    # With the stolen key, the attacker appends a packet after the rotation, straight into the table.
+    packet = build_packet(
+        packet_id=uuid.uuid4(),
+        tenant_id=caller.tenant_id,
+        packet_type=PacketType.DEPLOYMENT,
+        content=packet_content(7),
+        head=ChainHead(sequence=second["sequence"], content_hash=second["content_hash"]),
+        created_at=datetime.now(UTC) + timedelta(seconds=1),
+        signer_key_ref=stolen.key_ref,
+        promotion_id=None,
+    )
+    envelope = sign_packet(packet, stolen)
+    await superuser.execute(
+        """INSERT INTO packets (id, tenant_id, sequence, packet_type, previous_hash, content_hash, content, envelope,
+                                signer_key_ref, created_at, source_key)
+           VALUES ($1, $2, $3, 'deployment', $4, $5, $6::json, $7::json, $8, $9, 'forged')""",
+        packet.id,
+        packet.tenant_id,
+        packet.sequence,
+        packet.previous_hash,
+        packet.content_hash,
+        json.dumps(packet.content),
+        json.dumps(envelope),
+        packet.signer_key_ref,
+        packet.created_at,
+    )
+    bundle = await auditor.export()
+    code, out = await auditor.verify_offline(bundle)
+    assert code == 1, out
+    assert f"packet 3 (id {packet.id}): created at" in out and "[key_not_valid]" in out
+    assert "packet 1 " not in out and "packet 2 " not in out  # the honest packets are fine

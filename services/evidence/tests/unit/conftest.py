@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from stella.evidence import merkle
+from stella.contracts.canonical import sha256_digest
+from stella.evidence import keylog, merkle
 from stella.evidence.bundle import TreeProof, build_bundle
 from stella.evidence.checkpoint import Checkpoint, origin_for, sign_checkpoint
 from stella.evidence.keys import KeyAlgorithm, SigningKey, generate_key
@@ -80,6 +81,7 @@ class Chain:
     signed: list[SignedPacket]
     created_at: datetime
     _tree: TreeProof | None = None
+    _key_log: list[dict[str, Any]] | None = None
 
     @property
     def public_keys(self) -> list:
@@ -102,9 +104,33 @@ class Chain:
             checkpoint=note, tree_size=size, first_sequence=1 if size else None, last_sequence=size or None
         )
 
+    @property
+    def rotated_at(self) -> datetime:
+        """When the new key took over: the creation time of its first packet."""
+        firsts = [s.packet.created_at for s in self.signed if s.packet.signer_key_ref == self.new_key.key_ref]
+        return firsts[0] if firsts else self.created_at
+
+    def key_log(self) -> list[dict[str, Any]]:
+        """The signed key log: the old key from the start, the new one from the rotation (handed over); made
+        once (ECDSA signatures differ each time)."""
+        if self._key_log is not None:
+            return self._key_log
+        first = keylog.entry_payload(0, self.old_key.public_key, EPOCH - timedelta(days=1), None)
+        second = keylog.entry_payload(1, self.new_key.public_key, self.rotated_at, sha256_digest(first))
+        self._key_log = [
+            keylog.sign_entry(first, [self.old_key]),
+            keylog.sign_entry(second, [self.new_key, self.old_key]),
+        ]
+        return self._key_log
+
     def bundle(self) -> bytes:
         return build_bundle(
-            self.signed, self.public_keys, tenant_id=self.tenant_id, created_at=self.created_at, tree=self.tree()
+            self.signed,
+            self.public_keys,
+            tenant_id=self.tenant_id,
+            created_at=self.created_at,
+            tree=self.tree(),
+            key_log=self.key_log(),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -59,14 +60,19 @@ def test_replacing_destroys_the_old_private_key(tmp_path: Path) -> None:
 
 
 class _Database:
-    """Answers the one query :meth:`ActiveSigner.current` makes: the active key's reference."""
+    """Answers what :meth:`ActiveSigner.current` asks: the shared key lock, the active key and its start."""
 
     def __init__(self, active: str | None) -> None:
         self.active = active
+        self.locks = 0
 
-    async def fetchval(self, sql: str, *args: object) -> str | None:
+    async def execute(self, sql: str, *args: object) -> None:
+        assert "pg_advisory_xact_lock_shared" in sql
+        self.locks += 1
+
+    async def fetchrow(self, sql: str, *args: object) -> dict[str, object] | None:
         assert "WHERE active" in sql
-        return self.active
+        return None if self.active is None else {"key_ref": self.active, "created_at": datetime.now(UTC)}
 
 
 async def test_the_signer_follows_a_rotation_made_by_another_process(tmp_path: Path) -> None:

@@ -272,7 +272,7 @@ def test_modified_file_disagrees_with_the_manifest(chain: Any) -> None:
 
 def test_replaced_key_file(chain: Any) -> None:
     files = _files(chain.bundle())
-    path = f"keys/{chain.old_key.key_ref}.pem"
+    path = f"keys/{chain.old_key.key_ref.replace(':', '_')}.pem"
     files[path] = generate_key().public_key.to_pem()
     report = verify_bundle(_pack(files), trust_bundle_keys=True)
     found = _by_packet(report)

@@ -86,6 +86,11 @@ class KeyView(Model):
     active: bool
     created_at: datetime
     retired_at: datetime | None
+    key_id: str | None = None
+    """Full fingerprint: ``sha256:`` + hex SHA-256 of the DER SubjectPublicKeyInfo (``key_ref`` is its short form)."""
+    log_entry: dict[str, Any] | None = None
+    """The key's signed key log entry (a DSSE envelope): when it became valid, signed by itself and the key
+    it replaced. Keep the entries with the keys (``key-log.json``) to verify bundles against them."""
 
 
 class ExportBundleView(Model):

@@ -22,6 +22,7 @@ from stella.evidence.app import MIGRATIONS, NAME, create_app
 from stella.evidence.keys import KeyFormatError
 from stella.evidence.settings import Settings
 from stella.evidence.signing import KeyFile, rotate_key
+from stella.kit.db import init_connection
 from stella.kit.logs import configure_logging
 from stella.kit.migrations import apply_migrations, quote_ident
 from stella.kit.startup import EX_CONFIG, load_settings, run_process
@@ -31,6 +32,7 @@ async def rotate(settings: Settings) -> str:
     """Rotate the signing key in the key file and the database; returns a one-line summary."""
     conn = await asyncpg.connect(settings.direct_database_url)
     try:
+        await init_connection(conn)
         await apply_migrations(conn, NAME, MIGRATIONS)
         await conn.execute(f"SET search_path TO {quote_ident(NAME)}, public")
         retired, key = await rotate_key(

@@ -216,6 +216,8 @@ class Handlers:
         # Creation times never go backwards along a chain (even across replicas whose clocks differ), so a
         # time range always selects a contiguous run of sequences and an export has no holes.
         created_at = max(now, last_created_at) if last_created_at is not None else now
+        # Nor before the signing key became valid (a replica whose clock lags the one that rotated the key).
+        created_at = max(created_at, self.signer.valid_from)
         packet = build_packet(
             packet_id=self.new_id(),
             tenant_id=cmd.tenant_id,
@@ -326,7 +328,7 @@ class Handlers:
         Keys are few (one per rotation), so the list is never cut into pages; it has a list's usual shape.
         """
         async with self._pool().acquire() as conn:
-            keys = await repo.list_keys(conn)
+            keys = await repo.published_keys(conn)
         return Reply.success(Page(items=[k.model_dump(mode="json") for k in keys]).model_dump())
 
     async def _tree_proof(
@@ -377,13 +379,14 @@ class Handlers:
             proof = await self._tree_proof(conn, q, rows, checkpoint)
             # Keys after packets: a key is never removed, so every signer of these packets is among them.
             keys = await repo.list_keys(conn)
+            key_log = [envelope for _, envelope in await repo.key_log(conn)]
         domain.check_stored_matches_envelope(rows)
         now = self.clock()
         signed = [SignedPacket(packet=s.packet, envelope=s.envelope) for s in rows]
         public_keys = [PublicKey.from_pem(k.public_key_pem.encode()) for k in keys]
         # Building compresses everything: off the event loop, so other messages keep flowing meanwhile.
         data = await asyncio.to_thread(
-            build_bundle, signed, public_keys, tenant_id=q.tenant_id, created_at=now, tree=proof
+            build_bundle, signed, public_keys, tenant_id=q.tenant_id, created_at=now, tree=proof, key_log=key_log
         )
         created_at = now.astimezone(UTC)
         stamp = created_at.strftime("%Y%m%dT%H%M%SZ")

@@ -17,17 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 from uuid import UUID
 
 from stella.contracts.canonical import sha256_digest
-from stella.evidence import merkle
+from stella.evidence import keylog, merkle
 from stella.evidence.bundle import (
     CHECKPOINT_PATH,
     ENVELOPES_DIR,
+    KEY_LOG_PATH,
     KEYS_DIR,
     MANIFEST_PATH,
     TREE_PATH,
@@ -36,6 +38,7 @@ from stella.evidence.bundle import (
     Manifest,
     ManifestError,
     envelope_path,
+    key_ref_of_path,
     parse_envelope_path,
     parse_manifest,
     parse_tree_proof,
@@ -44,6 +47,7 @@ from stella.evidence.bundle import (
 from stella.evidence.chain import Finding, FindingKind, sort_findings, verify_chain
 from stella.evidence.checkpoint import CheckpointError, verify_checkpoint
 from stella.evidence.dsse import MalformedEnvelopeError, parse_envelope, verify_parsed_envelope
+from stella.evidence.keylog import KeyLog
 from stella.evidence.keys import (
     BadSignatureError,
     KeyFormatError,
@@ -51,7 +55,7 @@ from stella.evidence.keys import (
     PublicKeyRing,
     UnknownKeyError,
 )
-from stella.evidence.packet import EvidencePacket, MalformedPacketError, packet_from_dict
+from stella.evidence.packet import EvidencePacket, MalformedPacketError, format_timestamp, packet_from_dict
 from stella.evidence.statement import (
     PAYLOAD_TYPE,
     MalformedStatementError,
@@ -204,7 +208,7 @@ def _load_bundle_keys(contents: BundleContents, findings: list[Finding]) -> Publ
     for path in sorted(contents.files):
         if not (path.startswith(KEYS_DIR) and path.endswith(".pem")):
             continue
-        named_ref = path.removeprefix(KEYS_DIR).removesuffix(".pem")
+        named_ref = key_ref_of_path(path)
         try:
             key = PublicKey.from_pem(contents.files[path])
         except KeyFormatError as exc:
@@ -227,7 +231,12 @@ def _load_bundle_keys(contents: BundleContents, findings: list[Finding]) -> Publ
 
 
 def _check_envelope(
-    path: str, data: bytes, keyring: PublicKeyRing, findings: list[Finding], leaves: dict[int, bytes]
+    path: str,
+    data: bytes,
+    keyring: PublicKeyRing,
+    findings: list[Finding],
+    leaves: dict[int, bytes],
+    verified: dict[int, tuple[str, ...]],
 ) -> EvidencePacket | None:
     """Check one envelope file; return its packet when one could be read out of it (and record its leaf hash
     in ``leaves`` under its sequence)."""
@@ -288,6 +297,7 @@ def _check_envelope(
     if packet is None or statement is None:
         return None
     leaves.setdefault(packet.sequence, merkle.leaf_hash(envelope.payload))
+    verified.setdefault(packet.sequence, verified_refs)
     if verified_refs and packet.signer_key_ref not in verified_refs:
         report(
             FindingKind.SIGNER_MISMATCH,
@@ -328,10 +338,142 @@ def _envelope_order(path: str) -> tuple[int, int, str]:
     return (0, named[0], path) if named else (1, 0, path)
 
 
+def _load_key_log(contents: BundleContents, findings: list[Finding]) -> list[Any] | None:
+    data = contents.files.get(KEY_LOG_PATH)
+    if data is None:
+        return None
+    try:
+        entries = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        findings.append(Finding(FindingKind.KEY_LOG_INVALID, f"not UTF-8 JSON: {exc}", path=KEY_LOG_PATH))
+        return None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        findings.append(Finding(FindingKind.KEY_LOG_INVALID, "not a JSON list of envelopes", path=KEY_LOG_PATH))
+        return None
+    return entries
+
+
+def _trust(
+    report: VerificationReport,
+    findings: list[Finding],
+    bundle_keys: PublicKeyRing,
+    bundle_log: list[Any] | None,
+    trusted_keys: PublicKeyRing | None,
+    trusted_key_log: Sequence[Mapping[str, Any]] | None,
+    fingerprints: Sequence[str],
+    trust_bundle_keys: bool,
+) -> tuple[PublicKeyRing, KeyLog]:
+    """Decide which keys sign evidence, and when each was valid.
+
+    Returns:
+        The keys signatures are checked against, and the authenticated key log.
+    """
+    if trusted_keys is not None:
+        anchors = list(trusted_keys)
+        report.key_source = "external"
+        report.notes.append(f"trusting {len(anchors)} external key(s): {', '.join(trusted_keys.key_refs)}")
+    elif fingerprints:
+        candidates = [*bundle_keys, *_log_keys(trusted_key_log), *_log_keys(bundle_log)]
+        pinned = {key.key_ref: key for key in candidates if keylog.key_id(key) in set(fingerprints)}
+        anchors = list(pinned.values())
+        report.key_source = "fingerprint"
+        report.notes.append(
+            f"trusting the pinned key(s) {', '.join(sorted(pinned)) or '(none found)'} and the keys the key log "
+            "hands over to from them"
+        )
+    elif trust_bundle_keys:
+        anchors = list(bundle_keys)
+        report.key_source = "bundle"
+        report.notes.append(
+            f"WARNING: trusting the {len(anchors)} public key(s) shipped in the bundle "
+            f"({', '.join(bundle_keys.key_refs) or 'none'}): this shows the bundle is consistent, not who signed "
+            "it; compare them with the keys your organization publishes, or pass --keys"
+        )
+    else:
+        anchors = []
+        report.key_source = "none"
+        report.notes.append("no key is trusted: pass --keys or --trust-fingerprint (or --trust-bundle-keys)")
+
+    # The log the verifier was given is authoritative; the bundle's is used when it extends it (a newer export).
+    entries: Sequence[Mapping[str, Any]] = bundle_log or []
+    source = KEY_LOG_PATH
+    if trusted_key_log is not None:
+        given = list(trusted_key_log)
+        if bundle_log is not None and len(bundle_log) > len(given) and bundle_log[: len(given)] == given:
+            entries = bundle_log
+        else:
+            entries, source = given, "the trusted key log"
+            if bundle_log is not None and given[: len(bundle_log)] != bundle_log:
+                findings.append(
+                    Finding(
+                        FindingKind.KEY_LOG_INVALID,
+                        "the bundle's key log is not a prefix of the trusted key log: it was forked or edited",
+                        path=KEY_LOG_PATH,
+                    )
+                )
+    elif bundle_log is None:
+        report.notes.append("no key log: when each key was valid is unknown")
+    log = keylog.authenticate(entries, anchors)
+    for problem in log.problems:
+        findings.append(Finding(FindingKind.KEY_LOG_INVALID, f"{problem} ({source})", path=KEY_LOG_PATH))
+    if log.unauthenticated:
+        report.notes.append(
+            f"key log entries of {', '.join(log.unauthenticated)} are signed by no trusted key; their validity is "
+            "not used"
+        )
+
+    # Pinned: the log extends trust to the keys it hands over to; otherwise only the given keys sign.
+    keyring = PublicKeyRing([*anchors, *log.keys] if report.key_source == "fingerprint" else anchors)
+    if report.key_source == "external":
+        for ref in bundle_keys.key_refs:
+            if ref not in keyring:
+                report.notes.append(f"bundle key {ref} is not among the trusted keys")
+    report.trusted_key_refs = keyring.key_refs
+    return keyring, log
+
+
+def _log_keys(entries: Sequence[Mapping[str, Any]] | None) -> list[PublicKey]:
+    keys: list[PublicKey] = []
+    for envelope in entries or ():
+        try:
+            keys.append(keylog.parse_entry(envelope)[0].key)
+        except keylog.KeyLogError:
+            continue
+    return keys
+
+
+def _check_validity(
+    packets: Sequence[EvidencePacket], verified: Mapping[int, tuple[str, ...]], log: KeyLog, findings: list[Finding]
+) -> None:
+    """Refuse packets signed by a key outside its validity (a retired key's signature on later evidence)."""
+    for packet in packets:
+        refs = verified.get(packet.sequence, ())
+        if not refs:
+            continue  # the signature itself failed: already reported
+        valid = [ref for ref in refs if ref in log.validity and log.validity[ref].covers(packet.created_at)]
+        if valid:
+            continue
+        ref = refs[0]
+        validity = log.validity.get(ref)
+        if validity is None:
+            message = f"signed by {ref}, which no authenticated key log entry covers: its validity is unknown"
+            kind = FindingKind.KEY_VALIDITY_UNKNOWN
+        else:
+            until = "" if validity.retired_at is None else f" until {format_timestamp(validity.retired_at)}"
+            message = (
+                f"created at {format_timestamp(packet.created_at)}, but its key {ref} was valid from "
+                f"{format_timestamp(validity.valid_from)}{until}"
+            )
+            kind = FindingKind.KEY_NOT_VALID
+        findings.append(Finding(kind, message, sequence=packet.sequence, packet_id=packet.id, key_ref=ref))
+
+
 def verify_bundle(
     source: bytes | str | os.PathLike[str] | IO[bytes],
     *,
     trusted_keys: PublicKeyRing | None = None,
+    trusted_key_log: Sequence[Mapping[str, Any]] | None = None,
+    trusted_fingerprints: Sequence[str] = (),
     trust_bundle_keys: bool = False,
     require_checkpoint: bool = True,
 ) -> VerificationReport:
@@ -340,6 +482,10 @@ def verify_bundle(
     Args:
         source: The bundle bytes, a path to it, or a binary file object.
         trusted_keys: The keys to trust, obtained separately from the bundle.
+        trusted_key_log: The key log obtained with them (``key-log.json`` as the service publishes it): when
+            each key was valid. Without it the bundle's own log is used, authenticated by the trusted keys.
+        trusted_fingerprints: Full key fingerprints (``sha256:<hex>``) to pin instead of ``trusted_keys``: the
+            pinned keys and the keys the key log hands over to from them are trusted.
         trust_bundle_keys: Without ``trusted_keys``, trust the public keys inside the bundle: that proves the
             bundle is internally consistent, not who made it (anyone can re-sign a bundle with a key of their
             own). Without either, no key is trusted and every signature fails.
@@ -374,25 +520,17 @@ def verify_bundle(
         _check_files(contents, manifest, findings)
 
     bundle_keys = _load_bundle_keys(contents, findings)
-    if trusted_keys is None and not trust_bundle_keys:
-        keyring = PublicKeyRing()
-        report.key_source = "none"
-        report.notes.append("no key is trusted: pass --keys or --trust-fingerprint (or --trust-bundle-keys)")
-    elif trusted_keys is None:
-        keyring = bundle_keys
-        report.key_source = "bundle"
-        report.notes.append(
-            f"WARNING: trusting the {len(bundle_keys)} public key(s) shipped in the bundle "
-            f"({', '.join(bundle_keys.key_refs) or 'none'}): this shows the bundle is consistent, not who signed "
-            "it; compare them with the keys your organization publishes, or pass --keys"
-        )
-    else:
-        keyring = trusted_keys
-        report.key_source = "external"
-        report.notes.append(f"trusting {len(trusted_keys)} external key(s): {', '.join(trusted_keys.key_refs)}")
-        for ref in bundle_keys.key_refs:
-            if ref not in trusted_keys:
-                report.notes.append(f"bundle key {ref} is not among the trusted keys")
+    bundle_log = _load_key_log(contents, findings)
+    keyring, key_log = _trust(
+        report,
+        findings,
+        bundle_keys,
+        bundle_log,
+        trusted_keys,
+        trusted_key_log,
+        trusted_fingerprints,
+        trust_bundle_keys,
+    )
     report.trusted_key_refs = keyring.key_refs
 
     envelope_paths = sorted(
@@ -400,9 +538,10 @@ def verify_bundle(
     )
     packets: list[EvidencePacket] = []
     leaves: dict[int, bytes] = {}
+    verified: dict[int, tuple[str, ...]] = {}
     unreadable: list[int] = []
     for path in envelope_paths:
-        packet = _check_envelope(path, contents.files[path], keyring, findings, leaves)
+        packet = _check_envelope(path, contents.files[path], keyring, findings, leaves, verified)
         if packet is not None:
             packets.append(packet)
         else:
@@ -426,7 +565,9 @@ def verify_bundle(
     )
     if manifest is not None:
         _check_manifest_metadata(manifest, report, findings)
+    _check_validity(packets, verified, key_log, findings)
     _check_tree(contents, manifest, report, keyring, leaves, findings, require=require_checkpoint)
+    _check_checkpoint_signer(report, packets, key_log, findings)
 
     report.findings = sort_findings(findings)
     return report
@@ -563,6 +704,36 @@ def _check_tree(
         )
 
 
+def _check_checkpoint_signer(
+    report: VerificationReport, packets: Sequence[EvidencePacket], log: KeyLog, findings: list[Finding]
+) -> None:
+    """A checkpoint covers packets that existed when it was signed: its key cannot have been retired before
+    the newest of them was created (a retired key cannot vouch for evidence made after it)."""
+    if report.checkpoint_key_ref is None or not packets:
+        return
+    validity = log.validity.get(report.checkpoint_key_ref)
+    newest = max(p.created_at for p in packets)
+    if validity is None:
+        findings.append(
+            Finding(
+                FindingKind.KEY_VALIDITY_UNKNOWN,
+                f"the checkpoint is signed by {report.checkpoint_key_ref}, which no authenticated key log entry covers",
+                path=CHECKPOINT_PATH,
+                key_ref=report.checkpoint_key_ref,
+            )
+        )
+    elif validity.retired_at is not None and validity.retired_at <= newest:
+        findings.append(
+            Finding(
+                FindingKind.KEY_NOT_VALID,
+                f"the checkpoint is signed by {report.checkpoint_key_ref}, retired at "
+                f"{format_timestamp(validity.retired_at)}, before the newest packet it covers was created",
+                path=CHECKPOINT_PATH,
+                key_ref=report.checkpoint_key_ref,
+            )
+        )
+
+
 def _check_manifest_metadata(manifest: Manifest, report: VerificationReport, findings: list[Finding]) -> None:
     if manifest.packet_count != report.envelope_count:
         findings.append(
@@ -593,7 +764,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keys",
         metavar="DIR",
-        help="directory of trusted PEM public keys (*.pem) obtained separately (GET /api/v1/evidence/keys)",
+        help="directory of trusted PEM public keys (*.pem) and the key log (key-log.json) obtained separately "
+        "(GET /api/v1/evidence/keys)",
+    )
+    parser.add_argument(
+        "--trust-fingerprint",
+        metavar="SHA256",
+        action="append",
+        help="pin a key by its full fingerprint (sha256:<hex> of its DER SubjectPublicKeyInfo, repeatable): it "
+        "and the keys the key log hands over to from it are trusted",
     )
     parser.add_argument(
         "--trust-bundle-keys",
@@ -629,26 +808,40 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
         return int(exc.code or 0)
 
     trusted: PublicKeyRing | None = None
+    trusted_log: list[Any] | None = None
     if args.keys is not None:
         try:
             if not os.path.isdir(args.keys):
                 raise OSError(f"{args.keys} is not a directory")
             trusted = PublicKeyRing.from_directory(args.keys)
+            log_path = os.path.join(args.keys, KEY_LOG_PATH)
+            if os.path.exists(log_path):
+                with open(log_path, encoding="utf-8") as handle:
+                    trusted_log = json.load(handle)
+                if not isinstance(trusted_log, list):
+                    raise ValueError(f"{log_path} is not a JSON list of key log entries")
         except (OSError, KeyFormatError, ValueError) as exc:
             print(f"error: cannot load trusted keys: {exc}", file=err)
             return EXIT_UNUSABLE
         if len(trusted) == 0:
             print(f"error: no *.pem public keys in {args.keys}", file=err)
             return EXIT_UNUSABLE
-    if trusted is None and not args.trust_bundle_keys:
+    fingerprints = list(args.trust_fingerprint or [])
+    for fingerprint in fingerprints:
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", fingerprint):
+            print(f"error: --trust-fingerprint {fingerprint!r} is not sha256:<64 lowercase hex>", file=err)
+            return EXIT_UNUSABLE
+    chosen = sum([trusted is not None, bool(fingerprints), bool(args.trust_bundle_keys)])
+    if chosen == 0:
         print(
-            "error: no trusted keys: pass --keys DIR (the keys your organization publishes), or "
-            "--trust-bundle-keys to trust the keys inside the bundle",
+            "error: no trusted keys: pass --keys DIR (the keys your organization publishes, with key-log.json), "
+            "--trust-fingerprint sha256:<hex> (a pinned key), or --trust-bundle-keys to trust the keys inside "
+            "the bundle",
             file=err,
         )
         return EXIT_UNUSABLE
-    if trusted is not None and args.trust_bundle_keys:
-        print("error: --keys and --trust-bundle-keys exclude each other", file=err)
+    if chosen > 1:
+        print("error: --keys, --trust-fingerprint and --trust-bundle-keys exclude each other", file=err)
         return EXIT_UNUSABLE
     if args.trust_bundle_keys:
         print(
@@ -659,6 +852,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
         report = verify_bundle(
             args.bundle,
             trusted_keys=trusted,
+            trusted_key_log=trusted_log,
+            trusted_fingerprints=fingerprints,
             trust_bundle_keys=args.trust_bundle_keys,
             require_checkpoint=not args.allow_no_checkpoint,
         )

@@ -892,6 +892,10 @@ class KeyOut(ResponseBody):
     active: bool
     created_at: datetime
     retired_at: datetime | None
+    key_id: str | None = Field(default=None, description="sha256:<hex> of the key's DER SubjectPublicKeyInfo.")
+    log_entry: dict[str, Any] | None = Field(
+        default=None, description="The key's signed key log entry (DSSE envelope): when it became valid."
+    )
 
 
 class KeyList(ResponseBody):
