@@ -136,7 +136,7 @@ class ServiceRuntime:
             migrate=settings.migrate_on_start,
             timeout_s=settings.startup_timeout_s,
             service_role=settings.service_role(self.schema),
-            role_password=settings.database_password.get_secret_value() if settings.database_password else None,
+            role_password=settings.role_password,
         )
         if applied:
             log.info("applied migrations", extra={"migrations": applied})

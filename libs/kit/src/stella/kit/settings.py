@@ -180,6 +180,11 @@ class ServiceSettings(BaseSettings):
         """The login role the service connects as, or ``None`` when it uses ``database_url``'s user."""
         return f"{self.database_role_prefix}{schema}" if self.database_service_roles else None
 
+    @property
+    def role_password(self) -> str | None:
+        """The service role's password in clear, for the connection that sets or uses it."""
+        return self.database_password.get_secret_value() if self.database_password is not None else None
+
     def as_service(self, dsn: str, schema: str) -> str:
         """``dsn`` with the service's login role and password in place of its user, when roles are on."""
         role = self.service_role(schema)
@@ -187,7 +192,7 @@ class ServiceSettings(BaseSettings):
             return dsn
         parts = urlsplit(dsn)
         host = parts.netloc.rsplit("@", 1)[-1]
-        secret = self.database_password.get_secret_value() if self.database_password is not None else None
+        secret = self.role_password
         userinfo = quote(role, safe="") + (f":{quote(secret, safe='')}" if secret else "")
         return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
