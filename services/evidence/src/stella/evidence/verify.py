@@ -443,9 +443,20 @@ def _log_keys(entries: Sequence[Mapping[str, Any]] | None) -> list[PublicKey]:
 
 
 def _check_validity(
-    packets: Sequence[EvidencePacket], verified: Mapping[int, tuple[str, ...]], log: KeyLog, findings: list[Finding]
+    packets: Sequence[EvidencePacket],
+    verified: Mapping[int, tuple[str, ...]],
+    log: KeyLog,
+    findings: list[Finding],
+    *,
+    require: bool,
 ) -> None:
-    """Refuse packets signed by a key outside its validity (a retired key's signature on later evidence)."""
+    """Refuse packets signed by a key outside its validity (a retired key's signature on later evidence).
+
+    A bundle exported before the key log existed has none: with ``require`` false (``--allow-no-checkpoint``)
+    its keys' validity is not checked.
+    """
+    if log.length == 0 and not require:
+        return
     for packet in packets:
         refs = verified.get(packet.sequence, ())
         if not refs:
@@ -489,8 +500,8 @@ def verify_bundle(
         trust_bundle_keys: Without ``trusted_keys``, trust the public keys inside the bundle: that proves the
             bundle is internally consistent, not who made it (anyone can re-sign a bundle with a key of their
             own). Without either, no key is trusted and every signature fails.
-        require_checkpoint: Report a bundle without a signed checkpoint (bundles exported before checkpoints
-            existed have none; pass False to check such a bundle for everything else).
+        require_checkpoint: Report a bundle without a signed checkpoint or key log (bundles exported before
+            they existed have neither; pass False to check such a bundle for everything else).
 
     Returns:
         The report; ``report.ok`` is true only when every check held.
@@ -565,7 +576,7 @@ def verify_bundle(
     )
     if manifest is not None:
         _check_manifest_metadata(manifest, report, findings)
-    _check_validity(packets, verified, key_log, findings)
+    _check_validity(packets, verified, key_log, findings, require=require_checkpoint)
     _check_tree(contents, manifest, report, keyring, leaves, findings, require=require_checkpoint)
     _check_checkpoint_signer(report, packets, key_log, findings)
 
