@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -17,12 +18,15 @@ from typing import Any
 import pytest
 
 from stella.contracts.canonical import canonicalize
-from stella.evidence.bundle import envelope_path, read_bundle
+from stella.evidence import merkle
+from stella.evidence.bundle import build_bundle, envelope_path, read_bundle
 from stella.evidence.chain import FindingKind
 from stella.evidence.dsse import sign_envelope
 from stella.evidence.keys import PublicKeyRing, generate_key
 from stella.evidence.statement import PAYLOAD_TYPE
 from stella.evidence.verify import VerificationReport, main, verify_bundle
+
+from .conftest import leaf_of
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -41,6 +45,9 @@ def _refresh_manifest(files: dict[str, bytes]) -> None:
     ]
     envelopes = [p for p in files if p.startswith("envelopes/")]
     manifest["packet_count"] = len(envelopes)
+    manifest["key_refs"] = sorted(
+        p.removeprefix("keys/").removesuffix(".pem").replace("_", ":", 1) for p in files if p.startswith("keys/")
+    )
     files["manifest.json"] = json.dumps(manifest).encode()
 
 
@@ -251,7 +258,7 @@ def test_packet_signed_by_an_unknown_key(chain: Any) -> None:
 def test_forger_who_ships_their_own_key_is_caught_by_trusted_keys(chain: Any) -> None:
     files = _files(chain.bundle())
     stranger = _forge_with_stranger(chain, files, 6, claim=True)
-    files[f"keys/{stranger.key_ref}.pem"] = stranger.public_key.to_pem()
+    files[f"keys/{stranger.key_ref.replace(':', '_')}.pem"] = stranger.public_key.to_pem()
     forged = _pack(files, refresh_manifest=True)
     # Trusting the bundle's own keys proves only that the bundle is consistent with itself...
     assert any(stranger.key_ref in note for note in verify_bundle(forged, trust_bundle_keys=True).notes)
@@ -276,7 +283,11 @@ def test_replaced_key_file(chain: Any) -> None:
     files[path] = generate_key().public_key.to_pem()
     report = verify_bundle(_pack(files), trust_bundle_keys=True)
     found = _by_packet(report)
-    assert found[None] == {FindingKind.FILE_DIGEST_MISMATCH, FindingKind.KEY_REF_MISMATCH}
+    assert found[None] == {
+        FindingKind.FILE_DIGEST_MISMATCH,
+        FindingKind.KEY_REF_MISMATCH,
+        FindingKind.MANIFEST_MISMATCH,  # the key it holds is not the one the manifest lists
+    }
     assert all(found[sequence] == {FindingKind.UNKNOWN_KEY} for sequence in (1, 2, 3))
     assert set(found) == {None, 1, 2, 3}
 
@@ -478,3 +489,44 @@ def test_verifier_runs_without_any_service_dependency(tmp_path: Path, chain: Any
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: 6 packets" in result.stdout
+
+
+def test_manifest_time_and_keys_are_checked_and_extra_signatures_noted(chain: Any) -> None:
+    files = _files(chain.bundle())
+    manifest = json.loads(files["manifest.json"])
+    manifest["created_at"] = "2020-01-01T00:00:00.000000Z"  # before the packets it holds
+    manifest["key_refs"] = [chain.new_key.key_ref]
+    files["manifest.json"] = json.dumps(manifest).encode()
+    report = verify_bundle(_pack(files), trust_bundle_keys=True)
+    messages = [f.message for f in report.findings if f.kind is FindingKind.MANIFEST_MISMATCH]
+    assert len(messages) == 2 and any("before its newest packet" in m for m in messages), report.format_text()
+
+    files = _files(chain.bundle())
+    stranger = generate_key()
+
+    def cosign(envelope: dict[str, Any]) -> None:
+        envelope["signatures"].append(sign_envelope(b"x", PAYLOAD_TYPE, stranger)["signatures"][0])
+
+    _edit_envelope(files, _path(chain, 2), cosign)
+    report = verify_bundle(_pack(files, refresh_manifest=True), trust_bundle_keys=True)
+    assert report.ok, report.format_text()
+    assert any(f"signatures by keys that are not trusted ({stranger.key_ref})" in n for n in report.notes)
+    assert "trusted signature" in report.format_text().splitlines()[-1]
+
+
+def test_a_partial_bundle_says_which_link_it_did_not_check(chain: Any) -> None:
+    tree = chain.tree()
+    partial = dataclasses.replace(tree, first_sequence=3)
+    leaves = [leaf_of(item) for item in chain.signed]
+    partial.outside[(0, 2)] = merkle.root_from_leaves(leaves[:2])
+    bundle = build_bundle(
+        chain.signed[2:],
+        chain.public_keys,
+        tenant_id=chain.tenant_id,
+        created_at=chain.created_at,
+        tree=partial,
+        key_log=chain.key_log(),
+    )
+    report = verify_bundle(bundle, trust_bundle_keys=True)
+    assert report.ok, report.format_text()
+    assert any("its link to packet 2, which is not in the bundle, was not checked" in n for n in report.notes)

@@ -153,7 +153,10 @@ class VerificationReport:
                 if self.checkpoint_size is not None
                 else ""
             )
-            lines.append(f"OK: {span}{tenant}; every file, signature, content_hash and chain link verified{covered}")
+            lines.append(
+                f"OK: {span}{tenant}; every file, trusted signature, signing key's validity, content_hash and chain link "
+                f"verified{covered}"
+            )
         else:
             count = len(self.findings)
             lines.append(f"FAILED: {count} finding{'s' if count != 1 else ''} in {span}{tenant}")
@@ -237,6 +240,7 @@ def _check_envelope(
     findings: list[Finding],
     leaves: dict[int, bytes],
     verified: dict[int, tuple[str, ...]],
+    untrusted: dict[int, list[str]],
 ) -> EvidencePacket | None:
     """Check one envelope file; return its packet when one could be read out of it (and record its leaf hash
     in ``leaves`` under its sequence)."""
@@ -298,6 +302,9 @@ def _check_envelope(
         return None
     leaves.setdefault(packet.sequence, merkle.leaf_hash(envelope.payload))
     verified.setdefault(packet.sequence, verified_refs)
+    others = [s.keyid or "(no keyid)" for s in envelope.signatures if s.keyid not in verified_refs]
+    if verified_refs and others:
+        untrusted[packet.sequence] = others
     if verified_refs and packet.signer_key_ref not in verified_refs:
         report(
             FindingKind.SIGNER_MISMATCH,
@@ -550,9 +557,10 @@ def verify_bundle(
     packets: list[EvidencePacket] = []
     leaves: dict[int, bytes] = {}
     verified: dict[int, tuple[str, ...]] = {}
+    untrusted: dict[int, list[str]] = {}
     unreadable: list[int] = []
     for path in envelope_paths:
-        packet = _check_envelope(path, contents.files[path], keyring, findings, leaves, verified)
+        packet = _check_envelope(path, contents.files[path], keyring, findings, leaves, verified, untrusted)
         if packet is not None:
             packets.append(packet)
         else:
@@ -575,8 +583,18 @@ def verify_bundle(
         )
     )
     if manifest is not None:
-        _check_manifest_metadata(manifest, report, findings)
+        _check_manifest_metadata(manifest, report, findings, packets, bundle_keys)
     _check_validity(packets, verified, key_log, findings, require=require_checkpoint)
+    if report.first_sequence is not None and report.first_sequence > 1:
+        report.notes.append(
+            f"the bundle starts at packet {report.first_sequence}: its link to packet {report.first_sequence - 1}, "
+            "which is not in the bundle, was not checked"
+        )
+    if untrusted:
+        report.notes.append(
+            f"{len(untrusted)} packet(s) also carry signatures by keys that are not trusted "
+            f"({', '.join(sorted({ref for refs in untrusted.values() for ref in refs}))}); those were not checked"
+        )
     _check_tree(contents, manifest, report, keyring, leaves, findings, require=require_checkpoint)
     _check_checkpoint_signer(report, packets, key_log, findings)
 
@@ -745,7 +763,32 @@ def _check_checkpoint_signer(
         )
 
 
-def _check_manifest_metadata(manifest: Manifest, report: VerificationReport, findings: list[Finding]) -> None:
+def _check_manifest_metadata(
+    manifest: Manifest,
+    report: VerificationReport,
+    findings: list[Finding],
+    packets: Sequence[EvidencePacket],
+    bundle_keys: PublicKeyRing,
+) -> None:
+    if sorted(manifest.key_refs) != bundle_keys.key_refs:
+        findings.append(
+            Finding(
+                FindingKind.MANIFEST_MISMATCH,
+                f"manifest lists the keys {', '.join(sorted(manifest.key_refs)) or 'none'}, the bundle holds "
+                f"{', '.join(bundle_keys.key_refs) or 'none'}",
+                path=MANIFEST_PATH,
+            )
+        )
+    newest = max((p.created_at for p in packets), default=None)
+    if newest is not None and manifest.created_at < newest:
+        findings.append(
+            Finding(
+                FindingKind.MANIFEST_MISMATCH,
+                f"manifest says the bundle was made at {format_timestamp(manifest.created_at)}, before its newest "
+                f"packet ({format_timestamp(newest)})",
+                path=MANIFEST_PATH,
+            )
+        )
     if manifest.packet_count != report.envelope_count:
         findings.append(
             Finding(
