@@ -17,7 +17,7 @@ from stella.evidence.exports import ExportStore
 from stella.evidence.handlers import Handlers
 from stella.evidence.proofs import ProofQueries
 from stella.evidence.settings import Settings
-from stella.evidence.signing import ActiveSigner, KeyFile
+from stella.evidence.signing import ActiveSigner
 from stella.evidence.tree import Checkpointer
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
@@ -57,7 +57,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
     """
     overrides = overrides or Overrides()
     clock = overrides.get("clock", utcnow)
-    signer = ActiveSigner(KeyFile(settings.signing_key_path, settings.key_algorithm), create=settings.key_create)
+    signer = ActiveSigner(settings.signing_key_file(), create=settings.key_create)
     checkpointer = Checkpointer(
         lambda: app.runtime.pool,
         signer,

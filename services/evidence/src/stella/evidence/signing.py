@@ -16,7 +16,7 @@ import logging
 import os
 import stat
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,10 +50,13 @@ class KeyFile:
     Attributes:
         path: The PEM file.
         algorithm: Algorithm of newly generated keys; an existing file is used whatever its algorithm.
+        password: The passphrase of the file (``STELLA_EVIDENCE_KEY_PASSPHRASE`` or ``..._FILE``).
     """
 
     path: Path
     algorithm: KeyAlgorithm = KeyAlgorithm.ED25519
+    password: bytes | None = field(default=None, repr=False)
+    """Passphrase the PEM is encrypted with (PKCS#8 best available encryption); ``None`` writes it in clear."""
 
     def load_or_create(self) -> SigningKey:
         """Load the key, generating and saving one (mode 0600) when the file does not exist.
@@ -69,7 +72,7 @@ class KeyFile:
         self._prepare_directory()
         key = generate_key(self.algorithm)
         staged = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.new")
-        save_private_key(key, staged)
+        save_private_key(key, staged, password=self.password)
         try:
             os.link(staged, self.path)  # atomic, and fails rather than replace an existing file
         except FileExistsError:
@@ -83,7 +86,7 @@ class KeyFile:
         """Generate a new key and write it over the file atomically; the old private key is destroyed."""
         self._prepare_directory()
         key = generate_key(self.algorithm)
-        save_private_key(key, self.path, overwrite=True)
+        save_private_key(key, self.path, password=self.password, overwrite=True)
         return key
 
     def _prepare_directory(self) -> None:
@@ -104,6 +107,23 @@ class KeyFile:
                 "the evidence signing key file is readable by other users; restrict it to mode 0600",
                 extra={"path": str(self.path), "mode": oct(stat.S_IMODE(mode))},
             )
+        if self.password is None:
+            try:
+                return load_private_key(self.path)
+            except KeyFormatError as exc:
+                raise KeyFormatError(
+                    f"{exc} (an encrypted key needs STELLA_EVIDENCE_KEY_PASSPHRASE or STELLA_EVIDENCE_KEY_PASSPHRASE_FILE)"
+                ) from exc
+        try:
+            return load_private_key(self.path, password=self.password)
+        except KeyFormatError as exc:
+            if "not encrypted" not in str(exc):
+                raise
+        # A key written before a passphrase was configured: usable, and re-encrypted at the next rotation.
+        log.warning(
+            "the evidence signing key file is not encrypted although a passphrase is set; rotate the key to encrypt it",
+            extra={"path": str(self.path)},
+        )
         return load_private_key(self.path)
 
 
