@@ -39,7 +39,7 @@ from stella.evidence import domain, repo, tree
 from stella.evidence.bundle import TreeProof, build_bundle
 from stella.evidence.domain import StoredPacket
 from stella.evidence.exports import ExportStore
-from stella.evidence.keys import PublicKey
+from stella.evidence.keys import PublicKey, PublicKeyRing
 from stella.evidence.packet import (
     EvidenceContentError,
     PacketType,
@@ -319,8 +319,11 @@ class Handlers:
                 raise domain.PacketNotFound(f"evidence packet {q.packet_id} does not exist")
             sequence = stored.packet.sequence
             previous = await repo.get_packet_at(conn, q.tenant_id, sequence - 1) if sequence > 1 else None
-            keyring = await repo.keyring(conn)
-        return Reply.success(domain.verify_stored_packet(stored, previous, keyring).model_dump(mode="json"))
+            keys = await repo.list_keys(conn)
+        keyring = PublicKeyRing(PublicKey.from_pem(k.public_key_pem.encode()) for k in keys)
+        validity = {k.key_ref: (k.created_at, k.retired_at) for k in keys}
+        view = domain.verify_stored_packet(stored, previous, keyring, validity)
+        return Reply.success(view.model_dump(mode="json"))
 
     async def list_keys(self, q: ListKeys) -> Reply:
         """Every public key that ever signed evidence, the active one and the retired ones, in one page.
