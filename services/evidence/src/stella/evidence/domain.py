@@ -162,6 +162,7 @@ def release_decision_content(
     workflow_run_id: UUID | None,
     node_id: str | None = None,
     attempt: int | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the reference §5 content of a ``release_decision`` packet.
 
@@ -171,6 +172,8 @@ def release_decision_content(
         workflow_run_id: The run whose evidence step asks for the packet (the promotion's run otherwise).
         node_id: The evidence step's node, when collected by a workflow step.
         attempt: The step attempt.
+        inputs: What the gates saw (the promotion service's decision inputs), stored as ``decision.inputs``
+            so that ``decision.inputs_hash`` can be recomputed from the packet alone.
 
     Returns:
         ``{release, environment, actors, decision, execution}``: the release with its digests, the target
@@ -225,7 +228,11 @@ def release_decision_content(
             ),
         },
         "actors": actors,
-        "decision": promotion.decision_record,
+        "decision": (
+            {**promotion.decision_record, "inputs": dict(inputs)}
+            if promotion.decision_record is not None and inputs is not None
+            else promotion.decision_record
+        ),
         "execution": execution,
     }
 

@@ -33,7 +33,14 @@ from stella.contracts.evidence import (
     VerifyPacket,
 )
 from stella.contracts.evidence import PacketType as ContractPacketType
-from stella.contracts.promotion import GET_PROMOTION, GetPromotion, PromotionView
+from stella.contracts.promotion import (
+    GET_DECISION,
+    GET_PROMOTION,
+    DecisionView,
+    GetDecision,
+    GetPromotion,
+    PromotionView,
+)
 from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepStatus
 from stella.evidence import domain, repo, tree
 from stella.evidence.bundle import TreeProof, build_bundle
@@ -46,6 +53,7 @@ from stella.evidence.packet import (
     SecretInEvidenceError,
     SignedPacket,
     build_packet,
+    reject_secrets,
     sign_packet,
     validate_content,
 )
@@ -120,8 +128,9 @@ class Handlers:
                 f"promotion {promotion_id} is {promotion.status}; its evidence waits for the decision"
             )
         approvals = await self._approvals(cmd, promotion_id) if domain.needs_approvals(run_inputs, promotion) else None
+        inputs = await self._decision_inputs(cmd, promotion)
         content = domain.release_decision_content(
-            promotion, approvals, workflow_run_id=cmd.run_id, node_id=cmd.node_id, attempt=cmd.attempt
+            promotion, approvals, workflow_run_id=cmd.run_id, node_id=cmd.node_id, attempt=cmd.attempt, inputs=inputs
         )
         try:
             validate_content(content)
@@ -258,6 +267,39 @@ class Handlers:
             )
         except Refused as exc:
             raise PoisonMessage(f"promotion {promotion_id}: {exc.code}: {exc.detail}") from None
+
+    async def _decision_inputs(self, cmd: ExecuteStep, promotion: PromotionView) -> dict[str, Any] | None:
+        """What the promotion's gates saw, when the promotion service still holds this very decision.
+
+        ``None`` (the packet then carries the record without its inputs) when the promotion service has no
+        decision view for it, holds a later one, or the inputs hold something that looks like a secret.
+        """
+        try:
+            view = await ask(
+                self._client(),
+                GET_DECISION,
+                cmd.caused(GetDecision, promotion_id=promotion.id),
+                DecisionView,
+                timeout=self.dependency_timeout_s,
+                unavailable=lambda error: domain.DependencyUnavailable(
+                    f"promotion service: {error.code}: {error.detail}"
+                ),
+            )
+        except Refused as exc:
+            if exc.status == 404:
+                return None
+            raise PoisonMessage(f"decision of promotion {promotion.id}: {exc.code}: {exc.detail}") from None
+        recorded = (promotion.decision_record or {}).get("inputs_hash")
+        if recorded is None or view.record.get("inputs_hash") != recorded:
+            return None
+        try:
+            reject_secrets(view.inputs, "$.decision.inputs")
+        except SecretInEvidenceError as exc:
+            log.warning(
+                "decision inputs left out of the evidence", extra={"promotion_id": str(promotion.id), "error": str(exc)}
+            )
+            return None
+        return view.inputs
 
     async def _approvals(self, cmd: ExecuteStep, promotion_id: UUID) -> ApprovalRequestView | None:
         try:
