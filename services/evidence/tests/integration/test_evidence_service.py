@@ -152,6 +152,7 @@ async def test_an_evidence_step_stores_one_signed_packet_and_completes_the_step(
     ]
     assert content["actors"]["approval"]["status"] == "granted"
     # The decision record, and what the gates saw: inputs_hash recomputes from the packet alone.
+    assert promotion.decision_record is not None
     assert content["decision"] == {**promotion.decision_record, "inputs": decision_inputs(promotion_id)}
     clock_and_inputs = {"clock": content["decision"]["evaluated_at"], "inputs": content["decision"]["inputs"]}
     assert content_hash(clock_and_inputs) == content["decision"]["inputs_hash"]
