@@ -143,13 +143,13 @@ async def test_the_cli_walks_the_readme_flow(full_stack: Stack, tmp_path: Path) 
     me("evidence", "export", "--file", str(bundle))
     with tarfile.open(bundle) as archive:
         assert any(name.startswith("envelopes/") for name in archive.getnames())
-    verified = me("evidence", "verify", str(bundle))
+    verified = me("evidence", "verify", str(bundle), "--trust-bundle-keys")
     assert "OK" in verified.output or "verified" in verified.output.lower()
-    report = json.loads(me("-o", "json", "evidence", "verify", str(bundle)).output)
+    report = json.loads(me("-o", "json", "evidence", "verify", str(bundle), "--trust-bundle-keys").stdout)
     assert report["ok"] is True and report["packet_count"] >= 4
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(bundle.read_bytes()[:-40])
-    assert me("evidence", "verify", str(broken), code=2).exit_code == 2
+    assert me("evidence", "verify", str(broken), "--trust-bundle-keys", code=2).exit_code == 2
 
     # Events: the tenant's public events, replayed from the start, as JSON lines.
     lines = me(
