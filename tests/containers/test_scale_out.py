@@ -405,7 +405,7 @@ async def _chain_verifies_offline(api: Api, project: ComposeProject) -> None:
     assert sequences == list(range(1, TOTAL + 1)), sequences[:5]
     verified = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "stella.evidence.verify", str(path)],
+        [sys.executable, "-m", "stella.evidence.verify", str(path), "--trust-bundle-keys"],
         capture_output=True,
         text=True,
         timeout=300,
