@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from stella.contracts.agent import AgentStatus, TargetType, TaskStatus, TaskType
 from stella.contracts.canonical import content_hash
@@ -104,7 +105,7 @@ def test_strategy_settings_are_checked() -> None:
         {"batch_size": "150%"},
         {"groups": ["a", "a"]},
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValidationError):
             StrategySpec.model_validate(bad)
 
 
