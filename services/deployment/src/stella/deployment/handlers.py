@@ -140,6 +140,9 @@ class Handlers:
         self.clock = clock
         self._notify = notify
         self.on_scheduled = on_scheduled
+        self._next_sweep: datetime = clock()
+        """When the timer next looks at every running job (at once after a start: a crash may have left one
+        whose last task ended without the job moving)."""
 
     async def _after(self, effects: Effects) -> None:
         if effects.tenants and self._notify is not None:
@@ -613,10 +616,21 @@ class Handlers:
             )
             job = await conn.fetchrow(repo.GET_JOB, q.tenant_id, task["job_id"]) if task["job_id"] else None
             await self._apply_to_target(conn, q, finished, job, now)
-            if job is not None:
-                await self._drive(conn, q.tenant_id, job["id"], now, effects)
+        # The job moves after the result committed, so results of one job are applied side by side; whichever
+        # commits last sees every other. A crash in between is caught by the timer's sweep of running jobs.
+        if job is not None:
+            await self._move_job(q.tenant_id, job["id"], effects)
         await self._after(effects)
         return Reply.success({"accepted": True})
+
+    async def _move_job(self, tenant_id: UUID, job_id: UUID, effects: Effects) -> None:
+        """Advance a job if what it waits for has happened (one cheap count otherwise)."""
+        async with self._pool().acquire() as conn:
+            job = await conn.fetchrow(repo.GET_JOB, tenant_id, job_id)
+            if job is None or c.JobStatus(job["status"]).is_terminal or await self._nothing_to_do(conn, job):
+                return
+            async with conn.transaction():
+                await self._drive(conn, tenant_id, job_id, self.clock(), effects)
 
     async def _apply_to_target(
         self,
@@ -1021,7 +1035,7 @@ class Handlers:
             state = repo.job_state(job)
             if state.status.is_terminal or state.status in (c.JobStatus.PENDING, c.JobStatus.PAUSED):
                 return
-            rows = await conn.fetch(repo.TASKS_OF_JOB, tenant_id, job_id)
+            rows = await conn.fetch(repo.TASK_STATES_OF_JOB, tenant_id, job_id)
             progress = domain.advance(state, [repo.task_state(r) for r in rows], now)
             if not progress.changed:
                 return
@@ -1037,11 +1051,7 @@ class Handlers:
             status = progress.status
             reason = progress.reason if progress.reason is not None else job["reason"]
             if status is c.JobStatus.SUCCEEDED and c.JobKind(job["kind"]) is c.JobKind.VERIFY_DRIFT:
-                drifted = [
-                    r["target_name"]
-                    for r in rows
-                    if (r["result"] or {}).get("drift", {}) and r["result"]["drift"].get("drifted")
-                ]
+                drifted = [r["target_name"] for r in rows if r["drifted"]]
                 if drifted:
                     status = c.JobStatus.FAILED
                     reason = f"drift detected on {', '.join(sorted(drifted))}"
@@ -1597,6 +1607,7 @@ class Handlers:
                 inspected = await conn.fetchval(repo.NEXT_DRIFT_CHECK)
             if inspected is not None:
                 due.append(inspected + timedelta(seconds=self.settings.drift_check_interval_s))
+        due.append(self._next_sweep)
         present = [d for d in due if d is not None]
         return min(present) if present else None
 
@@ -1642,6 +1653,12 @@ class Handlers:
             handled += 1
         if self.settings.drift_check_interval_s > 0:
             handled += await self._schedule_inspections(now, effects)
+        if self._next_sweep <= now:
+            self._next_sweep = now + timedelta(seconds=self.settings.job_sweep_s)
+            async with self._pool().acquire() as conn:
+                unfinished = await conn.fetch(repo.MOVING_JOBS, batch)
+            for job in unfinished:
+                await self._move_job(job["tenant_id"], job["id"], effects)
         await self._after(effects)
         return handled
 

@@ -211,7 +211,14 @@ INSERT_TASKS = """
            AS t(id, target_id, target_name, type, batch, key, capability, pinned, body, components, previous)
 """
 TASKS_OF_JOB = f"SELECT {_TASK} FROM tasks WHERE tenant_id = $1 AND job_id = $2 ORDER BY batch, target_name, id"
-TASKS_OF_JOB_FOR_UPDATE = TASKS_OF_JOB + " FOR UPDATE"
+TASK_STATES_OF_JOB = """
+    SELECT id, target_id, target_name, type, batch, status, released_at, attempt, components, previous,
+           coalesce((result -> 'drift' ->> 'drifted')::boolean, false) AS drifted
+      FROM tasks WHERE tenant_id = $1 AND job_id = $2 ORDER BY batch, target_name, id
+"""
+MOVING_JOBS = """
+    SELECT tenant_id, id FROM jobs WHERE status IN ('running', 'rolling_back') ORDER BY created_at LIMIT $1
+"""
 GET_TASK = f"SELECT {_TASK} FROM tasks WHERE tenant_id = $1 AND id = $2"
 GET_TASK_FOR_UPDATE = GET_TASK + " FOR UPDATE"
 RELEASE_TASKS = """
