@@ -73,6 +73,8 @@ class Effects:
     """What a transaction did that matters after it commits: tenants whose agents have tasks to lease."""
 
     tenants: set[UUID] = field(default_factory=set)
+    wake: bool = False
+    """Whether a due time (a pause between batches, a new deadline) may now come before the timer's next one."""
 
 
 class StepInputs(BaseModel):
@@ -147,7 +149,8 @@ class Handlers:
     async def _after(self, effects: Effects) -> None:
         if effects.tenants and self._notify is not None:
             await self._notify(set(effects.tenants))
-        self.on_scheduled()
+        if effects.tenants or effects.wake:
+            self.on_scheduled()
 
     async def _run(
         self, cmd: Command, execute: Callable[[asyncpg.Connection, Effects], Awaitable[object]], **kw: Any
@@ -156,6 +159,7 @@ class Handlers:
 
         async def run(conn: asyncpg.Connection) -> object:
             effects.tenants.clear()
+            effects.wake = False
             return await execute(conn, effects)
 
         reply = await self.commands.run(cmd, run, **kw)
@@ -619,18 +623,21 @@ class Handlers:
         # The job moves after the result committed, so results of one job are applied side by side; whichever
         # commits last sees every other. A crash in between is caught by the timer's sweep of running jobs.
         if job is not None:
-            await self._move_job(q.tenant_id, job["id"], effects)
+            await self._move_job(job, effects)
         await self._after(effects)
         return Reply.success({"accepted": True})
 
-    async def _move_job(self, tenant_id: UUID, job_id: UUID, effects: Effects) -> None:
-        """Advance a job if what it waits for has happened (one cheap count otherwise)."""
+    async def _move_job(self, job: Mapping[str, Any], effects: Effects) -> None:
+        """Advance a job if what it waits for has happened (one cheap count otherwise).
+
+        ``job`` may be a little old: the count then finds the batch it names over, and :meth:`_drive` reads
+        the job again under its lock.
+        """
         async with self._pool().acquire() as conn:
-            job = await conn.fetchrow(repo.GET_JOB, tenant_id, job_id)
-            if job is None or c.JobStatus(job["status"]).is_terminal or await self._nothing_to_do(conn, job):
+            if c.JobStatus(job["status"]).is_terminal or await self._nothing_to_do(conn, job):
                 return
             async with conn.transaction():
-                await self._drive(conn, tenant_id, job_id, self.clock(), effects)
+                await self._drive(conn, job["tenant_id"], job["id"], self.clock(), effects)
 
     async def _apply_to_target(
         self,
@@ -643,48 +650,46 @@ class Handlers:
         """What a task's result says about its target: what runs, its health, its sticker, drift."""
         result = source.result
         tenant_id = source.tenant_id
+        task_type = TaskType(task["type"])
+        running = {s.name: s.running_digest for s in result.components if s.running_digest}
+        if task_type in (TaskType.DEPLOY, TaskType.ROLLBACK) and result.status == "succeeded":
+            body = AgentTask.model_validate(task["body"])
+            specs = [s.model_dump(mode="json") for s in body.components]
+            current = {s.name: s.digest for s in body.components} | running
+            sticker = result.sticker or body.sticker
+            release = (body.sticker or {}).get("release") or {}
+            deployed = await conn.fetchval(
+                repo.SET_TARGET_DEPLOYED,
+                tenant_id,
+                task["target_id"],
+                current,
+                specs,
+                UUID(release["id"]) if release.get("id") else None,
+                release.get("name"),
+                sticker,
+                "healthy",
+                now,
+            )
+            if deployed and sticker is not None:
+                await conn.execute(
+                    repo.INSERT_STICKER,
+                    tenant_id,
+                    uuid4(),
+                    task["target_id"],
+                    UUID(release["id"]) if release.get("id") else None,
+                    job["promotion_id"] if job else None,
+                    task["job_id"],
+                    task["id"],
+                    sticker,
+                    str(sticker.get("content_hash", "")),
+                    now,
+                )
+            return
         target = await conn.fetchrow(repo.GET_TARGET_FOR_UPDATE, tenant_id, task["target_id"])
         if target is None:
             return  # deleted since
-        task_type = TaskType(task["type"])
-        running = {s.name: s.running_digest for s in result.components if s.running_digest}
         if task_type in (TaskType.DEPLOY, TaskType.ROLLBACK):
-            if result.status == "succeeded":
-                body = AgentTask.model_validate(task["body"])
-                specs = [s.model_dump(mode="json") for s in body.components]
-                current = {s.name: s.digest for s in body.components} | running
-                sticker = result.sticker or body.sticker
-                release = (body.sticker or {}).get("release") or {}
-                updated = await conn.fetchrow(
-                    repo.SET_TARGET_DEPLOYED,
-                    tenant_id,
-                    target["id"],
-                    current,
-                    specs,
-                    UUID(release["id"]) if release.get("id") else None,
-                    release.get("name"),
-                    sticker,
-                    "healthy",
-                    now,
-                )
-                if sticker is not None:
-                    await conn.execute(
-                        repo.INSERT_STICKER,
-                        tenant_id,
-                        uuid4(),
-                        target["id"],
-                        UUID(release["id"]) if release.get("id") else None,
-                        job["promotion_id"] if job else None,
-                        task["job_id"],
-                        task["id"],
-                        sticker,
-                        str(sticker.get("content_hash", "")),
-                        now,
-                    )
-                await add_events(
-                    conn, [(c.TARGET_CHANGED, source.caused(c.TargetChanged, target=repo.target_view(updated)))]
-                )
-            elif running:
+            if running:
                 health = "unhealthy" if result.error_code == "AGT_HEALTH_CHECK_FAILED" else target["health_status"]
                 await conn.execute(repo.SET_TARGET_RUNNING, tenant_id, target["id"], running, health, now)
         elif task_type is TaskType.HEALTH_CHECK:
@@ -1048,6 +1053,8 @@ class Handlers:
             if progress.release:
                 await conn.execute(repo.RELEASE_TASKS, tenant_id, list(progress.release), now)
                 effects.tenants.add(tenant_id)
+            if progress.next_batch_at is not None:
+                effects.wake = True
             status = progress.status
             reason = progress.reason if progress.reason is not None else job["reason"]
             if status is c.JobStatus.SUCCEEDED and c.JobKind(job["kind"]) is c.JobKind.VERIFY_DRIFT:
@@ -1658,7 +1665,7 @@ class Handlers:
             async with self._pool().acquire() as conn:
                 unfinished = await conn.fetch(repo.MOVING_JOBS, batch)
             for job in unfinished:
-                await self._move_job(job["tenant_id"], job["id"], effects)
+                await self._move_job(job, effects)
         await self._after(effects)
         return handled
 

@@ -60,11 +60,11 @@ TARGET_HELD = """
     SELECT EXISTS (SELECT 1 FROM tasks WHERE tenant_id = $1 AND target_id = $2
                    AND status IN ('pending', 'assigned', 'running'))
 """
-SET_TARGET_DEPLOYED = f"""
+SET_TARGET_DEPLOYED = """
     UPDATE targets SET current = $3, current_components = $4, current_release_id = $5, current_release_name = $6,
                        sticker = $7, health_status = $8, drift_detected = false, updated_at = $9
      WHERE tenant_id = $1 AND id = $2
-    RETURNING {_TARGET}
+    RETURNING true
 """
 SET_TARGET_RUNNING = (
     "UPDATE targets SET current = current || $3, health_status = $4, updated_at = $5 WHERE tenant_id = $1 AND id = $2"
@@ -216,8 +216,8 @@ TASK_STATES_OF_JOB = """
            coalesce((result -> 'drift' ->> 'drifted')::boolean, false) AS drifted
       FROM tasks WHERE tenant_id = $1 AND job_id = $2 ORDER BY batch, target_name, id
 """
-MOVING_JOBS = """
-    SELECT tenant_id, id FROM jobs WHERE status IN ('running', 'rolling_back') ORDER BY created_at LIMIT $1
+MOVING_JOBS = f"""
+    SELECT {_JOB} FROM jobs WHERE status IN ('running', 'rolling_back') ORDER BY created_at LIMIT $1
 """
 GET_TASK = f"SELECT {_TASK} FROM tasks WHERE tenant_id = $1 AND id = $2"
 GET_TASK_FOR_UPDATE = GET_TASK + " FOR UPDATE"
