@@ -38,7 +38,7 @@ from stella.contracts.agent import (
     TaskStatus,
     TaskType,
 )
-from stella.contracts.envelope import Command, Message, Page, Reply, utcnow
+from stella.contracts.envelope import Command, ErrorDetail, Message, Page, Reply, utcnow
 from stella.contracts.promotion import GET_ENVIRONMENT, EnvironmentView, GetEnvironment
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepRef, StepStatus
@@ -218,6 +218,11 @@ class Handlers:
             return await self._refuse(cmd, refusal)
         except domain.InvalidConnection as exc:
             return await self._refuse(cmd, exc)
+        except DependencyUnavailable as exc:
+            # Answered, not stored: the same request repeated runs again once the promotion service is back.
+            return Reply.failure(
+                ErrorDetail(code="SYS_UNAVAILABLE", status=503, title="Dependency unavailable", detail=str(exc))
+            )
 
         async def execute(conn: asyncpg.Connection, _: Effects) -> object:
             now = self.clock()
@@ -367,7 +372,7 @@ class Handlers:
         """Register an agent with a one-time token; answers its id and credential (stored hashed)."""
         body = q.registration
         if body.protocol_version != AGENT_PROTOCOL_VERSION:
-            raise domain.InvalidStep(
+            raise domain.ProtocolUnsupported(
                 f"agent protocol {body.protocol_version!r} is not served; use {AGENT_PROTOCOL_VERSION!r}"
             )
         async with self._pool().acquire() as conn, conn.transaction():
