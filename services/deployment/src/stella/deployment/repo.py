@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 import asyncpg
@@ -478,11 +478,38 @@ def logs_hash(lines: Iterable[str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+JOB_VIEW_LOG_LINES: Final[int] = 20_000
+"""Log lines a job's view carries at most, shared by its tasks (the last lines of each), so the view of a job
+over many targets stays one message; ``logs_truncated`` says when a task's view holds fewer than it has."""
+
+_RESULT_SUMMARY: Final[tuple[str, ...]] = ("status", "error_code", "message", "components", "drift", "attempt")
+
+
 async def job_with_tasks(conn: asyncpg.Connection, tenant_id: UUID, row: Mapping[str, Any]) -> JobView:
-    """A job's full view: its tasks with their logs (two queries, whatever the task count)."""
+    """A job's view: its tasks with their logs (two queries, whatever the task count).
+
+    Each task's view carries its result's summary (not the sticker, which the target shows) and its
+    artifacts' names and hashes (not their content), and the last of its log lines within
+    :data:`JOB_VIEW_LOG_LINES` shared by every task.
+    """
     tasks = await conn.fetch(TASKS_OF_JOB, tenant_id, row["id"])
     logs = await logs_of(conn, tenant_id, [t["id"] for t in tasks])
-    return job_view(row, [task_view(t, logs[t["id"]]) for t in tasks])
+    per_task = max(20, JOB_VIEW_LOG_LINES // max(1, len(tasks)))
+    views = []
+    for task in tasks:
+        lines = logs[task["id"]]
+        view = task_view(task, lines[-per_task:])
+        result = task["result"]
+        views.append(
+            view.model_copy(
+                update={
+                    "logs_truncated": view.logs_truncated or len(lines) > per_task,
+                    "result": {k: result.get(k) for k in _RESULT_SUMMARY} if result else None,
+                    "artifacts": [{k: v for k, v in a.items() if k != "content"} for a in task["artifacts"]],
+                }
+            )
+        )
+    return job_view(row, views)
 
 
 def touched_at(row: Mapping[str, Any]) -> datetime | None:
