@@ -38,7 +38,9 @@ def _steps(run: dict[str, Any]) -> dict[str, tuple[str, int]]:
 async def test_standard_promotion_runs_gates_then_approval_then_evidence(harness: Harness) -> None:
     promotion = uuid.uuid4()
     inputs = _promotion_inputs(promotion_id=str(promotion))
-    run = await harness.start_run("standard-promotion", template_version=1, run_id=uuid.uuid4(), subject_id=promotion, inputs=inputs)
+    run = await harness.start_run(
+        "standard-promotion", template_version=1, run_id=uuid.uuid4(), subject_id=promotion, inputs=inputs
+    )
     run_id = run["id"]
     assert (run["status"], run["template_version"], run["subject_id"]) == ("running", 1, str(promotion))
     assert _steps(run) == {"gates": ("running", 1), "approval": ("pending", 0), "evidence": ("pending", 0)}
@@ -81,7 +83,9 @@ async def test_standard_promotion_runs_gates_then_approval_then_evidence(harness
 
 
 async def test_approval_is_skipped_when_the_environment_needs_none(harness: Harness) -> None:
-    run = await harness.start_run("standard-promotion", template_version=1, inputs=_promotion_inputs(approval_required=False))
+    run = await harness.start_run(
+        "standard-promotion", template_version=1, inputs=_promotion_inputs(approval_required=False)
+    )
     run_id = run["id"]
 
     await harness.complete(await harness.dispatch(run_id, "gates"), outputs={"result": "allow"})
