@@ -6,9 +6,11 @@ import hashlib
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 from stella.contracts.deployment import DriftDetected, JobCompleted, TaskOutcome
 from stella.evidence.deployments import drift_content, drift_source_key, job_content, job_source_key, packet_types_of
-from stella.evidence.packet import PacketType, validate_content
+from stella.evidence.packet import EvidenceContentError, PacketType, validate_content
 
 T0 = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 RELEASE = uuid.UUID(int=7)
@@ -46,12 +48,8 @@ def test_a_job_makes_a_deployment_packet_and_a_rolled_back_one_a_rollback_packet
 def test_without_the_release_no_image_is_known_and_the_content_is_refused() -> None:
     content = job_content(PacketType.DEPLOYMENT, job("succeeded", []), None)
     assert content["release"]["components"] == []
-    try:
+    with pytest.raises(EvidenceContentError, match="non-empty list"):
         validate_content(content)
-    except ValueError as exc:
-        assert "non-empty list" in str(exc)
-    else:
-        raise AssertionError("content naming no image was accepted")
 
 
 def test_a_drift_record_is_keyed_by_target_and_detection_time() -> None:
