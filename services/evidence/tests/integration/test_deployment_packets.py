@@ -154,7 +154,7 @@ def _edit_payload(bundle: bytes, packet_id: str, edit: Any) -> bytes:
         tarfile.open(fileobj=out, mode="w:gz") as target,
     ):
         for member in source.getmembers():
-            data = source.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            data = source.extractfile(member).read() if member.isfile() else None
             if data is not None and member.name.endswith(f"{packet_id}.dsse.json"):
                 envelope = json.loads(data)
                 statement = json.loads(base64.b64decode(envelope["payload"]))
