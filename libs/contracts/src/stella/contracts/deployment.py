@@ -27,6 +27,7 @@ from stella.contracts.agent import (
     LabelKey,
     LabelValue,
     LogChunk,
+    PortMapping,
     RegisterAgent,
     TargetType,
     TaskResult,
@@ -139,6 +140,21 @@ class JobStatus(StrEnum):
         return self in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.ROLLED_BACK, JobStatus.CANCELLED}
 
 
+class JobKind(StrEnum):
+    """Why a job exists."""
+
+    DEPLOY = "deploy"
+    """A promotion's deploy step (or a deployment started by hand)."""
+    ROLLBACK = "rollback"
+    """A manual rollback of an earlier job (``rollback_of``)."""
+    REMEDIATE = "remediate"
+    """Redeploying a drifted target's sticker release."""
+    HEALTH_CHECK = "health-check"
+    """A workflow ``health-check`` step: a health check of every target; no job events."""
+    VERIFY_DRIFT = "verify-drift"
+    """A workflow ``verify-drift`` step or an on-demand check: an inspection per target; no job events."""
+
+
 class Strategy(StrEnum):
     """Deployment strategies."""
 
@@ -154,6 +170,17 @@ class FailureBehavior(StrEnum):
     ROLLBACK = "rollback"
     CONTINUE = "continue"
     PAUSE = "pause"
+
+
+class ComponentRuntime(Model):
+    """How an environment runs one component: published ports, environment variables, command, labels."""
+
+    ports: list[PortMapping] = Field(default_factory=list, max_length=64)
+    env: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")], str] = Field(
+        default_factory=dict, max_length=500
+    )
+    command: list[Annotated[str, StringConstraints(max_length=1024)]] | None = Field(default=None, max_length=64)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
 
 
 BatchSize = Annotated[str, StringConstraints(pattern=r"^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$")]
@@ -174,6 +201,7 @@ class StrategySpec(Model):
         health_check: Health check run by each task after deploying (the environment's default otherwise).
         failure_behavior: What a failed task does to the job.
         task_timeout_s: Seconds one task may take before it is ``timed_out``.
+        components: How each component (by name) runs in this environment.
     """
 
     strategy: Strategy = Strategy.ALL_AT_ONCE
@@ -186,6 +214,7 @@ class StrategySpec(Model):
     health_check: HealthCheckSpec | None = None
     failure_behavior: FailureBehavior = FailureBehavior.ROLLBACK
     task_timeout_s: float = Field(default=600, gt=0, le=86_400)
+    components: dict[Name, ComponentRuntime] = Field(default_factory=dict, max_length=200)
 
     @model_validator(mode="after")
     def _steps_increase(self) -> StrategySpec:
@@ -310,6 +339,7 @@ class JobSummary(Model):
     release_name: str
     environment_id: UUID
     environment_name: str
+    kind: JobKind
     strategy: Strategy
     status: JobStatus
     rollback_of: UUID | None
@@ -514,6 +544,7 @@ class JobStarted(Event):
     target_count: int
     rollback_of: UUID | None = None
     started_at: datetime
+    kind: JobKind = JobKind.DEPLOY
 
 
 class JobCompleted(Event):
@@ -536,6 +567,7 @@ class JobCompleted(Event):
     release_name: str | None = None
     environment_name: str | None = None
     artifacts: list[dict[str, Any]] = Field(default_factory=list)
+    kind: JobKind = JobKind.DEPLOY
 
 
 class DriftDetected(Event):
