@@ -1335,8 +1335,8 @@ class Handlers:
         self, conn: asyncpg.Connection, event: d.JobStarted | d.JobCompleted
     ) -> repo.StoredPromotion | None:
         """The promotion a job event is about, locked after its environment's queue (always in that order)."""
-        if event.promotion_id is None:
-            return None  # a remediation or another job that no promotion started
+        if event.promotion_id is None or event.kind not in (d.JobKind.DEPLOY, d.JobKind.ROLLBACK):
+            return None  # a remediation, a check, or another job that moves no promotion
         await repo.lock_deploy_queue(conn, event.tenant_id, event.environment_id)
         stored = await repo.get_promotion(conn, event.tenant_id, event.promotion_id, lock=True)
         if stored is None or stored.promotion.target_environment_id != event.environment_id:
