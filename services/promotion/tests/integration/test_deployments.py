@@ -205,3 +205,22 @@ async def test_job_events_are_applied_once_and_survive_a_restart(caller: Caller,
 
 def _body(msg: Any) -> dict[str, Any]:
     return json.loads(msg.data)
+
+
+async def test_jobs_that_deploy_nothing_for_the_promotion_leave_it_alone(caller: Caller, stack: Stack) -> None:
+    dev = await _environment(caller, "dev", 0)
+    release = await caller.ready_release("shop")
+    promotion = await _approved(caller, release, dev)
+    remediation = job_completed(caller, promotion, uuid.uuid4(), "succeeded", kind=d.JobKind.REMEDIATE)
+    other_env = job_completed(caller, promotion, uuid.uuid4(), "succeeded").model_copy(
+        update={"environment_id": uuid.uuid4()}
+    )
+    foreign = job_completed(caller, promotion, uuid.uuid4(), "succeeded").model_copy(update={"tenant_id": uuid.uuid4()})
+    for event in (remediation, other_env, foreign):
+        await publish_event(stack, d.JOB_COMPLETED, event)
+    job = uuid.uuid4()
+    # The promotion's own job, published last, is the only one that moves it.
+    done = await _ended(
+        stack, c.PROMOTION_COMPLETED, promotion, (d.JOB_COMPLETED, job_completed(caller, promotion, job, "succeeded"))
+    )
+    assert done["deployment_job_id"] == str(job)
