@@ -1237,7 +1237,11 @@ class Handlers:
             )
         promotion = stored.promotion
         if promotion.status is domain.PromotionStatus.APPROVED:
-            await self._leave_queue(conn, stored, reason, Origin.of(event))
+            outcome = "failed" if isinstance(event, w.RunFailed) else "ended"
+            ended = f"its workflow run {event.run_id} ({template}) {outcome} without a deployment job"
+            if isinstance(event, w.RunFailed) and event.error:
+                ended += f": {event.error}"
+            await self._leave_queue(conn, stored, ended, Origin.of(event))
             return
         waited_on_approvals = promotion.status is domain.PromotionStatus.PENDING_APPROVAL
         events = promotion.fail_workflow(reason=reason[:2000], now=self.clock())
