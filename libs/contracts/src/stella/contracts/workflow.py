@@ -54,6 +54,9 @@ STEP_SUBJECTS: Final[dict[str, str]] = {
     "gate": "stella.cmd.promotion.evaluate_gates",
     "approval": "stella.cmd.approval.request_approvals",
     "evidence": "stella.cmd.evidence.collect_evidence",
+    "deploy": "stella.cmd.deployment.execute_step",
+    "health-check": "stella.cmd.deployment.execute_step",
+    "verify-drift": "stella.cmd.deployment.execute_step",
 }
 """Step types executed by another context, and the subject their :class:`ExecuteStep` goes to."""
 

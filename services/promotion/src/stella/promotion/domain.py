@@ -33,7 +33,10 @@ from enum import Enum, StrEnum
 from typing import Any, ClassVar, Final, cast
 from uuid import UUID
 
+from pydantic import ValidationError
+
 from stella.contracts.canonical import CanonicalizationError, canonicalize
+from stella.contracts.deployment import StrategySpec
 from stella.kit.errors import ServiceError
 
 # --------------------------------------------------------------------------------------------------
@@ -402,7 +405,15 @@ class HealthCheckType(StrEnum):
 
 _HEALTH_CHECK_KEYS: Final = frozenset({"type", "path", "port", "command", "timeout_s", "retries", "interval_s"})
 _CONFIG_KEYS: Final = frozenset(
-    {"deployment_timeout_s", "approval_timeout_s", "freeze_behavior", "health_check", "gates", "variables"}
+    {
+        "deployment_timeout_s",
+        "approval_timeout_s",
+        "freeze_behavior",
+        "health_check",
+        "gates",
+        "variables",
+        "deployment",
+    }
 )
 _VARIABLE_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 MAX_VARIABLES: Final = 500
@@ -524,6 +535,8 @@ class EnvironmentConfig:
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     gates: tuple[Mapping[str, Any], ...] = ()
     variables: Mapping[str, str] = field(default_factory=dict)
+    deployment: Mapping[str, Any] | None = None
+    """How the deployment service deploys to the environment (:class:`~stella.contracts.deployment.StrategySpec`)."""
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> EnvironmentConfig:
@@ -566,6 +579,7 @@ class EnvironmentConfig:
                 problems.extend(exc.errors)
         gates = _validate_gate_shapes(raw.get("gates", ()), problems)
         variables = _validate_variables(raw.get("variables", {}), problems)
+        deployment = _validate_deployment(raw.get("deployment"), problems)
         if problems:
             raise InvalidEnvironment(_summarise(problems), errors=problems)
         return cls(
@@ -575,6 +589,7 @@ class EnvironmentConfig:
             health_check=health_check,
             gates=gates,
             variables=variables,
+            deployment=deployment,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -586,7 +601,23 @@ class EnvironmentConfig:
             "health_check": self.health_check.to_dict(),
             "gates": [to_json_value(gate) for gate in self.gates],
             "variables": dict(self.variables),
+            **({"deployment": to_json_value(self.deployment)} if self.deployment is not None else {}),
         }
+
+
+def _validate_deployment(raw: Any, problems: list[dict[str, Any]]) -> Mapping[str, Any] | None:
+    """Check an environment's deployment settings against the deployment context's contract."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        problems.append({"loc": ["config", "deployment"], "msg": "must be an object"})
+        return None
+    try:
+        StrategySpec.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems.extend({"loc": ["config", "deployment", *error["loc"]], "msg": error["msg"]} for error in exc.errors())
+        return None
+    return dict(raw)
 
 
 def _validate_gate_shapes(raw: Any, problems: list[dict[str, Any]]) -> tuple[Mapping[str, Any], ...]:
