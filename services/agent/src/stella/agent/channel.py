@@ -41,6 +41,9 @@ RESULT_PATH: Final[str] = "/api/v1/agents/{agent_id}/tasks/{task_id}/result"
 LOGS_PATH: Final[str] = "/api/v1/agents/{agent_id}/tasks/{task_id}/logs"
 """``POST``: a :class:`LogChunk`."""
 
+MAX_TASKS_PER_POLL: Final[int] = 100
+"""Most tasks one poll asks for (the gateway's limit)."""
+
 _RETRYABLE: Final[frozenset[int]] = frozenset({408, 425, 429})
 _TASKS = TypeAdapter(list[AgentTask])
 
@@ -157,7 +160,7 @@ class GatewayChannel:
 
     async def tasks(self, wait_s: float, limit: int) -> list[AgentTask]:
         """Wait up to ``wait_s`` for tasks leased to this agent; at most ``limit``."""
-        params = {"wait": f"{wait_s:g}", "limit": str(limit)}
+        params = {"wait": f"{wait_s:g}", "limit": str(min(limit, MAX_TASKS_PER_POLL))}
         status, payload = await self._call("GET", self._path(TASKS_PATH), params=params, wait_s=wait_s)
         if status == 204 or not payload.strip():
             return []
