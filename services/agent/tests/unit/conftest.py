@@ -171,7 +171,7 @@ class GatewayDouble:
     async def _tasks(self, request: web.Request) -> web.Response:
         agent = self._agent(request)
         wait = min(float(request.query.get("wait", "0")), 5.0)
-        limit = int(request.query.get("limit", "10"))
+        limit = int(request.query.get("max_tasks", "10"))
         try:
             async with asyncio.timeout(wait):
                 async with self._changed:

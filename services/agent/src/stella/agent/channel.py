@@ -33,7 +33,7 @@ HEARTBEAT_PATH: Final[str] = "/api/v1/agents/{agent_id}/heartbeat"
 """``POST``: :class:`Heartbeat` -> :class:`HeartbeatAck`."""
 
 TASKS_PATH: Final[str] = "/api/v1/agents/{agent_id}/tasks"
-"""``GET ?wait=<s>&limit=<n>``: long poll; the tasks leased to this agent (a list, or ``{"tasks": [...]}``; 204: none)."""
+"""``GET ?wait=<s>&max_tasks=<n>``: long poll; the tasks leased to this agent (a list, or ``{"tasks": [...]}``; 204: none)."""
 
 RESULT_PATH: Final[str] = "/api/v1/agents/{agent_id}/tasks/{task_id}/result"
 """``POST``: the task's one :class:`~stella.contracts.agent.TaskResult`."""
@@ -160,7 +160,7 @@ class GatewayChannel:
 
     async def tasks(self, wait_s: float, limit: int) -> list[AgentTask]:
         """Wait up to ``wait_s`` for tasks leased to this agent; at most ``limit``."""
-        params = {"wait": f"{wait_s:g}", "limit": str(min(limit, MAX_TASKS_PER_POLL))}
+        params = {"wait": f"{wait_s:g}", "max_tasks": str(min(limit, MAX_TASKS_PER_POLL))}
         status, payload = await self._call("GET", self._path(TASKS_PATH), params=params, wait_s=wait_s)
         if status == 204 or not payload.strip():
             return []
