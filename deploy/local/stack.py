@@ -30,7 +30,7 @@ from stella.kit.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("STELLA_STATE_DIR", ROOT / ".stella"))
-SERVICES = ("release", "promotion", "approval", "workflow", "evidence", "events")
+SERVICES = ("release", "promotion", "approval", "workflow", "deployment", "evidence", "events")
 """Headless services, started in this order before the gateway (those not installed are skipped)."""
 COLORS = ("36", "33", "35", "32", "34", "31", "96", "93")
 

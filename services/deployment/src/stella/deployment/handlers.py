@@ -583,15 +583,13 @@ class Handlers:
         effects = Effects()
         async with self._pool().acquire() as conn, conn.transaction():
             await self._authenticate(conn, q)
-            peek = await conn.fetchrow(repo.GET_TASK, q.tenant_id, result.task_id)
-            if peek is None:
+            # Locks: the task's row, then (in _drive) the job's; every writer of a job's tasks takes them in
+            # that order, so results of one job are applied in parallel up to the short job-locked part.
+            task = await conn.fetchrow(repo.GET_TASK_FOR_UPDATE, q.tenant_id, result.task_id)
+            if task is None:
                 raise domain.TaskNotLeased(
                     f"task {result.task_id} does not exist", status=404, code="AGT_TASK_NOT_FOUND"
                 )
-            job = None
-            if peek["job_id"] is not None:  # the job's row first: every change to a job's tasks takes it first
-                job = await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, q.tenant_id, peek["job_id"])
-            task = await conn.fetchrow(repo.GET_TASK_FOR_UPDATE, q.tenant_id, result.task_id)
             if task["agent_id"] != q.agent_id or task["attempt"] != result.attempt:
                 return Reply.success({"accepted": False, "reason": "not the current attempt of this agent"})
             if result.idempotency_key != task["idempotency_key"]:
@@ -613,6 +611,7 @@ class Handlers:
                 [a.model_dump(mode="json") for a in result.artifacts],
                 now,
             )
+            job = await conn.fetchrow(repo.GET_JOB, q.tenant_id, task["job_id"]) if task["job_id"] else None
             await self._apply_to_target(conn, q, finished, job, now)
             if job is not None:
                 await self._drive(conn, q.tenant_id, job["id"], now, effects)
@@ -1016,6 +1015,8 @@ class Handlers:
     ) -> None:
         """Advance a job (its row locked by the caller's transaction) until nothing more happens now."""
         job = await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, tenant_id, job_id)
+        if await self._nothing_to_do(conn, job):
+            return
         for _ in range(_MAX_ADVANCE_ROUNDS):
             state = repo.job_state(job)
             if state.status.is_terminal or state.status in (c.JobStatus.PENDING, c.JobStatus.PAUSED):
@@ -1060,6 +1061,21 @@ class Handlers:
             if status.is_terminal:
                 await self._finished(conn, job, now, effects)
                 return
+
+    async def _nothing_to_do(self, conn: asyncpg.Connection, job: Mapping[str, Any]) -> bool:
+        """Whether a running job's current batch (or its rollback) is simply still under way: one cheap count.
+
+        Most task results end a task of a batch that has others still running; only the last one, or a
+        failure, or a freed slot under ``max_concurrent``, moves the job.
+        """
+        status = c.JobStatus(job["status"])
+        if status is c.JobStatus.ROLLING_BACK:
+            state = await conn.fetchrow(repo.BATCH_STATE_FROM, job["tenant_id"], job["id"], job["batch_count"])
+        elif status is c.JobStatus.RUNNING and job["next_batch_at"] is None:
+            state = await conn.fetchrow(repo.BATCH_STATE, job["tenant_id"], job["id"], job["current_batch"])
+        else:
+            return False
+        return bool(state["open"] > 0 and state["failed"] == 0 and state["waiting"] == 0)
 
     async def _add_rollback_tasks(
         self,
@@ -1230,6 +1246,7 @@ class Handlers:
         """Cancel a job that has not ended; its agents are told to stop with their next heartbeat."""
 
         async def execute(conn: asyncpg.Connection, effects: Effects) -> object:
+            await conn.execute(repo.LOCK_OPEN_TASKS_OF_JOB, cmd.tenant_id, cmd.job_id)  # tasks before the job
             job = await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, cmd.tenant_id, cmd.job_id)
             if job is None:
                 raise domain.JobNotFound(f"deployment job {cmd.job_id} does not exist")
@@ -1535,6 +1552,36 @@ class Handlers:
 
     # --- timers -----------------------------------------------------------------------------------------
 
+    async def _schedule_inspections(self, now: datetime, effects: Effects) -> int:
+        """Queue an inspection of every deployed target not inspected for ``drift_check_interval_s``.
+
+        The inspection is a task of no job: its result records drift on the target (and announces it).
+        """
+        cutoff = now - timedelta(seconds=self.settings.drift_check_interval_s)
+        async with self._pool().acquire() as conn, conn.transaction():
+            due = await conn.fetch(repo.LOCK_DUE_DRIFT_CHECKS, cutoff, self.settings.timer_batch_size)
+            spec = c.StrategySpec()
+            for target in due:
+                task_id = uuid4()
+                specs = [ComponentSpec.model_validate(s) for s in target["current_components"]]
+                item = domain.PlannedTask(target["id"], target["name"], TaskType.INSPECT, 0, ())
+                key = f"inspect:{target['id']}:{now.isoformat()}"
+                new = NewTask(
+                    task_id,
+                    target,
+                    TaskType.INSPECT,
+                    0,
+                    key,
+                    (),
+                    self._body(task_id, item, target, specs, None, None, spec),
+                    None,
+                )
+                await insert_tasks(conn, target["tenant_id"], None, spec.task_timeout_s, [new], now)
+                await conn.execute(repo.RELEASE_TASKS, target["tenant_id"], [task_id], now)
+                await conn.execute(repo.MARK_INSPECTED, target["tenant_id"], target["id"], now)
+                effects.tenants.add(target["tenant_id"])
+        return len(due)
+
     async def next_due(self) -> datetime | None:
         """The earliest of: an agent's heartbeat running out, a lease expiring, a task deadline, a paused batch."""
         async with self._pool().acquire() as conn:
@@ -1545,6 +1592,11 @@ class Handlers:
                 await conn.fetchval(repo.NEXT_DEADLINE),
                 await conn.fetchval(repo.NEXT_BATCH_DUE),
             ]
+        if self.settings.drift_check_interval_s > 0:
+            async with self._pool().acquire() as conn:
+                inspected = await conn.fetchval(repo.NEXT_DRIFT_CHECK)
+            if inspected is not None:
+                due.append(inspected + timedelta(seconds=self.settings.drift_check_interval_s))
         present = [d for d in due if d is not None]
         return min(present) if present else None
 
@@ -1578,18 +1630,18 @@ class Handlers:
             jobs = await conn.fetch(repo.DUE_BATCH_JOBS, now, batch)
         for task in overdue:
             async with self._pool().acquire() as conn, conn.transaction():
-                if task["job_id"] is not None:
-                    await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, task["tenant_id"], task["job_id"])
-                await conn.execute(
+                timed_out = await conn.fetchval(
                     repo.TIME_OUT_TASK, task["tenant_id"], task["id"], "no result before the task's timeout", now
                 )
-                if task["job_id"] is not None:
+                if timed_out and task["job_id"] is not None:
                     await self._drive(conn, task["tenant_id"], task["job_id"], now, effects)
             handled += 1
         for job in jobs:
             async with self._pool().acquire() as conn, conn.transaction():
                 await self._drive(conn, job["tenant_id"], job["id"], now, effects)
             handled += 1
+        if self.settings.drift_check_interval_s > 0:
+            handled += await self._schedule_inspections(now, effects)
         await self._after(effects)
         return handled
 
@@ -1620,7 +1672,12 @@ def _previous(target: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 async def insert_tasks(
-    conn: asyncpg.Connection, tenant_id: UUID, job_id: UUID, timeout_s: float, tasks: Sequence[NewTask], now: datetime
+    conn: asyncpg.Connection,
+    tenant_id: UUID,
+    job_id: UUID | None,
+    timeout_s: float,
+    tasks: Sequence[NewTask],
+    now: datetime,
 ) -> None:
     """Store tasks in one statement."""
     if not tasks:

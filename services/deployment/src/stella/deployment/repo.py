@@ -75,6 +75,18 @@ SET_TARGET_DRIFT = """
      WHERE tenant_id = $1 AND id = $2
 """
 
+NEXT_DRIFT_CHECK = "SELECT min(coalesce(last_inspected_at, updated_at)) FROM targets WHERE sticker IS NOT NULL"
+LOCK_DUE_DRIFT_CHECKS = f"""
+    SELECT {_TARGET} FROM targets t
+     WHERE sticker IS NOT NULL AND coalesce(last_inspected_at, updated_at) <= $1
+       AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.tenant_id = t.tenant_id AND tasks.target_id = t.id
+                       AND tasks.status IN ('pending', 'assigned', 'running'))
+     ORDER BY coalesce(last_inspected_at, updated_at)
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+"""
+MARK_INSPECTED = "UPDATE targets SET last_inspected_at = $3 WHERE tenant_id = $1 AND id = $2"
+
 # --- agents and tokens --------------------------------------------------------------------------------------
 
 _AGENT = """tenant_id, id, name, version, capabilities, labels, credential_hash, status, checks, last_heartbeat_at,
@@ -268,8 +280,21 @@ LOCK_PAST_DEADLINE = """
 TIME_OUT_TASK = """
     UPDATE tasks SET status = 'timed_out', error_code = 'AGT_TIMEOUT', message = $3, finished_at = $4,
                      lease_expires_at = NULL
-     WHERE tenant_id = $1 AND id = $2 AND status IN ('pending', 'assigned', 'running')
+     WHERE tenant_id = $1 AND id = $2 AND status IN ('pending', 'assigned', 'running') AND deadline_at <= $4
+    RETURNING true
 """
+LOCK_OPEN_TASKS_OF_JOB = """
+    SELECT id FROM tasks WHERE tenant_id = $1 AND job_id = $2 AND status IN ('pending', 'assigned', 'running')
+     ORDER BY id FOR UPDATE
+"""
+_BATCH_COUNTS = """
+    SELECT count(*) FILTER (WHERE status IN ('pending', 'assigned', 'running')) AS open,
+           count(*) FILTER (WHERE status IN ('failed', 'timed_out')) AS failed,
+           count(*) FILTER (WHERE status = 'pending' AND released_at IS NULL) AS waiting
+      FROM tasks
+"""
+BATCH_STATE = _BATCH_COUNTS + " WHERE tenant_id = $1 AND job_id = $2 AND batch = $3"
+BATCH_STATE_FROM = _BATCH_COUNTS + " WHERE tenant_id = $1 AND job_id = $2 AND batch >= $3"
 
 # --- logs, stickers, drift ----------------------------------------------------------------------------------
 
