@@ -68,6 +68,8 @@ M = TypeVar("M", bound=Message)
 CommandHandler = Callable[[Any], Awaitable[Reply]]
 QueryHandler = Callable[[Any], Awaitable[Reply]]
 EventHandler = Callable[[Any, asyncpg.Connection], Awaitable[None]]
+PreparedEventHandler = Callable[[Any, asyncpg.Connection, Any], Awaitable[None]]
+"""An event handler that also takes what its ``prepare`` step read before the transaction opened."""
 
 
 class PoisonMessage(Exception):
@@ -515,13 +517,19 @@ def _failure(code: str, status: int, detail: str) -> dict[str, Any]:
     )
 
 
+async def _unreachable(event: Any, conn: asyncpg.Connection) -> None:
+    raise AssertionError("a prepared event route is handled by its prepared handler")
+
+
 class EventRoutes:
     """One durable consumer ``<service>-<purpose>`` on one subject filter (NATS 2.9 allows one per consumer).
 
     The filter may be a wildcard (``stella.evt.approval.>``); each event subject under it is routed to its
     handler, and events nobody here handles are acknowledged and ignored (a producer may add events later).
     A handler runs inside a transaction that also records ``(consumer, message_id)`` in the inbox, so a
-    redelivered event has one effect.
+    redelivered event has one effect. A handler that needs another service's answer names a ``prepare`` step:
+    it runs before the transaction opens (no connection waits on the other service) and its result is the
+    handler's third argument.
     """
 
     def __init__(self, service: str, purpose: str, subject: str, pool: Callable[[], asyncpg.Pool]) -> None:
@@ -530,10 +538,27 @@ class EventRoutes:
         self.subject = subject
         self.pool = pool
         self.routes: dict[str, tuple[type[Event], EventHandler]] = {}
+        self.preparers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
+        self.prepared_handlers: dict[str, PreparedEventHandler] = {}
 
     def on(self, subject: str, model: type[Event], handler: EventHandler) -> None:
         """Route ``subject`` (under this consumer's filter) to ``handler(event, conn)``."""
         self.routes[subject] = (model, handler)
+
+    def on_prepared(
+        self,
+        subject: str,
+        model: type[Event],
+        prepare: Callable[[Any], Awaitable[Any]],
+        handler: PreparedEventHandler,
+    ) -> None:
+        """Route ``subject`` to ``handler(event, conn, await prepare(event))``, ``prepare`` outside the transaction.
+
+        ``prepare`` may run for a redelivered event the inbox then drops: it must only read.
+        """
+        self.preparers[subject] = prepare
+        self.prepared_handlers[subject] = handler
+        self.routes[subject] = (model, _unreachable)
 
     def attach(self, router: NatsRouter, host: Host) -> None:
         """Register the durable consumer on ``router``."""
@@ -550,9 +575,15 @@ class EventRoutes:
                 model, handler = route
                 event = parse(model, raw.data)
                 _bind_context(event)
+                local = names.local(raw.subject)
+                prepare = self.preparers.get(local)
+                prepared = await prepare(event) if prepare is not None else None
                 async with self.pool().acquire() as conn, conn.transaction():
                     if await claim_inbox(conn, self.consumer, event.message_id):
-                        await handler(event, conn)
+                        if prepare is not None:
+                            await self.prepared_handlers[local](event, conn, prepared)
+                        else:
+                            await handler(event, conn)
                     else:
                         metrics.messages_handled.labels(self.consumer, "duplicate").inc()
 
