@@ -20,8 +20,9 @@ import pytest_asyncio
 from nats.aio.client import Client
 
 from stella.testing.docker import DockerEngine, DockerJanitor
-from stella.testing.images import HTTP_PORT, AppImage, AppImages
-from stella.testing.tampering import TamperingRegistry
+from stella.testing.images import HTTP_PORT, AppImages
+from stella.testing.registry import LocalRegistry
+from stella.testing.tampering import TamperingRegistry, tampered_image
 
 from .conftest import HEADLESS, Stack, _running
 from .deployments import (
@@ -232,6 +233,7 @@ async def test_a_registry_serving_another_manifest_for_the_pinned_digest_fails_t
     agents: Agents,
     app_images: AppImages,
     tampering_registry: TamperingRegistry,
+    oci_registry: LocalRegistry,
     docker_engine: DockerEngine,
     docker_janitor: DockerJanitor,
 ) -> None:
@@ -239,9 +241,7 @@ async def test_a_registry_serving_another_manifest_for_the_pinned_digest_fails_t
     agent = await agents.start("edge-1")
     dev = await environment(stack, "dev", 0, {"strategy": "all-at-once"})
     created = await target(stack, docker_janitor, dev, "web-1", agent)
-    repository = app_images.v1.repository.split("/", 1)[1]
-    tampering_registry.swap(repository, app_images.v1.digest, app_images.v2.digest)
-    lying = AppImage(f"{tampering_registry.address}/{repository}", app_images.v1.digest, "v1", True)
+    lying = tampered_image(oci_registry, tampering_registry, app_images.v2)
     shop = await release(stack, "shop-1", {"web": lying})
 
     promotion = await promote(stack, shop["id"], dev)

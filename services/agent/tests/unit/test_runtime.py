@@ -82,12 +82,15 @@ class GateDriver:
 
     def __init__(self, say: Callable[[AgentTask], str] | None = None) -> None:
         self.release = asyncio.Event()
+        self.checked = asyncio.Event()
+        self.checked.set()
         self.running = 0
         self.most = 0
         self.runs = 0
         self.say = say
 
     async def check(self) -> tuple[bool, str]:
+        await self.checked.wait()
         return False, "engine gone"
 
     async def run(self, task: AgentTask, log: LogSink) -> TaskResult:
@@ -227,8 +230,11 @@ async def test_heartbeats_carry_the_drivers_self_checks_and_the_running_tasks(
     run = await running.start(agent)
     task = deploy_task()
     await gateway.deliver(agent_id(agent), task)
-    await gateway.wait_for(lambda: any(task.task_id in beat.running_tasks for _, beat in gateway.heartbeats))
-    checks = {check.name: check for check in gateway.heartbeats[-1][1].checks}
+    await gateway.wait_for(
+        lambda: any(task.task_id in beat.running_tasks and beat.checks for _, beat in gateway.heartbeats)
+    )
+    beat = next(beat for _, beat in gateway.heartbeats if task.task_id in beat.running_tasks and beat.checks)
+    checks = {check.name: check for check in beat.checks}
     assert not checks["docker"].ok
     assert checks["docker"].message == "engine gone"
     assert checks["disk"].ok
@@ -420,4 +426,17 @@ async def test_secrets_never_reach_the_logs(running: Running, gateway: GatewayDo
     lines = gateway.log_lines(task.task_id)
     assert lines == ["pulling with *** and hunter"]
     assert password not in str(gateway.results[task.task_id])
+    await running.stop(agent, run)
+
+
+async def test_heartbeats_keep_their_pace_while_a_self_check_hangs(running: Running, gateway: GatewayDouble) -> None:
+    driver = GateDriver()
+    driver.checked.clear()  # the engine does not answer the self-check
+    agent = running.agent([driver])
+    run = await running.start(agent)
+    beats = running.heartbeats(agent)
+    await gateway.wait_for(lambda: running.heartbeats(agent) >= beats + 5)
+    assert all(not beat.checks for _, beat in gateway.heartbeats), "no self-check result yet"
+    driver.checked.set()
+    await gateway.wait_for(lambda: any(beat.checks for _, beat in gateway.heartbeats))
     await running.stop(agent, run)

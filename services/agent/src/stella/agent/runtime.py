@@ -124,6 +124,7 @@ class Agent:
         self._free.set()
         self._stopping = asyncio.Event()
         self._fatal: asyncio.Future[None] | None = None
+        self._checks: list[AgentCheck] = []
         self.completed = 0
         """Tasks finished (run or answered from the journal) since start."""
 
@@ -228,6 +229,7 @@ class Agent:
             self._deliver(entry)
         loops = [
             asyncio.create_task(self._guard(self._heartbeat_loop()), name="heartbeat"),
+            asyncio.create_task(self._checks_loop(), name="self-checks"),
             asyncio.create_task(self._guard(self._feed_loop()), name="task-feed"),
         ]
         stopping = asyncio.create_task(self._stopping.wait())
@@ -298,16 +300,30 @@ class Agent:
         return results
 
     async def heartbeat(self) -> None:
-        """Send one heartbeat and stop the tasks Stella cancelled."""
-        beat = Heartbeat(
-            version=self.options.version, checks=await self.checks(), running_tasks=list(self._running)[:1000]
-        )
+        """Send one heartbeat (with the latest self-checks) and stop the tasks Stella cancelled."""
+        beat = Heartbeat(version=self.options.version, checks=self._checks, running_tasks=list(self._running)[:1000])
         ack = await self.channel.heartbeat(beat)
         for task_id in ack.cancel_tasks:
             self.cancel(task_id)
 
+    async def _checks_loop(self) -> None:
+        """Refresh the self-checks once per heartbeat interval, apart from the heartbeats.
+
+        A self-check may take seconds (starting Compose to ask its version); a heartbeat that waited for it
+        would come late, and an agent whose heartbeats come late is taken for gone.
+        """
+        while True:
+            try:
+                self._checks = await self.checks()
+            except Exception:
+                logger.exception("the self-checks failed")
+            await asyncio.sleep(self.heartbeat_interval_s)
+
     async def _heartbeat_loop(self) -> None:
+        """Heartbeats at a fixed rate: the interval runs from one heartbeat's start to the next one's."""
+        clock = asyncio.get_running_loop().time
         unreachable = False
+        due = clock()
         while True:
             try:
                 await self.heartbeat()
@@ -322,7 +338,8 @@ class Agent:
                 raise
             except Exception:
                 logger.exception("heartbeat failed")
-            await asyncio.sleep(self.heartbeat_interval_s)
+            due = max(due + self.heartbeat_interval_s, clock())
+            await asyncio.sleep(due - clock())
 
     def cancel(self, task_id: UUID) -> bool:
         """Stop a running task (its result says ``AGT_CANCELLED``); False when it does not run here."""
