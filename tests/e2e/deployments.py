@@ -182,17 +182,14 @@ async def target(
     janitor: DockerJanitor,
     environment_id: str,
     name: str,
-    agent: AgentProcess,
+    agent: AgentProcess | None,
     target_type: str = "docker_host",
     labels: dict[str, str] | None = None,
     health_check: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "name": name,
-        "target_type": target_type,
-        "agent_id": agent.agent_id,
-        "labels": labels or {},
-    }
+    body: dict[str, Any] = {"name": name, "target_type": target_type, "labels": labels or {}}
+    if agent is not None:  # else any capable agent of the tenant may serve it
+        body["agent_id"] = agent.agent_id
     if health_check is not None:
         body["health_check"] = health_check
     status, created, _ = await stack.call("POST", f"/api/v1/environments/{environment_id}/targets", json=body)
@@ -216,7 +213,13 @@ async def settled(stack: Stack, promotion_id: str, expect: str, timeout: float =
     body = await stack.until(
         f"/api/v1/promotions/{promotion_id}", lambda p: p["status"] == expect or p["status"] in final, timeout=timeout
     )
-    assert body["status"] == expect, body
+    if body["status"] != expect:
+        _, job, _ = await stack.call("GET", f"/api/v1/promotions/{promotion_id}/deployment")
+        tasks = [
+            {k: task.get(k) for k in ("target_name", "type", "status", "error_code", "message", "logs")}
+            for task in (job or {}).get("tasks", [])
+        ]
+        raise AssertionError(f"promotion {body['status']}, not {expect}: {body.get('status_message')}; tasks: {tasks}")
     return dict(body)
 
 
