@@ -154,6 +154,8 @@ async def main() -> int:
             embedded.append(pg)
             env["STELLA_DATABASE_URL"] = await _ensure_database(pg.url, "stella")
             _say(f"embedded Postgres on 127.0.0.1:{pg.port} (data in {STATE / 'postgres'})")
+        # Every service connects as its own least-privilege role; the user above only runs the migrations.
+        env.setdefault("STELLA_DATABASE_SERVICE_ROLES", "true")
         env.setdefault("STELLA_EVIDENCE_KEY_DIR", str(STATE / "keys"))
         env.setdefault("STELLA_EVENTS_KEY_DIR", str(STATE / "keys"))
         # On one's own machine a registry on loopback is the usual one (a deployed service refuses it by default).

@@ -348,7 +348,7 @@ async def test_evidence_follows_a_decision_made_while_the_evidence_service_is_do
         bundle.write_bytes(await resp.read())
     verified = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "stella.evidence.verify", str(bundle)],
+        [sys.executable, "-m", "stella.evidence.verify", str(bundle), "--trust-bundle-keys"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import inspect
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
@@ -27,6 +28,14 @@ from nats.aio.subscription import Subscription
 
 from stella.contracts.approval import GET_APPROVALS, ApprovalRequestView, ApprovalStatus, VoteAction, VoteView
 from stella.contracts.envelope import Command, ErrorDetail, Reply
+from stella.contracts.evidence import (
+    COLLECT_PACKET,
+    EXPORT_BUNDLE,
+    LIST_KEYS,
+    CollectEvidence,
+    ExportBundle,
+    ListKeys,
+)
 from stella.contracts.promotion import GET_PROMOTION, PromotionStatus, PromotionView
 from stella.contracts.streams import HEADER_MSG_ID, HEADER_REPLY_TO
 from stella.contracts.workflow import ExecuteStep
@@ -327,3 +336,65 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 15.0) -> Non
             if outcome:
                 return
             await asyncio.sleep(0.05)
+
+
+@dataclass
+class Auditor:
+    """What an auditor does with the service: collect packets to check, keep the published keys, verify a
+    bundle offline with the verifier command (a separate process, as on the auditor's machine)."""
+
+    caller: Caller
+    directory: Path
+
+    async def collect(self, index: int, **fields: object) -> dict[str, Any]:
+        """Store a ``deployment`` packet (``packet_content(index)`` unless ``content`` is given)."""
+        fields.setdefault("packet_type", "deployment")
+        fields.setdefault("content", packet_content(index))
+        reply = await self.caller.command(COLLECT_PACKET, CollectEvidence, **fields)
+        assert reply.ok, reply.error
+        return reply.data
+
+    async def published_keys(self) -> Path:
+        """Write the keys the service publishes (``list_keys``) to a directory of their own."""
+        reply = await self.caller.query(LIST_KEYS, ListKeys)
+        assert reply.ok, reply.error
+        keys = self.directory / "published-keys"
+        keys.mkdir(exist_ok=True)
+        for key in reply.data["items"]:
+            (keys / f"{key['key_ref'].replace(':', '_')}.pem").write_text(key["public_key_pem"])
+        (keys / "key-log.json").write_text(json.dumps([key["log_entry"] for key in reply.data["items"]]))
+        return keys
+
+    async def export(self, name: str = "evidence.tar.gz", **query: Any) -> Path:
+        """Export a bundle through the service and the object store, to a file."""
+        reply = await self.caller.query(EXPORT_BUNDLE, ExportBundle, **query)
+        assert reply.ok, reply.error
+        store = await self.caller.client.nc.jetstream().object_store(reply.data["bucket"])
+        path = self.directory / name
+        path.write_bytes((await store.get(reply.data["object"])).data or b"")
+        return path
+
+    async def verify_offline(self, bundle: Path, *args: str) -> tuple[int, str]:
+        """Run ``python -m stella.evidence.verify`` on ``bundle`` (with ``--keys`` of the published keys
+        unless ``args`` say otherwise); return its exit code and output."""
+        if not args:
+            args = ("--keys", str(await self.published_keys()))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "stella.evidence.verify",
+            str(bundle),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 120)
+        assert process.returncode is not None
+        return process.returncode, out.decode()
+
+
+@pytest_asyncio.fixture
+async def auditor(caller: Caller, tmp_path: Path) -> Auditor:
+    directory = tmp_path / "auditor"
+    directory.mkdir()
+    return Auditor(caller, directory)

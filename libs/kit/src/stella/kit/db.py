@@ -26,8 +26,11 @@ from stella.kit.settings import PoolMode
 from stella.kit.startup import ConfigurationError
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # JSON columns come back as Python objects and go in from Python objects.
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Prepare a connection as the pool's are: JSON columns come back as Python objects and go in from them.
+
+    For a connection opened on its own (a command-line tool) that runs the service's repository code.
+    """
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(typename, encoder=_dumps, decoder=json.loads, schema="pg_catalog", format="text")
 
@@ -61,7 +64,7 @@ async def create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            init=_init_connection,
+            init=init_connection,
             reset=_keep_session,
             statement_cache_size=0,
             server_settings={"application_name": f"stella-{schema}"},
@@ -78,7 +81,7 @@ async def create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=init_connection,
         server_settings={"search_path": f"{schema},public", "application_name": f"stella-{schema}"},
         command_timeout=60,
     )

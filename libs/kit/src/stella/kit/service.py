@@ -135,11 +135,16 @@ class ServiceRuntime:
             self.migrations,
             migrate=settings.migrate_on_start,
             timeout_s=settings.startup_timeout_s,
+            service_role=settings.service_role(self.schema),
+            role_password=settings.role_password,
         )
         if applied:
             log.info("applied migrations", extra={"migrations": applied})
         self._pool = await create_pool(
-            settings.database_url, self.schema, max_size=settings.db_pool_size, pool_mode=settings.database_pool_mode
+            settings.as_service(settings.database_url, self.schema),
+            self.schema,
+            max_size=settings.db_pool_size,
+            pool_mode=settings.database_pool_mode,
         )
         await self.broker.connect()
         nc = self.broker.connection
@@ -161,7 +166,7 @@ class ServiceRuntime:
         await declare_consumers(self._js, self.consumers)
         # The relay holds a session lock and LISTENs: it needs a connection that bypasses a transaction pooler.
         self.relay = OutboxRelay(
-            self.settings.direct_database_url,
+            self.settings.as_service(self.settings.direct_database_url, self.schema),
             self.schema,
             self._js,
             names=self.names,

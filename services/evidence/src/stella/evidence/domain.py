@@ -6,7 +6,7 @@ pass them in; the evidence core (:mod:`stella.evidence.packet` and friends) does
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -27,7 +27,7 @@ from stella.evidence.packet import (
     packet_from_statement,
 )
 from stella.evidence.statement import PAYLOAD_TYPE, MalformedStatementError, parse_statement
-from stella.kit.errors import BadRequest, NotFound, TransientFault, Unprocessable
+from stella.kit.errors import BadRequest, Conflict, NotFound, TransientFault, Unprocessable
 
 UNDECIDED: Final[frozenset[PromotionStatus]] = frozenset(
     {PromotionStatus.PENDING_GATE, PromotionStatus.PENDING_APPROVAL}
@@ -382,3 +382,36 @@ def verify_stored_packet(
         checks["chain_link"] = True
 
     return VerificationView(packet_id=packet.id, valid=all(checks.values()), checks=checks, findings=findings)
+
+
+class StoredEvidenceTampered(Conflict):
+    """Stored packet rows differ from the envelopes that were signed: the table was changed behind the
+    append-only guard. An export would ship the untouched envelopes and hide it, so it is refused."""
+
+    code = "SYS_EVIDENCE_TAMPERED"
+    title = "Stored evidence differs from its signed envelopes"
+
+
+def check_stored_matches_envelope(rows: Iterable[StoredPacket]) -> None:
+    """Check that every row's columns are the packet its envelope signed.
+
+    Raises:
+        StoredEvidenceTampered: Naming the packets whose stored fields differ (or whose envelope is unreadable).
+    """
+    differing: list[str] = []
+    for stored in rows:
+        packet = stored.packet
+        try:
+            signed = packet_from_statement(parse_statement(parse_envelope(stored.envelope).payload)).to_dict()
+        except (MalformedEnvelopeError, MalformedStatementError, MalformedPacketError, SubjectMismatchError):
+            differing.append(f"{packet.sequence} (envelope unreadable)")
+            continue
+        fields = packet.to_dict()
+        names = [name for name in PACKET_FIELDS if fields[name] != signed[name]]
+        if names:
+            differing.append(f"{packet.sequence} ({', '.join(names)})")
+    if differing:
+        raise StoredEvidenceTampered(
+            f"stored packets differ from their signed envelopes: {'; '.join(differing[:20])}"
+            + (f" and {len(differing) - 20} more" if len(differing) > 20 else "")
+        )

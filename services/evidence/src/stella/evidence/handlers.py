@@ -37,8 +37,8 @@ from stella.contracts.evidence import PacketType as ContractPacketType
 from stella.contracts.promotion import GET_PROMOTION, GetPromotion, PromotionView
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepStatus
-from stella.evidence import deployments, domain, repo
-from stella.evidence.bundle import build_bundle
+from stella.evidence import deployments, domain, repo, tree
+from stella.evidence.bundle import TreeProof, build_bundle
 from stella.evidence.domain import StoredPacket
 from stella.evidence.exports import ExportStore
 from stella.evidence.keys import PublicKey
@@ -52,6 +52,7 @@ from stella.evidence.packet import (
     validate_content,
 )
 from stella.evidence.signing import ActiveSigner
+from stella.evidence.tree import Checkpointer, StoredCheckpoint
 from stella.kit.asking import Refused, ask
 from stella.kit.broker import CommandProcessor, PoisonMessage, ServiceClient
 from stella.kit.errors import error_detail
@@ -74,6 +75,7 @@ class Handlers:
         client: Callable[[], ServiceClient],
         signer: ActiveSigner,
         exports: ExportStore,
+        checkpointer: Checkpointer,
         *,
         dependency_timeout_s: float = 5.0,
         export_max_packets: int = 100_000,
@@ -87,6 +89,7 @@ class Handlers:
         self.commands = commands
         self.signer = signer
         self.exports = exports
+        self.checkpointer = checkpointer
         self.dependency_timeout_s = dependency_timeout_s
         self.export_max_packets = export_max_packets
         self.export_max_age_s = export_max_age_s
@@ -215,6 +218,8 @@ class Handlers:
         # Creation times never go backwards along a chain (even across replicas whose clocks differ), so a
         # time range always selects a contiguous run of sequences and an export has no holes.
         created_at = max(now, last_created_at) if last_created_at is not None else now
+        # Nor before the signing key became valid (a replica whose clock lags the one that rotated the key).
+        created_at = max(created_at, self.signer.valid_from)
         packet = build_packet(
             packet_id=self.new_id(),
             tenant_id=cmd.tenant_id,
@@ -392,8 +397,32 @@ class Handlers:
         Keys are few (one per rotation), so the list is never cut into pages; it has a list's usual shape.
         """
         async with self._pool().acquire() as conn:
-            keys = await repo.list_keys(conn)
+            keys = await repo.published_keys(conn)
         return Reply.success(Page(items=[k.model_dump(mode="json") for k in keys]).model_dump())
+
+    async def _tree_proof(
+        self, conn: asyncpg.Connection, q: ExportBundle, rows: list[StoredPacket], checkpoint: StoredCheckpoint | None
+    ) -> TreeProof | None:
+        """What lets a verifier recompute the checkpoint's root from the exported packets.
+
+        The range the bundle claims comes from the request and the checkpoint, never from the rows found: an
+        export from the start claims sequence 1 and one to the end claims the checkpoint's size, so a packet
+        missing from the table at either end (or between) leaves a leaf the verifier cannot find.
+        """
+        if checkpoint is None:
+            return None
+        size = checkpoint.tree_size
+        if rows:
+            first = 1 if q.created_from is None else rows[0].packet.sequence
+            last = size if q.created_to is None else min(rows[-1].packet.sequence, size)
+        elif q.created_from is None and q.created_to is None:
+            first, last = 1, size  # the tree has packets, the table none: every one of them is missing
+        else:
+            return TreeProof(checkpoint=checkpoint.note, tree_size=size, first_sequence=None, last_sequence=None)
+        outside = await tree.outside_roots(conn, q.tenant_id, size, first - 1, last)
+        return TreeProof(
+            checkpoint=checkpoint.note, tree_size=size, first_sequence=first, last_sequence=last, outside=outside
+        )
 
     async def export_bundle(self, q: ExportBundle) -> Reply:
         """Build the bundle of the tenant's packets created in ``[created_from, created_to)``.
@@ -404,20 +433,30 @@ class Handlers:
         if q.created_from is not None and q.created_to is not None and q.created_to <= q.created_from:
             raise domain.InvalidExportRange("created_to must be after created_from")
         async with self._pool().acquire() as conn:
+            # The newest checkpoint first: every packet it covers is in the rows read after it.
+            checkpoint = await self.checkpointer.current(conn, q.tenant_id)
             rows = await repo.export_packets(
                 conn, q.tenant_id, q.created_from, q.created_to, self.export_max_packets + 1
             )
+            if len(rows) > self.export_max_packets:
+                raise domain.ExportTooLarge(
+                    f"the range holds more than {self.export_max_packets} packets; export a shorter range"
+                )
+            if checkpoint is not None:
+                # Packets appended since the checkpoint are left for the next export, which covers them.
+                rows = [r for r in rows if r.packet.sequence <= checkpoint.tree_size]
+            proof = await self._tree_proof(conn, q, rows, checkpoint)
             # Keys after packets: a key is never removed, so every signer of these packets is among them.
             keys = await repo.list_keys(conn)
-        if len(rows) > self.export_max_packets:
-            raise domain.ExportTooLarge(
-                f"the range holds more than {self.export_max_packets} packets; export a shorter range"
-            )
+            key_log = [envelope for _, envelope in await repo.key_log(conn)]
+        domain.check_stored_matches_envelope(rows)
         now = self.clock()
         signed = [SignedPacket(packet=s.packet, envelope=s.envelope) for s in rows]
         public_keys = [PublicKey.from_pem(k.public_key_pem.encode()) for k in keys]
         # Building compresses everything: off the event loop, so other messages keep flowing meanwhile.
-        data = await asyncio.to_thread(build_bundle, signed, public_keys, tenant_id=q.tenant_id, created_at=now)
+        data = await asyncio.to_thread(
+            build_bundle, signed, public_keys, tenant_id=q.tenant_id, created_at=now, tree=proof, key_log=key_log
+        )
         created_at = now.astimezone(UTC)
         stamp = created_at.strftime("%Y%m%dT%H%M%SZ")
         name = f"{q.tenant_id}/{self.new_id()}.tar.gz"

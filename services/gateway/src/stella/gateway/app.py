@@ -289,13 +289,18 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
         MIGRATIONS,
         migrate=settings.migrate_on_start,
         timeout_s=settings.startup_timeout_s,
+        service_role=settings.service_role(SCHEMA),
+        role_password=settings.role_password,
     )
     if applied:
         log.info("applied migrations", extra={"migrations": applied})
     pool = given.get("pool")
     if pool is None:
         pool = await create_pool(
-            settings.database_url, SCHEMA, max_size=settings.db_pool_size, pool_mode=settings.database_pool_mode
+            settings.as_service(settings.database_url, SCHEMA),
+            SCHEMA,
+            max_size=settings.db_pool_size,
+            pool_mode=settings.database_pool_mode,
         )
         stack.push_async_callback(pool.close)
 
