@@ -1,7 +1,7 @@
 """Transactional outbox: write events with the state change, publish them after commit, in order.
 
 Writers call :func:`add_event` inside their transaction. A per-tenant transaction-scoped advisory lock taken
-before the row gets its id makes a tenant's ids follow commit order, so the relay, which publishes in id
+before the row gets its id makes a tenant's ids in that outbox follow commit order, so the relay, which publishes in id
 order and stops at the first failure, never reorders a tenant's events. One relay per schema is active at a
 time (a session advisory lock); the others stand by. A relay killed after publishing but before marking
 rows republishes them on restart with the same ``Nats-Msg-Id``, which the stream's duplicate window drops
@@ -31,7 +31,11 @@ from stella.kit.naming import Names
 
 log = logging.getLogger(__name__)
 
-_LOCK_TENANT = "SELECT pg_advisory_xact_lock(hashtextextended('stella.outbox:' || $1::text, 0))"
+# Keyed by schema and tenant: ids need commit order only within one outbox table, and advisory locks are
+# database-wide, so a key without the schema would make every service's writes for a tenant wait on each other.
+_LOCK_TENANT = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('stella.outbox:' || current_schema() || ':' || $1::text, 0))"
+)
 # A message id names one message: writing it again (a deterministic id derived from what caused it, written
 # by a retried or repeated handler) records nothing more.
 _INSERT = """
