@@ -24,7 +24,13 @@ from nats.js.api import ConsumerConfig
 
 from stella.contracts.streams import health_subject
 from stella.kit import tracing
-from stella.kit.broker import FailureLedger, ServiceClient, declare_consumers, declare_streams
+from stella.kit.broker import (
+    FailureLedger,
+    OrderedBatchConsumer,
+    ServiceClient,
+    declare_consumers,
+    declare_streams,
+)
 from stella.kit.db import create_pool
 from stella.kit.metrics import serve_metrics
 from stella.kit.migrations import prepare_schema
@@ -66,6 +72,8 @@ class ServiceRuntime:
         """Failures of the messages this process handles (the poison budget's counter)."""
         self.consumers: list[tuple[str, ConsumerConfig]] = []
         """The durable consumers the routes registered: ``(stream, configuration)``."""
+        self.batch_consumers: list[OrderedBatchConsumer] = []
+        """The ordered, group-committing consumers the routes registered (started after the broker)."""
         self._pool: asyncpg.Pool | None = None
         self._js: JetStreamContext | None = None
         self._nats: NatsClient | None = None
@@ -173,6 +181,8 @@ class ServiceRuntime:
         if self._on_start is not None:
             await self._on_start(self)
         await self.broker.start()
+        for consumer in self.batch_consumers:
+            consumer.start()
         if self.settings.metrics_port:
             serve_metrics(self.settings.metrics_port)
         if self.settings.health_port is not None:
@@ -200,6 +210,9 @@ class ServiceRuntime:
         if self._on_stop is not None:
             with contextlib.suppress(Exception):
                 await self._on_stop(self)
+        for consumer in self.batch_consumers:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
         with contextlib.suppress(Exception):
             await self.broker.stop()
         if self.relay is not None:
