@@ -37,7 +37,15 @@ def _dumps(value: Any) -> str:
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
-    """The pool's reset in transaction pooling mode: there is no session state of ours to clear."""
+    """The pool's reset: there is no session state of ours to clear.
+
+    Before calling it asyncpg rolls back a transaction left open and drops listener callbacks. Its default
+    reset would also send ``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL`` and ``pg_advisory_unlock_all()``: one
+    more round trip for every message handled, for state pool connections never hold here (no ``SET``, no
+    ``LISTEN``, no session advisory lock, no cursor outside a transaction; the relay, migrations and
+    listeners use connections of their own). In transaction pooling mode ``RESET ALL`` would moreover run on
+    whichever server connection is at hand.
+    """
 
 
 async def create_pool(
@@ -79,6 +87,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         server_settings={"search_path": f"{schema},public", "application_name": f"stella-{schema}"},
         command_timeout=60,
     )

@@ -65,8 +65,13 @@ class ServiceRuntime:
         self._on_stop = on_stop
         self.names = Names(settings.nats_namespace)
         # Reconnect for as long as the process lives: NATS may be away for longer than a minute or two.
+        # FastStream's "Received"/"Processed" lines for every message go at DEBUG: INFO is one line per
+        # business event or error (the kit logs every failure itself).
         self.broker = NatsBroker(
-            settings.nats_url, logger=logging.getLogger(f"stella.{name}.broker"), max_reconnect_attempts=-1
+            settings.nats_url,
+            logger=logging.getLogger(f"stella.{name}.broker"),
+            log_level=logging.DEBUG,
+            max_reconnect_attempts=-1,
         )
         self.failures = FailureLedger()
         """Failures of the messages this process handles (the poison budget's counter)."""
