@@ -16,8 +16,10 @@ Two ways to reach Postgres (``STELLA_DATABASE_POOL_MODE``):
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -48,6 +50,22 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+def plain_on_loopback(dsn: str) -> bool | None:
+    """``False`` (no TLS) for a DSN that names a loopback host and no ``sslmode``; None (the DSN decides) otherwise.
+
+    asyncpg's default (``prefer``) asks every new connection for TLS first: a wasted round trip to a local
+    server without TLS, and a TLS handshake per connection to one with it, for no protection on loopback.
+    """
+    parts = urlsplit(dsn)
+    if "sslmode" in parse_qs(parts.query) or parts.hostname is None:
+        return None
+    try:
+        loopback = ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        loopback = parts.hostname == "localhost"
+    return False if loopback else None
+
+
 async def create_pool(
     dsn: str, schema: str, *, max_size: int = 20, min_size: int = 1, pool_mode: PoolMode = "session"
 ) -> asyncpg.Pool:
@@ -72,6 +90,7 @@ async def create_pool(
             init=_init_connection,
             reset=_keep_session,
             statement_cache_size=0,
+            ssl=plain_on_loopback(dsn),
             server_settings={"application_name": f"stella-{schema}"},
             command_timeout=60,
         )
@@ -88,6 +107,7 @@ async def create_pool(
         max_size=max_size,
         init=_init_connection,
         reset=_keep_session,
+        ssl=plain_on_loopback(dsn),
         server_settings={"search_path": f"{schema},public", "application_name": f"stella-{schema}"},
         command_timeout=60,
     )

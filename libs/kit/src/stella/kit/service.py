@@ -152,7 +152,11 @@ class ServiceRuntime:
         if applied:
             log.info("applied migrations", extra={"migrations": applied})
         self._pool = await create_pool(
-            settings.database_url, self.schema, max_size=settings.db_pool_size, pool_mode=settings.database_pool_mode
+            settings.database_url,
+            self.schema,
+            max_size=settings.db_pool_size,
+            min_size=min(settings.db_pool_min_size, settings.db_pool_size),
+            pool_mode=settings.database_pool_mode,
         )
         await self.broker.connect()
         nc = self.broker.connection
