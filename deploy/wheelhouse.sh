@@ -34,7 +34,9 @@ if [ "$(cat "$THIRD/.stamp" 2>/dev/null)" != "$stamp" ]; then
   for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_${ARCH}"); done
   platforms+=(--platform "manylinux2014_${ARCH}" --platform "linux_${ARCH}")
   # --isolated: the host's pip configuration (extra indexes, constraints) must not change what is fetched.
-  pip=(python3 -m pip --isolated --disable-pip-version-check download --quiet --no-deps --only-binary=:all:)
+  # pip of this Python when it has one (a uv-made virtualenv has none), else pip run by uv from PyPI.
+  if python3 -m pip --version >/dev/null 2>&1; then pip=(python3 -m pip); else pip=($UV tool run --from "pip==25.3" pip); fi
+  pip+=(--isolated --disable-pip-version-check download --quiet --no-deps --only-binary=:all:)
   "${pip[@]}" --require-hashes --python-version "$PYTHON_VERSION" --implementation cp \
     --abi "$abi" --abi abi3 --abi none "${platforms[@]}" -r "$THIRD/requirements.txt" -d "$THIRD"
   echo "$PIP_WHEEL" > "$THIRD/.pip-requirement.txt"

@@ -156,6 +156,8 @@ async def main() -> int:
             _say(f"embedded Postgres on 127.0.0.1:{pg.port} (data in {STATE / 'postgres'})")
         env.setdefault("STELLA_EVIDENCE_KEY_DIR", str(STATE / "keys"))
         env.setdefault("STELLA_EVENTS_KEY_DIR", str(STATE / "keys"))
+        # On one's own machine a registry on loopback is the usual one (a deployed service refuses it by default).
+        env.setdefault("STELLA_RELEASE_REGISTRY_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
         port = int(env.setdefault("STELLA_GATEWAY_PORT", "8080"))
         host = env.setdefault("STELLA_GATEWAY_HOST", "127.0.0.1")
         python = sys.executable

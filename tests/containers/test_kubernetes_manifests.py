@@ -24,11 +24,11 @@ BASE = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30"
 """The oldest Kubernetes release the base is written for."""
 
-OPERATOR_SECRETS = {"stella-database", "stella-evidence-key"}
+OPERATOR_SECRETS = {"stella-database", "stella-evidence-key", "stella-events-key"}
 """Secrets the base reads but does not hold (their values are the operator's)."""
 
-HEADLESS_SERVICES_WITHOUT_DEPLOYMENT = {"agent"}
-"""Packages in services/ that are not deployed in the cluster (the agent runs on target hosts)."""
+HEADLESS_SERVICES_WITHOUT_DEPLOYMENT = {"agent", "cli"}
+"""Packages in services/ that are not deployed in the cluster (the agent runs on target hosts, the CLI is a client)."""
 
 
 def _documents(text: str) -> list[dict[str, Any]]:

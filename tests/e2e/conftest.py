@@ -182,6 +182,8 @@ async def _running(
         # Webhook receivers of the tests listen on loopback over plain HTTP, and retries are quick.
         "STELLA_EVENTS_WEBHOOK_REQUIRE_HTTPS": "false",
         "STELLA_EVENTS_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        # The local OCI registry of the tests listens on loopback.
+        "STELLA_RELEASE_REGISTRY_ALLOWED_NETWORKS": "127.0.0.0/8",
         "STELLA_EVENTS_RETRY_BASE_S": "0.2",
         "STELLA_EVENTS_RETRY_MAX_INTERVAL_S": "1",
     }

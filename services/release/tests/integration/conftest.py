@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import TypeAlias
 
 import pytest
@@ -30,9 +31,21 @@ def credential_refs(request: pytest.FixtureRequest) -> list[str]:
     return list(getattr(request, "param", []))
 
 
+@pytest.fixture
+def registry_networks(request: pytest.FixtureRequest) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Non-public networks the operator lets the service reach registries in: loopback, where the tests'
+    registries listen (parametrize indirectly with ``[]`` for the installation default, none)."""
+    return tuple(ip_network(n) for n in getattr(request, "param", ["127.0.0.0/8"]))
+
+
 @pytest_asyncio.fixture
 async def release_app(
-    make_database, nats_url: str, stella_namespace: str, tenant_id: uuid.UUID, credential_refs: list[str]
+    make_database,
+    nats_url: str,
+    stella_namespace: str,
+    tenant_id: uuid.UUID,
+    credential_refs: list[str],
+    registry_networks: tuple[IPv4Network | IPv6Network, ...],
 ) -> AsyncIterator[ReleaseApp]:
     dsn = await make_database([("release", MIGRATIONS)])
     app = create_app(
@@ -42,6 +55,7 @@ async def release_app(
             nats_namespace=stella_namespace,
             registry_timeout_s=3,
             credential_refs={str(tenant_id): credential_refs},
+            registry_allowed_networks=registry_networks,
         )
     )
     await app.start()

@@ -6,7 +6,7 @@ every retry), ``webhook-timestamp`` and ``webhook-signature`` (``v1,<base64 HMAC
 ``standardwebhooks`` package with the webhook's secret).
 
 Against server-side request forgery the URL is checked again at every attempt, and the connection is made only
-to addresses the policy allows: host names are resolved by :class:`GuardedResolver`, which drops every other
+to addresses the policy allows: host names are resolved by the kit's guarded resolver (:mod:`stella.kit.egress`), which drops every other
 address, so a name that resolves to a public address when the webhook is saved and to an internal one later
 (DNS rebinding) reaches nothing. Redirects are not followed (a 3xx is a failed attempt) and no proxy from the
 environment is used.
@@ -14,20 +14,17 @@ environment is used.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from standardwebhooks import Webhook
 
 from stella.contracts.public import MEDIA_TYPE
 from stella.events.domain import AddressPolicy, is_success, parse_webhook_url
+from stella.kit.egress import guarded_connector
 from stella.kit.errors import ServiceError
 
 USER_AGENT: Final[str] = "Stella-Webhooks/1.0"
@@ -35,41 +32,6 @@ USER_AGENT: Final[str] = "Stella-Webhooks/1.0"
 
 EXCERPT_BYTES: Final[int] = 512
 """Bytes of a receiver's answer kept in the delivery log."""
-
-
-class AddressNotAllowed(OSError):
-    """A host resolved only to addresses the policy refuses."""
-
-
-class GuardedResolver(AbstractResolver):
-    """Resolves host names and keeps only the addresses :class:`AddressPolicy` allows.
-
-    Args:
-        policy: Which addresses are allowed.
-        inner: The resolver asked first (the system's, by default).
-    """
-
-    def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None) -> None:
-        self._policy = policy
-        self._inner = inner or DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """The allowed addresses of ``host``.
-
-        Raises:
-            AddressNotAllowed: when it resolves to no allowed address.
-        """
-        results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if self._policy.allows(ipaddress.ip_address(r["host"]))]
-        if not allowed:
-            raise AddressNotAllowed(f"{host} resolves to no address a webhook may reach")
-        return allowed
-
-    async def close(self) -> None:
-        """Release the inner resolver."""
-        await self._inner.close()
 
 
 @dataclass(frozen=True)
@@ -115,9 +77,7 @@ class Sender:
 
     async def start(self) -> None:
         """Open the connection pool."""
-        connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(self.policy), limit=self.connections, limit_per_host=8, ttl_dns_cache=10
-        )
+        connector = guarded_connector(self.policy, purpose="a webhook", limit=self.connections, limit_per_host=8)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),

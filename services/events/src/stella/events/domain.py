@@ -19,15 +19,13 @@ from uuid import UUID, uuid5
 
 from stella.contracts.events import MAX_URL_LENGTH
 from stella.contracts.public import MAX_TYPE_FILTERS, check_type_filter
+from stella.kit import addresses as kit_addresses
 from stella.kit.errors import BadRequest, Conflict, NotFound, Unprocessable
 
 PUBLIC_EVENT_IDS: Final[UUID] = UUID("8f4d2a61-3c7b-4e15-9a0d-6b2e8c1f5a37")
 """Namespace of public event ids: one id per internal event, however often it is delivered."""
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+IPAddress = kit_addresses.IPAddress
 
 
 # --- errors ----------------------------------------------------------------------------------------------
@@ -100,37 +98,14 @@ class InvalidFilter(BadRequest):
 
 
 @dataclass(frozen=True)
-class AddressPolicy:
-    """Which webhook URLs and addresses are allowed.
+class AddressPolicy(kit_addresses.AddressPolicy):
+    """Which webhook URLs and addresses are allowed: the kit's address policy, and whether HTTPS is required.
 
     Attributes:
         require_https: Refuse ``http://`` URLs.
-        allowed_networks: Networks allowed although they are not public (operator's allow-list).
     """
 
     require_https: bool = True
-    allowed_networks: tuple[IPNetwork, ...] = ()
-
-    def allows(self, address: IPAddress) -> bool:
-        """Whether a delivery may connect to ``address``.
-
-        Public unicast addresses are allowed; everything else (loopback, link-local, private, shared, reserved,
-        multicast, unspecified) only when the allow-list names it. An IPv4 address written as IPv6
-        (``::ffff:127.0.0.1``, NAT64 ``64:ff9b::7f00:1``) is judged as the IPv4 address it stands for.
-        """
-        address = _unwrap(address)
-        if any(address in network for network in self.allowed_networks if network.version == address.version):
-            return True
-        return address.is_global and not address.is_multicast
-
-
-def _unwrap(address: IPAddress) -> IPAddress:
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        if address in _NAT64:
-            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address
 
 
 @dataclass(frozen=True)

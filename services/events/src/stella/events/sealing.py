@@ -9,8 +9,10 @@ replaced (delete and re-create the webhooks); a database dump alone reveals none
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Final
 from uuid import UUID
@@ -40,15 +42,23 @@ def new_secret() -> str:
 
 
 def load_or_create_key(path: Path) -> bytes:
-    """Read the sealing key at ``path``, creating it (mode 0600, never overwritten) when missing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(KEY_BYTES))
+    """Read the sealing key at ``path``, creating it (mode 0600, never overwritten) when missing.
+
+    The key is written to a temporary file and linked into place, so replicas starting together share the one
+    that lands first and none ever reads a half-written key.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as handle:  # mkstemp creates the file with mode 0600
+                handle.write(secrets.token_bytes(KEY_BYTES))
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
     key = path.read_bytes()
     if len(key) != KEY_BYTES:
         raise SealingError(f"{path} must hold exactly {KEY_BYTES} bytes")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from stella.kit.addresses import parse_networks
 from stella.kit.settings import ServiceSettings
 
 KEY_FILE_NAME = "webhook-secrets.key"
@@ -78,9 +79,7 @@ class Settings(ServiceSettings):
     @field_validator("webhook_allowed_networks", mode="before")
     @classmethod
     def _networks(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip())
-        return value
+        return parse_networks(value)
 
     @property
     def secret_key_path(self) -> Path:

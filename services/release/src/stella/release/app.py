@@ -11,6 +11,7 @@ from typing import TypedDict
 from faststream.nats import NatsRouter
 
 from stella.contracts.envelope import utcnow
+from stella.kit.addresses import AddressPolicy
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.release import metrics, subscribers
@@ -56,6 +57,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Rel
         timeout_s=settings.registry_timeout_s,
         concurrency=settings.registry_concurrency,
         insecure_hosts=settings.insecure_registries,
+        addresses=AddressPolicy(settings.registry_allowed_networks),
     )
     app = ReleaseApp(registry=registry)
 

@@ -102,6 +102,7 @@ class Handlers:
 
         async def execute(conn: asyncpg.Connection) -> object:
             self.credentials.check(cmd.tenant_id, cmd.registry_credential_ref)
+            self.registry.check_repository(cmd.image_repository)
             fields = cmd.model_dump(
                 include={
                     "name",
@@ -128,6 +129,8 @@ class Handlers:
             if current is None:
                 raise domain.ComponentNotFound(f"component {cmd.component_id} does not exist")
             self.credentials.check(cmd.tenant_id, cmd.registry_credential_ref)
+            if cmd.image_repository is not None:
+                self.registry.check_repository(cmd.image_repository)
             changes = cmd.model_dump(
                 include={
                     "display_name",

@@ -13,10 +13,12 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+from stella.kit.addresses import AddressPolicy
+from stella.kit.egress import AddressNotAllowed, check_literal_host, guarded_connector
 from stella.kit.errors import Unavailable, Unprocessable
 
 MANIFEST_TYPES = ", ".join(
@@ -29,6 +31,10 @@ MANIFEST_TYPES = ", ".join(
 )
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_PURPOSE = "a registry request"
+MAX_REDIRECTS = 5
+"""Redirects one registry request follows at most."""
 
 
 class RegistryUnavailable(Unavailable):
@@ -36,6 +42,13 @@ class RegistryUnavailable(Unavailable):
 
     code = "REL_REGISTRY_UNAVAILABLE"
     title = "Registry unavailable"
+
+
+class RegistryAddressForbidden(Unprocessable):
+    """The registry (or a redirect or token realm it names) is at an address the operator does not allow."""
+
+    code = "REL_REGISTRY_ADDRESS_FORBIDDEN"
+    title = "Registry address not allowed"
 
 
 class RegistryAuthFailed(Unprocessable):
@@ -94,21 +107,50 @@ def split_repository(repository: str, insecure_hosts: list[str]) -> ImageRef:
 class RegistryClient:
     """One aiohttp session for every registry call of the process; bounded concurrency per sync."""
 
-    def __init__(self, *, timeout_s: float = 10.0, concurrency: int = 8, insecure_hosts: list[str] | None = None):
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 10.0,
+        concurrency: int = 8,
+        insecure_hosts: list[str] | None = None,
+        addresses: AddressPolicy | None = None,
+    ):
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._concurrency = concurrency
         self._insecure = insecure_hosts or []
+        self._addresses = addresses or AddressPolicy()
         self._session: aiohttp.ClientSession | None = None
         self._tokens: dict[tuple[str, str], str] = {}
 
     async def start(self) -> None:
-        """Open the shared session."""
-        self._session = aiohttp.ClientSession(timeout=self._timeout, raise_for_status=False)
+        """Open the shared session: connections only to addresses the policy allows, no proxy from the environment."""
+        connector = guarded_connector(self._addresses, purpose=_PURPOSE, limit=max(self._concurrency * 2, 16))
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, raise_for_status=False, trust_env=False
+        )
 
     async def close(self) -> None:
         """Close the shared session."""
         if self._session is not None:
             await self._session.close()
+
+    def check_repository(self, repository: str) -> None:
+        """Refuse, before anything is stored, a repository whose registry host is an address the policy refuses.
+
+        A host name is checked again at every connection (its addresses may change); this catches the literal
+        address early, with a clear error.
+
+        Raises:
+            RegistryAddressForbidden: the host is such an address.
+        """
+        ref = split_repository(repository, self._insecure)
+        try:
+            self._check_url(ref.base_url, ref)
+        except AddressNotAllowed as exc:
+            raise RegistryAddressForbidden(
+                f"{exc} (loopback, link-local, private and reserved addresses are refused unless the operator "
+                "allows them in STELLA_RELEASE_REGISTRY_ALLOWED_NETWORKS)"
+            ) from None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -189,12 +231,38 @@ class RegistryClient:
     async def _send(
         self, method: str, url: str, headers: dict[str, str], ref: ImageRef
     ) -> tuple[int, dict[str, str], bytes]:
+        """One request, following up to :data:`MAX_REDIRECTS` redirects, each checked against the address policy.
+
+        Redirects are followed here rather than by aiohttp so that a redirect to a literal address (which no
+        resolver sees) is refused too; credentials are not sent on to another host.
+        """
         try:
-            async with self.session.request(method, url, headers=headers, allow_redirects=True) as resp:
-                body = await resp.read() if method != "HEAD" else b""
-                return resp.status, dict(resp.headers), body
+            for _ in range(MAX_REDIRECTS + 1):
+                self._check_url(url, ref)
+                async with self.session.request(method, url, headers=headers, allow_redirects=False) as resp:
+                    location = resp.headers.get("Location")
+                    if resp.status in _REDIRECTS and location:
+                        target = urljoin(url, location)
+                        if urlsplit(target).netloc != urlsplit(url).netloc:
+                            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                        url = target
+                        continue
+                    body = await resp.read() if method != "HEAD" else b""
+                    return resp.status, dict(resp.headers), body
+            raise RegistryUnavailable(f"registry {ref.host} redirected more than {MAX_REDIRECTS} times")
+        except AddressNotAllowed as exc:
+            raise RegistryAddressForbidden(str(exc)) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            forbidden = _forbidden_cause(exc)
+            if forbidden is not None:
+                raise RegistryAddressForbidden(str(forbidden)) from None
             raise RegistryUnavailable(f"registry {ref.host} is unreachable: {type(exc).__name__}") from exc
+
+    def _check_url(self, url: str, ref: ImageRef) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RegistryUnavailable(f"registry {ref.host} pointed at a URL that is not http(s)")
+        check_literal_host(parts.hostname, self._addresses, purpose=_PURPOSE)
 
     async def _fetch_token(self, ref: ImageRef, challenge: str, creds: Credentials | None) -> str:
         params = dict(_CHALLENGE_PARAM.findall(challenge))
@@ -204,19 +272,35 @@ class RegistryClient:
         params.setdefault("scope", f"repository:{ref.path}:pull")
         headers = {"Authorization": _basic(creds)} if creds else {}
         try:
-            async with self.session.get(realm, params=params, headers=headers) as resp:
+            self._check_url(realm, ref)
+            async with self.session.get(realm, params=params, headers=headers, allow_redirects=False) as resp:
                 if resp.status in (401, 403):
                     raise RegistryAuthFailed(f"registry {ref.host} refused the credentials for {ref.path}")
                 if resp.status >= 400:
                     raise RegistryUnavailable(f"token service of {ref.host} answered {resp.status}")
                 data = await resp.json(content_type=None)
+        except AddressNotAllowed as exc:
+            raise RegistryAddressForbidden(str(exc)) from None
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            forbidden = _forbidden_cause(exc)
+            if forbidden is not None:
+                raise RegistryAddressForbidden(str(forbidden)) from None
             raise RegistryUnavailable(f"token service of {ref.host} is unreachable: {type(exc).__name__}") from exc
         token = data.get("token") or data.get("access_token")
         if not token:
             raise RegistryAuthFailed(f"token service of {ref.host} returned no token")
         self._tokens[(ref.host, ref.path)] = token
         return str(token)
+
+
+def _forbidden_cause(exc: BaseException) -> AddressNotAllowed | None:
+    """The address refusal behind a connection error (aiohttp wraps the resolver's error), if that is the cause."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, AddressNotAllowed):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _basic(creds: Credentials) -> str:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from ipaddress import IPv4Network, IPv6Network
+from typing import Annotated
 
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from stella.kit.addresses import parse_networks
 from stella.kit.settings import ServiceSettings
 
 
@@ -25,7 +29,17 @@ class Settings(ServiceSettings):
     insecure_registries: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"])
     """Registry hosts reached over plain HTTP (matched without the port); every other host uses HTTPS."""
 
+    registry_allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    """Networks the service may reach registries in although they are not public, comma-separated
+    (``127.0.0.0/8,10.20.0.0/16``). Registries at loopback, link-local (cloud metadata), private and reserved
+    addresses are refused otherwise, so a tenant cannot make the service send requests into its own network."""
+
     credential_refs: dict[str, list[str]] = Field(default_factory=dict)
     """The credential references each tenant may name in ``registry_credential_ref``, as JSON: tenant id ->
     ``["env:NAME", "file:/path"]`` (``"*"``: every tenant). Nothing else is accepted or ever read, so a client
     cannot make the service read the host's environment or files. Empty: no tenant may use a credential."""
+
+    @field_validator("registry_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        return parse_networks(value)
