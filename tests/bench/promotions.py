@@ -10,7 +10,9 @@ and NATS of STELLA_DATABASE_URL / STELLA_NATS_URL, or the local defaults), boots
   of each service process (from ``/proc``);
 * latency at a fixed offered rate (``--rate`` promotions/s, open loop): p50/p90/p99;
 * the raw hop, in this process with the same client and concurrency: an aiohttp endpoint that publishes to
-  JetStream and a pull consumer that INSERTs the message and acks it, timed from the request until the INSERT.
+  JetStream and a pull consumer that INSERTs the message and acks it, timed from the request until the INSERT;
+* startup: every process started cold (migrations on an empty database included) until all answer, against
+  one process that only imports the kit.
 
 Decisions and packets are watched on NATS (a core subscription on the events' subjects), so the load
 generator adds no polling load to the system. Exits non-zero when a goal of ``GOALS`` is missed.
@@ -61,6 +63,7 @@ GOALS = {
     "p99_ms": 250.0,
     "cost_vs_raw_hop": 10.0,
     "evidence_lag_s": 1.0,
+    "startup_s": 20.0,
 }
 """The issue's goals: saturation throughput, latency at the offered rate, cost against the raw hop,
 and the longest time from a decision to its evidence packet."""
@@ -356,10 +359,21 @@ async def main(args: argparse.Namespace) -> int:
         await nc.subscribe(names.subject(evidence.PACKET_CREATED), cb=watch.on_packet)
         async with aiohttp.ClientSession(connector=connector) as session:
             hop_s, hop_lat = await raw_hop(session, nc, dsn, names, args.promotions, args.in_flight)
+            # Startup's yardstick: one process that only imports the kit's runtime.
+            started = time.perf_counter()
+            importer = await asyncio.create_subprocess_exec(sys.executable, "-c", "import stella.kit.service", env=env)
+            if await importer.wait() != 0:
+                raise RuntimeError("python -c 'import stella.kit.service' failed")
+            import_s = time.perf_counter() - started
             started = time.perf_counter()
             system.start()
             await system.ready(session, nc, names)
-            print(f"system ready in {time.perf_counter() - started:.1f} s (logs in {logs})", flush=True)
+            startup_s = time.perf_counter() - started
+            print(
+                f"startup: every process ready in {startup_s:.1f} s, {startup_s / import_s:.0f}x one process "
+                f"importing the kit ({import_s:.1f} s); logs in {logs}",
+                flush=True,
+            )
             system.bootstrap(f"bench-{names.namespace}")
             dev = await system.call(session, "POST", "/environments", {"name": "dev", "order_index": 0})
             started = time.perf_counter()
@@ -413,6 +427,8 @@ async def main(args: argparse.Namespace) -> int:
         missed.append(f"only {len(watch.decided)} of {n + args.rate_count} promotions reached a decision")
     if missing:
         missed.append(f"{missing} decisions without their evidence packet")
+    if startup_s > GOALS["startup_s"]:
+        missed.append(f"startup {startup_s:.1f} s > {GOALS['startup_s']:g} s")
     if sat_rate < GOALS["throughput_per_s"]:
         missed.append(f"throughput {sat_rate:.1f}/s < {GOALS['throughput_per_s']:g}/s")
     if p50 > GOALS["p50_ms"] or p99 > GOALS["p99_ms"]:
