@@ -109,6 +109,7 @@ class Host(Protocol):
     names: Names
     failures: FailureLedger
     consumers: list[tuple[str, ConsumerConfig]]
+    batch_consumers: list[OrderedBatchConsumer]
 
     @property
     def js(self) -> JetStreamContext: ...
@@ -530,13 +531,20 @@ class EventRoutes:
     redelivered event has one effect. A handler that needs another service's answer names a ``prepare`` step:
     it runs before the transaction opens (no connection waits on the other service) and its result is the
     handler's third argument.
+
+    With ``batch_size`` above 1 the consumer is ordered and group-commits: it handles the events in stream
+    order, up to ``batch_size`` of them in one transaction (see :class:`OrderedBatchConsumer`). Otherwise
+    up to ``max_in_flight`` events are handled at once, each in its own transaction.
     """
 
-    def __init__(self, service: str, purpose: str, subject: str, pool: Callable[[], asyncpg.Pool]) -> None:
+    def __init__(
+        self, service: str, purpose: str, subject: str, pool: Callable[[], asyncpg.Pool], *, batch_size: int = 1
+    ) -> None:
         self.service = service
         self.consumer = f"{service}-{purpose}"
         self.subject = subject
         self.pool = pool
+        self.batch_size = batch_size
         self.routes: dict[str, tuple[type[Event], EventHandler]] = {}
         self.preparers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
         self.prepared_handlers: dict[str, PreparedEventHandler] = {}
@@ -560,35 +568,148 @@ class EventRoutes:
         self.prepared_handlers[subject] = handler
         self.routes[subject] = (model, _unreachable)
 
+    async def prepare(self, raw: Msg, names: Names) -> tuple[Event, Any] | None:
+        """Parse one delivery and run its route's ``prepare`` step, before any transaction opens.
+
+        Returns:
+            The event and what its ``prepare`` step read (None without one); None for an event this consumer
+            does not handle.
+
+        Raises:
+            PoisonMessage: the payload is not a valid event of its subject.
+        """
+        local = names.local(raw.subject)
+        route = self.routes.get(local)
+        if route is None:
+            return None  # an event this consumer does not handle
+        model, _ = route
+        event = parse(model, raw.data)
+        _bind_context(event)
+        preparer = self.preparers.get(local)
+        return event, (await preparer(event) if preparer is not None else None)
+
+    async def apply(self, conn: asyncpg.Connection, raw: Msg, names: Names, ready: tuple[Event, Any] | None) -> None:
+        """Handle one prepared delivery in ``conn``'s open transaction: claim it in the inbox, then run its handler."""
+        if ready is None:
+            return
+        event, prepared = ready
+        local = names.local(raw.subject)
+        if not await claim_inbox(conn, self.consumer, event.message_id):
+            metrics.messages_handled.labels(self.consumer, "duplicate").inc()
+        elif local in self.prepared_handlers:
+            await self.prepared_handlers[local](event, conn, prepared)
+        else:
+            await self.routes[local][1](event, conn)
+
     def attach(self, router: NatsRouter, host: Host) -> None:
-        """Register the durable consumer on ``router``."""
-        names = host.names
+        """Register the durable consumer on ``router`` (an ordered batch consumer on ``host``)."""
+        if self.batch_size > 1:
+            host.batch_consumers.append(OrderedBatchConsumer(self, host))
+            return
 
         @durable_subscriber(router, host, EVENTS, self.subject, self.consumer)
         async def on_event(msg: NatsMessage) -> None:
-            raw: Msg = msg.raw_message
+            await self.settle_one(msg.raw_message, host)
 
-            async def work() -> None:
-                route = self.routes.get(names.local(raw.subject))
-                if route is None:
-                    return  # an event this consumer does not handle
-                model, handler = route
-                event = parse(model, raw.data)
-                _bind_context(event)
-                local = names.local(raw.subject)
-                prepare = self.preparers.get(local)
-                prepared = await prepare(event) if prepare is not None else None
-                async with self.pool().acquire() as conn, conn.transaction():
-                    if await claim_inbox(conn, self.consumer, event.message_id):
-                        if prepare is not None:
-                            await self.prepared_handlers[local](event, conn, prepared)
-                        else:
-                            await handler(event, conn)
-                    else:
-                        metrics.messages_handled.labels(self.consumer, "duplicate").inc()
+    async def settle_one(self, raw: Msg, host: Host) -> DeliveryOutcome:
+        """Handle one delivery in a transaction of its own and settle it (ack, hold, retry or dead-letter)."""
+        names = host.names
 
-            with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.service):
-                await settle(raw, self.consumer, host, work)
+        async def work() -> None:
+            ready = await self.prepare(raw, names)
+            async with self.pool().acquire() as conn, conn.transaction():
+                await self.apply(conn, raw, names, ready)
+
+        with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.service):
+            return await settle(raw, self.consumer, host, work)
+
+
+class OrderedBatchConsumer:
+    """Pulls an :class:`EventRoutes` consumer's events in stream order and handles each batch in one transaction.
+
+    A fetch returns what is waiting, up to ``batch_size`` events (at once: no batch is waited for, so a lone
+    event goes through as fast as alone). The batch is handled in one transaction, each event with its own
+    inbox row, and acknowledged after the commit, so one commit (one WAL flush) serves many events. A crash
+    before the commit redelivers the batch; after it, the inbox absorbs the redelivery. When anything in the
+    batch fails, or an event is a redelivery, the batch is rolled back and its events are handled one at a
+    time, in order, through :func:`settle`, with the usual holding, retries and dead letters.
+    """
+
+    def __init__(self, routes: EventRoutes, host: Host) -> None:
+        self.routes = routes
+        self.host = host
+        self.batch_size = routes.batch_size
+        settings = host.settings
+        config = consumer_config(routes.consumer, host.names.subject(routes.subject), settings)
+        # A whole batch is unacknowledged while it is handled, and the next one is fetched right after.
+        config.max_ack_pending = max(config.max_ack_pending or 0, 2 * self.batch_size)
+        self.stream = host.names.stream(EVENTS)
+        host.consumers.append((self.stream, config))
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._busy = False
+
+    def start(self) -> None:
+        """Start pulling (after the consumer was declared)."""
+        self._task = asyncio.create_task(self._run(), name=f"batch-consumer-{self.routes.consumer}")
+
+    async def stop(self) -> None:
+        """Stop after the batch in hand (waiting for it at most ``ack_wait_s``)."""
+        self._stopping = True
+        if self._task is None:
+            return
+        if not self._busy:
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(self._task, timeout=self.host.settings.ack_wait_s)
+
+    async def _run(self) -> None:
+        consumer = self.routes.consumer
+        sub: JetStreamContext.PullSubscription | None = None
+        retries = 0
+        while not self._stopping:
+            try:
+                if sub is None:
+                    sub = await self.host.js.pull_subscribe_bind(durable=consumer, stream=self.stream)
+                msgs = await sub.fetch(self.batch_size, timeout=5)
+            except TimeoutError:
+                continue  # nothing waiting
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # NATS is away or restarting: the consumer's events wait in the stream.
+                retries += 1
+                log.warning("batch consumer waits for NATS", extra={"consumer": consumer, "error": repr(exc)})
+                await asyncio.sleep(retry_delay(retries, self.host.settings.fault_retry_base_s, 5.0))
+                continue
+            retries = 0
+            self._busy = True
+            try:
+                await self.handle(msgs)
+            finally:
+                self._busy = False
+
+    async def handle(self, msgs: list[Msg]) -> None:
+        """Handle ``msgs`` (in stream order) in one transaction and acknowledge them, else one at a time."""
+        consumer, names = self.routes.consumer, self.host.names
+        started = time.perf_counter()
+        if all((m.metadata.num_delivered if m.metadata else 1) <= 1 for m in msgs):
+            try:
+                ready = [await self.routes.prepare(raw, names) for raw in msgs]
+                async with self.routes.pool().acquire() as conn, conn.transaction():
+                    for raw, one in zip(msgs, ready, strict=True):
+                        with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.routes.service):
+                            await self.routes.apply(conn, raw, names, one)
+            except Exception as exc:
+                log.debug("batch failed; handling its events one at a time", extra={"consumer": consumer}, exc_info=exc)
+            else:
+                for raw in msgs:
+                    await _ack(raw, consumer)
+                metrics.messages_handled.labels(consumer, "ok").inc(len(msgs))
+                metrics.handle_seconds.labels(consumer).observe((time.perf_counter() - started) / len(msgs))
+                return
+        for raw in msgs:
+            await self.routes.settle_one(raw, self.host)
 
 
 _CLAIM = """
