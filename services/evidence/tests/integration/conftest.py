@@ -398,3 +398,30 @@ async def auditor(caller: Caller, tmp_path: Path) -> Auditor:
     directory = tmp_path / "auditor"
     directory.mkdir()
     return Auditor(caller, directory)
+
+
+async def published_keys(caller: Caller, directory: Path) -> Path:
+    """Write the keys the service publishes (``list_keys``) to ``directory``, as an auditor keeps them."""
+    reply = await caller.query(LIST_KEYS, ListKeys)
+    assert reply.ok, reply.error
+    directory.mkdir(exist_ok=True)
+    for key in reply.data["items"]:
+        (directory / f"{key['key_ref'].replace(':', '_')}.pem").write_text(key["public_key_pem"])
+    return directory
+
+
+async def verify_offline(path: Path, keys: Path) -> tuple[int, str]:
+    """Run the offline verifier on the bundle at ``path``, trusting the public keys in ``keys``."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stella.evidence.verify",
+        str(path),
+        "--keys",
+        str(keys),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode()

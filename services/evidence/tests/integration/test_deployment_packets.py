@@ -4,11 +4,9 @@ exported bundle holding them verifies offline while a tampered one does not."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
-import sys
 import tarfile
 import uuid
 from collections.abc import AsyncIterator
@@ -27,7 +25,7 @@ from stella.contracts.release import GET_RELEASE, ReleaseView
 from stella.evidence.app import EvidenceApp
 from stella.testing.messaging import MessageCollector, collect_messages
 
-from .conftest import T0, Caller, digest, eventually
+from .conftest import T0, Caller, digest, eventually, published_keys, verify_offline
 
 COMPONENTS = ("api", "web")
 
@@ -135,15 +133,6 @@ async def packets(caller: Caller) -> list[dict[str, Any]]:
     page = await caller.query(LIST_PACKETS, ListPackets)
     assert page.ok, page.error
     return page.data["items"]
-
-
-async def _verify_offline(path: Path) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stella.evidence.verify", str(path), stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, out.decode()
 
 
 def _edit_payload(bundle: bytes, packet_id: str, edit: Any) -> bytes:
@@ -259,7 +248,8 @@ async def test_job_and_drift_events_make_signed_chained_packets_once_that_verify
     bundle = (await store.get(export.data["object"])).data or b""
     path = tmp_path / "evidence.tar.gz"
     path.write_bytes(bundle)
-    code, out = await _verify_offline(path)
+    keys = await published_keys(caller, tmp_path / "published-keys")
+    code, out = await verify_offline(path, keys)
     assert code == 0, out
     assert "OK: 5 packets, sequences 1..5" in out
 
@@ -269,7 +259,7 @@ async def test_job_and_drift_events_make_signed_chained_packets_once_that_verify
     drift_id = next(p["id"] for p in stored if p["packet_type"] == "drift")
     tampered = tmp_path / "tampered.tar.gz"
     tampered.write_bytes(_edit_payload(bundle, drift_id, retarget))
-    code, out = await _verify_offline(tampered)
+    code, out = await verify_offline(tampered, keys)
     assert code == 1, out
 
 
