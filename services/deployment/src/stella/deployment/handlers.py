@@ -63,6 +63,13 @@ EVENT_KINDS: Final[frozenset[c.JobKind]] = frozenset({c.JobKind.DEPLOY, c.JobKin
 
 _MAX_ADVANCE_ROUNDS: Final[int] = 8
 
+MAX_JOB_TARGETS: Final[int] = 1200
+"""Most targets one environment's job deploys: its ``job_completed`` event (about 600 bytes a task) must fit
+one NATS message."""
+
+MAX_EVENT_BYTES: Final[int] = 768 * 1024
+"""Largest ``job_completed`` payload sent whole; NATS carries at most 1 MiB per message by default."""
+
 
 class DependencyUnavailable(TransientFault):
     """The promotion or release service did not answer; the command is retried later."""
@@ -768,6 +775,13 @@ class Handlers:
             environment = await self._environment(cmd, inputs.environment_id)
             release = await self._release(cmd, inputs.release_id)
             spec = strategy_of(environment, cmd.config)
+            async with self._pool().acquire() as conn:
+                count = await conn.fetchval(repo.COUNT_TARGETS, cmd.tenant_id, environment.id)
+            if count > MAX_JOB_TARGETS:
+                raise domain.InvalidStep(
+                    f"environment {environment.name} has {count} targets; one job deploys at most {MAX_JOB_TARGETS}",
+                    code="DEPLOY_TOO_MANY_TARGETS",
+                )
         except (Refused, domain.InvalidStep, ValidationError) as exc:
             return await self._fail_step(cmd, exc)
 
@@ -1209,33 +1223,33 @@ class Handlers:
         events: list[tuple[str, Message]] = []
         if kind in EVENT_KINDS:
             outcomes = [_outcome(r, logs[r["id"]]) for r in rows]
-            events.append(
-                (
-                    c.JOB_COMPLETED,
-                    c.JobCompleted(
-                        tenant_id=tenant_id,
-                        correlation_id=job["correlation_id"],
-                        job_id=job["id"],
-                        promotion_id=job["promotion_id"],
-                        release_id=job["release_id"],
-                        environment_id=job["environment_id"],
-                        strategy=job["strategy"],
-                        outcome=domain.outcome_of(status),
-                        rollback_of=job["rollback_of"],
-                        reason=job["reason"],
-                        tasks=outcomes,
-                        finished_at=now,
-                        release_name=job["release_name"],
-                        environment_name=job["environment_name"],
-                        artifacts=[
-                            {k: a.get(k) for k in ("type", "name", "content_hash")} | {"target_id": str(r["target_id"])}
-                            for r in rows
-                            for a in r["artifacts"]
-                        ],
-                        kind=kind,
-                    ),
-                )
+            completed = c.JobCompleted(
+                tenant_id=tenant_id,
+                correlation_id=job["correlation_id"],
+                job_id=job["id"],
+                promotion_id=job["promotion_id"],
+                release_id=job["release_id"],
+                environment_id=job["environment_id"],
+                strategy=job["strategy"],
+                outcome=domain.outcome_of(status),
+                rollback_of=job["rollback_of"],
+                reason=job["reason"],
+                tasks=outcomes,
+                finished_at=now,
+                release_name=job["release_name"],
+                environment_name=job["environment_name"],
+                artifacts=[
+                    {k: a.get(k) for k in ("type", "name", "content_hash")} | {"target_id": str(r["target_id"])}
+                    for r in rows
+                    for a in r["artifacts"]
+                ],
+                kind=kind,
             )
+            if len(completed.model_dump_json()) > MAX_EVENT_BYTES:
+                # One message has a size limit: the artifact list goes (each task still names its sticker's and
+                # lock file's hashes); a job too large even so is refused at planning (MAX_JOB_TARGETS).
+                completed = completed.model_copy(update={"artifacts": []})
+            events.append((c.JOB_COMPLETED, completed))
         if job["step_run_id"] is not None:
             step = StepRef(run_id=job["step_run_id"], node_id=job["step_node_id"], attempt=job["step_attempt"])
             ok = status is c.JobStatus.SUCCEEDED

@@ -42,6 +42,7 @@ INSERT_TARGET = f"""
 GET_TARGET = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND id = $2"
 GET_TARGET_FOR_UPDATE = GET_TARGET + " FOR UPDATE"
 TARGETS_OF_ENVIRONMENT = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND environment_id = $2 ORDER BY name, id"
+COUNT_TARGETS = "SELECT count(*) FROM targets WHERE tenant_id = $1 AND environment_id = $2"
 TARGETS_BY_ID = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND id = ANY($2::uuid[])"
 LIST_TARGETS = f"""
     SELECT {_TARGET} FROM targets
