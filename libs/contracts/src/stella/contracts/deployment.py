@@ -364,11 +364,15 @@ class JobSummary(Model):
 
 
 class JobView(JobSummary):
-    """A job with its strategy settings, tasks (logs included) and artifacts."""
+    """A job with its strategy settings, one page of its tasks (logs included) and their artifacts.
+
+    ``next_page_token`` reads the next page of tasks (:class:`GetJob` ``tasks_page``); None on the last.
+    """
 
     spec: dict[str, Any]
     tasks: list[TaskView]
     artifacts: list[dict[str, Any]]
+    next_page_token: str | None = None
 
 
 class AgentTasks(Model):
@@ -522,10 +526,22 @@ class ListAgents(Query):
     page: PageRequest = Field(default_factory=PageRequest)
 
 
+TASK_PAGE_SIZE: Final[int] = 100
+"""Tasks a job's view carries per page when the reader does not say; at most :data:`MAX_TASK_PAGE_SIZE`."""
+
+MAX_TASK_PAGE_SIZE: Final[int] = 200
+"""Most tasks one page of a job's view carries (a page, with its logs, stays one message)."""
+
+
+def _task_page() -> PageRequest:
+    return PageRequest(page_size=TASK_PAGE_SIZE)
+
+
 class GetJob(Query):
-    """Read one job with its tasks."""
+    """Read one job with a page of its tasks (in batch and target order)."""
 
     job_id: UUID
+    tasks_page: PageRequest = Field(default_factory=_task_page)
 
 
 class ListJobs(Query):
@@ -538,9 +554,10 @@ class ListJobs(Query):
 
 
 class GetPromotionDeployment(Query):
-    """Read the latest job of a promotion."""
+    """Read the latest job of a promotion, with a page of its tasks."""
 
     promotion_id: UUID
+    tasks_page: PageRequest = Field(default_factory=_task_page)
 
 
 # --- events -------------------------------------------------------------------------------------------------

@@ -1548,7 +1548,7 @@ class Handlers:
             row = await conn.fetchrow(repo.GET_JOB, q.tenant_id, q.job_id)
             if row is None:
                 raise domain.JobNotFound(f"deployment job {q.job_id} does not exist")
-            view = await repo.job_with_tasks(conn, q.tenant_id, row)
+            view = await repo.job_with_tasks(conn, q.tenant_id, row, q.tasks_page)
         return Reply.success(view.model_dump(mode="json"))
 
     async def get_promotion_deployment(self, q: c.GetPromotionDeployment) -> Reply:
@@ -1557,7 +1557,7 @@ class Handlers:
             row = await conn.fetchrow(repo.LATEST_JOB_OF_PROMOTION, q.tenant_id, q.promotion_id)
             if row is None:
                 raise domain.JobNotFound(f"promotion {q.promotion_id} has no deployment job")
-            view = await repo.job_with_tasks(conn, q.tenant_id, row)
+            view = await repo.job_with_tasks(conn, q.tenant_id, row, q.tasks_page)
         return Reply.success(view.model_dump(mode="json"))
 
     async def list_jobs(self, q: c.ListJobs) -> Reply:
