@@ -63,6 +63,9 @@ EVENT_KINDS: Final[frozenset[c.JobKind]] = frozenset({c.JobKind.DEPLOY, c.JobKin
 
 _MAX_ADVANCE_ROUNDS: Final[int] = 8
 
+MAX_TARGET_PAGE_SIZE: Final[int] = 200
+"""Most targets one page of a target list holds (a target carries its sticker): a page stays one message."""
+
 MAX_JOB_TARGETS: Final[int] = 1200
 """Most targets one environment's job deploys: its ``job_completed`` event (about 600 bytes a task) must fit
 one NATS message."""
@@ -328,6 +331,7 @@ class Handlers:
     async def list_targets(self, q: c.ListTargets) -> Reply:
         """Targets by name, of one environment when given."""
         after = decode_cursor(q.page.page_token, str, UUID, kind="deployment-targets")
+        size = min(q.page.page_size, MAX_TARGET_PAGE_SIZE)
         async with self._pool().acquire() as conn:
             rows = await conn.fetch(
                 repo.LIST_TARGETS,
@@ -335,13 +339,11 @@ class Handlers:
                 q.environment_id,
                 after[0] if after else None,
                 after[1] if after else None,
-                q.page.page_size + 1,
+                size + 1,
             )
-        items = rows[: q.page.page_size]
+        items = rows[:size]
         token = (
-            encode_cursor(items[-1]["name"], items[-1]["id"], kind="deployment-targets")
-            if len(rows) > q.page.page_size
-            else None
+            encode_cursor(items[-1]["name"], items[-1]["id"], kind="deployment-targets") if len(rows) > size else None
         )
         return Reply.success(
             Page(items=[repo.target_view(r).model_dump(mode="json") for r in items], next_page_token=token).model_dump(
