@@ -207,6 +207,7 @@ class StrategySpec(Model):
         strategy: Which strategy plans the tasks.
         max_concurrent: ``all-at-once``: most targets deployed at once (0: unlimited).
         batch_size: ``rolling``: targets per batch, a count or a percentage (at least one target).
+        max_unavailable: ``rolling``: most targets of a batch being replaced at once (0: the whole batch).
         pause_s: ``rolling``/``canary``: seconds to wait between batches or steps.
         canary_steps: ``canary``: cumulative percentages of targets per step, increasing, ending at 100.
         group_label: ``blue-green``: the target label naming its group (``color``).
@@ -220,6 +221,7 @@ class StrategySpec(Model):
     strategy: Strategy = Strategy.ALL_AT_ONCE
     max_concurrent: int = Field(default=0, ge=0, le=100_000)
     batch_size: BatchSize = "1"
+    max_unavailable: int = Field(default=0, ge=0, le=100_000)
     pause_s: float = Field(default=0, ge=0, le=86_400)
     canary_steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=1, max_length=20)
     group_label: LabelKey = "color"
@@ -239,6 +241,16 @@ class StrategySpec(Model):
         if self.groups[0] == self.groups[1]:
             raise ValueError("groups must name two different label values")
         return self
+
+    @property
+    def concurrency(self) -> int:
+        """Most tasks of a batch held by agents at once (0: no limit): ``max_concurrent``, and for ``rolling``
+        also ``max_unavailable``, whichever is smaller."""
+        limits = [self.max_concurrent]
+        if self.strategy is Strategy.ROLLING:
+            limits.append(self.max_unavailable)
+        given = [limit for limit in limits if limit > 0]
+        return min(given) if given else 0
 
 
 class DeployedComponent(Model):
