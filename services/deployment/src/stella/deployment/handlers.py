@@ -397,7 +397,7 @@ class Handlers:
                 )
             agent_id = uuid4()
             credential = new_secret(CREDENTIAL_PREFIX, q.tenant_id, agent_id)
-            labels = {**token["labels"], **body.labels}
+            labels = {**body.labels, **token["labels"]}  # what the admin gave the token wins over the agent's say
             row = await conn.fetchrow(
                 repo.INSERT_AGENT,
                 q.tenant_id,
