@@ -266,3 +266,20 @@ async def test_one_job_changes_an_environment_at_a_time(harness: Harness) -> Non
     await agent.report(task)
     [next_task] = await agent.poll_until(1)
     assert next_task.deployment is not None and next_task.deployment.job_id == uuid.UUID(second["id"])
+
+
+async def test_a_target_asked_for_while_the_promotion_service_is_away_is_a_503_and_works_when_repeated(
+    harness: Harness,
+) -> None:
+    environment = harness.environment()
+    command = harness.caller.message(
+        c.CreateTarget, environment_id=environment, name="web-1", target_type="docker_host"
+    )
+    harness.standins.silent = True
+    away = await harness.caller.client.command(c.CREATE_TARGET, command)
+    assert not away.ok and away.error.status == 503 and away.error.code == "SYS_UNAVAILABLE"
+    assert (await harness.counts())["targets"] == 0
+    harness.standins.silent = False
+    back = await harness.caller.client.command(c.CREATE_TARGET, command, resend=True)
+    assert back.ok, back.error
+    assert (await harness.counts())["targets"] == 1

@@ -38,7 +38,7 @@ from stella.contracts.agent import (
     TaskStatus,
     TaskType,
 )
-from stella.contracts.envelope import Command, Message, Page, Reply, utcnow
+from stella.contracts.envelope import Command, ErrorDetail, Message, Page, Reply, utcnow
 from stella.contracts.promotion import GET_ENVIRONMENT, EnvironmentView, GetEnvironment
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepRef, StepStatus
@@ -73,6 +73,8 @@ class Effects:
     """What a transaction did that matters after it commits: tenants whose agents have tasks to lease."""
 
     tenants: set[UUID] = field(default_factory=set)
+    wake: bool = False
+    """Whether a due time (a pause between batches, a new deadline) may now come before the timer's next one."""
 
 
 class StepInputs(BaseModel):
@@ -140,11 +142,15 @@ class Handlers:
         self.clock = clock
         self._notify = notify
         self.on_scheduled = on_scheduled
+        self._next_sweep: datetime = clock()
+        """When the timer next looks at every running job (at once after a start: a crash may have left one
+        whose last task ended without the job moving)."""
 
     async def _after(self, effects: Effects) -> None:
         if effects.tenants and self._notify is not None:
             await self._notify(set(effects.tenants))
-        self.on_scheduled()
+        if effects.tenants or effects.wake:
+            self.on_scheduled()
 
     async def _run(
         self, cmd: Command, execute: Callable[[asyncpg.Connection, Effects], Awaitable[object]], **kw: Any
@@ -153,6 +159,7 @@ class Handlers:
 
         async def run(conn: asyncpg.Connection) -> object:
             effects.tenants.clear()
+            effects.wake = False
             return await execute(conn, effects)
 
         reply = await self.commands.run(cmd, run, **kw)
@@ -211,6 +218,11 @@ class Handlers:
             return await self._refuse(cmd, refusal)
         except domain.InvalidConnection as exc:
             return await self._refuse(cmd, exc)
+        except DependencyUnavailable as exc:
+            # Answered, not stored: the same request repeated runs again once the promotion service is back.
+            return Reply.failure(
+                ErrorDetail(code="SYS_UNAVAILABLE", status=503, title="Dependency unavailable", detail=str(exc))
+            )
 
         async def execute(conn: asyncpg.Connection, _: Effects) -> object:
             now = self.clock()
@@ -360,7 +372,7 @@ class Handlers:
         """Register an agent with a one-time token; answers its id and credential (stored hashed)."""
         body = q.registration
         if body.protocol_version != AGENT_PROTOCOL_VERSION:
-            raise domain.InvalidStep(
+            raise domain.ProtocolUnsupported(
                 f"agent protocol {body.protocol_version!r} is not served; use {AGENT_PROTOCOL_VERSION!r}"
             )
         async with self._pool().acquire() as conn, conn.transaction():
@@ -583,15 +595,13 @@ class Handlers:
         effects = Effects()
         async with self._pool().acquire() as conn, conn.transaction():
             await self._authenticate(conn, q)
-            peek = await conn.fetchrow(repo.GET_TASK, q.tenant_id, result.task_id)
-            if peek is None:
+            # Locks: the task's row, then (in _drive) the job's; every writer of a job's tasks takes them in
+            # that order, so results of one job are applied in parallel up to the short job-locked part.
+            task = await conn.fetchrow(repo.GET_TASK_FOR_UPDATE, q.tenant_id, result.task_id)
+            if task is None:
                 raise domain.TaskNotLeased(
                     f"task {result.task_id} does not exist", status=404, code="AGT_TASK_NOT_FOUND"
                 )
-            job = None
-            if peek["job_id"] is not None:  # the job's row first: every change to a job's tasks takes it first
-                job = await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, q.tenant_id, peek["job_id"])
-            task = await conn.fetchrow(repo.GET_TASK_FOR_UPDATE, q.tenant_id, result.task_id)
             if task["agent_id"] != q.agent_id or task["attempt"] != result.attempt:
                 return Reply.success({"accepted": False, "reason": "not the current attempt of this agent"})
             if result.idempotency_key != task["idempotency_key"]:
@@ -613,11 +623,26 @@ class Handlers:
                 [a.model_dump(mode="json") for a in result.artifacts],
                 now,
             )
+            job = await conn.fetchrow(repo.GET_JOB, q.tenant_id, task["job_id"]) if task["job_id"] else None
             await self._apply_to_target(conn, q, finished, job, now)
-            if job is not None:
-                await self._drive(conn, q.tenant_id, job["id"], now, effects)
+        # The job moves after the result committed, so results of one job are applied side by side; whichever
+        # commits last sees every other. A crash in between is caught by the timer's sweep of running jobs.
+        if job is not None:
+            await self._move_job(job, effects)
         await self._after(effects)
         return Reply.success({"accepted": True})
+
+    async def _move_job(self, job: Mapping[str, Any], effects: Effects) -> None:
+        """Advance a job if what it waits for has happened (one cheap count otherwise).
+
+        ``job`` may be a little old: the count then finds the batch it names over, and :meth:`_drive` reads
+        the job again under its lock.
+        """
+        async with self._pool().acquire() as conn:
+            if c.JobStatus(job["status"]).is_terminal or await self._nothing_to_do(conn, job):
+                return
+            async with conn.transaction():
+                await self._drive(conn, job["tenant_id"], job["id"], self.clock(), effects)
 
     async def _apply_to_target(
         self,
@@ -630,48 +655,46 @@ class Handlers:
         """What a task's result says about its target: what runs, its health, its sticker, drift."""
         result = source.result
         tenant_id = source.tenant_id
+        task_type = TaskType(task["type"])
+        running = {s.name: s.running_digest for s in result.components if s.running_digest}
+        if task_type in (TaskType.DEPLOY, TaskType.ROLLBACK) and result.status == "succeeded":
+            body = AgentTask.model_validate(task["body"])
+            specs = [s.model_dump(mode="json") for s in body.components]
+            current = {s.name: s.digest for s in body.components} | running
+            sticker = result.sticker or body.sticker
+            release = (body.sticker or {}).get("release") or {}
+            deployed = await conn.fetchval(
+                repo.SET_TARGET_DEPLOYED,
+                tenant_id,
+                task["target_id"],
+                current,
+                specs,
+                UUID(release["id"]) if release.get("id") else None,
+                release.get("name"),
+                sticker,
+                "healthy",
+                now,
+            )
+            if deployed and sticker is not None:
+                await conn.execute(
+                    repo.INSERT_STICKER,
+                    tenant_id,
+                    uuid4(),
+                    task["target_id"],
+                    UUID(release["id"]) if release.get("id") else None,
+                    job["promotion_id"] if job else None,
+                    task["job_id"],
+                    task["id"],
+                    sticker,
+                    str(sticker.get("content_hash", "")),
+                    now,
+                )
+            return
         target = await conn.fetchrow(repo.GET_TARGET_FOR_UPDATE, tenant_id, task["target_id"])
         if target is None:
             return  # deleted since
-        task_type = TaskType(task["type"])
-        running = {s.name: s.running_digest for s in result.components if s.running_digest}
         if task_type in (TaskType.DEPLOY, TaskType.ROLLBACK):
-            if result.status == "succeeded":
-                body = AgentTask.model_validate(task["body"])
-                specs = [s.model_dump(mode="json") for s in body.components]
-                current = {s.name: s.digest for s in body.components} | running
-                sticker = result.sticker or body.sticker
-                release = (body.sticker or {}).get("release") or {}
-                updated = await conn.fetchrow(
-                    repo.SET_TARGET_DEPLOYED,
-                    tenant_id,
-                    target["id"],
-                    current,
-                    specs,
-                    UUID(release["id"]) if release.get("id") else None,
-                    release.get("name"),
-                    sticker,
-                    "healthy",
-                    now,
-                )
-                if sticker is not None:
-                    await conn.execute(
-                        repo.INSERT_STICKER,
-                        tenant_id,
-                        uuid4(),
-                        target["id"],
-                        UUID(release["id"]) if release.get("id") else None,
-                        job["promotion_id"] if job else None,
-                        task["job_id"],
-                        task["id"],
-                        sticker,
-                        str(sticker.get("content_hash", "")),
-                        now,
-                    )
-                await add_events(
-                    conn, [(c.TARGET_CHANGED, source.caused(c.TargetChanged, target=repo.target_view(updated)))]
-                )
-            elif running:
+            if running:
                 health = "unhealthy" if result.error_code == "AGT_HEALTH_CHECK_FAILED" else target["health_status"]
                 await conn.execute(repo.SET_TARGET_RUNNING, tenant_id, target["id"], running, health, now)
         elif task_type is TaskType.HEALTH_CHECK:
@@ -1016,11 +1039,13 @@ class Handlers:
     ) -> None:
         """Advance a job (its row locked by the caller's transaction) until nothing more happens now."""
         job = await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, tenant_id, job_id)
+        if await self._nothing_to_do(conn, job):
+            return
         for _ in range(_MAX_ADVANCE_ROUNDS):
             state = repo.job_state(job)
             if state.status.is_terminal or state.status in (c.JobStatus.PENDING, c.JobStatus.PAUSED):
                 return
-            rows = await conn.fetch(repo.TASKS_OF_JOB, tenant_id, job_id)
+            rows = await conn.fetch(repo.TASK_STATES_OF_JOB, tenant_id, job_id)
             progress = domain.advance(state, [repo.task_state(r) for r in rows], now)
             if not progress.changed:
                 return
@@ -1033,14 +1058,12 @@ class Handlers:
             if progress.release:
                 await conn.execute(repo.RELEASE_TASKS, tenant_id, list(progress.release), now)
                 effects.tenants.add(tenant_id)
+            if progress.next_batch_at is not None:
+                effects.wake = True
             status = progress.status
             reason = progress.reason if progress.reason is not None else job["reason"]
             if status is c.JobStatus.SUCCEEDED and c.JobKind(job["kind"]) is c.JobKind.VERIFY_DRIFT:
-                drifted = [
-                    r["target_name"]
-                    for r in rows
-                    if (r["result"] or {}).get("drift", {}) and r["result"]["drift"].get("drifted")
-                ]
+                drifted = [r["target_name"] for r in rows if r["drifted"]]
                 if drifted:
                     status = c.JobStatus.FAILED
                     reason = f"drift detected on {', '.join(sorted(drifted))}"
@@ -1060,6 +1083,21 @@ class Handlers:
             if status.is_terminal:
                 await self._finished(conn, job, now, effects)
                 return
+
+    async def _nothing_to_do(self, conn: asyncpg.Connection, job: Mapping[str, Any]) -> bool:
+        """Whether a running job's current batch (or its rollback) is simply still under way: one cheap count.
+
+        Most task results end a task of a batch that has others still running; only the last one, or a
+        failure, or a freed slot under ``max_concurrent``, moves the job.
+        """
+        status = c.JobStatus(job["status"])
+        if status is c.JobStatus.ROLLING_BACK:
+            state = await conn.fetchrow(repo.BATCH_STATE_FROM, job["tenant_id"], job["id"], job["batch_count"])
+        elif status is c.JobStatus.RUNNING and job["next_batch_at"] is None:
+            state = await conn.fetchrow(repo.BATCH_STATE, job["tenant_id"], job["id"], job["current_batch"])
+        else:
+            return False
+        return bool(state["open"] > 0 and state["failed"] == 0 and state["waiting"] == 0)
 
     async def _add_rollback_tasks(
         self,
@@ -1230,6 +1268,7 @@ class Handlers:
         """Cancel a job that has not ended; its agents are told to stop with their next heartbeat."""
 
         async def execute(conn: asyncpg.Connection, effects: Effects) -> object:
+            await conn.execute(repo.LOCK_OPEN_TASKS_OF_JOB, cmd.tenant_id, cmd.job_id)  # tasks before the job
             job = await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, cmd.tenant_id, cmd.job_id)
             if job is None:
                 raise domain.JobNotFound(f"deployment job {cmd.job_id} does not exist")
@@ -1535,6 +1574,36 @@ class Handlers:
 
     # --- timers -----------------------------------------------------------------------------------------
 
+    async def _schedule_inspections(self, now: datetime, effects: Effects) -> int:
+        """Queue an inspection of every deployed target not inspected for ``drift_check_interval_s``.
+
+        The inspection is a task of no job: its result records drift on the target (and announces it).
+        """
+        cutoff = now - timedelta(seconds=self.settings.drift_check_interval_s)
+        async with self._pool().acquire() as conn, conn.transaction():
+            due = await conn.fetch(repo.LOCK_DUE_DRIFT_CHECKS, cutoff, self.settings.timer_batch_size)
+            spec = c.StrategySpec()
+            for target in due:
+                task_id = uuid4()
+                specs = [ComponentSpec.model_validate(s) for s in target["current_components"]]
+                item = domain.PlannedTask(target["id"], target["name"], TaskType.INSPECT, 0, ())
+                key = f"inspect:{target['id']}:{now.isoformat()}"
+                new = NewTask(
+                    task_id,
+                    target,
+                    TaskType.INSPECT,
+                    0,
+                    key,
+                    (),
+                    self._body(task_id, item, target, specs, None, None, spec),
+                    None,
+                )
+                await insert_tasks(conn, target["tenant_id"], None, spec.task_timeout_s, [new], now)
+                await conn.execute(repo.RELEASE_TASKS, target["tenant_id"], [task_id], now)
+                await conn.execute(repo.MARK_INSPECTED, target["tenant_id"], target["id"], now)
+                effects.tenants.add(target["tenant_id"])
+        return len(due)
+
     async def next_due(self) -> datetime | None:
         """The earliest of: an agent's heartbeat running out, a lease expiring, a task deadline, a paused batch."""
         async with self._pool().acquire() as conn:
@@ -1545,6 +1614,12 @@ class Handlers:
                 await conn.fetchval(repo.NEXT_DEADLINE),
                 await conn.fetchval(repo.NEXT_BATCH_DUE),
             ]
+        if self.settings.drift_check_interval_s > 0:
+            async with self._pool().acquire() as conn:
+                inspected = await conn.fetchval(repo.NEXT_DRIFT_CHECK)
+            if inspected is not None:
+                due.append(inspected + timedelta(seconds=self.settings.drift_check_interval_s))
+        due.append(self._next_sweep)
         present = [d for d in due if d is not None]
         return min(present) if present else None
 
@@ -1578,18 +1653,24 @@ class Handlers:
             jobs = await conn.fetch(repo.DUE_BATCH_JOBS, now, batch)
         for task in overdue:
             async with self._pool().acquire() as conn, conn.transaction():
-                if task["job_id"] is not None:
-                    await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, task["tenant_id"], task["job_id"])
-                await conn.execute(
+                timed_out = await conn.fetchval(
                     repo.TIME_OUT_TASK, task["tenant_id"], task["id"], "no result before the task's timeout", now
                 )
-                if task["job_id"] is not None:
+                if timed_out and task["job_id"] is not None:
                     await self._drive(conn, task["tenant_id"], task["job_id"], now, effects)
             handled += 1
         for job in jobs:
             async with self._pool().acquire() as conn, conn.transaction():
                 await self._drive(conn, job["tenant_id"], job["id"], now, effects)
             handled += 1
+        if self.settings.drift_check_interval_s > 0:
+            handled += await self._schedule_inspections(now, effects)
+        if self._next_sweep <= now:
+            self._next_sweep = now + timedelta(seconds=self.settings.job_sweep_s)
+            async with self._pool().acquire() as conn:
+                unfinished = await conn.fetch(repo.MOVING_JOBS, batch)
+            for job in unfinished:
+                await self._move_job(job, effects)
         await self._after(effects)
         return handled
 
@@ -1620,7 +1701,12 @@ def _previous(target: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 async def insert_tasks(
-    conn: asyncpg.Connection, tenant_id: UUID, job_id: UUID, timeout_s: float, tasks: Sequence[NewTask], now: datetime
+    conn: asyncpg.Connection,
+    tenant_id: UUID,
+    job_id: UUID | None,
+    timeout_s: float,
+    tasks: Sequence[NewTask],
+    now: datetime,
 ) -> None:
     """Store tasks in one statement."""
     if not tasks:

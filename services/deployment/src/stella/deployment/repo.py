@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 import asyncpg
@@ -60,11 +60,11 @@ TARGET_HELD = """
     SELECT EXISTS (SELECT 1 FROM tasks WHERE tenant_id = $1 AND target_id = $2
                    AND status IN ('pending', 'assigned', 'running'))
 """
-SET_TARGET_DEPLOYED = f"""
+SET_TARGET_DEPLOYED = """
     UPDATE targets SET current = $3, current_components = $4, current_release_id = $5, current_release_name = $6,
                        sticker = $7, health_status = $8, drift_detected = false, updated_at = $9
      WHERE tenant_id = $1 AND id = $2
-    RETURNING {_TARGET}
+    RETURNING true
 """
 SET_TARGET_RUNNING = (
     "UPDATE targets SET current = current || $3, health_status = $4, updated_at = $5 WHERE tenant_id = $1 AND id = $2"
@@ -74,6 +74,18 @@ SET_TARGET_DRIFT = """
     UPDATE targets SET drift_detected = $3, last_drift = $4, last_inspected_at = $5, updated_at = $5
      WHERE tenant_id = $1 AND id = $2
 """
+
+NEXT_DRIFT_CHECK = "SELECT min(coalesce(last_inspected_at, updated_at)) FROM targets WHERE sticker IS NOT NULL"
+LOCK_DUE_DRIFT_CHECKS = f"""
+    SELECT {_TARGET} FROM targets t
+     WHERE sticker IS NOT NULL AND coalesce(last_inspected_at, updated_at) <= $1
+       AND NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.tenant_id = t.tenant_id AND tasks.target_id = t.id
+                       AND tasks.status IN ('pending', 'assigned', 'running'))
+     ORDER BY coalesce(last_inspected_at, updated_at)
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+"""
+MARK_INSPECTED = "UPDATE targets SET last_inspected_at = $3 WHERE tenant_id = $1 AND id = $2"
 
 # --- agents and tokens --------------------------------------------------------------------------------------
 
@@ -199,7 +211,14 @@ INSERT_TASKS = """
            AS t(id, target_id, target_name, type, batch, key, capability, pinned, body, components, previous)
 """
 TASKS_OF_JOB = f"SELECT {_TASK} FROM tasks WHERE tenant_id = $1 AND job_id = $2 ORDER BY batch, target_name, id"
-TASKS_OF_JOB_FOR_UPDATE = TASKS_OF_JOB + " FOR UPDATE"
+TASK_STATES_OF_JOB = """
+    SELECT id, target_id, target_name, type, batch, status, released_at, attempt, components, previous,
+           coalesce((result -> 'drift' ->> 'drifted')::boolean, false) AS drifted
+      FROM tasks WHERE tenant_id = $1 AND job_id = $2 ORDER BY batch, target_name, id
+"""
+MOVING_JOBS = f"""
+    SELECT {_JOB} FROM jobs WHERE status IN ('running', 'rolling_back') ORDER BY created_at LIMIT $1
+"""
 GET_TASK = f"SELECT {_TASK} FROM tasks WHERE tenant_id = $1 AND id = $2"
 GET_TASK_FOR_UPDATE = GET_TASK + " FOR UPDATE"
 RELEASE_TASKS = """
@@ -268,8 +287,21 @@ LOCK_PAST_DEADLINE = """
 TIME_OUT_TASK = """
     UPDATE tasks SET status = 'timed_out', error_code = 'AGT_TIMEOUT', message = $3, finished_at = $4,
                      lease_expires_at = NULL
-     WHERE tenant_id = $1 AND id = $2 AND status IN ('pending', 'assigned', 'running')
+     WHERE tenant_id = $1 AND id = $2 AND status IN ('pending', 'assigned', 'running') AND deadline_at <= $4
+    RETURNING true
 """
+LOCK_OPEN_TASKS_OF_JOB = """
+    SELECT id FROM tasks WHERE tenant_id = $1 AND job_id = $2 AND status IN ('pending', 'assigned', 'running')
+     ORDER BY id FOR UPDATE
+"""
+_BATCH_COUNTS = """
+    SELECT count(*) FILTER (WHERE status IN ('pending', 'assigned', 'running')) AS open,
+           count(*) FILTER (WHERE status IN ('failed', 'timed_out')) AS failed,
+           count(*) FILTER (WHERE status = 'pending' AND released_at IS NULL) AS waiting
+      FROM tasks
+"""
+BATCH_STATE = _BATCH_COUNTS + " WHERE tenant_id = $1 AND job_id = $2 AND batch = $3"
+BATCH_STATE_FROM = _BATCH_COUNTS + " WHERE tenant_id = $1 AND job_id = $2 AND batch >= $3"
 
 # --- logs, stickers, drift ----------------------------------------------------------------------------------
 
@@ -446,11 +478,38 @@ def logs_hash(lines: Iterable[str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+JOB_VIEW_LOG_LINES: Final[int] = 20_000
+"""Log lines a job's view carries at most, shared by its tasks (the last lines of each), so the view of a job
+over many targets stays one message; ``logs_truncated`` says when a task's view holds fewer than it has."""
+
+_RESULT_SUMMARY: Final[tuple[str, ...]] = ("status", "error_code", "message", "components", "drift", "attempt")
+
+
 async def job_with_tasks(conn: asyncpg.Connection, tenant_id: UUID, row: Mapping[str, Any]) -> JobView:
-    """A job's full view: its tasks with their logs (two queries, whatever the task count)."""
+    """A job's view: its tasks with their logs (two queries, whatever the task count).
+
+    Each task's view carries its result's summary (not the sticker, which the target shows) and its
+    artifacts' names and hashes (not their content), and the last of its log lines within
+    :data:`JOB_VIEW_LOG_LINES` shared by every task.
+    """
     tasks = await conn.fetch(TASKS_OF_JOB, tenant_id, row["id"])
     logs = await logs_of(conn, tenant_id, [t["id"] for t in tasks])
-    return job_view(row, [task_view(t, logs[t["id"]]) for t in tasks])
+    per_task = max(20, JOB_VIEW_LOG_LINES // max(1, len(tasks)))
+    views = []
+    for task in tasks:
+        lines = logs[task["id"]]
+        view = task_view(task, lines[-per_task:])
+        result = task["result"]
+        views.append(
+            view.model_copy(
+                update={
+                    "logs_truncated": view.logs_truncated or len(lines) > per_task,
+                    "result": {k: result.get(k) for k in _RESULT_SUMMARY} if result else None,
+                    "artifacts": [{k: v for k, v in a.items() if k != "content"} for a in task["artifacts"]],
+                }
+            )
+        )
+    return job_view(row, views)
 
 
 def touched_at(row: Mapping[str, Any]) -> datetime | None:
