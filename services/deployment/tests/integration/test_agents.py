@@ -89,9 +89,17 @@ async def test_a_revoked_agent_is_refused_at_once_and_its_tasks_go_back_to_the_q
 
 
 async def test_registration_tokens_and_credentials(harness: Harness) -> None:
-    token = await harness.caller.ok(c.CREATE_AGENT_TOKEN, c.CreateAgentToken)
-    body = RegisterAgent(registration_token=token["token"], name="a1", version="1.0.0", capabilities=["docker"])
+    token = await harness.caller.ok(c.CREATE_AGENT_TOKEN, c.CreateAgentToken, labels={"zone": "eu"})
+    body = RegisterAgent(
+        registration_token=token["token"],
+        name="a1",
+        version="1.0.0",
+        capabilities=["docker"],
+        labels={"zone": "us", "rack": "r1"},
+    )
     registered = await harness.caller.ok(c.AGENT_REGISTER, c.AgentRegister, registration=body)
+    agent = await harness.caller.ok(c.GET_AGENT, c.GetAgent, agent_id=uuid.UUID(registered["agent_id"]))
+    assert agent["labels"] == {"zone": "eu", "rack": "r1"}  # the token's labels are the admin's word
     used = await harness.caller.query(c.AGENT_REGISTER, c.AgentRegister, registration=body)
     assert not used.ok and used.error.code == "AGT_TOKEN_USED" and used.error.status == 409
     # Another tenant cannot use the tenant's token.

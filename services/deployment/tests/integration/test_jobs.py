@@ -6,6 +6,7 @@ import uuid
 
 from stella.contracts import deployment as c
 from stella.contracts.agent import TaskType
+from stella.deployment.handlers import MAX_JOB_TARGETS
 
 from .conftest import Harness, digest
 
@@ -283,3 +284,24 @@ async def test_a_target_asked_for_while_the_promotion_service_is_away_is_a_503_a
     back = await harness.caller.client.command(c.CREATE_TARGET, command, resend=True)
     assert back.ok, back.error
     assert (await harness.counts())["targets"] == 1
+
+
+async def test_an_environment_with_more_targets_than_one_job_carries_fails_the_step_and_plans_nothing(
+    harness: Harness,
+) -> None:
+    environment = harness.environment()
+    async with harness.app.runtime.pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO targets (tenant_id, id, environment_id, name, target_type, created_at, updated_at)
+               SELECT $1, gen_random_uuid(), $2, 't' || n, 'docker_host', now(), now()
+                 FROM generate_series(1, $3) AS n""",
+            harness.caller.tenant_id,
+            environment,
+            MAX_JOB_TARGETS + 1,
+        )
+    step = harness.step(environment, harness.release())
+    await harness.execute(step)
+    completion = await harness.completion(step)
+    assert completion["status"] == "failed"
+    assert completion["outputs"]["code"] == "DEPLOY_TOO_MANY_TARGETS"
+    assert (await harness.counts())["jobs"] == 0

@@ -153,6 +153,14 @@ def test_a_started_job_releases_its_first_batch_up_to_max_concurrent() -> None:
     assert len(unlimited.release) == 5
 
 
+def test_rolling_max_unavailable_bounds_a_batch_being_replaced_at_once() -> None:
+    tasks = [task(0, target=i) for i in range(4)]
+    progress = domain.advance(job(strategy="rolling", batch_size="4", max_unavailable=1), tasks, NOW)
+    assert len(progress.release) == 1
+    both = domain.advance(job(strategy="rolling", batch_size="4", max_unavailable=3, max_concurrent=2), tasks, NOW)
+    assert len(both.release) == 2
+
+
 def test_a_finished_task_frees_a_slot_for_the_next() -> None:
     tasks = [
         task(0, TaskStatus.SUCCEEDED, target=1),

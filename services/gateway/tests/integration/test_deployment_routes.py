@@ -546,3 +546,19 @@ async def test_jobs_are_cancelled_and_rolled_back_through_the_api(world: World) 
     assert len(following.json()["items"]) == 1
     wrong_list = await gateway.call("GET", f"/api/v1/targets?page_token={jobs['next_page_token']}", tenant.token)
     assert_problem(wrong_list, 400, "VAL_PAGE_TOKEN")
+
+    # A job's tasks come a page at a time.
+    first = (await gateway.call("GET", f"/api/v1/deployment-jobs/{second}?page_size=1", tenant.token)).json()
+    assert [t["target_name"] for t in first["tasks"]] == ["web-1"]
+    rest = await gateway.call(
+        "GET", f"/api/v1/deployment-jobs/{second}?page_size=1&page_token={first['next_page_token']}", tenant.token
+    )
+    assert [t["target_name"] for t in rest.json()["tasks"]] == ["web-2"]
+    assert rest.json()["next_page_token"] is None
+    assert_problem(
+        await gateway.call(
+            "GET", f"/api/v1/deployment-jobs/{second}?page_token={jobs['next_page_token']}", tenant.token
+        ),
+        400,
+        "VAL_PAGE_TOKEN",
+    )

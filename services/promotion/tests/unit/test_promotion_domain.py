@@ -773,6 +773,21 @@ class TestEnvironment:
         assert EnvironmentConfig.from_dict(config.to_dict()) == config
         assert EnvironmentConfig().variables == {}
 
+    def test_deployment_settings_are_kept_and_checked_against_the_deployment_contract(self) -> None:
+        rolling = {"strategy": "rolling", "batch_size": "25%", "failure_behavior": "rollback"}
+        config = EnvironmentConfig.from_dict({"deployment": rolling})
+        assert config.deployment == rolling
+        assert EnvironmentConfig.from_dict(config.to_dict()) == config
+        assert "deployment" not in EnvironmentConfig().to_dict()
+        with pytest.raises(InvalidEnvironment) as info:
+            EnvironmentConfig.from_dict({"deployment": {"strategy": "big-bang", "batch_size": "0"}})
+        assert {tuple(e["loc"]) for e in info.value.errors} == {
+            ("config", "deployment", "strategy"),
+            ("config", "deployment", "batch_size"),
+        }
+        with pytest.raises(InvalidEnvironment, match="canary_steps"):
+            EnvironmentConfig.from_dict({"deployment": {"strategy": "canary", "canary_steps": [50, 10]}})
+
     def test_gates_are_normalised(self) -> None:
         config = EnvironmentConfig.from_dict({"gates": [{"type": "freeze-window"}, {"type": "manual", "name": "qa"}]})
         assert config.gates == (

@@ -207,6 +207,7 @@ class StrategySpec(Model):
         strategy: Which strategy plans the tasks.
         max_concurrent: ``all-at-once``: most targets deployed at once (0: unlimited).
         batch_size: ``rolling``: targets per batch, a count or a percentage (at least one target).
+        max_unavailable: ``rolling``: most targets of a batch being replaced at once (0: the whole batch).
         pause_s: ``rolling``/``canary``: seconds to wait between batches or steps.
         canary_steps: ``canary``: cumulative percentages of targets per step, increasing, ending at 100.
         group_label: ``blue-green``: the target label naming its group (``color``).
@@ -220,6 +221,7 @@ class StrategySpec(Model):
     strategy: Strategy = Strategy.ALL_AT_ONCE
     max_concurrent: int = Field(default=0, ge=0, le=100_000)
     batch_size: BatchSize = "1"
+    max_unavailable: int = Field(default=0, ge=0, le=100_000)
     pause_s: float = Field(default=0, ge=0, le=86_400)
     canary_steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=1, max_length=20)
     group_label: LabelKey = "color"
@@ -239,6 +241,16 @@ class StrategySpec(Model):
         if self.groups[0] == self.groups[1]:
             raise ValueError("groups must name two different label values")
         return self
+
+    @property
+    def concurrency(self) -> int:
+        """Most tasks of a batch held by agents at once (0: no limit): ``max_concurrent``, and for ``rolling``
+        also ``max_unavailable``, whichever is smaller."""
+        limits = [self.max_concurrent]
+        if self.strategy is Strategy.ROLLING:
+            limits.append(self.max_unavailable)
+        given = [limit for limit in limits if limit > 0]
+        return min(given) if given else 0
 
 
 class DeployedComponent(Model):
@@ -364,11 +376,15 @@ class JobSummary(Model):
 
 
 class JobView(JobSummary):
-    """A job with its strategy settings, tasks (logs included) and artifacts."""
+    """A job with its strategy settings, one page of its tasks (logs included) and their artifacts.
+
+    ``next_page_token`` reads the next page of tasks (:class:`GetJob` ``tasks_page``); None on the last.
+    """
 
     spec: dict[str, Any]
     tasks: list[TaskView]
     artifacts: list[dict[str, Any]]
+    next_page_token: str | None = None
 
 
 class AgentTasks(Model):
@@ -522,10 +538,22 @@ class ListAgents(Query):
     page: PageRequest = Field(default_factory=PageRequest)
 
 
+TASK_PAGE_SIZE: Final[int] = 100
+"""Tasks a job's view carries per page when the reader does not say; at most :data:`MAX_TASK_PAGE_SIZE`."""
+
+MAX_TASK_PAGE_SIZE: Final[int] = 200
+"""Most tasks one page of a job's view carries (a page, with its logs, stays one message)."""
+
+
+def _task_page() -> PageRequest:
+    return PageRequest(page_size=TASK_PAGE_SIZE)
+
+
 class GetJob(Query):
-    """Read one job with its tasks."""
+    """Read one job with a page of its tasks (in batch and target order)."""
 
     job_id: UUID
+    tasks_page: PageRequest = Field(default_factory=_task_page)
 
 
 class ListJobs(Query):
@@ -538,9 +566,10 @@ class ListJobs(Query):
 
 
 class GetPromotionDeployment(Query):
-    """Read the latest job of a promotion."""
+    """Read the latest job of a promotion, with a page of its tasks."""
 
     promotion_id: UUID
+    tasks_page: PageRequest = Field(default_factory=_task_page)
 
 
 # --- events -------------------------------------------------------------------------------------------------

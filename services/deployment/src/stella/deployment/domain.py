@@ -474,7 +474,7 @@ def advance(job: JobState, tasks: Sequence[TaskState], now: datetime) -> Progres
     if job.status is JobStatus.ROLLING_BACK:
         mine = [t for t in tasks if t.type is TaskType.ROLLBACK and t.batch >= job.batch_count]
         if any(not t.status.is_terminal for t in mine):
-            return _release(keep, mine, job.spec.max_concurrent)
+            return _release(keep, mine, job.spec.concurrency)
         failed = [t for t in mine if t.status in FAILED]
         if failed:
             return Progress(
@@ -537,7 +537,7 @@ def advance(job: JobState, tasks: Sequence[TaskState], now: datetime) -> Progres
             changed=True,
         )
     if any(not t.status.is_terminal for t in batch):
-        return _release(keep, batch, job.spec.max_concurrent)
+        return _release(keep, batch, job.spec.concurrency)
     if job.current_batch + 1 < job.batch_count:
         pause = job.spec.pause_s if job.kind is JobKind.DEPLOY else 0
         if pause > 0 and job.next_batch_at is None:
@@ -546,7 +546,7 @@ def advance(job: JobState, tasks: Sequence[TaskState], now: datetime) -> Progres
             return keep
         following = job.current_batch + 1
         started = Progress(job.status, following, None, changed=True)
-        return _release(started, [t for t in tasks if t.batch == following], job.spec.max_concurrent)
+        return _release(started, [t for t in tasks if t.batch == following], job.spec.concurrency)
     all_failed = [t for t in tasks if t.status in FAILED]
     if all_failed:
         return Progress(

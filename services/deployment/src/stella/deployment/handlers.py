@@ -63,6 +63,16 @@ EVENT_KINDS: Final[frozenset[c.JobKind]] = frozenset({c.JobKind.DEPLOY, c.JobKin
 
 _MAX_ADVANCE_ROUNDS: Final[int] = 8
 
+MAX_TARGET_PAGE_SIZE: Final[int] = 200
+"""Most targets one page of a target list holds (a target carries its sticker): a page stays one message."""
+
+MAX_JOB_TARGETS: Final[int] = 1200
+"""Most targets one environment's job deploys: its ``job_completed`` event (about 600 bytes a task) must fit
+one NATS message."""
+
+MAX_EVENT_BYTES: Final[int] = 768 * 1024
+"""Largest ``job_completed`` payload sent whole; NATS carries at most 1 MiB per message by default."""
+
 
 class DependencyUnavailable(TransientFault):
     """The promotion or release service did not answer; the command is retried later."""
@@ -321,6 +331,7 @@ class Handlers:
     async def list_targets(self, q: c.ListTargets) -> Reply:
         """Targets by name, of one environment when given."""
         after = decode_cursor(q.page.page_token, str, UUID, kind="deployment-targets")
+        size = min(q.page.page_size, MAX_TARGET_PAGE_SIZE)
         async with self._pool().acquire() as conn:
             rows = await conn.fetch(
                 repo.LIST_TARGETS,
@@ -328,13 +339,11 @@ class Handlers:
                 q.environment_id,
                 after[0] if after else None,
                 after[1] if after else None,
-                q.page.page_size + 1,
+                size + 1,
             )
-        items = rows[: q.page.page_size]
+        items = rows[:size]
         token = (
-            encode_cursor(items[-1]["name"], items[-1]["id"], kind="deployment-targets")
-            if len(rows) > q.page.page_size
-            else None
+            encode_cursor(items[-1]["name"], items[-1]["id"], kind="deployment-targets") if len(rows) > size else None
         )
         return Reply.success(
             Page(items=[repo.target_view(r).model_dump(mode="json") for r in items], next_page_token=token).model_dump(
@@ -388,7 +397,7 @@ class Handlers:
                 )
             agent_id = uuid4()
             credential = new_secret(CREDENTIAL_PREFIX, q.tenant_id, agent_id)
-            labels = {**token["labels"], **body.labels}
+            labels = {**body.labels, **token["labels"]}  # what the admin gave the token wins over the agent's say
             row = await conn.fetchrow(
                 repo.INSERT_AGENT,
                 q.tenant_id,
@@ -768,6 +777,13 @@ class Handlers:
             environment = await self._environment(cmd, inputs.environment_id)
             release = await self._release(cmd, inputs.release_id)
             spec = strategy_of(environment, cmd.config)
+            async with self._pool().acquire() as conn:
+                count = await conn.fetchval(repo.COUNT_TARGETS, cmd.tenant_id, environment.id)
+            if count > MAX_JOB_TARGETS:
+                raise domain.InvalidStep(
+                    f"environment {environment.name} has {count} targets; one job deploys at most {MAX_JOB_TARGETS}",
+                    code="DEPLOY_TOO_MANY_TARGETS",
+                )
         except (Refused, domain.InvalidStep, ValidationError) as exc:
             return await self._fail_step(cmd, exc)
 
@@ -1209,33 +1225,33 @@ class Handlers:
         events: list[tuple[str, Message]] = []
         if kind in EVENT_KINDS:
             outcomes = [_outcome(r, logs[r["id"]]) for r in rows]
-            events.append(
-                (
-                    c.JOB_COMPLETED,
-                    c.JobCompleted(
-                        tenant_id=tenant_id,
-                        correlation_id=job["correlation_id"],
-                        job_id=job["id"],
-                        promotion_id=job["promotion_id"],
-                        release_id=job["release_id"],
-                        environment_id=job["environment_id"],
-                        strategy=job["strategy"],
-                        outcome=domain.outcome_of(status),
-                        rollback_of=job["rollback_of"],
-                        reason=job["reason"],
-                        tasks=outcomes,
-                        finished_at=now,
-                        release_name=job["release_name"],
-                        environment_name=job["environment_name"],
-                        artifacts=[
-                            {k: a.get(k) for k in ("type", "name", "content_hash")} | {"target_id": str(r["target_id"])}
-                            for r in rows
-                            for a in r["artifacts"]
-                        ],
-                        kind=kind,
-                    ),
-                )
+            completed = c.JobCompleted(
+                tenant_id=tenant_id,
+                correlation_id=job["correlation_id"],
+                job_id=job["id"],
+                promotion_id=job["promotion_id"],
+                release_id=job["release_id"],
+                environment_id=job["environment_id"],
+                strategy=job["strategy"],
+                outcome=domain.outcome_of(status),
+                rollback_of=job["rollback_of"],
+                reason=job["reason"],
+                tasks=outcomes,
+                finished_at=now,
+                release_name=job["release_name"],
+                environment_name=job["environment_name"],
+                artifacts=[
+                    {k: a.get(k) for k in ("type", "name", "content_hash")} | {"target_id": str(r["target_id"])}
+                    for r in rows
+                    for a in r["artifacts"]
+                ],
+                kind=kind,
             )
+            if len(completed.model_dump_json()) > MAX_EVENT_BYTES:
+                # One message has a size limit: the artifact list goes (each task still names its sticker's and
+                # lock file's hashes); a job too large even so is refused at planning (MAX_JOB_TARGETS).
+                completed = completed.model_copy(update={"artifacts": []})
+            events.append((c.JOB_COMPLETED, completed))
         if job["step_run_id"] is not None:
             step = StepRef(run_id=job["step_run_id"], node_id=job["step_node_id"], attempt=job["step_attempt"])
             ok = status is c.JobStatus.SUCCEEDED
@@ -1534,7 +1550,7 @@ class Handlers:
             row = await conn.fetchrow(repo.GET_JOB, q.tenant_id, q.job_id)
             if row is None:
                 raise domain.JobNotFound(f"deployment job {q.job_id} does not exist")
-            view = await repo.job_with_tasks(conn, q.tenant_id, row)
+            view = await repo.job_with_tasks(conn, q.tenant_id, row, q.tasks_page)
         return Reply.success(view.model_dump(mode="json"))
 
     async def get_promotion_deployment(self, q: c.GetPromotionDeployment) -> Reply:
@@ -1543,7 +1559,7 @@ class Handlers:
             row = await conn.fetchrow(repo.LATEST_JOB_OF_PROMOTION, q.tenant_id, q.promotion_id)
             if row is None:
                 raise domain.JobNotFound(f"promotion {q.promotion_id} has no deployment job")
-            view = await repo.job_with_tasks(conn, q.tenant_id, row)
+            view = await repo.job_with_tasks(conn, q.tenant_id, row, q.tasks_page)
         return Reply.success(view.model_dump(mode="json"))
 
     async def list_jobs(self, q: c.ListJobs) -> Reply:

@@ -13,6 +13,8 @@ import asyncpg
 
 from stella.contracts.agent import AgentStatus, TaskStatus, TaskType
 from stella.contracts.deployment import (
+    MAX_TASK_PAGE_SIZE,
+    TASK_PAGE_SIZE,
     AgentView,
     DeployedComponent,
     JobKind,
@@ -24,7 +26,9 @@ from stella.contracts.deployment import (
     TargetView,
     TaskView,
 )
+from stella.contracts.envelope import PageRequest
 from stella.deployment.domain import JobState, TaskState
+from stella.kit.pagination import decode_cursor, encode_cursor, int32
 
 # --- targets ------------------------------------------------------------------------------------------------
 
@@ -42,6 +46,7 @@ INSERT_TARGET = f"""
 GET_TARGET = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND id = $2"
 GET_TARGET_FOR_UPDATE = GET_TARGET + " FOR UPDATE"
 TARGETS_OF_ENVIRONMENT = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND environment_id = $2 ORDER BY name, id"
+COUNT_TARGETS = "SELECT count(*) FROM targets WHERE tenant_id = $1 AND environment_id = $2"
 TARGETS_BY_ID = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND id = ANY($2::uuid[])"
 LIST_TARGETS = f"""
     SELECT {_TARGET} FROM targets
@@ -478,38 +483,77 @@ def logs_hash(lines: Iterable[str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-JOB_VIEW_LOG_LINES: Final[int] = 20_000
-"""Log lines a job's view carries at most, shared by its tasks (the last lines of each), so the view of a job
-over many targets stays one message; ``logs_truncated`` says when a task's view holds fewer than it has."""
+JOB_VIEW_LOG_CHARS: Final[int] = 400_000
+"""Log characters one page of a job's view carries at most, shared by its tasks (the last lines of each), so a
+page stays one message; ``logs_truncated`` says when a task's view holds fewer lines than it has."""
 
 _RESULT_SUMMARY: Final[tuple[str, ...]] = ("status", "error_code", "message", "components", "drift", "attempt")
 
+TASK_PAGE_OF_JOB = f"""
+    SELECT {_TASK} FROM tasks
+     WHERE tenant_id = $1 AND job_id = $2
+       AND ($3::integer IS NULL OR (batch, target_name, id) > ($3, $4::text, $5::uuid))
+     ORDER BY batch, target_name, id
+     LIMIT $6
+"""
 
-async def job_with_tasks(conn: asyncpg.Connection, tenant_id: UUID, row: Mapping[str, Any]) -> JobView:
-    """A job's view: its tasks with their logs (two queries, whatever the task count).
 
-    Each task's view carries its result's summary (not the sticker, which the target shows) and its
-    artifacts' names and hashes (not their content), and the last of its log lines within
-    :data:`JOB_VIEW_LOG_LINES` shared by every task.
+def _last_lines(lines: Sequence[str], budget: int) -> list[str]:
+    kept: list[str] = []
+    for line in reversed(lines):
+        budget -= len(line) + 1
+        if budget < 0:
+            break
+        kept.append(line)
+    kept.reverse()
+    return kept
+
+
+async def job_with_tasks(
+    conn: asyncpg.Connection, tenant_id: UUID, row: Mapping[str, Any], page: PageRequest | None = None
+) -> JobView:
+    """A job's view with one page of its tasks and their logs (two queries, whatever the task count).
+
+    Each task's view carries its result's summary (not the sticker, which the target shows), its artifacts'
+    names and hashes (not their content), and the last of its log lines within its share of
+    :data:`JOB_VIEW_LOG_CHARS`.
     """
-    tasks = await conn.fetch(TASKS_OF_JOB, tenant_id, row["id"])
+    page = page or PageRequest(page_size=TASK_PAGE_SIZE)
+    size = min(page.page_size, MAX_TASK_PAGE_SIZE)
+    after = decode_cursor(page.page_token, int32, str, UUID, kind="deployment-job-tasks")
+    rows = await conn.fetch(
+        TASK_PAGE_OF_JOB,
+        tenant_id,
+        row["id"],
+        after[0] if after else None,
+        after[1] if after else None,
+        after[2] if after else None,
+        size + 1,
+    )
+    tasks = rows[:size]
+    token = (
+        encode_cursor(tasks[-1]["batch"], tasks[-1]["target_name"], tasks[-1]["id"], kind="deployment-job-tasks")
+        if len(rows) > size
+        else None
+    )
     logs = await logs_of(conn, tenant_id, [t["id"] for t in tasks])
-    per_task = max(20, JOB_VIEW_LOG_LINES // max(1, len(tasks)))
+    budget = JOB_VIEW_LOG_CHARS // max(1, len(tasks))
     views = []
     for task in tasks:
         lines = logs[task["id"]]
-        view = task_view(task, lines[-per_task:])
+        kept = _last_lines(lines, budget)
+        view = task_view(task, kept)
         result = task["result"]
         views.append(
             view.model_copy(
                 update={
-                    "logs_truncated": view.logs_truncated or len(lines) > per_task,
+                    "logs_truncated": view.logs_truncated or len(kept) < len(lines),
                     "result": {k: result.get(k) for k in _RESULT_SUMMARY} if result else None,
                     "artifacts": [{k: v for k, v in a.items() if k != "content"} for a in task["artifacts"]],
                 }
             )
         )
-    return job_view(row, views)
+    return job_view(row, views).model_copy(update={"next_page_token": token})
 
 
 def touched_at(row: Mapping[str, Any]) -> datetime | None:

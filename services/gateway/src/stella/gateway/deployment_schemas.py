@@ -235,11 +235,14 @@ class JobSummaryOut(ResponseBody):
 
 
 class JobOut(JobSummaryOut):
-    """A deployment job with its strategy, tasks (logs included) and artifacts."""
+    """A deployment job with its strategy, a page of its tasks (logs included) and their artifacts."""
 
     spec: dict[str, Any]
     tasks: list[TaskOut]
     artifacts: list[dict[str, Any]]
+    next_page_token: str | None = Field(
+        default=None, description="Reads the job's next page of tasks (page_token); null on the last."
+    )
 
 
 class JobPage(ResponseBody):

@@ -507,10 +507,14 @@ class DeploymentJobController(Controller):
         responses=problems(400, 403, 404),
     )
     async def get_job(
-        self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], job_id: str = _JOB_ID
+        self,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        page: NamedDependency[PageParams],
+        job_id: str = _JOB_ID,
     ) -> JobOut:
-        """A job with its tasks, their logs and artifacts."""
-        query = call.query(contract.GetJob, job_id=parse_id(job_id, "job_id"))
+        """A job with a page of its tasks (``page_size`` of them, at most 200), their logs and artifacts."""
+        query = call.query(contract.GetJob, job_id=parse_id(job_id, "job_id"), tasks_page=page.to_contract())
         return parse_data(JobOut, await relay.query(contract.GET_JOB, query))
 
     @post(
@@ -581,8 +585,16 @@ class PromotionDeploymentController(Controller):
         responses=problems(400, 403, 404),
     )
     async def get_promotion_deployment(
-        self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], promotion_id: str = _PROMOTION_ID
+        self,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        page: NamedDependency[PageParams],
+        promotion_id: str = _PROMOTION_ID,
     ) -> JobOut:
-        """The promotion's latest deployment job with its tasks (404 before it started deploying)."""
-        query = call.query(contract.GetPromotionDeployment, promotion_id=parse_id(promotion_id, "promotion_id"))
+        """The promotion's latest deployment job with a page of its tasks (404 before it started deploying)."""
+        query = call.query(
+            contract.GetPromotionDeployment,
+            promotion_id=parse_id(promotion_id, "promotion_id"),
+            tasks_page=page.to_contract(),
+        )
         return parse_data(JobOut, await relay.query(contract.GET_PROMOTION_DEPLOYMENT, query))
