@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stella.contracts import deployment as d
@@ -253,3 +254,46 @@ async def test_a_run_that_ends_without_a_deployment_gives_the_slot_to_the_next_p
         f"approved; no deployment: its workflow run {first['workflow_run_id']} (standard-promotion) ended "
         "without a deployment job"
     )
+
+
+async def test_a_freeze_at_deploy_start_holds_the_deployment_until_the_window_goes(
+    caller: Caller, stack: Stack
+) -> None:
+    dev = await _environment(caller, "dev", 0)
+    first_release = await caller.ready_release("first")
+    second_release = await caller.ready_release("second")
+    async with collect_messages(stack.nats.jetstream(), stack.wire(w.COMPLETE_STEP)) as completions:
+        first = await _approved(caller, first_release, dev)
+        second = await _approved(caller, second_release, dev)
+        now = datetime.now(UTC)
+        window = await caller.command(
+            c.ADD_FREEZE_WINDOW,
+            c.AddFreezeWindow,
+            environment_id=dev["id"],
+            window={
+                "kind": "deny",
+                "start": now - timedelta(hours=1),
+                "end": now + timedelta(hours=6),
+                "reason": "release freeze",
+            },
+        )
+        assert window.ok, window.error
+        job = uuid.uuid4()
+        await _ended(
+            stack, c.PROMOTION_COMPLETED, first, (d.JOB_COMPLETED, job_completed(caller, first, job, "succeeded"))
+        )
+        # The second one is next, but the re-check of the time windows at deploy start finds dev frozen.
+        waiting = await _get(caller, second["id"])
+        assert waiting["status"] == "approved"
+        assert waiting["status_message"].startswith("approved; the deployment waits: release freeze (until ")
+        assert waiting["next_evaluation_at"] is not None
+        assert not [m for m in completions.messages if _gate_completion(second)(_body(m))]
+
+        removed = await caller.command(
+            c.REMOVE_FREEZE_WINDOW, c.RemoveFreezeWindow, environment_id=dev["id"], window_id=window.data["id"]
+        )
+        assert removed.ok, removed.error
+        released = await first_match(completions, _gate_completion(second), timeout=20)
+    assert released["status"] == "succeeded"
+    after = await _get(caller, second["id"])
+    assert (after["status_message"], after["next_evaluation_at"]) == ("approved; deployment starting", None)

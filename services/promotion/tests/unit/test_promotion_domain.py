@@ -1098,3 +1098,21 @@ class TestJobOutcomes:
             == []
         )
         assert promotion.status is PromotionStatus.DEPLOYED and promotion.version == version
+
+
+class TestDeployStartWindow:
+    def test_a_closed_window_at_deploy_start_keeps_the_promotion_approved_until_it_opens(self) -> None:
+        promotion = approved(DEV, release=_release(20))
+        opens = datetime(2025, 4, 7, 6, 0, tzinfo=UTC)
+
+        assert promotion.wait_for_window(reason="release freeze", next_open=opens, now=T0) == []
+
+        assert promotion.status is PromotionStatus.APPROVED and not promotion.holds_deploy_slot
+        assert promotion.next_open == opens
+        assert promotion.status_message == "approved; the deployment waits: release freeze (until 2025-04-07T06:00:00Z)"
+        assert promotion.clear_to_deploy(environment_promotions=[promotion], now=opens) is True
+        assert promotion.next_open is None
+
+    def test_only_an_approved_promotion_waits_for_a_window(self) -> None:
+        with pytest.raises(PromotionNotApproved):
+            request(DEV, release=_release(21)).wait_for_window(reason=None, next_open=None, now=T0)

@@ -1415,13 +1415,37 @@ class Promotion:
             message = f"approved; queued behind promotion {head.id}, approved earlier"
         else:
             self.cleared_at = now
+            self.next_open = None
             self.status_message = "approved; deployment starting"
             self._touch(now)
             return True
-        if self.status_message != message:
+        if self.status_message != message or self.next_open is not None:
             self.status_message = message
+            self.next_open = None  # its turn comes when the slot frees, not at a time
             self._touch(now)
         return False
+
+    def wait_for_window(self, *, reason: str | None, next_open: datetime | None, now: datetime) -> list[PromotionEvent]:
+        """The deploy-start re-check found the environment closed by a time window: wait in ``approved``.
+
+        The time-sensitive gates (freeze windows, deployment schedules) are evaluated again when the deployment
+        would start (reference section 3); the approval stands, and the deployment starts when the window
+        opens (``next_open``) or a freeze override lets the promotion through.
+
+        Raises:
+            PromotionAlreadyTerminal: the promotion is finished.
+            PromotionNotApproved: the promotion is not ``approved``.
+        """
+        now = require_aware(now, "now")
+        self._require(PromotionStatus.APPROVED, PromotionNotApproved)
+        self.next_open = None if next_open is None else require_aware(next_open, "next_open")
+        why = reason or "a time window is closed"
+        when = (
+            f"until {format_utc(self.next_open)}" if self.next_open else "and does not open within the search horizon"
+        )
+        self.status_message = f"approved; the deployment waits: {why} ({when})"
+        self._touch(now)
+        return []
 
     def begin_deployment(self, *, deployment_job_id: UUID, now: datetime) -> list[PromotionEvent]:
         """The promotion's deployment job started: ``approved`` -> ``deploying``.

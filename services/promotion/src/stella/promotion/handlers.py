@@ -1294,12 +1294,41 @@ class Handlers:
         p = stored.promotion
         await repo.lock_deploy_queue(conn, p.tenant_id, p.target_environment_id)
         queue = [q.promotion for q in await repo.deploy_queue(conn, p.tenant_id, p.target_environment_id)]
-        if p.clear_to_deploy(environment_promotions=queue, now=self.clock()):
-            stored.deploy_step = None
-            return [] if step is None else [self._completion(origin, step, w.StepStatus.SUCCEEDED, outputs, None)]
+        now = self.clock()
         if step is not None:
             stored.deploy_step = {**step.model_dump(mode="json"), "outputs": outputs}
+        others = [q for q in queue if q.id != p.id]
+        head = domain.next_to_deploy([*others, p], p.target_environment_id)
+        if p.cleared_at is None and head is not None and head.id == p.id:
+            # The deploy-start re-check of the time windows: a closed window holds the deployment.
+            closed = await self._closed_by_window(conn, stored, now)
+            if closed is not None:
+                p.wait_for_window(reason=closed.reason, next_open=closed.next_open, now=now)
+                return []
+        if p.clear_to_deploy(environment_promotions=others, now=now):
+            stored.deploy_step = None
+            return [] if step is None else [self._completion(origin, step, w.StepStatus.SUCCEEDED, outputs, None)]
         return []
+
+    async def _closed_by_window(
+        self, conn: asyncpg.Connection, stored: repo.StoredPromotion, now: datetime
+    ) -> freeze.EnvironmentState | None:
+        """The environment's window state when a freeze or the schedule closes it now and no override applies."""
+        if stored.freeze_override is not None:
+            return None
+        p = stored.promotion
+        windows = [s.window for s in await repo.windows_of_environment(conn, p.tenant_id, p.target_environment_id)]
+        state = freeze.environment_state(windows, now)
+        return state if state.closed else None
+
+    @staticmethod
+    def _held_step(stored: repo.StoredPromotion) -> tuple[w.StepRef | None, dict[str, Any]]:
+        """The step completion a queued promotion holds, and its outputs."""
+        held = stored.deploy_step
+        if held is None:
+            return None, {}
+        step = w.StepRef(run_id=held["run_id"], node_id=held["node_id"], attempt=held["attempt"])
+        return step, held.get("outputs") or {}
 
     async def _release_next(
         self, conn: asyncpg.Connection, freed: domain.Promotion, origin: Origin
@@ -1317,23 +1346,20 @@ class Handlers:
         stored = await repo.get_promotion(conn, tenant, head.id, lock=True)
         if stored is None or stored.promotion.status is not domain.PromotionStatus.APPROVED:
             return []
-        if not stored.promotion.clear_to_deploy(environment_promotions=[q.promotion for q in queue], now=self.clock()):
-            return []
-        held, stored.deploy_step = stored.deploy_step, None
-        await repo.update_promotion(conn, stored)
         log.info(
-            "a queued promotion may deploy now",
+            "a queued promotion is next to deploy",
             extra={"promotion_id": str(head.id), "after": str(freed.id), "environment_id": str(environment_id)},
         )
-        if held is None:
-            return []
-        step = w.StepRef(run_id=held["run_id"], node_id=held["node_id"], attempt=held["attempt"])
-        cause = Origin(tenant, stored.correlation_id, origin.causation_id)
-        outputs = held.get("outputs") or {}
-        return [
-            *self._changed(cause, repo.promotion_view(stored), []),
-            self._completion(cause, step, w.StepStatus.SUCCEEDED, outputs, None),
-        ]
+        return await self._resume_queued(conn, stored, Origin(tenant, stored.correlation_id, origin.causation_id))
+
+    async def _resume_queued(
+        self, conn: asyncpg.Connection, stored: repo.StoredPromotion, origin: Origin
+    ) -> list[tuple[str, Message]]:
+        """Try a queued promotion's deployment again (its turn came, or its window opened) and save it."""
+        step, outputs = self._held_step(stored)
+        messages = await self._let_deploy(conn, stored, step, outputs, origin)
+        await repo.update_promotion(conn, stored)
+        return messages
 
     async def _job_promotion(
         self, conn: asyncpg.Connection, event: d.JobStarted | d.JobCompleted
@@ -1505,6 +1531,11 @@ class Handlers:
                 async with self._pool().acquire() as conn, conn.transaction():
                     stored = await repo.lock_due_hold(conn, tenant, promotion_id, now)
                     if stored is None:
+                        continue
+                    if stored.promotion.status is domain.PromotionStatus.APPROVED and stored.deploy_step is not None:
+                        # Its deployment waited for a time window: look again now that it is due.
+                        origin = Origin(stored.promotion.tenant_id, stored.correlation_id)
+                        await add_events(conn, await self._resume_queued(conn, stored, origin))
                         continue
                     if stored.promotion.status is not domain.PromotionStatus.PENDING_GATE:
                         stored.promotion.next_open = None

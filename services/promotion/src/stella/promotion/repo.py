@@ -175,7 +175,8 @@ LIST_PROMOTIONS = f"""
 # promotions are re-evaluated now instead of at their recorded next opening.
 REEVALUATE_HELD = """
     UPDATE promotions SET next_evaluation_at = $3
-     WHERE tenant_id = $1 AND target_environment_id = $2 AND status = 'pending_gate' AND next_evaluation_at > $3
+     WHERE tenant_id = $1 AND target_environment_id = $2 AND status IN ('pending_gate', 'approved')
+       AND next_evaluation_at > $3
 """
 # The hold timer, like the freeze timer: the earliest due promotion over every tenant, then each one locked
 # on its own; a promotion another replica is handling is skipped, not waited for.
