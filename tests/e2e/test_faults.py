@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -62,10 +64,15 @@ class Servers:
 
 
 @pytest_asyncio.fixture
-async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
-    """A Postgres and a NATS of the test's own, on free ports, with data that survives a restart."""
-    postgres = EmbeddedPostgres(data_dir=tmp_path / "pg", port=free_port(), durable=False)
-    nats_server = EmbeddedNats(data_dir=tmp_path / "nats", port=free_port())
+async def servers() -> AsyncIterator[Servers]:
+    """A Postgres and a NATS of the test's own, on free ports, with data that survives a restart.
+
+    Their data lives in a temporary directory of its own, not under pytest's base directory: another pytest
+    run on the machine resets that one to mode 0700, which would lock out the server's unprivileged user.
+    """
+    data = Path(tempfile.mkdtemp(prefix="stella-faults-"))
+    postgres = EmbeddedPostgres(data_dir=data / "pg", port=free_port(), durable=False)
+    nats_server = EmbeddedNats(data_dir=data / "nats", port=free_port())
     try:
         await asyncio.to_thread(postgres.start)
         await asyncio.to_thread(nats_server.start)
@@ -78,6 +85,7 @@ async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
     finally:
         await asyncio.to_thread(nats_server.stop)
         await asyncio.to_thread(postgres.stop)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest_asyncio.fixture

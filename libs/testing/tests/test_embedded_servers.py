@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,8 +94,17 @@ async def test_embedded_postgres_accepts_queries_on_tcp(embedded_postgres: Embed
     assert row["sockets"] == ""
 
 
-async def test_embedded_postgres_keeps_data_across_restarts(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(data_dir=tmp_path / "pgdata", port=free_port())
+@pytest.fixture
+def pg_dir() -> Iterator[Path]:
+    """A directory of the test's own outside pytest's base directory, which another pytest run on the machine
+    resets to mode 0700 (locking out the Postgres server's unprivileged user when the tests run as root)."""
+    path = Path(tempfile.mkdtemp(prefix="stella-embedded-pg-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_embedded_postgres_keeps_data_across_restarts(pg_dir: Path) -> None:
+    server = EmbeddedPostgres(data_dir=pg_dir / "pgdata", port=free_port())
     assert server.durable
     with server:
         conn = await asyncpg.connect(server.url)
@@ -110,8 +121,8 @@ async def test_embedded_postgres_keeps_data_across_restarts(tmp_path: Path) -> N
     assert fsync == "on"
 
 
-def test_embedded_postgres_refuses_a_directory_holding_other_files(tmp_path: Path) -> None:
-    data_dir = tmp_path / "not-a-cluster"
+def test_embedded_postgres_refuses_a_directory_holding_other_files(pg_dir: Path) -> None:
+    data_dir = pg_dir / "not-a-cluster"
     data_dir.mkdir()
     (data_dir / "notes.txt").write_text("unrelated")
     with pytest.raises(EmbeddedServerError, match="not empty"):
@@ -128,17 +139,17 @@ def test_embedded_postgres_deletes_its_temporary_directory() -> None:
     assert not server.running
 
 
-async def test_embedded_postgres_takes_over_a_server_left_running(tmp_path: Path) -> None:
-    left_running = EmbeddedPostgres(data_dir=tmp_path / "pgdata").start()
+async def test_embedded_postgres_takes_over_a_server_left_running(pg_dir: Path) -> None:
+    left_running = EmbeddedPostgres(data_dir=pg_dir / "pgdata").start()
     try:
         # A second run (e.g. after the first process was killed) finds the server and uses it.
-        again = EmbeddedPostgres(data_dir=tmp_path / "pgdata").start()
+        again = EmbeddedPostgres(data_dir=pg_dir / "pgdata").start()
         assert again.port == left_running.port
         conn = await asyncpg.connect(again.url)
         assert await conn.fetchval("SELECT 1") == 1
         await conn.close()
         with pytest.raises(EmbeddedServerError, match="already runs"):
-            EmbeddedPostgres(data_dir=tmp_path / "pgdata", port=free_port()).start()
+            EmbeddedPostgres(data_dir=pg_dir / "pgdata", port=free_port()).start()
         again.stop()
         with pytest.raises(ConnectionRefusedError):
             await asyncpg.connect(left_running.url, timeout=2)

@@ -61,8 +61,12 @@ class StandIns:
 
     environments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     releases: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    silent: bool = False
+    """Whether the services are down (nothing answers)."""
 
     async def answer(self, msg: Msg, table: dict[tuple[str, str], dict[str, Any]], key: str) -> None:
+        if self.silent:
+            return
         payload = json.loads(msg.data)
         found = table.get((payload["tenant_id"], payload[key]))
         if found is None:
@@ -362,6 +366,7 @@ async def harness(make_database: Any, nats_url: str, stella_namespace: str, nats
         heartbeat_interval_s=30,
         lease_s=90,
         timer_max_sleep_s=0.5,
+        dependency_timeout_s=1,
         db_pool_size=5,
     )
 

@@ -7,6 +7,8 @@ import hashlib
 import uuid
 from datetime import timedelta
 
+import asyncpg
+
 from stella.contracts import deployment as c
 from stella.contracts.agent import LogChunk, RegisterAgent, TaskType
 
@@ -243,3 +245,28 @@ async def test_deployed_targets_are_inspected_on_a_schedule(harness: Harness) ->
     drift = await harness.seen.wait_for(lambda s, p: s == c.DRIFT_DETECTED and p["target_id"] == target["id"])
     assert drift["differences"] == [missing]
     assert await agent.poll() == []  # inspected now: the next one is an interval away
+
+
+async def test_a_job_whose_last_result_was_stored_by_a_process_that_then_died_moves_after_a_restart(
+    harness: Harness,
+) -> None:
+    environment = harness.environment()
+    await harness.target(environment, "web-1")
+    agent = await harness.agent()
+    step = harness.step(environment, harness.release())
+    job = await harness.execute(step)
+    [task] = await agent.poll_until(1)
+    await harness.app.stop()
+    # What a result leaves behind when the process dies right after its transaction committed.
+    conn = await asyncpg.connect(harness.app.runtime.settings.database_url)
+    try:
+        await conn.execute(
+            "UPDATE deployment.tasks SET status = 'succeeded', finished_at = now() WHERE id = $1", task.task_id
+        )
+    finally:
+        await conn.close()
+    harness.app = harness.make_app()
+    await harness.app.start()
+    done = await harness.job_completed(job["id"])
+    assert done["outcome"] == "succeeded"
+    assert (await harness.completion(step))["status"] == "succeeded"

@@ -6,6 +6,7 @@ import uuid
 
 from stella.contracts import deployment as c
 from stella.contracts.agent import TaskType
+from stella.deployment.handlers import MAX_JOB_TARGETS
 
 from .conftest import Harness, digest
 
@@ -266,3 +267,41 @@ async def test_one_job_changes_an_environment_at_a_time(harness: Harness) -> Non
     await agent.report(task)
     [next_task] = await agent.poll_until(1)
     assert next_task.deployment is not None and next_task.deployment.job_id == uuid.UUID(second["id"])
+
+
+async def test_a_target_asked_for_while_the_promotion_service_is_away_is_a_503_and_works_when_repeated(
+    harness: Harness,
+) -> None:
+    environment = harness.environment()
+    command = harness.caller.message(
+        c.CreateTarget, environment_id=environment, name="web-1", target_type="docker_host"
+    )
+    harness.standins.silent = True
+    away = await harness.caller.client.command(c.CREATE_TARGET, command)
+    assert not away.ok and away.error.status == 503 and away.error.code == "SYS_UNAVAILABLE"
+    assert (await harness.counts())["targets"] == 0
+    harness.standins.silent = False
+    back = await harness.caller.client.command(c.CREATE_TARGET, command, resend=True)
+    assert back.ok, back.error
+    assert (await harness.counts())["targets"] == 1
+
+
+async def test_an_environment_with_more_targets_than_one_job_carries_fails_the_step_and_plans_nothing(
+    harness: Harness,
+) -> None:
+    environment = harness.environment()
+    async with harness.app.runtime.pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO targets (tenant_id, id, environment_id, name, target_type, created_at, updated_at)
+               SELECT $1, gen_random_uuid(), $2, 't' || n, 'docker_host', now(), now()
+                 FROM generate_series(1, $3) AS n""",
+            harness.caller.tenant_id,
+            environment,
+            MAX_JOB_TARGETS + 1,
+        )
+    step = harness.step(environment, harness.release())
+    await harness.execute(step)
+    completion = await harness.completion(step)
+    assert completion["status"] == "failed"
+    assert completion["outputs"]["code"] == "DEPLOY_TOO_MANY_TARGETS"
+    assert (await harness.counts())["jobs"] == 0

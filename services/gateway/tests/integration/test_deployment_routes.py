@@ -461,3 +461,88 @@ async def test_an_agent_sees_only_the_tasks_of_targets_assigned_to_it(world: Wor
         "items"
     ][0]
     assert job["status"] == "running"
+
+
+async def test_jobs_are_cancelled_and_rolled_back_through_the_api(world: World) -> None:
+    gateway = world.gateway
+    tenant = await gateway.tenant("a")
+    environment = world.environment(tenant)
+    for name in ("web-1", "web-2"):
+        body = {"name": name, "target_type": "docker_host"}
+        assert (
+            await gateway.call("POST", f"/api/v1/environments/{environment}/targets", tenant.token, json=body)
+        ).status_code == 201
+    agent_id, credential = await world.agent(tenant)
+    headers = agent_headers(credential)
+
+    async def deploy(version: str) -> str:
+        await world.deploy(tenant, environment, world.release(tenant, version))
+        tasks = (await gateway.call("GET", f"/api/v1/agents/{agent_id}/tasks?wait=5", None, headers=headers)).json()[
+            "tasks"
+        ]
+        assert len(tasks) == 2
+        now = datetime.now(UTC).isoformat()
+        for task in tasks:
+            result = {
+                "task_id": task["task_id"],
+                "idempotency_key": task["idempotency_key"],
+                "attempt": task["attempt"],
+                "status": "succeeded",
+                "sticker": task["sticker"],
+                "started_at": now,
+                "finished_at": now,
+            }
+            posted = await gateway.call(
+                "POST", f"/api/v1/agents/{agent_id}/tasks/{task['task_id']}/result", None, headers=headers, json=result
+            )
+            assert posted.json() == {"accepted": True}
+        return str(tasks[0]["deployment"]["job_id"])
+
+    await deploy("1")
+    second = await deploy("2")
+    assert_problem(
+        await gateway.call(
+            "POST", f"/api/v1/deployment-jobs/{second}/rollback", tenant.token, json={"target_ids": "all"}
+        ),
+        400,
+        "VAL_INVALID_REQUEST",
+    )
+    viewer = await gateway.principal_token(tenant, "viewer", ["viewer"])
+    assert_problem(
+        await gateway.call("POST", f"/api/v1/deployment-jobs/{second}/rollback", viewer.token), 403, "PERM_DENIED"
+    )
+    rollback = await gateway.call(
+        "POST", f"/api/v1/deployment-jobs/{second}/rollback", tenant.token, headers={"Idempotency-Key": "rb-1"}
+    )
+    assert rollback.status_code == 201, rollback.text
+    job = rollback.json()
+    assert job["rollback_of"] == second and job["kind"] == "rollback"
+    assert {t["components"][0]["digest"] for t in job["tasks"]} == {digest("api:1")}
+    replay = await gateway.call(
+        "POST", f"/api/v1/deployment-jobs/{second}/rollback", tenant.token, headers={"Idempotency-Key": "rb-1"}
+    )
+    assert replay.json()["id"] == job["id"]
+    assert_problem(
+        await gateway.call("POST", f"/api/v1/deployment-jobs/{second}/rollback", tenant.token),
+        409,
+        "DEPLOY_ENVIRONMENT_BUSY",
+    )
+
+    cancelled = await gateway.call("POST", f"/api/v1/deployment-jobs/{job['id']}/cancel", tenant.token)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert_problem(
+        await gateway.call(
+            "POST", f"/api/v1/deployment-jobs/{job['id']}/cancel", tenant.token, json={"reason": "again"}
+        ),
+        409,
+        "DEPLOY_JOB_STATE",
+    )
+    jobs = (await gateway.call("GET", "/api/v1/deployment-jobs?page_size=2", tenant.token)).json()
+    assert [j["id"] for j in jobs["items"]] == [job["id"], second]
+    following = await gateway.call(
+        "GET", f"/api/v1/deployment-jobs?page_size=2&page_token={jobs['next_page_token']}", tenant.token
+    )
+    assert len(following.json()["items"]) == 1
+    wrong_list = await gateway.call("GET", f"/api/v1/targets?page_token={jobs['next_page_token']}", tenant.token)
+    assert_problem(wrong_list, 400, "VAL_PAGE_TOKEN")

@@ -9,6 +9,19 @@ The agent channel (register, heartbeat, task feed, log chunks, results) is reque
 agent retries every call until it is answered and every call is idempotent (a registration token is used once,
 a log chunk is keyed by ``(task, attempt, seq)``, a result by ``(task, attempt)``), so nothing needs the
 commands stream's durability, and a poll answered quickly matters more.
+
+The gateway serves the agent channel over HTTP (bodies of :mod:`stella.contracts.agent`; the credential as
+``Authorization: Bearer stag_...``):
+
+* ``POST /api/v1/agents/register`` (:class:`~stella.contracts.agent.RegisterAgent`, no credential) -> 201
+  :class:`~stella.contracts.agent.AgentRegistered`;
+* ``POST /api/v1/agents/{id}/heartbeat`` (:class:`~stella.contracts.agent.Heartbeat`) ->
+  :class:`~stella.contracts.agent.HeartbeatAck`;
+* ``GET /api/v1/agents/{id}/tasks?wait=<s>&max_tasks=<n>`` -> ``{"tasks": [AgentTask, ...]}`` (long poll);
+* ``POST /api/v1/agents/{id}/tasks/{task_id}/logs`` (:class:`~stella.contracts.agent.LogChunk`) ->
+  ``{"accepted": bool}``;
+* ``POST /api/v1/agents/{id}/tasks/{task_id}/result`` (:class:`~stella.contracts.agent.TaskResult`) ->
+  ``{"accepted": bool}`` (False: an older attempt, or not this agent's task; nothing changed).
 """
 
 from __future__ import annotations

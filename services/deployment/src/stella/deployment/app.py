@@ -14,7 +14,7 @@ from faststream.nats import NatsRouter
 
 from stella.contracts.deployment import TASKS_READY_PREFIX
 from stella.contracts.envelope import utcnow
-from stella.deployment import subscribers
+from stella.deployment import metrics, subscribers
 from stella.deployment.handlers import Handlers
 from stella.deployment.settings import Settings
 from stella.kit.broker import CommandProcessor
@@ -96,4 +96,5 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Dep
             await app.timers.stop()
 
     app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start, on_stop=on_stop)
+    metrics.observe(app.runtime)
     return app

@@ -150,6 +150,13 @@ class InvalidStep(Unprocessable):
     title = "Invalid deployment step"
 
 
+class ProtocolUnsupported(Unprocessable):
+    """An agent speaking a protocol version this installation does not serve."""
+
+    code = "AGT_PROTOCOL_UNSUPPORTED"
+    title = "Agent protocol not supported"
+
+
 class InvalidConnection(ServiceError):
     """A target connection that names something it must not."""
 

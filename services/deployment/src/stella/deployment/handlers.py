@@ -38,7 +38,7 @@ from stella.contracts.agent import (
     TaskStatus,
     TaskType,
 )
-from stella.contracts.envelope import Command, Message, Page, Reply, utcnow
+from stella.contracts.envelope import Command, ErrorDetail, Message, Page, Reply, utcnow
 from stella.contracts.promotion import GET_ENVIRONMENT, EnvironmentView, GetEnvironment
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepRef, StepStatus
@@ -63,6 +63,13 @@ EVENT_KINDS: Final[frozenset[c.JobKind]] = frozenset({c.JobKind.DEPLOY, c.JobKin
 
 _MAX_ADVANCE_ROUNDS: Final[int] = 8
 
+MAX_JOB_TARGETS: Final[int] = 1200
+"""Most targets one environment's job deploys: its ``job_completed`` event (about 600 bytes a task) must fit
+one NATS message."""
+
+MAX_EVENT_BYTES: Final[int] = 768 * 1024
+"""Largest ``job_completed`` payload sent whole; NATS carries at most 1 MiB per message by default."""
+
 
 class DependencyUnavailable(TransientFault):
     """The promotion or release service did not answer; the command is retried later."""
@@ -73,6 +80,8 @@ class Effects:
     """What a transaction did that matters after it commits: tenants whose agents have tasks to lease."""
 
     tenants: set[UUID] = field(default_factory=set)
+    wake: bool = False
+    """Whether a due time (a pause between batches, a new deadline) may now come before the timer's next one."""
 
 
 class StepInputs(BaseModel):
@@ -140,11 +149,15 @@ class Handlers:
         self.clock = clock
         self._notify = notify
         self.on_scheduled = on_scheduled
+        self._next_sweep: datetime = clock()
+        """When the timer next looks at every running job (at once after a start: a crash may have left one
+        whose last task ended without the job moving)."""
 
     async def _after(self, effects: Effects) -> None:
         if effects.tenants and self._notify is not None:
             await self._notify(set(effects.tenants))
-        self.on_scheduled()
+        if effects.tenants or effects.wake:
+            self.on_scheduled()
 
     async def _run(
         self, cmd: Command, execute: Callable[[asyncpg.Connection, Effects], Awaitable[object]], **kw: Any
@@ -153,6 +166,7 @@ class Handlers:
 
         async def run(conn: asyncpg.Connection) -> object:
             effects.tenants.clear()
+            effects.wake = False
             return await execute(conn, effects)
 
         reply = await self.commands.run(cmd, run, **kw)
@@ -211,6 +225,11 @@ class Handlers:
             return await self._refuse(cmd, refusal)
         except domain.InvalidConnection as exc:
             return await self._refuse(cmd, exc)
+        except DependencyUnavailable as exc:
+            # Answered, not stored: the same request repeated runs again once the promotion service is back.
+            return Reply.failure(
+                ErrorDetail(code="SYS_UNAVAILABLE", status=503, title="Dependency unavailable", detail=str(exc))
+            )
 
         async def execute(conn: asyncpg.Connection, _: Effects) -> object:
             now = self.clock()
@@ -360,7 +379,7 @@ class Handlers:
         """Register an agent with a one-time token; answers its id and credential (stored hashed)."""
         body = q.registration
         if body.protocol_version != AGENT_PROTOCOL_VERSION:
-            raise domain.InvalidStep(
+            raise domain.ProtocolUnsupported(
                 f"agent protocol {body.protocol_version!r} is not served; use {AGENT_PROTOCOL_VERSION!r}"
             )
         async with self._pool().acquire() as conn, conn.transaction():
@@ -613,10 +632,24 @@ class Handlers:
             )
             job = await conn.fetchrow(repo.GET_JOB, q.tenant_id, task["job_id"]) if task["job_id"] else None
             await self._apply_to_target(conn, q, finished, job, now)
-            if job is not None:
-                await self._drive(conn, q.tenant_id, job["id"], now, effects)
+        # The job moves after the result committed, so results of one job are applied side by side; whichever
+        # commits last sees every other. A crash in between is caught by the timer's sweep of running jobs.
+        if job is not None:
+            await self._move_job(job, effects)
         await self._after(effects)
         return Reply.success({"accepted": True})
+
+    async def _move_job(self, job: Mapping[str, Any], effects: Effects) -> None:
+        """Advance a job if what it waits for has happened (one cheap count otherwise).
+
+        ``job`` may be a little old: the count then finds the batch it names over, and :meth:`_drive` reads
+        the job again under its lock.
+        """
+        async with self._pool().acquire() as conn:
+            if c.JobStatus(job["status"]).is_terminal or await self._nothing_to_do(conn, job):
+                return
+            async with conn.transaction():
+                await self._drive(conn, job["tenant_id"], job["id"], self.clock(), effects)
 
     async def _apply_to_target(
         self,
@@ -629,48 +662,46 @@ class Handlers:
         """What a task's result says about its target: what runs, its health, its sticker, drift."""
         result = source.result
         tenant_id = source.tenant_id
+        task_type = TaskType(task["type"])
+        running = {s.name: s.running_digest for s in result.components if s.running_digest}
+        if task_type in (TaskType.DEPLOY, TaskType.ROLLBACK) and result.status == "succeeded":
+            body = AgentTask.model_validate(task["body"])
+            specs = [s.model_dump(mode="json") for s in body.components]
+            current = {s.name: s.digest for s in body.components} | running
+            sticker = result.sticker or body.sticker
+            release = (body.sticker or {}).get("release") or {}
+            deployed = await conn.fetchval(
+                repo.SET_TARGET_DEPLOYED,
+                tenant_id,
+                task["target_id"],
+                current,
+                specs,
+                UUID(release["id"]) if release.get("id") else None,
+                release.get("name"),
+                sticker,
+                "healthy",
+                now,
+            )
+            if deployed and sticker is not None:
+                await conn.execute(
+                    repo.INSERT_STICKER,
+                    tenant_id,
+                    uuid4(),
+                    task["target_id"],
+                    UUID(release["id"]) if release.get("id") else None,
+                    job["promotion_id"] if job else None,
+                    task["job_id"],
+                    task["id"],
+                    sticker,
+                    str(sticker.get("content_hash", "")),
+                    now,
+                )
+            return
         target = await conn.fetchrow(repo.GET_TARGET_FOR_UPDATE, tenant_id, task["target_id"])
         if target is None:
             return  # deleted since
-        task_type = TaskType(task["type"])
-        running = {s.name: s.running_digest for s in result.components if s.running_digest}
         if task_type in (TaskType.DEPLOY, TaskType.ROLLBACK):
-            if result.status == "succeeded":
-                body = AgentTask.model_validate(task["body"])
-                specs = [s.model_dump(mode="json") for s in body.components]
-                current = {s.name: s.digest for s in body.components} | running
-                sticker = result.sticker or body.sticker
-                release = (body.sticker or {}).get("release") or {}
-                updated = await conn.fetchrow(
-                    repo.SET_TARGET_DEPLOYED,
-                    tenant_id,
-                    target["id"],
-                    current,
-                    specs,
-                    UUID(release["id"]) if release.get("id") else None,
-                    release.get("name"),
-                    sticker,
-                    "healthy",
-                    now,
-                )
-                if sticker is not None:
-                    await conn.execute(
-                        repo.INSERT_STICKER,
-                        tenant_id,
-                        uuid4(),
-                        target["id"],
-                        UUID(release["id"]) if release.get("id") else None,
-                        job["promotion_id"] if job else None,
-                        task["job_id"],
-                        task["id"],
-                        sticker,
-                        str(sticker.get("content_hash", "")),
-                        now,
-                    )
-                await add_events(
-                    conn, [(c.TARGET_CHANGED, source.caused(c.TargetChanged, target=repo.target_view(updated)))]
-                )
-            elif running:
+            if running:
                 health = "unhealthy" if result.error_code == "AGT_HEALTH_CHECK_FAILED" else target["health_status"]
                 await conn.execute(repo.SET_TARGET_RUNNING, tenant_id, target["id"], running, health, now)
         elif task_type is TaskType.HEALTH_CHECK:
@@ -744,6 +775,13 @@ class Handlers:
             environment = await self._environment(cmd, inputs.environment_id)
             release = await self._release(cmd, inputs.release_id)
             spec = strategy_of(environment, cmd.config)
+            async with self._pool().acquire() as conn:
+                count = await conn.fetchval(repo.COUNT_TARGETS, cmd.tenant_id, environment.id)
+            if count > MAX_JOB_TARGETS:
+                raise domain.InvalidStep(
+                    f"environment {environment.name} has {count} targets; one job deploys at most {MAX_JOB_TARGETS}",
+                    code="DEPLOY_TOO_MANY_TARGETS",
+                )
         except (Refused, domain.InvalidStep, ValidationError) as exc:
             return await self._fail_step(cmd, exc)
 
@@ -1021,7 +1059,7 @@ class Handlers:
             state = repo.job_state(job)
             if state.status.is_terminal or state.status in (c.JobStatus.PENDING, c.JobStatus.PAUSED):
                 return
-            rows = await conn.fetch(repo.TASKS_OF_JOB, tenant_id, job_id)
+            rows = await conn.fetch(repo.TASK_STATES_OF_JOB, tenant_id, job_id)
             progress = domain.advance(state, [repo.task_state(r) for r in rows], now)
             if not progress.changed:
                 return
@@ -1034,14 +1072,12 @@ class Handlers:
             if progress.release:
                 await conn.execute(repo.RELEASE_TASKS, tenant_id, list(progress.release), now)
                 effects.tenants.add(tenant_id)
+            if progress.next_batch_at is not None:
+                effects.wake = True
             status = progress.status
             reason = progress.reason if progress.reason is not None else job["reason"]
             if status is c.JobStatus.SUCCEEDED and c.JobKind(job["kind"]) is c.JobKind.VERIFY_DRIFT:
-                drifted = [
-                    r["target_name"]
-                    for r in rows
-                    if (r["result"] or {}).get("drift", {}) and r["result"]["drift"].get("drifted")
-                ]
+                drifted = [r["target_name"] for r in rows if r["drifted"]]
                 if drifted:
                     status = c.JobStatus.FAILED
                     reason = f"drift detected on {', '.join(sorted(drifted))}"
@@ -1187,33 +1223,33 @@ class Handlers:
         events: list[tuple[str, Message]] = []
         if kind in EVENT_KINDS:
             outcomes = [_outcome(r, logs[r["id"]]) for r in rows]
-            events.append(
-                (
-                    c.JOB_COMPLETED,
-                    c.JobCompleted(
-                        tenant_id=tenant_id,
-                        correlation_id=job["correlation_id"],
-                        job_id=job["id"],
-                        promotion_id=job["promotion_id"],
-                        release_id=job["release_id"],
-                        environment_id=job["environment_id"],
-                        strategy=job["strategy"],
-                        outcome=domain.outcome_of(status),
-                        rollback_of=job["rollback_of"],
-                        reason=job["reason"],
-                        tasks=outcomes,
-                        finished_at=now,
-                        release_name=job["release_name"],
-                        environment_name=job["environment_name"],
-                        artifacts=[
-                            {k: a.get(k) for k in ("type", "name", "content_hash")} | {"target_id": str(r["target_id"])}
-                            for r in rows
-                            for a in r["artifacts"]
-                        ],
-                        kind=kind,
-                    ),
-                )
+            completed = c.JobCompleted(
+                tenant_id=tenant_id,
+                correlation_id=job["correlation_id"],
+                job_id=job["id"],
+                promotion_id=job["promotion_id"],
+                release_id=job["release_id"],
+                environment_id=job["environment_id"],
+                strategy=job["strategy"],
+                outcome=domain.outcome_of(status),
+                rollback_of=job["rollback_of"],
+                reason=job["reason"],
+                tasks=outcomes,
+                finished_at=now,
+                release_name=job["release_name"],
+                environment_name=job["environment_name"],
+                artifacts=[
+                    {k: a.get(k) for k in ("type", "name", "content_hash")} | {"target_id": str(r["target_id"])}
+                    for r in rows
+                    for a in r["artifacts"]
+                ],
+                kind=kind,
             )
+            if len(completed.model_dump_json()) > MAX_EVENT_BYTES:
+                # One message has a size limit: the artifact list goes (each task still names its sticker's and
+                # lock file's hashes); a job too large even so is refused at planning (MAX_JOB_TARGETS).
+                completed = completed.model_copy(update={"artifacts": []})
+            events.append((c.JOB_COMPLETED, completed))
         if job["step_run_id"] is not None:
             step = StepRef(run_id=job["step_run_id"], node_id=job["step_node_id"], attempt=job["step_attempt"])
             ok = status is c.JobStatus.SUCCEEDED
@@ -1597,6 +1633,7 @@ class Handlers:
                 inspected = await conn.fetchval(repo.NEXT_DRIFT_CHECK)
             if inspected is not None:
                 due.append(inspected + timedelta(seconds=self.settings.drift_check_interval_s))
+        due.append(self._next_sweep)
         present = [d for d in due if d is not None]
         return min(present) if present else None
 
@@ -1642,6 +1679,12 @@ class Handlers:
             handled += 1
         if self.settings.drift_check_interval_s > 0:
             handled += await self._schedule_inspections(now, effects)
+        if self._next_sweep <= now:
+            self._next_sweep = now + timedelta(seconds=self.settings.job_sweep_s)
+            async with self._pool().acquire() as conn:
+                unfinished = await conn.fetch(repo.MOVING_JOBS, batch)
+            for job in unfinished:
+                await self._move_job(job, effects)
         await self._after(effects)
         return handled
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 import asyncpg
@@ -42,6 +42,7 @@ INSERT_TARGET = f"""
 GET_TARGET = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND id = $2"
 GET_TARGET_FOR_UPDATE = GET_TARGET + " FOR UPDATE"
 TARGETS_OF_ENVIRONMENT = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND environment_id = $2 ORDER BY name, id"
+COUNT_TARGETS = "SELECT count(*) FROM targets WHERE tenant_id = $1 AND environment_id = $2"
 TARGETS_BY_ID = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND id = ANY($2::uuid[])"
 LIST_TARGETS = f"""
     SELECT {_TARGET} FROM targets
@@ -60,11 +61,11 @@ TARGET_HELD = """
     SELECT EXISTS (SELECT 1 FROM tasks WHERE tenant_id = $1 AND target_id = $2
                    AND status IN ('pending', 'assigned', 'running'))
 """
-SET_TARGET_DEPLOYED = f"""
+SET_TARGET_DEPLOYED = """
     UPDATE targets SET current = $3, current_components = $4, current_release_id = $5, current_release_name = $6,
                        sticker = $7, health_status = $8, drift_detected = false, updated_at = $9
      WHERE tenant_id = $1 AND id = $2
-    RETURNING {_TARGET}
+    RETURNING true
 """
 SET_TARGET_RUNNING = (
     "UPDATE targets SET current = current || $3, health_status = $4, updated_at = $5 WHERE tenant_id = $1 AND id = $2"
@@ -211,7 +212,14 @@ INSERT_TASKS = """
            AS t(id, target_id, target_name, type, batch, key, capability, pinned, body, components, previous)
 """
 TASKS_OF_JOB = f"SELECT {_TASK} FROM tasks WHERE tenant_id = $1 AND job_id = $2 ORDER BY batch, target_name, id"
-TASKS_OF_JOB_FOR_UPDATE = TASKS_OF_JOB + " FOR UPDATE"
+TASK_STATES_OF_JOB = """
+    SELECT id, target_id, target_name, type, batch, status, released_at, attempt, components, previous,
+           coalesce((result -> 'drift' ->> 'drifted')::boolean, false) AS drifted
+      FROM tasks WHERE tenant_id = $1 AND job_id = $2 ORDER BY batch, target_name, id
+"""
+MOVING_JOBS = f"""
+    SELECT {_JOB} FROM jobs WHERE status IN ('running', 'rolling_back') ORDER BY created_at LIMIT $1
+"""
 GET_TASK = f"SELECT {_TASK} FROM tasks WHERE tenant_id = $1 AND id = $2"
 GET_TASK_FOR_UPDATE = GET_TASK + " FOR UPDATE"
 RELEASE_TASKS = """
@@ -471,11 +479,38 @@ def logs_hash(lines: Iterable[str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+JOB_VIEW_LOG_LINES: Final[int] = 20_000
+"""Log lines a job's view carries at most, shared by its tasks (the last lines of each), so the view of a job
+over many targets stays one message; ``logs_truncated`` says when a task's view holds fewer than it has."""
+
+_RESULT_SUMMARY: Final[tuple[str, ...]] = ("status", "error_code", "message", "components", "drift", "attempt")
+
+
 async def job_with_tasks(conn: asyncpg.Connection, tenant_id: UUID, row: Mapping[str, Any]) -> JobView:
-    """A job's full view: its tasks with their logs (two queries, whatever the task count)."""
+    """A job's view: its tasks with their logs (two queries, whatever the task count).
+
+    Each task's view carries its result's summary (not the sticker, which the target shows) and its
+    artifacts' names and hashes (not their content), and the last of its log lines within
+    :data:`JOB_VIEW_LOG_LINES` shared by every task.
+    """
     tasks = await conn.fetch(TASKS_OF_JOB, tenant_id, row["id"])
     logs = await logs_of(conn, tenant_id, [t["id"] for t in tasks])
-    return job_view(row, [task_view(t, logs[t["id"]]) for t in tasks])
+    per_task = max(20, JOB_VIEW_LOG_LINES // max(1, len(tasks)))
+    views = []
+    for task in tasks:
+        lines = logs[task["id"]]
+        view = task_view(task, lines[-per_task:])
+        result = task["result"]
+        views.append(
+            view.model_copy(
+                update={
+                    "logs_truncated": view.logs_truncated or len(lines) > per_task,
+                    "result": {k: result.get(k) for k in _RESULT_SUMMARY} if result else None,
+                    "artifacts": [{k: v for k, v in a.items() if k != "content"} for a in task["artifacts"]],
+                }
+            )
+        )
+    return job_view(row, views)
 
 
 def touched_at(row: Mapping[str, Any]) -> datetime | None:

@@ -38,5 +38,9 @@ class Settings(ServiceSettings):
     dependency_timeout_s: float = Field(default=5.0, gt=0, le=120)
     """Seconds to wait for the promotion and release services when a job is planned or a target created."""
 
+    job_sweep_s: float = Field(default=30.0, gt=0, le=3600)
+    """Seconds between looks at every running job, moving one whose last task ended while the process that
+    recorded it stopped before moving the job."""
+
     drift_check_interval_s: float = Field(default=3600.0, ge=0, le=30 * 86_400)
     """Seconds between scheduled drift inspections of a deployed target (0: only on demand)."""

@@ -84,7 +84,7 @@ class DeadLetterController(Controller):
         operation_id="getDeadLetter",
         summary="Get a dead letter",
         guards=[require(Resource.DEAD_LETTER, Action.READ)],
-        responses=problems(403, 404),
+        responses=problems(400, 403, 404),
     )
     async def get_dead_letter(
         self,
@@ -104,7 +104,7 @@ class DeadLetterController(Controller):
         summary="Replay a dead letter",
         status_code=202,
         guards=[require(Resource.DEAD_LETTER, Action.UPDATE)],
-        responses=problems(403, 404),
+        responses=problems(400, 403, 404),
     )
     async def replay_dead_letter(
         self,
