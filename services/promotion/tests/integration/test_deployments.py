@@ -205,3 +205,51 @@ async def test_job_events_are_applied_once_and_survive_a_restart(caller: Caller,
 
 def _body(msg: Any) -> dict[str, Any]:
     return json.loads(msg.data)
+
+
+async def test_jobs_that_deploy_nothing_for_the_promotion_leave_it_alone(caller: Caller, stack: Stack) -> None:
+    dev = await _environment(caller, "dev", 0)
+    release = await caller.ready_release("shop")
+    promotion = await _approved(caller, release, dev)
+    remediation = job_completed(caller, promotion, uuid.uuid4(), "succeeded", kind=d.JobKind.REMEDIATE)
+    other_env = job_completed(caller, promotion, uuid.uuid4(), "succeeded").model_copy(
+        update={"environment_id": uuid.uuid4()}
+    )
+    foreign = job_completed(caller, promotion, uuid.uuid4(), "succeeded").model_copy(update={"tenant_id": uuid.uuid4()})
+    for event in (remediation, other_env, foreign):
+        await publish_event(stack, d.JOB_COMPLETED, event)
+    job = uuid.uuid4()
+    # The promotion's own job, published last, is the only one that moves it.
+    done = await _ended(
+        stack, c.PROMOTION_COMPLETED, promotion, (d.JOB_COMPLETED, job_completed(caller, promotion, job, "succeeded"))
+    )
+    assert done["deployment_job_id"] == str(job)
+
+
+async def test_a_run_that_ends_without_a_deployment_gives_the_slot_to_the_next_promotion(
+    caller: Caller, stack: Stack
+) -> None:
+    dev = await _environment(caller, "dev", 0)
+    first_release = await caller.ready_release("first")
+    second_release = await caller.ready_release("second")
+    async with collect_messages(stack.nats.jetstream(), stack.wire(w.COMPLETE_STEP)) as completions:
+        first = await _approved(caller, first_release, dev)
+        second = await _approved(caller, second_release, dev)
+        # A run of a template without a deploy step (standard-promotion version 1) ends after its evidence.
+        ended = w.RunCompleted(
+            tenant_id=caller.tenant_id,
+            correlation_id=uuid.uuid4(),
+            run_id=uuid.UUID(first["workflow_run_id"]),
+            subject_id=uuid.UUID(first["id"]),
+            outputs={},
+            template_name="standard-promotion",
+        )
+        await publish_event(stack, w.RUN_COMPLETED, ended)
+        released = await first_match(completions, _gate_completion(second), timeout=20)
+    assert released["status"] == "succeeded"
+    kept = await _get(caller, first["id"])
+    assert kept["status"] == "approved"
+    assert kept["status_message"] == (
+        f"approved; no deployment: its workflow run {first['workflow_run_id']} (standard-promotion) ended "
+        "without a deployment job"
+    )

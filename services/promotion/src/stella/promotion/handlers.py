@@ -1237,7 +1237,11 @@ class Handlers:
             )
         promotion = stored.promotion
         if promotion.status is domain.PromotionStatus.APPROVED:
-            await self._leave_queue(conn, stored, reason, Origin.of(event))
+            outcome = "failed" if isinstance(event, w.RunFailed) else "ended"
+            ended = f"its workflow run {event.run_id} ({template}) {outcome} without a deployment job"
+            if isinstance(event, w.RunFailed) and event.error:
+                ended += f": {event.error}"
+            await self._leave_queue(conn, stored, ended, Origin.of(event))
             return
         waited_on_approvals = promotion.status is domain.PromotionStatus.PENDING_APPROVAL
         events = promotion.fail_workflow(reason=reason[:2000], now=self.clock())
@@ -1335,8 +1339,8 @@ class Handlers:
         self, conn: asyncpg.Connection, event: d.JobStarted | d.JobCompleted
     ) -> repo.StoredPromotion | None:
         """The promotion a job event is about, locked after its environment's queue (always in that order)."""
-        if event.promotion_id is None:
-            return None  # a remediation or another job that no promotion started
+        if event.promotion_id is None or event.kind not in (d.JobKind.DEPLOY, d.JobKind.ROLLBACK):
+            return None  # a remediation, a check, or another job that moves no promotion
         await repo.lock_deploy_queue(conn, event.tenant_id, event.environment_id)
         stored = await repo.get_promotion(conn, event.tenant_id, event.promotion_id, lock=True)
         if stored is None or stored.promotion.target_environment_id != event.environment_id:

@@ -175,14 +175,7 @@ STANDARD_PROMOTION_V2: Final = WorkflowTemplate(
             retry=RetryPolicy(max_attempts=1),
             timeout_s=HEALTH_CHECK_STEP_TIMEOUT_S,
         ),
-        Node(
-            id="evidence",
-            type=BuiltinStepType.EVIDENCE.value,
-            config={"packet_type": "release_decision"},
-            retry=RetryPolicy(max_attempts=3, backoff_s=10.0),
-            timeout_s=300.0,
-            run_on=RunOn.ALWAYS,
-        ),
+        STANDARD_PROMOTION.nodes[2],
     ),
     # gates -> deploy as well: an environment without approvals skips the approval step, and a step whose
     # predecessors were all skipped is skipped too; with the gate step as a second predecessor the

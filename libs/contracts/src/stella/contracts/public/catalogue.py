@@ -400,41 +400,30 @@ def _evidence(event: Event) -> EvidenceData:
 
 
 def _job(event: Event) -> DeploymentJobData:
+    assert isinstance(event, deployment.JobStarted | deployment.JobCompleted)
+    common: dict[str, Any] = {
+        "job_id": event.job_id,
+        "promotion_id": event.promotion_id,
+        "release_id": event.release_id,
+        "environment_id": event.environment_id,
+        "strategy": event.strategy,
+        "rollback_of": event.rollback_of,
+    }
     if isinstance(event, deployment.JobStarted):
-        return DeploymentJobData(
-            job_id=event.job_id,
-            promotion_id=event.promotion_id,
-            release_id=event.release_id,
-            environment_id=event.environment_id,
-            strategy=event.strategy,
-            rollback_of=event.rollback_of,
-            target_count=event.target_count,
-            at=event.started_at,
+        return DeploymentJobData(**common, target_count=event.target_count, at=event.started_at)
+    tasks = [
+        TaskOutcomeData(
+            task_id=t.task_id,
+            target_id=t.target_id,
+            target_name=t.target_name,
+            type=str(t.type),
+            status=str(t.status),
+            components=[DigestData(name=c.name, digest=c.digest) for c in t.components],
+            error_code=t.error_code,
         )
-    assert isinstance(event, deployment.JobCompleted)
-    return DeploymentJobData(
-        job_id=event.job_id,
-        promotion_id=event.promotion_id,
-        release_id=event.release_id,
-        environment_id=event.environment_id,
-        strategy=event.strategy,
-        rollback_of=event.rollback_of,
-        outcome=event.outcome,
-        reason=event.reason,
-        tasks=[
-            TaskOutcomeData(
-                task_id=t.task_id,
-                target_id=t.target_id,
-                target_name=t.target_name,
-                type=str(t.type),
-                status=str(t.status),
-                components=[DigestData(name=c.name, digest=c.digest) for c in t.components],
-                error_code=t.error_code,
-            )
-            for t in event.tasks
-        ],
-        at=event.finished_at,
-    )
+        for t in event.tasks
+    ]
+    return DeploymentJobData(**common, outcome=event.outcome, reason=event.reason, tasks=tasks, at=event.finished_at)
 
 
 def _agent(event: Event) -> AgentData:
