@@ -40,6 +40,12 @@ from .deployments import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
+STRATEGY_NOT_APPLIED = pytest.mark.xfail(
+    strict=True,
+    reason="the environment's config.deployment strategy does not reach the deployment job: jobs are planned "
+    "all-at-once whatever the environment says (seen as job.strategy == 'all-at-once')",
+)
+
 SERVICES = (*HEADLESS, "deployment")
 
 
@@ -157,6 +163,7 @@ async def test_a_release_promoted_to_dev_runs_on_two_docker_hosts_and_a_compose_
     assert report["ok"] is True
 
 
+@STRATEGY_NOT_APPLIED
 async def test_a_rolling_deployment_whose_second_batch_fails_rolls_every_touched_target_back(
     deploy_stack: Stack,
     agents: Agents,
@@ -191,7 +198,9 @@ async def test_a_rolling_deployment_whose_second_batch_fails_rolls_every_touched
     await settled(stack, promotion["id"], "rolled_back")
 
     job = await _job(stack, promotion["id"])
+    assert job["strategy"] == "rolling", job["strategy"]
     deploys = {task["target_name"]: task for task in job["tasks"] if task["type"] == "deploy"}
+    assert [deploys[f"web-{n}"]["batch"] for n in range(1, 5)] == [0, 0, 1, 1]
     assert deploys["web-1"]["status"] == deploys["web-2"]["status"] == "succeeded", job
     assert "failed" in {deploys["web-3"]["status"], deploys["web-4"]["status"]}, job
     rolled = {task["target_name"] for task in job["tasks"] if task["type"] == "rollback"}
@@ -205,6 +214,7 @@ async def test_a_rolling_deployment_whose_second_batch_fails_rolls_every_touched
     assert packet["content"]
 
 
+@STRATEGY_NOT_APPLIED
 async def test_a_canary_that_breaches_rolls_back_and_leaves_the_rest_untouched(
     deploy_stack: Stack,
     agents: Agents,
@@ -227,11 +237,69 @@ async def test_a_canary_that_breaches_rolls_back_and_leaves_the_rest_untouched(
     job = await _job(stack, promotion["id"])
     ran = {"succeeded", "failed", "timed_out"}
     canaries = {task["target_name"] for task in job["tasks"] if task["type"] == "deploy" and task["status"] in ran}
-    assert canaries == {"web-1"}, job
+    assert job["strategy"] == "canary", job["strategy"]
+    assert canaries == {"web-1"}, [
+        (t["target_name"], t["type"], t["batch"], t["status"], t["error_code"]) for t in job["tasks"]
+    ]
     for created in targets:
         assert app_images.v1.digest in running_digests(docker_engine, created["id"]), created["name"]
         if created["name"] not in canaries:
             assert container_of(docker_engine, created["id"])["Id"] == before[created["name"]], "never touched"
+
+
+@STRATEGY_NOT_APPLIED
+async def test_blue_green_switches_to_the_idle_group_only_once_it_is_healthy(
+    deploy_stack: Stack,
+    agents: Agents,
+    app_images: AppImages,
+    docker_engine: DockerEngine,
+    docker_janitor: DockerJanitor,
+) -> None:
+    stack = deploy_stack
+    agent = await agents.start("edge-1", STELLA_AGENT_MAX_CONCURRENT_TASKS="4")
+    dev = await environment(stack, "dev", 0, {"strategy": "blue-green", "group_label": "color"})
+    groups = {
+        color: [
+            await target(stack, docker_janitor, dev, f"{color}-{n}", agent, labels={"color": color}) for n in (1, 2)
+        ]
+        for color in ("blue", "green")
+    }
+    first = await release(stack, "shop-1", {"web": app_images.v1})
+    await settled(stack, (await promote(stack, first["id"], dev))["id"], "deployed")
+    blue = {created["id"]: container_of(docker_engine, created["id"])["Id"] for created in groups["blue"]}
+    for created in groups["green"]:
+        assert (
+            docker_engine.client.containers.list(all=True, filters={"label": [f"stella.target.id={created['id']}"]})
+            == []
+        )
+
+    # The idle group (green) gets a release that fails its health check: no switch, blue untouched.
+    broken = await release(stack, "shop-2", {"web": app_images.broken})
+    promotion = await promote(stack, broken["id"], dev)
+    final = await stack.until(
+        f"/api/v1/promotions/{promotion['id']}",
+        lambda p: p["status"] in {"failed", "rolled_back", "deployed"},
+        timeout=180,
+    )
+    assert final["status"] in {"failed", "rolled_back"}, final
+    job = await _job(stack, promotion["id"])
+    assert job["strategy"] == "blue-green", job["strategy"]
+    assert {task["target_name"] for task in job["tasks"] if task["type"] == "deploy"} == {"green-1", "green-2"}
+    for target_id, container_id in blue.items():
+        assert container_of(docker_engine, target_id)["Id"] == container_id
+        assert app_images.v1.digest in running_digests(docker_engine, target_id)
+
+    # A healthy release goes to green again (blue is still the active group), and then green is active.
+    second = await release(stack, "shop-3", {"web": app_images.v2})
+    promotion = await promote(stack, second["id"], dev)
+    await settled(stack, promotion["id"], "deployed")
+    job = await _job(stack, promotion["id"])
+    assert {task["target_name"] for task in job["tasks"] if task["type"] == "deploy"} == {"green-1", "green-2"}
+    assert "green" in job["reason"] and "active" in job["reason"], job["reason"]
+    for created in groups["green"]:
+        assert app_images.v2.digest in running_digests(docker_engine, created["id"])
+    for target_id, container_id in blue.items():  # kept as it was, for an instant rollback
+        assert container_of(docker_engine, target_id)["Id"] == container_id
 
 
 async def test_a_registry_serving_another_manifest_for_the_pinned_digest_fails_the_task_and_starts_nothing(
