@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
+from stella.contracts.canonical import content_hash
+
 from .conftest import Stack
 
 pytestmark = pytest.mark.e2e
@@ -162,6 +164,11 @@ async def test_promotion_through_environments_with_approvals_and_evidence(full_s
     actors = prod_packet["content"]["actors"]
     assert {a["id"] for a in actors["approvers"]} == approvers
     assert all(a["comment"] for a in actors["approvers"])
+    # The packet carries what the gates saw: its inputs_hash recomputes from the packet alone.
+    decision = prod_packet["content"]["decision"]
+    assert decision["inputs"]["gates"], decision
+    clock_and_inputs = {"clock": decision["evaluated_at"], "inputs": decision["inputs"]}
+    assert content_hash(clock_and_inputs) == decision["inputs_hash"]
 
     # A deployed promotion is final: it can no longer be cancelled (reference §3).
     status, body, _ = await stack.call("POST", f"/api/v1/promotions/{to_prod['id']}/cancel", json={})

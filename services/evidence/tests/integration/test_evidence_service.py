@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from prometheus_client import REGISTRY
 
 from stella.contracts.approval import GET_APPROVALS
+from stella.contracts.canonical import content_hash
 from stella.contracts.evidence import (
     COLLECT_EVIDENCE,
     COLLECT_PACKET,
@@ -54,6 +55,7 @@ from .conftest import (
     Caller,
     Upstream,
     approval_view,
+    decision_inputs,
     eventually,
     execute_step,
     packet_content,
@@ -151,7 +153,11 @@ async def test_an_evidence_step_stores_one_signed_packet_and_completes_the_step(
         (str(a), "approved", f"reviewed the diff ({i})") for i, a in enumerate(approvers)
     ]
     assert content["actors"]["approval"]["status"] == "granted"
-    assert content["decision"] == promotion.decision_record
+    # The decision record, and what the gates saw: inputs_hash recomputes from the packet alone.
+    assert promotion.decision_record is not None
+    assert content["decision"] == {**promotion.decision_record, "inputs": decision_inputs(promotion_id)}
+    clock_and_inputs = {"clock": content["decision"]["evaluated_at"], "inputs": content["decision"]["inputs"]}
+    assert content_hash(clock_and_inputs) == content["decision"]["inputs_hash"]
     assert content["execution"]["workflow_run_id"] == str(run_id)
 
     # The envelope is a DSSE-signed in-toto statement that verifies with the published key alone.

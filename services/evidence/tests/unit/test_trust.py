@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from stella.contracts.canonical import content_hash
 from stella.evidence import keylog, merkle
 from stella.evidence.bundle import TreeProof, build_bundle
 from stella.evidence.chain import FindingKind
@@ -165,3 +166,41 @@ def test_a_pinned_first_key_trusts_the_keys_it_handed_over_to(chain: Chain) -> N
     orphan = dict(second, signatures=[s for s in second["signatures"] if s["keyid"] == chain.new_key.key_ref])
     report = verify_bundle(_bundle(chain, chain.signed, chain.new_key, [first, orphan]), trusted_fingerprints=[pin])
     assert {FindingKind.UNKNOWN_KEY} == report.kinds_for(4), report.format_text()
+
+
+def test_a_decision_carrying_its_inputs_is_recomputed_and_a_changed_input_flagged(chain: Chain) -> None:
+    inputs = {"gates": [{"type": "freeze-window", "name": "freeze"}], "freeze_windows": [], "votes": ["bob"]}
+    evaluated_at = "2025-03-14T09:30:00Z"
+
+    def decided(changed: dict[str, Any]) -> list[SignedPacket]:
+        content = make_content(50)
+        content["decision"] = {
+            **content["decision"],
+            "evaluated_at": evaluated_at,
+            "inputs_hash": content_hash({"clock": evaluated_at, "inputs": inputs}),
+            "inputs": changed,
+        }
+        last = chain.signed[-1].packet
+        packet = build_packet(
+            packet_id=uuid.uuid4(),
+            tenant_id=chain.tenant_id,
+            packet_type=PacketType.RELEASE_DECISION,
+            content=content,
+            head=last.head,
+            created_at=last.created_at + timedelta(minutes=1),
+            signer_key_ref=chain.new_key.key_ref,
+            promotion_id=uuid.uuid4(),
+        )
+        return [*chain.signed, SignedPacket(packet=packet, envelope=sign_packet(packet, chain.new_key))]
+
+    honest = verify_bundle(
+        _bundle(chain, decided(inputs), chain.new_key, chain.key_log()), trusted_keys=PublicKeyRing(chain.public_keys)
+    )
+    assert honest.ok, honest.format_text()
+    assert any("1 decision(s) carry their inputs" in note for note in honest.notes)
+    # An input changed after the decision (a vote removed), even re-signed with the current key, shows.
+    changed = verify_bundle(
+        _bundle(chain, decided({**inputs, "votes": []}), chain.new_key, chain.key_log()),
+        trusted_keys=PublicKeyRing(chain.public_keys),
+    )
+    assert changed.kinds_for(7) == {FindingKind.DECISION_INPUTS_MISMATCH}, changed.format_text()

@@ -630,6 +630,11 @@ for path in sys.argv[1:]:
     print(packet["sequence"], "OK" if computed == packet["content_hash"] else "MISMATCH", path)
 ```
 
+A `release_decision` packet also carries what the gates saw, `content.decision.inputs` (release digests,
+environment settings, freeze windows, scan verdicts, votes). Its `inputs_hash` is `"sha256:"` and the hex
+SHA-256 of the RFC 8785 form of `{"clock": <decision.evaluated_at>, "inputs": <decision.inputs>}`, so a
+changed input shows without the service; the verifier of section 8 recomputes it for every such packet.
+
 ## 4. The packets form an unbroken chain
 
 Each packet carries the `content_hash` of the packet before it in `previous_hash`; the first packet of the

@@ -78,6 +78,8 @@ class FindingKind(StrEnum):
     """A packet (or checkpoint) is signed by a key outside its validity: before it began, or after it was retired."""
     KEY_VALIDITY_UNKNOWN = "key_validity_unknown"
     """No authenticated key log entry says when the signing key was valid."""
+    DECISION_INPUTS_MISMATCH = "decision_inputs_mismatch"
+    """A decision's ``inputs_hash`` is not the hash of the inputs the packet carries: an input was changed."""
     TREE_MISMATCH = "tree_mismatch"
     """The packets do not recompute the checkpoint's root: one was deleted, added or changed."""
 

@@ -34,20 +34,28 @@ from stella.contracts.evidence import (
     VerifyPacket,
 )
 from stella.contracts.evidence import PacketType as ContractPacketType
-from stella.contracts.promotion import GET_PROMOTION, GetPromotion, PromotionView
+from stella.contracts.promotion import (
+    GET_DECISION,
+    GET_PROMOTION,
+    DecisionView,
+    GetDecision,
+    GetPromotion,
+    PromotionView,
+)
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepStatus
 from stella.evidence import deployments, domain, repo, tree
 from stella.evidence.bundle import TreeProof, build_bundle
 from stella.evidence.domain import StoredPacket
 from stella.evidence.exports import ExportStore
-from stella.evidence.keys import PublicKey
+from stella.evidence.keys import PublicKey, PublicKeyRing
 from stella.evidence.packet import (
     EvidenceContentError,
     PacketType,
     SecretInEvidenceError,
     SignedPacket,
     build_packet,
+    reject_secrets,
     sign_packet,
     validate_content,
 )
@@ -122,8 +130,9 @@ class Handlers:
                 f"promotion {promotion_id} is {promotion.status}; its evidence waits for the decision"
             )
         approvals = await self._approvals(cmd, promotion_id) if domain.needs_approvals(run_inputs, promotion) else None
+        inputs = await self._decision_inputs(cmd, promotion)
         content = domain.release_decision_content(
-            promotion, approvals, workflow_run_id=cmd.run_id, node_id=cmd.node_id, attempt=cmd.attempt
+            promotion, approvals, workflow_run_id=cmd.run_id, node_id=cmd.node_id, attempt=cmd.attempt, inputs=inputs
         )
         try:
             validate_content(content)
@@ -328,6 +337,39 @@ class Handlers:
         except Refused as exc:
             raise PoisonMessage(f"promotion {promotion_id}: {exc.code}: {exc.detail}") from None
 
+    async def _decision_inputs(self, cmd: ExecuteStep, promotion: PromotionView) -> dict[str, Any] | None:
+        """What the promotion's gates saw, when the promotion service still holds this very decision.
+
+        ``None`` (the packet then carries the record without its inputs) when the promotion service has no
+        decision view for it, holds a later one, or the inputs hold something that looks like a secret.
+        """
+        try:
+            view = await ask(
+                self._client(),
+                GET_DECISION,
+                cmd.caused(GetDecision, promotion_id=promotion.id),
+                DecisionView,
+                timeout=self.dependency_timeout_s,
+                unavailable=lambda error: domain.DependencyUnavailable(
+                    f"promotion service: {error.code}: {error.detail}"
+                ),
+            )
+        except Refused as exc:
+            if exc.status == 404:
+                return None
+            raise PoisonMessage(f"decision of promotion {promotion.id}: {exc.code}: {exc.detail}") from None
+        recorded = (promotion.decision_record or {}).get("inputs_hash")
+        if recorded is None or view.record.get("inputs_hash") != recorded:
+            return None
+        try:
+            reject_secrets(view.inputs, "$.decision.inputs")
+        except SecretInEvidenceError as exc:
+            log.warning(
+                "decision inputs left out of the evidence", extra={"promotion_id": str(promotion.id), "error": str(exc)}
+            )
+            return None
+        return view.inputs
+
     async def _approvals(self, cmd: ExecuteStep, promotion_id: UUID) -> ApprovalRequestView | None:
         try:
             return await ask(
@@ -388,8 +430,11 @@ class Handlers:
                 raise domain.PacketNotFound(f"evidence packet {q.packet_id} does not exist")
             sequence = stored.packet.sequence
             previous = await repo.get_packet_at(conn, q.tenant_id, sequence - 1) if sequence > 1 else None
-            keyring = await repo.keyring(conn)
-        return Reply.success(domain.verify_stored_packet(stored, previous, keyring).model_dump(mode="json"))
+            keys = await repo.list_keys(conn)
+        keyring = PublicKeyRing(PublicKey.from_pem(k.public_key_pem.encode()) for k in keys)
+        validity = {k.key_ref: (k.created_at, k.retired_at) for k in keys}
+        view = domain.verify_stored_packet(stored, previous, keyring, validity)
+        return Reply.success(view.model_dump(mode="json"))
 
     async def list_keys(self, q: ListKeys) -> Reply:
         """Every public key that ever signed evidence, the active one and the retired ones, in one page.

@@ -15,7 +15,7 @@ import asyncpg
 from stella.contracts.evidence import KeyView
 from stella.evidence.domain import StoredPacket
 from stella.evidence.keylog import key_id
-from stella.evidence.keys import PublicKey, PublicKeyRing, SigningKey
+from stella.evidence.keys import PublicKey, SigningKey
 from stella.evidence.packet import ChainHead, EvidencePacket, PacketType
 
 _PACKET_COLUMNS = """id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content,
@@ -199,11 +199,6 @@ async def published_keys(conn: asyncpg.Connection) -> list[KeyView]:
         )
         for view in await list_keys(conn)
     ]
-
-
-async def keyring(conn: asyncpg.Connection) -> PublicKeyRing:
-    """The public keys of every key that ever signed evidence."""
-    return PublicKeyRing(PublicKey.from_pem(view.public_key_pem.encode()) for view in await list_keys(conn))
 
 
 async def get_key(conn: asyncpg.Connection, key_ref: str) -> KeyView | None:

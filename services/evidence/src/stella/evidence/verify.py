@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from uuid import UUID
 
-from stella.contracts.canonical import sha256_digest
+from stella.contracts.canonical import content_hash, sha256_digest
 from stella.evidence import keylog, merkle
 from stella.evidence.bundle import (
     CHECKPOINT_PATH,
@@ -585,6 +585,9 @@ def verify_bundle(
     if manifest is not None:
         _check_manifest_metadata(manifest, report, findings, packets, bundle_keys)
     _check_validity(packets, verified, key_log, findings, require=require_checkpoint)
+    replayed = _check_decision_inputs(packets, findings)
+    if replayed:
+        report.notes.append(f"{replayed} decision(s) carry their inputs; their inputs_hash was recomputed")
     if report.first_sequence is not None and report.first_sequence > 1:
         report.notes.append(
             f"the bundle starts at packet {report.first_sequence}: its link to packet {report.first_sequence - 1}, "
@@ -731,6 +734,36 @@ def _check_tree(
                 path=CHECKPOINT_PATH,
             )
         )
+
+
+def _check_decision_inputs(packets: Sequence[EvidencePacket], findings: list[Finding]) -> int:
+    """Recompute ``inputs_hash`` of every decision that carries its inputs; returns how many were checked.
+
+    ``inputs_hash`` is ``sha256:`` + hex SHA-256 of the RFC 8785 form of ``{"clock": evaluated_at, "inputs":
+    inputs}`` (the promotion service's definition), so a changed input, or a decision that does not follow
+    from the inputs it names, shows without the service.
+    """
+    checked = 0
+    for packet in packets:
+        decision = packet.content.get("decision")
+        if not isinstance(decision, Mapping) or "inputs" not in decision:
+            continue
+        checked += 1
+        try:
+            computed = content_hash({"clock": decision.get("evaluated_at"), "inputs": decision["inputs"]})
+        except ValueError as exc:
+            computed = f"(cannot be computed: {exc})"
+        if computed != decision.get("inputs_hash"):
+            findings.append(
+                Finding(
+                    FindingKind.DECISION_INPUTS_MISMATCH,
+                    f"decision.inputs_hash {decision.get('inputs_hash')} is not {computed}, the hash of the inputs "
+                    "the packet carries at its evaluated_at",
+                    sequence=packet.sequence,
+                    packet_id=packet.id,
+                )
+            )
+    return checked
 
 
 def _check_checkpoint_signer(
