@@ -27,7 +27,8 @@ from schemathesis.generation import GenerationMode
 
 from .conftest import HEADLESS, Stack, _running
 
-pytestmark = pytest.mark.e2e
+# Every operation twice (valid, schema-breaking) for EXAMPLES_PER_MODE requests: minutes on a busy machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 EXAMPLES_PER_MODE = int(os.environ.get("STELLA_FUZZ_EXAMPLES", "12"))
 """Generated requests per operation and generation mode (valid, schema-breaking)."""
