@@ -543,17 +543,28 @@ class EventRoutes:
         """Route ``subject`` (under this consumer's filter) to ``handler(event, conn)``."""
         self.routes[subject] = (model, handler)
 
-    async def apply(self, conn: asyncpg.Connection, raw: Msg, names: Names) -> None:
-        """Handle one delivery in ``conn``'s open transaction: claim it in the inbox, then run its handler.
+    def route(self, raw: Msg, names: Names) -> tuple[Event, EventHandler] | None:
+        """The parsed event of a delivery and its handler; None for an event this consumer does not handle.
 
         Raises:
             PoisonMessage: the payload is not a valid event of its subject.
         """
         route = self.routes.get(names.local(raw.subject))
         if route is None:
-            return  # an event this consumer does not handle
+            return None
         model, handler = route
-        event = parse(model, raw.data)
+        return parse(model, raw.data), handler
+
+    async def apply(self, conn: asyncpg.Connection, raw: Msg, names: Names) -> None:
+        """Handle one delivery in ``conn``'s open transaction: claim it in the inbox, then run its handler.
+
+        Raises:
+            PoisonMessage: the payload is not a valid event of its subject.
+        """
+        routed = self.route(raw, names)
+        if routed is None:
+            return  # an event this consumer does not handle
+        event, handler = routed
         _bind_context(event)
         if await claim_inbox(conn, self.consumer, event.message_id):
             await handler(event, conn)
@@ -653,10 +664,22 @@ class OrderedBatchConsumer:
         started = time.perf_counter()
         if all((m.metadata.num_delivered if m.metadata else 1) <= 1 for m in msgs):
             try:
+                routed = [(raw, self.routes.route(raw, names)) for raw in msgs]
                 async with self.routes.pool().acquire() as conn, conn.transaction():
-                    for raw in msgs:
+                    # One statement claims the batch's events in the inbox; each is handled once, in order.
+                    ids = [r[0].message_id for _, r in routed if r is not None]
+                    claimed = await claim_inbox_many(conn, consumer, ids) if ids else set()
+                    for raw, r in routed:
+                        if r is None:
+                            continue  # an event this consumer does not handle
+                        event, handler = r
+                        if event.message_id not in claimed:
+                            metrics.messages_handled.labels(consumer, "duplicate").inc()
+                            continue
+                        claimed.discard(event.message_id)
+                        _bind_context(event)
                         with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.routes.service):
-                            await self.routes.apply(conn, raw, names)
+                            await handler(event, conn)
             except Exception as exc:
                 log.debug("batch failed; handling its events one at a time", extra={"consumer": consumer}, exc_info=exc)
             else:
@@ -674,6 +697,11 @@ _CLAIM = """
     ON CONFLICT (consumer, message_id) DO NOTHING
     RETURNING true
 """
+_CLAIM_MANY = """
+    INSERT INTO inbox (consumer, message_id) SELECT $1, id FROM unnest($2::uuid[]) AS id
+    ON CONFLICT (consumer, message_id) DO NOTHING
+    RETURNING message_id
+"""
 _STORED_REPLY = "SELECT reply FROM inbox WHERE consumer = $1 AND message_id = $2"
 _STORE_REPLY = "UPDATE inbox SET reply = $3 WHERE consumer = $1 AND message_id = $2"
 
@@ -684,6 +712,14 @@ async def claim_inbox(conn: asyncpg.Connection, consumer: str, message_id: uuid.
     A concurrent delivery of the same message waits on the row until the first transaction ends.
     """
     return bool(await conn.fetchval(_CLAIM, consumer, message_id))
+
+
+async def claim_inbox_many(conn: asyncpg.Connection, consumer: str, message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Record that ``consumer`` handles each of ``message_ids`` in the open transaction, in one statement.
+
+    Returns the ids claimed now; an id handled before, or named twice, is claimed once.
+    """
+    return {row["message_id"] for row in await conn.fetch(_CLAIM_MANY, consumer, message_ids)}
 
 
 class CommandProcessor:
