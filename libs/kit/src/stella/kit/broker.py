@@ -518,6 +518,14 @@ def _failure(code: str, status: int, detail: str) -> dict[str, Any]:
     )
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A parsed event and the handler that runs it in the transaction (bound to what ``prepare`` read)."""
+
+    event: Event
+    handler: EventHandler
+
+
 async def _unreachable(event: Any, conn: asyncpg.Connection) -> None:
     raise AssertionError("a prepared event route is handled by its prepared handler")
 
@@ -568,12 +576,12 @@ class EventRoutes:
         self.prepared_handlers[subject] = handler
         self.routes[subject] = (model, _unreachable)
 
-    async def prepare(self, raw: Msg, names: Names) -> tuple[Event, Any] | None:
+    async def prepare(self, raw: Msg, names: Names) -> Prepared | None:
         """Parse one delivery and run its route's ``prepare`` step, before any transaction opens.
 
         Returns:
-            The event and what its ``prepare`` step read (None without one); None for an event this consumer
-            does not handle.
+            The event with its handler bound to what the ``prepare`` step read; None for an event this
+            consumer does not handle.
 
         Raises:
             PoisonMessage: the payload is not a valid event of its subject.
@@ -581,25 +589,28 @@ class EventRoutes:
         local = names.local(raw.subject)
         route = self.routes.get(local)
         if route is None:
-            return None  # an event this consumer does not handle
-        model, _ = route
+            return None
+        model, handler = route
         event = parse(model, raw.data)
-        _bind_context(event)
         preparer = self.preparers.get(local)
-        return event, (await preparer(event) if preparer is not None else None)
+        if preparer is None:
+            return Prepared(event, handler)
+        prepared, prepared_handler = await preparer(event), self.prepared_handlers[local]
 
-    async def apply(self, conn: asyncpg.Connection, raw: Msg, names: Names, ready: tuple[Event, Any] | None) -> None:
+        async def bound(event: Any, conn: asyncpg.Connection) -> None:
+            await prepared_handler(event, conn, prepared)
+
+        return Prepared(event, bound)
+
+    async def apply(self, conn: asyncpg.Connection, ready: Prepared | None) -> None:
         """Handle one prepared delivery in ``conn``'s open transaction: claim it in the inbox, then run its handler."""
         if ready is None:
-            return
-        event, prepared = ready
-        local = names.local(raw.subject)
-        if not await claim_inbox(conn, self.consumer, event.message_id):
-            metrics.messages_handled.labels(self.consumer, "duplicate").inc()
-        elif local in self.prepared_handlers:
-            await self.prepared_handlers[local](event, conn, prepared)
+            return  # an event this consumer does not handle
+        _bind_context(ready.event)
+        if await claim_inbox(conn, self.consumer, ready.event.message_id):
+            await ready.handler(ready.event, conn)
         else:
-            await self.routes[local][1](event, conn)
+            metrics.messages_handled.labels(self.consumer, "duplicate").inc()
 
     def attach(self, router: NatsRouter, host: Host) -> None:
         """Register the durable consumer on ``router`` (an ordered batch consumer on ``host``)."""
@@ -618,7 +629,7 @@ class EventRoutes:
         async def work() -> None:
             ready = await self.prepare(raw, names)
             async with self.pool().acquire() as conn, conn.transaction():
-                await self.apply(conn, raw, names, ready)
+                await self.apply(conn, ready)
 
         with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.service):
             return await settle(raw, self.consumer, host, work)
@@ -695,11 +706,21 @@ class OrderedBatchConsumer:
         started = time.perf_counter()
         if all((m.metadata.num_delivered if m.metadata else 1) <= 1 for m in msgs):
             try:
-                ready = [await self.routes.prepare(raw, names) for raw in msgs]
+                routed = [(raw, await self.routes.prepare(raw, names)) for raw in msgs]
                 async with self.routes.pool().acquire() as conn, conn.transaction():
-                    for raw, one in zip(msgs, ready, strict=True):
+                    # One statement claims the batch's events in the inbox; each is handled once, in order.
+                    ids = [r.event.message_id for _, r in routed if r is not None]
+                    claimed = await claim_inbox_many(conn, consumer, ids) if ids else set()
+                    for raw, r in routed:
+                        if r is None:
+                            continue  # an event this consumer does not handle
+                        if r.event.message_id not in claimed:
+                            metrics.messages_handled.labels(consumer, "duplicate").inc()
+                            continue
+                        claimed.discard(r.event.message_id)
+                        _bind_context(r.event)
                         with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.routes.service):
-                            await self.routes.apply(conn, raw, names, one)
+                            await r.handler(r.event, conn)
             except Exception as exc:
                 log.debug("batch failed; handling its events one at a time", extra={"consumer": consumer}, exc_info=exc)
             else:
@@ -717,6 +738,11 @@ _CLAIM = """
     ON CONFLICT (consumer, message_id) DO NOTHING
     RETURNING true
 """
+_CLAIM_MANY = """
+    INSERT INTO inbox (consumer, message_id) SELECT $1, id FROM unnest($2::uuid[]) AS id
+    ON CONFLICT (consumer, message_id) DO NOTHING
+    RETURNING message_id
+"""
 _STORED_REPLY = "SELECT reply FROM inbox WHERE consumer = $1 AND message_id = $2"
 _STORE_REPLY = "UPDATE inbox SET reply = $3 WHERE consumer = $1 AND message_id = $2"
 
@@ -727,6 +753,14 @@ async def claim_inbox(conn: asyncpg.Connection, consumer: str, message_id: uuid.
     A concurrent delivery of the same message waits on the row until the first transaction ends.
     """
     return bool(await conn.fetchval(_CLAIM, consumer, message_id))
+
+
+async def claim_inbox_many(conn: asyncpg.Connection, consumer: str, message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Record that ``consumer`` handles each of ``message_ids`` in the open transaction, in one statement.
+
+    Returns the ids claimed now; an id handled before, or named twice, is claimed once.
+    """
+    return {row["message_id"] for row in await conn.fetch(_CLAIM_MANY, consumer, message_ids)}
 
 
 class CommandProcessor:
