@@ -124,19 +124,24 @@ async def publish_event(stack: Stack, subject: str, event: Any) -> None:
     )
 
 
+def _job(caller: Caller, promotion: dict[str, Any], job_id: uuid.UUID, fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields every job event of the promotion carries (``fields`` may override them)."""
+    return {
+        "tenant_id": caller.tenant_id,
+        "correlation_id": uuid.uuid4(),
+        "job_id": job_id,
+        "promotion_id": uuid.UUID(promotion["id"]),
+        "release_id": uuid.UUID(promotion["release_id"]),
+        "environment_id": uuid.UUID(promotion["target_environment_id"]),
+        "strategy": "all-at-once",
+        **fields,
+    }
+
+
 def job_started(caller: Caller, promotion: dict[str, Any], job_id: uuid.UUID, **fields: Any) -> d.JobStarted:
     """The ``deployment.job_started`` the deployment service publishes for the promotion's job."""
     return d.JobStarted(
-        tenant_id=caller.tenant_id,
-        correlation_id=uuid.uuid4(),
-        job_id=job_id,
-        promotion_id=uuid.UUID(promotion["id"]),
-        release_id=uuid.UUID(promotion["release_id"]),
-        environment_id=uuid.UUID(promotion["target_environment_id"]),
-        strategy=fields.pop("strategy", "all-at-once"),
-        target_count=fields.pop("target_count", 0),
-        started_at=fields.pop("started_at", None) or datetime.now(UTC),
-        **fields,
+        **_job(caller, promotion, job_id, {"target_count": 0, "started_at": datetime.now(UTC), **fields})
     )
 
 
@@ -144,20 +149,8 @@ def job_completed(
     caller: Caller, promotion: dict[str, Any], job_id: uuid.UUID, outcome: str, **fields: Any
 ) -> d.JobCompleted:
     """The ``deployment.job_completed`` the deployment service publishes when the promotion's job ends."""
-    return d.JobCompleted(
-        tenant_id=caller.tenant_id,
-        correlation_id=uuid.uuid4(),
-        job_id=job_id,
-        promotion_id=uuid.UUID(promotion["id"]),
-        release_id=uuid.UUID(promotion["release_id"]),
-        environment_id=uuid.UUID(promotion["target_environment_id"]),
-        strategy=fields.pop("strategy", "all-at-once"),
-        outcome=outcome,
-        reason=fields.pop("reason", ""),
-        tasks=fields.pop("tasks", []),
-        finished_at=fields.pop("finished_at", None) or datetime.now(UTC),
-        **fields,
-    )
+    defaults = {"outcome": outcome, "reason": "", "tasks": [], "finished_at": datetime.now(UTC)}
+    return d.JobCompleted(**_job(caller, promotion, job_id, {**defaults, **fields}))
 
 
 @dataclass
