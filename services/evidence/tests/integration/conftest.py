@@ -403,18 +403,34 @@ class Auditor:
         unless ``args`` say otherwise); return its exit code and output."""
         if not args:
             args = ("--keys", str(await self.published_keys()))
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "stella.evidence.verify",
-            str(bundle),
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await asyncio.wait_for(process.communicate(), 120)
-        assert process.returncode is not None
-        return process.returncode, out.decode()
+        return await run_verifier(bundle, *args)
+
+
+async def run_verifier(bundle: Path, *args: str) -> tuple[int, str]:
+    """Run ``python -m stella.evidence.verify`` on ``bundle`` with ``args``; return its exit code and output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stella.evidence.verify",
+        str(bundle),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def published_keys(caller: Caller, directory: Path) -> Path:
+    """The keys the service publishes, written to a directory under ``directory`` as an auditor keeps them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return await Auditor(caller, directory).published_keys()
+
+
+async def verify_offline(bundle: Path, keys: Path) -> tuple[int, str]:
+    """Verify ``bundle`` offline trusting the published keys in ``keys``."""
+    return await run_verifier(bundle, "--keys", str(keys))
 
 
 @pytest_asyncio.fixture

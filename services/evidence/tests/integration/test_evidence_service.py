@@ -60,6 +60,8 @@ from .conftest import (
     execute_step,
     packet_content,
     promotion_view,
+    published_keys,
+    verify_offline,
 )
 
 
@@ -501,32 +503,6 @@ def _without(bundle: bytes, predicate) -> bytes:
     return out.getvalue()
 
 
-async def _published_keys(caller: Caller, directory: Path) -> Path:
-    """Write the keys the service publishes (``list_keys``) to ``directory``, as an auditor keeps them."""
-    reply = await caller.query(LIST_KEYS, ListKeys)
-    assert reply.ok, reply.error
-    directory.mkdir(exist_ok=True)
-    for key in reply.data["items"]:
-        (directory / f"{key['key_ref'].replace(':', '_')}.pem").write_text(key["public_key_pem"])
-    return directory
-
-
-async def _verify_offline(path: Path, keys: Path) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "stella.evidence.verify",
-        str(path),
-        "--keys",
-        str(keys),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, out.decode()
-
-
 async def test_an_export_larger_than_a_nats_message_goes_through_the_object_store_and_verifies_offline(
     caller: Caller, nats: Client, tmp_path: Path, evidence_settings: Settings
 ) -> None:
@@ -566,15 +542,15 @@ async def test_an_export_larger_than_a_nats_message_goes_through_the_object_stor
 
     path = tmp_path / export["filename"]
     path.write_bytes(bundle)
-    keys = await _published_keys(caller, tmp_path / "published-keys")
-    code, out = await _verify_offline(path, keys)
+    keys = await published_keys(caller, tmp_path / "published-keys")
+    code, out = await verify_offline(path, keys)
     assert code == 0, out
     assert f"OK: {count} packets, sequences 1..{count}" in out
 
     dropped = next(p for p in listed if p["sequence"] == 7)
     tampered = tmp_path / "without-7.tar.gz"
     tampered.write_bytes(_without(bundle, lambda name: name.endswith(f"{dropped['id']}.dsse.json")))
-    code, out = await _verify_offline(tampered, keys)
+    code, out = await verify_offline(tampered, keys)
     assert code == 1
     assert "[file_missing]" in out and "packet 7 is missing between packet 6 and it [gap]" in out
 
@@ -587,7 +563,7 @@ async def test_an_export_larger_than_a_nats_message_goes_through_the_object_stor
     assert (ranged.data["first_sequence"], ranged.data["last_sequence"]) == (expected[0], expected[-1])
     part = tmp_path / "range.tar.gz"
     part.write_bytes((await store.get(ranged.data["object"])).data or b"")
-    code, out = await _verify_offline(part, keys)
+    code, out = await verify_offline(part, keys)
     assert code == 0, out
 
     backwards = await caller.query(EXPORT_BUNDLE, ExportBundle, created_from=end, created_to=start)

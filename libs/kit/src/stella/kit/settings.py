@@ -88,8 +88,17 @@ class ServiceSettings(BaseSettings):
     )
     """Copies JetStream keeps of each stream: 1 on a single server, 3 in a three-node NATS cluster."""
 
-    db_pool_size: int = Field(default=20, ge=1, le=200)
-    """Maximum connections in the service's asyncpg pool."""
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    """Maximum connections in the service's asyncpg pool.
+
+    The budget on one Postgres: seven pools (six services and the gateway) of 10, plus one connection per
+    service for its outbox relay and two listeners, is about 80, below Postgres's default
+    ``max_connections`` of 100 (the embedded server's too). Raise it only with ``max_connections``, or put
+    PgBouncer in front (``STELLA_DATABASE_POOL_MODE=transaction``)."""
+
+    db_pool_min_size: int = Field(default=2, ge=0, le=200)
+    """Connections the pool opens at start and keeps (at most ``db_pool_size``): a burst then does not start
+    by opening connections."""
 
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("log_level", "STELLA_LOG_LEVEL"))
     """Root log level (DEBUG, INFO, WARNING...)."""

@@ -115,7 +115,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Eve
         app.purger = DueLoop(
             f"{NAME}-purge", next_purge_due, purge, clock=clock, max_sleep_s=PURGE_INTERVAL.total_seconds()
         )
-        subscribers.register(runtime, router, handlers)
+        subscribers.register(runtime, router, handlers, projection_batch_size=settings.projection_batch_size)
 
     async def on_start(runtime: ServiceRuntime) -> None:
         assert app.deliveries is not None and app.purger is not None  # built by register, which runs first

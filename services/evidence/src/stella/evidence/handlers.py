@@ -20,7 +20,8 @@ from uuid import UUID, uuid4, uuid5
 import asyncpg
 
 from stella.contracts.approval import GET_APPROVALS, ApprovalRequestView, GetApprovals
-from stella.contracts.envelope import Command, Page, Reply, utcnow
+from stella.contracts.deployment import DriftDetected, JobCompleted
+from stella.contracts.envelope import Message, Page, Reply, utcnow
 from stella.contracts.evidence import (
     PACKET_CREATED,
     CollectEvidence,
@@ -41,8 +42,9 @@ from stella.contracts.promotion import (
     GetPromotion,
     PromotionView,
 )
+from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepStatus
-from stella.evidence import domain, repo, tree
+from stella.evidence import deployments, domain, repo, tree
 from stella.evidence.bundle import TreeProof, build_bundle
 from stella.evidence.domain import StoredPacket
 from stella.evidence.exports import ExportStore
@@ -204,7 +206,7 @@ class Handlers:
     async def _append(
         self,
         conn: asyncpg.Connection,
-        cmd: Command,
+        cmd: Message,
         packet_type: PacketType,
         promotion_id: UUID | None,
         content: Mapping[str, Any],
@@ -241,7 +243,7 @@ class Handlers:
         return stored, True
 
     @staticmethod
-    def _created(cmd: Command, stored: StoredPacket) -> PacketCreated:
+    def _created(cmd: Message, stored: StoredPacket) -> PacketCreated:
         packet = stored.packet
         return cmd.caused(
             PacketCreated,
@@ -252,6 +254,73 @@ class Handlers:
             sequence=packet.sequence,
             content_hash=packet.content_hash,
         )
+
+    # --- deployment events ------------------------------------------------------------------------------
+
+    async def release_of(self, event: JobCompleted | DriftDetected) -> ReleaseView | None:
+        """Read the event's release (its image repositories) before the handler's transaction opens."""
+        if event.release_id is None:
+            return None
+        try:
+            return await ask(
+                self._client(),
+                GET_RELEASE,
+                event.caused(GetRelease, release_id=event.release_id),
+                ReleaseView,
+                timeout=self.dependency_timeout_s,
+                unavailable=lambda error: domain.DependencyUnavailable(
+                    f"release service: {error.code}: {error.detail}"
+                ),
+            )
+        except Refused as exc:
+            if exc.status == 404:
+                return None
+            raise PoisonMessage(f"release {event.release_id}: {exc.code}: {exc.detail}") from None
+
+    async def on_job_completed(
+        self, event: JobCompleted, conn: asyncpg.Connection, release: ReleaseView | None
+    ) -> None:
+        """A deployment job ended: its ``deployment`` packet, and a ``rollback`` packet when it rolled back.
+
+        One packet per job and type (its source key), so a redelivered or repeated event signs nothing twice.
+        """
+        for packet_type in deployments.packet_types_of(event):
+            content = deployments.job_content(packet_type, event, release)
+            await self._append_event(
+                conn, event, packet_type, event.promotion_id, content, deployments.job_source_key(packet_type, event)
+            )
+
+    async def on_drift_detected(
+        self, event: DriftDetected, conn: asyncpg.Connection, release: ReleaseView | None
+    ) -> None:
+        """An inspection found drift: a ``drift`` packet with the expected and actual digests (one per record)."""
+        content = deployments.drift_content(event, release)
+        if not content["release"]["components"]:
+            # Without the sticker's release no image is known, and evidence is always about images.
+            log.warning(
+                "drift without a known release: no drift packet",
+                extra={"target_id": str(event.target_id), "sticker_found": event.sticker_found},
+            )
+            return
+        await self._append_event(conn, event, PacketType.DRIFT, None, content, deployments.drift_source_key(event))
+
+    async def _append_event(
+        self,
+        conn: asyncpg.Connection,
+        event: Message,
+        packet_type: PacketType,
+        promotion_id: UUID | None,
+        content: dict[str, Any],
+        source_key: str,
+    ) -> None:
+        try:
+            validate_content(content)
+        except EvidenceContentError as exc:
+            # Built from the event and the stored release: every delivery would fail alike.
+            raise PoisonMessage(f"{packet_type} evidence cannot be recorded: {exc}") from None
+        stored, created = await self._append(conn, event, packet_type, promotion_id, content, source_key)
+        if created:
+            await add_events(conn, [(PACKET_CREATED, self._created(event, stored))])
 
     async def _promotion(self, cmd: ExecuteStep, promotion_id: UUID) -> PromotionView:
         try:

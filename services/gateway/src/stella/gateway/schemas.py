@@ -625,6 +625,8 @@ class PromotionOut(ResponseBody):
     freeze_override: dict[str, Any] | None
     status_message: str | None = Field(default=None, description="Why the promotion is where it is, in words.")
     reason_codes: list[str] = Field(default_factory=list, description="Stable codes behind status_message.")
+    deployment_job_id: UUID | None = Field(default=None, description="The deployment job of the promotion.")
+    rollback_job_id: UUID | None = Field(default=None, description="The job that rolled its deployment back.")
 
 
 class PromotionPage(ResponseBody):
