@@ -128,10 +128,19 @@ async def test_sign_in_matrix_approvals_with_separation_of_duties_and_security(
             await bob.get_by_role("button", name="Approve").click()
             await bob.wait_for_url(f"{base}/ui/approvals")
             await _settled(stack, to_prod["id"], expect="approved")
+            await stack.until(f"/api/v1/promotions/{to_prod['id']}/evidence", lambda b: len(b["items"]) >= 1)
             await bob.goto(f"{base}/ui/promotions/{to_prod['id']}")
             decision = bob.get_by_role("table", name="Decision record")
             assert "approval" in await decision.inner_text()
             await bob.screenshot(path=str(shots / "promotion.png"), full_page=True)
+
+            # Its evidence, verified: each check shown.
+            await bob.get_by_role("link", name="Verify").first.click()
+            assert "Verified: every check holds." in await bob.get_by_role("status").inner_text()
+            checks = await bob.get_by_role("table", name="Checks").inner_text()
+            assert "FAILS" not in checks and "holds" in checks
+            verify_path = bob.url.removeprefix(base)
+            await bob.screenshot(path=str(shots / "evidence.png"), full_page=True)
 
             # Another tenant's object URL is a 404, as in the API.
             outsider = await browser.new_context()
@@ -141,7 +150,7 @@ async def test_sign_in_matrix_approvals_with_separation_of_duties_and_security(
             assert answer is not None and answer.status == 404
 
             violations = await _serious_violations(
-                browser, base, stack.token, ["/ui", "/ui/approvals", f"/ui/promotions/{to_prod['id']}"]
+                browser, base, stack.token, ["/ui", "/ui/approvals", f"/ui/promotions/{to_prod['id']}", verify_path]
             )
             assert violations == {path: [] for path in violations}, violations
         finally:

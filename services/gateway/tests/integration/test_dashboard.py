@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from stella.contracts import approval as appr
+from stella.contracts import evidence as evid
 from stella.contracts import promotion as prom
 from stella.contracts.envelope import ErrorDetail, Reply
 from stella.gateway.controllers.ui import CSP, CSRF_FIELD, SESSION_COOKIE, SIGN_IN_COOKIE
@@ -157,6 +158,7 @@ async def test_another_tenants_promotion_is_a_404_page(gateway: Gateway, service
         return Reply.success(owned)
 
     services.on(prom.GET_PROMOTION, get_promotion)
+    services.answer(evid.LIST_PACKETS, views.page([]))
     async with _browser(gateway) as client:
         await _sign_in(client, theirs.token)
         assert (await client.get(f"/ui/promotions/{owned['id']}")).status_code == 200
@@ -235,3 +237,28 @@ async def test_sign_out_needs_the_csrf_token_and_ends_the_session(gateway: Gatew
         assert out.status_code == 303
         assert SESSION_COOKIE not in client.cookies
         assert (await client.get("/ui/approvals")).headers["location"] == "/ui/sign-in"
+
+
+async def test_a_packet_that_fails_verification_says_which_check_failed(gateway: Gateway, services: StandIn) -> None:
+    tenant = await gateway.tenant()
+    packet_id = str(uuid.uuid4())
+    services.answer(
+        evid.VERIFY_PACKET,
+        {
+            "packet_id": packet_id,
+            "valid": False,
+            "checks": {"signature": True, "content_hash": False, "chain": True},
+            "findings": ["content hash does not match the content"],
+        },
+    )
+    async with _browser(gateway) as client:
+        await _sign_in(client, tenant.token)
+        page = await client.get(f"/ui/evidence/{packet_id}")
+        malformed = await client.get("/ui/evidence/not-an-id")
+    assert page.status_code == 200, page.text
+    assert "Not valid" in page.text and 'role="alert"' in page.text
+    assert "<td>content_hash</td><td>FAILS</td>" in page.text
+    assert "<td>signature</td><td>holds</td>" in page.text
+    assert "content hash does not match the content" in page.text
+    assert services.last(evid.VERIFY_PACKET).payload["tenant_id"] == str(tenant.id)
+    assert malformed.status_code == 400

@@ -29,11 +29,13 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 from litestar.response import Redirect
 
+from stella.contracts import evidence
 from stella.contracts import promotion as contract
 from stella.contracts.envelope import PageRequest
 from stella.contracts.promotion import PromotionStatus
 from stella.gateway.auth import Identity
 from stella.gateway.controllers.promotions import cast_vote
+from stella.gateway.dependencies import parse_id
 from stella.gateway.permissions import Action, Resource
 from stella.gateway.problems import ProblemError
 from stella.gateway.relay import CallContext, Relay, parse_data
@@ -42,8 +44,10 @@ from stella.gateway.schemas import (
     EnvironmentOut,
     EnvironmentPage,
     EnvironmentStateOut,
+    PacketPage,
     PromotionOut,
     PromotionPage,
+    VerificationOut,
     VoteAction,
 )
 from stella.gateway.tracing import trace_id
@@ -74,6 +78,7 @@ SECURITY_HEADERS: Final[dict[str, str]] = {
 """Headers of every dashboard answer."""
 
 _ID = Parameter(description="Promotion id")
+_PACKET_ID = Parameter(description="Evidence packet id")
 _MAX_FORM_BYTES: Final[int] = 8192
 _MATRIX_PAGE: Final[int] = 500
 _SIGN_IN_TTL_S: Final[int] = 600
@@ -392,6 +397,46 @@ class DashboardController(Controller):
         response.headers.update(SECURITY_HEADERS)
         return response
 
+    async def _evidence(self, session: Session, promotion_id: UUID) -> str:
+        query = session.call.query(
+            evidence.ListPackets, promotion_id=promotion_id, page=PageRequest(page_size=_MATRIX_PAGE)
+        )
+        packets = parse_data(PacketPage, await session.relay.query(evidence.LIST_PACKETS, query)).items
+        if not packets:
+            return "<p>No evidence yet: a packet is signed once the promotion is decided.</p>"
+        rows = [
+            [
+                escape(packet.packet_type),
+                str(packet.sequence),
+                f"<code>{escape(packet.content_hash)}</code>",
+                escape(packet.created_at.isoformat()),
+                f'<a href="{UI_PREFIX}/evidence/{packet.id}">Verify</a>',
+            ]
+            for packet in packets
+        ]
+        return _table("Evidence", ["Packet", "Chain position", "Content hash", "Signed", "Check"], rows)
+
+    @get("/evidence/{packet_id:str}")
+    async def verify_evidence(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], packet_id: str = _PACKET_ID
+    ) -> Response[Any]:
+        """Verify an evidence packet (signature, content hash, chain link) and show each check."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        session.require(Resource.EVIDENCE, Action.READ)
+        query = session.call.query(evidence.VerifyPacket, packet_id=parse_id(packet_id, "packet_id"))
+        result = parse_data(VerificationOut, await session.relay.query(evidence.VERIFY_PACKET, query))
+        verdict = (
+            '<p class="open" role="status">Verified: every check holds.</p>'
+            if result.valid
+            else '<p class="message" role="alert">Not valid: see the failed checks.</p>'
+        )
+        rows = [[escape(name), "holds" if held else "FAILS"] for name, held in sorted(result.checks.items())]
+        findings = "".join(f"<li>{escape(finding)}</li>" for finding in result.findings)
+        body = verdict + _table("Checks", ["Check", "Result"], rows) + (f"<ul>{findings}</ul>" if findings else "")
+        return session.page("Evidence packet", body)
+
     async def _state(self, session: Session, environment: EnvironmentOut) -> EnvironmentStateOut:
         query = session.call.query(contract.GetEnvironmentState, environment_id=environment.id)
         return parse_data(EnvironmentStateOut, await session.relay.query(contract.GET_ENVIRONMENT_STATE, query))
@@ -431,6 +476,8 @@ class DashboardController(Controller):
             body += f"<p>Inputs hash: <code>{escape(str(record.get('inputs_hash', '')))}</code></p>"
         else:
             body += "<p>No decision yet: the gates are evaluated when the promotion is processed.</p>"
+        if session.identity.can(Resource.EVIDENCE, Action.READ):
+            body += await self._evidence(session, promotion.id)
         if promotion.status == PromotionStatus.PENDING_APPROVAL.value and session.identity.can(
             Resource.PROMOTION, Action.APPROVE
         ):
