@@ -14,25 +14,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import signal
 import socket
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiodocker
 import asyncpg
 
 from stella.kit.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("STELLA_STATE_DIR", ROOT / ".stella"))
-SERVICES = ("release", "promotion", "approval", "workflow", "evidence", "events")
+SERVICES = ("release", "promotion", "approval", "workflow", "deployment", "evidence", "events")
 """Headless services, started in this order before the gateway (those not installed are skipped)."""
 COLORS = ("36", "33", "35", "32", "34", "31", "96", "93")
+DOCKER_SOCKET = "unix:///var/run/docker.sock"
+"""Where the local agent's Docker engine must answer for `make run` to start one."""
+LOCAL_AGENT = "local"
+"""Name of the agent `make run` starts on this machine, and of the environment its targets are offered in."""
 
 
 @dataclass
@@ -44,6 +51,8 @@ class Child:
     color: str
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    env: dict[str, str] | None = None
+    """Its own environment, when it differs from the services' one."""
 
 
 def _port_free(port: int) -> bool:
@@ -109,7 +118,11 @@ async def _supervise(child: Child, env: dict[str, str], stopping: asyncio.Event)
     while not stopping.is_set():
         started = time.monotonic()
         child.process = await asyncio.create_subprocess_exec(
-            *child.argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT
+            *child.argv,
+            env=child.env or env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=ROOT,
         )
         assert child.process.stdout is not None
         pump = asyncio.create_task(_pump(child, child.process.stdout))
@@ -137,6 +150,137 @@ def _wait_ready(url: str, timeout: float) -> bool:
     return False
 
 
+async def _docker_answers(url: str = DOCKER_SOCKET) -> str | None:
+    """The engine's version when a Docker engine answers at ``url``, else None."""
+    docker = aiodocker.Docker(url=url)
+    try:
+        async with asyncio.timeout(5):
+            version = await docker.version()
+        return str(version.get("Version", "?"))
+    except Exception:
+        return None
+    finally:
+        await docker.close()
+
+
+def _api(base: str, token: str, method: str, path: str, body: object | None = None) -> tuple[int, object]:
+    """One call to the gateway as the first tenant's admin: (status, decoded body)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(  # noqa: S310 (loopback URL we built)
+        base + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 (loopback URL we built)
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw) if raw else None
+        except ValueError:
+            return exc.code, raw.decode(errors="replace")
+
+
+def _items(answer: object) -> list[dict[str, object]]:
+    if isinstance(answer, dict):
+        return list(answer.get("items") or [])
+    return list(answer) if isinstance(answer, list) else []
+
+
+def _local_environment(base: str, token: str) -> str:
+    """The id of the ``local`` environment, created after the others when missing."""
+    _, listing = _api(base, token, "GET", "/api/v1/environments?page_size=500")
+    environments = _items(listing)
+    for environment in environments:
+        if environment.get("name") == LOCAL_AGENT:
+            return str(environment["id"])
+    order = max((int(str(env.get("order_index", 0))) for env in environments), default=-1) + 1
+    status, created = _api(base, token, "POST", "/api/v1/environments", {"name": LOCAL_AGENT, "order_index": order})
+    if status != 201 or not isinstance(created, dict):
+        raise RuntimeError(f"cannot create the {LOCAL_AGENT} environment: {status} {created}")
+    return str(created["id"])
+
+
+def _registration_token(base: str, token: str) -> str:
+    status, created = _api(base, token, "POST", "/api/v1/agent-tokens", {"expires_in_s": 600})
+    if status != 201 or not isinstance(created, dict):
+        raise RuntimeError(f"cannot create an agent registration token: {status} {created}")
+    return str(created["token"])
+
+
+def _agent_id(base: str, token: str, name: str) -> str | None:
+    _, listing = _api(base, token, "GET", "/api/v1/agents?page_size=500")
+    for agent in _items(listing):
+        if agent.get("name") == name and agent.get("status") != "revoked":
+            return str(agent["id"])
+    return None
+
+
+def _offer_targets(base: str, token: str, agent_id: str) -> str:
+    """Make sure the ``local`` environment has this machine's docker_host and compose_host targets."""
+    environment = _local_environment(base, token)
+    _, listing = _api(base, token, "GET", f"/api/v1/environments/{environment}/targets?page_size=500")
+    existing = {str(target.get("name")) for target in _items(listing)}
+    wanted = [
+        {"name": "local-docker", "target_type": "docker_host", "connection": {"docker_url": DOCKER_SOCKET}},
+        {
+            "name": "local-compose",
+            "target_type": "compose_host",
+            "connection": {"docker_url": DOCKER_SOCKET, "project": "stella-local"},
+        },
+    ]
+    for target in wanted:
+        if target["name"] in existing:
+            continue
+        status, created = _api(
+            base, token, "POST", f"/api/v1/environments/{environment}/targets", {**target, "agent_id": agent_id}
+        )
+        if status != 201:
+            raise RuntimeError(f"cannot create the target {target['name']}: {status} {created}")
+    return environment
+
+
+async def _local_agent(base: str, token: str, env: dict[str, str]) -> Child | None:
+    """The agent `make run` starts on this machine when a Docker engine answers on its default socket.
+
+    On first start it gets a one-time registration token as the first tenant's admin; later starts use the
+    credential the agent stored under ``.stella/agent``. Its targets are offered in a ``local`` environment.
+    """
+    version = await _docker_answers()
+    if version is None:
+        _say(f"no Docker engine answers on {DOCKER_SOCKET}: no local agent started")
+        return None
+    state = STATE / "agent"
+    agent_env = {
+        **env,
+        "STELLA_AGENT_GATEWAY_URL": base,
+        "STELLA_AGENT_NAME": LOCAL_AGENT,
+        "STELLA_AGENT_STATE_DIR": str(state),
+        "STELLA_AGENT_DOCKER_URL": DOCKER_SOCKET,
+    }
+    if not (state / "credential.json").exists():
+        agent_env["STELLA_AGENT_REGISTRATION_TOKEN"] = await asyncio.to_thread(_registration_token, base, token)
+    _say(f"Docker {version} answers on {DOCKER_SOCKET}: starting the local agent (state in {state})")
+    return Child("agent", [sys.executable, "-m", "stella.agent"], "92", env=agent_env)
+
+
+async def _offer_local_targets(base: str, token: str) -> None:
+    """Once the local agent registered, offer its targets in the ``local`` environment."""
+    for _ in range(120):
+        agent_id = await asyncio.to_thread(_agent_id, base, token, LOCAL_AGENT)
+        if agent_id is not None:
+            environment = await asyncio.to_thread(_offer_targets, base, token, agent_id)
+            _say(
+                f"  Agent:  {LOCAL_AGENT} serves local-docker and local-compose in environment {LOCAL_AGENT} ({environment})"
+            )
+            return
+        await asyncio.sleep(0.5)
+    _say("the local agent did not register; see its log lines above")
+
+
 async def main() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     embedded: list[EmbeddedNats | EmbeddedPostgres] = []
@@ -154,6 +298,8 @@ async def main() -> int:
             embedded.append(pg)
             env["STELLA_DATABASE_URL"] = await _ensure_database(pg.url, "stella")
             _say(f"embedded Postgres on 127.0.0.1:{pg.port} (data in {STATE / 'postgres'})")
+        # Every service connects as its own least-privilege role; the user above only runs the migrations.
+        env.setdefault("STELLA_DATABASE_SERVICE_ROLES", "true")
         env.setdefault("STELLA_EVIDENCE_KEY_DIR", str(STATE / "keys"))
         env.setdefault("STELLA_EVENTS_KEY_DIR", str(STATE / "keys"))
         # On one's own machine a registry on loopback is the usual one (a deployed service refuses it by default).
@@ -221,6 +367,14 @@ async def main() -> int:
             _say(f"  Tenants: the platform admin's token (POST {base}/api/v1/tenants) is in {platform_file}")
             _say(f"  Env:    {STATE / 'env'} holds the connection settings for the command-line tools")
             _say(f'  Try:    curl -H "Authorization: Bearer $(cat {token_file})" {base}/api/v1/components')
+            try:
+                agent = await _local_agent(base, token, env) if token_file.exists() else None
+                if agent is not None:
+                    children.append(agent)
+                    tasks.append(asyncio.create_task(_supervise(agent, env, stopping)))
+                    await _offer_local_targets(base, token)
+            except (RuntimeError, OSError) as exc:
+                _say(f"the local agent could not be set up: {exc}")
             _say("Press Ctrl-C to stop.")
         elif not stopping.is_set():
             _say(f"the gateway did not become ready at {base}/readyz; still trying, see the logs above")

@@ -21,7 +21,7 @@ from .conftest import COMPOSE_FILE, ROOT, compose_command, docker_run
 
 pytestmark = pytest.mark.docker
 
-SERVICES = ("release", "promotion", "approval", "workflow", "evidence", "gateway")
+SERVICES = ("release", "promotion", "approval", "workflow", "deployment", "evidence", "gateway")
 
 
 def _config_env(tmp_path: Path) -> Path:

@@ -155,7 +155,7 @@ class Stack:
         self.procs.clear()
 
 
-HEADLESS = ("release", "promotion", "approval", "workflow", "evidence", "events")
+HEADLESS = ("release", "promotion", "approval", "workflow", "deployment", "evidence", "events")
 """Every headless service, in start order."""
 
 

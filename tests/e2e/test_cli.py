@@ -103,9 +103,9 @@ async def test_the_cli_walks_the_readme_flow(full_stack: Stack, tmp_path: Path) 
     assert "new year" in me("freeze", "list", "prod").output
     assert json.loads(me("-o", "json", "envs", "state", "prod").output)["closed"] is False
 
-    # Promote into dev and wait: no approvals needed, so it ends approved with its evidence: exit 0.
+    # Promote into dev and wait: no approvals needed and no targets, so it ends deployed at once: exit 0.
     waited = me("promote", "shop-1-4-2", "dev", "--reason", "sprint 42", "--wait", "--timeout", "120")
-    assert "approved" in waited.output
+    assert "deployed" in waited.output
     assert "gates" in waited.output and "evidence" in waited.output  # the steps of its workflow
 
     # prod needs an approval; the requester waits in one terminal while an approver approves in another.
@@ -122,7 +122,7 @@ async def test_the_cli_walks_the_readme_flow(full_stack: Stack, tmp_path: Path) 
         if waiting.poll() is None:
             waiting.kill()
     assert code == 0, output
-    assert "approved" in output
+    assert "deployed" in output
 
     # A rejected promotion ends --wait with a failure exit code.
     me("releases", "create", "shop-1-4-3", "-c", f"shop-api@{DIGEST}", "--ready")

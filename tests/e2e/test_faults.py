@@ -292,7 +292,7 @@ async def test_a_flow_of_promotions_survives_postgres_and_nats_outages(
         bundle.write_bytes(await resp.read())
     verified = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "stella.evidence.verify", str(bundle)],
+        [sys.executable, "-m", "stella.evidence.verify", str(bundle), "--trust-bundle-keys"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -146,9 +146,14 @@ async def test_nats_subscribers_and_webhooks_get_the_same_events_once_signed_and
                 "POST", "/api/v1/promotions", json={"release_id": release, "target_environment_id": env["id"]}
             )
             assert status == 201, promotion
-            # Everything up to the evidence of the promotion's decision.
+            # Everything up to the evidence of the promotion's decision (its workflow's last step, after the
+            # deployment: the environment has no targets, so that ends at once).
             async with asyncio.timeout(60):
-                while not any(json.loads(m.data)["type"] == "org.stellaops.evidence.recorded" for m in mine):
+                while not any(
+                    json.loads(m.data)["type"] == "org.stellaops.evidence.recorded"
+                    and json.loads(m.data)["data"]["packet_type"] == "release_decision"
+                    for m in mine
+                ):
                     await asyncio.sleep(0.1)
             async with asyncio.timeout(60):
                 while len({h["webhook-id"] for h, _, code in receiver.requests if code < 300}) < len(
@@ -167,6 +172,10 @@ async def test_nats_subscribers_and_webhooks_get_the_same_events_once_signed_and
         "org.stellaops.release.ready",
         "org.stellaops.promotion.requested",
         "org.stellaops.promotion.approved",
+        "org.stellaops.promotion.started",
+        "org.stellaops.promotion.completed",
+        "org.stellaops.deployment.job_started",
+        "org.stellaops.deployment.job_completed",
         "org.stellaops.evidence.recorded",
     ):
         assert expected in types, types
@@ -254,7 +263,8 @@ async def test_the_live_stream_resumes_mid_promotion_without_losing_or_repeating
             "POST", f"/api/v1/promotions/{promotion['id']}/approve", token=approver_token, json={"comment": "ok"}
         )
         assert status == 200, vote
-        await stack.until(f"/api/v1/promotions/{promotion['id']}/evidence", lambda b: len(b["items"]) == 1)
+        # The decision's packet and the deployment's (the environment has no targets: deployed at once).
+        await stack.until(f"/api/v1/promotions/{promotion['id']}/evidence", lambda b: len(b["items"]) == 2)
         resume = {**headers, "Last-Event-ID": str(before[-1][0])}
         async with session.get(
             url,
@@ -262,17 +272,32 @@ async def test_the_live_stream_resumes_mid_promotion_without_losing_or_repeating
             params={"type": ["org.stellaops.promotion.*", "org.stellaops.approval.*", "org.stellaops.evidence.*"]},
         ) as second:
             assert second.status == 200
-            after = await _sse_events(second, 3)  # approval.granted, promotion.approved, evidence.recorded
+            # approval.granted, promotion.approved, then the deployment's start and end and both packets.
+            after = await _sse_events(second, 6)
     streamed = [event for _, event in before + after]
     ids = [i for i, _ in before + after]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
-    assert [e["type"] for e in streamed] == [
+    types = [e["type"] for e in streamed]
+    assert types[:4] == [
         "org.stellaops.promotion.requested",
         "org.stellaops.approval.requested",
         "org.stellaops.approval.granted",
         "org.stellaops.promotion.approved",
-        "org.stellaops.evidence.recorded",
     ]
+    # The job's end reaches the promotion and the evidence services at once: their events may interleave.
+    assert sorted(types[4:]) == [
+        "org.stellaops.evidence.recorded",
+        "org.stellaops.evidence.recorded",
+        "org.stellaops.promotion.completed",
+        "org.stellaops.promotion.started",
+    ]
+    assert types.index("org.stellaops.promotion.started") < types.index("org.stellaops.promotion.completed")
     # The same events, in the same order, as the promotion's recorded timeline.
-    timeline = await stack.until(f"/api/v1/promotions/{promotion['id']}/events", lambda b: len(b["items"]) >= 5)
-    assert [e["id"] for e in timeline["items"]] == [e["id"] for e in streamed]
+    # (The timeline also holds the promotion's deployment job events, which the stream's filter left out.)
+    timeline = await stack.until(f"/api/v1/promotions/{promotion['id']}/events", lambda b: len(b["items"]) >= 10)
+    shown = [e for e in timeline["items"] if not e["type"].startswith("org.stellaops.deployment.")]
+    assert [e["id"] for e in shown] == [e["id"] for e in streamed]
+    assert sorted(e["type"] for e in timeline["items"] if e not in shown) == [
+        "org.stellaops.deployment.job_completed",
+        "org.stellaops.deployment.job_started",
+    ]

@@ -1,6 +1,7 @@
 """Promotions through the public API with every service running as a process: gates, approvals with
 separation of duties, freeze windows and overrides, ordering, crash safety, and the evidence each
-decision leaves behind."""
+decision leaves behind. The environments here have no targets: an approved promotion's deployment job ends
+at once and the promotion is deployed (the deployment end-to-end tests bring real targets)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
+from stella.contracts.canonical import content_hash
+
 from .conftest import Stack
 
 pytestmark = pytest.mark.e2e
 
 DIGESTS = {"api": "sha256:" + "a" * 64, "web": "sha256:" + "b" * 64}
-DECIDED = {"approved", "rejected", "cancelled"}
+DECIDED = {"deployed", "rejected", "cancelled", "failed", "rolled_back"}
 
 
 async def _release(stack: Stack, name: str) -> str:
@@ -74,11 +77,13 @@ async def _settled(stack: Stack, promotion_id: str, *, expect: str, timeout: flo
     return body
 
 
-async def _verified_packet(stack: Stack, promotion_id: str) -> dict[str, Any]:
-    """The promotion's release_decision packet, once stored, verified through the API."""
-    listing = await stack.until(f"/api/v1/promotions/{promotion_id}/evidence", lambda b: len(b["items"]) >= 1)
-    [packet] = listing["items"]
-    assert packet["packet_type"] == "release_decision"
+async def _verified_packet(stack: Stack, promotion_id: str, packet_type: str = "release_decision") -> dict[str, Any]:
+    """The promotion's packet of ``packet_type``, once stored, verified through the API."""
+    listing = await stack.until(
+        f"/api/v1/promotions/{promotion_id}/evidence",
+        lambda b: any(p["packet_type"] == packet_type for p in b["items"]),
+    )
+    [packet] = [p for p in listing["items"] if p["packet_type"] == packet_type]
     status, verdict, _ = await stack.call("POST", f"/api/v1/evidence/{packet['id']}/verify")
     assert status == 200, verdict
     assert verdict["valid"], verdict
@@ -102,10 +107,12 @@ async def test_promotion_through_environments_with_approvals_and_evidence(full_s
     assert body["code"] == "PROM_ORDER_VIOLATION"
     assert "staging" in body["detail"]
 
-    # dev: no approvals needed -> approved, every gate passed.
+    # dev: no approvals needed -> approved, every gate passed; no targets -> deployed at once.
     to_dev = await _promote(stack, release, dev)
     assert to_dev["status"] == "pending_gate"
-    approved = await _settled(stack, to_dev["id"], expect="approved")
+    approved = await _settled(stack, to_dev["id"], expect="deployed")
+    assert approved["status_message"] == "the environment has no targets: nothing to deploy"
+    assert approved["deployment_job_id"]
     status, decision, _ = await stack.call("GET", f"/api/v1/promotions/{to_dev['id']}/decision")
     assert status == 200, decision
     record = decision["record"]
@@ -118,8 +125,11 @@ async def test_promotion_through_environments_with_approvals_and_evidence(full_s
     assert dev_packet["content"]["decision"]["result"] == "allow"
     digests = {c["digest"] for c in dev_packet["content"]["release"]["components"]}
     assert digests == set(DIGESTS.values())
+    deployment = await _verified_packet(stack, to_dev["id"], "deployment")
+    assert deployment["content"]["execution"]["deployment_job_id"] == approved["deployment_job_id"]
+    assert deployment["content"]["execution"]["outcome"] == "succeeded"
 
-    await _settled(stack, (await _promote(stack, release, staging))["id"], expect="approved")
+    await _settled(stack, (await _promote(stack, release, staging))["id"], expect="deployed")
 
     # prod: two distinct approvers, the requester may not approve.
     to_prod = await _promote(stack, release, prod)
@@ -145,7 +155,7 @@ async def test_promotion_through_environments_with_approvals_and_evidence(full_s
         "POST", f"/api/v1/promotions/{to_prod['id']}/approve", token=bob_token, json={"comment": "lgtm"}
     )
     assert status == 200, body
-    final = await _settled(stack, to_prod["id"], expect="approved")
+    final = await _settled(stack, to_prod["id"], expect="deployed")
     approvers = {a["approver"] for a in final["decision_record"]["approvals"]}
     assert alice in approvers
     assert len(approvers) == 2
@@ -154,11 +164,16 @@ async def test_promotion_through_environments_with_approvals_and_evidence(full_s
     actors = prod_packet["content"]["actors"]
     assert {a["id"] for a in actors["approvers"]} == approvers
     assert all(a["comment"] for a in actors["approvers"])
+    # The packet carries what the gates saw: its inputs_hash recomputes from the packet alone.
+    decision = prod_packet["content"]["decision"]
+    assert decision["inputs"]["gates"], decision
+    clock_and_inputs = {"clock": decision["evaluated_at"], "inputs": decision["inputs"]}
+    assert content_hash(clock_and_inputs) == decision["inputs_hash"]
 
-    # An approved promotion has not started deploying, so it may still be cancelled (reference §3).
+    # A deployed promotion is final: it can no longer be cancelled (reference §3).
     status, body, _ = await stack.call("POST", f"/api/v1/promotions/{to_prod['id']}/cancel", json={})
-    assert status == 200, body
-    assert body["status"] == "cancelled"
+    assert status == 409, body
+    assert body["code"] == "PROM_ALREADY_TERMINAL"
 
 
 async def test_an_eligible_rejection_rejects_and_leaves_evidence(full_stack: Stack) -> None:
@@ -230,7 +245,7 @@ async def test_freeze_window_holds_a_promotion_until_an_exception_overrides_it(f
         json={"reason": "payment hotfix"},
     )
     assert status == 200, body
-    done = await _settled(stack, promotion["id"], expect="approved")
+    done = await _settled(stack, promotion["id"], expect="deployed")
     record = done["decision_record"]
     freeze = [g for g in record["gates"] if g["type"] == "freeze-window"]
     assert freeze
@@ -258,12 +273,18 @@ async def test_a_killed_service_mid_run_still_ends_in_the_right_state(
     assert status == 200, body
     stack.start(victim)
     await stack.wait_service(victim, nats)
-    done = await _settled(stack, promotion["id"], expect="approved", timeout=60)
+    done = await _settled(stack, promotion["id"], expect="deployed", timeout=60)
     assert len(done["decision_record"]["approvals"]) == 1
     # Every step ran once in effect: one run, each step succeeded on its first attempt, one packet.
     status, run, _ = await stack.call("GET", f"/api/v1/workflow-runs/{done['workflow_run_id']}")
     run = await stack.until(f"/api/v1/workflow-runs/{done['workflow_run_id']}", lambda r: r["status"] == "succeeded")
-    assert {s["node_id"]: s["attempt_number"] for s in run["steps"]} == {"gates": 1, "approval": 1, "evidence": 1}
+    assert {s["node_id"]: s["attempt_number"] for s in run["steps"]} == {
+        "gates": 1,
+        "approval": 1,
+        "deploy": 1,
+        "health-check": 1,
+        "evidence": 1,
+    }
     await _verified_packet(stack, promotion["id"])
 
 
@@ -316,7 +337,7 @@ async def test_evidence_follows_a_decision_made_while_the_evidence_service_is_do
     release = await _release(stack, "shop-evidence")
     stack.kill("evidence")
     promotion = await _promote(stack, release, dev)
-    await _settled(stack, promotion["id"], expect="approved")
+    await _settled(stack, promotion["id"], expect="deployed")
     status, listing, _ = await stack.call("GET", f"/api/v1/promotions/{promotion['id']}/evidence")
     assert status == 503 or listing["items"] == [], listing
 
@@ -334,7 +355,7 @@ async def test_evidence_follows_a_decision_made_while_the_evidence_service_is_do
         bundle.write_bytes(await resp.read())
     verified = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "stella.evidence.verify", str(bundle)],
+        [sys.executable, "-m", "stella.evidence.verify", str(bundle), "--trust-bundle-keys"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -228,6 +228,6 @@ async def test_connections_are_pooled_not_opened_per_request(stack: Stack) -> No
         after = (await conn.fetchrow(sessions, database))[1]
     finally:
         await conn.close()
-    # The pools may grow towards their size (20 each for the gateway and the release service) under this
+    # The pools may grow towards their size (10 each for the gateway and the release service) under this
     # concurrent load; a session per request would add at least 250.
     assert after - before <= 40, (before, after)

@@ -11,7 +11,7 @@ import pytest
 from cloudevents.core.formats.json import JSONFormat
 from jsonschema import Draft7Validator, ValidationError
 
-from stella.contracts import evidence, promotion, release
+from stella.contracts import deployment, evidence, promotion, release
 from stella.contracts.public import (
     BY_INTERNAL,
     BY_TYPE,
@@ -186,3 +186,111 @@ def test_filters() -> None:
     for bad in ("promotions", "promotions/1", "tenants/" + str(pid), "/promotions/" + str(pid)):
         with pytest.raises(ValueError, match="resource filter"):
             check_resource_filter(bad)
+
+
+def _wire(spec_subject: str, internal: object, tenant: uuid.UUID) -> dict:
+    spec = BY_INTERNAL[spec_subject]
+    assert spec.project is not None
+    data = spec.project(internal)  # type: ignore[arg-type]
+    event = to_cloudevent(spec, data, tenant_id=tenant, event_id=uuid.uuid4(), time=datetime.now(UTC))
+    wire = event.to_json()
+    JSONFormat().read(None, wire)
+    body = json.loads(wire)
+    name = "".join(part.capitalize() for part in f"{spec.context}_{spec.event}".split("_")) + "Event"
+    _validator(asyncapi.document(), name).validate(body)
+    return body
+
+
+def test_deployment_agent_and_drift_events_are_public_and_match_their_schemas() -> None:
+    tenant, job, promotion_id, release_id, env = (uuid.uuid4() for _ in range(5))
+    now = datetime.now(UTC)
+    digest = "sha256:" + "a" * 64
+    started = _wire(
+        deployment.JOB_STARTED,
+        deployment.JobStarted(
+            tenant_id=tenant,
+            correlation_id=uuid.uuid4(),
+            job_id=job,
+            promotion_id=promotion_id,
+            release_id=release_id,
+            environment_id=env,
+            strategy="rolling",
+            target_count=3,
+            started_at=now,
+        ),
+        tenant,
+    )
+    assert started["type"] == "org.stellaops.deployment.job_started"
+    assert started["source"] == f"/tenants/{tenant}/deployment-jobs/{job}"
+    assert started["data"]["target_count"] == 3
+    assert set(related_resources(started["type"], started["data"])) == {
+        f"deployment-jobs/{job}",
+        f"promotions/{promotion_id}",
+        f"releases/{release_id}",
+        f"environments/{env}",
+    }
+    task = deployment.TaskOutcome(
+        task_id=uuid.uuid4(),
+        target_id=uuid.uuid4(),
+        target_name="host-a",
+        type="deploy",
+        status="failed",
+        components=[{"name": "api", "digest": digest, "previous_digest": None}],
+        error_code="AGT_DIGEST_MISMATCH",
+        logs_hash=digest,
+    )
+    ended = _wire(
+        deployment.JOB_COMPLETED,
+        deployment.JobCompleted(
+            tenant_id=tenant,
+            correlation_id=uuid.uuid4(),
+            job_id=job,
+            promotion_id=promotion_id,
+            release_id=release_id,
+            environment_id=env,
+            strategy="rolling",
+            outcome="rolled_back",
+            reason="batch 2 failed",
+            tasks=[task],
+            finished_at=now,
+        ),
+        tenant,
+    )
+    assert ended["data"]["outcome"] == "rolled_back"
+    assert ended["data"]["tasks"][0]["error_code"] == "AGT_DIGEST_MISMATCH"
+    assert "logs_hash" not in ended["data"]["tasks"][0]
+    agent = _wire(
+        deployment.AGENT_STATUS_CHANGED,
+        deployment.AgentStatusChanged(
+            tenant_id=tenant,
+            correlation_id=uuid.uuid4(),
+            agent_id=job,
+            name="edge-1",
+            status="offline",
+            previous_status="online",
+            at=now,
+        ),
+        tenant,
+    )
+    assert (agent["type"], agent["data"]["status"], agent["subject"]) == (
+        "org.stellaops.agent.status_changed",
+        "offline",
+        str(job),
+    )
+    drift = _wire(
+        deployment.DRIFT_DETECTED,
+        deployment.DriftDetected(
+            tenant_id=tenant,
+            correlation_id=uuid.uuid4(),
+            target_id=job,
+            target_name="host-a",
+            environment_id=env,
+            release_id=release_id,
+            differences=[{"kind": "digest", "component": "api", "expected": digest, "actual": "sha256:" + "b" * 64}],
+            detected_at=now,
+        ),
+        tenant,
+    )
+    assert drift["type"] == "org.stellaops.target.drift_detected"
+    assert drift["data"]["differences"][0]["actual"] == "sha256:" + "b" * 64
+    assert check_resource_filter(f"targets/{job}") == f"targets/{job}"

@@ -83,3 +83,16 @@ def test_every_reason_a_template_cannot_run_a_promotion_is_named() -> None:
         )
         == []
     )
+
+
+def test_a_deploy_step_must_run_after_the_gates_and_approvals() -> None:
+    inputs = {key: {"required": False} for key in PROMOTION_RUN_INPUTS}
+    nodes = [_node("gates", "gate"), _node("approval", "approval"), _node("ship", "deploy")]
+    beside = [EdgeSpec(source="gates", target="approval"), EdgeSpec(source="gates", target="ship")]
+    after = [*beside, EdgeSpec(source="approval", target="ship")]
+
+    assert promotion_template_problems(inputs, nodes, after, needs_approval=True) == []
+    assert promotion_template_problems(inputs, nodes, beside, needs_approval=True) == [
+        "its deploy step 'ship' does not run after 'approval'; a promotion deploys only once its gates and "
+        "approvals allow it"
+    ]

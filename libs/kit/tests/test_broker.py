@@ -12,13 +12,14 @@ from nats.aio.client import Client
 
 from stella.contracts.envelope import Command, ErrorDetail, Event, Reply
 from stella.contracts.streams import (
+    EVENTS,
     HEADER_CONSUMER,
     HEADER_DELIVERIES,
     HEADER_ERROR,
     HEADER_MSG_ID,
     dead_letters_filter,
 )
-from stella.kit.broker import CommandProcessor, CommandRoutes, EventRoutes, ServiceClient
+from stella.kit.broker import CommandProcessor, CommandRoutes, EventRoutes, ServiceClient, declare_streams
 from stella.kit.errors import Conflict
 from stella.kit.naming import Names
 from stella.kit.outbox import OutboxRelay, add_event
@@ -254,3 +255,54 @@ def test_names_map_subjects_into_a_namespace_and_back() -> None:
     assert names.subject(ADD) == "stella.blue.cmd.kittest.add_item"
     assert names.local("stella.blue.cmd.kittest.add_item") == ADD
     assert Names().subject(ADD) == ADD
+
+
+async def test_a_batched_event_consumer_keeps_stream_order_and_one_effect_per_event(
+    start_runtime, settings, nats: Client
+) -> None:
+    """Events waiting when the consumer starts come in one fetch: handled in order, a repeat once, poison aside."""
+    seen: list[str] = []
+    js = nats.jetstream()
+    names = Names(settings.nats_namespace)
+    await declare_streams(js, names)
+    events = [ItemAdded(name=f"e{i}", **_ids()) for i in range(40)]
+    published: list[tuple[str, bytes]] = []
+    for i, event in enumerate(events):
+        published.append((f"m{i}", event.model_dump_json().encode()))
+        if i == 10:
+            published.append(("repeat", event.model_dump_json().encode()))  # the same event once more
+        if i == 20:
+            published.append(("poison", b'{"name": 42}'))
+    for msg_id, data in published:
+        await js.publish(names.subject(ADDED), data, headers={HEADER_MSG_ID: msg_id})
+
+    def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
+        async def on_added(event: ItemAdded, conn: asyncpg.Connection) -> None:
+            seen.append(event.name)
+            await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, event.name)
+
+        routes = EventRoutes("kittest", "ordered", "stella.evt.kittest.>", lambda: runtime.pool, batch_size=16)
+        routes.on(ADDED, ItemAdded, on_added)
+        routes.attach(router, runtime)
+
+    dlq = names.subject(dead_letters_filter("kittest-ordered"))
+    async with collect_messages(js, dlq) as dead:
+        runtime = await start_runtime(register)
+        [letter] = await dead.wait(1, timeout=15)
+        for _ in range(200):
+            if await _count(runtime, "e39") == 1:
+                break
+            await asyncio.sleep(0.05)
+    assert letter.headers is not None and letter.headers[HEADER_ERROR].startswith("unprocessable")
+    async with runtime.pool.acquire() as conn:
+        stored = [r["name"] for r in await conn.fetch("SELECT name FROM items ORDER BY id")]
+    assert stored == [e.name for e in events]  # each once, in stream order
+    # Handlers of a failed batch ran and were rolled back; what committed is the order above.
+    assert set(seen) == {e.name for e in events}
+    # Everything is acknowledged (acks follow the commit, so they may still be on their way).
+    for _ in range(100):
+        info = await js.consumer_info(names.stream(EVENTS), "kittest-ordered")
+        if info.num_ack_pending == 0 and info.num_pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from stella.kit.logs import JsonFormatter, QuietFetchTimeouts, correlation_id
+from stella.kit.logs import JsonFormatter, QuietFetchTimeouts, QuietTaskCallbacks, correlation_id
 
 
 def _record(msg: str, exc: BaseException | None = None, **extra: object) -> logging.LogRecord:
@@ -36,3 +36,14 @@ def test_only_the_idle_fetch_timeout_report_is_dropped() -> None:
     assert not quiet.filter(_record("Task-16 raised an exception, retrying...", TimeoutError()))
     assert quiet.filter(_record("Task-16 raised an exception, retrying...", RuntimeError("real")))
     assert quiet.filter(_record("handler failed", TimeoutError()))
+
+
+def test_task_callback_lines_are_dropped_at_info_and_nothing_else() -> None:
+    quiet = QuietTaskCallbacks()
+    callback = _record("callback for Task-42 is being executed...")
+    callback.levelno = logging.INFO
+    assert not quiet.filter(callback)
+    business = _record("promotion approved")
+    business.levelno = logging.INFO
+    assert quiet.filter(business)
+    assert quiet.filter(_record("callback for Task-42 is being executed..."))  # at ERROR: kept

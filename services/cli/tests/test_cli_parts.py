@@ -83,7 +83,7 @@ def test_not_logged_in_is_said_plainly(tmp_path: Path) -> None:
 def test_offline_verification_of_something_that_is_not_a_bundle(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not a bundle")
-    result = CliRunner().invoke(app, ["-o", "json", "evidence", "verify", str(junk)])
+    result = CliRunner().invoke(app, ["-o", "json", "evidence", "verify", str(junk), "--trust-bundle-keys"])
     assert result.exit_code == 2
     assert "cannot read bundle" in result.output
     assert "Traceback" not in result.output

@@ -22,11 +22,11 @@ from stella.agent.drivers.docker_host import ASIDE_SUFFIX, container_name, conta
 from stella.agent.drivers.engine_driver import Target
 from stella.contracts.agent import STICKER_FILE, HealthCheckSpec, PortMapping, RegistryCredential, TaskType
 from stella.testing.docker import DockerEngine, DockerJanitor
-from stella.testing.images import HTTP_PORT, VERSION_PATH, AppImage, AppImages, push_app_image
+from stella.testing.images import HTTP_PORT, VERSION_PATH, AppImages, push_app_image
 from stella.testing.messaging import unique_token
 from stella.testing.plugin import MakeRegistry
 from stella.testing.registry import LocalRegistry
-from stella.testing.tampering import TamperingRegistry
+from stella.testing.tampering import TamperingRegistry, tampered_image
 
 from .conftest import Component, TaskLog, TestTarget
 
@@ -216,17 +216,6 @@ async def test_rollback_deploys_the_previous_digest(
     assert app_images.v1.ref in running_repo_digests(docker_engine, name)
     assert result.components[0].running_digest == previous
     assert "rollback" in task_log.text
-
-
-def tampered_image(registry: LocalRegistry, proxy: TamperingRegistry, substitute: AppImage) -> AppImage:
-    """A new image (never pulled by the engine) named through ``proxy``, which serves ``substitute`` instead."""
-    marker = unique_token()
-    pinned = push_app_image(registry, f"stella-test/tampered-{marker}", "1.0.0", f"pinned {marker}")
-    substitute_here = push_app_image(
-        registry, f"stella-test/tampered-{marker}", "other", substitute.version, healthy=substitute.healthy
-    )
-    proxy.swap(f"stella-test/tampered-{marker}", pinned.digest, substitute_here.digest)
-    return AppImage(f"{proxy.address}/stella-test/tampered-{marker}", pinned.digest, pinned.version, True)
 
 
 async def test_a_registry_serving_another_manifest_is_refused_and_nothing_is_started_or_stopped(

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import inspect
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
@@ -26,8 +27,17 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from stella.contracts.approval import GET_APPROVALS, ApprovalRequestView, ApprovalStatus, VoteAction, VoteView
+from stella.contracts.canonical import content_hash
 from stella.contracts.envelope import Command, ErrorDetail, Reply
-from stella.contracts.promotion import GET_PROMOTION, PromotionStatus, PromotionView
+from stella.contracts.evidence import (
+    COLLECT_PACKET,
+    EXPORT_BUNDLE,
+    LIST_KEYS,
+    CollectEvidence,
+    ExportBundle,
+    ListKeys,
+)
+from stella.contracts.promotion import GET_DECISION, GET_PROMOTION, DecisionView, PromotionStatus, PromotionView
 from stella.contracts.streams import HEADER_MSG_ID, HEADER_REPLY_TO
 from stella.contracts.workflow import ExecuteStep
 from stella.evidence.app import MIGRATIONS, EvidenceApp, create_app
@@ -41,6 +51,17 @@ T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 def digest(seed: str) -> str:
     """A well-formed sha256 digest derived from ``seed``."""
     return "sha256:" + hashlib.sha256(seed.encode()).hexdigest()
+
+
+def decision_inputs(promotion_id: uuid.UUID) -> dict[str, Any]:
+    """What the promotion service's gates saw for the decision of ``promotion_view(promotion_id)``."""
+    return {
+        "gates": [{"type": "freeze-window", "name": "freeze", "config": {}}],
+        "freeze_windows": [
+            {"name": "year-end", "starts_at": "2026-12-20T00:00:00Z", "ends_at": "2027-01-02T00:00:00Z"}
+        ],
+        "release": {"id": str(uuid.uuid5(promotion_id, "release")), "digests": [digest(f"{promotion_id}-web")]},
+    }
 
 
 def promotion_view(
@@ -73,7 +94,7 @@ def promotion_view(
             for i, a in enumerate(approvers)
         ],
         "policy_digest": None,
-        "inputs_hash": digest(f"inputs-{promotion_id}"),
+        "inputs_hash": content_hash({"clock": "2026-03-02T10:00:01Z", "inputs": decision_inputs(promotion_id)}),
         "evaluated_at": "2026-03-02T10:00:01Z",
     }
     return PromotionView(
@@ -207,13 +228,15 @@ class Upstream:
     names: Names
     promotions: dict[uuid.UUID, list[PromotionView]] = field(default_factory=dict)
     approvals: dict[uuid.UUID, ApprovalRequestView] = field(default_factory=dict)
-    calls: dict[str, list[uuid.UUID]] = field(default_factory=lambda: {GET_PROMOTION: [], GET_APPROVALS: []})
+    calls: dict[str, list[uuid.UUID]] = field(
+        default_factory=lambda: {GET_PROMOTION: [], GET_APPROVALS: [], GET_DECISION: []}
+    )
     silent: set[str] = field(default_factory=set)
     _subs: list[Subscription] = field(default_factory=list)
 
     async def start(self, *subjects: str) -> None:
         """Answer ``subjects`` (both queries when none are named)."""
-        for subject in subjects or (GET_PROMOTION, GET_APPROVALS):
+        for subject in subjects or (GET_PROMOTION, GET_APPROVALS, GET_DECISION):
             self._subs.append(await self.nc.subscribe(self.names.subject(subject), cb=self._answer))
         await self.nc.flush()
 
@@ -235,6 +258,16 @@ class Upstream:
             answer = answers.pop(0) if len(answers) > 1 else answers[0]
         elif subject == GET_APPROVALS:
             answer = self.approvals.get(promotion_id)
+        elif subject == GET_DECISION and promotion_id in self.promotions:
+            latest = self.promotions[promotion_id][-1]
+            if latest.decision_record is not None:
+                answer = DecisionView(
+                    promotion_id=promotion_id,
+                    trigger="gates",
+                    evaluated_at=datetime(2026, 3, 2, 10, 0, 1, tzinfo=UTC),
+                    inputs=decision_inputs(promotion_id),
+                    record=latest.decision_record,
+                )
         if answer is None:
             reply = Reply.failure(ErrorDetail(code="RES_NOT_FOUND", status=404, title="not found", detail="no such"))
         else:
@@ -327,3 +360,81 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 15.0) -> Non
             if outcome:
                 return
             await asyncio.sleep(0.05)
+
+
+@dataclass
+class Auditor:
+    """What an auditor does with the service: collect packets to check, keep the published keys, verify a
+    bundle offline with the verifier command (a separate process, as on the auditor's machine)."""
+
+    caller: Caller
+    directory: Path
+
+    async def collect(self, index: int, **fields: object) -> dict[str, Any]:
+        """Store a ``deployment`` packet (``packet_content(index)`` unless ``content`` is given)."""
+        fields.setdefault("packet_type", "deployment")
+        fields.setdefault("content", packet_content(index))
+        reply = await self.caller.command(COLLECT_PACKET, CollectEvidence, **fields)
+        assert reply.ok, reply.error
+        return reply.data
+
+    async def published_keys(self) -> Path:
+        """Write the keys the service publishes (``list_keys``) to a directory of their own."""
+        reply = await self.caller.query(LIST_KEYS, ListKeys)
+        assert reply.ok, reply.error
+        keys = self.directory / "published-keys"
+        keys.mkdir(exist_ok=True)
+        for key in reply.data["items"]:
+            (keys / f"{key['key_ref'].replace(':', '_')}.pem").write_text(key["public_key_pem"])
+        (keys / "key-log.json").write_text(json.dumps([key["log_entry"] for key in reply.data["items"]]))
+        return keys
+
+    async def export(self, name: str = "evidence.tar.gz", **query: Any) -> Path:
+        """Export a bundle through the service and the object store, to a file."""
+        reply = await self.caller.query(EXPORT_BUNDLE, ExportBundle, **query)
+        assert reply.ok, reply.error
+        store = await self.caller.client.nc.jetstream().object_store(reply.data["bucket"])
+        path = self.directory / name
+        path.write_bytes((await store.get(reply.data["object"])).data or b"")
+        return path
+
+    async def verify_offline(self, bundle: Path, *args: str) -> tuple[int, str]:
+        """Run ``python -m stella.evidence.verify`` on ``bundle`` (with ``--keys`` of the published keys
+        unless ``args`` say otherwise); return its exit code and output."""
+        if not args:
+            args = ("--keys", str(await self.published_keys()))
+        return await run_verifier(bundle, *args)
+
+
+async def run_verifier(bundle: Path, *args: str) -> tuple[int, str]:
+    """Run ``python -m stella.evidence.verify`` on ``bundle`` with ``args``; return its exit code and output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stella.evidence.verify",
+        str(bundle),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def published_keys(caller: Caller, directory: Path) -> Path:
+    """The keys the service publishes, written to a directory under ``directory`` as an auditor keeps them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return await Auditor(caller, directory).published_keys()
+
+
+async def verify_offline(bundle: Path, keys: Path) -> tuple[int, str]:
+    """Verify ``bundle`` offline trusting the published keys in ``keys``."""
+    return await run_verifier(bundle, "--keys", str(keys))
+
+
+@pytest_asyncio.fixture
+async def auditor(caller: Caller, tmp_path: Path) -> Auditor:
+    directory = tmp_path / "auditor"
+    directory.mkdir()
+    return Auditor(caller, directory)

@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from prometheus_client import REGISTRY
 
 from stella.contracts.approval import GET_APPROVALS
+from stella.contracts.canonical import content_hash
 from stella.contracts.evidence import (
     COLLECT_EVIDENCE,
     COLLECT_PACKET,
@@ -50,7 +51,18 @@ from stella.evidence.settings import Settings
 from stella.evidence.signing import KeyRetired
 from stella.testing.messaging import MessageCollector, collect_messages
 
-from .conftest import Caller, Upstream, approval_view, eventually, execute_step, packet_content, promotion_view
+from .conftest import (
+    Caller,
+    Upstream,
+    approval_view,
+    decision_inputs,
+    eventually,
+    execute_step,
+    packet_content,
+    promotion_view,
+    published_keys,
+    verify_offline,
+)
 
 
 async def _fetchval(app: EvidenceApp, sql: str, *args: object) -> object:
@@ -141,7 +153,11 @@ async def test_an_evidence_step_stores_one_signed_packet_and_completes_the_step(
         (str(a), "approved", f"reviewed the diff ({i})") for i, a in enumerate(approvers)
     ]
     assert content["actors"]["approval"]["status"] == "granted"
-    assert content["decision"] == promotion.decision_record
+    # The decision record, and what the gates saw: inputs_hash recomputes from the packet alone.
+    assert promotion.decision_record is not None
+    assert content["decision"] == {**promotion.decision_record, "inputs": decision_inputs(promotion_id)}
+    clock_and_inputs = {"clock": content["decision"]["evaluated_at"], "inputs": content["decision"]["inputs"]}
+    assert content_hash(clock_and_inputs) == content["decision"]["inputs_hash"]
     assert content["execution"]["workflow_run_id"] == str(run_id)
 
     # The envelope is a DSSE-signed in-toto statement that verifies with the published key alone.
@@ -487,15 +503,6 @@ def _without(bundle: bytes, predicate) -> bytes:
     return out.getvalue()
 
 
-async def _verify_offline(path: Path) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "stella.evidence.verify", str(path), stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, out.decode()
-
-
 async def test_an_export_larger_than_a_nats_message_goes_through_the_object_store_and_verifies_offline(
     caller: Caller, nats: Client, tmp_path: Path, evidence_settings: Settings
 ) -> None:
@@ -535,14 +542,15 @@ async def test_an_export_larger_than_a_nats_message_goes_through_the_object_stor
 
     path = tmp_path / export["filename"]
     path.write_bytes(bundle)
-    code, out = await _verify_offline(path)
+    keys = await published_keys(caller, tmp_path / "published-keys")
+    code, out = await verify_offline(path, keys)
     assert code == 0, out
     assert f"OK: {count} packets, sequences 1..{count}" in out
 
     dropped = next(p for p in listed if p["sequence"] == 7)
     tampered = tmp_path / "without-7.tar.gz"
     tampered.write_bytes(_without(bundle, lambda name: name.endswith(f"{dropped['id']}.dsse.json")))
-    code, out = await _verify_offline(tampered)
+    code, out = await verify_offline(tampered, keys)
     assert code == 1
     assert "[file_missing]" in out and "packet 7 is missing between packet 6 and it [gap]" in out
 
@@ -555,7 +563,7 @@ async def test_an_export_larger_than_a_nats_message_goes_through_the_object_stor
     assert (ranged.data["first_sequence"], ranged.data["last_sequence"]) == (expected[0], expected[-1])
     part = tmp_path / "range.tar.gz"
     part.write_bytes((await store.get(ranged.data["object"])).data or b"")
-    code, out = await _verify_offline(part)
+    code, out = await verify_offline(part, keys)
     assert code == 0, out
 
     backwards = await caller.query(EXPORT_BUNDLE, ExportBundle, created_from=end, created_to=start)

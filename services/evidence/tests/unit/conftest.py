@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +11,10 @@ from typing import Any
 
 import pytest
 
-from stella.evidence.bundle import build_bundle
+from stella.contracts.canonical import sha256_digest
+from stella.evidence import keylog, merkle
+from stella.evidence.bundle import TreeProof, build_bundle
+from stella.evidence.checkpoint import Checkpoint, origin_for, sign_checkpoint
 from stella.evidence.keys import KeyAlgorithm, SigningKey, generate_key
 from stella.evidence.packet import ChainHead, PacketType, SignedPacket, build_packet, sign_packet
 
@@ -76,13 +80,63 @@ class Chain:
     new_key: SigningKey
     signed: list[SignedPacket]
     created_at: datetime
+    _tree: TreeProof | None = None
+    _key_log: list[dict[str, Any]] | None = None
 
     @property
     def public_keys(self) -> list:
         return [self.old_key.public_key, self.new_key.public_key]
 
+    def tree(self, size: int | None = None) -> TreeProof:
+        """The checkpoint of the first ``size`` packets (all by default), signed by the current key (ECDSA
+        signatures differ each time: the one of the whole chain is made once and kept)."""
+        if size is None:
+            if self._tree is None:
+                self._tree = self.tree(len(self.signed))
+            return self._tree
+        root = merkle.root_from_leaves([leaf_of(item) for item in self.signed[:size]])
+        note = sign_checkpoint(
+            Checkpoint(origin_for("stella.test/evidence", self.tenant_id), size, root),
+            self.new_key,
+            self.new_key.public_key,
+        )
+        return TreeProof(
+            checkpoint=note, tree_size=size, first_sequence=1 if size else None, last_sequence=size or None
+        )
+
+    @property
+    def rotated_at(self) -> datetime:
+        """When the new key took over: the creation time of its first packet."""
+        firsts = [s.packet.created_at for s in self.signed if s.packet.signer_key_ref == self.new_key.key_ref]
+        return firsts[0] if firsts else self.created_at
+
+    def key_log(self) -> list[dict[str, Any]]:
+        """The signed key log: the old key from the start, the new one from the rotation (handed over); made
+        once (ECDSA signatures differ each time)."""
+        if self._key_log is not None:
+            return self._key_log
+        first = keylog.entry_payload(0, self.old_key.public_key, EPOCH - timedelta(days=1), None)
+        second = keylog.entry_payload(1, self.new_key.public_key, self.rotated_at, sha256_digest(first))
+        self._key_log = [
+            keylog.sign_entry(first, [self.old_key]),
+            keylog.sign_entry(second, [self.new_key, self.old_key]),
+        ]
+        return self._key_log
+
     def bundle(self) -> bytes:
-        return build_bundle(self.signed, self.public_keys, tenant_id=self.tenant_id, created_at=self.created_at)
+        return build_bundle(
+            self.signed,
+            self.public_keys,
+            tenant_id=self.tenant_id,
+            created_at=self.created_at,
+            tree=self.tree(),
+            key_log=self.key_log(),
+        )
+
+
+def leaf_of(item: SignedPacket) -> bytes:
+    """The Merkle leaf hash of a signed packet: over its DSSE payload bytes."""
+    return merkle.leaf_hash(base64.b64decode(item.envelope["payload"]))
 
 
 def make_chain(count: int = 6, *, rotate_after: int = 3) -> Chain:

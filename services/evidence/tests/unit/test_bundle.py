@@ -37,12 +37,16 @@ def _members(data: bytes) -> list[tarfile.TarInfo]:
 
 
 def test_same_packets_give_the_same_bytes(chain: Any) -> None:
-    first = chain.bundle()
+    tree = chain.tree()
+    first = build_bundle(
+        chain.signed, chain.public_keys, tenant_id=chain.tenant_id, created_at=chain.created_at, tree=tree
+    )
     again = build_bundle(
         list(reversed(chain.signed)),
         list(reversed(chain.public_keys)),
         tenant_id=chain.tenant_id,
         created_at=chain.created_at,
+        tree=tree,
     )
     assert first == again
     assert first[4:8] == b"\x00\x00\x00\x00", "gzip header carries no timestamp"
@@ -56,11 +60,14 @@ def test_layout_names_modes_and_times(chain: Any) -> None:
     assert expected_envelopes[0] == f"envelopes/0000000001-{chain.signed[0].packet.id}.dsse.json"
     assert set(names) == {
         "VERIFY.md",
+        "checkpoint.txt",
         "envelopes",
+        "key-log.json",
         "keys",
         "manifest.json",
+        "tree.json",
         *expected_envelopes,
-        *(f"keys/{key.key_ref}.pem" for key in chain.public_keys),
+        *(f"keys/{key.key_ref.replace(':', '_')}.pem" for key in chain.public_keys),
     }
     mtime = int(chain.created_at.timestamp())
     for member in members:
@@ -114,7 +121,15 @@ def test_export_refuses_foreign_and_duplicate_packets(chain: Any, chain_factory:
 
 def test_write_bundle_to_a_file(tmp_path: Path, chain: Any) -> None:
     path = tmp_path / "export.tar.gz"
-    write_bundle(path, chain.signed, chain.public_keys, tenant_id=chain.tenant_id, created_at=chain.created_at)
+    write_bundle(
+        path,
+        chain.signed,
+        chain.public_keys,
+        tenant_id=chain.tenant_id,
+        created_at=chain.created_at,
+        tree=chain.tree(),
+        key_log=chain.key_log(),
+    )
     assert path.read_bytes() == chain.bundle()
     assert read_bundle(path).files.keys() == read_bundle(chain.bundle()).files.keys()
     with path.open("rb") as handle:
@@ -215,22 +230,24 @@ needs_tools = pytest.mark.skipif(
 )
 
 
-def _documented_blocks(bundle: bytes) -> tuple[list[str], str]:
+def _documented_blocks(bundle: bytes) -> tuple[list[str], list[str]]:
     text = read_bundle(bundle).files["VERIFY.md"].decode()
     blocks = re.findall(r"```(sh|python)\n(.*?)```", text, re.S)
     shell = [code for lang, code in blocks if lang == "sh"]
     python = [code for lang, code in blocks if lang == "python"]
-    assert len(shell) == 6 and len(python) == 1
-    return shell, python[0]
+    assert len(shell) == 8 and len(python) == 2
+    return shell, python
 
 
 def _run_documented(tmp_path: Path, bundle: bytes) -> subprocess.CompletedProcess[str]:
     archive = tmp_path / "evidence.tar.gz"
     archive.write_bytes(bundle)
-    shell, python = _documented_blocks(bundle)
-    (tmp_path / "check_hashes.py").write_text(python)
+    shell, (hashes, tree) = _documented_blocks(bundle)
+    (tmp_path / "check_hashes.py").write_text(hashes)
+    (tmp_path / "check_tree.py").write_text(tree)
     script = "\n".join(shell).replace("<bundle>.tar.gz", str(archive))
     script += f'\n"{sys.executable}" ../check_hashes.py envelopes/*.dsse.json\n'
+    script += f'\n"{sys.executable}" ../check_tree.py\n'
     return subprocess.run(
         ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
     )
@@ -249,7 +266,11 @@ def test_documented_commands_verify_an_untouched_bundle(tmp_path: Path, chain: A
     for sequence in range(1, 7):
         assert re.search(rf"^{sequence} OK envelopes/", out, re.M)
     for key in chain.public_keys:
-        assert f"keys/{key.key_ref}.pem {key.key_ref.split(':')[1]}" in out
+        name = key.key_ref.replace(":", "_")
+        assert re.search(rf"^keys/{name}.pem sha256:{key.key_ref.split(':')[1]}[0-9a-f]{{48}}$", out, re.M)
+    assert f"checkpoint signed by keys/{chain.new_key.key_ref.replace(':', '_')}.pem: 6 packets" in out
+    assert re.search(r"^OK$", out, re.M) and "MISMATCH" not in out
+    assert out.count("key valid: packet") == 6 and "KEY NOT VALID" not in out
 
 
 @needs_tools

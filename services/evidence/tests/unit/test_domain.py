@@ -26,6 +26,8 @@ from stella.evidence.packet import (
 )
 from stella.evidence.statement import PAYLOAD_TYPE, serialize_statement
 
+from .conftest import EPOCH
+
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 
 
@@ -287,3 +289,16 @@ def test_chain_links_report_a_missing_or_mismatched_predecessor(content_factory)
     wrong = verify_stored_packet(stored[2], stored[0], ring)
     assert _failing(wrong) == {"chain_link"}
     assert any("[broken_link]" in f and f"of packet 1 (id {stored[0].packet.id})" in f for f in wrong.findings)
+
+
+def test_the_api_verification_refuses_a_signature_outside_the_keys_validity(chain: Any) -> None:
+    stored = [StoredPacket(packet=s.packet, envelope=s.envelope) for s in chain.signed]
+    ring = PublicKeyRing(chain.public_keys)
+    rotation = chain.rotated_at
+    validity = {chain.old_key.key_ref: (EPOCH, rotation), chain.new_key.key_ref: (rotation, None)}
+    assert verify_stored_packet(stored[4], stored[3], ring, validity).valid
+    # The old key was retired before packet 3 was created: its signature on packet 3 no longer counts.
+    early = {**validity, chain.old_key.key_ref: (EPOCH, stored[2].packet.created_at)}
+    result = verify_stored_packet(stored[2], stored[1], ring, early)
+    assert not result.valid and {k for k, ok in result.checks.items() if not ok} == {"key_validity"}
+    assert "[key_not_valid]" in result.findings[0]

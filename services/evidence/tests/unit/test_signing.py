@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from stella.evidence import signing
 from stella.evidence.domain import SignerOutOfDate
-from stella.evidence.keys import KeyAlgorithm, generate_key, save_private_key
+from stella.evidence.keys import KeyAlgorithm, KeyFormatError, generate_key, save_private_key
 from stella.evidence.settings import KEY_FILE_NAME, Settings
 from stella.evidence.signing import ActiveSigner, KeyFile
 
@@ -59,14 +60,19 @@ def test_replacing_destroys_the_old_private_key(tmp_path: Path) -> None:
 
 
 class _Database:
-    """Answers the one query :meth:`ActiveSigner.current` makes: the active key's reference."""
+    """Answers what :meth:`ActiveSigner.current` asks: the shared key lock, the active key and its start."""
 
     def __init__(self, active: str | None) -> None:
         self.active = active
+        self.locks = 0
 
-    async def fetchval(self, sql: str, *args: object) -> str | None:
+    async def execute(self, sql: str, *args: object) -> None:
+        assert "pg_advisory_xact_lock_shared" in sql
+        self.locks += 1
+
+    async def fetchrow(self, sql: str, *args: object) -> dict[str, object] | None:
         assert "WHERE active" in sql
-        return self.active
+        return None if self.active is None else {"key_ref": self.active, "created_at": datetime.now(UTC)}
 
 
 async def test_the_signer_follows_a_rotation_made_by_another_process(tmp_path: Path) -> None:
@@ -100,3 +106,37 @@ def test_the_key_lives_in_the_key_directory_unless_a_file_is_named(monkeypatch: 
     assert settings.key_algorithm is KeyAlgorithm.ECDSA_P256
     monkeypatch.setenv("STELLA_EVIDENCE_KEY_FILE", "/run/secrets/evidence.pem")
     assert Settings().signing_key_path == Path("/run/secrets/evidence.pem")
+
+
+def test_a_passphrase_keeps_the_key_encrypted_at_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "passphrase"
+    secret.write_text("correct horse battery staple\n")
+    monkeypatch.setenv("STELLA_EVIDENCE_KEY_DIR", str(tmp_path / "keys"))
+    monkeypatch.setenv("STELLA_EVIDENCE_KEY_PASSPHRASE_FILE", str(secret))
+    settings = Settings()
+    assert settings.key_password == b"correct horse battery staple"
+    key_file = settings.signing_key_file()
+    key = key_file.load_or_create()
+    text = key_file.path.read_text()
+    assert "BEGIN ENCRYPTED PRIVATE KEY" in text and "BEGIN PRIVATE KEY" not in text
+    assert stat.S_IMODE(key_file.path.stat().st_mode) == 0o600
+    assert key_file.load().key_ref == key.key_ref
+    with pytest.raises(KeyFormatError, match="STELLA_EVIDENCE_KEY_PASSPHRASE"):
+        KeyFile(key_file.path).load()
+    with pytest.raises(KeyFormatError):
+        KeyFile(key_file.path, password=b"wrong").load()
+    assert "ENCRYPTED" in key_file.path.read_text() and key_file.replace().key_ref != key.key_ref
+    assert "BEGIN ENCRYPTED PRIVATE KEY" in key_file.path.read_text()
+
+    # A key written in clear before a passphrase was set still loads (and is encrypted at the next rotation).
+    clear = tmp_path / "clear.pem"
+    save_private_key(generate_key(), clear)
+    assert KeyFile(clear, password=b"later").load().key_ref
+
+
+def test_the_passphrase_may_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STELLA_EVIDENCE_KEY_PASSPHRASE_FILE", raising=False)
+    monkeypatch.setenv("STELLA_EVIDENCE_KEY_PASSPHRASE", "s3cret")
+    settings = Settings()
+    assert settings.key_password == b"s3cret"
+    assert "s3cret" not in repr(settings)

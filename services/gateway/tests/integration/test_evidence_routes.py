@@ -309,3 +309,64 @@ async def test_a_principal_without_roles_reads_no_evidence(gateway: Gateway, ser
         denied = assert_problem(await gateway.call(method, path, nobody.token), 403, "PERM_DENIED")
         assert denied["required_permission"] == "evidence:read"
     assert services.received == []
+
+
+async def test_checkpoint_and_proofs_are_relayed_and_their_sizes_checked_at_the_door(
+    gateway: Gateway, services: StandIn
+) -> None:
+    tenant = await gateway.tenant()
+    viewer = await gateway.principal_token(tenant, "vic", ["viewer"])
+    checkpoint = {
+        "origin": f"stella.local/evidence/{tenant.id}",
+        "tree_size": 3,
+        "root_hash": base64.b64encode(b"\x01" * 32).decode(),
+        "note": f"stella.local/evidence/{tenant.id}\n3\nAQ==\n\n\u2014 stella.local/evidence AAAA\n",
+        "key_ref": "ed25519:k1",
+        "created_at": "2026-03-02T10:00:00Z",
+    }
+    services.answer(evid.GET_CHECKPOINT, checkpoint)
+    response = await gateway.call("GET", "/api/v1/evidence/checkpoint", viewer.token)
+    assert response.status_code == 200, response.text
+    assert response.json() == checkpoint
+
+    packet_id = uuid.uuid4()
+    proof = {
+        "packet_id": str(packet_id),
+        "sequence": 2,
+        "leaf_index": 1,
+        "leaf_hash": "AQ==",
+        "tree_size": 3,
+        "hashes": ["Ag==", "Aw=="],
+        "checkpoint": checkpoint,
+    }
+    services.answer(evid.GET_INCLUSION_PROOF, proof)
+    response = await gateway.call("GET", f"/api/v1/evidence/{packet_id}/proof?tree_size=3", viewer.token)
+    assert response.status_code == 200, response.text
+    assert response.json() == proof
+
+    consistency = {
+        "old_size": 2,
+        "new_size": 3,
+        "hashes": ["Ag=="],
+        "old_checkpoint": None,
+        "new_checkpoint": checkpoint,
+    }
+    services.answer(evid.GET_CONSISTENCY_PROOF, consistency)
+    response = await gateway.call("GET", "/api/v1/evidence/consistency?old_size=2", viewer.token)
+    assert response.status_code == 200, response.text
+    assert response.json() == consistency
+    received = [(r.subject, r.payload.get("old_size"), r.payload.get("tree_size")) for r in services.received]
+    assert received == [
+        (evid.GET_CHECKPOINT, None, None),
+        (evid.GET_INCLUSION_PROOF, None, 3),
+        (evid.GET_CONSISTENCY_PROOF, 2, None),
+    ]
+
+    for path in (
+        "/api/v1/evidence/consistency",
+        "/api/v1/evidence/consistency?old_size=0",
+        "/api/v1/evidence/checkpoint?tree_size=-1",
+        f"/api/v1/evidence/{packet_id}/proof?tree_size=x",
+    ):
+        assert (await gateway.call("GET", path, viewer.token)).status_code == 400, path
+    assert len(services.received) == 3

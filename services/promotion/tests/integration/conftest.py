@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest_asyncio
@@ -22,6 +23,7 @@ from nats.aio.msg import Msg
 from stella.approval.app import MIGRATIONS as APPROVAL_MIGRATIONS
 from stella.approval.app import create_app as create_approval
 from stella.approval.settings import Settings as ApprovalSettings
+from stella.contracts import deployment as d
 from stella.contracts import release as r
 from stella.contracts.workflow import ExecuteStep
 from stella.kit.naming import Names
@@ -113,6 +115,42 @@ class Caller(TenantCaller):
         ready = await self.command(r.MARK_RELEASE_READY, r.MarkReleaseReady, release_id=release.data["id"])
         assert ready.ok, ready.error
         return ready.data
+
+
+async def publish_event(stack: Stack, subject: str, event: Any) -> None:
+    """Publish ``event`` on the events stream as its producer's outbox relay would (``Nats-Msg-Id`` set)."""
+    await stack.nats.jetstream().publish(
+        stack.wire(subject), event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.message_id)}
+    )
+
+
+def _job(caller: Caller, promotion: dict[str, Any], job_id: uuid.UUID, fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields every job event of the promotion carries (``fields`` may override them)."""
+    return {
+        "tenant_id": caller.tenant_id,
+        "correlation_id": uuid.uuid4(),
+        "job_id": job_id,
+        "promotion_id": uuid.UUID(promotion["id"]),
+        "release_id": uuid.UUID(promotion["release_id"]),
+        "environment_id": uuid.UUID(promotion["target_environment_id"]),
+        "strategy": "all-at-once",
+        **fields,
+    }
+
+
+def job_started(caller: Caller, promotion: dict[str, Any], job_id: uuid.UUID, **fields: Any) -> d.JobStarted:
+    """The ``deployment.job_started`` the deployment service publishes for the promotion's job."""
+    return d.JobStarted(
+        **_job(caller, promotion, job_id, {"target_count": 0, "started_at": datetime.now(UTC), **fields})
+    )
+
+
+def job_completed(
+    caller: Caller, promotion: dict[str, Any], job_id: uuid.UUID, outcome: str, **fields: Any
+) -> d.JobCompleted:
+    """The ``deployment.job_completed`` the deployment service publishes when the promotion's job ends."""
+    defaults = {"outcome": outcome, "reason": "", "tasks": [], "finished_at": datetime.now(UTC)}
+    return d.JobCompleted(**_job(caller, promotion, job_id, {**defaults, **fields}))
 
 
 @dataclass

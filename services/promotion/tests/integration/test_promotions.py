@@ -16,7 +16,7 @@ from stella.promotion.decision import decide
 from stella.promotion.domain import sha256_digest
 from stella.testing.messaging import collect_messages
 
-from .conftest import Caller, Stack, digest, first_match, payload
+from .conftest import Caller, Stack, digest, first_match, job_completed, job_started, payload, publish_event
 
 
 async def _environment(caller: Caller, name: str, order: int, **fields: Any) -> dict[str, Any]:
@@ -169,9 +169,29 @@ async def test_a_request_checks_readiness_and_order_and_starts_the_run(caller: C
     )
     assert (still_early.error.code, still_early.error.status) == ("PROM_ORDER_VIOLATION", 422)
 
-    await _evaluate(caller, promotion)
+    approved = await _evaluate(caller, promotion)
+    assert approved["status"] == "approved"
+    # Approved is not reached yet: the release counts as in dev once its deployment there ended.
+    not_deployed = await caller.command(
+        c.REQUEST_PROMOTION, c.RequestPromotion, release_id=release["id"], target_environment_id=staging["id"]
+    )
+    assert (not_deployed.error.code, not_deployed.error.status) == ("PROM_ORDER_VIOLATION", 422)
+    assert (await deploy(caller, stack, approved))["status"] == "deployed"
     to_staging = await _request(caller, release, staging, source_environment_id=dev["id"])
     assert to_staging["status"] == "pending_gate"
+
+
+async def deploy(caller: Caller, stack: Stack, promotion: dict[str, Any], outcome: str = "succeeded") -> dict:
+    """Play the deployment service: the promotion's job starts and ends with ``outcome``; the promotion after."""
+    job = uuid.uuid4()
+    subject = c.PROMOTION_COMPLETED if outcome == "succeeded" else c.PROMOTION_FAILED
+    async with collect_messages(stack.nats.jetstream(), stack.wire(subject)) as ended:
+        await publish_event(stack, "stella.evt.deployment.job_started", job_started(caller, promotion, job))
+        await publish_event(
+            stack, "stella.evt.deployment.job_completed", job_completed(caller, promotion, job, outcome)
+        )
+        await first_match(ended, lambda body: body["promotion"]["id"] == promotion["id"])
+    return await _get(caller, promotion["id"])
 
 
 async def test_an_unanswered_release_query_is_a_clear_503_and_stores_nothing(caller: Caller, stack: Stack) -> None:
@@ -308,6 +328,7 @@ async def test_an_exception_principal_overrides_a_freeze(caller: Caller, stack: 
     assert (late.error.code, late.error.status) == ("PROM_NOT_PENDING", 409)
 
     # Holding freeze:override is enough; with no window closing the environment there is nothing to override.
+    assert (await deploy(caller, stack, view))["status"] == "deployed"
     staging = await _environment(caller, "staging", 1)
     second = await _request(caller, release, staging)
     nothing = await caller.acting_as(bob).command(

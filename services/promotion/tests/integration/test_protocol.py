@@ -8,12 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from stella.contracts import approval as a
+from stella.contracts import deployment as d
 from stella.contracts import promotion as c
 from stella.contracts import workflow as w
 from stella.promotion.decision import decide
 from stella.testing.messaging import collect_messages
 
-from .conftest import Caller, Stack, first_match
+from .conftest import Caller, Stack, first_match, job_completed, job_started, publish_event
 
 APPROVE = ["promotion:approve"]
 
@@ -79,17 +80,36 @@ async def test_dev_is_approved_and_prod_collects_two_distinct_approvals(
     prod = await _environment(caller, "prod", 1, required_approvals=2, require_sod=True)
     release = await caller.ready_release("shop")
 
-    async with collect_messages(nats.jetstream(), stack.wire(w.STEP_COMPLETED)) as completed:
+    async with (
+        collect_messages(nats.jetstream(), stack.wire(w.STEP_COMPLETED)) as completed,
+        collect_messages(nats.jetstream(), stack.wire(d.EXECUTE_STEP)) as deploy_steps,
+    ):
         to_dev = await _promote(caller, stack, release, dev, "approved", nats)
         # The workflow moves on once it has the gate step's result: no approvals needed, the step is skipped.
         skipped = await first_match(
             completed, lambda b: b["run_id"] == to_dev["workflow_run_id"] and b["node_id"] == "approval", timeout=20
         )
+        # ... and the deploy step goes to the deployment service.
+        deploy_step = await first_match(deploy_steps, lambda b: b["run_id"] == to_dev["workflow_run_id"], timeout=20)
     assert skipped["status"] == "skipped"
+    assert (deploy_step["node_id"], deploy_step["step_type"]) == ("deploy", "deploy")
+    assert deploy_step["inputs"]["inputs"]["environment_id"] == dev["id"]
     assert to_dev["decision_record"]["result"] == "allow"
     assert all(g["status"] == "pass" for g in to_dev["decision_record"]["gates"])
     steps = await _run(caller, to_dev)
     assert steps["gates"]["status"] == "succeeded" and steps["approval"]["status"] == "skipped"
+    assert steps["deploy"]["status"] == "running"
+
+    # The deployment service's job for dev (no targets) starts and ends at once: dev is reached.
+    job = uuid.uuid4()
+    async with collect_messages(nats.jetstream(), stack.wire(c.PROMOTION_COMPLETED)) as deployed:
+        await publish_event(stack, d.JOB_STARTED, job_started(caller, to_dev, job))
+        await publish_event(
+            stack, d.JOB_COMPLETED, job_completed(caller, to_dev, job, "succeeded", reason="no targets")
+        )
+        done = await first_match(deployed, lambda b: b["promotion"]["id"] == to_dev["id"], timeout=20)
+    assert done["promotion"]["status"] == "deployed"
+    assert done["promotion"]["deployment_job_id"] == str(job)
 
     to_prod = await _promote(caller, stack, release, prod, "pending_approval", nats)
     pending_gate = {g["type"]: g for g in to_prod["decision_record"]["gates"]}["approval"]

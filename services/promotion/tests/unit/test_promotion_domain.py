@@ -142,11 +142,19 @@ def approved(target: Environment = DEV, now: datetime = T0, **kwargs: Any) -> Pr
     return promotion
 
 
+def deployed(target: Environment = DEV, **kwargs: Any) -> Promotion:
+    promotion = approved(target, **kwargs)
+    job = next(_IDS)
+    promotion.finish_job(deployment_job_id=job, outcome="succeeded", reason="", now=T0)
+    assert promotion.status is PromotionStatus.DEPLOYED
+    return promotion
+
+
 def through(last: Environment) -> list[Promotion]:
-    """Approve the release in every environment up to ``last``, in order; return those promotions."""
+    """Deploy the release in every environment up to ``last``, in order; return those promotions."""
     history: list[Promotion] = []
     for environment in sorted(ENVIRONMENTS, key=lambda e: e.order_index):
-        history.append(approved(environment, history=list(history)))
+        history.append(deployed(environment, history=list(history)))
         if environment is last:
             return history
     raise AssertionError(last)
@@ -213,17 +221,23 @@ class TestRequest:
         assert (promotion.freeze_behavior, promotion.approval_timeout_s) == (FreezeBehavior.HOLD, 604_800)
 
     def test_skipping_an_environment_is_an_order_violation_naming_the_missing_env(self) -> None:
-        with pytest.raises(PromotionOrderViolation, match="must be approved or deployed in 'dev' before") as info:
+        with pytest.raises(PromotionOrderViolation, match="must be deployed in 'dev' before") as info:
             request(STAGING)
         assert (info.value.code, info.value.status) == ("PROM_ORDER_VIOLATION", 422)
         with pytest.raises(PromotionOrderViolation, match="in 'staging' before it can be promoted to 'prod'"):
-            request(PROD, history=[approved(DEV)])
+            request(PROD, history=[deployed(DEV)])
 
-    @pytest.mark.parametrize("status", [PromotionStatus.APPROVED, PromotionStatus.DEPLOYING, PromotionStatus.DEPLOYED])
-    def test_next_environment_after_reaching_the_previous_one(self, status: PromotionStatus) -> None:
+    def test_next_environment_after_the_release_was_deployed_in_the_previous_one(self) -> None:
+        assert request(STAGING, history=[deployed(DEV)]).status is PromotionStatus.PENDING_GATE
+
+    @pytest.mark.parametrize("status", [PromotionStatus.APPROVED, PromotionStatus.DEPLOYING])
+    def test_an_approved_or_deploying_release_has_not_reached_the_environment_yet(
+        self, status: PromotionStatus
+    ) -> None:
         previous = approved(DEV)
         previous.status = status
-        assert request(STAGING, history=[previous]).status is PromotionStatus.PENDING_GATE
+        with pytest.raises(PromotionOrderViolation, match="must be deployed in 'dev'"):
+            request(STAGING, history=[previous])
 
     @pytest.mark.parametrize(
         "status",
@@ -258,7 +272,7 @@ class TestRequest:
     def test_named_source_not_reached(self) -> None:
         with pytest.raises(
             PromotionOrderViolation,
-            match="has not been approved or deployed in 'dev'; promote it to 'dev' before 'staging'",
+            match="has not been deployed in 'dev'; promote it to 'dev' before 'staging'",
         ):
             request(STAGING, source_environment_id=DEV.id)
 
@@ -273,11 +287,11 @@ class TestRequest:
     def test_parallel_environments_share_a_stage(self) -> None:
         qa_eu, qa_us = env("qa-eu", 1), env("qa-us", 1)
         stages = [DEV, qa_eu, qa_us, PROD]
-        dev_done = approved(DEV, environments=stages)
+        dev_done = deployed(DEV, environments=stages)
         assert request(qa_us, history=[dev_done], environments=stages).status is PromotionStatus.PENDING_GATE
         with pytest.raises(PromotionOrderViolation, match="'qa-eu' or 'qa-us'"):
             request(PROD, history=[dev_done], environments=stages)
-        eu_done = approved(qa_eu, history=[dev_done], environments=stages)
+        eu_done = deployed(qa_eu, history=[dev_done], environments=stages)
         assert request(PROD, history=[eu_done], environments=stages).status is PromotionStatus.PENDING_GATE
 
     @pytest.mark.parametrize("status", [ReleaseStatus.DRAFT, ReleaseStatus.DEPRECATED])
@@ -673,7 +687,7 @@ class TestQueue:
         late = approved(DEV, now=T0 + timedelta(minutes=9), release=releases[0])
         early = approved(DEV, now=T0 + timedelta(minutes=1), release=releases[1])
         pending = request(DEV, release=releases[2])
-        elsewhere = approved(STAGING, history=[late], release=releases[0])
+        elsewhere = approved(STAGING, history=[deployed(DEV, release=releases[0])], release=releases[0])
         assert next_to_deploy([late, pending, early, elsewhere], DEV.id) is early
         assert next_to_deploy([elsewhere], DEV.id) is None
 
@@ -758,6 +772,21 @@ class TestEnvironment:
         assert config.to_dict()["variables"] == {"REGION": "eu-west-1", "log.level": "debug"}
         assert EnvironmentConfig.from_dict(config.to_dict()) == config
         assert EnvironmentConfig().variables == {}
+
+    def test_deployment_settings_are_kept_and_checked_against_the_deployment_contract(self) -> None:
+        rolling = {"strategy": "rolling", "batch_size": "25%", "failure_behavior": "rollback"}
+        config = EnvironmentConfig.from_dict({"deployment": rolling})
+        assert config.deployment == rolling
+        assert EnvironmentConfig.from_dict(config.to_dict()) == config
+        assert "deployment" not in EnvironmentConfig().to_dict()
+        with pytest.raises(InvalidEnvironment) as info:
+            EnvironmentConfig.from_dict({"deployment": {"strategy": "big-bang", "batch_size": "0"}})
+        assert {tuple(e["loc"]) for e in info.value.errors} == {
+            ("config", "deployment", "strategy"),
+            ("config", "deployment", "batch_size"),
+        }
+        with pytest.raises(InvalidEnvironment, match="canary_steps"):
+            EnvironmentConfig.from_dict({"deployment": {"strategy": "canary", "canary_steps": [50, 10]}})
 
     def test_gates_are_normalised(self) -> None:
         config = EnvironmentConfig.from_dict({"gates": [{"type": "freeze-window"}, {"type": "manual", "name": "qa"}]})
@@ -892,3 +921,198 @@ class TestWorkflowEnded:
         promotion = approved(DEV)
         assert promotion.fail_workflow(reason="run finished", now=T0) == []
         assert promotion.status is PromotionStatus.APPROVED
+
+
+def _release(n: int) -> ReleaseSnapshot:
+    return ReleaseSnapshot(id=UUID(int=0x700 + n), tenant_id=TENANT, name=f"q{n}", status=ReleaseStatus.READY)
+
+
+class TestDeploymentSlot:
+    def test_the_first_approved_promotion_is_cleared_and_the_next_queues_behind_it(self) -> None:
+        first = approved(DEV, now=T0, release=_release(1))
+        second = approved(DEV, now=T0 + timedelta(minutes=1), release=_release(2))
+
+        assert first.clear_to_deploy(environment_promotions=[first, second], now=T0) is True
+        assert first.holds_deploy_slot and first.status is PromotionStatus.APPROVED
+        assert second.clear_to_deploy(environment_promotions=[first, second], now=T0) is False
+        assert not second.holds_deploy_slot
+        assert second.status_message == (
+            f"approved; queued behind promotion {first.id}, which is starting its deployment to this environment"
+        )
+
+    def test_a_later_approved_promotion_waits_for_the_earlier_one_even_with_the_slot_free(self) -> None:
+        early = approved(DEV, now=T0, release=_release(3))
+        late = approved(DEV, now=T0 + timedelta(minutes=5), release=_release(4))
+
+        assert late.clear_to_deploy(environment_promotions=[early, late], now=T0) is False
+        assert late.status_message == f"approved; queued behind promotion {early.id}, approved earlier"
+
+    def test_a_deploying_promotion_of_another_environment_does_not_block(self) -> None:
+        elsewhere = approved(STAGING, history=[deployed(DEV, release=_release(5))], release=_release(5))
+        elsewhere.begin_deployment(deployment_job_id=JOB, now=T0)
+        mine = approved(DEV, release=_release(6))
+
+        assert mine.clear_to_deploy(environment_promotions=[elsewhere, mine], now=T0) is True
+
+    def test_clearing_needs_an_approved_promotion(self) -> None:
+        with pytest.raises(PromotionNotApproved):
+            request(DEV, release=_release(7)).clear_to_deploy(environment_promotions=[], now=T0)
+
+    def test_the_slot_frees_when_the_job_ends_and_the_queue_moves_on(self) -> None:
+        first = approved(DEV, now=T0, release=_release(8))
+        second = approved(DEV, now=T0 + timedelta(minutes=1), release=_release(9))
+        first.clear_to_deploy(environment_promotions=[first, second], now=T0)
+        first.begin_deployment(deployment_job_id=JOB, now=T0)
+        assert second.clear_to_deploy(environment_promotions=[first, second], now=T0) is False
+
+        first.finish_job(deployment_job_id=JOB, outcome="failed", reason="health check failed", now=T0)
+
+        assert not first.holds_deploy_slot
+        assert next_to_deploy([first, second], DEV.id) is second
+        assert second.clear_to_deploy(environment_promotions=[first, second], now=T0) is True
+
+    def test_release_slot_gives_the_slot_back_but_keeps_the_approval(self) -> None:
+        promotion = approved(DEV, release=_release(10))
+        promotion.clear_to_deploy(environment_promotions=[], now=T0)
+
+        promotion.release_slot(reason="approved; no deployment: run ended", now=T0)
+
+        assert promotion.status is PromotionStatus.APPROVED
+        assert not promotion.holds_deploy_slot
+        assert promotion.status_message == "approved; no deployment: run ended"
+
+
+class TestJobOutcomes:
+    def test_job_started_moves_approved_to_deploying_once(self) -> None:
+        promotion = approved(DEV)
+        (event,) = promotion.begin_deployment(deployment_job_id=JOB, now=T0)
+
+        assert isinstance(event, PromotionStarted) and event.deployment_job_id == JOB
+        assert promotion.status is PromotionStatus.DEPLOYING
+        assert promotion.begin_deployment(deployment_job_id=JOB, now=T0) == []
+        with pytest.raises(DeploymentJobMismatch):
+            promotion.begin_deployment(deployment_job_id=ROLLBACK_JOB, now=T0)
+
+    def test_a_succeeded_job_deploys_and_counts_as_reaching_the_environment(self) -> None:
+        promotion = approved(DEV)
+        promotion.begin_deployment(deployment_job_id=JOB, now=T0)
+
+        (event,) = promotion.finish_job(
+            deployment_job_id=JOB, outcome="succeeded", reason="no targets: nothing to deploy", now=T0
+        )
+
+        assert isinstance(event, PromotionCompleted)
+        assert promotion.status is PromotionStatus.DEPLOYED and promotion.is_terminal
+        assert promotion.status_message == "no targets: nothing to deploy"
+        assert request(STAGING, history=[promotion]).status is PromotionStatus.PENDING_GATE
+
+    def test_a_job_end_arriving_before_its_start_applies_both(self) -> None:
+        promotion = approved(DEV)
+
+        events = promotion.finish_job(deployment_job_id=JOB, outcome="succeeded", reason="", now=T0)
+
+        assert [type(e) for e in events] == [PromotionStarted, PromotionCompleted]
+        assert promotion.begin_deployment(deployment_job_id=JOB, now=T0) == []
+        assert promotion.status is PromotionStatus.DEPLOYED
+
+    def test_a_job_end_applied_twice_changes_nothing_the_second_time(self) -> None:
+        promotion = approved(DEV)
+        promotion.finish_job(deployment_job_id=JOB, outcome="failed", reason="boom", now=T0)
+        version = promotion.version
+
+        assert promotion.finish_job(deployment_job_id=JOB, outcome="failed", reason="boom", now=T0) == []
+        assert promotion.version == version
+
+    @pytest.mark.parametrize("outcome", ["failed", "cancelled"])
+    def test_a_failed_or_cancelled_job_fails_the_promotion_for_good(self, outcome: str) -> None:
+        promotion = approved(DEV)
+        promotion.begin_deployment(deployment_job_id=JOB, now=T0)
+
+        (event,) = promotion.finish_job(deployment_job_id=JOB, outcome=outcome, reason="", now=T0)
+
+        assert isinstance(event, PromotionFailed) and event.rollback_job_id is None
+        assert promotion.status is PromotionStatus.FAILED and promotion.is_terminal
+        assert promotion.status_message in ("the deployment failed", "the deployment was cancelled")
+        with pytest.raises(PromotionOrderViolation):
+            request(STAGING, history=[promotion])
+
+    def test_an_automatic_rollback_ends_failed_then_rolled_back(self) -> None:
+        promotion = approved(DEV)
+        promotion.begin_deployment(deployment_job_id=JOB, now=T0)
+
+        events = promotion.finish_job(
+            deployment_job_id=JOB, outcome="rolled_back", reason="batch 2 failed its health check", now=T0
+        )
+
+        assert [type(e) for e in events] == [PromotionFailed, PromotionRolledBack]
+        assert promotion.status is PromotionStatus.ROLLED_BACK and promotion.is_terminal
+        assert promotion.rollback_job_id == JOB and promotion.rollback_succeeded is True
+        assert promotion.status_message == "rolled back: batch 2 failed its health check"
+
+    def test_an_unknown_outcome_is_refused(self) -> None:
+        promotion = approved(DEV)
+        with pytest.raises(InvalidPromotionRequest):
+            promotion.finish_job(deployment_job_id=JOB, outcome="exploded", reason="", now=T0)
+        assert promotion.status is PromotionStatus.APPROVED
+
+    def test_a_job_of_a_promotion_that_was_not_approved_is_refused(self) -> None:
+        with pytest.raises(PromotionNotApproved):
+            request(DEV).finish_job(deployment_job_id=JOB, outcome="succeeded", reason="", now=T0)
+
+    def test_a_manual_rollback_after_a_final_failure_ends_rolled_back(self) -> None:
+        promotion = approved(DEV)
+        promotion.finish_job(deployment_job_id=JOB, outcome="failed", reason="boom", now=T0)
+        assert promotion.is_terminal
+
+        promotion.begin_rollback(rollback_job_id=ROLLBACK_JOB, rollback_of=JOB, now=T0)
+        assert not promotion.is_terminal
+        (event,) = promotion.finish_rollback(
+            rollback_job_id=ROLLBACK_JOB, rollback_of=JOB, succeeded=True, reason="", now=T0
+        )
+
+        assert isinstance(event, PromotionRolledBack) and event.rollback_job_id == ROLLBACK_JOB
+        assert promotion.status is PromotionStatus.ROLLED_BACK
+        assert (
+            promotion.finish_rollback(rollback_job_id=ROLLBACK_JOB, rollback_of=JOB, succeeded=True, reason="", now=T0)
+            == []
+        )
+
+    def test_a_failed_manual_rollback_leaves_the_promotion_failed_and_final(self) -> None:
+        promotion = approved(DEV)
+        promotion.finish_job(deployment_job_id=JOB, outcome="failed", reason="boom", now=T0)
+
+        assert (
+            promotion.finish_rollback(
+                rollback_job_id=ROLLBACK_JOB, rollback_of=JOB, succeeded=False, reason="agent offline", now=T0
+            )
+            == []
+        )
+        assert promotion.status is PromotionStatus.FAILED and promotion.is_terminal
+        assert promotion.rollback_succeeded is False
+
+    def test_a_rollback_of_another_job_or_of_a_deployed_promotion_changes_nothing(self) -> None:
+        promotion = deployed(DEV)
+        version = promotion.version
+        assert (
+            promotion.finish_rollback(rollback_job_id=ROLLBACK_JOB, rollback_of=JOB, succeeded=True, reason="", now=T0)
+            == []
+        )
+        assert promotion.status is PromotionStatus.DEPLOYED and promotion.version == version
+
+
+class TestDeployStartWindow:
+    def test_a_closed_window_at_deploy_start_keeps_the_promotion_approved_until_it_opens(self) -> None:
+        promotion = approved(DEV, release=_release(20))
+        opens = datetime(2025, 4, 7, 6, 0, tzinfo=UTC)
+
+        assert promotion.wait_for_window(reason="release freeze", next_open=opens, now=T0) == []
+
+        assert promotion.status is PromotionStatus.APPROVED and not promotion.holds_deploy_slot
+        assert promotion.next_open == opens
+        assert promotion.status_message == "approved; the deployment waits: release freeze (until 2025-04-07T06:00:00Z)"
+        assert promotion.clear_to_deploy(environment_promotions=[promotion], now=opens) is True
+        assert promotion.next_open is None
+
+    def test_only_an_approved_promotion_waits_for_a_window(self) -> None:
+        with pytest.raises(PromotionNotApproved):
+            request(DEV, release=_release(21)).wait_for_window(reason=None, next_open=None, now=T0)

@@ -29,7 +29,9 @@ async def test_a_result_sent_while_the_service_is_down_finishes_the_run_after_a_
         "approver_groups": [],
         "approval_timeout_s": None,
     }
-    run_id = (await harness.start_run("standard-promotion", subject_id=promotion, inputs=inputs))["id"]
+    run_id = (await harness.start_run("standard-promotion", template_version=1, subject_id=promotion, inputs=inputs))[
+        "id"
+    ]
     await harness.complete(await harness.dispatch(run_id, "gates"), outputs={"result": "allow"})
     approval = await harness.dispatch(run_id, "approval")
 

@@ -38,7 +38,9 @@ def _steps(run: dict[str, Any]) -> dict[str, tuple[str, int]]:
 async def test_standard_promotion_runs_gates_then_approval_then_evidence(harness: Harness) -> None:
     promotion = uuid.uuid4()
     inputs = _promotion_inputs(promotion_id=str(promotion))
-    run = await harness.start_run("standard-promotion", run_id=uuid.uuid4(), subject_id=promotion, inputs=inputs)
+    run = await harness.start_run(
+        "standard-promotion", template_version=1, run_id=uuid.uuid4(), subject_id=promotion, inputs=inputs
+    )
     run_id = run["id"]
     assert (run["status"], run["template_version"], run["subject_id"]) == ("running", 1, str(promotion))
     assert _steps(run) == {"gates": ("running", 1), "approval": ("pending", 0), "evidence": ("pending", 0)}
@@ -81,7 +83,9 @@ async def test_standard_promotion_runs_gates_then_approval_then_evidence(harness
 
 
 async def test_approval_is_skipped_when_the_environment_needs_none(harness: Harness) -> None:
-    run = await harness.start_run("standard-promotion", inputs=_promotion_inputs(approval_required=False))
+    run = await harness.start_run(
+        "standard-promotion", template_version=1, inputs=_promotion_inputs(approval_required=False)
+    )
     run_id = run["id"]
 
     await harness.complete(await harness.dispatch(run_id, "gates"), outputs={"result": "allow"})
@@ -98,7 +102,7 @@ async def test_approval_is_skipped_when_the_environment_needs_none(harness: Harn
 
 
 async def test_a_denying_gate_records_evidence_and_fails_the_run(harness: Harness) -> None:
-    run = await harness.start_run("standard-promotion", inputs=_promotion_inputs())
+    run = await harness.start_run("standard-promotion", template_version=1, inputs=_promotion_inputs())
     run_id = run["id"]
 
     gates = await harness.dispatch(run_id, "gates")
@@ -240,7 +244,7 @@ async def _redeliver(harness: Harness, subject: str, command: c.CompleteStep) ->
 
 
 async def test_a_duplicate_result_has_one_effect(harness: Harness) -> None:
-    run_id = (await harness.start_run("standard-promotion", inputs=_promotion_inputs()))["id"]
+    run_id = (await harness.start_run("standard-promotion", template_version=1, inputs=_promotion_inputs()))["id"]
     gates = await harness.dispatch(run_id, "gates")
     result = harness.result(gates, outputs={"result": "allow"})
 
@@ -264,8 +268,8 @@ async def test_starting_the_same_run_twice_starts_one_run(harness: Harness) -> N
     run_id = uuid.uuid4()
     inputs = _promotion_inputs()
 
-    first = await harness.start_run("standard-promotion", run_id=run_id, inputs=inputs)
-    second = await harness.start_run("standard-promotion", run_id=run_id, inputs=inputs)
+    first = await harness.start_run("standard-promotion", template_version=1, run_id=run_id, inputs=inputs)
+    second = await harness.start_run("standard-promotion", template_version=1, run_id=run_id, inputs=inputs)
     await harness.dispatch(run_id, "gates")
 
     assert first["id"] == second["id"] == str(run_id)
@@ -293,7 +297,7 @@ async def test_bad_run_requests_are_specific_errors(harness: Harness) -> None:
     assert (no_run.error.code, no_run.error.status) == ("WF_RUN_NOT_FOUND", 404)
     assert (no_result.error.code, no_result.error.status) == ("WF_RUN_NOT_FOUND", 404)
 
-    run_id = (await harness.start_run("standard-promotion", inputs=_promotion_inputs()))["id"]
+    run_id = (await harness.start_run("standard-promotion", template_version=1, inputs=_promotion_inputs()))["id"]
     gates = await harness.dispatch(run_id, "gates")
     early = await harness.client.command(c.COMPLETE_STEP, harness.result(gates.model_copy(update={"attempt": 2})))
     assert (early.error.code, early.error.status) == ("WF_STEP_STATE_CONFLICT", 409)
@@ -306,7 +310,7 @@ async def test_bad_run_requests_are_specific_errors(harness: Harness) -> None:
 
 
 async def test_cancel_stops_the_run_and_ignores_late_results(harness: Harness) -> None:
-    run_id = (await harness.start_run("standard-promotion", inputs=_promotion_inputs()))["id"]
+    run_id = (await harness.start_run("standard-promotion", template_version=1, inputs=_promotion_inputs()))["id"]
     gates = await harness.dispatch(run_id, "gates")
 
     cancelled = await harness.command(c.CANCEL_RUN, c.CancelRun, run_id=run_id, reason="promotion cancelled")

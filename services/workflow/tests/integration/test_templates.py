@@ -49,7 +49,7 @@ async def test_an_invalid_template_is_a_400_and_stores_nothing(
     assert not reply.ok
     assert (reply.error.code, reply.error.status) == (code, 400)
     assert words in reply.error.detail
-    assert await _listed(harness) == [("standard-promotion", 1)]
+    assert await _listed(harness) == [("standard-promotion", 2)]
     missing = await harness.query(c.GET_TEMPLATE, c.GetTemplate, name="broken")
     assert (missing.error.code, missing.error.status) == ("WF_TEMPLATE_NOT_FOUND", 404)
 
@@ -96,10 +96,10 @@ async def test_listing_shows_builtins_and_each_tenant_template_once_at_its_lates
         assert (await harness.save_template(name, [GATE])).ok
     await harness.other_tenant().save_template("secret", [GATE])
 
-    expected = [("alpha", 2), ("mid", 1), ("standard-promotion", 1), ("zeta", 1)]
+    expected = [("alpha", 2), ("mid", 1), ("standard-promotion", 2), ("zeta", 1)]
     assert await _listed(harness) == expected
     assert await _listed(harness, page_size=1) == expected
-    assert await _listed(harness.other_tenant()) == [("standard-promotion", 1)]
+    assert await _listed(harness.other_tenant()) == [("standard-promotion", 2)]
 
 
 async def test_the_builtin_template_is_readable_and_its_name_reserved(harness: Harness) -> None:
@@ -108,10 +108,15 @@ async def test_the_builtin_template_is_readable_and_its_name_reserved(harness: H
     assert reply.ok, reply.error
     assert reply.data["is_builtin"] is True
     assert reply.data["tenant_id"] is None
-    assert [n["id"] for n in reply.data["nodes"]] == ["gates", "approval", "evidence"]
-    assert reply.data["edges"] == [{"from": "gates", "to": "approval"}, {"from": "approval", "to": "evidence"}]
+    assert reply.data["version"] == 2
+    assert [n["id"] for n in reply.data["nodes"]] == ["gates", "approval", "deploy", "health-check", "evidence"]
+    assert {"from": "approval", "to": "deploy"} in reply.data["edges"]
+    assert {"from": "health-check", "to": "evidence"} in reply.data["edges"]
     assert reply.data["nodes"][1]["when"] == "inputs.approval_required"
-    assert reply.data["nodes"][2]["run_on"] == "always"
+    assert reply.data["nodes"][4]["run_on"] == "always"
+    first = await harness.query(c.GET_TEMPLATE, c.GetTemplate, name="standard-promotion", version=1)
+    assert [n["id"] for n in first.data["nodes"]] == ["gates", "approval", "evidence"]
+    assert first.data["edges"] == [{"from": "gates", "to": "approval"}, {"from": "approval", "to": "evidence"}]
     assert {"promotion_id", "required_approvals", "approver_groups"} <= set(reply.data["inputs"])
     shadow = await harness.save_template("standard-promotion", [GATE])
     assert (shadow.error.code, shadow.error.status) == ("WF_TEMPLATE_NAME_RESERVED", 409)

@@ -28,6 +28,7 @@ from stella.workflow.templates import (
     BUILTIN_STEP_TYPES,
     BUILTIN_TEMPLATES,
     STANDARD_PROMOTION,
+    STANDARD_PROMOTION_V2,
     builtin_template,
     builtin_template_id,
 )
@@ -50,8 +51,8 @@ def at(seconds: float) -> datetime:
 class Promotion:
     """Runs ``standard-promotion`` like the workflow service would."""
 
-    def __init__(self, **inputs: Any) -> None:
-        template = validate_template(STANDARD_PROMOTION, BUILTIN_STEP_TYPES)
+    def __init__(self, template: Any = STANDARD_PROMOTION, **inputs: Any) -> None:
+        template = validate_template(template, BUILTIN_STEP_TYPES)
         created = new_run(
             run_id=RUN_ID,
             tenant_id=TENANT,
@@ -126,8 +127,9 @@ def test_standard_promotion_refuses_an_installation_without_its_step_types() -> 
 
 
 def test_builtin_template_lookup() -> None:
-    assert builtin_template("standard-promotion") is STANDARD_PROMOTION
+    assert builtin_template("standard-promotion") is STANDARD_PROMOTION_V2
     assert builtin_template("standard-promotion", 1) is STANDARD_PROMOTION
+    assert builtin_template("standard-promotion", 2) is STANDARD_PROMOTION_V2
     with pytest.raises(TemplateNotFound) as caught:
         builtin_template("standard-promotion", 99)
     assert caught.value.status == 404
@@ -219,3 +221,75 @@ def test_a_failing_evidence_step_is_retried() -> None:
     retried = promotion.advance(at(12))
     assert retried.schedule.start[0].attempt == 2
     assert promotion.steps["evidence"].status is StepStatus.RUNNING
+
+
+def test_standard_promotion_v2_deploys_and_checks_health_between_approval_and_evidence() -> None:
+    assert (STANDARD_PROMOTION_V2.name, STANDARD_PROMOTION_V2.version) == ("standard-promotion", 2)
+    assert STANDARD_PROMOTION_V2.topological_order == ("gates", "approval", "deploy", "health-check", "evidence")
+    assert [n.type for n in STANDARD_PROMOTION_V2.nodes] == ["gate", "approval", "deploy", "health-check", "evidence"]
+    assert {n.id: n.run_on.value for n in STANDARD_PROMOTION_V2.nodes}["evidence"] == "always"
+    # Both versions stay installed: a run pins the version it started with.
+    assert [t.version for t in BUILTIN_TEMPLATES if t.name == "standard-promotion"] == [1, 2]
+
+
+def test_v2_an_approved_promotion_deploys_checks_health_then_records_evidence() -> None:
+    promotion = Promotion(STANDARD_PROMOTION_V2)
+    promotion.advance(T0)
+    promotion.report("gates", at(1), ok=True, outputs={"result": "allow"})
+    promotion.wait_for_approval(at(2))
+
+    after_approval = promotion.report("approval", at(60), ok=True, outputs={"result": "granted"})
+    (deploy,) = after_approval.schedule.start
+    assert deploy.node_id == "deploy"
+    assert deploy.inputs["inputs"]["environment_id"] == "e-prod"
+
+    after_deploy = promotion.report("deploy", at(120), ok=True, outputs={"job_id": "j-1", "outcome": "succeeded"})
+    assert [a.node_id for a in after_deploy.schedule.start] == ["health-check"]
+    after_health = promotion.report("health-check", at(130), ok=True, outputs={"healthy": 3})
+    (evidence,) = after_health.schedule.start
+    assert evidence.inputs["steps"]["deploy"]["outputs"] == {"job_id": "j-1", "outcome": "succeeded"}
+
+    done = promotion.report("evidence", at(131), ok=True, outputs={"packet_id": "ev-1"})
+    assert done.run.status is RunStatus.SUCCEEDED
+    assert done.run.outputs["approved"] is True
+    assert done.run.outputs["deployed"] is True
+    assert done.run.outputs["deployment"] == {"job_id": "j-1", "outcome": "succeeded"}
+
+
+def test_v2_an_environment_without_approvals_deploys_right_after_the_gates() -> None:
+    promotion = Promotion(STANDARD_PROMOTION_V2, approval_required=False)
+    promotion.advance(T0)
+
+    result = promotion.report("gates", at(1), ok=True, outputs={"result": "allow"})
+
+    assert result.schedule.skip == (SkipStep(node_id="approval", reason=SkipReason.CONDITION_FALSE),)
+    assert [a.node_id for a in result.schedule.start] == ["deploy"]
+
+
+def test_v2_a_failed_deployment_skips_the_health_check_but_records_evidence_and_fails_the_run() -> None:
+    promotion = Promotion(STANDARD_PROMOTION_V2, approval_required=False)
+    promotion.advance(T0)
+    promotion.report("gates", at(1), ok=True, outputs={"result": "allow"})
+
+    failed = promotion.report("deploy", at(60), ok=False, outputs={"outcome": "rolled_back"})
+
+    assert failed.schedule.skip == (SkipStep(node_id="health-check", reason=SkipReason.UPSTREAM_FAILED),)
+    (evidence,) = failed.schedule.start
+    assert evidence.inputs["steps"]["deploy"]["status"] == "failed"
+    done = promotion.report("evidence", at(61), ok=True, outputs={})
+    assert done.run.status is RunStatus.FAILED
+    assert done.run.outputs["deployed"] is False
+
+
+def test_v2_a_denying_gate_deploys_nothing_but_records_evidence() -> None:
+    promotion = Promotion(STANDARD_PROMOTION_V2)
+    promotion.advance(T0)
+
+    result = promotion.report("gates", at(1), ok=False, outputs={"result": "deny"})
+
+    assert result.schedule.skip == (
+        SkipStep(node_id="approval", reason=SkipReason.UPSTREAM_FAILED),
+        SkipStep(node_id="deploy", reason=SkipReason.UPSTREAM_FAILED),
+        SkipStep(node_id="health-check", reason=SkipReason.UPSTREAM_SKIPPED),
+    )
+    assert [a.node_id for a in result.schedule.start] == ["evidence"]

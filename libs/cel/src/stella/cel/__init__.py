@@ -29,6 +29,7 @@ Errors: :class:`ExpressionSyntaxError` (refused when saved, with ``line``/``colu
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import math
@@ -77,6 +78,10 @@ MAX_NESTING: Final = 32
 DEFAULT_MAX_COST: Final = 20_000
 """Evaluation steps one evaluation may take unless the caller says otherwise (a check over every
 component of a 50-component release takes about 1,000)."""
+
+COMPILE_CACHE_SIZE: Final = 1024
+"""Compiled programs kept for reuse (a policy gate compiles its rules on every decision; parsing costs about
+as much as evaluating)."""
 
 DEFAULT_TIMEOUT_S: Final = 2.0
 """Wall-clock limit of one evaluation: a backstop behind the cost budget, which is what normally stops it."""
@@ -553,6 +558,13 @@ def compile(source: str, *, variables: Collection[str] | None = None) -> Program
     """
     if not isinstance(source, str):
         raise ExpressionSyntaxError("an expression must be a string", source=repr(source))
+    return _compile(source, None if variables is None else frozenset(variables))
+
+
+@functools.lru_cache(maxsize=COMPILE_CACHE_SIZE)
+def _compile(source: str, variables: frozenset[str] | None) -> Program:
+    """:func:`compile`, remembered: a program is immutable, and the same text checked against the same names
+    always compiles to the same program (refusals are not remembered: they raise each time)."""
     if len(source) > MAX_EXPRESSION_LENGTH:
         raise ExpressionSyntaxError(
             f"expression is longer than {MAX_EXPRESSION_LENGTH} characters",
@@ -575,7 +587,7 @@ def compile(source: str, *, variables: Collection[str] | None = None) -> Program
         raise ExpressionSyntaxError(
             f"expression nests deeper than {MAX_NESTING} levels", source=source, line=1, column=1
         ) from None
-    analysis = _Analysis(source, None if variables is None else frozenset(variables))
+    analysis = _Analysis(source, variables)
     analysis.walk(ast)
     in_order = sorted(analysis.paths, key=lambda path: analysis.paths[path])
     paths = [path for path in in_order if not any(_extends(other, path) for other in in_order)]

@@ -32,6 +32,14 @@ EXPORT_BUNDLE: Final[str] = "stella.rpc.evidence.export_bundle"
 """Query :class:`ExportBundle` -> :class:`ExportBundleView`: the bundle itself is stored in a JetStream object
 store bucket (bundles can exceed a NATS message), from which the caller streams it."""
 
+GET_CHECKPOINT: Final[str] = "stella.rpc.evidence.get_checkpoint"
+"""Query :class:`GetCheckpoint` -> :class:`CheckpointView`: the signed checkpoint of the tenant's Merkle tree."""
+GET_INCLUSION_PROOF: Final[str] = "stella.rpc.evidence.get_inclusion_proof"
+"""Query :class:`GetInclusionProof` -> :class:`InclusionProofView`: a packet's place in a checkpoint's tree."""
+GET_CONSISTENCY_PROOF: Final[str] = "stella.rpc.evidence.get_consistency_proof"
+"""Query :class:`GetConsistencyProof` -> :class:`ConsistencyProofView`: that an older checkpoint's tree is a
+prefix of a newer one's (no packet was removed or changed in between)."""
+
 PACKET_CREATED: Final[str] = "stella.evt.evidence.packet_created"
 """Event :class:`PacketCreated`."""
 
@@ -78,6 +86,11 @@ class KeyView(Model):
     active: bool
     created_at: datetime
     retired_at: datetime | None
+    key_id: str | None = None
+    """Full fingerprint: ``sha256:`` + hex SHA-256 of the DER SubjectPublicKeyInfo (``key_ref`` is its short form)."""
+    log_entry: dict[str, Any] | None = None
+    """The key's signed key log entry (a DSSE envelope): when it became valid, signed by itself and the key
+    it replaced. Keep the entries with the keys (``key-log.json``) to verify bundles against them."""
 
 
 class ExportBundleView(Model):
@@ -106,6 +119,86 @@ class ExportBundleView(Model):
     size: int = Field(ge=0)
     created_at: AwareDatetime
     expires_at: AwareDatetime
+
+
+class CheckpointView(Model):
+    """A signed checkpoint (C2SP ``tlog-checkpoint`` signed note) of a tenant's Merkle tree.
+
+    Attributes:
+        origin: The log's name, ``<installation origin>/<tenant id>``.
+        tree_size: Packets the tree holds (sequences 1..tree_size).
+        root_hash: Base64 of the RFC 6962 root hash.
+        note: The signed note, verbatim: what a witness keeps.
+        key_ref: The key that signed it.
+        created_at: When it was signed.
+    """
+
+    origin: str
+    tree_size: int = Field(ge=1)
+    root_hash: str
+    note: str
+    key_ref: str
+    created_at: AwareDatetime
+
+
+class InclusionProofView(Model):
+    """An RFC 6962 inclusion proof of a packet in the tree of a checkpoint.
+
+    Attributes:
+        packet_id: The packet.
+        sequence: Its sequence; its leaf index is ``sequence - 1``.
+        leaf_index: ``sequence - 1``.
+        leaf_hash: Base64 of SHA-256(0x00 || the envelope's decoded payload).
+        tree_size: Size of the tree the proof is for.
+        hashes: Base64 of the proof's hashes, from the leaf up.
+        checkpoint: The signed checkpoint of that tree.
+    """
+
+    packet_id: UUID
+    sequence: int = Field(ge=1)
+    leaf_index: int = Field(ge=0)
+    leaf_hash: str
+    tree_size: int = Field(ge=1)
+    hashes: list[str]
+    checkpoint: CheckpointView
+
+
+class ConsistencyProofView(Model):
+    """An RFC 6962 consistency proof between two checkpoints of a tenant's tree.
+
+    Attributes:
+        old_size: The older tree's size.
+        new_size: The newer tree's size.
+        hashes: Base64 of the proof's hashes.
+        old_checkpoint: The stored checkpoint of the older size, when one was signed.
+        new_checkpoint: The signed checkpoint of the newer size.
+    """
+
+    old_size: int = Field(ge=1)
+    new_size: int = Field(ge=1)
+    hashes: list[str]
+    old_checkpoint: CheckpointView | None
+    new_checkpoint: CheckpointView
+
+
+class GetCheckpoint(Query):
+    """Read the newest signed checkpoint (or the one of ``tree_size``)."""
+
+    tree_size: int | None = Field(default=None, ge=1, le=2**62)
+
+
+class GetInclusionProof(Query):
+    """Prove a packet is in the tree of the newest checkpoint (or of ``tree_size``)."""
+
+    packet_id: UUID
+    tree_size: int | None = Field(default=None, ge=1, le=2**62)
+
+
+class GetConsistencyProof(Query):
+    """Prove the tree at ``old_size`` is a prefix of the tree at ``new_size`` (the newest when omitted)."""
+
+    old_size: int = Field(ge=1, le=2**62)
+    new_size: int | None = Field(default=None, ge=1, le=2**62)
 
 
 class GetPacket(Query):

@@ -175,6 +175,8 @@ class PromotionView(Model):
     freeze_override: dict[str, Any] | None
     status_message: str | None = None
     reason_codes: list[str] = Field(default_factory=list)
+    deployment_job_id: UUID | None = None
+    rollback_job_id: UUID | None = None
 
 
 class ScanResultView(Model):

@@ -54,6 +54,9 @@ STEP_SUBJECTS: Final[dict[str, str]] = {
     "gate": "stella.cmd.promotion.evaluate_gates",
     "approval": "stella.cmd.approval.request_approvals",
     "evidence": "stella.cmd.evidence.collect_evidence",
+    "deploy": "stella.cmd.deployment.execute_step",
+    "health-check": "stella.cmd.deployment.execute_step",
+    "verify-drift": "stella.cmd.deployment.execute_step",
 }
 """Step types executed by another context, and the subject their :class:`ExecuteStep` goes to."""
 
@@ -84,7 +87,8 @@ def promotion_template_problems(
 
     A promotion's run is started with :data:`PROMOTION_RUN_INPUTS`, so the template must declare each of
     them and require no other input; its ``gate`` step decides the gates, so it needs one; an environment
-    that needs approvals needs an ``approval`` step, which must run after the gate step.
+    that needs approvals needs an ``approval`` step, which must run after the gate step; a ``deploy`` step
+    must run after the gate and approval steps (a promotion deploys only once it is approved).
 
     Args:
         inputs: The template's declared inputs by name (``{name: {required, default, description}}``).
@@ -113,17 +117,32 @@ def promotion_template_problems(
     successors: dict[str, set[str]] = {}
     for edge in edges:
         successors.setdefault(edge.source, set()).add(edge.target)
-    after_gates: set[str] = set()
-    frontier = list(gates)
-    while frontier:
-        for following in successors.get(frontier.pop(), ()):
-            if following not in after_gates:
-                after_gates.add(following)
-                frontier.append(following)
+    after_gates = set().union(*(_reachable(successors, gate) for gate in gates))
     for node_id in approvals:
         if gates and node_id not in after_gates:
             problems.append(f"its approval step {node_id!r} does not run after a gate step")
+    # A promotion deploys once it is approved: every deploy step comes after the gates and every approval.
+    for node_id in (node.id for node in nodes if node.type == "deploy"):
+        before = {source for source in successors if node_id in _reachable(successors, source)}
+        missing = sorted((gates | set(approvals)) - before)
+        if missing:
+            problems.append(
+                f"its deploy step {node_id!r} does not run after {', '.join(repr(m) for m in missing)}; "
+                "a promotion deploys only once its gates and approvals allow it"
+            )
     return problems
+
+
+def _reachable(successors: dict[str, set[str]], start: str) -> set[str]:
+    """Every node reachable from ``start`` along ``successors`` (``start`` excluded unless on a cycle)."""
+    seen: set[str] = set()
+    frontier = [start]
+    while frontier:
+        for following in successors.get(frontier.pop(), ()):
+            if following not in seen:
+                seen.add(following)
+                frontier.append(following)
+    return seen
 
 
 COMPLETION_IDS: Final[UUID] = UUID("3c1b8a5e-2f4d-4e6a-9b7c-5d8e1f2a3b4c")

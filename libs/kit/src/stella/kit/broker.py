@@ -68,6 +68,8 @@ M = TypeVar("M", bound=Message)
 CommandHandler = Callable[[Any], Awaitable[Reply]]
 QueryHandler = Callable[[Any], Awaitable[Reply]]
 EventHandler = Callable[[Any, asyncpg.Connection], Awaitable[None]]
+PreparedEventHandler = Callable[[Any, asyncpg.Connection, Any], Awaitable[None]]
+"""An event handler that also takes what its ``prepare`` step read before the transaction opened."""
 
 
 class PoisonMessage(Exception):
@@ -107,6 +109,7 @@ class Host(Protocol):
     names: Names
     failures: FailureLedger
     consumers: list[tuple[str, ConsumerConfig]]
+    batch_consumers: list[OrderedBatchConsumer]
 
     @property
     def js(self) -> JetStreamContext: ...
@@ -515,55 +518,230 @@ def _failure(code: str, status: int, detail: str) -> dict[str, Any]:
     )
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A parsed event and the handler that runs it in the transaction (bound to what ``prepare`` read)."""
+
+    event: Event
+    handler: EventHandler
+
+
+async def _unreachable(event: Any, conn: asyncpg.Connection) -> None:
+    raise AssertionError("a prepared event route is handled by its prepared handler")
+
+
 class EventRoutes:
     """One durable consumer ``<service>-<purpose>`` on one subject filter (NATS 2.9 allows one per consumer).
 
     The filter may be a wildcard (``stella.evt.approval.>``); each event subject under it is routed to its
     handler, and events nobody here handles are acknowledged and ignored (a producer may add events later).
     A handler runs inside a transaction that also records ``(consumer, message_id)`` in the inbox, so a
-    redelivered event has one effect.
+    redelivered event has one effect. A handler that needs another service's answer names a ``prepare`` step:
+    it runs before the transaction opens (no connection waits on the other service) and its result is the
+    handler's third argument.
+
+    With ``batch_size`` above 1 the consumer is ordered and group-commits: it handles the events in stream
+    order, up to ``batch_size`` of them in one transaction (see :class:`OrderedBatchConsumer`). Otherwise
+    up to ``max_in_flight`` events are handled at once, each in its own transaction.
     """
 
-    def __init__(self, service: str, purpose: str, subject: str, pool: Callable[[], asyncpg.Pool]) -> None:
+    def __init__(
+        self, service: str, purpose: str, subject: str, pool: Callable[[], asyncpg.Pool], *, batch_size: int = 1
+    ) -> None:
         self.service = service
         self.consumer = f"{service}-{purpose}"
         self.subject = subject
         self.pool = pool
+        self.batch_size = batch_size
         self.routes: dict[str, tuple[type[Event], EventHandler]] = {}
+        self.preparers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
+        self.prepared_handlers: dict[str, PreparedEventHandler] = {}
 
     def on(self, subject: str, model: type[Event], handler: EventHandler) -> None:
         """Route ``subject`` (under this consumer's filter) to ``handler(event, conn)``."""
         self.routes[subject] = (model, handler)
 
+    def on_prepared(
+        self,
+        subject: str,
+        model: type[Event],
+        prepare: Callable[[Any], Awaitable[Any]],
+        handler: PreparedEventHandler,
+    ) -> None:
+        """Route ``subject`` to ``handler(event, conn, await prepare(event))``, ``prepare`` outside the transaction.
+
+        ``prepare`` may run for a redelivered event the inbox then drops: it must only read.
+        """
+        self.preparers[subject] = prepare
+        self.prepared_handlers[subject] = handler
+        self.routes[subject] = (model, _unreachable)
+
+    async def prepare(self, raw: Msg, names: Names) -> Prepared | None:
+        """Parse one delivery and run its route's ``prepare`` step, before any transaction opens.
+
+        Returns:
+            The event with its handler bound to what the ``prepare`` step read; None for an event this
+            consumer does not handle.
+
+        Raises:
+            PoisonMessage: the payload is not a valid event of its subject.
+        """
+        local = names.local(raw.subject)
+        route = self.routes.get(local)
+        if route is None:
+            return None
+        model, handler = route
+        event = parse(model, raw.data)
+        preparer = self.preparers.get(local)
+        if preparer is None:
+            return Prepared(event, handler)
+        prepared, prepared_handler = await preparer(event), self.prepared_handlers[local]
+
+        async def bound(event: Any, conn: asyncpg.Connection) -> None:
+            await prepared_handler(event, conn, prepared)
+
+        return Prepared(event, bound)
+
+    async def apply(self, conn: asyncpg.Connection, ready: Prepared | None) -> None:
+        """Handle one prepared delivery in ``conn``'s open transaction: claim it in the inbox, then run its handler."""
+        if ready is None:
+            return  # an event this consumer does not handle
+        _bind_context(ready.event)
+        if await claim_inbox(conn, self.consumer, ready.event.message_id):
+            await ready.handler(ready.event, conn)
+        else:
+            metrics.messages_handled.labels(self.consumer, "duplicate").inc()
+
     def attach(self, router: NatsRouter, host: Host) -> None:
-        """Register the durable consumer on ``router``."""
-        names = host.names
+        """Register the durable consumer on ``router`` (an ordered batch consumer on ``host``)."""
+        if self.batch_size > 1:
+            host.batch_consumers.append(OrderedBatchConsumer(self, host))
+            return
 
         @durable_subscriber(router, host, EVENTS, self.subject, self.consumer)
         async def on_event(msg: NatsMessage) -> None:
-            raw: Msg = msg.raw_message
+            await self.settle_one(msg.raw_message, host)
 
-            async def work() -> None:
-                route = self.routes.get(names.local(raw.subject))
-                if route is None:
-                    return  # an event this consumer does not handle
-                model, handler = route
-                event = parse(model, raw.data)
-                _bind_context(event)
-                async with self.pool().acquire() as conn, conn.transaction():
-                    if await claim_inbox(conn, self.consumer, event.message_id):
-                        await handler(event, conn)
-                    else:
-                        metrics.messages_handled.labels(self.consumer, "duplicate").inc()
+    async def settle_one(self, raw: Msg, host: Host) -> DeliveryOutcome:
+        """Handle one delivery in a transaction of its own and settle it (ack, hold, retry or dead-letter)."""
+        names = host.names
 
-            with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.service):
-                await settle(raw, self.consumer, host, work)
+        async def work() -> None:
+            ready = await self.prepare(raw, names)
+            async with self.pool().acquire() as conn, conn.transaction():
+                await self.apply(conn, ready)
+
+        with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.service):
+            return await settle(raw, self.consumer, host, work)
+
+
+class OrderedBatchConsumer:
+    """Pulls an :class:`EventRoutes` consumer's events in stream order and handles each batch in one transaction.
+
+    A fetch returns what is waiting, up to ``batch_size`` events (at once: no batch is waited for, so a lone
+    event goes through as fast as alone). The batch is handled in one transaction, each event with its own
+    inbox row, and acknowledged after the commit, so one commit (one WAL flush) serves many events. A crash
+    before the commit redelivers the batch; after it, the inbox absorbs the redelivery. When anything in the
+    batch fails, or an event is a redelivery, the batch is rolled back and its events are handled one at a
+    time, in order, through :func:`settle`, with the usual holding, retries and dead letters.
+    """
+
+    def __init__(self, routes: EventRoutes, host: Host) -> None:
+        self.routes = routes
+        self.host = host
+        self.batch_size = routes.batch_size
+        settings = host.settings
+        config = consumer_config(routes.consumer, host.names.subject(routes.subject), settings)
+        # A whole batch is unacknowledged while it is handled, and the next one is fetched right after.
+        config.max_ack_pending = max(config.max_ack_pending or 0, 2 * self.batch_size)
+        self.stream = host.names.stream(EVENTS)
+        host.consumers.append((self.stream, config))
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._busy = False
+
+    def start(self) -> None:
+        """Start pulling (after the consumer was declared)."""
+        self._task = asyncio.create_task(self._run(), name=f"batch-consumer-{self.routes.consumer}")
+
+    async def stop(self) -> None:
+        """Stop after the batch in hand (waiting for it at most ``ack_wait_s``)."""
+        self._stopping = True
+        if self._task is None:
+            return
+        if not self._busy:
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(self._task, timeout=self.host.settings.ack_wait_s)
+
+    async def _run(self) -> None:
+        consumer = self.routes.consumer
+        sub: JetStreamContext.PullSubscription | None = None
+        retries = 0
+        while not self._stopping:
+            try:
+                if sub is None:
+                    sub = await self.host.js.pull_subscribe_bind(durable=consumer, stream=self.stream)
+                msgs = await sub.fetch(self.batch_size, timeout=5)
+            except TimeoutError:
+                continue  # nothing waiting
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # NATS is away or restarting: the consumer's events wait in the stream.
+                retries += 1
+                log.warning("batch consumer waits for NATS", extra={"consumer": consumer, "error": repr(exc)})
+                await asyncio.sleep(retry_delay(retries, self.host.settings.fault_retry_base_s, 5.0))
+                continue
+            retries = 0
+            self._busy = True
+            try:
+                await self.handle(msgs)
+            finally:
+                self._busy = False
+
+    async def handle(self, msgs: list[Msg]) -> None:
+        """Handle ``msgs`` (in stream order) in one transaction and acknowledge them, else one at a time."""
+        consumer, names = self.routes.consumer, self.host.names
+        started = time.perf_counter()
+        if all((m.metadata.num_delivered if m.metadata else 1) <= 1 for m in msgs):
+            try:
+                routed = [(raw, await self.routes.prepare(raw, names)) for raw in msgs]
+                async with self.routes.pool().acquire() as conn, conn.transaction():
+                    # One statement claims the batch's events in the inbox; each is handled once, in order.
+                    ids = [r.event.message_id for _, r in routed if r is not None]
+                    claimed = await claim_inbox_many(conn, consumer, ids) if ids else set()
+                    for raw, r in routed:
+                        if r is None:
+                            continue  # an event this consumer does not handle
+                        if r.event.message_id not in claimed:
+                            metrics.messages_handled.labels(consumer, "duplicate").inc()
+                            continue
+                        claimed.discard(r.event.message_id)
+                        _bind_context(r.event)
+                        with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.routes.service):
+                            await r.handler(r.event, conn)
+            except Exception as exc:
+                log.debug("batch failed; handling its events one at a time", extra={"consumer": consumer}, exc_info=exc)
+            else:
+                for raw in msgs:
+                    await _ack(raw, consumer)
+                metrics.messages_handled.labels(consumer, "ok").inc(len(msgs))
+                metrics.handle_seconds.labels(consumer).observe((time.perf_counter() - started) / len(msgs))
+                return
+        for raw in msgs:
+            await self.routes.settle_one(raw, self.host)
 
 
 _CLAIM = """
     INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)
     ON CONFLICT (consumer, message_id) DO NOTHING
     RETURNING true
+"""
+_CLAIM_MANY = """
+    INSERT INTO inbox (consumer, message_id) SELECT $1, id FROM unnest($2::uuid[]) AS id
+    ON CONFLICT (consumer, message_id) DO NOTHING
+    RETURNING message_id
 """
 _STORED_REPLY = "SELECT reply FROM inbox WHERE consumer = $1 AND message_id = $2"
 _STORE_REPLY = "UPDATE inbox SET reply = $3 WHERE consumer = $1 AND message_id = $2"
@@ -575,6 +753,14 @@ async def claim_inbox(conn: asyncpg.Connection, consumer: str, message_id: uuid.
     A concurrent delivery of the same message waits on the row until the first transaction ends.
     """
     return bool(await conn.fetchval(_CLAIM, consumer, message_id))
+
+
+async def claim_inbox_many(conn: asyncpg.Connection, consumer: str, message_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Record that ``consumer`` handles each of ``message_ids`` in the open transaction, in one statement.
+
+    Returns the ids claimed now; an id handled before, or named twice, is claimed once.
+    """
+    return {row["message_id"] for row in await conn.fetch(_CLAIM_MANY, consumer, message_ids)}
 
 
 class CommandProcessor:

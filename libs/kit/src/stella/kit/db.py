@@ -16,8 +16,10 @@ Two ways to reach Postgres (``STELLA_DATABASE_POOL_MODE``):
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -26,8 +28,11 @@ from stella.kit.settings import PoolMode
 from stella.kit.startup import ConfigurationError
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # JSON columns come back as Python objects and go in from Python objects.
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Prepare a connection as the pool's are: JSON columns come back as Python objects and go in from them.
+
+    For a connection opened on its own (a command-line tool) that runs the service's repository code.
+    """
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(typename, encoder=_dumps, decoder=json.loads, schema="pg_catalog", format="text")
 
@@ -37,7 +42,31 @@ def _dumps(value: Any) -> str:
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
-    """The pool's reset in transaction pooling mode: there is no session state of ours to clear."""
+    """The pool's reset: there is no session state of ours to clear.
+
+    Before calling it asyncpg rolls back a transaction left open and drops listener callbacks. Its default
+    reset would also send ``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL`` and ``pg_advisory_unlock_all()``: one
+    more round trip for every message handled, for state pool connections never hold here (no ``SET``, no
+    ``LISTEN``, no session advisory lock, no cursor outside a transaction; the relay, migrations and
+    listeners use connections of their own). In transaction pooling mode ``RESET ALL`` would moreover run on
+    whichever server connection is at hand.
+    """
+
+
+def plain_on_loopback(dsn: str) -> bool | None:
+    """``False`` (no TLS) for a DSN that names a loopback host and no ``sslmode``; None (the DSN decides) otherwise.
+
+    asyncpg's default (``prefer``) asks every new connection for TLS first: a wasted round trip to a local
+    server without TLS, and a TLS handshake per connection to one with it, for no protection on loopback.
+    """
+    parts = urlsplit(dsn)
+    if "sslmode" in parse_qs(parts.query) or parts.hostname is None:
+        return None
+    try:
+        loopback = ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        loopback = parts.hostname == "localhost"
+    return False if loopback else None
 
 
 async def create_pool(
@@ -61,9 +90,10 @@ async def create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            init=_init_connection,
+            init=init_connection,
             reset=_keep_session,
             statement_cache_size=0,
+            ssl=plain_on_loopback(dsn),
             server_settings={"application_name": f"stella-{schema}"},
             command_timeout=60,
         )
@@ -78,7 +108,9 @@ async def create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        init=_init_connection,
+        init=init_connection,
+        reset=_keep_session,
+        ssl=plain_on_loopback(dsn),
         server_settings={"search_path": f"{schema},public", "application_name": f"stella-{schema}"},
         command_timeout=60,
     )

@@ -62,11 +62,25 @@ class QuietFetchTimeouts(logging.Filter):
         return True
 
 
+class QuietTaskCallbacks(logging.Filter):
+    """Drop FastStream's INFO line "callback for Task-N is being executed..." unless DEBUG is on.
+
+    FastStream logs it for every background task of a subscriber that ends (at stop, and on every restart of
+    a fetch loop): it says nothing an operator acts on, and INFO is one line per business event or error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and str(record.msg).endswith("is being executed..."):
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     """Send every log record to stderr as JSON; called once by a service's ``__main__``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     handler.addFilter(QuietFetchTimeouts())
+    handler.addFilter(QuietTaskCallbacks())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

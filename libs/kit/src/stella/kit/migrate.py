@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ import asyncpg
 
 from stella.kit.logs import configure_logging
 from stella.kit.migrations import apply_migrations, installed_migration_sets
+from stella.kit.roles import ensure_service_role
 from stella.kit.settings import ServiceSettings
 from stella.kit.startup import StartupError, load_settings, wait_for_postgres
 
@@ -36,6 +38,12 @@ async def migrate_all(settings: ServiceSettings) -> list[str]:
         for schema, folder in installed_migration_sets():
             applied = await apply_migrations(conn, schema, folder)
             lines.append(f"{schema}: applied {', '.join(applied)}" if applied else f"{schema}: up to date")
+            role = settings.service_role(schema)
+            if role is not None:
+                # Each service's password is set where that service's settings are: STELLA_<SERVICE>_DATABASE_PASSWORD.
+                password = os.environ.get(f"STELLA_{schema.upper()}_DATABASE_PASSWORD")
+                await ensure_service_role(conn, schema, role, folder, password=password)
+                lines.append(f"{schema}: role {role} granted")
     finally:
         await conn.close()
     return lines

@@ -168,7 +168,14 @@ async def pending_migrations(conn: asyncpg.Connection, schema: str, directory: P
 
 
 async def prepare_schema(
-    dsn: str, schema: str, directory: Path, *, migrate: bool, timeout_s: float = 60.0
+    dsn: str,
+    schema: str,
+    directory: Path,
+    *,
+    migrate: bool,
+    timeout_s: float = 60.0,
+    service_role: str | None = None,
+    role_password: str | None = None,
 ) -> list[str]:
     """Bring ``schema`` up to date, or wait until a migration job has done it.
 
@@ -178,6 +185,9 @@ async def prepare_schema(
         directory: The service's migrations.
         migrate: Apply what is missing; when False, wait for it to be applied by someone else.
         timeout_s: How long to wait when ``migrate`` is False.
+        service_role: After migrating, make sure this login role exists with the service's grants
+            (:func:`stella.kit.roles.ensure_service_role`); the migration job does it when ``migrate`` is False.
+        role_password: Its password, when Postgres asks for one.
 
     Returns:
         The migrations this call applied.
@@ -188,7 +198,12 @@ async def prepare_schema(
     conn = await asyncpg.connect(dsn)
     try:
         if migrate:
-            return await apply_migrations(conn, schema, directory)
+            applied = await apply_migrations(conn, schema, directory)
+            if service_role is not None:
+                from stella.kit.roles import ensure_service_role  # roles builds on this module
+
+                await ensure_service_role(conn, schema, service_role, directory, password=role_password)
+            return applied
         deadline = time.monotonic() + timeout_s
         while missing := await pending_migrations(conn, schema, directory):
             if time.monotonic() >= deadline:

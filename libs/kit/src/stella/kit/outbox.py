@@ -1,7 +1,7 @@
 """Transactional outbox: write events with the state change, publish them after commit, in order.
 
 Writers call :func:`add_event` inside their transaction. A per-tenant transaction-scoped advisory lock taken
-before the row gets its id makes a tenant's ids follow commit order, so the relay, which publishes in id
+before the row gets its id makes a tenant's ids in that outbox follow commit order, so the relay, which publishes in id
 order and stops at the first failure, never reorders a tenant's events. One relay per schema is active at a
 time (a session advisory lock); the others stand by. A relay killed after publishing but before marking
 rows republishes them on restart with the same ``Nats-Msg-Id``, which the stream's duplicate window drops
@@ -31,11 +31,17 @@ from stella.kit.naming import Names
 
 log = logging.getLogger(__name__)
 
-_LOCK_TENANT = "SELECT pg_advisory_xact_lock(hashtextextended('stella.outbox:' || $1::text, 0))"
+# Keyed by schema and tenant: ids need commit order only within one outbox table, and advisory locks are
+# database-wide, so a key without the schema would make every service's writes for a tenant wait on each other.
+_LOCK_KEY = "hashtextextended('stella.outbox:' || current_schema() || ':' || {tenant}::text, 0)"
+_LOCK_TENANT = f"SELECT pg_advisory_xact_lock({_LOCK_KEY.format(tenant='$1')})"
 # A message id names one message: writing it again (a deterministic id derived from what caused it, written
-# by a retried or repeated handler) records nothing more.
-_INSERT = """
-    INSERT INTO outbox (message_id, tenant_id, subject, payload, headers) VALUES ($1, $2, $3, $4, $5)
+# by a retried or repeated handler) records nothing more. The row's tenant lock is taken in the same
+# statement (re-entrant, so a second message of the tenant costs nothing more), before the row gets its id:
+# the lock is in the FROM clause that produces the row, so one round trip records a message.
+_INSERT = f"""
+    INSERT INTO outbox (message_id, tenant_id, subject, payload, headers)
+    SELECT $1::uuid, $2::uuid, $3::text, $4::text, $5::text FROM (SELECT pg_advisory_xact_lock({_LOCK_KEY.format(tenant="$2::uuid")})) AS locked
     ON CONFLICT (message_id) DO NOTHING
 """
 _PENDING = """
@@ -92,8 +98,11 @@ async def add_messages(conn: asyncpg.Connection, messages: Sequence[OutboxMessag
         return
     if not conn.is_in_transaction():
         raise RuntimeError("outbox writes must happen inside the state change's transaction")
-    for tenant in sorted({str(m.tenant_id) for m in messages}):
-        await conn.execute(_LOCK_TENANT, tenant)
+    tenants = sorted({str(m.tenant_id) for m in messages})
+    if len(tenants) > 1:
+        # Several tenants: lock them in one order first, so two such writers cannot deadlock.
+        for tenant in tenants:
+            await conn.execute(_LOCK_TENANT, tenant)
     trace = tracing.stored_context()
     await conn.executemany(
         _INSERT,

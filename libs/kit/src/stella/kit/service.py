@@ -24,7 +24,13 @@ from nats.js.api import ConsumerConfig
 
 from stella.contracts.streams import health_subject
 from stella.kit import tracing
-from stella.kit.broker import FailureLedger, ServiceClient, declare_consumers, declare_streams
+from stella.kit.broker import (
+    FailureLedger,
+    OrderedBatchConsumer,
+    ServiceClient,
+    declare_consumers,
+    declare_streams,
+)
 from stella.kit.db import create_pool
 from stella.kit.metrics import serve_metrics
 from stella.kit.migrations import prepare_schema
@@ -59,13 +65,20 @@ class ServiceRuntime:
         self._on_stop = on_stop
         self.names = Names(settings.nats_namespace)
         # Reconnect for as long as the process lives: NATS may be away for longer than a minute or two.
+        # FastStream's "Received"/"Processed" lines for every message go at DEBUG: INFO is one line per
+        # business event or error (the kit logs every failure itself).
         self.broker = NatsBroker(
-            settings.nats_url, logger=logging.getLogger(f"stella.{name}.broker"), max_reconnect_attempts=-1
+            settings.nats_url,
+            logger=logging.getLogger(f"stella.{name}.broker"),
+            log_level=logging.DEBUG,
+            max_reconnect_attempts=-1,
         )
         self.failures = FailureLedger()
         """Failures of the messages this process handles (the poison budget's counter)."""
         self.consumers: list[tuple[str, ConsumerConfig]] = []
         """The durable consumers the routes registered: ``(stream, configuration)``."""
+        self.batch_consumers: list[OrderedBatchConsumer] = []
+        """The ordered, group-committing consumers the routes registered (started after the broker)."""
         self._pool: asyncpg.Pool | None = None
         self._js: JetStreamContext | None = None
         self._nats: NatsClient | None = None
@@ -135,11 +148,17 @@ class ServiceRuntime:
             self.migrations,
             migrate=settings.migrate_on_start,
             timeout_s=settings.startup_timeout_s,
+            service_role=settings.service_role(self.schema),
+            role_password=settings.role_password,
         )
         if applied:
             log.info("applied migrations", extra={"migrations": applied})
         self._pool = await create_pool(
-            settings.database_url, self.schema, max_size=settings.db_pool_size, pool_mode=settings.database_pool_mode
+            settings.as_service(settings.database_url, self.schema),
+            self.schema,
+            max_size=settings.db_pool_size,
+            min_size=min(settings.db_pool_min_size, settings.db_pool_size),
+            pool_mode=settings.database_pool_mode,
         )
         await self.broker.connect()
         nc = self.broker.connection
@@ -161,7 +180,7 @@ class ServiceRuntime:
         await declare_consumers(self._js, self.consumers)
         # The relay holds a session lock and LISTENs: it needs a connection that bypasses a transaction pooler.
         self.relay = OutboxRelay(
-            self.settings.direct_database_url,
+            self.settings.as_service(self.settings.direct_database_url, self.schema),
             self.schema,
             self._js,
             names=self.names,
@@ -173,6 +192,8 @@ class ServiceRuntime:
         if self._on_start is not None:
             await self._on_start(self)
         await self.broker.start()
+        for consumer in self.batch_consumers:
+            consumer.start()
         if self.settings.metrics_port:
             serve_metrics(self.settings.metrics_port)
         if self.settings.health_port is not None:
@@ -200,6 +221,9 @@ class ServiceRuntime:
         if self._on_stop is not None:
             with contextlib.suppress(Exception):
                 await self._on_stop(self)
+        for consumer in self.batch_consumers:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
         with contextlib.suppress(Exception):
             await self.broker.stop()
         if self.relay is not None:

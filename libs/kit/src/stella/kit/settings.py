@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -51,6 +51,25 @@ class ServiceSettings(BaseSettings):
     pooler must set it (one pooler database per service whose ``connect_query`` sets it, or a per-service role
     with its own ``search_path``), and ``database_direct_url`` is required."""
 
+    database_service_roles: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("database_service_roles", "STELLA_DATABASE_SERVICE_ROLES"),
+    )
+    """Connect as the service's own login role (``<database_role_prefix><schema>``, e.g. ``stella_evidence``)
+    instead of the user of ``database_url``, which then only runs the migrations (it must own the schemas and
+    may create roles). The role gets exactly the grants the service declares (:mod:`stella.kit.roles`)."""
+
+    database_role_prefix: str = Field(
+        default="stella_",
+        pattern=r"^[a-z_][a-z0-9_]{0,30}$",
+        validation_alias=AliasChoices("database_role_prefix", "STELLA_DATABASE_ROLE_PREFIX"),
+    )
+    """Prefix of the services' login roles."""
+
+    database_password: SecretStr | None = None
+    """Password of the service's login role (``STELLA_<SERVICE>_DATABASE_PASSWORD``), when Postgres asks for
+    one; the migration step sets it on the role."""
+
     nats_url: str = Field(
         default=DEFAULT_NATS_URL,
         validation_alias=AliasChoices("nats_url", "STELLA_NATS_URL"),
@@ -69,8 +88,17 @@ class ServiceSettings(BaseSettings):
     )
     """Copies JetStream keeps of each stream: 1 on a single server, 3 in a three-node NATS cluster."""
 
-    db_pool_size: int = Field(default=20, ge=1, le=200)
-    """Maximum connections in the service's asyncpg pool."""
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    """Maximum connections in the service's asyncpg pool.
+
+    The budget on one Postgres: seven pools (six services and the gateway) of 10, plus one connection per
+    service for its outbox relay and two listeners, is about 80, below Postgres's default
+    ``max_connections`` of 100 (the embedded server's too). Raise it only with ``max_connections``, or put
+    PgBouncer in front (``STELLA_DATABASE_POOL_MODE=transaction``)."""
+
+    db_pool_min_size: int = Field(default=2, ge=0, le=200)
+    """Connections the pool opens at start and keeps (at most ``db_pool_size``): a burst then does not start
+    by opening connections."""
 
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("log_level", "STELLA_LOG_LEVEL"))
     """Root log level (DEBUG, INFO, WARNING...)."""
@@ -156,6 +184,26 @@ class ServiceSettings(BaseSettings):
                 "the pooler, for migrations and the outbox relay)"
             )
         return self
+
+    def service_role(self, schema: str) -> str | None:
+        """The login role the service connects as, or ``None`` when it uses ``database_url``'s user."""
+        return f"{self.database_role_prefix}{schema}" if self.database_service_roles else None
+
+    @property
+    def role_password(self) -> str | None:
+        """The service role's password in clear, for the connection that sets or uses it."""
+        return self.database_password.get_secret_value() if self.database_password is not None else None
+
+    def as_service(self, dsn: str, schema: str) -> str:
+        """``dsn`` with the service's login role and password in place of its user, when roles are on."""
+        role = self.service_role(schema)
+        if role is None:
+            return dsn
+        parts = urlsplit(dsn)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        secret = self.role_password
+        userinfo = quote(role, safe="") + (f":{quote(secret, safe='')}" if secret else "")
+        return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
     @property
     def direct_database_url(self) -> str:

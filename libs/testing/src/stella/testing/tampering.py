@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Self
 
+from stella.testing.images import AppImage, push_app_image
+from stella.testing.messaging import unique_token
 from stella.testing.registry import LocalRegistry, RegistryResponse, fetch_manifest, request
 
 _FORWARDED_REQUEST_HEADERS = ("Accept", "Authorization", "Content-Type", "Range")
@@ -134,3 +136,25 @@ class TamperingRegistry:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def tampered_image(registry: LocalRegistry, proxy: TamperingRegistry, substitute: AppImage) -> AppImage:
+    """A new image (never pulled by the engine) named through ``proxy``, which serves ``substitute`` instead.
+
+    The pinned image must be new to the engine: an engine that already holds a digest's content uses it
+    without asking the registry again, so a swap would never be served.
+
+    Args:
+        registry: The real registry behind ``proxy``.
+        proxy: The tampering proxy.
+        substitute: The image whose content the proxy serves instead (its version and health are copied).
+
+    Returns:
+        The pinned image as a release names it: through the proxy, at the digest the registry gave it.
+    """
+    marker = unique_token()
+    repository = f"stella-test/tampered-{marker}"
+    pinned = push_app_image(registry, repository, "1.0.0", f"pinned {marker}")
+    substitute_here = push_app_image(registry, repository, "other", substitute.version, healthy=substitute.healthy)
+    proxy.swap(repository, pinned.digest, substitute_here.digest)
+    return AppImage(f"{proxy.address}/{repository}", pinned.digest, pinned.version, True)

@@ -115,13 +115,13 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Eve
         app.purger = DueLoop(
             f"{NAME}-purge", next_purge_due, purge, clock=clock, max_sleep_s=PURGE_INTERVAL.total_seconds()
         )
-        subscribers.register(runtime, router, handlers)
+        subscribers.register(runtime, router, handlers, projection_batch_size=settings.projection_batch_size)
 
     async def on_start(runtime: ServiceRuntime) -> None:
         assert app.deliveries is not None and app.purger is not None  # built by register, which runs first
         await sender.start()
         # Deliveries queued by any replica (or whose webhook came back) wake this one's loop on commit.
-        app._listener = await asyncpg.connect(settings.database_url)
+        app._listener = await asyncpg.connect(settings.as_service(settings.database_url, runtime.schema))
         await app._listener.add_listener(f"stella_deliveries_{runtime.schema}", lambda *_: wake_deliveries())
         app.deliveries.start()
         app.purger.start()

@@ -25,6 +25,11 @@ class Settings(ServiceSettings):
     """Messages handled at once per consumer. 1 keeps public events in the order of the internal stream
     (a promotion's ``requested`` is published before its ``approved``); more trades that order for throughput."""
 
+    projection_batch_size: int = Field(default=64, ge=1, le=1000)
+    """Internal events the projection handles in one transaction at most, in stream order (one commit for
+    them all: the projection keeps the stream's order and is not bound to one commit per event). 1 handles
+    each event in its own transaction, ``max_in_flight`` of them at once."""
+
     key_dir: Path = Path(".stella/keys")
     """Directory holding the key that seals webhook secrets at rest (``webhook-secrets.key``, 32 random bytes,
     mode 0600, made on first start), relative to the working directory unless absolute."""

@@ -21,7 +21,8 @@ import asyncpg
 from stella.evidence.app import MIGRATIONS, NAME, create_app
 from stella.evidence.keys import KeyFormatError
 from stella.evidence.settings import Settings
-from stella.evidence.signing import KeyFile, rotate_key
+from stella.evidence.signing import rotate_key
+from stella.kit.db import init_connection
 from stella.kit.logs import configure_logging
 from stella.kit.migrations import apply_migrations, quote_ident
 from stella.kit.startup import EX_CONFIG, load_settings, run_process
@@ -31,11 +32,10 @@ async def rotate(settings: Settings) -> str:
     """Rotate the signing key in the key file and the database; returns a one-line summary."""
     conn = await asyncpg.connect(settings.direct_database_url)
     try:
+        await init_connection(conn)
         await apply_migrations(conn, NAME, MIGRATIONS)
         await conn.execute(f"SET search_path TO {quote_ident(NAME)}, public")
-        retired, key = await rotate_key(
-            conn, KeyFile(settings.signing_key_path, settings.key_algorithm), datetime.now(UTC)
-        )
+        retired, key = await rotate_key(conn, settings.signing_key_file(), datetime.now(UTC))
     finally:
         await conn.close()
     summary = f"evidence signing key {key.key_ref} is active ({settings.signing_key_path})"
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def init_key(settings: Settings) -> int:
     """Create the key file unless it exists; print its key reference. Returns the exit code."""
-    key_file = KeyFile(settings.signing_key_path, settings.key_algorithm)
+    key_file = settings.signing_key_file()
     existed = key_file.path.exists()
     try:
         key = key_file.load_or_create()

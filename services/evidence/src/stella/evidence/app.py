@@ -15,8 +15,10 @@ from stella.contracts.envelope import utcnow
 from stella.evidence import subscribers
 from stella.evidence.exports import ExportStore
 from stella.evidence.handlers import Handlers
+from stella.evidence.proofs import ProofQueries
 from stella.evidence.settings import Settings
-from stella.evidence.signing import ActiveSigner, KeyFile
+from stella.evidence.signing import ActiveSigner
+from stella.evidence.tree import Checkpointer
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
 
@@ -29,6 +31,7 @@ class EvidenceApp(ServiceApp):
     """The running evidence service: its runtime and the objects tests may want to reach."""
 
     signer: ActiveSigner
+    checkpointer: Checkpointer
     exports: ExportStore | None = field(default=None)
     handlers: Handlers | None = field(default=None)
 
@@ -54,8 +57,15 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
     """
     overrides = overrides or Overrides()
     clock = overrides.get("clock", utcnow)
-    signer = ActiveSigner(KeyFile(settings.signing_key_path, settings.key_algorithm), create=settings.key_create)
-    app = EvidenceApp(signer=signer)
+    signer = ActiveSigner(settings.signing_key_file(), create=settings.key_create)
+    checkpointer = Checkpointer(
+        lambda: app.runtime.pool,
+        signer,
+        settings.checkpoint_origin,
+        clock,
+        interval_s=settings.checkpoint_interval_s,
+    )
+    app = EvidenceApp(signer=signer, checkpointer=checkpointer)
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
         exports = ExportStore(runtime.names, max_age_s=settings.export_max_age_s)
@@ -66,6 +76,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
             lambda: runtime.client,
             signer,
             exports,
+            checkpointer,
             dependency_timeout_s=settings.dependency_timeout_s,
             export_max_packets=settings.export_max_packets,
             export_max_age_s=settings.export_max_age_s,
@@ -74,13 +85,17 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
             new_id=overrides.get("new_id", uuid4),
         )
         app.handlers = handlers
-        subscribers.register(runtime, router, handlers)
+        subscribers.register(runtime, router, handlers, ProofQueries(lambda: runtime.pool, checkpointer))
 
     async def on_start(runtime: ServiceRuntime) -> None:
         # Before the broker starts: no packet is signed until the key is loaded and registered.
         await signer.start(runtime.pool, clock())
         assert app.exports is not None  # built by register, which runs before on_start
         await app.exports.start(runtime.js)
+        checkpointer.start()
 
-    app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start)
+    async def on_stop(runtime: ServiceRuntime) -> None:
+        await checkpointer.stop()
+
+    app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start, on_stop=on_stop)
     return app

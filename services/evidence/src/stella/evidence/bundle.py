@@ -24,7 +24,7 @@ import os
 import re
 import tarfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ from uuid import UUID
 
 from stella.contracts.canonical import sha256_digest
 from stella.evidence.keys import PublicKey
+from stella.evidence.merkle import HASH_SIZE, Range
 from stella.evidence.packet import SignedPacket, format_timestamp, parse_timestamp
 from stella.evidence.statement import PAYLOAD_TYPE, PREDICATE_TYPE
 
@@ -50,6 +51,16 @@ ENVELOPES_DIR: Final[str] = "envelopes/"
 
 KEYS_DIR: Final[str] = "keys/"
 """Directory of the public keys."""
+
+CHECKPOINT_PATH: Final[str] = "checkpoint.txt"
+"""Path of the signed checkpoint (C2SP signed note) of the tenant's tree the packets belong to."""
+
+KEY_LOG_PATH: Final[str] = "key-log.json"
+"""Path of the signed key log (a JSON list of DSSE envelopes, see :mod:`stella.evidence.keylog`); the same
+file name in a ``--keys`` directory holds the log as the service publishes it."""
+
+TREE_PATH: Final[str] = "tree.json"
+"""Path of what recomputes the checkpoint's root from the packets: the range and the subtrees around it."""
 
 SEQUENCE_DIGITS: Final[int] = 10
 """Sequences in envelope file names are zero-padded to this width, so names sort in sequence order."""
@@ -88,8 +99,14 @@ def parse_envelope_path(path: str) -> tuple[int, UUID] | None:
 
 
 def key_path(key_ref: str) -> str:
-    """Return the bundle path of a public key."""
-    return f"{KEYS_DIR}{key_ref}.pem"
+    """Return the bundle path of a public key: ``keys/<algorithm>_<hex>.pem`` (no ``:``, which some file
+    systems refuse)."""
+    return f"{KEYS_DIR}{key_ref.replace(':', '_', 1)}.pem"
+
+
+def key_ref_of_path(path: str) -> str:
+    """The key reference a key file's name states (the inverse of :func:`key_path`)."""
+    return path.removeprefix(KEYS_DIR).removesuffix(".pem").replace("_", ":", 1)
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -151,6 +168,71 @@ class Manifest:
             "key_refs": list(self.key_refs),
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files],
         }
+
+
+@dataclass(frozen=True)
+class TreeProof:
+    """The checkpoint a bundle carries, and what recomputes its root from the bundle's packets.
+
+    Attributes:
+        checkpoint: The signed note of the tenant's tree at ``tree_size`` packets.
+        tree_size: Packets the checkpoint covers.
+        first_sequence: First sequence the bundle claims to hold (1 for an export from the start), or ``None``.
+        last_sequence: Last sequence the bundle claims to hold (``tree_size`` for an export to the end).
+        outside: Roots of the subtrees of the RFC 6962 recursion that hold none of the bundle's packets,
+            by leaf range ``[start, end)``.
+    """
+
+    checkpoint: str
+    tree_size: int
+    first_sequence: int | None
+    last_sequence: int | None
+    outside: dict[Range, bytes] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``tree.json`` form (the checkpoint itself is ``checkpoint.txt``)."""
+        return {
+            "tree_size": self.tree_size,
+            "range": (
+                None
+                if self.first_sequence is None
+                else {"first_sequence": self.first_sequence, "last_sequence": self.last_sequence}
+            ),
+            "outside": [
+                {"start": start, "end": end, "hash": digest.hex()}
+                for (start, end), digest in sorted(self.outside.items())
+            ],
+        }
+
+
+def parse_tree_proof(checkpoint: bytes, data: bytes) -> TreeProof:
+    """Read ``checkpoint.txt`` and ``tree.json``.
+
+    Raises:
+        ManifestError: When either is unreadable or a field has the wrong shape.
+    """
+    try:
+        note = checkpoint.decode("utf-8")
+        raw = json.loads(data.decode("utf-8"))
+        size = raw["tree_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ManifestError("tree.json: tree_size is not a non-negative integer")
+        span = raw["range"]
+        first = _optional_int(None if span is None else span["first_sequence"], "first_sequence")
+        last = _optional_int(None if span is None else span["last_sequence"], "last_sequence")
+        outside: dict[Range, bytes] = {}
+        for entry in raw["outside"]:
+            start, end, digest = entry["start"], entry["end"], bytes.fromhex(entry["hash"])
+            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= size):
+                raise ManifestError(f"tree.json: outside range {start}..{end} is not within the tree")
+            if len(digest) != HASH_SIZE:
+                raise ManifestError("tree.json: an outside hash is not 32 bytes")
+            outside[(start, end)] = digest
+    except ManifestError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"checkpoint.txt or tree.json is unreadable: {exc!r}") from exc
+    return TreeProof(checkpoint=note, tree_size=size, first_sequence=first, last_sequence=last, outside=outside)
 
 
 def _optional_int(value: object, name: str) -> int | None:
@@ -238,6 +320,8 @@ def build_bundle(
     *,
     tenant_id: UUID,
     created_at: datetime,
+    tree: TreeProof | None = None,
+    key_log: Sequence[Mapping[str, Any]] | None = None,
 ) -> bytes:
     """Build an export bundle.
 
@@ -249,6 +333,9 @@ def build_bundle(
         public_keys: Every public key that may have signed them: the current key and the rotated ones.
         tenant_id: The tenant whose evidence this is.
         created_at: Export time; written to the manifest and used as every entry's mtime.
+        tree: The tenant's checkpoint and the proof that ties the packets to it; its range is the one the
+            manifest claims (the packets given may fall short of it: that is what the verifier reports).
+        key_log: The signed key log entries, in order: when each key was valid.
 
     Returns:
         The ``tar.gz`` bytes.
@@ -271,11 +358,19 @@ def build_bundle(
         files[envelope_path(item.packet.sequence, item.packet.id)] = _json_bytes(item.envelope)
     for ref in sorted(keys):
         files[key_path(ref)] = keys[ref].to_pem()
+    first_sequence = packets[0].packet.sequence if packets else None
+    last_sequence = packets[-1].packet.sequence if packets else None
+    if key_log is not None:
+        files[KEY_LOG_PATH] = _json_bytes(list(key_log))
+    if tree is not None:
+        files[CHECKPOINT_PATH] = tree.checkpoint.encode("utf-8")
+        files[TREE_PATH] = _json_bytes(tree.to_dict())
+        first_sequence, last_sequence = tree.first_sequence, tree.last_sequence
     header = Manifest(
         tenant_id=tenant_id,
         created_at=created_at,
-        first_sequence=packets[0].packet.sequence if packets else None,
-        last_sequence=packets[-1].packet.sequence if packets else None,
+        first_sequence=first_sequence,
+        last_sequence=last_sequence,
         packet_count=len(packets),
         key_refs=tuple(sorted(keys)),
         files=(),
@@ -305,9 +400,15 @@ def write_bundle(
     *,
     tenant_id: UUID,
     created_at: datetime,
+    tree: TreeProof | None = None,
+    key_log: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
     """Build a bundle (see :func:`build_bundle`) and write it to ``path``."""
-    Path(path).write_bytes(build_bundle(signed_packets, public_keys, tenant_id=tenant_id, created_at=created_at))
+    Path(path).write_bytes(
+        build_bundle(
+            signed_packets, public_keys, tenant_id=tenant_id, created_at=created_at, tree=tree, key_log=key_log
+        )
+    )
 
 
 def _tar_gz(files: dict[str, bytes], *, mtime: int) -> bytes:
@@ -419,7 +520,10 @@ Everything below works offline.
 | path | content |
 |---|---|
 | `envelopes/<sequence>-<packet id>.dsse.json` | one DSSE envelope per packet; the sequence is zero-padded to 10 digits so names sort in chain order |
-| `keys/<key_ref>.pem` | the public keys that signed the packets, current and rotated (PEM SubjectPublicKeyInfo) |
+| `keys/<algorithm>_<hex>.pem` | the public keys that signed the packets, current and rotated (PEM SubjectPublicKeyInfo); the name is the `key_ref` with `_` for `:` |
+| `key-log.json` | the signed key log: when each key became valid, and so when the one before it was retired |
+| `checkpoint.txt` | the signed checkpoint of the tenant's Merkle tree: how many packets existed, and their root hash |
+| `tree.json` | the range this bundle proves and the subtree hashes around it that recompute the checkpoint's root |
 | `manifest.json` | the SHA-256 and size of every other file, and the bundle metadata: tenant, sequence range, packet count, creation time |
 | `VERIFY.md` | this file |
 
@@ -430,10 +534,11 @@ packet is about (repository and sha256 digest); its `predicate` (type `@@PREDICA
 is the evidence packet: `id`, `tenant_id`, `packet_type`, `promotion_id`, `sequence`, `previous_hash`,
 `content`, `content_hash`, `created_at`, `signer_key_ref`.
 
-Four things must hold: the files are the ones listed in the manifest (1), every signature verifies (2),
-every `content_hash` recomputes (3), and the packets form an unbroken chain (4). The commands below check
-each with standard tools (bash, GNU coreutils, jq, OpenSSL 3.0 or later; step 3 needs python3 with the
-`rfc8785` package). Section 6 checks everything at once.
+Six things must hold: the files are the ones listed in the manifest (1), every signature verifies (2),
+every `content_hash` recomputes (3), the packets form an unbroken chain (4), they are exactly the packets the
+signed checkpoint commits to (5), and every key signed only while it was valid (6). The commands below check
+each with standard tools (bash, GNU coreutils, jq 1.6 or later, OpenSSL 3.0 or later; step 3 needs python3
+with the `rfc8785` package, step 5 python3 alone). Section 8 checks everything at once.
 
 ## 1. Every file matches the manifest
 
@@ -473,7 +578,7 @@ give the PAE `DSSEv1 29 http://example.com/HelloWorld 11 hello world`.
 
 An Ed25519 signature is the raw 64-byte signature (RFC 8032) of the PAE. An ECDSA P-256 signature is the
 DER-encoded signature of the SHA-256 of the PAE. A signature's `keyid` is the `key_ref` of its key, which
-names the file `keys/<key_ref>.pem`, and the packet's `signer_key_ref` must be that same key.
+names the file `keys/<key_ref with _ for :>.pem`, and the packet's `signer_key_ref` must be that same key.
 
 This loop rebuilds the PAE of every envelope and verifies it with OpenSSL; it prints one line per envelope
 (OpenSSL prints `Signature Verified Successfully` for Ed25519 and `Verified OK` for ECDSA) and `FAILED` for
@@ -489,8 +594,8 @@ for env in envelopes/*.dsse.json; do
   printf 'DSSEv1 %d %s %d ' "${#type}" "$type" "$(wc -c < "$work/payload" | tr -d ' ')" > "$work/pae"
   cat "$work/payload" >> "$work/pae"
   case "$keyid" in
-    ed25519:*)    openssl pkeyutl -verify -pubin -inkey "keys/$keyid.pem" -rawin -in "$work/pae" -sigfile "$work/sig" ;;
-    ecdsa-p256:*) openssl dgst -sha256 -verify "keys/$keyid.pem" -signature "$work/sig" "$work/pae" ;;
+    ed25519:*)    openssl pkeyutl -verify -pubin -inkey "keys/${keyid/:/_}.pem" -rawin -in "$work/pae" -sigfile "$work/sig" ;;
+    ecdsa-p256:*) openssl dgst -sha256 -verify "keys/${keyid/:/_}.pem" -signature "$work/sig" "$work/pae" ;;
     *)            false ;;
   esac && [ "$(jq -r '.predicate.signer_key_ref' "$work/payload")" = "$keyid" ] \
     && echo "signature ok: $env ($keyid)" || echo "FAILED: $env ($keyid)"
@@ -502,8 +607,8 @@ rm -r "$work"
 
 ## 3. Every content_hash recomputes
 
-`content_hash` is `"sha256:"` followed by the hex SHA-256 of the RFC 8785 (JSON Canonicalization Scheme)
-form of this object, built from the packet's own fields:
+`content_hash` is not a hash of `content` alone: it is `"sha256:"` followed by the hex SHA-256 of the
+RFC 8785 (JSON Canonicalization Scheme) form of this object, built from eight of the packet's own fields:
 
     {"content", "created_at", "id", "packet_type", "previous_hash", "promotion_id", "sequence", "tenant_id"}
 
@@ -525,6 +630,11 @@ for path in sys.argv[1:]:
     print(packet["sequence"], "OK" if computed == packet["content_hash"] else "MISMATCH", path)
 ```
 
+A `release_decision` packet also carries what the gates saw, `content.decision.inputs` (release digests,
+environment settings, freeze windows, scan verdicts, votes). Its `inputs_hash` is `"sha256:"` and the hex
+SHA-256 of the RFC 8785 form of `{"clock": <decision.evaluated_at>, "inputs": <decision.inputs>}`, so a
+changed input shows without the service; the verifier of section 8 recomputes it for every such packet.
+
 ## 4. The packets form an unbroken chain
 
 Each packet carries the `content_hash` of the packet before it in `previous_hash`; the first packet of the
@@ -543,37 +653,142 @@ done | awk '
 ```
 
 When the bundle's range does not start at 1, the first packet's `previous_hash` points at a packet outside
-the bundle.
+the bundle: that link is not checked here (section 5 still proves the packet is where the checkpoint says).
 
-## 5. Trust the keys you know, not the keys in the bundle
+## 5. The packets are exactly the ones the signed checkpoint commits to
+
+The evidence service keeps a Merkle tree (RFC 6962, SHA-256) over each tenant's packets: leaf `i` is packet
+sequence `i + 1`, and its hash is `SHA-256(0x00 || payload)` where `payload` is the envelope's base64-decoded
+payload, the exact bytes that were signed. `checkpoint.txt` is a C2SP `tlog-checkpoint` signed note, the
+format of Go's checksum database and Sigstore's Rekor:
+
+    <origin: the service's name / tenant id>
+    <tree size: how many packets the tenant had>
+    <base64 root hash of the tree>
+
+    — <key name> <base64(4-byte key id || signature over the three lines above, final newline included)>
+
+Deleting, adding or changing any packet, the first and the last included, changes the root. First check the
+checkpoint's signature (the key id of an Ed25519 key is `SHA-256(name || 0x0A || 0x01 || 32-byte key)[:4]`,
+of an ECDSA key `SHA-256(DER SubjectPublicKeyInfo)[:4]`; the signature follows it):
+
+```sh
+work=$(mktemp -d)
+sed '/^$/q' checkpoint.txt | sed '$d' > "$work/text"
+grep '^— ' checkpoint.txt | awk '{print $3}' | head -n 1 | base64 -d | tail -c +5 > "$work/sig"
+for pem in keys/*.pem; do
+  if openssl pkey -pubin -in "$pem" -text_pub -noout | grep -q ED25519; then
+    openssl pkeyutl -verify -pubin -inkey "$pem" -rawin -in "$work/text" -sigfile "$work/sig" >/dev/null 2>&1
+  else
+    openssl dgst -sha256 -verify "$pem" -signature "$work/sig" "$work/text" >/dev/null 2>&1
+  fi && echo "checkpoint signed by $pem: $(sed -n 2p "$work/text") packets"
+done
+rm -r "$work"
+```
+
+Then recompute the root from the envelopes with RFC 6962's definition, using `tree.json` for the subtrees
+outside the bundle's range (none when the bundle holds every packet). Save this as `check_tree.py` and run
+`python3 check_tree.py`; it must print `OK`:
+
+```python
+import base64, glob, hashlib, json
+
+def h(data): return hashlib.sha256(data).digest()
+tree = json.load(open("tree.json"))
+size, span = tree["tree_size"], tree["range"]
+lines = open("checkpoint.txt").read().split("\n")
+root = base64.b64decode(lines[2])
+assert int(lines[1]) == size, "tree.json and the checkpoint disagree on the size"
+first, last = (span["first_sequence"] - 1, span["last_sequence"]) if span else (0, 0)
+leaves = {}
+for path in sorted(glob.glob("envelopes/*.dsse.json")):
+    payload = base64.b64decode(json.load(open(path))["payload"])
+    leaves[json.loads(payload)["predicate"]["sequence"] - 1] = h(b"\x00" + payload)
+outside = {(o["start"], o["end"]): bytes.fromhex(o["hash"]) for o in tree["outside"]}
+
+def mth(start, end):  # RFC 6962 2.1: MTH(D[start:end])
+    if end <= first or start >= last:
+        return outside[(start, end)]
+    if end - start == 1:
+        return leaves[start]
+    k = 1
+    while 2 * k < end - start:
+        k *= 2
+    return h(b"\x01" + mth(start, start + k) + mth(start + k, end))
+
+assert sorted(leaves) == list(range(first, last)), "packets of the range are missing or extra"
+print("OK" if size and mth(0, size) == root else "MISMATCH: the packets are not the ones the checkpoint commits to")
+```
+
+Keep the checkpoints you see (`GET /api/v1/evidence/checkpoint` returns the newest): that is being a
+witness. For two checkpoints of sizes `m < n`, `GET /api/v1/evidence/consistency?old_size=m&new_size=n`
+returns the RFC 6962 consistency proof, and `GET /api/v1/evidence/<packet id>/proof` a packet's inclusion
+proof; any RFC 6962 / RFC 9162 verifier checks them (Go's `golang.org/x/mod/sumdb/tlog`, transparency-dev's
+`merkle` package). A history rewritten after you kept a checkpoint (packets deleted, changed or re-appended,
+even by someone with full control of the database who rebuilt the tree) cannot give a consistency proof that
+verifies against your checkpoint, so it shows.
+
+## 6. Every key signed only while it was valid
+
+`key-log.json` lists the signing keys in the order they became active, each entry a DSSE envelope (payload
+type `application/vnd.stella.evidence-key-log+json`) of `{index, key_id, key_ref, algorithm, public_key_pem,
+valid_from, previous_entry}`. A key is valid from its `valid_from` until the next entry's `valid_from`, when
+it was retired. An entry is signed by the key it introduces and by the key it retired (so a forger holding a
+retired key cannot undo its retirement), and `previous_entry` is the `sha256:` hash of the entry before it.
+This prints, per packet, whether its signer was the valid key when the packet was created:
+
+```sh
+jq -r '.[].payload | @base64d | fromjson | "\(.valid_from) \(.key_ref)"' key-log.json > validity.txt
+for env in envelopes/*.dsse.json; do
+  jq -r '.payload | @base64d | fromjson | .predicate | "\(.created_at) \(.signer_key_ref) \(.sequence)"' "$env"
+done | awk 'NR == FNR { from[NR] = $1; key[NR] = $2; n = NR; next }
+  { k = ""; for (i = 1; i <= n; i++) if (from[i] <= $1) k = key[i]
+    print ($2 == k ? "key valid:" : "KEY NOT VALID:"), "packet", $3, $2 }' validity.txt -
+rm validity.txt
+```
+
+The entries' signatures are checked like the packets' (section 2, with their own payload type); the
+verifier in section 8 does it.
+
+## 7. Trust the keys you know, not the keys in the bundle
 
 The keys in `keys/` only show that the packets were signed by those keys: anyone who rebuilds a bundle can
-put a key of their own there. Compare every `key_ref` with the public keys your organization publishes for
-its evidence service. A `key_ref` is the algorithm, a colon, and the first 16 hex digits of the SHA-256 of
-the key's DER SubjectPublicKeyInfo; recompute them with:
+put a key of their own there, and a key log and checkpoint to match. Compare the keys with the ones your
+organization publishes for its evidence service (`GET /api/v1/evidence/keys`, which also returns each key's
+log entry: keep them as `key-log.json` beside the keys). A key's full id is `sha256:` and the SHA-256 of its
+DER SubjectPublicKeyInfo; its `key_ref` is the algorithm, a colon and the first 16 hex digits of it (for
+display). Recompute them with:
 
 ```sh
 for pem in keys/*.pem; do
-  echo "$pem $(openssl pkey -pubin -in "$pem" -outform DER | sha256sum | cut -c1-16)"
+  echo "$pem sha256:$(openssl pkey -pubin -in "$pem" -outform DER | sha256sum | cut -d' ' -f1)"
 done
 ```
 
-## 6. All at once
+## 8. All at once
 
 The evidence service ships an offline verifier that needs only Python 3.11+ with the `cryptography` and
 `rfc8785` packages. It reads the archive without extracting it and checks everything above, plus that each
-envelope's file name matches its packet and that the manifest's tenant, range and count match the packets:
+envelope's file name matches its packet and that the manifest's tenant, range, count, keys and time match
+the packets:
 
-    python -m stella.evidence.verify <bundle>.tar.gz [--keys DIR] [--json]
+    python -m stella.evidence.verify <bundle>.tar.gz --keys DIR [--json]
+    python -m stella.evidence.verify <bundle>.tar.gz --trust-fingerprint sha256:<hex>
+    python -m stella.evidence.verify <bundle>.tar.gz --trust-bundle-keys
 
 (also installed as `stella-evidence-verify`). It prints one line per finding and exits 0 when everything
-holds, 1 when any check fails, 2 when the input cannot be read. With `--keys DIR` it trusts only the PEM
-public keys in `DIR`, obtained separately, instead of the keys inside the bundle.
+holds, 1 when any check fails, 2 when the input cannot be read. It trusts no key unless told: `--keys DIR`
+trusts the PEM public keys in `DIR` (and takes the validity of keys from `DIR/key-log.json` when it is there,
+else from the bundle's key log authenticated by those keys); `--trust-fingerprint` pins a key by its full id
+and trusts the keys the key log hands over to from it; `--trust-bundle-keys` trusts the keys inside the
+bundle, which only shows the bundle is consistent, and says so.
 
 ## Limits
 
-The chain proves that no packet inside the range was removed, changed or reordered. It cannot show, from
-the bundle alone, that packets after the last one (or before the first one) were left out and the manifest
-edited to match: compare the last sequence and `content_hash` with the tenant's current chain head in the
-evidence service, or with an earlier export.
+The checkpoint proves the bundle's range holds every packet the tenant had there when it was signed. A
+bundle of a time range (`from`/`to`) proves its packets are in the tree, not the content of the packets
+outside it. A database administrator who deletes packets and rebuilds the tree and the checkpoints before
+your export is caught by a checkpoint you kept earlier (section 5), not by the bundle alone. A pinned key
+(`--trust-fingerprint`) that is later stolen can sign a fork of the key log; pin the newest key, or keep the
+published key log, rather than pin only the first key.
 """

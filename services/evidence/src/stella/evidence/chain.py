@@ -68,6 +68,20 @@ class FindingKind(StrEnum):
     """A key file is not a supported PEM public key."""
     KEY_REF_MISMATCH = "key_ref_mismatch"
     """A key file's name is not the reference of the key inside."""
+    CHECKPOINT_MISSING = "checkpoint_missing"
+    """The bundle carries no signed checkpoint: packets missing at its head or tail could not be noticed."""
+    CHECKPOINT_INVALID = "checkpoint_invalid"
+    """The checkpoint is malformed, of another tenant, or not signed by a trusted key."""
+    KEY_LOG_INVALID = "key_log_invalid"
+    """A key log entry is malformed, out of order, or not signed by a trusted key or its predecessor."""
+    KEY_NOT_VALID = "key_not_valid"
+    """A packet (or checkpoint) is signed by a key outside its validity: before it began, or after it was retired."""
+    KEY_VALIDITY_UNKNOWN = "key_validity_unknown"
+    """No authenticated key log entry says when the signing key was valid."""
+    DECISION_INPUTS_MISMATCH = "decision_inputs_mismatch"
+    """A decision's ``inputs_hash`` is not the hash of the inputs the packet carries: an input was changed."""
+    TREE_MISMATCH = "tree_mismatch"
+    """The packets do not recompute the checkpoint's root: one was deleted, added or changed."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ pass them in; the evidence core (:mod:`stella.evidence.packet` and friends) does
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -27,14 +27,22 @@ from stella.evidence.packet import (
     packet_from_statement,
 )
 from stella.evidence.statement import PAYLOAD_TYPE, MalformedStatementError, parse_statement
-from stella.kit.errors import BadRequest, NotFound, TransientFault, Unprocessable
+from stella.kit.errors import BadRequest, Conflict, NotFound, TransientFault, Unprocessable
 
 UNDECIDED: Final[frozenset[PromotionStatus]] = frozenset(
     {PromotionStatus.PENDING_GATE, PromotionStatus.PENDING_APPROVAL}
 )
 """Promotion states whose decision is not made yet: evidence of them would be stale."""
 
-CHECKS: Final[tuple[str, ...]] = ("signature", "statement", "signer", "content_hash", "matches_envelope", "chain_link")
+CHECKS: Final[tuple[str, ...]] = (
+    "signature",
+    "statement",
+    "signer",
+    "key_validity",
+    "content_hash",
+    "matches_envelope",
+    "chain_link",
+)
 """The checks :func:`verify_stored_packet` reports, in the order it runs them."""
 
 
@@ -154,6 +162,7 @@ def release_decision_content(
     workflow_run_id: UUID | None,
     node_id: str | None = None,
     attempt: int | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the reference §5 content of a ``release_decision`` packet.
 
@@ -163,6 +172,8 @@ def release_decision_content(
         workflow_run_id: The run whose evidence step asks for the packet (the promotion's run otherwise).
         node_id: The evidence step's node, when collected by a workflow step.
         attempt: The step attempt.
+        inputs: What the gates saw (the promotion service's decision inputs), stored as ``decision.inputs``
+            so that ``decision.inputs_hash`` can be recomputed from the packet alone.
 
     Returns:
         ``{release, environment, actors, decision, execution}``: the release with its digests, the target
@@ -217,7 +228,11 @@ def release_decision_content(
             ),
         },
         "actors": actors,
-        "decision": promotion.decision_record,
+        "decision": (
+            {**promotion.decision_record, "inputs": dict(inputs)}
+            if promotion.decision_record is not None and inputs is not None
+            else promotion.decision_record
+        ),
         "execution": execution,
     }
 
@@ -267,7 +282,10 @@ def _recompute(packet: EvidencePacket) -> tuple[str | None, str | None]:
 
 
 def verify_stored_packet(
-    stored: StoredPacket, previous: StoredPacket | None, keyring: PublicKeyRing
+    stored: StoredPacket,
+    previous: StoredPacket | None,
+    keyring: PublicKeyRing,
+    validity: Mapping[str, tuple[datetime, datetime | None]] | None = None,
 ) -> VerificationView:
     """Verify one stored packet: signature, statement, signer, hash, row against envelope, chain link.
 
@@ -275,6 +293,8 @@ def verify_stored_packet(
         stored: The packet to verify.
         previous: The tenant's packet at ``sequence - 1`` (``None`` when it does not exist or for sequence 1).
         keyring: Every public key the service ever signed with.
+        validity: When each key was valid, by ``key_ref``: ``(valid from, retired at)``. Without it the key's
+            validity is taken as checked.
 
     Returns:
         The verification: ``checks`` holds one boolean per name in :data:`CHECKS`; ``findings`` one precise
@@ -282,6 +302,7 @@ def verify_stored_packet(
     """
     packet = stored.packet
     checks = dict.fromkeys(CHECKS, False)
+    checks["key_validity"] = True  # false only for a verified signature made outside its key's validity
     findings: list[str] = []
 
     envelope = None
@@ -320,6 +341,25 @@ def verify_stored_packet(
             )
         else:
             checks["signer"] = True
+            window = None if validity is None else validity.get(signed.signer_key_ref)
+            if validity is not None and window is None:
+                checks["key_validity"] = False
+                findings.append(
+                    _line(packet, "key_validity_unknown", f"no validity is known for {signed.signer_key_ref}")
+                )
+            elif window is not None and not (
+                window[0] <= signed.created_at and (window[1] is None or signed.created_at < window[1])
+            ):
+                checks["key_validity"] = False
+                findings.append(
+                    _line(
+                        packet,
+                        "key_not_valid",
+                        f"created at {format_timestamp(signed.created_at)}, outside the validity of its key "
+                        f"{signed.signer_key_ref} ({format_timestamp(window[0])} to "
+                        f"{'now' if window[1] is None else format_timestamp(window[1])})",
+                    )
+                )
 
     digest, why = _recompute(packet)
     hash_ok = digest == packet.content_hash
@@ -382,3 +422,36 @@ def verify_stored_packet(
         checks["chain_link"] = True
 
     return VerificationView(packet_id=packet.id, valid=all(checks.values()), checks=checks, findings=findings)
+
+
+class StoredEvidenceTampered(Conflict):
+    """Stored packet rows differ from the envelopes that were signed: the table was changed behind the
+    append-only guard. An export would ship the untouched envelopes and hide it, so it is refused."""
+
+    code = "SYS_EVIDENCE_TAMPERED"
+    title = "Stored evidence differs from its signed envelopes"
+
+
+def check_stored_matches_envelope(rows: Iterable[StoredPacket]) -> None:
+    """Check that every row's columns are the packet its envelope signed.
+
+    Raises:
+        StoredEvidenceTampered: Naming the packets whose stored fields differ (or whose envelope is unreadable).
+    """
+    differing: list[str] = []
+    for stored in rows:
+        packet = stored.packet
+        try:
+            signed = packet_from_statement(parse_statement(parse_envelope(stored.envelope).payload)).to_dict()
+        except (MalformedEnvelopeError, MalformedStatementError, MalformedPacketError, SubjectMismatchError):
+            differing.append(f"{packet.sequence} (envelope unreadable)")
+            continue
+        fields = packet.to_dict()
+        names = [name for name in PACKET_FIELDS if fields[name] != signed[name]]
+        if names:
+            differing.append(f"{packet.sequence} ({', '.join(names)})")
+    if differing:
+        raise StoredEvidenceTampered(
+            f"stored packets differ from their signed envelopes: {'; '.join(differing[:20])}"
+            + (f" and {len(differing) - 20} more" if len(differing) > 20 else "")
+        )

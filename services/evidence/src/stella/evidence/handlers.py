@@ -20,7 +20,8 @@ from uuid import UUID, uuid4, uuid5
 import asyncpg
 
 from stella.contracts.approval import GET_APPROVALS, ApprovalRequestView, GetApprovals
-from stella.contracts.envelope import Command, Page, Reply, utcnow
+from stella.contracts.deployment import DriftDetected, JobCompleted
+from stella.contracts.envelope import Message, Page, Reply, utcnow
 from stella.contracts.evidence import (
     PACKET_CREATED,
     CollectEvidence,
@@ -33,23 +34,33 @@ from stella.contracts.evidence import (
     VerifyPacket,
 )
 from stella.contracts.evidence import PacketType as ContractPacketType
-from stella.contracts.promotion import GET_PROMOTION, GetPromotion, PromotionView
+from stella.contracts.promotion import (
+    GET_DECISION,
+    GET_PROMOTION,
+    DecisionView,
+    GetDecision,
+    GetPromotion,
+    PromotionView,
+)
+from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepStatus
-from stella.evidence import domain, repo
-from stella.evidence.bundle import build_bundle
+from stella.evidence import deployments, domain, repo, tree
+from stella.evidence.bundle import TreeProof, build_bundle
 from stella.evidence.domain import StoredPacket
 from stella.evidence.exports import ExportStore
-from stella.evidence.keys import PublicKey
+from stella.evidence.keys import PublicKey, PublicKeyRing
 from stella.evidence.packet import (
     EvidenceContentError,
     PacketType,
     SecretInEvidenceError,
     SignedPacket,
     build_packet,
+    reject_secrets,
     sign_packet,
     validate_content,
 )
 from stella.evidence.signing import ActiveSigner
+from stella.evidence.tree import Checkpointer, StoredCheckpoint
 from stella.kit.asking import Refused, ask
 from stella.kit.broker import CommandProcessor, PoisonMessage, ServiceClient
 from stella.kit.errors import error_detail
@@ -72,6 +83,7 @@ class Handlers:
         client: Callable[[], ServiceClient],
         signer: ActiveSigner,
         exports: ExportStore,
+        checkpointer: Checkpointer,
         *,
         dependency_timeout_s: float = 5.0,
         export_max_packets: int = 100_000,
@@ -85,6 +97,7 @@ class Handlers:
         self.commands = commands
         self.signer = signer
         self.exports = exports
+        self.checkpointer = checkpointer
         self.dependency_timeout_s = dependency_timeout_s
         self.export_max_packets = export_max_packets
         self.export_max_age_s = export_max_age_s
@@ -117,8 +130,9 @@ class Handlers:
                 f"promotion {promotion_id} is {promotion.status}; its evidence waits for the decision"
             )
         approvals = await self._approvals(cmd, promotion_id) if domain.needs_approvals(run_inputs, promotion) else None
+        inputs = await self._decision_inputs(cmd, promotion)
         content = domain.release_decision_content(
-            promotion, approvals, workflow_run_id=cmd.run_id, node_id=cmd.node_id, attempt=cmd.attempt
+            promotion, approvals, workflow_run_id=cmd.run_id, node_id=cmd.node_id, attempt=cmd.attempt, inputs=inputs
         )
         try:
             validate_content(content)
@@ -192,7 +206,7 @@ class Handlers:
     async def _append(
         self,
         conn: asyncpg.Connection,
-        cmd: Command,
+        cmd: Message,
         packet_type: PacketType,
         promotion_id: UUID | None,
         content: Mapping[str, Any],
@@ -213,6 +227,8 @@ class Handlers:
         # Creation times never go backwards along a chain (even across replicas whose clocks differ), so a
         # time range always selects a contiguous run of sequences and an export has no holes.
         created_at = max(now, last_created_at) if last_created_at is not None else now
+        # Nor before the signing key became valid (a replica whose clock lags the one that rotated the key).
+        created_at = max(created_at, self.signer.valid_from)
         packet = build_packet(
             packet_id=self.new_id(),
             tenant_id=cmd.tenant_id,
@@ -227,7 +243,7 @@ class Handlers:
         return stored, True
 
     @staticmethod
-    def _created(cmd: Command, stored: StoredPacket) -> PacketCreated:
+    def _created(cmd: Message, stored: StoredPacket) -> PacketCreated:
         packet = stored.packet
         return cmd.caused(
             PacketCreated,
@@ -238,6 +254,73 @@ class Handlers:
             sequence=packet.sequence,
             content_hash=packet.content_hash,
         )
+
+    # --- deployment events ------------------------------------------------------------------------------
+
+    async def release_of(self, event: JobCompleted | DriftDetected) -> ReleaseView | None:
+        """Read the event's release (its image repositories) before the handler's transaction opens."""
+        if event.release_id is None:
+            return None
+        try:
+            return await ask(
+                self._client(),
+                GET_RELEASE,
+                event.caused(GetRelease, release_id=event.release_id),
+                ReleaseView,
+                timeout=self.dependency_timeout_s,
+                unavailable=lambda error: domain.DependencyUnavailable(
+                    f"release service: {error.code}: {error.detail}"
+                ),
+            )
+        except Refused as exc:
+            if exc.status == 404:
+                return None
+            raise PoisonMessage(f"release {event.release_id}: {exc.code}: {exc.detail}") from None
+
+    async def on_job_completed(
+        self, event: JobCompleted, conn: asyncpg.Connection, release: ReleaseView | None
+    ) -> None:
+        """A deployment job ended: its ``deployment`` packet, and a ``rollback`` packet when it rolled back.
+
+        One packet per job and type (its source key), so a redelivered or repeated event signs nothing twice.
+        """
+        for packet_type in deployments.packet_types_of(event):
+            content = deployments.job_content(packet_type, event, release)
+            await self._append_event(
+                conn, event, packet_type, event.promotion_id, content, deployments.job_source_key(packet_type, event)
+            )
+
+    async def on_drift_detected(
+        self, event: DriftDetected, conn: asyncpg.Connection, release: ReleaseView | None
+    ) -> None:
+        """An inspection found drift: a ``drift`` packet with the expected and actual digests (one per record)."""
+        content = deployments.drift_content(event, release)
+        if not content["release"]["components"]:
+            # Without the sticker's release no image is known, and evidence is always about images.
+            log.warning(
+                "drift without a known release: no drift packet",
+                extra={"target_id": str(event.target_id), "sticker_found": event.sticker_found},
+            )
+            return
+        await self._append_event(conn, event, PacketType.DRIFT, None, content, deployments.drift_source_key(event))
+
+    async def _append_event(
+        self,
+        conn: asyncpg.Connection,
+        event: Message,
+        packet_type: PacketType,
+        promotion_id: UUID | None,
+        content: dict[str, Any],
+        source_key: str,
+    ) -> None:
+        try:
+            validate_content(content)
+        except EvidenceContentError as exc:
+            # Built from the event and the stored release: every delivery would fail alike.
+            raise PoisonMessage(f"{packet_type} evidence cannot be recorded: {exc}") from None
+        stored, created = await self._append(conn, event, packet_type, promotion_id, content, source_key)
+        if created:
+            await add_events(conn, [(PACKET_CREATED, self._created(event, stored))])
 
     async def _promotion(self, cmd: ExecuteStep, promotion_id: UUID) -> PromotionView:
         try:
@@ -253,6 +336,39 @@ class Handlers:
             )
         except Refused as exc:
             raise PoisonMessage(f"promotion {promotion_id}: {exc.code}: {exc.detail}") from None
+
+    async def _decision_inputs(self, cmd: ExecuteStep, promotion: PromotionView) -> dict[str, Any] | None:
+        """What the promotion's gates saw, when the promotion service still holds this very decision.
+
+        ``None`` (the packet then carries the record without its inputs) when the promotion service has no
+        decision view for it, holds a later one, or the inputs hold something that looks like a secret.
+        """
+        try:
+            view = await ask(
+                self._client(),
+                GET_DECISION,
+                cmd.caused(GetDecision, promotion_id=promotion.id),
+                DecisionView,
+                timeout=self.dependency_timeout_s,
+                unavailable=lambda error: domain.DependencyUnavailable(
+                    f"promotion service: {error.code}: {error.detail}"
+                ),
+            )
+        except Refused as exc:
+            if exc.status == 404:
+                return None
+            raise PoisonMessage(f"decision of promotion {promotion.id}: {exc.code}: {exc.detail}") from None
+        recorded = (promotion.decision_record or {}).get("inputs_hash")
+        if recorded is None or view.record.get("inputs_hash") != recorded:
+            return None
+        try:
+            reject_secrets(view.inputs, "$.decision.inputs")
+        except SecretInEvidenceError as exc:
+            log.warning(
+                "decision inputs left out of the evidence", extra={"promotion_id": str(promotion.id), "error": str(exc)}
+            )
+            return None
+        return view.inputs
 
     async def _approvals(self, cmd: ExecuteStep, promotion_id: UUID) -> ApprovalRequestView | None:
         try:
@@ -314,8 +430,11 @@ class Handlers:
                 raise domain.PacketNotFound(f"evidence packet {q.packet_id} does not exist")
             sequence = stored.packet.sequence
             previous = await repo.get_packet_at(conn, q.tenant_id, sequence - 1) if sequence > 1 else None
-            keyring = await repo.keyring(conn)
-        return Reply.success(domain.verify_stored_packet(stored, previous, keyring).model_dump(mode="json"))
+            keys = await repo.list_keys(conn)
+        keyring = PublicKeyRing(PublicKey.from_pem(k.public_key_pem.encode()) for k in keys)
+        validity = {k.key_ref: (k.created_at, k.retired_at) for k in keys}
+        view = domain.verify_stored_packet(stored, previous, keyring, validity)
+        return Reply.success(view.model_dump(mode="json"))
 
     async def list_keys(self, q: ListKeys) -> Reply:
         """Every public key that ever signed evidence, the active one and the retired ones, in one page.
@@ -323,8 +442,32 @@ class Handlers:
         Keys are few (one per rotation), so the list is never cut into pages; it has a list's usual shape.
         """
         async with self._pool().acquire() as conn:
-            keys = await repo.list_keys(conn)
+            keys = await repo.published_keys(conn)
         return Reply.success(Page(items=[k.model_dump(mode="json") for k in keys]).model_dump())
+
+    async def _tree_proof(
+        self, conn: asyncpg.Connection, q: ExportBundle, rows: list[StoredPacket], checkpoint: StoredCheckpoint | None
+    ) -> TreeProof | None:
+        """What lets a verifier recompute the checkpoint's root from the exported packets.
+
+        The range the bundle claims comes from the request and the checkpoint, never from the rows found: an
+        export from the start claims sequence 1 and one to the end claims the checkpoint's size, so a packet
+        missing from the table at either end (or between) leaves a leaf the verifier cannot find.
+        """
+        if checkpoint is None:
+            return None
+        size = checkpoint.tree_size
+        if rows:
+            first = 1 if q.created_from is None else rows[0].packet.sequence
+            last = size if q.created_to is None else min(rows[-1].packet.sequence, size)
+        elif q.created_from is None and q.created_to is None:
+            first, last = 1, size  # the tree has packets, the table none: every one of them is missing
+        else:
+            return TreeProof(checkpoint=checkpoint.note, tree_size=size, first_sequence=None, last_sequence=None)
+        outside = await tree.outside_roots(conn, q.tenant_id, size, first - 1, last)
+        return TreeProof(
+            checkpoint=checkpoint.note, tree_size=size, first_sequence=first, last_sequence=last, outside=outside
+        )
 
     async def export_bundle(self, q: ExportBundle) -> Reply:
         """Build the bundle of the tenant's packets created in ``[created_from, created_to)``.
@@ -335,20 +478,30 @@ class Handlers:
         if q.created_from is not None and q.created_to is not None and q.created_to <= q.created_from:
             raise domain.InvalidExportRange("created_to must be after created_from")
         async with self._pool().acquire() as conn:
+            # The newest checkpoint first: every packet it covers is in the rows read after it.
+            checkpoint = await self.checkpointer.current(conn, q.tenant_id)
             rows = await repo.export_packets(
                 conn, q.tenant_id, q.created_from, q.created_to, self.export_max_packets + 1
             )
+            if len(rows) > self.export_max_packets:
+                raise domain.ExportTooLarge(
+                    f"the range holds more than {self.export_max_packets} packets; export a shorter range"
+                )
+            if checkpoint is not None:
+                # Packets appended since the checkpoint are left for the next export, which covers them.
+                rows = [r for r in rows if r.packet.sequence <= checkpoint.tree_size]
+            proof = await self._tree_proof(conn, q, rows, checkpoint)
             # Keys after packets: a key is never removed, so every signer of these packets is among them.
             keys = await repo.list_keys(conn)
-        if len(rows) > self.export_max_packets:
-            raise domain.ExportTooLarge(
-                f"the range holds more than {self.export_max_packets} packets; export a shorter range"
-            )
+            key_log = [envelope for _, envelope in await repo.key_log(conn)]
+        domain.check_stored_matches_envelope(rows)
         now = self.clock()
         signed = [SignedPacket(packet=s.packet, envelope=s.envelope) for s in rows]
         public_keys = [PublicKey.from_pem(k.public_key_pem.encode()) for k in keys]
         # Building compresses everything: off the event loop, so other messages keep flowing meanwhile.
-        data = await asyncio.to_thread(build_bundle, signed, public_keys, tenant_id=q.tenant_id, created_at=now)
+        data = await asyncio.to_thread(
+            build_bundle, signed, public_keys, tenant_id=q.tenant_id, created_at=now, tree=proof, key_log=key_log
+        )
         created_at = now.astimezone(UTC)
         stamp = created_at.strftime("%Y%m%dT%H%M%SZ")
         name = f"{q.tenant_id}/{self.new_id()}.tar.gz"

@@ -6,7 +6,7 @@ installation (one key signs every tenant's packets) and public keys are public.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -14,7 +14,8 @@ import asyncpg
 
 from stella.contracts.evidence import KeyView
 from stella.evidence.domain import StoredPacket
-from stella.evidence.keys import PublicKey, PublicKeyRing, SigningKey
+from stella.evidence.keylog import key_id
+from stella.evidence.keys import PublicKey, SigningKey
 from stella.evidence.packet import ChainHead, EvidencePacket, PacketType
 
 _PACKET_COLUMNS = """id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content,
@@ -24,7 +25,10 @@ _KEY_COLUMNS = "key_ref, algorithm, public_key_pem, active, created_at, retired_
 LOCK_CHAIN = "SELECT pg_advisory_xact_lock(hashtextextended('stella.evidence.chain:' || $1::text, 0))"
 """Serializes the writers of one tenant's chain until their transaction ends, so sequences stay contiguous."""
 LOCK_KEYS = "SELECT pg_advisory_xact_lock(hashtextextended('stella.evidence.keys', 0))"
-"""Serializes key registration and rotation."""
+"""Serializes key registration and rotation, and waits for the packets being signed to commit."""
+LOCK_KEYS_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtextextended('stella.evidence.keys', 0))"
+"""Taken by every packet append: a rotation (exclusive) waits for appends in flight and they wait for it, so
+no packet signed by the retiring key is created after the time the rotation records."""
 
 CHAIN_HEAD = """
     SELECT sequence, content_hash, created_at FROM packets
@@ -60,7 +64,12 @@ EXPORT_PACKETS = f"""
 
 ALL_KEYS = f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at, key_ref"
 GET_KEY = f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_ref = $1"
-ACTIVE_KEY_REF = "SELECT key_ref FROM keys WHERE active"
+ACTIVE_KEY = "SELECT key_ref, created_at FROM keys WHERE active"
+NEWEST_PACKET_TIME = """
+    SELECT max(p.created_at) FROM trees t JOIN packets p ON p.tenant_id = t.tenant_id AND p.sequence = t.size
+"""
+KEY_LOG = "SELECT idx, key_ref, envelope FROM key_log ORDER BY idx"
+INSERT_KEY_LOG = "INSERT INTO key_log (idx, key_ref, envelope, created_at) VALUES ($1, $2, $3, $4)"
 RETIRE_ACTIVE_KEY = "UPDATE keys SET active = false, retired_at = $1 WHERE active RETURNING key_ref"
 INSERT_KEY = """
     INSERT INTO keys (key_ref, algorithm, public_key_pem, active, created_at)
@@ -178,9 +187,18 @@ async def list_keys(conn: asyncpg.Connection) -> list[KeyView]:
     return [_key_view(r) for r in await conn.fetch(ALL_KEYS)]
 
 
-async def keyring(conn: asyncpg.Connection) -> PublicKeyRing:
-    """The public keys of every key that ever signed evidence."""
-    return PublicKeyRing(PublicKey.from_pem(view.public_key_pem.encode()) for view in await list_keys(conn))
+async def published_keys(conn: asyncpg.Connection) -> list[KeyView]:
+    """Every key with its full fingerprint and its signed key log entry, oldest first."""
+    entries = dict(await key_log(conn))
+    return [
+        view.model_copy(
+            update={
+                "key_id": key_id(PublicKey.from_pem(view.public_key_pem.encode())),
+                "log_entry": entries.get(view.key_ref),
+            }
+        )
+        for view in await list_keys(conn)
+    ]
 
 
 async def get_key(conn: asyncpg.Connection, key_ref: str) -> KeyView | None:
@@ -189,13 +207,34 @@ async def get_key(conn: asyncpg.Connection, key_ref: str) -> KeyView | None:
     return None if row is None else _key_view(row)
 
 
-async def active_key_ref(conn: asyncpg.Connection) -> str | None:
-    """The reference of the key that signs new packets."""
-    return await conn.fetchval(ACTIVE_KEY_REF)
+async def active_key(conn: asyncpg.Connection) -> tuple[str, datetime] | None:
+    """The reference of the key that signs new packets, and when it became valid."""
+    row = await conn.fetchrow(ACTIVE_KEY)
+    return None if row is None else (row["key_ref"], row["created_at"])
+
+
+async def key_log(conn: asyncpg.Connection) -> list[tuple[str, dict[str, Any]]]:
+    """The key log's entries in order: ``(key_ref, envelope)``."""
+    return [(r["key_ref"], r["envelope"]) for r in await conn.fetch(KEY_LOG)]
+
+
+async def append_key_log(
+    conn: asyncpg.Connection, index: int, key_ref: str, envelope: dict[str, Any], now: datetime
+) -> None:
+    """Append an entry to the key log."""
+    await conn.execute(INSERT_KEY_LOG, index, key_ref, envelope, now)
+
+
+async def activation_time(conn: asyncpg.Connection, now: datetime) -> datetime:
+    """When a key activated now starts: ``now``, or just after the newest packet (whose clock may run ahead),
+    so every packet signed by the retiring key was created before it is retired."""
+    newest = await conn.fetchval(NEWEST_PACKET_TIME)
+    return now if newest is None or newest < now else newest + timedelta(microseconds=1)
 
 
 async def activate_key(conn: asyncpg.Connection, key: SigningKey, now: datetime) -> str | None:
-    """Retire the active key (if any) and make ``key`` the active one; returns the retired key's reference."""
+    """Retire the active key (if any) and make ``key`` the active one from ``now``; returns the retired key's
+    reference."""
     retired = await conn.fetchval(RETIRE_ACTIVE_KEY, now)
     await conn.execute(INSERT_KEY, key.key_ref, key.algorithm.value, key.public_key.to_pem().decode("ascii"), now)
     return retired

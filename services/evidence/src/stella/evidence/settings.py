@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from stella.evidence.keys import KeyAlgorithm
+from stella.evidence.signing import KeyFile
 from stella.kit.settings import ServiceSettings
 
 KEY_FILE_NAME = "evidence-signing-key.pem"
@@ -32,6 +33,14 @@ class Settings(ServiceSettings):
     bootstrap step wrote (``python -m stella.evidence init-key``) or from a mounted secret, and a missing key
     file stops the service with one line instead of signing with a key that vanishes with the container."""
 
+    key_passphrase: SecretStr | None = None
+    """Passphrase the private key file is encrypted with (PKCS#8, the best encryption ``cryptography`` offers);
+    a key generated here is written encrypted with it. Prefer ``key_passphrase_file``: environment variables
+    leak into process listings and crash reports more easily than a mounted secret."""
+
+    key_passphrase_file: Path | None = None
+    """A file holding the passphrase (its first line), such as a mounted secret; wins over ``key_passphrase``."""
+
     key_algorithm: KeyAlgorithm = KeyAlgorithm.ED25519
     """Algorithm of keys this service generates (first start, ``rotate-key``): ``ed25519`` or ``ecdsa-p256``.
     An existing key file is used whatever its algorithm."""
@@ -53,6 +62,31 @@ class Settings(ServiceSettings):
 
     max_reply_bytes: int = Field(default=768 * 1024, ge=16 * 1024, le=64 * 1024 * 1024)
     """Budget of one list reply in JSON bytes; a page stops early rather than exceed NATS's message limit."""
+
+    checkpoint_origin: str = Field(default="stella.local/evidence", pattern=r"^[\x21-\x7e]{1,200}$")
+    """The installation's name in signed checkpoints: each tenant's tree is the log ``<origin>/<tenant id>`` and
+    checkpoints are signed under the key name ``<origin>``. A schema-less URL, as C2SP signed notes recommend;
+    it need not be reachable."""
+
+    checkpoint_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """Seconds between two rounds of checkpoint signing: every tree that grew since its newest checkpoint gets
+    a new one, so a checkpoint covers every packet within this time (an export signs one at once)."""
+
+    @property
+    def key_password(self) -> bytes | None:
+        """The passphrase of the key file, read from ``key_passphrase_file`` or ``key_passphrase``.
+
+        Raises:
+            OSError: When the passphrase file cannot be read.
+        """
+        if self.key_passphrase_file is not None:
+            lines = self.key_passphrase_file.read_text(encoding="utf-8").splitlines()
+            return lines[0].encode() if lines and lines[0] else None
+        return self.key_passphrase.get_secret_value().encode() if self.key_passphrase else None
+
+    def signing_key_file(self) -> KeyFile:
+        """Where the private signing key lives, with its algorithm and passphrase."""
+        return KeyFile(self.signing_key_path, self.key_algorithm, self.key_password)
 
     @property
     def signing_key_path(self) -> Path:

@@ -16,17 +16,19 @@ import logging
 import os
 import stat
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 
-from stella.evidence import repo
+from stella.contracts.canonical import sha256_digest
+from stella.evidence import keylog, repo
 from stella.evidence.domain import SignerOutOfDate
 from stella.evidence.keys import (
     KeyAlgorithm,
     KeyFormatError,
+    PublicKey,
     SigningKey,
     generate_key,
     load_private_key,
@@ -48,10 +50,13 @@ class KeyFile:
     Attributes:
         path: The PEM file.
         algorithm: Algorithm of newly generated keys; an existing file is used whatever its algorithm.
+        password: The passphrase of the file (``STELLA_EVIDENCE_KEY_PASSPHRASE`` or ``..._FILE``).
     """
 
     path: Path
     algorithm: KeyAlgorithm = KeyAlgorithm.ED25519
+    password: bytes | None = field(default=None, repr=False)
+    """Passphrase the PEM is encrypted with (PKCS#8 best available encryption); ``None`` writes it in clear."""
 
     def load_or_create(self) -> SigningKey:
         """Load the key, generating and saving one (mode 0600) when the file does not exist.
@@ -67,7 +72,7 @@ class KeyFile:
         self._prepare_directory()
         key = generate_key(self.algorithm)
         staged = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.new")
-        save_private_key(key, staged)
+        save_private_key(key, staged, password=self.password)
         try:
             os.link(staged, self.path)  # atomic, and fails rather than replace an existing file
         except FileExistsError:
@@ -81,7 +86,7 @@ class KeyFile:
         """Generate a new key and write it over the file atomically; the old private key is destroyed."""
         self._prepare_directory()
         key = generate_key(self.algorithm)
-        save_private_key(key, self.path, overwrite=True)
+        save_private_key(key, self.path, password=self.password, overwrite=True)
         return key
 
     def _prepare_directory(self) -> None:
@@ -102,6 +107,23 @@ class KeyFile:
                 "the evidence signing key file is readable by other users; restrict it to mode 0600",
                 extra={"path": str(self.path), "mode": oct(stat.S_IMODE(mode))},
             )
+        if self.password is None:
+            try:
+                return load_private_key(self.path)
+            except KeyFormatError as exc:
+                raise KeyFormatError(
+                    f"{exc} (an encrypted key needs STELLA_EVIDENCE_KEY_PASSPHRASE or STELLA_EVIDENCE_KEY_PASSPHRASE_FILE)"
+                ) from exc
+        try:
+            return load_private_key(self.path, password=self.password)
+        except KeyFormatError as exc:
+            if "not encrypted" not in str(exc):
+                raise
+        # A key written before a passphrase was configured: usable, and re-encrypted at the next rotation.
+        log.warning(
+            "the evidence signing key file is not encrypted although a passphrase is set; rotate the key to encrypt it",
+            extra={"path": str(self.path)},
+        )
         return load_private_key(self.path)
 
 
@@ -121,12 +143,14 @@ async def register_key(conn: asyncpg.Connection, key: SigningKey, now: datetime)
     known = await repo.get_key(conn, key.key_ref)
     if known is not None:
         if known.active:
+            await extend_key_log(conn, key, None, now)  # keys that predate the log join it
             return None
         raise KeyRetired(
             f"the signing key {key.key_ref} in the key file was retired at {known.retired_at}; "
             "it must not sign again: run `python -m stella.evidence rotate-key` or install a new key file"
         )
-    retired = await repo.activate_key(conn, key, now)
+    retired = await repo.activate_key(conn, key, await repo.activation_time(conn, now))
+    await extend_key_log(conn, key, None, now)
     if retired is not None:
         log.warning("evidence signing key changed", extra={"key_ref": key.key_ref, "retired_key_ref": retired})
     return retired
@@ -147,11 +171,43 @@ async def rotate_key(conn: asyncpg.Connection, key_file: KeyFile, now: datetime)
         The retired key's reference (``None`` when there was no key) and the new key.
     """
     async with conn.transaction():
-        # Hold the key lock while the file changes, so two rotations cannot interleave.
+        # Hold the key lock while the file changes, so two rotations cannot interleave (and packets being
+        # signed with the old key commit first).
         await conn.execute(repo.LOCK_KEYS)
+        previous: SigningKey | None = None
+        with contextlib.suppress(OSError, KeyFormatError):
+            previous = key_file.load()
         key = key_file.replace()
-        retired = await repo.activate_key(conn, key, now)
+        retired = await repo.activate_key(conn, key, await repo.activation_time(conn, now))
+        # The retiring key hands over: it signs the entry of its successor, which a forger holding only the
+        # retired key cannot undo.
+        await extend_key_log(conn, key, previous if previous is not None and previous.key_ref == retired else None, now)
     return retired, key
+
+
+async def extend_key_log(
+    conn: asyncpg.Connection, active: SigningKey, handover: SigningKey | None, now: datetime
+) -> None:
+    """Append a signed key log entry for every key the log does not hold yet, in activation order.
+
+    The active key signs every entry it appends (its own, and those of older keys written when the log was
+    introduced); ``handover``, the key just retired, also signs the active key's entry.
+    """
+    entries = await repo.key_log(conn)
+    logged = {ref for ref, _ in entries}
+    previous_hash = keylog.parse_entry(entries[-1][1])[0].payload_hash if entries else None
+    index = len(entries)
+    for view in await repo.list_keys(conn):
+        if view.key_ref in logged:
+            continue
+        public = PublicKey.from_pem(view.public_key_pem.encode())
+        payload = keylog.entry_payload(index, public, view.created_at, previous_hash)
+        signers: list[SigningKey] = [active]
+        if view.key_ref == active.key_ref and handover is not None:
+            signers.append(handover)
+        await repo.append_key_log(conn, index, view.key_ref, keylog.sign_entry(payload, signers), now)
+        previous_hash = sha256_digest(payload)
+        index += 1
 
 
 class ActiveSigner:
@@ -166,6 +222,8 @@ class ActiveSigner:
         self.key_file = key_file
         self.create = create
         self._key: SigningKey | None = None
+        self.valid_from = datetime.min.replace(tzinfo=UTC)
+        """When the key :meth:`current` last returned became valid: no packet it signs may be created earlier."""
 
     @property
     def key(self) -> SigningKey:
@@ -204,7 +262,9 @@ class ActiveSigner:
             SignerOutOfDate: When the active key is neither the loaded key nor the one in the key file
                 (a fault: the message is retried).
         """
-        active = await repo.active_key_ref(conn)
+        await conn.execute(repo.LOCK_KEYS_SHARED)
+        row = await repo.active_key(conn)
+        active, self.valid_from = (None, self.valid_from) if row is None else row
         key = self.key
         if active == key.key_ref:
             return key

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from faststream.nats import NatsRouter
 
+from stella.contracts import deployment as d
 from stella.contracts import evidence as c
 from stella.contracts.workflow import ExecuteStep
 from stella.evidence.handlers import Handlers
-from stella.kit.broker import CommandRoutes, QueryRoutes
+from stella.evidence.proofs import ProofQueries
+from stella.kit.broker import CommandRoutes, EventRoutes, QueryRoutes
 from stella.kit.service import ServiceRuntime
 
 """Command :class:`~stella.contracts.evidence.CollectEvidence`: sign and store a packet given directly."""
 
 
-def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) -> None:
-    """Attach the evidence commands and queries to ``router``."""
+def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers, proofs: ProofQueries) -> None:
+    """Attach the evidence commands, queries and the deployment events it records to ``router``."""
     commands = CommandRoutes(c.CONTEXT, runtime.name)
     commands.on(c.COLLECT_EVIDENCE, ExecuteStep, handlers.collect_evidence)
     commands.on(c.COLLECT_PACKET, c.CollectEvidence, handlers.collect)
@@ -26,4 +28,12 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     queries.on(c.VERIFY_PACKET, c.VerifyPacket, handlers.verify_packet)
     queries.on(c.LIST_KEYS, c.ListKeys, handlers.list_keys)
     queries.on(c.EXPORT_BUNDLE, c.ExportBundle, handlers.export_bundle)
+    queries.on(c.GET_CHECKPOINT, c.GetCheckpoint, proofs.get_checkpoint)
+    queries.on(c.GET_INCLUSION_PROOF, c.GetInclusionProof, proofs.get_inclusion_proof)
+    queries.on(c.GET_CONSISTENCY_PROOF, c.GetConsistencyProof, proofs.get_consistency_proof)
     queries.attach(router, runtime)
+
+    deployments = EventRoutes(runtime.name, "deployment-events", f"stella.evt.{d.CONTEXT}.>", lambda: runtime.pool)
+    deployments.on_prepared(d.JOB_COMPLETED, d.JobCompleted, handlers.release_of, handlers.on_job_completed)
+    deployments.on_prepared(d.DRIFT_DETECTED, d.DriftDetected, handlers.release_of, handlers.on_drift_detected)
+    deployments.attach(router, runtime)

@@ -17,28 +17,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 from uuid import UUID
 
-from stella.contracts.canonical import sha256_digest
+from stella.contracts.canonical import content_hash, sha256_digest
+from stella.evidence import keylog, merkle
 from stella.evidence.bundle import (
+    CHECKPOINT_PATH,
     ENVELOPES_DIR,
+    KEY_LOG_PATH,
     KEYS_DIR,
     MANIFEST_PATH,
+    TREE_PATH,
     BundleContents,
     BundleFormatError,
     Manifest,
     ManifestError,
     envelope_path,
+    key_ref_of_path,
     parse_envelope_path,
     parse_manifest,
+    parse_tree_proof,
     read_bundle,
 )
 from stella.evidence.chain import Finding, FindingKind, sort_findings, verify_chain
+from stella.evidence.checkpoint import CheckpointError, verify_checkpoint
 from stella.evidence.dsse import MalformedEnvelopeError, parse_envelope, verify_parsed_envelope
+from stella.evidence.keylog import KeyLog
 from stella.evidence.keys import (
     BadSignatureError,
     KeyFormatError,
@@ -46,7 +55,7 @@ from stella.evidence.keys import (
     PublicKeyRing,
     UnknownKeyError,
 )
-from stella.evidence.packet import EvidencePacket, MalformedPacketError, packet_from_dict
+from stella.evidence.packet import EvidencePacket, MalformedPacketError, format_timestamp, packet_from_dict
 from stella.evidence.statement import (
     PAYLOAD_TYPE,
     MalformedStatementError,
@@ -88,6 +97,8 @@ class VerificationReport:
     packet_count: int = 0
     key_source: str = "bundle"
     trusted_key_refs: list[str] = field(default_factory=list)
+    checkpoint_size: int | None = None
+    checkpoint_key_ref: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -117,6 +128,11 @@ class VerificationReport:
             "packet_count": self.packet_count,
             "key_source": self.key_source,
             "trusted_key_refs": self.trusted_key_refs,
+            "checkpoint": (
+                None
+                if self.checkpoint_size is None
+                else {"tree_size": self.checkpoint_size, "key_ref": self.checkpoint_key_ref}
+            ),
             "findings": [finding.to_dict() for finding in self.findings],
             "notes": self.notes,
         }
@@ -132,7 +148,15 @@ class VerificationReport:
         )
         tenant = f" of tenant {self.tenant_id}" if self.tenant_id else ""
         if self.ok:
-            lines.append(f"OK: {span}{tenant}; every file, signature, content_hash and chain link verified")
+            covered = (
+                f"; the signed checkpoint of {self.checkpoint_size} packets recomputes"
+                if self.checkpoint_size is not None
+                else ""
+            )
+            lines.append(
+                f"OK: {span}{tenant}; every file, trusted signature, signing key's validity, content_hash and chain link "
+                f"verified{covered}"
+            )
         else:
             count = len(self.findings)
             lines.append(f"FAILED: {count} finding{'s' if count != 1 else ''} in {span}{tenant}")
@@ -187,7 +211,7 @@ def _load_bundle_keys(contents: BundleContents, findings: list[Finding]) -> Publ
     for path in sorted(contents.files):
         if not (path.startswith(KEYS_DIR) and path.endswith(".pem")):
             continue
-        named_ref = path.removeprefix(KEYS_DIR).removesuffix(".pem")
+        named_ref = key_ref_of_path(path)
         try:
             key = PublicKey.from_pem(contents.files[path])
         except KeyFormatError as exc:
@@ -209,8 +233,17 @@ def _load_bundle_keys(contents: BundleContents, findings: list[Finding]) -> Publ
     return ring
 
 
-def _check_envelope(path: str, data: bytes, keyring: PublicKeyRing, findings: list[Finding]) -> EvidencePacket | None:
-    """Check one envelope file; return its packet when one could be read out of it."""
+def _check_envelope(
+    path: str,
+    data: bytes,
+    keyring: PublicKeyRing,
+    findings: list[Finding],
+    leaves: dict[int, bytes],
+    verified: dict[int, tuple[str, ...]],
+    untrusted: dict[int, list[str]],
+) -> EvidencePacket | None:
+    """Check one envelope file; return its packet when one could be read out of it (and record its leaf hash
+    in ``leaves`` under its sequence)."""
     named = parse_envelope_path(path)
     name_sequence, name_id = named if named else (None, None)
 
@@ -267,6 +300,11 @@ def _check_envelope(path: str, data: bytes, keyring: PublicKeyRing, findings: li
 
     if packet is None or statement is None:
         return None
+    leaves.setdefault(packet.sequence, merkle.leaf_hash(envelope.payload))
+    verified.setdefault(packet.sequence, verified_refs)
+    others = [s.keyid or "(no keyid)" for s in envelope.signatures if s.keyid not in verified_refs]
+    if verified_refs and others:
+        untrusted[packet.sequence] = others
     if verified_refs and packet.signer_key_ref not in verified_refs:
         report(
             FindingKind.SIGNER_MISMATCH,
@@ -307,15 +345,170 @@ def _envelope_order(path: str) -> tuple[int, int, str]:
     return (0, named[0], path) if named else (1, 0, path)
 
 
+def _load_key_log(contents: BundleContents, findings: list[Finding]) -> list[Any] | None:
+    data = contents.files.get(KEY_LOG_PATH)
+    if data is None:
+        return None
+    try:
+        entries = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        findings.append(Finding(FindingKind.KEY_LOG_INVALID, f"not UTF-8 JSON: {exc}", path=KEY_LOG_PATH))
+        return None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        findings.append(Finding(FindingKind.KEY_LOG_INVALID, "not a JSON list of envelopes", path=KEY_LOG_PATH))
+        return None
+    return entries
+
+
+def _trust(
+    report: VerificationReport,
+    findings: list[Finding],
+    bundle_keys: PublicKeyRing,
+    bundle_log: list[Any] | None,
+    trusted_keys: PublicKeyRing | None,
+    trusted_key_log: Sequence[Mapping[str, Any]] | None,
+    fingerprints: Sequence[str],
+    trust_bundle_keys: bool,
+) -> tuple[PublicKeyRing, KeyLog]:
+    """Decide which keys sign evidence, and when each was valid.
+
+    Returns:
+        The keys signatures are checked against, and the authenticated key log.
+    """
+    if trusted_keys is not None:
+        anchors = list(trusted_keys)
+        report.key_source = "external"
+        report.notes.append(f"trusting {len(anchors)} external key(s): {', '.join(trusted_keys.key_refs)}")
+    elif fingerprints:
+        candidates = [*bundle_keys, *_log_keys(trusted_key_log), *_log_keys(bundle_log)]
+        pinned = {key.key_ref: key for key in candidates if keylog.key_id(key) in set(fingerprints)}
+        anchors = list(pinned.values())
+        report.key_source = "fingerprint"
+        report.notes.append(
+            f"trusting the pinned key(s) {', '.join(sorted(pinned)) or '(none found)'} and the keys the key log "
+            "hands over to from them"
+        )
+    elif trust_bundle_keys:
+        anchors = list(bundle_keys)
+        report.key_source = "bundle"
+        report.notes.append(
+            f"WARNING: trusting the {len(anchors)} public key(s) shipped in the bundle "
+            f"({', '.join(bundle_keys.key_refs) or 'none'}): this shows the bundle is consistent, not who signed "
+            "it; compare them with the keys your organization publishes, or pass --keys"
+        )
+    else:
+        anchors = []
+        report.key_source = "none"
+        report.notes.append("no key is trusted: pass --keys or --trust-fingerprint (or --trust-bundle-keys)")
+
+    # The log the verifier was given is authoritative; the bundle's is used when it extends it (a newer export).
+    entries: Sequence[Mapping[str, Any]] = bundle_log or []
+    source = KEY_LOG_PATH
+    if trusted_key_log is not None:
+        given = list(trusted_key_log)
+        if bundle_log is not None and len(bundle_log) > len(given) and bundle_log[: len(given)] == given:
+            entries = bundle_log
+        else:
+            entries, source = given, "the trusted key log"
+            if bundle_log is not None and given[: len(bundle_log)] != bundle_log:
+                findings.append(
+                    Finding(
+                        FindingKind.KEY_LOG_INVALID,
+                        "the bundle's key log is not a prefix of the trusted key log: it was forked or edited",
+                        path=KEY_LOG_PATH,
+                    )
+                )
+    elif bundle_log is None:
+        report.notes.append("no key log: when each key was valid is unknown")
+    log = keylog.authenticate(entries, anchors)
+    for problem in log.problems:
+        findings.append(Finding(FindingKind.KEY_LOG_INVALID, f"{problem} ({source})", path=KEY_LOG_PATH))
+    if log.unauthenticated:
+        report.notes.append(
+            f"key log entries of {', '.join(log.unauthenticated)} are signed by no trusted key; their validity is "
+            "not used"
+        )
+
+    # Pinned: the log extends trust to the keys it hands over to; otherwise only the given keys sign.
+    keyring = PublicKeyRing([*anchors, *log.keys] if report.key_source == "fingerprint" else anchors)
+    if report.key_source == "external":
+        for ref in bundle_keys.key_refs:
+            if ref not in keyring:
+                report.notes.append(f"bundle key {ref} is not among the trusted keys")
+    report.trusted_key_refs = keyring.key_refs
+    return keyring, log
+
+
+def _log_keys(entries: Sequence[Mapping[str, Any]] | None) -> list[PublicKey]:
+    keys: list[PublicKey] = []
+    for envelope in entries or ():
+        try:
+            keys.append(keylog.parse_entry(envelope)[0].key)
+        except keylog.KeyLogError:
+            continue
+    return keys
+
+
+def _check_validity(
+    packets: Sequence[EvidencePacket],
+    verified: Mapping[int, tuple[str, ...]],
+    log: KeyLog,
+    findings: list[Finding],
+    *,
+    require: bool,
+) -> None:
+    """Refuse packets signed by a key outside its validity (a retired key's signature on later evidence).
+
+    A bundle exported before the key log existed has none: with ``require`` false (``--allow-no-checkpoint``)
+    its keys' validity is not checked.
+    """
+    if log.length == 0 and not require:
+        return
+    for packet in packets:
+        refs = verified.get(packet.sequence, ())
+        if not refs:
+            continue  # the signature itself failed: already reported
+        valid = [ref for ref in refs if ref in log.validity and log.validity[ref].covers(packet.created_at)]
+        if valid:
+            continue
+        ref = refs[0]
+        validity = log.validity.get(ref)
+        if validity is None:
+            message = f"signed by {ref}, which no authenticated key log entry covers: its validity is unknown"
+            kind = FindingKind.KEY_VALIDITY_UNKNOWN
+        else:
+            until = "" if validity.retired_at is None else f" until {format_timestamp(validity.retired_at)}"
+            message = (
+                f"created at {format_timestamp(packet.created_at)}, but its key {ref} was valid from "
+                f"{format_timestamp(validity.valid_from)}{until}"
+            )
+            kind = FindingKind.KEY_NOT_VALID
+        findings.append(Finding(kind, message, sequence=packet.sequence, packet_id=packet.id, key_ref=ref))
+
+
 def verify_bundle(
-    source: bytes | str | os.PathLike[str] | IO[bytes], *, trusted_keys: PublicKeyRing | None = None
+    source: bytes | str | os.PathLike[str] | IO[bytes],
+    *,
+    trusted_keys: PublicKeyRing | None = None,
+    trusted_key_log: Sequence[Mapping[str, Any]] | None = None,
+    trusted_fingerprints: Sequence[str] = (),
+    trust_bundle_keys: bool = False,
+    require_checkpoint: bool = True,
 ) -> VerificationReport:
     """Verify an export bundle.
 
     Args:
         source: The bundle bytes, a path to it, or a binary file object.
-        trusted_keys: The keys to trust, obtained separately from the bundle. When ``None``, the public keys
-            inside the bundle are trusted: that proves the bundle is internally consistent, not who made it.
+        trusted_keys: The keys to trust, obtained separately from the bundle.
+        trusted_key_log: The key log obtained with them (``key-log.json`` as the service publishes it): when
+            each key was valid. Without it the bundle's own log is used, authenticated by the trusted keys.
+        trusted_fingerprints: Full key fingerprints (``sha256:<hex>``) to pin instead of ``trusted_keys``: the
+            pinned keys and the keys the key log hands over to from them are trusted.
+        trust_bundle_keys: Without ``trusted_keys``, trust the public keys inside the bundle: that proves the
+            bundle is internally consistent, not who made it (anyone can re-sign a bundle with a key of their
+            own). Without either, no key is trusted and every signature fails.
+        require_checkpoint: Report a bundle without a signed checkpoint or key log (bundles exported before
+            they existed have neither; pass False to check such a bundle for everything else).
 
     Returns:
         The report; ``report.ok`` is true only when every check held.
@@ -345,30 +538,29 @@ def verify_bundle(
         _check_files(contents, manifest, findings)
 
     bundle_keys = _load_bundle_keys(contents, findings)
-    if trusted_keys is None:
-        keyring = bundle_keys
-        report.key_source = "bundle"
-        report.notes.append(
-            f"trusting the {len(bundle_keys)} public key(s) shipped in the bundle "
-            f"({', '.join(bundle_keys.key_refs) or 'none'}); compare them with the keys your organization "
-            "publishes, or pass --keys"
-        )
-    else:
-        keyring = trusted_keys
-        report.key_source = "external"
-        report.notes.append(f"trusting {len(trusted_keys)} external key(s): {', '.join(trusted_keys.key_refs)}")
-        for ref in bundle_keys.key_refs:
-            if ref not in trusted_keys:
-                report.notes.append(f"bundle key {ref} is not among the trusted keys")
+    bundle_log = _load_key_log(contents, findings)
+    keyring, key_log = _trust(
+        report,
+        findings,
+        bundle_keys,
+        bundle_log,
+        trusted_keys,
+        trusted_key_log,
+        trusted_fingerprints,
+        trust_bundle_keys,
+    )
     report.trusted_key_refs = keyring.key_refs
 
     envelope_paths = sorted(
         (p for p in contents.files if p.startswith(ENVELOPES_DIR) and p.endswith(".dsse.json")), key=_envelope_order
     )
     packets: list[EvidencePacket] = []
+    leaves: dict[int, bytes] = {}
+    verified: dict[int, tuple[str, ...]] = {}
+    untrusted: dict[int, list[str]] = {}
     unreadable: list[int] = []
     for path in envelope_paths:
-        packet = _check_envelope(path, contents.files[path], keyring, findings)
+        packet = _check_envelope(path, contents.files[path], keyring, findings, leaves, verified, untrusted)
         if packet is not None:
             packets.append(packet)
         else:
@@ -391,13 +583,245 @@ def verify_bundle(
         )
     )
     if manifest is not None:
-        _check_manifest_metadata(manifest, report, findings)
+        _check_manifest_metadata(manifest, report, findings, packets, bundle_keys)
+    _check_validity(packets, verified, key_log, findings, require=require_checkpoint)
+    replayed = _check_decision_inputs(packets, findings)
+    if replayed:
+        report.notes.append(f"{replayed} decision(s) carry their inputs; their inputs_hash was recomputed")
+    if report.first_sequence is not None and report.first_sequence > 1:
+        report.notes.append(
+            f"the bundle starts at packet {report.first_sequence}: its link to packet {report.first_sequence - 1}, "
+            "which is not in the bundle, was not checked"
+        )
+    if untrusted:
+        report.notes.append(
+            f"{len(untrusted)} packet(s) also carry signatures by keys that are not trusted "
+            f"({', '.join(sorted({ref for refs in untrusted.values() for ref in refs}))}); those were not checked"
+        )
+    _check_tree(contents, manifest, report, keyring, leaves, findings, require=require_checkpoint)
+    _check_checkpoint_signer(report, packets, key_log, findings)
 
     report.findings = sort_findings(findings)
     return report
 
 
-def _check_manifest_metadata(manifest: Manifest, report: VerificationReport, findings: list[Finding]) -> None:
+def _check_tree(
+    contents: BundleContents,
+    manifest: Manifest | None,
+    report: VerificationReport,
+    keyring: PublicKeyRing,
+    leaves: dict[int, bytes],
+    findings: list[Finding],
+    *,
+    require: bool,
+) -> None:
+    """Check the checkpoint's signature and that the packets recompute its root."""
+    if CHECKPOINT_PATH not in contents.files:
+        if require:
+            findings.append(
+                Finding(
+                    FindingKind.CHECKPOINT_MISSING,
+                    "the bundle carries no signed checkpoint, so packets missing at its start or end would go unseen",
+                    path=CHECKPOINT_PATH,
+                )
+            )
+        else:
+            report.notes.append("no checkpoint in the bundle: deleted first or last packets cannot be detected")
+        return
+    try:
+        proof = parse_tree_proof(contents.files[CHECKPOINT_PATH], contents.files.get(TREE_PATH, b""))
+    except ManifestError as exc:
+        findings.append(Finding(FindingKind.CHECKPOINT_INVALID, str(exc), path=TREE_PATH))
+        return
+    try:
+        verified = verify_checkpoint(proof.checkpoint, keyring)
+    except CheckpointError as exc:
+        findings.append(Finding(FindingKind.CHECKPOINT_INVALID, str(exc), path=CHECKPOINT_PATH))
+        return
+    checkpoint = verified.checkpoint
+    tenant = report.tenant_id
+    if tenant is None or checkpoint.origin.rsplit("/", 1)[-1] != str(tenant):
+        findings.append(
+            Finding(
+                FindingKind.CHECKPOINT_INVALID,
+                f"the checkpoint is of the log {checkpoint.origin}, not of tenant {tenant}",
+                path=CHECKPOINT_PATH,
+            )
+        )
+        return
+    if checkpoint.size != proof.tree_size:
+        findings.append(
+            Finding(
+                FindingKind.CHECKPOINT_INVALID,
+                f"tree.json says {proof.tree_size} packets, the signed checkpoint {checkpoint.size}",
+                path=TREE_PATH,
+            )
+        )
+        return
+    report.checkpoint_size = checkpoint.size
+    report.checkpoint_key_ref = verified.key_ref
+    if manifest is not None and (manifest.first_sequence, manifest.last_sequence) != (
+        proof.first_sequence,
+        proof.last_sequence,
+    ):
+        findings.append(
+            Finding(
+                FindingKind.MANIFEST_MISMATCH,
+                f"manifest range {manifest.first_sequence}..{manifest.last_sequence} differs from the range "
+                f"{proof.first_sequence}..{proof.last_sequence} tree.json proves",
+                path=MANIFEST_PATH,
+            )
+        )
+    if proof.first_sequence is None or proof.last_sequence is None:
+        if leaves:
+            findings.append(
+                Finding(FindingKind.TREE_MISMATCH, "packets are present but tree.json claims none", path=TREE_PATH)
+            )
+        return
+    first, last = proof.first_sequence, proof.last_sequence
+    if not 1 <= first <= last <= checkpoint.size:
+        findings.append(
+            Finding(
+                FindingKind.TREE_MISMATCH,
+                f"range {first}..{last} is not within the checkpoint's {checkpoint.size} packets",
+                path=TREE_PATH,
+            )
+        )
+        return
+    # A packet already reported (a gap, a bad signature, an unreadable file) is not reported again here: one
+    # tampered packet gives findings about that packet, and the tree speaks for what nothing else noticed.
+    # Missing packets between two present ones are gaps the chain check reports; those before the first or
+    # after the last (a deleted head or tail) only the checkpoint reveals.
+    reported = {f.sequence for f in findings if f.sequence is not None}
+    present = sorted(set(leaves) | reported)
+    missing = [sequence for sequence in range(first, last + 1) if sequence not in leaves]
+    unseen = [s for s in missing if s not in reported and not (present and present[0] < s < present[-1])]
+    for sequence in unseen[:50]:
+        findings.append(
+            Finding(
+                FindingKind.TREE_MISMATCH,
+                f"the checkpoint of {checkpoint.size} packets includes packet {sequence}, which is not in the "
+                "bundle (deleted, or unreadable)",
+                sequence=sequence,
+            )
+        )
+    if len(unseen) > 50:
+        findings.append(
+            Finding(FindingKind.TREE_MISMATCH, f"{len(unseen) - 50} more packets of the checkpoint are missing")
+        )
+    extra = sorted(s for s in leaves if not first <= s <= last)
+    if extra:
+        findings.append(
+            Finding(
+                FindingKind.TREE_MISMATCH,
+                f"packets {extra[:10]} lie outside the range {first}..{last} the checkpoint proves",
+                sequence=extra[0],
+            )
+        )
+    if missing:
+        return
+    try:
+        root = merkle.range_root(checkpoint.size, first - 1, [leaves[s] for s in range(first, last + 1)], proof.outside)
+    except merkle.ProofError as exc:
+        findings.append(Finding(FindingKind.TREE_MISMATCH, str(exc), path=TREE_PATH))
+        return
+    if root != checkpoint.root and not reported.intersection(range(first, last + 1)):
+        findings.append(
+            Finding(
+                FindingKind.TREE_MISMATCH,
+                f"packets {first}..{last} do not recompute the root of the signed checkpoint of {checkpoint.size} "
+                "packets: a packet was changed, added or removed",
+                path=CHECKPOINT_PATH,
+            )
+        )
+
+
+def _check_decision_inputs(packets: Sequence[EvidencePacket], findings: list[Finding]) -> int:
+    """Recompute ``inputs_hash`` of every decision that carries its inputs; returns how many were checked.
+
+    ``inputs_hash`` is ``sha256:`` + hex SHA-256 of the RFC 8785 form of ``{"clock": evaluated_at, "inputs":
+    inputs}`` (the promotion service's definition), so a changed input, or a decision that does not follow
+    from the inputs it names, shows without the service.
+    """
+    checked = 0
+    for packet in packets:
+        decision = packet.content.get("decision")
+        if not isinstance(decision, Mapping) or "inputs" not in decision:
+            continue
+        checked += 1
+        try:
+            computed = content_hash({"clock": decision.get("evaluated_at"), "inputs": decision["inputs"]})
+        except ValueError as exc:
+            computed = f"(cannot be computed: {exc})"
+        if computed != decision.get("inputs_hash"):
+            findings.append(
+                Finding(
+                    FindingKind.DECISION_INPUTS_MISMATCH,
+                    f"decision.inputs_hash {decision.get('inputs_hash')} is not {computed}, the hash of the inputs "
+                    "the packet carries at its evaluated_at",
+                    sequence=packet.sequence,
+                    packet_id=packet.id,
+                )
+            )
+    return checked
+
+
+def _check_checkpoint_signer(
+    report: VerificationReport, packets: Sequence[EvidencePacket], log: KeyLog, findings: list[Finding]
+) -> None:
+    """A checkpoint covers packets that existed when it was signed: its key cannot have been retired before
+    the newest of them was created (a retired key cannot vouch for evidence made after it)."""
+    if report.checkpoint_key_ref is None or not packets:
+        return
+    validity = log.validity.get(report.checkpoint_key_ref)
+    newest = max(p.created_at for p in packets)
+    if validity is None:
+        findings.append(
+            Finding(
+                FindingKind.KEY_VALIDITY_UNKNOWN,
+                f"the checkpoint is signed by {report.checkpoint_key_ref}, which no authenticated key log entry covers",
+                path=CHECKPOINT_PATH,
+                key_ref=report.checkpoint_key_ref,
+            )
+        )
+    elif validity.retired_at is not None and validity.retired_at <= newest:
+        findings.append(
+            Finding(
+                FindingKind.KEY_NOT_VALID,
+                f"the checkpoint is signed by {report.checkpoint_key_ref}, retired at "
+                f"{format_timestamp(validity.retired_at)}, before the newest packet it covers was created",
+                path=CHECKPOINT_PATH,
+                key_ref=report.checkpoint_key_ref,
+            )
+        )
+
+
+def _check_manifest_metadata(
+    manifest: Manifest,
+    report: VerificationReport,
+    findings: list[Finding],
+    packets: Sequence[EvidencePacket],
+    bundle_keys: PublicKeyRing,
+) -> None:
+    if sorted(manifest.key_refs) != bundle_keys.key_refs:
+        findings.append(
+            Finding(
+                FindingKind.MANIFEST_MISMATCH,
+                f"manifest lists the keys {', '.join(sorted(manifest.key_refs)) or 'none'}, the bundle holds "
+                f"{', '.join(bundle_keys.key_refs) or 'none'}",
+                path=MANIFEST_PATH,
+            )
+        )
+    newest = max((p.created_at for p in packets), default=None)
+    if newest is not None and manifest.created_at < newest:
+        findings.append(
+            Finding(
+                FindingKind.MANIFEST_MISMATCH,
+                f"manifest says the bundle was made at {format_timestamp(manifest.created_at)}, before its newest "
+                f"packet ({format_timestamp(newest)})",
+                path=MANIFEST_PATH,
+            )
+        )
     if manifest.packet_count != report.envelope_count:
         findings.append(
             Finding(
@@ -427,8 +851,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keys",
         metavar="DIR",
-        help="directory of trusted PEM public keys (*.pem) obtained separately; "
-        "without it, the keys inside the bundle are trusted",
+        help="directory of trusted PEM public keys (*.pem) and the key log (key-log.json) obtained separately "
+        "(GET /api/v1/evidence/keys)",
+    )
+    parser.add_argument(
+        "--trust-fingerprint",
+        metavar="SHA256",
+        action="append",
+        help="pin a key by its full fingerprint (sha256:<hex> of its DER SubjectPublicKeyInfo, repeatable): it "
+        "and the keys the key log hands over to from it are trusted",
+    )
+    parser.add_argument(
+        "--trust-bundle-keys",
+        action="store_true",
+        help="trust the public keys inside the bundle (shows the bundle is consistent, not who signed it)",
+    )
+    parser.add_argument(
+        "--allow-no-checkpoint",
+        action="store_true",
+        help="accept a bundle without a signed checkpoint (exported before checkpoints existed)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -454,19 +895,55 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
         return int(exc.code or 0)
 
     trusted: PublicKeyRing | None = None
+    trusted_log: list[Any] | None = None
     if args.keys is not None:
         try:
             if not os.path.isdir(args.keys):
                 raise OSError(f"{args.keys} is not a directory")
             trusted = PublicKeyRing.from_directory(args.keys)
+            log_path = os.path.join(args.keys, KEY_LOG_PATH)
+            if os.path.exists(log_path):
+                with open(log_path, encoding="utf-8") as handle:
+                    trusted_log = json.load(handle)
+                if not isinstance(trusted_log, list):
+                    raise ValueError(f"{log_path} is not a JSON list of key log entries")
         except (OSError, KeyFormatError, ValueError) as exc:
             print(f"error: cannot load trusted keys: {exc}", file=err)
             return EXIT_UNUSABLE
         if len(trusted) == 0:
             print(f"error: no *.pem public keys in {args.keys}", file=err)
             return EXIT_UNUSABLE
+    fingerprints = list(args.trust_fingerprint or [])
+    for fingerprint in fingerprints:
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", fingerprint):
+            print(f"error: --trust-fingerprint {fingerprint!r} is not sha256:<64 lowercase hex>", file=err)
+            return EXIT_UNUSABLE
+    chosen = sum([trusted is not None, bool(fingerprints), bool(args.trust_bundle_keys)])
+    if chosen == 0:
+        print(
+            "error: no trusted keys: pass --keys DIR (the keys your organization publishes, with key-log.json), "
+            "--trust-fingerprint sha256:<hex> (a pinned key), or --trust-bundle-keys to trust the keys inside "
+            "the bundle",
+            file=err,
+        )
+        return EXIT_UNUSABLE
+    if chosen > 1:
+        print("error: --keys, --trust-fingerprint and --trust-bundle-keys exclude each other", file=err)
+        return EXIT_UNUSABLE
+    if args.trust_bundle_keys:
+        print(
+            "warning: trusting the keys inside the bundle; anyone can re-sign a bundle with a key of their own",
+            file=err,
+        )
     try:
-        report = verify_bundle(args.bundle, trusted_keys=trusted)
+        report = verify_bundle(
+            args.bundle,
+            trusted_keys=trusted,
+            trusted_key_log=trusted_log,
+            trusted_fingerprints=fingerprints,
+            trust_bundle_keys=args.trust_bundle_keys,
+            require_checkpoint=not args.allow_no_checkpoint,
+        )
     except (OSError, BundleFormatError) as exc:
         print(f"error: cannot read bundle {args.bundle}: {exc}", file=err)
         return EXIT_UNUSABLE

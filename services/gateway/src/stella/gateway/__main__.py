@@ -71,9 +71,14 @@ async def _serve(settings: Settings) -> None:
         MIGRATIONS,
         migrate=settings.migrate_on_start,
         timeout_s=settings.startup_timeout_s,
+        service_role=settings.service_role(SCHEMA),
+        role_password=settings.role_password,
     )
     pool = await create_pool(
-        settings.database_url, SCHEMA, max_size=settings.db_pool_size, pool_mode=settings.database_pool_mode
+        settings.as_service(settings.database_url, SCHEMA),
+        SCHEMA,
+        max_size=settings.db_pool_size,
+        pool_mode=settings.database_pool_mode,
     )
     try:
         config = uvicorn.Config(

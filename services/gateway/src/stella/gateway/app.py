@@ -30,20 +30,28 @@ from litestar.static_files import create_static_files_router
 from nats.aio.client import Client as NatsClient
 
 from stella.contracts.envelope import Reply, utcnow
+from stella.gateway.agents import TaskNotices
 from stella.gateway.auth import Authenticator, TokenAuthMiddleware
 from stella.gateway.controllers import (
+    AgentChannelController,
+    AgentController,
+    AgentTokenController,
     AsyncAPIController,
     ComponentController,
     DeadLetterController,
+    DeploymentJobController,
     EnvironmentController,
+    EnvironmentTargetController,
     EventController,
     EvidenceController,
     HealthController,
     OpenAPIController,
     PrincipalController,
     PromotionController,
+    PromotionDeploymentController,
     ReleaseController,
     ScanResultController,
+    TargetController,
     TenantController,
     TokenController,
     WebhookController,
@@ -107,6 +115,15 @@ TAGS: Final[tuple[Tag, ...]] = (
         name="promotions",
         description="Releases promoted into environments: gates, decision records, approvals, freeze overrides.",
     ),
+    Tag(
+        name="targets",
+        description="Hosts an environment deploys to (docker_host, compose_host), their health and drift.",
+    ),
+    Tag(
+        name="agents",
+        description="Agents on target hosts: registration tokens, registration, heartbeats, the task feed, results.",
+    ),
+    Tag(name="deployments", description="Deployment jobs and tasks by strategy, rollback, a promotion's deployment."),
     Tag(name="workflows", description="Workflow templates (DAGs of steps) and the runs that execute promotions."),
     Tag(name="evidence", description="Signed, chained evidence packets, their verification, keys and export."),
     Tag(
@@ -183,6 +200,13 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             PromotionController,
             WorkflowTemplateController,
             WorkflowRunController,
+            EnvironmentTargetController,
+            TargetController,
+            AgentTokenController,
+            AgentChannelController,
+            AgentController,
+            DeploymentJobController,
+            PromotionDeploymentController,
             EvidenceController,
             DeadLetterController,
             EventController,
@@ -243,7 +267,12 @@ def _openapi(settings: Settings) -> OpenAPIConfig:
             security_schemes={
                 "bearerToken": SecurityScheme(
                     type="http", scheme="bearer", description="An API token (stl_...) from POST /api/v1/tokens."
-                )
+                ),
+                "agentCredential": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="An agent credential (stag_...) from POST /api/v1/agents/register.",
+                ),
             }
         ),
         security=[{"bearerToken": []}],
@@ -264,13 +293,18 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
         MIGRATIONS,
         migrate=settings.migrate_on_start,
         timeout_s=settings.startup_timeout_s,
+        service_role=settings.service_role(SCHEMA),
+        role_password=settings.role_password,
     )
     if applied:
         log.info("applied migrations", extra={"migrations": applied})
     pool = given.get("pool")
     if pool is None:
         pool = await create_pool(
-            settings.database_url, SCHEMA, max_size=settings.db_pool_size, pool_mode=settings.database_pool_mode
+            settings.as_service(settings.database_url, SCHEMA),
+            SCHEMA,
+            max_size=settings.db_pool_size,
+            pool_mode=settings.database_pool_mode,
         )
         stack.push_async_callback(pool.close)
 
@@ -316,6 +350,10 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
         ttl=timedelta(seconds=settings.idempotency_ttl_s),
         lock=timedelta(seconds=settings.idempotency_lock_s),
     )
+    notices = TaskNotices(nc, names)
+    await notices.start()
+    stack.push_async_callback(notices.stop)
+    runtime.task_notices = notices
     task = asyncio.create_task(_maintain(runtime), name="gateway-maintenance")
     stack.push_async_callback(_cancel, task)
 
@@ -331,6 +369,7 @@ async def _stop(runtime: Runtime) -> None:
     runtime.store = runtime.authenticator = runtime.relay = runtime.idempotency = runtime.exports = None
     runtime.dead_letters = None
     runtime.event_streams = None
+    runtime.task_notices = None
 
 
 async def _maintain(runtime: Runtime) -> None:

@@ -14,6 +14,7 @@ from typing import TypeVar
 import asyncpg
 from nats.aio.client import Client as NatsClient
 
+from stella.gateway.agents import TaskNotices
 from stella.gateway.auth import Authenticator
 from stella.gateway.exports import BundleReader
 from stella.gateway.idempotency import IdempotencyPolicy
@@ -47,6 +48,7 @@ class Runtime:
         exports: Reads evidence export bundles from the object store.
         dead_letters: Reads and replays the dead letters of the installation.
         event_streams: Opens live streams of public events.
+        task_notices: Wakes agents' long-polled task feeds.
     """
 
     settings: Settings
@@ -60,6 +62,7 @@ class Runtime:
     exports: BundleReader | None = None
     dead_letters: DeadLetterStore | None = None
     event_streams: EventStreams | None = None
+    task_notices: TaskNotices | None = None
 
     def get_store(self) -> GatewayStore:
         """The store; raises :class:`NotStartedError` before start-up."""
@@ -80,6 +83,10 @@ class Runtime:
     def get_event_streams(self) -> EventStreams:
         """The live event streams; raises :class:`NotStartedError` before start-up."""
         return _started(self.event_streams, "event streams")
+
+    def get_task_notices(self) -> TaskNotices:
+        """The task feed wake-ups; raises :class:`NotStartedError` before start-up."""
+        return _started(self.task_notices, "task notices")
 
     def get_exports(self) -> BundleReader:
         """The export bundle reader; raises :class:`NotStartedError` before start-up."""

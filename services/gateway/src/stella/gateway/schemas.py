@@ -625,6 +625,8 @@ class PromotionOut(ResponseBody):
     freeze_override: dict[str, Any] | None
     status_message: str | None = Field(default=None, description="Why the promotion is where it is, in words.")
     reason_codes: list[str] = Field(default_factory=list, description="Stable codes behind status_message.")
+    deployment_job_id: UUID | None = Field(default=None, description="The deployment job of the promotion.")
+    rollback_job_id: UUID | None = Field(default=None, description="The job that rolled its deployment back.")
 
 
 class PromotionPage(ResponseBody):
@@ -892,12 +894,49 @@ class KeyOut(ResponseBody):
     active: bool
     created_at: datetime
     retired_at: datetime | None
+    key_id: str | None = Field(default=None, description="sha256:<hex> of the key's DER SubjectPublicKeyInfo.")
+    log_entry: dict[str, Any] | None = Field(
+        default=None, description="The key's signed key log entry (DSSE envelope): when it became valid."
+    )
 
 
 class KeyList(ResponseBody):
     """Every key that ever signed the evidence, the active one and the retired ones."""
 
     items: list[KeyOut]
+
+
+class CheckpointOut(ResponseBody):
+    """A signed checkpoint (C2SP tlog-checkpoint signed note) of the tenant's Merkle tree of packets."""
+
+    origin: str = Field(description="The log's name: <installation origin>/<tenant id>.")
+    tree_size: int = Field(description="Packets the tree holds (sequences 1..tree_size).")
+    root_hash: str = Field(description="Base64 RFC 6962 root hash.")
+    note: str = Field(description="The signed note, verbatim: what a witness keeps.")
+    key_ref: str
+    created_at: datetime
+
+
+class InclusionProofOut(ResponseBody):
+    """An RFC 6962 inclusion proof of a packet in a checkpoint's tree."""
+
+    packet_id: UUID
+    sequence: int
+    leaf_index: int = Field(description="sequence - 1.")
+    leaf_hash: str = Field(description="Base64 SHA-256(0x00 || the envelope's decoded payload).")
+    tree_size: int
+    hashes: list[str] = Field(description="Base64 hashes of the proof, from the leaf up.")
+    checkpoint: CheckpointOut
+
+
+class ConsistencyProofOut(ResponseBody):
+    """An RFC 6962 consistency proof: the tree at old_size is a prefix of the tree at new_size."""
+
+    old_size: int
+    new_size: int
+    hashes: list[str] = Field(description="Base64 hashes of the proof.")
+    old_checkpoint: CheckpointOut | None = Field(description="The stored checkpoint of old_size, if one was signed.")
+    new_checkpoint: CheckpointOut
 
 
 class DeadLetterOut(ResponseBody):

@@ -59,6 +59,9 @@ class Settings(ServiceSettings):
     stream_max_clients: int = Field(default=1000, ge=1, le=100_000)
     """Live event streams one gateway keeps open at once; more answer 503 ``SYS_STREAM_LIMIT``."""
 
+    agent_poll_max_s: float = Field(default=30.0, ge=0, le=300)
+    """Longest an agent's task feed request waits for a task (its ``wait`` is cut to this)."""
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:

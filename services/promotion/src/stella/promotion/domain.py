@@ -33,7 +33,10 @@ from enum import Enum, StrEnum
 from typing import Any, ClassVar, Final, cast
 from uuid import UUID
 
+from pydantic import ValidationError
+
 from stella.contracts.canonical import CanonicalizationError, canonicalize
+from stella.contracts.deployment import StrategySpec
 from stella.kit.errors import ServiceError
 
 # --------------------------------------------------------------------------------------------------
@@ -402,7 +405,15 @@ class HealthCheckType(StrEnum):
 
 _HEALTH_CHECK_KEYS: Final = frozenset({"type", "path", "port", "command", "timeout_s", "retries", "interval_s"})
 _CONFIG_KEYS: Final = frozenset(
-    {"deployment_timeout_s", "approval_timeout_s", "freeze_behavior", "health_check", "gates", "variables"}
+    {
+        "deployment_timeout_s",
+        "approval_timeout_s",
+        "freeze_behavior",
+        "health_check",
+        "gates",
+        "variables",
+        "deployment",
+    }
 )
 _VARIABLE_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 MAX_VARIABLES: Final = 500
@@ -524,6 +535,8 @@ class EnvironmentConfig:
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     gates: tuple[Mapping[str, Any], ...] = ()
     variables: Mapping[str, str] = field(default_factory=dict)
+    deployment: Mapping[str, Any] | None = None
+    """How the deployment service deploys to the environment (:class:`~stella.contracts.deployment.StrategySpec`)."""
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> EnvironmentConfig:
@@ -566,6 +579,7 @@ class EnvironmentConfig:
                 problems.extend(exc.errors)
         gates = _validate_gate_shapes(raw.get("gates", ()), problems)
         variables = _validate_variables(raw.get("variables", {}), problems)
+        deployment = _validate_deployment(raw.get("deployment"), problems)
         if problems:
             raise InvalidEnvironment(_summarise(problems), errors=problems)
         return cls(
@@ -575,6 +589,7 @@ class EnvironmentConfig:
             health_check=health_check,
             gates=gates,
             variables=variables,
+            deployment=deployment,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -586,7 +601,23 @@ class EnvironmentConfig:
             "health_check": self.health_check.to_dict(),
             "gates": [to_json_value(gate) for gate in self.gates],
             "variables": dict(self.variables),
+            **({"deployment": to_json_value(self.deployment)} if self.deployment is not None else {}),
         }
+
+
+def _validate_deployment(raw: Any, problems: list[dict[str, Any]]) -> Mapping[str, Any] | None:
+    """Check an environment's deployment settings against the deployment context's contract."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        problems.append({"loc": ["config", "deployment"], "msg": "must be an object"})
+        return None
+    try:
+        StrategySpec.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems.extend({"loc": ["config", "deployment", *error["loc"]], "msg": error["msg"]} for error in exc.errors())
+        return None
+    return dict(raw)
 
 
 def _validate_gate_shapes(raw: Any, problems: list[dict[str, Any]]) -> tuple[Mapping[str, Any], ...]:
@@ -960,9 +991,15 @@ _CANCELLABLE: Final = frozenset(
     {PromotionStatus.PENDING_GATE, PromotionStatus.PENDING_APPROVAL, PromotionStatus.APPROVED}
 )
 
-PROGRESSION_STATUSES: Final = frozenset({PromotionStatus.APPROVED, PromotionStatus.DEPLOYING, PromotionStatus.DEPLOYED})
+PROGRESSION_STATUSES: Final = frozenset({PromotionStatus.DEPLOYED})
 """A release has reached an environment (and may move to the next one) once a promotion there is in one of
-these states: it passed every gate and approval there and has not failed."""
+these states: it was deployed there (an environment with no targets is deployed at once)."""
+
+APPROVED_STATUSES: Final = frozenset({PromotionStatus.APPROVED, PromotionStatus.DEPLOYING, PromotionStatus.DEPLOYED})
+"""States of a promotion its gates and approvals allowed (its approval step succeeded)."""
+
+JOB_OUTCOMES: Final = frozenset({"succeeded", "failed", "rolled_back", "cancelled"})
+"""How a deployment job ends (``deployment.job_completed``'s ``outcome``)."""
 
 ALLOWED_TRANSITIONS: Final[Mapping[PromotionStatus, frozenset[PromotionStatus]]] = {
     PromotionStatus.PENDING_GATE: frozenset(
@@ -1150,6 +1187,8 @@ class Promotion:
     rollback_succeeded: bool | None = None
     finished_at: datetime | None = None
     cancelled_by: str | None = None
+    cleared_at: datetime | None = None
+    """When the approved promotion took its environment's deployment slot (its deploy step was let go)."""
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -1160,6 +1199,17 @@ class Promotion:
             return True
         return self.status is PromotionStatus.FAILED and (
             self.rollback_job_id is None or self.rollback_succeeded is False
+        )
+
+    @property
+    def holds_deploy_slot(self) -> bool:
+        """Whether the promotion occupies its environment's single deployment slot.
+
+        A deploying promotion does, and so does an approved one cleared to deploy (its deploy step was let
+        go, its job has not reported its start yet).
+        """
+        return self.status is PromotionStatus.DEPLOYING or (
+            self.status is PromotionStatus.APPROVED and self.cleared_at is not None
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -1314,7 +1364,7 @@ class Promotion:
         now = require_aware(now, "now")
         self._require(PromotionStatus.APPROVED, PromotionNotApproved)
         others = [p for p in environment_promotions if p.id != self.id]
-        busy = [p for p in others if _same_env(p, self) and p.status is PromotionStatus.DEPLOYING]
+        busy = [p for p in others if _same_env(p, self) and p.holds_deploy_slot]
         if busy:
             raise EnvironmentBusy(
                 f"promotion {busy[0].id} is deploying to environment {self.target_environment_id}; "
@@ -1331,6 +1381,178 @@ class Promotion:
         self.deployment_job_id = deployment_job_id
         self._move(PromotionStatus.DEPLOYING, now)
         return [PromotionStarted(**self._event_base(now), deployment_job_id=deployment_job_id)]
+
+    def clear_to_deploy(self, *, environment_promotions: Iterable[Promotion], now: datetime) -> bool:
+        """Take the environment's deployment slot so the deploy step may run, or queue in ``approved``.
+
+        One promotion per environment deploys at a time (reference section 3: the others queue in
+        ``approved``) and queued promotions go in approval order (:func:`next_to_deploy`). A queued
+        promotion's ``status_message`` names the promotion it waits for. Clearing an already cleared
+        promotion changes nothing.
+
+        Args:
+            environment_promotions: The environment's approved and deploying promotions.
+            now: Current instant.
+
+        Returns:
+            True when the promotion holds the slot (cleared now or before), False when it is queued.
+
+        Raises:
+            PromotionAlreadyTerminal: the promotion is finished.
+            PromotionNotApproved: the promotion is not ``approved``.
+        """
+        now = require_aware(now, "now")
+        self._require(PromotionStatus.APPROVED, PromotionNotApproved)
+        if self.cleared_at is not None:
+            return True
+        others = [p for p in environment_promotions if p.id != self.id and _same_env(p, self)]
+        busy = next((p for p in others if p.holds_deploy_slot), None)
+        head = next_to_deploy([*others, self], self.target_environment_id)
+        if busy is not None:
+            doing = "deploying" if busy.status is PromotionStatus.DEPLOYING else "starting its deployment"
+            message = f"approved; queued behind promotion {busy.id}, which is {doing} to this environment"
+        elif head is not None and head.id != self.id:
+            message = f"approved; queued behind promotion {head.id}, approved earlier"
+        else:
+            self.cleared_at = now
+            self.next_open = None
+            self.status_message = "approved; deployment starting"
+            self._touch(now)
+            return True
+        if self.status_message != message or self.next_open is not None:
+            self.status_message = message
+            self.next_open = None  # its turn comes when the slot frees, not at a time
+            self._touch(now)
+        return False
+
+    def wait_for_window(self, *, reason: str | None, next_open: datetime | None, now: datetime) -> list[PromotionEvent]:
+        """The deploy-start re-check found the environment closed by a time window: wait in ``approved``.
+
+        The time-sensitive gates (freeze windows, deployment schedules) are evaluated again when the deployment
+        would start (reference section 3); the approval stands, and the deployment starts when the window
+        opens (``next_open``) or a freeze override lets the promotion through.
+
+        Raises:
+            PromotionAlreadyTerminal: the promotion is finished.
+            PromotionNotApproved: the promotion is not ``approved``.
+        """
+        now = require_aware(now, "now")
+        self._require(PromotionStatus.APPROVED, PromotionNotApproved)
+        self.next_open = None if next_open is None else require_aware(next_open, "next_open")
+        why = reason or "a time window is closed"
+        when = (
+            f"until {format_utc(self.next_open)}" if self.next_open else "and does not open within the search horizon"
+        )
+        self.status_message = f"approved; the deployment waits: {why} ({when})"
+        self._touch(now)
+        return []
+
+    def begin_deployment(self, *, deployment_job_id: UUID, now: datetime) -> list[PromotionEvent]:
+        """The promotion's deployment job started: ``approved`` -> ``deploying``.
+
+        The job is the deployment service's answer to the deploy step, which runs once the promotion was
+        cleared (:meth:`clear_to_deploy`); a promotion already deploying that job changes nothing.
+
+        Raises:
+            PromotionAlreadyTerminal: the promotion is finished.
+            PromotionNotApproved: the promotion is neither approved nor deploying this job.
+            DeploymentJobMismatch: the promotion deploys another job.
+        """
+        now = require_aware(now, "now")
+        if self.status is PromotionStatus.DEPLOYING or self.deployment_job_id is not None:
+            self._check_job(deployment_job_id)
+            return []
+        self._require(PromotionStatus.APPROVED, PromotionNotApproved)
+        self.deployment_job_id = deployment_job_id
+        self.cleared_at = self.cleared_at or now
+        self.next_open = None
+        self.status_message = f"deploying (job {deployment_job_id})"
+        self._move(PromotionStatus.DEPLOYING, now)
+        return [PromotionStarted(**self._event_base(now), deployment_job_id=deployment_job_id)]
+
+    def finish_job(self, *, deployment_job_id: UUID, outcome: str, reason: str, now: datetime) -> list[PromotionEvent]:
+        """Apply how the promotion's deployment job ended.
+
+        ``succeeded`` -> ``deployed``; ``failed`` or ``cancelled`` -> ``failed`` (final: no rollback ran);
+        ``rolled_back`` (the job failed and rolled its targets back itself) -> ``failed`` -> ``rolled_back``.
+        A job end that arrives before its start is applied as both. A job end applied already changes nothing.
+
+        Raises:
+            InvalidPromotionRequest: ``outcome`` is not a job outcome.
+            PromotionNotApproved: the promotion never reached its deployment.
+            DeploymentJobMismatch: the job is not the promotion's.
+        """
+        now = require_aware(now, "now")
+        if outcome not in JOB_OUTCOMES:
+            raise InvalidPromotionRequest(f"job outcome {outcome!r} is not one of {sorted(JOB_OUTCOMES)}")
+        if self.deployment_job_id is not None and self.status is not PromotionStatus.DEPLOYING:
+            self._check_job(deployment_job_id)
+            return []  # already applied
+        events = self.begin_deployment(deployment_job_id=deployment_job_id, now=now)
+        if outcome == "succeeded":
+            events += self.complete_deployment(deployment_job_id=deployment_job_id, now=now)
+            self.status_message = reason or None  # "no targets: nothing to deploy", say
+            return events
+        if outcome == "rolled_back":
+            events += self.fail_deployment(
+                deployment_job_id=deployment_job_id, reason=reason, now=now, rollback_job_id=deployment_job_id
+            )
+            events += self.complete_rollback(rollback_job_id=deployment_job_id, now=now)
+            self.status_message = f"rolled back: {reason}" if reason else "rolled back"
+            return events
+        text = reason or ("the deployment was cancelled" if outcome == "cancelled" else "the deployment failed")
+        return [*events, *self.fail_deployment(deployment_job_id=deployment_job_id, reason=text, now=now)]
+
+    def begin_rollback(self, *, rollback_job_id: UUID, rollback_of: UUID, now: datetime) -> list[PromotionEvent]:
+        """A rollback job of the promotion's failed deployment started (a manual one, after a final failure).
+
+        Only a failed promotion whose deployment job is ``rollback_of`` and that has no rollback yet takes
+        it; anything else (a rollback of a deployed promotion, a second rollback) changes nothing here: the
+        rollback is still recorded as evidence.
+        """
+        now = require_aware(now, "now")
+        if (
+            self.status is not PromotionStatus.FAILED
+            or self.deployment_job_id != rollback_of
+            or self.rollback_job_id is not None
+        ):
+            return []
+        self.rollback_job_id = rollback_job_id
+        self.rollback_succeeded = None
+        self.finished_at = None
+        self.status_message = f"rolling back (job {rollback_job_id})"
+        self._touch(now)
+        return []
+
+    def finish_rollback(
+        self, *, rollback_job_id: UUID, rollback_of: UUID, succeeded: bool, reason: str, now: datetime
+    ) -> list[PromotionEvent]:
+        """A rollback job of the promotion's failed deployment ended: ``failed`` -> ``rolled_back`` on success.
+
+        Applied once; a rollback job that is not the promotion's changes nothing.
+        """
+        now = require_aware(now, "now")
+        self.begin_rollback(rollback_job_id=rollback_job_id, rollback_of=rollback_of, now=now)
+        if self.status is not PromotionStatus.FAILED or self.rollback_job_id != rollback_job_id:
+            return []
+        if self.rollback_succeeded is not None:
+            return []
+        if succeeded:
+            return self.complete_rollback(rollback_job_id=rollback_job_id, now=now)
+        return self.fail_rollback(rollback_job_id=rollback_job_id, reason=reason or "the rollback failed", now=now)
+
+    def release_slot(self, *, reason: str, now: datetime) -> list[PromotionEvent]:
+        """Give the environment's deployment slot back while still ``approved`` (the run ended without a job).
+
+        The promotion keeps its approval; it no longer blocks the environment's queue.
+        """
+        now = require_aware(now, "now")
+        if self.status is not PromotionStatus.APPROVED or self.cleared_at is None:
+            return []
+        self.cleared_at = None
+        self.status_message = reason
+        self._touch(now)
+        return []
 
     def complete_deployment(self, *, deployment_job_id: UUID, now: datetime) -> list[PromotionEvent]:
         """Mark the deployment as succeeded.
@@ -1586,8 +1808,7 @@ def request_promotion(
 
     Rules, in order: the release is ready; the target belongs to the tenant's environments; the release
     is not blocked for the target or an environment before it; the target is the first environment by
-    ``order_index`` or comes right after an environment where the release reached ``approved``,
-    ``deploying`` or ``deployed``; a named source environment is that previous environment; the release
+    ``order_index`` or comes right after an environment where the release was ``deployed``; a named source environment is that previous environment; the release
     has no unfinished promotion to the target already. Several environments may share an
     ``order_index`` (parallel stages); reaching any of them opens the next stage.
 
@@ -1658,12 +1879,12 @@ def request_promotion(
                 )
             if source.id not in reached:
                 raise PromotionOrderViolation(
-                    f"release {release.name!r} has not been approved or deployed in {source.name!r}; "
+                    f"release {release.name!r} has not been deployed in {source.name!r}; "
                     f"promote it to {source.name!r} before {target.name!r}"
                 )
         elif not any(env.id in reached for env in previous):
             raise PromotionOrderViolation(
-                f"release {release.name!r} must be approved or deployed in {previous_names} "
+                f"release {release.name!r} must be deployed in {previous_names} "
                 f"before it can be promoted to {target.name!r}"
             )
 
@@ -1704,8 +1925,8 @@ def request_promotion(
 def next_to_deploy(promotions: Iterable[Promotion], environment_id: UUID) -> Promotion | None:
     """Say which approved promotion of an environment may start deploying now.
 
-    None while another promotion of the environment is deploying; otherwise the approved promotion that
-    was approved first (ties broken by request time, then id, so the answer is deterministic).
+    None while a promotion of the environment holds its deployment slot (deploying, or approved and cleared
+    to deploy); otherwise the approved promotion that was approved first (ties broken by request time, then id, so the answer is deterministic).
 
     Args:
         promotions: Promotions to consider (others than the environment's are ignored).
@@ -1718,7 +1939,7 @@ def next_to_deploy(promotions: Iterable[Promotion], environment_id: UUID) -> Pro
     for promotion in promotions:
         if promotion.target_environment_id != environment_id:
             continue
-        if promotion.status is PromotionStatus.DEPLOYING:
+        if promotion.holds_deploy_slot:
             return None
         if promotion.status is PromotionStatus.APPROVED:
             candidates.append(promotion)

@@ -36,7 +36,8 @@ _PROMOTION_COLUMNS = """id, tenant_id, release_id, release_name, release_compone
     required_approvals, require_sod, approver_groups, freeze_behavior, approval_timeout_s, decision_id,
     decision_record, reason_codes, status_message, next_evaluation_at, approval_deadline, approvals_granted_at,
     approved_at, deployment_job_id, rollback_job_id, rollback_succeeded, finished_at, cancelled_by,
-    workflow_template, workflow_run_id, gate_step, freeze_override, correlation_id, run_check_at, run_checks"""
+    workflow_template, workflow_run_id, gate_step, freeze_override, correlation_id, run_check_at, run_checks,
+    cleared_at, deploy_step"""
 
 # --- environments ----------------------------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ LOCK_RELEASE = (
 INSERT_PROMOTION = f"""
     INSERT INTO promotions ({_PROMOTION_COLUMNS})
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-            $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39)
+            $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41)
 """
 GET_PROMOTION = f"SELECT {_PROMOTION_COLUMNS} FROM promotions WHERE tenant_id = $1 AND id = $2"
 GET_PROMOTION_FOR_UPDATE = GET_PROMOTION + " FOR UPDATE"
@@ -145,9 +146,21 @@ UPDATE_PROMOTION = """
            decision_record = $8, reason_codes = $9, status_message = $10, next_evaluation_at = $11,
            approval_deadline = $12, approvals_granted_at = $13, approved_at = $14, deployment_job_id = $15,
            rollback_job_id = $16, rollback_succeeded = $17, finished_at = $18, cancelled_by = $19, gate_step = $20,
-           freeze_override = $21, run_check_at = $22, run_checks = $23
+           freeze_override = $21, run_check_at = $22, run_checks = $23, cleared_at = $24, deploy_step = $25
      WHERE tenant_id = $1 AND id = $2
 """
+# An environment's deployment queue: the promotion holding its slot and the approved ones waiting with their
+# deploy step held (an approved promotion with neither never deploys: its run had no deploy step).
+DEPLOY_QUEUE = f"""
+    SELECT {_PROMOTION_COLUMNS} FROM promotions
+     WHERE tenant_id = $1 AND target_environment_id = $2
+       AND (status = 'deploying' OR (status = 'approved' AND (cleared_at IS NOT NULL OR deploy_step IS NOT NULL)))
+     ORDER BY approved_at, requested_at, id
+"""
+# Serialises the deployment queue of one environment until the transaction ends.
+LOCK_DEPLOY_QUEUE = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('stella.promotion.deploy:' || $1::text || ':' || $2::text, 0))"
+)
 LIST_PROMOTIONS = f"""
     SELECT {_PROMOTION_COLUMNS} FROM promotions
      WHERE tenant_id = $1
@@ -162,7 +175,8 @@ LIST_PROMOTIONS = f"""
 # promotions are re-evaluated now instead of at their recorded next opening.
 REEVALUATE_HELD = """
     UPDATE promotions SET next_evaluation_at = $3
-     WHERE tenant_id = $1 AND target_environment_id = $2 AND status = 'pending_gate' AND next_evaluation_at > $3
+     WHERE tenant_id = $1 AND target_environment_id = $2 AND status IN ('pending_gate', 'approved')
+       AND next_evaluation_at > $3
 """
 # The hold timer, like the freeze timer: the earliest due promotion over every tenant, then each one locked
 # on its own; a promotion another replica is handling is skipped, not waited for.
@@ -289,6 +303,8 @@ class StoredPromotion:
         decision_id: Id of the latest stored decision (its record is ``promotion.decision``).
         run_check_at: When to look whether the workflow run started, while it has not brought the gate step.
         run_checks: How often the run's start was sent again.
+        deploy_step: The held completion of the step before the deploy step (``{run_id, node_id, attempt,
+            outputs}``) while the promotion is queued behind another one of its environment.
     """
 
     promotion: domain.Promotion
@@ -305,6 +321,7 @@ class StoredPromotion:
     decision_id: UUID | None = None
     run_check_at: datetime | None = None
     run_checks: int = 0
+    deploy_step: dict[str, Any] | None = None
 
     @property
     def awaits_run(self) -> bool:
@@ -341,6 +358,7 @@ def stored_promotion(row: asyncpg.Record) -> StoredPromotion:
         rollback_succeeded=row["rollback_succeeded"],
         finished_at=row["finished_at"],
         cancelled_by=row["cancelled_by"],
+        cleared_at=row["cleared_at"],
     )
     return StoredPromotion(
         promotion=promotion,
@@ -357,6 +375,7 @@ def stored_promotion(row: asyncpg.Record) -> StoredPromotion:
         decision_id=row["decision_id"],
         run_check_at=row["run_check_at"],
         run_checks=row["run_checks"],
+        deploy_step=row["deploy_step"],
     )
 
 
@@ -389,6 +408,8 @@ def promotion_view(stored: StoredPromotion) -> PromotionView:
         freeze_override=stored.freeze_override,
         status_message=p.status_message,
         reason_codes=list(p.reason_codes),
+        deployment_job_id=p.deployment_job_id,
+        rollback_job_id=p.rollback_job_id,
     )
 
 
@@ -664,6 +685,8 @@ async def insert_promotion(conn: asyncpg.Connection, stored: StoredPromotion) ->
         stored.correlation_id,
         _run_check_at(stored),
         stored.run_checks,
+        p.cleared_at,
+        stored.deploy_step,
     )
 
 
@@ -708,7 +731,19 @@ async def update_promotion(conn: asyncpg.Connection, stored: StoredPromotion) ->
         stored.freeze_override,
         _run_check_at(stored),
         stored.run_checks,
+        p.cleared_at,
+        stored.deploy_step,
     )
+
+
+async def lock_deploy_queue(conn: asyncpg.Connection, tenant: UUID, environment_id: UUID) -> None:
+    """Serialise changes to one environment's deployment queue until the transaction ends."""
+    await conn.execute(LOCK_DEPLOY_QUEUE, str(tenant), str(environment_id))
+
+
+async def deploy_queue(conn: asyncpg.Connection, tenant: UUID, environment_id: UUID) -> list[StoredPromotion]:
+    """The environment's deploying promotion and its approved ones that wait to deploy, in approval order."""
+    return [stored_promotion(r) for r in await conn.fetch(DEPLOY_QUEUE, tenant, environment_id)]
 
 
 def _run_check_at(stored: StoredPromotion) -> datetime | None:

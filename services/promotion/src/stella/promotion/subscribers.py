@@ -5,6 +5,7 @@ from __future__ import annotations
 from faststream.nats import NatsRouter
 
 from stella.contracts import approval as a
+from stella.contracts import deployment as d
 from stella.contracts import promotion as c
 from stella.contracts import workflow as w
 from stella.contracts.workflow import ExecuteStep
@@ -14,7 +15,7 @@ from stella.promotion.handlers import Handlers
 
 
 def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) -> None:
-    """Attach the promotion commands, queries, and the approval decisions and run ends it consumes to ``router``."""
+    """Attach the promotion commands, queries, and the approval decisions, run ends and job ends it consumes."""
     commands = CommandRoutes(c.CONTEXT, runtime.name)
     commands.on(c.CREATE_ENVIRONMENT, c.CreateEnvironment, handlers.create_environment)
     commands.on(c.UPDATE_ENVIRONMENT, c.UpdateEnvironment, handlers.update_environment)
@@ -48,3 +49,8 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     runs.on(w.RUN_COMPLETED, w.RunCompleted, handlers.on_run_ended)
     runs.on(w.RUN_FAILED, w.RunFailed, handlers.on_run_ended)
     runs.attach(router, runtime)
+
+    jobs = EventRoutes(runtime.name, "deployment-jobs", f"stella.evt.{d.CONTEXT}.>", lambda: runtime.pool)
+    jobs.on(d.JOB_STARTED, d.JobStarted, handlers.on_job_started)
+    jobs.on(d.JOB_COMPLETED, d.JobCompleted, handlers.on_job_completed)
+    jobs.attach(router, runtime)

@@ -11,7 +11,7 @@ every started attempt by who executes it:
   receives it;
 * ``wait`` is a timer executed here: the attempt waits until ``config.seconds`` after its start and the
   scheduler completes it then;
-* every other type (``notify``, ``script``, ``http``, ``deploy``...) has no executor in this installation
+* every other type (``notify``, ``script``, ``http``...) has no executor in this installation
   yet: the attempt fails at once with an error that says so, and its retry policy applies.
 
 A local transition (a timer parked, an attempt failed) can make more work ready, so :func:`drive`

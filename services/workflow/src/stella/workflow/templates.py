@@ -46,6 +46,52 @@ The approval service expires a request after 7 days and reports it as denied; th
 backstop one hour later, so the approval service's answer (with its votes) normally arrives first.
 """
 
+PROMOTION_INPUTS: Final[tuple[InputSpec, ...]] = (
+    InputSpec(name="promotion_id", description="The promotion this run decides."),
+    InputSpec(name="release_id", description="The release being promoted."),
+    InputSpec(name="environment_id", description="The target environment."),
+    InputSpec(name="requested_by", description="The principal who requested the promotion."),
+    InputSpec(
+        name="approval_required",
+        required=False,
+        default=True,
+        description="Whether the environment needs approvals (false skips the approval step).",
+    ),
+    # The approval step's executor opens the request from these; the promotion service sends them
+    # with every run, so the template must declare them or the run would be refused.
+    InputSpec(
+        name="required_approvals",
+        required=False,
+        default=1,
+        description="How many distinct eligible approvals the environment needs.",
+    ),
+    InputSpec(
+        name="require_sod",
+        required=False,
+        default=False,
+        description="Whether the requester is barred from approving (separation of duties).",
+    ),
+    InputSpec(
+        name="approver_groups",
+        required=False,
+        default=[],
+        description="Groups whose members may approve; empty means any principal with the permission.",
+    ),
+    InputSpec(
+        name="approval_timeout_s",
+        required=False,
+        default=None,
+        description="Seconds the approval request stays open (the environment's setting; none: the approval service's default).",
+    ),
+)
+"""The inputs every promotion's run is started with (each version of ``standard-promotion`` declares them)."""
+
+DEPLOY_STEP_TIMEOUT_S: Final = 24 * 3_600.0
+"""The deploy step's backstop timeout: a day (the deployment service ends a job by its own timeouts first)."""
+
+HEALTH_CHECK_STEP_TIMEOUT_S: Final = 3_600.0
+"""The health-check step's backstop timeout."""
+
 STANDARD_PROMOTION: Final = WorkflowTemplate(
     name="standard-promotion",
     version=1,
@@ -88,44 +134,7 @@ STANDARD_PROMOTION: Final = WorkflowTemplate(
         ),
     ),
     edges=(Edge("gates", "approval"), Edge("approval", "evidence")),
-    inputs=(
-        InputSpec(name="promotion_id", description="The promotion this run decides."),
-        InputSpec(name="release_id", description="The release being promoted."),
-        InputSpec(name="environment_id", description="The target environment."),
-        InputSpec(name="requested_by", description="The principal who requested the promotion."),
-        InputSpec(
-            name="approval_required",
-            required=False,
-            default=True,
-            description="Whether the environment needs approvals (false skips the approval step).",
-        ),
-        # The approval step's executor opens the request from these; the promotion service sends them
-        # with every run, so the template must declare them or the run would be refused.
-        InputSpec(
-            name="required_approvals",
-            required=False,
-            default=1,
-            description="How many distinct eligible approvals the environment needs.",
-        ),
-        InputSpec(
-            name="require_sod",
-            required=False,
-            default=False,
-            description="Whether the requester is barred from approving (separation of duties).",
-        ),
-        InputSpec(
-            name="approver_groups",
-            required=False,
-            default=[],
-            description="Groups whose members may approve; empty means any principal with the permission.",
-        ),
-        InputSpec(
-            name="approval_timeout_s",
-            required=False,
-            default=None,
-            description="Seconds the approval request stays open (the environment's setting; none: the approval service's default).",
-        ),
-    ),
+    inputs=PROMOTION_INPUTS,
     outputs={
         "approved": 'steps.gates.status == "succeeded" && steps.approval.status != "failed"',
         "gates": "steps.gates.outputs",
@@ -137,7 +146,63 @@ STANDARD_PROMOTION: Final = WorkflowTemplate(
 but evidence (``run_on: always``) records the decision either way; the run then fails, which tells the
 promotion service the promotion was rejected."""
 
-BUILTIN_TEMPLATES: Final[tuple[WorkflowTemplate, ...]] = (STANDARD_PROMOTION,)
+STANDARD_PROMOTION_V2: Final = WorkflowTemplate(
+    name="standard-promotion",
+    version=2,
+    tenant_id=None,
+    description=(
+        "Evaluate the promotion's gates, collect its approvals, deploy the release to the environment's targets "
+        "with its strategy, check their health, then record the outcome as evidence. The evidence step runs "
+        "whatever the outcome (run_on: always), so a rejected or failed promotion is recorded too."
+    ),
+    nodes=(
+        STANDARD_PROMOTION.nodes[0],
+        STANDARD_PROMOTION.nodes[1],
+        Node(
+            id="deploy",
+            type=BuiltinStepType.DEPLOY.value,
+            config={},
+            # A deployment is never started twice blindly: the deployment service rolls back or reports a
+            # failure itself, and a new attempt is a new promotion. Its timeout is a backstop only: the
+            # deployment service enforces the environment's deployment and task timeouts.
+            retry=RetryPolicy(max_attempts=1),
+            timeout_s=DEPLOY_STEP_TIMEOUT_S,
+        ),
+        Node(
+            id="health-check",
+            type=BuiltinStepType.HEALTH_CHECK.value,
+            config={},
+            retry=RetryPolicy(max_attempts=1),
+            timeout_s=HEALTH_CHECK_STEP_TIMEOUT_S,
+        ),
+        STANDARD_PROMOTION.nodes[2],
+    ),
+    # gates -> deploy as well: an environment without approvals skips the approval step, and a step whose
+    # predecessors were all skipped is skipped too; with the gate step as a second predecessor the
+    # deployment runs after allowing gates, and after the approvals when there are some.
+    edges=(
+        Edge("gates", "approval"),
+        Edge("gates", "deploy"),
+        Edge("approval", "deploy"),
+        Edge("deploy", "health-check"),
+        Edge("health-check", "evidence"),
+    ),
+    inputs=PROMOTION_INPUTS,
+    outputs={
+        "approved": 'steps.gates.status == "succeeded" && steps.approval.status != "failed"',
+        "deployed": 'steps.deploy.status == "succeeded" && steps["health-check"].status == "succeeded"',
+        "gates": "steps.gates.outputs",
+        "approval": "steps.approval.outputs",
+        "deployment": "steps.deploy.outputs",
+        "health": 'steps["health-check"].outputs',
+        "evidence": "steps.evidence.outputs",
+    },
+)
+"""``gates -> approval -> deploy -> health-check -> evidence``: a denied gate, a rejected approval or a failed
+deployment skips what follows on the success path; evidence (``run_on: always``) records the outcome either
+way. Runs started with version 1 keep it (a run pins its version)."""
+
+BUILTIN_TEMPLATES: Final[tuple[WorkflowTemplate, ...]] = (STANDARD_PROMOTION, STANDARD_PROMOTION_V2)
 """Every built-in template version, oldest first."""
 
 _BUILTIN_NAMESPACE: Final = UUID("b75717c4-43f2-492d-aebf-ffc4694fc642")

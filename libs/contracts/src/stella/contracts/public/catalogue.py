@@ -21,7 +21,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stella.contracts import approval, evidence, promotion, release
+from stella.contracts import approval, deployment, evidence, promotion, release
 from stella.contracts.envelope import Event
 from stella.contracts.public.cloudevents import TYPE_PREFIX, CloudEvent, dataschema_of, source_of, split_type
 
@@ -190,6 +190,98 @@ class EvidenceData(PublicData):
         return (self.resource(), f"promotions/{self.promotion_id}")
 
 
+class TaskOutcomeData(BaseModel):
+    """How one task of a deployment job ended."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    task_id: UUID
+    target_id: UUID
+    target_name: str
+    type: str = Field(description="deploy, rollback, health-check, inspect, write-sticker or read-sticker.")
+    status: str = Field(description="succeeded, failed, timed_out or cancelled.")
+    components: list[DigestData] = Field(description="The digest each component runs after the task.")
+    error_code: str | None = Field(default=None, description="AGT_DIGEST_MISMATCH, AGT_HEALTH_CHECK_FAILED...")
+
+
+class DeploymentJobData(PublicData):
+    """A deployment job (org.stellaops.deployment.*)."""
+
+    job_id: UUID
+    promotion_id: UUID | None
+    release_id: UUID
+    environment_id: UUID
+    strategy: str = Field(description="all-at-once, rolling, canary or blue-green.")
+    rollback_of: UUID | None = Field(description="The job a rollback job rolls back.")
+    outcome: str | None = Field(
+        default=None, description="When the job ended: succeeded, failed, rolled_back or cancelled."
+    )
+    reason: str | None = None
+    target_count: int | None = Field(default=None, description="Targets the job deploys to (at its start).")
+    tasks: list[TaskOutcomeData] = Field(default_factory=list, description="Each task's outcome (at its end).")
+    at: datetime = Field(description="When the job started or ended.")
+
+    def resource(self) -> str:
+        return f"deployment-jobs/{self.job_id}"
+
+    def subject_id(self) -> str:
+        return str(self.job_id)
+
+    def related(self) -> tuple[str, ...]:
+        related = [self.resource(), f"releases/{self.release_id}", f"environments/{self.environment_id}"]
+        if self.promotion_id is not None:
+            related.insert(1, f"promotions/{self.promotion_id}")
+        return tuple(related)
+
+
+class AgentData(PublicData):
+    """An agent's status changed (org.stellaops.agent.status_changed)."""
+
+    agent_id: UUID
+    name: str
+    status: str = Field(description="online, degraded, offline or revoked.")
+    previous_status: str | None = Field(description="None when the agent just registered.")
+    at: datetime
+
+    def resource(self) -> str:
+        return f"agents/{self.agent_id}"
+
+    def subject_id(self) -> str:
+        return str(self.agent_id)
+
+
+class DriftDifferenceData(BaseModel):
+    """One way a target differs from its version sticker."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: str = Field(description="digest, missing_container, unexpected_container or missing_sticker.")
+    component: str | None = None
+    expected: str | None = Field(default=None, description="The sticker's digest.")
+    actual: str | None = Field(default=None, description="The digest that runs.")
+
+
+class DriftData(PublicData):
+    """A target drifted from its version sticker (org.stellaops.target.drift_detected)."""
+
+    target_id: UUID
+    target_name: str
+    environment_id: UUID
+    release_id: UUID | None = Field(description="The sticker's release (None without a sticker).")
+    sticker_found: bool
+    differences: list[DriftDifferenceData]
+    detected_at: datetime
+
+    def resource(self) -> str:
+        return f"targets/{self.target_id}"
+
+    def subject_id(self) -> str:
+        return str(self.target_id)
+
+    def related(self) -> tuple[str, ...]:
+        return (self.resource(), f"environments/{self.environment_id}")
+
+
 class WebhookDisabledData(PublicData):
     """A webhook was disabled after its deliveries kept failing (org.stellaops.webhook.disabled)."""
 
@@ -307,6 +399,70 @@ def _evidence(event: Event) -> EvidenceData:
     )
 
 
+def _job(event: Event) -> DeploymentJobData:
+    assert isinstance(event, deployment.JobStarted | deployment.JobCompleted)
+    common: dict[str, Any] = {
+        "job_id": event.job_id,
+        "promotion_id": event.promotion_id,
+        "release_id": event.release_id,
+        "environment_id": event.environment_id,
+        "strategy": event.strategy,
+        "rollback_of": event.rollback_of,
+    }
+    if isinstance(event, deployment.JobStarted):
+        return DeploymentJobData(**common, target_count=event.target_count, at=event.started_at)
+    tasks = [
+        TaskOutcomeData(
+            task_id=t.task_id,
+            target_id=t.target_id,
+            target_name=t.target_name,
+            type=str(t.type),
+            status=str(t.status),
+            components=[DigestData(name=c.name, digest=c.digest) for c in t.components],
+            error_code=t.error_code,
+        )
+        for t in event.tasks
+    ]
+    return DeploymentJobData(**common, outcome=event.outcome, reason=event.reason, tasks=tasks, at=event.finished_at)
+
+
+def _agent(event: Event) -> AgentData:
+    assert isinstance(event, deployment.AgentStatusChanged)
+    return AgentData(
+        agent_id=event.agent_id,
+        name=event.name,
+        status=str(event.status),
+        previous_status=None if event.previous_status is None else str(event.previous_status),
+        at=event.at,
+    )
+
+
+def _drift(event: Event) -> DriftData:
+    assert isinstance(event, deployment.DriftDetected)
+    return DriftData(
+        target_id=event.target_id,
+        target_name=event.target_name,
+        environment_id=event.environment_id,
+        release_id=event.release_id,
+        sticker_found=event.sticker_found,
+        differences=[
+            DriftDifferenceData(
+                kind=str(d.get("kind", "")),
+                component=_text(d.get("component")),
+                expected=_text(d.get("expected")),
+                actual=_text(d.get("actual")),
+            )
+            for d in event.differences
+            if isinstance(d, Mapping)
+        ],
+        detected_at=event.detected_at,
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)[:500]
+
+
 # --- the table -------------------------------------------------------------------------------------------
 
 D = TypeVar("D", bound=PublicData)
@@ -373,6 +529,11 @@ CATALOGUE: Final[tuple[PublicEventSpec[Any], ...]] = (
     PublicEventSpec(_t("approval.requested"), ApprovalData, "A promotion waits for approvals.", approval.APPROVAL_REQUESTED, approval.ApprovalChanged, _approval),
     PublicEventSpec(_t("approval.granted"), ApprovalData, "A promotion received the approvals it needs.", approval.APPROVAL_GRANTED, approval.ApprovalChanged, _approval),
     PublicEventSpec(_t("approval.denied"), ApprovalData, "A promotion's approval was refused, expired or withdrawn.", approval.APPROVAL_DENIED, approval.ApprovalChanged, _approval),
+    # deployment
+    PublicEventSpec(_t("deployment.job_started"), DeploymentJobData, "A deployment job started (its tasks are planned).", deployment.JOB_STARTED, deployment.JobStarted, _job),
+    PublicEventSpec(_t("deployment.job_completed"), DeploymentJobData, "A deployment job ended: succeeded, failed, rolled back or cancelled.", deployment.JOB_COMPLETED, deployment.JobCompleted, _job),
+    PublicEventSpec(_t("agent.status_changed"), AgentData, "An agent registered, or went online, degraded, offline or revoked.", deployment.AGENT_STATUS_CHANGED, deployment.AgentStatusChanged, _agent),
+    PublicEventSpec(_t("target.drift_detected"), DriftData, "A target runs something other than its version sticker says.", deployment.DRIFT_DETECTED, deployment.DriftDetected, _drift),
     # evidence
     PublicEventSpec(_t("evidence.recorded"), EvidenceData, "A signed evidence packet was recorded.", evidence.PACKET_CREATED, evidence.PacketCreated, _evidence),
     # webhooks (produced by the events service itself)
@@ -394,7 +555,9 @@ WEBHOOK_DISABLED: Final[PublicEventSpec[WebhookDisabledData]] = BY_TYPE[_t("webh
 CONTEXTS: Final[frozenset[str]] = frozenset(spec.context for spec in CATALOGUE)
 """The contexts that publish public events."""
 
-RESOURCE_KINDS: Final[frozenset[str]] = frozenset({"releases", "promotions", "environments", "evidence", "webhooks"})
+RESOURCE_KINDS: Final[frozenset[str]] = frozenset(
+    {"releases", "promotions", "environments", "evidence", "webhooks", "deployment-jobs", "agents", "targets"}
+)
 """Resource kinds a resource filter (``<kind>/<id>``) may name."""
 
 MAX_TYPE_FILTERS: Final[int] = 100

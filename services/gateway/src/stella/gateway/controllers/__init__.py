@@ -3,6 +3,15 @@
 from stella.gateway.controllers.asyncapi import AsyncAPIController
 from stella.gateway.controllers.components import ComponentController
 from stella.gateway.controllers.dead_letters import DeadLetterController
+from stella.gateway.controllers.deployments import (
+    AgentChannelController,
+    AgentController,
+    AgentTokenController,
+    DeploymentJobController,
+    EnvironmentTargetController,
+    PromotionDeploymentController,
+    TargetController,
+)
 from stella.gateway.controllers.environments import EnvironmentController
 from stella.gateway.controllers.events import EventController
 from stella.gateway.controllers.evidence import EvidenceController
@@ -18,18 +27,25 @@ from stella.gateway.controllers.webhooks import WebhookController
 from stella.gateway.controllers.workflows import WorkflowRunController, WorkflowTemplateController
 
 __all__ = [
+    "AgentChannelController",
+    "AgentController",
+    "AgentTokenController",
     "AsyncAPIController",
     "ComponentController",
     "DeadLetterController",
+    "DeploymentJobController",
     "EnvironmentController",
+    "EnvironmentTargetController",
     "EventController",
     "EvidenceController",
     "HealthController",
     "OpenAPIController",
     "PrincipalController",
     "PromotionController",
+    "PromotionDeploymentController",
     "ReleaseController",
     "ScanResultController",
+    "TargetController",
     "TenantController",
     "TokenController",
     "WebhookController",

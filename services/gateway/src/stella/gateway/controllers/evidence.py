@@ -26,10 +26,20 @@ from stella.gateway.permissions import Action, Resource
 from stella.gateway.problems import ProblemError
 from stella.gateway.relay import CallContext, Relay, parse_data
 from stella.gateway.runtime import Runtime
-from stella.gateway.schemas import KeyList, PacketOut, PacketPage, PacketType, VerificationOut
+from stella.gateway.schemas import (
+    CheckpointOut,
+    ConsistencyProofOut,
+    InclusionProofOut,
+    KeyList,
+    PacketOut,
+    PacketPage,
+    PacketType,
+    VerificationOut,
+)
 
 BASE = "/api/v1/evidence"
 _ID = Parameter(description="Evidence packet id", schema_extra=ID_SCHEMA)
+_TREE_SIZE_MAX = 2**62
 
 PACKETS_HEADER = "X-Evidence-Packets"
 """Response header of an export: how many packets the bundle holds."""
@@ -96,6 +106,47 @@ class EvidenceController(Controller):
     async def list_keys(self, call: NamedDependency[CallContext], relay: NamedDependency[Relay]) -> KeyList:
         """Every public key that signs or signed evidence (PEM): a retired key still verifies what it signed."""
         return parse_data(KeyList, await relay.query(contract.LIST_KEYS, call.query(contract.ListKeys)))
+
+    @get(
+        "/checkpoint",
+        operation_id="getEvidenceCheckpoint",
+        summary="Read the signed checkpoint of the tenant's evidence tree",
+        guards=[require(Resource.EVIDENCE, Action.READ)],
+        responses=problems(400, 403, 404),
+    )
+    async def get_checkpoint(
+        self,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        tree_size: Annotated[
+            int | None, QueryParameter(description="A stored checkpoint of this size.", ge=1, le=_TREE_SIZE_MAX)
+        ] = None,
+    ) -> CheckpointOut:
+        """The newest checkpoint (C2SP signed note of the RFC 6962 root over every packet), or the one of
+        ``tree_size``. Keep the notes you read: a later consistency proof shows the history was not rewritten."""
+        query = call.query(contract.GetCheckpoint, tree_size=tree_size)
+        return parse_data(CheckpointOut, await relay.query(contract.GET_CHECKPOINT, query))
+
+    @get(
+        "/consistency",
+        operation_id="getEvidenceConsistencyProof",
+        summary="Prove an older checkpoint's tree is a prefix of a newer one's",
+        guards=[require(Resource.EVIDENCE, Action.READ)],
+        responses=problems(400, 403, 404, 422),
+    )
+    async def get_consistency_proof(
+        self,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        old_size: Annotated[int, QueryParameter(description="The older tree size.", ge=1, le=_TREE_SIZE_MAX)],
+        new_size: Annotated[
+            int | None,
+            QueryParameter(description="The newer tree size (newest when omitted).", ge=1, le=_TREE_SIZE_MAX),
+        ] = None,
+    ) -> ConsistencyProofOut:
+        """The RFC 6962 consistency proof between the trees of ``old_size`` and ``new_size`` packets."""
+        query = call.query(contract.GetConsistencyProof, old_size=old_size, new_size=new_size)
+        return parse_data(ConsistencyProofOut, await relay.query(contract.GET_CONSISTENCY_PROOF, query))
 
     @get(
         "/export",
@@ -175,6 +226,26 @@ class EvidenceController(Controller):
         """Read a packet: its DSSE envelope, decoded content, hash and place in the chain."""
         query = call.query(contract.GetPacket, packet_id=parse_id(packet_id, "packet_id"))
         return parse_data(PacketOut, await relay.query(contract.GET_PACKET, query))
+
+    @get(
+        "/{packet_id:str}/proof",
+        operation_id="getEvidenceInclusionProof",
+        summary="Prove a packet is in the signed tree",
+        guards=[require(Resource.EVIDENCE, Action.READ)],
+        responses=problems(400, 403, 404, 422),
+    )
+    async def get_inclusion_proof(
+        self,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        packet_id: str = _ID,
+        tree_size: Annotated[
+            int | None, QueryParameter(description="A stored checkpoint's size.", ge=1, le=_TREE_SIZE_MAX)
+        ] = None,
+    ) -> InclusionProofOut:
+        """The RFC 6962 inclusion proof of a packet in the newest checkpoint's tree (or the one of ``tree_size``)."""
+        query = call.query(contract.GetInclusionProof, packet_id=parse_id(packet_id, "packet_id"), tree_size=tree_size)
+        return parse_data(InclusionProofOut, await relay.query(contract.GET_INCLUSION_PROOF, query))
 
     @post(
         "/{packet_id:str}/verify",

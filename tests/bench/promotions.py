@@ -1,0 +1,451 @@
+"""Promotions end to end through the gateway, against a raw HTTP -> JetStream -> consumer -> INSERT hop.
+
+Starts every service and the gateway as processes on a throwaway database and NATS namespace (the Postgres
+and NATS of STELLA_DATABASE_URL / STELLA_NATS_URL, or the local defaults), bootstraps a tenant, creates a
+0-approval environment and one ready release per promotion, then measures with aiohttp:
+
+* saturation: N promotions with ``--in-flight`` of them at once, each from ``POST /promotions`` until its
+  decision event (``promotion_approved`` / ``_rejected`` / ``_cancelled``) is published, and its
+  ``release_decision`` evidence packet (``packet_created``) after that; plus CPU milliseconds per promotion
+  of each service process (from ``/proc``);
+* latency at a fixed offered rate (``--rate`` promotions/s, open loop): p50/p90/p99;
+* the raw hop, in this process with the same client and concurrency: an aiohttp endpoint that publishes to
+  JetStream and a pull consumer that INSERTs the message and acks it, timed from the request until the INSERT;
+* startup: every process started cold (migrations on an empty database included) until all answer, against
+  one process that only imports the kit.
+
+Decisions and packets are watched on NATS (a core subscription on the events' subjects), so the load
+generator adds no polling load to the system. Exits non-zero when a goal of ``GOALS`` is missed.
+
+    uv run python tests/bench/promotions.py [--promotions N] [--in-flight K] [--rate R] [--rate-count M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import nats
+from aiohttp import web
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+
+from stella.contracts import evidence, promotion
+from stella.contracts.streams import health_subject
+from stella.kit.embedded import free_port
+from stella.kit.naming import Names
+from stella.kit.settings import ServiceSettings
+from stella.testing.services import delete_namespace_streams
+
+SERVICES = ("release", "promotion", "approval", "workflow", "evidence", "events")
+DECIDED = {
+    promotion.PROMOTION_APPROVED: "approved",
+    promotion.PROMOTION_REJECTED: "rejected",
+    promotion.PROMOTION_CANCELLED: "cancelled",
+}
+GOALS = {
+    "throughput_per_s": 100.0,
+    "p50_ms": 50.0,
+    "p99_ms": 250.0,
+    "cost_vs_raw_hop": 10.0,
+    "evidence_lag_s": 1.0,
+    "startup_s": 20.0,
+}
+"""The issue's goals: saturation throughput, latency at the offered rate, cost against the raw hop,
+and the longest time from a decision to its evidence packet."""
+CPU_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Watch:
+    """Decision and evidence times per promotion, from NATS."""
+
+    decided: dict[str, tuple[float, str]] = field(default_factory=dict)
+    packets: dict[str, float] = field(default_factory=dict)
+    waiters: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+
+    async def on_decision(self, msg: Any) -> None:
+        body = json.loads(msg.data)
+        pid = body["promotion"]["id"]
+        if pid not in self.decided:
+            self.decided[pid] = (time.perf_counter(), body["promotion"]["status"])
+        waiter = self.waiters.pop(pid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def on_packet(self, msg: Any) -> None:
+        body = json.loads(msg.data)
+        if body.get("packet_type") == "release_decision" and body.get("promotion_id"):
+            self.packets.setdefault(body["promotion_id"], time.perf_counter())
+
+    def wait(self, pid: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if pid in self.decided:
+            future.set_result(None)
+        else:
+            self.waiters[pid] = future
+        return future
+
+
+class System:
+    """Every service and the gateway as processes, with an HTTP session holding the tenant's token."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.base = f"http://127.0.0.1:{env['STELLA_GATEWAY_PORT']}/api/v1"
+        self.token = ""
+
+    def start(self) -> None:
+        for service in (*SERVICES, "gateway"):
+            argv = [sys.executable, "-m", f"stella.{service}"] + (["serve"] if service == "gateway" else [])
+            log = (self.logs / f"{service}.log").open("ab")
+            self.procs[service] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def cpu_ms(self) -> dict[str, float]:
+        """CPU time (user + system) each process used so far, in milliseconds."""
+        used = {}
+        for name, proc in self.procs.items():
+            with open(f"/proc/{proc.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            used[name] = (int(fields[11]) + int(fields[12])) * 1000 / CPU_TICKS
+        return used
+
+    def log_errors(self) -> list[str]:
+        """Lines of the logs that say a connection was refused for lack of slots, or a traceback."""
+        found = []
+        for path in self.logs.glob("*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if "TooManyConnections" in line or "too many clients" in line:
+                    found.append(f"{path.stem}: {line[:200]}")
+        return found
+
+    async def ready(self, session: aiohttp.ClientSession, nc: nats.NATS, names: Names, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        root = self.base.removesuffix("/api/v1")
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(f"{root}/readyz") as resp:
+                    if resp.status == 200:
+                        break
+            await asyncio.sleep(0.3)
+        for service in SERVICES:
+            while True:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{service} did not start; see {self.logs}")
+                with contextlib.suppress(Exception):
+                    await nc.request(names.subject(health_subject(service)), b"", timeout=1)
+                    break
+                await asyncio.sleep(0.3)
+
+    def bootstrap(self, tenant: str) -> None:
+        token_file = self.logs / "token"
+        options = ["--tenant", tenant, "--admin", "admin", "--token-file", str(token_file)]
+        subprocess.run(
+            [sys.executable, "-m", "stella.gateway", "bootstrap", *options],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.token = token_file.read_text().strip()
+
+    async def call(self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with session.request(method, f"{self.base}{path}", json=body, headers=headers) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 300:
+                raise RuntimeError(f"{method} {path}: {resp.status} {data}")
+            return data
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def make_releases(system: System, session: aiohttp.ClientSession, count: int) -> list[str]:
+    """``count`` ready releases of one component, made 16 at a time."""
+    await system.call(
+        session,
+        "POST",
+        "/components",
+        {
+            "name": "api",
+            "image_repository": "registry.invalid/shop/api",
+            "versioning_strategy": {"resolve": "version-map"},
+        },
+    )
+    digest = "sha256:" + "a" * 64
+    releases: list[str] = []
+    gate = asyncio.Semaphore(16)
+
+    async def one(i: int) -> None:
+        async with gate:
+            body = {"name": f"bench-{i}", "components": [{"component": "api", "digest": digest}]}
+            release = await system.call(session, "POST", "/releases", body)
+            await system.call(session, "POST", f"/releases/{release['id']}/ready")
+            releases.append(release["id"])
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return releases
+
+
+async def promote(system: System, session: aiohttp.ClientSession, watch: Watch, release: str, env: str) -> float:
+    """One promotion: seconds from the request until its decision was published."""
+    started = time.perf_counter()
+    body = {"release_id": release, "target_environment_id": env, "reason": "bench"}
+    created = await system.call(session, "POST", "/promotions", body)
+    await asyncio.wait_for(watch.wait(created["id"]), timeout=120)
+    return watch.decided[created["id"]][0] - started
+
+
+async def saturate(
+    system: System, session: aiohttp.ClientSession, watch: Watch, releases: list[str], env: str, in_flight: int
+) -> tuple[float, list[float]]:
+    """Promote every release with ``in_flight`` at once; returns (seconds, latencies)."""
+    queue = list(releases)
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        while queue:
+            latencies.append(await promote(system, session, watch, queue.pop(), env))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return time.perf_counter() - started, latencies
+
+
+async def offered(
+    system: System, session: aiohttp.ClientSession, watch: Watch, releases: list[str], env: str, rate: float
+) -> list[float]:
+    """Promote the releases at ``rate`` per second (open loop); returns the latencies."""
+    tasks = []
+    started = time.perf_counter()
+    for i, release in enumerate(releases):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(promote(system, session, watch, release, env)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def raw_hop(
+    session: aiohttp.ClientSession, nc: nats.NATS, dsn: str, names: Names, count: int, in_flight: int
+) -> tuple[float, list[float]]:
+    """The raw hop with ``in_flight`` requests at once: (seconds, latencies from request to INSERT)."""
+    js = nc.jetstream()
+    stream, subject = f"BENCHHOP_{names.namespace.upper()}", names.subject("stella.bench.hop")
+    await js.add_stream(StreamConfig(name=stream, subjects=[subject]))
+    pool = await asyncpg.create_pool(dsn, min_size=4, max_size=8)
+    assert pool is not None
+    await pool.execute("CREATE TABLE IF NOT EXISTS bench_hop (id uuid PRIMARY KEY, body text NOT NULL)")
+    inserted: dict[str, asyncio.Future[float]] = {}
+
+    async def accept(request: web.Request) -> web.Response:
+        body = await request.read()
+        await js.publish(subject, body, headers={"Nats-Msg-Id": json.loads(body)["id"]})
+        return web.json_response({"accepted": True}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/hop", accept)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    sub = await js.pull_subscribe(
+        subject,
+        durable="bench-hop",
+        stream=stream,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL),
+    )
+
+    async def consume() -> None:
+        async def handle(msg: Any) -> None:
+            body = msg.data.decode()
+            key = json.loads(body)["id"]
+            await pool.execute("INSERT INTO bench_hop VALUES ($1, $2)", uuid.UUID(key), body)
+            await msg.ack()
+            inserted[key].set_result(time.perf_counter())
+
+        while True:
+            with contextlib.suppress(TimeoutError):
+                msgs = await sub.fetch(in_flight, timeout=1)
+                await asyncio.gather(*(handle(m) for m in msgs))
+
+    consumer = asyncio.create_task(consume())
+    latencies: list[float] = []
+
+    async def one() -> None:
+        key = str(uuid.uuid4())
+        inserted[key] = asyncio.get_running_loop().create_future()
+        started = time.perf_counter()
+        async with session.post(f"http://127.0.0.1:{port}/hop", json={"id": key, "reason": "x" * 200}) as resp:
+            assert resp.status == 202
+        latencies.append(await asyncio.wait_for(inserted[key], 30) - started)
+
+    started = time.perf_counter()
+    todo = list(range(count))
+
+    async def worker() -> None:
+        while todo:
+            todo.pop()
+            await one()
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return time.perf_counter() - started, latencies
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        await runner.cleanup()
+        await pool.close()
+        await js.delete_stream(stream)
+
+
+async def main(args: argparse.Namespace) -> int:
+    base = ServiceSettings()
+    admin = await asyncpg.connect(base.database_url)
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f'CREATE DATABASE "{db}"')
+    dsn = base.database_url.rsplit("/", 1)[0] + f"/{db}"
+    names = Names(f"bench{uuid.uuid4().hex[:6]}")
+    nc = await nats.connect(base.nats_url)
+    logs = Path(tempfile.mkdtemp(prefix="stella-bench-"))
+    env = {
+        **os.environ,
+        "STELLA_DATABASE_URL": dsn,
+        "STELLA_NATS_URL": base.nats_url,
+        "STELLA_NATS_NAMESPACE": names.namespace,
+        "STELLA_GATEWAY_PORT": str(free_port()),
+        "STELLA_LOG_LEVEL": "INFO",
+        "STELLA_EVIDENCE_KEY_DIR": str(logs / "keys"),
+        "STELLA_EVENTS_KEY_DIR": str(logs / "keys"),
+    }
+    system = System(env, logs)
+    watch = Watch()
+    missed: list[str] = []
+    # Idle connections are dropped before the gateway drops them (its keep-alive is 5 s).
+    connector = aiohttp.TCPConnector(limit=max(args.in_flight, 64) * 2, keepalive_timeout=2)
+    try:
+        for subject in DECIDED:
+            await nc.subscribe(names.subject(subject), cb=watch.on_decision)
+        await nc.subscribe(names.subject(evidence.PACKET_CREATED), cb=watch.on_packet)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            hop_s, hop_lat = await raw_hop(session, nc, dsn, names, args.promotions, args.in_flight)
+            # Startup's yardstick: one process that only imports the kit's runtime.
+            started = time.perf_counter()
+            importer = await asyncio.create_subprocess_exec(sys.executable, "-c", "import stella.kit.service", env=env)
+            if await importer.wait() != 0:
+                raise RuntimeError("python -c 'import stella.kit.service' failed")
+            import_s = time.perf_counter() - started
+            started = time.perf_counter()
+            system.start()
+            await system.ready(session, nc, names)
+            startup_s = time.perf_counter() - started
+            print(
+                f"startup: every process ready in {startup_s:.1f} s, {startup_s / import_s:.0f}x one process "
+                f"importing the kit ({import_s:.1f} s); logs in {logs}",
+                flush=True,
+            )
+            system.bootstrap(f"bench-{names.namespace}")
+            dev = await system.call(session, "POST", "/environments", {"name": "dev", "order_index": 0})
+            started = time.perf_counter()
+            releases = await make_releases(system, session, args.promotions + args.rate_count)
+            setup_s = time.perf_counter() - started
+            before = system.cpu_ms()
+            pids = " ".join(f"{name}={proc.pid}" for name, proc in system.procs.items())
+            print(f"saturation run starts ({pids})", flush=True)
+            sat_s, sat_lat = await saturate(
+                system, session, watch, releases[: args.promotions], dev["id"], args.in_flight
+            )
+            await asyncio.sleep(2)  # evidence still being appended is what the lag measures
+            after = system.cpu_ms()
+            rate_lat = await offered(system, session, watch, releases[args.promotions :], dev["id"], args.rate)
+            await asyncio.sleep(2)
+    finally:
+        system.stop()
+        await delete_namespace_streams(nc.jetstream(), names)
+        await nc.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await admin.close()
+
+    n = args.promotions
+    statuses = [status for _, status in watch.decided.values()]
+    lags = [watch.packets[p] - t for p, (t, _) in watch.decided.items() if p in watch.packets]
+    missing = len(watch.decided) - len(lags)
+    hop_rate, sat_rate = n / hop_s, n / sat_s
+    cost = {name: (after[name] - before[name]) / n for name in after}
+    print(f"releases made (version + release + ready): {(n + args.rate_count) / setup_s:6.1f} /s")
+    print(
+        f"raw hop (baseline), {args.in_flight} in flight: {hop_rate:8.1f} /s, p50 {statistics.median(hop_lat) * 1e3:6.1f} ms"
+    )
+    print(
+        f"promotions, {n} with {args.in_flight} in flight: {sat_rate:8.1f} /s, "
+        f"p50 {statistics.median(sat_lat) * 1e3:6.1f} ms, p99 {percentile(sat_lat, 0.99) * 1e3:6.1f} ms, "
+        f"{hop_s / sat_s * 100:5.1f}% of the raw hop rate (cost {sat_s / hop_s:.1f}x)"
+    )
+    print(f"  outcomes: { {s: statuses.count(s) for s in set(statuses)} }")
+    print("  CPU ms per promotion: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cost.items(), key=lambda i: -i[1])))
+    print(f"  total CPU ms per promotion: {sum(cost.values()):.1f}")
+    print(
+        f"evidence: {len(lags)} of {len(watch.decided)} decision packets seen; lag after the decision "
+        f"p50 {statistics.median(lags) * 1e3 if lags else float('nan'):.0f} ms, max {max(lags, default=float('nan')):.2f} s"
+    )
+    p50, p90, p99 = (percentile(rate_lat, q) * 1e3 for q in (0.5, 0.9, 0.99))
+    print(f"at {args.rate:g}/s offered ({args.rate_count}): p50 {p50:.0f} ms, p90 {p90:.0f} ms, p99 {p99:.0f} ms")
+    refused = system.log_errors()
+    if refused:
+        missed.append(f"{len(refused)} 'too many connections' errors, first: {refused[0]}")
+    if len(watch.decided) < n + args.rate_count:
+        missed.append(f"only {len(watch.decided)} of {n + args.rate_count} promotions reached a decision")
+    if missing:
+        missed.append(f"{missing} decisions without their evidence packet")
+    if startup_s > GOALS["startup_s"]:
+        missed.append(f"startup {startup_s:.1f} s > {GOALS['startup_s']:g} s")
+    if sat_rate < GOALS["throughput_per_s"]:
+        missed.append(f"throughput {sat_rate:.1f}/s < {GOALS['throughput_per_s']:g}/s")
+    if p50 > GOALS["p50_ms"] or p99 > GOALS["p99_ms"]:
+        missed.append(f"latency at {args.rate:g}/s p50 {p50:.0f} ms / p99 {p99:.0f} ms > 50 / 250 ms")
+    if sat_s / hop_s > GOALS["cost_vs_raw_hop"]:
+        missed.append(f"cost {sat_s / hop_s:.1f}x the raw hop > {GOALS['cost_vs_raw_hop']:g}x")
+    if lags and max(lags) > GOALS["evidence_lag_s"]:
+        missed.append(f"evidence up to {max(lags):.2f} s after its decision > {GOALS['evidence_lag_s']:g} s")
+    for line in missed:
+        print(f"GOAL MISSED: {line}", file=sys.stderr)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--promotions", type=int, default=200, help="promotions in the saturation run")
+    parser.add_argument("--in-flight", type=int, default=20, help="promotions at once in the saturation run")
+    parser.add_argument("--rate", type=float, default=10.0, help="offered promotions per second")
+    parser.add_argument("--rate-count", type=int, default=100, help="promotions at the offered rate")
+    sys.exit(asyncio.run(main(parser.parse_args())))
