@@ -74,7 +74,7 @@ async def test_sign_in_matrix_approvals_with_separation_of_duties_and_security(
     release = await _release(stack, "shop-1")
     _, bob_token = await stack.principal("bob", ["approver"])
     to_dev = await _promote(stack, release, dev)
-    await _settled(stack, to_dev["id"], expect="approved")
+    await _settled(stack, to_dev["id"], expect="deployed")
     to_prod = await _promote(stack, release, prod)
     await _settled(stack, to_prod["id"], expect="pending_approval")
     other_token = stack.bootstrap(f"other-{uuid.uuid4().hex[:12]}")
@@ -94,7 +94,7 @@ async def test_sign_in_matrix_approvals_with_separation_of_duties_and_security(
             headers = await matrix.locator("thead th").all_inner_texts()
             assert [h.split("\n")[0] for h in headers] == ["Release", "dev", "prod"]
             row = await matrix.locator("tbody tr").first.inner_text()
-            assert "shop-1" in row and "approved" in row and "pending_approval" in row
+            assert "shop-1" in row and "deployed" in row and "pending_approval" in row
             await page.screenshot(path=str(shots / "overview.png"), full_page=True)
             assert all(url.startswith(base) for url in requested), requested
 
@@ -127,7 +127,7 @@ async def test_sign_in_matrix_approvals_with_separation_of_duties_and_security(
             await bob.get_by_label("Comment").fill("ship it")
             await bob.get_by_role("button", name="Approve").click()
             await bob.wait_for_url(f"{base}/ui/approvals")
-            await _settled(stack, to_prod["id"], expect="approved")
+            await _settled(stack, to_prod["id"], expect="deployed")
             await stack.until(f"/api/v1/promotions/{to_prod['id']}/evidence", lambda b: len(b["items"]) >= 1)
             await bob.goto(f"{base}/ui/promotions/{to_prod['id']}")
             decision = bob.get_by_role("table", name="Decision record")
