@@ -59,6 +59,7 @@ from stella.gateway.controllers import (
     WorkflowTemplateController,
 )
 from stella.gateway.controllers.openapi import EnforcedJsonRenderPlugin, EnforcedSwaggerRenderPlugin
+from stella.gateway.controllers.ui import UI_PREFIX, DashboardController
 from stella.gateway.dependencies import DEPENDENCIES, RUNTIME_STATE_KEY
 from stella.gateway.exports import BundleReader
 from stella.gateway.idempotency import IdempotencyMiddleware, IdempotencyPolicy
@@ -143,6 +144,8 @@ _PUBLIC_PATHS: Final[list[str]] = [
     rf"^{DOCS_PATH}(/|$)",
     rf"^{API_PREFIX}/openapi\.json$",
     rf"^{API_PREFIX}/asyncapi\.json$",
+    # The dashboard authenticates its session cookie itself (stella.gateway.controllers.ui).
+    rf"^{UI_PREFIX}(/|$)",
 ]
 
 
@@ -208,6 +211,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             DeadLetterController,
             EventController,
             WebhookController,
+            DashboardController,
             create_static_files_router(
                 path=DOCS_ASSETS,
                 directories=[SWAGGER_UI],
@@ -223,7 +227,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             TraceMiddleware,
             SpanMiddleware,
             DefineMiddleware(TokenAuthMiddleware, authenticator=runtime.get_authenticator, exclude=_PUBLIC_PATHS),
-            RequestValidationMiddleware,
+            DefineMiddleware(RequestValidationMiddleware, form_prefix=f"{UI_PREFIX}/"),
             DefineMiddleware(IdempotencyMiddleware, policy=runtime.get_idempotency),
         ],
         exception_handlers={Exception: problem_response},

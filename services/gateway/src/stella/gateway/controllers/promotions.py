@@ -322,11 +322,23 @@ class PromotionController(Controller):
 async def _vote(
     call: CallContext, relay: Relay, promotion_id: str, action: VoteAction, body: VoteBody | None
 ) -> ApprovalRequestOut:
+    return await cast_vote(call, relay, promotion_id, action, body.comment if body is not None else "")
+
+
+async def cast_vote(
+    call: CallContext, relay: Relay, promotion_id: str, action: VoteAction, comment: str
+) -> ApprovalRequestOut:
+    """Cast the caller's vote on a promotion (the API's approve/reject routes and the dashboard's forms).
+
+    Raises:
+        ProblemError: 422 ``PROM_SOD_VIOLATION`` for the requester under separation of duties, 409 for a
+            second vote, 404 for a promotion of another tenant.
+    """
     command = call.command(
         approvals.CastVote,
         promotion_id=parse_id(promotion_id, "promotion_id"),
         action=action.value,
-        comment=body.comment if body is not None else "",
+        comment=comment,
         permissions=voter_permissions(call.identity),
         groups=voter_groups(call.identity),
     )
