@@ -40,11 +40,6 @@ from .deployments import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
-STRATEGY_NOT_APPLIED = pytest.mark.xfail(
-    strict=True,
-    reason="the environment's config.deployment strategy does not reach the deployment job: jobs are planned "
-    "all-at-once whatever the environment says (seen as job.strategy == 'all-at-once')",
-)
 
 SERVICES = (*HEADLESS, "deployment")
 
@@ -163,7 +158,6 @@ async def test_a_release_promoted_to_dev_runs_on_two_docker_hosts_and_a_compose_
     assert report["ok"] is True
 
 
-@STRATEGY_NOT_APPLIED
 async def test_a_rolling_deployment_whose_second_batch_fails_rolls_every_touched_target_back(
     deploy_stack: Stack,
     agents: Agents,
@@ -214,7 +208,6 @@ async def test_a_rolling_deployment_whose_second_batch_fails_rolls_every_touched
     assert packet["content"]
 
 
-@STRATEGY_NOT_APPLIED
 async def test_a_canary_that_breaches_rolls_back_and_leaves_the_rest_untouched(
     deploy_stack: Stack,
     agents: Agents,
@@ -247,7 +240,6 @@ async def test_a_canary_that_breaches_rolls_back_and_leaves_the_rest_untouched(
             assert container_of(docker_engine, created["id"])["Id"] == before[created["name"]], "never touched"
 
 
-@STRATEGY_NOT_APPLIED
 async def test_blue_green_switches_to_the_idle_group_only_once_it_is_healthy(
     deploy_stack: Stack,
     agents: Agents,

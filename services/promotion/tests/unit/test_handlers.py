@@ -257,6 +257,25 @@ class TestWindowTimer:
         assert handlers.closing_windows([deny, allow], freeze.environment_state([deny, allow], later)) == []
 
 
+class TestValidateEnvironment:
+    def test_validating_the_gates_keeps_every_other_setting(self) -> None:
+        config = {
+            "deployment_timeout_s": 900,
+            "freeze_behavior": "reject",
+            "variables": {"region": "eu"},
+            "deployment": {"strategy": "canary", "canary_steps": [25, 50, 100], "failure_behavior": "rollback"},
+            "gates": [{"type": "freeze-window", "name": "strict", "config": {"allow_override": False}}],
+        }
+        validated = handlers.validate_environment(default_registry(), _env(config=config)).config.to_dict()
+        assert validated["deployment"] == config["deployment"]
+        assert (validated["deployment_timeout_s"], validated["freeze_behavior"], validated["variables"]) == (
+            900,
+            "reject",
+            {"region": "eu"},
+        )
+        assert [g["name"] for g in validated["gates"]] == ["strict"]
+
+
 class TestDecisionInputs:
     def test_builtin_gates_are_added_unless_configured(self) -> None:
         registry = default_registry()

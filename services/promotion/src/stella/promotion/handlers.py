@@ -18,6 +18,7 @@ window occurrence that opens or closes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -185,15 +186,8 @@ def validate_environment(registry: GateRegistry, environment: domain.Environment
         gates.UnknownGateType, gates.InvalidGateConfig, policy.PolicySyntaxError: a gate is invalid.
     """
     gates = tuple(g.to_dict() for g in registry.validate(environment.config.gates))
-    config = domain.EnvironmentConfig(
-        deployment_timeout_s=environment.config.deployment_timeout_s,
-        approval_timeout_s=environment.config.approval_timeout_s,
-        freeze_behavior=environment.config.freeze_behavior,
-        health_check=environment.config.health_check,
-        gates=gates,
-        variables=environment.config.variables,
-    )
-    return environment.updated(config=config)
+    # Only the gates change: every other field (the deployment strategy too) is kept as validated.
+    return environment.updated(config=dataclasses.replace(environment.config, gates=gates))
 
 
 def window_from_spec(
