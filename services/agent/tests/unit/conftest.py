@@ -87,7 +87,8 @@ class GatewayDouble:
         app.router.add_get("/api/v1/agents/{agent_id}/tasks", self._tasks)
         app.router.add_post("/api/v1/agents/{agent_id}/tasks/{task_id}/result", self._result)
         app.router.add_post("/api/v1/agents/{agent_id}/tasks/{task_id}/logs", self._logs)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+        # A feed request whose agent went away is cancelled, so it cannot take tasks meant for the next one.
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1, handler_cancellation=True)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
 
