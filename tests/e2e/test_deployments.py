@@ -103,7 +103,7 @@ async def _verify_offline(stack: Stack, tmp_path: Path) -> dict[str, Any]:
         bundle.write_bytes(await resp.read())
     verified = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "stella.evidence.verify", str(bundle), "--json"],
+        [sys.executable, "-m", "stella.evidence.verify", str(bundle), "--json", "--trust-bundle-keys"],
         capture_output=True,
         text=True,
         timeout=60,
