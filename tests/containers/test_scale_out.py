@@ -43,7 +43,7 @@ RELEASES = 200
 """Releases promoted to dev; every fourth has a critical finding and is rejected by the security gate."""
 
 STAGING = 100
-"""Releases approved in dev that go on to staging, where one approval is needed; every fifth is rejected."""
+"""Releases deployed in dev (no targets: deployed once approved) that go on to staging, where one approval is needed; every fifth is rejected."""
 
 TOTAL = RELEASES + STAGING
 RETRIED = {500, 502, 503, 504}
@@ -52,7 +52,7 @@ RETRIED = {500, 502, 503, 504}
 IN_FLIGHT = "RES_IDEMPOTENCY_IN_FLIGHT"
 """The first request with this Idempotency-Key is still being handled (or its gateway died): retry later."""
 
-TERMINAL = {"approved", "rejected", "cancelled", "failed", "deployed", "rolled_back"}
+TERMINAL = {"rejected", "cancelled", "failed", "deployed", "rolled_back"}
 
 
 def _decode(raw: bytes) -> Any:
@@ -266,10 +266,10 @@ async def _exercise(project: ComposeProject, api: Api) -> None:
             to_dev = await api.post(
                 "/api/v1/promotions", {"release_id": release["id"], "target_environment_id": dev}, f"dev-{i}"
             )
-            plan.expected[to_dev["id"]] = "rejected" if bad else "approved"
+            plan.expected[to_dev["id"]] = "rejected" if bad else "deployed"
             plan.requested += 1
         outcome = await watcher.until(to_dev["id"], lambda s: s in TERMINAL)
-        if bad or outcome != "approved" or plan.reserved >= STAGING:
+        if bad or outcome != "deployed" or plan.reserved >= STAGING:
             return
         number, plan.reserved = plan.reserved, plan.reserved + 1
         async with gate:
@@ -278,7 +278,7 @@ async def _exercise(project: ComposeProject, api: Api) -> None:
             )
             plan.staging.add(to_staging["id"])
             refuse = number % 5 == 4
-            plan.expected[to_staging["id"]] = "rejected" if refuse else "approved"
+            plan.expected[to_staging["id"]] = "rejected" if refuse else "deployed"
             plan.requested += 1
         await watcher.until(to_staging["id"], lambda s: s == "pending_approval" or s in TERMINAL)
         async with gate:
@@ -337,7 +337,7 @@ async def _exercise(project: ComposeProject, api: Api) -> None:
     # Every promotion ended as its inputs say.
     wrong = {p: (watcher.statuses.get(p), want) for p, want in plan.expected.items() if watcher.statuses.get(p) != want}
     assert not wrong, wrong
-    assert Counter(plan.expected.values()) == {"approved": 150 + 80, "rejected": 50 + 20}
+    assert Counter(plan.expected.values()) == {"deployed": 150 + 80, "rejected": 50 + 20}
 
     await _replicas_back(project)
     await _report_footprint(project)
