@@ -342,7 +342,7 @@ async def _exercise(project: ComposeProject, api: Api) -> None:
     await _replicas_back(project)
     await _report_footprint(project)
     await _one_packet_each(api, plan)
-    await _chain_verifies_offline(api, project)
+    await _chain_verifies_offline(api, project, plan)
     await _effects_once(project, plan)
     await _events_once_and_no_dead_letters(project, plan)
 
@@ -370,8 +370,21 @@ async def _report_footprint(project: ComposeProject) -> None:
     print("postgres connections:", {row["who"]: row["n"] for row in rows})
 
 
+def _packet_types(plan: Plan) -> dict[str, list[str]]:
+    """The packets each promotion must have: its decision, and its deployment job's once deployed."""
+    return {
+        p: (["deployment", "release_decision"] if outcome == "deployed" else ["release_decision"])
+        for p, outcome in plan.expected.items()
+    }
+
+
+def _packet_total(plan: Plan) -> int:
+    return sum(len(types) for types in _packet_types(plan).values())
+
+
 async def _one_packet_each(api: Api, plan: Plan) -> None:
-    """Exactly one release_decision packet per promotion, through the API."""
+    """Exactly one release_decision packet per promotion (and one deployment packet per deployed one), through
+    the API."""
     gate = asyncio.Semaphore(16)
 
     async def packets(promotion: str) -> list[dict[str, Any]]:
@@ -382,13 +395,12 @@ async def _one_packet_each(api: Api, plan: Plan) -> None:
             return items
 
     listings = await asyncio.gather(*(packets(p) for p in plan.expected))
-    counts = {p: [x["packet_type"] for x in items] for p, items in zip(plan.expected, listings, strict=True)}
-    assert all(types == ["release_decision"] for types in counts.values()), {
-        p: t for p, t in counts.items() if t != ["release_decision"]
-    }
+    counts = {p: sorted(x["packet_type"] for x in items) for p, items in zip(plan.expected, listings, strict=True)}
+    wanted = _packet_types(plan)
+    assert counts == wanted, {p: t for p, t in counts.items() if t != wanted[p]}
 
 
-async def _chain_verifies_offline(api: Api, project: ComposeProject) -> None:
+async def _chain_verifies_offline(api: Api, project: ComposeProject, plan: Plan) -> None:
     """The tenant's export holds one packet per promotion in a gap-free chain, verified with the bundle alone."""
     async with api.session.get(
         f"{api.base}/api/v1/evidence/export",
@@ -402,7 +414,7 @@ async def _chain_verifies_offline(api: Api, project: ComposeProject) -> None:
     with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
         envelopes = sorted(n for n in tar.getnames() if n.startswith("envelopes/") and n.endswith(".dsse.json"))
     sequences = [int(Path(name).name.split("-", 1)[0]) for name in envelopes]
-    assert sequences == list(range(1, TOTAL + 1)), sequences[:5]
+    assert sequences == list(range(1, _packet_total(plan) + 1)), sequences[:5]
     verified = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "stella.evidence.verify", str(path), "--trust-bundle-keys"],
@@ -439,10 +451,20 @@ async def _effects_once(project: ComposeProject, plan: Plan) -> None:
         assert {r["id"]: r["n"] for r in runs} == dict.fromkeys(promotions, 1)
 
         packets = await conn.fetch(
-            "SELECT promotion_id::text AS id, count(*) AS n, min(sequence) AS s FROM evidence.packets GROUP BY 1"
+            "SELECT promotion_id::text AS id, packet_type, count(*) AS n FROM evidence.packets GROUP BY 1, 2"
         )
-        assert {r["id"]: r["n"] for r in packets} == dict.fromkeys(promotions, 1)
-        assert sorted(r["s"] for r in packets) == list(range(1, TOTAL + 1))
+        assert all(r["n"] == 1 for r in packets), [dict(r) for r in packets if r["n"] != 1]
+        by_promotion: dict[str, list[str]] = {}
+        for r in packets:
+            by_promotion.setdefault(r["id"], []).append(r["packet_type"])
+        assert {p: sorted(t) for p, t in by_promotion.items()} == _packet_types(plan)
+        sequences = [r["sequence"] for r in await conn.fetch("SELECT sequence FROM evidence.packets ORDER BY 1")]
+        assert sequences == list(range(1, _packet_total(plan) + 1))
+        jobs = await conn.fetch(
+            "SELECT promotion_id::text AS id, count(*) AS n FROM deployment.jobs WHERE kind = 'deploy' GROUP BY 1"
+        )
+        deployed = [p for p, outcome in plan.expected.items() if outcome == "deployed"]
+        assert {r["id"]: r["n"] for r in jobs} == dict.fromkeys(deployed, 1)
     finally:
         await conn.close()
 
@@ -461,7 +483,8 @@ async def _events_once_and_no_dead_letters(project: ComposeProject, plan: Plan) 
         ):
             await _count_events(js, subject, counter, key)
         assert outcomes == Counter(dict.fromkeys(plan.expected, 1)), {p: n for p, n in outcomes.items() if n != 1}
-        assert packets == Counter(dict.fromkeys(plan.expected, 1)), {p: n for p, n in packets.items() if n != 1}
+        wanted = Counter({p: len(types) for p, types in _packet_types(plan).items()})
+        assert packets == wanted, {p: n for p, n in packets.items() if n != wanted[p]}
         dead = await js.stream_info("STELLA_DLQ")
         assert dead.state.messages == 0, f"{dead.state.messages} dead letters (subjects: {dead.state.subjects})"
     finally:
