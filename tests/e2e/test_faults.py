@@ -36,7 +36,8 @@ from stella.kit.naming import Names
 
 from .conftest import HEADLESS, Stack, _running
 
-pytestmark = pytest.mark.e2e
+# Two 30 s outages under a flow of 200+ promotions that each deploy, check health and sign two packets.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 OUTAGE_S = 30.0
 """How long each dependency stays down."""
