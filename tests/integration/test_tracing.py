@@ -23,6 +23,8 @@ from opentelemetry.trace import SpanKind
 
 from stella.approval.app import create_app as approval_app
 from stella.approval.settings import Settings as ApprovalSettings
+from stella.deployment.app import create_app as deployment_app
+from stella.deployment.settings import Settings as DeploymentSettings
 from stella.events.app import create_app as events_app
 from stella.events.settings import Settings as EventsSettings
 from stella.evidence.app import create_app as evidence_app
@@ -78,6 +80,8 @@ async def test_one_trace_spans_gateway_promotion_workflow_and_evidence(
         workflow_app(WorkflowSettings(**common)),
         evidence_app(EvidenceSettings(**common, key_dir=tmp_path / "keys")),
         events_app(EventsSettings(**common, key_dir=tmp_path / "keys")),
+        # The deploy step of standard-promotion (no targets here: deployed at once).
+        deployment_app(DeploymentSettings(**common)),
     ]
     for service in services:
         await service.start()
@@ -121,7 +125,10 @@ async def test_one_trace_spans_gateway_promotion_workflow_and_evidence(
                 assert requested.status_code == 201, requested.text
                 promotion_id = requested.json()["id"]
                 await _until(
-                    client, f"/api/v1/promotions/{promotion_id}/evidence", token, lambda b: len(b["items"]) == 1
+                    client,
+                    f"/api/v1/promotions/{promotion_id}/evidence",
+                    token,
+                    lambda b: {p["packet_type"] for p in b["items"]} == {"release_decision", "deployment"},
                 )
                 timeline = await _until(
                     client,
