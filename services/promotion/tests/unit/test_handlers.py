@@ -12,8 +12,12 @@ import pytest
 from stella.contracts import approval as a
 from stella.contracts import promotion as c
 from stella.contracts import workflow as w
-from stella.promotion import domain, freeze, handlers, repo
+from stella.promotion import freeze, handlers, repo
 from stella.promotion.decision import decide
+from stella.promotion.domain.encoding import sha256_digest
+from stella.promotion.domain.environment import Environment, FreezeBehavior
+from stella.promotion.domain.errors import InvalidEnvironment
+from stella.promotion.domain.promotion import Promotion, PromotionStatus
 from stella.promotion.gates import default_registry
 
 T0 = datetime(2025, 4, 1, 9, 0, tzinfo=UTC)
@@ -23,10 +27,8 @@ DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
 
 
-def _env(**fields: Any) -> domain.Environment:
-    return domain.Environment.create(
-        id=UUID(int=10), tenant_id=TENANT, name="prod", order_index=1, created_at=T0, **fields
-    )
+def _env(**fields: Any) -> Environment:
+    return Environment.create(id=UUID(int=10), tenant_id=TENANT, name="prod", order_index=1, created_at=T0, **fields)
 
 
 def _stored(**promotion_fields: Any) -> repo.StoredPromotion:
@@ -38,16 +40,16 @@ def _stored(**promotion_fields: Any) -> repo.StoredPromotion:
         "source_environment_id": None,
         "requested_by": str(ALICE),
         "requested_at": T0,
-        "status": domain.PromotionStatus.PENDING_GATE,
+        "status": PromotionStatus.PENDING_GATE,
         "updated_at": T0,
         "required_approvals": 0,
         "require_sod": False,
-        "freeze_behavior": domain.FreezeBehavior.HOLD,
+        "freeze_behavior": FreezeBehavior.HOLD,
         "approval_timeout_s": 3600,
     }
     fields.update(promotion_fields)
     return repo.StoredPromotion(
-        promotion=domain.Promotion(**fields),
+        promotion=Promotion(**fields),
         release_name="shop",
         release_components=[
             {"name": "web", "digest": DIGEST_B, "tag": "2.0.0"},
@@ -88,7 +90,7 @@ class TestPromotionPolicy:
         assert handlers.validate_promotion_policy({}) == {"approver_groups": []}
 
     def test_every_problem_is_located(self) -> None:
-        with pytest.raises(domain.InvalidEnvironment) as info:
+        with pytest.raises(InvalidEnvironment) as info:
             handlers.validate_promotion_policy({"workflow_template": "Bad Name", "approver_groups": "sre", "x": 1})
         assert [e["loc"] for e in info.value.errors] == [
             ["promotion_policy", "x"],
@@ -352,7 +354,7 @@ class TestGateStepResult:
 
     def test_rejected_fails_with_the_reasons(self) -> None:
         promotion = _stored(
-            status=domain.PromotionStatus.REJECTED, reason_codes=("GATE_FREEZE_ACTIVE",), status_message="frozen"
+            status=PromotionStatus.REJECTED, reason_codes=("GATE_FREEZE_ACTIVE",), status_message="frozen"
         ).promotion
         assert handlers.gate_step_result(promotion) == (
             w.StepStatus.FAILED,
@@ -362,10 +364,10 @@ class TestGateStepResult:
 
     def test_allowed_succeeds_with_the_decision_hash(self) -> None:
         record = {"result": "allow", "gates": []}
-        promotion = _stored(status=domain.PromotionStatus.PENDING_APPROVAL, decision=record).promotion
+        promotion = _stored(status=PromotionStatus.PENDING_APPROVAL, decision=record).promotion
         status, outputs, error = handlers.gate_step_result(promotion)  # type: ignore[misc]
         assert (status, error) == (w.StepStatus.SUCCEEDED, None)
-        assert outputs == {"result": "allow", "decision_hash": domain.sha256_digest(record)}
+        assert outputs == {"result": "allow", "decision_hash": sha256_digest(record)}
 
 
 def test_the_promotion_of_a_gate_step_comes_from_the_subject_or_the_run_inputs() -> None:

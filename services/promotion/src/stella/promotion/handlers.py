@@ -41,8 +41,35 @@ from stella.kit.errors import Conflict, ServiceError, Unavailable, error_detail
 from stella.kit.faults import is_transient
 from stella.kit.outbox import add_events
 from stella.kit.timers import DueLoop
-from stella.promotion import domain, freeze, repo
+from stella.promotion import freeze, repo
 from stella.promotion.decision import DecisionRecord, decide
+from stella.promotion.domain.encoding import format_utc, sha256_digest, to_json_value
+from stella.promotion.domain.environment import Environment
+from stella.promotion.domain.errors import (
+    DomainError,
+    EnvironmentNotFound,
+    InvalidEnvironment,
+    NotFound,
+    PromotionNotPending,
+)
+from stella.promotion.domain.outcome import APPROVAL_GATE_TYPE
+from stella.promotion.domain.promotion import (
+    APPROVED_STATUSES,
+    Promotion,
+    PromotionApproved,
+    PromotionCancelled,
+    PromotionCompleted,
+    PromotionEvent,
+    PromotionFailed,
+    PromotionRejected,
+    PromotionRequested,
+    PromotionRolledBack,
+    PromotionStarted,
+    PromotionStatus,
+    next_to_deploy,
+)
+from stella.promotion.domain.release import ApprovalSummary, ReleaseSnapshot, ReleaseStatus
+from stella.promotion.domain.request import request_promotion
 from stella.promotion.gates import GateRegistry, default_registry
 
 log = logging.getLogger(__name__)
@@ -59,15 +86,15 @@ _POLICY_KEYS: Final = frozenset({"workflow_template", "approver_groups"})
 _TEMPLATE_NAME: Final = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
 _BUILTIN_WINDOW_GATES: Final = ("freeze-window", "schedule")
 
-_EVENT_SUBJECTS: Final[Mapping[type[domain.PromotionEvent], str]] = {
-    domain.PromotionRequested: c.PROMOTION_REQUESTED,
-    domain.PromotionApproved: c.PROMOTION_APPROVED,
-    domain.PromotionRejected: c.PROMOTION_REJECTED,
-    domain.PromotionCancelled: c.PROMOTION_CANCELLED,
-    domain.PromotionStarted: c.PROMOTION_STARTED,
-    domain.PromotionCompleted: c.PROMOTION_COMPLETED,
-    domain.PromotionFailed: c.PROMOTION_FAILED,
-    domain.PromotionRolledBack: c.PROMOTION_ROLLED_BACK,
+_EVENT_SUBJECTS: Final[Mapping[type[PromotionEvent], str]] = {
+    PromotionRequested: c.PROMOTION_REQUESTED,
+    PromotionApproved: c.PROMOTION_APPROVED,
+    PromotionRejected: c.PROMOTION_REJECTED,
+    PromotionCancelled: c.PROMOTION_CANCELLED,
+    PromotionStarted: c.PROMOTION_STARTED,
+    PromotionCompleted: c.PROMOTION_COMPLETED,
+    PromotionFailed: c.PROMOTION_FAILED,
+    PromotionRolledBack: c.PROMOTION_ROLLED_BACK,
 }
 """The published event of each domain event; the others (approval required) are not published: the
 workflow's approval step is what asks for approvals."""
@@ -149,7 +176,7 @@ def validate_promotion_policy(raw: Mapping[str, Any]) -> dict[str, Any]:
     ``approver_groups`` (groups whose members may approve; empty: anyone with the permission).
 
     Raises:
-        domain.InvalidEnvironment: listing every invalid field.
+        InvalidEnvironment: listing every invalid field.
     """
     problems: list[dict[str, Any]] = []
     for key in sorted(set(raw) - _POLICY_KEYS):
@@ -173,13 +200,13 @@ def validate_promotion_policy(raw: Mapping[str, Any]) -> dict[str, Any]:
     else:
         policy["approver_groups"] = sorted(set(groups))
     if problems:
-        raise domain.InvalidEnvironment(
+        raise InvalidEnvironment(
             "; ".join(".".join(map(str, p["loc"])) + ": " + p["msg"] for p in problems), errors=problems
         )
     return policy
 
 
-def validate_environment(registry: GateRegistry, environment: domain.Environment) -> domain.Environment:
+def validate_environment(registry: GateRegistry, environment: Environment) -> Environment:
     """Validate the environment's gates through the gate registry and return it with their defaults filled in.
 
     Raises:
@@ -232,7 +259,7 @@ def window_from_spec(
     window = freeze.parse_window(raw)
     if now is not None and not window.applies_after(now):
         raise freeze.WindowNeverApplies(
-            f"window {window.id!r} has no occurrence that ends after now ({domain.format_utc(now)}): "
+            f"window {window.id!r} has no occurrence that ends after now ({format_utc(now)}): "
             "its end or UNTIL is in the past, or its COUNT is used up"
         )
     return window
@@ -267,10 +294,10 @@ def next_transition_after(window: freeze.FreezeWindow, after: datetime) -> datet
 
 def occurrence_key(window: freeze.FreezeWindow, start: datetime) -> str:
     """The freeze module's key of one occurrence of a window."""
-    return f"{window.id}@{domain.format_utc(start)}"
+    return f"{window.id}@{format_utc(start)}"
 
 
-def required_approvals_for(environment: domain.Environment) -> int:
+def required_approvals_for(environment: Environment) -> int:
     """Approvals a promotion into ``environment`` needs: the environment's count or an approval gate's, if larger."""
     gate_counts = [
         g.get("config", {}).get("required", 0) for g in environment.config.gates if g.get("type") == "approval"
@@ -296,8 +323,8 @@ def effective_gates(
     builtin = [t for t in ("freeze-window", "schedule") if t not in present]
     if not has_allow_windows:
         builtin = [t for t in builtin if t != "schedule"]
-    if required_approvals > 0 and domain.APPROVAL_GATE_TYPE not in present:
-        builtin.append(domain.APPROVAL_GATE_TYPE)
+    if required_approvals > 0 and APPROVAL_GATE_TYPE not in present:
+        builtin.append(APPROVAL_GATE_TYPE)
     return [g.to_dict() for g in registry.validate({"type": t, "name": t} for t in builtin)] + gates
 
 
@@ -338,7 +365,7 @@ def overrides_document(override: Mapping[str, Any] | None) -> list[dict[str, Any
 
 def decision_inputs(
     stored: repo.StoredPromotion,
-    environment: domain.Environment,
+    environment: Environment,
     windows: Sequence[freeze.FreezeWindow],
     scans: Mapping[str, c.ScanResultView],
     approvals: Mapping[str, Any],
@@ -374,26 +401,26 @@ def decision_inputs(
         "overrides": overrides_document(stored.freeze_override),
         "manual_confirmations": [],
     }
-    return domain.to_json_value(document)
+    return to_json_value(document)
 
 
 def decision_hash(record: Mapping[str, Any]) -> str:
     """``sha256:`` of the canonical JSON of a decision record."""
-    return domain.sha256_digest(record)
+    return sha256_digest(record)
 
 
-def gate_step_result(promotion: domain.Promotion) -> tuple[w.StepStatus, dict[str, Any], str | None] | None:
+def gate_step_result(promotion: Promotion) -> tuple[w.StepStatus, dict[str, Any], str | None] | None:
     """What the gate step reports for the promotion's state; None while the gates have not decided."""
     status = promotion.status
-    if status is domain.PromotionStatus.PENDING_GATE:
+    if status is PromotionStatus.PENDING_GATE:
         return None
-    if status is domain.PromotionStatus.REJECTED:
+    if status is PromotionStatus.REJECTED:
         return (
             w.StepStatus.FAILED,
             {"result": "deny", "reasons": list(promotion.reason_codes)},
             promotion.status_message or "denied by gates",
         )
-    if status is domain.PromotionStatus.CANCELLED:
+    if status is PromotionStatus.CANCELLED:
         return w.StepStatus.FAILED, {"result": "cancelled"}, f"promotion {promotion.id} was cancelled"
     outputs: dict[str, Any] = {"result": "allow"}
     if promotion.decision is not None:
@@ -558,7 +585,7 @@ class Handlers:
         if (seen := await self.commands.seen(cmd)) is not None:
             return seen
         try:
-            proposed = domain.Environment.create(
+            proposed = Environment.create(
                 id=cmd.message_id,
                 tenant_id=cmd.tenant_id,
                 name=cmd.name,
@@ -578,7 +605,7 @@ class Handlers:
             now = self.clock()
             environment = validate_environment(
                 self.registry,
-                domain.Environment.create(
+                Environment.create(
                     id=self.new_id(),
                     tenant_id=cmd.tenant_id,
                     name=cmd.name,
@@ -627,7 +654,7 @@ class Handlers:
         async def execute(conn: asyncpg.Connection) -> object:
             current = await repo.get_environment(conn, cmd.tenant_id, cmd.environment_id, lock=True)
             if current is None:
-                raise domain.EnvironmentNotFound(f"environment {cmd.environment_id} does not exist")
+                raise EnvironmentNotFound(f"environment {cmd.environment_id} does not exist")
             changes = cmd.model_dump(
                 include={"display_name", "order_index", "required_approvals", "require_sod", "config"},
                 exclude_none=True,
@@ -669,7 +696,7 @@ class Handlers:
         async def execute(conn: asyncpg.Connection) -> object:
             current = await repo.get_environment(conn, cmd.tenant_id, cmd.environment_id, lock=True)
             if current is None:
-                raise domain.EnvironmentNotFound(f"environment {cmd.environment_id} does not exist")
+                raise EnvironmentNotFound(f"environment {cmd.environment_id} does not exist")
             if await repo.environment_in_use(conn, cmd.tenant_id, current.id):
                 raise EnvironmentInUse(
                     f"environment {current.name!r} is referenced by promotions and cannot be deleted"
@@ -697,7 +724,7 @@ class Handlers:
         async def execute(conn: asyncpg.Connection) -> object:
             environment = await repo.get_environment(conn, cmd.tenant_id, cmd.environment_id, lock=True)
             if environment is None:
-                raise domain.EnvironmentNotFound(f"environment {cmd.environment_id} does not exist")
+                raise EnvironmentNotFound(f"environment {cmd.environment_id} does not exist")
             window = window_from_spec(cmd.window, self.new_id(), cmd.actor_id, self.clock())
             now = self.clock()
             stored = await repo.insert_window(
@@ -722,7 +749,7 @@ class Handlers:
         async def execute(conn: asyncpg.Connection) -> object:
             environment = await repo.get_environment(conn, cmd.tenant_id, cmd.environment_id, lock=True)
             if environment is None:
-                raise domain.EnvironmentNotFound(f"environment {cmd.environment_id} does not exist")
+                raise EnvironmentNotFound(f"environment {cmd.environment_id} does not exist")
             stored = await repo.get_window(conn, cmd.tenant_id, environment.id, cmd.window_id)
             if stored is None:
                 raise FreezeWindowNotFound(f"environment {environment.name!r} has no freeze window {cmd.window_id}")
@@ -831,15 +858,15 @@ class Handlers:
             environments = {v.id: repo.environment_of(v, cmd.tenant_id) for v in views}
             target = environments.get(cmd.target_environment_id)
             if target is None:
-                raise domain.EnvironmentNotFound(f"environment {cmd.target_environment_id} does not exist")
+                raise EnvironmentNotFound(f"environment {cmd.target_environment_id} does not exist")
             history = await repo.promotions_of_release(conn, cmd.tenant_id, release.id)
-            promotion, events = domain.request_promotion(
+            promotion, events = request_promotion(
                 promotion_id=self.new_id(),
-                release=domain.ReleaseSnapshot(
+                release=ReleaseSnapshot(
                     id=release.id,
                     tenant_id=cmd.tenant_id,
                     name=release.name,
-                    status=domain.ReleaseStatus(release.status.value),
+                    status=ReleaseStatus(release.status.value),
                 ),
                 target_environment=target,
                 environments=list(environments.values()),
@@ -883,7 +910,7 @@ class Handlers:
     async def cancel_promotion(self, cmd: c.CancelPromotion) -> Reply:
         """Cancel a promotion that has not started deploying; its run and approval request close with it.
 
-        The rule is the domain's (:meth:`domain.Promotion.cancel`): any non-terminal status before
+        The rule is the domain's (:meth:`Promotion.cancel`): any non-terminal status before
         ``deploying`` (pending_gate, pending_approval, approved) may be cancelled. A recorded approval stays
         recorded (decision and evidence); the cancel is a later decision of its own.
         """
@@ -930,8 +957,8 @@ class Handlers:
         async def execute(conn: asyncpg.Connection) -> object:
             stored = await self._locked(conn, cmd.tenant_id, cmd.promotion_id)
             promotion = stored.promotion
-            if promotion.status is not domain.PromotionStatus.PENDING_GATE:
-                raise domain.PromotionNotPending(
+            if promotion.status is not PromotionStatus.PENDING_GATE:
+                raise PromotionNotPending(
                     f"promotion {promotion.id} is {promotion.status.value}; a freeze override applies to a "
                     "promotion waiting on its gates"
                 )
@@ -989,13 +1016,13 @@ class Handlers:
                     [self._completion(origin, step, w.StepStatus.FAILED, {"result": "deny"}, error)],
                 )
                 return {"step": step.model_dump(mode="json"), "status": "failed", "error": error}
-            if stored.promotion.status is domain.PromotionStatus.PENDING_GATE:
+            if stored.promotion.status is PromotionStatus.PENDING_GATE:
                 stored.gate_step = step
                 await self._evaluate(conn, stored, self.clock(), "gates", origin)
             else:
                 result = gate_step_result(stored.promotion)
                 assert result is not None
-                if stored.promotion.status is domain.PromotionStatus.APPROVED:
+                if stored.promotion.status is PromotionStatus.APPROVED:
                     await add_events(conn, await self._let_deploy(conn, stored, step, result[1], origin))
                     await repo.update_promotion(conn, stored)
                 else:
@@ -1010,7 +1037,7 @@ class Handlers:
     async def _locked(self, conn: asyncpg.Connection, tenant: UUID, promotion_id: UUID) -> repo.StoredPromotion:
         stored = await repo.get_promotion(conn, tenant, promotion_id, lock=True)
         if stored is None:
-            raise domain.NotFound(f"promotion {promotion_id} does not exist")
+            raise NotFound(f"promotion {promotion_id} does not exist")
         return stored
 
     async def _gate_inputs(
@@ -1071,7 +1098,7 @@ class Handlers:
         events = p.apply_gate_decision(outcome, now=now)
         result = gate_step_result(p)
         completions: list[tuple[str, Message]] = []
-        if p.status is domain.PromotionStatus.APPROVED and result is not None:
+        if p.status is PromotionStatus.APPROVED and result is not None:
             # No approvals needed: the gate step is the last one before the deploy step.
             completions = await self._let_deploy(conn, stored, stored.gate_step, result[1], origin)
         elif result is not None and stored.gate_step is not None:
@@ -1083,7 +1110,7 @@ class Handlers:
         """The approval request is open: apply the stored gate decision, moving the promotion to pending_approval."""
         p = stored.promotion
         latest = await repo.get_decision(conn, p.tenant_id, stored.decision_id) if stored.decision_id else None
-        if p.status is not domain.PromotionStatus.PENDING_GATE or latest is None:
+        if p.status is not PromotionStatus.PENDING_GATE or latest is None:
             return
         outcome = DecisionRecord.from_dict(latest.record).outcome()
         if not p.awaits_approvals(outcome, now=latest.clock):
@@ -1099,7 +1126,7 @@ class Handlers:
             await self._open_approvals(conn, stored, Origin.of(event))
 
     def _changed(
-        self, origin: Origin, view: c.PromotionView, events: Iterable[domain.PromotionEvent]
+        self, origin: Origin, view: c.PromotionView, events: Iterable[PromotionEvent]
     ) -> list[tuple[str, Message]]:
         """The published events of a transition, each carrying the promotion as it is now."""
         return [
@@ -1138,7 +1165,7 @@ class Handlers:
             await self._open_approvals(conn, stored, origin)
         if stored is None:
             log.warning("approval decision for an unknown promotion", extra={"promotion_id": str(request.promotion_id)})
-        elif stored.promotion.status is domain.PromotionStatus.PENDING_APPROVAL:
+        elif stored.promotion.status is PromotionStatus.PENDING_APPROVAL:
             await self._apply_approvals(conn, stored, request, origin)
         if request.step is None:
             return
@@ -1146,13 +1173,13 @@ class Handlers:
             "result": request.status.value,
             "approvals": approvals_document(request.required, request.votes)["granted"],
         }
-        if stored is not None and stored.promotion.status is domain.PromotionStatus.APPROVED:
+        if stored is not None and stored.promotion.status is PromotionStatus.APPROVED:
             # The approval step is the last one before the deploy step: it completes when the slot is free.
             held = await self._let_deploy(conn, stored, request.step, outputs, origin)
             await repo.update_promotion(conn, stored)
             await add_events(conn, held)
             return
-        if stored is not None and stored.promotion.status in domain.APPROVED_STATUSES:
+        if stored is not None and stored.promotion.status in APPROVED_STATUSES:
             completion = self._completion(origin, request.step, w.StepStatus.SUCCEEDED, outputs, None)
         else:
             state = stored.promotion.status.value if stored is not None else "unknown"
@@ -1176,11 +1203,11 @@ class Handlers:
             inputs, clock = {**latest.inputs, "approvals": approvals}, latest.clock
         else:
             inputs, clock = await self._gate_inputs(conn, stored, approvals), now
-        record = await self._store_decision(conn, stored, "approvals", domain.to_json_value(inputs), clock)
+        record = await self._store_decision(conn, stored, "approvals", to_json_value(inputs), clock)
         p.decision = record.to_dict()
-        events: list[domain.PromotionEvent]
+        events: list[PromotionEvent]
         if request.status is a.ApprovalStatus.GRANTED:
-            summary = domain.ApprovalSummary(required=request.required, granted=approvals["granted"], rejected=0)
+            summary = ApprovalSummary(required=request.required, granted=approvals["granted"], rejected=0)
             events = p.record_approvals(summary, now=now)
             if not events:
                 log.warning(
@@ -1188,7 +1215,7 @@ class Handlers:
                     extra={"promotion_id": str(p.id), "granted": approvals["granted"]},
                 )
         elif request.status is a.ApprovalStatus.DENIED:
-            summary = domain.ApprovalSummary(
+            summary = ApprovalSummary(
                 required=request.required, granted=approvals["granted"], rejected=max(1, approvals["rejected"])
             )
             events = p.record_approvals(summary, now=now)
@@ -1230,14 +1257,14 @@ class Handlers:
                 "its template lacks a step the promotion waits on"
             )
         promotion = stored.promotion
-        if promotion.status is domain.PromotionStatus.APPROVED:
+        if promotion.status is PromotionStatus.APPROVED:
             outcome = "failed" if isinstance(event, w.RunFailed) else "ended"
             ended = f"its workflow run {event.run_id} ({template}) {outcome} without a deployment job"
             if isinstance(event, w.RunFailed) and event.error:
                 ended += f": {event.error}"
             await self._leave_queue(conn, stored, ended, Origin.of(event))
             return
-        waited_on_approvals = promotion.status is domain.PromotionStatus.PENDING_APPROVAL
+        waited_on_approvals = promotion.status is PromotionStatus.PENDING_APPROVAL
         events = promotion.fail_workflow(reason=reason[:2000], now=self.clock())
         if not events:
             return
@@ -1292,7 +1319,7 @@ class Handlers:
         if step is not None:
             stored.deploy_step = {**step.model_dump(mode="json"), "outputs": outputs}
         others = [q for q in queue if q.id != p.id]
-        head = domain.next_to_deploy([*others, p], p.target_environment_id)
+        head = next_to_deploy([*others, p], p.target_environment_id)
         if p.cleared_at is None and head is not None and head.id == p.id:
             # The deploy-start re-check of the time windows: a closed window holds the deployment.
             closed = await self._closed_by_window(conn, stored, now)
@@ -1325,7 +1352,7 @@ class Handlers:
         return step, held.get("outputs") or {}
 
     async def _release_next(
-        self, conn: asyncpg.Connection, freed: domain.Promotion, origin: Origin
+        self, conn: asyncpg.Connection, freed: Promotion, origin: Origin
     ) -> list[tuple[str, Message]]:
         """``freed`` (saved already) gave its environment's slot back: clear the next queued promotion.
 
@@ -1334,11 +1361,11 @@ class Handlers:
         tenant, environment_id = freed.tenant_id, freed.target_environment_id
         await repo.lock_deploy_queue(conn, tenant, environment_id)
         queue = await repo.deploy_queue(conn, tenant, environment_id)
-        head = domain.next_to_deploy([q.promotion for q in queue], environment_id)
+        head = next_to_deploy([q.promotion for q in queue], environment_id)
         if head is None:
             return []
         stored = await repo.get_promotion(conn, tenant, head.id, lock=True)
-        if stored is None or stored.promotion.status is not domain.PromotionStatus.APPROVED:
+        if stored is None or stored.promotion.status is not PromotionStatus.APPROVED:
             return []
         log.info(
             "a queued promotion is next to deploy",
@@ -1382,7 +1409,7 @@ class Handlers:
                 events = p.begin_rollback(rollback_job_id=event.job_id, rollback_of=event.rollback_of, now=self.clock())
             else:
                 events = p.begin_deployment(deployment_job_id=event.job_id, now=self.clock())
-        except domain.DomainError as exc:
+        except DomainError as exc:
             # A job for a promotion that is no longer approved (cancelled meanwhile) changes nothing here.
             log.warning("a deployment job started for a promotion that cannot deploy", extra={"error": exc.detail})
             return
@@ -1413,7 +1440,7 @@ class Handlers:
                 )
             else:
                 events = p.finish_job(deployment_job_id=event.job_id, outcome=event.outcome, reason=reason, now=now)
-        except domain.DomainError as exc:
+        except DomainError as exc:
             log.warning("a deployment job ended for a promotion that cannot take it", extra={"error": exc.detail})
             return
         stored.deploy_step = None
@@ -1431,7 +1458,7 @@ class Handlers:
         async with self._pool().acquire() as conn:
             view = await repo.get_environment(conn, q.tenant_id, q.environment_id)
         if view is None:
-            raise domain.EnvironmentNotFound(f"environment {q.environment_id} does not exist")
+            raise EnvironmentNotFound(f"environment {q.environment_id} does not exist")
         return Reply.success(view.model_dump(mode="json"))
 
     async def list_environments(self, q: c.ListEnvironments) -> Reply:
@@ -1444,7 +1471,7 @@ class Handlers:
         """A page of an environment's windows."""
         async with self._pool().acquire() as conn:
             if await repo.get_environment(conn, q.tenant_id, q.environment_id) is None:
-                raise domain.EnvironmentNotFound(f"environment {q.environment_id} does not exist")
+                raise EnvironmentNotFound(f"environment {q.environment_id} does not exist")
             items, token = await repo.list_windows(
                 conn, q.tenant_id, q.environment_id, q.page.page_size, q.page.page_token
             )
@@ -1454,7 +1481,7 @@ class Handlers:
         """Whether the environment is open for promotions now, and when that changes."""
         async with self._pool().acquire() as conn:
             if await repo.get_environment(conn, q.tenant_id, q.environment_id) is None:
-                raise domain.EnvironmentNotFound(f"environment {q.environment_id} does not exist")
+                raise EnvironmentNotFound(f"environment {q.environment_id} does not exist")
             windows = await repo.windows_of_environment(conn, q.tenant_id, q.environment_id)
         now = self.clock()
         state = freeze.environment_state([s.window for s in windows], now)
@@ -1474,7 +1501,7 @@ class Handlers:
         async with self._pool().acquire() as conn:
             stored = await repo.get_promotion(conn, q.tenant_id, q.promotion_id)
         if stored is None:
-            raise domain.NotFound(f"promotion {q.promotion_id} does not exist")
+            raise NotFound(f"promotion {q.promotion_id} does not exist")
         return Reply.success(repo.promotion_view(stored).model_dump(mode="json"))
 
     async def list_promotions(self, q: c.ListPromotions) -> Reply:
@@ -1496,10 +1523,10 @@ class Handlers:
         async with self._pool().acquire() as conn:
             stored = await repo.get_promotion(conn, q.tenant_id, q.promotion_id)
             if stored is None:
-                raise domain.NotFound(f"promotion {q.promotion_id} does not exist")
+                raise NotFound(f"promotion {q.promotion_id} does not exist")
             latest = await repo.get_decision(conn, q.tenant_id, stored.decision_id) if stored.decision_id else None
         if latest is None:
-            raise domain.NotFound(f"promotion {q.promotion_id} has no decision yet; its gates have not been evaluated")
+            raise NotFound(f"promotion {q.promotion_id} has no decision yet; its gates have not been evaluated")
         view = c.DecisionView(
             promotion_id=q.promotion_id,
             trigger=latest.trigger,
@@ -1526,12 +1553,12 @@ class Handlers:
                     stored = await repo.lock_due_hold(conn, tenant, promotion_id, now)
                     if stored is None:
                         continue
-                    if stored.promotion.status is domain.PromotionStatus.APPROVED and stored.deploy_step is not None:
+                    if stored.promotion.status is PromotionStatus.APPROVED and stored.deploy_step is not None:
                         # Its deployment waited for a time window: look again now that it is due.
                         origin = Origin(stored.promotion.tenant_id, stored.correlation_id)
                         await add_events(conn, await self._resume_queued(conn, stored, origin))
                         continue
-                    if stored.promotion.status is not domain.PromotionStatus.PENDING_GATE:
+                    if stored.promotion.status is not PromotionStatus.PENDING_GATE:
                         stored.promotion.next_open = None
                         await repo.update_promotion(conn, stored)
                         continue
