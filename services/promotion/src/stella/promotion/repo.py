@@ -14,13 +14,7 @@ from uuid import UUID
 
 import asyncpg
 
-from stella.contracts.promotion import (
-    EnvironmentView,
-    FreezeWindowView,
-    PromotionStatus,
-    PromotionView,
-    ScanResultView,
-)
+from stella.contracts.promotion import EnvironmentView, FreezeWindowView, PromotionStatus, PromotionView, ScanResultView
 from stella.contracts.workflow import StepRef
 from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor, int32
 from stella.promotion import freeze
