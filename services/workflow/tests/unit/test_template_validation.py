@@ -9,24 +9,26 @@ from uuid import UUID
 
 import pytest
 
-from stella.workflow.domain import (
-    MAX_TIMEOUT_S,
+from stella.workflow.domain.errors import (
     CycleDetected,
     DanglingEdge,
     DuplicateEdge,
     DuplicateNodeId,
-    Edge,
     EmptyTemplate,
     InvalidCondition,
     InvalidRetryPolicy,
     InvalidTemplate,
     InvalidTemplateOutput,
     InvalidTimeout,
-    Node,
-    RetryPolicy,
-    RunOn,
     UnknownNode,
     UnknownStepType,
+)
+from stella.workflow.domain.states import RunOn
+from stella.workflow.domain.template import (
+    MAX_TIMEOUT_S,
+    Edge,
+    Node,
+    RetryPolicy,
     WorkflowTemplate,
     parse_template,
     topological_order,

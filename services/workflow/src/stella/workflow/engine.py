@@ -30,21 +30,20 @@ from uuid import UUID, uuid5
 
 from stella.contracts import workflow as c
 from stella.contracts.workflow import STEP_SUBJECTS
-from stella.workflow.domain import (
-    DomainError,
-    StartStep,
-    StepOutcome,
+from stella.workflow.domain.errors import DomainError
+from stella.workflow.domain.events import WorkflowEvent
+from stella.workflow.domain.run import (
     StepRun,
     StepTransition,
-    WorkflowEvent,
     WorkflowRun,
-    WorkflowTemplate,
-    advance,
     begin_waiting,
     cancel_run,
     complete_step,
     start_run,
 )
+from stella.workflow.domain.scheduler import StartStep, advance
+from stella.workflow.domain.states import StepOutcome
+from stella.workflow.domain.template import WorkflowTemplate
 from stella.workflow.templates import BuiltinStepType
 
 WAITS_FOR_SIGNAL: Final[frozenset[str]] = frozenset({BuiltinStepType.APPROVAL.value})
