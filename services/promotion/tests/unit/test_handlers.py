@@ -17,7 +17,8 @@ from stella.promotion.decision import decide
 from stella.promotion.domain.encoding import sha256_digest
 from stella.promotion.domain.environment import Environment, FreezeBehavior
 from stella.promotion.domain.errors import InvalidEnvironment
-from stella.promotion.domain.promotion import Promotion, PromotionStatus
+from stella.promotion.domain.promotion import Promotion
+from stella.promotion.domain.status import PromotionStatus
 from stella.promotion.gates import default_registry
 from stella.promotion.handlers.decisions import (
     approvals_document,

@@ -35,10 +35,7 @@ from stella.promotion.domain.errors import (
     ReleaseNotReady,
     SourceEnvironmentMismatch,
 )
-from stella.promotion.domain.outcome import DecisionResult, GateOutcome
-from stella.promotion.domain.promotion import (
-    ALLOWED_TRANSITIONS,
-    Promotion,
+from stella.promotion.domain.events import (
     PromotionApprovalRequired,
     PromotionApproved,
     PromotionCancelled,
@@ -48,11 +45,12 @@ from stella.promotion.domain.promotion import (
     PromotionRequested,
     PromotionRolledBack,
     PromotionStarted,
-    PromotionStatus,
-    next_to_deploy,
 )
+from stella.promotion.domain.outcome import DecisionResult, GateOutcome
+from stella.promotion.domain.promotion import Promotion, next_to_deploy
 from stella.promotion.domain.release import ApprovalSummary, ReleaseBlock, ReleaseSnapshot, ReleaseStatus
 from stella.promotion.domain.request import request_promotion
+from stella.promotion.domain.status import ALLOWED_TRANSITIONS, PromotionStatus
 
 T0 = datetime(2025, 4, 1, 9, 0, tzinfo=UTC)
 TENANT = UUID(int=0xA)

@@ -21,7 +21,7 @@ from stella.promotion import freeze
 from stella.promotion.decision import DecisionRecord
 from stella.promotion.domain.environment import Environment, FreezeBehavior
 from stella.promotion.domain.promotion import Promotion
-from stella.promotion.domain.promotion import PromotionStatus as Status
+from stella.promotion.domain.status import PromotionStatus as Status
 
 _ENVIRONMENT_COLUMNS = """id, name, display_name, order_index, required_approvals, require_sod, config,
     promotion_policy, created_at, updated_at"""

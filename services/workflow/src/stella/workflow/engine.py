@@ -1,6 +1,6 @@
 """How the workflow service executes steps on top of the domain's scheduler. Pure: no I/O, no clock.
 
-:func:`drive` runs the domain's :func:`~stella.workflow.domain.advance` until the run is quiet and sorts
+:func:`drive` runs the domain's :func:`~stella.workflow.domain.scheduler.advance` until the run is quiet and sorts
 every started attempt by who executes it:
 
 * step types in :data:`~stella.contracts.workflow.STEP_SUBJECTS` belong to another context: the attempt is

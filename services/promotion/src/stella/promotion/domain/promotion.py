@@ -23,8 +23,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import Any, ClassVar, Final, cast
+from typing import Any, cast
 from uuid import UUID
 
 from stella.promotion.domain.encoding import format_utc, require_aware, to_json_value
@@ -42,245 +41,30 @@ from stella.promotion.domain.errors import (
     PromotionNotApproved,
     PromotionNotPending,
 )
+from stella.promotion.domain.events import (
+    PromotionApprovalRequired,
+    PromotionApproved,
+    PromotionCancelled,
+    PromotionCompleted,
+    PromotionEvent,
+    PromotionFailed,
+    PromotionRejected,
+    PromotionRolledBack,
+    PromotionStarted,
+)
 from stella.promotion.domain.outcome import DecisionResult, GateOutcome
 from stella.promotion.domain.release import ApprovalSummary
-
-
-class PromotionStatus(StrEnum):
-    """States of a promotion (reference section 3)."""
-
-    PENDING_GATE = "pending_gate"
-    PENDING_APPROVAL = "pending_approval"
-    APPROVED = "approved"
-    DEPLOYING = "deploying"
-    DEPLOYED = "deployed"
-    REJECTED = "rejected"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-    ROLLED_BACK = "rolled_back"
-
-    @property
-    def is_terminal(self) -> bool:
-        """Whether no transition ever leaves this state.
-
-        ``failed`` is not terminal by itself: it moves to ``rolled_back`` when a rollback runs. Use
-        :attr:`Promotion.is_terminal` to know whether a failed promotion is final.
-        """
-        return self in _TERMINAL_STATUSES
-
-    @property
-    def is_active(self) -> bool:
-        """Whether the promotion is still on its way (neither finished nor failed)."""
-        return self in _ACTIVE_STATUSES
-
-
-_TERMINAL_STATUSES: Final = frozenset(
-    {PromotionStatus.DEPLOYED, PromotionStatus.REJECTED, PromotionStatus.CANCELLED, PromotionStatus.ROLLED_BACK}
+from stella.promotion.domain.status import (
+    ALLOWED_TRANSITIONS,
+    CANCELLABLE_STATUSES,
+    JOB_OUTCOMES,
+    REASON_APPROVAL_REJECTED,
+    REASON_APPROVAL_TIMEOUT,
+    REASON_RUN_NOT_STARTED,
+    REASON_WINDOW_NEVER_OPENS,
+    REASON_WORKFLOW_ENDED,
+    PromotionStatus,
 )
-
-
-_ACTIVE_STATUSES: Final = frozenset(
-    {
-        PromotionStatus.PENDING_GATE,
-        PromotionStatus.PENDING_APPROVAL,
-        PromotionStatus.APPROVED,
-        PromotionStatus.DEPLOYING,
-    }
-)
-
-
-_CANCELLABLE: Final = frozenset(
-    {PromotionStatus.PENDING_GATE, PromotionStatus.PENDING_APPROVAL, PromotionStatus.APPROVED}
-)
-
-
-PROGRESSION_STATUSES: Final = frozenset({PromotionStatus.DEPLOYED})
-
-
-"""A release has reached an environment (and may move to the next one) once a promotion there is in one of
-these states: it was deployed there (an environment with no targets is deployed at once)."""
-
-
-APPROVED_STATUSES: Final = frozenset({PromotionStatus.APPROVED, PromotionStatus.DEPLOYING, PromotionStatus.DEPLOYED})
-
-
-"""States of a promotion its gates and approvals allowed (its approval step succeeded)."""
-
-
-JOB_OUTCOMES: Final = frozenset({"succeeded", "failed", "rolled_back", "cancelled"})
-
-
-"""How a deployment job ends (``deployment.job_completed``'s ``outcome``)."""
-
-
-ALLOWED_TRANSITIONS: Final[Mapping[PromotionStatus, frozenset[PromotionStatus]]] = {
-    PromotionStatus.PENDING_GATE: frozenset(
-        {
-            PromotionStatus.PENDING_APPROVAL,
-            PromotionStatus.APPROVED,
-            PromotionStatus.REJECTED,
-            PromotionStatus.CANCELLED,
-            PromotionStatus.FAILED,
-        }
-    ),
-    PromotionStatus.PENDING_APPROVAL: frozenset(
-        {PromotionStatus.APPROVED, PromotionStatus.REJECTED, PromotionStatus.CANCELLED, PromotionStatus.FAILED}
-    ),
-    PromotionStatus.APPROVED: frozenset(
-        {
-            PromotionStatus.DEPLOYING,
-            PromotionStatus.PENDING_GATE,
-            PromotionStatus.REJECTED,
-            PromotionStatus.CANCELLED,
-        }
-    ),
-    PromotionStatus.DEPLOYING: frozenset({PromotionStatus.DEPLOYED, PromotionStatus.FAILED}),
-    PromotionStatus.FAILED: frozenset({PromotionStatus.ROLLED_BACK}),
-    PromotionStatus.DEPLOYED: frozenset(),
-    PromotionStatus.REJECTED: frozenset(),
-    PromotionStatus.CANCELLED: frozenset(),
-    PromotionStatus.ROLLED_BACK: frozenset(),
-}
-
-
-"""Every state change the state machine can make (the table of reference section 3)."""
-
-
-REASON_APPROVAL_REJECTED: Final = "PROM_APPROVAL_REJECTED"
-
-
-"""Reason code of a promotion rejected by an eligible approver."""
-
-
-REASON_APPROVAL_TIMEOUT: Final = "PROM_APPROVAL_TIMEOUT"
-
-
-"""Reason code of a promotion whose approvals did not arrive before the deadline."""
-
-
-REASON_WORKFLOW_ENDED: Final = "PROM_WORKFLOW_RUN_ENDED"
-
-
-"""Reason code of a promotion failed because its workflow run ended (or never started) before deciding it."""
-
-
-REASON_WINDOW_NEVER_OPENS: Final = "PROM_WINDOW_NEVER_OPENS"
-
-
-"""Reason code added when a promotion would be held but the window does not open within the search horizon."""
-
-
-REASON_RUN_NOT_STARTED: Final = "PROM_RUN_NOT_STARTED"
-
-
-"""Reason code of a promotion whose workflow run never brought it its gate step: its gates could not be
-evaluated, so it is rejected (fail closed) instead of waiting silently."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class PromotionEvent:
-    """Base of the events a promotion transition returns.
-
-    ``name`` is the event name of reference section 2 (``promotion.approved``...). The handler turns each
-    event into the matching contracts message and writes it to the outbox.
-    """
-
-    name: ClassVar[str]
-    promotion_id: UUID
-    tenant_id: UUID
-    release_id: UUID
-    environment_id: UUID
-    occurred_at: datetime
-
-    def payload(self) -> dict[str, Any]:
-        """Return every field as plain JSON data (UTC timestamps, string ids)."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return cast(dict[str, Any], to_json_value(data))
-
-
-@dataclass(frozen=True, kw_only=True)
-class PromotionRequested(PromotionEvent):
-    """A promotion was requested and waits on its gates."""
-
-    name: ClassVar[str] = "promotion.requested"
-    source_environment_id: UUID | None
-    requested_by: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class PromotionApprovalRequired(PromotionEvent):
-    """Every gate allowed and the environment needs approvals.
-
-    Not one of the published ``promotion.*`` events: the handler turns it into the command that asks the
-    approval service to collect ``required_approvals`` approvals before ``deadline``.
-    """
-
-    name: ClassVar[str] = "promotion.approval_required"
-    required_approvals: int
-    require_sod: bool
-    requested_by: str
-    deadline: datetime
-
-
-@dataclass(frozen=True, kw_only=True)
-class PromotionApproved(PromotionEvent):
-    """Gates and approvals allow the promotion; it waits for its turn to deploy."""
-
-    name: ClassVar[str] = "promotion.approved"
-
-
-@dataclass(frozen=True, kw_only=True)
-class PromotionRejected(PromotionEvent):
-    """A gate denied, an approver rejected, or approvals timed out. Final."""
-
-    name: ClassVar[str] = "promotion.rejected"
-    reason_codes: tuple[str, ...]
-    message: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class PromotionStarted(PromotionEvent):
-    """The deployment job of the promotion started."""
-
-    name: ClassVar[str] = "promotion.started"
-    deployment_job_id: UUID
-
-
-@dataclass(frozen=True, kw_only=True)
-class PromotionCompleted(PromotionEvent):
-    """The deployment job succeeded; the release runs in the environment."""
-
-    name: ClassVar[str] = "promotion.completed"
-    deployment_job_id: UUID
-
-
-@dataclass(frozen=True, kw_only=True)
-class PromotionFailed(PromotionEvent):
-    """The deployment job failed (``rollback_job_id`` is set when a rollback runs), or the promotion's workflow
-    run ended or could not start before the promotion was decided (no deployment job then)."""
-
-    name: ClassVar[str] = "promotion.failed"
-    deployment_job_id: UUID | None
-    reason: str
-    rollback_job_id: UUID | None
-
-
-@dataclass(frozen=True, kw_only=True)
-class PromotionCancelled(PromotionEvent):
-    """A user cancelled the promotion before its deployment started."""
-
-    name: ClassVar[str] = "promotion.cancelled"
-    cancelled_by: str
-    reason: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class PromotionRolledBack(PromotionEvent):
-    """The rollback after a failed deployment succeeded."""
-
-    name: ClassVar[str] = "promotion.rolled_back"
-    deployment_job_id: UUID
-    rollback_job_id: UUID
 
 
 @dataclass(slots=True, kw_only=True)
@@ -810,7 +594,7 @@ class Promotion:
             raise PromotionAlreadyTerminal(
                 f"promotion {self.id} is already {self.status.value} and cannot be cancelled"
             )
-        if self.status not in _CANCELLABLE:
+        if self.status not in CANCELLABLE_STATUSES:
             raise CancelNotAllowed(
                 f"promotion {self.id} is {self.status.value}; only promotions that have not started "
                 "deploying can be cancelled"

@@ -19,14 +19,10 @@ from stella.promotion.domain.errors import (
     ReleaseNotReady,
     SourceEnvironmentMismatch,
 )
-from stella.promotion.domain.promotion import (
-    PROGRESSION_STATUSES,
-    Promotion,
-    PromotionEvent,
-    PromotionRequested,
-    PromotionStatus,
-)
+from stella.promotion.domain.events import PromotionEvent, PromotionRequested
+from stella.promotion.domain.promotion import Promotion
 from stella.promotion.domain.release import PROMOTABLE_RELEASE_STATUSES, ReleaseBlock, ReleaseSnapshot
+from stella.promotion.domain.status import PROGRESSION_STATUSES, PromotionStatus
 
 
 def request_promotion(

@@ -18,7 +18,7 @@ from stella.kit.broker import CommandProcessor, ServiceClient
 from stella.kit.timers import DueLoop
 from stella.promotion import repo
 from stella.promotion.domain.errors import NotFound
-from stella.promotion.domain.promotion import PromotionEvent
+from stella.promotion.domain.events import PromotionEvent
 from stella.promotion.gates import GateRegistry
 from stella.promotion.handlers.messages import EVENT_SUBJECTS, Origin
 

@@ -20,8 +20,9 @@ from stella.promotion import freeze, repo
 from stella.promotion.decision import DecisionRecord, decide
 from stella.promotion.domain.encoding import to_json_value
 from stella.promotion.domain.errors import NotFound, PromotionNotPending
-from stella.promotion.domain.promotion import APPROVED_STATUSES, PromotionEvent, PromotionStatus
+from stella.promotion.domain.events import PromotionEvent
 from stella.promotion.domain.release import ApprovalSummary
+from stella.promotion.domain.status import APPROVED_STATUSES, PromotionStatus
 from stella.promotion.handlers.decisions import approvals_document, decision_hash, decision_inputs, effective_gates
 from stella.promotion.handlers.errors import NotFrozen
 from stella.promotion.handlers.messages import Origin, gate_step_result, promotion_id_of

@@ -12,8 +12,7 @@ from stella.contracts import promotion as c
 from stella.contracts import workflow as w
 from stella.contracts.envelope import Message, Page, Reply
 from stella.promotion import repo
-from stella.promotion.domain.promotion import (
-    Promotion,
+from stella.promotion.domain.events import (
     PromotionApproved,
     PromotionCancelled,
     PromotionCompleted,
@@ -23,8 +22,9 @@ from stella.promotion.domain.promotion import (
     PromotionRequested,
     PromotionRolledBack,
     PromotionStarted,
-    PromotionStatus,
 )
+from stella.promotion.domain.promotion import Promotion
+from stella.promotion.domain.status import PromotionStatus
 from stella.promotion.handlers.decisions import decision_hash
 
 M = TypeVar("M", bound=Message)

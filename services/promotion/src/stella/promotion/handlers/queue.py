@@ -17,7 +17,8 @@ from stella.contracts.envelope import Message
 from stella.kit.outbox import add_events
 from stella.promotion import freeze, repo
 from stella.promotion.domain.errors import DomainError
-from stella.promotion.domain.promotion import Promotion, PromotionStatus, next_to_deploy
+from stella.promotion.domain.promotion import Promotion, next_to_deploy
+from stella.promotion.domain.status import PromotionStatus
 from stella.promotion.handlers.base import HandlerBase
 from stella.promotion.handlers.messages import Origin
 

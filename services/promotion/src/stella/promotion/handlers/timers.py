@@ -15,7 +15,7 @@ from stella.contracts.envelope import Message
 from stella.kit.faults import is_transient
 from stella.kit.outbox import add_events
 from stella.promotion import freeze, repo
-from stella.promotion.domain.promotion import PromotionStatus
+from stella.promotion.domain.status import PromotionStatus
 from stella.promotion.handlers.environments import EnvironmentHandlers
 from stella.promotion.handlers.gating import GateHandlers
 from stella.promotion.handlers.messages import Origin, run_check_delay, start_run
