@@ -54,7 +54,8 @@ from stella.workflow.domain.scheduler import (
     schedule,
 )
 from stella.workflow.domain.states import RunStatus, SkipReason, StepStatus
-from stella.workflow.domain.template import Edge, Node, WorkflowTemplate, validate_template
+from stella.workflow.domain.template import Edge, Node, WorkflowTemplate
+from stella.workflow.domain.validation import validate_template
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 RUN_ID = UUID("00000000-0000-0000-0000-0000000000a1")

@@ -24,16 +24,8 @@ from stella.workflow.domain.errors import (
     UnknownStepType,
 )
 from stella.workflow.domain.states import RunOn
-from stella.workflow.domain.template import (
-    MAX_TIMEOUT_S,
-    Edge,
-    Node,
-    RetryPolicy,
-    WorkflowTemplate,
-    parse_template,
-    topological_order,
-    validate_template,
-)
+from stella.workflow.domain.template import Edge, Node, RetryPolicy, WorkflowTemplate, topological_order
+from stella.workflow.domain.validation import MAX_TIMEOUT_S, parse_template, validate_template
 
 KNOWN = frozenset({"task", "approval", "wait"})
 

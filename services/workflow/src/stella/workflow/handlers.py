@@ -45,7 +45,8 @@ from stella.workflow.domain.events import (
 )
 from stella.workflow.domain.run import new_run, step_attempt_id
 from stella.workflow.domain.scheduler import StartStep
-from stella.workflow.domain.template import WorkflowTemplate, parse_template, validate_template
+from stella.workflow.domain.template import WorkflowTemplate
+from stella.workflow.domain.validation import parse_template, validate_template
 from stella.workflow.templates import BUILTIN_STEP_TYPES, BUILTIN_TEMPLATES, builtin_template_id
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """The workflow engine domain: templates, ``when`` conditions, run and step state machines, the scheduler.
 
 One topic a module: :mod:`.errors`, :mod:`.states` (run and step statuses), :mod:`.conditions` (CEL
-expressions), :mod:`.template` (templates, their validation and order), :mod:`.run` (runs, steps and their
+expressions), :mod:`.template` (templates and their order), :mod:`.validation`
+(parsing and checking a template, a run's inputs), :mod:`.run` (runs, steps and their
 transitions), :mod:`.events` and :mod:`.scheduler`.
 
 Everything here is pure: no I/O, no clock reads, no random ids. Callers pass ``now`` (a timezone-aware

@@ -21,7 +21,8 @@ from stella.workflow.domain.events import (
     WorkflowEvent,
 )
 from stella.workflow.domain.states import RunOn, RunStatus, SkipReason, StepOutcome, StepStatus
-from stella.workflow.domain.template import Node, WorkflowTemplate, resolve_run_inputs
+from stella.workflow.domain.template import Node, WorkflowTemplate
+from stella.workflow.domain.validation import resolve_run_inputs
 
 _IDEMPOTENCY_NAMESPACE: Final = UUID("a4368ddf-33c4-45eb-b088-7dc0b1addcb7")
 
