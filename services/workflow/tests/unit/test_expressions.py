@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from stella.workflow.domain import EXPRESSION_ENGINE, ExpressionError, ExpressionEvaluationError, parse_expression
+from stella.workflow.domain.conditions import EXPRESSION_ENGINE, ExpressionEvaluationError, parse_expression
+from stella.workflow.domain.errors import ExpressionError
 
 CONTEXT: dict[str, Any] = {
     "inputs": {"env": "prod", "replicas": 3, "ratio": 0.5, "dry_run": False, "flag": True, "empty": ""},
