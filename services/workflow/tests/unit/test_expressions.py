@@ -134,7 +134,7 @@ def test_a_condition_that_fails_or_is_not_boolean_is_an_error(source: str, messa
 def test_evaluation_has_a_cost_limit() -> None:
     context = {"inputs": {"xs": list(range(1000))}, "steps": {}}
     # The cost limit stops it; on a machine busy enough, the time limit may stop it first.
-    with pytest.raises(ExpressionEvaluationError, match="cost limit|time limit"):
+    with pytest.raises(ExpressionEvaluationError, match=r"cost limit|time limit"):
         parse_expression("inputs.xs.all(x, inputs.xs.all(y, x + y >= 0))").test(context)
 
 
