@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Final
 from uuid import UUID, uuid4
 
@@ -48,7 +49,7 @@ from stella.kit.asking import Refused, ask
 from stella.kit.broker import CommandProcessor, ServiceClient
 from stella.kit.errors import TransientFault
 from stella.kit.outbox import add_events
-from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor
+from stella.kit.pagination import aware_datetime, keyset_page
 
 log = logging.getLogger(__name__)
 
@@ -330,26 +331,17 @@ class Handlers:
 
     async def list_targets(self, q: c.ListTargets) -> Reply:
         """Targets by name, of one environment when given."""
-        after = decode_cursor(q.page.page_token, str, UUID, kind="deployment-targets")
-        size = min(q.page.page_size, MAX_TARGET_PAGE_SIZE)
         async with self._pool().acquire() as conn:
-            rows = await conn.fetch(
-                repo.LIST_TARGETS,
-                q.tenant_id,
-                q.environment_id,
-                after[0] if after else None,
-                after[1] if after else None,
-                size + 1,
+            items, token = await keyset_page(
+                partial(conn.fetch, repo.LIST_TARGETS, q.tenant_id, q.environment_id),
+                q.page.page_token,
+                str,
+                UUID,
+                kind="deployment-targets",
+                size=min(q.page.page_size, MAX_TARGET_PAGE_SIZE),
+                key=_by_name,
             )
-        items = rows[:size]
-        token = (
-            encode_cursor(items[-1]["name"], items[-1]["id"], kind="deployment-targets") if len(rows) > size else None
-        )
-        return Reply.success(
-            Page(items=[repo.target_view(r).model_dump(mode="json") for r in items], next_page_token=token).model_dump(
-                mode="json"
-            )
-        )
+        return _page([repo.target_view(r) for r in items], token)
 
     # --- agents: tokens, registration, revocation ------------------------------------------------------
 
@@ -489,27 +481,17 @@ class Handlers:
 
     async def list_agents(self, q: c.ListAgents) -> Reply:
         """Agents by name."""
-        after = decode_cursor(q.page.page_token, str, UUID, kind="deployment-agents")
         async with self._pool().acquire() as conn:
-            rows = await conn.fetch(
-                repo.LIST_AGENTS,
-                q.tenant_id,
-                q.status.value if q.status else None,
-                after[0] if after else None,
-                after[1] if after else None,
-                q.page.page_size + 1,
+            items, token = await keyset_page(
+                partial(conn.fetch, repo.LIST_AGENTS, q.tenant_id, q.status.value if q.status else None),
+                q.page.page_token,
+                str,
+                UUID,
+                kind="deployment-agents",
+                size=q.page.page_size,
+                key=_by_name,
             )
-        items = rows[: q.page.page_size]
-        token = (
-            encode_cursor(items[-1]["name"], items[-1]["id"], kind="deployment-agents")
-            if len(rows) > q.page.page_size
-            else None
-        )
-        return Reply.success(
-            Page(items=[repo.agent_view(r).model_dump(mode="json") for r in items], next_page_token=token).model_dump(
-                mode="json"
-            )
-        )
+        return _page([repo.agent_view(r) for r in items], token)
 
     # --- agent channel ----------------------------------------------------------------------------------
 
@@ -1564,29 +1546,24 @@ class Handlers:
 
     async def list_jobs(self, q: c.ListJobs) -> Reply:
         """Jobs, newest first."""
-        after = decode_cursor(q.page.page_token, aware_datetime, UUID, kind="deployment-jobs")
         async with self._pool().acquire() as conn:
-            rows = await conn.fetch(
-                repo.LIST_JOBS,
-                q.tenant_id,
-                q.environment_id,
-                q.promotion_id,
-                q.status.value if q.status else None,
-                after[0] if after else None,
-                after[1] if after else None,
-                q.page.page_size + 1,
+            items, token = await keyset_page(
+                partial(
+                    conn.fetch,
+                    repo.LIST_JOBS,
+                    q.tenant_id,
+                    q.environment_id,
+                    q.promotion_id,
+                    q.status.value if q.status else None,
+                ),
+                q.page.page_token,
+                aware_datetime,
+                UUID,
+                kind="deployment-jobs",
+                size=q.page.page_size,
+                key=lambda r: (r["created_at"].isoformat(), r["id"]),
             )
-        items = rows[: q.page.page_size]
-        token = (
-            encode_cursor(items[-1]["created_at"].isoformat(), items[-1]["id"], kind="deployment-jobs")
-            if len(rows) > q.page.page_size
-            else None
-        )
-        return Reply.success(
-            Page(items=[repo.job_summary(r).model_dump(mode="json") for r in items], next_page_token=token).model_dump(
-                mode="json"
-            )
-        )
+        return _page([repo.job_summary(r) for r in items], token)
 
     # --- timers -----------------------------------------------------------------------------------------
 
@@ -1784,3 +1761,14 @@ def _success_reason(job: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -
     if job["switch_to"]:
         return f"deployed to {targets} targets of group {job['switch_to']}, which is now active"
     return f"deployed to {targets} targets"
+
+
+def _by_name(row: Mapping[str, Any]) -> tuple[str, UUID]:
+    """The sort key of a list ordered by name."""
+    return row["name"], row["id"]
+
+
+def _page(items: Sequence[BaseModel], token: str | None) -> Reply:
+    return Reply.success(
+        Page(items=[i.model_dump(mode="json") for i in items], next_page_token=token).model_dump(mode="json")
+    )
