@@ -132,8 +132,8 @@ class SimAgent:
         assert reply.ok, reply.error
         return reply.data
 
-    async def poll(self, max_tasks: int = 10) -> list[AgentTask]:
-        reply = await self.call(c.AGENT_POLL, c.AgentPoll, max_tasks=max_tasks)
+    async def poll(self, max_tasks: int = 10, held: list[uuid.UUID] | None = None) -> list[AgentTask]:
+        reply = await self.call(c.AGENT_POLL, c.AgentPoll, max_tasks=max_tasks, held=held)
         assert reply.ok, reply.error
         return [AgentTask.model_validate(t) for t in reply.data["tasks"]]
 

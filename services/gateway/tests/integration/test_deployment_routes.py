@@ -328,6 +328,15 @@ async def test_the_agent_channel_carries_a_deployment_from_task_feed_to_result(w
     assert task["target"]["target_id"] == target["id"]
     assert task["components"][0]["digest"] == digest("api:1")
 
+    # Had that answer been lost on its way, the agent's next request, listing what it holds, gets it again.
+    feed_url = f"/api/v1/agents/{agent_id}/tasks?wait=0"
+    lost = await gateway.call("GET", f"{feed_url}&held=", None, headers=headers)
+    assert lost.status_code == 200, lost.text
+    assert [(t["task_id"], t["attempt"]) for t in lost.json()["tasks"]] == [(task["task_id"], 1)]
+    held = await gateway.call("GET", f"{feed_url}&held={task['task_id']}", None, headers=headers)
+    assert held.status_code == 200 and held.json()["tasks"] == [], held.text
+    assert_problem(await gateway.call("GET", f"{feed_url}&held=nope", None, headers=headers), 400, "VAL_INVALID_ID")
+
     chunk = {"task_id": task["task_id"], "attempt": 1, "seq": 0, "lines": ["pulling", "started"]}
     logged = await gateway.call(
         "POST", f"/api/v1/agents/{agent_id}/tasks/{task['task_id']}/logs", None, headers=headers, json=chunk

@@ -491,10 +491,21 @@ class AgentHeartbeat(AgentCall):
     heartbeat: HeartbeatBody
 
 
+MAX_HELD_TASKS: Final[int] = 100
+"""Most task ids an agent lists as held when it polls; an agent holding more lists none."""
+
+
 class AgentPoll(AgentCall):
-    """Lease up to ``max_tasks`` tasks of the agent's targets."""
+    """Lease up to ``max_tasks`` tasks of the agent's targets.
+
+    ``held`` lists every task the agent has now (running, or ended with its result not yet taken). Tasks
+    leased to the agent but not in it were lost on their way (a feed request that ended before its answer
+    arrived, an agent that restarted): they are handed over again at once, same attempt, before new ones.
+    None (an agent that does not tell) hands over only new tasks; lost ones come back when their lease ends.
+    """
 
     max_tasks: int = Field(default=10, ge=1, le=100)
+    held: list[UUID] | None = Field(default=None, max_length=MAX_HELD_TASKS)
 
 
 class AgentLog(AgentCall):

@@ -360,7 +360,7 @@ class Agent:
             await self._free.wait()
             free = self.options.max_concurrent_tasks - len(self._running)
             try:
-                tasks = await self.channel.tasks(self.poll_timeout_s, max(1, free))
+                tasks = await self.channel.tasks(self.poll_timeout_s, max(1, free), held=list(self._running))
             except (GatewayUnavailable, RequestRejected) as exc:
                 delay = backoff.next()
                 if not unreachable:

@@ -521,21 +521,33 @@ class Handlers:
         return Reply.success(HeartbeatAck(status=status, cancel_tasks=stop).model_dump(mode="json"))
 
     async def poll(self, q: c.AgentPoll) -> Reply:
-        """Lease tasks of the targets this agent may serve (its pinned targets, and unpinned ones it is capable of)."""
+        """Lease tasks of the targets this agent may serve (its pinned targets, and unpinned ones it is capable of).
+
+        When the agent lists the tasks it holds, the ones leased to it that it does not hold were lost on the
+        way to it (see :class:`~stella.contracts.deployment.AgentPoll`): they come first, handed over again.
+        """
         async with self._pool().acquire() as conn, conn.transaction():
             row = await self._authenticate(conn, q)
             if row["status"] == AgentStatus.OFFLINE:
                 return Reply.success(c.AgentTasks(tasks=[]).model_dump(mode="json"))
             now = self.clock()
-            leased = await conn.fetch(
-                repo.LEASE_TASKS,
-                q.tenant_id,
-                q.agent_id,
-                list(row["capabilities"]),
-                min(q.max_tasks, self.settings.max_tasks_per_poll),
-                now,
-                now + timedelta(seconds=self.settings.lease_s),
-            )
+            room = min(q.max_tasks, self.settings.max_tasks_per_poll)
+            expires = now + timedelta(seconds=self.settings.lease_s)
+            leased = []
+            if q.held is not None:
+                leased = list(await conn.fetch(repo.REOFFER_TASKS, q.tenant_id, q.agent_id, q.held, room, expires))
+                if leased:
+                    log.info("handing %d lost task(s) over to agent %s again", len(leased), q.agent_id)
+            if len(leased) < room:
+                leased += await conn.fetch(
+                    repo.LEASE_TASKS,
+                    q.tenant_id,
+                    q.agent_id,
+                    list(row["capabilities"]),
+                    room - len(leased),
+                    now,
+                    expires,
+                )
         tasks = []
         for task in leased:
             body = dict(task["body"])

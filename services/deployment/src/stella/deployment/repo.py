@@ -258,6 +258,20 @@ LEASE_TASKS = f"""
      WHERE t.tenant_id = picked.tenant_id AND t.id = picked.id
     RETURNING {", ".join("t." + c.strip() for c in _TASK.split(","))}
 """
+REOFFER_TASKS = f"""
+    WITH lost AS (
+        SELECT tenant_id, id FROM tasks
+         WHERE tenant_id = $1 AND agent_id = $2 AND status IN ('assigned', 'running') AND NOT (id = ANY($3::uuid[]))
+         ORDER BY leased_at, id
+         LIMIT $4
+           FOR UPDATE SKIP LOCKED
+    )
+    UPDATE tasks AS t SET status = 'assigned', lease_expires_at = $5
+      FROM lost
+     WHERE t.tenant_id = lost.tenant_id AND t.id = lost.id
+    RETURNING {", ".join("t." + c.strip() for c in _TASK.split(","))}
+"""
+"""Tasks leased to an agent ($2) that it does not hold ($3): handed over again, same attempt, lease renewed."""
 EXTEND_LEASES = """
     UPDATE tasks SET lease_expires_at = $4, status = 'running'
      WHERE tenant_id = $1 AND agent_id = $2 AND id = ANY($3::uuid[]) AND status IN ('assigned', 'running')

@@ -442,9 +442,19 @@ class AgentChannelController(Controller):
             float, QueryParameter(ge=0, le=300, description="Seconds to wait for a task when none is ready.")
         ] = 0,
         max_tasks: Annotated[int, QueryParameter(ge=1, le=100, description="Most tasks to lease at once.")] = 10,
+        held: Annotated[
+            str | None,
+            QueryParameter(
+                description=(
+                    "Comma-separated ids of every task the agent has now (at most 100; empty: none). Tasks leased "
+                    "to it and not listed were lost on their way and are handed over again at once."
+                ),
+                max_length=contract.MAX_HELD_TASKS * 37,
+            ),
+        ] = None,
     ) -> TaskFeedOut:
         """Tasks of the targets assigned to this agent, leased to it; waits up to ``wait`` seconds for one."""
-        credential, call = _agent_call(request, agent_id, contract.AgentPoll, max_tasks=max_tasks)
+        credential, call = _agent_call(request, agent_id, contract.AgentPoll, max_tasks=max_tasks, held=_held_ids(held))
         notices = runtime.get_task_notices()
         deadline = runtime.clock().timestamp() + min(wait, runtime.settings.agent_poll_max_s)
         while True:
@@ -497,6 +507,12 @@ class AgentChannelController(Controller):
         )
         answer = await relay.query(contract.AGENT_RESULT, call)
         return Accepted(accepted=bool(answer.get("accepted")))
+
+
+def _held_ids(held: str | None) -> list[UUID] | None:
+    if held is None:
+        return None
+    return [parse_id(item, "held") for item in held.split(",") if item]
 
 
 def _check_task(path_id: str, body_id: UUID) -> None:
