@@ -336,6 +336,19 @@ async def test_drift_made_by_hand_is_reported_with_both_digests_and_remediated(
     text = json.dumps(drifted["last_drift"])
     assert app_images.v1.digest in text and app_images.v2.digest in text, drifted["last_drift"]
 
+    # The drift is evidence too: a drift packet naming the target, both digests, that verifies.
+    listing = await stack.until(
+        "/api/v1/evidence?packet_type=drift",
+        lambda body: any(p["content"]["execution"]["target_id"] == created["id"] for p in body["items"]),
+        timeout=60,
+    )
+    packet = next(p for p in listing["items"] if p["content"]["execution"]["target_id"] == created["id"])
+    assert packet["packet_type"] == "drift"
+    digests = {(c["role"], c["digest"]) for c in packet["content"]["release"]["components"]}
+    assert {("expected", app_images.v1.digest), ("actual", app_images.v2.digest)} <= digests, digests
+    status, verdict, _ = await stack.call("POST", f"/api/v1/evidence/{packet['id']}/verify")
+    assert status == 200 and verdict["valid"], verdict
+
     status, body, _ = await stack.call("POST", f"/api/v1/targets/{created['id']}/remediate")
     assert status in (200, 201, 202), body
     await stack.until(
