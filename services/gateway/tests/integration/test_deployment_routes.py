@@ -536,6 +536,10 @@ async def test_jobs_are_cancelled_and_rolled_back_through_the_api(world: World) 
         409,
         "DEPLOY_ENVIRONMENT_BUSY",
     )
+    resume = f"/api/v1/deployment-jobs/{job['id']}/resume"
+    assert_problem(await gateway.call("POST", resume, viewer.token), 403, "PERM_DENIED")
+    not_paused = await gateway.call("POST", resume, tenant.token, json={"reason": "go on"})
+    assert_problem(not_paused, 409, "DEPLOY_JOB_NOT_PAUSED")
 
     cancelled = await gateway.call("POST", f"/api/v1/deployment-jobs/{job['id']}/cancel", tenant.token)
     assert cancelled.status_code == 200, cancelled.text

@@ -76,6 +76,8 @@ REVOKE_AGENT: Final[str] = "stella.cmd.deployment.revoke_agent"
 """Command :class:`RevokeAgent` -> :class:`AgentView`."""
 CANCEL_JOB: Final[str] = "stella.cmd.deployment.cancel_job"
 """Command :class:`CancelJob` -> :class:`JobView`."""
+RESUME_JOB: Final[str] = "stella.cmd.deployment.resume_job"
+"""Command :class:`ResumeJob` -> :class:`JobView`."""
 ROLLBACK_JOB: Final[str] = "stella.cmd.deployment.rollback_job"
 """Command :class:`RollbackJob` -> :class:`JobView` of the new rollback job."""
 CHECK_DRIFT: Final[str] = "stella.cmd.deployment.check_drift"
@@ -440,6 +442,13 @@ class RevokeAgent(Command):
 
 class CancelJob(Command):
     """Cancel a job that has not ended: pending tasks are cancelled, running ones are told to stop."""
+
+    job_id: UUID
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class ResumeJob(Command):
+    """Resume a paused job: the failed tasks of the batch that paused it run again, then the job goes on."""
 
     job_id: UUID
     reason: str | None = Field(default=None, max_length=2000)

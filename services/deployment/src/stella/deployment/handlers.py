@@ -1305,6 +1305,37 @@ class Handlers:
 
         return await self._run(cmd, execute)
 
+    async def resume_job(self, cmd: c.ResumeJob) -> Reply:
+        """Resume a paused job: the failed tasks of its current batch run again, then it goes on."""
+
+        async def execute(conn: asyncpg.Connection, effects: Effects) -> object:
+            await conn.execute(repo.LOCK_OPEN_TASKS_OF_JOB, cmd.tenant_id, cmd.job_id)  # tasks before the job
+            job = await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, cmd.tenant_id, cmd.job_id)
+            if job is None:
+                raise domain.JobNotFound(f"deployment job {cmd.job_id} does not exist")
+            rows = await conn.fetch(repo.TASK_STATES_OF_JOB, cmd.tenant_id, cmd.job_id)
+            again = domain.resume(repo.job_state(job), [repo.task_state(r) for r in rows])
+            now = self.clock()
+            why = f"resumed: {cmd.reason}" if cmd.reason else "resumed"
+            await conn.execute(repo.RETRY_TASKS, cmd.tenant_id, list(again), now, f"{why}; run again")
+            await conn.execute(
+                repo.UPDATE_JOB,
+                cmd.tenant_id,
+                cmd.job_id,
+                c.JobStatus.RUNNING.value,
+                f"{why} ({len(again)} failed tasks run again)",
+                job["current_batch"],
+                None,
+                job["started_at"],
+                None,
+            )
+            effects.tenants.add(cmd.tenant_id)
+            await self._drive(conn, cmd.tenant_id, cmd.job_id, now, effects)
+            updated = await conn.fetchrow(repo.GET_JOB, cmd.tenant_id, cmd.job_id)
+            return (await repo.job_with_tasks(conn, cmd.tenant_id, updated)).model_dump(mode="json")
+
+        return await self._run(cmd, execute)
+
     async def rollback_job(self, cmd: c.RollbackJob) -> Reply:
         """Roll an ended job's targets (all, or some) back to each task's previous digest, as a new job."""
 

@@ -280,6 +280,13 @@ EXTEND_LEASES = """
 HELD_BY_AGENT = """
     SELECT id FROM tasks WHERE tenant_id = $1 AND agent_id = $2 AND status IN ('assigned', 'running')
 """
+RETRY_TASKS = """
+    UPDATE tasks SET status = 'pending', agent_id = NULL, lease_expires_at = NULL, error_code = NULL, message = $4,
+                     result = NULL, artifacts = '[]', finished_at = NULL, released_at = $3,
+                     deadline_at = $3::timestamptz + make_interval(secs => timeout_s)
+     WHERE tenant_id = $1 AND id = ANY($2::uuid[]) AND status IN ('failed', 'timed_out')
+"""
+"""Failed tasks released again (a resumed job): the next lease is a new attempt, with a new deadline."""
 REQUEUE_TASKS = """
     UPDATE tasks SET status = 'pending', agent_id = NULL, lease_expires_at = NULL, message = $3
      WHERE tenant_id = $1 AND id = ANY($2::uuid[]) AND status IN ('assigned', 'running')

@@ -3,7 +3,7 @@
 Targets: reading needs ``target:read``, creating ``target:create``, changing ``target:update`` (a drift check
 too), deleting ``target:delete``. Agents and their registration tokens: ``agent:read``, ``agent:create``
 (tokens), ``agent:update`` (revoke). Deployment jobs are a promotion's execution: reading them needs
-``promotion:read``; cancelling, rolling back and remediating a target need ``promotion:deploy``.
+``promotion:read``; cancelling, resuming, rolling back and remediating a target need ``promotion:deploy``.
 
 The agent channel (``/api/v1/agents/register`` and ``/api/v1/agents/{id}/heartbeat|tasks|...``) takes no API
 token: an agent authenticates with its registration token, then with its own credential (see
@@ -41,6 +41,7 @@ from stella.gateway.deployment_schemas import (
     JobCancel,
     JobOut,
     JobPage,
+    JobResume,
     JobRollback,
     LogChunkIn,
     TargetCreate,
@@ -613,6 +614,36 @@ class DeploymentJobController(Controller):
             JobOut,
             contract.CANCEL_JOB,
             contract.CancelJob,
+            job_id=parse_id(job_id, "job_id"),
+            reason=data.reason if data else None,
+        )
+
+    @post(
+        "/{job_id:str}/resume",
+        operation_id="resumeDeploymentJob",
+        summary="Resume a paused deployment job",
+        guards=[require(Resource.PROMOTION, Action.DEPLOY)],
+        status_code=200,
+        responses=problems(400, 403, 404, 409),
+    )
+    async def resume_job(
+        self,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        data: JSONBody[JobResume | None] = None,
+        job_id: str = _JOB_ID,
+    ) -> JobOut:
+        """Resume a job its ``pause`` failure behaviour stopped: the failed tasks of the batch that paused it run
+        again (a new attempt each), then the job goes on; it pauses again if one fails again.
+
+        409 ``DEPLOY_JOB_NOT_PAUSED`` for a job that is not paused.
+        """
+        return await _command(
+            call,
+            relay,
+            JobOut,
+            contract.RESUME_JOB,
+            contract.ResumeJob,
             job_id=parse_id(job_id, "job_id"),
             reason=data.reason if data else None,
         )
