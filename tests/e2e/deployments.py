@@ -208,19 +208,41 @@ async def promote(stack: Stack, release_id: str, environment_id: str) -> dict[st
     return dict(promotion)
 
 
-async def settled(stack: Stack, promotion_id: str, expect: str, timeout: float = 180) -> dict[str, Any]:
+async def settled(stack: Stack, promotion_id: str, *expect: str, timeout: float = 180) -> dict[str, Any]:
+    """The promotion once it reaches one of ``expect`` (an AssertionError naming its tasks if it ends otherwise)."""
     final = {"deployed", "rolled_back", "failed", "rejected", "cancelled"}
     body = await stack.until(
-        f"/api/v1/promotions/{promotion_id}", lambda p: p["status"] == expect or p["status"] in final, timeout=timeout
+        f"/api/v1/promotions/{promotion_id}", lambda p: p["status"] in expect or p["status"] in final, timeout=timeout
     )
-    if body["status"] != expect:
+    if body["status"] not in expect:
         _, job, _ = await stack.call("GET", f"/api/v1/promotions/{promotion_id}/deployment")
         tasks = [
             {k: task.get(k) for k in ("target_name", "type", "status", "error_code", "message", "logs")}
             for task in (job or {}).get("tasks", [])
         ]
-        raise AssertionError(f"promotion {body['status']}, not {expect}: {body.get('status_message')}; tasks: {tasks}")
+        raise AssertionError(
+            f"promotion {body['status']}, not {' or '.join(expect)}: {body.get('status_message')}; tasks: {tasks}"
+        )
     return dict(body)
+
+
+async def deployment_job(stack: Stack, promotion_id: str) -> dict[str, Any]:
+    """The promotion's deployment job with its tasks."""
+    status, job, _ = await stack.call("GET", f"/api/v1/promotions/{promotion_id}/deployment")
+    assert status == 200, job
+    return dict(job)
+
+
+async def deploy(
+    stack: Stack, name: str, images: dict[str, AppImage], environment_id: str, *expect: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Promote a new release ``name`` of ``images`` to the environment and wait until the promotion ends in one of
+    ``expect`` (``deployed`` when none is given): the promotion and its deployment job."""
+    made = await release(stack, name, images)
+    promotion = await settled(
+        stack, (await promote(stack, made["id"], environment_id))["id"], *(expect or ("deployed",))
+    )
+    return promotion, await deployment_job(stack, promotion["id"])
 
 
 def container_of(engine: DockerEngine, target_id: str, component_name: str = "web") -> dict[str, Any]:

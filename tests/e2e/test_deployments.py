@@ -20,7 +20,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 
 from stella.testing.docker import DockerEngine, DockerJanitor
-from stella.testing.images import AppImages
+from stella.testing.images import AppImage, AppImages
 from stella.testing.registry import LocalRegistry
 from stella.testing.tampering import TamperingRegistry, tampered_image
 
@@ -29,6 +29,8 @@ from .deployments import (
     LOCK_FILE,
     Agents,
     container_of,
+    deploy,
+    deployment_job,
     environment,
     lock_file_hash_holds,
     promote,
@@ -77,10 +79,22 @@ async def agents(
         started.stop_all()
 
 
-async def _job(stack: Stack, promotion_id: str) -> dict[str, Any]:
-    status, job, _ = await stack.call("GET", f"/api/v1/promotions/{promotion_id}/deployment")
-    assert status == 200, job
-    return dict(job)
+async def _strategy_world(
+    stack: Stack,
+    agents: Agents,
+    janitor: DockerJanitor,
+    v1: AppImage,
+    deployment: dict[str, Any],
+    targets: list[tuple[str, dict[str, Any]]],
+) -> tuple[str, list[dict[str, Any]]]:
+    """One agent running four tasks at once, an environment deploying with ``deployment``'s strategy, the
+    ``targets`` (name and fields) served by the agent, and release ``shop-1`` (v1) deployed there: the
+    environment's id and the targets."""
+    agent = await agents.start("edge-1", STELLA_AGENT_MAX_CONCURRENT_TASKS="4")
+    dev = await environment(stack, "dev", 0, deployment)
+    created = [await target(stack, janitor, dev, name, agent, **fields) for name, fields in targets]
+    await deploy(stack, "shop-1", {"web": v1}, dev)
+    return dev, created
 
 
 async def _packets(stack: Stack, promotion_id: str, packet_type: str) -> list[dict[str, Any]]:
@@ -131,12 +145,8 @@ async def test_a_release_promoted_to_dev_runs_on_two_docker_hosts_and_a_compose_
         (await target(stack, docker_janitor, dev, "web-3", two, "compose_host"), two),
     ]
     v1 = app_images.v1
-    shop = await release(stack, "shop-1", {"web": v1})
+    promotion, job = await deploy(stack, "shop-1", {"web": v1}, dev)
 
-    promotion = await promote(stack, shop["id"], dev)
-    await settled(stack, promotion["id"], "deployed")
-
-    job = await _job(stack, promotion["id"])
     assert job["status"] == "succeeded", job
     assert sorted(task["target_name"] for task in job["tasks"]) == ["web-1", "web-2", "web-3"]
     for created, agent in served:
@@ -170,8 +180,6 @@ async def test_a_rolling_deployment_whose_second_batch_fails_rolls_every_touched
     /healthz, which the broken image fails. So the second batch fails, and every target the job touched goes
     back to v1."""
     stack = deploy_stack
-    agent = await agents.start("edge-1", STELLA_AGENT_MAX_CONCURRENT_TASKS="4")
-    dev = await environment(stack, "dev", 0, {"strategy": "rolling", "batch_size": "2", "failure_behavior": "rollback"})
     port_only = {
         "type": "command",
         "command": ["/bin/busybox", "true"],
@@ -179,19 +187,17 @@ async def test_a_rolling_deployment_whose_second_batch_fails_rolls_every_touched
         "retries": 10,
         "interval_s": 0.5,
     }
-    targets = [
-        await target(stack, docker_janitor, dev, f"web-{n}", agent, health_check=port_only if n <= 2 else None)
-        for n in range(1, 5)
-    ]
-    first = await release(stack, "shop-1", {"web": app_images.v1})
-    await settled(stack, (await promote(stack, first["id"], dev))["id"], "deployed")
+    dev, targets = await _strategy_world(
+        stack,
+        agents,
+        docker_janitor,
+        app_images.v1,
+        {"strategy": "rolling", "batch_size": "2", "failure_behavior": "rollback"},
+        [(f"web-{n}", {"health_check": port_only if n <= 2 else None}) for n in range(1, 5)],
+    )
     before = {created["id"]: container_of(docker_engine, created["id"])["Id"] for created in targets}
 
-    broken = await release(stack, "shop-2", {"web": app_images.broken})
-    promotion = await promote(stack, broken["id"], dev)
-    await settled(stack, promotion["id"], "rolled_back")
-
-    job = await _job(stack, promotion["id"])
+    _, job = await deploy(stack, "shop-2", {"web": app_images.broken}, dev, "rolled_back")
     assert job["strategy"] == "rolling", job["strategy"]
     deploys = {task["target_name"]: task for task in job["tasks"] if task["type"] == "deploy"}
     assert [deploys[f"web-{n}"]["batch"] for n in range(1, 5)] == [0, 0, 1, 1]
@@ -204,7 +210,7 @@ async def test_a_rolling_deployment_whose_second_batch_fails_rolls_every_touched
         assert app_images.v1.digest in running_digests(docker_engine, created["id"]), created["name"]
         assert app_images.broken.digest not in running_digests(docker_engine, created["id"])
     assert before  # every target ran v1 before; each runs v1 again now (checked with docker inspect above)
-    [packet] = await _packets(stack, promotion["id"], "rollback")
+    [packet] = await _packets(stack, job["promotion_id"], "rollback")
     assert packet["content"]
 
 
@@ -216,18 +222,17 @@ async def test_a_canary_that_breaches_rolls_back_and_leaves_the_rest_untouched(
     docker_janitor: DockerJanitor,
 ) -> None:
     stack = deploy_stack
-    agent = await agents.start("edge-1", STELLA_AGENT_MAX_CONCURRENT_TASKS="4")
-    dev = await environment(stack, "dev", 0, {"strategy": "canary", "canary_steps": [25, 50, 100]})
-    targets = [await target(stack, docker_janitor, dev, f"web-{n}", agent) for n in range(1, 5)]
-    first = await release(stack, "shop-1", {"web": app_images.v1})
-    await settled(stack, (await promote(stack, first["id"], dev))["id"], "deployed")
+    dev, targets = await _strategy_world(
+        stack,
+        agents,
+        docker_janitor,
+        app_images.v1,
+        {"strategy": "canary", "canary_steps": [25, 50, 100]},
+        [(f"web-{n}", {}) for n in range(1, 5)],
+    )
     before = {created["name"]: container_of(docker_engine, created["id"])["Id"] for created in targets}
 
-    broken = await release(stack, "shop-2", {"web": app_images.broken})
-    promotion = await promote(stack, broken["id"], dev)
-    await settled(stack, promotion["id"], "rolled_back")
-
-    job = await _job(stack, promotion["id"])
+    _, job = await deploy(stack, "shop-2", {"web": app_images.broken}, dev, "rolled_back")
     ran = {"succeeded", "failed", "timed_out"}
     canaries = {task["target_name"] for task in job["tasks"] if task["type"] == "deploy" and task["status"] in ran}
     assert job["strategy"] == "canary", job["strategy"]
@@ -248,16 +253,15 @@ async def test_blue_green_switches_to_the_idle_group_only_once_it_is_healthy(
     docker_janitor: DockerJanitor,
 ) -> None:
     stack = deploy_stack
-    agent = await agents.start("edge-1", STELLA_AGENT_MAX_CONCURRENT_TASKS="4")
-    dev = await environment(stack, "dev", 0, {"strategy": "blue-green", "group_label": "color"})
-    groups = {
-        color: [
-            await target(stack, docker_janitor, dev, f"{color}-{n}", agent, labels={"color": color}) for n in (1, 2)
-        ]
-        for color in ("blue", "green")
-    }
-    first = await release(stack, "shop-1", {"web": app_images.v1})
-    await settled(stack, (await promote(stack, first["id"], dev))["id"], "deployed")
+    dev, targets = await _strategy_world(
+        stack,
+        agents,
+        docker_janitor,
+        app_images.v1,
+        {"strategy": "blue-green", "group_label": "color"},
+        [(f"{color}-{n}", {"labels": {"color": color}}) for color in ("blue", "green") for n in (1, 2)],
+    )
+    groups = {color: [t for t in targets if t["labels"]["color"] == color] for color in ("blue", "green")}
     blue = {created["id"]: container_of(docker_engine, created["id"])["Id"] for created in groups["blue"]}
     for created in groups["green"]:
         assert (
@@ -266,15 +270,7 @@ async def test_blue_green_switches_to_the_idle_group_only_once_it_is_healthy(
         )
 
     # The idle group (green) gets a release that fails its health check: no switch, blue untouched.
-    broken = await release(stack, "shop-2", {"web": app_images.broken})
-    promotion = await promote(stack, broken["id"], dev)
-    final = await stack.until(
-        f"/api/v1/promotions/{promotion['id']}",
-        lambda p: p["status"] in {"failed", "rolled_back", "deployed"},
-        timeout=180,
-    )
-    assert final["status"] in {"failed", "rolled_back"}, final
-    job = await _job(stack, promotion["id"])
+    _, job = await deploy(stack, "shop-2", {"web": app_images.broken}, dev, "failed", "rolled_back")
     assert job["strategy"] == "blue-green", job["strategy"]
     assert {task["target_name"] for task in job["tasks"] if task["type"] == "deploy"} == {"green-1", "green-2"}
     for target_id, container_id in blue.items():
@@ -282,10 +278,7 @@ async def test_blue_green_switches_to_the_idle_group_only_once_it_is_healthy(
         assert app_images.v1.digest in running_digests(docker_engine, target_id)
 
     # A healthy release goes to green again (blue is still the active group), and then green is active.
-    second = await release(stack, "shop-3", {"web": app_images.v2})
-    promotion = await promote(stack, second["id"], dev)
-    await settled(stack, promotion["id"], "deployed")
-    job = await _job(stack, promotion["id"])
+    _, job = await deploy(stack, "shop-3", {"web": app_images.v2}, dev)
     assert {task["target_name"] for task in job["tasks"] if task["type"] == "deploy"} == {"green-1", "green-2"}
     assert "green" in job["reason"] and "active" in job["reason"], job["reason"]
     for created in groups["green"]:
@@ -308,16 +301,7 @@ async def test_a_registry_serving_another_manifest_for_the_pinned_digest_fails_t
     dev = await environment(stack, "dev", 0, {"strategy": "all-at-once"})
     created = await target(stack, docker_janitor, dev, "web-1", agent)
     lying = tampered_image(oci_registry, tampering_registry, app_images.v2)
-    shop = await release(stack, "shop-1", {"web": lying})
-
-    promotion = await promote(stack, shop["id"], dev)
-    final = await stack.until(
-        f"/api/v1/promotions/{promotion['id']}",
-        lambda p: p["status"] in {"failed", "rolled_back", "deployed"},
-        timeout=180,
-    )
-    assert final["status"] in {"failed", "rolled_back"}, final
-    job = await _job(stack, promotion["id"])
+    _, job = await deploy(stack, "shop-1", {"web": lying}, dev, "failed", "rolled_back")
     [task] = [task for task in job["tasks"] if task["type"] == "deploy"]
     assert task["error_code"] == "AGT_DIGEST_MISMATCH", task
     assert tampering_registry.served_swaps >= 1
@@ -337,8 +321,7 @@ async def test_drift_made_by_hand_is_reported_with_both_digests_and_remediated(
     agent = await agents.start("edge-1")
     dev = await environment(stack, "dev", 0, {"strategy": "all-at-once"})
     created = await target(stack, docker_janitor, dev, "web-1", agent)
-    shop = await release(stack, "shop-1", {"web": app_images.v1})
-    await settled(stack, (await promote(stack, shop["id"], dev))["id"], "deployed")
+    await deploy(stack, "shop-1", {"web": app_images.v1}, dev)
 
     # By hand: the component's container is replaced by one running v2, under the same name.
     running = container_of(docker_engine, created["id"])
@@ -352,6 +335,19 @@ async def test_drift_made_by_hand_is_reported_with_both_digests_and_remediated(
     drifted = await stack.until(f"/api/v1/targets/{created['id']}", lambda t: t["drift_detected"], timeout=60)
     text = json.dumps(drifted["last_drift"])
     assert app_images.v1.digest in text and app_images.v2.digest in text, drifted["last_drift"]
+
+    # The drift is evidence too: a drift packet naming the target, both digests, that verifies.
+    listing = await stack.until(
+        "/api/v1/evidence?packet_type=drift",
+        lambda body: any(p["content"]["execution"]["target_id"] == created["id"] for p in body["items"]),
+        timeout=60,
+    )
+    packet = next(p for p in listing["items"] if p["content"]["execution"]["target_id"] == created["id"])
+    assert packet["packet_type"] == "drift"
+    digests = {(c["role"], c["digest"]) for c in packet["content"]["release"]["components"]}
+    assert {("expected", app_images.v1.digest), ("actual", app_images.v2.digest)} <= digests, digests
+    status, verdict, _ = await stack.call("POST", f"/api/v1/evidence/{packet['id']}/verify")
+    assert status == 200 and verdict["valid"], verdict
 
     status, body, _ = await stack.call("POST", f"/api/v1/targets/{created['id']}/remediate")
     assert status in (200, 201, 202), body
@@ -392,7 +388,7 @@ async def test_an_agent_killed_mid_task_goes_offline_and_another_finishes_the_ta
 
     survivor = await agents.start("edge-2")
     await settled(stack, promotion["id"], "deployed")
-    job = await _job(stack, promotion["id"])
+    job = await deployment_job(stack, promotion["id"])
     [task] = job["tasks"]
     assert task["agent_id"] == survivor.agent_id
     assert task["attempt"] >= 2

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from stella.kit.errors import BadRequest
-from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor, int32, int64
+from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor, int32, int64, keyset_page
 
 
 def _forge(*values: object) -> str:
@@ -49,3 +49,32 @@ def test_forged_tokens_are_400_not_faults(token: str, types: tuple) -> None:
     kind = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))[0] if "!" not in token else "x"
     with pytest.raises(BadRequest):
         decode_cursor(token, *types, kind=kind)
+
+
+async def test_keyset_page_walks_a_list_page_by_page_and_ends_without_a_token() -> None:
+    rows = [(f"n{i:02d}", uuid.uuid4()) for i in range(5)]
+    calls: list[tuple[object, ...]] = []
+
+    async def fetch(name: str | None, ident: uuid.UUID | None, limit: int) -> list[tuple[str, uuid.UUID]]:
+        calls.append((name, ident, limit))
+        return [r for r in rows if name is None or r > (name, ident)][:limit]
+
+    seen: list[tuple[str, uuid.UUID]] = []
+    token: str | None = None
+    while True:
+        items, token = await keyset_page(fetch, token, str, uuid.UUID, kind="things", size=2, key=lambda r: r)
+        seen += items
+        if token is None:
+            break
+    assert seen == rows
+    assert calls[0] == (None, None, 3)
+    assert calls[1] == (*rows[1], 3)
+    assert len(calls) == 3
+
+
+async def test_keyset_page_refuses_a_token_of_another_list_before_fetching() -> None:
+    async def fetch(*_: object) -> list[object]:
+        raise AssertionError("fetched despite a foreign token")
+
+    with pytest.raises(BadRequest):
+        await keyset_page(fetch, encode_cursor("x", kind="other"), str, kind="things", size=2, key=lambda r: [r])

@@ -58,6 +58,8 @@ class GatewayDouble:
         self.agents: dict[uuid.UUID, RegisteredAgent] = {}
         self.registrations = 0
         self.heartbeats: list[tuple[uuid.UUID, Heartbeat]] = []
+        self.held: list[list[uuid.UUID] | None] = []
+        """What each feed request listed as held (None: nothing listed)."""
         self.result_posts: list[tuple[uuid.UUID, bytes]] = []
         self.results: dict[uuid.UUID, TaskResult] = {}
         self.logs: dict[uuid.UUID, dict[int, LogChunk]] = {}
@@ -173,6 +175,8 @@ class GatewayDouble:
         agent = self._agent(request)
         wait = min(float(request.query.get("wait", "0")), 5.0)
         limit = int(request.query.get("max_tasks", "10"))
+        held = request.query.get("held")
+        self.held.append(None if held is None else [uuid.UUID(item) for item in held.split(",") if item])
         try:
             async with asyncio.timeout(wait):
                 async with self._changed:

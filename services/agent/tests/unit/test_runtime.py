@@ -243,6 +243,20 @@ async def test_heartbeats_carry_the_drivers_self_checks_and_the_running_tasks(
     await running.stop(agent, run)
 
 
+async def test_each_feed_request_lists_the_tasks_the_agent_holds(running: Running, gateway: GatewayDouble) -> None:
+    """So that tasks leased to it whose hand-over was lost are handed over again at once."""
+    driver = GateDriver()
+    agent = running.agent([driver], max_concurrent_tasks=2)
+    run = await running.start(agent)
+    await gateway.wait_for(lambda: gateway.held[-1:] == [[]])
+    task = deploy_task()
+    await gateway.deliver(agent_id(agent), task)
+    await gateway.wait_for(lambda: [task.task_id] in gateway.held)
+    driver.release.set()
+    await gateway.wait_for(lambda: task.task_id in gateway.results)
+    await running.stop(agent, run)
+
+
 async def test_a_task_runs_once_and_its_result_and_numbered_logs_reach_the_gateway(
     running: Running, gateway: GatewayDouble
 ) -> None:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -128,8 +132,8 @@ class SimAgent:
         assert reply.ok, reply.error
         return reply.data
 
-    async def poll(self, max_tasks: int = 10) -> list[AgentTask]:
-        reply = await self.call(c.AGENT_POLL, c.AgentPoll, max_tasks=max_tasks)
+    async def poll(self, max_tasks: int = 10, held: list[uuid.UUID] | None = None) -> list[AgentTask]:
+        reply = await self.call(c.AGENT_POLL, c.AgentPoll, max_tasks=max_tasks, held=held)
         assert reply.ok, reply.error
         return [AgentTask.model_validate(t) for t in reply.data["tasks"]]
 
@@ -187,6 +191,7 @@ class Harness:
     seen: Recorder
     caller: Caller
     make_app: Callable[[], DeploymentApp]
+    process: Process | None = None
 
     @property
     def names(self) -> Names:
@@ -354,8 +359,56 @@ class Harness:
             }
 
 
+class Process:
+    """``python -m stella.deployment`` on the test's database and NATS namespace (for tests that kill it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        own = {"outbox_poll_s", "db_pool_size", "timer_max_sleep_s", "heartbeat_interval_s", "lease_s"}
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("STELLA_")},
+            "STELLA_DATABASE_URL": settings.database_url,
+            "STELLA_NATS_URL": settings.nats_url,
+            "STELLA_NATS_NAMESPACE": settings.nats_namespace,
+            **{f"STELLA_DEPLOYMENT_{name.upper()}": str(getattr(settings, name)) for name in own},
+        }
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, caller: Caller) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "stella.deployment",
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with asyncio.timeout(60):  # ready once it answers a query
+            while not (await caller.query(c.LIST_AGENTS, c.ListAgents)).ok:
+                await asyncio.sleep(0.2)
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            await self.process.wait()
+
+
+@pytest.fixture
+def as_process() -> bool:
+    """Whether the service runs as its own process (a module overrides this to kill it) rather than in-process."""
+    return False
+
+
 @pytest_asyncio.fixture
-async def harness(make_database: Any, nats_url: str, stella_namespace: str, nats: Client) -> AsyncIterator[Harness]:
+async def harness(
+    make_database: Any, nats_url: str, stella_namespace: str, nats: Client, as_process: bool
+) -> AsyncIterator[Harness]:
+    """The service with its stand-ins and recorder: in-process (``harness.app``), or as a process
+    (``harness.process``; the harness then has no app and its clock does not reach the service)."""
     dsn = await make_database([("deployment", MIGRATIONS)])
     clock = Clock()
     settings = Settings(
@@ -393,13 +446,24 @@ async def harness(make_database: Any, nats_url: str, stella_namespace: str, nats
         await nats.subscribe(names.subject("stella.evt.deployment.>"), cb=record),
         await nats.subscribe(names.subject(COMPLETE_STEP), cb=record),
     ]
-    app = make_app()
-    await app.start()
     try:
         async with service_client(nats, names) as client:
-            harness = Harness(app, clock, nats, standins, seen, Caller(client), make_app)
-            yield harness
-            await harness.app.stop()
+            caller = Caller(client)
+            if as_process:
+                process = Process(settings)
+                harness = Harness(None, clock, nats, standins, seen, caller, make_app, process)  # type: ignore[arg-type]
+                await process.start(caller)
+                try:
+                    yield harness
+                finally:
+                    await process.stop()
+            else:
+                harness = Harness(make_app(), clock, nats, standins, seen, caller, make_app)
+                await harness.app.start()
+                try:
+                    yield harness
+                finally:
+                    await harness.app.stop()
     finally:
         for subscription in subscriptions:
             await subscription.unsubscribe()

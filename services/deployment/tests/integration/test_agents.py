@@ -278,3 +278,41 @@ async def test_a_job_whose_last_result_was_stored_by_a_process_that_then_died_mo
     done = await harness.job_completed(job["id"])
     assert done["outcome"] == "succeeded"
     assert (await harness.completion(step))["status"] == "succeeded"
+
+
+async def test_tasks_lost_on_their_way_to_the_agent_are_handed_over_again_at_its_next_poll(harness: Harness) -> None:
+    """A feed answer that never reached the agent (the gateway gave up waiting for it, or the agent's request
+    ended first) leaves its tasks leased to the agent. Its next poll lists what it holds: the rest come
+    again at once, same attempt, instead of after the lease."""
+    environment = harness.environment()
+    for name in ("web-1", "web-2", "web-3"):
+        await harness.target(environment, name)
+    agent = await harness.agent()
+    job = await harness.execute(harness.step(environment, harness.release()))
+    handed = {task.target.name: task for task in await agent.poll_until(3)}
+    kept, running, lost = handed["web-1"], handed["web-2"], handed["web-3"]
+
+    # An agent that does not tell what it holds gets nothing again (the lease alone brings lost tasks back).
+    assert await agent.poll() == []
+    # This one received web-1 only; web-2's answer was lost too, but it had started web-2 before restarting.
+    await agent.heartbeat(running=[running.task_id])
+    again = await agent.poll(held=[kept.task_id])
+    assert {task.task_id for task in again} == {running.task_id, lost.task_id}
+    for task in again:
+        first = handed[task.target.name]
+        assert (task.task_id, task.attempt, task.idempotency_key) == (
+            first.task_id,
+            first.attempt,
+            first.idempotency_key,
+        )
+    # Held now: not handed over a third time.
+    assert await agent.poll(held=[t.task_id for t in handed.values()]) == []
+    # One agent's lost tasks are never another's.
+    other = await harness.agent("agent-2")
+    assert await other.poll(held=[]) == []
+
+    for task in [*again, kept]:
+        assert (await agent.report(task))["accepted"] is True
+    done = await harness.job_completed(job["id"])
+    assert done["outcome"] == "succeeded"
+    assert [t["attempt"] for t in (await harness.job(job["id"]))["tasks"]] == [1, 1, 1]

@@ -254,6 +254,53 @@ async def test_failure_behavior_pause_holds_the_job_and_cancel_ends_it(harness: 
     assert (await harness.job_completed(job["id"]))["outcome"] == "cancelled"
 
 
+async def test_a_paused_job_resumes_runs_its_failed_task_again_and_goes_on(harness: Harness) -> None:
+    environment = harness.environment(
+        deployment={"strategy": "rolling", "batch_size": "1", "failure_behavior": "pause"}
+    )
+    for name in ("p1", "p2", "p3"):
+        await harness.target(environment, name)
+    agent = await harness.agent()
+    step = harness.step(environment, harness.release())
+    job = await harness.execute(step)
+    job_id = uuid.UUID(job["id"])
+
+    # A job that is not paused cannot be resumed, and the refusal changes nothing.
+    [first] = await agent.poll_until(1)
+    refused = await harness.caller.command(c.RESUME_JOB, c.ResumeJob, job_id=job_id)
+    assert not refused.ok and refused.error is not None
+    assert (refused.error.status, refused.error.code) == (409, "DEPLOY_JOB_NOT_PAUSED")
+    assert (await harness.job(job_id))["status"] == "running"
+    unknown = await harness.caller.command(c.RESUME_JOB, c.ResumeJob, job_id=uuid.uuid4())
+    assert unknown.error is not None and unknown.error.code == "DEPLOY_JOB_NOT_FOUND"
+
+    await agent.report(first, ok=False)
+    assert (await harness.job(job_id))["status"] == "paused"
+    assert await agent.poll() == []
+
+    resumed = await harness.caller.ok(c.RESUME_JOB, c.ResumeJob, job_id=job_id, reason="registry fixed")
+    assert resumed["status"] == "running"
+    assert "registry fixed" in resumed["reason"]
+    [again] = await agent.poll_until(1)
+    assert (again.task_id, again.target.name, again.attempt) == (first.task_id, first.target.name, 2)
+    assert (await agent.report(again))["accepted"] is True
+    for _ in range(2):  # the later batches, one target each
+        [task] = await agent.poll_until(1)
+        assert task.target.name != first.target.name
+        await agent.report(task)
+
+    done = await harness.job_completed(job["id"])
+    assert done["outcome"] == "succeeded"
+    assert (await harness.completion(step))["status"] == "succeeded"
+    tasks = {t["target_name"]: t for t in (await harness.job(job_id))["tasks"]}
+    assert {name: (t["status"], t["attempt"]) for name, t in tasks.items()} == {
+        first.target.name: ("succeeded", 2),
+        **{name: ("succeeded", 1) for name in ("p1", "p2", "p3") if name != first.target.name},
+    }
+    again_refused = await harness.caller.command(c.RESUME_JOB, c.ResumeJob, job_id=job_id)
+    assert again_refused.error is not None and again_refused.error.code == "DEPLOY_JOB_NOT_PAUSED"
+
+
 async def test_one_job_changes_an_environment_at_a_time(harness: Harness) -> None:
     environment = harness.environment()
     await harness.target(environment, "web-1")

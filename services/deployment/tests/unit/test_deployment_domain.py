@@ -241,6 +241,16 @@ def test_pause_holds_the_job() -> None:
     assert not domain.advance(job(JobStatus.PAUSED, batches=2), [task(0, TaskStatus.TIMED_OUT), task(1)], NOW).changed
 
 
+def test_resuming_a_paused_job_runs_the_failed_tasks_of_its_batch_again() -> None:
+    failed, timed_out = task(1, TaskStatus.FAILED, target=1), task(1, TaskStatus.TIMED_OUT, target=2)
+    done, earlier_failure = task(1, TaskStatus.SUCCEEDED, target=3), task(0, TaskStatus.FAILED, target=4)
+    tasks = [earlier_failure, failed, timed_out, done, task(2, target=5)]
+    assert set(domain.resume(job(JobStatus.PAUSED, batches=3, current=1), tasks)) == {failed.id, timed_out.id}
+    for status in (JobStatus.RUNNING, JobStatus.PENDING, JobStatus.FAILED, JobStatus.CANCELLED):
+        with pytest.raises(domain.JobNotPaused):
+            domain.resume(job(status, batches=3, current=1), tasks)
+
+
 def test_checks_report_every_target_instead_of_rolling_back() -> None:
     tasks = [
         task(0, TaskStatus.FAILED, type=TaskType.HEALTH_CHECK, target=1),

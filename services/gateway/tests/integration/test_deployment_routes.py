@@ -328,6 +328,15 @@ async def test_the_agent_channel_carries_a_deployment_from_task_feed_to_result(w
     assert task["target"]["target_id"] == target["id"]
     assert task["components"][0]["digest"] == digest("api:1")
 
+    # Had that answer been lost on its way, the agent's next request, listing what it holds, gets it again.
+    feed_url = f"/api/v1/agents/{agent_id}/tasks?wait=0"
+    lost = await gateway.call("GET", f"{feed_url}&held=", None, headers=headers)
+    assert lost.status_code == 200, lost.text
+    assert [(t["task_id"], t["attempt"]) for t in lost.json()["tasks"]] == [(task["task_id"], 1)]
+    held = await gateway.call("GET", f"{feed_url}&held={task['task_id']}", None, headers=headers)
+    assert held.status_code == 200 and held.json()["tasks"] == [], held.text
+    assert_problem(await gateway.call("GET", f"{feed_url}&held=nope", None, headers=headers), 400, "VAL_INVALID_ID")
+
     chunk = {"task_id": task["task_id"], "attempt": 1, "seq": 0, "lines": ["pulling", "started"]}
     logged = await gateway.call(
         "POST", f"/api/v1/agents/{agent_id}/tasks/{task['task_id']}/logs", None, headers=headers, json=chunk
@@ -527,6 +536,10 @@ async def test_jobs_are_cancelled_and_rolled_back_through_the_api(world: World) 
         409,
         "DEPLOY_ENVIRONMENT_BUSY",
     )
+    resume = f"/api/v1/deployment-jobs/{job['id']}/resume"
+    assert_problem(await gateway.call("POST", resume, viewer.token), 403, "PERM_DENIED")
+    not_paused = await gateway.call("POST", resume, tenant.token, json={"reason": "go on"})
+    assert_problem(not_paused, 409, "DEPLOY_JOB_NOT_PAUSED")
 
     cancelled = await gateway.call("POST", f"/api/v1/deployment-jobs/{job['id']}/cancel", tenant.token)
     assert cancelled.status_code == 200, cancelled.text

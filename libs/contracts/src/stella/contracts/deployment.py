@@ -76,6 +76,8 @@ REVOKE_AGENT: Final[str] = "stella.cmd.deployment.revoke_agent"
 """Command :class:`RevokeAgent` -> :class:`AgentView`."""
 CANCEL_JOB: Final[str] = "stella.cmd.deployment.cancel_job"
 """Command :class:`CancelJob` -> :class:`JobView`."""
+RESUME_JOB: Final[str] = "stella.cmd.deployment.resume_job"
+"""Command :class:`ResumeJob` -> :class:`JobView`."""
 ROLLBACK_JOB: Final[str] = "stella.cmd.deployment.rollback_job"
 """Command :class:`RollbackJob` -> :class:`JobView` of the new rollback job."""
 CHECK_DRIFT: Final[str] = "stella.cmd.deployment.check_drift"
@@ -445,6 +447,13 @@ class CancelJob(Command):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+class ResumeJob(Command):
+    """Resume a paused job: the failed tasks of the batch that paused it run again, then the job goes on."""
+
+    job_id: UUID
+    reason: str | None = Field(default=None, max_length=2000)
+
+
 class RollbackJob(Command):
     """Roll a job's targets (all, or ``target_ids``) back to each task's ``previous_digest`` as a new job."""
 
@@ -491,10 +500,21 @@ class AgentHeartbeat(AgentCall):
     heartbeat: HeartbeatBody
 
 
+MAX_HELD_TASKS: Final[int] = 100
+"""Most task ids an agent lists as held when it polls; an agent holding more lists none."""
+
+
 class AgentPoll(AgentCall):
-    """Lease up to ``max_tasks`` tasks of the agent's targets."""
+    """Lease up to ``max_tasks`` tasks of the agent's targets.
+
+    ``held`` lists every task the agent has now (running, or ended with its result not yet taken). Tasks
+    leased to the agent but not in it were lost on their way (a feed request that ended before its answer
+    arrived, an agent that restarted): they are handed over again at once, same attempt, before new ones.
+    None (an agent that does not tell) hands over only new tasks; lost ones come back when their lease ends.
+    """
 
     max_tasks: int = Field(default=10, ge=1, le=100)
+    held: list[UUID] | None = Field(default=None, max_length=MAX_HELD_TASKS)
 
 
 class AgentLog(AgentCall):

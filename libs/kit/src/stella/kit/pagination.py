@@ -11,14 +11,16 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from stella.kit.errors import BadRequest
 
 _FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _INT64: Final = 2**63
+
+R = TypeVar("R")
 
 
 def encode_cursor(*values: Any, kind: str) -> str:
@@ -75,3 +77,26 @@ def decode_cursor(token: str | None, *types: Callable[[str], Any], kind: str) ->
         return [convert(v) for convert, v in zip(types, values[1:], strict=True)]
     except (ValueError, TypeError, OverflowError) as exc:
         raise BadRequest("page_token is not a token this list issued", code="VAL_PAGE_TOKEN") from exc
+
+
+async def keyset_page(
+    fetch: Callable[..., Awaitable[Sequence[R]]],
+    token: str | None,
+    *types: Callable[[str], Any],
+    kind: str,
+    size: int,
+    key: Callable[[R], Sequence[Any]],
+) -> tuple[list[R], str | None]:
+    """One page of a keyset-ordered list and the token of the next (None on the last page).
+
+    ``fetch`` is called with the decoded sort key of the token (a None per value on the first page) and a
+    limit of ``size + 1``: the extra row, never returned, tells whether a next page exists. ``key`` gives the
+    sort key of a row, which the next page's token carries.
+
+    Raises:
+        BadRequest: ``VAL_PAGE_TOKEN`` as :func:`decode_cursor`.
+    """
+    after = decode_cursor(token, *types, kind=kind)
+    rows = await fetch(*(after if after is not None else [None] * len(types)), size + 1)
+    items = list(rows[:size])
+    return items, (encode_cursor(*key(items[-1]), kind=kind) if len(rows) > size else None)

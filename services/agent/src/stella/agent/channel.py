@@ -11,6 +11,7 @@ told apart, because the runtime answers each differently:
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any, Final
 from uuid import UUID
 
@@ -33,7 +34,7 @@ HEARTBEAT_PATH: Final[str] = "/api/v1/agents/{agent_id}/heartbeat"
 """``POST``: :class:`Heartbeat` -> :class:`HeartbeatAck`."""
 
 TASKS_PATH: Final[str] = "/api/v1/agents/{agent_id}/tasks"
-"""``GET ?wait=<s>&max_tasks=<n>``: long poll; the tasks leased to this agent (a list, or ``{"tasks": [...]}``; 204: none)."""
+"""``GET ?wait=<s>&max_tasks=<n>&held=<id>,<id>``: long poll; the tasks leased to this agent (a list, or ``{"tasks": [...]}``; 204: none)."""
 
 RESULT_PATH: Final[str] = "/api/v1/agents/{agent_id}/tasks/{task_id}/result"
 """``POST``: the task's one :class:`~stella.contracts.agent.TaskResult`."""
@@ -43,6 +44,9 @@ LOGS_PATH: Final[str] = "/api/v1/agents/{agent_id}/tasks/{task_id}/logs"
 
 MAX_TASKS_PER_POLL: Final[int] = 100
 """Most tasks one poll asks for (the gateway's limit)."""
+
+MAX_HELD_TASKS: Final[int] = 100
+"""Most held task ids one poll lists (the gateway's limit)."""
 
 _RETRYABLE: Final[frozenset[int]] = frozenset({408, 425, 429})
 _TASKS = TypeAdapter(list[AgentTask])
@@ -158,9 +162,15 @@ class GatewayChannel:
         except ValidationError as exc:
             raise GatewayUnavailable(f"the heartbeat answer is not understood: {exc.error_count()} errors") from exc
 
-    async def tasks(self, wait_s: float, limit: int) -> list[AgentTask]:
-        """Wait up to ``wait_s`` for tasks leased to this agent; at most ``limit``."""
+    async def tasks(self, wait_s: float, limit: int, held: Collection[UUID] | None = None) -> list[AgentTask]:
+        """Wait up to ``wait_s`` for tasks leased to this agent; at most ``limit``.
+
+        ``held``: every task the agent has now; tasks leased to it and not in it are handed over again (they
+        were lost on their way). Too many to list: none are, and lost ones come back when their lease ends.
+        """
         params = {"wait": f"{wait_s:g}", "max_tasks": str(min(limit, MAX_TASKS_PER_POLL))}
+        if held is not None and len(held) <= MAX_HELD_TASKS:
+            params["held"] = ",".join(str(task_id) for task_id in held)
         status, payload = await self._call("GET", self._path(TASKS_PATH), params=params, wait_s=wait_s)
         if status == 204 or not payload.strip():
             return []

@@ -5,7 +5,8 @@ One :class:`Agent` runs three loops until it is stopped:
 - **heartbeat**: every ``heartbeat_interval_s`` (the gateway's answer to the registration), the drivers'
   self-checks and the running tasks; the answer lists tasks to stop, which are cancelled;
 - **task feed**: while fewer than ``max_concurrent_tasks`` run, a long-polling ``GET`` of the tasks leased to
-  this agent; each task runs with the driver of its target type, its log streamed in chunks;
+  this agent, listing the tasks it holds (so tasks leased to it whose answer was lost come again at once);
+  each task runs with the driver of its target type, its log streamed in chunks;
 - **results**: each result is journalled on disk first, then posted until the gateway takes it, the same
   bytes every time (across restarts too). A task delivered again with an idempotency key the agent already
   finished is answered from the journal and not run again.
@@ -360,7 +361,7 @@ class Agent:
             await self._free.wait()
             free = self.options.max_concurrent_tasks - len(self._running)
             try:
-                tasks = await self.channel.tasks(self.poll_timeout_s, max(1, free))
+                tasks = await self.channel.tasks(self.poll_timeout_s, max(1, free), held=list(self._running))
             except (GatewayUnavailable, RequestRejected) as exc:
                 delay = backoff.next()
                 if not unreachable:

@@ -101,6 +101,13 @@ class TargetBusy(Conflict):
     title = "Target in use by a running job"
 
 
+class JobNotPaused(Conflict):
+    """Only a paused job can be resumed."""
+
+    code = "DEPLOY_JOB_NOT_PAUSED"
+    title = "Job not paused"
+
+
 class JobNotActive(Conflict):
     """The job has ended (cancel) or has not (rollback)."""
 
@@ -662,3 +669,17 @@ def build_sticker(data: StickerInput) -> dict[str, Any]:
     }
     sticker["content_hash"] = content_hash(sticker)
     return sticker
+
+
+def resume(job: JobState, tasks: Sequence[TaskState]) -> tuple[UUID, ...]:
+    """The tasks a paused job runs again when it resumes: the failed ones of the batch that paused it.
+
+    Each runs as a new attempt (an agent runs a failed task again when its attempt is newer); the batch then
+    goes on as if it had just started them, and pauses again if one fails again.
+
+    Raises:
+        JobNotPaused: the job is not paused.
+    """
+    if job.status is not JobStatus.PAUSED:
+        raise JobNotPaused(f"the job is {job.status.value}; only a paused job can be resumed")
+    return tuple(t.id for t in tasks if t.batch == job.current_batch and t.status in FAILED)

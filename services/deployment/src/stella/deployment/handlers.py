@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Final
 from uuid import UUID, uuid4
 
@@ -48,7 +49,7 @@ from stella.kit.asking import Refused, ask
 from stella.kit.broker import CommandProcessor, ServiceClient
 from stella.kit.errors import TransientFault
 from stella.kit.outbox import add_events
-from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor
+from stella.kit.pagination import aware_datetime, keyset_page
 
 log = logging.getLogger(__name__)
 
@@ -330,26 +331,17 @@ class Handlers:
 
     async def list_targets(self, q: c.ListTargets) -> Reply:
         """Targets by name, of one environment when given."""
-        after = decode_cursor(q.page.page_token, str, UUID, kind="deployment-targets")
-        size = min(q.page.page_size, MAX_TARGET_PAGE_SIZE)
         async with self._pool().acquire() as conn:
-            rows = await conn.fetch(
-                repo.LIST_TARGETS,
-                q.tenant_id,
-                q.environment_id,
-                after[0] if after else None,
-                after[1] if after else None,
-                size + 1,
+            items, token = await keyset_page(
+                partial(conn.fetch, repo.LIST_TARGETS, q.tenant_id, q.environment_id),
+                q.page.page_token,
+                str,
+                UUID,
+                kind="deployment-targets",
+                size=min(q.page.page_size, MAX_TARGET_PAGE_SIZE),
+                key=_by_name,
             )
-        items = rows[:size]
-        token = (
-            encode_cursor(items[-1]["name"], items[-1]["id"], kind="deployment-targets") if len(rows) > size else None
-        )
-        return Reply.success(
-            Page(items=[repo.target_view(r).model_dump(mode="json") for r in items], next_page_token=token).model_dump(
-                mode="json"
-            )
-        )
+        return _page([repo.target_view(r) for r in items], token)
 
     # --- agents: tokens, registration, revocation ------------------------------------------------------
 
@@ -489,27 +481,17 @@ class Handlers:
 
     async def list_agents(self, q: c.ListAgents) -> Reply:
         """Agents by name."""
-        after = decode_cursor(q.page.page_token, str, UUID, kind="deployment-agents")
         async with self._pool().acquire() as conn:
-            rows = await conn.fetch(
-                repo.LIST_AGENTS,
-                q.tenant_id,
-                q.status.value if q.status else None,
-                after[0] if after else None,
-                after[1] if after else None,
-                q.page.page_size + 1,
+            items, token = await keyset_page(
+                partial(conn.fetch, repo.LIST_AGENTS, q.tenant_id, q.status.value if q.status else None),
+                q.page.page_token,
+                str,
+                UUID,
+                kind="deployment-agents",
+                size=q.page.page_size,
+                key=_by_name,
             )
-        items = rows[: q.page.page_size]
-        token = (
-            encode_cursor(items[-1]["name"], items[-1]["id"], kind="deployment-agents")
-            if len(rows) > q.page.page_size
-            else None
-        )
-        return Reply.success(
-            Page(items=[repo.agent_view(r).model_dump(mode="json") for r in items], next_page_token=token).model_dump(
-                mode="json"
-            )
-        )
+        return _page([repo.agent_view(r) for r in items], token)
 
     # --- agent channel ----------------------------------------------------------------------------------
 
@@ -539,21 +521,33 @@ class Handlers:
         return Reply.success(HeartbeatAck(status=status, cancel_tasks=stop).model_dump(mode="json"))
 
     async def poll(self, q: c.AgentPoll) -> Reply:
-        """Lease tasks of the targets this agent may serve (its pinned targets, and unpinned ones it is capable of)."""
+        """Lease tasks of the targets this agent may serve (its pinned targets, and unpinned ones it is capable of).
+
+        When the agent lists the tasks it holds, the ones leased to it that it does not hold were lost on the
+        way to it (see :class:`~stella.contracts.deployment.AgentPoll`): they come first, handed over again.
+        """
         async with self._pool().acquire() as conn, conn.transaction():
             row = await self._authenticate(conn, q)
             if row["status"] == AgentStatus.OFFLINE:
                 return Reply.success(c.AgentTasks(tasks=[]).model_dump(mode="json"))
             now = self.clock()
-            leased = await conn.fetch(
-                repo.LEASE_TASKS,
-                q.tenant_id,
-                q.agent_id,
-                list(row["capabilities"]),
-                min(q.max_tasks, self.settings.max_tasks_per_poll),
-                now,
-                now + timedelta(seconds=self.settings.lease_s),
-            )
+            room = min(q.max_tasks, self.settings.max_tasks_per_poll)
+            expires = now + timedelta(seconds=self.settings.lease_s)
+            leased = []
+            if q.held is not None:
+                leased = list(await conn.fetch(repo.REOFFER_TASKS, q.tenant_id, q.agent_id, q.held, room, expires))
+                if leased:
+                    log.info("handing %d lost task(s) over to agent %s again", len(leased), q.agent_id)
+            if len(leased) < room:
+                leased += await conn.fetch(
+                    repo.LEASE_TASKS,
+                    q.tenant_id,
+                    q.agent_id,
+                    list(row["capabilities"]),
+                    room - len(leased),
+                    now,
+                    expires,
+                )
         tasks = []
         for task in leased:
             body = dict(task["body"])
@@ -1311,6 +1305,37 @@ class Handlers:
 
         return await self._run(cmd, execute)
 
+    async def resume_job(self, cmd: c.ResumeJob) -> Reply:
+        """Resume a paused job: the failed tasks of its current batch run again, then it goes on."""
+
+        async def execute(conn: asyncpg.Connection, effects: Effects) -> object:
+            await conn.execute(repo.LOCK_OPEN_TASKS_OF_JOB, cmd.tenant_id, cmd.job_id)  # tasks before the job
+            job = await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, cmd.tenant_id, cmd.job_id)
+            if job is None:
+                raise domain.JobNotFound(f"deployment job {cmd.job_id} does not exist")
+            rows = await conn.fetch(repo.TASK_STATES_OF_JOB, cmd.tenant_id, cmd.job_id)
+            again = domain.resume(repo.job_state(job), [repo.task_state(r) for r in rows])
+            now = self.clock()
+            why = f"resumed: {cmd.reason}" if cmd.reason else "resumed"
+            await conn.execute(repo.RETRY_TASKS, cmd.tenant_id, list(again), now, f"{why}; run again")
+            await conn.execute(
+                repo.UPDATE_JOB,
+                cmd.tenant_id,
+                cmd.job_id,
+                c.JobStatus.RUNNING.value,
+                f"{why} ({len(again)} failed tasks run again)",
+                job["current_batch"],
+                None,
+                job["started_at"],
+                None,
+            )
+            effects.tenants.add(cmd.tenant_id)
+            await self._drive(conn, cmd.tenant_id, cmd.job_id, now, effects)
+            updated = await conn.fetchrow(repo.GET_JOB, cmd.tenant_id, cmd.job_id)
+            return (await repo.job_with_tasks(conn, cmd.tenant_id, updated)).model_dump(mode="json")
+
+        return await self._run(cmd, execute)
+
     async def rollback_job(self, cmd: c.RollbackJob) -> Reply:
         """Roll an ended job's targets (all, or some) back to each task's previous digest, as a new job."""
 
@@ -1564,29 +1589,24 @@ class Handlers:
 
     async def list_jobs(self, q: c.ListJobs) -> Reply:
         """Jobs, newest first."""
-        after = decode_cursor(q.page.page_token, aware_datetime, UUID, kind="deployment-jobs")
         async with self._pool().acquire() as conn:
-            rows = await conn.fetch(
-                repo.LIST_JOBS,
-                q.tenant_id,
-                q.environment_id,
-                q.promotion_id,
-                q.status.value if q.status else None,
-                after[0] if after else None,
-                after[1] if after else None,
-                q.page.page_size + 1,
+            items, token = await keyset_page(
+                partial(
+                    conn.fetch,
+                    repo.LIST_JOBS,
+                    q.tenant_id,
+                    q.environment_id,
+                    q.promotion_id,
+                    q.status.value if q.status else None,
+                ),
+                q.page.page_token,
+                aware_datetime,
+                UUID,
+                kind="deployment-jobs",
+                size=q.page.page_size,
+                key=lambda r: (r["created_at"].isoformat(), r["id"]),
             )
-        items = rows[: q.page.page_size]
-        token = (
-            encode_cursor(items[-1]["created_at"].isoformat(), items[-1]["id"], kind="deployment-jobs")
-            if len(rows) > q.page.page_size
-            else None
-        )
-        return Reply.success(
-            Page(items=[repo.job_summary(r).model_dump(mode="json") for r in items], next_page_token=token).model_dump(
-                mode="json"
-            )
-        )
+        return _page([repo.job_summary(r) for r in items], token)
 
     # --- timers -----------------------------------------------------------------------------------------
 
@@ -1784,3 +1804,14 @@ def _success_reason(job: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -
     if job["switch_to"]:
         return f"deployed to {targets} targets of group {job['switch_to']}, which is now active"
     return f"deployed to {targets} targets"
+
+
+def _by_name(row: Mapping[str, Any]) -> tuple[str, UUID]:
+    """The sort key of a list ordered by name."""
+    return row["name"], row["id"]
+
+
+def _page(items: Sequence[BaseModel], token: str | None) -> Reply:
+    return Reply.success(
+        Page(items=[i.model_dump(mode="json") for i in items], next_page_token=token).model_dump(mode="json")
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any, Final
 from uuid import UUID
 
@@ -28,7 +29,26 @@ from stella.contracts.deployment import (
 )
 from stella.contracts.envelope import PageRequest
 from stella.deployment.domain import JobState, TaskState
-from stella.kit.pagination import decode_cursor, encode_cursor, int32
+from stella.kit.pagination import int32, keyset_page
+
+
+def _get(table: str, columns: str) -> str:
+    """One row of ``table`` by tenant and id."""
+    return f"SELECT {columns} FROM {table} WHERE tenant_id = $1 AND id = $2"
+
+
+def _by_name_page(table: str, columns: str, filter_sql: str) -> str:
+    """A keyset page of ``table`` by ``(name, id)``: $1 tenant, $2 the value of the filter ``filter_sql``
+    (which passes every row when it is NULL), $3 and $4 the last name and id of the previous page (NULL on the
+    first), $5 the limit."""
+    return f"""
+    SELECT {columns} FROM {table}
+     WHERE tenant_id = $1 AND ({filter_sql})
+       AND ($3::text IS NULL OR (name, id) > ($3, $4::uuid))
+     ORDER BY name, id
+     LIMIT $5
+"""
+
 
 # --- targets ------------------------------------------------------------------------------------------------
 
@@ -43,18 +63,12 @@ INSERT_TARGET = f"""
     ON CONFLICT (tenant_id, environment_id, name) DO NOTHING
     RETURNING {_TARGET}
 """
-GET_TARGET = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND id = $2"
+GET_TARGET = _get("targets", _TARGET)
 GET_TARGET_FOR_UPDATE = GET_TARGET + " FOR UPDATE"
 TARGETS_OF_ENVIRONMENT = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND environment_id = $2 ORDER BY name, id"
 COUNT_TARGETS = "SELECT count(*) FROM targets WHERE tenant_id = $1 AND environment_id = $2"
 TARGETS_BY_ID = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND id = ANY($2::uuid[])"
-LIST_TARGETS = f"""
-    SELECT {_TARGET} FROM targets
-     WHERE tenant_id = $1 AND ($2::uuid IS NULL OR environment_id = $2)
-       AND ($3::text IS NULL OR (name, id) > ($3, $4::uuid))
-     ORDER BY name, id
-     LIMIT $5
-"""
+LIST_TARGETS = _by_name_page("targets", _TARGET, "$2::uuid IS NULL OR environment_id = $2")
 UPDATE_TARGET = f"""
     UPDATE targets SET name = $3, connection = $4, labels = $5, health_check = $6, agent_id = $7, updated_at = $8
      WHERE tenant_id = $1 AND id = $2
@@ -112,15 +126,9 @@ INSERT_AGENT = f"""
     ON CONFLICT (tenant_id, name) WHERE status <> 'revoked' DO NOTHING
     RETURNING {_AGENT}
 """
-GET_AGENT = f"SELECT {_AGENT} FROM agents WHERE tenant_id = $1 AND id = $2"
+GET_AGENT = _get("agents", _AGENT)
 GET_AGENT_FOR_UPDATE = GET_AGENT + " FOR UPDATE"
-LIST_AGENTS = f"""
-    SELECT {_AGENT} FROM agents
-     WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
-       AND ($3::text IS NULL OR (name, id) > ($3, $4::uuid))
-     ORDER BY name, id
-     LIMIT $5
-"""
+LIST_AGENTS = _by_name_page("agents", _AGENT, "$2::text IS NULL OR status = $2")
 HEARTBEAT = f"""
     UPDATE agents SET version = $3, checks = $4, status = $5, last_heartbeat_at = $6
      WHERE tenant_id = $1 AND id = $2
@@ -250,6 +258,20 @@ LEASE_TASKS = f"""
      WHERE t.tenant_id = picked.tenant_id AND t.id = picked.id
     RETURNING {", ".join("t." + c.strip() for c in _TASK.split(","))}
 """
+REOFFER_TASKS = f"""
+    WITH lost AS (
+        SELECT tenant_id, id FROM tasks
+         WHERE tenant_id = $1 AND agent_id = $2 AND status IN ('assigned', 'running') AND NOT (id = ANY($3::uuid[]))
+         ORDER BY leased_at, id
+         LIMIT $4
+           FOR UPDATE SKIP LOCKED
+    )
+    UPDATE tasks AS t SET status = 'assigned', lease_expires_at = $5
+      FROM lost
+     WHERE t.tenant_id = lost.tenant_id AND t.id = lost.id
+    RETURNING {", ".join("t." + c.strip() for c in _TASK.split(","))}
+"""
+"""Tasks leased to an agent ($2) that it does not hold ($3): handed over again, same attempt, lease renewed."""
 EXTEND_LEASES = """
     UPDATE tasks SET lease_expires_at = $4, status = 'running'
      WHERE tenant_id = $1 AND agent_id = $2 AND id = ANY($3::uuid[]) AND status IN ('assigned', 'running')
@@ -258,6 +280,13 @@ EXTEND_LEASES = """
 HELD_BY_AGENT = """
     SELECT id FROM tasks WHERE tenant_id = $1 AND agent_id = $2 AND status IN ('assigned', 'running')
 """
+RETRY_TASKS = """
+    UPDATE tasks SET status = 'pending', agent_id = NULL, lease_expires_at = NULL, error_code = NULL, message = $4,
+                     result = NULL, artifacts = '[]', finished_at = NULL, released_at = $3,
+                     deadline_at = $3::timestamptz + make_interval(secs => timeout_s)
+     WHERE tenant_id = $1 AND id = ANY($2::uuid[]) AND status IN ('failed', 'timed_out')
+"""
+"""Failed tasks released again (a resumed job): the next lease is a new attempt, with a new deadline."""
 REQUEUE_TASKS = """
     UPDATE tasks SET status = 'pending', agent_id = NULL, lease_expires_at = NULL, message = $3
      WHERE tenant_id = $1 AND id = ANY($2::uuid[]) AND status IN ('assigned', 'running')
@@ -519,22 +548,15 @@ async def job_with_tasks(
     :data:`JOB_VIEW_LOG_CHARS`.
     """
     page = page or PageRequest(page_size=TASK_PAGE_SIZE)
-    size = min(page.page_size, MAX_TASK_PAGE_SIZE)
-    after = decode_cursor(page.page_token, int32, str, UUID, kind="deployment-job-tasks")
-    rows = await conn.fetch(
-        TASK_PAGE_OF_JOB,
-        tenant_id,
-        row["id"],
-        after[0] if after else None,
-        after[1] if after else None,
-        after[2] if after else None,
-        size + 1,
-    )
-    tasks = rows[:size]
-    token = (
-        encode_cursor(tasks[-1]["batch"], tasks[-1]["target_name"], tasks[-1]["id"], kind="deployment-job-tasks")
-        if len(rows) > size
-        else None
+    tasks, token = await keyset_page(
+        partial(conn.fetch, TASK_PAGE_OF_JOB, tenant_id, row["id"]),
+        page.page_token,
+        int32,
+        str,
+        UUID,
+        kind="deployment-job-tasks",
+        size=min(page.page_size, MAX_TASK_PAGE_SIZE),
+        key=lambda t: (t["batch"], t["target_name"], t["id"]),
     )
     logs = await logs_of(conn, tenant_id, [t["id"] for t in tasks])
     budget = JOB_VIEW_LOG_CHARS // max(1, len(tasks))

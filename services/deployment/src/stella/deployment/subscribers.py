@@ -22,6 +22,7 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     commands.on(c.CREATE_AGENT_TOKEN, c.CreateAgentToken, handlers.create_agent_token)
     commands.on(c.REVOKE_AGENT, c.RevokeAgent, handlers.revoke_agent)
     commands.on(c.CANCEL_JOB, c.CancelJob, handlers.cancel_job)
+    commands.on(c.RESUME_JOB, c.ResumeJob, handlers.resume_job)
     commands.on(c.ROLLBACK_JOB, c.RollbackJob, handlers.rollback_job)
     commands.on(c.CHECK_DRIFT, c.CheckDrift, handlers.check_drift)
     commands.on(c.REMEDIATE_TARGET, c.RemediateTarget, handlers.remediate_target)

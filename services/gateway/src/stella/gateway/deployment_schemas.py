@@ -258,6 +258,12 @@ class JobCancel(RequestBody):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+class JobResume(RequestBody):
+    """Why a paused job is resumed."""
+
+    reason: str | None = Field(default=None, max_length=2000)
+
+
 class JobRollback(RequestBody):
     """Which targets to roll back (every target of the job when omitted)."""
 

@@ -3,7 +3,7 @@
 Targets: reading needs ``target:read``, creating ``target:create``, changing ``target:update`` (a drift check
 too), deleting ``target:delete``. Agents and their registration tokens: ``agent:read``, ``agent:create``
 (tokens), ``agent:update`` (revoke). Deployment jobs are a promotion's execution: reading them needs
-``promotion:read``; cancelling, rolling back and remediating a target need ``promotion:deploy``.
+``promotion:read``; cancelling, resuming, rolling back and remediating a target need ``promotion:deploy``.
 
 The agent channel (``/api/v1/agents/register`` and ``/api/v1/agents/{id}/heartbeat|tasks|...``) takes no API
 token: an agent authenticates with its registration token, then with its own credential (see
@@ -12,17 +12,19 @@ token: an agent authenticates with its registration token, then with its own cre
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 from uuid import UUID
 
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter, QueryParameter
+from pydantic import BaseModel
 
 from stella.contracts import deployment as contract
 from stella.contracts.agent import Heartbeat as HeartbeatContract
 from stella.contracts.agent import LogChunk, RegisterAgent, TaskResult
+from stella.contracts.envelope import Command, Query
 from stella.gateway.agents import AgentCredential, agent_credential, registration_tenant
 from stella.gateway.auth import require
 from stella.gateway.dependencies import ID_SCHEMA, location, parse_id, problems
@@ -39,6 +41,7 @@ from stella.gateway.deployment_schemas import (
     JobCancel,
     JobOut,
     JobPage,
+    JobResume,
     JobRollback,
     LogChunkIn,
     TargetCreate,
@@ -70,6 +73,21 @@ _TASK_ID = Parameter(description="Task id", schema_extra=ID_SCHEMA)
 
 _AGENT_AUTH: Final[dict[str, Any]] = {"exclude_from_auth": True}
 """The agent channel's routes: no API token; the agent's own credential is checked by the deployment service."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _command(
+    call: CallContext, relay: Relay, out: type[M], subject: str, model: type[Command], **fields: Any
+) -> M:
+    """Send the caller's command ``model(**fields)`` on ``subject`` and parse its answer as ``out``."""
+    return parse_data(out, await relay.command(call, subject, call.command(model, **fields)))
+
+
+async def _query(call: CallContext, relay: Relay, out: type[M], subject: str, model: type[Query], **fields: Any) -> M:
+    """Ask the caller's query ``model(**fields)`` on ``subject`` and parse its answer as ``out``."""
+    return parse_data(out, await relay.query(subject, call.query(model, **fields)))
 
 
 def _target_fields(data: TargetCreate | TargetUpdate) -> dict[str, Any]:
@@ -105,10 +123,15 @@ class EnvironmentTargetController(Controller):
         environment_id: str = _ENVIRONMENT_ID,
     ) -> Response[TargetOut]:
         """Add a ``docker_host`` or ``compose_host`` target; the environment must be the caller tenant's (else 404)."""
-        command = call.command(
-            contract.CreateTarget, environment_id=parse_id(environment_id, "environment_id"), **_target_fields(data)
+        target = await _command(
+            call,
+            relay,
+            TargetOut,
+            contract.CREATE_TARGET,
+            contract.CreateTarget,
+            environment_id=parse_id(environment_id, "environment_id"),
+            **_target_fields(data),
         )
-        target = parse_data(TargetOut, await relay.command(call, contract.CREATE_TARGET, command))
         return Response(target, status_code=201, headers={"Location": location(runtime, f"{TARGETS}/{target.id}")})
 
     @get(
@@ -126,10 +149,15 @@ class EnvironmentTargetController(Controller):
         environment_id: str = _ENVIRONMENT_ID,
     ) -> TargetPage:
         """The environment's targets by name."""
-        query = call.query(
-            contract.ListTargets, environment_id=parse_id(environment_id, "environment_id"), page=page.to_contract()
+        return await _query(
+            call,
+            relay,
+            TargetPage,
+            contract.LIST_TARGETS,
+            contract.ListTargets,
+            environment_id=parse_id(environment_id, "environment_id"),
+            page=page.to_contract(),
         )
-        return parse_data(TargetPage, await relay.query(contract.LIST_TARGETS, query))
 
 
 class TargetController(Controller):
@@ -149,8 +177,9 @@ class TargetController(Controller):
         self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], page: NamedDependency[PageParams]
     ) -> TargetPage:
         """Every target of the tenant, by name."""
-        query = call.query(contract.ListTargets, page=page.to_contract())
-        return parse_data(TargetPage, await relay.query(contract.LIST_TARGETS, query))
+        return await _query(
+            call, relay, TargetPage, contract.LIST_TARGETS, contract.ListTargets, page=page.to_contract()
+        )
 
     @get(
         "/{target_id:str}",
@@ -163,8 +192,9 @@ class TargetController(Controller):
         self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], target_id: str = _TARGET_ID
     ) -> TargetOut:
         """One target: its health, the digest each component runs, its sticker and drift."""
-        query = call.query(contract.GetTarget, target_id=parse_id(target_id, "target_id"))
-        return parse_data(TargetOut, await relay.query(contract.GET_TARGET, query))
+        return await _query(
+            call, relay, TargetOut, contract.GET_TARGET, contract.GetTarget, target_id=parse_id(target_id, "target_id")
+        )
 
     @put(
         "/{target_id:str}",
@@ -181,10 +211,15 @@ class TargetController(Controller):
         target_id: str = _TARGET_ID,
     ) -> TargetOut:
         """Change a target's name, connection, labels, health check or agent; omitted fields keep their value."""
-        command = call.command(
-            contract.UpdateTarget, target_id=parse_id(target_id, "target_id"), **_target_fields(data)
+        return await _command(
+            call,
+            relay,
+            TargetOut,
+            contract.UPDATE_TARGET,
+            contract.UpdateTarget,
+            target_id=parse_id(target_id, "target_id"),
+            **_target_fields(data),
         )
-        return parse_data(TargetOut, await relay.command(call, contract.UPDATE_TARGET, command))
 
     @delete(
         "/{target_id:str}",
@@ -197,8 +232,11 @@ class TargetController(Controller):
         self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], target_id: str = _TARGET_ID
     ) -> None:
         """Delete a target; refused (409) while a job has unfinished tasks on it."""
-        command = call.command(contract.DeleteTarget, target_id=parse_id(target_id, "target_id"))
-        await relay.command(call, contract.DELETE_TARGET, command)
+        await relay.command(
+            call,
+            contract.DELETE_TARGET,
+            call.command(contract.DeleteTarget, target_id=parse_id(target_id, "target_id")),
+        )
 
     @post(
         "/{target_id:str}/check-drift",
@@ -212,8 +250,9 @@ class TargetController(Controller):
         self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], target_id: str = _TARGET_ID
     ) -> TaskOut:
         """Queue an inspection of the target against its sticker; the task (and the target) show the verdict."""
-        command = call.command(contract.CheckDrift, target_id=parse_id(target_id, "target_id"))
-        return parse_data(TaskOut, await relay.command(call, contract.CHECK_DRIFT, command))
+        return await _command(
+            call, relay, TaskOut, contract.CHECK_DRIFT, contract.CheckDrift, target_id=parse_id(target_id, "target_id")
+        )
 
     @post(
         "/{target_id:str}/remediate",
@@ -227,8 +266,14 @@ class TargetController(Controller):
         self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], target_id: str = _TARGET_ID
     ) -> JobOut:
         """Start a job redeploying the release the target's sticker names (422 when it has none)."""
-        command = call.command(contract.RemediateTarget, target_id=parse_id(target_id, "target_id"))
-        return parse_data(JobOut, await relay.command(call, contract.REMEDIATE_TARGET, command))
+        return await _command(
+            call,
+            relay,
+            JobOut,
+            contract.REMEDIATE_TARGET,
+            contract.RemediateTarget,
+            target_id=parse_id(target_id, "target_id"),
+        )
 
 
 class AgentTokenController(Controller):
@@ -250,8 +295,9 @@ class AgentTokenController(Controller):
         self, data: JSONBody[AgentTokenCreate], call: NamedDependency[CallContext], relay: NamedDependency[Relay]
     ) -> Response[AgentTokenOut]:
         """A token one agent registers with, once, before it expires. It is in this response only."""
-        command = call.command(contract.CreateAgentToken, **data.model_dump())
-        token = parse_data(AgentTokenOut, await relay.command(call, contract.CREATE_AGENT_TOKEN, command))
+        token = await _command(
+            call, relay, AgentTokenOut, contract.CREATE_AGENT_TOKEN, contract.CreateAgentToken, **data.model_dump()
+        )
         return Response(token, status_code=201)
 
 
@@ -279,8 +325,9 @@ class AgentController(Controller):
         ] = None,
     ) -> AgentPage:
         """The tenant's agents by name, with their status and last heartbeat."""
-        query = call.query(contract.ListAgents, status=status, page=page.to_contract())
-        return parse_data(AgentPage, await relay.query(contract.LIST_AGENTS, query))
+        return await _query(
+            call, relay, AgentPage, contract.LIST_AGENTS, contract.ListAgents, status=status, page=page.to_contract()
+        )
 
     @get(
         "/{agent_id:str}",
@@ -293,8 +340,9 @@ class AgentController(Controller):
         self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], agent_id: str = _AGENT_ID
     ) -> AgentOut:
         """One agent."""
-        query = call.query(contract.GetAgent, agent_id=parse_id(agent_id, "agent_id"))
-        return parse_data(AgentOut, await relay.query(contract.GET_AGENT, query))
+        return await _query(
+            call, relay, AgentOut, contract.GET_AGENT, contract.GetAgent, agent_id=parse_id(agent_id, "agent_id")
+        )
 
     @post(
         "/{agent_id:str}/revoke",
@@ -308,8 +356,9 @@ class AgentController(Controller):
         self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], agent_id: str = _AGENT_ID
     ) -> AgentOut:
         """Refuse the agent's credential from now on; the tasks it holds go to another agent or time out."""
-        command = call.command(contract.RevokeAgent, agent_id=parse_id(agent_id, "agent_id"))
-        return parse_data(AgentOut, await relay.command(call, contract.REVOKE_AGENT, command))
+        return await _command(
+            call, relay, AgentOut, contract.REVOKE_AGENT, contract.RevokeAgent, agent_id=parse_id(agent_id, "agent_id")
+        )
 
 
 def _agent_call(
@@ -394,9 +443,19 @@ class AgentChannelController(Controller):
             float, QueryParameter(ge=0, le=300, description="Seconds to wait for a task when none is ready.")
         ] = 0,
         max_tasks: Annotated[int, QueryParameter(ge=1, le=100, description="Most tasks to lease at once.")] = 10,
+        held: Annotated[
+            str | None,
+            QueryParameter(
+                description=(
+                    "Comma-separated ids of every task the agent has now (at most 100; empty: none). Tasks leased "
+                    "to it and not listed were lost on their way and are handed over again at once."
+                ),
+                max_length=contract.MAX_HELD_TASKS * 37,
+            ),
+        ] = None,
     ) -> TaskFeedOut:
         """Tasks of the targets assigned to this agent, leased to it; waits up to ``wait`` seconds for one."""
-        credential, call = _agent_call(request, agent_id, contract.AgentPoll, max_tasks=max_tasks)
+        credential, call = _agent_call(request, agent_id, contract.AgentPoll, max_tasks=max_tasks, held=_held_ids(held))
         notices = runtime.get_task_notices()
         deadline = runtime.clock().timestamp() + min(wait, runtime.settings.agent_poll_max_s)
         while True:
@@ -451,6 +510,12 @@ class AgentChannelController(Controller):
         return Accepted(accepted=bool(answer.get("accepted")))
 
 
+def _held_ids(held: str | None) -> list[UUID] | None:
+    if held is None:
+        return None
+    return [parse_id(item, "held") for item in held.split(",") if item]
+
+
 def _check_task(path_id: str, body_id: UUID) -> None:
     if parse_id(path_id, "task_id") != body_id:
         raise ProblemError(
@@ -490,14 +555,17 @@ class DeploymentJobController(Controller):
         ] = None,
     ) -> JobPage:
         """Jobs of the tenant, newest first."""
-        query = call.query(
+        return await _query(
+            call,
+            relay,
+            JobPage,
+            contract.LIST_JOBS,
             contract.ListJobs,
             environment_id=parse_id(environment_id, "environment_id") if environment_id else None,
             promotion_id=parse_id(promotion_id, "promotion_id") if promotion_id else None,
             status=status,
             page=page.to_contract(),
         )
-        return parse_data(JobPage, await relay.query(contract.LIST_JOBS, query))
 
     @get(
         "/{job_id:str}",
@@ -514,8 +582,15 @@ class DeploymentJobController(Controller):
         job_id: str = _JOB_ID,
     ) -> JobOut:
         """A job with a page of its tasks (``page_size`` of them, at most 200), their logs and artifacts."""
-        query = call.query(contract.GetJob, job_id=parse_id(job_id, "job_id"), tasks_page=page.to_contract())
-        return parse_data(JobOut, await relay.query(contract.GET_JOB, query))
+        return await _query(
+            call,
+            relay,
+            JobOut,
+            contract.GET_JOB,
+            contract.GetJob,
+            job_id=parse_id(job_id, "job_id"),
+            tasks_page=page.to_contract(),
+        )
 
     @post(
         "/{job_id:str}/cancel",
@@ -533,10 +608,45 @@ class DeploymentJobController(Controller):
         job_id: str = _JOB_ID,
     ) -> JobOut:
         """Cancel a job that has not ended; agents stop its running tasks at their next heartbeat."""
-        command = call.command(
-            contract.CancelJob, job_id=parse_id(job_id, "job_id"), reason=data.reason if data else None
+        return await _command(
+            call,
+            relay,
+            JobOut,
+            contract.CANCEL_JOB,
+            contract.CancelJob,
+            job_id=parse_id(job_id, "job_id"),
+            reason=data.reason if data else None,
         )
-        return parse_data(JobOut, await relay.command(call, contract.CANCEL_JOB, command))
+
+    @post(
+        "/{job_id:str}/resume",
+        operation_id="resumeDeploymentJob",
+        summary="Resume a paused deployment job",
+        guards=[require(Resource.PROMOTION, Action.DEPLOY)],
+        status_code=200,
+        responses=problems(400, 403, 404, 409),
+    )
+    async def resume_job(
+        self,
+        call: NamedDependency[CallContext],
+        relay: NamedDependency[Relay],
+        data: JSONBody[JobResume | None] = None,
+        job_id: str = _JOB_ID,
+    ) -> JobOut:
+        """Resume a job its ``pause`` failure behaviour stopped: the failed tasks of the batch that paused it run
+        again (a new attempt each), then the job goes on; it pauses again if one fails again.
+
+        409 ``DEPLOY_JOB_NOT_PAUSED`` for a job that is not paused.
+        """
+        return await _command(
+            call,
+            relay,
+            JobOut,
+            contract.RESUME_JOB,
+            contract.ResumeJob,
+            job_id=parse_id(job_id, "job_id"),
+            reason=data.reason if data else None,
+        )
 
     @post(
         "/{job_id:str}/rollback",
@@ -561,13 +671,16 @@ class DeploymentJobController(Controller):
 
         422 ``DEPLOY_NO_PREVIOUS_DIGEST`` when no target has one (a first deployment).
         """
-        command = call.command(
+        job = await _command(
+            call,
+            relay,
+            JobOut,
+            contract.ROLLBACK_JOB,
             contract.RollbackJob,
             job_id=parse_id(job_id, "job_id"),
             target_ids=data.target_ids if data else None,
             reason=data.reason if data else None,
         )
-        job = parse_data(JobOut, await relay.command(call, contract.ROLLBACK_JOB, command))
         return Response(job, status_code=201, headers={"Location": location(runtime, f"{JOBS}/{job.id}")})
 
 
@@ -592,9 +705,12 @@ class PromotionDeploymentController(Controller):
         promotion_id: str = _PROMOTION_ID,
     ) -> JobOut:
         """The promotion's latest deployment job with a page of its tasks (404 before it started deploying)."""
-        query = call.query(
+        return await _query(
+            call,
+            relay,
+            JobOut,
+            contract.GET_PROMOTION_DEPLOYMENT,
             contract.GetPromotionDeployment,
             promotion_id=parse_id(promotion_id, "promotion_id"),
             tasks_page=page.to_contract(),
         )
-        return parse_data(JobOut, await relay.query(contract.GET_PROMOTION_DEPLOYMENT, query))
