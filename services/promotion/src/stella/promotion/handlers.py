@@ -43,7 +43,8 @@ from stella.kit.outbox import add_events
 from stella.kit.timers import DueLoop
 from stella.promotion import domain, freeze, repo
 from stella.promotion.decision import DecisionRecord, decide
-from stella.promotion.gates import GateRegistry, default_registry
+from stella.promotion.gates import PLUGIN_GATE_TYPE, PLUGIN_VERDICTS, GateRegistry, default_registry
+from stella.promotion.plugin_gates import PluginGates
 
 log = logging.getLogger(__name__)
 
@@ -476,6 +477,7 @@ class Handlers:
         client: Callable[[], ServiceClient],
         *,
         registry: GateRegistry | None = None,
+        plugin_gates: PluginGates | None = None,
         release_query_timeout_s: float = 5.0,
         default_workflow_template: str = DEFAULT_WORKFLOW_TEMPLATE,
         timer_batch_size: int = 100,
@@ -492,6 +494,7 @@ class Handlers:
         self.run_start_timeout = timedelta(seconds=run_start_timeout_s)
         self.run_start_attempts = run_start_attempts
         self.registry = registry or default_registry()
+        self.plugin_gates = plugin_gates
         self.release_query_timeout_s = release_query_timeout_s
         self.default_workflow_template = default_workflow_template
         self.timer_batch_size = timer_batch_size
@@ -1030,7 +1033,12 @@ class Handlers:
             p.required_approvals,
             has_allow_windows=any(x.kind is freeze.WindowKind.ALLOW for x in windows),
         )
-        return decision_inputs(stored, environment, windows, scans, approvals, gates)
+        inputs = decision_inputs(stored, environment, windows, scans, approvals, gates)
+        if any(g.get("type") == PLUGIN_GATE_TYPE for g in gates):
+            # Asked now, stored with the inputs: the decision replays from them without calling the plugins again.
+            verdicts = await self.plugin_gates.verdicts(gates, inputs) if self.plugin_gates is not None else {}
+            inputs[PLUGIN_VERDICTS] = domain.to_json_value(verdicts)
+        return inputs
 
     async def _store_decision(
         self,
