@@ -14,7 +14,8 @@ from faststream.nats import NatsRouter
 from stella.contracts.envelope import utcnow
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
-from stella.plugins import Limits, PluginCatalogue, PluginRunner
+from stella.kit.startup import ConfigurationError
+from stella.plugins import Limits, ManifestError, PluginCatalogue, PluginRunner
 from stella.promotion import metrics, subscribers
 from stella.promotion.gates import GateRegistry, default_registry
 from stella.promotion.handlers import Handlers
@@ -48,6 +49,18 @@ class Overrides(TypedDict, total=False):
     new_id: Callable[[], UUID]
 
 
+def installed_plugins(plugin_path: str) -> PluginCatalogue:
+    """The plugins installed on the plugin path.
+
+    Raises:
+        ConfigurationError: an entry is missing or a plugin on it is invalid (the process exits with 78).
+    """
+    try:
+        return PluginCatalogue.from_path(plugin_path)
+    except ManifestError as exc:
+        raise ConfigurationError(f"STELLA_PLUGIN_PATH: {exc.detail}") from exc
+
+
 def create_app(settings: Settings, *, overrides: Overrides | None = None) -> PromotionApp:
     """Build the promotion service.
 
@@ -56,7 +69,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Pro
         overrides: Dependencies to use instead of building them (see :class:`Overrides`).
     """
     overrides = overrides or Overrides()
-    catalogue = overrides.get("plugins") or PluginCatalogue.from_path(settings.plugin_path)
+    catalogue = overrides["plugins"] if "plugins" in overrides else installed_plugins(settings.plugin_path)
     runner = PluginRunner(
         Limits(
             wall_s=settings.plugin_timeout_s,

@@ -15,7 +15,8 @@ from stella.contracts.envelope import utcnow
 from stella.kit.addresses import AddressPolicy
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
-from stella.plugins import Limits, PluginCatalogue, PluginRunner
+from stella.kit.startup import ConfigurationError
+from stella.plugins import Limits, ManifestError, PluginCatalogue, PluginRunner
 from stella.workflow import metrics, subscribers
 from stella.workflow.executors import StepExecutors
 from stella.workflow.handlers import Handlers
@@ -46,6 +47,18 @@ class Overrides(TypedDict, total=False):
     new_id: Callable[[], UUID]
 
 
+def installed_plugins(plugin_path: str) -> PluginCatalogue:
+    """The plugins installed on the plugin path.
+
+    Raises:
+        ConfigurationError: an entry is missing or a plugin on it is invalid (the process exits with 78).
+    """
+    try:
+        return PluginCatalogue.from_path(plugin_path)
+    except ManifestError as exc:
+        raise ConfigurationError(f"STELLA_PLUGIN_PATH: {exc.detail}") from exc
+
+
 def create_app(settings: Settings, *, overrides: Overrides | None = None) -> WorkflowApp:
     """Build the workflow service.
 
@@ -56,7 +69,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Wor
     overrides = overrides or Overrides()
     app = WorkflowApp()
     executors = StepExecutors(
-        overrides.get("plugins") or PluginCatalogue.from_path(settings.plugin_path),
+        overrides["plugins"] if "plugins" in overrides else installed_plugins(settings.plugin_path),
         PluginRunner(
             Limits(
                 wall_s=settings.plugin_timeout_s,
