@@ -83,6 +83,10 @@ async def stack(
     for plugin_id, body in MISBEHAVING_GATES.items():
         _write_plugin(tmp_path, plugin_id, "gate", body)
     _write_plugin(tmp_path, "step-crashes", "step", "sys.exit(3)\n")
+    counting = (
+        "with open('calls', 'a') as calls:\n    calls.write('call\\n')\nanswer({'allow': True, 'message': 'counted'})\n"
+    )
+    _write_plugin(tmp_path, "gate-counts", "gate", counting)
     plugins = {"plugin_path": f"{EXAMPLE_PLUGINS}:{tmp_path}", "plugin_timeout_s": 3.0, "plugin_cpu_s": 30}
     async for value in plugin_stack(make_database, nats_url, nats, stella_namespace, plugins):
         yield value
@@ -266,3 +270,15 @@ async def test_a_plugin_gate_is_checked_when_the_environment_is_saved(caller: Ca
         assert words in reply.error.detail
     listed = await caller.query(c.LIST_ENVIRONMENTS, c.ListEnvironments)
     assert listed.data["items"] == []
+
+
+async def test_a_gate_plugin_is_asked_once_per_evaluation(caller: Caller, tmp_path: Path) -> None:
+    environment = await _prepare(
+        caller, {"type": "plugin", "name": "count", "config": {"plugin": "gate-counts"}}, SMOKE
+    )
+
+    promotion, _ = await _promote(caller, environment)
+
+    assert _gate(promotion["decision_record"], "count")["status"] == "pass"
+    # Asked before the promotion's row is locked, and that verdict is the one used under the lock.
+    assert (tmp_path / "gate-counts" / "calls").read_text() == "call\n"

@@ -41,9 +41,8 @@ class Settings(ServiceSettings):
     on it are the ``plugin`` gates environments may use. Read once at start."""
 
     plugin_timeout_s: float = Field(default=10.0, gt=0, le=600)
-    """Wall-clock limit of one plugin call; the plugin is killed then and its gate denies. Gate plugins are asked
-    while the promotion's row is locked and the gate step's command is being handled: keep it well below
-    ``STELLA_PROMOTION_ACK_WAIT_S``."""
+    """Wall-clock limit of one plugin call; the plugin is killed then and its gate denies. The gate step's command
+    waits for its gate plugins: keep it well below ``STELLA_PROMOTION_ACK_WAIT_S``."""
 
     plugin_cpu_s: int = Field(default=10, ge=1, le=600)
     """CPU-time limit of one plugin call."""
