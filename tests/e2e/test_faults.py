@@ -51,7 +51,8 @@ WORKERS = 6
 RATE_PER_S = 8.0
 """Promotions requested per second at most (the flow is steady, not a stress test)."""
 
-DECIDED = {"approved", "rejected", "cancelled"}
+DECIDED = {"deployed", "rejected", "cancelled", "failed", "rolled_back"}
+"""Where a promotion ends: it is decided and, when approved, deployed (no targets: at once)."""
 DIGESTS = {"api": "sha256:" + "c" * 64, "web": "sha256:" + "d" * 64}
 
 
@@ -244,7 +245,7 @@ async def test_a_flow_of_promotions_survives_postgres_and_nats_outages(
     assert 0 < in_flight_at_pg_stop < len(flow.promotions)
     for name, (down, up) in (("postgres", (pg_down, pg_up)), ("nats", (nats_down, nats_up))):
         during = flow.answers_between(down + 2, up)
-        assert any(status == 503 for _, _, status, _ in during), (name, Counter(s for _, _, s, _ in during))
+        assert any(status == 503 for _, _, status, _ in during), (name, Counter((s, c) for _, _, s, c in during))
     assert len(set(flow.promotions)) == len(flow.promotions) >= MIN_PROMOTIONS
 
     print(
@@ -253,24 +254,26 @@ async def test_a_flow_of_promotions_survives_postgres_and_nats_outages(
         f"while nats was down: {sum(1 for a in flow.answers_between(nats_down, nats_up) if a[2] == 503)}"
     )
 
-    # Every promotion decided, every run finished, exactly one release_decision packet each.
+    # Every promotion deployed, every run finished, exactly one decision and one deployment packet each.
     wanted = set(flow.promotions)
     settle_started = time.monotonic()
     deadline = settle_started + 180
     while True:
         listed = {p["id"]: p for p in await _get_all(stack, "/api/v1/promotions") if p["id"] in wanted}
         undecided = [p for p in listed.values() if p["status"] not in DECIDED]
-        packets = await _get_all(stack, "/api/v1/evidence?packet_type=release_decision")
-        per_promotion = Counter(p["promotion_id"] for p in packets)
-        if len(listed) == len(wanted) and not undecided and set(per_promotion) >= wanted:
+        with_evidence = wanted
+        for packet_type in ("release_decision", "deployment"):
+            packets = await _get_all(stack, f"/api/v1/evidence?packet_type={packet_type}")
+            with_evidence = with_evidence & {p["promotion_id"] for p in packets}
+        if len(listed) == len(wanted) and not undecided and with_evidence == wanted:
             break
         assert time.monotonic() < deadline, (
             f"{len(wanted) - len(listed)} promotions missing, {len(undecided)} undecided "
-            f"(e.g. {undecided[:2]}), {len(wanted - set(per_promotion))} without evidence"
+            f"(e.g. {undecided[:2]}), {len(wanted - with_evidence)} without both packets"
         )
         await asyncio.sleep(1)
     print(f"all decided with their evidence {time.monotonic() - settle_started:.1f}s after the flow stopped")
-    assert {p["status"] for p in listed.values()} == {"approved"}
+    assert {p["status"] for p in listed.values()} == {"deployed"}
     for promotion in listed.values():
         run = await stack.until(
             f"/api/v1/workflow-runs/{promotion['workflow_run_id']}",
@@ -278,10 +281,11 @@ async def test_a_flow_of_promotions_survives_postgres_and_nats_outages(
             timeout=60,
         )
         assert run["status"] == "succeeded", run
-    packets = await _get_all(stack, "/api/v1/evidence?packet_type=release_decision")
-    per_promotion = Counter(p["promotion_id"] for p in packets)
-    assert {pid: n for pid, n in per_promotion.items() if n != 1} == {}
-    assert set(per_promotion) == wanted
+    for packet_type in ("release_decision", "deployment"):
+        packets = await _get_all(stack, f"/api/v1/evidence?packet_type={packet_type}")
+        per_promotion = Counter(p["promotion_id"] for p in packets)
+        assert {pid: n for pid, n in per_promotion.items() if n != 1} == {}, packet_type
+        assert set(per_promotion) == wanted, packet_type
 
     # The chain verifies offline, from the exported bundle alone.
     assert stack.http is not None

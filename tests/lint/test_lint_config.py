@@ -67,9 +67,17 @@ def test_every_member_is_on_the_mypy_path_and_ships_py_typed() -> None:
 
 def test_a_wrong_call_into_our_own_code_fails_mypy(tmp_path: Path) -> None:
     tree = _copy_sources(tmp_path)
-    handlers = tree / "services/promotion/src/stella/promotion/handlers.py"
-    _plant(handlers, "\n\ndef _planted() -> None:\n    domain.sha256_digest(1, 2, 3)\n    x: int = DecisionRecord\n")
-    domain = tree / "services/workflow/src/stella/workflow/domain.py"
+    handlers = tree / "services/promotion/src/stella/promotion/handlers/gating.py"
+    _plant(
+        handlers,
+        (
+            "\n\ndef _planted() -> None:\n"
+            "    from stella.promotion.domain.encoding import sha256_digest\n\n"
+            "    sha256_digest(1, 2, 3)\n"
+            "    x: int = DecisionRecord\n"
+        ),
+    )
+    domain = tree / "services/workflow/src/stella/workflow/domain/scheduler.py"
     _plant(domain, "\n\ndef _untyped(value):\n    return value\n")
 
     result = _run("mypy", "--no-incremental", str(handlers), str(domain), cwd=tree)
@@ -78,14 +86,14 @@ def test_a_wrong_call_into_our_own_code_fails_mypy(tmp_path: Path) -> None:
     assert 'Too many arguments for "sha256_digest"  [call-arg]' in result.stdout
     assert 'variable has type "int")  [assignment]' in result.stdout
     # Domain modules are checked strictly: an unannotated function is an error there.
-    assert "workflow/domain.py" in result.stdout and "[no-untyped-def]" in result.stdout
+    assert "workflow/domain/scheduler.py" in result.stdout and "[no-untyped-def]" in result.stdout
 
 
 @pytest.mark.parametrize(
     ("module", "planted", "broken"),
     [
         ("services/promotion/src/stella/promotion/repo.py", "from stella.release import domain", "No service imports"),
-        ("services/workflow/src/stella/workflow/domain.py", "import asyncpg", "Pure modules"),
+        ("services/workflow/src/stella/workflow/domain/run.py", "import asyncpg", "Pure modules"),
         ("services/promotion/src/stella/promotion/gates.py", "from stella.promotion import repo", "Pure modules"),
         ("libs/kit/src/stella/kit/errors.py", "import stella.testing", "The kit imports only"),
         ("libs/contracts/src/stella/contracts/envelope.py", "import stella.kit.errors", "Contracts import nothing"),

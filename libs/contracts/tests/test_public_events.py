@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from stella.contracts.public import (
     to_cloudevent,
     type_filter_matches,
 )
-from stella.contracts.public.catalogue import PromotionData
+from stella.contracts.public.catalogue import PromotionData, PublicEventSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -40,26 +42,29 @@ def test_the_checked_in_asyncapi_document_is_the_catalogues() -> None:
     assert asyncapi.main(["--check", str(ROOT / "docs" / "asyncapi.json")]) == 0
 
 
-def test_every_type_has_a_channel_operation_message_and_data_schema() -> None:
+@pytest.mark.parametrize("spec", CATALOGUE, ids=lambda spec: spec.type)
+def test_every_type_has_a_channel_operation_message_and_data_schema(spec: PublicEventSpec) -> None:
     document = asyncapi.document()
     assert document["asyncapi"] == "3.0.0"
-    for spec in CATALOGUE:
-        channels = [c for c in document["channels"].values() if c["title"] == spec.type]
-        assert len(channels) == 1, spec.type
-        assert channels[0]["address"] == f"stella.public.{{tenantId}}.{spec.context}.{spec.event}"
-        [message_ref] = channels[0]["messages"].values()
-        name = message_ref["$ref"].rsplit("/", 1)[-1]
-        message = document["components"]["messages"][name]
-        assert message["contentType"] == "application/cloudevents+json"
-        assert message["x-dataschema"] == spec.dataschema
-        assert spec.data.__name__ in document["components"]["schemas"]
-        operations = [
-            o
-            for o in document["operations"].values()
-            if o["channel"]["$ref"].endswith(channels[0]["title"]) or o["title"].endswith(spec.type)
-        ]
-        assert operations and operations[0]["action"] == "send"
-        # Every $ref in the document resolves.
+    channels = [c for c in document["channels"].values() if c["title"] == spec.type]
+    assert len(channels) == 1, spec.type
+    assert channels[0]["address"] == f"stella.public.{{tenantId}}.{spec.context}.{spec.event}"
+    [message_ref] = channels[0]["messages"].values()
+    name = message_ref["$ref"].rsplit("/", 1)[-1]
+    message = document["components"]["messages"][name]
+    assert message["contentType"] == "application/cloudevents+json"
+    assert message["x-dataschema"] == spec.dataschema
+    assert spec.data.__name__ in document["components"]["schemas"]
+    operations = [
+        o
+        for o in document["operations"].values()
+        if o["channel"]["$ref"].endswith(channels[0]["title"]) or o["title"].endswith(spec.type)
+    ]
+    assert operations and operations[0]["action"] == "send"
+
+
+def test_every_ref_in_the_asyncapi_document_resolves() -> None:
+    document = asyncapi.document()
     text = json.dumps(document)
     for ref in {part.split('"')[0] for part in text.split('"$ref": "')[1:]}:
         node: object = document
@@ -201,96 +206,152 @@ def _wire(spec_subject: str, internal: object, tenant: uuid.UUID) -> dict:
     return body
 
 
-def test_deployment_agent_and_drift_events_are_public_and_match_their_schemas() -> None:
-    tenant, job, promotion_id, release_id, env = (uuid.uuid4() for _ in range(5))
-    now = datetime.now(UTC)
-    digest = "sha256:" + "a" * 64
-    started = _wire(
-        deployment.JOB_STARTED,
-        deployment.JobStarted(
-            tenant_id=tenant,
-            correlation_id=uuid.uuid4(),
-            job_id=job,
-            promotion_id=promotion_id,
-            release_id=release_id,
-            environment_id=env,
-            strategy="rolling",
-            target_count=3,
-            started_at=now,
-        ),
-        tenant,
+_DIGEST = "sha256:" + "a" * 64
+
+
+@dataclass(frozen=True)
+class _Ids:
+    """The ids one internal event and its public projection share."""
+
+    tenant: uuid.UUID = field(default_factory=uuid.uuid4)
+    job: uuid.UUID = field(default_factory=uuid.uuid4)
+    promotion: uuid.UUID = field(default_factory=uuid.uuid4)
+    release: uuid.UUID = field(default_factory=uuid.uuid4)
+    env: uuid.UUID = field(default_factory=uuid.uuid4)
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def _job_started(ids: _Ids) -> deployment.JobStarted:
+    return deployment.JobStarted(
+        tenant_id=ids.tenant,
+        correlation_id=uuid.uuid4(),
+        job_id=ids.job,
+        promotion_id=ids.promotion,
+        release_id=ids.release,
+        environment_id=ids.env,
+        strategy="rolling",
+        target_count=3,
+        started_at=ids.now,
     )
-    assert started["type"] == "org.stellaops.deployment.job_started"
-    assert started["source"] == f"/tenants/{tenant}/deployment-jobs/{job}"
-    assert started["data"]["target_count"] == 3
-    assert set(related_resources(started["type"], started["data"])) == {
-        f"deployment-jobs/{job}",
-        f"promotions/{promotion_id}",
-        f"releases/{release_id}",
-        f"environments/{env}",
+
+
+def _job_started_public(body: dict, ids: _Ids) -> None:
+    assert body["source"] == f"/tenants/{ids.tenant}/deployment-jobs/{ids.job}"
+    assert body["data"]["target_count"] == 3
+    assert set(related_resources(body["type"], body["data"])) == {
+        f"deployment-jobs/{ids.job}",
+        f"promotions/{ids.promotion}",
+        f"releases/{ids.release}",
+        f"environments/{ids.env}",
     }
+
+
+def _job_completed(ids: _Ids) -> deployment.JobCompleted:
     task = deployment.TaskOutcome(
         task_id=uuid.uuid4(),
         target_id=uuid.uuid4(),
         target_name="host-a",
         type="deploy",
         status="failed",
-        components=[{"name": "api", "digest": digest, "previous_digest": None}],
+        components=[{"name": "api", "digest": _DIGEST, "previous_digest": None}],
         error_code="AGT_DIGEST_MISMATCH",
-        logs_hash=digest,
+        logs_hash=_DIGEST,
     )
-    ended = _wire(
-        deployment.JOB_COMPLETED,
-        deployment.JobCompleted(
-            tenant_id=tenant,
-            correlation_id=uuid.uuid4(),
-            job_id=job,
-            promotion_id=promotion_id,
-            release_id=release_id,
-            environment_id=env,
-            strategy="rolling",
-            outcome="rolled_back",
-            reason="batch 2 failed",
-            tasks=[task],
-            finished_at=now,
+    return deployment.JobCompleted(
+        tenant_id=ids.tenant,
+        correlation_id=uuid.uuid4(),
+        job_id=ids.job,
+        promotion_id=ids.promotion,
+        release_id=ids.release,
+        environment_id=ids.env,
+        strategy="rolling",
+        outcome="rolled_back",
+        reason="batch 2 failed",
+        tasks=[task],
+        finished_at=ids.now,
+    )
+
+
+def _job_completed_public(body: dict, ids: _Ids) -> None:
+    assert body["data"]["outcome"] == "rolled_back"
+    assert body["data"]["tasks"][0]["error_code"] == "AGT_DIGEST_MISMATCH"
+    assert "logs_hash" not in body["data"]["tasks"][0]
+
+
+def _agent_status_changed(ids: _Ids) -> deployment.AgentStatusChanged:
+    return deployment.AgentStatusChanged(
+        tenant_id=ids.tenant,
+        correlation_id=uuid.uuid4(),
+        agent_id=ids.job,
+        name="edge-1",
+        status="offline",
+        previous_status="online",
+        at=ids.now,
+    )
+
+
+def _agent_status_changed_public(body: dict, ids: _Ids) -> None:
+    assert (body["data"]["status"], body["subject"]) == ("offline", str(ids.job))
+
+
+def _drift_detected(ids: _Ids) -> deployment.DriftDetected:
+    return deployment.DriftDetected(
+        tenant_id=ids.tenant,
+        correlation_id=uuid.uuid4(),
+        target_id=ids.job,
+        target_name="host-a",
+        environment_id=ids.env,
+        release_id=ids.release,
+        differences=[{"kind": "digest", "component": "api", "expected": _DIGEST, "actual": "sha256:" + "b" * 64}],
+        detected_at=ids.now,
+    )
+
+
+def _drift_detected_public(body: dict, ids: _Ids) -> None:
+    assert body["data"]["differences"][0]["actual"] == "sha256:" + "b" * 64
+    assert check_resource_filter(f"targets/{ids.job}") == f"targets/{ids.job}"
+
+
+@pytest.mark.parametrize(
+    ("subject", "public_type", "internal", "check"),
+    [
+        pytest.param(
+            deployment.JOB_STARTED,
+            "org.stellaops.deployment.job_started",
+            _job_started,
+            _job_started_public,
+            id="job_started",
         ),
-        tenant,
-    )
-    assert ended["data"]["outcome"] == "rolled_back"
-    assert ended["data"]["tasks"][0]["error_code"] == "AGT_DIGEST_MISMATCH"
-    assert "logs_hash" not in ended["data"]["tasks"][0]
-    agent = _wire(
-        deployment.AGENT_STATUS_CHANGED,
-        deployment.AgentStatusChanged(
-            tenant_id=tenant,
-            correlation_id=uuid.uuid4(),
-            agent_id=job,
-            name="edge-1",
-            status="offline",
-            previous_status="online",
-            at=now,
+        pytest.param(
+            deployment.JOB_COMPLETED,
+            "org.stellaops.deployment.job_completed",
+            _job_completed,
+            _job_completed_public,
+            id="job_completed",
         ),
-        tenant,
-    )
-    assert (agent["type"], agent["data"]["status"], agent["subject"]) == (
-        "org.stellaops.agent.status_changed",
-        "offline",
-        str(job),
-    )
-    drift = _wire(
-        deployment.DRIFT_DETECTED,
-        deployment.DriftDetected(
-            tenant_id=tenant,
-            correlation_id=uuid.uuid4(),
-            target_id=job,
-            target_name="host-a",
-            environment_id=env,
-            release_id=release_id,
-            differences=[{"kind": "digest", "component": "api", "expected": digest, "actual": "sha256:" + "b" * 64}],
-            detected_at=now,
+        pytest.param(
+            deployment.AGENT_STATUS_CHANGED,
+            "org.stellaops.agent.status_changed",
+            _agent_status_changed,
+            _agent_status_changed_public,
+            id="agent_status_changed",
         ),
-        tenant,
-    )
-    assert drift["type"] == "org.stellaops.target.drift_detected"
-    assert drift["data"]["differences"][0]["actual"] == "sha256:" + "b" * 64
-    assert check_resource_filter(f"targets/{job}") == f"targets/{job}"
+        pytest.param(
+            deployment.DRIFT_DETECTED,
+            "org.stellaops.target.drift_detected",
+            _drift_detected,
+            _drift_detected_public,
+            id="drift_detected",
+        ),
+    ],
+)
+def test_deployment_agent_and_drift_events_are_public_and_match_their_schemas(
+    subject: str,
+    public_type: str,
+    internal: Callable[[_Ids], object],
+    check: Callable[[dict, _Ids], None],
+) -> None:
+    ids = _Ids()
+    body = _wire(subject, internal(ids), ids.tenant)
+    assert body["type"] == public_type
+    check(body, ids)

@@ -51,7 +51,7 @@ class Caller(TenantCaller):
     ) -> ExecuteStep:
         """The ``ExecuteStep`` the workflow sends for standard-promotion's approval node.
 
-        Its inputs are the workflow's resolved step context (``stella.workflow.domain.resolve_step_inputs``):
+        Its inputs are the workflow's resolved step context (``stella.workflow.domain.scheduler.resolve_step_inputs``):
         the run's inputs, as the promotion service started the run, and the upstream gates step.
         """
         inputs = {

@@ -7,9 +7,10 @@ import uuid
 from typing import Any
 
 import asyncpg
+import httpx
 
 from stella.contracts import release as rel
-from stella.contracts.envelope import Reply
+from stella.contracts.envelope import ErrorDetail, Reply
 from stella.contracts.streams import HEADER_MSG_ID
 from stella.gateway.settings import Settings
 
@@ -324,3 +325,39 @@ async def test_a_developer_replaying_an_approvers_key_gets_403(gateway: Gateway,
     path = f"/api/v1/promotions/{promotion_id}/approve"
     assert (await gateway.call("POST", path, approver.token, json={}, headers=key)).status_code == 200
     assert_problem(await gateway.call("POST", path, developer.token, json={}, headers=key), 403, "PERM_DENIED")
+
+
+async def test_the_outcome_is_recorded_before_the_client_has_the_answer(
+    gateway: Gateway, release_service: StandIn, gateway_settings: Settings
+) -> None:
+    """A client that retries the moment it has an answer finds the key released or finished, never in flight."""
+    tenant = await gateway.tenant()
+    key = _key()
+    states: list[str] = []
+    conn = await asyncpg.connect(gateway_settings.database_url)
+
+    async def observed(scope: Any, receive: Any, send: Any) -> None:
+        async def watch(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                states.append(
+                    await conn.fetchval(
+                        "SELECT state FROM gateway.idempotency_keys WHERE key = $1", key["Idempotency-Key"]
+                    )
+                )
+            await send(message)
+
+        await gateway.app(scope, receive, watch)
+
+    busy = ErrorDetail(code="SYS_UNAVAILABLE", status=503, title="Service unavailable", detail="busy")
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=observed), base_url="http://test") as client:
+            headers = {**key, "Authorization": f"Bearer {tenant.token}"}
+            release_service.answer(rel.CREATE_COMPONENT, error=busy)
+            unavailable = await client.post("/api/v1/components", json=COMPONENT, headers=headers)
+            assert_problem(unavailable, 503, "SYS_UNAVAILABLE")
+            release_service.answer(rel.CREATE_COMPONENT, views.component())
+            created = await client.post("/api/v1/components", json=COMPONENT, headers=headers)
+            assert created.status_code == 201, created.text
+    finally:
+        await conn.close()
+    assert states == ["retryable", "done"]

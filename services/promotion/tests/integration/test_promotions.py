@@ -13,7 +13,7 @@ from stella.contracts import release as r
 from stella.contracts import workflow as w
 from stella.contracts.envelope import ErrorDetail, Reply
 from stella.promotion.decision import decide
-from stella.promotion.domain import sha256_digest
+from stella.promotion.domain.encoding import sha256_digest
 from stella.testing.messaging import collect_messages
 
 from .conftest import Caller, Stack, digest, first_match, job_completed, job_started, payload, publish_event

@@ -21,7 +21,9 @@ from stella.promotion.decision import (
     inputs_hash,
     recheck_inputs,
 )
-from stella.promotion.domain import CanonicalizationFailed, DecisionResult, canonical_json, sha256_digest
+from stella.promotion.domain.encoding import canonical_json, sha256_digest
+from stella.promotion.domain.errors import CanonicalizationFailed
+from stella.promotion.domain.outcome import DecisionResult
 from stella.promotion.gates import Gate, GateConfig, GateResult, GateStatus, default_registry
 from stella.promotion.policy import policy_digest
 

@@ -12,9 +12,31 @@ import pytest
 from stella.contracts import approval as a
 from stella.contracts import promotion as c
 from stella.contracts import workflow as w
-from stella.promotion import domain, freeze, handlers, repo
+from stella.promotion import freeze, repo
 from stella.promotion.decision import decide
+from stella.promotion.domain.encoding import sha256_digest
+from stella.promotion.domain.environment import Environment, FreezeBehavior
+from stella.promotion.domain.errors import InvalidEnvironment
+from stella.promotion.domain.promotion import Promotion
+from stella.promotion.domain.status import PromotionStatus
 from stella.promotion.gates import default_registry
+from stella.promotion.handlers.decisions import (
+    approvals_document,
+    decision_inputs,
+    effective_gates,
+    required_approvals_for,
+    validate_environment,
+    validate_promotion_policy,
+)
+from stella.promotion.handlers.messages import gate_step_result, promotion_id_of
+from stella.promotion.handlers.windows import (
+    active_occurrence,
+    closing_windows,
+    freeze_event_id,
+    next_transition_after,
+    occurrence_key,
+    window_from_spec,
+)
 
 T0 = datetime(2025, 4, 1, 9, 0, tzinfo=UTC)
 TENANT = UUID(int=1)
@@ -23,10 +45,8 @@ DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
 
 
-def _env(**fields: Any) -> domain.Environment:
-    return domain.Environment.create(
-        id=UUID(int=10), tenant_id=TENANT, name="prod", order_index=1, created_at=T0, **fields
-    )
+def _env(**fields: Any) -> Environment:
+    return Environment.create(id=UUID(int=10), tenant_id=TENANT, name="prod", order_index=1, created_at=T0, **fields)
 
 
 def _stored(**promotion_fields: Any) -> repo.StoredPromotion:
@@ -38,16 +58,16 @@ def _stored(**promotion_fields: Any) -> repo.StoredPromotion:
         "source_environment_id": None,
         "requested_by": str(ALICE),
         "requested_at": T0,
-        "status": domain.PromotionStatus.PENDING_GATE,
+        "status": PromotionStatus.PENDING_GATE,
         "updated_at": T0,
         "required_approvals": 0,
         "require_sod": False,
-        "freeze_behavior": domain.FreezeBehavior.HOLD,
+        "freeze_behavior": FreezeBehavior.HOLD,
         "approval_timeout_s": 3600,
     }
     fields.update(promotion_fields)
     return repo.StoredPromotion(
-        promotion=domain.Promotion(**fields),
+        promotion=Promotion(**fields),
         release_name="shop",
         release_components=[
             {"name": "web", "digest": DIGEST_B, "tag": "2.0.0"},
@@ -81,15 +101,15 @@ def _scan(digest: str, high: int) -> c.ScanResultView:
 
 class TestPromotionPolicy:
     def test_normalises_groups_and_keeps_the_template(self) -> None:
-        policy = handlers.validate_promotion_policy(
+        policy = validate_promotion_policy(
             {"workflow_template": "careful-promotion", "approver_groups": ["sre", "dba", "sre"]}
         )
         assert policy == {"workflow_template": "careful-promotion", "approver_groups": ["dba", "sre"]}
-        assert handlers.validate_promotion_policy({}) == {"approver_groups": []}
+        assert validate_promotion_policy({}) == {"approver_groups": []}
 
     def test_every_problem_is_located(self) -> None:
-        with pytest.raises(domain.InvalidEnvironment) as info:
-            handlers.validate_promotion_policy({"workflow_template": "Bad Name", "approver_groups": "sre", "x": 1})
+        with pytest.raises(InvalidEnvironment) as info:
+            validate_promotion_policy({"workflow_template": "Bad Name", "approver_groups": "sre", "x": 1})
         assert [e["loc"] for e in info.value.errors] == [
             ["promotion_policy", "x"],
             ["promotion_policy", "workflow_template"],
@@ -108,7 +128,7 @@ class TestWindowFromSpec:
             reason="weekend",
             exceptions=[ALICE],
         )
-        window = handlers.window_from_spec(spec, UUID(int=7), ALICE)
+        window = window_from_spec(spec, UUID(int=7), ALICE)
         assert window.dtstart == datetime(2025, 1, 3, 16, 0)  # Berlin wall time
         assert window.duration == timedelta(hours=64)
         assert window.exceptions == (str(ALICE),)
@@ -122,7 +142,7 @@ class TestWindowFromSpec:
             reason="weekend",
         )
         created = datetime(2025, 3, 27, 23, 30, 17, tzinfo=UTC)  # already the 28th in Berlin
-        window = handlers.window_from_spec(spec, UUID(int=7), None, created)
+        window = window_from_spec(spec, UUID(int=7), None, created)
         # Midnight of the creation day (Friday 28th) moved back a whole week, so it lies 64 h before now.
         assert window.dtstart == datetime(2025, 3, 21, 0, 0)
         # Friday 28 March 16:00 CET until Monday 31 March 08:00 CEST, across the DST change.
@@ -130,14 +150,14 @@ class TestWindowFromSpec:
         assert closed.closed
         assert closed.next_open == datetime(2025, 3, 31, 6, 0, tzinfo=UTC)
         with pytest.raises(freeze.InvalidFreezeWindow, match="dtstart"):
-            handlers.window_from_spec(spec, UUID(int=7), None)
+            window_from_spec(spec, UUID(int=7), None)
 
     def test_an_occurrence_running_when_the_window_is_created_belongs_to_it(self) -> None:
         spec = c.FreezeWindowSpec(
             rrule="FREQ=DAILY;BYHOUR=22;BYMINUTE=0", duration_s=8 * 3600, timezone="Europe/Berlin", reason="night"
         )
         created = datetime(2025, 6, 11, 1, 46, tzinfo=UTC)  # 03:46 in Berlin: the 22:00 occurrence still runs
-        window = handlers.window_from_spec(spec, UUID(int=7), None, created)
+        window = window_from_spec(spec, UUID(int=7), None, created)
         assert window.active_at(created)
         state = freeze.environment_state([window], created)
         assert state.closed
@@ -157,7 +177,7 @@ class TestWindowFromSpec:
     ) -> None:
         created = datetime(2025, 6, 1, 2, 0, tzinfo=UTC)
         spec = c.FreezeWindowSpec(rrule=rrule, duration_s=40 * 3600, timezone="Europe/Berlin", reason="x")
-        window = handlers.window_from_spec(spec, UUID(int=7), None, created)
+        window = window_from_spec(spec, UUID(int=7), None, created)
         assert window.dtstart is not None
         local_created = created.astimezone(ZoneInfo("Europe/Berlin")).replace(tzinfo=None)
         assert window.dtstart <= local_created - timedelta(hours=40)
@@ -172,7 +192,7 @@ class TestWindowFromSpec:
     def test_a_rule_with_count_needs_dtstart(self) -> None:
         spec = c.FreezeWindowSpec(rrule="FREQ=DAILY;COUNT=3", duration_s=60, reason="x")
         with pytest.raises(freeze.InvalidRRule, match="COUNT"):
-            handlers.window_from_spec(spec, UUID(int=7), None, T0)
+            window_from_spec(spec, UUID(int=7), None, T0)
 
     @pytest.mark.parametrize(
         "fields",
@@ -186,24 +206,24 @@ class TestWindowFromSpec:
     def test_a_window_that_never_applies_again_is_refused(self, fields: dict) -> None:
         spec = c.FreezeWindowSpec(reason="x", **fields)
         with pytest.raises(freeze.WindowNeverApplies):
-            handlers.window_from_spec(spec, UUID(int=7), None, T0)
+            window_from_spec(spec, UUID(int=7), None, T0)
 
     def test_a_sparse_rule_far_ahead_still_applies(self) -> None:
         spec = c.FreezeWindowSpec(
             rrule="FREQ=YEARLY;INTERVAL=3", dtstart=datetime(2024, 1, 1), duration_s=3600, reason="x"
         )
-        window = handlers.window_from_spec(spec, UUID(int=7), None, datetime(2025, 1, 2, tzinfo=UTC))
+        window = window_from_spec(spec, UUID(int=7), None, datetime(2025, 1, 2, tzinfo=UTC))
         assert window.applies_after(datetime(2025, 1, 2, tzinfo=UTC))
 
     def test_fractional_durations_are_refused_by_the_freeze_rules(self) -> None:
         spec = c.FreezeWindowSpec(rrule="FREQ=DAILY", dtstart=datetime(2025, 1, 1), duration_s=1.5, reason="x")
         with pytest.raises(freeze.InvalidWindowDuration, match="whole seconds"):
-            handlers.window_from_spec(spec, UUID(int=7), None)
+            window_from_spec(spec, UUID(int=7), None)
 
     def test_giving_start_and_dtstart_with_a_rule_is_ambiguous(self) -> None:
         spec = c.FreezeWindowSpec(rrule="FREQ=DAILY", start=T0, dtstart=datetime(2025, 1, 1), duration_s=60, reason="x")
         with pytest.raises(freeze.InvalidWindowSchedule):
-            handlers.window_from_spec(spec, UUID(int=7), None)
+            window_from_spec(spec, UUID(int=7), None)
 
 
 class TestWindowTimer:
@@ -211,16 +231,16 @@ class TestWindowTimer:
         window = freeze.parse_window(
             {"id": "w", "kind": "deny", "timezone": "UTC", "start": T0, "end": T0 + timedelta(hours=1)}
         )
-        assert handlers.next_transition_after(window, T0 - timedelta(minutes=1)) == T0
-        assert handlers.next_transition_after(window, T0) == T0 + timedelta(hours=1)
-        assert handlers.next_transition_after(window, T0 + timedelta(hours=1)) is None
+        assert next_transition_after(window, T0 - timedelta(minutes=1)) == T0
+        assert next_transition_after(window, T0) == T0 + timedelta(hours=1)
+        assert next_transition_after(window, T0 + timedelta(hours=1)) is None
 
     def test_a_window_beyond_the_horizon_is_looked_at_again(self) -> None:
         far = T0 + timedelta(days=500)
         window = freeze.parse_window(
             {"id": "w", "kind": "deny", "timezone": "UTC", "start": far, "end": far + timedelta(hours=1)}
         )
-        assert handlers.next_transition_after(window, T0) == T0 + freeze.SEARCH_HORIZON
+        assert next_transition_after(window, T0) == T0 + freeze.SEARCH_HORIZON
 
     def test_active_occurrence_of_a_recurring_window(self) -> None:
         window = freeze.parse_window(
@@ -233,9 +253,9 @@ class TestWindowTimer:
                 "duration": "PT2H",
             }
         )
-        assert handlers.active_occurrence(window, T0) == (T0 - timedelta(hours=1), T0 + timedelta(hours=1))
-        assert handlers.active_occurrence(window, T0 + timedelta(hours=1)) is None
-        assert handlers.occurrence_key(window, T0) == "w@2025-04-01T09:00:00Z"
+        assert active_occurrence(window, T0) == (T0 - timedelta(hours=1), T0 + timedelta(hours=1))
+        assert active_occurrence(window, T0 + timedelta(hours=1)) is None
+        assert occurrence_key(window, T0) == "w@2025-04-01T09:00:00Z"
 
     def test_closing_windows_are_the_active_deny_ones_or_every_allow_one_outside_them(self) -> None:
         deny = freeze.parse_window(
@@ -252,9 +272,9 @@ class TestWindowTimer:
         )
         now = T0 + timedelta(minutes=5)
         state = freeze.environment_state([deny, allow], now)
-        assert [x.id for x in handlers.closing_windows([deny, allow], state)] == ["d", "a"]
+        assert [x.id for x in closing_windows([deny, allow], state)] == ["d", "a"]
         later = T0 + timedelta(hours=3, minutes=5)
-        assert handlers.closing_windows([deny, allow], freeze.environment_state([deny, allow], later)) == []
+        assert closing_windows([deny, allow], freeze.environment_state([deny, allow], later)) == []
 
 
 class TestValidateEnvironment:
@@ -266,7 +286,7 @@ class TestValidateEnvironment:
             "deployment": {"strategy": "canary", "canary_steps": [25, 50, 100], "failure_behavior": "rollback"},
             "gates": [{"type": "freeze-window", "name": "strict", "config": {"allow_override": False}}],
         }
-        validated = handlers.validate_environment(default_registry(), _env(config=config)).config.to_dict()
+        validated = validate_environment(default_registry(), _env(config=config)).config.to_dict()
         assert validated["deployment"] == config["deployment"]
         assert (validated["deployment_timeout_s"], validated["freeze_behavior"], validated["variables"]) == (
             900,
@@ -279,11 +299,11 @@ class TestValidateEnvironment:
 class TestDecisionInputs:
     def test_builtin_gates_are_added_unless_configured(self) -> None:
         registry = default_registry()
-        assert handlers.effective_gates(registry, [], 0, has_allow_windows=False) == [
+        assert effective_gates(registry, [], 0, has_allow_windows=False) == [
             {"type": "freeze-window", "name": "freeze-window", "config": {"allow_override": True}}
         ]
         configured = [{"type": "freeze-window", "name": "strict", "config": {"allow_override": False}}]
-        gates = handlers.effective_gates(registry, configured, 2, has_allow_windows=True)
+        gates = effective_gates(registry, configured, 2, has_allow_windows=True)
         assert [(g["type"], g["name"]) for g in gates] == [
             ("schedule", "schedule"),
             ("approval", "approval"),
@@ -292,8 +312,8 @@ class TestDecisionInputs:
 
     def test_required_approvals_take_the_larger_of_environment_and_approval_gate(self) -> None:
         env = _env(required_approvals=1, config={"gates": [{"type": "approval", "config": {"required": 3}}]})
-        assert handlers.required_approvals_for(env) == 3
-        assert handlers.required_approvals_for(_env(required_approvals=2)) == 2
+        assert required_approvals_for(env) == 3
+        assert required_approvals_for(_env(required_approvals=2)) == 2
 
     def test_inputs_hold_everything_the_gates_read_as_plain_json(self) -> None:
         stored = _stored(required_approvals=2, require_sod=True)
@@ -307,10 +327,8 @@ class TestDecisionInputs:
         window = freeze.parse_window(
             {"id": "w", "kind": "deny", "timezone": "UTC", "start": T0, "end": T0 + timedelta(hours=1), "reason": "x"}
         )
-        gates = handlers.effective_gates(default_registry(), env.config.gates, 2, has_allow_windows=False)
-        inputs = handlers.decision_inputs(
-            stored, env, [window], {DIGEST_A: _scan(DIGEST_A, 1)}, handlers.approvals_document(2), gates
-        )
+        gates = effective_gates(default_registry(), env.config.gates, 2, has_allow_windows=False)
+        inputs = decision_inputs(stored, env, [window], {DIGEST_A: _scan(DIGEST_A, 1)}, approvals_document(2), gates)
         assert inputs["environment"]["required_approvals"] == 2  # the promotion's copy, not the edited env
         assert inputs["environment"]["require_sod"] is True
         assert inputs["promotion"]["requested_at"] == "2025-04-01T09:00:00Z"
@@ -341,20 +359,20 @@ class TestDecisionInputs:
             a.VoteView(approver_id=UUID(int=1), action=a.VoteAction.APPROVED, comment="ok", at=T0),
             a.VoteView(approver_id=UUID(int=2), action=a.VoteAction.REJECTED, comment="no", at=T0),
         ]
-        document = handlers.approvals_document(2, votes)
+        document = approvals_document(2, votes)
         assert (document["granted"], document["rejected"]) == (1, 1)
         assert document["entries"][1] == {"approver": str(UUID(int=2)), "action": "rejected", "at": T0, "comment": "no"}
 
 
 class TestGateStepResult:
     def test_pending_gate_has_no_result_yet(self) -> None:
-        assert handlers.gate_step_result(_stored().promotion) is None
+        assert gate_step_result(_stored().promotion) is None
 
     def test_rejected_fails_with_the_reasons(self) -> None:
         promotion = _stored(
-            status=domain.PromotionStatus.REJECTED, reason_codes=("GATE_FREEZE_ACTIVE",), status_message="frozen"
+            status=PromotionStatus.REJECTED, reason_codes=("GATE_FREEZE_ACTIVE",), status_message="frozen"
         ).promotion
-        assert handlers.gate_step_result(promotion) == (
+        assert gate_step_result(promotion) == (
             w.StepStatus.FAILED,
             {"result": "deny", "reasons": ["GATE_FREEZE_ACTIVE"]},
             "frozen",
@@ -362,10 +380,10 @@ class TestGateStepResult:
 
     def test_allowed_succeeds_with_the_decision_hash(self) -> None:
         record = {"result": "allow", "gates": []}
-        promotion = _stored(status=domain.PromotionStatus.PENDING_APPROVAL, decision=record).promotion
-        status, outputs, error = handlers.gate_step_result(promotion)  # type: ignore[misc]
+        promotion = _stored(status=PromotionStatus.PENDING_APPROVAL, decision=record).promotion
+        status, outputs, error = gate_step_result(promotion)  # type: ignore[misc]
         assert (status, error) == (w.StepStatus.SUCCEEDED, None)
-        assert outputs == {"result": "allow", "decision_hash": domain.sha256_digest(record)}
+        assert outputs == {"result": "allow", "decision_hash": sha256_digest(record)}
 
 
 def test_the_promotion_of_a_gate_step_comes_from_the_subject_or_the_run_inputs() -> None:
@@ -381,9 +399,9 @@ def test_the_promotion_of_a_gate_step_comes_from_the_subject_or_the_run_inputs()
     by_subject = w.ExecuteStep(**base, inputs={}, subject_id=UUID(int=9))
     by_input = w.ExecuteStep(**base, inputs={"inputs": {"promotion_id": str(UUID(int=8))}})
     garbage = w.ExecuteStep(**base, inputs={"inputs": {"promotion_id": "nope"}})
-    assert handlers.promotion_id_of(by_subject) == UUID(int=9)
-    assert handlers.promotion_id_of(by_input) == UUID(int=8)
-    assert handlers.promotion_id_of(garbage) is None
+    assert promotion_id_of(by_subject) == UUID(int=9)
+    assert promotion_id_of(by_input) == UUID(int=8)
+    assert promotion_id_of(garbage) is None
 
 
 def test_completion_and_freeze_ids_are_stable() -> None:
@@ -395,7 +413,7 @@ def test_completion_and_freeze_ids_are_stable() -> None:
 
     assert completion_id(2) == completion_id(2)
     assert completion_id(2) != completion_id(3)
-    assert handlers.freeze_event_id(TENANT, "w@x/started") != handlers.freeze_event_id(TENANT, "w@x/ended")
+    assert freeze_event_id(TENANT, "w@x/started") != freeze_event_id(TENANT, "w@x/ended")
 
 
 def test_promotion_metrics_count_each_published_state_change() -> None:

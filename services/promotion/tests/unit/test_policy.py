@@ -277,7 +277,8 @@ class TestLimits:
 
     def test_step_limit_stops_quadratic_work(self) -> None:
         document = {"xs": list(range(1000))}
-        with pytest.raises(PolicyStepLimitExceeded, match="cost limit") as info:
+        # The cost limit stops it; on a machine busy enough, the time limit may stop it first.
+        with pytest.raises(PolicyStepLimitExceeded, match=r"cost limit|time limit") as info:
             evaluate_expression("xs.all(x, xs.all(y, x != y || x == y))", document)
         assert info.value.code == "GATE_POLICY_STEP_LIMIT"
 

@@ -11,53 +11,46 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 import pytest
 
 from stella.promotion import decision
-from stella.promotion.domain import (
-    ALLOWED_TRANSITIONS,
-    ApprovalSummary,
+from stella.promotion.domain.environment import Environment, EnvironmentConfig, FreezeBehavior, HealthCheckType
+from stella.promotion.domain.errors import (
     ApprovalTimeoutNotReached,
     CancelNotAllowed,
     DecisionInconclusive,
-    DecisionResult,
     DeploymentJobMismatch,
     DomainError,
-    Environment,
     EnvironmentBusy,
-    EnvironmentConfig,
     EnvironmentNotFound,
-    FreezeBehavior,
-    GateOutcome,
-    HealthCheckType,
     InvalidApprovalSummary,
     InvalidEnvironment,
     InvalidPromotionRequest,
     InvalidTimestamp,
     InvalidTransition,
     NotNextInQueue,
-    Promotion,
     PromotionAlreadyActive,
     PromotionAlreadyTerminal,
+    PromotionNotApproved,
+    PromotionNotPending,
+    PromotionOrderViolation,
+    ReleaseBlocked,
+    ReleaseNotReady,
+    SourceEnvironmentMismatch,
+)
+from stella.promotion.domain.events import (
     PromotionApprovalRequired,
     PromotionApproved,
     PromotionCancelled,
     PromotionCompleted,
     PromotionFailed,
-    PromotionNotApproved,
-    PromotionNotPending,
-    PromotionOrderViolation,
     PromotionRejected,
     PromotionRequested,
     PromotionRolledBack,
     PromotionStarted,
-    PromotionStatus,
-    ReleaseBlock,
-    ReleaseBlocked,
-    ReleaseNotReady,
-    ReleaseSnapshot,
-    ReleaseStatus,
-    SourceEnvironmentMismatch,
-    next_to_deploy,
-    request_promotion,
 )
+from stella.promotion.domain.outcome import DecisionResult, GateOutcome
+from stella.promotion.domain.promotion import Promotion, next_to_deploy
+from stella.promotion.domain.release import ApprovalSummary, ReleaseBlock, ReleaseSnapshot, ReleaseStatus
+from stella.promotion.domain.request import request_promotion
+from stella.promotion.domain.status import ALLOWED_TRANSITIONS, PromotionStatus
 
 T0 = datetime(2025, 4, 1, 9, 0, tzinfo=UTC)
 TENANT = UUID(int=0xA)

@@ -11,7 +11,7 @@ from typing import Any
 from stella.contracts import workflow as c
 from stella.contracts.envelope import Reply
 from stella.contracts.streams import HEADER_MSG_ID, HEADER_REPLY_TO
-from stella.workflow.domain import step_attempt_id
+from stella.workflow.domain.run import step_attempt_id
 
 from .conftest import Deployment, Harness, at
 

@@ -8,22 +8,11 @@ from uuid import UUID
 
 import pytest
 
-from stella.workflow.domain import (
-    Advance,
-    RunStatus,
-    SkipReason,
-    SkipStep,
-    StepRun,
-    StepStatus,
-    TemplateNotFound,
-    UnknownStepType,
-    advance,
-    begin_waiting,
-    complete_step,
-    new_run,
-    start_run,
-    validate_template,
-)
+from stella.workflow.domain.errors import TemplateNotFound, UnknownStepType
+from stella.workflow.domain.run import StepRun, begin_waiting, complete_step, new_run, start_run
+from stella.workflow.domain.scheduler import Advance, SkipStep, advance
+from stella.workflow.domain.states import RunStatus, SkipReason, StepStatus
+from stella.workflow.domain.validation import validate_template
 from stella.workflow.templates import (
     BUILTIN_STEP_TYPES,
     BUILTIN_TEMPLATES,

@@ -11,16 +11,12 @@ import pytest
 
 from stella.contracts.workflow import STEP_SUBJECTS, SaveTemplate
 from stella.workflow import engine
-from stella.workflow.domain import (
-    InvalidTemplate,
-    RunStatus,
-    StepFailed,
-    StepStatus,
-    StepWaiting,
-    WorkflowTemplate,
-    new_run,
-    validate_template,
-)
+from stella.workflow.domain.errors import InvalidTemplate
+from stella.workflow.domain.events import StepFailed, StepWaiting
+from stella.workflow.domain.run import new_run
+from stella.workflow.domain.states import RunStatus, StepStatus
+from stella.workflow.domain.template import WorkflowTemplate
+from stella.workflow.domain.validation import validate_template
 from stella.workflow.handlers import subject_run_id, template_definition
 from stella.workflow.templates import APPROVAL_STEP_TIMEOUT_S, BUILTIN_STEP_TYPES, STANDARD_PROMOTION
 

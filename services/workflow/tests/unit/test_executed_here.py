@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 
 from stella.workflow import engine
-from stella.workflow.domain import StepStatus, WorkflowTemplate, new_run, validate_template
+from stella.workflow.domain.run import new_run
+from stella.workflow.domain.states import StepStatus
+from stella.workflow.domain.template import WorkflowTemplate
+from stella.workflow.domain.validation import validate_template
 from stella.workflow.executors import render
 from stella.workflow.templates import BUILTIN_STEP_TYPES
 

@@ -10,50 +10,52 @@ from uuid import UUID
 
 import pytest
 
-from stella.workflow.domain import (
-    Advance,
-    Edge,
+from stella.workflow.domain.errors import (
     InvalidStepResult,
     MissingRunInput,
-    Node,
-    PendingRetry,
-    ResumeStep,
+    RunNotActive,
+    StepStateConflict,
+    UnknownNode,
+    UnknownRunInput,
+)
+from stella.workflow.domain.events import (
     RunCancelled,
     RunCompleted,
     RunFailed,
-    RunNotActive,
     RunStarted,
-    RunStatus,
-    Schedule,
-    SkipReason,
-    SkipStep,
-    StartStep,
     StepCompleted,
     StepFailed,
-    StepRun,
     StepSkipped,
     StepStarted,
-    StepStateConflict,
-    StepStatus,
     StepWaiting,
-    TimeOutStep,
-    UnknownNode,
-    UnknownRunInput,
+)
+from stella.workflow.domain.run import (
+    StepRun,
     WorkflowRun,
-    WorkflowTemplate,
-    advance,
-    apply_schedule,
     begin_waiting,
     cancel_run,
     complete_step,
     new_run,
-    resolve_step_inputs,
-    schedule,
     start_run,
     step_attempt_id,
     step_idempotency_key,
-    validate_template,
 )
+from stella.workflow.domain.scheduler import (
+    Advance,
+    PendingRetry,
+    ResumeStep,
+    Schedule,
+    SkipStep,
+    StartStep,
+    TimeOutStep,
+    advance,
+    apply_schedule,
+    resolve_step_inputs,
+    schedule,
+)
+from stella.workflow.domain.states import RunStatus, SkipReason, StepStatus
+from stella.workflow.domain.template import Edge, Node, WorkflowTemplate
+from stella.workflow.domain.validation import validate_template
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 RUN_ID = UUID("00000000-0000-0000-0000-0000000000a1")

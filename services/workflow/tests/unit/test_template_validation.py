@@ -9,29 +9,23 @@ from uuid import UUID
 
 import pytest
 
-from stella.workflow.domain import (
-    MAX_TIMEOUT_S,
+from stella.workflow.domain.errors import (
     CycleDetected,
     DanglingEdge,
     DuplicateEdge,
     DuplicateNodeId,
-    Edge,
     EmptyTemplate,
     InvalidCondition,
     InvalidRetryPolicy,
     InvalidTemplate,
     InvalidTemplateOutput,
     InvalidTimeout,
-    Node,
-    RetryPolicy,
-    RunOn,
     UnknownNode,
     UnknownStepType,
-    WorkflowTemplate,
-    parse_template,
-    topological_order,
-    validate_template,
 )
+from stella.workflow.domain.states import RunOn
+from stella.workflow.domain.template import Edge, Node, RetryPolicy, WorkflowTemplate, topological_order
+from stella.workflow.domain.validation import MAX_TIMEOUT_S, parse_template, validate_template
 
 KNOWN = frozenset({"task", "approval", "wait"})
 

@@ -171,12 +171,12 @@ class PromotionView(Model):
     updated_at: datetime
     decision_record: dict[str, Any] | None
     workflow_run_id: UUID | None
-    next_evaluation_at: datetime | None
+    next_evaluation_at: datetime | None = Field(description="When a held promotion is looked at again.")
     freeze_override: dict[str, Any] | None
-    status_message: str | None = None
-    reason_codes: list[str] = Field(default_factory=list)
-    deployment_job_id: UUID | None = None
-    rollback_job_id: UUID | None = None
+    status_message: str | None = Field(default=None, description="Why the promotion is where it is, in words.")
+    reason_codes: list[str] = Field(default_factory=list, description="Stable codes behind status_message.")
+    deployment_job_id: UUID | None = Field(default=None, description="The deployment job of the promotion.")
+    rollback_job_id: UUID | None = Field(default=None, description="The job that rolled its deployment back.")
 
 
 class ScanResultView(Model):

@@ -235,8 +235,8 @@ class RunView(Model):
     id: UUID
     template_id: UUID
     template_name: str
-    template_version: int
-    subject_id: UUID | None
+    template_version: int = Field(description="The template version the run pinned when it started.")
+    subject_id: UUID | None = Field(description="What the run is about (a promotion id).")
     status: RunStatus
     inputs: dict[str, Any]
     outputs: dict[str, Any]

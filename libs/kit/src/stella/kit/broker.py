@@ -70,6 +70,8 @@ QueryHandler = Callable[[Any], Awaitable[Reply]]
 EventHandler = Callable[[Any, asyncpg.Connection], Awaitable[None]]
 PreparedEventHandler = Callable[[Any, asyncpg.Connection, Any], Awaitable[None]]
 """An event handler that also takes what its ``prepare`` step read before the transaction opened."""
+EventBinder = Callable[[Any], Awaitable[EventHandler]]
+"""An event route's step before the transaction: it reads what the handler needs and binds the handler to it."""
 
 
 class PoisonMessage(Exception):
@@ -526,10 +528,6 @@ class Prepared:
     handler: EventHandler
 
 
-async def _unreachable(event: Any, conn: asyncpg.Connection) -> None:
-    raise AssertionError("a prepared event route is handled by its prepared handler")
-
-
 class EventRoutes:
     """One durable consumer ``<service>-<purpose>`` on one subject filter (NATS 2.9 allows one per consumer).
 
@@ -553,13 +551,15 @@ class EventRoutes:
         self.subject = subject
         self.pool = pool
         self.batch_size = batch_size
-        self.routes: dict[str, tuple[type[Event], EventHandler]] = {}
-        self.preparers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
-        self.prepared_handlers: dict[str, PreparedEventHandler] = {}
+        self.routes: dict[str, tuple[type[Event], EventBinder]] = {}
 
     def on(self, subject: str, model: type[Event], handler: EventHandler) -> None:
         """Route ``subject`` (under this consumer's filter) to ``handler(event, conn)``."""
-        self.routes[subject] = (model, handler)
+
+        async def bind(event: Any) -> EventHandler:
+            return handler
+
+        self.routes[subject] = (model, bind)
 
     def on_prepared(
         self,
@@ -572,9 +572,16 @@ class EventRoutes:
 
         ``prepare`` may run for a redelivered event the inbox then drops: it must only read.
         """
-        self.preparers[subject] = prepare
-        self.prepared_handlers[subject] = handler
-        self.routes[subject] = (model, _unreachable)
+
+        async def bind(event: Any) -> EventHandler:
+            read = await prepare(event)
+
+            async def bound(event: Any, conn: asyncpg.Connection) -> None:
+                await handler(event, conn, read)
+
+            return bound
+
+        self.routes[subject] = (model, bind)
 
     async def prepare(self, raw: Msg, names: Names) -> Prepared | None:
         """Parse one delivery and run its route's ``prepare`` step, before any transaction opens.
@@ -590,17 +597,9 @@ class EventRoutes:
         route = self.routes.get(local)
         if route is None:
             return None
-        model, handler = route
+        model, bind = route
         event = parse(model, raw.data)
-        preparer = self.preparers.get(local)
-        if preparer is None:
-            return Prepared(event, handler)
-        prepared, prepared_handler = await preparer(event), self.prepared_handlers[local]
-
-        async def bound(event: Any, conn: asyncpg.Connection) -> None:
-            await prepared_handler(event, conn, prepared)
-
-        return Prepared(event, bound)
+        return Prepared(event, await bind(event))
 
     async def apply(self, conn: asyncpg.Connection, ready: Prepared | None) -> None:
         """Handle one prepared delivery in ``conn``'s open transaction: claim it in the inbox, then run its handler."""

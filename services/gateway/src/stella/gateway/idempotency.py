@@ -232,25 +232,51 @@ class IdempotencyMiddleware:
         status = 500
         headers: dict[str, str] = {}
         chunks: list[bytes] = []
+        held_start: Message | None = None
+        recorded = False
 
         async def capture(message: Message) -> None:
-            nonlocal status
+            # The outcome is recorded before the answer's last byte leaves: a client that retries as soon as
+            # it has the answer finds the key finished or released, never still in flight.
+            nonlocal status, held_start, recorded
             if message["type"] == "http.response.start":
                 status = message["status"]
                 for name, value in message.get("headers", ()):
                     if name.lower() in _STORED_HEADERS:
                         headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-            elif message["type"] == "http.response.body":
+                held_start = message
+                return
+            if message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
+                if not message.get("more_body", False) and not recorded:
+                    recorded = True
+                    await self._record(policy, scope_key, scope, status, headers, chunks)
+                if held_start is not None:
+                    start, held_start = held_start, None
+                    await send(start)
             await send(message)
 
         try:
             await self.app(scope, receive, capture)
         except BaseException:
             # The request died without an answer; free the key for a retry if the database still answers.
-            with contextlib.suppress(Exception):
-                await policy.store.release_key(*scope_key, policy.clock())
+            if not recorded:
+                with contextlib.suppress(Exception):
+                    await policy.store.release_key(*scope_key, policy.clock())
             raise
+        if not recorded:
+            await self._record(policy, scope_key, scope, status, headers, chunks)
+
+    @staticmethod
+    async def _record(
+        policy: IdempotencyPolicy,
+        scope_key: tuple[uuid.UUID, str, str, str],
+        scope: Scope,
+        status: int,
+        headers: dict[str, str],
+        chunks: list[bytes],
+    ) -> None:
+        """Store a final answer for replays, or release the key so that a retry runs the request again."""
         try:
             if is_final(status):
                 handler = scope.get("route_handler")
@@ -265,8 +291,8 @@ class IdempotencyMiddleware:
             else:
                 await policy.store.release_key(*scope_key, policy.clock())
         except Exception as exc:
-            # The answer is sent; the database went away meanwhile. The key stays in flight until
-            # idempotency_lock_s has passed, then a retry takes it over and the service answers from its inbox.
+            # The database went away meanwhile. The key stays in flight until idempotency_lock_s has passed,
+            # then a retry takes it over and the service answers from its inbox.
             if not is_transient(exc):
                 raise
             log.warning("could not record the outcome of an idempotency key", extra={"error": repr(exc)})

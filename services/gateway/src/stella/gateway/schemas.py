@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from stella.contracts.promotion import PromotionView
 from stella.contracts.validation import Channel, CredentialRef, Digest, DisplayName, Name, Repository, Semver, Tag
 from stella.gateway.permissions import Role
 
@@ -561,20 +562,6 @@ class ScanResultOut(ResponseBody):
 # --- promotions and approvals ---------------------------------------------------------------------------
 
 
-class PromotionStatus(StrEnum):
-    """Promotion states (reference §3)."""
-
-    PENDING_GATE = "pending_gate"
-    PENDING_APPROVAL = "pending_approval"
-    APPROVED = "approved"
-    DEPLOYING = "deploying"
-    DEPLOYED = "deployed"
-    REJECTED = "rejected"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-    ROLLED_BACK = "rolled_back"
-
-
 class PromotionCreate(RequestBody):
     """A request to promote a ready release into an environment."""
 
@@ -604,35 +591,10 @@ class VoteBody(RequestBody):
     comment: str = Field(default="", max_length=2000)
 
 
-class PromotionOut(ResponseBody):
-    """A promotion with its latest decision record."""
-
-    id: UUID
-    release_id: UUID
-    release_name: str
-    release_components: list[dict[str, Any]]
-    source_environment_id: UUID | None
-    target_environment_id: UUID
-    target_environment_name: str
-    status: PromotionStatus
-    reason: str
-    requested_by: UUID | None
-    requested_at: datetime
-    updated_at: datetime
-    decision_record: dict[str, Any] | None
-    workflow_run_id: UUID | None
-    next_evaluation_at: datetime | None = Field(description="When a held promotion is looked at again.")
-    freeze_override: dict[str, Any] | None
-    status_message: str | None = Field(default=None, description="Why the promotion is where it is, in words.")
-    reason_codes: list[str] = Field(default_factory=list, description="Stable codes behind status_message.")
-    deployment_job_id: UUID | None = Field(default=None, description="The deployment job of the promotion.")
-    rollback_job_id: UUID | None = Field(default=None, description="The job that rolled its deployment back.")
-
-
 class PromotionPage(ResponseBody):
     """A page of promotions, newest first."""
 
-    items: list[PromotionOut]
+    items: list[PromotionView]
     next_page_token: str | None
 
 
@@ -787,59 +749,6 @@ class TemplatePage(ResponseBody):
 
     items: list[TemplateOut]
     next_page_token: str | None
-
-
-class RunStatus(StrEnum):
-    """Workflow run states."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class StepStatus(StrEnum):
-    """Step run states."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    WAITING = "waiting"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
-
-
-class StepRunOut(ResponseBody):
-    """One attempt of one step."""
-
-    id: UUID
-    node_id: str
-    status: StepStatus
-    attempt_number: int
-    inputs: dict[str, Any]
-    outputs: dict[str, Any]
-    error: str | None
-    logs: str
-    started_at: datetime | None
-    completed_at: datetime | None
-
-
-class RunOut(ResponseBody):
-    """A workflow run with its step runs."""
-
-    id: UUID
-    template_id: UUID
-    template_name: str
-    template_version: int = Field(description="The template version the run pinned when it started.")
-    subject_id: UUID | None = Field(description="What the run is about (a promotion id).")
-    status: RunStatus
-    inputs: dict[str, Any]
-    outputs: dict[str, Any]
-    started_at: datetime | None
-    completed_at: datetime | None
-    steps: list[StepRunOut]
 
 
 # --- evidence -------------------------------------------------------------------------------------------

@@ -24,12 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from stella.promotion.domain import (
-    APPROVAL_GATE_TYPE,
-    TIME_WINDOW_GATE_TYPES,
-    DecisionResult,
-    GateOutcome,
-    InvalidInput,
+from stella.promotion.domain.encoding import (
     canonical_json,
     format_utc,
     parse_utc,
@@ -37,6 +32,8 @@ from stella.promotion.domain import (
     sha256_digest,
     to_json_value,
 )
+from stella.promotion.domain.errors import InvalidInput
+from stella.promotion.domain.outcome import APPROVAL_GATE_TYPE, TIME_WINDOW_GATE_TYPES, DecisionResult, GateOutcome
 from stella.promotion.gates import DENYING_STATUSES, GateRegistry, GateResult, GateStatus, evaluate_gates
 from stella.promotion.policy import policy_digest
 

@@ -36,7 +36,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from dateutil.rrule import rrule as RecurrenceRule
 from dateutil.rrule import rrulestr
 
-from stella.promotion.domain import InvalidInput, RuleViolation, format_utc, require_aware
+from stella.promotion.domain.encoding import format_utc, require_aware
+from stella.promotion.domain.errors import InvalidInput, RuleViolation
 
 SEARCH_HORIZON: Final = timedelta(days=400)
 """How far ahead ``next_open``, ``next_close`` and :func:`next_transition` look."""

@@ -37,17 +37,10 @@ from enum import StrEnum
 from typing import Any, ClassVar, Final
 
 from stella.promotion import freeze, policy
-from stella.promotion.domain import (
-    APPROVAL_GATE_TYPE,
-    ApprovalSummary,
-    DomainError,
-    InvalidInput,
-    StateConflict,
-    format_utc,
-    parse_utc,
-    require_aware,
-    to_json_value,
-)
+from stella.promotion.domain.encoding import format_utc, parse_utc, require_aware, to_json_value
+from stella.promotion.domain.errors import DomainError, InvalidInput, StateConflict
+from stella.promotion.domain.outcome import APPROVAL_GATE_TYPE
+from stella.promotion.domain.release import ApprovalSummary
 
 
 class GateStatus(StrEnum):

@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from stella import cel
-from stella.promotion.domain import InvalidInput, RuleViolation, sha256_digest, to_json_value
+from stella.promotion.domain.encoding import sha256_digest, to_json_value
+from stella.promotion.domain.errors import InvalidInput, RuleViolation
 
 LANGUAGE: Final = cel.LANGUAGE
 """The policy language, recorded in every policy gate result."""

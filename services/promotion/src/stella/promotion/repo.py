@@ -14,17 +14,14 @@ from uuid import UUID
 
 import asyncpg
 
-from stella.contracts.promotion import (
-    EnvironmentView,
-    FreezeWindowView,
-    PromotionStatus,
-    PromotionView,
-    ScanResultView,
-)
+from stella.contracts.promotion import EnvironmentView, FreezeWindowView, PromotionStatus, PromotionView, ScanResultView
 from stella.contracts.workflow import StepRef
 from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor, int32
-from stella.promotion import domain, freeze
+from stella.promotion import freeze
 from stella.promotion.decision import DecisionRecord
+from stella.promotion.domain.environment import Environment, FreezeBehavior
+from stella.promotion.domain.promotion import Promotion
+from stella.promotion.domain.status import PromotionStatus as Status
 
 _ENVIRONMENT_COLUMNS = """id, name, display_name, order_index, required_approvals, require_sod, config,
     promotion_policy, created_at, updated_at"""
@@ -220,9 +217,9 @@ def environment_view(row: asyncpg.Record) -> EnvironmentView:
     return EnvironmentView(**dict(row))
 
 
-def environment_of(view: EnvironmentView, tenant: UUID) -> domain.Environment:
+def environment_of(view: EnvironmentView, tenant: UUID) -> Environment:
     """The domain aggregate of a stored environment (its config was validated when it was written)."""
-    return domain.Environment.create(
+    return Environment.create(
         id=view.id,
         tenant_id=tenant,
         name=view.name,
@@ -307,7 +304,7 @@ class StoredPromotion:
             outputs}``) while the promotion is queued behind another one of its environment.
     """
 
-    promotion: domain.Promotion
+    promotion: Promotion
     release_name: str
     release_components: list[dict[str, Any]]
     target_environment_name: str
@@ -326,12 +323,12 @@ class StoredPromotion:
     @property
     def awaits_run(self) -> bool:
         """Whether the promotion waits for its workflow run to bring the gate step (the run watch applies)."""
-        return self.promotion.status is domain.PromotionStatus.PENDING_GATE and self.gate_step is None
+        return self.promotion.status is Status.PENDING_GATE and self.gate_step is None
 
 
 def stored_promotion(row: asyncpg.Record) -> StoredPromotion:
     """Map a promotions row."""
-    promotion = domain.Promotion(
+    promotion = Promotion(
         id=row["id"],
         tenant_id=row["tenant_id"],
         release_id=row["release_id"],
@@ -339,11 +336,11 @@ def stored_promotion(row: asyncpg.Record) -> StoredPromotion:
         source_environment_id=row["source_environment_id"],
         requested_by=row["requested_by"],
         requested_at=row["requested_at"],
-        status=domain.PromotionStatus(row["status"]),
+        status=Status(row["status"]),
         updated_at=row["updated_at"],
         required_approvals=row["required_approvals"],
         require_sod=row["require_sod"],
-        freeze_behavior=domain.FreezeBehavior(row["freeze_behavior"]),
+        freeze_behavior=FreezeBehavior(row["freeze_behavior"]),
         approval_timeout_s=row["approval_timeout_s"],
         version=row["version"],
         decision=row["decision_record"],
@@ -430,7 +427,7 @@ class StoredDecision:
 
 
 async def insert_environment(
-    conn: asyncpg.Connection, tenant: UUID, environment: domain.Environment, policy: dict[str, Any], now: datetime
+    conn: asyncpg.Connection, tenant: UUID, environment: Environment, policy: dict[str, Any], now: datetime
 ) -> EnvironmentView | None:
     """Insert an environment; None when the name is taken."""
     row = await conn.fetchrow(
@@ -463,7 +460,7 @@ async def all_environments(conn: asyncpg.Connection, tenant: UUID) -> list[Envir
 
 
 async def update_environment(
-    conn: asyncpg.Connection, tenant: UUID, environment: domain.Environment, policy: dict[str, Any], now: datetime
+    conn: asyncpg.Connection, tenant: UUID, environment: Environment, policy: dict[str, Any], now: datetime
 ) -> EnvironmentView:
     """Write an environment's mutable fields."""
     row = await conn.fetchrow(

@@ -1,6 +1,6 @@
 """How the workflow service executes steps on top of the domain's scheduler. Pure: no I/O, no clock.
 
-:func:`drive` runs the domain's :func:`~stella.workflow.domain.advance` until the run is quiet and sorts
+:func:`drive` runs the domain's :func:`~stella.workflow.domain.scheduler.advance` until the run is quiet and sorts
 every started attempt by who executes it:
 
 * step types in :data:`~stella.contracts.workflow.STEP_SUBJECTS` belong to another context: the attempt is
@@ -34,21 +34,20 @@ from uuid import UUID, uuid5
 
 from stella.contracts import workflow as c
 from stella.contracts.workflow import STEP_SUBJECTS
-from stella.workflow.domain import (
-    DomainError,
-    StartStep,
-    StepOutcome,
+from stella.workflow.domain.errors import DomainError
+from stella.workflow.domain.events import WorkflowEvent
+from stella.workflow.domain.run import (
     StepRun,
     StepTransition,
-    WorkflowEvent,
     WorkflowRun,
-    WorkflowTemplate,
-    advance,
     begin_waiting,
     cancel_run,
     complete_step,
     start_run,
 )
+from stella.workflow.domain.scheduler import StartStep, advance
+from stella.workflow.domain.states import StepOutcome
+from stella.workflow.domain.template import WorkflowTemplate
 from stella.workflow.templates import BuiltinStepType
 
 WAITS_FOR_SIGNAL: Final[frozenset[str]] = frozenset({BuiltinStepType.APPROVAL.value})

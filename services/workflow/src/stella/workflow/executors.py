@@ -31,7 +31,7 @@ from stella.kit.addresses import AddressPolicy
 from stella.kit.egress import AddressNotAllowed, check_literal_host, guarded_connector
 from stella.plugins import STEP_METHOD, Capability, PluginCatalogue, PluginError, PluginNotFound, PluginRunner
 from stella.workflow import engine
-from stella.workflow.domain import StartStep
+from stella.workflow.domain.scheduler import StartStep
 from stella.workflow.templates import BuiltinStepType
 
 log = logging.getLogger(__name__)

@@ -32,25 +32,22 @@ from stella.kit.outbox import add_events
 from stella.kit.timers import DueLoop
 from stella.plugins import PluginCatalogue, PluginRunner
 from stella.workflow import engine, repo
-from stella.workflow.domain import (
-    InvalidTemplate,
+from stella.workflow.domain.errors import InvalidTemplate, TemplateNotFound
+from stella.workflow.domain.events import (
     RunCancelled,
     RunCompleted,
     RunFailed,
     RunStarted,
-    StartStep,
     StepCompleted,
     StepFailed,
     StepSkipped,
     StepStarted,
-    TemplateNotFound,
     WorkflowEvent,
-    WorkflowTemplate,
-    new_run,
-    parse_template,
-    step_attempt_id,
-    validate_template,
 )
+from stella.workflow.domain.run import new_run, step_attempt_id
+from stella.workflow.domain.scheduler import StartStep
+from stella.workflow.domain.template import WorkflowTemplate
+from stella.workflow.domain.validation import parse_template, validate_template
 from stella.workflow.executors import StepExecutors
 from stella.workflow.templates import BUILTIN_STEP_TYPES, BUILTIN_TEMPLATES, builtin_template_id
 

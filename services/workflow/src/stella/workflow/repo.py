@@ -14,7 +14,8 @@ import asyncpg
 
 from stella.contracts import workflow as c
 from stella.kit.pagination import decode_cursor, encode_cursor
-from stella.workflow.domain import RunStatus, SkipReason, StepRun, StepStatus, WorkflowRun
+from stella.workflow.domain.run import StepRun, WorkflowRun
+from stella.workflow.domain.states import RunStatus, SkipReason, StepStatus
 from stella.workflow.engine import step_run_id
 
 _TEMPLATE_COLUMNS = "id, tenant_id, name, version, description, definition, is_builtin, created_at"

@@ -10,15 +10,9 @@ from enum import StrEnum
 from typing import Final
 from uuid import UUID, uuid5
 
-from stella.workflow.domain import (
-    Edge,
-    InputSpec,
-    Node,
-    RetryPolicy,
-    RunOn,
-    TemplateNotFound,
-    WorkflowTemplate,
-)
+from stella.workflow.domain.errors import TemplateNotFound
+from stella.workflow.domain.states import RunOn
+from stella.workflow.domain.template import Edge, InputSpec, Node, RetryPolicy, WorkflowTemplate
 
 
 class BuiltinStepType(StrEnum):

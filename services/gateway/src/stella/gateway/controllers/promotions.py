@@ -28,6 +28,7 @@ from litestar.params import JSONBody, Parameter, QueryParameter
 from stella.contracts import approval as approvals
 from stella.contracts import events, evidence
 from stella.contracts import promotion as contract
+from stella.contracts.promotion import PromotionStatus, PromotionView
 from stella.gateway.auth import Identity, require
 from stella.gateway.dependencies import ID_SCHEMA, location, parse_id, problems
 from stella.gateway.pagination import PageParams
@@ -43,9 +44,7 @@ from stella.gateway.schemas import (
     PacketType,
     PromotionCancel,
     PromotionCreate,
-    PromotionOut,
     PromotionPage,
-    PromotionStatus,
     VoteAction,
     VoteBody,
 )
@@ -90,14 +89,14 @@ class PromotionController(Controller):
         call: NamedDependency[CallContext],
         relay: NamedDependency[Relay],
         runtime: NamedDependency[Runtime],
-    ) -> Response[PromotionOut]:
+    ) -> Response[PromotionView]:
         """Ask to promote a ready release into an environment; its workflow (gates, approvals, evidence) starts.
 
         The answer is the new promotion in ``pending_gate``; read it again to follow it. The release must be
         ready and the environment the first one or next after one the release reached (422 otherwise).
         """
         command = call.command(contract.RequestPromotion, **data.model_dump(exclude_none=True))
-        promotion = parse_data(PromotionOut, await relay.command(call, contract.REQUEST_PROMOTION, command))
+        promotion = parse_data(PromotionView, await relay.command(call, contract.REQUEST_PROMOTION, command))
         return Response(promotion, status_code=201, headers={"Location": location(runtime, f"{BASE}/{promotion.id}")})
 
     @get(
@@ -137,10 +136,10 @@ class PromotionController(Controller):
     )
     async def get_promotion(
         self, call: NamedDependency[CallContext], relay: NamedDependency[Relay], promotion_id: str = _ID
-    ) -> PromotionOut:
+    ) -> PromotionView:
         """Read one promotion with its status, why it is there, and its latest decision record."""
         query = call.query(contract.GetPromotion, promotion_id=parse_id(promotion_id, "promotion_id"))
-        return parse_data(PromotionOut, await relay.query(contract.GET_PROMOTION, query))
+        return parse_data(PromotionView, await relay.query(contract.GET_PROMOTION, query))
 
     @get(
         "/{promotion_id:str}/decision",
@@ -224,14 +223,14 @@ class PromotionController(Controller):
         relay: NamedDependency[Relay],
         data: JSONBody[PromotionCancel | None] = None,
         promotion_id: str = _ID,
-    ) -> PromotionOut:
+    ) -> PromotionView:
         """Cancel a promotion that has not started deploying; its run and approval request close too."""
         command = call.command(
             contract.CancelPromotion,
             promotion_id=parse_id(promotion_id, "promotion_id"),
             reason=data.reason if data is not None else None,
         )
-        return parse_data(PromotionOut, await relay.command(call, contract.CANCEL_PROMOTION, command))
+        return parse_data(PromotionView, await relay.command(call, contract.CANCEL_PROMOTION, command))
 
     @post(
         "/{promotion_id:str}/override-freeze",
@@ -248,7 +247,7 @@ class PromotionController(Controller):
         relay: NamedDependency[Relay],
         identity: NamedDependency[Identity],
         promotion_id: str = _ID,
-    ) -> PromotionOut:
+    ) -> PromotionView:
         """Let a promotion waiting on its gates through the windows that close its environment now.
 
         Only a principal named in those windows' exceptions, or one holding ``freeze:override``, may (422
@@ -262,7 +261,7 @@ class PromotionController(Controller):
             reason=data.reason,
             may_override=FREEZE_OVERRIDE_PERMISSION in identity.permissions,
         )
-        return parse_data(PromotionOut, await relay.command(call, contract.OVERRIDE_FREEZE, command))
+        return parse_data(PromotionView, await relay.command(call, contract.OVERRIDE_FREEZE, command))
 
     @get(
         "/{promotion_id:str}/evidence",

@@ -32,7 +32,7 @@ from litestar.response import Redirect
 from stella.contracts import evidence
 from stella.contracts import promotion as contract
 from stella.contracts.envelope import PageRequest
-from stella.contracts.promotion import PromotionStatus
+from stella.contracts.promotion import PromotionStatus, PromotionView
 from stella.gateway.auth import Identity
 from stella.gateway.controllers.promotions import cast_vote
 from stella.gateway.dependencies import parse_id
@@ -45,7 +45,6 @@ from stella.gateway.schemas import (
     EnvironmentPage,
     EnvironmentStateOut,
     PacketPage,
-    PromotionOut,
     PromotionPage,
     VerificationOut,
     VoteAction,
@@ -310,7 +309,7 @@ class DashboardController(Controller):
             return session.page("Overview", "<p>No environments yet: create them with POST /api/v1/environments.</p>")
         now = runtime.clock()
         # Newest first: the first promotion seen of a (release, environment) is its current state.
-        cells: dict[tuple[UUID, UUID], PromotionOut] = {}
+        cells: dict[tuple[UUID, UUID], PromotionView] = {}
         releases: dict[UUID, str] = {}
         for promotion in promotions:
             releases.setdefault(promotion.release_id, promotion.release_name)
@@ -455,7 +454,7 @@ class DashboardController(Controller):
         except ValueError:
             raise ProblemError(404, "RES_NOT_FOUND", "No such promotion.") from None
         query = session.call.query(contract.GetPromotion, promotion_id=parsed)
-        promotion = parse_data(PromotionOut, await session.relay.query(contract.GET_PROMOTION, query))
+        promotion = parse_data(PromotionView, await session.relay.query(contract.GET_PROMOTION, query))
         facts = [
             ("Release", escape(promotion.release_name)),
             ("Environment", escape(promotion.target_environment_name)),

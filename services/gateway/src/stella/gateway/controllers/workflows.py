@@ -20,7 +20,7 @@ from stella.gateway.pagination import PageParams
 from stella.gateway.permissions import Action, Resource
 from stella.gateway.relay import CallContext, Relay, parse_data
 from stella.gateway.runtime import Runtime
-from stella.gateway.schemas import RunOut, TemplateCreate, TemplateOut, TemplatePage
+from stella.gateway.schemas import TemplateCreate, TemplateOut, TemplatePage
 from stella.gateway.validation import INT32_MAX
 
 TEMPLATES = "/api/v1/workflow-templates"
@@ -118,7 +118,7 @@ class WorkflowRunController(Controller):
         call: NamedDependency[CallContext],
         relay: NamedDependency[Relay],
         run_id: str = Parameter(description="Workflow run id", schema_extra=ID_SCHEMA),
-    ) -> RunOut:
+    ) -> contract.RunView:
         """Read a run with every attempt of every step."""
         query = call.query(contract.GetRun, run_id=parse_id(run_id, "run_id"))
-        return parse_data(RunOut, await relay.query(contract.GET_RUN, query))
+        return parse_data(contract.RunView, await relay.query(contract.GET_RUN, query))

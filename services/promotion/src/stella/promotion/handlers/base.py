@@ -1,0 +1,74 @@
+"""The promotion handlers' shared state and helpers: the dependencies every use case reads, and how a
+promotion is locked, its events collected and its gate step completed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from stella.contracts import promotion as c
+from stella.contracts import workflow as w
+from stella.contracts.envelope import Message
+from stella.kit.broker import CommandProcessor, ServiceClient
+from stella.kit.timers import DueLoop
+from stella.promotion import repo
+from stella.promotion.domain.errors import NotFound
+from stella.promotion.domain.events import PromotionEvent
+from stella.promotion.gates import GateRegistry
+from stella.promotion.handlers.messages import EVENT_SUBJECTS, Origin
+from stella.promotion.plugin_gates import PluginGates
+
+
+class HandlerBase:
+    """What every use case of the promotion service reads; :class:`~stella.promotion.handlers.Handlers` sets it."""
+
+    _pool: Callable[[], asyncpg.Pool]
+    commands: CommandProcessor
+    _client: Callable[[], ServiceClient]
+    run_start_timeout: timedelta
+    run_start_attempts: int
+    registry: GateRegistry
+    plugin_gates: PluginGates | None
+    release_query_timeout_s: float
+    default_workflow_template: str
+    timer_batch_size: int
+    timer_retry: timedelta
+    clock: Callable[[], datetime]
+    new_id: Callable[[], UUID]
+    holds: DueLoop
+    freezes: DueLoop
+    runs: DueLoop
+
+    async def _locked(self, conn: asyncpg.Connection, tenant: UUID, promotion_id: UUID) -> repo.StoredPromotion:
+        stored = await repo.get_promotion(conn, tenant, promotion_id, lock=True)
+        if stored is None:
+            raise NotFound(f"promotion {promotion_id} does not exist")
+        return stored
+
+    def _changed(
+        self, origin: Origin, view: c.PromotionView, events: Iterable[PromotionEvent]
+    ) -> list[tuple[str, Message]]:
+        """The published events of a transition, each carrying the promotion as it is now."""
+        return [
+            (subject, origin.make(c.PromotionChanged, promotion=view))
+            for event in events
+            if (subject := EVENT_SUBJECTS.get(type(event))) is not None
+        ]
+
+    @staticmethod
+    def _completion(
+        origin: Origin, step: w.StepRef, status: w.StepStatus, outputs: dict[str, Any], error: str | None
+    ) -> tuple[str, Message]:
+        return w.COMPLETE_STEP, step.completion(
+            tenant_id=origin.tenant_id,
+            correlation_id=origin.correlation_id,
+            causation_id=origin.causation_id,
+            status=status,
+            outputs=outputs,
+            error=error,
+        )
