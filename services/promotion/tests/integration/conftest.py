@@ -183,15 +183,24 @@ class Stack:
 
 
 async def _stack(
-    make_database: Any, nats_url: str, nats: Client, namespace: str, *, full: bool
+    make_database: Any,
+    nats_url: str,
+    nats: Client,
+    namespace: str,
+    *,
+    full: bool,
+    plugins: dict[str, Any] | None = None,
 ) -> AsyncIterator[Stack]:
     dsn = await make_database(SCHEMAS)
     common = {"database_url": dsn, "nats_url": nats_url, "nats_namespace": namespace, "outbox_poll_s": 0.2}
     release = create_release(ReleaseSettings(**common))
-    promotion = create_app(Settings(**common, timer_max_sleep_s=5))
+    promotion = create_app(Settings(**common, **(plugins or {}), timer_max_sleep_s=5))
     stack = Stack(promotion=promotion, release=release, nats=nats, namespace=namespace)
     if full:
-        stack.extra = [create_workflow(WorkflowSettings(**common)), create_approval(ApprovalSettings(**common))]
+        stack.extra = [
+            create_workflow(WorkflowSettings(**common, **(plugins or {}))),
+            create_approval(ApprovalSettings(**common)),
+        ]
     async with AsyncExitStack() as cleanup:
         for app in (release, promotion, *stack.extra):
             await app.start()
@@ -210,6 +219,14 @@ async def stack(make_database, nats_url: str, nats: Client, stella_namespace: st
 async def full_stack(make_database, nats_url: str, nats: Client, stella_namespace: str) -> AsyncIterator[Stack]:
     """Promotion, release, workflow and approval services."""
     async for value in _stack(make_database, nats_url, nats, stella_namespace, full=True):
+        yield value
+
+
+async def plugin_stack(
+    make_database: Any, nats_url: str, nats: Client, namespace: str, plugins: dict[str, Any]
+) -> AsyncIterator[Stack]:
+    """Promotion, release, workflow and approval services with plugin settings (a plugin path, limits)."""
+    async for value in _stack(make_database, nats_url, nats, namespace, full=True, plugins=plugins):
         yield value
 
 

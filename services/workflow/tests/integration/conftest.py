@@ -98,6 +98,8 @@ class Deployment:
     nats_url: str
     namespace: str
     apps: list[WorkflowApp] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Settings of every instance started from now on (a plugin path, the http steps' allow-lists)."""
 
     @property
     def names(self) -> Names:
@@ -111,6 +113,7 @@ class Deployment:
             nats_namespace=self.namespace,
             ack_wait_s=2.0,
             outbox_poll_s=0.2,
+            **self.overrides,
         )
 
     async def start(self) -> WorkflowApp:
@@ -253,6 +256,12 @@ async def deployment(make_database, nats_url: str, stella_namespace: str) -> Asy
 
 @pytest_asyncio.fixture
 async def harness(deployment: Deployment, nats: Client) -> AsyncIterator[Harness]:
+    async for value in start_harness(deployment, nats):
+        yield value
+
+
+async def start_harness(deployment: Deployment, nats: Client) -> AsyncIterator[Harness]:
+    """Start an instance of ``deployment`` (with its ``overrides``) and talk to it as one tenant."""
     app = await deployment.start()
     async with service_client(nats, app.runtime.names) as client:
         commands = StreamWatch(deployment.names, "stella.cmd.>")

@@ -225,7 +225,8 @@ async def test_a_step_type_without_executor_fails_the_run_with_a_clear_error(har
     run = await harness.start_run("notify-only")
 
     assert run["status"] == "failed"
-    assert "'notify' cannot run yet" in run["steps"][0]["error"]
+    assert "'notify' has no executor" in run["steps"][0]["error"]
+    assert "notification integration" in run["steps"][0]["error"]
     subject, _ = await harness.finished(run["id"])
     assert subject == c.RUN_FAILED
 

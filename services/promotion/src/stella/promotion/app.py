@@ -14,9 +14,12 @@ from faststream.nats import NatsRouter
 from stella.contracts.envelope import utcnow
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
+from stella.kit.startup import ConfigurationError
+from stella.plugins import Limits, ManifestError, PluginCatalogue, PluginRunner
 from stella.promotion import metrics, subscribers
 from stella.promotion.gates import GateRegistry, default_registry
 from stella.promotion.handlers import Handlers
+from stella.promotion.plugin_gates import PluginGates
 from stella.promotion.settings import Settings
 
 NAME = "promotion"
@@ -34,14 +37,28 @@ class Overrides(TypedDict, total=False):
     """Dependencies a caller (a test) provides instead of having them built; each key is optional.
 
     Attributes:
-        registry: The gate registry (built-in gates plus a test's plugin gates).
+        registry: The gate registry (built-in gates plus a test's own gate types).
+        plugins: The installed plugins (defaults to those on ``settings.plugin_path``).
         clock: Returns the current UTC time (defaults to :func:`stella.contracts.envelope.utcnow`).
         new_id: Returns a new id (defaults to :func:`uuid.uuid4`).
     """
 
     registry: GateRegistry
+    plugins: PluginCatalogue
     clock: Callable[[], datetime]
     new_id: Callable[[], UUID]
+
+
+def installed_plugins(plugin_path: str) -> PluginCatalogue:
+    """The plugins installed on the plugin path.
+
+    Raises:
+        ConfigurationError: an entry is missing or a plugin on it is invalid (the process exits with 78).
+    """
+    try:
+        return PluginCatalogue.from_path(plugin_path)
+    except ManifestError as exc:
+        raise ConfigurationError(f"STELLA_PLUGIN_PATH: {exc.detail}") from exc
 
 
 def create_app(settings: Settings, *, overrides: Overrides | None = None) -> PromotionApp:
@@ -52,7 +69,17 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Pro
         overrides: Dependencies to use instead of building them (see :class:`Overrides`).
     """
     overrides = overrides or Overrides()
-    registry = overrides.get("registry") or default_registry()
+    catalogue = overrides["plugins"] if "plugins" in overrides else installed_plugins(settings.plugin_path)
+    runner = PluginRunner(
+        Limits(
+            wall_s=settings.plugin_timeout_s,
+            cpu_s=settings.plugin_cpu_s,
+            memory_bytes=settings.plugin_memory_mb * 1024 * 1024,
+        ),
+        max_concurrent=settings.plugin_concurrency,
+    )
+    plugin_gates = PluginGates(catalogue, runner)
+    registry = overrides.get("registry") or default_registry(plugin_gates.checkers())
     app = PromotionApp()
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
@@ -61,6 +88,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Pro
             CommandProcessor(lambda: runtime.pool, f"{NAME}-commands"),
             lambda: runtime.client,
             registry=registry,
+            plugin_gates=plugin_gates,
             release_query_timeout_s=settings.release_query_timeout_s,
             default_workflow_template=settings.default_workflow_template,
             timer_batch_size=settings.timer_batch_size,

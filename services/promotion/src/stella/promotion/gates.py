@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -82,6 +82,15 @@ REASON_SECURITY_EPSS: Final = "GATE_SECURITY_EPSS"
 REASON_SECURITY_KEV: Final = "GATE_SECURITY_KEV"
 REASON_APPROVAL_PENDING: Final = "GATE_APPROVAL_PENDING"
 REASON_APPROVAL_REJECTED: Final = "GATE_APPROVAL_REJECTED"
+REASON_PLUGIN_DENIED: Final = "GATE_PLUGIN_DENIED"
+REASON_PLUGIN_FAILED: Final = "GATE_PLUGIN_FAILED"
+REASON_PLUGIN_NO_VERDICT: Final = "GATE_PLUGIN_NO_VERDICT"
+
+PLUGIN_GATE_TYPE: Final = "plugin"
+"""The gate type whose verdict a gate plugin gives: ``{type: plugin, name, config: {plugin, config}}``."""
+
+PLUGIN_VERDICTS: Final = "plugin_verdicts"
+"""The decision input holding each plugin gate's verdict by gate name (gathered by the I/O layer)."""
 
 STATELESS_RANK: Final = 100
 """Rank of cheap gates that only read the clock and the inputs; they run first."""
@@ -738,6 +747,60 @@ class ApprovalGate(Gate):
         )
 
 
+class PluginGate(Gate):
+    """A gate whose verdict an installed gate plugin gives. Config: ``{plugin: <plugin id>, config: {...}}``.
+
+    The plugin is called by the I/O layer before the decision (in its own process, with limits); its verdict
+    is stored in the inputs as ``plugin_verdicts[<gate name>] = {status, message, details, reason_codes}``,
+    so the decision replays from the stored inputs alone. No verdict (the plugin was never asked) is an
+    error, which denies.
+
+    Args:
+        plugins: The installed gate plugins by id, each with a function listing what is wrong with a config
+            (empty when it satisfies the plugin's config schema).
+    """
+
+    type = PLUGIN_GATE_TYPE
+    rank = PLUGIN_RANK
+
+    def __init__(self, plugins: Mapping[str, Callable[[Mapping[str, Any]], list[str]]]) -> None:
+        self._plugins = dict(plugins)
+
+    def validate_config(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
+        merged = _check_keys(self.type, config, {"plugin": None, "config": {}})
+        plugin_id = merged["plugin"]
+        if not isinstance(plugin_id, str) or not plugin_id:
+            raise InvalidGateConfig("plugin gate: config.plugin must name an installed gate plugin")
+        check = self._plugins.get(plugin_id)
+        if check is None:
+            installed = ", ".join(sorted(self._plugins)) or "none"
+            raise InvalidGateConfig(f"plugin gate: no gate plugin {plugin_id!r} is installed (installed: {installed})")
+        if not isinstance(merged["config"], Mapping):
+            raise InvalidGateConfig(f"plugin gate {plugin_id}: config.config must be an object")
+        problems = check(merged["config"])
+        if problems:
+            raise InvalidGateConfig(f"plugin gate {plugin_id}: config does not fit the plugin: {'; '.join(problems)}")
+        return {"plugin": plugin_id, "config": dict(merged["config"])}
+
+    def evaluate(self, gate: GateConfig, inputs: Mapping[str, Any], now: datetime) -> GateResult:
+        verdicts = inputs.get(PLUGIN_VERDICTS) or {}
+        verdict = verdicts.get(gate.name) if isinstance(verdicts, Mapping) else None
+        if not isinstance(verdict, Mapping):
+            return self.result(
+                gate,
+                GateStatus.ERROR,
+                f"plugin {gate.config['plugin']} gave no verdict",
+                reason_codes=(REASON_PLUGIN_NO_VERDICT,),
+            )
+        return self.result(
+            gate,
+            GateStatus(verdict.get("status", GateStatus.ERROR)),
+            str(verdict.get("message", "")),
+            details={"plugin": gate.config["plugin"], **dict(verdict.get("details") or {})},
+            reason_codes=tuple(verdict.get("reason_codes") or ()),
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # Registry and evaluation
 # --------------------------------------------------------------------------------------------------
@@ -869,9 +932,19 @@ BUILTIN_GATES: Final[tuple[type[Gate], ...]] = (
 """The gate types every registry starts with."""
 
 
-def default_registry() -> GateRegistry:
-    """Return a new registry holding the built-in gates (each call gives an independent registry)."""
-    return GateRegistry(gate_type() for gate_type in BUILTIN_GATES)
+def default_registry(
+    plugins: Mapping[str, Callable[[Mapping[str, Any]], list[str]]] | None = None,
+) -> GateRegistry:
+    """Return a new registry holding the built-in gates (each call gives an independent registry).
+
+    Args:
+        plugins: The installed gate plugins (see :class:`PluginGate`); the ``plugin`` gate type is registered
+            when given.
+    """
+    registry = GateRegistry(gate_type() for gate_type in BUILTIN_GATES)
+    if plugins is not None:
+        registry.register(PluginGate(plugins))
+    return registry
 
 
 def evaluate_gates(

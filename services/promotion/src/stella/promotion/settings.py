@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from stella.kit.settings import ServiceSettings
@@ -35,3 +35,20 @@ class Settings(ServiceSettings):
     run_start_attempts: int = Field(default=5, ge=0, le=50)
     """How often a run's start is sent again before the promotion is rejected with ``PROM_RUN_NOT_STARTED``
     (with the default timeout: about an hour after the request)."""
+
+    plugin_path: str = Field(default="", validation_alias=AliasChoices("plugin_path", "STELLA_PLUGIN_PATH"))
+    """Directories holding installed plugins (``STELLA_PLUGIN_PATH``, separated like ``PATH``); the gate plugins
+    on it are the ``plugin`` gates environments may use. Read once at start."""
+
+    plugin_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """Wall-clock limit of one plugin call; the plugin is killed then and its gate denies. The gate step's command
+    waits for its gate plugins: keep it well below ``STELLA_PROMOTION_ACK_WAIT_S``."""
+
+    plugin_cpu_s: int = Field(default=10, ge=1, le=600)
+    """CPU-time limit of one plugin call."""
+
+    plugin_memory_mb: int = Field(default=512, ge=32, le=65_536)
+    """Memory (address space) limit of one plugin call, in MiB."""
+
+    plugin_concurrency: int = Field(default=4, ge=1, le=256)
+    """Plugin calls this process runs at once."""

@@ -12,9 +12,13 @@ from uuid import UUID, uuid4
 from faststream.nats import NatsRouter
 
 from stella.contracts.envelope import utcnow
+from stella.kit.addresses import AddressPolicy
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
+from stella.kit.startup import ConfigurationError
+from stella.plugins import Limits, ManifestError, PluginCatalogue, PluginRunner
 from stella.workflow import metrics, subscribers
+from stella.workflow.executors import StepExecutors
 from stella.workflow.handlers import Handlers
 from stella.workflow.settings import Settings
 
@@ -35,10 +39,24 @@ class Overrides(TypedDict, total=False):
     Attributes:
         clock: Returns the current UTC time (defaults to :func:`stella.contracts.envelope.utcnow`).
         new_id: Returns a new id (defaults to :func:`uuid.uuid4`).
+        plugins: The installed plugins (defaults to those on ``settings.plugin_path``).
     """
 
+    plugins: PluginCatalogue
     clock: Callable[[], datetime]
     new_id: Callable[[], UUID]
+
+
+def installed_plugins(plugin_path: str) -> PluginCatalogue:
+    """The plugins installed on the plugin path.
+
+    Raises:
+        ConfigurationError: an entry is missing or a plugin on it is invalid (the process exits with 78).
+    """
+    try:
+        return PluginCatalogue.from_path(plugin_path)
+    except ManifestError as exc:
+        raise ConfigurationError(f"STELLA_PLUGIN_PATH: {exc.detail}") from exc
 
 
 def create_app(settings: Settings, *, overrides: Overrides | None = None) -> WorkflowApp:
@@ -50,6 +68,19 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Wor
     """
     overrides = overrides or Overrides()
     app = WorkflowApp()
+    executors = StepExecutors(
+        overrides["plugins"] if "plugins" in overrides else installed_plugins(settings.plugin_path),
+        PluginRunner(
+            Limits(
+                wall_s=settings.plugin_timeout_s,
+                cpu_s=settings.plugin_cpu_s,
+                memory_bytes=settings.plugin_memory_mb * 1024 * 1024,
+            ),
+            max_concurrent=settings.plugin_concurrency,
+        ),
+        http_allowed_hosts=settings.http_allowed_hosts,
+        http_addresses=AddressPolicy(settings.http_allowed_networks),
+    )
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
         handlers = Handlers(
@@ -59,6 +90,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Wor
             timer_retry_s=settings.timer_retry_s,
             timer_max_sleep_s=settings.timer_max_sleep_s,
             template_cache_size=settings.template_cache_size,
+            executors=executors,
             clock=overrides.get("clock", utcnow),
             new_id=overrides.get("new_id", uuid4),
         )
@@ -74,6 +106,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Wor
     async def on_stop(_: ServiceRuntime) -> None:
         if app.handlers is not None:
             await app.handlers.due.stop()
+            await app.handlers.stop_executions()
 
     app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start, on_stop=on_stop)
     metrics.observe(app.runtime)

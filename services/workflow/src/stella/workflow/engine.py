@@ -11,8 +11,11 @@ every started attempt by who executes it:
   receives it;
 * ``wait`` is a timer executed here: the attempt waits until ``config.seconds`` after its start and the
   scheduler completes it then;
-* every other type (``notify``, ``script``, ``http``...) has no executor in this installation
-  yet: the attempt fails at once with an error that says so, and its retry policy applies.
+* ``http`` and ``script`` are executed by this service too, but outside the transaction: the attempt stays
+  ``running`` and is returned in :attr:`Progress.executions`; the caller runs it once the transaction
+  committed (:mod:`stella.workflow.executors`) and records its result like any other step's;
+* every other type (``notify``...) has no executor in this installation yet: the attempt fails at once with
+  an error that says so, and its retry policy applies.
 
 A local transition (a timer parked, an attempt failed) can make more work ready, so :func:`drive`
 advances again until nothing changes; the run's ``next_wakeup_at`` then covers every deadline, retry and
@@ -22,10 +25,11 @@ timer.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
+from urllib.parse import urlsplit
 from uuid import UUID, uuid5
 
 from stella.contracts import workflow as c
@@ -51,6 +55,15 @@ WAITS_FOR_SIGNAL: Final[frozenset[str]] = frozenset({BuiltinStepType.APPROVAL.va
 
 TIMER_STEP: Final[str] = BuiltinStepType.WAIT.value
 """The step type this service executes itself: a timer (``config: {seconds}``)."""
+
+EXECUTED_HERE: Final[frozenset[str]] = frozenset({BuiltinStepType.HTTP.value, BuiltinStepType.SCRIPT.value})
+"""Step types this service executes itself once the attempt's start is committed (they perform I/O)."""
+
+HTTP_METHODS: Final[frozenset[str]] = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+"""Methods an ``http`` step may use."""
+
+_HTTP_FIELDS: Final = frozenset({"url", "method", "headers", "body", "expected_status", "timeout_s"})
+_SCRIPT_FIELDS: Final = frozenset({"plugin", "config"})
 
 MAX_LOG_CHARS: Final = 65_536
 """Most characters of step logs kept per step (the newest are kept)."""
@@ -132,6 +145,7 @@ class Progress:
         changed: Node ids of the steps that changed (the rows to write).
         events: The domain events, in order.
         dispatches: The attempts to send to other contexts, in the order they started.
+        executions: The attempts this service executes itself after the commit (``http``, ``script``).
         run_changed: Whether the run row changed.
     """
 
@@ -140,6 +154,7 @@ class Progress:
     changed: set[str] = field(default_factory=set)
     events: list[WorkflowEvent] = field(default_factory=list)
     dispatches: list[Dispatch] = field(default_factory=list)
+    executions: list[StartStep] = field(default_factory=list)
     run_changed: bool = False
 
     def _set_step(self, step: StepRun) -> None:
@@ -171,18 +186,116 @@ def wait_seconds(config: Mapping[str, Any]) -> float:
     return float(seconds)
 
 
-def check_step_configs(template: WorkflowTemplate) -> None:
-    """Check what this service itself needs of a template beyond the domain's validation.
+def http_host_allowed(host: str, allowed_hosts: Collection[str]) -> bool:
+    """Whether ``host`` is on the operator's allow-list (``example.com``, or ``*.example.com`` for subdomains)."""
+    host = host.lower().rstrip(".")
+    for entry in allowed_hosts:
+        entry = entry.lower().rstrip(".")
+        if host == entry or (entry.startswith("*.") and host.endswith(entry[1:])):
+            return True
+    return False
+
+
+def check_http_config(config: Mapping[str, Any], allowed_hosts: Collection[str]) -> None:
+    """Check an ``http`` step's config: ``{url, method?, headers?, body?, expected_status?, timeout_s?}``.
 
     Raises:
-        InvalidStepConfig: for a ``wait`` step without a valid ``seconds``.
+        InvalidStepConfig: unknown fields, a URL that is not http(s) or names a host off the allow-list, an
+            unknown method, headers that are not strings, an expected status that is not a status code.
+    """
+    unknown = sorted(set(config) - _HTTP_FIELDS)
+    if unknown:
+        raise InvalidStepConfig(f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_HTTP_FIELDS))})")
+    url = config.get("url")
+    if not isinstance(url, str):
+        raise InvalidStepConfig("an http step needs config.url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidStepConfig(f"config.url {url!r} must be an http or https URL with a host")
+    if parts.username or parts.password:
+        raise InvalidStepConfig("config.url must not carry credentials")
+    if not http_host_allowed(parts.hostname, allowed_hosts):
+        raise InvalidStepConfig(
+            f"host {parts.hostname!r} is not on the operator's allow-list (STELLA_WORKFLOW_HTTP_ALLOWED_HOSTS)"
+        )
+    if config.get("method", "GET") not in HTTP_METHODS:
+        raise InvalidStepConfig(f"config.method must be one of {', '.join(sorted(HTTP_METHODS))}")
+    headers = config.get("headers", {})
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise InvalidStepConfig("config.headers must be an object of strings")
+    expected = config.get("expected_status", 200)
+    codes = expected if isinstance(expected, list) else [expected]
+    if not codes or not all(isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes):
+        raise InvalidStepConfig("config.expected_status must be a status code or a list of them")
+    timeout = config.get("timeout_s", 30)
+    if not _is_seconds(timeout, 300):
+        raise InvalidStepConfig("config.timeout_s must be a number of seconds above 0, at most 300")
+
+
+def check_script_config(
+    config: Mapping[str, Any], step_plugins: Mapping[str, Callable[[Mapping[str, Any]], list[str]]]
+) -> None:
+    """Check a ``script`` step's config: ``{plugin: <step plugin id>, config: {...}}``.
+
+    Raises:
+        InvalidStepConfig: no such step plugin is installed, or the config does not fit its schema.
+    """
+    unknown = sorted(set(config) - _SCRIPT_FIELDS)
+    if unknown:
+        raise InvalidStepConfig(f"unknown field(s) {', '.join(unknown)} (allowed: config, plugin)")
+    plugin_id = config.get("plugin")
+    check = step_plugins.get(plugin_id) if isinstance(plugin_id, str) else None
+    if check is None:
+        installed = ", ".join(sorted(step_plugins)) or "none"
+        raise InvalidStepConfig(
+            f"a script step runs a step plugin: config.plugin {plugin_id!r} names none installed (installed: {installed})"
+        )
+    plugin_config = config.get("config", {})
+    if not isinstance(plugin_config, Mapping):
+        raise InvalidStepConfig("config.config must be an object")
+    problems = check(plugin_config)
+    if problems:
+        raise InvalidStepConfig(f"config.config does not fit plugin {plugin_id!r}: {'; '.join(problems)}")
+
+
+def _is_seconds(value: Any, limit: float) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and 0 < value <= limit
+    )
+
+
+def check_step_configs(
+    template: WorkflowTemplate,
+    *,
+    step_plugins: Mapping[str, Callable[[Mapping[str, Any]], list[str]]] | None = None,
+    http_allowed_hosts: Collection[str] = (),
+) -> None:
+    """Check what this service itself needs of a template beyond the domain's validation.
+
+    Args:
+        template: The template being saved.
+        step_plugins: The installed step plugins by id, each with its config check.
+        http_allowed_hosts: The hosts ``http`` steps may call.
+
+    Raises:
+        InvalidStepConfig: for a ``wait`` step without a valid ``seconds``, an ``http`` or ``script`` step whose
+            config cannot work, or one without ``timeout_s`` (an attempt cut short by a restart of this service
+            ends by its timeout and is retried).
     """
     for node in template.nodes:
-        if node.type == TIMER_STEP:
-            try:
+        try:
+            if node.type == TIMER_STEP:
                 wait_seconds(node.config)
-            except InvalidStepConfig as exc:
-                raise InvalidStepConfig(f"step {node.id!r}: {exc.detail}") from None
+            elif node.type == BuiltinStepType.HTTP.value:
+                check_http_config(node.config, http_allowed_hosts)
+            elif node.type == BuiltinStepType.SCRIPT.value:
+                check_script_config(node.config, step_plugins or {})
+            if node.type in EXECUTED_HERE and node.timeout_s is None:
+                raise InvalidStepConfig(f"a {node.type} step needs timeout_s")
+        except InvalidStepConfig as exc:
+            raise InvalidStepConfig(f"step {node.id!r}: {exc.detail}") from None
 
 
 def append_logs(existing: str, attempt: int, logs: str) -> str:
@@ -230,15 +343,31 @@ def drive(template: WorkflowTemplate, progress: Progress, *, now: datetime) -> P
                 if start.node_type in WAITS_FOR_SIGNAL:
                     progress._apply(begin_waiting(step, attempt=start.attempt, now=now))
                 continue
-            local = True
-            progress._apply(_execute_locally(template, step, start, now))
+            transition = _execute_locally(template, step, start, now, progress)
+            if transition is not None:
+                local = True
+                progress._apply(transition)
         if not local:
             return progress
     raise RuntimeError(f"run {progress.run.id} did not settle after {_round_limit(template)} rounds")
 
 
-def _execute_locally(template: WorkflowTemplate, step: StepRun, start: StartStep, now: datetime) -> StepTransition:
-    """Run an attempt of a step type this service executes itself (or fail it when nobody can)."""
+def _execute_locally(
+    template: WorkflowTemplate, step: StepRun, start: StartStep, now: datetime, progress: Progress
+) -> StepTransition | None:
+    """Run an attempt of a step type this service executes itself (or fail it when nobody can).
+
+    Returns None for an attempt executed after the commit (it is added to ``progress.executions``).
+    """
+    if start.node_type in EXECUTED_HERE:
+        progress.executions.append(start)
+        return None
+    if start.node_type == BuiltinStepType.NOTIFY.value:
+        error = (
+            "step type 'notify' has no executor in this installation: it sends through a notification "
+            "integration, and none is available yet"
+        )
+        return complete_step(template, step, attempt=start.attempt, outcome=StepOutcome.FAILED, now=now, error=error)
     if start.node_type != TIMER_STEP:
         error = f"step type {start.node_type!r} cannot run yet: no executor for it is installed"
         return complete_step(template, step, attempt=start.attempt, outcome=StepOutcome.FAILED, now=now, error=error)

@@ -17,7 +17,7 @@ import asyncio
 import copy
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID, uuid4, uuid5
@@ -30,6 +30,7 @@ from stella.kit.broker import CommandProcessor
 from stella.kit.faults import is_transient
 from stella.kit.outbox import add_events
 from stella.kit.timers import DueLoop
+from stella.plugins import PluginCatalogue, PluginRunner
 from stella.workflow import engine, repo
 from stella.workflow.domain.errors import InvalidTemplate, TemplateNotFound
 from stella.workflow.domain.events import (
@@ -47,6 +48,7 @@ from stella.workflow.domain.run import new_run, step_attempt_id
 from stella.workflow.domain.scheduler import StartStep
 from stella.workflow.domain.template import WorkflowTemplate
 from stella.workflow.domain.validation import parse_template, validate_template
+from stella.workflow.executors import StepExecutors
 from stella.workflow.templates import BUILTIN_STEP_TYPES, BUILTIN_TEMPLATES, builtin_template_id
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,17 @@ log = logging.getLogger(__name__)
 _SUBJECT_RUN_NAMESPACE: Final = UUID("5d7f3a8e-0c41-4f7e-8f4b-3b2f5e9a7c61")
 _BUILTIN_NAMES: Final = frozenset(template.name for template in BUILTIN_TEMPLATES)
 _LOCKED_PAUSE_S: Final = 0.05
+_RECORD_ATTEMPTS: Final = 8
+
+
+@dataclass(frozen=True)
+class Execution:
+    """An attempt this service executes itself, started once the transaction that started it committed."""
+
+    tenant_id: UUID
+    run_id: UUID
+    correlation_id: UUID
+    start: StartStep
 
 
 def subject_run_id(subject_id: UUID, template_name: str) -> UUID:
@@ -96,6 +109,7 @@ class Handlers:
         timer_retry_s: float = 30.0,
         timer_max_sleep_s: float = 60.0,
         template_cache_size: int = 1024,
+        executors: StepExecutors | None = None,
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], UUID] = uuid4,
     ) -> None:
@@ -107,6 +121,8 @@ class Handlers:
         self.clock = clock
         self.new_id = new_id
         self._templates: dict[UUID, WorkflowTemplate] = {}
+        self.executors = executors or StepExecutors(PluginCatalogue(), PluginRunner())
+        self._executions: set[asyncio.Task[None]] = set()
         self.due = DueLoop("workflow-runs", self.next_due, self.run_due, clock=clock, max_sleep_s=timer_max_sleep_s)
         """The run timer: advances runs whose ``next_wakeup_at`` has come (start it with the service)."""
 
@@ -136,7 +152,11 @@ class Handlers:
             engine.check_promotion_template(cmd)
             parsed = parse_template(template_definition(cmd), tenant_id=cmd.tenant_id)
             template = validate_template(parsed, BUILTIN_STEP_TYPES)
-            engine.check_step_configs(template)
+            engine.check_step_configs(
+                template,
+                step_plugins=self.executors.step_plugins(),
+                http_allowed_hosts=self.executors.http_allowed_hosts,
+            )
             version = await repo.next_template_version(conn, cmd.tenant_id, cmd.name)
             template = replace(template, version=version)
             record = await repo.insert_template(
@@ -183,7 +203,10 @@ class Handlers:
             subject_run_id(cmd.subject_id, cmd.template_name) if cmd.subject_id is not None else self.new_id()
         )
 
+        launch: list[Execution] = []
+
         async def execute(conn: asyncpg.Connection) -> object:
+            launch.clear()
             existing = await self._existing_run(conn, cmd, run_id)
             if existing is not None:
                 return existing.model_dump(mode="json")
@@ -210,10 +233,12 @@ class Handlers:
                     raise engine.RunConflict(f"run id {run_id} is already in use")
                 return existing.model_dump(mode="json")
             progress.changed = set(progress.steps)
-            view = await self._save(conn, template, record, progress, {}, cmd, now, new=True)
+            view = await self._save(conn, template, record, progress, {}, cmd, now, new=True, launch=launch)
             return view.model_dump(mode="json")
 
         reply = await self.commands.run(cmd, execute)
+        if reply.ok:
+            self._launch(launch)
         if not reply.ok and reply.error is not None and reply.error.status < 500:
             await self._announce_refused_start(cmd, run_id, reply.error.detail or reply.error.title)
         self.due.wake()
@@ -255,7 +280,10 @@ class Handlers:
     async def complete_step(self, cmd: c.CompleteStep) -> Reply:
         """Record a step attempt's result and advance the run; a duplicate or late result changes nothing."""
 
+        launch: list[Execution] = []
+
         async def execute(conn: asyncpg.Connection) -> object:
+            launch.clear()
             record = await repo.get_run(conn, cmd.tenant_id, cmd.run_id, lock=True)
             if record is None:
                 raise engine.RunNotFound(f"workflow run {cmd.run_id} does not exist")
@@ -276,7 +304,7 @@ class Handlers:
             if applied:
                 logs = dict(stored.logs)
                 logs[cmd.node_id] = engine.append_logs(logs.get(cmd.node_id, ""), cmd.attempt, cmd.logs)
-                await self._save(conn, template, record, progress, logs, cmd, now)
+                await self._save(conn, template, record, progress, logs, cmd, now, launch=launch)
             return {
                 "run_id": str(cmd.run_id),
                 "node_id": cmd.node_id,
@@ -286,6 +314,8 @@ class Handlers:
             }
 
         reply = await self.commands.run(cmd, execute)
+        if reply.ok:
+            self._launch(launch)
         self.due.wake()
         return reply
 
@@ -316,8 +346,18 @@ class Handlers:
         now: datetime,
         *,
         new: bool = False,
+        launch: list[Execution] | None = None,
     ) -> c.RunView:
-        """Write what changed and its messages (events and ``ExecuteStep`` commands) in the open transaction."""
+        """Write what changed and its messages (events and ``ExecuteStep`` commands) in the open transaction.
+
+        The attempts this service executes itself are added to ``launch``: the caller starts them once the
+        transaction committed (an attempt is never executed for a start that was rolled back).
+        """
+        if launch is not None:
+            launch.extend(
+                Execution(progress.run.tenant_id, progress.run.id, record.correlation_id, start)
+                for start in progress.executions
+            )
         saved = replace(record, run=progress.run)
         if progress.run_changed and not new:
             await repo.update_run(conn, progress.run, now)
@@ -473,6 +513,12 @@ class Handlers:
             await asyncio.sleep(_LOCKED_PAUSE_S)
 
     async def _wake_run(self, tenant: UUID, run_id: UUID) -> bool:
+        launch: list[Execution] = []
+        woken = await self._advance_due_run(tenant, run_id, launch)
+        self._launch(launch)
+        return woken
+
+    async def _advance_due_run(self, tenant: UUID, run_id: UUID, launch: list[Execution]) -> bool:
         async with self._pool().acquire() as conn, conn.transaction():
             now = self.clock()
             record = await repo.lock_due_run(conn, tenant, run_id, now)
@@ -481,8 +527,58 @@ class Handlers:
             template = await self._run_template(conn, record)
             stored = await repo.get_steps(conn, tenant, run_id)
             progress = engine.wake(template, record.run, stored.steps, now=now)
-            await self._save(conn, template, record, progress, stored.logs, None, now)
+            await self._save(conn, template, record, progress, stored.logs, None, now, launch=launch)
             return True
+
+    # --- steps executed here ----------------------------------------------------------------------------
+
+    def _launch(self, executions: list[Execution]) -> None:
+        """Start executing committed attempts of ``http`` and ``script`` steps, each in a task of its own."""
+        for execution in executions:
+            task = asyncio.create_task(self._execute(execution), name=f"step-{execution.start.node_id}")
+            self._executions.add(task)
+            task.add_done_callback(self._executions.discard)
+
+    async def _execute(self, execution: Execution) -> None:
+        """Execute one attempt and record its result as any executor's ``CompleteStep`` is recorded.
+
+        The result's id is derived from the attempt, so recording it twice has one effect. Should this service
+        stop before the result is recorded, the attempt stays running until its ``timeout_s`` fails it and its
+        retry policy starts the next one.
+        """
+        start = execution.start
+        result = await self.executors.execute(start, idempotency_key=start.idempotency_key)
+        ref = c.StepRef(run_id=execution.run_id, node_id=start.node_id, attempt=start.attempt)
+        completion = ref.completion(
+            tenant_id=execution.tenant_id,
+            correlation_id=execution.correlation_id,
+            causation_id=step_attempt_id(execution.run_id, start.node_id, start.attempt),
+            status=result.status,
+            outputs=result.outputs,
+            error=result.error,
+            logs=result.logs,
+        )
+        for attempt in range(1, _RECORD_ATTEMPTS + 1):
+            try:
+                reply = await self.complete_step(completion)
+            except Exception as exc:
+                if not is_transient(exc) or attempt == _RECORD_ATTEMPTS:
+                    log.exception("could not record a step's result", extra={"node_id": start.node_id})
+                    return
+                await asyncio.sleep(min(2.0**attempt, 30.0))
+                continue
+            if not reply.ok:
+                log.warning(
+                    "a step's result was refused",
+                    extra={"node_id": start.node_id, "error": reply.error.detail if reply.error else None},
+                )
+            return
+
+    async def stop_executions(self) -> None:
+        """Stop the attempts in flight (they end by their timeout and are retried by whichever replica runs)."""
+        for task in list(self._executions):
+            task.cancel()
+        await asyncio.gather(*self._executions, return_exceptions=True)
 
     # --- queries ----------------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from stella.promotion.gates import GateRegistry, default_registry
 from stella.promotion.handlers.messages import DEFAULT_WORKFLOW_TEMPLATE
 from stella.promotion.handlers.promotions import PromotionHandlers
 from stella.promotion.handlers.timers import TimerHandlers
+from stella.promotion.plugin_gates import PluginGates
 
 
 class Handlers(PromotionHandlers, TimerHandlers):
@@ -48,6 +49,7 @@ class Handlers(PromotionHandlers, TimerHandlers):
         client: Callable[[], ServiceClient],
         *,
         registry: GateRegistry | None = None,
+        plugin_gates: PluginGates | None = None,
         release_query_timeout_s: float = 5.0,
         default_workflow_template: str = DEFAULT_WORKFLOW_TEMPLATE,
         timer_batch_size: int = 100,
@@ -64,6 +66,7 @@ class Handlers(PromotionHandlers, TimerHandlers):
         self.run_start_timeout = timedelta(seconds=run_start_timeout_s)
         self.run_start_attempts = run_start_attempts
         self.registry = registry or default_registry()
+        self.plugin_gates = plugin_gates
         self.release_query_timeout_s = release_query_timeout_s
         self.default_workflow_template = default_workflow_template
         self.timer_batch_size = timer_batch_size

@@ -21,6 +21,7 @@ from stella.promotion.domain.errors import NotFound
 from stella.promotion.domain.events import PromotionEvent
 from stella.promotion.gates import GateRegistry
 from stella.promotion.handlers.messages import EVENT_SUBJECTS, Origin
+from stella.promotion.plugin_gates import PluginGates
 
 
 class HandlerBase:
@@ -32,6 +33,7 @@ class HandlerBase:
     run_start_timeout: timedelta
     run_start_attempts: int
     registry: GateRegistry
+    plugin_gates: PluginGates | None
     release_query_timeout_s: float
     default_workflow_template: str
     timer_batch_size: int

@@ -16,7 +16,7 @@ from stella.promotion.domain.encoding import sha256_digest, to_json_value
 from stella.promotion.domain.environment import Environment
 from stella.promotion.domain.errors import InvalidEnvironment
 from stella.promotion.domain.outcome import APPROVAL_GATE_TYPE
-from stella.promotion.gates import GateRegistry
+from stella.promotion.gates import PLUGIN_GATE_TYPE, GateRegistry
 
 _POLICY_KEYS: Final = frozenset({"workflow_template", "approver_groups"})
 
@@ -180,6 +180,19 @@ def decision_inputs(
         "manual_confirmations": [],
     }
     return to_json_value(document)
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginVerdicts:
+    """Verdicts of gate plugins asked before a transaction, and the plugin gates they were asked for."""
+
+    gates: list[dict[str, Any]]
+    verdicts: dict[str, Any]
+
+
+def plugin_gates_of(gates: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ``plugin`` gates among a promotion's effective gates (the ones whose verdicts are asked)."""
+    return [dict(g) for g in gates if g.get("type") == PLUGIN_GATE_TYPE]
 
 
 def decision_hash(record: Mapping[str, Any]) -> str:

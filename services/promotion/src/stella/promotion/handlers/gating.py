@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -23,7 +24,15 @@ from stella.promotion.domain.errors import NotFound, PromotionNotPending
 from stella.promotion.domain.events import PromotionEvent
 from stella.promotion.domain.release import ApprovalSummary
 from stella.promotion.domain.status import APPROVED_STATUSES, PromotionStatus
-from stella.promotion.handlers.decisions import approvals_document, decision_hash, decision_inputs, effective_gates
+from stella.promotion.gates import PLUGIN_VERDICTS
+from stella.promotion.handlers.decisions import (
+    PluginVerdicts,
+    approvals_document,
+    decision_hash,
+    decision_inputs,
+    effective_gates,
+    plugin_gates_of,
+)
 from stella.promotion.handlers.errors import NotFrozen
 from stella.promotion.handlers.messages import Origin, gate_step_result, promotion_id_of
 from stella.promotion.handlers.queue import DeployQueue
@@ -82,6 +91,8 @@ class GateHandlers(DeployQueue):
         window opens. An attempt arriving after the gates decided is answered from the stored decision.
         """
         step = w.StepRef(run_id=cmd.run_id, node_id=cmd.node_id, attempt=cmd.attempt)
+        seen = await self.commands.seen(cmd)
+        asked = None if seen else await self._ask_plugins_first(cmd.tenant_id, promotion_id_of(cmd))
 
         async def execute(conn: asyncpg.Connection) -> object:
             origin = Origin.of(cmd)
@@ -100,7 +111,7 @@ class GateHandlers(DeployQueue):
                 return {"step": step.model_dump(mode="json"), "status": "failed", "error": error}
             if stored.promotion.status is PromotionStatus.PENDING_GATE:
                 stored.gate_step = step
-                await self._evaluate(conn, stored, self.clock(), "gates", origin)
+                await self._evaluate(conn, stored, self.clock(), "gates", origin, asked=asked)
             else:
                 result = gate_step_result(stored.promotion)
                 assert result is not None
@@ -117,9 +128,24 @@ class GateHandlers(DeployQueue):
         return reply
 
     async def _gate_inputs(
-        self, conn: asyncpg.Connection, stored: repo.StoredPromotion, approvals: Mapping[str, Any]
+        self,
+        conn: asyncpg.Connection,
+        stored: repo.StoredPromotion,
+        approvals: Mapping[str, Any],
+        *,
+        asked: PluginVerdicts | None = None,
+        ask_plugins: bool = True,
     ) -> dict[str, Any]:
-        """Gather every input of the promotion's decision (current windows, gates, scans)."""
+        """Gather every input of the promotion's decision (current windows, gates, scans, plugin verdicts).
+
+        Args:
+            conn: The connection.
+            stored: The promotion.
+            approvals: The approvals document.
+            asked: Plugin verdicts asked before the transaction opened; used when they were asked for exactly
+                the plugin gates the promotion has now (else the plugins are asked again).
+            ask_plugins: False leaves the plugin verdicts out (to learn which plugin gates to ask).
+        """
         p = stored.promotion
         view = await repo.get_environment(conn, p.tenant_id, p.target_environment_id)
         assert view is not None  # an environment with promotions cannot be deleted
@@ -133,7 +159,34 @@ class GateHandlers(DeployQueue):
             p.required_approvals,
             has_allow_windows=any(x.kind is freeze.WindowKind.ALLOW for x in windows),
         )
-        return decision_inputs(stored, environment, windows, scans, approvals, gates)
+        inputs = decision_inputs(stored, environment, windows, scans, approvals, gates)
+        plugin_gates = plugin_gates_of(gates)
+        if plugin_gates and ask_plugins:
+            # Stored with the inputs: the decision replays from them without calling the plugins again.
+            if asked is not None and asked.gates == plugin_gates:
+                verdicts = asked.verdicts
+            else:
+                verdicts = await self.plugin_gates.verdicts(gates, inputs) if self.plugin_gates is not None else {}
+            inputs[PLUGIN_VERDICTS] = to_json_value(verdicts)
+        return inputs
+
+    async def _ask_plugins_first(self, tenant: UUID, promotion_id: UUID | None) -> PluginVerdicts | None:
+        """Ask a pending promotion's gate plugins before its row is locked, so no lock waits on a plugin.
+
+        Returns None when there is nothing to ask (no such promotion, not pending, no plugin gate).
+        """
+        if promotion_id is None or self.plugin_gates is None:
+            return None
+        async with self._pool().acquire() as conn:
+            stored = await repo.get_promotion(conn, tenant, promotion_id)
+            if stored is None or stored.promotion.status is not PromotionStatus.PENDING_GATE:
+                return None
+            approvals = approvals_document(stored.promotion.required_approvals)
+            inputs = await self._gate_inputs(conn, stored, approvals, ask_plugins=False)
+        plugin_gates = plugin_gates_of(inputs["gates"])
+        if not plugin_gates:
+            return None
+        return PluginVerdicts(plugin_gates, await self.plugin_gates.verdicts(inputs["gates"], inputs))
 
     async def _store_decision(
         self,
@@ -151,11 +204,18 @@ class GateHandlers(DeployQueue):
         return record
 
     async def _evaluate(
-        self, conn: asyncpg.Connection, stored: repo.StoredPromotion, now: datetime, trigger: str, origin: Origin
+        self,
+        conn: asyncpg.Connection,
+        stored: repo.StoredPromotion,
+        now: datetime,
+        trigger: str,
+        origin: Origin,
+        *,
+        asked: PluginVerdicts | None = None,
     ) -> None:
         """Decide a pending promotion's gates now, move it, and complete its gate step when they decided."""
         p = stored.promotion
-        inputs = await self._gate_inputs(conn, stored, approvals_document(p.required_approvals))
+        inputs = await self._gate_inputs(conn, stored, approvals_document(p.required_approvals), asked=asked)
         record = await self._store_decision(conn, stored, trigger, inputs, now)
         outcome = record.outcome()
         if p.awaits_approvals(outcome, now=now):
