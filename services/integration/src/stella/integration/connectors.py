@@ -13,7 +13,7 @@ import json
 import re
 import ssl
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
@@ -97,7 +97,7 @@ class Connectors:
                 realm = params.pop("realm", "")
                 if not realm:
                     return Probe(HealthStatus.UNHEALTHY, f"registry {host} sent a bearer challenge without a realm")
-                query = "&".join(f"{k}={v}" for k, v in params.items())
+                query = urlencode(params)
                 token_status, _, token_body = await self._request(
                     "GET", realm + ("?" + query if query else ""), headers=headers, ca_pem=ca_pem
                 )
