@@ -13,6 +13,7 @@ Ctrl-C stops everything.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -33,7 +34,7 @@ from stella.kit.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("STELLA_STATE_DIR", ROOT / ".stella"))
-SERVICES = ("release", "promotion", "approval", "workflow", "deployment", "evidence", "events")
+SERVICES = ("release", "promotion", "approval", "workflow", "deployment", "evidence", "events", "integration")
 """Headless services, started in this order before the gateway (those not installed are skipped)."""
 COLORS = ("36", "33", "35", "32", "34", "31", "96", "93")
 DOCKER_SOCKET = "unix:///var/run/docker.sock"
@@ -68,6 +69,16 @@ def _pick_port(env: str, preferred: int) -> int:
 
 def _say(text: str) -> None:
     print(f"\033[1m[stack]\033[0m {text}", flush=True)
+
+
+def _ensure_master_key(path: Path) -> None:
+    """Create the integration service's master key file (32 random bytes, base64, owner-only) unless it exists."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(base64.b64encode(os.urandom(32)).decode() + "\n")
 
 
 def _installed(service: str) -> bool:
@@ -302,6 +313,13 @@ async def main() -> int:
         env.setdefault("STELLA_DATABASE_SERVICE_ROLES", "true")
         env.setdefault("STELLA_EVIDENCE_KEY_DIR", str(STATE / "keys"))
         env.setdefault("STELLA_EVENTS_KEY_DIR", str(STATE / "keys"))
+        # The secret store's master key, generated once beside the evidence signing key.
+        if "STELLA_INTEGRATION_MASTER_KEY" not in env:
+            master = Path(
+                env.setdefault("STELLA_INTEGRATION_MASTER_KEY_FILE", str(STATE / "keys" / "integration-master.key"))
+            )
+            _ensure_master_key(master)
+        env.setdefault("STELLA_INTEGRATION_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
         # On one's own machine a registry on loopback is the usual one (a deployed service refuses it by default).
         env.setdefault("STELLA_RELEASE_REGISTRY_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
         port = int(env.setdefault("STELLA_GATEWAY_PORT", "8080"))

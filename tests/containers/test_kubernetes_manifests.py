@@ -24,7 +24,7 @@ BASE = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30"
 """The oldest Kubernetes release the base is written for."""
 
-OPERATOR_SECRETS = {"stella-database", "stella-evidence-key", "stella-events-key"}
+OPERATOR_SECRETS = {"stella-database", "stella-evidence-key", "stella-events-key", "stella-integration-master-key"}
 """Secrets the base reads but does not hold (their values are the operator's)."""
 
 HEADLESS_SERVICES_WITHOUT_DEPLOYMENT = {"agent", "cli"}

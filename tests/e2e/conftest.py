@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import subprocess
@@ -155,7 +156,7 @@ class Stack:
         self.procs.clear()
 
 
-HEADLESS = ("release", "promotion", "approval", "workflow", "deployment", "evidence", "events")
+HEADLESS = ("release", "promotion", "approval", "workflow", "deployment", "evidence", "events", "integration")
 """Every headless service, in start order."""
 
 
@@ -170,9 +171,14 @@ async def _running(
     tmp_path: Path,
 ) -> AsyncIterator[Stack]:
     """Start ``services`` and the gateway on a fresh database and namespace, with a bootstrapped tenant."""
+    master_key = tmp_path / "keys" / "integration-master.key"
+    master_key.parent.mkdir(parents=True, exist_ok=True)
+    master_key.write_text(base64.b64encode(os.urandom(32)).decode())
     env = {
         **os.environ,
         "STELLA_DATABASE_URL": fresh_database,
+        "STELLA_INTEGRATION_MASTER_KEY_FILE": str(master_key),
+        "STELLA_INTEGRATION_ALLOWED_NETWORKS": "127.0.0.0/8",
         "STELLA_NATS_URL": nats_url,
         "STELLA_NATS_NAMESPACE": namespace,
         "STELLA_GATEWAY_PORT": str(free_port()),

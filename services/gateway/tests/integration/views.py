@@ -29,6 +29,7 @@ def component(name: str = "web", **changes: Any) -> dict[str, Any]:
         "versioning_strategy": {"type": "semver"},
         "default_channel": "stable",
         "registry_credential_ref": None,
+        "registry_integration_id": None,
         "created_at": _now(),
         "updated_at": _now(),
     }

@@ -91,7 +91,8 @@ class ReleaseStatus(StrEnum):
 
 
 class ComponentView(Model):
-    """A component as clients see it. ``registry_credential_ref`` names a secret, never holds one."""
+    """A component as clients see it. ``registry_credential_ref`` names a secret, never holds one;
+    ``registry_integration_id`` names the ``registry`` integration its tags are read through (which wins)."""
 
     id: UUID
     name: Name
@@ -100,6 +101,7 @@ class ComponentView(Model):
     versioning_strategy: dict[str, Any]
     default_channel: Channel
     registry_credential_ref: CredentialRef | None
+    registry_integration_id: UUID | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -167,6 +169,8 @@ class CreateComponent(Command):
     versioning_strategy: dict[str, Any] = Field(default_factory=lambda: {"type": "semver"})
     default_channel: Channel = "stable"
     registry_credential_ref: CredentialRef | None = None
+    registry_integration_id: UUID | None = None
+    """The ``registry`` integration (integration service) whose URL and credential the tags are read with."""
 
 
 class UpdateComponent(Command):
@@ -179,6 +183,8 @@ class UpdateComponent(Command):
     default_channel: Channel | None = None
     registry_credential_ref: CredentialRef | None = None
     clear_registry_credential_ref: bool = False
+    registry_integration_id: UUID | None = None
+    clear_registry_integration_id: bool = False
 
 
 class DeleteComponent(Command):

@@ -237,12 +237,21 @@ class ComponentCreate(RequestBody):
             "the secret; only references the operator allows the tenant are accepted. Needs credential:update."
         ),
     )
+    registry_integration_id: UUID | None = Field(
+        default=None,
+        description=(
+            "The registry integration (GET /api/v1/integrations) whose URL and credential the component's tags are "
+            "read with; it must be for the component's registry host. Wins over registry_credential_ref. "
+            "Needs credential:update."
+        ),
+    )
 
 
 class ComponentUpdate(RequestBody):
     """New values for a component's mutable fields; omitted fields keep their value.
 
-    ``registry_credential_ref: null`` removes the credential reference.
+    ``registry_credential_ref: null`` removes the credential reference, ``registry_integration_id: null`` the
+    registry integration.
     """
 
     display_name: DisplayName | None = None
@@ -250,6 +259,7 @@ class ComponentUpdate(RequestBody):
     versioning_strategy: dict[str, Any] | None = None
     default_channel: Channel | None = None
     registry_credential_ref: CredentialRef | None = None
+    registry_integration_id: UUID | None = None
 
 
 class ComponentOut(ResponseBody):
@@ -262,6 +272,7 @@ class ComponentOut(ResponseBody):
     versioning_strategy: dict[str, Any]
     default_channel: str
     registry_credential_ref: str | None
+    registry_integration_id: UUID | None = None
     created_at: datetime
     updated_at: datetime
 

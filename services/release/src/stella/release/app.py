@@ -17,6 +17,7 @@ from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.release import metrics, subscribers
 from stella.release.credentials import CredentialPolicy
 from stella.release.handlers import Handlers
+from stella.release.integrations import RegistryIntegrations
 from stella.release.registry import RegistryClient
 from stella.release.settings import Settings
 
@@ -67,6 +68,9 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Rel
             CommandProcessor(lambda: runtime.pool, f"{NAME}-commands"),
             registry,
             credentials=CredentialPolicy(settings.credential_refs),
+            integrations=RegistryIntegrations(
+                lambda: runtime.client, settings.insecure_registries, timeout_s=settings.registry_timeout_s
+            ),
             max_tags_per_sync=settings.max_tags_per_sync,
             clock=clock,
         )

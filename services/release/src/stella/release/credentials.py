@@ -16,19 +16,15 @@ integrations bring a secret store, this allow-list is the only way a secret reac
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Final
 from uuid import UUID
 
+from stella.kit.credentials import ANY_TENANT, HostCredentialAllowList
 from stella.kit.errors import Unprocessable
 from stella.release.registry import Credentials
 
 log = logging.getLogger(__name__)
 
-ANY_TENANT: Final[str] = "*"
-"""Key of ``STELLA_RELEASE_CREDENTIAL_REFS`` whose references every tenant may use (single-tenant installs)."""
+__all__ = ["ANY_TENANT", "CredentialPolicy", "CredentialRefNotAllowed", "CredentialUnresolved"]
 
 
 class CredentialRefNotAllowed(Unprocessable):
@@ -45,21 +41,10 @@ class CredentialUnresolved(Unprocessable):
     title = "Credential reference cannot be resolved"
 
 
-class CredentialPolicy:
-    """The operator's allow-list of credential references, per tenant id (and :data:`ANY_TENANT`).
-
-    Args:
-        allowed: Tenant id (as text) or ``"*"`` -> the references that tenant may use.
+class CredentialPolicy(HostCredentialAllowList):
+    """The operator's allow-list of credential references, per tenant id (and :data:`ANY_TENANT`)
+    (``STELLA_RELEASE_CREDENTIAL_REFS``), with the release service's errors.
     """
-
-    def __init__(self, allowed: Mapping[str, Sequence[str]] | None = None) -> None:
-        self._allowed = {tenant.strip().lower(): frozenset(refs) for tenant, refs in (allowed or {}).items()}
-
-    def allows(self, tenant_id: UUID, ref: str) -> bool:
-        """Whether ``tenant_id`` may use ``ref``."""
-        return ref in self._allowed.get(str(tenant_id), frozenset()) or ref in self._allowed.get(
-            ANY_TENANT, frozenset()
-        )
 
     def check(self, tenant_id: UUID, ref: str | None) -> None:
         """Refuse a reference the tenant may not use (None, no reference, is always fine).
@@ -83,18 +68,10 @@ class CredentialPolicy:
         if ref is None:
             return None
         self.check(tenant_id, ref)
-        scheme, _, target = ref.partition(":")
-        value: str | None = None
-        if scheme == "env":
-            value = os.environ.get(target)
-        elif scheme == "file":
-            try:
-                value = Path(target).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                log.warning("cannot read the credential file of an allowed reference", extra={"error": repr(exc)})
+        value = self.read(ref)
         username, sep, password = (value or "").partition(":")
         if not sep or not username:
-            log.warning("an allowed credential reference gives no user:password", extra={"scheme": scheme})
+            log.warning("an allowed credential reference gives no user:password", extra={"scheme": ref.split(":")[0]})
             raise CredentialUnresolved(
                 f"the secret named by {ref!r} could not be read as user:password; ask the operator to check it"
             )

@@ -30,6 +30,13 @@ class DuplicateName(Conflict):
     title = "Name already in use"
 
 
+class RegistryIntegrationsUnavailable(Unprocessable):
+    """A component names a registry integration but this release service has no way to ask for one."""
+
+    code = "REL_REGISTRY_INTEGRATION_UNUSABLE"
+    title = "Registry integration cannot be used"
+
+
 class ComponentInUse(Conflict):
     """A component referenced by a release cannot be deleted."""
 

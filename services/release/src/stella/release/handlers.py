@@ -59,7 +59,8 @@ from stella.kit.errors import ServiceError, error_detail
 from stella.kit.outbox import add_events
 from stella.release import domain, repo
 from stella.release.credentials import CredentialPolicy
-from stella.release.registry import RegistryClient
+from stella.release.integrations import RegistryIntegrations
+from stella.release.registry import Credentials, RegistryClient
 
 _SEMVER = re.compile(SEMVER_PATTERN)
 
@@ -83,6 +84,7 @@ class Handlers:
         registry: RegistryClient,
         *,
         credentials: CredentialPolicy | None = None,
+        integrations: RegistryIntegrations | None = None,
         max_tags_per_sync: int = 5000,
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], UUID] = uuid4,
@@ -91,14 +93,45 @@ class Handlers:
         self.commands = commands
         self.registry = registry
         self.credentials = credentials or CredentialPolicy()
+        self.integrations = integrations
         self.max_tags_per_sync = max_tags_per_sync
         self.clock = clock
         self.new_id = new_id
+
+    async def _registry_credentials(
+        self,
+        tenant_id: UUID,
+        component: ComponentView | None,
+        *,
+        integration_id: UUID | None = None,
+        repository: str | None = None,
+        credential_ref: str | None = None,
+    ) -> Credentials | None:
+        """The credential a component's registry is read with: through its registry integration (asked of the
+        integration service), else through its host credential reference."""
+        if component is not None:
+            integration_id, repository = component.registry_integration_id, component.image_repository
+            credential_ref = component.registry_credential_ref
+        if integration_id is not None:
+            if self.integrations is None:
+                raise domain.RegistryIntegrationsUnavailable("registry integrations are not configured")
+            assert repository is not None
+            return await self.integrations.credentials(tenant_id, integration_id, repository)
+        return self.credentials.resolve(tenant_id, credential_ref)
 
     # --- components -------------------------------------------------------------------------------------
 
     async def create_component(self, cmd: CreateComponent) -> Reply:
         """Create a component under a unique name."""
+        if cmd.registry_integration_id is not None:
+            if (stored := await self.commands.seen(cmd)) is not None:
+                return stored
+            try:
+                await self._registry_credentials(
+                    cmd.tenant_id, None, integration_id=cmd.registry_integration_id, repository=cmd.image_repository
+                )
+            except ServiceError as exc:
+                return Reply.failure(error_detail(exc))
 
         async def execute(conn: asyncpg.Connection) -> object:
             self.credentials.check(cmd.tenant_id, cmd.registry_credential_ref)
@@ -110,6 +143,7 @@ class Handlers:
                     "versioning_strategy",
                     "default_channel",
                     "registry_credential_ref",
+                    "registry_integration_id",
                 }
             )
             fields["display_name"] = cmd.display_name or cmd.name
@@ -123,6 +157,21 @@ class Handlers:
 
     async def update_component(self, cmd: UpdateComponent) -> Reply:
         """Change a component's mutable fields."""
+        if cmd.registry_integration_id is not None:
+            if (stored := await self.commands.seen(cmd)) is not None:
+                return stored
+            async with self._pool().acquire() as conn:
+                existing = await repo.get_component(conn, cmd.tenant_id, cmd.component_id)
+            if existing is not None:
+                try:
+                    await self._registry_credentials(
+                        cmd.tenant_id,
+                        None,
+                        integration_id=cmd.registry_integration_id,
+                        repository=cmd.image_repository or existing.image_repository,
+                    )
+                except ServiceError as exc:
+                    return Reply.failure(error_detail(exc))
 
         async def execute(conn: asyncpg.Connection) -> object:
             current = await repo.get_component(conn, cmd.tenant_id, cmd.component_id, lock=True)
@@ -138,11 +187,14 @@ class Handlers:
                     "versioning_strategy",
                     "default_channel",
                     "registry_credential_ref",
+                    "registry_integration_id",
                 },
                 exclude_none=True,
             )
             if cmd.clear_registry_credential_ref:
                 changes["registry_credential_ref"] = None
+            if cmd.clear_registry_integration_id:
+                changes["registry_integration_id"] = None
             updated = current.model_copy(update=changes)
             if updated == current:
                 return current.model_dump(mode="json")
@@ -200,7 +252,7 @@ class Handlers:
         if component is None:
             return Reply.failure(error_detail(domain.ComponentNotFound(f"component {cmd.component_id} does not exist")))
         try:
-            creds = self.credentials.resolve(cmd.tenant_id, component.registry_credential_ref)
+            creds = await self._registry_credentials(cmd.tenant_id, component)
             tags = await self.registry.list_tags(component.image_repository, creds, limit=self.max_tags_per_sync)
             digests = await self.registry.resolve_many(component.image_repository, tags, creds)
         except ServiceError as exc:
@@ -287,7 +339,7 @@ class Handlers:
 
         async def resolve(ref: str, tag: str) -> tuple[tuple[str, str], str]:
             component = components[ref]
-            creds = self.credentials.resolve(cmd.tenant_id, component.registry_credential_ref)
+            creds = await self._registry_credentials(cmd.tenant_id, component)
             return (ref, tag), await self.registry.resolve(component.image_repository, tag, creds)
 
         return dict(await asyncio.gather(*(resolve(ref, tag) for ref, tag in wanted)))

@@ -18,7 +18,7 @@ from stella.contracts.release import (
 from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor
 
 _COMPONENT_COLUMNS = """id, name, display_name, image_repository, versioning_strategy, default_channel,
-    registry_credential_ref, created_at, updated_at"""
+    registry_credential_ref, registry_integration_id, created_at, updated_at"""
 _RELEASE_COLUMNS = """id, name, display_name, status, components, source_ref, created_by, created_at,
     updated_at, ready_at, deprecated_at, deprecation_reason"""
 _VERSION_COLUMNS = "id, component_id, tag, digest, semver, channel, created_at, updated_at"
@@ -26,8 +26,8 @@ _VERSION_COLUMNS = "id, component_id, tag, digest, semver, channel, created_at, 
 INSERT_COMPONENT = (
     """
     INSERT INTO components (id, tenant_id, name, display_name, image_repository, versioning_strategy,
-                            default_channel, registry_credential_ref, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+                            default_channel, registry_credential_ref, registry_integration_id, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $9, $9)
     ON CONFLICT ON CONSTRAINT components_name_unique DO NOTHING
     RETURNING """
     + _COMPONENT_COLUMNS
@@ -41,7 +41,7 @@ GET_COMPONENTS_BY_REF = f"""
 UPDATE_COMPONENT = f"""
     UPDATE components
        SET display_name = $3, image_repository = $4, versioning_strategy = $5, default_channel = $6,
-           registry_credential_ref = $7, updated_at = $8
+           registry_credential_ref = $7, updated_at = $8, registry_integration_id = $9
      WHERE tenant_id = $1 AND id = $2
     RETURNING {_COMPONENT_COLUMNS}
 """
@@ -163,6 +163,7 @@ async def insert_component(
         fields["default_channel"],
         fields["registry_credential_ref"],
         now,
+        fields.get("registry_integration_id"),
     )
     return component_view(row) if row else None
 
@@ -198,6 +199,7 @@ async def update_component(conn: asyncpg.Connection, tenant: UUID, view: Compone
         view.default_channel,
         view.registry_credential_ref,
         now,
+        view.registry_integration_id,
     )
     return component_view(row)
 

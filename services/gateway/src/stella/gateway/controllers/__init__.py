@@ -16,6 +16,7 @@ from stella.gateway.controllers.environments import EnvironmentController
 from stella.gateway.controllers.events import EventController
 from stella.gateway.controllers.evidence import EvidenceController
 from stella.gateway.controllers.health import HealthController
+from stella.gateway.controllers.integrations import IntegrationController, IntegrationTypeController, SecretController
 from stella.gateway.controllers.openapi import OpenAPIController
 from stella.gateway.controllers.principals import PrincipalController
 from stella.gateway.controllers.promotions import PromotionController
@@ -39,12 +40,15 @@ __all__ = [
     "EventController",
     "EvidenceController",
     "HealthController",
+    "IntegrationController",
+    "IntegrationTypeController",
     "OpenAPIController",
     "PrincipalController",
     "PromotionController",
     "PromotionDeploymentController",
     "ReleaseController",
     "ScanResultController",
+    "SecretController",
     "TargetController",
     "TenantController",
     "TokenController",

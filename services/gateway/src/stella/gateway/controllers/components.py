@@ -43,16 +43,18 @@ CREDENTIAL_PERMISSION = permission(Resource.CREDENTIAL, Action.UPDATE)
 
 
 def require_credential_permission(identity: Identity, fields_set: set[str]) -> None:
-    """Refuse a body naming ``registry_credential_ref`` from a caller without ``credential:update``.
+    """Refuse a body naming ``registry_credential_ref`` or ``registry_integration_id`` from a caller without
+    ``credential:update``.
 
     Raises:
         ProblemError: 403 ``PERM_DENIED``.
     """
-    if "registry_credential_ref" in fields_set and CREDENTIAL_PERMISSION not in identity.permissions:
+    named = sorted(fields_set & {"registry_credential_ref", "registry_integration_id"})
+    if named and CREDENTIAL_PERMISSION not in identity.permissions:
         raise ProblemError(
             403,
             "PERM_DENIED",
-            f"Setting registry_credential_ref needs the permission {CREDENTIAL_PERMISSION!r}, which the roles "
+            f"Setting {' and '.join(named)} needs the permission {CREDENTIAL_PERMISSION!r}, which the roles "
             f"{list(identity.roles)} do not grant.",
             title="Forbidden",
             extensions={"required_permission": CREDENTIAL_PERMISSION},
@@ -142,6 +144,8 @@ class ComponentController(Controller):
         fields: dict[str, Any] = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None}
         if "registry_credential_ref" in data.model_fields_set and data.registry_credential_ref is None:
             fields["clear_registry_credential_ref"] = True
+        if "registry_integration_id" in data.model_fields_set and data.registry_integration_id is None:
+            fields["clear_registry_integration_id"] = True
         command = call.command(contract.UpdateComponent, component_id=parse_id(component_id, "component_id"), **fields)
         return parse_data(ComponentOut, await relay.command(call, contract.UPDATE_COMPONENT, command))
 

@@ -1,0 +1,278 @@
+"""The integration context: integrations with outside systems (registries, notification webhooks) and the
+built-in secret store.
+
+Commands go to the integration service (``stella.cmd.integration.*``), reads are request/reply
+(``stella.rpc.integration.*``), and the service publishes events (``stella.evt.integration.*``).
+
+Two request/reply subjects carry a secret value and are, on purpose, not commands: a command rests in the
+commands stream for days, and a secret value must rest nowhere but encrypted in the integration service's
+tables. :data:`STORE_SECRET` carries a value in (write-only: the answer holds only metadata), and
+:data:`GET_REGISTRY_CONNECTION` carries a decrypted credential out to the release service, on the internal
+bus only; the gateway never relays that one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+from uuid import UUID
+
+from pydantic import Field, SecretStr, field_serializer
+
+from stella.contracts.envelope import Command, Event, Model, PageRequest, Query
+from stella.contracts.validation import DisplayName, Name
+
+CONTEXT: Final[str] = "integration"
+"""Context name in subjects."""
+
+INTEGRATION_CREDENTIAL_REF_PATTERN: Final[str] = (
+    r"^(secret:[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?|(env|file):[A-Za-z0-9_./-]{1,255})$"
+)
+"""``secret:<name>`` (a secret of the tenant's own store), or ``env:NAME`` / ``file:/path`` (only those the
+operator allows the tenant)."""
+
+# --- subjects -------------------------------------------------------------------------------------------
+
+CREATE_INTEGRATION: Final[str] = "stella.cmd.integration.create_integration"
+"""Command :class:`CreateIntegration`; replies with an :class:`IntegrationView`."""
+UPDATE_INTEGRATION: Final[str] = "stella.cmd.integration.update_integration"
+"""Command :class:`UpdateIntegration`; replies with an :class:`IntegrationView`."""
+DELETE_INTEGRATION: Final[str] = "stella.cmd.integration.delete_integration"
+"""Command :class:`DeleteIntegration`."""
+TEST_INTEGRATION: Final[str] = "stella.cmd.integration.test_integration"
+"""Command :class:`TestIntegration`: run the connection test now; replies with a :class:`ConnectionTestResult`."""
+DELETE_SECRET: Final[str] = "stella.cmd.integration.delete_secret"
+"""Command :class:`DeleteSecret`."""
+
+STORE_SECRET: Final[str] = "stella.rpc.integration.store_secret"
+"""Request :class:`StoreSecret` -> :class:`SecretView`. A write on request/reply so the value is never kept
+in a stream (see the module docstring); a retry with the same ``message_id`` answers the first outcome."""
+LIST_SECRETS: Final[str] = "stella.rpc.integration.list_secrets"
+"""Query :class:`ListSecrets` -> page of :class:`SecretView` (names and metadata, never values)."""
+LIST_INTEGRATION_TYPES: Final[str] = "stella.rpc.integration.list_integration_types"
+"""Query :class:`ListIntegrationTypes` -> list of :class:`IntegrationTypeView`."""
+GET_INTEGRATION: Final[str] = "stella.rpc.integration.get_integration"
+"""Query :class:`GetIntegration` -> :class:`IntegrationView`."""
+LIST_INTEGRATIONS: Final[str] = "stella.rpc.integration.list_integrations"
+"""Query :class:`ListIntegrations` -> page of :class:`IntegrationView`."""
+GET_REGISTRY_CONNECTION: Final[str] = "stella.rpc.integration.get_registry_connection"
+"""Internal query :class:`GetRegistryConnection` -> :class:`RegistryConnection`, with the decrypted
+credential. Asked by the release service only; never relayed by the gateway."""
+
+INTEGRATION_CREATED: Final[str] = "stella.evt.integration.integration_created"
+"""Event :class:`IntegrationCreated`."""
+INTEGRATION_UPDATED: Final[str] = "stella.evt.integration.integration_updated"
+"""Event :class:`IntegrationUpdated`."""
+INTEGRATION_DELETED: Final[str] = "stella.evt.integration.integration_deleted"
+"""Event :class:`IntegrationDeleted`."""
+INTEGRATION_HEALTH_CHANGED: Final[str] = "stella.evt.integration.health_changed"
+"""Event :class:`IntegrationHealthChanged`: a connection test (on demand or scheduled) changed the health."""
+SECRET_STORED: Final[str] = "stella.evt.integration.secret_stored"
+"""Event :class:`SecretStored` (name and metadata only)."""
+SECRET_DELETED: Final[str] = "stella.evt.integration.secret_deleted"
+"""Event :class:`SecretDeleted`."""
+
+
+class HealthStatus(StrEnum):
+    """What the last connection test of an integration found."""
+
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+# --- views ----------------------------------------------------------------------------------------------
+
+
+class IntegrationTypeView(Model):
+    """An integration type and the JSON Schemas its ``config`` and its secret must satisfy."""
+
+    type_id: str
+    description: str
+    config_schema: dict[str, Any]
+    secrets_schema: dict[str, Any]
+    testable: bool
+
+
+class IntegrationView(Model):
+    """An integration as clients see it; ``credential_ref`` names a secret, never holds one."""
+
+    id: UUID
+    type_id: str
+    name: Name
+    display_name: str
+    config: dict[str, Any]
+    credential_ref: str | None
+    health_status: HealthStatus
+    health_detail: str
+    health_checked_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SecretView(Model):
+    """A stored secret's metadata: never its value."""
+
+    name: Name
+    description: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConnectionTestResult(Model):
+    """The outcome of a connection test."""
+
+    integration_id: UUID
+    health_status: HealthStatus
+    detail: str
+    checked_at: datetime
+
+
+class RegistryConnection(Model):
+    """How to reach a registry integration's registry, with the decrypted credential (internal bus only)."""
+
+    integration_id: UUID
+    url: str
+    ca_pem: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+
+    @field_serializer("password", when_used="json")
+    def _reveal(self, value: SecretStr | None) -> str | None:
+        # Travels in clear on the internal bus only (the release service needs the value); ``repr`` masks it.
+        return value.get_secret_value() if value is not None else None
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+
+class CreateIntegration(Command):
+    """Create an integration of a known type with a config its type's schema accepts."""
+
+    type_id: str = Field(min_length=1, max_length=63)
+    name: Name
+    display_name: DisplayName | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    credential_ref: str | None = Field(default=None, pattern=INTEGRATION_CREDENTIAL_REF_PATTERN)
+
+
+class UpdateIntegration(Command):
+    """Change an integration; omitted fields keep their value."""
+
+    integration_id: UUID
+    display_name: DisplayName | None = None
+    config: dict[str, Any] | None = None
+    credential_ref: str | None = Field(default=None, pattern=INTEGRATION_CREDENTIAL_REF_PATTERN)
+    clear_credential_ref: bool = False
+
+
+class DeleteIntegration(Command):
+    """Delete an integration."""
+
+    integration_id: UUID
+
+
+class TestIntegration(Command):
+    """Run an integration's connection test now and record its health."""
+
+    __test__ = False  # not a pytest test class
+
+    integration_id: UUID
+
+
+class DeleteSecret(Command):
+    """Delete a secret of the tenant's store."""
+
+    name: Name
+
+
+# --- requests and queries -------------------------------------------------------------------------------
+
+
+class StoreSecret(Query):
+    """Store a new secret under a name unique in the tenant (write-only; ``repr`` never shows the value)."""
+
+    name: Name
+    value: SecretStr = Field(min_length=1, max_length=65536)
+    description: str = Field(default="", max_length=500)
+    actor_id: UUID | None = None
+
+    @field_serializer("value", when_used="json")
+    def _reveal(self, value: SecretStr) -> str:
+        # Travels on core request/reply only, to the service that encrypts it; never stored in a stream.
+        return value.get_secret_value()
+
+
+class ListSecrets(Query):
+    """A page of the tenant's secrets (metadata)."""
+
+    page: PageRequest = Field(default_factory=PageRequest)
+
+
+class ListIntegrationTypes(Query):
+    """Every integration type."""
+
+
+class GetIntegration(Query):
+    """One integration of the tenant."""
+
+    integration_id: UUID
+
+
+class ListIntegrations(Query):
+    """A page of the tenant's integrations, optionally of one type."""
+
+    type_id: str | None = Field(default=None, max_length=63)
+    page: PageRequest = Field(default_factory=PageRequest)
+
+
+class GetRegistryConnection(Query):
+    """The registry connection of a ``registry`` integration of the tenant, with its decrypted credential."""
+
+    integration_id: UUID
+
+
+# --- events ---------------------------------------------------------------------------------------------
+
+
+class IntegrationCreated(Event):
+    """An integration was created."""
+
+    integration: IntegrationView
+
+
+class IntegrationUpdated(Event):
+    """An integration was changed."""
+
+    integration: IntegrationView
+
+
+class IntegrationDeleted(Event):
+    """An integration was deleted."""
+
+    integration_id: UUID
+    name: Name
+
+
+class IntegrationHealthChanged(Event):
+    """A connection test found another health than the one recorded before."""
+
+    integration_id: UUID
+    name: Name
+    type_id: str
+    previous: HealthStatus
+    health_status: HealthStatus
+    detail: str
+
+
+class SecretStored(Event):
+    """A secret was stored (never its value)."""
+
+    secret: SecretView
+
+
+class SecretDeleted(Event):
+    """A secret was deleted."""
+
+    name: Name

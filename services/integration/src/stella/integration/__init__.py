@@ -1,0 +1,1 @@
+"""Stella integration service."""

@@ -1,0 +1,244 @@
+"""The integration types, their schemas, and the rules of integrations and secrets. No I/O.
+
+A type's ``config_schema`` is what ``config`` must satisfy (JSON Schema draft 2020-12); its
+``secrets_schema`` describes the text the integration's ``credential_ref`` must name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from string import Template
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from jsonschema import Draft202012Validator
+
+from stella.contracts.integration import HealthStatus, IntegrationTypeView
+from stella.kit.errors import Conflict, NotFound, Unprocessable
+
+REGISTRY: Final[str] = "registry"
+"""An OCI distribution registry (basic or bearer-token auth, optional custom CA)."""
+NOTIFICATION: Final[str] = "notification"
+"""A webhook receiving notifications (plain JSON or a Slack-compatible ``{"text": ...}`` body)."""
+SECRET_STORE: Final[str] = "secret-store"
+"""The built-in secret store (``secret:<name>`` references)."""
+
+
+class IntegrationNotFound(NotFound):
+    """No such integration in the tenant (another tenant's looks the same)."""
+
+    code = "INT_INTEGRATION_NOT_FOUND"
+    title = "Integration not found"
+
+
+class SecretNotFound(NotFound):
+    """No such secret in the tenant."""
+
+    code = "INT_SECRET_NOT_FOUND"
+    title = "Secret not found"
+
+
+class UnknownIntegrationType(Unprocessable):
+    """The type id names no integration type."""
+
+    code = "INT_UNKNOWN_TYPE"
+    title = "Unknown integration type"
+
+
+class InvalidIntegrationConfig(Unprocessable):
+    """The config does not satisfy its type's schema."""
+
+    code = "INT_CONFIG_INVALID"
+    title = "Integration config does not match its type's schema"
+
+
+class IntegrationNameTaken(Conflict):
+    """Another integration of the tenant has this name."""
+
+    code = "INT_NAME_TAKEN"
+    title = "Integration name already used"
+
+
+class SecretNameTaken(Conflict):
+    """Another secret of the tenant has this name; nothing was stored."""
+
+    code = "INT_SECRET_EXISTS"
+    title = "Secret name already used"
+
+
+class CredentialRefNotAllowed(Unprocessable):
+    """The credential reference is an operator-only one this tenant may not use."""
+
+    code = "INT_CREDENTIAL_REF_NOT_ALLOWED"
+    title = "Credential reference not allowed"
+
+
+class CredentialUnresolved(Unprocessable):
+    """The credential reference names nothing readable (a deleted secret, an unset variable)."""
+
+    code = "INT_CREDENTIAL_UNRESOLVED"
+    title = "Credential reference cannot be resolved"
+
+
+class CredentialInvalid(Unprocessable):
+    """The secret behind the reference does not have the shape the type needs (the value is never shown)."""
+
+    code = "INT_CREDENTIAL_INVALID"
+    title = "Credential does not match its type's schema"
+
+
+class NotARegistry(Unprocessable):
+    """The integration is not of type ``registry``."""
+
+    code = "INT_NOT_A_REGISTRY"
+    title = "Not a registry integration"
+
+
+class SecretInUse(Conflict):
+    """An integration names the secret; delete or change it first."""
+
+    code = "INT_SECRET_IN_USE"
+    title = "Secret in use"
+
+
+_URL = {"type": "string", "pattern": "^https?://[^\\s/?#]+(/[^\\s?#]*)?$", "maxLength": 2048}
+
+TYPES: Final[dict[str, IntegrationTypeView]] = {
+    t.type_id: t
+    for t in (
+        IntegrationTypeView(
+            type_id=REGISTRY,
+            description="An OCI distribution registry; the connection test is GET /v2/ with the credential.",
+            config_schema={
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["url"],
+                "properties": {
+                    "url": {**_URL, "description": "Base URL: https://registry.example:5000"},
+                    "ca_pem": {
+                        "type": "string",
+                        "maxLength": 65536,
+                        "pattern": "-----BEGIN CERTIFICATE-----",
+                        "description": "PEM certificates trusted for this registry's TLS, besides the system's.",
+                    },
+                },
+            },
+            secrets_schema={
+                "type": "string",
+                "pattern": "^[^:\\s]+:.+$",
+                "description": "user:password (HTTP basic, and for a bearer-token registry the token service).",
+            },
+            testable=True,
+        ),
+        IntegrationTypeView(
+            type_id=NOTIFICATION,
+            description='A webhook: POST of a JSON body, or a Slack-compatible {"text": ...} body.',
+            config_schema={
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["url"],
+                "properties": {
+                    "url": {**_URL, "description": "Where messages are POSTed."},
+                    "format": {"enum": ["json", "slack"], "default": "json"},
+                    "template": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 4000,
+                        "default": "$message",
+                        "description": "Message text; $name placeholders are replaced by the message's fields.",
+                    },
+                },
+            },
+            secrets_schema={
+                "type": "string",
+                "minLength": 1,
+                "description": "Optional bearer token sent as Authorization: Bearer <token>.",
+            },
+            testable=True,
+        ),
+        IntegrationTypeView(
+            type_id=SECRET_STORE,
+            description="The built-in secret store: values encrypted at rest (AES-256-GCM), named secret:<name>.",
+            config_schema={"type": "object", "additionalProperties": False, "properties": {}},
+            secrets_schema={"type": "string"},
+            testable=True,
+        ),
+    )
+}
+"""Every integration type, by id."""
+
+
+def integration_type(type_id: str) -> IntegrationTypeView:
+    """The type ``type_id``.
+
+    Raises:
+        UnknownIntegrationType: no such type.
+    """
+    found = TYPES.get(type_id)
+    if found is None:
+        raise UnknownIntegrationType(f"there is no integration type {type_id!r}; known: {', '.join(sorted(TYPES))}")
+    return found
+
+
+def validate_config(type_id: str, config: dict[str, Any], insecure_hosts: list[str]) -> None:
+    """Check ``config`` against the type's schema and rules.
+
+    Raises:
+        UnknownIntegrationType: no such type.
+        InvalidIntegrationConfig: the config breaks the schema (every problem in ``errors``).
+    """
+    spec = integration_type(type_id)
+    problems = [
+        {"loc": ["config", *map(str, e.absolute_path)], "msg": e.message}
+        for e in sorted(Draft202012Validator(spec.config_schema).iter_errors(config), key=str)
+    ]
+    if not problems and type_id == REGISTRY:
+        parts = urlsplit(config["url"])
+        bare = parts.hostname or ""
+        host = f"[{bare}]" if ":" in bare else bare
+        if parts.scheme == "http" and host not in insecure_hosts:
+            problems.append({"loc": ["config", "url"], "msg": f"plain http is allowed only for {insecure_hosts}"})
+    if problems:
+        raise InvalidIntegrationConfig(
+            f"the config of a {type_id!r} integration does not match its schema", errors=problems
+        )
+
+
+def validate_credential(type_id: str, value: str) -> None:
+    """Check the text behind a credential reference against the type's ``secrets_schema``.
+
+    Raises:
+        CredentialInvalid: it does not match; the message never holds the value.
+    """
+    schema = integration_type(type_id).secrets_schema
+    if not Draft202012Validator(schema).is_valid(value):
+        raise CredentialInvalid(f"the credential does not match the {type_id!r} type's secrets schema")
+
+
+@dataclass(frozen=True)
+class CredentialRef:
+    """A parsed ``credential_ref``: ``scheme`` is ``secret``, ``env`` or ``file``."""
+
+    scheme: str
+    target: str
+
+    @classmethod
+    def parse(cls, ref: str) -> CredentialRef:
+        """Split ``scheme:target`` (the contract's pattern has already checked the shape)."""
+        scheme, _, target = ref.partition(":")
+        return cls(scheme, target)
+
+    @property
+    def operator_only(self) -> bool:
+        """Whether the reference reads the service's host (``env:``, ``file:``)."""
+        return self.scheme in ("env", "file")
+
+
+def health_changed(previous: HealthStatus, current: HealthStatus) -> bool:
+    """Whether a connection test's outcome is news: the status differs from the one recorded."""
+    return previous is not current
+
+
+def render_template(template: str, fields: dict[str, str]) -> str:
+    """Replace ``$name`` / ``${name}`` placeholders with ``fields``; unknown placeholders stay as written."""
+    return Template(template).safe_substitute(fields)

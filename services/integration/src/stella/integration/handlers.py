@@ -1,0 +1,379 @@
+"""Use cases of the integration service: load -> domain -> save + outbox, in one transaction.
+
+Outbound work (a connection test) happens before the transaction that records its outcome, so no
+connection is held while an outside system answers. A secret value exists in clear only in memory, between
+decrypting it and handing it to a connector or to the release service's request; it is never logged,
+returned by the API, put in an event or in an error message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, cast
+from uuid import UUID, uuid4
+
+import asyncpg
+from pydantic import SecretStr
+
+from stella.contracts.envelope import Command, Page, Reply, utcnow
+from stella.contracts.integration import (
+    INTEGRATION_CREATED,
+    INTEGRATION_DELETED,
+    INTEGRATION_HEALTH_CHANGED,
+    INTEGRATION_UPDATED,
+    SECRET_DELETED,
+    SECRET_STORED,
+    ConnectionTestResult,
+    CreateIntegration,
+    DeleteIntegration,
+    DeleteSecret,
+    GetIntegration,
+    GetRegistryConnection,
+    HealthStatus,
+    IntegrationCreated,
+    IntegrationDeleted,
+    IntegrationHealthChanged,
+    IntegrationUpdated,
+    IntegrationView,
+    ListIntegrations,
+    ListIntegrationTypes,
+    ListSecrets,
+    RegistryConnection,
+    SecretDeleted,
+    SecretStored,
+    StoreSecret,
+    TestIntegration,
+    UpdateIntegration,
+)
+from stella.integration import domain, keys, repo
+from stella.integration.connectors import Connectors, Probe
+from stella.kit.broker import CommandProcessor
+from stella.kit.credentials import HostCredentialAllowList
+from stella.kit.errors import ServiceError, error_detail
+from stella.kit.outbox import add_events
+
+log = logging.getLogger(__name__)
+
+DUE_BATCH = 20
+"""Integrations one scheduled round claims at most."""
+
+
+class Handlers:
+    """The integration service's command, request and query handlers, and its health schedule."""
+
+    def __init__(
+        self,
+        pool: Callable[[], asyncpg.Pool],
+        commands: CommandProcessor,
+        connectors: Connectors,
+        keyring: keys.Keyring,
+        *,
+        host_refs: HostCredentialAllowList | None = None,
+        insecure_hosts: list[str] | None = None,
+        health_interval: timedelta = timedelta(minutes=5),
+        clock: Callable[[], datetime] = utcnow,
+        new_id: Callable[[], UUID] = uuid4,
+    ) -> None:
+        self._pool = pool
+        self.commands = commands
+        self.connectors = connectors
+        self.keyring = keyring
+        self.host_refs = host_refs or HostCredentialAllowList()
+        self.insecure_hosts = insecure_hosts if insecure_hosts is not None else ["localhost", "127.0.0.1", "[::1]"]
+        self.health_interval = health_interval
+        self.clock = clock
+        self.new_id = new_id
+
+    # --- keys and secrets -------------------------------------------------------------------------------
+
+    async def _data_key(self, conn: asyncpg.Connection, tenant: UUID) -> bytes:
+        """The tenant's data key in clear, created (and stored wrapped) on first use."""
+        stored = await repo.get_data_key(conn, tenant)
+        if stored is None:
+            fresh = keys.new_data_key()
+            wrapped = repo.WrappedKey(self.keyring.current.key_id, self.keyring.current.wrap(tenant, fresh))
+            await repo.insert_data_key(conn, tenant, wrapped, self.clock())
+            stored = await repo.get_data_key(conn, tenant)
+            assert stored is not None
+        return self.keyring.get(stored.master_key_id).unwrap(tenant, stored.wrapped)
+
+    async def rotate_data_keys(self) -> int:
+        """Re-wrap every data key not wrapped by the current master key; how many were re-wrapped."""
+        current = self.keyring.current
+        count = 0
+        async with self._pool().acquire() as conn, conn.transaction():
+            for tenant, stored in await repo.data_keys_not_under(conn, current.key_id):
+                try:
+                    data_key = self.keyring.get(stored.master_key_id).unwrap(tenant, stored.wrapped)
+                except keys.KeyUnavailable as exc:
+                    log.error("a data key cannot be re-wrapped", extra={"tenant_id": str(tenant), "error": str(exc)})
+                    continue
+                await repo.rewrap_data_key(
+                    conn, tenant, repo.WrappedKey(current.key_id, current.wrap(tenant, data_key)), self.clock()
+                )
+                count += 1
+        if count:
+            log.info("data keys re-wrapped by the current master key", extra={"count": count})
+        return count
+
+    async def store_secret(self, req: StoreSecret) -> Reply:
+        """Encrypt and store a new secret; a taken name is refused and nothing is stored."""
+
+        async def execute(conn: asyncpg.Connection) -> object:
+            data_key = await self._data_key(conn, req.tenant_id)
+            nonce, ciphertext = keys.encrypt_value(data_key, req.tenant_id, req.name, req.value.get_secret_value())
+            view = await repo.insert_secret(
+                conn, req.tenant_id, req.name, req.description, nonce, ciphertext, req.actor_id, self.clock()
+            )
+            if view is None:
+                raise domain.SecretNameTaken(f"a secret named {req.name!r} already exists; delete it first")
+            await add_events(conn, [(SECRET_STORED, req.caused(SecretStored, secret=view))])
+            return view.model_dump(mode="json")
+
+        # A request, not a command (its value must not rest in the commands stream), de-duplicated the same way.
+        return await self.commands.run(cast(Command, req), execute)
+
+    async def delete_secret(self, cmd: DeleteSecret) -> Reply:
+        """Delete a secret no integration names."""
+
+        async def execute(conn: asyncpg.Connection) -> object:
+            user = await repo.integration_using(conn, cmd.tenant_id, f"secret:{cmd.name}")
+            if user is not None:
+                raise domain.SecretInUse(f"integration {user!r} uses secret {cmd.name!r}")
+            if not await repo.delete_secret(conn, cmd.tenant_id, cmd.name):
+                raise domain.SecretNotFound(f"secret {cmd.name!r} does not exist")
+            await add_events(conn, [(SECRET_DELETED, cmd.caused(SecretDeleted, name=cmd.name))])
+            return {"name": cmd.name, "deleted": True}
+
+        return await self.commands.run(cmd, execute)
+
+    async def list_secrets(self, q: ListSecrets) -> Reply:
+        """A page of the tenant's secrets' metadata."""
+        async with self._pool().acquire() as conn:
+            items, token = await repo.list_secrets(conn, q.tenant_id, q.page.page_size, q.page.page_token)
+        return Reply.success(Page(items=[i.model_dump(mode="json") for i in items], next_page_token=token).model_dump())
+
+    async def _resolve(self, conn: asyncpg.Connection, tenant: UUID, ref: str) -> str:
+        """The text behind a credential reference.
+
+        Raises:
+            CredentialRefNotAllowed: an operator-only reference the tenant may not use.
+            CredentialUnresolved: nothing readable behind it.
+        """
+        parsed = domain.CredentialRef.parse(ref)
+        if parsed.operator_only:
+            if not self.host_refs.allows(tenant, ref):
+                raise domain.CredentialRefNotAllowed(
+                    f"the credential reference {ref!r} is not one this tenant may use; the operator lists the "
+                    "allowed ones in STELLA_INTEGRATION_CREDENTIAL_REFS (use secret:<name> for the secret store)"
+                )
+            value = self.host_refs.read(ref)
+            if value is None:
+                raise domain.CredentialUnresolved(f"the secret named by {ref!r} could not be read")
+            return value
+        found = await repo.get_secret_ciphertext(conn, tenant, parsed.target)
+        if found is None:
+            raise domain.CredentialUnresolved(f"there is no secret named {parsed.target!r}")
+        return keys.decrypt_value(await self._data_key(conn, tenant), tenant, parsed.target, *found)
+
+    async def _check_credential(self, conn: asyncpg.Connection, tenant: UUID, type_id: str, ref: str | None) -> None:
+        if ref is not None:
+            domain.validate_credential(type_id, await self._resolve(conn, tenant, ref))
+
+    # --- integrations -----------------------------------------------------------------------------------
+
+    async def list_integration_types(self, _: ListIntegrationTypes) -> Reply:
+        """Every integration type with its schemas."""
+        return Reply.success([t.model_dump(mode="json") for t in domain.TYPES.values()])
+
+    async def create_integration(self, cmd: CreateIntegration) -> Reply:
+        """Create an integration of a known type whose config matches the type's schema."""
+
+        async def execute(conn: asyncpg.Connection) -> object:
+            domain.validate_config(cmd.type_id, cmd.config, self.insecure_hosts)
+            await self._check_credential(conn, cmd.tenant_id, cmd.type_id, cmd.credential_ref)
+            fields = cmd.model_dump(include={"type_id", "name", "config", "credential_ref"})
+            fields["display_name"] = cmd.display_name or cmd.name
+            view = await repo.insert_integration(conn, cmd.tenant_id, self.new_id(), fields, self.clock())
+            if view is None:
+                raise domain.IntegrationNameTaken(f"an integration named {cmd.name!r} already exists")
+            await add_events(conn, [(INTEGRATION_CREATED, cmd.caused(IntegrationCreated, integration=view))])
+            return view.model_dump(mode="json")
+
+        return await self.commands.run(cmd, execute)
+
+    async def update_integration(self, cmd: UpdateIntegration) -> Reply:
+        """Change an integration's display name, config or credential; its health is unknown until tested."""
+
+        async def execute(conn: asyncpg.Connection) -> object:
+            current = await repo.get_integration(conn, cmd.tenant_id, cmd.integration_id)
+            if current is None:
+                raise domain.IntegrationNotFound(f"integration {cmd.integration_id} does not exist")
+            changes: dict[str, Any] = cmd.model_dump(
+                include={"display_name", "config", "credential_ref"}, exclude_none=True
+            )
+            if cmd.clear_credential_ref:
+                changes["credential_ref"] = None
+            updated = current.model_copy(update=changes)
+            domain.validate_config(updated.type_id, updated.config, self.insecure_hosts)
+            if "credential_ref" in changes:
+                await self._check_credential(conn, cmd.tenant_id, updated.type_id, updated.credential_ref)
+            if updated == current:
+                return current.model_dump(mode="json")
+            view = await repo.update_integration(conn, cmd.tenant_id, updated, self.clock())
+            await add_events(conn, [(INTEGRATION_UPDATED, cmd.caused(IntegrationUpdated, integration=view))])
+            return view.model_dump(mode="json")
+
+        return await self.commands.run(cmd, execute)
+
+    async def delete_integration(self, cmd: DeleteIntegration) -> Reply:
+        """Delete an integration."""
+
+        async def execute(conn: asyncpg.Connection) -> object:
+            name = await repo.delete_integration(conn, cmd.tenant_id, cmd.integration_id)
+            if name is None:
+                raise domain.IntegrationNotFound(f"integration {cmd.integration_id} does not exist")
+            await add_events(
+                conn,
+                [(INTEGRATION_DELETED, cmd.caused(IntegrationDeleted, integration_id=cmd.integration_id, name=name))],
+            )
+            return {"id": str(cmd.integration_id), "deleted": True}
+
+        return await self.commands.run(cmd, execute)
+
+    async def get_integration(self, q: GetIntegration) -> Reply:
+        """One integration."""
+        async with self._pool().acquire() as conn:
+            view = await repo.get_integration(conn, q.tenant_id, q.integration_id)
+        if view is None:
+            raise domain.IntegrationNotFound(f"integration {q.integration_id} does not exist")
+        return Reply.success(view.model_dump(mode="json"))
+
+    async def list_integrations(self, q: ListIntegrations) -> Reply:
+        """A page of integrations."""
+        async with self._pool().acquire() as conn:
+            items, token = await repo.list_integrations(
+                conn, q.tenant_id, q.type_id, q.page.page_size, q.page.page_token
+            )
+        return Reply.success(Page(items=[i.model_dump(mode="json") for i in items], next_page_token=token).model_dump())
+
+    # --- connection tests and health --------------------------------------------------------------------
+
+    async def _probe(self, tenant: UUID, view: IntegrationView) -> Probe:
+        """Run the type's connection test; a credential that cannot be read is an unhealthy outcome."""
+        try:
+            async with self._pool().acquire() as conn:
+                credential = await self._resolve(conn, tenant, view.credential_ref) if view.credential_ref else None
+                if view.type_id == domain.SECRET_STORE:
+                    await self._data_key(conn, tenant)
+        except (ServiceError, keys.KeyUnavailable) as exc:
+            return Probe(HealthStatus.UNHEALTHY, f"the credential cannot be used: {exc}")
+        if view.type_id == domain.REGISTRY:
+            username, _, password = (credential or "").partition(":")
+            return await self.connectors.probe_registry(
+                view.config["url"],
+                ca_pem=view.config.get("ca_pem"),
+                username=username or None,
+                password=password or None,
+            )
+        if view.type_id == domain.NOTIFICATION:
+            text = domain.render_template(
+                view.config.get("template", "$message"),
+                {"message": f"Connection test of the Stella integration {view.name}", "integration": view.name},
+            )
+            body: dict[str, object] = {"text": text}
+            if view.config.get("format", "json") == "json":
+                body |= {"event": "connection_test", "integration": view.name}
+            return await self.connectors.post_webhook(view.config["url"], body, token=credential)
+        return Probe(HealthStatus.HEALTHY, "the secret store's data key is readable")
+
+    async def _record(
+        self, conn: asyncpg.Connection, tenant: UUID, iid: UUID, probe: Probe, cause: Command | None
+    ) -> ConnectionTestResult | None:
+        now = self.clock()
+        recorded = await repo.record_health(
+            conn, tenant, iid, probe.status, probe.detail, now, now + self.health_interval
+        )
+        if recorded is None:
+            return None
+        previous, view = recorded
+        if domain.health_changed(previous, probe.status):
+            fields: dict[str, Any] = {
+                "integration_id": view.id,
+                "name": view.name,
+                "type_id": view.type_id,
+                "previous": previous,
+                "health_status": probe.status,
+                "detail": probe.detail,
+            }
+            event = (
+                cause.caused(IntegrationHealthChanged, **fields)
+                if cause is not None
+                else IntegrationHealthChanged(tenant_id=tenant, correlation_id=self.new_id(), **fields)
+            )
+            await add_events(conn, [(INTEGRATION_HEALTH_CHANGED, event)])
+        return ConnectionTestResult(
+            integration_id=view.id, health_status=probe.status, detail=probe.detail, checked_at=now
+        )
+
+    async def test_integration(self, cmd: TestIntegration) -> Reply:
+        """Run the connection test now and record the health (an event when it changed)."""
+        if (stored := await self.commands.seen(cmd)) is not None:
+            return stored
+        async with self._pool().acquire() as conn:
+            view = await repo.get_integration(conn, cmd.tenant_id, cmd.integration_id)
+        if view is None:
+            return Reply.failure(
+                error_detail(domain.IntegrationNotFound(f"integration {cmd.integration_id} does not exist"))
+            )
+        probe = await self._probe(cmd.tenant_id, view)
+
+        async def execute(conn: asyncpg.Connection) -> object:
+            result = await self._record(conn, cmd.tenant_id, cmd.integration_id, probe, cmd)
+            if result is None:
+                raise domain.IntegrationNotFound(f"integration {cmd.integration_id} was deleted during the test")
+            return result.model_dump(mode="json")
+
+        return await self.commands.run(cmd, execute)
+
+    async def next_check(self) -> datetime | None:
+        """When the next scheduled connection test is due."""
+        async with self._pool().acquire() as conn:
+            return await repo.next_check(conn)
+
+    async def run_due_checks(self, now: datetime) -> int:
+        """Test every integration whose scheduled check is due; how many were tested."""
+        async with self._pool().acquire() as conn, conn.transaction():
+            due = await repo.claim_due(conn, now, now + self.health_interval, DUE_BATCH)
+        for tenant, iid in due:
+            async with self._pool().acquire() as conn:
+                view = await repo.get_integration(conn, tenant, iid)
+            if view is None:
+                continue
+            probe = await self._probe(tenant, view)
+            async with self._pool().acquire() as conn, conn.transaction():
+                await self._record(conn, tenant, iid, probe, None)
+        return len(due)
+
+    # --- the release service's registry lookups ---------------------------------------------------------
+
+    async def get_registry_connection(self, q: GetRegistryConnection) -> Reply:
+        """A registry integration's URL, CA and decrypted credential (internal bus only)."""
+        async with self._pool().acquire() as conn:
+            view = await repo.get_integration(conn, q.tenant_id, q.integration_id)
+            if view is None:
+                raise domain.IntegrationNotFound(f"integration {q.integration_id} does not exist")
+            if view.type_id != domain.REGISTRY:
+                raise domain.NotARegistry(f"integration {view.name!r} is of type {view.type_id!r}, not registry")
+            credential = await self._resolve(conn, q.tenant_id, view.credential_ref) if view.credential_ref else None
+        username, _, password = (credential or "").partition(":")
+        connection = RegistryConnection(
+            integration_id=view.id,
+            url=view.config["url"],
+            ca_pem=view.config.get("ca_pem"),
+            username=username or None,
+            password=SecretStr(password) if password else None,
+        )
+        return Reply.success(connection.model_dump(mode="json"))

@@ -1,0 +1,60 @@
+"""Settings of the integration service (environment prefix ``STELLA_INTEGRATION_``)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from stella.kit.addresses import parse_networks
+from stella.kit.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    """Integration service settings."""
+
+    model_config = SettingsConfigDict(env_prefix="STELLA_INTEGRATION_", extra="ignore", frozen=True)
+
+    master_key_file: Path | None = None
+    """File holding the master key (32 random bytes, base64) that wraps every tenant's data key. Either this
+    or ``master_key`` must be set; the service does not start without a master key."""
+
+    master_key: SecretStr | None = None
+    """The master key itself (base64 of 32 bytes), for installs that pass it in the environment."""
+
+    previous_master_key_files: Annotated[tuple[Path, ...], NoDecode] = ()
+    """Files of former master keys, comma-separated. At start, every data key still wrapped by one of them is
+    re-wrapped by the current master key (key rotation); secret values are not re-encrypted."""
+
+    credential_refs: dict[str, list[str]] = Field(default_factory=dict)
+    """The host credential references (``env:NAME``, ``file:/path``) each tenant may name in an integration's
+    ``credential_ref``, as JSON: tenant id -> list (``"*"``: every tenant). ``secret:<name>`` references
+    (the tenant's own store) need no listing."""
+
+    allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    """Networks integrations may reach although they are not public, comma-separated. Loopback, link-local,
+    private and reserved addresses are refused otherwise."""
+
+    insecure_registries: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"])
+    """Registry hosts a ``registry`` integration may name with plain ``http://`` (matched without the port)."""
+
+    request_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """Seconds one request to an outside system (a connection test, a notification) may take."""
+
+    health_interval_s: float = Field(default=300.0, ge=1, le=86_400)
+    """Seconds between two scheduled connection tests of an integration."""
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        return parse_networks(value)
+
+    @field_validator("previous_master_key_files", mode="before")
+    @classmethod
+    def _paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(Path(p.strip()) for p in value.split(",") if p.strip())
+        return value

@@ -1,0 +1,154 @@
+"""The release service reads a private registry through a `registry` integration of the integration service:
+the credential lives only encrypted in the integration service's secret store and reaches the release service
+over NATS, on request, for the integration's own registry host and the owning tenant only."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from ipaddress import ip_network
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+from nats.aio.client import Client
+
+from stella.contracts import integration as i
+from stella.contracts import release as r
+from stella.integration.app import IntegrationApp
+from stella.integration.app import create_app as integration_app
+from stella.integration.keys import new_master_key
+from stella.integration.settings import Settings as IntegrationSettings
+from stella.release.app import ReleaseApp
+from stella.release.app import create_app as release_app
+from stella.release.settings import Settings as ReleaseSettings
+from stella.testing.registry import LocalRegistry, push_image
+from stella.testing.services import TenantCaller, service_client
+
+
+@pytest_asyncio.fixture
+async def services(
+    fresh_database: str, nats_url: str, stella_namespace: str, tmp_path: Path
+) -> AsyncIterator[tuple[IntegrationApp, ReleaseApp]]:
+    common: dict[str, Any] = {"database_url": fresh_database, "nats_url": nats_url, "nats_namespace": stella_namespace}
+    key = tmp_path / "master.key"
+    key.write_text(new_master_key())
+    loopback = (ip_network("127.0.0.0/8"),)
+    integration = integration_app(IntegrationSettings(**common, master_key_file=key, allowed_networks=loopback))
+    release = release_app(ReleaseSettings(**common, registry_timeout_s=3, registry_allowed_networks=loopback))
+    await integration.start()
+    await release.start()
+    try:
+        yield integration, release
+    finally:
+        await release.stop()
+        await integration.stop()
+
+
+@pytest_asyncio.fixture
+async def caller(services: tuple[IntegrationApp, ReleaseApp], nats: Client) -> AsyncIterator[TenantCaller]:
+    async with service_client(nats, services[1].runtime.names) as client:
+        yield TenantCaller(client, tenant_id=uuid.uuid4())
+
+
+async def _registry_integration(caller: TenantCaller, url: str, secret: str, value: str) -> str:
+    stored = await caller.query(i.STORE_SECRET, i.StoreSecret, name=secret, value=value)
+    assert stored.ok, stored.error
+    created = await caller.command(
+        i.CREATE_INTEGRATION,
+        i.CreateIntegration,
+        name=f"reg-{secret}",
+        type_id="registry",
+        config={"url": url},
+        credential_ref=f"secret:{secret}",
+    )
+    assert created.ok, created.error
+    return str(created.data["id"])
+
+
+async def test_a_basic_auth_registry_is_synced_through_a_registry_integration(
+    caller: TenantCaller,
+    services: tuple[IntegrationApp, ReleaseApp],
+    oci_registry_with_auth: LocalRegistry,
+    unique_id: str,
+) -> None:
+    integration, _ = services
+    registry = oci_registry_with_auth
+    assert registry.credentials is not None
+    user, password = registry.credentials
+    repo = f"{unique_id}/private"
+    digest = push_image(registry.url, repo, "3.1.0", auth=registry.credentials)
+    good = await _registry_integration(caller, registry.url, "login", f"{user}:{password}")
+
+    component = await caller.command(
+        r.CREATE_COMPONENT,
+        r.CreateComponent,
+        name="private",
+        image_repository=f"{registry.address}/{repo}",
+        registry_integration_id=good,
+    )
+    assert component.ok, component.error
+    assert component.data["registry_integration_id"] == good
+    sync = await caller.command(r.SYNC_VERSIONS, r.SyncVersions, component_id=component.data["id"])
+    assert sync.ok, sync.error
+    assert (sync.data["tags_seen"], sync.data["resolved"]) == (1, 1)
+    versions = await caller.query(r.LIST_VERSIONS, r.ListVersions, component_id=component.data["id"])
+    assert [(v["tag"], v["digest"]) for v in versions.data["items"]] == [("3.1.0", digest)]
+    release = await caller.command(
+        r.CREATE_RELEASE, r.CreateRelease, name="rel", components=[{"component": "private", "tag": "3.1.0"}]
+    )
+    assert release.ok, release.error
+    assert release.data["components"][0]["digest"] == digest
+
+    # The password is stored only encrypted.
+    async with integration.runtime.pool.acquire() as conn:
+        ciphertext = bytes(await conn.fetchval("SELECT ciphertext FROM secrets WHERE name = 'login'"))
+        rows = await conn.fetchval("SELECT string_agg(t::text, ' ') FROM secrets t")
+    assert password.encode() not in ciphertext and password not in rows
+
+    # A wrong password: the sync says the registry refused, and so do the connection test and the health.
+    bad = await _registry_integration(caller, registry.url, "wrong", f"{user}:wrong-{password}")
+    moved = await caller.command(
+        r.UPDATE_COMPONENT, r.UpdateComponent, component_id=component.data["id"], registry_integration_id=bad
+    )
+    assert moved.ok, moved.error
+    refused = await caller.command(r.SYNC_VERSIONS, r.SyncVersions, component_id=component.data["id"])
+    assert (refused.error.code, refused.error.status) == ("REL_REGISTRY_AUTH_FAILED", 422)
+    assert password not in refused.model_dump_json()
+    tested = await caller.command(i.TEST_INTEGRATION, i.TestIntegration, integration_id=bad)
+    assert tested.data["health_status"] == "unhealthy"
+    assert "refused the credentials" in tested.data["detail"]
+    health = await caller.query(i.GET_INTEGRATION, i.GetIntegration, integration_id=bad)
+    assert health.data["health_status"] == "unhealthy"
+
+
+async def test_another_tenants_or_another_hosts_integration_cannot_be_used(
+    caller: TenantCaller, services: tuple[IntegrationApp, ReleaseApp]
+) -> None:
+    _, release = services
+    theirs = await _registry_integration(caller, "http://127.0.0.1:5999", "login", "alice:pw")
+    other = caller.other_tenant()
+    before = await _count_components(release)
+    borrowed = await other.command(
+        r.CREATE_COMPONENT,
+        r.CreateComponent,
+        name="api",
+        image_repository="127.0.0.1:5999/team/api",
+        registry_integration_id=theirs,
+    )
+    assert (borrowed.error.code, borrowed.error.status) == ("REL_REGISTRY_INTEGRATION_NOT_FOUND", 422)
+    elsewhere = await caller.command(
+        r.CREATE_COMPONENT,
+        r.CreateComponent,
+        name="api",
+        image_repository="127.0.0.1:6000/team/api",
+        registry_integration_id=theirs,
+    )
+    assert (elsewhere.error.code, elsewhere.error.status) == ("REL_REGISTRY_INTEGRATION_UNUSABLE", 422)
+    assert "pw" not in elsewhere.model_dump_json()
+    assert await _count_components(release) == before
+
+
+async def _count_components(app: ReleaseApp) -> int:
+    async with app.runtime.pool.acquire() as conn:
+        return int(await conn.fetchval("SELECT count(*) FROM components"))
