@@ -233,9 +233,32 @@ async def test_sign_out_needs_the_csrf_token_and_ends_the_session(gateway: Gatew
         page = await client.get("/ui/approvals")
         assert (await client.post("/ui/sign-out", data={})).status_code == 403
         assert SESSION_COOKIE in client.cookies
+        stolen = client.cookies[SESSION_COOKIE]
         out = await client.post("/ui/sign-out", data={CSRF_FIELD: _field(page.text, CSRF_FIELD)})
         assert out.status_code == 303
         assert SESSION_COOKIE not in client.cookies
+        assert (await client.get("/ui/approvals")).headers["location"] == "/ui/sign-in"
+    # A copy of the cookie taken before the sign-out signs nobody in afterwards: the session ended on the server.
+    async with _browser(gateway) as thief:
+        thief.cookies.set(SESSION_COOKIE, stolen, path="/ui")
+        replay = await thief.get("/ui/approvals")
+        assert replay.status_code == 303 and replay.headers["location"] == "/ui/sign-in"
+        posted = await thief.post("/ui/sign-out", data={CSRF_FIELD: _field(page.text, CSRF_FIELD)})
+        assert posted.headers["location"] == "/ui/sign-in"
+
+
+async def test_the_session_cookie_is_not_the_api_token_and_dies_with_it(gateway: Gateway, services: StandIn) -> None:
+    tenant = await gateway.tenant()
+    worker = await gateway.principal_token(tenant, "wes", ["viewer"])
+    services.answer(prom.LIST_PROMOTIONS, views.page([]))
+    async with _browser(gateway) as client:
+        await _sign_in(client, worker.token)
+        cookie = client.cookies[SESSION_COOKIE]
+        assert cookie != worker.token and worker.token not in cookie
+        assert (await gateway.call("GET", "/api/v1/releases", cookie)).status_code == 401  # not an API token
+        assert (await client.get("/ui/approvals")).status_code == 200
+        revoked = await gateway.call("DELETE", f"/api/v1/tokens/{worker.token_id}", tenant.token)
+        assert revoked.status_code == 204, revoked.text
         assert (await client.get("/ui/approvals")).headers["location"] == "/ui/sign-in"
 
 

@@ -1,11 +1,12 @@
 """``/ui``: the web dashboard, server-rendered HTML served by the gateway itself (no script, no CDN).
 
-Sign-in takes an API token and keeps it in an ``HttpOnly``, ``SameSite=Strict`` cookie (``Secure`` when the
-request came over HTTPS); every page authenticates that token exactly as the API authenticates a bearer
-token, and reads through the same relay, contracts and permissions as the API routes: nothing reaches a
+Sign-in takes an API token and opens a server-side session bound to it; the ``HttpOnly``, ``SameSite=Strict``
+cookie (``Secure`` when the request came over HTTPS) holds only the session's random secret. Every page
+authenticates the session as the API authenticates the token (revoking the token ends its sessions), and
+signing out ends the session on the server, so a copied cookie stops working at once. Pages read through the same relay, contracts and permissions as the API routes: nothing reaches a
 service around the gateway, and another tenant's object is a 404 here as there.
 
-Every form that changes something carries a CSRF token: an HMAC of the session token, which a page of
+Every form that changes something carries a CSRF token: an HMAC of the session secret, which a page of
 another site can neither read nor compute. The sign-in form, which has no session yet, is bound to a random
 value kept in a short-lived cookie of its own. Every answer carries a strict Content-Security-Policy that
 allows no script at all.
@@ -18,7 +19,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from html import escape
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -33,7 +34,7 @@ from stella.contracts import evidence
 from stella.contracts import promotion as contract
 from stella.contracts.envelope import PageRequest
 from stella.contracts.promotion import PromotionStatus
-from stella.gateway.auth import Identity
+from stella.gateway.auth import Identity, hash_token, new_session_secret
 from stella.gateway.controllers.promotions import cast_vote
 from stella.gateway.dependencies import parse_id
 from stella.gateway.permissions import Action, Resource
@@ -56,7 +57,7 @@ UI_PREFIX: Final[str] = "/ui"
 """Where the dashboard is served."""
 
 SESSION_COOKIE: Final[str] = "stella_session"
-"""The cookie holding the signed-in principal's API token."""
+"""The cookie holding the dashboard session's secret (never the API token)."""
 
 SIGN_IN_COOKIE: Final[str] = "stella_sign_in"
 """The cookie binding the sign-in form to the browser that loaded it (login CSRF)."""
@@ -83,6 +84,9 @@ _MAX_FORM_BYTES: Final[int] = 8192
 _MATRIX_PAGE: Final[int] = 500
 _SIGN_IN_TTL_S: Final[int] = 600
 
+SESSION_TTL_S: Final[int] = 12 * 3600
+"""A dashboard session lasts this long at most (and never beyond its token's expiry)."""
+
 STYLE: Final[str] = """
 body{font-family:system-ui,sans-serif;margin:0;color:#111;background:#fff}
 header{display:flex;gap:1rem;align-items:center;padding:.5rem 1rem;background:#13315c;color:#fff;flex-wrap:wrap}
@@ -97,7 +101,7 @@ button{font:inherit;padding:.3rem .8rem}label{display:block;margin:.5rem 0 .2rem
 
 
 def csrf_for(token: str) -> str:
-    """The CSRF token of a session: an HMAC of its API token (stable for the session, unguessable)."""
+    """The CSRF token of a session: an HMAC of its secret (stable for the session, unguessable)."""
     return hmac.new(token.encode(), b"stella-ui-csrf", hashlib.sha256).hexdigest()
 
 
@@ -175,7 +179,7 @@ async def _session(request: Request[Any, Any, Any], runtime: Runtime) -> Session
     if not token:
         return None
     try:
-        identity = await runtime.get_authenticator().authenticate(f"Bearer {token}")
+        identity = await runtime.get_authenticator().authenticate_session(token)
     except ProblemError as exc:
         if exc.status == 401:
             return None
@@ -268,26 +272,35 @@ class DashboardController(Controller):
         _check_csrf(request.cookies.get(SIGN_IN_COOKIE, ""), form)
         token = form.get("token", "").strip()
         try:
-            await runtime.get_authenticator().authenticate(f"Bearer {token}")
+            identity = await runtime.get_authenticator().authenticate(f"Bearer {token}")
         except ProblemError as exc:
             if exc.status != 401:
                 raise
             return self._sign_in_page(request, _message(exc), status=401)
+        secret = new_session_secret()
+        now = runtime.clock()
+        expires_at = now + timedelta(seconds=SESSION_TTL_S)
+        if identity.expires_at is not None:
+            expires_at = min(expires_at, identity.expires_at)
+        await runtime.get_store().create_session(
+            hash_token(secret), identity.tenant_id, identity.token_id, now=now, expires_at=expires_at
+        )
         response: Response[Any] = Redirect(UI_PREFIX, status_code=303)
         response.headers.update(SECURITY_HEADERS)
         response.set_cookie(
-            SESSION_COOKIE, token, path=UI_PREFIX, httponly=True, samesite="strict", secure=_secure(request)
+            SESSION_COOKIE, secret, path=UI_PREFIX, httponly=True, samesite="strict", secure=_secure(request)
         )
         response.delete_cookie(SIGN_IN_COOKIE, path=f"{UI_PREFIX}/sign-in")
         return response
 
     @post("/sign-out", status_code=303)
     async def sign_out(self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> Response[Any]:
-        """Forget the session cookie."""
+        """End the session on the server (its cookie no longer signs anyone in) and forget the cookie."""
         session = await _session(request, runtime)
         if session is None:
             return _to_sign_in()
         _check_csrf(session.csrf, await _form(request))
+        await runtime.get_store().end_session(hash_token(request.cookies[SESSION_COOKIE]), runtime.clock())
         return _to_sign_in()
 
     @get("/")
