@@ -587,7 +587,7 @@ class DashboardController(Controller):
                 escape(packet.packet_type),
                 str(packet.sequence),
                 f"<code>{escape(packet.content_hash)}</code>",
-                escape(packet.created_at.isoformat()),
+                _when(packet.created_at),
                 f'<a href="{UI_PREFIX}/evidence/{packet.id}">Verify</a>',
             ]
             for packet in packets
