@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,7 @@ async def user(
                 await resp.read()
                 elapsed = time.perf_counter() - started
                 if resp.status != 200:
-                    failures.append(f"{path}: {resp.status}")
+                    failures.append(f"{name}: {resp.status}")
             timings[name].append(elapsed)
 
 
@@ -280,7 +280,8 @@ async def main(args: argparse.Namespace) -> int:
             f"p95 {percentile(values, 0.95) * 1e3:6.0f} ms"
         )
     if failures:
-        print(f"GOAL MISSED: {len(failures)} page loads did not answer 200, first: {failures[0]}", file=sys.stderr)
+        by_page = ", ".join(f"{what} x{count}" for what, count in Counter(failures).most_common())
+        print(f"GOAL MISSED: {len(failures)} page loads did not answer 200: {by_page}", file=sys.stderr)
         return 1
     return 0
 
