@@ -9,9 +9,11 @@ Screenshots of each page are saved under the test's output directory.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,135 @@ async def test_sign_in_matrix_approvals_with_separation_of_duties_and_security(
                 browser, base, stack.token, ["/ui", "/ui/approvals", f"/ui/promotions/{to_prod['id']}", verify_path]
             )
             assert violations == {path: [] for path in violations}, violations
+        finally:
+            await browser.close()
+    print(f"screenshots in {shots}")
+
+
+async def test_releases_promotions_deployments_freeze_and_evidence_pages_with_sign_out(
+    full_stack: Stack, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    stack = full_stack
+    base = stack.base
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    await _environment(stack, "dev", 0)
+    prod = await _environment(stack, "prod", 1)
+    now = datetime.now(UTC)
+    status, window, _ = await stack.call(
+        "POST",
+        f"/api/v1/environments/{prod}/freeze-windows",
+        json={
+            "kind": "deny",
+            "start": (now - timedelta(hours=1)).isoformat(),
+            "end": (now + timedelta(days=2)).isoformat(),
+            "reason": "year-end freeze",
+        },
+    )
+    assert status == 201, window
+    release = await _release(stack, "shop-9")
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+            page = await context.new_page()
+            await _sign_in(page, base, stack.token)
+
+            # Releases: filter by name, open the release, promote it to the next environment.
+            await page.get_by_role("link", name="Releases").click()
+            await page.get_by_label("Name starts with").fill("shop-9")
+            await page.get_by_role("button", name="Filter").click()
+            await page.get_by_role("link", name="shop-9").click()
+            assert await page.get_by_role("table", name="Images").inner_text()
+            await page.screenshot(path=str(shots / "release.png"), full_page=True)
+            assert await page.get_by_role("button", name="Promote to prod").count() == 0
+            await page.get_by_label("Reason for dev").fill("first stop")
+            await page.get_by_role("button", name="Promote to dev").click()
+            await page.wait_for_url(f"{base}/ui/promotions/*")
+            promotion_id = page.url.rsplit("/", 1)[-1]
+            await _settled(stack, promotion_id, expect="deployed")
+            await stack.until(f"/api/v1/promotions/{promotion_id}/evidence", lambda b: len(b["items"]) >= 2)
+
+            # The promotion: its timeline, then its deployment page (no targets here: deployed at once).
+            await page.reload()
+            assert "gates" in await page.get_by_role("table", name=re.compile("^Timeline")).inner_text()
+            await page.screenshot(path=str(shots / "promotion-timeline.png"), full_page=True)
+            await page.get_by_role("link", name="Deployment and targets").click()
+            await page.get_by_role("heading", name="Deployment of shop-9 to dev").wait_for()
+            assert await page.locator('meta[http-equiv="refresh"]').count() == 0  # it ended: no more reloads
+            await page.screenshot(path=str(shots / "deployment.png"), full_page=True)
+
+            # The release now shows where it went and offers the next environment.
+            await page.goto(f"{base}/ui/releases/{release}")
+            environments = await page.get_by_role("table", name="Environments").inner_text()
+            assert "dev\tyes" in environments and "prod\tno" in environments
+            assert await page.get_by_role("button", name="Promote to prod").count() == 1
+
+            # Promotions filtered by status and environment.
+            await page.goto(f"{base}/ui/promotions")
+            await page.get_by_label("Status").select_option("deployed")
+            await page.get_by_label("Environment").select_option(label="dev")
+            await page.get_by_role("button", name="Filter").click()
+            listed = await page.get_by_role("table", name="Promotions").inner_text()
+            assert "shop-9" in listed and "deployed" in listed
+
+            # Freeze calendar: prod is frozen until its window ends, shown in the chosen zone.
+            await page.goto(f"{base}/ui/freeze")
+            await page.get_by_label("Show times in (IANA time zone)").fill("Asia/Tokyo")
+            await page.get_by_role("button", name="Show").click()
+            calendar = await page.locator("main").inner_text()
+            assert "year-end freeze" in calendar and "+09:00" in calendar and "frozen" in calendar
+            await page.screenshot(path=str(shots / "freeze.png"), full_page=True)
+
+            # Evidence: filter by type, verify one, export a bundle.
+            await page.goto(f"{base}/ui/evidence")
+            await page.get_by_label("Type").select_option("deployment")
+            await page.get_by_role("button", name="Filter").click()
+            packets = await page.get_by_role("table", name="Evidence packets").inner_text()
+            assert "deployment" in packets and "release_decision" not in packets
+            await page.screenshot(path=str(shots / "evidence-list.png"), full_page=True)
+            async with page.expect_download() as download_info:
+                await page.get_by_role("button", name="Download bundle").click()
+            download = await download_info.value
+            bundle = tmp_path / download.suggested_filename
+            await download.save_as(bundle)
+            assert bundle.read_bytes()[:2] == b"\x1f\x8b"  # a gzip stream
+            await page.get_by_role("link", name="Verify").first.click()
+            assert "Verified: every check holds." in await page.get_by_role("status").inner_text()
+
+            violations = await _serious_violations(
+                browser,
+                base,
+                stack.token,
+                [
+                    "/ui/releases",
+                    f"/ui/releases/{release}",
+                    "/ui/promotions",
+                    f"/ui/promotions/{promotion_id}",
+                    f"/ui/promotions/{promotion_id}/deployment",
+                    "/ui/deployments",
+                    "/ui/freeze",
+                    "/ui/evidence",
+                ],
+            )
+            assert violations == {path: [] for path in violations}, violations
+
+            # Sign-out ends the session on the server: a copy of the cookie signs nobody in afterwards.
+            [cookie] = [c for c in await context.cookies() if c["name"] == "stella_session"]
+            assert cookie["value"] != stack.token
+            await page.goto(f"{base}/ui")
+            await page.get_by_role("button", name="Sign out").click()
+            await page.wait_for_url(f"{base}/ui/sign-in")
+            thief = await browser.new_context()
+            await thief.add_cookies(
+                [{"name": cookie["name"], "value": cookie["value"], "url": f"{base}/ui", "sameSite": "Strict"}]
+            )
+            stolen = await thief.new_page()
+            await stolen.goto(f"{base}/ui/releases")
+            assert stolen.url == f"{base}/ui/sign-in"
         finally:
             await browser.close()
     print(f"screenshots in {shots}")

@@ -379,7 +379,7 @@ async def _stop(runtime: Runtime) -> None:
 
 
 async def _maintain(runtime: Runtime) -> None:
-    """Write token uses every ``token_touch_interval_s`` and purge expired idempotency keys now and then."""
+    """Write token uses every ``token_touch_interval_s`` and purge expired idempotency keys and dashboard sessions now and then."""
     settings = runtime.settings
     last_purge = float("-inf")
     while True:
@@ -391,6 +391,8 @@ async def _maintain(runtime: Runtime) -> None:
             await authenticator.flush_usage()
             if time.monotonic() - last_purge >= PURGE_INTERVAL_S:
                 while await store.purge_expired_keys(runtime.clock()) > 0:
+                    pass
+                while await store.purge_sessions(runtime.clock()) > 0:
                     pass
                 last_purge = time.monotonic()
         except Exception:

@@ -42,6 +42,9 @@ TOKEN_PREFIX: Final[str] = "stl_"
 TOKEN_BYTES: Final[int] = 32
 """Random bytes in a token."""
 
+SESSION_PREFIX: Final[str] = "sts_"
+"""Every dashboard session secret starts with this."""
+
 DISPLAY_PREFIX_LENGTH: Final[int] = 12
 """Characters of a token kept in clear (``stl_`` and 8 more) so people can tell tokens apart."""
 
@@ -63,6 +66,11 @@ class IssuedToken:
 def hash_token(secret: str) -> bytes:
     """Return the SHA-256 of a token, the only form in which it is stored."""
     return hashlib.sha256(secret.encode()).digest()
+
+
+def new_session_secret() -> str:
+    """A new random dashboard session secret (kept in the session cookie; only its SHA-256 is stored)."""
+    return SESSION_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
 
 
 def new_token() -> IssuedToken:
@@ -142,7 +150,25 @@ class Authenticator:
             raise _unauthenticated("AUTH_TOKEN_INVALID", "The Authorization header must be 'Bearer <token>'.")
         if not secret.startswith(TOKEN_PREFIX) or len(secret) > _MAX_TOKEN_LENGTH:
             raise _unauthenticated("AUTH_TOKEN_INVALID", "The token is not valid.")
-        record = await self._lookup(hash_token(secret))
+        return self._identity(await self._lookup(hash_token(secret)))
+
+    async def authenticate_session(self, secret: str) -> Identity:
+        """Authenticate a dashboard session from its cookie's secret, as the API token it was opened with.
+
+        Sessions are not cached: a session ended by signing out is refused at once on every replica.
+
+        Raises:
+            ProblemError: 401 ``AUTH_SESSION_INVALID`` for an unknown, ended or expired session, or the
+                token's own refusal (revoked, expired, principal deleted).
+        """
+        if not secret.startswith(SESSION_PREFIX) or len(secret) > _MAX_TOKEN_LENGTH:
+            raise _unauthenticated("AUTH_SESSION_INVALID", "The session is not valid: sign in again.")
+        record = await self.store.find_session(hash_token(secret), self.clock())
+        if record is None:
+            raise _unauthenticated("AUTH_SESSION_INVALID", "The session is not valid: sign in again.")
+        return self._identity(record)
+
+    def _identity(self, record: TokenAuth | None) -> Identity:
         if record is None or record.principal_deleted_at is not None:
             raise _unauthenticated("AUTH_TOKEN_INVALID", "The token is not valid.")
         if record.revoked_at is not None:

@@ -107,6 +107,36 @@ _FIND_TOKEN: Final = """
     WHERE t.token_hash = $1
 """
 
+_FIND_SESSION: Final = """
+    SELECT t.id, t.tenant_id, t.principal_id, t.expires_at, t.revoked_at,
+           p.name, p.kind, p.deleted_at,
+           (SELECT n.is_platform FROM tenants n WHERE n.id = t.tenant_id) AS tenant_is_platform,
+           ARRAY(SELECT b.role FROM role_bindings b
+                 WHERE b.tenant_id = t.tenant_id AND b.principal_id = t.principal_id
+                 ORDER BY b.role) AS roles,
+           ARRAY(SELECT g.group_name FROM group_memberships g
+                 WHERE g.tenant_id = t.tenant_id AND g.principal_id = t.principal_id
+                 ORDER BY g.group_name) AS groups
+    FROM ui_sessions s
+    JOIN tokens t ON t.tenant_id = s.tenant_id AND t.id = s.token_id
+    JOIN principals p ON p.tenant_id = t.tenant_id AND p.id = t.principal_id
+    WHERE s.session_hash = $1 AND s.ended_at IS NULL AND s.expires_at > $2
+"""
+
+_INSERT_SESSION: Final = """
+    INSERT INTO ui_sessions (session_hash, tenant_id, token_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)
+"""
+
+_END_SESSION: Final = """
+    UPDATE ui_sessions SET ended_at = coalesce(ended_at, $2) WHERE session_hash = $1 RETURNING tenant_id
+"""
+
+_PURGE_SESSIONS: Final = """
+    DELETE FROM ui_sessions WHERE session_hash IN (
+        SELECT session_hash FROM ui_sessions WHERE expires_at <= $1 OR ended_at IS NOT NULL LIMIT $2
+    )
+"""
+
 _TOUCH_TOKENS: Final = """
     UPDATE tokens AS t SET last_used_at = u.used_at
     FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS u(tenant_id, id, used_at)
@@ -354,6 +384,22 @@ class UpdatePrincipalOutcome:
     LAST_ADMIN: Final = "last_admin"
 
 
+def _token_auth(row: asyncpg.Record) -> TokenAuth:
+    return TokenAuth(
+        token_id=row["id"],
+        tenant_id=row["tenant_id"],
+        principal_id=row["principal_id"],
+        principal_name=row["name"],
+        tenant_is_platform=bool(row["tenant_is_platform"]),
+        principal_kind=row["kind"],
+        roles=tuple(row["roles"]),
+        groups=tuple(row["groups"]),
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        principal_deleted_at=row["deleted_at"],
+    )
+
+
 class GatewayStore:
     """The gateway's persistence, over a pool whose ``search_path`` is the ``gateway`` schema.
 
@@ -370,21 +416,33 @@ class GatewayStore:
         """Look a token up by its hash (one indexed query), with its principal, roles and groups."""
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(_FIND_TOKEN, token_hash)
-        if row is None:
-            return None
-        return TokenAuth(
-            token_id=row["id"],
-            tenant_id=row["tenant_id"],
-            principal_id=row["principal_id"],
-            principal_name=row["name"],
-            tenant_is_platform=bool(row["tenant_is_platform"]),
-            principal_kind=row["kind"],
-            roles=tuple(row["roles"]),
-            groups=tuple(row["groups"]),
-            expires_at=row["expires_at"],
-            revoked_at=row["revoked_at"],
-            principal_deleted_at=row["deleted_at"],
-        )
+        return _token_auth(row) if row is not None else None
+
+    # --- dashboard sessions -------------------------------------------------------------------------
+
+    async def create_session(
+        self, session_hash: bytes, tenant_id: UUID, token_id: UUID, *, now: datetime, expires_at: datetime
+    ) -> None:
+        """Open a dashboard session bound to an API token."""
+        async with self.pool.acquire() as conn:
+            await conn.execute(_INSERT_SESSION, session_hash, tenant_id, token_id, now, expires_at)
+
+    async def find_session(self, session_hash: bytes, now: datetime) -> TokenAuth | None:
+        """The token of a live session (not ended, not expired), as :meth:`find_token` reads it; None otherwise."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(_FIND_SESSION, session_hash, now)
+        return _token_auth(row) if row is not None else None
+
+    async def end_session(self, session_hash: bytes, now: datetime) -> bool:
+        """End a session (sign-out); False when there is no such session."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(_END_SESSION, session_hash, now) is not None
+
+    async def purge_sessions(self, now: datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` ended or expired sessions; returns how many."""
+        async with self.pool.acquire() as conn:
+            status = await conn.execute(_PURGE_SESSIONS, now, limit)
+        return int(status.split()[-1])
 
     async def touch_tokens(self, uses: Sequence[tuple[UUID, UUID, datetime]]) -> None:
         """Record when tokens were last used, in one statement for a batch of ``(tenant, token, at)``."""

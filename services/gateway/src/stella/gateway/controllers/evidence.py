@@ -66,6 +66,30 @@ def _instant(value: str | None, name: str) -> datetime | None:
     return parsed
 
 
+async def export_stream(
+    call: CallContext,
+    relay: Relay,
+    runtime: Runtime,
+    created_from: datetime | None,
+    created_to: datetime | None,
+    headers: dict[str, str] | None = None,
+) -> Stream:
+    """The bundle of the packets created in ``[created_from, created_to)``, streamed from the object store
+    (the API's export route and the dashboard's export link)."""
+    query = call.query(contract.ExportBundle, created_from=created_from, created_to=created_to)
+    data = await relay.query(contract.EXPORT_BUNDLE, query, timeout_s=runtime.settings.export_timeout_s)
+    bundle = parse_data(contract.ExportBundleView, data)
+    chunks = await runtime.get_exports().open(bundle)
+    answer = {
+        **(headers or {}),
+        "Content-Disposition": f'attachment; filename="{bundle.filename}"',
+        "Content-Length": str(bundle.size),
+        PACKETS_HEADER: str(bundle.packets),
+        **digest_headers(bundle),
+    }
+    return Stream(chunks, media_type=MEDIA_TYPE, headers=answer)
+
+
 class EvidenceController(Controller):
     """Evidence packets of the caller's tenant."""
 
@@ -197,21 +221,7 @@ class EvidenceController(Controller):
         The evidence service builds the bundle and stores it; it is streamed from there. ``ETag`` and
         ``Digest`` carry its SHA-256, so a client can check the download.
         """
-        query = call.query(
-            contract.ExportBundle,
-            created_from=_instant(created_from, "from"),
-            created_to=_instant(created_to, "to"),
-        )
-        data = await relay.query(contract.EXPORT_BUNDLE, query, timeout_s=runtime.settings.export_timeout_s)
-        bundle = parse_data(contract.ExportBundleView, data)
-        chunks = await runtime.get_exports().open(bundle)
-        headers = {
-            "Content-Disposition": f'attachment; filename="{bundle.filename}"',
-            "Content-Length": str(bundle.size),
-            PACKETS_HEADER: str(bundle.packets),
-            **digest_headers(bundle),
-        }
-        return Stream(chunks, media_type=MEDIA_TYPE, headers=headers)
+        return await export_stream(call, relay, runtime, _instant(created_from, "from"), _instant(created_to, "to"))
 
     @get(
         "/{packet_id:str}",

@@ -1,11 +1,12 @@
 """``/ui``: the web dashboard, server-rendered HTML served by the gateway itself (no script, no CDN).
 
-Sign-in takes an API token and keeps it in an ``HttpOnly``, ``SameSite=Strict`` cookie (``Secure`` when the
-request came over HTTPS); every page authenticates that token exactly as the API authenticates a bearer
-token, and reads through the same relay, contracts and permissions as the API routes: nothing reaches a
+Sign-in takes an API token and opens a server-side session bound to it; the ``HttpOnly``, ``SameSite=Strict``
+cookie (``Secure`` when the request came over HTTPS) holds only the session's random secret. Every page
+authenticates the session as the API authenticates the token (revoking the token ends its sessions), and
+signing out ends the session on the server, so a copied cookie stops working at once. Pages read through the same relay, contracts and permissions as the API routes: nothing reaches a
 service around the gateway, and another tenant's object is a 404 here as there.
 
-Every form that changes something carries a CSRF token: an HMAC of the session token, which a page of
+Every form that changes something carries a CSRF token: an HMAC of the session secret, which a page of
 another site can neither read nor compute. The sign-in form, which has no session yet, is bound to a random
 value kept in a short-lived cookie of its own. Every answer carries a strict Content-Security-Policy that
 allows no script at all.
@@ -18,44 +19,60 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
+from enum import Enum
 from html import escape
-from typing import Any, Final
-from urllib.parse import parse_qs
+from typing import Annotated, Any, Final, TypeVar
+from urllib.parse import parse_qs, urlencode
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import Parameter
-from litestar.response import Redirect
+from litestar.params import Parameter, QueryParameter
+from litestar.response import Redirect, Stream
 
-from stella.contracts import evidence
+from stella.contracts import approval as approvals
+from stella.contracts import deployment as deployments
+from stella.contracts import evidence, release, workflow
 from stella.contracts import promotion as contract
 from stella.contracts.envelope import PageRequest
 from stella.contracts.promotion import PromotionStatus, PromotionView
-from stella.gateway.auth import Identity
+from stella.gateway.auth import Identity, hash_token, new_session_secret
+from stella.gateway.controllers.evidence import export_stream
 from stella.gateway.controllers.promotions import cast_vote
 from stella.gateway.dependencies import parse_id
+from stella.gateway.deployment_schemas import JobOut, JobPage, TargetOut, TargetPage
+from stella.gateway.pagination import page_params
 from stella.gateway.permissions import Action, Resource
 from stella.gateway.problems import ProblemError
 from stella.gateway.relay import CallContext, Relay, parse_data
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import (
+    ApprovalRequestOut,
     EnvironmentOut,
     EnvironmentPage,
     EnvironmentStateOut,
+    FreezeWindowOut,
+    FreezeWindowPage,
     PacketPage,
+    PacketType,
     PromotionPage,
+    ReleaseOut,
+    ReleasePage,
+    ReleaseStatus,
     VerificationOut,
     VoteAction,
 )
 from stella.gateway.tracing import trace_id
 
+E = TypeVar("E", bound=Enum)
+
 UI_PREFIX: Final[str] = "/ui"
 """Where the dashboard is served."""
 
 SESSION_COOKIE: Final[str] = "stella_session"
-"""The cookie holding the signed-in principal's API token."""
+"""The cookie holding the dashboard session's secret (never the API token)."""
 
 SIGN_IN_COOKIE: Final[str] = "stella_sign_in"
 """The cookie binding the sign-in form to the browser that loaded it (login CSRF)."""
@@ -78,9 +95,13 @@ SECURITY_HEADERS: Final[dict[str, str]] = {
 
 _ID = Parameter(description="Promotion id")
 _PACKET_ID = Parameter(description="Evidence packet id")
+_RELEASE_ID = Parameter(description="Release id")
 _MAX_FORM_BYTES: Final[int] = 8192
 _MATRIX_PAGE: Final[int] = 500
 _SIGN_IN_TTL_S: Final[int] = 600
+
+SESSION_TTL_S: Final[int] = 12 * 3600
+"""A dashboard session lasts this long at most (and never beyond its token's expiry)."""
 
 STYLE: Final[str] = """
 body{font-family:system-ui,sans-serif;margin:0;color:#111;background:#fff}
@@ -91,12 +112,16 @@ table{border-collapse:collapse}th,td{border:1px solid #999;padding:.3rem .5rem;t
 .message{padding:.5rem 1rem;border:2px solid #b91c1c;background:#fee2e2;color:#7f1d1d}
 .closed{color:#7f1d1d;font-weight:bold}.open{color:#14532d}
 button{font:inherit;padding:.3rem .8rem}label{display:block;margin:.5rem 0 .2rem}
+select:focus,summary:focus{outline:3px solid #f59e0b;outline-offset:2px}
+form.filters{display:flex;gap:1rem;flex-wrap:wrap;align-items:flex-end;margin-bottom:1rem}
+form.filters label{margin:0}pre{white-space:pre-wrap;max-width:60rem}code{word-break:break-all}
+nav a{margin-right:.6rem}.muted{color:#444}
 """
 """The dashboard's one stylesheet (served from /ui/style.css so the CSP can forbid inline styles)."""
 
 
 def csrf_for(token: str) -> str:
-    """The CSRF token of a session: an HMAC of its API token (stable for the session, unguessable)."""
+    """The CSRF token of a session: an HMAC of its secret (stable for the session, unguessable)."""
     return hmac.new(token.encode(), b"stella-ui-csrf", hashlib.sha256).hexdigest()
 
 
@@ -104,19 +129,33 @@ def _secure(request: Request[Any, Any, Any]) -> bool:
     return request.url.scheme == "https"
 
 
-def _page(title: str, body: str, *, identity: Identity | None = None, status: int = 200) -> Response[str]:
+NAV: Final[tuple[tuple[str, str], ...]] = (
+    ("", "Overview"),
+    ("/releases", "Releases"),
+    ("/promotions", "Promotions"),
+    ("/approvals", "Approvals"),
+    ("/deployments", "Deployments"),
+    ("/freeze", "Freeze calendar"),
+    ("/evidence", "Evidence"),
+)
+"""The dashboard's pages, in the order of its navigation."""
+
+
+def _page(
+    title: str, body: str, *, identity: Identity | None = None, status: int = 200, head: str = ""
+) -> Response[str]:
     nav = ""
     if identity is not None:
+        links = " ".join(f'<a href="{UI_PREFIX}{path}">{name}</a>' for path, name in NAV)
         nav = (
-            f'<nav aria-label="Main"><a href="{UI_PREFIX}">Overview</a> '
-            f'<a href="{UI_PREFIX}/approvals">Approvals</a></nav>'
+            f'<nav aria-label="Main">{links}</nav>'
             f"<span>{escape(identity.principal_name)}</span>"
             f'<form method="post" action="{UI_PREFIX}/sign-out">{{csrf}}<button type="submit">Sign out</button></form>'
         )
     html = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)} · Stella</title>"
+        f"{head}<title>{escape(title)} · Stella</title>"
         f'<link rel="stylesheet" href="{UI_PREFIX}/style.css"></head><body>'
         f"<header><strong>Stella</strong>{nav}</header>"
         f'<main id="main"><h1>{escape(title)}</h1>{body}</main></body></html>'
@@ -161,9 +200,9 @@ class Session:
                 403, "PERM_DENIED", f"This needs the permission '{resource.value}:{action.value}'.", title="Forbidden"
             )
 
-    def page(self, title: str, body: str, status: int = 200) -> Response[str]:
+    def page(self, title: str, body: str, status: int = 200, head: str = "") -> Response[str]:
         """A page of this session (its sign-out form carries the CSRF token)."""
-        response = _page(title, body, identity=self.identity, status=status)
+        response = _page(title, body, identity=self.identity, status=status, head=head)
         hidden = f'<input type="hidden" name="{CSRF_FIELD}" value="{self.csrf}">'
         response.content = str(response.content).replace("{csrf}", hidden)
         return response
@@ -174,7 +213,7 @@ async def _session(request: Request[Any, Any, Any], runtime: Runtime) -> Session
     if not token:
         return None
     try:
-        identity = await runtime.get_authenticator().authenticate(f"Bearer {token}")
+        identity = await runtime.get_authenticator().authenticate_session(token)
     except ProblemError as exc:
         if exc.status == 401:
             return None
@@ -218,6 +257,135 @@ def _vote_forms(session: Session, promotion_id: UUID) -> str:
 def ui_problem(_: Request[Any, Any, Any], exc: ProblemError) -> Response[str]:
     """A problem on a dashboard page, shown as a page saying what happened (same status as the API's)."""
     return _page(exc.title, _message(exc) + f'<p><a href="{UI_PREFIX}">Back to the overview</a></p>', status=exc.status)
+
+
+_ACTIVE_JOB: Final[frozenset[str]] = frozenset({"pending", "running", "paused", "rolling_back"})
+"""Job states that still change: their page refreshes itself."""
+
+REFRESH_S: Final[int] = 3
+"""Seconds between two loads of a live deployment page (a meta refresh: the CSP allows no script)."""
+
+_LIST_PAGE: Final[int] = 50
+_TASK_PAGE: Final[int] = 200
+_MAX_NAME_FILTER: Final[int] = 63
+
+
+def _hidden(session: Session) -> str:
+    return f'<input type="hidden" name="{CSRF_FIELD}" value="{session.csrf}">'
+
+
+def _when(value: datetime | None, zone: ZoneInfo | None = None) -> str:
+    if value is None:
+        return "-"
+    if zone is not None:
+        value = value.astimezone(zone)
+    return escape(value.isoformat(timespec="seconds"))
+
+
+def _link(path: str, text: str) -> str:
+    return f'<a href="{UI_PREFIX}{escape(path)}">{escape(text)}</a>'
+
+
+def _pager(path: str, params: Mapping[str, str | None], next_token: str | None) -> str:
+    if not next_token:
+        return ""
+    query = urlencode({name: value for name, value in {**params, "page_token": next_token}.items() if value})
+    return f'<p><a href="{UI_PREFIX}{path}?{escape(query)}" rel="next">Next page</a></p>'
+
+
+def _select(name: str, label: str, options: Iterable[tuple[str, str]], selected: str | None) -> str:
+    choices = ['<option value="">Any</option>']
+    for value, text in options:
+        chosen = " selected" if value == selected else ""
+        choices.append(f'<option value="{escape(value)}"{chosen}>{escape(text)}</option>')
+    return f'<label for="{name}">{escape(label)}</label><select id="{name}" name="{name}">{"".join(choices)}</select>'
+
+
+def _filters(path: str, fields: str) -> str:
+    return (
+        f'<form class="filters" method="get" action="{UI_PREFIX}{path}" role="search" aria-label="Filters">'
+        f'{fields}<button type="submit">Filter</button> <a href="{UI_PREFIX}{path}">Clear</a></form>'
+    )
+
+
+def _list_page(page_token: str | None) -> PageRequest:
+    """The page of a list (its ``page_token`` checked as the API checks it)."""
+    return page_params(page_size=_LIST_PAGE, page_token=page_token or None).to_contract()
+
+
+def _choice(kind: type[E], value: str | None, name: str) -> E | None:
+    """A filter's value among ``kind``'s; a value outside them is a 400."""
+    if not value:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise ProblemError(400, "VAL_INVALID_REQUEST", f"{name} must be one of: {allowed}.") from None
+
+
+def _path_id(value: str, what: str) -> UUID:
+    """An object id of a page URL; a malformed one names nothing, so it is a 404 as an unknown one is."""
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ProblemError(404, "RES_NOT_FOUND", f"No such {what}.") from None
+
+
+def _digests(components: Iterable[Mapping[str, Any]]) -> str:
+    return "<br>".join(
+        f"{escape(str(item.get('name') or item.get('component') or ''))}: "
+        f"<code>{escape(str(item.get('digest', '')))}</code>"
+        for item in components
+    )
+
+
+def _facts(facts: Iterable[tuple[str, str]]) -> str:
+    return "<dl>" + "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts) + "</dl>"
+
+
+def _next_environments(environments: list[EnvironmentOut], reached: set[UUID]) -> list[EnvironmentOut]:
+    """Where a release may go next: the first environments, or those right after the furthest it reached."""
+    if not environments:
+        return []
+    furthest = max((e.order_index for e in environments if e.id in reached), default=None)
+    later = [e.order_index for e in environments if furthest is None or e.order_index > furthest]
+    if not later:
+        return []
+    step = min(later)
+    return [e for e in environments if e.order_index == step]
+
+
+def _window(window: FreezeWindowOut, zone: ZoneInfo) -> str:
+    if window.rrule:
+        hours = (window.duration_s or 0) / 3600
+        first = f" from {escape(window.dtstart.isoformat())}" if window.dtstart else ""
+        return f"<code>{escape(window.rrule)}</code>{first}, {hours:g} h each ({escape(window.timezone)})"
+    return f"{_when(window.start, zone)} to {_when(window.end, zone)}"
+
+
+def _drift(target: TargetOut) -> str:
+    if not target.drift_detected:
+        return "in sync" if target.last_drift else "not checked yet"
+    differences = (target.last_drift or {}).get("differences") or []
+    lines = [
+        f"{escape(str(d.get('component', '')))}: expected <code>{escape(str(d.get('expected')))}</code>, "
+        f"actual <code>{escape(str(d.get('actual')))}</code>"
+        for d in differences
+        if isinstance(d, dict)
+    ]
+    return '<strong class="closed">drifted</strong><br>' + "<br>".join(lines)
+
+
+def _date(value: str | None, name: str, *, end: bool = False) -> datetime | None:
+    if not value:
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise ProblemError(400, "VAL_INVALID_REQUEST", f"{name} must be a date, e.g. 2026-01-31.") from None
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start + timedelta(days=1) if end else start
 
 
 class DashboardController(Controller):
@@ -267,26 +435,35 @@ class DashboardController(Controller):
         _check_csrf(request.cookies.get(SIGN_IN_COOKIE, ""), form)
         token = form.get("token", "").strip()
         try:
-            await runtime.get_authenticator().authenticate(f"Bearer {token}")
+            identity = await runtime.get_authenticator().authenticate(f"Bearer {token}")
         except ProblemError as exc:
             if exc.status != 401:
                 raise
             return self._sign_in_page(request, _message(exc), status=401)
+        secret = new_session_secret()
+        now = runtime.clock()
+        expires_at = now + timedelta(seconds=SESSION_TTL_S)
+        if identity.expires_at is not None:
+            expires_at = min(expires_at, identity.expires_at)
+        await runtime.get_store().create_session(
+            hash_token(secret), identity.tenant_id, identity.token_id, now=now, expires_at=expires_at
+        )
         response: Response[Any] = Redirect(UI_PREFIX, status_code=303)
         response.headers.update(SECURITY_HEADERS)
         response.set_cookie(
-            SESSION_COOKIE, token, path=UI_PREFIX, httponly=True, samesite="strict", secure=_secure(request)
+            SESSION_COOKIE, secret, path=UI_PREFIX, httponly=True, samesite="strict", secure=_secure(request)
         )
         response.delete_cookie(SIGN_IN_COOKIE, path=f"{UI_PREFIX}/sign-in")
         return response
 
     @post("/sign-out", status_code=303)
     async def sign_out(self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> Response[Any]:
-        """Forget the session cookie."""
+        """End the session on the server (its cookie no longer signs anyone in) and forget the cookie."""
         session = await _session(request, runtime)
         if session is None:
             return _to_sign_in()
         _check_csrf(session.csrf, await _form(request))
+        await runtime.get_store().end_session(hash_token(request.cookies[SESSION_COOKIE]), runtime.clock())
         return _to_sign_in()
 
     @get("/")
@@ -408,7 +585,7 @@ class DashboardController(Controller):
                 escape(packet.packet_type),
                 str(packet.sequence),
                 f"<code>{escape(packet.content_hash)}</code>",
-                escape(packet.created_at.isoformat()),
+                _when(packet.created_at),
                 f'<a href="{UI_PREFIX}/evidence/{packet.id}">Verify</a>',
             ]
             for packet in packets
@@ -440,29 +617,310 @@ class DashboardController(Controller):
         query = session.call.query(contract.GetEnvironmentState, environment_id=environment.id)
         return parse_data(EnvironmentStateOut, await session.relay.query(contract.GET_ENVIRONMENT_STATE, query))
 
-    @get("/promotions/{promotion_id:str}")
-    async def promotion(
-        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
+    # --- releases -----------------------------------------------------------------------------------
+
+    @get("/releases")
+    async def releases(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        name: Annotated[str | None, QueryParameter()] = None,
+        status: Annotated[str | None, QueryParameter()] = None,
+        page_token: Annotated[str | None, QueryParameter()] = None,
     ) -> Response[Any]:
-        """A promotion with its status and decision record (each gate's verdict and reason)."""
+        """Releases, newest first, filtered by name prefix and status, a page at a time."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        session.require(Resource.RELEASE, Action.READ)
+        prefix = (name or "").strip() or None
+        if prefix is not None and len(prefix) > _MAX_NAME_FILTER:
+            raise ProblemError(400, "VAL_INVALID_REQUEST", f"A name filter is at most {_MAX_NAME_FILTER} characters.")
+        wanted = _choice(ReleaseStatus, status, "status")
+        query = session.call.query(
+            release.ListReleases,
+            status=wanted.value if wanted is not None else None,
+            name_prefix=prefix,
+            page=_list_page(page_token),
+        )
+        result = parse_data(ReleasePage, await session.relay.query(release.LIST_RELEASES, query))
+        filters = _filters(
+            "/releases",
+            '<span><label for="name">Name starts with</label>'
+            f'<input id="name" name="name" maxlength="{_MAX_NAME_FILTER}" value="{escape(prefix or "")}"></span>'
+            + "<span>"
+            + _select("status", "Status", [(s.value, s.value) for s in ReleaseStatus], status)
+            + "</span>",
+        )
+        if not result.items:
+            body = "<p>No release matches: clear the filters, or create one with POST /api/v1/releases.</p>"
+            return session.page("Releases", filters + body)
+        now = runtime.clock()
+        rows = [
+            [
+                _link(f"/releases/{item.id}", item.name),
+                escape(item.status),
+                str(len(item.components)),
+                f"{_when(item.created_at)} <small>({_age(now, item.created_at)} ago)</small>",
+            ]
+            for item in result.items
+        ]
+        table = _table("Releases", ["Release", "Status", "Images", "Created"], rows)
+        params = {"name": prefix, "status": status}
+        return session.page("Releases", filters + table + _pager("/releases", params, result.next_page_token))
+
+    @get("/releases/{release_id:str}")
+    async def release_page(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], release_id: str = _RELEASE_ID
+    ) -> Response[Any]:
+        """A release: its digests, the environments it reached, and a "promote to next" action."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        return await self._release(session, _path_id(release_id, "release"))
+
+    async def _release(self, session: Session, release_id: UUID, message: str = "", status: int = 200) -> Response[str]:
+        session.require(Resource.RELEASE, Action.READ)
+        query = session.call.query(release.GetRelease, release_id=release_id)
+        item = parse_data(ReleaseOut, await session.relay.query(release.GET_RELEASE, query))
+        facts = _facts(
+            [
+                ("Name", escape(item.name)),
+                ("Status", escape(item.status)),
+                ("Created", _when(item.created_at)),
+                ("Ready", _when(item.ready_at)),
+            ]
+        )
+        images = _table(
+            "Images",
+            ["Component", "Repository", "Digest", "Tag"],
+            [
+                [escape(c.name), escape(c.image_repository), f"<code>{escape(c.digest)}</code>", escape(c.tag or "")]
+                for c in item.components
+            ],
+        )
+        body = message + facts + images
+        if session.identity.can(Resource.ENVIRONMENT, Action.READ) and session.identity.can(
+            Resource.PROMOTION, Action.READ
+        ):
+            body += await self._release_environments(session, item)
+        return session.page(f"Release {item.name}", body, status=status)
+
+    async def _release_environments(self, session: Session, item: ReleaseOut) -> str:
+        page = PageRequest(page_size=_MATRIX_PAGE)
+        environments_data, promotions_data = await asyncio.gather(
+            session.relay.query(contract.LIST_ENVIRONMENTS, session.call.query(contract.ListEnvironments, page=page)),
+            session.relay.query(
+                contract.LIST_PROMOTIONS, session.call.query(contract.ListPromotions, release_id=item.id, page=page)
+            ),
+        )
+        environments = parse_data(EnvironmentPage, environments_data).items
+        promotions = parse_data(PromotionPage, promotions_data).items
+        latest: dict[UUID, PromotionView] = {}
+        for promotion in promotions:  # newest first
+            latest.setdefault(promotion.target_environment_id, promotion)
+        reached = {p.target_environment_id for p in promotions if p.status == PromotionStatus.DEPLOYED.value}
+        rows = []
+        for environment in environments:
+            last = latest.get(environment.id)
+            rows.append(
+                [
+                    escape(environment.name),
+                    "yes" if environment.id in reached else "no",
+                    _link(f"/promotions/{last.id}", last.status) if last else "",
+                ]
+            )
+        body = _table("Environments", ["Environment", "Reached", "Latest promotion"], rows)
+        if not environments:
+            return "<p>No environments yet: create them with POST /api/v1/environments.</p>"
+        if item.status != ReleaseStatus.READY.value:
+            return body + f"<p>Only a ready release can be promoted; this one is {escape(item.status)}.</p>"
+        following = _next_environments(environments, reached)
+        if not following:
+            return body + "<p>It reached the last environment.</p>"
+        if not session.identity.can(Resource.PROMOTION, Action.CREATE):
+            return body + "<p>Your roles cannot request promotions.</p>"
+        for environment in following:
+            field = f"reason-{environment.id}"
+            body += (
+                f'<form method="post" action="{UI_PREFIX}/releases/{item.id}/promote">{_hidden(session)}'
+                f'<input type="hidden" name="environment_id" value="{environment.id}">'
+                f'<label for="{field}">Reason for {escape(environment.name)}</label>'
+                f'<input id="{field}" name="reason" maxlength="2000" size="40"> '
+                f'<button type="submit">Promote to {escape(environment.name)}</button></form>'
+            )
+        return body
+
+    @post("/releases/{release_id:str}/promote", status_code=303)
+    async def promote(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], release_id: str = _RELEASE_ID
+    ) -> Response[Any]:
+        """Request the promotion of a release into the next environment; a refusal is shown on its page."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        form = await _form(request)
+        _check_csrf(session.csrf, form)
+        session.require(Resource.PROMOTION, Action.CREATE)
+        rid = _path_id(release_id, "release")
+        environment_id = parse_id(form.get("environment_id", ""), "environment_id")
+        reason = form.get("reason", "")
+        if len(reason) > 2000:
+            raise ProblemError(400, "VAL_INVALID_REQUEST", "The reason is longer than 2000 characters.")
+        command = session.call.command(
+            contract.RequestPromotion, release_id=rid, target_environment_id=environment_id, reason=reason
+        )
+        try:
+            data = await session.relay.command(session.call, contract.REQUEST_PROMOTION, command)
+        except ProblemError as exc:
+            if exc.status not in (409, 422):
+                raise
+            return await self._release(session, rid, _message(exc), status=exc.status)
+        promotion = parse_data(PromotionView, data)
+        response: Response[Any] = Redirect(f"{UI_PREFIX}/promotions/{promotion.id}", status_code=303)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    # --- promotions ---------------------------------------------------------------------------------
+
+    async def _environments(self, session: Session) -> list[EnvironmentOut]:
+        if not session.identity.can(Resource.ENVIRONMENT, Action.READ):
+            return []
+        query = session.call.query(contract.ListEnvironments, page=PageRequest(page_size=_MATRIX_PAGE))
+        return parse_data(EnvironmentPage, await session.relay.query(contract.LIST_ENVIRONMENTS, query)).items
+
+    @get("/promotions")
+    async def promotions(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        status: Annotated[str | None, QueryParameter()] = None,
+        environment: Annotated[str | None, QueryParameter()] = None,
+        page_token: Annotated[str | None, QueryParameter()] = None,
+    ) -> Response[Any]:
+        """Promotions, newest first, filtered by status and environment, a page at a time."""
         session = await _session(request, runtime)
         if session is None:
             return _to_sign_in()
         session.require(Resource.PROMOTION, Action.READ)
+        wanted = _choice(PromotionStatus, status, "status")
+        environment_id = parse_id(environment, "environment") if environment else None
+        query = session.call.query(
+            contract.ListPromotions,
+            status=wanted,
+            environment_id=environment_id,
+            page=_list_page(page_token),
+        )
+        data, environments = await asyncio.gather(
+            session.relay.query(contract.LIST_PROMOTIONS, query), self._environments(session)
+        )
+        result = parse_data(PromotionPage, data)
+        filters = _filters(
+            "/promotions",
+            "<span>"
+            + _select("status", "Status", [(s.value, s.value) for s in PromotionStatus], status)
+            + "</span><span>"
+            + _select("environment", "Environment", [(str(e.id), e.name) for e in environments], environment)
+            + "</span>",
+        )
+        if not result.items:
+            body = "<p>No promotion matches: clear the filters, or promote a release from its page.</p>"
+            return session.page("Promotions", filters + body)
+        now = runtime.clock()
+        rows = [
+            [
+                _link(f"/releases/{p.release_id}", p.release_name),
+                escape(p.target_environment_name),
+                _link(f"/promotions/{p.id}", p.status),
+                escape(p.status_message or p.reason),
+                f"{_age(now, p.updated_at)} ago",
+            ]
+            for p in result.items
+        ]
+        table = _table("Promotions", ["Release", "Environment", "Status", "Why", "Changed"], rows)
+        params = {"status": status, "environment": environment}
+        return session.page("Promotions", filters + table + _pager("/promotions", params, result.next_page_token))
+
+    async def _timeline(self, session: Session, run_id: UUID | None) -> str:
+        if run_id is None or not session.identity.can(Resource.WORKFLOW, Action.READ):
+            return ""
         try:
-            parsed = UUID(promotion_id)
-        except ValueError:
-            raise ProblemError(404, "RES_NOT_FOUND", "No such promotion.") from None
-        query = session.call.query(contract.GetPromotion, promotion_id=parsed)
+            run = parse_data(
+                workflow.RunView,
+                await session.relay.query(workflow.GET_RUN, session.call.query(workflow.GetRun, run_id=run_id)),
+            )
+        except ProblemError as exc:
+            if exc.status != 404:
+                raise
+            return "<h2>Timeline</h2><p>The workflow run has not started yet.</p>"
+        rows = []
+        for step in run.steps:
+            logs = (
+                f"<details><summary>Logs of {escape(step.node_id)}</summary><pre>{escape(step.logs)}</pre></details>"
+                if step.logs
+                else ""
+            )
+            rows.append(
+                [
+                    escape(step.node_id),
+                    escape(step.status),
+                    str(step.attempt_number),
+                    _when(step.started_at),
+                    _when(step.completed_at),
+                    escape(step.error or "") + logs,
+                ]
+            )
+        table = _table(
+            f"Timeline: {run.template_name} v{run.template_version}, {run.status}",
+            ["Step", "Status", "Attempt", "Started", "Completed", "Error and logs"],
+            rows,
+        )
+        return "<h2>Timeline</h2>" + table
+
+    async def _approvals(self, session: Session, promotion_id: UUID) -> str:
+        query = session.call.query(approvals.GetApprovals, promotion_id=promotion_id)
+        try:
+            request = parse_data(ApprovalRequestOut, await session.relay.query(approvals.GET_APPROVALS, query))
+        except ProblemError as exc:
+            if exc.status != 404:
+                raise
+            return (
+                "<h2>Approvals</h2><p>No approval request: it opens when the gates pass and approvals are needed.</p>"
+            )
+        summary = (
+            f"<p>{escape(request.status)}: {len([v for v in request.votes if v.action == 'approved'])} of "
+            f"{request.required} approvals{', separation of duties' if request.require_sod else ''}; "
+            f"expires {_when(request.expires_at)}.</p>"
+        )
+        rows = [[escape(str(v.approver_id)), escape(v.action), escape(v.comment), _when(v.at)] for v in request.votes]
+        votes = _table("Votes", ["Approver", "Vote", "Comment", "At"], rows) if rows else "<p>No votes yet.</p>"
+        return "<h2>Approvals</h2>" + summary + votes
+
+    @get("/promotions/{promotion_id:str}")
+    async def promotion(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
+    ) -> Response[Any]:
+        """A promotion: status, timeline, decision record, approvals, freeze override and evidence."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        session.require(Resource.PROMOTION, Action.READ)
+        query = session.call.query(contract.GetPromotion, promotion_id=_path_id(promotion_id, "promotion"))
         promotion = parse_data(PromotionView, await session.relay.query(contract.GET_PROMOTION, query))
         facts = [
-            ("Release", escape(promotion.release_name)),
+            ("Release", _link(f"/releases/{promotion.release_id}", promotion.release_name)),
             ("Environment", escape(promotion.target_environment_name)),
             ("Status", escape(promotion.status)),
             ("Why", escape(promotion.status_message or promotion.reason)),
-            ("Requested", escape(promotion.requested_at.isoformat())),
+            ("Requested", _when(promotion.requested_at)),
+            ("Deployment", _link(f"/promotions/{promotion.id}/deployment", "Deployment and targets")),
         ]
-        body = "<dl>" + "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts) + "</dl>"
+        if promotion.freeze_override:
+            override = promotion.freeze_override
+            facts.append(
+                ("Freeze override", escape(f"{override.get('reason', '')} (by {override.get('by', 'unknown')})"))
+            )
+        body = _facts(facts)
         record = promotion.decision_record or {}
         gates = record.get("gates")
         if isinstance(gates, list) and gates:
@@ -475,10 +933,291 @@ class DashboardController(Controller):
             body += f"<p>Inputs hash: <code>{escape(str(record.get('inputs_hash', '')))}</code></p>"
         else:
             body += "<p>No decision yet: the gates are evaluated when the promotion is processed.</p>"
+        parts = [self._timeline(session, promotion.workflow_run_id), self._approvals(session, promotion.id)]
         if session.identity.can(Resource.EVIDENCE, Action.READ):
-            body += await self._evidence(session, promotion.id)
+            parts.append(self._evidence(session, promotion.id))
+        for part in await asyncio.gather(*parts):
+            body += part
         if promotion.status == PromotionStatus.PENDING_APPROVAL.value and session.identity.can(
             Resource.PROMOTION, Action.APPROVE
         ):
             body += _vote_forms(session, promotion.id)
         return session.page(f"Promotion of {promotion.release_name}", body)
+
+    # --- deployments --------------------------------------------------------------------------------
+
+    @get("/promotions/{promotion_id:str}/deployment")
+    async def deployment(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
+    ) -> Response[Any]:
+        """A promotion's deployment job (tasks per target), its environment's targets with health and drift.
+
+        While the job runs the page reloads itself every few seconds (a meta refresh).
+        """
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        session.require(Resource.PROMOTION, Action.READ)
+        pid = _path_id(promotion_id, "promotion")
+        query = session.call.query(contract.GetPromotion, promotion_id=pid)
+        promotion = parse_data(PromotionView, await session.relay.query(contract.GET_PROMOTION, query))
+        job: JobOut | None = None
+        try:
+            job_query = session.call.query(
+                deployments.GetPromotionDeployment, promotion_id=pid, tasks_page=PageRequest(page_size=_TASK_PAGE)
+            )
+            job = parse_data(JobOut, await session.relay.query(deployments.GET_PROMOTION_DEPLOYMENT, job_query))
+        except ProblemError as exc:
+            if exc.status != 404:
+                raise
+        waiting = promotion.status in (PromotionStatus.APPROVED.value, PromotionStatus.DEPLOYING.value)
+        live = job.status in _ACTIVE_JOB if job is not None else waiting
+        body = "<p>" + _link(f"/promotions/{promotion.id}", f"Back to the promotion ({promotion.status})") + "</p>"
+        if live:
+            body += f'<p role="status">Live: this page reloads every {REFRESH_S} s until the deployment ends.</p>'
+        if job is None:
+            body += (
+                "<p>No deployment yet: it starts once the promotion is approved.</p>"
+                if not waiting
+                else '<p role="status">The deployment is about to start.</p>'
+            )
+        else:
+            body += self._job(job)
+        if session.identity.can(Resource.TARGET, Action.READ):
+            body += await self._targets(session, promotion.target_environment_id)
+        head = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if live else ""
+        return session.page(
+            f"Deployment of {promotion.release_name} to {promotion.target_environment_name}", body, head=head
+        )
+
+    def _job(self, job: JobOut) -> str:
+        done = sum(1 for task in job.tasks if task.status == "succeeded")
+        facts = _facts(
+            [
+                ("Job", escape(f"{job.kind} ({job.strategy})")),
+                ("Status", f'<strong id="job-status">{escape(job.status)}</strong>'),
+                ("Progress", f"{done} of {len(job.tasks)} tasks succeeded, {job.target_count} targets"),
+                ("Started", _when(job.started_at)),
+                ("Finished", _when(job.finished_at)),
+            ]
+        )
+        rows = []
+        for task in job.tasks:
+            logs = "\n".join(task.logs) + ("\n(truncated)" if task.logs_truncated else "")
+            detail = escape(task.error_code or "") + " " + escape(task.message)
+            if logs.strip():
+                detail += (
+                    f"<details><summary>Logs of {escape(task.target_name)}</summary><pre>{escape(logs)}</pre></details>"
+                )
+            rows.append(
+                [
+                    escape(task.target_name),
+                    str(task.batch),
+                    escape(task.type),
+                    escape(task.status),
+                    str(task.attempt),
+                    _digests(task.components),
+                    detail,
+                ]
+            )
+        table = _table("Tasks", ["Target", "Batch", "Task", "Status", "Attempt", "Digest", "Message and logs"], rows)
+        return facts + (table if rows else "<p>No tasks yet.</p>")
+
+    async def _targets(self, session: Session, environment_id: UUID | None = None) -> str:
+        query = session.call.query(
+            deployments.ListTargets, environment_id=environment_id, page=PageRequest(page_size=_MATRIX_PAGE)
+        )
+        targets = parse_data(TargetPage, await session.relay.query(deployments.LIST_TARGETS, query)).items
+        if not targets:
+            return "<h2>Targets</h2><p>No targets: the environment deploys nothing (add one with POST /api/v1/environments/{id}/targets).</p>"
+        rows = [
+            [
+                escape(t.name),
+                escape(t.health_status),
+                _digests({"name": name, "digest": digest} for name, digest in sorted(t.current.items())),
+                _drift(t),
+                _when(t.updated_at),
+            ]
+            for t in targets
+        ]
+        return "<h2>Targets</h2>" + _table("Targets", ["Target", "Health", "Current digest", "Drift", "Updated"], rows)
+
+    @get("/deployments")
+    async def deployments_page(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        status: Annotated[str | None, QueryParameter()] = None,
+        page_token: Annotated[str | None, QueryParameter()] = None,
+    ) -> Response[Any]:
+        """Deployment jobs, newest first, and every target with its health, current digests and drift."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        session.require(Resource.PROMOTION, Action.READ)
+        wanted = _choice(deployments.JobStatus, status, "status")
+        query = session.call.query(deployments.ListJobs, status=wanted, page=_list_page(page_token))
+        jobs = parse_data(JobPage, await session.relay.query(deployments.LIST_JOBS, query))
+        filters = _filters(
+            "/deployments",
+            "<span>"
+            + _select("status", "Status", [(s.value, s.value) for s in deployments.JobStatus], status)
+            + "</span>",
+        )
+        rows = [
+            [
+                _link(f"/promotions/{job.promotion_id}/deployment", job.release_name)
+                if job.promotion_id
+                else escape(job.release_name),
+                escape(job.environment_name),
+                escape(f"{job.kind} ({job.strategy})"),
+                escape(job.status),
+                str(job.target_count),
+                _when(job.created_at),
+            ]
+            for job in jobs.items
+        ]
+        body = filters + (
+            _table("Deployment jobs", ["Release", "Environment", "Job", "Status", "Targets", "Created"], rows)
+            + _pager("/deployments", {"status": status}, jobs.next_page_token)
+            if rows
+            else "<p>No deployment job matches: a job starts when an approved promotion deploys.</p>"
+        )
+        if session.identity.can(Resource.TARGET, Action.READ):
+            body += await self._targets(session)
+        return session.page("Deployments", body)
+
+    # --- freeze calendar ----------------------------------------------------------------------------
+
+    @get("/freeze")
+    async def freeze(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        tz: Annotated[str | None, QueryParameter()] = None,
+    ) -> Response[Any]:
+        """Each environment's freeze and deployment windows, whether it is open now and when that changes."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        session.require(Resource.ENVIRONMENT, Action.READ)
+        zone_name = (tz or "").strip() or "UTC"
+        try:
+            zone = ZoneInfo(zone_name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ProblemError(
+                400, "VAL_INVALID_REQUEST", f"{zone_name!r} is not a time zone; use an IANA name like Europe/Berlin."
+            ) from None
+        environments = await self._environments(session)
+        form = (
+            f'<form class="filters" method="get" action="{UI_PREFIX}/freeze">'
+            '<span><label for="tz">Show times in (IANA time zone)</label>'
+            f'<input id="tz" name="tz" value="{escape(zone_name)}" maxlength="64"></span>'
+            '<button type="submit">Show</button></form>'
+        )
+        if not environments:
+            return session.page("Freeze calendar", form + "<p>No environments yet.</p>")
+        page = PageRequest(page_size=_MATRIX_PAGE)
+        states, windows = await asyncio.gather(
+            asyncio.gather(*(self._state(session, e) for e in environments)),
+            asyncio.gather(
+                *(
+                    session.relay.query(
+                        contract.LIST_FREEZE_WINDOWS,
+                        session.call.query(contract.ListFreezeWindows, environment_id=e.id, page=page),
+                    )
+                    for e in environments
+                )
+            ),
+        )
+        body = form
+        for environment, state, data in zip(environments, states, windows, strict=True):
+            items = parse_data(FreezeWindowPage, data).items
+            if state.closed:
+                now = f'<span class="closed">frozen</span> ({escape(state.reason or "")}), opens {_when(state.next_open, zone)}'
+            else:
+                now = f'<span class="open">open</span>, next freeze {_when(state.next_close, zone)}'
+            rows = [
+                [
+                    "freeze" if w.kind == "deny" else "deployment window",
+                    _window(w, zone),
+                    escape(w.reason),
+                ]
+                for w in items
+            ]
+            body += f"<h2>{escape(environment.name)}</h2><p>{now}</p>"
+            body += (
+                _table(f"Windows of {environment.name}", ["Kind", "When", "Reason"], rows)
+                if rows
+                else "<p>No windows: promotions are never held by the calendar here.</p>"
+            )
+        return session.page("Freeze calendar", body)
+
+    # --- evidence -----------------------------------------------------------------------------------
+
+    @get("/evidence")
+    async def evidence_list(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        packet_type: Annotated[str | None, QueryParameter()] = None,
+        page_token: Annotated[str | None, QueryParameter()] = None,
+    ) -> Response[Any]:
+        """Evidence packets in chain order, filtered by type, with verify links and a bundle export."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        session.require(Resource.EVIDENCE, Action.READ)
+        wanted = _choice(PacketType, packet_type, "packet_type")
+        query = session.call.query(evidence.ListPackets, packet_type=wanted, page=_list_page(page_token))
+        result = parse_data(PacketPage, await session.relay.query(evidence.LIST_PACKETS, query))
+        filters = _filters(
+            "/evidence",
+            "<span>"
+            + _select("packet_type", "Type", [(t.value, t.value) for t in PacketType], packet_type)
+            + "</span>",
+        )
+        export = (
+            f'<h2>Export</h2><form class="filters" method="get" action="{UI_PREFIX}/evidence/export">'
+            '<span><label for="from">From (UTC day)</label><input id="from" name="from" type="date"></span>'
+            '<span><label for="to">Through (UTC day)</label><input id="to" name="to" type="date"></span>'
+            '<button type="submit">Download bundle</button></form>'
+            "<p>The bundle (tar.gz) verifies offline: see its VERIFY.md.</p>"
+        )
+        if not result.items:
+            return session.page(
+                "Evidence",
+                filters
+                + "<p>No packet matches: packets are signed as promotions are decided and deployed.</p>"
+                + export,
+            )
+        rows = [
+            [
+                escape(p.packet_type),
+                str(p.sequence),
+                _link(f"/promotions/{p.promotion_id}", "promotion") if p.promotion_id else "",
+                f"<code>{escape(p.content_hash)}</code>",
+                _when(p.created_at),
+                f'<a href="{UI_PREFIX}/evidence/{p.id}">Verify</a>',
+            ]
+            for p in result.items
+        ]
+        table = _table("Evidence packets", ["Type", "Chain position", "Of", "Content hash", "Signed", "Check"], rows)
+        pager = _pager("/evidence", {"packet_type": packet_type}, result.next_page_token)
+        return session.page("Evidence", filters + table + pager + export)
+
+    @get("/evidence/export")
+    async def evidence_export(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        created_from: Annotated[str | None, QueryParameter(name="from")] = None,
+        created_to: Annotated[str | None, QueryParameter(name="to")] = None,
+    ) -> Response[Any] | Stream:
+        """The evidence bundle of the chosen days, as the API's export builds it."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        session.require(Resource.EVIDENCE, Action.READ)
+        start, end = _date(created_from, "from"), _date(created_to, "to", end=True)
+        return await export_stream(session.call, session.relay, runtime, start, end, headers=dict(SECURITY_HEADERS))

@@ -1,0 +1,295 @@
+"""The web dashboard under load: 50 users signed in at once, each loading 200 pages, against the whole system.
+
+Starts every service and the gateway as processes on a throwaway database and NATS namespace (the Postgres
+and NATS of STELLA_DATABASE_URL / STELLA_NATS_URL, or the local defaults), as ``make run`` does, bootstraps a
+tenant with environments, ready releases and deployed promotions (the environments have no targets, so an
+approved promotion deploys at once), and one viewer principal per user. Each user is an aiohttp session with
+its own cookie jar that signs in through the sign-in form, then walks the dashboard's pages in turn (overview,
+releases, a release, promotions, a promotion, its deployment, approvals, deployments, freeze calendar,
+evidence). Prints p50/p95/max page latency, overall and per page, and the page views per second.
+
+Every page must answer 200: a page that does not is a missed goal (the run exits non-zero).
+
+    uv run python tests/bench/dashboard.py [--users N] [--views M] [--environments E] [--releases R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import nats
+
+from stella.contracts.streams import health_subject
+from stella.kit.embedded import free_port
+from stella.kit.naming import Names
+from stella.kit.settings import ServiceSettings
+from stella.testing.services import delete_namespace_streams
+
+SERVICES = ("release", "promotion", "approval", "workflow", "evidence", "events", "deployment")
+DIGEST = "sha256:" + "a" * 64
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class System:
+    """Every service and the gateway as processes (as tests/bench/promotions.py runs them), with the tenant's token."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.base = f"http://127.0.0.1:{env['STELLA_GATEWAY_PORT']}/api/v1"
+        self.token = ""
+
+    def start(self) -> None:
+        for service in (*SERVICES, "gateway"):
+            argv = [sys.executable, "-m", f"stella.{service}"] + (["serve"] if service == "gateway" else [])
+            log = (self.logs / f"{service}.log").open("ab")
+            self.procs[service] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    async def ready(self, session: aiohttp.ClientSession, nc: nats.NATS, names: Names, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        root = self.base.removesuffix("/api/v1")
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(f"{root}/readyz") as resp:
+                    if resp.status == 200:
+                        break
+            await asyncio.sleep(0.3)
+        for service in SERVICES:
+            while True:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{service} did not start; see {self.logs}")
+                with contextlib.suppress(Exception):
+                    await nc.request(names.subject(health_subject(service)), b"", timeout=1)
+                    break
+                await asyncio.sleep(0.3)
+
+    def bootstrap(self, tenant: str) -> None:
+        token_file = self.logs / "token"
+        options = ["--tenant", tenant, "--admin", "admin", "--token-file", str(token_file)]
+        subprocess.run(
+            [sys.executable, "-m", "stella.gateway", "bootstrap", *options],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.token = token_file.read_text().strip()
+
+    async def call(self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with session.request(method, f"{self.base}{path}", json=body, headers=headers) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 300:
+                raise RuntimeError(f"{method} {path}: {resp.status} {data}")
+            return data
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def seed(
+    system: System, session: aiohttp.ClientSession, environments: int, releases: int
+) -> tuple[list[str], list[str]]:
+    """Environments, ready releases each promoted to the first environment; returns (releases, promotions)."""
+    envs = []
+    for i in range(environments):
+        env = await system.call(session, "POST", "/environments", {"name": f"env-{i}", "order_index": i})
+        envs.append(env["id"])
+    await system.call(
+        session,
+        "POST",
+        "/components",
+        {
+            "name": "api",
+            "image_repository": "registry.invalid/shop/api",
+            "versioning_strategy": {"resolve": "version-map"},
+        },
+    )
+    made: list[str] = []
+    promoted: list[str] = []
+    gate = asyncio.Semaphore(8)
+
+    async def one(i: int) -> None:
+        async with gate:
+            body = {"name": f"shop-{i}", "components": [{"component": "api", "digest": DIGEST}]}
+            release = await system.call(session, "POST", "/releases", body)
+            await system.call(session, "POST", f"/releases/{release['id']}/ready")
+            made.append(release["id"])
+            body = {"release_id": release["id"], "target_environment_id": envs[0], "reason": "bench"}
+            promoted.append((await system.call(session, "POST", "/promotions", body))["id"])
+
+    await asyncio.gather(*(one(i) for i in range(releases)))
+    # Wait until the promotions settled, so the pages show deployed promotions with their evidence.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        page = await system.call(session, "GET", "/promotions?status=deployed&page_size=500")
+        if len(page["items"]) >= len(promoted):
+            break
+        await asyncio.sleep(0.5)
+    return made, promoted
+
+
+async def viewers(system: System, session: aiohttp.ClientSession, count: int) -> list[str]:
+    """``count`` viewer principals, a token each."""
+    tokens = []
+    for i in range(count):
+        principal = await system.call(
+            session, "POST", "/principals", {"name": f"viewer-{i}", "kind": "user", "roles": ["viewer"]}
+        )
+        token = await system.call(session, "POST", "/tokens", {"principal_id": principal["id"]})
+        tokens.append(token["token"])
+    return tokens
+
+
+async def user(
+    root: str,
+    connector: aiohttp.BaseConnector,
+    token: str,
+    paths: list[tuple[str, str]],
+    views: int,
+    offset: int,
+    timings: dict[str, list[float]],
+    failures: list[str],
+) -> None:
+    """One browser: sign in through the form, then load ``views`` pages in turn."""
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies of 127.0.0.1
+    async with aiohttp.ClientSession(connector=connector, connector_owner=False, cookie_jar=jar) as browser:
+        async with browser.get(f"{root}/ui/sign-in") as resp:
+            nonce = _CSRF.search(await resp.text())
+        assert nonce is not None
+        form = {"token": token, "csrf_token": nonce.group(1)}
+        async with browser.post(f"{root}/ui/sign-in", data=form, allow_redirects=False) as resp:
+            if resp.status != 303:
+                failures.append(f"sign-in: {resp.status}")
+                return
+        for i in range(views):
+            name, path = paths[(offset + i) % len(paths)]
+            started = time.perf_counter()
+            async with browser.get(f"{root}{path}", allow_redirects=False) as resp:
+                await resp.read()
+                elapsed = time.perf_counter() - started
+                if resp.status != 200:
+                    failures.append(f"{name}: {resp.status}")
+            timings[name].append(elapsed)
+
+
+async def main(args: argparse.Namespace) -> int:
+    base = ServiceSettings()
+    admin = await asyncpg.connect(base.database_url)
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f'CREATE DATABASE "{db}"')
+    dsn = base.database_url.rsplit("/", 1)[0] + f"/{db}"
+    names = Names(f"bench{uuid.uuid4().hex[:6]}")
+    nc = await nats.connect(base.nats_url)
+    logs = Path(tempfile.mkdtemp(prefix="stella-bench-"))
+    env = {
+        **os.environ,
+        "STELLA_DATABASE_URL": dsn,
+        "STELLA_NATS_URL": base.nats_url,
+        "STELLA_NATS_NAMESPACE": names.namespace,
+        "STELLA_GATEWAY_PORT": str(free_port()),
+        "STELLA_LOG_LEVEL": "WARNING",
+        "STELLA_EVIDENCE_KEY_DIR": str(logs / "keys"),
+        "STELLA_EVENTS_KEY_DIR": str(logs / "keys"),
+    }
+    system = System(env, logs)
+    timings: dict[str, list[float]] = defaultdict(list)
+    failures: list[str] = []
+    connector = aiohttp.TCPConnector(limit=args.users * 2, keepalive_timeout=2)
+    try:
+        async with aiohttp.ClientSession(connector=connector, connector_owner=False) as session:
+            system.start()
+            await system.ready(session, nc, names)
+            system.bootstrap(f"bench-{names.namespace}")
+            started = time.perf_counter()
+            releases, promoted = await seed(system, session, args.environments, args.releases)
+            tokens = await viewers(system, session, args.users)
+            print(
+                f"seeded {args.environments} environments, {len(releases)} releases and promotions, "
+                f"{len(tokens)} viewers in {time.perf_counter() - started:.1f} s; logs in {logs}",
+                flush=True,
+            )
+        root = system.base.removesuffix("/api/v1")
+        paths = [
+            ("overview", "/ui"),
+            ("releases", "/ui/releases"),
+            ("release", f"/ui/releases/{releases[0]}"),
+            ("promotions", "/ui/promotions"),
+            ("promotion", f"/ui/promotions/{promoted[0]}"),
+            ("deployment", f"/ui/promotions/{promoted[0]}/deployment"),
+            ("approvals", "/ui/approvals"),
+            ("deployments", "/ui/deployments"),
+            ("freeze", "/ui/freeze"),
+            ("evidence", "/ui/evidence"),
+        ]
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(user(root, connector, token, paths, args.views, i, timings, failures) for i, token in enumerate(tokens))
+        )
+        elapsed = time.perf_counter() - started
+    finally:
+        system.stop()
+        await connector.close()
+        await delete_namespace_streams(nc.jetstream(), names)
+        await nc.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await admin.close()
+
+    every = [t for values in timings.values() for t in values]
+    print(
+        f"{args.users} users x {args.views} page views = {len(every)} pages in {elapsed:.1f} s "
+        f"({len(every) / elapsed:.0f} pages/s)"
+    )
+    print(
+        f"all pages: p50 {statistics.median(every) * 1e3:.0f} ms, p95 {percentile(every, 0.95) * 1e3:.0f} ms, "
+        f"max {max(every) * 1e3:.0f} ms"
+    )
+    for name, _ in paths:
+        values = timings[name]
+        print(
+            f"  {name:12s} n={len(values):5d}  p50 {statistics.median(values) * 1e3:6.0f} ms  "
+            f"p95 {percentile(values, 0.95) * 1e3:6.0f} ms"
+        )
+    if failures:
+        by_page = ", ".join(f"{what} x{count}" for what, count in Counter(failures).most_common())
+        print(f"GOAL MISSED: {len(failures)} page loads did not answer 200: {by_page}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--users", type=int, default=50, help="users signed in at once")
+    parser.add_argument("--views", type=int, default=200, help="page views per user")
+    parser.add_argument("--environments", type=int, default=5, help="environments of the tenant")
+    parser.add_argument("--releases", type=int, default=50, help="ready releases, each promoted to the first")
+    sys.exit(asyncio.run(main(parser.parse_args())))
