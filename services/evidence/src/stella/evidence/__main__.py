@@ -25,7 +25,7 @@ from stella.evidence.signing import rotate_key
 from stella.kit.db import init_connection
 from stella.kit.logs import configure_logging
 from stella.kit.migrations import apply_migrations, quote_ident
-from stella.kit.startup import EX_CONFIG, load_settings, run_process
+from stella.kit.startup import EX_CONFIG, ConfigurationError, load_settings, run_process
 
 
 async def rotate(settings: Settings) -> str:
@@ -61,7 +61,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def init_key(settings: Settings) -> int:
     """Create the key file unless it exists; print its key reference. Returns the exit code."""
-    key_file = settings.signing_key_file()
+    try:
+        key_file = settings.signing_key_file()
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_CONFIG
     existed = key_file.path.exists()
     try:
         key = key_file.load_or_create()

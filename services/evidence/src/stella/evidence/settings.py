@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from stella.evidence.keys import KeyAlgorithm
 from stella.evidence.signing import KeyFile
 from stella.kit.settings import ServiceSettings
+from stella.kit.startup import ConfigurationError
 
 KEY_FILE_NAME = "evidence-signing-key.pem"
 """Name of the private signing key inside :attr:`Settings.key_dir`."""
@@ -85,8 +86,19 @@ class Settings(ServiceSettings):
         return self.key_passphrase.get_secret_value().encode() if self.key_passphrase else None
 
     def signing_key_file(self) -> KeyFile:
-        """Where the private signing key lives, with its algorithm and passphrase."""
-        return KeyFile(self.signing_key_path, self.key_algorithm, self.key_password)
+        """Where the private signing key lives, with its algorithm and passphrase.
+
+        Raises:
+            ConfigurationError: When the passphrase file cannot be read.
+        """
+        try:
+            password = self.key_password
+        except OSError as exc:
+            raise ConfigurationError(
+                f"the evidence key passphrase file {self.key_passphrase_file} "
+                f"(STELLA_EVIDENCE_KEY_PASSPHRASE_FILE) cannot be read: {exc.strerror or exc}"
+            ) from None
+        return KeyFile(self.signing_key_path, self.key_algorithm, password)
 
     @property
     def signing_key_path(self) -> Path:

@@ -111,20 +111,37 @@ class KeyFile:
             try:
                 return load_private_key(self.path)
             except KeyFormatError as exc:
+                if "not given" not in str(exc):
+                    raise
                 raise KeyFormatError(
-                    f"{exc} (an encrypted key needs STELLA_EVIDENCE_KEY_PASSPHRASE or STELLA_EVIDENCE_KEY_PASSPHRASE_FILE)"
-                ) from exc
+                    "the key is encrypted and no passphrase is set "
+                    "(STELLA_EVIDENCE_KEY_PASSPHRASE or STELLA_EVIDENCE_KEY_PASSPHRASE_FILE)"
+                ) from None
         try:
             return load_private_key(self.path, password=self.password)
         except KeyFormatError as exc:
             if "not encrypted" not in str(exc):
-                raise
-        # A key written before a passphrase was configured: usable, and re-encrypted at the next rotation.
-        log.warning(
-            "the evidence signing key file is not encrypted although a passphrase is set; rotate the key to encrypt it",
-            extra={"path": str(self.path)},
+                # Only the fact, never the passphrase or the decryption internals.
+                raise KeyFormatError(
+                    "the passphrase (STELLA_EVIDENCE_KEY_PASSPHRASE or STELLA_EVIDENCE_KEY_PASSPHRASE_FILE) "
+                    "does not decrypt the key"
+                ) from None
+        # A key written before a passphrase was configured: encrypt it now, atomically (a crash leaves the old
+        # file or the encrypted one, never a half-written key).
+        key = load_private_key(self.path)
+        try:
+            save_private_key(key, self.path, password=self.password, overwrite=True)
+        except OSError as exc:
+            log.warning(
+                "the evidence signing key file is not encrypted although a passphrase is set, and cannot be "
+                "rewritten encrypted; encrypt it or make its directory writable",
+                extra={"path": str(self.path), "reason": str(exc)},
+            )
+            return key
+        log.info(
+            "encrypted the evidence signing key file with the configured passphrase", extra={"path": str(self.path)}
         )
-        return load_private_key(self.path)
+        return key
 
 
 async def register_key(conn: asyncpg.Connection, key: SigningKey, now: datetime) -> str | None:
