@@ -57,7 +57,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
     """
     overrides = overrides or Overrides()
     clock = overrides.get("clock", utcnow)
-    signer = ActiveSigner(settings.signing_key_file(), create=settings.key_create)
+    signer = ActiveSigner(settings.key_source(), create=settings.key_create)
     checkpointer = Checkpointer(
         lambda: app.runtime.pool,
         signer,
