@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from stella.evidence.hsm import Pkcs11KeySource, Pkcs11Signer
@@ -77,3 +82,25 @@ def test_a_wrong_pin_or_a_missing_key_stops_the_start_with_one_line(
     monkeypatch.delenv("STELLA_EVIDENCE_PKCS11_KEY_LABEL")
     with pytest.raises(ConfigurationError, match="STELLA_EVIDENCE_PKCS11_KEY_LABEL"):
         Settings().key_source()
+
+
+def test_init_key_names_the_token_key_and_writes_no_file(
+    softhsm_token: SoftHsmToken, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "STELLA_EVIDENCE_PKCS11_MODULE": str(softhsm_token.module),
+        "STELLA_EVIDENCE_PKCS11_TOKEN_LABEL": softhsm_token.label,
+        "STELLA_EVIDENCE_PKCS11_KEY_LABEL": "ed",
+        "STELLA_EVIDENCE_PKCS11_PIN_FILE": str(softhsm_token.pin_file),
+        "STELLA_EVIDENCE_KEY_DIR": str(tmp_path / "keys"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "stella.evidence", "init-key"], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    ed = _configure(monkeypatch, softhsm_token, "ed").key_source().load()
+    assert f"evidence signing key {ed.key_ref} exists at pkcs11:token={softhsm_token.label};object=ed" in done.stdout
+    assert isinstance(ed, Pkcs11Signer)
+    ed.close()
+    assert not (tmp_path / "keys").exists()

@@ -90,7 +90,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "init-key":
         sys.exit(init_key(settings))
     if args.command == "rotate-key":
-        print(asyncio.run(rotate(settings)))
+        try:
+            print(asyncio.run(rotate(settings)))
+        except ConfigurationError as exc:  # a key in a token is rotated with the token's tools
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(EX_CONFIG)
         return
     sys.exit(run_process(NAME, settings, serve))
 

@@ -96,6 +96,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
 
     async def on_stop(runtime: ServiceRuntime) -> None:
         await checkpointer.stop()
+        signer.close()
 
     app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start, on_stop=on_stop)
     return app

@@ -299,6 +299,12 @@ class ActiveSigner:
         async with pool.acquire() as conn, conn.transaction():
             await register_key(conn, self._key, now)
 
+    def close(self) -> None:
+        """Release what the key holds (a token session); a key file holds nothing."""
+        close = getattr(self._key, "close", None)
+        if callable(close):
+            close()
+
     async def current(self, conn: asyncpg.Connection) -> Signer:
         """The key to sign with now, in the caller's transaction.
 
