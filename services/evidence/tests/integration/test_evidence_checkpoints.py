@@ -34,7 +34,7 @@ from stella.evidence import keylog, merkle
 from stella.evidence.app import EvidenceApp
 from stella.evidence.keys import SigningKey
 from stella.evidence.packet import ChainHead, PacketType, build_packet, sign_packet
-from stella.evidence.signing import rotate_key
+from stella.evidence.signing import KeyFile, rotate_key
 
 from .conftest import Auditor, Caller, packet_content
 
@@ -238,6 +238,7 @@ async def test_a_packet_a_stolen_retired_key_signs_after_the_rotation_is_refused
 ) -> None:
     first = await auditor.collect(0)
     key_file = evidence_app.signer.key_file
+    assert isinstance(key_file, KeyFile)
     stolen = SigningKey.from_pem(key_file.path.read_bytes())  # the attacker's copy of the key
     async with evidence_app.runtime.pool.acquire() as conn:
         retired, new = await rotate_key(conn, key_file, datetime.now(UTC))

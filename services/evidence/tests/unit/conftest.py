@@ -15,7 +15,7 @@ from stella.contracts.canonical import sha256_digest
 from stella.evidence import keylog, merkle
 from stella.evidence.bundle import TreeProof, build_bundle
 from stella.evidence.checkpoint import Checkpoint, origin_for, sign_checkpoint
-from stella.evidence.keys import KeyAlgorithm, SigningKey, generate_key
+from stella.evidence.keys import KeyAlgorithm, Signer, generate_key
 from stella.evidence.packet import ChainHead, PacketType, SignedPacket, build_packet, sign_packet
 
 EPOCH = datetime(2025, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
@@ -76,8 +76,8 @@ class Chain:
     """A tenant's signed chain: packets 1..3 signed by a rotated Ed25519 key, the rest by a current ECDSA key."""
 
     tenant_id: uuid.UUID
-    old_key: SigningKey
-    new_key: SigningKey
+    old_key: Signer
+    new_key: Signer
     signed: list[SignedPacket]
     created_at: datetime
     _tree: TreeProof | None = None
@@ -139,11 +139,14 @@ def leaf_of(item: SignedPacket) -> bytes:
     return merkle.leaf_hash(base64.b64decode(item.envelope["payload"]))
 
 
-def make_chain(count: int = 6, *, rotate_after: int = 3) -> Chain:
-    """Build and sign ``count`` packets of one tenant, rotating keys after ``rotate_after`` packets."""
+def make_chain(
+    count: int = 6, *, rotate_after: int = 3, old_key: Signer | None = None, new_key: Signer | None = None
+) -> Chain:
+    """Build and sign ``count`` packets of one tenant, rotating keys after ``rotate_after`` packets (signed with
+    new Ed25519 and ECDSA P-256 key files unless other signers are given)."""
     tenant_id = uuid.uuid4()
-    old_key = generate_key(KeyAlgorithm.ED25519)
-    new_key = generate_key(KeyAlgorithm.ECDSA_P256)
+    old_key = old_key or generate_key(KeyAlgorithm.ED25519)
+    new_key = new_key or generate_key(KeyAlgorithm.ECDSA_P256)
     head = ChainHead.empty()
     signed = []
     types = list(PacketType)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,9 +13,10 @@ import pytest
 
 from stella.evidence import signing
 from stella.evidence.domain import SignerOutOfDate
-from stella.evidence.keys import KeyAlgorithm, KeyFormatError, generate_key, save_private_key
+from stella.evidence.keys import KeyAlgorithm, KeyFormatError, generate_key, load_private_key, save_private_key
 from stella.evidence.settings import KEY_FILE_NAME, Settings
 from stella.evidence.signing import ActiveSigner, KeyFile
+from stella.kit.startup import EX_CONFIG, ConfigurationError
 
 
 def _mode(path: Path) -> int:
@@ -128,10 +132,57 @@ def test_a_passphrase_keeps_the_key_encrypted_at_rest(tmp_path: Path, monkeypatc
     assert "ENCRYPTED" in key_file.path.read_text() and key_file.replace().key_ref != key.key_ref
     assert "BEGIN ENCRYPTED PRIVATE KEY" in key_file.path.read_text()
 
-    # A key written in clear before a passphrase was set still loads (and is encrypted at the next rotation).
+
+def test_a_clear_key_is_rewritten_encrypted_once_a_passphrase_is_set(tmp_path: Path) -> None:
     clear = tmp_path / "clear.pem"
-    save_private_key(generate_key(), clear)
-    assert KeyFile(clear, password=b"later").load().key_ref
+    key = generate_key(KeyAlgorithm.ECDSA_P256)
+    save_private_key(key, clear)
+    assert "BEGIN PRIVATE KEY" in clear.read_text()
+    assert KeyFile(clear, password=b"later").load().key_ref == key.key_ref
+    text = clear.read_text()
+    assert "BEGIN ENCRYPTED PRIVATE KEY" in text and "BEGIN PRIVATE KEY" not in text
+    assert _mode(clear) == 0o600 and [p.name for p in tmp_path.iterdir()] == ["clear.pem"]
+    assert load_private_key(clear, password=b"later").key_ref == key.key_ref
+    with pytest.raises(KeyFormatError, match="no passphrase is set"):
+        KeyFile(clear).load()
+
+
+async def test_a_wrong_passphrase_stops_the_start_with_one_line_naming_no_secret(tmp_path: Path) -> None:
+    path = tmp_path / "k.pem"
+    save_private_key(generate_key(), path, password=b"the right one")
+    signer = ActiveSigner(KeyFile(path, password=b"hunter2-wrong"), create=False)
+    with pytest.raises(ConfigurationError) as caught:
+        await signer.start(None, datetime.now(UTC))  # fails before the database is used
+    message = str(caught.value)
+    assert "does not decrypt the key" in message and "STELLA_EVIDENCE_KEY_PASSPHRASE" in message
+    assert "\n" not in message and "hunter2" not in message and "the right one" not in message
+
+
+def test_init_key_with_a_wrong_passphrase_exits_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir()
+    save_private_key(generate_key(), key_dir / KEY_FILE_NAME, password=b"the right one")
+    env = {
+        **os.environ,
+        "STELLA_EVIDENCE_KEY_DIR": str(key_dir),
+        "STELLA_EVIDENCE_KEY_PASSPHRASE": "hunter2-wrong",
+    }
+    env.pop("STELLA_EVIDENCE_KEY_PASSPHRASE_FILE", None)
+    env.pop("STELLA_EVIDENCE_KEY_FILE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "stella.evidence", "init-key"], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == EX_CONFIG
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr + done.stdout
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "does not decrypt the key" in lines[0]
+
+    env["STELLA_EVIDENCE_KEY_PASSPHRASE_FILE"] = str(tmp_path / "missing")
+    done = subprocess.run(
+        [sys.executable, "-m", "stella.evidence", "init-key"], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == EX_CONFIG and "Traceback" not in done.stderr
+    assert "STELLA_EVIDENCE_KEY_PASSPHRASE_FILE" in done.stderr
 
 
 def test_the_passphrase_may_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,14 +20,14 @@ from stella.evidence import keylog, merkle
 from stella.evidence.bundle import TreeProof, build_bundle
 from stella.evidence.chain import FindingKind
 from stella.evidence.checkpoint import Checkpoint, origin_for, sign_checkpoint
-from stella.evidence.keys import PublicKeyRing, SigningKey, generate_key
+from stella.evidence.keys import PublicKeyRing, Signer, generate_key
 from stella.evidence.packet import PacketType, SignedPacket, build_packet, sign_packet
 from stella.evidence.verify import verify_bundle
 
 from .conftest import Chain, leaf_of, make_content
 
 
-def _append(chain: Chain, key: SigningKey, *, after: timedelta) -> list[SignedPacket]:
+def _append(chain: Chain, key: Signer, *, after: timedelta) -> list[SignedPacket]:
     """The chain's packets and one more, signed by ``key``, created ``after`` the last one."""
     last = chain.signed[-1].packet
     packet = build_packet(
@@ -43,7 +43,7 @@ def _append(chain: Chain, key: SigningKey, *, after: timedelta) -> list[SignedPa
     return [*chain.signed, SignedPacket(packet=packet, envelope=sign_packet(packet, key))]
 
 
-def _bundle(chain: Chain, signed: list[SignedPacket], checkpoint_key: SigningKey, key_log: list[Any]) -> bytes:
+def _bundle(chain: Chain, signed: list[SignedPacket], checkpoint_key: Signer, key_log: list[Any]) -> bytes:
     root = merkle.root_from_leaves([leaf_of(item) for item in signed])
     note = sign_checkpoint(
         Checkpoint(origin_for("stella.test/evidence", chain.tenant_id), len(signed), root),

@@ -21,11 +21,11 @@ import asyncpg
 from stella.evidence.app import MIGRATIONS, NAME, create_app
 from stella.evidence.keys import KeyFormatError
 from stella.evidence.settings import Settings
-from stella.evidence.signing import rotate_key
+from stella.evidence.signing import KeyFile, rotate_key
 from stella.kit.db import init_connection
 from stella.kit.logs import configure_logging
 from stella.kit.migrations import apply_migrations, quote_ident
-from stella.kit.startup import EX_CONFIG, load_settings, run_process
+from stella.kit.startup import EX_CONFIG, ConfigurationError, load_settings, run_process
 
 
 async def rotate(settings: Settings) -> str:
@@ -35,10 +35,10 @@ async def rotate(settings: Settings) -> str:
         await init_connection(conn)
         await apply_migrations(conn, NAME, MIGRATIONS)
         await conn.execute(f"SET search_path TO {quote_ident(NAME)}, public")
-        retired, key = await rotate_key(conn, settings.signing_key_file(), datetime.now(UTC))
+        retired, key = await rotate_key(conn, settings.key_source(), datetime.now(UTC))
     finally:
         await conn.close()
-    summary = f"evidence signing key {key.key_ref} is active ({settings.signing_key_path})"
+    summary = f"evidence signing key {key.key_ref} is active ({settings.key_source().describe})"
     if retired is not None:
         summary += f"; {retired} is retired and stays published for verification"
     return summary
@@ -61,15 +61,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def init_key(settings: Settings) -> int:
     """Create the key file unless it exists; print its key reference. Returns the exit code."""
-    key_file = settings.signing_key_file()
-    existed = key_file.path.exists()
+    try:
+        key_file = settings.key_source()
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    existed = not isinstance(key_file, KeyFile) or key_file.path.exists()
     try:
         key = key_file.load_or_create()
-    except (OSError, KeyFormatError) as exc:
-        print(f"error: cannot create or read the evidence signing key at {key_file.path}: {exc}", file=sys.stderr)
+    except (OSError, KeyFormatError, ConfigurationError) as exc:
+        print(f"error: cannot create or read the evidence signing key at {key_file.describe}: {exc}", file=sys.stderr)
         return EX_CONFIG
     state = "exists" if existed else "created"
-    print(f"evidence signing key {key.key_ref} {state} at {key_file.path}")
+    print(f"evidence signing key {key.key_ref} {state} at {key_file.describe}")
     return 0
 
 
@@ -86,7 +90,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "init-key":
         sys.exit(init_key(settings))
     if args.command == "rotate-key":
-        print(asyncio.run(rotate(settings)))
+        try:
+            print(asyncio.run(rotate(settings)))
+        except ConfigurationError as exc:  # a key in a token is rotated with the token's tools
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(EX_CONFIG)
         return
     sys.exit(run_process(NAME, settings, serve))
 

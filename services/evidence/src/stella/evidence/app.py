@@ -57,7 +57,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
     """
     overrides = overrides or Overrides()
     clock = overrides.get("clock", utcnow)
-    signer = ActiveSigner(settings.signing_key_file(), create=settings.key_create)
+    signer = ActiveSigner(settings.key_source(), create=settings.key_create)
     checkpointer = Checkpointer(
         lambda: app.runtime.pool,
         signer,
@@ -96,6 +96,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
 
     async def on_stop(runtime: ServiceRuntime) -> None:
         await checkpointer.stop()
+        signer.close()
 
     app.runtime = ServiceRuntime(NAME, settings, MIGRATIONS, register, on_start=on_start, on_stop=on_stop)
     return app

@@ -167,11 +167,27 @@ class PublicKey:
 
 
 class Signer(Protocol):
-    """Anything that signs bytes under a key reference (a :class:`SigningKey`, or a key held in an HSM)."""
+    """Anything that signs bytes under a key reference: the service signs through this interface only.
+
+    Implementations: :class:`SigningKey` (a key file, encrypted at rest with a passphrase),
+    :class:`stella.evidence.hsm.Pkcs11Signer` (a key in an HSM or any PKCS#11 token). A cloud KMS is one more
+    implementation: ``sign`` calls the KMS's asymmetric-sign operation and returns the signature in the
+    algorithm's format (raw 64 bytes for Ed25519, DER ``(r, s)`` for ECDSA P-256).
+    """
 
     @property
     def key_ref(self) -> str:
         """Reference of the key that produces the signatures."""
+        ...
+
+    @property
+    def algorithm(self) -> KeyAlgorithm:
+        """The key's signature algorithm."""
+        ...
+
+    @property
+    def public_key(self) -> PublicKey:
+        """The public key that verifies the signatures (published in the key list and the key log)."""
         ...
 
     def sign(self, data: bytes) -> bytes:

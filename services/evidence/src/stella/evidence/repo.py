@@ -15,7 +15,7 @@ import asyncpg
 from stella.contracts.evidence import KeyView
 from stella.evidence.domain import StoredPacket
 from stella.evidence.keylog import key_id
-from stella.evidence.keys import PublicKey, SigningKey
+from stella.evidence.keys import PublicKey, Signer
 from stella.evidence.packet import ChainHead, EvidencePacket, PacketType
 
 _PACKET_COLUMNS = """id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content,
@@ -232,7 +232,7 @@ async def activation_time(conn: asyncpg.Connection, now: datetime) -> datetime:
     return now if newest is None or newest < now else newest + timedelta(microseconds=1)
 
 
-async def activate_key(conn: asyncpg.Connection, key: SigningKey, now: datetime) -> str | None:
+async def activate_key(conn: asyncpg.Connection, key: Signer, now: datetime) -> str | None:
     """Retire the active key (if any) and make ``key`` the active one from ``now``; returns the retired key's
     reference."""
     retired = await conn.fetchval(RETIRE_ACTIVE_KEY, now)

@@ -7,9 +7,11 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from stella.evidence.hsm import Pkcs11KeySource
 from stella.evidence.keys import KeyAlgorithm
-from stella.evidence.signing import KeyFile
+from stella.evidence.signing import KeyFile, KeySource
 from stella.kit.settings import ServiceSettings
+from stella.kit.startup import ConfigurationError
 
 KEY_FILE_NAME = "evidence-signing-key.pem"
 """Name of the private signing key inside :attr:`Settings.key_dir`."""
@@ -40,6 +42,23 @@ class Settings(ServiceSettings):
 
     key_passphrase_file: Path | None = None
     """A file holding the passphrase (its first line), such as a mounted secret; wins over ``key_passphrase``."""
+
+    pkcs11_module: Path | None = None
+    """The PKCS#11 library of an HSM holding the signing key (for SoftHSM ``/usr/lib/softhsm/libsofthsm2.so``).
+    When set, the key is used from the token (``pkcs11_token_label``, ``pkcs11_key_label``) and the key file
+    settings are not: the private key never leaves the token. Needs ``stella-evidence[pkcs11]``."""
+
+    pkcs11_token_label: str | None = None
+    """Label of the token holding the key."""
+
+    pkcs11_key_label: str | None = None
+    """Label (``CKA_LABEL``) of the key pair in the token: an Ed25519 or ECDSA P-256 private and public key."""
+
+    pkcs11_pin: SecretStr | None = None
+    """The token's user PIN. Prefer ``pkcs11_pin_file``."""
+
+    pkcs11_pin_file: Path | None = None
+    """A file holding the user PIN (its first line), such as a mounted secret; wins over ``pkcs11_pin``."""
 
     key_algorithm: KeyAlgorithm = KeyAlgorithm.ED25519
     """Algorithm of keys this service generates (first start, ``rotate-key``): ``ed25519`` or ``ecdsa-p256``.
@@ -85,8 +104,44 @@ class Settings(ServiceSettings):
         return self.key_passphrase.get_secret_value().encode() if self.key_passphrase else None
 
     def signing_key_file(self) -> KeyFile:
-        """Where the private signing key lives, with its algorithm and passphrase."""
-        return KeyFile(self.signing_key_path, self.key_algorithm, self.key_password)
+        """Where the private signing key lives, with its algorithm and passphrase.
+
+        Raises:
+            ConfigurationError: When the passphrase file cannot be read.
+        """
+        try:
+            password = self.key_password
+        except OSError as exc:
+            raise ConfigurationError(
+                f"the evidence key passphrase file {self.key_passphrase_file} "
+                f"(STELLA_EVIDENCE_KEY_PASSPHRASE_FILE) cannot be read: {exc.strerror or exc}"
+            ) from None
+        return KeyFile(self.signing_key_path, self.key_algorithm, password)
+
+    def key_source(self) -> KeySource:
+        """Where the signing key lives: the PKCS#11 token when ``pkcs11_module`` is set, else the key file.
+
+        Raises:
+            ConfigurationError: When the token settings are incomplete or a passphrase or PIN file cannot be read.
+        """
+        if self.pkcs11_module is None:
+            return self.signing_key_file()
+        if not self.pkcs11_token_label or not self.pkcs11_key_label:
+            raise ConfigurationError(
+                "STELLA_EVIDENCE_PKCS11_MODULE is set: set STELLA_EVIDENCE_PKCS11_TOKEN_LABEL and "
+                "STELLA_EVIDENCE_PKCS11_KEY_LABEL too"
+            )
+        pin: str | None = self.pkcs11_pin.get_secret_value() if self.pkcs11_pin else None
+        if self.pkcs11_pin_file is not None:
+            try:
+                lines = self.pkcs11_pin_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"the PKCS#11 PIN file {self.pkcs11_pin_file} (STELLA_EVIDENCE_PKCS11_PIN_FILE) cannot be read: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            pin = lines[0] if lines and lines[0] else None
+        return Pkcs11KeySource(self.pkcs11_module, self.pkcs11_token_label, self.pkcs11_key_label, pin)
 
     @property
     def signing_key_path(self) -> Path:

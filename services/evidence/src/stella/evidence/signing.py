@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import asyncpg
 
@@ -29,6 +30,7 @@ from stella.evidence.keys import (
     KeyAlgorithm,
     KeyFormatError,
     PublicKey,
+    Signer,
     SigningKey,
     generate_key,
     load_private_key,
@@ -37,6 +39,28 @@ from stella.evidence.keys import (
 from stella.kit.startup import ConfigurationError
 
 log = logging.getLogger(__name__)
+
+
+class KeySource(Protocol):
+    """Where the signing key lives: a key file (:class:`KeyFile`) or a PKCS#11 token
+    (:class:`stella.evidence.hsm.Pkcs11KeySource`)."""
+
+    @property
+    def describe(self) -> str:
+        """The key's location, for messages."""
+        ...
+
+    def load(self) -> Signer:
+        """The key's signer."""
+        ...
+
+    def load_or_create(self) -> Signer:
+        """The key's signer, creating the key first when the source may and it does not exist."""
+        ...
+
+    def replace(self) -> Signer:
+        """A new key in place of the current one (rotation)."""
+        ...
 
 
 class KeyRetired(ConfigurationError):
@@ -89,6 +113,11 @@ class KeyFile:
         save_private_key(key, self.path, password=self.password, overwrite=True)
         return key
 
+    @property
+    def describe(self) -> str:
+        """The key file's path, for messages."""
+        return str(self.path)
+
     def _prepare_directory(self) -> None:
         parent = self.path.parent
         if not parent.exists():
@@ -111,23 +140,40 @@ class KeyFile:
             try:
                 return load_private_key(self.path)
             except KeyFormatError as exc:
+                if "not given" not in str(exc):
+                    raise
                 raise KeyFormatError(
-                    f"{exc} (an encrypted key needs STELLA_EVIDENCE_KEY_PASSPHRASE or STELLA_EVIDENCE_KEY_PASSPHRASE_FILE)"
-                ) from exc
+                    "the key is encrypted and no passphrase is set "
+                    "(STELLA_EVIDENCE_KEY_PASSPHRASE or STELLA_EVIDENCE_KEY_PASSPHRASE_FILE)"
+                ) from None
         try:
             return load_private_key(self.path, password=self.password)
         except KeyFormatError as exc:
             if "not encrypted" not in str(exc):
-                raise
-        # A key written before a passphrase was configured: usable, and re-encrypted at the next rotation.
-        log.warning(
-            "the evidence signing key file is not encrypted although a passphrase is set; rotate the key to encrypt it",
-            extra={"path": str(self.path)},
+                # Only the fact, never the passphrase or the decryption internals.
+                raise KeyFormatError(
+                    "the passphrase (STELLA_EVIDENCE_KEY_PASSPHRASE or STELLA_EVIDENCE_KEY_PASSPHRASE_FILE) "
+                    "does not decrypt the key"
+                ) from None
+        # A key written before a passphrase was configured: encrypt it now, atomically (a crash leaves the old
+        # file or the encrypted one, never a half-written key).
+        key = load_private_key(self.path)
+        try:
+            save_private_key(key, self.path, password=self.password, overwrite=True)
+        except OSError as exc:
+            log.warning(
+                "the evidence signing key file is not encrypted although a passphrase is set, and cannot be "
+                "rewritten encrypted; encrypt it or make its directory writable",
+                extra={"path": str(self.path), "reason": str(exc)},
+            )
+            return key
+        log.info(
+            "encrypted the evidence signing key file with the configured passphrase", extra={"path": str(self.path)}
         )
-        return load_private_key(self.path)
+        return key
 
 
-async def register_key(conn: asyncpg.Connection, key: SigningKey, now: datetime) -> str | None:
+async def register_key(conn: asyncpg.Connection, key: Signer, now: datetime) -> str | None:
     """Make ``key`` the database's active key unless it already is, in the open transaction.
 
     A key file holding a key the database does not know yet (first start, a rotation whose database step
@@ -156,7 +202,7 @@ async def register_key(conn: asyncpg.Connection, key: SigningKey, now: datetime)
     return retired
 
 
-async def rotate_key(conn: asyncpg.Connection, key_file: KeyFile, now: datetime) -> tuple[str | None, SigningKey]:
+async def rotate_key(conn: asyncpg.Connection, key_file: KeySource, now: datetime) -> tuple[str | None, Signer]:
     """Replace the signing key with a new one and retire the old one.
 
     The new key is written first and registered second, so a crash in between leaves a key file the next
@@ -174,8 +220,8 @@ async def rotate_key(conn: asyncpg.Connection, key_file: KeyFile, now: datetime)
         # Hold the key lock while the file changes, so two rotations cannot interleave (and packets being
         # signed with the old key commit first).
         await conn.execute(repo.LOCK_KEYS)
-        previous: SigningKey | None = None
-        with contextlib.suppress(OSError, KeyFormatError):
+        previous: Signer | None = None
+        with contextlib.suppress(OSError, KeyFormatError, ConfigurationError):
             previous = key_file.load()
         key = key_file.replace()
         retired = await repo.activate_key(conn, key, await repo.activation_time(conn, now))
@@ -185,9 +231,7 @@ async def rotate_key(conn: asyncpg.Connection, key_file: KeyFile, now: datetime)
     return retired, key
 
 
-async def extend_key_log(
-    conn: asyncpg.Connection, active: SigningKey, handover: SigningKey | None, now: datetime
-) -> None:
+async def extend_key_log(conn: asyncpg.Connection, active: Signer, handover: Signer | None, now: datetime) -> None:
     """Append a signed key log entry for every key the log does not hold yet, in activation order.
 
     The active key signs every entry it appends (its own, and those of older keys written when the log was
@@ -202,7 +246,7 @@ async def extend_key_log(
             continue
         public = PublicKey.from_pem(view.public_key_pem.encode())
         payload = keylog.entry_payload(index, public, view.created_at, previous_hash)
-        signers: list[SigningKey] = [active]
+        signers: list[Signer] = [active]
         if view.key_ref == active.key_ref and handover is not None:
             signers.append(handover)
         await repo.append_key_log(conn, index, view.key_ref, keylog.sign_entry(payload, signers), now)
@@ -214,19 +258,19 @@ class ActiveSigner:
     """The key this process signs with, kept in step with the key the database marks active.
 
     Args:
-        key_file: Where the private key lives.
+        key_file: Where the private key lives: a key file, or a PKCS#11 token.
         create: Generate the key when the file does not exist; when False a missing file stops the start.
     """
 
-    def __init__(self, key_file: KeyFile, *, create: bool = True) -> None:
+    def __init__(self, key_file: KeySource, *, create: bool = True) -> None:
         self.key_file = key_file
         self.create = create
-        self._key: SigningKey | None = None
+        self._key: Signer | None = None
         self.valid_from = datetime.min.replace(tzinfo=UTC)
         """When the key :meth:`current` last returned became valid: no packet it signs may be created earlier."""
 
     @property
-    def key(self) -> SigningKey:
+    def key(self) -> Signer:
         """The key loaded at start (or since reloaded)."""
         if self._key is None:
             raise RuntimeError("the signing key is not loaded yet")
@@ -239,7 +283,7 @@ class ActiveSigner:
             ConfigurationError: when the key file is missing (and may not be created), unreadable, not a key,
                 or holds a retired key.
         """
-        path = self.key_file.path
+        path = self.key_file.describe
         try:
             self._key = self.key_file.load_or_create() if self.create else self.key_file.load()
         except FileNotFoundError as exc:
@@ -255,7 +299,13 @@ class ActiveSigner:
         async with pool.acquire() as conn, conn.transaction():
             await register_key(conn, self._key, now)
 
-    async def current(self, conn: asyncpg.Connection) -> SigningKey:
+    def close(self) -> None:
+        """Release what the key holds (a token session); a key file holds nothing."""
+        close = getattr(self._key, "close", None)
+        if callable(close):
+            close()
+
+    async def current(self, conn: asyncpg.Connection) -> Signer:
         """The key to sign with now, in the caller's transaction.
 
         Raises:
@@ -268,12 +318,12 @@ class ActiveSigner:
         key = self.key
         if active == key.key_ref:
             return key
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, ConfigurationError):
             key = self.key_file.load()
         if active is None or key.key_ref != active:
             raise SignerOutOfDate(
                 f"the active evidence key is {active}, but this process holds {self.key.key_ref} "
-                f"and {self.key_file.path} holds {key.key_ref}"
+                f"and {self.key_file.describe} holds {key.key_ref}"
             )
         log.info("reloaded the rotated evidence signing key", extra={"key_ref": key.key_ref})
         self._key = key
