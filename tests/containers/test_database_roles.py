@@ -16,7 +16,7 @@ import pytest
 
 from .conftest import ComposeProject
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 BYPASSES = (
     "UPDATE evidence.packets SET content = content",
