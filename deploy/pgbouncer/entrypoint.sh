@@ -6,6 +6,9 @@
 #   PGBOUNCER_SERVER_HOST / _PORT / _DATABASE   where Postgres is (postgres / 5432 / stella)
 #   PGBOUNCER_USER / PGBOUNCER_PASSWORD          the login clients use and PgBouncer passes on to Postgres
 #   PGBOUNCER_AUTH_FILE                          or a mounted userlist.txt with several users (per-service roles)
+#   PGBOUNCER_PASSWORD_<SCHEMA>                  also accept the service's login role <prefix><schema> with this
+#                                                password (e.g. PGBOUNCER_PASSWORD_EVIDENCE for stella_evidence)
+#   PGBOUNCER_ROLE_PREFIX                        the prefix of those roles (default stella_)
 #   PGBOUNCER_SCHEMAS                            the schemas to offer ("gateway release promotion ...")
 #   PGBOUNCER_POOL_SIZE                          server connections per schema and user (default 10)
 #   PGBOUNCER_POOL_SIZE_<SCHEMA>                 the same for one schema (e.g. PGBOUNCER_POOL_SIZE_PROMOTION=15)
@@ -27,6 +30,17 @@ else
   : "${PGBOUNCER_PASSWORD:?PGBOUNCER_PASSWORD (or PGBOUNCER_AUTH_FILE) must be set}"
   auth_file="$dir/userlist.txt"
   printf '"%s" "%s"\n' "$PGBOUNCER_USER" "$(printf '%s' "$PGBOUNCER_PASSWORD" | sed 's/"/""/g')" > "$auth_file"
+  # Each service's own login role, with the password the migration step gave it; PgBouncer logs in to
+  # Postgres as that role too, so a service's server connections hold only its grants.
+  prefix="${PGBOUNCER_ROLE_PREFIX:-stella_}"
+  case "$prefix" in *[!a-z0-9_]*) echo "invalid PGBOUNCER_ROLE_PREFIX '$prefix'" >&2; exit 78;; esac
+  for schema in $PGBOUNCER_SCHEMAS; do
+    case "$schema" in *[!a-z0-9_]*|"") echo "invalid schema name '$schema' in PGBOUNCER_SCHEMAS" >&2; exit 78;; esac
+    role_password=$(printenv "PGBOUNCER_PASSWORD_$(echo "$schema" | tr a-z A-Z)" || true)
+    if [ -n "$role_password" ]; then
+      printf '"%s" "%s"\n' "$prefix$schema" "$(printf '%s' "$role_password" | sed 's/"/""/g')" >> "$auth_file"
+    fi
+  done
 fi
 
 {

@@ -26,6 +26,13 @@ from stella.testing.messaging import unique_token
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+DATABASE_ROLES = ("gateway", "release", "promotion", "approval", "workflow", "deployment", "evidence", "events")
+"""The services that log in to Postgres as their own role, ``stella_<service>``."""
+
+
+def role_passwords() -> dict[str, str]:
+    """A fresh password for every service role, as the compose file's variables."""
+    return {f"STELLA_{service.upper()}_DATABASE_PASSWORD": f"pw-{unique_token()}" for service in DATABASE_ROLES}
 
 
 def compose_command() -> list[str] | None:
@@ -124,6 +131,7 @@ def compose_project(stella_image: str, local_images: dict[str, str], tmp_path: P
         **local_images,
         "STELLA_IMAGE": stella_image,
         "POSTGRES_PASSWORD": f"pw-{unique_token()}",
+        **role_passwords(),
         "STELLA_HTTP_PORT": str(port),
         "STELLA_BOOTSTRAP_TENANT": "acme",
     }

@@ -17,7 +17,7 @@ import yaml
 
 from stella.kit.startup import EX_CONFIG, EX_UNAVAILABLE
 
-from .conftest import COMPOSE_FILE, ROOT, compose_command, docker_run
+from .conftest import COMPOSE_FILE, DATABASE_ROLES, ROOT, compose_command, docker_run, role_passwords
 
 pytestmark = pytest.mark.docker
 
@@ -26,7 +26,8 @@ SERVICES = ("release", "promotion", "approval", "workflow", "deployment", "evide
 
 def _config_env(tmp_path: Path) -> Path:
     env_file = tmp_path / "config.env"
-    env_file.write_text("POSTGRES_PASSWORD=not-used-here\n")
+    variables = {"POSTGRES_PASSWORD": "not-used-here", **role_passwords()}
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in variables.items()))
     return env_file
 
 
@@ -76,9 +77,20 @@ def test_the_compose_file_publishes_one_port_and_checks_every_service(tmp_path: 
         assert spec["restart"] == "unless-stopped", name
         assert spec["depends_on"]["bootstrap"]["condition"] == "service_completed_successfully", name
         assert spec["environment"]["STELLA_DATABASE_POOL_MODE"] == "transaction", name
-        assert spec["environment"]["STELLA_DATABASE_URL"].split("@", 1)[1].startswith("pgbouncer:6432/"), name
+        # Each service logs in as its own role: no owner's credentials in its environment.
+        environment = spec["environment"]
+        assert environment["STELLA_DATABASE_URL"] == f"postgresql://pgbouncer:6432/{name}", name
+        assert environment["STELLA_DATABASE_DIRECT_URL"] == "postgresql://postgres:5432/stella", name
+        assert environment["STELLA_DATABASE_SERVICE_ROLES"] == "true", name
+        assert environment[f"STELLA_{name.upper()}_DATABASE_PASSWORD"].startswith("pw-"), name
+        assert "not-used-here" not in json.dumps(environment), name
         assert spec.get("healthcheck", {}).get("test") != ["NONE"], name
     assert services["gateway"]["healthcheck"]["test"][-1].endswith("/readyz")
+    # The bootstrap step holds the owner's password and every role's, PgBouncer the roles' passwords.
+    for name in DATABASE_ROLES:
+        variable = f"STELLA_{name.upper()}_DATABASE_PASSWORD"
+        assert services["bootstrap"]["environment"][variable].startswith("pw-"), name
+        assert services["pgbouncer"]["environment"][f"PGBOUNCER_PASSWORD_{name.upper()}"].startswith("pw-"), name
 
 
 def _one_error_line(done: subprocess.CompletedProcess[str]) -> dict[str, object]:

@@ -24,7 +24,13 @@ BASE = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30"
 """The oldest Kubernetes release the base is written for."""
 
-OPERATOR_SECRETS = {"stella-database", "stella-evidence-key", "stella-events-key", "stella-integration-master-key"}
+OPERATOR_SECRETS = {
+    "stella-database",
+    "stella-database-roles",
+    "stella-evidence-key",
+    "stella-events-key",
+    "stella-integration-master-key",
+}
 """Secrets the base reads but does not hold (their values are the operator's)."""
 
 HEADLESS_SERVICES_WITHOUT_DEPLOYMENT = {"agent", "cli"}
@@ -95,11 +101,16 @@ def test_services_run_unprivileged_and_migrations_run_first() -> None:
             assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
             env = {e["name"]: e.get("value") for e in container.get("env", [])}
             if container["image"] == "stella" and name != "stella-migrate":
-                assert env["STELLA_DATABASE_URL"].split("@", 1)[1].startswith("stella-pgbouncer:6432/"), name
-                assert "STELLA_DATABASE_DIRECT_URL" in env, name
+                # Its own login role with only its grants: no owner's credentials in the pod.
+                service = name.removeprefix("stella-")
+                assert env["STELLA_DATABASE_URL"] == f"postgresql://stella-pgbouncer:6432/{service}", name
+                assert "@" not in env["STELLA_DATABASE_DIRECT_URL"], name
+                assert f"STELLA_{service.upper()}_DATABASE_PASSWORD" in env, name
+                assert "DB_PASSWORD" not in env, name
     config = next(d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "stella-config")
     assert config["data"]["STELLA_MIGRATE_ON_START"] == "false"
     assert config["data"]["STELLA_DATABASE_POOL_MODE"] == "transaction"
+    assert config["data"]["STELLA_DATABASE_SERVICE_ROLES"] == "true"
     job = next(d for d in documents if d["kind"] == "Job")
     assert "stella.kit.migrate" in " ".join(job["spec"]["template"]["spec"]["containers"][0]["command"])
 

@@ -143,7 +143,10 @@ class ServiceRuntime:
         if not tracing.enabled():
             self._owns_tracing = tracing.configure_from_env(self.name)
         applied = await prepare_schema(
-            settings.direct_database_url,
+            # Migrating needs the schema's owner; waiting for a migration job only reads, as the service's role.
+            settings.direct_database_url
+            if settings.migrate_on_start
+            else settings.as_service(settings.direct_database_url, self.schema),
             self.schema,
             self.migrations,
             migrate=settings.migrate_on_start,

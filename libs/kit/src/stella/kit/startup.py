@@ -234,16 +234,26 @@ async def _ignore_error(exc: Exception) -> None:
     del exc
 
 
-async def wait_for_dependencies(settings: Any) -> None:
-    """Wait for the Postgres and NATS of ``settings`` (a :class:`~stella.kit.settings.ServiceSettings`)."""
+async def wait_for_dependencies(settings: Any, schema: str | None = None) -> None:
+    """Wait for the Postgres and NATS of ``settings`` (a :class:`~stella.kit.settings.ServiceSettings`).
+
+    With ``schema`` and service roles on, a service that leaves the migrations to a migration job logs in as
+    its own role here too: its URLs then carry no owner's credentials.
+    """
     given = settings.model_fields_set
     timeout_s = settings.startup_timeout_s
+
+    def login(url: str) -> str:
+        if schema is None or settings.migrate_on_start:
+            return url
+        return str(settings.as_service(url, schema))
+
     await wait_for_postgres(
-        settings.database_url, "STELLA_DATABASE_URL", configured="database_url" in given, timeout_s=timeout_s
+        login(settings.database_url), "STELLA_DATABASE_URL", configured="database_url" in given, timeout_s=timeout_s
     )
     if settings.database_direct_url:
         await wait_for_postgres(
-            settings.database_direct_url, "STELLA_DATABASE_DIRECT_URL", configured=True, timeout_s=timeout_s
+            login(settings.database_direct_url), "STELLA_DATABASE_DIRECT_URL", configured=True, timeout_s=timeout_s
         )
     await wait_for_nats(settings.nats_servers, configured="nats_url" in given, timeout_s=timeout_s)
 
@@ -262,7 +272,7 @@ def run_process(name: str, settings: Any, serve: Callable[[Any], Awaitable[None]
     """Run ``serve(settings)`` after waiting for Postgres and NATS; returns the process exit code.
 
     Args:
-        name: The service's name (for logs).
+        name: The service's name (for logs), which is also its schema.
         settings: The built settings (:func:`load_settings`).
         serve: Serves until a signal arrives.
         wait: Whether to wait for Postgres and NATS first.
@@ -270,7 +280,7 @@ def run_process(name: str, settings: Any, serve: Callable[[Any], Awaitable[None]
 
     async def main() -> None:
         if wait:
-            await wait_for_dependencies(settings)
+            await wait_for_dependencies(settings, name)
         await serve(settings)
 
     try:

@@ -66,7 +66,9 @@ async def _serve(settings: Settings) -> None:
     if settings.metrics_port is not None:
         serve_metrics(settings.metrics_port)
     await prepare_schema(
-        settings.direct_database_url,
+        settings.direct_database_url
+        if settings.migrate_on_start
+        else settings.as_service(settings.direct_database_url, SCHEMA),
         SCHEMA,
         MIGRATIONS,
         migrate=settings.migrate_on_start,

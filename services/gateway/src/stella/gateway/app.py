@@ -294,7 +294,9 @@ async def _start(runtime: Runtime, given: Overrides, stack: AsyncExitStack) -> N
         stack.callback(tracing.uninstall)
     # The migration lock is held by a session: a connection of its own, bypassing a transaction pooler.
     applied = await prepare_schema(
-        settings.direct_database_url,
+        settings.direct_database_url
+        if settings.migrate_on_start
+        else settings.as_service(settings.direct_database_url, SCHEMA),
         SCHEMA,
         MIGRATIONS,
         migrate=settings.migrate_on_start,
