@@ -20,6 +20,7 @@ from stella.integration.app import IntegrationApp, create_app
 from stella.integration.keys import new_master_key
 from stella.testing.messaging import collect_messages
 from stella.testing.registry import LocalRegistry
+from stella.testing.services import service_client
 
 from .conftest import Caller, RecordCollector
 
@@ -240,6 +241,45 @@ async def test_operator_allowed_env_reference_and_slack_webhook(
         "health_status": "unhealthy",
         "detail": f"webhook {webhook.host} answered HTTP 500",
     }
+
+
+async def test_send_notification_delivers_or_says_why_not(
+    caller: Caller, integration_app: IntegrationApp, webhook: WebhookReceiver, nats: Client
+) -> None:
+    hook = await _create(caller, "alerts", "notification", {"url": webhook.url, "template": "$env: $message"})
+    store = await _create(caller, "store", "secret-store", {})
+
+    sent = await caller.query(
+        c.SEND_NOTIFICATION,
+        c.SendNotification,
+        integration="alerts",
+        message="deployed",
+        fields={"env": "prod"},
+        idempotency_key="k-1",
+    )
+    assert sent.ok, sent.error
+    assert sent.data == {**sent.data, "integration_id": hook["id"], "name": "alerts", "status": 200}
+    [(headers, body)] = webhook.received
+    assert body == {
+        "text": "prod: deployed",
+        "event": "notification",
+        "integration": "alerts",
+        "fields": {"env": "prod"},
+    }
+    assert headers["Idempotency-Key"] == "k-1"
+
+    webhook.status = 500
+    failed = await caller.query(c.SEND_NOTIFICATION, c.SendNotification, integration=hook["id"], message="x")
+    assert (failed.error.code, failed.error.status) == ("INT_NOTIFICATION_FAILED", 502)
+    assert "answered HTTP 500" in failed.error.detail
+    wrong = await caller.query(c.SEND_NOTIFICATION, c.SendNotification, integration=store["id"], message="x")
+    assert (wrong.error.code, wrong.error.status) == ("INT_NOT_A_NOTIFICATION", 422)
+    async with service_client(nats, integration_app.runtime.names) as client:
+        other = Caller(client, tenant_id=uuid.uuid4())
+        for ref in ("alerts", hook["id"]):
+            hidden = await other.query(c.SEND_NOTIFICATION, c.SendNotification, integration=ref, message="x")
+            assert (hidden.error.code, hidden.error.status) == ("INT_INTEGRATION_NOT_FOUND", 404)
+    assert len(webhook.received) == 2
 
 
 async def test_scheduled_health_check_records_and_announces_a_change(

@@ -89,3 +89,21 @@ def test_master_key_must_be_32_bytes_of_base64() -> None:
         keys.MasterKey.parse("not base64!")
     with pytest.raises(keys.MasterKeyError):
         keys.MasterKey.parse("c2hvcnQ=")
+
+
+def test_a_notification_body_fills_the_template_and_keeps_the_slack_format_bare() -> None:
+    config = {"url": "https://hooks.example/x", "template": "[$env] $message ($integration)"}
+    assert domain.notification_body(config, "chat", "notification", "up", {"env": "prod"}) == {
+        "text": "[prod] up (chat)",
+        "event": "notification",
+        "integration": "chat",
+        "fields": {"env": "prod"},
+    }
+    slack = {**config, "format": "slack"}
+    assert domain.notification_body(slack, "chat", "notification", "up", {"env": "prod"}) == {
+        "text": "[prod] up (chat)"
+    }
+    # A field cannot replace the message or the integration's name.
+    assert domain.notification_body(slack, "chat", "e", "up", {"message": "x", "integration": "y", "env": "d"}) == {
+        "text": "[d] up (chat)"
+    }

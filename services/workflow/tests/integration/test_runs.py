@@ -219,16 +219,14 @@ async def test_a_wait_step_completes_by_its_timer(harness: Harness) -> None:
     assert [s.node_id for s in harness.dispatched(run["id"])] == ["check"]
 
 
-async def test_a_step_type_without_executor_fails_the_run_with_a_clear_error(harness: Harness) -> None:
-    assert (await harness.save_template("notify-only", [{"id": "ping", "type": "notify"}])).ok
+async def test_a_notify_step_without_an_integration_is_refused_when_the_template_is_saved(harness: Harness) -> None:
+    reply = await harness.save_template("notify-only", [{"id": "ping", "type": "notify", "timeout_s": 30}])
 
-    run = await harness.start_run("notify-only")
-
-    assert run["status"] == "failed"
-    assert "'notify' has no executor" in run["steps"][0]["error"]
-    assert "notification integration" in run["steps"][0]["error"]
-    subject, _ = await harness.finished(run["id"])
-    assert subject == c.RUN_FAILED
+    assert not reply.ok
+    assert (reply.error.status, reply.error.code) == (400, "WF_INVALID_STEP_CONFIG")
+    assert "needs config.integration" in reply.error.detail
+    missing = await harness.query(c.GET_TEMPLATE, c.GetTemplate, name="notify-only")
+    assert missing.error.status == 404
 
 
 async def _redeliver(harness: Harness, subject: str, command: c.CompleteStep) -> Reply:

@@ -212,7 +212,16 @@ def test_a_zero_second_wait_completes_in_the_same_transition() -> None:
 
 
 def test_a_step_type_without_executor_fails_with_a_clear_error_after_its_retries() -> None:
-    template = build([{"id": "ping", "type": "notify", "retry": {"max_attempts": 3, "backoff_s": 0}}])
+    # A step type a plugin registered, whose plugin is no longer installed.
+    template = validate_template(
+        {
+            "name": "flow",
+            "version": 1,
+            "nodes": [{"id": "ping", "type": "gone-plugin", "retry": {"max_attempts": 3, "backoff_s": 0}}],
+            "edges": [],
+        },
+        BUILTIN_STEP_TYPES | {"gone-plugin"},
+    )
 
     progress = started(template)
 

@@ -33,29 +33,65 @@ def started(template: WorkflowTemplate) -> engine.Progress:
     return engine.begin(template, created.run, created.steps, now=T0)
 
 
-def test_http_and_script_attempts_stay_running_and_are_handed_to_the_caller() -> None:
+def test_http_script_and_notify_attempts_stay_running_and_are_handed_to_the_caller() -> None:
     template = build(
         [
             {"id": "hook", "type": "http", "config": {"url": "https://x.example"}, "timeout_s": 30},
             {"id": "smoke", "type": "script", "config": {"plugin": "p"}, "timeout_s": 30},
+            {"id": "ping", "type": "notify", "config": {"integration": "chat", "message": "hi"}, "timeout_s": 30},
             {"id": "gates", "type": "gate"},
         ]
     )
 
     progress = started(template)
 
-    assert [(e.node_id, e.attempt) for e in progress.executions] == [("hook", 1), ("smoke", 1)]
-    assert progress.steps["hook"].status is StepStatus.RUNNING
-    assert progress.steps["smoke"].status is StepStatus.RUNNING
+    assert [(e.node_id, e.attempt) for e in progress.executions] == [("hook", 1), ("smoke", 1), ("ping", 1)]
+    for node_id in ("hook", "smoke", "ping"):
+        assert progress.steps[node_id].status is StepStatus.RUNNING
     assert [d.start.node_id for d in progress.dispatches] == ["gates"]
 
 
-def test_a_notify_step_fails_saying_it_needs_a_notification_integration() -> None:
-    progress = started(build([{"id": "ping", "type": "notify"}]))
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"message": "hi"}, "needs config.integration"),
+        ({"integration": "", "message": "hi"}, "needs config.integration"),
+        ({"integration": "chat"}, "needs config.message"),
+        ({"integration": "chat", "message": ""}, "needs config.message"),
+        ({"integration": "chat", "message": "hi", "fields": {"n": 3}}, "config.fields"),
+        ({"integration": "chat", "message": "hi", "url": "http://x"}, "unknown field(s) url"),
+    ],
+)
+def test_a_notify_step_without_its_integration_or_message_is_refused_when_saved(
+    config: dict[str, Any], words: str
+) -> None:
+    template = build([{"id": "ping", "type": "notify", "config": config, "timeout_s": 30}])
 
-    assert progress.steps["ping"].status is StepStatus.FAILED
-    assert "notification integration" in (progress.steps["ping"].error or "")
-    assert progress.executions == []
+    with pytest.raises(engine.InvalidStepConfig) as refused:
+        engine.check_step_configs(template)
+
+    assert words in refused.value.detail
+    assert "step 'ping'" in refused.value.detail
+
+
+def test_a_notify_step_needs_a_timeout() -> None:
+    template = build([{"id": "ping", "type": "notify", "config": {"integration": "chat", "message": "hi"}}])
+
+    with pytest.raises(engine.InvalidStepConfig, match="needs timeout_s"):
+        engine.check_step_configs(template)
+
+    engine.check_step_configs(
+        build(
+            [
+                {
+                    "id": "ping",
+                    "type": "notify",
+                    "config": {"integration": "chat", "message": "{{ inputs.v }}", "fields": {"env": "prod"}},
+                    "timeout_s": 30,
+                }
+            ]
+        )
+    )
 
 
 def _url_problem(

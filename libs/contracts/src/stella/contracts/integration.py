@@ -59,6 +59,12 @@ LIST_INTEGRATIONS: Final[str] = "stella.rpc.integration.list_integrations"
 GET_REGISTRY_CONNECTION: Final[str] = "stella.rpc.integration.get_registry_connection"
 """Internal query :class:`GetRegistryConnection` -> :class:`RegistryConnection`, with the decrypted
 credential. Asked by the release service only; never relayed by the gateway."""
+SEND_NOTIFICATION: Final[str] = "stella.rpc.integration.send_notification"
+"""Internal request :class:`SendNotification` -> :class:`NotificationSent`: send a message through a
+``notification`` integration of the tenant now (asked by the workflow service's ``notify`` steps). Errors:
+``INT_INTEGRATION_NOT_FOUND`` (404: none of that id or name in the tenant), ``INT_NOT_A_NOTIFICATION`` (422),
+``INT_NOTIFICATION_FAILED`` (502: the webhook refused the message or could not be reached; sending again may
+succeed). Not a command: its effect is outside, and the caller's retry policy decides whether to send again."""
 
 INTEGRATION_CREATED: Final[str] = "stella.evt.integration.integration_created"
 """Event :class:`IntegrationCreated`."""
@@ -231,6 +237,29 @@ class GetRegistryConnection(Query):
     """The registry connection of a ``registry`` integration of the tenant, with its decrypted credential."""
 
     integration_id: UUID
+
+
+class SendNotification(Query):
+    """Send ``message`` through a ``notification`` integration of the tenant, named by id or name.
+
+    The integration's ``template`` is filled with ``$message``, ``$integration`` and each of ``fields``.
+    ``idempotency_key`` is sent to the webhook as the ``Idempotency-Key`` header, so a receiver can drop a
+    message sent twice.
+    """
+
+    integration: str = Field(min_length=1, max_length=63)
+    message: str = Field(min_length=1, max_length=4000)
+    fields: dict[str, str] = Field(default_factory=dict, max_length=64)
+    idempotency_key: str | None = Field(default=None, max_length=200)
+
+
+class NotificationSent(Model):
+    """A notification the webhook accepted."""
+
+    integration_id: UUID
+    name: Name
+    status: int
+    detail: str
 
 
 # --- events ---------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ class Probe:
 
     status: HealthStatus
     detail: str
+    http_status: int | None = None
+    """The HTTP status the other side answered, when it answered."""
 
 
 def _basic(username: str, password: str) -> str:
@@ -133,10 +135,14 @@ class Connectors:
             return Probe(HealthStatus.UNHEALTHY, f"registry {host} answered HTTP {status} to GET /v2/")
         return Probe(HealthStatus.HEALTHY, f"registry {host} answered GET /v2/ with HTTP 200")
 
-    async def post_webhook(self, url: str, body: dict[str, object], *, token: str | None) -> Probe:
+    async def post_webhook(
+        self, url: str, body: dict[str, object], *, token: str | None, idempotency_key: str | None = None
+    ) -> Probe:
         """POST ``body`` as JSON to a webhook; healthy on a 2xx answer."""
         host = urlsplit(url).netloc
         headers = {"Content-Type": "application/json"}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
@@ -149,8 +155,8 @@ class Connectors:
                 return Probe(HealthStatus.UNHEALTHY, str(forbidden))
             return Probe(HealthStatus.UNHEALTHY, f"webhook {host} is unreachable: {type(exc).__name__}")
         if 200 <= status < 300:
-            return Probe(HealthStatus.HEALTHY, f"webhook {host} accepted the message (HTTP {status})")
-        return Probe(HealthStatus.UNHEALTHY, f"webhook {host} answered HTTP {status}")
+            return Probe(HealthStatus.HEALTHY, f"webhook {host} accepted the message (HTTP {status})", status)
+        return Probe(HealthStatus.UNHEALTHY, f"webhook {host} answered HTTP {status}", status)
 
 
 def _forbidden_cause(exc: BaseException) -> AddressNotAllowed | None:

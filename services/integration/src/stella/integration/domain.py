@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from jsonschema import Draft202012Validator
 
 from stella.contracts.integration import HealthStatus, IntegrationTypeView
-from stella.kit.errors import Conflict, NotFound, Unprocessable
+from stella.kit.errors import Conflict, NotFound, ServiceError, Unprocessable
 
 REGISTRY: Final[str] = "registry"
 """An OCI distribution registry (basic or bearer-token auth, optional custom CA)."""
@@ -92,6 +92,21 @@ class NotARegistry(Unprocessable):
 
     code = "INT_NOT_A_REGISTRY"
     title = "Not a registry integration"
+
+
+class NotANotification(Unprocessable):
+    """The integration is not of type ``notification``."""
+
+    code = "INT_NOT_A_NOTIFICATION"
+    title = "Not a notification integration"
+
+
+class NotificationFailed(ServiceError):
+    """The webhook refused the message or could not be reached; sending again may succeed."""
+
+    code = "INT_NOTIFICATION_FAILED"
+    status = 502
+    title = "Notification not delivered"
 
 
 class SecretInUse(Conflict):
@@ -237,6 +252,23 @@ class CredentialRef:
 def health_changed(previous: HealthStatus, current: HealthStatus) -> bool:
     """Whether a connection test's outcome is news: the status differs from the one recorded."""
     return previous is not current
+
+
+def notification_body(
+    config: dict[str, Any], integration: str, event: str, message: str, fields: dict[str, str] | None = None
+) -> dict[str, object]:
+    """The JSON body a ``notification`` integration POSTs: ``{"text"}`` (Slack-compatible), plus the event,
+    the integration's name and the fields for the plain ``json`` format.
+
+    The text is the integration's ``template`` filled with ``$message``, ``$integration`` and ``fields``.
+    """
+    values = {**(fields or {}), "message": message, "integration": integration}
+    body: dict[str, object] = {"text": render_template(config.get("template", "$message"), values)}
+    if config.get("format", "json") == "json":
+        body |= {"event": event, "integration": integration}
+        if fields:
+            body["fields"] = dict(fields)
+    return body
 
 
 def render_template(template: str, fields: dict[str, str]) -> str:

@@ -40,9 +40,11 @@ from stella.contracts.integration import (
     ListIntegrations,
     ListIntegrationTypes,
     ListSecrets,
+    NotificationSent,
     RegistryConnection,
     SecretDeleted,
     SecretStored,
+    SendNotification,
     StoreSecret,
     TestIntegration,
     UpdateIntegration,
@@ -279,13 +281,9 @@ class Handlers:
                 password=password or None,
             )
         if view.type_id == domain.NOTIFICATION:
-            text = domain.render_template(
-                view.config.get("template", "$message"),
-                {"message": f"Connection test of the Stella integration {view.name}", "integration": view.name},
+            body = domain.notification_body(
+                view.config, view.name, "connection_test", f"Connection test of the Stella integration {view.name}"
             )
-            body: dict[str, object] = {"text": text}
-            if view.config.get("format", "json") == "json":
-                body |= {"event": "connection_test", "integration": view.name}
             return await self.connectors.post_webhook(view.config["url"], body, token=credential)
         return Probe(HealthStatus.HEALTHY, "the secret store's data key is readable")
 
@@ -377,3 +375,45 @@ class Handlers:
             password=SecretStr(password) if password else None,
         )
         return Reply.success(connection.model_dump(mode="json"))
+
+    # --- notifications sent for the workflow service ----------------------------------------------------
+
+    async def send_notification(self, req: SendNotification) -> Reply:
+        """Send a message through a ``notification`` integration of the tenant, named by id or name.
+
+        The webhook is reached through the egress guard like a connection test; a refusal or an unreachable
+        webhook is :class:`~stella.integration.domain.NotificationFailed` (the caller may send again).
+        """
+        async with self._pool().acquire() as conn:
+            view = await self._named(conn, req.tenant_id, req.integration)
+            if view.type_id != domain.NOTIFICATION:
+                raise domain.NotANotification(
+                    f"integration {view.name!r} is of type {view.type_id!r}, not notification"
+                )
+            credential = await self._resolve(conn, req.tenant_id, view.credential_ref) if view.credential_ref else None
+        body = domain.notification_body(view.config, view.name, "notification", req.message, req.fields)
+        probe = await self.connectors.post_webhook(
+            view.config["url"], body, token=credential, idempotency_key=req.idempotency_key
+        )
+        if probe.status is not HealthStatus.HEALTHY or probe.http_status is None:
+            log.warning(
+                "a notification was not delivered",
+                extra={"tenant_id": str(req.tenant_id), "integration": view.name, "detail": probe.detail},
+            )
+            raise domain.NotificationFailed(f"integration {view.name!r}: {probe.detail}")
+        sent = NotificationSent(integration_id=view.id, name=view.name, status=probe.http_status, detail=probe.detail)
+        return Reply.success(sent.model_dump(mode="json"))
+
+    async def _named(self, conn: asyncpg.Connection, tenant: UUID, ref: str) -> IntegrationView:
+        """The tenant's integration of id or name ``ref``.
+
+        Raises:
+            IntegrationNotFound: none (another tenant's is not found either).
+        """
+        try:
+            view = await repo.get_integration(conn, tenant, UUID(ref))
+        except ValueError:
+            view = await repo.get_integration_by_name(conn, tenant, ref)
+        if view is None:
+            raise domain.IntegrationNotFound(f"there is no integration {ref!r}")
+        return view

@@ -24,6 +24,7 @@ INSERT_INTEGRATION = f"""
     RETURNING {_COLUMNS}
 """
 GET_INTEGRATION = f"SELECT {_COLUMNS} FROM integrations WHERE tenant_id = $1 AND id = $2"
+GET_INTEGRATION_BY_NAME = f"SELECT {_COLUMNS} FROM integrations WHERE tenant_id = $1 AND name = $2"
 UPDATE_INTEGRATION = f"""
     UPDATE integrations SET display_name = $3, config = $4, credential_ref = $5, updated_at = $6,
                             health_status = 'unknown', health_detail = '', next_check_at = $6
@@ -127,6 +128,12 @@ async def insert_integration(
 async def get_integration(conn: asyncpg.Connection, tenant: UUID, iid: UUID) -> IntegrationView | None:
     """One integration of the tenant."""
     row = await conn.fetchrow(GET_INTEGRATION, tenant, iid)
+    return integration_view(row) if row else None
+
+
+async def get_integration_by_name(conn: asyncpg.Connection, tenant: UUID, name: str) -> IntegrationView | None:
+    """The integration of the tenant with this name."""
+    row = await conn.fetchrow(GET_INTEGRATION_BY_NAME, tenant, name)
     return integration_view(row) if row else None
 
 

@@ -27,4 +27,5 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     queries.on(c.GET_INTEGRATION, c.GetIntegration, handlers.get_integration)
     queries.on(c.LIST_INTEGRATIONS, c.ListIntegrations, handlers.list_integrations)
     queries.on(c.GET_REGISTRY_CONNECTION, c.GetRegistryConnection, handlers.get_registry_connection)
+    queries.on(c.SEND_NOTIFICATION, c.SendNotification, handlers.send_notification)
     queries.attach(router, runtime)

@@ -80,6 +80,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Wor
         ),
         http_allowed_hosts=settings.http_allowed_hosts,
         http_addresses=AddressPolicy(settings.http_allowed_networks),
+        client=lambda: app.runtime.client,
     )
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:

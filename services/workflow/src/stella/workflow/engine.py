@@ -11,11 +11,11 @@ every started attempt by who executes it:
   receives it;
 * ``wait`` is a timer executed here: the attempt waits until ``config.seconds`` after its start and the
   scheduler completes it then;
-* ``http`` and ``script`` are executed by this service too, but outside the transaction: the attempt stays
-  ``running`` and is returned in :attr:`Progress.executions`; the caller runs it once the transaction
-  committed (:mod:`stella.workflow.executors`) and records its result like any other step's;
-* every other type (``notify``...) has no executor in this installation yet: the attempt fails at once with
-  an error that says so, and its retry policy applies.
+* ``http``, ``script`` and ``notify`` are executed by this service too, but outside the transaction: the
+  attempt stays ``running`` and is returned in :attr:`Progress.executions`; the caller runs it once the
+  transaction committed (:mod:`stella.workflow.executors`) and records its result like any other step's;
+* every other type has no executor in this installation: the attempt fails at once with an error that says
+  so, and its retry policy applies.
 
 A local transition (a timer parked, an attempt failed) can make more work ready, so :func:`drive`
 advances again until nothing changes; the run's ``next_wakeup_at`` then covers every deadline, retry and
@@ -56,7 +56,9 @@ WAITS_FOR_SIGNAL: Final[frozenset[str]] = frozenset({BuiltinStepType.APPROVAL.va
 TIMER_STEP: Final[str] = BuiltinStepType.WAIT.value
 """The step type this service executes itself: a timer (``config: {seconds}``)."""
 
-EXECUTED_HERE: Final[frozenset[str]] = frozenset({BuiltinStepType.HTTP.value, BuiltinStepType.SCRIPT.value})
+EXECUTED_HERE: Final[frozenset[str]] = frozenset(
+    {BuiltinStepType.HTTP.value, BuiltinStepType.SCRIPT.value, BuiltinStepType.NOTIFY.value}
+)
 """Step types this service executes itself once the attempt's start is committed (they perform I/O)."""
 
 HTTP_METHODS: Final[frozenset[str]] = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
@@ -64,6 +66,7 @@ HTTP_METHODS: Final[frozenset[str]] = frozenset({"GET", "HEAD", "POST", "PUT", "
 
 _HTTP_FIELDS: Final = frozenset({"url", "method", "headers", "body", "expected_status", "timeout_s"})
 _SCRIPT_FIELDS: Final = frozenset({"plugin", "config"})
+_NOTIFY_FIELDS: Final = frozenset({"integration", "message", "fields"})
 
 MAX_LOG_CHARS: Final = 65_536
 """Most characters of step logs kept per step (the newest are kept)."""
@@ -145,7 +148,7 @@ class Progress:
         changed: Node ids of the steps that changed (the rows to write).
         events: The domain events, in order.
         dispatches: The attempts to send to other contexts, in the order they started.
-        executions: The attempts this service executes itself after the commit (``http``, ``script``).
+        executions: The attempts this service executes itself after the commit (``http``, ``script``, ``notify``).
         run_changed: Whether the run row changed.
     """
 
@@ -260,6 +263,30 @@ def check_script_config(
         raise InvalidStepConfig(f"config.config does not fit plugin {plugin_id!r}: {'; '.join(problems)}")
 
 
+def check_notify_config(config: Mapping[str, Any]) -> None:
+    """Check a ``notify`` step's config: ``{integration: <id or name>, message: <template>, fields?: {...}}``.
+
+    ``message`` and the values of ``fields`` are templates (``{{ inputs.x }}``, ``{{ steps.a.outputs.y }}``)
+    filled when the attempt runs; whether the integration exists is known only then (it may be created or
+    deleted after the template is saved).
+
+    Raises:
+        InvalidStepConfig: unknown fields, no integration, no message, fields that are not strings.
+    """
+    unknown = sorted(set(config) - _NOTIFY_FIELDS)
+    if unknown:
+        raise InvalidStepConfig(f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_NOTIFY_FIELDS))})")
+    integration = config.get("integration")
+    if not isinstance(integration, str) or not 0 < len(integration) <= 63:
+        raise InvalidStepConfig("a notify step needs config.integration, the id or name of a notification integration")
+    message = config.get("message")
+    if not isinstance(message, str) or not 0 < len(message) <= 4000:
+        raise InvalidStepConfig("a notify step needs config.message, a text (template) of 1 to 4000 characters")
+    fields = config.get("fields", {})
+    if not isinstance(fields, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items()):
+        raise InvalidStepConfig("config.fields must be an object of strings")
+
+
 def _is_seconds(value: Any, limit: float) -> bool:
     return (
         isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and 0 < value <= limit
@@ -280,7 +307,7 @@ def check_step_configs(
         http_allowed_hosts: The hosts ``http`` steps may call.
 
     Raises:
-        InvalidStepConfig: for a ``wait`` step without a valid ``seconds``, an ``http`` or ``script`` step whose
+        InvalidStepConfig: for a ``wait`` step without a valid ``seconds``, an ``http``, ``script`` or ``notify`` step whose
             config cannot work, or one without ``timeout_s`` (an attempt cut short by a restart of this service
             ends by its timeout and is retried).
     """
@@ -292,6 +319,8 @@ def check_step_configs(
                 check_http_config(node.config, http_allowed_hosts)
             elif node.type == BuiltinStepType.SCRIPT.value:
                 check_script_config(node.config, step_plugins or {})
+            elif node.type == BuiltinStepType.NOTIFY.value:
+                check_notify_config(node.config)
             if node.type in EXECUTED_HERE and node.timeout_s is None:
                 raise InvalidStepConfig(f"a {node.type} step needs timeout_s")
         except InvalidStepConfig as exc:
@@ -362,12 +391,6 @@ def _execute_locally(
     if start.node_type in EXECUTED_HERE:
         progress.executions.append(start)
         return None
-    if start.node_type == BuiltinStepType.NOTIFY.value:
-        error = (
-            "step type 'notify' has no executor in this installation: it sends through a notification "
-            "integration, and none is available yet"
-        )
-        return complete_step(template, step, attempt=start.attempt, outcome=StepOutcome.FAILED, now=now, error=error)
     if start.node_type != TIMER_STEP:
         error = f"step type {start.node_type!r} cannot run yet: no executor for it is installed"
         return complete_step(template, step, attempt=start.attempt, outcome=StepOutcome.FAILED, now=now, error=error)

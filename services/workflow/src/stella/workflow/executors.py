@@ -1,4 +1,5 @@
-"""The step types this service executes itself, after the attempt's start is committed: ``http`` and ``script``.
+"""The step types this service executes itself, after the attempt's start is committed: ``http``, ``script``
+and ``notify``.
 
 * ``http`` sends one request: ``{url, method?, headers?, body?, expected_status?, timeout_s?}``. The URL's host
   must be on the operator's allow-list (``STELLA_WORKFLOW_HTTP_ALLOWED_HOSTS``), and the connection goes only to
@@ -9,6 +10,12 @@
 * ``script`` runs a step plugin, never a shell: ``{plugin: <id>, config: {...}}`` calls the plugin's
   ``step.execute`` in its own isolated process (:class:`stella.plugins.PluginRunner`). A plugin that crashes,
   hangs, answers too much or answers garbage fails the attempt, and the step's retry policy applies.
+* ``notify`` sends a message through a ``notification`` integration of the run's tenant:
+  ``{integration: <id or name>, message, fields?}``. ``message`` and the values of ``fields`` are templates
+  like an ``http`` step's; the integration service sends it (:data:`stella.contracts.integration.SEND_NOTIFICATION`)
+  through its egress guard and with its credential, which never reaches this service. A webhook that refuses
+  the message or cannot be reached, or an integration service that does not answer, fails the attempt, and
+  the step's retry policy applies.
 
 Each execution returns a :class:`StepResult`; none raises, so a misbehaving step never reaches the caller.
 """
@@ -19,22 +26,31 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
+from uuid import UUID, uuid4
 
 import aiohttp
 
+from stella.contracts.envelope import ErrorDetail
+from stella.contracts.integration import SEND_NOTIFICATION, NotificationSent, SendNotification
 from stella.contracts.workflow import StepStatus
 from stella.kit.addresses import AddressPolicy
+from stella.kit.asking import Refused, ask
+from stella.kit.broker import ServiceClient
 from stella.kit.egress import AddressNotAllowed, check_literal_host, guarded_connector
+from stella.kit.errors import Unavailable
 from stella.plugins import STEP_METHOD, Capability, PluginCatalogue, PluginError, PluginNotFound, PluginRunner
 from stella.workflow import engine
 from stella.workflow.domain.scheduler import StartStep
 from stella.workflow.templates import BuiltinStepType
 
 log = logging.getLogger(__name__)
+
+NOTIFY_ANSWER_TIMEOUT_S: Final = 30.0
+"""Seconds a notify step waits for the integration service's answer (its webhook requests time out sooner)."""
 
 MAX_BODY_CHARS: Final = 16_384
 """Most characters of an http step's response body kept in its outputs."""
@@ -87,14 +103,19 @@ def render(template: Any, context: Mapping[str, Any]) -> Any:
     return template
 
 
+class _NotAnswered(Unavailable):
+    pass
+
+
 class StepExecutors:
-    """Executes ``http`` and ``script`` attempts.
+    """Executes ``http``, ``script`` and ``notify`` attempts.
 
     Args:
         catalogue: The installed plugins (the step plugins ``script`` steps run).
         runner: Runs each plugin call isolated, with the operator's limits.
         http_allowed_hosts: The hosts ``http`` steps may call.
         http_addresses: The addresses ``http`` steps may connect to (public ones, plus the operator's networks).
+        client: The service's client (available once the runtime started), to ask the integration service.
     """
 
     def __init__(
@@ -104,7 +125,9 @@ class StepExecutors:
         *,
         http_allowed_hosts: Collection[str] = (),
         http_addresses: AddressPolicy | None = None,
+        client: Callable[[], ServiceClient] | None = None,
     ) -> None:
+        self.client = client
         self.catalogue = catalogue
         self.runner = runner
         self.http_allowed_hosts = tuple(http_allowed_hosts)
@@ -114,9 +137,11 @@ class StepExecutors:
         """Each installed step plugin's config check, by plugin id (for template validation)."""
         return {plugin.id: plugin.manifest.config_errors for plugin in self.catalogue.offering(Capability.STEP)}
 
-    async def execute(self, start: StartStep, *, idempotency_key: str) -> StepResult:
-        """Execute one attempt; never raises (a failure is a failed result)."""
+    async def execute(self, start: StartStep, *, idempotency_key: str, tenant_id: UUID | None = None) -> StepResult:
+        """Execute one attempt of the run's tenant ``tenant_id``; never raises (a failure is a failed result)."""
         try:
+            if start.node_type == BuiltinStepType.NOTIFY.value:
+                return await self._notify(start, idempotency_key, tenant_id)
             if start.node_type == BuiltinStepType.HTTP.value:
                 return await self._http(start, idempotency_key)
             if start.node_type == BuiltinStepType.SCRIPT.value:
@@ -155,6 +180,57 @@ class StepExecutors:
             error = answer.get("error") if isinstance(answer.get("error"), str) else "the plugin reported a failure"
             return StepResult(StepStatus.FAILED, outputs=outputs, error=error, logs=logs)
         return StepResult(StepStatus.SUCCEEDED, outputs=outputs, logs=logs)
+
+    async def _notify(self, start: StartStep, idempotency_key: str, tenant_id: UUID | None) -> StepResult:
+        config = start.config
+        try:
+            engine.check_notify_config(config)
+        except engine.InvalidStepConfig as exc:
+            return StepResult(StepStatus.FAILED, error=exc.detail)
+        if self.client is None or tenant_id is None:
+            return StepResult(StepStatus.FAILED, error="notify steps cannot run here: no integration service client")
+        try:
+            message = render(config["message"], start.inputs)
+            fields = render(config.get("fields", {}), start.inputs)
+        except KeyError as exc:
+            return StepResult(
+                StepStatus.FAILED, error=f"a template names {exc.args[0]!r}, which the step's inputs lack"
+            )
+        request = SendNotification(
+            tenant_id=tenant_id,
+            correlation_id=uuid4(),
+            integration=config["integration"],
+            message=message if isinstance(message, str) else json.dumps(message),
+            fields={str(k): v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()},
+            idempotency_key=idempotency_key,
+        )
+        name = config["integration"]
+
+        def unavailable(error: ErrorDetail) -> Exception:
+            return _NotAnswered(error.detail)
+
+        try:
+            sent = await ask(
+                self.client(),
+                SEND_NOTIFICATION,
+                request,
+                NotificationSent,
+                timeout=NOTIFY_ANSWER_TIMEOUT_S,
+                unavailable=unavailable,
+            )
+        except Refused as exc:
+            return StepResult(
+                StepStatus.FAILED,
+                outputs={"error_code": exc.code},
+                error=f"notification integration {name!r}: {exc.detail}",
+            )
+        except _NotAnswered as exc:
+            return StepResult(
+                StepStatus.FAILED,
+                error=f"the notification through integration {name!r} was not delivered: {exc.detail}",
+            )
+        outputs = {"integration_id": str(sent.integration_id), "integration": sent.name, "status": sent.status}
+        return StepResult(StepStatus.SUCCEEDED, outputs=outputs, logs=f"notified through {sent.name}: {sent.detail}")
 
     async def _http(self, start: StartStep, idempotency_key: str) -> StepResult:
         config = start.config

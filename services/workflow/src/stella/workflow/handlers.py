@@ -533,7 +533,7 @@ class Handlers:
     # --- steps executed here ----------------------------------------------------------------------------
 
     def _launch(self, executions: list[Execution]) -> None:
-        """Start executing committed attempts of ``http`` and ``script`` steps, each in a task of its own."""
+        """Start executing committed attempts of ``http``, ``script`` and ``notify`` steps, each in a task of its own."""
         for execution in executions:
             task = asyncio.create_task(self._execute(execution), name=f"step-{execution.start.node_id}")
             self._executions.add(task)
@@ -547,7 +547,9 @@ class Handlers:
         retry policy starts the next one.
         """
         start = execution.start
-        result = await self.executors.execute(start, idempotency_key=start.idempotency_key)
+        result = await self.executors.execute(
+            start, idempotency_key=start.idempotency_key, tenant_id=execution.tenant_id
+        )
         ref = c.StepRef(run_id=execution.run_id, node_id=start.node_id, attempt=start.attempt)
         completion = ref.completion(
             tenant_id=execution.tenant_id,
