@@ -26,7 +26,17 @@ from stella.testing.messaging import unique_token
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-DATABASE_ROLES = ("gateway", "release", "promotion", "approval", "workflow", "deployment", "evidence", "events", "integration")
+DATABASE_ROLES = (
+    "gateway",
+    "release",
+    "promotion",
+    "approval",
+    "workflow",
+    "deployment",
+    "evidence",
+    "events",
+    "integration",
+)
 """The services that log in to Postgres as their own role, ``stella_<service>``."""
 
 
