@@ -37,6 +37,7 @@ from stella.promotion.handlers.messages import DEFAULT_WORKFLOW_TEMPLATE
 from stella.promotion.handlers.promotions import PromotionHandlers
 from stella.promotion.handlers.timers import TimerHandlers
 from stella.promotion.plugin_gates import PluginGates
+from stella.promotion.store import PostgresUnitOfWork, PromotionUnitOfWork
 
 
 class Handlers(PromotionHandlers, TimerHandlers):
@@ -59,9 +60,12 @@ class Handlers(PromotionHandlers, TimerHandlers):
         run_start_attempts: int = 5,
         clock: Callable[[], datetime] = utcnow,
         new_id: Callable[[], UUID] = uuid4,
+        uow: PromotionUnitOfWork | None = None,
     ) -> None:
         self._pool = pool
         self.commands = commands
+        self.uow = uow or PostgresUnitOfWork(pool, commands)
+        """Storage of the ``promotions`` use case (request, cancel, read); the others use the pool directly."""
         self._client = client
         self.run_start_timeout = timedelta(seconds=run_start_timeout_s)
         self.run_start_attempts = run_start_attempts

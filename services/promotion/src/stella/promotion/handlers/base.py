@@ -22,6 +22,7 @@ from stella.promotion.domain.events import PromotionEvent
 from stella.promotion.gates import GateRegistry
 from stella.promotion.handlers.messages import EVENT_SUBJECTS, Origin
 from stella.promotion.plugin_gates import PluginGates
+from stella.promotion.store import PromotionStore, PromotionUnitOfWork
 
 
 class HandlerBase:
@@ -29,6 +30,7 @@ class HandlerBase:
 
     _pool: Callable[[], asyncpg.Pool]
     commands: CommandProcessor
+    uow: PromotionUnitOfWork
     _client: Callable[[], ServiceClient]
     run_start_timeout: timedelta
     run_start_attempts: int
@@ -44,8 +46,8 @@ class HandlerBase:
     freezes: DueLoop
     runs: DueLoop
 
-    async def _locked(self, conn: asyncpg.Connection, tenant: UUID, promotion_id: UUID) -> repo.StoredPromotion:
-        stored = await repo.get_promotion(conn, tenant, promotion_id, lock=True)
+    async def _locked(self, store: PromotionStore, tenant: UUID, promotion_id: UUID) -> repo.StoredPromotion:
+        stored = await store.get_promotion(tenant, promotion_id, lock=True)
         if stored is None:
             raise NotFound(f"promotion {promotion_id} does not exist")
         return stored

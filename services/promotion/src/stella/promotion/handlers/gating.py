@@ -37,6 +37,7 @@ from stella.promotion.handlers.errors import NotFrozen
 from stella.promotion.handlers.messages import Origin, gate_step_result, promotion_id_of
 from stella.promotion.handlers.queue import DeployQueue
 from stella.promotion.handlers.windows import closing_windows
+from stella.promotion.store import PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class GateHandlers(DeployQueue):
         """Let a promotion through the windows that close its environment now; a held one is decided at once."""
 
         async def execute(conn: asyncpg.Connection) -> object:
-            stored = await self._locked(conn, cmd.tenant_id, cmd.promotion_id)
+            stored = await self._locked(PostgresStore(conn), cmd.tenant_id, cmd.promotion_id)
             promotion = stored.promotion
             if promotion.status is not PromotionStatus.PENDING_GATE:
                 raise PromotionNotPending(
@@ -116,7 +117,7 @@ class GateHandlers(DeployQueue):
                 result = gate_step_result(stored.promotion)
                 assert result is not None
                 if stored.promotion.status is PromotionStatus.APPROVED:
-                    await add_events(conn, await self._let_deploy(conn, stored, step, result[1], origin))
+                    await add_events(conn, await self._let_deploy(PostgresStore(conn), stored, step, result[1], origin))
                     await repo.update_promotion(conn, stored)
                 else:
                     await add_events(conn, [self._completion(origin, step, *result)])
@@ -236,7 +237,7 @@ class GateHandlers(DeployQueue):
         completions: list[tuple[str, Message]] = []
         if p.status is PromotionStatus.APPROVED and result is not None:
             # No approvals needed: the gate step is the last one before the deploy step.
-            completions = await self._let_deploy(conn, stored, stored.gate_step, result[1], origin)
+            completions = await self._let_deploy(PostgresStore(conn), stored, stored.gate_step, result[1], origin)
         elif result is not None and stored.gate_step is not None:
             completions = [self._completion(origin, stored.gate_step, *result)]
         await repo.update_promotion(conn, stored)
@@ -286,7 +287,7 @@ class GateHandlers(DeployQueue):
         }
         if stored is not None and stored.promotion.status is PromotionStatus.APPROVED:
             # The approval step is the last one before the deploy step: it completes when the slot is free.
-            held = await self._let_deploy(conn, stored, request.step, outputs, origin)
+            held = await self._let_deploy(PostgresStore(conn), stored, request.step, outputs, origin)
             await repo.update_promotion(conn, stored)
             await add_events(conn, held)
             return

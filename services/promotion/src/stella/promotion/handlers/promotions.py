@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from stella.contracts import approval as a
 from stella.contracts import promotion as c
 from stella.contracts import workflow as w
@@ -11,7 +9,6 @@ from stella.contracts.envelope import Reply
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.kit.asking import ask
 from stella.kit.errors import ServiceError, error_detail
-from stella.kit.outbox import add_events
 from stella.promotion import repo
 from stella.promotion.domain.errors import EnvironmentNotFound, NotFound
 from stella.promotion.domain.release import ReleaseSnapshot, ReleaseStatus
@@ -20,6 +17,7 @@ from stella.promotion.handlers.decisions import required_approvals_for
 from stella.promotion.handlers.errors import ReleaseServiceUnavailable
 from stella.promotion.handlers.gating import GateHandlers
 from stella.promotion.handlers.messages import Origin, page_reply, start_run
+from stella.promotion.store import PromotionStore
 
 
 class PromotionHandlers(GateHandlers):
@@ -39,22 +37,22 @@ class PromotionHandlers(GateHandlers):
 
     async def request_promotion(self, cmd: c.RequestPromotion) -> Reply:
         """Request a promotion of a ready release into an environment and start its workflow run."""
-        if (seen := await self.commands.seen(cmd)) is not None:
+        if (seen := await self.uow.seen(cmd)) is not None:
             return seen
         try:
             release = await self._fetch_release(cmd)
         except ServiceError as exc:
             return Reply.failure(error_detail(exc))
 
-        async def execute(conn: asyncpg.Connection) -> object:
+        async def execute(store: PromotionStore) -> object:
             now = self.clock()
-            await repo.lock_release(conn, cmd.tenant_id, release.id)
-            views = await repo.all_environments(conn, cmd.tenant_id)
+            await store.lock_release(cmd.tenant_id, release.id)
+            views = await store.all_environments(cmd.tenant_id)
             environments = {v.id: repo.environment_of(v, cmd.tenant_id) for v in views}
             target = environments.get(cmd.target_environment_id)
             if target is None:
                 raise EnvironmentNotFound(f"environment {cmd.target_environment_id} does not exist")
-            history = await repo.promotions_of_release(conn, cmd.tenant_id, release.id)
+            history = await store.promotions_of_release(cmd.tenant_id, release.id)
             promotion, events = request_promotion(
                 promotion_id=self.new_id(),
                 release=ReleaseSnapshot(
@@ -93,14 +91,14 @@ class PromotionHandlers(GateHandlers):
                     f"waiting for workflow run {stored.workflow_run_id} ({stored.workflow_template}) "
                     "to evaluate the gates"
                 )
-            await repo.insert_promotion(conn, stored)
+            await store.insert_promotion(stored)
             view = repo.promotion_view(stored)
             origin = Origin.of(cmd)
             start = start_run(origin, stored, actor_id=cmd.actor_id)
-            await add_events(conn, [*self._changed(origin, view, events), (w.START_RUN, start)])
+            await store.add_events([*self._changed(origin, view, events), (w.START_RUN, start)])
             return view.model_dump(mode="json")
 
-        return await self.commands.run(cmd, execute)
+        return await self.uow.run(cmd, execute)
 
     async def cancel_promotion(self, cmd: c.CancelPromotion) -> Reply:
         """Cancel a promotion that has not started deploying; its run and approval request close with it.
@@ -110,8 +108,8 @@ class PromotionHandlers(GateHandlers):
         recorded (decision and evidence); the cancel is a later decision of its own.
         """
 
-        async def execute(conn: asyncpg.Connection) -> object:
-            stored = await self._locked(conn, cmd.tenant_id, cmd.promotion_id)
+        async def execute(store: PromotionStore) -> object:
+            stored = await self._locked(store, cmd.tenant_id, cmd.promotion_id)
             promotion = stored.promotion
             now = self.clock()
             held_slot = promotion.holds_deploy_slot
@@ -121,12 +119,11 @@ class PromotionHandlers(GateHandlers):
                 now=now,
             )
             stored.deploy_step = None
-            await repo.update_promotion(conn, stored)
+            await store.update_promotion(stored)
             view = repo.promotion_view(stored)
             origin = Origin.of(cmd)
-            released = await self._release_next(conn, promotion, origin) if held_slot else []
-            await add_events(
-                conn,
+            released = await self._release_next(store, promotion, origin) if held_slot else []
+            await store.add_events(
                 [
                     *self._changed(origin, view, events),
                     *released,
@@ -144,21 +141,20 @@ class PromotionHandlers(GateHandlers):
             )
             return view.model_dump(mode="json")
 
-        return await self.commands.run(cmd, execute)
+        return await self.uow.run(cmd, execute)
 
     async def get_promotion(self, q: c.GetPromotion) -> Reply:
         """One promotion with its latest decision record."""
-        async with self._pool().acquire() as conn:
-            stored = await repo.get_promotion(conn, q.tenant_id, q.promotion_id)
+        async with self.uow.reading() as store:
+            stored = await store.get_promotion(q.tenant_id, q.promotion_id)
         if stored is None:
             raise NotFound(f"promotion {q.promotion_id} does not exist")
         return Reply.success(repo.promotion_view(stored).model_dump(mode="json"))
 
     async def list_promotions(self, q: c.ListPromotions) -> Reply:
         """A page of promotions, newest first."""
-        async with self._pool().acquire() as conn:
-            items, token = await repo.list_promotions(
-                conn,
+        async with self.uow.reading() as store:
+            items, token = await store.list_promotions(
                 q.tenant_id,
                 q.status.value if q.status else None,
                 q.release_id,

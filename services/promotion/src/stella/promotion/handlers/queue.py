@@ -21,6 +21,7 @@ from stella.promotion.domain.promotion import Promotion, next_to_deploy
 from stella.promotion.domain.status import PromotionStatus
 from stella.promotion.handlers.base import HandlerBase
 from stella.promotion.handlers.messages import Origin
+from stella.promotion.store import PostgresStore, PromotionStore
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,11 @@ class DeployQueue(HandlerBase):
         stored.deploy_step = None
         await repo.update_promotion(conn, stored)
         if held_slot:
-            await add_events(conn, await self._release_next(conn, promotion, origin))
+            await add_events(conn, await self._release_next(PostgresStore(conn), promotion, origin))
 
     async def _let_deploy(
         self,
-        conn: asyncpg.Connection,
+        store: PromotionStore,
         stored: repo.StoredPromotion,
         step: w.StepRef | None,
         outputs: dict[str, Any],
@@ -105,8 +106,8 @@ class DeployQueue(HandlerBase):
         comes; the workflow run waits meanwhile. The caller saves the promotion.
         """
         p = stored.promotion
-        await repo.lock_deploy_queue(conn, p.tenant_id, p.target_environment_id)
-        queue = [q.promotion for q in await repo.deploy_queue(conn, p.tenant_id, p.target_environment_id)]
+        await store.lock_deploy_queue(p.tenant_id, p.target_environment_id)
+        queue = [q.promotion for q in await store.deploy_queue(p.tenant_id, p.target_environment_id)]
         now = self.clock()
         if step is not None:
             stored.deploy_step = {**step.model_dump(mode="json"), "outputs": outputs}
@@ -114,7 +115,7 @@ class DeployQueue(HandlerBase):
         head = next_to_deploy([*others, p], p.target_environment_id)
         if p.cleared_at is None and head is not None and head.id == p.id:
             # The deploy-start re-check of the time windows: a closed window holds the deployment.
-            closed = await self._closed_by_window(conn, stored, now)
+            closed = await self._closed_by_window(store, stored, now)
             if closed is not None:
                 p.wait_for_window(reason=closed.reason, next_open=closed.next_open, now=now)
                 return []
@@ -124,13 +125,13 @@ class DeployQueue(HandlerBase):
         return []
 
     async def _closed_by_window(
-        self, conn: asyncpg.Connection, stored: repo.StoredPromotion, now: datetime
+        self, store: PromotionStore, stored: repo.StoredPromotion, now: datetime
     ) -> freeze.EnvironmentState | None:
         """The environment's window state when a freeze or the schedule closes it now and no override applies."""
         if stored.freeze_override is not None:
             return None
         p = stored.promotion
-        windows = [s.window for s in await repo.windows_of_environment(conn, p.tenant_id, p.target_environment_id)]
+        windows = [s.window for s in await store.windows_of_environment(p.tenant_id, p.target_environment_id)]
         state = freeze.environment_state(windows, now)
         return state if state.closed else None
 
@@ -143,35 +144,33 @@ class DeployQueue(HandlerBase):
         step = w.StepRef(run_id=held["run_id"], node_id=held["node_id"], attempt=held["attempt"])
         return step, held.get("outputs") or {}
 
-    async def _release_next(
-        self, conn: asyncpg.Connection, freed: Promotion, origin: Origin
-    ) -> list[tuple[str, Message]]:
+    async def _release_next(self, store: PromotionStore, freed: Promotion, origin: Origin) -> list[tuple[str, Message]]:
         """``freed`` (saved already) gave its environment's slot back: clear the next queued promotion.
 
         Returns the held step completion of the promotion cleared now (nothing when none waits).
         """
         tenant, environment_id = freed.tenant_id, freed.target_environment_id
-        await repo.lock_deploy_queue(conn, tenant, environment_id)
-        queue = await repo.deploy_queue(conn, tenant, environment_id)
+        await store.lock_deploy_queue(tenant, environment_id)
+        queue = await store.deploy_queue(tenant, environment_id)
         head = next_to_deploy([q.promotion for q in queue], environment_id)
         if head is None:
             return []
-        stored = await repo.get_promotion(conn, tenant, head.id, lock=True)
+        stored = await store.get_promotion(tenant, head.id, lock=True)
         if stored is None or stored.promotion.status is not PromotionStatus.APPROVED:
             return []
         log.info(
             "a queued promotion is next to deploy",
             extra={"promotion_id": str(head.id), "after": str(freed.id), "environment_id": str(environment_id)},
         )
-        return await self._resume_queued(conn, stored, Origin(tenant, stored.correlation_id, origin.causation_id))
+        return await self._resume_queued(store, stored, Origin(tenant, stored.correlation_id, origin.causation_id))
 
     async def _resume_queued(
-        self, conn: asyncpg.Connection, stored: repo.StoredPromotion, origin: Origin
+        self, store: PromotionStore, stored: repo.StoredPromotion, origin: Origin
     ) -> list[tuple[str, Message]]:
         """Try a queued promotion's deployment again (its turn came, or its window opened) and save it."""
         step, outputs = self._held_step(stored)
-        messages = await self._let_deploy(conn, stored, step, outputs, origin)
-        await repo.update_promotion(conn, stored)
+        messages = await self._let_deploy(store, stored, step, outputs, origin)
+        await store.update_promotion(stored)
         return messages
 
     async def _job_promotion(
@@ -240,5 +239,5 @@ class DeployQueue(HandlerBase):
         origin = Origin.of(event)
         messages = self._changed(origin, repo.promotion_view(stored), events)
         if held_slot and not p.holds_deploy_slot:
-            messages += await self._release_next(conn, p, origin)
+            messages += await self._release_next(PostgresStore(conn), p, origin)
         await add_events(conn, messages)

@@ -20,6 +20,7 @@ from stella.promotion.handlers.environments import EnvironmentHandlers
 from stella.promotion.handlers.gating import GateHandlers
 from stella.promotion.handlers.messages import Origin, run_check_delay, start_run
 from stella.promotion.handlers.windows import next_transition_after
+from stella.promotion.store import PostgresStore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class TimerHandlers(GateHandlers, EnvironmentHandlers):
                     if stored.promotion.status is PromotionStatus.APPROVED and stored.deploy_step is not None:
                         # Its deployment waited for a time window: look again now that it is due.
                         origin = Origin(stored.promotion.tenant_id, stored.correlation_id)
-                        await add_events(conn, await self._resume_queued(conn, stored, origin))
+                        await add_events(conn, await self._resume_queued(PostgresStore(conn), stored, origin))
                         continue
                     if stored.promotion.status is not PromotionStatus.PENDING_GATE:
                         stored.promotion.next_open = None
