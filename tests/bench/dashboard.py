@@ -17,103 +17,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import asyncpg
 import nats
 
-from stella.contracts.streams import health_subject
 from stella.kit.embedded import free_port
 from stella.kit.naming import Names
 from stella.kit.settings import ServiceSettings
 from stella.testing.services import delete_namespace_streams
+from stella.testing.system import System, percentile
 
 SERVICES = ("release", "promotion", "approval", "workflow", "evidence", "events", "deployment")
 DIGEST = "sha256:" + "a" * 64
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-class System:
-    """Every service and the gateway as processes (as tests/bench/promotions.py runs them), with the tenant's token."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.base = f"http://127.0.0.1:{env['STELLA_GATEWAY_PORT']}/api/v1"
-        self.token = ""
-
-    def start(self) -> None:
-        for service in (*SERVICES, "gateway"):
-            argv = [sys.executable, "-m", f"stella.{service}"] + (["serve"] if service == "gateway" else [])
-            log = (self.logs / f"{service}.log").open("ab")
-            self.procs[service] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    async def ready(self, session: aiohttp.ClientSession, nc: nats.NATS, names: Names, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        root = self.base.removesuffix("/api/v1")
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(f"{root}/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            await asyncio.sleep(0.3)
-        for service in SERVICES:
-            while True:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{service} did not start; see {self.logs}")
-                with contextlib.suppress(Exception):
-                    await nc.request(names.subject(health_subject(service)), b"", timeout=1)
-                    break
-                await asyncio.sleep(0.3)
-
-    def bootstrap(self, tenant: str) -> None:
-        token_file = self.logs / "token"
-        options = ["--tenant", tenant, "--admin", "admin", "--token-file", str(token_file)]
-        subprocess.run(
-            [sys.executable, "-m", "stella.gateway", "bootstrap", *options],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        self.token = token_file.read_text().strip()
-
-    async def call(self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        async with session.request(method, f"{self.base}{path}", json=body, headers=headers) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 300:
-                raise RuntimeError(f"{method} {path}: {resp.status} {data}")
-            return data
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def seed(
@@ -221,7 +147,7 @@ async def main(args: argparse.Namespace) -> int:
         "STELLA_EVIDENCE_KEY_DIR": str(logs / "keys"),
         "STELLA_EVENTS_KEY_DIR": str(logs / "keys"),
     }
-    system = System(env, logs)
+    system = System(SERVICES, env, logs)
     timings: dict[str, list[float]] = defaultdict(list)
     failures: list[str] = []
     connector = aiohttp.TCPConnector(limit=args.users * 2, keepalive_timeout=2)
@@ -275,6 +201,9 @@ async def main(args: argparse.Namespace) -> int:
     )
     for name, _ in paths:
         values = timings[name]
+        if not values:
+            print(f"  {name:12s} n=    0  (not loaded in this run)")
+            continue
         print(
             f"  {name:12s} n={len(values):5d}  p50 {statistics.median(values) * 1e3:6.0f} ms  "
             f"p95 {percentile(values, 0.95) * 1e3:6.0f} ms"

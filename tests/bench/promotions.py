@@ -27,9 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,11 +43,11 @@ from aiohttp import web
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from stella.contracts import evidence, promotion
-from stella.contracts.streams import health_subject
 from stella.kit.embedded import free_port
 from stella.kit.naming import Names
 from stella.kit.settings import ServiceSettings
 from stella.testing.services import delete_namespace_streams
+from stella.testing.system import System, percentile
 
 SERVICES = ("release", "promotion", "approval", "workflow", "evidence", "events")
 DECIDED = {
@@ -67,7 +65,6 @@ GOALS = {
 }
 """The issue's goals: saturation throughput, latency at the offered rate, cost against the raw hop,
 and the longest time from a decision to its evidence packet."""
-CPU_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -99,94 +96,6 @@ class Watch:
         else:
             self.waiters[pid] = future
         return future
-
-
-class System:
-    """Every service and the gateway as processes, with an HTTP session holding the tenant's token."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.base = f"http://127.0.0.1:{env['STELLA_GATEWAY_PORT']}/api/v1"
-        self.token = ""
-
-    def start(self) -> None:
-        for service in (*SERVICES, "gateway"):
-            argv = [sys.executable, "-m", f"stella.{service}"] + (["serve"] if service == "gateway" else [])
-            log = (self.logs / f"{service}.log").open("ab")
-            self.procs[service] = subprocess.Popen(argv, env=self.env, stdout=log, stderr=log)
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    def cpu_ms(self) -> dict[str, float]:
-        """CPU time (user + system) each process used so far, in milliseconds."""
-        used = {}
-        for name, proc in self.procs.items():
-            with open(f"/proc/{proc.pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            used[name] = (int(fields[11]) + int(fields[12])) * 1000 / CPU_TICKS
-        return used
-
-    def log_errors(self) -> list[str]:
-        """Lines of the logs that say a connection was refused for lack of slots, or a traceback."""
-        found = []
-        for path in self.logs.glob("*.log"):
-            for line in path.read_text(errors="replace").splitlines():
-                if "TooManyConnections" in line or "too many clients" in line:
-                    found.append(f"{path.stem}: {line[:200]}")
-        return found
-
-    async def ready(self, session: aiohttp.ClientSession, nc: nats.NATS, names: Names, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        root = self.base.removesuffix("/api/v1")
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(f"{root}/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            await asyncio.sleep(0.3)
-        for service in SERVICES:
-            while True:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{service} did not start; see {self.logs}")
-                with contextlib.suppress(Exception):
-                    await nc.request(names.subject(health_subject(service)), b"", timeout=1)
-                    break
-                await asyncio.sleep(0.3)
-
-    def bootstrap(self, tenant: str) -> None:
-        token_file = self.logs / "token"
-        options = ["--tenant", tenant, "--admin", "admin", "--token-file", str(token_file)]
-        subprocess.run(
-            [sys.executable, "-m", "stella.gateway", "bootstrap", *options],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        self.token = token_file.read_text().strip()
-
-    async def call(self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        async with session.request(method, f"{self.base}{path}", json=body, headers=headers) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 300:
-                raise RuntimeError(f"{method} {path}: {resp.status} {data}")
-            return data
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def make_releases(system: System, session: aiohttp.ClientSession, count: int) -> list[str]:
@@ -348,7 +257,7 @@ async def main(args: argparse.Namespace) -> int:
         "STELLA_EVIDENCE_KEY_DIR": str(logs / "keys"),
         "STELLA_EVENTS_KEY_DIR": str(logs / "keys"),
     }
-    system = System(env, logs)
+    system = System(SERVICES, env, logs)
     watch = Watch()
     missed: list[str] = []
     # Idle connections are dropped before the gateway drops them (its keep-alive is 5 s).

@@ -105,7 +105,18 @@ OPERATIONS = {
     "remediateTarget",
     "revokeAgent",
     "rollbackDeploymentJob",
+    "resumeDeploymentJob",
     "updateTarget",
+    "listIntegrationTypes",
+    "createIntegration",
+    "listIntegrations",
+    "getIntegration",
+    "updateIntegration",
+    "deleteIntegration",
+    "testIntegration",
+    "createSecret",
+    "listSecrets",
+    "deleteSecret",
 }
 
 
@@ -146,6 +157,8 @@ async def test_health_readiness_and_docs_need_no_token(gateway_settings: Setting
             "dead-letters",
             "events",
             "webhooks",
+            "integrations",
+            "secrets",
         ]
         used = {tag for path in spec["paths"].values() for op in path.values() for tag in op.get("tags", [])}
         assert used <= {tag["name"] for tag in spec["tags"]}

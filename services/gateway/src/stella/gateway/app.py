@@ -139,6 +139,8 @@ TAGS: Final[tuple[Tag, ...]] = (
         "(the AsyncAPI document is at /api/v1/asyncapi.json).",
     ),
     Tag(name="webhooks", description="Outside systems subscribed to public events, signed per Standard Webhooks."),
+    Tag(name="integrations", description="Registries, notification channels and secret stores Stella works with."),
+    Tag(name="secrets", description="The built-in secret store: write-only values, encrypted at rest."),
 )
 """Tags of the API description, in the order the docs page shows them."""
 
