@@ -35,6 +35,7 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     queries.on(c.AGENT_POLL, c.AgentPoll, handlers.poll)
     queries.on(c.AGENT_LOG, c.AgentLog, handlers.store_log)
     queries.on(c.AGENT_RESULT, c.AgentResult, handlers.record_result)
+    queries.on(c.AGENT_RESULTS, c.AgentResults, handlers.record_results)
     queries.on(c.GET_TARGET, c.GetTarget, handlers.get_target)
     queries.on(c.LIST_TARGETS, c.ListTargets, handlers.list_targets)
     queries.on(c.GET_AGENT, c.GetAgent, handlers.get_agent)
