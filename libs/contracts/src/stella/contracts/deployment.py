@@ -21,7 +21,9 @@ The gateway serves the agent channel over HTTP (bodies of :mod:`stella.contracts
 * ``POST /api/v1/agents/{id}/tasks/{task_id}/logs`` (:class:`~stella.contracts.agent.LogChunk`) ->
   ``{"accepted": bool}``;
 * ``POST /api/v1/agents/{id}/tasks/{task_id}/result`` (:class:`~stella.contracts.agent.TaskResult`) ->
-  ``{"accepted": bool}`` (False: an older attempt, or not this agent's task; nothing changed).
+  ``{"accepted": bool}`` (False: an older attempt, or not this agent's task; nothing changed);
+* ``POST /api/v1/agents/{id}/results`` (``{"results": [TaskResult, ...]}``, at most 100) ->
+  ``{"results": [ResultOutcome, ...]}``: the same, several at once, applied in one transaction.
 """
 
 from __future__ import annotations
