@@ -9,6 +9,7 @@ whose answers carry tasks to cancel, results and log chunks. It can fail result 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import socket
 import uuid
@@ -66,6 +67,10 @@ class GatewayDouble:
         self.cancel: set[uuid.UUID] = set()
         self.fail_results = 0
         """Result posts still to be answered 503 (the result is not kept)."""
+        self.batch_posts: list[list[uuid.UUID]] = []
+        """The tasks of each post of several results, in order."""
+        self.serves_batches = True
+        """Whether ``POST .../results`` exists (False: like a gateway that takes results one at a time)."""
         self.unavailable = False
         """Answer 503 to every request."""
         self._changed = asyncio.Condition()
@@ -89,6 +94,7 @@ class GatewayDouble:
         app.router.add_get("/api/v1/agents/{agent_id}/tasks", self._tasks)
         app.router.add_post("/api/v1/agents/{agent_id}/tasks/{task_id}/result", self._result)
         app.router.add_post("/api/v1/agents/{agent_id}/tasks/{task_id}/logs", self._logs)
+        app.router.add_post("/api/v1/agents/{agent_id}/results", self._results)
         # A feed request whose agent went away is cancelled, so it cannot take tasks meant for the next one.
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1, handler_cancellation=True)
         await self._runner.setup()
@@ -206,6 +212,25 @@ class GatewayDouble:
         self.results[task_id] = result
         await self._notify()
         return web.json_response({"accepted": True})
+
+    async def _results(self, request: web.Request) -> web.Response:
+        agent = self._agent(request)
+        if not self.serves_batches:
+            raise web.HTTPNotFound()
+        items = json.loads(await request.read())["results"]
+        bodies = [json.dumps(item, separators=(",", ":")).encode() for item in items]
+        results = [TaskResult.model_validate(item) for item in items]
+        self.batch_posts.append([result.task_id for result in results])
+        self.result_posts.extend((result.task_id, body) for result, body in zip(results, bodies, strict=True))
+        if self.fail_results > 0:
+            self.fail_results -= 1
+            await self._notify()
+            raise web.HTTPServiceUnavailable()
+        assert agent.agent_id in self.agents
+        for result in results:
+            self.results[result.task_id] = result
+        await self._notify()
+        return web.json_response({"results": [{"task_id": str(r.task_id), "accepted": True} for r in results]})
 
     async def _logs(self, request: web.Request) -> web.Response:
         self._agent(request)

@@ -454,3 +454,44 @@ async def test_heartbeats_keep_their_pace_while_a_self_check_hangs(running: Runn
     driver.checked.set()
     await gateway.wait_for(lambda: any(beat.checks for _, beat in gateway.heartbeats))
     await running.stop(agent, run)
+
+
+async def test_results_that_end_while_a_post_is_on_its_way_go_together_in_the_next_post(
+    running: Running, gateway: GatewayDouble
+) -> None:
+    gateway.fail_results = 1  # the first post waits out a backoff, while the other tasks end
+    driver = GateDriver()
+    agent = running.agent([driver], max_concurrent_tasks=10)
+    run = await running.start(agent)
+    tasks = [deploy_task() for _ in range(6)]
+    await gateway.deliver(agent_id(agent), *tasks)
+    await gateway.wait_for(lambda: driver.running == 6)
+    driver.release.set()
+    await gateway.wait_for(lambda: all(task.task_id in gateway.results for task in tasks))
+
+    assert max(len(batch) for batch in gateway.batch_posts) >= 2, "several results went in one post"
+    assert all(sum(1 for posted, _ in gateway.result_posts if posted == task.task_id) <= 2 for task in tasks)
+    assert {task.task_id for task in tasks} == set(gateway.results)
+    assert all(agent.journal.recall(task.idempotency_key) is not None for task in tasks)
+    await running.stop(agent, run)
+    assert agent.journal.pending() == [], "every result is marked as taken"
+
+
+async def test_a_gateway_without_the_results_endpoint_gets_each_result_on_its_own(
+    running: Running, gateway: GatewayDouble
+) -> None:
+    gateway.serves_batches = False
+    gateway.fail_results = 1
+    driver = GateDriver()
+    agent = running.agent([driver], max_concurrent_tasks=10)
+    run = await running.start(agent)
+    tasks = [deploy_task() for _ in range(6)]
+    await gateway.deliver(agent_id(agent), *tasks)
+    await gateway.wait_for(lambda: driver.running == 6)
+    driver.release.set()
+    await gateway.wait_for(lambda: all(task.task_id in gateway.results for task in tasks))
+
+    assert gateway.batch_posts == []
+    assert {task.task_id for task in tasks} == set(gateway.results)
+    await running.stop(agent, run)
+    assert agent.journal.pending() == []

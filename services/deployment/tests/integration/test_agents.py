@@ -316,3 +316,40 @@ async def test_tasks_lost_on_their_way_to_the_agent_are_handed_over_again_at_its
     done = await harness.job_completed(job["id"])
     assert done["outcome"] == "succeeded"
     assert [t["attempt"] for t in (await harness.job(job["id"]))["tasks"]] == [1, 1, 1]
+
+
+async def test_several_results_posted_at_once_are_applied_together_each_with_its_own_outcome(harness: Harness) -> None:
+    environment = harness.environment()
+    for index in range(3):
+        await harness.target(environment, f"web-{index}")
+    agent = await harness.agent()
+    job = await harness.execute(harness.step(environment, harness.release()))
+    tasks = await agent.poll_until(3)
+    first, *rest = tasks
+    assert (await agent.report(first))["accepted"] is True
+    unknown = agent.result(first).model_copy(update={"task_id": uuid.uuid4()})
+    mismatched = agent.result(rest[1]).model_copy(update={"idempotency_key": "not-the-task's"})
+
+    reply = await agent.call(
+        c.AGENT_RESULTS,
+        c.AgentResults,
+        results=[agent.result(first), unknown, agent.result(rest[0]), mismatched],
+    )
+
+    assert reply.ok, reply.error
+    outcomes = c.ResultOutcomes.model_validate(reply.data).results
+    assert [o.task_id for o in outcomes] == [first.task_id, unknown.task_id, rest[0].task_id, rest[1].task_id]
+    assert outcomes[0].accepted is True and outcomes[0].reason == "the task had ended already"
+    assert (outcomes[1].accepted, outcomes[1].status, outcomes[1].code) == (False, 404, "AGT_TASK_NOT_FOUND")
+    assert outcomes[2].accepted is True and outcomes[2].status is None
+    assert (outcomes[3].accepted, outcomes[3].status, outcomes[3].code) == (False, 422, "AGT_RESULT_MISMATCH")
+
+    # The refused result changed nothing: its task still waits for its own result, and the job with it.
+    job_now = await harness.job(job["id"])
+    statuses = {t["id"]: t["status"] for t in job_now["tasks"]}
+    assert statuses[str(rest[1].task_id)] in ("assigned", "running")
+    assert statuses[str(rest[0].task_id)] == "succeeded"
+    again = await agent.call(c.AGENT_RESULTS, c.AgentResults, results=[agent.result(rest[1])])
+    assert c.ResultOutcomes.model_validate(again.data).results[0].accepted is True
+    done = await harness.job_completed(job["id"])
+    assert done["outcome"] == "succeeded"

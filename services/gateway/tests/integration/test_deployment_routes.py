@@ -366,6 +366,17 @@ async def test_the_agent_channel_carries_a_deployment_from_task_feed_to_result(w
     )
     assert posted.status_code == 200 and posted.json() == {"accepted": True}, posted.text
 
+    # The same result again with an unknown task's, through the endpoint taking several: each its own outcome.
+    results_url = f"/api/v1/agents/{agent_id}/results"
+    unknown = {**result, "task_id": str(uuid.uuid4())}
+    batch = await gateway.call("POST", results_url, None, headers=headers, json={"results": [result, unknown]})
+    assert batch.status_code == 200, batch.text
+    outcomes = batch.json()["results"]
+    assert [(o["task_id"], o["accepted"]) for o in outcomes] == [(task["task_id"], True), (unknown["task_id"], False)]
+    assert (outcomes[1]["status"], outcomes[1]["code"]) == (404, "AGT_TASK_NOT_FOUND")
+    empty = await gateway.call("POST", results_url, None, headers=headers, json={"results": []})
+    assert_problem(empty, 400, "VAL_INVALID_REQUEST")
+
     deployment = await gateway.call("GET", f"/api/v1/promotions/{promotion_id}/deployment", tenant.token)
     assert deployment.status_code == 200, deployment.text
     job = deployment.json()

@@ -85,6 +85,7 @@ OPERATIONS = {
     "agentTaskFeed",
     "agentTaskLogs",
     "agentTaskResult",
+    "agentTaskResults",
     "cancelDeploymentJob",
     "checkTargetDrift",
     "createAgentToken",

@@ -21,7 +21,9 @@ The gateway serves the agent channel over HTTP (bodies of :mod:`stella.contracts
 * ``POST /api/v1/agents/{id}/tasks/{task_id}/logs`` (:class:`~stella.contracts.agent.LogChunk`) ->
   ``{"accepted": bool}``;
 * ``POST /api/v1/agents/{id}/tasks/{task_id}/result`` (:class:`~stella.contracts.agent.TaskResult`) ->
-  ``{"accepted": bool}`` (False: an older attempt, or not this agent's task; nothing changed).
+  ``{"accepted": bool}`` (False: an older attempt, or not this agent's task; nothing changed);
+* ``POST /api/v1/agents/{id}/results`` (``{"results": [TaskResult, ...]}``, at most 100) ->
+  ``{"results": [ResultOutcome, ...]}``: the same, several at once, applied in one transaction.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ AGENT_LOG: Final[str] = "stella.rpc.deployment.agent_log"
 """Request :class:`AgentLog` -> ``{"stored": bool}``."""
 AGENT_RESULT: Final[str] = "stella.rpc.deployment.agent_result"
 """Request :class:`AgentResult` -> ``{"accepted": bool}`` (False: the result of an older attempt, ignored)."""
+AGENT_RESULTS: Final[str] = "stella.rpc.deployment.agent_results"
+"""Request :class:`AgentResults` -> :class:`ResultOutcomes`: several results applied in one transaction."""
 AGENT_AUTHENTICATE: Final[str] = "stella.rpc.deployment.agent_authenticate"
 """Request :class:`AgentAuthenticate` -> :class:`AgentView`; 401 for an unknown or revoked credential."""
 
@@ -527,6 +531,36 @@ class AgentResult(AgentCall):
     """Record the result of a task leased to the agent."""
 
     result: TaskResult
+
+
+MAX_RESULTS_PER_POST: Final[int] = 100
+"""Most results one :class:`AgentResults` carries."""
+
+
+class AgentResults(AgentCall):
+    """Record the results of several tasks leased to the agent at once; each is applied as :class:`AgentResult`."""
+
+    results: list[TaskResult] = Field(min_length=1, max_length=MAX_RESULTS_PER_POST)
+
+
+class ResultOutcome(Model):
+    """What became of one result of an :class:`AgentResults`.
+
+    ``accepted``: as :data:`AGENT_RESULT` answers. ``status`` and ``code``: set when the result was refused
+    (404 ``AGT_TASK_NOT_FOUND``, 422 ``AGT_RESULT_MISMATCH``, ...), as the single post would answer.
+    """
+
+    task_id: UUID
+    accepted: bool
+    reason: str | None = None
+    status: int | None = None
+    code: str | None = None
+
+
+class ResultOutcomes(Model):
+    """The answer to :class:`AgentResults`, one outcome per result, in the order sent."""
+
+    results: list[ResultOutcome]
 
 
 # --- queries ------------------------------------------------------------------------------------------------

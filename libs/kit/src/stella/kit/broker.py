@@ -465,11 +465,19 @@ async def _reply(nc: NatsClient, subject: str, reply: Reply) -> None:
 
 
 class QueryRoutes:
-    """The request/reply reads of one context on core NATS, load-balanced over the service's replicas."""
+    """The request/reply reads of one context on core NATS, load-balanced over the service's replicas.
 
-    def __init__(self, context: str, service: str) -> None:
+    Args:
+        context: The bounded context (subjects ``stella.rpc.<context>.*``).
+        service: The service (its queue group).
+        workers: Queries answered at once by one replica (1: one after the other). More suit a context
+            whose queries mostly wait on the database, like the deployment service's agent channel.
+    """
+
+    def __init__(self, context: str, service: str, *, workers: int = 1) -> None:
         self.context = context
         self.service = service
+        self.workers = workers
         self.routes: dict[str, tuple[type[Query], QueryHandler]] = {}
 
     def on(self, subject: str, model: type[Query], handler: QueryHandler) -> None:
@@ -483,7 +491,10 @@ class QueryRoutes:
         names = host.names
 
         @router.subscriber(
-            names.subject(f"stella.rpc.{self.context}.>"), queue=self.service, title=f"{self.service}-queries"
+            names.subject(f"stella.rpc.{self.context}.>"),
+            queue=self.service,
+            title=f"{self.service}-queries",
+            max_workers=max(1, self.workers),
         )
         async def on_query(msg: NatsMessage) -> dict[str, Any]:
             raw: Msg = msg.raw_message

@@ -11,7 +11,7 @@ told apart, because the runtime answers each differently:
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any, Final
 from uuid import UUID
 
@@ -38,6 +38,12 @@ TASKS_PATH: Final[str] = "/api/v1/agents/{agent_id}/tasks"
 
 RESULT_PATH: Final[str] = "/api/v1/agents/{agent_id}/tasks/{task_id}/result"
 """``POST``: the task's one :class:`~stella.contracts.agent.TaskResult`."""
+
+RESULTS_PATH: Final[str] = "/api/v1/agents/{agent_id}/results"
+"""``POST {"results": [...]}``: several :class:`~stella.contracts.agent.TaskResult` at once -> one outcome each."""
+
+MAX_RESULTS_PER_POST: Final[int] = 100
+"""Most results one post to :data:`RESULTS_PATH` carries (the gateway's limit)."""
 
 LOGS_PATH: Final[str] = "/api/v1/agents/{agent_id}/tasks/{task_id}/logs"
 """``POST``: a :class:`LogChunk`."""
@@ -184,6 +190,22 @@ class GatewayChannel:
     async def post_result(self, task_id: UUID, body: bytes) -> None:
         """Post a task's result: ``body`` is the serialised :class:`TaskResult`, sent again byte for byte."""
         await self._call("POST", self._path(RESULT_PATH, task_id=task_id), body=body)
+
+    async def post_results(self, bodies: Sequence[bytes]) -> list[dict[str, Any]]:
+        """Post several results at once (each the exact bytes of a serialised :class:`TaskResult`).
+
+        Returns one outcome per result, in order: ``accepted``, and for a refused one its ``status`` and ``code``.
+        A gateway without the endpoint answers 404 or 405 (:class:`RequestRejected`).
+        """
+        body = b'{"results":[' + b",".join(bodies) + b"]}"
+        _, payload = await self._call("POST", self._path(RESULTS_PATH), body=body)
+        try:
+            outcomes = json.loads(payload)["results"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GatewayUnavailable(f"the results answer is not understood: {exc}") from exc
+        if not isinstance(outcomes, list) or len(outcomes) != len(bodies):
+            raise GatewayUnavailable("the results answer does not have one outcome per result")
+        return [outcome if isinstance(outcome, dict) else {} for outcome in outcomes]
 
     async def post_logs(self, chunk: LogChunk) -> None:
         """Post one log chunk."""

@@ -76,10 +76,10 @@ class TaskJournal:
         except (ValueError, KeyError, TypeError):
             return None
 
-    def _write(self, entry: Entry) -> None:
+    def _write(self, entry: Entry, *, durable: bool = True) -> None:
         data = json.dumps({"key": entry.key, "posted": entry.posted, "result": entry.body.decode()}).encode()
         try:
-            write_atomic(self._path(entry.key), data, mode=0o600)
+            write_atomic(self._path(entry.key), data, mode=0o600, durable=durable)
         except TaskFailure as exc:
             raise JournalError(exc.message) from exc
 
@@ -102,8 +102,12 @@ class TaskJournal:
         return entry
 
     def mark_posted(self, entry: Entry) -> None:
-        """Note that the gateway took this result."""
-        self._write(Entry(key=entry.key, body=entry.body, posted=True))
+        """Note that the gateway took this result.
+
+        Not flushed to disk: a crash that loses the note only makes the next start post the result again,
+        which the gateway answers without a second effect.
+        """
+        self._write(Entry(key=entry.key, body=entry.body, posted=True), durable=False)
 
     def pending(self) -> list[Entry]:
         """Results not yet taken by the gateway, oldest first."""

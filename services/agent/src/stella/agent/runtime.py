@@ -8,7 +8,8 @@ One :class:`Agent` runs three loops until it is stopped:
   this agent, listing the tasks it holds (so tasks leased to it whose answer was lost come again at once);
   each task runs with the driver of its target type, its log streamed in chunks;
 - **results**: each result is journalled on disk first, then posted until the gateway takes it, the same
-  bytes every time (across restarts too). A task delivered again with an idempotency key the agent already
+  bytes every time (across restarts too); results that end while a post is on its way go together in the
+  next one (``POST .../results``, one transaction for all of them). A task delivered again with an idempotency key the agent already
   finished is answered from the journal and not run again.
 
 Outages of the gateway are waited out with backoff. A refused credential (401: revoked or unknown) stops
@@ -29,7 +30,13 @@ from typing import Any, Final
 from uuid import UUID
 
 from stella.agent.backoff import Backoff
-from stella.agent.channel import CredentialRefused, GatewayChannel, GatewayUnavailable, RequestRejected
+from stella.agent.channel import (
+    MAX_RESULTS_PER_POST,
+    CredentialRefused,
+    GatewayChannel,
+    GatewayUnavailable,
+    RequestRejected,
+)
 from stella.agent.credential import StoredCredential, load_credential, save_credential
 from stella.agent.drivers.base import Driver
 from stella.agent.drivers.errors import UNSUPPORTED
@@ -120,6 +127,9 @@ class Agent:
         self._keys: dict[str, UUID] = {}
         self._cancelled: set[UUID] = set()
         self._posting: set[asyncio.Task[None]] = set()
+        self._outbox: list[Entry] = []
+        self._poster: asyncio.Task[None] | None = None
+        self._batch_results = True
         self._slots = asyncio.Semaphore(options.max_concurrent_tasks)
         self._free = asyncio.Event()
         self._free.set()
@@ -492,9 +502,60 @@ class Agent:
     # --- results ----------------------------------------------------------------------------------------
 
     def _deliver(self, entry: Entry) -> None:
-        poster = asyncio.create_task(self._post_until_taken(entry))
-        self._posting.add(poster)
-        poster.add_done_callback(self._posting.discard)
+        self._outbox.append(entry)
+        if self._poster is None or self._poster.done():
+            poster = asyncio.create_task(self._post_pending(), name="results")
+            self._poster = poster
+            self._posting.add(poster)
+            poster.add_done_callback(self._posting.discard)
+
+    async def _post_pending(self) -> None:
+        """Post the results waiting to go until none is left, many per call.
+
+        One post is on its way at a time; results that end meanwhile go together in the next one. A result
+        not taken when the agent stops stays journalled as not posted and goes again at the next start.
+        """
+        while self._outbox:
+            batch = self._outbox[:MAX_RESULTS_PER_POST]
+            del self._outbox[: len(batch)]
+            if len(batch) == 1 or not self._batch_results:
+                for entry in batch:
+                    await self._post_until_taken(entry)
+            else:
+                await self._post_batch_until_taken(batch)
+
+    async def _post_batch_until_taken(self, batch: list[Entry]) -> None:
+        """Post several results' exact bytes in one call until the gateway takes them (or refuses some for good)."""
+        backoff = Backoff(max_s=self.options.max_backoff_s)
+        while True:
+            try:
+                outcomes = await self.channel.post_results([entry.body for entry in batch])
+                break
+            except GatewayUnavailable as exc:
+                delay = backoff.next()
+                logger.warning("%d results not taken (%s); posting them again in %.1fs", len(batch), exc, delay)
+                await asyncio.sleep(delay)
+            except RequestRejected as exc:
+                if exc.status in (404, 405):
+                    logger.info("the gateway takes results one at a time only; posting them so")
+                    self._batch_results = False
+                # Refused as a whole: each goes on its own, so that each gets its own answer.
+                for entry in batch:
+                    await self._post_until_taken(entry)
+                return
+            except CredentialRefused as exc:
+                self._fail(exc)
+                return
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            if outcome.get("status"):
+                # 404/409/410/422: the task is no longer leased here, or the result is not the task's.
+                logger.warning(
+                    "task %s: the gateway will not take this result: %s (%s)",
+                    entry.result.task_id,
+                    outcome.get("code"),
+                    outcome.get("reason"),
+                )
+            self.journal.mark_posted(entry)
 
     async def _post_until_taken(self, entry: Entry) -> None:
         """Post the result's exact bytes until the gateway takes it (or says it never will)."""

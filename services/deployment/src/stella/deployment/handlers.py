@@ -594,46 +594,91 @@ class Handlers:
 
     async def record_result(self, q: c.AgentResult) -> Reply:
         """Apply the result of a task the agent holds; a result of an older attempt, or of another agent, is ignored."""
-        result = q.result
         effects = Effects()
         async with self._pool().acquire() as conn, conn.transaction():
             await self._authenticate(conn, q)
-            # Locks: the task's row, then (in _drive) the job's; every writer of a job's tasks takes them in
-            # that order, so results of one job are applied in parallel up to the short job-locked part.
-            task = await conn.fetchrow(repo.GET_TASK_FOR_UPDATE, q.tenant_id, result.task_id)
-            if task is None:
-                raise domain.TaskNotLeased(
-                    f"task {result.task_id} does not exist", status=404, code="AGT_TASK_NOT_FOUND"
-                )
-            if task["agent_id"] != q.agent_id or task["attempt"] != result.attempt:
-                return Reply.success({"accepted": False, "reason": "not the current attempt of this agent"})
-            if result.idempotency_key != task["idempotency_key"]:
-                raise domain.TaskNotLeased(
-                    "the result's idempotency key is not the task's", status=422, code="AGT_RESULT_MISMATCH"
-                )
-            if TaskStatus(task["status"]).is_terminal:
-                same = task["status"] == result.status
-                return Reply.success({"accepted": same, "reason": "the task had ended already"})
-            now = self.clock()
-            finished = await conn.fetchrow(
-                repo.FINISH_TASK,
-                q.tenant_id,
-                task["id"],
-                result.status,
-                result.error_code,
-                result.message,
-                result.model_dump(mode="json", exclude={"artifacts"}),
-                [a.model_dump(mode="json") for a in result.artifacts],
-                now,
-            )
-            job = await conn.fetchrow(repo.GET_JOB, q.tenant_id, task["job_id"]) if task["job_id"] else None
-            await self._apply_to_target(conn, q, finished, job, now)
+            answer, job = await self._apply_result(conn, q)
         # The job moves after the result committed, so results of one job are applied side by side; whichever
         # commits last sees every other. A crash in between is caught by the timer's sweep of running jobs.
         if job is not None:
             await self._move_job(job, effects)
         await self._after(effects)
-        return Reply.success({"accepted": True})
+        return Reply.success(answer)
+
+    async def record_results(self, q: c.AgentResults) -> Reply:
+        """Apply several results of tasks the agent holds in one transaction, each as :meth:`record_result` would.
+
+        A result refused on its own (unknown task, wrong idempotency key) is answered with its status and
+        code and changes nothing; the others are applied. Tasks are locked in id order, like every writer
+        that locks several tasks. Each job they belong to then moves once.
+        """
+        outcomes: dict[int, c.ResultOutcome] = {}
+        jobs: dict[UUID, Mapping[str, Any]] = {}
+        effects = Effects()
+        order = sorted(range(len(q.results)), key=lambda index: q.results[index].task_id)
+        async with self._pool().acquire() as conn, conn.transaction():
+            await self._authenticate(conn, q)
+            for index in order:
+                result = q.results[index]
+                one = c.AgentResult(
+                    tenant_id=q.tenant_id,
+                    correlation_id=q.correlation_id,
+                    agent_id=q.agent_id,
+                    credential=q.credential,
+                    result=result,
+                )
+                try:
+                    answer, job = await self._apply_result(conn, one)
+                except domain.TaskNotLeased as exc:
+                    outcomes[index] = c.ResultOutcome(
+                        task_id=result.task_id, accepted=False, reason=exc.detail, status=exc.status, code=exc.code
+                    )
+                    continue
+                outcomes[index] = c.ResultOutcome(
+                    task_id=result.task_id, accepted=bool(answer["accepted"]), reason=answer.get("reason")
+                )
+                if job is not None:
+                    jobs[job["id"]] = job
+        for job in jobs.values():
+            await self._move_job(job, effects)
+        await self._after(effects)
+        answered = c.ResultOutcomes(results=[outcomes[index] for index in range(len(q.results))])
+        return Reply.success(answered.model_dump(mode="json"))
+
+    async def _apply_result(
+        self, conn: asyncpg.Connection, q: c.AgentResult
+    ) -> tuple[dict[str, Any], asyncpg.Record | None]:
+        """Apply one result (the agent authenticated in the caller's transaction): the answer, and its job."""
+        result = q.result
+        # Locks: the task's row, then (in _drive) the job's; every writer of a job's tasks takes them in
+        # that order, so results of one job are applied in parallel up to the short job-locked part.
+        task = await conn.fetchrow(repo.GET_TASK_FOR_UPDATE, q.tenant_id, result.task_id)
+        if task is None:
+            raise domain.TaskNotLeased(f"task {result.task_id} does not exist", status=404, code="AGT_TASK_NOT_FOUND")
+        if task["agent_id"] != q.agent_id or task["attempt"] != result.attempt:
+            return {"accepted": False, "reason": "not the current attempt of this agent"}, None
+        if result.idempotency_key != task["idempotency_key"]:
+            raise domain.TaskNotLeased(
+                "the result's idempotency key is not the task's", status=422, code="AGT_RESULT_MISMATCH"
+            )
+        if TaskStatus(task["status"]).is_terminal:
+            same = task["status"] == result.status
+            return {"accepted": same, "reason": "the task had ended already"}, None
+        now = self.clock()
+        finished = await conn.fetchrow(
+            repo.FINISH_TASK,
+            q.tenant_id,
+            task["id"],
+            result.status,
+            result.error_code,
+            result.message,
+            result.model_dump(mode="json", exclude={"artifacts"}),
+            [a.model_dump(mode="json") for a in result.artifacts],
+            now,
+        )
+        job = await conn.fetchrow(repo.GET_JOB, q.tenant_id, task["job_id"]) if task["job_id"] else None
+        await self._apply_to_target(conn, q, finished, job, now)
+        return {"accepted": True}, job
 
     async def _move_job(self, job: Mapping[str, Any], effects: Effects) -> None:
         """Advance a job if what it waits for has happened (one cheap count otherwise).

@@ -10,6 +10,10 @@ from stella.deployment.handlers import Handlers
 from stella.kit.broker import CommandRoutes, QueryRoutes
 from stella.kit.service import ServiceRuntime
 
+QUERY_WORKERS = 8
+"""Queries (mostly the agent channel: polls, log chunks, results) answered at once: each waits on Postgres,
+and one after the other they queue behind each other when many agents report together."""
+
 
 def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) -> None:
     """Attach the deployment commands (the workflow's deploy, health-check and verify-drift steps among them),
@@ -28,13 +32,14 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     commands.on(c.REMEDIATE_TARGET, c.RemediateTarget, handlers.remediate_target)
     commands.attach(router, runtime)
 
-    queries = QueryRoutes(c.CONTEXT, runtime.name)
+    queries = QueryRoutes(c.CONTEXT, runtime.name, workers=QUERY_WORKERS)
     queries.on(c.AGENT_REGISTER, c.AgentRegister, handlers.register_agent)
     queries.on(c.AGENT_AUTHENTICATE, c.AgentAuthenticate, handlers.authenticate_agent)
     queries.on(c.AGENT_HEARTBEAT, c.AgentHeartbeat, handlers.heartbeat)
     queries.on(c.AGENT_POLL, c.AgentPoll, handlers.poll)
     queries.on(c.AGENT_LOG, c.AgentLog, handlers.store_log)
     queries.on(c.AGENT_RESULT, c.AgentResult, handlers.record_result)
+    queries.on(c.AGENT_RESULTS, c.AgentResults, handlers.record_results)
     queries.on(c.GET_TARGET, c.GetTarget, handlers.get_target)
     queries.on(c.LIST_TARGETS, c.ListTargets, handlers.list_targets)
     queries.on(c.GET_AGENT, c.GetAgent, handlers.get_agent)

@@ -174,6 +174,30 @@ class TaskResultIn(RequestBody, TaskResult):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class TaskResultsIn(RequestBody):
+    """Several final results of tasks, at most 100; each is taken as its own ``.../result`` post would be."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    results: list[TaskResultIn] = Field(min_length=1, max_length=100)
+
+
+class ResultOutcomeOut(ResponseBody):
+    """What became of one result: taken or not, and why a refused one was (its status and error code)."""
+
+    task_id: UUID
+    accepted: bool
+    reason: str | None = None
+    status: int | None = None
+    code: str | None = None
+
+
+class ResultOutcomesOut(ResponseBody):
+    """One outcome per posted result, in the order posted."""
+
+    results: list[ResultOutcomeOut]
+
+
 class TaskFeedOut(ResponseBody):
     """Tasks leased to the agent (``AgentTask`` bodies of the agent contract); empty when none came in time."""
 

@@ -81,7 +81,7 @@ def target_directory(config: DriverConfig, target: TargetSpec) -> Path:
     return directory
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> bool:
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> bool:
     """Write ``data`` to ``path`` so that a reader sees the old content or the new one, never a mix.
 
     The bytes go to a temporary file in the same directory, are flushed to disk, then renamed over
@@ -91,6 +91,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> bool:
         path: The file.
         data: Its new content.
         mode: Permissions of a new file.
+        durable: Flush the file and its directory to disk (False: still atomic, but a crash may bring the
+            old content back; for writes whose loss costs only a repeat).
 
     Returns:
         False when ``path`` already held exactly ``data`` (nothing was written), True otherwise.
@@ -106,10 +108,13 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> bool:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             os.write(descriptor, data)
-            os.fsync(descriptor)
+            if durable:
+                os.fsync(descriptor)
         finally:
             os.close(descriptor)
         os.replace(temporary, path)
+        if not durable:
+            return True
         directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)

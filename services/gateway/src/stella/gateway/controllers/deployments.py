@@ -44,6 +44,7 @@ from stella.gateway.deployment_schemas import (
     JobResume,
     JobRollback,
     LogChunkIn,
+    ResultOutcomesOut,
     TargetCreate,
     TargetOut,
     TargetPage,
@@ -51,6 +52,7 @@ from stella.gateway.deployment_schemas import (
     TaskFeedOut,
     TaskOut,
     TaskResultIn,
+    TaskResultsIn,
 )
 from stella.gateway.idempotency import REDACT_OPT
 from stella.gateway.pagination import PageParams
@@ -508,6 +510,33 @@ class AgentChannelController(Controller):
         )
         answer = await relay.query(contract.AGENT_RESULT, call)
         return Accepted(accepted=bool(answer.get("accepted")))
+
+    @post(
+        "/{agent_id:str}/results",
+        operation_id="agentTaskResults",
+        summary="Report the results of several tasks at once",
+        status_code=200,
+        responses=problems(400, 401),
+    )
+    async def results(
+        self,
+        data: JSONBody[TaskResultsIn],
+        request: Request[Any, Any, Any],
+        relay: NamedDependency[Relay],
+        agent_id: str = _AGENT_ID,
+    ) -> ResultOutcomesOut:
+        """Up to 100 results in one call, applied together; each result's outcome is what its own post would answer.
+
+        A result refused on its own (unknown task: 404, idempotency key not the task's: 422) says so in its
+        outcome and changes nothing; the others are taken.
+        """
+        _, call = _agent_call(
+            request,
+            agent_id,
+            contract.AgentResults,
+            results=[TaskResult.model_validate(item.model_dump()) for item in data.results],
+        )
+        return parse_data(ResultOutcomesOut, await relay.query(contract.AGENT_RESULTS, call))
 
 
 def _held_ids(held: str | None) -> list[UUID] | None:
