@@ -17,25 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import aiohttp
-import asyncpg
-import nats
 
-from stella.kit.embedded import free_port
-from stella.kit.naming import Names
-from stella.kit.settings import ServiceSettings
-from stella.testing.services import delete_namespace_streams
-from stella.testing.system import System, percentile
+from stella.testing.system import System, percentile, sandbox
 
 SERVICES = ("release", "promotion", "approval", "workflow", "evidence", "events", "deployment")
 DIGEST = "sha256:" + "a" * 64
@@ -129,66 +119,48 @@ async def user(
 
 
 async def main(args: argparse.Namespace) -> int:
-    base = ServiceSettings()
-    admin = await asyncpg.connect(base.database_url)
-    db = f"bench_{uuid.uuid4().hex[:8]}"
-    await admin.execute(f'CREATE DATABASE "{db}"')
-    dsn = base.database_url.rsplit("/", 1)[0] + f"/{db}"
-    names = Names(f"bench{uuid.uuid4().hex[:6]}")
-    nc = await nats.connect(base.nats_url)
-    logs = Path(tempfile.mkdtemp(prefix="stella-bench-"))
-    env = {
-        **os.environ,
-        "STELLA_DATABASE_URL": dsn,
-        "STELLA_NATS_URL": base.nats_url,
-        "STELLA_NATS_NAMESPACE": names.namespace,
-        "STELLA_GATEWAY_PORT": str(free_port()),
-        "STELLA_LOG_LEVEL": "WARNING",
-        "STELLA_EVIDENCE_KEY_DIR": str(logs / "keys"),
-        "STELLA_EVENTS_KEY_DIR": str(logs / "keys"),
-    }
-    system = System(SERVICES, env, logs)
     timings: dict[str, list[float]] = defaultdict(list)
     failures: list[str] = []
-    connector = aiohttp.TCPConnector(limit=args.users * 2, keepalive_timeout=2)
-    try:
-        async with aiohttp.ClientSession(connector=connector, connector_owner=False) as session:
-            system.start()
-            await system.ready(session, nc, names)
-            system.bootstrap(f"bench-{names.namespace}")
+    async with sandbox() as box:
+        system = System(SERVICES, box.env, box.logs)
+        connector = aiohttp.TCPConnector(limit=args.users * 2, keepalive_timeout=2)
+        try:
+            async with aiohttp.ClientSession(connector=connector, connector_owner=False) as session:
+                system.start()
+                await system.ready(session, box.nc, box.names)
+                system.bootstrap(f"bench-{box.names.namespace}")
+                started = time.perf_counter()
+                releases, promoted = await seed(system, session, args.environments, args.releases)
+                tokens = await viewers(system, session, args.users)
+                print(
+                    f"seeded {args.environments} environments, {len(releases)} releases and promotions, "
+                    f"{len(tokens)} viewers in {time.perf_counter() - started:.1f} s; logs in {box.logs}",
+                    flush=True,
+                )
+            root = system.base.removesuffix("/api/v1")
+            paths = [
+                ("overview", "/ui"),
+                ("releases", "/ui/releases"),
+                ("release", f"/ui/releases/{releases[0]}"),
+                ("promotions", "/ui/promotions"),
+                ("promotion", f"/ui/promotions/{promoted[0]}"),
+                ("deployment", f"/ui/promotions/{promoted[0]}/deployment"),
+                ("approvals", "/ui/approvals"),
+                ("deployments", "/ui/deployments"),
+                ("freeze", "/ui/freeze"),
+                ("evidence", "/ui/evidence"),
+            ]
             started = time.perf_counter()
-            releases, promoted = await seed(system, session, args.environments, args.releases)
-            tokens = await viewers(system, session, args.users)
-            print(
-                f"seeded {args.environments} environments, {len(releases)} releases and promotions, "
-                f"{len(tokens)} viewers in {time.perf_counter() - started:.1f} s; logs in {logs}",
-                flush=True,
+            await asyncio.gather(
+                *(
+                    user(root, connector, token, paths, args.views, i, timings, failures)
+                    for i, token in enumerate(tokens)
+                )
             )
-        root = system.base.removesuffix("/api/v1")
-        paths = [
-            ("overview", "/ui"),
-            ("releases", "/ui/releases"),
-            ("release", f"/ui/releases/{releases[0]}"),
-            ("promotions", "/ui/promotions"),
-            ("promotion", f"/ui/promotions/{promoted[0]}"),
-            ("deployment", f"/ui/promotions/{promoted[0]}/deployment"),
-            ("approvals", "/ui/approvals"),
-            ("deployments", "/ui/deployments"),
-            ("freeze", "/ui/freeze"),
-            ("evidence", "/ui/evidence"),
-        ]
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(user(root, connector, token, paths, args.views, i, timings, failures) for i, token in enumerate(tokens))
-        )
-        elapsed = time.perf_counter() - started
-    finally:
-        system.stop()
-        await connector.close()
-        await delete_namespace_streams(nc.jetstream(), names)
-        await nc.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        await admin.close()
+            elapsed = time.perf_counter() - started
+        finally:
+            system.stop()
+            await connector.close()
 
     every = [t for values in timings.values() for t in values]
     print(

@@ -26,14 +26,11 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,11 +42,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from stella.contracts import evidence, promotion
 from stella.kit.embedded import free_port
 from stella.kit.naming import Names
-from stella.kit.settings import ServiceSettings
-from stella.testing.services import delete_namespace_streams
-from stella.testing.system import System, percentile
+from stella.testing.system import System, percentile, sandbox
 
-SERVICES = ("release", "promotion", "approval", "workflow", "evidence", "events")
+SERVICES = ("release", "promotion", "approval", "workflow", "deployment", "evidence", "events")
 DECIDED = {
     promotion.PROMOTION_APPROVED: "approved",
     promotion.PROMOTION_REJECTED: "rejected",
@@ -239,71 +234,52 @@ async def raw_hop(
 
 
 async def main(args: argparse.Namespace) -> int:
-    base = ServiceSettings()
-    admin = await asyncpg.connect(base.database_url)
-    db = f"bench_{uuid.uuid4().hex[:8]}"
-    await admin.execute(f'CREATE DATABASE "{db}"')
-    dsn = base.database_url.rsplit("/", 1)[0] + f"/{db}"
-    names = Names(f"bench{uuid.uuid4().hex[:6]}")
-    nc = await nats.connect(base.nats_url)
-    logs = Path(tempfile.mkdtemp(prefix="stella-bench-"))
-    env = {
-        **os.environ,
-        "STELLA_DATABASE_URL": dsn,
-        "STELLA_NATS_URL": base.nats_url,
-        "STELLA_NATS_NAMESPACE": names.namespace,
-        "STELLA_GATEWAY_PORT": str(free_port()),
-        "STELLA_LOG_LEVEL": "INFO",
-        "STELLA_EVIDENCE_KEY_DIR": str(logs / "keys"),
-        "STELLA_EVENTS_KEY_DIR": str(logs / "keys"),
-    }
-    system = System(SERVICES, env, logs)
-    watch = Watch()
-    missed: list[str] = []
-    # Idle connections are dropped before the gateway drops them (its keep-alive is 5 s).
-    connector = aiohttp.TCPConnector(limit=max(args.in_flight, 64) * 2, keepalive_timeout=2)
-    try:
-        for subject in DECIDED:
-            await nc.subscribe(names.subject(subject), cb=watch.on_decision)
-        await nc.subscribe(names.subject(evidence.PACKET_CREATED), cb=watch.on_packet)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            hop_s, hop_lat = await raw_hop(session, nc, dsn, names, args.promotions, args.in_flight)
-            # Startup's yardstick: one process that only imports the kit's runtime.
-            started = time.perf_counter()
-            importer = await asyncio.create_subprocess_exec(sys.executable, "-c", "import stella.kit.service", env=env)
-            if await importer.wait() != 0:
-                raise RuntimeError("python -c 'import stella.kit.service' failed")
-            import_s = time.perf_counter() - started
-            started = time.perf_counter()
-            system.start()
-            await system.ready(session, nc, names)
-            startup_s = time.perf_counter() - started
-            print(
-                f"startup: every process ready in {startup_s:.1f} s, {startup_s / import_s:.0f}x one process "
-                f"importing the kit ({import_s:.1f} s); logs in {logs}",
-                flush=True,
-            )
-            system.bootstrap(f"bench-{names.namespace}")
-            dev = await system.call(session, "POST", "/environments", {"name": "dev", "order_index": 0})
-            started = time.perf_counter()
-            releases = await make_releases(system, session, args.promotions + args.rate_count)
-            setup_s = time.perf_counter() - started
-            before = system.cpu_ms()
-            pids = " ".join(f"{name}={proc.pid}" for name, proc in system.procs.items())
-            print(f"saturation run starts ({pids})", flush=True)
-            sat_s, sat_lat = await saturate(
-                system, session, watch, releases[: args.promotions], dev["id"], args.in_flight
-            )
-            await asyncio.sleep(2)  # evidence still being appended is what the lag measures
-            after = system.cpu_ms()
-            rate_lat = await offered(system, session, watch, releases[args.promotions :], dev["id"], args.rate)
-            await asyncio.sleep(2)
-    finally:
-        system.stop()
-        await delete_namespace_streams(nc.jetstream(), names)
-        await nc.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        await admin.close()
+    async with sandbox("INFO") as box:
+        system = System(SERVICES, box.env, box.logs)
+        watch = Watch()
+        missed: list[str] = []
+        # Idle connections are dropped before the gateway drops them (its keep-alive is 5 s).
+        connector = aiohttp.TCPConnector(limit=max(args.in_flight, 64) * 2, keepalive_timeout=2)
+        try:
+            for subject in DECIDED:
+                await box.nc.subscribe(box.names.subject(subject), cb=watch.on_decision)
+            await box.nc.subscribe(box.names.subject(evidence.PACKET_CREATED), cb=watch.on_packet)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                hop_s, hop_lat = await raw_hop(session, box.nc, box.dsn, box.names, args.promotions, args.in_flight)
+                # Startup's yardstick: one process that only imports the kit's runtime.
+                started = time.perf_counter()
+                importer = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", "import stella.kit.service", env=box.env
+                )
+                if await importer.wait() != 0:
+                    raise RuntimeError("python -c 'import stella.kit.service' failed")
+                import_s = time.perf_counter() - started
+                started = time.perf_counter()
+                system.start()
+                await system.ready(session, box.nc, box.names)
+                startup_s = time.perf_counter() - started
+                print(
+                    f"startup: every process ready in {startup_s:.1f} s, {startup_s / import_s:.0f}x one process "
+                    f"importing the kit ({import_s:.1f} s); logs in {box.logs}",
+                    flush=True,
+                )
+                system.bootstrap(f"bench-{box.names.namespace}")
+                dev = await system.call(session, "POST", "/environments", {"name": "dev", "order_index": 0})
+                started = time.perf_counter()
+                releases = await make_releases(system, session, args.promotions + args.rate_count)
+                setup_s = time.perf_counter() - started
+                before = system.cpu_ms()
+                pids = " ".join(f"{name}={proc.pid}" for name, proc in system.procs.items())
+                print(f"saturation run starts ({pids})", flush=True)
+                sat_s, sat_lat = await saturate(
+                    system, session, watch, releases[: args.promotions], dev["id"], args.in_flight
+                )
+                await asyncio.sleep(2)  # evidence still being appended is what the lag measures
+                after = system.cpu_ms()
+                rate_lat = await offered(system, session, watch, releases[args.promotions :], dev["id"], args.rate)
+                await asyncio.sleep(2)
+        finally:
+            system.stop()
 
     n = args.promotions
     statuses = [status for _, status in watch.decided.values()]

@@ -8,17 +8,72 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import nats
 
 from stella.contracts.streams import health_subject
+from stella.kit.embedded import free_port
 from stella.kit.naming import Names
+from stella.kit.settings import ServiceSettings
+from stella.testing.services import delete_namespace_streams
 
 CPU_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A throwaway database and NATS namespace, and the environment that points a system at them."""
+
+    dsn: str
+    names: Names
+    nc: nats.NATS
+    logs: Path
+    env: dict[str, str]
+
+
+@contextlib.asynccontextmanager
+async def sandbox(log_level: str = "WARNING") -> AsyncIterator[Sandbox]:
+    """A fresh database and namespace on the configured Postgres and NATS, removed on exit.
+
+    The environment carries ``os.environ`` with the database, NATS namespace, a free gateway port, the log level
+    and key directories under the logs directory (kept after exit, for reading).
+    """
+    base = ServiceSettings()
+    admin = await asyncpg.connect(base.database_url)
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    names = Names(f"bench{uuid.uuid4().hex[:6]}")
+    try:
+        await admin.execute(f'CREATE DATABASE "{db}"')
+        nc = await nats.connect(base.nats_url)
+        try:
+            dsn = base.database_url.rsplit("/", 1)[0] + f"/{db}"
+            logs = Path(tempfile.mkdtemp(prefix="stella-bench-"))
+            env = {
+                **os.environ,
+                "STELLA_DATABASE_URL": dsn,
+                "STELLA_NATS_URL": base.nats_url,
+                "STELLA_NATS_NAMESPACE": names.namespace,
+                "STELLA_GATEWAY_PORT": str(free_port()),
+                "STELLA_LOG_LEVEL": log_level,
+                "STELLA_EVIDENCE_KEY_DIR": str(logs / "keys"),
+                "STELLA_EVENTS_KEY_DIR": str(logs / "keys"),
+            }
+            yield Sandbox(dsn, names, nc, logs, env)
+        finally:
+            await delete_namespace_streams(nc.jetstream(), names)
+            await nc.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await admin.close()
 
 
 class System:
