@@ -103,6 +103,11 @@ class ComposeProject:
         argv = [*self.command, "-p", self.name, "-f", str(COMPOSE_FILE), "--env-file", str(self.env_file), *args]
         return run(argv, timeout=timeout, check=check, cwd=ROOT)
 
+    def configure(self, **variables: str) -> None:
+        """Set more of the compose file's variables (for what is started from now on)."""
+        self.variables.update(variables)
+        self.env_file.write_text("".join(f"{key}={value}\n" for key, value in self.variables.items()))
+
     def containers(self, service: str | None = None) -> list[str]:
         """Names of the project's running or stopped containers (of one service), sorted."""
         filters = ["--filter", f"label=com.docker.compose.project={self.name}"]
@@ -153,6 +158,10 @@ def compose_project(stella_image: str, local_images: dict[str, str], tmp_path: P
     finally:
         project.save_logs()
         project.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False)
+        # Containers of services behind a profile (the agent) are left by some Compose versions' `down`.
+        left = project.containers()
+        if left:
+            subprocess.run(["docker", "rm", "-f", "-v", *left], capture_output=True, timeout=120)
 
 
 def docker_run(

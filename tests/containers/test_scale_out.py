@@ -1,10 +1,14 @@
 """Two replicas of every service and of the gateway, from the root compose file, under load and faults.
 
 300 promotions go through the published port while one replica of every service is killed, NATS is
-restarted and Postgres is restarted. Afterwards every promotion must have ended as its inputs say, and the
-effects, counted where they are stored, must have happened once each: one decision per trigger, one approval
-request and one vote per approval, one workflow run, one evidence packet and one event per outcome; the
-evidence chain verifies offline and no message was dead-lettered.
+restarted and Postgres is restarted. The dev environment has one ``docker_host`` target served by the
+compose file's agent container, which drives this host's Docker engine: every promotion approved for dev
+is deployed there, a real image with a digest of its own pulled from a local registry. Afterwards every
+promotion must have ended as its inputs say, and the effects, counted where they are stored, must have
+happened once each: one decision per trigger, one approval request and one vote per approval, one workflow
+run, one deployment job and task, one container created on the engine per deployment (read from the
+engine's own event log), one evidence packet and one event per outcome; the evidence chain verifies
+offline and no message was dead-lettered.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -30,20 +35,40 @@ import nats
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from stella.testing.docker import DockerJanitor
+from stella.testing.images import http_image_config, http_image_files
 from stella.testing.messaging import unique_token
+from stella.testing.registry import LocalRegistry, push_image
 
 from .conftest import ComposeProject, run
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 
-SCALED = ("release", "promotion", "approval", "workflow", "evidence", "gateway")
-"""Every service of the compose file that runs replicas (the gateway included)."""
+SCALED = (
+    "release",
+    "promotion",
+    "approval",
+    "workflow",
+    "deployment",
+    "evidence",
+    "integration",
+    "events",
+    "gateway",
+)
+"""Every service of the compose file, each run as two replicas (the gateway included)."""
+
+TARGET_LABEL = "stella.target.id"
+"""The label the agent puts on every container it runs for a target."""
+
+HEALTH = {"type": "container", "timeout_s": 5, "retries": 40, "interval_s": 0.5}
+"""Running, and healthy by the image's own Docker health check (the agent cannot reach the host's ports)."""
 
 RELEASES = 200
 """Releases promoted to dev; every fourth has a critical finding and is rejected by the security gate."""
 
 STAGING = 100
-"""Releases deployed in dev (no targets: deployed once approved) that go on to staging, where one approval is needed; every fifth is rejected."""
+"""Releases deployed in dev (through the agent) that go on to staging (no targets: deployed once approved),
+where one approval is needed; every fifth is rejected."""
 
 TOTAL = RELEASES + STAGING
 RETRIED = {500, 502, 503, 504}
@@ -154,6 +179,8 @@ class Plan:
     requested: int = 0
     reserved: int = 0
     faults: list[str] = field(default_factory=list)
+    target: str = ""
+    engine_events: Path | None = None
 
 
 async def _wait_healthy(project: ComposeProject, replicas: int, timeout: float = 300) -> None:
@@ -179,8 +206,51 @@ def _digest(seed: str) -> str:
     return "sha256:" + hashlib.sha256(seed.encode()).hexdigest()
 
 
-async def test_two_replicas_of_everything_survive_kills_and_restarts(compose_project: ComposeProject) -> None:
+@dataclass
+class Images:
+    """The run's images in the local registry: ``web`` and one ``api`` image per release that reaches dev.
+
+    The api images share one layer and differ only in their configuration's version label, so each has a
+    digest of its own while the engine pulls a few bytes per deployment.
+    """
+
+    registry: LocalRegistry
+    repository: str
+    web: str
+    files: dict[str, bytes]
+    pushing: threading.Lock = field(default_factory=threading.Lock)
+    """One push at a time: the registry's storage races when the same layer is uploaded twice at once."""
+
+    @classmethod
+    def push(cls, registry: LocalRegistry, run_id: str) -> Images:
+        repository = f"stella-test/shop-{run_id}"
+        files = http_image_files(run_id)
+        images = cls(registry, repository, "", files)
+        images.web = images.api(-1)
+        return images
+
+    def api(self, number: int) -> str:
+        """Push the image of release ``number`` and return its digest."""
+        version = f"{self.repository}-{number}"
+        with self.pushing:
+            return push_image(
+                self.registry.url, self.repository, f"v{number}", files=self.files, config=http_image_config(version)
+            )
+
+    @property
+    def reference(self) -> str:
+        """``host:port/repository``, as the agent pulls it (the engine treats a loopback registry as insecure)."""
+        return f"{self.registry.address}/{self.repository}"
+
+
+async def test_two_replicas_of_everything_survive_kills_and_restarts(
+    compose_project: ComposeProject, oci_registry: LocalRegistry, docker_janitor: DockerJanitor
+) -> None:
     project = compose_project
+    images = Images.push(oci_registry, unique_token())
+    docker_janitor.add_registry(oci_registry.address)
+    # The registry listens on this host's loopback, where the engine pulls from: the operator allows it.
+    project.configure(STELLA_RELEASE_REGISTRY_ALLOWED_NETWORKS="127.0.0.0/8")
     started = time.monotonic()
     scale = [arg for service in SCALED for arg in ("--scale", f"{service}=2")]
     project.compose("up", "-d", *scale, timeout=900)
@@ -207,27 +277,68 @@ async def test_two_replicas_of_everything_survive_kills_and_restarts(compose_pro
     async with aiohttp.ClientSession() as session:
         api = Api(f"http://127.0.0.1:{project.port}", session)
         api.token = token
-        await _exercise(project, api)
+        await _exercise(project, api, images, docker_janitor)
     print(f"answers: {dict(api.statuses)}; total {time.monotonic() - started:.0f}s")
 
 
-async def _exercise(project: ComposeProject, api: Api) -> None:
+async def _start_agent(project: ComposeProject, api: Api) -> str:
+    """The compose file's agent container, registered with a one-time token; returns its id once online."""
+    registration = await api.post("/api/v1/agent-tokens", {}, "agent-token")
+    project.configure(STELLA_AGENT_REGISTRATION_TOKEN=registration["token"], STELLA_AGENT_NAME="scale-out")
+    project.compose("--profile", "agent", "up", "-d", "--no-deps", "agent", timeout=300)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status, page = await api.call("GET", "/api/v1/agents")
+        online = [a["id"] for a in page["items"] if a["name"] == "scale-out" and a["status"] == "online"]
+        if status == 200 and online:
+            return str(online[0])
+        await asyncio.sleep(1)
+    logs = project.compose("--profile", "agent", "logs", "--no-color", "agent", check=False).stdout
+    pytest.fail(f"the agent container did not come online:\n{logs[-3000:]}")
+
+
+async def _exercise(project: ComposeProject, api: Api, images: Images, janitor: DockerJanitor) -> None:
     run_id = unique_token()
     plan = Plan()
     for name in ("api", "web"):
         await api.post(
             "/api/v1/components",
-            {
-                "name": name,
-                "image_repository": f"registry.invalid/shop/{name}",
-                "versioning_strategy": {"resolve": "version-map"},
-            },
+            {"name": name, "image_repository": images.reference, "versioning_strategy": {"resolve": "version-map"}},
             f"component-{name}",
         )
     security = {"gates": [{"type": "security", "name": "scan", "config": {"max_critical": 0}}]}
-    dev = (await api.post("/api/v1/environments", {"name": "dev", "order_index": 0, "config": security}, "env-dev"))[
-        "id"
-    ]
+    dev = (
+        await api.post(
+            "/api/v1/environments",
+            {"name": "dev", "order_index": 0, "config": {**security, "deployment": {"health_check": HEALTH}}},
+            "env-dev",
+        )
+    )["id"]
+    agent = await _start_agent(project, api)
+    target = await api.post(
+        f"/api/v1/environments/{dev}/targets",
+        {"name": "dev-host", "target_type": "docker_host", "agent_id": agent},
+        "target-dev",
+    )
+    janitor.add_label(TARGET_LABEL, target["id"])
+    plan.target = target["id"]
+    # The engine keeps only its last few hundred events: record them as they happen.
+    plan.engine_events = project.logs.parent / "engine-events.jsonl"
+    with plan.engine_events.open("wb") as out:
+        recorder = await asyncio.create_subprocess_exec(
+            "docker",
+            "events",
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=create",
+            "--filter",
+            f"label={TARGET_LABEL}={plan.target}",
+            "--format",
+            "{{json .Actor.Attributes}}",
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+        )
     staging = (
         await api.post(
             "/api/v1/environments",
@@ -237,7 +348,7 @@ async def _exercise(project: ComposeProject, api: Api) -> None:
     )["id"]
     approver = await api.post("/api/v1/principals", {"name": "approver", "roles": ["approver"]}, "approver")
     approver_token = (await api.post("/api/v1/tokens", {"principal_id": approver["id"]}, "approver-token"))["token"]
-    web = _digest(f"{run_id}-web")
+    web = images.web
     await api.post(
         "/api/v1/scan-results", {"digest": web, "critical": 0, "high": 0, "medium": 0}, "scan-web", expect=200
     )
@@ -251,7 +362,7 @@ async def _exercise(project: ComposeProject, api: Api) -> None:
     async def lifecycle(i: int) -> None:
         async with gate:
             bad = i % 4 == 0
-            digest = _digest(f"{run_id}-api-{i}")
+            digest = _digest(f"{run_id}-api-{i}") if bad else await asyncio.to_thread(images.api, i)
             scan = {"digest": digest, "critical": 3 if bad else 0, "high": 0, "medium": 0}
             await api.post("/api/v1/scan-results", scan, f"scan-{i}", expect=200)
             release = await api.post(
@@ -332,6 +443,8 @@ async def _exercise(project: ComposeProject, api: Api) -> None:
     finally:
         injecting.cancel()
         watching.cancel()
+        recorder.terminate()
+        await recorder.wait()
     print(f"{TOTAL} promotions terminal in {time.monotonic() - started:.0f}s; faults: {plan.faults}")
 
     # Every promotion ended as its inputs say.
@@ -465,8 +578,36 @@ async def _effects_once(project: ComposeProject, plan: Plan) -> None:
         )
         deployed = [p for p, outcome in plan.expected.items() if outcome == "deployed"]
         assert {r["id"]: r["n"] for r in jobs} == dict.fromkeys(deployed, 1)
+        await _deployed_once_on_the_engine(conn, plan)
     finally:
         await conn.close()
+
+
+async def _deployed_once_on_the_engine(conn: asyncpg.Connection, plan: Plan) -> None:
+    """Every promotion deployed in dev had one deploy task on the agent's target, which succeeded, and the
+    engine created the api container once for it (its own event log says so): whatever was killed, restarted
+    or redelivered, no deployment ran twice in effect."""
+    rows = await conn.fetch(
+        "SELECT j.promotion_id::text AS promotion, j.id::text AS job, count(*) AS tasks,"
+        " count(*) FILTER (WHERE t.status = 'succeeded') AS succeeded"
+        " FROM deployment.jobs j JOIN deployment.tasks t ON t.job_id = j.id"
+        " WHERE j.kind = 'deploy' AND t.type = 'deploy' AND t.target_id = $1 GROUP BY 1, 2",
+        plan.target,
+    )
+    in_dev = {p for p, outcome in plan.expected.items() if outcome == "deployed" and p not in plan.staging}
+    assert {r["promotion"] for r in rows} == in_dev
+    assert all(r["tasks"] == 1 and r["succeeded"] == 1 for r in rows), [dict(r) for r in rows if r["tasks"] != 1]
+    assert plan.engine_events is not None
+    lines = plan.engine_events.read_text().splitlines()
+    created: Counter[tuple[str, str]] = Counter()
+    for line in lines:
+        attributes = json.loads(line)
+        created[(attributes["stella.component.name"], attributes["stella.deployment.id"])] += 1
+    jobs = {r["job"] for r in rows}
+    api = {job: n for (component, job), n in created.items() if component == "api"}
+    assert api == dict.fromkeys(jobs, 1), {job: api.get(job, 0) for job in jobs if api.get(job) != 1}
+    assert sum(n for (component, _), n in created.items() if component == "web") == 1, created
+    print(f"engine: {sum(created.values())} containers created for {len(jobs)} deployments in dev")
 
 
 async def _events_once_and_no_dead_letters(project: ComposeProject, plan: Plan) -> None:
