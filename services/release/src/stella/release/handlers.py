@@ -60,7 +60,7 @@ from stella.kit.outbox import add_events
 from stella.release import domain, repo
 from stella.release.credentials import CredentialPolicy
 from stella.release.integrations import RegistryIntegrations
-from stella.release.registry import Credentials, RegistryClient
+from stella.release.registry import Access, RegistryClient
 
 _SEMVER = re.compile(SEMVER_PATTERN)
 
@@ -106,9 +106,9 @@ class Handlers:
         integration_id: UUID | None = None,
         repository: str | None = None,
         credential_ref: str | None = None,
-    ) -> Credentials | None:
-        """The credential a component's registry is read with: through its registry integration (asked of the
-        integration service), else through its host credential reference."""
+    ) -> Access | None:
+        """How a component's registry is read: through its registry integration (asked of the integration
+        service: credential, CA, URL), else, deprecated, through its host credential reference."""
         if component is not None:
             integration_id, repository = component.registry_integration_id, component.image_repository
             credential_ref = component.registry_credential_ref
@@ -116,8 +116,9 @@ class Handlers:
             if self.integrations is None:
                 raise domain.RegistryIntegrationsUnavailable("registry integrations are not configured")
             assert repository is not None
-            return await self.integrations.credentials(tenant_id, integration_id, repository)
-        return self.credentials.resolve(tenant_id, credential_ref)
+            return await self.integrations.access(tenant_id, integration_id, repository)
+        legacy = self.credentials.resolve(tenant_id, credential_ref)
+        return Access(credentials=legacy) if legacy is not None else None
 
     # --- components -------------------------------------------------------------------------------------
 
