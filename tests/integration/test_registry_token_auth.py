@@ -13,25 +13,21 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import ssl
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from ipaddress import IPv4Address, ip_network
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import pytest_asyncio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from nats.aio.client import Client
 
 from stella.contracts import integration as i
@@ -44,9 +40,9 @@ from stella.kit.embedded import free_port
 from stella.release.app import ReleaseApp
 from stella.release.app import create_app as release_app
 from stella.release.settings import Settings as ReleaseSettings
+from stella.testing.pki import Pki, make_pki
 from stella.testing.registry import (
     LocalRegistry,
-    TlsFiles,
     TokenAuth,
     find_registry_binary,
     push_image,
@@ -62,110 +58,29 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-@dataclass
-class Pki:
-    """A CA, the TLS certificate it issued for 127.0.0.1, and the token signer's key and certificate."""
-
-    ca_pem: str
-    files: TlsFiles
-    signer_key: rsa.RSAPrivateKey
-    signer_der: bytes
-
-    def token(self, subject: str, access: list[dict[str, Any]]) -> str:
-        """An RS256 JWT the registry accepts: issuer, audience, lifetime, access, and the signer's chain."""
-        now = int(time.time())
-        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.signer_der).decode()]}
-        claims = {
-            "iss": ISSUER,
-            "sub": subject,
-            "aud": SERVICE,
-            "exp": now + 300,
-            "nbf": now - 10,
-            "iat": now,
-            "jti": uuid.uuid4().hex,
-            "access": access,
-        }
-        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
-        signature = self.signer_key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{signing_input}.{_b64url(signature)}"
-
-
-def _issue(
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    subject: str,
-    public_key: Any,
-    *,
-    server: bool,
-) -> x509.Certificate:
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(ca_cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(IPv4Address("127.0.0.1"))]),
-            critical=False,
-        ).add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    return builder.sign(ca_key, hashes.SHA256())
+def _token(pki: Pki, subject: str, access: list[dict[str, Any]]) -> str:
+    """An RS256 JWT the registry accepts: issuer, audience, lifetime, access, and the signer's chain."""
+    now = int(time.time())
+    header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(pki.signer_der).decode()]}
+    claims = {
+        "iss": ISSUER,
+        "sub": subject,
+        "aud": SERVICE,
+        "exp": now + 300,
+        "nbf": now - 10,
+        "iat": now,
+        "jti": uuid.uuid4().hex,
+        "access": access,
+    }
+    signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+    signature = pki.signer_key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{_b64url(signature)}"
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A CA made for the test, and what it issued; the system trusts none of it."""
-    root = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("Stella test CA"))
-        .issuer_name(_name("Stella test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _issue(ca_key, ca_cert, "127.0.0.1", server_key.public_key(), server=True)
-    signer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    signer_cert = _issue(ca_key, ca_cert, "token signer", signer_key.public_key(), server=False)
-    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM).decode()
-    (root / "ca.pem").write_text(ca_pem)
-    (root / "server.pem").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    (root / "server.key").write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    files = TlsFiles(certificate=root / "server.pem", key=root / "server.key", ca=root / "ca.pem")
-    return Pki(ca_pem, files, signer_key, signer_cert.public_bytes(serialization.Encoding.DER))
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @dataclass
@@ -202,7 +117,7 @@ def token_service(pki: Pki) -> Iterator[TokenService]:
                 kind, name, actions = scope.split(":", 2)
                 access.append({"type": kind, "name": name, "actions": ["pull"] if "pull" in actions else []})
             service.issued += 1
-            token = pki.token(user, access)
+            token = _token(pki, user, access)
             self._answer(200, {"token": token, "access_token": token, "expires_in": 300})
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
@@ -214,9 +129,7 @@ def token_service(pki: Pki) -> Iterator[TokenService]:
             self.wfile.write(data)
 
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(pki.files.certificate), str(pki.files.key))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.socket = pki.server_context().wrap_socket(server.socket, server_side=True)
     service.url = f"https://127.0.0.1:{server.server_address[1]}/token"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -293,7 +206,7 @@ async def test_a_token_auth_registry_with_a_private_ca_is_synced_through_its_int
 ) -> None:
     registry = token_registry
     repo = f"{unique_id}/api"
-    push_token = pki.token("pusher", [{"type": "repository", "name": repo, "actions": ["pull", "push"]}])
+    push_token = _token(pki, "pusher", [{"type": "repository", "name": repo, "actions": ["pull", "push"]}])
     digest = push_image(registry.url, repo, "2.0.0", bearer=push_token, context=registry.ssl_context())
     assert registry.url.startswith("https://")
     challenge = request("GET", f"{registry.url}/v2/", context=registry.ssl_context())

@@ -12,10 +12,13 @@ credential read from the vault and tested against the real htpasswd registry.
 from __future__ import annotations
 
 import json
+import ssl
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from ipaddress import ip_network
+from pathlib import Path
 
 import pytest_asyncio
 from aiohttp import web
@@ -26,6 +29,7 @@ from stella.contracts.integration import HealthStatus
 from stella.integration.app import IntegrationApp
 from stella.integration.vault import VaultClient
 from stella.kit.addresses import AddressPolicy
+from stella.testing.pki import make_pki
 from stella.testing.registry import LocalRegistry
 
 from .conftest import Caller, RecordCollector
@@ -73,23 +77,28 @@ class KvServer:
         return web.json_response({"data": {"data": found, "metadata": metadata}, "lease_duration": 0})
 
 
-@pytest_asyncio.fixture
-async def kv_server() -> AsyncIterator[KvServer]:
-    server = KvServer(token=f"hvs.{uuid.uuid4().hex}")
+@asynccontextmanager
+async def _serving(server: KvServer, tls: ssl.SSLContext | None = None) -> AsyncIterator[KvServer]:
     app = web.Application()
     app.router.add_get("/v1/sys/health", server.health)
     app.router.add_get("/v1/auth/token/lookup-self", server.lookup_self)
     app.router.add_get("/v1/{tail:.+}", server.kv_data)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1]
-    server.url = f"http://127.0.0.1:{port}"
+    server.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
         yield server
     finally:
         await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def kv_server() -> AsyncIterator[KvServer]:
+    async with _serving(KvServer(token=f"hvs.{uuid.uuid4().hex}")) as server:
+        yield server
 
 
 async def _rows(app: IntegrationApp) -> dict[str, int]:
@@ -247,3 +256,37 @@ async def test_a_vault_name_resolving_to_a_refused_address_is_not_reached(kv_ser
     assert refused.status is HealthStatus.UNHEALTHY
     assert "localhost resolves to no address a vault request may reach" in refused.detail, refused.detail
     assert len(kv_server.seen) == seen
+
+
+async def test_a_vault_over_tls_from_a_private_ca_is_trusted_only_with_its_ca_pem(
+    caller: Caller, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server = KvServer(token=f"hvs.{uuid.uuid4().hex}")
+    server.secrets[("", "secret", "ci/registry")] = {"login": "alice:pw"}
+    async with _serving(server, pki.server_context()):
+        assert server.url.startswith("https://")
+        vault = await _vault(caller, server, server.token)
+        untrusted = await caller.command(c.TEST_INTEGRATION, c.TestIntegration, integration_id=vault["id"])
+        assert untrusted.data["health_status"] == "unhealthy"
+        assert untrusted.data["detail"].startswith(f"TLS with vault {server.url.removeprefix('https://')} failed")
+        assert server.seen == []
+
+        trusted = await caller.command(
+            c.UPDATE_INTEGRATION,
+            c.UpdateIntegration,
+            integration_id=vault["id"],
+            config={"address": server.url, "ca_pem": pki.ca_pem},
+        )
+        assert trusted.ok, trusted.error
+        tested = await caller.command(c.TEST_INTEGRATION, c.TestIntegration, integration_id=vault["id"])
+        assert tested.data["health_status"] == "healthy", tested.data
+        registry = await caller.command(
+            c.CREATE_INTEGRATION,
+            c.CreateIntegration,
+            name="r",
+            type_id="registry",
+            config={"url": "https://r.example"},
+            credential_ref="vault:ci/registry#login",
+        )
+        assert registry.ok, registry.error
