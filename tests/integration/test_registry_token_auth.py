@@ -240,7 +240,10 @@ async def test_a_token_auth_registry_with_a_private_ca_is_synced_through_its_int
     untrusted = await _integration(caller, "untrusted", {"url": registry.url}, f"{user}:{password}")
     refused = await caller.command(i.TEST_INTEGRATION, i.TestIntegration, integration_id=untrusted)
     assert refused.data["health_status"] == "unhealthy"
-    assert f"TLS with registry {registry.address} failed" in refused.data["detail"], refused.data
+    assert refused.data["detail"] == (
+        f"TLS with registry {registry.address} failed: its certificate is not trusted "
+        "(add its CA to the integration's ca_pem)"
+    )
     moved = await caller.command(
         r.UPDATE_COMPONENT, r.UpdateComponent, component_id=component.data["id"], registry_integration_id=untrusted
     )

@@ -291,7 +291,7 @@ class RegistryClient:
         except AddressNotAllowed as exc:
             raise RegistryAddressForbidden(str(exc)) from None
         except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
-            raise RegistryUnavailable(_tls_failure(ref.host, exc)) from exc
+            raise RegistryUnavailable(_tls_failure(f"registry {ref.host}", exc)) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             forbidden = _forbidden_cause(exc)
             if forbidden is not None:
@@ -347,14 +347,14 @@ def _forbidden_cause(exc: BaseException) -> AddressNotAllowed | None:
     return None
 
 
-def _tls_failure(host: str, exc: BaseException) -> str:
-    """What a TLS failure says: the certificate is not trusted (the integration's ``ca_pem``), or another cause."""
+def _tls_failure(peer: str, exc: BaseException) -> str:
+    """What a TLS failure with ``peer`` says: the certificate is not trusted (the integration's ``ca_pem``), or
+    another cause."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return (
-            f"TLS with registry {host} failed: its certificate is not trusted "
-            "(add its CA to the registry integration's ca_pem)"
+            f"TLS with {peer} failed: its certificate is not trusted (add its CA to the registry integration's ca_pem)"
         )
-    return f"TLS with registry {host} failed: {type(exc).__name__}"
+    return f"TLS with {peer} failed: {type(exc).__name__}"
 
 
 def _basic(creds: Credentials) -> str:
