@@ -223,12 +223,33 @@ class Handlers:
         """Every integration type with its schemas."""
         return Reply.success([t.model_dump(mode="json") for t in domain.TYPES.values()])
 
+    async def _precheck_credential(self, cmd: Command, tenant: UUID, type_id: str, ref: str | None) -> Reply | None:
+        """Check a credential before the command's transaction (reading it may ask a vault); a reply to send
+        instead of handling the command (its stored reply, or the refusal), None to go on."""
+        if ref is None:
+            return None
+        if (stored := await self.commands.seen(cmd)) is not None:
+            return stored
+        try:
+            async with self._pool().acquire() as conn:
+                await self._check_credential(conn, tenant, type_id, ref)
+        except ServiceError as exc:
+            return Reply.failure(error_detail(exc))
+        return None
+
     async def create_integration(self, cmd: CreateIntegration) -> Reply:
-        """Create an integration of a known type whose config matches the type's schema."""
+        """Create an integration of a known type whose config matches the type's schema.
+
+        The credential is checked before the transaction, so a vault read holds no transaction open.
+        """
+        try:
+            domain.validate_config(cmd.type_id, cmd.config, self.insecure_hosts)
+        except ServiceError as exc:
+            return Reply.failure(error_detail(exc))
+        if (early := await self._precheck_credential(cmd, cmd.tenant_id, cmd.type_id, cmd.credential_ref)) is not None:
+            return early
 
         async def execute(conn: asyncpg.Connection) -> object:
-            domain.validate_config(cmd.type_id, cmd.config, self.insecure_hosts)
-            await self._check_credential(conn, cmd.tenant_id, cmd.type_id, cmd.credential_ref)
             fields = cmd.model_dump(include={"type_id", "name", "config", "credential_ref"})
             fields["display_name"] = cmd.display_name or cmd.name
             view = await repo.insert_integration(conn, cmd.tenant_id, self.new_id(), fields, self.clock())
@@ -240,7 +261,17 @@ class Handlers:
         return await self.commands.run(cmd, execute)
 
     async def update_integration(self, cmd: UpdateIntegration) -> Reply:
-        """Change an integration's display name, config or credential; its health is unknown until tested."""
+        """Change an integration's display name, config or credential; its health is unknown until tested.
+
+        A new credential is checked before the transaction (see :meth:`create_integration`).
+        """
+        if cmd.credential_ref is not None and not cmd.clear_credential_ref:
+            async with self._pool().acquire() as conn:
+                existing = await repo.get_integration(conn, cmd.tenant_id, cmd.integration_id)
+            if existing is not None:
+                early = await self._precheck_credential(cmd, cmd.tenant_id, existing.type_id, cmd.credential_ref)
+                if early is not None:
+                    return early
 
         async def execute(conn: asyncpg.Connection) -> object:
             current = await repo.get_integration(conn, cmd.tenant_id, cmd.integration_id)
@@ -253,8 +284,6 @@ class Handlers:
                 changes["credential_ref"] = None
             updated = current.model_copy(update=changes)
             domain.validate_config(updated.type_id, updated.config, self.insecure_hosts)
-            if "credential_ref" in changes:
-                await self._check_credential(conn, cmd.tenant_id, updated.type_id, updated.credential_ref)
             if updated == current:
                 return current.model_dump(mode="json")
             view = await repo.update_integration(conn, cmd.tenant_id, updated, self.clock())
