@@ -1,5 +1,5 @@
-"""The integration context: integrations with outside systems (registries, notification webhooks) and the
-built-in secret store.
+"""The integration context: integrations with outside systems (registries, notification webhooks, HashiCorp
+Vault) and the built-in secret store.
 
 Commands go to the integration service (``stella.cmd.integration.*``), reads are request/reply
 (``stella.rpc.integration.*``), and the service publishes events (``stella.evt.integration.*``).
