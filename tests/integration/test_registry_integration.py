@@ -152,3 +152,24 @@ async def test_another_tenants_or_another_hosts_integration_cannot_be_used(
 async def _count_components(app: ReleaseApp) -> int:
     async with app.runtime.pool.acquire() as conn:
         return int(await conn.fetchval("SELECT count(*) FROM components"))
+
+
+async def test_naming_an_integration_moves_a_component_off_its_deprecated_credential_reference(
+    caller: TenantCaller, services: tuple[IntegrationApp, ReleaseApp]
+) -> None:
+    _, release = services
+    component = await caller.command(
+        r.CREATE_COMPONENT, r.CreateComponent, name="legacy", image_repository="127.0.0.1:5999/team/api"
+    )
+    assert component.ok, component.error
+    async with release.runtime.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE components SET registry_credential_ref = 'env:LEGACY_AUTH' WHERE id = $1",
+            uuid.UUID(component.data["id"]),
+        )
+    integration = await _registry_integration(caller, "http://127.0.0.1:5999", "login", "alice:pw")
+    moved = await caller.command(
+        r.UPDATE_COMPONENT, r.UpdateComponent, component_id=component.data["id"], registry_integration_id=integration
+    )
+    assert moved.ok, moved.error
+    assert (moved.data["registry_integration_id"], moved.data["registry_credential_ref"]) == (integration, None)

@@ -42,7 +42,7 @@ def test_credential_shape_is_checked_without_showing_it() -> None:
 
 
 def test_every_type_publishes_its_schemas() -> None:
-    assert set(domain.TYPES) == {"registry", "notification", "secret-store"}
+    assert set(domain.TYPES) == {"registry", "notification", "secret-store", "vault"}
     for spec in domain.TYPES.values():
         assert spec.config_schema["type"] == "object"
         assert "type" in spec.secrets_schema
@@ -107,3 +107,13 @@ def test_a_notification_body_fills_the_template_and_keeps_the_slack_format_bare(
     assert domain.notification_body(slack, "chat", "e", "up", {"message": "x", "integration": "y", "env": "d"}) == {
         "text": "[d] up (chat)"
     }
+
+
+def test_vault_references_and_config() -> None:
+    ref = domain.CredentialRef.parse("vault:ci/registry#login")
+    assert (ref.scheme, ref.target, ref.key, ref.operator_only) == ("vault", "ci/registry", "login", False)
+    domain.validate_config("vault", {"address": "https://vault.example:8200", "mount": "kv", "namespace": "a/b"}, [])
+    for config in ({"address": "http://vault.example"}, {"address": "https://v.example", "mount": "../sys"}):
+        with pytest.raises(domain.InvalidIntegrationConfig):
+            domain.validate_config("vault", config, ["127.0.0.1"])
+    domain.validate_config("vault", {"address": "http://127.0.0.1:8200"}, ["127.0.0.1"])

@@ -144,8 +144,8 @@ REGISTRY_AUTH_REF = "env:STELLA_TEST_PRIVATE_REGISTRY_AUTH"
 
 
 @pytest.mark.parametrize("credential_refs", [[REGISTRY_AUTH_REF]], indirect=True)
-async def test_basic_auth_registry_through_a_credential_reference(
-    caller: Caller, oci_registry_with_auth: LocalRegistry, unique_id: str, monkeypatch
+async def test_a_deprecated_credential_reference_is_still_read_but_no_new_one_is_accepted(
+    caller: Caller, release_app: ReleaseApp, oci_registry_with_auth: LocalRegistry, unique_id: str, monkeypatch
 ) -> None:
     registry = oci_registry_with_auth
     assert registry.credentials is not None
@@ -156,20 +156,55 @@ async def test_basic_auth_registry_through_a_credential_reference(
     refused = await caller.command(c.SYNC_VERSIONS, c.SyncVersions, component_id=anonymous["id"])
     assert (refused.error.code, refused.error.status) == ("REL_REGISTRY_AUTH_FAILED", 422)
 
+    # A new reference is refused, even one the operator allows: registry integrations replace them.
     monkeypatch.setenv(REGISTRY_AUTH_REF.removeprefix("env:"), f"{user}:{password}")
-    component = await _component(
-        caller, "private", f"{registry.address}/{repo}", registry_credential_ref=REGISTRY_AUTH_REF
-    )
-    assert component["registry_credential_ref"] == REGISTRY_AUTH_REF
-    assert password not in str(component)
-    sync = await caller.command(c.SYNC_VERSIONS, c.SyncVersions, component_id=component["id"])
-    assert sync.ok, sync.error
-    versions = await caller.query(c.LIST_VERSIONS, c.ListVersions, component_id=component["id"])
-    assert versions.data["items"][0]["digest"] == digest
+    for reply in (
+        await caller.command(
+            c.CREATE_COMPONENT,
+            c.CreateComponent,
+            name="private",
+            image_repository=f"{registry.address}/{repo}",
+            registry_credential_ref=REGISTRY_AUTH_REF,
+        ),
+        await caller.command(
+            c.UPDATE_COMPONENT,
+            c.UpdateComponent,
+            component_id=anonymous["id"],
+            registry_credential_ref=REGISTRY_AUTH_REF,
+        ),
+    ):
+        assert (reply.error.code, reply.error.status) == ("REL_REGISTRY_CREDENTIAL_REF_DEPRECATED", 422)
+        assert "registry_integration_id" in reply.error.detail
 
+    # A component stored with one before the deprecation is still read through it, as a fallback.
+    async with release_app.runtime.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE components SET registry_credential_ref = $1 WHERE id = $2",
+            REGISTRY_AUTH_REF,
+            uuid.UUID(anonymous["id"]),
+        )
+    sync = await caller.command(c.SYNC_VERSIONS, c.SyncVersions, component_id=anonymous["id"])
+    assert sync.ok, sync.error
+    versions = await caller.query(c.LIST_VERSIONS, c.ListVersions, component_id=anonymous["id"])
+    assert versions.data["items"][0]["digest"] == digest
     monkeypatch.setenv(REGISTRY_AUTH_REF.removeprefix("env:"), f"{user}:wrong")
-    wrong = await caller.command(c.SYNC_VERSIONS, c.SyncVersions, component_id=component["id"])
+    wrong = await caller.command(c.SYNC_VERSIONS, c.SyncVersions, component_id=anonymous["id"])
     assert wrong.error.code == "REL_REGISTRY_AUTH_FAILED"
+    assert password not in wrong.model_dump_json()
+
+    # A component cannot name both (the migration's constraint); clearing the reference is allowed.
+    async with release_app.runtime.pool.acquire() as conn:
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "UPDATE components SET registry_integration_id = $1 WHERE id = $2",
+                uuid.uuid4(),
+                uuid.UUID(anonymous["id"]),
+            )
+    cleared = await caller.command(
+        c.UPDATE_COMPONENT, c.UpdateComponent, component_id=anonymous["id"], clear_registry_credential_ref=True
+    )
+    assert cleared.ok, cleared.error
+    assert cleared.data["registry_credential_ref"] is None
 
 
 async def test_ready_release_is_immutable_even_in_the_database(caller: Caller, release_app: ReleaseApp) -> None:
@@ -386,7 +421,7 @@ async def test_no_reference_makes_the_service_read_the_hosts_environment_or_file
 ) -> None:
     monkeypatch.setenv("STELLA_DATABASE_URL", "postgresql://user:db-password@db/stella")
     repository = f"127.0.0.1:{loot.port}/team/app"
-    for index, ref in enumerate(HOST_SECRETS):
+    for index, ref in enumerate([*HOST_SECRETS, "env:STELLA_TEST_ALLOWED_ONLY"]):
         refused = await caller.command(
             c.CREATE_COMPONENT,
             c.CreateComponent,
@@ -394,24 +429,14 @@ async def test_no_reference_makes_the_service_read_the_hosts_environment_or_file
             image_repository=repository,
             registry_credential_ref=ref,
         )
-        assert (refused.error.code, refused.error.status) == ("REL_CREDENTIAL_REF_NOT_ALLOWED", 422), ref
+        assert (refused.error.code, refused.error.status) == ("REL_REGISTRY_CREDENTIAL_REF_DEPRECATED", 422), ref
         assert "No such file" not in refused.error.detail
     component = await _component(caller, "plain", repository)
     for ref in HOST_SECRETS:
         refused = await caller.command(
             c.UPDATE_COMPONENT, c.UpdateComponent, component_id=component["id"], registry_credential_ref=ref
         )
-        assert refused.error.code == "REL_CREDENTIAL_REF_NOT_ALLOWED", ref
-    # Another tenant's allowed reference is not this tenant's either.
-    other = caller.other_tenant()
-    refused = await other.command(
-        c.CREATE_COMPONENT,
-        c.CreateComponent,
-        name="x",
-        image_repository=repository,
-        registry_credential_ref="env:STELLA_TEST_ALLOWED_ONLY",
-    )
-    assert refused.error.code == "REL_CREDENTIAL_REF_NOT_ALLOWED"
+        assert refused.error.code == "REL_REGISTRY_CREDENTIAL_REF_DEPRECATED", ref
 
     # A reference stored before the allow-list existed is refused when it would be read, and nothing is sent.
     async with release_app.runtime.pool.acquire() as conn:

@@ -1,5 +1,5 @@
-"""The integration context: integrations with outside systems (registries, notification webhooks) and the
-built-in secret store.
+"""The integration context: integrations with outside systems (registries, notification webhooks, HashiCorp
+Vault) and the built-in secret store.
 
 Commands go to the integration service (``stella.cmd.integration.*``), reads are request/reply
 (``stella.rpc.integration.*``), and the service publishes events (``stella.evt.integration.*``).
@@ -27,10 +27,13 @@ CONTEXT: Final[str] = "integration"
 """Context name in subjects."""
 
 INTEGRATION_CREDENTIAL_REF_PATTERN: Final[str] = (
-    r"^(secret:[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?|(env|file):[A-Za-z0-9_./-]{1,255})$"
+    r"^(secret:[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?"
+    r"|vault:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}){0,15}#[A-Za-z0-9_.-]{1,128}"
+    r"|(env|file):[A-Za-z0-9_./-]{1,255})$"
 )
-"""``secret:<name>`` (a secret of the tenant's own store), or ``env:NAME`` / ``file:/path`` (only those the
-operator allows the tenant)."""
+"""``secret:<name>`` (a secret of the tenant's own store), ``vault:<path>#<key>`` (the field ``key`` of the KV v2
+secret at ``path`` in the tenant's ``vault`` integration; no path segment starts with a dot, so no ``..``), or
+``env:NAME`` / ``file:/path`` (only those the operator allows the tenant)."""
 
 # --- subjects -------------------------------------------------------------------------------------------
 

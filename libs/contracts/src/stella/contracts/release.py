@@ -91,8 +91,9 @@ class ReleaseStatus(StrEnum):
 
 
 class ComponentView(Model):
-    """A component as clients see it. ``registry_credential_ref`` names a secret, never holds one;
-    ``registry_integration_id`` names the ``registry`` integration its tags are read through (which wins)."""
+    """A component as clients see it. ``registry_integration_id`` names the ``registry`` integration its tags are
+    read through. ``registry_credential_ref`` (deprecated) names a host secret, never holds one: set only on
+    components made before registry integrations, read as a fallback, never together with an integration."""
 
     id: UUID
     name: Name
@@ -169,6 +170,7 @@ class CreateComponent(Command):
     versioning_strategy: dict[str, Any] = Field(default_factory=lambda: {"type": "semver"})
     default_channel: Channel = "stable"
     registry_credential_ref: CredentialRef | None = None
+    """Deprecated: any value is refused with ``REL_REGISTRY_CREDENTIAL_REF_DEPRECATED``; name an integration."""
     registry_integration_id: UUID | None = None
     """The ``registry`` integration (integration service) whose URL and credential the tags are read with."""
 
@@ -182,8 +184,10 @@ class UpdateComponent(Command):
     versioning_strategy: dict[str, Any] | None = None
     default_channel: Channel | None = None
     registry_credential_ref: CredentialRef | None = None
+    """Deprecated: any value is refused with ``REL_REGISTRY_CREDENTIAL_REF_DEPRECATED``."""
     clear_registry_credential_ref: bool = False
     registry_integration_id: UUID | None = None
+    """Naming an integration also removes a deprecated ``registry_credential_ref``."""
     clear_registry_integration_id: bool = False
 
 

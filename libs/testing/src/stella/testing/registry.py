@@ -1,8 +1,10 @@
 """A real OCI registry for tests, and a client that pushes real images to it.
 
 :class:`LocalRegistry` runs the CNCF distribution registry (Debian's ``docker-registry`` package) on
-``127.0.0.1:<free port>`` with filesystem storage, optionally behind htpasswd basic authentication. It can
-be stopped and started again on the same port and storage, to test what happens while a registry is down.
+``127.0.0.1:<free port>`` with filesystem storage, optionally behind htpasswd basic authentication or token
+authentication (:class:`TokenAuth`: the registry trusts tokens signed by a key whose certificate chains to a
+bundle), and optionally over TLS (:class:`TlsFiles`). It can be stopped and started again on the same port and
+storage, to test what happens while a registry is down.
 
 :func:`push_image` builds a single-layer OCI image in memory and uploads it through the OCI distribution
 API, the same API the product's registry integration reads.
@@ -18,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import tarfile
 import time
@@ -97,6 +100,26 @@ def busybox_files() -> dict[str, bytes] | None:
     return {"bin/busybox": BUSYBOX_PATH.read_bytes()}
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The registry's TLS: its certificate and key, and the CA a client trusts it by (PEM files)."""
+
+    certificate: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class TokenAuth:
+    """Token authentication (``auth: token``): clients get a token from ``realm``; the registry accepts tokens
+    for ``service`` from ``issuer`` signed by a key whose certificate chains to ``root_cert_bundle``."""
+
+    realm: str
+    service: str
+    issuer: str
+    root_cert_bundle: Path
+
+
 class LocalRegistry:
     """A distribution registry process on loopback with filesystem storage.
 
@@ -105,6 +128,8 @@ class LocalRegistry:
         users: ``{username: password}`` for htpasswd basic authentication; None serves anonymously.
         port: TCP port; a free one is chosen at the first start when None.
         binary: The registry executable; :func:`find_registry_binary` when None.
+        tls: Serve HTTPS with these files instead of plain HTTP.
+        token: Token authentication instead of ``users``.
     """
 
     def __init__(
@@ -114,12 +139,16 @@ class LocalRegistry:
         users: Mapping[str, str] | None = None,
         port: int | None = None,
         binary: Path | None = None,
+        tls: TlsFiles | None = None,
+        token: TokenAuth | None = None,
     ) -> None:
         self.root = root
         self.users = dict(users) if users else None
         self.port = port
         self.host = "127.0.0.1"
         self.binary = binary
+        self.tls = tls
+        self.token = token
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -132,8 +161,12 @@ class LocalRegistry:
 
     @property
     def url(self) -> str:
-        """The base URL, ``http://host:port``."""
-        return f"http://{self.address}"
+        """The base URL, ``http://host:port`` (``https://`` with TLS)."""
+        return f"{'https' if self.tls else 'http'}://{self.address}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context trusting the registry's CA (None without TLS)."""
+        return ssl.create_default_context(cafile=str(self.tls.ca)) if self.tls else None
 
     @property
     def credentials(self) -> Auth | None:
@@ -165,6 +198,20 @@ class LocalRegistry:
             # A fixed secret keeps upload state valid across restarts (and silences a warning).
             "http": {"addr": f"{self.host}:{port}", "secret": self._secret()},
         }
+        if self.tls:
+            config["http"] = {
+                **config["http"],  # type: ignore[dict-item]
+                "tls": {"certificate": str(self.tls.certificate), "key": str(self.tls.key)},
+            }
+        if self.token:
+            config["auth"] = {
+                "token": {
+                    "realm": self.token.realm,
+                    "service": self.token.service,
+                    "issuer": self.token.issuer,
+                    "rootcertbundle": str(self.token.root_cert_bundle),
+                }
+            }
         if self.users:
             htpasswd = self.root / "htpasswd"
             htpasswd.write_text(
@@ -187,7 +234,7 @@ class LocalRegistry:
 
     def _answers(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/v2/", timeout=1.0) as response:  # noqa: S310
+            with urllib.request.urlopen(f"{self.url}/v2/", timeout=1.0, context=self.ssl_context()) as response:  # noqa: S310
                 return int(response.status) == 200
         except urllib.error.HTTPError as exc:
             return exc.code == 401  # an authenticating registry is up and asks for credentials
@@ -280,6 +327,8 @@ def request(
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     auth: Auth | None = None,
+    bearer: str | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> RegistryResponse:
     """Send one HTTP request to a registry.
 
@@ -289,6 +338,8 @@ def request(
         body: Request body.
         headers: Extra request headers.
         auth: Basic authentication credentials.
+        bearer: A token sent as ``Authorization: Bearer`` (a token-authenticating registry).
+        context: TLS context (a registry whose CA the system does not trust).
 
     Returns:
         The response, whatever its status.
@@ -300,9 +351,11 @@ def request(
     if auth is not None:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         all_headers["Authorization"] = f"Basic {token}"
+    if bearer is not None:
+        all_headers["Authorization"] = f"Bearer {bearer}"
     outgoing = urllib.request.Request(url, data=body, headers=all_headers, method=method)  # noqa: S310
     try:
-        with urllib.request.urlopen(outgoing, timeout=_REQUEST_TIMEOUT) as response:  # noqa: S310
+        with urllib.request.urlopen(outgoing, timeout=_REQUEST_TIMEOUT, context=context) as response:  # noqa: S310
             return RegistryResponse(int(response.status), response.headers, response.read())
     except urllib.error.HTTPError as exc:
         return RegistryResponse(exc.code, exc.headers, exc.read())
@@ -321,7 +374,15 @@ def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def upload_blob(registry_url: str, repository: str, data: bytes, *, auth: Auth | None = None) -> str:
+def upload_blob(
+    registry_url: str,
+    repository: str,
+    data: bytes,
+    *,
+    auth: Auth | None = None,
+    bearer: str | None = None,
+    context: ssl.SSLContext | None = None,
+) -> str:
     """Upload a blob in one piece (POST to open an upload, PUT with the digest to finish it).
 
     Args:
@@ -329,6 +390,8 @@ def upload_blob(registry_url: str, repository: str, data: bytes, *, auth: Auth |
         repository: Repository name, e.g. ``stella/api``.
         data: The blob.
         auth: Basic authentication credentials.
+        bearer: A registry token (see :func:`request`).
+        context: TLS context (see :func:`request`).
 
     Returns:
         The blob's digest, ``sha256:<hex>``.
@@ -339,7 +402,7 @@ def upload_blob(registry_url: str, repository: str, data: bytes, *, auth: Auth |
     digest = _sha256(data)
     base = registry_url.rstrip("/")
     opened = _expect(
-        request("POST", f"{base}/v2/{repository}/blobs/uploads/", body=b"", auth=auth),
+        request("POST", f"{base}/v2/{repository}/blobs/uploads/", body=b"", auth=auth, bearer=bearer, context=context),
         202,
         f"open blob upload in {repository}",
     )
@@ -356,6 +419,8 @@ def upload_blob(registry_url: str, repository: str, data: bytes, *, auth: Auth |
             body=data,
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
             auth=auth,
+            bearer=bearer,
+            context=context,
         ),
         201,
         f"upload blob {digest} to {repository}",
@@ -391,6 +456,8 @@ def push_image(
     files: Mapping[str, bytes] | None = None,
     config: Mapping[str, object] | None = None,
     auth: Auth | None = None,
+    bearer: str | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> str:
     """Push a single-layer OCI image and tag it.
 
@@ -406,6 +473,8 @@ def push_image(
         config: The image's run configuration (OCI ``config``: ``Cmd``, ``Entrypoint``, ``ExposedPorts``,
             ``Healthcheck``, ``Labels``...), merged over ``{"Env": ["PATH=/bin"]}``.
         auth: Basic authentication credentials.
+        bearer: A registry token allowing push (see :func:`request`).
+        context: TLS context (see :func:`request`).
 
     Returns:
         The manifest digest exactly as the registry reported it (``Docker-Content-Digest``).
@@ -424,8 +493,8 @@ def push_image(
             "rootfs": {"type": "layers", "diff_ids": [_sha256(layer_tar)]},
         }
     )
-    layer_digest = upload_blob(registry_url, repository, layer, auth=auth)
-    config_digest = upload_blob(registry_url, repository, config_blob, auth=auth)
+    layer_digest = upload_blob(registry_url, repository, layer, auth=auth, bearer=bearer, context=context)
+    config_digest = upload_blob(registry_url, repository, config_blob, auth=auth, bearer=bearer, context=context)
     manifest = _canonical_json(
         {
             "schemaVersion": 2,
@@ -441,6 +510,8 @@ def push_image(
             body=manifest,
             headers={"Content-Type": OCI_MANIFEST},
             auth=auth,
+            bearer=bearer,
+            context=context,
         ),
         201,
         f"put manifest {repository}:{tag}",

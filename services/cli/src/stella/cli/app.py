@@ -197,14 +197,17 @@ def components_create(
     version_map: Annotated[
         bool, typer.Option("--version-map", help="Resolve tags from versions registered by hand, not the registry.")
     ] = False,
-    credential_ref: Annotated[str | None, typer.Option(help="Where the registry credentials are (env:NAME).")] = None,
+    registry_integration: Annotated[
+        str | None,
+        typer.Option(help="Id of the registry integration whose credential reads the registry (a private one)."),
+    ] = None,
 ) -> None:
     """Create a component (an image repository)."""
     body: dict[str, Any] = {"name": name, "image_repository": image}
     if version_map:
         body["versioning_strategy"] = {"resolve": "version-map"}
-    if credential_ref:
-        body["registry_credential_ref"] = credential_ref
+    if registry_integration:
+        body["registry_integration_id"] = registry_integration
     with _api() as api:
         show(api.post("/components", body), STATE.output, COMPONENT_COLUMNS)
 

@@ -233,16 +233,17 @@ class ComponentCreate(RequestBody):
     registry_credential_ref: CredentialRef | None = Field(
         default=None,
         description=(
-            "Where the registry credential lives (env:NAME or file:PATH on the release service's host), never "
-            "the secret; only references the operator allows the tenant are accepted. Needs credential:update."
+            "Deprecated: a value is refused with 422 REL_REGISTRY_CREDENTIAL_REF_DEPRECATED. Name a registry "
+            "integration in registry_integration_id instead (its credential in the secret store, a vault, or an "
+            "operator-allowed env:/file: reference)."
         ),
+        json_schema_extra={"deprecated": True},
     )
     registry_integration_id: UUID | None = Field(
         default=None,
         description=(
             "The registry integration (GET /api/v1/integrations) whose URL and credential the component's tags are "
-            "read with; it must be for the component's registry host. Wins over registry_credential_ref. "
-            "Needs credential:update."
+            "read with; it must be for the component's registry host. Needs credential:update."
         ),
     )
 
@@ -250,15 +251,19 @@ class ComponentCreate(RequestBody):
 class ComponentUpdate(RequestBody):
     """New values for a component's mutable fields; omitted fields keep their value.
 
-    ``registry_credential_ref: null`` removes the credential reference, ``registry_integration_id: null`` the
-    registry integration.
+    ``registry_credential_ref: null`` removes a deprecated credential reference (a value is refused),
+    ``registry_integration_id: null`` the registry integration; naming an integration also removes the reference.
     """
 
     display_name: DisplayName | None = None
     image_repository: Repository | None = None
     versioning_strategy: dict[str, Any] | None = None
     default_channel: Channel | None = None
-    registry_credential_ref: CredentialRef | None = None
+    registry_credential_ref: CredentialRef | None = Field(
+        default=None,
+        description="Deprecated: only null (remove the reference) is accepted.",
+        json_schema_extra={"deprecated": True},
+    )
     registry_integration_id: UUID | None = None
 
 
@@ -271,7 +276,10 @@ class ComponentOut(ResponseBody):
     image_repository: str
     versioning_strategy: dict[str, Any]
     default_channel: str
-    registry_credential_ref: str | None
+    registry_credential_ref: str | None = Field(
+        description="Deprecated: set only on components made before registry integrations, read as a fallback.",
+        json_schema_extra={"deprecated": True},
+    )
     registry_integration_id: UUID | None = None
     created_at: datetime
     updated_at: datetime

@@ -16,6 +16,7 @@ from stella.integration.connectors import Connectors
 from stella.integration.handlers import Handlers
 from stella.integration.keys import Keyring, MasterKey, MasterKeyError
 from stella.integration.settings import Settings
+from stella.integration.vault import VaultClient
 from stella.kit.addresses import AddressPolicy
 from stella.kit.broker import CommandProcessor
 from stella.kit.credentials import HostCredentialAllowList
@@ -79,7 +80,9 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Int
     overrides = overrides or Overrides()
     clock = overrides.get("clock", utcnow)
     keyring = load_keyring(settings)
-    connectors = Connectors(timeout_s=settings.request_timeout_s, addresses=AddressPolicy(settings.allowed_networks))
+    addresses = AddressPolicy(settings.allowed_networks)
+    connectors = Connectors(timeout_s=settings.request_timeout_s, addresses=addresses)
+    vault = VaultClient(timeout_s=settings.request_timeout_s, addresses=addresses)
     app = IntegrationApp()
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
@@ -88,6 +91,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Int
             CommandProcessor(lambda: runtime.pool, f"{NAME}-commands"),
             connectors,
             keyring,
+            vault=vault,
             host_refs=HostCredentialAllowList(settings.credential_refs),
             insecure_hosts=settings.insecure_registries,
             health_interval=timedelta(seconds=settings.health_interval_s),

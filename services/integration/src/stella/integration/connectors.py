@@ -122,7 +122,11 @@ class Connectors:
                 HealthStatus.UNHEALTHY, f"{exc}; the operator allows networks in STELLA_INTEGRATION_ALLOWED_NETWORKS"
             )
         except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
-            return Probe(HealthStatus.UNHEALTHY, f"TLS with registry {host} failed: {type(exc).__name__}")
+            if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+                reason = "its certificate is not trusted (add its CA to the integration's ca_pem)"
+            else:
+                reason = type(exc).__name__
+            return Probe(HealthStatus.UNHEALTHY, f"TLS with registry {host} failed: {reason}")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             forbidden = _forbidden_cause(exc)
             if forbidden is not None:

@@ -22,6 +22,8 @@ NOTIFICATION: Final[str] = "notification"
 """A webhook receiving notifications (plain JSON or a Slack-compatible ``{"text": ...}`` body)."""
 SECRET_STORE: Final[str] = "secret-store"
 """The built-in secret store (``secret:<name>`` references)."""
+VAULT: Final[str] = "vault"
+"""A HashiCorp Vault (or API-compatible) KV version 2 secrets engine (``vault:<path>#<key>`` references)."""
 
 
 class IntegrationNotFound(NotFound):
@@ -85,6 +87,13 @@ class CredentialInvalid(Unprocessable):
 
     code = "INT_CREDENTIAL_INVALID"
     title = "Credential does not match its type's schema"
+
+
+class VaultRefNotAllowed(Unprocessable):
+    """A ``vault`` integration's own token cannot come from a vault."""
+
+    code = "INT_CREDENTIAL_REF_NOT_ALLOWED"
+    title = "Credential reference not allowed"
 
 
 class NotARegistry(Unprocessable):
@@ -172,6 +181,46 @@ TYPES: Final[dict[str, IntegrationTypeView]] = {
             testable=True,
         ),
         IntegrationTypeView(
+            type_id=VAULT,
+            description=(
+                "HashiCorp Vault KV version 2: credential references vault:<path>#<key> read the field <key> of "
+                "the secret at <path>; the connection test checks the server's health and the token."
+            ),
+            config_schema={
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["address"],
+                "properties": {
+                    "address": {**_URL, "description": "The Vault address: https://vault.example:8200"},
+                    "mount": {
+                        "type": "string",
+                        "pattern": "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}){0,7}$",
+                        "default": "secret",
+                        "description": "Mount path of the KV version 2 secrets engine.",
+                    },
+                    "namespace": {
+                        "type": "string",
+                        "pattern": "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}){0,7}/?$",
+                        "description": "Vault Enterprise namespace (sent as X-Vault-Namespace).",
+                    },
+                    "ca_pem": {
+                        "type": "string",
+                        "maxLength": 65536,
+                        "pattern": "-----BEGIN CERTIFICATE-----",
+                        "description": "PEM certificates trusted for this Vault's TLS, besides the system's.",
+                    },
+                },
+            },
+            secrets_schema={
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 4096,
+                "pattern": "^\\S+$",
+                "description": "A Vault token (sent as X-Vault-Token) allowed to read the secrets named.",
+            },
+            testable=True,
+        ),
+        IntegrationTypeView(
             type_id=SECRET_STORE,
             description="The built-in secret store: values encrypted at rest (AES-256-GCM), named secret:<name>.",
             config_schema={"type": "object", "additionalProperties": False, "properties": {}},
@@ -207,12 +256,13 @@ def validate_config(type_id: str, config: dict[str, Any], insecure_hosts: list[s
         {"loc": ["config", *map(str, e.absolute_path)], "msg": e.message}
         for e in sorted(Draft202012Validator(spec.config_schema).iter_errors(config), key=str)
     ]
-    if not problems and type_id == REGISTRY:
-        parts = urlsplit(config["url"])
+    url_field = {REGISTRY: "url", VAULT: "address"}.get(type_id)
+    if not problems and url_field is not None:
+        parts = urlsplit(config[url_field])
         bare = parts.hostname or ""
         host = f"[{bare}]" if ":" in bare else bare
         if parts.scheme == "http" and host not in insecure_hosts:
-            problems.append({"loc": ["config", "url"], "msg": f"plain http is allowed only for {insecure_hosts}"})
+            problems.append({"loc": ["config", url_field], "msg": f"plain http is allowed only for {insecure_hosts}"})
     if problems:
         raise InvalidIntegrationConfig(
             f"the config of a {type_id!r} integration does not match its schema", errors=problems
@@ -232,15 +282,20 @@ def validate_credential(type_id: str, value: str) -> None:
 
 @dataclass(frozen=True)
 class CredentialRef:
-    """A parsed ``credential_ref``: ``scheme`` is ``secret``, ``env`` or ``file``."""
+    """A parsed ``credential_ref``: ``scheme`` is ``secret``, ``vault``, ``env`` or ``file``; for ``vault``,
+    ``target`` is the secret's path and ``key`` the field read from it."""
 
     scheme: str
     target: str
+    key: str = ""
 
     @classmethod
     def parse(cls, ref: str) -> CredentialRef:
         """Split ``scheme:target`` (the contract's pattern has already checked the shape)."""
         scheme, _, target = ref.partition(":")
+        if scheme == "vault":
+            path, _, key = target.partition("#")
+            return cls(scheme, path, key)
         return cls(scheme, target)
 
     @property

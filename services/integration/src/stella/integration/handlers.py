@@ -51,6 +51,7 @@ from stella.contracts.integration import (
 )
 from stella.integration import domain, keys, repo
 from stella.integration.connectors import Connectors, Probe
+from stella.integration.vault import VaultClient, VaultError
 from stella.kit.broker import CommandProcessor
 from stella.kit.credentials import HostCredentialAllowList
 from stella.kit.errors import ServiceError, error_detail
@@ -72,6 +73,7 @@ class Handlers:
         connectors: Connectors,
         keyring: keys.Keyring,
         *,
+        vault: VaultClient | None = None,
         host_refs: HostCredentialAllowList | None = None,
         insecure_hosts: list[str] | None = None,
         health_interval: timedelta = timedelta(minutes=5),
@@ -82,6 +84,7 @@ class Handlers:
         self.commands = commands
         self.connectors = connectors
         self.keyring = keyring
+        self.vault = vault or VaultClient()
         self.host_refs = host_refs or HostCredentialAllowList()
         self.insecure_hosts = insecure_hosts if insecure_hosts is not None else ["localhost", "127.0.0.1", "[::1]"]
         self.health_interval = health_interval
@@ -160,11 +163,24 @@ class Handlers:
     async def _resolve(self, conn: asyncpg.Connection, tenant: UUID, ref: str) -> str:
         """The text behind a credential reference.
 
+        A ``vault:<path>#<key>`` reference is read from the tenant's ``vault`` integration (with its token from
+        the secret store or an allowed host reference) while ``conn`` is held: the read is bounded by the
+        request timeout.
+
         Raises:
             CredentialRefNotAllowed: an operator-only reference the tenant may not use.
             CredentialUnresolved: nothing readable behind it.
         """
         parsed = domain.CredentialRef.parse(ref)
+        if parsed.scheme == "vault":
+            vault = await self._tenant_vault(conn, tenant)
+            if vault.credential_ref is None or vault.credential_ref.startswith("vault:"):
+                raise domain.CredentialUnresolved(f"the vault integration {vault.name!r} has no token")
+            token = await self._resolve(conn, tenant, vault.credential_ref)
+            try:
+                return await self.vault.read(vault.config, token, parsed.target, parsed.key)
+            except VaultError as exc:
+                raise domain.CredentialUnresolved(f"{ref!r} cannot be read: {exc}") from None
         if parsed.operator_only:
             if not self.host_refs.allows(tenant, ref):
                 raise domain.CredentialRefNotAllowed(
@@ -180,7 +196,24 @@ class Handlers:
             raise domain.CredentialUnresolved(f"there is no secret named {parsed.target!r}")
         return keys.decrypt_value(await self._data_key(conn, tenant), tenant, parsed.target, *found)
 
+    async def _tenant_vault(self, conn: asyncpg.Connection, tenant: UUID) -> IntegrationView:
+        """The tenant's one ``vault`` integration, which ``vault:`` references are read from.
+
+        Raises:
+            CredentialUnresolved: the tenant has none, or several (a reference does not say which).
+        """
+        found, _ = await repo.list_integrations(conn, tenant, domain.VAULT, 2, None)
+        if not found:
+            raise domain.CredentialUnresolved("vault: references need a vault integration; the tenant has none")
+        if len(found) > 1:
+            raise domain.CredentialUnresolved(
+                "vault: references are read from the tenant's one vault integration; the tenant has several"
+            )
+        return found[0]
+
     async def _check_credential(self, conn: asyncpg.Connection, tenant: UUID, type_id: str, ref: str | None) -> None:
+        if ref is not None and type_id == domain.VAULT and ref.startswith("vault:"):
+            raise domain.VaultRefNotAllowed("a vault integration's token cannot itself come from a vault")
         if ref is not None:
             domain.validate_credential(type_id, await self._resolve(conn, tenant, ref))
 
@@ -190,12 +223,33 @@ class Handlers:
         """Every integration type with its schemas."""
         return Reply.success([t.model_dump(mode="json") for t in domain.TYPES.values()])
 
+    async def _precheck_credential(self, cmd: Command, tenant: UUID, type_id: str, ref: str | None) -> Reply | None:
+        """Check a credential before the command's transaction (reading it may ask a vault); a reply to send
+        instead of handling the command (its stored reply, or the refusal), None to go on."""
+        if ref is None:
+            return None
+        if (stored := await self.commands.seen(cmd)) is not None:
+            return stored
+        try:
+            async with self._pool().acquire() as conn:
+                await self._check_credential(conn, tenant, type_id, ref)
+        except ServiceError as exc:
+            return Reply.failure(error_detail(exc))
+        return None
+
     async def create_integration(self, cmd: CreateIntegration) -> Reply:
-        """Create an integration of a known type whose config matches the type's schema."""
+        """Create an integration of a known type whose config matches the type's schema.
+
+        The credential is checked before the transaction, so a vault read holds no transaction open.
+        """
+        try:
+            domain.validate_config(cmd.type_id, cmd.config, self.insecure_hosts)
+        except ServiceError as exc:
+            return Reply.failure(error_detail(exc))
+        if (early := await self._precheck_credential(cmd, cmd.tenant_id, cmd.type_id, cmd.credential_ref)) is not None:
+            return early
 
         async def execute(conn: asyncpg.Connection) -> object:
-            domain.validate_config(cmd.type_id, cmd.config, self.insecure_hosts)
-            await self._check_credential(conn, cmd.tenant_id, cmd.type_id, cmd.credential_ref)
             fields = cmd.model_dump(include={"type_id", "name", "config", "credential_ref"})
             fields["display_name"] = cmd.display_name or cmd.name
             view = await repo.insert_integration(conn, cmd.tenant_id, self.new_id(), fields, self.clock())
@@ -207,7 +261,17 @@ class Handlers:
         return await self.commands.run(cmd, execute)
 
     async def update_integration(self, cmd: UpdateIntegration) -> Reply:
-        """Change an integration's display name, config or credential; its health is unknown until tested."""
+        """Change an integration's display name, config or credential; its health is unknown until tested.
+
+        A new credential is checked before the transaction (see :meth:`create_integration`).
+        """
+        if cmd.credential_ref is not None and not cmd.clear_credential_ref:
+            async with self._pool().acquire() as conn:
+                existing = await repo.get_integration(conn, cmd.tenant_id, cmd.integration_id)
+            if existing is not None:
+                early = await self._precheck_credential(cmd, cmd.tenant_id, existing.type_id, cmd.credential_ref)
+                if early is not None:
+                    return early
 
         async def execute(conn: asyncpg.Connection) -> object:
             current = await repo.get_integration(conn, cmd.tenant_id, cmd.integration_id)
@@ -220,8 +284,6 @@ class Handlers:
                 changes["credential_ref"] = None
             updated = current.model_copy(update=changes)
             domain.validate_config(updated.type_id, updated.config, self.insecure_hosts)
-            if "credential_ref" in changes:
-                await self._check_credential(conn, cmd.tenant_id, updated.type_id, updated.credential_ref)
             if updated == current:
                 return current.model_dump(mode="json")
             view = await repo.update_integration(conn, cmd.tenant_id, updated, self.clock())
@@ -280,6 +342,8 @@ class Handlers:
                 username=username or None,
                 password=password or None,
             )
+        if view.type_id == domain.VAULT:
+            return await self.vault.probe(view.config, credential)
         if view.type_id == domain.NOTIFICATION:
             body = domain.notification_body(
                 view.config, view.name, "connection_test", f"Connection test of the Stella integration {view.name}"

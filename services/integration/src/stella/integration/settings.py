@@ -39,7 +39,8 @@ class Settings(ServiceSettings):
     private and reserved addresses are refused otherwise."""
 
     insecure_registries: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"])
-    """Registry hosts a ``registry`` integration may name with plain ``http://`` (matched without the port)."""
+    """Hosts a ``registry`` integration (its ``url``) or a ``vault`` integration (its ``address``) may name with
+    plain ``http://`` (matched without the port)."""
 
     request_timeout_s: float = Field(default=10.0, gt=0, le=300)
     """Seconds one request to an outside system (a connection test, a notification) may take."""

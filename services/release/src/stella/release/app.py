@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,12 +15,14 @@ from stella.contracts.envelope import utcnow
 from stella.kit.addresses import AddressPolicy
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
-from stella.release import metrics, subscribers
+from stella.release import metrics, repo, subscribers
 from stella.release.credentials import CredentialPolicy
 from stella.release.handlers import Handlers
 from stella.release.integrations import RegistryIntegrations
 from stella.release.registry import RegistryClient
 from stella.release.settings import Settings
+
+log = logging.getLogger(__name__)
 
 NAME = "release"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -77,8 +80,16 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Rel
         app.handlers = handlers
         subscribers.register(runtime, router, handlers)
 
-    async def on_start(_: ServiceRuntime) -> None:
+    async def on_start(runtime: ServiceRuntime) -> None:
         await registry.start()
+        async with runtime.pool.acquire() as conn:
+            legacy = await repo.count_legacy_credential_refs(conn)
+        if legacy:
+            log.warning(
+                "components still read their registry through a deprecated registry_credential_ref; name a "
+                "registry integration on them (registry_integration_id) before the column is removed",
+                extra={"components": legacy},
+            )
 
     async def on_stop(_: ServiceRuntime) -> None:
         await registry.close()

@@ -1,5 +1,8 @@
 """Which credential references a tenant may use, and reading the secret behind an allowed one.
 
+Deprecated: registry credentials are named through a ``registry`` integration (:mod:`stella.release.integrations`).
+No new reference is accepted; those stored before are still read, only as a fallback, under the rules below.
+
 A component's ``registry_credential_ref`` (``env:NAME`` or ``file:/path``, holding ``user:password``) names a
 secret on the release service's host. A client must never make the service read whatever it names: that
 would hand the host's environment and files (``env:STELLA_DATABASE_URL``, ``file:/proc/self/environ``) to
@@ -9,8 +12,7 @@ read (a reference stored before it was allowed, or since removed from the list, 
 
 Nothing about the host leaks through the errors: a refused reference and an allowed one that cannot be
 read (missing, unreadable, not ``user:password``) answer with the same kind of message, which says
-nothing about whether a variable is set or a file exists; the service's log has the details. Until the
-integrations bring a secret store, this allow-list is the only way a secret reaches a registry.
+nothing about whether a variable is set or a file exists; the service's log has the details.
 """
 
 from __future__ import annotations

@@ -37,6 +37,13 @@ class RegistryIntegrationsUnavailable(Unprocessable):
     title = "Registry integration cannot be used"
 
 
+class RegistryCredentialRefDeprecated(Unprocessable):
+    """A new ``registry_credential_ref`` is refused: registry credentials are named through a registry integration."""
+
+    code = "REL_REGISTRY_CREDENTIAL_REF_DEPRECATED"
+    title = "registry_credential_ref is deprecated"
+
+
 class ComponentInUse(Conflict):
     """A component referenced by a release cannot be deleted."""
 

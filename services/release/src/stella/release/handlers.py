@@ -60,7 +60,7 @@ from stella.kit.outbox import add_events
 from stella.release import domain, repo
 from stella.release.credentials import CredentialPolicy
 from stella.release.integrations import RegistryIntegrations
-from stella.release.registry import Credentials, RegistryClient
+from stella.release.registry import Access, RegistryClient
 
 _SEMVER = re.compile(SEMVER_PATTERN)
 
@@ -106,9 +106,9 @@ class Handlers:
         integration_id: UUID | None = None,
         repository: str | None = None,
         credential_ref: str | None = None,
-    ) -> Credentials | None:
-        """The credential a component's registry is read with: through its registry integration (asked of the
-        integration service), else through its host credential reference."""
+    ) -> Access | None:
+        """How a component's registry is read: through its registry integration (asked of the integration
+        service: credential, CA, URL), else, deprecated, through its host credential reference."""
         if component is not None:
             integration_id, repository = component.registry_integration_id, component.image_repository
             credential_ref = component.registry_credential_ref
@@ -116,8 +116,9 @@ class Handlers:
             if self.integrations is None:
                 raise domain.RegistryIntegrationsUnavailable("registry integrations are not configured")
             assert repository is not None
-            return await self.integrations.credentials(tenant_id, integration_id, repository)
-        return self.credentials.resolve(tenant_id, credential_ref)
+            return await self.integrations.access(tenant_id, integration_id, repository)
+        legacy = self.credentials.resolve(tenant_id, credential_ref)
+        return Access(credentials=legacy) if legacy is not None else None
 
     # --- components -------------------------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ class Handlers:
                 return Reply.failure(error_detail(exc))
 
         async def execute(conn: asyncpg.Connection) -> object:
-            self.credentials.check(cmd.tenant_id, cmd.registry_credential_ref)
+            _refuse_new_credential_ref(cmd.registry_credential_ref)
             self.registry.check_repository(cmd.image_repository)
             fields = cmd.model_dump(
                 include={
@@ -177,7 +178,7 @@ class Handlers:
             current = await repo.get_component(conn, cmd.tenant_id, cmd.component_id, lock=True)
             if current is None:
                 raise domain.ComponentNotFound(f"component {cmd.component_id} does not exist")
-            self.credentials.check(cmd.tenant_id, cmd.registry_credential_ref)
+            _refuse_new_credential_ref(cmd.registry_credential_ref)
             if cmd.image_repository is not None:
                 self.registry.check_repository(cmd.image_repository)
             changes = cmd.model_dump(
@@ -191,7 +192,8 @@ class Handlers:
                 },
                 exclude_none=True,
             )
-            if cmd.clear_registry_credential_ref:
+            if cmd.clear_registry_credential_ref or cmd.registry_integration_id is not None:
+                # Naming an integration moves the component off its deprecated reference.
                 changes["registry_credential_ref"] = None
             if cmd.clear_registry_integration_id:
                 changes["registry_integration_id"] = None
@@ -526,3 +528,17 @@ class Handlers:
                 q.page.page_token,
             )
         return Reply.success(Page(items=[i.model_dump(mode="json") for i in items], next_page_token=token).model_dump())
+
+
+def _refuse_new_credential_ref(ref: str | None) -> None:
+    """Refuse naming a new ``registry_credential_ref`` (clearing one is allowed).
+
+    Raises:
+        RegistryCredentialRefDeprecated: ``ref`` is set.
+    """
+    if ref is not None:
+        raise domain.RegistryCredentialRefDeprecated(
+            "registry_credential_ref is deprecated and no new one is accepted: create a registry integration "
+            "(POST /api/v1/integrations, type registry, its credential in the secret store, a vault or an "
+            "operator-allowed env:/file: reference) and name it in registry_integration_id"
+        )

@@ -18,7 +18,7 @@ from stella.contracts.integration import GET_REGISTRY_CONNECTION, GetRegistryCon
 from stella.kit.asking import Refused, ask
 from stella.kit.broker import ServiceClient
 from stella.kit.errors import Unavailable, Unprocessable
-from stella.release.registry import Credentials, split_repository
+from stella.release.registry import Access, Credentials, split_repository
 
 
 class RegistryIntegrationNotFound(Unprocessable):
@@ -57,8 +57,9 @@ class RegistryIntegrations:
         self._insecure = insecure_hosts
         self._timeout = timeout_s
 
-    async def credentials(self, tenant_id: UUID, integration_id: UUID, repository: str) -> Credentials | None:
-        """The credential to read ``repository`` with through the integration (None: anonymous).
+    async def access(self, tenant_id: UUID, integration_id: UUID, repository: str) -> Access:
+        """How to read ``repository`` through the integration: its credential (None: anonymous), its CA
+        certificates and its URL (whose scheme wins over the insecure-hosts default).
 
         Raises:
             RegistryIntegrationNotFound: no such integration in the tenant.
@@ -89,7 +90,9 @@ class RegistryIntegrations:
             raise RegistryIntegrationUnusable(
                 f"integration {integration_id} is for registry {offered}, not {wanted} of {repository}"
             )
-        if connection.username is None:
-            return None
-        password = connection.password.get_secret_value() if connection.password is not None else ""
-        return Credentials(connection.username, password)
+        credentials = None
+        if connection.username is not None:
+            password = connection.password.get_secret_value() if connection.password is not None else ""
+            credentials = Credentials(connection.username, password)
+        parts = urlsplit(connection.url)
+        return Access(credentials, connection.ca_pem, f"{parts.scheme}://{parts.netloc}")

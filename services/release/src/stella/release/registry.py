@@ -1,8 +1,9 @@
 """A small OCI distribution API client: list a repository's tags and resolve a tag to its manifest digest.
 
-Anonymous, HTTP basic and bearer-token (``WWW-Authenticate: Bearer realm=...``) registries are supported.
-Credentials come from an allowed credential reference (see :mod:`stella.release.credentials`) and are never
-logged or stored.
+Anonymous, HTTP basic and bearer-token (``WWW-Authenticate: Bearer realm=...``) registries are supported,
+over TLS trusting the system's CAs plus those a registry integration names. Credentials come from a registry
+integration (see :mod:`stella.release.integrations`) or, deprecated, an allowed host credential reference
+(see :mod:`stella.release.credentials`), and are never logged or stored.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import hashlib
 import json
 import re
+import ssl
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -84,6 +86,17 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class Access:
+    """How one registry is read: its credentials (None: anonymous), PEM certificates trusted for its TLS besides
+    the system's, and the ``scheme://host[:port]`` a registry integration names (None: the scheme follows from
+    the repository's host and the insecure hosts)."""
+
+    credentials: Credentials | None = None
+    ca_pem: str | None = None
+    base_url: str | None = None
+
+
+@dataclass(frozen=True)
 class ImageRef:
     """A repository split into its registry base URL and repository path."""
 
@@ -121,6 +134,7 @@ class RegistryClient:
         self._addresses = addresses or AddressPolicy()
         self._session: aiohttp.ClientSession | None = None
         self._tokens: dict[tuple[str, str], str] = {}
+        self._contexts: dict[str, ssl.SSLContext] = {}
 
     async def start(self) -> None:
         """Open the shared session: connections only to addresses the policy allows, no proxy from the environment."""
@@ -158,13 +172,35 @@ class RegistryClient:
             raise RuntimeError("registry client is not started")
         return self._session
 
-    async def list_tags(self, repository: str, creds: Credentials | None, *, limit: int = 5000) -> list[str]:
-        """Every tag of ``repository`` (following pagination), up to ``limit``."""
+    def _ref(self, repository: str, access: Access | None) -> ImageRef:
         ref = split_repository(repository, self._insecure)
+        if access is not None and access.base_url:
+            ref = ImageRef(base_url=access.base_url.rstrip("/"), path=ref.path, host=ref.host)
+        return ref
+
+    def _tls(self, access: Access | None) -> ssl.SSLContext | bool:
+        """The system's trust, plus the integration's CA certificates when it names some (contexts are kept)."""
+        if access is None or not access.ca_pem:
+            return True
+        context = self._contexts.get(access.ca_pem)
+        if context is None:
+            context = ssl.create_default_context()
+            try:
+                context.load_verify_locations(cadata=access.ca_pem)
+            except (ssl.SSLError, ValueError) as exc:
+                raise RegistryUnavailable("the registry integration's ca_pem holds no usable certificate") from exc
+            if len(self._contexts) >= 64:
+                self._contexts.clear()
+            self._contexts[access.ca_pem] = context
+        return context
+
+    async def list_tags(self, repository: str, access: Access | None, *, limit: int = 5000) -> list[str]:
+        """Every tag of ``repository`` (following pagination), up to ``limit``."""
+        ref = self._ref(repository, access)
         url: str | None = f"{ref.base_url}/v2/{ref.path}/tags/list?n=1000"
         tags: list[str] = []
         while url and len(tags) < limit:
-            status, headers, body = await self._get(ref, url, creds, accept="application/json")
+            status, headers, body = await self._get(ref, url, access, accept="application/json")
             if status == 404:
                 raise RepositoryNotFound(f"registry {ref.host} has no repository {ref.path}")
             _raise_for(status, ref, f"listing tags of {ref.path}")
@@ -175,61 +211,63 @@ class RegistryClient:
             url = _next_link(ref.base_url, headers.get("Link"))
         return sorted(set(tags[:limit]))
 
-    async def resolve(self, repository: str, tag: str, creds: Credentials | None) -> str:
+    async def resolve(self, repository: str, tag: str, access: Access | None) -> str:
         """The manifest digest ``tag`` points at now."""
-        ref = split_repository(repository, self._insecure)
+        ref = self._ref(repository, access)
         url = f"{ref.base_url}/v2/{ref.path}/manifests/{tag}"
-        status, headers, body = await self._get(ref, url, creds, accept=MANIFEST_TYPES, method="HEAD")
+        status, headers, body = await self._get(ref, url, access, accept=MANIFEST_TYPES, method="HEAD")
         if status == 404:
             raise TagNotFound(f"tag {tag!r} does not exist in {repository}")
         _raise_for(status, ref, f"resolving {repository}:{tag}")
         digest = headers.get("Docker-Content-Digest")
         if not digest or not _DIGEST.match(digest):
             # Registries may omit the header on HEAD: the digest is the hash of the manifest bytes.
-            status, headers, body = await self._get(ref, url, creds, accept=MANIFEST_TYPES)
+            status, headers, body = await self._get(ref, url, access, accept=MANIFEST_TYPES)
             _raise_for(status, ref, f"resolving {repository}:{tag}")
             digest = "sha256:" + hashlib.sha256(body).hexdigest()
         return digest
 
-    async def resolve_many(self, repository: str, tags: list[str], creds: Credentials | None) -> dict[str, str]:
+    async def resolve_many(self, repository: str, tags: list[str], access: Access | None) -> dict[str, str]:
         """Resolve several tags with bounded concurrency; all or nothing."""
         gate = asyncio.Semaphore(self._concurrency)
 
         async def one(tag: str) -> tuple[str, str]:
             async with gate:
-                return tag, await self.resolve(repository, tag, creds)
+                return tag, await self.resolve(repository, tag, access)
 
         return dict(await asyncio.gather(*(one(t) for t in tags)))
 
     async def _get(
-        self, ref: ImageRef, url: str, creds: Credentials | None, *, accept: str, method: str = "GET"
+        self, ref: ImageRef, url: str, access: Access | None, *, accept: str, method: str = "GET"
     ) -> tuple[int, dict[str, str], bytes]:
+        creds = access.credentials if access is not None else None
+        tls = self._tls(access)
         headers = {"Accept": accept}
         token = self._tokens.get((ref.host, ref.path))
         if token:
             headers["Authorization"] = f"Bearer {token}"
         elif creds is not None:
             headers["Authorization"] = _basic(creds)
-        status, resp_headers, body = await self._send(method, url, headers, ref)
+        status, resp_headers, body = await self._send(method, url, headers, ref, tls)
         if status == 401:
             challenge = resp_headers.get("WWW-Authenticate", "")
             if challenge.lower().startswith("bearer"):
-                token = await self._fetch_token(ref, challenge, creds)
+                token = await self._fetch_token(ref, challenge, creds, tls)
                 headers["Authorization"] = f"Bearer {token}"
             elif creds is not None and "Authorization" not in headers:
                 headers["Authorization"] = _basic(creds)
             else:
                 raise RegistryAuthFailed(
                     f"registry {ref.host} refused access to {ref.path}"
-                    + ("" if creds else "; the component has no registry_credential_ref")
+                    + ("" if creds else "; the component names no registry integration with a credential")
                 )
-            status, resp_headers, body = await self._send(method, url, headers, ref)
+            status, resp_headers, body = await self._send(method, url, headers, ref, tls)
             if status in (401, 403):
                 raise RegistryAuthFailed(f"registry {ref.host} refused the credentials for {ref.path}")
         return status, resp_headers, body
 
     async def _send(
-        self, method: str, url: str, headers: dict[str, str], ref: ImageRef
+        self, method: str, url: str, headers: dict[str, str], ref: ImageRef, tls: ssl.SSLContext | bool = True
     ) -> tuple[int, dict[str, str], bytes]:
         """One request, following up to :data:`MAX_REDIRECTS` redirects, each checked against the address policy.
 
@@ -239,7 +277,7 @@ class RegistryClient:
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 self._check_url(url, ref)
-                async with self.session.request(method, url, headers=headers, allow_redirects=False) as resp:
+                async with self.session.request(method, url, headers=headers, allow_redirects=False, ssl=tls) as resp:
                     location = resp.headers.get("Location")
                     if resp.status in _REDIRECTS and location:
                         target = urljoin(url, location)
@@ -252,6 +290,8 @@ class RegistryClient:
             raise RegistryUnavailable(f"registry {ref.host} redirected more than {MAX_REDIRECTS} times")
         except AddressNotAllowed as exc:
             raise RegistryAddressForbidden(str(exc)) from None
+        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+            raise RegistryUnavailable(_tls_failure(f"registry {ref.host}", exc)) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             forbidden = _forbidden_cause(exc)
             if forbidden is not None:
@@ -264,7 +304,9 @@ class RegistryClient:
             raise RegistryUnavailable(f"registry {ref.host} pointed at a URL that is not http(s)")
         check_literal_host(parts.hostname, self._addresses, purpose=_PURPOSE)
 
-    async def _fetch_token(self, ref: ImageRef, challenge: str, creds: Credentials | None) -> str:
+    async def _fetch_token(
+        self, ref: ImageRef, challenge: str, creds: Credentials | None, tls: ssl.SSLContext | bool = True
+    ) -> str:
         params = dict(_CHALLENGE_PARAM.findall(challenge))
         realm = params.pop("realm", None)
         if not realm:
@@ -273,7 +315,7 @@ class RegistryClient:
         headers = {"Authorization": _basic(creds)} if creds else {}
         try:
             self._check_url(realm, ref)
-            async with self.session.get(realm, params=params, headers=headers, allow_redirects=False) as resp:
+            async with self.session.get(realm, params=params, headers=headers, allow_redirects=False, ssl=tls) as resp:
                 if resp.status in (401, 403):
                     raise RegistryAuthFailed(f"registry {ref.host} refused the credentials for {ref.path}")
                 if resp.status >= 400:
@@ -281,6 +323,8 @@ class RegistryClient:
                 data = await resp.json(content_type=None)
         except AddressNotAllowed as exc:
             raise RegistryAddressForbidden(str(exc)) from None
+        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+            raise RegistryUnavailable(_tls_failure(f"the token service of {ref.host}", exc)) from exc
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             forbidden = _forbidden_cause(exc)
             if forbidden is not None:
@@ -301,6 +345,16 @@ def _forbidden_cause(exc: BaseException) -> AddressNotAllowed | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _tls_failure(peer: str, exc: BaseException) -> str:
+    """What a TLS failure with ``peer`` says: the certificate is not trusted (the integration's ``ca_pem``), or
+    another cause."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return (
+            f"TLS with {peer} failed: its certificate is not trusted (add its CA to the registry integration's ca_pem)"
+        )
+    return f"TLS with {peer} failed: {type(exc).__name__}"
 
 
 def _basic(creds: Credentials) -> str:

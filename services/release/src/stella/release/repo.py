@@ -45,6 +45,7 @@ UPDATE_COMPONENT = f"""
      WHERE tenant_id = $1 AND id = $2
     RETURNING {_COMPONENT_COLUMNS}
 """
+COUNT_LEGACY_CREDENTIAL_REFS = "SELECT count(*) FROM components WHERE registry_credential_ref IS NOT NULL"
 COMPONENT_IN_USE = "SELECT EXISTS (SELECT 1 FROM release_components WHERE tenant_id = $1 AND component_id = $2)"
 DELETE_COMPONENT = "DELETE FROM components WHERE tenant_id = $1 AND id = $2 RETURNING name"
 LIST_COMPONENTS = f"""
@@ -378,3 +379,8 @@ async def list_releases(
         else None
     )
     return items, token
+
+
+async def count_legacy_credential_refs(conn: asyncpg.Connection) -> int:
+    """How many components (of every tenant) still name a deprecated ``registry_credential_ref``."""
+    return int(await conn.fetchval(COUNT_LEGACY_CREDENTIAL_REFS))

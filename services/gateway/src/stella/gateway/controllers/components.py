@@ -1,10 +1,10 @@
 """``/api/v1/components``: components (image repositories) and their version maps, served by the release service.
 
 Components are part of the release resource: reading needs ``release:read``, creating ``release:create``,
-changing a component or its versions ``release:update``, deleting ``release:delete``. Setting or removing a
-component's ``registry_credential_ref`` also needs ``credential:update`` (tenant admins): the reference names
-a secret on the release service's host, and the release service accepts only the references its operator
-allows the tenant (``STELLA_RELEASE_CREDENTIAL_REFS``; 422 ``REL_CREDENTIAL_REF_NOT_ALLOWED`` otherwise).
+changing a component or its versions ``release:update``, deleting ``release:delete``. Naming a component's
+``registry_integration_id`` (whose credential reads the registry) or touching its deprecated
+``registry_credential_ref`` also needs ``credential:update`` (tenant admins). The release service refuses a new
+``registry_credential_ref`` (422 ``REL_REGISTRY_CREDENTIAL_REF_DEPRECATED``); ``null`` removes one.
 """
 
 from __future__ import annotations
