@@ -23,9 +23,11 @@ from stella.plugins.errors import (
     PluginProtocolError,
     PluginRemoteError,
     PluginResourceLimit,
+    PluginSourceRefused,
     PluginTimeout,
     UnknownCapability,
 )
+from stella.plugins.install import is_trusted, load_source, locate_source, split_path, unpack_wheel
 from stella.plugins.manifest import Capability, InstalledPlugin, Manifest, Permission, load_plugin, parse_manifest
 from stella.plugins.runner import Limits, PluginRunner
 
@@ -54,8 +56,14 @@ __all__ = [
     "PluginRemoteError",
     "PluginResourceLimit",
     "PluginRunner",
+    "PluginSourceRefused",
     "PluginTimeout",
     "UnknownCapability",
+    "is_trusted",
     "load_plugin",
+    "load_source",
+    "locate_source",
     "parse_manifest",
+    "split_path",
+    "unpack_wheel",
 ]

@@ -37,6 +37,17 @@ class DuplicatePlugin(ManifestError):
     code = "PLUGIN_DUPLICATE_ID"
 
 
+class PluginSourceRefused(Exception):
+    """An install names something the server does not install from: outside the plugin path, not a plugin
+    directory or wheel, or a wheel with an unsafe member."""
+
+    code: ClassVar[str] = "PLUGIN_SOURCE_REFUSED"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 class PluginNotFound(LookupError):
     """No installed plugin has this id (or none offering the capability asked for)."""
 
