@@ -19,6 +19,7 @@ from stella.plugins.errors import (
     PluginAnswerTooLarge,
     PluginCrashed,
     PluginError,
+    PluginNotEnabled,
     PluginNotFound,
     PluginProtocolError,
     PluginRemoteError,
@@ -28,6 +29,7 @@ from stella.plugins.errors import (
     UnknownCapability,
 )
 from stella.plugins.install import is_trusted, load_source, locate_source, split_path, unpack_wheel
+from stella.plugins.instances import EnabledPlugin, TenantPlugins
 from stella.plugins.manifest import Capability, InstalledPlugin, Manifest, Permission, load_plugin, parse_manifest
 from stella.plugins.runner import Limits, PluginRunner
 
@@ -41,6 +43,7 @@ __all__ = [
     "STEP_METHOD",
     "Capability",
     "DuplicatePlugin",
+    "EnabledPlugin",
     "InstalledPlugin",
     "Limits",
     "Manifest",
@@ -51,6 +54,7 @@ __all__ = [
     "PluginCatalogue",
     "PluginCrashed",
     "PluginError",
+    "PluginNotEnabled",
     "PluginNotFound",
     "PluginProtocolError",
     "PluginRemoteError",
@@ -58,6 +62,7 @@ __all__ = [
     "PluginRunner",
     "PluginSourceRefused",
     "PluginTimeout",
+    "TenantPlugins",
     "UnknownCapability",
     "is_trusted",
     "load_plugin",

@@ -54,6 +54,12 @@ class PluginNotFound(LookupError):
     code: ClassVar[str] = "PLUGIN_NOT_FOUND"
 
 
+class PluginNotEnabled(PluginNotFound):
+    """The tenant has no enabled instance of the plugin: its gates deny and its steps fail."""
+
+    code: ClassVar[str] = "PLUGIN_NOT_ENABLED"
+
+
 class PluginError(Exception):
     """A plugin call failed: only this call, never the caller's process.
 
