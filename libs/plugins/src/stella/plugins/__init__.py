@@ -19,6 +19,7 @@ from stella.plugins.errors import (
     PluginAnswerTooLarge,
     PluginCrashed,
     PluginError,
+    PluginIsolationUnavailable,
     PluginNotEnabled,
     PluginNotFound,
     PluginProtocolError,
@@ -31,7 +32,7 @@ from stella.plugins.errors import (
 from stella.plugins.install import is_trusted, load_source, locate_source, split_path, unpack_wheel
 from stella.plugins.instances import EnabledPlugin, TenantPlugins
 from stella.plugins.manifest import Capability, InstalledPlugin, Manifest, Permission, load_plugin, parse_manifest
-from stella.plugins.runner import Limits, PluginRunner
+from stella.plugins.runner import Limits, PluginRunner, network_isolation_available
 
 GATE_METHOD = "gate.evaluate"
 """The JSON-RPC method a gate plugin answers."""
@@ -54,6 +55,7 @@ __all__ = [
     "PluginCatalogue",
     "PluginCrashed",
     "PluginError",
+    "PluginIsolationUnavailable",
     "PluginNotEnabled",
     "PluginNotFound",
     "PluginProtocolError",
@@ -68,6 +70,7 @@ __all__ = [
     "load_plugin",
     "load_source",
     "locate_source",
+    "network_isolation_available",
     "parse_manifest",
     "split_path",
     "unpack_wheel",

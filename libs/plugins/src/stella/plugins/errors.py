@@ -84,6 +84,12 @@ class PluginTimeout(PluginError):
     code = "PLUGIN_TIMEOUT"
 
 
+class PluginIsolationUnavailable(PluginError):
+    """The plugin must run cut off the network (it lacks the ``network`` permission) and this host cannot."""
+
+    code = "PLUGIN_ISOLATION_UNAVAILABLE"
+
+
 class PluginResourceLimit(PluginError):
     """The plugin was stopped by its CPU-time or memory limit."""
 
