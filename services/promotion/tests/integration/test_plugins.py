@@ -309,6 +309,18 @@ async def test_a_plugin_disabled_after_the_environment_was_saved_denies(caller: 
         i.UPDATE_PLUGIN_INSTANCE, i.UpdatePluginInstance, instance_id=instance["id"], enabled=False
     )
     assert disabled.ok, disabled.error
+    # The environment keeps working (a rename is not refused), but its gates cannot be saved again as they are.
+    renamed = await caller.command(
+        c.UPDATE_ENVIRONMENT, c.UpdateEnvironment, environment_id=environment["id"], display_name="Production"
+    )
+    assert renamed.ok, renamed.error
+    resaved = await caller.command(
+        c.UPDATE_ENVIRONMENT,
+        c.UpdateEnvironment,
+        environment_id=environment["id"],
+        config={"gates": [_change_gate("CHG-1")]},
+    )
+    assert resaved.error is not None and resaved.error.code == "GATE_PLUGIN_NOT_ENABLED", resaved.error
 
     promotion, run = await _promote(caller, environment)
 

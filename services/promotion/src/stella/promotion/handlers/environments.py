@@ -164,7 +164,9 @@ class EnvironmentHandlers(HandlerBase):
                     else before.promotion_policy
                 )
                 await self._check_workflow_template(cmd, policy, required_approvals_for(proposed) > 0)
-                registry = await self._tenant_registry(cmd.tenant_id, proposed.config.gates)
+                if cmd.config is not None:
+                    # Unchanged gates are not checked again: a plugin disabled since denies when evaluated.
+                    registry = await self._tenant_registry(cmd.tenant_id, proposed.config.gates)
         except ServiceError as exc:
             return Reply.failure(error_detail(exc))
 
