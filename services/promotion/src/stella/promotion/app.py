@@ -75,6 +75,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Pro
             memory_bytes=settings.plugin_memory_mb * 1024 * 1024,
         ),
         max_concurrent=settings.plugin_concurrency,
+        require_network_isolation=settings.plugin_require_network_isolation,
     )
     app = PromotionApp()
     plugin_gates = PluginGates(

@@ -53,3 +53,7 @@ class Settings(ServiceSettings):
 
     plugin_concurrency: int = Field(default=4, ge=1, le=256)
     """Plugin calls this process runs at once."""
+
+    plugin_require_network_isolation: bool = False
+    """Refuse to call a plugin without the ``network`` permission when this host cannot run it in a network
+    namespace of its own (by default it then runs without one)."""

@@ -76,6 +76,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Wor
                 memory_bytes=settings.plugin_memory_mb * 1024 * 1024,
             ),
             max_concurrent=settings.plugin_concurrency,
+            require_network_isolation=settings.plugin_require_network_isolation,
         ),
         http_allowed_hosts=settings.http_allowed_hosts,
         http_addresses=AddressPolicy(settings.http_allowed_networks),

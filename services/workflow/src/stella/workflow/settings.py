@@ -48,6 +48,10 @@ class Settings(ServiceSettings):
     plugin_concurrency: int = Field(default=4, ge=1, le=256)
     """Plugin calls this process runs at once."""
 
+    plugin_require_network_isolation: bool = False
+    """Refuse to call a plugin without the ``network`` permission when this host cannot run it in a network
+    namespace of its own (by default it then runs without one)."""
+
     http_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     """Hosts ``http`` steps may call, comma-separated (``api.example.com``, ``*.example.com``); none by default."""
 
