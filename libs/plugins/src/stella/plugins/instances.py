@@ -4,8 +4,8 @@ A plugin gate or step is usable by a tenant only through an *enabled* instance o
 plugin receives is the instance's (the tenant's defaults) with the gate's or step's own ``config`` merged over
 it. The services that run plugins ask the integration service for the instances (``resolve_plugins``) when a
 gate or template is saved and again before each call, so an instance disabled later makes the next call fail
-closed. They run a plugin only from a directory inside their own plugin path, and only the version recorded at
-install.
+closed. They run a plugin only from a directory inside their own plugin path, and only with the manifest
+recorded at install (same version, same permissions).
 """
 
 from __future__ import annotations
@@ -111,6 +111,11 @@ class TenantPlugins:
             raise PluginNotFound(
                 f"the plugin at {directory.name} is {plugin.id} {plugin.manifest.version}, not the installed "
                 f"{plugin_id} {found.get('version')}; reinstall it"
+            )
+        if plugin.manifest.model_dump(mode="json") != found.get("manifest"):
+            # Its permissions (what the operator granted at install) or its entrypoint may have changed.
+            raise PluginNotFound(
+                f"plugin {plugin_id!r}'s manifest changed on disk since it was installed; reinstall it"
             )
         if not plugin.manifest.offers(self.capability):
             raise PluginNotFound(f"plugin {plugin_id!r} does not offer {self.capability.value}")
