@@ -21,7 +21,12 @@ def answer(result):
 
 
 def write_plugin(
-    root: Path, plugin_id: str, body: str, *, capabilities: tuple[str, ...] = ("step",)
+    root: Path,
+    plugin_id: str,
+    body: str,
+    *,
+    capabilities: tuple[str, ...] = ("step",),
+    permissions: tuple[str, ...] = (),
 ) -> InstalledPlugin:
     """A plugin in ``root/plugin_id`` whose program runs ``body`` after reading the request (see PROLOGUE)."""
     directory = root / plugin_id
@@ -32,6 +37,7 @@ def write_plugin(
         "vendor": "Tests",
         "capabilities": list(capabilities),
         "entrypoint": "plugin.py",
+        "permissions": list(permissions),
     }
     (directory / "stella-plugin.json").write_text(json.dumps(manifest))
     (directory / "plugin.py").write_text(PROLOGUE + textwrap.dedent(body))
@@ -45,7 +51,9 @@ MakePlugin = Callable[..., InstalledPlugin]
 def make_plugin(tmp_path: Path) -> MakePlugin:
     """Write a plugin running the given body (see :func:`write_plugin`) in the test's directory."""
 
-    def make(plugin_id: str, body: str, *, capabilities: tuple[str, ...] = ("step",)) -> InstalledPlugin:
-        return write_plugin(tmp_path, plugin_id, body, capabilities=capabilities)
+    def make(
+        plugin_id: str, body: str, *, capabilities: tuple[str, ...] = ("step",), permissions: tuple[str, ...] = ()
+    ) -> InstalledPlugin:
+        return write_plugin(tmp_path, plugin_id, body, capabilities=capabilities, permissions=permissions)
 
     return make

@@ -15,11 +15,13 @@ from stella.plugins import (
     PluginAnswerTooLarge,
     PluginCrashed,
     PluginError,
+    PluginIsolationUnavailable,
     PluginProtocolError,
     PluginRemoteError,
     PluginResourceLimit,
     PluginRunner,
     PluginTimeout,
+    network_isolation_available,
 )
 
 MakePlugin = Callable[..., InstalledPlugin]
@@ -173,3 +175,47 @@ async def test_misbehaving_calls_leave_the_caller_and_other_calls_alone(
     assert results[-1] == {"echo": {"ok": True}, "method": "step.execute"}
     # The caller goes on calling.
     assert await runner.call(echo, "step.execute", {"again": 1}) == {"echo": {"again": 1}, "method": "step.execute"}
+
+
+CONNECT = """
+import socket
+with socket.socket() as s:
+    s.settimeout(2)
+    answer({"connect": s.connect_ex(("127.0.0.1", int(request["params"]["port"])))})
+"""
+
+
+@pytest.mark.skipif(not network_isolation_available(), reason="this host cannot create network namespaces")
+async def test_a_plugin_without_the_network_permission_cannot_connect_anywhere(
+    runner: PluginRunner, make_plugin: MakePlugin
+) -> None:
+    accepted: list[int] = []
+
+    async def on_connect(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        allowed = make_plugin("with-network", CONNECT, permissions=("network",))
+        assert await runner.call(allowed, "step.execute", {"port": port}) == {"connect": 0}
+        cut_off = make_plugin("without-network", CONNECT)
+        answer = await runner.call(cut_off, "step.execute", {"port": port})
+        assert answer["connect"] != 0
+    assert accepted == [1]
+    assert runner.network_isolated
+
+
+async def test_a_host_without_namespaces_fails_a_call_that_requires_one(
+    make_plugin: MakePlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stella.plugins import runner as module
+
+    monkeypatch.setattr(module, "network_isolation_available", lambda: False)
+    strict = PluginRunner(require_network_isolation=True)
+    with pytest.raises(PluginIsolationUnavailable):
+        await strict.call(make_plugin("cut-off", ECHO), "step.execute", {})
+    # A plugin granted the network needs no namespace, and a lenient runner runs without one.
+    assert await strict.call(make_plugin("net", ECHO, permissions=("network",)), "step.execute", {})
+    assert await PluginRunner().call(make_plugin("lenient", ECHO), "step.execute", {})

@@ -118,6 +118,14 @@ OPERATIONS = {
     "createSecret",
     "listSecrets",
     "deleteSecret",
+    "installPlugin",
+    "listPlugins",
+    "getPlugin",
+    "createPluginInstance",
+    "listPluginInstances",
+    "getPluginInstance",
+    "updatePluginInstance",
+    "deletePluginInstance",
 }
 
 
@@ -160,6 +168,7 @@ async def test_health_readiness_and_docs_need_no_token(gateway_settings: Setting
             "webhooks",
             "integrations",
             "secrets",
+            "plugins",
         ]
         used = {tag for path in spec["paths"].values() for op in path.values() for tag in op.get("tags", [])}
         assert used <= {tag["name"] for tag in spec["tags"]}

@@ -26,6 +26,7 @@ _DOMAIN = [
         Resource.CREDENTIAL,
         Resource.TENANT,
         Resource.DEAD_LETTER,
+        Resource.PLUGIN_CATALOGUE,
     )
 ]
 
@@ -33,9 +34,13 @@ _DOMAIN = [
 def test_only_platform_admins_of_the_platform_tenant_manage_tenants() -> None:
     holders = [role for role, granted in ROLE_PERMISSIONS.items() if any(p.startswith("tenant:") for p in granted)]
     assert holders == [Role.PLATFORM_ADMIN]
-    assert ROLE_PERMISSIONS[Role.PLATFORM_ADMIN] == {"tenant:read", "tenant:create"}
+    assert ROLE_PERMISSIONS[Role.PLATFORM_ADMIN] == {"tenant:read", "tenant:create", "plugin-catalogue:create"}
     assert permissions_for(["platform-admin"]) == frozenset()
-    assert permissions_for(["platform-admin"], platform=True) == {"tenant:read", "tenant:create"}
+    assert permissions_for(["platform-admin"], platform=True) == {
+        "tenant:read",
+        "tenant:create",
+        "plugin-catalogue:create",
+    }
 
 
 def test_only_tenant_admins_may_name_a_registry_credential() -> None:

@@ -11,8 +11,8 @@ from enum import Enum
 import pytest
 from pydantic import BaseModel
 
-from stella.contracts import approval, events, evidence, promotion, release, workflow
-from stella.gateway import schemas
+from stella.contracts import approval, events, evidence, integration, promotion, release, workflow
+from stella.gateway import integration_schemas, schemas
 
 MIRRORS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (schemas.ComponentOut, release.ComponentView),
@@ -39,6 +39,8 @@ MIRRORS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (schemas.WebhookOut, events.WebhookView),
     (schemas.AttemptOut, events.AttemptView),
     (schemas.DeliveryOut, events.DeliveryView),
+    (integration_schemas.PluginOut, integration.PluginView),
+    (integration_schemas.PluginInstanceOut, integration.PluginInstanceView),
 ]
 
 HIDDEN: dict[type[BaseModel], set[str]] = {

@@ -34,6 +34,7 @@ from stella.release.app import ReleaseApp
 from stella.release.app import create_app as create_release
 from stella.release.settings import Settings as ReleaseSettings
 from stella.testing.messaging import MessageCollector
+from stella.testing.plugins import INTEGRATION_SCHEMA, plugin_service
 from stella.testing.services import TenantCaller, service_client
 from stella.workflow.app import MIGRATIONS as WORKFLOW_MIGRATIONS
 from stella.workflow.app import create_app as create_workflow
@@ -44,6 +45,7 @@ SCHEMAS = [
     ("promotion", MIGRATIONS),
     ("workflow", WORKFLOW_MIGRATIONS),
     ("approval", APPROVAL_MIGRATIONS),
+    INTEGRATION_SCHEMA,
 ]
 
 
@@ -202,7 +204,13 @@ async def _stack(
             create_approval(ApprovalSettings(**common)),
         ]
     async with AsyncExitStack() as cleanup:
-        for app in (release, promotion, *stack.extra):
+        services = (release, promotion, *stack.extra)
+        if plugins is not None:
+            # Plugin instances live in the integration service: a tenant uses only the plugins it enabled.
+            stack.extra.append(
+                await cleanup.enter_async_context(plugin_service(dsn, nats_url, namespace, plugins["plugin_path"]))
+            )
+        for app in services:
             await app.start()
             cleanup.push_async_callback(stack.stop, app)
         yield stack
@@ -225,7 +233,8 @@ async def full_stack(make_database, nats_url: str, nats: Client, stella_namespac
 async def plugin_stack(
     make_database: Any, nats_url: str, nats: Client, namespace: str, plugins: dict[str, Any]
 ) -> AsyncIterator[Stack]:
-    """Promotion, release, workflow and approval services with plugin settings (a plugin path, limits)."""
+    """Promotion, release, workflow, approval and integration services with plugin settings (a plugin path,
+    limits); the integration service installs plugins from the same plugin path."""
     async for value in _stack(make_database, nats_url, nats, namespace, full=True, plugins=plugins):
         yield value
 

@@ -20,8 +20,10 @@ import pytest_asyncio
 from aiohttp import web
 from nats.aio.client import Client
 
+from stella.contracts import integration as i
 from stella.contracts import promotion as c
 from stella.contracts import workflow as w
+from stella.testing.plugins import enable_plugin
 from stella.testing.services import service_client
 
 from .conftest import Caller, Stack, plugin_stack
@@ -98,8 +100,21 @@ async def caller(stack: Stack, nats: Client) -> AsyncIterator[Caller]:
         yield Caller(client)
 
 
-async def _prepare(caller: Caller, gate: dict[str, Any], step: dict[str, Any]) -> dict[str, Any]:
-    """The tenant's promotion template (gates -> smoke), an environment with ``gate``, and a ready release."""
+SOURCES = {"change-ticket": "change_ticket", "smoke-test": "smoke_test"}
+"""The directory each example plugin is installed from (a test plugin's is its id)."""
+
+
+async def _enable(caller: Caller, plugin_id: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    return await enable_plugin(caller, SOURCES.get(plugin_id, plugin_id), plugin_id, config)
+
+
+async def _prepare(
+    caller: Caller, gate: dict[str, Any], step: dict[str, Any], *, instances: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The tenant's plugin instances (the gate's and step's plugins, ``instances`` holding their configs), its
+    promotion template (gates -> smoke), an environment with ``gate``, and a ready release."""
+    for plugin_id in {gate["config"]["plugin"], step.get("plugin")} - {None}:
+        await _enable(caller, plugin_id, (instances or {}).get(plugin_id))
     nodes = [
         {"id": "gates", "type": "gate"},
         {
@@ -162,12 +177,13 @@ def _step(run: dict[str, Any], node_id: str) -> dict[str, Any]:
     return next(s for s in run["steps"] if s["node_id"] == node_id)
 
 
-def _change_gate(url: str, ticket: str) -> dict[str, Any]:
-    return {
-        "type": "plugin",
-        "name": "change",
-        "config": {"plugin": "change-ticket", "config": {"url": url, "ticket": ticket}},
-    }
+def _change_gate(ticket: str) -> dict[str, Any]:
+    """A change-ticket gate; the ticket API's URL is the tenant's plugin instance's config."""
+    return {"type": "plugin", "name": "change", "config": {"plugin": "change-ticket", "config": {"ticket": ticket}}}
+
+
+def _ticket_instance(url: str) -> dict[str, Any]:
+    return {"change-ticket": {"url": url}}
 
 
 SMOKE = {"plugin": "smoke-test", "config": {"command": [sys.executable, "-c", "print('smoke ok')"]}}
@@ -176,7 +192,7 @@ SMOKE = {"plugin": "smoke-test", "config": {"command": [sys.executable, "-c", "p
 async def test_the_gate_verdict_is_in_the_decision_and_the_step_output_in_the_run(
     caller: Caller, ticket_api: str
 ) -> None:
-    environment = await _prepare(caller, _change_gate(ticket_api, "CHG-1"), SMOKE)
+    environment = await _prepare(caller, _change_gate("CHG-1"), SMOKE, instances=_ticket_instance(ticket_api))
 
     promotion, run = await _promote(caller, environment)
 
@@ -197,7 +213,7 @@ async def test_the_gate_verdict_is_in_the_decision_and_the_step_output_in_the_ru
 
 
 async def test_a_pending_ticket_denies_with_the_plugins_reason(caller: Caller, ticket_api: str) -> None:
-    environment = await _prepare(caller, _change_gate(ticket_api, "CHG-2"), SMOKE)
+    environment = await _prepare(caller, _change_gate("CHG-2"), SMOKE, instances=_ticket_instance(ticket_api))
 
     promotion, run = await _promote(caller, environment)
 
@@ -234,13 +250,16 @@ async def test_a_misbehaving_gate_plugin_denies_and_every_service_stays_up(
     assert _step(run, "smoke")["status"] == "skipped"
     # Every service still answers: another tenant's promotion with a well-behaved gate and step goes through.
     other = caller.other_tenant()
-    allowed, good_run = await _promote(other, await _prepare(other, _change_gate(ticket_api, "CHG-1"), SMOKE))
+    prepared = await _prepare(other, _change_gate("CHG-1"), SMOKE, instances=_ticket_instance(ticket_api))
+    allowed, good_run = await _promote(other, prepared)
     assert allowed["decision_record"]["result"] == "allow"
     assert good_run["status"] == "succeeded"
 
 
 async def test_a_crashing_step_plugin_is_retried_as_its_step_says(caller: Caller, ticket_api: str) -> None:
-    environment = await _prepare(caller, _change_gate(ticket_api, "CHG-1"), {"plugin": "step-crashes"})
+    environment = await _prepare(
+        caller, _change_gate("CHG-1"), {"plugin": "step-crashes"}, instances=_ticket_instance(ticket_api)
+    )
 
     promotion, run = await _promote(caller, environment)
 
@@ -252,12 +271,22 @@ async def test_a_crashing_step_plugin_is_retried_as_its_step_says(caller: Caller
 
 
 async def test_a_plugin_gate_is_checked_when_the_environment_is_saved(caller: Caller, ticket_api: str) -> None:
+    await _enable(caller, "change-ticket", {"url": ticket_api})
+    await _enable(caller, "smoke-test")
+    # Another tenant enabled gate-counts: this tenant cannot use it.
+    await _enable(caller.other_tenant(), "gate-counts")
     cases = [
-        ({"plugin": "nope"}, "no gate plugin 'nope' is installed"),
-        ({"plugin": "smoke-test", "config": {"command": ["/bin/true"]}}, "no gate plugin 'smoke-test'"),
-        ({"plugin": "change-ticket", "config": {"url": "file:///etc/passwd"}}, "does not fit the plugin"),
+        ({"plugin": "nope"}, 422, "GATE_PLUGIN_NOT_ENABLED", "has no plugin instance"),
+        ({"plugin": "gate-counts"}, 422, "GATE_PLUGIN_NOT_ENABLED", "has no plugin instance"),
+        ({"plugin": "smoke-test", "config": {"command": ["/bin/true"]}}, 422, "GATE_PLUGIN_NOT_ENABLED", "no plugin"),
+        (
+            {"plugin": "change-ticket", "config": {"url": "file:///etc/passwd"}},
+            400,
+            "GATE_CONFIG_INVALID",
+            "does not fit",
+        ),
     ]
-    for config, words in cases:
+    for config, status, code, words in cases:
         reply = await caller.command(
             c.CREATE_ENVIRONMENT,
             c.CreateEnvironment,
@@ -266,10 +295,41 @@ async def test_a_plugin_gate_is_checked_when_the_environment_is_saved(caller: Ca
             config={"gates": [{"type": "plugin", "name": "x", "config": config}]},
         )
         assert not reply.ok
-        assert reply.error.status == 400
+        assert (reply.error.status, reply.error.code) == (status, code), reply.error
         assert words in reply.error.detail
     listed = await caller.query(c.LIST_ENVIRONMENTS, c.ListEnvironments)
     assert listed.data["items"] == []
+
+
+async def test_a_plugin_disabled_after_the_environment_was_saved_denies(caller: Caller, ticket_api: str) -> None:
+    environment = await _prepare(caller, _change_gate("CHG-1"), SMOKE, instances=_ticket_instance(ticket_api))
+    listed = await caller.query(i.LIST_PLUGIN_INSTANCES, i.ListPluginInstances)
+    [instance] = [x for x in listed.data["items"] if x["plugin_id"] == "change-ticket"]
+    disabled = await caller.command(
+        i.UPDATE_PLUGIN_INSTANCE, i.UpdatePluginInstance, instance_id=instance["id"], enabled=False
+    )
+    assert disabled.ok, disabled.error
+    # The environment keeps working (a rename is not refused), but its gates cannot be saved again as they are.
+    renamed = await caller.command(
+        c.UPDATE_ENVIRONMENT, c.UpdateEnvironment, environment_id=environment["id"], display_name="Production"
+    )
+    assert renamed.ok, renamed.error
+    resaved = await caller.command(
+        c.UPDATE_ENVIRONMENT,
+        c.UpdateEnvironment,
+        environment_id=environment["id"],
+        config={"gates": [_change_gate("CHG-1")]},
+    )
+    assert resaved.error is not None and resaved.error.code == "GATE_PLUGIN_NOT_ENABLED", resaved.error
+
+    promotion, run = await _promote(caller, environment)
+
+    assert promotion["status"] == "rejected"
+    change = _gate(promotion["decision_record"], "change")
+    assert change["status"] == "error"
+    assert change["reason_codes"] == ["GATE_PLUGIN_FAILED", "PLUGIN_NOT_ENABLED"]
+    assert "disabled for this tenant" in change["message"]
+    assert _step(run, "smoke")["status"] == "skipped"
 
 
 async def test_a_gate_plugin_is_asked_once_per_evaluation(caller: Caller, tmp_path: Path) -> None:

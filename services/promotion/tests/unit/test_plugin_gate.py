@@ -1,4 +1,4 @@
-"""The ``plugin`` gate: configs checked against the installed plugins, verdicts read from the inputs."""
+"""The ``plugin`` gate: configs checked against the tenant's enabled plugins, verdicts read from the inputs."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from stella.promotion.gates import (
     REASON_PLUGIN_NO_VERDICT,
     GateStatus,
     InvalidGateConfig,
+    PluginGate,
+    PluginGateNotEnabled,
     UnknownGateType,
     default_registry,
     evaluate_gates,
+    with_plugins,
 )
 
 NOW = datetime(2025, 4, 1, 10, 0, tzinfo=UTC)
@@ -42,7 +45,7 @@ def test_a_valid_plugin_gate_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("config", "words"),
     [
-        ({"plugin": "nope"}, "no gate plugin 'nope' is installed"),
+        ({"plugin": "nope"}, "no gate plugin 'nope' is enabled for this tenant"),
         ({}, "must name an installed gate plugin"),
         ({"plugin": "change-ticket", "config": {}}, "url is required"),
         ({"plugin": "change-ticket", "config": {"url": "x"}, "extra": 1}, "unknown setting"),
@@ -51,6 +54,18 @@ def test_a_valid_plugin_gate_is_accepted() -> None:
 def test_an_invalid_plugin_gate_is_refused_at_save(config: dict[str, Any], words: str) -> None:
     with pytest.raises(InvalidGateConfig, match=words):
         REGISTRY.validate([{"type": "plugin", "name": "change", "config": config}])
+
+
+def test_a_tenants_registry_refuses_a_plugin_it_has_not_enabled_with_the_reason() -> None:
+    replaying = default_registry()
+    replaying.register(PluginGate(None))
+    # The registry decisions replay with checks only the shape: the tenant's plugins were checked at save.
+    assert replaying.validate([GATE])[0].config["plugin"] == "change-ticket"
+    tenants = with_plugins(replaying, {}, lambda plugin_id: f"plugin {plugin_id!r} is disabled for this tenant")
+    with pytest.raises(PluginGateNotEnabled, match="is disabled for this tenant") as refused:
+        tenants.validate([GATE])
+    assert (refused.value.status, refused.value.code) == (422, "GATE_PLUGIN_NOT_ENABLED")
+    assert replaying.validate([GATE])  # the service's registry is unchanged
 
 
 def _evaluate(verdicts: Mapping[str, Any] | None) -> list[Any]:

@@ -21,6 +21,7 @@ from stella.contracts import workflow as c
 from stella.contracts.envelope import Reply
 from stella.contracts.streams import COMMANDS, StreamSpec
 from stella.kit.naming import Names
+from stella.testing.plugins import INTEGRATION_SCHEMA
 from stella.testing.services import TenantCaller, service_client
 from stella.workflow.app import MIGRATIONS, WorkflowApp, create_app
 from stella.workflow.settings import Settings
@@ -244,7 +245,7 @@ def at(value: str) -> datetime:
 
 @pytest_asyncio.fixture
 async def deployment(make_database, nats_url: str, stella_namespace: str) -> AsyncIterator[Deployment]:
-    dsn = await make_database([("workflow", MIGRATIONS)])
+    dsn = await make_database([("workflow", MIGRATIONS), INTEGRATION_SCHEMA])
     deployment = Deployment(dsn=dsn, nats_url=nats_url, namespace=stella_namespace)
     try:
         yield deployment

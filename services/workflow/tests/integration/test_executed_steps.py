@@ -1,5 +1,6 @@
 """Steps the workflow service executes itself: ``http`` (allow-listed hosts, guarded addresses) and ``script``
-(only through an installed step plugin, isolated), on real Postgres and NATS."""
+(only through a step plugin the tenant enabled, isolated), on real Postgres and NATS, with the real
+integration service owning the plugin instances."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest_asyncio
 from aiohttp import web
 from nats.aio.client import Client
 
+from stella.contracts import integration as i
 from stella.contracts import workflow as c
+from stella.testing.plugins import enable_plugin, plugin_service
 
 from .conftest import Deployment, Harness, start_harness
 
@@ -62,14 +65,18 @@ async def plugged(deployment: Deployment, nats: Client, tmp_path: Path) -> Async
     """A workflow instance with the example plugins and two misbehaving ones installed, and 127.0.0.1 allowed."""
     write_step_plugin(tmp_path, "crashes", "sys.exit(3)\n")
     write_step_plugin(tmp_path, "hangs", "import time\ntime.sleep(3600)\n")
+    plugin_path = f"{EXAMPLE_PLUGINS}:{tmp_path}"
     deployment.overrides = {
-        "plugin_path": f"{EXAMPLE_PLUGINS}:{tmp_path}",
+        "plugin_path": plugin_path,
         "plugin_timeout_s": 2.0,
         "http_allowed_hosts": "127.0.0.1",
         "http_allowed_networks": "127.0.0.1/32",
     }
-    async for harness in start_harness(deployment, nats):
-        yield harness
+    async with plugin_service(deployment.dsn, deployment.nats_url, deployment.namespace, plugin_path):
+        async for harness in start_harness(deployment, nats):
+            for source, plugin_id in (("smoke_test", "smoke-test"), ("crashes", "crashes"), ("hangs", "hangs")):
+                await enable_plugin(harness, source, plugin_id)
+            yield harness
 
 
 async def _finished_run(harness: Harness, run_id: str) -> dict[str, Any]:
@@ -139,32 +146,42 @@ async def test_an_unexpected_status_fails_the_http_step_after_its_retries(
     assert len(received) == 2
 
 
+INVALID = (400, "WF_INVALID_STEP_CONFIG")
+NOT_ENABLED = (422, "WF_STEP_PLUGIN_NOT_ENABLED")
+
+
 @pytest.mark.parametrize(
-    ("node", "words"),
+    ("node", "error", "words"),
     [
-        ({"type": "http", "config": {"url": "https://elsewhere.example/x"}}, "not on the operator's allow-list"),
-        ({"type": "http", "config": {"url": "ftp://127.0.0.1/x"}}, "http or https URL"),
-        ({"type": "http", "config": {"url": "http://127.0.0.1/x", "method": "BREW"}}, "config.method"),
-        ({"type": "http", "config": {"url": "http://127.0.0.1/x"}, "timeout_s": None}, "needs timeout_s"),
-        ({"type": "script", "config": {"plugin": "nope"}}, "names none installed"),
+        (
+            {"type": "http", "config": {"url": "https://elsewhere.example/x"}},
+            INVALID,
+            "not on the operator's allow-list",
+        ),
+        ({"type": "http", "config": {"url": "ftp://127.0.0.1/x"}}, INVALID, "http or https URL"),
+        ({"type": "http", "config": {"url": "http://127.0.0.1/x", "method": "BREW"}}, INVALID, "config.method"),
+        ({"type": "http", "config": {"url": "http://127.0.0.1/x"}, "timeout_s": None}, INVALID, "needs timeout_s"),
+        ({"type": "script", "config": {"plugin": "nope"}}, NOT_ENABLED, "has no plugin instance"),
         (
             {"type": "script", "config": {"plugin": "change-ticket", "config": {"url": "http://x"}}},
-            "names none installed",
+            NOT_ENABLED,
+            "names none",
         ),
         (
             {"type": "script", "config": {"plugin": "smoke-test", "config": {"command": "rm -rf /"}}},
+            INVALID,
             "does not fit plugin",
         ),
-        ({"type": "script", "config": {"command": ["/bin/true"]}}, "unknown field"),
+        ({"type": "script", "config": {"command": ["/bin/true"]}}, INVALID, "unknown field"),
     ],
 )
 async def test_a_step_that_cannot_work_is_refused_when_the_template_is_saved(
-    plugged: Harness, node: dict[str, Any], words: str
+    plugged: Harness, node: dict[str, Any], error: tuple[int, str], words: str
 ) -> None:
     reply = await plugged.save_template("refused", [{"id": "s", "timeout_s": 30, **node}])
 
     assert not reply.ok
-    assert (reply.error.status, reply.error.code) == (400, "WF_INVALID_STEP_CONFIG")
+    assert (reply.error.status, reply.error.code) == error
     assert words in reply.error.detail
     missing = await plugged.query(c.GET_TEMPLATE, c.GetTemplate, name="refused")
     assert missing.error.status == 404
@@ -227,3 +244,48 @@ async def test_a_misbehaving_step_plugin_fails_each_attempt_and_the_service_stay
     assert (await plugged.save_template(f"after-{plugin}", [good])).ok
     after = await _finished_run(plugged, (await plugged.start_run(f"after-{plugin}"))["id"])
     assert after["status"] == "succeeded"
+
+
+async def test_a_step_plugin_the_tenant_has_not_enabled_cannot_be_used(plugged: Harness) -> None:
+    node = {
+        "id": "smoke",
+        "type": "script",
+        "timeout_s": 60,
+        "config": {"plugin": "smoke-test", "config": {"command": ["/bin/true"]}},
+    }
+    other = plugged.other_tenant()
+    refused = await other.command(c.SAVE_TEMPLATE, c.SaveTemplate, name="smoke", nodes=[node])
+    assert refused.error is not None and refused.error.code == "WF_STEP_PLUGIN_NOT_ENABLED", refused.error
+
+    # Saved while enabled, then disabled: the attempt fails (closed), with the reason.
+    assert (await plugged.save_template("smoke", [node])).ok
+    listed = await plugged.query(i.LIST_PLUGIN_INSTANCES, i.ListPluginInstances)
+    [instance] = [x for x in listed.data["items"] if x["plugin_id"] == "smoke-test"]
+    off = await plugged.command(
+        i.UPDATE_PLUGIN_INSTANCE, i.UpdatePluginInstance, instance_id=instance["id"], enabled=False
+    )
+    assert off.ok, off.error
+    done = await _finished_run(plugged, (await plugged.start_run("smoke"))["id"])
+    assert done["status"] == "failed"
+    smoke = _step(done, "smoke")
+    assert smoke["outputs"] == {"error_code": "PLUGIN_NOT_ENABLED"}
+    assert "disabled for this tenant" in smoke["error"]
+
+
+async def test_a_script_step_receives_its_instances_config_under_its_own(plugged: Harness) -> None:
+    listed = await plugged.query(i.LIST_PLUGIN_INSTANCES, i.ListPluginInstances)
+    [instance] = [x for x in listed.data["items"] if x["plugin_id"] == "smoke-test"]
+    changed = await plugged.command(
+        i.UPDATE_PLUGIN_INSTANCE,
+        i.UpdatePluginInstance,
+        instance_id=instance["id"],
+        config={"command": [sys.executable, "-c", "print('from the instance')"]},
+    )
+    assert changed.ok, changed.error
+    node = {"id": "smoke", "type": "script", "timeout_s": 60, "config": {"plugin": "smoke-test"}}
+    assert (await plugged.save_template("defaults", [node])).ok
+
+    done = await _finished_run(plugged, (await plugged.start_run("defaults"))["id"])
+
+    assert done["status"] == "succeeded", done
+    assert _step(done, "smoke")["outputs"]["stdout"] == "from the instance\n"

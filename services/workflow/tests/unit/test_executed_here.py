@@ -128,14 +128,14 @@ def test_an_http_config_that_cannot_work_is_refused(config: dict[str, Any], word
     assert words in (_url_problem(config) or "")
 
 
-def test_a_script_step_must_name_an_installed_step_plugin_and_fit_its_schema() -> None:
+def test_a_script_step_must_name_an_enabled_step_plugin_and_fit_its_schema() -> None:
     plugins = {"smoke-test": lambda config: [] if "command" in config else ["command is required"]}
     template = build([{"id": "s", "type": "script", "config": {"plugin": "smoke-test", "config": {}}, "timeout_s": 9}])
     with pytest.raises(engine.InvalidStepConfig, match="command is required"):
         engine.check_step_configs(template, step_plugins=plugins)
     missing = build([{"id": "s", "type": "script", "config": {"plugin": "other"}, "timeout_s": 9}])
-    with pytest.raises(engine.InvalidStepConfig, match="names none installed"):
-        engine.check_step_configs(missing, step_plugins=plugins)
+    with pytest.raises(engine.StepPluginNotEnabled, match=r"names none \(disabled\)"):
+        engine.check_step_configs(missing, step_plugins=plugins, plugin_problem=lambda _: "disabled")
     untimed = build([{"id": "s", "type": "script", "config": {"plugin": "smoke-test", "config": {"command": []}}}])
     with pytest.raises(engine.InvalidStepConfig, match="needs timeout_s"):
         engine.check_step_configs(untimed, step_plugins=plugins)

@@ -69,6 +69,31 @@ SEND_NOTIFICATION: Final[str] = "stella.rpc.integration.send_notification"
 ``INT_NOTIFICATION_FAILED`` (502: the webhook refused the message or could not be reached; sending again may
 succeed). Not a command: its effect is outside, and the caller's retry policy decides whether to send again."""
 
+INSTALL_PLUGIN: Final[str] = "stella.cmd.integration.install_plugin"
+"""Command :class:`InstallPlugin` (an operator's action); replies with a :class:`PluginView`. Errors:
+``PLUGIN_SOURCE_REFUSED`` (400: the source leaves the plugin path), ``PLUGIN_SOURCE_NOT_FOUND`` (404),
+``PLUGIN_UNKNOWN_CAPABILITY`` / ``PLUGIN_MISSING_ENTRYPOINT`` / ``PLUGIN_MANIFEST_INVALID`` (422),
+``PLUGIN_PERMISSION_NOT_ALLOWED`` (422: a permission the operator does not grant), ``PLUGIN_ALREADY_INSTALLED`` (409)."""
+CREATE_PLUGIN_INSTANCE: Final[str] = "stella.cmd.integration.create_plugin_instance"
+"""Command :class:`CreatePluginInstance`: enable a plugin for the tenant; replies with a :class:`PluginInstanceView`."""
+UPDATE_PLUGIN_INSTANCE: Final[str] = "stella.cmd.integration.update_plugin_instance"
+"""Command :class:`UpdatePluginInstance`; replies with a :class:`PluginInstanceView`."""
+DELETE_PLUGIN_INSTANCE: Final[str] = "stella.cmd.integration.delete_plugin_instance"
+"""Command :class:`DeletePluginInstance`."""
+GET_PLUGIN: Final[str] = "stella.rpc.integration.get_plugin"
+"""Query :class:`GetPlugin` -> :class:`PluginView`."""
+LIST_PLUGINS: Final[str] = "stella.rpc.integration.list_plugins"
+"""Query :class:`ListPlugins` -> page of :class:`PluginView`."""
+GET_PLUGIN_INSTANCE: Final[str] = "stella.rpc.integration.get_plugin_instance"
+"""Query :class:`GetPluginInstance` -> :class:`PluginInstanceView`."""
+LIST_PLUGIN_INSTANCES: Final[str] = "stella.rpc.integration.list_plugin_instances"
+"""Query :class:`ListPluginInstances` -> page of :class:`PluginInstanceView`."""
+RESOLVE_PLUGINS: Final[str] = "stella.rpc.integration.resolve_plugins"
+"""Internal query :class:`ResolvePlugins` -> list of :class:`ResolvedPlugin`: the tenant's instances of the
+named plugins offering a capability, with where each plugin lives on the server. Asked by the promotion
+service (gate plugins) and the workflow service (step plugins) when a gate or template is saved and before
+each call; never relayed by the gateway."""
+
 INTEGRATION_CREATED: Final[str] = "stella.evt.integration.integration_created"
 """Event :class:`IntegrationCreated`."""
 INTEGRATION_UPDATED: Final[str] = "stella.evt.integration.integration_updated"
@@ -81,6 +106,17 @@ SECRET_STORED: Final[str] = "stella.evt.integration.secret_stored"
 """Event :class:`SecretStored` (name and metadata only)."""
 SECRET_DELETED: Final[str] = "stella.evt.integration.secret_deleted"
 """Event :class:`SecretDeleted`."""
+PLUGIN_INSTALLED: Final[str] = "stella.evt.integration.plugin_installed"
+"""Event :class:`PluginInstalled`."""
+PLUGIN_INSTANCE_CHANGED: Final[str] = "stella.evt.integration.plugin_instance_changed"
+"""Event :class:`PluginInstanceChanged`: a plugin instance was created, changed (enabled, disabled, config) or
+deleted."""
+
+PLUGIN_ID_PATTERN: Final[str] = r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$"
+"""A plugin's id as its manifest declares it."""
+PLUGIN_SOURCE_PATTERN: Final[str] = r"^[A-Za-z0-9_][A-Za-z0-9_.+/-]{0,254}$"
+"""What an install names: a directory or wheel relative to the server's plugin path (the service also
+refuses ``..`` parts and symbolic links leading out of the path)."""
 
 
 class HealthStatus(StrEnum):
@@ -153,7 +189,82 @@ class RegistryConnection(Model):
         return value.get_secret_value() if value is not None else None
 
 
+class PluginStatus(StrEnum):
+    """Whether an installed plugin can be used."""
+
+    INSTALLED = "installed"
+
+
+class PluginView(Model):
+    """A plugin installed on the server (every tenant sees the catalogue; each enables what it uses)."""
+
+    plugin_id: str
+    version: str
+    vendor: str
+    description: str
+    capabilities: list[str]
+    permissions: list[str]
+    config_schema: dict[str, Any]
+    entrypoint: str
+    source: str
+    status: PluginStatus
+    manifest: dict[str, Any]
+    installed_at: datetime
+
+
+class PluginInstanceView(Model):
+    """A plugin enabled for a tenant, with the tenant's config (what the plugin receives, a gate's or step's
+    own ``config`` merged over it)."""
+
+    id: UUID
+    plugin_id: str
+    config: dict[str, Any]
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ResolvedPlugin(Model):
+    """The tenant's instance of a plugin and where the plugin lives (internal bus only)."""
+
+    plugin_id: str
+    version: str
+    directory: str
+    manifest: dict[str, Any]
+    instance_id: UUID
+    enabled: bool
+    config: dict[str, Any]
+
+
 # --- commands -------------------------------------------------------------------------------------------
+
+
+class InstallPlugin(Command):
+    """Install the plugin directory or wheel ``source`` names on the server's plugin path."""
+
+    source: str = Field(pattern=PLUGIN_SOURCE_PATTERN)
+
+
+class CreatePluginInstance(Command):
+    """Enable an installed plugin for the tenant with a config its manifest's schema accepts."""
+
+    plugin_id: str = Field(min_length=2, max_length=63, pattern=PLUGIN_ID_PATTERN)
+    config: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+
+class UpdatePluginInstance(Command):
+    """Change a plugin instance; omitted fields keep their value."""
+
+    instance_id: UUID
+    config: dict[str, Any] | None = None
+    enabled: bool | None = None
+
+
+class DeletePluginInstance(Command):
+    """Remove a plugin instance: the tenant can no longer use the plugin."""
+
+    instance_id: UUID
 
 
 class CreateIntegration(Command):
@@ -256,6 +367,38 @@ class SendNotification(Query):
     idempotency_key: str | None = Field(default=None, max_length=200)
 
 
+class GetPlugin(Query):
+    """One installed plugin."""
+
+    plugin_id: str = Field(min_length=2, max_length=63, pattern=PLUGIN_ID_PATTERN)
+
+
+class ListPlugins(Query):
+    """A page of the installed plugins, optionally only those offering a capability."""
+
+    capability: str | None = Field(default=None, max_length=32)
+    page: PageRequest = Field(default_factory=PageRequest)
+
+
+class GetPluginInstance(Query):
+    """One plugin instance of the tenant."""
+
+    instance_id: UUID
+
+
+class ListPluginInstances(Query):
+    """A page of the tenant's plugin instances."""
+
+    page: PageRequest = Field(default_factory=PageRequest)
+
+
+class ResolvePlugins(Query):
+    """The tenant's instances (enabled or not) of ``plugin_ids`` whose plugin offers ``capability``."""
+
+    plugin_ids: list[str] = Field(max_length=100)
+    capability: str = Field(min_length=1, max_length=32)
+
+
 class NotificationSent(Model):
     """A notification the webhook accepted."""
 
@@ -308,3 +451,16 @@ class SecretDeleted(Event):
     """A secret was deleted."""
 
     name: Name
+
+
+class PluginInstalled(Event):
+    """A plugin was installed on the server."""
+
+    plugin: PluginView
+
+
+class PluginInstanceChanged(Event):
+    """A tenant's plugin instance was created, changed or deleted (``deleted``: the view as it was)."""
+
+    instance: PluginInstanceView
+    deleted: bool = False

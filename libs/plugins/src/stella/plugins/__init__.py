@@ -19,15 +19,20 @@ from stella.plugins.errors import (
     PluginAnswerTooLarge,
     PluginCrashed,
     PluginError,
+    PluginIsolationUnavailable,
+    PluginNotEnabled,
     PluginNotFound,
     PluginProtocolError,
     PluginRemoteError,
     PluginResourceLimit,
+    PluginSourceRefused,
     PluginTimeout,
     UnknownCapability,
 )
+from stella.plugins.install import is_trusted, load_source, locate_source, split_path, unpack_wheel
+from stella.plugins.instances import EnabledPlugin, TenantPlugins
 from stella.plugins.manifest import Capability, InstalledPlugin, Manifest, Permission, load_plugin, parse_manifest
-from stella.plugins.runner import Limits, PluginRunner
+from stella.plugins.runner import Limits, PluginRunner, network_isolation_available
 
 GATE_METHOD = "gate.evaluate"
 """The JSON-RPC method a gate plugin answers."""
@@ -39,6 +44,7 @@ __all__ = [
     "STEP_METHOD",
     "Capability",
     "DuplicatePlugin",
+    "EnabledPlugin",
     "InstalledPlugin",
     "Limits",
     "Manifest",
@@ -49,13 +55,23 @@ __all__ = [
     "PluginCatalogue",
     "PluginCrashed",
     "PluginError",
+    "PluginIsolationUnavailable",
+    "PluginNotEnabled",
     "PluginNotFound",
     "PluginProtocolError",
     "PluginRemoteError",
     "PluginResourceLimit",
     "PluginRunner",
+    "PluginSourceRefused",
     "PluginTimeout",
+    "TenantPlugins",
     "UnknownCapability",
+    "is_trusted",
     "load_plugin",
+    "load_source",
+    "locate_source",
+    "network_isolation_available",
     "parse_manifest",
+    "split_path",
+    "unpack_wheel",
 ]

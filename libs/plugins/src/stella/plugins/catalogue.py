@@ -1,11 +1,9 @@
-"""The installed plugins a service can use, found on the server's plugin path.
+"""Every plugin found on a plugin path, by id: a listing of what an operator could install.
 
 ``STELLA_PLUGIN_PATH`` lists directories (separated like ``PATH``). Each entry is a plugin's directory when it
-holds a manifest, otherwise every immediate subdirectory holding one is a plugin. The path is read once, when
-the service starts: installing a plugin is an operator's action on the server.
-
-This is the seam where the integration service's Plugin and Plugin Instance records will come in: a catalogue
-answers "which plugin has this id and does it offer this capability", whatever it was built from.
+holds a manifest, otherwise every immediate subdirectory holding one is a plugin. Which plugins a tenant may
+use is not decided here: a plugin is installed through the integration service and enabled per tenant as a
+plugin instance (:mod:`stella.plugins.instances`).
 """
 
 from __future__ import annotations

@@ -37,10 +37,27 @@ class DuplicatePlugin(ManifestError):
     code = "PLUGIN_DUPLICATE_ID"
 
 
+class PluginSourceRefused(Exception):
+    """An install names something the server does not install from: outside the plugin path, not a plugin
+    directory or wheel, or a wheel with an unsafe member."""
+
+    code: ClassVar[str] = "PLUGIN_SOURCE_REFUSED"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 class PluginNotFound(LookupError):
     """No installed plugin has this id (or none offering the capability asked for)."""
 
     code: ClassVar[str] = "PLUGIN_NOT_FOUND"
+
+
+class PluginNotEnabled(PluginNotFound):
+    """The tenant has no enabled instance of the plugin: its gates deny and its steps fail."""
+
+    code: ClassVar[str] = "PLUGIN_NOT_ENABLED"
 
 
 class PluginError(Exception):
@@ -65,6 +82,12 @@ class PluginTimeout(PluginError):
     """The plugin did not answer within its wall-clock limit; its process group was killed."""
 
     code = "PLUGIN_TIMEOUT"
+
+
+class PluginIsolationUnavailable(PluginError):
+    """The plugin must run cut off the network (it lacks the ``network`` permission) and this host cannot."""
+
+    code = "PLUGIN_ISOLATION_UNAVAILABLE"
 
 
 class PluginResourceLimit(PluginError):

@@ -14,6 +14,10 @@ Isolation, so a plugin cannot harm the service that calls it:
   plugin's directory, in a **session of its own** (its whole process group is killed when the call ends);
 * ``RLIMIT_CPU`` bounds its CPU time, ``RLIMIT_AS`` its memory, ``RLIMIT_FSIZE`` the files it writes, and no
   core file is dumped;
+* a plugin whose manifest does not ask for the ``network`` permission runs in a **network namespace of its
+  own** with no interface up, so it cannot connect anywhere (not even to the host's loopback services). Where
+  the kernel refuses namespaces (checked once), the runner says so in :attr:`PluginRunner.network_isolated` and
+  the plugin runs without (``require_network_isolation`` makes such a call fail instead);
 * a **wall-clock** timeout covers the whole call: a plugin that hangs is killed;
 * at most ``max_answer_bytes`` of its answer are read: a larger one is not read further, the process is killed;
 * an answer that is not JSON, not a JSON-RPC 2.0 response, or answers another id is a protocol error.
@@ -26,10 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import resource
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,12 +46,13 @@ from stella.plugins.errors import (
     PluginAnswerTooLarge,
     PluginCrashed,
     PluginError,
+    PluginIsolationUnavailable,
     PluginProtocolError,
     PluginRemoteError,
     PluginResourceLimit,
     PluginTimeout,
 )
-from stella.plugins.manifest import InstalledPlugin
+from stella.plugins.manifest import InstalledPlugin, Permission
 
 _CHUNK: Final = 64 * 1024
 _STDERR_KEPT: Final = 4 * 1024
@@ -74,10 +82,45 @@ class Limits:
             raise ValueError(f"plugin limits out of range: {self}")
 
 
-def _limit_process(limits: Limits) -> Callable[[], None]:
-    """The function run in the child before the plugin's program: set its resource limits."""
+_CLONE_NEWNET: Final = 0x40000000
+_CLONE_NEWUSER: Final = 0x10000000
+
+
+def _unshare_network() -> Callable[[], None]:
+    """A function (for a child, before its program) moving it into a network namespace of its own.
+
+    Tries a plain network namespace (needs ``CAP_SYS_ADMIN``), then one inside a new user namespace
+    (unprivileged); raises ``OSError`` when the kernel allows neither.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded in the parent: the child only calls it
+
+    def unshare() -> None:  # pragma: no cover - runs in the child process
+        if libc.unshare(_CLONE_NEWNET) != 0 and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "cannot create a network namespace for the plugin")
+
+    return unshare
+
+
+@functools.cache
+def network_isolation_available() -> bool:
+    """Whether this host lets the runner put a plugin into a network namespace of its own (checked once)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", "pass"], preexec_fn=_unshare_network(), timeout=10, check=False, env={}
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def _limit_process(limits: Limits, *, isolate_network: bool = False) -> Callable[[], None]:
+    """The function run in the child before the plugin's program: set its resource limits (and, when asked,
+    move it into a network namespace of its own)."""
+    unshare = _unshare_network() if isolate_network else None
 
     def apply() -> None:  # pragma: no cover - runs in the child process
+        if unshare is not None:
+            unshare()
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
@@ -99,11 +142,21 @@ class PluginRunner:
     Args:
         limits: The limits of every call unless a call names its own.
         max_concurrent: Calls running at once; more wait their turn (their wall clock starts when they run).
+        require_network_isolation: Fail a call of a plugin without the ``network`` permission when this host
+            cannot cut it off the network (otherwise it runs without the namespace).
     """
 
-    def __init__(self, limits: Limits | None = None, *, max_concurrent: int = 8) -> None:
+    def __init__(
+        self, limits: Limits | None = None, *, max_concurrent: int = 8, require_network_isolation: bool = False
+    ) -> None:
         self.limits = limits or Limits()
         self._slots = asyncio.Semaphore(max_concurrent)
+        self.require_network_isolation = require_network_isolation
+
+    @property
+    def network_isolated(self) -> bool:
+        """Whether plugins without the ``network`` permission run cut off the network on this host."""
+        return network_isolation_available()
 
     async def call(
         self, plugin: InstalledPlugin, method: str, params: Mapping[str, Any], *, limits: Limits | None = None
@@ -126,17 +179,27 @@ class PluginRunner:
 
     async def _exchange(self, plugin: InstalledPlugin, method: str, request: bytes, limits: Limits) -> bytes:
         """Start the process, send the request, read the answer line; the process is gone when this returns."""
-        process = await asyncio.create_subprocess_exec(
-            *command_of(plugin),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={},
-            cwd=plugin.directory,
-            start_new_session=True,
-            preexec_fn=_limit_process(limits),
-            close_fds=True,
-        )
+        isolate = Permission.NETWORK not in plugin.manifest.permissions
+        if isolate and not network_isolation_available():
+            if self.require_network_isolation:
+                raise PluginIsolationUnavailable(
+                    plugin.id, method, "this host cannot cut the plugin off the network, which its permissions require"
+                )
+            isolate = False
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command_of(plugin),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={},
+                cwd=plugin.directory,
+                start_new_session=True,
+                preexec_fn=_limit_process(limits, isolate_network=isolate),
+                close_fds=True,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise PluginCrashed(plugin.id, method, f"the plugin's process could not start: {exc}") from None
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         stderr = asyncio.create_task(_keep_head(process.stderr))
         try:

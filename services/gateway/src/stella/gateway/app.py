@@ -48,6 +48,8 @@ from stella.gateway.controllers import (
     IntegrationController,
     IntegrationTypeController,
     OpenAPIController,
+    PluginController,
+    PluginInstanceController,
     PrincipalController,
     PromotionController,
     PromotionDeploymentController,
@@ -141,6 +143,10 @@ TAGS: Final[tuple[Tag, ...]] = (
     Tag(name="webhooks", description="Outside systems subscribed to public events, signed per Standard Webhooks."),
     Tag(name="integrations", description="Registries, notification channels and secret stores Stella works with."),
     Tag(name="secrets", description="The built-in secret store: write-only values, encrypted at rest."),
+    Tag(
+        name="plugins",
+        description="Plugins installed on the server, and the ones each tenant enables (isolated gates and steps).",
+    ),
 )
 """Tags of the API description, in the order the docs page shows them."""
 
@@ -219,6 +225,8 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Lit
             IntegrationTypeController,
             IntegrationController,
             SecretController,
+            PluginController,
+            PluginInstanceController,
             DashboardController,
             create_static_files_router(
                 path=DOCS_ASSETS,

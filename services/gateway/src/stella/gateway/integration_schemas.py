@@ -1,4 +1,5 @@
-"""Request and response bodies of the integration API: integration types, integrations, secrets.
+"""Request and response bodies of the integration API: integration types, integrations, secrets, plugins and
+plugin instances.
 
 A secret's value is accepted in exactly one body (:class:`SecretCreate`) and appears in no response body.
 """
@@ -11,7 +12,11 @@ from uuid import UUID
 
 from pydantic import Field, SecretStr
 
-from stella.contracts.integration import INTEGRATION_CREDENTIAL_REF_PATTERN
+from stella.contracts.integration import (
+    INTEGRATION_CREDENTIAL_REF_PATTERN,
+    PLUGIN_ID_PATTERN,
+    PLUGIN_SOURCE_PATTERN,
+)
 from stella.contracts.validation import DisplayName, Name
 from stella.gateway.schemas import RequestBody, ResponseBody
 
@@ -112,4 +117,76 @@ class SecretPage(ResponseBody):
     """A page of secrets, by name."""
 
     items: list[SecretOut]
+    next_page_token: str | None
+
+
+class PluginInstall(RequestBody):
+    """What to install: a plugin directory or a ``.whl`` file relative to the server's plugin path."""
+
+    source: str = Field(
+        pattern=PLUGIN_SOURCE_PATTERN,
+        description=(
+            "A directory or wheel on the server's plugin path, relative to it (change_ticket, "
+            "acme_gate-1.0.0-py3-none-any.whl); nothing outside the plugin path is ever installed."
+        ),
+    )
+
+
+class PluginOut(ResponseBody):
+    """A plugin installed on the server: its manifest's id, version, capabilities, permissions and config schema."""
+
+    plugin_id: str
+    version: str
+    vendor: str
+    description: str
+    capabilities: list[str]
+    permissions: list[str]
+    config_schema: dict[str, Any]
+    entrypoint: str
+    source: str
+    status: Literal["installed"]
+    manifest: dict[str, Any]
+    installed_at: datetime
+
+
+class PluginPage(ResponseBody):
+    """A page of installed plugins, by id."""
+
+    items: list[PluginOut]
+    next_page_token: str | None
+
+
+class PluginInstanceCreate(RequestBody):
+    """Enable an installed plugin for the tenant: the config is the tenant's defaults for every gate or step."""
+
+    plugin_id: str = Field(min_length=2, max_length=63, pattern=PLUGIN_ID_PATTERN)
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Checked against the plugin's config schema (fields it requires may be left to each gate or step).",
+    )
+    enabled: bool = True
+
+
+class PluginInstanceUpdate(RequestBody):
+    """New values for a plugin instance; omitted fields keep theirs."""
+
+    config: dict[str, Any] | None = None
+    enabled: bool | None = None
+
+
+class PluginInstanceOut(ResponseBody):
+    """A plugin enabled (or disabled) for the tenant, with the tenant's config."""
+
+    id: UUID
+    plugin_id: str
+    config: dict[str, Any]
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class PluginInstancePage(ResponseBody):
+    """A page of the tenant's plugin instances, by plugin id."""
+
+    items: list[PluginInstanceOut]
     next_page_token: str | None

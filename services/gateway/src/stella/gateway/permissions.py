@@ -20,6 +20,8 @@ class Resource(StrEnum):
     ``freeze`` has only the ``override`` action: letting a promotion through a freeze window. ``credential``
     has only ``update``: naming (or removing) a component's registry credential reference.
     ``dead-letter`` is the messages the services gave up on: read them, and replay them (``update``).
+    ``plugin`` is a tenant's plugin instances (and reading the installed plugins); ``plugin-catalogue`` has only
+    ``create``: installing a plugin on the server, for every tenant to pick from.
     """
 
     ENVIRONMENT = "environment"
@@ -29,6 +31,7 @@ class Resource(StrEnum):
     AGENT = "agent"
     WORKFLOW = "workflow"
     PLUGIN = "plugin"
+    PLUGIN_CATALOGUE = "plugin-catalogue"
     INTEGRATION = "integration"
     EVIDENCE = "evidence"
     PRINCIPAL = "principal"
@@ -82,6 +85,7 @@ target       | r      | r         | r        | rcud     | rcudapo      | -
 agent        | r      | r         | r        | rcud     | rcudapo      | -
 workflow     | r      | rcu       | r        | rcud     | rcudapo      | -
 plugin       | r      | r         | r        | rcud     | rcudapo      | -
+plugin-catalogue | -  | -         | -        | -        | -            | c
 integration  | r      | r         | r        | rcud     | rcudapo      | -
 evidence     | r      | r         | r        | r        | rcudapo      | -
 principal    | -      | -         | -        | -        | rcud         | -
@@ -100,7 +104,8 @@ service's host, so it is not part of editing a component (``release:update``). O
 hold ``freeze:override``; anyone else passes a freeze window only when the window lists them as an exception.
 Operators and tenant admins read and replay their tenant's dead letters. ``platform-admin`` is the operator's
 role: it creates and reads tenants (``/api/v1/tenants``) and nothing inside them, and only principals of the
-platform tenant hold it.
+platform tenant hold it; besides tenants, it installs plugins on the server (``plugin-catalogue:create``), which
+tenants then enable for themselves as plugin instances (``plugin:*``).
 """
 
 

@@ -15,6 +15,7 @@ from stella.integration import subscribers
 from stella.integration.connectors import Connectors
 from stella.integration.handlers import Handlers
 from stella.integration.keys import Keyring, MasterKey, MasterKeyError
+from stella.integration.plugin_handlers import PluginHandlers
 from stella.integration.settings import Settings
 from stella.integration.vault import VaultClient
 from stella.kit.addresses import AddressPolicy
@@ -22,6 +23,7 @@ from stella.kit.broker import CommandProcessor
 from stella.kit.credentials import HostCredentialAllowList
 from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.kit.timers import DueLoop
+from stella.plugins import split_path
 
 NAME = "integration"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -32,6 +34,7 @@ class IntegrationApp(ServiceApp):
     """The running integration service: its runtime and the objects tests may want to reach."""
 
     handlers: Handlers | None = field(default=None)
+    plugins: PluginHandlers | None = field(default=None)
     health: DueLoop | None = field(default=None)
 
 
@@ -101,7 +104,15 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Int
         app.health = DueLoop(
             f"{NAME}-health", handlers.next_check, handlers.run_due_checks, clock=clock, max_sleep_s=60.0
         )
-        subscribers.register(runtime, router, handlers)
+        app.plugins = PluginHandlers(
+            lambda: runtime.pool,
+            handlers.commands,
+            roots=split_path(settings.plugin_path),
+            install_dir=settings.plugin_install_dir,
+            permissions=settings.plugin_permissions,
+            clock=clock,
+        )
+        subscribers.register(runtime, router, handlers, app.plugins)
 
     async def on_start(_: ServiceRuntime) -> None:
         assert app.handlers is not None and app.health is not None  # built by register, which runs first

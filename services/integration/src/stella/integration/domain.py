@@ -125,6 +125,84 @@ class SecretInUse(Conflict):
     title = "Secret in use"
 
 
+class PluginNotInstalled(NotFound):
+    """No installed plugin has this id."""
+
+    code = "PLUGIN_NOT_FOUND"
+    title = "Plugin not found"
+
+
+class PluginSourceNotFound(NotFound):
+    """The install names nothing on the server's plugin path."""
+
+    code = "PLUGIN_SOURCE_NOT_FOUND"
+    title = "Plugin source not found"
+
+
+class PluginSourceRefused(ServiceError):
+    """The install names something outside the plugin path, or not a plugin directory or safe wheel."""
+
+    code = "PLUGIN_SOURCE_REFUSED"
+    status = 400
+    title = "Plugin source refused"
+
+
+class PluginManifestInvalid(Unprocessable):
+    """The plugin's manifest cannot be used (its ``code`` says why: unknown capability, missing entrypoint...)."""
+
+    code = "PLUGIN_MANIFEST_INVALID"
+    title = "Plugin manifest invalid"
+
+
+class PluginPermissionNotAllowed(Unprocessable):
+    """The manifest asks for a permission the operator does not grant plugins."""
+
+    code = "PLUGIN_PERMISSION_NOT_ALLOWED"
+    title = "Plugin permission not allowed"
+
+
+class PluginAlreadyInstalled(Conflict):
+    """A plugin with this id is installed already."""
+
+    code = "PLUGIN_ALREADY_INSTALLED"
+    title = "Plugin already installed"
+
+
+class PluginInstanceNotFound(NotFound):
+    """No such plugin instance in the tenant (another tenant's looks the same)."""
+
+    code = "PLUGIN_INSTANCE_NOT_FOUND"
+    title = "Plugin instance not found"
+
+
+class PluginInstanceExists(Conflict):
+    """The tenant has an instance of this plugin already (one per plugin and tenant)."""
+
+    code = "PLUGIN_INSTANCE_EXISTS"
+    title = "Plugin instance already exists"
+
+
+class PluginConfigInvalid(Unprocessable):
+    """The instance's config does not satisfy the plugin's config schema."""
+
+    code = "PLUGIN_CONFIG_INVALID"
+    title = "Plugin config does not match the plugin's schema"
+
+
+def instance_config_problems(config_schema: dict[str, Any], config: dict[str, Any]) -> list[dict[str, object]]:
+    """What is wrong with a plugin instance's ``config`` under the plugin's ``config_schema``.
+
+    An instance holds the tenant's defaults: every field it sets must be valid, but fields the schema
+    requires may be left to each gate or step (whose config is merged over the instance's and checked whole
+    when the gate or template is saved).
+    """
+    partial = {k: v for k, v in config_schema.items() if k != "required"}
+    return [
+        {"loc": ["config", *map(str, e.absolute_path)], "msg": e.message}
+        for e in sorted(Draft202012Validator(partial).iter_errors(config), key=str)
+    ]
+
+
 _URL = {"type": "string", "pattern": "^https?://[^\\s/?#]+(/[^\\s?#]*)?$", "maxLength": 2048}
 
 TYPES: Final[dict[str, IntegrationTypeView]] = {

@@ -1,5 +1,6 @@
 """SQL of the integration schema. Every statement filters by tenant, except the scheduler's claim of due
-health checks, which spans tenants by design and returns each row's tenant."""
+health checks, which spans tenants by design and returns each row's tenant, and the installed plugins, which
+belong to the server (each tenant's use of one is its plugin instance, filtered by tenant)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from uuid import UUID
 
 import asyncpg
 
-from stella.contracts.integration import HealthStatus, IntegrationView, SecretView
+from stella.contracts.integration import (
+    HealthStatus,
+    IntegrationView,
+    PluginInstanceView,
+    PluginStatus,
+    PluginView,
+    ResolvedPlugin,
+    SecretView,
+)
 from stella.kit.pagination import decode_cursor, encode_cursor
 
 _COLUMNS = """id, type_id, name, display_name, config, credential_ref, health_status, health_detail,
@@ -274,3 +283,177 @@ async def list_secrets(
     items = [secret_view(r) for r in rows[:page_size]]
     token = encode_cursor(items[-1].name, kind="secrets") if len(rows) > page_size else None
     return items, token
+
+
+# --- plugins and plugin instances ----------------------------------------------------------------------
+
+_PLUGIN_COLUMNS = "plugin_id, version, vendor, manifest, status, entrypoint, source, directory, installed_at"
+INSERT_PLUGIN = f"""
+    INSERT INTO plugins (plugin_id, version, vendor, manifest, entrypoint, source, directory, installed_by,
+                         installed_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (plugin_id) DO NOTHING
+    RETURNING {_PLUGIN_COLUMNS}
+"""
+GET_PLUGIN = f"SELECT {_PLUGIN_COLUMNS} FROM plugins WHERE plugin_id = $1"
+PLUGIN_OF_SOURCE = "SELECT plugin_id FROM plugins WHERE source = $1"
+LIST_PLUGINS = f"""
+    SELECT {_PLUGIN_COLUMNS} FROM plugins
+     WHERE ($1::text IS NULL OR manifest -> 'capabilities' ? $1)
+       AND ($2::text IS NULL OR plugin_id > $2)
+     ORDER BY plugin_id
+     LIMIT $3
+"""
+
+_INSTANCE_COLUMNS = "id, plugin_id, config, enabled, created_at, updated_at"
+INSERT_INSTANCE = f"""
+    INSERT INTO plugin_instances (id, tenant_id, plugin_id, config, enabled, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $6)
+    ON CONFLICT ON CONSTRAINT plugin_instances_one_per_tenant DO NOTHING
+    RETURNING {_INSTANCE_COLUMNS}
+"""
+GET_INSTANCE = f"SELECT {_INSTANCE_COLUMNS} FROM plugin_instances WHERE tenant_id = $1 AND id = $2"
+UPDATE_INSTANCE = f"""
+    UPDATE plugin_instances SET config = $3, enabled = $4, updated_at = $5
+     WHERE tenant_id = $1 AND id = $2
+    RETURNING {_INSTANCE_COLUMNS}
+"""
+DELETE_INSTANCE = f"DELETE FROM plugin_instances WHERE tenant_id = $1 AND id = $2 RETURNING {_INSTANCE_COLUMNS}"
+LIST_INSTANCES = f"""
+    SELECT {_INSTANCE_COLUMNS} FROM plugin_instances
+     WHERE tenant_id = $1 AND ($2::text IS NULL OR plugin_id > $2)
+     ORDER BY plugin_id
+     LIMIT $3
+"""
+RESOLVE_PLUGINS = """
+    SELECT p.plugin_id, p.version, p.directory, p.manifest, i.id AS instance_id, i.enabled, i.config
+      FROM plugin_instances i JOIN plugins p ON p.plugin_id = i.plugin_id
+     WHERE i.tenant_id = $1 AND i.plugin_id = ANY($2::text[]) AND p.manifest -> 'capabilities' ? $3
+     ORDER BY p.plugin_id
+"""
+
+
+def plugin_view(row: asyncpg.Record) -> PluginView:
+    """A plugin row as the contract view."""
+    manifest = row["manifest"]
+    return PluginView(
+        plugin_id=row["plugin_id"],
+        version=row["version"],
+        vendor=row["vendor"],
+        description=manifest.get("description", ""),
+        capabilities=list(manifest.get("capabilities", [])),
+        permissions=list(manifest.get("permissions", [])),
+        config_schema=manifest.get("config_schema", {}),
+        entrypoint=row["entrypoint"],
+        source=row["source"],
+        status=PluginStatus(row["status"]),
+        manifest=manifest,
+        installed_at=row["installed_at"],
+    )
+
+
+def instance_view(row: asyncpg.Record) -> PluginInstanceView:
+    """A plugin instance row as the contract view."""
+    return PluginInstanceView(
+        id=row["id"],
+        plugin_id=row["plugin_id"],
+        config=row["config"],
+        enabled=row["enabled"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def insert_plugin(
+    conn: asyncpg.Connection, fields: dict[str, Any], actor: UUID | None, now: datetime
+) -> PluginView | None:
+    """Record an installed plugin; None when one with the same id is installed."""
+    row = await conn.fetchrow(
+        INSERT_PLUGIN,
+        fields["plugin_id"],
+        fields["version"],
+        fields["vendor"],
+        fields["manifest"],
+        fields["entrypoint"],
+        fields["source"],
+        fields["directory"],
+        actor,
+        now,
+    )
+    return plugin_view(row) if row else None
+
+
+async def get_plugin(conn: asyncpg.Connection, plugin_id: str) -> PluginView | None:
+    """One installed plugin."""
+    row = await conn.fetchrow(GET_PLUGIN, plugin_id)
+    return plugin_view(row) if row else None
+
+
+async def get_plugin_id_of_source(conn: asyncpg.Connection, source: str) -> str | None:
+    """The id of the plugin installed from ``source``, if one was."""
+    plugin_id: str | None = await conn.fetchval(PLUGIN_OF_SOURCE, source)
+    return plugin_id
+
+
+async def list_plugins(
+    conn: asyncpg.Connection, capability: str | None, page_size: int, page_token: str | None
+) -> tuple[list[PluginView], str | None]:
+    """A page of installed plugins by id."""
+    cursor = decode_cursor(page_token, str, kind="plugins")
+    rows = await conn.fetch(LIST_PLUGINS, capability, cursor[0] if cursor else None, page_size + 1)
+    items = [plugin_view(r) for r in rows[:page_size]]
+    token = encode_cursor(items[-1].plugin_id, kind="plugins") if len(rows) > page_size else None
+    return items, token
+
+
+async def insert_instance(
+    conn: asyncpg.Connection,
+    tenant: UUID,
+    iid: UUID,
+    plugin_id: str,
+    config: dict[str, Any],
+    enabled: bool,
+    now: datetime,
+) -> PluginInstanceView | None:
+    """Create the tenant's instance of a plugin; None when it has one already."""
+    row = await conn.fetchrow(INSERT_INSTANCE, iid, tenant, plugin_id, config, enabled, now)
+    return instance_view(row) if row else None
+
+
+async def get_instance(conn: asyncpg.Connection, tenant: UUID, iid: UUID) -> PluginInstanceView | None:
+    """One plugin instance of the tenant."""
+    row = await conn.fetchrow(GET_INSTANCE, tenant, iid)
+    return instance_view(row) if row else None
+
+
+async def update_instance(
+    conn: asyncpg.Connection, tenant: UUID, view: PluginInstanceView, now: datetime
+) -> PluginInstanceView:
+    """Write an instance's config and enabled flag."""
+    row = await conn.fetchrow(UPDATE_INSTANCE, tenant, view.id, view.config, view.enabled, now)
+    return instance_view(row)
+
+
+async def delete_instance(conn: asyncpg.Connection, tenant: UUID, iid: UUID) -> PluginInstanceView | None:
+    """Delete an instance; it as it was, or None when there was none."""
+    row = await conn.fetchrow(DELETE_INSTANCE, tenant, iid)
+    return instance_view(row) if row else None
+
+
+async def list_instances(
+    conn: asyncpg.Connection, tenant: UUID, page_size: int, page_token: str | None
+) -> tuple[list[PluginInstanceView], str | None]:
+    """A page of the tenant's plugin instances by plugin id."""
+    cursor = decode_cursor(page_token, str, kind="plugin-instances")
+    rows = await conn.fetch(LIST_INSTANCES, tenant, cursor[0] if cursor else None, page_size + 1)
+    items = [instance_view(r) for r in rows[:page_size]]
+    token = encode_cursor(items[-1].plugin_id, kind="plugin-instances") if len(rows) > page_size else None
+    return items, token
+
+
+async def resolve_plugins(
+    conn: asyncpg.Connection, tenant: UUID, plugin_ids: list[str], capability: str
+) -> list[ResolvedPlugin]:
+    """The tenant's instances of ``plugin_ids`` whose plugin offers ``capability``, with the plugin's place."""
+    rows = await conn.fetch(RESOLVE_PLUGINS, tenant, plugin_ids, capability)
+    return [ResolvedPlugin(**dict(r)) for r in rows]

@@ -6,11 +6,12 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from stella.kit.addresses import parse_networks
 from stella.kit.settings import ServiceSettings
+from stella.plugins import Permission
 
 
 class Settings(ServiceSettings):
@@ -47,6 +48,26 @@ class Settings(ServiceSettings):
 
     health_interval_s: float = Field(default=300.0, ge=1, le=86_400)
     """Seconds between two scheduled connection tests of an integration."""
+
+    plugin_path: str = Field(default="", validation_alias=AliasChoices("plugin_path", "STELLA_PLUGIN_PATH"))
+    """Directories (``STELLA_PLUGIN_PATH``, separated like ``PATH``) an install may name a plugin directory or
+    wheel in, relative to one of them; nothing outside them is ever installed. The promotion and workflow
+    services run only plugins inside the same directories."""
+
+    plugin_install_dir: Path | None = None
+    """Where plugin wheels are unpacked (``<id>-<version>`` inside it); without it, installing a wheel is
+    refused. Put it on the plugin path too, so the services that run plugins trust it."""
+
+    plugin_permissions: Annotated[tuple[Permission, ...], NoDecode] = ()
+    """Permissions (``network``, ``execute``, ``filesystem``; comma-separated) the operator grants plugins: a
+    plugin whose manifest asks for another is refused at install (422 ``PLUGIN_PERMISSION_NOT_ALLOWED``)."""
+
+    @field_validator("plugin_permissions", mode="before")
+    @classmethod
+    def _permissions(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return value
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

@@ -15,9 +15,9 @@ from stella.contracts.envelope import utcnow
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.kit.startup import ConfigurationError
-from stella.plugins import Limits, ManifestError, PluginCatalogue, PluginRunner
+from stella.plugins import Limits, PluginRunner, split_path
 from stella.promotion import metrics, subscribers
-from stella.promotion.gates import GateRegistry, default_registry
+from stella.promotion.gates import GateRegistry, PluginGate, default_registry
 from stella.promotion.handlers import Handlers
 from stella.promotion.plugin_gates import PluginGates
 from stella.promotion.settings import Settings
@@ -38,27 +38,26 @@ class Overrides(TypedDict, total=False):
 
     Attributes:
         registry: The gate registry (built-in gates plus a test's own gate types).
-        plugins: The installed plugins (defaults to those on ``settings.plugin_path``).
         clock: Returns the current UTC time (defaults to :func:`stella.contracts.envelope.utcnow`).
         new_id: Returns a new id (defaults to :func:`uuid.uuid4`).
     """
 
     registry: GateRegistry
-    plugins: PluginCatalogue
     clock: Callable[[], datetime]
     new_id: Callable[[], UUID]
 
 
-def installed_plugins(plugin_path: str) -> PluginCatalogue:
-    """The plugins installed on the plugin path.
+def plugin_roots(plugin_path: str) -> list[Path]:
+    """The directories on the plugin path: the only ones plugins are run from.
 
     Raises:
-        ConfigurationError: an entry is missing or a plugin on it is invalid (the process exits with 78).
+        ConfigurationError: an entry is not a directory (the process exits with 78).
     """
-    try:
-        return PluginCatalogue.from_path(plugin_path)
-    except ManifestError as exc:
-        raise ConfigurationError(f"STELLA_PLUGIN_PATH: {exc.detail}") from exc
+    roots = split_path(plugin_path)
+    missing = [str(root) for root in roots if not root.is_dir()]
+    if missing:
+        raise ConfigurationError(f"STELLA_PLUGIN_PATH: not a directory: {', '.join(missing)}")
+    return roots
 
 
 def create_app(settings: Settings, *, overrides: Overrides | None = None) -> PromotionApp:
@@ -69,7 +68,6 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Pro
         overrides: Dependencies to use instead of building them (see :class:`Overrides`).
     """
     overrides = overrides or Overrides()
-    catalogue = overrides["plugins"] if "plugins" in overrides else installed_plugins(settings.plugin_path)
     runner = PluginRunner(
         Limits(
             wall_s=settings.plugin_timeout_s,
@@ -77,10 +75,21 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Pro
             memory_bytes=settings.plugin_memory_mb * 1024 * 1024,
         ),
         max_concurrent=settings.plugin_concurrency,
+        require_network_isolation=settings.plugin_require_network_isolation,
     )
-    plugin_gates = PluginGates(catalogue, runner)
-    registry = overrides.get("registry") or default_registry(plugin_gates.checkers())
     app = PromotionApp()
+    plugin_gates = PluginGates(
+        plugin_roots(settings.plugin_path),
+        runner,
+        lambda: app.runtime.client,
+        timeout_s=settings.release_query_timeout_s,
+    )
+    registry = overrides.get("registry")
+    if registry is None:
+        # Which plugins a tenant may use is checked when its environment is saved (against its plugin
+        # instances); the registry decisions replay with checks only a plugin gate's shape.
+        registry = default_registry()
+        registry.register(PluginGate(None))
 
     def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
         handlers = Handlers(

@@ -110,6 +110,14 @@ class InvalidGateConfig(InvalidInput):
     title = "Invalid gate configuration"
 
 
+class PluginGateNotEnabled(InvalidGateConfig):
+    """A plugin gate names a plugin the tenant has no enabled instance of (or one that offers no gate)."""
+
+    code = "GATE_PLUGIN_NOT_ENABLED"
+    status = 422
+    title = "Gate plugin not enabled for the tenant"
+
+
 class InvalidGateInputs(InvalidInput):
     """The decision inputs a gate reads are malformed (a scan with negative counts, bad digests...)."""
 
@@ -756,27 +764,40 @@ class PluginGate(Gate):
     error, which denies.
 
     Args:
-        plugins: The installed gate plugins by id, each with a function listing what is wrong with a config
-            (empty when it satisfies the plugin's config schema).
+        plugins: The gate plugins the tenant has enabled, by id, each with a function listing what is wrong with
+            a gate's config (empty when it fits the plugin's config schema). None checks only the config's shape:
+            the registry that replays decisions, whose plugin gates were checked when their environment was saved
+            (a plugin disabled since gives an ``error`` verdict, not a malformed gate).
+        problems: Why a plugin id the tenant cannot use is refused (its instance is missing or disabled).
     """
 
     type = PLUGIN_GATE_TYPE
     rank = PLUGIN_RANK
 
-    def __init__(self, plugins: Mapping[str, Callable[[Mapping[str, Any]], list[str]]]) -> None:
-        self._plugins = dict(plugins)
+    def __init__(
+        self,
+        plugins: Mapping[str, Callable[[Mapping[str, Any]], list[str]]] | None,
+        problems: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self._plugins = dict(plugins) if plugins is not None else None
+        self._problems = problems
 
     def validate_config(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
         merged = _check_keys(self.type, config, {"plugin": None, "config": {}})
         plugin_id = merged["plugin"]
         if not isinstance(plugin_id, str) or not plugin_id:
             raise InvalidGateConfig("plugin gate: config.plugin must name an installed gate plugin")
-        check = self._plugins.get(plugin_id)
-        if check is None:
-            installed = ", ".join(sorted(self._plugins)) or "none"
-            raise InvalidGateConfig(f"plugin gate: no gate plugin {plugin_id!r} is installed (installed: {installed})")
         if not isinstance(merged["config"], Mapping):
             raise InvalidGateConfig(f"plugin gate {plugin_id}: config.config must be an object")
+        if self._plugins is None:
+            return {"plugin": plugin_id, "config": dict(merged["config"])}
+        check = self._plugins.get(plugin_id)
+        if check is None:
+            why = self._problems(plugin_id) if self._problems is not None else None
+            enabled = ", ".join(sorted(self._plugins)) or "none"
+            raise PluginGateNotEnabled(
+                f"plugin gate: {why or f'no gate plugin {plugin_id!r} is enabled for this tenant'} (enabled: {enabled})"
+            )
         problems = check(merged["config"])
         if problems:
             raise InvalidGateConfig(f"plugin gate {plugin_id}: config does not fit the plugin: {'; '.join(problems)}")
@@ -945,6 +966,23 @@ def default_registry(
     if plugins is not None:
         registry.register(PluginGate(plugins))
     return registry
+
+
+def with_plugins(
+    registry: GateRegistry,
+    plugins: Mapping[str, Callable[[Mapping[str, Any]], list[str]]],
+    problems: Callable[[str], str | None] | None = None,
+) -> GateRegistry:
+    """A copy of ``registry`` whose ``plugin`` gate accepts exactly ``plugins`` (one tenant's enabled ones).
+
+    Args:
+        registry: The service's registry.
+        plugins: See :class:`PluginGate`.
+        problems: Why a plugin id is refused, for the error's message.
+    """
+    copy = registry.copy()
+    copy.register(PluginGate(plugins, problems), replace=True)
+    return copy
 
 
 def evaluate_gates(

@@ -37,8 +37,9 @@ class Settings(ServiceSettings):
     (with the default timeout: about an hour after the request)."""
 
     plugin_path: str = Field(default="", validation_alias=AliasChoices("plugin_path", "STELLA_PLUGIN_PATH"))
-    """Directories holding installed plugins (``STELLA_PLUGIN_PATH``, separated like ``PATH``); the gate plugins
-    on it are the ``plugin`` gates environments may use. Read once at start."""
+    """Directories holding installed plugins (``STELLA_PLUGIN_PATH``, separated like ``PATH``): the gate plugins this
+    service runs must lie inside them. Which plugin a tenant may use, and with which config, is its plugin
+    instance in the integration service (installed through ``POST /api/v1/plugins``)."""
 
     plugin_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """Wall-clock limit of one plugin call; the plugin is killed then and its gate denies. The gate step's command
@@ -52,3 +53,7 @@ class Settings(ServiceSettings):
 
     plugin_concurrency: int = Field(default=4, ge=1, le=256)
     """Plugin calls this process runs at once."""
+
+    plugin_require_network_isolation: bool = False
+    """Refuse to call a plugin without the ``network`` permission when this host cannot run it in a network
+    namespace of its own (by default it then runs without one)."""

@@ -16,7 +16,7 @@ from stella.kit.addresses import AddressPolicy
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
 from stella.kit.startup import ConfigurationError
-from stella.plugins import Limits, ManifestError, PluginCatalogue, PluginRunner
+from stella.plugins import Limits, PluginRunner, split_path
 from stella.workflow import metrics, subscribers
 from stella.workflow.executors import StepExecutors
 from stella.workflow.handlers import Handlers
@@ -39,24 +39,23 @@ class Overrides(TypedDict, total=False):
     Attributes:
         clock: Returns the current UTC time (defaults to :func:`stella.contracts.envelope.utcnow`).
         new_id: Returns a new id (defaults to :func:`uuid.uuid4`).
-        plugins: The installed plugins (defaults to those on ``settings.plugin_path``).
     """
 
-    plugins: PluginCatalogue
     clock: Callable[[], datetime]
     new_id: Callable[[], UUID]
 
 
-def installed_plugins(plugin_path: str) -> PluginCatalogue:
-    """The plugins installed on the plugin path.
+def plugin_roots(plugin_path: str) -> list[Path]:
+    """The directories on the plugin path: the only ones step plugins are run from.
 
     Raises:
-        ConfigurationError: an entry is missing or a plugin on it is invalid (the process exits with 78).
+        ConfigurationError: an entry is not a directory (the process exits with 78).
     """
-    try:
-        return PluginCatalogue.from_path(plugin_path)
-    except ManifestError as exc:
-        raise ConfigurationError(f"STELLA_PLUGIN_PATH: {exc.detail}") from exc
+    roots = split_path(plugin_path)
+    missing = [str(root) for root in roots if not root.is_dir()]
+    if missing:
+        raise ConfigurationError(f"STELLA_PLUGIN_PATH: not a directory: {', '.join(missing)}")
+    return roots
 
 
 def create_app(settings: Settings, *, overrides: Overrides | None = None) -> WorkflowApp:
@@ -69,7 +68,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Wor
     overrides = overrides or Overrides()
     app = WorkflowApp()
     executors = StepExecutors(
-        overrides["plugins"] if "plugins" in overrides else installed_plugins(settings.plugin_path),
+        plugin_roots(settings.plugin_path),
         PluginRunner(
             Limits(
                 wall_s=settings.plugin_timeout_s,
@@ -77,6 +76,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Wor
                 memory_bytes=settings.plugin_memory_mb * 1024 * 1024,
             ),
             max_concurrent=settings.plugin_concurrency,
+            require_network_isolation=settings.plugin_require_network_isolation,
         ),
         http_allowed_hosts=settings.http_allowed_hosts,
         http_addresses=AddressPolicy(settings.http_allowed_networks),

@@ -130,6 +130,14 @@ class InvalidStepConfig(DomainError):
     title = "Invalid step configuration"
 
 
+class StepPluginNotEnabled(InvalidStepConfig):
+    """A ``script`` step names a step plugin the tenant has no enabled plugin instance of."""
+
+    code = "WF_STEP_PLUGIN_NOT_ENABLED"
+    status = 422
+    title = "Step plugin not enabled for the tenant"
+
+
 @dataclass(frozen=True)
 class Dispatch:
     """An attempt another context executes: send ``ExecuteStep`` for it on ``subject``."""
@@ -238,12 +246,20 @@ def check_http_config(config: Mapping[str, Any], allowed_hosts: Collection[str])
 
 
 def check_script_config(
-    config: Mapping[str, Any], step_plugins: Mapping[str, Callable[[Mapping[str, Any]], list[str]]]
+    config: Mapping[str, Any],
+    step_plugins: Mapping[str, Callable[[Mapping[str, Any]], list[str]]],
+    plugin_problem: Callable[[str], str | None] | None = None,
 ) -> None:
     """Check a ``script`` step's config: ``{plugin: <step plugin id>, config: {...}}``.
 
+    Args:
+        config: The step's config.
+        step_plugins: The step plugins the tenant has enabled, by id, each with its config check.
+        plugin_problem: Why a plugin id the tenant cannot use is refused, for the error's message.
+
     Raises:
-        InvalidStepConfig: no such step plugin is installed, or the config does not fit its schema.
+        StepPluginNotEnabled: the tenant has no enabled step plugin of that id.
+        InvalidStepConfig: the config does not fit the plugin's schema.
     """
     unknown = sorted(set(config) - _SCRIPT_FIELDS)
     if unknown:
@@ -251,9 +267,12 @@ def check_script_config(
     plugin_id = config.get("plugin")
     check = step_plugins.get(plugin_id) if isinstance(plugin_id, str) else None
     if check is None:
-        installed = ", ".join(sorted(step_plugins)) or "none"
-        raise InvalidStepConfig(
-            f"a script step runs a step plugin: config.plugin {plugin_id!r} names none installed (installed: {installed})"
+        enabled = ", ".join(sorted(step_plugins)) or "none"
+        why = plugin_problem(plugin_id) if plugin_problem is not None and isinstance(plugin_id, str) else None
+        raise StepPluginNotEnabled(
+            f"a script step runs a step plugin the tenant has enabled: config.plugin {plugin_id!r} names none"
+            + (f" ({why})" if why else "")
+            + f" (enabled: {enabled})"
         )
     plugin_config = config.get("config", {})
     if not isinstance(plugin_config, Mapping):
@@ -297,13 +316,15 @@ def check_step_configs(
     template: WorkflowTemplate,
     *,
     step_plugins: Mapping[str, Callable[[Mapping[str, Any]], list[str]]] | None = None,
+    plugin_problem: Callable[[str], str | None] | None = None,
     http_allowed_hosts: Collection[str] = (),
 ) -> None:
     """Check what this service itself needs of a template beyond the domain's validation.
 
     Args:
         template: The template being saved.
-        step_plugins: The installed step plugins by id, each with its config check.
+        step_plugins: The step plugins the tenant has enabled, by id, each with its config check.
+        plugin_problem: Why a plugin id the tenant cannot use is refused (see :func:`check_script_config`).
         http_allowed_hosts: The hosts ``http`` steps may call.
 
     Raises:
@@ -318,13 +339,13 @@ def check_step_configs(
             elif node.type == BuiltinStepType.HTTP.value:
                 check_http_config(node.config, http_allowed_hosts)
             elif node.type == BuiltinStepType.SCRIPT.value:
-                check_script_config(node.config, step_plugins or {})
+                check_script_config(node.config, step_plugins or {}, plugin_problem)
             elif node.type == BuiltinStepType.NOTIFY.value:
                 check_notify_config(node.config)
             if node.type in EXECUTED_HERE and node.timeout_s is None:
                 raise InvalidStepConfig(f"a {node.type} step needs timeout_s")
         except InvalidStepConfig as exc:
-            raise InvalidStepConfig(f"step {node.id!r}: {exc.detail}") from None
+            raise type(exc)(f"step {node.id!r}: {exc.detail}") from None
 
 
 def append_logs(existing: str, attempt: int, logs: str) -> str:

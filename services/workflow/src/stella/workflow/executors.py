@@ -9,7 +9,10 @@ and ``notify``.
   the attempt's resolved inputs. The step succeeds when the status is ``expected_status`` (default 200).
 * ``script`` runs a step plugin, never a shell: ``{plugin: <id>, config: {...}}`` calls the plugin's
   ``step.execute`` in its own isolated process (:class:`stella.plugins.PluginRunner`). A plugin that crashes,
-  hangs, answers too much or answers garbage fails the attempt, and the step's retry policy applies.
+  hangs, answers too much or answers garbage fails the attempt, and the step's retry policy applies. The
+  tenant must have an enabled instance of the plugin (asked of the integration service before each attempt:
+  one disabled since fails the attempt); the plugin receives the instance's config with the step's merged
+  over it.
 * ``notify`` sends a message through a ``notification`` integration of the run's tenant:
   ``{integration: <id or name>, message, fields?}``. ``message`` and the values of ``fields`` are templates
   like an ``http`` step's; the integration service sends it (:data:`stella.contracts.integration.SEND_NOTIFICATION`)
@@ -26,8 +29,9 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 from uuid import UUID, uuid4
@@ -35,14 +39,20 @@ from uuid import UUID, uuid4
 import aiohttp
 
 from stella.contracts.envelope import ErrorDetail
-from stella.contracts.integration import SEND_NOTIFICATION, NotificationSent, SendNotification
+from stella.contracts.integration import (
+    RESOLVE_PLUGINS,
+    SEND_NOTIFICATION,
+    NotificationSent,
+    ResolvePlugins,
+    SendNotification,
+)
 from stella.contracts.workflow import StepStatus
 from stella.kit.addresses import AddressPolicy
 from stella.kit.asking import Refused, ask
 from stella.kit.broker import ServiceClient
 from stella.kit.egress import AddressNotAllowed, check_literal_host, guarded_connector
 from stella.kit.errors import Unavailable
-from stella.plugins import STEP_METHOD, Capability, PluginCatalogue, PluginError, PluginNotFound, PluginRunner
+from stella.plugins import STEP_METHOD, Capability, PluginError, PluginNotFound, PluginRunner, TenantPlugins
 from stella.workflow import engine
 from stella.workflow.domain.scheduler import StartStep
 from stella.workflow.templates import BuiltinStepType
@@ -107,11 +117,18 @@ class _NotAnswered(Unavailable):
     pass
 
 
+class PluginsUnavailable(Unavailable):
+    """The integration service did not say which plugins the tenant has enabled; nothing was stored."""
+
+    code = "WF_PLUGINS_UNAVAILABLE"
+    title = "Plugin instances unavailable"
+
+
 class StepExecutors:
     """Executes ``http``, ``script`` and ``notify`` attempts.
 
     Args:
-        catalogue: The installed plugins (the step plugins ``script`` steps run).
+        roots: The service's plugin path: the only directories step plugins are run from.
         runner: Runs each plugin call isolated, with the operator's limits.
         http_allowed_hosts: The hosts ``http`` steps may call.
         http_addresses: The addresses ``http`` steps may connect to (public ones, plus the operator's networks).
@@ -120,7 +137,7 @@ class StepExecutors:
 
     def __init__(
         self,
-        catalogue: PluginCatalogue,
+        roots: Sequence[Path],
         runner: PluginRunner,
         *,
         http_allowed_hosts: Collection[str] = (),
@@ -128,14 +145,30 @@ class StepExecutors:
         client: Callable[[], ServiceClient] | None = None,
     ) -> None:
         self.client = client
-        self.catalogue = catalogue
+        self.roots = list(roots)
         self.runner = runner
         self.http_allowed_hosts = tuple(http_allowed_hosts)
         self.http_addresses = http_addresses or AddressPolicy()
 
-    def step_plugins(self) -> dict[str, Any]:
-        """Each installed step plugin's config check, by plugin id (for template validation)."""
-        return {plugin.id: plugin.manifest.config_errors for plugin in self.catalogue.offering(Capability.STEP)}
+    async def step_plugins(self, tenant: UUID, plugin_ids: Collection[str]) -> TenantPlugins:
+        """The tenant's instances of the step plugins ``plugin_ids``.
+
+        Raises:
+            PluginsUnavailable: the integration service did not answer.
+        """
+        wanted = sorted({p for p in plugin_ids if p})
+        if not wanted:
+            return TenantPlugins({}, self.roots, Capability.STEP)
+        if self.client is None:
+            raise PluginsUnavailable("step plugins need the integration service, which this service cannot reach")
+        query = ResolvePlugins(
+            tenant_id=tenant, correlation_id=uuid4(), plugin_ids=wanted, capability=Capability.STEP.value
+        )
+        reply = await self.client().query(RESOLVE_PLUGINS, query, timeout=NOTIFY_ANSWER_TIMEOUT_S)
+        if not reply.ok or not isinstance(reply.data, list):
+            detail = reply.error.detail if reply.error is not None else "no answer"
+            raise PluginsUnavailable(f"the integration service could not say which plugins are enabled: {detail}")
+        return TenantPlugins({r["plugin_id"]: r for r in reply.data}, self.roots, Capability.STEP)
 
     async def execute(self, start: StartStep, *, idempotency_key: str, tenant_id: UUID | None = None) -> StepResult:
         """Execute one attempt of the run's tenant ``tenant_id``; never raises (a failure is a failed result)."""
@@ -145,26 +178,30 @@ class StepExecutors:
             if start.node_type == BuiltinStepType.HTTP.value:
                 return await self._http(start, idempotency_key)
             if start.node_type == BuiltinStepType.SCRIPT.value:
-                return await self._script(start, idempotency_key)
+                return await self._script(start, idempotency_key, tenant_id)
             return StepResult(StepStatus.FAILED, error=f"step type {start.node_type!r} is not executed here")
         except Exception as exc:
             log.exception("a step execution failed unexpectedly", extra={"node_id": start.node_id})
             return StepResult(StepStatus.FAILED, error=f"the step failed: {type(exc).__name__}: {exc}")
 
-    async def _script(self, start: StartStep, idempotency_key: str) -> StepResult:
+    async def _script(self, start: StartStep, idempotency_key: str, tenant_id: UUID | None) -> StepResult:
         config = start.config
         plugin_id = str(config.get("plugin"))
-        params = {
-            "config": config.get("config") or {},
-            "inputs": dict(start.inputs),
-            "attempt": start.attempt,
-            "idempotency_key": idempotency_key,
-        }
+        if tenant_id is None:
+            return StepResult(StepStatus.FAILED, error="script steps cannot run here: the run's tenant is unknown")
         try:
-            plugin = self.catalogue.get(plugin_id, Capability.STEP)
-            answer = await self.runner.call(plugin, STEP_METHOD, params)
+            found = (await self.step_plugins(tenant_id, [plugin_id])).get(plugin_id)
+            params = {
+                "config": found.params_config(config.get("config")),
+                "inputs": dict(start.inputs),
+                "attempt": start.attempt,
+                "idempotency_key": idempotency_key,
+            }
+            answer = await self.runner.call(found.plugin, STEP_METHOD, params)
+        except PluginsUnavailable as exc:
+            return StepResult(StepStatus.FAILED, outputs={"error_code": exc.code}, error=exc.detail)
         except PluginNotFound as exc:
-            return StepResult(StepStatus.FAILED, error=str(exc))
+            return StepResult(StepStatus.FAILED, outputs={"error_code": exc.code}, error=str(exc))
         except PluginError as exc:
             log.warning(
                 "a step plugin failed; the step's retry policy applies",

@@ -27,10 +27,11 @@ import asyncpg
 from stella.contracts import workflow as c
 from stella.contracts.envelope import Message, Page, Reply, utcnow
 from stella.kit.broker import CommandProcessor
+from stella.kit.errors import ServiceError, error_detail
 from stella.kit.faults import is_transient
 from stella.kit.outbox import add_events
 from stella.kit.timers import DueLoop
-from stella.plugins import PluginCatalogue, PluginRunner
+from stella.plugins import PluginRunner
 from stella.workflow import engine, repo
 from stella.workflow.domain.errors import InvalidTemplate, TemplateNotFound
 from stella.workflow.domain.events import (
@@ -49,7 +50,7 @@ from stella.workflow.domain.scheduler import StartStep
 from stella.workflow.domain.template import WorkflowTemplate
 from stella.workflow.domain.validation import parse_template, validate_template
 from stella.workflow.executors import StepExecutors
-from stella.workflow.templates import BUILTIN_STEP_TYPES, BUILTIN_TEMPLATES, builtin_template_id
+from stella.workflow.templates import BUILTIN_STEP_TYPES, BUILTIN_TEMPLATES, BuiltinStepType, builtin_template_id
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Handlers:
         self.clock = clock
         self.new_id = new_id
         self._templates: dict[UUID, WorkflowTemplate] = {}
-        self.executors = executors or StepExecutors(PluginCatalogue(), PluginRunner())
+        self.executors = executors or StepExecutors((), PluginRunner())
         self._executions: set[asyncio.Task[None]] = set()
         self.due = DueLoop("workflow-runs", self.next_due, self.run_due, clock=clock, max_sleep_s=timer_max_sleep_s)
         """The run timer: advances runs whose ``next_wakeup_at`` has come (start it with the service)."""
@@ -144,7 +145,18 @@ class Handlers:
             await repo.insert_builtin_templates(conn, rows, self.clock())
 
     async def save_template(self, cmd: c.SaveTemplate) -> Reply:
-        """Validate a template and store it as the next version of the tenant's template of that name."""
+        """Validate a template and store it as the next version of the tenant's template of that name.
+
+        Its ``script`` steps may name only step plugins the tenant has enabled (asked of the integration
+        service before the transaction opens).
+        """
+        if (seen := await self.commands.seen(cmd)) is not None:
+            return seen
+        wanted = [str(n.config.get("plugin")) for n in cmd.nodes if n.type == BuiltinStepType.SCRIPT.value]
+        try:
+            enabled = await self.executors.step_plugins(cmd.tenant_id, wanted)
+        except ServiceError as exc:
+            return Reply.failure(error_detail(exc))
 
         async def execute(conn: asyncpg.Connection) -> object:
             if cmd.name in _BUILTIN_NAMES:
@@ -154,7 +166,8 @@ class Handlers:
             template = validate_template(parsed, BUILTIN_STEP_TYPES)
             engine.check_step_configs(
                 template,
-                step_plugins=self.executors.step_plugins(),
+                step_plugins=enabled.checkers(),
+                plugin_problem=enabled.problem,
                 http_allowed_hosts=self.executors.http_allowed_hosts,
             )
             version = await repo.next_template_version(conn, cmd.tenant_id, cmd.name)

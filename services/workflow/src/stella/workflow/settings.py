@@ -32,8 +32,9 @@ class Settings(ServiceSettings):
     """Parsed template versions kept in memory (template versions never change once stored)."""
 
     plugin_path: str = Field(default="", validation_alias=AliasChoices("plugin_path", "STELLA_PLUGIN_PATH"))
-    """Directories holding installed plugins (``STELLA_PLUGIN_PATH``, separated like ``PATH``); the step plugins
-    on it are what ``script`` steps may run. Read once at start."""
+    """Directories holding installed plugins (``STELLA_PLUGIN_PATH``, separated like ``PATH``): the step plugins this
+    service runs must lie inside them. Which plugin a tenant may use, and with which config, is its plugin
+    instance in the integration service (installed through ``POST /api/v1/plugins``)."""
 
     plugin_timeout_s: float = Field(default=300.0, gt=0, le=3600)
     """Wall-clock limit of one plugin call; the plugin is killed then and the attempt fails."""
@@ -46,6 +47,10 @@ class Settings(ServiceSettings):
 
     plugin_concurrency: int = Field(default=4, ge=1, le=256)
     """Plugin calls this process runs at once."""
+
+    plugin_require_network_isolation: bool = False
+    """Refuse to call a plugin without the ``network`` permission when this host cannot run it in a network
+    namespace of its own (by default it then runs without one)."""
 
     http_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     """Hosts ``http`` steps may call, comma-separated (``api.example.com``, ``*.example.com``); none by default."""

@@ -18,6 +18,7 @@ from stella.gateway.controllers.evidence import EvidenceController
 from stella.gateway.controllers.health import HealthController
 from stella.gateway.controllers.integrations import IntegrationController, IntegrationTypeController, SecretController
 from stella.gateway.controllers.openapi import OpenAPIController
+from stella.gateway.controllers.plugins import PluginController, PluginInstanceController
 from stella.gateway.controllers.principals import PrincipalController
 from stella.gateway.controllers.promotions import PromotionController
 from stella.gateway.controllers.releases import ReleaseController
@@ -43,6 +44,8 @@ __all__ = [
     "IntegrationController",
     "IntegrationTypeController",
     "OpenAPIController",
+    "PluginController",
+    "PluginInstanceController",
     "PrincipalController",
     "PromotionController",
     "PromotionDeploymentController",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -17,6 +17,7 @@ from stella.kit.outbox import add_events
 from stella.promotion import freeze, repo
 from stella.promotion.domain.environment import Environment
 from stella.promotion.domain.errors import EnvironmentNotFound
+from stella.promotion.gates import PLUGIN_GATE_TYPE, GateRegistry, with_plugins
 from stella.promotion.handlers.base import HandlerBase
 from stella.promotion.handlers.decisions import required_approvals_for, validate_environment, validate_promotion_policy
 from stella.promotion.handlers.errors import (
@@ -38,6 +39,23 @@ from stella.promotion.handlers.windows import (
 
 
 class EnvironmentHandlers(HandlerBase):
+    async def _tenant_registry(self, tenant: UUID, gates: Sequence[Mapping[str, Any]]) -> GateRegistry:
+        """The gate registry an environment of ``tenant`` is checked with: its ``plugin`` gates may name only
+        gate plugins the tenant has enabled, and each gate's config merged over its instance's must fit.
+
+        Raises:
+            PluginsUnavailable: the environment has plugin gates and the integration service did not answer.
+        """
+        wanted = [
+            str((g.get("config") or {}).get("plugin"))
+            for g in gates
+            if isinstance(g, Mapping) and g.get("type") == PLUGIN_GATE_TYPE and isinstance(g.get("config"), Mapping)
+        ]
+        if self.plugin_gates is None or PLUGIN_GATE_TYPE not in self.registry:
+            return self.registry
+        enabled = await self.plugin_gates.for_tenant(tenant, wanted)
+        return with_plugins(self.registry, enabled.checkers(), enabled.problem)
+
     async def _check_workflow_template(self, cmd: Command, policy: Mapping[str, Any], needs_approval: bool) -> None:
         """Refuse an environment whose promotions could not run the workflow template its policy names.
 
@@ -94,13 +112,14 @@ class EnvironmentHandlers(HandlerBase):
             )
             policy = validate_promotion_policy(cmd.promotion_policy)
             await self._check_workflow_template(cmd, policy, required_approvals_for(proposed) > 0)
+            registry = await self._tenant_registry(cmd.tenant_id, proposed.config.gates)
         except ServiceError as exc:
             return Reply.failure(error_detail(exc))
 
         async def execute(conn: asyncpg.Connection) -> object:
             now = self.clock()
             environment = validate_environment(
-                self.registry,
+                registry,
                 Environment.create(
                     id=self.new_id(),
                     tenant_id=cmd.tenant_id,
@@ -129,6 +148,7 @@ class EnvironmentHandlers(HandlerBase):
         """
         if (seen := await self.commands.seen(cmd)) is not None:
             return seen
+        registry = self.registry
         try:
             async with self._pool().acquire() as conn:
                 before = await repo.get_environment(conn, cmd.tenant_id, cmd.environment_id)
@@ -144,6 +164,9 @@ class EnvironmentHandlers(HandlerBase):
                     else before.promotion_policy
                 )
                 await self._check_workflow_template(cmd, policy, required_approvals_for(proposed) > 0)
+                if cmd.config is not None:
+                    # Unchanged gates are not checked again: a plugin disabled since denies when evaluated.
+                    registry = await self._tenant_registry(cmd.tenant_id, proposed.config.gates)
         except ServiceError as exc:
             return Reply.failure(error_detail(exc))
 
@@ -155,9 +178,7 @@ class EnvironmentHandlers(HandlerBase):
                 include={"display_name", "order_index", "required_approvals", "require_sod", "config"},
                 exclude_none=True,
             )
-            environment = validate_environment(
-                self.registry, repo.environment_of(current, cmd.tenant_id).updated(**changes)
-            )
+            environment = validate_environment(registry, repo.environment_of(current, cmd.tenant_id).updated(**changes))
             policy = (
                 validate_promotion_policy(cmd.promotion_policy)
                 if cmd.promotion_policy is not None

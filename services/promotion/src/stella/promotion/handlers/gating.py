@@ -167,7 +167,11 @@ class GateHandlers(DeployQueue):
             if asked is not None and asked.gates == plugin_gates:
                 verdicts = asked.verdicts
             else:
-                verdicts = await self.plugin_gates.verdicts(gates, inputs) if self.plugin_gates is not None else {}
+                verdicts = (
+                    await self.plugin_gates.verdicts(p.tenant_id, gates, inputs)
+                    if self.plugin_gates is not None
+                    else {}
+                )
             inputs[PLUGIN_VERDICTS] = to_json_value(verdicts)
         return inputs
 
@@ -187,7 +191,7 @@ class GateHandlers(DeployQueue):
         plugin_gates = plugin_gates_of(inputs["gates"])
         if not plugin_gates:
             return None
-        return PluginVerdicts(plugin_gates, await self.plugin_gates.verdicts(inputs["gates"], inputs))
+        return PluginVerdicts(plugin_gates, await self.plugin_gates.verdicts(tenant, inputs["gates"], inputs))
 
     async def _store_decision(
         self,
