@@ -783,6 +783,16 @@ else from the bundle's key log authenticated by those keys); `--trust-fingerprin
 and trusts the keys the key log hands over to from it; `--trust-bundle-keys` trusts the keys inside the
 bundle, which only shows the bundle is consistent, and says so.
 
+`--replay` also decides every decision that carries its inputs again, with the project's own gate code, at
+the clock reading it records (`decision.evaluated_at`), and reports each difference from the recorded
+decision: the result (`allow`, `deny`, `pending`), each gate's verdict, and any other field of the record
+(reasons, approvals, a gate's message or details). The gate code is the promotion package
+(`stella-promotion`), which registers it under the Python entry point group `stella.evidence.replay`;
+without that package `--replay` exits 2 and says so. A gate plugin's verdict is one of the recorded inputs
+(`plugin_verdicts`): replaying reads it and does not call the plugin again. Where `inputs_hash` (section 3)
+shows that the inputs are the ones decided on, `--replay` shows that the decision follows from them, even
+when someone holding the signing key changed an input, recomputed `inputs_hash` and signed again.
+
 ## Limits
 
 The checkpoint proves the bundle's range holds every packet the tenant had there when it was signed. A
