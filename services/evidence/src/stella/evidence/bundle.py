@@ -757,7 +757,10 @@ put a key of their own there, and a key log and checkpoint to match. Compare the
 organization publishes for its evidence service (`GET /api/v1/evidence/keys`, which also returns each key's
 log entry: keep them as `key-log.json` beside the keys). A key's full id is `sha256:` and the SHA-256 of its
 DER SubjectPublicKeyInfo; its `key_ref` is the algorithm, a colon and the first 16 hex digits of it (for
-display). Recompute them with:
+display, and to name the key in envelopes, packets and file names). Compare full ids, never a `key_ref`
+alone: 64 bits are not enough to tell keys apart against someone who makes keys until one matches. The
+verifier checks every signature with the whole key, pins keys only by their full id (`--trust-fingerprint`)
+and refuses two different keys under one `key_ref`. Recompute the full ids with:
 
 ```sh
 for pem in keys/*.pem; do
@@ -782,6 +785,12 @@ trusts the PEM public keys in `DIR` (and takes the validity of keys from `DIR/ke
 else from the bundle's key log authenticated by those keys); `--trust-fingerprint` pins a key by its full id
 and trusts the keys the key log hands over to from it; `--trust-bundle-keys` trusts the keys inside the
 bundle, which only shows the bundle is consistent, and says so.
+
+What the summary line does not claim: a bundle with no packet fails (it proves nothing) unless
+`--allow-empty` says an empty export is expected; a bundle whose range starts after sequence 1 says in a
+note that the first packet's link to the one before it was not checked; a signature on an envelope by a
+key that is not trusted is not checked, and the summary line counts such signatures instead of calling
+every signature verified.
 
 `--replay` also decides every decision that carries its inputs again, with the project's own gate code, at
 the clock reading it records (`decision.evaluated_at`), and reports each difference from the recorded

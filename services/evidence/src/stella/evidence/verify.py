@@ -99,6 +99,10 @@ class VerificationReport:
         packet_count: Packets that could be read out of their envelopes.
         key_source: ``"bundle"`` when the bundle's own keys were trusted, ``"external"`` for ``--keys``.
         trusted_key_refs: References of the keys signatures were checked against.
+        checkpoint_size: Packets the verified signed checkpoint covers (None without one).
+        checkpoint_key_ref: The key that signed the checkpoint.
+        unchecked_signatures: Signatures on envelopes by keys that are not trusted, which were not checked
+            (a trusted signature on the same envelope was).
     """
 
     findings: list[Finding] = field(default_factory=list)
@@ -112,6 +116,7 @@ class VerificationReport:
     trusted_key_refs: list[str] = field(default_factory=list)
     checkpoint_size: int | None = None
     checkpoint_key_ref: str | None = None
+    unchecked_signatures: int = 0
 
     @property
     def ok(self) -> bool:
@@ -141,6 +146,7 @@ class VerificationReport:
             "packet_count": self.packet_count,
             "key_source": self.key_source,
             "trusted_key_refs": self.trusted_key_refs,
+            "unchecked_signatures": self.unchecked_signatures,
             "checkpoint": (
                 None
                 if self.checkpoint_size is None
@@ -166,10 +172,18 @@ class VerificationReport:
                 if self.checkpoint_size is not None
                 else ""
             )
-            lines.append(
-                f"OK: {span}{tenant}; every file, trusted signature, signing key's validity, content_hash and chain link "
-                f"verified{covered}"
-            )
+            if self.envelope_count == 0:
+                lines.append(f"OK (empty, accepted with --allow-empty): {span}{tenant}; every file verified{covered}")
+            else:
+                unchecked = (
+                    f"; {self.unchecked_signatures} further signature(s) by untrusted keys were not checked"
+                    if self.unchecked_signatures
+                    else ""
+                )
+                lines.append(
+                    f"OK: {span}{tenant}; every file, trusted signature, signing key's validity, content_hash and "
+                    f"chain link verified{covered}{unchecked}"
+                )
         else:
             count = len(self.findings)
             lines.append(f"FAILED: {count} finding{'s' if count != 1 else ''} in {span}{tenant}")
@@ -508,6 +522,7 @@ def verify_bundle(
     trust_bundle_keys: bool = False,
     require_checkpoint: bool = True,
     replay: Replayer | None = None,
+    allow_empty: bool = False,
 ) -> VerificationReport:
     """Verify an export bundle.
 
@@ -525,6 +540,8 @@ def verify_bundle(
             they existed have neither; pass False to check such a bundle for everything else).
         replay: Decide every decision that carries its inputs again with this function (the project's gate
             code, see :data:`REPLAY_ENTRY_POINTS`) and report any difference from the recorded decision.
+        allow_empty: Accept a bundle without any packet (an export of a range in which nothing happened);
+            otherwise it is a finding, since it proves nothing.
 
     Returns:
         The report; ``report.ok`` is true only when every check held.
@@ -585,6 +602,17 @@ def verify_bundle(
                 unreadable.append(named[0])
     report.envelope_count = len(envelope_paths)
     report.packet_count = len(packets)
+    if not envelope_paths:
+        if allow_empty:
+            report.notes.append("the bundle holds no packets (accepted: --allow-empty); it proves no evidence")
+        else:
+            findings.append(
+                Finding(
+                    FindingKind.EMPTY_BUNDLE,
+                    "the bundle holds no packets, so there is no evidence to verify (pass --allow-empty to accept "
+                    "an export of a range in which nothing happened)",
+                )
+            )
 
     report.tenant_id = manifest.tenant_id if manifest else (packets[0].tenant_id if packets else None)
     if packets:
@@ -611,6 +639,7 @@ def verify_bundle(
             f"the bundle starts at packet {report.first_sequence}: its link to packet {report.first_sequence - 1}, "
             "which is not in the bundle, was not checked"
         )
+    report.unchecked_signatures = sum(len(refs) for refs in untrusted.values())
     if untrusted:
         report.notes.append(
             f"{len(untrusted)} packet(s) also carry signatures by keys that are not trusted "
@@ -973,6 +1002,11 @@ def _parser() -> argparse.ArgumentParser:
         help="accept a bundle without a signed checkpoint (exported before checkpoints existed)",
     )
     parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="accept a bundle without any packet (otherwise it fails: it proves nothing)",
+    )
+    parser.add_argument(
         "--replay",
         action="store_true",
         help="decide every decision that carries its inputs again with the project's gate code (installed with "
@@ -1061,6 +1095,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
             trust_bundle_keys=args.trust_bundle_keys,
             require_checkpoint=not args.allow_no_checkpoint,
             replay=replay,
+            allow_empty=args.allow_empty,
         )
     except (OSError, BundleFormatError) as exc:
         print(f"error: cannot read bundle {args.bundle}: {exc}", file=err)
