@@ -35,6 +35,7 @@ from stella.evidence.bundle import (
     KEY_LOG_PATH,
     KEYS_DIR,
     MANIFEST_PATH,
+    TIMESTAMP_PATH,
     TREE_PATH,
     BundleContents,
     BundleFormatError,
@@ -66,6 +67,7 @@ from stella.evidence.statement import (
     sort_subjects,
     subjects_from_content,
 )
+from stella.evidence.timestamp import TimestampError, verify_token
 
 EXIT_OK = 0
 """Everything verified."""
@@ -103,6 +105,7 @@ class VerificationReport:
         checkpoint_key_ref: The key that signed the checkpoint.
         unchecked_signatures: Signatures on envelopes by keys that are not trusted, which were not checked
             (a trusted signature on the same envelope was).
+        timestamp: The time a trusted TSA vouches the checkpoint existed at (``--tsa-ca``), when verified.
     """
 
     findings: list[Finding] = field(default_factory=list)
@@ -117,6 +120,7 @@ class VerificationReport:
     checkpoint_size: int | None = None
     checkpoint_key_ref: str | None = None
     unchecked_signatures: int = 0
+    timestamp: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -147,6 +151,7 @@ class VerificationReport:
             "key_source": self.key_source,
             "trusted_key_refs": self.trusted_key_refs,
             "unchecked_signatures": self.unchecked_signatures,
+            "timestamp": self.timestamp,
             "checkpoint": (
                 None
                 if self.checkpoint_size is None
@@ -171,7 +176,7 @@ class VerificationReport:
                 f"; the signed checkpoint of {self.checkpoint_size} packets recomputes"
                 if self.checkpoint_size is not None
                 else ""
-            )
+            ) + (f", timestamped {self.timestamp}" if self.timestamp else "")
             if self.envelope_count == 0:
                 lines.append(f"OK (empty, accepted with --allow-empty): {span}{tenant}; every file verified{covered}")
             else:
@@ -523,6 +528,7 @@ def verify_bundle(
     require_checkpoint: bool = True,
     replay: Replayer | None = None,
     allow_empty: bool = False,
+    tsa_ca: str | None = None,
 ) -> VerificationReport:
     """Verify an export bundle.
 
@@ -542,6 +548,8 @@ def verify_bundle(
             code, see :data:`REPLAY_ENTRY_POINTS`) and report any difference from the recorded decision.
         allow_empty: Accept a bundle without any packet (an export of a range in which nothing happened);
             otherwise it is a finding, since it proves nothing.
+        tsa_ca: PEM file of the time-stamping authorities' root certificates to trust: the checkpoint must
+            carry an RFC 3161 timestamp (``checkpoint.tsr``) that verifies against them (``openssl ts``).
 
     Returns:
         The report; ``report.ok`` is true only when every check held.
@@ -646,10 +654,41 @@ def verify_bundle(
             f"({', '.join(sorted({ref for refs in untrusted.values() for ref in refs}))}); those were not checked"
         )
     _check_tree(contents, manifest, report, keyring, leaves, findings, require=require_checkpoint)
+    _check_timestamp(contents, report, findings, tsa_ca)
     _check_checkpoint_signer(report, packets, key_log, findings)
 
     report.findings = sort_findings(findings)
     return report
+
+
+def _check_timestamp(
+    contents: BundleContents, report: VerificationReport, findings: list[Finding], tsa_ca: str | None
+) -> None:
+    """Check the RFC 3161 timestamp of the checkpoint against the trusted TSA roots (``--tsa-ca``)."""
+    token = contents.files.get(TIMESTAMP_PATH)
+    note = contents.files.get(CHECKPOINT_PATH)
+    if tsa_ca is None:
+        if token is not None:
+            report.notes.append(
+                f"the checkpoint carries an RFC 3161 timestamp ({TIMESTAMP_PATH}); pass --tsa-ca to check it"
+            )
+        return
+    if token is None or note is None:
+        findings.append(
+            Finding(
+                FindingKind.TIMESTAMP_INVALID,
+                "--tsa-ca asks for trusted time, but the bundle carries no timestamp of its checkpoint",
+                path=TIMESTAMP_PATH,
+            )
+        )
+        return
+    try:
+        verified = verify_token(token, note, tsa_ca)
+    except TimestampError as exc:
+        findings.append(Finding(FindingKind.TIMESTAMP_INVALID, str(exc), path=TIMESTAMP_PATH))
+        return
+    report.timestamp = f"{verified.time} by {verified.tsa}"
+    report.notes.append(f"the TSA {verified.tsa} vouches that the checkpoint existed at {verified.time}")
 
 
 def _check_tree(
@@ -1002,6 +1041,12 @@ def _parser() -> argparse.ArgumentParser:
         help="accept a bundle without a signed checkpoint (exported before checkpoints existed)",
     )
     parser.add_argument(
+        "--tsa-ca",
+        metavar="PEM",
+        help="root certificate(s) of the time-stamping authorities you trust: the checkpoint's RFC 3161 timestamp "
+        "(checkpoint.tsr) must verify against them (needs the openssl command)",
+    )
+    parser.add_argument(
         "--allow-empty",
         action="store_true",
         help="accept a bundle without any packet (otherwise it fails: it proves nothing)",
@@ -1054,6 +1099,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
         if len(trusted) == 0:
             print(f"error: no *.pem public keys in {args.keys}", file=err)
             return EXIT_UNUSABLE
+    if args.tsa_ca is not None and not os.path.isfile(args.tsa_ca):
+        print(f"error: --tsa-ca {args.tsa_ca} is not a file of PEM certificates", file=err)
+        return EXIT_UNUSABLE
     fingerprints = list(args.trust_fingerprint or [])
     for fingerprint in fingerprints:
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", fingerprint):
@@ -1096,6 +1144,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
             require_checkpoint=not args.allow_no_checkpoint,
             replay=replay,
             allow_empty=args.allow_empty,
+            tsa_ca=args.tsa_ca,
         )
     except (OSError, BundleFormatError) as exc:
         print(f"error: cannot read bundle {args.bundle}: {exc}", file=err)
