@@ -65,8 +65,9 @@ class CallContext:
             tenant_id=self.identity.tenant_id,
             correlation_id=self.correlation_id,
             actor_id=self.identity.principal_id,
-            actor_name=self.identity.principal_name,
-            actor_display_name=self.identity.display_name,
+            # Names are at most 200 characters where they are set; cut rather than refuse a request over them.
+            actor_name=self.identity.principal_name[:200],
+            actor_display_name=self.identity.display_name[:200] if self.identity.display_name else None,
             **fields,
         )
 
