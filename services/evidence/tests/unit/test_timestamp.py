@@ -4,7 +4,9 @@ and checked by the offline verifier with ``--tsa-ca`` (``openssl ts -verify``)."
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import re
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from stella.evidence.keys import PublicKeyRing
 from stella.evidence.timestamp import (
     QUERY_MEDIA_TYPE,
     TimestampError,
+    check_token,
     timestamp_request,
     token_from_reply,
     verify_token,
@@ -62,6 +65,14 @@ def test_a_token_from_the_tsa_verifies_for_its_data_only(local_tsa: LocalTsa) ->
         verify_token(token, b"another checkpoint\n", str(local_tsa.ca))
     with pytest.raises(TimestampError, match="refuses"):
         verify_token(token, b"the checkpoint\n", str(local_tsa.other_ca))
+    # What the service checks before it keeps a token: over the data it sent, answering its own request.
+    info = check_token(token, b"the checkpoint\n", 42)
+    assert info.imprint == hashlib.sha256(b"the checkpoint\n").digest() and info.nonce == 42
+    assert re.fullmatch(r"\d{14}(\.\d+)?Z", info.gen_time)
+    with pytest.raises(TimestampError, match="other data"):
+        check_token(token, b"another checkpoint\n", 42)
+    with pytest.raises(TimestampError, match="nonce"):
+        check_token(token, b"the checkpoint\n", 43)
 
 
 def test_a_refused_or_malformed_reply_gives_no_token() -> None:
@@ -71,6 +82,8 @@ def test_a_refused_or_malformed_reply_gives_no_token() -> None:
         token_from_reply(bytes.fromhex("30053003020100"))
     with pytest.raises(TimestampError):
         token_from_reply(b"<html>bad gateway</html>")
+    with pytest.raises(TimestampError, match="not a TimeStampToken"):
+        check_token(bytes.fromhex("3003020100"), b"data", 1)
 
 
 def test_the_verifier_checks_the_checkpoint_timestamp_against_the_trusted_tsa(

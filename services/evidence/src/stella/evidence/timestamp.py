@@ -101,6 +101,72 @@ def token_from_reply(reply: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
+class TokenInfo:
+    """What a token says (its ``TSTInfo``), read without checking its signature.
+
+    Attributes:
+        imprint: The SHA-256 the TSA signed (of the checkpoint note).
+        gen_time: The TSA's time, as the GeneralizedTime text it holds (``YYYYMMDDhhmmss[.f]Z``).
+        nonce: The request's nonce, when the TSA echoed it.
+    """
+
+    imprint: bytes
+    gen_time: str
+    nonce: int | None
+
+
+def _children(buffer: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    children = []
+    position = start
+    while position < end:
+        tag, value_start, value_end = _element(buffer, position)
+        children.append((tag, value_start, value_end))
+        position = value_end
+    return children
+
+
+def token_info(token: bytes) -> TokenInfo:
+    """Read the ``TSTInfo`` of a token: ContentInfo -> SignedData -> encapContentInfo -> eContent.
+
+    Raises:
+        TimestampError: The token does not have that shape.
+    """
+    try:
+        _, start, end = _element(token, 0)
+        content_type, signed_wrapper = _children(token, start, end)[:2]
+        _, data_start, data_end = _element(token, signed_wrapper[1])  # [0] EXPLICIT SignedData
+        encapsulated = next(c for c in _children(token, data_start, data_end) if c[0] == 0x30)
+        _, wrapper_start, _ = _children(token, encapsulated[1], encapsulated[2])[1]  # [0] EXPLICIT eContent
+        _, info_start, _ = _element(token, wrapper_start)  # OCTET STRING holding the TSTInfo
+        _, fields_start, fields_end = _element(token, info_start)
+        fields = _children(token, fields_start, fields_end)
+        imprint_fields = _children(token, fields[2][1], fields[2][2])
+        imprint = token[imprint_fields[1][1] : imprint_fields[1][2]]
+        gen_time = token[fields[4][1] : fields[4][2]].decode("ascii")
+        nonce = next((int.from_bytes(token[c[1] : c[2]], "big", signed=True) for c in fields[5:] if c[0] == 0x02), None)
+    except (IndexError, StopIteration, ValueError, UnicodeDecodeError) as exc:
+        raise TimestampError(f"the token is not a TimeStampToken: {exc!r}") from exc
+    if content_type[0] != 0x06 or len(imprint) != hashlib.sha256().digest_size:
+        raise TimestampError("the token is not a SHA-256 TimeStampToken")
+    return TokenInfo(imprint=imprint, gen_time=gen_time, nonce=nonce)
+
+
+def check_token(token: bytes, data: bytes, nonce: int) -> TokenInfo:
+    """Check that a fresh token is over ``data`` and answers the request with ``nonce`` (not its signature,
+    which the verifier checks against the TSA roots an auditor trusts).
+
+    Raises:
+        TimestampError: The token is over other data, or answers another request.
+    """
+    info = token_info(token)
+    if info.imprint != hashlib.sha256(data).digest():
+        raise TimestampError("the TSA timestamped other data than the checkpoint sent")
+    if info.nonce != nonce:
+        raise TimestampError("the TSA's token answers another request (nonce)")
+    return info
+
+
+@dataclass(frozen=True)
 class VerifiedTimestamp:
     """A token that verified: the time the TSA vouches for, and the TSA that signed it."""
 

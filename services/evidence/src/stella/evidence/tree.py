@@ -27,7 +27,13 @@ from stella.evidence import merkle
 from stella.evidence.checkpoint import Checkpoint, origin_for, sign_checkpoint
 from stella.evidence.merkle import Node, Range
 from stella.evidence.signing import ActiveSigner
-from stella.evidence.timestamp import QUERY_MEDIA_TYPE, TimestampError, timestamp_request, token_from_reply
+from stella.evidence.timestamp import (
+    QUERY_MEDIA_TYPE,
+    TimestampError,
+    check_token,
+    timestamp_request,
+    token_from_reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +127,11 @@ class TimestampAuthority:
         """Ask for a token over ``data``'s SHA-256 and return it (DER ``TimeStampToken``).
 
         Raises:
-            TimestampError: The TSA answered no usable token.
+            TimestampError: The TSA answered no usable token, or one over other data or for another request.
             aiohttp.ClientError, TimeoutError: The TSA could not be reached in time.
         """
-        query = timestamp_request(data, secrets.randbits(63))
+        nonce = secrets.randbits(63)
+        query = timestamp_request(data, nonce)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
@@ -133,7 +140,9 @@ class TimestampAuthority:
             body = await response.read()
             if response.status != 200:
                 raise TimestampError(f"the TSA answered HTTP {response.status}")
-        return token_from_reply(body)
+        token = token_from_reply(body)
+        check_token(token, data, nonce)
+        return token
 
 
 async def tree_size(conn: asyncpg.Connection, tenant_id: UUID) -> int:
