@@ -134,11 +134,14 @@ class Stack:
             await asyncio.sleep(0.1)
         raise AssertionError(f"GET {path} never satisfied the check; last answer: {body}")
 
-    async def principal(self, name: str, roles: list[str], groups: list[str] | None = None) -> tuple[str, str]:
-        """Create a principal with a token; returns (principal id, token)."""
-        status, created, _ = await self.call(
-            "POST", "/api/v1/principals", json={"name": name, "roles": roles, "groups": groups or []}
-        )
+    async def principal(
+        self, name: str, roles: list[str], groups: list[str] | None = None, *, display_name: str | None = None
+    ) -> tuple[str, str]:
+        """Create a principal (with a display name, if given) and a token; returns (principal id, token)."""
+        body: dict[str, Any] = {"name": name, "roles": roles, "groups": groups or []}
+        if display_name is not None:
+            body["display_name"] = display_name
+        status, created, _ = await self.call("POST", "/api/v1/principals", json=body)
         assert status == 201, created
         status, token, _ = await self.call("POST", "/api/v1/tokens", json={"principal_id": created["id"]})
         assert status == 201, token

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import subprocess
 import sys
 import uuid
@@ -96,8 +97,8 @@ async def test_promotion_through_environments_with_approvals_and_evidence(full_s
     staging = await _environment(stack, "staging", 1)
     prod = await _environment(stack, "prod", 2, required_approvals=2, require_sod=True)
     release = await _release(stack, "shop-1")
-    alice, alice_token = await stack.principal("alice", ["approver"])
-    _, bob_token = await stack.principal("bob", ["approver"])
+    alice, alice_token = await stack.principal("alice", ["approver"], display_name="Alice Example")
+    bob, bob_token = await stack.principal("bob", ["approver"])
 
     # Ordering: prod before staging is refused, naming what must come first.
     status, body, _ = await stack.call(
@@ -164,6 +165,12 @@ async def test_promotion_through_environments_with_approvals_and_evidence(full_s
     actors = prod_packet["content"]["actors"]
     assert {a["id"] for a in actors["approvers"]} == approvers
     assert all(a["comment"] for a in actors["approvers"])
+    # Principals by id, name and display name, as the gateway authenticated them when they acted.
+    assert {(a["id"], a["name"], a["display_name"]) for a in actors["approvers"]} == {
+        (alice, "alice", "Alice Example"),
+        (bob, "bob", None),
+    }
+    assert actors["requester"]["name"] is not None and actors["requester"]["id"] == to_prod["requested_by"]
     # The packet carries what the gates saw: its inputs_hash recomputes from the packet alone.
     decision = prod_packet["content"]["decision"]
     assert decision["inputs"]["gates"], decision
@@ -355,12 +362,14 @@ async def test_evidence_follows_a_decision_made_while_the_evidence_service_is_do
         bundle.write_bytes(await resp.read())
     verified = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "stella.evidence.verify", str(bundle), "--trust-bundle-keys"],
+        [sys.executable, "-m", "stella.evidence.verify", str(bundle), "--trust-bundle-keys", "--replay"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    # Every decision the services took replays identically from the inputs its packet carries.
+    assert re.search(r"note: [1-9][0-9]* decision\(s\) replayed from their inputs", verified.stdout), verified.stdout
 
 
 PROMOTION_INPUTS = {

@@ -473,3 +473,28 @@ async def test_concurrent_opposite_votes_of_one_principal_record_one(caller: Cal
     [refused] = [r for r in replies if not r.ok]
     assert refused.error.code == "PROM_VOTE_ALREADY_CAST"
     assert (await harness.table_counts())["approval_votes"] == 1
+
+
+async def test_a_vote_keeps_the_name_and_display_name_its_command_carries(caller: Caller) -> None:
+    f = Fixture()
+    await open_request(caller, f, required=2)
+    named = c.CastVote(
+        tenant_id=caller.tenant_id,
+        correlation_id=uuid.uuid4(),
+        actor_id=f.alice,
+        actor_name="alice",
+        actor_display_name="Alice Example",
+        promotion_id=f.promotion,
+        action=c.VoteAction.APPROVED,
+        comment="ship it",
+        permissions=APPROVE,
+    )
+    reply = await caller.client.command(c.CAST_VOTE, named)
+    assert reply.ok, reply.error
+    assert (await vote(caller, f, f.bob)).ok  # a command without names (sent by an older gateway)
+
+    read = await caller.query(c.GET_APPROVALS, c.GetApprovals, promotion_id=f.promotion)
+    assert [(v["approver_id"], v["approver_name"], v["approver_display_name"]) for v in read.data["votes"]] == [
+        (str(f.alice), "alice", "Alice Example"),
+        (str(f.bob), None, None),
+    ]

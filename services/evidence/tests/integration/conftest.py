@@ -118,6 +118,8 @@ def promotion_view(
         status=status,
         reason="quarterly release",
         requested_by=uuid.uuid5(promotion_id, "requester"),
+        requested_by_name="rita",
+        requested_by_display_name="Rita Requester",
         requested_at=T0,
         updated_at=T0 + timedelta(hours=1),
         decision_record=record if decided else None,
@@ -146,6 +148,8 @@ def approval_view(promotion_id: uuid.UUID, approvers: list[uuid.UUID]) -> Approv
                 action=VoteAction.APPROVED,
                 comment=f"reviewed the diff ({i})",
                 at=T0 + timedelta(minutes=10 + i),
+                approver_name=f"approver-{i}",
+                approver_display_name=f"Approver {i}",
             )
             for i, a in enumerate(approvers)
         ],

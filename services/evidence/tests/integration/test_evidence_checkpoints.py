@@ -11,12 +11,14 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from nats.aio.client import Client
 
 from stella.contracts.evidence import (
     EXPORT_BUNDLE,
@@ -31,12 +33,15 @@ from stella.contracts.evidence import (
     ListKeys,
 )
 from stella.evidence import keylog, merkle
-from stella.evidence.app import EvidenceApp
+from stella.evidence.app import EvidenceApp, create_app
 from stella.evidence.keys import SigningKey
 from stella.evidence.packet import ChainHead, PacketType, build_packet, sign_packet
+from stella.evidence.settings import Settings
 from stella.evidence.signing import KeyFile, rotate_key
+from stella.testing.services import service_client
 
-from .conftest import Auditor, Caller, packet_content
+from ..conftest import LocalTsa
+from .conftest import Auditor, Caller, packet_content, run_verifier
 
 
 def _sha(data: bytes) -> bytes:
@@ -284,3 +289,30 @@ async def test_a_packet_a_stolen_retired_key_signs_after_the_rotation_is_refused
     assert code == 1, out
     assert f"packet 3 (id {packet.id}): created at" in out and "[key_not_valid]" in out
     assert "packet 1 " not in out and "packet 2 " not in out  # the honest packets are fine
+
+
+async def test_with_a_tsa_configured_every_checkpoint_is_timestamped_and_the_export_verifies_with_tsa_ca(
+    evidence_settings: Settings, nats: Client, local_tsa: LocalTsa, tmp_path: Path
+) -> None:
+    settings = evidence_settings.model_copy(update={"tsa_url": local_tsa.url})
+    app = create_app(settings)
+    await app.start()
+    try:
+        async with service_client(nats, app.runtime.names) as client:
+            auditor = Auditor(Caller(client, query_timeout=30), tmp_path)
+            for index in range(3):
+                await auditor.collect(index)
+            asked = len(local_tsa.requests)
+            bundle = await auditor.export()
+            assert len(local_tsa.requests) > asked  # the export's checkpoint was sent to the TSA
+            keys = await auditor.published_keys()
+            code, out = await run_verifier(bundle, "--keys", str(keys), "--tsa-ca", str(local_tsa.ca))
+            assert code == 0, out
+            assert "timestamped" in out.splitlines()[-1] and "Stella Test TSA" in out
+            code, out = await run_verifier(bundle, "--keys", str(keys), "--tsa-ca", str(local_tsa.other_ca))
+            assert code == 1 and "[timestamp_invalid]" in out, out
+            async with app.runtime.pool.acquire() as conn:
+                stored = await conn.fetch("SELECT tree_size, tsa_url FROM checkpoint_timestamps")
+            assert {row["tsa_url"] for row in stored} == {local_tsa.url} and len(stored) >= 1
+    finally:
+        await app.stop()

@@ -148,9 +148,18 @@ async def test_an_evidence_step_stores_one_signed_packet_and_completes_the_step(
         (c["name"], c["digest"]) for c in promotion.release_components
     }
     assert content["environment"]["name"] == "prod"
-    assert content["actors"]["requester"]["id"] == str(promotion.requested_by)
-    assert [(a["id"], a["action"], a["comment"]) for a in content["actors"]["approvers"]] == [
-        (str(a), "approved", f"reviewed the diff ({i})") for i, a in enumerate(approvers)
+    # Principals by id and by the names they had when they acted, carried by the promotion and approval views.
+    requester = content["actors"]["requester"]
+    assert (requester["id"], requester["name"], requester["display_name"]) == (
+        str(promotion.requested_by),
+        "rita",
+        "Rita Requester",
+    )
+    assert [
+        (a["id"], a["name"], a["display_name"], a["action"], a["comment"]) for a in content["actors"]["approvers"]
+    ] == [
+        (str(a), f"approver-{i}", f"Approver {i}", "approved", f"reviewed the diff ({i})")
+        for i, a in enumerate(approvers)
     ]
     assert content["actors"]["approval"]["status"] == "granted"
     # The decision record, and what the gates saw: inputs_hash recomputes from the packet alone.

@@ -63,6 +63,8 @@ def _promotion(
         status=status,
         reason="monthly",
         requested_by=uuid.UUID(int=13),
+        requested_by_name="alice",
+        requested_by_display_name="Alice Example",
         requested_at=T0,
         updated_at=T0,
         decision_record={
@@ -94,8 +96,22 @@ def _approvals() -> ApprovalRequestView:
         expires_at=T0 + timedelta(days=7),
         decided_at=T0 + timedelta(hours=2),
         votes=[
-            VoteView(approver_id=second, action=VoteAction.APPROVED, comment="second", at=T0 + timedelta(hours=2)),
-            VoteView(approver_id=first, action=VoteAction.APPROVED, comment="first", at=T0 + timedelta(hours=1)),
+            VoteView(
+                approver_id=second,
+                action=VoteAction.APPROVED,
+                comment="second",
+                at=T0 + timedelta(hours=2),
+                approver_name="bob",
+                approver_display_name=None,
+            ),
+            VoteView(
+                approver_id=first,
+                action=VoteAction.APPROVED,
+                comment="first",
+                at=T0 + timedelta(hours=1),
+                approver_name="carol",
+                approver_display_name="Carol Example",
+            ),
         ],
     )
 
@@ -125,8 +141,11 @@ def test_release_decision_content_records_digests_actors_decision_and_execution(
             },
         ],
     }
+    # Principals by id, name and display name, as they were when they acted.
     assert content["actors"]["requester"] == {
         "id": str(uuid.UUID(int=13)),
+        "name": "alice",
+        "display_name": "Alice Example",
         "requested_at": "2026-01-05T08:00:00.000000Z",
         "reason": "monthly",
     }
@@ -134,6 +153,10 @@ def test_release_decision_content_records_digests_actors_decision_and_execution(
     assert [(a["comment"], a["at"]) for a in content["actors"]["approvers"]] == [
         ("first", "2026-01-05T09:00:00.000000Z"),
         ("second", "2026-01-05T10:00:00.000000Z"),
+    ]
+    assert [(a["id"], a["name"], a["display_name"]) for a in content["actors"]["approvers"]] == [
+        (str(uuid.UUID(int=22)), "carol", "Carol Example"),
+        (str(uuid.UUID(int=21)), "bob", None),
     ]
     assert content["actors"]["approval"]["approver_groups"] == ["leads", "ops"]
     assert content["decision"] is promotion.decision_record
@@ -150,7 +173,14 @@ def test_without_an_approval_request_the_decision_records_approvals_name_the_app
     recorded = [{"approver": "u-1", "action": "approved", "at": "2026-01-05T09:00:00Z", "comment": "fine"}]
     content = domain.release_decision_content(_promotion(approvals=recorded), None, workflow_run_id=None)
     assert content["actors"]["approvers"] == [
-        {"id": "u-1", "action": "approved", "at": "2026-01-05T09:00:00Z", "comment": "fine"}
+        {
+            "id": "u-1",
+            "name": None,
+            "display_name": None,
+            "action": "approved",
+            "at": "2026-01-05T09:00:00Z",
+            "comment": "fine",
+        }
     ]
     assert "approval" not in content["actors"]
     assert content["execution"]["workflow_run_id"] == str(uuid.UUID(int=14))  # the promotion's run

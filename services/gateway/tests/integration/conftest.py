@@ -100,12 +100,20 @@ class Gateway:
         return await self.client.request(method, path, json=json, headers=sent, **kwargs)
 
     async def principal_token(
-        self, tenant: Tenant, name: str, roles: list[str], groups: list[str] | None = None
+        self,
+        tenant: Tenant,
+        name: str,
+        roles: list[str],
+        groups: list[str] | None = None,
+        *,
+        display_name: str | None = None,
     ) -> Issued:
-        """Create a principal with ``roles`` (and ``groups``) in ``tenant`` and a token of it."""
+        """Create a principal with ``roles`` (and ``groups``, a display name) in ``tenant`` and a token of it."""
         body: dict[str, Any] = {"name": name, "kind": "user", "roles": roles}
         if groups is not None:
             body["groups"] = groups
+        if display_name is not None:
+            body["display_name"] = display_name
         created = await self.call("POST", "/api/v1/principals", tenant.token, json=body)
         assert created.status_code == 201, created.text
         principal_id = uuid.UUID(created.json()["id"])

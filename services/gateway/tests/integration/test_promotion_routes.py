@@ -44,6 +44,7 @@ async def test_request_promotion_sends_the_command_as_the_caller_and_answers_201
         str(developer.principal_id),
         response.headers["x-trace-id"],
     )
+    assert (sent["actor_name"], sent["actor_display_name"]) == ("dev", None)  # a principal without a display name
     assert (sent["release_id"], sent["target_environment_id"], sent["source_environment_id"], sent["reason"]) == (
         body["release_id"],
         body["target_environment_id"],
@@ -165,7 +166,9 @@ async def test_approve_casts_a_vote_with_the_callers_permissions_and_groups(
     gateway: Gateway, services: StandIn
 ) -> None:
     tenant = await gateway.tenant()
-    approver = await gateway.principal_token(tenant, "amy", ["approver"], groups=["release-managers", "oncall"])
+    approver = await gateway.principal_token(
+        tenant, "amy", ["approver"], groups=["release-managers", "oncall"], display_name="Amy Example"
+    )
     promotion_id = str(uuid.uuid4())
     request = views.approval_request(promotion_id, votes=1)
     services.answer(appr.CAST_VOTE, request)
@@ -187,6 +190,8 @@ async def test_approve_casts_a_vote_with_the_callers_permissions_and_groups(
     assert sent["permissions"] == sorted(permissions_for(["approver"]))
     assert "promotion:approve" in sent["permissions"]
     assert sent["groups"] == ["oncall", "release-managers"]
+    # The vote names the approver as well as its id, so records of it need not ask the gateway back.
+    assert (sent["actor_name"], sent["actor_display_name"]) == ("amy", "Amy Example")
 
     # A change of the voter's groups reaches its next vote (this gateway forgets the cached token at once).
     changed = await gateway.call(

@@ -135,13 +135,19 @@ async def test_a_request_checks_readiness_and_order_and_starts_the_run(caller: C
         collect_messages(nats.jetstream(), stack.wire(c.PROMOTION_REQUESTED)) as requested,
         collect_messages(nats.jetstream(), stack.wire(w.START_RUN)) as starts,
     ):
-        promotion = await _request(caller, release, dev, reason="weekly release")
+        promotion = await _request(
+            caller, release, dev, reason="weekly release", actor_name="alice", actor_display_name="Alice Example"
+        )
         event = c.PromotionChanged.model_validate_json((await requested.wait(1))[0].data)
         start = w.StartRun.model_validate_json((await starts.wait(1))[0].data)
 
     assert promotion["status"] == "pending_gate"
     assert promotion["target_environment_name"] == "dev" and promotion["reason"] == "weekly release"
     assert promotion["requested_by"] == str(caller.actor_id)
+    # The requester's name and display name travel with the request and are kept with the promotion.
+    assert (promotion["requested_by_name"], promotion["requested_by_display_name"]) == ("alice", "Alice Example")
+    stored = await _get(caller, promotion["id"])
+    assert (stored["requested_by_name"], stored["requested_by_display_name"]) == ("alice", "Alice Example")
     assert [comp["digest"] for comp in promotion["release_components"]] == [digest("a"), digest("b")]
     assert event.promotion.id == uuid.UUID(promotion["id"])
     assert (start.run_id, start.subject_id, start.template_name) == (

@@ -59,6 +59,10 @@ class VoteView(Model):
     action: VoteAction
     comment: str
     at: datetime
+    approver_name: str | None = None
+    """The approver's name when the vote was cast (None for votes recorded before names were kept)."""
+    approver_display_name: str | None = None
+    """The approver's display name when the vote was cast, if it had one."""
 
 
 class ApprovalRequestView(Model):

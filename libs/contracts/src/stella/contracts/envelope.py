@@ -130,9 +130,14 @@ class Command(Message):
 
     Attributes:
         actor_id: The principal on whose behalf the command is sent (None for the system itself).
+        actor_name: That principal's name (its login name), as the gateway authenticated it; travels with the
+            command so that records of who acted (votes, evidence) name the principal without asking back.
+        actor_display_name: That principal's display name, when it has one.
     """
 
     actor_id: UUID | None = None
+    actor_name: str | None = Field(default=None, max_length=200)
+    actor_display_name: str | None = Field(default=None, max_length=200)
 
 
 class Event(Message):

@@ -177,6 +177,10 @@ class PromotionView(Model):
     reason_codes: list[str] = Field(default_factory=list, description="Stable codes behind status_message.")
     deployment_job_id: UUID | None = Field(default=None, description="The deployment job of the promotion.")
     rollback_job_id: UUID | None = Field(default=None, description="The job that rolled its deployment back.")
+    requested_by_name: str | None = Field(default=None, description="The requester's name when it asked.")
+    requested_by_display_name: str | None = Field(
+        default=None, description="The requester's display name when it asked, if it had one."
+    )
 
 
 class ScanResultView(Model):

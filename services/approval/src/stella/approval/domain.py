@@ -190,12 +190,16 @@ class Principal:
         tenant_id: The principal's tenant.
         grants: The permissions the principal holds, each for an environment or tenant-wide.
         groups: The groups the principal belongs to.
+        name: The principal's name, when the caller gave it.
+        display_name: The principal's display name, when it has one.
     """
 
     id: UUID
     tenant_id: UUID
     grants: frozenset[Grant] = frozenset()
     groups: frozenset[str] = frozenset()
+    name: str | None = None
+    display_name: str | None = None
 
     @classmethod
     def of(
@@ -206,6 +210,8 @@ class Principal:
         *,
         environment_id: UUID | None = None,
         groups: Iterable[str] = (),
+        name: str | None = None,
+        display_name: str | None = None,
     ) -> Principal:
         """Build a principal holding ``permissions`` on ``environment_id`` (``None``: tenant-wide)."""
         return cls(
@@ -213,6 +219,8 @@ class Principal:
             tenant_id=tenant_id,
             grants=frozenset(Grant(p, environment_id) for p in permissions),
             groups=frozenset(groups),
+            name=name,
+            display_name=display_name,
         )
 
     def can(self, permission: str, environment_id: UUID) -> bool:
@@ -229,12 +237,16 @@ class Vote:
         action: ``approved`` or ``rejected``.
         comment: Free text (may be empty).
         at: When the vote was cast.
+        approver_name: The approver's name when it voted (None when not known).
+        approver_display_name: The approver's display name when it voted, if it had one.
     """
 
     approver_id: UUID
     action: VoteAction
     comment: str
     at: datetime
+    approver_name: str | None = None
+    approver_display_name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The vote in the decision record's shape: ``{approver, action, at, comment}``."""
@@ -620,7 +632,14 @@ def vote(
             f"principal {principal.id} requested promotion {request.promotion_id} and cannot approve it "
             "(separation of duties)"
         )
-    cast = Vote(approver_id=principal.id, action=chosen, comment=text, at=now)
+    cast = Vote(
+        approver_id=principal.id,
+        action=chosen,
+        comment=text,
+        at=now,
+        approver_name=principal.name,
+        approver_display_name=principal.display_name,
+    )
     updated = replace(request, votes=(*request.votes, cast))
     summary = summarize(updated)
     events: list[ApprovalEvent] = [

@@ -195,7 +195,14 @@ def voter(cmd: CastVote) -> domain.Principal:
     """
     if cmd.actor_id is None:
         raise domain.InvalidVote("a vote must name the principal who casts it (actor_id)")
-    return domain.Principal.of(cmd.actor_id, cmd.tenant_id, cmd.permissions, groups=cmd.groups)
+    return domain.Principal.of(
+        cmd.actor_id,
+        cmd.tenant_id,
+        cmd.permissions,
+        groups=cmd.groups,
+        name=cmd.actor_name,
+        display_name=cmd.actor_display_name,
+    )
 
 
 def subject_of(event: domain.ApprovalEvent) -> str:

@@ -18,7 +18,7 @@ from stella.contracts.workflow import StepRef
 
 _REQUEST_COLUMNS = """tenant_id, promotion_id, environment_id, requester_id, required, require_sod, approver_groups,
     status, requested_at, expires_at, decided_at, step_run_id, step_node_id, step_attempt, correlation_id"""
-_VOTE_COLUMNS = "tenant_id, promotion_id, approver_id, action, comment, cast_at"
+_VOTE_COLUMNS = "tenant_id, promotion_id, approver_id, action, comment, cast_at, approver_name, approver_display_name"
 
 INSERT_REQUEST = f"""
     INSERT INTO approval_requests ({_REQUEST_COLUMNS}, updated_at)
@@ -41,9 +41,9 @@ VOTES_OF = f"""
      WHERE (tenant_id, promotion_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
      ORDER BY cast_at, id
 """
-INSERT_VOTE = """
-    INSERT INTO approval_votes (tenant_id, promotion_id, approver_id, action, comment, cast_at)
-    VALUES ($1, $2, $3, $4, $5, $6)
+INSERT_VOTE = f"""
+    INSERT INTO approval_votes ({_VOTE_COLUMNS})
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 """
 INSERT_CANCELLATION = """
     INSERT INTO approval_cancellations (tenant_id, promotion_id, reason, cancelled_at)
@@ -102,7 +102,14 @@ def request_view(stored: StoredRequest) -> ApprovalRequestView:
         expires_at=request.expires_at,
         decided_at=request.decided_at,
         votes=[
-            VoteView(approver_id=v.approver_id, action=ActionView(v.action.value), comment=v.comment, at=v.at)
+            VoteView(
+                approver_id=v.approver_id,
+                action=ActionView(v.action.value),
+                comment=v.comment,
+                at=v.at,
+                approver_name=v.approver_name,
+                approver_display_name=v.approver_display_name,
+            )
             for v in request.votes
         ],
         step=stored.step,
@@ -115,6 +122,8 @@ def _vote(row: asyncpg.Record) -> domain.Vote:
         action=domain.VoteAction(row["action"]),
         comment=row["comment"],
         at=row["cast_at"],
+        approver_name=row["approver_name"],
+        approver_display_name=row["approver_display_name"],
     )
 
 
@@ -198,7 +207,17 @@ async def get_request(
 
 async def insert_vote(conn: asyncpg.Connection, tenant: UUID, promotion_id: UUID, vote: domain.Vote) -> None:
     """Record one vote."""
-    await conn.execute(INSERT_VOTE, tenant, promotion_id, vote.approver_id, vote.action.value, vote.comment, vote.at)
+    await conn.execute(
+        INSERT_VOTE,
+        tenant,
+        promotion_id,
+        vote.approver_id,
+        vote.action.value,
+        vote.comment,
+        vote.at,
+        vote.approver_name,
+        vote.approver_display_name,
+    )
 
 
 async def set_outcomes(conn: asyncpg.Connection, stored: Sequence[StoredRequest], now: datetime) -> None:

@@ -18,7 +18,7 @@ from stella.evidence.handlers import Handlers
 from stella.evidence.proofs import ProofQueries
 from stella.evidence.settings import Settings
 from stella.evidence.signing import ActiveSigner
-from stella.evidence.tree import Checkpointer
+from stella.evidence.tree import Checkpointer, TimestampAuthority
 from stella.kit.broker import CommandProcessor
 from stella.kit.service import ServiceApp, ServiceRuntime
 
@@ -64,6 +64,9 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
         settings.checkpoint_origin,
         clock,
         interval_s=settings.checkpoint_interval_s,
+        tsa=(
+            None if settings.tsa_url is None else TimestampAuthority(settings.tsa_url, timeout_s=settings.tsa_timeout_s)
+        ),
     )
     app = EvidenceApp(signer=signer, checkpointer=checkpointer)
 

@@ -55,6 +55,9 @@ KEYS_DIR: Final[str] = "keys/"
 CHECKPOINT_PATH: Final[str] = "checkpoint.txt"
 """Path of the signed checkpoint (C2SP signed note) of the tenant's tree the packets belong to."""
 
+TIMESTAMP_PATH: Final[str] = "checkpoint.tsr"
+"""Path of the RFC 3161 timestamp token (DER TimeStampToken) of ``checkpoint.txt``, when a TSA is configured."""
+
 KEY_LOG_PATH: Final[str] = "key-log.json"
 """Path of the signed key log (a JSON list of DSSE envelopes, see :mod:`stella.evidence.keylog`); the same
 file name in a ``--keys`` directory holds the log as the service publishes it."""
@@ -181,6 +184,7 @@ class TreeProof:
         last_sequence: Last sequence the bundle claims to hold (``tree_size`` for an export to the end).
         outside: Roots of the subtrees of the RFC 6962 recursion that hold none of the bundle's packets,
             by leaf range ``[start, end)``.
+        timestamp: The RFC 3161 token a time-stamping authority signed over the checkpoint, if one was asked.
     """
 
     checkpoint: str
@@ -188,6 +192,7 @@ class TreeProof:
     first_sequence: int | None
     last_sequence: int | None
     outside: dict[Range, bytes] = field(default_factory=dict)
+    timestamp: bytes | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``tree.json`` form (the checkpoint itself is ``checkpoint.txt``)."""
@@ -365,6 +370,8 @@ def build_bundle(
     if tree is not None:
         files[CHECKPOINT_PATH] = tree.checkpoint.encode("utf-8")
         files[TREE_PATH] = _json_bytes(tree.to_dict())
+        if tree.timestamp is not None:
+            files[TIMESTAMP_PATH] = tree.timestamp
         first_sequence, last_sequence = tree.first_sequence, tree.last_sequence
     header = Manifest(
         tenant_id=tenant_id,
@@ -523,6 +530,7 @@ Everything below works offline.
 | `keys/<algorithm>_<hex>.pem` | the public keys that signed the packets, current and rotated (PEM SubjectPublicKeyInfo); the name is the `key_ref` with `_` for `:` |
 | `key-log.json` | the signed key log: when each key became valid, and so when the one before it was retired |
 | `checkpoint.txt` | the signed checkpoint of the tenant's Merkle tree: how many packets existed, and their root hash |
+| `checkpoint.tsr` | only when the service has a time-stamping authority: its RFC 3161 timestamp token (DER) over `checkpoint.txt` |
 | `tree.json` | the range this bundle proves and the subtree hashes around it that recompute the checkpoint's root |
 | `manifest.json` | the SHA-256 and size of every other file, and the bundle metadata: tenant, sequence range, packet count, creation time |
 | `VERIFY.md` | this file |
@@ -757,7 +765,10 @@ put a key of their own there, and a key log and checkpoint to match. Compare the
 organization publishes for its evidence service (`GET /api/v1/evidence/keys`, which also returns each key's
 log entry: keep them as `key-log.json` beside the keys). A key's full id is `sha256:` and the SHA-256 of its
 DER SubjectPublicKeyInfo; its `key_ref` is the algorithm, a colon and the first 16 hex digits of it (for
-display). Recompute them with:
+display, and to name the key in envelopes, packets and file names). Compare full ids, never a `key_ref`
+alone: 64 bits are not enough to tell keys apart against someone who makes keys until one matches. The
+verifier checks every signature with the whole key, pins keys only by their full id (`--trust-fingerprint`)
+and refuses two different keys under one `key_ref`. Recompute the full ids with:
 
 ```sh
 for pem in keys/*.pem; do
@@ -782,6 +793,34 @@ trusts the PEM public keys in `DIR` (and takes the validity of keys from `DIR/ke
 else from the bundle's key log authenticated by those keys); `--trust-fingerprint` pins a key by its full id
 and trusts the keys the key log hands over to from it; `--trust-bundle-keys` trusts the keys inside the
 bundle, which only shows the bundle is consistent, and says so.
+
+`--tsa-ca PEM` asks for trusted time: the bundle must carry `checkpoint.tsr`, the RFC 3161 timestamp a
+time-stamping authority (TSA) signed over the bytes of `checkpoint.txt`, and it must verify against the TSA
+root certificates in `PEM` (the chain, the TSA certificate's critical extended key usage `timeStamping`, and
+the SHA-256 message imprint); the summary line then names the TSA's time. That time rests on the TSA's clock
+and key, not the evidence service's: packets the checkpoint covers existed by then. The verifier runs
+OpenSSL for this; by hand, with the TSA's root certificate in `tsa-root.pem`:
+
+    openssl ts -verify -token_in -in checkpoint.tsr -data checkpoint.txt -CAfile tsa-root.pem
+    openssl ts -reply -token_in -in checkpoint.tsr -text    # the time (Time stamp:) and the TSA
+
+The first must print `Verification: OK`. Without `--tsa-ca` a carried token is not judged (a note says so).
+
+What the summary line does not claim: a bundle with no packet fails (it proves nothing) unless
+`--allow-empty` says an empty export is expected; a bundle whose range starts after sequence 1 says in a
+note that the first packet's link to the one before it was not checked; a signature on an envelope by a
+key that is not trusted is not checked, and the summary line counts such signatures instead of calling
+every signature verified.
+
+`--replay` also decides every decision that carries its inputs again, with the project's own gate code, at
+the clock reading it records (`decision.evaluated_at`), and reports each difference from the recorded
+decision: the result (`allow`, `deny`, `pending`), each gate's verdict, and any other field of the record
+(reasons, approvals, a gate's message or details). The gate code is the promotion package
+(`stella-promotion`), which registers it under the Python entry point group `stella.evidence.replay`;
+without that package `--replay` exits 2 and says so. A gate plugin's verdict is one of the recorded inputs
+(`plugin_verdicts`): replaying reads it and does not call the plugin again. Where `inputs_hash` (section 3)
+shows that the inputs are the ones decided on, `--replay` shows that the decision follows from them, even
+when someone holding the signing key changed an input, recomputed `inputs_hash` and signed again.
 
 ## Limits
 

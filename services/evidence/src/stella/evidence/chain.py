@@ -80,6 +80,12 @@ class FindingKind(StrEnum):
     """No authenticated key log entry says when the signing key was valid."""
     DECISION_INPUTS_MISMATCH = "decision_inputs_mismatch"
     """A decision's ``inputs_hash`` is not the hash of the inputs the packet carries: an input was changed."""
+    TIMESTAMP_INVALID = "timestamp_invalid"
+    """The checkpoint's RFC 3161 timestamp is missing (``--tsa-ca`` asks for one) or does not verify."""
+    EMPTY_BUNDLE = "empty_bundle"
+    """The bundle holds no packet, so it proves nothing (accepted only with ``--allow-empty``)."""
+    DECISION_REPLAY_MISMATCH = "decision_replay_mismatch"
+    """Deciding again from the inputs the packet carries (``--replay``) does not give the recorded decision."""
     TREE_MISMATCH = "tree_mismatch"
     """The packets do not recompute the checkpoint's root: one was deleted, added or changed."""
 

@@ -143,13 +143,27 @@ def _approvers(promotion: PromotionView, approvals: ApprovalRequestView | None) 
     if approvals is not None:
         votes = sorted(approvals.votes, key=lambda v: (v.at, str(v.approver_id)))
         return [
-            {"id": str(v.approver_id), "action": str(v.action), "at": format_timestamp(v.at), "comment": v.comment}
+            {
+                "id": str(v.approver_id),
+                "name": v.approver_name,
+                "display_name": v.approver_display_name,
+                "action": str(v.action),
+                "at": format_timestamp(v.at),
+                "comment": v.comment,
+            }
             for v in votes
         ]
     # No approval request (it was never opened): the decision record's approvals are all there is.
     entries = (promotion.decision_record or {}).get("approvals") or []
     return [
-        {"id": e.get("approver"), "action": e.get("action"), "at": e.get("at"), "comment": e.get("comment", "")}
+        {
+            "id": e.get("approver"),
+            "name": None,
+            "display_name": None,
+            "action": e.get("action"),
+            "at": e.get("at"),
+            "comment": e.get("comment", ""),
+        }
         for e in entries
         if isinstance(e, Mapping)
     ]
@@ -177,7 +191,8 @@ def release_decision_content(
 
     Returns:
         ``{release, environment, actors, decision, execution}``: the release with its digests, the target
-        environment, the requester and every approver with time and comment, the full decision record, and
+        environment, the requester and every approver (id, name and display name as they were when they
+        acted; null for records made before names were kept) with time and comment, the full decision record, and
         references to the execution that produced it.
     """
     components = [
@@ -193,6 +208,8 @@ def release_decision_content(
     actors: dict[str, Any] = {
         "requester": {
             "id": None if promotion.requested_by is None else str(promotion.requested_by),
+            "name": promotion.requested_by_name,
+            "display_name": promotion.requested_by_display_name,
             "requested_at": format_timestamp(promotion.requested_at),
             "reason": promotion.reason,
         },

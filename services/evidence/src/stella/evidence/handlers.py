@@ -463,10 +463,21 @@ class Handlers:
         elif q.created_from is None and q.created_to is None:
             first, last = 1, size  # the tree has packets, the table none: every one of them is missing
         else:
-            return TreeProof(checkpoint=checkpoint.note, tree_size=size, first_sequence=None, last_sequence=None)
+            return TreeProof(
+                checkpoint=checkpoint.note,
+                tree_size=size,
+                first_sequence=None,
+                last_sequence=None,
+                timestamp=checkpoint.timestamp,
+            )
         outside = await tree.outside_roots(conn, q.tenant_id, size, first - 1, last)
         return TreeProof(
-            checkpoint=checkpoint.note, tree_size=size, first_sequence=first, last_sequence=last, outside=outside
+            checkpoint=checkpoint.note,
+            tree_size=size,
+            first_sequence=first,
+            last_sequence=last,
+            outside=outside,
+            timestamp=checkpoint.timestamp,
         )
 
     async def export_bundle(self, q: ExportBundle) -> Reply:

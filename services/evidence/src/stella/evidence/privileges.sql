@@ -10,6 +10,7 @@ GRANT SELECT ON {schema}.schema_migrations, {schema}.kit_migrations TO {role};
 -- Evidence: packets and the key log are only ever appended to; a key is only ever retired (a trigger
 -- refuses any other change, and UPDATE is granted on the two columns a retirement sets).
 GRANT SELECT, INSERT ON {schema}.packets, {schema}.checkpoints, {schema}.key_log, {schema}.keys TO {role};
+GRANT SELECT, INSERT ON {schema}.checkpoint_timestamps TO {role};
 GRANT UPDATE (active, retired_at) ON {schema}.keys TO {role};
 
 -- The Merkle tree is written by the trigger on packets (a SECURITY DEFINER function), never by the role.

@@ -91,6 +91,15 @@ class Settings(ServiceSettings):
     """Seconds between two rounds of checkpoint signing: every tree that grew since its newest checkpoint gets
     a new one, so a checkpoint covers every packet within this time (an export signs one at once)."""
 
+    tsa_url: str | None = Field(default=None, pattern=r"^https?://[^\s]{1,500}$")
+    """An RFC 3161 time-stamping authority (``STELLA_EVIDENCE_TSA_URL``): every checkpoint's signed note is sent
+    to it and its token kept with the checkpoint and put in export bundles (``checkpoint.tsr``), so the time a
+    checkpoint existed at rests on the TSA's clock and key, not the service's. Unset: no timestamps."""
+
+    tsa_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """Seconds a request to the time-stamping authority may take; a checkpoint the TSA did not answer for in
+    time is timestamped at the next export."""
+
     @property
     def key_password(self) -> bytes | None:
         """The passphrase of the key file, read from ``key_passphrase_file`` or ``key_passphrase``.

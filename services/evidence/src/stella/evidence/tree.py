@@ -14,17 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
+import aiohttp
 import asyncpg
 
 from stella.evidence import merkle
 from stella.evidence.checkpoint import Checkpoint, origin_for, sign_checkpoint
 from stella.evidence.merkle import Node, Range
 from stella.evidence.signing import ActiveSigner
+from stella.evidence.timestamp import (
+    QUERY_MEDIA_TYPE,
+    TimestampError,
+    check_token,
+    timestamp_request,
+    token_from_reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +44,19 @@ NODES = """
       JOIN merkle_nodes n ON n.tenant_id = $1 AND n.level = w.level AND n.idx = w.idx
 """
 LATEST_CHECKPOINT = """
-    SELECT tree_size, root_hash, note, key_ref, created_at FROM checkpoints
-     WHERE tenant_id = $1 ORDER BY tree_size DESC LIMIT 1
+    SELECT c.tree_size, c.root_hash, c.note, c.key_ref, c.created_at, t.token
+      FROM checkpoints c LEFT JOIN checkpoint_timestamps t USING (tenant_id, tree_size)
+     WHERE c.tenant_id = $1 ORDER BY c.tree_size DESC LIMIT 1
 """
 CHECKPOINT_AT = """
-    SELECT tree_size, root_hash, note, key_ref, created_at FROM checkpoints WHERE tenant_id = $1 AND tree_size = $2
+    SELECT c.tree_size, c.root_hash, c.note, c.key_ref, c.created_at, t.token
+      FROM checkpoints c LEFT JOIN checkpoint_timestamps t USING (tenant_id, tree_size)
+     WHERE c.tenant_id = $1 AND c.tree_size = $2
+"""
+INSERT_TIMESTAMP = """
+    INSERT INTO checkpoint_timestamps (tenant_id, tree_size, token, tsa_url, created_at)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (tenant_id, tree_size) DO NOTHING
 """
 GROWN_TREES = """
     SELECT t.tenant_id, t.size FROM trees t
@@ -68,6 +85,7 @@ class StoredCheckpoint:
         note: The signed note.
         key_ref: The key that signed it.
         created_at: When it was signed.
+        timestamp: The RFC 3161 token of a time-stamping authority over the note, if one was obtained.
     """
 
     tree_size: int
@@ -75,12 +93,56 @@ class StoredCheckpoint:
     note: str
     key_ref: str
     created_at: datetime
+    timestamp: bytes | None = None
 
 
 def _checkpoint(row: asyncpg.Record | None) -> StoredCheckpoint | None:
     if row is None:
         return None
-    return StoredCheckpoint(row["tree_size"], bytes(row["root_hash"]), row["note"], row["key_ref"], row["created_at"])
+    token = row["token"]
+    return StoredCheckpoint(
+        row["tree_size"],
+        bytes(row["root_hash"]),
+        row["note"],
+        row["key_ref"],
+        row["created_at"],
+        None if token is None else bytes(token),
+    )
+
+
+class TimestampAuthority:
+    """An RFC 3161 time-stamping authority reached over HTTP (``STELLA_EVIDENCE_TSA_URL``).
+
+    Args:
+        url: Where requests are POSTed (``application/timestamp-query``); configured by the operator, never
+            taken from a request.
+        timeout_s: Seconds a request may take.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+
+    async def timestamp(self, data: bytes) -> bytes:
+        """Ask for a token over ``data``'s SHA-256 and return it (DER ``TimeStampToken``).
+
+        Raises:
+            TimestampError: The TSA answered no usable token, or one over other data or for another request.
+            aiohttp.ClientError, TimeoutError: The TSA could not be reached in time.
+        """
+        nonce = secrets.randbits(63)
+        query = timestamp_request(data, nonce)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(self.url, data=query, headers={"Content-Type": QUERY_MEDIA_TYPE}) as response,
+        ):
+            body = await response.read()
+            if response.status != 200:
+                raise TimestampError(f"the TSA answered HTTP {response.status}")
+        token = token_from_reply(body)
+        check_token(token, data, nonce)
+        return token
 
 
 async def tree_size(conn: asyncpg.Connection, tenant_id: UUID) -> int:
@@ -158,6 +220,7 @@ class Checkpointer:
         clock: Returns the current UTC time.
         interval_s: Seconds between two rounds of the background task.
         batch: Trees signed per round at most (the rest wait for the next round).
+        tsa: The time-stamping authority that timestamps every checkpoint, if one is configured.
     """
 
     def __init__(
@@ -169,6 +232,7 @@ class Checkpointer:
         *,
         interval_s: float = 1.0,
         batch: int = 500,
+        tsa: TimestampAuthority | None = None,
     ) -> None:
         self._pool = pool
         self.signer = signer
@@ -176,13 +240,15 @@ class Checkpointer:
         self.clock = clock
         self.interval_s = interval_s
         self.batch = batch
+        self.tsa = tsa
         self._task: asyncio.Task[None] | None = None
 
     async def sign(self, conn: asyncpg.Connection, tenant_id: UUID, size: int) -> StoredCheckpoint:
-        """Sign and store the checkpoint of the tenant's tree at ``size`` leaves (or return the stored one)."""
+        """Sign and store the checkpoint of the tenant's tree at ``size`` leaves (or return the stored one), and
+        have it timestamped when a TSA is configured and it has no timestamp yet."""
         stored = await checkpoint_at(conn, tenant_id, size)
         if stored is not None:
-            return stored
+            return await self._timestamped(conn, tenant_id, stored)
         async with conn.transaction():
             key = await self.signer.current(conn)
             root = await root_at(conn, tenant_id, size)
@@ -192,7 +258,25 @@ class Checkpointer:
             await conn.execute(INSERT_CHECKPOINT, tenant_id, size, root, note, key.key_ref, self.clock())
         stored = await checkpoint_at(conn, tenant_id, size)
         assert stored is not None  # inserted above, or by another replica at the same moment
-        return stored
+        return await self._timestamped(conn, tenant_id, stored)
+
+    async def _timestamped(
+        self, conn: asyncpg.Connection, tenant_id: UUID, stored: StoredCheckpoint
+    ) -> StoredCheckpoint:
+        """The checkpoint with a TSA's token (asked for now when it has none); unchanged without a TSA, or
+        when the TSA does not answer (logged; the next export or checkpoint asks again)."""
+        if self.tsa is None or stored.timestamp is not None:
+            return stored
+        try:
+            token = await self.tsa.timestamp(stored.note.encode("utf-8"))
+        except (TimestampError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "the time-stamping authority gave no timestamp; the checkpoint stays without one for now",
+                extra={"tenant_id": str(tenant_id), "tree_size": stored.tree_size, "error": str(exc)},
+            )
+            return stored
+        await conn.execute(INSERT_TIMESTAMP, tenant_id, stored.tree_size, token, self.tsa.url, self.clock())
+        return await checkpoint_at(conn, tenant_id, stored.tree_size) or stored
 
     async def current(self, conn: asyncpg.Connection, tenant_id: UUID) -> StoredCheckpoint | None:
         """A checkpoint of the tenant's whole tree as it is now (signed now when the newest one is older)."""

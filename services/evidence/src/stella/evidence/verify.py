@@ -1,6 +1,6 @@
 """Offline verification of an evidence export bundle, as a library and as a command.
 
-    python -m stella.evidence.verify BUNDLE [--keys DIR] [--json]
+    python -m stella.evidence.verify BUNDLE [--keys DIR] [--replay] [--json]
 
 Checks every file against the manifest, every signature, every ``content_hash``, every chain link, that each
 envelope's file name matches its packet and that the manifest's metadata matches the packets. Prints one
@@ -9,7 +9,9 @@ cannot be used (not a bundle, unreadable key directory).
 
 This module and everything it imports (the project's canonical JSON, ``stella.contracts.canonical``, included)
 need only the standard library, ``cryptography`` and ``rfc8785``, so an auditor can run it on a machine with
-nothing of the service installed.
+nothing of the service installed. ``--replay`` is the exception: it decides every recorded decision again with
+the project's gate code, which the promotion package provides through the ``stella.evidence.replay`` entry
+point (loaded only when asked for, so this module still imports nothing of the promotion service).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import IO, Any
 from uuid import UUID
 
@@ -32,6 +35,7 @@ from stella.evidence.bundle import (
     KEY_LOG_PATH,
     KEYS_DIR,
     MANIFEST_PATH,
+    TIMESTAMP_PATH,
     TREE_PATH,
     BundleContents,
     BundleFormatError,
@@ -63,6 +67,7 @@ from stella.evidence.statement import (
     sort_subjects,
     subjects_from_content,
 )
+from stella.evidence.timestamp import TimestampError, verify_token
 
 EXIT_OK = 0
 """Everything verified."""
@@ -70,6 +75,16 @@ EXIT_FAILED = 1
 """At least one check failed."""
 EXIT_UNUSABLE = 2
 """The input could not be used at all."""
+
+REPLAY_ENTRY_POINTS = "stella.evidence.replay"
+"""Entry point group of the function ``--replay`` decides with: ``(inputs, evaluated_at) -> decision record``.
+
+The promotion package registers its gate code there (``stella.promotion.replay:replay_decision``), so this
+verifier replays decisions with the project's own gates when that package is installed, without depending
+on it otherwise."""
+
+Replayer = Callable[[Mapping[str, Any], str], Mapping[str, Any]]
+"""Decides again from a decision's recorded inputs and clock reading; returns the decision record's JSON."""
 
 
 @dataclass
@@ -86,6 +101,11 @@ class VerificationReport:
         packet_count: Packets that could be read out of their envelopes.
         key_source: ``"bundle"`` when the bundle's own keys were trusted, ``"external"`` for ``--keys``.
         trusted_key_refs: References of the keys signatures were checked against.
+        checkpoint_size: Packets the verified signed checkpoint covers (None without one).
+        checkpoint_key_ref: The key that signed the checkpoint.
+        unchecked_signatures: Signatures on envelopes by keys that are not trusted, which were not checked
+            (a trusted signature on the same envelope was).
+        timestamp: The time a trusted TSA vouches the checkpoint existed at (``--tsa-ca``), when verified.
     """
 
     findings: list[Finding] = field(default_factory=list)
@@ -99,6 +119,8 @@ class VerificationReport:
     trusted_key_refs: list[str] = field(default_factory=list)
     checkpoint_size: int | None = None
     checkpoint_key_ref: str | None = None
+    unchecked_signatures: int = 0
+    timestamp: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -128,6 +150,8 @@ class VerificationReport:
             "packet_count": self.packet_count,
             "key_source": self.key_source,
             "trusted_key_refs": self.trusted_key_refs,
+            "unchecked_signatures": self.unchecked_signatures,
+            "timestamp": self.timestamp,
             "checkpoint": (
                 None
                 if self.checkpoint_size is None
@@ -152,11 +176,19 @@ class VerificationReport:
                 f"; the signed checkpoint of {self.checkpoint_size} packets recomputes"
                 if self.checkpoint_size is not None
                 else ""
-            )
-            lines.append(
-                f"OK: {span}{tenant}; every file, trusted signature, signing key's validity, content_hash and chain link "
-                f"verified{covered}"
-            )
+            ) + (f", timestamped {self.timestamp}" if self.timestamp else "")
+            if self.envelope_count == 0:
+                lines.append(f"OK (empty, accepted with --allow-empty): {span}{tenant}; every file verified{covered}")
+            else:
+                unchecked = (
+                    f"; {self.unchecked_signatures} further signature(s) by untrusted keys were not checked"
+                    if self.unchecked_signatures
+                    else ""
+                )
+                lines.append(
+                    f"OK: {span}{tenant}; every file, trusted signature, signing key's validity, content_hash and "
+                    f"chain link verified{covered}{unchecked}"
+                )
         else:
             count = len(self.findings)
             lines.append(f"FAILED: {count} finding{'s' if count != 1 else ''} in {span}{tenant}")
@@ -494,6 +526,9 @@ def verify_bundle(
     trusted_fingerprints: Sequence[str] = (),
     trust_bundle_keys: bool = False,
     require_checkpoint: bool = True,
+    replay: Replayer | None = None,
+    allow_empty: bool = False,
+    tsa_ca: str | None = None,
 ) -> VerificationReport:
     """Verify an export bundle.
 
@@ -509,6 +544,12 @@ def verify_bundle(
             own). Without either, no key is trusted and every signature fails.
         require_checkpoint: Report a bundle without a signed checkpoint or key log (bundles exported before
             they existed have neither; pass False to check such a bundle for everything else).
+        replay: Decide every decision that carries its inputs again with this function (the project's gate
+            code, see :data:`REPLAY_ENTRY_POINTS`) and report any difference from the recorded decision.
+        allow_empty: Accept a bundle without any packet (an export of a range in which nothing happened);
+            otherwise it is a finding, since it proves nothing.
+        tsa_ca: PEM file of the time-stamping authorities' root certificates to trust: the checkpoint must
+            carry an RFC 3161 timestamp (``checkpoint.tsr``) that verifies against them (``openssl ts``).
 
     Returns:
         The report; ``report.ok`` is true only when every check held.
@@ -569,6 +610,17 @@ def verify_bundle(
                 unreadable.append(named[0])
     report.envelope_count = len(envelope_paths)
     report.packet_count = len(packets)
+    if not envelope_paths:
+        if allow_empty:
+            report.notes.append("the bundle holds no packets (accepted: --allow-empty); it proves no evidence")
+        else:
+            findings.append(
+                Finding(
+                    FindingKind.EMPTY_BUNDLE,
+                    "the bundle holds no packets, so there is no evidence to verify (pass --allow-empty to accept "
+                    "an export of a range in which nothing happened)",
+                )
+            )
 
     report.tenant_id = manifest.tenant_id if manifest else (packets[0].tenant_id if packets else None)
     if packets:
@@ -588,21 +640,55 @@ def verify_bundle(
     replayed = _check_decision_inputs(packets, findings)
     if replayed:
         report.notes.append(f"{replayed} decision(s) carry their inputs; their inputs_hash was recomputed")
+    if replay is not None:
+        _replay_decisions(packets, replay, report, findings)
     if report.first_sequence is not None and report.first_sequence > 1:
         report.notes.append(
             f"the bundle starts at packet {report.first_sequence}: its link to packet {report.first_sequence - 1}, "
             "which is not in the bundle, was not checked"
         )
+    report.unchecked_signatures = sum(len(refs) for refs in untrusted.values())
     if untrusted:
         report.notes.append(
             f"{len(untrusted)} packet(s) also carry signatures by keys that are not trusted "
             f"({', '.join(sorted({ref for refs in untrusted.values() for ref in refs}))}); those were not checked"
         )
     _check_tree(contents, manifest, report, keyring, leaves, findings, require=require_checkpoint)
+    _check_timestamp(contents, report, findings, tsa_ca)
     _check_checkpoint_signer(report, packets, key_log, findings)
 
     report.findings = sort_findings(findings)
     return report
+
+
+def _check_timestamp(
+    contents: BundleContents, report: VerificationReport, findings: list[Finding], tsa_ca: str | None
+) -> None:
+    """Check the RFC 3161 timestamp of the checkpoint against the trusted TSA roots (``--tsa-ca``)."""
+    token = contents.files.get(TIMESTAMP_PATH)
+    note = contents.files.get(CHECKPOINT_PATH)
+    if tsa_ca is None:
+        if token is not None:
+            report.notes.append(
+                f"the checkpoint carries an RFC 3161 timestamp ({TIMESTAMP_PATH}); pass --tsa-ca to check it"
+            )
+        return
+    if token is None or note is None:
+        findings.append(
+            Finding(
+                FindingKind.TIMESTAMP_INVALID,
+                "--tsa-ca asks for trusted time, but the bundle carries no timestamp of its checkpoint",
+                path=TIMESTAMP_PATH,
+            )
+        )
+        return
+    try:
+        verified = verify_token(token, note, tsa_ca)
+    except TimestampError as exc:
+        findings.append(Finding(FindingKind.TIMESTAMP_INVALID, str(exc), path=TIMESTAMP_PATH))
+        return
+    report.timestamp = f"{verified.time} by {verified.tsa}"
+    report.notes.append(f"the TSA {verified.tsa} vouches that the checkpoint existed at {verified.time}")
 
 
 def _check_tree(
@@ -766,6 +852,89 @@ def _check_decision_inputs(packets: Sequence[EvidencePacket], findings: list[Fin
     return checked
 
 
+def _replay_decisions(
+    packets: Sequence[EvidencePacket], replay: Replayer, report: VerificationReport, findings: list[Finding]
+) -> None:
+    """Decide every decision that carries its inputs again and report where the result differs from the record.
+
+    The decision result and each gate's verdict are compared one by one; any other difference (reasons,
+    approvals, a gate's message or details, ``policy_digest``, ``inputs_hash``) is reported by field name.
+    """
+    replayed = 0
+    without_inputs = 0
+    for packet in packets:
+        decision = packet.content.get("decision")
+        if not isinstance(decision, Mapping):
+            continue
+        if "inputs" not in decision:
+            without_inputs += 1
+            continue
+        replayed += 1
+        recorded = {key: value for key, value in decision.items() if key != "inputs"}
+        inputs = decision["inputs"]
+        try:
+            # Through JSON, so the replayed record compares like the recorded one read from the bundle.
+            again = json.loads(json.dumps(replay(inputs, str(decision.get("evaluated_at")))))
+        except Exception as exc:
+            findings.append(
+                Finding(
+                    FindingKind.DECISION_REPLAY_MISMATCH,
+                    f"the decision cannot be replayed from its inputs: {type(exc).__name__}: {exc}",
+                    sequence=packet.sequence,
+                    packet_id=packet.id,
+                )
+            )
+            continue
+        for difference in _decision_differences(recorded, again):
+            findings.append(
+                Finding(
+                    FindingKind.DECISION_REPLAY_MISMATCH,
+                    f"replayed from its inputs, {difference}",
+                    sequence=packet.sequence,
+                    packet_id=packet.id,
+                )
+            )
+    report.notes.append(f"{replayed} decision(s) replayed from their inputs with the project's gate code")
+    if without_inputs:
+        report.notes.append(f"{without_inputs} decision(s) carry no inputs and could not be replayed")
+
+
+def _gate_verdicts(record: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
+    gates = record.get("gates")
+    return {
+        (str(gate.get("type")), str(gate.get("name"))): gate.get("status")
+        for gate in (gates if isinstance(gates, list) else [])
+        if isinstance(gate, Mapping)
+    }
+
+
+def _decision_differences(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> list[str]:
+    """Say in words how a replayed decision record differs from the recorded one (empty when identical)."""
+    if recorded == replayed:
+        return []
+    differences: list[str] = []
+    if recorded.get("result") != replayed.get("result"):
+        differences.append(f"the decision is {replayed.get('result')!r}, the packet records {recorded.get('result')!r}")
+    before, after = _gate_verdicts(recorded), _gate_verdicts(replayed)
+    for gate_type, name in sorted(set(before) | set(after)):
+        was, now = before.get((gate_type, name), "(absent)"), after.get((gate_type, name), "(absent)")
+        if was != now:
+            differences.append(f"gate {gate_type}/{name} is {now!r}, the packet records {was!r}")
+    if not differences:  # same result and verdicts: name the fields that differ (reasons, a gate's details...)
+        fields = sorted(key for key in set(recorded) | set(replayed) if recorded.get(key) != replayed.get(key))
+        differences.append(f"the decision record differs in {', '.join(fields)}")
+    return differences
+
+
+def load_replayer() -> Replayer | None:
+    """The installed decision function of :data:`REPLAY_ENTRY_POINTS` (None when no package provides one)."""
+    found = sorted(entry_points(group=REPLAY_ENTRY_POINTS), key=lambda ep: ep.name)
+    if not found:
+        return None
+    replayer: Replayer = found[0].load()
+    return replayer
+
+
 def _check_checkpoint_signer(
     report: VerificationReport, packets: Sequence[EvidencePacket], log: KeyLog, findings: list[Finding]
 ) -> None:
@@ -871,6 +1040,23 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept a bundle without a signed checkpoint (exported before checkpoints existed)",
     )
+    parser.add_argument(
+        "--tsa-ca",
+        metavar="PEM",
+        help="root certificate(s) of the time-stamping authorities you trust: the checkpoint's RFC 3161 timestamp "
+        "(checkpoint.tsr) must verify against them (needs the openssl command)",
+    )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="accept a bundle without any packet (otherwise it fails: it proves nothing)",
+    )
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="decide every decision that carries its inputs again with the project's gate code (installed with "
+        "the promotion package) and report any difference in the decision or a gate's verdict",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -913,6 +1099,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
         if len(trusted) == 0:
             print(f"error: no *.pem public keys in {args.keys}", file=err)
             return EXIT_UNUSABLE
+    if args.tsa_ca is not None and not os.path.isfile(args.tsa_ca):
+        print(f"error: --tsa-ca {args.tsa_ca} is not a file of PEM certificates", file=err)
+        return EXIT_UNUSABLE
     fingerprints = list(args.trust_fingerprint or [])
     for fingerprint in fingerprints:
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", fingerprint):
@@ -930,6 +1119,16 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
     if chosen > 1:
         print("error: --keys, --trust-fingerprint and --trust-bundle-keys exclude each other", file=err)
         return EXIT_UNUSABLE
+    replay: Replayer | None = None
+    if args.replay:
+        replay = load_replayer()
+        if replay is None:
+            print(
+                f"error: --replay needs the project's gate code: install the promotion package (stella-promotion), "
+                f"which provides the {REPLAY_ENTRY_POINTS!r} entry point",
+                file=err,
+            )
+            return EXIT_UNUSABLE
     if args.trust_bundle_keys:
         print(
             "warning: trusting the keys inside the bundle; anyone can re-sign a bundle with a key of their own",
@@ -943,6 +1142,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
             trusted_fingerprints=fingerprints,
             trust_bundle_keys=args.trust_bundle_keys,
             require_checkpoint=not args.allow_no_checkpoint,
+            replay=replay,
+            allow_empty=args.allow_empty,
+            tsa_ca=args.tsa_ca,
         )
     except (OSError, BundleFormatError) as exc:
         print(f"error: cannot read bundle {args.bundle}: {exc}", file=err)

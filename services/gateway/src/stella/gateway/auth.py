@@ -97,6 +97,8 @@ class Identity:
     expires_at: datetime | None
     platform: bool = False
     """Whether the principal belongs to the platform (operator) tenant."""
+    display_name: str | None = None
+    """The principal's display name, when it has one."""
 
     def can(self, resource: Resource, action: Action) -> bool:
         """Whether the principal has ``{resource}:{action}``."""
@@ -188,6 +190,7 @@ class Authenticator:
             token_id=record.token_id,
             expires_at=record.expires_at,
             platform=record.tenant_is_platform,
+            display_name=record.principal_display_name,
         )
 
     async def _lookup(self, token_hash: bytes) -> TokenAuth | None:

@@ -1,7 +1,8 @@
 """Relaying requests to services: building commands and queries, and turning replies into responses.
 
 Every message the gateway sends carries the caller's tenant (from the token), the request's trace id as
-``correlation_id`` and, for commands, the principal as ``actor_id``. A command's ``message_id`` is the one
+``correlation_id`` and, for commands, the principal as ``actor_id`` with its name and display name (so records of
+who acted name the principal without asking the gateway back). A command's ``message_id`` is the one
 the request's idempotency key fixed (see :mod:`stella.gateway.idempotency`), else random.
 """
 
@@ -64,6 +65,9 @@ class CallContext:
             tenant_id=self.identity.tenant_id,
             correlation_id=self.correlation_id,
             actor_id=self.identity.principal_id,
+            # Names are at most 200 characters where they are set; cut rather than refuse a request over them.
+            actor_name=self.identity.principal_name[:200],
+            actor_display_name=self.identity.display_name[:200] if self.identity.display_name else None,
             **fields,
         )
 

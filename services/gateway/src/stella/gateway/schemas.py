@@ -655,6 +655,10 @@ class VoteOut(ResponseBody):
     action: VoteAction
     comment: str
     at: datetime
+    approver_name: str | None = Field(default=None, description="The approver's name when the vote was cast.")
+    approver_display_name: str | None = Field(
+        default=None, description="The approver's display name when the vote was cast, if it had one."
+    )
 
 
 class ApprovalRequestOut(ResponseBody):

@@ -32,6 +32,7 @@ class TokenAuth:
     revoked_at: datetime | None
     principal_deleted_at: datetime | None
     tenant_is_platform: bool = False
+    principal_display_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class IdempotencyRow:
 
 _FIND_TOKEN: Final = """
     SELECT t.id, t.tenant_id, t.principal_id, t.expires_at, t.revoked_at,
-           p.name, p.kind, p.deleted_at,
+           p.name, p.display_name, p.kind, p.deleted_at,
            (SELECT n.is_platform FROM tenants n WHERE n.id = t.tenant_id) AS tenant_is_platform,
            ARRAY(SELECT b.role FROM role_bindings b
                  WHERE b.tenant_id = t.tenant_id AND b.principal_id = t.principal_id
@@ -109,7 +110,7 @@ _FIND_TOKEN: Final = """
 
 _FIND_SESSION: Final = """
     SELECT t.id, t.tenant_id, t.principal_id, t.expires_at, t.revoked_at,
-           p.name, p.kind, p.deleted_at,
+           p.name, p.display_name, p.kind, p.deleted_at,
            (SELECT n.is_platform FROM tenants n WHERE n.id = t.tenant_id) AS tenant_is_platform,
            ARRAY(SELECT b.role FROM role_bindings b
                  WHERE b.tenant_id = t.tenant_id AND b.principal_id = t.principal_id
@@ -390,6 +391,7 @@ def _token_auth(row: asyncpg.Record) -> TokenAuth:
         tenant_id=row["tenant_id"],
         principal_id=row["principal_id"],
         principal_name=row["name"],
+        principal_display_name=row["display_name"],
         tenant_is_platform=bool(row["tenant_is_platform"]),
         principal_kind=row["kind"],
         roles=tuple(row["roles"]),

@@ -34,7 +34,7 @@ _PROMOTION_COLUMNS = """id, tenant_id, release_id, release_name, release_compone
     decision_record, reason_codes, status_message, next_evaluation_at, approval_deadline, approvals_granted_at,
     approved_at, deployment_job_id, rollback_job_id, rollback_succeeded, finished_at, cancelled_by,
     workflow_template, workflow_run_id, gate_step, freeze_override, correlation_id, run_check_at, run_checks,
-    cleared_at, deploy_step"""
+    cleared_at, deploy_step, requested_by_name, requested_by_display_name"""
 
 # --- environments ----------------------------------------------------------------------------------------
 
@@ -132,7 +132,7 @@ LOCK_RELEASE = (
 INSERT_PROMOTION = f"""
     INSERT INTO promotions ({_PROMOTION_COLUMNS})
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-            $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41)
+            $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42, $43)
 """
 GET_PROMOTION = f"SELECT {_PROMOTION_COLUMNS} FROM promotions WHERE tenant_id = $1 AND id = $2"
 GET_PROMOTION_FOR_UPDATE = GET_PROMOTION + " FOR UPDATE"
@@ -302,6 +302,8 @@ class StoredPromotion:
         run_checks: How often the run's start was sent again.
         deploy_step: The held completion of the step before the deploy step (``{run_id, node_id, attempt,
             outputs}``) while the promotion is queued behind another one of its environment.
+        requested_by_name: The requester's name when it asked (from the gateway, with the request).
+        requested_by_display_name: The requester's display name when it asked, if it had one.
     """
 
     promotion: Promotion
@@ -319,6 +321,8 @@ class StoredPromotion:
     run_check_at: datetime | None = None
     run_checks: int = 0
     deploy_step: dict[str, Any] | None = None
+    requested_by_name: str | None = None
+    requested_by_display_name: str | None = None
 
     @property
     def awaits_run(self) -> bool:
@@ -373,6 +377,8 @@ def stored_promotion(row: asyncpg.Record) -> StoredPromotion:
         run_check_at=row["run_check_at"],
         run_checks=row["run_checks"],
         deploy_step=row["deploy_step"],
+        requested_by_name=row["requested_by_name"],
+        requested_by_display_name=row["requested_by_display_name"],
     )
 
 
@@ -407,6 +413,8 @@ def promotion_view(stored: StoredPromotion) -> PromotionView:
         reason_codes=list(p.reason_codes),
         deployment_job_id=p.deployment_job_id,
         rollback_job_id=p.rollback_job_id,
+        requested_by_name=stored.requested_by_name,
+        requested_by_display_name=stored.requested_by_display_name,
     )
 
 
@@ -684,6 +692,8 @@ async def insert_promotion(conn: asyncpg.Connection, stored: StoredPromotion) ->
         stored.run_checks,
         p.cleared_at,
         stored.deploy_step,
+        stored.requested_by_name,
+        stored.requested_by_display_name,
     )
 
 

@@ -84,6 +84,8 @@ class PromotionHandlers(GateHandlers):
                 gate_step=None,
                 freeze_override=None,
                 correlation_id=cmd.correlation_id,
+                requested_by_name=cmd.actor_name,
+                requested_by_display_name=cmd.actor_display_name,
             )
             stored.run_check_at = now + self.run_start_timeout
             if promotion.status_message is None:
