@@ -14,9 +14,10 @@ from stella.kit.broker import ServiceClient
 
 HOST_A = "registry-a.example:5000"
 HOST_B = "registry-b.example:5000"
+PASSWORD_A = "pw-a-0123456789"
 
 
-def _connection(iid: UUID, url: str, password: str = "pw-a-0123456789") -> RegistryConnection:
+def _connection(iid: UUID, url: str, password: str = PASSWORD_A) -> RegistryConnection:
     return RegistryConnection(integration_id=iid, url=url, username="ci", password=SecretStr(password))
 
 
@@ -36,8 +37,8 @@ def test_a_credential_for_host_a_is_never_attached_to_a_component_on_host_b() ->
     assert credentials_for([_component("registry-a.example:5001/app", a)], connections) == []
 
     on_a = credentials_for([_component(f"{HOST_A}/team/app", a)], connections)
-    assert [(c.registry, c.username, c.password) for c in on_a] == [(HOST_A, "ci", "pw-a-0123456789")]
-    assert "pw-a-0123456789" not in repr(on_a)
+    assert [(c.registry, c.username, c.password) for c in on_a] == [(HOST_A, "ci", PASSWORD_A)]
+    assert PASSWORD_A not in repr(on_a)
 
 
 def test_each_component_gets_its_own_hosts_credential_and_none_without_an_integration() -> None:
