@@ -120,5 +120,8 @@ async def test_an_image_of_a_private_registry_is_deployed_with_the_integrations_
     assert status == 200 and password not in str(tasks)
     assert password not in await _table_text(fresh_database, "deployment")
     assert password not in agent.log.read_text(errors="replace")
+    for path in agent.state_dir.rglob("*"):  # journal, sticker, credential: the agent kept nothing of it
+        if path.is_file():
+            assert password not in path.read_text(errors="replace"), path
     for log in stack.logs.glob("*.log"):
         assert password not in log.read_text(errors="replace"), log.name
