@@ -7,8 +7,9 @@ Commands go to the integration service (``stella.cmd.integration.*``), reads are
 Two request/reply subjects carry a secret value and are, on purpose, not commands: a command rests in the
 commands stream for days, and a secret value must rest nowhere but encrypted in the integration service's
 tables. :data:`STORE_SECRET` carries a value in (write-only: the answer holds only metadata), and
-:data:`GET_REGISTRY_CONNECTION` carries a decrypted credential out to the release service, on the internal
-bus only; the gateway never relays that one.
+:data:`GET_REGISTRY_CONNECTION` and :data:`GET_REGISTRY_CONNECTIONS` carry decrypted credentials out to the
+release service (tag reads) and the deployment service (pull credentials in a leased agent task), on the internal
+bus only; the gateway never relays those.
 """
 
 from __future__ import annotations
