@@ -40,6 +40,18 @@ async def deploy_stack(
         yield system
 
 
+async def _schemas(dsn: str) -> list[str]:
+    """Every schema holding tables, besides PostgreSQL's own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT DISTINCT schemaname FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        )
+        return sorted(str(row["schemaname"]) for row in rows)
+    finally:
+        await conn.close()
+
+
 async def _table_text(dsn: str, schema: str) -> str:
     """Every row of every table of ``schema``, as text."""
     conn = await asyncpg.connect(dsn)
@@ -119,6 +131,8 @@ async def test_an_image_of_a_private_registry_is_deployed_with_the_integrations_
     status, tasks, _ = await stack.call("GET", f"/api/v1/deployment-jobs/{job['id']}")
     assert status == 200 and password not in str(tasks)
     assert password not in await _table_text(fresh_database, "deployment")
+    for schema in await _schemas(fresh_database):  # events, evidence, the secret store (encrypted there)...
+        assert password not in await _table_text(fresh_database, schema), schema
     assert password not in agent.log.read_text(errors="replace")
     for path in agent.state_dir.rglob("*"):  # journal, sticker, credential: the agent kept nothing of it
         if path.is_file():
