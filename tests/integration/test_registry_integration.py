@@ -173,3 +173,42 @@ async def test_naming_an_integration_moves_a_component_off_its_deprecated_creden
     )
     assert moved.ok, moved.error
     assert (moved.data["registry_integration_id"], moved.data["registry_credential_ref"]) == (integration, None)
+
+
+async def test_the_deployment_services_batched_lookup_is_scoped_to_the_tenant_and_the_release_names_the_integration(
+    caller: TenantCaller, services: tuple[IntegrationApp, ReleaseApp]
+) -> None:
+    ours = await _registry_integration(caller, "http://127.0.0.1:5999", "login", "alice:pw-batch-0123")
+    unknown = uuid.uuid4()
+    found = await caller.query(
+        i.GET_REGISTRY_CONNECTIONS, i.GetRegistryConnections, integration_ids=[ours, str(unknown), ours]
+    )
+    assert found.ok, found.error
+    answer = i.RegistryConnections.model_validate(found.data)
+    assert [(str(c.integration_id), c.url, c.username) for c in answer.connections] == [
+        (ours, "http://127.0.0.1:5999", "alice")
+    ]
+    assert answer.connections[0].password is not None
+    assert answer.connections[0].password.get_secret_value() == "pw-batch-0123"
+    assert answer.missing == [unknown]
+
+    theirs = await caller.other_tenant().query(
+        i.GET_REGISTRY_CONNECTIONS, i.GetRegistryConnections, integration_ids=[ours]
+    )
+    assert theirs.ok, theirs.error
+    assert theirs.data["connections"] == [] and theirs.data["missing"] == [ours]
+
+    component = await caller.command(
+        r.CREATE_COMPONENT,
+        r.CreateComponent,
+        name="api",
+        image_repository="127.0.0.1:5999/team/api",
+        registry_integration_id=ours,
+    )
+    assert component.ok, component.error
+    digest = "sha256:" + "ab" * 32
+    made = await caller.command(
+        r.CREATE_RELEASE, r.CreateRelease, name="rel-1", components=[{"component": "api", "digest": digest}]
+    )
+    assert made.ok, made.error
+    assert made.data["components"][0]["registry_integration_id"] == ours

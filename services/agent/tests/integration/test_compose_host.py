@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ import pytest
 import yaml
 
 from stella.agent.drivers import ComposeHostDriver, DriverConfig
-from stella.contracts.agent import COMPOSE_LOCK_FILE, STICKER_FILE, TaskType
-from stella.testing.docker import DockerEngine
+from stella.contracts.agent import COMPOSE_LOCK_FILE, STICKER_FILE, RegistryCredential, TaskType
+from stella.testing.docker import DockerEngine, DockerJanitor
 from stella.testing.images import HEALTH_PATH, HTTP_PORT, AppImage, AppImages, push_app_image
 from stella.testing.messaging import unique_token
+from stella.testing.plugin import MakeRegistry
 from stella.testing.registry import LocalRegistry
 from stella.testing.tampering import TamperingRegistry
 
@@ -245,3 +247,31 @@ async def test_check_names_the_compose_in_use(compose_driver: ComposeHostDriver)
     ok, message = await compose_driver.check()
     assert ok, message
     assert "Compose " in message
+
+
+async def test_a_private_registry_image_is_deployed_with_the_task_credentials_and_they_are_forgotten(
+    compose_driver: ComposeHostDriver,
+    docker_engine: DockerEngine,
+    docker_janitor: DockerJanitor,
+    compose_target: TestTarget,
+    make_oci_registry: MakeRegistry,
+    task_log: TaskLog,
+) -> None:
+    registry = make_oci_registry(auth=True)
+    docker_janitor.add_registry(registry.address)
+    assert registry.credentials is not None
+    username, password = registry.credentials
+    image = push_app_image(registry, f"private/app-{unique_token()}", "v1", f"private {unique_token()}")
+    before = set(Path(tempfile.gettempdir()).glob("stella-docker-config-*"))
+
+    refused = await compose_driver.run(compose_target.task([Component("api", image)]), task_log)
+    assert refused.error_code == "AGT_PULL_FAILED"
+
+    credential = RegistryCredential(registry=registry.address, username=username, password=password)
+    result = await compose_driver.run(
+        compose_target.task([Component("api", image)], credentials=[credential]), task_log
+    )
+    assert result.status == "succeeded", result.message
+    assert result.components[0].running_digest == image.digest
+    assert password not in task_log.text and password not in result.model_dump_json()
+    assert set(Path(tempfile.gettempdir()).glob("stella-docker-config-*")) == before

@@ -153,6 +153,8 @@ class ComponentSpec(Model):
         env: Environment variables of the container (never secrets: those travel in ``credentials``).
         command: Command override, as an argument vector.
         labels: Extra container labels (Stella adds its ``stella.*`` labels itself).
+        registry_integration_id: The ``registry`` integration whose credential pulls the image; the service puts
+            that credential in ``AgentTask.credentials`` when it leases the task (never in the stored task).
     """
 
     component_id: UUID
@@ -168,6 +170,7 @@ class ComponentSpec(Model):
     )
     command: list[Annotated[str, StringConstraints(max_length=1024)]] | None = Field(default=None, max_length=64)
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    registry_integration_id: UUID | None = None
 
     @property
     def image_ref(self) -> str:

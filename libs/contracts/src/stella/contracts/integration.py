@@ -7,8 +7,9 @@ Commands go to the integration service (``stella.cmd.integration.*``), reads are
 Two request/reply subjects carry a secret value and are, on purpose, not commands: a command rests in the
 commands stream for days, and a secret value must rest nowhere but encrypted in the integration service's
 tables. :data:`STORE_SECRET` carries a value in (write-only: the answer holds only metadata), and
-:data:`GET_REGISTRY_CONNECTION` carries a decrypted credential out to the release service, on the internal
-bus only; the gateway never relays that one.
+:data:`GET_REGISTRY_CONNECTION` and :data:`GET_REGISTRY_CONNECTIONS` carry decrypted credentials out to the
+release service (tag reads) and the deployment service (pull credentials in a leased agent task), on the internal
+bus only; the gateway never relays those.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ LIST_INTEGRATIONS: Final[str] = "stella.rpc.integration.list_integrations"
 GET_REGISTRY_CONNECTION: Final[str] = "stella.rpc.integration.get_registry_connection"
 """Internal query :class:`GetRegistryConnection` -> :class:`RegistryConnection`, with the decrypted
 credential. Asked by the release service only; never relayed by the gateway."""
+GET_REGISTRY_CONNECTIONS: Final[str] = "stella.rpc.integration.get_registry_connections"
+"""Internal query :class:`GetRegistryConnections` -> :class:`RegistryConnections`: the connections, with their
+decrypted credentials, of several ``registry`` integrations of the tenant at once. Asked by the deployment
+service once per agent lease for the pull credentials of the leased tasks; never relayed by the gateway."""
 SEND_NOTIFICATION: Final[str] = "stella.rpc.integration.send_notification"
 """Internal request :class:`SendNotification` -> :class:`NotificationSent`: send a message through a
 ``notification`` integration of the tenant now (asked by the workflow service's ``notify`` steps). Errors:
@@ -351,6 +356,21 @@ class GetRegistryConnection(Query):
     """The registry connection of a ``registry`` integration of the tenant, with its decrypted credential."""
 
     integration_id: UUID
+
+
+class GetRegistryConnections(Query):
+    """The registry connections of several ``registry`` integrations of the tenant, with their decrypted
+    credentials. Ids that name no registry integration of the tenant, or whose credential cannot be read, are
+    left out of the answer (listed in :attr:`RegistryConnections.missing`)."""
+
+    integration_ids: list[UUID] = Field(min_length=1, max_length=200)
+
+
+class RegistryConnections(Model):
+    """Answer to :class:`GetRegistryConnections`: the connections found, and the ids left out."""
+
+    connections: list[RegistryConnection] = Field(default_factory=list)
+    missing: list[UUID] = Field(default_factory=list)
 
 
 class SendNotification(Query):

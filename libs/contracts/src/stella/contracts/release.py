@@ -129,6 +129,9 @@ class ReleaseComponent(Model):
     digest: Digest
     tag: Tag | None = None
     semver: Semver | None = None
+    registry_integration_id: UUID | None = None
+    """The component's ``registry`` integration when the release was made: an agent pulls the image with its
+    credential (never stored with the release: the deployment service asks for it when it hands a task over)."""
 
 
 class ReleaseView(Model):

@@ -44,6 +44,7 @@ from stella.contracts.promotion import GET_ENVIRONMENT, EnvironmentView, GetEnvi
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepRef, StepStatus
 from stella.deployment import domain, repo
+from stella.deployment.pull_credentials import attach_pull_credentials
 from stella.deployment.settings import Settings
 from stella.kit.asking import Refused, ask
 from stella.kit.broker import CommandProcessor, ServiceClient
@@ -554,6 +555,7 @@ class Handlers:
             body["attempt"] = task["attempt"]
             body["lease_expires_at"] = task["lease_expires_at"].isoformat()
             tasks.append(body)
+        await attach_pull_credentials(self._client(), q.tenant_id, tasks, timeout=self.settings.dependency_timeout_s)
         return Reply.success(c.AgentTasks(tasks=tasks).model_dump(mode="json"))
 
     async def store_log(self, q: c.AgentLog) -> Reply:
@@ -955,6 +957,7 @@ class Handlers:
                         env=runtime.env,
                         command=runtime.command,
                         labels=runtime.labels,
+                        registry_integration_id=comp.registry_integration_id,
                     )
                 )
             return specs

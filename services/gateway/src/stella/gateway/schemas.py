@@ -401,6 +401,10 @@ class ReleaseComponentOut(ResponseBody):
     digest: str
     tag: str | None = None
     semver: str | None = None
+    registry_integration_id: UUID | None = Field(
+        default=None,
+        description="The component's registry integration when the release was made: agents pull with its credential.",
+    )
 
 
 class ReleaseOut(ResponseBody):

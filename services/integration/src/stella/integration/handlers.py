@@ -31,6 +31,7 @@ from stella.contracts.integration import (
     DeleteSecret,
     GetIntegration,
     GetRegistryConnection,
+    GetRegistryConnections,
     HealthStatus,
     IntegrationCreated,
     IntegrationDeleted,
@@ -42,6 +43,7 @@ from stella.contracts.integration import (
     ListSecrets,
     NotificationSent,
     RegistryConnection,
+    RegistryConnections,
     SecretDeleted,
     SecretStored,
     SendNotification,
@@ -439,6 +441,39 @@ class Handlers:
             password=SecretStr(password) if password else None,
         )
         return Reply.success(connection.model_dump(mode="json"))
+
+    async def get_registry_connections(self, q: GetRegistryConnections) -> Reply:
+        """Several registry integrations' URLs, CAs and decrypted credentials at once (internal bus only; asked
+        by the deployment service when it leases tasks to an agent). Ids naming no registry integration of the
+        tenant, or one whose credential cannot be read, are listed as missing."""
+        connections: list[RegistryConnection] = []
+        missing: list[UUID] = []
+        async with self._pool().acquire() as conn:
+            views = {v.id: v for v in await repo.get_integrations(conn, q.tenant_id, sorted(set(q.integration_ids)))}
+            for iid in dict.fromkeys(q.integration_ids):
+                view = views.get(iid)
+                if view is None or view.type_id != domain.REGISTRY:
+                    missing.append(iid)
+                    continue
+                try:
+                    credential = (
+                        await self._resolve(conn, q.tenant_id, view.credential_ref) if view.credential_ref else None
+                    )
+                except (domain.CredentialUnresolved, domain.CredentialRefNotAllowed, domain.CredentialInvalid) as exc:
+                    log.warning("the credential of registry integration %s cannot be read: %s", iid, exc.title)
+                    missing.append(iid)
+                    continue
+                username, _, password = (credential or "").partition(":")
+                connections.append(
+                    RegistryConnection(
+                        integration_id=view.id,
+                        url=view.config["url"],
+                        ca_pem=view.config.get("ca_pem"),
+                        username=username or None,
+                        password=SecretStr(password) if password else None,
+                    )
+                )
+        return Reply.success(RegistryConnections(connections=connections, missing=missing).model_dump(mode="json"))
 
     # --- notifications sent for the workflow service ----------------------------------------------------
 

@@ -33,6 +33,7 @@ INSERT_INTEGRATION = f"""
     RETURNING {_COLUMNS}
 """
 GET_INTEGRATION = f"SELECT {_COLUMNS} FROM integrations WHERE tenant_id = $1 AND id = $2"
+GET_INTEGRATIONS = f"SELECT {_COLUMNS} FROM integrations WHERE tenant_id = $1 AND id = ANY($2::uuid[])"
 GET_INTEGRATION_BY_NAME = f"SELECT {_COLUMNS} FROM integrations WHERE tenant_id = $1 AND name = $2"
 UPDATE_INTEGRATION = f"""
     UPDATE integrations SET display_name = $3, config = $4, credential_ref = $5, updated_at = $6,
@@ -138,6 +139,11 @@ async def get_integration(conn: asyncpg.Connection, tenant: UUID, iid: UUID) -> 
     """One integration of the tenant."""
     row = await conn.fetchrow(GET_INTEGRATION, tenant, iid)
     return integration_view(row) if row else None
+
+
+async def get_integrations(conn: asyncpg.Connection, tenant: UUID, ids: list[UUID]) -> list[IntegrationView]:
+    """The tenant's integrations among ``ids`` (one query)."""
+    return [integration_view(row) for row in await conn.fetch(GET_INTEGRATIONS, tenant, ids)]
 
 
 async def get_integration_by_name(conn: asyncpg.Connection, tenant: UUID, name: str) -> IntegrationView | None:

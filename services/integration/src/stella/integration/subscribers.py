@@ -32,6 +32,7 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers, pl
     queries.on(c.GET_INTEGRATION, c.GetIntegration, handlers.get_integration)
     queries.on(c.LIST_INTEGRATIONS, c.ListIntegrations, handlers.list_integrations)
     queries.on(c.GET_REGISTRY_CONNECTION, c.GetRegistryConnection, handlers.get_registry_connection)
+    queries.on(c.GET_REGISTRY_CONNECTIONS, c.GetRegistryConnections, handlers.get_registry_connections)
     queries.on(c.SEND_NOTIFICATION, c.SendNotification, handlers.send_notification)
     queries.on(c.GET_PLUGIN, c.GetPlugin, plugins.get_plugin)
     queries.on(c.LIST_PLUGINS, c.ListPlugins, plugins.list_plugins)

@@ -390,6 +390,7 @@ class Handlers:
                     digest=digest,
                     tag=spec.tag,
                     semver=semver,
+                    registry_integration_id=component.registry_integration_id,
                 )
             )
         return sorted(pinned, key=lambda c: c.name)

@@ -22,11 +22,14 @@ repeated deploy rewrites nothing and Compose, finding every container up to date
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
@@ -44,6 +47,7 @@ from stella.contracts.agent import (
     Artifact,
     Capability,
     PortMapping,
+    RegistryCredential,
     TargetSpec,
     TargetType,
 )
@@ -57,6 +61,40 @@ HASH_LINE: Final[re.Pattern[str]] = re.compile(r"^  content_hash: '(sha256:[0-9a
 _PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _PROBE_TIMEOUT_S = 15.0
 _OUTPUT_TAIL = 20
+
+
+_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+_DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+
+
+@contextlib.contextmanager
+def registry_config(credentials: Sequence[RegistryCredential], environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
+    """The environment one Compose run needs to pull with the task's credentials, should it pull.
+
+    With credentials: ``DOCKER_CONFIG`` naming a fresh private directory (0700) whose ``config.json`` (0600)
+    holds only those credentials (and links the user's ``cli-plugins``, so ``docker compose`` is still found);
+    the directory is removed when the run ends, whatever happened. Without: nothing.
+    """
+    if not credentials:
+        yield {}
+        return
+    directory = Path(tempfile.mkdtemp(prefix="stella-docker-config-"))
+    try:
+        plugins = Path(environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "cli-plugins"
+        if plugins.is_dir():
+            (directory / "cli-plugins").symlink_to(plugins, target_is_directory=True)
+        auths = {
+            (_DOCKER_HUB_AUTH_KEY if c.registry in _DOCKER_HUB_HOSTS else c.registry): {
+                "auth": base64.b64encode(f"{c.username}:{c.password}".encode()).decode()
+            }
+            for c in credentials
+        }
+        descriptor = os.open(directory / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            json.dump({"auths": auths}, out)
+        yield {"DOCKER_CONFIG": str(directory)}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def project_name(target: TargetSpec) -> str:
@@ -261,7 +299,9 @@ class ComposeHostDriver(EngineDriver):
         env = {**os.environ, "DOCKER_HOST": target.url}
         argv = [*command, "-p", project, "-f", str(path), "up", "-d", "--remove-orphans"]
         log(f"running {' '.join(command)} -p {project} -f {COMPOSE_LOCK_FILE} up -d --remove-orphans")
-        code, tail = await self._exec(argv, cwd=target.directory, env=env, log=log)
+        # Every image was pulled and proven above; should Compose pull anyway, it has the task's credentials.
+        with registry_config(target.task.credentials, env) as auth_env:
+            code, tail = await self._exec(argv, cwd=target.directory, env={**env, **auth_env}, log=log)
         if code != 0:
             raise TaskFailure(COMPOSE_ERROR, f"compose up exited {code}: {' / '.join(tail[-3:])}")
         return [artifact]
