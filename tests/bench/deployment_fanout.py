@@ -11,7 +11,11 @@ Baseline, in the same run: the same job to as many targets as there are agents (
 ratio shows how the cost per target grows with fan-out. Peak RSS is the deployment service's high-water
 mark (``VmHWM``) once the large job ended.
 
-    uv run python tests/bench/deployment_fanout.py [TARGETS] [AGENTS]    # default 1000 50
+    uv run python tests/bench/deployment_fanout.py [TARGETS] [AGENTS] [--durable-journal]    # default 1000 50
+
+The simulated agents share this process's event loop and this host's disk; their task journals are written
+but not flushed (``--durable-journal``: flushed before each post, as a real agent, each on its own host, does),
+so that the figure is the server side's and not fifty agents' flushes on one disk.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from stella.agent.swarm import Swarm
 from stella.testing.system import System, sandbox
@@ -93,14 +99,37 @@ async def _job_time(client: Client, release: str, environment: str) -> tuple[flo
     return (finished - started).total_seconds(), job
 
 
-async def main(targets: int, agent_count: int) -> None:
+async def _phases(dsn: str, job: dict[str, Any]) -> dict[str, float]:
+    """Seconds from the job's start to its first and last lease, its last task's end, and the job's end."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT min(leased_at) AS first, max(leased_at) AS last, max(finished_at) AS done"
+            " FROM deployment.tasks WHERE job_id = $1",
+            uuid.UUID(job["id"]),
+        )
+    finally:
+        await conn.close()
+    started = datetime.fromisoformat(job["started_at"])
+    finished = datetime.fromisoformat(job["finished_at"])
+    return {
+        "first lease": (row["first"] - started).total_seconds(),
+        "last lease": (row["last"] - started).total_seconds(),
+        "last task ended": (row["done"] - started).total_seconds(),
+        "job ended": (finished - started).total_seconds(),
+    }
+
+
+async def main(targets: int, agent_count: int, durable_journal: bool) -> None:
     async with sandbox() as box:
         print(f"logs and agent state in {box.logs}", flush=True)
         env = {key: value for key, value in box.env.items() if not key.startswith("STELLA_AGENT_")}
         env["STELLA_DEPLOYMENT_TASK_POLL_TIMEOUT_S"] = "10"
         system = System(SERVICES, env, box.logs)
         system.start()
-        connector = aiohttp.TCPConnector(limit=agent_count * 3 + 32)
+        # Idle connections are dropped before the gateway (uvicorn, 5 s) drops them, so that no post meets a
+        # connection closed under it (and waits out a retry).
+        connector = aiohttp.TCPConnector(limit=agent_count * 3 + 32, keepalive_timeout=3)
         try:
             async with aiohttp.ClientSession(connector=connector) as http:
                 await system.ready(http, box.nc, box.names)
@@ -124,7 +153,15 @@ async def main(targets: int, agent_count: int) -> None:
 
                 tokens = [(await client.call("POST", "/agent-tokens", {}))["token"] for _ in range(agent_count)]
                 root = system.base.removesuffix("/api/v1")
-                swarm = Swarm(http, root, box.logs / "swarm", agent_count, tokens, max_concurrent_tasks=50)
+                swarm = Swarm(
+                    http,
+                    root,
+                    box.logs / "swarm",
+                    agent_count,
+                    tokens,
+                    max_concurrent_tasks=50,
+                    durable_journal=durable_journal,
+                )
                 await swarm.register()
                 agent_ids = [str(agent.identity.agent_id) for agent in swarm.agents if agent.identity is not None]
                 # Targets before the agents run, so that setting up is not measured against their polls.
@@ -135,6 +172,8 @@ async def main(targets: int, agent_count: int) -> None:
                 baseline_s, _ = await _job_time(client, release["id"], small)
                 print(f"baseline done; deploying to {targets} targets", flush=True)
                 measured_s, job = await _job_time(client, release["id"], large)
+                print("measured job done", flush=True)
+                phases = await _phases(box.dsn, job)
                 rss = peak_rss_mb(system, "deployment")
                 swarm.stop()
                 await asyncio.wait_for(running, 60)
@@ -148,6 +187,7 @@ async def main(targets: int, agent_count: int) -> None:
     print(f"  measured ({targets} targets): {measured_s:.2f} s, {measured_ms:.2f} ms per target")
     print(f"  ratio (per target, measured / baseline): {measured_ms / baseline_ms:.2f}")
     print(f"  orchestration: {measured_ms:.2f} ms per target (goal <= {GOAL_MS_PER_TARGET:g})")
+    print("  after the job's start: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()))
     print(f"  deployment service peak RSS: {rss:.0f} MB (goal <= {GOAL_RSS_MB:g})")
     print(f"  simulated tasks run: {swarm.tasks_run}")
     if measured_ms > GOAL_MS_PER_TARGET or rss > GOAL_RSS_MB:
@@ -155,4 +195,6 @@ async def main(targets: int, agent_count: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000, int(sys.argv[2]) if len(sys.argv) > 2 else 50))
+    flags = {arg for arg in sys.argv[1:] if arg.startswith("--")}
+    sizes = [int(arg) for arg in sys.argv[1:] if not arg.startswith("--")]
+    asyncio.run(main(sizes[0] if sizes else 1000, sizes[1] if len(sizes) > 1 else 50, "--durable-journal" in flags))
