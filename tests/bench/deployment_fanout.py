@@ -99,17 +99,13 @@ async def _job_time(client: Client, release: str, environment: str) -> tuple[flo
     return (finished - started).total_seconds(), job
 
 
-async def _phases(dsn: str, job: dict[str, Any]) -> dict[str, float]:
+async def _phases(conn: asyncpg.Connection, job: dict[str, Any]) -> dict[str, float]:
     """Seconds from the job's start to its first and last lease, its last task's end, and the job's end."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow(
-            "SELECT min(leased_at) AS first, max(leased_at) AS last, max(finished_at) AS done"
-            " FROM deployment.tasks WHERE job_id = $1",
-            uuid.UUID(job["id"]),
-        )
-    finally:
-        await conn.close()
+    row = await conn.fetchrow(
+        "SELECT min(leased_at) AS first, max(leased_at) AS last, max(finished_at) AS done"
+        " FROM deployment.tasks WHERE job_id = $1",
+        uuid.UUID(job["id"]),
+    )
     started = datetime.fromisoformat(job["started_at"])
     finished = datetime.fromisoformat(job["finished_at"])
     return {
@@ -127,12 +123,15 @@ async def main(targets: int, agent_count: int, durable_journal: bool) -> None:
         env["STELLA_DEPLOYMENT_TASK_POLL_TIMEOUT_S"] = "10"
         system = System(SERVICES, env, box.logs)
         system.start()
+        reader: asyncpg.Connection | None = None
         # Idle connections are dropped before the gateway (uvicorn, 5 s) drops them, so that no post meets a
         # connection closed under it (and waits out a retry).
         connector = aiohttp.TCPConnector(limit=agent_count * 3 + 32, keepalive_timeout=3)
         try:
             async with aiohttp.ClientSession(connector=connector) as http:
                 await system.ready(http, box.nc, box.names)
+                # Opened now: a shared Postgres may have no connection left to give at the end.
+                reader = await asyncpg.connect(box.dsn)
                 await asyncio.to_thread(system.bootstrap, "bench")
                 client = Client(system, http)
                 await client.call(
@@ -173,16 +172,18 @@ async def main(targets: int, agent_count: int, durable_journal: bool) -> None:
                 print(f"baseline done; deploying to {targets} targets", flush=True)
                 measured_s, job = await _job_time(client, release["id"], large)
                 print("measured job done", flush=True)
-                phases = await _phases(box.dsn, job)
+                phases = await _phases(reader, job)
                 rss = peak_rss_mb(system, "deployment")
                 swarm.stop()
                 await asyncio.wait_for(running, 60)
         finally:
+            if reader is not None:
+                await reader.close()
             system.stop()
 
     baseline_ms = baseline_s * 1000 / agent_count
     measured_ms = measured_s * 1000 / targets
-    print(f"fan-out: {targets} targets over {agent_count} simulated agents, {len(job['tasks'])} tasks")
+    print(f"fan-out: {targets} targets over {agent_count} simulated agents, a job of {job['target_count']} targets")
     print(f"  baseline ({agent_count} targets, one per agent): {baseline_s:.2f} s, {baseline_ms:.2f} ms per target")
     print(f"  measured ({targets} targets): {measured_s:.2f} s, {measured_ms:.2f} ms per target")
     print(f"  ratio (per target, measured / baseline): {measured_ms / baseline_ms:.2f}")
