@@ -69,16 +69,25 @@ async def _targets(client: Client, environment: str, agent_ids: list[str], count
     limit = asyncio.Semaphore(16)
 
     async def one(index: int) -> None:
+        body = {
+            "name": f"{prefix}-{index:05d}",
+            "target_type": "docker_host",
+            "agent_id": agent_ids[index % len(agent_ids)],
+        }
         async with limit:
-            await client.call(
-                "POST",
-                f"/environments/{environment}/targets",
-                {
-                    "name": f"{prefix}-{index:05d}",
-                    "target_type": "docker_host",
-                    "agent_id": agent_ids[index % len(agent_ids)],
-                },
-            )
+            for attempt in range(10):
+                try:
+                    await client.call("POST", f"/environments/{environment}/targets", body)
+                    return
+                except RuntimeError as error:
+                    # A shared Postgres out of connections answers 503; a retry of a create that did
+                    # happen finds the name taken (409).
+                    if attempt and ": 409 " in str(error):
+                        return
+                    if ": 503 " not in str(error):
+                        raise
+                    await asyncio.sleep(1)
+            raise RuntimeError(f"target {body['name']}: the system stayed unavailable")
 
     await asyncio.gather(*(one(index) for index in range(count)))
 
