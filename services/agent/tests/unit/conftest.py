@@ -69,6 +69,8 @@ class GatewayDouble:
         """Result posts still to be answered 503 (the result is not kept)."""
         self.batch_posts: list[list[uuid.UUID]] = []
         """The tasks of each post of several results, in order."""
+        self.carried_logs = 0
+        """Log chunks that came with results (``POST .../results``)."""
         self.serves_batches = True
         """Whether ``POST .../results`` exists (False: like a gateway that takes results one at a time)."""
         self.unavailable = False
@@ -217,7 +219,9 @@ class GatewayDouble:
         agent = self._agent(request)
         if not self.serves_batches:
             raise web.HTTPNotFound()
-        items = json.loads(await request.read())["results"]
+        posted = json.loads(await request.read())
+        items = posted["results"]
+        chunks = [LogChunk.model_validate(chunk) for chunk in posted.get("logs", [])]
         bodies = [json.dumps(item, separators=(",", ":")).encode() for item in items]
         results = [TaskResult.model_validate(item) for item in items]
         self.batch_posts.append([result.task_id for result in results])
@@ -227,6 +231,9 @@ class GatewayDouble:
             await self._notify()
             raise web.HTTPServiceUnavailable()
         assert agent.agent_id in self.agents
+        for chunk in chunks:
+            self.logs.setdefault(chunk.task_id, {}).setdefault(chunk.seq, chunk)
+        self.carried_logs += len(chunks)
         for result in results:
             self.results[result.task_id] = result
         await self._notify()

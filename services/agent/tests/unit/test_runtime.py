@@ -495,3 +495,31 @@ async def test_a_gateway_without_the_results_endpoint_gets_each_result_on_its_ow
     assert {task.task_id for task in tasks} == set(gateway.results)
     await running.stop(agent, run)
     assert agent.journal.pending() == []
+
+
+async def test_the_last_log_lines_go_with_the_result_in_one_post(running: Running, gateway: GatewayDouble) -> None:
+    agent = running.agent(list(simulated_drivers()))
+    run = await running.start(agent)
+    task = deploy_task()
+    await gateway.deliver(agent_id(agent), task)
+    await gateway.wait_for(lambda: task.task_id in gateway.results)
+
+    assert gateway.carried_logs >= 1, "the log came with the result"
+    assert "simulated deploy on web-1" in gateway.log_lines(task.task_id)
+    assert [posted for posted, _ in gateway.result_posts] == [task.task_id]
+    await running.stop(agent, run)
+
+
+async def test_a_gateway_without_the_results_endpoint_gets_the_log_lines_on_their_own(
+    running: Running, gateway: GatewayDouble
+) -> None:
+    gateway.serves_batches = False
+    agent = running.agent(list(simulated_drivers()))
+    run = await running.start(agent)
+    tasks = [deploy_task(), deploy_task()]
+    await gateway.deliver(agent_id(agent), *tasks)
+    await gateway.wait_for(lambda: all(t.task_id in gateway.results and t.task_id in gateway.logs for t in tasks))
+
+    assert gateway.carried_logs == 0
+    assert all("simulated deploy on web-1" in gateway.log_lines(task.task_id) for task in tasks)
+    await running.stop(agent, run)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from stella.contracts import deployment as c
-from stella.contracts.agent import LogChunk, RegisterAgent, TaskType
+from stella.contracts.agent import LogChunk, RegisterAgent, TaskResult, TaskType
 
 from .conftest import Harness, digest
 
@@ -353,3 +354,67 @@ async def test_several_results_posted_at_once_are_applied_together_each_with_its
     assert c.ResultOutcomes.model_validate(again.data).results[0].accepted is True
     done = await harness.job_completed(job["id"])
     assert done["outcome"] == "succeeded"
+
+
+async def test_log_chunks_posted_with_results_are_kept_first_once_and_only_for_the_current_attempt(
+    harness: Harness,
+) -> None:
+    environment = harness.environment()
+    for index in range(2):
+        await harness.target(environment, f"web-{index}")
+    agent = await harness.agent()
+    job = await harness.execute(harness.step(environment, harness.release()))
+    first, second = await agent.poll_until(2)
+    limit = harness.app.handlers.settings.max_log_lines_per_task
+    logs = [
+        LogChunk(task_id=first.task_id, attempt=1, seq=0, lines=["pulled", "started"]),
+        LogChunk(task_id=first.task_id, attempt=1, seq=1, lines=["healthy"]),
+        LogChunk(task_id=first.task_id, attempt=1, seq=1, lines=["healthy"]),  # the same chunk twice
+        LogChunk(task_id=second.task_id, attempt=7, seq=0, lines=["an older attempt's"]),
+        LogChunk(task_id=second.task_id, attempt=1, seq=0, lines=[f"line {i}" for i in range(min(500, limit + 5))]),
+    ]
+    results = [agent.result(second), agent.result(first)]
+
+    reply = await agent.call(c.AGENT_RESULTS, c.AgentResults, results=results, logs=logs)
+    assert reply.ok, reply.error
+    assert [o.accepted for o in c.ResultOutcomes.model_validate(reply.data).results] == [True, True]
+    # Posted again (its answer lost): nothing is kept twice.
+    again = await agent.call(c.AGENT_RESULTS, c.AgentResults, results=results, logs=logs)
+    assert [o.reason for o in c.ResultOutcomes.model_validate(again.data).results] == ["the task had ended already"] * 2
+
+    done = await harness.job_completed(job["id"])
+    assert done["outcome"] == "succeeded"
+    view = {t["target_name"]: t for t in (await harness.job(job["id"]))["tasks"]}
+    assert view[first.target.name]["logs"] == ["pulled", "started", "healthy"]
+    assert view[first.target.name]["logs_truncated"] is False
+    assert view[second.target.name]["logs"] == [f"line {i}" for i in range(min(500, limit))]
+    async with harness.app.runtime.pool.acquire() as conn:
+        counted = dict(await conn.fetch("SELECT target_name, log_lines FROM tasks"))
+        stickers = await conn.fetchval("SELECT count(*) FROM stickers")
+    assert counted == {first.target.name: 3, second.target.name: min(500, limit)}
+    assert stickers == 2
+    for name in ("web-0", "web-1"):
+        target = next(t for t in (await harness.caller.ok(c.LIST_TARGETS, c.ListTargets))["items"] if t["name"] == name)
+        assert target["current"] == {comp.name: comp.digest for comp in first.components}
+        assert target["sticker"] is not None and target["health_status"] == "healthy"
+
+
+async def test_a_results_post_with_too_many_log_characters_is_refused() -> None:
+    chunk = LogChunk(task_id=uuid.uuid4(), attempt=1, seq=0, lines=["x" * 4000] * 100)
+    result = TaskResult(
+        task_id=chunk.task_id,
+        idempotency_key="k",
+        attempt=1,
+        status="succeeded",
+        started_at=datetime.now(UTC),
+        finished_at=datetime.now(UTC),
+    )
+    with pytest.raises(ValueError, match="characters"):
+        c.AgentResults(
+            tenant_id=uuid.uuid4(),
+            correlation_id=uuid.uuid4(),
+            agent_id=uuid.uuid4(),
+            credential="c" * 32,
+            results=[result],
+            logs=[chunk] * 2,
+        )

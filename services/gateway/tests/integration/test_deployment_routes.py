@@ -367,21 +367,28 @@ async def test_the_agent_channel_carries_a_deployment_from_task_feed_to_result(w
     assert posted.status_code == 200 and posted.json() == {"accepted": True}, posted.text
 
     # The same result again with an unknown task's, through the endpoint taking several: each its own outcome.
+    # The last log chunk comes along, kept before the results (the task had ended: still its attempt's).
     results_url = f"/api/v1/agents/{agent_id}/results"
     unknown = {**result, "task_id": str(uuid.uuid4())}
-    batch = await gateway.call("POST", results_url, None, headers=headers, json={"results": [result, unknown]})
+    last = {"task_id": task["task_id"], "attempt": 1, "seq": 1, "lines": ["healthy"]}
+    batch = await gateway.call(
+        "POST", results_url, None, headers=headers, json={"results": [result, unknown], "logs": [last]}
+    )
     assert batch.status_code == 200, batch.text
     outcomes = batch.json()["results"]
     assert [(o["task_id"], o["accepted"]) for o in outcomes] == [(task["task_id"], True), (unknown["task_id"], False)]
     assert (outcomes[1]["status"], outcomes[1]["code"]) == (404, "AGT_TASK_NOT_FOUND")
     empty = await gateway.call("POST", results_url, None, headers=headers, json={"results": []})
     assert_problem(empty, 400, "VAL_INVALID_REQUEST")
+    big = [{**last, "seq": seq, "lines": ["x" * 4000] * 40} for seq in range(2, 4)]
+    too_much = await gateway.call("POST", results_url, None, headers=headers, json={"results": [result], "logs": big})
+    assert_problem(too_much, 400, "VAL_INVALID_REQUEST")
 
     deployment = await gateway.call("GET", f"/api/v1/promotions/{promotion_id}/deployment", tenant.token)
     assert deployment.status_code == 200, deployment.text
     job = deployment.json()
     assert job["status"] == "succeeded"
-    assert job["tasks"][0]["logs"] == ["pulling", "started"]
+    assert job["tasks"][0]["logs"] == ["pulling", "started", "healthy"]
     assert job["artifacts"][0]["content_hash"] == digest("sticker")
     listed = await gateway.call("GET", f"/api/v1/deployment-jobs?promotion_id={promotion_id}", tenant.token)
     assert [j["id"] for j in listed.json()["items"]] == [job["id"]]

@@ -537,10 +537,28 @@ MAX_RESULTS_PER_POST: Final[int] = 100
 """Most results one :class:`AgentResults` carries."""
 
 
+MAX_LOG_CHUNKS_PER_POST: Final[int] = 200
+"""Most log chunks one :class:`AgentResults` carries."""
+
+MAX_LOG_CHARS_PER_POST: Final[int] = 256 * 1024
+"""Most characters of log lines one :class:`AgentResults` carries, so that it stays one NATS message."""
+
+
 class AgentResults(AgentCall):
-    """Record the results of several tasks leased to the agent at once; each is applied as :class:`AgentResult`."""
+    """Record the results of several tasks leased to the agent at once; each is applied as :class:`AgentResult`.
+
+    ``logs``: the last chunks of these tasks' logs (or of others the agent holds), each stored as
+    :class:`AgentLog` would, before the results, in the same transaction.
+    """
 
     results: list[TaskResult] = Field(min_length=1, max_length=MAX_RESULTS_PER_POST)
+    logs: list[LogChunk] = Field(default_factory=list, max_length=MAX_LOG_CHUNKS_PER_POST)
+
+    @model_validator(mode="after")
+    def _logs_fit(self) -> AgentResults:
+        if sum(len(line) for chunk in self.logs for line in chunk.lines) > MAX_LOG_CHARS_PER_POST:
+            raise ValueError(f"the log chunks carry more than {MAX_LOG_CHARS_PER_POST} characters")
+        return self
 
 
 class ResultOutcome(Model):

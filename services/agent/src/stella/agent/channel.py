@@ -45,6 +45,12 @@ RESULTS_PATH: Final[str] = "/api/v1/agents/{agent_id}/results"
 MAX_RESULTS_PER_POST: Final[int] = 100
 """Most results one post to :data:`RESULTS_PATH` carries (the gateway's limit)."""
 
+MAX_LOG_CHUNKS_PER_POST: Final[int] = 200
+"""Most log chunks one post to :data:`RESULTS_PATH` carries (the gateway's limit)."""
+
+MAX_LOG_CHARS_PER_POST: Final[int] = 256 * 1024
+"""Most characters of log lines one post to :data:`RESULTS_PATH` carries (the gateway's limit)."""
+
 LOGS_PATH: Final[str] = "/api/v1/agents/{agent_id}/tasks/{task_id}/logs"
 """``POST``: a :class:`LogChunk`."""
 
@@ -191,13 +197,18 @@ class GatewayChannel:
         """Post a task's result: ``body`` is the serialised :class:`TaskResult`, sent again byte for byte."""
         await self._call("POST", self._path(RESULT_PATH, task_id=task_id), body=body)
 
-    async def post_results(self, bodies: Sequence[bytes]) -> list[dict[str, Any]]:
+    async def post_results(self, bodies: Sequence[bytes], logs: Sequence[LogChunk] = ()) -> list[dict[str, Any]]:
         """Post several results at once (each the exact bytes of a serialised :class:`TaskResult`).
 
+        ``logs``: log chunks kept before the results, in the same transaction (at most
+        :data:`MAX_LOG_CHUNKS_PER_POST`, :data:`MAX_LOG_CHARS_PER_POST` characters of lines in all).
         Returns one outcome per result, in order: ``accepted``, and for a refused one its ``status`` and ``code``.
         A gateway without the endpoint answers 404 or 405 (:class:`RequestRejected`).
         """
-        body = b'{"results":[' + b",".join(bodies) + b"]}"
+        body = b'{"results":[' + b",".join(bodies) + b"]"
+        if logs:
+            body += b',"logs":[' + b",".join(chunk.model_dump_json().encode() for chunk in logs) + b"]"
+        body += b"}"
         _, payload = await self._call("POST", self._path(RESULTS_PATH), body=body)
         try:
             outcomes = json.loads(payload)["results"]

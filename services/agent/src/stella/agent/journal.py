@@ -58,10 +58,13 @@ class TaskJournal:
 
     Args:
         directory: The journal's directory (created with mode 0700).
+        durable: Flush each new result to disk before it is posted (False: for simulated agents only, whose
+            results a crash of their host may lose).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, durable: bool = True) -> None:
         self.directory = directory
+        self.durable = durable
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._writes = 0
 
@@ -95,7 +98,7 @@ class TaskJournal:
     def record(self, result: TaskResult) -> Entry:
         """Journal a finished task's result as not yet posted; returns the entry whose body is to be posted."""
         entry = Entry(key=result.idempotency_key, body=result.model_dump_json().encode(), posted=False)
-        self._write(entry)
+        self._write(entry, durable=self.durable)
         self._writes += 1
         if self._writes % _PRUNE_EVERY == 0:
             self.prune()

@@ -31,6 +31,8 @@ from uuid import UUID
 
 from stella.agent.backoff import Backoff
 from stella.agent.channel import (
+    MAX_LOG_CHARS_PER_POST,
+    MAX_LOG_CHUNKS_PER_POST,
     MAX_RESULTS_PER_POST,
     CredentialRefused,
     GatewayChannel,
@@ -42,7 +44,7 @@ from stella.agent.drivers.base import Driver
 from stella.agent.drivers.errors import UNSUPPORTED
 from stella.agent.journal import Entry, TaskJournal
 from stella.agent.tasklog import TaskLog
-from stella.contracts.agent import AgentCheck, AgentTask, Heartbeat, RegisterAgent, TaskResult
+from stella.contracts.agent import AgentCheck, AgentTask, Heartbeat, LogChunk, RegisterAgent, TaskResult
 from stella.contracts.envelope import utcnow
 
 logger = logging.getLogger("stella.agent")
@@ -89,6 +91,7 @@ class AgentOptions:
         max_backoff_s: Longest pause while the gateway is unreachable.
         shutdown_grace_s: How long running tasks may go on when the agent is asked to stop.
         version: The version it reports.
+        durable_journal: Flush each result to disk before posting it (False only for simulated agents).
     """
 
     name: str
@@ -102,6 +105,7 @@ class AgentOptions:
     max_backoff_s: float = 30.0
     shutdown_grace_s: float = 30.0
     version: str = field(default_factory=agent_version)
+    durable_journal: bool = True
 
 
 class Agent:
@@ -121,13 +125,15 @@ class Agent:
         self.drivers = list(drivers)
         self.options = options
         self.gateway_url = gateway_url.rstrip("/")
-        self.journal = TaskJournal(options.state_dir / "journal")
+        self.journal = TaskJournal(options.state_dir / "journal", durable=options.durable_journal)
         self.identity: StoredCredential | None = None
         self._running: dict[UUID, asyncio.Task[None]] = {}
         self._keys: dict[str, UUID] = {}
         self._cancelled: set[UUID] = set()
+        self._ending: set[UUID] = set()
+        """Tasks whose driver is done: their result is being journalled, and they can no longer be stopped."""
         self._posting: set[asyncio.Task[None]] = set()
-        self._outbox: list[Entry] = []
+        self._outbox: list[tuple[Entry, list[LogChunk]]] = []
         self._poster: asyncio.Task[None] | None = None
         self._batch_results = True
         self._slots = asyncio.Semaphore(options.max_concurrent_tasks)
@@ -355,7 +361,7 @@ class Agent:
     def cancel(self, task_id: UUID) -> bool:
         """Stop a running task (its result says ``AGT_CANCELLED``); False when it does not run here."""
         running = self._running.get(task_id)
-        if running is None or running.done():
+        if running is None or running.done() or task_id in self._ending:
             return False
         logger.info("task %s was cancelled by Stella; stopping it", task_id)
         self._cancelled.add(task_id)
@@ -403,6 +409,7 @@ class Agent:
         self._running.pop(task.task_id, None)
         self._keys.pop(task.idempotency_key, None)
         self._cancelled.discard(task.task_id)
+        self._ending.discard(task.task_id)
         self.completed += 1
         if len(self._running) < self.options.max_concurrent_tasks:
             self._free.set()
@@ -436,13 +443,18 @@ class Agent:
             entry = self._earlier(task)
             if entry is not None:
                 logger.info("task %s: key already finished here; reporting the earlier result", task.task_id)
+                logs: list[LogChunk] = []
             else:
-                result = await self._run(task)
-                entry = self.journal.record(result)
+                result, logs = await self._run(task)
+                self._ending.add(task.task_id)
+                # Off the event loop: a flush to disk takes milliseconds, during which heartbeats, the feed
+                # and other tasks' posts go on (and the flushes of several tasks overlap).
+                entry = await asyncio.to_thread(self.journal.record, result)
                 logger.info("task %s (%s on %s): %s", task.task_id, task.type, task.target.name, result.status)
-        self._deliver(entry)
+        self._deliver(entry, logs)
 
-    async def _run(self, task: AgentTask) -> TaskResult:
+    async def _run(self, task: AgentTask) -> tuple[TaskResult, list[LogChunk]]:
+        """Run a task with its driver: its result, and the last chunks of its log when they go with the result."""
         started = utcnow()
         assert self.identity is not None
         log = TaskLog(task, secrets=[self.identity.credential, self.options.registration_token or ""])
@@ -450,7 +462,7 @@ class Agent:
         if driver is None:
             return _failed(
                 task, started, UNSUPPORTED, f"this agent has no driver for {task.target.target_type} targets"
-            )
+            ), []
         shipper = asyncio.create_task(self._ship_logs(log))
         try:
             result = await driver.run(task, log)
@@ -467,8 +479,10 @@ class Agent:
             shipper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await shipper
-        await self._final_logs(log)
-        return result
+        if self._batch_results:
+            return result, log.take_final()
+        await self._post_chunks(log.take_final())
+        return result, []
 
     async def _ship_logs(self, log: TaskLog) -> None:
         while True:
@@ -482,14 +496,20 @@ class Agent:
                 self._fail(exc)
                 return
 
-    async def _final_logs(self, log: TaskLog) -> None:
+    async def _post_chunks(self, chunks: list[LogChunk]) -> None:
+        """Post the last chunks of a task's log one by one, a few times over while the gateway is unavailable."""
+        if not chunks:
+            return
+        pending = list(chunks)
         backoff = Backoff(initial_s=0.2, max_s=2.0)
         for attempt in range(_FINAL_LOG_ATTEMPTS):
             try:
-                await log.send(self.channel.post_logs, final=True)
+                while pending:
+                    await self.channel.post_logs(pending[0])
+                    del pending[0]
                 return
             except RequestRejected as exc:
-                logger.warning("task %s: log chunk refused: %s", log.task_id, exc)
+                logger.warning("task %s: log chunk refused: %s", pending[0].task_id, exc)
                 return
             except GatewayUnavailable:
                 if attempt + 1 < _FINAL_LOG_ATTEMPTS:
@@ -497,12 +517,12 @@ class Agent:
             except CredentialRefused as exc:
                 self._fail(exc)
                 return
-        logger.warning("task %s: the last log lines could not be sent", log.task_id)
+        logger.warning("task %s: the last log lines could not be sent", pending[0].task_id)
 
     # --- results ----------------------------------------------------------------------------------------
 
-    def _deliver(self, entry: Entry) -> None:
-        self._outbox.append(entry)
+    def _deliver(self, entry: Entry, logs: list[LogChunk] | None = None) -> None:
+        self._outbox.append((entry, logs or []))
         if self._poster is None or self._poster.done():
             poster = asyncio.create_task(self._post_pending(), name="results")
             self._poster = poster
@@ -518,18 +538,26 @@ class Agent:
         while self._outbox:
             batch = self._outbox[:MAX_RESULTS_PER_POST]
             del self._outbox[: len(batch)]
-            if len(batch) == 1 or not self._batch_results:
-                for entry in batch:
-                    await self._post_until_taken(entry)
-            else:
+            if self._batch_results:
                 await self._post_batch_until_taken(batch)
+            else:
+                for entry, logs in batch:
+                    await self._post_chunks(logs)
+                    await self._post_until_taken(entry)
 
-    async def _post_batch_until_taken(self, batch: list[Entry]) -> None:
-        """Post several results' exact bytes in one call until the gateway takes them (or refuses some for good)."""
+    async def _post_batch_until_taken(self, batch: list[tuple[Entry, list[LogChunk]]]) -> None:
+        """Post several results' exact bytes in one call until the gateway takes them (or refuses some for good).
+
+        The last chunks of their logs go along while they fit the post (the gateway keeps them first, in the
+        same transaction); chunks that do not fit are posted on their own before.
+        """
+        carried, alone = _fit([chunk for _, logs in batch for chunk in logs])
+        await self._post_chunks(alone)
+        entries = [entry for entry, _ in batch]
         backoff = Backoff(max_s=self.options.max_backoff_s)
         while True:
             try:
-                outcomes = await self.channel.post_results([entry.body for entry in batch])
+                outcomes = await self.channel.post_results([entry.body for entry in entries], carried)
                 break
             except GatewayUnavailable as exc:
                 delay = backoff.next()
@@ -540,13 +568,14 @@ class Agent:
                     logger.info("the gateway takes results one at a time only; posting them so")
                     self._batch_results = False
                 # Refused as a whole: each goes on its own, so that each gets its own answer.
-                for entry in batch:
+                await self._post_chunks(carried)
+                for entry in entries:
                     await self._post_until_taken(entry)
                 return
             except CredentialRefused as exc:
                 self._fail(exc)
                 return
-        for entry, outcome in zip(batch, outcomes, strict=True):
+        for entry, outcome in zip(entries, outcomes, strict=True):
             if outcome.get("status"):
                 # 404/409/410/422: the task is no longer leased here, or the result is not the task's.
                 logger.warning(
@@ -555,6 +584,10 @@ class Agent:
                     outcome.get("code"),
                     outcome.get("reason"),
                 )
+        await asyncio.to_thread(self._mark_posted, entries)
+
+    def _mark_posted(self, entries: list[Entry]) -> None:
+        for entry in entries:
             self.journal.mark_posted(entry)
 
     async def _post_until_taken(self, entry: Entry) -> None:
@@ -577,6 +610,21 @@ class Agent:
                 self._fail(exc)
                 return
         self.journal.mark_posted(entry)
+
+
+def _fit(chunks: list[LogChunk]) -> tuple[list[LogChunk], list[LogChunk]]:
+    """The chunks that fit one results post (by count and characters, in order), and the others."""
+    carried: list[LogChunk] = []
+    alone: list[LogChunk] = []
+    chars = 0
+    for chunk in chunks:
+        size = sum(len(line) for line in chunk.lines)
+        if len(carried) < MAX_LOG_CHUNKS_PER_POST and chars + size <= MAX_LOG_CHARS_PER_POST:
+            carried.append(chunk)
+            chars += size
+        else:
+            alone.append(chunk)
+    return carried, alone
 
 
 def _failed(task: AgentTask, started: Any, code: str, message: str) -> TaskResult:

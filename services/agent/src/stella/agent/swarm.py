@@ -46,6 +46,9 @@ class Swarm:
         heartbeat_interval_s: Overrides the gateway's heartbeat interval.
         task_poll_timeout_s: Overrides the gateway's long-poll wait.
         delay_s: Simulated time per task.
+        durable_journal: Flush each agent's results to disk before posting them, as a real agent does. The
+            agents of a swarm share one host's disk and one event loop, so their flushes, which real agents
+            make each on its own host, add up here; False measures the server side alone.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class Swarm:
         heartbeat_interval_s: float | None = None,
         task_poll_timeout_s: float | None = None,
         delay_s: float = 0.0,
+        durable_journal: bool = True,
     ) -> None:
         unused = iter(tokens)
         self.agents: list[Agent] = []
@@ -82,6 +86,7 @@ class Swarm:
                 heartbeat_interval_s=heartbeat_interval_s,
                 task_poll_timeout_s=task_poll_timeout_s,
                 shutdown_grace_s=5.0,
+                durable_journal=durable_journal,
             )
             self.agents.append(Agent(GatewayChannel(session, gateway_url), drivers, options, gateway_url))
 

@@ -91,6 +91,12 @@ class TaskLog:
         """Lines kept so far."""
         return self._kept
 
+    def take_final(self) -> list[LogChunk]:
+        """End the log and hand over every chunk not sent yet (to go with the task's result); none stay here."""
+        self.close()
+        chunks, self._chunks = self._chunks, []
+        return chunks
+
     async def send(self, post: Callable[[LogChunk], Awaitable[None]], *, final: bool = False) -> None:
         """Post the sealed chunks in order (and what is buffered, when ``final``); stop at the first failure.
 

@@ -36,6 +36,7 @@ from stella.contracts.agent import (
     HeartbeatAck,
     TargetSpec,
     TargetType,
+    TaskResult,
     TaskStatus,
     TaskType,
 )
@@ -611,41 +612,224 @@ class Handlers:
         """Apply several results of tasks the agent holds in one transaction, each as :meth:`record_result` would.
 
         A result refused on its own (unknown task, wrong idempotency key) is answered with its status and
-        code and changes nothing; the others are applied. Tasks are locked in id order, like every writer
-        that locks several tasks. Each job they belong to then moves once.
+        code and changes nothing; the others are applied. The log chunks that come along are kept first, each
+        as :meth:`store_log` would. The tasks named are locked in id order, like every writer that locks
+        several tasks, and then their targets in id order; the accepted results are written with one
+        statement each for the tasks, the targets deployed and their stickers. Each job they belong to then
+        moves once.
         """
         outcomes: dict[int, c.ResultOutcome] = {}
-        jobs: dict[UUID, Mapping[str, Any]] = {}
         effects = Effects()
+        now = self.clock()
         order = sorted(range(len(q.results)), key=lambda index: q.results[index].task_id)
+        ids = sorted({result.task_id for result in q.results} | {chunk.task_id for chunk in q.logs})
+        jobs: dict[UUID, Mapping[str, Any]] = {}
         async with self._pool().acquire() as conn, conn.transaction():
             await self._authenticate(conn, q)
+            tasks = {row["id"]: row for row in await conn.fetch(repo.LOCK_TASKS, q.tenant_id, ids)}
+            logged = await self._store_chunks(conn, q, tasks, now) if q.logs else set()
+            accepted: dict[UUID, TaskResult] = {}
             for index in order:
                 result = q.results[index]
-                one = c.AgentResult(
-                    tenant_id=q.tenant_id,
-                    correlation_id=q.correlation_id,
-                    agent_id=q.agent_id,
-                    credential=q.credential,
-                    result=result,
-                )
                 try:
-                    answer, job = await self._apply_result(conn, one)
+                    answer = self._check_result(q.agent_id, tasks.get(result.task_id), result, accepted)
                 except domain.TaskNotLeased as exc:
                     outcomes[index] = c.ResultOutcome(
                         task_id=result.task_id, accepted=False, reason=exc.detail, status=exc.status, code=exc.code
                     )
                     continue
+                if answer is None:
+                    accepted[result.task_id] = result
+                    answer = {"accepted": True}
                 outcomes[index] = c.ResultOutcome(
                     task_id=result.task_id, accepted=bool(answer["accepted"]), reason=answer.get("reason")
                 )
-                if job is not None:
-                    jobs[job["id"]] = job
+            running = [
+                task_id
+                for task_id in logged
+                if task_id not in accepted and not TaskStatus(tasks[task_id]["status"]).is_terminal
+            ]
+            if running:
+                lease = now + timedelta(seconds=self.settings.lease_s)
+                await conn.execute(repo.MARK_TASKS_RUNNING, q.tenant_id, running, lease)
+            if accepted:
+                jobs = await self._finish_tasks(conn, q, accepted, now)
         for job in jobs.values():
             await self._move_job(job, effects)
         await self._after(effects)
         answered = c.ResultOutcomes(results=[outcomes[index] for index in range(len(q.results))])
         return Reply.success(answered.model_dump(mode="json"))
+
+    @staticmethod
+    def _check_result(
+        agent_id: UUID, task: Mapping[str, Any] | None, result: TaskResult, accepted: Mapping[UUID, TaskResult]
+    ) -> dict[str, Any] | None:
+        """Whether a result of a batch is to be applied (None), or the answer it gets without changing anything.
+
+        ``accepted``: the results of the batch taken before this one (a task named twice has ended with the first).
+
+        Raises:
+            TaskNotLeased: 404 for an unknown task, 422 for an idempotency key that is not the task's.
+        """
+        if task is None:
+            raise domain.TaskNotLeased(f"task {result.task_id} does not exist", status=404, code="AGT_TASK_NOT_FOUND")
+        if task["agent_id"] != agent_id or task["attempt"] != result.attempt:
+            return {"accepted": False, "reason": "not the current attempt of this agent"}
+        if result.idempotency_key != task["idempotency_key"]:
+            raise domain.TaskNotLeased(
+                "the result's idempotency key is not the task's", status=422, code="AGT_RESULT_MISMATCH"
+            )
+        earlier = accepted.get(result.task_id)
+        if earlier is not None:
+            return {"accepted": earlier.status == result.status, "reason": "the task had ended already"}
+        if TaskStatus(task["status"]).is_terminal:
+            return {"accepted": task["status"] == result.status, "reason": "the task had ended already"}
+        return None
+
+    async def _store_chunks(
+        self, conn: asyncpg.Connection, q: c.AgentResults, tasks: Mapping[UUID, Mapping[str, Any]], now: datetime
+    ) -> set[UUID]:
+        """Keep the log chunks of a results post (tasks locked by the caller), each as :meth:`store_log` would.
+
+        Returns the tasks of the chunks kept or cut.
+        """
+        room = {task_id: self.settings.max_log_lines_per_task - row["log_lines"] for task_id, row in tasks.items()}
+        kept: dict[tuple[UUID, int], tuple[int, bool]] = {}
+        rows: list[tuple[UUID, int, int, str]] = []
+        for chunk in sorted(q.logs, key=lambda chunk: (chunk.task_id, chunk.attempt, chunk.seq)):
+            task = tasks.get(chunk.task_id)
+            if task is None or task["agent_id"] != q.agent_id or task["attempt"] != chunk.attempt:
+                continue
+            if (chunk.task_id, chunk.seq) in kept:
+                continue
+            lines = list(chunk.lines[: max(0, room[chunk.task_id])])
+            room[chunk.task_id] -= len(lines)
+            kept[(chunk.task_id, chunk.seq)] = (len(lines), len(lines) < len(chunk.lines))
+            if lines:
+                rows.append((chunk.task_id, chunk.attempt, chunk.seq, json.dumps(lines)))
+        stored: set[tuple[UUID, int]] = set()
+        if rows:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            stored = {(r["task_id"], r["seq"]) for r in await conn.fetch(repo.INSERT_LOGS, q.tenant_id, now, *columns)}
+        counts: dict[UUID, tuple[int, bool]] = {}
+        for (task_id, seq), (size, truncated) in kept.items():
+            added, cut = counts.get(task_id, (0, False))
+            if (task_id, seq) in stored or truncated:
+                counts[task_id] = (added + (size if (task_id, seq) in stored else 0), cut or truncated)
+        if counts:
+            await conn.execute(
+                repo.COUNT_TASKS_LOG_LINES,
+                q.tenant_id,
+                list(counts),
+                [added for added, _ in counts.values()],
+                [cut for _, cut in counts.values()],
+            )
+        return {task_id for task_id, _ in kept}
+
+    async def _finish_tasks(
+        self, conn: asyncpg.Connection, q: c.AgentResults, accepted: Mapping[UUID, TaskResult], now: datetime
+    ) -> dict[UUID, asyncpg.Record]:
+        """End the tasks of the accepted results (locked by the caller) and apply them to their targets.
+
+        Returns the jobs of these tasks, by id.
+        """
+        results = [accepted[task_id] for task_id in sorted(accepted)]
+        finished = await conn.fetch(
+            repo.FINISH_TASKS,
+            q.tenant_id,
+            now,
+            [r.task_id for r in results],
+            [r.status for r in results],
+            [r.error_code for r in results],
+            [r.message for r in results],
+            [json.dumps(r.model_dump(mode="json", exclude={"artifacts"})) for r in results],
+            [json.dumps([a.model_dump(mode="json") for a in r.artifacts]) for r in results],
+        )
+        finished = sorted(finished, key=lambda row: row["id"])
+        job_ids = sorted({row["job_id"] for row in finished if row["job_id"]})
+        jobs = {row["id"]: row for row in await conn.fetch(repo.JOBS_BY_ID, q.tenant_id, job_ids)} if job_ids else {}
+        target_ids = sorted({row["target_id"] for row in finished})
+        await conn.execute(repo.LOCK_TARGETS, q.tenant_id, target_ids)
+        # A target's first deploy or rollback that succeeded is written with the others at once; anything else
+        # (failures, checks, inspections, a second task of the same target) goes on its own, in task order.
+        together: list[asyncpg.Record] = []
+        alone: list[asyncpg.Record] = []
+        seen: set[UUID] = set()
+        for row in finished:
+            deployed = TaskType(row["type"]) in (TaskType.DEPLOY, TaskType.ROLLBACK)
+            if deployed and accepted[row["id"]].status == "succeeded" and row["target_id"] not in seen:
+                together.append(row)
+            else:
+                alone.append(row)
+            seen.add(row["target_id"])
+        if together:
+            await self._deploy_targets(conn, q.tenant_id, together, accepted, jobs, now)
+        for row in alone:
+            one = c.AgentResult(
+                tenant_id=q.tenant_id,
+                correlation_id=q.correlation_id,
+                agent_id=q.agent_id,
+                credential=q.credential,
+                result=accepted[row["id"]],
+            )
+            await self._apply_to_target(conn, one, row, jobs.get(row["job_id"]), now)
+        return jobs
+
+    @staticmethod
+    async def _deploy_targets(
+        conn: asyncpg.Connection,
+        tenant_id: UUID,
+        tasks: Sequence[Mapping[str, Any]],
+        results: Mapping[UUID, TaskResult],
+        jobs: Mapping[UUID, Mapping[str, Any]],
+        now: datetime,
+    ) -> None:
+        """What succeeded deploys say about their targets (one task per target), as :meth:`_apply_to_target`."""
+        rows = []
+        for task in tasks:
+            result = results[task["id"]]
+            body = task["body"]
+            components = body.get("components") or []
+            running = {s.name: s.running_digest for s in result.components if s.running_digest}
+            current = {s["name"]: s["digest"] for s in components} | running
+            sticker = result.sticker or body.get("sticker")
+            release = (body.get("sticker") or {}).get("release") or {}
+            rows.append(
+                (task, current, components, UUID(release["id"]) if release.get("id") else None, release, sticker)
+            )
+        updated = {
+            r["id"]
+            for r in await conn.fetch(
+                repo.SET_TARGETS_DEPLOYED,
+                tenant_id,
+                now,
+                [task["target_id"] for task, *_ in rows],
+                [json.dumps(current) for _, current, *_ in rows],
+                [json.dumps(components) for _, _, components, *_ in rows],
+                [release_id for *_, release_id, _, _ in rows],
+                [release.get("name") for *_, release, _ in rows],
+                [json.dumps(sticker) if sticker is not None else None for *_, sticker in rows],
+            )
+        }
+        stickers = [
+            (task, release_id, sticker)
+            for task, _, _, release_id, _, sticker in rows
+            if sticker is not None and task["target_id"] in updated
+        ]
+        if stickers:
+            await conn.execute(
+                repo.INSERT_STICKERS,
+                tenant_id,
+                now,
+                [uuid4() for _ in stickers],
+                [task["target_id"] for task, _, _ in stickers],
+                [release_id for _, release_id, _ in stickers],
+                [jobs[task["job_id"]]["promotion_id"] if task["job_id"] in jobs else None for task, _, _ in stickers],
+                [task["job_id"] for task, _, _ in stickers],
+                [task["id"] for task, _, _ in stickers],
+                [json.dumps(sticker) for _, _, sticker in stickers],
+                [str(sticker.get("content_hash", "")) for _, _, sticker in stickers],
+            )
 
     async def _apply_result(
         self, conn: asyncpg.Connection, q: c.AgentResult

@@ -85,6 +85,18 @@ SET_TARGET_DEPLOYED = """
      WHERE tenant_id = $1 AND id = $2
     RETURNING true
 """
+LOCK_TARGETS = "SELECT id FROM targets WHERE tenant_id = $1 AND id = ANY($2::uuid[]) ORDER BY id FOR UPDATE"
+SET_TARGETS_DEPLOYED = """
+    UPDATE targets AS t
+       SET current = u.current::jsonb, current_components = u.components::jsonb, current_release_id = u.release_id,
+           current_release_name = u.release_name, sticker = u.sticker::jsonb, health_status = 'healthy',
+           drift_detected = false, updated_at = $2
+      FROM unnest($3::uuid[], $4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[])
+           AS u(id, current, components, release_id, release_name, sticker)
+     WHERE t.tenant_id = $1 AND t.id = u.id
+    RETURNING t.id
+"""
+""":data:`SET_TARGET_DEPLOYED` for several targets at once (each once; JSON as text): the ids updated."""
 SET_TARGET_RUNNING = (
     "UPDATE targets SET current = current || $3, health_status = $4, updated_at = $5 WHERE tenant_id = $1 AND id = $2"
 )
@@ -164,6 +176,7 @@ INSERT_JOB = f"""
 """
 GET_JOB = f"SELECT {_JOB} FROM jobs WHERE tenant_id = $1 AND id = $2"
 GET_JOB_FOR_UPDATE = GET_JOB + " FOR UPDATE"
+JOBS_BY_ID = f"SELECT {_JOB} FROM jobs WHERE tenant_id = $1 AND id = ANY($2::uuid[])"
 JOB_OF_STEP = f"SELECT {_JOB} FROM jobs WHERE tenant_id = $1 AND step_key = $2"
 LATEST_JOB_OF_PROMOTION = f"""
     SELECT {_JOB} FROM jobs WHERE tenant_id = $1 AND promotion_id = $2 AND kind = 'deploy'
@@ -303,6 +316,22 @@ FINISH_TASK = f"""
      WHERE tenant_id = $1 AND id = $2
     RETURNING {_TASK}
 """
+LOCK_TASKS = f"SELECT {_TASK} FROM tasks WHERE tenant_id = $1 AND id = ANY($2::uuid[]) ORDER BY id FOR UPDATE"
+"""Several tasks, locked in id order (as every writer locking several tasks does)."""
+FINISH_TASKS = f"""
+    UPDATE tasks AS t
+       SET status = u.status, error_code = u.error_code, message = u.message, result = u.result::jsonb,
+           artifacts = u.artifacts::jsonb, finished_at = $2, lease_expires_at = NULL
+      FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+           AS u(id, status, error_code, message, result, artifacts)
+     WHERE t.tenant_id = $1 AND t.id = u.id
+    RETURNING {", ".join("t." + c.strip() for c in _TASK.split(","))}
+"""
+""":data:`FINISH_TASK` for several tasks at once (result and artifacts as JSON text)."""
+MARK_TASKS_RUNNING = """
+    UPDATE tasks SET status = 'running', lease_expires_at = $3
+     WHERE tenant_id = $1 AND id = ANY($2::uuid[]) AND status IN ('assigned', 'running')
+"""
 MARK_RUNNING = """
     UPDATE tasks SET status = 'running', lease_expires_at = $4
      WHERE tenant_id = $1 AND id = $2 AND attempt = $3 AND status IN ('assigned', 'running')
@@ -344,6 +373,20 @@ INSERT_LOG = """
     ON CONFLICT DO NOTHING
     RETURNING true
 """
+INSERT_LOGS = """
+    INSERT INTO task_logs (tenant_id, task_id, attempt, seq, lines, created_at)
+    SELECT $1, u.task_id, u.attempt, u.seq, ARRAY(SELECT line FROM jsonb_array_elements_text(u.lines::jsonb) WITH ORDINALITY AS l(line, n) ORDER BY n),
+           $2
+      FROM unnest($3::uuid[], $4::integer[], $5::integer[], $6::text[]) AS u(task_id, attempt, seq, lines)
+    ON CONFLICT DO NOTHING
+    RETURNING task_id, seq
+"""
+""":data:`INSERT_LOG` for several chunks at once (lines as a JSON array): the chunks stored."""
+COUNT_TASKS_LOG_LINES = """
+    UPDATE tasks AS t SET log_lines = t.log_lines + u.added, logs_truncated = t.logs_truncated OR u.truncated
+      FROM unnest($2::uuid[], $3::integer[], $4::boolean[]) AS u(id, added, truncated)
+     WHERE t.tenant_id = $1 AND t.id = u.id
+"""
 COUNT_LOG_LINES = "UPDATE tasks SET log_lines = log_lines + $3, logs_truncated = logs_truncated OR $4 WHERE tenant_id = $1 AND id = $2"
 LOGS_OF_TASKS = """
     SELECT task_id, lines FROM task_logs WHERE tenant_id = $1 AND task_id = ANY($2::uuid[])
@@ -353,6 +396,14 @@ INSERT_STICKER = """
     INSERT INTO stickers (tenant_id, id, target_id, release_id, promotion_id, job_id, task_id, content, content_hash,
                           written_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    ON CONFLICT (tenant_id, task_id) DO NOTHING
+"""
+INSERT_STICKERS = """
+    INSERT INTO stickers (tenant_id, id, target_id, release_id, promotion_id, job_id, task_id, content, content_hash,
+                          written_at)
+    SELECT $1, u.id, u.target_id, u.release_id, u.promotion_id, u.job_id, u.task_id, u.content::jsonb, u.content_hash, $2
+      FROM unnest($3::uuid[], $4::uuid[], $5::uuid[], $6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::text[])
+           AS u(id, target_id, release_id, promotion_id, job_id, task_id, content, content_hash)
     ON CONFLICT (tenant_id, task_id) DO NOTHING
 """
 FLAG_STICKER_DRIFT = """

@@ -26,8 +26,8 @@ class Settings(ServiceSettings):
     max_log_lines_per_task: int = Field(default=5000, ge=10, le=1_000_000)
     """Log lines kept per task; later lines are dropped and the task is marked ``logs_truncated``."""
 
-    max_tasks_per_poll: int = Field(default=20, ge=1, le=100)
-    """Most tasks one poll of the task feed leases to an agent."""
+    max_tasks_per_poll: int = Field(default=100, ge=1, le=100)
+    """Most tasks one poll of the task feed leases to an agent (an agent asks for as many as it has free slots)."""
 
     timer_batch_size: int = Field(default=200, ge=1, le=10_000)
     """Due items (silent agents, expired leases, deadlines, paused batches) handled per transaction."""

@@ -180,6 +180,14 @@ class TaskResultsIn(RequestBody):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     results: list[TaskResultIn] = Field(min_length=1, max_length=100)
+    logs: list[LogChunkIn] = Field(
+        default_factory=list,
+        max_length=200,
+        description=(
+            "The last log chunks of these tasks (at most 200, 262,144 characters of lines in all), each kept as "
+            "its own ``.../logs`` post would be, before the results."
+        ),
+    )
 
 
 class ResultOutcomeOut(ResponseBody):

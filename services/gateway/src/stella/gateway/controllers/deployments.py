@@ -527,14 +527,25 @@ class AgentChannelController(Controller):
     ) -> ResultOutcomesOut:
         """Up to 100 results in one call, applied together; each result's outcome is what its own post would answer.
 
+        The last log chunks of these tasks may come along (``logs``): they are kept first, in the same transaction.
+
         A result refused on its own (unknown task: 404, idempotency key not the task's: 422) says so in its
         outcome and changes nothing; the others are taken.
         """
+        if sum(len(line) for chunk in data.logs for line in chunk.lines) > contract.MAX_LOG_CHARS_PER_POST:
+            raise ProblemError(
+                400,
+                "VAL_INVALID_REQUEST",
+                f"The log chunks carry more than {contract.MAX_LOG_CHARS_PER_POST} characters; post the rest to "
+                "each task's logs.",
+                errors=[{"loc": ["body", "logs"], "msg": "too many characters"}],
+            )
         _, call = _agent_call(
             request,
             agent_id,
             contract.AgentResults,
             results=[TaskResult.model_validate(item.model_dump()) for item in data.results],
+            logs=[LogChunk.model_validate(item.model_dump()) for item in data.logs],
         )
         return parse_data(ResultOutcomesOut, await relay.query(contract.AGENT_RESULTS, call))
 
