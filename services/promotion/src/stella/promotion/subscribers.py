@@ -34,6 +34,7 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     queries.on(c.LIST_ENVIRONMENTS, c.ListEnvironments, handlers.list_environments)
     queries.on(c.LIST_FREEZE_WINDOWS, c.ListFreezeWindows, handlers.list_freeze_windows)
     queries.on(c.GET_ENVIRONMENT_STATE, c.GetEnvironmentState, handlers.get_environment_state)
+    queries.on(c.GET_ENVIRONMENT_BOARD, c.GetEnvironmentBoard, handlers.get_environment_board)
     queries.on(c.GET_PROMOTION, c.GetPromotion, handlers.get_promotion)
     queries.on(c.LIST_PROMOTIONS, c.ListPromotions, handlers.list_promotions)
     queries.on(c.GET_DECISION, c.GetDecision, handlers.get_decision)

@@ -50,13 +50,13 @@ from stella.gateway.relay import CallContext, Relay, parse_data
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import (
     ApprovalRequestOut,
+    EnvironmentBoardOut,
     EnvironmentOut,
     EnvironmentPage,
-    EnvironmentStateOut,
     FreezeWindowOut,
-    FreezeWindowPage,
     PacketPage,
     PacketType,
+    PromotionCellOut,
     PromotionPage,
     ReleaseOut,
     ReleasePage,
@@ -98,6 +98,7 @@ _PACKET_ID = Parameter(description="Evidence packet id")
 _RELEASE_ID = Parameter(description="Release id")
 _MAX_FORM_BYTES: Final[int] = 8192
 _MATRIX_PAGE: Final[int] = 500
+_MATRIX_RELEASES: Final[int] = 200
 _SIGN_IN_TTL_S: Final[int] = 600
 
 SESSION_TTL_S: Final[int] = 12 * 3600
@@ -474,25 +475,20 @@ class DashboardController(Controller):
             return _to_sign_in()
         session.require(Resource.ENVIRONMENT, Action.READ)
         session.require(Resource.PROMOTION, Action.READ)
-        page = PageRequest(page_size=_MATRIX_PAGE)
-        environments_data, promotions_data = await asyncio.gather(
-            session.relay.query(contract.LIST_ENVIRONMENTS, session.call.query(contract.ListEnvironments, page=page)),
-            session.relay.query(contract.LIST_PROMOTIONS, session.call.query(contract.ListPromotions, page=page)),
-        )
-        environments = parse_data(EnvironmentPage, environments_data).items
-        promotions = parse_data(PromotionPage, promotions_data).items
-        states = await asyncio.gather(*(self._state(session, environment) for environment in environments))
-        if not environments:
+        board = await self._board(session, releases=_MATRIX_RELEASES)
+        if not board.environments:
             return session.page("Overview", "<p>No environments yet: create them with POST /api/v1/environments.</p>")
         now = runtime.clock()
-        # Newest first: the first promotion seen of a (release, environment) is its current state.
-        cells: dict[tuple[UUID, UUID], PromotionView] = {}
+        # Newest release first; one cell per (release, environment): its latest promotion.
+        cells: dict[tuple[UUID, UUID], PromotionCellOut] = {}
         releases: dict[UUID, str] = {}
-        for promotion in promotions:
-            releases.setdefault(promotion.release_id, promotion.release_name)
-            cells.setdefault((promotion.release_id, promotion.target_environment_id), promotion)
+        for item in board.cells:
+            releases.setdefault(item.release_id, item.release_name)
+            cells[(item.release_id, item.environment_id)] = item
+        environments = [entry.environment for entry in board.environments]
         head = ["Release"]
-        for environment, state in zip(environments, states, strict=True):
+        for entry in board.environments:
+            environment, state = entry.environment, entry.state
             freeze = '<span class="open">open</span>'
             if state.closed:
                 until = f" until {state.next_open.isoformat()}" if state.next_open else ""
@@ -507,7 +503,7 @@ class DashboardController(Controller):
                     row.append("")
                     continue
                 row.append(
-                    f'<a href="{UI_PREFIX}/promotions/{cell.id}">{escape(cell.status)}</a>'
+                    f'<a href="{UI_PREFIX}/promotions/{cell.promotion_id}">{escape(cell.status)}</a>'
                     f" <small>{_age(now, cell.updated_at)}</small>"
                 )
             rows.append(row)
@@ -613,9 +609,10 @@ class DashboardController(Controller):
         body = verdict + _table("Checks", ["Check", "Result"], rows) + (f"<ul>{findings}</ul>" if findings else "")
         return session.page("Evidence packet", body)
 
-    async def _state(self, session: Session, environment: EnvironmentOut) -> EnvironmentStateOut:
-        query = session.call.query(contract.GetEnvironmentState, environment_id=environment.id)
-        return parse_data(EnvironmentStateOut, await session.relay.query(contract.GET_ENVIRONMENT_STATE, query))
+    async def _board(self, session: Session, *, releases: int = 0, windows: bool = False) -> EnvironmentBoardOut:
+        """Every environment with its freeze state (and windows), and the newest releases' cells: one query."""
+        query = session.call.query(contract.GetEnvironmentBoard, releases=releases, include_windows=windows)
+        return parse_data(EnvironmentBoardOut, await session.relay.query(contract.GET_ENVIRONMENT_BOARD, query))
 
     # --- releases -----------------------------------------------------------------------------------
 
@@ -1108,31 +1105,18 @@ class DashboardController(Controller):
             raise ProblemError(
                 400, "VAL_INVALID_REQUEST", f"{zone_name!r} is not a time zone; use an IANA name like Europe/Berlin."
             ) from None
-        environments = await self._environments(session)
+        board = await self._board(session, windows=True)
         form = (
             f'<form class="filters" method="get" action="{UI_PREFIX}/freeze">'
             '<span><label for="tz">Show times in (IANA time zone)</label>'
             f'<input id="tz" name="tz" value="{escape(zone_name)}" maxlength="64"></span>'
             '<button type="submit">Show</button></form>'
         )
-        if not environments:
+        if not board.environments:
             return session.page("Freeze calendar", form + "<p>No environments yet.</p>")
-        page = PageRequest(page_size=_MATRIX_PAGE)
-        states, windows = await asyncio.gather(
-            asyncio.gather(*(self._state(session, e) for e in environments)),
-            asyncio.gather(
-                *(
-                    session.relay.query(
-                        contract.LIST_FREEZE_WINDOWS,
-                        session.call.query(contract.ListFreezeWindows, environment_id=e.id, page=page),
-                    )
-                    for e in environments
-                )
-            ),
-        )
         body = form
-        for environment, state, data in zip(environments, states, windows, strict=True):
-            items = parse_data(FreezeWindowPage, data).items
+        for entry in board.environments:
+            environment, state, items = entry.environment, entry.state, entry.windows
             if state.closed:
                 now = f'<span class="closed">frozen</span> ({escape(state.reason or "")}), opens {_when(state.next_open, zone)}'
             else:
