@@ -21,7 +21,9 @@ import secrets
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
+from functools import cache
 from html import escape
+from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
 from urllib.parse import parse_qs, urlencode
 from uuid import UUID
@@ -36,13 +38,15 @@ from stella.contracts import approval as approvals
 from stella.contracts import deployment as deployments
 from stella.contracts import evidence, release, workflow
 from stella.contracts import promotion as contract
+from stella.contracts.agent import AgentStatus
 from stella.contracts.envelope import PageRequest
 from stella.contracts.promotion import PromotionStatus, PromotionView
 from stella.gateway.auth import Identity, hash_token, new_session_secret
+from stella.gateway.controllers.events import checked_resource
 from stella.gateway.controllers.evidence import export_stream
 from stella.gateway.controllers.promotions import cast_vote
 from stella.gateway.dependencies import parse_id
-from stella.gateway.deployment_schemas import JobOut, JobPage, TargetOut, TargetPage
+from stella.gateway.deployment_schemas import AgentPage, JobOut, JobPage, TargetOut, TargetPage
 from stella.gateway.pagination import page_params
 from stella.gateway.permissions import Action, Resource
 from stella.gateway.problems import ProblemError
@@ -64,6 +68,7 @@ from stella.gateway.schemas import (
     VerificationOut,
     VoteAction,
 )
+from stella.gateway.streams import MEDIA_TYPE, StreamFilter, parse_last_event_id
 from stella.gateway.tracing import trace_id
 
 E = TypeVar("E", bound=Enum)
@@ -81,9 +86,11 @@ CSRF_FIELD: Final[str] = "csrf_token"
 """Name of the hidden field carrying the CSRF token of a form."""
 
 CSP: Final[str] = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-"""The dashboard's Content-Security-Policy: no script, nothing from elsewhere, not framed."""
+"""The dashboard's Content-Security-Policy: only the gateway's own script (no inline script), nothing from
+elsewhere, not framed."""
 
 SECURITY_HEADERS: Final[dict[str, str]] = {
     "Content-Security-Policy": CSP,
@@ -136,6 +143,7 @@ NAV: Final[tuple[tuple[str, str], ...]] = (
     ("/promotions", "Promotions"),
     ("/approvals", "Approvals"),
     ("/deployments", "Deployments"),
+    ("/agents", "Agents"),
     ("/freeze", "Freeze calendar"),
     ("/evidence", "Evidence"),
 )
@@ -264,11 +272,34 @@ _ACTIVE_JOB: Final[frozenset[str]] = frozenset({"pending", "running", "paused", 
 """Job states that still change: their page refreshes itself."""
 
 REFRESH_S: Final[int] = 3
-"""Seconds between two loads of a live deployment page (a meta refresh: the CSP allows no script)."""
+"""Seconds between two loads of a live deployment page in a browser without script (a meta refresh)."""
 
 _LIST_PAGE: Final[int] = 50
 _TASK_PAGE: Final[int] = 200
 _MAX_NAME_FILTER: Final[int] = 63
+
+
+def _see_other(path: str) -> Response[Any]:
+    """After a form's change: the page to show next (303, so a reload does not post again)."""
+    response: Response[Any] = Redirect(path, status_code=303)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+SCRIPT: Final[Path] = Path(__file__).parent.parent / "static" / "ui" / "live.js"
+"""The dashboard's one script: live parts of pages follow the event stream (see its header)."""
+
+
+@cache
+def _script_asset() -> tuple[str, bytes]:
+    """The script's versioned name (its content hash: a new version is a new URL) and its bytes."""
+    content = SCRIPT.read_bytes()
+    return f"live.{hashlib.sha256(content).hexdigest()[:16]}.js", content
+
+
+def _script() -> str:
+    name, _ = _script_asset()
+    return f'<script src="{UI_PREFIX}/assets/{name}" defer></script>'
 
 
 def _hidden(session: Session) -> str:
@@ -401,6 +432,18 @@ class DashboardController(Controller):
     async def style(self) -> Response[str]:
         """The stylesheet."""
         return Response(STYLE, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+    @get("/assets/{name:str}", media_type="text/javascript")
+    async def asset(self, name: str = Parameter(description="Versioned asset name")) -> Response[bytes]:
+        """The dashboard's script under its versioned name, cached for good (any other name is a 404)."""
+        current, content = _script_asset()
+        if name != current:
+            raise ProblemError(404, "RES_NOT_FOUND", "No such asset.")
+        return Response(
+            content,
+            media_type="text/javascript",
+            headers={**SECURITY_HEADERS, "Cache-Control": "public, max-age=31536000, immutable"},
+        )
 
     @get("/sign-in")
     async def sign_in_form(self, request: Request[Any, Any, Any]) -> Response[str]:
@@ -949,42 +992,175 @@ class DashboardController(Controller):
     ) -> Response[Any]:
         """A promotion's deployment job (tasks per target), its environment's targets with health and drift.
 
-        While the job runs the page reloads itself every few seconds (a meta refresh).
+        While the job runs, the job's section follows it live: a small script of the gateway's replaces it with
+        a fresh copy on each event of the promotion's event stream. Without script, the page refreshes itself.
         """
         session = await _session(request, runtime)
         if session is None:
             return _to_sign_in()
+        return await self._deployment(session, _path_id(promotion_id, "promotion"))
+
+    async def _deployment(
+        self, session: Session, promotion_id: UUID, message: str = "", status: int = 200
+    ) -> Response[str]:
+        promotion, job = await self._promotion_job(session, promotion_id)
+        section, live = self._job_section(session, promotion, job)
+        body = "<p>" + _link(f"/promotions/{promotion.id}", f"Back to the promotion ({promotion.status})") + "</p>"
+        body += message + section
+        if session.identity.can(Resource.TARGET, Action.READ):
+            body += await self._targets(session, promotion.target_environment_id)
+        head = ""
+        if live:
+            head = f'<noscript><meta http-equiv="refresh" content="{REFRESH_S}"></noscript>' + _script()
+        return session.page(
+            f"Deployment of {promotion.release_name} to {promotion.target_environment_name}",
+            body,
+            status=status,
+            head=head,
+        )
+
+    @get("/promotions/{promotion_id:str}/deployment/job")
+    async def deployment_job(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
+    ) -> Response[Any]:
+        """The job section of a deployment page alone: what the page's script swaps in as the job moves on."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        promotion, job = await self._promotion_job(session, _path_id(promotion_id, "promotion"))
+        section, _ = self._job_section(session, promotion, job)
+        return Response(section, media_type="text/html", headers=dict(SECURITY_HEADERS))
+
+    async def _promotion_job(self, session: Session, promotion_id: UUID) -> tuple[PromotionView, JobOut | None]:
         session.require(Resource.PROMOTION, Action.READ)
-        pid = _path_id(promotion_id, "promotion")
-        query = session.call.query(contract.GetPromotion, promotion_id=pid)
+        query = session.call.query(contract.GetPromotion, promotion_id=promotion_id)
         promotion = parse_data(PromotionView, await session.relay.query(contract.GET_PROMOTION, query))
-        job: JobOut | None = None
         try:
             job_query = session.call.query(
-                deployments.GetPromotionDeployment, promotion_id=pid, tasks_page=PageRequest(page_size=_TASK_PAGE)
+                deployments.GetPromotionDeployment,
+                promotion_id=promotion_id,
+                tasks_page=PageRequest(page_size=_TASK_PAGE),
             )
             job = parse_data(JobOut, await session.relay.query(deployments.GET_PROMOTION_DEPLOYMENT, job_query))
         except ProblemError as exc:
             if exc.status != 404:
                 raise
+            return promotion, None
+        return promotion, job
+
+    def _job_section(self, session: Session, promotion: PromotionView, job: JobOut | None) -> tuple[str, bool]:
+        """The job's section of the deployment page, and whether it still changes (then it follows live)."""
         waiting = promotion.status in (PromotionStatus.APPROVED.value, PromotionStatus.DEPLOYING.value)
         live = job.status in _ACTIVE_JOB if job is not None else waiting
-        body = "<p>" + _link(f"/promotions/{promotion.id}", f"Back to the promotion ({promotion.status})") + "</p>"
+        attributes = f'id="job" data-live-active="{"true" if live else "false"}"'
+        note = ""
         if live:
-            body += f'<p role="status">Live: this page reloads every {REFRESH_S} s until the deployment ends.</p>'
+            stream = f"{UI_PREFIX}/events/stream?" + urlencode({"resource": f"promotions/{promotion.id}"})
+            attributes += (
+                f' data-live-fragment="{UI_PREFIX}/promotions/{promotion.id}/deployment/job"'
+                f' data-live-stream="{escape(stream)}"'
+            )
+            note = (
+                f'<p id="job-note" role="status">Live: this view updates as the deployment moves on '
+                f"(without script, every {REFRESH_S} s; "
+                f'<a href="{UI_PREFIX}/promotions/{promotion.id}/deployment">reload now</a>).</p>'
+            )
         if job is None:
-            body += (
+            content = (
                 "<p>No deployment yet: it starts once the promotion is approved.</p>"
                 if not waiting
-                else '<p role="status">The deployment is about to start.</p>'
+                else "<p>The deployment is about to start.</p>"
             )
         else:
-            body += self._job(job)
-        if session.identity.can(Resource.TARGET, Action.READ):
-            body += await self._targets(session, promotion.target_environment_id)
-        head = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if live else ""
-        return session.page(
-            f"Deployment of {promotion.release_name} to {promotion.target_environment_name}", body, head=head
+            content = self._job(job) + self._rollback_form(session, promotion, job)
+        return f'<section {attributes} aria-label="Deployment job">{note}{content}</section>', live
+
+    def _rollback_form(self, session: Session, promotion: PromotionView, job: JobOut) -> str:
+        if job.status in _ACTIVE_JOB or job.kind == "rollback":
+            return ""
+        if not session.identity.can(Resource.PROMOTION, Action.DEPLOY):
+            return "<p>Your roles cannot roll deployments back.</p>"
+        field = f"rollback-reason-{job.id}"
+        return (
+            f'<form method="post" action="{UI_PREFIX}/promotions/{promotion.id}/rollback">{_hidden(session)}'
+            f'<input type="hidden" name="job_id" value="{job.id}">'
+            f'<label for="{field}">Reason for the rollback</label>'
+            f'<input id="{field}" name="reason" maxlength="2000" size="40"> '
+            '<button type="submit">Roll back this deployment</button></form>'
+        )
+
+    @post("/promotions/{promotion_id:str}/rollback", status_code=303)
+    async def rollback(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
+    ) -> Response[Any]:
+        """Roll a finished job's targets back to their previous digests; a refusal is shown on the page."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        form = await _form(request)
+        _check_csrf(session.csrf, form)
+        session.require(Resource.PROMOTION, Action.DEPLOY)
+        pid = _path_id(promotion_id, "promotion")
+        job_id = parse_id(form.get("job_id", ""), "job_id")
+        reason = form.get("reason", "").strip()
+        if len(reason) > 2000:
+            raise ProblemError(400, "VAL_INVALID_REQUEST", "The reason is longer than 2000 characters.")
+        promotion, job = await self._promotion_job(session, pid)
+        if job is None or job.id != job_id:
+            raise ProblemError(404, "RES_NOT_FOUND", "No such deployment job of this promotion.")
+        command = session.call.command(deployments.RollbackJob, job_id=job_id, target_ids=None, reason=reason or None)
+        try:
+            await session.relay.command(session.call, deployments.ROLLBACK_JOB, command)
+        except ProblemError as exc:
+            if exc.status not in (409, 422):
+                raise
+            return await self._deployment(session, pid, _message(exc), status=exc.status)
+        return _see_other(f"{UI_PREFIX}/promotions/{promotion.id}/deployment")
+
+    @post("/targets/{target_id:str}/remediate", status_code=303)
+    async def remediate(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        target_id: str = Parameter(description="Target id"),
+    ) -> Response[Any]:
+        """Redeploy what a drifted target's sticker names; a refusal is shown on the deployments page."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        form = await _form(request)
+        _check_csrf(session.csrf, form)
+        session.require(Resource.PROMOTION, Action.DEPLOY)
+        command = session.call.command(deployments.RemediateTarget, target_id=_path_id(target_id, "target"))
+        try:
+            await session.relay.command(session.call, deployments.REMEDIATE_TARGET, command)
+        except ProblemError as exc:
+            if exc.status not in (409, 422):
+                raise
+            return await self._deployments(session, None, None, _message(exc), code=exc.status)
+        return _see_other(f"{UI_PREFIX}/deployments?remediating=1")
+
+    @get("/events/stream", media_type="text/event-stream")
+    async def events_stream(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        resource: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    ) -> Response[Any] | Stream:
+        """The tenant's public events about one resource, live, for the pages' script (the session signs in)."""
+        session = await _session(request, runtime)
+        if session is None:
+            raise ProblemError(401, "AUTH_SESSION_REQUIRED", "Sign in again.")
+        session.require(Resource.PROMOTION, Action.READ)
+        header = request.headers.get("last-event-id")
+        flt = StreamFilter(resource=checked_resource(resource))
+        events = await runtime.get_event_streams().open(
+            session.identity.tenant_id, flt, parse_last_event_id(header) if header is not None else None
+        )
+        return Stream(
+            events,
+            media_type=MEDIA_TYPE,
+            headers={**SECURITY_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     def _job(self, job: JobOut) -> str:
@@ -1020,6 +1196,14 @@ class DashboardController(Controller):
         table = _table("Tasks", ["Target", "Batch", "Task", "Status", "Attempt", "Digest", "Message and logs"], rows)
         return facts + (table if rows else "<p>No tasks yet.</p>")
 
+    def _remediate_form(self, session: Session, target: TargetOut) -> str:
+        if not target.drift_detected or not session.identity.can(Resource.PROMOTION, Action.DEPLOY):
+            return ""
+        return (
+            f'<form method="post" action="{UI_PREFIX}/targets/{target.id}/remediate">{_hidden(session)}'
+            f'<button type="submit" aria-label="Remediate {escape(target.name)}">Remediate</button></form>'
+        )
+
     async def _targets(self, session: Session, environment_id: UUID | None = None) -> str:
         query = session.call.query(
             deployments.ListTargets, environment_id=environment_id, page=PageRequest(page_size=_MATRIX_PAGE)
@@ -1032,7 +1216,7 @@ class DashboardController(Controller):
                 escape(t.name),
                 escape(t.health_status),
                 _digests({"name": name, "digest": digest} for name, digest in sorted(t.current.items())),
-                _drift(t),
+                _drift(t) + self._remediate_form(session, t),
                 _when(t.updated_at),
             ]
             for t in targets
@@ -1046,11 +1230,22 @@ class DashboardController(Controller):
         runtime: NamedDependency[Runtime],
         status: Annotated[str | None, QueryParameter()] = None,
         page_token: Annotated[str | None, QueryParameter()] = None,
+        remediating: Annotated[str | None, QueryParameter(max_length=1)] = None,
     ) -> Response[Any]:
         """Deployment jobs, newest first, and every target with its health, current digests and drift."""
         session = await _session(request, runtime)
         if session is None:
             return _to_sign_in()
+        message = (
+            '<p role="status">Remediation started: a job redeploys what the target\'s sticker names.</p>'
+            if remediating
+            else ""
+        )
+        return await self._deployments(session, status, page_token, message)
+
+    async def _deployments(
+        self, session: Session, status: str | None, page_token: str | None, message: str = "", code: int = 200
+    ) -> Response[str]:
         session.require(Resource.PROMOTION, Action.READ)
         wanted = _choice(deployments.JobStatus, status, "status")
         query = session.call.query(deployments.ListJobs, status=wanted, page=_list_page(page_token))
@@ -1074,7 +1269,8 @@ class DashboardController(Controller):
             ]
             for job in jobs.items
         ]
-        body = filters + (
+        body = message + filters
+        body += (
             _table("Deployment jobs", ["Release", "Environment", "Job", "Status", "Targets", "Created"], rows)
             + _pager("/deployments", {"status": status}, jobs.next_page_token)
             if rows
@@ -1082,7 +1278,54 @@ class DashboardController(Controller):
         )
         if session.identity.can(Resource.TARGET, Action.READ):
             body += await self._targets(session)
-        return session.page("Deployments", body)
+        return session.page("Deployments", body, status=code)
+
+    # --- agents -------------------------------------------------------------------------------------
+
+    @get("/agents")
+    async def agents(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        status: Annotated[str | None, QueryParameter()] = None,
+        page_token: Annotated[str | None, QueryParameter()] = None,
+    ) -> Response[Any]:
+        """The tenant's agents by name: status, last heartbeat, version, capabilities and labels."""
+        session = await _session(request, runtime)
+        if session is None:
+            return _to_sign_in()
+        session.require(Resource.AGENT, Action.READ)
+        wanted = _choice(AgentStatus, status, "status")
+        query = session.call.query(deployments.ListAgents, status=wanted, page=_list_page(page_token))
+        result = parse_data(AgentPage, await session.relay.query(deployments.LIST_AGENTS, query))
+        filters = _filters(
+            "/agents",
+            "<span>" + _select("status", "Status", [(s.value, s.value) for s in AgentStatus], status) + "</span>",
+        )
+        if not result.items:
+            body = (
+                "<p>No agent matches: an agent registers with a one-time token (POST /api/v1/agent-tokens) "
+                "and shows up here once it has.</p>"
+            )
+            return session.page("Agents", filters + body)
+        now = runtime.clock()
+        rows = [
+            [
+                escape(agent.name),
+                f'<span class="{"open" if agent.status == "online" else "closed"}">{escape(agent.status)}</span>',
+                (
+                    f"{_when(agent.last_heartbeat_at)} <small>({_age(now, agent.last_heartbeat_at)} ago)</small>"
+                    if agent.last_heartbeat_at
+                    else "never"
+                ),
+                escape(agent.version),
+                escape(", ".join(agent.capabilities)) or "-",
+                "<br>".join(f"<code>{escape(k)}={escape(v)}</code>" for k, v in sorted(agent.labels.items())) or "-",
+            ]
+            for agent in result.items
+        ]
+        table = _table("Agents", ["Agent", "Status", "Last heartbeat", "Version", "Capabilities", "Labels"], rows)
+        return session.page("Agents", filters + table + _pager("/agents", {"status": status}, result.next_page_token))
 
     # --- freeze calendar ----------------------------------------------------------------------------
 
