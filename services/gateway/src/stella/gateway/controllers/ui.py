@@ -269,7 +269,17 @@ def ui_problem(_: Request[Any, Any, Any], exc: ProblemError) -> Response[str]:
 
 
 _ACTIVE_JOB: Final[frozenset[str]] = frozenset({"pending", "running", "paused", "rolling_back"})
-"""Job states that still change: their page refreshes itself."""
+"""Job states that still change: their page follows them live."""
+
+_UNDECIDED: Final[frozenset[str]] = frozenset(
+    {
+        PromotionStatus.PENDING_GATE.value,
+        PromotionStatus.PENDING_APPROVAL.value,
+        PromotionStatus.APPROVED.value,
+        PromotionStatus.DEPLOYING.value,
+    }
+)
+"""Promotion states from which a deployment may still start."""
 
 REFRESH_S: Final[int] = 3
 """Seconds between two loads of a live deployment page in a browser without script (a meta refresh)."""
@@ -1004,14 +1014,17 @@ class DashboardController(Controller):
         self, session: Session, promotion_id: UUID, message: str = "", status: int = 200
     ) -> Response[str]:
         promotion, job = await self._promotion_job(session, promotion_id)
-        section, live = self._job_section(session, promotion, job)
-        body = "<p>" + _link(f"/promotions/{promotion.id}", f"Back to the promotion ({promotion.status})") + "</p>"
+        section, live, reload = await self._job_section(session, promotion, job)
+        body = ""
+        if live:  # outside the section, which the script replaces
+            body += (
+                '<p id="job-note" role="status">Live: this view updates as the deployment moves on '
+                f'(<a href="{UI_PREFIX}/promotions/{promotion.id}/deployment">reload now</a>).</p>'
+            )
         body += message + section
-        if session.identity.can(Resource.TARGET, Action.READ):
-            body += await self._targets(session, promotion.target_environment_id)
-        head = ""
-        if live:
-            head = f'<noscript><meta http-equiv="refresh" content="{REFRESH_S}"></noscript>' + _script()
+        head = _script() if live else ""
+        if reload:
+            head += f'<noscript><meta http-equiv="refresh" content="{REFRESH_S}"></noscript>'
         return session.page(
             f"Deployment of {promotion.release_name} to {promotion.target_environment_name}",
             body,
@@ -1028,7 +1041,7 @@ class DashboardController(Controller):
         if session is None:
             return _to_sign_in()
         promotion, job = await self._promotion_job(session, _path_id(promotion_id, "promotion"))
-        section, _ = self._job_section(session, promotion, job)
+        section, _, _ = await self._job_section(session, promotion, job)
         return Response(section, media_type="text/html", headers=dict(SECURITY_HEADERS))
 
     async def _promotion_job(self, session: Session, promotion_id: UUID) -> tuple[PromotionView, JobOut | None]:
@@ -1048,22 +1061,25 @@ class DashboardController(Controller):
             return promotion, None
         return promotion, job
 
-    def _job_section(self, session: Session, promotion: PromotionView, job: JobOut | None) -> tuple[str, bool]:
-        """The job's section of the deployment page, and whether it still changes (then it follows live)."""
+    async def _job_section(
+        self, session: Session, promotion: PromotionView, job: JobOut | None
+    ) -> tuple[str, bool, bool]:
+        """The live section of the deployment page (the promotion's state, its job, the environment's targets);
+        whether it follows live (with script), and whether the page refreshes itself without script (only while
+        a deployment is about to start or runs)."""
         waiting = promotion.status in (PromotionStatus.APPROVED.value, PromotionStatus.DEPLOYING.value)
-        live = job.status in _ACTIVE_JOB if job is not None else waiting
-        attributes = f'id="job" data-live-active="{"true" if live else "false"}"'
-        note = ""
+        running = job is not None and job.status in _ACTIVE_JOB
+        # Followed while the job runs, and before it exists while the promotion may still deploy.
+        live = running or (job is None and promotion.status in _UNDECIDED)
+        attributes = (
+            f'id="job" data-live-active="{"true" if live else "false"}" '
+            f'data-live-poll="{"true" if running else "false"}"'
+        )
         if live:
             stream = f"{UI_PREFIX}/events/stream?" + urlencode({"resource": f"promotions/{promotion.id}"})
             attributes += (
                 f' data-live-fragment="{UI_PREFIX}/promotions/{promotion.id}/deployment/job"'
                 f' data-live-stream="{escape(stream)}"'
-            )
-            note = (
-                f'<p id="job-note" role="status">Live: this view updates as the deployment moves on '
-                f"(without script, every {REFRESH_S} s; "
-                f'<a href="{UI_PREFIX}/promotions/{promotion.id}/deployment">reload now</a>).</p>'
             )
         if job is None:
             content = (
@@ -1073,7 +1089,13 @@ class DashboardController(Controller):
             )
         else:
             content = self._job(job) + self._rollback_form(session, promotion, job)
-        return f'<section {attributes} aria-label="Deployment job">{note}{content}</section>', live
+        content = (
+            "<p>" + _link(f"/promotions/{promotion.id}", f"Back to the promotion ({promotion.status})") + "</p>"
+        ) + content
+        if session.identity.can(Resource.TARGET, Action.READ):
+            content += await self._targets(session, promotion.target_environment_id)
+        section = f'<section {attributes} aria-label="Deployment job">{content}</section>'
+        return section, live, running or (job is None and waiting)
 
     def _rollback_form(self, session: Session, promotion: PromotionView, job: JobOut) -> str:
         if job.status in _ACTIVE_JOB or job.kind == "rollback":

@@ -1,8 +1,9 @@
 // Live parts of the dashboard: an element with data-live-fragment (a URL of the same origin answering a fresh
 // copy of that element) and data-live-stream (a Server-Sent Events URL) is replaced by its fresh copy whenever an
-// event arrives, without reloading the page. While the element says data-live-active="true" it is also fetched
-// every few seconds, since a job's tasks progress between the events the public stream carries. Without
-// script the page keeps its <noscript> refresh, so nothing here is needed to see the same information.
+// event arrives, without reloading the page, until its fresh copy says data-live-active="false". While it says
+// data-live-poll="true" (a job is running) it is also fetched every few seconds, since a job's tasks progress
+// between the job events the public stream carries. Without script the page keeps its <noscript> refresh, so
+// nothing here is needed to see the same information.
 (function () {
   "use strict";
 
@@ -60,9 +61,7 @@
             current.replaceWith(document.importNode(fresh, true));
           }
           document.body.setAttribute("data-live-updates", String(Number(document.body.getAttribute("data-live-updates") || "0") + 1));
-          if (fresh.getAttribute("data-live-active") !== "true") {
-            stop("Live updates ended: the deployment is over.");
-          }
+          follow(fresh);
         })
         .catch(function () {
           say("Live updates paused: reload the page to see the latest state.");
@@ -74,6 +73,19 @@
             refresh();
           }
         });
+    }
+
+    function follow(current) {
+      if (current.getAttribute("data-live-active") !== "true") {
+        stop("Live updates ended: the deployment is over.");
+      } else if (current.getAttribute("data-live-poll") === "true") {
+        if (!timer) {
+          timer = window.setInterval(refresh, PERIOD_MS);
+        }
+      } else if (timer) {
+        window.clearInterval(timer);
+        timer = null;
+      }
     }
 
     if (!window.EventSource || !window.fetch || !fragmentUrl || !streamUrl) {
@@ -98,7 +110,7 @@
     ].forEach(function (type) {
       source.addEventListener(type, refresh);
     });
-    timer = window.setInterval(refresh, PERIOD_MS);
+    follow(element);
   }
 
   document.querySelectorAll("[data-live-fragment][data-live-stream]").forEach(start);
