@@ -230,7 +230,33 @@ async def _session(request: Request[Any, Any, Any], runtime: Runtime) -> Session
     return Session(request, identity, token, runtime.get_relay())
 
 
-def _to_sign_in() -> Response[Any]:
+class SignInRequired(Exception):
+    """A page was asked for without a live session: the answer is the sign-in page."""
+
+
+async def _signed_in(request: Request[Any, Any, Any], runtime: Runtime, *required: tuple[Resource, Action]) -> Session:
+    """The request's session, allowed each of ``required`` (403 otherwise).
+
+    Raises:
+        SignInRequired: without a live session (the controller answers with the sign-in page).
+    """
+    session = await _session(request, runtime)
+    if session is None:
+        raise SignInRequired
+    for resource, action in required:
+        session.require(resource, action)
+    return session
+
+
+async def _signed_form(request: Request[Any, Any, Any], runtime: Runtime) -> tuple[Session, dict[str, str]]:
+    """The session of a posted form and the form, its CSRF token checked."""
+    session = await _signed_in(request, runtime)
+    form = await _form(request)
+    _check_csrf(session.csrf, form)
+    return session, form
+
+
+def _to_sign_in(*_: Any) -> Response[Any]:
     response: Response[Any] = Redirect(f"{UI_PREFIX}/sign-in", status_code=303)
     response.headers.update(SECURITY_HEADERS)
     response.delete_cookie(SESSION_COOKIE, path=UI_PREFIX)
@@ -436,7 +462,7 @@ class DashboardController(Controller):
     path = UI_PREFIX
     include_in_schema = False
     opt = {"exclude_from_auth": True}
-    exception_handlers = {ProblemError: ui_problem}
+    exception_handlers = {ProblemError: ui_problem, SignInRequired: _to_sign_in}
 
     @get("/style.css", media_type="text/css")
     async def style(self) -> Response[str]:
@@ -513,21 +539,16 @@ class DashboardController(Controller):
     @post("/sign-out", status_code=303)
     async def sign_out(self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> Response[Any]:
         """End the session on the server (its cookie no longer signs anyone in) and forget the cookie."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        _check_csrf(session.csrf, await _form(request))
+        await _signed_form(request, runtime)
         await runtime.get_store().end_session(hash_token(request.cookies[SESSION_COOKIE]), runtime.clock())
         return _to_sign_in()
 
     @get("/")
     async def overview(self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> Response[Any]:
         """Environments in promotion order by releases: where each release is, its status and age, freezes."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.ENVIRONMENT, Action.READ)
-        session.require(Resource.PROMOTION, Action.READ)
+        session = await _signed_in(
+            request, runtime, (Resource.ENVIRONMENT, Action.READ), (Resource.PROMOTION, Action.READ)
+        )
         board = await self._board(session, releases=_MATRIX_RELEASES)
         if not board.environments:
             return session.page("Overview", "<p>No environments yet: create them with POST /api/v1/environments.</p>")
@@ -566,9 +587,7 @@ class DashboardController(Controller):
     @get("/approvals")
     async def approvals(self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> Response[Any]:
         """The approvals inbox: promotions waiting for approvals, with approve and reject."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
+        session = await _signed_in(request, runtime)
         return await self._inbox(session)
 
     async def _inbox(self, session: Session, message: str = "", status: int = 200) -> Response[str]:
@@ -599,11 +618,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
     ) -> Response[Any]:
         """Approve or reject a promotion; a refusal (separation of duties...) is shown on the inbox."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        form = await _form(request)
-        _check_csrf(session.csrf, form)
+        session, form = await _signed_form(request, runtime)
         session.require(Resource.PROMOTION, Action.APPROVE)
         try:
             action = VoteAction(form.get("action", ""))
@@ -646,10 +661,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], packet_id: str = _PACKET_ID
     ) -> Response[Any]:
         """Verify an evidence packet (signature, content hash, chain link) and show each check."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.EVIDENCE, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.EVIDENCE, Action.READ))
         query = session.call.query(evidence.VerifyPacket, packet_id=parse_id(packet_id, "packet_id"))
         result = parse_data(VerificationOut, await session.relay.query(evidence.VERIFY_PACKET, query))
         verdict = (
@@ -679,10 +691,7 @@ class DashboardController(Controller):
         page_token: Annotated[str | None, QueryParameter()] = None,
     ) -> Response[Any]:
         """Releases, newest first, filtered by name prefix and status, a page at a time."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.RELEASE, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.RELEASE, Action.READ))
         prefix = (name or "").strip() or None
         if prefix is not None and len(prefix) > _MAX_NAME_FILTER:
             raise ProblemError(400, "VAL_INVALID_REQUEST", f"A name filter is at most {_MAX_NAME_FILTER} characters.")
@@ -724,9 +733,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], release_id: str = _RELEASE_ID
     ) -> Response[Any]:
         """A release: its digests, the environments it reached, and a "promote to next" action."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
+        session = await _signed_in(request, runtime)
         return await self._release(session, _path_id(release_id, "release"))
 
     async def _release(self, session: Session, release_id: UUID, message: str = "", status: int = 200) -> Response[str]:
@@ -806,11 +813,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], release_id: str = _RELEASE_ID
     ) -> Response[Any]:
         """Request the promotion of a release into the next environment; a refusal is shown on its page."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        form = await _form(request)
-        _check_csrf(session.csrf, form)
+        session, form = await _signed_form(request, runtime)
         session.require(Resource.PROMOTION, Action.CREATE)
         rid = _path_id(release_id, "release")
         environment_id = parse_id(form.get("environment_id", ""), "environment_id")
@@ -849,10 +852,7 @@ class DashboardController(Controller):
         page_token: Annotated[str | None, QueryParameter()] = None,
     ) -> Response[Any]:
         """Promotions, newest first, filtered by status and environment, a page at a time."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.PROMOTION, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.PROMOTION, Action.READ))
         wanted = _choice(PromotionStatus, status, "status")
         environment_id = parse_id(environment, "environment") if environment else None
         query = session.call.query(
@@ -951,10 +951,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
     ) -> Response[Any]:
         """A promotion: status, timeline, decision record, approvals, freeze override and evidence."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.PROMOTION, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.PROMOTION, Action.READ))
         query = session.call.query(contract.GetPromotion, promotion_id=_path_id(promotion_id, "promotion"))
         promotion = parse_data(PromotionView, await session.relay.query(contract.GET_PROMOTION, query))
         facts = [
@@ -1005,9 +1002,7 @@ class DashboardController(Controller):
         While the job runs, the job's section follows it live: a small script of the gateway's replaces it with
         a fresh copy on each event of the promotion's event stream. Without script, the page refreshes itself.
         """
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
+        session = await _signed_in(request, runtime)
         return await self._deployment(session, _path_id(promotion_id, "promotion"))
 
     async def _deployment(
@@ -1037,9 +1032,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
     ) -> Response[Any]:
         """The job section of a deployment page alone: what the page's script swaps in as the job moves on."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
+        session = await _signed_in(request, runtime)
         promotion, job = await self._promotion_job(session, _path_id(promotion_id, "promotion"))
         section, _, _ = await self._job_section(session, promotion, job)
         return Response(section, media_type="text/html", headers=dict(SECURITY_HEADERS))
@@ -1116,11 +1109,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
     ) -> Response[Any]:
         """Roll a finished job's targets back to their previous digests; a refusal is shown on the page."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        form = await _form(request)
-        _check_csrf(session.csrf, form)
+        session, form = await _signed_form(request, runtime)
         session.require(Resource.PROMOTION, Action.DEPLOY)
         pid = _path_id(promotion_id, "promotion")
         job_id = parse_id(form.get("job_id", ""), "job_id")
@@ -1147,11 +1136,7 @@ class DashboardController(Controller):
         target_id: str = Parameter(description="Target id"),
     ) -> Response[Any]:
         """Redeploy what a drifted target's sticker names; a refusal is shown on the deployments page."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        form = await _form(request)
-        _check_csrf(session.csrf, form)
+        session, _ = await _signed_form(request, runtime)
         session.require(Resource.PROMOTION, Action.DEPLOY)
         command = session.call.command(deployments.RemediateTarget, target_id=_path_id(target_id, "target"))
         try:
@@ -1255,9 +1240,7 @@ class DashboardController(Controller):
         remediating: Annotated[str | None, QueryParameter(max_length=1)] = None,
     ) -> Response[Any]:
         """Deployment jobs, newest first, and every target with its health, current digests and drift."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
+        session = await _signed_in(request, runtime)
         message = (
             '<p role="status">Remediation started: a job redeploys what the target\'s sticker names.</p>'
             if remediating
@@ -1313,10 +1296,7 @@ class DashboardController(Controller):
         page_token: Annotated[str | None, QueryParameter()] = None,
     ) -> Response[Any]:
         """The tenant's agents by name: status, last heartbeat, version, capabilities and labels."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.AGENT, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.AGENT, Action.READ))
         wanted = _choice(AgentStatus, status, "status")
         query = session.call.query(deployments.ListAgents, status=wanted, page=_list_page(page_token))
         result = parse_data(AgentPage, await session.relay.query(deployments.LIST_AGENTS, query))
@@ -1359,10 +1339,7 @@ class DashboardController(Controller):
         tz: Annotated[str | None, QueryParameter()] = None,
     ) -> Response[Any]:
         """Each environment's freeze and deployment windows, whether it is open now and when that changes."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.ENVIRONMENT, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.ENVIRONMENT, Action.READ))
         zone_name = (tz or "").strip() or "UTC"
         try:
             zone = ZoneInfo(zone_name)
@@ -1413,10 +1390,7 @@ class DashboardController(Controller):
         page_token: Annotated[str | None, QueryParameter()] = None,
     ) -> Response[Any]:
         """Evidence packets in chain order, filtered by type, with verify links and a bundle export."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.EVIDENCE, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.EVIDENCE, Action.READ))
         wanted = _choice(PacketType, packet_type, "packet_type")
         query = session.call.query(evidence.ListPackets, packet_type=wanted, page=_list_page(page_token))
         result = parse_data(PacketPage, await session.relay.query(evidence.LIST_PACKETS, query))
@@ -1464,9 +1438,6 @@ class DashboardController(Controller):
         created_to: Annotated[str | None, QueryParameter(name="to")] = None,
     ) -> Response[Any] | Stream:
         """The evidence bundle of the chosen days, as the API's export builds it."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.EVIDENCE, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.EVIDENCE, Action.READ))
         start, end = _date(created_from, "from"), _date(created_to, "to", end=True)
         return await export_stream(session.call, session.relay, runtime, start, end, headers=dict(SECURITY_HEADERS))
