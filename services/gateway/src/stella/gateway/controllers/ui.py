@@ -1,4 +1,4 @@
-"""``/ui``: the web dashboard, server-rendered HTML served by the gateway itself (no script, no CDN).
+"""``/ui``: the web dashboard, server-rendered HTML served by the gateway itself (no CDN, one small script).
 
 Sign-in takes an API token and opens a server-side session bound to it; the ``HttpOnly``, ``SameSite=Strict``
 cookie (``Secure`` when the request came over HTTPS) holds only the session's random secret. Every page
@@ -9,7 +9,8 @@ service around the gateway, and another tenant's object is a 404 here as there.
 Every form that changes something carries a CSRF token: an HMAC of the session secret, which a page of
 another site can neither read nor compute. The sign-in form, which has no session yet, is bound to a random
 value kept in a short-lived cookie of its own. Every answer carries a strict Content-Security-Policy that
-allows no script at all.
+allows only the gateway's own script (``static/ui/live.js``, served under a versioned name): it keeps a running
+deployment's page current from the tenant's event stream; without it the page refreshes itself instead.
 """
 
 from __future__ import annotations
