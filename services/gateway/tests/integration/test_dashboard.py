@@ -104,7 +104,7 @@ async def test_a_wrong_token_or_a_sign_in_without_its_form_token_sets_no_session
 
 async def test_every_page_has_a_strict_content_security_policy(gateway: Gateway, services: StandIn) -> None:
     tenant = await gateway.tenant()
-    services.answer(prom.LIST_ENVIRONMENTS, views.page([]))
+    services.answer(prom.GET_ENVIRONMENT_BOARD, views.board([]))
     services.answer(prom.LIST_PROMOTIONS, views.page([]))
     async with _browser(gateway) as client:
         await _sign_in(client, tenant.token)
@@ -112,7 +112,7 @@ async def test_every_page_has_a_strict_content_security_policy(gateway: Gateway,
             page = await client.get(path)
             assert page.status_code == 200, (path, page.text)
             assert page.headers["content-security-policy"] == CSP
-            assert "script-src" not in CSP and "default-src 'none'" in CSP
+            assert "script-src 'self';" in CSP and "'unsafe-inline'" not in CSP and "default-src 'none'" in CSP
             assert "frame-ancestors 'none'" in CSP
             assert page.headers["x-content-type-options"] == "nosniff"
             assert "<script" not in page.text
@@ -139,15 +139,7 @@ async def test_the_overview_shows_each_release_where_it_is_with_the_freeze_state
         target_environment_id=prod["id"],
         target_environment_name="prod",
     )
-    services.answer(prom.LIST_ENVIRONMENTS, views.page([dev, prod]))
-    services.answer(prom.LIST_PROMOTIONS, views.page([in_prod, in_dev]))
-    states = {dev["id"]: False, prod["id"]: True}
-    services.on(
-        prom.GET_ENVIRONMENT_STATE,
-        lambda payload: Reply.success(
-            views.environment_state(payload["environment_id"], closed=states[payload["environment_id"]])
-        ),
-    )
+    services.answer(prom.GET_ENVIRONMENT_BOARD, views.board([(dev, False, []), (prod, True, [])], [in_prod, in_dev]))
     async with _browser(gateway) as client:
         await _sign_in(client, viewer.token)
         page = await client.get("/ui/")
@@ -158,9 +150,10 @@ async def test_the_overview_shows_each_release_where_it_is_with_the_freeze_state
     assert f'href="/ui/promotions/{in_dev["id"]}">approved</a>' in text
     assert f'href="/ui/promotions/{in_prod["id"]}">pending_approval</a>' in text
     assert "frozen" in text and "open" in text
-    # Read as the signed-in principal of its tenant, like any API client.
-    for subject in (prom.LIST_ENVIRONMENTS, prom.LIST_PROMOTIONS, prom.GET_ENVIRONMENT_STATE):
-        assert services.last(subject).payload["tenant_id"] == str(tenant.id)
+    # Read as the signed-in principal of its tenant, like any API client, in one query whatever the environments.
+    asked = services.last(prom.GET_ENVIRONMENT_BOARD).payload
+    assert asked["tenant_id"] == str(tenant.id) and asked["releases"] > 0
+    assert not [r for r in services.received if r.subject in (prom.GET_ENVIRONMENT_STATE, prom.LIST_PROMOTIONS)]
 
 
 async def test_another_tenants_promotion_is_a_404_page(gateway: Gateway, services: StandIn) -> None:
@@ -386,20 +379,29 @@ def _target(name: str, environment_id: str, digest: str, drift: dict[str, Any] |
 async def test_every_new_page_is_strict_and_reads_as_the_signed_in_tenant(gateway: Gateway, services: StandIn) -> None:
     tenant = await gateway.tenant()
     services.answer(prom.LIST_ENVIRONMENTS, views.page([]))
+    services.answer(prom.GET_ENVIRONMENT_BOARD, views.board([]))
     services.answer(prom.LIST_PROMOTIONS, views.page([]))
     services.answer(rel.LIST_RELEASES, views.page([]))
     services.answer(dep.LIST_JOBS, views.page([]))
     services.answer(dep.LIST_TARGETS, views.page([]))
+    services.answer(dep.LIST_AGENTS, views.page([]))
     services.answer(evid.LIST_PACKETS, views.page([]))
     async with _browser(gateway) as client:
         await _sign_in(client, tenant.token)
-        for path in ("/ui/releases", "/ui/promotions", "/ui/deployments", "/ui/freeze", "/ui/evidence"):
+        for path in ("/ui/releases", "/ui/promotions", "/ui/deployments", "/ui/agents", "/ui/freeze", "/ui/evidence"):
             page = await client.get(path)
             assert page.status_code == 200, (path, page.text)
             assert page.headers["content-security-policy"] == CSP
             assert "<script" not in page.text
             assert 'role="alert"' not in page.text
-    for subject in (rel.LIST_RELEASES, prom.LIST_PROMOTIONS, dep.LIST_JOBS, dep.LIST_TARGETS, evid.LIST_PACKETS):
+    for subject in (
+        rel.LIST_RELEASES,
+        prom.LIST_PROMOTIONS,
+        dep.LIST_JOBS,
+        dep.LIST_TARGETS,
+        dep.LIST_AGENTS,
+        evid.LIST_PACKETS,
+    ):
         assert services.last(subject).payload["tenant_id"] == str(tenant.id), subject
 
 
@@ -546,7 +548,7 @@ async def test_a_promotion_shows_its_timeline_approvals_and_evidence(gateway: Ga
     assert services.last(appr.GET_APPROVALS).payload["tenant_id"] == str(tenant.id)
 
 
-async def test_a_running_deployment_reloads_itself_and_shows_tasks_targets_and_drift(
+async def test_a_running_deployment_follows_live_and_shows_tasks_targets_and_drift(
     gateway: Gateway, services: StandIn
 ) -> None:
     tenant = await gateway.tenant()
@@ -573,13 +575,28 @@ async def test_a_running_deployment_reloads_itself_and_shows_tasks_targets_and_d
         page = await client.get(f"/ui/promotions/{deploying['id']}/deployment")
         assert page.status_code == 200, page.text
         text = page.text
-        assert '<meta http-equiv="refresh" content="3">' in text
+        # Live through the gateway's own versioned script; without script, the page refreshes itself.
+        assert '<noscript><meta http-equiv="refresh" content="3"></noscript>' in text
+        [script] = re.findall(r'<script src="(/ui/assets/live\.[0-9a-f]{16}\.js)" defer></script>', text)
+        fragment = f"/ui/promotions/{deploying['id']}/deployment/job"
+        assert f'data-live-fragment="{fragment}"' in text and 'data-live-active="true"' in text
+        assert f'data-live-stream="/ui/events/stream?resource=promotions%2F{deploying["id"]}"' in text
+        asset = await client.get(script)
+        assert asset.status_code == 200 and "EventSource" in asset.text
+        assert asset.headers["content-type"].startswith("text/javascript")
+        assert "immutable" in asset.headers["cache-control"]
+        assert (await client.get("/ui/assets/live.0000000000000000.js")).status_code == 404
+        section = await client.get(fragment)
+        assert section.status_code == 200 and section.text.startswith('<section id="job"')
+        assert "<td>web-2</td><td>2</td><td>deploy</td><td>running</td>" in section.text
+        assert "Roll back" not in text  # not while the job runs
         assert "<td>web-1</td><td>1</td><td>deploy</td><td>succeeded</td>" in text
         assert "<td>web-2</td><td>2</td><td>deploy</td><td>running</td>" in text
         assert "1 of 2 tasks succeeded" in text
         assert f"pulling {new}" in text
         assert f"expected <code>{new}</code>, actual <code>{old}</code>" in text
         assert "drifted" in text and "healthy" in text
+        assert text.count(">Remediate</button>") == 1  # the drifted target only
         assert services.last(dep.LIST_TARGETS).payload["environment_id"] == deploying["target_environment_id"]
 
         # Once the job ended, the page stops reloading.
@@ -589,6 +606,8 @@ async def test_a_running_deployment_reloads_itself_and_shows_tasks_targets_and_d
         )
         ended = await client.get(f"/ui/promotions/{deploying['id']}/deployment")
         assert "http-equiv" not in ended.text and "2 of 2 tasks succeeded" in ended.text
+        assert "<script" not in ended.text and 'data-live-active="false"' in ended.text
+        assert ">Roll back this deployment</button>" in ended.text
 
         # Before a job exists: said so, and nothing to reload for a promotion that will not deploy.
         rejected = views.promotion("rejected")
@@ -612,9 +631,7 @@ async def test_the_freeze_calendar_shows_windows_and_next_open_in_the_chosen_tim
         end="2026-12-27T00:00:00Z",
         reason="holidays",
     )
-    services.answer(prom.LIST_ENVIRONMENTS, views.page([prod]))
-    services.answer(prom.GET_ENVIRONMENT_STATE, views.environment_state(prod["id"], closed=True))
-    services.answer(prom.LIST_FREEZE_WINDOWS, views.page([views.freeze_window(prod["id"]), one_off]))
+    services.answer(prom.GET_ENVIRONMENT_BOARD, views.board([(prod, True, [views.freeze_window(prod["id"]), one_off])]))
     async with _browser(gateway) as client:
         await _sign_in(client, tenant.token)
         page = await client.get("/ui/freeze", params={"tz": "Europe/Berlin"})
@@ -624,7 +641,7 @@ async def test_the_freeze_calendar_shows_windows_and_next_open_in_the_chosen_tim
     assert "frozen" in text and "opens 2026-01-05T08:00:00+01:00" in text  # 07:00 UTC, Berlin time
     assert "FREQ=WEEKLY;BYDAY=FR" in text and "64 h each" in text and "weekend freeze" in text
     assert "2026-12-24T01:00:00+01:00 to 2026-12-27T01:00:00+01:00" in text and "holidays" in text
-    assert services.last(prom.LIST_FREEZE_WINDOWS).payload["environment_id"] == prod["id"]
+    assert services.last(prom.GET_ENVIRONMENT_BOARD).payload["include_windows"] is True
     assert wrong.status_code == 400 and "Mars/Olympus" in wrong.text
 
 
@@ -655,3 +672,96 @@ async def test_evidence_is_listed_by_type_and_exported_by_day(gateway: Gateway, 
     )
     assert export.status_code == 422 and "range refused" in export.text
     assert bad_day.status_code == 400
+
+
+async def test_rollback_and_remediate_go_through_the_deployment_commands_with_csrf(
+    gateway: Gateway, services: StandIn
+) -> None:
+    tenant = await gateway.tenant()
+    viewer = await gateway.principal_token(tenant, "vera", ["viewer"])
+    deployed = views.promotion("deployed", release_name="shop-8", target_environment_name="prod")
+    new, old = "sha256:" + "b" * 64, "sha256:" + "c" * 64
+    job = _job(deployed, "succeeded", [_task("web-1", 1, "succeeded", new)])
+    drifted = _target("web-1", deployed["target_environment_id"], old, {"drifted": True, "differences": []})
+    services.answer(prom.GET_PROMOTION, deployed)
+    services.answer(dep.GET_PROMOTION_DEPLOYMENT, job)
+    services.answer(dep.LIST_TARGETS, views.page([drifted]))
+    services.answer(dep.LIST_JOBS, views.page([]))
+    services.answer(dep.ROLLBACK_JOB, {**job, "id": str(uuid.uuid4()), "kind": "rollback", "status": "pending"})
+    services.answer(dep.REMEDIATE_TARGET, {**job, "id": str(uuid.uuid4()), "kind": "remediate"})
+    rollback = f"/ui/promotions/{deployed['id']}/rollback"
+    remediate = f"/ui/targets/{drifted['id']}/remediate"
+    async with _browser(gateway) as client:
+        await _sign_in(client, tenant.token)
+        page = await client.get(f"/ui/promotions/{deployed['id']}/deployment")
+        csrf = _field(page.text, CSRF_FIELD)
+        for path, form in ((rollback, {"job_id": job["id"]}), (remediate, {})):
+            refused = await client.post(path, data=form)
+            assert refused.status_code == 403 and "AUTH_CSRF_INVALID" in refused.text
+        assert not [r for r in services.received if r.subject in (dep.ROLLBACK_JOB, dep.REMEDIATE_TARGET)]
+
+        other_job = await client.post(rollback, data={"job_id": str(uuid.uuid4()), CSRF_FIELD: csrf})
+        assert other_job.status_code == 404
+        rolled = await client.post(rollback, data={"job_id": job["id"], "reason": "bad build", CSRF_FIELD: csrf})
+        assert rolled.status_code == 303 and rolled.headers["location"] == f"/ui/promotions/{deployed['id']}/deployment"
+        sent = services.last(dep.ROLLBACK_JOB).payload
+        assert (sent["tenant_id"], sent["job_id"], sent["reason"]) == (str(tenant.id), job["id"], "bad build")
+
+        fixed = await client.post(remediate, data={CSRF_FIELD: csrf})
+        assert fixed.status_code == 303 and fixed.headers["location"].startswith("/ui/deployments")
+        assert services.last(dep.REMEDIATE_TARGET).payload["target_id"] == drifted["id"]
+
+        # A refusal is shown on the page, with the service's code.
+        services.answer(
+            dep.ROLLBACK_JOB,
+            error=ErrorDetail(
+                code="DEPLOY_NO_PREVIOUS_DIGEST", status=422, title="Unprocessable", detail="nothing to roll back to"
+            ),
+        )
+        refused = await client.post(rollback, data={"job_id": job["id"], CSRF_FIELD: csrf})
+        assert refused.status_code == 422 and "DEPLOY_NO_PREVIOUS_DIGEST" in refused.text
+        assert 'role="alert"' in refused.text
+
+    # A viewer sees neither button and may not post either.
+    async with _browser(gateway) as client:
+        await _sign_in(client, viewer.token)
+        page = await client.get(f"/ui/promotions/{deployed['id']}/deployment")
+        assert "Roll back this deployment" not in page.text and ">Remediate</button>" not in page.text
+        csrf = _field(page.text, CSRF_FIELD)
+        denied = await client.post(remediate, data={CSRF_FIELD: csrf})
+        assert denied.status_code == 403 and "PERM_DENIED" in denied.text
+
+
+async def test_the_agents_page_shows_status_heartbeat_version_capabilities_and_labels(
+    gateway: Gateway, services: StandIn
+) -> None:
+    tenant = await gateway.tenant()
+    agent = {
+        "id": str(uuid.uuid4()),
+        "name": "edge-1",
+        "version": "1.4.2",
+        "capabilities": ["docker_host", "compose_host"],
+        "labels": {"region": "eu-west-1"},
+        "status": "online",
+        "checks": [],
+        "last_heartbeat_at": views._now(),
+        "registered_at": views._now(),
+        "revoked_at": None,
+    }
+    services.answer(dep.LIST_AGENTS, views.page([agent]))
+    async with _browser(gateway) as client:
+        await _sign_in(client, tenant.token)
+        page = await client.get("/ui/agents", params={"status": "online"})
+        wrong = await client.get("/ui/agents", params={"status": "asleep"})
+    assert page.status_code == 200, page.text
+    row = page.text[page.text.index("<td>edge-1</td>") :]
+    assert "online" in row and "1.4.2" in row and "docker_host, compose_host" in row
+    assert "<code>region=eu-west-1</code>" in row and " ago)" in row
+    assert services.last(dep.LIST_AGENTS).payload["status"] == "online"
+    assert wrong.status_code == 400
+
+
+async def test_the_live_event_stream_needs_a_session(gateway: Gateway) -> None:
+    async with _browser(gateway) as client:
+        answer = await client.get("/ui/events/stream", params={"resource": f"promotions/{uuid.uuid4()}"})
+    assert answer.status_code == 401

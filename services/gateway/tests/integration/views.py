@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -140,6 +141,30 @@ def environment_state(environment_id: str, closed: bool = True) -> dict[str, Any
         active_window_ids=[uuid.uuid4()] if closed else [],
         evaluated_at=datetime.now(UTC),
     ).model_dump(mode="json")
+
+
+def board(
+    environments: list[tuple[dict[str, Any], bool, list[dict[str, Any]]]], promotions: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """An ``EnvironmentBoardView`` as JSON: (environment, closed, windows) each, and cells of ``promotions``."""
+    return {
+        "environments": [
+            {"environment": env, "state": environment_state(env["id"], closed=closed), "windows": windows}
+            for env, closed, windows in environments
+        ],
+        "cells": [
+            {
+                "promotion_id": p["id"],
+                "release_id": p["release_id"],
+                "release_name": p["release_name"],
+                "environment_id": p["target_environment_id"],
+                "status": p["status"],
+                "requested_at": p["requested_at"],
+                "updated_at": p["updated_at"],
+            }
+            for p in promotions
+        ],
+    }
 
 
 def scan_result(digest: str = DIGEST, **changes: Any) -> dict[str, Any]:

@@ -306,3 +306,47 @@ async def test_removing_an_active_window_ends_it_now(caller: Caller, stack: Stac
     assert [stack.names.local(m.subject) for m in msgs] == [c.ENVIRONMENT_CREATED, c.FREEZE_STARTED, c.FREEZE_ENDED]
     body = await first_match(events, lambda b: b.get("window_id") == added.data["id"])
     assert body["reason"] == "incident"
+
+
+async def test_the_board_gives_every_environment_with_its_state_and_the_newest_releases_cells(
+    caller: Caller, stack: Stack
+) -> None:
+    dev = await _environment(caller, "dev", 0)
+    prod = await _environment(caller, "prod", 1)
+    now = datetime.now(UTC).replace(microsecond=0)
+    frozen = await caller.command(
+        c.ADD_FREEZE_WINDOW,
+        c.AddFreezeWindow,
+        environment_id=prod["id"],
+        window={"start": now - timedelta(hours=1), "end": now + timedelta(hours=1), "reason": "audit"},
+    )
+    assert frozen.ok, frozen.error
+    older = await caller.ready_release("shop-1")
+    newer = await caller.ready_release("shop-2")
+    promoted = []
+    for release in (older, newer):
+        reply = await caller.command(
+            c.REQUEST_PROMOTION, c.RequestPromotion, release_id=release["id"], target_environment_id=dev["id"]
+        )
+        assert reply.ok, reply.error
+        promoted.append(reply.data["id"])
+
+    board = await caller.query(c.GET_ENVIRONMENT_BOARD, c.GetEnvironmentBoard, releases=10)
+    assert board.ok, board.error
+    entries = board.data["environments"]
+    assert [e["environment"]["name"] for e in entries] == ["dev", "prod"]
+    assert [e["state"]["closed"] for e in entries] == [False, True]
+    assert entries[1]["state"]["next_open"] == _iso(now + timedelta(hours=1))
+    assert all(e["windows"] == [] for e in entries)  # not asked for
+    # Newest release first, one cell each, its latest promotion.
+    assert [(cell["release_name"], cell["promotion_id"]) for cell in board.data["cells"]] == [
+        ("shop-2", promoted[1]),
+        ("shop-1", promoted[0]),
+    ]
+    assert {cell["environment_id"] for cell in board.data["cells"]} == {dev["id"]}
+
+    newest = await caller.query(c.GET_ENVIRONMENT_BOARD, c.GetEnvironmentBoard, releases=1, include_windows=True)
+    assert [cell["release_name"] for cell in newest.data["cells"]] == ["shop-2"]
+    assert [w["id"] for w in newest.data["environments"][1]["windows"]] == [frozen.data["id"]]
+    none = await caller.query(c.GET_ENVIRONMENT_BOARD, c.GetEnvironmentBoard, releases=0)
+    assert none.data["cells"] == [] and len(none.data["environments"]) == 2

@@ -44,6 +44,9 @@ LIST_FREEZE_WINDOWS: Final[str] = "stella.rpc.promotion.list_freeze_windows"
 """Query :class:`ListFreezeWindows` -> page of :class:`FreezeWindowView`."""
 GET_ENVIRONMENT_STATE: Final[str] = "stella.rpc.promotion.get_environment_state"
 """Query :class:`GetEnvironmentState` -> :class:`EnvironmentStateView`."""
+GET_ENVIRONMENT_BOARD: Final[str] = "stella.rpc.promotion.get_environment_board"
+"""Query :class:`GetEnvironmentBoard` -> :class:`EnvironmentBoardView`: every environment with its freeze state
+(and windows), and where the newest releases are, in one answer."""
 GET_PROMOTION: Final[str] = "stella.rpc.promotion.get_promotion"
 """Query :class:`GetPromotion` -> :class:`PromotionView`."""
 LIST_PROMOTIONS: Final[str] = "stella.rpc.promotion.list_promotions"
@@ -181,6 +184,33 @@ class PromotionView(Model):
     requested_by_display_name: str | None = Field(
         default=None, description="The requester's display name when it asked, if it had one."
     )
+
+
+class PromotionCell(Model):
+    """The latest promotion of a release into an environment: one cell of the environments x releases board."""
+
+    promotion_id: UUID
+    release_id: UUID
+    release_name: str
+    environment_id: UUID
+    status: PromotionStatus
+    requested_at: datetime
+    updated_at: datetime
+
+
+class EnvironmentBoardEntry(Model):
+    """An environment of the board with its freeze state now (and its windows when they were asked for)."""
+
+    environment: EnvironmentView
+    state: EnvironmentStateView
+    windows: list[FreezeWindowView] = Field(default_factory=list)
+
+
+class EnvironmentBoardView(Model):
+    """Environments in promotion order, and the cells of the newest releases (newest release first)."""
+
+    environments: list[EnvironmentBoardEntry]
+    cells: list[PromotionCell]
 
 
 class ScanResultView(Model):
@@ -341,6 +371,25 @@ class GetEnvironmentState(Query):
     """Is the environment open for promotions now?"""
 
     environment_id: UUID
+
+
+BOARD_MAX_ENVIRONMENTS: Final[int] = 500
+"""An environment board holds at most this many environments (the first in promotion order)."""
+BOARD_MAX_RELEASES: Final[int] = 500
+"""An environment board holds the cells of at most this many releases."""
+
+
+class GetEnvironmentBoard(Query):
+    """Every environment in promotion order with its freeze state now, and the latest promotion of each of the
+    newest releases into each environment: what a dashboard's overview or freeze calendar shows, in one query."""
+
+    releases: int = Field(
+        default=200,
+        ge=0,
+        le=BOARD_MAX_RELEASES,
+        description="The newest releases (by their latest promotion) whose cells are given; 0 for none.",
+    )
+    include_windows: bool = Field(default=False, description="Give each environment's windows too.")
 
 
 class GetPromotion(Query):

@@ -550,6 +550,33 @@ class EnvironmentStateOut(ResponseBody):
     evaluated_at: datetime
 
 
+class PromotionCellOut(ResponseBody):
+    """The latest promotion of a release into an environment (a cell of the environments x releases board)."""
+
+    promotion_id: UUID
+    release_id: UUID
+    release_name: str
+    environment_id: UUID
+    status: str
+    requested_at: datetime
+    updated_at: datetime
+
+
+class EnvironmentBoardEntryOut(ResponseBody):
+    """An environment with its freeze state now, and its windows when they were asked for."""
+
+    environment: EnvironmentOut
+    state: EnvironmentStateOut
+    windows: list[FreezeWindowOut]
+
+
+class EnvironmentBoardOut(ResponseBody):
+    """Environments in promotion order with their freeze state, and the cells of the newest releases."""
+
+    environments: list[EnvironmentBoardEntryOut]
+    cells: list[PromotionCellOut]
+
+
 # --- scan results ---------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,14 @@ from uuid import UUID
 
 import asyncpg
 
-from stella.contracts.promotion import EnvironmentView, FreezeWindowView, PromotionStatus, PromotionView, ScanResultView
+from stella.contracts.promotion import (
+    EnvironmentView,
+    FreezeWindowView,
+    PromotionCell,
+    PromotionStatus,
+    PromotionView,
+    ScanResultView,
+)
 from stella.contracts.workflow import StepRef
 from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor, int32
 from stella.promotion import freeze
@@ -68,6 +75,10 @@ LIST_ENVIRONMENTS = f"""
      LIMIT $4
 """
 
+BOARD_ENVIRONMENTS = f"""
+    SELECT {_ENVIRONMENT_COLUMNS} FROM environments WHERE tenant_id = $1 ORDER BY order_index, name LIMIT $2
+"""
+
 # --- freeze windows --------------------------------------------------------------------------------------
 
 INSERT_WINDOW = f"""
@@ -80,6 +91,11 @@ GET_WINDOW = f"SELECT {_WINDOW_COLUMNS} FROM freeze_windows WHERE tenant_id = $1
 DELETE_WINDOW = "DELETE FROM freeze_windows WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
 WINDOWS_OF_ENVIRONMENT = f"""
     SELECT {_WINDOW_COLUMNS} FROM freeze_windows WHERE tenant_id = $1 AND environment_id = $2 ORDER BY created_at, id
+"""
+WINDOWS_OF_ENVIRONMENTS = f"""
+    SELECT {_WINDOW_COLUMNS} FROM freeze_windows
+     WHERE tenant_id = $1 AND environment_id = ANY($2::uuid[])
+     ORDER BY created_at, id
 """
 LIST_WINDOWS = f"""
     SELECT {_WINDOW_COLUMNS} FROM freeze_windows
@@ -167,6 +183,21 @@ LIST_PROMOTIONS = f"""
        AND ($5::timestamptz IS NULL OR (requested_at, id) < ($5, $6::uuid))
      ORDER BY requested_at DESC, id DESC
      LIMIT $7
+"""
+# The board's cells: of the newest releases (by their latest promotion), the latest promotion into each
+# environment (promotions_by_release serves both the grouping and the DISTINCT ON).
+BOARD_CELLS = """
+    WITH recent AS (
+        SELECT release_id, max(requested_at) AS last_requested_at FROM promotions
+         WHERE tenant_id = $1
+         GROUP BY release_id
+         ORDER BY last_requested_at DESC, release_id
+         LIMIT $2
+    )
+    SELECT DISTINCT ON (recent.last_requested_at, p.release_id, p.target_environment_id)
+           p.id, p.release_id, p.release_name, p.target_environment_id, p.status, p.requested_at, p.updated_at
+      FROM recent JOIN promotions p ON p.tenant_id = $1 AND p.release_id = recent.release_id
+     ORDER BY recent.last_requested_at DESC, p.release_id, p.target_environment_id, p.requested_at DESC, p.id DESC
 """
 # A change of the environment's windows or gates may open it earlier than a held promotion expects: such
 # promotions are re-evaluated now instead of at their recorded next opening.
@@ -467,6 +498,11 @@ async def all_environments(conn: asyncpg.Connection, tenant: UUID) -> list[Envir
     return [environment_view(r) for r in await conn.fetch(ALL_ENVIRONMENTS, tenant)]
 
 
+async def board_environments(conn: asyncpg.Connection, tenant: UUID, limit: int) -> list[EnvironmentView]:
+    """The first ``limit`` environments of the tenant, in promotion order."""
+    return [environment_view(r) for r in await conn.fetch(BOARD_ENVIRONMENTS, tenant, limit)]
+
+
 async def update_environment(
     conn: asyncpg.Connection, tenant: UUID, environment: Environment, policy: dict[str, Any], now: datetime
 ) -> EnvironmentView:
@@ -555,6 +591,16 @@ async def delete_window(conn: asyncpg.Connection, tenant: UUID, eid: UUID, wid: 
 async def windows_of_environment(conn: asyncpg.Connection, tenant: UUID, eid: UUID) -> list[StoredWindow]:
     """Every window of an environment, oldest first."""
     return [stored_window(r) for r in await conn.fetch(WINDOWS_OF_ENVIRONMENT, tenant, eid)]
+
+
+async def windows_of_environments(
+    conn: asyncpg.Connection, tenant: UUID, eids: Sequence[UUID]
+) -> dict[UUID, list[StoredWindow]]:
+    """The windows of each of the environments, oldest first (one statement for them all)."""
+    found: dict[UUID, list[StoredWindow]] = {eid: [] for eid in eids}
+    for row in await conn.fetch(WINDOWS_OF_ENVIRONMENTS, tenant, list(eids)):
+        found[row["environment_id"]].append(stored_window(row))
+    return found
 
 
 async def list_windows(
@@ -786,6 +832,25 @@ async def list_promotions(
         else None
     )
     return items, token
+
+
+async def board_cells(conn: asyncpg.Connection, tenant: UUID, releases: int) -> list[PromotionCell]:
+    """The latest promotion of each of the ``releases`` newest releases into each environment, newest release
+    first (a release's latest promotion decides how new it is)."""
+    if releases <= 0:
+        return []
+    return [
+        PromotionCell(
+            promotion_id=r["id"],
+            release_id=r["release_id"],
+            release_name=r["release_name"],
+            environment_id=r["target_environment_id"],
+            status=PromotionStatus(r["status"]),
+            requested_at=r["requested_at"],
+            updated_at=r["updated_at"],
+        )
+        for r in await conn.fetch(BOARD_CELLS, tenant, releases)
+    ]
 
 
 async def next_hold(conn: asyncpg.Connection) -> datetime | None:

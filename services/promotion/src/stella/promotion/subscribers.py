@@ -13,6 +13,10 @@ from stella.kit.broker import CommandRoutes, EventRoutes, QueryRoutes
 from stella.kit.service import ServiceRuntime
 from stella.promotion.handlers import Handlers
 
+QUERY_WORKERS = 4
+"""Queries answered at once: each waits on Postgres, and one after the other every dashboard and API reader
+queues behind the slowest. Four leave most of the pool (``db_pool_size``, 10) to the commands."""
+
 
 def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) -> None:
     """Attach the promotion commands, queries, and the approval decisions, run ends and job ends it consumes."""
@@ -29,11 +33,12 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     commands.on(c.EVALUATE_GATES, ExecuteStep, handlers.evaluate_gates)
     commands.attach(router, runtime)
 
-    queries = QueryRoutes(c.CONTEXT, runtime.name)
+    queries = QueryRoutes(c.CONTEXT, runtime.name, workers=QUERY_WORKERS)
     queries.on(c.GET_ENVIRONMENT, c.GetEnvironment, handlers.get_environment)
     queries.on(c.LIST_ENVIRONMENTS, c.ListEnvironments, handlers.list_environments)
     queries.on(c.LIST_FREEZE_WINDOWS, c.ListFreezeWindows, handlers.list_freeze_windows)
     queries.on(c.GET_ENVIRONMENT_STATE, c.GetEnvironmentState, handlers.get_environment_state)
+    queries.on(c.GET_ENVIRONMENT_BOARD, c.GetEnvironmentBoard, handlers.get_environment_board)
     queries.on(c.GET_PROMOTION, c.GetPromotion, handlers.get_promotion)
     queries.on(c.LIST_PROMOTIONS, c.ListPromotions, handlers.list_promotions)
     queries.on(c.GET_DECISION, c.GetDecision, handlers.get_decision)

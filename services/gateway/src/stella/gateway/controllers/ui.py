@@ -1,4 +1,4 @@
-"""``/ui``: the web dashboard, server-rendered HTML served by the gateway itself (no script, no CDN).
+"""``/ui``: the web dashboard, server-rendered HTML served by the gateway itself (no CDN, one small script).
 
 Sign-in takes an API token and opens a server-side session bound to it; the ``HttpOnly``, ``SameSite=Strict``
 cookie (``Secure`` when the request came over HTTPS) holds only the session's random secret. Every page
@@ -9,7 +9,8 @@ service around the gateway, and another tenant's object is a 404 here as there.
 Every form that changes something carries a CSRF token: an HMAC of the session secret, which a page of
 another site can neither read nor compute. The sign-in form, which has no session yet, is bound to a random
 value kept in a short-lived cookie of its own. Every answer carries a strict Content-Security-Policy that
-allows no script at all.
+allows only the gateway's own script (``static/ui/live.js``, served under a versioned name): it keeps a running
+deployment's page current from the tenant's event stream; without it the page refreshes itself instead.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import secrets
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
+from functools import cache
 from html import escape
+from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
 from urllib.parse import parse_qs, urlencode
 from uuid import UUID
@@ -36,13 +39,15 @@ from stella.contracts import approval as approvals
 from stella.contracts import deployment as deployments
 from stella.contracts import evidence, release, workflow
 from stella.contracts import promotion as contract
+from stella.contracts.agent import AgentStatus
 from stella.contracts.envelope import PageRequest
 from stella.contracts.promotion import PromotionStatus, PromotionView
 from stella.gateway.auth import Identity, hash_token, new_session_secret
+from stella.gateway.controllers.events import checked_resource
 from stella.gateway.controllers.evidence import export_stream
 from stella.gateway.controllers.promotions import cast_vote
 from stella.gateway.dependencies import parse_id
-from stella.gateway.deployment_schemas import JobOut, JobPage, TargetOut, TargetPage
+from stella.gateway.deployment_schemas import AgentPage, JobOut, JobPage, TargetOut, TargetPage
 from stella.gateway.pagination import page_params
 from stella.gateway.permissions import Action, Resource
 from stella.gateway.problems import ProblemError
@@ -50,13 +55,13 @@ from stella.gateway.relay import CallContext, Relay, parse_data
 from stella.gateway.runtime import Runtime
 from stella.gateway.schemas import (
     ApprovalRequestOut,
+    EnvironmentBoardOut,
     EnvironmentOut,
     EnvironmentPage,
-    EnvironmentStateOut,
     FreezeWindowOut,
-    FreezeWindowPage,
     PacketPage,
     PacketType,
+    PromotionCellOut,
     PromotionPage,
     ReleaseOut,
     ReleasePage,
@@ -64,6 +69,7 @@ from stella.gateway.schemas import (
     VerificationOut,
     VoteAction,
 )
+from stella.gateway.streams import MEDIA_TYPE, StreamFilter, parse_last_event_id
 from stella.gateway.tracing import trace_id
 
 E = TypeVar("E", bound=Enum)
@@ -81,9 +87,11 @@ CSRF_FIELD: Final[str] = "csrf_token"
 """Name of the hidden field carrying the CSRF token of a form."""
 
 CSP: Final[str] = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-"""The dashboard's Content-Security-Policy: no script, nothing from elsewhere, not framed."""
+"""The dashboard's Content-Security-Policy: only the gateway's own script (no inline script), nothing from
+elsewhere, not framed."""
 
 SECURITY_HEADERS: Final[dict[str, str]] = {
     "Content-Security-Policy": CSP,
@@ -98,6 +106,7 @@ _PACKET_ID = Parameter(description="Evidence packet id")
 _RELEASE_ID = Parameter(description="Release id")
 _MAX_FORM_BYTES: Final[int] = 8192
 _MATRIX_PAGE: Final[int] = 500
+_MATRIX_RELEASES: Final[int] = 200
 _SIGN_IN_TTL_S: Final[int] = 600
 
 SESSION_TTL_S: Final[int] = 12 * 3600
@@ -135,6 +144,7 @@ NAV: Final[tuple[tuple[str, str], ...]] = (
     ("/promotions", "Promotions"),
     ("/approvals", "Approvals"),
     ("/deployments", "Deployments"),
+    ("/agents", "Agents"),
     ("/freeze", "Freeze calendar"),
     ("/evidence", "Evidence"),
 )
@@ -221,7 +231,33 @@ async def _session(request: Request[Any, Any, Any], runtime: Runtime) -> Session
     return Session(request, identity, token, runtime.get_relay())
 
 
-def _to_sign_in() -> Response[Any]:
+class SignInRequired(Exception):
+    """A page was asked for without a live session: the answer is the sign-in page."""
+
+
+async def _signed_in(request: Request[Any, Any, Any], runtime: Runtime, *required: tuple[Resource, Action]) -> Session:
+    """The request's session, allowed each of ``required`` (403 otherwise).
+
+    Raises:
+        SignInRequired: without a live session (the controller answers with the sign-in page).
+    """
+    session = await _session(request, runtime)
+    if session is None:
+        raise SignInRequired
+    for resource, action in required:
+        session.require(resource, action)
+    return session
+
+
+async def _signed_form(request: Request[Any, Any, Any], runtime: Runtime) -> tuple[Session, dict[str, str]]:
+    """The session of a posted form and the form, its CSRF token checked."""
+    session = await _signed_in(request, runtime)
+    form = await _form(request)
+    _check_csrf(session.csrf, form)
+    return session, form
+
+
+def _to_sign_in(*_: Any) -> Response[Any]:
     response: Response[Any] = Redirect(f"{UI_PREFIX}/sign-in", status_code=303)
     response.headers.update(SECURITY_HEADERS)
     response.delete_cookie(SESSION_COOKIE, path=UI_PREFIX)
@@ -260,14 +296,47 @@ def ui_problem(_: Request[Any, Any, Any], exc: ProblemError) -> Response[str]:
 
 
 _ACTIVE_JOB: Final[frozenset[str]] = frozenset({"pending", "running", "paused", "rolling_back"})
-"""Job states that still change: their page refreshes itself."""
+"""Job states that still change: their page follows them live."""
+
+_UNDECIDED: Final[frozenset[str]] = frozenset(
+    {
+        PromotionStatus.PENDING_GATE.value,
+        PromotionStatus.PENDING_APPROVAL.value,
+        PromotionStatus.APPROVED.value,
+        PromotionStatus.DEPLOYING.value,
+    }
+)
+"""Promotion states from which a deployment may still start."""
 
 REFRESH_S: Final[int] = 3
-"""Seconds between two loads of a live deployment page (a meta refresh: the CSP allows no script)."""
+"""Seconds between two loads of a live deployment page in a browser without script (a meta refresh)."""
 
 _LIST_PAGE: Final[int] = 50
 _TASK_PAGE: Final[int] = 200
 _MAX_NAME_FILTER: Final[int] = 63
+
+
+def _see_other(path: str) -> Response[Any]:
+    """After a form's change: the page to show next (303, so a reload does not post again)."""
+    response: Response[Any] = Redirect(path, status_code=303)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+SCRIPT: Final[Path] = Path(__file__).parent.parent / "static" / "ui" / "live.js"
+"""The dashboard's one script: live parts of pages follow the event stream (see its header)."""
+
+
+@cache
+def _script_asset() -> tuple[str, bytes]:
+    """The script's versioned name (its content hash: a new version is a new URL) and its bytes."""
+    content = SCRIPT.read_bytes()
+    return f"live.{hashlib.sha256(content).hexdigest()[:16]}.js", content
+
+
+def _script() -> str:
+    name, _ = _script_asset()
+    return f'<script src="{UI_PREFIX}/assets/{name}" defer></script>'
 
 
 def _hidden(session: Session) -> str:
@@ -394,12 +463,24 @@ class DashboardController(Controller):
     path = UI_PREFIX
     include_in_schema = False
     opt = {"exclude_from_auth": True}
-    exception_handlers = {ProblemError: ui_problem}
+    exception_handlers = {ProblemError: ui_problem, SignInRequired: _to_sign_in}
 
     @get("/style.css", media_type="text/css")
     async def style(self) -> Response[str]:
         """The stylesheet."""
         return Response(STYLE, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+    @get("/assets/{name:str}", media_type="text/javascript")
+    async def asset(self, name: str = Parameter(description="Versioned asset name")) -> Response[bytes]:
+        """The dashboard's script under its versioned name, cached for good (any other name is a 404)."""
+        current, content = _script_asset()
+        if name != current:
+            raise ProblemError(404, "RES_NOT_FOUND", "No such asset.")
+        return Response(
+            content,
+            media_type="text/javascript",
+            headers={**SECURITY_HEADERS, "Cache-Control": "public, max-age=31536000, immutable"},
+        )
 
     @get("/sign-in")
     async def sign_in_form(self, request: Request[Any, Any, Any]) -> Response[str]:
@@ -459,40 +540,30 @@ class DashboardController(Controller):
     @post("/sign-out", status_code=303)
     async def sign_out(self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> Response[Any]:
         """End the session on the server (its cookie no longer signs anyone in) and forget the cookie."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        _check_csrf(session.csrf, await _form(request))
+        await _signed_form(request, runtime)
         await runtime.get_store().end_session(hash_token(request.cookies[SESSION_COOKIE]), runtime.clock())
         return _to_sign_in()
 
     @get("/")
     async def overview(self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> Response[Any]:
         """Environments in promotion order by releases: where each release is, its status and age, freezes."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.ENVIRONMENT, Action.READ)
-        session.require(Resource.PROMOTION, Action.READ)
-        page = PageRequest(page_size=_MATRIX_PAGE)
-        environments_data, promotions_data = await asyncio.gather(
-            session.relay.query(contract.LIST_ENVIRONMENTS, session.call.query(contract.ListEnvironments, page=page)),
-            session.relay.query(contract.LIST_PROMOTIONS, session.call.query(contract.ListPromotions, page=page)),
+        session = await _signed_in(
+            request, runtime, (Resource.ENVIRONMENT, Action.READ), (Resource.PROMOTION, Action.READ)
         )
-        environments = parse_data(EnvironmentPage, environments_data).items
-        promotions = parse_data(PromotionPage, promotions_data).items
-        states = await asyncio.gather(*(self._state(session, environment) for environment in environments))
-        if not environments:
+        board = await self._board(session, releases=_MATRIX_RELEASES)
+        if not board.environments:
             return session.page("Overview", "<p>No environments yet: create them with POST /api/v1/environments.</p>")
         now = runtime.clock()
-        # Newest first: the first promotion seen of a (release, environment) is its current state.
-        cells: dict[tuple[UUID, UUID], PromotionView] = {}
+        # Newest release first; one cell per (release, environment): its latest promotion.
+        cells: dict[tuple[UUID, UUID], PromotionCellOut] = {}
         releases: dict[UUID, str] = {}
-        for promotion in promotions:
-            releases.setdefault(promotion.release_id, promotion.release_name)
-            cells.setdefault((promotion.release_id, promotion.target_environment_id), promotion)
+        for item in board.cells:
+            releases.setdefault(item.release_id, item.release_name)
+            cells[(item.release_id, item.environment_id)] = item
+        environments = [entry.environment for entry in board.environments]
         head = ["Release"]
-        for environment, state in zip(environments, states, strict=True):
+        for entry in board.environments:
+            environment, state = entry.environment, entry.state
             freeze = '<span class="open">open</span>'
             if state.closed:
                 until = f" until {state.next_open.isoformat()}" if state.next_open else ""
@@ -507,7 +578,7 @@ class DashboardController(Controller):
                     row.append("")
                     continue
                 row.append(
-                    f'<a href="{UI_PREFIX}/promotions/{cell.id}">{escape(cell.status)}</a>'
+                    f'<a href="{UI_PREFIX}/promotions/{cell.promotion_id}">{escape(cell.status)}</a>'
                     f" <small>{_age(now, cell.updated_at)}</small>"
                 )
             rows.append(row)
@@ -517,9 +588,7 @@ class DashboardController(Controller):
     @get("/approvals")
     async def approvals(self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]) -> Response[Any]:
         """The approvals inbox: promotions waiting for approvals, with approve and reject."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
+        session = await _signed_in(request, runtime)
         return await self._inbox(session)
 
     async def _inbox(self, session: Session, message: str = "", status: int = 200) -> Response[str]:
@@ -550,11 +619,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
     ) -> Response[Any]:
         """Approve or reject a promotion; a refusal (separation of duties...) is shown on the inbox."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        form = await _form(request)
-        _check_csrf(session.csrf, form)
+        session, form = await _signed_form(request, runtime)
         session.require(Resource.PROMOTION, Action.APPROVE)
         try:
             action = VoteAction(form.get("action", ""))
@@ -597,10 +662,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], packet_id: str = _PACKET_ID
     ) -> Response[Any]:
         """Verify an evidence packet (signature, content hash, chain link) and show each check."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.EVIDENCE, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.EVIDENCE, Action.READ))
         query = session.call.query(evidence.VerifyPacket, packet_id=parse_id(packet_id, "packet_id"))
         result = parse_data(VerificationOut, await session.relay.query(evidence.VERIFY_PACKET, query))
         verdict = (
@@ -613,9 +675,10 @@ class DashboardController(Controller):
         body = verdict + _table("Checks", ["Check", "Result"], rows) + (f"<ul>{findings}</ul>" if findings else "")
         return session.page("Evidence packet", body)
 
-    async def _state(self, session: Session, environment: EnvironmentOut) -> EnvironmentStateOut:
-        query = session.call.query(contract.GetEnvironmentState, environment_id=environment.id)
-        return parse_data(EnvironmentStateOut, await session.relay.query(contract.GET_ENVIRONMENT_STATE, query))
+    async def _board(self, session: Session, *, releases: int = 0, windows: bool = False) -> EnvironmentBoardOut:
+        """Every environment with its freeze state (and windows), and the newest releases' cells: one query."""
+        query = session.call.query(contract.GetEnvironmentBoard, releases=releases, include_windows=windows)
+        return parse_data(EnvironmentBoardOut, await session.relay.query(contract.GET_ENVIRONMENT_BOARD, query))
 
     # --- releases -----------------------------------------------------------------------------------
 
@@ -629,10 +692,7 @@ class DashboardController(Controller):
         page_token: Annotated[str | None, QueryParameter()] = None,
     ) -> Response[Any]:
         """Releases, newest first, filtered by name prefix and status, a page at a time."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.RELEASE, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.RELEASE, Action.READ))
         prefix = (name or "").strip() or None
         if prefix is not None and len(prefix) > _MAX_NAME_FILTER:
             raise ProblemError(400, "VAL_INVALID_REQUEST", f"A name filter is at most {_MAX_NAME_FILTER} characters.")
@@ -674,9 +734,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], release_id: str = _RELEASE_ID
     ) -> Response[Any]:
         """A release: its digests, the environments it reached, and a "promote to next" action."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
+        session = await _signed_in(request, runtime)
         return await self._release(session, _path_id(release_id, "release"))
 
     async def _release(self, session: Session, release_id: UUID, message: str = "", status: int = 200) -> Response[str]:
@@ -756,11 +814,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], release_id: str = _RELEASE_ID
     ) -> Response[Any]:
         """Request the promotion of a release into the next environment; a refusal is shown on its page."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        form = await _form(request)
-        _check_csrf(session.csrf, form)
+        session, form = await _signed_form(request, runtime)
         session.require(Resource.PROMOTION, Action.CREATE)
         rid = _path_id(release_id, "release")
         environment_id = parse_id(form.get("environment_id", ""), "environment_id")
@@ -799,10 +853,7 @@ class DashboardController(Controller):
         page_token: Annotated[str | None, QueryParameter()] = None,
     ) -> Response[Any]:
         """Promotions, newest first, filtered by status and environment, a page at a time."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.PROMOTION, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.PROMOTION, Action.READ))
         wanted = _choice(PromotionStatus, status, "status")
         environment_id = parse_id(environment, "environment") if environment else None
         query = session.call.query(
@@ -901,10 +952,7 @@ class DashboardController(Controller):
         self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
     ) -> Response[Any]:
         """A promotion: status, timeline, decision record, approvals, freeze override and evidence."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.PROMOTION, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.PROMOTION, Action.READ))
         query = session.call.query(contract.GetPromotion, promotion_id=_path_id(promotion_id, "promotion"))
         promotion = parse_data(PromotionView, await session.relay.query(contract.GET_PROMOTION, query))
         facts = [
@@ -952,42 +1000,175 @@ class DashboardController(Controller):
     ) -> Response[Any]:
         """A promotion's deployment job (tasks per target), its environment's targets with health and drift.
 
-        While the job runs the page reloads itself every few seconds (a meta refresh).
+        While the job runs, the job's section follows it live: a small script of the gateway's replaces it with
+        a fresh copy on each event of the promotion's event stream. Without script, the page refreshes itself.
         """
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
+        session = await _signed_in(request, runtime)
+        return await self._deployment(session, _path_id(promotion_id, "promotion"))
+
+    async def _deployment(
+        self, session: Session, promotion_id: UUID, message: str = "", status: int = 200
+    ) -> Response[str]:
+        promotion, job = await self._promotion_job(session, promotion_id)
+        section, live, reload = await self._job_section(session, promotion, job)
+        body = ""
+        if live:  # outside the section, which the script replaces
+            body += (
+                '<p id="job-note" role="status">Live: this view updates as the deployment moves on '
+                f'(<a href="{UI_PREFIX}/promotions/{promotion.id}/deployment">reload now</a>).</p>'
+            )
+        body += message + section
+        head = _script() if live else ""
+        if reload:
+            head += f'<noscript><meta http-equiv="refresh" content="{REFRESH_S}"></noscript>'
+        return session.page(
+            f"Deployment of {promotion.release_name} to {promotion.target_environment_name}",
+            body,
+            status=status,
+            head=head,
+        )
+
+    @get("/promotions/{promotion_id:str}/deployment/job")
+    async def deployment_job(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
+    ) -> Response[Any]:
+        """The job section of a deployment page alone: what the page's script swaps in as the job moves on."""
+        session = await _signed_in(request, runtime)
+        promotion, job = await self._promotion_job(session, _path_id(promotion_id, "promotion"))
+        section, _, _ = await self._job_section(session, promotion, job)
+        return Response(section, media_type="text/html", headers=dict(SECURITY_HEADERS))
+
+    async def _promotion_job(self, session: Session, promotion_id: UUID) -> tuple[PromotionView, JobOut | None]:
         session.require(Resource.PROMOTION, Action.READ)
-        pid = _path_id(promotion_id, "promotion")
-        query = session.call.query(contract.GetPromotion, promotion_id=pid)
+        query = session.call.query(contract.GetPromotion, promotion_id=promotion_id)
         promotion = parse_data(PromotionView, await session.relay.query(contract.GET_PROMOTION, query))
-        job: JobOut | None = None
         try:
             job_query = session.call.query(
-                deployments.GetPromotionDeployment, promotion_id=pid, tasks_page=PageRequest(page_size=_TASK_PAGE)
+                deployments.GetPromotionDeployment,
+                promotion_id=promotion_id,
+                tasks_page=PageRequest(page_size=_TASK_PAGE),
             )
             job = parse_data(JobOut, await session.relay.query(deployments.GET_PROMOTION_DEPLOYMENT, job_query))
         except ProblemError as exc:
             if exc.status != 404:
                 raise
+            return promotion, None
+        return promotion, job
+
+    async def _job_section(
+        self, session: Session, promotion: PromotionView, job: JobOut | None
+    ) -> tuple[str, bool, bool]:
+        """The live section of the deployment page (the promotion's state, its job, the environment's targets);
+        whether it follows live (with script), and whether the page refreshes itself without script (only while
+        a deployment is about to start or runs)."""
         waiting = promotion.status in (PromotionStatus.APPROVED.value, PromotionStatus.DEPLOYING.value)
-        live = job.status in _ACTIVE_JOB if job is not None else waiting
-        body = "<p>" + _link(f"/promotions/{promotion.id}", f"Back to the promotion ({promotion.status})") + "</p>"
+        running = job is not None and job.status in _ACTIVE_JOB
+        # Followed while the job runs, and before it exists while the promotion may still deploy.
+        live = running or (job is None and promotion.status in _UNDECIDED)
+        attributes = (
+            f'id="job" data-live-active="{"true" if live else "false"}" '
+            f'data-live-poll="{"true" if running else "false"}"'
+        )
         if live:
-            body += f'<p role="status">Live: this page reloads every {REFRESH_S} s until the deployment ends.</p>'
+            stream = f"{UI_PREFIX}/events/stream?" + urlencode({"resource": f"promotions/{promotion.id}"})
+            attributes += (
+                f' data-live-fragment="{UI_PREFIX}/promotions/{promotion.id}/deployment/job"'
+                f' data-live-stream="{escape(stream)}"'
+            )
         if job is None:
-            body += (
+            content = (
                 "<p>No deployment yet: it starts once the promotion is approved.</p>"
                 if not waiting
-                else '<p role="status">The deployment is about to start.</p>'
+                else "<p>The deployment is about to start.</p>"
             )
         else:
-            body += self._job(job)
+            content = self._job(job) + self._rollback_form(session, promotion, job)
+        content = (
+            "<p>" + _link(f"/promotions/{promotion.id}", f"Back to the promotion ({promotion.status})") + "</p>"
+        ) + content
         if session.identity.can(Resource.TARGET, Action.READ):
-            body += await self._targets(session, promotion.target_environment_id)
-        head = f'<meta http-equiv="refresh" content="{REFRESH_S}">' if live else ""
-        return session.page(
-            f"Deployment of {promotion.release_name} to {promotion.target_environment_name}", body, head=head
+            content += await self._targets(session, promotion.target_environment_id)
+        section = f'<section {attributes} aria-label="Deployment job">{content}</section>'
+        return section, live, running or (job is None and waiting)
+
+    def _rollback_form(self, session: Session, promotion: PromotionView, job: JobOut) -> str:
+        if job.status in _ACTIVE_JOB or job.kind == "rollback":
+            return ""
+        if not session.identity.can(Resource.PROMOTION, Action.DEPLOY):
+            return "<p>Your roles cannot roll deployments back.</p>"
+        field = f"rollback-reason-{job.id}"
+        return (
+            f'<form method="post" action="{UI_PREFIX}/promotions/{promotion.id}/rollback">{_hidden(session)}'
+            f'<input type="hidden" name="job_id" value="{job.id}">'
+            f'<label for="{field}">Reason for the rollback</label>'
+            f'<input id="{field}" name="reason" maxlength="2000" size="40"> '
+            '<button type="submit">Roll back this deployment</button></form>'
+        )
+
+    @post("/promotions/{promotion_id:str}/rollback", status_code=303)
+    async def rollback(
+        self, request: Request[Any, Any, Any], runtime: NamedDependency[Runtime], promotion_id: str = _ID
+    ) -> Response[Any]:
+        """Roll a finished job's targets back to their previous digests; a refusal is shown on the page."""
+        session, form = await _signed_form(request, runtime)
+        session.require(Resource.PROMOTION, Action.DEPLOY)
+        pid = _path_id(promotion_id, "promotion")
+        job_id = parse_id(form.get("job_id", ""), "job_id")
+        reason = form.get("reason", "").strip()
+        if len(reason) > 2000:
+            raise ProblemError(400, "VAL_INVALID_REQUEST", "The reason is longer than 2000 characters.")
+        promotion, job = await self._promotion_job(session, pid)
+        if job is None or job.id != job_id:
+            raise ProblemError(404, "RES_NOT_FOUND", "No such deployment job of this promotion.")
+        command = session.call.command(deployments.RollbackJob, job_id=job_id, target_ids=None, reason=reason or None)
+        try:
+            await session.relay.command(session.call, deployments.ROLLBACK_JOB, command)
+        except ProblemError as exc:
+            if exc.status not in (409, 422):
+                raise
+            return await self._deployment(session, pid, _message(exc), status=exc.status)
+        return _see_other(f"{UI_PREFIX}/promotions/{promotion.id}/deployment")
+
+    @post("/targets/{target_id:str}/remediate", status_code=303)
+    async def remediate(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        target_id: str = Parameter(description="Target id"),
+    ) -> Response[Any]:
+        """Redeploy what a drifted target's sticker names; a refusal is shown on the deployments page."""
+        session, _ = await _signed_form(request, runtime)
+        session.require(Resource.PROMOTION, Action.DEPLOY)
+        command = session.call.command(deployments.RemediateTarget, target_id=_path_id(target_id, "target"))
+        try:
+            await session.relay.command(session.call, deployments.REMEDIATE_TARGET, command)
+        except ProblemError as exc:
+            if exc.status not in (409, 422):
+                raise
+            return await self._deployments(session, None, None, _message(exc), code=exc.status)
+        return _see_other(f"{UI_PREFIX}/deployments?remediating=1")
+
+    @get("/events/stream", media_type="text/event-stream")
+    async def events_stream(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        resource: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    ) -> Response[Any] | Stream:
+        """The tenant's public events about one resource, live, for the pages' script (the session signs in)."""
+        session = await _session(request, runtime)
+        if session is None:
+            raise ProblemError(401, "AUTH_SESSION_REQUIRED", "Sign in again.")
+        session.require(Resource.PROMOTION, Action.READ)
+        header = request.headers.get("last-event-id")
+        flt = StreamFilter(resource=checked_resource(resource))
+        events = await runtime.get_event_streams().open(
+            session.identity.tenant_id, flt, parse_last_event_id(header) if header is not None else None
+        )
+        return Stream(
+            events,
+            media_type=MEDIA_TYPE,
+            headers={**SECURITY_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     def _job(self, job: JobOut) -> str:
@@ -1023,6 +1204,14 @@ class DashboardController(Controller):
         table = _table("Tasks", ["Target", "Batch", "Task", "Status", "Attempt", "Digest", "Message and logs"], rows)
         return facts + (table if rows else "<p>No tasks yet.</p>")
 
+    def _remediate_form(self, session: Session, target: TargetOut) -> str:
+        if not target.drift_detected or not session.identity.can(Resource.PROMOTION, Action.DEPLOY):
+            return ""
+        return (
+            f'<form method="post" action="{UI_PREFIX}/targets/{target.id}/remediate">{_hidden(session)}'
+            f'<button type="submit" aria-label="Remediate {escape(target.name)}">Remediate</button></form>'
+        )
+
     async def _targets(self, session: Session, environment_id: UUID | None = None) -> str:
         query = session.call.query(
             deployments.ListTargets, environment_id=environment_id, page=PageRequest(page_size=_MATRIX_PAGE)
@@ -1035,7 +1224,7 @@ class DashboardController(Controller):
                 escape(t.name),
                 escape(t.health_status),
                 _digests({"name": name, "digest": digest} for name, digest in sorted(t.current.items())),
-                _drift(t),
+                _drift(t) + self._remediate_form(session, t),
                 _when(t.updated_at),
             ]
             for t in targets
@@ -1049,11 +1238,20 @@ class DashboardController(Controller):
         runtime: NamedDependency[Runtime],
         status: Annotated[str | None, QueryParameter()] = None,
         page_token: Annotated[str | None, QueryParameter()] = None,
+        remediating: Annotated[str | None, QueryParameter(max_length=1)] = None,
     ) -> Response[Any]:
         """Deployment jobs, newest first, and every target with its health, current digests and drift."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
+        session = await _signed_in(request, runtime)
+        message = (
+            '<p role="status">Remediation started: a job redeploys what the target\'s sticker names.</p>'
+            if remediating
+            else ""
+        )
+        return await self._deployments(session, status, page_token, message)
+
+    async def _deployments(
+        self, session: Session, status: str | None, page_token: str | None, message: str = "", code: int = 200
+    ) -> Response[str]:
         session.require(Resource.PROMOTION, Action.READ)
         wanted = _choice(deployments.JobStatus, status, "status")
         query = session.call.query(deployments.ListJobs, status=wanted, page=_list_page(page_token))
@@ -1077,7 +1275,8 @@ class DashboardController(Controller):
             ]
             for job in jobs.items
         ]
-        body = filters + (
+        body = message + filters
+        body += (
             _table("Deployment jobs", ["Release", "Environment", "Job", "Status", "Targets", "Created"], rows)
             + _pager("/deployments", {"status": status}, jobs.next_page_token)
             if rows
@@ -1085,7 +1284,51 @@ class DashboardController(Controller):
         )
         if session.identity.can(Resource.TARGET, Action.READ):
             body += await self._targets(session)
-        return session.page("Deployments", body)
+        return session.page("Deployments", body, status=code)
+
+    # --- agents -------------------------------------------------------------------------------------
+
+    @get("/agents")
+    async def agents(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: NamedDependency[Runtime],
+        status: Annotated[str | None, QueryParameter()] = None,
+        page_token: Annotated[str | None, QueryParameter()] = None,
+    ) -> Response[Any]:
+        """The tenant's agents by name: status, last heartbeat, version, capabilities and labels."""
+        session = await _signed_in(request, runtime, (Resource.AGENT, Action.READ))
+        wanted = _choice(AgentStatus, status, "status")
+        query = session.call.query(deployments.ListAgents, status=wanted, page=_list_page(page_token))
+        result = parse_data(AgentPage, await session.relay.query(deployments.LIST_AGENTS, query))
+        filters = _filters(
+            "/agents",
+            "<span>" + _select("status", "Status", [(s.value, s.value) for s in AgentStatus], status) + "</span>",
+        )
+        if not result.items:
+            body = (
+                "<p>No agent matches: an agent registers with a one-time token (POST /api/v1/agent-tokens) "
+                "and shows up here once it has.</p>"
+            )
+            return session.page("Agents", filters + body)
+        now = runtime.clock()
+        rows = [
+            [
+                escape(agent.name),
+                f'<span class="{"open" if agent.status == "online" else "closed"}">{escape(agent.status)}</span>',
+                (
+                    f"{_when(agent.last_heartbeat_at)} <small>({_age(now, agent.last_heartbeat_at)} ago)</small>"
+                    if agent.last_heartbeat_at
+                    else "never"
+                ),
+                escape(agent.version),
+                escape(", ".join(agent.capabilities)) or "-",
+                "<br>".join(f"<code>{escape(k)}={escape(v)}</code>" for k, v in sorted(agent.labels.items())) or "-",
+            ]
+            for agent in result.items
+        ]
+        table = _table("Agents", ["Agent", "Status", "Last heartbeat", "Version", "Capabilities", "Labels"], rows)
+        return session.page("Agents", filters + table + _pager("/agents", {"status": status}, result.next_page_token))
 
     # --- freeze calendar ----------------------------------------------------------------------------
 
@@ -1097,10 +1340,7 @@ class DashboardController(Controller):
         tz: Annotated[str | None, QueryParameter()] = None,
     ) -> Response[Any]:
         """Each environment's freeze and deployment windows, whether it is open now and when that changes."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.ENVIRONMENT, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.ENVIRONMENT, Action.READ))
         zone_name = (tz or "").strip() or "UTC"
         try:
             zone = ZoneInfo(zone_name)
@@ -1108,31 +1348,18 @@ class DashboardController(Controller):
             raise ProblemError(
                 400, "VAL_INVALID_REQUEST", f"{zone_name!r} is not a time zone; use an IANA name like Europe/Berlin."
             ) from None
-        environments = await self._environments(session)
+        board = await self._board(session, windows=True)
         form = (
             f'<form class="filters" method="get" action="{UI_PREFIX}/freeze">'
             '<span><label for="tz">Show times in (IANA time zone)</label>'
             f'<input id="tz" name="tz" value="{escape(zone_name)}" maxlength="64"></span>'
             '<button type="submit">Show</button></form>'
         )
-        if not environments:
+        if not board.environments:
             return session.page("Freeze calendar", form + "<p>No environments yet.</p>")
-        page = PageRequest(page_size=_MATRIX_PAGE)
-        states, windows = await asyncio.gather(
-            asyncio.gather(*(self._state(session, e) for e in environments)),
-            asyncio.gather(
-                *(
-                    session.relay.query(
-                        contract.LIST_FREEZE_WINDOWS,
-                        session.call.query(contract.ListFreezeWindows, environment_id=e.id, page=page),
-                    )
-                    for e in environments
-                )
-            ),
-        )
         body = form
-        for environment, state, data in zip(environments, states, windows, strict=True):
-            items = parse_data(FreezeWindowPage, data).items
+        for entry in board.environments:
+            environment, state, items = entry.environment, entry.state, entry.windows
             if state.closed:
                 now = f'<span class="closed">frozen</span> ({escape(state.reason or "")}), opens {_when(state.next_open, zone)}'
             else:
@@ -1164,10 +1391,7 @@ class DashboardController(Controller):
         page_token: Annotated[str | None, QueryParameter()] = None,
     ) -> Response[Any]:
         """Evidence packets in chain order, filtered by type, with verify links and a bundle export."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.EVIDENCE, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.EVIDENCE, Action.READ))
         wanted = _choice(PacketType, packet_type, "packet_type")
         query = session.call.query(evidence.ListPackets, packet_type=wanted, page=_list_page(page_token))
         result = parse_data(PacketPage, await session.relay.query(evidence.LIST_PACKETS, query))
@@ -1215,9 +1439,6 @@ class DashboardController(Controller):
         created_to: Annotated[str | None, QueryParameter(name="to")] = None,
     ) -> Response[Any] | Stream:
         """The evidence bundle of the chosen days, as the API's export builds it."""
-        session = await _session(request, runtime)
-        if session is None:
-            return _to_sign_in()
-        session.require(Resource.EVIDENCE, Action.READ)
+        session = await _signed_in(request, runtime, (Resource.EVIDENCE, Action.READ))
         start, end = _date(created_from, "from"), _date(created_to, "to", end=True)
         return await export_stream(session.call, session.relay, runtime, start, end, headers=dict(SECURITY_HEADERS))

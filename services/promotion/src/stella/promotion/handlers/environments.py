@@ -369,15 +369,41 @@ class EnvironmentHandlers(HandlerBase):
             if await repo.get_environment(conn, q.tenant_id, q.environment_id) is None:
                 raise EnvironmentNotFound(f"environment {q.environment_id} does not exist")
             windows = await repo.windows_of_environment(conn, q.tenant_id, q.environment_id)
-        now = self.clock()
-        state = freeze.environment_state([s.window for s in windows], now)
-        view = c.EnvironmentStateView(
-            environment_id=q.environment_id,
-            closed=state.closed,
-            reason=state.reason,
-            next_open=state.next_open,
-            next_close=state.next_close,
-            active_window_ids=[UUID(i) for i in state.active_window_ids],
-            evaluated_at=now,
-        )
+        view = _state_view(q.environment_id, windows, self.clock())
         return Reply.success(view.model_dump(mode="json"))
+
+    async def get_environment_board(self, q: c.GetEnvironmentBoard) -> Reply:
+        """Every environment with its freeze state (and windows), and the cells of the newest releases.
+
+        Three statements whatever the number of environments, read in one snapshot so that the cells and
+        the environments agree.
+        """
+        async with self._pool().acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            environments = await repo.board_environments(conn, q.tenant_id, c.BOARD_MAX_ENVIRONMENTS)
+            windows = await repo.windows_of_environments(conn, q.tenant_id, [e.id for e in environments])
+            cells = await repo.board_cells(conn, q.tenant_id, q.releases)
+        now = self.clock()
+        entries = [
+            c.EnvironmentBoardEntry(
+                environment=environment,
+                state=_state_view(environment.id, windows[environment.id], now),
+                windows=[w.view for w in windows[environment.id]] if q.include_windows else [],
+            )
+            for environment in environments
+        ]
+        board = c.EnvironmentBoardView(environments=entries, cells=cells)
+        return Reply.success(board.model_dump(mode="json"))
+
+
+def _state_view(environment_id: UUID, windows: list[repo.StoredWindow], now: datetime) -> c.EnvironmentStateView:
+    """Whether an environment with these windows is open at ``now``, and when that changes."""
+    state = freeze.environment_state([s.window for s in windows], now)
+    return c.EnvironmentStateView(
+        environment_id=environment_id,
+        closed=state.closed,
+        reason=state.reason,
+        next_open=state.next_open,
+        next_close=state.next_close,
+        active_window_ids=[UUID(i) for i in state.active_window_ids],
+        evaluated_at=now,
+    )
