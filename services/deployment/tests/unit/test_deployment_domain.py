@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -9,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from stella.contracts.agent import AgentStatus, TargetType, TaskStatus, TaskType
-from stella.contracts.canonical import content_hash
+from stella.contracts.canonical import CanonicalizationError, content_hash
 from stella.contracts.deployment import DeployedComponent, JobKind, JobStatus, Strategy, StrategySpec
 from stella.deployment import domain
 
@@ -316,3 +318,97 @@ def test_a_sticker_is_the_same_for_every_delivery_and_hashes_its_content() -> No
     assert sticker["content_hash"] == content_hash(body)
     assert sticker["release"]["components"] == [{"name": "api", "digest": NEW, "semver": "1.0.0", "tag": "v1"}]
     assert sticker["deployment"]["target_id"] == str(uuid.UUID(int=4))
+
+
+STICKER_NAMES = (
+    "web-1",
+    "",
+    "ünïcødé-名前",
+    "emoji-\U0001f680-beyond-the-bmp",
+    'quote-" backslash-\\ slash-/',
+    "control-\x00\x1f\t\n\u2028",
+    "stella-sticker-00000000000000000000000000000000",
+    "a" * 300,
+)
+STICKER_COMPONENTS: tuple[list[dict[str, object]], ...] = (
+    [{"name": "api", "digest": NEW, "semver": "1.0.0", "tag": "v1"}],
+    [],
+    [
+        {"name": "ünï", "digest": OLD, "semver": None, "tag": "\U0001f680"},
+        {"name": "db", "digest": NEW, "semver": "2.0.0-rc.1+build.5", "tag": None},
+    ],
+    # Not what a release holds, but what the canonical form must handle all the same: numbers (floats that
+    # take RFC 8785's own serializer: 1e-07, 1.0), and nested objects whose keys sort beyond the BMP.
+    [{"name": 7, "digest": 1.0, "semver": 1e-07, "tag": {"z": [1, 2.5, {"\U0001f680": 1e21, "é": -0.0}], "a": True}}],
+)
+
+
+@pytest.mark.parametrize("components", STICKER_COMPONENTS)
+def test_a_job_sticker_template_hashes_byte_for_byte_as_the_canonical_function(
+    components: list[dict[str, object]],
+) -> None:
+    data = domain.StickerInput(
+        release_id=uuid.uuid4(),
+        release_name='release \u00e9\U0001f680 "1"',
+        components=components,
+        job_id=uuid.uuid4(),
+        promotion_id=uuid.uuid4() if components else None,
+        environment_id=uuid.uuid4(),
+        environment_name="prod-é",
+        target_id=uuid.uuid4(),
+        target_name="ignored",
+        strategy=Strategy.ROLLING.value,
+        started_at=NOW,
+    )
+    template = domain.StickerTemplate(data)
+    for name in STICKER_NAMES:
+        target_id = uuid.uuid4()
+        expected = domain.build_sticker(dataclasses.replace(data, target_id=target_id, target_name=name))
+        sticker = template.build(target_id, name)
+        assert sticker == expected
+        assert list(sticker) == list(expected)
+        assert list(sticker["deployment"]) == list(expected["deployment"])
+        assert sticker["content_hash"] == content_hash({k: v for k, v in sticker.items() if k != "content_hash"})
+        assert json.dumps(sticker) == json.dumps(expected)
+
+
+def test_a_job_sticker_template_refuses_a_name_the_canonical_function_refuses() -> None:
+    data = domain.StickerInput(
+        release_id=uuid.uuid4(),
+        release_name="r1",
+        components=[{"name": "api", "digest": NEW, "semver": "1.0.0", "tag": "v1"}],
+        job_id=uuid.uuid4(),
+        promotion_id=None,
+        environment_id=uuid.uuid4(),
+        environment_name="dev",
+        target_id=uuid.uuid4(),
+        target_name="web-1",
+        strategy=Strategy.ALL_AT_ONCE.value,
+        started_at=NOW,
+    )
+    with pytest.raises(CanonicalizationError):
+        domain.build_sticker(dataclasses.replace(data, target_name="lone-\ud800"))
+    with pytest.raises(CanonicalizationError):
+        domain.StickerTemplate(data).build(uuid.uuid4(), "lone-\ud800")
+
+
+def test_a_job_sticker_template_whose_marks_are_not_unique_builds_each_sticker_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("secrets.token_hex", lambda _: "0" * 32)  # both marks alike: no cut is sure
+    data = domain.StickerInput(
+        release_id=uuid.uuid4(),
+        release_name="r1",
+        components=[{"name": "api", "digest": NEW, "semver": "1.0.0", "tag": "v1"}],
+        job_id=uuid.uuid4(),
+        promotion_id=None,
+        environment_id=uuid.uuid4(),
+        environment_name="dev",
+        target_id=uuid.uuid4(),
+        target_name="web-1",
+        strategy=Strategy.ALL_AT_ONCE.value,
+        started_at=NOW,
+    )
+    target_id = uuid.uuid4()
+    expected = domain.build_sticker(dataclasses.replace(data, target_id=target_id, target_name="web-2"))
+    assert domain.StickerTemplate(data).build(target_id, "web-2") == expected

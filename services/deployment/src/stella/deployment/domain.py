@@ -9,9 +9,11 @@ release tasks, start the next batch (after the pause), stop and roll back, pause
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,7 +21,7 @@ from typing import Any, Final
 from uuid import UUID
 
 from stella.contracts.agent import AgentStatus, TargetType, TaskStatus, TaskType
-from stella.contracts.canonical import content_hash
+from stella.contracts.canonical import HASH_PREFIX, canonicalize, content_hash
 from stella.contracts.deployment import (
     DeployedComponent,
     FailureBehavior,
@@ -669,6 +671,64 @@ def build_sticker(data: StickerInput) -> dict[str, Any]:
     }
     sticker["content_hash"] = content_hash(sticker)
     return sticker
+
+
+class StickerTemplate:
+    """The stickers of one job, which differ only in their target: the canonical bytes are made once.
+
+    :func:`build_sticker` canonicalizes every sticker whole (RFC 8785), once per target of a job. Here the
+    sticker is canonicalized once with a unique placeholder for the target's id and for its name, and cut at
+    them; each target's ``content_hash`` is then the SHA-256 of those pieces with the target's id and name,
+    each serialized as :func:`~stella.contracts.canonical.canonicalize` serializes a string, put back in the
+    cuts (the hash of the common prefix is taken once and copied). Keys are sorted by name, never by value,
+    and a string's canonical form does not depend on where it stands, so the bytes are the ones
+    :func:`build_sticker` hashes, and so the hash is the one agents and verifiers compute; a template whose
+    placeholders do not each appear exactly once in its bytes (cannot happen with random ones, but is
+    checked) builds every sticker with :func:`build_sticker`.
+    """
+
+    def __init__(self, data: StickerInput) -> None:
+        self._data = data
+        id_mark, name_mark = (f"stella-sticker-{secrets.token_hex(16)}" for _ in range(2))
+        self._sticker = build_sticker(dataclasses.replace(data, target_name=name_mark))
+        del self._sticker["content_hash"]
+        self._sticker["deployment"]["target_id"] = id_mark
+        whole = canonicalize(self._sticker)
+        cuts = sorted(
+            (whole.find(mark), mark, field_name)
+            for mark, field_name in ((canonicalize(id_mark), "target_id"), (canonicalize(name_mark), "target_name"))
+            if whole.count(mark) == 1
+        )
+        self._fields: tuple[str, ...] = ()
+        if len(cuts) == 2:
+            (first, first_mark, first_field), (second, second_mark, second_field) = cuts
+            self._prefix = hashlib.sha256(whole[:first])
+            self._middle = whole[first + len(first_mark) : second]
+            self._suffix = whole[second + len(second_mark) :]
+            self._fields = (first_field, second_field)
+
+    def build(self, target_id: UUID, target_name: str) -> dict[str, Any]:
+        """The sticker of ``target_id``, equal to :func:`build_sticker` of the job's data with this target.
+
+        Raises:
+            CanonicalizationError: When ``target_name`` cannot be canonicalized (a lone surrogate), as
+                :func:`build_sticker` does.
+        """
+        if not self._fields:
+            return build_sticker(dataclasses.replace(self._data, target_id=target_id, target_name=target_name))
+        values = {"target_id": str(target_id), "target_name": target_name}
+        digest = self._prefix.copy()
+        digest.update(canonicalize(values[self._fields[0]]))
+        digest.update(self._middle)
+        digest.update(canonicalize(values[self._fields[1]]))
+        digest.update(self._suffix)
+        template = self._sticker
+        return {
+            **template,
+            "release": {**template["release"], "components": [dict(c) for c in template["release"]["components"]]},
+            "deployment": {**template["deployment"], **values},
+            "content_hash": HASH_PREFIX + digest.hexdigest(),
+        }
 
 
 def resume(job: JobState, tasks: Sequence[TaskState]) -> tuple[UUID, ...]:

@@ -1150,6 +1150,22 @@ class Handlers:
             {"name": comp.name, "digest": comp.digest, "semver": comp.semver, "tag": comp.tag}
             for comp in release.components
         ]
+        # The job's stickers differ only in their target: canonicalized once (see domain.StickerTemplate).
+        stickers = domain.StickerTemplate(
+            domain.StickerInput(
+                release_id=release.id,
+                release_name=release.name,
+                components=sticker_release,
+                job_id=job_id,
+                promotion_id=promotion_id,
+                environment_id=environment.id,
+                environment_name=environment.name,
+                target_id=job_id,
+                target_name="",
+                strategy=spec.strategy.value,
+                started_at=now,
+            )
+        )
         new_tasks: list[NewTask] = []
         for item in planned.tasks:
             target = by_id[item.target_id]
@@ -1159,21 +1175,7 @@ class Handlers:
             if item.type is TaskType.INSPECT:
                 task_spec = [ComponentSpec.model_validate(s) for s in target["current_components"]]
             if item.type is TaskType.DEPLOY:
-                sticker = domain.build_sticker(
-                    domain.StickerInput(
-                        release_id=release.id,
-                        release_name=release.name,
-                        components=sticker_release,
-                        job_id=job_id,
-                        promotion_id=promotion_id,
-                        environment_id=environment.id,
-                        environment_name=environment.name,
-                        target_id=target["id"],
-                        target_name=target["name"],
-                        strategy=spec.strategy.value,
-                        started_at=now,
-                    )
-                )
+                sticker = stickers.build(target["id"], target["name"])
             new_tasks.append(
                 NewTask(
                     id=task_id,
