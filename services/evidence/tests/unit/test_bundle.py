@@ -290,3 +290,18 @@ def test_documented_commands_catch_tampering(tmp_path: Path, chain: Any) -> None
     assert f"FAILED: {path}" in out
     assert "BROKEN at 6: follows sequence 4" in out
     assert re.search(rf"^3 MISMATCH {re.escape(path)}", out, re.M)
+
+
+@pytest.mark.parametrize("cut", [1, 8, 20, 40, 200])
+def test_a_bundle_cut_short_is_refused_wherever_the_cut_falls(chain: Any, cut: int) -> None:
+    """A cut that only takes the archive's end blocks or the gzip checksum still makes it unreadable."""
+    data = chain.bundle()
+    with pytest.raises(BundleFormatError, match="not a readable tar"):
+        read_bundle(data[:-cut])
+
+
+def test_a_bundle_with_a_wrong_gzip_checksum_is_refused(chain: Any) -> None:
+    data = bytearray(chain.bundle())
+    data[-8] ^= 0xFF  # the CRC-32 of the uncompressed archive
+    with pytest.raises(BundleFormatError, match="not a readable tar"):
+        read_bundle(bytes(data))

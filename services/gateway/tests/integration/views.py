@@ -69,6 +69,7 @@ def release(name: str = "r1", status: str = "draft", **changes: Any) -> dict[str
                 "digest": DIGEST,
                 "tag": "1.0.0",
                 "semver": "1.0.0",
+                "registry_integration_id": None,
             }
         ],
         "source_ref": {},

@@ -506,6 +506,11 @@ def read_bundle(
                     duplicates.append(name)
                     continue
                 files[name] = data
+            # The last member ends before the archive does: read the rest, so that a stream cut in its end
+            # blocks or with a wrong checksum is noticed (tarfile alone stops quietly at a missing end block).
+            rest = tar.fileobj
+            while rest is not None and rest.read(1 << 16):
+                pass
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise BundleFormatError(f"not a readable tar.gz bundle: {exc}") from exc
     finally:
