@@ -16,30 +16,19 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from ipaddress import ip_network
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import pytest_asyncio
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
-from nats.aio.client import Client
 
 from stella.contracts import integration as i
 from stella.contracts import release as r
-from stella.integration.app import IntegrationApp
-from stella.integration.app import create_app as integration_app
-from stella.integration.keys import new_master_key
-from stella.integration.settings import Settings as IntegrationSettings
 from stella.kit.embedded import free_port
-from stella.release.app import ReleaseApp
-from stella.release.app import create_app as release_app
-from stella.release.settings import Settings as ReleaseSettings
 from stella.testing.pki import Pki, make_pki
 from stella.testing.registry import (
     LocalRegistry,
@@ -48,7 +37,7 @@ from stella.testing.registry import (
     push_image,
     request,
 )
-from stella.testing.services import TenantCaller, service_client
+from stella.testing.services import TenantCaller
 
 SERVICE = "stella-test-registry"
 ISSUER = "stella-test-token-issuer"
@@ -155,31 +144,6 @@ def token_registry(
     )
     with registry:
         yield registry
-
-
-@pytest_asyncio.fixture
-async def services(
-    fresh_database: str, nats_url: str, stella_namespace: str, tmp_path: Path
-) -> AsyncIterator[tuple[IntegrationApp, ReleaseApp]]:
-    common: dict[str, Any] = {"database_url": fresh_database, "nats_url": nats_url, "nats_namespace": stella_namespace}
-    key = tmp_path / "master.key"
-    key.write_text(new_master_key())
-    loopback = (ip_network("127.0.0.0/8"),)
-    integration = integration_app(IntegrationSettings(**common, master_key_file=key, allowed_networks=loopback))
-    release = release_app(ReleaseSettings(**common, registry_timeout_s=5, registry_allowed_networks=loopback))
-    await integration.start()
-    await release.start()
-    try:
-        yield integration, release
-    finally:
-        await release.stop()
-        await integration.stop()
-
-
-@pytest_asyncio.fixture
-async def caller(services: tuple[IntegrationApp, ReleaseApp], nats: Client) -> AsyncIterator[TenantCaller]:
-    async with service_client(nats, services[1].runtime.names) as client:
-        yield TenantCaller(client, tenant_id=uuid.uuid4())
 
 
 async def _integration(caller: TenantCaller, name: str, config: dict[str, Any], login: str) -> str:
