@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stella.agent.drivers.engine import credential_for, familiar, has_repo_digest, registry_host, running_digest
-from stella.contracts.agent import RegistryCredential
+from stella.agent.drivers.engine import credential_for, familiar, has_repo_digest, running_digest
+from stella.contracts.agent import RegistryCredential, registry_host
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -21,6 +21,7 @@ D2 = "sha256:" + "2" * 64
         ("registry.example/team/app", "registry.example"),
         ("127.0.0.1:5000/app", "127.0.0.1:5000"),
         ("localhost/app", "localhost"),
+        ("Registry.Example:5000/team/app", "registry.example:5000"),
     ],
 )
 def test_registry_host(repository: str, host: str) -> None:
@@ -59,6 +60,8 @@ def test_the_credential_of_the_images_registry_is_chosen() -> None:
         RegistryCredential(registry="docker.io", username="u2", password="p2"),
     ]
     assert credential_for("registry.example/app", credentials) is credentials[0]
+    # The host is matched as the deployment service attached it: without regard to case.
+    assert credential_for("Registry.Example/app", credentials) is credentials[0]
     assert credential_for("team/app", credentials) is credentials[1]
     assert credential_for("other.example/app", credentials) is None
     assert "p1" not in repr(credentials[0])

@@ -211,6 +211,24 @@ class DeploymentRef(Model):
     rollback_of: UUID | None = None
 
 
+DOCKER_HUB_HOSTS: Final[frozenset[str]] = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+"""Docker Hub's host names: a credential for any of them serves an image whose repository names no registry."""
+
+
+def registry_host(repository: str) -> str:
+    """The registry host of an image repository, lower-cased, as Docker reads it (``docker.io`` when it names none)."""
+    first, _, rest = repository.partition("/")
+    if rest and ("." in first or ":" in first or first.lower() == "localhost"):
+        return first.lower()
+    return "docker.io"
+
+
+def serves_host(registry: str, host: str) -> bool:
+    """Whether a credential for ``registry`` is the one for images on ``host`` (a :func:`registry_host`)."""
+    registry = registry.lower()
+    return registry == host or (host == "docker.io" and registry in DOCKER_HUB_HOSTS)
+
+
 class RegistryCredential(Model):
     """Pull credentials for one registry host; sent only inside an approved task and never logged."""
 

@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 
 from pydantic import ValidationError
 
-from stella.contracts.agent import RegistryCredential, TaskType
+from stella.contracts.agent import RegistryCredential, TaskType, registry_host, serves_host
 from stella.contracts.envelope import ErrorDetail
 from stella.contracts.integration import (
     GET_REGISTRY_CONNECTIONS,
@@ -37,21 +37,6 @@ log = logging.getLogger(__name__)
 
 PULLING_TASKS = frozenset({TaskType.DEPLOY.value, TaskType.ROLLBACK.value})
 """Task types whose agent pulls images."""
-
-_DOCKER_HUB = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-
-
-def registry_host(repository: str) -> str:
-    """The registry part of a repository (``docker.io`` when it names none), as Docker reads it."""
-    first, _, rest = repository.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first.lower()
-    return "docker.io"
-
-
-def _same_host(component_host: str, connection_url: str) -> bool:
-    offered = urlsplit(connection_url).netloc.lower()
-    return offered == component_host or (component_host == "docker.io" and offered in _DOCKER_HUB)
 
 
 def credentials_for(
@@ -73,7 +58,7 @@ def credentials_for(
         if connection is None or connection.username is None or connection.password is None:
             continue
         host = registry_host(str(component.get("image_repository", "")))
-        if not _same_host(host, connection.url):
+        if not serves_host(urlsplit(connection.url).netloc, host):
             log.warning(
                 "registry integration %s is not for registry %s of component %s: no credential sent",
                 connection.integration_id,

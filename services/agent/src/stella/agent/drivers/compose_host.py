@@ -43,6 +43,7 @@ from stella.agent.drivers.errors import COMPOSE_ERROR, INVALID_TASK, TaskFailure
 from stella.agent.drivers.files import make_artifact, sha256_digest, write_atomic
 from stella.contracts.agent import (
     COMPOSE_LOCK_FILE,
+    DOCKER_HUB_HOSTS,
     AgentTask,
     Artifact,
     Capability,
@@ -63,7 +64,6 @@ _PROBE_TIMEOUT_S = 15.0
 _OUTPUT_TAIL = 20
 
 
-_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 
 
@@ -84,7 +84,7 @@ def registry_config(credentials: Sequence[RegistryCredential], environ: Mapping[
         if plugins.is_dir():
             (directory / "cli-plugins").symlink_to(plugins, target_is_directory=True)
         auths = {
-            (_DOCKER_HUB_AUTH_KEY if c.registry in _DOCKER_HUB_HOSTS else c.registry): {
+            (_DOCKER_HUB_AUTH_KEY if c.registry.lower() in DOCKER_HUB_HOSTS else c.registry): {
                 "auth": base64.b64encode(f"{c.username}:{c.password}".encode()).decode()
             }
             for c in credentials

@@ -23,19 +23,10 @@ from aiodocker.exceptions import DockerError
 from stella.agent.drivers.base import LogSink
 from stella.agent.drivers.config import DriverConfig
 from stella.agent.drivers.errors import DIGEST_MISMATCH, DOCKER_ERROR, INVALID_TASK, PULL_FAILED, TaskFailure
-from stella.contracts.agent import ComponentSpec, RegistryCredential, TargetSpec
+from stella.contracts.agent import ComponentSpec, RegistryCredential, TargetSpec, registry_host, serves_host
 
-_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _VERIFICATION_FAILURES = ("verification failed", "digest mismatch", "digest did not match", "unexpected commit digest")
 _REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=10)
-
-
-def registry_host(repository: str) -> str:
-    """The registry part of a repository (``docker.io`` when it names none), as Docker reads it."""
-    first, _, rest = repository.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
 
 
 def familiar(reference: str) -> str:
@@ -83,7 +74,7 @@ def credential_for(repository: str, credentials: Sequence[RegistryCredential]) -
     """The task's credential for the repository's registry, if any."""
     host = registry_host(repository)
     for credential in credentials:
-        if credential.registry == host or (host == "docker.io" and credential.registry in _DOCKER_HUB_HOSTS):
+        if serves_host(credential.registry, host):
             return credential
     return None
 
