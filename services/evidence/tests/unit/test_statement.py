@@ -151,6 +151,14 @@ GOOD = serialize_statement(_statement_with(_content(("registry.example.com/a", A
         GOOD.replace(b'"sequence":3', b'"sequence":100000000000000000000'),  # RFC 8785 writes 1e+20
         GOOD.replace(b'"sequence":3', b'"sequence":1e+20'),
         GOOD.replace(b'"sequence":3', b'"sequence":9007199254740993'),  # beyond 2**53
+        GOOD.replace(b'"sequence":3', b'"sequence":-9007199254740993'),
+        GOOD.replace(b'"sequence":3', b'"sequence":[9007199254740993]'),
+        GOOD.replace(b'"sequence":3', b'"sequence":[1,90071992547409930,2]'),
+        GOOD.replace(b'"sequence":3', b'"sequence":{"a":12345678901234567890}'),
+        GOOD.replace(b'"sequence":3', b'"sequence":9007199254740991'),  # the largest exact one: 16 digits
+        GOOD.replace(b'"sequence":3', b'"sequence":123456789012345'),
+        GOOD.replace(b'"id":"x"', b'"id":"n:9007199254740993,"'),  # looks like an integer, inside a string
+        GOOD.replace(b'"id":"x"', b'"id":"sha256:9007199254740993900719925474099390071992547409939007199254"'),
         GOOD.replace(b'"sequence":3', b'"sequence":-0'),
         GOOD.replace(b'"sequence":3', b'"sequence":NaN'),
         GOOD.replace(b'"sequence":3', b'"sequence": 3'),

@@ -27,9 +27,6 @@ PAYLOAD_TYPE: Final[str] = "application/vnd.in-toto+json"
 
 _SHA256_HEX_RE: Final[re.Pattern[str]] = re.compile(r"[0-9a-f]{64}")
 
-_MAX_SAFE_INTEGER: Final[int] = 2**53 - 1
-"""Largest integer RFC 8785 writes exactly (its numbers are IEEE 754 doubles)."""
-
 _FAST_ENCODER: Final[json.JSONEncoder] = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
 )
@@ -154,22 +151,17 @@ def parse_statement_canonical(payload: bytes) -> tuple[dict[str, Any], bytes | N
             slow.append(True)
         return value
 
-    def number_int(text: str) -> int:
-        value = int(text)
-        if len(text) > 15 and not -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
-            slow.append(True)
-        return value
-
     try:
-        # The hooks build the same numbers json.loads builds by default; they only note the ones whose
-        # RFC 8785 spelling the fast encoder below would not produce.
-        statement = json.loads(payload.decode("utf-8"), parse_float=number_float, parse_int=number_int)
+        # The hook builds the same floats json.loads builds by default; it only notes the ones whose RFC 8785
+        # spelling the fast encoder below would not produce. Integers are left to the C parser (a hook per
+        # integer costs as much as the rest of the parse) and screened on the bytes instead.
+        statement = json.loads(payload.decode("utf-8"), parse_float=number_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedStatementError(f"payload is not UTF-8 JSON: {exc}") from exc
     _check_statement_shape(statement)
     # Statements are signed in canonical form. Insisting on it rules out duplicate keys (which JSON parsers
     # resolve differently) and numbers that do not survive a round trip, so every verifier reads the same thing.
-    if not slow and payload.isascii():
+    if not slow and payload.isascii() and not _may_hold_inexact_integer(payload):
         content_bytes = _canonical_content_if_matches(statement, payload)
         if content_bytes is not None:
             return statement, content_bytes
@@ -182,10 +174,39 @@ def parse_statement_canonical(payload: bytes) -> tuple[dict[str, Any], bytes | N
     return statement, None
 
 
+_DIGITS_AS_ZERO: Final[bytes] = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGIT_RUN: Final[bytes] = b"0" * 16
+
+
+def _may_hold_inexact_integer(payload: bytes) -> bool:
+    """Whether the payload may write an integer beyond +-(2**53-1), which RFC 8785 cannot represent exactly.
+
+    Such an integer has 16 digits or more. In the fast encoder's output (which the payload must equal to take
+    the fast path) an integer is a token of digits after ``:``, ``,`` or ``[`` (and an optional ``-``) and
+    before ``,``, ``}`` or ``]``; a run of 16 digits in that position is taken as one, even inside a string
+    (rare; it only sends the payload to :func:`canonicalize`). Digit runs inside digests end at a letter or
+    a quote and are passed over.
+    """
+    masked = payload.translate(_DIGITS_AS_ZERO)
+    start = masked.find(_LONG_DIGIT_RUN)
+    while start != -1:  # leftmost match: masked[start - 1] is not a digit
+        end = start + len(_LONG_DIGIT_RUN)
+        while masked[end : end + 1] == b"0":
+            end += 1
+        before = masked[start - 1 : start] if start else b""
+        if before == b"-":
+            before = masked[start - 2 : start - 1] if start > 1 else b""
+        if before in (b":", b",", b"[") and masked[end : end + 1] in (b",", b"}", b"]"):
+            return True
+        start = masked.find(_LONG_DIGIT_RUN, end)
+    return False
+
+
 def _canonical_content_if_matches(statement: dict[str, Any], payload: bytes) -> bytes | None:
     """Return the canonical bytes of the predicate's content when the payload is the canonical statement.
 
-    Only called for an ASCII payload without numbers that need RFC 8785's own spelling: then every string is
+    Only called for an ASCII payload without numbers that need RFC 8785's own spelling (floats noted while
+    parsing, integers by :func:`_may_hold_inexact_integer`): then every string is
     ASCII (a ``\\u`` escape of anything else would be written back unescaped and not match), every integer is
     exact and every float's ``repr`` is its RFC 8785 form, so :func:`canonicalize` would take its fast encoder,
     whose output is a concatenation of its members' outputs in key order. The statement is rebuilt from the
