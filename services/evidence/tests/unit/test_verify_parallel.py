@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import os
+import threading
 from typing import Any
 
 import pytest
@@ -219,3 +220,28 @@ def test_untrusted_keys_are_reported_the_same(big_chain: Chain, pools: list[int]
     assert one.exit_code == 1
     assert {f.kind for f in one.findings if f.sequence == COUNT} == {FindingKind.UNKNOWN_KEY}
     assert not [f for f in one.findings if f.sequence == 1]  # the old key, valid by the bundle's key log
+
+
+def test_a_process_running_threads_spawns_its_workers_and_gets_the_same_outcomes(big_chain: Chain) -> None:
+    """Forking a process that runs other threads is unsafe; then the workers are spawned and sent the files."""
+    items = sorted((p, d) for p, d in _files(big_chain.bundle()).items() if p.startswith("envelopes/"))[:6]
+    ring = PublicKeyRing(big_chain.public_keys)
+    here = check_envelopes(items, ring, jobs=1)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert envelope_check._context().get_start_method() == "spawn"
+        spawned = check_envelopes(items, ring, jobs=2, threshold=1)
+    finally:
+        stop.set()
+        other.join()
+    assert envelope_check._context().get_start_method() == "fork"
+    for a, b in zip(spawned, here, strict=True):
+        assert a.packet is not None and b.packet is not None
+        assert (a.packet.content, a.packet.recomputed, a.leaf, a.findings) == (
+            b.packet.content,
+            b.packet.recomputed,
+            b.leaf,
+            b.findings,
+        )

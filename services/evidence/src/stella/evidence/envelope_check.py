@@ -14,6 +14,7 @@ Like :mod:`stella.evidence.verify`, this module needs only the standard library,
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -237,6 +238,16 @@ def _start_worker(key_pems: Sequence[bytes], keep_content: bool) -> None:
     _worker_keep_content = keep_content
 
 
+# In the parent, while a forked pool runs: the files, which forked workers inherit instead of receiving them
+# through a pipe (only the bounds of each chunk are sent).
+_inherited_items: Sequence[tuple[str, bytes]] = ()
+
+
+def _check_inherited(bounds: tuple[int, int]) -> list[EnvelopeOutcome]:
+    start, end = bounds
+    return _check_chunk(_inherited_items[start:end])
+
+
 def _check_chunk(items: Sequence[tuple[str, bytes]]) -> list[EnvelopeOutcome]:
     keyring = _worker_keyring
     if keyring is None:  # pragma: no cover - the pool's initializer always runs first
@@ -289,10 +300,28 @@ def check_envelopes(
     workers = min(resolve_jobs(jobs), len(items))
     if workers <= 1 or len(items) < threshold:
         return [check_envelope(path, data, keyring) for path, data in items]
+    global _inherited_items
     size = max(1, -(-len(items) // (workers * CHUNKS_PER_WORKER)))
-    chunks = [items[start : start + size] for start in range(0, len(items), size)]
+    bounds = [(start, min(start + size, len(items))) for start in range(0, len(items), size)]
     pems = [key.to_pem() for key in keyring]
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=_context(), initializer=_start_worker, initargs=(pems, keep_content)
-    ) as pool:
-        return [outcome for chunk in pool.map(_check_chunk, chunks) for outcome in chunk]
+    context = _context()
+    forked = context.get_start_method() == "fork"
+    if forked:
+        _inherited_items = items
+        # Keep the collector of each forked worker off the objects it inherits: walking them would copy every
+        # page they are on into the worker (copy-on-write), the largest cost of a forked pool.
+        gc.freeze()
+    try:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(pems, keep_content)
+        ) as pool:
+            results = (
+                pool.map(_check_inherited, bounds)
+                if forked
+                else pool.map(_check_chunk, [items[start:end] for start, end in bounds])
+            )
+            return [outcome for chunk in results for outcome in chunk]
+    finally:
+        if forked:
+            gc.unfreeze()
+        _inherited_items = ()
