@@ -245,3 +245,20 @@ def test_a_process_running_threads_spawns_its_workers_and_gets_the_same_outcomes
             b.leaf,
             b.findings,
         )
+
+
+def _die(*args: Any) -> None:
+    os._exit(3)
+
+
+def test_a_dead_worker_leaves_the_checks_to_this_process(
+    big_chain: Chain, monkeypatch: pytest.MonkeyPatch, pools: list[int]
+) -> None:
+    """A worker that dies (here: as it starts) breaks the pool; the verdict still covers every packet."""
+    bundle = _pack(_tampered(big_chain))
+    expected = verify_bundle(bundle, trust_bundle_keys=True, jobs=1)
+    monkeypatch.setattr(envelope_check, "_start_worker", _die)
+    report = verify_bundle(bundle, trust_bundle_keys=True, jobs=2)
+    assert pools == [2]
+    assert report.to_dict() == expected.to_dict()
+    assert report.packet_count == COUNT - 1  # every readable packet, the unreadable one reported

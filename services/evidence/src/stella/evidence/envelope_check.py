@@ -21,6 +21,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -321,6 +322,10 @@ def check_envelopes(
                 else pool.map(_check_chunk, [items[start:end] for start, end in bounds])
             )
             return [outcome for chunk in results for outcome in chunk]
+    except (BrokenProcessPool, OSError):
+        # A worker died (killed, out of memory) or none could be started: the checks do not depend on where
+        # they run, so this process does them all rather than report a verdict on part of the bundle.
+        return [check_envelope(path, data, keyring) for path, data in items]
     finally:
         if forked:
             gc.unfreeze()
