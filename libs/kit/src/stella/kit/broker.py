@@ -719,20 +719,10 @@ class OrderedBatchConsumer:
         if all((m.metadata.num_delivered if m.metadata else 1) <= 1 for m in msgs):
             try:
                 routed = [(raw, await self.routes.prepare(raw, names)) for raw in msgs]
-                async with self.routes.pool().acquire() as conn, conn.transaction():
-                    # One statement claims the batch's events in the inbox; each is handled once, in order.
-                    ids = [r.event.message_id for _, r in routed if r is not None]
-                    claimed = await claim_inbox_many(conn, consumer, ids) if ids else set()
-                    for raw, r in routed:
-                        if r is None:
-                            continue  # an event this consumer does not handle
-                        if r.event.message_id not in claimed:
-                            metrics.messages_handled.labels(consumer, "duplicate").inc()
-                            continue
-                        claimed.discard(r.event.message_id)
-                        _bind_context(r.event)
-                        with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.routes.service):
-                            await r.handler(r.event, conn)
+                # A batch of events this consumer does not handle is acknowledged without a transaction.
+                if any(r is not None for _, r in routed):
+                    async with self.routes.pool().acquire() as conn, conn.transaction():
+                        await self._apply(conn, routed)
             except Exception as exc:
                 log.debug("batch failed; handling its events one at a time", extra={"consumer": consumer}, exc_info=exc)
             else:
@@ -743,6 +733,23 @@ class OrderedBatchConsumer:
                 return
         for raw in msgs:
             await self.routes.settle_one(raw, self.host)
+
+    async def _apply(self, conn: asyncpg.Connection, routed: list[tuple[Msg, Prepared | None]]) -> None:
+        """Handle a batch's events in ``conn``'s open transaction, each once, in order."""
+        consumer, names = self.routes.consumer, self.host.names
+        # One statement claims the batch's events in the inbox.
+        ids = [r.event.message_id for _, r in routed if r is not None]
+        claimed = await claim_inbox_many(conn, consumer, ids) if ids else set()
+        for raw, r in routed:
+            if r is None:
+                continue  # an event this consumer does not handle
+            if r.event.message_id not in claimed:
+                metrics.messages_handled.labels(consumer, "duplicate").inc()
+                continue
+            claimed.discard(r.event.message_id)
+            _bind_context(r.event)
+            with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.routes.service):
+                await r.handler(r.event, conn)
 
 
 _CLAIM = """
