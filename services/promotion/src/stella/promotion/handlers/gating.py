@@ -100,8 +100,10 @@ class GateHandlers(DeployQueue):
         # is it rolled back: the plugins are asked with no lock held, and the step runs again with their verdicts.
         asked: PluginVerdicts | None = None
         plugins_outside = True
+        holds: list[datetime | None] = []  # when the promotion is re-evaluated next (held by a window)
 
         async def execute(conn: asyncpg.Connection) -> object:
+            holds.clear()
             origin = Origin.of(cmd)
             promotion_id = promotion_id_of(cmd)
             stored = (
@@ -129,6 +131,7 @@ class GateHandlers(DeployQueue):
                     await repo.update_promotion(conn, stored)
                 else:
                     await add_events(conn, [self._completion(origin, step, *result)])
+            holds.append(stored.promotion.next_open)
             return {"promotion_id": str(stored.promotion.id), "status": stored.promotion.status.value}
 
         try:
@@ -137,8 +140,10 @@ class GateHandlers(DeployQueue):
             asked = await self._ask_plugins_first(cmd.tenant_id, promotion_id_of(cmd))
             plugins_outside = False
             reply = await self.commands.run(cmd, execute)
-        # A held promotion's next evaluation may be the earliest now; the timer reads it after the commit.
-        self.holds.wake()
+        # A held promotion's next evaluation may be the earliest now; the timer reads it after the commit (only
+        # when it may come before the timer's own next read).
+        for at in holds:
+            self.holds.wake_for(at)
         return reply
 
     async def _gate_inputs(
