@@ -580,3 +580,32 @@ async def test_a_run_that_ends_before_deciding_fails_its_promotion_with_the_reas
     assert read.data["status"] == "failed"
     assert "could not start" in read.data["status_message"]
     assert read.data["reason_codes"] == ["PROM_WORKFLOW_RUN_ENDED"]
+
+
+async def test_a_gate_step_without_plugin_gates_reads_its_inputs_once_and_decides_once(
+    caller: Caller, stack: Stack, monkeypatch
+) -> None:
+    from stella.promotion import repo
+
+    dev = await _environment(caller, "dev", 0)
+    release = await caller.ready_release("shop")
+    promotion = await _request(caller, release, dev, reason="ship it")
+    reads: list[str] = []
+    get_environment = repo.get_environment
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append("environment")
+        return await get_environment(*args, **kwargs)
+
+    monkeypatch.setattr(repo, "get_environment", counted)
+    after = await _evaluate(caller, promotion)
+
+    assert after["status"] == "approved"
+    # No read before the promotion's lock (there is no plugin to ask first): the inputs are gathered once.
+    assert reads == ["environment"]
+    assert await stack.table_count("decisions") == 1
+    # A repeat of the same attempt is answered from the inbox: nothing is read or decided again.
+    again = await caller.client.command(c.EVALUATE_GATES, caller.gate_step(promotion))
+    assert again.ok and again.data["status"] == "approved"
+    assert reads == ["environment"]
+    assert await stack.table_count("decisions") == 1

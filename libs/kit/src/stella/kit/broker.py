@@ -638,6 +638,8 @@ class EventRoutes:
 
         async def work() -> None:
             ready = await self.prepare(raw, names)
+            if ready is None:
+                return  # an event this consumer does not handle: acked without a connection or transaction
             async with self.pool().acquire() as conn, conn.transaction():
                 await self.apply(conn, ready)
 
@@ -717,20 +719,10 @@ class OrderedBatchConsumer:
         if all((m.metadata.num_delivered if m.metadata else 1) <= 1 for m in msgs):
             try:
                 routed = [(raw, await self.routes.prepare(raw, names)) for raw in msgs]
-                async with self.routes.pool().acquire() as conn, conn.transaction():
-                    # One statement claims the batch's events in the inbox; each is handled once, in order.
-                    ids = [r.event.message_id for _, r in routed if r is not None]
-                    claimed = await claim_inbox_many(conn, consumer, ids) if ids else set()
-                    for raw, r in routed:
-                        if r is None:
-                            continue  # an event this consumer does not handle
-                        if r.event.message_id not in claimed:
-                            metrics.messages_handled.labels(consumer, "duplicate").inc()
-                            continue
-                        claimed.discard(r.event.message_id)
-                        _bind_context(r.event)
-                        with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.routes.service):
-                            await r.handler(r.event, conn)
+                # A batch of events this consumer does not handle is acknowledged without a transaction.
+                if any(r is not None for _, r in routed):
+                    async with self.routes.pool().acquire() as conn, conn.transaction():
+                        await self._apply(conn, routed)
             except Exception as exc:
                 log.debug("batch failed; handling its events one at a time", extra={"consumer": consumer}, exc_info=exc)
             else:
@@ -742,6 +734,23 @@ class OrderedBatchConsumer:
         for raw in msgs:
             await self.routes.settle_one(raw, self.host)
 
+    async def _apply(self, conn: asyncpg.Connection, routed: list[tuple[Msg, Prepared | None]]) -> None:
+        """Handle a batch's events in ``conn``'s open transaction, each once, in order."""
+        consumer, names = self.routes.consumer, self.host.names
+        # One statement claims the batch's events in the inbox.
+        ids = [r.event.message_id for _, r in routed if r is not None]
+        claimed = await claim_inbox_many(conn, consumer, ids) if ids else set()
+        for raw, r in routed:
+            if r is None:
+                continue  # an event this consumer does not handle
+            if r.event.message_id not in claimed:
+                metrics.messages_handled.labels(consumer, "duplicate").inc()
+                continue
+            claimed.discard(r.event.message_id)
+            _bind_context(r.event)
+            with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.routes.service):
+                await r.handler(r.event, conn)
+
 
 _CLAIM = """
     INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)
@@ -752,6 +761,11 @@ _CLAIM_MANY = """
     INSERT INTO inbox (consumer, message_id) SELECT $1, id FROM unnest($2::uuid[]) AS id
     ON CONFLICT (consumer, message_id) DO NOTHING
     RETURNING message_id
+"""
+_CLAIM_WITH_REPLY = """
+    INSERT INTO inbox (consumer, message_id, reply) VALUES ($1, $2, $3)
+    ON CONFLICT (consumer, message_id) DO NOTHING
+    RETURNING true
 """
 _STORED_REPLY = "SELECT reply FROM inbox WHERE consumer = $1 AND message_id = $2"
 _STORE_REPLY = "UPDATE inbox SET reply = $3 WHERE consumer = $1 AND message_id = $2"
@@ -776,12 +790,14 @@ async def claim_inbox_many(conn: asyncpg.Connection, consumer: str, message_ids:
 class CommandProcessor:
     """Runs a command's state change exactly once and remembers its reply.
 
-    ``run`` opens a transaction, claims the inbox row, runs ``execute`` in a savepoint and stores the reply
-    (success or business error) with the inbox row. A repeated command returns the stored reply without
-    running again. A value Postgres refuses is a business error too (400 ``VAL_VALUE_REFUSED``, stored like
-    one). Faults (anything not reportable) roll everything back and propagate, so the message is retried;
-    so does a reportable 5xx (a dependency that did not answer): it answers this delivery but is not stored,
-    so the command runs again when repeated.
+    ``run`` opens a transaction, claims the inbox row, runs ``execute`` and stores the reply with the inbox
+    row: on success that is the whole transaction (no savepoint). A business error rolls the transaction
+    back (the change and the claim with it) and stores its reply with the inbox row in one statement after
+    it; a delivery of the same command that claimed the row in between answers for both. A repeated command
+    returns the stored reply without running again. A value Postgres refuses is a business error too (400
+    ``VAL_VALUE_REFUSED``, stored like one). Faults (anything not reportable) roll everything back and
+    propagate, so the message is retried; so does a reportable 5xx (a dependency that did not answer): it
+    answers this delivery but is not stored, so the command runs again when repeated.
     """
 
     def __init__(self, pool: Callable[[], asyncpg.Pool], consumer: str) -> None:
@@ -806,32 +822,43 @@ class CommandProcessor:
         ``keep`` turns successful reply data into what is stored for repeats, when the first answer holds
         something that must not be stored (a secret shown once).
         """
-        try:
-            async with self._pool().acquire() as conn, conn.transaction():
-                if not await claim_inbox(conn, self.consumer, command.message_id):
-                    stored = await conn.fetchval(_STORED_REPLY, self.consumer, command.message_id)
-                    return Reply.model_validate(stored) if stored is not None else Reply.success()
-                try:
-                    async with conn.transaction():  # savepoint: a business error undoes only the change
+        async with self._pool().acquire() as conn:
+            try:
+                async with conn.transaction():
+                    if not await claim_inbox(conn, self.consumer, command.message_id):
+                        return await self._stored(conn, command)
+                    try:
                         reply = Reply.success(await execute(conn))
-                except Exception as exc:
-                    if is_reportable(exc):
-                        reply = Reply.failure(error_detail(exc))
-                    elif is_permanent(exc):
-                        reply = Reply.failure(error_detail(refused(exc)))
-                    else:
-                        raise
-                    if reply.error is not None and reply.error.status >= 500:
-                        raise _NotFinal(reply) from exc
-                kept = Reply.success(keep(reply.data)) if keep is not None and reply.ok else reply
-                await conn.execute(_STORE_REPLY, self.consumer, command.message_id, kept.model_dump(mode="json"))
-                return reply
-        except _NotFinal as not_final:
-            return not_final.reply
+                    except Exception as exc:
+                        raise _Refused(_command_failure(exc)) from exc  # rolls back the change and the claim
+                    kept = Reply.success(keep(reply.data)) if keep is not None else reply
+                    await conn.execute(_STORE_REPLY, self.consumer, command.message_id, kept.model_dump(mode="json"))
+                    return reply
+            except _Refused as refused_:
+                reply = refused_.reply
+            if reply.error is not None and reply.error.status >= 500:
+                return reply  # not final: nothing is stored, a repeat runs the command again
+            stored = await conn.fetchval(
+                _CLAIM_WITH_REPLY, self.consumer, command.message_id, reply.model_dump(mode="json")
+            )
+            return reply if stored else await self._stored(conn, command)
+
+    async def _stored(self, conn: asyncpg.Connection, command: Command) -> Reply:
+        stored = await conn.fetchval(_STORED_REPLY, self.consumer, command.message_id)
+        return Reply.model_validate(stored) if stored is not None else Reply.success()
 
 
-class _NotFinal(Exception):
-    """Rolls back a command whose answer is a 5xx reply (the inbox row goes too) and carries that reply."""
+def _command_failure(exc: Exception) -> Reply:
+    """The reply for a command whose ``execute`` raised ``exc``; a fault is raised again."""
+    if is_reportable(exc):
+        return Reply.failure(error_detail(exc))
+    if is_permanent(exc):
+        return Reply.failure(error_detail(refused(exc)))
+    raise exc
+
+
+class _Refused(Exception):
+    """Rolls back a command that ended in a business error (or a 5xx reply) and carries its reply."""
 
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.error.code if reply.error else "")

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from stella.kit.faults import is_transient
 
@@ -40,6 +40,7 @@ class DueLoop:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._until: datetime | None = None  # when the sleeping loop reads again; None while it is not asleep
 
     def start(self) -> None:
         """Run the loop in the background."""
@@ -47,6 +48,20 @@ class DueLoop:
 
     def wake(self) -> None:
         """Re-read the next due time now."""
+        self._wake.set()
+
+    def wake_for(self, at: datetime | None) -> None:
+        """A committed local write set a due time ``at`` (None: it set none): re-read only if that can be earlier.
+
+        A loop asleep until ``at`` or before will read the due times then anyway, and a write that sets no due
+        time cannot make anything due sooner; a loop that is not asleep (reading or running what is due) is
+        woken, since its read may have come before the write's commit. Saves the ``SELECT min(...)`` that a
+        :meth:`wake` after every write costs.
+        """
+        if at is None and self._until is not None:
+            return
+        if at is not None and self._until is not None and at >= self._until:
+            return
         self._wake.set()
 
     async def stop(self) -> None:
@@ -62,8 +77,8 @@ class DueLoop:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            now = self._clock()
             try:
-                now = self._clock()
                 due = await self._next_due()
                 if due is not None and due <= now:
                     await self._run_due(now)
@@ -78,6 +93,10 @@ class DueLoop:
                 else:
                     log.exception("timer loop %s failed; retrying", self.name)
                 sleep = min(5.0, self._max_sleep_s)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, sleep)):
-                    await self._wake.wait()
+            self._until = now + timedelta(seconds=max(0.0, sleep))
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, sleep)):
+                        await self._wake.wait()
+            finally:
+                self._until = None

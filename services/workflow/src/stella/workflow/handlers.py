@@ -217,9 +217,11 @@ class Handlers:
         )
 
         launch: list[Execution] = []
+        wakeups: list[datetime | None] = []  # the saved run's next wake-up (none saved: no timer read)
 
         async def execute(conn: asyncpg.Connection) -> object:
             launch.clear()
+            wakeups.clear()
             existing = await self._existing_run(conn, cmd, run_id)
             if existing is not None:
                 return existing.model_dump(mode="json")
@@ -247,6 +249,7 @@ class Handlers:
                 return existing.model_dump(mode="json")
             progress.changed = set(progress.steps)
             view = await self._save(conn, template, record, progress, {}, cmd, now, new=True, launch=launch)
+            wakeups.append(progress.run.next_wakeup_at)
             return view.model_dump(mode="json")
 
         reply = await self.commands.run(cmd, execute)
@@ -254,8 +257,13 @@ class Handlers:
             self._launch(launch)
         if not reply.ok and reply.error is not None and reply.error.status < 500:
             await self._announce_refused_start(cmd, run_id, reply.error.detail or reply.error.title)
-        self.due.wake()
+        self._wake_for(wakeups)
         return reply
+
+    def _wake_for(self, wakeups: list[datetime | None]) -> None:
+        """Tell the run timer of the next wake-up a committed command set (if it may come before its next read)."""
+        for at in wakeups:
+            self.due.wake_for(at)
 
     async def _announce_refused_start(self, cmd: c.StartRun, run_id: UUID, error: str) -> None:
         """Publish ``run_failed`` for a run that could not start, so whoever started it is not left waiting.
@@ -294,9 +302,11 @@ class Handlers:
         """Record a step attempt's result and advance the run; a duplicate or late result changes nothing."""
 
         launch: list[Execution] = []
+        wakeups: list[datetime | None] = []  # the saved run's next wake-up (none saved: no timer read)
 
         async def execute(conn: asyncpg.Connection) -> object:
             launch.clear()
+            wakeups.clear()
             record = await repo.get_run(conn, cmd.tenant_id, cmd.run_id, lock=True)
             if record is None:
                 raise engine.RunNotFound(f"workflow run {cmd.run_id} does not exist")
@@ -318,6 +328,7 @@ class Handlers:
                 logs = dict(stored.logs)
                 logs[cmd.node_id] = engine.append_logs(logs.get(cmd.node_id, ""), cmd.attempt, cmd.logs)
                 await self._save(conn, template, record, progress, logs, cmd, now, launch=launch)
+                wakeups.append(progress.run.next_wakeup_at)
             return {
                 "run_id": str(cmd.run_id),
                 "node_id": cmd.node_id,
@@ -329,7 +340,7 @@ class Handlers:
         reply = await self.commands.run(cmd, execute)
         if reply.ok:
             self._launch(launch)
-        self.due.wake()
+        self._wake_for(wakeups)
         return reply
 
     async def cancel_run(self, cmd: c.CancelRun) -> Reply:

@@ -42,6 +42,10 @@ from stella.promotion.store import PostgresStore
 log = logging.getLogger(__name__)
 
 
+class _PluginsToAsk(Exception):
+    """A gate step found plugin gates to ask under the promotion's lock: roll back, ask them, run it again."""
+
+
 class GateHandlers(DeployQueue):
     async def override_freeze(self, cmd: c.OverrideFreeze) -> Reply:
         """Let a promotion through the windows that close its environment now; a held one is decided at once."""
@@ -92,10 +96,14 @@ class GateHandlers(DeployQueue):
         window opens. An attempt arriving after the gates decided is answered from the stored decision.
         """
         step = w.StepRef(run_id=cmd.run_id, node_id=cmd.node_id, attempt=cmd.attempt)
-        seen = await self.commands.seen(cmd)
-        asked = None if seen else await self._ask_plugins_first(cmd.tenant_id, promotion_id_of(cmd))
+        # The first attempt reads the inputs once, under the promotion's lock. Only when they name plugin gates
+        # is it rolled back: the plugins are asked with no lock held, and the step runs again with their verdicts.
+        asked: PluginVerdicts | None = None
+        plugins_outside = True
+        holds: list[datetime | None] = []  # when the promotion is re-evaluated next (held by a window)
 
         async def execute(conn: asyncpg.Connection) -> object:
+            holds.clear()
             origin = Origin.of(cmd)
             promotion_id = promotion_id_of(cmd)
             stored = (
@@ -112,7 +120,9 @@ class GateHandlers(DeployQueue):
                 return {"step": step.model_dump(mode="json"), "status": "failed", "error": error}
             if stored.promotion.status is PromotionStatus.PENDING_GATE:
                 stored.gate_step = step
-                await self._evaluate(conn, stored, self.clock(), "gates", origin, asked=asked)
+                await self._evaluate(
+                    conn, stored, self.clock(), "gates", origin, asked=asked, plugins_outside=plugins_outside
+                )
             else:
                 result = gate_step_result(stored.promotion)
                 assert result is not None
@@ -121,11 +131,19 @@ class GateHandlers(DeployQueue):
                     await repo.update_promotion(conn, stored)
                 else:
                     await add_events(conn, [self._completion(origin, step, *result)])
+            holds.append(stored.promotion.next_open)
             return {"promotion_id": str(stored.promotion.id), "status": stored.promotion.status.value}
 
-        reply = await self.commands.run(cmd, execute)
-        # A held promotion's next evaluation may be the earliest now; the timer reads it after the commit.
-        self.holds.wake()
+        try:
+            reply = await self.commands.run(cmd, execute)
+        except _PluginsToAsk:
+            asked = await self._ask_plugins_first(cmd.tenant_id, promotion_id_of(cmd))
+            plugins_outside = False
+            reply = await self.commands.run(cmd, execute)
+        # A held promotion's next evaluation may be the earliest now; the timer reads it after the commit (only
+        # when it may come before the timer's own next read).
+        for at in holds:
+            self.holds.wake_for(at)
         return reply
 
     async def _gate_inputs(
@@ -136,6 +154,7 @@ class GateHandlers(DeployQueue):
         *,
         asked: PluginVerdicts | None = None,
         ask_plugins: bool = True,
+        plugins_outside: bool = False,
     ) -> dict[str, Any]:
         """Gather every input of the promotion's decision (current windows, gates, scans, plugin verdicts).
 
@@ -146,6 +165,8 @@ class GateHandlers(DeployQueue):
             asked: Plugin verdicts asked before the transaction opened; used when they were asked for exactly
                 the plugin gates the promotion has now (else the plugins are asked again).
             ask_plugins: False leaves the plugin verdicts out (to learn which plugin gates to ask).
+            plugins_outside: Plugin gates not in ``asked`` raise :class:`_PluginsToAsk` instead of being asked
+                here, so the caller rolls back and asks them with no lock held.
         """
         p = stored.promotion
         view = await repo.get_environment(conn, p.tenant_id, p.target_environment_id)
@@ -166,6 +187,8 @@ class GateHandlers(DeployQueue):
             # Stored with the inputs: the decision replays from them without calling the plugins again.
             if asked is not None and asked.gates == plugin_gates:
                 verdicts = asked.verdicts
+            elif plugins_outside and self.plugin_gates is not None:
+                raise _PluginsToAsk(p.id)
             else:
                 verdicts = (
                     await self.plugin_gates.verdicts(p.tenant_id, gates, inputs)
@@ -217,10 +240,13 @@ class GateHandlers(DeployQueue):
         origin: Origin,
         *,
         asked: PluginVerdicts | None = None,
+        plugins_outside: bool = False,
     ) -> None:
         """Decide a pending promotion's gates now, move it, and complete its gate step when they decided."""
         p = stored.promotion
-        inputs = await self._gate_inputs(conn, stored, approvals_document(p.required_approvals), asked=asked)
+        inputs = await self._gate_inputs(
+            conn, stored, approvals_document(p.required_approvals), asked=asked, plugins_outside=plugins_outside
+        )
         record = await self._store_decision(conn, stored, trigger, inputs, now)
         outcome = record.outcome()
         if p.awaits_approvals(outcome, now=now):

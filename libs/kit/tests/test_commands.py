@@ -1,0 +1,192 @@
+"""The command path (``CommandProcessor.run``) statement by statement, on real Postgres: no savepoint on
+success, and a business error that keeps its inbox row and reply while undoing the change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from stella.contracts.envelope import Command, Event, Reply
+from stella.contracts.streams import EVENTS
+from stella.kit.broker import CommandProcessor, EventRoutes
+from stella.kit.errors import Conflict, ServiceError
+from stella.kit.outbox import add_event
+from stella.kit.service import ServiceRuntime
+
+ADDED = "stella.evt.kittest.item_added"
+CONSUMER = "kittest-commands"
+
+
+class AddItem(Command):
+    name: str
+
+
+class ItemAdded(Event):
+    name: str
+
+
+class _Logged:
+    """A pool whose connections note every statement they send."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.statements: list[str] = []
+
+    def _note(self, record: Any) -> None:
+        self.statements.append(" ".join(record.query.split()).upper())
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn:
+            conn.add_query_logger(self._note)
+            try:
+                yield conn
+            finally:
+                conn.remove_query_logger(self._note)
+
+
+def _noop(runtime: ServiceRuntime, router: Any) -> None:
+    return None
+
+
+def _command(name: str) -> AddItem:
+    return AddItem(name=name, tenant_id=uuid.uuid4(), correlation_id=uuid.uuid4())
+
+
+async def _stored(runtime: ServiceRuntime, command: Command) -> Any:
+    async with runtime.pool.acquire() as conn:
+        return await conn.fetchval(
+            "SELECT reply FROM inbox WHERE consumer = $1 AND message_id = $2", CONSUMER, command.message_id
+        )
+
+
+async def _counts(runtime: ServiceRuntime) -> tuple[int, int]:
+    async with runtime.pool.acquire() as conn:
+        return await conn.fetchval("SELECT count(*) FROM items"), await conn.fetchval("SELECT count(*) FROM outbox")
+
+
+def _adding(fail: Exception | None = None, runs: list[str] | None = None) -> Any:
+    async def execute(conn: asyncpg.Connection) -> object:
+        if runs is not None:
+            runs.append("run")
+        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, 'x')", uuid.uuid4())
+        await add_event(conn, ADDED, ItemAdded(name="x", tenant_id=uuid.uuid4(), correlation_id=uuid.uuid4()))
+        if fail is not None:
+            raise fail
+        return {"added": True}
+
+    return execute
+
+
+async def test_a_successful_command_is_one_transaction_without_a_savepoint(start_runtime) -> None:
+    runtime = await start_runtime(_noop)
+    logged = _Logged(runtime.pool)
+    processor = CommandProcessor(lambda: logged, CONSUMER)
+    command = _command("one")
+    reply = await processor.run(command, _adding())
+    assert reply == Reply.success({"added": True})
+    assert not [s for s in logged.statements if "SAVEPOINT" in s]
+    assert logged.statements[0].startswith("BEGIN") and logged.statements[-1] == "COMMIT;"
+    assert await _stored(runtime, command) == reply.model_dump(mode="json")
+    assert await _counts(runtime) == (1, 1)
+
+
+async def test_a_business_error_keeps_the_inbox_row_and_reply_and_undoes_the_change(start_runtime) -> None:
+    runtime = await start_runtime(_noop)
+    logged = _Logged(runtime.pool)
+    processor = CommandProcessor(lambda: logged, CONSUMER)
+    command = _command("taken")
+    runs: list[str] = []
+    reply = await processor.run(command, _adding(Conflict("name taken", code="RES_DUPLICATE_NAME"), runs))
+    assert reply.error is not None and (reply.error.code, reply.error.status) == ("RES_DUPLICATE_NAME", 409)
+    assert not [s for s in logged.statements if "SAVEPOINT" in s]
+    # The item and its event are gone; the inbox row holds the refusal.
+    assert await _counts(runtime) == (0, 0)
+    assert await _stored(runtime, command) == reply.model_dump(mode="json")
+    # A repeat is answered from the inbox without running again.
+    again = await processor.run(command, _adding(runs=runs))
+    assert again == reply
+    assert runs == ["run"]
+    assert await _counts(runtime) == (0, 0)
+
+
+async def test_a_value_postgres_refuses_is_a_stored_business_error(start_runtime) -> None:
+    runtime = await start_runtime(_noop)
+    processor = CommandProcessor(lambda: runtime.pool, CONSUMER)
+    command = _command("bad")
+
+    async def execute(conn: asyncpg.Connection) -> object:
+        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, 'y')", uuid.uuid4())
+        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", uuid.uuid4(), "a\x00b")
+        return None
+
+    reply = await processor.run(command, execute)
+    assert reply.error is not None and (reply.error.code, reply.error.status) == ("VAL_VALUE_REFUSED", 400)
+    assert await _counts(runtime) == (0, 0)
+    assert await _stored(runtime, command) == reply.model_dump(mode="json")
+
+
+async def test_a_5xx_reply_and_a_fault_store_nothing_so_a_repeat_runs_again(start_runtime) -> None:
+    runtime = await start_runtime(_noop)
+    processor = CommandProcessor(lambda: runtime.pool, CONSUMER)
+    command = _command("later")
+    runs: list[str] = []
+    unavailable = ServiceError("the release service did not answer", code="SYS_UNAVAILABLE", status=503)
+    reply = await processor.run(command, _adding(unavailable, runs))
+    assert reply.error is not None and reply.error.status == 503
+    assert await _stored(runtime, command) is None
+    with pytest.raises(RuntimeError):
+        await processor.run(command, _adding(RuntimeError("a fault"), runs))
+    assert await _stored(runtime, command) is None
+    assert await _counts(runtime) == (0, 0)
+    reply = await processor.run(command, _adding(runs=runs))
+    assert reply.ok and runs == ["run", "run", "run"]
+    assert await _counts(runtime) == (1, 1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+async def test_an_event_the_consumer_does_not_handle_is_acked_without_a_transaction(
+    start_runtime, nats, batch_size: int
+) -> None:
+    handled: list[str] = []
+    logged: list[_Logged] = []
+
+    def register(runtime: ServiceRuntime, router: Any) -> None:
+        logged.append(_Logged(runtime.pool))
+
+        async def on_added(event: ItemAdded, conn: asyncpg.Connection) -> None:
+            handled.append(event.name)
+
+        routes = EventRoutes("kittest", "skips", "stella.evt.kittest.>", lambda: logged[0], batch_size=batch_size)
+        routes.on(ADDED, ItemAdded, on_added)
+        routes.attach(router, runtime)
+
+    runtime = await start_runtime(register)
+    js = nats.jetstream()
+    stream = runtime.names.stream(EVENTS)
+
+    async def settled() -> None:
+        for _ in range(200):
+            info = await js.consumer_info(stream, "kittest-skips")
+            if (info.num_ack_pending, info.num_pending) == (0, 0):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"events left unacknowledged: {info}")
+
+    other = ItemAdded(name="other", tenant_id=uuid.uuid4(), correlation_id=uuid.uuid4())
+    for _ in range(3):
+        await js.publish(runtime.names.subject("stella.evt.kittest.something_else"), other.model_dump_json().encode())
+    await settled()
+    assert not logged[0].statements  # acknowledged without a connection
+    marker = ItemAdded(name="marker", tenant_id=uuid.uuid4(), correlation_id=uuid.uuid4())
+    await js.publish(runtime.names.subject(ADDED), marker.model_dump_json().encode())
+    await settled()
+    assert handled == ["marker"]
+    # One transaction, the handled event's.
+    assert [s for s in logged[0].statements if s.startswith("BEGIN")] == ["BEGIN;"]

@@ -1,0 +1,132 @@
+"""Hops per promotion: every NATS message and Postgres statement each process spends on one promotion.
+
+Starts the system as ``promotions.py`` does, with ``tests/bench/hops_probe`` on ``PYTHONPATH`` (a
+``sitecustomize`` that counts, per process, the statements sent to Postgres and the messages published to and
+received from NATS), makes the releases, then promotes them into a 0-approval environment **one at a time**,
+each until its decision and its ``release_decision`` packet are published. The counts over an idle window of
+the same length (relays and timers polling) are taken off. Prints the table per process, divided by the number
+of promotions.
+
+    uv run python tests/bench/hops.py [--promotions N] [--detail]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from stella.contracts import evidence
+from stella.testing.system import System, sandbox
+
+sys.path.insert(0, str(Path(__file__).parent))
+promotions: Any = importlib.import_module("promotions")  # the system, releases and watch of promotions.py
+DECIDED, SERVICES, Watch, make_releases = (
+    promotions.DECIDED,
+    promotions.SERVICES,
+    promotions.Watch,
+    promotions.make_releases,
+)
+
+PROBE = Path(__file__).parent / "hops_probe"
+
+
+def snapshot(system: System, where: Path) -> dict[str, dict[str, Counter[str]]]:
+    for proc in system.procs.values():
+        os.kill(proc.pid, signal.SIGUSR1)
+    time.sleep(1.0)
+    counts: dict[str, dict[str, Counter[str]]] = {}
+    for name, proc in system.procs.items():
+        data = json.loads((where / f"{proc.pid}.json").read_text())
+        counts[name] = {kind: Counter(data[kind]) for kind in ("sql", "published", "received")}
+    return counts
+
+
+def delta(
+    a: dict[str, dict[str, Counter[str]]], b: dict[str, dict[str, Counter[str]]]
+) -> dict[str, dict[str, Counter[str]]]:
+    return {name: {kind: b[name][kind] - a[name][kind] for kind in b[name]} for name in b}
+
+
+async def main(args: argparse.Namespace) -> int:
+    where = Path(tempfile.mkdtemp(prefix="stella-hops-"))
+    os.environ["STELLA_HOPS_DIR"] = str(where)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROBE), os.environ.get("PYTHONPATH")]))
+    async with sandbox("WARNING") as box:
+        system = System(SERVICES, box.env, box.logs)
+        watch = Watch()
+        try:
+            for subject in DECIDED:
+                await box.nc.subscribe(box.names.subject(subject), cb=watch.on_decision)
+            await box.nc.subscribe(box.names.subject(evidence.PACKET_CREATED), cb=watch.on_packet)
+            # Idle connections are dropped before the gateway drops them (its keep-alive is 5 s).
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=2)) as session:
+                system.start()
+                await system.ready(session, box.nc, box.names)
+                system.bootstrap(f"hops-{box.names.namespace}")
+                dev = await system.call(session, "POST", "/environments", {"name": "dev", "order_index": 0})
+                releases = await make_releases(system, session, args.promotions)
+                await asyncio.sleep(3)
+                first = snapshot(system, where)
+                started = time.perf_counter()
+                outcomes: Counter[str] = Counter()
+                for release in releases:
+                    body = {"release_id": release, "target_environment_id": dev["id"], "reason": "hops"}
+                    created = await system.call(session, "POST", "/promotions", body)
+                    await asyncio.wait_for(watch.wait(created["id"]), timeout=60)
+                    while created["id"] not in watch.packets:
+                        await asyncio.sleep(0.02)
+                    outcomes[watch.decided[created["id"]][1]] += 1
+                await asyncio.sleep(1)
+                busy_s = time.perf_counter() - started
+                second = snapshot(system, where)
+                await asyncio.sleep(busy_s)
+                third = snapshot(system, where)
+        finally:
+            system.stop()
+    busy, idle = delta(first, second), delta(second, third)
+    n = args.promotions
+    print(f"{n} promotions one at a time in {busy_s:.1f} s, outcomes {dict(outcomes)}; idle window subtracted")
+    columns = {"stmts": 6, "tx": 5, "savept": 6, "js pub": 6, "acks": 5, "fetch": 5, "replies": 7, "recv": 5}
+    print(f"{'process':<11} " + " ".join(f"{k:>{w}}" for k, w in columns.items()))
+    totals: Counter[str] = Counter()
+    for name in (*SERVICES, "gateway"):
+        net = {kind: busy[name][kind] - idle[name][kind] for kind in busy[name]}
+        sql, pub, recv = net["sql"], net["published"], net["received"]
+        row = {
+            "stmts": sum(sql.values()) / n,  # statements sent to Postgres, BEGIN and COMMIT included
+            "tx": sum(v for k, v in sql.items() if k.startswith("BEGIN")) / n,  # transactions
+            "savept": sum(v for k, v in sql.items() if "SAVEPOINT" in k) / n,
+            "js pub": sum(v for k, v in pub.items() if not k.startswith(("$JS", "_INBOX"))) / n,
+            "acks": pub["$JS.ACK (ack)"] / n,
+            "fetch": pub["$JS.API.CONSUMER.MSG.NEXT (fetch)"] / n,
+            "replies": pub["_INBOX (reply)"] / n,
+            "recv": sum(v for k, v in recv.items() if not k.startswith(("_INBOX", "$JS"))) / n,
+        }
+        totals.update(row)
+        print(f"{name:<11} " + " ".join(f"{row[k]:>{w}.1f}" for k, w in columns.items()))
+        if args.detail:
+            for kind, counter in net.items():
+                for key, value in sorted(counter.items(), key=lambda i: -i[1]):
+                    if value / n >= 0.5:
+                        print(f"    {kind:<9} {value / n:5.1f}  {key}")
+    print(f"{'total':<11} " + " ".join(f"{totals[k]:>{w}.1f}" for k, w in columns.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--promotions", type=int, default=10, help="promotions, one at a time")
+    parser.add_argument("--detail", action="store_true", help="print every statement and subject per process")
+    sys.exit(asyncio.run(main(parser.parse_args())))
