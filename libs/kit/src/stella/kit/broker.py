@@ -773,6 +773,18 @@ async def claim_inbox_many(conn: asyncpg.Connection, consumer: str, message_ids:
     return {row["message_id"] for row in await conn.fetch(_CLAIM_MANY, consumer, message_ids)}
 
 
+async def store_replies(conn: asyncpg.Connection, consumer: str, replies: list[tuple[uuid.UUID, Reply]]) -> None:
+    """Keep each command's reply with its inbox row (claimed in the open transaction), in one round trip.
+
+    What :meth:`CommandProcessor.run` stores for one command, for commands handled together (a group commit):
+    a repeated command is answered from it.
+    """
+    if replies:
+        await conn.executemany(
+            _STORE_REPLY, [(consumer, message_id, reply.model_dump(mode="json")) for message_id, reply in replies]
+        )
+
+
 class CommandProcessor:
     """Runs a command's state change exactly once and remembers its reply.
 
