@@ -112,6 +112,8 @@ class ChainAppender:
         self.new_id = new_id
         self.max_batch = max_batch
         self.stats = AppendStats()
+        self.writing = 0
+        """Commands in the batch being appended now."""
         self._waiting: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -151,6 +153,7 @@ class ChainAppender:
         """Append batches until nothing waits (the first command to arrive starts this; the last one ends it)."""
         while self._waiting:
             batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+            self.writing = len(batch)
             try:
                 replies = await self._commit(batch)
             except Exception as exc:
@@ -166,6 +169,7 @@ class ChainAppender:
                     await self._alone(pending)
                 elif not pending.done.done():
                     pending.done.set_result(reply)
+            self.writing = 0
 
     @staticmethod
     async def _alone(pending: _Pending) -> None:
