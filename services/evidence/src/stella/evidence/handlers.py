@@ -182,10 +182,10 @@ class Handlers:
         """Sign and store a packet whose content the caller gives (deployment, rollback, drift evidence).
 
         One packet per ``source_key`` (what the packet records): a command repeated with the same key, by a
-        retried task say, returns the packet made first. Without a key, one packet per command.
+        retried task say, returns the packet made first. Without a key, one packet per command. A command
+        handled before is answered with its stored reply (its inbox row is claimed with its batch), so no
+        round trip of its own asks first.
         """
-        if (stored := await self.commands.seen(cmd)) is not None:
-            return stored
         try:
             validate_content(cmd.content)
         except SecretInEvidenceError as exc:

@@ -6,6 +6,7 @@ installation (one key signs every tenant's packets) and public keys are public.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -63,6 +64,18 @@ PACKETS_BY_SOURCE = f"""
     SELECT {_PACKET_COLUMNS}, source_key FROM packets
      WHERE (tenant_id, source_key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))
 """
+INSERT_PACKETS = """
+    INSERT INTO packets (id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content,
+                         envelope, signer_key_ref, created_at, source_key)
+    SELECT id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content::json,
+           envelope::json, signer_key_ref, created_at, source_key
+      FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[],
+                  $9::text[], $10::text[], $11::timestamptz[], $12::text[])
+           AS p (id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content, envelope,
+                 signer_key_ref, created_at, source_key)
+"""
+"""Several packets in one statement, inserted (and their Merkle leaves added by the row trigger) in the order
+of the arrays: a function scan over ``unnest`` yields rows in order."""
 GET_PACKET = f"SELECT {_PACKET_COLUMNS} FROM packets WHERE tenant_id = $1 AND id = $2"
 GET_PACKET_AT = f"SELECT {_PACKET_COLUMNS} FROM packets WHERE tenant_id = $1 AND sequence = $2"
 LIST_PACKETS = f"""
@@ -193,30 +206,29 @@ async def packets_by_source(
 
 
 async def insert_packets(conn: asyncpg.Connection, packets: list[tuple[StoredPacket, str]]) -> None:
-    """Append signed packets ``(packet and envelope, source key)``, in the order given, in one round trip."""
+    """Append signed packets ``(packet and envelope, source key)``, in the order given, in one statement."""
     if not packets:
         return
-    await conn.executemany(
-        INSERT_PACKET,
-        [
-            (
-                p.id,
-                p.tenant_id,
-                p.sequence,
-                str(p.packet_type),
-                p.promotion_id,
-                p.previous_hash,
-                p.content_hash,
-                p.content,
-                stored.envelope,
-                p.signer_key_ref,
-                p.created_at,
-                source_key,
-            )
-            for stored, source_key in packets
-            for p in (stored.packet,)
-        ],
-    )
+    columns: list[list[Any]] = [[] for _ in range(12)]
+    for stored, source_key in packets:
+        p = stored.packet
+        values = (
+            p.id,
+            p.tenant_id,
+            p.sequence,
+            str(p.packet_type),
+            p.promotion_id,
+            p.previous_hash,
+            p.content_hash,
+            json.dumps(p.content, separators=(",", ":")),
+            json.dumps(stored.envelope, separators=(",", ":")),
+            p.signer_key_ref,
+            p.created_at,
+            source_key,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    await conn.execute(INSERT_PACKETS, *columns)
 
 
 async def get_packet(conn: asyncpg.Connection, tenant_id: UUID, packet_id: UUID) -> StoredPacket | None:
