@@ -186,7 +186,8 @@ class ChainAppender:
         """Append ``batch`` in one transaction; a command's reply, or None for one to handle alone afterwards."""
         replies: list[Reply | None] = [None] * len(batch)
         async with self._pool().acquire() as conn, conn.transaction():
-            claimed = await claim_inbox_many(conn, self.consumer, [p.command.message_id for p in batch])
+            # Claimed in id order: two replicas' batches holding the same redelivered commands cannot deadlock.
+            claimed = await claim_inbox_many(conn, self.consumer, sorted({p.command.message_id for p in batch}))
             fresh: list[int] = []
             for i, pending in enumerate(batch):
                 # A command handled before (or named twice in the batch) is answered by ``alone`` after the
