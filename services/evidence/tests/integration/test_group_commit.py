@@ -17,13 +17,21 @@ from typing import Any
 import asyncpg
 
 from stella.contracts.envelope import Reply
-from stella.contracts.evidence import COLLECT_PACKET, LIST_PACKETS, CollectEvidence, ListPackets
+from stella.contracts.evidence import (
+    COLLECT_EVIDENCE,
+    COLLECT_PACKET,
+    LIST_PACKETS,
+    PACKET_CREATED,
+    CollectEvidence,
+    ListPackets,
+)
+from stella.contracts.workflow import COMPLETE_STEP, CompleteStep, StepStatus
 from stella.evidence import repo
 from stella.evidence.app import EvidenceApp
 from stella.evidence.chain import verify_chain
 from stella.evidence.packet import verify_packet_envelope
 
-from .conftest import Auditor, Caller, eventually, packet_content
+from .conftest import Auditor, Caller, Upstream, eventually, execute_step, packet_content, promotion_view
 from .test_evidence_service import _keyring
 
 
@@ -45,7 +53,6 @@ async def _one_batch(
     """Hold the chain locks of ``tenants``; the body sends ``expected`` commands, then awaits the callable
     given, which waits until they all queue behind the blocker's batch and releases the locks."""
     appender = _appender(app)
-    before = appender.stats.batches
     async with superuser.transaction():
         for tenant in tenants:
             await superuser.execute(repo.LOCK_CHAIN, str(tenant))
@@ -58,7 +65,6 @@ async def _one_batch(
         yield release
     reply = await first
     assert reply.ok, reply.error
-    assert appender.stats.batches > before
 
 
 async def _chain(caller: Caller) -> list[dict[str, Any]]:
@@ -167,3 +173,58 @@ async def test_a_packet_postgres_refuses_in_a_batch_is_answered_alone_and_the_ot
     again = await caller.redeliver(COLLECT_PACKET, commands[5])
     assert again.error == refused.error
     assert len(await _chain(caller)) == 11
+
+
+async def test_evidence_steps_of_several_promotions_in_one_batch_each_get_their_packet_and_completion(
+    caller: Caller, upstream: Upstream, evidence_app: EvidenceApp, superuser: asyncpg.Connection
+) -> None:
+    promotions = [uuid.uuid4() for _ in range(6)]
+    for promotion_id in promotions:
+        upstream.promotions[promotion_id] = [promotion_view(promotion_id)]
+    await upstream.start()
+    steps = [execute_step(caller.tenant_id, p, required_approvals=0) for p in promotions]
+    async with _one_batch(evidence_app, superuser, caller, [caller.tenant_id], len(steps)) as release:
+        sent = [asyncio.create_task(caller.client.command(COLLECT_EVIDENCE, step)) for step in steps]
+        await release()
+    replies = await asyncio.gather(*sent)
+    assert all(r.ok for r in replies), [r.error for r in replies if not r.ok]
+    assert _appender(evidence_app).stats.largest == len(steps)
+    items = {p["id"]: p for p in await _chain(caller)}
+    for promotion_id, reply in zip(promotions, replies, strict=True):
+        packet = items[reply.data["packet_id"]]
+        assert (packet["packet_type"], packet["promotion_id"]) == ("release_decision", str(promotion_id))
+    # One CompleteStep and one packet_created per step, committed with its packet.
+    async with evidence_app.runtime.pool.acquire() as conn:
+        completions = await conn.fetch("SELECT payload FROM outbox WHERE subject = $1", COMPLETE_STEP)
+        created = await conn.fetchval("SELECT count(*) FROM outbox WHERE subject = $1", PACKET_CREATED)
+    completed = [CompleteStep.model_validate_json(r["payload"]) for r in completions]
+    assert sorted(str(c.run_id) for c in completed) == sorted(str(s.run_id) for s in steps)
+    assert all(c.status is StepStatus.SUCCEEDED for c in completed)
+    assert created == len(steps) + 1  # and the blocker's
+    await _verify_online(caller, list(items.values()))
+
+
+async def test_a_batch_whose_connection_dies_before_its_commit_loses_and_repeats_nothing(
+    caller: Caller, evidence_app: EvidenceApp, superuser: asyncpg.Connection
+) -> None:
+    commands = [_command(caller, i) for i in range(10)]
+    async with _one_batch(evidence_app, superuser, caller, [caller.tenant_id], len(commands)) as release:
+        sent = [asyncio.create_task(caller.client.command(COLLECT_PACKET, cmd)) for cmd in commands]
+        await release()
+        # The blocker's batch waits for the chain lock inside its transaction: its server process dies.
+        killed = await superuser.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND pid <> pg_backend_pid()"
+        )
+        assert killed == 1
+    replies = await asyncio.gather(*sent)
+    assert all(r.ok for r in replies), [r.error for r in replies if not r.ok]
+    # The dead batch (the blocker) was handled again alone, the ten commands in the next batch.
+    stats = _appender(evidence_app).stats
+    assert (stats.alone, stats.largest) == (1, 10)
+    items = await _chain(caller)
+    assert [p["sequence"] for p in items] == list(range(1, 12))
+    assert sorted(r.data["id"] for r in replies) == sorted(
+        p["id"] for p in items if p["content"]["release"]["name"] != "shop-10000"
+    )
+    await _verify_online(caller, items)
