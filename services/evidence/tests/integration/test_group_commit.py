@@ -214,7 +214,8 @@ async def test_a_batch_whose_connection_dies_before_its_commit_loses_and_repeats
         # The blocker's batch waits for the chain lock inside its transaction: its server process dies.
         killed = await superuser.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND pid <> pg_backend_pid()"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            " AND pid <> pg_backend_pid()"
         )
         assert killed == 1
     replies = await asyncio.gather(*sent)

@@ -151,24 +151,33 @@ class ChainAppender:
 
     async def _write(self) -> None:
         """Append batches until nothing waits (the first command to arrive starts this; the last one ends it)."""
-        while self._waiting:
-            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
-            self.writing = len(batch)
-            try:
-                replies = await self._commit(batch)
-            except Exception as exc:
-                # The batch is rolled back: each command alone, in order, so one that fails fails by itself.
-                log.info(
-                    "a batch of packets could not be appended; appending its commands one at a time",
-                    extra={"commands": len(batch), "error": f"{type(exc).__name__}: {exc}"},
-                )
-                replies = [None] * len(batch)
-            for pending, reply in zip(batch, replies, strict=True):
-                if reply is None:
-                    self.stats.alone += 1
-                    await self._alone(pending)
-                elif not pending.done.done():
-                    pending.done.set_result(reply)
+        batch: list[_Pending] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+                self.writing = len(batch)
+                try:
+                    replies = await self._commit(batch)
+                except Exception as exc:
+                    # The batch is rolled back: each command alone, in order, so one that fails fails by itself.
+                    log.info(
+                        "a batch of packets could not be appended; appending its commands one at a time",
+                        extra={"commands": len(batch), "error": f"{type(exc).__name__}: {exc}"},
+                    )
+                    replies = [None] * len(batch)
+                for pending, reply in zip(batch, replies, strict=True):
+                    if reply is None:
+                        self.stats.alone += 1
+                        await self._alone(pending)
+                    elif not pending.done.done():
+                        pending.done.set_result(reply)
+                self.writing = 0
+        finally:
+            # Stopped (the service shuts down): no command waits for ever; none was acknowledged, all redeliver.
+            for pending in [*batch, *self._waiting]:
+                if not pending.done.done():
+                    pending.done.cancel()
+            self._waiting = []
             self.writing = 0
 
     @staticmethod
