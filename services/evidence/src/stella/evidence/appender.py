@@ -25,8 +25,9 @@ What is kept from one transaction per command:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,8 +40,9 @@ from stella.evidence import repo
 from stella.evidence.domain import StoredPacket
 from stella.evidence.packet import ChainHead, PacketType, build_packet, sign_packet
 from stella.evidence.signing import ActiveSigner
+from stella.kit import tracing
 from stella.kit.broker import claim_inbox_many, store_replies
-from stella.kit.outbox import add_events
+from stella.kit.outbox import OutboxMessage, add_messages
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,12 @@ class _Pending:
     command: Command
     request: PacketRequest
     effects: Effects
-    alone: Callable[[], Awaitable[Reply]]
+    alone: Callable[[], Coroutine[Any, Any, Reply]]
     done: asyncio.Future[Reply] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    """The handler's context (its trace span, its log fields): what the command's own work runs in."""
+    trace: dict[str, str] | None = field(default_factory=tracing.stored_context)
+    """The handler's trace context, kept with the command's outbox rows."""
 
 
 @dataclass
@@ -127,7 +133,7 @@ class ChainAppender:
         command: Command,
         request: PacketRequest,
         effects: Effects,
-        alone: Callable[[], Awaitable[Reply]],
+        alone: Callable[[], Coroutine[Any, Any, Reply]],
     ) -> Reply:
         """Append ``request``'s packet for ``command`` with the next batch, and return the command's reply.
 
@@ -146,7 +152,11 @@ class ChainAppender:
         pending = _Pending(command, request, effects, alone)
         self._waiting.append(pending)
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write(), name="evidence-chain-appender")
+            # In a context of its own: the batch is no one command's work, each outbox row carries its command's
+            # trace, and a command handled alone runs in its handler's context.
+            self._writer = asyncio.create_task(
+                self._write(), name="evidence-chain-appender", context=contextvars.Context()
+            )
         return await pending.done
 
     async def _write(self) -> None:
@@ -183,7 +193,7 @@ class ChainAppender:
     @staticmethod
     async def _alone(pending: _Pending) -> None:
         try:
-            reply = await pending.alone()
+            reply = await asyncio.create_task(pending.alone(), context=pending.context)
         except Exception as exc:
             if not pending.done.done():
                 pending.done.set_exception(exc)
@@ -214,7 +224,7 @@ class ChainAppender:
             heads = await repo.chain_heads(conn, tenants)
             now = self.clock()
             created: list[tuple[StoredPacket, str]] = []
-            events: list[tuple[str, Message]] = []
+            events: list[OutboxMessage] = []
             stored_replies: list[tuple[UUID, Reply]] = []
             for i in fresh:
                 pending = batch[i]
@@ -244,12 +254,15 @@ class ChainAppender:
                     messages, data = pending.effects(stored, True)
                 else:
                     messages, data = pending.effects(stored, False)
-                events.extend(messages)
+                events.extend(
+                    OutboxMessage(e.message_id, e.tenant_id, subject, e.model_dump_json(), pending.trace)
+                    for subject, e in messages
+                )
                 reply = Reply.success(data)
                 stored_replies.append((pending.command.message_id, reply))
                 replies[i] = reply
             await repo.insert_packets(conn, created)
-            await add_events(conn, events)
+            await add_messages(conn, events)
             await store_replies(conn, self.consumer, stored_replies)
         self.stats.batches += 1
         self.stats.packets += len(created)
