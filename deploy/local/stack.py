@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import importlib.util
 import json
 import os
 import shlex
@@ -82,11 +83,11 @@ def _ensure_master_key(path: Path) -> None:
 
 
 def _installed(service: str) -> bool:
+    """Whether the service's package is installed (found, not imported: each service imports itself)."""
     try:
-        __import__(f"stella.{service}.app")
+        return importlib.util.find_spec(f"stella.{service}.app") is not None
     except ImportError:
         return False
-    return True
 
 
 async def _ensure_database(admin_dsn: str, name: str) -> str:
@@ -335,45 +336,50 @@ async def main() -> int:
             loop.add_signal_handler(sig, stopping.set)
         tasks = [asyncio.create_task(_supervise(c, env, stopping)) for c in children]
 
+        # The gateway starts with the services: it waits for its dependencies itself, and the two bootstraps
+        # below only write its own schema (its migrations take a lock, so whichever comes first applies them).
+        gateway = Child("gateway", [python, "-m", "stella.gateway", "serve"], "97")
+        children.append(gateway)
+        tasks.append(asyncio.create_task(_supervise(gateway, env, stopping)))
+
         token_file = STATE / "admin-token"
-        bootstrap = await asyncio.create_subprocess_exec(
-            python,
-            "-m",
-            "stella.gateway",
-            "bootstrap",
-            "--tenant",
-            "default",
-            "--admin",
-            "admin",
-            "--token-file",
-            str(token_file),
-            env=env,
-            cwd=ROOT,
+        platform_file = STATE / "platform-token"
+        bootstrap, platform = await asyncio.gather(
+            asyncio.create_subprocess_exec(
+                python,
+                "-m",
+                "stella.gateway",
+                "bootstrap",
+                "--tenant",
+                "default",
+                "--admin",
+                "admin",
+                "--token-file",
+                str(token_file),
+                env=env,
+                cwd=ROOT,
+            ),
+            asyncio.create_subprocess_exec(
+                python,
+                "-m",
+                "stella.gateway",
+                "bootstrap-platform",
+                "--admin",
+                "operator",
+                "--token-file",
+                str(platform_file),
+                env=env,
+                cwd=ROOT,
+                stdout=asyncio.subprocess.DEVNULL,
+            ),
         )
         if await bootstrap.wait() != 0:
             _say("bootstrapping the first tenant failed; see the message above")
             stopping.set()
-        platform_file = STATE / "platform-token"
-        platform = await asyncio.create_subprocess_exec(
-            python,
-            "-m",
-            "stella.gateway",
-            "bootstrap-platform",
-            "--admin",
-            "operator",
-            "--token-file",
-            str(platform_file),
-            env=env,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL,
-        )
         if await platform.wait() != 0:
             _say("bootstrapping the platform tenant failed; see the message above")
             stopping.set()
         _write_env(env)
-        gateway = Child("gateway", [python, "-m", "stella.gateway", "serve"], "97")
-        children.append(gateway)
-        tasks.append(asyncio.create_task(_supervise(gateway, env, stopping)))
 
         base = f"http://{host}:{port}"
         if not stopping.is_set() and await asyncio.to_thread(_wait_ready, f"{base}/readyz", 60):

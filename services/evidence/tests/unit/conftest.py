@@ -140,10 +140,16 @@ def leaf_of(item: SignedPacket) -> bytes:
 
 
 def make_chain(
-    count: int = 6, *, rotate_after: int = 3, old_key: Signer | None = None, new_key: Signer | None = None
+    count: int = 6,
+    *,
+    rotate_after: int = 3,
+    old_key: Signer | None = None,
+    new_key: Signer | None = None,
+    content: Callable[[int], dict[str, Any]] = make_content,
 ) -> Chain:
     """Build and sign ``count`` packets of one tenant, rotating keys after ``rotate_after`` packets (signed with
-    new Ed25519 and ECDSA P-256 key files unless other signers are given)."""
+    new Ed25519 and ECDSA P-256 key files unless other signers are given); ``content(index)`` makes each
+    packet's content."""
     tenant_id = uuid.uuid4()
     old_key = old_key or generate_key(KeyAlgorithm.ED25519)
     new_key = new_key or generate_key(KeyAlgorithm.ECDSA_P256)
@@ -156,7 +162,7 @@ def make_chain(
             packet_id=uuid.uuid4(),
             tenant_id=tenant_id,
             packet_type=types[index % len(types)],
-            content=make_content(index),
+            content=content(index),
             head=head,
             created_at=EPOCH + timedelta(minutes=index),
             signer_key_ref=key.key_ref,

@@ -201,3 +201,36 @@ def test_malformed_envelopes_are_rejected(
     envelope, ring, _ = signed
     with pytest.raises(MalformedEnvelopeError):
         verify_envelope(mutate(copy.deepcopy(envelope)), ring)
+
+
+def _decode_by_the_rule(value: str) -> bytes | None:
+    """Standard or URL-safe base64, padding optional, canonical spelling only (None when refused)."""
+    text = value.rstrip("=")
+    urlsafe = "-" in text or "_" in text
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" + ("-_" if urlsafe else "+/")
+    if any(char not in alphabet for char in text) or len(value) - len(text) > 2 or len(text) % 4 == 1:
+        return None
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        raw = base64.urlsafe_b64decode(padded) if urlsafe else base64.b64decode(padded, validate=True)
+    except ValueError:
+        return None
+    again = (base64.urlsafe_b64encode(raw) if urlsafe else base64.b64encode(raw)).decode().rstrip("=")
+    return raw if again == text else None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        *("", "QQ==", "QR==", "QQ", "QQ=", "Q", "QUJD", "QUJDRA==", "QUJDRA", "+/+/", "-_-_", "+_-/", "QQ==QQ=="),
+        *("=QUJD", "QU JD", "QUJD\n", "QUJD===", "QUI=", "QUJ=", "w6k=", "é", "QQ==\n"),
+    ],
+)
+def test_payload_base64_is_decoded_by_the_rule(value: str) -> None:
+    envelope = {"payload": value, "payloadType": HELLO_TYPE, "signatures": [{"keyid": "k", "sig": "QUJD"}]}
+    expected = _decode_by_the_rule(value)
+    if expected is None:
+        with pytest.raises(MalformedEnvelopeError):
+            parse_envelope(envelope)
+    else:
+        assert parse_envelope(envelope).payload == expected

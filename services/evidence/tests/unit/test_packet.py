@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from stella.contracts.canonical import content_hash
+from stella.contracts.canonical import canonicalize, content_hash
 from stella.evidence.dsse import MalformedEnvelopeError, sign_envelope
 from stella.evidence.keys import BadSignatureError, KeyAlgorithm, PublicKeyRing, UnknownKeyError, generate_key
 from stella.evidence.packet import (
@@ -28,6 +28,7 @@ from stella.evidence.packet import (
     SignerMismatchError,
     SubjectMismatchError,
     build_packet,
+    compute_packet_hash_from_content_bytes,
     format_timestamp,
     packet_from_dict,
     packet_hash_input,
@@ -342,3 +343,32 @@ def test_verify_packet_envelope_errors(content: dict[str, Any]) -> None:
     envelope["payload"] = base64.b64encode(base64.b64decode(envelope["payload"]).replace(b"alice", b"alicf")).decode()
     with pytest.raises(BadSignatureError):
         verify_packet_envelope(envelope, ring)
+
+
+@pytest.mark.parametrize(
+    "previous_hash", ["sha256:" + "a" * 64, "not a hash but ascii \u001f", "caf\u00e9", "\ud800", None]
+)
+def test_hash_from_the_content_bytes_is_the_packet_hash(content: dict[str, Any], previous_hash: str | None) -> None:
+    packet = dataclasses.replace(
+        build_packet(
+            packet_id=uuid.uuid4(),
+            tenant_id=uuid.uuid4(),
+            packet_type=PacketType.DEPLOYMENT,
+            content=content,
+            head=ChainHead.empty(),
+            created_at=datetime(2025, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+            signer_key_ref="ed25519:" + "0" * 16,
+            promotion_id=None,
+        ),
+        previous_hash=previous_hash,
+    )
+
+    def outcome(compute: Callable[[], str]) -> str:
+        try:
+            return compute()
+        except ValueError as exc:
+            return f"refused: {exc}"
+
+    expected = outcome(packet.compute_hash)
+    assert outcome(lambda: compute_packet_hash_from_content_bytes(packet, canonicalize(content))) == expected
+    assert expected.startswith("refused: ") == (previous_hash == "\ud800")

@@ -13,6 +13,7 @@ from stella.evidence.statement import (
     build_statement,
     image_subject,
     parse_statement,
+    parse_statement_canonical,
     serialize_statement,
     subjects_from_content,
 )
@@ -106,3 +107,85 @@ def _statement(**changes: Any) -> dict[str, Any]:
 def test_parse_statement_rejects(payload: bytes, message: str) -> None:
     with pytest.raises(MalformedStatementError, match=message):
         parse_statement(payload)
+
+
+# ------------------------------------------------------------------ canonical check: fast path against the rule
+
+
+def _by_the_rule(payload: bytes) -> dict[str, Any] | str:
+    """The verdict of the plain rule: parse, check the shape, canonicalize, compare (the error message, if any)."""
+    try:
+        statement = json.loads(payload.decode("utf-8"))
+        if not isinstance(statement, dict) or set(statement) != {"_type", "subject", "predicateType", "predicate"}:
+            return parse_statement(payload)  # the shape errors are the same code on both paths
+        canonical = canonicalize(statement)
+    except MalformedStatementError as exc:
+        return str(exc)
+    except ValueError as exc:
+        return f"statement is not canonicalizable: {exc}"
+    return statement if canonical == payload else "payload is not in RFC 8785 canonical form"
+
+
+def _verdict(payload: bytes) -> tuple[dict[str, Any] | str, bytes | None]:
+    try:
+        return parse_statement_canonical(payload)
+    except MalformedStatementError as exc:
+        return str(exc), None
+
+
+def _statement_with(content: dict[str, Any], **predicate: Any) -> dict[str, Any]:
+    return build_statement([image_subject("registry.example.com/a", A)], {"content": content, **predicate})
+
+
+GOOD = serialize_statement(_statement_with(_content(("registry.example.com/a", A)), sequence=3, id="x"))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        GOOD,
+        GOOD.replace(b'"sequence":3', b'"sequence":3.5'),
+        GOOD.replace(b'"sequence":3', b'"sequence":3.0'),  # RFC 8785 writes 3
+        GOOD.replace(b'"sequence":3', b'"sequence":1e-07'),  # RFC 8785 writes 1e-7
+        GOOD.replace(b'"sequence":3', b'"sequence":1e-7'),
+        GOOD.replace(b'"sequence":3', b'"sequence":100000000000000000000'),  # RFC 8785 writes 1e+20
+        GOOD.replace(b'"sequence":3', b'"sequence":1e+20'),
+        GOOD.replace(b'"sequence":3', b'"sequence":9007199254740993'),  # beyond 2**53
+        GOOD.replace(b'"sequence":3', b'"sequence":-9007199254740993'),
+        GOOD.replace(b'"sequence":3', b'"sequence":[9007199254740993]'),
+        GOOD.replace(b'"sequence":3', b'"sequence":[1,90071992547409930,2]'),
+        GOOD.replace(b'"sequence":3', b'"sequence":{"a":12345678901234567890}'),
+        GOOD.replace(b'"sequence":3', b'"sequence":9007199254740991'),  # the largest exact one: 16 digits
+        GOOD.replace(b'"sequence":3', b'"sequence":123456789012345'),
+        GOOD.replace(b'"id":"x"', b'"id":"n:9007199254740993,"'),  # looks like an integer, inside a string
+        GOOD.replace(b'"id":"x"', b'"id":"sha256:9007199254740993900719925474099390071992547409939007199254"'),
+        GOOD.replace(b'"sequence":3', b'"sequence":-0'),
+        GOOD.replace(b'"sequence":3', b'"sequence":NaN'),
+        GOOD.replace(b'"sequence":3', b'"sequence": 3'),
+        GOOD.replace(b'"id":"x"', b'"id":"\\u00e9"'),  # escaped where RFC 8785 writes the character
+        GOOD.replace(b'"id":"x"', '"id":"\u00e9"'.encode()),
+        GOOD.replace(b'"id":"x"', b'"id":"\\ud800"'),  # a lone surrogate
+        GOOD.replace(b'"id":"x"', b'"id":"\\ud83d\\ude00"'),
+        GOOD.replace(b'"id":"x"', b'"id":"\\u001f\\n"'),
+        GOOD.replace(b'"id":"x"', b'"id":"\\u001F"'),
+        GOOD.replace(b'"id":"x"', b'"id":"\\/"'),
+        GOOD.replace(b'"id":"x"', b'"id":"x","id":"x"'),  # a duplicate key
+        GOOD.replace(b'"id":"x"', b'"a":1,"id":"x"'),  # keys out of order
+        GOOD.replace(b'{"content":', b'{"a":1,"content":'),  # a member sorting before content
+        GOOD.replace(b'"predicate":{"content":{', b'"predicate":{"contenT":0,"content":{'),
+        GOOD.replace(b',"sequence":3', b""),
+        GOOD + b" ",
+    ],
+)
+def test_canonical_check_gives_the_verdict_of_the_rule(payload: bytes) -> None:
+    verdict, content_bytes = _verdict(payload)
+    assert verdict == _by_the_rule(payload)
+    if content_bytes is not None:
+        assert isinstance(verdict, dict)
+        assert content_bytes == canonicalize(verdict["predicate"]["content"])
+
+
+def test_canonical_check_returns_the_content_bytes_of_an_ordinary_statement() -> None:
+    statement, content_bytes = parse_statement_canonical(GOOD)
+    assert content_bytes == canonicalize(statement["predicate"]["content"])
+    assert content_bytes is not None and content_bytes in GOOD

@@ -325,7 +325,7 @@ def _literal_string(expr: _Tree) -> str | None:
             token = node.children[0]
             if isinstance(token, lark.Token) and token.type in {"STRING_LIT", "MLSTRING_LIT"}:
                 try:
-                    value = _ENVIRONMENT.program(expr).evaluate({})
+                    value = _environment().program(expr).evaluate({})
                 except Exception:
                     return None
                 return str(value) if isinstance(value, str) else None
@@ -438,7 +438,14 @@ class _Analysis:
 # Public API
 # --------------------------------------------------------------------------------------------------
 
-_ENVIRONMENT: Final = celpy.Environment()
+
+@functools.cache
+def _environment() -> celpy.Environment:
+    """The one CEL environment, built on first use: building its parser takes about half a second, which a
+    process that never evaluates a rule should not pay at start."""
+    return celpy.Environment()
+
+
 _METHODS: Final = frozenset(name for name in base_functions if name[0].isalpha())
 """Functions callable as methods (``s.startsWith(p)``, ``l.size()``...)."""
 _GLOBAL_FUNCTIONS: Final = _METHODS | {"has", "dyn"}
@@ -575,7 +582,7 @@ def _compile(source: str, variables: frozenset[str] | None) -> Program:
     if not source.strip():
         raise ExpressionSyntaxError("empty expression", source=source, line=1, column=1)
     try:
-        ast = _ENVIRONMENT.compile(source)
+        ast = _environment().compile(source)
     except celpy.CELParseError as exc:
         column = exc.column if isinstance(exc.column, int) else None
         if column is not None and 0 < column <= len(source.rstrip()):
@@ -591,7 +598,7 @@ def _compile(source: str, variables: frozenset[str] | None) -> Program:
     analysis.walk(ast)
     in_order = sorted(analysis.paths, key=lambda path: analysis.paths[path])
     paths = [path for path in in_order if not any(_extends(other, path) for other in in_order)]
-    runner = _ENVIRONMENT.program(ast, functions=_FUNCTIONS)
+    runner = _environment().program(ast, functions=_FUNCTIONS)
     return Program(source=source, references=tuple(paths), _ast=ast, _runner=runner)
 
 

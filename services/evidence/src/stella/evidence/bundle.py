@@ -788,7 +788,7 @@ The evidence service ships an offline verifier that needs only Python 3.11+ with
 envelope's file name matches its packet and that the manifest's tenant, range, count, keys and time match
 the packets:
 
-    python -m stella.evidence.verify <bundle>.tar.gz --keys DIR [--json]
+    python -m stella.evidence.verify <bundle>.tar.gz --keys DIR [--jobs N] [--json]
     python -m stella.evidence.verify <bundle>.tar.gz --trust-fingerprint sha256:<hex>
     python -m stella.evidence.verify <bundle>.tar.gz --trust-bundle-keys
 
@@ -798,6 +798,11 @@ trusts the PEM public keys in `DIR` (and takes the validity of keys from `DIR/ke
 else from the bundle's key log authenticated by those keys); `--trust-fingerprint` pins a key by its full id
 and trusts the keys the key log hands over to from it; `--trust-bundle-keys` trusts the keys inside the
 bundle, which only shows the bundle is consistent, and says so.
+
+The checks of each envelope on its own (its signatures and content hash, sections 2 and 3) run on every
+core for a bundle of 512 packets or more; `--jobs N` sets the number of processes (`--jobs 1`: this process
+only). The checks across packets (links, checkpoint, key validity) run after them in one process, and the
+findings, their order and the exit status are the same for every `N`.
 
 `--tsa-ca PEM` asks for trusted time: the bundle must carry `checkpoint.tsr`, the RFC 3161 timestamp a
 time-stamping authority (TSA) signed over the bytes of `checkpoint.txt`, and it must verify against the TSA

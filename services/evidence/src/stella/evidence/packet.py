@@ -40,13 +40,13 @@ from enum import StrEnum
 from typing import Any, Final
 from uuid import UUID
 
-from stella.contracts.canonical import canonicalize, content_hash, is_content_hash
+from stella.contracts.canonical import canonicalize, content_hash, is_content_hash, sha256_digest
 from stella.evidence.dsse import parse_envelope, sign_envelope, verify_parsed_envelope
 from stella.evidence.keys import PublicKeyRing, SignatureVerificationError, Signer
 from stella.evidence.statement import (
     PAYLOAD_TYPE,
     build_statement,
-    parse_statement,
+    parse_statement_canonical,
     serialize_statement,
     sort_subjects,
     subjects_from_content,
@@ -328,6 +328,50 @@ def compute_packet_hash(
             created_at=created_at,
         )
     )
+
+
+_HASH_INPUT_ENCODER: Final[json.JSONEncoder] = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
+"""The fast encoder of :func:`stella.contracts.canonical.canonicalize` (same settings, so the same bytes)."""
+
+
+def _is_plain_scalar(value: object) -> bool:
+    """Whether the fast encoder writes ``value`` exactly as RFC 8785 does (ASCII text, exact integers, null)."""
+    if value is None:
+        return True
+    if type(value) is str:
+        return value.isascii()
+    return type(value) is int and -(2**53 - 1) <= value <= 2**53 - 1
+
+
+def compute_packet_hash_from_content_bytes(packet: EvidencePacket, content_bytes: bytes) -> str:
+    """Return the ``content_hash`` of a packet whose content's RFC 8785 bytes are already known.
+
+    The same digest as :meth:`EvidencePacket.compute_hash`, without canonicalizing the content again: the
+    canonical form of an object is its members' canonical forms in key order, ``content`` sorts first among the
+    hashed fields, and the other fields are short strings, an integer and nulls. A verifier has the content's
+    bytes from the signed statement (see :func:`stella.evidence.statement.parse_statement_canonical`).
+
+    Args:
+        packet: The packet; every field but ``content`` is read from it.
+        content_bytes: The RFC 8785 bytes of ``packet.content``.
+    """
+    rest = packet_hash_input(
+        packet_id=packet.id,
+        tenant_id=packet.tenant_id,
+        packet_type=packet.packet_type,
+        promotion_id=packet.promotion_id,
+        sequence=packet.sequence,
+        previous_hash=packet.previous_hash,
+        content={},
+        created_at=packet.created_at,
+    )
+    del rest["content"]
+    if not all(_is_plain_scalar(value) for value in rest.values()):
+        return packet.compute_hash()  # a field RFC 8785 may spell or refuse differently: the general path decides
+    tail = _HASH_INPUT_ENCODER.encode(rest)
+    return sha256_digest(b'{"content":' + content_bytes + b"," + tail[1:].encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -621,12 +665,17 @@ def verify_packet_envelope(envelope: object, keyring: PublicKeyRing) -> Evidence
         PacketHashMismatchError: ``content_hash`` does not recompute.
     """
     verified = verify_parsed_envelope(parse_envelope(envelope), keyring, payload_type=PAYLOAD_TYPE)
-    packet = packet_from_statement(parse_statement(verified.payload))
+    statement, content_bytes = parse_statement_canonical(verified.payload)
+    packet = packet_from_statement(statement)
     if packet.signer_key_ref not in verified.key_refs:
         raise SignerMismatchError(
             f"packet names signer {packet.signer_key_ref}, but it verified with {', '.join(verified.key_refs)}"
         )
-    computed = packet.compute_hash()
+    computed = (
+        packet.compute_hash()
+        if content_bytes is None
+        else compute_packet_hash_from_content_bytes(packet, content_bytes)
+    )
     if computed != packet.content_hash:
         raise PacketHashMismatchError(packet.content_hash, computed)
     return packet

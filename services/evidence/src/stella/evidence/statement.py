@@ -9,6 +9,7 @@ is signed, so its bytes are reproducible too.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -25,6 +26,12 @@ PAYLOAD_TYPE: Final[str] = "application/vnd.in-toto+json"
 """DSSE ``payloadType`` of an in-toto statement."""
 
 _SHA256_HEX_RE: Final[re.Pattern[str]] = re.compile(r"[0-9a-f]{64}")
+
+_FAST_ENCODER: Final[json.JSONEncoder] = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
+"""The encoder :func:`stella.contracts.canonical.canonicalize` uses for values it has found to need no RFC 8785
+special case (same settings, so the same bytes)."""
 
 
 class MalformedStatementError(ValueError):
@@ -117,10 +124,124 @@ def parse_statement(payload: bytes) -> dict[str, Any]:
         MalformedStatementError: When the payload is not UTF-8 JSON in RFC 8785 canonical form, not a
             Statement v1, or not Stella evidence.
     """
+    return parse_statement_canonical(payload)[0]
+
+
+def parse_statement_canonical(payload: bytes) -> tuple[dict[str, Any], bytes | None]:
+    """Parse and check a statement payload like :func:`parse_statement`, and return the canonical bytes of its
+    predicate's ``content`` when they were read off the payload.
+
+    The content's canonical bytes are what a packet's ``content_hash`` is taken over (with a few small fields
+    around them), so a verifier that has them need not canonicalize the content a second time.
+
+    Returns:
+        The statement, and the RFC 8785 bytes of ``statement["predicate"]["content"]`` (``None`` when the
+        statement took the general path, e.g. a payload with non-ASCII text or numbers RFC 8785 spells
+        differently from Python; callers then canonicalize the content themselves).
+
+    Raises:
+        MalformedStatementError: As :func:`parse_statement`.
+    """
+    slow: list[bool] = []
+
+    def number_float(text: str) -> float:
+        value = float(text)
+        spelling = float.__repr__(value)
+        if "e" in spelling or spelling.endswith(".0") or not math.isfinite(value):
+            slow.append(True)
+        return value
+
     try:
-        statement = json.loads(payload.decode("utf-8"))
+        # The hook builds the same floats json.loads builds by default; it only notes the ones whose RFC 8785
+        # spelling the fast encoder below would not produce. Integers are left to the C parser (a hook per
+        # integer costs as much as the rest of the parse) and screened on the bytes instead.
+        statement = json.loads(payload.decode("utf-8"), parse_float=number_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedStatementError(f"payload is not UTF-8 JSON: {exc}") from exc
+    _check_statement_shape(statement)
+    # Statements are signed in canonical form. Insisting on it rules out duplicate keys (which JSON parsers
+    # resolve differently) and numbers that do not survive a round trip, so every verifier reads the same thing.
+    if not slow and payload.isascii() and not _may_hold_inexact_integer(payload):
+        content_bytes = _canonical_content_if_matches(statement, payload)
+        if content_bytes is not None:
+            return statement, content_bytes
+    try:
+        canonical = canonicalize(statement)
+    except ValueError as exc:
+        raise MalformedStatementError(f"statement is not canonicalizable: {exc}") from exc
+    if canonical != payload:
+        raise MalformedStatementError("payload is not in RFC 8785 canonical form")
+    return statement, None
+
+
+_DIGITS_AS_ZERO: Final[bytes] = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGIT_RUN: Final[bytes] = b"0" * 16
+
+
+def _may_hold_inexact_integer(payload: bytes) -> bool:
+    """Whether the payload may write an integer beyond +-(2**53-1), which RFC 8785 cannot represent exactly.
+
+    Such an integer has 16 digits or more. In the fast encoder's output (which the payload must equal to take
+    the fast path) an integer is a token of digits after ``:``, ``,`` or ``[`` (and an optional ``-``) and
+    before ``,``, ``}`` or ``]``; a run of 16 digits in that position is taken as one, even inside a string
+    (rare; it only sends the payload to :func:`canonicalize`). Digit runs inside digests end at a letter or
+    a quote and are passed over.
+    """
+    masked = payload.translate(_DIGITS_AS_ZERO)
+    start = masked.find(_LONG_DIGIT_RUN)
+    while start != -1:  # leftmost match: masked[start - 1] is not a digit
+        end = start + len(_LONG_DIGIT_RUN)
+        while masked[end : end + 1] == b"0":
+            end += 1
+        before = masked[start - 1 : start] if start else b""
+        if before == b"-":
+            before = masked[start - 2 : start - 1] if start > 1 else b""
+        if before in (b":", b",", b"[") and masked[end : end + 1] in (b",", b"}", b"]"):
+            return True
+        start = masked.find(_LONG_DIGIT_RUN, end)
+    return False
+
+
+def _canonical_content_if_matches(statement: dict[str, Any], payload: bytes) -> bytes | None:
+    """Return the canonical bytes of the predicate's content when the payload is the canonical statement.
+
+    Only called for an ASCII payload without numbers that need RFC 8785's own spelling (floats noted while
+    parsing, integers by :func:`_may_hold_inexact_integer`): then every string is
+    ASCII (a ``\\u`` escape of anything else would be written back unescaped and not match), every integer is
+    exact and every float's ``repr`` is its RFC 8785 form, so :func:`canonicalize` would take its fast encoder,
+    whose output is a concatenation of its members' outputs in key order. The statement is rebuilt from the
+    content's bytes and its few other members and compared with the payload; ``None`` means "not shown to be
+    canonical here" and sends the caller to :func:`canonicalize` for the verdict and its message.
+    """
+    predicate = statement["predicate"]
+    if "content" not in predicate:
+        return None
+    rest = {key: value for key, value in predicate.items() if key != "content"}
+    if not all(key > "content" for key in rest):
+        return None  # "content" is not the predicate's first member: not the shape this builds
+    try:
+        content = _FAST_ENCODER.encode(predicate["content"]).encode("utf-8")
+        tail = _FAST_ENCODER.encode(rest)
+        rebuilt = b"".join(
+            (
+                b'{"_type":',
+                _FAST_ENCODER.encode(statement["_type"]).encode("utf-8"),
+                b',"predicate":{"content":',
+                content,
+                ("," + tail[1:] if rest else "}").encode("utf-8"),
+                b',"predicateType":',
+                _FAST_ENCODER.encode(statement["predicateType"]).encode("utf-8"),
+                b',"subject":',
+                _FAST_ENCODER.encode(statement["subject"]).encode("utf-8"),
+                b"}",
+            )
+        )
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return content if rebuilt == payload else None
+
+
+def _check_statement_shape(statement: object) -> None:
     if not isinstance(statement, dict):
         raise MalformedStatementError("statement is not a JSON object")
     if statement.get("_type") != STATEMENT_TYPE:
@@ -149,12 +270,3 @@ def parse_statement(payload: bytes) -> dict[str, Any]:
             raise MalformedStatementError(f"subject[{index}] is not {{name, digest: {{sha256: <hex>}}}}")
     if not isinstance(statement.get("predicate"), dict):
         raise MalformedStatementError("predicate is missing or not an object")
-    # Statements are signed in canonical form. Insisting on it rules out duplicate keys (which JSON parsers
-    # resolve differently) and numbers that do not survive a round trip, so every verifier reads the same thing.
-    try:
-        canonical = canonicalize(statement)
-    except ValueError as exc:
-        raise MalformedStatementError(f"statement is not canonicalizable: {exc}") from exc
-    if canonical != payload:
-        raise MalformedStatementError("payload is not in RFC 8785 canonical form")
-    return statement

@@ -1,11 +1,16 @@
 """Offline verification of an evidence export bundle, as a library and as a command.
 
-    python -m stella.evidence.verify BUNDLE [--keys DIR] [--replay] [--json]
+    python -m stella.evidence.verify BUNDLE [--keys DIR] [--replay] [--jobs N] [--json]
 
 Checks every file against the manifest, every signature, every ``content_hash``, every chain link, that each
 envelope's file name matches its packet and that the manifest's metadata matches the packets. Prints one
 line per finding and exits ``0`` when everything holds, ``1`` when any check fails, ``2`` when the input
 cannot be used (not a bundle, unreadable key directory).
+
+The checks of each envelope on its own (signatures, canonical form, ``content_hash``, subjects) run over every
+core for a large bundle (``--jobs``, :mod:`stella.evidence.envelope_check`); the checks across packets (chain
+links, checkpoint, key validity, manifest) run afterwards in this process. Findings and exit code do not
+depend on the number of processes.
 
 This module and everything it imports (the project's canonical JSON, ``stella.contracts.canonical``, included)
 need only the standard library, ``cryptography`` and ``rfc8785``, so an auditor can run it on a machine with
@@ -27,7 +32,7 @@ from importlib.metadata import entry_points
 from typing import IO, Any
 from uuid import UUID
 
-from stella.contracts.canonical import content_hash, sha256_digest
+from stella.contracts.canonical import sha256_digest
 from stella.evidence import keylog, merkle
 from stella.evidence.bundle import (
     CHECKPOINT_PATH,
@@ -41,7 +46,6 @@ from stella.evidence.bundle import (
     BundleFormatError,
     Manifest,
     ManifestError,
-    envelope_path,
     key_ref_of_path,
     parse_envelope_path,
     parse_manifest,
@@ -50,23 +54,14 @@ from stella.evidence.bundle import (
 )
 from stella.evidence.chain import Finding, FindingKind, sort_findings, verify_chain
 from stella.evidence.checkpoint import CheckpointError, verify_checkpoint
-from stella.evidence.dsse import MalformedEnvelopeError, parse_envelope, verify_parsed_envelope
+from stella.evidence.envelope_check import POOL_THRESHOLD, CheckedPacket, check_envelopes
 from stella.evidence.keylog import KeyLog
 from stella.evidence.keys import (
-    BadSignatureError,
     KeyFormatError,
     PublicKey,
     PublicKeyRing,
-    UnknownKeyError,
 )
-from stella.evidence.packet import EvidencePacket, MalformedPacketError, format_timestamp, packet_from_dict
-from stella.evidence.statement import (
-    PAYLOAD_TYPE,
-    MalformedStatementError,
-    parse_statement,
-    sort_subjects,
-    subjects_from_content,
-)
+from stella.evidence.packet import EvidencePacket, format_timestamp
 from stella.evidence.timestamp import TimestampError, verify_token
 
 EXIT_OK = 0
@@ -265,113 +260,6 @@ def _load_bundle_keys(contents: BundleContents, findings: list[Finding]) -> Publ
     return ring
 
 
-def _check_envelope(
-    path: str,
-    data: bytes,
-    keyring: PublicKeyRing,
-    findings: list[Finding],
-    leaves: dict[int, bytes],
-    verified: dict[int, tuple[str, ...]],
-    untrusted: dict[int, list[str]],
-) -> EvidencePacket | None:
-    """Check one envelope file; return its packet when one could be read out of it (and record its leaf hash
-    in ``leaves`` under its sequence)."""
-    named = parse_envelope_path(path)
-    name_sequence, name_id = named if named else (None, None)
-
-    def report(
-        kind: FindingKind, message: str, packet: EvidencePacket | None = None, key_ref: str | None = None
-    ) -> None:
-        findings.append(
-            Finding(
-                kind,
-                message,
-                sequence=packet.sequence if packet else name_sequence,
-                packet_id=packet.id if packet else name_id,
-                path=path,
-                key_ref=key_ref,
-            )
-        )
-
-    try:
-        envelope = parse_envelope(json.loads(data.decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        report(FindingKind.MALFORMED_ENVELOPE, f"{path} is not UTF-8 JSON: {exc}")
-        return None
-    except MalformedEnvelopeError as exc:
-        report(FindingKind.MALFORMED_ENVELOPE, f"{path}: {exc}")
-        return None
-    if envelope.payload_type != PAYLOAD_TYPE:
-        report(FindingKind.MALFORMED_ENVELOPE, f"payloadType is {envelope.payload_type!r}, expected {PAYLOAD_TYPE!r}")
-        return None
-
-    # Read the packet before judging the signature, so every finding can name the packet it is about.
-    packet: EvidencePacket | None = None
-    statement: dict[str, Any] | None = None
-    try:
-        statement = parse_statement(envelope.payload)
-        packet = packet_from_dict(statement["predicate"])
-    except MalformedStatementError as exc:
-        report(FindingKind.MALFORMED_STATEMENT, str(exc))
-    except MalformedPacketError as exc:
-        report(FindingKind.MALFORMED_PACKET, str(exc))
-
-    verified_refs: tuple[str, ...] = ()
-    try:
-        verified_refs = verify_parsed_envelope(envelope, keyring).key_refs
-    except UnknownKeyError as exc:
-        claimed = ", ".join(s.keyid or "(no keyid)" for s in envelope.signatures)
-        report(
-            FindingKind.UNKNOWN_KEY,
-            f"signed by {claimed}, which is not among the trusted keys",
-            packet,
-            key_ref=exc.key_ref,
-        )
-    except BadSignatureError as exc:
-        report(FindingKind.BAD_SIGNATURE, str(exc), packet, key_ref=exc.key_ref)
-
-    if packet is None or statement is None:
-        return None
-    leaves.setdefault(packet.sequence, merkle.leaf_hash(envelope.payload))
-    verified.setdefault(packet.sequence, verified_refs)
-    others = [s.keyid or "(no keyid)" for s in envelope.signatures if s.keyid not in verified_refs]
-    if verified_refs and others:
-        untrusted[packet.sequence] = others
-    if verified_refs and packet.signer_key_ref not in verified_refs:
-        report(
-            FindingKind.SIGNER_MISMATCH,
-            f"names signer {packet.signer_key_ref}, but was signed by {', '.join(verified_refs)}",
-            packet,
-            key_ref=packet.signer_key_ref,
-        )
-    try:
-        expected_subjects = subjects_from_content(packet.content)
-    except ValueError as exc:
-        report(FindingKind.SUBJECT_MISMATCH, f"content names no valid image: {exc}", packet)
-    else:
-        if sort_subjects(statement["subject"]) != expected_subjects or len(statement["subject"]) != len(
-            expected_subjects
-        ):
-            report(
-                FindingKind.SUBJECT_MISMATCH,
-                "statement subjects are not the images of content.release.components",
-                packet,
-            )
-    if named is None:
-        report(
-            FindingKind.MISPLACED_PACKET,
-            f"file name {path} does not have the form {envelope_path(packet.sequence, packet.id)}",
-            packet,
-        )
-    elif named != (packet.sequence, packet.id):
-        report(
-            FindingKind.MISPLACED_PACKET,
-            f"is stored as {path}, which names packet {name_sequence} (id {name_id})",
-            packet,
-        )
-    return packet
-
-
 def _envelope_order(path: str) -> tuple[int, int, str]:
     named = parse_envelope_path(path)
     return (0, named[0], path) if named else (1, 0, path)
@@ -529,6 +417,7 @@ def verify_bundle(
     replay: Replayer | None = None,
     allow_empty: bool = False,
     tsa_ca: str | None = None,
+    jobs: int | None = 1,
 ) -> VerificationReport:
     """Verify an export bundle.
 
@@ -550,6 +439,9 @@ def verify_bundle(
             otherwise it is a finding, since it proves nothing.
         tsa_ca: PEM file of the time-stamping authorities' root certificates to trust: the checkpoint must
             carry an RFC 3161 timestamp (``checkpoint.tsr``) that verifies against them (``openssl ts``).
+        jobs: Processes the per-envelope checks run in: ``1`` (default) this process, ``None`` or ``0`` one
+            per core. A bundle of fewer than :data:`stella.evidence.envelope_check.POOL_THRESHOLD` envelopes is
+            checked in this process whatever it says. The report is the same for every value.
 
     Returns:
         The report; ``report.ok`` is true only when every check held.
@@ -595,15 +487,25 @@ def verify_bundle(
     envelope_paths = sorted(
         (p for p in contents.files if p.startswith(ENVELOPES_DIR) and p.endswith(".dsse.json")), key=_envelope_order
     )
-    packets: list[EvidencePacket] = []
+    packets: list[CheckedPacket] = []
     leaves: dict[int, bytes] = {}
     verified: dict[int, tuple[str, ...]] = {}
     untrusted: dict[int, list[str]] = {}
     unreadable: list[int] = []
-    for path in envelope_paths:
-        packet = _check_envelope(path, contents.files[path], keyring, findings, leaves, verified, untrusted)
-        if packet is not None:
+    # Each envelope is checked on its own, over every core for a large bundle; what the checks found is taken
+    # in file order here, so the report is the same whatever ``jobs`` is.
+    outcomes = check_envelopes(
+        [(path, contents.files[path]) for path in envelope_paths], keyring, jobs=jobs, keep_content=replay is not None
+    )
+    for path, outcome in zip(envelope_paths, outcomes, strict=True):
+        findings.extend(outcome.findings)
+        packet = outcome.packet
+        if packet is not None and outcome.leaf is not None:
             packets.append(packet)
+            leaves.setdefault(packet.sequence, outcome.leaf)
+            verified.setdefault(packet.sequence, outcome.verified_refs)
+            if outcome.others:
+                untrusted[packet.sequence] = outcome.others
         else:
             named = parse_envelope_path(path)
             if named is not None:
@@ -822,28 +724,25 @@ def _check_tree(
         )
 
 
-def _check_decision_inputs(packets: Sequence[EvidencePacket], findings: list[Finding]) -> int:
-    """Recompute ``inputs_hash`` of every decision that carries its inputs; returns how many were checked.
+def _check_decision_inputs(packets: Sequence[CheckedPacket], findings: list[Finding]) -> int:
+    """Report every decision whose recomputed ``inputs_hash`` differs; returns how many were checked.
 
     ``inputs_hash`` is ``sha256:`` + hex SHA-256 of the RFC 8785 form of ``{"clock": evaluated_at, "inputs":
     inputs}`` (the promotion service's definition), so a changed input, or a decision that does not follow
-    from the inputs it names, shows without the service.
+    from the inputs it names, shows without the service. The hash was recomputed with the envelope's other
+    checks (:attr:`CheckedPacket.inputs_check`).
     """
     checked = 0
     for packet in packets:
-        decision = packet.content.get("decision")
-        if not isinstance(decision, Mapping) or "inputs" not in decision:
+        if packet.inputs_check is None:
             continue
         checked += 1
-        try:
-            computed = content_hash({"clock": decision.get("evaluated_at"), "inputs": decision["inputs"]})
-        except ValueError as exc:
-            computed = f"(cannot be computed: {exc})"
-        if computed != decision.get("inputs_hash"):
+        recorded, computed = packet.inputs_check
+        if computed != recorded:
             findings.append(
                 Finding(
                     FindingKind.DECISION_INPUTS_MISMATCH,
-                    f"decision.inputs_hash {decision.get('inputs_hash')} is not {computed}, the hash of the inputs "
+                    f"decision.inputs_hash {recorded} is not {computed}, the hash of the inputs "
                     "the packet carries at its evaluated_at",
                     sequence=packet.sequence,
                     packet_id=packet.id,
@@ -1057,8 +956,26 @@ def _parser() -> argparse.ArgumentParser:
         help="decide every decision that carries its inputs again with the project's gate code (installed with "
         "the promotion package) and report any difference in the decision or a gate's verdict",
     )
+    parser.add_argument(
+        "--jobs",
+        metavar="N",
+        type=_jobs,
+        default=0,
+        help="processes to check the envelopes with: 0 (default) one per core, 1 this process only; bundles of "
+        f"fewer than {POOL_THRESHOLD} packets are checked in this process. The report is the same for every N",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
+
+
+def _jobs(value: str) -> int:
+    try:
+        jobs = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if jobs < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative (0 means one process per core)")
+    return jobs
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
@@ -1145,6 +1062,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[str] | None = None, st
             replay=replay,
             allow_empty=args.allow_empty,
             tsa_ca=args.tsa_ca,
+            jobs=args.jobs,
         )
     except (OSError, BundleFormatError) as exc:
         print(f"error: cannot read bundle {args.bundle}: {exc}", file=err)
