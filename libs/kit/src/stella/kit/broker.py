@@ -768,6 +768,11 @@ _CLAIM_WITH_REPLY = """
     RETURNING true
 """
 _STORED_REPLY = "SELECT reply FROM inbox WHERE consumer = $1 AND message_id = $2"
+_STORE_REPLIES = """
+    UPDATE inbox SET reply = r.reply::jsonb
+      FROM unnest($2::uuid[], $3::text[]) AS r (message_id, reply)
+     WHERE inbox.consumer = $1 AND inbox.message_id = r.message_id
+"""
 _STORE_REPLY = "UPDATE inbox SET reply = $3 WHERE consumer = $1 AND message_id = $2"
 
 
@@ -785,6 +790,21 @@ async def claim_inbox_many(conn: asyncpg.Connection, consumer: str, message_ids:
     Returns the ids claimed now; an id handled before, or named twice, is claimed once.
     """
     return {row["message_id"] for row in await conn.fetch(_CLAIM_MANY, consumer, message_ids)}
+
+
+async def store_replies(conn: asyncpg.Connection, consumer: str, replies: list[tuple[uuid.UUID, Reply]]) -> None:
+    """Keep each command's reply with its inbox row (claimed in the open transaction), in one statement.
+
+    What :meth:`CommandProcessor.run` stores for one command, for commands handled together (a group commit):
+    a repeated command is answered from it.
+    """
+    if replies:
+        await conn.execute(
+            _STORE_REPLIES,
+            consumer,
+            [message_id for message_id, _ in replies],
+            [reply.model_dump_json() for _, reply in replies],
+        )
 
 
 class CommandProcessor:

@@ -80,6 +80,7 @@ def create_app(settings: Settings, *, overrides: Overrides | None = None) -> Evi
             signer,
             exports,
             checkpointer,
+            append_batch_size=settings.append_batch_size,
             dependency_timeout_s=settings.dependency_timeout_s,
             export_max_packets=settings.export_max_packets,
             export_max_age_s=settings.export_max_age_s,

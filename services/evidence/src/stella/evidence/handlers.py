@@ -3,7 +3,8 @@
 Reads from other services (the promotion, its approvals) happen before the transaction opens, so no
 connection is held while another service answers. Inside the transaction the tenant's chain is locked, its
 head read, the packet built on it, signed with the active key and appended; the packet, ``packet_created``
-and the workflow's ``CompleteStep`` commit together or not at all.
+and the workflow's ``CompleteStep`` commit together or not at all. Commands that append a packet are appended
+together with the others waiting, in one transaction (group commit, :mod:`stella.evidence.appender`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import asyncpg
 
 from stella.contracts.approval import GET_APPROVALS, ApprovalRequestView, GetApprovals
 from stella.contracts.deployment import DriftDetected, JobCompleted
-from stella.contracts.envelope import Message, Page, Reply, utcnow
+from stella.contracts.envelope import Command, Message, Page, Reply, utcnow
 from stella.contracts.evidence import (
     PACKET_CREATED,
     CollectEvidence,
@@ -45,6 +46,7 @@ from stella.contracts.promotion import (
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
 from stella.contracts.workflow import COMPLETE_STEP, ExecuteStep, StepStatus
 from stella.evidence import deployments, domain, repo, tree
+from stella.evidence.appender import ChainAppender, Effects, PacketRequest
 from stella.evidence.bundle import TreeProof, build_bundle
 from stella.evidence.domain import StoredPacket
 from stella.evidence.exports import ExportStore
@@ -85,6 +87,7 @@ class Handlers:
         exports: ExportStore,
         checkpointer: Checkpointer,
         *,
+        append_batch_size: int = 256,
         dependency_timeout_s: float = 5.0,
         export_max_packets: int = 100_000,
         export_max_age_s: float = 3600.0,
@@ -104,6 +107,9 @@ class Handlers:
         self.max_reply_bytes = max_reply_bytes
         self.clock = clock
         self.new_id = new_id
+        self.appender = ChainAppender(
+            pool, signer, commands.consumer, clock, lambda: self.new_id(), max_batch=append_batch_size
+        )
 
     # --- commands ---------------------------------------------------------------------------------------
 
@@ -141,14 +147,14 @@ class Handlers:
             # reports it at once instead of waiting for the step's timeout; nothing is stored.
             return await self._fail_step(cmd, f"evidence of promotion {promotion_id} cannot be recorded: {exc}")
 
-        source_key = domain.release_decision_key(promotion)
+        request = PacketRequest(
+            PacketType.RELEASE_DECISION, promotion_id, content, domain.release_decision_key(promotion)
+        )
 
-        async def execute(conn: asyncpg.Connection) -> object:
-            stored, created = await self._append(
-                conn, cmd, PacketType.RELEASE_DECISION, promotion_id, content, source_key
-            )
+        def effects(stored: StoredPacket, created: bool) -> tuple[list[tuple[str, Message]], object]:
             packet = stored.packet
             outputs = {"packet_id": str(packet.id), "content_hash": packet.content_hash}
+            messages: list[tuple[str, Message]]
             if created:
                 logs = f"release_decision packet {packet.sequence} signed by {packet.signer_key_ref}"
                 messages = [(PACKET_CREATED, self._created(cmd, stored))]
@@ -158,10 +164,9 @@ class Handlers:
                 messages = []
             # Every attempt completes, with the one packet of the decision.
             complete = cmd.complete(StepStatus.SUCCEEDED, outputs=outputs, logs=logs)
-            await add_events(conn, [*messages, (COMPLETE_STEP, complete)])
-            return {**outputs, "sequence": packet.sequence}
+            return [*messages, (COMPLETE_STEP, complete)], {**outputs, "sequence": packet.sequence}
 
-        return await self.commands.run(cmd, execute)
+        return await self._append_command(cmd, request, effects)
 
     async def _fail_step(self, cmd: ExecuteStep, error: str) -> Reply:
         """Report an evidence step that can never succeed as failed (through the outbox, exactly once)."""
@@ -177,10 +182,10 @@ class Handlers:
         """Sign and store a packet whose content the caller gives (deployment, rollback, drift evidence).
 
         One packet per ``source_key`` (what the packet records): a command repeated with the same key, by a
-        retried task say, returns the packet made first. Without a key, one packet per command.
+        retried task say, returns the packet made first. Without a key, one packet per command. A command
+        handled before is answered with its stored reply (its inbox row is claimed with its batch), so no
+        round trip of its own asks first.
         """
-        if (stored := await self.commands.seen(cmd)) is not None:
-            return stored
         try:
             validate_content(cmd.content)
         except SecretInEvidenceError as exc:
@@ -188,20 +193,38 @@ class Handlers:
         except EvidenceContentError as exc:
             return Reply.failure(error_detail(domain.InvalidEvidenceContent(str(exc))))
 
+        request = PacketRequest(
+            PacketType(str(cmd.packet_type)),
+            cmd.promotion_id,
+            cmd.content,
+            f"{cmd.packet_type}:{cmd.source_key}" if cmd.source_key else f"command:{cmd.message_id}",
+        )
+
+        def effects(stored: StoredPacket, created: bool) -> tuple[list[tuple[str, Message]], object]:
+            messages: list[tuple[str, Message]] = [(PACKET_CREATED, self._created(cmd, stored))] if created else []
+            return messages, stored.view().model_dump(mode="json")
+
+        return await self._append_command(cmd, request, effects)
+
+    async def _append_command(self, cmd: Command, request: PacketRequest, effects: Effects) -> Reply:
+        """Append ``request``'s packet for ``cmd`` with the next batch of the appender (group commit).
+
+        Handled alone (the command's own transaction through :class:`~stella.kit.broker.CommandProcessor`)
+        when the batch fails, the command was handled before, or batches hold one command.
+        """
+
         async def execute(conn: asyncpg.Connection) -> object:
             stored, created = await self._append(
-                conn,
-                cmd,
-                PacketType(str(cmd.packet_type)),
-                cmd.promotion_id,
-                cmd.content,
-                f"{cmd.packet_type}:{cmd.source_key}" if cmd.source_key else f"command:{cmd.message_id}",
+                conn, cmd, request.packet_type, request.promotion_id, request.content, request.source_key
             )
-            if created:
-                await add_events(conn, [(PACKET_CREATED, self._created(cmd, stored))])
-            return stored.view().model_dump(mode="json")
+            messages, data = effects(stored, created)
+            await add_events(conn, messages)
+            return data
 
-        return await self.commands.run(cmd, execute)
+        async def alone() -> Reply:
+            return await self.commands.run(cmd, execute)
+
+        return await self.appender.append(cmd, request, effects, alone)
 
     async def _append(
         self,

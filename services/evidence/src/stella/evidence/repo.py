@@ -6,6 +6,8 @@ installation (one key signs every tenant's packets) and public keys are public.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -42,6 +44,38 @@ INSERT_PACKET = """
                          envelope, signer_key_ref, created_at, source_key)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 """
+LOCK_CHAINS = """
+    SELECT count(pg_advisory_xact_lock(hashtextextended('stella.evidence.chain:' || t, 0)))
+      FROM unnest($1::text[]) AS t
+"""
+"""The chain locks of several tenants in one statement, taken in the array's order (a function scan over
+``unnest`` yields the elements in order): callers pass the tenants sorted, so two writers never deadlock."""
+CHAIN_HEADS = """
+    SELECT t.tenant_id, h.sequence, h.content_hash, h.created_at
+      FROM unnest($1::uuid[]) AS t (tenant_id)
+      CROSS JOIN LATERAL (
+          SELECT p.sequence, p.content_hash, p.created_at FROM packets p
+           WHERE p.tenant_id = t.tenant_id
+           ORDER BY p.sequence DESC
+           LIMIT 1
+      ) AS h
+"""
+PACKETS_BY_SOURCE = f"""
+    SELECT {_PACKET_COLUMNS}, source_key FROM packets
+     WHERE (tenant_id, source_key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))
+"""
+INSERT_PACKETS = """
+    INSERT INTO packets (id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content,
+                         envelope, signer_key_ref, created_at, source_key)
+    SELECT id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content::json,
+           envelope::json, signer_key_ref, created_at, source_key
+      FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[],
+                  $9::text[], $10::text[], $11::timestamptz[], $12::text[])
+           AS p (id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content, envelope,
+                 signer_key_ref, created_at, source_key)
+"""
+"""Several packets in one statement, inserted (and their Merkle leaves added by the row trigger) in the order
+of the arrays: a function scan over ``unnest`` yields rows in order."""
 GET_PACKET = f"SELECT {_PACKET_COLUMNS} FROM packets WHERE tenant_id = $1 AND id = $2"
 GET_PACKET_AT = f"SELECT {_PACKET_COLUMNS} FROM packets WHERE tenant_id = $1 AND sequence = $2"
 LIST_PACKETS = f"""
@@ -132,6 +166,69 @@ async def insert_packet(
         source_key,
     )
     return StoredPacket(packet=packet, envelope=envelope)
+
+
+async def lock_chains(conn: asyncpg.Connection, tenant_ids: Iterable[UUID]) -> list[UUID]:
+    """Take the chain locks of ``tenant_ids`` (sorted, once each) for the rest of the open transaction.
+
+    Returns:
+        The tenants, in the order their locks were taken.
+    """
+    tenants = sorted(set(tenant_ids), key=str)
+    if len(tenants) == 1:
+        await lock_chain(conn, tenants[0])
+    elif tenants:
+        await conn.fetchval(LOCK_CHAINS, [str(t) for t in tenants])
+    return tenants
+
+
+async def chain_heads(
+    conn: asyncpg.Connection, tenant_ids: list[UUID]
+) -> dict[UUID, tuple[ChainHead, datetime | None]]:
+    """Each tenant's chain head and the creation time of its last packet, in one query (see :func:`chain_head`)."""
+    heads: dict[UUID, tuple[ChainHead, datetime | None]] = {t: (ChainHead.empty(), None) for t in tenant_ids}
+    for row in await conn.fetch(CHAIN_HEADS, tenant_ids):
+        heads[row["tenant_id"]] = (
+            ChainHead(sequence=row["sequence"], content_hash=row["content_hash"]),
+            row["created_at"],
+        )
+    return heads
+
+
+async def packets_by_source(
+    conn: asyncpg.Connection, keys: list[tuple[UUID, str]]
+) -> dict[tuple[UUID, str], StoredPacket]:
+    """The packets already made for each ``(tenant_id, source_key)`` of ``keys``, in one query."""
+    if not keys:
+        return {}
+    rows = await conn.fetch(PACKETS_BY_SOURCE, [k[0] for k in keys], [k[1] for k in keys])
+    return {(row["tenant_id"], row["source_key"]): _stored(row) for row in rows}
+
+
+async def insert_packets(conn: asyncpg.Connection, packets: list[tuple[StoredPacket, str]]) -> None:
+    """Append signed packets ``(packet and envelope, source key)``, in the order given, in one statement."""
+    if not packets:
+        return
+    columns: list[list[Any]] = [[] for _ in range(12)]
+    for stored, source_key in packets:
+        p = stored.packet
+        values = (
+            p.id,
+            p.tenant_id,
+            p.sequence,
+            str(p.packet_type),
+            p.promotion_id,
+            p.previous_hash,
+            p.content_hash,
+            json.dumps(p.content, separators=(",", ":")),
+            json.dumps(stored.envelope, separators=(",", ":")),
+            p.signer_key_ref,
+            p.created_at,
+            source_key,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    await conn.execute(INSERT_PACKETS, *columns)
 
 
 async def get_packet(conn: asyncpg.Connection, tenant_id: UUID, packet_id: UUID) -> StoredPacket | None:

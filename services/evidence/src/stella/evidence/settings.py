@@ -70,6 +70,12 @@ class Settings(ServiceSettings):
     before. Services that do not answer are transient faults and spend nothing of it (see
     :mod:`stella.kit.faults`)."""
 
+    append_batch_size: int = Field(default=256, ge=1, le=10_000)
+    """Most packets appended in one transaction (group commit, :mod:`stella.evidence.appender`): the commands
+    waiting to append when a transaction starts are appended together under one chain lock per tenant and one
+    commit. 1 appends each command in a transaction of its own. The commands handled at once (and so the
+    batches) are also bounded by ``max_in_flight``."""
+
     dependency_timeout_s: float = Field(default=5.0, gt=0, le=60)
     """Seconds a query to the promotion or approval service may take before it counts as unavailable."""
 
