@@ -639,7 +639,7 @@ class Handlers:
         async with self._pool().acquire() as conn, conn.transaction():
             await self._authenticate(conn, q)
             tasks = {row["id"]: row for row in await conn.fetch(repo.LOCK_TASKS, q.tenant_id, ids)}
-            logged = await self._store_chunks(conn, q, tasks, now) if q.logs else set()
+            logged = await self._store_chunks(conn, q, tasks, now) if q.logs else {}
             accepted: dict[UUID, TaskResult] = {}
             for index in order:
                 result = q.results[index]
@@ -670,8 +670,8 @@ class Handlers:
             for task_id in sorted(set(accepted) | set(logged)):
                 task = tasks[task_id]
                 added, seq = logged.get(task_id, (0, None))
-                result = accepted.get(task_id)
-                status = result.status if result is not None else TaskStatus(task["status"])
+                ended = accepted.get(task_id)
+                status = TaskStatus(ended.status if ended is not None else task["status"])
                 if task_id in running:
                     status = TaskStatus.RUNNING
                 if status == task["status"] and not added:
@@ -682,7 +682,7 @@ class Handlers:
                         status=status,
                         log_lines=task["log_lines"] + added,
                         log_seq=seq,
-                        error_code=result.error_code if result is not None else None,
+                        error_code=ended.error_code if ended is not None else None,
                     )
                 )
             await announce_progress(conn, q, changes, now, jobs=jobs)
@@ -750,11 +750,11 @@ class Handlers:
             added, cut = counts.get(task_id, (0, False))
             if (task_id, seq) in stored or truncated:
                 counts[task_id] = (added + (size if (task_id, seq) in stored else 0), cut or truncated)
-            lines, last = logged.get(task_id, (0, None))
+            so_far, last = logged.get(task_id, (0, None))
             if (task_id, seq) in stored:
-                logged[task_id] = (lines + size, seq if last is None else max(last, seq))
+                logged[task_id] = (so_far + size, seq if last is None else max(last, seq))
             else:
-                logged[task_id] = (lines, last)
+                logged[task_id] = (so_far, last)
         if counts:
             await conn.execute(
                 repo.COUNT_TASKS_LOG_LINES,
