@@ -12,8 +12,8 @@ from typing import Any
 from nats.aio.client import Client
 from standardwebhooks import Webhook
 
-from stella.contracts import events as c
 from stella.contracts import deployment, promotion
+from stella.contracts import events as c
 from stella.contracts.approval import APPROVAL_GRANTED
 from stella.contracts.public import CloudEvent, public_subject
 from stella.events.settings import Settings
