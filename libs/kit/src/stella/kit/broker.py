@@ -638,6 +638,8 @@ class EventRoutes:
 
         async def work() -> None:
             ready = await self.prepare(raw, names)
+            if ready is None:
+                return  # an event this consumer does not handle: acknowledged without a transaction
             async with self.pool().acquire() as conn, conn.transaction():
                 await self.apply(conn, ready)
 
