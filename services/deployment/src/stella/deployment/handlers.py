@@ -508,8 +508,6 @@ class Handlers:
             updated = await conn.fetchrow(
                 repo.HEARTBEAT, q.tenant_id, q.agent_id, q.heartbeat.version, checks, status.value, now
             )
-            if status is not previous:
-                await add_events(conn, [(c.AGENT_STATUS_CHANGED, self._agent_event(q, updated, previous))])
             lease = now + timedelta(seconds=self.settings.lease_s)
             kept = set()
             if q.heartbeat.running_tasks:
@@ -519,6 +517,9 @@ class Handlers:
                         repo.EXTEND_LEASES, q.tenant_id, q.agent_id, list(q.heartbeat.running_tasks), lease
                     )
                 }
+            # Task rows before the tenant's outbox lock, the order of every agent call (see announce_progress).
+            if status is not previous:
+                await add_events(conn, [(c.AGENT_STATUS_CHANGED, self._agent_event(q, updated, previous))])
         stop = [task_id for task_id in q.heartbeat.running_tasks if task_id not in kept]
         return Reply.success(HeartbeatAck(status=status, cancel_tasks=stop).model_dump(mode="json"))
 
@@ -1942,13 +1943,12 @@ class Handlers:
         batch = self.settings.timer_batch_size
         cutoff = now - domain.offline_after(self.settings.heartbeat_interval_s)
         async with self._pool().acquire() as conn, conn.transaction():
+            offline: list[tuple[str, Message]] = []
             for agent in await conn.fetch(repo.LOCK_SILENT_AGENTS, cutoff, batch):
                 updated = await conn.fetchrow(
                     repo.SET_AGENT_STATUS, agent["tenant_id"], agent["id"], AgentStatus.OFFLINE.value, None
                 )
-                await add_events(
-                    conn, [(c.AGENT_STATUS_CHANGED, self._agent_event(None, updated, AgentStatus(agent["status"])))]
-                )
+                offline.append((c.AGENT_STATUS_CHANGED, self._agent_event(None, updated, AgentStatus(agent["status"]))))
                 if await conn.fetch(
                     repo.REQUEUE_AGENT_TASKS, agent["tenant_id"], agent["id"], "its agent went offline"
                 ):
@@ -1960,6 +1960,8 @@ class Handlers:
                 )
                 effects.tenants.add(lease["tenant_id"])
                 handled += 1
+            # Task rows before the tenants' outbox locks, the order of every agent call (see announce_progress).
+            await add_events(conn, offline)
         async with self._pool().acquire() as conn:
             overdue = await conn.fetch(repo.LOCK_PAST_DEADLINE, now, batch)
             jobs = await conn.fetch(repo.DUE_BATCH_JOBS, now, batch)
@@ -2078,6 +2080,10 @@ async def announce_progress(
 
     ``jobs``: job rows the caller has read already; the others are read with one statement. Tasks of jobs that
     announce nothing (checks, inspections without a job) are left out.
+
+    Called last in the call's transaction: the outbox takes the tenant's lock until the commit, so the call
+    holds it only for its commit, and after its task rows, as the heartbeat and the timers take them too (a
+    writer taking the tenant's lock first and task rows next could deadlock with an agent call).
     """
     by_job: dict[UUID, list[c.TaskProgress]] = {}
     for job_id, change in changes:
