@@ -2123,7 +2123,7 @@ async def announce_progress(
                 ),
             )
         )
-    await add_events(conn, events)
+    await add_events(conn, events, ordered=False)
 
 
 def _artifact_hash(row: Mapping[str, Any], kind: str) -> str | None:
