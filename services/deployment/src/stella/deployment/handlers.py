@@ -517,7 +517,7 @@ class Handlers:
                         repo.EXTEND_LEASES, q.tenant_id, q.agent_id, list(q.heartbeat.running_tasks), lease
                     )
                 }
-            # Task rows before the tenant's outbox lock, the order of every agent call (see announce_progress).
+            # Task rows before the tenant's outbox lock, the order of the agent calls that take both.
             if status is not previous:
                 await add_events(conn, [(c.AGENT_STATUS_CHANGED, self._agent_event(q, updated, previous))])
         stop = [task_id for task_id in q.heartbeat.running_tasks if task_id not in kept]
@@ -1960,7 +1960,7 @@ class Handlers:
                 )
                 effects.tenants.add(lease["tenant_id"])
                 handled += 1
-            # Task rows before the tenants' outbox locks, the order of every agent call (see announce_progress).
+            # Task rows before the tenants' outbox locks, the order of the agent calls that take both.
             await add_events(conn, offline)
         async with self._pool().acquire() as conn:
             overdue = await conn.fetch(repo.LOCK_PAST_DEADLINE, now, batch)
@@ -2081,9 +2081,11 @@ async def announce_progress(
     ``jobs``: job rows the caller has read already; the others are read with one statement. Tasks of jobs that
     announce nothing (checks, inspections without a job) are left out.
 
-    Called last in the call's transaction: the outbox takes the tenant's lock until the commit, so the call
-    holds it only for its commit, and after its task rows, as the heartbeat and the timers take them too (a
-    writer taking the tenant's lock first and task rows next could deadlock with an agent call).
+    Written without the tenant's outbox lock (``ordered=False``): the events of one task follow each other
+    because every writer of a task locks its row first, and their place among the tenant's other events does
+    not matter, so a tenant's agents posting at once do not wait for each other's commits. (Writers that do take
+    the tenant's lock, such as an inspection's drift event, take it after their task rows, as the heartbeat and
+    the timers do.)
     """
     by_job: dict[UUID, list[c.TaskProgress]] = {}
     for job_id, change in changes:
