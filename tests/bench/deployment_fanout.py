@@ -5,7 +5,9 @@ database and NATS namespace (:func:`stella.testing.system.sandbox`). A swarm of 
 (:mod:`stella.agent.swarm`: the real agent runtime, drivers that complete every task at once) runs in this
 process. A release is promoted to an environment of N targets spread over the agents; the time from the
 job's start to its end (its ``started_at`` and ``finished_at``) divided by N is the orchestration cost per
-target: planning, leasing through the long-polled task feed, results, the job's progress and its end.
+target: planning, leasing through the long-polled task feed, results, the job's progress and its end. It also
+prints how many ``deployment.tasks_progressed`` events the large job caused per task (one per agent call and
+job, not one per task).
 
 Baseline, in the same run: the same job to as many targets as there are agents (one each), so the
 ratio shows how the cost per target grows with fan-out. Peak RSS is the deployment service's high-water
@@ -125,6 +127,17 @@ async def _phases(conn: asyncpg.Connection, job: dict[str, Any]) -> dict[str, fl
     }
 
 
+async def _progress_events(conn: asyncpg.Connection, job: dict[str, Any]) -> tuple[int, int]:
+    """The ``tasks_progressed`` events the job's tasks caused (one per agent call and job), and its tasks."""
+    events = await conn.fetchval(
+        "SELECT count(*) FROM deployment.outbox WHERE subject = 'stella.evt.deployment.tasks_progressed'"
+        " AND payload::jsonb ->> 'job_id' = $1",
+        job["id"],
+    )
+    tasks = await conn.fetchval("SELECT count(*) FROM deployment.tasks WHERE job_id = $1", uuid.UUID(job["id"]))
+    return int(events), int(tasks)
+
+
 async def main(targets: int, agent_count: int, durable_journal: bool) -> None:
     async with sandbox() as box:
         print(f"logs and agent state in {box.logs}", flush=True)
@@ -182,6 +195,7 @@ async def main(targets: int, agent_count: int, durable_journal: bool) -> None:
                 measured_s, job = await _job_time(client, release["id"], large)
                 print("measured job done", flush=True)
                 phases = await _phases(reader, job)
+                progress_events, task_count = await _progress_events(reader, job)
                 rss = peak_rss_mb(system, "deployment")
                 swarm.stop()
                 await asyncio.wait_for(running, 60)
@@ -200,6 +214,10 @@ async def main(targets: int, agent_count: int, durable_journal: bool) -> None:
     print("  after the job's start: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()))
     print(f"  deployment service peak RSS: {rss:.0f} MB (goal <= {GOAL_RSS_MB:g})")
     print(f"  simulated tasks run: {swarm.tasks_run}")
+    print(
+        f"  task progress events (deployment.tasks_progressed) of the large job: {progress_events} for "
+        f"{task_count} tasks ({progress_events / max(task_count, 1):.3f} per task)"
+    )
     if measured_ms > GOAL_MS_PER_TARGET or rss > GOAL_RSS_MB:
         sys.exit(1)
 

@@ -366,6 +366,49 @@ async def test_the_first_load_of_the_overview_at_50_environments_by_200_releases
     print(f"screenshots in {shots}")
 
 
+# Records, in the page, each event the live script receives from the stream (and each time the stream opens)
+# and each fetch of a live fragment, on one clock: what proves that every fetch followed an event.
+WATCH_LIVE = """
+(() => {
+  const log = (window.stellaLive = []);
+  const now = () => performance.now();
+  const NativeEventSource = window.EventSource;
+  window.EventSource = function (url, options) {
+    const source = new NativeEventSource(url, options);
+    source.addEventListener("open", () => log.push({ kind: "open", at: now() }));
+    const add = source.addEventListener.bind(source);
+    source.addEventListener = (type, listener, more) =>
+      add(type, (event) => { log.push({ kind: type, at: now() }); listener(event); }, more);
+    return source;
+  };
+  const nativeFetch = window.fetch;
+  window.fetch = function (input, init) {
+    if (String(input).includes("/deployment/job")) {
+      log.push({ kind: "fetch", at: now() });
+    }
+    return nativeFetch.call(this, input, init);
+  };
+})();
+"""
+
+
+def _fetches_without_a_cause(log: list[dict[str, Any]]) -> list[int]:
+    """The fragment fetches (by index) with no stream event (or stream opening) since the fetch before them.
+
+    The script fetches when an event arrives, or once more after the fetch in flight when events arrived during
+    it; a fetch made on a timer has no event between it and the one before.
+    """
+    causeless = []
+    previous = float("-inf")
+    fetches = [entry["at"] for entry in log if entry["kind"] == "fetch"]
+    causes = [entry["at"] for entry in log if entry["kind"] != "fetch"]
+    for index, at in enumerate(fetches):
+        if not any(previous < cause <= at for cause in causes):
+            causeless.append(index)
+        previous = at
+    return causeless
+
+
 async def test_a_deployment_followed_live_then_rolled_back_a_drift_remediated_and_the_agents_page(
     deploy_stack: Stack,  # noqa: F811 (the fixture imported above)
     agents: Agents,  # noqa: F811
@@ -391,9 +434,17 @@ async def test_a_deployment_followed_live_then_rolled_back_a_drift_remediated_an
         try:
             context = await browser.new_context(viewport={"width": 1280, "height": 800})
             page = await context.new_page()
+            await page.add_init_script(WATCH_LIVE)
+            fragment_requests: list[str] = []
+            page.on(
+                "request",
+                lambda request: fragment_requests.append(request.url) if "/deployment/job" in request.url else None,
+            )
             await _sign_in(page, base, stack.token)
 
-            # The deployment page of a promotion just requested follows it to the end without a reload.
+            # The deployment page of a promotion just requested follows it to the end without a reload, each
+            # refresh of its job section caused by an event of the stream (the job's and its tasks'), none by
+            # a timer.
             promotion = await promote(stack, second["id"], dev)
             await page.goto(f"{base}/ui/promotions/{promotion['id']}/deployment")
             await page.evaluate("() => { window.stellaSamePage = true; }")
@@ -404,6 +455,16 @@ async def test_a_deployment_followed_live_then_rolled_back_a_drift_remediated_an
             assert int(await page.evaluate("() => document.body.dataset.liveUpdates || '0'")) >= 1
             assert "web-1" in await page.get_by_role("table", name="Tasks").inner_text()
             assert await page.locator("#job-note").inner_text() == "Live updates ended: the deployment is over."
+            live = await page.evaluate("() => window.stellaLive")
+            received = [entry["kind"] for entry in live if entry["kind"] not in ("open", "fetch")]
+            assert "org.stellaops.deployment.tasks_progressed" in received, live
+            assert _fetches_without_a_cause(live) == [], live
+            fetched = sum(1 for entry in live if entry["kind"] == "fetch")
+            assert fetched >= 1 and len(fragment_requests) == fetched, (fragment_requests, live)
+            # Over: the stream is closed and nothing is fetched any more.
+            settled = len(fragment_requests)
+            await page.wait_for_timeout(3_000)
+            assert len(fragment_requests) == settled
             await page.screenshot(path=str(shots / "deployment-live.png"), full_page=True)
             deployment_path = page.url.removeprefix(base)
 

@@ -278,6 +278,57 @@ def _job_completed_public(body: dict, ids: _Ids) -> None:
     assert "logs_hash" not in body["data"]["tasks"][0]
 
 
+def _tasks_progressed(ids: _Ids) -> deployment.TasksProgressed:
+    def task(name: str, status: str, **fields: object) -> deployment.TaskProgress:
+        return deployment.TaskProgress(
+            task_id=uuid.uuid4(),
+            target_id=uuid.uuid4(),
+            target_name=name,
+            type="deploy",
+            batch=1,
+            status=status,
+            attempt=1,
+            **fields,
+        )
+
+    return deployment.TasksProgressed(
+        tenant_id=ids.tenant,
+        correlation_id=uuid.uuid4(),
+        job_id=ids.job,
+        promotion_id=ids.promotion,
+        release_id=ids.release,
+        environment_id=ids.env,
+        strategy="rolling",
+        job_status="running",
+        current_batch=1,
+        batch_count=4,
+        target_count=8,
+        agent_id=uuid.uuid4(),
+        tasks=[
+            task("host-a", "running", log_lines=12, log_seq=3),
+            task("host-b", "failed", log_lines=40, log_seq=7, error_code="AGT_HEALTH_CHECK_FAILED"),
+        ],
+        at=ids.now,
+    )
+
+
+def _tasks_progressed_public(body: dict, ids: _Ids) -> None:
+    data = body["data"]
+    assert (body["subject"], data["job_status"], data["current_batch"], data["batch_count"]) == (
+        str(ids.job),
+        "running",
+        1,
+        4,
+    )
+    assert [(t["target_name"], t["status"], t["log_lines"], t["log_seq"]) for t in data["tasks"]] == [
+        ("host-a", "running", 12, 3),
+        ("host-b", "failed", 40, 7),
+    ]
+    assert data["tasks"][1]["error_code"] == "AGT_HEALTH_CHECK_FAILED"
+    assert "agent_id" not in data  # which agent ran what stays inside
+    assert f"promotions/{ids.promotion}" in related_resources(body["type"], data)
+
+
 def _agent_status_changed(ids: _Ids) -> deployment.AgentStatusChanged:
     return deployment.AgentStatusChanged(
         tenant_id=ids.tenant,
@@ -328,6 +379,13 @@ def _drift_detected_public(body: dict, ids: _Ids) -> None:
             _job_completed,
             _job_completed_public,
             id="job_completed",
+        ),
+        pytest.param(
+            deployment.TASKS_PROGRESSED,
+            "org.stellaops.deployment.tasks_progressed",
+            _tasks_progressed,
+            _tasks_progressed_public,
+            id="tasks_progressed",
         ),
         pytest.param(
             deployment.AGENT_STATUS_CHANGED,

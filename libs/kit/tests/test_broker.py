@@ -22,7 +22,7 @@ from stella.contracts.streams import (
 from stella.kit.broker import CommandProcessor, CommandRoutes, EventRoutes, ServiceClient, declare_streams
 from stella.kit.errors import Conflict
 from stella.kit.naming import Names
-from stella.kit.outbox import OutboxRelay, add_event
+from stella.kit.outbox import OutboxRelay, add_event, add_events
 from stella.kit.service import ServiceRuntime
 from stella.testing.messaging import collect_messages
 
@@ -248,6 +248,24 @@ async def test_a_tenants_events_are_published_in_commit_order(start_runtime, nat
         msgs = await published.wait(2, timeout=10)
         await relay.stop()
     assert [_Ordered.model_validate_json(m.data).n for m in msgs] == committed
+
+
+async def test_an_unordered_note_does_not_wait_for_the_tenants_open_transaction(start_runtime, nats: Client) -> None:
+    """A note written with ``ordered=False`` commits while another transaction holds the tenant's lock, and is
+    published once like any event (an ordered one would wait for that transaction's commit)."""
+    runtime = await start_runtime(lambda runtime, router: None)
+    tenant = uuid.uuid4()
+    async with collect_messages(nats.jetstream(), runtime.names.subject(ADDED)) as published:
+        async with runtime.pool.acquire() as holder, holder.transaction():
+            await add_event(holder, ADDED, _Ordered(n=1, tenant_id=tenant, correlation_id=uuid.uuid4()))
+            async with runtime.pool.acquire() as conn, asyncio.timeout(5), conn.transaction():
+                note = _Ordered(n=2, tenant_id=tenant, correlation_id=uuid.uuid4())
+                await add_events(conn, [(ADDED, note)], ordered=False)
+            [first] = await published.wait(1, timeout=10)  # published while the tenant's lock is still held
+        await published.wait(2, timeout=10)
+        await asyncio.sleep(0.3)
+    assert _Ordered.model_validate_json(first.data).n == 2
+    assert sorted(_Ordered.model_validate_json(m.data).n for m in published.messages) == [1, 2]
 
 
 def test_names_map_subjects_into_a_namespace_and_back() -> None:

@@ -6,14 +6,14 @@ import asyncio
 import ipaddress
 import json
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nats.aio.client import Client
 from standardwebhooks import Webhook
 
+from stella.contracts import deployment, promotion
 from stella.contracts import events as c
-from stella.contracts import promotion
 from stella.contracts.approval import APPROVAL_GRANTED
 from stella.contracts.public import CloudEvent, public_subject
 from stella.events.settings import Settings
@@ -291,3 +291,62 @@ async def test_retries_stop_at_the_end_of_the_window(
         made = len(receiver.requests)
         await asyncio.sleep(timedelta(seconds=0.5).total_seconds())
         assert len(receiver.requests) == made
+
+
+async def test_task_progress_is_projected_onto_the_tenants_stream_about_its_job_and_promotion(
+    events: Harness, nats: Client
+) -> None:
+    tenant, other = events.caller.tenant_id, uuid.uuid4()
+    job_id, promotion_id = uuid.uuid4(), uuid.uuid4()
+    progressed = deployment.TasksProgressed(
+        tenant_id=tenant,
+        correlation_id=uuid.uuid4(),
+        job_id=job_id,
+        promotion_id=promotion_id,
+        release_id=uuid.uuid4(),
+        environment_id=uuid.uuid4(),
+        strategy="rolling",
+        job_status="running",
+        current_batch=1,
+        batch_count=3,
+        target_count=6,
+        agent_id=uuid.uuid4(),
+        tasks=[
+            deployment.TaskProgress(
+                task_id=uuid.uuid4(),
+                target_id=uuid.uuid4(),
+                target_name=f"web-{i}",
+                type="deploy",
+                batch=1,
+                status="succeeded" if i else "running",
+                attempt=1,
+                log_lines=4 * i,
+                log_seq=i,
+            )
+            for i in range(2)
+        ],
+        at=datetime.now(UTC),
+    )
+    mine = events.names.subject(f"stella.public.{tenant}.>")
+    theirs = events.names.subject(f"stella.public.{other}.>")
+    async with collect_messages(nats, mine) as received, collect_messages(nats, theirs) as leaked:
+        await events.publish_internal(deployment.TASKS_PROGRESSED, progressed)
+        [msg] = await received.wait(1)
+        await asyncio.sleep(0.3)
+    assert leaked.messages == []
+    assert events.names.local(msg.subject) == public_subject(tenant, "org.stellaops.deployment.tasks_progressed")
+    cloud = CloudEvent.model_validate(body(msg))
+    assert (cloud.source, cloud.subject) == (f"/tenants/{tenant}/deployment-jobs/{job_id}", str(job_id))
+    assert [(t["target_name"], t["status"], t["log_lines"], t["log_seq"]) for t in cloud.data["tasks"]] == [
+        ("web-0", "running", 0, 0),
+        ("web-1", "succeeded", 4, 1),
+    ]
+    assert (cloud.data["current_batch"], cloud.data["batch_count"]) == (1, 3)
+    assert "agent_id" not in cloud.data
+    # Found by the promotion it deploys (what the dashboard's live view follows), by this tenant only.
+    page = await events.caller.query(c.LIST_EVENTS, c.ListEvents, resource=f"promotions/{promotion_id}")
+    assert [e["id"] for e in page.data["items"]] == [cloud.id]
+    elsewhere = await events.caller.other_tenant().query(
+        c.LIST_EVENTS, c.ListEvents, resource=f"promotions/{promotion_id}"
+    )
+    assert elsewhere.data["items"] == []

@@ -6,6 +6,7 @@ dashboard against every service (tests/e2e/test_dashboard.py).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -583,6 +584,12 @@ async def test_a_running_deployment_follows_live_and_shows_tasks_targets_and_dri
         assert f'data-live-stream="/ui/events/stream?resource=promotions%2F{deploying["id"]}"' in text
         asset = await client.get(script)
         assert asset.status_code == 200 and "EventSource" in asset.text
+        # Named by its content: a changed script is a new URL, never a stale cached copy.
+        assert script == f"/ui/assets/live.{hashlib.sha256(asset.content).hexdigest()[:16]}.js"
+        # Refreshed by the job's and its tasks' events only: nothing on a timer, no polling attribute.
+        assert "org.stellaops.deployment.tasks_progressed" in asset.text
+        assert "setInterval" not in asset.text and "setTimeout" not in asset.text
+        assert "data-live-poll" not in text
         assert asset.headers["content-type"].startswith("text/javascript")
         assert "immutable" in asset.headers["cache-control"]
         assert (await client.get("/ui/assets/live.0000000000000000.js")).status_code == 404

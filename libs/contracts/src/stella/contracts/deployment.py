@@ -136,6 +136,9 @@ AGENT_STATUS_CHANGED: Final[str] = "stella.evt.deployment.agent_status_changed"
 """Event :class:`AgentStatusChanged`: registered, online, degraded, offline or revoked."""
 TARGET_CHANGED: Final[str] = "stella.evt.deployment.target_changed"
 """Event :class:`TargetChanged`: created, updated, deleted, or its health or digests changed."""
+TASKS_PROGRESSED: Final[str] = "stella.evt.deployment.tasks_progressed"
+"""Event :class:`TasksProgressed`: tasks of a job were leased, started, logged or ended; one per agent call and
+job (a task feed answer, a log chunk, a result or a results post), never one per task."""
 
 
 # --- values -------------------------------------------------------------------------------------------------
@@ -682,6 +685,64 @@ class JobCompleted(Event):
     environment_name: str | None = None
     artifacts: list[dict[str, Any]] = Field(default_factory=list)
     kind: JobKind = JobKind.DEPLOY
+
+
+class TaskProgress(Model):
+    """What one agent call changed about one task: its state after the call and how far its log got.
+
+    Attributes:
+        status: The task's state after the call (``assigned`` when leased, ``running`` once it logs, then how
+            it ended).
+        attempt: The lease the change belongs to (1 for the first).
+        log_lines: Log lines kept for the task so far (the text itself is read from the job, never sent here).
+        log_seq: The highest log chunk sequence number the call kept; None when it kept no chunk.
+        error_code: How a failed task failed (``AGT_HEALTH_CHECK_FAILED``...); never the agent's message.
+    """
+
+    task_id: UUID
+    target_id: UUID
+    target_name: str
+    type: TaskType
+    batch: int
+    status: TaskStatus
+    attempt: int
+    log_lines: int = 0
+    log_seq: int | None = None
+    error_code: str | None = None
+
+
+MAX_PROGRESS_TASKS: Final[int] = 400
+"""Most tasks one :class:`TasksProgressed` lists: a task feed answer, a log chunk, a result or a results post
+changes at most this many (100 results and 200 log chunks a post, 100 tasks a feed answer)."""
+
+
+class TasksProgressed(Event):
+    """Tasks of a deployment job changed in one agent call, and the job's phase when they did.
+
+    One event per agent call and job, listing every task the call changed: a 1,000-target job costs a message
+    per post, not per task. Carries states, counts and sequence numbers only: no log text, no agent message,
+    no credential. Announced for the job kinds that announce ``job_started`` (checks are not).
+
+    Attributes:
+        job_status: The job's state when the tasks changed (its next move follows in another event or a later one).
+        current_batch: The job's current batch (a rolling batch, a canary step; 0 for all-at-once).
+        batch_count: How many batches the job's strategy planned.
+        agent_id: The agent whose call it was.
+    """
+
+    job_id: UUID
+    promotion_id: UUID | None
+    release_id: UUID
+    environment_id: UUID
+    strategy: str
+    kind: JobKind = JobKind.DEPLOY
+    job_status: JobStatus
+    current_batch: int
+    batch_count: int
+    target_count: int
+    agent_id: UUID
+    tasks: list[TaskProgress] = Field(min_length=1, max_length=MAX_PROGRESS_TASKS)
+    at: datetime
 
 
 class DriftDetected(Event):

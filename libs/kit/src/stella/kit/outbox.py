@@ -44,6 +44,12 @@ _INSERT = f"""
     SELECT $1::uuid, $2::uuid, $3::text, $4::text, $5::text FROM (SELECT pg_advisory_xact_lock({_LOCK_KEY.format(tenant="$2::uuid")})) AS locked
     ON CONFLICT (message_id) DO NOTHING
 """
+# Without the tenant's lock: for notes whose order against the tenant's other messages does not matter (see
+# add_events' ``ordered``), so that writing one does not make the tenant's other writers wait for this commit.
+_INSERT_UNORDERED = """
+    INSERT INTO outbox (message_id, tenant_id, subject, payload, headers) VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (message_id) DO NOTHING
+"""
 _PENDING = """
     SELECT id, message_id, subject, payload, headers
       FROM outbox
@@ -84,20 +90,39 @@ async def add_event(conn: asyncpg.Connection, subject: str, event: Message) -> N
     await add_events(conn, [(subject, event)])
 
 
-async def add_events(conn: asyncpg.Connection, events: Sequence[tuple[str, Message]]) -> None:
-    """Record several events (in order) in the caller's open transaction; one already recorded is skipped."""
+async def add_events(conn: asyncpg.Connection, events: Sequence[tuple[str, Message]], *, ordered: bool = True) -> None:
+    """Record several events (in order) in the caller's open transaction; one already recorded is skipped.
+
+    Args:
+        conn: The connection of the state change's transaction.
+        events: ``(subject, event)`` pairs.
+        ordered: Whether the events must be published after every message of the tenant committed before
+            them (the tenant's lock, held until the commit: the tenant's other writers wait for it). False for
+            frequent notes ordered by the rows they describe (locked by the writer), whose place among the
+            tenant's other messages does not matter: they are published at most one relay round out of
+            commit order, still exactly once.
+    """
     await add_messages(
-        conn, [OutboxMessage(e.message_id, e.tenant_id, subject, e.model_dump_json()) for subject, e in events]
+        conn,
+        [OutboxMessage(e.message_id, e.tenant_id, subject, e.model_dump_json()) for subject, e in events],
+        ordered=ordered,
     )
 
 
-async def add_messages(conn: asyncpg.Connection, messages: Sequence[OutboxMessage]) -> None:
+async def add_messages(conn: asyncpg.Connection, messages: Sequence[OutboxMessage], *, ordered: bool = True) -> None:
     """Record messages (in order) in the caller's open transaction, with the trace context of the work in progress;
-    one already recorded is skipped."""
+    one already recorded is skipped. ``ordered``: see :func:`add_events`."""
     if not messages:
         return
     if not conn.is_in_transaction():
         raise RuntimeError("outbox writes must happen inside the state change's transaction")
+    if not ordered:
+        trace = tracing.stored_context()
+        await conn.executemany(
+            _INSERT_UNORDERED,
+            [(m.message_id, m.tenant_id, m.subject, m.payload, _headers(m.headers, trace)) for m in messages],
+        )
+        return
     tenants = sorted({str(m.tenant_id) for m in messages})
     if len(tenants) > 1:
         # Several tenants: lock them in one order first, so two such writers cannot deadlock.

@@ -508,8 +508,6 @@ class Handlers:
             updated = await conn.fetchrow(
                 repo.HEARTBEAT, q.tenant_id, q.agent_id, q.heartbeat.version, checks, status.value, now
             )
-            if status is not previous:
-                await add_events(conn, [(c.AGENT_STATUS_CHANGED, self._agent_event(q, updated, previous))])
             lease = now + timedelta(seconds=self.settings.lease_s)
             kept = set()
             if q.heartbeat.running_tasks:
@@ -519,6 +517,9 @@ class Handlers:
                         repo.EXTEND_LEASES, q.tenant_id, q.agent_id, list(q.heartbeat.running_tasks), lease
                     )
                 }
+            # Task rows before the tenant's outbox lock, the order of the agent calls that take both.
+            if status is not previous:
+                await add_events(conn, [(c.AGENT_STATUS_CHANGED, self._agent_event(q, updated, previous))])
         stop = [task_id for task_id in q.heartbeat.running_tasks if task_id not in kept]
         return Reply.success(HeartbeatAck(status=status, cancel_tasks=stop).model_dump(mode="json"))
 
@@ -550,6 +551,8 @@ class Handlers:
                     now,
                     expires,
                 )
+            if leased:
+                await announce_progress(conn, q, [_progress(task) for task in leased], now)
         tasks = []
         for task in leased:
             body = dict(task["body"])
@@ -585,7 +588,8 @@ class Handlers:
                 await conn.execute(
                     repo.COUNT_LOG_LINES, q.tenant_id, chunk.task_id, len(lines) if stored else 0, truncated
                 )
-            if not TaskStatus(task["status"]).is_terminal:
+            status = TaskStatus(task["status"])
+            if not status.is_terminal:
                 await conn.execute(
                     repo.MARK_RUNNING,
                     q.tenant_id,
@@ -593,6 +597,15 @@ class Handlers:
                     chunk.attempt,
                     self.clock() + timedelta(seconds=self.settings.lease_s),
                 )
+                status = TaskStatus.RUNNING
+            if stored or status != task["status"]:
+                change = _progress(
+                    task,
+                    status=status,
+                    log_lines=task["log_lines"] + (len(lines) if stored else 0),
+                    log_seq=chunk.seq if stored else None,
+                )
+                await announce_progress(conn, q, [change], self.clock())
         return Reply.success({"stored": stored})
 
     async def record_result(self, q: c.AgentResult) -> Reply:
@@ -627,7 +640,7 @@ class Handlers:
         async with self._pool().acquire() as conn, conn.transaction():
             await self._authenticate(conn, q)
             tasks = {row["id"]: row for row in await conn.fetch(repo.LOCK_TASKS, q.tenant_id, ids)}
-            logged = await self._store_chunks(conn, q, tasks, now) if q.logs else set()
+            logged = await self._store_chunks(conn, q, tasks, now) if q.logs else {}
             accepted: dict[UUID, TaskResult] = {}
             for index in order:
                 result = q.results[index]
@@ -654,6 +667,26 @@ class Handlers:
                 await conn.execute(repo.MARK_TASKS_RUNNING, q.tenant_id, running, lease)
             if accepted:
                 jobs = await self._finish_tasks(conn, q, accepted, now)
+            changes = []
+            for task_id in sorted(set(accepted) | set(logged)):
+                task = tasks[task_id]
+                added, seq = logged.get(task_id, (0, None))
+                ended = accepted.get(task_id)
+                status = TaskStatus(ended.status if ended is not None else task["status"])
+                if task_id in running:
+                    status = TaskStatus.RUNNING
+                if status == task["status"] and not added:
+                    continue
+                changes.append(
+                    _progress(
+                        task,
+                        status=status,
+                        log_lines=task["log_lines"] + added,
+                        log_seq=seq,
+                        error_code=ended.error_code if ended is not None else None,
+                    )
+                )
+            await announce_progress(conn, q, changes, now, jobs=jobs)
         for job in jobs.values():
             await self._move_job(job, effects)
         await self._after(effects)
@@ -688,10 +721,11 @@ class Handlers:
 
     async def _store_chunks(
         self, conn: asyncpg.Connection, q: c.AgentResults, tasks: Mapping[UUID, Mapping[str, Any]], now: datetime
-    ) -> set[UUID]:
+    ) -> dict[UUID, tuple[int, int | None]]:
         """Keep the log chunks of a results post (tasks locked by the caller), each as :meth:`store_log` would.
 
-        Returns the tasks of the chunks kept or cut.
+        Returns the tasks of the chunks kept or cut, each with the lines stored and the highest sequence
+        number of its chunks stored (None: none was, a resent chunk or no room left).
         """
         room = {task_id: self.settings.max_log_lines_per_task - row["log_lines"] for task_id, row in tasks.items()}
         kept: dict[tuple[UUID, int], tuple[int, bool]] = {}
@@ -712,10 +746,16 @@ class Handlers:
             columns = [list(column) for column in zip(*rows, strict=True)]
             stored = {(r["task_id"], r["seq"]) for r in await conn.fetch(repo.INSERT_LOGS, q.tenant_id, now, *columns)}
         counts: dict[UUID, tuple[int, bool]] = {}
+        logged: dict[UUID, tuple[int, int | None]] = {}
         for (task_id, seq), (size, truncated) in kept.items():
             added, cut = counts.get(task_id, (0, False))
             if (task_id, seq) in stored or truncated:
                 counts[task_id] = (added + (size if (task_id, seq) in stored else 0), cut or truncated)
+            so_far, last = logged.get(task_id, (0, None))
+            if (task_id, seq) in stored:
+                logged[task_id] = (so_far + size, seq if last is None else max(last, seq))
+            else:
+                logged[task_id] = (so_far, last)
         if counts:
             await conn.execute(
                 repo.COUNT_TASKS_LOG_LINES,
@@ -724,7 +764,7 @@ class Handlers:
                 [added for added, _ in counts.values()],
                 [cut for _, cut in counts.values()],
             )
-        return {task_id for task_id, _ in kept}
+        return logged
 
     async def _finish_tasks(
         self, conn: asyncpg.Connection, q: c.AgentResults, accepted: Mapping[UUID, TaskResult], now: datetime
@@ -864,6 +904,9 @@ class Handlers:
         )
         job = await conn.fetchrow(repo.GET_JOB, q.tenant_id, task["job_id"]) if task["job_id"] else None
         await self._apply_to_target(conn, q, finished, job, now)
+        if job is not None:
+            change = _progress(finished, error_code=result.error_code)
+            await announce_progress(conn, q, [change], now, jobs={job["id"]: job})
         return {"accepted": True}, job
 
     async def _move_job(self, job: Mapping[str, Any], effects: Effects) -> None:
@@ -1900,13 +1943,12 @@ class Handlers:
         batch = self.settings.timer_batch_size
         cutoff = now - domain.offline_after(self.settings.heartbeat_interval_s)
         async with self._pool().acquire() as conn, conn.transaction():
+            offline: list[tuple[str, Message]] = []
             for agent in await conn.fetch(repo.LOCK_SILENT_AGENTS, cutoff, batch):
                 updated = await conn.fetchrow(
                     repo.SET_AGENT_STATUS, agent["tenant_id"], agent["id"], AgentStatus.OFFLINE.value, None
                 )
-                await add_events(
-                    conn, [(c.AGENT_STATUS_CHANGED, self._agent_event(None, updated, AgentStatus(agent["status"])))]
-                )
+                offline.append((c.AGENT_STATUS_CHANGED, self._agent_event(None, updated, AgentStatus(agent["status"]))))
                 if await conn.fetch(
                     repo.REQUEUE_AGENT_TASKS, agent["tenant_id"], agent["id"], "its agent went offline"
                 ):
@@ -1918,6 +1960,8 @@ class Handlers:
                 )
                 effects.tenants.add(lease["tenant_id"])
                 handled += 1
+            # Task rows before the tenants' outbox locks, the order of the agent calls that take both.
+            await add_events(conn, offline)
         async with self._pool().acquire() as conn:
             overdue = await conn.fetch(repo.LOCK_PAST_DEADLINE, now, batch)
             jobs = await conn.fetch(repo.DUE_BATCH_JOBS, now, batch)
@@ -1999,6 +2043,89 @@ async def insert_tasks(
         [json.dumps([comp.model_dump(mode="json") for comp in t.components]) for t in tasks],
         [json.dumps(t.previous) if t.previous is not None else None for t in tasks],
     )
+
+
+def _progress(
+    task: Mapping[str, Any],
+    *,
+    status: TaskStatus | str | None = None,
+    log_lines: int | None = None,
+    log_seq: int | None = None,
+    error_code: str | None = None,
+) -> tuple[UUID | None, c.TaskProgress]:
+    """A task's change for :func:`announce_progress`: its row, with what the call changed (its row's otherwise)."""
+    return task["job_id"], c.TaskProgress(
+        task_id=task["id"],
+        target_id=task["target_id"],
+        target_name=task["target_name"],
+        type=TaskType(task["type"]),
+        batch=task["batch"],
+        status=TaskStatus(status if status is not None else task["status"]),
+        attempt=task["attempt"],
+        log_lines=log_lines if log_lines is not None else task["log_lines"],
+        log_seq=log_seq,
+        error_code=error_code if error_code is not None else task["error_code"],
+    )
+
+
+async def announce_progress(
+    conn: asyncpg.Connection,
+    call: c.AgentCall,
+    changes: Sequence[tuple[UUID | None, c.TaskProgress]],
+    now: datetime,
+    *,
+    jobs: Mapping[UUID, Mapping[str, Any]] | None = None,
+) -> None:
+    """Record ``tasks_progressed`` for what one agent call changed: one event per job, in the call's transaction.
+
+    ``jobs``: job rows the caller has read already; the others are read with one statement. Tasks of jobs that
+    announce nothing (checks, inspections without a job) are left out.
+
+    Written without the tenant's outbox lock (``ordered=False``): the events of one task follow each other
+    because every writer of a task locks its row first, and their place among the tenant's other events does
+    not matter, so a tenant's agents posting at once do not wait for each other's commits. (Writers that do take
+    the tenant's lock, such as an inspection's drift event, take it after their task rows, as the heartbeat and
+    the timers do.)
+    """
+    by_job: dict[UUID, list[c.TaskProgress]] = {}
+    for job_id, change in changes:
+        if job_id is not None:
+            by_job.setdefault(job_id, []).append(change)
+    if not by_job:
+        return
+    known = dict(jobs or {})
+    missing = sorted(job_id for job_id in by_job if job_id not in known)
+    if missing:
+        known.update({row["id"]: row for row in await conn.fetch(repo.JOBS_BY_ID, call.tenant_id, missing)})
+    events: list[tuple[str, Message]] = []
+    for job_id, tasks in sorted(by_job.items()):
+        job = known.get(job_id)
+        if job is None or c.JobKind(job["kind"]) not in EVENT_KINDS:
+            continue
+        events.append(
+            (
+                c.TASKS_PROGRESSED,
+                c.TasksProgressed(
+                    tenant_id=call.tenant_id,
+                    correlation_id=job["correlation_id"],
+                    causation_id=call.message_id,
+                    job_id=job_id,
+                    promotion_id=job["promotion_id"],
+                    release_id=job["release_id"],
+                    environment_id=job["environment_id"],
+                    strategy=job["strategy"],
+                    kind=c.JobKind(job["kind"]),
+                    job_status=c.JobStatus(job["status"]),
+                    current_batch=job["current_batch"],
+                    batch_count=job["batch_count"],
+                    target_count=job["target_count"],
+                    agent_id=call.agent_id,
+                    tasks=tasks,
+                    at=now,
+                ),
+            )
+        )
+    await add_events(conn, events, ordered=False)
 
 
 def _artifact_hash(row: Mapping[str, Any], kind: str) -> str | None:

@@ -234,6 +234,58 @@ class DeploymentJobData(PublicData):
         return tuple(related)
 
 
+class TaskProgressData(BaseModel):
+    """What changed about one task of a deployment job."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    task_id: UUID
+    target_id: UUID
+    target_name: str
+    type: str = Field(description="deploy, rollback, health-check, inspect, write-sticker or read-sticker.")
+    batch: int = Field(description="The batch (rolling batch, canary step, blue-green phase) the task belongs to.")
+    status: str = Field(
+        description="The task's state after the change: assigned (leased to an agent), running, succeeded, "
+        "failed, timed_out or cancelled."
+    )
+    attempt: int = Field(description="The lease the change belongs to (1 for the first).")
+    log_lines: int = Field(description="Log lines kept for the task so far (the text: GET /deployment-jobs/{id}).")
+    log_seq: int | None = Field(description="The highest log chunk sequence number received in this change.")
+    error_code: str | None = Field(default=None, description="AGT_DIGEST_MISMATCH, AGT_HEALTH_CHECK_FAILED...")
+
+
+class DeploymentTasksData(PublicData):
+    """Tasks of a deployment job progressed (org.stellaops.deployment.tasks_progressed).
+
+    One event per agent call and job lists every task that call changed, so a large job's event count follows
+    its agents' calls, not its targets. No log text: fetch the job for it.
+    """
+
+    job_id: UUID
+    promotion_id: UUID | None
+    release_id: UUID
+    environment_id: UUID
+    strategy: str = Field(description="all-at-once, rolling, canary or blue-green.")
+    job_status: str = Field(description="The job's state when the tasks changed (pending, running, rolling_back...).")
+    current_batch: int = Field(description="The strategy's phase: the job's current batch, from 0.")
+    batch_count: int = Field(description="Batches the strategy planned (rollback tasks come after them).")
+    target_count: int
+    tasks: list[TaskProgressData]
+    at: datetime
+
+    def resource(self) -> str:
+        return f"deployment-jobs/{self.job_id}"
+
+    def subject_id(self) -> str:
+        return str(self.job_id)
+
+    def related(self) -> tuple[str, ...]:
+        related = [self.resource(), f"releases/{self.release_id}", f"environments/{self.environment_id}"]
+        if self.promotion_id is not None:
+            related.insert(1, f"promotions/{self.promotion_id}")
+        return tuple(related)
+
+
 class AgentData(PublicData):
     """An agent's status changed (org.stellaops.agent.status_changed)."""
 
@@ -426,6 +478,37 @@ def _job(event: Event) -> DeploymentJobData:
     return DeploymentJobData(**common, outcome=event.outcome, reason=event.reason, tasks=tasks, at=event.finished_at)
 
 
+def _tasks(event: Event) -> DeploymentTasksData:
+    assert isinstance(event, deployment.TasksProgressed)
+    return DeploymentTasksData(
+        job_id=event.job_id,
+        promotion_id=event.promotion_id,
+        release_id=event.release_id,
+        environment_id=event.environment_id,
+        strategy=event.strategy,
+        job_status=str(event.job_status),
+        current_batch=event.current_batch,
+        batch_count=event.batch_count,
+        target_count=event.target_count,
+        tasks=[
+            TaskProgressData(
+                task_id=t.task_id,
+                target_id=t.target_id,
+                target_name=t.target_name,
+                type=str(t.type),
+                batch=t.batch,
+                status=str(t.status),
+                attempt=t.attempt,
+                log_lines=t.log_lines,
+                log_seq=t.log_seq,
+                error_code=t.error_code,
+            )
+            for t in event.tasks
+        ],
+        at=event.at,
+    )
+
+
 def _agent(event: Event) -> AgentData:
     assert isinstance(event, deployment.AgentStatusChanged)
     return AgentData(
@@ -531,6 +614,7 @@ CATALOGUE: Final[tuple[PublicEventSpec[Any], ...]] = (
     PublicEventSpec(_t("approval.denied"), ApprovalData, "A promotion's approval was refused, expired or withdrawn.", approval.APPROVAL_DENIED, approval.ApprovalChanged, _approval),
     # deployment
     PublicEventSpec(_t("deployment.job_started"), DeploymentJobData, "A deployment job started (its tasks are planned).", deployment.JOB_STARTED, deployment.JobStarted, _job),
+    PublicEventSpec(_t("deployment.tasks_progressed"), DeploymentTasksData, "Tasks of a deployment job were leased, started, logged or ended (one event per agent call, listing each task it changed).", deployment.TASKS_PROGRESSED, deployment.TasksProgressed, _tasks),
     PublicEventSpec(_t("deployment.job_completed"), DeploymentJobData, "A deployment job ended: succeeded, failed, rolled back or cancelled.", deployment.JOB_COMPLETED, deployment.JobCompleted, _job),
     PublicEventSpec(_t("agent.status_changed"), AgentData, "An agent registered, or went online, degraded, offline or revoked.", deployment.AGENT_STATUS_CHANGED, deployment.AgentStatusChanged, _agent),
     PublicEventSpec(_t("target.drift_detected"), DriftData, "A target runs something other than its version sticker says.", deployment.DRIFT_DETECTED, deployment.DriftDetected, _drift),

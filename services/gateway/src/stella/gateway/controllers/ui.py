@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from functools import cache
@@ -377,6 +377,36 @@ def _filters(path: str, fields: str) -> str:
     )
 
 
+def _listing(
+    path: str,
+    filters: str,
+    params: Mapping[str, str | None],
+    *,
+    caption: str,
+    head: Iterable[str],
+    rows: Sequence[Sequence[str]],
+    next_token: str | None,
+    empty: str,
+) -> str:
+    """The body of a list page: its filter form, then its table and "Next page" link, or what to do when
+    nothing matches.
+
+    Args:
+        path: The page's path under the dashboard (``/releases``): where the filters and the next page go.
+        filters: The filter form's fields (labels and inputs; :func:`_select` builds a choice).
+        params: The filters' current values, carried to the next page.
+        caption: The table's caption (its accessible name).
+        head: The column headings.
+        rows: The rows of this page, cells as HTML.
+        next_token: The next page's token (None on the last page).
+        empty: What the page says when no row matches (plain text).
+    """
+    form = _filters(path, filters)
+    if not rows:
+        return f"{form}<p>{escape(empty)}</p>"
+    return form + _table(caption, head, rows) + _pager(path, params, next_token)
+
+
 def _list_page(page_token: str | None) -> PageRequest:
     """The page of a list (its ``page_token`` checked as the API checks it)."""
     return page_params(page_size=_LIST_PAGE, page_token=page_token or None).to_contract()
@@ -704,17 +734,13 @@ class DashboardController(Controller):
             page=_list_page(page_token),
         )
         result = parse_data(ReleasePage, await session.relay.query(release.LIST_RELEASES, query))
-        filters = _filters(
-            "/releases",
+        filters = (
             '<span><label for="name">Name starts with</label>'
             f'<input id="name" name="name" maxlength="{_MAX_NAME_FILTER}" value="{escape(prefix or "")}"></span>'
             + "<span>"
             + _select("status", "Status", [(s.value, s.value) for s in ReleaseStatus], status)
-            + "</span>",
+            + "</span>"
         )
-        if not result.items:
-            body = "<p>No release matches: clear the filters, or create one with POST /api/v1/releases.</p>"
-            return session.page("Releases", filters + body)
         now = runtime.clock()
         rows = [
             [
@@ -725,9 +751,17 @@ class DashboardController(Controller):
             ]
             for item in result.items
         ]
-        table = _table("Releases", ["Release", "Status", "Images", "Created"], rows)
-        params = {"name": prefix, "status": status}
-        return session.page("Releases", filters + table + _pager("/releases", params, result.next_page_token))
+        body = _listing(
+            "/releases",
+            filters,
+            {"name": prefix, "status": status},
+            caption="Releases",
+            head=["Release", "Status", "Images", "Created"],
+            rows=rows,
+            next_token=result.next_page_token,
+            empty="No release matches: clear the filters, or create one with POST /api/v1/releases.",
+        )
+        return session.page("Releases", body)
 
     @get("/releases/{release_id:str}")
     async def release_page(
@@ -866,17 +900,13 @@ class DashboardController(Controller):
             session.relay.query(contract.LIST_PROMOTIONS, query), self._environments(session)
         )
         result = parse_data(PromotionPage, data)
-        filters = _filters(
-            "/promotions",
+        filters = (
             "<span>"
             + _select("status", "Status", [(s.value, s.value) for s in PromotionStatus], status)
             + "</span><span>"
             + _select("environment", "Environment", [(str(e.id), e.name) for e in environments], environment)
-            + "</span>",
+            + "</span>"
         )
-        if not result.items:
-            body = "<p>No promotion matches: clear the filters, or promote a release from its page.</p>"
-            return session.page("Promotions", filters + body)
         now = runtime.clock()
         rows = [
             [
@@ -888,9 +918,17 @@ class DashboardController(Controller):
             ]
             for p in result.items
         ]
-        table = _table("Promotions", ["Release", "Environment", "Status", "Why", "Changed"], rows)
-        params = {"status": status, "environment": environment}
-        return session.page("Promotions", filters + table + _pager("/promotions", params, result.next_page_token))
+        body = _listing(
+            "/promotions",
+            filters,
+            {"status": status, "environment": environment},
+            caption="Promotions",
+            head=["Release", "Environment", "Status", "Why", "Changed"],
+            rows=rows,
+            next_token=result.next_page_token,
+            empty="No promotion matches: clear the filters, or promote a release from its page.",
+        )
+        return session.page("Promotions", body)
 
     async def _timeline(self, session: Session, run_id: UUID | None) -> str:
         if run_id is None or not session.identity.can(Resource.WORKFLOW, Action.READ):
@@ -1001,7 +1039,8 @@ class DashboardController(Controller):
         """A promotion's deployment job (tasks per target), its environment's targets with health and drift.
 
         While the job runs, the job's section follows it live: a small script of the gateway's replaces it with
-        a fresh copy on each event of the promotion's event stream. Without script, the page refreshes itself.
+        a fresh copy when events of the promotion's event stream arrive (the job's and its tasks'), never on a
+        timer. Without script, the page refreshes itself.
         """
         session = await _signed_in(request, runtime)
         return await self._deployment(session, _path_id(promotion_id, "promotion"))
@@ -1065,10 +1104,7 @@ class DashboardController(Controller):
         running = job is not None and job.status in _ACTIVE_JOB
         # Followed while the job runs, and before it exists while the promotion may still deploy.
         live = running or (job is None and promotion.status in _UNDECIDED)
-        attributes = (
-            f'id="job" data-live-active="{"true" if live else "false"}" '
-            f'data-live-poll="{"true" if running else "false"}"'
-        )
+        attributes = f'id="job" data-live-active="{"true" if live else "false"}"'
         if live:
             stream = f"{UI_PREFIX}/events/stream?" + urlencode({"resource": f"promotions/{promotion.id}"})
             attributes += (
@@ -1256,11 +1292,10 @@ class DashboardController(Controller):
         wanted = _choice(deployments.JobStatus, status, "status")
         query = session.call.query(deployments.ListJobs, status=wanted, page=_list_page(page_token))
         jobs = parse_data(JobPage, await session.relay.query(deployments.LIST_JOBS, query))
-        filters = _filters(
-            "/deployments",
+        filters = (
             "<span>"
             + _select("status", "Status", [(s.value, s.value) for s in deployments.JobStatus], status)
-            + "</span>",
+            + "</span>"
         )
         rows = [
             [
@@ -1275,12 +1310,15 @@ class DashboardController(Controller):
             ]
             for job in jobs.items
         ]
-        body = message + filters
-        body += (
-            _table("Deployment jobs", ["Release", "Environment", "Job", "Status", "Targets", "Created"], rows)
-            + _pager("/deployments", {"status": status}, jobs.next_page_token)
-            if rows
-            else "<p>No deployment job matches: a job starts when an approved promotion deploys.</p>"
+        body = message + _listing(
+            "/deployments",
+            filters,
+            {"status": status},
+            caption="Deployment jobs",
+            head=["Release", "Environment", "Job", "Status", "Targets", "Created"],
+            rows=rows,
+            next_token=jobs.next_page_token,
+            empty="No deployment job matches: a job starts when an approved promotion deploys.",
         )
         if session.identity.can(Resource.TARGET, Action.READ):
             body += await self._targets(session)
@@ -1301,16 +1339,7 @@ class DashboardController(Controller):
         wanted = _choice(AgentStatus, status, "status")
         query = session.call.query(deployments.ListAgents, status=wanted, page=_list_page(page_token))
         result = parse_data(AgentPage, await session.relay.query(deployments.LIST_AGENTS, query))
-        filters = _filters(
-            "/agents",
-            "<span>" + _select("status", "Status", [(s.value, s.value) for s in AgentStatus], status) + "</span>",
-        )
-        if not result.items:
-            body = (
-                "<p>No agent matches: an agent registers with a one-time token (POST /api/v1/agent-tokens) "
-                "and shows up here once it has.</p>"
-            )
-            return session.page("Agents", filters + body)
+        filters = "<span>" + _select("status", "Status", [(s.value, s.value) for s in AgentStatus], status) + "</span>"
         now = runtime.clock()
         rows = [
             [
@@ -1327,8 +1356,18 @@ class DashboardController(Controller):
             ]
             for agent in result.items
         ]
-        table = _table("Agents", ["Agent", "Status", "Last heartbeat", "Version", "Capabilities", "Labels"], rows)
-        return session.page("Agents", filters + table + _pager("/agents", {"status": status}, result.next_page_token))
+        body = _listing(
+            "/agents",
+            filters,
+            {"status": status},
+            caption="Agents",
+            head=["Agent", "Status", "Last heartbeat", "Version", "Capabilities", "Labels"],
+            rows=rows,
+            next_token=result.next_page_token,
+            empty="No agent matches: an agent registers with a one-time token (POST /api/v1/agent-tokens) "
+            "and shows up here once it has.",
+        )
+        return session.page("Agents", body)
 
     # --- freeze calendar ----------------------------------------------------------------------------
 
@@ -1395,11 +1434,8 @@ class DashboardController(Controller):
         wanted = _choice(PacketType, packet_type, "packet_type")
         query = session.call.query(evidence.ListPackets, packet_type=wanted, page=_list_page(page_token))
         result = parse_data(PacketPage, await session.relay.query(evidence.LIST_PACKETS, query))
-        filters = _filters(
-            "/evidence",
-            "<span>"
-            + _select("packet_type", "Type", [(t.value, t.value) for t in PacketType], packet_type)
-            + "</span>",
+        filters = (
+            "<span>" + _select("packet_type", "Type", [(t.value, t.value) for t in PacketType], packet_type) + "</span>"
         )
         export = (
             f'<h2>Export</h2><form class="filters" method="get" action="{UI_PREFIX}/evidence/export">'
@@ -1408,13 +1444,6 @@ class DashboardController(Controller):
             '<button type="submit">Download bundle</button></form>'
             "<p>The bundle (tar.gz) verifies offline: see its VERIFY.md.</p>"
         )
-        if not result.items:
-            return session.page(
-                "Evidence",
-                filters
-                + "<p>No packet matches: packets are signed as promotions are decided and deployed.</p>"
-                + export,
-            )
         rows = [
             [
                 escape(p.packet_type),
@@ -1426,9 +1455,17 @@ class DashboardController(Controller):
             ]
             for p in result.items
         ]
-        table = _table("Evidence packets", ["Type", "Chain position", "Of", "Content hash", "Signed", "Check"], rows)
-        pager = _pager("/evidence", {"packet_type": packet_type}, result.next_page_token)
-        return session.page("Evidence", filters + table + pager + export)
+        body = _listing(
+            "/evidence",
+            filters,
+            {"packet_type": packet_type},
+            caption="Evidence packets",
+            head=["Type", "Chain position", "Of", "Content hash", "Signed", "Check"],
+            rows=rows,
+            next_token=result.next_page_token,
+            empty="No packet matches: packets are signed as promotions are decided and deployed.",
+        )
+        return session.page("Evidence", body + export)
 
     @get("/evidence/export")
     async def evidence_export(
