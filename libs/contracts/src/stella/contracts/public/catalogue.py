@@ -204,22 +204,14 @@ class TaskOutcomeData(BaseModel):
     error_code: str | None = Field(default=None, description="AGT_DIGEST_MISMATCH, AGT_HEALTH_CHECK_FAILED...")
 
 
-class DeploymentJobData(PublicData):
-    """A deployment job (org.stellaops.deployment.*)."""
+class _DeploymentJobScoped(PublicData):
+    """About one deployment job: its resource, and the promotion, release and environment it belongs to."""
 
     job_id: UUID
     promotion_id: UUID | None
     release_id: UUID
     environment_id: UUID
     strategy: str = Field(description="all-at-once, rolling, canary or blue-green.")
-    rollback_of: UUID | None = Field(description="The job a rollback job rolls back.")
-    outcome: str | None = Field(
-        default=None, description="When the job ended: succeeded, failed, rolled_back or cancelled."
-    )
-    reason: str | None = None
-    target_count: int | None = Field(default=None, description="Targets the job deploys to (at its start).")
-    tasks: list[TaskOutcomeData] = Field(default_factory=list, description="Each task's outcome (at its end).")
-    at: datetime = Field(description="When the job started or ended.")
 
     def resource(self) -> str:
         return f"deployment-jobs/{self.job_id}"
@@ -232,6 +224,19 @@ class DeploymentJobData(PublicData):
         if self.promotion_id is not None:
             related.insert(1, f"promotions/{self.promotion_id}")
         return tuple(related)
+
+
+class DeploymentJobData(_DeploymentJobScoped):
+    """A deployment job (org.stellaops.deployment.*)."""
+
+    rollback_of: UUID | None = Field(description="The job a rollback job rolls back.")
+    outcome: str | None = Field(
+        default=None, description="When the job ended: succeeded, failed, rolled_back or cancelled."
+    )
+    reason: str | None = None
+    target_count: int | None = Field(default=None, description="Targets the job deploys to (at its start).")
+    tasks: list[TaskOutcomeData] = Field(default_factory=list, description="Each task's outcome (at its end).")
+    at: datetime = Field(description="When the job started or ended.")
 
 
 class TaskProgressData(BaseModel):
@@ -254,36 +259,19 @@ class TaskProgressData(BaseModel):
     error_code: str | None = Field(default=None, description="AGT_DIGEST_MISMATCH, AGT_HEALTH_CHECK_FAILED...")
 
 
-class DeploymentTasksData(PublicData):
+class DeploymentTasksData(_DeploymentJobScoped):
     """Tasks of a deployment job progressed (org.stellaops.deployment.tasks_progressed).
 
     One event per agent call and job lists every task that call changed, so a large job's event count follows
     its agents' calls, not its targets. No log text: fetch the job for it.
     """
 
-    job_id: UUID
-    promotion_id: UUID | None
-    release_id: UUID
-    environment_id: UUID
-    strategy: str = Field(description="all-at-once, rolling, canary or blue-green.")
     job_status: str = Field(description="The job's state when the tasks changed (pending, running, rolling_back...).")
     current_batch: int = Field(description="The strategy's phase: the job's current batch, from 0.")
     batch_count: int = Field(description="Batches the strategy planned (rollback tasks come after them).")
     target_count: int
     tasks: list[TaskProgressData]
     at: datetime
-
-    def resource(self) -> str:
-        return f"deployment-jobs/{self.job_id}"
-
-    def subject_id(self) -> str:
-        return str(self.job_id)
-
-    def related(self) -> tuple[str, ...]:
-        related = [self.resource(), f"releases/{self.release_id}", f"environments/{self.environment_id}"]
-        if self.promotion_id is not None:
-            related.insert(1, f"promotions/{self.promotion_id}")
-        return tuple(related)
 
 
 class AgentData(PublicData):
