@@ -34,6 +34,7 @@ from stella.events.app import create_app
 from stella.events.settings import Settings
 from stella.kit.naming import Names
 from stella.kit.settings import ServiceSettings
+from stella.kit.startup import environment_event_loop, run_loop
 from stella.testing.services import delete_namespace_streams
 
 GOAL_EVENTS_S = 300.0
@@ -188,4 +189,5 @@ async def main(n: int, profile: bool) -> int:
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    sys.exit(asyncio.run(main(int(args[0]) if args else 1000, "--profile" in sys.argv)))
+    print(f"event loop: {environment_event_loop()}", flush=True)
+    sys.exit(run_loop(main(int(args[0]) if args else 1000, "--profile" in sys.argv), environment_event_loop()))

@@ -28,6 +28,7 @@ from stella.kit.migrations import apply_migrations
 from stella.kit.naming import Names
 from stella.kit.outbox import OutboxRelay, add_event
 from stella.kit.settings import ServiceSettings
+from stella.kit.startup import environment_event_loop, run_loop
 
 SUBJECT = "stella.evt.bench.thing_happened"
 
@@ -96,4 +97,5 @@ async def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000))
+    print(f"event loop: {environment_event_loop()}", flush=True)
+    run_loop(main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000), environment_event_loop())

@@ -42,6 +42,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from stella.contracts import evidence, promotion
 from stella.kit.embedded import free_port
 from stella.kit.naming import Names
+from stella.kit.startup import environment_event_loop, run_loop
 from stella.testing.system import System, percentile, sandbox
 
 SERVICES = ("release", "promotion", "approval", "workflow", "deployment", "evidence", "events")
@@ -333,4 +334,5 @@ if __name__ == "__main__":
     parser.add_argument("--in-flight", type=int, default=20, help="promotions at once in the saturation run")
     parser.add_argument("--rate", type=float, default=10.0, help="offered promotions per second")
     parser.add_argument("--rate-count", type=int, default=100, help="promotions at the offered rate")
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    print(f"event loop: {environment_event_loop()}", flush=True)
+    sys.exit(run_loop(main(parser.parse_args()), environment_event_loop()))

@@ -10,6 +10,9 @@ entry point every service's ``__main__`` goes through:
 - :class:`DependencyUnavailable` (a configured Postgres or NATS did not answer within
   ``STELLA_STARTUP_TIMEOUT_S``): its message, exit 69 (``EX_UNAVAILABLE``).
 
+The process runs on uvloop's event loop (libuv) unless ``STELLA_EVENT_LOOP=asyncio`` asks for the standard
+library's, or uvloop is not installed (:func:`run_loop`).
+
 Postgres and NATS that are configured but still starting (a compose file or a Kubernetes rollout starting
 everything at once) are waited for; a URL left at its default is not: nothing runs on ``127.0.0.1`` in a
 container, so the process says the variable is unset at once.
@@ -19,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -62,6 +66,38 @@ class DependencyUnavailable(StartupError):
 
 
 S = TypeVar("S", bound=BaseSettings)
+T = TypeVar("T")
+
+EventLoop = Literal["asyncio", "uvloop"]
+"""The event loop a process runs on: ``uvloop`` (libuv, the default) or ``asyncio`` (the standard library's)."""
+
+
+def loop_factory(name: EventLoop) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The factory of the event loop ``name``; None for the standard library's (also when uvloop is missing)."""
+    if name != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:  # not installed on this platform (Windows): the standard loop does the same work
+        log.info("uvloop is not installed; running on the asyncio event loop")
+        return None
+    return uvloop.new_event_loop
+
+
+def environment_event_loop() -> EventLoop:
+    """The event loop ``STELLA_EVENT_LOOP`` names (default ``uvloop``), for a program without service settings."""
+    value = os.environ.get("STELLA_EVENT_LOOP", "uvloop").strip().lower() or "uvloop"
+    if value == "asyncio":
+        return "asyncio"
+    if value == "uvloop":
+        return "uvloop"
+    raise ConfigurationError(f"STELLA_EVENT_LOOP: expected asyncio or uvloop, got {value!r}")
+
+
+def run_loop(main: Coroutine[Any, Any, T], name: EventLoop = "uvloop") -> T:
+    """Run ``main`` to completion on a new event loop of kind ``name`` (``STELLA_EVENT_LOOP``), like ``asyncio.run``."""
+    with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
+        return runner.run(main)
 
 
 def env_name(settings_type: type[BaseSettings], field: str) -> str:
@@ -284,7 +320,7 @@ def run_process(name: str, settings: Any, serve: Callable[[Any], Awaitable[None]
         await serve(settings)
 
     try:
-        asyncio.run(main())
+        run_loop(main(), getattr(settings, "event_loop", "uvloop"))
     except StartupError as exc:
         log.error(str(exc), extra={"exit_code": exc.exit_code})
         return exc.exit_code

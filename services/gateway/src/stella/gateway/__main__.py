@@ -89,6 +89,7 @@ async def _serve(settings: Settings) -> None:
             port=settings.port,
             log_config=None,
             lifespan="on",
+            loop=settings.event_loop,  # informative: serve() runs on the loop run_process started
             proxy_headers=True,
             server_header=False,
         )

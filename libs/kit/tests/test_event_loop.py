@@ -1,0 +1,56 @@
+"""A process runs on the event loop ``STELLA_EVENT_LOOP`` names, and what the services use of it works on both."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import pytest
+import uvloop
+from pydantic import ValidationError
+
+from stella.kit.settings import ServiceSettings
+from stella.kit.startup import ConfigurationError, environment_event_loop, run_process
+
+
+def test_the_event_loop_setting_defaults_to_uvloop_and_refuses_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STELLA_EVENT_LOOP", raising=False)
+    assert ServiceSettings().event_loop == "uvloop"
+    assert environment_event_loop() == "uvloop"
+    monkeypatch.setenv("STELLA_EVENT_LOOP", "asyncio")
+    assert ServiceSettings().event_loop == "asyncio"
+    assert environment_event_loop() == "asyncio"
+    monkeypatch.setenv("STELLA_EVENT_LOOP", "trio")
+    with pytest.raises(ValidationError, match="event_loop"):
+        ServiceSettings()
+    with pytest.raises(ConfigurationError, match="STELLA_EVENT_LOOP"):
+        environment_event_loop()
+
+
+@pytest.mark.parametrize("name", ["uvloop", "asyncio"])
+def test_a_service_process_runs_on_the_configured_loop(name: str) -> None:
+    seen: dict[str, object] = {}
+
+    async def serve(settings: ServiceSettings) -> None:
+        loop = asyncio.get_running_loop()
+        seen["loop"] = loop
+        # What the services use of their loop: signal handlers, threads and child processes.
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGUSR1, stop.set)
+        try:
+            signal.raise_signal(signal.SIGUSR1)
+            await asyncio.wait_for(stop.wait(), 10)
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+        seen["thread"] = await asyncio.to_thread(lambda: "ran")
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "print('child')", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await child.communicate()
+        seen["child"] = (child.returncode, out.strip())
+
+    assert run_process("kit-test", ServiceSettings(event_loop=name), serve, wait=False) == 0
+    assert isinstance(seen["loop"], uvloop.Loop) is (name == "uvloop")
+    assert seen["thread"] == "ran"
+    assert seen["child"] == (0, b"child")
