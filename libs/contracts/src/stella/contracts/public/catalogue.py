@@ -190,8 +190,8 @@ class EvidenceData(PublicData):
         return (self.resource(), f"promotions/{self.promotion_id}")
 
 
-class TaskOutcomeData(BaseModel):
-    """How one task of a deployment job ended."""
+class _DeploymentTask(BaseModel):
+    """One task of a deployment job: which, on which target, doing what."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -199,6 +199,11 @@ class TaskOutcomeData(BaseModel):
     target_id: UUID
     target_name: str
     type: str = Field(description="deploy, rollback, health-check, inspect, write-sticker or read-sticker.")
+
+
+class TaskOutcomeData(_DeploymentTask):
+    """How one task of a deployment job ended."""
+
     status: str = Field(description="succeeded, failed, timed_out or cancelled.")
     components: list[DigestData] = Field(description="The digest each component runs after the task.")
     error_code: str | None = Field(default=None, description="AGT_DIGEST_MISMATCH, AGT_HEALTH_CHECK_FAILED...")
@@ -239,15 +244,9 @@ class DeploymentJobData(_DeploymentJobScoped):
     at: datetime = Field(description="When the job started or ended.")
 
 
-class TaskProgressData(BaseModel):
+class TaskProgressData(_DeploymentTask):
     """What changed about one task of a deployment job."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    task_id: UUID
-    target_id: UUID
-    target_name: str
-    type: str = Field(description="deploy, rollback, health-check, inspect, write-sticker or read-sticker.")
     batch: int = Field(description="The batch (rolling batch, canary step, blue-green phase) the task belongs to.")
     status: str = Field(
         description="The task's state after the change: assigned (leased to an agent), running, succeeded, "
