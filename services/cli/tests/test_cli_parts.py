@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from stella.cli import config
 from stella.cli.api import ApiError, _parse_sse
 from stella.cli.app import app
+from stella.cli.follow import Snapshot
 
 
 def test_the_login_is_kept_for_the_user_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,3 +88,25 @@ def test_offline_verification_of_something_that_is_not_a_bundle(tmp_path: Path) 
     assert result.exit_code == 2
     assert "cannot read bundle" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("status", "run_status", "ended", "succeeded"),
+    [
+        ("deploying", "succeeded", False, False),  # the job's outcome has not reached the promotion yet
+        ("deploying", "failed", False, False),
+        ("pending_approval", "succeeded", False, False),
+        ("approved", "running", False, False),
+        ("approved", "succeeded", True, True),  # a workflow without a deploy step rests in approved
+        ("approved", "failed", True, False),
+        ("deployed", "running", True, True),
+        ("failed", None, True, False),
+        ("rejected", "succeeded", True, False),
+    ],
+)
+def test_a_followed_promotion_ends_only_when_nothing_will_move_it(
+    status: str, run_status: str | None, ended: bool, succeeded: bool
+) -> None:
+    shot = Snapshot({"id": "p", "status": status}, None if run_status is None else {"status": run_status})
+    assert shot.ended() is ended
+    assert shot.succeeded() is succeeded

@@ -3,8 +3,10 @@
 The view is refreshed when the promotion's public events arrive on the live stream (a background reader) and
 at least every ``poll_s`` seconds otherwise, reading the promotion, its workflow run and the run's template
 through the API. The promotion has ended when it reaches a final state, or when its workflow run has ended
-and it is no longer waiting on gates or approvals (a promotion whose workflow has no deploy step rests in
-``approved``). It succeeded when it was deployed, or approved by a workflow that succeeded.
+and it is neither waiting on gates or approvals nor deploying (a promotion whose workflow has no deploy step
+rests in ``approved``; a deploying one moves on when its deployment job's outcome reaches the promotion
+service, which may be after the run's last step). It succeeded when it was deployed, or approved by a
+workflow that succeeded.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ FINAL: Final[frozenset[str]] = frozenset({"deployed", "rejected", "cancelled", "
 
 WAITING: Final[frozenset[str]] = frozenset({"pending_gate", "pending_approval"})
 """Promotion states that wait on gates or approvals."""
+
+MOVING: Final[frozenset[str]] = WAITING | {"deploying"}
+"""Promotion states that move on by themselves, whatever their workflow run's state."""
 
 RUN_ENDED: Final[frozenset[str]] = frozenset({"succeeded", "failed", "cancelled"})
 """Workflow run states that are final."""
@@ -63,7 +68,7 @@ class Snapshot:
 
     def ended(self) -> bool:
         """Whether the promotion will not move any more."""
-        return self.status in FINAL or (self.run_status in RUN_ENDED and self.status not in WAITING)
+        return self.status in FINAL or (self.run_status in RUN_ENDED and self.status not in MOVING)
 
     def succeeded(self) -> bool:
         """Whether it ended well: deployed, or approved by a successful workflow."""
