@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -111,6 +112,7 @@ class Host(Protocol):
     names: Names
     failures: FailureLedger
     consumers: list[tuple[str, ConsumerConfig]]
+    retired_consumers: list[RetiredConsumer]
     batch_consumers: list[OrderedBatchConsumer]
 
     @property
@@ -176,13 +178,77 @@ def consumer_config(name: str, subject: str, settings: ServiceSettings) -> Consu
     )
 
 
-async def declare_consumers(js: JetStreamContext, consumers: list[tuple[str, ConsumerConfig]]) -> None:
+@dataclass(frozen=True)
+class RetiredConsumer:
+    """A durable consumer an earlier version made, replaced by ``successors`` (consumers declared beside it)."""
+
+    stream: str
+    name: str
+    successors: tuple[str, ...]
+
+
+async def retire_consumers(
+    js: JetStreamContext, consumers: list[tuple[str, ConsumerConfig]], retired: list[RetiredConsumer]
+) -> None:
+    """Hand what retired consumers have not acknowledged to their successors, then delete them.
+
+    A successor that does not exist yet starts at the stream sequence after the retired consumer's ack floor
+    (everything at or below it was acknowledged); what was handled above the floor is delivered again and
+    absorbed by the inbox, which the successors share with the retired consumer (the inbox key is the
+    logical consumer, not the durable). Safe from many processes at once: a successor made by another
+    process is kept as it is, and a consumer deleted by another process is already gone.
+    """
+    declared = {config.durable_name: config for _, config in consumers}
+    for retiring in retired:
+        try:
+            info = await js.consumer_info(retiring.stream, retiring.name)
+        except NotFoundError:
+            continue
+        start = (info.ack_floor.stream_seq if info.ack_floor is not None else 0) + 1
+        for name in retiring.successors:
+            try:
+                await js.consumer_info(retiring.stream, name)
+                continue  # made already (by another process, or before)
+            except NotFoundError:
+                pass
+            config = dataclasses.replace(
+                declared[name], deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+            )
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # another process made it meanwhile
+                await js.add_consumer(retiring.stream, config)
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(retiring.stream, retiring.name)
+        log.info(
+            "durable consumer retired",
+            extra={"consumer": retiring.name, "successors": list(retiring.successors), "start_sequence": start},
+        )
+
+
+async def declare_consumers(
+    js: JetStreamContext,
+    consumers: list[tuple[str, ConsumerConfig]],
+    retired: list[RetiredConsumer] | None = None,
+) -> None:
     """Create each durable consumer, or bring an existing one to its declared configuration.
 
     A subscriber alone would keep the configuration an older version of the service created the consumer
-    with (its redelivery limits above all).
+    with (its redelivery limits above all). Consumers in ``retired`` are replaced first (see
+    :func:`retire_consumers`). Where a consumer starts reading is fixed when it is made: an existing
+    consumer keeps its deliver policy and start sequence.
     """
+    await retire_consumers(js, consumers, retired or [])
     for stream, config in consumers:
+        try:
+            existing = await js.consumer_info(stream, str(config.durable_name))
+        except NotFoundError:
+            existing = None
+        if existing is not None and existing.config.deliver_policy != config.deliver_policy:
+            config = dataclasses.replace(
+                config,
+                deliver_policy=existing.config.deliver_policy,
+                opt_start_seq=existing.config.opt_start_seq,
+                opt_start_time=existing.config.opt_start_time,
+            )
         try:
             await js.add_consumer(stream, config)
         except nats.js.errors.BadRequestError as exc:
@@ -552,16 +618,35 @@ class EventRoutes:
     With ``batch_size`` above 1 the consumer is ordered and group-commits: it handles the events in stream
     order, up to ``batch_size`` of them in one transaction (see :class:`OrderedBatchConsumer`). Otherwise
     up to ``max_in_flight`` events are handled at once, each in its own transaction.
+
+    With ``per_subject`` (unordered consumers only) each routed subject gets a durable consumer of its own,
+    ``<service>-<purpose>-<event>``, filtered on that subject alone, so the server never delivers the
+    events nobody here handles (a wildcard filter delivers every event under it, each to be fetched,
+    acknowledged and dropped). The events of different subjects are then handled in no particular order
+    relative to each other, as they may be with ``max_in_flight`` above 1 anyway. The inbox and the dead
+    letters keep the one name ``<service>-<purpose>``; a wildcard consumer of that name left by an earlier
+    version is retired at start, its successors beginning where it stopped acknowledging
+    (:func:`retire_consumers`).
     """
 
     def __init__(
-        self, service: str, purpose: str, subject: str, pool: Callable[[], asyncpg.Pool], *, batch_size: int = 1
+        self,
+        service: str,
+        purpose: str,
+        subject: str,
+        pool: Callable[[], asyncpg.Pool],
+        *,
+        batch_size: int = 1,
+        per_subject: bool = False,
     ) -> None:
+        if per_subject and batch_size > 1:
+            raise ValueError("an ordered batch consumer reads one stream of events: it cannot be split per subject")
         self.service = service
         self.consumer = f"{service}-{purpose}"
         self.subject = subject
         self.pool = pool
         self.batch_size = batch_size
+        self.per_subject = per_subject
         self.routes: dict[str, tuple[type[Event], EventBinder]] = {}
 
     def on(self, subject: str, model: type[Event], handler: EventHandler) -> None:
@@ -622,13 +707,28 @@ class EventRoutes:
         else:
             metrics.messages_handled.labels(self.consumer, "duplicate").inc()
 
+    def durable_name(self, subject: str) -> str:
+        """The durable consumer of one routed subject when split per subject: ``<consumer>-<event>``."""
+        return f"{self.consumer}-{subject.rsplit('.', 1)[-1].replace('_', '-')}"
+
     def attach(self, router: NatsRouter, host: Host) -> None:
-        """Register the durable consumer on ``router`` (an ordered batch consumer on ``host``)."""
+        """Register the durable consumer(s) on ``router`` (an ordered batch consumer on ``host``)."""
         if self.batch_size > 1:
             host.batch_consumers.append(OrderedBatchConsumer(self, host))
             return
+        if not self.per_subject:
+            self._subscribe(router, host, self.subject, self.consumer)
+            return
+        successors = []
+        for subject in self.routes:
+            if not subject.startswith(self.subject.removesuffix(">")):
+                raise ValueError(f"{subject} is not under {self.consumer}'s filter {self.subject}")
+            successors.append(self.durable_name(subject))
+            self._subscribe(router, host, subject, successors[-1])
+        host.retired_consumers.append(RetiredConsumer(host.names.stream(EVENTS), self.consumer, tuple(successors)))
 
-        @durable_subscriber(router, host, EVENTS, self.subject, self.consumer)
+    def _subscribe(self, router: NatsRouter, host: Host, subject: str, durable: str) -> None:
+        @durable_subscriber(router, host, EVENTS, subject, durable)
         async def on_event(msg: NatsMessage) -> None:
             await self.settle_one(msg.raw_message, host)
 

@@ -27,6 +27,7 @@ from stella.kit import tracing
 from stella.kit.broker import (
     FailureLedger,
     OrderedBatchConsumer,
+    RetiredConsumer,
     ServiceClient,
     declare_consumers,
     declare_streams,
@@ -77,6 +78,8 @@ class ServiceRuntime:
         """Failures of the messages this process handles (the poison budget's counter)."""
         self.consumers: list[tuple[str, ConsumerConfig]] = []
         """The durable consumers the routes registered: ``(stream, configuration)``."""
+        self.retired_consumers: list[RetiredConsumer] = []
+        """Durable consumers of earlier versions, replaced by some of ``consumers`` (deleted at start)."""
         self.batch_consumers: list[OrderedBatchConsumer] = []
         """The ordered, group-committing consumers the routes registered (started after the broker)."""
         self._pool: asyncpg.Pool | None = None
@@ -180,7 +183,7 @@ class ServiceRuntime:
             return await self.health()
 
         self.broker.include_router(router)
-        await declare_consumers(self._js, self.consumers)
+        await declare_consumers(self._js, self.consumers, self.retired_consumers)
         # The relay holds a session lock and LISTENs: it needs a connection that bypasses a transaction pooler.
         self.relay = OutboxRelay(
             self.settings.as_service(self.settings.direct_database_url, self.schema),

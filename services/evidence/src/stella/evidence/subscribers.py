@@ -33,7 +33,9 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers, pr
     queries.on(c.GET_CONSISTENCY_PROOF, c.GetConsistencyProof, proofs.get_consistency_proof)
     queries.attach(router, runtime)
 
-    deployments = EventRoutes(runtime.name, "deployment-events", f"stella.evt.{d.CONTEXT}.>", lambda: runtime.pool)
+    deployments = EventRoutes(
+        runtime.name, "deployment-events", f"stella.evt.{d.CONTEXT}.>", lambda: runtime.pool, per_subject=True
+    )
     deployments.on_prepared(d.JOB_COMPLETED, d.JobCompleted, handlers.release_of, handlers.on_job_completed)
     deployments.on_prepared(d.DRIFT_DETECTED, d.DriftDetected, handlers.release_of, handlers.on_drift_detected)
     deployments.attach(router, runtime)

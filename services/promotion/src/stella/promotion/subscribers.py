@@ -50,12 +50,16 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers) ->
     approvals.on(a.APPROVAL_DENIED, a.ApprovalChanged, handlers.on_approval_decided)
     approvals.attach(router, runtime)
 
-    runs = EventRoutes(runtime.name, "workflow-runs", f"stella.evt.{w.CONTEXT}.>", lambda: runtime.pool)
+    runs = EventRoutes(
+        runtime.name, "workflow-runs", f"stella.evt.{w.CONTEXT}.>", lambda: runtime.pool, per_subject=True
+    )
     runs.on(w.RUN_COMPLETED, w.RunCompleted, handlers.on_run_ended)
     runs.on(w.RUN_FAILED, w.RunFailed, handlers.on_run_ended)
     runs.attach(router, runtime)
 
-    jobs = EventRoutes(runtime.name, "deployment-jobs", f"stella.evt.{d.CONTEXT}.>", lambda: runtime.pool)
+    jobs = EventRoutes(
+        runtime.name, "deployment-jobs", f"stella.evt.{d.CONTEXT}.>", lambda: runtime.pool, per_subject=True
+    )
     jobs.on(d.JOB_STARTED, d.JobStarted, handlers.on_job_started)
     jobs.on(d.JOB_COMPLETED, d.JobCompleted, handlers.on_job_completed)
     jobs.attach(router, runtime)
