@@ -40,7 +40,15 @@ from stella.contracts.evidence import (
     PacketCreated,
     VerifyPacket,
 )
-from stella.contracts.promotion import GET_PROMOTION, PromotionStatus
+from stella.contracts.promotion import (
+    GET_DECISION,
+    GET_PROMOTION,
+    PROMOTION_APPROVED,
+    PROMOTION_REJECTED,
+    PromotionChanged,
+    PromotionStatus,
+    PromotionView,
+)
 from stella.contracts.streams import COMMANDS
 from stella.contracts.workflow import COMPLETE_STEP, CompleteStep, StepStatus
 from stella.evidence.app import EvidenceApp, create_app
@@ -216,6 +224,69 @@ async def test_an_evidence_step_executed_again_after_the_first_attempt_committed
     assert await _fetchval(evidence_app, "SELECT count(*) FROM outbox WHERE subject = $1", PACKET_CREATED) == 1
     listed = await caller.query(LIST_PACKETS, ListPackets, promotion_id=promotion_id)
     assert [p["id"] for p in listed.data["items"]] == [first.outputs["packet_id"]]
+
+
+async def test_a_decision_is_recorded_when_it_is_announced_and_the_evidence_step_completes_with_that_packet(
+    caller: Caller, upstream: Upstream, evidence_app: EvidenceApp, nats: Client
+) -> None:
+    """The packet does not wait for the run's last step (behind the deployment): it is made from the
+    promotion's ``promotion_approved`` / ``promotion_rejected`` event, and the step later finds it."""
+    names = evidence_app.runtime.names
+    js = nats.jetstream()
+    approved_id, rejected_id, undecided_id, run_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    approvers = [uuid.uuid4()]
+    approved = promotion_view(approved_id, approvers=approvers, run_id=run_id)
+    rejected = promotion_view(rejected_id, status=PromotionStatus.REJECTED, result="deny")
+    # A run that failed before its gates decided: nothing to record from the event.
+    undecided = promotion_view(rejected_id, status=PromotionStatus.REJECTED).model_copy(
+        update={"id": undecided_id, "decision_record": None}
+    )
+    upstream.promotions[approved_id] = [approved]
+    upstream.promotions[rejected_id] = [rejected]
+    upstream.approvals[approved_id] = approval_view(approved_id, approvers)
+    await upstream.start()
+
+    def announced(view: PromotionView) -> bytes:
+        event = PromotionChanged(tenant_id=caller.tenant_id, correlation_id=uuid.uuid4(), promotion=view)
+        return event.model_dump_json().encode()
+
+    async with collect_messages(js, names.subject(PACKET_CREATED)) as created:
+        await js.publish(names.subject(PROMOTION_APPROVED), announced(approved))
+        await js.publish(names.subject(PROMOTION_REJECTED), announced(rejected))
+        await js.publish(names.subject(PROMOTION_REJECTED), announced(undecided))
+        packets = [PacketCreated.model_validate_json(m.data) for m in await created.wait(2)]
+    by_promotion = {p.promotion_id: p for p in packets}
+    assert set(by_promotion) == {approved_id, rejected_id}
+    assert all(p.packet_type == "release_decision" for p in packets)
+    content = (await caller.query(GET_PACKET, GetPacket, packet_id=by_promotion[approved_id].packet_id)).data["content"]
+    assert content["decision"] == {**(approved.decision_record or {}), "inputs": decision_inputs(approved_id)}
+    assert [a["id"] for a in content["actors"]["approvers"]] == [str(a) for a in approvers]
+    assert content["execution"] == {
+        "promotion_id": str(approved_id),
+        "promotion_status": "approved",
+        "workflow_run_id": str(run_id),
+    }
+    rejected_content = (await caller.query(GET_PACKET, GetPacket, packet_id=by_promotion[rejected_id].packet_id)).data[
+        "content"
+    ]
+    assert rejected_content["execution"]["promotion_status"] == "rejected"
+
+    # The run's evidence step, after the deployment: the promotion is deployed by now; the step completes with
+    # the packet of the decision, reading neither its inputs nor its votes again.
+    upstream.promotions[approved_id] = [approved.model_copy(update={"status": PromotionStatus.DEPLOYED})]
+    decisions_read, votes_read = upstream.count(GET_DECISION), upstream.count(GET_APPROVALS)
+    async with collect_messages(js, names.subject(COMPLETE_STEP)) as done:
+        await caller.client.send(COLLECT_EVIDENCE, execute_step(caller.tenant_id, approved_id, run_id=run_id))
+        complete = await _completion(done, run_id)
+    assert complete.status is StepStatus.SUCCEEDED
+    assert complete.outputs["packet_id"] == str(by_promotion[approved_id].packet_id)
+    assert "already records this decision" in (complete.logs or "")
+    assert (upstream.count(GET_DECISION), upstream.count(GET_APPROVALS)) == (decisions_read, votes_read)
+    # The event again (a redelivery or a replay) records nothing more.
+    await js.publish(names.subject(PROMOTION_APPROVED), announced(approved))
+    await asyncio.sleep(0.5)
+    assert await _fetchval(evidence_app, "SELECT count(*) FROM packets") == 2
+    assert await _fetchval(evidence_app, "SELECT count(*) FROM outbox WHERE subject = $1", PACKET_CREATED) == 2
 
 
 async def test_a_packet_given_with_a_source_key_is_stored_once_per_key(

@@ -118,9 +118,7 @@ def _approvals() -> ApprovalRequestView:
 
 def test_release_decision_content_records_digests_actors_decision_and_execution() -> None:
     promotion = _promotion()
-    content = domain.release_decision_content(
-        promotion, _approvals(), workflow_run_id=uuid.UUID(int=99), node_id="evidence", attempt=2
-    )
+    content = domain.release_decision_content(promotion, _approvals())
     assert content["release"] == {
         "id": str(uuid.UUID(int=8)),
         "name": "shop-1",
@@ -163,15 +161,14 @@ def test_release_decision_content_records_digests_actors_decision_and_execution(
     assert content["execution"] == {
         "promotion_id": str(uuid.UUID(int=7)),
         "promotion_status": "approved",
-        "workflow_run_id": str(uuid.UUID(int=99)),
-        "workflow_step": {"node_id": "evidence", "attempt": 2},
+        "workflow_run_id": str(uuid.UUID(int=14)),
     }
     assert validate_content(content) == content
 
 
 def test_without_an_approval_request_the_decision_records_approvals_name_the_approvers() -> None:
     recorded = [{"approver": "u-1", "action": "approved", "at": "2026-01-05T09:00:00Z", "comment": "fine"}]
-    content = domain.release_decision_content(_promotion(approvals=recorded), None, workflow_run_id=None)
+    content = domain.release_decision_content(_promotion(approvals=recorded), None)
     assert content["actors"]["approvers"] == [
         {
             "id": "u-1",
@@ -200,15 +197,44 @@ def test_only_decided_promotions_get_evidence(status: PromotionStatus, decided: 
     assert domain.is_decided(_promotion(status)) is decided
 
 
-def test_approvals_are_read_when_required_or_recorded() -> None:
+def test_approvals_are_read_unless_the_decision_says_none_were_required() -> None:
     plain = _promotion()
-    assert not domain.needs_approvals({}, plain)
-    assert not domain.needs_approvals({"approval_required": False, "required_approvals": 0}, plain)
-    assert domain.needs_approvals({"approval_required": True}, plain)
-    assert domain.needs_approvals({"required_approvals": 2}, plain)
-    assert not domain.needs_approvals({"required_approvals": True}, plain)
+    assert not domain.needs_approvals(plain, {"approvals": {"required": 0, "granted": 0}})
+    assert domain.needs_approvals(plain, {"approvals": {"required": 2, "granted": 0}})
+    # Not known: read (a promotion that never opened a request answers 404).
+    assert domain.needs_approvals(plain, None)
+    assert domain.needs_approvals(plain, {})
+    assert domain.needs_approvals(plain, {"approvals": {"required": True}})
     voted = _promotion(approvals=[{"approver": "u", "action": "approved", "at": "2026-01-05T09:00:00Z"}])
-    assert domain.needs_approvals({}, voted)
+    assert domain.needs_approvals(voted, {"approvals": {"required": 0}})
+
+
+@pytest.mark.parametrize(
+    ("status", "result", "recorded"),
+    [
+        (PromotionStatus.APPROVED, "allow", "approved"),
+        (PromotionStatus.DEPLOYING, "allow", "approved"),
+        (PromotionStatus.DEPLOYED, "allow", "approved"),
+        (PromotionStatus.FAILED, "allow", "approved"),  # its deployment failed after the decision
+        (PromotionStatus.REJECTED, "deny", "rejected"),
+        (PromotionStatus.REJECTED, "pending", "rejected"),  # approvals timed out: no final record
+        (PromotionStatus.CANCELLED, "pending", "cancelled"),
+    ],
+)
+def test_a_decision_packet_records_the_status_the_decision_gave_whenever_it_is_made(
+    status: PromotionStatus, result: str, recorded: str
+) -> None:
+    promotion = _promotion(status)
+    promotion = promotion.model_copy(
+        update={"decision_record": {**(promotion.decision_record or {}), "result": result}}
+    )
+    content = domain.release_decision_content(promotion, None)
+    assert content["execution"]["promotion_status"] == recorded
+    # The same decision, recorded at its announcement or by the workflow's last step, is the same packet.
+    later = promotion.model_copy(update={"status": PromotionStatus.DEPLOYED, "updated_at": T0 + timedelta(hours=1)})
+    if result != "pending":
+        assert domain.release_decision_content(later, None) == content
+        assert domain.release_decision_key(later) == domain.release_decision_key(promotion)
 
 
 def test_the_promotion_comes_from_the_run_inputs_else_the_runs_subject() -> None:

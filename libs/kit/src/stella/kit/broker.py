@@ -160,7 +160,9 @@ async def declare_streams(
         await js.update_stream(config)
 
 
-def consumer_config(name: str, subject: str, settings: ServiceSettings) -> ConsumerConfig:
+def consumer_config(
+    name: str, subject: str, settings: ServiceSettings, deliver_policy: DeliverPolicy = DeliverPolicy.ALL
+) -> ConsumerConfig:
     """The JetStream configuration of a durable consumer named ``name`` filtered on one ``subject``.
 
     The server's ``max_deliver`` is the kit's ``delivery_limit``, far above the poison budget: failures are
@@ -170,7 +172,7 @@ def consumer_config(name: str, subject: str, settings: ServiceSettings) -> Consu
     """
     return ConsumerConfig(
         durable_name=name,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=deliver_policy,
         max_deliver=settings.delivery_limit,
         ack_wait=settings.ack_wait_s,
         filter_subject=subject,
@@ -260,22 +262,28 @@ async def declare_consumers(
 
 
 def durable_subscriber(
-    router: NatsRouter, host: Host, stream: StreamSpec, subject: str, consumer: str
+    router: NatsRouter,
+    host: Host,
+    stream: StreamSpec,
+    subject: str,
+    consumer: str,
+    deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
 ) -> Callable[[Callable[[NatsMessage], Awaitable[None]]], object]:
     """The decorator registering a durable pull consumer ``consumer`` on ``subject`` of ``stream``.
 
-    Acks are manual (see :func:`settle`); at most ``max_in_flight`` messages are handled at once.
+    Acks are manual (see :func:`settle`); at most ``max_in_flight`` messages are handled at once. The consumer
+    reads from the start of the stream (``ALL``), or from the messages published after it is made (``NEW``).
     """
     settings, names = host.settings, host.names
     wire_subject = names.subject(subject)
-    config = consumer_config(consumer, wire_subject, settings)
+    config = consumer_config(consumer, wire_subject, settings, deliver_policy)
     host.consumers.append((names.stream(stream), config))
     return router.subscriber(
         wire_subject,
         stream=JStream(names.stream(stream), declare=False),
         durable=consumer,
         config=config,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=deliver_policy,
         pull_sub=PullSub(batch_size=min(settings.max_in_flight, 32), timeout=1.0),
         ack_policy=AckPolicy.MANUAL,
         max_workers=settings.max_in_flight,
@@ -627,6 +635,10 @@ class EventRoutes:
     letters keep the one name ``<service>-<purpose>``; a wildcard consumer of that name left by an earlier
     version is retired at start, its successors beginning where it stopped acknowledging
     (:func:`retire_consumers`).
+
+    With ``from_now`` a consumer made for the first time reads the events published after it is made, not
+    the stream's history: for a consumer that only hastens what another path guarantees (a new consumer
+    of an installation that has run for years would otherwise work through every event it ever kept).
     """
 
     def __init__(
@@ -638,6 +650,7 @@ class EventRoutes:
         *,
         batch_size: int = 1,
         per_subject: bool = False,
+        from_now: bool = False,
     ) -> None:
         if per_subject and batch_size > 1:
             raise ValueError("an ordered batch consumer reads one stream of events: it cannot be split per subject")
@@ -647,6 +660,7 @@ class EventRoutes:
         self.pool = pool
         self.batch_size = batch_size
         self.per_subject = per_subject
+        self.deliver_policy = DeliverPolicy.NEW if from_now else DeliverPolicy.ALL
         self.routes: dict[str, tuple[type[Event], EventBinder]] = {}
 
     def on(self, subject: str, model: type[Event], handler: EventHandler) -> None:
@@ -728,7 +742,7 @@ class EventRoutes:
         host.retired_consumers.append(RetiredConsumer(host.names.stream(EVENTS), self.consumer, tuple(successors)))
 
     def _subscribe(self, router: NatsRouter, host: Host, subject: str, durable: str) -> None:
-        @durable_subscriber(router, host, EVENTS, subject, durable)
+        @durable_subscriber(router, host, EVENTS, subject, durable, self.deliver_policy)
         async def on_event(msg: NatsMessage) -> None:
             await self.settle_one(msg.raw_message, host)
 
@@ -763,7 +777,7 @@ class OrderedBatchConsumer:
         self.host = host
         self.batch_size = routes.batch_size
         settings = host.settings
-        config = consumer_config(routes.consumer, host.names.subject(routes.subject), settings)
+        config = consumer_config(routes.consumer, host.names.subject(routes.subject), settings, routes.deliver_policy)
         # A whole batch is unacknowledged while it is handled, and the next one is fetched right after.
         config.max_ack_pending = max(config.max_ack_pending or 0, 2 * self.batch_size)
         self.stream = host.names.stream(EVENTS)

@@ -124,15 +124,35 @@ def is_decided(promotion: PromotionView) -> bool:
     return promotion.status not in UNDECIDED
 
 
-def needs_approvals(run_inputs: Mapping[str, Any], promotion: PromotionView) -> bool:
-    """Whether the approval request must be read: the environment required approvals, or votes were recorded."""
-    required = run_inputs.get("required_approvals")
-    record_approvals = (promotion.decision_record or {}).get("approvals")
-    return (
-        bool(run_inputs.get("approval_required"))
-        or (isinstance(required, int) and not isinstance(required, bool) and required > 0)
-        or bool(record_approvals)
-    )
+def needs_approvals(promotion: PromotionView, inputs: Mapping[str, Any] | None) -> bool:
+    """Whether the approval request must be read: votes were recorded, or the environment required approvals.
+
+    ``inputs`` are the decision's inputs (their ``approvals.required`` is what the environment asked for);
+    only when they say no approval was required is the request not read. Without them, or without that
+    number, it is read anyway (a promotion that never opened one answers 404).
+    """
+    if (promotion.decision_record or {}).get("approvals"):
+        return True
+    summary = (inputs or {}).get("approvals")
+    required = summary.get("required") if isinstance(summary, Mapping) else None
+    if isinstance(required, int) and not isinstance(required, bool):
+        return required > 0
+    return True
+
+
+def decided_status(promotion: PromotionView) -> str:
+    """The promotion's status when it was decided: ``approved`` or ``rejected`` by its decision record.
+
+    Whatever it became since (deploying, deployed, failed after its deployment): a ``release_decision`` packet
+    records the decision, and the same decision gives the same packet whenever it is recorded. A promotion
+    without a final record (cancelled while it waited, say) keeps its status.
+    """
+    result = (promotion.decision_record or {}).get("result")
+    if result == "allow":
+        return str(PromotionStatus.APPROVED)
+    if result == "deny":
+        return str(PromotionStatus.REJECTED)
+    return str(promotion.status)
 
 
 def _timestamp(moment: datetime | None) -> str | None:
@@ -173,19 +193,16 @@ def release_decision_content(
     promotion: PromotionView,
     approvals: ApprovalRequestView | None,
     *,
-    workflow_run_id: UUID | None,
-    node_id: str | None = None,
-    attempt: int | None = None,
     inputs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the reference §5 content of a ``release_decision`` packet.
 
+    The content depends on the decision alone, not on who records it or when: the packet made when the
+    decision is announced and the one the workflow's evidence step would make are the same.
+
     Args:
         promotion: The decided promotion (with its release snapshot and decision record).
         approvals: Its approval request, when one was opened.
-        workflow_run_id: The run whose evidence step asks for the packet (the promotion's run otherwise).
-        node_id: The evidence step's node, when collected by a workflow step.
-        attempt: The step attempt.
         inputs: What the gates saw (the promotion service's decision inputs), stored as ``decision.inputs``
             so that ``decision.inputs_hash`` can be recomputed from the packet alone.
 
@@ -193,7 +210,7 @@ def release_decision_content(
         ``{release, environment, actors, decision, execution}``: the release with its digests, the target
         environment, the requester and every approver (id, name and display name as they were when they
         acted; null for records made before names were kept) with time and comment, the full decision record, and
-        references to the execution that produced it.
+        references to the execution that produced it (the promotion, its status when decided, its workflow run).
     """
     components = [
         {
@@ -225,14 +242,12 @@ def release_decision_content(
             "expires_at": format_timestamp(approvals.expires_at),
             "decided_at": _timestamp(approvals.decided_at),
         }
-    run_id = workflow_run_id or promotion.workflow_run_id
+    run_id = promotion.workflow_run_id
     execution: dict[str, Any] = {
         "promotion_id": str(promotion.id),
-        "promotion_status": str(promotion.status),
+        "promotion_status": decided_status(promotion),
         "workflow_run_id": None if run_id is None else str(run_id),
     }
-    if node_id is not None:
-        execution["workflow_step"] = {"node_id": node_id, "attempt": attempt}
     if promotion.freeze_override is not None:
         execution["freeze_override"] = promotion.freeze_override
     return {

@@ -41,6 +41,7 @@ from stella.contracts.promotion import (
     DecisionView,
     GetDecision,
     GetPromotion,
+    PromotionChanged,
     PromotionView,
 )
 from stella.contracts.release import GET_RELEASE, GetRelease, ReleaseView
@@ -116,11 +117,13 @@ class Handlers:
     async def collect_evidence(self, cmd: ExecuteStep) -> Reply:
         """Execute a workflow ``evidence`` step: the promotion's ``release_decision`` packet.
 
-        A promotion not decided yet, or a promotion or approval service that does not answer, is a fault:
-        the step is redelivered later, and no packet with partial data is ever stored. Content that can never
-        become evidence (it holds a secret, it names no image) is dead-lettered at once. The packet's source
-        key is the promotion's decision, not the attempt: an attempt after one that already stored the packet
-        completes with that packet.
+        The packet is usually recorded already, when the decision was announced (:meth:`on_promotion_decided`):
+        the step then completes with it, without reading the decision's inputs or approvals. Otherwise the
+        step records it. A promotion not decided yet, or a promotion or approval service that does not
+        answer, is a fault: the step is redelivered later, and no packet with partial data is ever stored.
+        Content that can never become evidence (it holds a secret, it names no image) fails the step at once.
+        The packet's source key is the promotion's decision, not the attempt: an attempt after one that
+        already stored the packet completes with that packet.
         """
         if (stored := await self.commands.seen(cmd)) is not None:
             return stored
@@ -135,21 +138,7 @@ class Handlers:
             raise domain.PromotionNotDecided(
                 f"promotion {promotion_id} is {promotion.status}; its evidence waits for the decision"
             )
-        approvals = await self._approvals(cmd, promotion_id) if domain.needs_approvals(run_inputs, promotion) else None
-        inputs = await self._decision_inputs(cmd, promotion)
-        content = domain.release_decision_content(
-            promotion, approvals, workflow_run_id=cmd.run_id, node_id=cmd.node_id, attempt=cmd.attempt, inputs=inputs
-        )
-        try:
-            validate_content(content)
-        except EvidenceContentError as exc:
-            # Built from stored facts: every delivery would fail the same way. Fail the step now, so the run
-            # reports it at once instead of waiting for the step's timeout; nothing is stored.
-            return await self._fail_step(cmd, f"evidence of promotion {promotion_id} cannot be recorded: {exc}")
-
-        request = PacketRequest(
-            PacketType.RELEASE_DECISION, promotion_id, content, domain.release_decision_key(promotion)
-        )
+        key = domain.release_decision_key(promotion)
 
         def effects(stored: StoredPacket, created: bool) -> tuple[list[tuple[str, Message]], object]:
             packet = stored.packet
@@ -159,14 +148,44 @@ class Handlers:
                 logs = f"release_decision packet {packet.sequence} signed by {packet.signer_key_ref}"
                 messages = [(PACKET_CREATED, self._created(cmd, stored))]
             else:
-                # An earlier attempt recorded this decision (its completion was lost, or came too late).
+                # Recorded when the decision was announced, or by an earlier attempt of the step.
                 logs = f"release_decision packet {packet.sequence} already records this decision"
                 messages = []
             # Every attempt completes, with the one packet of the decision.
             complete = cmd.complete(StepStatus.SUCCEEDED, outputs=outputs, logs=logs)
             return [*messages, (COMPLETE_STEP, complete)], {**outputs, "sequence": packet.sequence}
 
+        async with self._pool().acquire() as conn:
+            recorded = await repo.packet_by_source(conn, cmd.tenant_id, key)
+        if recorded is not None:
+
+            async def complete(conn: asyncpg.Connection) -> object:
+                messages, data = effects(recorded, False)
+                await add_events(conn, messages)
+                return data
+
+            return await self.commands.run(cmd, complete)
+
+        try:
+            content = await self._decision_content(cmd, promotion)
+        except EvidenceContentError as exc:
+            # Built from stored facts: every delivery would fail the same way. Fail the step now, so the run
+            # reports it at once instead of waiting for the step's timeout; nothing is stored.
+            return await self._fail_step(cmd, f"evidence of promotion {promotion_id} cannot be recorded: {exc}")
+        request = PacketRequest(PacketType.RELEASE_DECISION, promotion_id, content, key)
         return await self._append_command(cmd, request, effects)
+
+    async def _decision_content(self, cause: Message, promotion: PromotionView) -> dict[str, Any]:
+        """The checked content of a decided promotion's ``release_decision`` packet (reads its inputs and votes).
+
+        Raises:
+            EvidenceContentError: the content can never become evidence.
+        """
+        inputs = await self._decision_inputs(cause, promotion)
+        approvals = await self._approvals(cause, promotion.id) if domain.needs_approvals(promotion, inputs) else None
+        content = domain.release_decision_content(promotion, approvals, inputs=inputs)
+        validate_content(content)
+        return content
 
     async def _fail_step(self, cmd: ExecuteStep, error: str) -> Reply:
         """Report an evidence step that can never succeed as failed (through the outbox, exactly once)."""
@@ -327,6 +346,38 @@ class Handlers:
             return
         await self._append_event(conn, event, PacketType.DRIFT, None, content, deployments.drift_source_key(event))
 
+    # --- promotion decisions ------------------------------------------------------------------------------
+
+    async def decision_of(self, event: PromotionChanged) -> dict[str, Any] | None:
+        """Read what a decided promotion's packet needs (its inputs and votes) before the transaction opens.
+
+        None for a promotion without a decision record (a run that failed before its gates decided): its
+        workflow's evidence step, if it runs, records it as before.
+        """
+        promotion = event.promotion
+        if promotion.decision_record is None or not domain.is_decided(promotion):
+            return None
+        try:
+            return await self._decision_content(event, promotion)
+        except EvidenceContentError as exc:
+            # Built from the event and stored facts: every delivery would fail alike.
+            raise PoisonMessage(f"evidence of promotion {promotion.id} cannot be recorded: {exc}") from None
+
+    async def on_promotion_decided(
+        self, event: PromotionChanged, conn: asyncpg.Connection, content: dict[str, Any] | None
+    ) -> None:
+        """A promotion was approved or rejected: its ``release_decision`` packet, recorded now.
+
+        The same decision has the same source key whichever records it first, this or the workflow's
+        evidence step (which then completes with this packet), so a decision is recorded once.
+        """
+        if content is None:
+            return
+        promotion = event.promotion
+        await self._append_event(
+            conn, event, PacketType.RELEASE_DECISION, promotion.id, content, domain.release_decision_key(promotion)
+        )
+
     async def _append_event(
         self,
         conn: asyncpg.Connection,
@@ -345,7 +396,7 @@ class Handlers:
         if created:
             await add_events(conn, [(PACKET_CREATED, self._created(event, stored))])
 
-    async def _promotion(self, cmd: ExecuteStep, promotion_id: UUID) -> PromotionView:
+    async def _promotion(self, cmd: Message, promotion_id: UUID) -> PromotionView:
         try:
             return await ask(
                 self._client(),
@@ -360,7 +411,7 @@ class Handlers:
         except Refused as exc:
             raise PoisonMessage(f"promotion {promotion_id}: {exc.code}: {exc.detail}") from None
 
-    async def _decision_inputs(self, cmd: ExecuteStep, promotion: PromotionView) -> dict[str, Any] | None:
+    async def _decision_inputs(self, cmd: Message, promotion: PromotionView) -> dict[str, Any] | None:
         """What the promotion's gates saw, when the promotion service still holds this very decision.
 
         ``None`` (the packet then carries the record without its inputs) when the promotion service has no
@@ -393,7 +444,7 @@ class Handlers:
             return None
         return view.inputs
 
-    async def _approvals(self, cmd: ExecuteStep, promotion_id: UUID) -> ApprovalRequestView | None:
+    async def _approvals(self, cmd: Message, promotion_id: UUID) -> ApprovalRequestView | None:
         try:
             return await ask(
                 self._client(),

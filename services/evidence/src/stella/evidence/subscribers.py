@@ -6,6 +6,7 @@ from faststream.nats import NatsRouter
 
 from stella.contracts import deployment as d
 from stella.contracts import evidence as c
+from stella.contracts import promotion as p
 from stella.contracts.workflow import ExecuteStep
 from stella.evidence.handlers import Handlers
 from stella.evidence.proofs import ProofQueries
@@ -16,7 +17,7 @@ from stella.kit.service import ServiceRuntime
 
 
 def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers, proofs: ProofQueries) -> None:
-    """Attach the evidence commands, queries and the deployment events it records to ``router``."""
+    """Attach the evidence commands, queries and the decisions and deployment events it records to ``router``."""
     commands = CommandRoutes(c.CONTEXT, runtime.name)
     commands.on(c.COLLECT_EVIDENCE, ExecuteStep, handlers.collect_evidence)
     commands.on(c.COLLECT_PACKET, c.CollectEvidence, handlers.collect)
@@ -32,6 +33,20 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers, pr
     queries.on(c.GET_INCLUSION_PROOF, c.GetInclusionProof, proofs.get_inclusion_proof)
     queries.on(c.GET_CONSISTENCY_PROOF, c.GetConsistencyProof, proofs.get_consistency_proof)
     queries.attach(router, runtime)
+
+    # A decision's packet is recorded when the decision is announced; the workflow's evidence step, which
+    # records it otherwise, remains the guarantee (so the consumer need not read decisions made before it).
+    decisions = EventRoutes(
+        runtime.name,
+        "promotion-decisions",
+        f"stella.evt.{p.CONTEXT}.>",
+        lambda: runtime.pool,
+        per_subject=True,
+        from_now=True,
+    )
+    decisions.on_prepared(p.PROMOTION_APPROVED, p.PromotionChanged, handlers.decision_of, handlers.on_promotion_decided)
+    decisions.on_prepared(p.PROMOTION_REJECTED, p.PromotionChanged, handlers.decision_of, handlers.on_promotion_decided)
+    decisions.attach(router, runtime)
 
     deployments = EventRoutes(
         runtime.name, "deployment-events", f"stella.evt.{d.CONTEXT}.>", lambda: runtime.pool, per_subject=True
