@@ -7,7 +7,9 @@ and NATS of STELLA_DATABASE_URL / STELLA_NATS_URL, or the local defaults), boots
 * saturation: N promotions with ``--in-flight`` of them at once, each from ``POST /promotions`` until its
   decision event (``promotion_approved`` / ``_rejected`` / ``_cancelled``) is published, and its
   ``release_decision`` evidence packet (``packet_created``) after that; plus CPU milliseconds per promotion
-  of each service process (from ``/proc``);
+  of each service process (from ``/proc``), in the saturation window (until 2 s after the last decision)
+  and over all of their work (until every one's workflow run ended: deploy, health check and evidence
+  steps included, which an environment's one-deployment-at-a-time slot spreads over a longer time);
 * latency at a fixed offered rate (``--rate`` promotions/s, open loop): p50/p90/p99;
 * the raw hop, in this process with the same client and concurrency: an aiohttp endpoint that publishes to
   JetStream and a pull consumer that INSERTs the message and acks it, timed from the request until the INSERT;
@@ -39,7 +41,7 @@ import nats
 from aiohttp import web
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
-from stella.contracts import evidence, promotion
+from stella.contracts import evidence, promotion, workflow
 from stella.kit.embedded import free_port
 from stella.kit.naming import Names
 from stella.kit.startup import environment_event_loop, run_loop
@@ -70,6 +72,13 @@ class Watch:
     decided: dict[str, tuple[float, str]] = field(default_factory=dict)
     packets: dict[str, float] = field(default_factory=dict)
     waiters: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    runs_ended: dict[str, float] = field(default_factory=dict)
+    """When each promotion's workflow run ended (its last step, evidence, done): all of a promotion's work."""
+
+    async def on_run_ended(self, msg: Any) -> None:
+        subject_id = json.loads(msg.data).get("subject_id")
+        if subject_id:
+            self.runs_ended.setdefault(subject_id, time.perf_counter())
 
     async def on_decision(self, msg: Any) -> None:
         body = json.loads(msg.data)
@@ -245,6 +254,8 @@ async def main(args: argparse.Namespace) -> int:
             for subject in DECIDED:
                 await box.nc.subscribe(box.names.subject(subject), cb=watch.on_decision)
             await box.nc.subscribe(box.names.subject(evidence.PACKET_CREATED), cb=watch.on_packet)
+            for subject in (workflow.RUN_COMPLETED, workflow.RUN_FAILED):
+                await box.nc.subscribe(box.names.subject(subject), cb=watch.on_run_ended)
             async with aiohttp.ClientSession(connector=connector) as session:
                 hop_s, hop_lat = await raw_hop(session, box.nc, box.dsn, box.names, args.promotions, args.in_flight)
                 # Startup's yardstick: one process that only imports the kit's runtime.
@@ -270,6 +281,7 @@ async def main(args: argparse.Namespace) -> int:
                 releases = await make_releases(system, session, args.promotions + args.rate_count)
                 setup_s = time.perf_counter() - started
                 before = system.cpu_ms()
+                sat_started = time.perf_counter()
                 pids = " ".join(f"{name}={proc.pid}" for name, proc in system.procs.items())
                 print(f"saturation run starts ({pids})", flush=True)
                 sat_s, sat_lat = await saturate(
@@ -277,6 +289,16 @@ async def main(args: argparse.Namespace) -> int:
                 )
                 await asyncio.sleep(2)  # evidence still being appended is what the lag measures
                 after = system.cpu_ms()
+                # All of the promotions' work: until every run has ended (deploy, health check, evidence).
+                saturated = set(watch.decided)
+                settle_started = time.perf_counter()
+                while not saturated <= watch.runs_ended.keys() and time.perf_counter() - settle_started < 120:
+                    await asyncio.sleep(0.2)
+                settle_s = time.perf_counter() - settle_started
+                await asyncio.sleep(1)
+                settled = system.cpu_ms()
+                ended = [watch.runs_ended[p] for p in saturated if p in watch.runs_ended]
+                terminal_s = max(ended, default=time.perf_counter()) - sat_started
                 rate_lat = await offered(system, session, watch, releases[args.promotions :], dev["id"], args.rate)
                 await asyncio.sleep(2)
         finally:
@@ -300,6 +322,16 @@ async def main(args: argparse.Namespace) -> int:
     print(f"  outcomes: { {s: statuses.count(s) for s in set(statuses)} }")
     print("  CPU ms per promotion: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cost.items(), key=lambda i: -i[1])))
     print(f"  total CPU ms per promotion: {sum(cost.values()):.1f}")
+    whole = {name: (settled[name] - before[name]) / n for name in settled}
+    print(
+        f"  all of their work ({len(ended)} of {n} runs ended {settle_s + 2:.1f} s after the last decision), "
+        "CPU ms per promotion: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(whole.items(), key=lambda i: -i[1]))
+    )
+    print(f"  total CPU ms per promotion, all of its work: {sum(whole.values()):.1f}")
+    print(
+        f"  to the end of every run (deployed, health-checked, evidence step done): {len(ended) / terminal_s:.1f} /s "
+        f"({terminal_s:.1f} s; one environment deploys one promotion at a time)"
+    )
     print(
         f"evidence: {len(lags)} of {len(watch.decided)} decision packets seen; lag after the decision "
         f"p50 {statistics.median(lags) * 1e3 if lags else float('nan'):.0f} ms, max {max(lags, default=float('nan')):.2f} s"
