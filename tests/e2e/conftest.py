@@ -38,7 +38,14 @@ class Stack:
         self.http: aiohttp.ClientSession | None = None
 
     def start(self, service: str, **extra_env: str) -> None:
-        """Start ``python -m stella.<service>`` (the gateway with ``serve``)."""
+        """Start ``python -m stella.<service>`` (the gateway with ``serve``).
+
+        Raises:
+            RuntimeError: the service runs already (a second process would be left running at the end).
+        """
+        running = self.procs.get(service)
+        if running is not None and running.poll() is None:
+            raise RuntimeError(f"{service} runs already (pid {running.pid})")
         argv = [sys.executable, "-m", f"stella.{service}"] + (["serve"] if service == "gateway" else [])
         log = (self.logs / f"{service}.log").open("ab")
         self.procs[service] = subprocess.Popen(argv, env={**self.env, **extra_env}, stdout=log, stderr=log)

@@ -43,7 +43,7 @@ from .deployments import (
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
 
-SERVICES = (*HEADLESS, "deployment")
+SERVICES = HEADLESS
 
 
 @pytest.fixture
