@@ -241,24 +241,34 @@ async def declare_consumers(
     await retire_consumers(js, consumers, retired or [])
     for stream, config in consumers:
         try:
-            existing = await js.consumer_info(stream, str(config.durable_name))
-        except NotFoundError:
-            existing = None
-        if existing is not None and existing.config.deliver_policy != config.deliver_policy:
-            config = dataclasses.replace(
-                config,
-                deliver_policy=existing.config.deliver_policy,
-                opt_start_seq=existing.config.opt_start_seq,
-                opt_start_time=existing.config.opt_start_time,
-            )
-        try:
             await js.add_consumer(stream, config)
-        except nats.js.errors.BadRequestError as exc:
-            # A server that cannot change this field of an existing consumer keeps its configuration.
-            log.warning(
-                "could not update a consumer's configuration",
-                extra={"consumer": config.durable_name, "error": str(exc)},
-            )
+            continue
+        except nats.js.errors.APIError as exc:  # a changed deliver policy is a server error, not a bad request
+            refused = exc
+        # Refused: read the consumer only now (one request per consumer on the usual start). A consumer made
+        # with another start (a retired consumer's successor) keeps it; the rest of its configuration is
+        # brought up to date.
+        with contextlib.suppress(NotFoundError):
+            existing = await js.consumer_info(stream, str(config.durable_name))
+            if existing.config.deliver_policy != config.deliver_policy:
+                kept = dataclasses.replace(
+                    config,
+                    deliver_policy=existing.config.deliver_policy,
+                    opt_start_seq=existing.config.opt_start_seq,
+                    opt_start_time=existing.config.opt_start_time,
+                )
+                try:
+                    await js.add_consumer(stream, kept)
+                    continue
+                except nats.js.errors.APIError as exc:
+                    refused = exc
+        if not isinstance(refused, nats.js.errors.BadRequestError):
+            raise refused
+        # A server that cannot change this field of an existing consumer keeps its configuration.
+        log.warning(
+            "could not update a consumer's configuration",
+            extra={"consumer": config.durable_name, "error": str(refused)},
+        )
 
 
 def durable_subscriber(
