@@ -15,6 +15,7 @@ from typing import Any
 from stella.contracts import deployment as d
 from stella.contracts import promotion as c
 from stella.contracts import workflow as w
+from stella.promotion import repo
 from stella.testing.messaging import collect_messages
 
 from .conftest import Caller, Stack, first_match, job_completed, job_started, publish_event
@@ -160,6 +161,40 @@ async def test_one_promotion_deploys_per_environment_and_the_next_waits_in_appro
             uuid.UUID(dev["id"]),
         )
     assert slots == 1
+
+
+async def test_a_long_queue_deploys_in_approval_order_reading_only_its_front(caller: Caller, stack: Stack) -> None:
+    """Five promotions approved into one environment deploy one after the other in approval order, and each
+    change of the queue reads the slot's holder and the first in line, not the whole queue."""
+    dev = await _environment(caller, "dev", 0)
+    releases = [await caller.ready_release(f"queued-{i}") for i in range(5)]
+    async with collect_messages(stack.nats.jetstream(), stack.wire(w.COMPLETE_STEP)) as completions:
+        promotions = [await _approved(caller, release, dev) for release in releases]
+        await first_match(completions, _gate_completion(promotions[0]), timeout=20)
+        async with stack.promotion.runtime.pool.acquire() as conn:
+            front = await repo.deploy_queue_front(conn, caller.tenant_id, uuid.UUID(dev["id"]))
+        assert [str(s.promotion.id) for s in front] == [promotions[0]["id"], promotions[1]["id"]]
+        for current, following in zip(promotions, [*promotions[1:], None], strict=True):
+            job = uuid.uuid4()
+            await _ended(stack, c.PROMOTION_STARTED, current, (d.JOB_STARTED, job_started(caller, current, job)))
+            await _ended(
+                stack,
+                c.PROMOTION_COMPLETED,
+                current,
+                (d.JOB_COMPLETED, job_completed(caller, current, job, "succeeded")),
+            )
+            if following is None:
+                break
+            await first_match(completions, _gate_completion(following), timeout=20)
+            released = [
+                _body(m)["run_id"]
+                for m in completions.messages
+                if _body(m).get("node_id") == "gates" and _body(m).get("status") == "succeeded"
+            ]
+            # Nobody behind the next one was let go: the order is the approval order.
+            assert released == [p["workflow_run_id"] for p in promotions[: promotions.index(following) + 1]]
+    statuses = [(await _get(caller, p["id"]))["status"] for p in promotions]
+    assert statuses == ["deployed"] * 5
 
 
 async def test_job_events_are_applied_once_and_survive_a_restart(caller: Caller, stack: Stack) -> None:

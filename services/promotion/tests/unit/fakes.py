@@ -93,23 +93,28 @@ class FakeStore:
     async def lock_deploy_queue(self, tenant: UUID, environment_id: UUID) -> None:
         return None
 
-    async def deploy_queue(self, tenant: UUID, environment_id: UUID) -> list[repo.StoredPromotion]:
-        queued = [
+    async def deploy_queue_front(self, tenant: UUID, environment_id: UUID) -> list[repo.StoredPromotion]:
+        mine = [
             copy.deepcopy(s)
             for (t, _), s in self.state.promotions.items()
-            if t == tenant
-            and s.promotion.target_environment_id == environment_id
-            and (
-                s.promotion.status is PromotionStatus.DEPLOYING
-                or (
-                    s.promotion.status is PromotionStatus.APPROVED
-                    and (s.promotion.cleared_at is not None or s.deploy_step is not None)
-                )
-            )
+            if t == tenant and s.promotion.target_environment_id == environment_id
         ]
-        return sorted(
-            queued, key=lambda s: (s.promotion.approved_at is None, s.promotion.approved_at, s.promotion.requested_at)
+        holders = [s for s in mine if s.promotion.holds_deploy_slot]
+        waiting = [
+            s
+            for s in mine
+            if s.promotion.status is PromotionStatus.APPROVED
+            and s.promotion.cleared_at is None
+            and s.deploy_step is not None
+        ]
+        waiting.sort(
+            key=lambda s: (
+                s.promotion.approved_at or s.promotion.updated_at,
+                s.promotion.requested_at,
+                str(s.promotion.id),
+            )
         )
+        return holders + waiting[:1]
 
     async def windows_of_environment(self, tenant: UUID, eid: UUID) -> list[repo.StoredWindow]:
         return copy.deepcopy(self.state.windows.get((tenant, eid), []))

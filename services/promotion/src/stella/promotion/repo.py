@@ -164,11 +164,19 @@ UPDATE_PROMOTION = """
 """
 # An environment's deployment queue: the promotion holding its slot and the approved ones waiting with their
 # deploy step held (an approved promotion with neither never deploys: its run had no deploy step).
-DEPLOY_QUEUE = f"""
-    SELECT {_PROMOTION_COLUMNS} FROM promotions
-     WHERE tenant_id = $1 AND target_environment_id = $2
-       AND (status = 'deploying' OR (status = 'approved' AND (cleared_at IS NOT NULL OR deploy_step IS NOT NULL)))
-     ORDER BY approved_at, requested_at, id
+# The front of an environment's deployment queue: whoever holds its slot (at most one, by
+# promotions_one_deploy_slot) and the first of the approved promotions waiting in line, in the order of
+# domain.next_to_deploy. Nothing behind the first is read, so a long queue costs one row per change.
+DEPLOY_QUEUE_FRONT = f"""
+    (SELECT {_PROMOTION_COLUMNS} FROM promotions
+      WHERE tenant_id = $1 AND target_environment_id = $2
+        AND (status = 'deploying' OR (status = 'approved' AND cleared_at IS NOT NULL)))
+    UNION ALL
+    (SELECT {_PROMOTION_COLUMNS} FROM promotions
+      WHERE tenant_id = $1 AND target_environment_id = $2
+        AND status = 'approved' AND cleared_at IS NULL AND deploy_step IS NOT NULL
+      ORDER BY COALESCE(approved_at, updated_at), requested_at, id
+      LIMIT 1)
 """
 # Serialises the deployment queue of one environment until the transaction ends.
 LOCK_DEPLOY_QUEUE = (
@@ -794,9 +802,13 @@ async def lock_deploy_queue(conn: asyncpg.Connection, tenant: UUID, environment_
     await conn.execute(LOCK_DEPLOY_QUEUE, str(tenant), str(environment_id))
 
 
-async def deploy_queue(conn: asyncpg.Connection, tenant: UUID, environment_id: UUID) -> list[StoredPromotion]:
-    """The environment's deploying promotion and its approved ones that wait to deploy, in approval order."""
-    return [stored_promotion(r) for r in await conn.fetch(DEPLOY_QUEUE, tenant, environment_id)]
+async def deploy_queue_front(conn: asyncpg.Connection, tenant: UUID, environment_id: UUID) -> list[StoredPromotion]:
+    """Who holds the environment's deployment slot, and the first approved promotion waiting in line.
+
+    Enough for :func:`~stella.promotion.domain.promotion.next_to_deploy` and ``clear_to_deploy``: a holder
+    answers "none may start", and otherwise only the first in line can be next.
+    """
+    return [stored_promotion(r) for r in await conn.fetch(DEPLOY_QUEUE_FRONT, tenant, environment_id)]
 
 
 def _run_check_at(stored: StoredPromotion) -> datetime | None:

@@ -65,8 +65,8 @@ class PromotionStore(Protocol):
     async def lock_deploy_queue(self, tenant: UUID, environment_id: UUID) -> None:
         """Serialise changes to one environment's deployment queue until the transaction ends."""
 
-    async def deploy_queue(self, tenant: UUID, environment_id: UUID) -> list[repo.StoredPromotion]:
-        """The environment's deploying promotion and its approved ones waiting to deploy, in approval order."""
+    async def deploy_queue_front(self, tenant: UUID, environment_id: UUID) -> list[repo.StoredPromotion]:
+        """Who holds the environment's deployment slot, and the first approved promotion waiting in line."""
         ...
 
     async def windows_of_environment(self, tenant: UUID, eid: UUID) -> list[repo.StoredWindow]:
@@ -132,8 +132,8 @@ class PostgresStore:
     async def lock_deploy_queue(self, tenant: UUID, environment_id: UUID) -> None:
         await repo.lock_deploy_queue(self.conn, tenant, environment_id)
 
-    async def deploy_queue(self, tenant: UUID, environment_id: UUID) -> list[repo.StoredPromotion]:
-        return await repo.deploy_queue(self.conn, tenant, environment_id)
+    async def deploy_queue_front(self, tenant: UUID, environment_id: UUID) -> list[repo.StoredPromotion]:
+        return await repo.deploy_queue_front(self.conn, tenant, environment_id)
 
     async def windows_of_environment(self, tenant: UUID, eid: UUID) -> list[repo.StoredWindow]:
         return await repo.windows_of_environment(self.conn, tenant, eid)

@@ -107,7 +107,7 @@ class DeployQueue(HandlerBase):
         """
         p = stored.promotion
         await store.lock_deploy_queue(p.tenant_id, p.target_environment_id)
-        queue = [q.promotion for q in await store.deploy_queue(p.tenant_id, p.target_environment_id)]
+        queue = [q.promotion for q in await store.deploy_queue_front(p.tenant_id, p.target_environment_id)]
         now = self.clock()
         if step is not None:
             stored.deploy_step = {**step.model_dump(mode="json"), "outputs": outputs}
@@ -151,7 +151,7 @@ class DeployQueue(HandlerBase):
         """
         tenant, environment_id = freed.tenant_id, freed.target_environment_id
         await store.lock_deploy_queue(tenant, environment_id)
-        queue = await store.deploy_queue(tenant, environment_id)
+        queue = await store.deploy_queue_front(tenant, environment_id)
         head = next_to_deploy([q.promotion for q in queue], environment_id)
         if head is None:
             return []
