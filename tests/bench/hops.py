@@ -5,7 +5,9 @@ Starts the system as ``promotions.py`` does, with ``tests/bench/hops_probe`` on 
 received from NATS), makes the releases, then promotes them into a 0-approval environment **one at a time**,
 each until its decision and its ``release_decision`` packet are published. The counts over an idle window of
 the same length (relays and timers polling) are taken off. Prints the table per process, divided by the number
-of promotions.
+of promotions: statements, transactions, messages, the CPU milliseconds of each process and the milliseconds
+its statements waited for Postgres (round trip and execution), and the time to the decision one promotion
+takes with the system otherwise idle.
 
     uv run python tests/bench/hops.py [--promotions N] [--detail]
 """
@@ -28,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from stella.contracts import evidence
-from stella.testing.system import System, sandbox
+from stella.testing.system import System, percentile, sandbox
 
 sys.path.insert(0, str(Path(__file__).parent))
 promotions: Any = importlib.import_module("promotions")  # the system, releases and watch of promotions.py
@@ -43,13 +45,15 @@ PROBE = Path(__file__).parent / "hops_probe"
 
 
 def snapshot(system: System, where: Path) -> dict[str, dict[str, Counter[str]]]:
+    cpu = system.cpu_ms()
     for proc in system.procs.values():
         os.kill(proc.pid, signal.SIGUSR1)
     time.sleep(1.0)
     counts: dict[str, dict[str, Counter[str]]] = {}
     for name, proc in system.procs.items():
         data = json.loads((where / f"{proc.pid}.json").read_text())
-        counts[name] = {kind: Counter(data[kind]) for kind in ("sql", "published", "received")}
+        counts[name] = {kind: Counter(data[kind]) for kind in ("sql", "sqlt", "published", "received")}
+        counts[name]["cpu"] = Counter({"ms": cpu[name]})
     return counts
 
 
@@ -81,10 +85,13 @@ async def main(args: argparse.Namespace) -> int:
                 first = snapshot(system, where)
                 started = time.perf_counter()
                 outcomes: Counter[str] = Counter()
+                to_decision: list[float] = []
                 for release in releases:
                     body = {"release_id": release, "target_environment_id": dev["id"], "reason": "hops"}
+                    asked = time.perf_counter()
                     created = await system.call(session, "POST", "/promotions", body)
                     await asyncio.wait_for(watch.wait(created["id"]), timeout=60)
+                    to_decision.append(watch.decided[created["id"]][0] - asked)
                     while created["id"] not in watch.packets:
                         await asyncio.sleep(0.02)
                     outcomes[watch.decided[created["id"]][1]] += 1
@@ -98,7 +105,22 @@ async def main(args: argparse.Namespace) -> int:
     busy, idle = delta(first, second), delta(second, third)
     n = args.promotions
     print(f"{n} promotions one at a time in {busy_s:.1f} s, outcomes {dict(outcomes)}; idle window subtracted")
-    columns = {"stmts": 6, "tx": 5, "savept": 6, "js pub": 6, "acks": 5, "fetch": 5, "replies": 7, "recv": 5}
+    print(
+        f"request to decision, one at a time: p50 {1000 * percentile(to_decision, 0.5):.1f} ms, "
+        f"max {1000 * max(to_decision):.1f} ms"
+    )
+    columns = {
+        "stmts": 6,
+        "tx": 5,
+        "savept": 6,
+        "js pub": 6,
+        "acks": 5,
+        "fetch": 5,
+        "replies": 7,
+        "recv": 5,
+        "cpu ms": 7,
+        "db ms": 6,
+    }
     print(f"{'process':<11} " + " ".join(f"{k:>{w}}" for k, w in columns.items()))
     totals: Counter[str] = Counter()
     for name in (*SERVICES, "gateway"):
@@ -113,14 +135,20 @@ async def main(args: argparse.Namespace) -> int:
             "fetch": pub["$JS.API.CONSUMER.MSG.NEXT (fetch)"] / n,
             "replies": pub["_INBOX (reply)"] / n,
             "recv": sum(v for k, v in recv.items() if not k.startswith(("_INBOX", "$JS"))) / n,
+            # CPU of the process, and the time its statements waited for Postgres (both in ms per promotion)
+            "cpu ms": net["cpu"]["ms"] / n,
+            "db ms": 1000 * sum(net["sqlt"].values()) / n,
         }
         totals.update(row)
         print(f"{name:<11} " + " ".join(f"{row[k]:>{w}.1f}" for k, w in columns.items()))
         if args.detail:
             for kind, counter in net.items():
+                if kind in ("cpu", "sqlt"):
+                    continue
                 for key, value in sorted(counter.items(), key=lambda i: -i[1]):
                     if value / n >= 0.5:
-                        print(f"    {kind:<9} {value / n:5.1f}  {key}")
+                        took = f"{1000 * net['sqlt'][key] / n:6.2f} ms" if kind == "sql" else " " * 9
+                        print(f"    {kind:<9} {value / n:5.1f} {took}  {key}")
     print(f"{'total':<11} " + " ".join(f"{totals[k]:>{w}.1f}" for k, w in columns.items()))
     return 0
 

@@ -1,4 +1,4 @@
-"""Counts a process's Postgres statements and NATS messages, for ``tests/bench/hops.py``.
+"""Counts (and times) a process's Postgres statements, and counts its NATS messages, for ``tests/bench/hops.py``.
 
 Loaded by every process that bench starts (its directory is put first on ``PYTHONPATH``); inert unless
 ``STELLA_HOPS_DIR`` is set. ``SIGUSR1`` writes the counts so far to ``$STELLA_HOPS_DIR/<pid>.json``.
@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -22,6 +23,7 @@ def _install() -> None:
     import nats.aio.client
 
     sql: Counter[str] = Counter()
+    sqlt: Counter[str] = Counter()
     out: Counter[str] = Counter()
     received: Counter[str] = Counter()
     namespace = os.environ.get("STELLA_NATS_NAMESPACE", "")
@@ -46,12 +48,23 @@ def _install() -> None:
 
     async def counted_execute(self: Any, query: str, *args: Any, **kw: Any) -> Any:
         if not args:
-            sql[statement(query)] += 1  # with arguments it goes through _execute, counted there
+            key = statement(query)
+            sql[key] += 1  # with arguments it goes through _execute, counted there
+            t = time.perf_counter()
+            try:
+                return await execute(self, query, *args, **kw)
+            finally:
+                sqlt[key] += time.perf_counter() - t
         return await execute(self, query, *args, **kw)
 
     async def counted_run(self: Any, query: str, *args: Any, **kw: Any) -> Any:
-        sql[statement(query)] += 1
-        return await run(self, query, *args, **kw)
+        key = statement(query)
+        sql[key] += 1
+        t = time.perf_counter()
+        try:
+            return await run(self, query, *args, **kw)
+        finally:
+            sqlt[key] += time.perf_counter() - t
 
     async def counted_many(self: Any, query: str, *args: Any, **kw: Any) -> Any:
         sql[statement(query)] += 1
@@ -77,7 +90,7 @@ def _install() -> None:
         argv = " ".join(sys.argv)
         path = os.path.join(_DIR, f"{os.getpid()}.json")
         with open(path + ".tmp", "w") as f:
-            json.dump({"argv": argv, "sql": sql, "published": out, "received": received}, f)
+            json.dump({"argv": argv, "sql": sql, "sqlt": sqlt, "published": out, "received": received}, f)
         os.replace(path + ".tmp", path)
 
     signal.signal(signal.SIGUSR1, dump)
