@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from nats.aio.client import Client
 from standardwebhooks import Webhook
 
@@ -350,3 +351,28 @@ async def test_task_progress_is_projected_onto_the_tenants_stream_about_its_job_
         c.LIST_EVENTS, c.ListEvents, resource=f"promotions/{promotion_id}"
     )
     assert elsewhere.data["items"] == []
+
+
+async def test_delivery_loops_are_woken_only_when_a_webhook_takes_the_event(
+    events: Harness, receiver: Receiver
+) -> None:
+    tenant = events.caller.tenant_id
+    woken: list[str] = []
+    listener = await asyncpg.connect(events.app.runtime.settings.database_url)
+    schema = events.app.runtime.schema
+    try:
+        await listener.add_listener(f"stella_deliveries_{schema}", lambda *args: woken.append(args[2]))
+        # No webhook takes the event: it is projected and published, and no delivery loop is woken.
+        async with collect_messages(events.nats, events.names.subject(f"stella.public.{tenant}.>")) as published:
+            await events.publish_internal(promotion.PROMOTION_APPROVED, promotion_changed(tenant))
+            await published.wait(1)
+        await asyncio.sleep(0.3)
+        assert woken == []
+        # A webhook takes the next one: its delivery wakes the loops once.
+        await _webhook(events, receiver.url, event_types=["org.stellaops.promotion.*"])
+        await events.publish_internal(promotion.PROMOTION_APPROVED, promotion_changed(tenant))
+        await receiver.wait(lambda requests: len(requests) == 1)
+        await asyncio.sleep(0.3)
+        assert woken == [f"stella_deliveries_{schema}"]
+    finally:
+        await listener.close()
