@@ -15,7 +15,7 @@ from nats.js.errors import NotFoundError
 
 from stella.contracts.envelope import Event
 from stella.contracts.streams import EVENTS
-from stella.kit.broker import EventRoutes, consumer_config, declare_streams
+from stella.kit.broker import EventRoutes, claim_inbox, consumer_config, declare_streams
 from stella.kit.naming import Names
 from stella.kit.service import ServiceRuntime
 from stella.kit.settings import ServiceSettings
@@ -134,3 +134,60 @@ async def test_a_wildcard_consumer_of_an_earlier_version_is_retired_without_losi
     await _wait_for(seen, {("added", "after")})
     await asyncio.sleep(0.3)
     assert sorted(seen) == sorted([("added", "waiting"), ("removed", "waiting-removal"), ("added", "after")])
+
+
+async def test_a_handler_that_owns_its_transaction_gets_what_was_prepared_and_its_event_is_acked_after_it(
+    start_runtime, nats: Client
+) -> None:
+    calls: list[tuple[str, str, bool]] = []
+
+    def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
+        routes = EventRoutes("kittest", "owned", "stella.evt.kittest.>", lambda: runtime.pool, per_subject=True)
+
+        async def prepare(event: ItemEvent) -> str:
+            return event.name.upper()
+
+        async def handle(event: ItemEvent, prepared: str) -> None:
+            # Its own transaction, the inbox row of the route's consumer claimed in it.
+            async with runtime.pool.acquire() as conn, conn.transaction():
+                claimed = await claim_inbox(conn, routes.consumer, event.message_id)
+                if claimed:
+                    await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, prepared)
+            calls.append((event.name, prepared, claimed))
+
+        routes.on_owned(ADDED, ItemEvent, prepare, handle)
+        routes.attach(router, runtime)
+
+    runtime = await start_runtime(register)
+    js = nats.jetstream()
+    event = ItemEvent(name="owned", tenant_id=uuid.uuid4(), correlation_id=uuid.uuid4())
+    await js.publish(runtime.names.subject(ADDED), event.model_dump_json().encode())
+    # The same event again, past the stream's duplicate window: its inbox row makes it a no-op.
+    await js.publish(runtime.names.subject(ADDED), event.model_dump_json().encode())
+    for _ in range(300):
+        if len(calls) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert calls == [("owned", "OWNED", True), ("owned", "OWNED", False)]
+    async with runtime.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM items WHERE name = 'OWNED'") == 1
+    info = await js.consumer_info(runtime.names.stream(EVENTS), "kittest-owned-item-added")
+    for _ in range(100):
+        if info.num_ack_pending == 0 and info.num_pending == 0:
+            break
+        await asyncio.sleep(0.05)
+        info = await js.consumer_info(runtime.names.stream(EVENTS), "kittest-owned-item-added")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+def test_an_ordered_batch_consumer_cannot_take_a_handler_that_owns_its_transaction() -> None:
+    routes = EventRoutes("kittest", "items", "stella.evt.kittest.>", lambda: None, batch_size=8)
+
+    async def handle(event: ItemEvent, prepared: None) -> None:
+        return None
+
+    async def prepare(event: ItemEvent) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="its own transaction"):
+        routes.on_owned(ADDED, ItemEvent, prepare, handle)

@@ -289,6 +289,43 @@ async def test_a_decision_is_recorded_when_it_is_announced_and_the_evidence_step
     assert await _fetchval(evidence_app, "SELECT count(*) FROM outbox WHERE subject = $1", PACKET_CREATED) == 2
 
 
+async def test_decisions_announced_together_are_appended_in_the_appenders_batches_once_each(
+    caller: Caller, upstream: Upstream, evidence_app: EvidenceApp, nats: Client
+) -> None:
+    """Decision packets take the group commit of the other appends: each event's inbox row is claimed in the
+    batch's transaction, and the same event delivered again appends nothing."""
+    names = evidence_app.runtime.names
+    js = nats.jetstream()
+    assert evidence_app.handlers is not None
+    stats = evidence_app.handlers.appender.stats
+    before = stats.packets
+    views = [promotion_view(uuid.uuid4()) for _ in range(12)]
+    for view in views:
+        upstream.promotions[view.id] = [view]
+    await upstream.start()
+    events = [PromotionChanged(tenant_id=caller.tenant_id, correlation_id=uuid.uuid4(), promotion=v) for v in views]
+    async with collect_messages(js, names.subject(PACKET_CREATED)) as created:
+        for event in events:
+            await js.publish(names.subject(PROMOTION_APPROVED), event.model_dump_json().encode())
+        packets = [PacketCreated.model_validate_json(m.data) for m in await created.wait(12)]
+    assert sorted(str(p.promotion_id) for p in packets) == sorted(str(v.id) for v in views)
+    assert [p.sequence for p in sorted(packets, key=lambda p: p.sequence)] == list(range(1, 13))
+    assert stats.packets - before == 12  # every one through a batch, none alone
+    consumer = "evidence-promotion-decisions"
+    inbox = "SELECT count(*) FROM inbox WHERE consumer = $1 AND message_id = ANY($2::uuid[])"
+    assert await _fetchval(evidence_app, inbox, consumer, [e.message_id for e in events]) == 12
+    # The first event delivered again (past the stream's duplicate window): its inbox row drops it.
+    await js.publish(
+        names.subject(PROMOTION_APPROVED),
+        events[0].model_dump_json().encode(),
+        headers={"Nats-Msg-Id": f"{events[0].message_id}:again"},
+    )
+    await asyncio.sleep(0.5)
+    assert await _fetchval(evidence_app, "SELECT count(*) FROM packets") == 12
+    assert await _fetchval(evidence_app, "SELECT count(*) FROM outbox WHERE subject = $1", PACKET_CREATED) == 12
+    assert stats.packets - before == 12
+
+
 async def test_a_packet_given_with_a_source_key_is_stored_once_per_key(
     caller: Caller, evidence_app: EvidenceApp
 ) -> None:

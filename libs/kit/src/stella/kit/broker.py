@@ -70,6 +70,8 @@ CommandHandler = Callable[[Any], Awaitable[Reply]]
 QueryHandler = Callable[[Any], Awaitable[Reply]]
 EventHandler = Callable[[Any, asyncpg.Connection], Awaitable[None]]
 PreparedEventHandler = Callable[[Any, asyncpg.Connection, Any], Awaitable[None]]
+OwnedEventHandler = Callable[[Any, Any], Awaitable[None]]
+"""``handler(event, prepared)`` that opens its own transaction and claims the event's inbox row in it."""
 """An event handler that also takes what its ``prepare`` step read before the transaction opened."""
 EventBinder = Callable[[Any], Awaitable[EventHandler]]
 """An event route's step before the transaction: it reads what the handler needs and binds the handler to it."""
@@ -615,12 +617,22 @@ def _failure(code: str, status: int, detail: str) -> dict[str, Any]:
     )
 
 
+async def _no_transaction_handler(event: Any, conn: asyncpg.Connection) -> None:
+    raise RuntimeError("an event whose handler owns its transaction was handled in another")
+
+
+async def _owned_binder(event: Any) -> EventHandler:
+    return _no_transaction_handler
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A parsed event and the handler that runs it in the transaction (bound to what ``prepare`` read)."""
 
     event: Event
     handler: EventHandler
+    owned: Callable[[], Awaitable[None]] | None = None
+    """Set for a route whose handler owns its transaction (:meth:`EventRoutes.on_owned`): runs it whole."""
 
 
 class EventRoutes:
@@ -672,6 +684,9 @@ class EventRoutes:
         self.per_subject = per_subject
         self.deliver_policy = DeliverPolicy.NEW if from_now else DeliverPolicy.ALL
         self.routes: dict[str, tuple[type[Event], EventBinder]] = {}
+        self.owned: set[str] = set()
+        """Routed subjects whose handlers own their transactions (:meth:`on_owned`)."""
+        self._owned_handlers: dict[str, tuple[Callable[[Any], Awaitable[Any]], OwnedEventHandler]] = {}
 
     def on(self, subject: str, model: type[Event], handler: EventHandler) -> None:
         """Route ``subject`` (under this consumer's filter) to ``handler(event, conn)``."""
@@ -703,6 +718,22 @@ class EventRoutes:
 
         self.routes[subject] = (model, bind)
 
+    def on_owned(
+        self, subject: str, model: type[Event], prepare: Callable[[Any], Awaitable[Any]], handler: OwnedEventHandler
+    ) -> None:
+        """Route ``subject`` to ``handler(event, await prepare(event))``, which opens its own transaction.
+
+        For a handler that writes together with other work (a group commit): it must claim the event's inbox
+        row of this consumer (:attr:`consumer`) in the transaction that makes its effect, so a redelivered
+        event has one effect, and return only once that transaction committed (the event is acknowledged
+        then). Unordered consumers only: an ordered batch consumer handles its events in its own transaction.
+        """
+        if self.batch_size > 1:
+            raise ValueError("an ordered batch consumer handles its events in its own transaction")
+        self.owned.add(subject)
+        self.routes[subject] = (model, _owned_binder)
+        self._owned_handlers[subject] = (prepare, handler)
+
     async def prepare(self, raw: Msg, names: Names) -> Prepared | None:
         """Parse one delivery and run its route's ``prepare`` step, before any transaction opens.
 
@@ -719,12 +750,19 @@ class EventRoutes:
             return None
         model, bind = route
         event = parse(model, raw.data)
+        owned = self._owned_handlers.get(local)
+        if owned is not None:
+            prepare, handler = owned
+            read = await prepare(event)
+            return Prepared(event, _no_transaction_handler, lambda: handler(event, read))
         return Prepared(event, await bind(event))
 
     async def apply(self, conn: asyncpg.Connection, ready: Prepared | None) -> None:
         """Handle one prepared delivery in ``conn``'s open transaction: claim it in the inbox, then run its handler."""
         if ready is None:
             return  # an event this consumer does not handle
+        if ready.owned is not None:
+            raise RuntimeError(f"{self.consumer}: an event whose handler owns its transaction was applied in another")
         _bind_context(ready.event)
         if await claim_inbox(conn, self.consumer, ready.event.message_id):
             await ready.handler(ready.event, conn)
@@ -738,6 +776,8 @@ class EventRoutes:
     def attach(self, router: NatsRouter, host: Host) -> None:
         """Register the durable consumer(s) on ``router`` (an ordered batch consumer on ``host``)."""
         if self.batch_size > 1:
+            if self.owned:
+                raise ValueError("an ordered batch consumer handles its events in its own transaction")
             host.batch_consumers.append(OrderedBatchConsumer(self, host))
             return
         if not self.per_subject:
@@ -764,6 +804,10 @@ class EventRoutes:
             ready = await self.prepare(raw, names)
             if ready is None:
                 return  # an event this consumer does not handle: acked without a connection or transaction
+            if ready.owned is not None:
+                _bind_context(ready.event)
+                await ready.owned()
+                return
             async with self.pool().acquire() as conn, conn.transaction():
                 await self.apply(conn, ready)
 

@@ -7,7 +7,9 @@ appends it in one transaction: the commands' inbox rows claimed in one statement
 tenant in the batch taken in sorted order, the signing key read once, each chain's head read once (one query
 for all), the packets built on it in arrival order, each signed in memory, and the packets, the outbox events
 and the stored replies written in one round trip each. One commit (one WAL flush) then serves the batch, and
-each command is answered and acknowledged after it.
+each command is answered and acknowledged after it. Events that append a packet (a promotion's decision
+announced) join the same batches: their inbox rows, of their own consumer, are claimed with the commands'
+(no reply is kept for an event), and each is acknowledged after the commit.
 
 What is kept from one transaction per command:
 
@@ -63,7 +65,12 @@ class PacketRequest:
 
 @dataclass
 class _Pending:
-    command: Command
+    message: Message
+    """The command, or the event, that appends the packet (its tenant's chain, its inbox row)."""
+    consumer: str
+    """The inbox consumer that handles ``message``."""
+    keeps_reply: bool
+    """Whether the reply is stored with the inbox row (a command, answered again when repeated; not an event)."""
     request: PacketRequest
     effects: Effects
     alone: Callable[[], Coroutine[Any, Any, Reply]]
@@ -147,9 +154,27 @@ class ChainAppender:
         Raises:
             Exception: What ``alone`` raised, when the command had to be handled alone and failed.
         """
+        return await self._enqueue(_Pending(command, self.consumer, True, request, effects, alone))
+
+    async def append_event(
+        self,
+        event: Message,
+        consumer: str,
+        request: PacketRequest,
+        effects: Effects,
+        alone: Callable[[], Coroutine[Any, Any, Reply]],
+    ) -> None:
+        """Append ``request``'s packet for an event of inbox consumer ``consumer`` with the next batch.
+
+        The event's inbox row is claimed in the batch's transaction (no reply is kept); ``alone`` handles the
+        event in a transaction of its own (claiming the same row) when the batch cannot be appended, and for an
+        event handled before, which it then leaves alone. Returns once the packet is committed.
+        """
+        await self._enqueue(_Pending(event, consumer, False, request, effects, alone))
+
+    async def _enqueue(self, pending: _Pending) -> Reply:
         if self.max_batch <= 1:
-            return await alone()
-        pending = _Pending(command, request, effects, alone)
+            return await pending.alone()
         self._waiting.append(pending)
         if self._writer is None or self._writer.done():
             # In a context of its own: the batch is no one command's work, each outbox row carries its command's
@@ -205,21 +230,29 @@ class ChainAppender:
         """Append ``batch`` in one transaction; a command's reply, or None for one to handle alone afterwards."""
         replies: list[Reply | None] = [None] * len(batch)
         async with self._pool().acquire() as conn, conn.transaction():
-            # Claimed in id order: two replicas' batches holding the same redelivered commands cannot deadlock.
-            claimed = await claim_inbox_many(conn, self.consumer, sorted({p.command.message_id for p in batch}))
+            # Claimed in (consumer, id) order: two replicas' batches holding the same redelivered messages cannot
+            # deadlock.
+            wanted: dict[str, set[UUID]] = {}
+            for pending in batch:
+                wanted.setdefault(pending.consumer, set()).add(pending.message.message_id)
+            claimed: set[tuple[str, UUID]] = set()
+            for consumer in sorted(wanted):
+                ids = await claim_inbox_many(conn, consumer, sorted(wanted[consumer]))
+                claimed.update((consumer, message_id) for message_id in ids)
             fresh: list[int] = []
             for i, pending in enumerate(batch):
-                # A command handled before (or named twice in the batch) is answered by ``alone`` after the
-                # commit, from its stored reply.
-                if pending.command.message_id in claimed:
-                    claimed.discard(pending.command.message_id)
+                # A message handled before (or named twice in the batch) is left to ``alone`` after the commit:
+                # a command is answered from its stored reply, an event is dropped.
+                key = (pending.consumer, pending.message.message_id)
+                if key in claimed:
+                    claimed.discard(key)
                     fresh.append(i)
             if not fresh:
                 return replies
-            tenants = await repo.lock_chains(conn, (batch[i].command.tenant_id for i in fresh))
+            tenants = await repo.lock_chains(conn, (batch[i].message.tenant_id for i in fresh))
             signer = await self.signer.current(conn)
             found = await repo.packets_by_source(
-                conn, list({(batch[i].command.tenant_id, batch[i].request.source_key) for i in fresh})
+                conn, list({(batch[i].message.tenant_id, batch[i].request.source_key) for i in fresh})
             )
             heads = await repo.chain_heads(conn, tenants)
             now = self.clock()
@@ -228,7 +261,7 @@ class ChainAppender:
             stored_replies: list[tuple[UUID, Reply]] = []
             for i in fresh:
                 pending = batch[i]
-                tenant, request = pending.command.tenant_id, pending.request
+                tenant, request = pending.message.tenant_id, pending.request
                 source = (tenant, request.source_key)
                 stored = found.get(source)
                 if stored is None:
@@ -259,7 +292,8 @@ class ChainAppender:
                     for subject, e in messages
                 )
                 reply = Reply.success(data)
-                stored_replies.append((pending.command.message_id, reply))
+                if pending.keeps_reply:
+                    stored_replies.append((pending.message.message_id, reply))
                 replies[i] = reply
             await repo.insert_packets(conn, created)
             await add_messages(conn, events)

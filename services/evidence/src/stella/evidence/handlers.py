@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from uuid import UUID, uuid4, uuid5
@@ -65,7 +65,7 @@ from stella.evidence.packet import (
 from stella.evidence.signing import ActiveSigner
 from stella.evidence.tree import Checkpointer, StoredCheckpoint
 from stella.kit.asking import Refused, ask
-from stella.kit.broker import CommandProcessor, PoisonMessage, ServiceClient
+from stella.kit.broker import CommandProcessor, PoisonMessage, ServiceClient, claim_inbox
 from stella.kit.errors import error_detail
 from stella.kit.outbox import add_events
 from stella.kit.pagination import decode_cursor, encode_cursor, int64
@@ -363,20 +363,45 @@ class Handlers:
             # Built from the event and stored facts: every delivery would fail alike.
             raise PoisonMessage(f"evidence of promotion {promotion.id} cannot be recorded: {exc}") from None
 
-    async def on_promotion_decided(
-        self, event: PromotionChanged, conn: asyncpg.Connection, content: dict[str, Any] | None
-    ) -> None:
-        """A promotion was approved or rejected: its ``release_decision`` packet, recorded now.
+    def on_promotion_decided(
+        self, consumer: str
+    ) -> Callable[[PromotionChanged, dict[str, Any] | None], Awaitable[None]]:
+        """The handler of inbox consumer ``consumer`` for approved and rejected promotions: their
+        ``release_decision`` packet, recorded now, with the appender's next batch (group commit).
 
         The same decision has the same source key whichever records it first, this or the workflow's
-        evidence step (which then completes with this packet), so a decision is recorded once.
+        evidence step (which then completes with this packet), so a decision is recorded once. The event's
+        inbox row is claimed in the transaction that appends the packet, so a redelivered event appends
+        nothing; the handler returns (and the event is acknowledged) once that transaction committed.
         """
-        if content is None:
-            return
-        promotion = event.promotion
-        await self._append_event(
-            conn, event, PacketType.RELEASE_DECISION, promotion.id, content, domain.release_decision_key(promotion)
-        )
+
+        async def decided(event: PromotionChanged, content: dict[str, Any] | None) -> None:
+            if content is None:
+                return
+            try:
+                validate_content(content)
+            except EvidenceContentError as exc:
+                # Built from the event and stored facts: every delivery would fail alike.
+                raise PoisonMessage(f"release_decision evidence cannot be recorded: {exc}") from None
+            promotion = event.promotion
+            request = PacketRequest(
+                PacketType.RELEASE_DECISION, promotion.id, content, domain.release_decision_key(promotion)
+            )
+
+            def effects(stored: StoredPacket, created: bool) -> tuple[list[tuple[str, Message]], Any]:
+                return ([(PACKET_CREATED, self._created(event, stored))] if created else []), None
+
+            async def alone() -> Reply:
+                async with self._pool().acquire() as conn, conn.transaction():
+                    if await claim_inbox(conn, consumer, event.message_id):
+                        await self._append_event(
+                            conn, event, request.packet_type, promotion.id, content, request.source_key
+                        )
+                return Reply.success(None)
+
+            await self.appender.append_event(event, consumer, request, effects, alone)
+
+        return decided
 
     async def _append_event(
         self,

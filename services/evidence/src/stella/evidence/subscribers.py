@@ -44,8 +44,10 @@ def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers, pr
         per_subject=True,
         from_now=True,
     )
-    decisions.on_prepared(p.PROMOTION_APPROVED, p.PromotionChanged, handlers.decision_of, handlers.on_promotion_decided)
-    decisions.on_prepared(p.PROMOTION_REJECTED, p.PromotionChanged, handlers.decision_of, handlers.on_promotion_decided)
+    # Appended with the evidence steps' and other packets' next batch (group commit), inbox row included.
+    decided = handlers.on_promotion_decided(decisions.consumer)
+    decisions.on_owned(p.PROMOTION_APPROVED, p.PromotionChanged, handlers.decision_of, decided)
+    decisions.on_owned(p.PROMOTION_REJECTED, p.PromotionChanged, handlers.decision_of, decided)
     decisions.attach(router, runtime)
 
     deployments = EventRoutes(
