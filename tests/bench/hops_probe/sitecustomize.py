@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 _DIR = os.environ.get("STELLA_HOPS_DIR")
@@ -23,7 +23,7 @@ def _install() -> None:
     import nats.aio.client
 
     sql: Counter[str] = Counter()
-    sqlt: Counter[str] = Counter()
+    sqlt: dict[str, float] = defaultdict(float)
     out: Counter[str] = Counter()
     received: Counter[str] = Counter()
     namespace = os.environ.get("STELLA_NATS_NAMESPACE", "")
