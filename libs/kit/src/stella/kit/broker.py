@@ -70,9 +70,9 @@ CommandHandler = Callable[[Any], Awaitable[Reply]]
 QueryHandler = Callable[[Any], Awaitable[Reply]]
 EventHandler = Callable[[Any, asyncpg.Connection], Awaitable[None]]
 PreparedEventHandler = Callable[[Any, asyncpg.Connection, Any], Awaitable[None]]
+"""An event handler that also takes what its ``prepare`` step read before the transaction opened."""
 OwnedEventHandler = Callable[[Any, Any], Awaitable[None]]
 """``handler(event, prepared)`` that opens its own transaction and claims the event's inbox row in it."""
-"""An event handler that also takes what its ``prepare`` step read before the transaction opened."""
 EventBinder = Callable[[Any], Awaitable[EventHandler]]
 """An event route's step before the transaction: it reads what the handler needs and binds the handler to it."""
 
