@@ -46,29 +46,25 @@ def _install() -> None:
     execute, run = conn_cls.execute, conn_cls._execute
     executemany = conn_cls.executemany
 
-    async def counted_execute(self: Any, query: str, *args: Any, **kw: Any) -> Any:
-        if not args:
-            key = statement(query)
-            sql[key] += 1  # with arguments it goes through _execute, counted there
-            t = time.perf_counter()
-            try:
-                return await execute(self, query, *args, **kw)
-            finally:
-                sqlt[key] += time.perf_counter() - t
-        return await execute(self, query, *args, **kw)
-
-    async def counted_run(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+    async def timed(query: str, call: Any) -> Any:
         key = statement(query)
         sql[key] += 1
-        t = time.perf_counter()
+        started = time.perf_counter()
         try:
-            return await run(self, query, *args, **kw)
+            return await call
         finally:
-            sqlt[key] += time.perf_counter() - t
+            sqlt[key] += time.perf_counter() - started
+
+    async def counted_execute(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+        if args:  # with arguments it goes through _execute, counted there
+            return await execute(self, query, *args, **kw)
+        return await timed(query, execute(self, query, *args, **kw))
+
+    async def counted_run(self: Any, query: str, *args: Any, **kw: Any) -> Any:
+        return await timed(query, run(self, query, *args, **kw))
 
     async def counted_many(self: Any, query: str, *args: Any, **kw: Any) -> Any:
-        sql[statement(query)] += 1
-        return await executemany(self, query, *args, **kw)
+        return await timed(query, executemany(self, query, *args, **kw))
 
     conn_cls.execute, conn_cls._execute, conn_cls.executemany = counted_execute, counted_run, counted_many
 

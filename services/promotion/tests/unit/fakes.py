@@ -18,6 +18,7 @@ from stella.contracts.envelope import Command, Message, Reply
 from stella.contracts.promotion import EnvironmentView, PromotionView
 from stella.kit.errors import error_detail, is_reportable
 from stella.promotion import repo
+from stella.promotion.domain.promotion import deploy_order
 from stella.promotion.domain.status import PromotionStatus
 from stella.promotion.store import PromotionStore
 
@@ -107,13 +108,7 @@ class FakeStore:
             and s.promotion.cleared_at is None
             and s.deploy_step is not None
         ]
-        waiting.sort(
-            key=lambda s: (
-                s.promotion.approved_at or s.promotion.updated_at,
-                s.promotion.requested_at,
-                str(s.promotion.id),
-            )
-        )
+        waiting.sort(key=lambda s: deploy_order(s.promotion))
         return holders + waiting[:1]
 
     async def windows_of_environment(self, tenant: UUID, eid: UUID) -> list[repo.StoredWindow]:

@@ -684,9 +684,7 @@ class EventRoutes:
         self.per_subject = per_subject
         self.deliver_policy = DeliverPolicy.NEW if from_now else DeliverPolicy.ALL
         self.routes: dict[str, tuple[type[Event], EventBinder]] = {}
-        self.owned: set[str] = set()
-        """Routed subjects whose handlers own their transactions (:meth:`on_owned`)."""
-        self._owned_handlers: dict[str, tuple[Callable[[Any], Awaitable[Any]], OwnedEventHandler]] = {}
+        self._owned: dict[str, tuple[Callable[[Any], Awaitable[Any]], OwnedEventHandler]] = {}
 
     def on(self, subject: str, model: type[Event], handler: EventHandler) -> None:
         """Route ``subject`` (under this consumer's filter) to ``handler(event, conn)``."""
@@ -730,9 +728,8 @@ class EventRoutes:
         """
         if self.batch_size > 1:
             raise ValueError("an ordered batch consumer handles its events in its own transaction")
-        self.owned.add(subject)
         self.routes[subject] = (model, _owned_binder)
-        self._owned_handlers[subject] = (prepare, handler)
+        self._owned[subject] = (prepare, handler)
 
     async def prepare(self, raw: Msg, names: Names) -> Prepared | None:
         """Parse one delivery and run its route's ``prepare`` step, before any transaction opens.
@@ -750,7 +747,7 @@ class EventRoutes:
             return None
         model, bind = route
         event = parse(model, raw.data)
-        owned = self._owned_handlers.get(local)
+        owned = self._owned.get(local)
         if owned is not None:
             prepare, handler = owned
             read = await prepare(event)
@@ -761,8 +758,6 @@ class EventRoutes:
         """Handle one prepared delivery in ``conn``'s open transaction: claim it in the inbox, then run its handler."""
         if ready is None:
             return  # an event this consumer does not handle
-        if ready.owned is not None:
-            raise RuntimeError(f"{self.consumer}: an event whose handler owns its transaction was applied in another")
         _bind_context(ready.event)
         if await claim_inbox(conn, self.consumer, ready.event.message_id):
             await ready.handler(ready.event, conn)
@@ -776,8 +771,6 @@ class EventRoutes:
     def attach(self, router: NatsRouter, host: Host) -> None:
         """Register the durable consumer(s) on ``router`` (an ordered batch consumer on ``host``)."""
         if self.batch_size > 1:
-            if self.owned:
-                raise ValueError("an ordered batch consumer handles its events in its own transaction")
             host.batch_consumers.append(OrderedBatchConsumer(self, host))
             return
         if not self.per_subject:

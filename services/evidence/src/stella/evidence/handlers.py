@@ -76,6 +76,15 @@ MESSAGE_IDS: Final[UUID] = UUID("0b5f3c52-4a4e-4a8e-9d1e-6a8f2c7e51d3")
 log = logging.getLogger(__name__)
 
 
+def _check_event_content(packet_type: PacketType, content: Mapping[str, Any]) -> None:
+    """Refuse the content of a packet an event makes as a poison message: it is built from the event and
+    stored facts, so every delivery would fail alike."""
+    try:
+        validate_content(content)
+    except EvidenceContentError as exc:
+        raise PoisonMessage(f"{packet_type} evidence cannot be recorded: {exc}") from None
+
+
 class Handlers:
     """The evidence service's command and query handlers."""
 
@@ -378,11 +387,7 @@ class Handlers:
         async def decided(event: PromotionChanged, content: dict[str, Any] | None) -> None:
             if content is None:
                 return
-            try:
-                validate_content(content)
-            except EvidenceContentError as exc:
-                # Built from the event and stored facts: every delivery would fail alike.
-                raise PoisonMessage(f"release_decision evidence cannot be recorded: {exc}") from None
+            _check_event_content(PacketType.RELEASE_DECISION, content)
             promotion = event.promotion
             request = PacketRequest(
                 PacketType.RELEASE_DECISION, promotion.id, content, domain.release_decision_key(promotion)
@@ -412,11 +417,7 @@ class Handlers:
         content: dict[str, Any],
         source_key: str,
     ) -> None:
-        try:
-            validate_content(content)
-        except EvidenceContentError as exc:
-            # Built from the event and the stored release: every delivery would fail alike.
-            raise PoisonMessage(f"{packet_type} evidence cannot be recorded: {exc}") from None
+        _check_event_content(packet_type, content)
         stored, created = await self._append(conn, event, packet_type, promotion_id, content, source_key)
         if created:
             await add_events(conn, [(PACKET_CREATED, self._created(event, stored))])

@@ -162,11 +162,10 @@ UPDATE_PROMOTION = """
            freeze_override = $21, run_check_at = $22, run_checks = $23, cleared_at = $24, deploy_step = $25
      WHERE tenant_id = $1 AND id = $2
 """
-# An environment's deployment queue: the promotion holding its slot and the approved ones waiting with their
-# deploy step held (an approved promotion with neither never deploys: its run had no deploy step).
 # The front of an environment's deployment queue: whoever holds its slot (at most one, by
-# promotions_one_deploy_slot) and the first of the approved promotions waiting in line, in the order of
-# domain.next_to_deploy. Nothing behind the first is read, so a long queue costs one row per change.
+# promotions_one_deploy_slot) and the first of the approved promotions waiting with their deploy step held,
+# in the order of domain.deploy_order (an approved promotion with neither never deploys: its run had no deploy
+# step). Nothing behind the first is read, so a long queue costs one row per change.
 DEPLOY_QUEUE_FRONT = f"""
     (SELECT {_PROMOTION_COLUMNS} FROM promotions
       WHERE tenant_id = $1 AND target_environment_id = $2

@@ -732,7 +732,10 @@ def next_to_deploy(promotions: Iterable[Promotion], environment_id: UUID) -> Pro
             candidates.append(promotion)
     if not candidates:
         return None
-    return min(
-        candidates,
-        key=lambda p: (p.approved_at or p.updated_at, p.requested_at, str(p.id)),
-    )
+    return min(candidates, key=deploy_order)
+
+
+def deploy_order(promotion: Promotion) -> tuple[datetime, datetime, str]:
+    """The place of an approved promotion in its environment's deployment queue: approved first goes first
+    (ties broken by request time, then id). ``repo.DEPLOY_QUEUE_FRONT`` orders its rows the same way."""
+    return (promotion.approved_at or promotion.updated_at, promotion.requested_at, str(promotion.id))
