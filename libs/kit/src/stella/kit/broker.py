@@ -556,8 +556,9 @@ class QueryRoutes:
     Args:
         context: The bounded context (subjects ``stella.rpc.<context>.*``).
         service: The service (its queue group).
-        workers: Queries answered at once by one replica (1: one after the other). More suit a context
-            whose queries mostly wait on the database, like the deployment service's agent channel.
+        workers: Queries answered at once by one replica (1: one after the other), unless the service's
+            ``query_workers`` setting says otherwise. More suit a context whose queries mostly wait on the
+            database, like the deployment service's agent channel.
     """
 
     def __init__(self, context: str, service: str, *, workers: int = 1) -> None:
@@ -580,7 +581,7 @@ class QueryRoutes:
             names.subject(f"stella.rpc.{self.context}.>"),
             queue=self.service,
             title=f"{self.service}-queries",
-            max_workers=max(1, self.workers),
+            max_workers=host.settings.query_workers or max(1, self.workers),
         )
         async def on_query(msg: NatsMessage) -> dict[str, Any]:
             raw: Msg = msg.raw_message

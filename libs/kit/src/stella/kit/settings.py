@@ -96,6 +96,11 @@ class ServiceSettings(BaseSettings):
     ``max_connections`` of 100 (the embedded server's too). Raise it only with ``max_connections``, or put
     PgBouncer in front (``STELLA_DATABASE_POOL_MODE=transaction``)."""
 
+    query_workers: int | None = Field(default=None, ge=1, le=200)
+    """Queries one replica answers at once (``STELLA_<SERVICE>_QUERY_WORKERS``); unset: the service's own
+    default. Each holds a pool connection while it reads; at most ``db_pool_size`` read at once, and any
+    above wait for a connection beside the commands and events."""
+
     db_pool_min_size: int = Field(default=2, ge=0, le=200)
     """Connections the pool opens at start and keeps (at most ``db_pool_size``): a burst then does not start
     by opening connections."""
