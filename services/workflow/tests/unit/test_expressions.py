@@ -6,7 +6,12 @@ from typing import Any
 
 import pytest
 
-from stella.workflow.domain.conditions import EXPRESSION_ENGINE, ExpressionEvaluationError, parse_expression
+from stella.workflow.domain.conditions import (
+    EXPRESSION_ENGINE,
+    ExpressionEvaluationError,
+    bind_context,
+    parse_expression,
+)
 from stella.workflow.domain.errors import ExpressionError
 
 CONTEXT: dict[str, Any] = {
@@ -75,6 +80,24 @@ def test_structured_values_compare_by_content() -> None:
 
 def test_a_path_returns_its_value() -> None:
     assert parse_expression("steps.gate.outputs").evaluate(CONTEXT) == {"result": "allow", "scores": [10, 20]}
+
+
+def test_a_context_converted_once_serves_every_expression_like_the_context_itself() -> None:
+    sources = [
+        "steps.gate.outputs",
+        'steps["health-check"].status == "failed"',
+        "steps.gate.outputs.scores.map(s, s * 2)",
+        "inputs",
+        "{'env': inputs.env, 'n': size(steps.gate.outputs.scores)}",
+    ]
+    bound = bind_context(CONTEXT)
+    for source in sources + sources:  # twice: an evaluation leaves the converted values as they were
+        expression = parse_expression(source)
+        assert expression.evaluate(bound) == expression.evaluate(CONTEXT)
+    assert parse_expression("steps.gate.outputs.scores").evaluate(bound) == [10, 20]
+    with pytest.raises(ExpressionEvaluationError, match="missing"):
+        parse_expression("steps.gate.outputs.missing").evaluate(bound)
+    assert parse_expression("size(inputs)").evaluate(bind_context({})) == 0
 
 
 def test_string_escapes() -> None:

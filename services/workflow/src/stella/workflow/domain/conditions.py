@@ -60,15 +60,15 @@ class Expression:
         """Every variable path the expression reads, as segment tuples, in source order."""
         return self._program.references
 
-    def evaluate(self, context: Mapping[str, Any]) -> Any:
-        """Evaluate over ``context`` (``{"inputs": ..., "steps": ...}``) and return the JSON value.
+    def evaluate(self, context: Mapping[str, Any] | cel.Bindings) -> Any:
+        """Evaluate over ``context`` (``{"inputs": ..., "steps": ...}``, or :func:`bind_context` of it when
+        several expressions read the same one) and return the JSON value.
 
         Raises:
             ExpressionEvaluationError: evaluation failed or exceeded its budget.
         """
-        variables = {root: context.get(root, {}) for root in EXPRESSION_ROOTS}
         try:
-            return self._program.evaluate(variables)
+            return self._program.evaluate(context if isinstance(context, cel.Bindings) else bind_context(context))
         except cel.ExpressionError as exc:
             raise ExpressionEvaluationError(f"{exc} ({EXPRESSION_ENGINE})") from None
 
@@ -84,6 +84,12 @@ class Expression:
                 f"a condition must be true or false, got {type(value).__name__} ({EXPRESSION_ENGINE})"
             )
         return value
+
+
+def bind_context(context: Mapping[str, Any]) -> cel.Bindings:
+    """``context`` (``{"inputs": ..., "steps": ...}``) converted once for several expressions: converting
+    every step's outputs costs more than most expressions' evaluation."""
+    return cel.bind({root: context.get(root, {}) for root in EXPRESSION_ROOTS})
 
 
 def parse_expression(source: str) -> Expression:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from stella.workflow.domain.conditions import ExpressionEvaluationError
+from stella.workflow.domain.conditions import ExpressionEvaluationError, bind_context
 from stella.workflow.domain.errors import ExpressionError, RunNotActive, StepStateConflict
 from stella.workflow.domain.events import (
     RunCompleted,
@@ -261,7 +261,7 @@ def _run_outputs(
     template: WorkflowTemplate, run: WorkflowRun, steps: Mapping[str, StepRun]
 ) -> tuple[dict[str, Any], list[str]]:
     """The run's outputs (``null`` for one that failed) and the errors of those that failed."""
-    context = _context(run.inputs, steps, template.topological_order)
+    context = bind_context(_context(run.inputs, steps, template.topological_order))
     outputs: dict[str, Any] = {}
     errors: list[str] = []
     for name, expr in template._output_expressions.items():
