@@ -40,7 +40,7 @@ import asyncpg
 from stella.contracts.envelope import Command, Message, Reply
 from stella.evidence import repo
 from stella.evidence.domain import StoredPacket
-from stella.evidence.packet import ChainHead, PacketType, build_packet, sign_packet
+from stella.evidence.packet import ChainHead, CheckedContent, PacketType, build_packet, sign_packet
 from stella.evidence.signing import ActiveSigner
 from stella.kit import tracing
 from stella.kit.broker import claim_inbox_many, store_replies
@@ -59,7 +59,9 @@ class PacketRequest:
 
     packet_type: PacketType
     promotion_id: UUID | None
-    content: Mapping[str, Any]
+    content: CheckedContent | Mapping[str, Any]
+    """Checked by the handler that made the request (:func:`~stella.evidence.packet.check_content`), so the
+    batch does not check it again; plain content is checked when its packet is built."""
     source_key: str
 
 

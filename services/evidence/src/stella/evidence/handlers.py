@@ -53,14 +53,15 @@ from stella.evidence.domain import StoredPacket
 from stella.evidence.exports import ExportStore
 from stella.evidence.keys import PublicKey, PublicKeyRing
 from stella.evidence.packet import (
+    CheckedContent,
     EvidenceContentError,
     PacketType,
     SecretInEvidenceError,
     SignedPacket,
     build_packet,
+    check_content,
     reject_secrets,
     sign_packet,
-    validate_content,
 )
 from stella.evidence.signing import ActiveSigner
 from stella.evidence.tree import Checkpointer, StoredCheckpoint
@@ -76,11 +77,13 @@ MESSAGE_IDS: Final[UUID] = UUID("0b5f3c52-4a4e-4a8e-9d1e-6a8f2c7e51d3")
 log = logging.getLogger(__name__)
 
 
-def _check_event_content(packet_type: PacketType, content: Mapping[str, Any]) -> None:
+def _check_event_content(packet_type: PacketType, content: Mapping[str, Any] | CheckedContent) -> CheckedContent:
     """Refuse the content of a packet an event makes as a poison message: it is built from the event and
-    stored facts, so every delivery would fail alike."""
+    stored facts, so every delivery would fail alike. Content checked already is returned as it is."""
+    if isinstance(content, CheckedContent):
+        return content
     try:
-        validate_content(content)
+        return check_content(content)
     except EvidenceContentError as exc:
         raise PoisonMessage(f"{packet_type} evidence cannot be recorded: {exc}") from None
 
@@ -184,7 +187,7 @@ class Handlers:
         request = PacketRequest(PacketType.RELEASE_DECISION, promotion_id, content, key)
         return await self._append_command(cmd, request, effects)
 
-    async def _decision_content(self, cause: Message, promotion: PromotionView) -> dict[str, Any]:
+    async def _decision_content(self, cause: Message, promotion: PromotionView) -> CheckedContent:
         """The checked content of a decided promotion's ``release_decision`` packet (reads its inputs and votes).
 
         Raises:
@@ -192,9 +195,7 @@ class Handlers:
         """
         inputs = await self._decision_inputs(cause, promotion)
         approvals = await self._approvals(cause, promotion.id) if domain.needs_approvals(promotion, inputs) else None
-        content = domain.release_decision_content(promotion, approvals, inputs=inputs)
-        validate_content(content)
-        return content
+        return check_content(domain.release_decision_content(promotion, approvals, inputs=inputs))
 
     async def _fail_step(self, cmd: ExecuteStep, error: str) -> Reply:
         """Report an evidence step that can never succeed as failed (through the outbox, exactly once)."""
@@ -215,7 +216,7 @@ class Handlers:
         round trip of its own asks first.
         """
         try:
-            validate_content(cmd.content)
+            content = check_content(cmd.content)
         except SecretInEvidenceError as exc:
             raise PoisonMessage(str(exc)) from None
         except EvidenceContentError as exc:
@@ -224,7 +225,7 @@ class Handlers:
         request = PacketRequest(
             PacketType(str(cmd.packet_type)),
             cmd.promotion_id,
-            cmd.content,
+            content,
             f"{cmd.packet_type}:{cmd.source_key}" if cmd.source_key else f"command:{cmd.message_id}",
         )
 
@@ -260,7 +261,7 @@ class Handlers:
         cmd: Message,
         packet_type: PacketType,
         promotion_id: UUID | None,
-        content: Mapping[str, Any],
+        content: Mapping[str, Any] | CheckedContent,
         source_key: str,
     ) -> tuple[StoredPacket, bool]:
         """Append a packet to the tenant's chain unless ``source_key`` already made one.
@@ -357,7 +358,7 @@ class Handlers:
 
     # --- promotion decisions ------------------------------------------------------------------------------
 
-    async def decision_of(self, event: PromotionChanged) -> dict[str, Any] | None:
+    async def decision_of(self, event: PromotionChanged) -> CheckedContent | None:
         """Read what a decided promotion's packet needs (its inputs and votes) before the transaction opens.
 
         None for a promotion without a decision record (a run that failed before its gates decided): its
@@ -374,7 +375,7 @@ class Handlers:
 
     def on_promotion_decided(
         self, consumer: str
-    ) -> Callable[[PromotionChanged, dict[str, Any] | None], Awaitable[None]]:
+    ) -> Callable[[PromotionChanged, CheckedContent | None], Awaitable[None]]:
         """The handler of inbox consumer ``consumer`` for approved and rejected promotions: their
         ``release_decision`` packet, recorded now, with the appender's next batch (group commit).
 
@@ -384,10 +385,9 @@ class Handlers:
         nothing; the handler returns (and the event is acknowledged) once that transaction committed.
         """
 
-        async def decided(event: PromotionChanged, content: dict[str, Any] | None) -> None:
+        async def decided(event: PromotionChanged, content: CheckedContent | None) -> None:
             if content is None:
                 return
-            _check_event_content(PacketType.RELEASE_DECISION, content)
             promotion = event.promotion
             request = PacketRequest(
                 PacketType.RELEASE_DECISION, promotion.id, content, domain.release_decision_key(promotion)
@@ -414,11 +414,11 @@ class Handlers:
         event: Message,
         packet_type: PacketType,
         promotion_id: UUID | None,
-        content: dict[str, Any],
+        content: Mapping[str, Any] | CheckedContent,
         source_key: str,
     ) -> None:
-        _check_event_content(packet_type, content)
-        stored, created = await self._append(conn, event, packet_type, promotion_id, content, source_key)
+        checked = _check_event_content(packet_type, content)
+        stored, created = await self._append(conn, event, packet_type, promotion_id, checked, source_key)
         if created:
             await add_events(conn, [(PACKET_CREATED, self._created(event, stored))])
 

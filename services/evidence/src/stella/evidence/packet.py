@@ -280,6 +280,25 @@ def validate_content(content: Mapping[str, Any]) -> dict[str, Any]:
     return normalized
 
 
+@dataclass(frozen=True, slots=True)
+class CheckedContent:
+    """Packet content that :func:`check_content` accepted, held as the plain JSON it returned: a packet built
+    from it (:func:`build_packet`) is not checked again, since checking (the secret scan and RFC 8785) costs
+    more than hashing and signing the packet."""
+
+    value: dict[str, Any]
+
+
+def check_content(content: Mapping[str, Any]) -> CheckedContent:
+    """:func:`validate_content`, kept as :class:`CheckedContent` for the packet built from it later.
+
+    Raises:
+        SecretInEvidenceError: When it holds something that looks like a secret.
+        EvidenceContentError: For any other problem.
+    """
+    return CheckedContent(validate_content(content))
+
+
 def packet_hash_input(
     *,
     packet_id: UUID,
@@ -489,7 +508,7 @@ def build_packet(
     packet_id: UUID,
     tenant_id: UUID,
     packet_type: PacketType | str,
-    content: Mapping[str, Any],
+    content: Mapping[str, Any] | CheckedContent,
     head: ChainHead,
     created_at: datetime,
     signer_key_ref: str,
@@ -505,7 +524,8 @@ def build_packet(
         packet_id: Id of the new packet.
         tenant_id: Its tenant.
         packet_type: What it records.
-        content: The §5 content (see :func:`validate_content`).
+        content: The §5 content (see :func:`validate_content`), checked here unless it is
+            :class:`CheckedContent` already.
         head: The tenant's current chain head (:meth:`ChainHead.empty` for the first packet).
         created_at: Timezone-aware creation time; stored in UTC.
         signer_key_ref: Reference of the key that will sign it.
@@ -520,7 +540,7 @@ def build_packet(
         ValueError: For a naive ``created_at`` or an unknown packet type.
     """
     packet_type = PacketType(packet_type)
-    normalized = validate_content(content)
+    normalized = content.value if isinstance(content, CheckedContent) else validate_content(content)
     created_at = _utc(created_at)
     sequence = head.next_sequence
     previous_hash = head.content_hash
