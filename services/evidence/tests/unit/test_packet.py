@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from stella.contracts.canonical import canonicalize, content_hash
+from stella.evidence import packet as packet_module
 from stella.evidence.dsse import MalformedEnvelopeError, sign_envelope
 from stella.evidence.keys import BadSignatureError, KeyAlgorithm, PublicKeyRing, UnknownKeyError, generate_key
 from stella.evidence.packet import (
@@ -28,6 +29,7 @@ from stella.evidence.packet import (
     SignerMismatchError,
     SubjectMismatchError,
     build_packet,
+    check_content,
     compute_packet_hash_from_content_bytes,
     format_timestamp,
     packet_from_dict,
@@ -152,6 +154,22 @@ def test_content_is_normalized_to_what_is_hashed(content: dict[str, Any]) -> Non
     assert packet.content["decision"]["gates"][0]["details"]["score"] == 1
     content["actors"]["requester"] = "mallory"  # the caller's dict is not shared with the packet
     assert packet.content["actors"]["requester"] == "alice"
+
+
+def test_content_checked_once_builds_the_same_packet_without_a_second_check(
+    content: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    content["decision"]["gates"][0]["details"]["score"] = 1.0
+    checked = check_content(content)
+    assert checked.value["decision"]["gates"][0]["details"]["score"] == 1
+    checks: list[object] = []
+    real = packet_module.validate_content
+    monkeypatch.setattr(packet_module, "validate_content", lambda c: checks.append(c) or real(c))
+    assert _build(checked) == _build(content)
+    assert len(checks) == 1  # the plain content's, not the checked one's
+    content["execution"]["deep"] = {"password": "hunter2"}
+    with pytest.raises(SecretInEvidenceError):
+        check_content(content)
 
 
 def test_chain_head_invariants() -> None:
