@@ -337,7 +337,8 @@ async def main(args: argparse.Namespace) -> int:
     )
     print(
         f"evidence: {len(lags)} of {len(watch.decided)} decision packets seen; lag after the decision "
-        f"p50 {statistics.median(lags) * 1e3 if lags else float('nan'):.0f} ms, max {max(lags, default=float('nan')):.2f} s"
+        f"p50 {statistics.median(lags) * 1e3 if lags else float('nan'):.0f} ms, "
+        f"p99 {percentile(lags, 0.99) * 1e3 if lags else float('nan'):.0f} ms, max {max(lags, default=float('nan')):.2f} s"
     )
     p50, p90, p99 = (percentile(rate_lat, q) * 1e3 for q in (0.5, 0.9, 0.99))
     print(f"at {args.rate:g}/s offered ({args.rate_count}): p50 {p50:.0f} ms, p90 {p90:.0f} ms, p99 {p99:.0f} ms")
