@@ -20,6 +20,7 @@ from stella.evidence.keys import BadSignatureError, KeyAlgorithm, PublicKeyRing,
 from stella.evidence.packet import (
     ChainError,
     ChainHead,
+    CheckedContent,
     EvidenceContentError,
     EvidencePacket,
     MalformedPacketError,
@@ -45,7 +46,7 @@ NOW = datetime(2025, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
 TENANT = uuid.UUID("00000000-0000-4000-8000-000000000001")
 
 
-def _build(content: dict[str, Any], head: ChainHead | None = None, **overrides: Any) -> EvidencePacket:
+def _build(content: dict[str, Any] | CheckedContent, head: ChainHead | None = None, **overrides: Any) -> EvidencePacket:
     arguments: dict[str, Any] = {
         "packet_id": uuid.UUID("00000000-0000-4000-8000-0000000000aa"),
         "tenant_id": TENANT,
@@ -164,7 +165,12 @@ def test_content_checked_once_builds_the_same_packet_without_a_second_check(
     assert checked.value["decision"]["gates"][0]["details"]["score"] == 1
     checks: list[object] = []
     real = packet_module.validate_content
-    monkeypatch.setattr(packet_module, "validate_content", lambda c: checks.append(c) or real(c))
+
+    def counted(value: Any) -> dict[str, Any]:
+        checks.append(value)
+        return real(value)
+
+    monkeypatch.setattr(packet_module, "validate_content", counted)
     assert _build(checked) == _build(content)
     assert len(checks) == 1  # the plain content's, not the checked one's
     content["execution"]["deep"] = {"password": "hunter2"}
