@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -59,9 +59,9 @@ class PacketRequest:
 
     packet_type: PacketType
     promotion_id: UUID | None
-    content: CheckedContent | Mapping[str, Any]
+    content: CheckedContent
     """Checked by the handler that made the request (:func:`~stella.evidence.packet.check_content`), so the
-    batch does not check it again; plain content is checked when its packet is built."""
+    batch does not check it again."""
     source_key: str
 
 

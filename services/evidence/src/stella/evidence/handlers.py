@@ -261,7 +261,7 @@ class Handlers:
         cmd: Message,
         packet_type: PacketType,
         promotion_id: UUID | None,
-        content: Mapping[str, Any] | CheckedContent,
+        content: CheckedContent,
         source_key: str,
     ) -> tuple[StoredPacket, bool]:
         """Append a packet to the tenant's chain unless ``source_key`` already made one.
