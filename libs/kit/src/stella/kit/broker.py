@@ -273,6 +273,14 @@ async def declare_consumers(
         )
 
 
+async def undecoded(msg: NatsMessage) -> NatsMessage:
+    """The decoder of every subscriber: the handler gets the delivery and parses its body with its own model.
+
+    The broker injects nothing (``apply_types=False``), so a handler is called with what this returns.
+    """
+    return msg
+
+
 def durable_subscriber(
     router: NatsRouter,
     host: Host,
@@ -300,6 +308,7 @@ def durable_subscriber(
         ack_policy=AckPolicy.MANUAL,
         max_workers=settings.max_in_flight,
         title=consumer,
+        decoder=undecoded,
     )
 
 
@@ -582,8 +591,9 @@ class QueryRoutes:
             queue=self.service,
             title=f"{self.service}-queries",
             max_workers=host.settings.query_workers or max(1, self.workers),
+            decoder=undecoded,
         )
-        async def on_query(msg: NatsMessage) -> dict[str, Any]:
+        async def on_query(msg: NatsMessage) -> bytes:
             raw: Msg = msg.raw_message
             route = self.routes.get(names.local(raw.subject))
             if route is None:
@@ -599,22 +609,24 @@ class QueryRoutes:
                     reply = await handler(query)
             except Exception as exc:
                 if is_reportable(exc):
-                    return Reply.failure(error_detail(exc)).model_dump(mode="json")
+                    return Reply.failure(error_detail(exc)).model_dump_json().encode()
                 kind = classify(exc)
                 if kind is Failure.TRANSIENT:
                     log.warning("query hit a transient fault", extra={"subject": raw.subject, "error": repr(exc)})
                     return _failure("SYS_UNAVAILABLE", 503, f"{self.service}: a dependency is unavailable; retry later")
                 if kind is Failure.PERMANENT:
-                    return Reply.failure(error_detail(refused(exc))).model_dump(mode="json")
+                    return Reply.failure(error_detail(refused(exc))).model_dump_json().encode()
                 log.exception("query failed", extra={"subject": raw.subject})
                 metrics.error_total.labels(type(exc).__name__).inc()
                 return _failure("SYS_INTERNAL", 500, "the query failed; see the service log")
-            return reply.model_dump(mode="json")
+            return reply.model_dump_json().encode()
 
 
-def _failure(code: str, status: int, detail: str) -> dict[str, Any]:
-    return Reply.failure(ErrorDetail(code=code, status=status, title=detail[:80], detail=detail)).model_dump(
-        mode="json"
+def _failure(code: str, status: int, detail: str) -> bytes:
+    return (
+        Reply.failure(ErrorDetail(code=code, status=status, title=detail[:80], detail=detail))
+        .model_dump_json()
+        .encode()
     )
 
 

@@ -31,6 +31,7 @@ from stella.kit.broker import (
     ServiceClient,
     declare_consumers,
     declare_streams,
+    undecoded,
 )
 from stella.kit.db import create_pool
 from stella.kit.metrics import serve_metrics
@@ -73,6 +74,10 @@ class ServiceRuntime:
             logger=logging.getLogger(f"stella.{name}.broker"),
             log_level=logging.DEBUG,
             max_reconnect_attempts=-1,
+            # Every handler takes the delivery itself (``decoder=undecoded``) and parses it with its own model:
+            # no dependency injection per message (it ran a sync step on a worker thread for each one) and no
+            # JSON decoding of a body the handler parses again.
+            apply_types=False,
         )
         self.failures = FailureLedger()
         """Failures of the messages this process handles (the poison budget's counter)."""
@@ -177,7 +182,10 @@ class ServiceRuntime:
         self._register(self, router)
 
         @router.subscriber(
-            self.names.subject(health_subject(self.name)), queue=f"{self.name}-health", title=f"{self.name}-health"
+            self.names.subject(health_subject(self.name)),
+            queue=f"{self.name}-health",
+            title=f"{self.name}-health",
+            decoder=undecoded,
         )
         async def on_health(msg: NatsMessage) -> dict[str, Any]:
             return await self.health()
