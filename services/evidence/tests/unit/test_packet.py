@@ -164,18 +164,58 @@ def test_content_checked_once_builds_the_same_packet_without_a_second_check(
     checked = check_content(content)
     assert checked.value["decision"]["gates"][0]["details"]["score"] == 1
     checks: list[object] = []
-    real = packet_module.validate_content
+    real = packet_module.check_content
 
-    def counted(value: Any) -> dict[str, Any]:
+    def counted(value: Any) -> CheckedContent:
         checks.append(value)
         return real(value)
 
-    monkeypatch.setattr(packet_module, "validate_content", counted)
+    monkeypatch.setattr(packet_module, "check_content", counted)
     assert _build(checked) == _build(content)
     assert len(checks) == 1  # the plain content's, not the checked one's
     content["execution"]["deep"] = {"password": "hunter2"}
     with pytest.raises(SecretInEvidenceError):
         check_content(content)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"numbers": {"one": 1.0, "small": 1e-7, "large": 1e21, "zero": -0.0, "half": 0.5, "edge": 2**53 - 1}},
+        {"text": {"ключ": "значение", "\U0001f600": "beyond the BMP", "\ue000": "private use", "a\u2028": "sep"}},
+        {"escapes": ['"quoted"', "back\\slash", "line\nbreak", "\u0001\u001f", "\u00e9"]},
+        {"shapes": [[[]], {}, None, True, False, [{"b": 1, "a": 2}]]},
+    ],
+)
+@pytest.mark.parametrize("promotion_id", [None, uuid.UUID("00000000-0000-4000-8000-0000000000bb")])
+def test_a_packet_of_checked_content_signs_and_hashes_the_bytes_of_its_full_encoding(
+    content: dict[str, Any], extra: dict[str, Any], promotion_id: uuid.UUID | None
+) -> None:
+    content["execution"]["extra"] = extra
+    packet = _build(check_content(content), promotion_id=promotion_id)
+    assert packet.content_bytes is not None
+    read_back = dataclasses.replace(packet, checked=None)  # as a packet read from the store
+    assert packet_module.statement_bytes(packet) == serialize_statement(read_back.statement())
+    assert packet.content_hash == read_back.compute_hash()
+    key = generate_key()
+    signed = _build(check_content(content), promotion_id=promotion_id, signer_key_ref=key.key_ref)
+    assert verify_packet_envelope(sign_packet(signed, key), PublicKeyRing([key.public_key])) == signed
+    # A copy with other content has no bytes of its own: it is signed as it reads, not as the original did.
+    other = {**signed.content, "actors": {"requester": "mallory"}}
+    edited = dataclasses.replace(signed, content=other)
+    assert edited.content_bytes is None
+    assert packet_module.statement_bytes(edited) == serialize_statement(edited.statement())
+
+
+def test_a_number_rfc_8785_writes_as_an_integer_beyond_the_exact_range_is_refused_when_checked(
+    content: dict[str, Any],
+) -> None:
+    content["execution"]["count"] = 1e20  # written 100000000000000000000: read back, it could not be hashed
+    with pytest.raises(EvidenceContentError, match="outside the exact range"):
+        check_content(content)
+    content["execution"]["count"] = 1e15  # within the range: read back as the integer it equals
+    assert check_content(content).value["execution"]["count"] == 10**15
 
 
 def test_chain_head_invariants() -> None:

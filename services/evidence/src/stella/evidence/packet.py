@@ -69,6 +69,9 @@ PACKET_FIELDS: Final[tuple[str, ...]] = (
 )
 """Fields of a packet's dict form, the statement predicate."""
 
+_MAX_SAFE_INTEGER: Final[int] = 2**53 - 1
+"""Largest integer an IEEE 754 double holds exactly; RFC 8785 numbers are doubles."""
+
 TIMESTAMP_FORMAT: Final[str] = "%Y-%m-%dT%H:%M:%S.%fZ"
 """The one spelling of ``created_at``: UTC, microseconds, ``Z``."""
 
@@ -262,6 +265,38 @@ def validate_content(content: Mapping[str, Any]) -> dict[str, Any]:
         SecretInEvidenceError: When it holds something that looks like a secret.
         EvidenceContentError: For any other problem.
     """
+    return check_content(content).value
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedContent:
+    """Packet content that :func:`check_content` accepted: a packet built from it (:func:`build_packet`) is not
+    checked again, and its hash and signed statement reuse ``canonical`` instead of encoding the content again
+    (checking, the secret scan and RFC 8785, costs more than hashing and signing the packet)."""
+
+    value: dict[str, Any]
+    """The content as plain JSON (see :func:`validate_content`)."""
+    canonical: bytes
+    """The RFC 8785 bytes of ``value``."""
+
+
+def _exact_int(text: str) -> int:
+    value = int(text)
+    if not -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+        # A float such as 1e20 that RFC 8785 writes as an integer: read back, it could not be hashed again.
+        raise EvidenceContentError(f"number {text} is outside the exact range of a JSON number")
+    return value
+
+
+def check_content(content: Mapping[str, Any]) -> CheckedContent:
+    """Check packet content (see :func:`validate_content`) and keep its canonical bytes with its plain form.
+
+    The plain form is read back from the canonical bytes, so the bytes are the RFC 8785 form of that value too.
+
+    Raises:
+        SecretInEvidenceError: When it holds something that looks like a secret.
+        EvidenceContentError: For any other problem.
+    """
     if not isinstance(content, Mapping):
         raise EvidenceContentError("content must be a JSON object")
     unknown = [key for key in content if key not in CONTENT_FIELDS]
@@ -272,31 +307,12 @@ def validate_content(content: Mapping[str, Any]) -> dict[str, Any]:
         canonical = canonicalize(content)
     except ValueError as exc:
         raise EvidenceContentError(str(exc)) from exc
-    normalized: dict[str, Any] = json.loads(canonical)
+    normalized: dict[str, Any] = json.loads(canonical, parse_int=_exact_int)
     try:
         subjects_from_content(normalized)
     except ValueError as exc:
         raise EvidenceContentError(str(exc)) from exc
-    return normalized
-
-
-@dataclass(frozen=True, slots=True)
-class CheckedContent:
-    """Packet content that :func:`check_content` accepted, held as the plain JSON it returned: a packet built
-    from it (:func:`build_packet`) is not checked again, since checking (the secret scan and RFC 8785) costs
-    more than hashing and signing the packet."""
-
-    value: dict[str, Any]
-
-
-def check_content(content: Mapping[str, Any]) -> CheckedContent:
-    """:func:`validate_content`, kept as :class:`CheckedContent` for the packet built from it later.
-
-    Raises:
-        SecretInEvidenceError: When it holds something that looks like a secret.
-        EvidenceContentError: For any other problem.
-    """
-    return CheckedContent(validate_content(content))
+    return CheckedContent(normalized, canonical)
 
 
 def packet_hash_input(
@@ -361,7 +377,7 @@ def _is_plain_scalar(value: object) -> bool:
         return True
     if type(value) is str:
         return value.isascii()
-    return type(value) is int and -(2**53 - 1) <= value <= 2**53 - 1
+    return type(value) is int and -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER
 
 
 def compute_packet_hash_from_content_bytes(packet: EvidencePacket, content_bytes: bytes) -> str:
@@ -376,19 +392,46 @@ def compute_packet_hash_from_content_bytes(packet: EvidencePacket, content_bytes
         packet: The packet; every field but ``content`` is read from it.
         content_bytes: The RFC 8785 bytes of ``packet.content``.
     """
-    rest = packet_hash_input(
+    return _hash_with_content_bytes(
         packet_id=packet.id,
         tenant_id=packet.tenant_id,
         packet_type=packet.packet_type,
         promotion_id=packet.promotion_id,
         sequence=packet.sequence,
         previous_hash=packet.previous_hash,
-        content={},
+        content=packet.content,
+        content_bytes=content_bytes,
         created_at=packet.created_at,
+    )
+
+
+def _hash_with_content_bytes(
+    *,
+    packet_id: UUID,
+    tenant_id: UUID,
+    packet_type: PacketType | str,
+    promotion_id: UUID | None,
+    sequence: int,
+    previous_hash: str | None,
+    content: Mapping[str, Any],
+    content_bytes: bytes,
+    created_at: datetime,
+) -> str:
+    rest = packet_hash_input(
+        packet_id=packet_id,
+        tenant_id=tenant_id,
+        packet_type=packet_type,
+        promotion_id=promotion_id,
+        sequence=sequence,
+        previous_hash=previous_hash,
+        content={},
+        created_at=created_at,
     )
     del rest["content"]
     if not all(_is_plain_scalar(value) for value in rest.values()):
-        return packet.compute_hash()  # a field RFC 8785 may spell or refuse differently: the general path decides
+        # A field RFC 8785 may spell or refuse differently: the general path decides.
+        rest["content"] = content
+        return content_hash(rest)
     tail = _HASH_INPUT_ENCODER.encode(rest)
     return sha256_digest(b'{"content":' + content_bytes + b"," + tail[1:].encode("utf-8"))
 
@@ -451,6 +494,16 @@ class EvidencePacket:
     content_hash: str
     created_at: datetime
     signer_key_ref: str
+    checked: CheckedContent | None = field(default=None, repr=False, compare=False)
+    """The checked content the packet was built from (:func:`build_packet`), whose canonical bytes signing and
+    storing reuse; None for a packet read back."""
+
+    @property
+    def content_bytes(self) -> bytes | None:
+        """The RFC 8785 bytes of ``content`` when known: those of :attr:`checked` while ``content`` is still its
+        value (a copy made with other content, by :func:`dataclasses.replace` say, has none)."""
+        checked = self.checked
+        return checked.canonical if checked is not None and checked.value is self.content else None
 
     @property
     def head(self) -> ChainHead:
@@ -540,18 +593,19 @@ def build_packet(
         ValueError: For a naive ``created_at`` or an unknown packet type.
     """
     packet_type = PacketType(packet_type)
-    normalized = content.value if isinstance(content, CheckedContent) else validate_content(content)
+    checked = content if isinstance(content, CheckedContent) else check_content(content)
     created_at = _utc(created_at)
     sequence = head.next_sequence
     previous_hash = head.content_hash
-    digest = compute_packet_hash(
+    digest = _hash_with_content_bytes(
         packet_id=packet_id,
         tenant_id=tenant_id,
         packet_type=packet_type,
         promotion_id=promotion_id,
         sequence=sequence,
         previous_hash=previous_hash,
-        content=normalized,
+        content=checked.value,
+        content_bytes=checked.canonical,
         created_at=created_at,
     )
     return EvidencePacket(
@@ -561,10 +615,11 @@ def build_packet(
         promotion_id=promotion_id,
         sequence=sequence,
         previous_hash=previous_hash,
-        content=normalized,
+        content=checked.value,
         content_hash=digest,
         created_at=created_at,
         signer_key_ref=signer_key_ref,
+        checked=checked,
     )
 
 
@@ -581,7 +636,37 @@ def sign_packet(packet: EvidencePacket, signer: Signer) -> dict[str, Any]:
     """
     if signer.key_ref != packet.signer_key_ref:
         raise ValueError(f"packet names signer {packet.signer_key_ref}, but the key is {signer.key_ref}")
-    return sign_envelope(serialize_statement(packet.statement()), PAYLOAD_TYPE, signer)
+    return sign_envelope(statement_bytes(packet), PAYLOAD_TYPE, signer)
+
+
+def statement_bytes(packet: EvidencePacket) -> bytes:
+    """The signed bytes of a packet: the RFC 8785 form of :meth:`EvidencePacket.statement`.
+
+    A packet that carries its content's canonical bytes (built from :class:`CheckedContent`) has them spliced in
+    where the content goes instead of encoding the content again. RFC 8785 writes an object's members in key
+    order, each as its own canonical form: the statement's members sort ``_type``, ``predicate``,
+    ``predicateType``, ``subject``, and ``content`` sorts first in the predicate, so the statement is the
+    canonical forms of its other parts around the content's bytes.
+    """
+    statement = packet.statement()
+    content_bytes = packet.content_bytes
+    if content_bytes is None:
+        return serialize_statement(statement)
+    predicate = statement.pop("predicate")
+    del predicate["content"]
+    kind = canonicalize({"_type": statement.pop("_type")})
+    rest = canonicalize(statement)  # predicateType and subject
+    return b"".join(
+        (
+            kind[:-1],
+            b',"predicate":{"content":',
+            content_bytes,
+            b",",
+            canonicalize(predicate)[1:],
+            b",",
+            rest[1:],
+        )
+    )
 
 
 def _uuid(value: object, name: str) -> UUID:

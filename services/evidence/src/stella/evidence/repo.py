@@ -205,6 +205,11 @@ async def packets_by_source(
     return {(row["tenant_id"], row["source_key"]): _stored(row) for row in rows}
 
 
+def _content_text(packet: EvidencePacket) -> str:
+    known = packet.content_bytes
+    return known.decode() if known is not None else json.dumps(packet.content, separators=(",", ":"))
+
+
 async def insert_packets(conn: asyncpg.Connection, packets: list[tuple[StoredPacket, str]]) -> None:
     """Append signed packets ``(packet and envelope, source key)``, in the order given, in one statement."""
     if not packets:
@@ -220,7 +225,7 @@ async def insert_packets(conn: asyncpg.Connection, packets: list[tuple[StoredPac
             p.promotion_id,
             p.previous_hash,
             p.content_hash,
-            json.dumps(p.content, separators=(",", ":")),
+            _content_text(p),
             json.dumps(stored.envelope, separators=(",", ":")),
             p.signer_key_ref,
             p.created_at,
