@@ -20,7 +20,7 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -264,8 +264,10 @@ class TokenAuthMiddleware(AbstractAuthenticationMiddleware):
 
 def require(
     resource: Resource, action: Action
-) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Coroutine[Any, Any, None]]:
     """A route guard that lets through only principals with ``{resource}:{action}``.
+
+    A coroutine function: Litestar would run a plain function on a worker thread for every request.
 
     Args:
         resource: The resource the route acts on.
@@ -273,7 +275,7 @@ def require(
     """
     needed = permission(resource, action)
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         identity = connection.scope.get("user")
         if not isinstance(identity, Identity):
             raise _unauthenticated("AUTH_TOKEN_MISSING", "Send an API token: 'Authorization: Bearer <token>'.")
