@@ -45,6 +45,8 @@ from stella.evidence.dsse import parse_envelope, sign_envelope, verify_parsed_en
 from stella.evidence.keys import PublicKeyRing, SignatureVerificationError, Signer
 from stella.evidence.statement import (
     PAYLOAD_TYPE,
+    PREDICATE_TYPE,
+    STATEMENT_TYPE,
     build_statement,
     parse_statement_canonical,
     serialize_statement,
@@ -278,6 +280,8 @@ class CheckedContent:
     """The content as plain JSON (see :func:`validate_content`)."""
     canonical: bytes
     """The RFC 8785 bytes of ``value``."""
+    subjects: bytes
+    """The RFC 8785 bytes of the statement's ``subject`` list (:func:`subjects_from_content` of ``value``)."""
 
 
 def _exact_int(text: str) -> int:
@@ -309,10 +313,10 @@ def check_content(content: Mapping[str, Any]) -> CheckedContent:
         raise EvidenceContentError(str(exc)) from exc
     normalized: dict[str, Any] = json.loads(canonical, parse_int=_exact_int)
     try:
-        subjects_from_content(normalized)
+        subjects = subjects_from_content(normalized)
     except ValueError as exc:
         raise EvidenceContentError(str(exc)) from exc
-    return CheckedContent(normalized, canonical)
+    return CheckedContent(normalized, canonical, canonicalize(subjects))
 
 
 def packet_hash_input(
@@ -642,31 +646,35 @@ def sign_packet(packet: EvidencePacket, signer: Signer) -> dict[str, Any]:
 def statement_bytes(packet: EvidencePacket) -> bytes:
     """The signed bytes of a packet: the RFC 8785 form of :meth:`EvidencePacket.statement`.
 
-    A packet that carries its content's canonical bytes (built from :class:`CheckedContent`) has them spliced in
-    where the content goes instead of encoding the content again. RFC 8785 writes an object's members in key
-    order, each as its own canonical form: the statement's members sort ``_type``, ``predicate``,
-    ``predicateType``, ``subject``, and ``content`` sorts first in the predicate, so the statement is the
-    canonical forms of its other parts around the content's bytes.
+    A packet built from :class:`CheckedContent` has its content's and its subjects' canonical bytes spliced in
+    instead of encoding them again. RFC 8785 writes an object's members in key order, each as its own canonical
+    form: the statement's members sort ``_type``, ``predicate``, ``predicateType``, ``subject``, and
+    ``content`` sorts first in the predicate, so the statement is the canonical forms of its other parts
+    around those bytes.
     """
-    statement = packet.statement()
-    content_bytes = packet.content_bytes
-    if content_bytes is None:
-        return serialize_statement(statement)
-    predicate = statement.pop("predicate")
+    checked = packet.checked
+    if checked is None or checked.value is not packet.content:
+        return serialize_statement(packet.statement())
+    predicate = packet.to_dict()
     del predicate["content"]
-    kind = canonicalize({"_type": statement.pop("_type")})
-    rest = canonicalize(statement)  # predicateType and subject
     return b"".join(
         (
-            kind[:-1],
-            b',"predicate":{"content":',
-            content_bytes,
+            _STATEMENT_HEAD,
+            checked.canonical,
             b",",
             canonicalize(predicate)[1:],
-            b",",
-            rest[1:],
+            _STATEMENT_SUBJECT,
+            checked.subjects,
+            b"}",
         )
     )
+
+
+_STATEMENT_HEAD: Final[bytes] = canonicalize({"_type": STATEMENT_TYPE})[:-1] + b',"predicate":{"content":'
+"""The canonical statement up to its content (see :func:`statement_bytes`)."""
+
+_STATEMENT_SUBJECT: Final[bytes] = b',"predicateType":' + canonicalize(PREDICATE_TYPE) + b',"subject":'
+"""The canonical statement between its predicate and its subject list."""
 
 
 def _uuid(value: object, name: str) -> UUID:
