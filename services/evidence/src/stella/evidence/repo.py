@@ -39,11 +39,6 @@ CHAIN_HEAD = """
      LIMIT 1
 """
 PACKET_BY_SOURCE = f"SELECT {_PACKET_COLUMNS} FROM packets WHERE tenant_id = $1 AND source_key = $2"
-INSERT_PACKET = """
-    INSERT INTO packets (id, tenant_id, sequence, packet_type, promotion_id, previous_hash, content_hash, content,
-                         envelope, signer_key_ref, created_at, source_key)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-"""
 LOCK_CHAINS = """
     SELECT count(pg_advisory_xact_lock(hashtextextended('stella.evidence.chain:' || t, 0)))
       FROM unnest($1::text[]) AS t
@@ -149,23 +144,10 @@ async def packet_by_source(conn: asyncpg.Connection, tenant_id: UUID, source_key
 async def insert_packet(
     conn: asyncpg.Connection, packet: EvidencePacket, envelope: dict[str, Any], source_key: str
 ) -> StoredPacket:
-    """Append a signed packet to its tenant's chain."""
-    await conn.execute(
-        INSERT_PACKET,
-        packet.id,
-        packet.tenant_id,
-        packet.sequence,
-        str(packet.packet_type),
-        packet.promotion_id,
-        packet.previous_hash,
-        packet.content_hash,
-        packet.content,
-        envelope,
-        packet.signer_key_ref,
-        packet.created_at,
-        source_key,
-    )
-    return StoredPacket(packet=packet, envelope=envelope)
+    """Append a signed packet to its tenant's chain (:func:`insert_packets` with one packet)."""
+    stored = StoredPacket(packet=packet, envelope=envelope)
+    await insert_packets(conn, [(stored, source_key)])
+    return stored
 
 
 async def lock_chains(conn: asyncpg.Connection, tenant_ids: Iterable[UUID]) -> list[UUID]:
