@@ -206,6 +206,9 @@ class ServiceRuntime:
         if self._on_start is not None:
             await self._on_start(self)
         await self.broker.start()
+        # The subscriptions are sent to the server with the connection's next write: a round trip makes sure it
+        # has them, so a query sent once the service says it started finds its responders.
+        await nc.flush(timeout=10)
         for consumer in self.batch_consumers:
             consumer.start()
         if self.settings.metrics_port:
