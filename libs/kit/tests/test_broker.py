@@ -324,3 +324,70 @@ async def test_a_batched_event_consumer_keeps_stream_order_and_one_effect_per_ev
             break
         await asyncio.sleep(0.05)
     assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+class _Deferred:
+    """Deferred writes of a test consumer: each handler puts its item off; ``flush`` inserts them in one statement."""
+
+    def __init__(self) -> None:
+        self.pending: dict[asyncpg.Connection, list[ItemAdded]] = {}
+        self.flushed: list[list[str]] = []
+        self.dropped = 0
+
+    def put_off(self, conn: asyncpg.Connection, event: ItemAdded) -> None:
+        self.pending.setdefault(conn, []).append(event)
+
+    async def flush(self, conn: asyncpg.Connection) -> None:
+        items = self.pending.pop(conn, [])
+        assert conn.is_in_transaction()  # before the commit
+        await conn.executemany(
+            "INSERT INTO items (tenant_id, name) VALUES ($1, $2)", [(e.tenant_id, e.name) for e in items]
+        )
+        self.flushed.append([e.name for e in items])
+
+    def drop(self, conn: asyncpg.Connection) -> None:
+        self.pending.pop(conn, None)
+        self.dropped += 1
+
+
+async def test_deferred_writes_go_out_once_per_transaction_and_a_failed_batch_drops_them(
+    start_runtime, settings, nats: Client
+) -> None:
+    """Events waiting when the consumer starts come in batches whose handlers put their writes off: each batch's
+    writes are flushed once, in its transaction; a batch that fails drops them, and its events, handled one at
+    a time, are each flushed alone. Every event is stored once, in stream order."""
+    js = nats.jetstream()
+    names = Names(settings.nats_namespace)
+    await declare_streams(js, names)
+    events = [ItemAdded(name=f"e{i}", **_ids()) for i in range(40)]
+    for i, event in enumerate(events):
+        await js.publish(names.subject(ADDED), event.model_dump_json().encode(), headers={HEADER_MSG_ID: f"m{i}"})
+    deferred = _Deferred()
+    failed_once: list[str] = []
+
+    def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
+        async def on_added(event: ItemAdded, conn: asyncpg.Connection) -> None:
+            if event.name == "e25" and not failed_once:
+                failed_once.append(event.name)
+                raise ConnectionResetError("a fault in the middle of a batch")
+            deferred.put_off(conn, event)
+
+        routes = EventRoutes(
+            "kittest", "deferred", "stella.evt.kittest.>", lambda: runtime.pool, batch_size=16, deferred=deferred
+        )
+        routes.on(ADDED, ItemAdded, on_added)
+        routes.attach(router, runtime)
+
+    runtime = await start_runtime(register)
+    for _ in range(300):
+        if await _count(runtime, "e39") == 1:
+            break
+        await asyncio.sleep(0.05)
+    async with runtime.pool.acquire() as conn:
+        stored = [r["name"] for r in await conn.fetch("SELECT name FROM items ORDER BY id")]
+    assert stored == [e.name for e in events]  # each once, in stream order
+    assert failed_once == ["e25"] and deferred.dropped >= 1
+    assert max(len(batch) for batch in deferred.flushed) > 1  # a flush wrote a batch's items together
+    assert ["e25"] in deferred.flushed  # the failed batch's events went out alone
+    assert [name for batch in deferred.flushed for name in batch] == stored
+    assert deferred.pending == {}

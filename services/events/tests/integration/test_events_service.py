@@ -17,6 +17,7 @@ from stella.contracts import deployment, promotion
 from stella.contracts import events as c
 from stella.contracts.approval import APPROVAL_GRANTED
 from stella.contracts.public import CloudEvent, public_subject
+from stella.events.domain import public_event_id
 from stella.events.settings import Settings
 from stella.testing.messaging import collect_messages
 
@@ -376,3 +377,49 @@ async def test_delivery_loops_are_woken_only_when_a_webhook_takes_the_event(
         assert woken == [f"stella_deliveries_{schema}"]
     finally:
         await listener.close()
+
+
+async def test_a_burst_of_internal_events_is_recorded_in_order_once_each_and_queued_for_the_webhooks_it_matches(
+    events: Harness, receiver: Receiver, nats: Client
+) -> None:
+    """Events arriving together are written together (one statement each for the public events, their outbox
+    rows and their deliveries): still one public event per internal event, numbered in stream order, each
+    published once and queued once for each webhook of its tenant whose filter takes it."""
+    created = await _webhook(events, receiver.url, event_types=["org.stellaops.promotion.*"])
+    tenant, other = events.caller.tenant_id, uuid.uuid4()
+    sent: list[tuple[str, promotion.PromotionChanged]] = []
+    for i in range(30):
+        subject = promotion.PROMOTION_APPROVED if i % 3 else promotion.PROMOTION_REQUESTED
+        sent.append((subject, promotion_changed(tenant if i % 2 == 0 else other)))
+    mine = events.names.subject(f"stella.public.{tenant}.>")
+    async with collect_messages(nats, mine) as published:
+        await asyncio.gather(*(events.publish_internal(subject, event) for subject, event in sent[:20]))
+        for subject, event in sent[20:]:
+            await events.publish_internal(subject, event)
+        # One of them once more, as a relay's resend beyond the duplicate window: no second public event.
+        await nats.jetstream().publish(
+            events.names.subject(sent[4][0]),
+            sent[4][1].model_dump_json().encode(),
+            headers={"Nats-Msg-Id": f"{sent[4][1].message_id}:resend"},
+        )
+        await published.wait(15)
+        for _ in range(200):
+            if await events.table_count("public_events") == 30:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+    assert await events.table_count("public_events") == 30
+    assert len(published.messages) == 15
+    async with events.app.runtime.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id, tenant_id, seq FROM public_events ORDER BY seq")
+        queued = await conn.fetch("SELECT event_id, webhook_id FROM deliveries")
+    by_id = {r["id"]: r for r in rows}
+    ids = [public_event_id(event.message_id) for _, event in sent]
+    assert set(by_id) == set(ids)
+    # The stream's order, within the events published one after the other.
+    tail = [by_id[i]["seq"] for i in ids[20:]]
+    assert tail == sorted(tail) and min(tail) > max(by_id[i]["seq"] for i in ids[:20])
+    assert sorted(str(r["event_id"]) for r in queued) == sorted(
+        str(public_event_id(event.message_id)) for _, event in sent if event.tenant_id == tenant
+    )
+    assert {str(r["webhook_id"]) for r in queued} == {created["id"]}
