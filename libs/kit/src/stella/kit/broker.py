@@ -27,7 +27,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -648,17 +648,6 @@ class Prepared:
     """Set for a route whose handler owns its transaction (:meth:`EventRoutes.on_owned`): runs it whole."""
 
 
-class DeferredWrites(Protocol):
-    """Writes the handlers of an :class:`EventRoutes` consumer put off to the end of their transaction, so the
-    writes of a batch of events go out as one statement each instead of one per event."""
-
-    async def flush(self, conn: asyncpg.Connection) -> None:
-        """Write what the handlers put off in ``conn``'s open transaction (before it commits)."""
-
-    def drop(self, conn: asyncpg.Connection) -> None:
-        """Forget what the handlers put off in ``conn``'s transaction: it is rolled back."""
-
-
 class EventRoutes:
     """One durable consumer ``<service>-<purpose>`` on one subject filter (NATS 2.9 allows one per consumer).
 
@@ -685,10 +674,6 @@ class EventRoutes:
     With ``from_now`` a consumer made for the first time reads the events published after it is made, not
     the stream's history: for a consumer that only hastens what another path guarantees (a new consumer
     of an installation that has run for years would otherwise work through every event it ever kept).
-
-    With ``deferred`` the handlers may put writes off to the end of their transaction (one event's, or a
-    batch's): ``deferred.flush`` runs after the last handler, before the commit, and ``deferred.drop`` when
-    the transaction fails instead.
     """
 
     def __init__(
@@ -701,7 +686,6 @@ class EventRoutes:
         batch_size: int = 1,
         per_subject: bool = False,
         from_now: bool = False,
-        deferred: DeferredWrites | None = None,
     ) -> None:
         if per_subject and batch_size > 1:
             raise ValueError("an ordered batch consumer reads one stream of events: it cannot be split per subject")
@@ -712,7 +696,6 @@ class EventRoutes:
         self.batch_size = batch_size
         self.per_subject = per_subject
         self.deliver_policy = DeliverPolicy.NEW if from_now else DeliverPolicy.ALL
-        self.deferred = deferred
         self.routes: dict[str, tuple[type[Event], EventBinder]] = {}
         self._owned: dict[str, tuple[Callable[[Any], Awaitable[Any]], OwnedEventHandler]] = {}
 
@@ -794,20 +777,6 @@ class EventRoutes:
         else:
             metrics.messages_handled.labels(self.consumer, "duplicate").inc()
 
-    @contextlib.asynccontextmanager
-    async def deferring(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
-        """Around the handlers of one transaction: their deferred writes flushed at the end, dropped on failure."""
-        deferred = self.deferred
-        if deferred is None:
-            yield
-            return
-        try:
-            yield
-            await deferred.flush(conn)
-        except BaseException:
-            deferred.drop(conn)
-            raise
-
     def durable_name(self, subject: str) -> str:
         """The durable consumer of one routed subject when split per subject: ``<consumer>-<event>``."""
         return f"{self.consumer}-{subject.rsplit('.', 1)[-1].replace('_', '-')}"
@@ -845,7 +814,7 @@ class EventRoutes:
                 _bind_context(ready.event)
                 await ready.owned()
                 return
-            async with self.pool().acquire() as conn, conn.transaction(), self.deferring(conn):
+            async with self.pool().acquire() as conn, conn.transaction():
                 await self.apply(conn, ready)
 
         with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.service):
@@ -926,7 +895,7 @@ class OrderedBatchConsumer:
                 routed = [(raw, await self.routes.prepare(raw, names)) for raw in msgs]
                 # A batch of events this consumer does not handle is acknowledged without a transaction.
                 if any(r is not None for _, r in routed):
-                    async with self.routes.pool().acquire() as conn, conn.transaction(), self.routes.deferring(conn):
+                    async with self.routes.pool().acquire() as conn, conn.transaction():
                         await self._apply(conn, routed)
             except Exception as exc:
                 log.debug("batch failed; handling its events one at a time", extra={"consumer": consumer}, exc_info=exc)

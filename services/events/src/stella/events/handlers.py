@@ -22,7 +22,6 @@ import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID, uuid4
@@ -68,17 +67,6 @@ Resolve = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 SERVICE: Final[str] = "events"
 """The service's name in spans."""
-
-
-@dataclass(frozen=True)
-class _PublicEvent:
-    """A public event ready to be written (:meth:`Handlers._write`)."""
-
-    row: repo.NewEvent
-    outbox: OutboxMessage
-    context_filter: str
-    deadline: datetime
-    except_webhook: UUID | None
 
 
 class TooManyWebhooks(ServiceError):
@@ -160,40 +148,26 @@ class Handlers:
         self._jitter = jitter
         self._on_queued = on_queued
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._deferred: dict[asyncpg.Connection, list[_PublicEvent]] = {}
-        """Public events projected in a transaction still open, by its connection (see :meth:`flush`)."""
         self._lease = timedelta(seconds=sender.timeout_s * 2 + 30)
 
     # --- projection --------------------------------------------------------------------------------------
 
     def projector(self, spec: PublicEventSpec[Any]) -> Callable[[Event, asyncpg.Connection], Awaitable[None]]:
-        """The event handler turning internal events of ``spec`` into its public event.
-
-        The public event is written when its transaction's handlers are done (:meth:`flush`), with the others
-        of the same batch: one statement each for the events, their outbox rows and their deliveries.
-        """
+        """The event handler turning internal events of ``spec`` into its public event."""
 
         async def project(event: Event, conn: asyncpg.Connection) -> None:
             assert spec.project is not None
-            pending = self._public_event(
+            data = spec.project(event)
+            await self.record(
+                conn,
                 spec,
-                spec.project(event),
+                data,
                 tenant_id=event.tenant_id,
                 event_id=domain.public_event_id(event.message_id),
                 time=event.occurred_at,
-                except_webhook=None,
             )
-            self._deferred.setdefault(conn, []).append(pending)
 
         return project
-
-    async def flush(self, conn: asyncpg.Connection) -> None:
-        """Write the public events the projection put off in ``conn``'s transaction (see :class:`DeferredWrites`)."""
-        await self._write(conn, self._deferred.pop(conn, []))
-
-    def drop(self, conn: asyncpg.Connection) -> None:
-        """Forget the public events put off in ``conn``'s transaction: it is rolled back."""
-        self._deferred.pop(conn, None)
 
     async def record(
         self,
@@ -207,75 +181,45 @@ class Handlers:
         except_webhook: UUID | None = None,
     ) -> None:
         """Record a public event, write it to the outbox and queue it for the tenant's webhooks (in ``conn``'s transaction)."""
-        pending = self._public_event(
-            spec, data, tenant_id=tenant_id, event_id=event_id, time=time, except_webhook=except_webhook
-        )
-        await self._write(conn, [pending])
-
-    def _public_event(
-        self,
-        spec: PublicEventSpec[Any],
-        data: PublicData,
-        *,
-        tenant_id: UUID,
-        event_id: UUID,
-        time: datetime,
-        except_webhook: UUID | None,
-    ) -> _PublicEvent:
         event = to_cloudevent(
             spec, data, tenant_id=tenant_id, event_id=event_id, time=time, traceparent=tracing.current_traceparent()
         )
         payload = event.to_json()
         now = self._clock()
-        return _PublicEvent(
-            row=repo.NewEvent(
-                event_id=event_id,
-                tenant_id=tenant_id,
-                event_type=spec.type,
-                context=spec.context,
-                time=event.time,
-                related=data.related(),
-                payload=payload,
-                now=now,
-            ),
-            outbox=OutboxMessage(
-                event_id, tenant_id, public_subject(tenant_id, spec.type), payload, {"Content-Type": MEDIA_TYPE}
-            ),
+        seq = await repo.insert_event(
+            conn,
+            event_id=event_id,
+            tenant_id=tenant_id,
+            event_type=spec.type,
+            context=spec.context,
+            time=event.time,
+            related=data.related(),
+            payload=payload,
+            now=now,
+        )
+        if seq is None:
+            return  # recorded before: published and queued then
+        await add_messages(
+            conn,
+            [
+                OutboxMessage(
+                    event_id, tenant_id, public_subject(tenant_id, spec.type), payload, {"Content-Type": MEDIA_TYPE}
+                )
+            ],
+        )
+        queued = await repo.enqueue_deliveries(
+            conn,
+            tenant_id=tenant_id,
+            event_seq=seq,
+            event_id=event_id,
+            event_type=spec.type,
             context_filter=f"{TYPE_PREFIX}{spec.context}.*",
+            now=now,
             deadline=now + self._retry.window,
             except_webhook=except_webhook,
         )
-
-    async def _write(self, conn: asyncpg.Connection, events: list[_PublicEvent]) -> None:
-        """Record ``events`` in order, write the new ones to the outbox and queue them for the tenants' webhooks.
-
-        An event recorded before (a repeated internal event) was published and queued then: it is skipped.
-        """
-        if not events:
-            return
-        recorded = await repo.insert_events(conn, [e.row for e in events])
-        new = [e for e in events if e.row.event_id in recorded]
-        if not new:
-            return
-        await add_messages(conn, [e.outbox for e in new])
-        queued = await repo.enqueue_deliveries_many(
-            conn,
-            [
-                repo.QueuedEvent(
-                    tenant_id=e.row.tenant_id,
-                    event_seq=recorded[e.row.event_id],
-                    event_id=e.row.event_id,
-                    event_type=e.row.event_type,
-                    context_filter=e.context_filter,
-                    now=e.row.now,
-                    deadline=e.deadline,
-                    except_webhook=e.except_webhook,
-                )
-                for e in new
-            ],
-        )
         if queued:
-            log.debug("public events queued for webhooks", extra={"events": len(new), "deliveries": queued})
+            log.debug("public event queued for webhooks", extra={"type": spec.type, "webhooks": queued})
 
     # --- webhook commands --------------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ loop's (what is due, claiming it), which read the tenant from the rows they find
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -101,49 +100,12 @@ def _webhook(row: asyncpg.Record) -> WebhookRow:
 
 # --- public events ---------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class NewEvent:
-    """A public event to record (:func:`insert_events`)."""
-
-    event_id: UUID
-    tenant_id: UUID
-    event_type: str
-    context: str
-    time: datetime
-    related: Sequence[str]
-    payload: str
-    now: datetime
-
-
-@dataclass(frozen=True)
-class QueuedEvent:
-    """A recorded public event to queue for its tenant's webhooks (:func:`enqueue_deliveries_many`)."""
-
-    tenant_id: UUID
-    event_seq: int
-    event_id: UUID
-    event_type: str
-    context_filter: str
-    now: datetime
-    deadline: datetime
-    except_webhook: UUID | None = None
-
-
-_INSERT_EVENTS: Final = """
+_INSERT_EVENT: Final = """
     INSERT INTO public_events (id, tenant_id, type, context, time, related, payload, recorded_at)
-    SELECT e.id, e.tenant_id, e.type, e.context, e.time, ARRAY(SELECT jsonb_array_elements_text(e.related::jsonb)),
-           e.payload, e.recorded_at
-      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[],
-                  $8::timestamptz[]) WITH ORDINALITY AS e (id, tenant_id, type, context, time, related, payload,
-                                                           recorded_at, ord)
-     ORDER BY e.ord
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
     ON CONFLICT (id) DO NOTHING
-    RETURNING id, seq
+    RETURNING seq
 """
-"""Several public events in one statement; their sequence numbers are drawn in the arrays' order (the rows
-reach the insert sorted by position). ``related`` travels as the JSON text of each event's list (an array of
-arrays would have to be rectangular)."""
 
 _LIST_EVENTS: Final = """
     SELECT seq, payload FROM public_events
@@ -158,23 +120,23 @@ _LIST_EVENTS: Final = """
 _PURGE_EVENTS: Final = "DELETE FROM public_events WHERE recorded_at < $1"
 
 
-async def insert_events(conn: asyncpg.Connection, events: Sequence[NewEvent]) -> dict[UUID, int]:
-    """Record public events in order, in one statement; returns the sequence of each one recorded now (an event
-    recorded before is left out)."""
-    if not events:
-        return {}
-    rows = await conn.fetch(
-        _INSERT_EVENTS,
-        [e.event_id for e in events],
-        [e.tenant_id for e in events],
-        [e.event_type for e in events],
-        [e.context for e in events],
-        [e.time for e in events],
-        [json.dumps(list(e.related)) for e in events],
-        [e.payload for e in events],
-        [e.now for e in events],
+async def insert_event(
+    conn: asyncpg.Connection,
+    *,
+    event_id: UUID,
+    tenant_id: UUID,
+    event_type: str,
+    context: str,
+    time: datetime,
+    related: Sequence[str],
+    payload: str,
+    now: datetime,
+) -> int | None:
+    """Record a public event; returns its sequence, or None when it was recorded before."""
+    seq = await conn.fetchval(
+        _INSERT_EVENT, event_id, tenant_id, event_type, context, time, list(related), payload, now
     )
-    return {row["id"]: int(row["seq"]) for row in rows}
+    return int(seq) if seq is not None else None
 
 
 async def list_events(
@@ -360,21 +322,15 @@ async def disable_webhook(
 
 # --- deliveries ------------------------------------------------------------------------------------------
 
-_ENQUEUE_MANY: Final = """
+_ENQUEUE: Final = """
     INSERT INTO deliveries (id, tenant_id, webhook_id, event_seq, event_id, event_type, status, attempts,
                             next_attempt_at, deadline, created_at)
-    SELECT gen_random_uuid(), w.tenant_id, w.id, e.seq, e.event_id, e.event_type, 'pending', 0, e.now, e.deadline,
-           e.now
-      FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[],
-                  $7::timestamptz[], $8::uuid[]) WITH ORDINALITY
-           AS e (tenant_id, seq, event_id, event_type, context_filter, now, deadline, except_webhook, ord)
-      JOIN webhooks w ON w.tenant_id = e.tenant_id AND w.enabled
-       AND (cardinality(w.event_types) = 0 OR e.event_type = ANY(w.event_types) OR e.context_filter = ANY(w.event_types))
-       AND w.id IS DISTINCT FROM e.except_webhook
-     ORDER BY e.ord, w.id
+    SELECT gen_random_uuid(), w.tenant_id, w.id, $2, $3, $4, 'pending', 0, $6, $7, $6
+    FROM webhooks w
+    WHERE w.tenant_id = $1 AND w.enabled
+      AND (cardinality(w.event_types) = 0 OR $4 = ANY(w.event_types) OR $5 = ANY(w.event_types))
+      AND w.id IS DISTINCT FROM $8
 """
-"""Queues each event for every enabled webhook of its tenant whose filters take it (an empty filter takes
-every event; one names a type or its context's wildcard), but the one it says to leave out."""
 
 _REDELIVER: Final = """
     INSERT INTO deliveries (id, tenant_id, webhook_id, event_seq, event_id, event_type, status, attempts,
@@ -447,21 +403,21 @@ _FINISH: Final = """
 """
 
 
-async def enqueue_deliveries_many(conn: asyncpg.Connection, events: Sequence[QueuedEvent]) -> int:
-    """Queue recorded events for every enabled webhook of their tenant whose filters take them, in one statement;
-    returns how many deliveries were queued."""
-    if not events:
-        return 0
+async def enqueue_deliveries(
+    conn: asyncpg.Connection,
+    *,
+    tenant_id: UUID,
+    event_seq: int,
+    event_id: UUID,
+    event_type: str,
+    context_filter: str,
+    now: datetime,
+    deadline: datetime,
+    except_webhook: UUID | None = None,
+) -> int:
+    """Queue the event for every enabled webhook of its tenant whose filters take it; returns how many."""
     status = await conn.execute(
-        _ENQUEUE_MANY,
-        [e.tenant_id for e in events],
-        [e.event_seq for e in events],
-        [e.event_id for e in events],
-        [e.event_type for e in events],
-        [e.context_filter for e in events],
-        [e.now for e in events],
-        [e.deadline for e in events],
-        [e.except_webhook for e in events],
+        _ENQUEUE, tenant_id, event_seq, event_id, event_type, context_filter, now, deadline, except_webhook
     )
     return int(status.split()[-1])
 

@@ -15,12 +15,7 @@ from stella.kit.service import ServiceRuntime
 def register(runtime: ServiceRuntime, router: NatsRouter, handlers: Handlers, *, projection_batch_size: int) -> None:
     """Attach the projection of every internal event the catalogue names, the webhook commands and the queries."""
     projection = EventRoutes(
-        runtime.name,
-        "projection",
-        f"{EVENT_PREFIX}.>",
-        lambda: runtime.pool,
-        batch_size=projection_batch_size,
-        deferred=handlers,
+        runtime.name, "projection", f"{EVENT_PREFIX}.>", lambda: runtime.pool, batch_size=projection_batch_size
     )
     for spec in CATALOGUE:
         if spec.internal is not None and spec.internal_model is not None:
