@@ -382,9 +382,8 @@ async def test_delivery_loops_are_woken_only_when_a_webhook_takes_the_event(
 async def test_a_burst_of_internal_events_is_recorded_in_order_once_each_and_queued_for_the_webhooks_it_matches(
     events: Harness, receiver: Receiver, nats: Client
 ) -> None:
-    """Events arriving together are written together (one statement each for the public events, their outbox
-    rows and their deliveries): still one public event per internal event, numbered in stream order, each
-    published once and queued once for each webhook of its tenant whose filter takes it."""
+    """Events arriving together (handled in batches): one public event per internal event, numbered in stream
+    order, each published once and queued once for each webhook of its tenant whose filter takes it."""
     created = await _webhook(events, receiver.url, event_types=["org.stellaops.promotion.*"])
     tenant, other = events.caller.tenant_id, uuid.uuid4()
     sent: list[tuple[str, promotion.PromotionChanged]] = []
