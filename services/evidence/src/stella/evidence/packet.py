@@ -387,55 +387,26 @@ def _is_plain_scalar(value: object) -> bool:
 def compute_packet_hash_from_content_bytes(packet: EvidencePacket, content_bytes: bytes) -> str:
     """Return the ``content_hash`` of a packet whose content's RFC 8785 bytes are already known.
 
-    The same digest as :meth:`EvidencePacket.compute_hash`, without canonicalizing the content again: the
-    canonical form of an object is its members' canonical forms in key order, ``content`` sorts first among the
-    hashed fields, and the other fields are short strings, an integer and nulls. A verifier has the content's
-    bytes from the signed statement (see :func:`stella.evidence.statement.parse_statement_canonical`).
+    The same digest as :meth:`EvidencePacket.compute_hash`, without canonicalizing the content again. A verifier
+    has the content's bytes from the signed statement (see
+    :func:`stella.evidence.statement.parse_statement_canonical`).
 
     Args:
         packet: The packet; every field but ``content`` is read from it.
         content_bytes: The RFC 8785 bytes of ``packet.content``.
     """
-    return _hash_with_content_bytes(
-        packet_id=packet.id,
-        tenant_id=packet.tenant_id,
-        packet_type=packet.packet_type,
-        promotion_id=packet.promotion_id,
-        sequence=packet.sequence,
-        previous_hash=packet.previous_hash,
-        content=packet.content,
-        content_bytes=content_bytes,
-        created_at=packet.created_at,
-    )
+    return _hash_with_content_bytes(packet.hash_input(), content_bytes)
 
 
-def _hash_with_content_bytes(
-    *,
-    packet_id: UUID,
-    tenant_id: UUID,
-    packet_type: PacketType | str,
-    promotion_id: UUID | None,
-    sequence: int,
-    previous_hash: str | None,
-    content: Mapping[str, Any],
-    content_bytes: bytes,
-    created_at: datetime,
-) -> str:
-    rest = packet_hash_input(
-        packet_id=packet_id,
-        tenant_id=tenant_id,
-        packet_type=packet_type,
-        promotion_id=promotion_id,
-        sequence=sequence,
-        previous_hash=previous_hash,
-        content={},
-        created_at=created_at,
-    )
-    del rest["content"]
+def _hash_with_content_bytes(hash_input: dict[str, Any], content_bytes: bytes) -> str:
+    """The ``content_hash`` of ``hash_input`` (:func:`packet_hash_input`), its content's bytes being known.
+
+    The canonical form of an object is its members' canonical forms in key order, ``content`` sorts first among
+    the hashed fields, and the other fields are short strings, an integer and nulls.
+    """
+    rest = {key: value for key, value in hash_input.items() if key != "content"}
     if not all(_is_plain_scalar(value) for value in rest.values()):
-        # A field RFC 8785 may spell or refuse differently: the general path decides.
-        rest["content"] = content
-        return content_hash(rest)
+        return content_hash(hash_input)  # a field RFC 8785 may spell or refuse differently: the general path decides
     tail = _HASH_INPUT_ENCODER.encode(rest)
     return sha256_digest(b'{"content":' + content_bytes + b"," + tail[1:].encode("utf-8"))
 
@@ -514,9 +485,9 @@ class EvidencePacket:
         """The chain head this packet makes: what the next packet of the tenant links to."""
         return ChainHead(sequence=self.sequence, content_hash=self.content_hash)
 
-    def compute_hash(self) -> str:
-        """Recompute ``content_hash`` from the packet's fields (equal to ``content_hash`` unless tampered)."""
-        return compute_packet_hash(
+    def hash_input(self) -> dict[str, Any]:
+        """The object ``content_hash`` is taken over (:func:`packet_hash_input` of the packet's fields)."""
+        return packet_hash_input(
             packet_id=self.id,
             tenant_id=self.tenant_id,
             packet_type=self.packet_type,
@@ -526,6 +497,10 @@ class EvidencePacket:
             content=self.content,
             created_at=self.created_at,
         )
+
+    def compute_hash(self) -> str:
+        """Recompute ``content_hash`` from the packet's fields (equal to ``content_hash`` unless tampered)."""
+        return content_hash(self.hash_input())
 
     def to_dict(self) -> dict[str, Any]:
         """Return the packet as JSON: the statement predicate, and the form stored and exported."""
@@ -601,7 +576,7 @@ def build_packet(
     created_at = _utc(created_at)
     sequence = head.next_sequence
     previous_hash = head.content_hash
-    digest = _hash_with_content_bytes(
+    hash_input = packet_hash_input(
         packet_id=packet_id,
         tenant_id=tenant_id,
         packet_type=packet_type,
@@ -609,9 +584,9 @@ def build_packet(
         sequence=sequence,
         previous_hash=previous_hash,
         content=checked.value,
-        content_bytes=checked.canonical,
         created_at=created_at,
     )
+    digest = _hash_with_content_bytes(hash_input, checked.canonical)
     return EvidencePacket(
         id=packet_id,
         tenant_id=tenant_id,
@@ -653,7 +628,7 @@ def statement_bytes(packet: EvidencePacket) -> bytes:
     around those bytes.
     """
     checked = packet.checked
-    if checked is None or checked.value is not packet.content:
+    if checked is None or packet.content_bytes is None:
         return serialize_statement(packet.statement())
     predicate = packet.to_dict()
     del predicate["content"]
