@@ -7,8 +7,10 @@ import uuid
 from typing import ClassVar
 
 import asyncpg
+import pytest
 from faststream.nats import NatsRouter
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from stella.contracts.envelope import Command, ErrorDetail, Event, Reply
 from stella.contracts.streams import (
@@ -19,7 +21,14 @@ from stella.contracts.streams import (
     HEADER_MSG_ID,
     dead_letters_filter,
 )
-from stella.kit.broker import CommandProcessor, CommandRoutes, EventRoutes, ServiceClient, declare_streams
+from stella.kit.broker import (
+    CommandProcessor,
+    CommandRoutes,
+    EventRoutes,
+    OrderedBatchConsumer,
+    ServiceClient,
+    declare_streams,
+)
 from stella.kit.errors import Conflict
 from stella.kit.naming import Names
 from stella.kit.outbox import OutboxRelay, add_event, add_events
@@ -324,3 +333,66 @@ async def test_a_batched_event_consumer_keeps_stream_order_and_one_effect_per_ev
             break
         await asyncio.sleep(0.05)
     assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+async def test_a_batched_event_consumer_outlives_an_empty_fetch_and_a_batch_that_fails_outside_its_handlers(
+    start_runtime, settings, nats: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch may end with no message (its pull request expired on the server, or a status answered it), and a
+    batch may fail outside the handlers: the consumer goes on fetching, and every event is handled once, in order.
+
+    Before, an empty fetch raised in the batch's timing and ended the consumer's task without a word: a
+    service's projection stopped after a quiet minute until it was restarted.
+    """
+    js = nats.jetstream()
+    names = Names(settings.nats_namespace)
+    await declare_streams(js, names)
+    fetches: list[int] = []
+    real_fetch = JetStreamContext.PullSubscription.fetch
+
+    async def fetch(self: JetStreamContext.PullSubscription, batch: int = 1, timeout: float | None = 5) -> list:
+        fetches.append(batch)
+        if len(fetches) <= 2:
+            await asyncio.sleep(0.05)
+            return []  # what nats-py returns when the server ends a pull request without a message
+        return await real_fetch(self, batch, timeout)
+
+    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", fetch)
+    failed: list[int] = []
+    real_handle = OrderedBatchConsumer.handle
+
+    async def handle(self: OrderedBatchConsumer, msgs: list) -> None:
+        if msgs and not failed:
+            failed.append(len(msgs))
+            raise RuntimeError("the batch failed outside its handlers")
+        await real_handle(self, msgs)
+
+    monkeypatch.setattr(OrderedBatchConsumer, "handle", handle)
+
+    def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
+        async def on_added(event: ItemAdded, conn: asyncpg.Connection) -> None:
+            await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, event.name)
+
+        routes = EventRoutes("kittest", "ordered", "stella.evt.kittest.>", lambda: runtime.pool, batch_size=8)
+        routes.on(ADDED, ItemAdded, on_added)
+        routes.attach(router, runtime)
+
+    runtime = await start_runtime(register)
+    for _ in range(100):
+        if len(fetches) > 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(fetches) > 2  # the consumer fetched again after two empty fetches
+    events = [ItemAdded(name=f"q{i}", **_ids()) for i in range(12)]
+    for event in events:
+        await js.publish(
+            names.subject(ADDED), event.model_dump_json().encode(), headers={HEADER_MSG_ID: f"{event.message_id}"}
+        )
+    for _ in range(300):
+        if await _count(runtime, "q11") == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert failed  # a batch failed, and its events came again
+    async with runtime.pool.acquire() as conn:
+        stored = [r["name"] for r in await conn.fetch("SELECT name FROM items WHERE name LIKE 'q%' ORDER BY id")]
+    assert stored == [e.name for e in events]  # each once, in stream order

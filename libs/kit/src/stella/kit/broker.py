@@ -863,7 +863,7 @@ class OrderedBatchConsumer:
     async def _run(self) -> None:
         consumer = self.routes.consumer
         sub: JetStreamContext.PullSubscription | None = None
-        retries = 0
+        retries = failures = 0
         while not self._stopping:
             try:
                 if sub is None:
@@ -880,14 +880,34 @@ class OrderedBatchConsumer:
                 await asyncio.sleep(retry_delay(retries, self.host.settings.fault_retry_base_s, 5.0))
                 continue
             retries = 0
+            # A fetch can end with nothing (its pull request expired or was answered by a status): fetch again.
+            if not msgs:
+                continue
             self._busy = True
             try:
                 await self.handle(msgs)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The loop must outlive the fault, or the consumer's events would wait until a restart. What the
+                # batch left unacknowledged is given back at once (a redelivery comes before newer events) and
+                # then handled one at a time; the inbox absorbs what had committed.
+                failures += 1
+                log.exception(
+                    "batch consumer failed; its unacknowledged events come again", extra={"consumer": consumer}
+                )
+                for raw in msgs:
+                    with contextlib.suppress(Exception):
+                        await raw.nak()
+                await asyncio.sleep(retry_delay(failures, self.host.settings.fault_retry_base_s, 5.0))
             finally:
                 self._busy = False
 
     async def handle(self, msgs: list[Msg]) -> None:
         """Handle ``msgs`` (in stream order) in one transaction and acknowledge them, else one at a time."""
+        if not msgs:
+            return
         consumer, names = self.routes.consumer, self.host.names
         started = time.perf_counter()
         if all((m.metadata.num_delivered if m.metadata else 1) <= 1 for m in msgs):
