@@ -291,6 +291,55 @@ async def test_a_run_that_ends_without_a_deployment_gives_the_slot_to_the_next_p
     )
 
 
+async def test_a_run_that_ends_before_its_deployment_jobs_events_arrive_keeps_the_slot_until_the_job_ends(
+    caller: Caller, stack: Stack
+) -> None:
+    """The job's events and the run's end travel on different consumers: under load the run's end can come first.
+
+    The promotion must keep its environment's slot (its job is deploying), not leave the queue and let the next
+    promotion deploy beside that job; the job's events then move it as usual and free the slot.
+    """
+    dev = await _environment(caller, "dev", 0)
+    first_release = await caller.ready_release("first")
+    second_release = await caller.ready_release("second")
+    job = uuid.uuid4()
+    async with collect_messages(stack.nats.jetstream(), stack.wire(w.COMPLETE_STEP)) as completions:
+        first = await _approved(caller, first_release, dev)
+        second = await _approved(caller, second_release, dev)
+        ended = w.RunCompleted(
+            tenant_id=caller.tenant_id,
+            correlation_id=uuid.uuid4(),
+            run_id=uuid.UUID(first["workflow_run_id"]),
+            subject_id=uuid.UUID(first["id"]),
+            outputs={},
+            template_name="standard-promotion",
+            deployment_jobs=[job],
+        )
+        await publish_event(stack, w.RUN_COMPLETED, ended)
+        await _wait_handled(stack, ended.message_id)
+        kept = await _get(caller, first["id"])
+        assert (kept["status"], kept["status_message"]) == ("approved", "approved; deployment starting")
+        assert not [m for m in completions.messages if _gate_completion(second)(_body(m))]
+        await _ended(stack, c.PROMOTION_STARTED, first, (d.JOB_STARTED, job_started(caller, first, job)))
+        assert not [m for m in completions.messages if _gate_completion(second)(_body(m))]
+        await _ended(
+            stack, c.PROMOTION_COMPLETED, first, (d.JOB_COMPLETED, job_completed(caller, first, job, "succeeded"))
+        )
+        released = await first_match(completions, _gate_completion(second), timeout=20)
+    assert released["status"] == "succeeded"
+    assert (await _get(caller, first["id"]))["status"] == "deployed"
+
+
+async def _wait_handled(stack: Stack, message_id: uuid.UUID) -> None:
+    """Until the promotion service recorded the event as handled (its inbox row)."""
+    for _ in range(200):
+        async with stack.promotion.runtime.pool.acquire() as conn:
+            if await conn.fetchval("SELECT count(*) FROM inbox WHERE message_id = $1", message_id):
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the promotion service did not handle event {message_id}")
+
+
 async def test_a_freeze_at_deploy_start_holds_the_deployment_until_the_window_goes(
     caller: Caller, stack: Stack
 ) -> None:

@@ -420,3 +420,40 @@ async def test_a_promotion_template_must_declare_what_a_promotion_run_starts_wit
     assert accepted.ok, accepted.error
     # A template without promotion steps is no promotion template and declares what it likes.
     assert (await harness.save_template("chores", [{"id": "wait", "type": "wait", "config": {"seconds": 1}}])).ok
+
+
+async def test_a_runs_end_names_the_deployment_jobs_its_deploy_steps_reported(harness: Harness) -> None:
+    """The run's end says which deployment jobs its deploy steps started, whether it succeeds or fails after them:
+    the promotion service learns a job exists even when the job's own events come later."""
+    job = uuid.uuid4()
+    ok = await harness.start_run(
+        "standard-promotion", template_version=2, inputs=_promotion_inputs(approval_required=False)
+    )
+    await harness.complete(await harness.dispatch(ok["id"], "gates"), outputs={"result": "allow"})
+    deploy = await harness.dispatch(ok["id"], "deploy")
+    await harness.complete(deploy, outputs={"job_id": str(job), "outcome": "succeeded", "target_count": 0})
+    await harness.complete(await harness.dispatch(ok["id"], "health-check"), outputs={"job_id": str(uuid.uuid4())})
+    await harness.complete(await harness.dispatch(ok["id"], "evidence"), outputs={"packet_id": "p-9"})
+    subject, done = await harness.finished(ok["id"])
+    assert (subject, done["deployment_jobs"]) == (c.RUN_COMPLETED, [str(job)])  # the health check's job is not one
+
+    failed = await harness.start_run(
+        "standard-promotion", template_version=2, inputs=_promotion_inputs(approval_required=False)
+    )
+    await harness.complete(await harness.dispatch(failed["id"], "gates"), outputs={"result": "allow"})
+    deploy = await harness.dispatch(failed["id"], "deploy")
+    await harness.complete(deploy, ok=False, outputs={"job_id": str(job), "outcome": "failed"}, error="job failed")
+    await harness.complete(await harness.dispatch(failed["id"], "evidence"), outputs={"packet_id": "p-10"})
+    subject, done = await harness.finished(failed["id"])
+    assert (subject, done["deployment_jobs"]) == (c.RUN_FAILED, [str(job)])
+
+    # A deploy step that failed before any job (the deployment service refused the step) names none.
+    refused = await harness.start_run(
+        "standard-promotion", template_version=2, inputs=_promotion_inputs(approval_required=False)
+    )
+    await harness.complete(await harness.dispatch(refused["id"], "gates"), outputs={"result": "allow"})
+    deploy = await harness.dispatch(refused["id"], "deploy")
+    await harness.complete(deploy, ok=False, outputs={"result": "error", "code": "DEPLOY_INVALID_STEP"}, error="no")
+    await harness.complete(await harness.dispatch(refused["id"], "evidence"), outputs={"packet_id": "p-11"})
+    subject, done = await harness.finished(refused["id"])
+    assert (subject, done["deployment_jobs"]) == (c.RUN_FAILED, [])

@@ -416,6 +416,12 @@ class StepFailed(Event):
     will_retry: bool
 
 
+DEPLOYMENT_JOBS = (
+    "The deployment jobs the run's deploy steps reported (their job_id output), in template order. The "
+    "jobs' own events travel on other consumers and may arrive after the run's end: this says they exist."
+)
+
+
 class RunCompleted(Event):
     """A run succeeded."""
 
@@ -423,6 +429,7 @@ class RunCompleted(Event):
     subject_id: UUID | None
     outputs: dict[str, Any]
     template_name: str | None = None
+    deployment_jobs: list[UUID] = Field(default_factory=list, description=DEPLOYMENT_JOBS)
 
 
 class RunFailed(Event):
@@ -433,3 +440,4 @@ class RunFailed(Event):
     status: RunStatus
     error: str | None
     template_name: str | None = None
+    deployment_jobs: list[UUID] = Field(default_factory=list, description=DEPLOYMENT_JOBS)

@@ -70,6 +70,20 @@ class Execution:
     start: StartStep
 
 
+def deployment_jobs(template: WorkflowTemplate, progress: engine.Progress) -> list[UUID]:
+    """The job ids the run's ``deploy`` steps reported (``job_id`` in their latest outputs), in template order."""
+    jobs: list[UUID] = []
+    for node in template.nodes:
+        step = progress.steps.get(node.id)
+        job_id = step.outputs.get("job_id") if step is not None and node.type == BuiltinStepType.DEPLOY else None
+        if isinstance(job_id, str):
+            try:
+                jobs.append(UUID(job_id))
+            except ValueError:
+                continue  # not a job id: the step's executor says nothing about a job
+    return jobs
+
+
 def subject_run_id(subject_id: UUID, template_name: str) -> UUID:
     """The run id of a ``StartRun`` that names a subject but no run id: one run per subject and template."""
     return uuid5(_SUBJECT_RUN_NAMESPACE, f"{subject_id}/{template_name}")
@@ -388,11 +402,12 @@ class Handlers:
         changed = [step for node_id, step in progress.steps.items() if node_id in progress.changed]
         await repo.upsert_steps(conn, progress.run, changed, logs, template.topological_order, now)
         view = repo.run_view(saved, progress.steps.values(), logs)
-        await add_events(conn, self._messages(saved, progress, view, cause, now))
+        await add_events(conn, self._messages(template, saved, progress, view, cause, now))
         return view
 
     def _messages(
         self,
+        template: WorkflowTemplate,
         record: repo.RunRecord,
         progress: engine.Progress,
         view: c.RunView,
@@ -412,7 +427,9 @@ class Handlers:
         dispatches = {(d.start.node_id, d.start.attempt): d for d in progress.dispatches}
         out: list[tuple[str, Message]] = []
         for event in progress.events:
-            message = self._event_message(record, progress, view, event, {**envelope, "message_id": self.new_id()})
+            message = self._event_message(
+                template, record, progress, view, event, {**envelope, "message_id": self.new_id()}
+            )
             if message is not None:
                 out.append(message)
             if isinstance(event, StepStarted) and (dispatch := dispatches.get((event.node_id, event.attempt))):
@@ -421,6 +438,7 @@ class Handlers:
 
     @staticmethod
     def _event_message(
+        template: WorkflowTemplate,
         record: repo.RunRecord,
         progress: engine.Progress,
         view: c.RunView,
@@ -468,6 +486,7 @@ class Handlers:
                 subject_id=record.subject_id,
                 outputs=dict(event.outputs),
                 template_name=view.template_name,
+                deployment_jobs=deployment_jobs(template, progress),
                 **envelope,
             )
         if isinstance(event, RunFailed):
@@ -477,6 +496,7 @@ class Handlers:
                 status=c.RunStatus.FAILED,
                 error=event.error,
                 template_name=view.template_name,
+                deployment_jobs=deployment_jobs(template, progress),
                 **envelope,
             )
         if isinstance(event, RunCancelled):
@@ -486,6 +506,7 @@ class Handlers:
                 status=c.RunStatus.CANCELLED,
                 error=event.reason,
                 template_name=view.template_name,
+                deployment_jobs=deployment_jobs(template, progress),
                 **envelope,
             )
         return None

@@ -52,6 +52,15 @@ class DeployQueue(HandlerBase):
                 "its template lacks a step the promotion waits on"
             )
         promotion = stored.promotion
+        if promotion.status is PromotionStatus.APPROVED and event.deployment_jobs:
+            # Its deploy step started a job whose events, on another consumer, have not reached it yet: they
+            # move the promotion (deploying, then its outcome) and give the slot back. Leaving the queue now
+            # would let the next promotion deploy beside that job.
+            log.debug(
+                "a promotion's run ended before its deployment job's events arrived; they will move it",
+                extra={"promotion_id": str(promotion.id), "job_ids": [str(j) for j in event.deployment_jobs]},
+            )
+            return
         if promotion.status is PromotionStatus.APPROVED:
             outcome = "failed" if isinstance(event, w.RunFailed) else "ended"
             ended = f"its workflow run {event.run_id} ({template}) {outcome} without a deployment job"
