@@ -25,6 +25,9 @@ from stella.promotion.store import PostgresStore, PromotionStore
 
 log = logging.getLogger(__name__)
 
+_RUN_END_MOVES = frozenset({PromotionStatus.PENDING_GATE, PromotionStatus.PENDING_APPROVAL, PromotionStatus.APPROVED})
+"""The states in which the end of a promotion's run changes it (it fails, or leaves the deployment queue)."""
+
 
 class DeployQueue(HandlerBase):
     async def on_run_ended(self, event: w.RunCompleted | w.RunFailed, conn: asyncpg.Connection) -> None:
@@ -37,6 +40,13 @@ class DeployQueue(HandlerBase):
         """
         if event.subject_id is None:
             return
+        seen = await repo.get_promotion(conn, event.tenant_id, event.subject_id)
+        if seen is None or seen.workflow_run_id != event.run_id or seen.promotion.status not in _RUN_END_MOVES:
+            return  # not this run's promotion, or one a run's end no longer changes (it never goes back)
+        # Locked in the order of the job events' handlers, which clear the next promotion in line: the
+        # environment's queue, then the promotion. The other order can deadlock with them when this promotion is
+        # the one they clear (Postgres breaks the deadlock after a second and the event is handled again).
+        await repo.lock_deploy_queue(conn, event.tenant_id, seen.promotion.target_environment_id)
         stored = await repo.get_promotion(conn, event.tenant_id, event.subject_id, lock=True)
         if stored is None or stored.workflow_run_id != event.run_id:
             return
