@@ -262,6 +262,19 @@ async def test_jobs_that_deploy_nothing_for_the_promotion_leave_it_alone(caller:
     assert done["deployment_job_id"] == str(job)
 
 
+def _run_completed(caller: Caller, promotion: dict[str, Any], **fields: Any) -> w.RunCompleted:
+    """The end of the promotion's run of ``standard-promotion``, as the workflow service announces it."""
+    return w.RunCompleted(
+        tenant_id=caller.tenant_id,
+        correlation_id=uuid.uuid4(),
+        run_id=uuid.UUID(promotion["workflow_run_id"]),
+        subject_id=uuid.UUID(promotion["id"]),
+        outputs={},
+        template_name="standard-promotion",
+        **fields,
+    )
+
+
 async def test_a_run_that_ends_without_a_deployment_gives_the_slot_to_the_next_promotion(
     caller: Caller, stack: Stack
 ) -> None:
@@ -272,14 +285,7 @@ async def test_a_run_that_ends_without_a_deployment_gives_the_slot_to_the_next_p
         first = await _approved(caller, first_release, dev)
         second = await _approved(caller, second_release, dev)
         # A run of a template without a deploy step (standard-promotion version 1) ends after its evidence.
-        ended = w.RunCompleted(
-            tenant_id=caller.tenant_id,
-            correlation_id=uuid.uuid4(),
-            run_id=uuid.UUID(first["workflow_run_id"]),
-            subject_id=uuid.UUID(first["id"]),
-            outputs={},
-            template_name="standard-promotion",
-        )
+        ended = _run_completed(caller, first)
         await publish_event(stack, w.RUN_COMPLETED, ended)
         released = await first_match(completions, _gate_completion(second), timeout=20)
     assert released["status"] == "succeeded"
@@ -306,15 +312,7 @@ async def test_a_run_that_ends_before_its_deployment_jobs_events_arrive_keeps_th
     async with collect_messages(stack.nats.jetstream(), stack.wire(w.COMPLETE_STEP)) as completions:
         first = await _approved(caller, first_release, dev)
         second = await _approved(caller, second_release, dev)
-        ended = w.RunCompleted(
-            tenant_id=caller.tenant_id,
-            correlation_id=uuid.uuid4(),
-            run_id=uuid.UUID(first["workflow_run_id"]),
-            subject_id=uuid.UUID(first["id"]),
-            outputs={},
-            template_name="standard-promotion",
-            deployment_jobs=[job],
-        )
+        ended = _run_completed(caller, first, deployment_jobs=[job])
         await publish_event(stack, w.RUN_COMPLETED, ended)
         await _wait_handled(stack, ended.message_id)
         kept = await _get(caller, first["id"])
