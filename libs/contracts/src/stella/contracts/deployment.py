@@ -64,6 +64,10 @@ EXECUTE_STEP: Final[str] = "stella.cmd.deployment.execute_step"
 STEP_TYPES: Final[frozenset[str]] = frozenset({"deploy", "health-check", "verify-drift"})
 """Workflow step types the deployment service executes."""
 
+STEP_OUTPUT_JOB_ID: Final[str] = "job_id"
+"""The output of a step the deployment service completes that names the job it ran (the job's id as text).
+The workflow reports the deploy steps' jobs in a run's end (``RunCompleted.deployment_jobs``)."""
+
 # --- commands (stored, answered once handled) ---------------------------------------------------------------
 
 CREATE_TARGET: Final[str] = "stella.cmd.deployment.create_target"

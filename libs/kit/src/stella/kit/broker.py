@@ -880,9 +880,6 @@ class OrderedBatchConsumer:
                 await asyncio.sleep(retry_delay(retries, self.host.settings.fault_retry_base_s, 5.0))
                 continue
             retries = 0
-            # A fetch can end with nothing (its pull request expired or was answered by a status): fetch again.
-            if not msgs:
-                continue
             self._busy = True
             try:
                 await self.handle(msgs)
@@ -907,7 +904,7 @@ class OrderedBatchConsumer:
     async def handle(self, msgs: list[Msg]) -> None:
         """Handle ``msgs`` (in stream order) in one transaction and acknowledge them, else one at a time."""
         if not msgs:
-            return
+            return  # a fetch can end with nothing (its pull request expired, or a status answered it)
         consumer, names = self.routes.consumer, self.host.names
         started = time.perf_counter()
         if all((m.metadata.num_delivered if m.metadata else 1) <= 1 for m in msgs):

@@ -1527,7 +1527,7 @@ class Handlers:
             step = StepRef(run_id=job["step_run_id"], node_id=job["step_node_id"], attempt=job["step_attempt"])
             ok = status is c.JobStatus.SUCCEEDED
             outputs = {
-                "job_id": str(job["id"]),
+                c.STEP_OUTPUT_JOB_ID: str(job["id"]),
                 "outcome": status.value,
                 "target_count": job["target_count"],
                 "reason": job["reason"],

@@ -25,6 +25,7 @@ from uuid import UUID, uuid4, uuid5
 import asyncpg
 
 from stella.contracts import workflow as c
+from stella.contracts.deployment import STEP_OUTPUT_JOB_ID
 from stella.contracts.envelope import Message, Page, Reply, utcnow
 from stella.kit.broker import CommandProcessor
 from stella.kit.errors import ServiceError, error_detail
@@ -71,11 +72,14 @@ class Execution:
 
 
 def deployment_jobs(template: WorkflowTemplate, progress: engine.Progress) -> list[UUID]:
-    """The job ids the run's ``deploy`` steps reported (``job_id`` in their latest outputs), in template order."""
+    """The job ids the run's ``deploy`` steps reported (``STEP_OUTPUT_JOB_ID`` of their latest outputs), in
+    template order."""
     jobs: list[UUID] = []
     for node in template.nodes:
         step = progress.steps.get(node.id)
-        job_id = step.outputs.get("job_id") if step is not None and node.type == BuiltinStepType.DEPLOY else None
+        job_id = (
+            step.outputs.get(STEP_OUTPUT_JOB_ID) if step is not None and node.type == BuiltinStepType.DEPLOY else None
+        )
         if isinstance(job_id, str):
             try:
                 jobs.append(UUID(job_id))

@@ -43,12 +43,21 @@ class DeployQueue(HandlerBase):
         seen = await repo.get_promotion(conn, event.tenant_id, event.subject_id)
         if seen is None or seen.workflow_run_id != event.run_id or seen.promotion.status not in _RUN_END_MOVES:
             return  # not this run's promotion, or one a run's end no longer changes (it never goes back)
+        if seen.promotion.status is PromotionStatus.APPROVED and event.deployment_jobs:
+            # Its deploy step started a job whose events, on another consumer, have not reached it yet: they
+            # move the promotion (deploying, then its outcome) and give the slot back. Leaving the queue now
+            # would let the next promotion deploy beside that job.
+            log.debug(
+                "a promotion's run ended before its deployment job's events arrived; they will move it",
+                extra={"promotion_id": str(seen.promotion.id), "job_ids": [str(j) for j in event.deployment_jobs]},
+            )
+            return
         # Locked in the order of the job events' handlers, which clear the next promotion in line: the
         # environment's queue, then the promotion. The other order can deadlock with them when this promotion is
         # the one they clear (Postgres breaks the deadlock after a second and the event is handled again).
         await repo.lock_deploy_queue(conn, event.tenant_id, seen.promotion.target_environment_id)
         stored = await repo.get_promotion(conn, event.tenant_id, event.subject_id, lock=True)
-        if stored is None or stored.workflow_run_id != event.run_id:
+        if stored is None:
             return
         template = event.template_name or stored.workflow_template
         if isinstance(event, w.RunFailed):
@@ -62,15 +71,6 @@ class DeployQueue(HandlerBase):
                 "its template lacks a step the promotion waits on"
             )
         promotion = stored.promotion
-        if promotion.status is PromotionStatus.APPROVED and event.deployment_jobs:
-            # Its deploy step started a job whose events, on another consumer, have not reached it yet: they
-            # move the promotion (deploying, then its outcome) and give the slot back. Leaving the queue now
-            # would let the next promotion deploy beside that job.
-            log.debug(
-                "a promotion's run ended before its deployment job's events arrived; they will move it",
-                extra={"promotion_id": str(promotion.id), "job_ids": [str(j) for j in event.deployment_jobs]},
-            )
-            return
         if promotion.status is PromotionStatus.APPROVED:
             outcome = "failed" if isinstance(event, w.RunFailed) else "ended"
             ended = f"its workflow run {event.run_id} ({template}) {outcome} without a deployment job"
