@@ -259,6 +259,62 @@ async def test_a_tenants_events_are_published_in_commit_order(start_runtime, nat
     assert [_Ordered.model_validate_json(m.data).n for m in msgs] == committed
 
 
+async def test_a_relay_round_marks_what_the_round_before_published_and_never_reads_it_again(
+    start_runtime, nats: Client
+) -> None:
+    """The relay marks a round's published rows with the next round's read (one statement a round): the rows it
+    marks are not read and published again by that same statement, those of another tenant committed in
+    between are, and leaving marks the rest."""
+    runtime = await start_runtime(lambda runtime, router: None)
+    assert runtime.relay is not None
+    await runtime.relay.stop()
+
+    async def write(n: int, tenant: uuid.UUID) -> None:
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            await add_event(conn, ADDED, _Ordered(n=n, tenant_id=tenant, correlation_id=uuid.uuid4()))
+
+    async def unpublished() -> int:
+        return await runtime.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+
+    first, second = uuid.uuid4(), uuid.uuid4()
+    relay = OutboxRelay(runtime.settings.database_url, runtime.schema, runtime.js, names=runtime.names)
+    conn = await asyncpg.connect(runtime.settings.database_url, server_settings={"search_path": runtime.schema})
+    try:
+        async with collect_messages(nats.jetstream(), runtime.names.subject(ADDED)) as published:
+            for n in (1, 2, 3):
+                await write(n, first)
+            assert await relay.publish_pending(conn, mark=False) == 3
+            assert await unpublished() == 3  # published, marked by the next round
+            await write(4, second)
+            await write(5, first)
+            assert await relay.publish_pending(conn, mark=False) == 2
+            assert await unpublished() == 2
+            assert await relay.publish_pending(conn, mark=False) == 0
+            assert await unpublished() == 0
+            await write(6, second)
+            assert await relay.publish_pending(conn) == 1  # marked before it returns
+            assert await unpublished() == 0
+            msgs = await published.wait(6, timeout=10)
+            await asyncio.sleep(0.3)
+            assert len(published.messages) == 6
+    finally:
+        await conn.close()
+    assert [_Ordered.model_validate_json(m.data).n for m in msgs] == [1, 2, 3, 4, 5, 6]
+
+    # The relay's own loop: what it published is marked when it leaves.
+    await write(7, first)
+    relay = OutboxRelay(
+        runtime.settings.database_url, runtime.schema, runtime.js, names=runtime.names, poll_s=30.0
+    )
+    async with collect_messages(nats.jetstream(), runtime.names.subject(ADDED)) as published:
+        relay.start()
+        msgs = await published.wait(7, timeout=10)  # the stream's six, then the seventh
+        assert await unpublished() == 1  # the next round (30 s away) would mark it
+        await relay.stop()
+    assert await unpublished() == 0
+    assert _Ordered.model_validate_json(msgs[-1].data).n == 7
+
+
 async def test_an_unordered_note_does_not_wait_for_the_tenants_open_transaction(start_runtime, nats: Client) -> None:
     """A note written with ``ordered=False`` commits while another transaction holds the tenant's lock, and is
     published once like any event (an ordered one would wait for that transaction's commit)."""

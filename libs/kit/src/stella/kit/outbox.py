@@ -5,7 +5,8 @@ before the row gets its id makes a tenant's ids in that outbox follow commit ord
 order and stops at the first failure, never reorders a tenant's events. One relay per schema is active at a
 time (a session advisory lock); the others stand by. A relay killed after publishing but before marking
 rows republishes them on restart with the same ``Nats-Msg-Id``, which the stream's duplicate window drops
-and consumers' inboxes absorb beyond it.
+and consumers' inboxes absorb beyond it. A round's rows are marked by the next round's read, in the same
+statement (or when the relay leaves), so a round costs one statement besides its publishes.
 """
 
 from __future__ import annotations
@@ -50,10 +51,14 @@ _INSERT_UNORDERED = """
     INSERT INTO outbox (message_id, tenant_id, subject, payload, headers) VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (message_id) DO NOTHING
 """
-_PENDING = """
+# A round marks what the round before it published and reads the next batch, in one statement. The read sees
+# the snapshot taken before the mark, so the rows it marks are left out by id (not by a bound: ids of different
+# tenants may commit out of order, so a smaller id can still be waiting).
+_MARK_AND_READ = """
+    WITH marked AS (UPDATE outbox SET published_at = now() WHERE id = ANY($2::bigint[]))
     SELECT id, message_id, subject, payload, headers
       FROM outbox
-     WHERE published_at IS NULL
+     WHERE published_at IS NULL AND id <> ALL($2::bigint[])
      ORDER BY id
      LIMIT $1
 """
@@ -197,6 +202,8 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.published = 0
+        self._unmarked: list[int] = []
+        """Ids published and not yet marked: the next round marks them with its read (or the relay on its way out)."""
 
     def start(self) -> None:
         """Run the relay in the background."""
@@ -241,7 +248,7 @@ class OutboxRelay:
             rounds = 0
             while not self._stopping:
                 self._wake.clear()
-                sent = await self.publish_pending(conn)
+                sent = await self.publish_pending(conn, mark=False)
                 rounds += 1
                 if rounds % 600 == 0:
                     await conn.execute(_PURGE, self.retention_s)
@@ -252,6 +259,10 @@ class OutboxRelay:
                     async with asyncio.timeout(self.poll_s):
                         await self._wake.wait()
         finally:
+            # Leaving (stopped, or the connection failed): mark what went out, if the database still answers;
+            # if not, the next leader publishes those rows again and the duplicate window and inboxes drop them.
+            with contextlib.suppress(Exception):
+                await self._mark(conn)
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
 
@@ -277,24 +288,38 @@ class OutboxRelay:
         with tracing.publish(row["subject"], self.schema, stored, headers):
             await self.js.publish(subject, row["payload"].encode(), headers=headers, timeout=5)
 
-    async def publish_pending(self, conn: asyncpg.Connection) -> int:
-        """Publish one batch in id order; returns how many were published and marked."""
-        rows = await conn.fetch(_PENDING, self.batch_size)
-        done: list[int] = []
+    async def publish_pending(self, conn: asyncpg.Connection, *, mark: bool = True) -> int:
+        """Publish one batch in id order; returns how many were published.
+
+        The read marks what the round before published. With ``mark`` the rows this round published are
+        marked before it returns; without it (the relay's loop) the next round marks them with its read, one
+        statement a round. A crash in between publishes them again, like a crash between publish and mark.
+        """
+        unmarked = self._unmarked
+        rows = await conn.fetch(_MARK_AND_READ, self.batch_size, unmarked)
+        del unmarked[:]
+        fault = os.environ.get(FAULT_ENV)
+        published = 0
         try:
-            fault = os.environ.get(FAULT_ENV)
             for row in rows:
                 if fault == "relay.before_publish":
                     os._exit(137)  # crash test: committed, not yet published
                 await self._publish(row)
-                done.append(row["id"])
+                # Kept for the mark even when a later publish fails; the rest is retried in order.
+                unmarked.append(row["id"])
+                published += 1
                 self._observe(row["subject"], row["payload"])
                 if fault == "relay.after_publish":
                     os._exit(137)  # crash test: published, not yet marked
         finally:
-            # Mark what went out even when a later publish failed; the rest is retried in order.
-            if done:
-                await conn.execute(_MARK, done)
-                self.published += len(done)
-                metrics.outbox_published.labels(self.schema).inc(len(done))
-        return len(done)
+            self.published += published
+            metrics.outbox_published.labels(self.schema).inc(published)
+            if mark:
+                await self._mark(conn)
+        return published
+
+    async def _mark(self, conn: asyncpg.Connection) -> None:
+        """Mark what was published and is not marked yet."""
+        if self._unmarked:
+            await conn.execute(_MARK, self._unmarked)
+            del self._unmarked[:]
