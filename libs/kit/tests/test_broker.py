@@ -303,9 +303,7 @@ async def test_a_relay_round_marks_what_the_round_before_published_and_never_rea
 
     # The relay's own loop: what it published is marked when it leaves.
     await write(7, first)
-    relay = OutboxRelay(
-        runtime.settings.database_url, runtime.schema, runtime.js, names=runtime.names, poll_s=30.0
-    )
+    relay = OutboxRelay(runtime.settings.database_url, runtime.schema, runtime.js, names=runtime.names, poll_s=30.0)
     async with collect_messages(nats.jetstream(), runtime.names.subject(ADDED)) as published:
         relay.start()
         msgs = await published.wait(7, timeout=10)  # the stream's six, then the seventh
