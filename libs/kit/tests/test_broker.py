@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import ClassVar
 
 import asyncpg
 import pytest
 from faststream.nats import NatsRouter
+from nats import connect as nats_connect
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -27,14 +29,19 @@ from stella.kit.broker import (
     EventRoutes,
     OrderedBatchConsumer,
     ServiceClient,
+    consumer_config,
     declare_streams,
+    takes_many_filters,
 )
+from stella.kit.embedded import EmbeddedNats
 from stella.kit.errors import Conflict
 from stella.kit.naming import Names
 from stella.kit.outbox import OutboxRelay, add_event, add_events
 from stella.kit.service import ServiceRuntime
+from stella.kit.settings import ServiceSettings
 from stella.testing.messaging import collect_messages
 
+MIGRATIONS = Path(__file__).parent / "migrations"
 ADD = "stella.cmd.kittest.add_item"
 BREAK = "stella.cmd.kittest.always_fail"
 ADDED = "stella.evt.kittest.item_added"
@@ -387,6 +394,76 @@ async def test_a_batched_event_consumer_keeps_stream_order_and_one_effect_per_ev
             break
         await asyncio.sleep(0.05)
     assert (info.num_ack_pending, info.num_pending) == (0, 0)
+
+
+OTHER = "stella.evt.kittest.item_renamed"
+
+
+async def test_an_ordered_consumer_is_delivered_only_the_events_it_handles_by_a_server_that_filters_many_subjects(
+    settings: ServiceSettings, nats: Client
+) -> None:
+    """On NATS 2.10 and later an ordered batch consumer is filtered on its routed subjects: the server does not
+    deliver the other events under its wildcard (the events service's projection handled 8 of the 19 events a
+    promotion publishes and fetched and acknowledged the rest). A consumer made with the wildcard by an earlier
+    version is narrowed where it stands. On an older server (2.9 takes one filter) the wildcard stays."""
+    if takes_many_filters(nats):
+        pytest.skip("the session's NATS filters on many subjects: the embedded server below is no older")
+    server = EmbeddedNats().start()
+    try:
+        modern = settings.model_copy(update={"nats_url": server.url})
+        names = Names(modern.nats_namespace)
+        client = await nats_connect(server.url)
+        js = client.jetstream()
+        await declare_streams(js, names)
+        # The consumer as an earlier version made it: the wildcard alone.
+        await js.add_consumer(
+            names.stream(EVENTS), consumer_config("kittest-ordered", names.subject("stella.evt.kittest.>"), modern)
+        )
+        handled = [ItemAdded(name=f"f{i}", **_ids()) for i in range(3)]
+        for i, event in enumerate(handled):
+            for subject, message in ((OTHER, ItemAdded(name=f"other{i}", **_ids())), (ADDED, event)):
+                await js.publish(
+                    names.subject(subject),
+                    message.model_dump_json().encode(),
+                    headers={HEADER_MSG_ID: str(message.message_id)},
+                )
+
+        def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
+            async def on_added(event: ItemAdded, conn: asyncpg.Connection) -> None:
+                await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, event.name)
+
+            routes = EventRoutes("kittest", "ordered", "stella.evt.kittest.>", lambda: runtime.pool, batch_size=8)
+            routes.on(ADDED, ItemAdded, on_added)
+            routes.attach(router, runtime)
+
+        runtime = ServiceRuntime("kittest", modern, MIGRATIONS, register)
+        await runtime.start()
+        try:
+            for _ in range(200):
+                if await _count(runtime, "f2") == 1:
+                    break
+                await asyncio.sleep(0.05)
+            async with runtime.pool.acquire() as conn:
+                stored = [r["name"] for r in await conn.fetch("SELECT name FROM items ORDER BY id")]
+            assert stored == ["f0", "f1", "f2"]
+            info = await js.consumer_info(names.stream(EVENTS), "kittest-ordered")
+            assert info.config.filter_subjects == [names.subject(ADDED)]
+            assert info.delivered.consumer_seq == 3  # the three it handles, not the six under the wildcard
+            assert info.num_pending == 0
+        finally:
+            await runtime.stop()
+            await client.close()
+    finally:
+        server.stop()
+    # The session's older server keeps the one wildcard filter.
+    session = ServiceRuntime("kittest", settings, MIGRATIONS, register)
+    await session.start()
+    try:
+        info = await nats.jetstream().consumer_info(session.names.stream(EVENTS), "kittest-ordered")
+        assert info.config.filter_subject == session.names.subject("stella.evt.kittest.>")
+        assert not info.config.filter_subjects
+    finally:
+        await session.stop()
 
 
 async def test_a_batched_event_consumer_outlives_an_empty_fetch_and_a_batch_that_fails_outside_its_handlers(

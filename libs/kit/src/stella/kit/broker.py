@@ -162,6 +162,15 @@ async def declare_streams(
         await js.update_stream(config)
 
 
+def takes_many_filters(nc: NatsClient) -> bool:
+    """Whether the connected server filters a consumer on several subjects (NATS 2.10 and later; 2.9 takes one)."""
+    version = nc.connected_server_version
+    try:
+        return (version.major, version.minor) >= (2, 10)
+    except ValueError:  # a version that is not semver: assume the oldest server we support
+        return False
+
+
 def consumer_config(
     name: str, subject: str, settings: ServiceSettings, deliver_policy: DeliverPolicy = DeliverPolicy.ALL
 ) -> ConsumerConfig:
@@ -830,6 +839,10 @@ class OrderedBatchConsumer:
     before the commit redelivers the batch; after it, the inbox absorbs the redelivery. When anything in the
     batch fails, or an event is a redelivery, the batch is rolled back and its events are handled one at a
     time, in order, through :func:`settle`, with the usual holding, retries and dead letters.
+
+    On a server that filters a consumer on several subjects (NATS 2.10 and later) the consumer is filtered on
+    its routed subjects, so the events under its wildcard that nobody here handles are not delivered at all
+    (a consumer made with the wildcard alone is narrowed where it stands); NATS 2.9 keeps the wildcard.
     """
 
     def __init__(self, routes: EventRoutes, host: Host) -> None:
@@ -840,6 +853,11 @@ class OrderedBatchConsumer:
         config = consumer_config(routes.consumer, host.names.subject(routes.subject), settings, routes.deliver_policy)
         # A whole batch is unacknowledged while it is handled, and the next one is fetched right after.
         config.max_ack_pending = max(config.max_ack_pending or 0, 2 * self.batch_size)
+        if routes.routes and takes_many_filters(host.nats):
+            # The server delivers only the routed subjects, in stream order, instead of every event under the
+            # wildcard for most to be fetched, acknowledged and dropped.
+            config.filter_subject = None
+            config.filter_subjects = sorted(host.names.subject(subject) for subject in routes.routes)
         self.stream = host.names.stream(EVENTS)
         host.consumers.append((self.stream, config))
         self._task: asyncio.Task[None] | None = None

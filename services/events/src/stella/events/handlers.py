@@ -186,18 +186,21 @@ class Handlers:
         )
         payload = event.to_json()
         now = self._clock()
-        seq = await repo.insert_event(
+        recorded = await repo.record_event(
             conn,
             event_id=event_id,
             tenant_id=tenant_id,
             event_type=spec.type,
             context=spec.context,
+            context_filter=f"{TYPE_PREFIX}{spec.context}.*",
             time=event.time,
             related=data.related(),
             payload=payload,
             now=now,
+            deadline=now + self._retry.window,
+            except_webhook=except_webhook,
         )
-        if seq is None:
+        if recorded is None:
             return  # recorded before: published and queued then
         await add_messages(
             conn,
@@ -207,17 +210,7 @@ class Handlers:
                 )
             ],
         )
-        queued = await repo.enqueue_deliveries(
-            conn,
-            tenant_id=tenant_id,
-            event_seq=seq,
-            event_id=event_id,
-            event_type=spec.type,
-            context_filter=f"{TYPE_PREFIX}{spec.context}.*",
-            now=now,
-            deadline=now + self._retry.window,
-            except_webhook=except_webhook,
-        )
+        _, queued = recorded
         if queued:
             log.debug("public event queued for webhooks", extra={"type": spec.type, "webhooks": queued})
 

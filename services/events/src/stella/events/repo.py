@@ -100,11 +100,26 @@ def _webhook(row: asyncpg.Record) -> WebhookRow:
 
 # --- public events ---------------------------------------------------------------------------------------
 
-_INSERT_EVENT: Final = """
-    INSERT INTO public_events (id, tenant_id, type, context, time, related, payload, recorded_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING seq
+# The event and its deliveries in one statement: the deliveries are queued only when the event is new (a
+# redelivered internal event records nothing and queues nothing), for every enabled webhook of the tenant
+# whose filters take its type or its context (``$9``, ``<prefix><context>.*``), except ``$11``.
+_RECORD_EVENT: Final = """
+    WITH recorded AS (
+        INSERT INTO public_events (id, tenant_id, type, context, time, related, payload, recorded_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING seq
+    ), queued AS (
+        INSERT INTO deliveries (id, tenant_id, webhook_id, event_seq, event_id, event_type, status, attempts,
+                                next_attempt_at, deadline, created_at)
+        SELECT gen_random_uuid(), w.tenant_id, w.id, recorded.seq, $1, $3, 'pending', 0, $8, $10, $8
+          FROM recorded, webhooks w
+         WHERE w.tenant_id = $2 AND w.enabled
+           AND (cardinality(w.event_types) = 0 OR $3 = ANY(w.event_types) OR $9 = ANY(w.event_types))
+           AND w.id IS DISTINCT FROM $11
+        RETURNING 1
+    )
+    SELECT seq, (SELECT count(*) FROM queued) AS queued FROM recorded
 """
 
 _LIST_EVENTS: Final = """
@@ -120,23 +135,40 @@ _LIST_EVENTS: Final = """
 _PURGE_EVENTS: Final = "DELETE FROM public_events WHERE recorded_at < $1"
 
 
-async def insert_event(
+async def record_event(
     conn: asyncpg.Connection,
     *,
     event_id: UUID,
     tenant_id: UUID,
     event_type: str,
     context: str,
+    context_filter: str,
     time: datetime,
     related: Sequence[str],
     payload: str,
     now: datetime,
-) -> int | None:
-    """Record a public event; returns its sequence, or None when it was recorded before."""
-    seq = await conn.fetchval(
-        _INSERT_EVENT, event_id, tenant_id, event_type, context, time, list(related), payload, now
+    deadline: datetime,
+    except_webhook: UUID | None = None,
+) -> tuple[int, int] | None:
+    """Record a public event and queue it for every enabled webhook of its tenant whose filters take it.
+
+    Returns its sequence and how many deliveries were queued, or None when it was recorded before.
+    """
+    row = await conn.fetchrow(
+        _RECORD_EVENT,
+        event_id,
+        tenant_id,
+        event_type,
+        context,
+        time,
+        list(related),
+        payload,
+        now,
+        context_filter,
+        deadline,
+        except_webhook,
     )
-    return int(seq) if seq is not None else None
+    return (int(row["seq"]), int(row["queued"])) if row is not None else None
 
 
 async def list_events(
@@ -322,16 +354,6 @@ async def disable_webhook(
 
 # --- deliveries ------------------------------------------------------------------------------------------
 
-_ENQUEUE: Final = """
-    INSERT INTO deliveries (id, tenant_id, webhook_id, event_seq, event_id, event_type, status, attempts,
-                            next_attempt_at, deadline, created_at)
-    SELECT gen_random_uuid(), w.tenant_id, w.id, $2, $3, $4, 'pending', 0, $6, $7, $6
-    FROM webhooks w
-    WHERE w.tenant_id = $1 AND w.enabled
-      AND (cardinality(w.event_types) = 0 OR $4 = ANY(w.event_types) OR $5 = ANY(w.event_types))
-      AND w.id IS DISTINCT FROM $8
-"""
-
 _REDELIVER: Final = """
     INSERT INTO deliveries (id, tenant_id, webhook_id, event_seq, event_id, event_type, status, attempts,
                             next_attempt_at, deadline, created_at, redelivery_of)
@@ -401,25 +423,6 @@ _FINISH: Final = """
     UPDATE deliveries SET status = $3, next_attempt_at = $4, completed_at = $5, last_status_code = $6, last_error = $7
     WHERE tenant_id = $1 AND id = $2
 """
-
-
-async def enqueue_deliveries(
-    conn: asyncpg.Connection,
-    *,
-    tenant_id: UUID,
-    event_seq: int,
-    event_id: UUID,
-    event_type: str,
-    context_filter: str,
-    now: datetime,
-    deadline: datetime,
-    except_webhook: UUID | None = None,
-) -> int:
-    """Queue the event for every enabled webhook of its tenant whose filters take it; returns how many."""
-    status = await conn.execute(
-        _ENQUEUE, tenant_id, event_seq, event_id, event_type, context_filter, now, deadline, except_webhook
-    )
-    return int(status.split()[-1])
 
 
 async def redeliver(
