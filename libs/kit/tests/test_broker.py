@@ -399,6 +399,17 @@ async def test_a_batched_event_consumer_keeps_stream_order_and_one_effect_per_ev
 OTHER = "stella.evt.kittest.item_renamed"
 
 
+def _ordered_items(runtime: ServiceRuntime, router: NatsRouter) -> None:
+    """An ordered batch consumer (``kittest-ordered``, 8 a batch) storing each added item."""
+
+    async def on_added(event: ItemAdded, conn: asyncpg.Connection) -> None:
+        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, event.name)
+
+    routes = EventRoutes("kittest", "ordered", "stella.evt.kittest.>", lambda: runtime.pool, batch_size=8)
+    routes.on(ADDED, ItemAdded, on_added)
+    routes.attach(router, runtime)
+
+
 async def test_an_ordered_consumer_is_delivered_only_the_events_it_handles_by_a_server_that_filters_many_subjects(
     settings: ServiceSettings, nats: Client
 ) -> None:
@@ -428,15 +439,7 @@ async def test_an_ordered_consumer_is_delivered_only_the_events_it_handles_by_a_
                     headers={HEADER_MSG_ID: str(message.message_id)},
                 )
 
-        def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
-            async def on_added(event: ItemAdded, conn: asyncpg.Connection) -> None:
-                await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, event.name)
-
-            routes = EventRoutes("kittest", "ordered", "stella.evt.kittest.>", lambda: runtime.pool, batch_size=8)
-            routes.on(ADDED, ItemAdded, on_added)
-            routes.attach(router, runtime)
-
-        runtime = ServiceRuntime("kittest", modern, MIGRATIONS, register)
+        runtime = ServiceRuntime("kittest", modern, MIGRATIONS, _ordered_items)
         await runtime.start()
         try:
             for _ in range(200):
@@ -456,7 +459,7 @@ async def test_an_ordered_consumer_is_delivered_only_the_events_it_handles_by_a_
     finally:
         server.stop()
     # The session's older server keeps the one wildcard filter.
-    session = ServiceRuntime("kittest", settings, MIGRATIONS, register)
+    session = ServiceRuntime("kittest", settings, MIGRATIONS, _ordered_items)
     await session.start()
     try:
         info = await nats.jetstream().consumer_info(session.names.stream(EVENTS), "kittest-ordered")
@@ -500,15 +503,7 @@ async def test_a_batched_event_consumer_outlives_an_empty_fetch_and_a_batch_that
 
     monkeypatch.setattr(OrderedBatchConsumer, "handle", handle)
 
-    def register(runtime: ServiceRuntime, router: NatsRouter) -> None:
-        async def on_added(event: ItemAdded, conn: asyncpg.Connection) -> None:
-            await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", event.tenant_id, event.name)
-
-        routes = EventRoutes("kittest", "ordered", "stella.evt.kittest.>", lambda: runtime.pool, batch_size=8)
-        routes.on(ADDED, ItemAdded, on_added)
-        routes.attach(router, runtime)
-
-    runtime = await start_runtime(register)
+    runtime = await start_runtime(_ordered_items)
     for _ in range(100):
         if len(fetches) > 2:
             break
