@@ -67,6 +67,29 @@ async def test_a_hang_is_killed_at_the_wall_clock_limit(make_plugin: MakePlugin)
         os.kill(pid, 0)
 
 
+# Answers, then leaves behind a process of another session (out of the plugin's process group, so not killed
+# with it) that holds the plugin's stdout and stderr open.
+DAEMON = """
+import subprocess, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(20)"], start_new_session=True)
+answer({"left": "a daemon"})
+"""
+
+
+async def test_a_process_the_plugin_leaves_behind_holding_its_pipes_does_not_hold_the_call(
+    make_plugin: MakePlugin,
+) -> None:
+    """The call returns once the plugin answered and its process group is gone, within the wall-clock limit,
+    even while a process it started in another session still holds the plugin's output pipes open (on
+    Python 3.11 waiting for the process also waited for its pipes to close: here until that process ended)."""
+    runner = PluginRunner(Limits(wall_s=10.0))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(15):
+        assert await runner.call(make_plugin("daemon", DAEMON), "step.execute", {}) == {"left": "a daemon"}
+    assert loop.time() - started < 10.0
+
+
 async def test_a_100_mb_answer_is_not_read_beyond_the_answer_limit(
     runner: PluginRunner, make_plugin: MakePlugin
 ) -> None:

@@ -221,10 +221,15 @@ class PluginRunner:
             ) from None
         finally:
             _kill_group(process)
-            await process.wait()
+            await _reaped(process)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stderr, timeout=1.0)
             stderr.cancel()
+            # Our ends of its pipes, which a process it left behind may still hold open (closed already when
+            # the pipes ended): the process object exposes no close of its own.
+            transport: asyncio.SubprocessTransport | None = getattr(process, "_transport", None)
+            if transport is not None and process.returncode is not None:
+                transport.close()
         if line is not None:
             return line
         raise _exit_error(plugin.id, method, process.returncode, stderr.result() if stderr.done() else b"", limits)
@@ -232,6 +237,23 @@ class PluginRunner:
 
 class _TooLarge(Exception):
     pass
+
+
+_REAPED_WITHIN_S = 5.0
+"""How long a killed plugin may take to be reaped (it takes milliseconds; the bound only keeps a call finite)."""
+
+
+async def _reaped(process: asyncio.subprocess.Process) -> None:
+    """Wait until the killed plugin's exit is known (its ``returncode``).
+
+    Not ``process.wait()``: on Python 3.11 that also waits until every pipe of the process is closed, and a
+    process the plugin started in a session of its own (out of the group that was killed) may hold them
+    open as long as it lives, which held the call past its wall-clock limit.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _REAPED_WITHIN_S
+    while process.returncode is None and loop.time() < deadline:
+        await asyncio.sleep(0.005)
 
 
 async def _read_line(stream: asyncio.StreamReader, limit: int) -> bytes | None:
