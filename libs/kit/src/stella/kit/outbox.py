@@ -203,7 +203,7 @@ class OutboxRelay:
         self._stopping = False
         self.published = 0
         self._unmarked: list[int] = []
-        """Ids published and not yet marked: the next round marks them with its read (or the relay on its way out)."""
+        """Ids published and not yet marked: the next round marks them with its read (or :meth:`mark_published`)."""
 
     def start(self) -> None:
         """Run the relay in the background."""
@@ -248,7 +248,7 @@ class OutboxRelay:
             rounds = 0
             while not self._stopping:
                 self._wake.clear()
-                sent = await self.publish_pending(conn, mark=False)
+                sent = await self.publish_pending(conn)
                 rounds += 1
                 if rounds % 600 == 0:
                     await conn.execute(_PURGE, self.retention_s)
@@ -262,7 +262,7 @@ class OutboxRelay:
             # Leaving (stopped, or the connection failed): mark what went out, if the database still answers;
             # if not, the next leader publishes those rows again and the duplicate window and inboxes drop them.
             with contextlib.suppress(Exception):
-                await self._mark(conn)
+                await self.mark_published(conn)
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
 
@@ -288,16 +288,14 @@ class OutboxRelay:
         with tracing.publish(row["subject"], self.schema, stored, headers):
             await self.js.publish(subject, row["payload"].encode(), headers=headers, timeout=5)
 
-    async def publish_pending(self, conn: asyncpg.Connection, *, mark: bool = True) -> int:
-        """Publish one batch in id order; returns how many were published.
+    async def publish_pending(self, conn: asyncpg.Connection) -> int:
+        """Mark what the round before published and publish the next batch in id order; returns how many.
 
-        The read marks what the round before published. With ``mark`` the rows this round published are
-        marked before it returns; without it (the relay's loop) the next round marks them with its read, one
-        statement a round. A crash in between publishes them again, like a crash between publish and mark.
+        What this round publishes is marked by the next round's read (one statement a round) or by
+        :meth:`mark_published`. A crash in between publishes it again, like a crash between publish and mark.
         """
-        unmarked = self._unmarked
-        rows = await conn.fetch(_MARK_AND_READ, self.batch_size, unmarked)
-        del unmarked[:]
+        rows = await conn.fetch(_MARK_AND_READ, self.batch_size, self._unmarked)
+        self._unmarked = []
         fault = os.environ.get(FAULT_ENV)
         published = 0
         try:
@@ -306,7 +304,7 @@ class OutboxRelay:
                     os._exit(137)  # crash test: committed, not yet published
                 await self._publish(row)
                 # Kept for the mark even when a later publish fails; the rest is retried in order.
-                unmarked.append(row["id"])
+                self._unmarked.append(row["id"])
                 published += 1
                 self._observe(row["subject"], row["payload"])
                 if fault == "relay.after_publish":
@@ -314,12 +312,10 @@ class OutboxRelay:
         finally:
             self.published += published
             metrics.outbox_published.labels(self.schema).inc(published)
-            if mark:
-                await self._mark(conn)
         return published
 
-    async def _mark(self, conn: asyncpg.Connection) -> None:
-        """Mark what was published and is not marked yet."""
+    async def mark_published(self, conn: asyncpg.Connection) -> None:
+        """Mark what was published and is not marked yet (the relay does it when it leaves)."""
         if self._unmarked:
             await conn.execute(_MARK, self._unmarked)
-            del self._unmarked[:]
+            self._unmarked = []
