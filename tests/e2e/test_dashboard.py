@@ -450,8 +450,8 @@ async def test_a_deployment_followed_live_then_rolled_back_a_drift_remediated_an
             await page.evaluate("() => { window.stellaSamePage = true; }")
             first = await page.locator("#job").inner_text()
             # Not ended when the page first shows it (its progress line may read "0 of 1 tasks succeeded").
-            status = " ".join(await page.locator("#job-status").all_inner_texts())
-            assert "succeeded" not in status, first
+            job_status = " ".join(await page.locator("#job-status").all_inner_texts())
+            assert "succeeded" not in job_status, first
             await page.locator("#job-status", has_text="succeeded").wait_for(timeout=180_000)
             assert await page.evaluate("() => window.stellaSamePage === true")  # never reloaded
             assert int(await page.evaluate("() => document.body.dataset.liveUpdates || '0'")) >= 1
