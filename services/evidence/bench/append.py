@@ -48,6 +48,7 @@ from stella.evidence.chain import verify_chain
 from stella.evidence.keys import PublicKey, PublicKeyRing, generate_key
 from stella.evidence.packet import ChainHead, PacketType, build_packet, sign_packet, verify_packet_envelope
 from stella.evidence.settings import Settings
+from stella.kit.logs import configure_logging
 from stella.kit.naming import Names
 from stella.kit.settings import ServiceSettings
 from stella.testing.services import delete_namespace_streams
@@ -300,6 +301,7 @@ def quantile(values: list[float], q: float) -> float:
 
 
 async def main(args: argparse.Namespace) -> int:
+    configure_logging("evidence-bench", "WARNING")  # the services' filters: an idle fetch's timeout is no error
     base = ServiceSettings()
     admin = await asyncpg.connect(base.database_url)
     nc = await nats.connect(base.nats_url)
