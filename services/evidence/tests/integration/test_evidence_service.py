@@ -14,6 +14,7 @@ import tarfile
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -287,6 +288,56 @@ async def test_a_decision_is_recorded_when_it_is_announced_and_the_evidence_step
     await asyncio.sleep(0.5)
     assert await _fetchval(evidence_app, "SELECT count(*) FROM packets") == 2
     assert await _fetchval(evidence_app, "SELECT count(*) FROM outbox WHERE subject = $1", PACKET_CREATED) == 2
+
+
+async def test_a_decision_announced_with_its_inputs_is_recorded_without_asking_for_them(
+    caller: Caller, upstream: Upstream, evidence_app: EvidenceApp, nats: Client
+) -> None:
+    """An approval carrying the inputs its record hashed is recorded from the event alone; inputs that do not
+    hash to the record are not taken (the decision is asked for, as for an event without them), nor are inputs
+    holding what looks like a secret."""
+    names = evidence_app.runtime.names
+    js = nats.jetstream()
+    carried_id, altered_id, secret_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    views = {pid: promotion_view(pid) for pid in (carried_id, altered_id, secret_id)}
+    for pid, view in views.items():
+        upstream.promotions[pid] = [view]
+    await upstream.start()
+    secret_inputs = {**decision_inputs(secret_id), "token": "s3cr3t"}
+    secret_record = {
+        **(views[secret_id].decision_record or {}),
+        "inputs_hash": content_hash({"clock": "2026-03-02T10:00:01Z", "inputs": secret_inputs}),
+    }
+    views[secret_id] = views[secret_id].model_copy(update={"decision_record": secret_record})
+    upstream.promotions[secret_id] = [views[secret_id]]
+    carried = {
+        carried_id: decision_inputs(carried_id),
+        altered_id: {**decision_inputs(altered_id), "gates": []},  # not what the record hashed
+        secret_id: secret_inputs,
+    }
+
+    async def content_of(pid: uuid.UUID, created: MessageCollector) -> dict[str, Any]:
+        event = PromotionChanged(
+            tenant_id=caller.tenant_id, correlation_id=uuid.uuid4(), promotion=views[pid], decision_inputs=carried[pid]
+        )
+        await js.publish(names.subject(PROMOTION_APPROVED), event.model_dump_json().encode())
+        packets = [PacketCreated.model_validate_json(m.data) for m in await created.wait(len(created.messages) + 1)]
+        [packet] = [p for p in packets if p.promotion_id == pid]
+        return (await caller.query(GET_PACKET, GetPacket, packet_id=packet.packet_id)).data["content"]
+
+    asked = upstream.count(GET_DECISION)
+    async with collect_messages(js, names.subject(PACKET_CREATED)) as created:
+        content = await content_of(carried_id, created)
+        assert content["decision"] == {**(views[carried_id].decision_record or {}), "inputs": carried[carried_id]}
+        assert upstream.count(GET_DECISION) == asked  # nothing asked
+        # Inputs that are not the record's: the promotion service's answer is recorded instead.
+        content = await content_of(altered_id, created)
+        assert content["decision"]["inputs"] == decision_inputs(altered_id)
+        assert upstream.count(GET_DECISION) == asked + 1
+        # Inputs the record hashed but that hold a secret: the packet keeps the record without them.
+        content = await content_of(secret_id, created)
+        assert "inputs" not in content["decision"] and content["decision"] == secret_record
+        assert upstream.count(GET_DECISION) == asked + 1
 
 
 async def test_decisions_announced_together_are_appended_in_the_appenders_batches_once_each(

@@ -236,6 +236,10 @@ async def test_gates_approve_a_promotion_that_needs_no_approvals(caller: Caller,
     assert done["status"] == "succeeded" and done["attempt"] == 1
     assert done["outputs"] == {"result": "allow", "decision_hash": sha256_digest(record)}
     assert event["promotion"]["status"] == "approved"
+    # The event carries the decision's inputs: they replay to its record (inputs_hash included).
+    decision = await caller.query(c.GET_DECISION, c.GetDecision, promotion_id=promotion["id"])
+    assert event["decision_inputs"] == decision.data["inputs"]
+    assert decide(event["decision_inputs"], datetime.fromisoformat(record["evaluated_at"])).to_dict() == record
 
     # The same attempt delivered again has one effect; a later attempt is answered from the stored decision.
     again = await caller.client.command(c.EVALUATE_GATES, caller.gate_step(promotion, attempt=2))
@@ -288,9 +292,11 @@ async def test_a_deny_window_rejects_when_the_environment_says_so(caller: Caller
     ):
         after = await _evaluate(caller, promotion)
         done = await first_match(completions, _completion_of(promotion))
-        await rejected.wait(1)
+        event = payload((await rejected.wait(1))[0])
     assert after["status"] == "rejected"
     assert "end-of-year freeze" in after["decision_record"]["gates"][0]["message"]
+    record = after["decision_record"]
+    assert decide(event["decision_inputs"], datetime.fromisoformat(record["evaluated_at"])).to_dict() == record
     assert done["status"] == "failed"
     assert done["outputs"] == {"result": "deny", "reasons": ["GATE_FREEZE_ACTIVE"]}
     assert "GATE_FREEZE_ACTIVE" in done["error"]

@@ -148,6 +148,8 @@ async def test_dev_is_approved_and_prod_collects_two_distinct_approvals(
     assert decision.data["trigger"] == "approvals"
     replayed = decide(decision.data["inputs"], datetime.fromisoformat(decision.data["evaluated_at"]))
     assert replayed.to_dict() == decision.data["record"] == record
+    # The approval announces the decision with the inputs it was made from (the approvals included).
+    assert event["decision_inputs"] == decision.data["inputs"]
 
 
 async def test_an_eligible_rejection_rejects_and_fails_the_approval_step(
@@ -172,6 +174,8 @@ async def test_an_eligible_rejection_rejects_and_fails_the_approval_step(
     view = event["promotion"]
     assert view["reason_codes"] == ["PROM_APPROVAL_REJECTED"]
     assert view["decision_record"]["result"] == "deny"
+    evaluated_at = datetime.fromisoformat(view["decision_record"]["evaluated_at"])
+    assert decide(event["decision_inputs"], evaluated_at).to_dict() == view["decision_record"]
     assert ("rejected", "not during the audit") in {
         (e["action"], e["comment"]) for e in view["decision_record"]["approvals"]
     }

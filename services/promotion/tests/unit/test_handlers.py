@@ -20,6 +20,7 @@ from stella.promotion.domain.errors import InvalidEnvironment
 from stella.promotion.domain.promotion import Promotion
 from stella.promotion.domain.status import PromotionStatus
 from stella.promotion.gates import default_registry
+from stella.promotion.handlers.base import inputs_to_carry
 from stella.promotion.handlers.decisions import (
     approvals_document,
     decision_inputs,
@@ -437,3 +438,14 @@ def test_promotion_metrics_count_each_published_state_change() -> None:
     metrics._count(json.dumps(payload))
     assert REGISTRY.get_sample_value("stella_promotions_total", labels) == before + 1
     assert REGISTRY.get_sample_value("stella_promotion_duration_seconds_count") == observed + 1
+
+
+def test_a_decision_announces_its_inputs_as_it_hashed_them_unless_they_are_too_large() -> None:
+    at = datetime(2026, 3, 2, 10, 0, 1, tzinfo=UTC)
+    inputs = {"gates": [], "clock_seen": at, "release": {"id": UUID(int=7)}}
+    carried = inputs_to_carry(inputs)
+    assert carried == {"gates": [], "clock_seen": "2026-03-02T10:00:01Z", "release": {"id": str(UUID(int=7))}}
+    assert decide(carried, at).inputs_hash == decide(inputs, at).inputs_hash
+    assert inputs_to_carry(None) is None
+    large = {"gates": [], "notes": "x" * c.MAX_EVENT_DECISION_INPUTS_BYTES}
+    assert inputs_to_carry(large) is None  # left to get_decision: the event stays small

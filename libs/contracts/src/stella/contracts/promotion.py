@@ -431,6 +431,21 @@ class FreezeChanged(Event):
 
 
 class PromotionChanged(Event):
-    """A promotion changed state."""
+    """A promotion changed state.
+
+    Attributes:
+        promotion: The promotion as it is after the change.
+        decision_inputs: On ``promotion_approved`` and ``promotion_rejected`` announcing a decision made in
+            the same transaction, the inputs that decision was computed from (``DecisionView.inputs``), so
+            that its evidence needs no query back; ``promotion.decision_record["inputs_hash"]`` is their hash
+            at the record's ``evaluated_at``, which a reader checks before using them. None otherwise (and
+            when they are larger than :data:`MAX_EVENT_DECISION_INPUTS_BYTES`): ask ``get_decision``.
+    """
 
     promotion: PromotionView
+    decision_inputs: dict[str, Any] | None = None
+
+
+MAX_EVENT_DECISION_INPUTS_BYTES: Final[int] = 64 * 1024
+"""Largest decision inputs (compact JSON) a ``PromotionChanged`` event carries; larger ones are left to
+``get_decision``, so an event stays far below NATS's message limit."""

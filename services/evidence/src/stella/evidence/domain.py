@@ -15,7 +15,7 @@ from uuid import UUID
 from stella.contracts.approval import ApprovalRequestView
 from stella.contracts.canonical import content_hash
 from stella.contracts.evidence import PacketType, PacketView, VerificationView
-from stella.contracts.promotion import PromotionStatus, PromotionView
+from stella.contracts.promotion import PromotionChanged, PromotionStatus, PromotionView
 from stella.evidence.dsse import MalformedEnvelopeError, parse_envelope, verify_parsed_envelope
 from stella.evidence.keys import BadSignatureError, PublicKeyRing, UnknownKeyError
 from stella.evidence.packet import (
@@ -23,6 +23,7 @@ from stella.evidence.packet import (
     EvidencePacket,
     MalformedPacketError,
     SubjectMismatchError,
+    decision_inputs_hash,
     format_timestamp,
     packet_from_statement,
 )
@@ -122,6 +123,24 @@ def release_decision_key(promotion: PromotionView) -> str:
 def is_decided(promotion: PromotionView) -> bool:
     """Whether the promotion's gates and approvals have been decided (approved, rejected, or later)."""
     return promotion.status not in UNDECIDED
+
+
+def carried_decision_inputs(message: object, promotion: PromotionView) -> dict[str, Any] | None:
+    """The decision's inputs the event announcing it carries, when they are the inputs its record hashed.
+
+    None when ``message`` is not such an event, carries no inputs, or carries inputs whose hash at the
+    record's ``evaluated_at`` is not the record's ``inputs_hash`` (they are then asked for, as before events
+    carried them).
+    """
+    inputs = message.decision_inputs if isinstance(message, PromotionChanged) else None
+    recorded = (promotion.decision_record or {}).get("inputs_hash")
+    if inputs is None or recorded is None:
+        return None
+    try:
+        computed = decision_inputs_hash((promotion.decision_record or {}).get("evaluated_at"), inputs)
+    except ValueError:
+        return None
+    return inputs if computed == recorded else None
 
 
 def needs_approvals(promotion: PromotionView, inputs: Mapping[str, Any] | None) -> bool:

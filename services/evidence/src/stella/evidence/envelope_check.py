@@ -25,7 +25,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from stella.contracts.canonical import content_hash
 from stella.evidence import merkle
 from stella.evidence.bundle import envelope_path, parse_envelope_path
 from stella.evidence.chain import Finding, FindingKind
@@ -35,6 +34,7 @@ from stella.evidence.packet import (
     EvidencePacket,
     MalformedPacketError,
     compute_packet_hash_from_content_bytes,
+    decision_inputs_hash,
     packet_from_dict,
 )
 from stella.evidence.statement import (
@@ -105,13 +105,12 @@ def _recompute(packet: EvidencePacket, content_bytes: bytes | None) -> tuple[str
 
 
 def _inputs_check(packet: EvidencePacket) -> tuple[Any, str] | None:
-    """``inputs_hash`` is ``sha256:`` + hex SHA-256 of the RFC 8785 form of ``{"clock": evaluated_at, "inputs":
-    inputs}`` (the promotion service's definition)."""
+    """The ``inputs_hash`` a decision records and the one its inputs give (:func:`decision_inputs_hash`)."""
     decision = packet.content.get("decision")
     if not isinstance(decision, Mapping) or "inputs" not in decision:
         return None
     try:
-        computed = content_hash({"clock": decision.get("evaluated_at"), "inputs": decision["inputs"]})
+        computed = decision_inputs_hash(decision.get("evaluated_at"), decision["inputs"])
     except ValueError as exc:
         computed = f"(cannot be computed: {exc})"
     return decision.get("inputs_hash"), computed

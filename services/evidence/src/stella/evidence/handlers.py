@@ -438,11 +438,27 @@ class Handlers:
             raise PoisonMessage(f"promotion {promotion_id}: {exc.code}: {exc.detail}") from None
 
     async def _decision_inputs(self, cmd: Message, promotion: PromotionView) -> dict[str, Any] | None:
-        """What the promotion's gates saw, when the promotion service still holds this very decision.
+        """What the promotion's gates saw: carried by the event announcing the decision, else asked for.
 
         ``None`` (the packet then carries the record without its inputs) when the promotion service has no
         decision view for it, holds a later one, or the inputs hold something that looks like a secret.
         """
+        inputs = domain.carried_decision_inputs(cmd, promotion)
+        if inputs is None:
+            inputs = await self._asked_decision_inputs(cmd, promotion)
+        if inputs is None:
+            return None
+        try:
+            reject_secrets(inputs, "$.decision.inputs")
+        except SecretInEvidenceError as exc:
+            log.warning(
+                "decision inputs left out of the evidence", extra={"promotion_id": str(promotion.id), "error": str(exc)}
+            )
+            return None
+        return inputs
+
+    async def _asked_decision_inputs(self, cmd: Message, promotion: PromotionView) -> dict[str, Any] | None:
+        """The inputs of the promotion service's latest decision, when that is this very decision."""
         try:
             view = await ask(
                 self._client(),
@@ -460,13 +476,6 @@ class Handlers:
             raise PoisonMessage(f"decision of promotion {promotion.id}: {exc.code}: {exc.detail}") from None
         recorded = (promotion.decision_record or {}).get("inputs_hash")
         if recorded is None or view.record.get("inputs_hash") != recorded:
-            return None
-        try:
-            reject_secrets(view.inputs, "$.decision.inputs")
-        except SecretInEvidenceError as exc:
-            log.warning(
-                "decision inputs left out of the evidence", extra={"promotion_id": str(promotion.id), "error": str(exc)}
-            )
             return None
         return view.inputs
 

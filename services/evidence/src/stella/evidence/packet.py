@@ -253,6 +253,16 @@ def reject_secrets(value: Any, path: str = "$") -> None:
         raise SecretInEvidenceError(where, exc.reason) from None
 
 
+def decision_inputs_hash(evaluated_at: Any, inputs: Any) -> str:
+    """A decision's ``inputs_hash``: ``sha256:`` + hex SHA-256 of the RFC 8785 form of ``{"clock": evaluated_at,
+    "inputs": inputs}`` (the promotion service's definition), ``evaluated_at`` as the record spells it.
+
+    Raises:
+        ValueError: the inputs have no canonical form.
+    """
+    return content_hash({"clock": evaluated_at, "inputs": inputs})
+
+
 def validate_content(content: Mapping[str, Any]) -> dict[str, Any]:
     """Check packet content and return a normalized deep copy of it.
 

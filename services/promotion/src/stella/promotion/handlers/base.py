@@ -4,7 +4,8 @@ promotion is locked, its events collected and its gate step completed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -17,12 +18,25 @@ from stella.contracts.envelope import Message
 from stella.kit.broker import CommandProcessor, ServiceClient
 from stella.kit.timers import DueLoop
 from stella.promotion import repo
+from stella.promotion.domain.encoding import to_json_value
 from stella.promotion.domain.errors import NotFound
 from stella.promotion.domain.events import PromotionEvent
 from stella.promotion.gates import GateRegistry
 from stella.promotion.handlers.messages import EVENT_SUBJECTS, Origin
 from stella.promotion.plugin_gates import PluginGates
 from stella.promotion.store import PromotionStore, PromotionUnitOfWork
+
+_DECISION_SUBJECTS = frozenset({c.PROMOTION_APPROVED, c.PROMOTION_REJECTED})
+"""The events that announce a decision, and carry its inputs."""
+
+
+def inputs_to_carry(inputs: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``inputs`` as the decision hashed them (plain JSON values), or None when they are too large to carry."""
+    if inputs is None:
+        return None
+    plain: dict[str, Any] = to_json_value(inputs)
+    size = len(json.dumps(plain, separators=(",", ":"), ensure_ascii=False).encode())
+    return plain if size <= c.MAX_EVENT_DECISION_INPUTS_BYTES else None
 
 
 class HandlerBase:
@@ -53,11 +67,28 @@ class HandlerBase:
         return stored
 
     def _changed(
-        self, origin: Origin, view: c.PromotionView, events: Iterable[PromotionEvent]
+        self,
+        origin: Origin,
+        view: c.PromotionView,
+        events: Iterable[PromotionEvent],
+        *,
+        decision_inputs: Mapping[str, Any] | None = None,
     ) -> list[tuple[str, Message]]:
-        """The published events of a transition, each carrying the promotion as it is now."""
+        """The published events of a transition, each carrying the promotion as it is now.
+
+        ``decision_inputs`` are the inputs of the decision stored in this transaction (the one ``view``
+        holds): an approval or rejection carries them, so its evidence is recorded without asking for them.
+        """
+        carried = inputs_to_carry(decision_inputs)
         return [
-            (subject, origin.make(c.PromotionChanged, promotion=view))
+            (
+                subject,
+                origin.make(
+                    c.PromotionChanged,
+                    promotion=view,
+                    decision_inputs=carried if subject in _DECISION_SUBJECTS else None,
+                ),
+            )
             for event in events
             if (subject := EVENT_SUBJECTS.get(type(event))) is not None
         ]

@@ -271,7 +271,8 @@ class GateHandlers(DeployQueue):
         elif result is not None and stored.gate_step is not None:
             completions = [self._completion(origin, stored.gate_step, *result)]
         await repo.update_promotion(conn, stored)
-        await add_events(conn, [*self._changed(origin, repo.promotion_view(stored), events), *completions])
+        changed = self._changed(origin, repo.promotion_view(stored), events, decision_inputs=inputs)
+        await add_events(conn, [*changed, *completions])
 
     async def _open_approvals(self, conn: asyncpg.Connection, stored: repo.StoredPromotion, origin: Origin) -> None:
         """The approval request is open: apply the stored gate decision, moving the promotion to pending_approval."""
@@ -345,7 +346,8 @@ class GateHandlers(DeployQueue):
             inputs, clock = {**latest.inputs, "approvals": approvals}, latest.clock
         else:
             inputs, clock = await self._gate_inputs(conn, stored, approvals), now
-        record = await self._store_decision(conn, stored, "approvals", to_json_value(inputs), clock)
+        inputs = to_json_value(inputs)
+        record = await self._store_decision(conn, stored, "approvals", inputs, clock)
         p.decision = record.to_dict()
         events: list[PromotionEvent]
         if request.status is a.ApprovalStatus.GRANTED:
@@ -370,7 +372,7 @@ class GateHandlers(DeployQueue):
             # Withdrawn: only this service withdraws a request, when it cancels the promotion.
             events = []
         await repo.update_promotion(conn, stored)
-        await add_events(conn, self._changed(origin, repo.promotion_view(stored), events))
+        await add_events(conn, self._changed(origin, repo.promotion_view(stored), events, decision_inputs=inputs))
 
     async def get_decision(self, q: c.GetDecision) -> Reply:
         """A promotion's latest decision with the inputs it was computed from."""
