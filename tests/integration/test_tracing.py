@@ -130,6 +130,14 @@ async def test_one_trace_spans_gateway_promotion_workflow_and_evidence(
                     token,
                     lambda b: {p["packet_type"] for p in b["items"]} == {"release_decision", "deployment"},
                 )
+                # The run's end too (its last step records evidence): the decision's packet is recorded when
+                # the decision is announced, before the run's evidence step.
+                await _until(
+                    client,
+                    f"/api/v1/workflow-runs/{requested.json()['workflow_run_id']}",
+                    token,
+                    lambda b: b["status"] == "succeeded",
+                )
                 timeline = await _until(
                     client,
                     f"/api/v1/promotions/{promotion_id}/events",
