@@ -110,6 +110,11 @@ class Agents:
             )
             assert agent.process.poll() is None, agent.log_tail()
             agent.agent_id = _online(listed, name)
+            # Listed once the gateway registered it; the agent writes its credential when the answer arrives.
+            deadline = time.monotonic() + 30
+            while not (state / "credential.json").exists() and time.monotonic() < deadline:
+                assert agent.process.poll() is None, agent.log_tail()
+                await asyncio.sleep(0.05)
         return agent
 
     def stop_all(self) -> None:
