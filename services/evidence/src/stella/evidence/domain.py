@@ -133,11 +133,12 @@ def carried_decision_inputs(message: object, promotion: PromotionView) -> dict[s
     carried them).
     """
     inputs = message.decision_inputs if isinstance(message, PromotionChanged) else None
-    recorded = (promotion.decision_record or {}).get("inputs_hash")
+    record = promotion.decision_record or {}
+    recorded = record.get("inputs_hash")
     if inputs is None or recorded is None:
         return None
     try:
-        computed = decision_inputs_hash((promotion.decision_record or {}).get("evaluated_at"), inputs)
+        computed = decision_inputs_hash(record.get("evaluated_at"), inputs)
     except ValueError:
         return None
     return inputs if computed == recorded else None

@@ -79,7 +79,9 @@ class HandlerBase:
         ``decision_inputs`` are the inputs of the decision stored in this transaction (the one ``view``
         holds): an approval or rejection carries them, so its evidence is recorded without asking for them.
         """
-        carried = inputs_to_carry(decision_inputs)
+        subjects = [subject for event in events if (subject := EVENT_SUBJECTS.get(type(event))) is not None]
+        # Converted and measured only when a decision is announced (a hold or a withdrawal carries nothing).
+        carried = inputs_to_carry(decision_inputs) if _DECISION_SUBJECTS.intersection(subjects) else None
         return [
             (
                 subject,
@@ -89,8 +91,7 @@ class HandlerBase:
                     decision_inputs=carried if subject in _DECISION_SUBJECTS else None,
                 ),
             )
-            for event in events
-            if (subject := EVENT_SUBJECTS.get(type(event))) is not None
+            for subject in subjects
         ]
 
     @staticmethod
