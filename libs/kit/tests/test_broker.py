@@ -350,7 +350,8 @@ def test_names_map_subjects_into_a_namespace_and_back() -> None:
 async def test_a_batched_event_consumer_keeps_stream_order_and_one_effect_per_event(
     start_runtime, settings, nats: Client
 ) -> None:
-    """Events waiting when the consumer starts come in one fetch: handled in order, a repeat once, poison aside."""
+    """Events waiting when the consumer starts come in batches: handled in order, a repeat once (in its batch or
+    a later one), poison aside."""
     seen: list[str] = []
     js = nats.jetstream()
     names = Names(settings.nats_namespace)
@@ -363,6 +364,9 @@ async def test_a_batched_event_consumer_keeps_stream_order_and_one_effect_per_ev
             published.append(("repeat", event.model_dump_json().encode()))  # the same event once more
         if i == 20:
             published.append(("poison", b'{"name": 42}'))
+        if i == 30:
+            # An event handled in an earlier batch, again: its batch goes one event at a time.
+            published.append(("repeat-later", events[2].model_dump_json().encode()))
     for msg_id, data in published:
         await js.publish(names.subject(ADDED), data, headers={HEADER_MSG_ID: msg_id})
 

@@ -92,9 +92,58 @@ async def test_a_successful_command_is_one_transaction_without_a_savepoint(start
     reply = await processor.run(command, _adding())
     assert reply == Reply.success({"added": True})
     assert not [s for s in logged.statements if "SAVEPOINT" in s]
-    assert logged.statements[0].startswith("BEGIN") and logged.statements[-1] == "COMMIT;"
+    # Four round trips: the transaction opens with the claim, the change and its event, the reply with the commit.
+    assert len(logged.statements) == 4, logged.statements
+    assert logged.statements[0].startswith("BEGIN; INSERT INTO INBOX")
+    assert logged.statements[-1].startswith("UPDATE INBOX SET REPLY") and logged.statements[-1].endswith("; COMMIT")
     assert await _stored(runtime, command) == reply.model_dump(mode="json")
     assert await _counts(runtime) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "it's",
+        "back\\slash \\' and \\n",
+        "'); DROP TABLE items; --",
+        "$$ $tag$ E'x' \"quoted\"",
+        "snow \u2603, beyond the BMP \U0001f600, private use \ue000",
+        "line\nbreak\ttab\u0001control",
+    ],
+)
+async def test_a_reply_is_stored_as_it_was_given_whatever_its_text(start_runtime, text: str) -> None:
+    runtime = await start_runtime(_noop)
+    processor = CommandProcessor(lambda: runtime.pool, CONSUMER)
+    command = _command("text")
+
+    async def execute(conn: asyncpg.Connection) -> object:
+        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", uuid.uuid4(), text)
+        return {"text": text, text: [text]}
+
+    reply = await processor.run(command, execute)
+    assert reply == Reply.success({"text": text, text: [text]})
+    assert await _stored(runtime, command) == reply.model_dump(mode="json")
+    assert await _counts(runtime) == (1, 0)
+    assert await processor.run(command, execute) == reply  # the repeat is answered from the stored reply
+    assert await _counts(runtime) == (1, 0)
+    async with runtime.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT name FROM items") == text
+
+
+async def test_a_command_whose_handler_ends_the_transaction_is_refused_and_leaves_nothing(start_runtime) -> None:
+    runtime = await start_runtime(_noop)
+    processor = CommandProcessor(lambda: runtime.pool, CONSUMER)
+    command = _command("ends")
+
+    async def execute(conn: asyncpg.Connection) -> object:
+        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, 'z')", uuid.uuid4())
+        await conn.execute("ROLLBACK")
+        return None
+
+    with pytest.raises(RuntimeError, match="ended by the code run in it"):
+        await processor.run(command, execute)
+    assert await _counts(runtime) == (0, 0)
+    assert await _stored(runtime, command) is None
 
 
 async def test_a_business_error_keeps_the_inbox_row_and_reply_and_undoes_the_change(start_runtime) -> None:
@@ -188,5 +237,6 @@ async def test_an_event_the_consumer_does_not_handle_is_acked_without_a_transact
     await js.publish(runtime.names.subject(ADDED), marker.model_dump_json().encode())
     await settled()
     assert handled == ["marker"]
-    # One transaction, the handled event's.
-    assert [s for s in logged[0].statements if s.startswith("BEGIN")] == ["BEGIN;"]
+    # One transaction, the handled event's, opened by its claim.
+    begun = [s for s in logged[0].statements if s.startswith("BEGIN")]
+    assert len(begun) == 1 and begun[0].startswith("BEGIN; INSERT INTO INBOX"), logged[0].statements

@@ -27,7 +27,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -776,15 +776,15 @@ class EventRoutes:
             return Prepared(event, _no_transaction_handler, lambda: handler(event, read))
         return Prepared(event, await bind(event))
 
-    async def apply(self, conn: asyncpg.Connection, ready: Prepared | None) -> None:
-        """Handle one prepared delivery in ``conn``'s open transaction: claim it in the inbox, then run its handler."""
-        if ready is None:
-            return  # an event this consumer does not handle
+    async def apply(self, conn: asyncpg.Connection, ready: Prepared) -> None:
+        """Handle one prepared delivery in a transaction of its own on ``conn``, opened by claiming it in the
+        inbox (one round trip), then run its handler."""
         _bind_context(ready.event)
-        if await claim_inbox(conn, self.consumer, ready.event.message_id):
-            await ready.handler(ready.event, conn)
-        else:
-            metrics.messages_handled.labels(self.consumer, "duplicate").inc()
+        async with _transaction_claiming(conn, self.consumer, [ready.event.message_id]) as claim:
+            if claim.claimed:
+                await ready.handler(ready.event, conn)
+            else:
+                metrics.messages_handled.labels(self.consumer, "duplicate").inc()
 
     def durable_name(self, subject: str) -> str:
         """The durable consumer of one routed subject when split per subject: ``<consumer>-<event>``."""
@@ -823,7 +823,7 @@ class EventRoutes:
                 _bind_context(ready.event)
                 await ready.owned()
                 return
-            async with self.pool().acquire() as conn, conn.transaction():
+            async with self.pool().acquire() as conn:
                 await self.apply(conn, ready)
 
         with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.service):
@@ -930,7 +930,7 @@ class OrderedBatchConsumer:
                 routed = [(raw, await self.routes.prepare(raw, names)) for raw in msgs]
                 # A batch of events this consumer does not handle is acknowledged without a transaction.
                 if any(r is not None for _, r in routed):
-                    async with self.routes.pool().acquire() as conn, conn.transaction():
+                    async with self.routes.pool().acquire() as conn:
                         await self._apply(conn, routed)
             except Exception as exc:
                 log.debug("batch failed; handling its events one at a time", extra={"consumer": consumer}, exc_info=exc)
@@ -944,21 +944,31 @@ class OrderedBatchConsumer:
             await self.routes.settle_one(raw, self.host)
 
     async def _apply(self, conn: asyncpg.Connection, routed: list[tuple[Msg, Prepared | None]]) -> None:
-        """Handle a batch's events in ``conn``'s open transaction, each once, in order."""
+        """Handle a batch's events in one transaction on ``conn``, each once, in order.
+
+        The transaction opens by claiming every event of the batch in the inbox (one round trip). When one of
+        them was handled before, the batch is rolled back and its events go one at a time (the caller's path
+        for a failed batch), which answers each from the inbox."""
         consumer, names = self.routes.consumer, self.host.names
-        # One statement claims the batch's events in the inbox.
         ids = [r.event.message_id for _, r in routed if r is not None]
-        claimed = await claim_inbox_many(conn, consumer, ids) if ids else set()
-        for raw, r in routed:
-            if r is None:
-                continue  # an event this consumer does not handle
-            if r.event.message_id not in claimed:
-                metrics.messages_handled.labels(consumer, "duplicate").inc()
-                continue
-            claimed.discard(r.event.message_id)
-            _bind_context(r.event)
-            with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.routes.service):
-                await r.handler(r.event, conn)
+        wanted = set(ids)
+        async with _transaction_claiming(conn, consumer, ids) as claim:
+            if claim.claimed < len(wanted):
+                raise _HandledBefore(f"{len(wanted) - claim.claimed} of the batch's events were handled before")
+            for raw, r in routed:
+                if r is None:
+                    continue  # an event this consumer does not handle
+                if r.event.message_id not in wanted:
+                    metrics.messages_handled.labels(consumer, "duplicate").inc()
+                    continue  # named twice in the batch: handled at its first place
+                wanted.discard(r.event.message_id)
+                _bind_context(r.event)
+                with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.routes.service):
+                    await r.handler(r.event, conn)
+
+
+class _HandledBefore(Exception):
+    """A batch holds an event its consumer handled before: the batch goes one event at a time."""
 
 
 _CLAIM = """
@@ -982,7 +992,91 @@ _STORE_REPLIES = """
       FROM unnest($2::uuid[], $3::text[]) AS r (message_id, reply)
      WHERE inbox.consumer = $1 AND inbox.message_id = r.message_id
 """
-_STORE_REPLY = "UPDATE inbox SET reply = $3 WHERE consumer = $1 AND message_id = $2"
+# One simple-protocol message each (constants, no parameters): the transaction's first round trip claims the
+# message, its last keeps the reply and commits. Their status is the last statement's.
+_BEGIN_AND_CLAIM = """BEGIN; INSERT INTO inbox (consumer, message_id) VALUES {rows}
+    ON CONFLICT (consumer, message_id) DO NOTHING"""
+_STORE_REPLY_AND_COMMIT = """UPDATE inbox SET reply = {reply}::jsonb WHERE consumer = {consumer} AND message_id = '{message_id}';
+    COMMIT"""
+
+
+def sql_literal(text: str) -> str:
+    """``text`` as an SQL string constant, read the same whatever ``standard_conforming_strings`` says (the
+    ``E''`` form, backslashes and quotes doubled). Text holding a NUL character is refused: Postgres cannot
+    store it, and it must not end a statement early."""
+    if "\x00" in text:
+        raise ValueError("text holding a NUL character cannot be sent to Postgres")
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+async def begin_claiming(conn: asyncpg.Connection, consumer: str, message_ids: Sequence[uuid.UUID]) -> int:
+    """Open a transaction on ``conn`` and claim ``message_ids`` for ``consumer`` in it, in **one** round trip;
+    returns how many of them were claimed now (one handled before is not; an id named twice counts once). The
+    transaction is open whatever the count.
+
+    ``BEGIN`` and the claim go in one simple-protocol message, their values written as constants: the
+    consumer's name comes from the code and the ids are UUIDs. The transaction is not asyncpg's
+    ``Connection.transaction()``: whoever calls this ends it with :func:`commit_with_reply`, a ``COMMIT`` or
+    a ``ROLLBACK`` (see :func:`_transaction_claiming`), and code run in it must not open
+    ``conn.transaction()`` itself. A concurrent delivery of the same message waits on the row until the first
+    transaction ends.
+    """
+    name = sql_literal(consumer)
+    rows = ", ".join(f"({name}, '{uuid.UUID(str(message_id))}')" for message_id in dict.fromkeys(message_ids))
+    try:
+        status = await conn.execute(_BEGIN_AND_CLAIM.format(rows=rows))
+    except BaseException:
+        await _roll_back_quietly(conn)
+        raise
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def commit_with_reply(conn: asyncpg.Connection, consumer: str, message_id: uuid.UUID, reply: Reply) -> None:
+    """Keep ``reply`` with the inbox row claimed by :func:`begin_claiming` and commit, in one round trip."""
+    await conn.execute(
+        _STORE_REPLY_AND_COMMIT.format(
+            reply=sql_literal(reply.model_dump_json()),
+            consumer=sql_literal(consumer),
+            message_id=uuid.UUID(str(message_id)),
+        )
+    )
+
+
+async def _roll_back_quietly(conn: asyncpg.Connection) -> None:
+    """End what is left of a failed transaction. A connection that broke is dropped by its pool, whose reset
+    rolls back any other: the error that brought us here is the one to report."""
+    if not conn.is_closed() and conn.is_in_transaction():
+        with contextlib.suppress(Exception):
+            await conn.execute("ROLLBACK")
+
+
+@contextlib.asynccontextmanager
+async def _transaction_claiming(
+    conn: asyncpg.Connection, consumer: str, message_ids: Sequence[uuid.UUID]
+) -> AsyncIterator[_Claim]:
+    """A transaction opened by claiming ``message_ids`` (:func:`begin_claiming`); committed when the block ends,
+    with the claim's ``reply`` kept in the same round trip when one was set (one message); rolled back when
+    it raises."""
+    claim = _Claim(await begin_claiming(conn, consumer, message_ids))
+    try:
+        yield claim
+    except BaseException:
+        await _roll_back_quietly(conn)
+        raise
+    if not conn.is_in_transaction():
+        raise RuntimeError("the claimed transaction was ended by the code run in it")
+    if claim.reply is not None:
+        await commit_with_reply(conn, consumer, message_ids[0], claim.reply)
+    else:
+        await conn.execute("COMMIT")
+
+
+@dataclass
+class _Claim:
+    claimed: int
+    """How many of the messages were claimed now (the others were handled before)."""
+    reply: Reply | None = None
+    """The reply to keep with the (one) message's inbox row as the transaction commits."""
 
 
 async def claim_inbox(conn: asyncpg.Connection, consumer: str, message_id: uuid.UUID) -> bool:
@@ -1053,16 +1147,18 @@ class CommandProcessor:
         """
         async with self._pool().acquire() as conn:
             try:
-                async with conn.transaction():
-                    if not await claim_inbox(conn, self.consumer, command.message_id):
-                        return await self._stored(conn, command)
-                    try:
-                        reply = Reply.success(await execute(conn))
-                    except Exception as exc:
-                        raise _Refused(_command_failure(exc)) from exc  # rolls back the change and the claim
-                    kept = Reply.success(keep(reply.data)) if keep is not None else reply
-                    await conn.execute(_STORE_REPLY, self.consumer, command.message_id, kept.model_dump(mode="json"))
-                    return reply
+                # The transaction's first round trip opens it and claims the command, its last keeps the reply
+                # and commits.
+                async with _transaction_claiming(conn, self.consumer, [command.message_id]) as claim:
+                    if not claim.claimed:
+                        answer = None  # handled before: answered from the inbox below, after the empty commit
+                    else:
+                        try:
+                            answer = Reply.success(await execute(conn))
+                        except Exception as exc:
+                            raise _Refused(_command_failure(exc)) from exc  # rolls back the change and the claim
+                        claim.reply = Reply.success(keep(answer.data)) if keep is not None else answer
+                return answer if answer is not None else await self._stored(conn, command)
             except _Refused as refused_:
                 reply = refused_.reply
             if reply.error is not None and reply.error.status >= 500:

@@ -140,6 +140,24 @@ async def add_messages(conn: asyncpg.Connection, messages: Sequence[OutboxMessag
     )
 
 
+def ordered_insert_sql(message_id: str, tenant_id: str, subject: str, payload: str, headers: str, source: str) -> str:
+    """An ``INSERT INTO outbox`` of the rows of ``source`` (a relation of another statement, a CTE), each taking
+    its tenant's lock before it gets its id as :func:`add_messages` does, to put in that statement: one round
+    trip records a change and its message. The other arguments are the SQL expressions, over ``source``, of
+    the row's values; ``headers`` is best :func:`message_headers`' text."""
+    lock = _LOCK_KEY.format(tenant=f"({tenant_id})::uuid")
+    return f"""
+    INSERT INTO outbox (message_id, tenant_id, subject, payload, headers)
+    SELECT ({message_id})::uuid, ({tenant_id})::uuid, ({subject})::text, ({payload})::text, ({headers})::text
+      FROM {source}, LATERAL (SELECT pg_advisory_xact_lock({lock})) AS locked
+    ON CONFLICT (message_id) DO NOTHING"""
+
+
+def message_headers(own: Mapping[str, str] | None = None) -> str | None:
+    """The stored headers of a message written now: ``own`` and the trace context of the work in progress."""
+    return _headers(own, tracing.stored_context())
+
+
 def _headers(own: Mapping[str, str] | None, trace: Mapping[str, str] | None) -> str | None:
     if not own and not trace:
         return None

@@ -57,7 +57,7 @@ from stella.events.sealing import Sealer, SealingError, new_secret
 from stella.kit import tracing
 from stella.kit.broker import CommandProcessor
 from stella.kit.errors import ServiceError, error_detail
-from stella.kit.outbox import OutboxMessage, add_messages
+from stella.kit.outbox import message_headers
 from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor, int64
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,8 @@ class Handlers:
         time: datetime,
         except_webhook: UUID | None = None,
     ) -> None:
-        """Record a public event, write it to the outbox and queue it for the tenant's webhooks (in ``conn``'s transaction)."""
+        """Record a public event, queue it for the tenant's webhooks and write it to the outbox (in ``conn``'s
+        transaction, one statement)."""
         event = to_cloudevent(
             spec, data, tenant_id=tenant_id, event_id=event_id, time=time, traceparent=tracing.current_traceparent()
         )
@@ -198,18 +199,12 @@ class Handlers:
             payload=payload,
             now=now,
             deadline=now + self._retry.window,
+            subject=public_subject(tenant_id, spec.type),
+            headers=message_headers({"Content-Type": MEDIA_TYPE}),
             except_webhook=except_webhook,
         )
         if recorded is None:
             return  # recorded before: published and queued then
-        await add_messages(
-            conn,
-            [
-                OutboxMessage(
-                    event_id, tenant_id, public_subject(tenant_id, spec.type), payload, {"Content-Type": MEDIA_TYPE}
-                )
-            ],
-        )
         _, queued = recorded
         if queued:
             log.debug("public event queued for webhooks", extra={"type": spec.type, "webhooks": queued})

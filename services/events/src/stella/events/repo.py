@@ -15,6 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from stella.contracts.events import AttemptView, DeliveryStatus, DeliveryView, WebhookView
+from stella.kit.outbox import ordered_insert_sql
 
 # --- records ---------------------------------------------------------------------------------------------
 
@@ -100,10 +101,11 @@ def _webhook(row: asyncpg.Record) -> WebhookRow:
 
 # --- public events ---------------------------------------------------------------------------------------
 
-# The event and its deliveries in one statement: the deliveries are queued only when the event is new (a
-# redelivered internal event records nothing and queues nothing), for every enabled webhook of the tenant
-# whose filters take its type or its context (``$9``, ``<prefix><context>.*``), except ``$11``.
-_RECORD_EVENT: Final = """
+# The event, its deliveries and its outbox row in one statement: the deliveries are queued and the event written
+# for publication (on ``$12`` with the headers ``$13``) only when the event is new (a redelivered internal event
+# records nothing, queues nothing and publishes nothing), for every enabled webhook of the tenant whose filters
+# take its type or its context (``$9``, ``<prefix><context>.*``), except ``$11``.
+_RECORD_EVENT_TEMPLATE: Final = """
     WITH recorded AS (
         INSERT INTO public_events (id, tenant_id, type, context, time, related, payload, recorded_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -118,9 +120,14 @@ _RECORD_EVENT: Final = """
            AND (cardinality(w.event_types) = 0 OR $3 = ANY(w.event_types) OR $9 = ANY(w.event_types))
            AND w.id IS DISTINCT FROM $11
         RETURNING 1
+    ), published AS ({publish}
     )
     SELECT seq, (SELECT count(*) FROM queued) AS queued FROM recorded
 """
+
+_RECORD_EVENT: Final = _RECORD_EVENT_TEMPLATE.format(
+    publish=ordered_insert_sql("$1", "$2", "$12", "$7", "$13", source="recorded")
+)
 
 _LIST_EVENTS: Final = """
     SELECT seq, payload FROM public_events
@@ -148,12 +155,17 @@ async def record_event(
     payload: str,
     now: datetime,
     deadline: datetime,
+    subject: str,
+    headers: str | None,
     except_webhook: UUID | None = None,
 ) -> tuple[int, int] | None:
-    """Record a public event and queue it for every enabled webhook of its tenant whose filters take it.
+    """Record a public event, queue it for every enabled webhook of its tenant whose filters take it and write
+    it to the outbox for publication on ``subject`` (ordered with the tenant's other messages), in one statement.
 
     Returns its sequence and how many deliveries were queued, or None when it was recorded before.
     """
+    if not conn.is_in_transaction():
+        raise RuntimeError("outbox writes must happen inside the state change's transaction")
     row = await conn.fetchrow(
         _RECORD_EVENT,
         event_id,
@@ -167,6 +179,8 @@ async def record_event(
         context_filter,
         deadline,
         except_webhook,
+        subject,
+        headers,
     )
     return (int(row["seq"]), int(row["queued"])) if row is not None else None
 
