@@ -92,10 +92,14 @@ async def test_a_successful_command_is_one_transaction_without_a_savepoint(start
     reply = await processor.run(command, _adding())
     assert reply == Reply.success({"added": True})
     assert not [s for s in logged.statements if "SAVEPOINT" in s]
-    # Four round trips: the transaction opens with the claim, the change and its event, the reply with the commit.
-    assert len(logged.statements) == 4, logged.statements
+    # Three round trips: the transaction opens with the claim, then the change, then its event is written, the
+    # reply kept and the transaction committed together.
+    assert len(logged.statements) == 3, logged.statements
     assert logged.statements[0].startswith("BEGIN; INSERT INTO INBOX")
-    assert logged.statements[-1].startswith("UPDATE INBOX SET REPLY") and logged.statements[-1].endswith("; COMMIT")
+    assert logged.statements[1].startswith("INSERT INTO ITEMS")
+    last = logged.statements[-1]
+    assert last.startswith("SELECT PG_ADVISORY_XACT_LOCK(") and last.endswith("; COMMIT")
+    assert last.index("INSERT INTO OUTBOX") < last.index("UPDATE INBOX SET REPLY") < last.index("COMMIT")
     assert await _stored(runtime, command) == reply.model_dump(mode="json")
     assert await _counts(runtime) == (1, 1)
 
@@ -240,3 +244,33 @@ async def test_an_event_the_consumer_does_not_handle_is_acked_without_a_transact
     # One transaction, the handled event's, opened by its claim.
     begun = [s for s in logged[0].statements if s.startswith("BEGIN")]
     assert len(begun) == 1 and begun[0].startswith("BEGIN; INSERT INTO INBOX"), logged[0].statements
+
+
+async def test_a_commands_messages_are_written_as_it_commits_so_its_handler_holds_no_lock_of_the_tenant(
+    start_runtime,
+) -> None:
+    runtime = await start_runtime(_noop)
+    processor = CommandProcessor(lambda: runtime.pool, CONSUMER)
+    tenant = uuid.uuid4()
+    recorded, go_on = asyncio.Event(), asyncio.Event()
+
+    def added(name: str) -> ItemAdded:
+        return ItemAdded(name=name, tenant_id=tenant, correlation_id=uuid.uuid4())
+
+    async def execute(conn: asyncpg.Connection) -> object:
+        await add_event(conn, ADDED, added("slow"))
+        recorded.set()
+        await go_on.wait()
+        return None
+
+    command = AddItem(name="slow", tenant_id=tenant, correlation_id=uuid.uuid4())
+    running = asyncio.create_task(processor.run(command, execute))
+    await asyncio.wait_for(recorded.wait(), timeout=10)
+    # Another writer of the tenant's ordered messages commits while the handler is still running.
+    async with asyncio.timeout(5), runtime.pool.acquire() as conn, conn.transaction():
+        await add_event(conn, ADDED, added("other"))
+    go_on.set()
+    assert (await running).ok
+    async with runtime.pool.acquire() as conn:
+        names = [r["name"] for r in await conn.fetch("SELECT payload::json->>'name' AS name FROM outbox ORDER BY id")]
+    assert names == ["other", "slow"]  # ids in commit order

@@ -58,9 +58,11 @@ from stella.contracts.streams import (
     dead_letter_subject,
 )
 from stella.kit import logs, metrics, tracing
+from stella.kit.db import sql_literal
 from stella.kit.errors import error_detail, is_reportable
 from stella.kit.faults import Failure, classify, is_permanent, is_transient, refused, retry_delay
 from stella.kit.naming import Names
+from stella.kit.outbox import deferring_messages
 from stella.kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -996,17 +998,9 @@ _STORE_REPLIES = """
 # message, its last keeps the reply and commits. Their status is the last statement's.
 _BEGIN_AND_CLAIM = """BEGIN; INSERT INTO inbox (consumer, message_id) VALUES {rows}
     ON CONFLICT (consumer, message_id) DO NOTHING"""
-_STORE_REPLY_AND_COMMIT = """UPDATE inbox SET reply = {reply}::jsonb WHERE consumer = {consumer} AND message_id = '{message_id}';
-    COMMIT"""
-
-
-def sql_literal(text: str) -> str:
-    """``text`` as an SQL string constant, read the same whatever ``standard_conforming_strings`` says (the
-    ``E''`` form, backslashes and quotes doubled). Text holding a NUL character is refused: Postgres cannot
-    store it, and it must not end a statement early."""
-    if "\x00" in text:
-        raise ValueError("text holding a NUL character cannot be sent to Postgres")
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+_STORE_REPLY_CONSTANTS = (
+    "UPDATE inbox SET reply = {reply}::jsonb WHERE consumer = {consumer} AND message_id = '{message_id}'"
+)
 
 
 async def begin_claiming(conn: asyncpg.Connection, consumer: str, message_ids: Sequence[uuid.UUID]) -> int:
@@ -1016,8 +1010,8 @@ async def begin_claiming(conn: asyncpg.Connection, consumer: str, message_ids: S
 
     ``BEGIN`` and the claim go in one simple-protocol message, their values written as constants: the
     consumer's name comes from the code and the ids are UUIDs. The transaction is not asyncpg's
-    ``Connection.transaction()``: whoever calls this ends it with :func:`commit_with_reply`, a ``COMMIT`` or
-    a ``ROLLBACK`` (see :func:`_transaction_claiming`), and code run in it must not open
+    ``Connection.transaction()``: whoever calls this ends it with a ``COMMIT`` or a ``ROLLBACK`` (see
+    :func:`_transaction_claiming`), and code run in it must not open
     ``conn.transaction()`` itself. A concurrent delivery of the same message waits on the row until the first
     transaction ends.
     """
@@ -1029,17 +1023,6 @@ async def begin_claiming(conn: asyncpg.Connection, consumer: str, message_ids: S
         await _roll_back_quietly(conn)
         raise
     return int(status.rsplit(" ", 1)[-1])
-
-
-async def commit_with_reply(conn: asyncpg.Connection, consumer: str, message_id: uuid.UUID, reply: Reply) -> None:
-    """Keep ``reply`` with the inbox row claimed by :func:`begin_claiming` and commit, in one round trip."""
-    await conn.execute(
-        _STORE_REPLY_AND_COMMIT.format(
-            reply=sql_literal(reply.model_dump_json()),
-            consumer=sql_literal(consumer),
-            message_id=uuid.UUID(str(message_id)),
-        )
-    )
 
 
 async def _roll_back_quietly(conn: asyncpg.Connection) -> None:
@@ -1055,20 +1038,33 @@ async def _transaction_claiming(
     conn: asyncpg.Connection, consumer: str, message_ids: Sequence[uuid.UUID]
 ) -> AsyncIterator[_Claim]:
     """A transaction opened by claiming ``message_ids`` (:func:`begin_claiming`); committed when the block ends,
-    with the claim's ``reply`` kept in the same round trip when one was set (one message); rolled back when
-    it raises."""
+    in one round trip with the outbox messages the block recorded (:func:`stella.kit.outbox.deferring_messages`)
+    and the claim's ``reply`` when one was set (one message); rolled back when it raises."""
     claim = _Claim(await begin_claiming(conn, consumer, message_ids))
+    with deferring_messages(conn) as messages:
+        try:
+            yield claim
+        except BaseException:
+            await _roll_back_quietly(conn)
+            raise
+    if not conn.is_in_transaction():
+        raise RuntimeError("the claimed transaction was ended by the code run in it")
+    # The last round trip writes the messages the transaction recorded, keeps the reply and commits.
+    written = messages.sql()
+    kept = (
+        _STORE_REPLY_CONSTANTS.format(
+            reply=sql_literal(claim.reply.model_dump_json()),
+            consumer=sql_literal(consumer),
+            message_id=uuid.UUID(str(message_ids[0])),
+        )
+        if claim.reply is not None
+        else ""
+    )
     try:
-        yield claim
+        await conn.execute("; ".join(filter(None, [written, kept, "COMMIT"])))
     except BaseException:
         await _roll_back_quietly(conn)
         raise
-    if not conn.is_in_transaction():
-        raise RuntimeError("the claimed transaction was ended by the code run in it")
-    if claim.reply is not None:
-        await commit_with_reply(conn, consumer, message_ids[0], claim.reply)
-    else:
-        await conn.execute("COMMIT")
 
 
 @dataclass

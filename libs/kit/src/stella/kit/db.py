@@ -37,6 +37,15 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typename, encoder=_dumps, decoder=json.loads, schema="pg_catalog", format="text")
 
 
+def sql_literal(text: str) -> str:
+    """``text`` as an SQL string constant, read the same whatever ``standard_conforming_strings`` says (the
+    ``E''`` form, backslashes and quotes doubled). Text holding a NUL character is refused: Postgres cannot
+    store it, and it must not end a statement early."""
+    if "\x00" in text:
+        raise ValueError("text holding a NUL character cannot be sent to Postgres")
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from stella.contracts.envelope import Message
 from stella.contracts.streams import HEADER_MSG_ID
 from stella.kit import metrics, tracing
+from stella.kit.db import sql_literal
 from stella.kit.faults import is_transient
 from stella.kit.naming import Names
 
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 # database-wide, so a key without the schema would make every service's writes for a tenant wait on each other.
 _LOCK_KEY = "hashtextextended('stella.outbox:' || current_schema() || ':' || {tenant}::text, 0)"
 _LOCK_TENANT = f"SELECT pg_advisory_xact_lock({_LOCK_KEY.format(tenant='$1')})"
+# The same with the tenant written as a constant (``.format(tenant=...)`` with a UUID's text), for a statement
+# sent in the simple protocol.
+_LOCK_TENANT_CONSTANT = "SELECT pg_advisory_xact_lock(" + _LOCK_KEY.format(tenant="'{tenant}'::uuid") + ")"
 # A message id names one message: writing it again (a deterministic id derived from what caused it, written
 # by a retried or repeated handler) records nothing more. The row's tenant lock is taken in the same
 # statement (re-entrant, so a second message of the tenant costs nothing more), before the row gets its id:
@@ -121,6 +125,10 @@ async def add_messages(conn: asyncpg.Connection, messages: Sequence[OutboxMessag
         return
     if not conn.is_in_transaction():
         raise RuntimeError("outbox writes must happen inside the state change's transaction")
+    deferred = _DEFERRED.get(id(conn))
+    if deferred is not None:
+        deferred.add(messages, ordered=ordered, trace=tracing.stored_context())
+        return
     if not ordered:
         trace = tracing.stored_context()
         await conn.executemany(
@@ -138,6 +146,52 @@ async def add_messages(conn: asyncpg.Connection, messages: Sequence[OutboxMessag
         _INSERT,
         [(m.message_id, m.tenant_id, m.subject, m.payload, _headers(m.headers, trace)) for m in messages],
     )
+
+
+class DeferredMessages:
+    """The messages a transaction recorded while :func:`deferring_messages` held its connection, to be written
+    by the statement that commits it (:meth:`sql`): the outbox rows cost no round trip of their own, and the
+    tenant's lock is taken as the transaction ends instead of being held from the first message to the commit."""
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[OutboxMessage, bool, str | None]] = []
+
+    def add(self, messages: Sequence[OutboxMessage], *, ordered: bool, trace: Mapping[str, str] | None) -> None:
+        """Keep ``messages`` (in order) to write at the commit; ``ordered``: see :func:`add_events`."""
+        self._rows.extend((m, ordered, _headers(m.headers, trace)) for m in messages)
+
+    def sql(self) -> str:
+        """Statements (simple protocol, values as constants) writing the kept messages in order, each ordered
+        one after its tenant's lock (tenants in one order, so two writers cannot deadlock); empty when none."""
+        if not self._rows:
+            return ""
+        tenants = sorted({str(UUID(str(m.tenant_id))) for m, ordered, _ in self._rows if ordered})
+        locks = [_LOCK_TENANT_CONSTANT.format(tenant=tenant) for tenant in tenants]
+        rows = ", ".join(
+            f"('{UUID(str(m.message_id))}'::uuid, '{UUID(str(m.tenant_id))}'::uuid, {sql_literal(m.subject)}, "
+            f"{sql_literal(m.payload)}, {sql_literal(headers) if headers is not None else 'NULL'})"
+            for m, _, headers in self._rows
+        )
+        insert = (
+            f"INSERT INTO outbox (message_id, tenant_id, subject, payload, headers) VALUES {rows} "
+            "ON CONFLICT (message_id) DO NOTHING"
+        )
+        return "; ".join([*locks, insert])
+
+
+_DEFERRED: dict[int, DeferredMessages] = {}
+
+
+@contextlib.contextmanager
+def deferring_messages(conn: asyncpg.Connection) -> Iterator[DeferredMessages]:
+    """While the block runs, what :func:`add_messages` records on ``conn`` is kept, not written: the caller,
+    who owns the transaction, writes it with :meth:`DeferredMessages.sql` in the statement that commits."""
+    deferred = DeferredMessages()
+    _DEFERRED[id(conn)] = deferred
+    try:
+        yield deferred
+    finally:
+        del _DEFERRED[id(conn)]
 
 
 def ordered_insert_sql(message_id: str, tenant_id: str, subject: str, payload: str, headers: str, source: str) -> str:
