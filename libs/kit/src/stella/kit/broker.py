@@ -1109,10 +1109,12 @@ async def store_replies(conn: asyncpg.Connection, consumer: str, replies: list[t
 class CommandProcessor:
     """Runs a command's state change exactly once and remembers its reply.
 
-    ``run`` opens a transaction, claims the inbox row, runs ``execute`` and stores the reply with the inbox
-    row: on success that is the whole transaction (no savepoint). A business error rolls the transaction
-    back (the change and the claim with it) and stores its reply with the inbox row in one statement after
-    it; a delivery of the same command that claimed the row in between answers for both. A repeated command
+    ``run`` opens a transaction with the command's inbox claim (one round trip), runs ``execute`` and commits
+    with the outbox messages ``execute`` recorded and the reply kept with the inbox row (one round trip): on
+    success that is the whole transaction (no savepoint). ``execute`` must not open ``conn.transaction()``
+    (asyncpg does not track a transaction opened this way) nor end the transaction. A business error rolls
+    the transaction back (the change and the claim with it) and stores its reply with the inbox row in one
+    statement after it; a delivery of the same command that claimed the row in between answers for both. A repeated command
     returns the stored reply without running again. A value Postgres refuses is a business error too (400
     ``VAL_VALUE_REFUSED``, stored like one). Faults (anything not reportable) roll everything back and
     propagate, so the message is retried; so does a reportable 5xx (a dependency that did not answer): it
