@@ -665,7 +665,9 @@ class EventRoutes:
     The filter may be a wildcard (``stella.evt.approval.>``); each event subject under it is routed to its
     handler, and events nobody here handles are acknowledged and ignored (a producer may add events later).
     A handler runs inside a transaction that also records ``(consumer, message_id)`` in the inbox, so a
-    redelivered event has one effect. A handler that needs another service's answer names a ``prepare`` step:
+    redelivered event has one effect; the transaction opens with that claim and its outbox messages are
+    written as it commits (:func:`_transaction_claiming`), so the handler must not open
+    ``conn.transaction()`` in it. A handler that needs another service's answer names a ``prepare`` step:
     it runs before the transaction opens (no connection waits on the other service) and its result is the
     handler's third argument.
 
