@@ -1013,9 +1013,8 @@ async def begin_claiming(conn: asyncpg.Connection, consumer: str, message_ids: S
     ``BEGIN`` and the claim go in one simple-protocol message, their values written as constants: the
     consumer's name comes from the code and the ids are UUIDs. The transaction is not asyncpg's
     ``Connection.transaction()``: whoever calls this ends it with a ``COMMIT`` or a ``ROLLBACK`` (see
-    :func:`_transaction_claiming`), and code run in it must not open
-    ``conn.transaction()`` itself. A concurrent delivery of the same message waits on the row until the first
-    transaction ends.
+    :func:`_transaction_claiming`), and code run in it must not open ``conn.transaction()`` itself. A
+    concurrent delivery of the same message waits on the row until the first transaction ends.
     """
     name = sql_literal(consumer)
     rows = ", ".join(f"({name}, '{uuid.UUID(str(message_id))}')" for message_id in dict.fromkeys(message_ids))

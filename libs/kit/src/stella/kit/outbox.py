@@ -40,15 +40,30 @@ _LOCK_TENANT = f"SELECT pg_advisory_xact_lock({_LOCK_KEY.format(tenant='$1')})"
 # The same with the tenant written as a constant (``.format(tenant=...)`` with a UUID's text), for a statement
 # sent in the simple protocol.
 _LOCK_TENANT_CONSTANT = "SELECT pg_advisory_xact_lock(" + _LOCK_KEY.format(tenant="'{tenant}'::uuid") + ")"
+
+
 # A message id names one message: writing it again (a deterministic id derived from what caused it, written
 # by a retried or repeated handler) records nothing more. The row's tenant lock is taken in the same
 # statement (re-entrant, so a second message of the tenant costs nothing more), before the row gets its id:
-# the lock is in the FROM clause that produces the row, so one round trip records a message.
-_INSERT = f"""
+# the lock is in the FROM clause that produces the row (see ordered_insert_sql).
+def ordered_insert_sql(
+    message_id: str, tenant_id: str, subject: str, payload: str, headers: str, source: str | None = None
+) -> str:
+    """An ``INSERT INTO outbox`` of one row, or of a row for each row of ``source`` (a relation of the statement
+    it goes in, a CTE), each taking its tenant's lock before it gets its id: the lock is in the ``FROM`` clause
+    that produces the row, so one round trip records a message (a change and its message when it goes in
+    that change's statement). The arguments are the SQL expressions (parameters, or columns of ``source``) of
+    the row's values; ``headers`` is best :func:`message_headers`' text."""
+    locked = f"(SELECT pg_advisory_xact_lock({_LOCK_KEY.format(tenant=f'({tenant_id})::uuid')})) AS locked"
+    rows = f"{source}, LATERAL {locked}" if source is not None else locked
+    return f"""
     INSERT INTO outbox (message_id, tenant_id, subject, payload, headers)
-    SELECT $1::uuid, $2::uuid, $3::text, $4::text, $5::text FROM (SELECT pg_advisory_xact_lock({_LOCK_KEY.format(tenant="$2::uuid")})) AS locked
-    ON CONFLICT (message_id) DO NOTHING
-"""
+    SELECT ({message_id})::uuid, ({tenant_id})::uuid, ({subject})::text, ({payload})::text, ({headers})::text
+      FROM {rows}
+    ON CONFLICT (message_id) DO NOTHING"""
+
+
+_INSERT = ordered_insert_sql("$1", "$2", "$3", "$4", "$5")
 # Without the tenant's lock: for notes whose order against the tenant's other messages does not matter (see
 # add_events' ``ordered``), so that writing one does not make the tenant's other writers wait for this commit.
 _INSERT_UNORDERED = """
@@ -192,19 +207,6 @@ def deferring_messages(conn: asyncpg.Connection) -> Iterator[DeferredMessages]:
         yield deferred
     finally:
         del _DEFERRED[id(conn)]
-
-
-def ordered_insert_sql(message_id: str, tenant_id: str, subject: str, payload: str, headers: str, source: str) -> str:
-    """An ``INSERT INTO outbox`` of the rows of ``source`` (a relation of another statement, a CTE), each taking
-    its tenant's lock before it gets its id as :func:`add_messages` does, to put in that statement: one round
-    trip records a change and its message. The other arguments are the SQL expressions, over ``source``, of
-    the row's values; ``headers`` is best :func:`message_headers`' text."""
-    lock = _LOCK_KEY.format(tenant=f"({tenant_id})::uuid")
-    return f"""
-    INSERT INTO outbox (message_id, tenant_id, subject, payload, headers)
-    SELECT ({message_id})::uuid, ({tenant_id})::uuid, ({subject})::text, ({payload})::text, ({headers})::text
-      FROM {source}, LATERAL (SELECT pg_advisory_xact_lock({lock})) AS locked
-    ON CONFLICT (message_id) DO NOTHING"""
 
 
 def message_headers(own: Mapping[str, str] | None = None) -> str | None:
