@@ -6,18 +6,19 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from pydantic import ValidationError
 
 from stella.kit import migrations as kit_migrations
-from stella.kit.db import create_pool
+from stella.kit.db import create_pool, plain_on_loopback
 from stella.kit.embedded import free_port
 from stella.kit.healthcheck import main as healthcheck
 from stella.kit.migrations import apply_migrations, installed_migration_sets, pending_migrations, prepare_schema
 from stella.kit.probes import ProbeServer
-from stella.kit.settings import ServiceSettings
+from stella.kit.settings import ServiceSettings, database_host
 from stella.kit.startup import (
     ConfigurationError,
     DependencyUnavailable,
@@ -48,6 +49,49 @@ def test_transaction_pooling_needs_a_direct_url() -> None:
     )
     assert settings.direct_database_url == "postgresql://u@postgres:5432/stella"
     assert ServiceSettings(nats_url="nats://a:4222, nats://b:4222").nats_servers == ["nats://a:4222", "nats://b:4222"]
+
+
+def test_a_unix_socket_directory_is_a_host_and_a_url_naming_no_server_is_refused() -> None:
+    settings = ServiceSettings(
+        database_url="postgresql://postgres@/stella?host=/run/postgresql&port=5433", database_service_roles=True
+    )
+    assert database_host(settings.database_url) == "/run/postgresql"
+    # The service's own role replaces the user; the socket and port stay.
+    assert settings.as_service(settings.database_url, "release") == (
+        "postgresql://stella_release@/stella?host=/run/postgresql&port=5433"
+    )
+    assert plain_on_loopback(settings.database_url) is None  # no TLS question over a socket: the DSN decides
+    for nowhere in ("postgresql://postgres@/stella", "postgresql://postgres@/stella?host=run/postgresql", "postgresql:///x"):
+        with pytest.raises(ValidationError) as caught:
+            ServiceSettings(database_url=nowhere)
+        assert "?host=/run/postgresql for a server's Unix socket directory" in str(caught.value)
+
+
+async def test_a_service_reaches_postgres_through_its_unix_socket(make_database) -> None:
+    dsn = await make_database([("kittest", MIGRATIONS)])
+    conn = await asyncpg.connect(dsn)
+    try:
+        directories = str(await conn.fetchval("SHOW unix_socket_directories"))
+        port = int(await conn.fetchval("SHOW port"))
+    finally:
+        await conn.close()
+    directory = next((d.strip() for d in directories.split(",") if d.strip().startswith("/")), None)
+    if directory is None or not (Path(directory) / f".s.PGSQL.{port}").exists():
+        pytest.skip(f"the test server's socket ({directories!r}, port {port}) is not on this machine")
+    parts = urlsplit(dsn)
+    socket_dsn = urlunsplit(
+        parts._replace(netloc=f"{parts.username}@", query=f"host={quote(directory)}&port={port}")
+    )
+    settings = ServiceSettings(database_url=socket_dsn)
+    await wait_for_postgres(settings.database_url, "STELLA_DATABASE_URL", configured=True, timeout_s=5)
+    pool = await create_pool(settings.database_url, "kittest", max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            # A connection over a Unix socket has no server address.
+            assert await conn.fetchval("SELECT inet_server_addr()") is None
+            assert await conn.fetchval("SELECT current_schema()") == "kittest"
+    finally:
+        await pool.close()
 
 
 async def test_an_unset_url_that_does_not_answer_fails_at_once() -> None:

@@ -51,6 +51,7 @@ from stella.evidence.settings import Settings
 from stella.kit.logs import configure_logging
 from stella.kit.naming import Names
 from stella.kit.settings import ServiceSettings
+from stella.testing.databases import dsn_with_database
 from stella.testing.services import delete_namespace_streams
 
 GOAL_PACKETS_S = 2000.0
@@ -281,7 +282,7 @@ class Throwaway:
     def __init__(self, nc: nats.NATS, admin: asyncpg.Connection) -> None:
         self.nc, self.admin = nc, admin
         self.db = f"bench_{uuid.uuid4().hex[:8]}"
-        self.dsn = ServiceSettings().database_url.rsplit("/", 1)[0] + f"/{self.db}"
+        self.dsn = dsn_with_database(ServiceSettings().database_url, self.db)
         self.names = Names(f"bench{uuid.uuid4().hex[:6]}")
         self._keys = tempfile.TemporaryDirectory()
         self.keys = Path(self._keys.name)

@@ -197,6 +197,38 @@ async def test_a_long_queue_deploys_in_approval_order_reading_only_its_front(cal
     assert statuses == ["deployed"] * 5
 
 
+async def test_the_front_of_a_line_of_hundreds_is_read_from_an_index_not_by_sorting_the_line(
+    caller: Caller, stack: Stack
+) -> None:
+    """Every change of an environment's deployment line reads its front under the line's lock: with hundreds
+    waiting, that read walks an index in line order and stops at the first, so the lock is held as briefly as
+    with one waiting (sorting the whole line held it for milliseconds, and every decision of the environment
+    waited for it)."""
+    dev = await _environment(caller, "dev", 0)
+    holder, first = [await _approved(caller, await caller.ready_release(f"line-{i}"), dev) for i in range(2)]
+    async with stack.promotion.runtime.pool.acquire() as conn:
+        # 400 more approved after ``first``, each as it (queued, its gate step held), of a release of its own.
+        await conn.execute(
+            """INSERT INTO promotions
+               SELECT (jsonb_populate_record(p, jsonb_build_object(
+                          'id', gen_random_uuid(), 'release_id', gen_random_uuid(), 'workflow_run_id', gen_random_uuid(),
+                          'approved_at', p.approved_at + n * interval '1 second'))).*
+                 FROM promotions p, generate_series(1, 400) AS n
+                WHERE p.tenant_id = $1 AND p.id = $2""",
+            caller.tenant_id,
+            uuid.UUID(first["id"]),
+        )
+        await conn.execute("ANALYZE promotions")
+        plan = json.dumps(
+            await conn.fetchval(
+                f"EXPLAIN (FORMAT JSON) {repo.DEPLOY_QUEUE_FRONT}", caller.tenant_id, uuid.UUID(dev["id"])
+            )
+        )
+        front = await repo.deploy_queue_front(conn, caller.tenant_id, uuid.UUID(dev["id"]))
+    assert "promotions_deploy_line" in plan and '"Sort"' not in plan, plan
+    assert [str(s.promotion.id) for s in front] == [holder["id"], first["id"]]
+
+
 async def test_job_events_are_applied_once_and_survive_a_restart(caller: Caller, stack: Stack) -> None:
     dev = await _environment(caller, "dev", 0)
     release = await caller.ready_release("shop")

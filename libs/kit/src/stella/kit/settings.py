@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +17,20 @@ _NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 PoolMode = Literal["session", "transaction"]
 """How ``STELLA_DATABASE_URL`` reaches Postgres: ``session`` (directly, or a pooler in session mode) or
 ``transaction`` (PgBouncer in transaction pooling mode)."""
+
+
+def database_host(dsn: str) -> str | None:
+    """The server a ``postgresql://`` URL names: its host, or the absolute directory of a ``?host=`` Unix socket.
+
+    None when it names neither (libpq's spelling of a socket, ``postgresql://user@/db?host=/run/postgresql``,
+    is the only host-less form accepted: connections then skip TCP, which on one machine costs less per round
+    trip than the loopback interface).
+    """
+    parts = urlsplit(dsn)
+    if parts.hostname:
+        return parts.hostname
+    socket_dirs = [d for d in parse_qs(parts.query).get("host", []) if d.startswith("/")]
+    return socket_dirs[0] if socket_dirs else None
 
 
 class ServiceSettings(BaseSettings):
@@ -172,8 +186,11 @@ class ServiceSettings(BaseSettings):
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if urlsplit(value).scheme not in _DATABASE_SCHEMES or not urlsplit(value).hostname:
-            raise ValueError("must be a postgresql://user:password@host:port/database URL")
+        if urlsplit(value).scheme not in _DATABASE_SCHEMES or database_host(value) is None:
+            raise ValueError(
+                "must be a postgresql://user:password@host:port/database URL, or "
+                "postgresql://user@/database?host=/run/postgresql for a server's Unix socket directory"
+            )
         return value
 
     @field_validator("nats_url")

@@ -24,6 +24,7 @@ from stella.contracts.streams import health_subject
 from stella.kit.embedded import free_port
 from stella.kit.naming import Names
 from stella.kit.settings import ServiceSettings
+from stella.testing.databases import dsn_with_database
 from stella.testing.services import delete_namespace_streams
 
 CPU_TICKS = os.sysconf("SC_CLK_TCK")
@@ -55,7 +56,7 @@ async def sandbox(log_level: str = "WARNING") -> AsyncIterator[Sandbox]:
         await admin.execute(f'CREATE DATABASE "{db}"')
         nc = await nats.connect(base.nats_url)
         try:
-            dsn = base.database_url.rsplit("/", 1)[0] + f"/{db}"
+            dsn = dsn_with_database(base.database_url, db)
             logs = Path(tempfile.mkdtemp(prefix="stella-bench-"))
             env = {
                 **os.environ,
