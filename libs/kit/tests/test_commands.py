@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -16,7 +17,7 @@ from stella.contracts.envelope import Command, Event, Reply
 from stella.contracts.streams import EVENTS
 from stella.kit.broker import CommandProcessor, EventRoutes
 from stella.kit.errors import Conflict, ServiceError
-from stella.kit.outbox import add_event
+from stella.kit.outbox import add_event, write_at_commit
 from stella.kit.service import ServiceRuntime
 
 ADDED = "stella.evt.kittest.item_added"
@@ -185,6 +186,69 @@ async def test_a_value_postgres_refuses_is_a_stored_business_error(start_runtime
     assert await _stored(runtime, command) == reply.model_dump(mode="json")
 
 
+_ADD_AT_COMMIT = "INSERT INTO items (tenant_id, name, created_at) VALUES ($1, $2, $3)"
+
+
+async def test_a_write_kept_for_the_commit_is_made_by_the_statement_that_commits(start_runtime) -> None:
+    runtime = await start_runtime(_noop)
+    logged = _Logged(runtime.pool)
+    processor = CommandProcessor(lambda: logged, CONSUMER)
+    command = _command("at commit")
+    tenant, at = uuid.uuid4(), datetime(2026, 12, 6, 9, 30, 1, 123456, tzinfo=timezone(timedelta(hours=9)))
+
+    async def execute(conn: asyncpg.Connection) -> object:
+        await write_at_commit(conn, _ADD_AT_COMMIT, (tenant, "it's \\ kept", at), ("uuid", "text", "timestamptz"))
+        # Not made yet: nothing in the transaction may read it.
+        assert await conn.fetchval("SELECT count(*) FROM items") == 0
+        await add_event(conn, ADDED, ItemAdded(name="x", tenant_id=tenant, correlation_id=uuid.uuid4()))
+        return {"kept": True}
+
+    reply = await processor.run(command, execute)
+    assert reply == Reply.success({"kept": True})
+    # The claim, the read above, then the kept write, the event, the reply and the commit in one message.
+    assert len(logged.statements) == 3, logged.statements
+    last = logged.statements[-1]
+    assert last.startswith("INSERT INTO ITEMS") and last.endswith("; COMMIT")
+    assert last.index("INSERT INTO ITEMS") < last.index("INSERT INTO OUTBOX") < last.index("UPDATE INBOX SET REPLY")
+    async with runtime.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT tenant_id, name, created_at FROM items")
+    assert (row["tenant_id"], row["name"], row["created_at"]) == (tenant, "it's \\ kept", at)
+    assert await _counts(runtime) == (1, 1)
+    assert await _stored(runtime, command) == reply.model_dump(mode="json")
+
+
+async def test_a_write_kept_for_the_commit_that_postgres_refuses_is_a_stored_business_error(start_runtime) -> None:
+    runtime = await start_runtime(_noop)
+    processor = CommandProcessor(lambda: runtime.pool, CONSUMER)
+    command = _command("refused at commit")
+
+    async def execute(conn: asyncpg.Connection) -> object:
+        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, 'y')", uuid.uuid4())
+        await add_event(conn, ADDED, ItemAdded(name="x", tenant_id=uuid.uuid4(), correlation_id=uuid.uuid4()))
+        # Text that is no UUID: refused only when the commit makes the write.
+        await write_at_commit(
+            conn, _ADD_AT_COMMIT, ("not a uuid", "z", datetime.now(UTC)), ("uuid", "text", "timestamptz")
+        )
+        return {"kept": True}
+
+    reply = await processor.run(command, execute)
+    assert reply.error is not None and (reply.error.code, reply.error.status) == ("VAL_VALUE_REFUSED", 400)
+    # The whole change is undone with the commit that failed; the reply is stored and answers a repeat.
+    assert await _counts(runtime) == (0, 0)
+    assert await _stored(runtime, command) == reply.model_dump(mode="json")
+    assert await processor.run(command, execute) == reply
+    assert await _counts(runtime) == (0, 0)
+
+
+async def test_a_write_at_commit_outside_a_deferring_transaction_is_made_at_once(start_runtime) -> None:
+    runtime = await start_runtime(_noop)
+    async with runtime.pool.acquire() as conn:
+        with pytest.raises(RuntimeError, match="inside the state change's transaction"):
+            await write_at_commit(conn, _ADD_AT_COMMIT, (uuid.uuid4(), "a", None), ("uuid", "text", "timestamptz"))
+        async with conn.transaction():
+            at = datetime.now(UTC)
+            await write_at_commit(conn, _ADD_AT_COMMIT, (uuid.uuid4(), "a", at), ("uuid", "text", "timestamptz"))
+            assert await conn.fetchval("SELECT created_at FROM items") == at
 async def test_a_5xx_reply_and_a_fault_store_nothing_so_a_repeat_runs_again(start_runtime) -> None:
     runtime = await start_runtime(_noop)
     processor = CommandProcessor(lambda: runtime.pool, CONSUMER)

@@ -1050,18 +1050,19 @@ async def _transaction_claiming(
             raise
     if not conn.is_in_transaction():
         raise RuntimeError("the claimed transaction was ended by the code run in it")
-    # The last round trip writes the messages the transaction recorded, keeps the reply and commits.
-    written = messages.sql()
-    kept = (
-        _STORE_REPLY_CONSTANTS.format(
-            reply=sql_literal(claim.reply.model_dump_json()),
-            consumer=sql_literal(consumer),
-            message_id=uuid.UUID(str(message_ids[0])),
-        )
-        if claim.reply is not None
-        else ""
-    )
+    # The last round trip makes the writes kept for it, writes the messages the transaction recorded, keeps the
+    # reply and commits.
     try:
+        written = messages.sql()
+        kept = (
+            _STORE_REPLY_CONSTANTS.format(
+                reply=sql_literal(claim.reply.model_dump_json()),
+                consumer=sql_literal(consumer),
+                message_id=uuid.UUID(str(message_ids[0])),
+            )
+            if claim.reply is not None
+            else ""
+        )
         await conn.execute("; ".join(filter(None, [written, kept, "COMMIT"])))
     except BaseException:
         await _roll_back_quietly(conn)
@@ -1111,13 +1112,15 @@ class CommandProcessor:
     """Runs a command's state change exactly once and remembers its reply.
 
     ``run`` opens a transaction with the command's inbox claim (one round trip), runs ``execute`` and commits
-    with the outbox messages ``execute`` recorded and the reply kept with the inbox row (one round trip): on
+    with the writes ``execute`` kept for the commit, the outbox messages it recorded and the reply kept with
+    the inbox row (one round trip): on
     success that is the whole transaction (no savepoint). ``execute`` must not open ``conn.transaction()``
     (asyncpg does not track a transaction opened this way) nor end the transaction. A business error rolls
     the transaction back (the change and the claim with it) and stores its reply with the inbox row in one
     statement after it; a delivery of the same command that claimed the row in between answers for both. A repeated command
     returns the stored reply without running again. A value Postgres refuses is a business error too (400
-    ``VAL_VALUE_REFUSED``, stored like one). Faults (anything not reportable) roll everything back and
+    ``VAL_VALUE_REFUSED``, stored like one), whether a statement of ``execute`` or a write it kept for the
+    commit (:func:`stella.kit.outbox.write_at_commit`) carried it. Faults (anything not reportable) roll everything back and
     propagate, so the message is retried; so does a reportable 5xx (a dependency that did not answer): it
     answers this delivery but is not stored, so the command runs again when repeated.
     """
@@ -1160,6 +1163,10 @@ class CommandProcessor:
                 return answer if answer is not None else await self._stored(conn, command)
             except _Refused as refused_:
                 reply = refused_.reply
+            except Exception as exc:
+                # The commit failed (rolled back): a write kept for it (``write_at_commit``) holding a value
+                # Postgres refuses is the command's business error, as it is when the write is made at once.
+                reply = _command_failure(exc)
             if reply.error is not None and reply.error.status >= 500:
                 return reply  # not final: nothing is stored, a repeat runs the command again
             stored = await conn.fetchval(

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,6 +47,69 @@ def sql_literal(text: str) -> str:
     if "\x00" in text:
         raise ValueError("text holding a NUL character cannot be sent to Postgres")
     return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def sql_constant(value: object, sql_type: str) -> str:
+    """``value`` as an SQL constant of ``sql_type``, for a statement sent with its values written in (simple
+    protocol): what the connection's codecs would send as a parameter of that type.
+
+    ``NULL`` for None; JSON types hold ``value`` encoded as the pool's codec encodes it; an array type
+    (``text[]``) holds each element as text; ``boolean`` and ``integer`` / ``bigint`` take a ``bool`` and an
+    ``int`` only; ``timestamptz`` takes a ``datetime`` (a naive one is read as UTC, as the codec reads it); any
+    other type is the value's text cast to it (a UUID, text; a str-valued enum is the text it holds). Text goes through :func:`sql_literal`.
+
+    Raises:
+        ValueError: a value this function cannot write as that type, or text holding a NUL.
+    """
+    if value is None:
+        return f"NULL::{sql_type}"
+    if sql_type in ("json", "jsonb"):
+        return f"{sql_literal(_dumps(value))}::{sql_type}"
+    if sql_type.endswith("[]"):
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise ValueError(f"{sql_type} takes a list, not {type(value).__name__}")
+        element = sql_type[:-2]
+        return f"ARRAY[{', '.join(sql_constant(v, element) for v in value)}]::{sql_type}"
+    if sql_type == "boolean":
+        if not isinstance(value, bool):
+            raise ValueError(f"boolean takes a bool, not {type(value).__name__}")
+        return "true" if value else "false"
+    if sql_type in ("integer", "bigint", "smallint"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{sql_type} takes an int, not {type(value).__name__}")
+        # Quoted: a cast binds tighter than a minus sign, so -2147483648::integer would overflow.
+        return f"'{int(value)}'::{sql_type}"
+    if sql_type == "timestamptz":
+        if not isinstance(value, datetime):
+            raise ValueError(f"timestamptz takes a datetime, not {type(value).__name__}")
+        # A naive datetime is read as UTC, as the connection's codec reads it.
+        instant = value if value.utcoffset() is not None else value.replace(tzinfo=UTC)
+        return f"{sql_literal(instant.isoformat())}::timestamptz"
+    # A str subclass (a str-valued enum) is written as the text it holds, as the codec writes it.
+    return f"{sql_literal(str.__str__(value) if isinstance(value, str) else str(value))}::{sql_type}"
+
+
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+def sql_with_constants(sql: str, args: Sequence[object], types: Sequence[str]) -> str:
+    """``sql`` with each parameter ``$n`` replaced by ``args[n-1]`` written as a constant of ``types[n-1]``
+    (:func:`sql_constant`). ``sql`` is one of the code's statements: its text holds ``$`` only in parameters.
+
+    Raises:
+        ValueError: ``args`` and ``types`` differ in length, or a parameter names no argument.
+    """
+    if len(args) != len(types):
+        raise ValueError(f"{len(args)} values for {len(types)} types")
+    constants = [sql_constant(value, sql_type) for value, sql_type in zip(args, types, strict=True)]
+
+    def constant(match: re.Match[str]) -> str:
+        index = int(match.group(1)) - 1
+        if not 0 <= index < len(constants):
+            raise ValueError(f"${index + 1} names no value")
+        return constants[index]
+
+    return _PARAMETER.sub(constant, sql)
 
 
 def _dumps(value: Any) -> str:

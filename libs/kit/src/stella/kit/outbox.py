@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from stella.contracts.envelope import Message
 from stella.contracts.streams import HEADER_MSG_ID
 from stella.kit import metrics, tracing
-from stella.kit.db import sql_literal
+from stella.kit.db import sql_literal, sql_with_constants
 from stella.kit.faults import is_transient
 from stella.kit.naming import Names
 
@@ -170,6 +170,11 @@ class DeferredMessages:
 
     def __init__(self) -> None:
         self._rows: list[tuple[OutboxMessage, bool, str | None]] = []
+        self._statements: list[str] = []
+
+    def add_statement(self, statement: str) -> None:
+        """Keep a write (one statement, its values written in) to run at the commit, before the messages."""
+        self._statements.append(statement)
 
     def add(self, messages: Sequence[OutboxMessage], *, ordered: bool, trace: Mapping[str, str] | None) -> None:
         """Keep ``messages`` (in order) to write at the commit; ``ordered``: see :func:`add_events`."""
@@ -177,9 +182,10 @@ class DeferredMessages:
 
     def sql(self) -> str:
         """Statements (simple protocol, values as constants) writing the kept messages in order, each ordered
-        one after its tenant's lock (tenants in one order, so two writers cannot deadlock); empty when none."""
+        one after its tenant's lock (tenants in one order, so two writers cannot deadlock), after the kept
+        writes (:func:`write_at_commit`) in the order they were made; empty when none."""
         if not self._rows:
-            return ""
+            return "; ".join(self._statements)
         tenants = sorted({str(UUID(str(m.tenant_id))) for m, ordered, _ in self._rows if ordered})
         locks = [_LOCK_TENANT_CONSTANT.format(tenant=tenant) for tenant in tenants]
         rows = ", ".join(
@@ -191,7 +197,7 @@ class DeferredMessages:
             f"INSERT INTO outbox (message_id, tenant_id, subject, payload, headers) VALUES {rows} "
             "ON CONFLICT (message_id) DO NOTHING"
         )
-        return "; ".join([*locks, insert])
+        return "; ".join([*self._statements, *locks, insert])
 
 
 _DEFERRED: dict[int, DeferredMessages] = {}
@@ -207,6 +213,27 @@ def deferring_messages(conn: asyncpg.Connection) -> Iterator[DeferredMessages]:
         yield deferred
     finally:
         del _DEFERRED[id(conn)]
+
+
+async def write_at_commit(
+    conn: asyncpg.Connection, sql: str, args: Sequence[object], types: Sequence[str]
+) -> None:
+    """Run the write ``sql`` with ``args`` (their SQL types ``types``, see :func:`stella.kit.db.sql_constant`)
+    in the open transaction: in the statement that commits it when its owner defers the transaction's last
+    writes (:func:`deferring_messages`; no round trip of its own, and locks the transaction holds are released
+    one round trip sooner), else now.
+
+    For the last write of a change only: nothing in the transaction may read what it writes, and what it
+    returns is not known. A value Postgres refuses then fails the commit, which the transaction's owner
+    reports as it would have reported the write failing (see :meth:`stella.kit.broker.CommandProcessor.run`).
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("writes at commit must happen inside the state change's transaction")
+    deferred = _DEFERRED.get(id(conn))
+    if deferred is None:
+        await conn.execute(sql, *args)
+        return
+    deferred.add_statement(sql_with_constants(sql, args, types))
 
 
 def message_headers(own: Mapping[str, str] | None = None) -> str | None:

@@ -23,6 +23,7 @@ from stella.contracts.promotion import (
     ScanResultView,
 )
 from stella.contracts.workflow import StepRef
+from stella.kit.outbox import write_at_commit
 from stella.kit.pagination import aware_datetime, decode_cursor, encode_cursor, int32
 from stella.promotion import freeze
 from stella.promotion.decision import DecisionRecord
@@ -763,11 +764,29 @@ async def promotions_of_release(conn: asyncpg.Connection, tenant: UUID, release_
     return [stored_promotion(r) for r in await conn.fetch(PROMOTIONS_OF_RELEASE, tenant, release_id)]
 
 
+_UPDATE_PROMOTION_TYPES = (
+    "uuid", "uuid", "text", "timestamptz", "integer", "integer", "uuid", "jsonb", "text[]", "text", "timestamptz",
+    "timestamptz", "timestamptz", "timestamptz", "uuid", "uuid", "boolean", "timestamptz", "text", "jsonb", "jsonb",
+    "timestamptz", "integer", "timestamptz", "jsonb",
+)  # fmt: skip
+"""The SQL types of ``UPDATE_PROMOTION``'s parameters, in order (for :func:`update_promotion_at_commit`)."""
+
+
 async def update_promotion(conn: asyncpg.Connection, stored: StoredPromotion) -> None:
     """Write a promotion's mutable fields."""
+    await conn.execute(UPDATE_PROMOTION, *_update_args(stored))
+
+
+async def update_promotion_at_commit(conn: asyncpg.Connection, stored: StoredPromotion) -> None:
+    """Write a promotion's mutable fields with the statement that commits the transaction, when its owner
+    defers the last writes (:func:`stella.kit.outbox.write_at_commit`), else now: for a change's last write
+    of the promotion, which nothing in the transaction reads afterwards."""
+    await write_at_commit(conn, UPDATE_PROMOTION, _update_args(stored), _UPDATE_PROMOTION_TYPES)
+
+
+def _update_args(stored: StoredPromotion) -> tuple[object, ...]:
     p = stored.promotion
-    await conn.execute(
-        UPDATE_PROMOTION,
+    return (
         p.tenant_id,
         p.id,
         p.status.value,

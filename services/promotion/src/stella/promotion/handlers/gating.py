@@ -128,7 +128,7 @@ class GateHandlers(DeployQueue):
                 assert result is not None
                 if stored.promotion.status is PromotionStatus.APPROVED:
                     await add_events(conn, await self._let_deploy(PostgresStore(conn), stored, step, result[1], origin))
-                    await repo.update_promotion(conn, stored)
+                    await repo.update_promotion_at_commit(conn, stored)
                 else:
                     await add_events(conn, [self._completion(origin, step, *result)])
             holds.append(stored.promotion.next_open)
@@ -155,8 +155,9 @@ class GateHandlers(DeployQueue):
         asked: PluginVerdicts | None = None,
         ask_plugins: bool = True,
         plugins_outside: bool = False,
-    ) -> dict[str, Any]:
-        """Gather every input of the promotion's decision (current windows, gates, scans, plugin verdicts).
+    ) -> tuple[dict[str, Any], list[freeze.FreezeWindow]]:
+        """Gather every input of the promotion's decision (current windows, gates, scans, plugin verdicts), and
+        the environment's windows they were read from.
 
         Args:
             conn: The connection.
@@ -196,7 +197,7 @@ class GateHandlers(DeployQueue):
                     else {}
                 )
             inputs[PLUGIN_VERDICTS] = to_json_value(verdicts)
-        return inputs
+        return inputs, windows
 
     async def _ask_plugins_first(self, tenant: UUID, promotion_id: UUID | None) -> PluginVerdicts | None:
         """Ask a pending promotion's gate plugins before its row is locked, so no lock waits on a plugin.
@@ -210,7 +211,7 @@ class GateHandlers(DeployQueue):
             if stored is None or stored.promotion.status is not PromotionStatus.PENDING_GATE:
                 return None
             approvals = approvals_document(stored.promotion.required_approvals)
-            inputs = await self._gate_inputs(conn, stored, approvals, ask_plugins=False)
+            inputs, _ = await self._gate_inputs(conn, stored, approvals, ask_plugins=False)
         plugin_gates = plugin_gates_of(inputs["gates"])
         if not plugin_gates:
             return None
@@ -244,7 +245,7 @@ class GateHandlers(DeployQueue):
     ) -> None:
         """Decide a pending promotion's gates now, move it, and complete its gate step when they decided."""
         p = stored.promotion
-        inputs = await self._gate_inputs(
+        inputs, windows = await self._gate_inputs(
             conn, stored, approvals_document(p.required_approvals), asked=asked, plugins_outside=plugins_outside
         )
         record = await self._store_decision(conn, stored, trigger, inputs, now)
@@ -255,7 +256,7 @@ class GateHandlers(DeployQueue):
             # client never sees pending_approval while a vote would still be refused.
             p.decision = record.to_dict()
             p.status_message = "gates passed; opening the approval request"
-            await repo.update_promotion(conn, stored)
+            await repo.update_promotion_at_commit(conn, stored)
             if stored.gate_step is not None:
                 outputs = {"result": "allow", "decision_hash": decision_hash(p.decision)}
                 await add_events(
@@ -266,11 +267,16 @@ class GateHandlers(DeployQueue):
         result = gate_step_result(p)
         completions: list[tuple[str, Message]] = []
         if p.status is PromotionStatus.APPROVED and result is not None:
-            # No approvals needed: the gate step is the last one before the deploy step.
-            completions = await self._let_deploy(PostgresStore(conn), stored, stored.gate_step, result[1], origin)
+            # No approvals needed: the gate step is the last one before the deploy step. The deploy-start
+            # check of the time windows reads the windows this decision was made from.
+            completions = await self._let_deploy(
+                PostgresStore(conn), stored, stored.gate_step, result[1], origin, windows=windows
+            )
         elif result is not None and stored.gate_step is not None:
             completions = [self._completion(origin, stored.gate_step, *result)]
-        await repo.update_promotion(conn, stored)
+        # The last write of the promotion goes with the commit: the environment's deployment line, locked by
+        # ``_let_deploy``, is held one round trip less.
+        await repo.update_promotion_at_commit(conn, stored)
         changed = self._changed(origin, repo.promotion_view(stored), events, decision_inputs=inputs)
         await add_events(conn, [*changed, *completions])
 

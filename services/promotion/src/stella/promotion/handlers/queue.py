@@ -117,8 +117,13 @@ class DeployQueue(HandlerBase):
         step: w.StepRef | None,
         outputs: dict[str, Any],
         origin: Origin,
+        *,
+        windows: list[freeze.FreezeWindow] | None = None,
     ) -> list[tuple[str, Message]]:
         """The promotion is approved: complete the step before its deploy step once the environment is free.
+
+        ``windows``: the environment's time windows when the caller read them in this transaction already
+        (the decision's); else they are read for the deploy-start check.
 
         With the environment's deployment slot taken (another promotion deploys, or one approved earlier
         waits), the completion is held on the promotion and sent by :meth:`_release_next` when its turn
@@ -134,7 +139,7 @@ class DeployQueue(HandlerBase):
         head = next_to_deploy([*others, p], p.target_environment_id)
         if p.cleared_at is None and head is not None and head.id == p.id:
             # The deploy-start re-check of the time windows: a closed window holds the deployment.
-            closed = await self._closed_by_window(store, stored, now)
+            closed = await self._closed_by_window(store, stored, now, windows)
             if closed is not None:
                 p.wait_for_window(reason=closed.reason, next_open=closed.next_open, now=now)
                 return []
@@ -144,13 +149,19 @@ class DeployQueue(HandlerBase):
         return []
 
     async def _closed_by_window(
-        self, store: PromotionStore, stored: repo.StoredPromotion, now: datetime
+        self,
+        store: PromotionStore,
+        stored: repo.StoredPromotion,
+        now: datetime,
+        windows: list[freeze.FreezeWindow] | None = None,
     ) -> freeze.EnvironmentState | None:
-        """The environment's window state when a freeze or the schedule closes it now and no override applies."""
+        """The environment's window state when a freeze or the schedule closes it now and no override applies
+        (its ``windows``, read now when not given)."""
         if stored.freeze_override is not None:
             return None
         p = stored.promotion
-        windows = [s.window for s in await store.windows_of_environment(p.tenant_id, p.target_environment_id)]
+        if windows is None:
+            windows = [s.window for s in await store.windows_of_environment(p.tenant_id, p.target_environment_id)]
         state = freeze.environment_state(windows, now)
         return state if state.closed else None
 
