@@ -72,7 +72,7 @@ async def test_a_constant_is_what_the_codec_sends_as_a_parameter(kit_database: s
     ],
 )
 def test_a_value_that_is_not_of_its_type_is_refused_before_anything_is_sent(value: Any, sql_type: str) -> None:
-    with pytest.raises(ValueError, match="takes|NUL"):
+    with pytest.raises(ValueError, match=r"takes|NUL"):
         sql_constant(value, sql_type)
 
 
