@@ -249,6 +249,8 @@ async def test_a_write_at_commit_outside_a_deferring_transaction_is_made_at_once
             at = datetime.now(UTC)
             await write_at_commit(conn, _ADD_AT_COMMIT, (uuid.uuid4(), "a", at), ("uuid", "text", "timestamptz"))
             assert await conn.fetchval("SELECT created_at FROM items") == at
+
+
 async def test_a_5xx_reply_and_a_fault_store_nothing_so_a_repeat_runs_again(start_runtime) -> None:
     runtime = await start_runtime(_noop)
     processor = CommandProcessor(lambda: runtime.pool, CONSUMER)

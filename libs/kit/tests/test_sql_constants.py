@@ -81,7 +81,9 @@ def test_every_parameter_needs_its_value() -> None:
         sql_with_constants("SELECT $1", [1, 2], ["integer"])
     with pytest.raises(ValueError, match=r"\$2 names no value"):
         sql_with_constants("SELECT $1, $2", [1], ["integer"])
-    assert sql_with_constants("SELECT $1, $10", list(range(10)), ["integer"] * 10) == "SELECT '0'::integer, '9'::integer"
+    assert (
+        sql_with_constants("SELECT $1, $10", list(range(10)), ["integer"] * 10) == "SELECT '0'::integer, '9'::integer"
+    )
 
 
 async def test_a_refused_constant_is_a_data_error(kit_database: str) -> None:

@@ -61,7 +61,11 @@ def test_a_unix_socket_directory_is_a_host_and_a_url_naming_no_server_is_refused
         "postgresql://stella_release@/stella?host=/run/postgresql&port=5433"
     )
     assert plain_on_loopback(settings.database_url) is None  # no TLS question over a socket: the DSN decides
-    for nowhere in ("postgresql://postgres@/stella", "postgresql://postgres@/stella?host=run/postgresql", "postgresql:///x"):
+    for nowhere in (
+        "postgresql://postgres@/stella",
+        "postgresql://postgres@/stella?host=run/postgresql",
+        "postgresql:///x",
+    ):
         with pytest.raises(ValidationError) as caught:
             ServiceSettings(database_url=nowhere)
         assert "?host=/run/postgresql for a server's Unix socket directory" in str(caught.value)
@@ -79,9 +83,7 @@ async def test_a_service_reaches_postgres_through_its_unix_socket(make_database)
     if directory is None or not (Path(directory) / f".s.PGSQL.{port}").exists():
         pytest.skip(f"the test server's socket ({directories!r}, port {port}) is not on this machine")
     parts = urlsplit(dsn)
-    socket_dsn = urlunsplit(
-        parts._replace(netloc=f"{parts.username}@", query=f"host={quote(directory)}&port={port}")
-    )
+    socket_dsn = urlunsplit(parts._replace(netloc=f"{parts.username}@", query=f"host={quote(directory)}&port={port}"))
     settings = ServiceSettings(database_url=socket_dsn)
     await wait_for_postgres(settings.database_url, "STELLA_DATABASE_URL", configured=True, timeout_s=5)
     pool = await create_pool(settings.database_url, "kittest", max_size=2)

@@ -215,9 +215,7 @@ def deferring_messages(conn: asyncpg.Connection) -> Iterator[DeferredMessages]:
         del _DEFERRED[id(conn)]
 
 
-async def write_at_commit(
-    conn: asyncpg.Connection, sql: str, args: Sequence[object], types: Sequence[str]
-) -> None:
+async def write_at_commit(conn: asyncpg.Connection, sql: str, args: Sequence[object], types: Sequence[str]) -> None:
     """Run the write ``sql`` with ``args`` (their SQL types ``types``, see :func:`stella.kit.db.sql_constant`)
     in the open transaction: in the statement that commits it when its owner defers the transaction's last
     writes (:func:`deferring_messages`; no round trip of its own, and locks the transaction holds are released
