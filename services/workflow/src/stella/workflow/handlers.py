@@ -390,7 +390,8 @@ class Handlers:
         new: bool = False,
         launch: list[Execution] | None = None,
     ) -> c.RunView:
-        """Write what changed and its messages (events and ``ExecuteStep`` commands) in the open transaction.
+        """Write what changed and its messages (events and ``ExecuteStep`` commands) in the open transaction,
+        with the statement that commits it when its owner defers the last writes (nothing reads them after).
 
         The attempts this service executes itself are added to ``launch``: the caller starts them once the
         transaction committed (an attempt is never executed for a start that was rolled back).
@@ -402,9 +403,9 @@ class Handlers:
             )
         saved = replace(record, run=progress.run)
         if progress.run_changed and not new:
-            await repo.update_run(conn, progress.run, now)
+            await repo.update_run_at_commit(conn, progress.run, now)
         changed = [step for node_id, step in progress.steps.items() if node_id in progress.changed]
-        await repo.upsert_steps(conn, progress.run, changed, logs, template.topological_order, now)
+        await repo.upsert_steps_at_commit(conn, progress.run, changed, logs, template.topological_order, now)
         view = repo.run_view(saved, progress.steps.values(), logs)
         await add_events(conn, self._messages(template, saved, progress, view, cause, now))
         return view

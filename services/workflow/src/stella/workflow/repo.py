@@ -13,6 +13,7 @@ from uuid import UUID
 import asyncpg
 
 from stella.contracts import workflow as c
+from stella.kit.outbox import write_at_commit
 from stella.kit.pagination import decode_cursor, encode_cursor
 from stella.workflow.domain.run import StepRun, WorkflowRun
 from stella.workflow.domain.states import RunStatus, SkipReason, StepStatus
@@ -331,23 +332,28 @@ async def get_run(conn: asyncpg.Connection, tenant: UUID, run_id: UUID, *, lock:
     return run_record(row) if row else None
 
 
-async def update_run(conn: asyncpg.Connection, run: WorkflowRun, now: datetime) -> None:
-    """Write a run's mutable state."""
-    await conn.execute(
+async def update_run_at_commit(conn: asyncpg.Connection, run: WorkflowRun, now: datetime) -> None:
+    """Write a run's mutable state with the statement that commits the transaction when its owner defers the
+    last writes (:func:`stella.kit.outbox.write_at_commit`), else now: nothing in the transaction reads it after."""
+    await write_at_commit(
+        conn,
         UPDATE_RUN,
-        run.tenant_id,
-        run.id,
-        run.status.value,
-        dict(run.outputs),
-        run.error,
-        run.started_at,
-        run.completed_at,
-        run.next_wakeup_at,
-        now,
+        (
+            run.tenant_id,
+            run.id,
+            run.status.value,
+            dict(run.outputs),
+            run.error,
+            run.started_at,
+            run.completed_at,
+            run.next_wakeup_at,
+            now,
+        ),
+        ("uuid", "uuid", "text", "jsonb", "text", "timestamptz", "timestamptz", "timestamptz", "timestamptz"),
     )
 
 
-async def upsert_steps(
+async def upsert_steps_at_commit(
     conn: asyncpg.Connection,
     run: WorkflowRun,
     steps: Sequence[StepRun],
@@ -355,7 +361,8 @@ async def upsert_steps(
     order: Sequence[str],
     now: datetime,
 ) -> None:
-    """Insert or update steps of a run in one statement (``order`` is the template's topological order)."""
+    """Insert or update steps of a run in one statement (``order`` is the template's topological order), with
+    the statement that commits the transaction when its owner defers the last writes, else now."""
     if not steps:
         return
     position = {node_id: index for index, node_id in enumerate(order)}
@@ -377,7 +384,9 @@ async def upsert_steps(
         }
         for step in steps
     ]
-    await conn.execute(UPSERT_STEPS, run.tenant_id, run.id, rows, now)
+    await write_at_commit(
+        conn, UPSERT_STEPS, (run.tenant_id, run.id, rows, now), ("uuid", "uuid", "jsonb", "timestamptz")
+    )
 
 
 async def get_steps(conn: asyncpg.Connection, tenant: UUID, run_id: UUID) -> StepRecords:
