@@ -181,13 +181,13 @@ class Handlers:
         except_webhook: UUID | None = None,
     ) -> None:
         """Record a public event, queue it for the tenant's webhooks and write it to the outbox (in ``conn``'s
-        transaction, one statement)."""
+        transaction, one statement, made as it commits when its owner defers the last writes)."""
         event = to_cloudevent(
             spec, data, tenant_id=tenant_id, event_id=event_id, time=time, traceparent=tracing.current_traceparent()
         )
         payload = event.to_json()
         now = self._clock()
-        recorded = await repo.record_event(
+        await repo.record_event_at_commit(
             conn,
             event_id=event_id,
             tenant_id=tenant_id,
@@ -203,11 +203,6 @@ class Handlers:
             headers=message_headers({"Content-Type": MEDIA_TYPE}),
             except_webhook=except_webhook,
         )
-        if recorded is None:
-            return  # recorded before: published and queued then
-        _, queued = recorded
-        if queued:
-            log.debug("public event queued for webhooks", extra={"type": spec.type, "webhooks": queued})
 
     # --- webhook commands --------------------------------------------------------------------------------
 

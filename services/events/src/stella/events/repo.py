@@ -15,7 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from stella.contracts.events import AttemptView, DeliveryStatus, DeliveryView, WebhookView
-from stella.kit.outbox import ordered_insert_sql
+from stella.kit.outbox import ordered_insert_sql, write_at_commit
 
 # --- records ---------------------------------------------------------------------------------------------
 
@@ -142,7 +142,14 @@ _LIST_EVENTS: Final = """
 _PURGE_EVENTS: Final = "DELETE FROM public_events WHERE recorded_at < $1"
 
 
-async def record_event(
+_RECORD_EVENT_TYPES: Final = (
+    "uuid", "uuid", "text", "text", "timestamptz", "text[]", "text", "timestamptz", "text", "timestamptz", "uuid",
+    "text", "text",
+)  # fmt: skip
+"""The SQL types of ``_RECORD_EVENT``'s parameters, in order."""
+
+
+async def record_event_at_commit(
     conn: asyncpg.Connection,
     *,
     event_id: UUID,
@@ -158,31 +165,32 @@ async def record_event(
     subject: str,
     headers: str | None,
     except_webhook: UUID | None = None,
-) -> tuple[int, int] | None:
+) -> None:
     """Record a public event, queue it for every enabled webhook of its tenant whose filters take it and write
-    it to the outbox for publication on ``subject`` (ordered with the tenant's other messages), in one statement.
-
-    Returns its sequence and how many deliveries were queued, or None when it was recorded before.
+    it to the outbox for publication on ``subject`` (ordered with the tenant's other messages), in one statement:
+    the statement that commits the transaction when its owner defers the last writes
+    (:func:`stella.kit.outbox.write_at_commit`; an event recorded before is left as it is), else now.
     """
-    if not conn.is_in_transaction():
-        raise RuntimeError("outbox writes must happen inside the state change's transaction")
-    row = await conn.fetchrow(
+    await write_at_commit(
+        conn,
         _RECORD_EVENT,
-        event_id,
-        tenant_id,
-        event_type,
-        context,
-        time,
-        list(related),
-        payload,
-        now,
-        context_filter,
-        deadline,
-        except_webhook,
-        subject,
-        headers,
+        (
+            event_id,
+            tenant_id,
+            event_type,
+            context,
+            time,
+            list(related),
+            payload,
+            now,
+            context_filter,
+            deadline,
+            except_webhook,
+            subject,
+            headers,
+        ),
+        _RECORD_EVENT_TYPES,
     )
-    return (int(row["seq"]), int(row["queued"])) if row is not None else None
 
 
 async def list_events(
