@@ -69,6 +69,9 @@ class FakeStore:
             raise AssertionError(f"promotion {stored.promotion.id} updated before it was inserted")
         self.state.promotions[key] = copy.deepcopy(stored)
 
+    async def update_promotion_at_commit(self, stored: repo.StoredPromotion) -> None:
+        await self.update_promotion(stored)
+
     async def list_promotions(
         self,
         tenant: UUID,

@@ -50,6 +50,10 @@ class PromotionStore(Protocol):
     async def update_promotion(self, stored: repo.StoredPromotion) -> None:
         """Write a promotion's mutable fields."""
 
+    async def update_promotion_at_commit(self, stored: repo.StoredPromotion) -> None:
+        """Write a promotion's mutable fields as the transaction commits (its last write of the promotion:
+        nothing in the transaction reads it after)."""
+
     async def list_promotions(
         self,
         tenant: UUID,
@@ -117,6 +121,9 @@ class PostgresStore:
 
     async def update_promotion(self, stored: repo.StoredPromotion) -> None:
         await repo.update_promotion(self.conn, stored)
+
+    async def update_promotion_at_commit(self, stored: repo.StoredPromotion) -> None:
+        await repo.update_promotion_at_commit(self.conn, stored)
 
     async def list_promotions(
         self,

@@ -200,7 +200,8 @@ class DeployQueue(HandlerBase):
         """Try a queued promotion's deployment again (its turn came, or its window opened) and save it."""
         step, outputs = self._held_step(stored)
         messages = await self._let_deploy(store, stored, step, outputs, origin)
-        await store.update_promotion(stored)
+        # Its last write: made as the transaction commits, so the deployment line is locked a round trip less.
+        await store.update_promotion_at_commit(stored)
         return messages
 
     async def _job_promotion(
@@ -235,7 +236,7 @@ class DeployQueue(HandlerBase):
             log.warning("a deployment job started for a promotion that cannot deploy", extra={"error": exc.detail})
             return
         stored.deploy_step = None
-        await repo.update_promotion(conn, stored)
+        await repo.update_promotion_at_commit(conn, stored)
         await add_events(conn, self._changed(Origin.of(event), repo.promotion_view(stored), events))
 
     async def on_job_completed(self, event: d.JobCompleted, conn: asyncpg.Connection) -> None:
