@@ -57,7 +57,7 @@ class FakeStore:
         stored = self.state.promotions.get((tenant, pid))
         return copy.deepcopy(stored) if stored is not None else None
 
-    async def insert_promotion(self, stored: repo.StoredPromotion) -> None:
+    async def insert_promotion_at_commit(self, stored: repo.StoredPromotion) -> None:
         key = (stored.promotion.tenant_id, stored.promotion.id)
         if key in self.state.promotions:
             raise AssertionError(f"promotion {stored.promotion.id} inserted twice")

@@ -700,11 +700,24 @@ def _step_json(step: StepRef | None) -> dict[str, Any] | None:
     return step.model_dump(mode="json") if step is not None else None
 
 
-async def insert_promotion(conn: asyncpg.Connection, stored: StoredPromotion) -> None:
-    """Insert a new promotion."""
+_INSERT_PROMOTION_TYPES = (
+    "uuid", "uuid", "uuid", "text", "jsonb", "uuid", "uuid", "text", "text", "text", "text", "timestamptz",
+    "timestamptz", "integer", "integer", "boolean", "jsonb", "text", "integer", "uuid", "jsonb", "text[]", "text",
+    "timestamptz", "timestamptz", "timestamptz", "timestamptz", "uuid", "uuid", "boolean", "timestamptz", "text",
+    "text", "uuid", "jsonb", "jsonb", "uuid", "timestamptz", "integer", "timestamptz", "jsonb", "text", "text",
+)  # fmt: skip
+"""The SQL types of ``INSERT_PROMOTION``'s parameters, in the order of ``_PROMOTION_COLUMNS``."""
+
+
+async def insert_promotion_at_commit(conn: asyncpg.Connection, stored: StoredPromotion) -> None:
+    """Insert a new promotion with the statement that commits the transaction when its owner defers the last
+    writes (:func:`stella.kit.outbox.write_at_commit`), else now: nothing in the transaction reads it after."""
+    await write_at_commit(conn, INSERT_PROMOTION, _insert_args(stored), _INSERT_PROMOTION_TYPES)
+
+
+def _insert_args(stored: StoredPromotion) -> tuple[object, ...]:
     p = stored.promotion
-    await conn.execute(
-        INSERT_PROMOTION,
+    return (
         p.id,
         p.tenant_id,
         p.release_id,
@@ -930,7 +943,7 @@ async def postpone_run_check(conn: asyncpg.Connection, tenant: UUID, pid: UUID, 
 # --- decisions -------------------------------------------------------------------------------------------
 
 
-async def insert_decision(
+async def insert_decision_at_commit(
     conn: asyncpg.Connection,
     tenant: UUID,
     did: UUID,
@@ -941,18 +954,14 @@ async def insert_decision(
     record: DecisionRecord,
     now: datetime,
 ) -> None:
-    """Store a decision with the inputs and clock reading it was computed from."""
-    await conn.execute(
+    """Store a decision with the inputs and clock reading it was computed from, with the statement that commits
+    the transaction when its owner defers the last writes (:func:`stella.kit.outbox.write_at_commit`), else now:
+    no transaction reads the decision it stores."""
+    await write_at_commit(
+        conn,
         INSERT_DECISION,
-        did,
-        tenant,
-        promotion_id,
-        trigger,
-        inputs,
-        clock,
-        record.to_dict(),
-        record.to_json().decode(),
-        now,
+        (did, tenant, promotion_id, trigger, inputs, clock, record.to_dict(), record.to_json().decode(), now),
+        ("uuid", "uuid", "uuid", "text", "jsonb", "timestamptz", "jsonb", "text", "timestamptz"),
     )
 
 

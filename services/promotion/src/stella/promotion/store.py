@@ -44,8 +44,8 @@ class PromotionStore(Protocol):
         """One promotion (a fresh copy: changes are kept only by :meth:`update_promotion`)."""
         ...
 
-    async def insert_promotion(self, stored: repo.StoredPromotion) -> None:
-        """Store a new promotion."""
+    async def insert_promotion_at_commit(self, stored: repo.StoredPromotion) -> None:
+        """Store a new promotion as the transaction commits (nothing in the transaction reads it after)."""
 
     async def update_promotion(self, stored: repo.StoredPromotion) -> None:
         """Write a promotion's mutable fields."""
@@ -116,8 +116,8 @@ class PostgresStore:
     async def get_promotion(self, tenant: UUID, pid: UUID, *, lock: bool = False) -> repo.StoredPromotion | None:
         return await repo.get_promotion(self.conn, tenant, pid, lock=lock)
 
-    async def insert_promotion(self, stored: repo.StoredPromotion) -> None:
-        await repo.insert_promotion(self.conn, stored)
+    async def insert_promotion_at_commit(self, stored: repo.StoredPromotion) -> None:
+        await repo.insert_promotion_at_commit(self.conn, stored)
 
     async def update_promotion(self, stored: repo.StoredPromotion) -> None:
         await repo.update_promotion(self.conn, stored)

@@ -228,7 +228,9 @@ class GateHandlers(DeployQueue):
         record = decide(inputs, clock, registry=self.registry)
         decision_id = self.new_id()
         p = stored.promotion
-        await repo.insert_decision(conn, p.tenant_id, decision_id, p.id, trigger, inputs, clock, record, self.clock())
+        await repo.insert_decision_at_commit(
+            conn, p.tenant_id, decision_id, p.id, trigger, inputs, clock, record, self.clock()
+        )
         stored.decision_id = decision_id
         return record
 

@@ -93,7 +93,7 @@ class PromotionHandlers(GateHandlers):
                     f"waiting for workflow run {stored.workflow_run_id} ({stored.workflow_template}) "
                     "to evaluate the gates"
                 )
-            await store.insert_promotion(stored)
+            await store.insert_promotion_at_commit(stored)
             view = repo.promotion_view(stored)
             origin = Origin.of(cmd)
             start = start_run(origin, stored, actor_id=cmd.actor_id)
