@@ -240,6 +240,26 @@ async def test_a_write_kept_for_the_commit_that_postgres_refuses_is_a_stored_bus
     assert await _counts(runtime) == (0, 0)
 
 
+async def test_a_write_kept_for_the_commit_with_a_value_of_no_type_is_refused_as_the_codec_refuses_it(
+    start_runtime,
+) -> None:
+    runtime = await start_runtime(_noop)
+    processor = CommandProcessor(lambda: runtime.pool, CONSUMER)
+    command = _command("nul")
+
+    async def execute(conn: asyncpg.Connection) -> object:
+        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, 'y')", uuid.uuid4())
+        await write_at_commit(
+            conn, _ADD_AT_COMMIT, (uuid.uuid4(), "a\x00b", datetime.now(UTC)), ("uuid", "text", "timestamptz")
+        )
+        return None
+
+    reply = await processor.run(command, execute)
+    assert reply.error is not None and (reply.error.code, reply.error.status) == ("VAL_VALUE_REFUSED", 400)
+    assert await _counts(runtime) == (0, 0)
+    assert await _stored(runtime, command) == reply.model_dump(mode="json")
+
+
 async def test_a_write_at_commit_outside_a_deferring_transaction_is_made_at_once(start_runtime) -> None:
     runtime = await start_runtime(_noop)
     async with runtime.pool.acquire() as conn:

@@ -77,9 +77,9 @@ def test_a_value_that_is_not_of_its_type_is_refused_before_anything_is_sent(valu
 
 
 def test_every_parameter_needs_its_value() -> None:
-    with pytest.raises(ValueError, match="2 values for 1 types"):
+    with pytest.raises(TypeError, match="2 values for 1 types"):
         sql_with_constants("SELECT $1", [1, 2], ["integer"])
-    with pytest.raises(ValueError, match=r"\$2 names no value"):
+    with pytest.raises(TypeError, match=r"\$2 names no value"):
         sql_with_constants("SELECT $1, $2", [1], ["integer"])
     assert (
         sql_with_constants("SELECT $1, $10", list(range(10)), ["integer"] * 10) == "SELECT '0'::integer, '9'::integer"

@@ -97,16 +97,17 @@ def sql_with_constants(sql: str, args: Sequence[object], types: Sequence[str]) -
     (:func:`sql_constant`). ``sql`` is one of the code's statements: its text holds ``$`` only in parameters.
 
     Raises:
-        ValueError: ``args`` and ``types`` differ in length, or a parameter names no argument.
+        TypeError: ``args`` and ``types`` differ in length, or a parameter names no argument (the code's error).
+        ValueError: a value that cannot be written as its type (:func:`sql_constant`).
     """
     if len(args) != len(types):
-        raise ValueError(f"{len(args)} values for {len(types)} types")
+        raise TypeError(f"{len(args)} values for {len(types)} types")
     constants = [sql_constant(value, sql_type) for value, sql_type in zip(args, types, strict=True)]
 
     def constant(match: re.Match[str]) -> str:
         index = int(match.group(1)) - 1
         if not 0 <= index < len(constants):
-            raise ValueError(f"${index + 1} names no value")
+            raise TypeError(f"${index + 1} names no value")
         return constants[index]
 
     return _PARAMETER.sub(constant, sql)

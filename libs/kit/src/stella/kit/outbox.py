@@ -223,7 +223,9 @@ async def write_at_commit(conn: asyncpg.Connection, sql: str, args: Sequence[obj
 
     For the last write of a change only: nothing in the transaction may read what it writes, and what it
     returns is not known. A value Postgres refuses then fails the commit, which the transaction's owner
-    reports as it would have reported the write failing (see :meth:`stella.kit.broker.CommandProcessor.run`).
+    reports as it would have reported the write failing (see :meth:`stella.kit.broker.CommandProcessor.run`);
+    a value that cannot be written as its type (text holding a NUL, a str for an integer) raises
+    ``asyncpg.DataError`` at once, as the connection's codec does.
     """
     if not conn.is_in_transaction():
         raise RuntimeError("writes at commit must happen inside the state change's transaction")
@@ -231,7 +233,12 @@ async def write_at_commit(conn: asyncpg.Connection, sql: str, args: Sequence[obj
     if deferred is None:
         await conn.execute(sql, *args)
         return
-    deferred.add_statement(sql_with_constants(sql, args, types))
+    try:
+        statement = sql_with_constants(sql, args, types)
+    except ValueError as exc:
+        # Refused as the connection's codec refuses a value it cannot send: a value Postgres cannot take.
+        raise asyncpg.DataError(f"invalid input for the write kept for the commit: {exc}") from exc
+    deferred.add_statement(statement)
 
 
 def message_headers(own: Mapping[str, str] | None = None) -> str | None:
