@@ -170,22 +170,6 @@ async def test_a_business_error_keeps_the_inbox_row_and_reply_and_undoes_the_cha
     assert await _counts(runtime) == (0, 0)
 
 
-async def test_a_value_postgres_refuses_is_a_stored_business_error(start_runtime) -> None:
-    runtime = await start_runtime(_noop)
-    processor = CommandProcessor(lambda: runtime.pool, CONSUMER)
-    command = _command("bad")
-
-    async def execute(conn: asyncpg.Connection) -> object:
-        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, 'y')", uuid.uuid4())
-        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", uuid.uuid4(), "a\x00b")
-        return None
-
-    reply = await processor.run(command, execute)
-    assert reply.error is not None and (reply.error.code, reply.error.status) == ("VAL_VALUE_REFUSED", 400)
-    assert await _counts(runtime) == (0, 0)
-    assert await _stored(runtime, command) == reply.model_dump(mode="json")
-
-
 _ADD_AT_COMMIT = "INSERT INTO items (tenant_id, name, created_at) VALUES ($1, $2, $3)"
 
 
@@ -217,47 +201,45 @@ async def test_a_write_kept_for_the_commit_is_made_by_the_statement_that_commits
     assert await _stored(runtime, command) == reply.model_dump(mode="json")
 
 
-async def test_a_write_kept_for_the_commit_that_postgres_refuses_is_a_stored_business_error(start_runtime) -> None:
+async def _refused_in_a_statement(conn: asyncpg.Connection) -> None:
+    await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", uuid.uuid4(), "a\x00b")
+
+
+async def _refused_by_postgres_at_the_commit(conn: asyncpg.Connection) -> None:
+    # Text that is no UUID: refused only when the commit makes the write.
+    await write_at_commit(conn, _ADD_AT_COMMIT, ("not a uuid", "z", datetime.now(UTC)), ("uuid", "text", "timestamptz"))
+
+
+async def _refused_before_it_is_kept(conn: asyncpg.Connection) -> None:
+    # A NUL cannot be written as a constant, as the codec cannot send it.
+    await write_at_commit(
+        conn, _ADD_AT_COMMIT, (uuid.uuid4(), "a\x00b", datetime.now(UTC)), ("uuid", "text", "timestamptz")
+    )
+
+
+@pytest.mark.parametrize(
+    "refuse",
+    [_refused_in_a_statement, _refused_by_postgres_at_the_commit, _refused_before_it_is_kept],
+    ids=["in a statement", "by postgres at the commit", "before it is kept"],
+)
+async def test_a_value_postgres_refuses_is_a_stored_business_error(start_runtime, refuse: Any) -> None:
     runtime = await start_runtime(_noop)
     processor = CommandProcessor(lambda: runtime.pool, CONSUMER)
-    command = _command("refused at commit")
+    command = _command("bad")
 
     async def execute(conn: asyncpg.Connection) -> object:
         await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, 'y')", uuid.uuid4())
         await add_event(conn, ADDED, ItemAdded(name="x", tenant_id=uuid.uuid4(), correlation_id=uuid.uuid4()))
-        # Text that is no UUID: refused only when the commit makes the write.
-        await write_at_commit(
-            conn, _ADD_AT_COMMIT, ("not a uuid", "z", datetime.now(UTC)), ("uuid", "text", "timestamptz")
-        )
+        await refuse(conn)
         return {"kept": True}
 
     reply = await processor.run(command, execute)
     assert reply.error is not None and (reply.error.code, reply.error.status) == ("VAL_VALUE_REFUSED", 400)
-    # The whole change is undone with the commit that failed; the reply is stored and answers a repeat.
+    # The whole change is undone; the reply is stored and answers a repeat.
     assert await _counts(runtime) == (0, 0)
     assert await _stored(runtime, command) == reply.model_dump(mode="json")
     assert await processor.run(command, execute) == reply
     assert await _counts(runtime) == (0, 0)
-
-
-async def test_a_write_kept_for_the_commit_with_a_value_of_no_type_is_refused_as_the_codec_refuses_it(
-    start_runtime,
-) -> None:
-    runtime = await start_runtime(_noop)
-    processor = CommandProcessor(lambda: runtime.pool, CONSUMER)
-    command = _command("nul")
-
-    async def execute(conn: asyncpg.Connection) -> object:
-        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, 'y')", uuid.uuid4())
-        await write_at_commit(
-            conn, _ADD_AT_COMMIT, (uuid.uuid4(), "a\x00b", datetime.now(UTC)), ("uuid", "text", "timestamptz")
-        )
-        return None
-
-    reply = await processor.run(command, execute)
-    assert reply.error is not None and (reply.error.code, reply.error.status) == ("VAL_VALUE_REFUSED", 400)
-    assert await _counts(runtime) == (0, 0)
-    assert await _stored(runtime, command) == reply.model_dump(mode="json")
 
 
 async def test_a_write_at_commit_outside_a_deferring_transaction_is_made_at_once(start_runtime) -> None:

@@ -26,6 +26,7 @@ from stella.kit.startup import (
     wait_for_nats,
     wait_for_postgres,
 )
+from stella.testing import dsn_with_database
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -115,7 +116,7 @@ async def test_a_configured_server_is_waited_for_then_given_up(caplog: pytest.Lo
 
 
 async def test_a_refused_login_and_an_unknown_database_are_configuration_errors(postgres_admin_dsn: str) -> None:
-    missing = postgres_admin_dsn.rsplit("/", 1)[0] + "/no_such_database_here"
+    missing = dsn_with_database(postgres_admin_dsn, "no_such_database_here")
     with pytest.raises(ConfigurationError, match="no_such_database_here"):
         await wait_for_postgres(missing, "STELLA_DATABASE_URL", configured=True, timeout_s=30)
 

@@ -62,7 +62,7 @@ from stella.kit.db import sql_literal
 from stella.kit.errors import error_detail, is_reportable
 from stella.kit.faults import Failure, classify, is_permanent, is_transient, refused, retry_delay
 from stella.kit.naming import Names
-from stella.kit.outbox import deferring_messages
+from stella.kit.outbox import deferring_writes
 from stella.kit.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -1039,10 +1039,10 @@ async def _transaction_claiming(
     conn: asyncpg.Connection, consumer: str, message_ids: Sequence[uuid.UUID]
 ) -> AsyncIterator[_Claim]:
     """A transaction opened by claiming ``message_ids`` (:func:`begin_claiming`); committed when the block ends,
-    in one round trip with the outbox messages the block recorded (:func:`stella.kit.outbox.deferring_messages`)
+    in one round trip with the writes and outbox messages the block kept (:func:`stella.kit.outbox.deferring_writes`)
     and the claim's ``reply`` when one was set (one message); rolled back when it raises."""
     claim = _Claim(await begin_claiming(conn, consumer, message_ids))
-    with deferring_messages(conn) as messages:
+    with deferring_writes(conn) as kept_writes:
         try:
             yield claim
         except BaseException:
@@ -1053,8 +1053,8 @@ async def _transaction_claiming(
     # The last round trip makes the writes kept for it, writes the messages the transaction recorded, keeps the
     # reply and commits.
     try:
-        written = messages.sql()
-        kept = (
+        writes = kept_writes.sql()
+        reply = (
             _STORE_REPLY_CONSTANTS.format(
                 reply=sql_literal(claim.reply.model_dump_json()),
                 consumer=sql_literal(consumer),
@@ -1063,7 +1063,7 @@ async def _transaction_claiming(
             if claim.reply is not None
             else ""
         )
-        await conn.execute("; ".join(filter(None, [written, kept, "COMMIT"])))
+        await conn.execute("; ".join(filter(None, [writes, reply, "COMMIT"])))
     except BaseException:
         await _roll_back_quietly(conn)
         raise

@@ -163,14 +163,15 @@ async def add_messages(conn: asyncpg.Connection, messages: Sequence[OutboxMessag
     )
 
 
-class DeferredMessages:
-    """The messages a transaction recorded while :func:`deferring_messages` held its connection, to be written
-    by the statement that commits it (:meth:`sql`): the outbox rows cost no round trip of their own, and the
-    tenant's lock is taken as the transaction ends instead of being held from the first message to the commit."""
+class DeferredWrites:
+    """What a transaction kept while :func:`deferring_writes` held its connection, to be written by the
+    statement that commits it (:meth:`sql`): its last writes (:func:`write_at_commit`) and the outbox messages
+    it recorded. They cost no round trip of their own, and the tenant's outbox lock is taken as the transaction
+    ends instead of being held from the first message to the commit."""
 
     def __init__(self) -> None:
-        self._rows: list[tuple[OutboxMessage, bool, str | None]] = []
         self._statements: list[str] = []
+        self._rows: list[tuple[OutboxMessage, bool, str | None]] = []
 
     def add_statement(self, statement: str) -> None:
         """Keep a write (one statement, its values written in) to run at the commit, before the messages."""
@@ -181,33 +182,34 @@ class DeferredMessages:
         self._rows.extend((m, ordered, _headers(m.headers, trace)) for m in messages)
 
     def sql(self) -> str:
-        """Statements (simple protocol, values as constants) writing the kept messages in order, each ordered
-        one after its tenant's lock (tenants in one order, so two writers cannot deadlock), after the kept
-        writes (:func:`write_at_commit`) in the order they were made; empty when none."""
-        if not self._rows:
-            return "; ".join(self._statements)
-        tenants = sorted({str(UUID(str(m.tenant_id))) for m, ordered, _ in self._rows if ordered})
-        locks = [_LOCK_TENANT_CONSTANT.format(tenant=tenant) for tenant in tenants]
-        rows = ", ".join(
-            f"('{UUID(str(m.message_id))}'::uuid, '{UUID(str(m.tenant_id))}'::uuid, {sql_literal(m.subject)}, "
-            f"{sql_literal(m.payload)}, {sql_literal(headers) if headers is not None else 'NULL'})"
-            for m, _, headers in self._rows
-        )
-        insert = (
-            f"INSERT INTO outbox (message_id, tenant_id, subject, payload, headers) VALUES {rows} "
-            "ON CONFLICT (message_id) DO NOTHING"
-        )
-        return "; ".join([*self._statements, *locks, insert])
+        """Statements (simple protocol, values as constants): the kept writes in the order they were made, then
+        the kept messages in order, each ordered one after its tenant's lock (tenants in one order, so two
+        writers cannot deadlock); empty when nothing was kept."""
+        statements = list(self._statements)
+        if self._rows:
+            tenants = sorted({str(UUID(str(m.tenant_id))) for m, ordered, _ in self._rows if ordered})
+            statements += [_LOCK_TENANT_CONSTANT.format(tenant=tenant) for tenant in tenants]
+            rows = ", ".join(
+                f"('{UUID(str(m.message_id))}'::uuid, '{UUID(str(m.tenant_id))}'::uuid, {sql_literal(m.subject)}, "
+                f"{sql_literal(m.payload)}, {sql_literal(headers) if headers is not None else 'NULL'})"
+                for m, _, headers in self._rows
+            )
+            statements.append(
+                f"INSERT INTO outbox (message_id, tenant_id, subject, payload, headers) VALUES {rows} "
+                "ON CONFLICT (message_id) DO NOTHING"
+            )
+        return "; ".join(statements)
 
 
-_DEFERRED: dict[int, DeferredMessages] = {}
+_DEFERRED: dict[int, DeferredWrites] = {}
 
 
 @contextlib.contextmanager
-def deferring_messages(conn: asyncpg.Connection) -> Iterator[DeferredMessages]:
-    """While the block runs, what :func:`add_messages` records on ``conn`` is kept, not written: the caller,
-    who owns the transaction, writes it with :meth:`DeferredMessages.sql` in the statement that commits."""
-    deferred = DeferredMessages()
+def deferring_writes(conn: asyncpg.Connection) -> Iterator[DeferredWrites]:
+    """While the block runs, what :func:`write_at_commit` and :func:`add_messages` are given on ``conn`` is
+    kept, not written: the caller, who owns the transaction, writes it with :meth:`DeferredWrites.sql` in the
+    statement that commits."""
+    deferred = DeferredWrites()
     _DEFERRED[id(conn)] = deferred
     try:
         yield deferred
@@ -218,7 +220,7 @@ def deferring_messages(conn: asyncpg.Connection) -> Iterator[DeferredMessages]:
 async def write_at_commit(conn: asyncpg.Connection, sql: str, args: Sequence[object], types: Sequence[str]) -> None:
     """Run the write ``sql`` with ``args`` (their SQL types ``types``, see :func:`stella.kit.db.sql_constant`)
     in the open transaction: in the statement that commits it when its owner defers the transaction's last
-    writes (:func:`deferring_messages`; no round trip of its own, and locks the transaction holds are released
+    writes (:func:`deferring_writes`; no round trip of its own, and locks the transaction holds are released
     one round trip sooner), else now.
 
     For the last write of a change only: nothing in the transaction may read what it writes, and what it

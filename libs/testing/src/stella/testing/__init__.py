@@ -9,6 +9,7 @@ from stella.testing.databases import (
     discover_migration_sets,
     dsn_with_database,
     find_workspace_root,
+    parameter_types,
 )
 from stella.testing.docker import DockerEngine, DockerJanitor, DockerUnavailableError, find_docker_engine
 from stella.testing.images import AppImage, AppImages, push_app_image, push_app_images
@@ -51,6 +52,7 @@ __all__ = [
     "fetch_manifest",
     "find_docker_engine",
     "find_workspace_root",
+    "parameter_types",
     "push_app_image",
     "push_app_images",
     "push_image",

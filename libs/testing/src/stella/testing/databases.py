@@ -133,6 +133,22 @@ def dsn_with_database(dsn: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
+_TYPE_SPELLING = {"int2": "smallint", "int4": "integer", "int8": "bigint", "bool": "boolean"}
+
+
+async def parameter_types(conn: asyncpg.Connection, sql: str) -> list[str]:
+    """The SQL types Postgres gives ``sql``'s parameters, in order, spelled as
+    :func:`stella.kit.db.sql_constant` takes them (``integer``, ``boolean``, ``text[]``): what a statement's
+    hand-written types for :func:`stella.kit.outbox.write_at_commit` must say."""
+
+    def spelled(name: str) -> str:
+        element, array = (name[:-2], "[]") if name.endswith("[]") else (name, "")
+        return _TYPE_SPELLING.get(element, element) + array
+
+    statement = await conn.prepare(sql)
+    return [spelled(parameter.name) for parameter in statement.get_parameters()]
+
+
 def _quote(name: str) -> str:
     # Names here are built from fixed prefixes and hex digits; quoting guards against the unexpected.
     return '"' + name.replace('"', '""') + '"'

@@ -943,6 +943,10 @@ async def postpone_run_check(conn: asyncpg.Connection, tenant: UUID, pid: UUID, 
 # --- decisions -------------------------------------------------------------------------------------------
 
 
+_INSERT_DECISION_TYPES = ("uuid", "uuid", "uuid", "text", "jsonb", "timestamptz", "jsonb", "text", "timestamptz")
+"""The SQL types of ``INSERT_DECISION``'s parameters, in order."""
+
+
 async def insert_decision_at_commit(
     conn: asyncpg.Connection,
     tenant: UUID,
@@ -961,7 +965,7 @@ async def insert_decision_at_commit(
         conn,
         INSERT_DECISION,
         (did, tenant, promotion_id, trigger, inputs, clock, record.to_dict(), record.to_json().decode(), now),
-        ("uuid", "uuid", "uuid", "text", "jsonb", "timestamptz", "jsonb", "text", "timestamptz"),
+        _INSERT_DECISION_TYPES,
     )
 
 

@@ -332,6 +332,22 @@ async def get_run(conn: asyncpg.Connection, tenant: UUID, run_id: UUID, *, lock:
     return run_record(row) if row else None
 
 
+_UPDATE_RUN_TYPES = (
+    "uuid",
+    "uuid",
+    "text",
+    "jsonb",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+)
+"""The SQL types of ``UPDATE_RUN``'s parameters, in order."""
+_UPSERT_STEPS_TYPES = ("uuid", "uuid", "jsonb", "timestamptz")
+"""The SQL types of ``UPSERT_STEPS``'s parameters, in order."""
+
+
 async def update_run_at_commit(conn: asyncpg.Connection, run: WorkflowRun, now: datetime) -> None:
     """Write a run's mutable state with the statement that commits the transaction when its owner defers the
     last writes (:func:`stella.kit.outbox.write_at_commit`), else now: nothing in the transaction reads it after."""
@@ -349,7 +365,7 @@ async def update_run_at_commit(conn: asyncpg.Connection, run: WorkflowRun, now: 
             run.next_wakeup_at,
             now,
         ),
-        ("uuid", "uuid", "text", "jsonb", "text", "timestamptz", "timestamptz", "timestamptz", "timestamptz"),
+        _UPDATE_RUN_TYPES,
     )
 
 
@@ -384,9 +400,7 @@ async def upsert_steps_at_commit(
         }
         for step in steps
     ]
-    await write_at_commit(
-        conn, UPSERT_STEPS, (run.tenant_id, run.id, rows, now), ("uuid", "uuid", "jsonb", "timestamptz")
-    )
+    await write_at_commit(conn, UPSERT_STEPS, (run.tenant_id, run.id, rows, now), _UPSERT_STEPS_TYPES)
 
 
 async def get_steps(conn: asyncpg.Connection, tenant: UUID, run_id: UUID) -> StepRecords:

@@ -353,7 +353,8 @@ class GateHandlers(DeployQueue):
         if latest is not None:
             inputs, clock = {**latest.inputs, "approvals": approvals}, latest.clock
         else:
-            inputs, clock = (await self._gate_inputs(conn, stored, approvals))[0], now
+            inputs, _ = await self._gate_inputs(conn, stored, approvals)
+            clock = now
         inputs = to_json_value(inputs)
         record = await self._store_decision(conn, stored, "approvals", inputs, clock)
         p.decision = record.to_dict()
