@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 
 from stella.contracts.canonical import canonicalize
+from stella.evidence import statement as statement_module
 from stella.evidence.statement import (
     MalformedStatementError,
     build_statement,
@@ -116,6 +118,9 @@ def _by_the_rule(payload: bytes) -> dict[str, Any] | str:
     """The verdict of the plain rule: parse, check the shape, canonicalize, compare (the error message, if any)."""
     try:
         statement = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"payload is not UTF-8 JSON: {exc}"
+    try:
         if not isinstance(statement, dict) or set(statement) != {"_type", "subject", "predicateType", "predicate"}:
             return parse_statement(payload)  # the shape errors are the same code on both paths
         canonical = canonicalize(statement)
@@ -124,6 +129,14 @@ def _by_the_rule(payload: bytes) -> dict[str, Any] | str:
     except ValueError as exc:
         return f"statement is not canonicalizable: {exc}"
     return statement if canonical == payload else "payload is not in RFC 8785 canonical form"
+
+
+@pytest.fixture(params=["msgspec", "standard library"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of reading a statement: with msgspec (installed here), and as without it."""
+    if request.param == "standard library":
+        monkeypatch.setattr(statement_module, "_MSGSPEC_DECODER", None)
+    return str(request.param)
 
 
 def _verdict(payload: bytes) -> tuple[dict[str, Any] | str, bytes | None]:
@@ -175,9 +188,42 @@ GOOD = serialize_statement(_statement_with(_content(("registry.example.com/a", A
         GOOD.replace(b'"predicate":{"content":{', b'"predicate":{"contenT":0,"content":{'),
         GOOD.replace(b',"sequence":3', b""),
         GOOD + b" ",
+        GOOD.replace(b'"sequence":3', b'"sequence":0.000015'),  # RFC 8785's spelling, not Python's repr
+        GOOD.replace(b'"sequence":3', b'"sequence":1.5e-05'),
+        GOOD.replace(b'"sequence":3', b'"sequence":-0.5'),
+        GOOD.replace(b'"sequence":3', b'"sequence":-0.0'),
+        GOOD.replace(b'"sequence":3', b'"sequence":0.10'),
+        GOOD.replace(b'"sequence":3', b'"sequence":1E5'),
+        GOOD.replace(b'"sequence":3', b'"sequence":1e21'),
+        GOOD.replace(b'"sequence":3', b'"sequence":1e+21'),
+        GOOD.replace(b'"sequence":3', b'"sequence":10000000000000000'),
+        GOOD.replace(b'"sequence":3', b'"sequence":1e16'),
+        GOOD.replace(b'"sequence":3', b'"sequence":123456.789'),
+        GOOD.replace(b'"sequence":3', b'"sequence":1e400'),
+        GOOD.replace(b'"sequence":3', b'"sequence":true'),
+        GOOD.replace(b'"id":"x"', '"id":"\u00e9\u2028\u00ff\uffff"'.encode()),  # RFC 8785 writes these raw
+        GOOD.replace(b'"id":"x"', '"id":"\u2028"'.encode("ascii", "backslashreplace")),
+        GOOD.replace(b'"id":"x"', b'"id":"\x7f"'),
+        GOOD.replace(b'"id":"x"', b'"id":"\\u007f"'),
+        GOOD.replace(b'"id":"x"', b'"id":"\\u000B\\u001b"'),
+        GOOD.replace(b'"id":"x"', b'"id":"\\b\\t\\f\\r"'),
+        GOOD.replace(b'"id":"x"', b'"id":"\\u0008"'),  # RFC 8785 writes \b
+        GOOD.replace(b'"id":"x"', '"id":"\U0001f600"'.encode()),  # beyond U+FFFF, as a value
+        # Keys beyond U+FFFF: RFC 8785 sorts by UTF-16 code units, which puts U+1F600 before U+E000.
+        GOOD.replace(b'"id":"x"', '"id":{"\U0001f600":1,"\ue000":2}'.encode()),
+        GOOD.replace(b'"id":"x"', '"id":{"\ue000":2,"\U0001f600":1}'.encode()),
+        GOOD.replace(b'"id":"x"', '"id":{"b":1,"\u00e9":2}'.encode()),
+        GOOD.replace(b'"id":"x"', '"id":{"\u00e9":2,"b":1}'.encode()),
+        GOOD.replace(b'"id":"x"', b'"id":"\xed\xa0\x80"'),  # a surrogate in UTF-8: not UTF-8
+        GOOD.replace(b'"id":"x"', b'"id":"\xff"'),
+        GOOD.replace(b'"id":"x"', b'"id":"a\x00b"'),  # a raw control character
+        GOOD.replace(b'"predicate":{', b'"predicate":['),
+        b"\xef\xbb\xbf" + GOOD,  # a byte order mark
+        b"[]",
+        b"",
     ],
 )
-def test_canonical_check_gives_the_verdict_of_the_rule(payload: bytes) -> None:
+def test_canonical_check_gives_the_verdict_of_the_rule(payload: bytes, reader: str) -> None:
     verdict, content_bytes = _verdict(payload)
     assert verdict == _by_the_rule(payload)
     if content_bytes is not None:
@@ -185,7 +231,45 @@ def test_canonical_check_gives_the_verdict_of_the_rule(payload: bytes) -> None:
         assert content_bytes == canonicalize(verdict["predicate"]["content"])
 
 
-def test_canonical_check_returns_the_content_bytes_of_an_ordinary_statement() -> None:
+def test_canonical_check_returns_the_content_bytes_of_an_ordinary_statement(reader: str) -> None:
     statement, content_bytes = parse_statement_canonical(GOOD)
     assert content_bytes == canonicalize(statement["predicate"]["content"])
     assert content_bytes is not None and content_bytes in GOOD
+
+
+def test_msgspec_writes_what_rfc_8785_writes_for_what_it_is_trusted_with() -> None:
+    """The native reader's premise: for text without characters beyond U+FFFF, integers within 2**53 and keys
+    sorted by code point, msgspec's sorted encoding is RFC 8785's (escapes, raw characters, integers, order)."""
+    encode = msgspec.json.Encoder(order="sorted").encode
+    bmp = "".join(chr(code) for code in range(0x10000) if not 0xD800 <= code <= 0xDFFF)
+    assert encode(bmp) == canonicalize(bmp)
+    keys = {chr(code) + "k": code for code in range(0, 0x10000, 7) if not 0xD800 <= code <= 0xDFFF}
+    assert encode(keys) == canonicalize(keys)
+    integers = [0, -1, 1, 2**31, -(2**31) - 1, 2**53 - 1, -(2**53 - 1), 10**15]
+    assert encode(integers) == canonicalize(integers)
+    floats = [0.5, -0.25, 0.12, 123456.789, 1e-4, 0.3333333333333333, 9999999999999998.0 / 3]
+    assert [text for text in (float.__repr__(value) for value in floats) if "e" not in text] == [
+        encode(value).decode() for value in floats if "e" not in float.__repr__(value)
+    ]
+    assert encode([True, False, None, [], {}]) == canonicalize([True, False, None, [], {}])
+
+
+@pytest.mark.parametrize(
+    ("payload", "shown"),
+    [
+        (GOOD, True),
+        (GOOD.replace(b'"sequence":3', b'"sequence":-0.5'), True),
+        (GOOD.replace(b'"id":"x"', '"id":"\u00e9\u2028"'.encode()), True),
+        (GOOD.replace(b'"id":"x"', '"id":{"b":1,"\u00e9":2}'.encode()), True),
+        (GOOD.replace(b'"sequence":3', b'"sequence":3.0'), False),
+        (GOOD.replace(b'"sequence":3', b'"sequence":9007199254740993'), False),
+        (GOOD.replace(b'"id":"x"', '"id":"\U0001f600"'.encode()), False),
+        (GOOD.replace(b'"id":"x"', b'"a":1,"id":"x"'), False),
+    ],
+)
+def test_the_native_reader_shows_ordinary_statements_canonical_and_leaves_the_rest(payload: bytes, shown: bool) -> None:
+    read = statement_module._read_canonical_native(payload)
+    assert (read is not None) == shown
+    if read is not None:
+        assert canonicalize(read[0]) == payload
+        assert read[1] == canonicalize(read[0]["predicate"]["content"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gc
 import io
 import json
 import os
@@ -195,6 +196,30 @@ def test_jobs_1_never_starts_a_pool(big_chain: Chain, pools: list[int]) -> None:
     items = [(path, data) for path, data in _files(big_chain.bundle()).items() if path.startswith("envelopes/")]
     assert len(check_envelopes(items, PublicKeyRing(big_chain.public_keys), jobs=1)) == len(items)
     assert pools == []
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_is_paused_during_the_checks_and_left_as_it_was(chain: Chain, enabled: bool) -> None:
+    items = [(path, data) for path, data in _files(chain.bundle()).items() if path.startswith("envelopes/")]
+    items.append(("envelopes/0000000099-x.dsse.json", b"not json"))  # a check that raises and is caught
+    seen: list[bool] = []
+    check = envelope_check.check_envelope
+
+    def noting(path: str, data: bytes, keyring: PublicKeyRing) -> envelope_check.EnvelopeOutcome:
+        seen.append(gc.isenabled())
+        return check(path, data, keyring)
+
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(envelope_check, "check_envelope", noting)
+            outcomes = check_envelopes(items, PublicKeyRing(chain.public_keys), jobs=1)
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen == [False] * len(items)
+    assert [bool(outcome.findings) for outcome in outcomes] == [False] * (len(items) - 1) + [True]
 
 
 def test_pool_keeps_the_content_only_when_asked(big_chain: Chain) -> None:

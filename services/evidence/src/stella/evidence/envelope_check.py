@@ -9,17 +9,18 @@ one :class:`EnvelopeOutcome` per file in the order it passed the files in, so th
 how many processes did the work.
 
 Like :mod:`stella.evidence.verify`, this module needs only the standard library, ``cryptography`` and
-``rfc8785``.
+``rfc8785`` (and uses msgspec to read statements when it is installed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import multiprocessing
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -227,6 +228,25 @@ def check_envelope(path: str, data: bytes, keyring: PublicKeyRing) -> EnvelopeOu
     return outcome
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Keep Python's cyclic garbage collector off while envelopes are checked (as it was before, after).
+
+    Each envelope's checks allocate about a thousand containers (the statement's objects), and the packets
+    they read are kept until the report, so the collector would walk the growing heap again and again; it
+    found no cycle to free in a 2,000-packet bundle and took a sixth of the verifier's time. The checks make
+    no cycle that outlives an envelope except the tracebacks of the exceptions they catch, which are freed
+    when the collector runs again after the checks.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 # In a worker process: the trusted keys, built once from their PEM form when the worker starts.
 _worker_keyring: PublicKeyRing | None = None
 _worker_keep_content: bool = True
@@ -252,7 +272,8 @@ def _check_chunk(items: Sequence[tuple[str, bytes]]) -> list[EnvelopeOutcome]:
     keyring = _worker_keyring
     if keyring is None:  # pragma: no cover - the pool's initializer always runs first
         raise RuntimeError("worker started without its keys")
-    outcomes = [check_envelope(path, data, keyring) for path, data in items]
+    with collector_paused():
+        outcomes = [check_envelope(path, data, keyring) for path, data in items]
     if not _worker_keep_content:
         # The caller needs no content once the hashes are computed; not sending it back saves most of the
         # transfer.
@@ -299,7 +320,8 @@ def check_envelopes(
     """
     workers = min(resolve_jobs(jobs), len(items))
     if workers <= 1 or len(items) < threshold:
-        return [check_envelope(path, data, keyring) for path, data in items]
+        with collector_paused():
+            return [check_envelope(path, data, keyring) for path, data in items]
     global _inherited_items
     size = max(1, -(-len(items) // (workers * CHUNKS_PER_WORKER)))
     bounds = [(start, min(start + size, len(items))) for start in range(0, len(items), size)]
@@ -324,7 +346,8 @@ def check_envelopes(
     except (BrokenProcessPool, OSError):
         # A worker died (killed, out of memory) or none could be started: the checks do not depend on where
         # they run, so this process does them all rather than report a verdict on part of the bundle.
-        return [check_envelope(path, data, keyring) for path, data in items]
+        with collector_paused():
+            return [check_envelope(path, data, keyring) for path, data in items]
     finally:
         if forked:
             gc.unfreeze()
