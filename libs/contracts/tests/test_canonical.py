@@ -8,19 +8,31 @@ import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import Enum, IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
 import pytest
 import rfc8785
 
+from stella.contracts import canonical
 from stella.contracts.canonical import (
     CanonicalizationError,
     canonicalize,
     content_hash,
     is_content_hash,
+    native_canonical,
     sha256_digest,
 )
+
+
+@pytest.fixture(autouse=True, params=["msgspec", "standard library"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: with msgspec writing what it is shown to write as RFC 8785 does, and without it."""
+    if request.param == "standard library":
+        monkeypatch.setattr(canonical, "NATIVE_ENCODER", None)
+    return str(request.param)
 
 
 def test_object_keys_are_sorted_by_utf16_code_units_at_every_depth() -> None:
@@ -178,3 +190,108 @@ def test_hash_shape_helpers() -> None:
     assert not is_content_hash(digest[:-1])
     assert not is_content_hash("md5:" + "0" * 64)
     assert not is_content_hash(None)
+
+
+class Colour(StrEnum):
+    RED = "red"
+
+
+class Level(IntEnum):
+    HIGH = 3
+
+
+class Plain(Enum):
+    ONE = "one"
+
+
+class Key(str):
+    """A str subclass, as a key and as a value."""
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ({"b": [1, 0.5, "x", None, True], "a": {"\u00e9": -2, "\u2028": "\x1f"}}, True),
+        ("text", True),
+        (0.000015, False),  # RFC 8785's spelling, not Python's repr: the general path writes it
+        (3.0, False),
+        (-0.0, False),
+        (float("nan"), False),
+        (2**53, False),
+        (9007199254740991, False),  # 16 digits: left to the general path, which writes it
+        ([-(2**53)], False),
+        ({"n": -12345678901234567}, False),
+        (123456789012345, True),
+        ({"\U0001f600": 1, "\ue000": 2}, False),  # RFC 8785 sorts by UTF-16 code units
+        (("a", 1), False),
+        ({"t": ("a",)}, False),
+        ({1: "x"}, False),
+        ({"s": {1}}, False),
+        (uuid.UUID(int=1), False),
+        (datetime(2025, 1, 1, tzinfo=UTC), False),
+        (Decimal("1.5"), False),
+        (b"x", False),
+        (Plain.ONE, False),
+        (OrderedDict(a=1), None),
+        (MappingProxyType({"a": 1}), False),
+        ({"x": "\ud800"}, False),
+    ],
+)
+def test_msgspec_writes_only_what_it_is_shown_to_write_as_rfc_8785_does(
+    value: object, shown: bool | None, writer: str
+) -> None:
+    native = native_canonical(value)
+    if writer == "standard library":
+        assert native is None
+        return
+    if shown is not None:
+        assert (native is not None) == shown
+    if native is not None:
+        assert native == rfc8785.dumps(value)  # type: ignore[arg-type]
+    assert _outcome(value) == _outcome(value, general=True)
+
+
+def _outcome(value: object, *, general: bool = False) -> bytes | str:
+    """What canonicalize gives (its bytes, or its error), with msgspec where it is trusted or on the general path."""
+    with pytest.MonkeyPatch.context() as patch:
+        if general:
+            patch.setattr(canonical, "NATIVE_ENCODER", None)
+        try:
+            return canonicalize(value)
+        except CanonicalizationError as exc:
+            return str(exc)
+
+
+def test_subclasses_of_json_types_are_written_alike_on_both_paths() -> None:
+    value = {Key("k"): [Colour.RED, Level.HIGH, Key("v")], "n": Level.HIGH}
+    assert canonicalize(value) == b'{"k":["red",3,"v"],"n":3}'
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_msgspec_writes_most_random_values_and_exactly_rfc_8785(seed: int, writer: str) -> None:
+    rng = random.Random(seed)
+    written = 0
+    for _ in range(200):
+        value = _random_value(rng)
+        native = native_canonical(value)
+        if native is not None:
+            written += 1
+            assert native == rfc8785.dumps(value), value
+    assert written == 0 if writer == "standard library" else written > 40
+
+
+def test_msgspec_writes_what_rfc_8785_writes_for_what_it_is_trusted_with() -> None:
+    """The native reader's premise: for text without characters beyond U+FFFF, integers within 2**53 and keys
+    sorted by code point, msgspec's sorted encoding is RFC 8785's (escapes, raw characters, integers, order)."""
+    encode = msgspec.json.Encoder(order="sorted").encode
+    bmp = "".join(chr(code) for code in range(0x10000) if not 0xD800 <= code <= 0xDFFF)
+    assert encode(bmp) == canonicalize(bmp)
+    keys = {chr(code) + "k": code for code in range(0, 0x10000, 7) if not 0xD800 <= code <= 0xDFFF}
+    assert encode(keys) == canonicalize(keys)
+    integers = [0, -1, 1, 2**31, -(2**31) - 1, 2**53 - 1, -(2**53 - 1), 10**15]
+    assert encode(integers) == canonicalize(integers)
+    floats = [0.5, -0.25, 0.12, 123456.789, 1e-4, 0.3333333333333333, 9999999999999998.0 / 3]
+    assert [text for text in (float.__repr__(value) for value in floats) if "e" not in text] == [
+        encode(value).decode() for value in floats if "e" not in float.__repr__(value)
+    ]
+    assert encode([True, False, None, [], {}]) == canonicalize([True, False, None, [], {}])

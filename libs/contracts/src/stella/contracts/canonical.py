@@ -5,7 +5,9 @@ same digest whatever key order, whitespace or number spelling their JSON library
 
 The one canonical JSON of the project: evidence content hashes, promotion decision ``inputs_hash`` and
 policy digests all go through :func:`canonicalize`. It needs only the standard library and ``rfc8785``, so
-the offline evidence verifier can import it on a machine without the services.
+the offline evidence verifier can import it on a machine without the services; with msgspec installed (a
+dependency of the services) most values are written by msgspec's encoder, shown equal to RFC 8785's output
+(:func:`native_canonical`), and anything else by the same path as without it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import rfc8785
+
+try:
+    import msgspec
+except ImportError:  # pragma: no cover - the offline verifier runs with the standard library alone
+    msgspec = None  # type: ignore[assignment]
 
 HASH_PREFIX: Final[str] = "sha256:"
 """Prefix of every content hash: the algorithm name, as in OCI digests."""
@@ -170,6 +177,88 @@ def _check(value: Any) -> int:
     raise _Invalid(f"{type(value).__name__} is not a JSON type")
 
 
+class NotShownCanonical(Exception):
+    """Raised out of a native parse: the JSON may need RFC 8785's own verdict (see :func:`exact_float`)."""
+
+
+def exact_float(text: str) -> float:
+    """The float a JSON text spells, when that spelling is RFC 8785's (raises :class:`NotShownCanonical` else).
+
+    Between 1e-4 and 1e16 Python's ``repr`` of a float is fixed-point with the shortest digits that read back
+    to it, which is how RFC 8785 (ECMAScript's ``Number.prototype.toString``) writes it, except that RFC 8785
+    writes an integral value without ``.0``. Any other spelling (an exponent, ``3.0``, ``-0.0``, a trailing
+    zero) is left to the general path.
+    """
+    value = float(text)
+    if "e" in text or "E" in text or text.endswith(".0") or float.__repr__(value) != text:
+        raise NotShownCanonical
+    return value
+
+
+NATIVE_DECODER: Final[Any] = msgspec.json.Decoder(float_hook=exact_float) if msgspec is not None else None
+"""msgspec's JSON decoder, reading floats through :func:`exact_float` (``None`` without msgspec)."""
+
+NATIVE_ENCODER: Final[Any] = msgspec.json.Encoder(order="sorted") if msgspec is not None else None
+"""msgspec's JSON encoder with keys sorted by code point (``None`` without msgspec). For the values
+:func:`native_canonical` lets through its output is RFC 8785's: it escapes exactly what RFC 8785 escapes
+(quote, backslash and control characters, with the same short forms and lowercase ``\\u00xx``), writes
+integers in digits, and the floats it writes are compared with their RFC 8785 spelling."""
+
+_SUPPLEMENTARY_UTF8: Final[re.Pattern[bytes]] = re.compile(rb"[\xf0-\xf4]")
+"""The first byte of a character beyond U+FFFF in UTF-8."""
+
+_INTEGER_CANDIDATES: Final[bytes] = bytes.maketrans(b"123456789,[-", b"000000000:::")
+"""Every digit to ``0``; ``,``, ``[`` and ``-`` to ``:``: what may precede an integer's digits becomes ``:``."""
+
+_LONG_INTEGER: Final[re.Pattern[bytes]] = re.compile(rb":0{16,}[:\]}]")
+"""After :data:`_INTEGER_CANDIDATES`: 16 digits or more after what may precede a number and before what may
+follow one (``,`` ``]`` ``}``, the first now ``:``)."""
+
+
+def may_hold_inexact_integer(data: bytes) -> bool:
+    """Whether compact JSON may write an integer beyond +-(2**53-1), which RFC 8785 cannot represent exactly.
+
+    Such an integer has 16 digits or more. In compact JSON an integer is a run of digits after ``:``, ``,`` or
+    ``[`` (and an optional ``-``) and before ``,``, ``}`` or ``]``, or the whole text; one pass of a regular expression over the
+    bytes with their digits masked finds every such run of 16 digits or more. A run inside a string that
+    happens to sit between the same characters is taken for one too (rare; it only sends the value to the
+    general path); digit runs inside digests end at a letter or a quote and are passed over.
+    """
+    # Framed, so that a number that is the whole JSON text sits between the same characters.
+    return _LONG_INTEGER.search(b"".join((b":", data, b",")).translate(_INTEGER_CANDIDATES)) is not None
+
+
+def may_sort_differently(data: bytes) -> bool:
+    """Whether UTF-8 JSON holds a character beyond U+FFFF, the only keys RFC 8785 (UTF-16 code units) and a
+    sort by code point put in different orders."""
+    return not data.isascii() and _SUPPLEMENTARY_UTF8.search(data) is not None
+
+
+def native_canonical(value: Any) -> bytes | None:
+    """The RFC 8785 bytes of ``value`` written by msgspec, or ``None`` when they are not shown to be those.
+
+    msgspec writes ``value`` with sorted keys; the bytes are read back (floats through :func:`exact_float`)
+    and must equal ``value``. Equal, the value is made of JSON types (a datetime, UUID, set, tuple, bytes,
+    non-string key, NaN or an object of any other type reads back as something else), every float is spelled
+    as RFC 8785 spells it, and when no integer has 16 digits or more and no key can sort differently, the
+    bytes are RFC 8785's. ``None`` (also without msgspec) sends the caller to the general path, which gives
+    the bytes or the error.
+    """
+    if NATIVE_ENCODER is None:
+        return None
+    try:
+        data: bytes = NATIVE_ENCODER.encode(value)
+    except (TypeError, ValueError, OverflowError):  # not a JSON type msgspec knows, a lone surrogate, ...
+        return None
+    if may_sort_differently(data) or may_hold_inexact_integer(data):
+        return None
+    try:
+        again = NATIVE_DECODER.decode(data)
+    except (NotShownCanonical, ValueError):
+        return None
+    return data if again == value else None
+
+
 def canonicalize(value: Any) -> bytes:
     """Return the RFC 8785 canonical UTF-8 bytes of a JSON value.
 
@@ -185,6 +274,9 @@ def canonicalize(value: Any) -> bytes:
         CanonicalizationError: For non-finite floats, integers beyond +-(2**53-1), non-string keys, lone
             surrogates or non-JSON types; the error names the path of the offending value.
     """
+    native = native_canonical(value)
+    if native is not None:
+        return native
     try:
         flags = _check(value)
     except _Invalid as exc:

@@ -14,12 +14,14 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
-from stella.contracts.canonical import canonicalize
-
-try:
-    import msgspec
-except ImportError:  # pragma: no cover - the verifier runs with the standard library alone
-    msgspec = None  # type: ignore[assignment]
+from stella.contracts.canonical import (
+    NATIVE_DECODER,
+    NATIVE_ENCODER,
+    NotShownCanonical,
+    canonicalize,
+    may_hold_inexact_integer,
+    may_sort_differently,
+)
 
 STATEMENT_TYPE: Final[str] = "https://in-toto.io/Statement/v1"
 """``_type`` of every in-toto Statement v1."""
@@ -147,7 +149,7 @@ def parse_statement_canonical(payload: bytes) -> tuple[dict[str, Any], bytes | N
     Raises:
         MalformedStatementError: As :func:`parse_statement`.
     """
-    if _MSGSPEC_DECODER is not None:
+    if NATIVE_DECODER is not None:
         read = _read_canonical_native(payload)
         if read is not None:
             return read
@@ -170,7 +172,7 @@ def parse_statement_canonical(payload: bytes) -> tuple[dict[str, Any], bytes | N
     _check_statement_shape(statement)
     # Statements are signed in canonical form. Insisting on it rules out duplicate keys (which JSON parsers
     # resolve differently) and numbers that do not survive a round trip, so every verifier reads the same thing.
-    if not slow and payload.isascii() and not _may_hold_inexact_integer(payload):
+    if not slow and payload.isascii() and not may_hold_inexact_integer(payload):
         content_bytes = _canonical_content_if_matches(statement, payload, _encode_standard)
         if content_bytes is not None:
             return statement, content_bytes
@@ -183,79 +185,29 @@ def parse_statement_canonical(payload: bytes) -> tuple[dict[str, Any], bytes | N
     return statement, None
 
 
-class _NotShownCanonical(Exception):
-    """Raised out of the native parse: the payload may need RFC 8785's own verdict."""
-
-
-def _exact_float(text: str) -> float:
-    """The float a payload spells, when that spelling is RFC 8785's (raises :class:`_NotShownCanonical` else).
-
-    Between 1e-4 and 1e16 Python's ``repr`` of a float is fixed-point with the shortest digits that read back
-    to it, which is how RFC 8785 (ECMAScript's ``Number.prototype.toString``) writes it, except that RFC 8785
-    writes an integral value without ``.0``. Any other spelling (an exponent, ``3.0``, ``-0.0``, a trailing
-    zero) is left to :func:`canonicalize`.
-    """
-    value = float(text)
-    if "e" in text or "E" in text or text.endswith(".0") or float.__repr__(value) != text:
-        raise _NotShownCanonical
-    return value
-
-
-_MSGSPEC_DECODER: Final[Any] = msgspec.json.Decoder(float_hook=_exact_float) if msgspec is not None else None
-"""msgspec's JSON decoder (when msgspec is installed), noting floats as :func:`_exact_float` does."""
-
-_MSGSPEC_ENCODER: Final[Any] = msgspec.json.Encoder(order="sorted") if msgspec is not None else None
-"""msgspec's JSON encoder with keys sorted by code point: for the values :func:`_read_canonical_native` lets
-through, its output is RFC 8785's (same escapes: quote, backslash and control characters only, with the same
-short forms and lowercase ``\\u00xx``; integers in digits; floats compared with the payload's spelling)."""
-
-_SUPPLEMENTARY_UTF8: Final[re.Pattern[bytes]] = re.compile(rb"[\xf0-\xf4]")
-"""The first byte of a character beyond U+FFFF in UTF-8."""
-
-
 def _read_canonical_native(payload: bytes) -> tuple[dict[str, Any], bytes] | None:
     """The statement and its content's canonical bytes, read with msgspec when the payload is shown canonical.
 
-    The payload is parsed (floats through :func:`_exact_float`), its shape checked, and the statement is
-    rebuilt with msgspec's sorted encoder and compared with the payload. Equal bytes make the payload RFC 8785
-    canonical when msgspec writes the value as RFC 8785 does, which holds unless: a float is spelled otherwise
-    (refused while parsing), an integer lies beyond +-(2**53-1) (:func:`_may_hold_inexact_integer`), or a key
-    holds a character beyond U+FFFF (RFC 8785 sorts by UTF-16 code units, msgspec by code point; such payloads
-    are passed over). A lone surrogate cannot be decoded by msgspec; any failure, mismatch or shape error
-    returns ``None``, and the caller's general path gives the verdict and its message.
+    The payload is parsed (floats through :func:`stella.contracts.canonical.exact_float`), its shape checked,
+    and the statement is rebuilt with msgspec's sorted encoder and compared with the payload. Equal bytes make
+    the payload RFC 8785 canonical when msgspec writes the value as RFC 8785 does, which holds unless: a float
+    is spelled otherwise (refused while parsing), an integer lies beyond +-(2**53-1)
+    (:func:`~stella.contracts.canonical.may_hold_inexact_integer`), or a key holds a character beyond U+FFFF
+    (:func:`~stella.contracts.canonical.may_sort_differently`). A lone surrogate cannot be decoded by msgspec;
+    any failure, mismatch or shape error returns ``None``, and the caller's general path gives the verdict and
+    its message.
     """
-    if not payload.isascii() and _SUPPLEMENTARY_UTF8.search(payload) is not None:
+    if may_sort_differently(payload):
         return None
     try:
-        statement = _MSGSPEC_DECODER.decode(payload)
+        statement = NATIVE_DECODER.decode(payload)
         _check_statement_shape(statement)
-    except (_NotShownCanonical, msgspec.DecodeError, UnicodeDecodeError, MalformedStatementError, ValueError):
+    except (NotShownCanonical, UnicodeDecodeError, MalformedStatementError, ValueError):
         return None
-    if _may_hold_inexact_integer(payload):
+    if may_hold_inexact_integer(payload):
         return None
-    content_bytes = _canonical_content_if_matches(statement, payload, _MSGSPEC_ENCODER.encode)
+    content_bytes = _canonical_content_if_matches(statement, payload, NATIVE_ENCODER.encode)
     return None if content_bytes is None else (statement, content_bytes)
-
-
-_INTEGER_CANDIDATES: Final[bytes] = bytes.maketrans(b"123456789,[-", b"000000000:::")
-"""Every digit to ``0``; ``,``, ``[`` and ``-`` to ``:``: what may precede an integer's digits becomes ``:``."""
-
-_LONG_INTEGER: Final[re.Pattern[bytes]] = re.compile(rb":0{16,}[:\]}]")
-"""After :data:`_INTEGER_CANDIDATES`: 16 digits or more after what may precede a number and before what may
-follow one (``,`` ``]`` ``}``, the first now ``:``)."""
-
-
-def _may_hold_inexact_integer(payload: bytes) -> bool:
-    """Whether the payload may write an integer beyond +-(2**53-1), which RFC 8785 cannot represent exactly.
-
-    Such an integer has 16 digits or more. In compact JSON (which the payload must be to be shown canonical
-    without RFC 8785's encoder) an integer is a run of digits after ``:``, ``,`` or ``[`` (and an optional
-    ``-``) and before ``,``, ``}`` or ``]``; one pass of a regular expression over the bytes with their digits
-    masked finds every such run of 16 digits or more. A run inside a string that happens to sit between the
-    same characters is taken for one too (rare; it only sends the payload to :func:`canonicalize`); digit runs
-    inside digests end at a letter or a quote and are passed over.
-    """
-    return _LONG_INTEGER.search(payload.translate(_INTEGER_CANDIDATES)) is not None
 
 
 def _encode_standard(value: Any) -> bytes:
@@ -268,7 +220,7 @@ def _canonical_content_if_matches(
     """Return the canonical bytes of the predicate's content when the payload is the canonical statement.
 
     Only called for a payload without numbers that need RFC 8785's own spelling (floats noted while parsing,
-    integers by :func:`_may_hold_inexact_integer`) and, with the standard library's encoder, an ASCII one (a
+    integers by :func:`~stella.contracts.canonical.may_hold_inexact_integer`) and, with the standard library's encoder, an ASCII one (a
     ``\\u`` escape of anything else would be written back unescaped and not match): then every integer is
     exact and every float's spelling is its RFC 8785 form, so :func:`canonicalize` would write what ``encode``
     writes, a concatenation of the members' outputs in key order. The statement is rebuilt from the content's
