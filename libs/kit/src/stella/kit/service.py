@@ -40,6 +40,7 @@ from stella.kit.naming import Names
 from stella.kit.outbox import OutboxRelay
 from stella.kit.probes import ProbeServer
 from stella.kit.settings import ServiceSettings
+from stella.kit.startup import freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ class ServiceRuntime:
     async def run(self) -> None:
         """Start, serve until SIGINT/SIGTERM, then stop cleanly."""
         await self.start()
+        freeze_startup_heap()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -21,6 +21,7 @@ container, so the process says the variable is unset at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -292,6 +293,18 @@ async def wait_for_dependencies(settings: Any, schema: str | None = None) -> Non
             login(settings.database_direct_url), "STELLA_DATABASE_DIRECT_URL", configured=True, timeout_s=timeout_s
         )
     await wait_for_nats(settings.nats_servers, configured="nats_url" in given, timeout_s=timeout_s)
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive now out of the cyclic collector's reach, once a process has started serving.
+
+    What start-up builds (modules, models and their validators, routes, the broker's subscribers) lives as
+    long as the process, yet every full collection would walk it again. Frozen, it is left alone; it is still
+    freed by reference counting if it becomes garbage, and only a cycle among frozen objects would outlive
+    its last reference. Called by the service and gateway processes, never by code that tests import.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def load_settings(name: str, settings_type: type[S]) -> S:

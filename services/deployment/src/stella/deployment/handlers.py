@@ -1056,10 +1056,9 @@ class Handlers:
             return await self._fail_step(cmd, exc)
 
         async def execute(conn: asyncpg.Connection, effects: Effects) -> object:
+            # A step executed again under another message (a retried run) finds its job when the job is
+            # inserted: the insert does nothing for a step key already planned, and the job planned is returned.
             key = cmd.idempotency_key
-            existing = await conn.fetchrow(repo.JOB_OF_STEP, cmd.tenant_id, key)
-            if existing is not None:
-                return repo.job_summary(existing).model_dump(mode="json")
             kind = {"deploy": c.JobKind.DEPLOY, "health-check": c.JobKind.HEALTH_CHECK}.get(
                 cmd.step_type, c.JobKind.VERIFY_DRIFT
             )
@@ -1232,11 +1231,14 @@ class Handlers:
                 )
             )
         await insert_tasks(conn, source.tenant_id, job_id, spec.task_timeout_s, new_tasks, now)
-        await self._start_pending(
+        started = await self._start_pending(
             conn, source.tenant_id, environment.id, now, effects, only=row if kind not in EVENT_KINDS else None
         )
-        final = await conn.fetchrow(repo.GET_JOB, source.tenant_id, job_id)
-        return repo.job_summary(final)
+        if started is None:  # another job changes the environment: the new one waits as it was inserted
+            return repo.job_summary(row)
+        if started["id"] != job_id:  # an older job started, and may have ended and started this one in turn
+            started = await conn.fetchrow(repo.GET_JOB, source.tenant_id, job_id)
+        return repo.job_summary(started)
 
     def _body(
         self,
@@ -1280,19 +1282,26 @@ class Handlers:
         effects: Effects,
         *,
         only: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Start the environment's oldest pending job when no other job changes it (checks start at once)."""
+    ) -> Mapping[str, Any] | None:
+        """Start the environment's oldest pending job when no other job changes it (checks start at once).
+
+        Returns:
+            The row of the job it started, as starting it left it; ``None`` when it started none.
+        """
         if only is not None:
-            await self._begin(conn, only, now, effects)
-            return
+            return await self._begin(conn, only, now, effects)
         await conn.execute(repo.LOCK_ENVIRONMENT, tenant_id, environment_id)
         if await conn.fetchval(repo.ACTIVE_JOB_OF_ENVIRONMENT, tenant_id, environment_id) is not None:
-            return
+            return None
         pending = await conn.fetchrow(repo.NEXT_PENDING_JOB, tenant_id, environment_id)
-        if pending is not None:
-            await self._begin(conn, pending, now, effects)
+        if pending is None:
+            return None
+        return await self._begin(conn, pending, now, effects)
 
-    async def _begin(self, conn: asyncpg.Connection, job: Mapping[str, Any], now: datetime, effects: Effects) -> None:
+    async def _begin(
+        self, conn: asyncpg.Connection, job: Mapping[str, Any], now: datetime, effects: Effects
+    ) -> Mapping[str, Any]:
+        """Start a pending job and drive it; return its row as that leaves it."""
         started = await conn.fetchrow(
             repo.UPDATE_JOB, job["tenant_id"], job["id"], c.JobStatus.RUNNING.value, job["reason"], 0, None, now, None
         )
@@ -1319,23 +1328,39 @@ class Handlers:
                     )
                 ],
             )
-        await self._drive(conn, started["tenant_id"], started["id"], now, effects)
+        return await self._drive(conn, started["tenant_id"], started["id"], now, effects, job=started)
 
     async def _drive(
-        self, conn: asyncpg.Connection, tenant_id: UUID, job_id: UUID, now: datetime, effects: Effects
-    ) -> None:
-        """Advance a job (its row locked by the caller's transaction) until nothing more happens now."""
-        job = await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, tenant_id, job_id)
+        self,
+        conn: asyncpg.Connection,
+        tenant_id: UUID,
+        job_id: UUID,
+        now: datetime,
+        effects: Effects,
+        *,
+        job: Mapping[str, Any] | None = None,
+    ) -> Mapping[str, Any]:
+        """Advance a job (its row locked by the caller's transaction) until nothing more happens now.
+
+        Args:
+            job: The job's row as this transaction last wrote it (what an ``UPDATE ... RETURNING`` gave: locked
+                and current), which spares reading it again; ``None`` reads it under its lock.
+
+        Returns:
+            The job's row as this leaves it.
+        """
+        if job is None:
+            job = await conn.fetchrow(repo.GET_JOB_FOR_UPDATE, tenant_id, job_id)
         if await self._nothing_to_do(conn, job):
-            return
+            return job
         for _ in range(_MAX_ADVANCE_ROUNDS):
             state = repo.job_state(job)
             if state.status.is_terminal or state.status in (c.JobStatus.PENDING, c.JobStatus.PAUSED):
-                return
+                return job
             rows = await conn.fetch(repo.TASK_STATES_OF_JOB, tenant_id, job_id)
             progress = domain.advance(state, [repo.task_state(r) for r in rows], now)
             if not progress.changed:
-                return
+                return job
             if progress.cancel:
                 await conn.execute(
                     repo.CANCEL_TASKS, tenant_id, list(progress.cancel), now, "the job stopped before it ran"
@@ -1369,7 +1394,8 @@ class Handlers:
             )
             if status.is_terminal:
                 await self._finished(conn, job, now, effects)
-                return
+                return job
+        return job
 
     async def _nothing_to_do(self, conn: asyncpg.Connection, job: Mapping[str, Any]) -> bool:
         """Whether a running job's current batch (or its rollback) is simply still under way: one cheap count.
@@ -1595,7 +1621,7 @@ class Handlers:
             now = self.clock()
             why = f"resumed: {cmd.reason}" if cmd.reason else "resumed"
             await conn.execute(repo.RETRY_TASKS, cmd.tenant_id, list(again), now, f"{why}; run again")
-            await conn.execute(
+            resumed = await conn.fetchrow(
                 repo.UPDATE_JOB,
                 cmd.tenant_id,
                 cmd.job_id,
@@ -1607,8 +1633,7 @@ class Handlers:
                 None,
             )
             effects.tenants.add(cmd.tenant_id)
-            await self._drive(conn, cmd.tenant_id, cmd.job_id, now, effects)
-            updated = await conn.fetchrow(repo.GET_JOB, cmd.tenant_id, cmd.job_id)
+            updated = await self._drive(conn, cmd.tenant_id, cmd.job_id, now, effects, job=resumed)
             return (await repo.job_with_tasks(conn, cmd.tenant_id, updated)).model_dump(mode="json")
 
         return await self._run(cmd, execute)

@@ -25,7 +25,7 @@ from stella.kit.db import create_pool
 from stella.kit.logs import configure_logging
 from stella.kit.metrics import serve_metrics
 from stella.kit.migrations import apply_migrations, prepare_schema, quote_ident
-from stella.kit.startup import StartupError, load_settings, run_process
+from stella.kit.startup import StartupError, freeze_startup_heap, load_settings, run_process
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,6 +94,7 @@ async def _serve(settings: Settings) -> None:
             server_header=False,
         )
         server = uvicorn.Server(config)
+        freeze_startup_heap()  # the application is built; its start-up adds little
         await server.serve()
         if not server.started:
             raise StartupError(f"the gateway did not start serving on {settings.host}:{settings.port}")
