@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import signal
 import sys
 
@@ -10,8 +12,9 @@ import pytest
 import uvloop
 from pydantic import ValidationError
 
+from stella.kit import service
 from stella.kit.settings import ServiceSettings
-from stella.kit.startup import ConfigurationError, environment_event_loop, run_process
+from stella.kit.startup import ConfigurationError, environment_event_loop, freeze_startup_heap, run_process
 
 
 def test_the_event_loop_setting_defaults_to_uvloop_and_refuses_others(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,3 +57,31 @@ def test_a_service_process_runs_on_the_configured_loop(name: str) -> None:
     assert isinstance(seen["loop"], uvloop.Loop) is (name == "uvloop")
     assert seen["thread"] == "ran"
     assert seen["child"] == (0, b"child")
+
+
+def test_freezing_the_start_up_heap_moves_what_is_alive_out_of_the_collector() -> None:
+    gc.unfreeze()
+    try:
+        freeze_startup_heap()
+        assert gc.get_freeze_count() > 1000  # modules, classes, ... of this test process
+    finally:
+        gc.unfreeze()
+
+
+async def test_a_service_freezes_what_start_up_built_before_it_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(service, "freeze_startup_heap", lambda: calls.append("freeze"))
+
+    class Started:
+        name = "fake"
+
+        async def start(self) -> None:
+            calls.append("start")
+            # Delivered once run() handles SIGTERM: it installs its handlers right after start returns.
+            asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+
+        async def stop(self) -> None:
+            calls.append("stop")
+
+    await service.ServiceRuntime.run(Started())  # type: ignore[arg-type]
+    assert calls == ["start", "freeze", "stop"]
