@@ -15,7 +15,7 @@ import pytest
 
 from stella.contracts.envelope import Command, Event, Reply
 from stella.contracts.streams import EVENTS
-from stella.kit.broker import CommandProcessor, EventRoutes
+from stella.kit.broker import CommandProcessor, EventRoutes, delivery_attempt
 from stella.kit.errors import Conflict, ServiceError
 from stella.kit.outbox import add_event, write_at_commit
 from stella.kit.service import ServiceRuntime
@@ -342,3 +342,37 @@ async def test_a_commands_messages_are_written_as_it_commits_so_its_handler_hold
     async with runtime.pool.acquire() as conn:
         names = [r["name"] for r in await conn.fetch("SELECT payload::json->>'name' AS name FROM outbox ORDER BY id")]
     assert names == ["other", "slow"]  # ids in commit order
+
+
+async def test_a_first_delivery_of_a_command_that_only_reads_first_is_not_looked_up_twice(start_runtime) -> None:
+    """``seen(only_reads_before_run=True)`` asks the inbox about a redelivery, or outside a delivery, but not on
+    a first delivery: ``run`` answers a repeat from the inbox all the same, with the stored reply."""
+    runtime = await start_runtime(_noop)
+    logged = _Logged(runtime.pool)
+    processor = CommandProcessor(lambda: logged, CONSUMER)
+    command = _command("once")
+
+    async def execute(conn: asyncpg.Connection) -> object:
+        await conn.execute("INSERT INTO items (tenant_id, name) VALUES ($1, $2)", uuid.uuid4(), "once")
+        return {"done": True}
+
+    reply = await processor.run(command, execute)
+    for attempt, asked in ((None, True), (2, True), (1, False)):
+        token = delivery_attempt.set(attempt)
+        try:
+            logged.statements.clear()
+            stored = await processor.seen(command, only_reads_before_run=True)
+            assert (stored == reply, bool(logged.statements)) == (asked, asked), attempt
+            assert await processor.seen(command) == reply  # without the flag the inbox is always asked
+            assert await processor.run(command, execute) == reply  # the repeat is answered, nothing run again
+        finally:
+            delivery_attempt.reset(token)
+    assert await _counts(runtime) == (1, 0)
+    fresh = _command("new")
+    token = delivery_attempt.set(1)
+    try:
+        logged.statements.clear()
+        assert await processor.seen(fresh, only_reads_before_run=True) is None
+        assert logged.statements == []
+    finally:
+        delivery_attempt.reset(token)

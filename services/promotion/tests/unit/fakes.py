@@ -131,7 +131,7 @@ class FakeUnitOfWork:
         self.executed = 0
         """How many times a command's ``execute`` ran (a repeat that is answered from the inbox does not)."""
 
-    async def seen(self, command: Command) -> Reply | None:
+    async def seen(self, command: Command, *, only_reads_before_run: bool = False) -> Reply | None:
         return self.replies.get(command.message_id)
 
     async def run(self, command: Command, execute: Callable[[PromotionStore], Awaitable[object]]) -> Reply:

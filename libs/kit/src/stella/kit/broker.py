@@ -28,6 +28,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -499,6 +500,11 @@ def _bind_context(message: Message) -> None:
     logs.tenant_id.set(str(message.tenant_id))
 
 
+delivery_attempt: ContextVar[int | None] = ContextVar("stella_delivery_attempt", default=None)
+"""How many times JetStream has delivered the command being handled (1 the first time); ``None`` outside a
+delivery (a handler called directly)."""
+
+
 class CommandRoutes:
     """The commands of one context, served by one durable consumer ``<service>-commands``.
 
@@ -535,6 +541,7 @@ class CommandRoutes:
                 model, handler = route
                 command = parse(model, raw.data)
                 _bind_context(command)
+                delivery_attempt.set(raw.metadata.num_delivered if raw.metadata else None)
                 final.append(await handler(command))
 
             with tracing.consume(raw.headers, f"handle {names.local(raw.subject)}", self.service):
@@ -1129,8 +1136,19 @@ class CommandProcessor:
         self._pool = pool
         self.consumer = consumer
 
-    async def seen(self, command: Command) -> Reply | None:
-        """The stored reply of an already handled command, or None."""
+    async def seen(self, command: Command, *, only_reads_before_run: bool = False) -> Reply | None:
+        """The stored reply of an already handled command, or None.
+
+        Args:
+            command: The command.
+            only_reads_before_run: The caller does nothing but read (queries to other services, reads of its
+                own tables) before :meth:`run`. On a first delivery, which is a repeat only when its sender
+                published it again after the stream's duplicate window, the inbox is then not asked here:
+                :meth:`run` finds the repeat in the inbox all the same and answers it with the stored reply,
+                after reads that changed nothing. A redelivery is asked about, so it makes no call again.
+        """
+        if only_reads_before_run and delivery_attempt.get() == 1:
+            return None
         async with self._pool().acquire() as conn:
             stored = await conn.fetchval(_STORED_REPLY, self.consumer, command.message_id)
         return Reply.model_validate(stored) if stored is not None else None

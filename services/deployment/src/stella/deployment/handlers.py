@@ -1029,7 +1029,7 @@ class Handlers:
 
     async def execute_step(self, cmd: ExecuteStep) -> Reply:
         """Execute a workflow ``deploy``, ``health-check`` or ``verify-drift`` step: plan a job, answer when it ends."""
-        if (seen := await self.commands.seen(cmd)) is not None:
+        if (seen := await self.commands.seen(cmd, only_reads_before_run=True)) is not None:
             return seen
         try:
             if cmd.step_type not in c.STEP_TYPES:

@@ -137,7 +137,7 @@ class Handlers:
         The packet's source key is the promotion's decision, not the attempt: an attempt after one that
         already stored the packet completes with that packet.
         """
-        if (stored := await self.commands.seen(cmd)) is not None:
+        if (stored := await self.commands.seen(cmd, only_reads_before_run=True)) is not None:
             return stored
         # The workflow nests the run's inputs under "inputs" (beside "steps"); a flat mapping is read as is.
         raw_inputs = cmd.inputs.get("inputs", cmd.inputs)

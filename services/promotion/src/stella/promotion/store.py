@@ -84,8 +84,9 @@ class PromotionStore(Protocol):
 class PromotionUnitOfWork(Protocol):
     """Runs a command's change once, in one transaction, and remembers its reply."""
 
-    async def seen(self, command: Command) -> Reply | None:
-        """The stored reply of an already handled command, or None."""
+    async def seen(self, command: Command, *, only_reads_before_run: bool = False) -> Reply | None:
+        """The stored reply of an already handled command, or None (see
+        :meth:`stella.kit.broker.CommandProcessor.seen` for ``only_reads_before_run``)."""
         ...
 
     async def run(self, command: Command, execute: Callable[[PromotionStore], Awaitable[object]]) -> Reply:
@@ -156,8 +157,8 @@ class PostgresUnitOfWork:
         self._pool = pool
         self._commands = commands
 
-    async def seen(self, command: Command) -> Reply | None:
-        return await self._commands.seen(command)
+    async def seen(self, command: Command, *, only_reads_before_run: bool = False) -> Reply | None:
+        return await self._commands.seen(command, only_reads_before_run=only_reads_before_run)
 
     async def run(self, command: Command, execute: Callable[[PromotionStore], Awaitable[object]]) -> Reply:
         return await self._commands.run(command, lambda conn: execute(PostgresStore(conn)))

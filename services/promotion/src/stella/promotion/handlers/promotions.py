@@ -37,7 +37,7 @@ class PromotionHandlers(GateHandlers):
 
     async def request_promotion(self, cmd: c.RequestPromotion) -> Reply:
         """Request a promotion of a ready release into an environment and start its workflow run."""
-        if (seen := await self.uow.seen(cmd)) is not None:
+        if (seen := await self.uow.seen(cmd, only_reads_before_run=True)) is not None:
             return seen
         try:
             release = await self._fetch_release(cmd)
