@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import itertools
+import random
 from typing import Any
 
 import pytest
@@ -234,3 +236,25 @@ def test_payload_base64_is_decoded_by_the_rule(value: str) -> None:
             parse_envelope(envelope)
     else:
         assert parse_envelope(envelope).payload == expected
+
+
+def _decoded(value: str) -> bytes | None:
+    envelope = {"payload": value, "payloadType": HELLO_TYPE, "signatures": [{"keyid": "k", "sig": "QUJD"}]}
+    try:
+        return parse_envelope(envelope).payload
+    except MalformedEnvelopeError:
+        return None
+
+
+def test_every_short_spelling_is_decoded_by_the_rule() -> None:
+    """Every string of up to 4 characters over characters that differ in their low bits (A 0, B 1, E 4, Q 16,
+    R 17), both alphabets' last two, padding and a stranger, then longer ones built from them."""
+    chars = "ABEQR+/-_=."
+    for length in range(5):
+        for spelled in itertools.product(chars, repeat=length):
+            value = "".join(spelled)
+            assert _decoded(value) == _decode_by_the_rule(value), value
+    rng = random.Random(7)
+    for _ in range(3000):
+        value = "".join(rng.choice(chars) for _ in range(rng.randint(5, 12)))
+        assert _decoded(value) == _decode_by_the_rule(value), value

@@ -1045,13 +1045,6 @@ class Handlers:
             environment = await self._environment(cmd, inputs.environment_id)
             release = await self._release(cmd, inputs.release_id)
             spec = strategy_of(environment, cmd.config)
-            async with self._pool().acquire() as conn:
-                count = await conn.fetchval(repo.COUNT_TARGETS, cmd.tenant_id, environment.id)
-            if count > MAX_JOB_TARGETS:
-                raise domain.InvalidStep(
-                    f"environment {environment.name} has {count} targets; one job deploys at most {MAX_JOB_TARGETS}",
-                    code="DEPLOY_TOO_MANY_TARGETS",
-                )
         except (Refused, domain.InvalidStep, ValidationError) as exc:
             return await self._fail_step(cmd, exc)
 
@@ -1062,30 +1055,28 @@ class Handlers:
             kind = {"deploy": c.JobKind.DEPLOY, "health-check": c.JobKind.HEALTH_CHECK}.get(
                 cmd.step_type, c.JobKind.VERIFY_DRIFT
             )
-            job = await self._plan_job(
-                conn,
-                effects,
-                source=cmd,
-                kind=kind,
-                environment=environment,
-                release=release,
-                spec=spec,
-                promotion_id=inputs.promotion_id or cmd.subject_id,
-                step=cmd.step,
-                step_key=key,
-            )
+            try:
+                job = await self._plan_job(
+                    conn,
+                    effects,
+                    source=cmd,
+                    kind=kind,
+                    environment=environment,
+                    release=release,
+                    spec=spec,
+                    promotion_id=inputs.promotion_id or cmd.subject_id,
+                    step=cmd.step,
+                    step_key=key,
+                )
+            except domain.InvalidStep as exc:  # raised before the job is written: the step fails instead
+                return await _step_failed(conn, cmd, exc)
             return job.model_dump(mode="json")
 
         return await self._run(cmd, execute)
 
     async def _fail_step(self, cmd: ExecuteStep, exc: Exception) -> Reply:
-        detail = getattr(exc, "detail", None) or str(exc)
-        code = getattr(exc, "code", "DEPLOY_INVALID_STEP")
-
         async def execute(conn: asyncpg.Connection, _: Effects) -> object:
-            complete = cmd.complete(StepStatus.FAILED, outputs={"result": "error", "code": code}, error=detail)
-            await add_events(conn, [(COMPLETE_STEP, complete)])
-            return {"step": cmd.step.model_dump(mode="json"), "status": "failed", "error": detail}
+            return await _step_failed(conn, cmd, exc)
 
         return await self._run(cmd, execute)
 
@@ -1103,9 +1094,19 @@ class Handlers:
         step: StepRef | None,
         step_key: str | None,
     ) -> c.JobSummary:
-        """Plan and store a job of ``kind`` over the environment's targets, then start it when it may start."""
+        """Plan and store a job of ``kind`` over the environment's targets, then start it when it may start.
+
+        Raises:
+            domain.InvalidStep: The environment has more targets than one job carries (nothing written).
+        """
         now = self.clock()
-        targets = await conn.fetch(repo.TARGETS_OF_ENVIRONMENT, source.tenant_id, environment.id)
+        targets = await conn.fetch(repo.TARGETS_OF_ENVIRONMENT, source.tenant_id, environment.id, MAX_JOB_TARGETS + 1)
+        if len(targets) > MAX_JOB_TARGETS:
+            count = await conn.fetchval(repo.COUNT_TARGETS, source.tenant_id, environment.id)
+            raise domain.InvalidStep(
+                f"environment {environment.name} has {count} targets; one job deploys at most {MAX_JOB_TARGETS}",
+                code="DEPLOY_TOO_MANY_TARGETS",
+            )
         infos = [domain.TargetInfo(t["id"], t["name"], t["labels"], t["current"]) for t in targets]
         refs = [domain.ComponentRef(name=comp.name, digest=comp.digest) for comp in release.components]
         active_group = None
@@ -2026,6 +2027,15 @@ class NewTask:
     components: Sequence[c.DeployedComponent]
     body: dict[str, Any]
     previous: dict[str, Any] | None
+
+
+async def _step_failed(conn: asyncpg.Connection, cmd: ExecuteStep, exc: Exception) -> object:
+    """Complete a step as failed with ``exc``'s code and detail (in the caller's transaction); the reply data."""
+    detail = getattr(exc, "detail", None) or str(exc)
+    code = getattr(exc, "code", "DEPLOY_INVALID_STEP")
+    complete = cmd.complete(StepStatus.FAILED, outputs={"result": "error", "code": code}, error=detail)
+    await add_events(conn, [(COMPLETE_STEP, complete)])
+    return {"step": cmd.step.model_dump(mode="json"), "status": "failed", "error": detail}
 
 
 def _previous(target: Mapping[str, Any]) -> dict[str, Any] | None:

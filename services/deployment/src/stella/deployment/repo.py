@@ -65,7 +65,9 @@ INSERT_TARGET = f"""
 """
 GET_TARGET = _get("targets", _TARGET)
 GET_TARGET_FOR_UPDATE = GET_TARGET + " FOR UPDATE"
-TARGETS_OF_ENVIRONMENT = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND environment_id = $2 ORDER BY name, id"
+TARGETS_OF_ENVIRONMENT = f"""
+    SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND environment_id = $2 ORDER BY name, id LIMIT $3
+"""
 COUNT_TARGETS = "SELECT count(*) FROM targets WHERE tenant_id = $1 AND environment_id = $2"
 TARGETS_BY_ID = f"SELECT {_TARGET} FROM targets WHERE tenant_id = $1 AND id = ANY($2::uuid[])"
 LIST_TARGETS = _by_name_page("targets", _TARGET, "$2::uuid IS NULL OR environment_id = $2")
