@@ -253,3 +253,14 @@ def test_the_native_reader_shows_ordinary_statements_canonical_and_leaves_the_re
     if read is not None:
         assert canonicalize(read[0]) == payload
         assert read[1] == canonicalize(read[0]["predicate"]["content"])
+
+
+@pytest.mark.parametrize("depth", [900, 2000, 100_000])
+def test_a_payload_nested_too_deeply_is_malformed_not_a_crash(depth: int, reader: str) -> None:
+    """Where a reader's depth limit lies depends on the reader and the stack: either way, no crash."""
+    payload = GOOD.replace(b'"id":"x"', b'"id":' + b"[" * depth + b"]" * depth)
+    verdict, _ = _verdict(payload)
+    if depth == 100_000:
+        assert isinstance(verdict, str) and "recursion" in verdict
+    else:
+        assert isinstance(verdict, dict) or "recursion" in verdict

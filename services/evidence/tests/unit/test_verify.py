@@ -331,11 +331,20 @@ def test_manifest_metadata_must_match_the_packets(chain: Any) -> None:
     assert "sequences 1..9" in report.findings[0].message
 
 
-def test_malformed_envelope_file(chain: Any) -> None:
+@pytest.mark.parametrize("data", [b'{"payload": 1}', b"[" * 100_000 + b"]" * 100_000], ids=["shape", "nested"])
+def test_malformed_envelope_file(chain: Any, data: bytes) -> None:
+    """An envelope file of the wrong shape, or nested too deeply to be read, is a finding, not a crash."""
     files = _files(chain.bundle())
-    files[_path(chain, 5)] = b'{"payload": 1}'
+    files[_path(chain, 5)] = data
     report = verify_bundle(_pack(files, refresh_manifest=True), trust_bundle_keys=True)
     _only(report, {5: {FindingKind.MALFORMED_ENVELOPE}})
+
+
+def test_a_key_log_nested_too_deeply_is_a_finding(chain: Any) -> None:
+    files = _files(chain.bundle())
+    files["key-log.json"] = b"[" * 100_000 + b"]" * 100_000
+    report = verify_bundle(_pack(files, refresh_manifest=True), trust_bundle_keys=True)
+    assert FindingKind.KEY_LOG_INVALID in {finding.kind for finding in report.findings}
 
 
 # ---------------------------------------------------------------------------------------------- command

@@ -219,8 +219,8 @@ def may_hold_inexact_integer(data: bytes) -> bool:
     """Whether compact JSON may write an integer beyond +-(2**53-1), which RFC 8785 cannot represent exactly.
 
     Such an integer has 16 digits or more. In compact JSON an integer is a run of digits after ``:``, ``,`` or
-    ``[`` (and an optional ``-``) and before ``,``, ``}`` or ``]``, or the whole text; one pass of a regular expression over the
-    bytes with their digits masked finds every such run of 16 digits or more. A run inside a string that
+    ``[`` (and an optional ``-``) and before ``,``, ``}`` or ``]``, or the whole text; one pass of a regular
+    expression over the bytes with their digits masked finds every such run of 16 digits or more. A run inside a string that
     happens to sit between the same characters is taken for one too (rare; it only sends the value to the
     general path); digit runs inside digests end at a letter or a quote and are passed over.
     """

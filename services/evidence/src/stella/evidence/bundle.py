@@ -256,7 +256,7 @@ def parse_manifest(data: bytes) -> Manifest:
     """
     try:
         raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ManifestError(f"manifest.json is not UTF-8 JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise ManifestError("manifest.json is not a JSON object")

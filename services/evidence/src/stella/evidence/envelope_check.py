@@ -145,7 +145,7 @@ def check_envelope(path: str, data: bytes, keyring: PublicKeyRing) -> EnvelopeOu
 
     try:
         envelope = parse_envelope(json.loads(data.decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         report(FindingKind.MALFORMED_ENVELOPE, f"{path} is not UTF-8 JSON: {exc}")
         return outcome
     except MalformedEnvelopeError as exc:

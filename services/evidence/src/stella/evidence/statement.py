@@ -167,7 +167,7 @@ def parse_statement_canonical(payload: bytes) -> tuple[dict[str, Any], bytes | N
         # spelling the fast encoder below would not produce. Integers are left to the C parser (a hook per
         # integer costs as much as the rest of the parse) and screened on the bytes instead.
         statement = json.loads(payload.decode("utf-8"), parse_float=number_float)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedStatementError(f"payload is not UTF-8 JSON: {exc}") from exc
     _check_statement_shape(statement)
     # Statements are signed in canonical form. Insisting on it rules out duplicate keys (which JSON parsers
@@ -178,7 +178,7 @@ def parse_statement_canonical(payload: bytes) -> tuple[dict[str, Any], bytes | N
             return statement, content_bytes
     try:
         canonical = canonicalize(statement)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise MalformedStatementError(f"statement is not canonicalizable: {exc}") from exc
     if canonical != payload:
         raise MalformedStatementError("payload is not in RFC 8785 canonical form")
@@ -202,7 +202,7 @@ def _read_canonical_native(payload: bytes) -> tuple[dict[str, Any], bytes] | Non
     try:
         statement = NATIVE_DECODER.decode(payload)
         _check_statement_shape(statement)
-    except (NotShownCanonical, UnicodeDecodeError, MalformedStatementError, ValueError):
+    except (NotShownCanonical, UnicodeDecodeError, MalformedStatementError, ValueError, RecursionError):
         return None
     if may_hold_inexact_integer(payload):
         return None

@@ -272,7 +272,7 @@ def _load_key_log(contents: BundleContents, findings: list[Finding]) -> list[Any
         return None
     try:
         entries = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         findings.append(Finding(FindingKind.KEY_LOG_INVALID, f"not UTF-8 JSON: {exc}", path=KEY_LOG_PATH))
         return None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
